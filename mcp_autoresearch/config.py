@@ -1,0 +1,180 @@
+"""The configuration model: every key, its type, its default and its validation, in one place.
+
+Sources (files, flags, detection) are read in `config_sources.py`; this module only says what a valid value is.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+Direction = Literal["lower_is_better", "higher_is_better"]
+
+DIRECTION_ALIASES = {
+    "lower": "lower_is_better",
+    "lower_is_better": "lower_is_better",
+    "min": "lower_is_better",
+    "minimize": "lower_is_better",
+    "higher": "higher_is_better",
+    "higher_is_better": "higher_is_better",
+    "max": "higher_is_better",
+    "maximize": "higher_is_better",
+}
+
+# `metric_measure` forms: the server measures the value itself instead of reading it from the output.
+MEASURE_RE = re.compile(r"^(wall_time_s|size_(?:kb|mb):.+)$")
+
+
+class ConfigValues(BaseModel):
+    """The keys a source may set. Every field is optional here: a missing key falls back to the next source."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    target_file: str | None = Field(None, description="The single file the agent may edit (relative path).")
+    run_command: str | None = Field(None, description="Shell command that runs one experiment.")
+    metric_name: str | None = Field(None, description="Name of the metric that decides.")
+    metric_parse: str | None = Field(
+        None, description="Shell command printing the metric (first float of its output wins)."
+    )
+    metric_regex: str | None = Field(None, description="Regex with one group matching the metric in the log.")
+    metric_measure: str | None = Field(
+        None, description="Measured metric: wall_time_s, size_kb:<path> or size_mb:<path>."
+    )
+    metric_direction: Direction | None = Field(None, description="lower_is_better or higher_is_better.")
+    time_budget: float | None = Field(None, gt=0, description="Seconds an experiment is meant to take.")
+    timeout: float | None = Field(None, gt=0, description="Hard limit in seconds; the run is killed after it.")
+    readonly_files: list[str] | None = Field(None, description="Files that must never change.")
+    checks_command: str | None = Field(None, description="Command that must pass after a successful run.")
+    checks_timeout: float | None = Field(None, gt=0, description="Hard limit in seconds for checks_command.")
+    repeats: int | None = Field(None, ge=1, le=100, description="Runs per experiment; the median decides.")
+    min_delta: float | None = Field(None, ge=0, description="Smallest change that counts as an improvement.")
+    max_experiments: int | None = Field(None, ge=1, description="Stop accepting runs after this many.")
+    memory_regex: str | None = Field(None, description="Regex with one group: peak memory in MB from the log.")
+    jsonl_path: str | None = Field(None, description="Where the JSONL log lives (relative to the project).")
+
+    @field_validator("metric_direction", mode="before")
+    @classmethod
+    def _direction(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return DIRECTION_ALIASES.get(value.strip().lower(), value)
+        return value
+
+    @field_validator("readonly_files", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        # The markdown format of the original tool writes lists comma-separated.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("metric_regex", "memory_regex")
+    @classmethod
+    def _one_group(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression ({exc})") from None
+        if compiled.groups != 1:
+            raise ValueError(f"must have exactly one group (it has {compiled.groups})")
+        return value
+
+    @field_validator("metric_measure")
+    @classmethod
+    def _measure(cls, value: str | None) -> str | None:
+        if value is not None and not MEASURE_RE.match(value):
+            raise ValueError("must be wall_time_s, size_kb:<path> or size_mb:<path>")
+        return value
+
+    @field_validator("time_budget", "timeout", "checks_timeout", "min_delta")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("target_file", "run_command", "metric_name", "jsonl_path")
+    @classmethod
+    def _not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value:
+            raise ValueError("must not be empty")
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain a NUL byte")
+        return value
+
+
+KEYS: tuple[str, ...] = tuple(ConfigValues.model_fields)
+
+DEFAULTS: dict[str, Any] = {
+    "metric_direction": "lower_is_better",
+    "time_budget": 300.0,
+    "readonly_files": [],
+    "repeats": 1,
+    "min_delta": 0.0,
+    "jsonl_path": ".autoresearch/autoresearch.jsonl",
+}
+
+
+class Config(BaseModel):
+    """The effective configuration: every source merged, defaults applied."""
+
+    model_config = ConfigDict(frozen=True)
+
+    target_file: str | None
+    run_command: str | None
+    metric_name: str | None
+    metric_parse: str | None = None
+    metric_regex: str | None = None
+    metric_measure: str | None = None
+    metric_direction: Direction = "lower_is_better"
+    time_budget: float = 300.0
+    timeout: float = 600.0
+    readonly_files: list[str] = Field(default_factory=list)
+    checks_command: str | None = None
+    checks_timeout: float = 300.0
+    repeats: int = 1
+    min_delta: float = 0.0
+    max_experiments: int | None = None
+    memory_regex: str | None = None
+    jsonl_path: str = ".autoresearch/autoresearch.jsonl"
+
+
+def validate_values(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Validate one source's raw keys; return only the keys it sets. Errors name the key, the value and `where`."""
+    unknown = [key for key in raw if key not in KEYS]
+    if unknown:
+        parts = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, KEYS, n=1)
+            parts.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise ConfigError(
+            f"{where}: unknown configuration key {', '.join(parts)}; known keys: {', '.join(KEYS)}"
+        )
+    try:
+        values = ConfigValues.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "?"
+        top = str(first["loc"][0]) if first["loc"] else key
+        value = raw.get(top, first.get("input"))
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{where}: invalid value {value!r} for '{key}': {message}") from None
+    return values.model_dump(exclude_unset=True)
+
+
+def build_config(merged: dict[str, Any]) -> Config:
+    """Apply defaults and derived values (timeout = 2 x time_budget, checks_timeout = timeout)."""
+    values = {**DEFAULTS, **{k: v for k, v in merged.items() if v is not None}}
+    values.setdefault("timeout", 2 * values["time_budget"])
+    values.setdefault("checks_timeout", values["timeout"])
+    values.setdefault("target_file", None)
+    values.setdefault("run_command", None)
+    values.setdefault("metric_name", None)
+    return Config.model_validate(values)

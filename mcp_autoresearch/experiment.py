@@ -1,0 +1,218 @@
+"""One experiment: the configured command run `repeats` times, measured, and gated by the checks command.
+
+This is the trustworthy measurement the session logs: every value here comes from a run this module started.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .config import Config
+from .logtail import clean_text, read_tail_bytes, tail
+from .metrics import MetricError, first_float, measure, read_metric_from_log, read_secondary
+from .runner import ProcessRun, ProgressCallback
+
+RunStatus = Literal["ok", "crash", "timeout", "metric_error", "checks_failed", "cancelled"]
+METRIC_PARSE_TIMEOUT_S = 30.0
+RUN_LOG = "run.log"
+
+
+@dataclass
+class ExperimentResult:
+    status: RunStatus
+    value: float | None
+    values: list[float]
+    spread: float | None
+    duration_s: float
+    memory_gb: float | None
+    exit_code: int | None
+    log_path: str
+    log_tail: str
+    error: str | None = None
+    secondary: dict[str, float] = field(default_factory=dict)
+    leftovers_killed: int = 0
+
+
+class Experiment:
+    """Runs one experiment; `cancel()` from any thread ends the current process tree."""
+
+    def __init__(
+        self,
+        config: Config,
+        root: Path,
+        run_id: str,
+        log_dir: Path,
+        tag: str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self.config = config
+        self.root = root
+        self.run_id = run_id
+        self.log_dir = log_dir
+        self.tag = tag
+        self.on_progress = on_progress
+        self._lock = threading.Lock()
+        self._current: ProcessRun | None = None
+        self._cancel_reason: str | None = None
+
+    def cancel(self, reason: str) -> None:
+        with self._lock:
+            self._cancel_reason = reason
+            if self._current is not None:
+                self._current.cancel(reason)
+
+    def _process(self, command: str, log_path: Path, timeout: float, marker: str,
+                 progress: ProgressCallback | None) -> ProcessRun:
+        env = {"AUTORESEARCH_LOG": str(log_path), "AUTORESEARCH_TIME_BUDGET": f"{self.config.time_budget:g}"}
+        if self.tag:
+            env["AUTORESEARCH_TAG"] = self.tag
+        process = ProcessRun(
+            command=command, cwd=self.root, log_path=log_path, timeout_s=timeout, env=env,
+            run_marker=marker, project_marker=str(self.root), on_progress=progress,
+        )
+        with self._lock:
+            if self._cancel_reason is not None:
+                process.cancel(self._cancel_reason)
+            self._current = process
+        return process
+
+    def run(self) -> ExperimentResult:
+        config = self.config
+        assert config.run_command is not None
+        values: list[float] = []
+        durations: list[float] = []
+        peak_rss = 0
+        memory_mb: float | None = None
+        secondary: dict[str, float] = {}
+        leftovers = 0
+        log_path = self.log_dir / f"{self.run_id}.log"
+        last = None
+        for index in range(config.repeats):
+            suffix = "" if config.repeats == 1 else f"-{index + 1}"
+            log_path = self.log_dir / f"{self.run_id}{suffix}.log"
+            process = self._process(config.run_command, log_path, config.timeout, self.run_id, self.on_progress)
+            self._clear_run_log()
+            last = process.run()
+            self._publish_run_log(log_path)
+            durations.append(last.duration_s)
+            peak_rss = max(peak_rss, last.peak_rss_bytes)
+            leftovers += last.leftovers_killed
+            failure = self._process_failure(last.status, last.exit_code, last.error)
+            if failure:
+                status, error = failure
+                return self._result(status, None, values, durations, peak_rss, memory_mb, last.exit_code,
+                                    log_path, error, secondary, leftovers)
+            try:
+                values.append(self._metric(log_path, last.duration_s))
+            except MetricError as exc:
+                return self._result("metric_error", None, values, durations, peak_rss, memory_mb,
+                                    last.exit_code, log_path, str(exc), secondary, leftovers)
+            extra = read_secondary(log_path, config.metric_name, config.memory_regex)
+            if extra.memory_mb is not None:
+                memory_mb = max(memory_mb or 0.0, extra.memory_mb)
+            secondary.update(extra.metrics)
+        value = statistics.median(values)
+        assert last is not None
+        if config.checks_command:
+            checks_log = self.log_dir / f"{self.run_id}-checks.log"
+            checks = self._process(config.checks_command, checks_log, config.checks_timeout,
+                                   f"{self.run_id}-checks", None).run()
+            leftovers += checks.leftovers_killed
+            failure = self._process_failure(checks.status, checks.exit_code, checks.error)
+            if failure:
+                status, error = failure
+                if status in ("crash", "timeout"):
+                    status, error = "checks_failed", f"checks_command failed: {error}"
+                return self._result(status, value, values, durations, peak_rss, memory_mb, last.exit_code,
+                                    checks_log, error, secondary, leftovers)
+        return self._result("ok", value, values, durations, peak_rss, memory_mb, last.exit_code, log_path,
+                            None, secondary, leftovers)
+
+    @staticmethod
+    def _process_failure(status: str, exit_code: int | None, error: str | None) -> tuple[RunStatus, str] | None:
+        if status == "timeout":
+            return "timeout", error or "timed out"
+        if status == "cancelled":
+            return "cancelled", error or "cancelled"
+        if status == "failed_to_start":
+            return "crash", f"the command could not be started: {error}"
+        if exit_code != 0:
+            if exit_code is not None and exit_code < 0:
+                return "crash", f"killed by signal {-exit_code}"
+            hint = " (command not found?)" if exit_code == 127 else ""
+            return "crash", f"exit code {exit_code}{hint}"
+        return None
+
+    def _metric(self, log_path: Path, duration_s: float) -> float:
+        config = self.config
+        if config.metric_parse:
+            out_path = log_path.with_name(log_path.stem + "-metric.out")
+            limit = min(METRIC_PARSE_TIMEOUT_S, config.timeout)
+            process = self._process(config.metric_parse, out_path, limit, f"{self.run_id}-metric", None)
+            result = process.run()
+            if result.status == "timeout":
+                raise MetricError(f"metric_parse did not finish within {limit:g} s")
+            if result.status == "cancelled":
+                raise MetricError("cancelled while parsing the metric")
+            return first_float(clean_text(read_tail_bytes(out_path, 4096)))
+        if config.metric_regex or not config.metric_measure:
+            assert config.metric_name is not None
+            return read_metric_from_log(log_path, config.metric_name, config.metric_regex)
+        return measure(config.metric_measure, self.root, duration_s)
+
+    def _clear_run_log(self) -> None:
+        try:
+            (self.root / RUN_LOG).unlink()
+        except OSError:
+            pass
+
+    def _publish_run_log(self, log_path: Path) -> None:
+        """`run.log` at the project root holds this run's output, so the original tool's commands still work.
+        A hard link costs nothing whatever the log's size; a copy is the fallback. A command that writes
+        run.log itself (`cmd > run.log 2>&1`, as the original tool's commands do) has it appended to ours."""
+        run_log = self.root / RUN_LOG
+        try:
+            if run_log.is_symlink():
+                run_log.unlink()
+            elif run_log.exists():
+                with open(run_log, "rb") as src, open(log_path, "ab") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+                run_log.unlink()
+            os.link(log_path, run_log)
+        except OSError:
+            try:
+                with open(log_path, "rb") as src, open(run_log, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+            except OSError:
+                pass
+
+    def _result(self, status: RunStatus, value: float | None, values: list[float], durations: list[float],
+                peak_rss: int, memory_mb: float | None, exit_code: int | None, log_path: Path,
+                error: str | None, secondary: dict[str, float], leftovers: int) -> ExperimentResult:
+        if memory_mb is not None:
+            memory_gb = memory_mb / 1024
+        else:
+            memory_gb = peak_rss / (1024**3) if peak_rss else None
+        spread = (max(values) - min(values)) if len(values) > 1 else None
+        return ExperimentResult(
+            status=status,
+            value=value,
+            values=values,
+            spread=spread,
+            duration_s=round(sum(durations), 3),
+            memory_gb=round(memory_gb, 3) if memory_gb is not None else None,
+            exit_code=exit_code,
+            log_path=str(log_path),
+            log_tail=tail(log_path),
+            error=error,
+            secondary=secondary,
+            leftovers_killed=leftovers,
+        )

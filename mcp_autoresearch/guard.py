@@ -1,0 +1,106 @@
+"""The single-file rule in code: which path may change, and fingerprints of the files that must not.
+
+Every path the agent names goes through `resolve_target_path`; nothing else decides what is writable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import unicodedata
+from pathlib import Path
+
+from .errors import ConfigError, RuleViolation
+
+MAX_PATH_CHARS = 4096
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str | None:
+    """Hash of a regular file's content; None when it does not exist or is not a regular file."""
+    try:
+        with path.open("rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def _inside(root: Path, path: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_target_file(root: Path, target: str, readonly: list[str]) -> Path:
+    """Validate the configured target: an existing regular file inside the project (after resolving symlinks),
+    not under .git/, and not read-only. Returns its resolved path."""
+    if "\x00" in target:
+        raise ConfigError("target_file contains a NUL byte")
+    root = root.resolve()
+    candidate = Path(target)
+    if candidate.is_absolute():
+        raise ConfigError(f"target_file '{target}' must be a path relative to the project root")
+    resolved = (root / candidate).resolve()
+    if not _inside(root, resolved):
+        raise ConfigError(f"target_file '{target}' resolves to {resolved}, outside the project {root}")
+    relative = resolved.relative_to(root)
+    if relative.parts and relative.parts[0] == ".git":
+        raise ConfigError(f"target_file '{target}' is inside .git/; choose a source file of the project")
+    if (root / candidate).is_symlink():
+        raise ConfigError(
+            f"target_file '{target}' is a symbolic link; name the file it points to ('{relative.as_posix()}')"
+        )
+    if not resolved.exists():
+        raise ConfigError(f"target_file '{target}' does not exist in {root}")
+    if not resolved.is_file():
+        raise ConfigError(f"target_file '{target}' is not a regular file")
+    readonly_resolved = {(root / r).resolve() for r in readonly}
+    if resolved in readonly_resolved:
+        raise ConfigError(f"target_file '{target}' is also listed in readonly_files; it cannot be both")
+    return resolved
+
+
+def _fold(text: str) -> str:
+    return unicodedata.normalize("NFC", text).casefold()
+
+
+def resolve_target_path(root: Path, target_rel: str, requested: str | None) -> Path:
+    """The path the agent may write: always the configured target. A `requested` path is accepted only when it
+    names that same file, so the agent learns the rule instead of silently writing elsewhere."""
+    root = root.resolve()
+    target = root / target_rel
+    if requested is None:
+        return target
+    rule = f"only the target file '{target_rel}' may be edited (single-file rule)"
+    if not isinstance(requested, str) or not requested.strip():
+        raise RuleViolation(f"path is empty; {rule}. Omit path to edit the target.")
+    if "\x00" in requested:
+        raise RuleViolation(f"path contains a NUL byte; {rule}")
+    if len(requested) > MAX_PATH_CHARS:
+        raise RuleViolation(f"path is {len(requested)} characters long; {rule}")
+    raw = Path(requested)
+    candidate = raw if raw.is_absolute() else root / raw
+    # Compare the lexical path first: '../x' or 'sub/../../x' is refused even if it would land on the target.
+    lexical = Path(os.path.normpath(candidate))
+    if not _inside(root, lexical):
+        raise RuleViolation(f"path '{requested}' is outside the project; {rule}")
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError):
+        raise RuleViolation(f"path '{requested}' cannot be resolved; {rule}") from None
+    if lexical != target or resolved != target.resolve():
+        hint = ""
+        if lexical != target and _fold(str(lexical)) == _fold(str(target)):
+            hint = " (the names differ only in case or Unicode form; use the exact name)"
+        raise RuleViolation(f"path '{requested}' is not the target{hint}; {rule}")
+    return target
+
+
+def fingerprint_files(root: Path, paths: list[str]) -> dict[str, str | None]:
+    """sha256 of each file (None for a missing one), to prove later that nobody changed them."""
+    return {rel: sha256_file(root / rel) for rel in paths}
+
+
+def changed_fingerprints(root: Path, expected: dict[str, str | None]) -> list[str]:
+    return [rel for rel, digest in expected.items() if sha256_file(root / rel) != digest]

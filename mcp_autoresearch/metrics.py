@@ -1,0 +1,170 @@
+"""Reading numbers out of a run: the metric, the memory figure, and secondary `METRIC name=value` lines.
+
+The whole log is searched, not a tail: a verbose run may print its metric early. Searches go backwards in
+line-aligned chunks, so the common case (metric near the end) reads little, and the last match wins.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+FLOAT = rb"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf(?:inity)?)"
+_FIRST_FLOAT = re.compile(FLOAT.decode(), re.IGNORECASE)
+_METRIC_LINE = re.compile(rb"^[ \t]*METRIC[ \t]+([A-Za-z_][\w.\-]*)[ \t]*=[ \t]*(" + FLOAT + rb")", re.M | re.I)
+_VRAM = re.compile(rb"^[ \t]*peak_vram_mb[ \t]*:[ \t]*(" + FLOAT + rb")", re.M | re.I)
+CHUNK = 4 << 20
+MAX_SECONDARY = 50
+
+
+class MetricError(Exception):
+    """No usable value: the message says why."""
+
+
+def to_float(text: str | bytes) -> float:
+    value = float(text.decode() if isinstance(text, bytes) else text)
+    return value
+
+
+def builtin_patterns(metric_name: str) -> list[re.Pattern[bytes]]:
+    """`<name>: <float>` as karpathy's train.py prints it, and `METRIC <name>=<float>`."""
+    name = re.escape(metric_name.encode())
+    return [
+        re.compile(rb"^[ \t]*" + name + rb"[ \t]*:[ \t]*(" + FLOAT + rb")(?![\w.])", re.M | re.I),
+        re.compile(rb"^[ \t]*METRIC[ \t]+" + name + rb"[ \t]*=[ \t]*(" + FLOAT + rb")", re.M | re.I),
+    ]
+
+
+def user_pattern(regex: str) -> re.Pattern[bytes]:
+    return re.compile(regex.encode("utf-8"), re.M)
+
+
+def last_match(path: Path, patterns: list[re.Pattern[bytes]]) -> bytes | None:
+    """Group 1 of the last match of any pattern in the file (the match closest to the end wins)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None
+    if size == 0:
+        return None
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        end = size
+        while end > 0:
+            start = max(0, end - CHUNK)
+            if start > 0:
+                # Align to a line start so no line is split between chunks.
+                newline = data.rfind(b"\n", max(0, start - CHUNK), start)
+                start = newline + 1 if newline >= 0 else 0
+            window = data[start:end]
+            best: tuple[int, bytes] | None = None
+            for pattern in patterns:
+                for match in pattern.finditer(window):
+                    if best is None or match.start() >= best[0]:
+                        best = (match.start(), match.group(1))
+            if best is not None:
+                return best[1]
+            end = start
+    return None
+
+
+def read_metric_from_log(path: Path, metric_name: str, metric_regex: str | None) -> float:
+    patterns = [user_pattern(metric_regex)] if metric_regex else builtin_patterns(metric_name)
+    found = last_match(path, patterns)
+    if found is None:
+        how = f"metric_regex {metric_regex!r}" if metric_regex else (
+            f"'{metric_name}: <number>' or 'METRIC {metric_name}=<number>'"
+        )
+        raise MetricError(f"no line matching {how} in the output")
+    try:
+        value = to_float(found.strip())
+    except ValueError:
+        raise MetricError(f"matched {found[:80]!r}, which is not a number") from None
+    return check_finite(value)
+
+
+def check_finite(value: float) -> float:
+    if math.isnan(value) or math.isinf(value):
+        raise MetricError(f"the metric is {value} (not a finite number)")
+    return value
+
+
+def first_float(text: str) -> float:
+    match = _FIRST_FLOAT.search(text)
+    if not match:
+        raise MetricError("metric_parse printed no number" + (f": {text.strip()[:120]!r}" if text.strip() else ""))
+    return check_finite(float(match.group(0)))
+
+
+def path_size_bytes(path: Path) -> int:
+    """Size of a file, or the total of the regular files below a directory (symlinks are not followed)."""
+    if path.is_symlink():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    if not path.is_dir():
+        raise MetricError(f"'{path.name}' does not exist after the run, so its size cannot be measured")
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            try:
+                if not os.path.islink(full):
+                    total += os.stat(full).st_size
+            except OSError:
+                continue
+    return total
+
+
+def measure(spec: str, root: Path, duration_s: float) -> float:
+    """A metric the server measures itself: `wall_time_s`, `size_kb:<path>`, `size_mb:<path>`."""
+    kind, _, rel = spec.partition(":")
+    if kind == "wall_time_s":
+        return round(duration_s, 6)
+    target = (root / rel).resolve()
+    if root.resolve() not in target.parents and target != root.resolve():
+        raise MetricError(f"'{rel}' is outside the project")
+    size = path_size_bytes(target)
+    return size / 1024 if kind == "size_kb" else size / (1024 * 1024)
+
+
+@dataclass
+class Secondary:
+    memory_mb: float | None
+    metrics: dict[str, float]
+
+
+def read_secondary(path: Path, metric_name: str | None, memory_regex: str | None) -> Secondary:
+    """`peak_vram_mb:` (or memory_regex) and every other `METRIC name=value` line (last value per name)."""
+    memory: float | None = None
+    found = last_match(path, [user_pattern(memory_regex)] if memory_regex else [_VRAM])
+    if found is not None:
+        try:
+            memory = float(found)
+            if not math.isfinite(memory):
+                memory = None
+        except ValueError:
+            memory = None
+    metrics: dict[str, float] = {}
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return Secondary(memory, metrics)
+    if size:
+        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            for match in _METRIC_LINE.finditer(data):
+                name = match.group(1).decode("ascii", "replace")
+                if name == metric_name:
+                    continue
+                if name not in metrics and len(metrics) >= MAX_SECONDARY:
+                    continue
+                try:
+                    value = float(match.group(2))
+                except ValueError:
+                    continue
+                if math.isfinite(value):
+                    metrics[name] = value
+    return Secondary(memory, metrics)

@@ -1,0 +1,200 @@
+"""Understanding a project: merge the configuration sources over auto-detection and validate the result.
+
+`load_project` is what `detect_project` (tool and CLI) returns, and what a session starts from.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .config import DEFAULTS, KEYS, Config, build_config
+from .config_sources import Source, command_line_source, read_file_sources
+from .errors import ConfigError
+from .guard import check_target_file
+from .projects import detect_all
+
+# Keys that describe how the metric is obtained. Detection's values for them only apply to the metric it names:
+# a user who configures another metric_name gets that metric read from the output, not detection's measurement.
+METRIC_KEYS = ("metric_parse", "metric_regex", "metric_measure", "metric_direction", "memory_regex")
+
+
+class ProjectInfo(BaseModel):
+    """What the server understood of the project: what changes, how it runs, which number decides."""
+
+    project_type: str = Field(description="ml, node, flutter, java, rust, go, python, custom or unknown")
+    root: str = Field(description="Absolute path of the project root.")
+    target_file: str | None = Field(description="The single file the agent may edit, relative to root.")
+    run_command: str | None = Field(description="Shell command that runs one experiment.")
+    metric_name: str | None
+    metric_direction: str = Field(description="lower_is_better or higher_is_better")
+    metric_source: str = Field(description="How the server obtains the metric value.")
+    time_budget: float = Field(description="Seconds an experiment is meant to take.")
+    timeout: float = Field(description="Hard limit in seconds; the whole process tree is killed after it.")
+    readonly_files: list[str] = Field(description="Files that must never change.")
+    config_source: dict[str, str] = Field(description="For each setting, the source that gave it.")
+    evidence: list[str] = Field(description="Files that decided the project type.")
+    warnings: list[str]
+    ready: bool = Field(description="True when target, run command and metric are all known.")
+    message: str = Field(description="What to do next.")
+
+
+@dataclass
+class Project:
+    root: Path
+    config: Config
+    info: ProjectInfo
+
+
+def describe_metric_source(config: Config, detected_source: str | None) -> str:
+    name = config.metric_name
+    if config.metric_parse:
+        return f"first number printed by metric_parse: {config.metric_parse}"
+    if config.metric_regex:
+        return f"last match of metric_regex {config.metric_regex!r} in the run's output"
+    if config.metric_measure:
+        if detected_source:
+            return detected_source
+        kind, _, path = config.metric_measure.partition(":")
+        if kind == "wall_time_s":
+            return "wall time of the run in seconds (measured by the server)"
+        unit = "KB" if kind == "size_kb" else "MB"
+        return f"size of '{path}' in {unit} after the run (measured by the server)"
+    if detected_source:
+        return detected_source
+    if name:
+        return f"the last '{name}: <float>' or 'METRIC {name}=<float>' line of the run's output"
+    return "unknown: set metric_name (and metric_parse or metric_regex if the output needs it)"
+
+
+def check_project_root(path: str | os.PathLike[str] | None) -> Path:
+    root = Path(path or ".").expanduser()
+    if not root.exists():
+        raise ConfigError(f"project directory '{root}' does not exist")
+    if not root.is_dir():
+        raise ConfigError(f"project path '{root}' is not a directory")
+    return root.resolve()
+
+
+def load_project(
+    root: str | os.PathLike[str] | None,
+    overrides: dict[str, Any] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Project:
+    """Read every source, detect the project type, merge, validate. Raises ConfigError with one clear line."""
+    root = check_project_root(root)
+    sources: list[Source] = []
+    cli = command_line_source(overrides)
+    if cli:
+        sources.append(cli)
+    sources += read_file_sources(root, Path(config_file).expanduser() if config_file else None)
+
+    detections = detect_all(root)
+    detected = detections[0] if detections else None
+    warnings: list[str] = []
+    if detected:
+        warnings += detected.warnings
+        for other in detections[1:]:
+            warnings.append(
+                f"also looks like a {other.project_type} project ({', '.join(other.evidence)}); "
+                f"{detected.project_type} has the stronger evidence"
+            )
+
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for source in sources:
+        for key, value in source.values.items():
+            if key not in merged:
+                merged[key] = value
+                origin[key] = source.label
+    metric_from_user = "metric_name" in merged
+    if detected:
+        label = f"auto-detected ({detected.project_type})"
+        for key, value in detected.settings.items():
+            if key in merged or (metric_from_user and key in METRIC_KEYS):
+                continue
+            merged[key] = value
+            origin[key] = label
+    config = build_config(merged)
+    for key in KEYS:
+        if key not in origin:
+            if key == "timeout" and "time_budget" in origin:
+                origin[key] = "default (2 x time_budget)"
+            elif key == "checks_timeout":
+                origin[key] = "default (= timeout)"
+            elif key in DEFAULTS or key in ("timeout",):
+                origin[key] = "default"
+
+    readonly = [_normalise_relative(root, item) for item in config.readonly_files]
+    for item in readonly:
+        if not (root / item).exists():
+            warnings.append(f"read-only file '{item}' does not exist (it will be checked if it appears)")
+    if readonly != list(config.readonly_files):
+        config = config.model_copy(update={"readonly_files": readonly})
+    if config.target_file is not None:
+        resolved = check_target_file(root, config.target_file, readonly)
+        target_rel = resolved.relative_to(root).as_posix()
+        if target_rel != config.target_file:
+            config = config.model_copy(update={"target_file": target_rel})
+    if config.timeout < config.time_budget:
+        warnings.append(
+            f"timeout ({config.timeout:g} s) is shorter than time_budget ({config.time_budget:g} s)"
+        )
+
+    user_configured = any(key in origin and not origin[key].startswith(("auto", "default")) for key in KEYS)
+    if detected:
+        project_type = detected.project_type
+    elif user_configured:
+        project_type = "custom"
+    else:
+        project_type = "unknown"
+    missing = [key for key in ("target_file", "run_command", "metric_name") if getattr(config, key) is None]
+    ready = not missing
+    if project_type == "unknown":
+        message = (
+            "No known project type found (train.py+prepare.py, package.json, pubspec.yaml, pom.xml/build.gradle, "
+            "Cargo.toml, go.mod, pyproject.toml). Configure one: add an autoresearch.toml with target_file, "
+            "run_command, metric_name (and metric_direction), or a '## autoresearch' section with '- key: value' "
+            "lines to CLAUDE.md or AGENTS.md."
+        )
+    elif missing:
+        message = (
+            f"Set {', '.join(missing)} in autoresearch.toml or the '## autoresearch' section of CLAUDE.md "
+            "(or pass them on the server's command line)."
+        )
+    else:
+        message = "Ready: call start_session to create the experiment branch, then run the baseline."
+    info = ProjectInfo(
+        project_type=project_type,
+        root=str(root),
+        target_file=config.target_file,
+        run_command=config.run_command,
+        metric_name=config.metric_name,
+        metric_direction=config.metric_direction,
+        metric_source=describe_metric_source(
+            config, detected.metric_source if detected and origin.get("metric_name", "").startswith("auto") else None
+        ),
+        time_budget=config.time_budget,
+        timeout=config.timeout,
+        readonly_files=list(config.readonly_files),
+        config_source=origin,
+        evidence=detected.evidence if detected else [s.path.name for s in sources if s.path],
+        warnings=warnings,
+        ready=ready,
+        message=message,
+    )
+    return Project(root=root, config=config, info=info)
+
+
+def _normalise_relative(root: Path, item: str) -> str:
+    """Read-only entries as clean relative paths; an entry outside the project is a configuration error."""
+    path = Path(item)
+    full = path if path.is_absolute() else root / path
+    normal = Path(os.path.normpath(full))
+    if normal != root and root not in normal.parents:
+        raise ConfigError(f"readonly_files entry '{item}' is outside the project {root}")
+    return normal.relative_to(root).as_posix()

@@ -1,0 +1,340 @@
+"""Run one shell command under a hard time limit and leave nothing behind.
+
+Output goes straight from the child to a log file (no pipe through this process), so a run that prints 1 GB
+costs disk, not memory. At the deadline, on cancel, and after a normal exit, the whole process tree is ended:
+the process group, every descendant seen while sampling, and (on Linux, where this process is a child
+subreaper) any double-forked daemon re-parented to us that carries this run's environment marker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import psutil
+
+from .logtail import last_line
+
+ProcessStatus = Literal["exited", "timeout", "cancelled", "failed_to_start"]
+ProgressCallback = Callable[[float, float, str], None]
+
+MARKER_RUN = "AUTORESEARCH_RUN_ID"
+MARKER_PROJECT = "AUTORESEARCH_PROJECT"
+SAMPLE_INTERVAL_S = 0.5
+DEFAULT_GRACE_S = 3.0
+
+_subreaper_lock = threading.Lock()
+_subreaper_set = False
+
+
+def _become_subreaper() -> None:
+    """Linux: orphaned descendants are re-parented to this process instead of init, so a `setsid` double fork
+    stays findable among our children. Elsewhere the environment-marker scan covers them."""
+    global _subreaper_set
+    with _subreaper_lock:
+        if _subreaper_set or not sys.platform.startswith("linux"):
+            return
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_CHILD_SUBREAPER = 36
+            libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+        _subreaper_set = True
+
+
+@dataclass
+class ProcessResult:
+    status: ProcessStatus
+    exit_code: int | None
+    duration_s: float
+    peak_rss_bytes: int
+    log_path: Path
+    error: str | None = None
+    leftovers_killed: int = 0
+
+
+@dataclass
+class ProcessRun:
+    """One command, started once. Thread-safe `cancel()`; `run()` blocks until the tree is gone."""
+
+    command: str
+    cwd: Path
+    log_path: Path
+    timeout_s: float
+    env: dict[str, str] = field(default_factory=dict)
+    run_marker: str = ""
+    project_marker: str = ""
+    grace_s: float = DEFAULT_GRACE_S
+    on_progress: ProgressCallback | None = None
+    progress_every_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        self._cancel = threading.Event()
+        self._cancel_reason = ""
+        self._seen: dict[int, float] = {}  # pid -> create_time of every descendant observed
+        self._peak_rss = 0
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self._cancel_reason = reason
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    # -- running --------------------------------------------------------------------------------------------
+    def run(self) -> ProcessResult:
+        _become_subreaper()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env}
+        if self.run_marker:
+            env[MARKER_RUN] = self.run_marker
+        if self.project_marker:
+            env[MARKER_PROJECT] = self.project_marker
+        started = time.monotonic()
+        log_fd = os.open(self.log_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            if self._cancel.is_set():
+                return ProcessResult("cancelled", None, 0.0, 0, self.log_path, self._cancel_reason)
+            try:
+                self._popen = subprocess.Popen(
+                    ["/bin/sh", "-c", self.command],
+                    cwd=self.cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fd,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,  # its own process group and session: killable as one
+                )
+            except OSError as exc:
+                os.write(log_fd, f"autoresearch: could not start the command: {exc}\n".encode())
+                return ProcessResult("failed_to_start", None, 0.0, 0, self.log_path, str(exc))
+            status, exit_code = self._supervise(started)
+            duration = time.monotonic() - started
+            leftovers = self._end_tree(final=True)
+            error = None
+            if status == "timeout":
+                error = f"killed after the {self.timeout_s:g} s timeout"
+            elif status == "cancelled":
+                error = self._cancel_reason or "cancelled"
+            return ProcessResult(status, exit_code, duration, self._peak_rss, self.log_path, error, leftovers)
+        finally:
+            self._keep_log_visible(log_fd)
+            os.close(log_fd)
+
+    def _supervise(self, started: float) -> tuple[ProcessStatus, int | None]:
+        popen = self._popen
+        assert popen is not None
+        deadline = started + self.timeout_s
+        next_progress = started + self.progress_every_s
+        wait_step = 0.05  # first checks are quick so trivial commands return fast
+        while True:
+            now = time.monotonic()
+            # A killed run has no meaningful exit code (and psutil may have collected it already).
+            if self._cancel.is_set():
+                self._end_tree()
+                return "cancelled", None
+            if now >= deadline:
+                self._end_tree()
+                return "timeout", None
+            try:
+                code = popen.wait(timeout=min(wait_step, max(0.0, deadline - now)))
+                return "exited", code
+            except subprocess.TimeoutExpired:
+                pass
+            wait_step = SAMPLE_INTERVAL_S
+            self._sample()
+            if self.on_progress and time.monotonic() >= next_progress:
+                next_progress = time.monotonic() + self.progress_every_s
+                try:
+                    self.on_progress(time.monotonic() - started, self.timeout_s, last_line(self.log_path))
+                except Exception:  # a failing progress consumer must never break the run
+                    pass
+
+    def _sample(self) -> None:
+        """Record descendants (to kill them later even if they re-parent) and the tree's memory."""
+        popen = self._popen
+        if popen is None:
+            return
+        try:
+            shell = psutil.Process(popen.pid)
+            procs = [shell, *shell.children(recursive=True)]
+        except psutil.Error:
+            return
+        total = 0
+        for proc in procs:
+            try:
+                self._seen.setdefault(proc.pid, proc.create_time())
+                total += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        self._peak_rss = max(self._peak_rss, total)
+
+    # -- ending the tree ------------------------------------------------------------------------------------
+    def _collect(self) -> list[psutil.Process]:
+        """Every live process that belongs to this run."""
+        found: dict[int, psutil.Process] = {}
+        own_pid = os.getpid()
+
+        def add(proc: psutil.Process) -> None:
+            if proc.pid != own_pid and proc.pid not in found:
+                found[proc.pid] = proc
+
+        popen = self._popen
+        if popen is not None:
+            try:
+                shell = psutil.Process(popen.pid)
+                if shell.status() != psutil.STATUS_ZOMBIE:
+                    add(shell)
+                for child in shell.children(recursive=True):
+                    add(child)
+            except psutil.Error:
+                pass
+        for pid, created in list(self._seen.items()):
+            try:
+                proc = psutil.Process(pid)
+                if abs(proc.create_time() - created) < 0.01:  # same process, not a reused pid
+                    add(proc)
+            except psutil.Error:
+                self._seen.pop(pid, None)
+        if self.run_marker:
+            for proc in self._marked_candidates():
+                add(proc)
+        return list(found.values())
+
+    def _marked_candidates(self) -> list[psutil.Process]:
+        """Processes carrying this run's marker: among our children on Linux (subreaper), everywhere else."""
+        if sys.platform.startswith("linux"):
+            pool = psutil.Process().children(recursive=True)
+        else:
+            pool = list(psutil.process_iter())
+        popen_pid = self._popen.pid if self._popen else None
+        result = []
+        for proc in pool:
+            if proc.pid == popen_pid:
+                continue
+            try:
+                env = proc.environ()
+            except psutil.Error:
+                continue
+            if env.get(MARKER_RUN) == self.run_marker and env.get(MARKER_PROJECT, "") == self.project_marker:
+                result.append(proc)
+        return result
+
+    def _signal_group(self, sig: int) -> None:
+        if self._popen is None:
+            return
+        try:
+            os.killpg(self._popen.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _end_tree(self, final: bool = False) -> int:
+        """SIGTERM everything of this run, SIGKILL what is left after the grace period. Returns how many
+        processes were still alive (after a normal exit: background processes the command left behind)."""
+        procs = self._collect()
+        group_alive = self._group_alive()
+        if not procs and not group_alive:
+            self._reap()
+            return 0
+        count = len(procs)
+        self._signal_group(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=self.grace_s)
+        for _round in range(3):
+            self._signal_group(signal.SIGKILL)
+            alive = [p for p in alive if p.is_running()] + [p for p in self._collect() if p not in alive]
+            for proc in alive:
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
+            _, alive = psutil.wait_procs(alive, timeout=1.0)
+            if not alive and not self._group_alive():
+                break
+        self._reap()
+        return count if final else 0
+
+    def _group_alive(self) -> bool:
+        if self._popen is None:
+            return False
+        try:
+            os.killpg(self._popen.pid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def _reap(self) -> None:
+        """Collect the exit status of the shell and of re-parented run processes, so no zombie stays."""
+        if self._popen is not None:
+            try:
+                self._popen.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid in list(self._seen):
+            if self._popen is not None and pid == self._popen.pid:
+                continue
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            except OSError:
+                pass
+
+    def _keep_log_visible(self, log_fd: int) -> None:
+        """A run may delete its own log file or the log directory; restore it from our still-open descriptor."""
+        if self.log_path.exists():
+            return
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "wb") as out:
+                os.lseek(log_fd, 0, os.SEEK_SET)
+                with os.fdopen(os.dup(log_fd), "rb") as src:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+        except OSError:
+            pass
+
+
+def kill_marked_processes(project_marker: str, grace_s: float = 2.0) -> int:
+    """End every process left by an earlier server of this project (found by the environment marker).
+    Used when a server starts after its predecessor died mid-run."""
+    own = os.getpid()
+    victims = []
+    for proc in psutil.process_iter():
+        if proc.pid == own:
+            continue
+        try:
+            env = proc.environ()
+        except psutil.Error:
+            continue
+        if env.get(MARKER_PROJECT) == project_marker and MARKER_RUN in env:
+            victims.append(proc)
+    for proc in victims:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(victims, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=1.0)
+    return len(victims)
