@@ -1,0 +1,88 @@
+"""A compact, deterministic summary a fresh agent (or a person in the morning) can act on.
+
+Bounded whatever the log's length: the last few experiments, the ideas tried with their outcome and notes,
+and the streak of experiments since the last improvement.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .journal import Row, one_line
+from .rules import improvement
+from .state import SessionState
+
+if TYPE_CHECKING:
+    from .session import Session
+
+RECENT_ROWS = 8
+MAX_IDEAS = 40
+MAX_CHARS = 8000
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def _signed(value: float | None) -> str:
+    return "" if value is None else f"{value:+.4g}"
+
+
+def briefing_from(state: SessionState, rows: list[Row], run_command: str | None = None) -> str:
+    direction = "lower is better" if state.metric_direction == "lower_is_better" else "higher is better"
+    lines = [f"# autoresearch briefing: session {state.tag}", ""]
+    lines.append(
+        f"Optimising `{state.metric_name}` ({direction}) by editing only `{state.target_file}`"
+        + (f"; each experiment runs `{run_command}`." if run_command else ".")
+    )
+    lines.append(f"Branch `{state.branch}`, started from {state.base_commit[:7]}.")
+    best = state.best
+    if state.baseline_value is not None and best is not None:
+        gain = improvement(best.value, state.baseline_value, state.metric_direction)
+        pct = f" ({gain / abs(state.baseline_value) * 100:.2f}%)" if state.baseline_value else ""
+        lines.append(
+            f"Baseline {_fmt(state.baseline_value)}. Best {_fmt(best.value)} at {best.commit[:7]} "
+            f"(run {best.run_id}: {one_line(best.description, 120)}); improvement {gain:.6g}{pct}."
+        )
+    else:
+        lines.append("No baseline yet: the first run must be the unmodified target.")
+    counts = {status: sum(1 for r in rows if r.status == status) for status in ("keep", "discard", "crash")}
+    since = 0
+    for row in reversed(rows):
+        if row.status == "keep":
+            break
+        since += 1
+    lines.append(
+        f"Experiments: {len(rows)} (keep {counts['keep']}, discard {counts['discard']}, crash {counts['crash']}); "
+        f"{since} since the last keep."
+    )
+    if state.pending is not None:
+        lines.append(f"Pending: run {state.pending.run_id} ({state.pending.phase}) — decide it before editing.")
+    if rows:
+        lines += ["", "## Last experiments", "", "| run | status | value | delta | description |",
+                  "|---|---|---|---|---|"]
+        for row in rows[-RECENT_ROWS:]:
+            status = row.status if row.run_status in ("ok", row.status) else f"{row.status} ({row.run_status})"
+            lines.append(f"| {row.run_id} | {status} | {_fmt(row.value)} | {_signed(row.delta)} | "
+                         f"{one_line(row.description, 80).replace('|', '/')} |")
+        lines += ["", "## Ideas tried (newest first; do not repeat a failed one without a new reason)", ""]
+        shown = 0
+        for row in reversed(rows):
+            if shown >= MAX_IDEAS:
+                lines.append(f"- … and {len(rows) - shown} older experiments (query_results for more)")
+                break
+            note = f" — notes: {one_line(' / '.join(row.notes), 160)}" if row.notes else ""
+            outcome = row.status if row.status != "crash" else f"crash: {one_line(row.error or row.run_status, 60)}"
+            lines.append(f"- [{outcome}] {one_line(row.description, 100)} {_signed(row.delta)}{note}".rstrip())
+            shown += 1
+        if since >= 5:
+            lines += ["", f"## Streak: {since} experiments without an improvement",
+                      "Change direction: try a different kind of idea, combine near-misses, or simplify."]
+    text = "\n".join(lines) + "\n"
+    if len(text) > MAX_CHARS:
+        text = text[: MAX_CHARS - 40].rsplit("\n", 1)[0] + "\n- … (briefing cut to stay short)\n"
+    return text
+
+
+def build_briefing(session: Session) -> str:
+    return briefing_from(session.state, session.journal.rows, session.config.run_command)

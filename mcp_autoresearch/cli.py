@@ -1,0 +1,193 @@
+"""The command line: `mcp-autoresearch serve | detect | results | status | dashboard | plot | demo`.
+
+Only argument parsing and dispatch live here. Every failure the user can fix prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__
+from .errors import AutoresearchError
+
+TOKEN_ENV = "AUTORESEARCH_TOKEN"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (not usage plus error) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_project(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--project", default=".", metavar="DIR", help="project directory (default: current)")
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (the user's word: they override every configuration file)")
+    group.add_argument("--target", metavar="FILE", help="the single file the agent may edit")
+    group.add_argument("--run-command", metavar="CMD", help="shell command that runs one experiment")
+    group.add_argument("--metric", metavar="NAME", help="name of the metric that decides")
+    group.add_argument("--direction", metavar="lower|higher",
+                       help="lower or higher (also lower_is_better / higher_is_better)")
+    group.add_argument("--time-budget", metavar="SECONDS", help="seconds an experiment is meant to take")
+    group.add_argument("--readonly", metavar="FILE", action="append", help="a read-only file (repeatable)")
+    group.add_argument("--config", metavar="FILE", help="a TOML file to use instead of autoresearch.toml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mcp-autoresearch",
+        description="An MCP server that runs an autonomous experiment loop on a project, with the rules in code.",
+    )
+    parser.add_argument("--version", action="version", version=f"mcp-autoresearch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="run the MCP server for one project (stdio by default)")
+    _add_project(serve)
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
+    serve.add_argument("--token", help=f"bearer token required on every HTTP request (or ${TOKEN_ENV})")
+    serve.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _add_overrides(serve)
+
+    detect = sub.add_parser("detect", help="show what the server understands of a project")
+    _add_project(detect)
+    detect.add_argument("--json", action="store_true", help="print the JSON that detect_project returns")
+    _add_overrides(detect)
+
+    results = sub.add_parser("results", help="print the current session's results")
+    _add_project(results)
+    results.add_argument("--status", help="only rows with this status (keep, discard, crash, timeout, ...)")
+    results.add_argument("--format", choices=["table", "tsv", "json", "karpathy"], default="table")
+    results.add_argument("--session", metavar="TAG", help="another session than the current one")
+
+    status = sub.add_parser("status", help="the session's briefing, for a person")
+    _add_project(status)
+    status.add_argument("--session", metavar="TAG")
+
+    dashboard = sub.add_parser("dashboard", help="live terminal dashboard of the current session")
+    _add_project(dashboard)
+    dashboard.add_argument("--session", metavar="TAG")
+    dashboard.add_argument("--status", help="only rows with this status in the recent list")
+    dashboard.add_argument("--interval", type=float, default=2.0, help="refresh interval in seconds")
+    dashboard.add_argument("--once", action="store_true", help="print once and exit")
+
+    plot = sub.add_parser("plot", help="write the progress plot (needs the 'plot' extra)")
+    _add_project(plot)
+    plot.add_argument("--session", metavar="TAG")
+    plot.add_argument("--out", default="progress.png", help="output PNG (default progress.png)")
+
+    demo = sub.add_parser("demo", help="run the loop end to end on a bundled example project")
+    demo.add_argument("--experiments", type=int, default=12, help="experiments after the baseline (default 12)")
+    demo.add_argument("--example", default="tune", help="which bundled example (tune, bundle)")
+    demo.add_argument("--keep-dir", metavar="DIR", help="where to put the demo project (kept afterwards)")
+    demo.add_argument("--seed", type=int, default=1, help="random seed of the scripted agent")
+    return parser
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "target_file": args.target,
+        "run_command": args.run_command,
+        "metric_name": args.metric,
+        "metric_direction": args.direction,
+        "time_budget": args.time_budget,
+        "readonly_files": args.readonly,
+    }
+
+
+def _fail(message: str) -> int:
+    print(f"mcp-autoresearch: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command == "detect":
+            return cmd_detect(args)
+        if args.command in ("results", "status", "dashboard", "plot"):
+            from . import report
+
+            return report.run(args)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(args.experiments, args.keep_dir, args.example, args.seed)
+    except AutoresearchError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    return _fail(f"unknown command {args.command}")
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from .project import load_project
+
+    project = load_project(args.project, overrides_from(args), args.config)
+    info = project.info
+    if args.json:
+        print(info.model_dump_json(indent=2))
+        return 0
+    print(f"project:      {info.root} ({info.project_type})")
+    print(f"target file:  {info.target_file or '-'}")
+    print(f"run command:  {info.run_command or '-'}")
+    direction = "lower is better" if info.metric_direction == "lower_is_better" else "higher is better"
+    print(f"metric:       {info.metric_name or '-'} ({direction})")
+    print(f"  measured:   {info.metric_source}")
+    print(f"time budget:  {info.time_budget:g} s (hard timeout {info.timeout:g} s)")
+    print(f"read-only:    {', '.join(info.readonly_files) or '-'}")
+    print(f"evidence:     {', '.join(info.evidence) or '-'}")
+    print("sources:      " + ", ".join(f"{k}={v}" for k, v in info.config_source.items()
+                                       if not v.startswith("default")))
+    for warning in info.warnings:
+        print(f"warning:      {warning}")
+    print(info.message)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .session import Workspace
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if args.transport == "http":
+        if args.host not in LOOPBACK and not token:
+            return _fail(
+                f"refusing to serve on {args.host} without a token: anyone who reaches it could run commands "
+                f"in this project. Pass --token or set {TOKEN_ENV}, or bind 127.0.0.1"
+            )
+        if not 0 < args.port < 65536:
+            return _fail(f"--port {args.port} is not a valid port")
+    workspace = Workspace(args.project, overrides_from(args), args.config)
+    from .server import create_server
+
+    server = create_server(workspace)
+    if args.transport == "stdio":
+        server.run()
+        return 0
+    from .http import serve_http
+
+    return serve_http(server, args.host, args.port, token)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""The streamable HTTP transport: loopback by default, DNS-rebinding protection on, an optional bearer token.
+
+A server reachable over HTTP runs shell commands in the project on request, so every request must prove it
+comes from the user: from this machine (Host/Origin checks), and with the token when one is set.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import sys
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"]
+LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+
+
+def security_for(host: str) -> TransportSecuritySettings:
+    hosts, origins = list(LOOPBACK_HOSTS), list(LOOPBACK_ORIGINS)
+    if host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):
+        shown = f"[{host}]" if ":" in host else host
+        hosts += [f"{shown}:*", shown]
+        origins += [f"http://{shown}:*", f"https://{shown}:*"]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
+                                     allowed_origins=origins)
+
+
+class BearerToken:
+    """Refuses every HTTP request without `Authorization: Bearer <token>` (constant-time comparison)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                body = json.dumps({"error": "unauthorized: send 'Authorization: Bearer <token>'"}).encode()
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"www-authenticate", b"Bearer")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def build_http_app(server: MCPServer, host: str, token: str | None) -> ASGIApp:
+    app: ASGIApp = server.streamable_http_app(host=host, transport_security=security_for(host))
+    if token:
+        app = BearerToken(app, token)
+    return app
+
+
+def serve_http(server: MCPServer, host: str, port: int, token: str | None) -> int:
+    import uvicorn
+
+    app = build_http_app(server, host, token)
+    print(f"mcp-autoresearch: serving MCP over HTTP at http://{host}:{port}/mcp"
+          + (" (bearer token required)" if token else ""), file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+    return 0

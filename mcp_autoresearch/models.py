@@ -1,0 +1,120 @@
+"""Typed results of the loop's operations. The MCP tools return these as structured output; the CLI prints them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+RunStatusField = Literal["running", "ok", "crash", "timeout", "metric_error", "tampered", "checks_failed", "cancelled"]
+
+
+class StartResult(BaseModel):
+    tag: str
+    branch: str
+    base_commit: str
+    resumed: bool
+    results_tsv: str = Field(description="Path of results.tsv (one row per experiment).")
+    log_path: str = Field(description="Path of the JSONL log.")
+    target_file: str
+    metric_name: str
+    metric_direction: str
+    best_value: float | None = Field(None, description="Best kept value so far (when resumed).")
+    baseline_value: float | None = None
+    experiments: int = Field(0, description="Experiments logged in this session.")
+    pending_run: str | None = Field(None, description="A run that is in flight or waits for its decision.")
+    recovered: list[str] = Field(default_factory=list, description="What was repaired after a restart.")
+    briefing: str | None = Field(None, description="Summary of the session so far (when resumed).")
+    next_step: str
+
+
+class TargetView(BaseModel):
+    path: str
+    content: str
+    sha256: str = Field(description="Hash of the whole file; pass it to apply_edit as expected_sha256.")
+    total_lines: int
+    start_line: int
+    end_line: int
+    truncated: bool = Field(False, description="True when the range was cut to keep the answer small.")
+
+
+class EditResult(BaseModel):
+    path: str
+    sha256_before: str
+    sha256_after: str
+    diff: str = Field(description="Unified diff of the change (bounded).")
+    lines_added: int
+    lines_removed: int
+
+
+class RunResult(BaseModel):
+    run_id: str
+    status: RunStatusField
+    metric_name: str
+    value: float | None = None
+    best_value: float | None = Field(None, description="Best kept value before this run.")
+    delta: float | None = Field(None, description="value - best_value.")
+    would_keep: bool | None = Field(None, description="What commit_or_reset will decide (None while running).")
+    duration_s: float | None = None
+    memory_gb: float | None = None
+    exit_code: int | None = None
+    commit: str | None = Field(None, description="The commit that ran.")
+    log_path: str | None = None
+    log_tail: str | None = Field(None, description="Last lines of the output (bounded, cleaned).")
+    error: str | None = None
+    values: list[float] | None = Field(None, description="Every value when repeats > 1.")
+    spread: float | None = Field(None, description="max - min of the repeated values.")
+    elapsed_s: float | None = Field(None, description="Seconds since the run started (while running).")
+    next_step: str
+
+
+class DecisionResult(BaseModel):
+    run_id: str
+    decision: Literal["keep", "discard", "crash"]
+    reason: str
+    value: float | None
+    prev: float | None = Field(description="Best kept value before this experiment.")
+    delta: float | None
+    commit: str | None = Field(description="The experiment's commit (kept, or saved under refs/autoresearch/).")
+    branch_head: str
+    next_step: str
+
+
+class NotesResult(BaseModel):
+    run_id: str
+    status: str
+    notes: list[str]
+
+
+class ResultRow(BaseModel):
+    run_id: str
+    commit: str
+    value: float | None
+    status: str
+    run_status: str
+    delta: float | None
+    memory_gb: float | None
+    description: str
+    notes: list[str]
+    timestamp: str
+
+
+class BestInfo(BaseModel):
+    value: float
+    commit: str
+    description: str
+    run_id: str
+
+
+class QueryResult(BaseModel):
+    tag: str
+    metric_name: str
+    direction: str
+    total: int
+    counts: dict[str, int]
+    baseline: float | None
+    best: BestInfo | None
+    improvement: float | None = Field(description="How much better the best is than the baseline (>0 = better).")
+    improvement_pct: float | None
+    experiments_since_last_keep: int
+    rows: list[ResultRow]

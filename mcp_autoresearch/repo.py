@@ -1,0 +1,218 @@
+"""Every git operation the server performs, in one place (GitPython over the git CLI).
+
+What this module never does: `git clean`, `git add -A`, `git stash`, touching untracked files, or moving any
+branch other than the session's own. A discard is `reset --soft` to the best commit plus restoring only the
+paths the candidate changed, so an unrelated uncommitted edit cannot be lost.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import git
+
+from .errors import SessionError
+
+# Options on every call: no user hooks (they could edit files or block commits), no signing prompts,
+# no background gc daemon (it would outlive the call), no pager.
+GIT_OPTIONS = [
+    "core.hooksPath=/dev/null",
+    "commit.gpgsign=false",
+    "tag.gpgsign=false",
+    "gc.auto=0",
+    "maintenance.auto=false",
+    "core.pager=cat",
+    "advice.detachedHead=false",
+]
+FALLBACK_IDENTITY = {
+    "GIT_AUTHOR_NAME": "autoresearch",
+    "GIT_AUTHOR_EMAIL": "autoresearch@localhost",
+    "GIT_COMMITTER_NAME": "autoresearch",
+    "GIT_COMMITTER_EMAIL": "autoresearch@localhost",
+}
+
+
+class Repo:
+    """The git repository that holds the project (the project may be a subdirectory of it)."""
+
+    def __init__(self, project_root: Path) -> None:
+        try:
+            self._repo = git.Repo(project_root, search_parent_directories=True)
+        except git.InvalidGitRepositoryError:
+            raise SessionError(
+                f"{project_root} is not inside a git repository; run 'git init && git add -A && git commit -m init' "
+                "there first (the loop keeps and discards experiments as git commits)"
+            ) from None
+        except git.NoSuchPathError:
+            raise SessionError(f"{project_root} does not exist") from None
+        if self._repo.bare:
+            raise SessionError(f"{project_root} is a bare repository; use a working tree")
+        self.top = Path(self._repo.working_tree_dir).resolve()  # type: ignore[arg-type]
+        self.project_root = project_root.resolve()
+        self._git = self._repo.git
+        self._env: dict[str, str] = {}
+
+    # -- paths ----------------------------------------------------------------------------------------------
+    def repo_path(self, project_relative: str) -> str:
+        """A project-relative path as git names it (relative to the top of the work tree)."""
+        return (self.project_root / project_relative).relative_to(self.top).as_posix()
+
+    def project_path(self, repo_relative: str) -> str:
+        full = self.top / repo_relative
+        try:
+            return full.relative_to(self.project_root).as_posix()
+        except ValueError:
+            return os.path.relpath(full, self.project_root)
+
+    @property
+    def git_dir(self) -> Path:
+        return Path(self._repo.common_dir).resolve()
+
+    # -- running git ----------------------------------------------------------------------------------------
+    def _run(self, *args: str, **kwargs: object) -> str:
+        try:
+            return self._git.execute(["git", *_flatten_options(), *args], env=self._env or None, **kwargs)  # type: ignore[call-overload]
+        except git.GitCommandError as exc:
+            detail = (exc.stderr or exc.stdout or "").strip().replace("\n", " ")[:400]
+            raise SessionError(f"git {args[0]} failed: {detail or exc}") from None
+
+    def ensure_identity(self) -> None:
+        """Commits need an author; on a fresh machine without one, use a neutral identity for our commits."""
+        try:
+            self._git.config("user.email")
+            self._git.config("user.name")
+        except git.GitCommandError:
+            self._env = dict(FALLBACK_IDENTITY)
+
+    # -- reading --------------------------------------------------------------------------------------------
+    def has_commits(self) -> bool:
+        try:
+            self._repo.head.commit  # noqa: B018
+            return True
+        except ValueError:
+            return False
+
+    def head_commit(self) -> str:
+        return self._repo.head.commit.hexsha
+
+    def current_branch(self) -> str | None:
+        """The checked-out branch name, or None when HEAD is detached."""
+        try:
+            return self._repo.active_branch.name
+        except TypeError:
+            return None
+
+    def branch_exists(self, branch: str) -> bool:
+        return f"refs/heads/{branch}" in {ref.path for ref in self._repo.references}
+
+    def ref_exists(self, ref: str) -> bool:
+        try:
+            self._repo.rev_parse(ref)
+            return True
+        except (git.BadName, ValueError):
+            return False
+
+    def resolve(self, rev: str) -> str:
+        return self._run("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").strip()
+
+    def is_tracked(self, repo_path: str) -> bool:
+        return bool(self._run("ls-files", "--", repo_path).strip())
+
+    def changed_tracked_files(self) -> list[str]:
+        """Tracked files whose index or working-tree content differs from HEAD (repo-relative)."""
+        out = self._run("status", "--porcelain=v1", "-z", "--untracked-files=no", "--ignore-submodules=dirty")
+        paths: list[str] = []
+        entries = out.split("\0")
+        index = 0
+        while index < len(entries):
+            entry = entries[index]
+            index += 1
+            if len(entry) < 4:
+                continue
+            status, path = entry[:2], entry[3:]
+            paths.append(path)
+            if "R" in status or "C" in status:
+                paths.append(entries[index])  # the rename's source path follows
+                index += 1
+        return sorted(set(paths))
+
+    def show_file(self, commit: str, repo_path: str) -> bytes:
+        return self._repo.commit(commit).tree[repo_path].data_stream.read()
+
+    def commit_message(self, commit: str) -> str:
+        return self._repo.commit(commit).message
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        return self._repo.is_ancestor(ancestor, descendant)
+
+    # -- writing --------------------------------------------------------------------------------------------
+    def create_branch(self, branch: str) -> None:
+        """Create `branch` at HEAD and check it out; untracked files are carried along untouched."""
+        self._run("checkout", "-q", "-b", branch)
+
+    def checkout_branch(self, branch: str) -> None:
+        self._run("checkout", "-q", branch)
+
+    def commit_paths(self, message: str, repo_paths: list[str]) -> str:
+        """Commit the working-tree content of exactly these tracked paths (nothing else that may be staged)."""
+        self._run("commit", "-q", "--no-verify", "--allow-empty", "-m", message, "--only", "--", *repo_paths)
+        return self.head_commit()
+
+    def move_branch_keep_tree(self, commit: str) -> None:
+        """`reset --soft`: the branch points at `commit`; index and working tree stay as they are."""
+        self._run("reset", "-q", "--soft", commit)
+
+    def restore_paths(self, commit: str, repo_paths: list[str]) -> None:
+        """Index and working tree of these paths become their content at `commit` (deleted when absent there)."""
+        if not repo_paths:
+            return
+        present = [p for p in repo_paths if self._in_tree(commit, p)]
+        absent = [p for p in repo_paths if p not in present]
+        if present:
+            self._run("checkout", "-q", commit, "--", *present)
+        for path in absent:
+            self._run("rm", "-q", "--cached", "--ignore-unmatch", "--", path)
+            try:
+                (self.top / path).unlink()
+            except OSError:
+                pass
+
+    def unstage(self, repo_paths: list[str]) -> None:
+        self._run("reset", "-q", "--", *repo_paths)
+
+    def set_ref(self, ref: str, commit: str) -> None:
+        self._run("update-ref", ref, commit)
+
+    def add_excludes(self, patterns: list[str]) -> None:
+        """Keep our own files out of git through .git/info/exclude; the user's .gitignore is never edited."""
+        exclude = self.git_dir / "info" / "exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        current = exclude.read_text(encoding="utf-8", errors="replace") if exclude.exists() else ""
+        lines = set(current.splitlines())
+        missing = [p for p in patterns if p not in lines]
+        if missing:
+            with exclude.open("a", encoding="utf-8") as handle:
+                if current and not current.endswith("\n"):
+                    handle.write("\n")
+                handle.write("# mcp-autoresearch: session files\n")
+                for pattern in missing:
+                    handle.write(pattern + "\n")
+
+    def _in_tree(self, commit: str, repo_path: str) -> bool:
+        try:
+            self._repo.commit(commit).tree[repo_path]
+            return True
+        except KeyError:
+            return False
+
+    def changed_between(self, a: str, b: str) -> list[str]:
+        out = self._run("diff", "--name-only", "-z", a, b)
+        return [p for p in out.split("\0") if p]
+
+
+def _flatten_options() -> list[str]:
+    args: list[str] = []
+    for option in GIT_OPTIONS:
+        args += ["-c", option]
+    return args

@@ -1,0 +1,287 @@
+"""The MCP adapter: tools, prompt and resources mapped onto the engine (`session.Workspace`).
+
+Nothing here decides anything: it validates arguments (through the signatures), calls the engine, turns
+engine refusals into `ToolError`s the agent reads, and turns a long run into progress notifications.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal, TypeVar
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from . import __version__
+from .briefing import build_briefing
+from .errors import AutoresearchError
+from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
+from .project import ProjectInfo
+from .prompts import loop_prompt
+from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Workspace, _clamp_wait, _normal_run_id
+
+log = logging.getLogger("mcp_autoresearch")
+PROGRESS_EVERY_S = 2.0
+
+INSTRUCTIONS = """\
+autoresearch runs an experiment loop on this project with its rules enforced by the server.
+Setup: detect_project, then start_session, then run the unmodified baseline (run_experiment + commit_or_reset).
+Loop forever: read_target -> apply_edit (only the target file can change) -> run_experiment (the server commits
+the candidate, runs it, and measures the metric itself) -> commit_or_reset (the server keeps it only if the metric
+improved, else reverts) -> log_result (your hypothesis and what you learned). query_results shows the table.
+If run_experiment returns status 'running', poll with wait_experiment. The prompt 'loop' has the full program.
+"""
+
+T = TypeVar("T")
+WAIT_HELP = (f"Seconds to wait for the result before returning status 'running' (default {DEFAULT_WAIT_S:g}, "
+             f"max {MAX_WAIT_S:g}; keep it under your client's request timeout).")
+
+
+class EditOp(BaseModel):
+    old_text: str = Field(description="Exact text to replace; must occur exactly once in the target.")
+    new_text: str = Field(description="Replacement text (may be empty to delete).")
+
+
+def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Engine refusals become ToolErrors with their message; anything unexpected is logged, and the agent gets
+    one line instead of a hidden error."""
+
+    def convert(exc: Exception) -> ToolError:
+        if isinstance(exc, AutoresearchError):
+            return ToolError(str(exc))
+        log.exception("unexpected error in %s", fn.__name__)
+        return ToolError(f"internal error ({type(exc).__name__}: {exc}); the server log has the details")
+
+    if _is_async(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)  # type: ignore[misc]
+            except ToolError:
+                raise
+            except Exception as exc:
+                raise convert(exc) from None
+
+        return async_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except ToolError:
+            raise
+        except Exception as exc:
+            raise convert(exc) from None
+
+    return wrapper
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    import inspect
+
+    return inspect.iscoroutinefunction(fn)
+
+
+def _annotations(read_only: bool, destructive: bool = False, idempotent: bool = False) -> ToolAnnotations:
+    return ToolAnnotations(read_only_hint=read_only, destructive_hint=destructive, idempotent_hint=idempotent,
+                           open_world_hint=False)
+
+
+def create_server(workspace: Workspace) -> MCPServer:
+    @asynccontextmanager
+    async def lifespan(_server: MCPServer) -> AsyncIterator[Workspace]:
+        try:
+            yield workspace
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(workspace.shutdown)
+
+    server = MCPServer("autoresearch", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
+                       log_level="WARNING")
+
+    @server.tool(annotations=_annotations(read_only=True, idempotent=True))
+    @_engine_errors
+    def detect_project() -> ProjectInfo:
+        """What the server understood of the project: type, the single target file, how an experiment runs,
+        which metric decides and in which direction, read-only files, and where each setting came from."""
+        return workspace.detect()
+
+    @server.tool(annotations=_annotations(read_only=False))
+    @_engine_errors
+    def start_session(
+        tag: Annotated[str | None, Field(
+            description="Session name; the branch is autoresearch/<tag>. Default: today's month and day "
+                        "(e.g. nov26), or the session whose branch is checked out.")] = None,
+    ) -> StartResult:
+        """Start or resume an experiment session on branch autoresearch/<tag>. Refuses when tracked files have
+        uncommitted changes. Creates results.tsv and the JSONL log. A resumed session returns its briefing."""
+        return workspace.start_session(tag)
+
+    @server.tool(annotations=_annotations(read_only=True, idempotent=True))
+    @_engine_errors
+    def read_target(
+        start_line: Annotated[int | None, Field(description="First line to return (1-based).", ge=1)] = None,
+        end_line: Annotated[int | None, Field(description="Last line to return (inclusive).", ge=0)] = None,
+    ) -> TargetView:
+        """Read the target file (the only file experiments may change), whole or a line range, with its sha256."""
+        return workspace.session.read_target(start_line, end_line)
+
+    @server.tool(annotations=_annotations(read_only=False))
+    @_engine_errors
+    def apply_edit(
+        edits: Annotated[list[EditOp] | None, Field(
+            description="Replacements applied in order; each old_text must occur exactly once.",
+            max_length=200)] = None,
+        content: Annotated[str | None, Field(description="The whole new content of the target file.")] = None,
+        path: Annotated[str | None, Field(
+            description="Optional; if given it must name the target file. No other file can be edited.")] = None,
+        expected_sha256: Annotated[str | None, Field(
+            description="sha256 from read_target; the edit is refused if the file changed since.")] = None,
+    ) -> EditResult:
+        """Change the target file: either `edits` (exact replacements) or `content` (whole file). Only the
+        configured target can be written; the write is atomic. Returns the diff."""
+        ops = [op.model_dump() for op in edits] if edits is not None else None
+        return workspace.session.apply_edit(ops, content, path, expected_sha256)
+
+    async def _await_run(run_id: str | None, wait_s: float | None, ctx: Context) -> RunResult:
+        session = workspace.session
+        active = session.active
+        if active is not None and (run_id is None or _normal_run_id(run_id) == active.run_id):
+            deadline = time.monotonic() + _clamp_wait(wait_s)
+            try:
+                while not active.done.is_set():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    await anyio.to_thread.run_sync(
+                        active.done.wait, min(PROGRESS_EVERY_S, remaining), abandon_on_cancel=True
+                    )
+                    if not active.done.is_set():
+                        elapsed = time.monotonic() - active.started
+                        line = active.progress[2] if active.progress else ""
+                        await ctx.report_progress(
+                            round(elapsed, 1), session.config.timeout,
+                            f"{active.run_id}: {elapsed:.0f}s of {session.config.timeout:g}s limit"
+                            + (f" | {line}" if line else ""),
+                        )
+            except anyio.get_cancelled_exc_class():
+                session.cancel_run(
+                    "the client cancelled the call waiting for this run (a request timeout?); "
+                    "use a smaller wait_s and poll with wait_experiment"
+                )
+                raise
+        return await anyio.to_thread.run_sync(session.view, run_id)
+
+    @server.tool(annotations=_annotations(read_only=False))
+    @_engine_errors
+    async def run_experiment(
+        description: Annotated[str, Field(description="What this experiment changes, in a few words.",
+                                          max_length=2000)],
+        ctx: Context,
+        wait_s: Annotated[float | None, Field(description=WAIT_HELP, ge=0)] = None,
+    ) -> RunResult:
+        """Run one experiment on the current target. The server checks that only the target changed, commits
+        the candidate, runs the configured command under a hard timeout, and measures the metric itself. The
+        first run of a session must be the unmodified baseline. Then call commit_or_reset."""
+        session = workspace.session
+        run_id = await anyio.to_thread.run_sync(session.start_run, description)
+        return await _await_run(run_id, wait_s, ctx)
+
+    @server.tool(annotations=_annotations(read_only=True, idempotent=True))
+    @_engine_errors
+    async def wait_experiment(
+        run_id: Annotated[str, Field(description="The run_id returned by run_experiment.")],
+        ctx: Context,
+        wait_s: Annotated[float | None, Field(description=WAIT_HELP, ge=0)] = None,
+    ) -> RunResult:
+        """Wait for a run that returned status 'running', and return its result (same shape as run_experiment)."""
+        return await _await_run(run_id, wait_s, ctx)
+
+    @server.tool(annotations=_annotations(read_only=False, destructive=True))
+    @_engine_errors
+    def commit_or_reset(
+        run_id: Annotated[str | None, Field(description="The run to decide (default: the pending run).")] = None,
+        discard: Annotated[bool, Field(
+            description="Discard even if it improved. A keep can never be forced.")] = False,
+    ) -> DecisionResult:
+        """Decide the finished run from the server's own measurement: keep (the branch advances) when the
+        metric improved by more than min_delta, or is equal and the target got simpler; otherwise discard (the
+        target goes back to the best kept commit; the idea stays under refs/autoresearch/). Logs the row."""
+        return workspace.session.commit_or_reset(run_id, discard)
+
+    @server.tool(annotations=_annotations(read_only=False))
+    @_engine_errors
+    def log_result(
+        run_id: Annotated[str, Field(description="A decided experiment's run_id.")],
+        notes: Annotated[str, Field(description="Hypothesis and what the result taught you (a few lines).",
+                                    max_length=8000)],
+    ) -> NotesResult:
+        """Attach your notes to a logged experiment (JSONL and query_results). Values and statuses cannot change."""
+        return workspace.session.log_notes(run_id, notes)
+
+    @server.tool(annotations=_annotations(read_only=True, idempotent=True))
+    @_engine_errors
+    def query_results(
+        status: Annotated[str | None, Field(
+            description="Only rows with this status: keep, discard, crash, or a run status (timeout, ...).")] = None,
+        limit: Annotated[int, Field(description="Rows to return (1-500).", ge=1, le=500)] = 20,
+        order: Annotated[Literal["recent", "best"], Field(description="recent first, or best value first.")]
+        = "recent",
+    ) -> QueryResult:
+        """The session's results: counts, baseline, best, improvement, streak, and the rows."""
+        return workspace.session.query(status, limit, order)
+
+    @server.prompt(name="loop", description="The autonomous experiment loop: setup, rules, and the current briefing.")
+    def loop(focus: str | None = None) -> str:
+        """focus: optional single word naming an area to concentrate on (e.g. optimizer)."""
+        session = workspace.peek_session()
+        briefing = build_briefing(session) if session is not None else None
+        return loop_prompt(workspace.detect(), briefing, focus)
+
+    @server.resource("autoresearch://results", name="results", mime_type="text/tab-separated-values",
+                     description="results.tsv of the current session.")
+    def results_resource() -> str:
+        session = workspace.session
+        return session.journal.tsv_text()
+
+    @server.resource("autoresearch://briefing", name="briefing", mime_type="text/markdown",
+                     description="Summary of the session for a fresh agent.")
+    def briefing_resource() -> str:
+        return build_briefing(workspace.session)
+
+    @server.resource("autoresearch://config", name="config", mime_type="application/json",
+                     description="The effective configuration and where each value came from.")
+    def config_resource() -> str:
+        project = workspace.load()
+        return project.config.model_dump_json(indent=2)[:-2] + ',\n  "config_source": ' + \
+            _json(project.info.config_source) + "\n}"
+
+    _add_plot_resource(server, workspace)
+    return server
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=2).replace("\n", "\n  ")
+
+
+def _add_plot_resource(server: MCPServer, workspace: Workspace) -> None:
+    from .plot import plotting_available, render_png
+
+    if not plotting_available():
+        return
+
+    @server.resource("autoresearch://progress.png", name="progress.png", mime_type="image/png",
+                     description="Progress plot: discarded grey, kept green, running best.")
+    def progress_png() -> bytes:
+        session = workspace.session
+        return render_png(session.journal.rows, session.state.metric_name, session.state.metric_direction)

@@ -1,0 +1,151 @@
+"""Session state on disk, written atomically, and the lock that keeps one server per project.
+
+Everything the server must remember across a restart lives here: the branch, the best kept commit, the
+read-only fingerprints, and the run that is in flight or waiting for its decision.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from .errors import SessionError
+
+STATE_DIR = ".autoresearch"
+
+
+class Best(BaseModel):
+    value: float
+    commit: str
+    run_id: str
+    description: str
+    nonblank_lines: int
+
+
+class Pending(BaseModel):
+    """A run between its start and its logged decision."""
+
+    run_id: str
+    description: str
+    parent: str  # the best commit the candidate was built on
+    commit: str | None = None  # the candidate commit that ran (None while being created)
+    is_baseline: bool = False
+    nonblank_lines: int = 0
+    phase: Literal["starting", "running", "finished", "deciding"] = "starting"
+    started_at: str = ""
+    result: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None
+
+
+class SessionState(BaseModel):
+    tag: str
+    branch: str
+    base_commit: str
+    created_at: str
+    target_file: str
+    metric_name: str
+    metric_direction: str
+    readonly_hashes: dict[str, str | None]
+    run_counter: int = 0
+    best: Best | None = None
+    baseline_value: float | None = None
+    baseline_commit: str | None = None
+    pending: Pending | None = None
+
+
+def state_dir(root: Path) -> Path:
+    return root / STATE_DIR
+
+
+def state_path(root: Path, tag: str) -> Path:
+    return state_dir(root) / "sessions" / f"{tag}.json"
+
+
+def save_state(root: Path, state: SessionState) -> None:
+    """Write-then-rename: a reader (or a restart) sees the old state or the new one, never half of one."""
+    path = state_path(root, state.tag)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = state.model_dump_json(indent=1).encode("utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    (state_dir(root) / "current").write_text(state.tag + "\n", encoding="utf-8")
+
+
+def load_state(root: Path, tag: str) -> SessionState | None:
+    path = state_path(root, tag)
+    if not path.exists():
+        return None
+    try:
+        return SessionState.model_validate_json(path.read_bytes())
+    except (ValidationError, ValueError, OSError) as exc:
+        raise SessionError(
+            f"session state {path} is unreadable ({str(exc).splitlines()[0]}); move it aside to start over"
+        ) from None
+
+
+def current_tag(root: Path) -> str | None:
+    try:
+        tag = (state_dir(root) / "current").read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return tag or None
+
+
+class ProjectLock:
+    """An exclusive flock on .autoresearch/server.lock, held while the server lives. The kernel drops it when
+    the holder dies, so a stale lock from a killed server is taken over without any cleanup."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = state_dir(root) / "server.lock"
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise SessionError(
+                f"another autoresearch server holds this project ({holder}); use that server, or stop it first"
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info.get('pid')} on {info.get('host')}, since {info.get('since')}"
+    except (ValueError, OSError):
+        return "pid unknown"
