@@ -6,12 +6,10 @@ Only argument parsing and dispatch live here. Every failure the user can fix pri
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__

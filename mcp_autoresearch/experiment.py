@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import statistics
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal

@@ -1,0 +1,124 @@
+"""Fixtures: real git repositories in temp dirs, and the server driven through the real MCP client."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client, StdioServerParameters
+
+from mcp_autoresearch.server import create_server
+from mcp_autoresearch.session import Workspace
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test User",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test User",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+}
+
+# A tiny "training script": the metric depends on the constant LR; the evaluator is a separate read-only file.
+TRAIN_PY = """\
+LR = 0.5
+WIDTH = 4
+print("step 1 loss 2.0")
+print(f"val_bpb: {abs(LR - 0.1) + 1:.6f}")
+print("peak_vram_mb: 512.0")
+"""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
+                          env={**os.environ, **GIT_ENV}).stdout
+
+
+def make_repo(path: Path, files: dict[str, str], commit: bool = True) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        file = path / name
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(content)
+    git(path, "init", "-q", "-b", "main")
+    if commit:
+        git(path, "add", "-A")
+        git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+@pytest.fixture
+def ml_project(tmp_path: Path) -> Path:
+    """An ML-shaped project (train.py + prepare.py), committed, plus an untracked file of the user's."""
+    root = make_repo(tmp_path / "proj", {"train.py": TRAIN_PY, "prepare.py": "# fixed evaluation\nSEED = 1\n",
+                                         "README.md": "demo\n"})
+    (root / "my_notes.txt").write_text("the user's own untracked work\n")
+    return root
+
+
+def structured(result: Any) -> dict[str, Any]:
+    if result.is_error:
+        raise AssertionError(f"tool failed: {result.content[0].text}")
+    return result.structured_content
+
+
+def error_text(result: Any) -> str:
+    assert result.is_error, f"expected a refusal, got {result.structured_content}"
+    return result.content[0].text
+
+
+class Agent:
+    """A thin helper over the MCP client: call a tool and get its structured result or its error text."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def ok(self, tool: str, **args: Any) -> dict[str, Any]:
+        return structured(await self.client.call_tool(tool, args))
+
+    async def refused(self, tool: str, **args: Any) -> str:
+        return error_text(await self.client.call_tool(tool, args))
+
+    async def edit(self, old: str, new: str) -> dict[str, Any]:
+        return await self.ok("apply_edit", edits=[{"old_text": old, "new_text": new}])
+
+    async def experiment(self, description: str, **wait: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        run = await self.ok("run_experiment", description=description, **wait)
+        while run["status"] == "running":
+            run = await self.ok("wait_experiment", run_id=run["run_id"])
+        decision = await self.ok("commit_or_reset", run_id=run["run_id"])
+        return run, decision
+
+
+@pytest.fixture
+async def agent_for() -> AsyncIterator[Any]:
+    """Factory: `async with agent_for(root, **overrides) as agent` over the in-memory client."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def factory(root: Path, overrides: dict[str, Any] | None = None):
+        workspace = Workspace(root, overrides)
+        async with Client(create_server(workspace)) as client:
+            yield Agent(client)
+
+    yield factory
+
+
+def stdio_params(root: Path, *extra: str) -> StdioServerParameters:
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **GIT_ENV}
+    return StdioServerParameters(command=sys.executable,
+                                 args=["-m", "mcp_autoresearch", "serve", "--project", str(root), *extra],
+                                 env=env, cwd=str(root))
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mcp_autoresearch", *args], cwd=cwd, capture_output=True,
+                          text=True, env={**os.environ, **GIT_ENV}, timeout=120)

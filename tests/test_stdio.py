@@ -1,0 +1,157 @@
+"""The server as users run it: a real `mcp-autoresearch serve` subprocess over stdio, killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mcp import Client
+
+from mcp_autoresearch.runner import MARKER_PROJECT
+
+from .conftest import Agent, git, run_cli, stdio_params
+
+pytestmark = pytest.mark.anyio
+
+SLOW_TRAIN = """\
+import time
+LR = 0.5
+print("training...", flush=True)
+time.sleep(DELAY)
+print(f"val_bpb: {abs(LR - 0.1) + 1:.6f}")
+"""
+
+
+def server_pid(root: Path) -> int:
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = proc.cmdline()
+        except psutil.Error:
+            continue
+        if "serve" in cmd and str(root) in cmd:
+            return proc.pid
+    raise AssertionError("server process not found")
+
+
+def run_processes(root: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(MARKER_PROJECT) == str(root):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def slow_project(root: Path, delay: float) -> None:
+    (root / "train.py").write_text(SLOW_TRAIN.replace("DELAY", str(delay)))
+    git(root, "commit", "-qam", "slow training")
+
+
+async def test_detect_over_stdio(ml_project: Path) -> None:
+    async with Client(stdio_params(ml_project)) as client:
+        assert client.server_info.name == "autoresearch"
+        assert "commit_or_reset" in (client.instructions or "")
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        assert set(tools) >= {"detect_project", "start_session", "read_target", "apply_edit", "run_experiment",
+                              "wait_experiment", "commit_or_reset", "log_result", "query_results"}
+        assert tools["detect_project"].annotations.read_only_hint is True
+        assert tools["detect_project"].annotations.idempotent_hint is True
+        assert tools["detect_project"].output_schema is not None
+        # Flat arguments: every parameter is top level and described.
+        for tool in tools.values():
+            for name, prop in tool.input_schema.get("properties", {}).items():
+                assert prop.get("description"), f"{tool.name}.{name} has no description"
+        result = await client.call_tool("detect_project", {})
+        assert result.structured_content["project_type"] == "ml"
+
+
+async def test_run_over_stdio_needs_wait_experiment(ml_project: Path) -> None:
+    slow_project(ml_project, 1.5)
+    async with Client(stdio_params(ml_project)) as client:
+        agent = Agent(client)
+        await agent.ok("start_session")
+        progress: list[tuple[float, float | None, str | None]] = []
+
+        async def on_progress(p: float, total: float | None, message: str | None) -> None:
+            progress.append((p, total, message))
+
+        first = await client.call_tool("run_experiment", {"description": "baseline", "wait_s": 0.2})
+        assert first.structured_content["status"] == "running"
+        result = await client.call_tool("wait_experiment", {"run_id": first.structured_content["run_id"],
+                                                            "wait_s": 20}, progress_callback=on_progress)
+        assert result.structured_content["status"] == "ok" and result.structured_content["value"] == 1.4
+        decision = await agent.ok("commit_or_reset", run_id="r1")
+        assert decision["decision"] == "keep"
+
+
+async def test_kill_9_mid_run_then_restart_records_a_crash(ml_project: Path) -> None:
+    root = ml_project
+    slow_project(root, 30)
+    async with Client(stdio_params(root)) as client:
+        agent = Agent(client)
+        await agent.ok("start_session")
+        run = await agent.ok("run_experiment", description="baseline", wait_s=0.5)
+        assert run["status"] == "running"
+        assert run_processes(root), "the run should be alive"
+        os.kill(server_pid(root), signal.SIGKILL)
+        time.sleep(0.3)
+    async with Client(stdio_params(root)) as client:
+        agent = Agent(client)
+        resumed = await agent.ok("start_session")
+        assert resumed["resumed"] is True
+        assert any("logged as a crash" in line for line in resumed["recovered"])
+        results = await agent.ok("query_results")
+        assert results["total"] == 1 and results["rows"][0]["status"] == "crash"
+    assert run_processes(root) == []
+    assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+    lines = (root / "results.tsv").read_text().splitlines()
+    assert len(lines) == 2 and lines[1].split("\t")[3] == "crash"
+    events = [json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()]
+    assert [e["action"] for e in events].count("experiment_done") == 1
+
+
+async def test_kill_9_between_run_and_decision_keeps_the_pending_decision(ml_project: Path) -> None:
+    root = ml_project
+    async with Client(stdio_params(root)) as client:
+        agent = Agent(client)
+        await agent.ok("start_session")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.2")
+        run = await agent.ok("run_experiment", description="lr 0.2")
+        assert run["status"] == "ok" and run["would_keep"] is True
+        os.kill(server_pid(root), signal.SIGKILL)
+        time.sleep(0.3)
+    async with Client(stdio_params(root)) as client:
+        agent = Agent(client)
+        resumed = await agent.ok("start_session")
+        assert resumed["pending_run"] == "r2"
+        assert "decide run r2 first" in await agent.refused("apply_edit", content="x")
+        decision = await agent.ok("commit_or_reset", run_id="r2")
+        assert decision["decision"] == "keep" and decision["value"] == 1.1
+    assert git(root, "log", "-1", "--format=%s").strip() == "experiment: lr 0.2"
+    assert len((root / "results.tsv").read_text().splitlines()) == 3
+
+
+async def test_cli_detect_and_bad_arguments(ml_project: Path, tmp_path: Path) -> None:
+    out = run_cli("detect", "--project", str(ml_project))
+    assert out.returncode == 0 and "train.py" in out.stdout and "val_bpb" in out.stdout
+    as_json = json.loads(run_cli("detect", "--project", str(ml_project), "--json").stdout)
+    assert as_json["project_type"] == "ml"
+    for args in (["detect", "--project", str(tmp_path / "missing")], ["serve", "--project", "/etc/passwd"],
+                 ["detect", "--bogus"], ["nonsense"], ["serve", "--transport", "carrier-pigeon"]):
+        bad = run_cli(*args)
+        assert bad.returncode == 2, args
+        assert "Traceback" not in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    version = run_cli("--version")
+    assert version.returncode == 0 and "mcp-autoresearch" in version.stdout
+    (ml_project / "CLAUDE.md").write_text("## autoresearch\n- time_budget: abc\n")
+    bad_config = run_cli("serve", "--project", str(ml_project))
+    assert bad_config.returncode == 2 and "time_budget" in bad_config.stderr and "CLAUDE.md" in bad_config.stderr
