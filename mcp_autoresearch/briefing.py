@@ -57,27 +57,43 @@ def briefing_from(state: SessionState, rows: list[Row], run_command: str | None 
         f"{since} since the last keep."
     )
     if state.pending is not None:
-        lines.append(f"Pending: run {state.pending.run_id} ({state.pending.phase}) — decide it before editing.")
+        lines.append(
+            f"Pending: run {state.pending.run_id} ({state.pending.phase}) — decide it before editing."
+        )
     if rows:
-        lines += ["", "## Last experiments", "", "| run | status | value | delta | description |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Last experiments",
+            "",
+            "| run | status | value | delta | description |",
+            "|---|---|---|---|---|",
+        ]
         for row in rows[-RECENT_ROWS:]:
-            status = row.status if row.run_status in ("ok", row.status) else f"{row.status} ({row.run_status})"
-            lines.append(f"| {row.run_id} | {status} | {_fmt(row.value)} | {_signed(row.delta)} | "
-                         f"{one_line(row.description, 80).replace('|', '/')} |")
+            status = (
+                row.status if row.run_status in ("ok", row.status) else f"{row.status} ({row.run_status})"
+            )
+            lines.append(
+                f"| {row.run_id} | {status} | {_fmt(row.value)} | {_signed(row.delta)} | "
+                f"{one_line(row.description, 80).replace('|', '/')} |"
+            )
         lines += ["", "## Ideas tried (newest first; do not repeat a failed one without a new reason)", ""]
-        shown = 0
-        for row in reversed(rows):
+        for shown, row in enumerate(reversed(rows)):
             if shown >= MAX_IDEAS:
                 lines.append(f"- … and {len(rows) - shown} older experiments (query_results for more)")
                 break
             note = f" — notes: {one_line(' / '.join(row.notes), 160)}" if row.notes else ""
-            outcome = row.status if row.status != "crash" else f"crash: {one_line(row.error or row.run_status, 60)}"
-            lines.append(f"- [{outcome}] {one_line(row.description, 100)} {_signed(row.delta)}{note}".rstrip())
-            shown += 1
+            outcome = (
+                row.status if row.status != "crash" else f"crash: {one_line(row.error or row.run_status, 60)}"
+            )
+            lines.append(
+                f"- [{outcome}] {one_line(row.description, 100)} {_signed(row.delta)}{note}".rstrip()
+            )
         if since >= 5:
-            lines += ["", f"## Streak: {since} experiments without an improvement",
-                      "Change direction: try a different kind of idea, combine near-misses, or simplify."]
+            lines += [
+                "",
+                f"## Streak: {since} experiments without an improvement",
+                "Change direction: try a different kind of idea, combine near-misses, or simplify.",
+            ]
     text = "\n".join(lines) + "\n"
     if len(text) > MAX_CHARS:
         text = text[: MAX_CHARS - 40].rsplit("\n", 1)[0] + "\n- … (briefing cut to stay short)\n"

@@ -35,8 +35,11 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--target", metavar="FILE", help="the single file the agent may edit")
     group.add_argument("--run-command", metavar="CMD", help="shell command that runs one experiment")
     group.add_argument("--metric", metavar="NAME", help="name of the metric that decides")
-    group.add_argument("--direction", metavar="lower|higher",
-                       help="lower or higher (also lower_is_better / higher_is_better)")
+    group.add_argument(
+        "--direction",
+        metavar="lower|higher",
+        help="lower or higher (also lower_is_better / higher_is_better)",
+    )
     group.add_argument("--time-budget", metavar="SECONDS", help="seconds an experiment is meant to take")
     group.add_argument("--readonly", metavar="FILE", action="append", help="a read-only file (repeatable)")
     group.add_argument("--config", metavar="FILE", help="a TOML file to use instead of autoresearch.toml")
@@ -87,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default="progress.png", help="output PNG (default progress.png)")
 
     demo = sub.add_parser("demo", help="run the loop end to end on a bundled example project")
-    demo.add_argument("--experiments", type=int, default=12, help="experiments after the baseline (default 12)")
+    demo.add_argument(
+        "--experiments", type=int, default=12, help="experiments after the baseline (default 12)"
+    )
     demo.add_argument("--example", default="tune", help="which bundled example (tune, bundle)")
     demo.add_argument("--keep-dir", metavar="DIR", help="where to put the demo project (kept afterwards)")
     demo.add_argument("--seed", type=int, default=1, help="random seed of the scripted agent")
@@ -153,8 +158,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(f"time budget:  {info.time_budget:g} s (hard timeout {info.timeout:g} s)")
     print(f"read-only:    {', '.join(info.readonly_files) or '-'}")
     print(f"evidence:     {', '.join(info.evidence) or '-'}")
-    print("sources:      " + ", ".join(f"{k}={v}" for k, v in info.config_source.items()
-                                       if not v.startswith("default")))
+    print(
+        "sources:      "
+        + ", ".join(f"{k}={v}" for k, v in info.config_source.items() if not v.startswith("default"))
+    )
     for warning in info.warnings:
         print(f"warning:      {warning}")
     print(info.message)
@@ -164,8 +171,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .session import Workspace
 
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if args.transport == "http":
         if args.host not in LOOPBACK and not token:

@@ -48,14 +48,18 @@ class ConfigValues(BaseModel):
     )
     metric_direction: Direction | None = Field(None, description="lower_is_better or higher_is_better.")
     time_budget: float | None = Field(None, gt=0, description="Seconds an experiment is meant to take.")
-    timeout: float | None = Field(None, gt=0, description="Hard limit in seconds; the run is killed after it.")
+    timeout: float | None = Field(
+        None, gt=0, description="Hard limit in seconds; the run is killed after it."
+    )
     readonly_files: list[str] | None = Field(None, description="Files that must never change.")
     checks_command: str | None = Field(None, description="Command that must pass after a successful run.")
     checks_timeout: float | None = Field(None, gt=0, description="Hard limit in seconds for checks_command.")
     repeats: int | None = Field(None, ge=1, le=100, description="Runs per experiment; the median decides.")
     min_delta: float | None = Field(None, ge=0, description="Smallest change that counts as an improvement.")
     max_experiments: int | None = Field(None, ge=1, description="Stop accepting runs after this many.")
-    memory_regex: str | None = Field(None, description="Regex with one group: peak memory in MB from the log.")
+    memory_regex: str | None = Field(
+        None, description="Regex with one group: peak memory in MB from the log."
+    )
     jsonl_path: str | None = Field(None, description="Where the JSONL log lives (relative to the project).")
 
     @field_validator("metric_direction", mode="before")

@@ -35,7 +35,9 @@ class Source:
 def _read_text(path: Path, label: str) -> str:
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{label}: file is larger than {MAX_CONFIG_BYTES // 1000} KB; is it really config?")
+            raise ConfigError(
+                f"{label}: file is larger than {MAX_CONFIG_BYTES // 1000} KB; is it really config?"
+            )
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{label}: not valid UTF-8 text") from None

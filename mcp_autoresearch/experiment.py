@@ -66,14 +66,21 @@ class Experiment:
             if self._current is not None:
                 self._current.cancel(reason)
 
-    def _process(self, command: str, log_path: Path, timeout: float, marker: str,
-                 progress: ProgressCallback | None) -> ProcessRun:
+    def _process(
+        self, command: str, log_path: Path, timeout: float, marker: str, progress: ProgressCallback | None
+    ) -> ProcessRun:
         env = {"AUTORESEARCH_LOG": str(log_path), "AUTORESEARCH_TIME_BUDGET": f"{self.config.time_budget:g}"}
         if self.tag:
             env["AUTORESEARCH_TAG"] = self.tag
         process = ProcessRun(
-            command=command, cwd=self.root, log_path=log_path, timeout_s=timeout, env=env,
-            run_marker=marker, project_marker=str(self.root), on_progress=progress,
+            command=command,
+            cwd=self.root,
+            log_path=log_path,
+            timeout_s=timeout,
+            env=env,
+            run_marker=marker,
+            project_marker=str(self.root),
+            on_progress=progress,
         )
         with self._lock:
             if self._cancel_reason is not None:
@@ -95,7 +102,9 @@ class Experiment:
         for index in range(config.repeats):
             suffix = "" if config.repeats == 1 else f"-{index + 1}"
             log_path = self.log_dir / f"{self.run_id}{suffix}.log"
-            process = self._process(config.run_command, log_path, config.timeout, self.run_id, self.on_progress)
+            process = self._process(
+                config.run_command, log_path, config.timeout, self.run_id, self.on_progress
+            )
             self._clear_run_log()
             last = process.run()
             self._publish_run_log(log_path)
@@ -105,13 +114,35 @@ class Experiment:
             failure = self._process_failure(last.status, last.exit_code, last.error)
             if failure:
                 status, error = failure
-                return self._result(status, None, values, durations, peak_rss, memory_mb, last.exit_code,
-                                    log_path, error, secondary, leftovers)
+                return self._result(
+                    status,
+                    None,
+                    values,
+                    durations,
+                    peak_rss,
+                    memory_mb,
+                    last.exit_code,
+                    log_path,
+                    error,
+                    secondary,
+                    leftovers,
+                )
             try:
                 values.append(self._metric(log_path, last.duration_s))
             except MetricError as exc:
-                return self._result("metric_error", None, values, durations, peak_rss, memory_mb,
-                                    last.exit_code, log_path, str(exc), secondary, leftovers)
+                return self._result(
+                    "metric_error",
+                    None,
+                    values,
+                    durations,
+                    peak_rss,
+                    memory_mb,
+                    last.exit_code,
+                    log_path,
+                    str(exc),
+                    secondary,
+                    leftovers,
+                )
             extra = read_secondary(log_path, config.metric_name, config.memory_regex)
             if extra.memory_mb is not None:
                 memory_mb = max(memory_mb or 0.0, extra.memory_mb)
@@ -120,21 +151,46 @@ class Experiment:
         assert last is not None
         if config.checks_command:
             checks_log = self.log_dir / f"{self.run_id}-checks.log"
-            checks = self._process(config.checks_command, checks_log, config.checks_timeout,
-                                   f"{self.run_id}-checks", None).run()
+            checks = self._process(
+                config.checks_command, checks_log, config.checks_timeout, f"{self.run_id}-checks", None
+            ).run()
             leftovers += checks.leftovers_killed
             failure = self._process_failure(checks.status, checks.exit_code, checks.error)
             if failure:
                 status, error = failure
                 if status in ("crash", "timeout"):
                     status, error = "checks_failed", f"checks_command failed: {error}"
-                return self._result(status, value, values, durations, peak_rss, memory_mb, last.exit_code,
-                                    checks_log, error, secondary, leftovers)
-        return self._result("ok", value, values, durations, peak_rss, memory_mb, last.exit_code, log_path,
-                            None, secondary, leftovers)
+                return self._result(
+                    status,
+                    value,
+                    values,
+                    durations,
+                    peak_rss,
+                    memory_mb,
+                    last.exit_code,
+                    checks_log,
+                    error,
+                    secondary,
+                    leftovers,
+                )
+        return self._result(
+            "ok",
+            value,
+            values,
+            durations,
+            peak_rss,
+            memory_mb,
+            last.exit_code,
+            log_path,
+            None,
+            secondary,
+            leftovers,
+        )
 
     @staticmethod
-    def _process_failure(status: str, exit_code: int | None, error: str | None) -> tuple[RunStatus, str] | None:
+    def _process_failure(
+        status: str, exit_code: int | None, error: str | None
+    ) -> tuple[RunStatus, str] | None:
         if status == "timeout":
             return "timeout", error or "timed out"
         if status == "cancelled":
@@ -193,13 +249,23 @@ class Experiment:
             except OSError:
                 pass
 
-    def _result(self, status: RunStatus, value: float | None, values: list[float], durations: list[float],
-                peak_rss: int, memory_mb: float | None, exit_code: int | None, log_path: Path,
-                error: str | None, secondary: dict[str, float], leftovers: int) -> ExperimentResult:
-        if memory_mb is not None:
-            memory_gb = memory_mb / 1024
-        else:
-            memory_gb = peak_rss / (1024**3) if peak_rss else None
+    def _result(
+        self,
+        status: RunStatus,
+        value: float | None,
+        values: list[float],
+        durations: list[float],
+        peak_rss: int,
+        memory_mb: float | None,
+        exit_code: int | None,
+        log_path: Path,
+        error: str | None,
+        secondary: dict[str, float],
+        leftovers: int,
+    ) -> ExperimentResult:
+        # A memory figure the run printed (peak_vram_mb) beats the sampled RSS of the process tree.
+        sampled = peak_rss / (1024**3) if peak_rss else None
+        memory_gb = memory_mb / 1024 if memory_mb is not None else sampled
         spread = (max(values) - min(values)) if len(values) > 1 else None
         return ExperimentResult(
             status=status,

@@ -24,8 +24,9 @@ def security_for(host: str) -> TransportSecuritySettings:
         shown = f"[{host}]" if ":" in host else host
         hosts += [f"{shown}:*", shown]
         origins += [f"http://{shown}:*", f"https://{shown}:*"]
-    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
-                                     allowed_origins=origins)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
 
 
 class BearerToken:
@@ -40,9 +41,13 @@ class BearerToken:
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 body = json.dumps({"error": "unauthorized: send 'Authorization: Bearer <token>'"}).encode()
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"www-authenticate", b"Bearer")]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
@@ -59,7 +64,10 @@ def serve_http(server: MCPServer, host: str, port: int, token: str | None) -> in
     import uvicorn
 
     app = build_http_app(server, host, token)
-    print(f"mcp-autoresearch: serving MCP over HTTP at http://{host}:{port}/mcp"
-          + (" (bearer token required)" if token else ""), file=sys.stderr)
+    print(
+        f"mcp-autoresearch: serving MCP over HTTP at http://{host}:{port}/mcp"
+        + (" (bearer token required)" if token else ""),
+        file=sys.stderr,
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

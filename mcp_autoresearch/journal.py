@@ -21,9 +21,9 @@ FAILED_STATUSES = ("crash", "timeout", "metric_error", "tampered", "checks_faile
 
 def now_stamps() -> tuple[str, str]:
     local = datetime.now().astimezone()
-    return local.isoformat(timespec="seconds"), local.astimezone(UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    return local.isoformat(timespec="seconds"), local.astimezone(UTC).isoformat(
+        timespec="milliseconds"
+    ).replace("+00:00", "Z")
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -184,8 +184,11 @@ class Journal:
         self._append_jsonl("session_start", True, details)
 
     def log_experiment_start(self, run_id: str, commit: str, description: str) -> None:
-        self._append_jsonl("experiment_start", True,
-                           {"run_id": run_id, "commit": commit, "description": one_line(description)})
+        self._append_jsonl(
+            "experiment_start",
+            True,
+            {"run_id": run_id, "commit": commit, "description": one_line(description)},
+        )
         self.started_runs.add(run_id)
 
     def log_experiment_done(self, row: Row) -> None:

@@ -43,7 +43,7 @@ def tail(path: Path, max_lines: int = 30, max_chars: int = 2000, max_line_chars:
     lines = [line if len(line) <= max_line_chars else line[: max_line_chars - 1] + "…" for line in lines]
     out = "\n".join(lines)
     if len(out) > max_chars:
-        out = "…" + out[-(max_chars - 1):]
+        out = "…" + out[-(max_chars - 1) :]
     return out
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 FLOAT = rb"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf(?:inity)?)"
 _FIRST_FLOAT = re.compile(FLOAT.decode(), re.IGNORECASE)
-_METRIC_LINE = re.compile(rb"^[ \t]*METRIC[ \t]+([A-Za-z_][\w.\-]*)[ \t]*=[ \t]*(" + FLOAT + rb")", re.M | re.I)
+_METRIC_LINE = re.compile(
+    rb"^[ \t]*METRIC[ \t]+([A-Za-z_][\w.\-]*)[ \t]*=[ \t]*(" + FLOAT + rb")", re.M | re.I
+)
 _VRAM = re.compile(rb"^[ \t]*peak_vram_mb[ \t]*:[ \t]*(" + FLOAT + rb")", re.M | re.I)
 CHUNK = 4 << 20
 MAX_SECONDARY = 50
@@ -75,8 +77,10 @@ def read_metric_from_log(path: Path, metric_name: str, metric_regex: str | None)
     patterns = [user_pattern(metric_regex)] if metric_regex else builtin_patterns(metric_name)
     found = last_match(path, patterns)
     if found is None:
-        how = f"metric_regex {metric_regex!r}" if metric_regex else (
-            f"'{metric_name}: <number>' or 'METRIC {metric_name}=<number>'"
+        how = (
+            f"metric_regex {metric_regex!r}"
+            if metric_regex
+            else (f"'{metric_name}: <number>' or 'METRIC {metric_name}=<number>'")
         )
         raise MetricError(f"no line matching {how} in the output")
     try:
@@ -95,7 +99,9 @@ def check_finite(value: float) -> float:
 def first_float(text: str) -> float:
     match = _FIRST_FLOAT.search(text)
     if not match:
-        raise MetricError("metric_parse printed no number" + (f": {text.strip()[:120]!r}" if text.strip() else ""))
+        raise MetricError(
+            "metric_parse printed no number" + (f": {text.strip()[:120]!r}" if text.strip() else "")
+        )
     return check_finite(float(match.group(0)))
 
 

@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-RunStatusField = Literal["running", "ok", "crash", "timeout", "metric_error", "tampered", "checks_failed", "cancelled"]
+RunStatusField = Literal[
+    "running", "ok", "crash", "timeout", "metric_error", "tampered", "checks_failed", "cancelled"
+]
 
 
 class StartResult(BaseModel):
@@ -54,7 +56,9 @@ class RunResult(BaseModel):
     value: float | None = None
     best_value: float | None = Field(None, description="Best kept value before this run.")
     delta: float | None = Field(None, description="value - best_value.")
-    would_keep: bool | None = Field(None, description="What commit_or_reset will decide (None while running).")
+    would_keep: bool | None = Field(
+        None, description="What commit_or_reset will decide (None while running)."
+    )
     duration_s: float | None = None
     memory_gb: float | None = None
     exit_code: int | None = None
@@ -75,7 +79,9 @@ class DecisionResult(BaseModel):
     value: float | None
     prev: float | None = Field(description="Best kept value before this experiment.")
     delta: float | None
-    commit: str | None = Field(description="The experiment's commit (kept, or saved under refs/autoresearch/).")
+    commit: str | None = Field(
+        description="The experiment's commit (kept, or saved under refs/autoresearch/)."
+    )
     branch_head: str
     next_step: str
 
@@ -114,7 +120,9 @@ class QueryResult(BaseModel):
     counts: dict[str, int]
     baseline: float | None
     best: BestInfo | None
-    improvement: float | None = Field(description="How much better the best is than the baseline (>0 = better).")
+    improvement: float | None = Field(
+        description="How much better the best is than the baseline (>0 = better)."
+    )
     improvement_pct: float | None
     experiments_since_last_keep: int
     rows: list[ResultRow]

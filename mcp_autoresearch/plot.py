@@ -32,10 +32,20 @@ def render_png(rows: list[Row], metric: str, direction: str, title: str | None =
         disc = [(i, r.value) for i, r in valued if r.status != "keep"]
         kept = [(i, r) for i, r in valued if r.status == "keep"]
         if disc:
-            ax.scatter([i for i, _ in disc], [v for _, v in disc], c="#bbbbbb", s=14, label="discarded", zorder=2)
+            ax.scatter(
+                [i for i, _ in disc], [v for _, v in disc], c="#bbbbbb", s=14, label="discarded", zorder=2
+            )
         if kept:
-            ax.scatter([i for i, _ in kept], [r.value for _, r in kept], c="#2ca02c", s=36, label="kept",
-                       zorder=3, edgecolors="black", linewidths=0.4)
+            ax.scatter(
+                [i for i, _ in kept],
+                [r.value for _, r in kept],
+                c="#2ca02c",
+                s=36,
+                label="kept",
+                zorder=3,
+                edgecolors="black",
+                linewidths=0.4,
+            )
             xs, ys, best = [], [], None
             for i, r in kept:
                 best = r.value if best is None else (min(best, r.value) if lower else max(best, r.value))
@@ -46,17 +56,28 @@ def render_png(rows: list[Row], metric: str, direction: str, title: str | None =
             ax.step(xs, ys, where="post", c="#2ca02c", lw=1.5, alpha=0.8, label="running best", zorder=1)
             for i, r in kept[-25:]:
                 label = r.description if len(r.description) <= 40 else r.description[:39] + "…"
-                ax.annotate(label, (i, r.value), textcoords="offset points", xytext=(4, 6), fontsize=7,
-                            rotation=20, color="#1a5e1a")
+                ax.annotate(
+                    label,
+                    (i, r.value),
+                    textcoords="offset points",
+                    xytext=(4, 6),
+                    fontsize=7,
+                    rotation=20,
+                    color="#1a5e1a",
+                )
         crashes = sum(1 for r in rows if r.status == "crash")
         ax.set_xlabel("experiment #")
         ax.set_ylabel(f"{metric} ({'lower' if lower else 'higher'} is better)")
-        ax.set_title(title or f"autoresearch progress: {len(rows)} experiments, {len(kept)} kept, {crashes} crashed")
+        ax.set_title(
+            title or f"autoresearch progress: {len(rows)} experiments, {len(kept)} kept, {crashes} crashed"
+        )
         ax.grid(alpha=0.3)
         if valued:
             ax.legend(loc="best", fontsize=8)
         else:
-            ax.text(0.5, 0.5, "no experiments with a value yet", ha="center", va="center", transform=ax.transAxes)
+            ax.text(
+                0.5, 0.5, "no experiments with a value yet", ha="center", va="center", transform=ax.transAxes
+            )
         buffer = io.BytesIO()
         fig.tight_layout()
         fig.savefig(buffer, format="png")

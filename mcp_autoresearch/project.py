@@ -176,7 +176,8 @@ def load_project(
         metric_name=config.metric_name,
         metric_direction=config.metric_direction,
         metric_source=describe_metric_source(
-            config, detected.metric_source if detected and origin.get("metric_name", "").startswith("auto") else None
+            config,
+            detected.metric_source if detected and origin.get("metric_name", "").startswith("auto") else None,
         ),
         time_budget=config.time_budget,
         timeout=config.timeout,

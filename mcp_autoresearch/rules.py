@@ -54,7 +54,9 @@ def decide(
             "keep", f"equal within min_delta and simpler ({lines} vs {best_lines} non-blank lines)", delta
         )
     if gain > 0:
-        return Verdict("discard", f"improved by only {gain:.6g}, not more than min_delta {min_delta:g}", delta)
+        return Verdict(
+            "discard", f"improved by only {gain:.6g}, not more than min_delta {min_delta:g}", delta
+        )
     if abs(gain) <= min_delta:
         return Verdict("discard", "no improvement (equal, and not simpler)", delta)
     return Verdict("discard", f"worse by {-gain:.6g}", delta)

@@ -40,8 +40,10 @@ If run_experiment returns status 'running', poll with wait_experiment. The promp
 """
 
 T = TypeVar("T")
-WAIT_HELP = (f"Seconds to wait for the result before returning status 'running' (default {DEFAULT_WAIT_S:g}, "
-             f"max {MAX_WAIT_S:g}; keep it under your client's request timeout).")
+WAIT_HELP = (
+    f"Seconds to wait for the result before returning status 'running' (default {DEFAULT_WAIT_S:g}, "
+    f"max {MAX_WAIT_S:g}; keep it under your client's request timeout)."
+)
 
 
 class EditOp(BaseModel):
@@ -91,8 +93,12 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 
 
 def _annotations(read_only: bool, destructive: bool = False, idempotent: bool = False) -> ToolAnnotations:
-    return ToolAnnotations(read_only_hint=read_only, destructive_hint=destructive, idempotent_hint=idempotent,
-                           open_world_hint=False)
+    return ToolAnnotations(
+        read_only_hint=read_only,
+        destructive_hint=destructive,
+        idempotent_hint=idempotent,
+        open_world_hint=False,
+    )
 
 
 def create_server(workspace: Workspace) -> MCPServer:
@@ -104,8 +110,9 @@ def create_server(workspace: Workspace) -> MCPServer:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(workspace.shutdown)
 
-    server = MCPServer("autoresearch", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
-                       log_level="WARNING")
+    server = MCPServer(
+        "autoresearch", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
+    )
 
     @server.tool(annotations=_annotations(read_only=True, idempotent=True))
     @_engine_errors
@@ -117,9 +124,13 @@ def create_server(workspace: Workspace) -> MCPServer:
     @server.tool(annotations=_annotations(read_only=False))
     @_engine_errors
     def start_session(
-        tag: Annotated[str | None, Field(
-            description="Session name; the branch is autoresearch/<tag>. Default: today's month and day "
-                        "(e.g. nov26), or the session whose branch is checked out.")] = None,
+        tag: Annotated[
+            str | None,
+            Field(
+                description="Session name; the branch is autoresearch/<tag>. Default: today's month and day "
+                "(e.g. nov26), or the session whose branch is checked out."
+            ),
+        ] = None,
     ) -> StartResult:
         """Start or resume an experiment session on branch autoresearch/<tag>. Refuses when tracked files have
         uncommitted changes. Creates results.tsv and the JSONL log. A resumed session returns its briefing."""
@@ -137,14 +148,24 @@ def create_server(workspace: Workspace) -> MCPServer:
     @server.tool(annotations=_annotations(read_only=False))
     @_engine_errors
     def apply_edit(
-        edits: Annotated[list[EditOp] | None, Field(
-            description="Replacements applied in order; each old_text must occur exactly once.",
-            max_length=200)] = None,
+        edits: Annotated[
+            list[EditOp] | None,
+            Field(
+                description="Replacements applied in order; each old_text must occur exactly once.",
+                max_length=200,
+            ),
+        ] = None,
         content: Annotated[str | None, Field(description="The whole new content of the target file.")] = None,
-        path: Annotated[str | None, Field(
-            description="Optional; if given it must name the target file. No other file can be edited.")] = None,
-        expected_sha256: Annotated[str | None, Field(
-            description="sha256 from read_target; the edit is refused if the file changed since.")] = None,
+        path: Annotated[
+            str | None,
+            Field(
+                description="Optional; if given it must name the target file. No other file can be edited."
+            ),
+        ] = None,
+        expected_sha256: Annotated[
+            str | None,
+            Field(description="sha256 from read_target; the edit is refused if the file changed since."),
+        ] = None,
     ) -> EditResult:
         """Change the target file: either `edits` (exact replacements) or `content` (whole file). Only the
         configured target can be written; the write is atomic. Returns the diff."""
@@ -168,7 +189,8 @@ def create_server(workspace: Workspace) -> MCPServer:
                         elapsed = time.monotonic() - active.started
                         line = active.progress[2] if active.progress else ""
                         await ctx.report_progress(
-                            round(elapsed, 1), session.config.timeout,
+                            round(elapsed, 1),
+                            session.config.timeout,
                             f"{active.run_id}: {elapsed:.0f}s of {session.config.timeout:g}s limit"
                             + (f" | {line}" if line else ""),
                         )
@@ -183,8 +205,9 @@ def create_server(workspace: Workspace) -> MCPServer:
     @server.tool(annotations=_annotations(read_only=False))
     @_engine_errors
     async def run_experiment(
-        description: Annotated[str, Field(description="What this experiment changes, in a few words.",
-                                          max_length=2000)],
+        description: Annotated[
+            str, Field(description="What this experiment changes, in a few words.", max_length=2000)
+        ],
         ctx: Context,
         wait_s: Annotated[float | None, Field(description=WAIT_HELP, ge=0)] = None,
     ) -> RunResult:
@@ -208,9 +231,12 @@ def create_server(workspace: Workspace) -> MCPServer:
     @server.tool(annotations=_annotations(read_only=False, destructive=True))
     @_engine_errors
     def commit_or_reset(
-        run_id: Annotated[str | None, Field(description="The run to decide (default: the pending run).")] = None,
-        discard: Annotated[bool, Field(
-            description="Discard even if it improved. A keep can never be forced.")] = False,
+        run_id: Annotated[
+            str | None, Field(description="The run to decide (default: the pending run).")
+        ] = None,
+        discard: Annotated[
+            bool, Field(description="Discard even if it improved. A keep can never be forced.")
+        ] = False,
     ) -> DecisionResult:
         """Decide the finished run from the server's own measurement: keep (the branch advances) when the
         metric improved by more than min_delta, or is equal and the target got simpler; otherwise discard (the
@@ -221,8 +247,10 @@ def create_server(workspace: Workspace) -> MCPServer:
     @_engine_errors
     def log_result(
         run_id: Annotated[str, Field(description="A decided experiment's run_id.")],
-        notes: Annotated[str, Field(description="Hypothesis and what the result taught you (a few lines).",
-                                    max_length=8000)],
+        notes: Annotated[
+            str,
+            Field(description="Hypothesis and what the result taught you (a few lines).", max_length=8000),
+        ],
     ) -> NotesResult:
         """Attach your notes to a logged experiment (JSONL and query_results). Values and statuses cannot change."""
         return workspace.session.log_notes(run_id, notes)
@@ -230,39 +258,62 @@ def create_server(workspace: Workspace) -> MCPServer:
     @server.tool(annotations=_annotations(read_only=True, idempotent=True))
     @_engine_errors
     def query_results(
-        status: Annotated[str | None, Field(
-            description="Only rows with this status: keep, discard, crash, or a run status (timeout, ...).")] = None,
+        status: Annotated[
+            str | None,
+            Field(
+                description="Only rows with this status: keep, discard, crash, or a run status (timeout, ...)."
+            ),
+        ] = None,
         limit: Annotated[int, Field(description="Rows to return (1-500).", ge=1, le=500)] = 20,
-        order: Annotated[Literal["recent", "best"], Field(description="recent first, or best value first.")]
-        = "recent",
+        order: Annotated[
+            Literal["recent", "best"], Field(description="recent first, or best value first.")
+        ] = "recent",
     ) -> QueryResult:
         """The session's results: counts, baseline, best, improvement, streak, and the rows."""
         return workspace.session.query(status, limit, order)
 
-    @server.prompt(name="loop", description="The autonomous experiment loop: setup, rules, and the current briefing.")
+    @server.prompt(
+        name="loop", description="The autonomous experiment loop: setup, rules, and the current briefing."
+    )
     def loop(focus: str | None = None) -> str:
         """focus: optional single word naming an area to concentrate on (e.g. optimizer)."""
         session = workspace.peek_session()
         briefing = build_briefing(session) if session is not None else None
         return loop_prompt(workspace.detect(), briefing, focus)
 
-    @server.resource("autoresearch://results", name="results", mime_type="text/tab-separated-values",
-                     description="results.tsv of the current session.")
+    @server.resource(
+        "autoresearch://results",
+        name="results",
+        mime_type="text/tab-separated-values",
+        description="results.tsv of the current session.",
+    )
     def results_resource() -> str:
         session = workspace.session
         return session.journal.tsv_text()
 
-    @server.resource("autoresearch://briefing", name="briefing", mime_type="text/markdown",
-                     description="Summary of the session for a fresh agent.")
+    @server.resource(
+        "autoresearch://briefing",
+        name="briefing",
+        mime_type="text/markdown",
+        description="Summary of the session for a fresh agent.",
+    )
     def briefing_resource() -> str:
         return build_briefing(workspace.session)
 
-    @server.resource("autoresearch://config", name="config", mime_type="application/json",
-                     description="The effective configuration and where each value came from.")
+    @server.resource(
+        "autoresearch://config",
+        name="config",
+        mime_type="application/json",
+        description="The effective configuration and where each value came from.",
+    )
     def config_resource() -> str:
         project = workspace.load()
-        return project.config.model_dump_json(indent=2)[:-2] + ',\n  "config_source": ' + \
-            _json(project.info.config_source) + "\n}"
+        return (
+            project.config.model_dump_json(indent=2)[:-2]
+            + ',\n  "config_source": '
+            + _json(project.info.config_source)
+            + "\n}"
+        )
 
     _add_plot_resource(server, workspace)
     return server
@@ -280,8 +331,12 @@ def _add_plot_resource(server: MCPServer, workspace: Workspace) -> None:
     if not plotting_available():
         return
 
-    @server.resource("autoresearch://progress.png", name="progress.png", mime_type="image/png",
-                     description="Progress plot: discarded grey, kept green, running best.")
+    @server.resource(
+        "autoresearch://progress.png",
+        name="progress.png",
+        mime_type="image/png",
+        description="Progress plot: discarded grey, kept green, running best.",
+    )
     def progress_png() -> bytes:
         session = workspace.session
         return render_png(session.journal.rows, session.state.metric_name, session.state.metric_direction)

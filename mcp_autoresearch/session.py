@@ -71,8 +71,12 @@ class ActiveRun:
 class Workspace:
     """The one project a server is bound to: its configuration, its lock, and its session (loaded lazily)."""
 
-    def __init__(self, root: str | os.PathLike[str], overrides: dict[str, Any] | None = None,
-                 config_file: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        overrides: dict[str, Any] | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.overrides = overrides or {}
         self.config_file = config_file
         project = load_project(root, self.overrides, config_file)  # fail fast on a bad configuration
@@ -125,7 +129,9 @@ class Workspace:
                 raise ConfigError(f"cannot start: {', '.join(missing)} unknown. {project.info.message}")
             repo = Repo(self.root)
             if not repo.has_commits():
-                raise SessionError("the repository has no commits yet; commit the project first (git add, git commit)")
+                raise SessionError(
+                    "the repository has no commits yet; commit the project first (git add, git commit)"
+                )
             self._project_lock.acquire()
             session = Session.open(self.root, project, repo, tag)
             self._session = session
@@ -140,7 +146,9 @@ class Workspace:
 
 
 class Session:
-    def __init__(self, root: Path, project: Project, repo: Repo, state: SessionState, journal: Journal) -> None:
+    def __init__(
+        self, root: Path, project: Project, repo: Repo, state: SessionState, journal: Journal
+    ) -> None:
         self.root = root
         self.project = project
         self.config = project.config
@@ -207,13 +215,16 @@ class Session:
         return session
 
     @classmethod
-    def _create(cls, root: Path, project: Project, repo: Repo, tag: str, branch: str, journal: Journal) -> Session:
+    def _create(
+        cls, root: Path, project: Project, repo: Repo, tag: str, branch: str, journal: Journal
+    ) -> Session:
         config = project.config
         assert config.target_file and config.metric_name
         dirty = [repo.project_path(p) for p in repo.changed_tracked_files()]
         if dirty:
             raise SessionError(
-                "tracked files have uncommitted changes: " + ", ".join(dirty[:20])
+                "tracked files have uncommitted changes: "
+                + ", ".join(dirty[:20])
                 + (f" (+{len(dirty) - 20} more)" if len(dirty) > 20 else "")
                 + ". Commit or stash them first, so no work of yours can be lost."
             )
@@ -233,18 +244,28 @@ class Session:
         state_dir(root).mkdir(parents=True, exist_ok=True)
         journal.load()
         save_state(root, state)
-        journal.log_session_start({
-            "branch": branch, "base_commit": state.base_commit, "target_file": config.target_file,
-            "metric": config.metric_name, "direction": config.metric_direction,
-            "run_command": config.run_command,
-        })
+        journal.log_session_start(
+            {
+                "branch": branch,
+                "base_commit": state.base_commit,
+                "target_file": config.target_file,
+                "metric": config.metric_name,
+                "direction": config.metric_direction,
+                "run_command": config.run_command,
+            }
+        )
         return cls(root, project, repo, state, journal)
 
     @classmethod
-    def _resume(cls, root: Path, project: Project, repo: Repo, state: SessionState, journal: Journal) -> Session:
+    def _resume(
+        cls, root: Path, project: Project, repo: Repo, state: SessionState, journal: Journal
+    ) -> Session:
         config = project.config
-        if config.target_file != state.target_file or config.metric_name != state.metric_name \
-                or config.metric_direction != state.metric_direction:
+        if (
+            config.target_file != state.target_file
+            or config.metric_name != state.metric_name
+            or config.metric_direction != state.metric_direction
+        ):
             raise SessionError(
                 f"session '{state.tag}' optimises {state.metric_name} ({state.metric_direction}) of "
                 f"{state.target_file}, but the configuration now says {config.metric_name} "
@@ -272,8 +293,11 @@ class Session:
             return
         if pending.phase == "starting":
             head = self.repo.head_commit()
-            if head != pending.parent and self.repo.is_ancestor(pending.parent, head) \
-                    and self.repo.commit_message(head).startswith("experiment:"):
+            if (
+                head != pending.parent
+                and self.repo.is_ancestor(pending.parent, head)
+                and self.repo.commit_message(head).startswith("experiment:")
+            ):
                 # The candidate was committed but never ran: undo the commit, keep the edit in the work tree.
                 self.repo.move_branch_keep_tree(pending.parent)
                 self.repo.unstage([self.target_repo_path])
@@ -290,7 +314,9 @@ class Session:
             pending.phase = "finished"
             save_state(self.root, self.state)
             self._decide_locked(pending.run_id, discard=True)
-            self.recovered.append(f"run {pending.run_id} was in flight when the server stopped: logged as a crash")
+            self.recovered.append(
+                f"run {pending.run_id} was in flight when the server stopped: logged as a crash"
+            )
         elif pending.phase == "deciding":
             self._finish_decision(pending)
             self.recovered.append(f"the decision on run {pending.run_id} was completed")
@@ -298,15 +324,17 @@ class Session:
             self.recovered.append("results.tsv was rebuilt from the JSONL log")
 
     def describe(self, resumed: bool) -> StartResult:
-        state, config = self.state, self.config
+        state = self.state
         pending = state.pending
         if pending and pending.phase == "running":
             next_step = f"run {pending.run_id} is in flight: call wait_experiment(run_id='{pending.run_id}')"
         elif pending:
             next_step = f"run {pending.run_id} waits for its decision: call commit_or_reset(run_id='{pending.run_id}')"
         elif state.best is None:
-            next_step = ("run the unmodified baseline first: run_experiment(description='baseline'), "
-                         "then commit_or_reset")
+            next_step = (
+                "run the unmodified baseline first: run_experiment(description='baseline'), "
+                "then commit_or_reset"
+            )
         else:
             next_step = "edit the target (read_target, apply_edit), then run_experiment"
         briefing = None
@@ -374,9 +402,13 @@ class Session:
         changed = changed_fingerprints(self.root, self.state.readonly_hashes)
         if changed:
             raise RuleViolation(
-                "read-only files changed since the session started: " + ", ".join(changed)
-                + ". Restore them (git checkout -- " + " ".join(changed) + "); only "
-                + self.target_rel + " may be edited"
+                "read-only files changed since the session started: "
+                + ", ".join(changed)
+                + ". Restore them (git checkout -- "
+                + " ".join(changed)
+                + "); only "
+                + self.target_rel
+                + " may be edited"
             )
 
     def _target_path(self, requested: str | None = None) -> Path:
@@ -410,18 +442,30 @@ class Session:
         if start < 1 or (total and start > total) or end < start - 1:
             raise RuleViolation(f"line range {start}-{end} is outside the file (1-{total})")
         end = min(end, total)
-        content = "".join(lines[start - 1:end])
+        content = "".join(lines[start - 1 : end])
         truncated = False
         if len(content) > MAX_VIEW_CHARS:
             cut = content[:MAX_VIEW_CHARS]
             end = start + cut.count("\n") - 1
-            content = "".join(lines[start - 1:end])
+            content = "".join(lines[start - 1 : end])
             truncated = True
-        return TargetView(path=self.target_rel, content=content, sha256=sha256_bytes(data), total_lines=total,
-                          start_line=start, end_line=end, truncated=truncated)
+        return TargetView(
+            path=self.target_rel,
+            content=content,
+            sha256=sha256_bytes(data),
+            total_lines=total,
+            start_line=start,
+            end_line=end,
+            truncated=truncated,
+        )
 
-    def apply_edit(self, edits: list[dict[str, str]] | None, content: str | None, path: str | None,
-                   expected_sha256: str | None) -> EditResult:
+    def apply_edit(
+        self,
+        edits: list[dict[str, str]] | None,
+        content: str | None,
+        path: str | None,
+        expected_sha256: str | None,
+    ) -> EditResult:
         with self.lock:
             target = self._target_path(path)
             self._check_no_pending()
@@ -453,7 +497,9 @@ class Session:
                 for number, edit in enumerate(edits, start=1):
                     old, new = edit.get("old_text", ""), edit.get("new_text", "")
                     if not old:
-                        raise RuleViolation(f"edit {number}: old_text is empty; quote the exact text to replace")
+                        raise RuleViolation(
+                            f"edit {number}: old_text is empty; quote the exact text to replace"
+                        )
                     count = after.count(old)
                     if count != 1:
                         where = "does not occur" if count == 0 else f"occurs {count} times"
@@ -468,16 +514,28 @@ class Session:
             if "\x00" in after:
                 raise RuleViolation("the new content contains NUL bytes; only text can be written")
             _atomic_write_file(target, data)
-            diff_lines = list(difflib.unified_diff(
-                before.splitlines(), after.splitlines(), f"a/{self.target_rel}", f"b/{self.target_rel}", lineterm=""
-            ))
+            diff_lines = list(
+                difflib.unified_diff(
+                    before.splitlines(),
+                    after.splitlines(),
+                    f"a/{self.target_rel}",
+                    f"b/{self.target_rel}",
+                    lineterm="",
+                )
+            )
             added = sum(1 for line in diff_lines if line.startswith("+") and not line.startswith("+++"))
             removed = sum(1 for line in diff_lines if line.startswith("-") and not line.startswith("---"))
             diff = "\n".join(diff_lines)
             if len(diff) > MAX_DIFF_CHARS:
                 diff = diff[:MAX_DIFF_CHARS] + f"\n… (diff cut at {MAX_DIFF_CHARS} characters)"
-            return EditResult(path=self.target_rel, sha256_before=before_sha, sha256_after=sha256_bytes(data),
-                              diff=diff, lines_added=added, lines_removed=removed)
+            return EditResult(
+                path=self.target_rel,
+                sha256_before=before_sha,
+                sha256_after=sha256_bytes(data),
+                diff=diff,
+                lines_added=added,
+                lines_removed=removed,
+            )
 
     # ======================================================================================================
     # run
@@ -490,7 +548,10 @@ class Session:
                 raise RuleViolation("description is empty; say in a few words what this experiment changes")
             self._check_no_pending()
             self._check_head()
-            if self.config.max_experiments is not None and len(self.journal.rows) >= self.config.max_experiments:
+            if (
+                self.config.max_experiments is not None
+                and len(self.journal.rows) >= self.config.max_experiments
+            ):
                 raise RuleViolation(
                     f"max_experiments ({self.config.max_experiments}) reached: the session is complete. "
                     "Raise max_experiments in the configuration to continue."
@@ -501,9 +562,11 @@ class Session:
             others = [p for p in changed if p != self.target_rel]
             if others:
                 raise RuleViolation(
-                    "files other than the target differ from the session head: " + ", ".join(others[:20])
+                    "files other than the target differ from the session head: "
+                    + ", ".join(others[:20])
                     + f". Only {self.target_rel} may change; restore them (git checkout -- "
-                    + " ".join(others[:20]) + ")"
+                    + " ".join(others[:20])
+                    + ")"
                 )
             target_changed = self.target_rel in changed
             is_baseline = self.state.best is None
@@ -520,9 +583,14 @@ class Session:
             self.state.run_counter += 1
             run_id = f"r{self.state.run_counter}"
             parent = self.repo.head_commit()
-            pending = Pending(run_id=run_id, description=description, parent=parent, is_baseline=is_baseline,
-                              nonblank_lines=nonblank_lines(target_text),
-                              started_at=datetime.now().isoformat(timespec="seconds"))
+            pending = Pending(
+                run_id=run_id,
+                description=description,
+                parent=parent,
+                is_baseline=is_baseline,
+                nonblank_lines=nonblank_lines(target_text),
+                started_at=datetime.now().isoformat(timespec="seconds"),
+            )
             self.state.pending = pending
             save_state(self.root, self.state)
             if is_baseline:
@@ -542,8 +610,9 @@ class Session:
 
             active.experiment = Experiment(self.config, self.root, run_id, log_dir, self.state.tag, progress)
             self.active = active
-            thread = threading.Thread(target=self._execute, args=(active, pending), name=f"run-{run_id}",
-                                      daemon=True)
+            thread = threading.Thread(
+                target=self._execute, args=(active, pending), name=f"run-{run_id}", daemon=True
+            )
             active.thread = thread
             thread.start()
             return run_id
@@ -560,8 +629,9 @@ class Session:
             tampered = self._verify_after_run(pending)
             if tampered and result_dict["status"] not in ("cancelled",):
                 result_dict["status"] = "tampered"
-                result_dict["error"] = "the run changed files it must not: " + ", ".join(tampered) + \
-                    " (restored from git)"
+                result_dict["error"] = (
+                    "the run changed files it must not: " + ", ".join(tampered) + " (restored from git)"
+                )
             pending.result = result_dict
             pending.phase = "finished"
             try:
@@ -594,7 +664,9 @@ class Session:
                 tampered.append(rel)
         if readonly:
             try:
-                tracked = [self.repo.repo_path(r) for r in readonly if self.repo.is_tracked(self.repo.repo_path(r))]
+                tracked = [
+                    self.repo.repo_path(r) for r in readonly if self.repo.is_tracked(self.repo.repo_path(r))
+                ]
                 self.repo.restore_paths(commit, tracked)
             except SessionError:
                 pass
@@ -641,10 +713,17 @@ class Session:
             if row is None:
                 raise RuleViolation(f"no run with id {run_id!r} in session '{self.state.tag}'")
             return RunResult(
-                run_id=row.run_id, status=row.run_status if row.run_status in _RUN_STATUSES else "ok",
-                metric_name=row.metric, value=row.value, best_value=row.prev, delta=row.delta,
-                would_keep=row.status == "keep", duration_s=row.duration_s, memory_gb=row.memory_gb,
-                commit=row.commit, error=row.error,
+                run_id=row.run_id,
+                status=row.run_status if row.run_status in _RUN_STATUSES else "ok",
+                metric_name=row.metric,
+                value=row.value,
+                best_value=row.prev,
+                delta=row.delta,
+                would_keep=row.status == "keep",
+                duration_s=row.duration_s,
+                memory_gb=row.memory_gb,
+                commit=row.commit,
+                error=row.error,
                 next_step=f"already decided: {row.status}. Edit the target and run the next experiment.",
             )
 
@@ -656,8 +735,12 @@ class Session:
             elapsed = time.monotonic() - active.started if active else None
             tail_line = active.progress[2] if active and active.progress else None
             return RunResult(
-                run_id=pending.run_id, status="running", metric_name=metric, best_value=best,
-                commit=pending.commit, elapsed_s=round(elapsed, 1) if elapsed is not None else None,
+                run_id=pending.run_id,
+                status="running",
+                metric_name=metric,
+                best_value=best,
+                commit=pending.commit,
+                elapsed_s=round(elapsed, 1) if elapsed is not None else None,
                 log_tail=tail_line,
                 next_step=f"still running: call wait_experiment(run_id='{pending.run_id}')",
             )
@@ -665,19 +748,33 @@ class Session:
         verdict = self._verdict(pending, discard=False)
         status = result["status"]
         if status == "ok":
-            next_step = (f"call commit_or_reset(run_id='{pending.run_id}'): it will "
-                         f"{'keep' if verdict.decision == 'keep' else 'discard'} this ({verdict.reason})")
+            next_step = (
+                f"call commit_or_reset(run_id='{pending.run_id}'): it will "
+                f"{'keep' if verdict.decision == 'keep' else 'discard'} this ({verdict.reason})"
+            )
         else:
-            next_step = (f"call commit_or_reset(run_id='{pending.run_id}') to log this {status}; "
-                         "fix a trivial mistake and retry, or move on to another idea")
+            next_step = (
+                f"call commit_or_reset(run_id='{pending.run_id}') to log this {status}; "
+                "fix a trivial mistake and retry, or move on to another idea"
+            )
         return RunResult(
-            run_id=pending.run_id, status=status, metric_name=metric, value=result.get("value"),
-            best_value=best, delta=verdict.delta, would_keep=verdict.decision == "keep",
-            duration_s=result.get("duration_s"), memory_gb=result.get("memory_gb"),
-            exit_code=result.get("exit_code"), commit=pending.commit, log_path=result.get("log_path"),
-            log_tail=result.get("log_tail"), error=result.get("error"),
+            run_id=pending.run_id,
+            status=status,
+            metric_name=metric,
+            value=result.get("value"),
+            best_value=best,
+            delta=verdict.delta,
+            would_keep=verdict.decision == "keep",
+            duration_s=result.get("duration_s"),
+            memory_gb=result.get("memory_gb"),
+            exit_code=result.get("exit_code"),
+            commit=pending.commit,
+            log_path=result.get("log_path"),
+            log_tail=result.get("log_tail"),
+            error=result.get("error"),
             values=result.get("values") if len(result.get("values") or []) > 1 else None,
-            spread=result.get("spread"), next_step=next_step,
+            spread=result.get("spread"),
+            next_step=next_step,
         )
 
     def cancel_run(self, reason: str) -> None:
@@ -692,10 +789,14 @@ class Session:
         result = pending.result or {}
         best = self.state.best
         return decide(
-            run_status=result.get("status", "crash"), value=result.get("value"),
-            best=best.value if best else None, direction=self.state.metric_direction,
-            min_delta=self.config.min_delta, is_baseline=pending.is_baseline,
-            lines=pending.nonblank_lines, best_lines=best.nonblank_lines if best else None,
+            run_status=result.get("status", "crash"),
+            value=result.get("value"),
+            best=best.value if best else None,
+            direction=self.state.metric_direction,
+            min_delta=self.config.min_delta,
+            is_baseline=pending.is_baseline,
+            lines=pending.nonblank_lines,
+            best_lines=best.nonblank_lines if best else None,
             discard_requested=discard,
         )
 
@@ -706,8 +807,14 @@ class Session:
                 row = self.journal.by_run.get(run_id)
                 if row is not None:  # already decided (a retried call): answer the same again
                     return DecisionResult(
-                        run_id=run_id, decision=row.status, reason="already decided", value=row.value,  # type: ignore[arg-type]
-                        prev=row.prev, delta=row.delta, commit=row.commit, branch_head=self.repo.head_commit(),
+                        run_id=run_id,
+                        decision=row.status,
+                        reason="already decided",
+                        value=row.value,  # type: ignore[arg-type]
+                        prev=row.prev,
+                        delta=row.delta,
+                        commit=row.commit,
+                        branch_head=self.repo.head_commit(),
                         next_step="edit the target and run the next experiment",
                     )
             return self._decide_locked(run_id, discard)
@@ -724,8 +831,12 @@ class Session:
             )
         if pending.phase == "finished":
             verdict = self._verdict(pending, discard)
-            pending.decision = {"decision": verdict.decision, "reason": verdict.reason, "delta": verdict.delta,
-                                "prev": self.state.best.value if self.state.best else None}
+            pending.decision = {
+                "decision": verdict.decision,
+                "reason": verdict.reason,
+                "delta": verdict.delta,
+                "prev": self.state.best.value if self.state.best else None,
+            }
             pending.phase = "deciding"
             save_state(self.root, self.state)
         return self._finish_decision(pending)
@@ -741,8 +852,13 @@ class Session:
             if pending.is_baseline:
                 self.state.baseline_value = value
                 self.state.baseline_commit = commit
-            self.state.best = Best(value=value, commit=commit, run_id=pending.run_id,
-                                   description=pending.description, nonblank_lines=pending.nonblank_lines)
+            self.state.best = Best(
+                value=value,
+                commit=commit,
+                run_id=pending.run_id,
+                description=pending.description,
+                nonblank_lines=pending.nonblank_lines,
+            )
         elif commit != pending.parent:
             # Keep the idea reachable, then move the branch back and restore only what the candidate changed.
             self.repo.set_ref(f"refs/autoresearch/{self.state.tag}/{pending.run_id}", commit)
@@ -750,11 +866,20 @@ class Session:
                 self.repo.move_branch_keep_tree(pending.parent)
             self.repo.restore_paths(pending.parent, self.repo.changed_between(pending.parent, commit))
         row = Row(
-            run_id=pending.run_id, commit=commit, metric=self.state.metric_name,
-            value=result.get("value"), status=verdict, run_status=result.get("status", "crash"),
-            description=pending.description, prev=decision.get("prev"), delta=decision.get("delta"),
-            memory_gb=result.get("memory_gb"), duration_s=result.get("duration_s"),
-            error=result.get("error"), tag=self.state.tag, timestamp="",
+            run_id=pending.run_id,
+            commit=commit,
+            metric=self.state.metric_name,
+            value=result.get("value"),
+            status=verdict,
+            run_status=result.get("status", "crash"),
+            description=pending.description,
+            prev=decision.get("prev"),
+            delta=decision.get("delta"),
+            memory_gb=result.get("memory_gb"),
+            duration_s=result.get("duration_s"),
+            error=result.get("error"),
+            tag=self.state.tag,
+            timestamp="",
         )
         self.journal.log_experiment_done(row)
         self._status_counts[verdict] += 1
@@ -766,13 +891,21 @@ class Session:
         if verdict == "keep":
             next_step = "kept. Build on it: edit the target and run the next experiment"
         elif pending.is_baseline:
-            next_step = "the baseline did not produce a value; fix the project or configuration, then run it again"
+            next_step = (
+                "the baseline did not produce a value; fix the project or configuration, then run it again"
+            )
         else:
             next_step = "reverted to the best kept commit. Try another idea: edit the target and run"
         return DecisionResult(
-            run_id=pending.run_id, decision=verdict, reason=decision.get("reason", ""),
-            value=result.get("value"), prev=decision.get("prev"), delta=decision.get("delta"),
-            commit=commit, branch_head=self.repo.head_commit(), next_step=next_step,
+            run_id=pending.run_id,
+            decision=verdict,
+            reason=decision.get("reason", ""),
+            value=result.get("value"),
+            prev=decision.get("prev"),
+            delta=decision.get("delta"),
+            commit=commit,
+            branch_head=self.repo.head_commit(),
+            next_step=next_step,
         )
 
     # ======================================================================================================
@@ -789,8 +922,11 @@ class Session:
             row = self.journal.by_run.get(run_id)
             if row is None:
                 pending = self.state.pending
-                hint = (f"; run {run_id} is not decided yet: call commit_or_reset first"
-                        if pending and pending.run_id == run_id else "")
+                hint = (
+                    f"; run {run_id} is not decided yet: call commit_or_reset first"
+                    if pending and pending.run_id == run_id
+                    else ""
+                )
                 raise RuleViolation(f"no logged experiment {run_id!r} in session '{self.state.tag}'{hint}")
             self.journal.add_notes(run_id, notes)
             self._journal_prints = self.journal.fingerprints()
@@ -822,12 +958,19 @@ class Session:
             gain = improvement(best.value, baseline, direction) if best and baseline is not None else None
             pct = (gain / abs(baseline) * 100) if gain is not None and baseline else None
             return QueryResult(
-                tag=self.state.tag, metric_name=self.state.metric_name, direction=direction, total=len(rows),
+                tag=self.state.tag,
+                metric_name=self.state.metric_name,
+                direction=direction,
+                total=len(rows),
                 counts={k: self._status_counts.get(k, 0) for k in ("keep", "discard", "crash")},
                 baseline=baseline,
-                best=BestInfo(value=best.value, commit=best.commit[:7], description=best.description,
-                              run_id=best.run_id) if best else None,
-                improvement=gain, improvement_pct=round(pct, 4) if pct is not None else None,
+                best=BestInfo(
+                    value=best.value, commit=best.commit[:7], description=best.description, run_id=best.run_id
+                )
+                if best
+                else None,
+                improvement=gain,
+                improvement_pct=round(pct, 4) if pct is not None else None,
                 experiments_since_last_keep=len(rows) - 1 - self._last_keep_index if rows else 0,
                 rows=[_row_model(r) for r in chosen],
             )
@@ -852,16 +995,37 @@ _RUN_STATUSES = ("ok", "crash", "timeout", "metric_error", "tampered", "checks_f
 
 
 def _row_model(row: Row) -> ResultRow:
-    return ResultRow(run_id=row.run_id, commit=row.commit[:7], value=row.value, status=row.status,
-                     run_status=row.run_status, delta=row.delta, memory_gb=row.memory_gb,
-                     description=row.description, notes=row.notes, timestamp=row.timestamp)
+    return ResultRow(
+        run_id=row.run_id,
+        commit=row.commit[:7],
+        value=row.value,
+        status=row.status,
+        run_status=row.run_status,
+        delta=row.delta,
+        memory_gb=row.memory_gb,
+        description=row.description,
+        notes=row.notes,
+        timestamp=row.timestamp,
+    )
 
 
 def _crash_result(error: str, tampered: list[str]) -> dict[str, Any]:
     if tampered:
         error += "; files it changed were restored: " + ", ".join(tampered)
-    return asdict(ExperimentResult(status="crash", value=None, values=[], spread=None, duration_s=0.0,
-                                   memory_gb=None, exit_code=None, log_path="", log_tail="", error=error))
+    return asdict(
+        ExperimentResult(
+            status="crash",
+            value=None,
+            values=[],
+            spread=None,
+            duration_s=0.0,
+            memory_gb=None,
+            exit_code=None,
+            log_path="",
+            log_tail="",
+            error=error,
+        )
+    )
 
 
 def _normal_run_id(run_id: str) -> str:
@@ -896,7 +1060,7 @@ def _atomic_write_file(path: Path, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -129,7 +129,11 @@ class ProjectLock:
             raise SessionError(
                 f"another autoresearch server holds this project ({holder}); use that server, or stop it first"
             ) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now().isoformat(timespec="seconds")}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.now().isoformat(timespec="seconds"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd

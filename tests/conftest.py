@@ -38,8 +38,9 @@ def anyio_backend() -> str:
 
 
 def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
-                          env={**os.environ, **GIT_ENV}).stdout
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env={**os.environ, **GIT_ENV}
+    ).stdout
 
 
 def make_repo(path: Path, files: dict[str, str], commit: bool = True) -> Path:
@@ -58,8 +59,10 @@ def make_repo(path: Path, files: dict[str, str], commit: bool = True) -> Path:
 @pytest.fixture
 def ml_project(tmp_path: Path) -> Path:
     """An ML-shaped project (train.py + prepare.py), committed, plus an untracked file of the user's."""
-    root = make_repo(tmp_path / "proj", {"train.py": TRAIN_PY, "prepare.py": "# fixed evaluation\nSEED = 1\n",
-                                         "README.md": "demo\n"})
+    root = make_repo(
+        tmp_path / "proj",
+        {"train.py": TRAIN_PY, "prepare.py": "# fixed evaluation\nSEED = 1\n", "README.md": "demo\n"},
+    )
     (root / "my_notes.txt").write_text("the user's own untracked work\n")
     return root
 
@@ -114,11 +117,20 @@ async def agent_for() -> AsyncIterator[Any]:
 
 def stdio_params(root: Path, *extra: str) -> StdioServerParameters:
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **GIT_ENV}
-    return StdioServerParameters(command=sys.executable,
-                                 args=["-m", "mcp_autoresearch", "serve", "--project", str(root), *extra],
-                                 env=env, cwd=str(root))
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_autoresearch", "serve", "--project", str(root), *extra],
+        env=env,
+        cwd=str(root),
+    )
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mcp_autoresearch", *args], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, **GIT_ENV}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "mcp_autoresearch", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **GIT_ENV},
+        timeout=120,
+    )

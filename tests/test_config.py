@@ -16,8 +16,9 @@ BASE = {"train.py": "print('val_bpb: 1.0')\n", "prepare.py": "", "model.py": "x 
 
 
 def project(tmp_path: Path, **files: str) -> Path:
-    return make_repo(tmp_path / "p", {**BASE, **{k.replace("__", "/").replace("_DOT_", "."): v
-                                                  for k, v in files.items()}})
+    return make_repo(
+        tmp_path / "p", {**BASE, **{k.replace("__", "/").replace("_DOT_", "."): v for k, v in files.items()}}
+    )
 
 
 def test_markdown_section_format_of_the_original() -> None:
@@ -79,7 +80,9 @@ def test_precedence_and_per_key_sources(tmp_path: Path) -> None:
 
 
 def test_toml_autoresearch_table_form(tmp_path: Path) -> None:
-    root = project(tmp_path, autoresearch_DOT_toml='[autoresearch]\nmetric_name = "score"\nmin_delta = 0.01\n')
+    root = project(
+        tmp_path, autoresearch_DOT_toml='[autoresearch]\nmetric_name = "score"\nmin_delta = 0.01\n'
+    )
     loaded = load_project(root)
     assert loaded.config.metric_name == "score" and loaded.config.min_delta == 0.01
 
@@ -87,7 +90,10 @@ def test_toml_autoresearch_table_form(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("files", "fragment"),
     [
-        ({"CLAUDE_DOT_md": "## autoresearch\n- time_budget: abc\n"}, "CLAUDE.md (## autoresearch): invalid value 'abc' for 'time_budget'"),
+        (
+            {"CLAUDE_DOT_md": "## autoresearch\n- time_budget: abc\n"},
+            "CLAUDE.md (## autoresearch): invalid value 'abc' for 'time_budget'",
+        ),
         ({"CLAUDE_DOT_md": "## autoresearch\n- time_bugdet: 3\n"}, "did you mean 'time_budget'"),
         ({"AGENTS_DOT_md": "## autoresearch\n- metric_direction: sideways\n"}, "'metric_direction'"),
         ({"autoresearch_DOT_toml": "target_file = [\n"}, "autoresearch.toml: not valid TOML"),
@@ -97,13 +103,19 @@ def test_toml_autoresearch_table_form(tmp_path: Path) -> None:
         ({"autoresearch_DOT_toml": "timeout = -5\n"}, "'timeout'"),
         ({"autoresearch_DOT_toml": "metric_measure = 'size_gb:x'\n"}, "metric_measure"),
         ({"pyproject_DOT_toml": "[tool]\nautoresearch = 3\n"}, "must be a table"),
-        ({"pyproject_DOT_toml": "[tool.autoresearch]\nrepeats = 'many'\n"}, "pyproject.toml [tool.autoresearch]"),
+        (
+            {"pyproject_DOT_toml": "[tool.autoresearch]\nrepeats = 'many'\n"},
+            "pyproject.toml [tool.autoresearch]",
+        ),
         ({"CLAUDE_DOT_md": "## autoresearch\n- repeats: 2\n- repeats: 3\n"}, "set twice"),
         ({"autoresearch_DOT_toml": 'target_file = "missing.py"\n'}, "does not exist"),
         ({"autoresearch_DOT_toml": 'target_file = "../outside.py"\n'}, "outside the project"),
         ({"autoresearch_DOT_toml": 'target_file = "/etc/passwd"\n'}, "relative"),
         ({"autoresearch_DOT_toml": 'target_file = ".git/config"\n'}, "inside .git"),
-        ({"autoresearch_DOT_toml": 'target_file = "prepare.py"\nreadonly_files = ["prepare.py"]\n'}, "readonly"),
+        (
+            {"autoresearch_DOT_toml": 'target_file = "prepare.py"\nreadonly_files = ["prepare.py"]\n'},
+            "readonly",
+        ),
         ({"autoresearch_DOT_toml": 'readonly_files = ["../x"]\n'}, "outside the project"),
         ({"autoresearch_DOT_toml": 'target_file = "sub"\n', "sub__f_DOT_py": ""}, "not a regular file"),
     ],
@@ -151,9 +163,16 @@ def test_nothing_matches_gives_unknown_with_instructions(tmp_path: Path) -> None
 
 
 def test_custom_project_from_markdown_only(tmp_path: Path) -> None:
-    root = make_repo(tmp_path / "c", {"solver.sh": "echo 1\n", "CLAUDE.md": (
-        "## autoresearch\n- target_file: solver.sh\n- run_command: sh solver.sh\n- metric_name: score\n"
-        "- metric_direction: higher_is_better\n")})
+    root = make_repo(
+        tmp_path / "c",
+        {
+            "solver.sh": "echo 1\n",
+            "CLAUDE.md": (
+                "## autoresearch\n- target_file: solver.sh\n- run_command: sh solver.sh\n- metric_name: score\n"
+                "- metric_direction: higher_is_better\n"
+            ),
+        },
+    )
     info = load_project(root).info
     assert info.project_type == "custom"
     assert info.ready

@@ -81,9 +81,16 @@ async def test_full_loop_keep_discard_crash_timeout_and_simpler_wins(ml_project:
 async def test_higher_is_better_direction(tmp_path: Path, agent_for) -> None:
     from .conftest import make_repo
 
-    root = make_repo(tmp_path / "h", {"solve.py": "K = 2\nprint(f'accuracy: {K / 10}')\n", "autoresearch.toml": (
-        'target_file = "solve.py"\nrun_command = "python3 solve.py"\nmetric_name = "accuracy"\n'
-        'metric_direction = "higher_is_better"\n')})
+    root = make_repo(
+        tmp_path / "h",
+        {
+            "solve.py": "K = 2\nprint(f'accuracy: {K / 10}')\n",
+            "autoresearch.toml": (
+                'target_file = "solve.py"\nrun_command = "python3 solve.py"\nmetric_name = "accuracy"\n'
+                'metric_direction = "higher_is_better"\n'
+            ),
+        },
+    )
     async with agent_for(root) as agent:
         await agent.ok("start_session")
         await agent.experiment("baseline")
@@ -123,8 +130,16 @@ async def test_refusals_of_the_single_file_rule(ml_project: Path, agent_for) -> 
     (root / "link_in.py").symlink_to(root / "train.py")
     async with agent_for(root) as agent:
         await agent.ok("start_session")
-        for path in ["prepare.py", "../outside.py", str(outside), "link_out.py", ".git/config",
-                     ".git/HEAD", "sub/../../outside.py", "./prepare.py"]:
+        for path in [
+            "prepare.py",
+            "../outside.py",
+            str(outside),
+            "link_out.py",
+            ".git/config",
+            ".git/HEAD",
+            "sub/../../outside.py",
+            "./prepare.py",
+        ]:
             message = await agent.refused("apply_edit", path=path, content="pwned\n")
             assert "single-file rule" in message, path
         # A symlink to the target is not the target either: only its real name is.
@@ -132,9 +147,14 @@ async def test_refusals_of_the_single_file_rule(ml_project: Path, agent_for) -> 
         assert (root / "prepare.py").read_text() == "# fixed evaluation\nSEED = 1\n"
         assert outside.read_text() == "secret\n"
         # The target named by its exact path works.
-        await agent.ok("apply_edit", path="train.py", edits=[{"old_text": "WIDTH = 4", "new_text": "WIDTH = 4"}])
-        await agent.ok("apply_edit", path=str(root / "train.py"), edits=[{"old_text": "WIDTH = 4",
-                                                                         "new_text": "WIDTH = 4"}])
+        await agent.ok(
+            "apply_edit", path="train.py", edits=[{"old_text": "WIDTH = 4", "new_text": "WIDTH = 4"}]
+        )
+        await agent.ok(
+            "apply_edit",
+            path=str(root / "train.py"),
+            edits=[{"old_text": "WIDTH = 4", "new_text": "WIDTH = 4"}],
+        )
 
 
 async def test_edit_validation_messages(ml_project: Path, agent_for) -> None:
@@ -143,15 +163,21 @@ async def test_edit_validation_messages(ml_project: Path, agent_for) -> None:
         assert "exactly one of" in await agent.refused("apply_edit")
         assert "exactly one of" in await agent.refused("apply_edit", content="x", edits=[])
         assert "does not occur" in await agent.refused(
-            "apply_edit", edits=[{"old_text": "nope", "new_text": "x"}])
+            "apply_edit", edits=[{"old_text": "nope", "new_text": "x"}]
+        )
         assert "occurs 3 times" in await agent.refused(
-            "apply_edit", edits=[{"old_text": "print", "new_text": "x"}])
+            "apply_edit", edits=[{"old_text": "print", "new_text": "x"}]
+        )
         assert "changed since you read it" in await agent.refused(
-            "apply_edit", content="x", expected_sha256="0" * 64)
+            "apply_edit", content="x", expected_sha256="0" * 64
+        )
         view = await agent.ok("read_target", start_line=2, end_line=3)
-        assert view["content"] == "WIDTH = 4\nprint(\"step 1 loss 2.0\")\n" and view["total_lines"] == 5
-        edit = await agent.ok("apply_edit", edits=[{"old_text": "WIDTH = 4", "new_text": "WIDTH = 8"}],
-                              expected_sha256=view["sha256"])
+        assert view["content"] == 'WIDTH = 4\nprint("step 1 loss 2.0")\n' and view["total_lines"] == 5
+        edit = await agent.ok(
+            "apply_edit",
+            edits=[{"old_text": "WIDTH = 4", "new_text": "WIDTH = 8"}],
+            expected_sha256=view["sha256"],
+        )
         assert edit["lines_added"] == 1 and edit["lines_removed"] == 1 and "+WIDTH = 8" in edit["diff"]
         assert "outside the file" in await agent.refused("read_target", start_line=50)
 
@@ -164,7 +190,9 @@ async def test_baseline_first_and_no_unchanged_runs(ml_project: Path, agent_for)
         assert "unmodified baseline" in await agent.refused("run_experiment", description="x")
         await agent.edit("LR = 0.2", "LR = 0.5")
         await agent.experiment("baseline")
-        assert "unchanged since the best kept commit" in await agent.refused("run_experiment", description="x")
+        assert "unchanged since the best kept commit" in await agent.refused(
+            "run_experiment", description="x"
+        )
         assert "description is empty" in await agent.refused("run_experiment", description="   ")
 
 
@@ -196,8 +224,9 @@ async def test_direct_writes_to_other_files_are_refused_before_the_run(ml_projec
         ("open('.autoresearch/autoresearch.jsonl', 'a').write('{}\\n')", ".autoresearch/autoresearch.jsonl"),
     ],
 )
-async def test_run_time_tampering_is_detected_and_restored(ml_project: Path, agent_for, script: str,
-                                                           victim: str) -> None:
+async def test_run_time_tampering_is_detected_and_restored(
+    ml_project: Path, agent_for, script: str, victim: str
+) -> None:
     root = ml_project
     async with agent_for(root) as agent:
         await agent.ok("start_session")
@@ -319,8 +348,9 @@ async def test_two_clients_of_one_server_cannot_run_concurrently(ml_project: Pat
 
     from .conftest import Agent
 
-    (ml_project / "train.py").write_text((ml_project / "train.py").read_text().replace(
-        "LR = 0.5", "import time; time.sleep(1.5)\nLR = 0.5"))
+    (ml_project / "train.py").write_text(
+        (ml_project / "train.py").read_text().replace("LR = 0.5", "import time; time.sleep(1.5)\nLR = 0.5")
+    )
     git(ml_project, "commit", "-qam", "slow")
     server = create_server(Workspace(ml_project))
     async with Client(server) as c1, Client(server) as c2:

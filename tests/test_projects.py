@@ -26,10 +26,16 @@ def test_ml(tmp_path: Path) -> None:
 
 
 def test_node_with_source_field_and_build_script(tmp_path: Path) -> None:
-    package = {"name": "w", "source": "src/app.ts", "main": "dist/index.js",
-               "scripts": {"build": "esbuild src/app.ts --bundle --outdir=out"}}
-    info = detect(tmp_path, {"package.json": json.dumps(package), "src/app.ts": "export {}\n",
-                             "package-lock.json": "{}"})
+    package = {
+        "name": "w",
+        "source": "src/app.ts",
+        "main": "dist/index.js",
+        "scripts": {"build": "esbuild src/app.ts --bundle --outdir=out"},
+    }
+    info = detect(
+        tmp_path,
+        {"package.json": json.dumps(package), "src/app.ts": "export {}\n", "package-lock.json": "{}"},
+    )
     assert info.project_type == "node"
     assert info.target_file == "src/app.ts"
     assert info.run_command == "npm run build"
@@ -61,11 +67,14 @@ def test_flutter(tmp_path: Path) -> None:
 
 
 def test_java_maven_finds_entry_point(tmp_path: Path) -> None:
-    info = detect(tmp_path, {
-        "pom.xml": "<project/>",
-        "src/main/java/com/x/Util.java": "class Util {}\n",
-        "src/main/java/com/x/App.java": "class App { public static void main(String[] a) {} }\n",
-    })
+    info = detect(
+        tmp_path,
+        {
+            "pom.xml": "<project/>",
+            "src/main/java/com/x/Util.java": "class Util {}\n",
+            "src/main/java/com/x/App.java": "class App { public static void main(String[] a) {} }\n",
+        },
+    )
     assert info.project_type == "java"
     assert info.target_file == "src/main/java/com/x/App.java"
     assert info.run_command == "mvn -q package -DskipTests"
@@ -74,15 +83,23 @@ def test_java_maven_finds_entry_point(tmp_path: Path) -> None:
 
 
 def test_kotlin_gradle_wrapper(tmp_path: Path) -> None:
-    info = detect(tmp_path, {"build.gradle.kts": "", "gradlew": "#!/bin/sh\n",
-                             "src/main/kotlin/Main.kt": "fun main() { println(1) }\n"})
+    info = detect(
+        tmp_path,
+        {
+            "build.gradle.kts": "",
+            "gradlew": "#!/bin/sh\n",
+            "src/main/kotlin/Main.kt": "fun main() { println(1) }\n",
+        },
+    )
     assert info.project_type == "java"
     assert info.target_file == "src/main/kotlin/Main.kt"
     assert info.run_command == "./gradlew build -x test -q"
 
 
 def test_rust_binary(tmp_path: Path) -> None:
-    info = detect(tmp_path, {"Cargo.toml": '[package]\nname = "fast"\nversion = "0.1.0"\n', "src/main.rs": ""})
+    info = detect(
+        tmp_path, {"Cargo.toml": '[package]\nname = "fast"\nversion = "0.1.0"\n', "src/main.rs": ""}
+    )
     assert info.project_type == "rust"
     assert info.target_file == "src/main.rs"
     assert info.metric_name == "binary_kb"
@@ -103,9 +120,15 @@ def test_go(tmp_path: Path) -> None:
 
 
 def test_python_package(tmp_path: Path) -> None:
-    info = detect(tmp_path, {"pyproject.toml": '[project]\nname = "my-lib"\n',
-                             "src/my_lib/__init__.py": "", "src/my_lib/core.py": "def f(): pass\n",
-                             "tests/test_core.py": "def test(): pass\n"})
+    info = detect(
+        tmp_path,
+        {
+            "pyproject.toml": '[project]\nname = "my-lib"\n',
+            "src/my_lib/__init__.py": "",
+            "src/my_lib/core.py": "def f(): pass\n",
+            "tests/test_core.py": "def test(): pass\n",
+        },
+    )
     assert info.project_type == "python"
     assert info.target_file == "src/my_lib/core.py"
     assert info.run_command == "python -m pytest -q -x tests"
@@ -113,8 +136,10 @@ def test_python_package(tmp_path: Path) -> None:
 
 
 def test_strongest_evidence_wins_and_others_are_warned(tmp_path: Path) -> None:
-    info = detect(tmp_path, {"train.py": "", "prepare.py": "", "package.json": "{}",
-                             "pyproject.toml": "[project]\nname='x'\n"})
+    info = detect(
+        tmp_path,
+        {"train.py": "", "prepare.py": "", "package.json": "{}", "pyproject.toml": "[project]\nname='x'\n"},
+    )
     assert info.project_type == "ml"
     joined = " ".join(info.warnings)
     assert "node project" in joined and "python project" in joined

@@ -109,8 +109,10 @@ def test_one_gigabyte_of_output_is_streamed_not_held(tmp_path: Path) -> None:
 
 
 def test_binary_and_invalid_utf8_output_is_made_harmless(tmp_path: Path) -> None:
-    command = ("python3 -c \"import sys; sys.stdout.buffer.write(bytes(range(256)) + b'\\x1b[31mred\\x1b[0m\\n'"
-               " + b'\\xff\\xfe invalid\\n' + b'score: 2\\n')\"")
+    command = (
+        "python3 -c \"import sys; sys.stdout.buffer.write(bytes(range(256)) + b'\\x1b[31mred\\x1b[0m\\n'"
+        " + b'\\xff\\xfe invalid\\n' + b'score: 2\\n')\""
+    )
     result = run(tmp_path, command)
     assert result.status == "ok" and result.value == 2.0
     assert "\x1b" not in result.log_tail and "\x00" not in result.log_tail
@@ -119,8 +121,11 @@ def test_binary_and_invalid_utf8_output_is_made_harmless(tmp_path: Path) -> None
 
 
 def test_metric_parse_command(tmp_path: Path) -> None:
-    result = run(tmp_path, "echo 'accuracy: 0.93'",
-                 metric_parse="grep 'accuracy:' run.log | tail -1 | awk '{print $2}'")
+    result = run(
+        tmp_path,
+        "echo 'accuracy: 0.93'",
+        metric_parse="grep 'accuracy:' run.log | tail -1 | awk '{print $2}'",
+    )
     assert result.status == "ok" and result.value == 0.93
 
 
@@ -144,8 +149,11 @@ def test_metric_regex(tmp_path: Path) -> None:
 def test_measured_wall_time_and_size(tmp_path: Path) -> None:
     timed = run(tmp_path, "sleep 0.3", metric_measure="wall_time_s")
     assert timed.status == "ok" and 0.25 < timed.value < 3
-    sized = run(tmp_path, "mkdir -p dist && head -c 2048 /dev/zero > dist/a.js && head -c 1024 /dev/zero > dist/b",
-                metric_measure="size_kb:dist")
+    sized = run(
+        tmp_path,
+        "mkdir -p dist && head -c 2048 /dev/zero > dist/a.js && head -c 1024 /dev/zero > dist/b",
+        metric_measure="size_kb:dist",
+    )
     assert sized.value == 3.0
     missing = run(tmp_path, "true", metric_measure="size_mb:nothing/here.apk")
     assert missing.status == "metric_error" and "does not exist" in missing.error
@@ -179,21 +187,24 @@ def test_checks_gate(tmp_path: Path) -> None:
 def test_repeats_give_median_and_spread(tmp_path: Path) -> None:
     counter = tmp_path / "n"
     counter.write_text("0")
-    command = "n=$(cat n); n=$((n+1)); echo $n > n; echo \"score: $((n*n))\""
+    command = 'n=$(cat n); n=$((n+1)); echo $n > n; echo "score: $((n*n))"'
     result = run(tmp_path, command, repeats=3)
     assert result.values == [1.0, 4.0, 9.0]
     assert result.value == 4.0 and result.spread == 8.0
 
 
 def test_peak_memory_of_tree_is_sampled(tmp_path: Path) -> None:
-    command = "python3 -c \"x = bytearray(200 * 1024 * 1024); import time; time.sleep(1.2); print('score: 1')\""
+    command = (
+        "python3 -c \"x = bytearray(200 * 1024 * 1024); import time; time.sleep(1.2); print('score: 1')\""
+    )
     result = run(tmp_path, command)
     assert result.memory_gb is not None and result.memory_gb >= 0.18
 
 
 def test_cancel_kills_the_tree(tmp_path: Path) -> None:
-    config = build_config({"run_command": "setsid sleep 300 & sleep 300", "metric_name": "score",
-                           "target_file": "x"})
+    config = build_config(
+        {"run_command": "setsid sleep 300 & sleep 300", "metric_name": "score", "target_file": "x"}
+    )
     experiment = Experiment(config, tmp_path, "r1", tmp_path / "logs")
     threading.Timer(0.5, experiment.cancel, args=("client cancelled",)).start()
     result = experiment.run()
@@ -203,9 +214,14 @@ def test_cancel_kills_the_tree(tmp_path: Path) -> None:
 
 def test_progress_callback_reports_elapsed_and_last_line(tmp_path: Path) -> None:
     seen: list[tuple[float, float, str]] = []
-    process = ProcessRun(command="echo starting; sleep 1.5; echo done", cwd=tmp_path, log_path=tmp_path / "l.log",
-                         timeout_s=10, on_progress=lambda e, t, line: seen.append((e, t, line)),
-                         progress_every_s=0.5)
+    process = ProcessRun(
+        command="echo starting; sleep 1.5; echo done",
+        cwd=tmp_path,
+        log_path=tmp_path / "l.log",
+        timeout_s=10,
+        on_progress=lambda e, t, line: seen.append((e, t, line)),
+        progress_every_s=0.5,
+    )
     result = process.run()
     assert result.status == "exited"
     assert seen and seen[0][1] == 10 and seen[0][2] == "starting"

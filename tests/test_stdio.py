@@ -59,8 +59,17 @@ async def test_detect_over_stdio(ml_project: Path) -> None:
         assert client.server_info.name == "autoresearch"
         assert "commit_or_reset" in (client.instructions or "")
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-        assert set(tools) >= {"detect_project", "start_session", "read_target", "apply_edit", "run_experiment",
-                              "wait_experiment", "commit_or_reset", "log_result", "query_results"}
+        assert set(tools) >= {
+            "detect_project",
+            "start_session",
+            "read_target",
+            "apply_edit",
+            "run_experiment",
+            "wait_experiment",
+            "commit_or_reset",
+            "log_result",
+            "query_results",
+        }
         assert tools["detect_project"].annotations.read_only_hint is True
         assert tools["detect_project"].annotations.idempotent_hint is True
         assert tools["detect_project"].output_schema is not None
@@ -84,8 +93,11 @@ async def test_run_over_stdio_needs_wait_experiment(ml_project: Path) -> None:
 
         first = await client.call_tool("run_experiment", {"description": "baseline", "wait_s": 0.2})
         assert first.structured_content["status"] == "running"
-        result = await client.call_tool("wait_experiment", {"run_id": first.structured_content["run_id"],
-                                                            "wait_s": 20}, progress_callback=on_progress)
+        result = await client.call_tool(
+            "wait_experiment",
+            {"run_id": first.structured_content["run_id"], "wait_s": 20},
+            progress_callback=on_progress,
+        )
         assert result.structured_content["status"] == "ok" and result.structured_content["value"] == 1.4
         decision = await agent.ok("commit_or_reset", run_id="r1")
         assert decision["decision"] == "keep"
@@ -113,7 +125,9 @@ async def test_kill_9_mid_run_then_restart_records_a_crash(ml_project: Path) -> 
     assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
     lines = (root / "results.tsv").read_text().splitlines()
     assert len(lines) == 2 and lines[1].split("\t")[3] == "crash"
-    events = [json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()
+    ]
     assert [e["action"] for e in events].count("experiment_done") == 1
 
 
@@ -144,8 +158,13 @@ async def test_cli_detect_and_bad_arguments(ml_project: Path, tmp_path: Path) ->
     assert out.returncode == 0 and "train.py" in out.stdout and "val_bpb" in out.stdout
     as_json = json.loads(run_cli("detect", "--project", str(ml_project), "--json").stdout)
     assert as_json["project_type"] == "ml"
-    for args in (["detect", "--project", str(tmp_path / "missing")], ["serve", "--project", "/etc/passwd"],
-                 ["detect", "--bogus"], ["nonsense"], ["serve", "--transport", "carrier-pigeon"]):
+    for args in (
+        ["detect", "--project", str(tmp_path / "missing")],
+        ["serve", "--project", "/etc/passwd"],
+        ["detect", "--bogus"],
+        ["nonsense"],
+        ["serve", "--transport", "carrier-pigeon"],
+    ):
         bad = run_cli(*args)
         assert bad.returncode == 2, args
         assert "Traceback" not in bad.stderr
@@ -154,4 +173,6 @@ async def test_cli_detect_and_bad_arguments(ml_project: Path, tmp_path: Path) ->
     assert version.returncode == 0 and "mcp-autoresearch" in version.stdout
     (ml_project / "CLAUDE.md").write_text("## autoresearch\n- time_budget: abc\n")
     bad_config = run_cli("serve", "--project", str(ml_project))
-    assert bad_config.returncode == 2 and "time_budget" in bad_config.stderr and "CLAUDE.md" in bad_config.stderr
+    assert (
+        bad_config.returncode == 2 and "time_budget" in bad_config.stderr and "CLAUDE.md" in bad_config.stderr
+    )

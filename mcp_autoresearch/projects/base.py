@@ -8,8 +8,24 @@ from typing import Any, Protocol
 
 # Directories never searched for source files: dependencies, build output, VCS, virtual environments.
 SKIP_DIRS = {
-    ".git", "node_modules", ".venv", "venv", "env", "__pycache__", "target", "build", "dist", "out",
-    ".gradle", ".dart_tool", ".idea", ".autoresearch", ".tox", ".mypy_cache", ".pytest_cache", "vendor",
+    ".git",
+    "node_modules",
+    ".venv",
+    "venv",
+    "env",
+    "__pycache__",
+    "target",
+    "build",
+    "dist",
+    "out",
+    ".gradle",
+    ".dart_tool",
+    ".idea",
+    ".autoresearch",
+    ".tox",
+    ".mypy_cache",
+    ".pytest_cache",
+    "vendor",
 }
 
 

@@ -26,7 +26,8 @@ def detect(root: Path) -> Detection | None:
             "metric_name": "apk_mb",
             "metric_measure": f"size_mb:{APK}",
             "metric_direction": "lower_is_better",
-            "readonly_files": ["pubspec.yaml"] + (["pubspec.lock"] if (root / "pubspec.lock").is_file() else []),
+            "readonly_files": ["pubspec.yaml"]
+            + (["pubspec.lock"] if (root / "pubspec.lock").is_file() else []),
         },
         metric_source=f"size of {APK} in MB (measured by the server)",
         warnings=warnings,

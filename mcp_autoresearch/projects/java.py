@@ -19,7 +19,9 @@ def _entry_point(root: Path) -> str | None:
 
 
 def detect(root: Path) -> Detection | None:
-    build_files = [name for name in ("pom.xml", "build.gradle", "build.gradle.kts") if (root / name).is_file()]
+    build_files = [
+        name for name in ("pom.xml", "build.gradle", "build.gradle.kts") if (root / name).is_file()
+    ]
     if not build_files:
         return None
     if "pom.xml" in build_files:

@@ -48,7 +48,9 @@ def _output_dir(root: Path, build_script: str) -> str:
     for name in OUTPUT_DIRS:
         if (root / name).is_dir():
             return name
-    match = re.search(r"(?:--outdir|--out-dir|--outDir|--outfile|-o|--output)[= ]+['\"]?([\w./-]+)", build_script)
+    match = re.search(
+        r"(?:--outdir|--out-dir|--outDir|--outfile|-o|--output)[= ]+['\"]?([\w./-]+)", build_script
+    )
     if match:
         out = match.group(1).removeprefix("./")
         # `--outfile dist/app.js` measures the directory it writes into.
@@ -84,7 +86,9 @@ def detect(root: Path) -> Detection | None:
     if target:
         settings["target_file"] = target
     else:
-        warnings.append("no main source file found (source/main/module/exports, src/index.*); set target_file")
+        warnings.append(
+            "no main source file found (source/main/module/exports, src/index.*); set target_file"
+        )
     return Detection(
         project_type=NAME,
         score=50,

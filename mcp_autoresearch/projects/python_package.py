@@ -23,8 +23,14 @@ def _target(root: Path) -> str | None:
     name = _package_name(root)
     candidates = []
     if name:
-        candidates += [f"src/{name}/core.py", f"{name}/core.py", f"src/{name}/__init__.py", f"{name}/__init__.py",
-                       f"src/{name}.py", f"{name}.py"]
+        candidates += [
+            f"src/{name}/core.py",
+            f"{name}/core.py",
+            f"src/{name}/__init__.py",
+            f"{name}/__init__.py",
+            f"src/{name}.py",
+            f"{name}.py",
+        ]
     candidates += ["main.py", "app.py"]
     found = first_existing(root, candidates)
     if found and not found.endswith("__init__.py"):
@@ -59,5 +65,10 @@ def detect(root: Path) -> Detection | None:
     else:
         warnings.append("no module found to optimise; set target_file")
     return Detection(
-        NAME, 40, markers, settings, "wall time of the test suite in seconds (measured by the server)", warnings
+        NAME,
+        40,
+        markers,
+        settings,
+        "wall time of the test suite in seconds (measured by the server)",
+        warnings,
     )
