@@ -76,24 +76,25 @@ def briefing_from(state: SessionState, rows: list[Row], run_command: str | None 
                 f"| {row.run_id} | {status} | {_fmt(row.value)} | {_signed(row.delta)} | "
                 f"{one_line(row.description, 80).replace('|', '/')} |"
             )
-        lines += ["", "## Ideas tried (newest first; do not repeat a failed one without a new reason)", ""]
-        for shown, row in enumerate(reversed(rows)):
-            if shown >= MAX_IDEAS:
-                lines.append(f"- … and {len(rows) - shown} older experiments (query_results for more)")
-                break
-            note = f" — notes: {one_line(' / '.join(row.notes), 160)}" if row.notes else ""
-            outcome = (
-                row.status if row.status != "crash" else f"crash: {one_line(row.error or row.run_status, 60)}"
-            )
-            lines.append(
-                f"- [{outcome}] {one_line(row.description, 100)} {_signed(row.delta)}{note}".rstrip()
-            )
         if since >= 5:
             lines += [
                 "",
                 f"## Streak: {since} experiments without an improvement",
                 "Change direction: try a different kind of idea, combine near-misses, or simplify.",
             ]
+        lines += ["", "## Ideas tried (newest first; do not repeat a failed one without a new reason)", ""]
+        used = sum(len(line) + 1 for line in lines)
+        for shown, row in enumerate(reversed(rows)):
+            note = f" — notes: {one_line(' / '.join(row.notes), 160)}" if row.notes else ""
+            outcome = (
+                row.status if row.status != "crash" else f"crash: {one_line(row.error or row.run_status, 60)}"
+            )
+            line = f"- [{outcome}] {one_line(row.description, 100)} {_signed(row.delta)}{note}".rstrip()
+            if shown >= MAX_IDEAS or used + len(line) > MAX_CHARS - 100:
+                lines.append(f"- … and {len(rows) - shown} older experiments (query_results lists them)")
+                break
+            lines.append(line)
+            used += len(line) + 1
     text = "\n".join(lines) + "\n"
     if len(text) > MAX_CHARS:
         text = text[: MAX_CHARS - 40].rsplit("\n", 1)[0] + "\n- … (briefing cut to stay short)\n"

@@ -81,23 +81,44 @@ class Journal:
         self.by_run: dict[str, Row] = {}
         self.started_runs: set[str] = set()
         self._tsv_size: int | None = None  # what results.tsv's size must be if nobody else wrote it
+        self._offset = 0  # how far the JSONL has been read
 
     # -- loading and repair ---------------------------------------------------------------------------------
     def load(self) -> None:
         """Read this session's rows from the JSONL; repair a torn last line; make results.tsv agree."""
-        self.rows, self.by_run, self.started_runs = [], {}, set()
         self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
         if self.jsonl_path.exists():
             self._repair_torn_tail(self.jsonl_path)
-            with self.jsonl_path.open("r", encoding="utf-8", errors="replace") as handle:
-                for line in handle:
-                    try:
-                        event = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(event, dict):
-                        self._ingest(event)
+        self.load_readonly()
         self.reconcile_tsv()
+
+    def load_readonly(self) -> None:
+        """Read the rows without writing anything (for the CLI's views of a live session)."""
+        self.rows, self.by_run, self.started_runs = [], {}, set()
+        self._offset = 0
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Read complete lines appended since the last read. Returns how many new rows arrived."""
+        before = len(self.rows)
+        try:
+            with self.jsonl_path.open("rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except OSError:
+            return 0
+        end = data.rfind(b"\n")
+        if end < 0:
+            return 0
+        self._offset += end + 1
+        for line in data[: end + 1].splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                self._ingest(event)
+        return len(self.rows) - before
 
     def _ingest(self, event: dict[str, Any]) -> None:
         details = event.get("details")
@@ -179,6 +200,7 @@ class Journal:
         }
         line = json.dumps(event, ensure_ascii=False, allow_nan=False) + "\n"
         _append(self.jsonl_path, line)
+        self._offset += len(line.encode("utf-8"))
 
     def log_session_start(self, details: dict[str, Any]) -> None:
         self._append_jsonl("session_start", True, details)

@@ -66,6 +66,9 @@ def render_png(rows: list[Row], metric: str, direction: str, title: str | None =
                     color="#1a5e1a",
                 )
         crashes = sum(1 for r in rows if r.status == "crash")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("experiment #")
         ax.set_ylabel(f"{metric} ({'lower' if lower else 'higher'} is better)")
         ax.set_title(

@@ -32,12 +32,14 @@ def decide(
     lines: int,
     best_lines: int | None,
     discard_requested: bool = False,
+    error: str | None = None,
 ) -> Verdict:
     """The loop's rule. Keep when better than the best kept value by more than `min_delta`, or equal within
     `min_delta` with a simpler target (fewer non-blank lines). The baseline is kept. Everything else, and every
     failed run, is discarded. The agent may ask to discard; it can never force a keep."""
     if run_status != "ok" or value is None:
-        return Verdict("crash", f"run status {run_status}: nothing to keep", None)
+        detail = f" ({error})" if error else ""
+        return Verdict("crash", f"{run_status}{detail}: nothing to keep", None)
     if is_baseline:
         if discard_requested:
             return Verdict("discard", "baseline discarded on request; run the baseline again", None)

@@ -7,6 +7,7 @@ engine refusals into `ToolError`s the agent reads, and turns a long run into pro
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -87,8 +88,6 @@ def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
-    import inspect
-
     return inspect.iscoroutinefunction(fn)
 
 
@@ -114,15 +113,25 @@ def create_server(workspace: Workspace) -> MCPServer:
         "autoresearch", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
     )
 
-    @server.tool(annotations=_annotations(read_only=True, idempotent=True))
-    @_engine_errors
+    def tool(read_only: bool, destructive: bool = False, idempotent: bool = False):
+        """Register a tool: engine errors become ToolErrors; the docstring, dedented, is the description."""
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            server.tool(
+                description=inspect.cleandoc(fn.__doc__ or ""),
+                annotations=_annotations(read_only, destructive, idempotent),
+            )(_engine_errors(fn))
+            return fn
+
+        return register
+
+    @tool(read_only=True, idempotent=True)
     def detect_project() -> ProjectInfo:
         """What the server understood of the project: type, the single target file, how an experiment runs,
         which metric decides and in which direction, read-only files, and where each setting came from."""
         return workspace.detect()
 
-    @server.tool(annotations=_annotations(read_only=False))
-    @_engine_errors
+    @tool(read_only=False)
     def start_session(
         tag: Annotated[
             str | None,
@@ -136,8 +145,7 @@ def create_server(workspace: Workspace) -> MCPServer:
         uncommitted changes. Creates results.tsv and the JSONL log. A resumed session returns its briefing."""
         return workspace.start_session(tag)
 
-    @server.tool(annotations=_annotations(read_only=True, idempotent=True))
-    @_engine_errors
+    @tool(read_only=True, idempotent=True)
     def read_target(
         start_line: Annotated[int | None, Field(description="First line to return (1-based).", ge=1)] = None,
         end_line: Annotated[int | None, Field(description="Last line to return (inclusive).", ge=0)] = None,
@@ -145,8 +153,7 @@ def create_server(workspace: Workspace) -> MCPServer:
         """Read the target file (the only file experiments may change), whole or a line range, with its sha256."""
         return workspace.session.read_target(start_line, end_line)
 
-    @server.tool(annotations=_annotations(read_only=False))
-    @_engine_errors
+    @tool(read_only=False)
     def apply_edit(
         edits: Annotated[
             list[EditOp] | None,
@@ -202,8 +209,7 @@ def create_server(workspace: Workspace) -> MCPServer:
                 raise
         return await anyio.to_thread.run_sync(session.view, run_id)
 
-    @server.tool(annotations=_annotations(read_only=False))
-    @_engine_errors
+    @tool(read_only=False)
     async def run_experiment(
         description: Annotated[
             str, Field(description="What this experiment changes, in a few words.", max_length=2000)
@@ -218,8 +224,7 @@ def create_server(workspace: Workspace) -> MCPServer:
         run_id = await anyio.to_thread.run_sync(session.start_run, description)
         return await _await_run(run_id, wait_s, ctx)
 
-    @server.tool(annotations=_annotations(read_only=True, idempotent=True))
-    @_engine_errors
+    @tool(read_only=True, idempotent=True)
     async def wait_experiment(
         run_id: Annotated[str, Field(description="The run_id returned by run_experiment.")],
         ctx: Context,
@@ -228,8 +233,7 @@ def create_server(workspace: Workspace) -> MCPServer:
         """Wait for a run that returned status 'running', and return its result (same shape as run_experiment)."""
         return await _await_run(run_id, wait_s, ctx)
 
-    @server.tool(annotations=_annotations(read_only=False, destructive=True))
-    @_engine_errors
+    @tool(read_only=False, destructive=True)
     def commit_or_reset(
         run_id: Annotated[
             str | None, Field(description="The run to decide (default: the pending run).")
@@ -243,8 +247,7 @@ def create_server(workspace: Workspace) -> MCPServer:
         target goes back to the best kept commit; the idea stays under refs/autoresearch/). Logs the row."""
         return workspace.session.commit_or_reset(run_id, discard)
 
-    @server.tool(annotations=_annotations(read_only=False))
-    @_engine_errors
+    @tool(read_only=False)
     def log_result(
         run_id: Annotated[str, Field(description="A decided experiment's run_id.")],
         notes: Annotated[
@@ -255,8 +258,7 @@ def create_server(workspace: Workspace) -> MCPServer:
         """Attach your notes to a logged experiment (JSONL and query_results). Values and statuses cannot change."""
         return workspace.session.log_notes(run_id, notes)
 
-    @server.tool(annotations=_annotations(read_only=True, idempotent=True))
-    @_engine_errors
+    @tool(read_only=True, idempotent=True)
     def query_results(
         status: Annotated[
             str | None,

@@ -118,9 +118,11 @@ class Workspace:
             if self._session is not None:
                 if tag is None or tag == self._session.state.tag:
                     return self._session.describe(resumed=True)
-                if self._session.active is not None:
+                pending = self._session.state.pending
+                if pending is not None:
                     raise SessionError(
-                        f"run {self._session.active.run_id} is in flight in session '{self._session.state.tag}'"
+                        f"run {pending.run_id} of session '{self._session.state.tag}' is {pending.phase}; "
+                        f"finish it (wait_experiment, commit_or_reset) before starting another session"
                     )
             project = self.load()
             config = project.config
@@ -601,6 +603,7 @@ class Session:
             pending.phase = "running"
             save_state(self.root, self.state)
             self.journal.log_experiment_start(run_id, commit, description)
+            _drop_stale_bytecode(self._target_path())
             self._journal_prints = self.journal.fingerprints()
             log_dir = state_dir(self.root) / "runs" / self.state.tag
             active = ActiveRun(run_id=run_id, experiment=None, started=time.monotonic())  # type: ignore[arg-type]
@@ -798,6 +801,7 @@ class Session:
             lines=pending.nonblank_lines,
             best_lines=best.nonblank_lines if best else None,
             discard_requested=discard,
+            error=result.get("error"),
         )
 
     def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
@@ -1065,6 +1069,18 @@ def _atomic_write_file(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def _drop_stale_bytecode(target: Path) -> None:
+    """Python trusts a cached .pyc when the source's size and mtime (in whole seconds) match; two edits of the
+    same length within one second would run the old code. Remove the target's own cache entry before a run."""
+    if target.suffix != ".py":
+        return
+    for cached in (target.parent / "__pycache__").glob(f"{target.stem}.*.pyc"):
+        try:
+            cached.unlink()
+        except OSError:
+            pass
 
 
 def _archive_results(root: Path, new_tag: str) -> None:

@@ -1,0 +1,1 @@
+../mcp_autoresearch/scripted_agent.py

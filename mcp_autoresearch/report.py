@@ -1,0 +1,146 @@
+"""Looking at a session from the terminal, without a server: results, status, dashboard, plot.
+
+These read the session's files (state, JSONL) only; they never write to the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .briefing import briefing_from
+from .config import DEFAULTS
+from .errors import AutoresearchError, ConfigError
+from .journal import Journal, Row
+from .project import check_project_root, load_project
+from .session import RESULTS_TSV
+from .state import SessionState, current_tag, load_state
+
+
+@dataclass
+class SessionFiles:
+    root: Path
+    state: SessionState
+    journal: Journal
+    run_command: str | None
+
+
+def open_session_files(project: str, tag: str | None = None) -> SessionFiles:
+    root = check_project_root(project)
+    tag = tag or current_tag(root)
+    if not tag:
+        raise AutoresearchError(f"no session in {root} yet: start one from your agent (start_session)")
+    state = load_state(root, tag)
+    if state is None:
+        raise AutoresearchError(f"no session '{tag}' in {root}")
+    try:
+        config = load_project(root).config
+        jsonl, run_command = config.jsonl_path, config.run_command
+    except ConfigError:
+        jsonl, run_command = DEFAULTS["jsonl_path"], None
+    journal = Journal(root / RESULTS_TSV, root / jsonl, tag)
+    journal.load_readonly()
+    return SessionFiles(root, state, journal, run_command)
+
+
+def filter_rows(rows: list[Row], status: str | None) -> list[Row]:
+    if not status:
+        return rows
+    wanted = status.lower()
+    return [r for r in rows if r.status == wanted or r.run_status == wanted]
+
+
+def karpathy_tsv(rows: list[Row], metric: str) -> str:
+    """karpathy/autoresearch's results.tsv columns, so its analysis.ipynb runs on our data."""
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+    writer.writerow(["commit", metric, "memory_gb", "status", "description"])
+    for row in rows:
+        crashed = row.status == "crash" or row.value is None
+        writer.writerow(
+            [
+                row.commit[:7],
+                "0.000000" if crashed else f"{row.value:.6f}",
+                "0.0" if crashed or row.memory_gb is None else f"{row.memory_gb:.1f}",
+                row.status,
+                row.description.replace("\t", " "),
+            ]
+        )
+    return out.getvalue()
+
+
+def results_table(files: SessionFiles, rows: list[Row], notes: bool = True):
+    from rich.table import Table
+
+    state = files.state
+    table = Table(
+        title=f"session {state.tag}: {state.metric_name} "
+        f"({'lower' if state.metric_direction == 'lower_is_better' else 'higher'} is better)"
+    )
+    for column, justify in (
+        ("run", "right"),
+        ("commit", "left"),
+        (state.metric_name, "right"),
+        ("delta", "right"),
+        ("status", "left"),
+        ("mem GB", "right"),
+    ):
+        table.add_column(column, justify=justify, no_wrap=True)
+    table.add_column("description", min_width=24, ratio=2, overflow="fold")
+    if notes:
+        table.add_column("notes", ratio=1, overflow="fold")
+    colours = {"keep": "green", "discard": "bright_black", "crash": "red"}
+    for row in rows:
+        status = row.status if row.run_status in ("ok", row.status) else f"{row.status} ({row.run_status})"
+        table.add_row(
+            row.run_id,
+            row.commit[:7],
+            "-" if row.value is None else f"{row.value:.6f}",
+            "" if row.delta is None else f"{row.delta:+.6g}",
+            f"[{colours.get(row.status, 'white')}]{status}[/]",
+            "" if row.memory_gb is None else f"{row.memory_gb:.2f}",
+            row.description,
+            *([" / ".join(row.notes)] if notes else []),
+        )
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    files = open_session_files(args.project, getattr(args, "session", None))
+    if args.command == "results":
+        rows = filter_rows(files.journal.rows, args.status)
+        if args.format == "tsv":
+            sys.stdout.write(
+                files.journal.tsv_text()
+                if not args.status
+                else "".join([files.journal.tsv_text().splitlines(True)[0]] + [r.tsv_line() for r in rows])
+            )
+        elif args.format == "json":
+            print(json.dumps([asdict(r) for r in rows], indent=2))
+        elif args.format == "karpathy":
+            sys.stdout.write(karpathy_tsv(rows, files.state.metric_name))
+        else:
+            from rich.console import Console
+
+            Console().print(results_table(files, rows))
+        return 0
+    if args.command == "status":
+        sys.stdout.write(briefing_from(files.state, files.journal.rows, files.run_command))
+        return 0
+    if args.command == "dashboard":
+        from .dashboard import run_dashboard
+
+        return run_dashboard(files, args.status, args.interval, args.once)
+    if args.command == "plot":
+        from .plot import write_png
+
+        out = Path(args.out)
+        write_png(files.journal.rows, files.state.metric_name, files.state.metric_direction, out)
+        print(f"wrote {out} ({out.stat().st_size} bytes, {len(files.journal.rows)} experiments)")
+        return 0
+    raise AutoresearchError(f"unknown command {args.command}")

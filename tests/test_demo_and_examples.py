@@ -1,0 +1,73 @@
+"""The main job: `mcp-autoresearch demo`, and the scripted agent against each bundled example."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+
+from mcp_autoresearch.demo import prepare
+from mcp_autoresearch.scripted_agent import ScriptedAgent, propose, server_params
+
+from .conftest import git, run_cli
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = run_cli("demo", "--experiments", "12", "--keep-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    rows = (out / "results.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 12 + 1  # header, baseline, 12 experiments
+    statuses = [row.split("\t")[3] for row in rows[1:]]
+    assert statuses[0] == "keep" and "keep" in statuses[1:], statuses
+    # The branch head is the best kept commit.
+    best_line = min(
+        (row for row in rows[1:] if row.split("\t")[3] == "keep"), key=lambda r: float(r.split("\t")[2])
+    )
+    head = git(out, "rev-parse", "--short=7", "HEAD").strip()
+    assert best_line.split("\t")[0] == head
+    assert git(out, "status", "--porcelain", "--untracked-files=no") == ""
+    for line in ("results.tsv", "autoresearch.jsonl", "mcp-autoresearch dashboard"):
+        assert line in result.stdout
+    assert result.stdout.count(" keep ") + result.stdout.count(" discard ") >= 12
+
+
+def test_demo_refuses_a_non_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "x").write_text("mine")
+    result = run_cli("demo", "--keep-dir", str(tmp_path))
+    assert result.returncode == 2 and "not empty" in result.stderr
+    assert (tmp_path / "x").read_text() == "mine"
+
+
+@pytest.mark.parametrize("example", ["tune", "bundle"])
+def test_scripted_agent_on_each_example(tmp_path: Path, example: str) -> None:
+    if example == "bundle" and shutil.which("node") is None:
+        pytest.skip("the bundle example needs Node.js")
+    project = prepare(example, str(tmp_path / example))
+    extra = ["--run-command", "python3 evaluate.py"] if example == "tune" else []
+
+    async def main():
+        async with Client(server_params(str(project), extra)) as client:
+            return await ScriptedAgent(client, log=lambda _line: None).loop(8, seed=3, tag="t")
+
+    summary = anyio.run(main)
+    assert summary.experiments == 9
+    assert summary.results["total"] == 9
+    assert summary.results["counts"]["keep"] >= 1
+    events = (project / ".autoresearch" / "autoresearch.jsonl").read_text()
+    assert events.count('"experiment_notes"') >= 1
+
+
+def test_proposals_change_one_thing() -> None:
+    import random
+
+    content = "A = 1.5\nB = 3\nprint(A * B)\n"
+    rng = random.Random(0)
+    for _ in range(50):
+        proposal = propose(content, rng)
+        assert proposal is not None and content.count(proposal.old) == 1
+        assert proposal.old != proposal.new
