@@ -187,12 +187,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import create_server
 
     server = create_server(workspace)
-    if args.transport == "stdio":
-        server.run()
-        return 0
-    from .http import serve_http
+    try:
+        if args.transport == "stdio":
+            server.run()
+            return 0
+        from .http import serve_http
 
-    return serve_http(server, args.host, args.port, token)
+        return serve_http(server, args.host, args.port, token)
+    finally:
+        workspace.shutdown()  # a run still in flight is killed and logged; the project lock is released
 
 
 if __name__ == "__main__":

@@ -79,6 +79,8 @@ def resolve_target_path(root: Path, target_rel: str, requested: str | None) -> P
         raise RuleViolation(f"path contains a NUL byte; {rule}")
     if len(requested) > MAX_PATH_CHARS:
         raise RuleViolation(f"path is {len(requested)} characters long; {rule}")
+    if requested.endswith(("/", os.sep)):
+        raise RuleViolation(f"path '{requested}' names a directory; {rule}")
     raw = Path(requested)
     candidate = raw if raw.is_absolute() else root / raw
     # Compare the lexical path first: '../x' or 'sub/../../x' is refused even if it would land on the target.

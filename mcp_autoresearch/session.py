@@ -413,8 +413,13 @@ class Session:
                 + " may be edited"
             )
 
-    def _target_path(self, requested: str | None = None) -> Path:
+    def _target_path(self, requested: str | None = None, must_exist: bool = False) -> Path:
         path = resolve_target_path(self.root, self.target_rel, requested)
+        if must_exist and not path.is_symlink() and not path.exists():
+            raise RuleViolation(
+                f"the target {self.target_rel} was deleted; restore it (git checkout -- {self.target_rel}) "
+                "or write it with apply_edit(content=...)"
+            )
         if path.is_symlink() or (path.exists() and not path.is_file()):
             raise RuleViolation(
                 f"the target {self.target_rel} is no longer a regular file (a symlink or directory replaced it); "
@@ -558,7 +563,7 @@ class Session:
                     f"max_experiments ({self.config.max_experiments}) reached: the session is complete. "
                     "Raise max_experiments in the configuration to continue."
                 )
-            self._target_path()
+            self._target_path(must_exist=True)
             self._check_readonly()
             changed = [self.repo.project_path(p) for p in self.repo.changed_tracked_files()]
             others = [p for p in changed if p != self.target_rel]

@@ -1,0 +1,128 @@
+"""The HTTP transport as a user starts it (`serve --transport http`), probed with a real HTTP client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from .conftest import GIT_ENV, run_cli
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "probe", "version": "1"},
+    },
+}
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def http_server(ml_project: Path) -> Iterator[tuple[str, str]]:
+    port, token = free_port(), "s3cret-token"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mcp_autoresearch",
+            "serve",
+            "--project",
+            str(ml_project),
+            "--transport",
+            "http",
+            "--port",
+            str(port),
+            "--token",
+            token,
+        ],
+        env={**os.environ, **GIT_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise AssertionError(proc.stderr.read().decode())
+    try:
+        yield url, token
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_token_is_required_on_every_request(http_server: tuple[str, str]) -> None:
+    url, token = http_server
+    with httpx2.Client(timeout=10) as http:
+        assert http.post(url, json=INIT, headers=ACCEPT).status_code == 401
+        wrong = http.post(url, json=INIT, headers={**ACCEPT, "Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "unauthorized" in wrong.text
+        assert http.get(url, headers={"Authorization": "Basic abc"}).status_code == 401
+        good = http.post(url, json=INIT, headers={**ACCEPT, "Authorization": f"Bearer {token}"})
+        assert good.status_code == 200
+
+
+def test_dns_rebinding_protection(http_server: tuple[str, str]) -> None:
+    url, token = http_server
+    auth = {**ACCEPT, "Authorization": f"Bearer {token}"}
+    with httpx2.Client(timeout=10) as http:
+        assert http.post(url, json=INIT, headers={**auth, "Host": "evil.example:80"}).status_code == 421
+        assert http.post(url, json=INIT, headers={**auth, "Origin": "http://evil.example"}).status_code == 403
+        assert (
+            http.post(url, json=INIT, headers={**auth, "Origin": "http://localhost:3000"}).status_code == 200
+        )
+
+
+@pytest.mark.anyio
+async def test_mcp_client_over_http_with_token(http_server: tuple[str, str]) -> None:
+    url, token = http_server
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        info = await client.call_tool("detect_project", {})
+        assert info.structured_content["project_type"] == "ml"
+        started = await client.call_tool("start_session", {"tag": "web"})
+        assert started.structured_content["branch"] == "autoresearch/web"
+        run = await client.call_tool("run_experiment", {"description": "baseline"})
+        assert run.structured_content["status"] == "ok"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def test_non_loopback_bind_without_token_is_refused(ml_project: Path) -> None:
+    env_token = os.environ.pop("AUTORESEARCH_TOKEN", None)
+    try:
+        out = run_cli("serve", "--project", str(ml_project), "--transport", "http", "--host", "0.0.0.0")
+        assert out.returncode == 2 and "without a token" in out.stderr
+    finally:
+        if env_token is not None:
+            os.environ["AUTORESEARCH_TOKEN"] = env_token
