@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .journal import Row, one_line
+from .journal import Journal, Row, one_line
 from .rules import improvement
 from .state import SessionState
 
@@ -28,7 +28,17 @@ def _signed(value: float | None) -> str:
     return "" if value is None else f"{value:+.4g}"
 
 
-def briefing_from(state: SessionState, rows: list[Row], run_command: str | None = None) -> str:
+def briefing_from(
+    state: SessionState,
+    rows: list[Row],
+    run_command: str | None = None,
+    *,
+    total: int | None = None,
+    counts: dict[str, int] | None = None,
+    since: int | None = None,
+) -> str:
+    """`rows` are the newest experiments, oldest first (all of them, or the last few with `total`, `counts`
+    and `since` describing the whole log)."""
     direction = "lower is better" if state.metric_direction == "lower_is_better" else "higher is better"
     lines = [f"# autoresearch briefing: session {state.tag}", ""]
     lines.append(
@@ -46,14 +56,19 @@ def briefing_from(state: SessionState, rows: list[Row], run_command: str | None 
         )
     else:
         lines.append("No baseline yet: the first run must be the unmodified target.")
-    counts = {status: sum(1 for r in rows if r.status == status) for status in ("keep", "discard", "crash")}
-    since = 0
-    for row in reversed(rows):
-        if row.status == "keep":
-            break
-        since += 1
+    if counts is None:
+        counts = {
+            status: sum(1 for r in rows if r.status == status) for status in ("keep", "discard", "crash")
+        }
+    if since is None:
+        since = 0
+        for row in reversed(rows):
+            if row.status == "keep":
+                break
+            since += 1
+    total = len(rows) if total is None else total
     lines.append(
-        f"Experiments: {len(rows)} (keep {counts['keep']}, discard {counts['discard']}, crash {counts['crash']}); "
+        f"Experiments: {total} (keep {counts['keep']}, discard {counts['discard']}, crash {counts['crash']}); "
         f"{since} since the last keep."
     )
     if state.pending is not None:
@@ -91,7 +106,7 @@ def briefing_from(state: SessionState, rows: list[Row], run_command: str | None 
             )
             line = f"- [{outcome}] {one_line(row.description, 100)} {_signed(row.delta)}{note}".rstrip()
             if shown >= MAX_IDEAS or used + len(line) > MAX_CHARS - 100:
-                lines.append(f"- … and {len(rows) - shown} older experiments (query_results lists them)")
+                lines.append(f"- … and {total - shown} older experiments (query_results lists them)")
                 break
             lines.append(line)
             used += len(line) + 1
@@ -101,5 +116,18 @@ def briefing_from(state: SessionState, rows: list[Row], run_command: str | None 
     return text
 
 
+def journal_briefing(state: SessionState, journal: Journal, run_command: str | None) -> str:
+    """The briefing from a journal's index: only the newest rows are read back from the log."""
+    total = len(journal)
+    return briefing_from(
+        state,
+        journal.tail(MAX_IDEAS + 1),
+        run_command,
+        total=total,
+        counts={k: journal.counts.get(k, 0) for k in ("keep", "discard", "crash")},
+        since=total - 1 - journal.last_keep_index if total else 0,
+    )
+
+
 def build_briefing(session: Session) -> str:
-    return briefing_from(session.state, session.journal.rows, session.config.run_command)
+    return journal_briefing(session.state, session.journal, session.config.run_command)

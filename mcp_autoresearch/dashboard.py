@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .journal import Row
-from .report import SessionFiles, filter_rows, results_table
+from .report import SessionFiles, results_table
 from .rules import improvement
 from .state import load_state, state_dir
 
@@ -48,7 +48,7 @@ def server_holder(files: SessionFiles) -> str | None:
         os.close(fd)
 
 
-def trend(rows: list[Row], direction: str, width: int) -> Text:
+def trend(rows: list[Row], direction: str, width: int, best_before: float | None = None) -> Text:
     """Sparkline of the values (grey discarded, green kept, red crash) and a line of the running best."""
     points = rows[-width:]
     values = [r.value for r in points if r.value is not None and r.status != "crash"]
@@ -58,7 +58,7 @@ def trend(rows: list[Row], direction: str, width: int) -> Text:
     low, high = min(values), max(values)
     span = (high - low) or 1.0
     lower = direction == "lower_is_better"
-    best: float | None = None
+    best: float | None = best_before
     best_line = Text()
     for row in points:
         if row.value is None or row.status == "crash":
@@ -78,9 +78,10 @@ def trend(rows: list[Row], direction: str, width: int) -> Text:
 
 def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> Group:
     state = load_state(files.root, files.state.tag) or files.state
-    rows = files.journal.rows
-    counts = {s: sum(1 for r in rows if r.status == s) for s in ("keep", "discard", "crash")}
-    total = len(rows)
+    journal = files.journal
+    counts = {s: journal.counts.get(s, 0) for s in ("keep", "discard", "crash")}
+    total = len(journal)
+    span = max(10, width - 6)
     direction = "lower is better" if state.metric_direction == "lower_is_better" else "higher is better"
     holder = server_holder(files)
     live = Text()
@@ -119,13 +120,18 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
     else:
         summary.append("no baseline yet", style="dim")
 
-    recent = filter_rows(rows, status_filter)[-15:]
+    recent = journal.rows_at(journal.indices(status_filter)[-15:])
     header = Panel(
         Group(live, totals, summary),
         title=f"autoresearch · {state.tag} · {state.metric_name} ({direction}) · {state.target_file}",
     )
+    lower = state.metric_direction == "lower_is_better"
+    window_start = max(0, total - span)
     chart = Panel(
-        trend(rows, state.metric_direction, max(10, width - 6)), title="trend (taller is better; ▲ kept)"
+        trend(
+            journal.tail(span), state.metric_direction, span, journal.best_kept_before(window_start, lower)
+        ),
+        title="trend (taller is better; ▲ kept)",
     )
     table = results_table(files, list(reversed(recent)))
     table.title = "recent experiments" + (f" (status {status_filter})" if status_filter else "")

@@ -2,14 +2,20 @@
 
 The JSONL is the source of truth; `results.tsv` is derived from it and rebuilt whenever the two disagree (a
 server killed between the two appends, or a run that rewrote the file). Appends are flushed and fsynced.
-Rows of the current session are kept in memory, so queries never re-read the file.
+In memory the journal keeps a compact index of the current session (value, status codes and the byte offset
+of each row's line, in arrays): 100,000 experiments cost a few MB, and full rows are read back from the JSONL
+only when they are shown.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
+from array import array
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +42,7 @@ def _finite_or_none(value: Any) -> float | None:
     return value if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     """One decided experiment, as logged."""
 
@@ -72,16 +78,157 @@ def fingerprint(path: Path) -> Fingerprint | None:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+STATUSES = ("keep", "discard", "crash")
+RUN_STATUSES = ("ok", "crash", "timeout", "metric_error", "tampered", "checks_failed", "cancelled")
+_ROW_CACHE = 512
+
+
 class Journal:
     def __init__(self, tsv_path: Path, jsonl_path: Path, tag: str) -> None:
         self.tsv_path = tsv_path
         self.jsonl_path = jsonl_path
         self.tag = tag
-        self.rows: list[Row] = []
-        self.by_run: dict[str, Row] = {}
-        self.started_runs: set[str] = set()
         self._tsv_size: int | None = None  # what results.tsv's size must be if nobody else wrote it
+        self._reset()
+
+    def _reset(self) -> None:
         self._offset = 0  # how far the JSONL has been read
+        self._offsets = array("q")  # byte offset of each experiment_done line
+        self._values = array("d")  # the value, NaN when there is none
+        self._status = bytearray()  # index into STATUSES
+        self._run_status = bytearray()  # index into RUN_STATUSES
+        self._run_numbers = array("q")  # n of run id "r<n>", increasing
+        self._other_ids: dict[str, int] = {}  # run ids of another shape
+        self._notes: dict[int, list[str]] = {}
+        self._cache: OrderedDict[int, Row] = OrderedDict()
+        self._best_values = array("d")  # values of rows that have one, sorted ascending
+        self._best_rows = array("q")  # the row index of each of those values
+        self.counts: Counter[str] = Counter()
+        self.last_keep_index = -1
+
+    # -- the index ------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def index_of(self, run_id: str) -> int | None:
+        if run_id in self._other_ids:
+            return self._other_ids[run_id]
+        number = _run_number(run_id)
+        if number is None:
+            return None
+        position = bisect.bisect_left(self._run_numbers, number)
+        if position < len(self._run_numbers) and self._run_numbers[position] == number:
+            return position
+        return None
+
+    def get(self, run_id: str) -> Row | None:
+        index = self.index_of(run_id)
+        return None if index is None else self.row(index)
+
+    def status_at(self, index: int) -> str:
+        return STATUSES[self._status[index]]
+
+    def run_status_at(self, index: int) -> str:
+        return RUN_STATUSES[self._run_status[index]]
+
+    def value_at(self, index: int) -> float | None:
+        value = self._values[index]
+        return None if math.isnan(value) else value
+
+    def indices(self, status: str | None = None) -> list[int]:
+        """Row indices, oldest first, with this status (decision or run status); all when None."""
+        if status is None:
+            return list(range(len(self)))
+        if status in STATUSES:
+            code = STATUSES.index(status)
+            return [i for i, c in enumerate(self._status) if c == code]
+        if status in RUN_STATUSES:
+            code = RUN_STATUSES.index(status)
+            return [i for i, c in enumerate(self._run_status) if c == code]
+        return []
+
+    def best_indices(self, limit: int, lower_is_better: bool, status: str | None = None) -> list[int]:
+        """Indices of the best values (crashes excluded), best first."""
+        chosen: list[int] = []
+        for _value, index in self._ordered(lower_is_better):
+            if status is None or self.status_at(index) == status or self.run_status_at(index) == status:
+                chosen.append(index)
+                if len(chosen) >= limit:
+                    break
+        return chosen
+
+    def best_kept_before(self, stop: int, lower_is_better: bool) -> float | None:
+        """The running best (over kept rows) just before row `stop`."""
+        keep = STATUSES.index("keep")
+        for value, index in self._ordered(lower_is_better):
+            if index < stop and self._status[index] == keep:
+                return value
+        return None
+
+    def _ordered(self, lower_is_better: bool) -> Iterator[tuple[float, int]]:
+        pairs = zip(self._best_values, self._best_rows, strict=True)
+        return pairs if lower_is_better else reversed(list(pairs))
+
+    # -- full rows, read back from the file ----------------------------------------------------------------
+    def row(self, index: int) -> Row:
+        cached = self._cache.get(index)
+        if cached is not None:
+            self._cache.move_to_end(index)
+            return cached
+        return self.rows_at([index])[0]
+
+    def rows_at(self, indices: list[int]) -> list[Row]:
+        found: dict[int, Row] = {i: self._cache[i] for i in indices if i in self._cache}
+        missing = sorted(set(indices) - set(found))
+        if missing:
+            with self.jsonl_path.open("rb") as handle:
+                for index in missing:
+                    handle.seek(self._offsets[index])
+                    row = self._row_from(json.loads(handle.readline()))
+                    row.notes = list(self._notes.get(index, ()))
+                    found[index] = row
+                    self._cache[index] = row
+            while len(self._cache) > _ROW_CACHE:
+                self._cache.popitem(last=False)
+        return [found[i] for i in indices]
+
+    def tail(self, count: int) -> list[Row]:
+        return self.rows_at(list(range(max(0, len(self) - count), len(self))))
+
+    def iter_rows(self) -> Iterator[Row]:
+        """Every row, oldest first, streamed from the file (for exports and the TSV)."""
+        for start in range(0, len(self), 1000):
+            batch = list(range(start, min(start + 1000, len(self))))
+            with self.jsonl_path.open("rb") as handle:
+                for index in batch:
+                    handle.seek(self._offsets[index])
+                    row = self._row_from(json.loads(handle.readline()))
+                    row.notes = list(self._notes.get(index, ()))
+                    yield row
+
+    @property
+    def rows(self) -> list[Row]:
+        """All rows as objects: for the CLI's views and exports, not for the server's hot paths."""
+        return list(self.iter_rows())
+
+    def _row_from(self, event: dict[str, Any]) -> Row:
+        details = event.get("details") or {}
+        return Row(
+            run_id=str(details.get("run_id", "")),
+            commit=str(details.get("commit", "")),
+            metric=str(details.get("metric", "")),
+            value=_finite_or_none(details.get("value")),
+            status=str(details.get("status", "crash")),
+            run_status=str(details.get("run_status") or details.get("error") or "ok"),
+            description=str(details.get("description", "")),
+            prev=_finite_or_none(details.get("prev")),
+            delta=_finite_or_none(details.get("delta")),
+            memory_gb=_finite_or_none(details.get("memory_gb")),
+            duration_s=_finite_or_none(details.get("duration_s")),
+            error=details.get("error"),
+            tag=self.tag,
+            timestamp=str(event.get("timestamp", "")),
+        )
 
     # -- loading and repair ---------------------------------------------------------------------------------
     def load(self) -> None:
@@ -90,67 +237,78 @@ class Journal:
         if self.jsonl_path.exists():
             self._repair_torn_tail(self.jsonl_path)
         self.load_readonly()
-        self.reconcile_tsv()
+        self.reconcile_tsv(quick=True)
 
     def load_readonly(self) -> None:
         """Read the rows without writing anything (for the CLI's views of a live session)."""
-        self.rows, self.by_run, self.started_runs = [], {}, set()
-        self._offset = 0
+        self._reset()
         self.refresh()
 
     def refresh(self) -> int:
-        """Read complete lines appended since the last read. Returns how many new rows arrived."""
-        before = len(self.rows)
+        """Index complete lines appended since the last read. Returns how many new rows arrived."""
+        before = len(self)
         try:
-            with self.jsonl_path.open("rb") as handle:
-                handle.seek(self._offset)
-                data = handle.read()
+            handle = self.jsonl_path.open("rb")
         except OSError:
             return 0
-        end = data.rfind(b"\n")
-        if end < 0:
-            return 0
-        self._offset += end + 1
-        for line in data[: end + 1].splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                self._ingest(event)
-        return len(self.rows) - before
+        tag_marker = json.dumps(self.tag).encode()
+        with handle:
+            handle.seek(self._offset)
+            position = self._offset
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    break  # a line still being written: read it next time
+                if tag_marker in line:  # cheap filter before parsing: other sessions' lines are skipped
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        event = None
+                    if isinstance(event, dict):
+                        self._ingest(event, position)
+                position += len(line)
+            self._offset = position
+        return len(self) - before
 
-    def _ingest(self, event: dict[str, Any]) -> None:
+    def _ingest(self, event: dict[str, Any], offset: int) -> None:
         details = event.get("details")
         if not isinstance(details, dict) or details.get("tag") != self.tag:
             return
         action = event.get("action")
         run_id = details.get("run_id")
-        if action == "experiment_start" and isinstance(run_id, str):
-            self.started_runs.add(run_id)
-        elif action == "experiment_done" and isinstance(run_id, str) and run_id not in self.by_run:
-            row = Row(
-                run_id=run_id,
-                commit=str(details.get("commit", "")),
-                metric=str(details.get("metric", "")),
-                value=_finite_or_none(details.get("value")),
-                status=str(details.get("status", "crash")),
-                run_status=str(details.get("run_status") or details.get("error") or "ok"),
-                description=str(details.get("description", "")),
-                prev=_finite_or_none(details.get("prev")),
-                delta=_finite_or_none(details.get("delta")),
-                memory_gb=_finite_or_none(details.get("memory_gb")),
-                duration_s=_finite_or_none(details.get("duration_s")),
-                error=details.get("error"),
-                tag=self.tag,
-                timestamp=str(event.get("timestamp", "")),
-            )
-            self.rows.append(row)
-            self.by_run[run_id] = row
-        elif action == "experiment_notes" and isinstance(run_id, str) and run_id in self.by_run:
+        if not isinstance(run_id, str):
+            return
+        if action == "experiment_done" and self.index_of(run_id) is None:
+            value = _finite_or_none(details.get("value"))
+            status = str(details.get("status", "crash"))
+            run_status = str(details.get("run_status") or "ok")
+            self._add(run_id, offset, value, status, run_status)
+        elif action == "experiment_notes":
+            index = self.index_of(run_id)
             notes = details.get("notes")
-            if isinstance(notes, str):
-                self.by_run[run_id].notes.append(notes)
+            if index is not None and isinstance(notes, str):
+                self._notes.setdefault(index, []).append(notes)
+                self._cache.pop(index, None)
+
+    def _add(self, run_id: str, offset: int, value: float | None, status: str, run_status: str) -> None:
+        index = len(self)
+        number = _run_number(run_id)
+        if number is not None and (not self._run_numbers or number > self._run_numbers[-1]):
+            self._run_numbers.append(number)
+        else:
+            self._run_numbers.append(self._run_numbers[-1] if self._run_numbers else -1)
+            self._other_ids[run_id] = index
+        self._offsets.append(offset)
+        self._values.append(math.nan if value is None else value)
+        status_code = STATUSES.index(status) if status in STATUSES else 2
+        self._status.append(status_code)
+        self._run_status.append(RUN_STATUSES.index(run_status) if run_status in RUN_STATUSES else 1)
+        if value is not None and STATUSES[status_code] != "crash":
+            position = bisect.bisect_right(self._best_values, value)
+            self._best_values.insert(position, value)
+            self._best_rows.insert(position, index)
+        self.counts[STATUSES[status_code]] += 1
+        if STATUSES[status_code] == "keep":
+            self.last_keep_index = index
 
     @staticmethod
     def _repair_torn_tail(path: Path) -> None:
@@ -171,24 +329,75 @@ class Journal:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def tsv_text(self) -> str:
-        return TSV_HEADER + "".join(row.tsv_line() for row in self.rows)
+    def tsv_lines(self) -> Iterator[str]:
+        yield TSV_HEADER
+        for row in self.iter_rows():
+            yield row.tsv_line()
 
-    def reconcile_tsv(self) -> bool:
-        """Rewrite results.tsv from the JSONL rows when it differs. Returns True when it was rewritten."""
-        expected = self.tsv_text()
-        self._tsv_size = len(expected.encode("utf-8"))
+    def tsv_text(self) -> str:
+        return "".join(self.tsv_lines())
+
+    def reconcile_tsv(self, quick: bool = False) -> bool:
+        """Rewrite results.tsv from the JSONL rows when it differs; True when it was rewritten. `quick` (on load)
+        compares only the header, the row count and the last row, which is what a server killed between the
+        two appends can leave wrong; a full check compares every line, streaming."""
+        if quick and self._quick_tsv_ok():
+            return False
         try:
-            current = self.tsv_path.read_text(encoding="utf-8", errors="replace")
+            current = self.tsv_path.open("rb")
         except OSError:
             current = None
-        if current == expected:
+        same, size = current is not None, 0
+        if current is not None:
+            with current:
+                for line in self.tsv_lines():
+                    data = line.encode("utf-8")
+                    size += len(data)
+                    if same and current.readline() != data:
+                        same = False
+                same = same and current.read(1) == b""
+        if same:
+            self._tsv_size = size
             return False
-        _atomic_write(self.tsv_path, expected)
+        tmp = self.tsv_path.with_name(f".{self.tsv_path.name}.{os.getpid()}.tmp")
+        size = 0
+        with open(tmp, "wb") as handle:
+            for line in self.tsv_lines():
+                data = line.encode("utf-8")
+                size += len(data)
+                handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.tsv_path)
+        self._tsv_size = size
+        return True
+
+    def _quick_tsv_ok(self) -> bool:
+        try:
+            with self.tsv_path.open("rb") as handle:
+                if handle.readline() != TSV_HEADER.encode():
+                    return False
+                handle.seek(0, os.SEEK_END)
+                size = handle.tell()
+                lines = 0
+                handle.seek(0)
+                while chunk := handle.read(1 << 20):
+                    lines += chunk.count(b"\n")
+                if lines != len(self) + 1:
+                    return False
+                if len(self):
+                    handle.seek(max(0, size - 4096))
+                    last = handle.read().split(b"\n")[-2] + b"\n"
+                    if last != self.row(len(self) - 1).tsv_line().encode("utf-8"):
+                        return False
+        except OSError:
+            return False
+        self._tsv_size = size
         return True
 
     # -- appending ------------------------------------------------------------------------------------------
-    def _append_jsonl(self, action: str, ok: bool, details: dict[str, Any]) -> None:
+    def _append_jsonl(self, action: str, ok: bool, details: dict[str, Any]) -> int:
+        """Append one event; returns the byte offset its line starts at."""
         local, stamp = now_stamps()
         event = {
             "tool": "autoresearch",
@@ -198,9 +407,10 @@ class Journal:
             "local_time": local,
             "timestamp": stamp,
         }
-        line = json.dumps(event, ensure_ascii=False, allow_nan=False) + "\n"
-        _append(self.jsonl_path, line)
-        self._offset += len(line.encode("utf-8"))
+        line = (json.dumps(event, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        offset = _append(self.jsonl_path, line)
+        self._offset = offset + len(line)
+        return offset
 
     def log_session_start(self, details: dict[str, Any]) -> None:
         self._append_jsonl("session_start", True, details)
@@ -211,11 +421,10 @@ class Journal:
             True,
             {"run_id": run_id, "commit": commit, "description": one_line(description)},
         )
-        self.started_runs.add(run_id)
 
     def log_experiment_done(self, row: Row) -> None:
         """The experiment's row, in the JSONL first (the truth), then in results.tsv. Idempotent per run."""
-        if row.run_id in self.by_run:
+        if self.index_of(row.run_id) is not None:
             self.reconcile_tsv()
             return
         details = {
@@ -233,37 +442,47 @@ class Journal:
             "duration_s": row.duration_s,
             "error": row.error,
         }
-        row.timestamp = now_stamps()[1]
-        self._append_jsonl("experiment_done", row.status != "crash", details)
-        self.rows.append(row)
-        self.by_run[row.run_id] = row
+        offset = self._append_jsonl("experiment_done", row.status != "crash", details)
+        self._add(row.run_id, offset, row.value, row.status, row.run_status)
         current = fingerprint(self.tsv_path)
         if current is not None and self._tsv_size is not None and current[0] == self._tsv_size:
-            line = row.tsv_line()
+            line = row.tsv_line().encode("utf-8")
             _append(self.tsv_path, line)
-            self._tsv_size += len(line.encode("utf-8"))
+            self._tsv_size += len(line)
         else:
             self.reconcile_tsv()
 
-    def add_notes(self, run_id: str, notes: str) -> None:
+    def add_notes(self, run_id: str, notes: str) -> list[str]:
+        index = self.index_of(run_id)
+        assert index is not None
         self._append_jsonl("experiment_notes", True, {"run_id": run_id, "notes": notes})
-        self.by_run[run_id].notes.append(notes)
+        self._notes.setdefault(index, []).append(notes)
+        self._cache.pop(index, None)
+        return list(self._notes[index])
 
     # -- tamper evidence ------------------------------------------------------------------------------------
     def fingerprints(self) -> tuple[Fingerprint | None, Fingerprint | None]:
         return fingerprint(self.tsv_path), fingerprint(self.jsonl_path)
 
 
-def _append(path: Path, text: str) -> None:
-    data = text.encode("utf-8")
+def _run_number(run_id: str) -> int | None:
+    if len(run_id) > 1 and run_id[0] == "r" and run_id[1:].isdigit():
+        return int(run_id[1:])
+    return None
+
+
+def _append(path: Path, data: bytes) -> int:
+    """Append, flush and fsync; returns the offset the data starts at."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
+        start = os.fstat(fd).st_size
         written = 0
         while written < len(data):
             written += os.write(fd, data[written:])
         os.fsync(fd)
     finally:
         os.close(fd)
+    return start
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -7,10 +7,17 @@ paths the candidate changed, so an unrelated uncommitted edit cannot be lost.
 
 from __future__ import annotations
 
+import io
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import git
+from git.objects.fun import tree_entries_from_data, tree_to_stream
+from git.refs import Reference, SymbolicReference
+from gitdb.base import IStream
+from gitdb.db.loose import LooseObjectDB
 
 from .errors import SessionError
 
@@ -51,6 +58,8 @@ class Repo:
         self.top = Path(self._repo.working_tree_dir).resolve()  # type: ignore[arg-type]
         self.project_root = project_root.resolve()
         self._git = self._repo.git
+        self._identity: str | None = None
+        self._loose = LooseObjectDB(str(Path(self._repo.common_dir) / "objects"))
         self._env: dict[str, str] = {}
 
     # -- paths ----------------------------------------------------------------------------------------------
@@ -70,12 +79,25 @@ class Repo:
         return Path(self._repo.common_dir).resolve()
 
     # -- running git ----------------------------------------------------------------------------------------
-    def _run(self, *args: str, **kwargs: object) -> str:
+    def _run(self, *args: str) -> str:
+        """One git command. Plain subprocess, not GitPython's execute: this sits on every experiment's path and
+        costs half as much."""
+        env = {**os.environ, **self._env, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
         try:
-            return self._git.execute(["git", *_flatten_options(), *args], env=self._env or None, **kwargs)  # type: ignore[call-overload]
-        except git.GitCommandError as exc:
-            detail = (exc.stderr or exc.stdout or "").strip().replace("\n", " ")[:400]
-            raise SessionError(f"git {args[0]} failed: {detail or exc}") from None
+            done = subprocess.run(
+                ["git", *_OPTION_ARGS, *args],
+                cwd=self.top,
+                env=env,
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                timeout=120,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SessionError(f"git {args[0]} could not run: {exc}") from None
+        if done.returncode != 0:
+            detail = (done.stderr or done.stdout).decode("utf-8", "replace").strip().replace("\n", " ")[:400]
+            raise SessionError(f"git {args[0]} failed: {detail or f'exit code {done.returncode}'}")
+        return done.stdout.decode("utf-8", "surrogateescape")
 
     def ensure_identity(self) -> None:
         """Commits need an author; on a fresh machine without one, use a neutral identity for our commits."""
@@ -94,7 +116,8 @@ class Repo:
             return False
 
     def head_commit(self) -> str:
-        return self._repo.head.commit.hexsha
+        """HEAD's commit id, read from the ref files (no git process, no object parsing)."""
+        return SymbolicReference.dereference_recursive(self._repo, "HEAD")
 
     def current_branch(self) -> str | None:
         """The checked-out branch name, or None when HEAD is detached."""
@@ -154,6 +177,69 @@ class Repo:
     def checkout_branch(self, branch: str) -> None:
         self._run("checkout", "-q", branch)
 
+    def commit_file(self, repo_path: str, data: bytes, message: str, parent: str) -> str:
+        """Commit `data` as the new content of one tracked file on top of `parent` and move the current branch
+        there, by writing the git objects directly (blob, the trees on its path, the commit) instead of running
+        `git commit`: this is on every experiment's path, and it costs a millisecond instead of seven.
+
+        The index still holds the file's previous content afterwards (nothing else changed); `sync_index` or a
+        restore brings it in line when the experiment is decided."""
+        blob = self._store(b"blob", data)
+        parent_tree = self._repo.commit(parent).tree.binsha
+        tree = self._replace_in_tree(parent_tree, repo_path.split("/"), blob)
+        who = self._signature()
+        body = (f"tree {tree.hex()}\nparent {parent}\nauthor {who}\ncommitter {who}\n\n{message}\n").encode()
+        commit = self._store(b"commit", body).hex()
+        self.move_current_branch(commit, f"commit: {message}")
+        return commit
+
+    def _store(self, kind: bytes, data: bytes) -> bytes:
+        """Write one loose object (gitdb, in-process; GitPython's default store runs `git hash-object`)."""
+        return self._loose.store(IStream(kind, len(data), io.BytesIO(data))).binsha
+
+    def _replace_in_tree(self, tree_sha: bytes, parts: list[str], blob: bytes) -> bytes:
+        """A new tree equal to `tree_sha` but with the blob at `parts` replaced (its mode kept); returns its id."""
+        entries = list(tree_entries_from_data(self._repo.odb.stream(tree_sha).read()))
+        for index, (sha, mode, name) in enumerate(entries):
+            if name == parts[0]:
+                new_sha = blob if len(parts) == 1 else self._replace_in_tree(sha, parts[1:], blob)
+                entries[index] = (new_sha, mode, name)
+                break
+        else:
+            raise SessionError(f"{'/'.join(parts)} is not in the commit; is the target tracked?")
+        buffer = io.BytesIO()
+        tree_to_stream(entries, buffer.write)
+        return self._store(b"tree", buffer.getvalue())
+
+    def _signature(self) -> str:
+        """`Name <email> <unix time> <tz offset>` for our commits and reflog entries: the user's git identity
+        (environment, then config, read once), else a neutral one."""
+        if self._identity is None:
+            fallback = FALLBACK_IDENTITY
+            name = (
+                os.environ.get("GIT_AUTHOR_NAME") or self._config("user.name") or fallback["GIT_AUTHOR_NAME"]
+            )
+            email = (
+                os.environ.get("GIT_AUTHOR_EMAIL")
+                or self._config("user.email")
+                or fallback["GIT_AUTHOR_EMAIL"]
+            )
+            self._identity = f"{name} <{email}>"
+        offset = -time.timezone if not time.localtime().tm_isdst else -time.altzone
+        sign = "+" if offset >= 0 else "-"
+        hours, minutes = divmod(abs(offset) // 60, 60)
+        return f"{self._identity} {int(time.time())} {sign}{hours:02d}{minutes:02d}"
+
+    def _config(self, key: str) -> str | None:
+        try:
+            return self._git.config(key).strip() or None
+        except git.GitCommandError:
+            return None
+
+    def sync_index(self, repo_paths: list[str]) -> None:
+        """Index entries of these paths become HEAD's (after `commit_file`, for a kept experiment)."""
+        self._run("reset", "-q", "HEAD", "--", *repo_paths)
+
     def commit_paths(self, message: str, repo_paths: list[str]) -> str:
         """Commit the working-tree content of exactly these tracked paths (nothing else that may be staged)."""
         self._run("commit", "-q", "--no-verify", "--allow-empty", "-m", message, "--only", "--", *repo_paths)
@@ -182,7 +268,34 @@ class Repo:
         self._run("reset", "-q", "--", *repo_paths)
 
     def set_ref(self, ref: str, commit: str) -> None:
-        self._run("update-ref", ref, commit)
+        """Create or move a ref outside refs/heads (where discarded ideas are kept), without a git process."""
+        Reference.create(self._repo, ref, commit, force=True)
+
+    def move_current_branch(self, commit: str, message: str) -> None:
+        """Point the checked-out branch at `commit`, as git does it (a lock file renamed over the loose ref, then
+        reflog entries for the branch and HEAD); index and work tree are untouched."""
+        branch = self.current_branch()
+        if branch is None:
+            raise SessionError("HEAD is detached; the session needs its branch checked out")
+        old = self.head_commit()
+        common = self.git_dir
+        ref = common / "refs" / "heads" / branch
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        lock = ref.with_name(ref.name + ".lock")
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise SessionError(f"{lock} exists: another git command is updating the branch; retry") from None
+        try:
+            os.write(fd, f"{commit}\n".encode())
+        finally:
+            os.close(fd)
+        os.replace(lock, ref)
+        line = f"{old} {commit} {self._signature()}\t{message}\n"
+        for log in (common / "logs" / "refs" / "heads" / branch, Path(self._repo.git_dir) / "logs" / "HEAD"):
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a", encoding="utf-8") as handle:
+                handle.write(line)
 
     def add_excludes(self, patterns: list[str]) -> None:
         """Keep our own files out of git through .git/info/exclude; the user's .gitignore is never edited."""
@@ -206,13 +319,5 @@ class Repo:
         except KeyError:
             return False
 
-    def changed_between(self, a: str, b: str) -> list[str]:
-        out = self._run("diff", "--name-only", "-z", a, b)
-        return [p for p in out.split("\0") if p]
 
-
-def _flatten_options() -> list[str]:
-    args: list[str] = []
-    for option in GIT_OPTIONS:
-        args += ["-c", option]
-    return args
+_OPTION_ARGS = [arg for option in GIT_OPTIONS for arg in ("-c", option)]

@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .briefing import briefing_from
+from .briefing import journal_briefing
 from .config import DEFAULTS
 from .errors import AutoresearchError, ConfigError
 from .journal import Journal, Row
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             Console().print(results_table(files, rows))
         return 0
     if args.command == "status":
-        sys.stdout.write(briefing_from(files.state, files.journal.rows, files.run_command))
+        sys.stdout.write(journal_briefing(files.state, files.journal, files.run_command))
         return 0
     if args.command == "dashboard":
         from .dashboard import run_dashboard

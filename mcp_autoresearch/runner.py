@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -139,6 +140,21 @@ class ProcessRun:
         deadline = started + self.timeout_s
         next_progress = started + self.progress_every_s
         wait_step = 0.05  # first checks are quick so trivial commands return fast
+        exited = _exit_waiter(popen.pid)
+        try:
+            return self._supervise_loop(popen, started, deadline, next_progress, wait_step, exited)
+        finally:
+            exited.close()
+
+    def _supervise_loop(
+        self,
+        popen: subprocess.Popen[bytes],
+        started: float,
+        deadline: float,
+        next_progress: float,
+        wait_step: float,
+        exited: _ExitWaiter,
+    ) -> tuple[ProcessStatus, int | None]:
         while True:
             now = time.monotonic()
             # A killed run has no meaningful exit code (and psutil may have collected it already).
@@ -148,11 +164,11 @@ class ProcessRun:
             if now >= deadline:
                 self._end_tree()
                 return "timeout", None
-            try:
-                code = popen.wait(timeout=min(wait_step, max(0.0, deadline - now)))
-                return "exited", code
-            except subprocess.TimeoutExpired:
-                pass
+            if exited.wait(min(wait_step, max(0.0, deadline - now))):
+                try:
+                    return "exited", popen.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    pass
             wait_step = SAMPLE_INTERVAL_S
             self._sample()
             if self.on_progress and time.monotonic() >= next_progress:
@@ -216,7 +232,7 @@ class ProcessRun:
     def _marked_candidates(self) -> list[psutil.Process]:
         """Processes carrying this run's marker: among our children on Linux (subreaper), everywhere else."""
         if sys.platform.startswith("linux"):
-            pool = psutil.Process().children(recursive=True)
+            pool = _own_children()
         else:
             pool = list(psutil.process_iter())
         popen_pid = self._popen.pid if self._popen else None
@@ -230,6 +246,10 @@ class ProcessRun:
                 continue
             if env.get(MARKER_RUN) == self.run_marker and env.get(MARKER_PROJECT, "") == self.project_marker:
                 result.append(proc)
+                try:
+                    result += proc.children(recursive=True)
+                except psutil.Error:
+                    pass
         return result
 
     def _signal_group(self, sig: int) -> None:
@@ -309,6 +329,56 @@ class ProcessRun:
                         out.write(chunk)
         except OSError:
             pass
+
+
+class _ExitWaiter:
+    """Wakes up the moment a child exits (Linux pidfd), instead of polling with sleeps."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fd: int | None = None
+        try:
+            self.fd = os.pidfd_open(pid)  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            self.fd = None
+
+    def wait(self, timeout: float) -> bool:
+        if self.fd is None:
+            time.sleep(min(timeout, 0.01))
+            try:
+                return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            except ChildProcessError:
+                return True
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        return bool(ready)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _exit_waiter(pid: int) -> _ExitWaiter:
+    return _ExitWaiter(pid)
+
+
+def _own_children() -> list[psutil.Process]:
+    """This process's direct children, read from /proc/self/task/*/children (no scan of every process);
+    with the subreaper flag, re-parented orphans of a run appear here too."""
+    pids: set[int] = set()
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as handle:
+                pids.update(int(pid) for pid in handle.read().split())
+    except OSError:
+        return psutil.Process().children()
+    children = []
+    for pid in pids:
+        try:
+            children.append(psutil.Process(pid))
+        except psutil.Error:
+            continue
+    return children
 
 
 def kill_marked_processes(project_marker: str, grace_s: float = 2.0) -> int:

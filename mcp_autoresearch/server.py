@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from . import __version__
@@ -67,7 +67,7 @@ def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
-                return await fn(*args, **kwargs)  # type: ignore[misc]
+                return _compact(await fn(*args, **kwargs))  # type: ignore[misc]
             except ToolError:
                 raise
             except Exception as exc:
@@ -78,13 +78,24 @@ def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
-            return fn(*args, **kwargs)
+            return _compact(fn(*args, **kwargs))
         except ToolError:
             raise
         except Exception as exc:
             raise convert(exc) from None
 
     return wrapper
+
+
+def _compact(result: Any) -> Any:
+    """The text an agent reads is compact JSON without null fields (it costs context on every call); the
+    structured content stays complete and is validated against the tool's output schema by the SDK."""
+    if isinstance(result, BaseModel):
+        return CallToolResult(
+            content=[TextContent(type="text", text=result.model_dump_json(exclude_none=True))],
+            structured_content=result.model_dump(mode="json"),
+        )
+    return result
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

@@ -8,12 +8,10 @@ a change is kept only if it improved; every experiment is logged; the user's fil
 from __future__ import annotations
 
 import difflib
-import heapq
 import os
 import re
 import threading
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 
 from .errors import ConfigError, RuleViolation, SessionError
 from .experiment import RUN_LOG, Experiment, ExperimentResult
-from .guard import changed_fingerprints, fingerprint_files, resolve_target_path, sha256_bytes
+from .guard import changed_fingerprints, fingerprint_files, resolve_target_path, sha256_bytes, sha256_file
 from .journal import Journal, Row, one_line
 from .models import (
     BestInfo,
@@ -164,8 +162,6 @@ class Session:
         self.resumed = False
         self.recovered: list[str] = []
         self._journal_prints: tuple[Any, Any] = (None, None)
-        self._status_counts: Counter[str] = Counter(row.status for row in journal.rows)
-        self._last_keep_index = max((i for i, r in enumerate(journal.rows) if r.status == "keep"), default=-1)
 
     # ======================================================================================================
     # opening
@@ -301,7 +297,7 @@ class Session:
                 and self.repo.commit_message(head).startswith("experiment:")
             ):
                 # The candidate was committed but never ran: undo the commit, keep the edit in the work tree.
-                self.repo.move_branch_keep_tree(pending.parent)
+                self.repo.move_current_branch(pending.parent, f"autoresearch: undo {pending.run_id}")
                 self.repo.unstage([self.target_repo_path])
             self.state.pending = None
             save_state(self.root, self.state)
@@ -356,7 +352,7 @@ class Session:
             metric_direction=state.metric_direction,
             best_value=state.best.value if state.best else None,
             baseline_value=state.baseline_value,
-            experiments=len(self.journal.rows),
+            experiments=len(self.journal),
             pending_run=pending.run_id if pending else None,
             recovered=self.recovered,
             briefing=briefing,
@@ -555,10 +551,7 @@ class Session:
                 raise RuleViolation("description is empty; say in a few words what this experiment changes")
             self._check_no_pending()
             self._check_head()
-            if (
-                self.config.max_experiments is not None
-                and len(self.journal.rows) >= self.config.max_experiments
-            ):
+            if self.config.max_experiments is not None and len(self.journal) >= self.config.max_experiments:
                 raise RuleViolation(
                     f"max_experiments ({self.config.max_experiments}) reached: the session is complete. "
                     "Raise max_experiments in the configuration to continue."
@@ -575,7 +568,10 @@ class Session:
                     + " ".join(others[:20])
                     + ")"
                 )
-            target_changed = self.target_rel in changed
+            parent = self.repo.head_commit()
+            target_bytes = self._target_path().read_bytes()
+            # Compared with the head's content, not the index: after a decision the index may still lag.
+            target_changed = target_bytes != self.repo.show_file(parent, self.target_repo_path)
             is_baseline = self.state.best is None
             if is_baseline and target_changed:
                 raise RuleViolation(
@@ -586,16 +582,15 @@ class Session:
                 raise RuleViolation(
                     f"{self.target_rel} is unchanged since the best kept commit; edit it (apply_edit) first"
                 )
-            target_text = self._target_path().read_text(encoding="utf-8", errors="replace")
             self.state.run_counter += 1
             run_id = f"r{self.state.run_counter}"
-            parent = self.repo.head_commit()
             pending = Pending(
                 run_id=run_id,
                 description=description,
                 parent=parent,
                 is_baseline=is_baseline,
-                nonblank_lines=nonblank_lines(target_text),
+                nonblank_lines=nonblank_lines(target_bytes.decode("utf-8", errors="replace")),
+                target_sha256=sha256_bytes(target_bytes),
                 started_at=datetime.now().isoformat(timespec="seconds"),
             )
             self.state.pending = pending
@@ -603,7 +598,9 @@ class Session:
             if is_baseline:
                 commit = parent
             else:
-                commit = self.repo.commit_paths(f"experiment: {description}", [self.target_repo_path])
+                commit = self.repo.commit_file(
+                    self.target_repo_path, target_bytes, f"experiment: {description}", parent
+                )
             pending.commit = commit
             pending.phase = "running"
             save_state(self.root, self.state)
@@ -661,6 +658,12 @@ class Session:
                 tampered.append("the session branch (moved by the run)")
                 self.repo.move_branch_keep_tree(commit)
             changed = self.repo.changed_tracked_files()
+            if (
+                self.target_repo_path in changed
+                and pending.target_sha256
+                and (sha256_file(self.root / self.target_rel) == pending.target_sha256)
+            ):
+                changed.remove(self.target_repo_path)  # only the index lags behind the committed target
             if changed:
                 tampered += [self.repo.project_path(p) for p in changed]
                 self.repo.restore_paths(commit, changed)
@@ -717,7 +720,7 @@ class Session:
                 return self._pending_view(pending)
             if run_id is None:
                 raise SessionError("no run is in flight or waiting for a decision; call run_experiment")
-            row = self.journal.by_run.get(run_id)
+            row = self.journal.get(run_id)
             if row is None:
                 raise RuleViolation(f"no run with id {run_id!r} in session '{self.state.tag}'")
             return RunResult(
@@ -813,7 +816,7 @@ class Session:
         with self.lock:
             if run_id is not None:
                 run_id = _normal_run_id(run_id)
-                row = self.journal.by_run.get(run_id)
+                row = self.journal.get(run_id)
                 if row is not None:  # already decided (a retried call): answer the same again
                     return DecisionResult(
                         run_id=run_id,
@@ -861,6 +864,8 @@ class Session:
             if pending.is_baseline:
                 self.state.baseline_value = value
                 self.state.baseline_commit = commit
+            if commit != pending.parent:
+                self.repo.sync_index([self.target_repo_path])
             self.state.best = Best(
                 value=value,
                 commit=commit,
@@ -869,11 +874,12 @@ class Session:
                 nonblank_lines=pending.nonblank_lines,
             )
         elif commit != pending.parent:
-            # Keep the idea reachable, then move the branch back and restore only what the candidate changed.
+            # Keep the idea reachable, then restore what the candidate changed (the target only: checked before
+            # the run) and move the branch back. Both steps are idempotent, so a restart may repeat them.
             self.repo.set_ref(f"refs/autoresearch/{self.state.tag}/{pending.run_id}", commit)
+            self.repo.restore_paths(pending.parent, [self.target_repo_path])
             if self.repo.head_commit() != pending.parent:
-                self.repo.move_branch_keep_tree(pending.parent)
-            self.repo.restore_paths(pending.parent, self.repo.changed_between(pending.parent, commit))
+                self.repo.move_current_branch(pending.parent, f"autoresearch: discard {pending.run_id}")
         row = Row(
             run_id=pending.run_id,
             commit=commit,
@@ -891,9 +897,6 @@ class Session:
             timestamp="",
         )
         self.journal.log_experiment_done(row)
-        self._status_counts[verdict] += 1
-        if verdict == "keep":
-            self._last_keep_index = len(self.journal.rows) - 1
         self.state.pending = None
         save_state(self.root, self.state)
         self._journal_prints = self.journal.fingerprints()
@@ -928,7 +931,7 @@ class Session:
                 raise RuleViolation("notes are empty; write the hypothesis and what the result taught you")
             if len(notes) > MAX_NOTES:
                 raise RuleViolation(f"notes are {len(notes)} characters; keep them under {MAX_NOTES}")
-            row = self.journal.by_run.get(run_id)
+            row = self.journal.get(run_id)
             if row is None:
                 pending = self.state.pending
                 hint = (
@@ -937,41 +940,40 @@ class Session:
                     else ""
                 )
                 raise RuleViolation(f"no logged experiment {run_id!r} in session '{self.state.tag}'{hint}")
-            self.journal.add_notes(run_id, notes)
+            all_notes = self.journal.add_notes(run_id, notes)
             self._journal_prints = self.journal.fingerprints()
-            return NotesResult(run_id=run_id, status=row.status, notes=list(row.notes))
+            return NotesResult(run_id=run_id, status=row.status, notes=all_notes)
 
     def query(self, status: str | None, limit: int, order: str) -> QueryResult:
         with self.lock:
-            rows = self.journal.rows
+            journal = self.journal
             direction = self.state.metric_direction
-            if status:
-                wanted = status.strip().lower()
-                known = {"keep", "discard", "crash", *_RUN_STATUSES}
-                if wanted not in known:
-                    raise RuleViolation(f"status must be one of {', '.join(sorted(known))}")
-                selected = [r for r in rows if r.status == wanted or r.run_status == wanted]
-            else:
-                selected = rows
+            wanted = status.strip().lower() if status else None
+            if wanted is not None and wanted not in {"keep", "discard", "crash", *_RUN_STATUSES}:
+                raise RuleViolation(
+                    f"status must be one of {', '.join(sorted({'keep', 'discard', 'crash', *_RUN_STATUSES}))}"
+                )
             limit = max(1, min(limit, 500))
             if order == "best":
-                with_value = [r for r in selected if r.value is not None and r.status != "crash"]
-                sign = 1 if direction == "lower_is_better" else -1
-                chosen = heapq.nsmallest(limit, with_value, key=lambda r: sign * r.value)  # type: ignore[operator]
+                chosen = journal.best_indices(limit, direction == "lower_is_better", wanted)
             elif order == "recent":
-                chosen = list(reversed(selected[-limit:]))
+                if wanted is None:
+                    chosen = list(range(len(journal) - 1, max(-1, len(journal) - 1 - limit), -1))
+                else:
+                    chosen = list(reversed(journal.indices(wanted)[-limit:]))
             else:
                 raise RuleViolation("order must be 'recent' or 'best'")
             best = self.state.best
             baseline = self.state.baseline_value
             gain = improvement(best.value, baseline, direction) if best and baseline is not None else None
             pct = (gain / abs(baseline) * 100) if gain is not None and baseline else None
+            total = len(journal)
             return QueryResult(
                 tag=self.state.tag,
                 metric_name=self.state.metric_name,
                 direction=direction,
-                total=len(rows),
-                counts={k: self._status_counts.get(k, 0) for k in ("keep", "discard", "crash")},
+                total=total,
+                counts={k: journal.counts.get(k, 0) for k in ("keep", "discard", "crash")},
                 baseline=baseline,
                 best=BestInfo(
                     value=best.value, commit=best.commit[:7], description=best.description, run_id=best.run_id
@@ -980,8 +982,8 @@ class Session:
                 else None,
                 improvement=gain,
                 improvement_pct=round(pct, 4) if pct is not None else None,
-                experiments_since_last_keep=len(rows) - 1 - self._last_keep_index if rows else 0,
-                rows=[_row_model(r) for r in chosen],
+                experiments_since_last_keep=total - 1 - journal.last_keep_index if total else 0,
+                rows=[_row_model(r) for r in journal.rows_at(chosen)],
             )
 
     # ======================================================================================================

@@ -38,6 +38,7 @@ class Pending(BaseModel):
     commit: str | None = None  # the candidate commit that ran (None while being created)
     is_baseline: bool = False
     nonblank_lines: int = 0
+    target_sha256: str = ""  # the target's content as committed (the index may lag behind until the decision)
     phase: Literal["starting", "running", "finished", "deciding"] = "starting"
     started_at: str = ""
     result: dict[str, Any] | None = None
@@ -71,7 +72,8 @@ def state_path(root: Path, tag: str) -> Path:
 def save_state(root: Path, state: SessionState) -> None:
     """Write-then-rename: a reader (or a restart) sees the old state or the new one, never half of one."""
     path = state_path(root, state.tag)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = state.model_dump_json(indent=1).encode("utf-8")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -81,7 +83,8 @@ def save_state(root: Path, state: SessionState) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    (state_dir(root) / "current").write_text(state.tag + "\n", encoding="utf-8")
+    if current_tag(root) != state.tag:
+        (state_dir(root) / "current").write_text(state.tag + "\n", encoding="utf-8")
 
 
 def load_state(root: Path, tag: str) -> SessionState | None:

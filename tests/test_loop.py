@@ -237,12 +237,14 @@ async def test_run_time_tampering_is_detected_and_restored(
         run = await agent.ok("run_experiment", description="tamper")
         assert run["status"] == "tampered" and victim in run["error"]
         assert run["would_keep"] is False
-        assert tracked_state(root) == ""
+        # Until the decision only the target's index entry may lag; every other tracked file is restored.
+        assert [line for line in tracked_state(root).splitlines() if not line.endswith("train.py")] == []
         for name, content in before.items():
             assert (root / name).read_bytes() == content
         assert (root / "results.tsv").read_text() == tsv_before
         decision = await agent.ok("commit_or_reset", run_id=run["run_id"])
         assert decision["decision"] == "crash"
+        assert tracked_state(root) == ""
         rows = (root / "results.tsv").read_text().splitlines()
         assert len(rows) == 3 and "forged" not in "".join(rows)
 
