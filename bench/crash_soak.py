@@ -29,8 +29,12 @@ import anyio
 import psutil
 from mcp import Client, StdioServerParameters
 
-IDENTITY = {"GIT_AUTHOR_NAME": "soak", "GIT_AUTHOR_EMAIL": "s@s", "GIT_COMMITTER_NAME": "soak",
-            "GIT_COMMITTER_EMAIL": "s@s"}
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "soak",
+    "GIT_AUTHOR_EMAIL": "s@s",
+    "GIT_COMMITTER_NAME": "soak",
+    "GIT_COMMITTER_EMAIL": "s@s",
+}
 COMMAND = '. ./params.sh; sleep 0.05; echo "score: $K"'
 
 
@@ -93,9 +97,14 @@ def check_invariants(root: Path, tag: str, recovered: bool = True) -> int:
         head = git(root, "rev-parse", "HEAD").strip()
         pending = state.get("pending")
         if pending is None and state.get("best") and head != state["best"]["commit"]:
-            raise Violation(f"branch head {head[:7]} is not the best kept commit {state['best']['commit'][:7]}")
-        dirty = [line for line in git(root, "status", "--porcelain", "--untracked-files=no").splitlines()
-                 if not line.endswith("params.sh")]
+            raise Violation(
+                f"branch head {head[:7]} is not the best kept commit {state['best']['commit'][:7]}"
+            )
+        dirty = [
+            line
+            for line in git(root, "status", "--porcelain", "--untracked-files=no").splitlines()
+            if not line.endswith("params.sh")
+        ]
         if dirty:
             raise Violation(f"tracked files differ from the head: {dirty}")
     # The target itself may hold an edit that landed before a kill and never ran: that is the agent's pending
@@ -127,8 +136,11 @@ def server_pid(root: Path) -> int | None:
 async def life(root: Path, rng: random.Random, stats: Stats, target: int, kill_after: float) -> None:
     """One server lifetime: resume, decide anything pending, run experiments until killed."""
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "mcp_autoresearch", "serve", "--project", str(root)],
-        env={**{k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}, **IDENTITY}, cwd=str(root))
+        command=sys.executable,
+        args=["-m", "mcp_autoresearch", "serve", "--project", str(root)],
+        env={**{k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}, **IDENTITY},
+        cwd=str(root),
+    )
     killer: threading.Timer | None = None
     phase = {"now": "starting"}
 
@@ -140,6 +152,7 @@ async def life(root: Path, rng: random.Random, stats: Stats, target: int, kill_a
             stats.kill_phases[phase["now"]] = stats.kill_phases.get(phase["now"], 0) + 1
 
     async with Client(params) as client:
+
         async def call(tool: str, **args: object) -> dict:
             result = await client.call_tool(tool, args)
             if result.is_error:
@@ -167,7 +180,11 @@ async def life(root: Path, rng: random.Random, stats: Stats, target: int, kill_a
                 if best is None:  # the baseline runs the unmodified target
                     content, description = "K=1000\n", "baseline"
                 else:
-                    value = int(best["value"]) - 1 if rng.random() < 0.4 else int(best["value"]) + rng.randint(1, 9)
+                    value = (
+                        int(best["value"]) - 1
+                        if rng.random() < 0.4
+                        else int(best["value"]) + rng.randint(1, 9)
+                    )
                     content, description = f"K={value}\n", f"K={value}"
                 if view["content"] != content:
                     await call("apply_edit", content=content, expected_sha256=view["sha256"])
@@ -212,12 +229,15 @@ def soak(experiments: int, kills: int, seed: int, root: Path | None = None) -> S
 
 async def _final_check(root: Path) -> None:
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "mcp_autoresearch", "serve", "--project", str(root)],
-        env={**{k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}, **IDENTITY}, cwd=str(root))
+        command=sys.executable,
+        args=["-m", "mcp_autoresearch", "serve", "--project", str(root)],
+        env={**{k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}, **IDENTITY},
+        cwd=str(root),
+    )
     async with Client(params) as client:
         started = (await client.call_tool("start_session", {"tag": "soak"})).structured_content
         if started.get("pending_run"):
-            run = (await client.call_tool("wait_experiment", {"run_id": started["pending_run"], "wait_s": 10}))
+            run = await client.call_tool("wait_experiment", {"run_id": started["pending_run"], "wait_s": 10})
             await client.call_tool("commit_or_reset", {"run_id": run.structured_content["run_id"]})
 
 
@@ -229,8 +249,10 @@ def main() -> None:
     args = parser.parse_args()
     started = time.monotonic()
     stats = soak(args.experiments, args.kills, args.seed)
-    print(f"{stats.logged} experiments logged, {stats.kills} SIGKILLs ({stats.kill_phases}), {stats.lives} server "
-          f"lives, {stats.checks} invariant checks, 0 violations, 0 orphans, {time.monotonic() - started:.0f} s")
+    print(
+        f"{stats.logged} experiments logged, {stats.kills} SIGKILLs ({stats.kill_phases}), {stats.lives} server "
+        f"lives, {stats.checks} invariant checks, 0 violations, 0 orphans, {time.monotonic() - started:.0f} s"
+    )
 
 
 if __name__ == "__main__":

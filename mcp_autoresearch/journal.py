@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 TSV_HEADER = "commit\tmetric\tvalue\tstatus\tdescription\n"
-FAILED_STATUSES = ("crash", "timeout", "metric_error", "tampered", "checks_failed", "cancelled")
 
 
 def now_stamps() -> tuple[str, str]:

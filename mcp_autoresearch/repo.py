@@ -129,16 +129,6 @@ class Repo:
     def branch_exists(self, branch: str) -> bool:
         return f"refs/heads/{branch}" in {ref.path for ref in self._repo.references}
 
-    def ref_exists(self, ref: str) -> bool:
-        try:
-            self._repo.rev_parse(ref)
-            return True
-        except (git.BadName, ValueError):
-            return False
-
-    def resolve(self, rev: str) -> str:
-        return self._run("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").strip()
-
     def is_tracked(self, repo_path: str) -> bool:
         return bool(self._run("ls-files", "--", repo_path).strip())
 
@@ -239,11 +229,6 @@ class Repo:
     def sync_index(self, repo_paths: list[str]) -> None:
         """Index entries of these paths become HEAD's (after `commit_file`, for a kept experiment)."""
         self._run("reset", "-q", "HEAD", "--", *repo_paths)
-
-    def commit_paths(self, message: str, repo_paths: list[str]) -> str:
-        """Commit the working-tree content of exactly these tracked paths (nothing else that may be staged)."""
-        self._run("commit", "-q", "--no-verify", "--allow-empty", "-m", message, "--only", "--", *repo_paths)
-        return self.head_commit()
 
     def move_branch_keep_tree(self, commit: str) -> None:
         """`reset --soft`: the branch points at `commit`; index and working tree stay as they are."""

@@ -240,10 +240,7 @@ class ProcessRun:
         for proc in pool:
             if proc.pid == popen_pid:
                 continue
-            try:
-                env = proc.environ()
-            except psutil.Error:
-                continue
+            env = _environment(proc)
             if env.get(MARKER_RUN) == self.run_marker and env.get(MARKER_PROJECT, "") == self.project_marker:
                 result.append(proc)
                 try:
@@ -329,6 +326,22 @@ class ProcessRun:
                         out.write(chunk)
         except OSError:
             pass
+
+
+def _environment(proc: psutil.Process) -> dict[str, str]:
+    """A process's environment. A process caught in the middle of exec (a double fork that just started)
+    briefly shows an empty or unreadable one: look again a few times before concluding it has none."""
+    for attempt in range(4):
+        try:
+            env = proc.environ()
+            if env or not proc.is_running():
+                return env
+        except psutil.NoSuchProcess:
+            return {}
+        except psutil.Error:
+            pass
+        time.sleep(0.002 * (attempt + 1))
+    return {}
 
 
 class _ExitWaiter:

@@ -8,6 +8,7 @@ a change is kept only if it improved; every experiment is logged; the user's fil
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import threading
@@ -17,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .config import Config
 from .errors import ConfigError, RuleViolation, SessionError
 from .experiment import RUN_LOG, Experiment, ExperimentResult
 from .guard import changed_fingerprints, fingerprint_files, resolve_target_path, sha256_bytes, sha256_file
@@ -36,8 +38,36 @@ from .project import Project, ProjectInfo, load_project
 from .repo import Repo
 from .rules import decide, improvement, nonblank_lines
 from .runner import kill_marked_processes
-from .state import Best, Pending, ProjectLock, SessionState, current_tag, load_state, save_state, state_dir
+from .state import (
+    Best,
+    Pending,
+    ProjectLock,
+    SessionState,
+    current_tag,
+    load_state,
+    save_state,
+    state_dir,
+    state_fingerprint,
+)
 
+log = logging.getLogger("mcp_autoresearch")
+
+# Settings that define what is measured and what may change; a session keeps them for its whole life.
+RULE_KEYS = (
+    "target_file",
+    "run_command",
+    "metric_name",
+    "metric_parse",
+    "metric_regex",
+    "metric_measure",
+    "metric_direction",
+    "readonly_files",
+    "checks_command",
+    "repeats",
+    "min_delta",
+    "memory_regex",
+    "jsonl_path",
+)
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 RESULTS_TSV = "results.tsv"
 DEFAULT_WAIT_S = 30.0
@@ -161,7 +191,8 @@ class Session:
         self.active: ActiveRun | None = None
         self.resumed = False
         self.recovered: list[str] = []
-        self._journal_prints: tuple[Any, Any] = (None, None)
+        self._journal_prints: tuple[Any, Any] = journal.fingerprints()
+        self._state_print = state_fingerprint(root, state.tag)
 
     # ======================================================================================================
     # opening
@@ -238,6 +269,7 @@ class Session:
             metric_name=config.metric_name,
             metric_direction=config.metric_direction,
             readonly_hashes=fingerprint_files(root, list(config.readonly_files)),
+            rules=_rules_of(config),
         )
         state_dir(root).mkdir(parents=True, exist_ok=True)
         journal.load()
@@ -259,15 +291,18 @@ class Session:
         cls, root: Path, project: Project, repo: Repo, state: SessionState, journal: Journal
     ) -> Session:
         config = project.config
-        if (
-            config.target_file != state.target_file
-            or config.metric_name != state.metric_name
-            or config.metric_direction != state.metric_direction
-        ):
+        now = _rules_of(config)
+        changed = [key for key in RULE_KEYS if state.rules.get(key, now[key]) != now[key]]
+        if config.target_file != state.target_file:
+            changed.insert(0, "target_file")
+        if changed:
+            # Untracked files (CLAUDE.md, AGENTS.md) can be edited by anyone between two server lives; the
+            # rules a session measures by must not change with them.
+            details = "; ".join(f"{key}: {state.rules.get(key)!r} -> {now.get(key)!r}" for key in changed[:5])
             raise SessionError(
-                f"session '{state.tag}' optimises {state.metric_name} ({state.metric_direction}) of "
-                f"{state.target_file}, but the configuration now says {config.metric_name} "
-                f"({config.metric_direction}) of {config.target_file}; start a new session with another tag"
+                f"the configuration changed since session '{state.tag}' started ({details}). A session's "
+                "measurement cannot change midway: restore the configuration, or start a new session with "
+                "another tag to use the new one"
             )
         if repo.current_branch() != state.branch:
             dirty = [p for p in repo.changed_tracked_files()]
@@ -300,7 +335,7 @@ class Session:
                 self.repo.move_current_branch(pending.parent, f"autoresearch: undo {pending.run_id}")
                 self.repo.unstage([self.target_repo_path])
             self.state.pending = None
-            save_state(self.root, self.state)
+            self._save()
             self.recovered.append(f"run {pending.run_id} never started; its edit is back in the working tree")
         elif pending.phase == "running":
             killed = kill_marked_processes(str(self.root))
@@ -310,7 +345,7 @@ class Session:
                 error += f" ({killed} leftover processes killed)"
             pending.result = _crash_result(error, tampered)
             pending.phase = "finished"
-            save_state(self.root, self.state)
+            self._save()
             self._decide_locked(pending.run_id, discard=True)
             self.recovered.append(
                 f"run {pending.run_id} was in flight when the server stopped: logged as a crash"
@@ -546,6 +581,7 @@ class Session:
     def start_run(self, description: str) -> str:
         """Check every rule, commit the candidate, and start it in the background. Returns the run id."""
         with self.lock:
+            self._guard_own_files()
             description = one_line(description or "", MAX_DESCRIPTION)
             if not description:
                 raise RuleViolation("description is empty; say in a few words what this experiment changes")
@@ -594,7 +630,7 @@ class Session:
                 started_at=datetime.now().isoformat(timespec="seconds"),
             )
             self.state.pending = pending
-            save_state(self.root, self.state)
+            self._save()
             if is_baseline:
                 commit = parent
             else:
@@ -603,7 +639,7 @@ class Session:
                 )
             pending.commit = commit
             pending.phase = "running"
-            save_state(self.root, self.state)
+            self._save()
             self.journal.log_experiment_start(run_id, commit, description)
             _drop_stale_bytecode(self._target_path())
             self._journal_prints = self.journal.fingerprints()
@@ -640,7 +676,7 @@ class Session:
             pending.result = result_dict
             pending.phase = "finished"
             try:
-                save_state(self.root, self.state)
+                self._save()
             finally:
                 self.active = None
                 active.done.set()
@@ -681,16 +717,41 @@ class Session:
                 self.repo.restore_paths(commit, tracked)
             except SessionError:
                 pass
+        tampered += self._restore_own_files()
+        return tampered
+
+    def _save(self) -> None:
+        save_state(self.root, self.state)
+        self._state_print = state_fingerprint(self.root, self.state.tag)
+
+    def _restore_own_files(self) -> list[str]:
+        """The server's own files (state, JSONL, results.tsv) are written only by the server. Anything else that
+        wrote them (a run, or the agent's shell between two calls) is undone from what the server knows."""
+        changed: list[str] = []
         tsv_before, jsonl_before = self._journal_prints
         tsv_now, jsonl_now = self.journal.fingerprints()
-        if tsv_before is not None and tsv_now != tsv_before:
-            tampered.append(RESULTS_TSV)
-            self.journal.reconcile_tsv()
         if jsonl_before is not None and jsonl_now != jsonl_before:
-            tampered.append(self.config.jsonl_path)
+            changed.append(self.config.jsonl_path)
             self._restore_jsonl(jsonl_before[0])
+        if tsv_before is not None and tsv_now != tsv_before:
+            changed.append(RESULTS_TSV)
+            self.journal.reconcile_tsv()
+        if (
+            self._state_print is not None
+            and state_fingerprint(self.root, self.state.tag) != self._state_print
+        ):
+            changed.append(f".autoresearch/sessions/{self.state.tag}.json")
+            self._save()
+        if changed:
+            log.warning("restored files written outside the server: %s", ", ".join(changed))
         self._journal_prints = self.journal.fingerprints()
-        return tampered
+        return changed
+
+    def _guard_own_files(self) -> None:
+        """Before every step that writes: undo outside writes to the server's files, and say so."""
+        changed = self._restore_own_files()
+        if changed:
+            self.recovered.append("restored files written outside the server: " + ", ".join(changed))
 
     def _restore_jsonl(self, size: int) -> None:
         """The JSONL only ever grows: cut what a run appended; if it was rewritten, rewrite this session's rows."""
@@ -702,13 +763,6 @@ class Session:
             self.journal.load()
         except OSError:
             pass
-
-    def wait(self, run_id: str | None, wait_s: float | None) -> RunResult:
-        """Block up to wait_s for the run; the MCP layer uses `poll` instead, to send progress meanwhile."""
-        active = self.active
-        if active is not None and (run_id is None or _same_run(run_id, active.run_id)):
-            active.done.wait(_clamp_wait(wait_s))
-        return self.view(run_id)
 
     def view(self, run_id: str | None) -> RunResult:
         """The current knowledge of a run: in flight, finished and waiting for a decision, or already logged."""
@@ -832,6 +886,8 @@ class Session:
             return self._decide_locked(run_id, discard)
 
     def _decide_locked(self, run_id: str | None, discard: bool) -> DecisionResult:
+        if self.active is None:
+            self._guard_own_files()
         pending = self.state.pending
         if pending is None:
             raise RuleViolation("no run waits for a decision; call run_experiment first")
@@ -850,7 +906,7 @@ class Session:
                 "prev": self.state.best.value if self.state.best else None,
             }
             pending.phase = "deciding"
-            save_state(self.root, self.state)
+            self._save()
         return self._finish_decision(pending)
 
     def _finish_decision(self, pending: Pending) -> DecisionResult:
@@ -898,7 +954,7 @@ class Session:
         )
         self.journal.log_experiment_done(row)
         self.state.pending = None
-        save_state(self.root, self.state)
+        self._save()
         self._journal_prints = self.journal.fingerprints()
         if verdict == "keep":
             next_step = "kept. Build on it: edit the target and run the next experiment"
@@ -925,6 +981,7 @@ class Session:
     # ======================================================================================================
     def log_notes(self, run_id: str, notes: str) -> NotesResult:
         with self.lock:
+            self._guard_own_files()
             run_id = _normal_run_id(run_id)
             notes = (notes or "").strip()
             if not notes:
@@ -1005,6 +1062,10 @@ class Session:
 _RUN_STATUSES = ("ok", "crash", "timeout", "metric_error", "tampered", "checks_failed", "cancelled")
 
 
+def _rules_of(config: Config) -> dict[str, Any]:
+    return {key: getattr(config, key) for key in RULE_KEYS}
+
+
 def _row_model(row: Row) -> ResultRow:
     return ResultRow(
         run_id=row.run_id,
@@ -1042,10 +1103,6 @@ def _crash_result(error: str, tampered: list[str]) -> dict[str, Any]:
 def _normal_run_id(run_id: str) -> str:
     run_id = str(run_id).strip()
     return f"r{run_id}" if run_id.isdigit() else run_id
-
-
-def _same_run(a: str, b: str) -> bool:
-    return _normal_run_id(a) == _normal_run_id(b)
 
 
 def _clamp_wait(wait_s: float | None) -> float:

@@ -54,6 +54,7 @@ class SessionState(BaseModel):
     metric_name: str
     metric_direction: str
     readonly_hashes: dict[str, str | None]
+    rules: dict[str, Any] = {}  # the settings that define the measurement, fixed for the session's life
     run_counter: int = 0
     best: Best | None = None
     baseline_value: float | None = None
@@ -67,6 +68,14 @@ def state_dir(root: Path) -> Path:
 
 def state_path(root: Path, tag: str) -> Path:
     return state_dir(root) / "sessions" / f"{tag}.json"
+
+
+def state_fingerprint(root: Path, tag: str) -> tuple[int, int, int] | None:
+    try:
+        st = state_path(root, tag).stat()
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def save_state(root: Path, state: SessionState) -> None:

@@ -380,3 +380,38 @@ async def test_untracked_target_and_no_git(tmp_path: Path, agent_for) -> None:
     (repo / "prepare.py").write_text("")
     async with agent_for(repo) as agent:
         assert "not tracked by git" in await agent.refused("start_session")
+
+
+async def test_rules_cannot_change_between_server_lives(ml_project: Path, agent_for) -> None:
+    """An untracked CLAUDE.md can be edited by anyone; a resumed session must not measure by new rules."""
+    root = ml_project
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="fixed")
+        await agent.experiment("baseline")
+    (root / "CLAUDE.md").write_text("## autoresearch\n- run_command: echo 'val_bpb: 0.000001'\n")
+    async with agent_for(root) as agent:
+        message = await agent.refused("start_session")
+        assert "configuration changed" in message and "run_command" in message and "another tag" in message
+        assert "configuration changed" in await agent.refused("query_results")
+    (root / "CLAUDE.md").unlink()
+    async with agent_for(root) as agent:
+        assert (await agent.ok("start_session"))["resumed"] is True
+
+
+async def test_outside_writes_to_the_servers_files_are_undone(ml_project: Path, agent_for) -> None:
+    root = ml_project
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="own")
+        await agent.experiment("baseline")
+        tsv = (root / "results.tsv").read_text()
+        state_file = root / ".autoresearch" / "sessions" / "own.json"
+        state = state_file.read_text()
+        # The agent's shell forges a row and a better best value between two calls.
+        with (root / "results.tsv").open("a") as handle:
+            handle.write("abcdef0\tval_bpb\t0.000001\tkeep\tforged\n")
+        state_file.write_text(state.replace('"value": 1.4', '"value": 0.001'))
+        await agent.edit("LR = 0.5", "LR = 0.4")
+        run = await agent.ok("run_experiment", description="after forgery")
+        assert run["best_value"] == 1.4
+        assert (root / "results.tsv").read_text() == tsv
+        assert '"value": 0.001' not in state_file.read_text()
