@@ -14,7 +14,7 @@ from typing import Literal
 
 from .config import Config
 from .logtail import clean_text, read_tail_bytes, tail
-from .metrics import MetricError, first_float, measure, read_metric_from_log, read_secondary
+from .metrics import MetricError, Secondary, first_float, measure, read_metric_from_log, read_secondary
 from .runner import ProcessRun, ProgressCallback
 
 RunStatus = Literal["ok", "crash", "timeout", "metric_error", "checks_failed", "cancelled"]
@@ -91,14 +91,7 @@ class Experiment:
     def run(self) -> ExperimentResult:
         config = self.config
         assert config.run_command is not None
-        values: list[float] = []
-        durations: list[float] = []
-        peak_rss = 0
-        memory_mb: float | None = None
-        secondary: dict[str, float] = {}
-        leftovers = 0
-        log_path = self.log_dir / f"{self.run_id}.log"
-        last = None
+        tally = _Tally()
         for index in range(config.repeats):
             suffix = "" if config.repeats == 1 else f"-{index + 1}"
             log_path = self.log_dir / f"{self.run_id}{suffix}.log"
@@ -106,86 +99,31 @@ class Experiment:
                 config.run_command, log_path, config.timeout, self.run_id, self.on_progress
             )
             self._clear_run_log()
-            last = process.run()
+            done = process.run()
             self._publish_run_log(log_path)
-            durations.append(last.duration_s)
-            peak_rss = max(peak_rss, last.peak_rss_bytes)
-            leftovers += last.leftovers_killed
-            failure = self._process_failure(last.status, last.exit_code, last.error)
+            tally.add_run(done.duration_s, done.peak_rss_bytes, done.leftovers_killed, done.exit_code)
+            failure = self._process_failure(done.status, done.exit_code, done.error)
             if failure:
-                status, error = failure
-                return self._result(
-                    status,
-                    None,
-                    values,
-                    durations,
-                    peak_rss,
-                    memory_mb,
-                    last.exit_code,
-                    log_path,
-                    error,
-                    secondary,
-                    leftovers,
-                )
+                return tally.result(failure[0], None, log_path, failure[1])
             try:
-                values.append(self._metric(log_path, last.duration_s))
+                tally.values.append(self._metric(log_path, done.duration_s))
             except MetricError as exc:
-                return self._result(
-                    "metric_error",
-                    None,
-                    values,
-                    durations,
-                    peak_rss,
-                    memory_mb,
-                    last.exit_code,
-                    log_path,
-                    str(exc),
-                    secondary,
-                    leftovers,
-                )
-            extra = read_secondary(log_path, config.metric_name, config.memory_regex)
-            if extra.memory_mb is not None:
-                memory_mb = max(memory_mb or 0.0, extra.memory_mb)
-            secondary.update(extra.metrics)
-        value = statistics.median(values)
-        assert last is not None
+                return tally.result("metric_error", None, log_path, str(exc))
+            tally.add_figures(read_secondary(log_path, config.metric_name, config.memory_regex))
+        value = statistics.median(tally.values)
         if config.checks_command:
             checks_log = self.log_dir / f"{self.run_id}-checks.log"
             checks = self._process(
                 config.checks_command, checks_log, config.checks_timeout, f"{self.run_id}-checks", None
             ).run()
-            leftovers += checks.leftovers_killed
+            tally.leftovers += checks.leftovers_killed
             failure = self._process_failure(checks.status, checks.exit_code, checks.error)
             if failure:
                 status, error = failure
                 if status in ("crash", "timeout"):
                     status, error = "checks_failed", f"checks_command failed: {error}"
-                return self._result(
-                    status,
-                    value,
-                    values,
-                    durations,
-                    peak_rss,
-                    memory_mb,
-                    last.exit_code,
-                    checks_log,
-                    error,
-                    secondary,
-                    leftovers,
-                )
-        return self._result(
-            "ok",
-            value,
-            values,
-            durations,
-            peak_rss,
-            memory_mb,
-            last.exit_code,
-            log_path,
-            None,
-            secondary,
-            leftovers,
-        )
+                return tally.result(status, value, checks_log, error)
+        return tally.result("ok", value, log_path, None)
 
     @staticmethod
     def _process_failure(
@@ -249,35 +187,47 @@ class Experiment:
             except OSError:
                 pass
 
-    def _result(
-        self,
-        status: RunStatus,
-        value: float | None,
-        values: list[float],
-        durations: list[float],
-        peak_rss: int,
-        memory_mb: float | None,
-        exit_code: int | None,
-        log_path: Path,
-        error: str | None,
-        secondary: dict[str, float],
-        leftovers: int,
+
+@dataclass
+class _Tally:
+    """What the repeats of one experiment add up to, until it ends in a result."""
+
+    values: list[float] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+    peak_rss: int = 0
+    memory_mb: float | None = None
+    secondary: dict[str, float] = field(default_factory=dict)
+    leftovers: int = 0
+    exit_code: int | None = None
+
+    def add_run(self, duration_s: float, peak_rss: int, leftovers: int, exit_code: int | None) -> None:
+        self.durations.append(duration_s)
+        self.peak_rss = max(self.peak_rss, peak_rss)
+        self.leftovers += leftovers
+        self.exit_code = exit_code
+
+    def add_figures(self, figures: Secondary) -> None:
+        if figures.memory_mb is not None:
+            self.memory_mb = max(self.memory_mb or 0.0, figures.memory_mb)
+        self.secondary.update(figures.metrics)
+
+    def result(
+        self, status: RunStatus, value: float | None, log_path: Path, error: str | None
     ) -> ExperimentResult:
         # A memory figure the run printed (peak_vram_mb) beats the sampled RSS of the process tree.
-        sampled = peak_rss / (1024**3) if peak_rss else None
-        memory_gb = memory_mb / 1024 if memory_mb is not None else sampled
-        spread = (max(values) - min(values)) if len(values) > 1 else None
+        sampled = self.peak_rss / (1024**3) if self.peak_rss else None
+        memory_gb = self.memory_mb / 1024 if self.memory_mb is not None else sampled
         return ExperimentResult(
             status=status,
             value=value,
-            values=values,
-            spread=spread,
-            duration_s=round(sum(durations), 3),
+            values=self.values,
+            spread=(max(self.values) - min(self.values)) if len(self.values) > 1 else None,
+            duration_s=round(sum(self.durations), 3),
             memory_gb=round(memory_gb, 3) if memory_gb is not None else None,
-            exit_code=exit_code,
+            exit_code=self.exit_code,
             log_path=str(log_path),
             log_tail=tail(log_path),
             error=error,
-            secondary=secondary,
-            leftovers_killed=leftovers,
+            secondary=self.secondary,
+            leftovers_killed=self.leftovers,
         )

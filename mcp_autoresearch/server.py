@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -321,21 +322,12 @@ def create_server(workspace: Workspace) -> MCPServer:
     )
     def config_resource() -> str:
         project = workspace.load()
-        return (
-            project.config.model_dump_json(indent=2)[:-2]
-            + ',\n  "config_source": '
-            + _json(project.info.config_source)
-            + "\n}"
+        return json.dumps(
+            {**project.config.model_dump(mode="json"), "config_source": project.info.config_source}, indent=2
         )
 
     _add_plot_resource(server, workspace)
     return server
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, indent=2).replace("\n", "\n  ")
 
 
 def _add_plot_resource(server: MCPServer, workspace: Workspace) -> None:
