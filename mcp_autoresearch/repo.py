@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import git
+import psutil
 from git.objects.fun import tree_entries_from_data, tree_to_stream
-from git.refs import Reference, SymbolicReference
+from git.refs import SymbolicReference
 from gitdb.base import IStream
 from gitdb.db.loose import LooseObjectDB
 
@@ -81,19 +82,31 @@ class Repo:
     # -- running git ----------------------------------------------------------------------------------------
     def _run(self, *args: str) -> str:
         """One git command. Plain subprocess, not GitPython's execute: this sits on every experiment's path and
-        costs half as much."""
+        costs half as much. A command that meets `index.lock` waits for the git process holding it, and takes
+        over a lock that a killed process (an earlier server) left behind."""
         env = {**os.environ, **self._env, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
-        try:
-            done = subprocess.run(
-                ["git", *_OPTION_ARGS, *args],
-                cwd=self.top,
-                env=env,
-                capture_output=True,
-                stdin=subprocess.DEVNULL,
-                timeout=120,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SessionError(f"git {args[0]} could not run: {exc}") from None
+        began = time.monotonic()
+        while True:
+            try:
+                done = subprocess.run(
+                    ["git", *_OPTION_ARGS, *args],
+                    cwd=self.top,
+                    env=env,
+                    capture_output=True,
+                    stdin=subprocess.DEVNULL,
+                    timeout=120,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise SessionError(f"git {args[0]} could not run: {exc}") from None
+            index_lock = Path(self._repo.git_dir) / "index.lock"
+            if done.returncode == 0 or b"index.lock" not in done.stderr or not index_lock.exists():
+                break
+            if _stale(index_lock, time.monotonic() - began):
+                _remove(index_lock)
+            elif time.monotonic() - began > LOCK_WAIT_S:
+                break
+            else:
+                time.sleep(0.05)
         if done.returncode != 0:
             detail = (done.stderr or done.stdout).decode("utf-8", "replace").strip().replace("\n", " ")[:400]
             raise SessionError(f"git {args[0]} failed: {detail or f'exit code {done.returncode}'}")
@@ -254,7 +267,7 @@ class Repo:
 
     def set_ref(self, ref: str, commit: str) -> None:
         """Create or move a ref outside refs/heads (where discarded ideas are kept), without a git process."""
-        Reference.create(self._repo, ref, commit, force=True)
+        self._write_ref(self.git_dir / ref, commit)
 
     def move_current_branch(self, commit: str, message: str) -> None:
         """Point the checked-out branch at `commit`, as git does it (a lock file renamed over the loose ref, then
@@ -264,23 +277,36 @@ class Repo:
             raise SessionError("HEAD is detached; the session needs its branch checked out")
         old = self.head_commit()
         common = self.git_dir
-        ref = common / "refs" / "heads" / branch
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        lock = ref.with_name(ref.name + ".lock")
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            raise SessionError(f"{lock} exists: another git command is updating the branch; retry") from None
-        try:
-            os.write(fd, f"{commit}\n".encode())
-        finally:
-            os.close(fd)
-        os.replace(lock, ref)
+        self._write_ref(common / "refs" / "heads" / branch, commit)
         line = f"{old} {commit} {self._signature()}\t{message}\n"
         for log in (common / "logs" / "refs" / "heads" / branch, Path(self._repo.git_dir) / "logs" / "HEAD"):
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "a", encoding="utf-8") as handle:
                 handle.write(line)
+
+    def _write_ref(self, ref: Path, commit: str) -> None:
+        """Write a loose ref through `<ref>.lock`, renamed over it (atomic), honouring git's locking."""
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        lock = ref.with_name(ref.name + ".lock")
+        fd = None
+        began = time.monotonic()
+        while fd is None:
+            try:
+                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                if _stale(lock, time.monotonic() - began):
+                    _remove(lock)
+                elif time.monotonic() - began > LOCK_WAIT_S:
+                    raise SessionError(
+                        f"{lock} exists: another git command is updating this ref; retry"
+                    ) from None
+                else:
+                    time.sleep(0.02)
+        try:
+            os.write(fd, f"{commit}\n".encode())
+        finally:
+            os.close(fd)
+        os.replace(lock, ref)
 
     def add_excludes(self, patterns: list[str]) -> None:
         """Keep our own files out of git through .git/info/exclude; the user's .gitignore is never edited."""
@@ -303,6 +329,27 @@ class Repo:
             return True
         except KeyError:
             return False
+
+
+LOCK_WAIT_S = 3.0
+STALE_AFTER_S = 0.3
+_PROCESS_START = psutil.Process().create_time()
+
+
+def _stale(lock: Path, waited_s: float) -> bool:
+    """A git lock file that predates this server process and outlives a short wait (git's own commands hold
+    them for milliseconds) was left by a process that died: the previous server, killed mid-write."""
+    try:
+        return waited_s >= STALE_AFTER_S and lock.stat().st_mtime < _PROCESS_START
+    except OSError:
+        return False
+
+
+def _remove(lock: Path) -> None:
+    try:
+        lock.unlink()
+    except OSError:
+        pass
 
 
 _OPTION_ARGS = [arg for option in GIT_OPTIONS for arg in ("-c", option)]

@@ -176,3 +176,32 @@ async def test_cli_detect_and_bad_arguments(ml_project: Path, tmp_path: Path) ->
     assert (
         bad_config.returncode == 2 and "time_budget" in bad_config.stderr and "CLAUDE.md" in bad_config.stderr
     )
+
+
+async def test_lock_files_left_by_a_killed_server_are_taken_over(ml_project: Path) -> None:
+    root = ml_project
+    async with Client(stdio_params(root)) as client:
+        agent = Agent(client)
+        await agent.ok("start_session", tag="locks")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.9")
+        run = await agent.ok("run_experiment", description="worse")
+        assert run["would_keep"] is False
+        os.kill(server_pid(root), signal.SIGKILL)
+    # What a server killed in the middle of writing refs and the index leaves behind:
+    (root / ".git" / "refs" / "heads" / "autoresearch" / "locks.lock").write_text("0" * 40 + "\n")
+    (root / ".git" / "refs" / "autoresearch" / "locks").mkdir(parents=True, exist_ok=True)
+    (root / ".git" / "refs" / "autoresearch" / "locks" / "r2.lock").write_text("")
+    (root / ".git" / "index.lock").write_text("")
+    old = time.time() - 60
+    for lock in root.glob(".git/**/*.lock"):
+        os.utime(lock, (old, old))
+    async with Client(stdio_params(root)) as client:
+        agent = Agent(client)
+        await agent.ok("start_session")
+        decision = await agent.ok("commit_or_reset", run_id="r2")
+        assert decision["decision"] == "discard"
+        await agent.edit("LR = 0.5", "LR = 0.3")
+        _, kept = await agent.experiment("better")
+        assert kept["decision"] == "keep"
+    assert list(root.glob(".git/**/*.lock")) == []
