@@ -50,6 +50,12 @@ def prepare(name: str, keep_dir: str | None) -> Path:
     else:
         target = Path(tempfile.mkdtemp(prefix=f"autoresearch-demo-{name}-")).resolve()
     shutil.copytree(example_source(name), target, ignore=IGNORE, dirs_exist_ok=True)
+    config = target / "autoresearch.toml"
+    if "python3 evaluate.py" in config.read_text():
+        # The example runs with this very interpreter, whatever `python3` is (or is not) on the user's PATH.
+        config.write_text(
+            config.read_text().replace("python3 evaluate.py", f"{_quote(sys.executable)} evaluate.py")
+        )
     env = {**os.environ}
     for key, value in FALLBACK_IDENTITY.items():
         env.setdefault(key, value)
@@ -93,8 +99,9 @@ def run_demo(experiments: int, keep_dir: str | None, example: str = "tune", seed
     console.print(f"\n  results.tsv  {project / 'results.tsv'}")
     console.print(f"  JSONL log    {session.journal.jsonl_path}")
     console.print(f"  branch       autoresearch/{tag} (git -C {project} log --oneline autoresearch/{tag})")
-    console.print(f"  dashboard    mcp-autoresearch dashboard --project {project}")
-    console.print(f"  plot         mcp-autoresearch plot --project {project} --out progress.png")
+    command = _own_command()
+    console.print(f"  dashboard    {command} dashboard --project {project}")
+    console.print(f"  plot         {command} plot --project {project} --out progress.png")
     return 0
 
 
@@ -109,6 +116,15 @@ async def _drive(project: Path, experiments: int, seed: int) -> Any:
     async with Client(server_params(str(project), extra)) as client:
         agent = ScriptedAgent(client, log=lambda line: print(line, flush=True))
         return await agent.loop(experiments, seed, None, print_experiment)
+
+
+def _own_command() -> str:
+    """How to call this CLI again from the user's shell: by name if it is on PATH, else by its full path."""
+    found = shutil.which("mcp-autoresearch")
+    if found and Path(found).parent == Path(sys.executable).parent:
+        return "mcp-autoresearch"
+    beside = Path(sys.executable).parent / "mcp-autoresearch"
+    return _quote(str(beside)) if beside.exists() else f"{_quote(sys.executable)} -m mcp_autoresearch"
 
 
 def _first_error(exc: BaseException) -> str:

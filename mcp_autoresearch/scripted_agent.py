@@ -220,7 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default=None)
     args = parser.parse_args(argv)
     args.project = os.path.abspath(args.project)
-    return anyio.run(amain, args)
+    try:
+        return anyio.run(amain, args)
+    except Exception as exc:  # a refusal or a broken connection: one line, not a traceback
+        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        print(f"scripted agent stopped: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

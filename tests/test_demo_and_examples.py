@@ -48,10 +48,9 @@ def test_scripted_agent_on_each_example(tmp_path: Path, example: str) -> None:
     if example == "bundle" and shutil.which("node") is None:
         pytest.skip("the bundle example needs Node.js")
     project = prepare(example, str(tmp_path / example))
-    extra = ["--run-command", "python3 evaluate.py"] if example == "tune" else []
 
     async def main():
-        async with Client(server_params(str(project), extra)) as client:
+        async with Client(server_params(str(project))) as client:
             return await ScriptedAgent(client, log=lambda _line: None).loop(8, seed=3, tag="t")
 
     summary = anyio.run(main)
