@@ -415,3 +415,49 @@ async def test_outside_writes_to_the_servers_files_are_undone(ml_project: Path, 
         assert run["best_value"] == 1.4
         assert (root / "results.tsv").read_text() == tsv
         assert '"value": 0.001' not in state_file.read_text()
+
+
+@pytest.mark.parametrize("layout", ["unicode path", "monorepo subdirectory"])
+async def test_unusual_layouts(tmp_path: Path, agent_for, layout: str) -> None:
+    from .conftest import make_repo
+
+    body = "K = 5\nprint(f'score: {K}')\n"
+    if layout == "unicode path":
+        target = "src dir/mödel file.py"
+        repo = make_repo(
+            tmp_path / "u",
+            {
+                target: body,
+                "autoresearch.toml": (
+                    f'target_file = "{target}"\nrun_command = "python3 \\"{target}\\""\nmetric_name = "score"\n'
+                ),
+            },
+        )
+        (repo / target).chmod(0o755)
+        git(repo, "commit", "-qam", "executable")
+        project = repo
+    else:
+        repo = make_repo(
+            tmp_path / "m",
+            {
+                "other/readme.txt": "x\n",
+                "services/ml/model.py": body,
+                "services/ml/autoresearch.toml": (
+                    'target_file = "model.py"\nrun_command = "python3 model.py"\nmetric_name = "score"\n'
+                ),
+            },
+        )
+        target, project = "model.py", repo / "services" / "ml"
+    async with agent_for(project) as agent:
+        await agent.ok("start_session", tag="layout")
+        await agent.experiment("baseline")
+        await agent.edit("K = 5", "K = 2")
+        _, kept = await agent.experiment("smaller K")
+        await agent.edit("K = 2", "K = 7")
+        _, discarded = await agent.experiment("bigger K")
+    assert (kept["decision"], discarded["decision"]) == ("keep", "discard")
+    assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""
+    assert "K = 2" in (project / target).read_text()
+    assert git(repo, "fsck", "--no-progress") == ""
+    if layout == "unicode path":
+        assert git(repo, "ls-tree", "HEAD", "src dir/").startswith("100755")
