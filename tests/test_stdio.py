@@ -82,7 +82,7 @@ async def test_detect_over_stdio(ml_project: Path) -> None:
 
 
 async def test_run_over_stdio_needs_wait_experiment(ml_project: Path) -> None:
-    slow_project(ml_project, 1.5)
+    slow_project(ml_project, 3)
     async with Client(stdio_params(ml_project)) as client:
         agent = Agent(client)
         await agent.ok("start_session")
@@ -99,6 +99,9 @@ async def test_run_over_stdio_needs_wait_experiment(ml_project: Path) -> None:
             progress_callback=on_progress,
         )
         assert result.structured_content["status"] == "ok" and result.structured_content["value"] == 1.4
+        assert progress, "a run longer than the progress interval reports progress"
+        elapsed, total, message = progress[0]
+        assert total == 600 and 0 < elapsed < 600 and "r1" in message and "training..." in message
         decision = await agent.ok("commit_or_reset", run_id="r1")
         assert decision["decision"] == "keep"
 
@@ -205,3 +208,40 @@ async def test_lock_files_left_by_a_killed_server_are_taken_over(ml_project: Pat
         _, kept = await agent.experiment("better")
         assert kept["decision"] == "keep"
     assert list(root.glob(".git/**/*.lock")) == []
+
+
+async def test_client_cancel_kills_the_run(ml_project: Path) -> None:
+    import anyio
+
+    root = ml_project
+    slow_project(root, 30)
+    async with Client(stdio_params(root)) as client:
+        agent = Agent(client)
+        await agent.ok("start_session")
+        with anyio.move_on_after(1.0):
+            await client.call_tool("run_experiment", {"description": "baseline", "wait_s": 20})
+        deadline = time.monotonic() + 15
+        run = await agent.ok("wait_experiment", run_id="r1", wait_s=10)
+        while run["status"] == "running" and time.monotonic() < deadline:
+            run = await agent.ok("wait_experiment", run_id="r1", wait_s=2)
+        assert run["status"] == "cancelled" and "cancelled" in run["error"]
+        assert run_processes(root) == []
+        decision = await agent.ok("commit_or_reset", run_id="r1")
+        assert decision["decision"] == "crash"
+
+
+async def test_server_shutdown_kills_and_logs_the_run(ml_project: Path) -> None:
+    root = ml_project
+    slow_project(root, 30)
+    async with Client(stdio_params(root)) as client:
+        agent = Agent(client)
+        await agent.ok("start_session")
+        run = await agent.ok("run_experiment", description="baseline", wait_s=0.5)
+        assert run["status"] == "running"
+    # Closing the client ends the server the way clients do (stdin closed, then SIGTERM).
+    deadline = time.monotonic() + 15
+    while run_processes(root) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert run_processes(root) == []
+    rows = (root / "results.tsv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].split("\t")[3] == "crash"
