@@ -140,7 +140,7 @@ class ProcessRun:
         deadline = started + self.timeout_s
         next_progress = started + self.progress_every_s
         wait_step = 0.05  # first checks are quick so trivial commands return fast
-        exited = _exit_waiter(popen.pid)
+        exited = _ExitWaiter(popen)
         try:
             return self._supervise_loop(popen, started, deadline, next_progress, wait_step, exited)
         finally:
@@ -345,23 +345,24 @@ def _environment(proc: psutil.Process) -> dict[str, str]:
 
 
 class _ExitWaiter:
-    """Wakes up the moment a child exits (Linux pidfd), instead of polling with sleeps."""
+    """Wakes up the moment a child exits (Linux pidfd), instead of polling with sleeps; elsewhere it polls."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
         self.fd: int | None = None
         try:
-            self.fd = os.pidfd_open(pid)  # type: ignore[attr-defined]
+            self.fd = os.pidfd_open(popen.pid)  # type: ignore[attr-defined]
         except (AttributeError, OSError):
             self.fd = None
 
     def wait(self, timeout: float) -> bool:
         if self.fd is None:
-            time.sleep(min(timeout, 0.01))
-            try:
-                return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-            except ChildProcessError:
-                return True
+            end = time.monotonic() + timeout
+            while self.popen.poll() is None:
+                if time.monotonic() >= end:
+                    return False
+                time.sleep(min(0.005, max(0.0, end - time.monotonic())))
+            return True
         ready, _, _ = select.select([self.fd], [], [], timeout)
         return bool(ready)
 
@@ -369,10 +370,6 @@ class _ExitWaiter:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-
-
-def _exit_waiter(pid: int) -> _ExitWaiter:
-    return _ExitWaiter(pid)
 
 
 def _own_children() -> list[psutil.Process]:
