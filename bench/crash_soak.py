@@ -29,6 +29,8 @@ import anyio
 import psutil
 from mcp import Client, StdioServerParameters
 
+from mcp_autoresearch.runner import marked_processes
+
 IDENTITY = {
     "GIT_AUTHOR_NAME": "soak",
     "GIT_AUTHOR_EMAIL": "s@s",
@@ -113,14 +115,7 @@ def check_invariants(root: Path, tag: str, recovered: bool = True) -> int:
 
 
 def orphans(root: Path) -> list[int]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("AUTORESEARCH_PROJECT") == str(root):
-                found.append(proc.pid)
-        except psutil.Error:
-            pass
-    return found
+    return [proc.pid for proc in marked_processes(str(root))]
 
 
 def server_pid(root: Path) -> int | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from mcp_autoresearch.runner import MARKER_PROJECT, ProcessRun
+from mcp_autoresearch.runner import ProcessRun, marked_processes
 
 
 def capture(tmp: Path, size: int) -> None:
@@ -87,20 +87,13 @@ def kill_latency(tmp: Path, runs: int = 5, grace: float = 3.0) -> None:
         start = time.perf_counter()
         process.run()
         end = time.perf_counter()
-        left = [p for p in psutil.process_iter() if _marked(p, str(tmp))]
+        left = marked_processes(str(tmp))
         survivors += len(left)
         latencies.append(end - start - 1.0)
     print(
         f"kill latency (deadline -> last process gone), grace {grace:g} s: median {statistics.median(latencies):.2f} s, "
         f"max {max(latencies):.2f} s over {runs} runs; survivors {survivors}"
     )
-
-
-def _marked(proc: psutil.Process, marker: str) -> bool:
-    try:
-        return proc.environ().get(MARKER_PROJECT) == marker
-    except psutil.Error:
-        return False
 
 
 def trivial(tmp: Path, runs: int = 200) -> None:

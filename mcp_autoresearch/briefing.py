@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .journal import Journal, Row, one_line
-from .rules import improvement
+from .rules import improvement, improvement_pct
 from .state import SessionState
 
 if TYPE_CHECKING:
@@ -49,7 +49,8 @@ def briefing_from(
     best = state.best
     if state.baseline_value is not None and best is not None:
         gain = improvement(best.value, state.baseline_value, state.metric_direction)
-        pct = f" ({gain / abs(state.baseline_value) * 100:.2f}%)" if state.baseline_value else ""
+        pct_value = improvement_pct(gain, state.baseline_value)
+        pct = f" ({pct_value:.2f}%)" if pct_value is not None else ""
         lines.append(
             f"Baseline {_fmt(state.baseline_value)}. Best {_fmt(best.value)} at {best.commit[:7]} "
             f"(run {best.run_id}: {one_line(best.description, 120)}); improvement {gain:.6g}{pct}."

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from .journal import Row
 from .report import SessionFiles, results_table
-from .rules import improvement
+from .rules import improvement, improvement_pct
 from .state import load_state, state_dir
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -112,7 +112,8 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
     summary = Text()
     if best is not None and state.baseline_value is not None:
         gain = improvement(best.value, state.baseline_value, state.metric_direction)
-        pct = f" ({gain / abs(state.baseline_value) * 100:+.2f}%)" if state.baseline_value else ""
+        pct_value = improvement_pct(gain, state.baseline_value)
+        pct = f" ({pct_value:+.2f}%)" if pct_value is not None else ""
         summary.append(
             f"baseline {state.baseline_value:.6g} → best {best.value:.6g}: improvement {gain:.6g}{pct}"
             f" at {best.commit[:7]} ({best.description})"

@@ -64,5 +64,10 @@ def decide(
     return Verdict("discard", f"worse by {-gain:.6g}", delta)
 
 
+def improvement_pct(gain: float, baseline: float) -> float | None:
+    """The improvement as a percentage of the baseline's magnitude (None for a zero baseline)."""
+    return gain / abs(baseline) * 100 if baseline else None
+
+
 def nonblank_lines(text: str) -> int:
     return sum(1 for line in text.splitlines() if line.strip())

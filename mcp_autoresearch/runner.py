@@ -391,11 +391,10 @@ def _own_children() -> list[psutil.Process]:
     return children
 
 
-def kill_marked_processes(project_marker: str, grace_s: float = 2.0) -> int:
-    """End every process left by an earlier server of this project (found by the environment marker).
-    Used when a server starts after its predecessor died mid-run."""
+def marked_processes(project_marker: str) -> list[psutil.Process]:
+    """Every live process started by a run of this project (found by the environment marker)."""
     own = os.getpid()
-    victims = []
+    found = []
     for proc in psutil.process_iter():
         if proc.pid == own:
             continue
@@ -404,7 +403,14 @@ def kill_marked_processes(project_marker: str, grace_s: float = 2.0) -> int:
         except psutil.Error:
             continue
         if env.get(MARKER_PROJECT) == project_marker and MARKER_RUN in env:
-            victims.append(proc)
+            found.append(proc)
+    return found
+
+
+def kill_marked_processes(project_marker: str, grace_s: float = 2.0) -> int:
+    """End every process left by an earlier server of this project. Used when a server starts after its
+    predecessor died mid-run."""
+    victims = marked_processes(project_marker)
     for proc in victims:
         try:
             proc.terminate()

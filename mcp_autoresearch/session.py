@@ -36,7 +36,7 @@ from .models import (
 )
 from .project import Project, ProjectInfo, load_project
 from .repo import Repo
-from .rules import decide, improvement, nonblank_lines
+from .rules import decide, improvement, improvement_pct, nonblank_lines
 from .runner import kill_marked_processes
 from .state import (
     Best,
@@ -1023,7 +1023,7 @@ class Session:
             best = self.state.best
             baseline = self.state.baseline_value
             gain = improvement(best.value, baseline, direction) if best and baseline is not None else None
-            pct = (gain / abs(baseline) * 100) if gain is not None and baseline else None
+            pct = improvement_pct(gain, baseline) if gain is not None and baseline is not None else None
             total = len(journal)
             return QueryResult(
                 tag=self.state.tag,

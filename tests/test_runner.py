@@ -10,7 +10,7 @@ import psutil
 
 from mcp_autoresearch.config import build_config
 from mcp_autoresearch.experiment import Experiment
-from mcp_autoresearch.runner import MARKER_PROJECT, ProcessRun
+from mcp_autoresearch.runner import ProcessRun, marked_processes
 
 
 def run(root: Path, command: str, run_id: str = "r1", **settings):
@@ -19,14 +19,7 @@ def run(root: Path, command: str, run_id: str = "r1", **settings):
 
 
 def processes_of(root: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get(MARKER_PROJECT) == str(root):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
+    return marked_processes(str(root))
 
 
 def test_metric_line_and_secondary_figures(tmp_path: Path) -> None:

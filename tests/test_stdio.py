@@ -12,7 +12,7 @@ import psutil
 import pytest
 from mcp import Client
 
-from mcp_autoresearch.runner import MARKER_PROJECT
+from mcp_autoresearch.runner import marked_processes
 
 from .conftest import Agent, git, run_cli, stdio_params
 
@@ -39,14 +39,7 @@ def server_pid(root: Path) -> int:
 
 
 def run_processes(root: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get(MARKER_PROJECT) == str(root):
-                found.append(proc)
-        except psutil.Error:
-            pass
-    return found
+    return marked_processes(str(root))
 
 
 def slow_project(root: Path, delay: float) -> None:
