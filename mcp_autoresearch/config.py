@@ -77,6 +77,22 @@ class ConfigValues(BaseModel):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("metric_name")
+    @classmethod
+    def _one_word(cls, value: str | None) -> str | None:
+        if value is not None and value and not re.fullmatch(r"[A-Za-z0-9_.\-/%]+", value):
+            raise ValueError(
+                "must be one word (letters, digits, _ . - / %); use metric_regex for other output"
+            )
+        return value
+
+    @field_validator("readonly_files")
+    @classmethod
+    def _no_empty_entries(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not item.strip() or item.strip() in (".", "./") for item in value):
+            raise ValueError("entries must name files or directories inside the project (not empty, not '.')")
+        return value
+
     @field_validator("metric_regex", "memory_regex")
     @classmethod
     def _one_group(cls, value: str | None) -> str | None:

@@ -55,9 +55,12 @@ def check_target_file(root: Path, target: str, readonly: list[str]) -> Path:
         raise ConfigError(f"target_file '{target}' does not exist in {root}")
     if not resolved.is_file():
         raise ConfigError(f"target_file '{target}' is not a regular file")
-    readonly_resolved = {(root / r).resolve() for r in readonly}
-    if resolved in readonly_resolved:
-        raise ConfigError(f"target_file '{target}' is also listed in readonly_files; it cannot be both")
+    for entry in readonly:
+        protected = (root / entry).resolve()
+        if resolved == protected or protected in resolved.parents:
+            raise ConfigError(
+                f"target_file '{target}' is read-only (readonly_files lists '{entry}'); it cannot be both"
+            )
     return resolved
 
 
@@ -99,9 +102,26 @@ def resolve_target_path(root: Path, target_rel: str, requested: str | None) -> P
     return target
 
 
+MAX_READONLY_FILES = 20_000
+
+
 def fingerprint_files(root: Path, paths: list[str]) -> dict[str, str | None]:
-    """sha256 of each file (None for a missing one), to prove later that nobody changed them."""
-    return {rel: sha256_file(root / rel) for rel in paths}
+    """sha256 of each read-only file (None for a missing one), to prove later that nobody changed them.
+    A directory stands for every file below it (symlinks are not followed)."""
+    found: dict[str, str | None] = {}
+    for rel in paths:
+        path = root / rel
+        if path.is_dir() and not path.is_symlink():
+            for dirpath, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if d != ".git")
+                for name in sorted(files):
+                    full = Path(dirpath) / name
+                    if len(found) >= MAX_READONLY_FILES:
+                        return found
+                    found[full.relative_to(root).as_posix()] = sha256_file(full)
+        else:
+            found[rel] = sha256_file(path)
+    return found
 
 
 def changed_fingerprints(root: Path, expected: dict[str, str | None]) -> list[str]:

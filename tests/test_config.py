@@ -177,3 +177,28 @@ def test_custom_project_from_markdown_only(tmp_path: Path) -> None:
     assert info.project_type == "custom"
     assert info.ready
     assert info.evidence == ["CLAUDE.md"]
+
+
+@pytest.mark.parametrize(
+    ("toml", "fragment"),
+    [
+        ('readonly_files = [""]\n', "not empty"),
+        ('readonly_files = ["."]\n', "not empty"),
+        ('metric_name = "val loss"\n', "one word"),
+        ('target_file = "model.py"\nreadonly_files = ["."]\n', "readonly_files"),
+    ],
+)
+def test_more_bad_values(tmp_path: Path, toml: str, fragment: str) -> None:
+    root = project(tmp_path, autoresearch_DOT_toml=toml)
+    with pytest.raises(ConfigError, match=fragment):
+        load_project(root)
+
+
+def test_target_inside_a_readonly_directory_is_refused(tmp_path: Path) -> None:
+    root = project(
+        tmp_path,
+        eval__check_DOT_py="x\n",
+        autoresearch_DOT_toml='target_file = "eval/check.py"\nreadonly_files = ["eval"]\n',
+    )
+    with pytest.raises(ConfigError, match="read-only"):
+        load_project(root)

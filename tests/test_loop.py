@@ -461,3 +461,19 @@ async def test_unusual_layouts(tmp_path: Path, agent_for, layout: str) -> None:
     assert git(repo, "fsck", "--no-progress") == ""
     if layout == "unicode path":
         assert git(repo, "ls-tree", "HEAD", "src dir/").startswith("100755")
+
+
+async def test_readonly_directory_protects_every_file_below(ml_project: Path, agent_for) -> None:
+    root = ml_project
+    (root / "evaluation").mkdir()
+    (root / "evaluation" / "data.csv").write_text("1,2\n")  # untracked, so only the hash protects it
+    (root / "autoresearch.toml").write_text('readonly_files = ["prepare.py", "evaluation"]\n')
+    git(root, "add", "autoresearch.toml")
+    git(root, "commit", "-qm", "cfg")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session")
+        await agent.experiment("baseline")
+        (root / "evaluation" / "data.csv").write_text("9,9\n")
+        await agent.edit("LR = 0.5", "LR = 0.4")
+        message = await agent.refused("run_experiment", description="x")
+        assert "evaluation/data.csv" in message
