@@ -239,6 +239,19 @@ class Repo:
         except git.GitCommandError:
             return None
 
+    def is_plain_file(self, repo_path: str) -> bool:
+        """True when git stores this file byte for byte: no clean/smudge filter (Git LFS), no end-of-line
+        conversion (`text`/`eol` attributes, `core.autocrlf`). Only then may `commit_file` write its blob."""
+        attributes = self._run("check-attr", "filter", "eol", "text", "--", repo_path)
+        if any(not line.endswith(": unspecified") for line in attributes.splitlines() if line.strip()):
+            return False
+        return (self._config("core.autocrlf") or "false").lower() in ("false", "0", "no", "off")
+
+    def commit_with_git(self, repo_path: str, message: str) -> str:
+        """`git commit --only` of one path (its clean filters applied); for files that are not plain."""
+        self._run("commit", "-q", "--no-verify", "-m", message, "--only", "--", repo_path)
+        return self.head_commit()
+
     def sync_index(self, repo_paths: list[str]) -> None:
         """Index entries of these paths become HEAD's (after `commit_file`, for a kept experiment)."""
         self._run("reset", "-q", "HEAD", "--", *repo_paths)

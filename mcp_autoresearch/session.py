@@ -187,6 +187,7 @@ class Session:
         self.journal = journal
         self.target_rel: str = state.target_file
         self.target_repo_path = repo.repo_path(self.target_rel)
+        self._plain_target = repo.is_plain_file(self.target_repo_path)
         self.lock = threading.RLock()
         self.active: ActiveRun | None = None
         self.resumed = False
@@ -606,8 +607,11 @@ class Session:
                 )
             parent = self.repo.head_commit()
             target_bytes = self._target_path().read_bytes()
-            # Compared with the head's content, not the index: after a decision the index may still lag.
-            target_changed = target_bytes != self.repo.show_file(parent, self.target_repo_path)
+            if self._plain_target:
+                # Compared with the head's content, not the index: after a decision the index may still lag.
+                target_changed = target_bytes != self.repo.show_file(parent, self.target_repo_path)
+            else:  # git converts this file on its way in: only git can say whether it changed
+                target_changed = self.target_rel in changed
             is_baseline = self.state.best is None
             if is_baseline and target_changed:
                 raise RuleViolation(
@@ -631,12 +635,13 @@ class Session:
             )
             self.state.pending = pending
             self._save()
+            message = f"experiment: {description}"
             if is_baseline:
                 commit = parent
-            else:
-                commit = self.repo.commit_file(
-                    self.target_repo_path, target_bytes, f"experiment: {description}", parent
-                )
+            elif self._plain_target:
+                commit = self.repo.commit_file(self.target_repo_path, target_bytes, message, parent)
+            else:  # filters or end-of-line conversion apply: let git make the blob
+                commit = self.repo.commit_with_git(self.target_repo_path, message)
             pending.commit = commit
             pending.phase = "running"
             self._save()

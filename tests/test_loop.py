@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -477,3 +478,23 @@ async def test_readonly_directory_protects_every_file_below(ml_project: Path, ag
         await agent.edit("LR = 0.5", "LR = 0.4")
         message = await agent.refused("run_experiment", description="x")
         assert "evaluation/data.csv" in message
+
+
+async def test_target_with_end_of_line_conversion_is_committed_by_git(ml_project: Path, agent_for) -> None:
+    """With a `text eol=crlf` attribute git stores LF and checks out CRLF; the candidate must be what git stores."""
+    root = ml_project
+    (root / ".gitattributes").write_text("train.py text eol=crlf\n")
+    git(root, "add", ".gitattributes")
+    git(root, "commit", "-qm", "attributes")
+    (root / "train.py").unlink()
+    git(root, "checkout", "--", "train.py")  # checked out again: CRLF in the work tree, LF in git
+    assert b"\r\n" in (root / "train.py").read_bytes()
+    async with agent_for(root) as agent:
+        await agent.ok("start_session")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.3")
+        _, decision = await agent.experiment("lower LR")
+        assert decision["decision"] == "keep"
+    stored = subprocess.run(["git", "cat-file", "-p", "HEAD:train.py"], cwd=root, capture_output=True).stdout
+    assert b"\r\n" not in stored and b"LR = 0.3" in stored
+    assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
