@@ -7,7 +7,6 @@ line-aligned chunks, so the common case (metric near the end) reads little, and 
 from __future__ import annotations
 
 import math
-import mmap
 import os
 import re
 from dataclasses import dataclass
@@ -46,30 +45,33 @@ def user_pattern(regex: str) -> re.Pattern[bytes]:
 
 
 def last_match(path: Path, patterns: list[re.Pattern[bytes]]) -> bytes | None:
-    """Group 1 of the last match of any pattern in the file (the match closest to the end wins)."""
+    """Group 1 of the last match of any pattern in the file (the match closest to the end wins). Reads
+    backwards in chunks of at most CHUNK bytes, so memory stays bounded whatever the log's size."""
     try:
-        size = path.stat().st_size
+        handle = path.open("rb")
     except OSError:
         return None
-    if size == 0:
-        return None
-    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        end = size
+    with handle:
+        end = handle.seek(0, os.SEEK_END)
         while end > 0:
             start = max(0, end - CHUNK)
+            handle.seek(start)
+            window = handle.read(end - start)
+            head = 0
             if start > 0:
-                # Align to a line start so no line is split between chunks.
-                newline = data.rfind(b"\n", max(0, start - CHUNK), start)
-                start = newline + 1 if newline >= 0 else 0
-            window = data[start:end]
+                # Drop the partial first line (the next window back ends where it starts); a line longer
+                # than a chunk is split instead.
+                cut = window.find(b"\n")
+                if 0 <= cut < len(window) - 1:
+                    head = cut + 1
             best: tuple[int, bytes] | None = None
             for pattern in patterns:
-                for match in pattern.finditer(window):
+                for match in pattern.finditer(window, head):
                     if best is None or match.start() >= best[0]:
                         best = (match.start(), match.group(1))
             if best is not None:
                 return best[1]
-            end = start
+            end = start + head
     return None
 
 
@@ -137,6 +139,19 @@ def measure(spec: str, root: Path, duration_s: float) -> float:
     return size / 1024 if kind == "size_kb" else size / (1024 * 1024)
 
 
+def _collect_metrics(data: bytes, metric_name: str | None, metrics: dict[str, float]) -> None:
+    for match in _METRIC_LINE.finditer(data):
+        name = match.group(1).decode("ascii", "replace")
+        if name == metric_name or (name not in metrics and len(metrics) >= MAX_SECONDARY):
+            continue
+        try:
+            value = float(match.group(2))
+        except ValueError:
+            continue
+        if math.isfinite(value):
+            metrics[name] = value
+
+
 @dataclass
 class Secondary:
     memory_mb: float | None
@@ -156,21 +171,16 @@ def read_secondary(path: Path, metric_name: str | None, memory_regex: str | None
             memory = None
     metrics: dict[str, float] = {}
     try:
-        size = path.stat().st_size
+        handle = path.open("rb")
     except OSError:
         return Secondary(memory, metrics)
-    if size:
-        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            for match in _METRIC_LINE.finditer(data):
-                name = match.group(1).decode("ascii", "replace")
-                if name == metric_name:
-                    continue
-                if name not in metrics and len(metrics) >= MAX_SECONDARY:
-                    continue
-                try:
-                    value = float(match.group(2))
-                except ValueError:
-                    continue
-                if math.isfinite(value):
-                    metrics[name] = value
+    with handle:
+        carry = b""
+        while chunk := handle.read(CHUNK):
+            data = carry + chunk
+            cut = data.rfind(b"\n") + 1
+            # A partial last line waits for the next chunk, unless it is too long to be a METRIC line.
+            carry = data[cut:] if len(data) - cut < 4096 else b""
+            _collect_metrics(data[:cut] if cut else b"", metric_name, metrics)
+        _collect_metrics(carry, metric_name, metrics)
     return Secondary(memory, metrics)

@@ -236,3 +236,50 @@ def test_no_zombies_left(tmp_path: Path) -> None:
     run(tmp_path, "(setsid sh -c 'sleep 0.2' &); echo 'score: 1'")
     time.sleep(0.5)
     assert zombie_children() - before == set()
+
+
+def peak_rss_growth(action) -> tuple[object, int]:
+    """Run `action` while sampling this process's RSS; returns its result and the peak growth in bytes."""
+    me = psutil.Process()
+    base = me.memory_info().rss
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], me.memory_info().rss)
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = action()
+    finally:
+        done.set()
+        sampler.join()
+    return result, peak[0] - base
+
+
+def test_huge_output_without_newlines_does_not_fill_memory(tmp_path: Path) -> None:
+    limit = 60 * 1024 * 1024
+    command = "head -c 300000000 /dev/zero | tr '\\0' 'x'"
+    result, growth = peak_rss_growth(lambda: run(tmp_path, command + "; printf '\\nscore: 3\\n'", timeout=60))
+    assert result.status == "ok" and result.value == 3.0
+    assert growth < limit
+    missing, growth = peak_rss_growth(lambda: run(tmp_path, command, timeout=60))
+    assert missing.status == "metric_error" and growth < limit
+
+
+def test_metric_lines_across_chunk_boundaries(tmp_path: Path) -> None:
+    from mcp_autoresearch.metrics import CHUNK, last_match, read_secondary, user_pattern
+
+    log = tmp_path / "big.log"
+    with log.open("wb") as handle:
+        for i in range(3 * CHUNK // 40):
+            handle.write(f"METRIC m{i % 7}={i}\n".encode() if i % 9973 == 0 else b"x" * 39 + b"\n")
+        handle.write(b"METRIC tail=1.5")  # no final newline
+    figures = read_secondary(log, None, None)
+    assert figures.metrics["tail"] == 1.5
+    assert len(figures.metrics) == 8
+    assert last_match(log, [user_pattern(r"^METRIC m3=(\d+)")]) is not None
+    assert last_match(log, [user_pattern(r"^(never)")]) is None
