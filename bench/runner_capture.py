@@ -68,6 +68,35 @@ def capture(tmp: Path, size: int) -> None:
     )
 
 
+def whole_experiment(tmp: Path, size: int) -> None:
+    """Capture plus the metric search when the metric is on the first line (the search reads the whole log)."""
+    from mcp_autoresearch.config import build_config
+    from mcp_autoresearch.experiment import Experiment
+
+    config = build_config({"run_command": f"echo 'score: 7'; head -c {size} /dev/zero | tr '\\0' 'x'; echo",
+                           "metric_name": "score", "target_file": "x", "timeout": 600})
+    me = psutil.Process()
+    base = me.memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], me.memory_info().rss)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    start = time.perf_counter()
+    result = Experiment(config, tmp, "w1", tmp / "runs").run()
+    elapsed = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    assert result.status == "ok" and result.value == 7.0
+    print(f"whole experiment, {size / 1e9:.1f} GB of output with the metric on its first line: {elapsed:.2f} s, "
+          f"peak memory growth {(peak[0] - base) / 1e6:.1f} MB")
+
+
 def kill_latency(tmp: Path, runs: int = 5, grace: float = 3.0) -> None:
     command = (
         "setsid sh -c 'trap \"\" TERM; while true; do sleep 0.1; done' & "
@@ -121,6 +150,7 @@ def main() -> None:
         trivial(Path(tmp))
         kill_latency(Path(tmp))
         capture(Path(tmp), int(args.gigabytes * 1e9))
+        whole_experiment(Path(tmp), int(args.gigabytes * 1e9))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-FLOAT = rb"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf(?:inity)?)"
+FLOAT = rb"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|(?i:nan|inf(?:inity)?))"
 _FIRST_FLOAT = re.compile(FLOAT.decode(), re.IGNORECASE)
 _METRIC_LINE = re.compile(
-    rb"^[ \t]*METRIC[ \t]+([A-Za-z_][\w.\-]*)[ \t]*=[ \t]*(" + FLOAT + rb")", re.M | re.I
+    rb"^[ \t]*METRIC[ \t]+([A-Za-z_][\w.\-]*)[ \t]*=[ \t]*(" + FLOAT + rb")", re.M
 )
-_VRAM = re.compile(rb"^[ \t]*peak_vram_mb[ \t]*:[ \t]*(" + FLOAT + rb")", re.M | re.I)
+_VRAM = re.compile(rb"^[ \t]*peak_vram_mb[ \t]*:[ \t]*(" + FLOAT + rb")", re.M)
 CHUNK = 4 << 20
 MAX_SECONDARY = 50
 
@@ -35,8 +35,8 @@ def builtin_patterns(metric_name: str) -> list[re.Pattern[bytes]]:
     """`<name>: <float>` as karpathy's train.py prints it, and `METRIC <name>=<float>`."""
     name = re.escape(metric_name.encode())
     return [
-        re.compile(rb"^[ \t]*" + name + rb"[ \t]*:[ \t]*(" + FLOAT + rb")(?![\w.])", re.M | re.I),
-        re.compile(rb"^[ \t]*METRIC[ \t]+" + name + rb"[ \t]*=[ \t]*(" + FLOAT + rb")", re.M | re.I),
+        re.compile(rb"^[ \t]*" + name + rb"[ \t]*:[ \t]*(" + FLOAT + rb")(?![\w.])", re.M),
+        re.compile(rb"^[ \t]*METRIC[ \t]+" + name + rb"[ \t]*=[ \t]*(" + FLOAT + rb")", re.M),
     ]
 
 
@@ -44,9 +44,10 @@ def user_pattern(regex: str) -> re.Pattern[bytes]:
     return re.compile(regex.encode("utf-8"), re.M)
 
 
-def last_match(path: Path, patterns: list[re.Pattern[bytes]]) -> bytes | None:
+def last_match(path: Path, patterns: list[re.Pattern[bytes]], literal: bytes | None = None) -> bytes | None:
     """Group 1 of the last match of any pattern in the file (the match closest to the end wins). Reads
-    backwards in chunks of at most CHUNK bytes, so memory stays bounded whatever the log's size."""
+    backwards in chunks of at most CHUNK bytes, so memory stays bounded whatever the log's size. `literal`,
+    a string every match contains, lets chunks without it skip the regex (a substring search is far faster)."""
     try:
         handle = path.open("rb")
     except OSError:
@@ -65,7 +66,11 @@ def last_match(path: Path, patterns: list[re.Pattern[bytes]]) -> bytes | None:
                 if 0 <= cut < len(window) - 1:
                     head = cut + 1
             best: tuple[int, bytes] | None = None
-            for pattern in patterns:
+            if literal is not None and window.find(literal, head) < 0:
+                patterns_here: list[re.Pattern[bytes]] = []
+            else:
+                patterns_here = patterns
+            for pattern in patterns_here:
                 for match in pattern.finditer(window, head):
                     if best is None or match.start() >= best[0]:
                         best = (match.start(), match.group(1))
@@ -76,8 +81,10 @@ def last_match(path: Path, patterns: list[re.Pattern[bytes]]) -> bytes | None:
 
 
 def read_metric_from_log(path: Path, metric_name: str, metric_regex: str | None) -> float:
-    patterns = [user_pattern(metric_regex)] if metric_regex else builtin_patterns(metric_name)
-    found = last_match(path, patterns)
+    if metric_regex:
+        found = last_match(path, [user_pattern(metric_regex)])
+    else:  # both built-in forms contain the metric's name
+        found = last_match(path, builtin_patterns(metric_name), metric_name.encode())
     if found is None:
         how = (
             f"metric_regex {metric_regex!r}"
@@ -140,6 +147,8 @@ def measure(spec: str, root: Path, duration_s: float) -> float:
 
 
 def _collect_metrics(data: bytes, metric_name: str | None, metrics: dict[str, float]) -> None:
+    if b"METRIC" not in data:
+        return
     for match in _METRIC_LINE.finditer(data):
         name = match.group(1).decode("ascii", "replace")
         if name == metric_name or (name not in metrics and len(metrics) >= MAX_SECONDARY):
@@ -161,7 +170,10 @@ class Secondary:
 def read_secondary(path: Path, metric_name: str | None, memory_regex: str | None) -> Secondary:
     """`peak_vram_mb:` (or memory_regex) and every other `METRIC name=value` line (last value per name)."""
     memory: float | None = None
-    found = last_match(path, [user_pattern(memory_regex)] if memory_regex else [_VRAM])
+    if memory_regex:
+        found = last_match(path, [user_pattern(memory_regex)])
+    else:
+        found = last_match(path, [_VRAM], b"peak_vram_mb")
     if found is not None:
         try:
             memory = float(found)
