@@ -73,8 +73,14 @@ def whole_experiment(tmp: Path, size: int) -> None:
     from mcp_autoresearch.config import build_config
     from mcp_autoresearch.experiment import Experiment
 
-    config = build_config({"run_command": f"echo 'score: 7'; head -c {size} /dev/zero | tr '\\0' 'x'; echo",
-                           "metric_name": "score", "target_file": "x", "timeout": 600})
+    config = build_config(
+        {
+            "run_command": f"echo 'score: 7'; head -c {size} /dev/zero | tr '\\0' 'x'; echo",
+            "metric_name": "score",
+            "target_file": "x",
+            "timeout": 600,
+        }
+    )
     me = psutil.Process()
     base = me.memory_info().rss
     peak = [base]
@@ -93,8 +99,10 @@ def whole_experiment(tmp: Path, size: int) -> None:
     stop.set()
     sampler.join()
     assert result.status == "ok" and result.value == 7.0
-    print(f"whole experiment, {size / 1e9:.1f} GB of output with the metric on its first line: {elapsed:.2f} s, "
-          f"peak memory growth {(peak[0] - base) / 1e6:.1f} MB")
+    print(
+        f"whole experiment, {size / 1e9:.1f} GB of output with the metric on its first line: {elapsed:.2f} s, "
+        f"peak memory growth {(peak[0] - base) / 1e6:.1f} MB"
+    )
 
 
 def kill_latency(tmp: Path, runs: int = 5, grace: float = 3.0) -> None:

@@ -20,12 +20,15 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: Path) -> str | None:
-    """Hash of a regular file's content; None when it does not exist or is not a regular file."""
+    """Hash of a regular file's content; None when it does not exist or is not a regular file. A file that
+    cannot be read (permissions changed) gets a marker that differs from any hash, so it counts as changed."""
     try:
         with path.open("rb") as handle:
             return hashlib.file_digest(handle, "sha256").hexdigest()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
 
 
 def _inside(root: Path, path: Path) -> bool:

@@ -664,27 +664,33 @@ class Session:
             return run_id
 
     def _execute(self, active: ActiveRun, pending: Pending) -> None:
+        """The background half of a run. Whatever happens here, the run ends finished and recorded."""
         try:
-            result = active.experiment.run()
-        except Exception as exc:  # a bug or an OS failure: still a logged crash, never a lost experiment
-            result = _crash_result(f"internal error while running: {type(exc).__name__}: {exc}", [])
-            result_dict = result
-        else:
-            result_dict = asdict(result)
-        with self.lock:
-            tampered = self._verify_after_run(pending)
-            if tampered and result_dict["status"] not in ("cancelled",):
-                result_dict["status"] = "tampered"
-                result_dict["error"] = (
-                    "the run changed files it must not: " + ", ".join(tampered) + " (restored from git)"
-                )
-            pending.result = result_dict
-            pending.phase = "finished"
             try:
+                result_dict = asdict(active.experiment.run())
+            except Exception as exc:  # a bug or an OS failure: still a logged crash, never a lost experiment
+                log.exception("run %s failed inside the server", pending.run_id)
+                result_dict = _crash_result(f"internal error while running: {type(exc).__name__}: {exc}", [])
+            with self.lock:
+                try:
+                    tampered = self._verify_after_run(pending)
+                except Exception as exc:
+                    log.exception("verifying run %s failed", pending.run_id)
+                    tampered = [f"(the check itself failed: {type(exc).__name__}: {exc})"]
+                if tampered and result_dict["status"] != "cancelled":
+                    result_dict["status"] = "tampered"
+                    result_dict["error"] = (
+                        "the run changed files it must not: "
+                        + ", ".join(tampered)
+                        + " (tracked ones restored from git)"
+                    )
+                pending.result = result_dict
+                pending.phase = "finished"
                 self._save()
-            finally:
+        finally:
+            with self.lock:
                 self.active = None
-                active.done.set()
+            active.done.set()
 
     def _verify_after_run(self, pending: Pending) -> list[str]:
         """What the run changed that it must not: tracked files, read-only files, the server's own logs.

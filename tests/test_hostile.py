@@ -193,3 +193,20 @@ async def test_git_internals_and_state_written_by_a_run_do_not_fool_the_loop(arm
     decision = await agent.ok("commit_or_reset", run_id=run["run_id"])
     assert decision["decision"] == "crash"
     assert "forged keep" not in git(root, "log", "--format=%s", "-3")
+
+
+async def test_run_that_replaces_the_evaluator_with_a_directory(armed) -> None:
+    agent, root, _outside = armed
+    await agent.edit(
+        "LR = 0.5",
+        "LR = 0.1\nimport os, shutil\nos.remove('prepare.py'); os.mkdir('prepare.py')\n"
+        "open('prepare.py/x', 'w').write('x')",
+    )
+    run = await agent.ok("run_experiment", description="evaluator becomes a directory")
+    assert run["status"] == "tampered" and "prepare.py" in run["error"]
+    decision = await agent.ok("commit_or_reset", run_id=run["run_id"])
+    assert decision["decision"] == "crash"
+    # Whatever could not be put back is named before the next run, with what to do.
+    if not (root / "prepare.py").is_file():
+        message = await agent.refused("run_experiment", description="next")
+        assert "prepare.py" in message
