@@ -89,11 +89,14 @@ class ActiveRun:
     """A run executing in a background thread of this process."""
 
     run_id: str
-    experiment: Experiment
     started: float
+    experiment: Experiment | None = None
     done: threading.Event = field(default_factory=threading.Event)
-    progress: tuple[float, float, str] | None = None
+    progress: tuple[float, float, str] | None = None  # elapsed, limit, last line of output
     thread: threading.Thread | None = None
+
+    def record_progress(self, elapsed: float, limit: float, line: str) -> None:
+        self.progress = (elapsed, limit, line)
 
 
 class Workspace:
@@ -649,24 +652,22 @@ class Session:
             _drop_stale_bytecode(self._target_path())
             self._journal_prints = self.journal.fingerprints()
             log_dir = state_dir(self.root) / "runs" / self.state.tag
-            active = ActiveRun(run_id=run_id, experiment=None, started=time.monotonic())  # type: ignore[arg-type]
-
-            def progress(elapsed: float, limit: float, line: str) -> None:
-                active.progress = (elapsed, limit, line)
-
-            active.experiment = Experiment(self.config, self.root, run_id, log_dir, self.state.tag, progress)
-            self.active = active
-            thread = threading.Thread(
+            active = ActiveRun(run_id=run_id, started=time.monotonic())
+            active.experiment = Experiment(
+                self.config, self.root, run_id, log_dir, self.state.tag, active.record_progress
+            )
+            active.thread = threading.Thread(
                 target=self._execute, args=(active, pending), name=f"run-{run_id}", daemon=True
             )
-            active.thread = thread
-            thread.start()
+            self.active = active
+            active.thread.start()
             return run_id
 
     def _execute(self, active: ActiveRun, pending: Pending) -> None:
         """The background half of a run. Whatever happens here, the run ends finished and recorded."""
         try:
             try:
+                assert active.experiment is not None
                 result_dict = asdict(active.experiment.run())
             except Exception as exc:  # a bug or an OS failure: still a logged crash, never a lost experiment
                 log.exception("run %s failed inside the server", pending.run_id)
@@ -855,7 +856,7 @@ class Session:
 
     def cancel_run(self, reason: str) -> None:
         active = self.active
-        if active is not None:
+        if active is not None and active.experiment is not None:
             active.experiment.cancel(reason)
 
     # ======================================================================================================
@@ -1059,7 +1060,8 @@ class Session:
         active = self.active
         if active is None:
             return
-        active.experiment.cancel("the server was stopped")
+        if active.experiment is not None:
+            active.experiment.cancel("the server was stopped")
         if active.thread is not None:
             active.thread.join(join_s)
         with self.lock:
