@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_write
+
 TSV_HEADER = "commit\tmetric\tvalue\tstatus\tdescription\n"
 
 
@@ -358,17 +360,9 @@ class Journal:
         if same:
             self._tsv_size = size
             return False
-        tmp = self.tsv_path.with_name(f".{self.tsv_path.name}.{os.getpid()}.tmp")
-        size = 0
-        with open(tmp, "wb") as handle:
-            for line in self.tsv_lines():
-                data = line.encode("utf-8")
-                size += len(data)
-                handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.tsv_path)
-        self._tsv_size = size
+        self._tsv_size = atomic_write(
+            self.tsv_path, (line.encode("utf-8") for line in self.tsv_lines()), 0o644
+        )
         return True
 
     def _quick_tsv_ok(self) -> bool:
@@ -482,12 +476,3 @@ def _append(path: Path, data: bytes) -> int:
     finally:
         os.close(fd)
     return start
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

@@ -27,7 +27,8 @@ from .errors import AutoresearchError
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .project import ProjectInfo
 from .prompts import loop_prompt
-from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Workspace, _clamp_wait, _normal_run_id
+from .session import DEFAULT_WAIT_S, MAX_WAIT_S, clamp_wait, normal_run_id
+from .workspace import Workspace
 
 log = logging.getLogger("mcp_autoresearch")
 PROGRESS_EVERY_S = 2.0
@@ -194,8 +195,8 @@ def create_server(workspace: Workspace) -> MCPServer:
     async def _await_run(run_id: str | None, wait_s: float | None, ctx: Context) -> RunResult:
         session = workspace.session
         active = session.active
-        if active is not None and (run_id is None or _normal_run_id(run_id) == active.run_id):
-            deadline = time.monotonic() + _clamp_wait(wait_s)
+        if active is not None and (run_id is None or normal_run_id(run_id) == active.run_id):
+            deadline = time.monotonic() + clamp_wait(wait_s)
             try:
                 while not active.done.is_set():
                     remaining = deadline - time.monotonic()

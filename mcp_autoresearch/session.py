@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .errors import ConfigError, RuleViolation, SessionError
+from .errors import RuleViolation, SessionError
 from .experiment import RUN_LOG, Experiment, ExperimentResult
+from .files import atomic_write
 from .guard import changed_fingerprints, fingerprint_files, resolve_target_path, sha256_bytes, sha256_file
 from .journal import Journal, Row, one_line
 from .models import (
@@ -34,14 +35,13 @@ from .models import (
     StartResult,
     TargetView,
 )
-from .project import Project, ProjectInfo, load_project
+from .project import Project
 from .repo import Repo
 from .rules import decide, improvement, improvement_pct, nonblank_lines
 from .runner import kill_marked_processes
 from .state import (
     Best,
     Pending,
-    ProjectLock,
     SessionState,
     current_tag,
     load_state,
@@ -97,85 +97,6 @@ class ActiveRun:
 
     def record_progress(self, elapsed: float, limit: float, line: str) -> None:
         self.progress = (elapsed, limit, line)
-
-
-class Workspace:
-    """The one project a server is bound to: its configuration, its lock, and its session (loaded lazily)."""
-
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        overrides: dict[str, Any] | None = None,
-        config_file: str | os.PathLike[str] | None = None,
-    ) -> None:
-        self.overrides = overrides or {}
-        self.config_file = config_file
-        project = load_project(root, self.overrides, config_file)  # fail fast on a bad configuration
-        self.root = project.root
-        self._lock = threading.RLock()
-        self._project_lock = ProjectLock(self.root)
-        self._session: Session | None = None
-
-    def load(self) -> Project:
-        return load_project(self.root, self.overrides, self.config_file)
-
-    def detect(self) -> ProjectInfo:
-        return self.load().info
-
-    @property
-    def session(self) -> Session:
-        """The active session; after a server restart, the one whose branch is checked out is resumed."""
-        with self._lock:
-            if self._session is None:
-                tag = current_tag(self.root)
-                resumable = False
-                if tag:
-                    try:
-                        branch = Repo(self.root).current_branch()
-                        resumable = branch == f"autoresearch/{tag}" and load_state(self.root, tag) is not None
-                    except SessionError:
-                        resumable = False
-                if not resumable:
-                    raise SessionError("no session is active: call start_session first")
-                self.start_session(tag)
-            assert self._session is not None
-            return self._session
-
-    def peek_session(self) -> Session | None:
-        return self._session
-
-    def start_session(self, tag: str | None = None) -> StartResult:
-        with self._lock:
-            if self._session is not None:
-                if tag is None or tag == self._session.state.tag:
-                    return self._session.describe(resumed=True)
-                pending = self._session.state.pending
-                if pending is not None:
-                    raise SessionError(
-                        f"run {pending.run_id} of session '{self._session.state.tag}' is {pending.phase}; "
-                        f"finish it (wait_experiment, commit_or_reset) before starting another session"
-                    )
-            project = self.load()
-            config = project.config
-            missing = [k for k in ("target_file", "run_command", "metric_name") if getattr(config, k) is None]
-            if missing:
-                raise ConfigError(f"cannot start: {', '.join(missing)} unknown. {project.info.message}")
-            repo = Repo(self.root)
-            if not repo.has_commits():
-                raise SessionError(
-                    "the repository has no commits yet; commit the project first (git add, git commit)"
-                )
-            self._project_lock.acquire()
-            session = Session.open(self.root, project, repo, tag)
-            self._session = session
-            return session.describe(resumed=session.resumed)
-
-    def shutdown(self) -> None:
-        """Stop a run in flight (its tree is killed and it is logged as a crash) and release the lock."""
-        with self._lock:
-            if self._session is not None:
-                self._session.shutdown()
-            self._project_lock.release()
 
 
 class Session:
@@ -555,7 +476,7 @@ class Session:
                 raise RuleViolation(f"the new content is {len(data)} bytes; the limit is {MAX_EDIT_BYTES}")
             if "\x00" in after:
                 raise RuleViolation("the new content contains NUL bytes; only text can be written")
-            _atomic_write_file(target, data)
+            atomic_write(target, data)  # replaces a symlink swapped in, never follows it
             diff_lines = list(
                 difflib.unified_diff(
                     before.splitlines(),
@@ -781,7 +702,7 @@ class Session:
         with self.lock:
             pending = self.state.pending
             if run_id is not None:
-                run_id = _normal_run_id(run_id)
+                run_id = normal_run_id(run_id)
             if pending is not None and (run_id is None or run_id == pending.run_id):
                 return self._pending_view(pending)
             if run_id is None:
@@ -881,7 +802,7 @@ class Session:
     def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
         with self.lock:
             if run_id is not None:
-                run_id = _normal_run_id(run_id)
+                run_id = normal_run_id(run_id)
                 row = self.journal.get(run_id)
                 if row is not None:  # already decided (a retried call): answer the same again
                     return DecisionResult(
@@ -994,7 +915,7 @@ class Session:
     def log_notes(self, run_id: str, notes: str) -> NotesResult:
         with self.lock:
             self._guard_own_files()
-            run_id = _normal_run_id(run_id)
+            run_id = normal_run_id(run_id)
             notes = (notes or "").strip()
             if not notes:
                 raise RuleViolation("notes are empty; write the hypothesis and what the result taught you")
@@ -1113,39 +1034,15 @@ def _crash_result(error: str, tampered: list[str]) -> dict[str, Any]:
     )
 
 
-def _normal_run_id(run_id: str) -> str:
+def normal_run_id(run_id: str) -> str:
     run_id = str(run_id).strip()
     return f"r{run_id}" if run_id.isdigit() else run_id
 
 
-def _clamp_wait(wait_s: float | None) -> float:
+def clamp_wait(wait_s: float | None) -> float:
     if wait_s is None:
         return DEFAULT_WAIT_S
     return max(0.0, min(float(wait_s), MAX_WAIT_S))
-
-
-def _atomic_write_file(path: Path, data: bytes) -> None:
-    """Write beside the target and rename over it: readers never see half a file, and a symlink put in the
-    target's place is replaced, never followed."""
-    tmp = path.with_name(f".{path.name}.autoresearch-{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = 0o644
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, flags, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _drop_stale_bytecode(target: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from .errors import SessionError
+from .files import atomic_write
 
 STATE_DIR = ".autoresearch"
 
@@ -83,15 +84,7 @@ def save_state(root: Path, state: SessionState) -> None:
     path = state_path(root, state.tag)
     if not path.parent.is_dir():
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = state.model_dump_json(indent=1).encode("utf-8")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, state.model_dump_json(indent=1).encode("utf-8"), mode=0o644)
     if current_tag(root) != state.tag:
         (state_dir(root) / "current").write_text(state.tag + "\n", encoding="utf-8")
 

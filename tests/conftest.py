@@ -13,7 +13,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from mcp_autoresearch.server import create_server
-from mcp_autoresearch.session import Workspace
+from mcp_autoresearch.workspace import Workspace
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test User",

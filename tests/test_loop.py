@@ -347,7 +347,7 @@ async def test_two_clients_of_one_server_cannot_run_concurrently(ml_project: Pat
     from mcp import Client
 
     from mcp_autoresearch.server import create_server
-    from mcp_autoresearch.session import Workspace
+    from mcp_autoresearch.workspace import Workspace
 
     from .conftest import Agent
 

@@ -1,0 +1,96 @@
+"""The one project a server is bound to: its configuration, its lock, and its session (loaded lazily).
+
+The MCP server and the CLI talk to a `Workspace`; the loop's rules live in `session.Session`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from .errors import ConfigError, SessionError
+from .models import StartResult
+from .project import Project, ProjectInfo, load_project
+from .repo import Repo
+from .session import Session
+from .state import ProjectLock, current_tag, load_state
+
+
+class Workspace:
+    """The one project a server is bound to: its configuration, its lock, and its session (loaded lazily)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        overrides: dict[str, Any] | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.overrides = overrides or {}
+        self.config_file = config_file
+        project = load_project(root, self.overrides, config_file)  # fail fast on a bad configuration
+        self.root = project.root
+        self._lock = threading.RLock()
+        self._project_lock = ProjectLock(self.root)
+        self._session: Session | None = None
+
+    def load(self) -> Project:
+        return load_project(self.root, self.overrides, self.config_file)
+
+    def detect(self) -> ProjectInfo:
+        return self.load().info
+
+    @property
+    def session(self) -> Session:
+        """The active session; after a server restart, the one whose branch is checked out is resumed."""
+        with self._lock:
+            if self._session is None:
+                tag = current_tag(self.root)
+                resumable = False
+                if tag:
+                    try:
+                        branch = Repo(self.root).current_branch()
+                        resumable = branch == f"autoresearch/{tag}" and load_state(self.root, tag) is not None
+                    except SessionError:
+                        resumable = False
+                if not resumable:
+                    raise SessionError("no session is active: call start_session first")
+                self.start_session(tag)
+            assert self._session is not None
+            return self._session
+
+    def peek_session(self) -> Session | None:
+        return self._session
+
+    def start_session(self, tag: str | None = None) -> StartResult:
+        with self._lock:
+            if self._session is not None:
+                if tag is None or tag == self._session.state.tag:
+                    return self._session.describe(resumed=True)
+                pending = self._session.state.pending
+                if pending is not None:
+                    raise SessionError(
+                        f"run {pending.run_id} of session '{self._session.state.tag}' is {pending.phase}; "
+                        f"finish it (wait_experiment, commit_or_reset) before starting another session"
+                    )
+            project = self.load()
+            config = project.config
+            missing = [k for k in ("target_file", "run_command", "metric_name") if getattr(config, k) is None]
+            if missing:
+                raise ConfigError(f"cannot start: {', '.join(missing)} unknown. {project.info.message}")
+            repo = Repo(self.root)
+            if not repo.has_commits():
+                raise SessionError(
+                    "the repository has no commits yet; commit the project first (git add, git commit)"
+                )
+            self._project_lock.acquire()
+            session = Session.open(self.root, project, repo, tag)
+            self._session = session
+            return session.describe(resumed=session.resumed)
+
+    def shutdown(self) -> None:
+        """Stop a run in flight (its tree is killed and it is logged as a crash) and release the lock."""
+        with self._lock:
+            if self._session is not None:
+                self._session.shutdown()
+            self._project_lock.release()
