@@ -226,7 +226,7 @@ class Journal:
             delta=_finite_or_none(details.get("delta")),
             memory_gb=_finite_or_none(details.get("memory_gb")),
             duration_s=_finite_or_none(details.get("duration_s")),
-            error=details.get("error"),
+            error=details.get("error_detail", details.get("error")),
             tag=self.tag,
             timestamp=str(event.get("timestamp", "")),
         )
@@ -433,7 +433,9 @@ class Journal:
             "description": one_line(row.description),
             "memory_gb": row.memory_gb,
             "duration_s": row.duration_s,
-            "error": row.error,
+            # As the original tool logs it: the fine-grained run status of a failure in `error`.
+            "error": row.run_status if row.run_status != "ok" or row.status == "crash" else None,
+            "error_detail": row.error,
         }
         offset = self._append_jsonl("experiment_done", row.status != "crash", details)
         self._add(row.run_id, offset, row.value, row.status, row.run_status)

@@ -498,3 +498,44 @@ async def test_target_with_end_of_line_conversion_is_committed_by_git(ml_project
     stored = subprocess.run(["git", "cat-file", "-p", "HEAD:train.py"], cwd=root, capture_output=True).stdout
     assert b"\r\n" not in stored and b"LR = 0.3" in stored
     assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+async def test_jsonl_has_the_original_tools_shape(ml_project: Path, agent_for) -> None:
+    import json
+
+    async with agent_for(ml_project, {"time_budget": 1}) as agent:
+        await agent.ok("start_session")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.5\nimport time; time.sleep(30)")
+        await agent.experiment("hang")
+    events = [
+        json.loads(line)
+        for line in (ml_project / ".autoresearch/autoresearch.jsonl").read_text().splitlines()
+    ]
+    assert [e["action"] for e in events] == [
+        "session_start",
+        "experiment_start",
+        "experiment_done",
+        "experiment_start",
+        "experiment_done",
+    ]
+    for event in events:
+        assert set(event) == {"tool", "action", "status", "details", "local_time", "timestamp"}
+        assert event["tool"] == "autoresearch" and event["status"] in ("success", "fail")
+    baseline, hang = events[2], events[4]
+    for key in (
+        "status",
+        "metric",
+        "value",
+        "prev",
+        "delta",
+        "commit",
+        "description",
+        "memory_gb",
+        "tag",
+        "error",
+    ):
+        assert key in baseline["details"] and key in hang["details"]
+    assert baseline["status"] == "success" and baseline["details"]["error"] is None
+    assert hang["status"] == "fail" and hang["details"]["status"] == "crash"
+    assert hang["details"]["error"] == "timeout" and "timeout" in hang["details"]["error_detail"]
