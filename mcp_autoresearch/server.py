@@ -27,7 +27,7 @@ from .errors import AutoresearchError
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .project import ProjectInfo
 from .prompts import loop_prompt
-from .session import DEFAULT_WAIT_S, MAX_WAIT_S, clamp_wait, normal_run_id
+from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait, normal_run_id
 from .workspace import Workspace
 
 log = logging.getLogger("mcp_autoresearch")
@@ -192,8 +192,12 @@ def create_server(workspace: Workspace) -> MCPServer:
         ops = [op.model_dump() for op in edits] if edits is not None else None
         return workspace.session.apply_edit(ops, content, path, expected_sha256)
 
+    def current_session() -> Session:
+        return workspace.session
+
     async def _await_run(run_id: str | None, wait_s: float | None, ctx: Context) -> RunResult:
-        session = workspace.session
+        # The first call after a restart resumes the session (git, files): not on the event loop.
+        session = await anyio.to_thread.run_sync(current_session)
         active = session.active
         if active is not None and (run_id is None or normal_run_id(run_id) == active.run_id):
             deadline = time.monotonic() + clamp_wait(wait_s)
@@ -233,7 +237,7 @@ def create_server(workspace: Workspace) -> MCPServer:
         """Run one experiment on the current target. The server checks that only the target changed, commits
         the candidate, runs the configured command under a hard timeout, and measures the metric itself. The
         first run of a session must be the unmodified baseline. Then call commit_or_reset."""
-        session = workspace.session
+        session = await anyio.to_thread.run_sync(current_session)
         run_id = await anyio.to_thread.run_sync(session.start_run, description)
         return await _await_run(run_id, wait_s, ctx)
 
