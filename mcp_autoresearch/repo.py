@@ -128,6 +128,10 @@ class Repo:
         except ValueError:
             return False
 
+    def resolve_branch(self, branch: str) -> str:
+        """A branch's commit id, read from the ref files."""
+        return SymbolicReference.dereference_recursive(self._repo, f"refs/heads/{branch}")
+
     def head_commit(self) -> str:
         """HEAD's commit id, read from the ref files (no git process, no object parsing)."""
         return SymbolicReference.dereference_recursive(self._repo, "HEAD")
@@ -180,9 +184,8 @@ class Repo:
     def checkout_branch(self, branch: str) -> None:
         self._run("checkout", "-q", branch)
 
-    def commit_file(self, repo_path: str, data: bytes, message: str, parent: str) -> str:
-        """Commit `data` as the new content of one tracked file on top of `parent` and move the current branch
-        there, by writing the git objects directly (blob, the trees on its path, the commit) instead of running
+    def commit_file(self, branch: str, repo_path: str, data: bytes, message: str, parent: str) -> str:
+        """Commit `data` as the new content of one tracked file on top of `parent` and move `branch` there, by writing the git objects directly (blob, the trees on its path, the commit) instead of running
         `git commit`: this is on every experiment's path, and it costs a millisecond instead of seven.
 
         The index still holds the file's previous content afterwards (nothing else changed); `sync_index` or a
@@ -193,7 +196,7 @@ class Repo:
         who = self._signature()
         body = (f"tree {tree.hex()}\nparent {parent}\nauthor {who}\ncommitter {who}\n\n{message}\n").encode()
         commit = self._store(b"commit", body).hex()
-        self.move_current_branch(commit, f"commit: {message}")
+        self.move_branch(branch, commit, f"commit: {message}")
         return commit
 
     def _store(self, kind: bytes, data: bytes) -> bytes:
@@ -282,17 +285,22 @@ class Repo:
         """Create or move a ref outside refs/heads (where discarded ideas are kept), without a git process."""
         self._write_ref(self.git_dir / ref, commit)
 
-    def move_current_branch(self, commit: str, message: str) -> None:
-        """Point the checked-out branch at `commit`, as git does it (a lock file renamed over the loose ref, then
-        reflog entries for the branch and HEAD); index and work tree are untouched."""
-        branch = self.current_branch()
-        if branch is None:
-            raise SessionError("HEAD is detached; the session needs its branch checked out")
-        old = self.head_commit()
+    def move_branch(self, branch: str, commit: str, message: str) -> None:
+        """Point the session's `branch` (named, never whatever is checked out) at `commit`, as git does it: a
+        lock file renamed over the loose ref, then reflog entries for the branch, and for HEAD when HEAD is on
+        it. Index and work tree are untouched."""
+        if not branch.startswith("autoresearch/"):
+            raise SessionError(
+                f"refusing to move {branch}: the server only moves its own autoresearch/ branches"
+            )
         common = self.git_dir
+        old = self.resolve_branch(branch)
         self._write_ref(common / "refs" / "heads" / branch, commit)
         line = f"{old} {commit} {self._signature()}\t{message}\n"
-        for log in (common / "logs" / "refs" / "heads" / branch, Path(self._repo.git_dir) / "logs" / "HEAD"):
+        logs = [common / "logs" / "refs" / "heads" / branch]
+        if self.current_branch() == branch:
+            logs.append(Path(self._repo.git_dir) / "logs" / "HEAD")
+        for log in logs:
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "a", encoding="utf-8") as handle:
                 handle.write(line)

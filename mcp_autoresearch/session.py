@@ -257,7 +257,9 @@ class Session:
                 and self.repo.commit_message(head).startswith("experiment:")
             ):
                 # The candidate was committed but never ran: undo the commit, keep the edit in the work tree.
-                self.repo.move_current_branch(pending.parent, f"autoresearch: undo {pending.run_id}")
+                self.repo.move_branch(
+                    self.state.branch, pending.parent, f"autoresearch: undo {pending.run_id}"
+                )
                 self.repo.unstage([self.target_repo_path])
             self.state.pending = None
             self._save()
@@ -563,7 +565,9 @@ class Session:
             if is_baseline:
                 commit = parent
             elif self._plain_target:
-                commit = self.repo.commit_file(self.target_repo_path, target_bytes, message, parent)
+                commit = self.repo.commit_file(
+                    self.state.branch, self.target_repo_path, target_bytes, message, parent
+                )
             else:  # filters or end-of-line conversion apply: let git make the blob
                 commit = self.repo.commit_with_git(self.target_repo_path, message)
             pending.commit = commit
@@ -831,6 +835,8 @@ class Session:
                 f"run {pending.run_id} is still running; call wait_experiment(run_id='{pending.run_id}') first"
             )
         if pending.phase == "finished":
+            # Deciding touches the session branch, the index and the target: only where the session left them.
+            self._check_head()
             verdict = self._verdict(pending, discard)
             pending.decision = {
                 "decision": verdict.decision,
@@ -867,8 +873,10 @@ class Session:
             # the run) and move the branch back. Both steps are idempotent, so a restart may repeat them.
             self.repo.set_ref(f"refs/autoresearch/{self.state.tag}/{pending.run_id}", commit)
             self.repo.restore_paths(pending.parent, [self.target_repo_path])
-            if self.repo.head_commit() != pending.parent:
-                self.repo.move_current_branch(pending.parent, f"autoresearch: discard {pending.run_id}")
+            if self.repo.resolve_branch(self.state.branch) != pending.parent:
+                self.repo.move_branch(
+                    self.state.branch, pending.parent, f"autoresearch: discard {pending.run_id}"
+                )
         row = Row(
             run_id=pending.run_id,
             commit=commit,

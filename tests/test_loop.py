@@ -539,3 +539,23 @@ async def test_jsonl_has_the_original_tools_shape(ml_project: Path, agent_for) -
     assert baseline["status"] == "success" and baseline["details"]["error"] is None
     assert hang["status"] == "fail" and hang["details"]["status"] == "crash"
     assert hang["details"]["error"] == "timeout" and "timeout" in hang["details"]["error_detail"]
+
+
+async def test_decision_never_moves_a_branch_the_user_checked_out(ml_project: Path, agent_for) -> None:
+    root = ml_project
+    main_before = git(root, "rev-parse", "main").strip()
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="mine")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.9")
+        run = await agent.ok("run_experiment", description="worse")
+        assert run["would_keep"] is False
+        git(root, "checkout", "-q", "-f", "main")  # the user switches branches while the run waits
+        message = await agent.refused("commit_or_reset", run_id=run["run_id"])
+        assert "not on the session branch" in message
+        assert git(root, "rev-parse", "main").strip() == main_before
+        git(root, "checkout", "-q", "autoresearch/mine")
+        decision = await agent.ok("commit_or_reset", run_id=run["run_id"])
+        assert decision["decision"] == "discard"
+    assert git(root, "rev-parse", "main").strip() == main_before
+    assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
