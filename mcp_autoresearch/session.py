@@ -434,6 +434,7 @@ class Session:
         with self.lock:
             target = self._target_path(path)
             self._check_no_pending()
+            self._check_head()  # never write into another branch's work tree
             if (edits is None) == (content is None):
                 raise RuleViolation(
                     "give exactly one of edits (a list of {old_text, new_text}) or content (the whole new file)"

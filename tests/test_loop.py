@@ -557,5 +557,9 @@ async def test_decision_never_moves_a_branch_the_user_checked_out(ml_project: Pa
         git(root, "checkout", "-q", "autoresearch/mine")
         decision = await agent.ok("commit_or_reset", run_id=run["run_id"])
         assert decision["decision"] == "discard"
+        git(root, "checkout", "-q", "main")
+        train_on_main = (root / "train.py").read_text()
+        assert "not on the session branch" in await agent.refused("apply_edit", content="x = 1\n")
+        assert (root / "train.py").read_text() == train_on_main
     assert git(root, "rev-parse", "main").strip() == main_before
     assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
