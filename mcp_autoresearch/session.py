@@ -11,6 +11,7 @@ import difflib
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -182,7 +183,7 @@ class Session:
                 + (f" (+{len(dirty) - 20} more)" if len(dirty) > 20 else "")
                 + ". Commit or stash them first, so no work of yours can be lost."
             )
-        _archive_results(root, tag)
+        moved = _archive_results(root, tag)
         repo.create_branch(branch)
         repo.add_excludes(_exclude_patterns(repo, config.jsonl_path))
         state = SessionState(
@@ -209,7 +210,9 @@ class Session:
                 "run_command": config.run_command,
             }
         )
-        return cls(root, project, repo, state, journal)
+        session = cls(root, project, repo, state, journal)
+        session.recovered += [f"kept the previous {line}" for line in moved]
+        return session
 
     @classmethod
     def _resume(
@@ -609,7 +612,8 @@ class Session:
                     result_dict["error"] = (
                         "the run changed files it must not: "
                         + ", ".join(tampered)
-                        + " (tracked ones restored from git)"
+                        + " (tracked ones restored from git; what they held is kept in"
+                        + f" .autoresearch/tampered/{pending.run_id}/)"
                     )
                 pending.result = result_dict
                 pending.phase = "finished"
@@ -640,6 +644,7 @@ class Session:
                 changed.remove(self.target_repo_path)  # only the index lags behind the committed target
             if changed:
                 tampered += [self.repo.project_path(p) for p in changed]
+                self._keep_copies(pending.run_id, [self.repo.project_path(p) for p in changed])
                 self.repo.restore_paths(commit, changed)
         except SessionError as exc:
             tampered.append(f"git state ({exc})")
@@ -652,11 +657,26 @@ class Session:
                 tracked = [
                     self.repo.repo_path(r) for r in readonly if self.repo.is_tracked(self.repo.repo_path(r))
                 ]
+                self._keep_copies(pending.run_id, [self.repo.project_path(p) for p in tracked])
                 self.repo.restore_paths(commit, tracked)
             except SessionError:
                 pass
         tampered += self._restore_own_files()
         return tampered
+
+    def _keep_copies(self, run_id: str, paths: list[str]) -> None:
+        """Before restoring files a run changed, keep what they held: during a long run the change may be the
+        user's own edit, and nothing of the user's is ever thrown away."""
+        for rel in paths:
+            source = self.root / rel
+            if not source.is_file() or source.is_symlink():
+                continue
+            copy = state_dir(self.root) / "tampered" / run_id / rel
+            try:
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, copy)
+            except OSError:
+                log.warning("could not keep a copy of %s before restoring it", rel)
 
     def _save(self) -> None:
         save_state(self.root, self.state)
@@ -1066,17 +1086,22 @@ def _drop_stale_bytecode(target: Path) -> None:
             pass
 
 
-def _archive_results(root: Path, new_tag: str) -> None:
-    """A new session starts a fresh results.tsv; the previous session's table is kept beside its state."""
-    tsv = root / RESULTS_TSV
-    if not tsv.exists():
-        return
+def _archive_results(root: Path, new_tag: str) -> list[str]:
+    """A new session starts a fresh results.tsv and run.log; what was there (a previous session's, or the
+    original tool's) is moved beside the session state, never deleted. Returns what was moved."""
+    moved = []
     old = current_tag(root) or "previous"
     if old == new_tag:
         old = f"{old}-old"
-    archive = state_dir(root) / f"results-{old}.tsv"
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tsv, archive)
+    for name, archived in ((RESULTS_TSV, f"results-{old}.tsv"), (RUN_LOG, f"run-{old}.log")):
+        source = root / name
+        if not source.exists() and not source.is_symlink():
+            continue
+        archive = state_dir(root) / archived
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, archive)
+        moved.append(f"{name} -> .autoresearch/{archived}")
+    return moved
 
 
 def _exclude_patterns(repo: Repo, jsonl_path: str) -> list[str]:

@@ -563,3 +563,22 @@ async def test_decision_never_moves_a_branch_the_user_checked_out(ml_project: Pa
         assert (root / "train.py").read_text() == train_on_main
     assert git(root, "rev-parse", "main").strip() == main_before
     assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+async def test_a_users_edit_during_a_run_is_restored_but_kept(ml_project: Path, agent_for) -> None:
+    root = ml_project
+    (root / "run.log").write_text("the original tool's last log\n")  # untracked, the user's
+    async with agent_for(root) as agent:
+        started = await agent.ok("start_session", tag="keepcopy")
+        assert any("run.log" in line for line in started["recovered"])
+        assert (root / ".autoresearch" / "run-previous.log").read_text() == "the original tool's last log\n"
+        await agent.experiment("baseline")
+        await agent.edit(
+            "LR = 0.5", "LR = 0.4\nopen('README.md', 'w').write('an edit made during the run\\n')"
+        )
+        run = await agent.ok("run_experiment", description="touches README")
+        assert run["status"] == "tampered" and ".autoresearch/tampered/r2/" in run["error"]
+    assert (root / "README.md").read_text() == "demo\n"
+    assert (
+        root / ".autoresearch" / "tampered" / "r2" / "README.md"
+    ).read_text() == "an edit made during the run\n"
