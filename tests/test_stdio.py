@@ -47,6 +47,15 @@ def slow_project(root: Path, delay: float) -> None:
     git(root, "commit", "-qam", "slow training")
 
 
+async def start_long_run(client: Client) -> Agent:
+    """A session whose baseline (30 s) is still running when run_experiment returns."""
+    agent = Agent(client)
+    await agent.ok("start_session")
+    run = await agent.ok("run_experiment", description="baseline", wait_s=0.5)
+    assert run["status"] == "running" and run["run_id"] == "r1"
+    return agent
+
+
 async def test_detect_over_stdio(ml_project: Path) -> None:
     async with Client(stdio_params(ml_project)) as client:
         assert client.server_info.name == "autoresearch"
@@ -103,10 +112,7 @@ async def test_kill_9_mid_run_then_restart_records_a_crash(ml_project: Path) -> 
     root = ml_project
     slow_project(root, 30)
     async with Client(stdio_params(root)) as client:
-        agent = Agent(client)
-        await agent.ok("start_session")
-        run = await agent.ok("run_experiment", description="baseline", wait_s=0.5)
-        assert run["status"] == "running"
+        agent = await start_long_run(client)
         assert run_processes(root), "the run should be alive"
         os.kill(server_pid(root), signal.SIGKILL)
         time.sleep(0.3)
@@ -227,10 +233,7 @@ async def test_server_shutdown_kills_and_logs_the_run(ml_project: Path) -> None:
     root = ml_project
     slow_project(root, 30)
     async with Client(stdio_params(root)) as client:
-        agent = Agent(client)
-        await agent.ok("start_session")
-        run = await agent.ok("run_experiment", description="baseline", wait_s=0.5)
-        assert run["status"] == "running"
+        await start_long_run(client)
     # Closing the client ends the server the way clients do (stdin closed, then SIGTERM).
     deadline = time.monotonic() + 15
     while run_processes(root) and time.monotonic() < deadline:
