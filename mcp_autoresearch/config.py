@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 
 Direction = Literal["lower_is_better", "higher_is_better"]
+KeepRule = Literal["greedy", "sequential"]
 
 DIRECTION_ALIASES = {
     "lower": "lower_is_better",
@@ -61,6 +62,18 @@ class ConfigValues(BaseModel):
         None, description="Regex with one group: peak memory in MB from the log."
     )
     jsonl_path: str | None = Field(None, description="Where the JSONL log lives (relative to the project).")
+    keep_rule: KeepRule | None = Field(
+        None,
+        description="greedy (better by more than min_delta) or sequential (better with the stated confidence); "
+        "default: greedy for a deterministic metric, sequential for a noisy one.",
+    )
+    confidence: float | None = Field(
+        None, ge=0.5, lt=1, description="sequential: the confidence a keep needs that the change is better."
+    )
+    max_repeats: int | None = Field(None, ge=1, le=100, description="sequential: most runs of one candidate.")
+    noise_runs: int | None = Field(
+        None, ge=1, le=100, description="Runs of the baseline that measure the noise (stops at 2 equal values)."
+    )
 
     @field_validator("metric_direction", mode="before")
     @classmethod
@@ -113,7 +126,7 @@ class ConfigValues(BaseModel):
             raise ValueError("must be wall_time_s, size_kb:<path> or size_mb:<path>")
         return value
 
-    @field_validator("time_budget", "timeout", "checks_timeout", "min_delta")
+    @field_validator("time_budget", "timeout", "checks_timeout", "min_delta", "confidence")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):
@@ -139,6 +152,9 @@ DEFAULTS: dict[str, Any] = {
     "repeats": 1,
     "min_delta": 0.0,
     "jsonl_path": ".autoresearch/autoresearch.jsonl",
+    "confidence": 0.95,
+    "max_repeats": 5,
+    "noise_runs": 3,
 }
 
 
@@ -164,6 +180,10 @@ class Config(BaseModel):
     max_experiments: int | None = None
     memory_regex: str | None = None
     jsonl_path: str = ".autoresearch/autoresearch.jsonl"
+    keep_rule: KeepRule | None = None  # None: decided by the noise measured at the session's start
+    confidence: float = 0.95
+    max_repeats: int = 5
+    noise_runs: int = 3
 
 
 def validate_values(raw: dict[str, Any], where: str) -> dict[str, Any]:
