@@ -218,13 +218,16 @@ def _finish(status: int | None) -> None:
     if os.WIFEXITED(status):
         os._exit(os.WEXITSTATUS(status))
     sig = os.WTERMSIG(status)
-    try:
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        os.kill(os.getpid(), sig)
-    except (OSError, ValueError):
-        pass
+    for step in (
+        lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)),
+        lambda: signal.signal(sig, signal.SIG_DFL),  # refused for SIGKILL, which needs no reset
+        lambda: signal.pthread_sigmask(signal.SIG_SETMASK, []),
+        lambda: os.kill(os.getpid(), sig),
+    ):
+        try:
+            step()
+        except (OSError, ValueError):
+            pass
     os._exit(128 + sig)
 
 

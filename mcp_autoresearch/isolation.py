@@ -99,13 +99,12 @@ def check_writable(
             resolved = lexical.resolve()
         except (OSError, RuntimeError):
             resolved = lexical
+        if _contains(root, lexical) and not _contains(root, resolved):
+            raise ConfigError(
+                f"writable entry '{entry}' is a link that leads out of the project (to {resolved}); "
+                "name the real directory instead"
+            )
         for path in {lexical, resolved}:
-            for protected_path, what in guarded.items():
-                if _contains(path, protected_path):
-                    raise ConfigError(
-                        f"writable entry '{entry}' would let a run change {what} ({protected_path}); "
-                        "list only build output and cache directories"
-                    )
             if _contains(path, own) or (
                 _contains(own, path) and not any(_contains(root / ok, path) for ok in SERVER_OWN_WRITABLE)
             ):
@@ -113,11 +112,12 @@ def check_writable(
                     f"writable entry '{entry}' is (or contains) the server's own folder .autoresearch/; "
                     "a run must not write the session's state or logs"
                 )
-        if _contains(root, lexical) and not _contains(root, resolved):
-            raise ConfigError(
-                f"writable entry '{entry}' is a link that leads out of the project (to {resolved}); "
-                "name the real directory instead"
-            )
+            for protected_path, what in guarded.items():
+                if _contains(path, protected_path) or _contains(protected_path, path):
+                    raise ConfigError(
+                        f"writable entry '{entry}' would let a run change {what} ({protected_path}); "
+                        "list only build output and cache directories"
+                    )
     return entries
 
 
