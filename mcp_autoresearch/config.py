@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 
 Direction = Literal["lower_is_better", "higher_is_better"]
+IsolationSetting = Literal["auto", "required", "off"]
 KeepRule = Literal["greedy", "sequential"]
 
 DIRECTION_ALIASES = {
@@ -62,6 +63,12 @@ class ConfigValues(BaseModel):
         None, description="Regex with one group: peak memory in MB from the log."
     )
     jsonl_path: str | None = Field(None, description="Where the JSONL log lives (relative to the project).")
+    writable: list[str] | None = Field(
+        None, description="Paths a run may write (relative to the project, absolute, or ~/...); all else is read-only."
+    )
+    isolation: IsolationSetting | None = Field(
+        None, description="auto (confine runs when the kernel can), required (refuse to start without), or off."
+    )
     keep_rule: KeepRule | None = Field(
         None,
         description="greedy (better by more than min_delta) or sequential (better with the stated confidence); "
@@ -82,7 +89,7 @@ class ConfigValues(BaseModel):
             return DIRECTION_ALIASES.get(value.strip().lower(), value)
         return value
 
-    @field_validator("readonly_files", mode="before")
+    @field_validator("readonly_files", "writable", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         # The markdown format of the original tool writes lists comma-separated.
@@ -99,7 +106,12 @@ class ConfigValues(BaseModel):
             )
         return value
 
-    @field_validator("readonly_files")
+    @field_validator("isolation", mode="before")
+    @classmethod
+    def _isolation(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("readonly_files", "writable")
     @classmethod
     def _no_empty_entries(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and any(not item.strip() or item.strip() in (".", "./") for item in value):
@@ -152,6 +164,8 @@ DEFAULTS: dict[str, Any] = {
     "repeats": 1,
     "min_delta": 0.0,
     "jsonl_path": ".autoresearch/autoresearch.jsonl",
+    "writable": [],
+    "isolation": "auto",
     "confidence": 0.95,
     "max_repeats": 5,
     "noise_runs": 3,
@@ -180,6 +194,8 @@ class Config(BaseModel):
     max_experiments: int | None = None
     memory_regex: str | None = None
     jsonl_path: str = ".autoresearch/autoresearch.jsonl"
+    writable: list[str] = Field(default_factory=list)
+    isolation: IsolationSetting = "auto"
     keep_rule: KeepRule | None = None  # None: decided by the noise measured at the session's start
     confidence: float = 0.95
     max_repeats: int = 5

@@ -24,6 +24,7 @@ from .errors import RuleViolation, SessionError
 from .experiment import RUN_LOG, Experiment, ExperimentResult
 from .files import atomic_write
 from .guard import changed_fingerprints, fingerprint_files, resolve_target_path, sha256_bytes, sha256_file
+from .isolation import probe_isolation
 from .journal import Journal, Row, one_line
 from .models import (
     BestInfo,
@@ -68,6 +69,10 @@ RULE_KEYS = (
     "min_delta",
     "memory_regex",
     "jsonl_path",
+    "timeout",
+    "max_experiments",
+    "writable",
+    "isolation",
 )
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 RESULTS_TSV = "results.tsv"
@@ -117,6 +122,7 @@ class Session:
         self.active: ActiveRun | None = None
         self.resumed = False
         self.recovered: list[str] = []
+        self.isolation = probe_isolation(self.config.isolation)
         self._journal_prints: tuple[Any, Any] = journal.fingerprints()
         self._state_print = state_fingerprint(root, state.tag)
 
@@ -127,6 +133,12 @@ class Session:
     def open(cls, root: Path, project: Project, repo: Repo, tag: str | None) -> Session:
         config = project.config
         assert config.target_file and config.metric_name
+        isolation = probe_isolation(config.isolation)
+        if config.isolation == "required" and not isolation.confined:
+            raise SessionError(
+                f"isolation = required, but runs cannot be confined here ({isolation.reason}); run the server "
+                "on Linux 5.13+ with Landlock enabled, or set isolation = auto to rely on the after-run checks"
+            )
         if tag is not None:
             tag = tag.strip().lower()
             if not TAG_RE.match(tag):
@@ -319,6 +331,7 @@ class Session:
             baseline_value=state.baseline_value,
             experiments=len(self.journal),
             pending_run=pending.run_id if pending else None,
+            isolation=self.isolation.describe(),
             recovered=self.recovered,
             briefing=briefing,
             next_step=next_step,
@@ -583,7 +596,7 @@ class Session:
             log_dir = state_dir(self.root) / "runs" / self.state.tag
             active = ActiveRun(run_id=run_id, started=time.monotonic())
             active.experiment = Experiment(
-                self.config, self.root, run_id, log_dir, self.state.tag, active.record_progress
+                self.config, self.root, run_id, log_dir, self.state.tag, active.record_progress, self.isolation
             )
             active.thread = threading.Thread(
                 target=self._execute, args=(active, pending), name=f"run-{run_id}", daemon=True
