@@ -62,6 +62,14 @@ class Row:
     tag: str
     timestamp: str
     notes: list[str] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)  # every run of the candidate (value is their median)
+    best_values: list[float] = field(default_factory=list)  # the best's runs it was judged against
+    estimate: float | None = None  # the improvement over the best the rule saw (positive = better)
+    interval: tuple[float, float] | None = None  # the sequential test's interval of the improvement
+    probability: float | None = None  # the sequential test's P(better by more than min_delta)
+    keep_rule: str = ""  # greedy | sequential
+    target_sha256: str = ""  # the target's content that ran
+    rerun_of: str | None = None  # the run that measured the same content before (rerun=true)
 
     def tsv_line(self) -> str:
         value = f"{self.value:.6f}" if self.value is not None and self.status != "crash" else "0.000000"
@@ -82,6 +90,7 @@ def fingerprint(path: Path) -> Fingerprint | None:
 STATUSES = ("keep", "discard", "crash")
 RUN_STATUSES = ("ok", "crash", "timeout", "metric_error", "tampered", "checks_failed", "cancelled")
 _ROW_CACHE = 512
+NOT_MEASURED = ("cancelled", "interrupted")  # run statuses that say nothing about the content that ran
 
 
 class Journal:
@@ -106,6 +115,7 @@ class Journal:
         self._best_rows = array("q")  # the row index of each of those values
         self.counts: Counter[str] = Counter()
         self.last_keep_index = -1
+        self._by_content: dict[str, int] = {}  # target sha256 -> the last row that measured it
 
     # -- the index ------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -229,6 +239,14 @@ class Journal:
             error=details.get("error_detail", details.get("error")),
             tag=self.tag,
             timestamp=str(event.get("timestamp", "")),
+            values=_floats(details.get("values")),
+            best_values=_floats(details.get("best_values")),
+            estimate=_finite_or_none(details.get("estimate")),
+            interval=_interval(details.get("interval")),
+            probability=_finite_or_none(details.get("probability")),
+            keep_rule=str(details.get("keep_rule") or ""),
+            target_sha256=str(details.get("target_sha256") or ""),
+            rerun_of=details.get("rerun_of") if isinstance(details.get("rerun_of"), str) else None,
         )
 
     # -- loading and repair ---------------------------------------------------------------------------------
@@ -283,6 +301,7 @@ class Journal:
             status = str(details.get("status", "crash"))
             run_status = str(details.get("run_status") or "ok")
             self._add(run_id, offset, value, status, run_status)
+            self._remember_content(details.get("target_sha256"), run_status)
         elif action == "experiment_notes":
             index = self.index_of(run_id)
             notes = details.get("notes")
@@ -436,9 +455,22 @@ class Journal:
             # As the original tool logs it: the fine-grained run status of a failure in `error`.
             "error": row.run_status if row.run_status != "ok" or row.status == "crash" else None,
             "error_detail": row.error,
+            "values": row.values,
         }
+        # What the keep rule saw, and what ran (issue 13); absent when unknown, so old readers see old rows.
+        extra = {
+            "best_values": row.best_values or None,
+            "estimate": row.estimate,
+            "interval": list(row.interval) if row.interval else None,
+            "probability": row.probability,
+            "keep_rule": row.keep_rule or None,
+            "target_sha256": row.target_sha256 or None,
+            "rerun_of": row.rerun_of,
+        }
+        details.update({key: value for key, value in extra.items() if value is not None})
         offset = self._append_jsonl("experiment_done", row.status != "crash", details)
         self._add(row.run_id, offset, row.value, row.status, row.run_status)
+        self._remember_content(row.target_sha256, row.run_status)
         current = fingerprint(self.tsv_path)
         if current is not None and self._tsv_size is not None and current[0] == self._tsv_size:
             line = row.tsv_line().encode("utf-8")
@@ -446,6 +478,16 @@ class Journal:
             self._tsv_size += len(line)
         else:
             self.reconcile_tsv()
+
+    def _remember_content(self, sha256: object, run_status: str) -> None:
+        # A run the server cut short measured nothing: its content may run again.
+        if isinstance(sha256, str) and sha256 and run_status not in NOT_MEASURED:
+            self._by_content[sha256] = len(self) - 1
+
+    def measured(self, sha256: str) -> Row | None:
+        """The last experiment that measured this target content in this session, if any."""
+        index = self._by_content.get(sha256)
+        return None if index is None else self.row(index)
 
     def add_notes(self, run_id: str, notes: str) -> list[str]:
         index = self.index_of(run_id)
@@ -458,6 +500,17 @@ class Journal:
     # -- tamper evidence ------------------------------------------------------------------------------------
     def fingerprints(self) -> tuple[Fingerprint | None, Fingerprint | None]:
         return fingerprint(self.tsv_path), fingerprint(self.jsonl_path)
+
+
+def _floats(value: Any) -> list[float]:
+    if not isinstance(value, list):
+        return []
+    return [v for v in (_finite_or_none(item) for item in value) if v is not None]
+
+
+def _interval(value: Any) -> tuple[float, float] | None:
+    pair = _floats(value)
+    return (pair[0], pair[1]) if len(pair) == 2 else None
 
 
 def _run_number(run_id: str) -> int | None:

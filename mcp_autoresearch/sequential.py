@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, replace
 
 from .config import Config
 from .experiment import Experiment, ExperimentResult
-from .stats import Noise, Step, deterministic, sequential_test
+from .state import SessionState
+from .stats import Noise, Step, deterministic, noise_of, sequential_test
 
 
 @dataclass
@@ -32,6 +33,40 @@ def resolve_keep_rule(config: Config, baseline_values: list[float]) -> str:
     if config.keep_rule is not None:
         return config.keep_rule
     return "sequential" if len(baseline_values) >= 2 and not deterministic(baseline_values) else "greedy"
+
+
+def closed_noise(state: SessionState) -> Noise:
+    """The noise of the session's groups of runs that can no longer grow (not the best's own runs)."""
+    return Noise(state.noise_ss, state.noise_df)
+
+
+def session_noise(state: SessionState) -> Noise:
+    """Everything the session knows of the metric's noise: the closed groups and the best's runs."""
+    return closed_noise(state) + noise_of(best_values(state))
+
+
+def best_values(state: SessionState) -> list[float]:
+    """The best's runs (a state written before issue 13 knows only its value)."""
+    best = state.best
+    if best is None:
+        return []
+    return list(best.values) or [best.value]
+
+
+def keep_rule_summary(state: SessionState, config: Config) -> str:
+    """One line for people: the rule, and the noise it is based on."""
+    noise = session_noise(state)
+    sd = f"noise sd {noise.sd:.4g} over {noise.df} degrees of freedom" if noise.df else "noise not measured"
+    if state.keep_rule == "sequential":
+        return (
+            f"keep rule: sequential (a change is kept when better with confidence {config.confidence:g}; up to "
+            f"{config.max_repeats} runs per candidate; {sd})"
+        )
+    if state.keep_rule == "greedy":
+        deterministic_metric = noise.df > 0 and noise.ss == 0
+        why = "the metric is deterministic" if deterministic_metric else sd
+        return f"keep rule: greedy (kept when better by more than min_delta {config.min_delta:g}; {why})"
+    return "keep rule: decided by the baseline's noise runs"
 
 
 def measure_baseline(experiment: Experiment, config: Config) -> Measurement:

@@ -28,6 +28,7 @@ class Best(BaseModel):
     run_id: str
     description: str
     nonblank_lines: int
+    values: list[float] = []  # every run of the best: its own, then its re-measurements (value: their median)
 
 
 class Pending(BaseModel):
@@ -61,6 +62,9 @@ class SessionState(BaseModel):
     baseline_value: float | None = None
     baseline_commit: str | None = None
     pending: Pending | None = None
+    keep_rule: str | None = None  # greedy | sequential, fixed once the baseline measured the noise
+    noise_ss: float = 0.0  # the noise of groups of runs that can no longer grow (sum of squares about their means)
+    noise_df: int = 0  # ... and its degrees of freedom; the best's own runs are added when needed
 
 
 def state_dir(root: Path) -> Path:
