@@ -100,10 +100,10 @@ def test_daemon_that_sheds_its_environment_dies_with_the_command(tmp_path: Path)
 def test_the_tree_dies_when_the_server_dies(tmp_path: Path) -> None:
     """The keeper's parent (here a stand-in for the server) is SIGKILLed: the run and its daemons go too."""
     script = textwrap.dedent(
-        f"""
+        """
         import subprocess, sys, time
         from mcp_autoresearch import confine
-        argv = confine.command_line(sys.executable, {{"landlock": True}},
+        argv = confine.command_line(sys.executable, {"landlock": True},
                                     ["/bin/sh", "-c", "(setsid sh -c 'exec env -i sleep 317' &); sleep 318"])
         subprocess.Popen(argv, start_new_session=True)
         time.sleep(60)
