@@ -10,14 +10,13 @@ import statistics
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from .config import Config
 from .logtail import clean_text, read_tail_bytes, tail
 from .metrics import MetricError, Secondary, first_float, measure, read_metric_from_log, read_secondary
 from .runner import ProcessRun, ProgressCallback
+from .statuses import RunStatus
 
-RunStatus = Literal["ok", "crash", "timeout", "metric_error", "checks_failed", "cancelled"]
 METRIC_PARSE_TIMEOUT_S = 30.0
 RUN_LOG = "run.log"
 
