@@ -126,7 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "detect":
             return cmd_detect(args)
-        if args.command in ("results", "status", "dashboard", "plot"):
+        if args.command == "dashboard":
+            from .dashboard import run_dashboard
+            from .report import open_session_files
+
+            files = open_session_files(args.project, args.session)
+            return run_dashboard(files, args.status, args.interval, args.once)
+        if args.command in ("results", "status", "plot"):
             from . import report
 
             return report.run(args)

@@ -11,7 +11,6 @@ import statistics
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from .config import Config
 from .guard import sha256_file
@@ -26,8 +25,8 @@ from .isolation import (
 from .logtail import clean_text, read_tail_bytes, tail
 from .metrics import MetricError, Secondary, first_float, measure, read_metric_from_log, read_secondary
 from .runner import DEFAULT_GRACE_S, ProcessResult, ProcessRun, ProgressCallback
+from .statuses import RunStatus
 
-RunStatus = Literal["ok", "crash", "timeout", "metric_error", "checks_failed", "cancelled", "tampered"]
 METRIC_PARSE_TIMEOUT_S = 30.0
 RUN_LOG = "run.log"
 # The original tool's commands end in `> run.log 2>&1` (or `| tee run.log`): the server captures the output and

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, Field
 
-RunStatusField = Literal[
-    "running", "ok", "crash", "timeout", "metric_error", "tampered", "checks_failed", "cancelled"
-]
+from .statuses import Decision, RunState, RunStatus
 
 
 class StartResult(BaseModel):
@@ -54,7 +50,7 @@ class EditResult(BaseModel):
 
 class RunResult(BaseModel):
     run_id: str
-    status: RunStatusField
+    status: RunState
     metric_name: str
     value: float | None = None
     best_value: float | None = Field(None, description="Best kept value before this run.")
@@ -87,7 +83,7 @@ class RunResult(BaseModel):
 
 class DecisionResult(BaseModel):
     run_id: str
-    decision: Literal["keep", "discard", "crash"]
+    decision: Decision
     reason: str
     value: float | None
     prev: float | None = Field(description="Best kept value before this experiment.")
@@ -107,7 +103,7 @@ class DecisionResult(BaseModel):
 
 class NotesResult(BaseModel):
     run_id: str
-    status: str
+    status: Decision
     notes: list[str]
 
 
@@ -115,8 +111,8 @@ class ResultRow(BaseModel):
     run_id: str
     commit: str
     value: float | None
-    status: str
-    run_status: str
+    status: Decision
+    run_status: RunStatus
     delta: float | None
     memory_gb: float | None
     description: str

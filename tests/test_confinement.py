@@ -100,10 +100,10 @@ def test_daemon_that_sheds_its_environment_dies_with_the_command(tmp_path: Path)
 def test_the_tree_dies_when_the_server_dies(tmp_path: Path) -> None:
     """The keeper's parent (here a stand-in for the server) is SIGKILLed: the run and its daemons go too."""
     script = textwrap.dedent(
-        f"""
+        """
         import subprocess, sys, time
         from mcp_autoresearch import confine
-        argv = confine.command_line(sys.executable, {{"landlock": True}},
+        argv = confine.command_line(sys.executable, {"landlock": True},
                                     ["/bin/sh", "-c", "(setsid sh -c 'exec env -i sleep 317' &); sleep 318"])
         subprocess.Popen(argv, start_new_session=True)
         time.sleep(60)
@@ -209,3 +209,42 @@ def test_detect_reports_isolation_and_writable(tmp_path: Path) -> None:
     (root / "autoresearch.toml").write_text('writable = ["src"]\n')
     refused = run_cli("detect", "--project", str(root))
     assert refused.returncode == 2 and "writable entry 'src'" in refused.stderr and "target" in refused.stderr
+
+
+NO_LANDLOCK = str(Path(__file__).parent / "helpers" / "no_landlock.py")
+
+
+@pytest.mark.anyio
+async def test_where_landlock_is_blocked_it_is_said_and_required_refuses(ml_project: Path) -> None:
+    """As in a container whose seccomp profile refuses the syscalls: detect says so in one line, a session with
+    isolation = required refuses to start, and with the default the after-run checks still catch tampering."""
+    from mcp import Client
+
+    from .conftest import Agent, stdio_params
+
+    detect = subprocess.run(
+        [sys.executable, NO_LANDLOCK, sys.executable, "-m", "mcp_autoresearch", "detect", "--project", str(ml_project)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert "isolation:    none: the syscalls are blocked here" in detect.stdout
+
+    def blocked(*extra: str):
+        params = stdio_params(ml_project, *extra)
+        params.args = [NO_LANDLOCK, params.command, *params.args]
+        params.command = sys.executable
+        return params
+
+    (ml_project / "autoresearch.toml").write_text('isolation = "required"\n')
+    async with Client(blocked()) as client:
+        message = await Agent(client).refused("start_session")
+        assert "isolation = required" in message and "blocked" in message
+    (ml_project / "autoresearch.toml").unlink()
+    async with Client(blocked()) as client:
+        agent = Agent(client)
+        started = await agent.ok("start_session")
+        assert started["isolation"].startswith("none: the syscalls are blocked")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.1\nopen('prepare.py', 'w').write('cheat\\n')")
+        run = await agent.ok("run_experiment", description="unconfined tamper")
+        assert run["status"] == "tampered" and "prepare.py" in run["error"]
+    assert (ml_project / "prepare.py").read_text() == "# fixed evaluation\nSEED = 1\n"
