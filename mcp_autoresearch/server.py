@@ -26,6 +26,7 @@ from .errors import AutoresearchError
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .project import ProjectInfo
 from .prompts import loop_prompt
+from .running import AlreadyMeasured
 from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait
 from .workspace import Workspace
 
@@ -223,13 +224,23 @@ def create_server(workspace: Workspace) -> MCPServer:
         ],
         ctx: Context,
         wait_s: Annotated[float | None, Field(description=WAIT_HELP, ge=0)] = None,
+        rerun: Annotated[
+            bool,
+            Field(
+                description="Measure this content again although it was measured before in this session "
+                "(otherwise the earlier result is returned and nothing runs)."
+            ),
+        ] = False,
     ) -> RunResult:
         """Run one experiment on the current target. The server checks that only the target changed, commits
-        the candidate, runs the configured command under a hard timeout, and measures the metric itself. The
-        first run of a session must be the unmodified baseline. Then call commit_or_reset."""
+        the candidate, runs the configured command under a hard timeout, and measures the metric itself (as
+        many runs as the keep rule needs on a noisy metric). The first run of a session must be the unmodified
+        baseline. Content measured before returns the earlier result. Then call commit_or_reset."""
         session = await anyio.to_thread.run_sync(current_session)
-        run_id = await anyio.to_thread.run_sync(session.start_run, description)
-        return await _await_run(run_id, wait_s, ctx)
+        started = await anyio.to_thread.run_sync(session.start_run, description, rerun)
+        if isinstance(started, AlreadyMeasured):
+            return await anyio.to_thread.run_sync(session.view, started.run_id, True)
+        return await _await_run(started, wait_s, ctx)
 
     @tool(read_only=True, idempotent=True)
     async def wait_experiment(

@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import socket
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import SessionError
 from .files import atomic_write
+from .stats import Step
 from .statuses import Decision, RunStatus
 
 STATE_DIR = ".autoresearch"
@@ -30,6 +32,26 @@ class Best(BaseModel):
     description: str
     nonblank_lines: int
     values: list[float] = []  # every run of the best: its own, then its re-measurements (value: their median)
+
+
+class TestRecord(BaseModel):
+    """The sequential test's last look at a candidate (`stats.Step`), as the decision will use it."""
+
+    action: Literal["keep", "discard", "more"]
+    estimate: float
+    low: float
+    high: float
+    probability: float
+    needed: float
+    best_runs: int
+    rule: str
+
+    @classmethod
+    def of(cls, step: Step) -> TestRecord:
+        return cls(**asdict(step))
+
+    def step(self) -> Step:
+        return Step(**self.model_dump())
 
 
 class RunOutcome(BaseModel):
@@ -47,6 +69,8 @@ class RunOutcome(BaseModel):
     error: str | None = None
     secondary: dict[str, float] = {}
     leftovers_killed: int = 0
+    best_values: list[float] = []  # runs of the best added while measuring this candidate (sequential rule)
+    test: TestRecord | None = None  # the sequential test's last look (None under the greedy rule)
 
 
 class DecisionRecord(BaseModel):
@@ -72,6 +96,8 @@ class Pending(BaseModel):
     started_at: str = ""
     result: RunOutcome | None = None  # version 0.1 wrote these two as plain objects of the same keys
     decision: DecisionRecord | None = None
+    rerun_of: str | None = None  # run_experiment(rerun=true) on content measured before, by that run
+    measuring_best: bool = False  # the best's content is in the work tree for a re-measurement
 
 
 class SessionState(BaseModel):

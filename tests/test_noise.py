@@ -95,7 +95,7 @@ async def test_clearly_worse_is_discarded_after_one_run(tmp_path: Path, agent_fo
         await agent.ok("start_session", tag="w")
         await agent.experiment("baseline")
         run, decision = await try_values(agent, "VALUES 1.5 0.1 0.1\n", "worse")
-        assert run["values"] == [1.5] and run["would_keep"] is False
+        assert run["value"] == 1.5 and run.get("values") is None and run["would_keep"] is False
         assert decision["decision"] == "discard" and decision["reason"].startswith(
             "discard (not better than the best)"
         )
@@ -126,11 +126,11 @@ async def test_promising_candidate_reruns_best_remeasured_and_kept(tmp_path: Pat
         run, decision = await try_values(agent, "VALUES 0.6 0.6 0.6\n", "worse than the new best")
         assert decision["best_values"] == [0.5, 0.52] and decision["decision"] == "discard"
     runs = sorted(p.name for p in (root / ".autoresearch" / "runs" / "k").glob("r2*.log"))
-    assert runs == ["r2-2.log", "r2-best-1.log", "r2-best-2.log", "r2-best-3.log", "r2.log"]
+    assert runs == ["r2-2.log", "r2-best-2.log", "r2-best-3.log", "r2-best.log", "r2.log"]
     rows = tsv_rows(root)
     assert [r[2] for r in rows] == ["1.000000", "0.510000", "0.600000"]  # one row per experiment: the median
     done = events(root, "experiment_done")
-    assert done[1]["values"] == [0.5, 0.52] and done[1]["best_values"] == [1.0, 1.1, 0.9]
+    assert done[1]["values"] == [0.5, 0.52] and done[1]["best_values"] == [1.0, 1.1, 0.9] * 2
 
 
 async def test_not_shown_better_within_max_repeats_is_discarded(tmp_path: Path, agent_for) -> None:
