@@ -93,6 +93,7 @@ def make_project(root: Path, seed: int, counter: Path, rule: str) -> None:
         "readonly_files": ["evaluate.sh"],
         "time_budget": 30,
         "keep_rule": rule,
+        "writable": [str(counter.parent)],  # the evaluator counts its runs there (runs are confined)
     }
     (root / "autoresearch.toml").write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
     env = {**os.environ, **IDENTITY}
@@ -110,7 +111,8 @@ def count(counter: Path) -> int:
 async def one_session(
     workdir: Path, rule: str, seed: int, experiments: int, p_better: float, effect: float
 ) -> Tally:
-    root, counter = workdir / f"{rule}-{seed}", workdir / f"{rule}-{seed}.count"
+    root, counter = workdir / f"{rule}-{seed}", workdir / "counters" / f"{rule}-{seed}.count"
+    counter.parent.mkdir(exist_ok=True)
     make_project(root, seed, counter, rule)
     rng = random.Random(seed)
     tally = Tally()
@@ -156,10 +158,21 @@ async def one_session(
 
 
 async def scenario(args: argparse.Namespace, rule: str, p_better: float, workdir: Path) -> Tally:
+    """`--sessions` sessions, `--jobs` at a time (each its own server and project). The seeds depend only on
+    the session's index and the scenario, so both rules see the same evaluator noise."""
     total = Tally()
-    for index in range(args.sessions):
+    limiter = anyio.CapacityLimiter(args.jobs)
+
+    async def one(index: int) -> None:
         seed = args.seed * 100_000 + index + (50_000 if p_better else 0)
-        total.add(await one_session(workdir, rule, seed, args.experiments, p_better, args.effect))
+        async with limiter:
+            total.add(await one_session(workdir, rule, seed, args.experiments, p_better, args.effect))
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        for index in range(args.sessions):
+            group.start_soon(one, index)
+    total.seconds = time.perf_counter() - started
     return total
 
 
@@ -173,6 +186,16 @@ def row(rule: str, name: str, t: Tally) -> str:
     )
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -183,9 +206,10 @@ async def main() -> None:
     parser.add_argument("--p-better", type=float, default=0.1, help="mixed: share of better candidates")
     parser.add_argument("--effect", type=float, default=2.0, help="mixed: how much better, in sigmas")
     parser.add_argument("--rules", default="sequential,greedy")
+    parser.add_argument("--jobs", type=int, default=2, help="sessions run at the same time")
     args = parser.parse_args()
     print(
-        f"# {platform.system()} {platform.release()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"# {platform.system()} {platform.release()} {platform.machine()} ({cpu_model()}), {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; {args.sessions} sessions x {args.experiments} candidates "
         f"per rule and scenario, seed {args.seed}, mixed: {args.p_better:.0%} of candidates "
         f"{args.effect:g} sigma better",

@@ -231,4 +231,3 @@ class Decider:
         noise = noise_of(values)
         self.core.state.noise_ss += noise.ss
         self.core.state.noise_df += noise.df
-

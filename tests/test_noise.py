@@ -61,6 +61,8 @@ async def test_noise_measured_at_start_and_shown(tmp_path: Path, agent_for) -> N
         assert results["keep_rule"] == "sequential" and results["noise_sd"] == pytest.approx(0.1)
         briefing = (await agent.client.read_resource("autoresearch://briefing")).contents[0].text
         assert "sequential" in briefing and "sd 0.1" in briefing
+        info = await agent.ok("detect_project")
+        assert "session n: keep rule: sequential" in info["keep_rule"] and "sd 0.1" in info["keep_rule"]
     assert tsv_rows(root) == [[tsv_rows(root)[0][0], "score", "1.000000", "keep", "baseline"]]
     [done] = events(root, "experiment_done")
     assert done["values"] == [1.0, 1.1, 0.9]
@@ -143,6 +145,7 @@ async def test_not_shown_better_within_max_repeats_is_discarded(tmp_path: Path, 
         assert decision["decision"] == "discard" and "not shown better within 3 runs" in decision["reason"]
         # a near-miss: discarded within the noise of the best, listed for the agent to combine
         results = await agent.ok("query_results")
+        assert results["best_runs"] == 9 and results["best"]["value"] == 1.0  # re-measured, and kept so
         assert [r["description"] for r in results["near_misses"]] == ["a bit better"]
         briefing = (await agent.client.read_resource("autoresearch://briefing")).contents[0].text
         assert "Near-misses" in briefing and "a bit better" in briefing
@@ -165,3 +168,35 @@ async def test_same_content_is_not_measured_twice_unless_rerun(tmp_path: Path, a
         await agent.ok("commit_or_reset", run_id=rerun["run_id"])
     done = events(root, "experiment_done")
     assert len(done) == 3 and done[2]["rerun_of"] == first["run_id"]
+
+
+async def test_a_resumed_session_keeps_its_rule_noise_and_the_best_runs(tmp_path: Path, agent_for) -> None:
+    root = project(tmp_path)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="s")
+        await agent.experiment("baseline")
+        await try_values(agent, "VALUES 0.85 0.95 0.9\n", "promising")  # re-measures the best
+    async with agent_for(root) as agent:  # a new server
+        started = await agent.ok("start_session", tag="s")
+        assert started["resumed"] is True and "Keep rule: sequential" in started["briefing"]
+        results = await agent.ok("query_results")
+        runs = results["best_runs"]
+        assert results["keep_rule"] == "sequential" and runs >= 9 and results["noise_df"] > runs - 1
+        _, decision = await try_values(agent, "VALUES 2.0\n", "worse")
+        assert decision["best_values"] == [1.0, 1.1, 0.9] * (runs // 3)
+
+
+async def test_the_rule_settings_are_validated_and_fixed_for_the_session(tmp_path: Path, agent_for) -> None:
+    from mcp_autoresearch.config import validate_values
+    from mcp_autoresearch.errors import ConfigError
+
+    for bad in ({"keep_rule": "lucky"}, {"confidence": 1.0}, {"confidence": 0.2}, {"max_repeats": 0}):
+        with pytest.raises(ConfigError):
+            validate_values(bad, "test")
+    root = project(tmp_path)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="f")
+        await agent.experiment("baseline")
+    async with agent_for(root, {"confidence": 0.99}) as agent:
+        refusal = await agent.refused("start_session", tag="f")
+        assert "confidence" in refusal and "start a new session" in refusal
