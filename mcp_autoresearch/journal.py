@@ -115,7 +115,7 @@ class Journal:
         self._best_rows = array("q")  # the row index of each of those values
         self.counts: Counter[str] = Counter()
         self.last_keep_index = -1
-        self._by_content: dict[str, int] = {}  # target sha256 -> the last row that measured it
+        self._by_content: dict[int, int] = {}  # target sha256 (its first 64 bits) -> the last row measuring it
 
     # -- the index ------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -482,13 +482,16 @@ class Journal:
 
     def _remember_content(self, sha256: object, run_status: str) -> None:
         # A run the server cut short measured nothing: its content may run again.
-        if isinstance(sha256, str) and sha256 and run_status not in NOT_MEASURED:
-            self._by_content[sha256] = len(self) - 1
+        key = _content_key(sha256)
+        if key is not None and run_status not in NOT_MEASURED:
+            self._by_content[key] = len(self) - 1
 
     def measured(self, sha256: str) -> Row | None:
         """The last experiment that measured this target content in this session, if any."""
-        index = self._by_content.get(sha256)
-        return None if index is None else self.row(index)
+        key = _content_key(sha256)
+        index = None if key is None else self._by_content.get(key)
+        row = None if index is None else self.row(index)
+        return row if row is not None and row.target_sha256 == sha256 else None
 
     def add_notes(self, run_id: str, notes: str) -> list[str]:
         index = self.index_of(run_id)
@@ -507,6 +510,13 @@ def _floats(value: Any) -> list[float]:
     if not isinstance(value, list):
         return []
     return [v for v in (_finite_or_none(item) for item in value) if v is not None]
+
+
+def _content_key(sha256: object) -> int | None:
+    try:
+        return int(sha256[:16], 16) if isinstance(sha256, str) and len(sha256) == 64 else None
+    except ValueError:
+        return None
 
 
 def _interval(value: Any) -> tuple[float, float] | None:
