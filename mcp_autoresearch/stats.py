@@ -37,7 +37,7 @@ from typing import Literal
 SESSION_SPLIT = 10
 FIRST_KEEP_LOOK = 2  # a single run never keeps a change on a noisy metric
 LAST_SHARE = 0.5  # the share of alpha spent at the last look (the one with the most runs)
-FUTILITY = 0.5  # discard when the estimate is below FUTILITY * (runs - 1) standard errors
+FUTILITY = 0.65  # discard when the estimate is below FUTILITY * (runs - 1) standard errors
 BEST_RUNS = 3  # the best is re-measured up to this many times the challenger's runs
 
 Action = Literal["keep", "discard", "more"]
