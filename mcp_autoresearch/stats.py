@@ -9,8 +9,9 @@ groups passed as `noise`: the baseline's noise runs, earlier candidates, earlier
 the noise comes from the evaluator (seeds, data order, the machine), not from the idea; it is what lets a first
 run be judged at all (Welch's test has no variance for one run), and its degrees of freedom grow with the session.
 
-The error rate: a candidate that is not better than the best is kept with probability at most
-alpha = (1 - confidence) / SESSION_SPLIT, whatever the number of looks: alpha is split over the looks
+The error rate: with normally distributed noise of the same spread for every candidate, a candidate that is not
+better than the best is kept with probability at most alpha = (1 - confidence) / SESSION_SPLIT, whatever the
+number of looks: alpha is split over the looks
 (Bonferroni), half at the last look, the rest evenly over the earlier ones, and a keep needs at least
 FIRST_KEEP_LOOK runs. Discarding early (futility) can only lower the rate.
 
