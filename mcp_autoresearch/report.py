@@ -18,6 +18,7 @@ from .config import DEFAULTS
 from .errors import AutoresearchError, ConfigError
 from .journal import RESULTS_TSV, Journal, Row
 from .project import check_project_root, load_project
+from .session import current_session
 from .state import SessionState, current_tag, load_state
 
 
@@ -31,7 +32,7 @@ class SessionFiles:
 
 def open_session_files(project: str, tag: str | None = None) -> SessionFiles:
     root = check_project_root(project)
-    tag = tag or current_tag(root)
+    tag = tag or current_session(root) or current_tag(root)
     if not tag:
         raise AutoresearchError(f"no session in {root} yet: start one from your agent (start_session)")
     state = load_state(root, tag)

@@ -32,7 +32,7 @@ from .project import Project
 from .repo import Repo
 from .runner import kill_marked_processes
 from .running import DEFAULT_WAIT_S, MAX_WAIT_S, RunHandle, Runs, clamp_wait, crash_outcome
-from .state import SessionState, current_tag, load_state, save_state, state_dir
+from .state import SessionState, current_tag, load_state, save_state, set_current_tag, state_dir
 from .views import Views
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "RunHandle",
     "Session",
     "clamp_wait",
+    "current_session",
     "normal_run_id",
 ]
 
@@ -69,6 +70,19 @@ TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 def default_tag() -> str:
     """Lower-cased month and day, like the original: nov26."""
     return datetime.now().strftime("%b%d").lower()
+
+
+def current_session(root: Path, repo: Repo | None = None) -> str | None:
+    """The current session is the one whose branch is checked out, always (also when a person checked out
+    another session's branch by hand). None when no session branch is checked out."""
+    try:
+        branch = (repo or Repo(root)).current_branch()
+    except SessionError:
+        return None
+    tag = branch.removeprefix("autoresearch/") if branch else ""
+    if tag and tag != branch and load_state(root, tag) is not None:
+        return tag
+    return None
 
 
 class Session:
@@ -111,13 +125,8 @@ class Session:
                     f"tag {tag!r} is not usable as a branch name part: use lower-case letters, digits, '.', '_' "
                     "or '-', at most 64 characters"
                 )
-        else:
-            current = current_tag(root)
-            branch = repo.current_branch()
-            if current and branch == f"autoresearch/{current}" and load_state(root, current):
-                tag = current
-            else:
-                tag = default_tag()
+        else:  # the checked-out session; else today's (created, or resumed on its branch)
+            tag = current_session(root, repo) or default_tag()
         branch = f"autoresearch/{tag}"
         state = load_state(root, tag)
         repo.ensure_identity()
@@ -144,6 +153,7 @@ class Session:
                     f"(start_session(tag='{tag}b')) or delete that branch"
                 )
             session = cls._create(root, project, repo, tag, branch, journal)
+        set_current_tag(root, tag)  # its branch is checked out now: it is the current session
         return session
 
     @classmethod

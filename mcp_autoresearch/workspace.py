@@ -13,8 +13,8 @@ from .errors import ConfigError, SessionError
 from .models import StartResult
 from .project import Project, ProjectInfo, load_project
 from .repo import Repo
-from .session import Session
-from .state import ProjectLock, current_tag, load_state
+from .session import Session, current_session
+from .state import ProjectLock
 
 
 class Workspace:
@@ -45,15 +45,8 @@ class Workspace:
         """The active session; after a server restart, the one whose branch is checked out is resumed."""
         with self._lock:
             if self._session is None:
-                tag = current_tag(self.root)
-                resumable = False
-                if tag:
-                    try:
-                        branch = Repo(self.root).current_branch()
-                        resumable = branch == f"autoresearch/{tag}" and load_state(self.root, tag) is not None
-                    except SessionError:
-                        resumable = False
-                if not resumable:
+                tag = current_session(self.root)
+                if tag is None:
                     raise SessionError("no session is active: call start_session first")
                 self.start_session(tag)
             assert self._session is not None
@@ -64,6 +57,8 @@ class Workspace:
 
     def start_session(self, tag: str | None = None) -> StartResult:
         with self._lock:
+            if tag is None:
+                tag = current_session(self.root)  # None: today's session (see Session.open)
             if self._session is not None:
                 if tag is None or tag == self._session.state.tag:
                     return self._session.describe(resumed=True)

@@ -1,0 +1,49 @@
+"""Which session is current, and what the views say about it (issue 12, items 9, 11, 12, 13, 16, 17)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import GIT_ENV, git, run_cli
+
+pytestmark = pytest.mark.anyio
+
+
+def cli_wide(*args: str) -> str:
+    """The CLI's output as a person sees it in a wide terminal (no wrapped lines)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "mcp_autoresearch", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **GIT_ENV, "COLUMNS": "200"},
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+async def test_the_checked_out_session_branch_is_the_current_session(ml_project: Path, agent_for) -> None:
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="a")
+        assert (await agent.ok("start_session", tag="b"))["branch"] == "autoresearch/b"
+        back = await agent.ok("start_session", tag="a")
+        assert back["tag"] == "a" and back["resumed"] is True
+    assert git(ml_project, "branch", "--show-current").strip() == "autoresearch/a"
+    assert "session a" in run_cli("status", "--project", str(ml_project)).stdout
+    # The next server resumes the session that is checked out, and start_session() switches no branch.
+    async with agent_for(ml_project) as agent:
+        again = await agent.ok("start_session")
+        assert again["tag"] == "a" and again["resumed"] is True
+    assert git(ml_project, "branch", "--show-current").strip() == "autoresearch/a"
+    # A person checks out the other session's branch: that session is the current one now.
+    git(ml_project, "checkout", "-q", "autoresearch/b")
+    assert "session b" in run_cli("status", "--project", str(ml_project)).stdout
+    async with agent_for(ml_project) as agent:
+        assert (await agent.ok("query_results"))["tag"] == "b"
+        assert (await agent.ok("start_session"))["tag"] == "b"
+    assert git(ml_project, "branch", "--show-current").strip() == "autoresearch/b"
