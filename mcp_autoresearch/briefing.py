@@ -111,13 +111,15 @@ def briefing_from(
     return text
 
 
-def journal_briefing(state: SessionState, journal: Journal, run_command: str | None) -> str:
-    """The briefing from a journal's index: only the newest rows are read back from the log."""
+def journal_briefing(state: SessionState, journal: Journal) -> str:
+    """The briefing from a journal's index: only the newest rows are read back from the log. The run command
+    is the session's own (fixed when it started), not today's configuration."""
     total = len(journal)
+    run_command = state.rules.get("run_command")
     return briefing_from(
         state,
         journal.tail(MAX_IDEAS + 1),
-        run_command,
+        run_command if isinstance(run_command, str) else None,
         total=total,
         counts={k: journal.counts.get(k, 0) for k in DECISIONS},
         since=total - 1 - journal.last_keep_index if total else 0,

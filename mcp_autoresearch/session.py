@@ -401,7 +401,7 @@ class Session:
         return self.views.query(status, limit, order)
 
     def briefing(self) -> str:
-        return journal_briefing(self.state, self.journal, self.config.run_command)
+        return journal_briefing(self.state, self.journal)
 
     # ======================================================================================================
     def shutdown(self, join_s: float = 10.0) -> None:

@@ -47,3 +47,15 @@ async def test_the_checked_out_session_branch_is_the_current_session(ml_project:
         assert (await agent.ok("query_results"))["tag"] == "b"
         assert (await agent.ok("start_session"))["tag"] == "b"
     assert git(ml_project, "branch", "--show-current").strip() == "autoresearch/b"
+
+
+async def test_views_show_the_sessions_fixed_rules(ml_project: Path, agent_for) -> None:
+    """The run command given on the server's command line, not a re-detected one."""
+    command = f"{sys.executable} train.py"
+    async with agent_for(ml_project, {"run_command": command}) as agent:
+        await agent.ok("start_session", tag="fixed")
+        await agent.experiment("baseline")
+        briefing = (await agent.client.read_resource("autoresearch://briefing")).contents[0].text
+    assert f"runs `{command}`" in briefing
+    assert f"runs `{command}`" in cli_wide("status", "--project", str(ml_project))
+    assert command in cli_wide("dashboard", "--project", str(ml_project), "--once")
