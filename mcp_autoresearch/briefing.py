@@ -6,9 +6,12 @@ and the streak of experiments since the last improvement.
 
 from __future__ import annotations
 
-from .journal import Journal, Row, one_line
+from pathlib import Path
+
+from .config import DEFAULTS
+from .journal import RESULTS_TSV, Journal, Row, one_line
 from .rules import improvement, improvement_pct
-from .state import SessionState
+from .state import SessionState, load_state
 from .statuses import DECISIONS
 
 RECENT_ROWS = 8
@@ -124,3 +127,17 @@ def journal_briefing(state: SessionState, journal: Journal) -> str:
         counts={k: journal.counts.get(k, 0) for k in DECISIONS},
         since=total - 1 - journal.last_keep_index if total else 0,
     )
+
+
+def stored_briefing(root: Path, tag: str) -> str | None:
+    """A session's briefing read from its files only (no git, no lock, nothing written), for a server that has
+    not opened the session yet. None when there is no such session."""
+    state = load_state(root, tag)
+    if state is None:
+        return None
+    jsonl = state.rules.get("jsonl_path")
+    journal = Journal(
+        root / RESULTS_TSV, root / (jsonl if isinstance(jsonl, str) else DEFAULTS["jsonl_path"]), tag
+    )
+    journal.load_readonly()
+    return journal_briefing(state, journal)

@@ -9,6 +9,7 @@ import os
 import threading
 from typing import Any
 
+from .briefing import stored_briefing
 from .errors import ConfigError, SessionError
 from .models import StartResult
 from .project import Project, ProjectInfo, load_project
@@ -52,8 +53,14 @@ class Workspace:
             assert self._session is not None
             return self._session
 
-    def peek_session(self) -> Session | None:
-        return self._session
+    def briefing(self) -> str | None:
+        """The current session's briefing, without opening it when this server has not yet (a prompt must not
+        switch branches or take the project's lock); None when no session branch is checked out."""
+        session = self._session
+        if session is not None:
+            return session.briefing()
+        tag = current_session(self.root)
+        return stored_briefing(self.root, tag) if tag is not None else None
 
     def start_session(self, tag: str | None = None) -> StartResult:
         with self._lock:

@@ -59,3 +59,15 @@ async def test_views_show_the_sessions_fixed_rules(ml_project: Path, agent_for) 
     assert f"runs `{command}`" in briefing
     assert f"runs `{command}`" in cli_wide("status", "--project", str(ml_project))
     assert command in cli_wide("dashboard", "--project", str(ml_project), "--once")
+
+
+async def test_the_loop_prompt_of_a_fresh_server_carries_the_sessions_briefing(
+    ml_project: Path, agent_for
+) -> None:
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="prompted")
+        await agent.experiment("baseline")
+    async with agent_for(ml_project) as agent:  # a new server: no tool called yet
+        prompt = (await agent.client.get_prompt("loop", {})).messages[0].content.text
+        assert "No session yet" not in prompt
+        assert "# autoresearch briefing: session prompted" in prompt and "[keep] baseline" in prompt
