@@ -12,7 +12,7 @@ from .config import DEFAULTS
 from .journal import RESULTS_TSV, Journal, Row, one_line
 from .rules import improvement, improvement_pct
 from .state import SessionState, load_state
-from .statuses import DECISIONS
+from .statuses import DECISIONS, UNFINISHED
 
 RECENT_ROWS = 8
 MAX_IDEAS = 40
@@ -99,9 +99,12 @@ def briefing_from(
         used = sum(len(line) + 1 for line in lines)
         for shown, row in enumerate(reversed(rows)):
             note = f" — notes: {one_line(' / '.join(row.notes), 160)}" if row.notes else ""
-            outcome = (
-                row.status if row.status != "crash" else f"crash: {one_line(row.error or row.run_status, 60)}"
-            )
+            if row.run_status in UNFINISHED:  # says nothing about the idea
+                outcome = f"{row.run_status}: never finished, may be re-run"
+            elif row.status == "crash":
+                outcome = f"crash: {one_line(row.error or row.run_status, 60)}"
+            else:
+                outcome = row.status
             line = f"- [{outcome}] {one_line(row.description, 100)} {_signed(row.delta)}{note}".rstrip()
             if shown >= MAX_IDEAS or used + len(line) > MAX_CHARS - 100:
                 lines.append(f"- … and {total - shown} older experiments (query_results lists them)")

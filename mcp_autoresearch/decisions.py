@@ -13,6 +13,7 @@ from .models import DecisionResult
 from .rules import Verdict, decide
 from .running import Runs
 from .state import Best, DecisionRecord, Pending, RunOutcome
+from .statuses import UNFINISHED
 
 
 class Decider:
@@ -137,7 +138,12 @@ class Decider:
         core.state.pending = None
         core.save()
         core.own.journal_written()
-        if verdict == "keep":
+        if result.status in UNFINISHED:
+            next_step = (
+                f"logged as {result.status}: it never finished, which says nothing about the idea; "
+                + rerun(pending.is_baseline)
+            )
+        elif verdict == "keep":
             next_step = "kept. Build on it: edit the target and run the next experiment"
         elif pending.is_baseline:
             next_step = (
@@ -156,3 +162,10 @@ class Decider:
             branch_head=core.repo.head_commit(),
             next_step=next_step,
         )
+
+
+def rerun(is_baseline: bool) -> str:
+    """How to run an unfinished run again."""
+    if is_baseline:
+        return "run the baseline again: run_experiment(description='baseline')"
+    return "to re-run it, apply the same edit again (apply_edit), then run_experiment"

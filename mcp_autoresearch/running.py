@@ -23,6 +23,7 @@ from .guard import changed_fingerprints, sha256_bytes, sha256_file
 from .journal import one_line
 from .rules import nonblank_lines
 from .state import Pending, RunOutcome, state_dir
+from .statuses import RunStatus
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -206,7 +207,7 @@ class Runs:
                 outcome = RunOutcome.model_validate(asdict(active.experiment.run()))
             except Exception as exc:  # a bug or an OS failure: still a logged crash, never a lost experiment
                 log.exception("run %s failed inside the server", pending.run_id)
-                outcome = crash_outcome(f"internal error while running: {type(exc).__name__}: {exc}", [])
+                outcome = unmeasured("crash", f"internal error while running: {type(exc).__name__}: {exc}", [])
             with core.lock:
                 try:
                     tampered = self.verify_after_run(pending)
@@ -287,11 +288,11 @@ class Runs:
                 log.warning("could not keep a copy of %s before restoring it", rel)
 
 
-def crash_outcome(error: str, tampered: list[str]) -> RunOutcome:
+def unmeasured(status: RunStatus, error: str, tampered: list[str]) -> RunOutcome:
     """A run that ended without a measurement of its own (an internal error, or the server stopped)."""
     if tampered:
         error += "; files it changed were restored: " + ", ".join(tampered)
-    return RunOutcome(status="crash", error=error)
+    return RunOutcome(status=status, error=error)
 
 
 def clamp_wait(wait_s: float | None) -> float:

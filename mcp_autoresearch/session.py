@@ -31,7 +31,7 @@ from .ownfiles import OwnFiles
 from .project import Project
 from .repo import Repo
 from .runner import kill_marked_processes
-from .running import DEFAULT_WAIT_S, MAX_WAIT_S, RunHandle, Runs, clamp_wait, crash_outcome
+from .running import DEFAULT_WAIT_S, MAX_WAIT_S, RunHandle, Runs, clamp_wait, unmeasured
 from .state import SessionState, current_tag, load_state, save_state, set_current_tag, state_dir
 from .views import Views
 
@@ -65,6 +65,7 @@ RULE_KEYS = (
     "jsonl_path",
 )
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+STOPPED = "the server stopped during this run"
 
 
 def default_tag() -> str:
@@ -257,15 +258,17 @@ class Session:
         elif pending.phase == "running":
             killed = kill_marked_processes(str(self.root))
             tampered = self.runs.verify_after_run(pending)
-            error = "the server stopped during this run"
+            error = STOPPED
             if killed:
                 error += f" ({killed} leftover processes killed)"
-            pending.result = crash_outcome(error, tampered)
+            pending.result = unmeasured("interrupted", error, tampered)
             pending.phase = "finished"
             self.save()
             self.decider.decide_locked(pending.run_id, discard=True)
             self.recovered.append(
-                f"run {pending.run_id} was in flight when the server stopped: logged as a crash"
+                f"run {pending.run_id} was in flight when the server stopped: logged as interrupted. It never "
+                "finished, so it says nothing about its idea: "
+                + ("run the baseline again" if pending.is_baseline else "apply its edit again to re-run it")
             )
         elif pending.phase == "deciding":
             self.decider.finish(pending)
@@ -412,7 +415,8 @@ class Session:
             pending = self.state.pending
             if pending is not None and pending.phase == "finished" and pending.run_id == active.run_id:
                 if pending.result and pending.result.status == "cancelled":
-                    pending.result.error = "the server was stopped during this run"
+                    pending.result.status = "interrupted"
+                    pending.result.error = STOPPED
                 self.decider.decide_locked(pending.run_id, discard=True)
 
 
