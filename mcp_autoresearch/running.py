@@ -38,6 +38,7 @@ class ActiveRun:
 
     run_id: str
     started: float
+    log_dir: Path  # where the run's logs are written: <run_id>.log, or <run_id>-<n>.log with repeats
     experiment: Experiment | None = None
     done: threading.Event = field(default_factory=threading.Event)
     progress: tuple[float, float, str] | None = None  # elapsed, limit, last line of output
@@ -46,6 +47,14 @@ class ActiveRun:
     def record_progress(self, elapsed: float, limit: float, line: str) -> None:
         self.progress = (elapsed, limit, line)
 
+    def live_log(self) -> Path:
+        """The log being written now (the newest of the run's logs), for a person to `tail -f`."""
+        logs = [*self.log_dir.glob(f"{self.run_id}.log"), *self.log_dir.glob(f"{self.run_id}-*.log")]
+        try:
+            return max(logs, key=lambda path: path.stat().st_mtime_ns)
+        except (ValueError, OSError):  # nothing written yet
+            return self.log_dir / f"{self.run_id}.log"
+
 
 @dataclass(frozen=True)
 class RunProgress:
@@ -53,6 +62,7 @@ class RunProgress:
     elapsed_s: float
     limit_s: float
     last_line: str  # the last line of output so far ("" before the first)
+    log_path: Path  # the live log
 
     @property
     def message(self) -> str:
@@ -80,6 +90,7 @@ class RunHandle:
             elapsed_s=round(time.monotonic() - active.started, 1),
             limit_s=self.limit_s,
             last_line=active.progress[2] if active.progress else "",
+            log_path=active.live_log(),
         )
 
 
@@ -187,7 +198,7 @@ class Runs:
             _drop_stale_bytecode(self.editor.target_path())
             core.own.journal_written()
             log_dir = state_dir(core.root) / "runs" / core.state.tag
-            active = ActiveRun(run_id=run_id, started=time.monotonic())
+            active = ActiveRun(run_id=run_id, started=time.monotonic(), log_dir=log_dir)
             active.experiment = Experiment(
                 core.config, core.root, run_id, log_dir, core.state.tag, active.record_progress
             )
@@ -207,7 +218,9 @@ class Runs:
                 outcome = RunOutcome.model_validate(asdict(active.experiment.run()))
             except Exception as exc:  # a bug or an OS failure: still a logged crash, never a lost experiment
                 log.exception("run %s failed inside the server", pending.run_id)
-                outcome = unmeasured("crash", f"internal error while running: {type(exc).__name__}: {exc}", [])
+                outcome = unmeasured(
+                    "crash", f"internal error while running: {type(exc).__name__}: {exc}", []
+                )
             with core.lock:
                 try:
                     tampered = self.verify_after_run(pending)

@@ -38,11 +38,9 @@ class Views:
             if row is None:
                 raise RuleViolation(f"no run with id {run_id!r} in session '{core.state.tag}'")
             next_step = f"already decided: {row.status}. Edit the target and run the next experiment."
-            if row.run_status in UNFINISHED:  # no baseline kept yet: the next run is the baseline
-                next_step = (
-                    f"already decided: {row.status} ({row.run_status}: it never finished); "
-                    + rerun(core.state.best is None)
-                )
+            if row.run_status in UNFINISHED:
+                again = rerun(core.state.best is None)  # no baseline kept yet: the next run is the baseline
+                next_step = f"already decided: {row.status} ({row.run_status}: it never finished); {again}"
             return RunResult(
                 run_id=row.run_id,
                 status=row.run_status,
@@ -74,6 +72,7 @@ class Views:
                 commit=pending.commit,
                 elapsed_s=progress.elapsed_s if progress else None,
                 log_tail=progress.last_line if progress else None,
+                log_path=str(progress.log_path) if progress else None,
                 next_step=f"still running: call wait_experiment(run_id='{pending.run_id}')",
             )
         result = pending.result

@@ -71,3 +71,20 @@ async def test_the_loop_prompt_of_a_fresh_server_carries_the_sessions_briefing(
         prompt = (await agent.client.get_prompt("loop", {})).messages[0].content.text
         assert "No session yet" not in prompt
         assert "# autoresearch briefing: session prompted" in prompt and "[keep] baseline" in prompt
+
+
+async def test_a_running_reply_gives_the_live_logs_path(ml_project: Path, agent_for) -> None:
+    (ml_project / "train.py").write_text(
+        'import time\nLR = 0.5\nprint("training...", flush=True)\ntime.sleep(3)\nprint("val_bpb: 1.4")\n'
+    )
+    git(ml_project, "commit", "-qam", "slow training")
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session")
+        run = await agent.ok("run_experiment", description="baseline", wait_s=1.5)
+        assert run["status"] == "running"
+        live = Path(run["log_path"])
+        assert live.is_absolute() and live.name == "r1.log"
+        assert "training..." in live.read_text()  # what `tail -f` shows while it runs
+        while run["status"] == "running":
+            run = await agent.ok("wait_experiment", run_id="r1")
+        assert run["status"] == "ok" and Path(run["log_path"]) == live
