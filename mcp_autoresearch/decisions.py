@@ -55,7 +55,8 @@ class Decider:
                         delta=row.delta,
                         commit=row.commit,
                         branch_head=core.repo.head_commit(),
-                        next_step="edit the target and run the next experiment",
+                        next_step=f"already decided; log_result(run_id='{run_id}', notes=...) records what it "
+                        "taught you. Then edit the target and run the next experiment",
                     )
             return self.decide_locked(run_id, discard)
 
@@ -138,19 +139,30 @@ class Decider:
         core.state.pending = None
         core.save()
         core.own.journal_written()
+        notes = f"log_result(run_id='{pending.run_id}', notes='hypothesis: ...; result: ...; learned: ...')"
         if result.status in UNFINISHED:
             next_step = (
                 f"logged as {result.status}: it never finished, which says nothing about the idea; "
                 + rerun(pending.is_baseline)
             )
-        elif verdict == "keep":
-            next_step = "kept. Build on it: edit the target and run the next experiment"
-        elif pending.is_baseline:
+        elif pending.is_baseline and verdict != "keep":
+            fix = "fix the project or configuration, then " if verdict == "crash" else ""
             next_step = (
-                "the baseline did not produce a value; fix the project or configuration, then run it again"
+                f"the baseline was not kept ({decision.reason}); {fix}run it again: "
+                "run_experiment(description='baseline')"
+            )
+        elif verdict == "keep":
+            next_step = f"kept. Record what it taught you: {notes}; then build on it: edit the target and run"
+        elif verdict == "crash":
+            next_step = (
+                f"logged as a crash ({result.status}). Record what happened: {notes}; then fix a trivial "
+                "mistake and run again, or try another idea"
             )
         else:
-            next_step = "reverted to the best kept commit. Try another idea: edit the target and run"
+            next_step = (
+                f"reverted to the best kept commit. Record what it taught you: {notes}; then try another "
+                "idea: edit the target and run"
+            )
         return DecisionResult(
             run_id=pending.run_id,
             decision=verdict,

@@ -148,7 +148,8 @@ class Runs:
                 raise RuleViolation(
                     "files other than the target differ from the session head: "
                     + ", ".join(others[:20])
-                    + f". Only {core.target_rel} may change; restore them (git checkout -- "
+                    + f". Only {core.target_rel} may change, and no tool of this server writes other files: "
+                    + "a person must restore them (git checkout -- "
                     + " ".join(others[:20])
                     + ")"
                 )
@@ -162,8 +163,9 @@ class Runs:
             is_baseline = core.state.best is None
             if is_baseline and target_changed:
                 raise RuleViolation(
-                    f"the first run of a session must be the unmodified baseline, but {core.target_rel} was edited; "
-                    f"restore it (git checkout -- {core.target_rel}) and run the baseline, then experiment"
+                    f"the first run of a session must be the unmodified baseline, but {core.target_rel} was "
+                    "edited; undo the edit with apply_edit (the baseline is the file as committed), run the "
+                    "baseline, then experiment"
                 )
             if not is_baseline and not target_changed:
                 raise RuleViolation(

@@ -135,12 +135,12 @@ class Session:
             if (root / own).exists() and repo.is_tracked(repo.repo_path(own)):
                 raise SessionError(
                     f"{own} is tracked by git in this project, but the server writes it on every experiment; "
-                    f"untrack it (git rm --cached {own} && git commit) first"
+                    f"a person must untrack it first (git rm --cached {own} && git commit)"
                 )
         target_repo = repo.repo_path(config.target_file)
         if not repo.is_tracked(target_repo):
             raise SessionError(
-                f"the target {config.target_file} is not tracked by git; commit it first "
+                f"the target {config.target_file} is not tracked by git; a person must commit it first "
                 f"(git add {config.target_file} && git commit), so every experiment can be kept or discarded"
             )
         jsonl = root / config.jsonl_path
@@ -169,7 +169,7 @@ class Session:
                 "tracked files have uncommitted changes: "
                 + ", ".join(dirty[:20])
                 + (f" (+{len(dirty) - 20} more)" if len(dirty) > 20 else "")
-                + ". Commit or stash them first, so no work of yours can be lost."
+                + ". A person must commit or stash them first, so no work of theirs can be lost."
             )
         moved = _archive_results(root, tag)
         repo.create_branch(branch)
@@ -225,7 +225,7 @@ class Session:
             if dirty:
                 raise SessionError(
                     f"cannot switch to {state.branch}: tracked files have uncommitted changes "
-                    f"({', '.join(dirty[:10])}); commit or stash them first"
+                    f"({', '.join(dirty[:10])}); a person must commit or stash them first"
                 )
             repo.checkout_branch(state.branch)
         repo.add_excludes(_exclude_patterns(repo, config.jsonl_path))
@@ -326,13 +326,14 @@ class Session:
         if branch != self.state.branch:
             raise SessionError(
                 f"HEAD is on {branch or 'a detached commit'}, not on the session branch {self.state.branch}; "
-                f"check it out again (git checkout {self.state.branch}) to continue this session"
+                f"a person must check it out again (git checkout {self.state.branch}) to continue this session"
             )
         head, expected = self.repo.head_commit(), self._expected_head()
         if head != expected:
             raise SessionError(
                 f"the session branch moved to {head[:7]} outside the loop (the loop's head is {expected[:7]}); "
-                f"only the server commits here. Undo it (git reset --soft {expected[:7]}) or start a new session"
+                f"only the server commits here. A person must undo it (git reset --soft {expected[:7]}), or "
+                "start a new session: start_session(tag=...) with a new tag"
             )
 
     def check_no_pending(self) -> None:
@@ -355,11 +356,10 @@ class Session:
             raise RuleViolation(
                 "read-only files changed since the session started: "
                 + ", ".join(changed)
-                + ". Restore them (git checkout -- "
+                + f". Only {self.target_rel} may be edited, and no tool of this server writes other files: "
+                + "a person must restore them (git checkout -- "
                 + " ".join(changed)
-                + "); only "
-                + self.target_rel
-                + " may be edited"
+                + ")"
             )
 
     def save(self) -> None:

@@ -83,7 +83,7 @@ class Workspace:
             repo = Repo(self.root)
             if not repo.has_commits():
                 raise SessionError(
-                    "the repository has no commits yet; commit the project first (git add, git commit)"
+                    "the repository has no commits yet; a person must commit the project first (git add, git commit)"
                 )
             self._project_lock.acquire()
             session = Session.open(self.root, project, repo, tag)

@@ -88,3 +88,53 @@ async def test_a_running_reply_gives_the_live_logs_path(ml_project: Path, agent_
         while run["status"] == "running":
             run = await agent.ok("wait_experiment", run_id="r1")
         assert run["status"] == "ok" and Path(run["log_path"]) == live
+
+
+async def test_next_steps_after_a_decision(ml_project: Path, agent_for) -> None:
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session")
+        # A baseline that produced a value and was discarded on request did produce a value.
+        run = await agent.ok("run_experiment", description="baseline")
+        assert run["value"] == 1.4
+        discarded = await agent.ok("commit_or_reset", run_id=run["run_id"], discard=True)
+        assert discarded["decision"] == "discard"
+        assert "did not produce a value" not in discarded["next_step"]
+        assert "run_experiment(description='baseline')" in discarded["next_step"]
+        # After every decision, the next step names log_result (the notes are the loop's memory).
+        _, kept = await agent.experiment("baseline")
+        assert kept["decision"] == "keep" and f"log_result(run_id='{kept['run_id']}'" in kept["next_step"]
+        await agent.edit("LR = 0.5", "LR = 0.9")
+        _, worse = await agent.experiment("worse")
+        assert worse["decision"] == "discard" and f"log_result(run_id='{worse['run_id']}'" in worse["next_step"]
+
+
+async def test_advice_does_not_assume_the_agent_has_a_shell(ml_project: Path, agent_for) -> None:
+    """Each refusal says which call fixes it, or that a person must (the agent may have no shell)."""
+    root = ml_project
+    async with agent_for(root) as agent:
+        await agent.ok("start_session")
+        await agent.edit("LR = 0.5", "LR = 0.2")
+        message = await agent.refused("run_experiment", description="baseline")
+        assert "unmodified baseline" in message and "apply_edit" in message and "git checkout" not in message
+        await agent.edit("LR = 0.2", "LR = 0.5")
+        await agent.experiment("baseline")
+        (root / "train.py").unlink()
+        for refusal in (
+            await agent.refused("read_target"),
+            await agent.refused("run_experiment", description="x"),
+        ):
+            assert "deleted" in refusal and "apply_edit(content=...)" in refusal
+            assert "git checkout" not in refusal
+        git(root, "checkout", "--", "train.py")
+        await agent.edit("LR = 0.5", "LR = 0.3")
+        (root / "README.md").write_text("changed\n")
+        (root / "prepare.py").write_text("# changed\n")
+        readonly = await agent.refused("run_experiment", description="x")
+        assert "prepare.py" in readonly and "a person must restore" in readonly
+        git(root, "checkout", "--", "prepare.py")
+        others = await agent.refused("run_experiment", description="x")
+        assert "README.md" in others and "a person must restore" in others
+        git(root, "checkout", "--", "README.md")
+        git(root, "checkout", "-q", "main")
+        moved = await agent.refused("apply_edit", content="x\n")
+        assert "a person must check it out again" in moved
