@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .config import Config
+from .isolation import Isolation
 from .journal import Journal
 from .ownfiles import OwnFiles
 from .repo import Repo
@@ -29,6 +30,7 @@ class SessionCore(Protocol):
     plain_target: bool  # git stores the target as is (no filters, no end-of-line conversion)
     lock: threading.RLock
     recovered: list[str]  # what was repaired, reported to the agent
+    isolation: Isolation  # how runs are confined on this machine
 
     def save(self) -> None:
         """Write the state (atomically) and remember its fingerprint."""

@@ -202,7 +202,7 @@ class Runs:
             log_dir = state_dir(core.root) / "runs" / core.state.tag
             active = ActiveRun(run_id=run_id, started=time.monotonic(), log_dir=log_dir)
             active.experiment = Experiment(
-                core.config, core.root, run_id, log_dir, core.state.tag, active.record_progress
+                core.config, core.root, run_id, log_dir, core.state.tag, active.record_progress, core.isolation
             )
             active.thread = threading.Thread(
                 target=self._execute, args=(active, pending), name=f"run-{run_id}", daemon=True

@@ -25,6 +25,7 @@ from .editing import Editor
 from .errors import RuleViolation, SessionError
 from .experiment import RUN_LOG
 from .guard import changed_fingerprints, fingerprint_files
+from .isolation import probe_isolation
 from .journal import RESULTS_TSV, Journal
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .ownfiles import OwnFiles
@@ -63,6 +64,10 @@ RULE_KEYS = (
     "min_delta",
     "memory_regex",
     "jsonl_path",
+    "timeout",
+    "max_experiments",
+    "writable",
+    "isolation",
 )
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 STOPPED = "the server stopped during this run"
@@ -105,6 +110,7 @@ class Session:
         self.lock = threading.RLock()
         self.resumed = False
         self.recovered: list[str] = []
+        self.isolation = probe_isolation(self.config.isolation)
         self.own = OwnFiles(root, state.tag, journal, self.config.jsonl_path, self.save, self.recovered)
         # The session's parts, each with one concern; they see the session as a `SessionCore`.
         self.editor = Editor(self)
@@ -119,6 +125,12 @@ class Session:
     def open(cls, root: Path, project: Project, repo: Repo, tag: str | None) -> Session:
         config = project.config
         assert config.target_file and config.metric_name
+        isolation = probe_isolation(config.isolation)
+        if config.isolation == "required" and not isolation.confined:
+            raise SessionError(
+                f"isolation = required, but runs cannot be confined here ({isolation.reason}); run the server "
+                "on Linux 5.13+ with Landlock enabled, or set isolation = auto to rely on the after-run checks"
+            )
         if tag is not None:
             tag = tag.strip().lower()
             if not TAG_RE.match(tag):
@@ -307,6 +319,7 @@ class Session:
             baseline_value=state.baseline_value,
             experiments=len(self.journal),
             pending_run=pending.run_id if pending else None,
+            isolation=self.isolation.describe(),
             recovered=self.recovered,
             briefing=briefing,
             next_step=next_step,

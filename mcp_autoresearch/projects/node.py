@@ -77,6 +77,7 @@ def detect(root: Path) -> Detection | None:
     out_dir = _output_dir(root, build or "")
     settings = {
         "run_command": "npm run build",
+        "writable": [out_dir, "node_modules/.cache", "~/.npm"],
         "metric_name": "bundle_kb",
         "metric_measure": f"size_kb:{out_dir}",
         "metric_direction": "lower_is_better",
