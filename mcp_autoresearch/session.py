@@ -29,9 +29,9 @@ from .isolation import probe_isolation
 from .journal import RESULTS_TSV, Journal
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .ownfiles import OwnFiles
+from .processes import kill_marked_processes
 from .project import Project
 from .repo import Repo
-from .runner import kill_marked_processes
 from .running import DEFAULT_WAIT_S, MAX_WAIT_S, RunHandle, Runs, clamp_wait, unmeasured
 from .state import SessionState, current_tag, load_state, save_state, set_current_tag, state_dir
 from .views import Views

@@ -12,7 +12,7 @@ import psutil
 import pytest
 from mcp import Client
 
-from mcp_autoresearch.runner import marked_processes
+from mcp_autoresearch.processes import marked_processes
 
 from .conftest import Agent, git, run_cli, stdio_params
 
