@@ -116,6 +116,7 @@
     }
     // points: discarded first so kept ones are drawn on top
     const bottom = M.top + ph + lane / 2;
+    const few = data.x.length < 300;  // larger dots when there is room for them
     for (const pass of [1, 0, 2]) {
       for (let i = 0; i < data.x.length; i++) {
         if (data.k[i] !== pass) continue;
@@ -130,7 +131,7 @@
           parts.push(`<path class="p-out" d="M${x - 4} ${edge - 3 * dir}l4 ${6 * dir}l4 ${-6 * dir}z"/>`);
           continue;
         }
-        parts.push(`<circle class="p-${STATUS[pass]}" cx="${x}" cy="${y.toFixed(1)}" r="${pass === 0 ? 3.6 : 2.6}"/>`);
+        parts.push(`<circle class="p-${STATUS[pass]}" cx="${x}" cy="${y.toFixed(1)}" r="${pass === 0 ? (few ? 4.2 : 3.4) : (few ? 3.4 : 2.4)}"/>`);
       }
     }
     parts.push(`<line class="cursor" x1="0" x2="0" y1="${M.top}" y2="${axisY}" stroke="currentColor" stroke-opacity="0" />`);
