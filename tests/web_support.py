@@ -110,7 +110,9 @@ def synthetic_session(
         run_id = f"r{i}"
         commit = hashlib.sha1(run_id.encode()).hexdigest()
         crashed = i > 1 and rng.random() < 0.05
-        value = None if crashed else round((best or 1.0) * (1 + rng.gauss(0.004, 0.01)), 9)
+        # Ideas improve on the best less and less often as it nears a floor of 0.9; a few are way off.
+        level = 0.9 + max((best or 1.0) - 0.9, 0.0) * (1 + rng.gauss(0.08, 0.1)) + rng.gauss(0, 0.003)
+        value = None if crashed else round(level * (1.4 if rng.random() < 0.01 else 1.0), 9)
         if crashed:
             status = "crash"
         elif best is None or value < best:  # type: ignore[operator]

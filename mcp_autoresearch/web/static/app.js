@@ -65,7 +65,7 @@
     state.summary = s;
     const lower = s.direction !== "higher_is_better";
     const direction = lower ? "lower is better" : "higher is better";
-    $("session").textContent = s.tag ? `${s.tag} · ${s.metric} (${direction}) · ${s.target}` : "no session yet";
+    $("session").textContent = !s.tag ? "no session yet" : s.metric ? `${s.tag} · ${s.metric} (${direction}) · ${s.target}` : s.tag;
     const notice = s.error || (s.tag ? "" : "No session in this project yet: start one from your agent (start_session).");
     $("notice").hidden = !notice;
     $("notice").textContent = notice;
@@ -80,7 +80,8 @@
     $("best-sub").title = s.best ? s.best.description : "";
     setText("improvement", s.improvement === null ? "–" : signed(s.improvement), s.improvement);
     $("improvement-pct").textContent = s.improvement_pct === null ? "" : `${signed(+s.improvement_pct.toFixed(2))}% vs baseline`;
-    setText("keep-rate", s.keep_rate === null ? "–" : `${Math.round(s.keep_rate * 100)}%`, s.keep_rate);
+    const rate = s.keep_rate === null ? "–" : (s.keep_rate * 100).toFixed(s.keep_rate < 0.1 ? 1 : 0) + "%";
+    setText("keep-rate", rate, s.keep_rate);
     $("rate").textContent = s.per_hour === null ? "" : `${s.per_hour.toFixed(s.per_hour < 10 ? 1 : 0)} experiments / hour`;
     const mem = s.best && s.best.memory_gb !== null ? s.best.memory_gb : null;
     setText("memory", mem === null ? (s.memory_peak_gb === null ? "–" : fmt(s.memory_peak_gb) + " GB") : fmt(mem) + " GB");
