@@ -147,17 +147,26 @@ def create_app(view: SessionView, host: str, token: str | None) -> ASGIApp:
         )
 
     async def events(request: Request) -> Response:
+        shutdown = anyio.Event()  # set by sse-starlette when the server stops: end the stream cleanly
+
         async def stream() -> Any:
             last: tuple[Any, ...] | None = None
-            while True:
+            while not shutdown.is_set():
                 signature = view.signature()
                 if signature != last:
                     last = signature
                     view.refresh()
                     yield {"event": "state", "data": json.dumps(view.live(), allow_nan=False), "retry": 1000}
-                await anyio.sleep(POLL_S)
+                with anyio.move_on_after(POLL_S):
+                    await shutdown.wait()
 
-        return EventSourceResponse(stream(), ping=HEARTBEAT_S, headers={"cache-control": "no-store"})
+        return EventSourceResponse(
+            stream(),
+            ping=HEARTBEAT_S,
+            headers={"cache-control": "no-store"},
+            shutdown_event=shutdown,
+            shutdown_grace_period=1.0,
+        )
 
     app = Starlette(
         routes=[
