@@ -127,6 +127,9 @@ class SessionView:
         self._log_print: tuple[int, int] | None = None
         self.notes_count = 0
         self.started: datetime | None = None  # the session's first session_start
+        self.counts: Counter[str] = Counter()  # by decision
+        self.run_counts: Counter[str] = Counter()  # by run status, failures only
+        self.memory_peak: float | None = None
 
     # -- reading the files ----------------------------------------------------------------------------------
     @property
@@ -207,6 +210,11 @@ class SessionView:
             row = _experiment(len(self.rows) + 1, details, timestamp)
             self.rows.append(row)
             self._by_run[run_id] = row
+            self.counts[row.status] += 1
+            if row.run_status != "ok":
+                self.run_counts[row.run_status] += 1
+            if row.memory_gb is not None:
+                self.memory_peak = max(self.memory_peak or row.memory_gb, row.memory_gb)
         elif (
             action == "experiment_notes" and run_id in self._by_run and isinstance(details.get("notes"), str)
         ):
@@ -221,15 +229,14 @@ class SessionView:
         return [state.pending] if state is not None and state.pending is not None else []
 
     def _log_of(self, run_id: str) -> Path | None:
-        """The newest log of a run: `<run_id>.log`, a repeat's `<run_id>-<k>.log`, or the checks' log."""
+        """The newest log of a run: `<run_id>.log`, a repeat's `<run_id>-<k>.log`, or the checks' log. The
+        names are built, not listed: the folder holds one log per experiment, thousands of them."""
         folder = state_dir(self.root) / "runs" / (self.tag or "")
-        try:
-            found = [
-                p for p in folder.glob("*.log") if re.fullmatch(rf"{re.escape(run_id)}(-\w+)?\.log", p.name)
-            ]
-        except OSError:
-            return None
-        return max(found, key=lambda p: (_stat(p) or (0, 0, 0))[2], default=None)
+        repeats = self.state.rules.get("repeats", 1) if self.state is not None else 1
+        names = [f"{run_id}.log", f"{run_id}-checks.log"]
+        names += [f"{run_id}-{k}.log" for k in range(1, min(int(repeats or 1), 100) + 1)]
+        found = [(stamp[2], folder / name) for name in names if (stamp := _stat(folder / name))]
+        return max(found)[1] if found else None
 
     # -- what the page asks for -----------------------------------------------------------------------------
     @property
@@ -237,9 +244,7 @@ class SessionView:
         return self.state is None or self.state.metric_direction == "lower_is_better"
 
     def summary(self) -> dict[str, Any]:
-        state, rows = self.state, self.rows
-        counts = Counter(r.status for r in rows)
-        run_counts = Counter(r.run_status for r in rows if r.run_status != "ok")
+        state, rows, counts = self.state, self.rows, self.counts
         best = state.best if state else None
         best_row = self._by_run.get(best.run_id) if best else None
         baseline = state.baseline_value if state else None
@@ -248,7 +253,6 @@ class SessionView:
             if best and state and baseline is not None
             else None
         )
-        memories = [r.memory_gb for r in rows if r.memory_gb is not None]
         return {
             "tag": self.tag,
             "error": self.error,
@@ -258,7 +262,7 @@ class SessionView:
             "branch": state.branch if state else None,
             "total": len(rows),
             "counts": {s: counts.get(s, 0) for s in STATUSES},
-            "run_counts": dict(run_counts),
+            "run_counts": dict(self.run_counts),
             "notes": self.notes_count,
             "baseline": baseline,
             "best": None
@@ -275,7 +279,7 @@ class SessionView:
             "improvement_pct": improvement_pct(gain, baseline) if gain is not None and baseline else None,
             "keep_rate": counts.get("keep", 0) / len(rows) if rows else None,
             "per_hour": self._per_hour(),
-            "memory_peak_gb": max(memories) if memories else None,
+            "memory_peak_gb": self.memory_peak,
         }
 
     def _per_hour(self) -> float | None:
