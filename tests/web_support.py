@@ -184,3 +184,21 @@ def _event(action: str, details: dict[str, object], when: datetime) -> str:
     stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     event = {"tool": "autoresearch", "action": action, "status": "success", "details": details}
     return json.dumps({**event, "local_time": stamp, "timestamp": stamp}) + "\n"
+
+
+def append_experiment(root: Path, n: int, value: float, tag: str = "big") -> None:
+    """One more decided experiment at the end of the JSONL, appended as the server appends it."""
+    run_id = f"r{n}"
+    details = {
+        "run_id": run_id,
+        "status": "discard",
+        "run_status": "ok",
+        "metric": "loss",
+        "value": value,
+        "commit": hashlib.sha1(run_id.encode()).hexdigest()[:7],
+        "full_commit": hashlib.sha1(run_id.encode()).hexdigest(),
+        "description": f"experiment {n}: appended",
+        "tag": tag,
+    }
+    with (root / ".autoresearch" / "autoresearch.jsonl").open("a") as handle:
+        handle.write(_event("experiment_done", details, datetime.now(UTC)))
