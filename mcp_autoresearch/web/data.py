@@ -344,20 +344,12 @@ class SessionView:
         size = max(1, math.ceil(len(rows) / buckets)) if len(rows) > max_points else 1
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
-            for code, status in enumerate(STATUSES):
-                group = [r for r in chunk if r.status == status]
-                if not group:
-                    continue
-                if size == 1:
-                    picked = group
-                elif status == "crash":
-                    picked = group[:1]  # one mark per bucket says "crashes here"
-                else:
-                    picked = _extremes(group)
-                for r in picked:
-                    xs.append(r.n)
-                    ys.append(None if status == "crash" else r.value)
-                    kinds.append(code)
+            if size > 1:  # a bucket: its extremes per status, in order (the page searches x by bisection)
+                chunk = sorted((r for status in STATUSES for r in _pick(chunk, status)), key=lambda r: r.n)
+            for r in chunk:
+                xs.append(r.n)
+                ys.append(None if r.status == "crash" else r.value)
+                kinds.append(STATUSES.index(r.status))
         return {
             "total": len(rows),
             "decimated": size > 1,
@@ -403,10 +395,12 @@ class SessionView:
         return None
 
 
-def _extremes(group: list[Experiment]) -> list[Experiment]:
-    """The lowest and the highest of a bucket, in order: they keep the chart's envelope when decimating."""
+def _pick(bucket: list[Experiment], status: str) -> list[Experiment]:
+    """What stands for a bucket's rows of one status: one crash mark, or the lowest and the highest value
+    (they keep the chart's envelope when decimating)."""
+    group = [r for r in bucket if r.status == status]
     with_value = [r for r in group if r.value is not None]
-    if not with_value:
+    if status == "crash" or not with_value:
         return group[:1]
     low = min(with_value, key=lambda r: r.value or 0.0)
     high = max(with_value, key=lambda r: r.value or 0.0)
