@@ -83,6 +83,7 @@
     const parts = [];
     // grid and axes
     for (const t of ticks(y0, y1, 5)) {
+      if (lane && sy(t) > M.top + ph - 8) continue;  // too close to the crash lane's label
       const y = sy(t).toFixed(1);
       parts.push(`<line class="grid" x1="${M.left}" x2="${M.left + pw}" y1="${y}" y2="${y}"/>`);
       parts.push(`<text x="${M.left - 8}" y="${y}" text-anchor="end" dominant-baseline="middle">${label(t)}</text>`);
