@@ -129,7 +129,10 @@ async def one_session(
             run = await call("run_experiment", description=description, wait_s=45)
             while run["status"] == "running":
                 run = await call("wait_experiment", run_id=run["run_id"], wait_s=45)
-            return (await call("commit_or_reset", run_id=run["run_id"]))["decision"]
+            decision = (await call("commit_or_reset", run_id=run["run_id"]))["decision"]
+            if decision == "crash":  # the evaluator never fails: a crash is the bench's own problem
+                raise RuntimeError(f"{description}: {run.get('error')}")
+            return decision
 
         await call("start_session", tag="bench")
         await experiment("baseline")
