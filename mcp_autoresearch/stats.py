@@ -20,8 +20,8 @@ estimate is below FUTILITY * (n - 1) standard errors (after the first run: not b
 "clearly worse" case), or at the last look. The winner's curse: before the candidate's next run the best needs
 BEST_RUNS times the candidate's runs, so a lucky draw kept earlier is diluted by fresh runs before it judges.
 
-Tuned by simulation (see BENCHMARKS.md, bench/noise.py): at a true effect of 2 sigma about 70% are kept, with
-about 1.9 runs per candidate that is no better, and about 0.1 false keeps per 100 such candidates.
+Measured through the server (BENCHMARKS.md, bench/noise.py): 0.15 false keeps per 100 candidates that are no
+better (greedy: 4.85), 72% of the candidates 2 sigma better kept, 1.7 to 2.6 runs per candidate.
 """
 
 from __future__ import annotations
