@@ -22,6 +22,8 @@ from .projects import detect_all
 # Keys that describe how the metric is obtained. Detection's values for them only apply to the metric it names:
 # a user who configures another metric_name gets that metric read from the output, not detection's measurement.
 METRIC_KEYS = ("metric_parse", "metric_regex", "metric_measure", "metric_direction", "memory_regex")
+# How the value is read. One of them configured replaces detection's way of reading its metric.
+READ_KEYS = ("metric_parse", "metric_regex", "metric_measure")
 
 
 class ProjectInfo(BaseModel):
@@ -57,24 +59,28 @@ class Project:
 
 
 def describe_metric_source(config: Config, detected_source: str | None) -> str:
-    name = config.metric_name
+    """How the metric is obtained, in one line for the agent. `detected_source` is detection's own description,
+    given only when detection's metric is the one in use (no metric setting came from configuration)."""
+    if detected_source:
+        return detected_source
     if config.metric_parse:
         return f"first number printed by metric_parse: {config.metric_parse}"
     if config.metric_regex:
         return f"last match of metric_regex {config.metric_regex!r} in the run's output"
     if config.metric_measure:
-        if detected_source:
-            return detected_source
-        kind, _, path = config.metric_measure.partition(":")
-        if kind == "wall_time_s":
-            return "wall time of the run in seconds (measured by the server)"
-        unit = "KB" if kind == "size_kb" else "MB"
-        return f"size of '{path}' in {unit} after the run (measured by the server)"
-    if detected_source:
-        return detected_source
-    if name:
+        return describe_measure(config.metric_measure)
+    if config.metric_name:
+        name = config.metric_name
         return f"the last '{name}: <float>' or 'METRIC {name}=<float>' line of the run's output"
     return "unknown: set metric_name (and metric_parse or metric_regex if the output needs it)"
+
+
+def describe_measure(spec: str) -> str:
+    kind, _, path = spec.partition(":")
+    if kind == "wall_time_s":
+        return "wall time of the run in seconds (measured by the server)"
+    unit = "KB" if kind == "size_kb" else "MB"
+    return f"size of '{path}' in {unit} after the run (measured by the server)"
 
 
 def check_project_root(path: str | os.PathLike[str] | None) -> Path:
@@ -117,11 +123,18 @@ def load_project(
             if key not in merged:
                 merged[key] = value
                 origin[key] = source.label
+    # Every key a source of the user's gave. Decided here, not from labels: "autoresearch.toml" starts with "auto".
+    user_keys = set(merged)
     metric_from_user = "metric_name" in merged
+    read_from_user = any(key in merged for key in READ_KEYS)
     if detected:
         label = f"auto-detected ({detected.project_type})"
         for key, value in detected.settings.items():
-            if key in merged or (metric_from_user and key in METRIC_KEYS):
+            if (
+                key in merged
+                or (metric_from_user and key in METRIC_KEYS)
+                or (read_from_user and key in READ_KEYS)
+            ):
                 continue
             merged[key] = value
             origin[key] = label
@@ -158,10 +171,9 @@ def load_project(
             f"timeout ({config.timeout:g} s) is shorter than time_budget ({config.time_budget:g} s)"
         )
 
-    user_configured = any(key in origin and not origin[key].startswith(("auto", "default")) for key in KEYS)
     if detected:
         project_type = detected.project_type
-    elif user_configured:
+    elif user_keys:
         project_type = "custom"
     else:
         project_type = "unknown"
@@ -190,7 +202,9 @@ def load_project(
         metric_direction=config.metric_direction,
         metric_source=describe_metric_source(
             config,
-            detected.metric_source if detected and origin.get("metric_name", "").startswith("auto") else None,
+            detected.metric_source
+            if detected and not user_keys.intersection(("metric_name", *READ_KEYS))
+            else None,
         ),
         time_budget=config.time_budget,
         timeout=config.timeout,
@@ -198,7 +212,7 @@ def load_project(
         writable=list(config.writable),
         isolation=isolation.describe(),
         config_source=origin,
-        evidence=detected.evidence if detected else [s.path.name for s in sources if s.path],
+        evidence=detected.evidence if detected else [s.label for s in sources if s.values],
         warnings=warnings,
         ready=ready,
         message=message,
