@@ -138,6 +138,10 @@ def load_project(
                 continue
             merged[key] = value
             origin[key] = label
+    if detected:
+        for key, messages in detected.setting_warnings.items():
+            if origin.get(key) == label:
+                warnings += messages
     config = build_config(merged)
     for key in KEYS:
         if key not in origin:

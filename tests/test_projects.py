@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from mcp_autoresearch.project import load_project
@@ -149,3 +150,22 @@ def test_broken_package_json_still_detects_with_warning(tmp_path: Path) -> None:
     info = detect(tmp_path, {"package.json": "{not json", "index.js": ""})
     assert info.project_type == "node"
     assert any("could not be read" in w for w in info.warnings)
+
+
+def _path_without_uv() -> str:
+    return os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "uv").exists())
+
+
+def test_uv_warning_only_for_a_detected_run_command(tmp_path: Path, monkeypatch) -> None:
+    """Item 12.5: "uv is not on PATH" only when the run command is the detected one."""
+    monkeypatch.setenv("PATH", _path_without_uv())
+    files = {"train.py": "", "prepare.py": ""}
+    detected = detect(tmp_path / "a", files)
+    assert detected.run_command == "python train.py"
+    assert any("uv is not on PATH" in w for w in detected.warnings)
+    configured = detect(tmp_path / "b", {**files, "autoresearch.toml": 'run_command = "python3 train.py"\n'})
+    assert configured.run_command == "python3 train.py"
+    assert not any("uv" in w for w in configured.warnings)
+    root = make_repo(tmp_path / "c", files)
+    flagged = load_project(root, {"run_command": "python3 train.py --fast"}).info
+    assert not any("uv" in w for w in flagged.warnings)

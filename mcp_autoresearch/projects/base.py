@@ -39,6 +39,11 @@ class Detection:
     settings: dict[str, Any]
     metric_source: str
     warnings: list[str] = field(default_factory=list)
+    # Warnings about one detected setting: reported only when detection's value is the one in use.
+    setting_warnings: dict[str, list[str]] = field(default_factory=dict)
+
+    def warn_about(self, key: str, message: str) -> None:
+        self.setting_warnings.setdefault(key, []).append(message)
 
 
 class ProjectType(Protocol):

@@ -13,13 +13,9 @@ NAME = "ml"
 def detect(root: Path) -> Detection | None:
     if not ((root / "train.py").is_file() and (root / "prepare.py").is_file()):
         return None
-    warnings = []
-    if shutil.which("uv"):
-        run = "uv run train.py"
-    else:
-        run = "python train.py"
-        warnings.append("uv is not on PATH: running 'python train.py' instead of 'uv run train.py'")
-    return Detection(
+    uv = shutil.which("uv") is not None
+    run = "uv run train.py" if uv else "python train.py"
+    detection = Detection(
         project_type=NAME,
         score=90,
         evidence=["train.py", "prepare.py"],
@@ -33,5 +29,9 @@ def detect(root: Path) -> Detection | None:
             "readonly_files": ["prepare.py"],
         },
         metric_source="the last 'val_bpb: <float>' line of the run's output (memory from 'peak_vram_mb:')",
-        warnings=warnings,
     )
+    if not uv:
+        detection.warn_about(
+            "run_command", "uv is not on PATH: running 'python train.py' instead of 'uv run train.py'"
+        )
+    return detection
