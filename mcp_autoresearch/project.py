@@ -21,7 +21,15 @@ from .projects import detect_all
 
 # Keys that describe how the metric is obtained. Detection's values for them only apply to the metric it names:
 # a user who configures another metric_name gets that metric read from the output, not detection's measurement.
-METRIC_KEYS = ("metric_parse", "metric_regex", "metric_measure", "metric_direction", "memory_regex")
+METRIC_KEYS = (
+    "metric_parse",
+    "metric_regex",
+    "metric_measure",
+    "metric_direction",
+    "memory_regex",
+    "repeats",
+    "min_delta",
+)
 # How the value is read. One of them configured replaces detection's way of reading its metric.
 READ_KEYS = ("metric_parse", "metric_regex", "metric_measure")
 
@@ -81,6 +89,22 @@ def describe_measure(spec: str) -> str:
         return "wall time of the run in seconds (measured by the server)"
     unit = "KB" if kind == "size_kb" else "MB"
     return f"size of '{path}' in {unit} after the run (measured by the server)"
+
+
+def wall_time_warning(config: Config) -> str:
+    """Said in `detect`: a wall time is noisy, and how much of that noise the settings absorb."""
+    name = config.metric_name or "the metric"
+    if config.repeats == 1 and config.min_delta == 0:
+        return (
+            f"{name} is a wall time, which varies from run to run: with one run per experiment and min_delta = 0, "
+            "noise alone can keep or discard a change; set repeats (3 or more) and min_delta"
+        )
+    runs = f"{config.repeats} runs" if config.repeats > 1 else "1 run"
+    return (
+        f"{name} is a wall time, which varies from run to run: {runs} per experiment (the median decides), and a "
+        f"change must beat the best by more than min_delta = {config.min_delta:g} s; compare with the spread the "
+        "baseline reports, and raise min_delta above it if needed"
+    )
 
 
 def check_project_root(path: str | os.PathLike[str] | None) -> Path:
@@ -170,6 +194,8 @@ def load_project(
     isolation = probe_isolation(config.isolation)
     if config.isolation == "required" and not isolation.confined:
         warnings.append(f"isolation = required, but runs cannot be confined here ({isolation.reason})")
+    if config.metric_measure == "wall_time_s" and not (config.metric_parse or config.metric_regex):
+        warnings.append(wall_time_warning(config))
     if config.timeout < config.time_budget:
         warnings.append(
             f"timeout ({config.timeout:g} s) is shorter than time_budget ({config.time_budget:g} s)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from mcp_autoresearch.project import load_project
@@ -94,7 +95,7 @@ def test_kotlin_gradle_wrapper(tmp_path: Path) -> None:
     )
     assert info.project_type == "java"
     assert info.target_file == "src/main/kotlin/Main.kt"
-    assert info.run_command == "./gradlew build -x test -q"
+    assert info.run_command == "./gradlew build -x test -q --rerun-tasks"
 
 
 def test_rust_binary(tmp_path: Path) -> None:
@@ -132,7 +133,7 @@ def test_python_package(tmp_path: Path) -> None:
     )
     assert info.project_type == "python"
     assert info.target_file == "src/my_lib/core.py"
-    assert info.run_command == "python -m pytest -q -x tests"
+    assert info.run_command in ("python -m pytest -q -x tests", "python3 -m pytest -q -x tests")
     assert info.metric_name == "test_time_s"
 
 
@@ -169,3 +170,57 @@ def test_uv_warning_only_for_a_detected_run_command(tmp_path: Path, monkeypatch)
     root = make_repo(tmp_path / "c", files)
     flagged = load_project(root, {"run_command": "python3 train.py --fast"}).info
     assert not any("uv" in w for w in flagged.warnings)
+
+
+PY_PACKAGE = {
+    "pyproject.toml": '[project]\nname = "lib"\n',
+    "lib/core.py": "def f(): pass\n",
+    "tests/test_core.py": "def test(): pass\n",
+}
+
+
+def test_python_wall_time_defaults_are_honest_and_use_the_projects_environment(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Item 12.4: several runs and a min_delta for a wall-time metric, said in `detect`; the project's own
+    interpreter (.venv, or uv with uv.lock) or a warning naming the one from PATH."""
+    monkeypatch.setenv("PATH", _path_without_uv())
+    root = make_repo(tmp_path / "venv", {**PY_PACKAGE, ".gitignore": ".venv/\n"})
+    (root / ".venv/bin").mkdir(parents=True)
+    (root / ".venv/bin/python").symlink_to(sys.executable)
+    project = load_project(root)
+    assert project.info.run_command == ".venv/bin/python -m pytest -q -x tests"
+    assert project.config.repeats == 3 and project.config.min_delta > 0
+    noise = [w for w in project.info.warnings if "wall time" in w]
+    assert noise and "3 runs" in noise[0] and "min_delta" in noise[0]
+
+    bare = load_project(make_repo(tmp_path / "bare", PY_PACKAGE)).info
+    assert bare.run_command.split()[0] in ("python", "python3")
+    assert any("interpreter" in w and bare.run_command.split()[0] in w for w in bare.warnings)
+
+    locked = make_repo(tmp_path / "uv", {**PY_PACKAGE, "uv.lock": "version = 1\n"})
+    assert any("uv is not on PATH" in w for w in load_project(locked).info.warnings)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "uv").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "uv").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{_path_without_uv()}")
+    assert load_project(locked).info.run_command == "uv run python -m pytest -q -x tests"
+
+    # Another metric configured: detection's repeats and min_delta belong to its metric, not to the user's.
+    (locked / "autoresearch.toml").write_text('metric_name = "score"\n')
+    assert load_project(locked).config.repeats == 1
+
+
+def test_java_wall_time_defaults(tmp_path: Path) -> None:
+    """Gradle reruns every task, so repeats time a full build; Maven cannot (clean deletes target/, which a
+    confined run may not), so it runs once, and detect says noise still weighs."""
+    source = {"src/main/java/App.java": "class App {}\n"}
+    gradle = load_project(make_repo(tmp_path / "g", {"build.gradle": "", **source}))
+    assert gradle.info.run_command == "gradle build -x test -q --rerun-tasks"
+    assert gradle.config.repeats == 3 and gradle.config.min_delta > 0
+    assert any("wall time" in w and "3 runs" in w for w in gradle.info.warnings)
+    maven = load_project(make_repo(tmp_path / "m", {"pom.xml": "<project/>", **source}))
+    assert maven.info.run_command == "mvn -q package -DskipTests"
+    assert maven.config.repeats == 1 and maven.config.min_delta > 0
+    assert any("wall time" in w and "1 run " in w for w in maven.info.warnings)

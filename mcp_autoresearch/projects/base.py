@@ -29,6 +29,15 @@ SKIP_DIRS = {
 }
 
 
+# A wall time varies from run to run. Until a noise gate decides from the measured spread, a wall-time metric runs
+# several times per experiment (the median decides) and a change must beat the best by a margin (seconds).
+WALL_TIME_REPEATS = 3
+
+
+def wall_time_settings(min_delta_s: float) -> dict[str, Any]:
+    return {"metric_measure": "wall_time_s", "repeats": WALL_TIME_REPEATS, "min_delta": min_delta_s}
+
+
 @dataclass
 class Detection:
     """What a project type found: how sure it is (`score`), why (`evidence`), and the settings it suggests."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import tomllib
 from pathlib import Path
 
-from .base import Detection, find_files, first_existing, rel
+from .base import Detection, find_files, first_existing, rel, wall_time_settings
 
 NAME = "python"
+MIN_DELTA_S = 0.1  # a test suite takes a second to minutes; differences under 0.1 s are noise
 
 
 def _package_name(root: Path) -> str | None:
@@ -43,6 +46,27 @@ def _target(root: Path) -> str | None:
     return found
 
 
+def _interpreter(root: Path) -> tuple[str, list[str]]:
+    """The project's own environment when it has one: `.venv/bin/python`, else `uv run python` with uv.lock;
+    otherwise the interpreter on PATH, named in a warning (the tests may not even import there)."""
+    venv = root / ".venv" / "bin" / "python"
+    if venv.is_file() and os.access(venv, os.X_OK):
+        return ".venv/bin/python", []
+    notes = []
+    if (root / "uv.lock").is_file():
+        if shutil.which("uv"):
+            return "uv run python", []
+        notes.append("uv.lock found but uv is not on PATH, and there is no .venv")
+    name = "python" if shutil.which("python") else "python3"
+    found = shutil.which(name)
+    where = f"'{name}' from PATH ({os.path.realpath(found)})" if found else f"'{name}', which is not on PATH"
+    notes.append(
+        f"no project environment (.venv, or uv.lock with uv): the tests run with the interpreter {where}; "
+        "set run_command if they need another"
+    )
+    return name, notes
+
+
 def detect(root: Path) -> Detection | None:
     markers = [name for name in ("pyproject.toml", "setup.py", "setup.cfg") if (root / name).is_file()]
     if not markers:
@@ -51,13 +75,17 @@ def detect(root: Path) -> Detection | None:
     warnings = []
     settings = {
         "metric_name": "test_time_s",
-        "metric_measure": "wall_time_s",
+        **wall_time_settings(MIN_DELTA_S),
         "writable": [".pytest_cache"],
         "metric_direction": "lower_is_better",
         "readonly_files": markers,
     }
+    interpreter_notes: list[str] = []
     if tests:
-        settings["run_command"] = f"python -m pytest -q -x {tests[0]}"
+        python, interpreter_notes = _interpreter(root)
+        settings["run_command"] = f"{python} -m pytest -q -x {tests[0]}"
+        if python.startswith("uv "):
+            settings["writable"] = [".pytest_cache", "~/.cache/uv"]
     else:
         warnings.append("no tests/ directory: set run_command to what exercises the code")
     target = _target(root)
@@ -65,7 +93,7 @@ def detect(root: Path) -> Detection | None:
         settings["target_file"] = target
     else:
         warnings.append("no module found to optimise; set target_file")
-    return Detection(
+    detection = Detection(
         NAME,
         40,
         markers,
@@ -73,3 +101,6 @@ def detect(root: Path) -> Detection | None:
         "wall time of the test suite in seconds (measured by the server)",
         warnings,
     )
+    for note in interpreter_notes:
+        detection.warn_about("run_command", note)
+    return detection
