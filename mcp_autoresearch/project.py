@@ -162,10 +162,13 @@ def load_project(
                 continue
             merged[key] = value
             origin[key] = label
+    target_notes: list[str] = []
     if detected:
         for key, messages in detected.setting_warnings.items():
-            if origin.get(key) == label:
+            if origin.get(key, label) == label:  # detection's value is in use, or nothing gave one
                 warnings += messages
+                if key == "target_file" and key not in origin:
+                    target_notes = messages
     config = build_config(merged)
     for key in KEYS:
         if key not in origin:
@@ -217,7 +220,7 @@ def load_project(
             "lines to CLAUDE.md or AGENTS.md."
         )
     elif missing:
-        message = (
+        message = "".join(f"{note[0].upper()}{note[1:]}. " for note in target_notes) + (
             f"Set {', '.join(missing)} in autoresearch.toml or the '## autoresearch' section of CLAUDE.md "
             "(or pass them on the server's command line)."
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mcp_autoresearch.project import load_project
 
-from .conftest import make_repo
+from .conftest import git, make_repo
 
 
 def detect(tmp_path: Path, files: dict[str, str]):
@@ -224,3 +224,67 @@ def test_java_wall_time_defaults(tmp_path: Path) -> None:
     assert maven.info.run_command == "mvn -q package -DskipTests"
     assert maven.config.repeats == 1 and maven.config.min_delta > 0
     assert any("wall time" in w and "1 run " in w for w in maven.info.warnings)
+
+
+def test_node_target_is_never_a_build_output(tmp_path: Path) -> None:
+    """Item 12.2: `main: dist/x.js` exists after the first build; the target stays the tracked source."""
+    package = {"name": "x", "main": "dist/x.js", "scripts": {"build": "node build.js"}}
+    root = make_repo(
+        tmp_path / "n",
+        {"package.json": json.dumps(package), ".gitignore": "dist/\n", "src/index.ts": "export {}\n"},
+    )
+    before = load_project(root).info
+    assert before.target_file == "src/index.ts"
+    (root / "dist").mkdir()
+    (root / "dist/x.js").write_text("module.exports = 1\n")  # the first build's output (ignored, untracked)
+    after = load_project(root).info
+    assert after.target_file == "src/index.ts"
+    assert any("dist/x.js" in w and "build output" in w for w in after.warnings)
+    # A library that commits its build output: tracked, but still a build output, never the target.
+    git(root, "add", "-f", "dist/x.js")
+    git(root, "commit", "-q", "-m", "ship dist")
+    assert load_project(root).info.target_file == "src/index.ts"
+
+
+def test_node_output_dir_of_the_build_script_is_never_the_target(tmp_path: Path) -> None:
+    package = {"main": "lib/index.js", "scripts": {"build": "tsc --outDir lib"}}
+    root = make_repo(
+        tmp_path / "n",
+        {"package.json": json.dumps(package), "lib/index.js": "", "src/main.ts": "export {}\n"},
+    )
+    info = load_project(root).info
+    assert "'lib/'" in info.metric_source
+    assert info.target_file == "src/main.ts"
+
+
+def test_every_type_targets_only_tracked_unignored_sources(tmp_path: Path) -> None:
+    """The same rule for every type: an ignored or untracked file is never the detected target."""
+    go = make_repo(
+        tmp_path / "go",
+        {
+            "go.mod": "module x\n",
+            ".gitignore": "/main.go\n",
+            "cmd/tool/main.go": "package main\nfunc main() {}\n",
+        },
+    )
+    (go / "main.go").write_text("package main\nfunc main() {}\n")  # generated, ignored
+    assert load_project(go).info.target_file == "cmd/tool/main.go"
+
+    py = make_repo(
+        tmp_path / "py",
+        {
+            "pyproject.toml": '[project]\nname = "lib"\n',
+            ".gitignore": "lib/_generated.py\n",
+            "lib/__init__.py": "",
+            "lib/solver.py": "def f(): pass\n",
+        },
+    )
+    (py / "lib/_generated.py").write_text("X = 1\n" * 1000)  # the largest module, but ignored
+    assert load_project(py).info.target_file == "lib/solver.py"
+
+    ml = make_repo(tmp_path / "ml", {"README.md": "x\n"})
+    (ml / "train.py").write_text("")
+    (ml / "prepare.py").write_text("")
+    info = load_project(ml).info
+    assert info.project_type == "ml" and info.target_file is None
+    assert "train.py is not tracked by git" in info.message

@@ -12,11 +12,15 @@ MIN_DELTA_S = 1.0  # a clean build takes seconds to minutes; differences under a
 _MAIN = re.compile(r"public\s+static\s+void\s+main\s*\(|^\s*fun\s+main\s*\(", re.MULTILINE)
 
 
-def _entry_point(root: Path) -> str | None:
+def _entry_points(root: Path, limit: int = 20) -> list[str]:
+    """Files under src/main with a `main` (bounded)."""
+    found = []
     for path in find_files(root, "src/main", (".java", ".kt")):
         if _MAIN.search(read_small(path)):
-            return rel(root, path)
-    return None
+            found.append(rel(root, path))
+            if len(found) >= limit:
+                break
+    return found
 
 
 def detect(root: Path) -> Detection | None:
@@ -42,17 +46,12 @@ def detect(root: Path) -> Detection | None:
     }
     if maven:
         settings["repeats"] = 1
-    warnings = []
-    target = _entry_point(root)
-    if target:
-        settings["target_file"] = target
-    else:
-        warnings.append("no entry point (main) found under src/main; set target_file")
     return Detection(
         project_type=NAME,
         score=70,
         evidence=build_files,
         settings=settings,
         metric_source="wall time of the build in seconds (measured by the server)",
-        warnings=warnings,
+        target_candidates=_entry_points(root),
+        no_target="no tracked entry point (main) found under src/main; set target_file",
     )

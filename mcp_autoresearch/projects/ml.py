@@ -20,7 +20,6 @@ def detect(root: Path) -> Detection | None:
         score=90,
         evidence=["train.py", "prepare.py"],
         settings={
-            "target_file": "train.py",
             "run_command": run,
             # caches of torch, triton and uv; nothing inside the project (the evaluation data stays read-only)
             "writable": ["~/.cache/torch", "~/.triton", "~/.cache/uv"],
@@ -29,6 +28,8 @@ def detect(root: Path) -> Detection | None:
             "readonly_files": ["prepare.py"],
         },
         metric_source="the last 'val_bpb: <float>' line of the run's output (memory from 'peak_vram_mb:')",
+        target_candidates=["train.py"],
+        no_target="train.py is not usable as the target; set target_file",
     )
     if not uv:
         detection.warn_about(

@@ -22,7 +22,7 @@ def _package_name(root: Path) -> str | None:
     return name.replace("-", "_").lower() if isinstance(name, str) else None
 
 
-def _target(root: Path) -> str | None:
+def _targets(root: Path) -> list[str]:
     name = _package_name(root)
     candidates = []
     if name:
@@ -36,14 +36,12 @@ def _target(root: Path) -> str | None:
         ]
     candidates += ["main.py", "app.py"]
     found = first_existing(root, candidates)
-    if found and not found.endswith("__init__.py"):
-        return found
-    # An empty __init__.py is a poor target: prefer the largest module of the package.
+    named = [found] if found and not found.endswith("__init__.py") else []
+    # An empty __init__.py is a poor target: prefer the largest modules of the package.
     base = str(Path(found).parent) if found else ("src" if (root / "src").is_dir() else ".")
     modules = [p for p in find_files(root, base, (".py",)) if "test" not in p.name and p.name != "setup.py"]
-    if modules:
-        return rel(root, max(modules, key=lambda p: (p.stat().st_size, -len(str(p)))))
-    return found
+    modules.sort(key=lambda p: (-p.stat().st_size, len(str(p))))
+    return named + [rel(root, p) for p in modules[:20]] + ([found] if found and not named else [])
 
 
 def _interpreter(root: Path) -> tuple[str, list[str]]:
@@ -88,11 +86,6 @@ def detect(root: Path) -> Detection | None:
             settings["writable"] = [".pytest_cache", "~/.cache/uv"]
     else:
         warnings.append("no tests/ directory: set run_command to what exercises the code")
-    target = _target(root)
-    if target:
-        settings["target_file"] = target
-    else:
-        warnings.append("no module found to optimise; set target_file")
     detection = Detection(
         NAME,
         40,
@@ -100,6 +93,8 @@ def detect(root: Path) -> Detection | None:
         settings,
         "wall time of the test suite in seconds (measured by the server)",
         warnings,
+        target_candidates=_targets(root),
+        no_target="no tracked module found to optimise; set target_file",
     )
     for note in interpreter_notes:
         detection.warn_about("run_command", note)
