@@ -17,6 +17,7 @@ from .config_sources import Source, command_line_source, read_file_sources
 from .errors import ConfigError
 from .guard import check_target_file
 from .isolation import check_writable, probe_isolation
+from .metrics import Measure
 from .projects import detect_all
 
 # Keys that describe how the metric is obtained. Detection's values for them only apply to the metric it names:
@@ -84,11 +85,15 @@ def describe_metric_source(config: Config, detected_source: str | None) -> str:
 
 
 def describe_measure(spec: str) -> str:
-    kind, _, path = spec.partition(":")
-    if kind == "wall_time_s":
+    measure = Measure.parse(spec)
+    if measure.kind == "wall_time_s":
         return "wall time of the run in seconds (measured by the server)"
-    unit = "KB" if kind == "size_kb" else "MB"
-    return f"size of '{path}' in {unit} after the run (measured by the server)"
+    unit = "KB" if measure.kind == "size_kb" else "MB"
+    left_out = f", leaving out {', '.join(measure.exclude)}" if measure.exclude else ""
+    return (
+        f"size of '{measure.path}' in {unit}{left_out}, after the run (measured by the server; "
+        "an output not written by the run is a metric_error)"
+    )
 
 
 def wall_time_warning(config: Config) -> str:

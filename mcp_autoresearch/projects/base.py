@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..metrics import Measure
+
 # Directories never searched for source files: dependencies, build output, VCS, virtual environments.
 SKIP_DIRS = {
     ".git",
@@ -116,7 +118,7 @@ def choose_target(root: Path, detection: Detection, git_files: tuple[set[str], s
     link, never under a build output or dependency directory (a build output such as package.json's
     `main: dist/x.js` exists after the first build, and changes with every build). Rejected candidates that
     ranked first are explained, tied to target_file. `git_files` is None outside git: then tracking is unknown."""
-    measured = str(detection.settings.get("metric_measure", "")).partition(":")[2].strip("/")
+    measured = Measure.parse(str(detection.settings.get("metric_measure", ""))).path.strip("/")
     rejected: list[str] = []
     for candidate in dict.fromkeys(path.removeprefix("./") for path in detection.target_candidates):
         path = root / candidate

@@ -77,7 +77,7 @@ def detect(root: Path) -> Detection | None:
         "run_command": "npm run build",
         "writable": [out_dir, "node_modules/.cache", "~/.npm"],
         "metric_name": "bundle_kb",
-        "metric_measure": f"size_kb:{out_dir}",
+        "metric_measure": f"size_kb:{out_dir} !*.map",  # what ships: source maps left out
         "metric_direction": "lower_is_better",
         "readonly_files": ["package.json"] + [name for name in LOCK_FILES if (root / name).is_file()],
     }
@@ -86,7 +86,10 @@ def detect(root: Path) -> Detection | None:
         score=50,
         evidence=["package.json"],
         settings=settings,
-        metric_source=f"total size of the build output directory '{out_dir}/' in KB (measured by the server)",
+        metric_source=(
+            f"total size of the build output directory '{out_dir}/' in KB, source maps (*.map) left out "
+            f"(measured by the server; an output not written by the run is a metric_error)"
+        ),
         warnings=warnings,
         target_candidates=_targets(package),
         no_target="no tracked source file found (source/main/module/exports, src/index.*); set target_file",
