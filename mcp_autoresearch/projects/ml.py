@@ -26,6 +26,7 @@ def detect(root: Path) -> Detection | None:
             "metric_name": "val_bpb",
             "metric_direction": "lower_is_better",
             "readonly_files": ["prepare.py"],
+            "results_format": "karpathy",  # the columns karpathy's analysis.ipynb reads
         },
         metric_source="the last 'val_bpb: <float>' line of the run's output (memory from 'peak_vram_mb:')",
         target_candidates=["train.py"],
