@@ -288,3 +288,22 @@ def test_every_type_targets_only_tracked_unignored_sources(tmp_path: Path) -> No
     info = load_project(ml).info
     assert info.project_type == "ml" and info.target_file is None
     assert "train.py is not tracked by git" in info.message
+
+
+def test_a_target_is_never_where_the_build_writes(tmp_path: Path) -> None:
+    """The paths a type lets its runs write are build outputs too: never the target, even when tracked."""
+    from mcp_autoresearch.projects.base import Detection, choose_target
+    from mcp_autoresearch.repo import tracked_and_ignored
+
+    root = make_repo(tmp_path / "w", {"gen/model.py": "x = 1\n", "src/model.py": "x = 2\n"})
+    detection = Detection(
+        "demo",
+        1,
+        [],
+        {"writable": ["./gen", "~/.cache/demo"]},
+        "",
+        target_candidates=["gen/model.py", "src/model.py"],
+    )
+    choose_target(root, detection, tracked_and_ignored(root))
+    assert detection.settings["target_file"] == "src/model.py"
+    assert any("'gen/', where the build writes" in w for w in detection.setting_warnings["target_file"])

@@ -118,13 +118,17 @@ def choose_target(root: Path, detection: Detection, git_files: tuple[set[str], s
     link, never under a build output or dependency directory (a build output such as package.json's
     `main: dist/x.js` exists after the first build, and changes with every build). Rejected candidates that
     ranked first are explained, tied to target_file. `git_files` is None outside git: then tracking is unknown."""
-    measured = Measure.parse(str(detection.settings.get("metric_measure", ""))).path.strip("/")
+    # The build's outputs: what the metric measures, and the project's paths a run may write.
+    outputs = [Measure.parse(str(detection.settings.get("metric_measure", ""))).path]
+    outputs += [p for p in detection.settings.get("writable", []) if not p.startswith(("~", "/"))]
+    outputs = [p.removeprefix("./").strip("/") for p in outputs]
+    outputs = [p for p in outputs if p not in ("", ".")]
     rejected: list[str] = []
     for candidate in dict.fromkeys(path.removeprefix("./") for path in detection.target_candidates):
         path = root / candidate
         if not path.is_file():
             continue
-        reason = _not_a_target(candidate, path, measured, git_files)
+        reason = _not_a_target(candidate, path, outputs, git_files)
         if reason is None:
             detection.settings["target_file"] = candidate
             break
@@ -139,7 +143,7 @@ def choose_target(root: Path, detection: Detection, git_files: tuple[set[str], s
 
 
 def _not_a_target(
-    candidate: str, path: Path, measured: str, git_files: tuple[set[str], set[str]] | None
+    candidate: str, path: Path, outputs: list[str], git_files: tuple[set[str], set[str]] | None
 ) -> str | None:
     if path.is_symlink():
         return "is a symbolic link"
@@ -147,8 +151,9 @@ def _not_a_target(
     for depth, part in enumerate(parts[:-1]):
         if part in SKIP_DIRS:
             return f"is under '{'/'.join(parts[: depth + 1])}/', a build output or dependency directory"
-    if measured not in ("", ".") and (candidate == measured or candidate.startswith(measured + "/")):
-        return f"is under '{measured}/', the build output the metric measures"
+    for output in outputs:
+        if candidate == output or candidate.startswith(output + "/"):
+            return f"is under '{output}/', where the build writes"
     if git_files is None:
         return None
     tracked, ignored = git_files
