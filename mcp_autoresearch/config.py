@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .results_tsv import ResultsFormat
 
 Direction = Literal["lower_is_better", "higher_is_better"]
 IsolationSetting = Literal["auto", "required", "off"]
@@ -68,6 +69,9 @@ class ConfigValues(BaseModel):
     )
     isolation: IsolationSetting | None = Field(
         None, description="auto (confine runs when the kernel can), required (refuse to start without), or off."
+    )
+    results_format: ResultsFormat | None = Field(
+        None, description="results.tsv's columns: autoresearch (the original tool's) or karpathy."
     )
     keep_rule: KeepRule | None = Field(
         None,
@@ -166,6 +170,7 @@ DEFAULTS: dict[str, Any] = {
     "jsonl_path": ".autoresearch/autoresearch.jsonl",
     "writable": [],
     "isolation": "auto",
+    "results_format": "autoresearch",
     "confidence": 0.95,
     "max_repeats": 5,
     "noise_runs": 3,
@@ -196,6 +201,7 @@ class Config(BaseModel):
     jsonl_path: str = ".autoresearch/autoresearch.jsonl"
     writable: list[str] = Field(default_factory=list)
     isolation: IsolationSetting = "auto"
+    results_format: ResultsFormat = "autoresearch"
     keep_rule: KeepRule | None = None  # None: decided by the noise measured at the session's start
     confidence: float = 0.95
     max_repeats: int = 5

@@ -9,6 +9,7 @@ import os
 import re
 import statistics
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +155,7 @@ class Experiment:
                 {"AUTORESEARCH_REPEAT": str(self.first_repeat + index - 1)},
             )
             self._clear_run_log()
+            started_at = time.time()
             done = process.run()
             self._publish_run_log(log_path)
             tally.add_run(done.duration_s, done.peak_rss_bytes, done.leftovers_killed, done.exit_code)
@@ -163,7 +165,7 @@ class Experiment:
             if failure:
                 return self._failed(tally, failure, None, log_path)
             try:
-                tally.values.append(self._metric(log_path, done.duration_s))
+                tally.values.append(self._metric(log_path, done.duration_s, started_at))
             except MetricError as exc:
                 return self._failed(tally, ("metric_error", str(exc)), None, log_path)
             tally.add_figures(read_secondary(log_path, config.metric_name, config.memory_regex))
@@ -232,7 +234,7 @@ class Experiment:
             return "crash", f"exit code {exit_code}{hint}"
         return None
 
-    def _metric(self, log_path: Path, duration_s: float) -> float:
+    def _metric(self, log_path: Path, duration_s: float, started_at: float) -> float:
         config = self.config
         if config.metric_parse:
             out_path = log_path.with_name(log_path.stem + "-metric.out")
@@ -254,7 +256,7 @@ class Experiment:
         if config.metric_regex or not config.metric_measure:
             assert config.metric_name is not None
             return read_metric_from_log(log_path, config.metric_name, config.metric_regex)
-        return measure(config.metric_measure, self.root, duration_s)
+        return measure(config.metric_measure, self.root, duration_s, started_at, config.target_file)
 
     def _clear_run_log(self) -> None:
         try:

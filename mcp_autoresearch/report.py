@@ -6,8 +6,6 @@ These read the session's files (state, JSONL) only; they never write to the proj
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -18,6 +16,7 @@ from .config import DEFAULTS
 from .errors import AutoresearchError, ConfigError
 from .journal import RESULTS_TSV, Journal, Row
 from .project import check_project_root, load_project
+from .results_tsv import TsvFormat
 from .session import current_session
 from .state import SessionState, current_tag, load_state
 
@@ -59,21 +58,8 @@ def filter_rows(rows: list[Row], status: str | None) -> list[Row]:
 
 def karpathy_tsv(rows: list[Row], metric: str) -> str:
     """karpathy/autoresearch's results.tsv columns, so its analysis.ipynb runs on our data."""
-    out = io.StringIO()
-    writer = csv.writer(out, delimiter="\t", lineterminator="\n")
-    writer.writerow(["commit", metric, "memory_gb", "status", "description"])
-    for row in rows:
-        crashed = row.status == "crash" or row.value is None
-        writer.writerow(
-            [
-                row.commit[:7],
-                "0.000000" if crashed else f"{row.value:.6f}",
-                "0.0" if crashed or row.memory_gb is None else f"{row.memory_gb:.1f}",
-                row.status,
-                row.description.replace("\t", " "),
-            ]
-        )
-    return out.getvalue()
+    shape = TsvFormat("karpathy", metric)
+    return shape.header() + "".join(shape.line(row) for row in rows)
 
 
 def results_table(files: SessionFiles, rows: list[Row], notes: bool = True):

@@ -161,7 +161,7 @@ class Session:
                 f"(git add {config.target_file} && git commit), so every experiment can be kept or discarded"
             )
         jsonl = root / config.jsonl_path
-        journal = Journal(root / RESULTS_TSV, jsonl, tag)
+        journal = Journal(root / RESULTS_TSV, jsonl, tag, config.results_format, config.metric_name)
         if state is not None and repo.branch_exists(branch):
             session = cls._resume(root, project, repo, state, journal)
         else:
