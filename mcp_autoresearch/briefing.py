@@ -103,7 +103,8 @@ def briefing_from(
         if near:
             lines += ["", "## Near-misses (discarded within the noise of the best: worth combining)", ""]
             lines += [
-                f"- {r.run_id} {one_line(r.description, 100)} (improvement {_signed(r.estimate)})" for r in near
+                f"- {r.run_id} {one_line(r.description, 100)} (improvement {_signed(r.evidence.estimate)})"
+                for r in near
             ]
         lines += ["", "## Ideas tried (newest first; do not repeat a failed one without a new reason)", ""]
         used = sum(len(line) + 1 for line in lines)
@@ -134,7 +135,9 @@ def near_misses(journal: Journal, noise_sd: float, limit: int = NEAR_MISSES, sca
     found = [
         row
         for row in journal.rows_at(recent)
-        if row.run_status == "ok" and row.estimate is not None and row.estimate >= -noise_sd
+        if row.run_status == "ok"
+        and (estimate := row.evidence.estimate) is not None
+        and estimate >= -noise_sd
     ]
     return found[:limit]
 

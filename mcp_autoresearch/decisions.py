@@ -10,6 +10,7 @@ import statistics
 
 from .context import SessionCore, normal_run_id
 from .errors import RuleViolation, SessionError
+from .evidence import Evidence
 from .journal import Row
 from .models import DecisionResult
 from .rules import Verdict, decide, improvement
@@ -222,14 +223,16 @@ class Decider:
             error=result.error,
             tag=core.state.tag,
             timestamp="",
-            values=list(result.values),
-            best_values=judged,
-            estimate=estimate,
-            interval=interval,
-            probability=probability,
-            keep_rule=core.state.keep_rule or "",
-            target_sha256=pending.target_sha256,
-            rerun_of=pending.rerun_of,
+            evidence=Evidence(
+                values=list(result.values),
+                best_values=judged,
+                estimate=estimate,
+                interval=interval,
+                probability=probability,
+                keep_rule=core.state.keep_rule or "",
+                target_sha256=pending.target_sha256,
+                rerun_of=pending.rerun_of,
+            ),
         )
 
     def _figures(

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .evidence import Evidence
 from .files import atomic_write
 from .results_tsv import AUTORESEARCH_HEADER, TsvFormat
 from .statuses import DECISIONS, RUN_STATUSES, Decision, RunStatus, as_decision, as_run_status
@@ -65,14 +66,7 @@ class Row:
     tag: str
     timestamp: str
     notes: list[str] = field(default_factory=list)
-    values: list[float] = field(default_factory=list)  # every run of the candidate (value is their median)
-    best_values: list[float] = field(default_factory=list)  # the best's runs it was judged against
-    estimate: float | None = None  # the improvement over the best the rule saw (positive = better)
-    interval: tuple[float, float] | None = None  # the sequential test's interval of the improvement
-    probability: float | None = None  # the sequential test's P(better by more than min_delta)
-    keep_rule: str = ""  # greedy | sequential
-    target_sha256: str = ""  # the target's content that ran
-    rerun_of: str | None = None  # the run that measured the same content before (rerun=true)
+    evidence: Evidence = field(default_factory=Evidence)  # what the keep rule saw
 
     def tsv_line(self) -> str:
         value = f"{self.value:.6f}" if self.value is not None and self.status != "crash" else "0.000000"
@@ -248,14 +242,7 @@ class Journal:
             error=details.get("error_detail", details.get("error")),
             tag=self.tag,
             timestamp=str(event.get("timestamp", "")),
-            values=_floats(details.get("values")),
-            best_values=_floats(details.get("best_values")),
-            estimate=_finite_or_none(details.get("estimate")),
-            interval=_interval(details.get("interval")),
-            probability=_finite_or_none(details.get("probability")),
-            keep_rule=str(details.get("keep_rule") or ""),
-            target_sha256=str(details.get("target_sha256") or ""),
-            rerun_of=details.get("rerun_of") if isinstance(details.get("rerun_of"), str) else None,
+            evidence=Evidence.from_details(details),
         )
 
     # -- loading and repair ---------------------------------------------------------------------------------
@@ -465,22 +452,11 @@ class Journal:
             # As the original tool logs it: the fine-grained run status of a failure in `error`.
             "error": row.run_status if row.run_status != "ok" or row.status == "crash" else None,
             "error_detail": row.error,
-            "values": row.values,
+            **row.evidence.details(),
         }
-        # What the keep rule saw, and what ran (issue 13); absent when unknown, so old readers see old rows.
-        extra = {
-            "best_values": row.best_values or None,
-            "estimate": row.estimate,
-            "interval": list(row.interval) if row.interval else None,
-            "probability": row.probability,
-            "keep_rule": row.keep_rule or None,
-            "target_sha256": row.target_sha256 or None,
-            "rerun_of": row.rerun_of,
-        }
-        details.update({key: value for key, value in extra.items() if value is not None})
         offset = self._append_jsonl("experiment_done", row.status != "crash", details)
         self._add(row.run_id, offset, row.value, row.status, row.run_status)
-        self._remember_content(row.target_sha256, row.run_status)
+        self._remember_content(row.evidence.target_sha256, row.run_status)
         current = fingerprint(self.tsv_path)
         if current is not None and self._tsv_size is not None and current[0] == self._tsv_size:
             line = self.tsv_format.line(row).encode("utf-8")
@@ -500,7 +476,7 @@ class Journal:
         key = _content_key(sha256)
         index = None if key is None else self._by_content.get(key)
         row = None if index is None else self.row(index)
-        return row if row is not None and row.target_sha256 == sha256 else None
+        return row if row is not None and row.evidence.target_sha256 == sha256 else None
 
     def add_notes(self, run_id: str, notes: str) -> list[str]:
         index = self.index_of(run_id)
@@ -515,22 +491,11 @@ class Journal:
         return fingerprint(self.tsv_path), fingerprint(self.jsonl_path)
 
 
-def _floats(value: Any) -> list[float]:
-    if not isinstance(value, list):
-        return []
-    return [v for v in (_finite_or_none(item) for item in value) if v is not None]
-
-
 def _content_key(sha256: object) -> int | None:
     try:
         return int(sha256[:16], 16) if isinstance(sha256, str) and len(sha256) == 64 else None
     except ValueError:
         return None
-
-
-def _interval(value: Any) -> tuple[float, float] | None:
-    pair = _floats(value)
-    return (pair[0], pair[1]) if len(pair) == 2 else None
 
 
 def _run_number(run_id: str) -> int | None:

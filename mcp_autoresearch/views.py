@@ -40,6 +40,7 @@ class Views:
             row = core.journal.get(run_id)
             if row is None:
                 raise RuleViolation(f"no run with id {run_id!r} in session '{core.state.tag}'")
+            seen = row.evidence
             next_step = f"already decided: {row.status}. Edit the target and run the next experiment."
             if row.run_status in UNFINISHED:
                 again = rerun(core.state.best is None)  # no baseline kept yet: the next run is the baseline
@@ -62,14 +63,14 @@ class Views:
                 commit=row.commit,
                 error=row.error,
                 next_step=next_step,
-                values=row.values if len(row.values) > 1 else None,
-                keep_rule=row.keep_rule or None,
-                estimate=row.estimate,
-                interval=list(row.interval) if row.interval else None,
-                probability=row.probability,
-                best_values=row.best_values or None,
+                values=seen.values if len(seen.values) > 1 else None,
+                keep_rule=seen.keep_rule or None,
+                estimate=seen.estimate,
+                interval=list(seen.interval) if seen.interval else None,
+                probability=seen.probability,
+                best_values=seen.best_values or None,
                 already_measured=True if already_measured else None,
-                rerun_of=row.rerun_of,
+                rerun_of=seen.rerun_of,
             )
 
     def pending_view(self, pending: Pending) -> RunResult:
@@ -222,6 +223,6 @@ def row_model(row: Row) -> ResultRow:
         description=row.description,
         notes=row.notes,
         timestamp=row.timestamp,
-        values=row.values if len(row.values) > 1 else None,
-        estimate=row.estimate,
+        values=row.evidence.values if len(row.evidence.values) > 1 else None,
+        estimate=row.evidence.estimate,
     )
