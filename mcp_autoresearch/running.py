@@ -294,24 +294,40 @@ class Runs:
 
     def _with_best_content(self, pending: Pending, run: Callable[[], ExperimentResult]) -> ExperimentResult:
         """Run with the best's content in place of the candidate's, then put the candidate's back. The state
-        says so meanwhile: a server killed in between restores the candidate without calling it tampering."""
+        says so meanwhile: a server killed in between restores the candidate without calling it tampering.
+        A run that changed the target is not covered up by the swaps: before them the candidate's change is
+        left for the check after the run; the best's is kept as a copy and stops the measurement."""
         core = self.core
         best = core.state.best
         assert best is not None and pending.commit is not None
-        target = self.editor.target_path()
+        target = core.root / core.target_rel
         with core.lock:
+            if sha256_file(target) != pending.target_sha256:
+                return ExperimentResult(
+                    status="tampered", value=None, values=[], spread=None, duration_s=0.0, memory_gb=None,
+                    exit_code=None, log_path="", log_tail="", error="the candidate's run changed the target",
+                )
             pending.measuring_best = True
             core.save()
             core.repo.restore_paths(best.commit, [core.target_repo_path])
             _drop_stale_bytecode(target)
+            best_content = sha256_file(target)
+        changed = False
         try:
-            return run()
+            result = run()
         finally:
             with core.lock:
+                changed = sha256_file(target) != best_content
+                if changed:
+                    self._keep_copies(pending.run_id, [core.target_rel])
                 core.repo.restore_paths(pending.commit, [core.target_repo_path])
                 _drop_stale_bytecode(target)
                 pending.measuring_best = False
                 core.save()
+        if changed and result.status == "ok":
+            result.status = "tampered"
+            result.error = f"the best's run changed the target (kept in .autoresearch/tampered/{pending.run_id}/)"
+        return result
 
     def verify_after_run(self, pending: Pending) -> list[str]:
         """What the run changed that it must not: tracked files, read-only files, the server's own logs.

@@ -200,3 +200,20 @@ async def test_the_rule_settings_are_validated_and_fixed_for_the_session(tmp_pat
     async with agent_for(root, {"confidence": 0.99}) as agent:
         refusal = await agent.refused("start_session", tag="f")
         assert "confidence" in refusal and "start a new session" in refusal
+
+
+async def test_a_run_that_rewrites_the_target_is_caught_across_the_best_s_remeasure(
+    tmp_path: Path, agent_for
+) -> None:
+    root = project(tmp_path, isolation="off")  # unconfined, so the run can write the target
+    (root / "evaluate.sh").write_text(
+        EVALUATE + 'if grep -q TAMPER cand.txt; then echo "VALUES 0.1" >> cand.txt; fi\n'
+    )
+    git(root, "commit", "-qam", "an evaluator that rewrites candidates marked TAMPER")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        await agent.experiment("baseline")
+        run, decision = await try_values(agent, "VALUES 0.5 0.5 0.5\n# TAMPER\n", "rewrites itself")
+        assert run["status"] == "tampered" and "cand.txt" in run["error"] and decision["decision"] == "crash"
+    assert (root / "cand.txt").read_text() == "VALUES 1.0 1.1 0.9\n"  # back to the best
+    assert "VALUES 0.1" in (root / ".autoresearch" / "tampered" / "r2" / "cand.txt").read_text()
