@@ -19,6 +19,7 @@ import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import Tool as MCPTool
 from pydantic import BaseModel, Field
 
 from . import __version__
@@ -27,6 +28,7 @@ from .errors import AutoresearchError
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .project import ProjectInfo
 from .prompts import loop_prompt
+from .schemas import self_contained
 from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait, normal_run_id
 from .workspace import Workspace
 
@@ -52,6 +54,23 @@ WAIT_HELP = (
 class EditOp(BaseModel):
     old_text: str = Field(description="Exact text to replace; must occur exactly once in the target.")
     new_text: str = Field(description="Replacement text (may be empty to delete).")
+
+
+class _PortableServer(MCPServer):
+    """Publishes self-contained tool schemas: pydantic's `$defs`/`$ref` (nested models such as `edits` and
+    query_results' rows) are inlined, because some clients cannot resolve them and then list no tools at all
+    (see schemas.py)."""
+
+    async def list_tools(self) -> list[MCPTool]:
+        return [
+            tool.model_copy(
+                update={
+                    "input_schema": self_contained(tool.input_schema),
+                    "output_schema": self_contained(tool.output_schema) if tool.output_schema else None,
+                }
+            )
+            for tool in await super().list_tools()
+        ]
 
 
 def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -122,7 +141,7 @@ def create_server(workspace: Workspace) -> MCPServer:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(workspace.shutdown)
 
-    server = MCPServer(
+    server = _PortableServer(
         "autoresearch", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
     )
 
