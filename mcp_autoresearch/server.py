@@ -20,7 +20,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from mcp.types import Tool as MCPTool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from . import __version__
 from .briefing import build_briefing
@@ -28,7 +28,7 @@ from .errors import AutoresearchError
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .project import ProjectInfo
 from .prompts import loop_prompt
-from .schemas import self_contained
+from .schemas import NO_NULL_DEFAULT, UNSET, OptionalInt, OptionalNumber, OptionalText, self_contained
 from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait, normal_run_id
 from .workspace import Workspace
 
@@ -54,6 +54,14 @@ WAIT_HELP = (
 class EditOp(BaseModel):
     old_text: str = Field(description="Exact text to replace; must occur exactly once in the target.")
     new_text: str = Field(description="Replacement text (may be empty to delete).")
+
+
+# `edits`, published as a plain array of inline objects (no $ref, no null).
+EditList = Annotated[
+    list[EditOp] | None,
+    WithJsonSchema({"type": "array", "maxItems": 200, "items": EditOp.model_json_schema()}),
+    NO_NULL_DEFAULT,
+]
 
 
 class _PortableServer(MCPServer):
@@ -166,12 +174,12 @@ def create_server(workspace: Workspace) -> MCPServer:
     @tool(read_only=False)
     def start_session(
         tag: Annotated[
-            str | None,
+            OptionalText,
             Field(
-                description="Session name; the branch is autoresearch/<tag>. Default: today's month and day "
-                "(e.g. nov26), or the session whose branch is checked out."
+                description="Session name; the branch is autoresearch/<tag>. Default: the session whose branch "
+                "is checked out, else today's month and day (e.g. nov26)."
             ),
-        ] = None,
+        ] = UNSET,
     ) -> StartResult:
         """Start or resume an experiment session on branch autoresearch/<tag>. Refuses when tracked files have
         uncommitted changes. Creates results.tsv and the JSONL log. A resumed session returns its briefing."""
@@ -179,8 +187,12 @@ def create_server(workspace: Workspace) -> MCPServer:
 
     @tool(read_only=True, idempotent=True)
     def read_target(
-        start_line: Annotated[int | None, Field(description="First line to return (1-based).", ge=1)] = None,
-        end_line: Annotated[int | None, Field(description="Last line to return (inclusive).", ge=0)] = None,
+        start_line: Annotated[
+            OptionalInt, Field(description="First line to return, 1-based (default: 1).", ge=1)
+        ] = None,
+        end_line: Annotated[
+            OptionalInt, Field(description="Last line to return, inclusive (default: the last line).", ge=0)
+        ] = None,
     ) -> TargetView:
         """Read the target file (the only file experiments may change), whole or a line range, with its sha256."""
         return workspace.session.read_target(start_line, end_line)
@@ -188,23 +200,31 @@ def create_server(workspace: Workspace) -> MCPServer:
     @tool(read_only=False)
     def apply_edit(
         edits: Annotated[
-            list[EditOp] | None,
+            EditList,
             Field(
-                description="Replacements applied in order; each old_text must occur exactly once.",
+                description="Replacements applied in order (at most 200); each must occur exactly once in "
+                "the target. Default: none; give either edits or content.",
                 max_length=200,
             ),
         ] = None,
-        content: Annotated[str | None, Field(description="The whole new content of the target file.")] = None,
-        path: Annotated[
-            str | None,
+        content: Annotated[
+            OptionalText,
             Field(
-                description="Optional; if given it must name the target file. No other file can be edited."
+                description="The whole new content of the target file, as text (JSON or YAML content is "
+                "written as given). Default: none; give either edits or content."
             ),
-        ] = None,
+        ] = UNSET,
+        path: Annotated[
+            OptionalText,
+            Field(description="The target file's path (default: the target). No other file can be edited."),
+        ] = UNSET,
         expected_sha256: Annotated[
-            str | None,
-            Field(description="sha256 from read_target; the edit is refused if the file changed since."),
-        ] = None,
+            OptionalText,
+            Field(
+                description="sha256 from read_target; the edit is refused if the file changed since "
+                "(default: no check)."
+            ),
+        ] = UNSET,
     ) -> EditResult:
         """Change the target file: either `edits` (exact replacements) or `content` (whole file). Only the
         configured target can be written; the write is atomic. Returns the diff."""
@@ -251,7 +271,7 @@ def create_server(workspace: Workspace) -> MCPServer:
             str, Field(description="What this experiment changes, in a few words.", max_length=2000)
         ],
         ctx: Context,
-        wait_s: Annotated[float | None, Field(description=WAIT_HELP, ge=0)] = None,
+        wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
     ) -> RunResult:
         """Run one experiment on the current target. The server checks that only the target changed, commits
         the candidate, runs the configured command under a hard timeout, and measures the metric itself. The
@@ -264,7 +284,7 @@ def create_server(workspace: Workspace) -> MCPServer:
     async def wait_experiment(
         run_id: Annotated[str, Field(description="The run_id returned by run_experiment.")],
         ctx: Context,
-        wait_s: Annotated[float | None, Field(description=WAIT_HELP, ge=0)] = None,
+        wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
     ) -> RunResult:
         """Wait for a run that returned status 'running', and return its result (same shape as run_experiment)."""
         return await _await_run(run_id, wait_s, ctx)
@@ -272,10 +292,11 @@ def create_server(workspace: Workspace) -> MCPServer:
     @tool(read_only=False, destructive=True)
     def commit_or_reset(
         run_id: Annotated[
-            str | None, Field(description="The run to decide (default: the pending run).")
-        ] = None,
+            OptionalText, Field(description="The run to decide (default: the run waiting for its decision).")
+        ] = UNSET,
         discard: Annotated[
-            bool, Field(description="Discard even if it improved. A keep can never be forced.")
+            bool,
+            Field(description="Discard even if it improved (default: false). A keep can never be forced."),
         ] = False,
     ) -> DecisionResult:
         """Decide the finished run from the server's own measurement: keep (the branch advances) when the
@@ -297,14 +318,16 @@ def create_server(workspace: Workspace) -> MCPServer:
     @tool(read_only=True, idempotent=True)
     def query_results(
         status: Annotated[
-            str | None,
+            OptionalText,
             Field(
-                description="Only rows with this status: keep, discard, crash, or a run status (timeout, ...)."
+                description="Only rows with this status: keep, discard, crash, or a run status (timeout, ...). "
+                "Default: every row."
             ),
-        ] = None,
-        limit: Annotated[int, Field(description="Rows to return (1-500).", ge=1, le=500)] = 20,
+        ] = UNSET,
+        limit: Annotated[int, Field(description="Rows to return, 1-500 (default: 20).", ge=1, le=500)] = 20,
         order: Annotated[
-            Literal["recent", "best"], Field(description="recent first, or best value first.")
+            Literal["recent", "best"],
+            Field(description="'recent' (newest first) or 'best' (best value first). Default: recent."),
         ] = "recent",
     ) -> QueryResult:
         """The session's results: counts, baseline, best, improvement, streak, and the rows."""

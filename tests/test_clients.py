@@ -1,5 +1,5 @@
-"""Issue 12: what other MCP clients read. Self-contained schemas: the official TypeScript SDK client (1.22.0 and
-latest) lists and calls every tool."""
+"""Issue 12: what other MCP clients read. Self-contained schemas (the official TypeScript SDK client, 1.22.0 and
+latest, lists and calls every tool), optional arguments as plain types, file content that is itself JSON."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp import Client
 
-from .conftest import GIT_ENV
+from .conftest import GIT_ENV, Agent, make_repo, stdio_params
 
 TOOLS = {
     "detect_project",
@@ -44,7 +45,7 @@ def walk(schema: Any, where: str = "#"):
 
 
 @pytest.mark.anyio
-async def test_published_schemas_are_self_contained(ml_project: Path, agent_for) -> None:
+async def test_published_schemas_are_self_contained_and_plain(ml_project: Path, agent_for) -> None:
     async with agent_for(ml_project) as agent:
         tools = {tool.name: tool for tool in (await agent.client.list_tools()).tools}
     assert set(tools) == TOOLS
@@ -54,12 +55,81 @@ async def test_published_schemas_are_self_contained(ml_project: Path, agent_for)
             for where, node in walk(schema):
                 if isinstance(node, dict):
                     assert "$ref" not in node and "$defs" not in node, f"{tool.name} {kind} {where}"
-    assert tools["apply_edit"].input_schema["properties"]["edits"]["anyOf"][0]["items"]["required"] == [
-        "old_text",
-        "new_text",
-    ]
+        # Optional arguments: a plain type, the default in the description (no anyOf, no null).
+        for where, node in walk(tool.input_schema):
+            if isinstance(node, dict):
+                for union in ("anyOf", "oneOf", "allOf"):
+                    assert union not in node, f"{tool.name} {where}: {union}"
+                assert node.get("type") != "null" and "null" not in (node.get("type") or []), where
+                assert not ("default" in node and node["default"] is None), f"{tool.name} {where}"
+        required = set(tool.input_schema.get("required", []))
+        for name, prop in tool.input_schema.get("properties", {}).items():
+            assert prop.get("description"), f"{tool.name}.{name} has no description"
+            assert "type" in prop, f"{tool.name}.{name} has no plain type"
+            if name not in required:
+                assert "default" in prop["description"].lower(), f"{tool.name}.{name}: default not stated"
+    edits = tools["apply_edit"].input_schema["properties"]["edits"]
+    assert edits["type"] == "array" and edits["items"]["required"] == ["old_text", "new_text"]
     best = tools["query_results"].output_schema["properties"]["best"]["anyOf"][0]
     assert best["properties"]["value"]["type"] == "number"
+
+
+@pytest.mark.anyio
+async def test_omitted_and_null_optional_arguments_are_accepted(ml_project: Path, agent_for) -> None:
+    async with agent_for(ml_project) as agent:
+        client = agent.client
+        started = await agent.ok("start_session", tag=None)
+        assert started["branch"].startswith("autoresearch/")
+        whole = await agent.ok("read_target", start_line=None, end_line=None)
+        assert whole["start_line"] == 1 and whole["end_line"] == whole["total_lines"]
+        part = await agent.ok("read_target", start_line=2)
+        assert part["content"].startswith("WIDTH")
+        run = await agent.ok("run_experiment", description="baseline", wait_s=None)
+        assert run["status"] == "ok"
+        decision = await agent.ok("commit_or_reset", run_id=None)
+        assert decision["decision"] == "keep"
+        rows = await agent.ok("query_results", status=None)
+        assert rows["total"] == 1
+        assert (await agent.ok("query_results", status="keep"))["rows"][0]["run_id"] == "r1"
+        bogus = await client.call_tool("query_results", {"status": "bogus"})
+        assert bogus.is_error and "keep" in bogus.content[0].text
+
+
+JSON_PROJECT = {
+    "params.json": '{"lr": 0.5}\n',
+    "run.py": (
+        "import json\n"
+        "params = json.load(open('params.json'))\n"
+        "lr = params['lr'] if isinstance(params, dict) else 0.9\n"
+        "print(f'loss: {abs(lr - 0.1) + 1:.6f}')\n"
+    ),
+    "autoresearch.toml": 'target_file = "params.json"\nrun_command = "python3 run.py"\nmetric_name = "loss"\n',
+}
+
+
+@pytest.mark.anyio
+async def test_json_and_null_content_are_written_as_text(tmp_path: Path, agent_for) -> None:
+    """The SDK JSON-decodes string arguments: `content` must stay text whatever it looks like."""
+    root = make_repo(tmp_path / "jsonproj", JSON_PROJECT)
+    target = root / "params.json"
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="json")
+        await agent.experiment("baseline")
+        for content in ('{"lr": 0.1}', "null", "[1, 2]", "true", '"just a string"', "5", "lr: 0.2\n"):
+            edit = await agent.ok("apply_edit", content=content)
+            assert target.read_text() == content, content
+            assert edit["path"] == "params.json"
+        await agent.ok("apply_edit", content='{"lr": 0.1}')
+        run, decision = await agent.experiment("lr 0.1")
+        assert run["value"] == 1.0 and decision["decision"] == "keep"
+    # Over stdio too: the subprocess server, the real client, a JSON object and "null" as content.
+    async with Client(stdio_params(root)) as client:
+        agent = Agent(client)
+        await agent.ok("start_session", tag="json")
+        await agent.ok("apply_edit", content='{"lr": 0.3}', path="params.json")
+        assert json.loads(target.read_text()) == {"lr": 0.3}
+        await agent.ok("apply_edit", content="null")
+        assert target.read_text() == "null"
 
 
 def ts_sdk(version: str) -> Path:
