@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field
 
 RunStatusField = Literal[
     "running", "ok", "crash", "timeout", "metric_error", "tampered", "checks_failed", "cancelled"
 ]
+DecisionField = Literal["keep", "discard", "crash"]
+# Every status a logged row can be filtered on (query_results, `results --status`): a decision, or how the
+# run ended.
+STATUS_FILTERS: tuple[str, ...] = tuple(
+    dict.fromkeys((*get_args(DecisionField), *(s for s in get_args(RunStatusField) if s != "running")))
+)
 
 
 class StartResult(BaseModel):
@@ -74,7 +80,7 @@ class RunResult(BaseModel):
 
 class DecisionResult(BaseModel):
     run_id: str
-    decision: Literal["keep", "discard", "crash"]
+    decision: DecisionField
     reason: str
     value: float | None
     prev: float | None = Field(description="Best kept value before this experiment.")

@@ -25,7 +25,16 @@ from pydantic import BaseModel, Field, WithJsonSchema
 from . import __version__
 from .briefing import build_briefing
 from .errors import AutoresearchError
-from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
+from .models import (
+    STATUS_FILTERS,
+    DecisionResult,
+    EditResult,
+    NotesResult,
+    QueryResult,
+    RunResult,
+    StartResult,
+    TargetView,
+)
 from .project import ProjectInfo
 from .prompts import loop_prompt
 from .schemas import NO_NULL_DEFAULT, UNSET, OptionalInt, OptionalNumber, OptionalText, self_contained
@@ -62,6 +71,8 @@ EditList = Annotated[
     WithJsonSchema({"type": "array", "maxItems": 200, "items": EditOp.model_json_schema()}),
     NO_NULL_DEFAULT,
 ]
+# query_results' filter, published as an enum of the statuses a logged row can have.
+StatusFilter = Annotated[OptionalText, WithJsonSchema({"type": "string", "enum": list(STATUS_FILTERS)})]
 
 
 class _PortableServer(MCPServer):
@@ -202,8 +213,9 @@ def create_server(workspace: Workspace) -> MCPServer:
         edits: Annotated[
             EditList,
             Field(
-                description="Replacements applied in order (at most 200); each must occur exactly once in "
-                "the target. Default: none; give either edits or content.",
+                description="Exact replacements, applied in order: a list of {old_text, new_text} objects "
+                "(at most 200); each old_text must occur exactly once in the target. Default: none; give "
+                "either edits or content.",
                 max_length=200,
             ),
         ] = None,
@@ -226,8 +238,9 @@ def create_server(workspace: Workspace) -> MCPServer:
             ),
         ] = UNSET,
     ) -> EditResult:
-        """Change the target file: either `edits` (exact replacements) or `content` (whole file). Only the
-        configured target can be written; the write is atomic. Returns the diff."""
+        """Change the target file: either `edits`, a list of exact replacements each given as
+        {"old_text": ..., "new_text": ...}, or `content`, the whole new file. Only the configured target can be
+        written; the write is atomic. Returns the diff."""
         ops = [op.model_dump() for op in edits] if edits is not None else None
         return workspace.session.apply_edit(ops, content, path, expected_sha256)
 
@@ -275,7 +288,9 @@ def create_server(workspace: Workspace) -> MCPServer:
     ) -> RunResult:
         """Run one experiment on the current target. The server checks that only the target changed, commits
         the candidate, runs the configured command under a hard timeout, and measures the metric itself. The
-        first run of a session must be the unmodified baseline. Then call commit_or_reset."""
+        first run of a session must be the unmodified baseline. Returns within wait_s: when the run takes
+        longer the result has status 'running' (the run goes on); then call wait_experiment(run_id) until the
+        status is no longer 'running'. Once the run is finished, call commit_or_reset."""
         session = await anyio.to_thread.run_sync(current_session)
         run_id = await anyio.to_thread.run_sync(session.start_run, description)
         return await _await_run(run_id, wait_s, ctx)
@@ -318,10 +333,10 @@ def create_server(workspace: Workspace) -> MCPServer:
     @tool(read_only=True, idempotent=True)
     def query_results(
         status: Annotated[
-            OptionalText,
+            StatusFilter,
             Field(
-                description="Only rows with this status: keep, discard, crash, or a run status (timeout, ...). "
-                "Default: every row."
+                description="Only rows with this status: a decision (keep, discard, crash) or how the run "
+                "ended (ok, timeout, metric_error, ...). Default: every row."
             ),
         ] = UNSET,
         limit: Annotated[int, Field(description="Rows to return, 1-500 (default: 20).", ge=1, le=500)] = 20,
@@ -336,8 +351,14 @@ def create_server(workspace: Workspace) -> MCPServer:
     @server.prompt(
         name="loop", description="The autonomous experiment loop: setup, rules, and the current briefing."
     )
-    def loop(focus: str | None = None) -> str:
-        """focus: optional single word naming an area to concentrate on (e.g. optimizer)."""
+    def loop(
+        focus: Annotated[
+            str | None,
+            Field(
+                description="Optional: one word naming an area to concentrate the ideas on (e.g. optimizer)."
+            ),
+        ] = None,
+    ) -> str:
         session = workspace.peek_session()
         briefing = build_briefing(session) if session is not None else None
         return loop_prompt(workspace.detect(), briefing, focus)

@@ -1,5 +1,6 @@
 """Issue 12: what other MCP clients read. Self-contained schemas (the official TypeScript SDK client, 1.22.0 and
-latest, lists and calls every tool), optional arguments as plain types, file content that is itself JSON."""
+latest, lists and calls every tool), optional arguments as plain types, file content that is itself JSON, and
+the descriptions an LLM reads."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 from mcp import Client
+
+from mcp_autoresearch.models import STATUS_FILTERS
 
 from .conftest import GIT_ENV, Agent, make_repo, stdio_params
 
@@ -48,6 +51,7 @@ def walk(schema: Any, where: str = "#"):
 async def test_published_schemas_are_self_contained_and_plain(ml_project: Path, agent_for) -> None:
     async with agent_for(ml_project) as agent:
         tools = {tool.name: tool for tool in (await agent.client.list_tools()).tools}
+        prompts = (await agent.client.list_prompts()).prompts
     assert set(tools) == TOOLS
     for tool in tools.values():
         for kind, schema in (("input", tool.input_schema), ("output", tool.output_schema)):
@@ -70,6 +74,17 @@ async def test_published_schemas_are_self_contained_and_plain(ml_project: Path, 
                 assert "default" in prop["description"].lower(), f"{tool.name}.{name}: default not stated"
     edits = tools["apply_edit"].input_schema["properties"]["edits"]
     assert edits["type"] == "array" and edits["items"]["required"] == ["old_text", "new_text"]
+
+    # Item 9: what an LLM reads without opening a nested schema.
+    run = tools["run_experiment"].description
+    assert "'running'" in run and "wait_experiment" in run and "commit_or_reset" in run
+    assert "old_text" in tools["apply_edit"].description and "new_text" in tools["apply_edit"].description
+    assert "old_text" in edits["description"] and "new_text" in edits["description"]
+    status = tools["query_results"].input_schema["properties"]["status"]
+    assert status["type"] == "string" and status["enum"] == list(STATUS_FILTERS)
+    assert {"keep", "discard", "crash", "timeout", "metric_error"} <= set(status["enum"])
+    (loop,) = prompts
+    assert [(a.name, bool(a.description), a.required) for a in loop.arguments] == [("focus", True, False)]
     best = tools["query_results"].output_schema["properties"]["best"]["anyOf"][0]
     assert best["properties"]["value"]["type"] == "number"
 
