@@ -359,9 +359,17 @@ def create_server(workspace: Workspace) -> MCPServer:
             ),
         ] = None,
     ) -> str:
+        try:
+            info = workspace.detect()
+        except AutoresearchError as exc:
+            return (
+                f"The autoresearch server cannot run the loop yet: {exc}\n"
+                "Ask the user to fix this (the configuration is read again on every call), then call "
+                "detect_project to check, and follow the `loop` prompt again."
+            )
         session = workspace.peek_session()
         briefing = build_briefing(session) if session is not None else None
-        return loop_prompt(workspace.detect(), briefing, focus)
+        return loop_prompt(info, briefing, focus)
 
     @server.resource(
         "autoresearch://results",
