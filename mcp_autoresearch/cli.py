@@ -143,12 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from .project import load_project
+    from .repo import git_problem
 
     project = load_project(args.project, overrides_from(args), args.config)
     info = project.info
+    # Detection works without git, but the loop does not: say so after what was detected, and exit 2.
+    problem = git_problem(project.root)
     if args.json:
         print(info.model_dump_json(indent=2))
-        return 0
+        return _fail(problem) if problem else 0
     print(f"project:      {info.root} ({info.project_type})")
     print(f"target file:  {info.target_file or '-'}")
     print(f"run command:  {info.run_command or '-'}")
@@ -164,6 +167,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     )
     for warning in info.warnings:
         print(f"warning:      {warning}")
+    if problem:
+        return _fail(problem)
     print(info.message)
     return 0
 
