@@ -1,4 +1,4 @@
-"""The command line: `mcp-autoresearch serve | detect | results | status | dashboard | plot | demo`.
+"""The command line: `mcp-autoresearch serve | detect | results | status | dashboard | plot | finish | clean | demo`.
 
 Only argument parsing and dispatch live here. Every failure the user can fix prints one line and exits 2.
 """
@@ -89,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--session", metavar="TAG")
     plot.add_argument("--out", default="progress.png", help="output PNG (default progress.png)")
 
+    finish = sub.add_parser("finish", help="when you are done: the session's summary, and landing its result")
+    _add_project(finish)
+    finish.add_argument("--session", "--tag", dest="session", metavar="TAG", help="default: the current one")
+    finish.add_argument(
+        "--land", metavar="BRANCH", help="put the kept commits on BRANCH (fast-forward; created if missing)"
+    )
+    finish.add_argument("--squash", action="store_true", help="with --land: as one commit")
+    finish.add_argument("--message", metavar="TEXT", help="with --squash: the commit message")
+
+    clean = sub.add_parser("clean", help="remove a finished session's branch, refs and files")
+    _add_project(clean)
+    clean.add_argument("--tag", required=True, metavar="TAG", help="the session to remove")
+    clean.add_argument("--yes", action="store_true", help="remove (without it: only say what would go)")
+
     demo = sub.add_parser("demo", help="run the loop end to end on a bundled example project")
     demo.add_argument(
         "--experiments", type=int, default=12, help="experiments after the baseline (default 12)"
@@ -130,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from . import report
 
             return report.run(args)
+        if args.command in ("finish", "clean"):
+            from . import landing
+
+            return landing.run(args)
         if args.command == "demo":
             from .demo import run_demo
 
