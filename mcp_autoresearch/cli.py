@@ -140,7 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "detect":
             return cmd_detect(args)
-        if args.command in ("results", "status", "dashboard", "plot"):
+        if args.command == "dashboard":
+            from .dashboard import run_dashboard
+            from .report import check_status, open_session_files
+
+            # Checked before anything is read: a typo is an error, not an empty list.
+            status = check_status(args.status)
+            files = open_session_files(args.project, args.session)
+            return run_dashboard(files, status, args.interval, args.once)
+        if args.command in ("results", "status", "plot"):
             from . import report
 
             return report.run(args)
@@ -178,6 +186,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(f"  measured:   {info.metric_source}")
     print(f"time budget:  {info.time_budget:g} s (hard timeout {info.timeout:g} s)")
     print(f"read-only:    {', '.join(info.readonly_files) or '-'}")
+    print(f"writable:     {', '.join(info.writable) or '-'} (a run may write only these, and a private TMPDIR)")
+    print(f"isolation:    {info.isolation}")
     print(f"evidence:     {', '.join(info.evidence) or '-'}")
     print(
         "sources:      "

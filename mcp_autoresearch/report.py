@@ -17,11 +17,10 @@ from pathlib import Path
 from .briefing import journal_briefing
 from .config import DEFAULTS
 from .errors import AutoresearchError, ConfigError
-from .journal import Journal, Row
-from .models import STATUS_FILTERS
+from .journal import RESULTS_TSV, Journal, Row
 from .project import check_project_root, load_project
-from .session import RESULTS_TSV
 from .state import SessionState, current_tag, load_state
+from .statuses import FILTERS
 
 
 @dataclass
@@ -98,7 +97,7 @@ def results_table(files: SessionFiles, rows: list[Row], notes: bool = True, widt
     fixed += [("status", "left")]
     fixed += [("mem GB", "right")] if not narrow else []
     for column, justify in fixed:
-        table.add_column(column, justify=justify, no_wrap=True)
+        table.add_column(column, justify="left" if justify == "left" else "right", no_wrap=True)
     table.add_column("description" if wide or not notes else "description / notes", ratio=2, overflow="fold")
     if notes and wide:
         table.add_column("notes", ratio=1, overflow="fold")
@@ -139,8 +138,8 @@ def check_status(status: str | None) -> str | None:
     if status is None:
         return None
     wanted = status.strip().lower()
-    if wanted not in STATUS_FILTERS:
-        raise ConfigError(f"--status {status!r} is not a status; use one of: {', '.join(STATUS_FILTERS)}")
+    if wanted not in FILTERS:
+        raise ConfigError(f"--status {status!r} is not a status; use one of: {', '.join(FILTERS)}")
     return wanted
 
 
@@ -169,10 +168,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "status":
         sys.stdout.write(journal_briefing(files.state, files.journal, files.run_command))
         return 0
-    if args.command == "dashboard":
-        from .dashboard import run_dashboard
-
-        return run_dashboard(files, args.status, args.interval, args.once)
     if args.command == "plot":
         from .plot import write_png
 

@@ -23,22 +23,13 @@ from mcp.types import Tool as MCPTool
 from pydantic import BaseModel, Field, WithJsonSchema
 
 from . import __version__
-from .briefing import build_briefing
 from .errors import AutoresearchError
-from .models import (
-    STATUS_FILTERS,
-    DecisionResult,
-    EditResult,
-    NotesResult,
-    QueryResult,
-    RunResult,
-    StartResult,
-    TargetView,
-)
+from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .project import ProjectInfo
 from .prompts import loop_prompt
 from .schemas import NO_NULL_DEFAULT, UNSET, OptionalInt, OptionalNumber, OptionalText, self_contained
-from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait, normal_run_id
+from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait
+from .statuses import FILTERS
 from .workspace import Workspace
 
 log = logging.getLogger("mcp_autoresearch")
@@ -72,7 +63,7 @@ EditList = Annotated[
     NO_NULL_DEFAULT,
 ]
 # query_results' filter, published as an enum of the statuses a logged row can have.
-StatusFilter = Annotated[OptionalText, WithJsonSchema({"type": "string", "enum": list(STATUS_FILTERS)})]
+StatusFilter = Annotated[OptionalText, WithJsonSchema({"type": "string", "enum": list(FILTERS)})]
 
 
 class _PortableServer(MCPServer):
@@ -250,26 +241,17 @@ def create_server(workspace: Workspace) -> MCPServer:
     async def _await_run(run_id: str | None, wait_s: float | None, ctx: Context) -> RunResult:
         # The first call after a restart resumes the session (git, files): not on the event loop.
         session = await anyio.to_thread.run_sync(current_session)
-        active = session.active
-        if active is not None and (run_id is None or normal_run_id(run_id) == active.run_id):
+        handle = session.run_handle(run_id)
+        if handle is not None:
             deadline = time.monotonic() + clamp_wait(wait_s)
             try:
-                while not active.done.is_set():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                while (remaining := deadline - time.monotonic()) > 0:
+                    if await anyio.to_thread.run_sync(
+                        handle.wait, min(PROGRESS_EVERY_S, remaining), abandon_on_cancel=True
+                    ):
                         break
-                    await anyio.to_thread.run_sync(
-                        active.done.wait, min(PROGRESS_EVERY_S, remaining), abandon_on_cancel=True
-                    )
-                    if not active.done.is_set():
-                        elapsed = time.monotonic() - active.started
-                        line = active.progress[2] if active.progress else ""
-                        await ctx.report_progress(
-                            round(elapsed, 1),
-                            session.config.timeout,
-                            f"{active.run_id}: {elapsed:.0f}s of {session.config.timeout:g}s limit"
-                            + (f" | {line}" if line else ""),
-                        )
+                    progress = handle.progress()
+                    await ctx.report_progress(progress.elapsed_s, progress.limit_s, progress.message)
             except anyio.get_cancelled_exc_class():
                 session.cancel_run(
                     "the client cancelled the call waiting for this run (a request timeout?); "
@@ -368,7 +350,7 @@ def create_server(workspace: Workspace) -> MCPServer:
                 "detect_project to check, and follow the `loop` prompt again."
             )
         session = workspace.peek_session()
-        briefing = build_briefing(session) if session is not None else None
+        briefing = session.briefing() if session is not None else None
         return loop_prompt(info, briefing, focus)
 
     @server.resource(
@@ -388,7 +370,7 @@ def create_server(workspace: Workspace) -> MCPServer:
         description="Summary of the session for a fresh agent.",
     )
     def briefing_resource() -> str:
-        return build_briefing(workspace.session)
+        return workspace.session.briefing()
 
     @server.resource(
         "autoresearch://config",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_autoresearch.models import STATUS_FILTERS
+from mcp_autoresearch.statuses import FILTERS as STATUS_FILTERS
 
 from .conftest import GIT_ENV, run_cli
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from mcp_autoresearch.models import STATUS_FILTERS
+from mcp_autoresearch.statuses import FILTERS as STATUS_FILTERS
 
 from .conftest import GIT_ENV, Agent, make_repo, stdio_params
 
