@@ -22,6 +22,7 @@ from .isolation import (
     setup_failure,
     writable_paths,
 )
+from .launcher import Launched, launcher
 from .logtail import clean_text, read_tail_bytes, tail
 from .metrics import MetricError, Secondary, first_float, measure, read_metric_from_log, read_secondary
 from .runner import DEFAULT_GRACE_S, ProcessResult, ProcessRun, ProgressCallback
@@ -86,10 +87,18 @@ class Experiment:
             if self._current is not None:
                 self._current.cancel(reason)
 
+    def _writable(self, tmpdir: str) -> list[str]:
+        assert self.isolation is not None
+        return writable_paths(self.root, list(self.config.writable), tmpdir) if self.isolation.confined else []
+
     def _wrap(self, argv: list[str], tmpdir: str) -> list[str]:
         assert self.isolation is not None
-        writable = writable_paths(self.root, list(self.config.writable), tmpdir) if self.isolation.confined else []
-        return keeper_command(self.isolation, writable, argv, DEFAULT_GRACE_S)
+        return keeper_command(self.isolation, self._writable(tmpdir), argv, DEFAULT_GRACE_S)
+
+    def _launch(self, argv: list[str], cwd: Path, env: dict[str, str], out_fd: int, tmpdir: str) -> Launched:
+        assert self.isolation is not None
+        spec = {"landlock": self.isolation.confined, "write": self._writable(tmpdir), "grace": DEFAULT_GRACE_S}
+        return launcher().spawn(argv, cwd, env, out_fd, spec)
 
     def _process(
         self,
@@ -103,7 +112,7 @@ class Experiment:
         env = {"AUTORESEARCH_TIME_BUDGET": f"{self.config.time_budget:g}", **(extra_env or {})}
         if self.tag:
             env["AUTORESEARCH_TAG"] = self.tag
-        wrapper = self._wrap if self.isolation is not None and keeper_available() else None
+        kept = self.isolation is not None and keeper_available()
         process = ProcessRun(
             command=command,
             cwd=self.root,
@@ -113,7 +122,8 @@ class Experiment:
             run_marker=marker,
             project_marker=str(self.root),
             on_progress=progress,
-            wrapper=wrapper,
+            wrapper=self._wrap if kept else None,
+            launch=self._launch if kept else None,
         )
         with self._lock:
             if self._cancel_reason is not None:

@@ -19,6 +19,7 @@ from .config import DEFAULTS
 from .errors import AutoresearchError, ConfigError
 from .journal import RESULTS_TSV, Journal, Row
 from .project import check_project_root, load_project
+from .session import current_session
 from .state import SessionState, current_tag, load_state
 from .statuses import FILTERS
 
@@ -33,20 +34,22 @@ class SessionFiles:
 
 def open_session_files(project: str, tag: str | None = None) -> SessionFiles:
     root = check_project_root(project)
-    tag = tag or current_tag(root)
+    tag = tag or current_session(root) or current_tag(root)
     if not tag:
         raise AutoresearchError(f"no session in {root} yet: start one from your agent (start_session)")
     state = load_state(root, tag)
     if state is None:
         raise AutoresearchError(f"no session '{tag}' in {root}")
-    try:
-        config = load_project(root).config
-        jsonl, run_command = config.jsonl_path, config.run_command
-    except ConfigError:
-        jsonl, run_command = DEFAULTS["jsonl_path"], None
+    # The session's own rules (fixed when it started), not what the project's configuration says today.
+    jsonl, run_command = state.rules.get("jsonl_path"), state.rules.get("run_command")
+    if not isinstance(jsonl, str):  # a session state without rules
+        try:
+            jsonl = load_project(root).config.jsonl_path
+        except ConfigError:
+            jsonl = DEFAULTS["jsonl_path"]
     journal = Journal(root / RESULTS_TSV, root / jsonl, tag)
     journal.load_readonly()
-    return SessionFiles(root, state, journal, run_command)
+    return SessionFiles(root, state, journal, run_command if isinstance(run_command, str) else None)
 
 
 def filter_rows(rows: list[Row], status: str | None) -> list[Row]:
@@ -166,7 +169,7 @@ def _run(args: argparse.Namespace) -> int:
             console.print(results_table(files, rows, width=console.width))
         return 0
     if args.command == "status":
-        sys.stdout.write(journal_briefing(files.state, files.journal, files.run_command))
+        sys.stdout.write(journal_briefing(files.state, files.journal))
         return 0
     if args.command == "plot":
         from .plot import write_png

@@ -349,9 +349,7 @@ def create_server(workspace: Workspace) -> MCPServer:
                 "Ask the user to fix this (the configuration is read again on every call), then call "
                 "detect_project to check, and follow the `loop` prompt again."
             )
-        session = workspace.peek_session()
-        briefing = session.briefing() if session is not None else None
-        return loop_prompt(info, briefing, focus)
+        return loop_prompt(info, workspace.briefing(), focus)
 
     @server.resource(
         "autoresearch://results",

@@ -112,8 +112,6 @@ def save_state(root: Path, state: SessionState) -> None:
     if not path.parent.is_dir():
         path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, state.model_dump_json(indent=1).encode("utf-8"), mode=0o644)
-    if current_tag(root) != state.tag:
-        (state_dir(root) / "current").write_text(state.tag + "\n", encoding="utf-8")
 
 
 def load_state(root: Path, tag: str) -> SessionState | None:
@@ -128,7 +126,14 @@ def load_state(root: Path, tag: str) -> SessionState | None:
         ) from None
 
 
+def set_current_tag(root: Path, tag: str) -> None:
+    """Remember the session opened last (for views when no session branch is checked out)."""
+    if current_tag(root) != tag:
+        atomic_write(state_dir(root) / "current", (tag + "\n").encode("utf-8"), mode=0o644)
+
+
 def current_tag(root: Path) -> str | None:
+    """The session opened last; the current session is the checked-out one (`session.current_session`)."""
     try:
         tag = (state_dir(root) / "current").read_text(encoding="utf-8").strip()
     except OSError:

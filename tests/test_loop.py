@@ -262,7 +262,7 @@ async def test_dirty_tree_at_start_is_refused_with_file_list(ml_project: Path, a
     (ml_project / "prepare.py").write_text("uncommitted work\n")
     async with agent_for(ml_project) as agent:
         message = await agent.refused("start_session")
-        assert "prepare.py" in message and "Commit or stash" in message
+        assert "prepare.py" in message and "a person must commit or stash them" in message.lower()
     assert (ml_project / "prepare.py").read_text() == "uncommitted work\n"
     assert git(ml_project, "branch", "--show-current").strip() == "main"
 

@@ -16,6 +16,7 @@ from mcp_autoresearch.errors import ConfigError
 from mcp_autoresearch.project import load_project
 
 from .conftest import Agent, run_cli, stdio_params
+from .test_http import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -65,20 +66,24 @@ async def test_bad_configuration_file_is_reported_not_fatal(ml_project: Path) ->
         assert (await agent.ok("query_results"))["total"] == 1
 
 
-def test_serve_logs_the_bad_file_and_waits_for_a_client(ml_project: Path) -> None:
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_serve_logs_the_bad_file_and_waits_for_a_client(ml_project: Path, transport: str) -> None:
     (ml_project / "CLAUDE.md").write_text(BAD)
+    extra = ["--transport", "http", "--port", str(free_port())] if transport == "http" else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mcp_autoresearch", "serve", "--project", str(ml_project)],
+        [sys.executable, "-m", "mcp_autoresearch", "serve", "--project", str(ml_project), *extra],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(3)
+    time.sleep(4)
     alive = proc.poll() is None
-    _, err = proc.communicate(input="", timeout=20)  # end of input: the server exits on its own
+    if transport == "http":
+        proc.terminate()
+    _, err = proc.communicate(input="", timeout=20)  # stdio: end of input, the server exits on its own
     assert alive, err
-    assert proc.returncode == 0
+    assert transport == "http" or proc.returncode == 0
     assert config_error(ml_project) in err and "serving anyway" in err
 
 
