@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from mcp_autoresearch.state import SessionState, save_state
+from mcp_autoresearch.state import SessionState, save_state, set_current_tag
 
 # Chromium as this machine runs it: headless, as root (no sandbox), and without the background connections
 # that a closed network refuses (they would slow every start).
@@ -153,6 +153,7 @@ def synthetic_session(
         ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
     ).stdout.strip()
     assert best is not None
+    set_current_tag(root, tag)  # as the server does when it opens a session
     save_state(
         root,
         SessionState.model_validate(

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from typing import Any
 from ..config import DEFAULTS
 from ..logtail import tail
 from ..rules import improvement, improvement_pct
+from ..session import current_session
 from ..state import SessionState, current_tag, load_state, state_dir, state_path
 
 STATUSES = ("keep", "discard", "crash")
@@ -118,6 +120,8 @@ class SessionView:
         self.state: SessionState | None = None
         self.error: str | None = None  # why the state could not be read, shown on the page
         self._state_print: tuple[int, int, int] | None = None
+        self._branch_checked = -1.0
+        self._branch_tag: str | None = None
         self._reset_log()
 
     def _reset_log(self) -> None:
@@ -137,9 +141,20 @@ class SessionView:
         rules = self.state.rules if self.state is not None else {}
         return self.root / str(rules.get("jsonl_path") or DEFAULTS["jsonl_path"])
 
+    def _current(self) -> str | None:
+        """The session to show: the one asked for, else the checked-out session branch (looked up at most once
+        a second: the page polls often), else the session opened last."""
+        if self.fixed_tag:
+            return self.fixed_tag
+        now = time.monotonic()
+        if now - self._branch_checked >= 1.0:
+            self._branch_checked = now
+            self._branch_tag = current_session(self.root)
+        return self._branch_tag or current_tag(self.root)
+
     def signature(self) -> tuple[Any, ...]:
         """Cheap (a few stats): changes whenever anything the page shows may have changed."""
-        tag = self.fixed_tag or current_tag(self.root)
+        tag = self._current()
         prints: list[Any] = [tag]
         if tag:
             prints.append(_stat(state_path(self.root, tag)))
@@ -149,7 +164,7 @@ class SessionView:
 
     def refresh(self) -> bool:
         """Read what changed since the last call; True when anything did."""
-        tag = self.fixed_tag or current_tag(self.root)
+        tag = self._current()
         changed = False
         if tag != self.tag:
             self.tag, self.state, self._state_print, self.error = tag, None, None, None
