@@ -272,7 +272,7 @@ def create_server(workspace: Workspace) -> MCPServer:
             bool,
             Field(
                 description="Measure this content again although it was measured before in this session "
-                "(otherwise the earlier result is returned and nothing runs)."
+                "(default false: the earlier result is returned and nothing runs)."
             ),
         ] = False,
     ) -> RunResult:
