@@ -217,3 +217,20 @@ async def test_a_run_that_rewrites_the_target_is_caught_across_the_best_s_remeas
         assert run["status"] == "tampered" and "cand.txt" in run["error"] and decision["decision"] == "crash"
     assert (root / "cand.txt").read_text() == "VALUES 1.0 1.1 0.9\n"  # back to the best
     assert "VALUES 0.1" in (root / ".autoresearch" / "tampered" / "r2" / "cand.txt").read_text()
+
+
+async def test_a_best_s_run_that_rewrites_the_target_stops_the_measurement(tmp_path: Path, agent_for) -> None:
+    root = project(tmp_path, isolation="off")  # unconfined, so the run can write the target
+    rewrite = 'if [ "${AUTORESEARCH_REPEAT:-1}" -ge 4 ]; then echo "# rewritten" >> cand.txt; fi\n'
+    (root / "evaluate.sh").write_text(EVALUATE + rewrite)
+    git(root, "commit", "-qam", "an evaluator that rewrites the target from the 4th run of a content on")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="b")
+        await agent.experiment("baseline")
+        run, decision = await try_values(agent, "VALUES 0.5 0.5 0.5\n", "better")
+        # The best's first re-measurement (its 4th run) rewrote the target: nothing is shown, nothing is kept.
+        assert run["status"] == "ok" and decision["decision"] == "discard"
+        assert "the best could not be re-measured (tampered" in decision["reason"]
+    assert (root / "cand.txt").read_text() == NOISY  # back to the best
+    kept = (root / ".autoresearch" / "tampered" / "r2" / "cand.txt").read_text()
+    assert kept == NOISY + "# rewritten\n"  # what the best's run left, kept
