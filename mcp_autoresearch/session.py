@@ -64,6 +64,8 @@ RULE_KEYS = (
     "metric_direction",
     "readonly_files",
     "checks_command",
+    "timeout",
+    "max_experiments",
     "repeats",
     "min_delta",
     "memory_regex",

@@ -1,0 +1,67 @@
+"""Hostile runs: the target's own code attacks the server while it runs (no confinement assumed).
+
+Each test puts the attack into the target through `apply_edit`, runs it through the real MCP client, and checks
+that the forbidden outcome does not happen: no kept value other than the honest one, the user's untracked files,
+other branches and git configuration untouched, logs equal to the decisions made, no hang.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+HONEST = "LR = 0.2"  # the honest value of this edit: abs(0.2 - 0.1) + 1 = 1.1
+
+
+def attack(code: str) -> str:
+    """The target's new first line: an honest change of LR, then the attack (run as part of train.py)."""
+    return HONEST + "\n" + code.strip() + "\n"
+
+
+async def run_attack(agent, code: str, description: str = "attack") -> tuple[dict, dict]:
+    await agent.edit("LR = 0.5", attack(code))
+    return await agent.experiment(description)
+
+
+def kept_values(root: Path) -> list[float]:
+    return [
+        float(line.split("\t")[2])
+        for line in (root / "results.tsv").read_text().splitlines()[1:]
+        if line.split("\t")[3] == "keep"
+    ]
+
+
+def done_events(root: Path) -> list[dict]:
+    lines = (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()
+    return [e["details"] for e in map(json.loads, lines) if e["action"] == "experiment_done"]
+
+
+@pytest.fixture
+async def session(ml_project: Path, agent_for):
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="evil")
+        await agent.experiment("baseline")
+        yield agent, ml_project
+
+
+# -- the session's fixed rules -------------------------------------------------------------------------------
+async def test_run_cannot_raise_its_own_timeout_or_experiment_budget(ml_project: Path, agent_for) -> None:
+    root = ml_project
+    async with agent_for(root, {"max_experiments": 3}) as agent:
+        await agent.ok("start_session", tag="rules")
+        await agent.experiment("baseline")
+        code = (
+            "open('CLAUDE.md', 'w').write('## autoresearch\\n- timeout: 99999\\n- max_experiments: 1000\\n')"
+        )
+        await run_attack(agent, code)
+    async with agent_for(root, {"max_experiments": 3}) as agent:
+        message = await agent.refused("start_session", tag="rules")
+        assert "configuration changed" in message and "timeout" in message
+    async with agent_for(root) as agent:
+        (root / "CLAUDE.md").unlink()
+        message = await agent.refused("start_session", tag="rules")
+        assert "max_experiments" in message
