@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from .config import Config
+from .files import atomic_write
 from .logtail import clean_text, read_tail_bytes, tail
 from .metrics import MetricError, Secondary, first_float, measure, read_metric_from_log, read_secondary
 from .runner import ProcessRun, ProgressCallback
@@ -20,6 +21,10 @@ from .runner import ProcessRun, ProgressCallback
 RunStatus = Literal["ok", "crash", "timeout", "metric_error", "checks_failed", "cancelled"]
 METRIC_PARSE_TIMEOUT_S = 30.0
 RUN_LOG = "run.log"
+FOREIGN_RUN_LOG_HINT = (
+    "The command wrote run.log itself, which is never read: the metric comes only from the command's own "
+    "output. Remove the redirection ('> run.log 2>&1') from run_command; the server writes run.log for you"
+)
 
 
 @dataclass
@@ -59,6 +64,7 @@ class Experiment:
         self._lock = threading.Lock()
         self._current: ProcessRun | None = None
         self._cancel_reason: str | None = None
+        self._foreign_run_log = False  # the last run left a run.log of its own (replaced unread)
 
     def cancel(self, reason: str) -> None:
         with self._lock:
@@ -108,6 +114,8 @@ class Experiment:
             try:
                 tally.values.append(self._metric(log_path, done.duration_s))
             except MetricError as exc:
+                if self._foreign_run_log:
+                    exc = MetricError(f"{exc}. {FOREIGN_RUN_LOG_HINT}")
                 return tally.result("metric_error", None, log_path, str(exc))
             tally.add_figures(read_secondary(log_path, config.metric_name, config.memory_regex))
         value = statistics.median(tally.values)
@@ -167,23 +175,21 @@ class Experiment:
 
     def _publish_run_log(self, log_path: Path) -> None:
         """`run.log` at the project root holds this run's output, so the original tool's commands still work.
-        A hard link costs nothing whatever the log's size; a copy is the fallback. A command that writes
-        run.log itself (`cmd > run.log 2>&1`, as the original tool's commands do) has it appended to ours."""
+        A hard link costs nothing whatever the log's size; a copy is the fallback. Whatever stands at run.log
+        after the run (a file the run wrote, a symlink, a FIFO) is replaced unread: the metric comes only from
+        the output the server captured, never from a file the run can name."""
         run_log = self.root / RUN_LOG
+        self._foreign_run_log = run_log.is_symlink() or run_log.exists()
         try:
-            if run_log.is_symlink():
+            try:
                 run_log.unlink()
-            elif run_log.exists():
-                with open(run_log, "rb") as src, open(log_path, "ab") as dst:
-                    while chunk := src.read(1 << 20):
-                        dst.write(chunk)
-                run_log.unlink()
+            except FileNotFoundError:
+                pass
             os.link(log_path, run_log)
         except OSError:
             try:
-                with open(log_path, "rb") as src, open(run_log, "wb") as dst:
-                    while chunk := src.read(1 << 20):
-                        dst.write(chunk)
+                with open(log_path, "rb") as src:
+                    atomic_write(run_log, iter(lambda: src.read(1 << 20), b""), 0o644)
             except OSError:
                 pass
 

@@ -65,3 +65,13 @@ async def test_run_cannot_raise_its_own_timeout_or_experiment_budget(ml_project:
         (root / "CLAUDE.md").unlink()
         message = await agent.refused("start_session", tag="rules")
         assert "max_experiments" in message
+
+
+# -- the metric comes from the server's capture only --------------------------------------------------------
+async def test_run_log_written_by_the_run_is_not_an_input(session) -> None:
+    agent, root = session
+    code = "open('run.log', 'w').write('val_bpb: 0.000100\\n')"
+    run, decision = await run_attack(agent, code)
+    assert run["value"] == pytest.approx(1.1)
+    assert decision["decision"] == "keep" and kept_values(root) == [pytest.approx(1.4), pytest.approx(1.1)]
+    assert "0.000100" not in (root / "run.log").read_text()
