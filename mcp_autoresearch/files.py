@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+
+from .errors import SessionError
 
 
 def atomic_write(path: Path, data: bytes | Iterable[bytes], mode: int | None = None) -> int:
@@ -38,3 +41,50 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], mode: int | None = N
     os.close(fd)
     os.replace(tmp, path)
     return size
+
+
+def own_dir(root: Path, *parts: str) -> Path:
+    """`root/parts...`, created as needed, where every component is a real directory: a symlink (or a file)
+    planted at the server's own folders would make it write outside the project, so it is refused."""
+    path = root
+    for name in (piece for part in parts for piece in part.split("/") if piece):
+        path = path / ("__up__" if name == ".." else name)
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise SessionError(f"cannot create {path}: {exc.strerror}") from None
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise SessionError(
+                f"{path} is not a real directory (a symlink or a file stands there); the server keeps its files "
+                "only in its own directories: move it aside"
+            )
+    return path
+
+
+def open_regular(path: Path, flags: int = os.O_RDONLY) -> int:
+    """Open a regular file without following a symlink and without ever blocking (a FIFO or a device standing
+    at `path` would hang a plain open or read). Raises OSError for anything but a regular file."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: Path) -> bytes:
+    """The content of a regular file (see `open_regular`)."""
+    fd = open_regular(path)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def copy_regular(source: Path, dest: Path) -> None:
+    """Copy a regular file's bytes to `dest` (atomically, never through a symlink at either end)."""
+    fd = open_regular(source)
+    with os.fdopen(fd, "rb") as handle:
+        atomic_write(dest, iter(lambda: handle.read(1 << 20), b""), 0o644)

@@ -264,19 +264,17 @@ class Repo:
         self._run("reset", "-q", "--soft", commit)
 
     def restore_paths(self, commit: str, repo_paths: list[str]) -> None:
-        """Index and working tree of these paths become their content at `commit` (deleted when absent there)."""
+        """Index and working tree of these paths become their content at `commit`. A path absent there only
+        leaves the index: the file itself is never deleted, since a run that staged it (`git add -A`) may have
+        staged an untracked file of the user's, and nothing proves the run created it."""
         if not repo_paths:
             return
         present = [p for p in repo_paths if self._in_tree(commit, p)]
         absent = [p for p in repo_paths if p not in present]
         if present:
             self._run("checkout", "-q", commit, "--", *present)
-        for path in absent:
-            self._run("rm", "-q", "--cached", "--ignore-unmatch", "--", path)
-            try:
-                (self.top / path).unlink()
-            except OSError:
-                pass
+        if absent:
+            self._run("reset", "-q", commit, "--", *absent)
 
     def unstage(self, repo_paths: list[str]) -> None:
         self._run("reset", "-q", "--", *repo_paths)

@@ -11,7 +11,7 @@ import difflib
 import logging
 import os
 import re
-import shutil
+import stat
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +22,7 @@ from typing import Any
 from .config import Config
 from .errors import RuleViolation, SessionError
 from .experiment import RUN_LOG, Experiment, ExperimentResult
-from .files import atomic_write
+from .files import atomic_write, copy_regular, own_dir
 from .guard import changed_fingerprints, fingerprint_files, resolve_target_path, sha256_bytes, sha256_file
 from .journal import Journal, Row, one_line
 from .models import (
@@ -41,6 +41,7 @@ from .repo import Repo
 from .rules import decide, improvement, improvement_pct, nonblank_lines
 from .runner import kill_marked_processes
 from .state import (
+    STATE_DIR,
     Best,
     Pending,
     SessionState,
@@ -646,8 +647,7 @@ class Session:
                 changed.remove(self.target_repo_path)  # only the index lags behind the committed target
             if changed:
                 tampered += [self.repo.project_path(p) for p in changed]
-                self._keep_copies(pending.run_id, [self.repo.project_path(p) for p in changed])
-                self.repo.restore_paths(commit, changed)
+                tampered += self._restore_with_copies(pending.run_id, commit, changed)
         except SessionError as exc:
             tampered.append(f"git state ({exc})")
         readonly = changed_fingerprints(self.root, self.state.readonly_hashes)
@@ -659,26 +659,45 @@ class Session:
                 tracked = [
                     self.repo.repo_path(r) for r in readonly if self.repo.is_tracked(self.repo.repo_path(r))
                 ]
-                self._keep_copies(pending.run_id, [self.repo.project_path(p) for p in tracked])
-                self.repo.restore_paths(commit, tracked)
+                tampered += self._restore_with_copies(pending.run_id, commit, tracked)
             except SessionError:
                 pass
         tampered += self._restore_own_files()
         return tampered
 
-    def _keep_copies(self, run_id: str, paths: list[str]) -> None:
+    def _restore_with_copies(self, run_id: str, commit: str, repo_paths: list[str]) -> list[str]:
+        """Restore tracked paths to `commit`, each only once a copy of what it holds is kept. A path whose copy
+        fails is left as it is and named (the returned notes): nothing of the user's is thrown away."""
+        failed = self._keep_copies(run_id, [self.repo.project_path(p) for p in repo_paths])
+        self.repo.restore_paths(commit, [p for p in repo_paths if self.repo.project_path(p) not in failed])
+        return [
+            f"{rel} (NOT restored: no copy of it could be kept in .autoresearch/tampered/{run_id}/; look at it, "
+            f"then git checkout -- {rel})"
+            for rel in failed
+        ]
+
+    def _keep_copies(self, run_id: str, paths: list[str]) -> list[str]:
         """Before restoring files a run changed, keep what they held: during a long run the change may be the
-        user's own edit, and nothing of the user's is ever thrown away."""
+        user's own edit, and nothing of the user's is ever thrown away. Returns the paths whose copy failed.
+        Only regular files hold content; the copies go only into real directories of the server's."""
+        failed: list[str] = []
         for rel in paths:
             source = self.root / rel
-            if not source.is_file() or source.is_symlink():
-                continue
-            copy = state_dir(self.root) / "tampered" / run_id / rel
             try:
-                copy.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, copy)
+                if not stat.S_ISREG(source.lstat().st_mode):
+                    continue  # a symlink, a FIFO or a directory: no bytes of the user's to keep
+            except FileNotFoundError:
+                continue
             except OSError:
-                log.warning("could not keep a copy of %s before restoring it", rel)
+                failed.append(rel)
+                continue
+            try:
+                directory = own_dir(self.root, STATE_DIR, "tampered", run_id, *Path(rel).parent.parts)
+                copy_regular(source, directory / source.name)
+            except (OSError, SessionError) as exc:
+                log.warning("could not keep a copy of %s before restoring it: %s", rel, exc)
+                failed.append(rel)
+        return failed
 
     def _save(self) -> None:
         save_state(self.root, self.state)

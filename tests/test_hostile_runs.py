@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import git
+
 pytestmark = pytest.mark.anyio
 
 HONEST = "LR = 0.2"  # the honest value of this edit: abs(0.2 - 0.1) + 1 = 1.1
@@ -75,3 +77,35 @@ async def test_run_log_written_by_the_run_is_not_an_input(session) -> None:
     assert run["value"] == pytest.approx(1.1)
     assert decision["decision"] == "keep" and kept_values(root) == [pytest.approx(1.4), pytest.approx(1.1)]
     assert "0.000100" not in (root / "run.log").read_text()
+
+
+# -- the user's untracked files ------------------------------------------------------------------------------
+async def test_git_add_all_in_a_run_never_costs_an_untracked_file(session) -> None:
+    agent, root = session
+    (root / "data").mkdir()
+    (root / "data" / "cache.bin").write_bytes(b"\x00user data")
+    code = "import subprocess; subprocess.run(['git', 'add', '-A'])"
+    run, decision = await run_attack(agent, code)
+    assert run["status"] == "tampered" and "my_notes.txt" in run["error"]
+    assert decision["decision"] == "crash"
+    assert (root / "my_notes.txt").read_text() == "the user's own untracked work\n"
+    assert (root / "data" / "cache.bin").read_bytes() == b"\x00user data"
+    assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+    assert "?? my_notes.txt" in git(root, "status", "--porcelain")
+
+
+async def test_a_restore_whose_copy_fails_is_not_done_and_is_reported(session) -> None:
+    agent, root = session
+    # The run stages the user's untracked file, edits a tracked one, and blocks where copies are kept.
+    code = (
+        "import subprocess; subprocess.run(['git', 'add', '-A'])\n"
+        "open('README.md', 'w').write('edited during the run\\n')\n"
+        "open('.autoresearch/tampered', 'w').write('not a directory')"
+    )
+    run, decision = await run_attack(agent, code)
+    assert run["status"] == "tampered" and "README.md (NOT restored" in run["error"]
+    assert decision["decision"] == "crash"
+    assert (root / "README.md").read_text() == "edited during the run\n"
+    assert (root / "my_notes.txt").read_text() == "the user's own untracked work\n"
+    message = await agent.refused("run_experiment", description="next")
+    assert "README.md" in message
