@@ -23,6 +23,7 @@ from .config import Config
 from .errors import RuleViolation, SessionError
 from .experiment import RUN_LOG, Experiment, ExperimentResult
 from .files import atomic_write, copy_regular, own_dir
+from .gitguard import GitWatch
 from .guard import changed_fingerprints, fingerprint_files, resolve_target_path, sha256_bytes, sha256_file
 from .journal import Journal, Row, one_line
 from .models import (
@@ -121,6 +122,8 @@ class Session:
         self.resumed = False
         self.recovered: list[str] = []
         self._journal_prints: tuple[Any, Any] = journal.fingerprints()
+        self.git_watch = GitWatch(repo, root, state.branch, state.tag)
+        self._git_notes: list[str] = []  # what a restart found changed in git's files before git ran again
         self._state_print = state_fingerprint(root, state.tag)
 
     # ======================================================================================================
@@ -199,6 +202,7 @@ class Session:
             metric_direction=config.metric_direction,
             readonly_hashes=fingerprint_files(root, list(config.readonly_files)),
             rules=_rules_of(config),
+            hidden_paths=repo.hidden_tracked_files(),
         )
         state_dir(root).mkdir(parents=True, exist_ok=True)
         journal.load()
@@ -235,6 +239,13 @@ class Session:
                 "measurement cannot change midway: restore the configuration, or start a new session with "
                 "another tag to use the new one"
             )
+        session = cls(root, project, repo, state, journal)
+        pending = state.pending
+        if pending is not None and pending.phase == "running" and pending.commit:
+            # A run was in flight: what it planted in git's files is undone before git runs again.
+            session._git_notes = session.git_watch.after_run(
+                pending.git_config, pending.refs_digest, pending.commit, pending.run_id
+            )
         if repo.current_branch() != state.branch:
             dirty = [p for p in repo.changed_tracked_files()]
             if dirty:
@@ -245,7 +256,7 @@ class Session:
             repo.checkout_branch(state.branch)
         repo.add_excludes(_exclude_patterns(repo, config.jsonl_path))
         journal.load()
-        session = cls(root, project, repo, state, journal)
+        session._journal_prints = journal.fingerprints()
         session.resumed = True
         session._recover()
         return session
@@ -576,9 +587,10 @@ class Session:
                     self.state.branch, self.target_repo_path, target_bytes, message, parent
                 )
             else:  # filters or end-of-line conversion apply: let git make the blob
-                commit = self.repo.commit_with_git(self.target_repo_path, message)
+                commit = self.repo.commit_with_git(self.state.branch, self.target_repo_path, message)
             pending.commit = commit
             pending.phase = "running"
+            pending.git_config, pending.refs_digest = self.git_watch.before_run()
             self._save()
             self.journal.log_experiment_start(run_id, commit, description)
             _drop_stale_bytecode(self._target_path())
@@ -629,22 +641,31 @@ class Session:
     def _verify_after_run(self, pending: Pending) -> list[str]:
         """What the run changed that it must not: tracked files, read-only files, the server's own logs.
         Each is restored (tracked files from the commit that ran; logs from the JSONL)."""
-        tampered: list[str] = []
         commit = pending.commit or pending.parent
+        tampered, self._git_notes = self._git_notes, []
         try:
+            # First, before git runs again: configuration, attributes and refs as the run found them.
+            tampered += self.git_watch.after_run(
+                pending.git_config, pending.refs_digest, commit, pending.run_id
+            )
             if self.repo.current_branch() != self.state.branch:
                 tampered.append(f"HEAD (switched to {self.repo.current_branch() or 'a detached commit'})")
                 self.repo.checkout_branch(self.state.branch)
             if self.repo.head_commit() != commit:
                 tampered.append("the session branch (moved by the run)")
-                self.repo.move_branch_keep_tree(commit)
+                self.repo.move_branch(
+                    self.state.branch, commit, f"autoresearch: undo {pending.run_id}'s move"
+                )
+            hidden = [p for p in self.repo.hidden_tracked_files() if p not in self.state.hidden_paths]
+            if hidden:  # flags that blind git status to these files: cleared, so status sees them again
+                tampered.append("index flags hiding " + ", ".join(map(self.repo.project_path, hidden)))
+                self.repo.reveal(hidden)
             changed = self.repo.changed_tracked_files()
-            if (
-                self.target_repo_path in changed
-                and pending.target_sha256
-                and (sha256_file(self.root / self.target_rel) == pending.target_sha256)
-            ):
+            target_same = sha256_file(self.root / self.target_rel) == pending.target_sha256
+            if self.target_repo_path in changed and pending.target_sha256 and target_same:
                 changed.remove(self.target_repo_path)  # only the index lags behind the committed target
+            elif self.target_repo_path not in changed and pending.target_sha256 and not target_same:
+                changed.append(self.target_repo_path)  # compared by content, whatever git status says
             if changed:
                 tampered += [self.repo.project_path(p) for p in changed]
                 tampered += self._restore_with_copies(pending.run_id, commit, changed)

@@ -44,6 +44,8 @@ class Pending(BaseModel):
     started_at: str = ""
     result: dict[str, Any] | None = None
     decision: dict[str, Any] | None = None
+    git_config: dict[str, str | None] = {}  # git's configuration and attribute files as the run found them
+    refs_digest: str = ""  # every ref but the session's own, as the run found them
 
 
 class SessionState(BaseModel):
@@ -60,6 +62,9 @@ class SessionState(BaseModel):
     best: Best | None = None
     baseline_value: float | None = None
     baseline_commit: str | None = None
+    hidden_paths: list[
+        str
+    ] = []  # tracked files flagged skip-worktree/assume-unchanged when the session started
     pending: Pending | None = None
 
 

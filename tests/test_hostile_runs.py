@@ -109,3 +109,87 @@ async def test_a_restore_whose_copy_fails_is_not_done_and_is_reported(session) -
     assert (root / "my_notes.txt").read_text() == "the user's own untracked work\n"
     message = await agent.refused("run_experiment", description="next")
     assert "README.md" in message
+
+
+# -- git configuration and refs planted by a run ------------------------------------------------------------
+GIT = "import os, subprocess\ndef g(*a): return subprocess.run(['git', '-c', 'user.name=x', '-c', 'user.email=x@x', *a], capture_output=True, text=True).stdout.strip()\n"
+
+
+async def test_git_config_planted_by_a_run_never_runs_in_the_server(session) -> None:
+    agent, root = session
+    config_before = (root / ".git/config").read_bytes()
+    code = GIT + (
+        "open('.git/evil-hook', 'w').write('#!/bin/sh\\ntouch PWNED\\n'); os.chmod('.git/evil-hook', 0o755)\n"
+        "g('config', 'core.fsmonitor', os.path.abspath('.git/evil-hook'))\n"
+        "g('config', 'filter.evil.clean', 'touch PWNED; cat')\n"
+        "g('config', 'core.worktree', '/tmp')\n"
+        "open('.git/info/attributes', 'w').write('* filter=evil\\n')\n"
+        "os.utime('README.md', (1, 1)); os.utime('prepare.py', (1, 1))"
+    )
+    run, decision = await run_attack(agent, code)
+    assert not (root / "PWNED").exists(), "a command planted in git's configuration ran"
+    assert run["status"] == "tampered" and ".git/config" in run["error"] and "attributes" in run["error"]
+    assert decision["decision"] == "crash"
+    assert (root / ".git/config").read_bytes() == config_before
+    assert not (root / ".git/info/attributes").exists()
+    assert (root / ".autoresearch/tampered/r2/git").is_dir()  # the run's version, kept
+    await agent.edit("LR = 0.5", HONEST)
+    run, decision = await agent.experiment("honest")
+    assert run["status"] == "ok" and decision["decision"] == "keep" and run["value"] == pytest.approx(1.1)
+    assert not (root / "PWNED").exists()
+
+
+async def test_replace_objects_do_not_hide_an_edit(session) -> None:
+    agent, root = session
+    code = GIT + (
+        "open('README.md', 'w').write('forged\\n'); g('add', 'README.md')\n"
+        "head = g('rev-parse', 'HEAD')\n"
+        "fake = g('commit-tree', g('write-tree'), '-p', g('rev-parse', 'HEAD^'), '-m', 'same')\n"
+        "g('replace', head, fake)"
+    )
+    run, decision = await run_attack(agent, code)
+    assert run["status"] == "tampered" and "README.md" in run["error"] and "refs/replace/" in run["error"]
+    assert decision["decision"] == "crash"
+    git(root, "replace", "-d", *git(root, "replace", "-l").split())
+    assert (root / "README.md").read_text() == "demo\n"
+    assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+async def test_index_flags_do_not_hide_an_edit(session) -> None:
+    agent, root = session
+    code = GIT + (
+        "open('README.md', 'w').write('hidden edit\\n'); g('update-index', '--skip-worktree', 'README.md')\n"
+        "src = open('train.py').read().replace('LR = 0.2', 'LR = 0.1', 1)\n"
+        "open('train.py', 'w').write(src); g('update-index', '--assume-unchanged', 'train.py')"
+    )
+    run, decision = await run_attack(agent, code)
+    assert run["status"] == "tampered" and "index flags hiding" in run["error"]
+    assert "README.md" in run["error"] and "train.py" in run["error"]
+    assert decision["decision"] == "crash"
+    assert (root / "README.md").read_text() == "demo\n"
+    assert "LR = 0.5" in (root / "train.py").read_text()
+    assert all(line[0] == "H" for line in git(root, "ls-files", "-v").splitlines())
+
+
+async def test_symbolic_session_branch_never_moves_another_branch(session) -> None:
+    agent, root = session
+    main_before = git(root, "rev-parse", "main").strip()
+    code = GIT + "g('symbolic-ref', 'refs/heads/autoresearch/evil', 'refs/heads/main')"
+    run, decision = await run_attack(agent, code)
+    assert run["status"] == "tampered" and "symbolic ref to refs/heads/main" in run["error"]
+    assert decision["decision"] == "crash"
+    assert git(root, "rev-parse", "main").strip() == main_before
+    assert not (root / ".git/refs/heads/autoresearch/evil").read_text().startswith("ref:")
+    await agent.edit("LR = 0.5", HONEST)
+    run, decision = await agent.experiment("honest")
+    assert decision["decision"] == "keep" and git(root, "rev-parse", "main").strip() == main_before
+    assert kept_values(root) == [pytest.approx(1.4), pytest.approx(1.1)]
+
+
+async def test_refs_moved_by_a_run_are_tampering(session) -> None:
+    agent, root = session
+    code = GIT + "g('branch', '-f', 'main', 'HEAD'); g('tag', 'evil')"
+    run, decision = await run_attack(agent, code)
+    assert run["status"] == "tampered"
+    assert "refs/heads/main" in run["error"] and "refs/tags/evil" in run["error"]
+    assert decision["decision"] == "crash" and kept_values(root) == [pytest.approx(1.4)]
