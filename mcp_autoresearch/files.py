@@ -43,23 +43,32 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], mode: int | None = N
     return size
 
 
-def own_dir(root: Path, *parts: str) -> Path:
-    """`root/parts...`, created as needed, where every component is a real directory: a symlink (or a file)
-    planted at the server's own folders would make it write outside the project, so it is refused."""
+def own_dir(root: Path, *parts: str, replace_links: bool = False) -> Path:
+    """`root/parts...`, created as needed, where every component is a real directory: a symlink planted in the
+    server's own folders would make it write outside the project. With `replace_links` (folders that only the
+    server owns) such a symlink is removed (the link only, never what it points to) and a real directory made;
+    otherwise, and for a file standing there, it is refused."""
     path = root
     for name in (piece for part in parts for piece in part.split("/") if piece):
         path = path / ("__up__" if name == ".." else name)
-        try:
-            os.mkdir(path, 0o755)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise SessionError(f"cannot create {path}: {exc.strerror}") from None
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            raise SessionError(
-                f"{path} is not a real directory (a symlink or a file stands there); the server keeps its files "
-                "only in its own directories: move it aside"
-            )
+        for _attempt in range(3):
+            try:
+                os.mkdir(path, 0o755)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise SessionError(f"cannot create {path}: {exc.strerror}") from None
+            mode = os.lstat(path).st_mode
+            if stat.S_ISDIR(mode):
+                break
+            if not (replace_links and stat.S_ISLNK(mode)):
+                raise SessionError(
+                    f"{path} is not a real directory (a symlink or a file stands there); the server keeps its "
+                    "files only in real directories of its own: move it aside"
+                )
+            os.unlink(path)
+        else:
+            raise SessionError(f"{path} keeps being replaced by a symlink; stop what does it")
     return path
 
 
