@@ -2,7 +2,8 @@
 of karpathy/autoresearch's program.md (git commit, cmd > run.log 2>&1, grep, append results.tsv, git reset).
 
 Per-experiment overhead = wall time of one experiment minus the command's own time (median of the raw command).
-Also counts tool calls and bytes returned to the agent per experiment.
+Also counts tool calls and bytes returned to the agent per experiment. Ours is measured twice, with runs confined
+(Landlock, the default where the kernel has it) and with `isolation = "off"`, side by side.
 
     python bench/loop_overhead.py [--experiments 60]
 """
@@ -33,11 +34,12 @@ IDENTITY = {
 }
 
 
-def make_repo(path: Path) -> Path:
+def make_repo(path: Path, isolation: str = "auto") -> Path:
     path.mkdir(parents=True)
     (path / "params.sh").write_text("K=1000\n")
     (path / "autoresearch.toml").write_text(
         f'target_file = "params.sh"\nrun_command = {json.dumps(COMMAND)}\nmetric_name = "score"\n'
+        f'isolation = "{isolation}"\n'
     )
     env = {**os.environ, **IDENTITY}
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "init"]):
@@ -159,20 +161,31 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-loop-"))
     try:
         ours_root, shell_root = make_repo(base / "ours"), make_repo(base / "shell")
+        off_root = make_repo(base / "ours-off", isolation="off")
         own = command_time(ours_root)
         a = summary(anyio.run(ours, ours_root, args.experiments), own)
+        c = summary(anyio.run(ours, off_root, args.experiments), own)
         b = summary(shell(shell_root, args.experiments), own)
         ratio = a["median_ms"] / b["median_ms"]
+        from mcp_autoresearch.isolation import probe_isolation
+
         print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}")
         print(f"experiments: {args.experiments} each; command's own time (median): {own * 1000:.2f} ms")
+        print(f"isolation here: {probe_isolation().describe()}")
         print("| loop | overhead median (ms) | p10-p90 (ms) | tool calls | bytes to agent |")
         print("|---|---|---|---|---|")
-        for name, s in (("mcp-autoresearch (stdio)", a), ("program.md shell loop", b)):
+        rows = (
+            ("mcp-autoresearch (stdio), runs confined", a),
+            ('mcp-autoresearch (stdio), isolation = "off"', c),
+            ("program.md shell loop", b),
+        )
+        for name, s in rows:
             print(
                 f"| {name} | {s['median_ms']:.1f} | {s['p10_ms']:.1f}-{s['p90_ms']:.1f} | {s['calls']:g} | "
                 f"{s['bytes']:.0f} |"
             )
-        print(f"ratio ours/shell (median overhead): {ratio:.2f}")
+        print(f"ratio ours (confined)/shell (median overhead): {ratio:.2f}")
+        print(f"confinement costs {a['median_ms'] - c['median_ms']:.1f} ms per experiment (median)")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

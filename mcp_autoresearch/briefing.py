@@ -6,14 +6,10 @@ and the streak of experiments since the last improvement.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .journal import Journal, Row, one_line
 from .rules import improvement, improvement_pct
 from .state import SessionState
-
-if TYPE_CHECKING:
-    from .session import Session
+from .statuses import DECISIONS
 
 RECENT_ROWS = 8
 MAX_IDEAS = 40
@@ -58,9 +54,7 @@ def briefing_from(
     else:
         lines.append("No baseline yet: the first run must be the unmodified target.")
     if counts is None:
-        counts = {
-            status: sum(1 for r in rows if r.status == status) for status in ("keep", "discard", "crash")
-        }
+        counts = {status: sum(1 for r in rows if r.status == status) for status in DECISIONS}
     if since is None:
         since = 0
         for row in reversed(rows):
@@ -125,10 +119,6 @@ def journal_briefing(state: SessionState, journal: Journal, run_command: str | N
         journal.tail(MAX_IDEAS + 1),
         run_command,
         total=total,
-        counts={k: journal.counts.get(k, 0) for k in ("keep", "discard", "crash")},
+        counts={k: journal.counts.get(k, 0) for k in DECISIONS},
         since=total - 1 - journal.last_keep_index if total else 0,
     )
-
-
-def build_briefing(session: Session) -> str:
-    return journal_briefing(session.state, session.journal, session.config.run_command)

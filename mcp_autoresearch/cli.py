@@ -126,7 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "detect":
             return cmd_detect(args)
-        if args.command in ("results", "status", "dashboard", "plot"):
+        if args.command == "dashboard":
+            from .dashboard import run_dashboard
+            from .report import open_session_files
+
+            files = open_session_files(args.project, args.session)
+            return run_dashboard(files, args.status, args.interval, args.once)
+        if args.command in ("results", "status", "plot"):
             from . import report
 
             return report.run(args)
@@ -157,6 +163,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(f"  measured:   {info.metric_source}")
     print(f"time budget:  {info.time_budget:g} s (hard timeout {info.timeout:g} s)")
     print(f"read-only:    {', '.join(info.readonly_files) or '-'}")
+    print(
+        f"writable:     {', '.join(info.writable) or '-'} (a run may write only these, and a private TMPDIR)"
+    )
+    print(f"isolation:    {info.isolation}")
     print(f"evidence:     {', '.join(info.evidence) or '-'}")
     print(
         "sources:      "

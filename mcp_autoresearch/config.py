@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 
 Direction = Literal["lower_is_better", "higher_is_better"]
+IsolationSetting = Literal["auto", "required", "off"]
 
 DIRECTION_ALIASES = {
     "lower": "lower_is_better",
@@ -61,6 +62,14 @@ class ConfigValues(BaseModel):
         None, description="Regex with one group: peak memory in MB from the log."
     )
     jsonl_path: str | None = Field(None, description="Where the JSONL log lives (relative to the project).")
+    writable: list[str] | None = Field(
+        None,
+        description="Paths a run may write (relative to the project, absolute, or ~/...); all else is read-only.",
+    )
+    isolation: IsolationSetting | None = Field(
+        None,
+        description="auto (confine runs when the kernel can), required (refuse to start without), or off.",
+    )
 
     @field_validator("metric_direction", mode="before")
     @classmethod
@@ -69,7 +78,7 @@ class ConfigValues(BaseModel):
             return DIRECTION_ALIASES.get(value.strip().lower(), value)
         return value
 
-    @field_validator("readonly_files", mode="before")
+    @field_validator("readonly_files", "writable", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         # The markdown format of the original tool writes lists comma-separated.
@@ -86,7 +95,12 @@ class ConfigValues(BaseModel):
             )
         return value
 
-    @field_validator("readonly_files")
+    @field_validator("isolation", mode="before")
+    @classmethod
+    def _isolation(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("readonly_files", "writable")
     @classmethod
     def _no_empty_entries(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and any(not item.strip() or item.strip() in (".", "./") for item in value):
@@ -139,6 +153,8 @@ DEFAULTS: dict[str, Any] = {
     "repeats": 1,
     "min_delta": 0.0,
     "jsonl_path": ".autoresearch/autoresearch.jsonl",
+    "writable": [],
+    "isolation": "auto",
 }
 
 
@@ -164,6 +180,8 @@ class Config(BaseModel):
     max_experiments: int | None = None
     memory_regex: str | None = None
     jsonl_path: str = ".autoresearch/autoresearch.jsonl"
+    writable: list[str] = Field(default_factory=list)
+    isolation: IsolationSetting = "auto"
 
 
 def validate_values(raw: dict[str, Any], where: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from .journal import Row
 from .report import SessionFiles, results_table
 from .rules import improvement, improvement_pct
 from .state import load_state, state_dir
+from .statuses import DECISIONS
 
 BARS = "▁▂▃▄▅▆▇█"
 
@@ -79,7 +80,7 @@ def trend(rows: list[Row], direction: str, width: int, best_before: float | None
 def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> Group:
     state = load_state(files.root, files.state.tag) or files.state
     journal = files.journal
-    counts = {s: journal.counts.get(s, 0) for s in ("keep", "discard", "crash")}
+    counts = {s: journal.counts.get(s, 0) for s in DECISIONS}
     total = len(journal)
     span = max(10, width - 6)
     direction = "lower is better" if state.metric_direction == "lower_is_better" else "higher is better"

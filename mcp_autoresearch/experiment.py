@@ -6,25 +6,38 @@ This is the trustworthy measurement the session logs: every value here comes fro
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from .config import Config
-from .files import atomic_write
+from .guard import sha256_file
+from .isolation import (
+    Isolation,
+    denied_write_hint,
+    keeper_available,
+    keeper_command,
+    setup_failure,
+    writable_paths,
+)
 from .logtail import clean_text, read_tail_bytes, tail
 from .metrics import MetricError, Secondary, first_float, measure, read_metric_from_log, read_secondary
-from .runner import ProcessRun, ProgressCallback
+from .runner import DEFAULT_GRACE_S, ProcessResult, ProcessRun, ProgressCallback
+from .statuses import RunStatus
 
-RunStatus = Literal["ok", "crash", "timeout", "metric_error", "checks_failed", "cancelled"]
 METRIC_PARSE_TIMEOUT_S = 30.0
 RUN_LOG = "run.log"
-FOREIGN_RUN_LOG_HINT = (
-    "The command wrote run.log itself, which is never read: the metric comes only from the command's own "
-    "output. Remove the redirection ('> run.log 2>&1') from run_command; the server writes run.log for you"
+# The original tool's commands end in `> run.log 2>&1` (or `| tee run.log`): the server captures the output and
+# writes run.log itself, so that redirect is dropped (a confined run may not write the project root).
+_RUN_LOG_REDIRECT = re.compile(
+    r"\s*(?:(?:1?>|&>)\s*\.?/?run\.log(?:\s+2>&1)?|(?:2>&1\s*)?\|\s*tee\s+(?:-a\s+)?\.?/?run\.log)\s*$"
 )
+
+
+def without_run_log_redirect(command: str) -> str:
+    return _RUN_LOG_REDIRECT.sub("", command) or command
 
 
 @dataclass
@@ -54,6 +67,7 @@ class Experiment:
         log_dir: Path,
         tag: str | None = None,
         on_progress: ProgressCallback | None = None,
+        isolation: Isolation | None = None,
     ) -> None:
         self.config = config
         self.root = root
@@ -61,10 +75,10 @@ class Experiment:
         self.log_dir = log_dir
         self.tag = tag
         self.on_progress = on_progress
+        self.isolation = isolation
         self._lock = threading.Lock()
         self._current: ProcessRun | None = None
         self._cancel_reason: str | None = None
-        self._foreign_run_log = False  # the last run left a run.log of its own (replaced unread)
 
     def cancel(self, reason: str) -> None:
         with self._lock:
@@ -72,12 +86,26 @@ class Experiment:
             if self._current is not None:
                 self._current.cancel(reason)
 
+    def _wrap(self, argv: list[str], tmpdir: str) -> list[str]:
+        assert self.isolation is not None
+        writable = (
+            writable_paths(self.root, list(self.config.writable), tmpdir) if self.isolation.confined else []
+        )
+        return keeper_command(self.isolation, writable, argv, DEFAULT_GRACE_S)
+
     def _process(
-        self, command: str, log_path: Path, timeout: float, marker: str, progress: ProgressCallback | None
+        self,
+        command: str,
+        log_path: Path,
+        timeout: float,
+        marker: str,
+        progress: ProgressCallback | None,
+        extra_env: dict[str, str] | None = None,
     ) -> ProcessRun:
-        env = {"AUTORESEARCH_LOG": str(log_path), "AUTORESEARCH_TIME_BUDGET": f"{self.config.time_budget:g}"}
+        env = {"AUTORESEARCH_TIME_BUDGET": f"{self.config.time_budget:g}", **(extra_env or {})}
         if self.tag:
             env["AUTORESEARCH_TAG"] = self.tag
+        wrapper = self._wrap if self.isolation is not None and keeper_available() else None
         process = ProcessRun(
             command=command,
             cwd=self.root,
@@ -87,6 +115,7 @@ class Experiment:
             run_marker=marker,
             project_marker=str(self.root),
             on_progress=progress,
+            wrapper=wrapper,
         )
         with self._lock:
             if self._cancel_reason is not None:
@@ -102,21 +131,25 @@ class Experiment:
             suffix = "" if config.repeats == 1 else f"-{index + 1}"
             log_path = self.log_dir / f"{self.run_id}{suffix}.log"
             process = self._process(
-                config.run_command, log_path, config.timeout, self.run_id, self.on_progress
+                without_run_log_redirect(config.run_command),
+                log_path,
+                config.timeout,
+                self.run_id,
+                self.on_progress,
             )
             self._clear_run_log()
             done = process.run()
             self._publish_run_log(log_path)
             tally.add_run(done.duration_s, done.peak_rss_bytes, done.leftovers_killed, done.exit_code)
             failure = self._process_failure(done.status, done.exit_code, done.error)
+            if failure is None:
+                failure = self._capture_mismatch(done)
             if failure:
-                return tally.result(failure[0], None, log_path, failure[1])
+                return self._failed(tally, failure, None, log_path)
             try:
                 tally.values.append(self._metric(log_path, done.duration_s))
             except MetricError as exc:
-                if self._foreign_run_log:
-                    exc = MetricError(f"{exc}. {FOREIGN_RUN_LOG_HINT}")
-                return tally.result("metric_error", None, log_path, str(exc))
+                return self._failed(tally, ("metric_error", str(exc)), None, log_path)
             tally.add_figures(read_secondary(log_path, config.metric_name, config.memory_regex))
         value = statistics.median(tally.values)
         if config.checks_command:
@@ -130,8 +163,34 @@ class Experiment:
                 status, error = failure
                 if status in ("crash", "timeout"):
                     status, error = "checks_failed", f"checks_command failed: {error}"
-                return tally.result(status, value, checks_log, error)
+                return self._failed(tally, (status, error), value, checks_log)
         return tally.result("ok", value, log_path, None)
+
+    def _failed(
+        self, tally: _Tally, failure: tuple[RunStatus, str], value: float | None, log_path: Path
+    ) -> ExperimentResult:
+        """A failed result; when the run was confined and its output shows a refused write, say which setting
+        allows it; when the keeper could not confine it, say that instead."""
+        status, error = failure
+        result = tally.result(status, value, log_path, error)
+        head = clean_text(read_tail_bytes(log_path, 2048)) if tally.exit_code == 125 else ""
+        refused = setup_failure(head) if head else None
+        if refused:
+            result.error = f"the run could not be confined ({refused}); nothing ran"
+        elif self.isolation is not None and self.isolation.confined and status != "cancelled":
+            hint = denied_write_hint(clean_text(read_tail_bytes(log_path, 16384)))
+            if hint:
+                result.error = f"{error}; {hint}"
+        return result
+
+    def _capture_mismatch(self, done: ProcessResult) -> tuple[RunStatus, str] | None:
+        """The metric is read from the server's log of the run's output; where the run was not confined it could
+        have rewritten that file: it must still hold exactly what was captured."""
+        if self.isolation is not None and self.isolation.confined:
+            return None
+        if done.captured_sha256 and sha256_file(done.log_path) != done.captured_sha256:
+            return "tampered", "the run's log file was changed after its output was captured"
+        return None
 
     @staticmethod
     def _process_failure(
@@ -155,7 +214,14 @@ class Experiment:
         if config.metric_parse:
             out_path = log_path.with_name(log_path.stem + "-metric.out")
             limit = min(METRIC_PARSE_TIMEOUT_S, config.timeout)
-            process = self._process(config.metric_parse, out_path, limit, f"{self.run_id}-metric", None)
+            process = self._process(
+                config.metric_parse,
+                out_path,
+                limit,
+                f"{self.run_id}-metric",
+                None,
+                {"AUTORESEARCH_LOG": str(log_path)},
+            )
             result = process.run()
             if result.status == "timeout":
                 raise MetricError(f"metric_parse did not finish within {limit:g} s")
@@ -174,24 +240,26 @@ class Experiment:
             pass
 
     def _publish_run_log(self, log_path: Path) -> None:
-        """`run.log` at the project root holds this run's output, so the original tool's commands still work.
-        A hard link costs nothing whatever the log's size; a copy is the fallback. Whatever stands at run.log
-        after the run (a file the run wrote, a symlink, a FIFO) is replaced unread: the metric comes only from
-        the output the server captured, never from a file the run can name."""
+        """`run.log` at the project root shows this run's output, so the original tool's commands still work.
+        It is the server's copy for people, never an input: whatever stands there (a file the run wrote, a link)
+        is replaced, unread, by a hard link to the captured log (a copy where links fail)."""
         run_log = self.root / RUN_LOG
-        self._foreign_run_log = run_log.is_symlink() or run_log.exists()
+        staged = self.root / f".{RUN_LOG}.{os.getpid()}.tmp"
         try:
-            try:
-                run_log.unlink()
-            except FileNotFoundError:
-                pass
-            os.link(log_path, run_log)
+            staged.unlink(missing_ok=True)
+            os.link(log_path, staged)
         except OSError:
             try:
-                with open(log_path, "rb") as src:
-                    atomic_write(run_log, iter(lambda: src.read(1 << 20), b""), 0o644)
+                with open(log_path, "rb") as src, open(staged, "xb") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
             except OSError:
-                pass
+                staged.unlink(missing_ok=True)
+                return
+        try:
+            os.replace(staged, run_log)  # replaces a symlink or a directory entry, never follows it
+        except OSError:
+            staged.unlink(missing_ok=True)
 
 
 @dataclass

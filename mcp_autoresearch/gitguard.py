@@ -16,9 +16,9 @@ import stat
 from pathlib import Path
 
 from .errors import SessionError
-from .files import atomic_write, copy_regular, own_dir, read_regular
+from .files import atomic_write, copy_regular, read_regular
 from .repo import Repo
-from .state import STATE_DIR
+from .state import server_dir
 
 MAX_CONFIG_BYTES = 1 << 20  # a git configuration file larger than this is compared by hash only
 
@@ -176,7 +176,7 @@ class GitWatch:
         changed = changed_config(config) if config else []
         if changed:
             try:
-                keep = own_dir(self.root, STATE_DIR, "tampered", run_id, "git")
+                keep = server_dir(self.root, "tampered", run_id, "git")
                 failed = restore_config(config, changed, keep)
             except SessionError:
                 failed = changed  # no copy of the run's version can be kept: nothing is overwritten

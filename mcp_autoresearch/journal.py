@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_write
+from .statuses import DECISIONS, RUN_STATUSES, Decision, RunStatus, as_decision, as_run_status
 
+RESULTS_TSV = "results.tsv"  # at the project root, as the original tool writes it
 TSV_HEADER = "commit\tmetric\tvalue\tstatus\tdescription\n"
 
 
@@ -51,8 +53,8 @@ class Row:
     commit: str
     metric: str
     value: float | None
-    status: str  # keep | discard | crash
-    run_status: str  # ok | crash | timeout | metric_error | tampered | checks_failed | cancelled
+    status: Decision
+    run_status: RunStatus
     description: str
     prev: float | None
     delta: float | None
@@ -79,8 +81,6 @@ def fingerprint(path: Path) -> Fingerprint | None:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-STATUSES = ("keep", "discard", "crash")
-RUN_STATUSES = ("ok", "crash", "timeout", "metric_error", "tampered", "checks_failed", "cancelled")
 _ROW_CACHE = 512
 
 
@@ -96,7 +96,7 @@ class Journal:
         self._offset = 0  # how far the JSONL has been read
         self._offsets = array("q")  # byte offset of each experiment_done line
         self._values = array("d")  # the value, NaN when there is none
-        self._status = bytearray()  # index into STATUSES
+        self._status = bytearray()  # index into DECISIONS
         self._run_status = bytearray()  # index into RUN_STATUSES
         self._run_numbers = array("q")  # n of run id "r<n>", increasing
         self._other_ids: dict[str, int] = {}  # run ids of another shape
@@ -126,10 +126,10 @@ class Journal:
         index = self.index_of(run_id)
         return None if index is None else self.row(index)
 
-    def status_at(self, index: int) -> str:
-        return STATUSES[self._status[index]]
+    def status_at(self, index: int) -> Decision:
+        return DECISIONS[self._status[index]]
 
-    def run_status_at(self, index: int) -> str:
+    def run_status_at(self, index: int) -> RunStatus:
         return RUN_STATUSES[self._run_status[index]]
 
     def value_at(self, index: int) -> float | None:
@@ -140,8 +140,8 @@ class Journal:
         """Row indices, oldest first, with this status (decision or run status); all when None."""
         if status is None:
             return list(range(len(self)))
-        if status in STATUSES:
-            code = STATUSES.index(status)
+        if status in DECISIONS:
+            code = DECISIONS.index(status)
             return [i for i, c in enumerate(self._status) if c == code]
         if status in RUN_STATUSES:
             code = RUN_STATUSES.index(status)
@@ -160,7 +160,7 @@ class Journal:
 
     def best_kept_before(self, stop: int, lower_is_better: bool) -> float | None:
         """The running best (over kept rows) just before row `stop`."""
-        keep = STATUSES.index("keep")
+        keep = DECISIONS.index("keep")
         for value, index in self._ordered(lower_is_better):
             if index < stop and self._status[index] == keep:
                 return value
@@ -219,8 +219,8 @@ class Journal:
             commit=str(details.get("commit", "")),
             metric=str(details.get("metric", "")),
             value=_finite_or_none(details.get("value")),
-            status=str(details.get("status", "crash")),
-            run_status=str(details.get("run_status") or details.get("error") or "ok"),
+            status=as_decision(details.get("status", "crash")),
+            run_status=as_run_status(details.get("run_status") or details.get("error") or "ok"),
             description=str(details.get("description", "")),
             prev=_finite_or_none(details.get("prev")),
             delta=_finite_or_none(details.get("delta")),
@@ -280,8 +280,8 @@ class Journal:
             return
         if action == "experiment_done" and self.index_of(run_id) is None:
             value = _finite_or_none(details.get("value"))
-            status = str(details.get("status", "crash"))
-            run_status = str(details.get("run_status") or "ok")
+            status = as_decision(details.get("status", "crash"))
+            run_status = as_run_status(details.get("run_status") or "ok")
             self._add(run_id, offset, value, status, run_status)
         elif action == "experiment_notes":
             index = self.index_of(run_id)
@@ -290,7 +290,9 @@ class Journal:
                 self._notes.setdefault(index, []).append(notes)
                 self._cache.pop(index, None)
 
-    def _add(self, run_id: str, offset: int, value: float | None, status: str, run_status: str) -> None:
+    def _add(
+        self, run_id: str, offset: int, value: float | None, status: Decision, run_status: RunStatus
+    ) -> None:
         index = len(self)
         number = _run_number(run_id)
         if number is not None and (not self._run_numbers or number > self._run_numbers[-1]):
@@ -300,15 +302,14 @@ class Journal:
             self._other_ids[run_id] = index
         self._offsets.append(offset)
         self._values.append(math.nan if value is None else value)
-        status_code = STATUSES.index(status) if status in STATUSES else 2
-        self._status.append(status_code)
-        self._run_status.append(RUN_STATUSES.index(run_status) if run_status in RUN_STATUSES else 1)
-        if value is not None and STATUSES[status_code] != "crash":
+        self._status.append(DECISIONS.index(status))
+        self._run_status.append(RUN_STATUSES.index(run_status))
+        if value is not None and status != "crash":
             position = bisect.bisect_right(self._best_values, value)
             self._best_values.insert(position, value)
             self._best_rows.insert(position, index)
-        self.counts[STATUSES[status_code]] += 1
-        if STATUSES[status_code] == "keep":
+        self.counts[status] += 1
+        if status == "keep":
             self.last_keep_index = index
 
     @staticmethod

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, Field
 
-RunStatusField = Literal[
-    "running", "ok", "crash", "timeout", "metric_error", "tampered", "checks_failed", "cancelled"
-]
+from .statuses import Decision, RunState, RunStatus
 
 
 class StartResult(BaseModel):
@@ -25,6 +21,10 @@ class StartResult(BaseModel):
     baseline_value: float | None = None
     experiments: int = Field(0, description="Experiments logged in this session.")
     pending_run: str | None = Field(None, description="A run that is in flight or waits for its decision.")
+    isolation: str = Field(
+        "",
+        description="How runs are confined: 'landlock (ABI n)', or 'none: <reason>' (after-run checks only).",
+    )
     recovered: list[str] = Field(default_factory=list, description="What was repaired after a restart.")
     briefing: str | None = Field(None, description="Summary of the session so far (when resumed).")
     next_step: str
@@ -51,7 +51,7 @@ class EditResult(BaseModel):
 
 class RunResult(BaseModel):
     run_id: str
-    status: RunStatusField
+    status: RunState
     metric_name: str
     value: float | None = None
     best_value: float | None = Field(None, description="Best kept value before this run.")
@@ -74,7 +74,7 @@ class RunResult(BaseModel):
 
 class DecisionResult(BaseModel):
     run_id: str
-    decision: Literal["keep", "discard", "crash"]
+    decision: Decision
     reason: str
     value: float | None
     prev: float | None = Field(description="Best kept value before this experiment.")
@@ -88,7 +88,7 @@ class DecisionResult(BaseModel):
 
 class NotesResult(BaseModel):
     run_id: str
-    status: str
+    status: Decision
     notes: list[str]
 
 
@@ -96,8 +96,8 @@ class ResultRow(BaseModel):
     run_id: str
     commit: str
     value: float | None
-    status: str
-    run_status: str
+    status: Decision
+    run_status: RunStatus
     delta: float | None
     memory_gb: float | None
     description: str

@@ -28,17 +28,17 @@ def render_png(rows: list[Row], metric: str, direction: str, title: str | None =
     lower = direction == "lower_is_better"
     fig, ax = plt.subplots(figsize=(12, 6), dpi=100)
     try:
-        valued = [(i, r) for i, r in enumerate(rows) if r.value is not None and r.status != "crash"]
-        disc = [(i, r.value) for i, r in valued if r.status != "keep"]
-        kept = [(i, r) for i, r in valued if r.status == "keep"]
+        valued = [(i, r, r.value) for i, r in enumerate(rows) if r.value is not None and r.status != "crash"]
+        disc = [(i, v) for i, r, v in valued if r.status != "keep"]
+        kept = [(i, r, v) for i, r, v in valued if r.status == "keep"]
         if disc:
             ax.scatter(
                 [i for i, _ in disc], [v for _, v in disc], c="#bbbbbb", s=14, label="discarded", zorder=2
             )
         if kept:
             ax.scatter(
-                [i for i, _ in kept],
-                [r.value for _, r in kept],
+                [i for i, _, _ in kept],
+                [v for _, _, v in kept],
                 c="#2ca02c",
                 s=36,
                 label="kept",
@@ -46,19 +46,21 @@ def render_png(rows: list[Row], metric: str, direction: str, title: str | None =
                 edgecolors="black",
                 linewidths=0.4,
             )
-            xs, ys, best = [], [], None
-            for i, r in kept:
-                best = r.value if best is None else (min(best, r.value) if lower else max(best, r.value))
+            xs: list[int] = []
+            ys: list[float] = []
+            best: float | None = None
+            for i, _, v in kept:
+                best = v if best is None else (min(best, v) if lower else max(best, v))
                 xs.append(i)
                 ys.append(best)
             xs.append(max(len(rows) - 1, xs[-1]))
             ys.append(ys[-1])
             ax.step(xs, ys, where="post", c="#2ca02c", lw=1.5, alpha=0.8, label="running best", zorder=1)
-            for i, r in kept[-25:]:
+            for i, r, v in kept[-25:]:
                 label = r.description if len(r.description) <= 40 else r.description[:39] + "…"
                 ax.annotate(
                     label,
-                    (i, r.value),
+                    (i, v),
                     textcoords="offset points",
                     xytext=(4, 6),
                     fontsize=7,

@@ -16,6 +16,7 @@ from .config import DEFAULTS, KEYS, Config, build_config
 from .config_sources import Source, command_line_source, read_file_sources
 from .errors import ConfigError
 from .guard import check_target_file
+from .isolation import check_writable, probe_isolation
 from .projects import detect_all
 
 # Keys that describe how the metric is obtained. Detection's values for them only apply to the metric it names:
@@ -36,6 +37,11 @@ class ProjectInfo(BaseModel):
     time_budget: float = Field(description="Seconds an experiment is meant to take.")
     timeout: float = Field(description="Hard limit in seconds; the whole process tree is killed after it.")
     readonly_files: list[str] = Field(description="Files that must never change.")
+    writable: list[str] = Field(description="Paths a run may write; everything else is read-only to it.")
+    isolation: str = Field(
+        description="How runs are confined here: 'landlock (ABI n)', or 'none: <reason>' (then only the "
+        "after-run checks protect the project)."
+    )
     config_source: dict[str, str] = Field(description="For each setting, the source that gave it.")
     evidence: list[str] = Field(description="Files that decided the project type.")
     warnings: list[str]
@@ -140,6 +146,13 @@ def load_project(
         target_rel = resolved.relative_to(root).as_posix()
         if target_rel != config.target_file:
             config = config.model_copy(update={"target_file": target_rel})
+    protected = {item: f"the read-only file {item}" for item in readonly}
+    if config.target_file is not None:
+        protected[config.target_file] = f"the target {config.target_file}"
+    check_writable(root, list(config.writable), protected, config.jsonl_path)
+    isolation = probe_isolation(config.isolation)
+    if config.isolation == "required" and not isolation.confined:
+        warnings.append(f"isolation = required, but runs cannot be confined here ({isolation.reason})")
     if config.timeout < config.time_budget:
         warnings.append(
             f"timeout ({config.timeout:g} s) is shorter than time_budget ({config.time_budget:g} s)"
@@ -182,6 +195,8 @@ def load_project(
         time_budget=config.time_budget,
         timeout=config.timeout,
         readonly_files=list(config.readonly_files),
+        writable=list(config.writable),
+        isolation=isolation.describe(),
         config_source=origin,
         evidence=detected.evidence if detected else [s.path.name for s in sources if s.path],
         warnings=warnings,

@@ -212,10 +212,11 @@ class Repo:
         return self._repo.commit(commit).tree[repo_path].data_stream.read()
 
     def commit_message(self, commit: str) -> str:
-        return self._repo.commit(commit).message
+        message = self._repo.commit(commit).message
+        return message if isinstance(message, str) else message.decode("utf-8", errors="replace")
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
-        return self._repo.is_ancestor(ancestor, descendant)
+        return self._repo.is_ancestor(self._repo.commit(ancestor), self._repo.commit(descendant))
 
     # -- writing --------------------------------------------------------------------------------------------
     def create_branch(self, branch: str) -> None:

@@ -16,9 +16,8 @@ from pathlib import Path
 from .briefing import journal_briefing
 from .config import DEFAULTS
 from .errors import AutoresearchError, ConfigError
-from .journal import Journal, Row
+from .journal import RESULTS_TSV, Journal, Row
 from .project import check_project_root, load_project
-from .session import RESULTS_TSV
 from .state import SessionState, current_tag, load_state
 
 
@@ -90,7 +89,7 @@ def results_table(files: SessionFiles, rows: list[Row], notes: bool = True):
         ("status", "left"),
         ("mem GB", "right"),
     ):
-        table.add_column(column, justify=justify, no_wrap=True)
+        table.add_column(column, justify="left" if justify == "left" else "right", no_wrap=True)
     table.add_column("description", min_width=24, ratio=2, overflow="fold")
     if notes:
         table.add_column("notes", ratio=1, overflow="fold")
@@ -132,10 +131,6 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "status":
         sys.stdout.write(journal_briefing(files.state, files.journal, files.run_command))
         return 0
-    if args.command == "dashboard":
-        from .dashboard import run_dashboard
-
-        return run_dashboard(files, args.status, args.interval, args.once)
     if args.command == "plot":
         from .plot import write_png
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-Decision = Literal["keep", "discard", "crash"]
+from .statuses import Decision, RunStatus
 
 
 @dataclass(frozen=True)
@@ -23,7 +22,7 @@ def improvement(value: float, best: float, direction: str) -> float:
 
 def decide(
     *,
-    run_status: str,
+    run_status: RunStatus,
     value: float | None,
     best: float | None,
     direction: str,

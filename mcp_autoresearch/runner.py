@@ -1,19 +1,31 @@
-"""Run one shell command under a hard time limit and leave nothing behind.
+"""Run one shell command under a hard time limit, capture its output, and leave nothing behind.
 
-Output goes straight from the child to a log file (no pipe through this process), so a run that prints 1 GB
-costs disk, not memory. At the deadline, on cancel, and after a normal exit, the whole process tree is ended:
-the process group, every descendant seen while sampling, and (on Linux, where this process is a child
-subreaper) any double-forked daemon re-parented to us that carries this run's environment marker.
+The command's stdout and stderr go into a pipe that a thread of this process copies into the log file (1 MiB
+pipe, bounded chunks: a run that prints 1 GB costs disk, not memory). Only what arrived while the command ran
+counts: capture stops when the command has ended, or just before a timeout or cancel kills it, so nothing the
+run prints afterwards (a SIGTERM handler, a leftover daemon) reaches the log, and the log itself lives where a
+confined run cannot write. The capture's sha256 lets the caller prove the file still holds what was captured.
+
+On Linux the command runs under the keeper (`confine.py`): Landlock, a subreaper of its own, and the kill of
+whatever the command leaves. This process is a child subreaper too, so a tree whose keeper was killed still
+ends here: at the deadline, on cancel, and after a normal exit, every descendant seen while sampling, the
+process group, and any orphan re-parented to us that carries this run's environment marker or the
+no-new-privileges mark every confined process has, is ended.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
+import hashlib
+import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -23,15 +35,24 @@ from typing import Literal
 
 import psutil
 
+from .launcher import Launched, LauncherError
 from .logtail import last_line
 
+log = logging.getLogger("mcp_autoresearch")
 ProcessStatus = Literal["exited", "timeout", "cancelled", "failed_to_start"]
 ProgressCallback = Callable[[float, float, str], None]
+Wrapper = Callable[[list[str], str], list[str]]  # (argv, private tmpdir) -> argv that runs it supervised
+# (argv, cwd, env, output fd, private tmpdir) -> a started process (Popen-like: pid, poll, wait)
+Launch = Callable[[list[str], Path, dict[str, str], int, str], "Launched"]
 
 MARKER_RUN = "AUTORESEARCH_RUN_ID"
 MARKER_PROJECT = "AUTORESEARCH_PROJECT"
 SAMPLE_INTERVAL_S = 0.5
 DEFAULT_GRACE_S = 3.0
+PIPE_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 20
+# The server's secrets never reach a run (the HTTP transport's token would let it call the tools).
+HIDDEN_FROM_RUNS = ("AUTORESEARCH_TOKEN",)
 
 _subreaper_lock = threading.Lock()
 _subreaper_set = False
@@ -62,6 +83,70 @@ class ProcessResult:
     log_path: Path
     error: str | None = None
     leftovers_killed: int = 0
+    captured_bytes: int = 0
+    captured_sha256: str = ""
+
+
+class _Capture:
+    """Copies the command's output pipe into the log file on a thread, hashing it, until `cut()`."""
+
+    def __init__(self, read_fd: int, log_fd: int) -> None:
+        self.read_fd = read_fd
+        self.log_fd = log_fd
+        self.size = 0
+        self._hash = hashlib.sha256()
+        os.set_blocking(read_fd, False)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._loop, name="capture", daemon=True)
+        self._thread.start()
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def _pump(self) -> bool:
+        """Copy what the pipe holds now. False at end of file (every writer has gone)."""
+        while True:
+            try:
+                data = os.read(self.read_fd, CHUNK_BYTES)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                return False
+            self._hash.update(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.log_fd, view) :]
+            self.size += len(data)
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                ready, _, _ = select.select([self.read_fd, self._wake_r], [], [])
+                if self.read_fd in ready and not self._pump():
+                    return
+                if self._wake_r in ready:
+                    self._pump()  # what was written before the cut, and nothing after
+                    return
+        except OSError:
+            return
+
+    def cut(self) -> None:
+        """Stop capturing: output that arrives from now on is not part of the run's log."""
+        if self._thread.is_alive():
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+            self._thread.join()
+        for fd in (self._wake_r, self._wake_w, self.read_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = self.read_fd = -1
 
 
 @dataclass
@@ -78,13 +163,16 @@ class ProcessRun:
     grace_s: float = DEFAULT_GRACE_S
     on_progress: ProgressCallback | None = None
     progress_every_s: float = 2.0
+    wrapper: Wrapper | None = None  # the keeper (confinement); None runs `/bin/sh -c` directly
+    launch: Launch | None = None  # the same keeper, forked by the warm launcher; the wrapper is the fallback
 
     def __post_init__(self) -> None:
         self._cancel = threading.Event()
         self._cancel_reason = ""
         self._seen: dict[int, float] = {}  # pid -> create_time of every descendant observed
         self._peak_rss = 0
-        self._popen: subprocess.Popen[bytes] | None = None
+        self._popen: subprocess.Popen[bytes] | Launched | None = None
+        self._capture: _Capture | None = None
 
     def cancel(self, reason: str = "cancelled") -> None:
         self._cancel_reason = reason
@@ -98,41 +186,83 @@ class ProcessRun:
     def run(self) -> ProcessResult:
         _become_subreaper()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env}
+        env = {key: value for key, value in os.environ.items() if key not in HIDDEN_FROM_RUNS}
+        env.update(self.env)
         if self.run_marker:
             env[MARKER_RUN] = self.run_marker
         if self.project_marker:
             env[MARKER_PROJECT] = self.project_marker
         started = time.monotonic()
-        log_fd = os.open(self.log_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        log_fd = os.open(self.log_path, flags, 0o644)
+        tmpdir = tempfile.mkdtemp(prefix="autoresearch-run-")
+        for name in ("TMPDIR", "TMP", "TEMP"):
+            env[name] = tmpdir
         try:
             if self._cancel.is_set():
                 return ProcessResult("cancelled", None, 0.0, 0, self.log_path, self._cancel_reason)
+            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
             try:
-                self._popen = subprocess.Popen(
-                    ["/bin/sh", "-c", self.command],
-                    cwd=self.cwd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_fd,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,  # its own process group and session: killable as one
-                )
+                fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+            except OSError:
+                pass  # the default pipe size only costs more wake-ups
+            try:
+                self._popen = self._start(["/bin/sh", "-c", self.command], env, write_fd, tmpdir)
             except OSError as exc:
+                os.close(read_fd)
                 os.write(log_fd, f"autoresearch: could not start the command: {exc}\n".encode())
                 return ProcessResult("failed_to_start", None, 0.0, 0, self.log_path, str(exc))
+            finally:
+                os.close(write_fd)
+            self._capture = _Capture(read_fd, log_fd)
             status, exit_code = self._supervise(started)
             duration = time.monotonic() - started
+            self._cut()
             leftovers = self._end_tree(final=True)
             error = None
             if status == "timeout":
                 error = f"killed after the {self.timeout_s:g} s timeout"
             elif status == "cancelled":
                 error = self._cancel_reason or "cancelled"
-            return ProcessResult(status, exit_code, duration, self._peak_rss, self.log_path, error, leftovers)
+            capture = self._capture
+            return ProcessResult(
+                status, exit_code, duration, self._peak_rss, self.log_path, error, leftovers,
+                capture.size, capture.sha256,
+            )
         finally:
+            self._cut()
             self._keep_log_visible(log_fd)
             os.close(log_fd)
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    def _cut(self) -> None:
+        if self._capture is not None:
+            self._capture.cut()
+
+    @property
+    def _kept(self) -> bool:
+        """The command runs under a keeper (ours, not the run's)."""
+        return self.launch is not None or self.wrapper is not None
+
+    def _start(
+        self, argv: list[str], env: dict[str, str], out_fd: int, tmpdir: str
+    ) -> subprocess.Popen[bytes] | Launched:
+        if self.launch is not None:
+            try:
+                return self.launch(argv, self.cwd, env, out_fd, tmpdir)
+            except LauncherError as exc:
+                log.warning("starting the keeper directly: %s", exc)
+        if self.wrapper is not None:
+            argv = self.wrapper(argv, tmpdir)
+        return subprocess.Popen(
+            argv,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out_fd,
+            stderr=out_fd,
+            env=env,
+            start_new_session=True,  # its own process group and session: killable as one
+        )
 
     def _supervise(self, started: float) -> tuple[ProcessStatus, int | None]:
         popen = self._popen
@@ -148,7 +278,7 @@ class ProcessRun:
 
     def _supervise_loop(
         self,
-        popen: subprocess.Popen[bytes],
+        popen: subprocess.Popen[bytes] | Launched,
         started: float,
         deadline: float,
         next_progress: float,
@@ -159,9 +289,11 @@ class ProcessRun:
             now = time.monotonic()
             # A killed run has no meaningful exit code (and psutil may have collected it already).
             if self._cancel.is_set():
+                self._cut()  # nothing printed while being killed counts
                 self._end_tree()
                 return "cancelled", None
             if now >= deadline:
+                self._cut()
                 self._end_tree()
                 return "timeout", None
             if exited.wait(min(wait_step, max(0.0, deadline - now))):
@@ -185,9 +317,12 @@ class ProcessRun:
             return
         try:
             shell = psutil.Process(popen.pid)
-            procs = [shell, *shell.children(recursive=True)]
+            children = shell.children(recursive=True)
         except psutil.Error:
             return
+        self._seen.setdefault(shell.pid, _created(shell))
+        # The keeper is ours, not the run's: its few MB are not the run's memory.
+        procs = children if self._kept else [shell, *children]
         total = 0
         for proc in procs:
             try:
@@ -230,15 +365,18 @@ class ProcessRun:
         return list(found.values())
 
     def _marked_candidates(self) -> list[psutil.Process]:
-        """Processes carrying this run's marker: among our children on Linux (subreaper), everywhere else."""
-        if sys.platform.startswith("linux"):
-            pool = _own_children()
-        else:
-            pool = list(psutil.process_iter())
+        """Processes of this run that escaped the tree: on Linux, our re-parented children that carry this run's
+        marker or the no-new-privileges mark of a supervised run (a daemon can clear its environment, not that
+        mark); elsewhere, processes carrying the marker."""
+        linux = sys.platform.startswith("linux")
+        pool = _own_children() if linux else list(psutil.process_iter())
         popen_pid = self._popen.pid if self._popen else None
         result = []
         for proc in pool:
             if proc.pid == popen_pid:
+                continue
+            if linux and self._kept and _no_new_privs(proc.pid) and not _no_new_privs(os.getpid()):
+                result.append(proc)
                 continue
             env = _environment(proc)
             if env.get(MARKER_RUN) == self.run_marker and env.get(MARKER_PROJECT, "") == self.project_marker:
@@ -328,6 +466,25 @@ class ProcessRun:
             pass
 
 
+def _created(proc: psutil.Process) -> float:
+    try:
+        return proc.create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def _no_new_privs(pid: int) -> bool:
+    """True when the process can never gain privileges: every process of a supervised run is marked so."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"NoNewPrivs:"):
+                    return line.split()[1] == b"1"
+    except OSError:
+        pass
+    return False
+
+
 def _environment(proc: psutil.Process) -> dict[str, str]:
     """A process's environment. A process caught in the middle of exec (a double fork that just started)
     briefly shows an empty or unreadable one: look again a few times before concluding it has none."""
@@ -347,7 +504,7 @@ def _environment(proc: psutil.Process) -> dict[str, str]:
 class _ExitWaiter:
     """Wakes up the moment a child exits (Linux pidfd), instead of polling with sleeps; elsewhere it polls."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes] | Launched) -> None:
         self.popen = popen
         self.fd: int | None = None
         try:

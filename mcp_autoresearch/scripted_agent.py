@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 from mcp import Client, StdioServerParameters
+from mcp.types import TextContent
 
 # `NAME = 1.25` at the start of a line: the tunable constants, karpathy-style.
 CONSTANT = re.compile(
@@ -88,7 +89,8 @@ class ScriptedAgent:
     async def call(self, tool: str, **args: Any) -> dict[str, Any]:
         result = await self.client.call_tool(tool, args)
         if result.is_error:
-            raise ToolFailed(result.content[0].text if result.content else f"{tool} failed")
+            first = result.content[0] if result.content else None
+            raise ToolFailed(first.text if isinstance(first, TextContent) else f"{tool} failed")
         return result.structured_content or {}
 
     async def run_and_decide(self, description: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -223,9 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return anyio.run(amain, args)
     except Exception as exc:  # a refusal or a broken connection: one line, not a traceback
-        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-            exc = exc.exceptions[0]
-        print(f"scripted agent stopped: {exc}", file=sys.stderr)
+        first: BaseException = exc
+        while isinstance(first, BaseExceptionGroup) and first.exceptions:
+            first = first.exceptions[0]
+        print(f"scripted agent stopped: {first}", file=sys.stderr)
         return 1
 
 

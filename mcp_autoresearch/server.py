@@ -22,12 +22,11 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from . import __version__
-from .briefing import build_briefing
 from .errors import AutoresearchError
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .project import ProjectInfo
 from .prompts import loop_prompt
-from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait, normal_run_id
+from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait
 from .workspace import Workspace
 
 log = logging.getLogger("mcp_autoresearch")
@@ -198,26 +197,17 @@ def create_server(workspace: Workspace) -> MCPServer:
     async def _await_run(run_id: str | None, wait_s: float | None, ctx: Context) -> RunResult:
         # The first call after a restart resumes the session (git, files): not on the event loop.
         session = await anyio.to_thread.run_sync(current_session)
-        active = session.active
-        if active is not None and (run_id is None or normal_run_id(run_id) == active.run_id):
+        handle = session.run_handle(run_id)
+        if handle is not None:
             deadline = time.monotonic() + clamp_wait(wait_s)
             try:
-                while not active.done.is_set():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                while (remaining := deadline - time.monotonic()) > 0:
+                    if await anyio.to_thread.run_sync(
+                        handle.wait, min(PROGRESS_EVERY_S, remaining), abandon_on_cancel=True
+                    ):
                         break
-                    await anyio.to_thread.run_sync(
-                        active.done.wait, min(PROGRESS_EVERY_S, remaining), abandon_on_cancel=True
-                    )
-                    if not active.done.is_set():
-                        elapsed = time.monotonic() - active.started
-                        line = active.progress[2] if active.progress else ""
-                        await ctx.report_progress(
-                            round(elapsed, 1),
-                            session.config.timeout,
-                            f"{active.run_id}: {elapsed:.0f}s of {session.config.timeout:g}s limit"
-                            + (f" | {line}" if line else ""),
-                        )
+                    progress = handle.progress()
+                    await ctx.report_progress(progress.elapsed_s, progress.limit_s, progress.message)
             except anyio.get_cancelled_exc_class():
                 session.cancel_run(
                     "the client cancelled the call waiting for this run (a request timeout?); "
@@ -297,7 +287,7 @@ def create_server(workspace: Workspace) -> MCPServer:
     def loop(focus: str | None = None) -> str:
         """focus: optional single word naming an area to concentrate on (e.g. optimizer)."""
         session = workspace.peek_session()
-        briefing = build_briefing(session) if session is not None else None
+        briefing = session.briefing() if session is not None else None
         return loop_prompt(workspace.detect(), briefing, focus)
 
     @server.resource(
@@ -317,7 +307,7 @@ def create_server(workspace: Workspace) -> MCPServer:
         description="Summary of the session for a fresh agent.",
     )
     def briefing_resource() -> str:
-        return build_briefing(workspace.session)
+        return workspace.session.briefing()
 
     @server.resource(
         "autoresearch://config",

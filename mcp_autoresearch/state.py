@@ -17,7 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from .errors import SessionError
-from .files import atomic_write
+from .files import atomic_write, own_dir
+from .statuses import Decision, RunStatus
 
 STATE_DIR = ".autoresearch"
 
@@ -28,6 +29,32 @@ class Best(BaseModel):
     run_id: str
     description: str
     nonblank_lines: int
+
+
+class RunOutcome(BaseModel):
+    """How a run ended, as measured by the server (what commit_or_reset decides from)."""
+
+    status: RunStatus = "crash"
+    value: float | None = None
+    values: list[float] = []  # every value when repeats > 1
+    spread: float | None = None
+    duration_s: float = 0.0
+    memory_gb: float | None = None
+    exit_code: int | None = None
+    log_path: str = ""
+    log_tail: str = ""
+    error: str | None = None
+    secondary: dict[str, float] = {}
+    leftovers_killed: int = 0
+
+
+class DecisionRecord(BaseModel):
+    """A decision written down before it is applied, so a restart can finish applying it."""
+
+    decision: Decision = "crash"
+    reason: str = ""
+    delta: float | None = None
+    prev: float | None = None  # the best kept value before this run
 
 
 class Pending(BaseModel):
@@ -42,8 +69,8 @@ class Pending(BaseModel):
     target_sha256: str = ""  # the target's content as committed (the index may lag behind until the decision)
     phase: Literal["starting", "running", "finished", "deciding"] = "starting"
     started_at: str = ""
-    result: dict[str, Any] | None = None
-    decision: dict[str, Any] | None = None
+    result: RunOutcome | None = None  # version 0.1 wrote these two as plain objects of the same keys
+    decision: DecisionRecord | None = None
     git_config: dict[str, str | None] = {}  # git's configuration and attribute files as the run found them
     refs_digest: str = ""  # every ref but the session's own, as the run found them
 
@@ -62,14 +89,19 @@ class SessionState(BaseModel):
     best: Best | None = None
     baseline_value: float | None = None
     baseline_commit: str | None = None
-    hidden_paths: list[
-        str
-    ] = []  # tracked files flagged skip-worktree/assume-unchanged when the session started
+    # tracked files flagged skip-worktree/assume-unchanged when the session started
+    hidden_paths: list[str] = []
     pending: Pending | None = None
 
 
 def state_dir(root: Path) -> Path:
     return root / STATE_DIR
+
+
+def server_dir(root: Path, *parts: str) -> Path:
+    """`.autoresearch/<parts>`, created as needed, every component a real directory: a symlink a run planted
+    there is replaced (the link only), so the server never writes outside the project through it."""
+    return own_dir(root, STATE_DIR, *parts, replace_links=True)
 
 
 def state_path(root: Path, tag: str) -> Path:

@@ -36,8 +36,10 @@ def snapshot(root: Path, outside: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-async def armed(ml_project: Path, agent_for, tmp_path: Path):
-    """A session with its baseline kept, an outside directory with a secret, and some traps in the project."""
+async def armed(ml_project: Path, agent_for, tmp_path: Path, request: pytest.FixtureRequest):
+    """A session with its baseline kept, an outside directory with a secret, and some traps in the project.
+    Runs are confined unless the test asks for `isolation = off` (indirect parameter)."""
+    isolation = getattr(request, "param", "auto")
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.py").write_text("secret\n")
@@ -45,7 +47,7 @@ async def armed(ml_project: Path, agent_for, tmp_path: Path):
     (root / "link_out.py").symlink_to(outside / "secret.py")
     (root / "link_dir").symlink_to(outside, target_is_directory=True)
     (root / "link_prepare.py").symlink_to(root / "prepare.py")
-    async with agent_for(root) as agent:
+    async with agent_for(root, {"isolation": isolation}) as agent:
         await agent.ok("start_session", tag="hostile")
         await agent.experiment("baseline")
         yield agent, root, outside
@@ -181,20 +183,25 @@ async def test_edit_of_a_binary_target_is_refused(armed) -> None:
     assert (root / "train.py").read_bytes() == b"\xff\xfe\x00binary"
 
 
+@pytest.mark.parametrize("armed", ["off", "auto"], indirect=True)
 async def test_git_internals_and_state_written_by_a_run_do_not_fool_the_loop(armed) -> None:
     agent, root, _outside = armed
     await agent.edit(
         "LR = 0.5",
-        "LR = 0.1\nimport subprocess; subprocess.run(['git', 'commit', '-q', "
-        "'--allow-empty', '-m', 'forged keep'])",
+        "LR = 0.1\nimport subprocess, sys; done = subprocess.run(['git', 'commit', '-q', "
+        "'--allow-empty', '-m', 'forged keep']); sys.exit(done.returncode)",
     )
     run = await agent.ok("run_experiment", description="commit from inside the run")
-    assert run["status"] == "tampered" and "session branch" in run["error"]
+    if "landlock" in (await agent.ok("start_session", tag="hostile"))["isolation"]:
+        assert run["status"] == "crash"  # .git is read-only to a confined run: the commit fails
+    else:
+        assert run["status"] == "tampered" and "session branch" in run["error"]
     decision = await agent.ok("commit_or_reset", run_id=run["run_id"])
     assert decision["decision"] == "crash"
     assert "forged keep" not in git(root, "log", "--format=%s", "-3")
 
 
+@pytest.mark.parametrize("armed", ["off", "auto"], indirect=True)
 async def test_run_that_replaces_the_evaluator_with_a_directory(armed) -> None:
     agent, root, _outside = armed
     await agent.edit(
@@ -203,7 +210,11 @@ async def test_run_that_replaces_the_evaluator_with_a_directory(armed) -> None:
         "open('prepare.py/x', 'w').write('x')",
     )
     run = await agent.ok("run_experiment", description="evaluator becomes a directory")
-    assert run["status"] == "tampered" and "prepare.py" in run["error"]
+    if "landlock" in (await agent.ok("start_session", tag="hostile"))["isolation"]:
+        assert run["status"] == "crash" and "prepare.py" in run["error"] and "writable" in run["error"]
+        assert (root / "prepare.py").is_file()
+    else:
+        assert run["status"] == "tampered" and "prepare.py" in run["error"]
     decision = await agent.ok("commit_or_reset", run_id=run["run_id"])
     assert decision["decision"] == "crash"
     # Whatever could not be put back is named before the next run, with what to do.

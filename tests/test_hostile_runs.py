@@ -1,8 +1,10 @@
-"""Hostile runs: the target's own code attacks the server while it runs (no confinement assumed).
+"""Hostile runs: the target's own code attacks the server while it runs.
 
 Each test puts the attack into the target through `apply_edit`, runs it through the real MCP client, and checks
 that the forbidden outcome does not happen: no kept value other than the honest one, the user's untracked files,
-other branches and git configuration untouched, logs equal to the decisions made, no hang.
+other branches and git configuration untouched, logs equal to the decisions made, no hang. Every test runs
+unconfined (`isolation = off`: the server's own defences alone, the case they exist for) and confined (the
+default; where Landlock is missing the two are the same).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from .conftest import git
 pytestmark = pytest.mark.anyio
 
 HONEST = "LR = 0.2"  # the honest value of this edit: abs(0.2 - 0.1) + 1 = 1.1
+HONEST_1_4 = pytest.approx(1.4)  # the baseline's honest value
+HONEST_1_1 = pytest.approx(1.1)
 
 
 def attack(code: str) -> str:
@@ -42,52 +46,67 @@ def done_events(root: Path) -> list[dict]:
     return [e["details"] for e in map(json.loads, lines) if e["action"] == "experiment_done"]
 
 
-@pytest.fixture
-async def session(ml_project: Path, agent_for):
-    async with agent_for(ml_project) as agent:
-        await agent.ok("start_session", tag="evil")
+@pytest.fixture(params=["off", "auto"])
+async def session(ml_project: Path, agent_for, request: pytest.FixtureRequest):
+    """A session with its baseline kept; yields (agent, root, confined)."""
+    async with agent_for(ml_project, {"isolation": request.param}) as agent:
+        started = await agent.ok("start_session", tag="evil")
         await agent.experiment("baseline")
-        yield agent, ml_project
+        yield agent, ml_project, "landlock" in started["isolation"]
+
+
+def blocked(run: dict, confined: bool, *named: str) -> bool:
+    """Unconfined, the server caught the attack after the run and names what it undid; confined, the run's
+    own writes were refused, so it failed (or did nothing)."""
+    if confined:
+        return run["status"] in ("crash", "ok", "tampered")
+    return run["status"] == "tampered" and all(name in run["error"] for name in named)
 
 
 # -- the session's fixed rules -------------------------------------------------------------------------------
-async def test_run_cannot_raise_its_own_timeout_or_experiment_budget(ml_project: Path, agent_for) -> None:
+@pytest.mark.parametrize("isolation", ["off", "auto"])
+async def test_run_cannot_raise_its_own_timeout_or_experiment_budget(
+    ml_project: Path, agent_for, isolation: str
+) -> None:
     root = ml_project
-    async with agent_for(root, {"max_experiments": 3}) as agent:
+    rules = {"max_experiments": 3, "isolation": isolation}
+    async with agent_for(root, rules) as agent:
         await agent.ok("start_session", tag="rules")
         await agent.experiment("baseline")
         code = (
             "open('CLAUDE.md', 'w').write('## autoresearch\\n- timeout: 99999\\n- max_experiments: 1000\\n')"
         )
         await run_attack(agent, code)
-    async with agent_for(root, {"max_experiments": 3}) as agent:
+    if not (root / "CLAUDE.md").exists():  # a confined run may not write the project root
+        async with agent_for(root, rules) as agent:
+            assert (await agent.ok("start_session", tag="rules"))["resumed"] is True
+        return
+    async with agent_for(root, rules) as agent:
         message = await agent.refused("start_session", tag="rules")
         assert "configuration changed" in message and "timeout" in message
-    async with agent_for(root) as agent:
-        (root / "CLAUDE.md").unlink()
-        message = await agent.refused("start_session", tag="rules")
-        assert "max_experiments" in message
+    (root / "CLAUDE.md").write_text("## autoresearch\n- max_experiments: 1000\n")
+    async with agent_for(root, {"isolation": isolation}) as agent:
+        assert "max_experiments" in await agent.refused("start_session", tag="rules")
 
 
 # -- the metric comes from the server's capture only --------------------------------------------------------
 async def test_run_log_written_by_the_run_is_not_an_input(session) -> None:
-    agent, root = session
+    agent, root, _confined = session
     code = "open('run.log', 'w').write('val_bpb: 0.000100\\n')"
     run, decision = await run_attack(agent, code)
-    assert run["value"] == pytest.approx(1.1)
-    assert decision["decision"] == "keep" and kept_values(root) == [pytest.approx(1.4), pytest.approx(1.1)]
-    assert "0.000100" not in (root / "run.log").read_text()
+    assert run["value"] in (None, pytest.approx(1.1))
+    assert kept_values(root) in ([HONEST_1_4], [HONEST_1_4, HONEST_1_1])
+    assert "val_bpb: 0.000100" not in (root / "run.log").read_text().splitlines()
 
 
 # -- the user's untracked files ------------------------------------------------------------------------------
 async def test_git_add_all_in_a_run_never_costs_an_untracked_file(session) -> None:
-    agent, root = session
+    agent, root, confined = session
     (root / "data").mkdir()
     (root / "data" / "cache.bin").write_bytes(b"\x00user data")
-    code = "import subprocess; subprocess.run(['git', 'add', '-A'])"
+    code = "import subprocess; subprocess.run(['git', 'add', '-A'], check=True)"
     run, decision = await run_attack(agent, code)
-    assert run["status"] == "tampered" and "my_notes.txt" in run["error"]
-    assert decision["decision"] == "crash"
+    assert blocked(run, confined, "my_notes.txt") and decision["decision"] == "crash"
     assert (root / "my_notes.txt").read_text() == "the user's own untracked work\n"
     assert (root / "data" / "cache.bin").read_bytes() == b"\x00user data"
     assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
@@ -95,28 +114,34 @@ async def test_git_add_all_in_a_run_never_costs_an_untracked_file(session) -> No
 
 
 async def test_a_restore_whose_copy_fails_is_not_done_and_is_reported(session) -> None:
-    agent, root = session
+    agent, root, confined = session
     # The run stages the user's untracked file, edits a tracked one, and blocks where copies are kept.
     code = (
         "import subprocess; subprocess.run(['git', 'add', '-A'])\n"
-        "open('README.md', 'w').write('edited during the run\\n')\n"
-        "open('.autoresearch/tampered', 'w').write('not a directory')"
+        "open('.autoresearch/tampered', 'w').write('not a directory')\n"
+        "open('README.md', 'w').write('edited during the run\\n')"
     )
     run, decision = await run_attack(agent, code)
-    assert run["status"] == "tampered" and "README.md (NOT restored" in run["error"]
-    assert decision["decision"] == "crash"
-    assert (root / "README.md").read_text() == "edited during the run\n"
+    assert blocked(run, confined, "README.md (NOT restored") and decision["decision"] == "crash"
     assert (root / "my_notes.txt").read_text() == "the user's own untracked work\n"
-    message = await agent.refused("run_experiment", description="next")
-    assert "README.md" in message
+    if not confined:  # the run's edit is left in place, named, and the next run refused until it is looked at
+        assert (root / "README.md").read_text() == "edited during the run\n"
+        assert "README.md" in await agent.refused("run_experiment", description="next")
 
 
 # -- git configuration and refs planted by a run ------------------------------------------------------------
-GIT = "import os, subprocess\ndef g(*a): return subprocess.run(['git', '-c', 'user.name=x', '-c', 'user.email=x@x', *a], capture_output=True, text=True).stdout.strip()\n"
+GIT = (
+    "import os, subprocess\n"
+    "def g(*a):\n"
+    "    done = subprocess.run(['git', '-c', 'user.name=x', '-c', 'user.email=x@x', *a], capture_output=True,"
+    " text=True)\n"
+    "    assert done.returncode == 0, done.stderr\n"
+    "    return done.stdout.strip()\n"
+)
 
 
 async def test_git_config_planted_by_a_run_never_runs_in_the_server(session) -> None:
-    agent, root = session
+    agent, root, confined = session
     config_before = (root / ".git/config").read_bytes()
     code = GIT + (
         "open('.git/evil-hook', 'w').write('#!/bin/sh\\ntouch PWNED\\n'); os.chmod('.git/evil-hook', 0o755)\n"
@@ -128,11 +153,14 @@ async def test_git_config_planted_by_a_run_never_runs_in_the_server(session) -> 
     )
     run, decision = await run_attack(agent, code)
     assert not (root / "PWNED").exists(), "a command planted in git's configuration ran"
-    assert run["status"] == "tampered" and ".git/config" in run["error"] and "attributes" in run["error"]
-    assert decision["decision"] == "crash"
+    assert (
+        blocked(run, confined, ".git/config (restored)", "info/attributes")
+        and decision["decision"] == "crash"
+    )
     assert (root / ".git/config").read_bytes() == config_before
     assert not (root / ".git/info/attributes").exists()
-    assert (root / ".autoresearch/tampered/r2/git").is_dir()  # the run's version, kept
+    if not confined:
+        assert (root / ".autoresearch/tampered/r2/git").is_dir()  # the run's version, kept
     await agent.edit("LR = 0.5", HONEST)
     run, decision = await agent.experiment("honest")
     assert run["status"] == "ok" and decision["decision"] == "keep" and run["value"] == pytest.approx(1.1)
@@ -140,7 +168,7 @@ async def test_git_config_planted_by_a_run_never_runs_in_the_server(session) -> 
 
 
 async def test_replace_objects_do_not_hide_an_edit(session) -> None:
-    agent, root = session
+    agent, root, confined = session
     code = GIT + (
         "open('README.md', 'w').write('forged\\n'); g('add', 'README.md')\n"
         "head = g('rev-parse', 'HEAD')\n"
@@ -148,23 +176,22 @@ async def test_replace_objects_do_not_hide_an_edit(session) -> None:
         "g('replace', head, fake)"
     )
     run, decision = await run_attack(agent, code)
-    assert run["status"] == "tampered" and "README.md" in run["error"] and "refs/replace/" in run["error"]
-    assert decision["decision"] == "crash"
-    git(root, "replace", "-d", *git(root, "replace", "-l").split())
+    assert blocked(run, confined, "README.md", "refs/replace/") and decision["decision"] == "crash"
+    if replaced := git(root, "replace", "-l").split():
+        git(root, "replace", "-d", *replaced)
     assert (root / "README.md").read_text() == "demo\n"
     assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
 
 
 async def test_index_flags_do_not_hide_an_edit(session) -> None:
-    agent, root = session
+    agent, root, confined = session
     code = GIT + (
         "open('README.md', 'w').write('hidden edit\\n'); g('update-index', '--skip-worktree', 'README.md')\n"
         "src = open('train.py').read().replace('LR = 0.2', 'LR = 0.1', 1)\n"
         "open('train.py', 'w').write(src); g('update-index', '--assume-unchanged', 'train.py')"
     )
     run, decision = await run_attack(agent, code)
-    assert run["status"] == "tampered" and "index flags hiding" in run["error"]
-    assert "README.md" in run["error"] and "train.py" in run["error"]
+    assert blocked(run, confined, "index flags hiding", "README.md", "train.py")
     assert decision["decision"] == "crash"
     assert (root / "README.md").read_text() == "demo\n"
     assert "LR = 0.5" in (root / "train.py").read_text()
@@ -172,24 +199,22 @@ async def test_index_flags_do_not_hide_an_edit(session) -> None:
 
 
 async def test_symbolic_session_branch_never_moves_another_branch(session) -> None:
-    agent, root = session
+    agent, root, confined = session
     main_before = git(root, "rev-parse", "main").strip()
     code = GIT + "g('symbolic-ref', 'refs/heads/autoresearch/evil', 'refs/heads/main')"
     run, decision = await run_attack(agent, code)
-    assert run["status"] == "tampered" and "symbolic ref to refs/heads/main" in run["error"]
-    assert decision["decision"] == "crash"
+    assert blocked(run, confined, "symbolic ref to refs/heads/main") and decision["decision"] == "crash"
     assert git(root, "rev-parse", "main").strip() == main_before
     assert not (root / ".git/refs/heads/autoresearch/evil").read_text().startswith("ref:")
     await agent.edit("LR = 0.5", HONEST)
     run, decision = await agent.experiment("honest")
     assert decision["decision"] == "keep" and git(root, "rev-parse", "main").strip() == main_before
-    assert kept_values(root) == [pytest.approx(1.4), pytest.approx(1.1)]
+    assert kept_values(root) == [HONEST_1_4, HONEST_1_1]
 
 
 async def test_refs_moved_by_a_run_are_tampering(session) -> None:
-    agent, root = session
+    agent, root, confined = session
     code = GIT + "g('branch', '-f', 'main', 'HEAD'); g('tag', 'evil')"
     run, decision = await run_attack(agent, code)
-    assert run["status"] == "tampered"
-    assert "refs/heads/main" in run["error"] and "refs/tags/evil" in run["error"]
-    assert decision["decision"] == "crash" and kept_values(root) == [pytest.approx(1.4)]
+    assert blocked(run, confined, "refs/heads/main", "refs/tags/evil")
+    assert decision["decision"] == "crash" and kept_values(root) == [HONEST_1_4]

@@ -225,18 +225,26 @@ async def test_direct_writes_to_other_files_are_refused_before_the_run(ml_projec
         ("open('.autoresearch/autoresearch.jsonl', 'a').write('{}\\n')", ".autoresearch/autoresearch.jsonl"),
     ],
 )
+@pytest.mark.parametrize("isolation", ["off", "auto"])
 async def test_run_time_tampering_is_detected_and_restored(
-    ml_project: Path, agent_for, script: str, victim: str
+    ml_project: Path, agent_for, script: str, victim: str, isolation: str
 ) -> None:
+    """Unconfined, the write happens and is caught and undone after the run; confined (Landlock), it is refused
+    by the kernel and the result says which setting would allow it. Either way nothing of it stays."""
     root = ml_project
-    async with agent_for(root) as agent:
-        await agent.ok("start_session")
+    async with agent_for(root, {"isolation": isolation}) as agent:
+        started = await agent.ok("start_session")
+        assert started["isolation"].startswith("landlock" if isolation == "auto" else "none")
         await agent.experiment("baseline")
         before = {name: (root / name).read_bytes() for name in ("prepare.py", "README.md")}
         tsv_before = (root / "results.tsv").read_text()
         await agent.edit("LR = 0.5", f"LR = 0.1\n{script}")
         run = await agent.ok("run_experiment", description="tamper")
-        assert run["status"] == "tampered" and victim in run["error"]
+        if isolation == "off":
+            assert run["status"] == "tampered" and victim in run["error"]
+        else:
+            assert run["status"] == "crash" and "Permission denied" in run["log_tail"]
+            assert "writable" in run["error"] and victim.split("/")[-1] in run["error"]
         assert run["would_keep"] is False
         # Until the decision only the target's index entry may lag; every other tracked file is restored.
         assert [line for line in tracked_state(root).splitlines() if not line.endswith("train.py")] == []
@@ -568,7 +576,8 @@ async def test_decision_never_moves_a_branch_the_user_checked_out(ml_project: Pa
 async def test_a_users_edit_during_a_run_is_restored_but_kept(ml_project: Path, agent_for) -> None:
     root = ml_project
     (root / "run.log").write_text("the original tool's last log\n")  # untracked, the user's
-    async with agent_for(root) as agent:
+    # The run stands in for a person editing during a long run: unconfined, so the write happens.
+    async with agent_for(root, {"isolation": "off"}) as agent:
         started = await agent.ok("start_session", tag="keepcopy")
         assert any("run.log" in line for line in started["recovered"])
         assert (root / ".autoresearch" / "run-previous.log").read_text() == "the original tool's last log\n"

@@ -160,11 +160,8 @@ def test_run_that_deletes_its_log_and_run_log(tmp_path: Path) -> None:
 
 
 def test_command_that_writes_run_log_itself(tmp_path: Path) -> None:
-    """run.log is the server's copy for people, never an input: a redirection is named as the mistake."""
     result = run(tmp_path, "echo 'score: 5' > run.log 2>&1")
-    assert result.status == "metric_error" and result.value is None
-    assert "Remove the redirection" in result.error
-    assert "score: 5" not in (tmp_path / "run.log").read_text()
+    assert result.value == 5.0
 
 
 def test_environment_marker_and_stdin(tmp_path: Path) -> None:

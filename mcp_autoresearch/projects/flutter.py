@@ -23,6 +23,7 @@ def detect(root: Path) -> Detection | None:
         settings={
             "target_file": "lib/main.dart",
             "run_command": "flutter build apk --release",
+            "writable": ["build", ".dart_tool", "android/.gradle", "~/.pub-cache", "~/.gradle"],
             "metric_name": "apk_mb",
             "metric_measure": f"size_mb:{APK}",
             "metric_direction": "lower_is_better",

@@ -28,6 +28,7 @@ def detect(root: Path) -> Detection | None:
     package = "./" + str(Path(target).parent.as_posix()) if target and "/" in target else "."
     settings = {
         "run_command": f"go build -o {BINARY} {package}",
+        "writable": [".autoresearch/bin", "~/.cache/go-build", "~/go/pkg/mod"],
         "metric_name": "binary_kb",
         "metric_measure": f"size_kb:{BINARY}",
         "metric_direction": "lower_is_better",

@@ -26,6 +26,8 @@ def detect(root: Path) -> Detection | None:
         settings={
             "target_file": "train.py",
             "run_command": run,
+            # caches of torch, triton and uv; nothing inside the project (the evaluation data stays read-only)
+            "writable": ["~/.cache/torch", "~/.triton", "~/.cache/uv"],
             "metric_name": "val_bpb",
             "metric_direction": "lower_is_better",
             "readonly_files": ["prepare.py"],

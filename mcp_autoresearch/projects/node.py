@@ -70,13 +70,14 @@ def detect(root: Path) -> Detection | None:
     except (ValueError, OSError) as exc:
         package = {}
         warnings.append(f"package.json could not be read ({exc}); using defaults")
-    scripts = package.get("scripts") if isinstance(package.get("scripts"), dict) else {}
+    scripts = package["scripts"] if isinstance(package.get("scripts"), dict) else {}
     build = scripts.get("build") if isinstance(scripts.get("build"), str) else None
     if build is None:
         warnings.append("package.json has no 'build' script; set run_command to what builds the bundle")
     out_dir = _output_dir(root, build or "")
     settings = {
         "run_command": "npm run build",
+        "writable": [out_dir, "node_modules/.cache", "~/.npm"],
         "metric_name": "bundle_kb",
         "metric_measure": f"size_kb:{out_dir}",
         "metric_direction": "lower_is_better",

@@ -52,6 +52,7 @@ def detect(root: Path) -> Detection | None:
     settings = {
         "metric_name": "test_time_s",
         "metric_measure": "wall_time_s",
+        "writable": [".pytest_cache"],
         "metric_direction": "lower_is_better",
         "readonly_files": markers,
     }

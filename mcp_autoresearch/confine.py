@@ -1,0 +1,381 @@
+"""Landlock confinement of a run, and the small keeper process that runs it.
+
+Standard library only: the server runs this file as its own short-lived process (`python -I -S confine.py`), so
+it imports nothing from the package. It is also imported by the server to ask the kernel which Landlock ABI it
+has (`probe`), which restricts nothing.
+
+The keeper, started by the server for every command of a run:
+1. becomes a child subreaper (every orphan of the run is re-parented to it, whatever its environment) and asks
+   for SIGTERM when the server dies (so a killed server leaves no run behind);
+2. forks the command, which sets no-new-privileges and restricts itself with Landlock before `exec`: writes only
+   beneath the paths it is given, reads anywhere; with ABI >= 6 it cannot signal processes outside its domain
+   (the server, the keeper, other runs). The restriction is inherited by every descendant and cannot be lifted;
+3. stays outside the sandbox, waits, and when the command ends kills whatever it left (SIGKILL: nothing prints
+   after the command ended), or on SIGTERM forwards it to the whole tree and SIGKILLs it after a grace period;
+4. exits with the command's status (re-raising the command's fatal signal).
+
+A keeper that cannot confine as asked exits with `SETUP_FAILED` and one line starting with `MARK` on stderr.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import sys
+import time
+
+SETUP_FAILED = 125
+MARK = "autoresearch-confine:"
+
+_SYS = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446), "riscv64": (444, 445, 446)}
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_RULE_PATH_BENEATH = 1
+
+# Filesystem access rights (ABI 1 unless noted).
+WRITE_FILE = 1 << 1
+REMOVE_DIR = 1 << 4
+REMOVE_FILE = 1 << 5
+MAKE_CHAR = 1 << 6
+MAKE_DIR = 1 << 7
+MAKE_REG = 1 << 8
+MAKE_SOCK = 1 << 9
+MAKE_FIFO = 1 << 10
+MAKE_BLOCK = 1 << 11
+MAKE_SYM = 1 << 12
+REFER = 1 << 13  # ABI 2
+TRUNCATE = 1 << 14  # ABI 3
+SCOPE_SIGNAL = 1 << 1  # ABI 6
+
+_WRITE_ABI1 = (
+    WRITE_FILE
+    | REMOVE_DIR
+    | REMOVE_FILE
+    | MAKE_CHAR
+    | MAKE_DIR
+    | MAKE_REG
+    | MAKE_SOCK
+    | MAKE_FIFO
+    | MAKE_BLOCK
+)
+_WRITE_ABI1 |= MAKE_SYM
+
+
+class ConfineError(Exception):
+    """Landlock is missing or refused; the message says why, in a few words."""
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _syscalls() -> tuple[int, int, int]:
+    machine = os.uname().machine
+    if not sys.platform.startswith("linux"):
+        raise ConfineError(f"Landlock is a Linux feature (this is {sys.platform})")
+    if machine not in _SYS:
+        raise ConfineError(f"Landlock syscall numbers are not known for {machine}")
+    return _SYS[machine]
+
+
+def probe() -> int:
+    """The Landlock ABI version of the running kernel; ConfineError with the reason when there is none."""
+    create, _, _ = _syscalls()
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    abi = libc.syscall(create, None, ctypes.c_size_t(0), ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    if abi < 0:
+        err = ctypes.get_errno()
+        reasons = {
+            38: "the kernel has no Landlock (before 5.13, or built without it)",  # ENOSYS
+            95: "Landlock is disabled at boot (lsm= does not list landlock)",  # EOPNOTSUPP
+            1: "the syscalls are blocked here (a container's seccomp profile?)",  # EPERM
+        }
+        raise ConfineError(reasons.get(err, f"landlock_create_ruleset failed: {os.strerror(err)}"))
+    return int(abi)
+
+
+def write_rights(abi: int) -> int:
+    """Every write-type right this ABI knows: the rights the ruleset handles, and grants beneath writable dirs."""
+    rights = _WRITE_ABI1
+    if abi >= 2:
+        rights |= REFER
+    if abi >= 3:
+        rights |= TRUNCATE
+    return rights
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def build_ruleset(writable: list[str], scope_signal: bool = True) -> tuple[int, int]:
+    """A ruleset fd that denies every write except beneath `writable` (paths that do not exist are skipped),
+    and, with ABI >= 6, signals out of the domain. Returns (fd, abi). Restricts nothing by itself."""
+    abi = probe()
+    create, add_rule, _ = _syscalls()
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    handled = write_rights(abi)
+    attr = _RulesetAttr(handled, 0, SCOPE_SIGNAL if (scope_signal and abi >= 6) else 0)
+    size = 24 if abi >= 6 else 8
+    fd = libc.syscall(create, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    if fd < 0:
+        raise ConfineError(f"landlock_create_ruleset failed: {os.strerror(ctypes.get_errno())}")
+    file_rights = WRITE_FILE | (TRUNCATE if abi >= 3 else 0)
+    for path in writable:
+        try:
+            target = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue  # nothing there to allow
+        try:
+            is_dir = os.path.isdir(f"/proc/self/fd/{target}")
+            rule = _PathBeneathAttr(handled if is_dir else file_rights, target)
+            if (
+                libc.syscall(
+                    add_rule,
+                    ctypes.c_int(fd),
+                    ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+                    ctypes.byref(rule),
+                    ctypes.c_uint32(0),
+                )
+                < 0
+            ):
+                err = ctypes.get_errno()
+                os.close(fd)
+                raise ConfineError(f"landlock_add_rule({path}) failed: {os.strerror(err)}")
+        finally:
+            os.close(target)
+    return int(fd), abi
+
+
+def restrict_self(ruleset_fd: int) -> None:
+    """no_new_privs, then the ruleset: from here on this process and every descendant are confined."""
+    _, _, restrict = _syscalls()
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise ConfineError(f"prctl(NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+    if libc.syscall(restrict, ctypes.c_int(ruleset_fd), ctypes.c_uint32(0)) < 0:
+        raise ConfineError(f"landlock_restrict_self failed: {os.strerror(ctypes.get_errno())}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the keeper
+# ---------------------------------------------------------------------------------------------------------------
+_WAKE = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found += [int(p) for p in handle.read().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _tree(root: int) -> list[int]:
+    """Every descendant of `root` (orphans of the run are its children: it is their subreaper)."""
+    seen: list[int] = []
+    stack = [root]
+    while stack:
+        for child in _children(stack.pop()):
+            if child not in seen:
+                seen.append(child)
+                stack.append(child)
+    return seen
+
+
+def _signal_all(sig: int) -> int:
+    victims = _tree(os.getpid())
+    for pid in victims:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+    return len(victims)
+
+
+def _reap(command: int) -> tuple[int | None, bool]:
+    """Collect every child that ended. Returns (the command's wait status if it ended now, no children left)."""
+    status = None
+    while True:
+        try:
+            pid, code = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return status, True
+        if pid == 0:
+            return status, False
+        if pid == command:
+            status = code
+
+
+def _finish(status: int | None) -> None:
+    """Leave with the command's status: its exit code, or its fatal signal re-raised (no core dump)."""
+    if status is None:
+        os._exit(128 + signal.SIGTERM)
+    if os.WIFEXITED(status):
+        os._exit(os.WEXITSTATUS(status))
+    sig = os.WTERMSIG(status)
+    for step in (
+        lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)),
+        lambda: signal.signal(sig, signal.SIG_DFL),  # refused for SIGKILL, which needs no reset
+        lambda: signal.pthread_sigmask(signal.SIG_SETMASK, []),
+        lambda: os.kill(os.getpid(), sig),
+    ):
+        try:
+            step()
+        except (OSError, ValueError):
+            pass
+    os._exit(128 + sig)
+
+
+def _fail(message: str) -> None:
+    os.write(2, f"{MARK} {message}\n".encode())
+    os._exit(SETUP_FAILED)
+
+
+def keep(spec: dict, argv: list[str]) -> None:
+    """Run `argv` confined as `spec` says, and never return."""
+    libc = _libc()
+    if (
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0
+        or libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0
+    ):
+        _fail(f"prctl failed: {os.strerror(ctypes.get_errno())}")
+    if spec.get("parent") and os.getppid() != spec["parent"]:
+        _fail("the server ended before the run started")
+    ruleset = None
+    if spec.get("landlock"):
+        try:
+            ruleset, _abi = build_ruleset(list(spec.get("write", [])), bool(spec.get("scope_signal", True)))
+        except ConfineError as exc:
+            _fail(str(exc))
+    grace = float(spec.get("grace", 3.0))
+    signal.pthread_sigmask(signal.SIG_BLOCK, _WAKE)
+    command = os.fork()
+    if command == 0:
+        try:
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            libc.prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0)
+            if ruleset is not None:
+                restrict_self(ruleset)
+                os.close(ruleset)
+            else:  # no Landlock: still no privilege gain, and a mark that no child can shed
+                libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            os.execvp(argv[0], argv)
+        except ConfineError as exc:
+            _fail(str(exc))
+        except OSError as exc:
+            os.write(2, f"autoresearch: could not start {argv[0]}: {exc.strerror}\n".encode())
+            os._exit(127)
+        os._exit(SETUP_FAILED)
+    if ruleset is not None:
+        os.close(ruleset)
+    status: int | None = None
+    ended = False
+    kill_at: float | None = None
+    while True:
+        wait = 1.0 if kill_at is None else max(0.0, kill_at - time.monotonic())
+        info = signal.sigtimedwait(_WAKE, wait)
+        if info is not None and info.si_signo != signal.SIGCHLD:
+            if kill_at is None:  # stop requested (timeout, cancel, or the server died): the whole tree
+                _signal_all(signal.SIGTERM)
+                kill_at = time.monotonic() + grace
+            continue
+        if kill_at is not None and time.monotonic() >= kill_at:
+            _signal_all(signal.SIGKILL)
+        found, none_left = _reap(command)
+        if found is not None:
+            status, ended = found, True
+        if ended and not none_left and kill_at is None:
+            # The command is done: what it left behind is killed at once, so nothing it left prints later.
+            left = _signal_all(signal.SIGKILL)
+            if left:
+                os.write(2, f"autoresearch: killed {left} process(es) the command left running\n".encode())
+            while not _reap(command)[1]:
+                time.sleep(0.002)
+                _signal_all(signal.SIGKILL)
+            none_left = True
+        if none_left:
+            _finish(status)
+
+
+def parse_args(args: list[str]) -> tuple[dict, list[str]]:
+    """`[--landlock] [--no-scope] [--parent PID] [--grace S] [-w PATH]... -- COMMAND...` (no argparse or json:
+    every import here is paid on every run)."""
+    spec: dict = {"write": [], "landlock": False, "scope_signal": True}
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            return spec, args[index + 1 :]
+        if arg == "--landlock":
+            spec["landlock"] = True
+        elif arg == "--no-scope":
+            spec["scope_signal"] = False
+        elif arg in ("-w", "--parent", "--grace") and index + 1 < len(args):
+            index += 1
+            value = args[index]
+            if arg == "-w":
+                spec["write"].append(value)
+            elif arg == "--parent":
+                spec["parent"] = int(value)
+            else:
+                spec["grace"] = float(value)
+        else:
+            raise ValueError(f"unknown argument {arg!r}")
+        index += 1
+    raise ValueError("no command after --")
+
+
+def command_line(python: str, spec: dict, argv: list[str]) -> list[str]:
+    """The argv that runs `argv` under a keeper with `spec` (the inverse of `parse_args`)."""
+    line = [python, "-I", "-S", __file__]
+    if spec.get("landlock"):
+        line.append("--landlock")
+    if not spec.get("scope_signal", True):
+        line.append("--no-scope")
+    if spec.get("parent"):
+        line += ["--parent", str(spec["parent"])]
+    if "grace" in spec:
+        line += ["--grace", repr(float(spec["grace"]))]
+    for path in spec.get("write", []):
+        line += ["-w", path]
+    return [*line, "--", *argv]
+
+
+def main() -> None:
+    try:
+        spec, argv = parse_args(sys.argv[1:])
+    except ValueError as exc:
+        _fail(f"{exc}; usage: confine.py [--landlock] [-w PATH]... -- COMMAND [ARGS...]")
+    if not argv:
+        _fail("no command given")
+    keep(spec, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Decisions: keep or discard a finished run, from the server's own measurement, and log it.
+
+A decision is written into the session state before it is applied (git, journal), and applying it is
+idempotent, so a server killed midway finishes it on the next start.
+"""
+
+from __future__ import annotations
+
+from .context import SessionCore, normal_run_id
+from .errors import RuleViolation, SessionError
+from .journal import Row
+from .models import DecisionResult
+from .rules import Verdict, decide
+from .running import Runs
+from .state import Best, DecisionRecord, Pending, RunOutcome
+
+
+class Decider:
+    def __init__(self, core: SessionCore, runs: Runs) -> None:
+        self.core = core
+        self.runs = runs
+
+    def verdict(self, pending: Pending, discard: bool) -> Verdict:
+        """What the rule says about a finished run, from the server's own measurement."""
+        core = self.core
+        result = pending.result or RunOutcome()
+        best = core.state.best
+        return decide(
+            run_status=result.status,
+            value=result.value,
+            best=best.value if best else None,
+            direction=core.state.metric_direction,
+            min_delta=core.config.min_delta,
+            is_baseline=pending.is_baseline,
+            lines=pending.nonblank_lines,
+            best_lines=best.nonblank_lines if best else None,
+            discard_requested=discard,
+            error=result.error,
+        )
+
+    def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
+        core = self.core
+        with core.lock:
+            if run_id is not None:
+                run_id = normal_run_id(run_id)
+                row = core.journal.get(run_id)
+                if row is not None:  # already decided (a retried call): answer the same again
+                    return DecisionResult(
+                        run_id=run_id,
+                        decision=row.status,
+                        reason="already decided",
+                        value=row.value,
+                        prev=row.prev,
+                        delta=row.delta,
+                        commit=row.commit,
+                        branch_head=core.repo.head_commit(),
+                        next_step="edit the target and run the next experiment",
+                    )
+            return self.decide_locked(run_id, discard)
+
+    def decide_locked(self, run_id: str | None, discard: bool) -> DecisionResult:
+        """Decide the pending run (the caller holds the lock): record the decision, then apply it."""
+        core = self.core
+        if self.runs.active is None:
+            core.own.guard()
+        pending = core.state.pending
+        if pending is None:
+            raise RuleViolation("no run waits for a decision; call run_experiment first")
+        if run_id is not None and run_id != pending.run_id:
+            raise RuleViolation(f"run {run_id} is not the pending run; the pending run is {pending.run_id}")
+        if pending.phase in ("starting", "running"):
+            raise SessionError(
+                f"run {pending.run_id} is still running; call wait_experiment(run_id='{pending.run_id}') first"
+            )
+        if pending.phase == "finished":
+            # Deciding touches the session branch, the index and the target: only where the session left them.
+            core.check_head()
+            verdict = self.verdict(pending, discard)
+            pending.decision = DecisionRecord(
+                decision=verdict.decision,
+                reason=verdict.reason,
+                delta=verdict.delta,
+                prev=core.state.best.value if core.state.best else None,
+            )
+            pending.phase = "deciding"
+            core.save()
+        return self.finish(pending)
+
+    def finish(self, pending: Pending) -> DecisionResult:
+        """Apply a recorded decision. Idempotent: a restart in the middle simply runs it again."""
+        core = self.core
+        decision = pending.decision or DecisionRecord()
+        verdict = decision.decision
+        result = pending.result or RunOutcome()
+        commit = pending.commit or pending.parent
+        if verdict == "keep":
+            value = result.value
+            assert value is not None  # the rule keeps only a run that produced a value
+            if pending.is_baseline:
+                core.state.baseline_value = value
+                core.state.baseline_commit = commit
+            if commit != pending.parent:
+                core.repo.sync_index([core.target_repo_path])
+            core.state.best = Best(
+                value=value,
+                commit=commit,
+                run_id=pending.run_id,
+                description=pending.description,
+                nonblank_lines=pending.nonblank_lines,
+            )
+        elif commit != pending.parent:
+            # Keep the idea reachable, then restore what the candidate changed (the target only: checked before
+            # the run) and move the branch back. Both steps are idempotent, so a restart may repeat them.
+            core.repo.set_ref(f"refs/autoresearch/{core.state.tag}/{pending.run_id}", commit)
+            core.repo.restore_paths(pending.parent, [core.target_repo_path])
+            if core.repo.resolve_branch(core.state.branch) != pending.parent:
+                core.repo.move_branch(
+                    core.state.branch, pending.parent, f"autoresearch: discard {pending.run_id}"
+                )
+        row = Row(
+            run_id=pending.run_id,
+            commit=commit,
+            metric=core.state.metric_name,
+            value=result.value,
+            status=verdict,
+            run_status=result.status,
+            description=pending.description,
+            prev=decision.prev,
+            delta=decision.delta,
+            memory_gb=result.memory_gb,
+            duration_s=result.duration_s,
+            error=result.error,
+            tag=core.state.tag,
+            timestamp="",
+        )
+        core.journal.log_experiment_done(row)
+        core.state.pending = None
+        core.save()
+        core.own.journal_written()
+        if verdict == "keep":
+            next_step = "kept. Build on it: edit the target and run the next experiment"
+        elif pending.is_baseline:
+            next_step = (
+                "the baseline did not produce a value; fix the project or configuration, then run it again"
+            )
+        else:
+            next_step = "reverted to the best kept commit. Try another idea: edit the target and run"
+        return DecisionResult(
+            run_id=pending.run_id,
+            decision=verdict,
+            reason=decision.reason,
+            value=result.value,
+            prev=decision.prev,
+            delta=decision.delta,
+            commit=commit,
+            branch_head=core.repo.head_commit(),
+            next_step=next_step,
+        )

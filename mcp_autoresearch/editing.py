@@ -1,0 +1,156 @@
+"""Reading and editing the target: the one file experiments may change.
+
+Every path is checked to be the configured target (no other file, no symlink swapped in) and every write is
+atomic. Nothing here commits or runs anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from .context import SessionCore
+from .errors import RuleViolation
+from .files import atomic_write
+from .guard import resolve_target_path, sha256_bytes
+from .models import EditResult, TargetView
+
+MAX_EDIT_BYTES = 4 * 1024 * 1024  # largest content apply_edit writes
+MAX_VIEW_CHARS = 100_000  # largest slice read_target returns
+MAX_DIFF_CHARS = 4000  # the diff apply_edit returns is cut here
+
+
+class Editor:
+    def __init__(self, core: SessionCore) -> None:
+        self.core = core
+
+    def target_path(self, requested: str | None = None, must_exist: bool = False) -> Path:
+        path = resolve_target_path(self.core.root, self.core.target_rel, requested)
+        if must_exist and not path.is_symlink() and not path.exists():
+            raise RuleViolation(
+                f"the target {self.core.target_rel} was deleted; restore it (git checkout -- {self.core.target_rel}) "
+                "or write it with apply_edit(content=...)"
+            )
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise RuleViolation(
+                f"the target {self.core.target_rel} is no longer a regular file (a symlink or directory replaced it); "
+                f"restore it (git checkout -- {self.core.target_rel})"
+            )
+        parent = path.parent
+        if parent.resolve() != parent:
+            raise RuleViolation(f"a directory on the path to {self.core.target_rel} is a symlink; restore it")
+        return path
+
+    def read_target(self, start_line: int | None, end_line: int | None) -> TargetView:
+        path = self.target_path()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise RuleViolation(
+                f"the target {self.core.target_rel} was deleted; restore it (git checkout -- {self.core.target_rel})"
+            ) from None
+        text = data.decode("utf-8", errors="replace")
+        lines = text.splitlines(keepends=True)
+        total = len(lines)
+        start = 1 if start_line is None else start_line
+        end = total if end_line is None else end_line
+        if start < 1 or (total and start > total) or end < start - 1:
+            raise RuleViolation(f"line range {start}-{end} is outside the file (1-{total})")
+        end = min(end, total)
+        content = "".join(lines[start - 1 : end])
+        truncated = False
+        if len(content) > MAX_VIEW_CHARS:
+            cut = content[:MAX_VIEW_CHARS]
+            end = start + cut.count("\n") - 1
+            content = "".join(lines[start - 1 : end])
+            truncated = True
+        return TargetView(
+            path=self.core.target_rel,
+            content=content,
+            sha256=sha256_bytes(data),
+            total_lines=total,
+            start_line=start,
+            end_line=end,
+            truncated=truncated,
+        )
+
+    def apply_edit(
+        self,
+        edits: list[dict[str, str]] | None,
+        content: str | None,
+        path: str | None,
+        expected_sha256: str | None,
+    ) -> EditResult:
+        with self.core.lock:
+            target = self.target_path(path)
+            self.core.check_no_pending()
+            self.core.check_head()  # never write into another branch's work tree
+            if (edits is None) == (content is None):
+                raise RuleViolation(
+                    "give exactly one of edits (a list of {old_text, new_text}) or content (the whole new file)"
+                )
+            try:
+                before_bytes = target.read_bytes()
+            except FileNotFoundError:
+                before_bytes = b""
+            before_sha = sha256_bytes(before_bytes)
+            if expected_sha256 is not None and expected_sha256.strip().lower() != before_sha:
+                raise RuleViolation(
+                    f"the target changed since you read it (sha256 is {before_sha[:12]}…, you expected "
+                    f"{expected_sha256[:12]}…); call read_target again and redo the edit"
+                )
+            try:
+                before = before_bytes.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RuleViolation(
+                    f"{self.core.target_rel} is not UTF-8 text; edits need a text file"
+                ) from None
+            if content is not None:
+                after = content
+            else:
+                assert edits is not None
+                if not edits:
+                    raise RuleViolation("edits is empty; give at least one {old_text, new_text}")
+                after = before
+                for number, edit in enumerate(edits, start=1):
+                    old, new = edit.get("old_text", ""), edit.get("new_text", "")
+                    if not old:
+                        raise RuleViolation(
+                            f"edit {number}: old_text is empty; quote the exact text to replace"
+                        )
+                    count = after.count(old)
+                    if count != 1:
+                        where = "does not occur" if count == 0 else f"occurs {count} times"
+                        raise RuleViolation(
+                            f"edit {number}: old_text {where} in {self.core.target_rel}; it must occur exactly once "
+                            "(quote more surrounding text, or read_target to see the current content)"
+                        )
+                    after = after.replace(old, new, 1)
+            data = after.encode("utf-8")
+            if len(data) > MAX_EDIT_BYTES:
+                raise RuleViolation(f"the new content is {len(data)} bytes; the limit is {MAX_EDIT_BYTES}")
+            if "\x00" in after:
+                raise RuleViolation("the new content contains NUL bytes; only text can be written")
+            atomic_write(target, data)  # replaces a symlink swapped in, never follows it
+            diff_lines = list(
+                difflib.unified_diff(
+                    before.splitlines(),
+                    after.splitlines(),
+                    f"a/{self.core.target_rel}",
+                    f"b/{self.core.target_rel}",
+                    lineterm="",
+                )
+            )
+            added = sum(1 for line in diff_lines if line.startswith("+") and not line.startswith("+++"))
+            removed = sum(1 for line in diff_lines if line.startswith("-") and not line.startswith("---"))
+            diff = "\n".join(diff_lines)
+            if len(diff) > MAX_DIFF_CHARS:
+                diff = diff[:MAX_DIFF_CHARS] + f"\n… (diff cut at {MAX_DIFF_CHARS} characters)"
+            return EditResult(
+                path=self.core.target_rel,
+                sha256_before=before_sha,
+                sha256_after=sha256_bytes(data),
+                diff=diff,
+                lines_added=added,
+                lines_removed=removed,
+            )

@@ -1,0 +1,181 @@
+"""What a run may write, and how it is held to it: the server's side of the confinement.
+
+`confine.py` is the mechanism (Landlock, the keeper process); this module is the policy: whether confinement is
+available here (`probe_isolation`), which paths a run may write (`writable_paths`: the configured `writable`
+entries, a private temporary directory, `/dev/shm` and the device files a GPU run needs), which entries are
+refused because they would open the rules to the run (`check_writable`), and the advice given when a run failed
+on a denied write (`denied_write_hint`). It never runs anything itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import confine
+from .errors import ConfigError
+
+# Devices any run may write (the terminal-like ones tools expect) and those a GPU run needs; directories below
+# /dev that are per-process scratch space.
+DEVICE_FILES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/ptmx"]
+DEVICE_GLOBS = ["/dev/nvidia*", "/dev/kfd"]
+DEVICE_DIRS = ["/dev/shm", "/dev/pts", "/dev/dri"]
+
+SERVER_OWN = (".git", ".autoresearch")
+# Inside the server's folder, only these build-output folders may be opened to a run (Go's default binary).
+SERVER_OWN_WRITABLE = (".autoresearch/bin",)
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How runs are confined on this machine, under the configured `isolation` setting."""
+
+    setting: str  # auto | required | off
+    abi: int | None  # the Landlock ABI in use, None when runs are not confined
+    reason: str | None  # why they are not
+
+    @property
+    def confined(self) -> bool:
+        return self.abi is not None
+
+    def describe(self) -> str:
+        if self.abi is not None:
+            return f"landlock (ABI {self.abi})"
+        return f"none: {self.reason}"
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel_abi() -> tuple[int | None, str | None]:
+    try:
+        return confine.probe(), None
+    except confine.ConfineError as exc:
+        return None, str(exc)
+    except OSError as exc:  # no libc to call (an unusual platform)
+        return None, f"the Landlock syscalls cannot be called ({exc})"
+
+
+def probe_isolation(setting: str = "auto") -> Isolation:
+    if setting == "off":
+        return Isolation(setting, None, 'isolation = "off" in the configuration')
+    abi, reason = _kernel_abi()
+    return Isolation(setting, abi, reason)
+
+
+def keeper_available() -> bool:
+    """The keeper (subreaper, parent-death signal) needs Linux; elsewhere runs start as plain process groups."""
+    return sys.platform.startswith("linux")
+
+
+def _expand(root: Path, entry: str) -> Path:
+    path = Path(os.path.expanduser(entry))
+    return Path(os.path.normpath(path if path.is_absolute() else root / path))
+
+
+def _contains(outer: Path, inner: Path) -> bool:
+    return outer == inner or outer in inner.parents
+
+
+def check_writable(root: Path, entries: list[str], protected: dict[str, str], jsonl_path: str) -> list[str]:
+    """Refuse `writable` entries that would let a run change what the rules protect: the project itself, the
+    target or a read-only file (`protected`: path -> what it is), `.git`, the server's own files, or a link that
+    leads there. Returns the entries as given."""
+    root = root.resolve()
+    guarded = {root / rel: what for rel, what in protected.items()}
+    guarded[root / ".git"] = "the git repository"
+    guarded[root / jsonl_path] = "the server's JSONL log"
+    for name in ("results.tsv", "run.log"):
+        guarded[root / name] = f"the server's {name}"
+    own = root / ".autoresearch"
+    for entry in entries:
+        lexical = _expand(root, entry)
+        try:
+            resolved = lexical.resolve()
+        except (OSError, RuntimeError):
+            resolved = lexical
+        if _contains(root, lexical) and not _contains(root, resolved):
+            raise ConfigError(
+                f"writable entry '{entry}' is a link that leads out of the project (to {resolved}); "
+                "name the real directory instead"
+            )
+        for path in {lexical, resolved}:
+            if _contains(path, own) or (
+                _contains(own, path) and not any(_contains(root / ok, path) for ok in SERVER_OWN_WRITABLE)
+            ):
+                raise ConfigError(
+                    f"writable entry '{entry}' is (or contains) the server's own folder .autoresearch/; "
+                    "a run must not write the session's state or logs"
+                )
+            for protected_path, what in guarded.items():
+                if _contains(path, protected_path) or _contains(protected_path, path):
+                    raise ConfigError(
+                        f"writable entry '{entry}' would let a run change {what} ({protected_path}); "
+                        "list only build output and cache directories"
+                    )
+    return entries
+
+
+def writable_paths(root: Path, entries: list[str], tmpdir: str | None) -> list[str]:
+    """Every path a run may write beneath: the configured entries, the run's private temporary directory, and
+    devices. A missing entry whose parent exists is created first (a rule needs something to stand on, and a
+    first build must be able to write its output directory); one whose parent is missing is left out."""
+    paths: list[str] = []
+    for entry in entries:
+        path = _expand(root, entry)
+        if not os.path.lexists(path) and path.parent.is_dir():
+            try:
+                path.mkdir()
+            except OSError:
+                pass
+        paths.append(str(path))
+    if tmpdir:
+        paths.append(tmpdir)
+    paths += DEVICE_DIRS + DEVICE_FILES
+    for pattern in DEVICE_GLOBS:
+        paths += sorted(glob.glob(pattern))
+    return paths
+
+
+def keeper_command(isolation: Isolation, writable: list[str], argv: list[str], grace_s: float) -> list[str]:
+    """The argv that runs `argv` under the keeper: confined when Landlock is in use, supervised either way."""
+    spec = {
+        "landlock": isolation.confined,
+        "write": writable if isolation.confined else [],
+        "parent": os.getpid(),
+        "grace": grace_s,
+    }
+    return confine.command_line(sys.executable, spec, argv)
+
+
+def setup_failure(text: str) -> str | None:
+    """The keeper's own message when it could not confine the run (it then runs nothing)."""
+    for line in text.splitlines()[:5]:
+        if line.startswith(confine.MARK):
+            return line[len(confine.MARK) :].strip()
+    return None
+
+
+_DENIED = re.compile(r"(Permission denied|Read-only file system|EACCES|EROFS|Operation not permitted)", re.I)
+_QUOTED = re.compile(r"""['"`‘]((?:/|\./|\.\./|~/)?[^'"`’\n]{1,300})['"`’]""")
+_UNQUOTED = re.compile(
+    r"(?:cannot (?:create|touch|open|remove|mkdir)|open|mkdir|unlink|rename) (/?[\w.\-/]+)"
+)
+
+
+def denied_write_hint(output_tail: str) -> str | None:
+    """When a confined run's output shows a denied write, say once, plainly, which setting allows it."""
+    for line in reversed(output_tail.splitlines()):
+        if not _DENIED.search(line):
+            continue
+        match = _QUOTED.search(line) or _UNQUOTED.search(line)
+        where = f" ({match.group(1)})" if match else ""
+        return (
+            f"the run was refused a write{where}: runs may write only the paths listed in `writable` (plus a "
+            "private TMPDIR). If it must write there, add the directory to `writable` in the configuration "
+            "and start a new session"
+        )
+    return None

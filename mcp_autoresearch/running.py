@@ -1,0 +1,351 @@
+"""The run and its verification: commit the candidate, run it in the background, and check afterwards that
+it changed nothing it must not (restoring what it did, after keeping a copy).
+
+A run always ends finished and recorded in the session state, whatever happens to it; the decision on it is
+`decisions`' job. Callers wait for a run through a `RunHandle`, never through the thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .context import SessionCore
+from .editing import Editor
+from .errors import RuleViolation, SessionError
+from .experiment import Experiment
+from .files import copy_regular
+from .gitguard import GitWatch
+from .guard import changed_fingerprints, sha256_bytes, sha256_file
+from .journal import one_line
+from .rules import nonblank_lines
+from .state import Pending, RunOutcome, server_dir
+
+log = logging.getLogger("mcp_autoresearch")
+
+DEFAULT_WAIT_S = 30.0  # how long a call waits for a run before answering `running`
+MAX_WAIT_S = 50.0  # the longest wait: many clients give up on a call after about 60 s
+MAX_DESCRIPTION = 500  # characters of an experiment's description
+
+
+@dataclass
+class ActiveRun:
+    """A run executing in a background thread of this process."""
+
+    run_id: str
+    started: float
+    experiment: Experiment | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    progress: tuple[float, float, str] | None = None  # elapsed, limit, last line of output
+    thread: threading.Thread | None = None
+
+    def record_progress(self, elapsed: float, limit: float, line: str) -> None:
+        self.progress = (elapsed, limit, line)
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    run_id: str
+    elapsed_s: float
+    limit_s: float
+    last_line: str  # the last line of output so far ("" before the first)
+
+    @property
+    def message(self) -> str:
+        return f"{self.run_id}: {self.elapsed_s:.0f}s of {self.limit_s:g}s limit" + (
+            f" | {self.last_line}" if self.last_line else ""
+        )
+
+
+class RunHandle:
+    """What a caller may do with a run in flight: wait for it to finish, and ask how far it got."""
+
+    def __init__(self, active: ActiveRun, limit_s: float) -> None:
+        self._active = active
+        self.run_id = active.run_id
+        self.limit_s = limit_s
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block up to `timeout_s` seconds; True once the run has finished (and its result is recorded)."""
+        return self._active.done.wait(max(0.0, timeout_s))
+
+    def progress(self) -> RunProgress:
+        active = self._active
+        return RunProgress(
+            run_id=active.run_id,
+            elapsed_s=round(time.monotonic() - active.started, 1),
+            limit_s=self.limit_s,
+            last_line=active.progress[2] if active.progress else "",
+        )
+
+
+class Runs:
+    """Starts, verifies and stops the session's runs; at most one is in flight."""
+
+    def __init__(self, core: SessionCore, editor: Editor) -> None:
+        self.core = core
+        self.editor = editor
+        self.active: ActiveRun | None = None
+        self.git_watch = GitWatch(core.repo, core.root, core.state.branch, core.state.tag)
+        self.git_notes: list[str] = []  # what a restart found changed in git's files before git ran again
+
+    def handle(self, run_id: str | None) -> RunHandle | None:
+        """The run in flight (that one, when `run_id` is given), or None when it is not in flight."""
+        active = self.active
+        if active is None or (run_id is not None and run_id != active.run_id):
+            return None
+        return RunHandle(active, self.core.config.timeout)
+
+    def cancel(self, reason: str) -> None:
+        active = self.active
+        if active is not None and active.experiment is not None:
+            active.experiment.cancel(reason)
+
+    def stop(self, reason: str, join_s: float) -> ActiveRun | None:
+        """Cancel the run in flight and wait up to `join_s` for its thread; returns the run that was stopped."""
+        active = self.active
+        if active is None:
+            return None
+        if active.experiment is not None:
+            active.experiment.cancel(reason)
+        if active.thread is not None:
+            active.thread.join(join_s)
+        return active
+
+    def start_run(self, description: str) -> str:
+        """Check every rule, commit the candidate, and start it in the background. Returns the run id."""
+        core = self.core
+        with core.lock:
+            core.own.guard()
+            description = one_line(description or "", MAX_DESCRIPTION)
+            if not description:
+                raise RuleViolation("description is empty; say in a few words what this experiment changes")
+            core.check_no_pending()
+            core.check_head()
+            if core.config.max_experiments is not None and len(core.journal) >= core.config.max_experiments:
+                raise RuleViolation(
+                    f"max_experiments ({core.config.max_experiments}) reached: the session is complete. "
+                    "Raise max_experiments in the configuration to continue."
+                )
+            self.editor.target_path(must_exist=True)
+            core.check_readonly()
+            changed = [core.repo.project_path(p) for p in core.repo.changed_tracked_files()]
+            others = [p for p in changed if p != core.target_rel]
+            if others:
+                raise RuleViolation(
+                    "files other than the target differ from the session head: "
+                    + ", ".join(others[:20])
+                    + f". Only {core.target_rel} may change; restore them (git checkout -- "
+                    + " ".join(others[:20])
+                    + ")"
+                )
+            parent = core.repo.head_commit()
+            target_bytes = self.editor.target_path().read_bytes()
+            if core.plain_target:
+                # Compared with the head's content, not the index: after a decision the index may still lag.
+                target_changed = target_bytes != core.repo.show_file(parent, core.target_repo_path)
+            else:  # git converts this file on its way in: only git can say whether it changed
+                target_changed = core.target_rel in changed
+            is_baseline = core.state.best is None
+            if is_baseline and target_changed:
+                raise RuleViolation(
+                    f"the first run of a session must be the unmodified baseline, but {core.target_rel} was edited; "
+                    f"restore it (git checkout -- {core.target_rel}) and run the baseline, then experiment"
+                )
+            if not is_baseline and not target_changed:
+                raise RuleViolation(
+                    f"{core.target_rel} is unchanged since the best kept commit; edit it (apply_edit) first"
+                )
+            core.state.run_counter += 1
+            run_id = f"r{core.state.run_counter}"
+            pending = Pending(
+                run_id=run_id,
+                description=description,
+                parent=parent,
+                is_baseline=is_baseline,
+                nonblank_lines=nonblank_lines(target_bytes.decode("utf-8", errors="replace")),
+                target_sha256=sha256_bytes(target_bytes),
+                started_at=datetime.now().isoformat(timespec="seconds"),
+            )
+            core.state.pending = pending
+            core.save()
+            message = f"experiment: {description}"
+            if is_baseline:
+                commit = parent
+            elif core.plain_target:
+                commit = core.repo.commit_file(
+                    core.state.branch, core.target_repo_path, target_bytes, message, parent
+                )
+            else:  # filters or end-of-line conversion apply: let git make the blob
+                commit = core.repo.commit_with_git(core.state.branch, core.target_repo_path, message)
+            pending.commit = commit
+            pending.phase = "running"
+            pending.git_config, pending.refs_digest = self.git_watch.before_run()
+            core.save()
+            core.journal.log_experiment_start(run_id, commit, description)
+            _drop_stale_bytecode(self.editor.target_path())
+            core.own.journal_written()
+            log_dir = server_dir(core.root, "runs", core.state.tag)  # a planted symlink is replaced
+            active = ActiveRun(run_id=run_id, started=time.monotonic())
+            active.experiment = Experiment(
+                core.config,
+                core.root,
+                run_id,
+                log_dir,
+                core.state.tag,
+                active.record_progress,
+                core.isolation,
+            )
+            active.thread = threading.Thread(
+                target=self._execute, args=(active, pending), name=f"run-{run_id}", daemon=True
+            )
+            self.active = active
+            active.thread.start()
+            return run_id
+
+    def _execute(self, active: ActiveRun, pending: Pending) -> None:
+        """The background half of a run. Whatever happens here, the run ends finished and recorded."""
+        core = self.core
+        try:
+            try:
+                assert active.experiment is not None
+                outcome = RunOutcome.model_validate(asdict(active.experiment.run()))
+            except Exception as exc:  # a bug or an OS failure: still a logged crash, never a lost experiment
+                log.exception("run %s failed inside the server", pending.run_id)
+                outcome = crash_outcome(f"internal error while running: {type(exc).__name__}: {exc}", [])
+            with core.lock:
+                try:
+                    tampered = self.verify_after_run(pending)
+                except Exception as exc:
+                    log.exception("verifying run %s failed", pending.run_id)
+                    tampered = [f"(the check itself failed: {type(exc).__name__}: {exc})"]
+                if tampered and outcome.status != "cancelled":
+                    outcome.status = "tampered"
+                    outcome.error = (
+                        "the run changed files it must not: "
+                        + ", ".join(tampered)
+                        + " (tracked ones restored from git; what they held is kept in"
+                        + f" .autoresearch/tampered/{pending.run_id}/)"
+                    )
+                pending.result = outcome
+                pending.phase = "finished"
+                core.save()
+        finally:
+            with core.lock:
+                self.active = None
+            active.done.set()
+
+    def verify_after_run(self, pending: Pending) -> list[str]:
+        """What the run changed that it must not: git's configuration and refs, tracked files, read-only files,
+        the server's own logs. Each is restored (tracked files from the commit that ran; logs from the JSONL)."""
+        core = self.core
+        commit = pending.commit or pending.parent
+        tampered, self.git_notes = self.git_notes, []
+        try:
+            # First, before git runs again: configuration, attributes and refs as the run found them.
+            tampered += self.git_watch.after_run(
+                pending.git_config, pending.refs_digest, commit, pending.run_id
+            )
+            if core.repo.current_branch() != core.state.branch:
+                tampered.append(f"HEAD (switched to {core.repo.current_branch() or 'a detached commit'})")
+                core.repo.checkout_branch(core.state.branch)
+            if core.repo.head_commit() != commit:
+                tampered.append("the session branch (moved by the run)")
+                core.repo.move_branch(
+                    core.state.branch, commit, f"autoresearch: undo {pending.run_id}'s move"
+                )
+            hidden = [p for p in core.repo.hidden_tracked_files() if p not in core.state.hidden_paths]
+            if hidden:  # flags that blind git status to these files: cleared, so status sees them again
+                tampered.append("index flags hiding " + ", ".join(map(core.repo.project_path, hidden)))
+                core.repo.reveal(hidden)
+            changed = core.repo.changed_tracked_files()
+            target_same = sha256_file(core.root / core.target_rel) == pending.target_sha256
+            if core.target_repo_path in changed and pending.target_sha256 and target_same:
+                changed.remove(core.target_repo_path)  # only the index lags behind the committed target
+            elif core.target_repo_path not in changed and pending.target_sha256 and not target_same:
+                changed.append(core.target_repo_path)  # compared by content, whatever git status says
+            if changed:
+                tampered += [core.repo.project_path(p) for p in changed]
+                tampered += self._restore_with_copies(pending.run_id, commit, changed)
+        except SessionError as exc:
+            tampered.append(f"git state ({exc})")
+        readonly = changed_fingerprints(core.root, core.state.readonly_hashes)
+        for rel in readonly:
+            if rel not in tampered:
+                tampered.append(rel)
+        if readonly:
+            try:
+                tracked = [
+                    core.repo.repo_path(r) for r in readonly if core.repo.is_tracked(core.repo.repo_path(r))
+                ]
+                tampered += self._restore_with_copies(pending.run_id, commit, tracked)
+            except SessionError:
+                pass
+        tampered += core.own.restore()
+        return tampered
+
+    def _restore_with_copies(self, run_id: str, commit: str, repo_paths: list[str]) -> list[str]:
+        """Restore tracked paths to `commit`, each only once a copy of what it holds is kept. A path whose copy
+        fails is left as it is and named (the returned notes): nothing of the user's is thrown away."""
+        repo = self.core.repo
+        failed = self._keep_copies(run_id, [repo.project_path(p) for p in repo_paths])
+        repo.restore_paths(commit, [p for p in repo_paths if repo.project_path(p) not in failed])
+        return [
+            f"{rel} (NOT restored: no copy of it could be kept in .autoresearch/tampered/{run_id}/; look at it, "
+            f"then git checkout -- {rel})"
+            for rel in failed
+        ]
+
+    def _keep_copies(self, run_id: str, paths: list[str]) -> list[str]:
+        """Before restoring files a run changed, keep what they held: during a long run the change may be the
+        user's own edit, and nothing of the user's is ever thrown away. Returns the paths whose copy failed.
+        Only regular files hold content; the copies go only into real directories of the server's."""
+        root = self.core.root
+        failed: list[str] = []
+        for rel in paths:
+            source = root / rel
+            try:
+                if not stat.S_ISREG(source.lstat().st_mode):
+                    continue  # a symlink, a FIFO or a directory: no bytes of the user's to keep
+            except FileNotFoundError:
+                continue
+            except OSError:
+                failed.append(rel)
+                continue
+            try:
+                directory = server_dir(root, "tampered", run_id, *Path(rel).parent.parts)
+                copy_regular(source, directory / source.name)
+            except (OSError, SessionError) as exc:
+                log.warning("could not keep a copy of %s before restoring it: %s", rel, exc)
+                failed.append(rel)
+        return failed
+
+
+def crash_outcome(error: str, tampered: list[str]) -> RunOutcome:
+    """A run that ended without a measurement of its own (an internal error, or the server stopped)."""
+    if tampered:
+        error += "; files it changed were restored: " + ", ".join(tampered)
+    return RunOutcome(status="crash", error=error)
+
+
+def clamp_wait(wait_s: float | None) -> float:
+    if wait_s is None:
+        return DEFAULT_WAIT_S
+    return max(0.0, min(float(wait_s), MAX_WAIT_S))
+
+
+def _drop_stale_bytecode(target: Path) -> None:
+    """Python trusts a cached .pyc when the source's size and mtime (in whole seconds) match; two edits of the
+    same length within one second would run the old code. Remove the target's own cache entry before a run."""
+    if target.suffix != ".py":
+        return
+    for cached in (target.parent / "__pycache__").glob(f"{target.stem}.*.pyc"):
+        try:
+            cached.unlink()
+        except OSError:
+            pass

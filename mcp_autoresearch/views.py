@@ -1,0 +1,185 @@
+"""Views and queries of a session: a run (in flight, waiting for its decision, or logged), the results table,
+and the agent's notes. Nothing here changes git or a measurement; notes are the only thing written.
+"""
+
+from __future__ import annotations
+
+from .context import SessionCore, normal_run_id
+from .decisions import Decider
+from .errors import RuleViolation, SessionError
+from .journal import Row
+from .models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult
+from .rules import improvement, improvement_pct
+from .running import Runs
+from .state import Pending
+from .statuses import DECISIONS, FILTERS
+
+MAX_NOTES = 4000  # characters of one log_result call's notes
+
+
+class Views:
+    def __init__(self, core: SessionCore, runs: Runs, decider: Decider) -> None:
+        self.core = core
+        self.runs = runs
+        self.decider = decider
+
+    def view(self, run_id: str | None) -> RunResult:
+        """The current knowledge of a run: in flight, finished and waiting for a decision, or already logged."""
+        core = self.core
+        with core.lock:
+            pending = core.state.pending
+            if run_id is not None:
+                run_id = normal_run_id(run_id)
+            if pending is not None and (run_id is None or run_id == pending.run_id):
+                return self.pending_view(pending)
+            if run_id is None:
+                raise SessionError("no run is in flight or waiting for a decision; call run_experiment")
+            row = core.journal.get(run_id)
+            if row is None:
+                raise RuleViolation(f"no run with id {run_id!r} in session '{core.state.tag}'")
+            return RunResult(
+                run_id=row.run_id,
+                status=row.run_status,
+                metric_name=row.metric,
+                value=row.value,
+                best_value=row.prev,
+                delta=row.delta,
+                would_keep=row.status == "keep",
+                duration_s=row.duration_s,
+                memory_gb=row.memory_gb,
+                commit=row.commit,
+                error=row.error,
+                next_step=f"already decided: {row.status}. Edit the target and run the next experiment.",
+            )
+
+    def pending_view(self, pending: Pending) -> RunResult:
+        """A run in flight, or finished and waiting for its decision (with what the decision will be)."""
+        core = self.core
+        best = core.state.best.value if core.state.best else None
+        metric = core.state.metric_name
+        if pending.phase in ("starting", "running") or pending.result is None:
+            handle = self.runs.handle(pending.run_id)
+            progress = handle.progress() if handle is not None else None
+            return RunResult(
+                run_id=pending.run_id,
+                status="running",
+                metric_name=metric,
+                best_value=best,
+                commit=pending.commit,
+                elapsed_s=progress.elapsed_s if progress else None,
+                log_tail=progress.last_line if progress else None,
+                next_step=f"still running: call wait_experiment(run_id='{pending.run_id}')",
+            )
+        result = pending.result
+        verdict = self.decider.verdict(pending, discard=False)
+        status = result.status
+        if status == "ok":
+            next_step = (
+                f"call commit_or_reset(run_id='{pending.run_id}'): it will "
+                f"{'keep' if verdict.decision == 'keep' else 'discard'} this ({verdict.reason})"
+            )
+        else:
+            next_step = (
+                f"call commit_or_reset(run_id='{pending.run_id}') to log this {status}; "
+                "fix a trivial mistake and retry, or move on to another idea"
+            )
+        return RunResult(
+            run_id=pending.run_id,
+            status=status,
+            metric_name=metric,
+            value=result.value,
+            best_value=best,
+            delta=verdict.delta,
+            would_keep=verdict.decision == "keep",
+            duration_s=result.duration_s,
+            memory_gb=result.memory_gb,
+            exit_code=result.exit_code,
+            commit=pending.commit,
+            log_path=result.log_path,
+            log_tail=result.log_tail,
+            error=result.error,
+            values=result.values if len(result.values) > 1 else None,
+            spread=result.spread,
+            next_step=next_step,
+        )
+
+    def log_notes(self, run_id: str, notes: str) -> NotesResult:
+        """Attach the agent's notes to a logged experiment; values and statuses never change."""
+        core = self.core
+        with core.lock:
+            core.own.guard()
+            run_id = normal_run_id(run_id)
+            notes = (notes or "").strip()
+            if not notes:
+                raise RuleViolation("notes are empty; write the hypothesis and what the result taught you")
+            if len(notes) > MAX_NOTES:
+                raise RuleViolation(f"notes are {len(notes)} characters; keep them under {MAX_NOTES}")
+            row = core.journal.get(run_id)
+            if row is None:
+                pending = core.state.pending
+                hint = (
+                    f"; run {run_id} is not decided yet: call commit_or_reset first"
+                    if pending and pending.run_id == run_id
+                    else ""
+                )
+                raise RuleViolation(f"no logged experiment {run_id!r} in session '{core.state.tag}'{hint}")
+            all_notes = core.journal.add_notes(run_id, notes)
+            core.own.journal_written()
+            return NotesResult(run_id=run_id, status=row.status, notes=all_notes)
+
+    def query(self, status: str | None, limit: int, order: str) -> QueryResult:
+        """Counts, baseline, best, improvement, streak, and the rows (recent first or best first)."""
+        core = self.core
+        with core.lock:
+            journal = core.journal
+            direction = core.state.metric_direction
+            wanted = status.strip().lower() if status else None
+            if wanted is not None and wanted not in FILTERS:
+                raise RuleViolation(f"status must be one of {', '.join(sorted(FILTERS))}")
+            limit = max(1, min(limit, 500))
+            if order == "best":
+                chosen = journal.best_indices(limit, direction == "lower_is_better", wanted)
+            elif order == "recent":
+                if wanted is None:
+                    chosen = list(range(len(journal) - 1, max(-1, len(journal) - 1 - limit), -1))
+                else:
+                    chosen = list(reversed(journal.indices(wanted)[-limit:]))
+            else:
+                raise RuleViolation("order must be 'recent' or 'best'")
+            best = core.state.best
+            baseline = core.state.baseline_value
+            gain = improvement(best.value, baseline, direction) if best and baseline is not None else None
+            pct = improvement_pct(gain, baseline) if gain is not None and baseline is not None else None
+            total = len(journal)
+            return QueryResult(
+                tag=core.state.tag,
+                metric_name=core.state.metric_name,
+                direction=direction,
+                total=total,
+                counts={k: journal.counts.get(k, 0) for k in DECISIONS},
+                baseline=baseline,
+                best=BestInfo(
+                    value=best.value, commit=best.commit[:7], description=best.description, run_id=best.run_id
+                )
+                if best
+                else None,
+                improvement=gain,
+                improvement_pct=round(pct, 4) if pct is not None else None,
+                experiments_since_last_keep=total - 1 - journal.last_keep_index if total else 0,
+                rows=[row_model(r) for r in journal.rows_at(chosen)],
+            )
+
+
+def row_model(row: Row) -> ResultRow:
+    return ResultRow(
+        run_id=row.run_id,
+        commit=row.commit[:7],
+        value=row.value,
+        status=row.status,
+        run_status=row.run_status,
+        delta=row.delta,
+        memory_gb=row.memory_gb,
+        description=row.description,
+        notes=row.notes,
+        timestamp=row.timestamp,
+    )

@@ -1,0 +1,283 @@
+"""Confinement of runs: the keeper (Landlock, subreaper, parent-death) and the server's policy around it.
+
+These tests need Landlock. Where the kernel lacks it they fail when CI is set (CI's machine has it) and are
+skipped elsewhere with the reason, never silently.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mcp_autoresearch import confine
+from mcp_autoresearch.config import Config
+from mcp_autoresearch.errors import ConfigError
+from mcp_autoresearch.experiment import Experiment, without_run_log_redirect
+from mcp_autoresearch.isolation import check_writable, denied_write_hint, probe_isolation
+
+from .conftest import make_repo, run_cli
+
+ISOLATION = probe_isolation("auto")
+if not ISOLATION.confined:
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI must confine runs, but Landlock is unavailable here: {ISOLATION.reason}")
+    pytest.skip(f"Landlock is unavailable here: {ISOLATION.reason}", allow_module_level=True)
+
+
+def keeper(tmp_path: Path, script: str, *writable: str, **spec) -> subprocess.CompletedProcess[str]:
+    argv = confine.command_line(
+        sys.executable, {"landlock": True, "write": list(writable), **spec}, ["/bin/sh", "-c", script]
+    )
+    return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+
+
+def test_the_kernel_abi_is_reported() -> None:
+    assert ISOLATION.abi is not None and ISOLATION.abi >= 1
+    assert ISOLATION.describe() == f"landlock (ABI {ISOLATION.abi})"
+    assert probe_isolation("off").describe() == 'none: isolation = "off" in the configuration'
+
+
+def test_writes_only_beneath_writable_paths(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "kept.txt").write_text("original\n")
+    done = keeper(
+        tmp_path,
+        "echo built > out/a.txt && echo ok-out; echo x > kept.txt; echo x > new.txt; rm -f kept.txt;"
+        "mkdir sub; ln -s /etc/passwd link; echo y > /dev/null && echo ok-null; cat kept.txt",
+        str(tmp_path / "out"),
+        "/dev/null",
+    )
+    assert "ok-out" in done.stdout and "ok-null" in done.stdout and "original" in done.stdout
+    assert (tmp_path / "out" / "a.txt").read_text() == "built\n"
+    assert (tmp_path / "kept.txt").read_text() == "original\n"
+    assert not (tmp_path / "new.txt").exists() and not (tmp_path / "sub").exists()
+    assert not (tmp_path / "link").is_symlink()
+    assert done.stderr.count("Permission denied") >= 4
+
+
+def test_a_confined_run_cannot_signal_the_server(tmp_path: Path) -> None:
+    if ISOLATION.abi is None or ISOLATION.abi < 6:
+        pytest.skip("signal scoping needs Landlock ABI 6")
+    done = keeper(tmp_path, f"kill -0 {os.getpid()} && echo reached || echo refused")
+    assert "refused" in done.stdout and "not permitted" in done.stderr
+
+
+def test_exit_status_and_fatal_signal_pass_through(tmp_path: Path) -> None:
+    assert keeper(tmp_path, "exit 7").returncode == 7
+    assert keeper(tmp_path, "kill -9 $$").returncode == -signal.SIGKILL
+    assert keeper(tmp_path, "true").returncode == 0
+
+
+def test_setup_failure_is_named_and_nothing_runs(tmp_path: Path) -> None:
+    argv = [
+        sys.executable,
+        "-I",
+        "-S",
+        confine.__file__,
+        "--landlock",
+        "--bogus",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo ran",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert (
+        done.returncode == confine.SETUP_FAILED and confine.MARK in done.stderr and "ran" not in done.stdout
+    )
+
+
+def _alive(pattern: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if pattern in " ".join(proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def test_daemon_that_sheds_its_environment_dies_with_the_command(tmp_path: Path) -> None:
+    done = keeper(tmp_path, "(setsid sh -c 'exec env -i sleep 313' &); echo started")
+    assert done.returncode == 0 and "started" in done.stdout
+    assert "killed 1 process" in done.stderr
+    assert _alive("sleep 313") == []
+
+
+def test_the_tree_dies_when_the_server_dies(tmp_path: Path) -> None:
+    """The keeper's parent (here a stand-in for the server) is SIGKILLed: the run and its daemons go too."""
+    script = textwrap.dedent(
+        """
+        import subprocess, sys, time
+        from mcp_autoresearch import confine
+        argv = confine.command_line(sys.executable, {"landlock": True},
+                                    ["/bin/sh", "-c", "(setsid sh -c 'exec env -i sleep 317' &); sleep 318"])
+        subprocess.Popen(argv, start_new_session=True)
+        time.sleep(60)
+        """
+    )
+    server = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[1])
+    deadline = time.monotonic() + 20
+    while not (_alive("sleep 317") and _alive("sleep 318")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _alive("sleep 317") and _alive("sleep 318")
+    server.kill()
+    server.wait()
+    deadline = time.monotonic() + 10
+    while (_alive("sleep 317") or _alive("sleep 318")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _alive("sleep 317") == [] and _alive("sleep 318") == []
+
+
+def _experiment(root: Path, command: str, **config) -> Experiment:
+    values = {
+        "target_file": "t.py",
+        "run_command": command,
+        "metric_name": "score",
+        "timeout": 20.0,
+        **config,
+    }
+    return Experiment(
+        Config.model_validate(values), root, "r1", root / ".autoresearch" / "runs", "t", None, ISOLATION
+    )
+
+
+def test_a_metric_printed_after_the_command_ended_does_not_count(tmp_path: Path) -> None:
+    """A child's SIGTERM handler prints a better metric when the run is killed: it is not in the log."""
+    root = make_repo(tmp_path / "p", {"t.py": "x = 1\n"})
+    trap = "trap 'echo score: 0.0001; exit 0' TERM; while :; do sleep 0.05; done"
+    result = _experiment(root, f'echo score: 5; (sh -c "{trap}" &); sleep 0.3').run()
+    assert result.status == "ok" and result.value == 5.0
+    assert "0.0001" not in Path(result.log_path).read_text()
+    timed_out = _experiment(root, f'echo score: 5; sh -c "{trap}"', timeout=1.0).run()
+    assert timed_out.status == "timeout" and "0.0001" not in Path(timed_out.log_path).read_text()
+
+
+def test_private_tmpdir_and_no_server_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = make_repo(tmp_path / "p", {"t.py": "x = 1\n"})
+    monkeypatch.setenv("AUTORESEARCH_TOKEN", "s3cret")
+    script = 'echo "tmp=$TMPDIR token=${AUTORESEARCH_TOKEN:-none}"; touch "$TMPDIR/f" && echo score: 1'
+    result = _experiment(root, script).run()
+    text = Path(result.log_path).read_text()
+    assert result.status == "ok" and "token=none" in text
+    tmpdir = text.split("tmp=")[1].split()[0]
+    assert tmpdir.startswith(("/tmp", os.environ.get("TMPDIR", "/tmp"))) and not Path(tmpdir).exists()
+
+
+def test_the_original_tools_run_log_redirect_still_works(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "p", {"t.py": "x = 1\n"})
+    assert without_run_log_redirect("python train.py > run.log 2>&1") == "python train.py"
+    assert without_run_log_redirect("uv run train.py 2>&1 | tee run.log") == "uv run train.py"
+    assert without_run_log_redirect("make > build.log") == "make > build.log"
+    result = _experiment(root, "echo score: 3 > run.log 2>&1").run()
+    assert result.status == "ok" and result.value == 3.0
+    assert (root / "run.log").read_text() == "score: 3\n"
+
+
+def test_a_denied_write_names_the_setting(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "p", {"t.py": "x = 1\n"})
+    result = _experiment(root, "mkdir -p cache && echo data > cache/x && echo score: 1").run()
+    assert result.status == "crash" and "writable" in result.error and "cache" in result.error
+    allowed = _experiment(root, "mkdir -p cache && echo data > cache/x && echo score: 1", writable=["cache"])
+    assert allowed.run().status == "ok"
+    assert denied_write_hint("PermissionError: [Errno 13] Permission denied: '/p/data/x.bin'") is not None
+    assert denied_write_hint("all fine\n") is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        (".", "own folder"),
+        ("src", "the target"),
+        ("data", "read-only"),
+        (".git", "git repository"),
+        (".git/hooks", "git repository"),
+        (".autoresearch", "server's own folder"),
+        (".autoresearch/sessions", "server's own folder"),
+        (".", "own folder"),
+        ("link_out", "leads out of the project"),
+    ],
+)
+def test_writable_entries_that_would_open_the_rules_are_refused(tmp_path: Path, entry: str, why: str) -> None:
+    root = tmp_path / "p"
+    (root / "src").mkdir(parents=True)
+    (root / "data").mkdir()
+    (root / "link_out").symlink_to(tmp_path, target_is_directory=True)
+    protected = {
+        "src/model.py": "the target src/model.py",
+        "data/eval.bin": "the read-only file data/eval.bin",
+    }
+    with pytest.raises(ConfigError, match=why):
+        check_writable(root, [entry], protected, ".autoresearch/autoresearch.jsonl")
+    assert check_writable(root, ["dist", ".autoresearch/bin", "~/.npm"], protected, "x.jsonl")
+
+
+def test_detect_reports_isolation_and_writable(tmp_path: Path) -> None:
+    root = make_repo(
+        tmp_path / "web", {"package.json": '{"scripts": {"build": "node b.js"}}', "src/index.js": "x\n"}
+    )
+    done = run_cli("detect", "--project", str(root), "--json")
+    assert done.returncode == 0, done.stderr
+    assert f'"isolation": "landlock (ABI {ISOLATION.abi})"' in done.stdout
+    assert '"dist"' in done.stdout and '"~/.npm"' in done.stdout
+    (root / "autoresearch.toml").write_text('isolation = "off"\n')
+    assert "isolation:    none: isolation" in run_cli("detect", "--project", str(root)).stdout
+    (root / "autoresearch.toml").write_text('writable = ["src"]\n')
+    refused = run_cli("detect", "--project", str(root))
+    assert refused.returncode == 2 and "writable entry 'src'" in refused.stderr and "target" in refused.stderr
+
+
+NO_LANDLOCK = str(Path(__file__).parent / "helpers" / "no_landlock.py")
+
+
+@pytest.mark.anyio
+async def test_where_landlock_is_blocked_it_is_said_and_required_refuses(ml_project: Path) -> None:
+    """As in a container whose seccomp profile refuses the syscalls: detect says so in one line, a session with
+    isolation = required refuses to start, and with the default the after-run checks still catch tampering."""
+    from mcp import Client
+
+    from .conftest import Agent, stdio_params
+
+    detect = subprocess.run(
+        [
+            sys.executable,
+            NO_LANDLOCK,
+            sys.executable,
+            "-m",
+            "mcp_autoresearch",
+            "detect",
+            "--project",
+            str(ml_project),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "isolation:    none: the syscalls are blocked here" in detect.stdout
+
+    def blocked(*extra: str):
+        params = stdio_params(ml_project, *extra)
+        params.args = [NO_LANDLOCK, params.command, *params.args]
+        params.command = sys.executable
+        return params
+
+    (ml_project / "autoresearch.toml").write_text('isolation = "required"\n')
+    async with Client(blocked()) as client:
+        message = await Agent(client).refused("start_session")
+        assert "isolation = required" in message and "blocked" in message
+    (ml_project / "autoresearch.toml").unlink()
+    async with Client(blocked()) as client:
+        agent = Agent(client)
+        started = await agent.ok("start_session")
+        assert started["isolation"].startswith("none: the syscalls are blocked")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.1\nopen('prepare.py', 'w').write('cheat\\n')")
+        run = await agent.ok("run_experiment", description="unconfined tamper")
+        assert run["status"] == "tampered" and "prepare.py" in run["error"]
+    assert (ml_project / "prepare.py").read_text() == "# fixed evaluation\nSEED = 1\n"

@@ -1,0 +1,94 @@
+"""Session state on disk: typed run results and decisions, and state files written by version 0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mcp_autoresearch.state import DecisionRecord, RunOutcome, load_state, state_path
+from mcp_autoresearch.workspace import Workspace
+
+# A state file as version 0.1 wrote it: the run's result and the decision as plain objects.
+STATE_0_1 = {
+    "tag": "nov26",
+    "branch": "autoresearch/nov26",
+    "base_commit": "a" * 40,
+    "created_at": "2026-11-26T09:00:00",
+    "target_file": "train.py",
+    "metric_name": "val_bpb",
+    "metric_direction": "lower_is_better",
+    "readonly_hashes": {"prepare.py": "b" * 64},
+    "rules": {"target_file": "train.py", "run_command": "python train.py", "repeats": 1},
+    "run_counter": 1,
+    "best": None,
+    "baseline_value": None,
+    "baseline_commit": None,
+    "pending": {
+        "run_id": "r1",
+        "description": "baseline",
+        "parent": "a" * 40,
+        "commit": "a" * 40,
+        "is_baseline": True,
+        "nonblank_lines": 5,
+        "target_sha256": "c" * 64,
+        "phase": "deciding",
+        "started_at": "2026-11-26T09:00:01",
+        "result": {
+            "status": "ok",
+            "value": 1.4,
+            "values": [1.4],
+            "spread": None,
+            "duration_s": 0.05,
+            "memory_gb": 0.5,
+            "exit_code": 0,
+            "log_path": "/p/.autoresearch/runs/nov26/r1.log",
+            "log_tail": "val_bpb: 1.400000",
+            "error": None,
+            "secondary": {},
+            "leftovers_killed": 0,
+        },
+        "decision": {"decision": "keep", "reason": "baseline", "delta": None, "prev": None},
+    },
+}
+
+
+def test_a_state_file_of_version_0_1_loads_typed(tmp_path: Path) -> None:
+    path = state_path(tmp_path, "nov26")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(STATE_0_1))
+    state = load_state(tmp_path, "nov26")
+    assert state is not None and state.pending is not None
+    assert isinstance(state.pending.result, RunOutcome)
+    assert state.pending.result.status == "ok" and state.pending.result.value == 1.4
+    assert isinstance(state.pending.decision, DecisionRecord)
+    assert state.pending.decision.decision == "keep" and state.pending.decision.reason == "baseline"
+
+
+def test_a_run_left_finished_by_version_0_1_is_decided_after_an_upgrade(ml_project: Path) -> None:
+    """A 0.1 server stopped after a run and before its decision; the new server resumes and decides it."""
+    workspace = Workspace(ml_project)
+    workspace.start_session("old")
+    session = workspace.session
+    run_id = session.start_run("baseline")
+    handle = session.run_handle(run_id)
+    assert handle is not None and handle.wait(60)
+    workspace.shutdown()
+
+    path = state_path(ml_project, "old")
+    raw = json.loads(path.read_text())
+    measured = raw["pending"]["result"]
+    assert raw["pending"]["phase"] == "finished" and measured["status"] == "ok"
+    # What 0.1 wrote: the same keys, as a plain object (fields it did not have are absent).
+    raw["pending"]["result"] = {k: measured[k] for k in STATE_0_1["pending"]["result"]}
+    path.write_text(json.dumps(raw))
+
+    resumed = Workspace(ml_project)
+    try:
+        resumed.start_session()
+        decision = resumed.session.commit_or_reset(run_id)
+        assert decision.decision == "keep" and decision.value == measured["value"]
+        assert (
+            resumed.session.state.best is not None and resumed.session.state.best.value == measured["value"]
+        )
+    finally:
+        resumed.shutdown()

@@ -1,0 +1,110 @@
+"""The package's shape: imports point one way (no cycles, also none hidden in a function or under
+TYPE_CHECKING), and the engine never imports MCP."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import mcp_autoresearch
+
+PACKAGE = Path(mcp_autoresearch.__file__).parent
+NAME = "mcp_autoresearch"
+# The adapters (and the clients built on them) speak MCP; everything else is the engine.
+MCP_ALLOWED = {"server", "http", "cli", "scripted_agent", "demo"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "examples" in path.relative_to(PACKAGE).parts:
+            continue  # the bundled example projects are the user's code, not the package's
+        found[_module_name(path)] = path
+    return found
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Every module this one imports, wherever the import statement stands (module level, in a function,
+    under `if TYPE_CHECKING`). Names are absolute; `from . import x` counts as importing module `x`."""
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")
+                drop = node.level - 1 if is_package else node.level
+                base = base[: len(base) - drop] if drop else base
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {
+        name: {m for m in _imports(name, path) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    graph = import_graph()
+    assert f"{NAME}.session" in graph and f"{NAME}.server" in graph
+    # The graph sees imports inside functions: cli imports the server lazily.
+    assert f"{NAME}.server" in graph[f"{NAME}.cli"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from .session import Session\n")
+    assert "pkg.session" in _imports("pkg.m", module)
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_engine_never_imports_mcp() -> None:
+    offenders = []
+    for name, path in _modules().items():
+        short = name.removeprefix(f"{NAME}.")
+        if short in MCP_ALLOWED:
+            continue
+        mcp = {m for m in _imports(name, path) if m == "mcp" or m.startswith("mcp.")}
+        if mcp:
+            offenders.append(f"{short}: {', '.join(sorted(mcp))}")
+    assert not offenders, offenders
