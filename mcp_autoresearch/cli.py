@@ -163,9 +163,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(f"  measured:   {info.metric_source}")
     print(f"time budget:  {info.time_budget:g} s (hard timeout {info.timeout:g} s)")
     print(f"read-only:    {', '.join(info.readonly_files) or '-'}")
-    print(
-        f"writable:     {', '.join(info.writable) or '-'} (a run may write only these, and a private TMPDIR)"
-    )
+    print(f"writable:     {', '.join(info.writable) or '-'} (a run may write only these, and a private TMPDIR)")
     print(f"isolation:    {info.isolation}")
     print(f"evidence:     {', '.join(info.evidence) or '-'}")
     print(

@@ -63,12 +63,10 @@ class ConfigValues(BaseModel):
     )
     jsonl_path: str | None = Field(None, description="Where the JSONL log lives (relative to the project).")
     writable: list[str] | None = Field(
-        None,
-        description="Paths a run may write (relative to the project, absolute, or ~/...); all else is read-only.",
+        None, description="Paths a run may write (relative to the project, absolute, or ~/...); all else is read-only."
     )
     isolation: IsolationSetting | None = Field(
-        None,
-        description="auto (confine runs when the kernel can), required (refuse to start without), or off.",
+        None, description="auto (confine runs when the kernel can), required (refuse to start without), or off."
     )
 
     @field_validator("metric_direction", mode="before")

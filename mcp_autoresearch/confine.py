@@ -52,15 +52,7 @@ TRUNCATE = 1 << 14  # ABI 3
 SCOPE_SIGNAL = 1 << 1  # ABI 6
 
 _WRITE_ABI1 = (
-    WRITE_FILE
-    | REMOVE_DIR
-    | REMOVE_FILE
-    | MAKE_CHAR
-    | MAKE_DIR
-    | MAKE_REG
-    | MAKE_SOCK
-    | MAKE_FIFO
-    | MAKE_BLOCK
+    WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_CHAR | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO | MAKE_BLOCK
 )
 _WRITE_ABI1 |= MAKE_SYM
 
@@ -110,11 +102,8 @@ def write_rights(abi: int) -> int:
 
 
 class _RulesetAttr(ctypes.Structure):
-    _fields_ = [
-        ("handled_access_fs", ctypes.c_uint64),
-        ("handled_access_net", ctypes.c_uint64),
-        ("scoped", ctypes.c_uint64),
-    ]
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
 
 
 class _PathBeneathAttr(ctypes.Structure):
@@ -144,16 +133,8 @@ def build_ruleset(writable: list[str], scope_signal: bool = True) -> tuple[int, 
         try:
             is_dir = os.path.isdir(f"/proc/self/fd/{target}")
             rule = _PathBeneathAttr(handled if is_dir else file_rights, target)
-            if (
-                libc.syscall(
-                    add_rule,
-                    ctypes.c_int(fd),
-                    ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
-                    ctypes.byref(rule),
-                    ctypes.c_uint32(0),
-                )
-                < 0
-            ):
+            if libc.syscall(add_rule, ctypes.c_int(fd), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+                            ctypes.byref(rule), ctypes.c_uint32(0)) < 0:
                 err = ctypes.get_errno()
                 os.close(fd)
                 raise ConfineError(f"landlock_add_rule({path}) failed: {os.strerror(err)}")
@@ -258,10 +239,8 @@ def _fail(message: str) -> None:
 def keep(spec: dict, argv: list[str]) -> None:
     """Run `argv` confined as `spec` says, and never return."""
     libc = _libc()
-    if (
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0
-        or libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0
-    ):
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 or libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0,
+                                                                       0) != 0:
         _fail(f"prctl failed: {os.strerror(ctypes.get_errno())}")
     if spec.get("parent") and os.getppid() != spec["parent"]:
         _fail("the server ended before the run started")

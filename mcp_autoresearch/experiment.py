@@ -88,9 +88,7 @@ class Experiment:
 
     def _wrap(self, argv: list[str], tmpdir: str) -> list[str]:
         assert self.isolation is not None
-        writable = (
-            writable_paths(self.root, list(self.config.writable), tmpdir) if self.isolation.confined else []
-        )
+        writable = writable_paths(self.root, list(self.config.writable), tmpdir) if self.isolation.confined else []
         return keeper_command(self.isolation, writable, argv, DEFAULT_GRACE_S)
 
     def _process(
@@ -131,10 +129,7 @@ class Experiment:
             suffix = "" if config.repeats == 1 else f"-{index + 1}"
             log_path = self.log_dir / f"{self.run_id}{suffix}.log"
             process = self._process(
-                without_run_log_redirect(config.run_command),
-                log_path,
-                config.timeout,
-                self.run_id,
+                without_run_log_redirect(config.run_command), log_path, config.timeout, self.run_id,
                 self.on_progress,
             )
             self._clear_run_log()
@@ -215,11 +210,7 @@ class Experiment:
             out_path = log_path.with_name(log_path.stem + "-metric.out")
             limit = min(METRIC_PARSE_TIMEOUT_S, config.timeout)
             process = self._process(
-                config.metric_parse,
-                out_path,
-                limit,
-                f"{self.run_id}-metric",
-                None,
+                config.metric_parse, out_path, limit, f"{self.run_id}-metric", None,
                 {"AUTORESEARCH_LOG": str(log_path)},
             )
             result = process.run()

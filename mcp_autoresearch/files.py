@@ -72,10 +72,10 @@ def own_dir(root: Path, *parts: str, replace_links: bool = False) -> Path:
     return path
 
 
-def open_regular(path: Path, flags: int = os.O_RDONLY) -> int:
+def open_regular(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
     """Open a regular file without following a symlink and without ever blocking (a FIFO or a device standing
     at `path` would hang a plain open or read). Raises OSError for anything but a regular file."""
-    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(f"{path} is not a regular file")

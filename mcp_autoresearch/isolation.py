@@ -80,7 +80,9 @@ def _contains(outer: Path, inner: Path) -> bool:
     return outer == inner or outer in inner.parents
 
 
-def check_writable(root: Path, entries: list[str], protected: dict[str, str], jsonl_path: str) -> list[str]:
+def check_writable(
+    root: Path, entries: list[str], protected: dict[str, str], jsonl_path: str
+) -> list[str]:
     """Refuse `writable` entries that would let a run change what the rules protect: the project itself, the
     target or a read-only file (`protected`: path -> what it is), `.git`, the server's own files, or a link that
     leads there. Returns the entries as given."""
@@ -140,7 +142,9 @@ def writable_paths(root: Path, entries: list[str], tmpdir: str | None) -> list[s
     return paths
 
 
-def keeper_command(isolation: Isolation, writable: list[str], argv: list[str], grace_s: float) -> list[str]:
+def keeper_command(
+    isolation: Isolation, writable: list[str], argv: list[str], grace_s: float
+) -> list[str]:
     """The argv that runs `argv` under the keeper: confined when Landlock is in use, supervised either way."""
     spec = {
         "landlock": isolation.confined,
@@ -161,9 +165,7 @@ def setup_failure(text: str) -> str | None:
 
 _DENIED = re.compile(r"(Permission denied|Read-only file system|EACCES|EROFS|Operation not permitted)", re.I)
 _QUOTED = re.compile(r"""['"`‘]((?:/|\./|\.\./|~/)?[^'"`’\n]{1,300})['"`’]""")
-_UNQUOTED = re.compile(
-    r"(?:cannot (?:create|touch|open|remove|mkdir)|open|mkdir|unlink|rename) (/?[\w.\-/]+)"
-)
+_UNQUOTED = re.compile(r"(?:cannot (?:create|touch|open|remove|mkdir)|open|mkdir|unlink|rename) (/?[\w.\-/]+)")
 
 
 def denied_write_hint(output_tail: str) -> str | None:

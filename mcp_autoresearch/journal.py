@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from .files import atomic_write
+from .files import atomic_write, open_regular
 from .statuses import DECISIONS, RUN_STATUSES, Decision, RunStatus, as_decision, as_run_status
 
 RESULTS_TSV = "results.tsv"  # at the project root, as the original tool writes it
@@ -182,7 +182,7 @@ class Journal:
         found: dict[int, Row] = {i: self._cache[i] for i in indices if i in self._cache}
         missing = sorted(set(indices) - set(found))
         if missing:
-            with self.jsonl_path.open("rb") as handle:
+            with _open_read(self.jsonl_path) as handle:
                 for index in missing:
                     handle.seek(self._offsets[index])
                     row = self._row_from(json.loads(handle.readline()))
@@ -200,7 +200,7 @@ class Journal:
         """Every row, oldest first, streamed from the file (for exports and the TSV)."""
         for start in range(0, len(self), 1000):
             batch = list(range(start, min(start + 1000, len(self))))
-            with self.jsonl_path.open("rb") as handle:
+            with _open_read(self.jsonl_path) as handle:
                 for index in batch:
                     handle.seek(self._offsets[index])
                     row = self._row_from(json.loads(handle.readline()))
@@ -249,7 +249,7 @@ class Journal:
         """Index complete lines appended since the last read. Returns how many new rows arrived."""
         before = len(self)
         try:
-            handle = self.jsonl_path.open("rb")
+            handle = _open_read(self.jsonl_path)
         except OSError:
             return 0
         tag_marker = json.dumps(self.tag).encode()
@@ -315,7 +315,7 @@ class Journal:
     @staticmethod
     def _repair_torn_tail(path: Path) -> None:
         """A server killed mid-append leaves a line without its newline: cut it off."""
-        with path.open("rb+") as handle:
+        with os.fdopen(open_regular(path, os.O_RDWR), "rb+") as handle:
             handle.seek(0, os.SEEK_END)
             size = handle.tell()
             if size == 0:
@@ -346,7 +346,7 @@ class Journal:
         if quick and self._quick_tsv_ok():
             return False
         try:
-            current = self.tsv_path.open("rb")
+            current = _open_read(self.tsv_path)
         except OSError:
             current = None
         same, size = current is not None, 0
@@ -368,7 +368,7 @@ class Journal:
 
     def _quick_tsv_ok(self) -> bool:
         try:
-            with self.tsv_path.open("rb") as handle:
+            with _open_read(self.tsv_path) as handle:
                 if handle.readline() != TSV_HEADER.encode():
                     return False
                 handle.seek(0, os.SEEK_END)
@@ -469,7 +469,7 @@ def _run_number(run_id: str) -> int | None:
 
 def _append(path: Path, data: bytes) -> int:
     """Append, flush and fsync; returns the offset the data starts at."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never a symlink, FIFO or device
     try:
         start = os.fstat(fd).st_size
         written = 0
@@ -479,3 +479,8 @@ def _append(path: Path, data: bytes) -> int:
     finally:
         os.close(fd)
     return start
+
+
+def _open_read(path: Path) -> BinaryIO:
+    """Open one of the server's files for reading: never through a symlink, never blocking on a FIFO."""
+    return os.fdopen(open_regular(path), "rb")

@@ -22,8 +22,7 @@ class StartResult(BaseModel):
     experiments: int = Field(0, description="Experiments logged in this session.")
     pending_run: str | None = Field(None, description="A run that is in flight or waits for its decision.")
     isolation: str = Field(
-        "",
-        description="How runs are confined: 'landlock (ABI n)', or 'none: <reason>' (after-run checks only).",
+        "", description="How runs are confined: 'landlock (ABI n)', or 'none: <reason>' (after-run checks only)."
     )
     recovered: list[str] = Field(default_factory=list, description="What was repaired after a restart.")
     briefing: str | None = Field(None, description="Summary of the session so far (when resumed).")

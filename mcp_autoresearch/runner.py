@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import hashlib
-import logging
 import os
 import select
 import shutil
@@ -35,15 +34,13 @@ from typing import Literal
 
 import psutil
 
-from .launcher import Launched, LauncherError
+from .errors import SessionError
+from .files import atomic_write, own_dir
 from .logtail import last_line
 
-log = logging.getLogger("mcp_autoresearch")
 ProcessStatus = Literal["exited", "timeout", "cancelled", "failed_to_start"]
 ProgressCallback = Callable[[float, float, str], None]
 Wrapper = Callable[[list[str], str], list[str]]  # (argv, private tmpdir) -> argv that runs it supervised
-# (argv, cwd, env, output fd, private tmpdir) -> a started process (Popen-like: pid, poll, wait)
-Launch = Callable[[list[str], Path, dict[str, str], int, str], "Launched"]
 
 MARKER_RUN = "AUTORESEARCH_RUN_ID"
 MARKER_PROJECT = "AUTORESEARCH_PROJECT"
@@ -164,14 +161,13 @@ class ProcessRun:
     on_progress: ProgressCallback | None = None
     progress_every_s: float = 2.0
     wrapper: Wrapper | None = None  # the keeper (confinement); None runs `/bin/sh -c` directly
-    launch: Launch | None = None  # the same keeper, forked by the warm launcher; the wrapper is the fallback
 
     def __post_init__(self) -> None:
         self._cancel = threading.Event()
         self._cancel_reason = ""
         self._seen: dict[int, float] = {}  # pid -> create_time of every descendant observed
         self._peak_rss = 0
-        self._popen: subprocess.Popen[bytes] | Launched | None = None
+        self._popen: subprocess.Popen[bytes] | None = None
         self._capture: _Capture | None = None
 
     def cancel(self, reason: str = "cancelled") -> None:
@@ -201,13 +197,24 @@ class ProcessRun:
         try:
             if self._cancel.is_set():
                 return ProcessResult("cancelled", None, 0.0, 0, self.log_path, self._cancel_reason)
+            argv = ["/bin/sh", "-c", self.command]
+            if self.wrapper is not None:
+                argv = self.wrapper(argv, tmpdir)
             read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
             try:
                 fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
             except OSError:
                 pass  # the default pipe size only costs more wake-ups
             try:
-                self._popen = self._start(["/bin/sh", "-c", self.command], env, write_fd, tmpdir)
+                self._popen = subprocess.Popen(
+                    argv,
+                    cwd=self.cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=write_fd,
+                    stderr=write_fd,
+                    env=env,
+                    start_new_session=True,  # its own process group and session: killable as one
+                )
             except OSError as exc:
                 os.close(read_fd)
                 os.write(log_fd, f"autoresearch: could not start the command: {exc}\n".encode())
@@ -239,31 +246,6 @@ class ProcessRun:
         if self._capture is not None:
             self._capture.cut()
 
-    @property
-    def _kept(self) -> bool:
-        """The command runs under a keeper (ours, not the run's)."""
-        return self.launch is not None or self.wrapper is not None
-
-    def _start(
-        self, argv: list[str], env: dict[str, str], out_fd: int, tmpdir: str
-    ) -> subprocess.Popen[bytes] | Launched:
-        if self.launch is not None:
-            try:
-                return self.launch(argv, self.cwd, env, out_fd, tmpdir)
-            except LauncherError as exc:
-                log.warning("starting the keeper directly: %s", exc)
-        if self.wrapper is not None:
-            argv = self.wrapper(argv, tmpdir)
-        return subprocess.Popen(
-            argv,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=out_fd,
-            stderr=out_fd,
-            env=env,
-            start_new_session=True,  # its own process group and session: killable as one
-        )
-
     def _supervise(self, started: float) -> tuple[ProcessStatus, int | None]:
         popen = self._popen
         assert popen is not None
@@ -278,7 +260,7 @@ class ProcessRun:
 
     def _supervise_loop(
         self,
-        popen: subprocess.Popen[bytes] | Launched,
+        popen: subprocess.Popen[bytes],
         started: float,
         deadline: float,
         next_progress: float,
@@ -322,7 +304,7 @@ class ProcessRun:
             return
         self._seen.setdefault(shell.pid, _created(shell))
         # The keeper is ours, not the run's: its few MB are not the run's memory.
-        procs = children if self._kept else [shell, *children]
+        procs = children if self.wrapper is not None else [shell, *children]
         total = 0
         for proc in procs:
             try:
@@ -375,7 +357,7 @@ class ProcessRun:
         for proc in pool:
             if proc.pid == popen_pid:
                 continue
-            if linux and self._kept and _no_new_privs(proc.pid) and not _no_new_privs(os.getpid()):
+            if linux and self.wrapper is not None and _no_new_privs(proc.pid) and not _no_new_privs(os.getpid()):
                 result.append(proc)
                 continue
             env = _environment(proc)
@@ -453,16 +435,16 @@ class ProcessRun:
 
     def _keep_log_visible(self, log_fd: int) -> None:
         """A run may delete its own log file or the log directory; restore it from our still-open descriptor."""
-        if self.log_path.exists():
-            return
         try:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_path, "wb") as out:
-                os.lseek(log_fd, 0, os.SEEK_SET)
-                with os.fdopen(os.dup(log_fd), "rb") as src:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-        except OSError:
+            # Never through a symlink the run left in the log's folders: it would carry the write elsewhere.
+            relative = self.log_path.parent.relative_to(self.cwd).as_posix()
+            parent = own_dir(self.cwd, relative, replace_links=True)
+            if os.path.lexists(parent / self.log_path.name):
+                return
+            os.lseek(log_fd, 0, os.SEEK_SET)
+            with os.fdopen(os.dup(log_fd), "rb") as src:
+                atomic_write(parent / self.log_path.name, iter(lambda: src.read(1 << 20), b""), 0o644)
+        except (OSError, ValueError, SessionError):
             pass
 
 
@@ -504,7 +486,7 @@ def _environment(proc: psutil.Process) -> dict[str, str]:
 class _ExitWaiter:
     """Wakes up the moment a child exits (Linux pidfd), instead of polling with sleeps; elsewhere it polls."""
 
-    def __init__(self, popen: subprocess.Popen[bytes] | Launched) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self.popen = popen
         self.fd: int | None = None
         try:

@@ -33,7 +33,7 @@ from .project import Project
 from .repo import Repo
 from .runner import kill_marked_processes
 from .running import DEFAULT_WAIT_S, MAX_WAIT_S, RunHandle, Runs, clamp_wait, crash_outcome
-from .state import SessionState, current_tag, load_state, save_state, state_dir
+from .state import SessionState, current_tag, load_state, save_state, server_dir, state_dir
 from .views import Views
 
 __all__ = [
@@ -442,9 +442,13 @@ def _archive_results(root: Path, new_tag: str) -> list[str]:
         source = root / name
         if not source.exists() and not source.is_symlink():
             continue
-        archive = state_dir(root) / archived
-        archive.parent.mkdir(parents=True, exist_ok=True)
+        archive = server_dir(root) / archived
+        number = 1
+        while os.path.lexists(archive):  # an earlier archive of the same name is never replaced
+            number += 1
+            archive = archive.with_name(f"{Path(archived).stem}-{number}{Path(archived).suffix}")
         os.replace(source, archive)
+        archived = archive.name
         moved.append(f"{name} -> .autoresearch/{archived}")
     return moved
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from .errors import SessionError
-from .files import atomic_write, own_dir
+from .files import atomic_write, own_dir, read_regular
 from .statuses import Decision, RunStatus
 
 STATE_DIR = ".autoresearch"
@@ -118,12 +118,10 @@ def state_fingerprint(root: Path, tag: str) -> tuple[int, int, int] | None:
 
 def save_state(root: Path, state: SessionState) -> None:
     """Write-then-rename: a reader (or a restart) sees the old state or the new one, never half of one."""
-    path = state_path(root, state.tag)
-    if not path.parent.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    path = server_dir(root, "sessions") / f"{state.tag}.json"
     atomic_write(path, state.model_dump_json(indent=1).encode("utf-8"), mode=0o644)
     if current_tag(root) != state.tag:
-        (state_dir(root) / "current").write_text(state.tag + "\n", encoding="utf-8")
+        atomic_write(state_dir(root) / "current", (state.tag + "\n").encode("utf-8"), 0o644)
 
 
 def load_state(root: Path, tag: str) -> SessionState | None:
@@ -131,7 +129,7 @@ def load_state(root: Path, tag: str) -> SessionState | None:
     if not path.exists():
         return None
     try:
-        return SessionState.model_validate_json(path.read_bytes())
+        return SessionState.model_validate_json(read_regular(path))
     except (ValidationError, ValueError, OSError) as exc:
         raise SessionError(
             f"session state {path} is unreadable ({str(exc).splitlines()[0]}); move it aside to start over"
@@ -140,7 +138,7 @@ def load_state(root: Path, tag: str) -> SessionState | None:
 
 def current_tag(root: Path) -> str | None:
     try:
-        tag = (state_dir(root) / "current").read_text(encoding="utf-8").strip()
+        tag = read_regular(state_dir(root) / "current").decode("utf-8", "replace").strip()
     except OSError:
         return None
     return tag or None
@@ -161,8 +159,8 @@ class ProjectLock:
     def acquire(self) -> None:
         if self._fd is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        server_dir(self.path.parent.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

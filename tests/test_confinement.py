@@ -77,22 +77,9 @@ def test_exit_status_and_fatal_signal_pass_through(tmp_path: Path) -> None:
 
 
 def test_setup_failure_is_named_and_nothing_runs(tmp_path: Path) -> None:
-    argv = [
-        sys.executable,
-        "-I",
-        "-S",
-        confine.__file__,
-        "--landlock",
-        "--bogus",
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo ran",
-    ]
+    argv = [sys.executable, "-I", "-S", confine.__file__, "--landlock", "--bogus", "--", "/bin/sh", "-c", "echo ran"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    assert (
-        done.returncode == confine.SETUP_FAILED and confine.MARK in done.stderr and "ran" not in done.stdout
-    )
+    assert done.returncode == confine.SETUP_FAILED and confine.MARK in done.stderr and "ran" not in done.stdout
 
 
 def _alive(pattern: str) -> list[psutil.Process]:
@@ -136,13 +123,7 @@ def test_the_tree_dies_when_the_server_dies(tmp_path: Path) -> None:
 
 
 def _experiment(root: Path, command: str, **config) -> Experiment:
-    values = {
-        "target_file": "t.py",
-        "run_command": command,
-        "metric_name": "score",
-        "timeout": 20.0,
-        **config,
-    }
+    values = {"target_file": "t.py", "run_command": command, "metric_name": "score", "timeout": 20.0, **config}
     return Experiment(
         Config.model_validate(values), root, "r1", root / ".autoresearch" / "runs", "t", None, ISOLATION
     )
@@ -152,10 +133,10 @@ def test_a_metric_printed_after_the_command_ended_does_not_count(tmp_path: Path)
     """A child's SIGTERM handler prints a better metric when the run is killed: it is not in the log."""
     root = make_repo(tmp_path / "p", {"t.py": "x = 1\n"})
     trap = "trap 'echo score: 0.0001; exit 0' TERM; while :; do sleep 0.05; done"
-    result = _experiment(root, f'echo score: 5; (sh -c "{trap}" &); sleep 0.3').run()
+    result = _experiment(root, f"echo score: 5; (sh -c \"{trap}\" &); sleep 0.3").run()
     assert result.status == "ok" and result.value == 5.0
     assert "0.0001" not in Path(result.log_path).read_text()
-    timed_out = _experiment(root, f'echo score: 5; sh -c "{trap}"', timeout=1.0).run()
+    timed_out = _experiment(root, f"echo score: 5; sh -c \"{trap}\"", timeout=1.0).run()
     assert timed_out.status == "timeout" and "0.0001" not in Path(timed_out.log_path).read_text()
 
 
@@ -209,10 +190,7 @@ def test_writable_entries_that_would_open_the_rules_are_refused(tmp_path: Path, 
     (root / "src").mkdir(parents=True)
     (root / "data").mkdir()
     (root / "link_out").symlink_to(tmp_path, target_is_directory=True)
-    protected = {
-        "src/model.py": "the target src/model.py",
-        "data/eval.bin": "the read-only file data/eval.bin",
-    }
+    protected = {"src/model.py": "the target src/model.py", "data/eval.bin": "the read-only file data/eval.bin"}
     with pytest.raises(ConfigError, match=why):
         check_writable(root, [entry], protected, ".autoresearch/autoresearch.jsonl")
     assert check_writable(root, ["dist", ".autoresearch/bin", "~/.npm"], protected, "x.jsonl")
@@ -245,19 +223,8 @@ async def test_where_landlock_is_blocked_it_is_said_and_required_refuses(ml_proj
     from .conftest import Agent, stdio_params
 
     detect = subprocess.run(
-        [
-            sys.executable,
-            NO_LANDLOCK,
-            sys.executable,
-            "-m",
-            "mcp_autoresearch",
-            "detect",
-            "--project",
-            str(ml_project),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, NO_LANDLOCK, sys.executable, "-m", "mcp_autoresearch", "detect", "--project", str(ml_project)],
+        capture_output=True, text=True, timeout=60,
     )
     assert "isolation:    none: the syscalls are blocked here" in detect.stdout
 

@@ -9,9 +9,12 @@ default; where Landlock is missing the two are the same).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
+import anyio
+import psutil
 import pytest
 
 from .conftest import git
@@ -39,6 +42,14 @@ def kept_values(root: Path) -> list[float]:
         for line in (root / "results.tsv").read_text().splitlines()[1:]
         if line.split("\t")[3] == "keep"
     ]
+
+
+def server_alive(root: Path) -> bool:
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "serve" in proc.cmdline() and str(root) in proc.cmdline():
+                return proc.status() != psutil.STATUS_ZOMBIE
+    return False
 
 
 def done_events(root: Path) -> list[dict]:
@@ -218,3 +229,48 @@ async def test_refs_moved_by_a_run_are_tampering(session) -> None:
     run, decision = await run_attack(agent, code)
     assert blocked(run, confined, "refs/heads/main", "refs/tags/evil")
     assert decision["decision"] == "crash" and kept_values(root) == [HONEST_1_4]
+
+
+# -- the server's own files: never followed, never blocking -------------------------------------------------
+async def test_fifos_a_run_leaves_never_hang_the_server(session) -> None:
+    agent, root, confined = session
+    code = (
+        "import os\n"
+        "for name in ('prepare.py', 'results.tsv', 'run.log', 'README.md', __file__):\n"
+        "    if os.path.lexists(name): os.remove(name)\n"
+        "    os.mkfifo(name)"
+    )
+    with anyio.fail_after(60):
+        run, decision = await run_attack(agent, code)
+        assert blocked(run, confined, "prepare.py", "train.py") and decision["decision"] == "crash", run[
+            "error"
+        ]
+        assert (await agent.ok("query_results"))["total"] == 2
+    for name in ("prepare.py", "README.md", "train.py", "results.tsv"):
+        assert (root / name).is_file(), name
+    assert (root / "README.md").read_text() == "demo\n" and "LR = 0.5" in (root / "train.py").read_text()
+    statuses = [row.split("\t")[3] for row in (root / "results.tsv").read_text().splitlines()[1:]]
+    assert statuses == ["keep", "crash"]
+
+
+async def test_symlinked_server_folders_never_carry_writes_outside(session, tmp_path: Path) -> None:
+    agent, root, confined = session
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine\n")
+    code = (
+        f"import os, shutil\nOUT = {str(outside)!r}\n"
+        "shutil.rmtree('.autoresearch/runs')\n"
+        "os.symlink(OUT, '.autoresearch/runs'); os.symlink(OUT, '.autoresearch/tampered')\n"
+        "open('README.md', 'w').write('edited by the run\\n')"
+    )
+    run, decision = await run_attack(agent, code)
+    assert blocked(run, confined, "README.md") and decision["decision"] == "crash"
+    await agent.edit("LR = 0.5", HONEST)
+    run, decision = await agent.experiment("honest")
+    assert decision["decision"] == "keep" and run["value"] == pytest.approx(1.1)
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+    assert (root / ".autoresearch/runs").is_dir() and not (root / ".autoresearch/runs").is_symlink()
+    assert (root / "README.md").read_text() == "demo\n"
+    if not confined:
+        assert (root / ".autoresearch/tampered/r2/README.md").read_text() == "edited by the run\n"

@@ -32,9 +32,7 @@ def detect(root: Path) -> Detection | None:
         run = "gradle build -x test -q"
     settings = {
         "run_command": run,
-        "writable": ["target", "~/.m2"]
-        if "pom.xml" in build_files
-        else ["build", ".gradle", ".kotlin", "~/.gradle"],
+        "writable": ["target", "~/.m2"] if "pom.xml" in build_files else ["build", ".gradle", ".kotlin", "~/.gradle"],
         "metric_name": "build_time_s",
         "metric_measure": "wall_time_s",
         "metric_direction": "lower_is_better",
