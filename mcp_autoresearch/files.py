@@ -11,9 +11,12 @@ from pathlib import Path
 from .errors import SessionError
 
 
-def atomic_write(path: Path, data: bytes | Iterable[bytes], mode: int | None = None) -> int:
-    """Write to a temporary file beside `path`, fsync it, and rename it over `path`. A symlink standing at
-    `path` is replaced, never followed. `mode` defaults to the existing file's permissions. Returns the size."""
+def atomic_write(
+    path: Path, data: bytes | Iterable[bytes], mode: int | None = None, sync: bool = True
+) -> int:
+    """Write to a temporary file beside `path`, fsync it (unless `sync` is False: a copy that may be lost), and
+    rename it over `path`. A symlink standing at `path` is replaced, never followed. `mode` defaults to the
+    existing file's permissions. Returns the size."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     if mode is None:
         try:
@@ -33,7 +36,8 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], mode: int | None = N
             size += len(view)
             while view:
                 view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ only when they are shown.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import math
 import os
@@ -70,15 +71,16 @@ class Row:
         return f"{self.commit[:7]}\t{self.metric}\t{value}\t{self.status}\t{one_line(self.description)}\n"
 
 
-Fingerprint = tuple[int, int, int]
+Fingerprint = tuple[int, int, int, int, int]
 
 
 def fingerprint(path: Path) -> Fingerprint | None:
+    """Size, times and inode: any write changes the ctime, which `os.utime` cannot put back."""
     try:
-        st = path.stat()
+        st = os.lstat(path)
     except OSError:
         return None
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
 
 
 _ROW_CACHE = 512
@@ -90,10 +92,13 @@ class Journal:
         self.jsonl_path = jsonl_path
         self.tag = tag
         self._tsv_size: int | None = None  # what results.tsv's size must be if nobody else wrote it
+        self.mirror: Path | None = None  # the server's own copy of the JSONL, appended in step
         self._reset()
 
     def _reset(self) -> None:
         self._offset = 0  # how far the JSONL has been read
+        # sha256 of the JSONL's first `_offset` bytes, as read or written by this process
+        self._sha = hashlib.sha256()
         self._offsets = array("q")  # byte offset of each experiment_done line
         self._values = array("d")  # the value, NaN when there is none
         self._status = bytearray()  # index into DECISIONS
@@ -266,6 +271,7 @@ class Journal:
                         event = None
                     if isinstance(event, dict):
                         self._ingest(event, position)
+                self._sha.update(line)
                 position += len(line)
             self._offset = position
         return len(self) - before
@@ -404,6 +410,9 @@ class Journal:
         line = (json.dumps(event, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
         offset = _append(self.jsonl_path, line)
         self._offset = offset + len(line)
+        self._sha.update(line)
+        if self.mirror is not None:  # the server's own copy, to restore the JSONL from (ownfiles)
+            _append(self.mirror, line)
         return offset
 
     def log_session_start(self, details: dict[str, Any]) -> None:
@@ -457,6 +466,10 @@ class Journal:
         return list(self._notes[index])
 
     # -- tamper evidence ------------------------------------------------------------------------------------
+    def seal(self) -> tuple[int, str]:
+        """How many bytes of the JSONL this process vouches for, and their sha256."""
+        return self._offset, self._sha.hexdigest()
+
     def fingerprints(self) -> tuple[Fingerprint | None, Fingerprint | None]:
         return fingerprint(self.tsv_path), fingerprint(self.jsonl_path)
 

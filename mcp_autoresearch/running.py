@@ -186,8 +186,8 @@ class Runs:
             pending.commit = commit
             pending.phase = "running"
             pending.git_config, pending.refs_digest = self.git_watch.before_run()
-            core.save()
             core.journal.log_experiment_start(run_id, commit, description)
+            core.save()  # after the append: the record seals the JSONL with it
             _drop_stale_bytecode(self.editor.target_path())
             core.own.journal_written()
             log_dir = server_dir(core.root, "runs", core.state.tag)  # a planted symlink is replaced

@@ -28,12 +28,20 @@ from .guard import changed_fingerprints, fingerprint_files
 from .isolation import probe_isolation
 from .journal import RESULTS_TSV, Journal
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
-from .ownfiles import OwnFiles
+from .ownfiles import OwnFiles, restore_jsonl, start_mirror
 from .project import Project
 from .repo import Repo
 from .runner import kill_marked_processes
 from .running import DEFAULT_WAIT_S, MAX_WAIT_S, RunHandle, Runs, clamp_wait, crash_outcome
-from .state import SessionState, current_tag, load_state, save_state, server_dir, state_dir
+from .state import (
+    OwnRecord,
+    SessionState,
+    current_tag,
+    load_record,
+    load_state,
+    save_state,
+    server_dir,
+)
 from .views import Views
 
 __all__ = [
@@ -131,7 +139,8 @@ class Session:
             else:
                 tag = default_tag()
         branch = f"autoresearch/{tag}"
-        state = load_state(root, tag)
+        record, notes = load_record(root, tag)  # the server's own record, never the public copy
+        state = record.state if record is not None else None
         repo.ensure_identity()
         for own in (RESULTS_TSV, RUN_LOG):
             if (root / own).exists() and repo.is_tracked(repo.repo_path(own)):
@@ -147,8 +156,10 @@ class Session:
             )
         jsonl = root / config.jsonl_path
         journal = Journal(root / RESULTS_TSV, jsonl, tag)
-        if state is not None and repo.branch_exists(branch):
-            session = cls._resume(root, project, repo, state, journal)
+        journal.mirror = server_dir(root, "sessions") / f"{tag}.own.jsonl"
+        if record is not None and state is not None and repo.branch_exists(branch):
+            session = cls._resume(root, project, repo, record, journal)
+            session.recovered[:0] = notes
         else:
             if repo.branch_exists(branch):
                 raise SessionError(
@@ -187,9 +198,9 @@ class Session:
             rules=_rules_of(config),
             hidden_paths=repo.hidden_tracked_files(),
         )
-        state_dir(root).mkdir(parents=True, exist_ok=True)
+        server_dir(root)
         journal.load()
-        save_state(root, state)
+        start_mirror(journal)
         journal.log_session_start(
             {
                 "branch": branch,
@@ -200,15 +211,17 @@ class Session:
                 "run_command": config.run_command,
             }
         )
+        save_state(root, state, journal.seal())
         session = cls(root, project, repo, state, journal)
         session.recovered += [f"kept the previous {line}" for line in moved]
         return session
 
     @classmethod
     def _resume(
-        cls, root: Path, project: Project, repo: Repo, state: SessionState, journal: Journal
+        cls, root: Path, project: Project, repo: Repo, record: OwnRecord, journal: Journal
     ) -> Session:
         config = project.config
+        state = record.state
         now = _rules_of(config)
         changed = [key for key in RULE_KEYS if state.rules.get(key, now[key]) != now[key]]
         if config.target_file != state.target_file:
@@ -238,7 +251,13 @@ class Session:
                 )
             repo.checkout_branch(state.branch)
         repo.add_excludes(_exclude_patterns(repo, config.jsonl_path))
+        if record.jsonl_sha256:  # the JSONL as the server left it: what a run wrote is not adopted
+            restored = restore_jsonl(journal, (record.jsonl_size, record.jsonl_sha256))
+            session.recovered += [restored] if restored else []
         journal.load()
+        if not record.jsonl_sha256:  # a session of an earlier version: its copy starts now
+            start_mirror(journal)
+        session.save()  # the public copy rewritten from the record, the seal from what was read
         session.own.journal_written()
         session.resumed = True
         session._recover()
@@ -371,7 +390,7 @@ class Session:
             )
 
     def save(self) -> None:
-        save_state(self.root, self.state)
+        save_state(self.root, self.state, self.journal.seal())
         self.own.state_written()
 
     # ======================================================================================================

@@ -105,35 +105,90 @@ def server_dir(root: Path, *parts: str) -> Path:
 
 
 def state_path(root: Path, tag: str) -> Path:
+    """The session's state for people and tools to read; the server itself trusts only its own record."""
     return state_dir(root) / "sessions" / f"{tag}.json"
 
 
-def state_fingerprint(root: Path, tag: str) -> tuple[int, int, int] | None:
-    try:
-        st = state_path(root, tag).stat()
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
+def record_path(root: Path, tag: str) -> Path:
+    return state_dir(root) / "sessions" / f"{tag}.own.json"
 
 
-def save_state(root: Path, state: SessionState) -> None:
-    """Write-then-rename: a reader (or a restart) sees the old state or the new one, never half of one."""
-    path = server_dir(root, "sessions") / f"{state.tag}.json"
-    atomic_write(path, state.model_dump_json(indent=1).encode("utf-8"), mode=0o644)
+class OwnRecord(BaseModel):
+    """What the server last wrote, written before anything else: the state, and the JSONL it vouches for (its
+    first `jsonl_size` bytes hash to `jsonl_sha256`). A restarted server trusts this, never the public copy
+    (`<tag>.json`) nor a JSONL that disagrees with it, so a run that rewrites either and kills the server
+    gains nothing. It is no secret: a run that is not confined can rewrite this file too (see README)."""
+
+    state: SessionState
+    jsonl_size: int = 0
+    jsonl_sha256: str = ""
+
+
+Seal = tuple[int, str]  # (size, sha256) of the JSONL prefix the server wrote
+
+
+def state_fingerprint(root: Path, tag: str) -> tuple[tuple[int, ...] | None, ...]:
+    """Size, times (ctime too: `os.utime` cannot reset it) and inode of the record and its public copy."""
+    found: list[tuple[int, ...] | None] = []
+    for path in (record_path(root, tag), state_path(root, tag)):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            found.append(None)
+            continue
+        found.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode))
+    return tuple(found)
+
+
+def save_state(root: Path, state: SessionState, seal: Seal | None = None) -> None:
+    """Write-then-rename: a reader (or a restart) sees the old state or the new one, never half of one. The
+    server's own record first (with the JSONL's seal), then the public copy."""
+    directory = server_dir(root, "sessions")
+    size, digest = seal or (0, "")
+    record = OwnRecord(state=state, jsonl_size=size, jsonl_sha256=digest)
+    atomic_write(directory / f"{state.tag}.own.json", record.model_dump_json().encode("utf-8"), mode=0o644)
+    atomic_write(
+        directory / f"{state.tag}.json", state.model_dump_json(indent=1).encode("utf-8"), 0o644, False
+    )
     if current_tag(root) != state.tag:
         atomic_write(state_dir(root) / "current", (state.tag + "\n").encode("utf-8"), 0o644)
 
 
-def load_state(root: Path, tag: str) -> SessionState | None:
-    path = state_path(root, tag)
-    if not path.exists():
-        return None
+def load_record(root: Path, tag: str) -> tuple[OwnRecord | None, list[str]]:
+    """The server's own record of a session (None when there is none), and what disagreed with it. A session
+    of an earlier version has only the public copy: that is used, without a seal."""
+    notes: list[str] = []
+    public = _read_state(state_path(root, tag))
+    try:
+        data = read_regular(record_path(root, tag))
+    except FileNotFoundError:
+        return (OwnRecord(state=public) if public is not None else None), notes
+    except OSError as exc:
+        raise SessionError(f"{record_path(root, tag)} is not a regular file ({exc}); move it aside") from None
+    try:
+        record = OwnRecord.model_validate_json(data)
+    except (ValidationError, ValueError) as exc:
+        raise SessionError(
+            f"the server's record {record_path(root, tag)} is unreadable ({str(exc).splitlines()[0]}); "
+            "move it aside to start over"
+        ) from None
+    if public != record.state:
+        notes.append(f".autoresearch/sessions/{tag}.json was written outside the server: ignored, rewritten")
+    return record, notes
+
+
+def _read_state(path: Path) -> SessionState | None:
     try:
         return SessionState.model_validate_json(read_regular(path))
-    except (ValidationError, ValueError, OSError) as exc:
-        raise SessionError(
-            f"session state {path} is unreadable ({str(exc).splitlines()[0]}); move it aside to start over"
-        ) from None
+    except FileNotFoundError:
+        return None
+    except (ValidationError, ValueError, OSError):
+        return None
+
+
+def load_state(root: Path, tag: str) -> SessionState | None:
+    record, _notes = load_record(root, tag)
+    return record.state if record is not None else None
 
 
 def current_tag(root: Path) -> str | None:

@@ -16,8 +16,9 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
+from mcp import Client
 
-from .conftest import git
+from .conftest import Agent, git, stdio_params
 
 pytestmark = pytest.mark.anyio
 
@@ -274,3 +275,99 @@ async def test_symlinked_server_folders_never_carry_writes_outside(session, tmp_
     assert (root / "README.md").read_text() == "demo\n"
     if not confined:
         assert (root / ".autoresearch/tampered/r2/README.md").read_text() == "edited by the run\n"
+
+
+# -- the server's state and journal: never trusted from a file the run wrote --------------------------------
+async def test_jsonl_and_tsv_edited_in_place_are_restored_by_content(session) -> None:
+    agent, root, confined = session
+    jsonl = ".autoresearch/autoresearch.jsonl"
+    code = f"""
+import os
+for name, old, new in (({jsonl!r}, b'"value": 1.4,', b'"value": 0.1,'), ('results.tsv', b'1.400000', b'0.100000')):
+    st = os.stat(name)
+    data = open(name, 'rb').read()
+    open(name, 'r+b').write(data.replace(old, new))  # same size, same inode
+    os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the mtime put back
+"""
+    run, decision = await run_attack(agent, code)
+    assert blocked(run, confined, jsonl, "results.tsv") and decision["decision"] == "crash"
+    assert b'"value": 0.1,' not in (root / jsonl).read_bytes()
+    assert "0.100000" not in (root / "results.tsv").read_text()
+    results = await agent.ok("query_results")
+    assert results["best"]["value"] == 1.4 and [r["status"] for r in results["rows"]] == ["crash", "keep"]
+    assert [(d["status"], d["value"]) for d in done_events(root)][0] == ("keep", 1.4)
+
+
+async def test_deleted_jsonl_is_restored_never_emptied(session) -> None:
+    agent, root, confined = session
+    run, decision = await run_attack(agent, "import os; os.remove('.autoresearch/autoresearch.jsonl')")
+    assert blocked(run, confined, "autoresearch.jsonl") and decision["decision"] == "crash"
+    await agent.edit("LR = 0.5", HONEST)
+    await agent.experiment("honest")
+    assert [d["status"] for d in done_events(root)] == ["keep", "crash", "keep"]
+    assert [line.split("\t")[3] for line in (root / "results.tsv").read_text().splitlines()[1:]] == [
+        "keep",
+        "crash",
+        "keep",
+    ]
+
+
+FORGE_AND_KILL = """
+import json, os, signal, time
+time.sleep(1)
+path = '.autoresearch/sessions/evil.json'
+state = json.load(open(path))
+state['pending'].update(phase='finished', result={'status': 'ok', 'value': -1000.0})
+state['best']['value'] = -1000.0
+json.dump(state, open(path, 'w'))
+with open('.autoresearch/autoresearch.jsonl', 'a') as log:
+    log.write(json.dumps({'action': 'experiment_done', 'details': {'tag': 'evil', 'run_id': 'r2', 'status': 'keep',
+        'value': -1000.0, 'run_status': 'ok'}}) + '\\n')
+open('results.tsv', 'a').write('abcdef0\\tval_bpb\\t-1000.000000\\tkeep\\tforged\\n')
+pid = os.getppid()
+while pid > 1:  # up to the server, which is killed
+    if b'serve' in open(f'/proc/{pid}/cmdline', 'rb').read():
+        os.kill(pid, signal.SIGKILL)
+        break
+    pid = int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])
+time.sleep(5)
+"""
+
+
+@pytest.mark.parametrize("isolation", ["off", "auto"])
+async def test_forged_state_and_journal_then_sigkill_are_never_applied(
+    ml_project: Path, isolation: str, tmp_path: Path
+) -> None:
+    root = ml_project
+    (tmp_path / "rules.toml").write_text(f'isolation = "{isolation}"\n')
+    extra = ("--config", str(tmp_path / "rules.toml"))
+    params = stdio_params(root, *extra)
+    with anyio.fail_after(90):
+        async with Client(params) as client:
+            agent = Agent(client)
+            await agent.ok("start_session", tag="evil")
+            await agent.experiment("baseline")
+            await agent.edit("LR = 0.5", attack(FORGE_AND_KILL))
+            run = await agent.ok("run_experiment", description="forge and kill", wait_s=0.2)
+            while run["status"] == "running" and server_alive(root):
+                with contextlib.suppress(Exception):
+                    run = await agent.ok("wait_experiment", run_id=run["run_id"], wait_s=2)
+            killed = not server_alive(root)
+            assert killed or isolation != "off", "unconfined, the run kills the server"
+            if not killed:
+                await agent.ok("commit_or_reset", run_id=run["run_id"])
+        async with Client(stdio_params(root, *extra)) as client:
+            agent = Agent(client)
+            resumed = await agent.ok("start_session", tag="evil")
+            if killed:
+                assert resumed["resumed"] is True and resumed["best_value"] == 1.4
+                assert any(
+                    "evil.json was written outside the server" in line for line in resumed["recovered"]
+                )
+            results = await agent.ok("query_results")
+    assert results["best"]["value"] == 1.4 and results["counts"]["keep"] == 1
+    assert [r["status"] for r in results["rows"]] == ["crash", "keep"]
+    assert kept_values(root) == [HONEST_1_4]
+    assert "-1000" not in (root / ".autoresearch/autoresearch.jsonl").read_text()
+    assert "-1000" not in (root / ".autoresearch/sessions/evil.json").read_text()
+    assert "forged" not in (root / "results.tsv").read_text()
