@@ -19,7 +19,7 @@ from .context import SessionCore
 from .editing import Editor
 from .errors import RuleViolation, SessionError
 from .experiment import Experiment
-from .files import copy_regular
+from .files import copy_regular, read_regular
 from .gitguard import GitWatch
 from .guard import changed_fingerprints, sha256_bytes, sha256_file
 from .journal import one_line
@@ -145,7 +145,7 @@ class Runs:
                     + ")"
                 )
             parent = core.repo.head_commit()
-            target_bytes = self.editor.target_path().read_bytes()
+            target_bytes = read_regular(self.editor.target_path())  # a FIFO there cannot block the lock
             if core.plain_target:
                 # Compared with the head's content, not the index: after a decision the index may still lag.
                 target_changed = target_bytes != core.repo.show_file(parent, core.target_repo_path)
