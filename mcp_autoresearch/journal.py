@@ -411,8 +411,8 @@ class Journal:
         offset = _append(self.jsonl_path, line)
         self._offset = offset + len(line)
         self._sha.update(line)
-        if self.mirror is not None:  # the server's own copy, to restore the JSONL from (ownfiles)
-            _append(self.mirror, line)
+        if self.mirror is not None:  # the server's own copy, to restore the JSONL from (ownfiles); a tail
+            _append(self.mirror, line, sync=False)  # lost in a crash is rebuilt from the sealed JSONL
         return offset
 
     def log_session_start(self, details: dict[str, Any]) -> None:
@@ -480,15 +480,16 @@ def _run_number(run_id: str) -> int | None:
     return None
 
 
-def _append(path: Path, data: bytes) -> int:
-    """Append, flush and fsync; returns the offset the data starts at."""
+def _append(path: Path, data: bytes, sync: bool = True) -> int:
+    """Append, flush and fsync (unless `sync` is False); returns the offset the data starts at."""
     fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never a symlink, FIFO or device
     try:
         start = os.fstat(fd).st_size
         written = 0
         while written < len(data):
             written += os.write(fd, data[written:])
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     return start
