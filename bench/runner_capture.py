@@ -18,7 +18,8 @@ from pathlib import Path
 
 import psutil
 
-from mcp_autoresearch.runner import ProcessRun, marked_processes
+from mcp_autoresearch.processes import marked_processes
+from mcp_autoresearch.runner import ProcessRun
 
 
 def capture(tmp: Path, size: int) -> None:

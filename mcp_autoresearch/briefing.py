@@ -6,10 +6,13 @@ and the streak of experiments since the last improvement.
 
 from __future__ import annotations
 
-from .journal import Journal, Row, one_line
+from pathlib import Path
+
+from .config import DEFAULTS
+from .journal import RESULTS_TSV, Journal, Row, one_line
 from .rules import improvement, improvement_pct
-from .state import SessionState
-from .statuses import DECISIONS
+from .state import SessionState, load_state
+from .statuses import DECISIONS, UNFINISHED
 
 RECENT_ROWS = 8
 MAX_IDEAS = 40
@@ -96,9 +99,12 @@ def briefing_from(
         used = sum(len(line) + 1 for line in lines)
         for shown, row in enumerate(reversed(rows)):
             note = f" — notes: {one_line(' / '.join(row.notes), 160)}" if row.notes else ""
-            outcome = (
-                row.status if row.status != "crash" else f"crash: {one_line(row.error or row.run_status, 60)}"
-            )
+            if row.run_status in UNFINISHED:  # says nothing about the idea
+                outcome = f"{row.run_status}: never finished, may be re-run"
+            elif row.status == "crash":
+                outcome = f"crash: {one_line(row.error or row.run_status, 60)}"
+            else:
+                outcome = row.status
             line = f"- [{outcome}] {one_line(row.description, 100)} {_signed(row.delta)}{note}".rstrip()
             if shown >= MAX_IDEAS or used + len(line) > MAX_CHARS - 100:
                 lines.append(f"- … and {total - shown} older experiments (query_results lists them)")
@@ -111,14 +117,30 @@ def briefing_from(
     return text
 
 
-def journal_briefing(state: SessionState, journal: Journal, run_command: str | None) -> str:
-    """The briefing from a journal's index: only the newest rows are read back from the log."""
+def journal_briefing(state: SessionState, journal: Journal) -> str:
+    """The briefing from a journal's index: only the newest rows are read back from the log. The run command
+    is the session's own (fixed when it started), not today's configuration."""
     total = len(journal)
+    run_command = state.rules.get("run_command")
     return briefing_from(
         state,
         journal.tail(MAX_IDEAS + 1),
-        run_command,
+        run_command if isinstance(run_command, str) else None,
         total=total,
         counts={k: journal.counts.get(k, 0) for k in DECISIONS},
         since=total - 1 - journal.last_keep_index if total else 0,
     )
+
+
+def stored_briefing(root: Path, tag: str) -> str | None:
+    """A session's briefing read from its files only (no git, no lock, nothing written), for a server that has
+    not opened the session yet. None when there is no such session."""
+    state = load_state(root, tag)
+    if state is None:
+        return None
+    jsonl = state.rules.get("jsonl_path")
+    journal = Journal(
+        root / RESULTS_TSV, root / (jsonl if isinstance(jsonl, str) else DEFAULTS["jsonl_path"]), tag
+    )
+    journal.load_readonly()
+    return journal_briefing(state, journal)

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--status", help="only rows with this status in the recent list")
     dashboard.add_argument("--interval", type=float, default=2.0, help="refresh interval in seconds")
     dashboard.add_argument("--once", action="store_true", help="print once and exit")
+    dashboard.add_argument("--web", action="store_true", help="serve a live web page instead (read-only)")
+    dashboard.add_argument("--host", default="127.0.0.1", help="with --web: bind address (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=int, default=8766, help="with --web: port (default 8766)")
+    dashboard.add_argument("--token", help=f"with --web: token the page's requests need (or ${TOKEN_ENV})")
 
     plot = sub.add_parser("plot", help="write the progress plot (needs the 'plot' extra)")
     _add_project(plot)
@@ -126,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "detect":
             return cmd_detect(args)
+        if args.command == "dashboard" and args.web:
+            return cmd_dashboard_web(args)
         if args.command == "dashboard":
             from .dashboard import run_dashboard
             from .report import open_session_files
@@ -176,6 +182,27 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard_web(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .project import check_project_root, load_project
+    from .web.app import serve_page
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if args.host not in LOOPBACK and not token:
+        return _fail(
+            f"refusing to serve the dashboard on {args.host} without a token: it shows the project's code and "
+            f"logs. Pass --token or set {TOKEN_ENV}, or bind 127.0.0.1"
+        )
+    if not 0 < args.port < 65536:
+        return _fail(f"--port {args.port} is not a valid port")
+    root = check_project_root(args.project)
+    try:
+        timeout: float | None = load_project(root).config.timeout
+    except ConfigError:
+        timeout = None
+    return serve_page(root, args.session, timeout, args.host, args.port, token)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .workspace import Workspace
 
@@ -200,8 +227,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server.run()
             return 0
         from .http import serve_http
+        from .web.app import workspace_page
 
-        return serve_http(server, args.host, args.port, token)
+        page = workspace_page(workspace.root, workspace.load().config.timeout, args.host, token)
+        return serve_http(server, args.host, args.port, token, page)
     finally:
         workspace.shutdown()  # a run still in flight is killed and logged; the project lock is released
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .results_tsv import ResultsFormat
 
 Direction = Literal["lower_is_better", "higher_is_better"]
 IsolationSetting = Literal["auto", "required", "off"]
@@ -67,6 +68,9 @@ class ConfigValues(BaseModel):
     )
     isolation: IsolationSetting | None = Field(
         None, description="auto (confine runs when the kernel can), required (refuse to start without), or off."
+    )
+    results_format: ResultsFormat | None = Field(
+        None, description="results.tsv's columns: autoresearch (the original tool's) or karpathy."
     )
 
     @field_validator("metric_direction", mode="before")
@@ -153,6 +157,7 @@ DEFAULTS: dict[str, Any] = {
     "jsonl_path": ".autoresearch/autoresearch.jsonl",
     "writable": [],
     "isolation": "auto",
+    "results_format": "autoresearch",
 }
 
 
@@ -180,6 +185,7 @@ class Config(BaseModel):
     jsonl_path: str = ".autoresearch/autoresearch.jsonl"
     writable: list[str] = Field(default_factory=list)
     isolation: IsolationSetting = "auto"
+    results_format: ResultsFormat = "autoresearch"
 
 
 def validate_values(raw: dict[str, Any], where: str) -> dict[str, Any]:

@@ -123,8 +123,9 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
         summary.append("no baseline yet", style="dim")
 
     recent = journal.rows_at(journal.indices(status_filter)[-15:])
+    rules = Text(f"each experiment runs: {files.run_command}", style="dim") if files.run_command else Text()
     header = Panel(
-        Group(live, totals, summary),
+        Group(live, totals, summary, rules),
         title=f"autoresearch · {state.tag} · {state.metric_name} ({direction}) · {state.target_file}",
     )
     lower = state.metric_direction == "lower_is_better"

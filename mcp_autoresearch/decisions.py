@@ -13,6 +13,7 @@ from .models import DecisionResult
 from .rules import Verdict, decide
 from .running import Runs
 from .state import Best, DecisionRecord, Pending, RunOutcome
+from .statuses import UNFINISHED
 
 
 class Decider:
@@ -54,7 +55,8 @@ class Decider:
                         delta=row.delta,
                         commit=row.commit,
                         branch_head=core.repo.head_commit(),
-                        next_step="edit the target and run the next experiment",
+                        next_step=f"already decided; log_result(run_id='{run_id}', notes=...) records what it "
+                        "taught you. Then edit the target and run the next experiment",
                     )
             return self.decide_locked(run_id, discard)
 
@@ -137,14 +139,30 @@ class Decider:
         core.state.pending = None
         core.save()
         core.own.journal_written()
-        if verdict == "keep":
-            next_step = "kept. Build on it: edit the target and run the next experiment"
-        elif pending.is_baseline:
+        notes = f"log_result(run_id='{pending.run_id}', notes='hypothesis: ...; result: ...; learned: ...')"
+        if result.status in UNFINISHED:
             next_step = (
-                "the baseline did not produce a value; fix the project or configuration, then run it again"
+                f"logged as {result.status}: it never finished, which says nothing about the idea; "
+                + rerun(pending.is_baseline)
+            )
+        elif pending.is_baseline and verdict != "keep":
+            fix = "fix the project or configuration, then " if verdict == "crash" else ""
+            next_step = (
+                f"the baseline was not kept ({decision.reason}); {fix}run it again: "
+                "run_experiment(description='baseline')"
+            )
+        elif verdict == "keep":
+            next_step = f"kept. Record what it taught you: {notes}; then build on it: edit the target and run"
+        elif verdict == "crash":
+            next_step = (
+                f"logged as a crash ({result.status}). Record what happened: {notes}; then fix a trivial "
+                "mistake and run again, or try another idea"
             )
         else:
-            next_step = "reverted to the best kept commit. Try another idea: edit the target and run"
+            next_step = (
+                f"reverted to the best kept commit. Record what it taught you: {notes}; then try another "
+                "idea: edit the target and run"
+            )
         return DecisionResult(
             run_id=pending.run_id,
             decision=verdict,
@@ -156,3 +174,10 @@ class Decider:
             branch_head=core.repo.head_commit(),
             next_step=next_step,
         )
+
+
+def rerun(is_baseline: bool) -> str:
+    """How to run an unfinished run again."""
+    if is_baseline:
+        return "run the baseline again: run_experiment(description='baseline')"
+    return "to re-run it, apply the same edit again (apply_edit), then run_experiment"

@@ -18,6 +18,7 @@ from .models import EditResult, TargetView
 MAX_EDIT_BYTES = 4 * 1024 * 1024  # largest content apply_edit writes
 MAX_VIEW_CHARS = 100_000  # largest slice read_target returns
 MAX_DIFF_CHARS = 4000  # the diff apply_edit returns is cut here
+DELETED_FIX = "write it again with apply_edit(content=...) (the whole file)"
 
 
 class Editor:
@@ -25,20 +26,22 @@ class Editor:
         self.core = core
 
     def target_path(self, requested: str | None = None, must_exist: bool = False) -> Path:
-        path = resolve_target_path(self.core.root, self.core.target_rel, requested)
+        """The target's path, when `requested` names it (or is None) and it is still a regular file.
+        Refusals say which call fixes it, or that a person must: the agent may have no shell."""
+        target = self.core.target_rel
+        path = resolve_target_path(self.core.root, target, requested)
         if must_exist and not path.is_symlink() and not path.exists():
-            raise RuleViolation(
-                f"the target {self.core.target_rel} was deleted; restore it (git checkout -- {self.core.target_rel}) "
-                "or write it with apply_edit(content=...)"
-            )
+            raise RuleViolation(f"the target {target} was deleted; {DELETED_FIX}")
         if path.is_symlink() or (path.exists() and not path.is_file()):
             raise RuleViolation(
-                f"the target {self.core.target_rel} is no longer a regular file (a symlink or directory replaced it); "
-                f"restore it (git checkout -- {self.core.target_rel})"
+                f"the target {target} is no longer a regular file (a symlink or directory replaced it); no tool "
+                f"can write through that, so a person must restore it (git checkout -- {target})"
             )
         parent = path.parent
         if parent.resolve() != parent:
-            raise RuleViolation(f"a directory on the path to {self.core.target_rel} is a symlink; restore it")
+            raise RuleViolation(
+                f"a directory on the path to {target} is a symlink; a person must restore the directory"
+            )
         return path
 
     def read_target(self, start_line: int | None, end_line: int | None) -> TargetView:
@@ -46,9 +49,7 @@ class Editor:
         try:
             data = read_regular(path)  # never blocks on a FIFO swapped in after the check above
         except FileNotFoundError:
-            raise RuleViolation(
-                f"the target {self.core.target_rel} was deleted; restore it (git checkout -- {self.core.target_rel})"
-            ) from None
+            raise RuleViolation(f"the target {self.core.target_rel} was deleted; {DELETED_FIX}") from None
         except OSError:
             raise RuleViolation(f"the target {self.core.target_rel} is no longer a regular file; restore it") from None
         text = data.decode("utf-8", errors="replace")

@@ -9,6 +9,7 @@ import os
 import re
 import statistics
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .isolation import (
     setup_failure,
     writable_paths,
 )
+from .launcher import Launched, launcher
 from .logtail import clean_text, read_tail_bytes, tail
 from .metrics import MetricError, Secondary, first_float, measure, read_metric_from_log, read_secondary
 from .runner import DEFAULT_GRACE_S, ProcessResult, ProcessRun, ProgressCallback
@@ -86,10 +88,18 @@ class Experiment:
             if self._current is not None:
                 self._current.cancel(reason)
 
+    def _writable(self, tmpdir: str) -> list[str]:
+        assert self.isolation is not None
+        return writable_paths(self.root, list(self.config.writable), tmpdir) if self.isolation.confined else []
+
     def _wrap(self, argv: list[str], tmpdir: str) -> list[str]:
         assert self.isolation is not None
-        writable = writable_paths(self.root, list(self.config.writable), tmpdir) if self.isolation.confined else []
-        return keeper_command(self.isolation, writable, argv, DEFAULT_GRACE_S)
+        return keeper_command(self.isolation, self._writable(tmpdir), argv, DEFAULT_GRACE_S)
+
+    def _launch(self, argv: list[str], cwd: Path, env: dict[str, str], out_fd: int, tmpdir: str) -> Launched:
+        assert self.isolation is not None
+        spec = {"landlock": self.isolation.confined, "write": self._writable(tmpdir), "grace": DEFAULT_GRACE_S}
+        return launcher().spawn(argv, cwd, env, out_fd, spec)
 
     def _process(
         self,
@@ -103,7 +113,7 @@ class Experiment:
         env = {"AUTORESEARCH_TIME_BUDGET": f"{self.config.time_budget:g}", **(extra_env or {})}
         if self.tag:
             env["AUTORESEARCH_TAG"] = self.tag
-        wrapper = self._wrap if self.isolation is not None and keeper_available() else None
+        kept = self.isolation is not None and keeper_available()
         process = ProcessRun(
             command=command,
             cwd=self.root,
@@ -113,7 +123,8 @@ class Experiment:
             run_marker=marker,
             project_marker=str(self.root),
             on_progress=progress,
-            wrapper=wrapper,
+            wrapper=self._wrap if kept else None,
+            launch=self._launch if kept else None,
         )
         with self._lock:
             if self._cancel_reason is not None:
@@ -133,6 +144,7 @@ class Experiment:
                 self.on_progress,
             )
             self._clear_run_log()
+            started_at = time.time()
             done = process.run()
             self._publish_run_log(log_path)
             tally.add_run(done.duration_s, done.peak_rss_bytes, done.leftovers_killed, done.exit_code)
@@ -142,7 +154,7 @@ class Experiment:
             if failure:
                 return self._failed(tally, failure, None, log_path)
             try:
-                tally.values.append(self._metric(log_path, done.duration_s))
+                tally.values.append(self._metric(log_path, done.duration_s, started_at))
             except MetricError as exc:
                 return self._failed(tally, ("metric_error", str(exc)), None, log_path)
             tally.add_figures(read_secondary(log_path, config.metric_name, config.memory_regex))
@@ -204,7 +216,7 @@ class Experiment:
             return "crash", f"exit code {exit_code}{hint}"
         return None
 
-    def _metric(self, log_path: Path, duration_s: float) -> float:
+    def _metric(self, log_path: Path, duration_s: float, started_at: float) -> float:
         config = self.config
         if config.metric_parse:
             out_path = log_path.with_name(log_path.stem + "-metric.out")
@@ -222,7 +234,7 @@ class Experiment:
         if config.metric_regex or not config.metric_measure:
             assert config.metric_name is not None
             return read_metric_from_log(log_path, config.metric_name, config.metric_regex)
-        return measure(config.metric_measure, self.root, duration_s)
+        return measure(config.metric_measure, self.root, duration_s, started_at, config.target_file)
 
     def _clear_run_log(self) -> None:
         try:

@@ -53,21 +53,38 @@ class BearerToken:
         await self.app(scope, receive, send)
 
 
-def build_http_app(server: MCPServer, host: str, token: str | None) -> ASGIApp:
+class PathDispatch:
+    """`/mcp` (and the lifespan) to the MCP app, every other path to the dashboard page."""
+
+    def __init__(self, mcp: ASGIApp, page: ASGIApp) -> None:
+        self.mcp = mcp
+        self.page = page
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        to_mcp = scope["type"] == "lifespan" or path == "/mcp" or path.startswith("/mcp/")
+        await (self.mcp if to_mcp else self.page)(scope, receive, send)
+
+
+def build_http_app(server: MCPServer, host: str, token: str | None, page: ASGIApp | None = None) -> ASGIApp:
     app: ASGIApp = server.streamable_http_app(host=host, transport_security=security_for(host))
     if token:
         app = BearerToken(app, token)
-    return app
+    return app if page is None else PathDispatch(app, page)
 
 
-def serve_http(server: MCPServer, host: str, port: int, token: str | None) -> int:
+def serve_http(
+    server: MCPServer, host: str, port: int, token: str | None, page: ASGIApp | None = None
+) -> int:
     import uvicorn
 
-    app = build_http_app(server, host, token)
+    app = build_http_app(server, host, token, page)
     print(
         f"mcp-autoresearch: serving MCP over HTTP at http://{host}:{port}/mcp"
-        + (" (bearer token required)" if token else ""),
+        + (" (bearer token required)" if token else "")
+        + (f", the dashboard at http://{host}:{port}/" if page is not None else ""),
         file=sys.stderr,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # No access log: the dashboard's event stream carries the token in its URL.
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     return 0

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .files import atomic_write, open_regular
+from .results_tsv import AUTORESEARCH_HEADER, TsvFormat
 from .statuses import DECISIONS, RUN_STATUSES, Decision, RunStatus, as_decision, as_run_status
 
 RESULTS_TSV = "results.tsv"  # at the project root, as the original tool writes it
-TSV_HEADER = "commit\tmetric\tvalue\tstatus\tdescription\n"
+TSV_HEADER = AUTORESEARCH_HEADER
 
 
 def now_stamps() -> tuple[str, str]:
@@ -87,10 +88,18 @@ _ROW_CACHE = 512
 
 
 class Journal:
-    def __init__(self, tsv_path: Path, jsonl_path: Path, tag: str) -> None:
+    def __init__(
+        self,
+        tsv_path: Path,
+        jsonl_path: Path,
+        tag: str,
+        results_format: str = "autoresearch",
+        metric: str | None = None,
+    ) -> None:
         self.tsv_path = tsv_path
         self.jsonl_path = jsonl_path
         self.tag = tag
+        self.tsv_format = TsvFormat(results_format, metric)  # the shape results.tsv is written and rebuilt in
         self._tsv_size: int | None = None  # what results.tsv's size must be if nobody else wrote it
         self.mirror: Path | None = None  # the server's own copy of the JSONL, appended in step
         self._reset()
@@ -338,9 +347,9 @@ class Journal:
             os.fsync(handle.fileno())
 
     def tsv_lines(self) -> Iterator[str]:
-        yield TSV_HEADER
+        yield self.tsv_format.header()
         for row in self.iter_rows():
-            yield row.tsv_line()
+            yield self.tsv_format.line(row)
 
     def tsv_text(self) -> str:
         return "".join(self.tsv_lines())
@@ -375,7 +384,7 @@ class Journal:
     def _quick_tsv_ok(self) -> bool:
         try:
             with _open_read(self.tsv_path) as handle:
-                if handle.readline() != TSV_HEADER.encode():
+                if handle.readline() != self.tsv_format.header().encode():
                     return False
                 handle.seek(0, os.SEEK_END)
                 size = handle.tell()
@@ -388,7 +397,7 @@ class Journal:
                 if len(self):
                     handle.seek(max(0, size - 4096))
                     last = handle.read().split(b"\n")[-2] + b"\n"
-                    if last != self.row(len(self) - 1).tsv_line().encode("utf-8"):
+                    if last != self.tsv_format.line(self.row(len(self) - 1)).encode("utf-8"):
                         return False
         except OSError:
             return False
@@ -451,7 +460,7 @@ class Journal:
         self._add(row.run_id, offset, row.value, row.status, row.run_status)
         current = fingerprint(self.tsv_path)
         if current is not None and self._tsv_size is not None and current[0] == self._tsv_size:
-            line = row.tsv_line().encode("utf-8")
+            line = self.tsv_format.line(row).encode("utf-8")
             _append(self.tsv_path, line)
             self._tsv_size += len(line)
         else:

@@ -6,9 +6,12 @@ line-aligned chunks, so the common case (metric near the end) reads little, and 
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import re
+import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,36 +117,128 @@ def first_float(text: str) -> float:
     return check_finite(float(match.group(0)))
 
 
-def path_size_bytes(path: Path) -> int:
-    """Size of a file, or the total of the regular files below a directory (symlinks are not followed)."""
+@dataclass(frozen=True)
+class Measure:
+    """A parsed `metric_measure`: `wall_time_s`, or `size_kb:<path>` / `size_mb:<path>` followed by optional
+    ` !<glob>` items naming files left out (`size_kb:dist !*.map`: the bundle without its source maps)."""
+
+    kind: str
+    path: str = ""
+    exclude: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str) -> Measure:
+        kind, _, rest = spec.partition(":")
+        path, *excludes = rest.split(" !")
+        return cls(kind, path.strip(), tuple(glob.strip() for glob in excludes if glob.strip()))
+
+    def excluded(self, relative: str) -> bool:
+        name = relative.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatch(name, glob) or fnmatch.fnmatch(relative, glob) for glob in self.exclude)
+
+
+@dataclass
+class Output:
+    """What a measured path holds: the size of its files and the newest change among them (ns)."""
+
+    size: int = 0
+    newest_ns: int = 0
+    newest_path: str = ""
+
+    def saw(self, path: str, st: os.stat_result) -> None:
+        # ctime too: a build that copies a file keeping its mtime (cp -p) still changes its ctime.
+        changed = max(st.st_mtime_ns, st.st_ctime_ns)
+        if changed > self.newest_ns:
+            self.newest_ns, self.newest_path = changed, path
+
+
+def scan_output(path: Path, measure: Measure) -> Output:
+    """Size and newest change of a file, or of the regular files below a directory (symlinks are not followed;
+    excluded files count for neither; directories count for the newest change: removing a file is writing)."""
+    out = Output()
     if path.is_symlink():
-        return 0
+        return out
     if path.is_file():
-        return path.stat().st_size
+        st = path.stat()
+        out.size = st.st_size
+        out.saw(path.name, st)
+        return out
     if not path.is_dir():
         raise MetricError(f"'{path.name}' does not exist after the run, so its size cannot be measured")
-    total = 0
     for dirpath, _dirs, files in os.walk(path):
+        try:
+            out.saw(os.path.relpath(dirpath, path), os.stat(dirpath))
+        except OSError:
+            pass
         for name in files:
             full = os.path.join(dirpath, name)
+            relative = os.path.relpath(full, path).replace(os.sep, "/")
+            if measure.excluded(relative):
+                continue
             try:
-                if not os.path.islink(full):
-                    total += os.stat(full).st_size
+                st = os.lstat(full)
             except OSError:
                 continue
-    return total
+            if stat.S_ISREG(st.st_mode):
+                out.size += st.st_size
+                out.saw(relative, st)
+    return out
 
 
-def measure(spec: str, root: Path, duration_s: float) -> float:
-    """A metric the server measures itself: `wall_time_s`, `size_kb:<path>`, `size_mb:<path>`."""
-    kind, _, rel = spec.partition(":")
-    if kind == "wall_time_s":
+# A run-start time from the wall clock against file times from the filesystem's (coarse, maybe 1-2 s) clock.
+FS_CLOCK_SLACK_NS = 2_000_000_000
+
+
+def _check_written(
+    output: Output, spec: Measure, root: Path, started_at: float, target_file: str | None
+) -> None:
+    """A build that fails but exits 0 leaves the previous output: measuring it would call broken code
+    'unchanged'. The output must have changed during this run, or after the target last changed (an incremental
+    build may rightly leave an up-to-date output alone: a baseline, a repeat). Same clock, same granularity."""
+    started_ns = int(started_at * 1e9)
+    target_ns = None
+    if target_file:
+        try:
+            st = (root / target_file).stat()
+            target_ns = max(st.st_mtime_ns, st.st_ctime_ns)
+        except OSError:
+            target_ns = None
+    # The target's time is on the filesystem's clock, like the output's: compared exactly. The run's start is
+    # on the wall clock: only used (with slack) without a target, or when the target's time is in the future.
+    if target_ns is not None and target_ns <= started_ns:
+        since = target_ns
+    else:
+        since, target_ns = started_ns - FS_CLOCK_SLACK_NS, None
+    if output.newest_ns >= since:
+        return
+    stamp = time.strftime("%H:%M:%S", time.localtime(output.newest_ns / 1e9))
+    newest = (
+        f"{spec.path.rstrip('/')}/{output.newest_path}" if output.newest_path not in ("", ".") else spec.path
+    )
+    older = f"than the target {target_file}" if target_ns is not None else "than the run"
+    raise MetricError(
+        f"{spec.path.rstrip('/')}/ was not written by this run: its newest file ({newest}, {stamp}) is older "
+        f"{older}. The build probably failed without a non-zero exit code; look at the log. A build that "
+        f"skips writing an unchanged output needs run_command to remove it first (rm -rf {spec.path} && ...)"
+    )
+
+
+def measure(
+    spec: str, root: Path, duration_s: float, started_at: float | None = None, target_file: str | None = None
+) -> float:
+    """A metric the server measures itself: `wall_time_s`, `size_kb:<path>`, `size_mb:<path>` (see `Measure`).
+    With `started_at` (the run's start, wall clock), a size is only taken of an output written for this run."""
+    parsed = Measure.parse(spec)
+    if parsed.kind == "wall_time_s":
         return round(duration_s, 6)
-    target = (root / rel).resolve()
+    target = (root / parsed.path).resolve()
     if root.resolve() not in target.parents and target != root.resolve():
-        raise MetricError(f"'{rel}' is outside the project")
-    size = path_size_bytes(target)
-    return size / 1024 if kind == "size_kb" else size / (1024 * 1024)
+        raise MetricError(f"'{parsed.path}' is outside the project")
+    output = scan_output(target, parsed)
+    if started_at is not None:
+        _check_written(output, parsed, root, started_at, target_file)
+    size = output.size
+    return size / 1024 if parsed.kind == "size_kb" else size / (1024 * 1024)
 
 
 def _collect_metrics(data: bytes, metric_name: str | None, metrics: dict[str, float]) -> None:

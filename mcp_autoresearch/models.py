@@ -62,7 +62,9 @@ class RunResult(BaseModel):
     memory_gb: float | None = None
     exit_code: int | None = None
     commit: str | None = Field(None, description="The commit that ran.")
-    log_path: str | None = None
+    log_path: str | None = Field(
+        None, description="The run's output; while running, the live log (tail -f it)."
+    )
     log_tail: str | None = Field(None, description="Last lines of the output (bounded, cleaned).")
     error: str | None = None
     values: list[float] | None = Field(None, description="Every value when repeats > 1.")

@@ -17,11 +17,22 @@ from .config_sources import Source, command_line_source, read_file_sources
 from .errors import ConfigError
 from .guard import check_target_file
 from .isolation import check_writable, probe_isolation
+from .metrics import Measure
 from .projects import detect_all
 
 # Keys that describe how the metric is obtained. Detection's values for them only apply to the metric it names:
 # a user who configures another metric_name gets that metric read from the output, not detection's measurement.
-METRIC_KEYS = ("metric_parse", "metric_regex", "metric_measure", "metric_direction", "memory_regex")
+METRIC_KEYS = (
+    "metric_parse",
+    "metric_regex",
+    "metric_measure",
+    "metric_direction",
+    "memory_regex",
+    "repeats",
+    "min_delta",
+)
+# How the value is read. One of them configured replaces detection's way of reading its metric.
+READ_KEYS = ("metric_parse", "metric_regex", "metric_measure")
 
 
 class ProjectInfo(BaseModel):
@@ -57,24 +68,48 @@ class Project:
 
 
 def describe_metric_source(config: Config, detected_source: str | None) -> str:
-    name = config.metric_name
+    """How the metric is obtained, in one line for the agent. `detected_source` is detection's own description,
+    given only when detection's metric is the one in use (no metric setting came from configuration)."""
+    if detected_source:
+        return detected_source
     if config.metric_parse:
         return f"first number printed by metric_parse: {config.metric_parse}"
     if config.metric_regex:
         return f"last match of metric_regex {config.metric_regex!r} in the run's output"
     if config.metric_measure:
-        if detected_source:
-            return detected_source
-        kind, _, path = config.metric_measure.partition(":")
-        if kind == "wall_time_s":
-            return "wall time of the run in seconds (measured by the server)"
-        unit = "KB" if kind == "size_kb" else "MB"
-        return f"size of '{path}' in {unit} after the run (measured by the server)"
-    if detected_source:
-        return detected_source
-    if name:
+        return describe_measure(config.metric_measure)
+    if config.metric_name:
+        name = config.metric_name
         return f"the last '{name}: <float>' or 'METRIC {name}=<float>' line of the run's output"
     return "unknown: set metric_name (and metric_parse or metric_regex if the output needs it)"
+
+
+def describe_measure(spec: str) -> str:
+    measure = Measure.parse(spec)
+    if measure.kind == "wall_time_s":
+        return "wall time of the run in seconds (measured by the server)"
+    unit = "KB" if measure.kind == "size_kb" else "MB"
+    left_out = f", leaving out {', '.join(measure.exclude)}" if measure.exclude else ""
+    return (
+        f"size of '{measure.path}' in {unit}{left_out}, after the run (measured by the server; "
+        "an output not written by the run is a metric_error)"
+    )
+
+
+def wall_time_warning(config: Config) -> str:
+    """Said in `detect`: a wall time is noisy, and how much of that noise the settings absorb."""
+    name = config.metric_name or "the metric"
+    if config.repeats == 1 and config.min_delta == 0:
+        return (
+            f"{name} is a wall time, which varies from run to run: with one run per experiment and min_delta = 0, "
+            "noise alone can keep or discard a change; set repeats (3 or more) and min_delta"
+        )
+    runs = f"{config.repeats} runs" if config.repeats > 1 else "1 run"
+    return (
+        f"{name} is a wall time, which varies from run to run: {runs} per experiment (the median decides), and a "
+        f"change must beat the best by more than min_delta = {config.min_delta:g} s; compare with the spread the "
+        "baseline reports, and raise min_delta above it if needed"
+    )
 
 
 def check_project_root(path: str | os.PathLike[str] | None) -> Path:
@@ -117,14 +152,28 @@ def load_project(
             if key not in merged:
                 merged[key] = value
                 origin[key] = source.label
+    # Every key a source of the user's gave. Decided here, not from labels: "autoresearch.toml" starts with "auto".
+    user_keys = set(merged)
     metric_from_user = "metric_name" in merged
+    read_from_user = any(key in merged for key in READ_KEYS)
     if detected:
         label = f"auto-detected ({detected.project_type})"
         for key, value in detected.settings.items():
-            if key in merged or (metric_from_user and key in METRIC_KEYS):
+            if (
+                key in merged
+                or (metric_from_user and key in METRIC_KEYS)
+                or (read_from_user and key in READ_KEYS)
+            ):
                 continue
             merged[key] = value
             origin[key] = label
+    target_notes: list[str] = []
+    if detected:
+        for key, messages in detected.setting_warnings.items():
+            if origin.get(key, label) == label:  # detection's value is in use, or nothing gave one
+                warnings += messages
+                if key == "target_file" and key not in origin:
+                    target_notes = messages
     config = build_config(merged)
     for key in KEYS:
         if key not in origin:
@@ -153,15 +202,16 @@ def load_project(
     isolation = probe_isolation(config.isolation)
     if config.isolation == "required" and not isolation.confined:
         warnings.append(f"isolation = required, but runs cannot be confined here ({isolation.reason})")
+    if config.metric_measure == "wall_time_s" and not (config.metric_parse or config.metric_regex):
+        warnings.append(wall_time_warning(config))
     if config.timeout < config.time_budget:
         warnings.append(
             f"timeout ({config.timeout:g} s) is shorter than time_budget ({config.time_budget:g} s)"
         )
 
-    user_configured = any(key in origin and not origin[key].startswith(("auto", "default")) for key in KEYS)
     if detected:
         project_type = detected.project_type
-    elif user_configured:
+    elif user_keys:
         project_type = "custom"
     else:
         project_type = "unknown"
@@ -175,7 +225,7 @@ def load_project(
             "lines to CLAUDE.md or AGENTS.md."
         )
     elif missing:
-        message = (
+        message = "".join(f"{note[0].upper()}{note[1:]}. " for note in target_notes) + (
             f"Set {', '.join(missing)} in autoresearch.toml or the '## autoresearch' section of CLAUDE.md "
             "(or pass them on the server's command line)."
         )
@@ -190,7 +240,9 @@ def load_project(
         metric_direction=config.metric_direction,
         metric_source=describe_metric_source(
             config,
-            detected.metric_source if detected and origin.get("metric_name", "").startswith("auto") else None,
+            detected.metric_source
+            if detected and not user_keys.intersection(("metric_name", *READ_KEYS))
+            else None,
         ),
         time_budget=config.time_budget,
         timeout=config.timeout,
@@ -198,7 +250,7 @@ def load_project(
         writable=list(config.writable),
         isolation=isolation.describe(),
         config_source=origin,
-        evidence=detected.evidence if detected else [s.path.name for s in sources if s.path],
+        evidence=detected.evidence if detected else [s.label for s in sources if s.values],
         warnings=warnings,
         ready=ready,
         message=message,

@@ -6,8 +6,6 @@ These read the session's files (state, JSONL) only; they never write to the proj
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -18,6 +16,8 @@ from .config import DEFAULTS
 from .errors import AutoresearchError, ConfigError
 from .journal import RESULTS_TSV, Journal, Row
 from .project import check_project_root, load_project
+from .results_tsv import TsvFormat
+from .session import current_session
 from .state import SessionState, current_tag, load_state
 
 
@@ -31,20 +31,22 @@ class SessionFiles:
 
 def open_session_files(project: str, tag: str | None = None) -> SessionFiles:
     root = check_project_root(project)
-    tag = tag or current_tag(root)
+    tag = tag or current_session(root) or current_tag(root)
     if not tag:
         raise AutoresearchError(f"no session in {root} yet: start one from your agent (start_session)")
     state = load_state(root, tag)
     if state is None:
         raise AutoresearchError(f"no session '{tag}' in {root}")
-    try:
-        config = load_project(root).config
-        jsonl, run_command = config.jsonl_path, config.run_command
-    except ConfigError:
-        jsonl, run_command = DEFAULTS["jsonl_path"], None
+    # The session's own rules (fixed when it started), not what the project's configuration says today.
+    jsonl, run_command = state.rules.get("jsonl_path"), state.rules.get("run_command")
+    if not isinstance(jsonl, str):  # a session state without rules
+        try:
+            jsonl = load_project(root).config.jsonl_path
+        except ConfigError:
+            jsonl = DEFAULTS["jsonl_path"]
     journal = Journal(root / RESULTS_TSV, root / jsonl, tag)
     journal.load_readonly()
-    return SessionFiles(root, state, journal, run_command)
+    return SessionFiles(root, state, journal, run_command if isinstance(run_command, str) else None)
 
 
 def filter_rows(rows: list[Row], status: str | None) -> list[Row]:
@@ -56,21 +58,8 @@ def filter_rows(rows: list[Row], status: str | None) -> list[Row]:
 
 def karpathy_tsv(rows: list[Row], metric: str) -> str:
     """karpathy/autoresearch's results.tsv columns, so its analysis.ipynb runs on our data."""
-    out = io.StringIO()
-    writer = csv.writer(out, delimiter="\t", lineterminator="\n")
-    writer.writerow(["commit", metric, "memory_gb", "status", "description"])
-    for row in rows:
-        crashed = row.status == "crash" or row.value is None
-        writer.writerow(
-            [
-                row.commit[:7],
-                "0.000000" if crashed else f"{row.value:.6f}",
-                "0.0" if crashed or row.memory_gb is None else f"{row.memory_gb:.1f}",
-                row.status,
-                row.description.replace("\t", " "),
-            ]
-        )
-    return out.getvalue()
+    shape = TsvFormat("karpathy", metric)
+    return shape.header() + "".join(shape.line(row) for row in rows)
 
 
 def results_table(files: SessionFiles, rows: list[Row], notes: bool = True):
@@ -129,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             Console().print(results_table(files, rows))
         return 0
     if args.command == "status":
-        sys.stdout.write(journal_briefing(files.state, files.journal, files.run_command))
+        sys.stdout.write(journal_briefing(files.state, files.journal))
         return 0
     if args.command == "plot":
         from .plot import write_png

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import hashlib
+import logging
 import os
 import select
 import shutil
@@ -34,20 +34,30 @@ from typing import Literal
 
 import psutil
 
+from .capture import Capture
 from .errors import SessionError
 from .files import atomic_write, own_dir
+from .launcher import Launched, LauncherError
 from .logtail import last_line
+from .processes import (
+    MARKER_PROJECT,
+    MARKER_RUN,
+    created,
+    environment,
+    no_new_privs,
+    own_children,
+)
 
+log = logging.getLogger("mcp_autoresearch")
 ProcessStatus = Literal["exited", "timeout", "cancelled", "failed_to_start"]
 ProgressCallback = Callable[[float, float, str], None]
 Wrapper = Callable[[list[str], str], list[str]]  # (argv, private tmpdir) -> argv that runs it supervised
+# (argv, cwd, env, output fd, private tmpdir) -> a started process (Popen-like: pid, poll, wait)
+Launch = Callable[[list[str], Path, dict[str, str], int, str], "Launched"]
 
-MARKER_RUN = "AUTORESEARCH_RUN_ID"
-MARKER_PROJECT = "AUTORESEARCH_PROJECT"
 SAMPLE_INTERVAL_S = 0.5
 DEFAULT_GRACE_S = 3.0
 PIPE_BYTES = 1 << 20
-CHUNK_BYTES = 1 << 20
 # The server's secrets never reach a run (the HTTP transport's token would let it call the tools).
 HIDDEN_FROM_RUNS = ("AUTORESEARCH_TOKEN",)
 
@@ -84,68 +94,6 @@ class ProcessResult:
     captured_sha256: str = ""
 
 
-class _Capture:
-    """Copies the command's output pipe into the log file on a thread, hashing it, until `cut()`."""
-
-    def __init__(self, read_fd: int, log_fd: int) -> None:
-        self.read_fd = read_fd
-        self.log_fd = log_fd
-        self.size = 0
-        self._hash = hashlib.sha256()
-        os.set_blocking(read_fd, False)
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
-        self._thread = threading.Thread(target=self._loop, name="capture", daemon=True)
-        self._thread.start()
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
-
-    def _pump(self) -> bool:
-        """Copy what the pipe holds now. False at end of file (every writer has gone)."""
-        while True:
-            try:
-                data = os.read(self.read_fd, CHUNK_BYTES)
-            except BlockingIOError:
-                return True
-            except OSError:
-                return False
-            if not data:
-                return False
-            self._hash.update(data)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.log_fd, view) :]
-            self.size += len(data)
-
-    def _loop(self) -> None:
-        try:
-            while True:
-                ready, _, _ = select.select([self.read_fd, self._wake_r], [], [])
-                if self.read_fd in ready and not self._pump():
-                    return
-                if self._wake_r in ready:
-                    self._pump()  # what was written before the cut, and nothing after
-                    return
-        except OSError:
-            return
-
-    def cut(self) -> None:
-        """Stop capturing: output that arrives from now on is not part of the run's log."""
-        if self._thread.is_alive():
-            try:
-                os.write(self._wake_w, b"x")
-            except OSError:
-                pass
-            self._thread.join()
-        for fd in (self._wake_r, self._wake_w, self.read_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._wake_r = self._wake_w = self.read_fd = -1
-
-
 @dataclass
 class ProcessRun:
     """One command, started once. Thread-safe `cancel()`; `run()` blocks until the tree is gone."""
@@ -161,14 +109,15 @@ class ProcessRun:
     on_progress: ProgressCallback | None = None
     progress_every_s: float = 2.0
     wrapper: Wrapper | None = None  # the keeper (confinement); None runs `/bin/sh -c` directly
+    launch: Launch | None = None  # the same keeper, forked by the warm launcher; the wrapper is the fallback
 
     def __post_init__(self) -> None:
         self._cancel = threading.Event()
         self._cancel_reason = ""
         self._seen: dict[int, float] = {}  # pid -> create_time of every descendant observed
         self._peak_rss = 0
-        self._popen: subprocess.Popen[bytes] | None = None
-        self._capture: _Capture | None = None
+        self._popen: subprocess.Popen[bytes] | Launched | None = None
+        self._capture: Capture | None = None
 
     def cancel(self, reason: str = "cancelled") -> None:
         self._cancel_reason = reason
@@ -197,31 +146,20 @@ class ProcessRun:
         try:
             if self._cancel.is_set():
                 return ProcessResult("cancelled", None, 0.0, 0, self.log_path, self._cancel_reason)
-            argv = ["/bin/sh", "-c", self.command]
-            if self.wrapper is not None:
-                argv = self.wrapper(argv, tmpdir)
             read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
             try:
                 fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
             except OSError:
                 pass  # the default pipe size only costs more wake-ups
             try:
-                self._popen = subprocess.Popen(
-                    argv,
-                    cwd=self.cwd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=write_fd,
-                    stderr=write_fd,
-                    env=env,
-                    start_new_session=True,  # its own process group and session: killable as one
-                )
+                self._popen = self._start(["/bin/sh", "-c", self.command], env, write_fd, tmpdir)
             except OSError as exc:
                 os.close(read_fd)
                 os.write(log_fd, f"autoresearch: could not start the command: {exc}\n".encode())
                 return ProcessResult("failed_to_start", None, 0.0, 0, self.log_path, str(exc))
             finally:
                 os.close(write_fd)
-            self._capture = _Capture(read_fd, log_fd)
+            self._capture = Capture(read_fd, log_fd)
             status, exit_code = self._supervise(started)
             duration = time.monotonic() - started
             self._cut()
@@ -246,6 +184,31 @@ class ProcessRun:
         if self._capture is not None:
             self._capture.cut()
 
+    @property
+    def _kept(self) -> bool:
+        """The command runs under a keeper (ours, not the run's)."""
+        return self.launch is not None or self.wrapper is not None
+
+    def _start(
+        self, argv: list[str], env: dict[str, str], out_fd: int, tmpdir: str
+    ) -> subprocess.Popen[bytes] | Launched:
+        if self.launch is not None:
+            try:
+                return self.launch(argv, self.cwd, env, out_fd, tmpdir)
+            except LauncherError as exc:
+                log.warning("starting the keeper directly: %s", exc)
+        if self.wrapper is not None:
+            argv = self.wrapper(argv, tmpdir)
+        return subprocess.Popen(
+            argv,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out_fd,
+            stderr=out_fd,
+            env=env,
+            start_new_session=True,  # its own process group and session: killable as one
+        )
+
     def _supervise(self, started: float) -> tuple[ProcessStatus, int | None]:
         popen = self._popen
         assert popen is not None
@@ -260,7 +223,7 @@ class ProcessRun:
 
     def _supervise_loop(
         self,
-        popen: subprocess.Popen[bytes],
+        popen: subprocess.Popen[bytes] | Launched,
         started: float,
         deadline: float,
         next_progress: float,
@@ -302,9 +265,9 @@ class ProcessRun:
             children = shell.children(recursive=True)
         except psutil.Error:
             return
-        self._seen.setdefault(shell.pid, _created(shell))
+        self._seen.setdefault(shell.pid, created(shell))
         # The keeper is ours, not the run's: its few MB are not the run's memory.
-        procs = children if self.wrapper is not None else [shell, *children]
+        procs = children if self._kept else [shell, *children]
         total = 0
         for proc in procs:
             try:
@@ -334,10 +297,10 @@ class ProcessRun:
                     add(child)
             except psutil.Error:
                 pass
-        for pid, created in list(self._seen.items()):
+        for pid, born in list(self._seen.items()):
             try:
                 proc = psutil.Process(pid)
-                if abs(proc.create_time() - created) < 0.01:  # same process, not a reused pid
+                if abs(proc.create_time() - born) < 0.01:  # same process, not a reused pid
                     add(proc)
             except psutil.Error:
                 self._seen.pop(pid, None)
@@ -351,16 +314,16 @@ class ProcessRun:
         marker or the no-new-privileges mark of a supervised run (a daemon can clear its environment, not that
         mark); elsewhere, processes carrying the marker."""
         linux = sys.platform.startswith("linux")
-        pool = _own_children() if linux else list(psutil.process_iter())
+        pool = own_children() if linux else list(psutil.process_iter())
         popen_pid = self._popen.pid if self._popen else None
         result = []
         for proc in pool:
             if proc.pid == popen_pid:
                 continue
-            if linux and self.wrapper is not None and _no_new_privs(proc.pid) and not _no_new_privs(os.getpid()):
+            if linux and self._kept and no_new_privs(proc.pid) and not no_new_privs(os.getpid()):
                 result.append(proc)
                 continue
-            env = _environment(proc)
+            env = environment(proc)
             if env.get(MARKER_RUN) == self.run_marker and env.get(MARKER_PROJECT, "") == self.project_marker:
                 result.append(proc)
                 try:
@@ -448,45 +411,10 @@ class ProcessRun:
             pass
 
 
-def _created(proc: psutil.Process) -> float:
-    try:
-        return proc.create_time()
-    except psutil.Error:
-        return 0.0
-
-
-def _no_new_privs(pid: int) -> bool:
-    """True when the process can never gain privileges: every process of a supervised run is marked so."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"NoNewPrivs:"):
-                    return line.split()[1] == b"1"
-    except OSError:
-        pass
-    return False
-
-
-def _environment(proc: psutil.Process) -> dict[str, str]:
-    """A process's environment. A process caught in the middle of exec (a double fork that just started)
-    briefly shows an empty or unreadable one: look again a few times before concluding it has none."""
-    for attempt in range(4):
-        try:
-            env = proc.environ()
-            if env or not proc.is_running():
-                return env
-        except psutil.NoSuchProcess:
-            return {}
-        except psutil.Error:
-            pass
-        time.sleep(0.002 * (attempt + 1))
-    return {}
-
-
 class _ExitWaiter:
     """Wakes up the moment a child exits (Linux pidfd), instead of polling with sleeps; elsewhere it polls."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes] | Launched) -> None:
         self.popen = popen
         self.fd: int | None = None
         try:
@@ -509,57 +437,3 @@ class _ExitWaiter:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-
-
-def _own_children() -> list[psutil.Process]:
-    """This process's direct children, read from /proc/self/task/*/children (no scan of every process);
-    with the subreaper flag, re-parented orphans of a run appear here too."""
-    pids: set[int] = set()
-    try:
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/children") as handle:
-                pids.update(int(pid) for pid in handle.read().split())
-    except OSError:
-        return psutil.Process().children()
-    children = []
-    for pid in pids:
-        try:
-            children.append(psutil.Process(pid))
-        except psutil.Error:
-            continue
-    return children
-
-
-def marked_processes(project_marker: str) -> list[psutil.Process]:
-    """Every live process started by a run of this project (found by the environment marker)."""
-    own = os.getpid()
-    found = []
-    for proc in psutil.process_iter():
-        if proc.pid == own:
-            continue
-        try:
-            env = proc.environ()
-        except psutil.Error:
-            continue
-        if env.get(MARKER_PROJECT) == project_marker and MARKER_RUN in env:
-            found.append(proc)
-    return found
-
-
-def kill_marked_processes(project_marker: str, grace_s: float = 2.0) -> int:
-    """End every process left by an earlier server of this project. Used when a server starts after its
-    predecessor died mid-run."""
-    victims = marked_processes(project_marker)
-    for proc in victims:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(victims, timeout=grace_s)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=1.0)
-    return len(victims)

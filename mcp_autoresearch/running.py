@@ -25,6 +25,7 @@ from .guard import changed_fingerprints, sha256_bytes, sha256_file
 from .journal import one_line
 from .rules import nonblank_lines
 from .state import Pending, RunOutcome, server_dir
+from .statuses import RunStatus
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -39,6 +40,7 @@ class ActiveRun:
 
     run_id: str
     started: float
+    log_dir: Path  # where the run's logs are written: <run_id>.log, or <run_id>-<n>.log with repeats
     experiment: Experiment | None = None
     done: threading.Event = field(default_factory=threading.Event)
     progress: tuple[float, float, str] | None = None  # elapsed, limit, last line of output
@@ -47,6 +49,14 @@ class ActiveRun:
     def record_progress(self, elapsed: float, limit: float, line: str) -> None:
         self.progress = (elapsed, limit, line)
 
+    def live_log(self) -> Path:
+        """The log being written now (the newest of the run's logs), for a person to `tail -f`."""
+        logs = [*self.log_dir.glob(f"{self.run_id}.log"), *self.log_dir.glob(f"{self.run_id}-*.log")]
+        try:
+            return max(logs, key=lambda path: path.stat().st_mtime_ns)
+        except (ValueError, OSError):  # nothing written yet
+            return self.log_dir / f"{self.run_id}.log"
+
 
 @dataclass(frozen=True)
 class RunProgress:
@@ -54,6 +64,7 @@ class RunProgress:
     elapsed_s: float
     limit_s: float
     last_line: str  # the last line of output so far ("" before the first)
+    log_path: Path  # the live log
 
     @property
     def message(self) -> str:
@@ -81,6 +92,7 @@ class RunHandle:
             elapsed_s=round(time.monotonic() - active.started, 1),
             limit_s=self.limit_s,
             last_line=active.progress[2] if active.progress else "",
+            log_path=active.live_log(),
         )
 
 
@@ -140,7 +152,8 @@ class Runs:
                 raise RuleViolation(
                     "files other than the target differ from the session head: "
                     + ", ".join(others[:20])
-                    + f". Only {core.target_rel} may change; restore them (git checkout -- "
+                    + f". Only {core.target_rel} may change, and no tool of this server writes other files: "
+                    + "a person must restore them (git checkout -- "
                     + " ".join(others[:20])
                     + ")"
                 )
@@ -154,8 +167,9 @@ class Runs:
             is_baseline = core.state.best is None
             if is_baseline and target_changed:
                 raise RuleViolation(
-                    f"the first run of a session must be the unmodified baseline, but {core.target_rel} was edited; "
-                    f"restore it (git checkout -- {core.target_rel}) and run the baseline, then experiment"
+                    f"the first run of a session must be the unmodified baseline, but {core.target_rel} was "
+                    "edited; undo the edit with apply_edit (the baseline is the file as committed), run the "
+                    "baseline, then experiment"
                 )
             if not is_baseline and not target_changed:
                 raise RuleViolation(
@@ -191,15 +205,9 @@ class Runs:
             _drop_stale_bytecode(self.editor.target_path())
             core.own.journal_written()
             log_dir = server_dir(core.root, "runs", core.state.tag)  # a planted symlink is replaced
-            active = ActiveRun(run_id=run_id, started=time.monotonic())
+            active = ActiveRun(run_id=run_id, started=time.monotonic(), log_dir=log_dir)
             active.experiment = Experiment(
-                core.config,
-                core.root,
-                run_id,
-                log_dir,
-                core.state.tag,
-                active.record_progress,
-                core.isolation,
+                core.config, core.root, run_id, log_dir, core.state.tag, active.record_progress, core.isolation
             )
             active.thread = threading.Thread(
                 target=self._execute, args=(active, pending), name=f"run-{run_id}", daemon=True
@@ -217,7 +225,9 @@ class Runs:
                 outcome = RunOutcome.model_validate(asdict(active.experiment.run()))
             except Exception as exc:  # a bug or an OS failure: still a logged crash, never a lost experiment
                 log.exception("run %s failed inside the server", pending.run_id)
-                outcome = crash_outcome(f"internal error while running: {type(exc).__name__}: {exc}", [])
+                outcome = unmeasured(
+                    "crash", f"internal error while running: {type(exc).__name__}: {exc}", []
+                )
             with core.lock:
                 try:
                     tampered = self.verify_after_run(pending)
@@ -326,11 +336,11 @@ class Runs:
         return failed
 
 
-def crash_outcome(error: str, tampered: list[str]) -> RunOutcome:
+def unmeasured(status: RunStatus, error: str, tampered: list[str]) -> RunOutcome:
     """A run that ended without a measurement of its own (an internal error, or the server stopped)."""
     if tampered:
         error += "; files it changed were restored: " + ", ".join(tampered)
-    return RunOutcome(status="crash", error=error)
+    return RunOutcome(status=status, error=error)
 
 
 def clamp_wait(wait_s: float | None) -> float:

@@ -286,9 +286,7 @@ def create_server(workspace: Workspace) -> MCPServer:
     )
     def loop(focus: str | None = None) -> str:
         """focus: optional single word naming an area to concentrate on (e.g. optimizer)."""
-        session = workspace.peek_session()
-        briefing = session.briefing() if session is not None else None
-        return loop_prompt(workspace.detect(), briefing, focus)
+        return loop_prompt(workspace.detect(), workspace.briefing(), focus)
 
     @server.resource(
         "autoresearch://results",

@@ -29,10 +29,10 @@ from .isolation import probe_isolation
 from .journal import RESULTS_TSV, Journal
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .ownfiles import OwnFiles, restore_jsonl, start_mirror
+from .processes import kill_marked_processes
 from .project import Project
 from .repo import Repo
-from .runner import kill_marked_processes
-from .running import DEFAULT_WAIT_S, MAX_WAIT_S, RunHandle, Runs, clamp_wait, crash_outcome
+from .running import DEFAULT_WAIT_S, MAX_WAIT_S, RunHandle, Runs, clamp_wait, unmeasured
 from .state import (
     OwnRecord,
     SessionState,
@@ -41,6 +41,7 @@ from .state import (
     load_state,
     save_state,
     server_dir,
+    set_current_tag,
 )
 from .views import Views
 
@@ -51,6 +52,7 @@ __all__ = [
     "RunHandle",
     "Session",
     "clamp_wait",
+    "current_session",
     "normal_run_id",
 ]
 
@@ -77,11 +79,25 @@ RULE_KEYS = (
     "isolation",
 )
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+STOPPED = "the server stopped during this run"
 
 
 def default_tag() -> str:
     """Lower-cased month and day, like the original: nov26."""
     return datetime.now().strftime("%b%d").lower()
+
+
+def current_session(root: Path, repo: Repo | None = None) -> str | None:
+    """The current session is the one whose branch is checked out, always (also when a person checked out
+    another session's branch by hand). None when no session branch is checked out."""
+    try:
+        branch = (repo or Repo(root)).current_branch()
+    except SessionError:
+        return None
+    tag = branch.removeprefix("autoresearch/") if branch else ""
+    if tag and tag != branch and load_state(root, tag) is not None:
+        return tag
+    return None
 
 
 class Session:
@@ -131,13 +147,8 @@ class Session:
                     f"tag {tag!r} is not usable as a branch name part: use lower-case letters, digits, '.', '_' "
                     "or '-', at most 64 characters"
                 )
-        else:
-            current = current_tag(root)
-            branch = repo.current_branch()
-            if current and branch == f"autoresearch/{current}" and load_state(root, current):
-                tag = current
-            else:
-                tag = default_tag()
+        else:  # the checked-out session; else today's (created, or resumed on its branch)
+            tag = current_session(root, repo) or default_tag()
         branch = f"autoresearch/{tag}"
         record, notes = load_record(root, tag)  # the server's own record, never the public copy
         state = record.state if record is not None else None
@@ -146,16 +157,16 @@ class Session:
             if (root / own).exists() and repo.is_tracked(repo.repo_path(own)):
                 raise SessionError(
                     f"{own} is tracked by git in this project, but the server writes it on every experiment; "
-                    f"untrack it (git rm --cached {own} && git commit) first"
+                    f"a person must untrack it first (git rm --cached {own} && git commit)"
                 )
         target_repo = repo.repo_path(config.target_file)
         if not repo.is_tracked(target_repo):
             raise SessionError(
-                f"the target {config.target_file} is not tracked by git; commit it first "
+                f"the target {config.target_file} is not tracked by git; a person must commit it first "
                 f"(git add {config.target_file} && git commit), so every experiment can be kept or discarded"
             )
         jsonl = root / config.jsonl_path
-        journal = Journal(root / RESULTS_TSV, jsonl, tag)
+        journal = Journal(root / RESULTS_TSV, jsonl, tag, config.results_format, config.metric_name)
         journal.mirror = server_dir(root, "sessions") / f"{tag}.own.jsonl"
         if record is not None and state is not None and repo.branch_exists(branch):
             session = cls._resume(root, project, repo, record, journal)
@@ -167,6 +178,7 @@ class Session:
                     f"(start_session(tag='{tag}b')) or delete that branch"
                 )
             session = cls._create(root, project, repo, tag, branch, journal)
+        set_current_tag(root, tag)  # its branch is checked out now: it is the current session
         return session
 
     @classmethod
@@ -181,7 +193,7 @@ class Session:
                 "tracked files have uncommitted changes: "
                 + ", ".join(dirty[:20])
                 + (f" (+{len(dirty) - 20} more)" if len(dirty) > 20 else "")
-                + ". Commit or stash them first, so no work of yours can be lost."
+                + ". A person must commit or stash them first, so no work of theirs can be lost."
             )
         moved = _archive_results(root, tag)
         repo.create_branch(branch)
@@ -247,7 +259,7 @@ class Session:
             if dirty:
                 raise SessionError(
                     f"cannot switch to {state.branch}: tracked files have uncommitted changes "
-                    f"({', '.join(dirty[:10])}); commit or stash them first"
+                    f"({', '.join(dirty[:10])}); a person must commit or stash them first"
                 )
             repo.checkout_branch(state.branch)
         repo.add_excludes(_exclude_patterns(repo, config.jsonl_path))
@@ -286,15 +298,17 @@ class Session:
         elif pending.phase == "running":
             killed = kill_marked_processes(str(self.root))
             tampered = self.runs.verify_after_run(pending)
-            error = "the server stopped during this run"
+            error = STOPPED
             if killed:
                 error += f" ({killed} leftover processes killed)"
-            pending.result = crash_outcome(error, tampered)
+            pending.result = unmeasured("interrupted", error, tampered)
             pending.phase = "finished"
             self.save()
             self.decider.decide_locked(pending.run_id, discard=True)
             self.recovered.append(
-                f"run {pending.run_id} was in flight when the server stopped: logged as a crash"
+                f"run {pending.run_id} was in flight when the server stopped: logged as interrupted. It never "
+                "finished, so it says nothing about its idea: "
+                + ("run the baseline again" if pending.is_baseline else "apply its edit again to re-run it")
             )
         elif pending.phase == "deciding":
             self.decider.finish(pending)
@@ -353,13 +367,14 @@ class Session:
         if branch != self.state.branch:
             raise SessionError(
                 f"HEAD is on {branch or 'a detached commit'}, not on the session branch {self.state.branch}; "
-                f"check it out again (git checkout {self.state.branch}) to continue this session"
+                f"a person must check it out again (git checkout {self.state.branch}) to continue this session"
             )
         head, expected = self.repo.head_commit(), self._expected_head()
         if head != expected:
             raise SessionError(
                 f"the session branch moved to {head[:7]} outside the loop (the loop's head is {expected[:7]}); "
-                f"only the server commits here. Undo it (git reset --soft {expected[:7]}) or start a new session"
+                f"only the server commits here. A person must undo it (git reset --soft {expected[:7]}), or "
+                "start a new session: start_session(tag=...) with a new tag"
             )
 
     def check_no_pending(self) -> None:
@@ -382,11 +397,10 @@ class Session:
             raise RuleViolation(
                 "read-only files changed since the session started: "
                 + ", ".join(changed)
-                + ". Restore them (git checkout -- "
+                + f". Only {self.target_rel} may be edited, and no tool of this server writes other files: "
+                + "a person must restore them (git checkout -- "
                 + " ".join(changed)
-                + "); only "
-                + self.target_rel
-                + " may be edited"
+                + ")"
             )
 
     def save(self) -> None:
@@ -431,7 +445,7 @@ class Session:
         return self.views.query(status, limit, order)
 
     def briefing(self) -> str:
-        return journal_briefing(self.state, self.journal, self.config.run_command)
+        return journal_briefing(self.state, self.journal)
 
     # ======================================================================================================
     def shutdown(self, join_s: float = 10.0) -> None:
@@ -442,7 +456,8 @@ class Session:
             pending = self.state.pending
             if pending is not None and pending.phase == "finished" and pending.run_id == active.run_id:
                 if pending.result and pending.result.status == "cancelled":
-                    pending.result.error = "the server was stopped during this run"
+                    pending.result.status = "interrupted"
+                    pending.result.error = STOPPED
                 self.decider.decide_locked(pending.run_id, discard=True)
 
 

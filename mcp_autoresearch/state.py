@@ -150,8 +150,6 @@ def save_state(root: Path, state: SessionState, seal: Seal | None = None) -> Non
     atomic_write(
         directory / f"{state.tag}.json", state.model_dump_json(indent=1).encode("utf-8"), 0o644, False
     )
-    if current_tag(root) != state.tag:
-        atomic_write(state_dir(root) / "current", (state.tag + "\n").encode("utf-8"), 0o644)
 
 
 def load_record(root: Path, tag: str) -> tuple[OwnRecord | None, list[str]]:
@@ -191,7 +189,14 @@ def load_state(root: Path, tag: str) -> SessionState | None:
     return record.state if record is not None else None
 
 
+def set_current_tag(root: Path, tag: str) -> None:
+    """Remember the session opened last (for views when no session branch is checked out)."""
+    if current_tag(root) != tag:
+        atomic_write(state_dir(root) / "current", (tag + "\n").encode("utf-8"), mode=0o644)
+
+
 def current_tag(root: Path) -> str | None:
+    """The session opened last; the current session is the checked-out one (`session.current_session`)."""
     try:
         tag = read_regular(state_dir(root) / "current").decode("utf-8", "replace").strip()
     except OSError:

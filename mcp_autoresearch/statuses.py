@@ -19,6 +19,8 @@ Decision = Literal["keep", "discard", "crash"]
 RunState = Literal["running", RunStatus]
 
 RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
+# Runs that never finished: they say nothing about their idea, which may be run again.
+UNFINISHED: tuple[RunStatus, ...] = ("cancelled", "interrupted")
 DECISIONS: tuple[Decision, ...] = get_args(Decision)
 # Everything a query can filter on: a decision or a run status.
 FILTERS: tuple[str, ...] = tuple(dict.fromkeys((*DECISIONS, *RUN_STATUSES)))

@@ -5,14 +5,14 @@ and the agent's notes. Nothing here changes git or a measurement; notes are the 
 from __future__ import annotations
 
 from .context import SessionCore, normal_run_id
-from .decisions import Decider
+from .decisions import Decider, rerun
 from .errors import RuleViolation, SessionError
 from .journal import Row
 from .models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult
 from .rules import improvement, improvement_pct
 from .running import Runs
 from .state import Pending
-from .statuses import DECISIONS, FILTERS
+from .statuses import DECISIONS, FILTERS, UNFINISHED
 
 MAX_NOTES = 4000  # characters of one log_result call's notes
 
@@ -37,6 +37,10 @@ class Views:
             row = core.journal.get(run_id)
             if row is None:
                 raise RuleViolation(f"no run with id {run_id!r} in session '{core.state.tag}'")
+            next_step = f"already decided: {row.status}. Edit the target and run the next experiment."
+            if row.run_status in UNFINISHED:
+                again = rerun(core.state.best is None)  # no baseline kept yet: the next run is the baseline
+                next_step = f"already decided: {row.status} ({row.run_status}: it never finished); {again}"
             return RunResult(
                 run_id=row.run_id,
                 status=row.run_status,
@@ -49,7 +53,7 @@ class Views:
                 memory_gb=row.memory_gb,
                 commit=row.commit,
                 error=row.error,
-                next_step=f"already decided: {row.status}. Edit the target and run the next experiment.",
+                next_step=next_step,
             )
 
     def pending_view(self, pending: Pending) -> RunResult:
@@ -68,6 +72,7 @@ class Views:
                 commit=pending.commit,
                 elapsed_s=progress.elapsed_s if progress else None,
                 log_tail=progress.last_line if progress else None,
+                log_path=str(progress.log_path) if progress else None,
                 next_step=f"still running: call wait_experiment(run_id='{pending.run_id}')",
             )
         result = pending.result
@@ -77,6 +82,11 @@ class Views:
             next_step = (
                 f"call commit_or_reset(run_id='{pending.run_id}'): it will "
                 f"{'keep' if verdict.decision == 'keep' else 'discard'} this ({verdict.reason})"
+            )
+        elif status in UNFINISHED:
+            next_step = (
+                f"the run was {status} before it finished, which says nothing about the idea: call "
+                f"commit_or_reset(run_id='{pending.run_id}') to log it, then {rerun(pending.is_baseline)}"
             )
         else:
             next_step = (

@@ -9,12 +9,13 @@ import os
 import threading
 from typing import Any
 
+from .briefing import stored_briefing
 from .errors import ConfigError, SessionError
 from .models import StartResult
 from .project import Project, ProjectInfo, load_project
 from .repo import Repo
-from .session import Session
-from .state import ProjectLock, current_tag, load_state
+from .session import Session, current_session
+from .state import ProjectLock
 
 
 class Workspace:
@@ -45,25 +46,26 @@ class Workspace:
         """The active session; after a server restart, the one whose branch is checked out is resumed."""
         with self._lock:
             if self._session is None:
-                tag = current_tag(self.root)
-                resumable = False
-                if tag:
-                    try:
-                        branch = Repo(self.root).current_branch()
-                        resumable = branch == f"autoresearch/{tag}" and load_state(self.root, tag) is not None
-                    except SessionError:
-                        resumable = False
-                if not resumable:
+                tag = current_session(self.root)
+                if tag is None:
                     raise SessionError("no session is active: call start_session first")
                 self.start_session(tag)
             assert self._session is not None
             return self._session
 
-    def peek_session(self) -> Session | None:
-        return self._session
+    def briefing(self) -> str | None:
+        """The current session's briefing, without opening it when this server has not yet (a prompt must not
+        switch branches or take the project's lock); None when no session branch is checked out."""
+        session = self._session
+        if session is not None:
+            return session.briefing()
+        tag = current_session(self.root)
+        return stored_briefing(self.root, tag) if tag is not None else None
 
     def start_session(self, tag: str | None = None) -> StartResult:
         with self._lock:
+            if tag is None:
+                tag = current_session(self.root)  # None: today's session (see Session.open)
             if self._session is not None:
                 if tag is None or tag == self._session.state.tag:
                     return self._session.describe(resumed=True)
@@ -81,7 +83,7 @@ class Workspace:
             repo = Repo(self.root)
             if not repo.has_commits():
                 raise SessionError(
-                    "the repository has no commits yet; commit the project first (git add, git commit)"
+                    "the repository has no commits yet; a person must commit the project first (git add, git commit)"
                 )
             self._project_lock.acquire()
             session = Session.open(self.root, project, repo, tag)

@@ -202,3 +202,39 @@ def test_target_inside_a_readonly_directory_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="read-only"):
         load_project(root)
+
+
+def test_custom_project_from_autoresearch_toml_only(tmp_path: Path) -> None:
+    """Item 12.3: a project configured only by autoresearch.toml is `custom`, not `unknown` with advice to add the
+    file it just read; and metric_source (which goes into the loop prompt) describes the configured metric."""
+    root = make_repo(
+        tmp_path / "c",
+        {
+            "solver.sh": "echo 'score: 1'\n",
+            "autoresearch.toml": (
+                'target_file = "solver.sh"\nrun_command = "sh solver.sh"\nmetric_name = "score"\n'
+                "metric_regex = 'score: (\\d+)'\n"
+            ),
+        },
+    )
+    info = load_project(root).info
+    assert info.project_type == "custom"
+    assert info.ready and info.message.startswith("Ready")
+    assert info.evidence == ["autoresearch.toml"]
+    assert info.config_source["target_file"] == "autoresearch.toml"
+    assert "metric_regex" in info.metric_source
+
+
+def test_configured_metric_of_a_detected_project_is_described_as_configured(tmp_path: Path) -> None:
+    """A metric that autoresearch.toml (a label starting with 'auto') configures is not detection's metric."""
+    root = project(
+        tmp_path,
+        autoresearch_DOT_toml='metric_name = "loss"\nmetric_parse = "tail -1 run.log"\n',
+    )
+    info = load_project(root).info
+    assert info.project_type == "ml"
+    assert info.config_source["metric_name"] == "autoresearch.toml"
+    assert "metric_parse" in info.metric_source and "val_bpb" not in info.metric_source
+    # A metric read from the output under the configured name, when only the name is configured.
+    root2 = project(tmp_path / "two", autoresearch_DOT_toml='metric_name = "loss"\n')
+    assert "'loss: <float>'" in load_project(root2).info.metric_source

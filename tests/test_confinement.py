@@ -82,19 +82,27 @@ def test_setup_failure_is_named_and_nothing_runs(tmp_path: Path) -> None:
     assert done.returncode == confine.SETUP_FAILED and confine.MARK in done.stderr and "ran" not in done.stdout
 
 
-def _alive(pattern: str) -> list[psutil.Process]:
+def _alive(command: str) -> list[psutil.Process]:
+    """Live processes whose whole command line is `command` (not a script that merely mentions it)."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if pattern in " ".join(proc.info["cmdline"] or []):
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if " ".join(proc.info["cmdline"] or []) == command and proc.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(proc)
     return found
 
 
 def test_daemon_that_sheds_its_environment_dies_with_the_command(tmp_path: Path) -> None:
-    done = keeper(tmp_path, "(setsid sh -c 'exec env -i sleep 313' &); echo started")
+    a, _ = _unique()
+    done = keeper(tmp_path, f"(setsid sh -c 'exec env -i sleep {a}' &); echo started")
     assert done.returncode == 0 and "started" in done.stdout
     assert "killed 1 process" in done.stderr
-    assert _alive("sleep 313") == []
+    assert _alive(f"sleep {a}") == []
+
+
+def _unique() -> tuple[str, str]:
+    """Two sleep durations no other process here uses (left-overs of an earlier failed run cannot match)."""
+    base = 10_000 + (os.getpid() * 7 + int(time.monotonic() * 1000)) % 80_000
+    return str(base), str(base + 1)
 
 
 def test_the_tree_dies_when_the_server_dies(tmp_path: Path) -> None:
@@ -103,23 +111,27 @@ def test_the_tree_dies_when_the_server_dies(tmp_path: Path) -> None:
         """
         import subprocess, sys, time
         from mcp_autoresearch import confine
+        a, b = sys.argv[1:3]
         argv = confine.command_line(sys.executable, {"landlock": True},
-                                    ["/bin/sh", "-c", "(setsid sh -c 'exec env -i sleep 317' &); sleep 318"])
+                                    ["/bin/sh", "-c", f"(setsid sh -c 'exec env -i sleep {a}' &); sleep {b}"])
         subprocess.Popen(argv, start_new_session=True)
         time.sleep(60)
         """
     )
-    server = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[1])
-    deadline = time.monotonic() + 20
-    while not (_alive("sleep 317") and _alive("sleep 318")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _alive("sleep 317") and _alive("sleep 318")
-    server.kill()
-    server.wait()
+    a, b = _unique()
+    server = subprocess.Popen([sys.executable, "-c", script, a, b])
+    try:
+        deadline = time.monotonic() + 20
+        while not (_alive(f"sleep {a}") and _alive(f"sleep {b}")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _alive(f"sleep {a}") and _alive(f"sleep {b}")
+    finally:
+        server.kill()
+        server.wait()
     deadline = time.monotonic() + 10
-    while (_alive("sleep 317") or _alive("sleep 318")) and time.monotonic() < deadline:
+    while (_alive(f"sleep {a}") or _alive(f"sleep {b}")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _alive("sleep 317") == [] and _alive("sleep 318") == []
+    assert _alive(f"sleep {a}") == [] and _alive(f"sleep {b}") == []
 
 
 def _experiment(root: Path, command: str, **config) -> Experiment:
@@ -248,3 +260,42 @@ async def test_where_landlock_is_blocked_it_is_said_and_required_refuses(ml_proj
         run = await agent.ok("run_experiment", description="unconfined tamper")
         assert run["status"] == "tampered" and "prepare.py" in run["error"]
     assert (ml_project / "prepare.py").read_text() == "# fixed evaluation\nSEED = 1\n"
+
+
+def test_the_launcher_starts_confined_keepers_and_they_die_with_the_server(tmp_path: Path) -> None:
+    """The warm launcher forks each keeper; a command sees only its three standard descriptors (never the
+    launcher's socket), is confined like any other, and its tree ends when the server is SIGKILLed."""
+    script = textwrap.dedent(
+        """
+        import os, sys, time
+        from pathlib import Path
+        from mcp_autoresearch.launcher import launcher
+        out = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
+        a, b = sys.argv[3:5]
+        cmd = (f"echo fds: $(ls /proc/self/fd); echo x > denied.txt;"
+               f"(setsid sh -c 'exec env -i sleep {a}' &); sleep {b}")
+        launcher().spawn(["/bin/sh", "-c", cmd], Path(sys.argv[2]), dict(os.environ), out,
+                         {"landlock": True, "write": []})
+        time.sleep(60)
+        """
+    )
+    out = tmp_path / "out.txt"
+    a, b = _unique()
+    server = subprocess.Popen([sys.executable, "-c", script, str(out), str(tmp_path), a, b])
+    try:
+        deadline = time.monotonic() + 20
+        while not (_alive(f"sleep {a}") and _alive(f"sleep {b}")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _alive(f"sleep {a}") and _alive(f"sleep {b}")
+        text = out.read_text()
+        fds = text.split("fds:")[1].splitlines()[0].split()
+        assert fds[:3] == ["0", "1", "2"] and len(fds) <= 4, text  # 3 = the directory ls itself reads
+        assert "denied.txt: Permission denied" in text
+        assert not (tmp_path / "denied.txt").exists()
+    finally:
+        server.kill()
+        server.wait()
+    deadline = time.monotonic() + 10
+    while (_alive(f"sleep {a}") or _alive(f"sleep {b}")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _alive(f"sleep {a}") == [] and _alive(f"sleep {b}") == []

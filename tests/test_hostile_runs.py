@@ -38,11 +38,10 @@ async def run_attack(agent, code: str, description: str = "attack") -> tuple[dic
 
 
 def kept_values(root: Path) -> list[float]:
-    return [
-        float(line.split("\t")[2])
-        for line in (root / "results.tsv").read_text().splitlines()[1:]
-        if line.split("\t")[3] == "keep"
-    ]
+    """The kept values in results.tsv, in either of its layouts (value in column 3, or karpathy's in 2)."""
+    header, *rows = (root / "results.tsv").read_text().splitlines()
+    column = 2 if header.split("\t")[1] == "metric" else 1
+    return [float(row.split("\t")[column]) for row in rows if row.split("\t")[3] == "keep"]
 
 
 def server_alive(root: Path) -> bool:
@@ -326,7 +325,7 @@ with open('.autoresearch/autoresearch.jsonl', 'a') as log:
 open('results.tsv', 'a').write('abcdef0\\tval_bpb\\t-1000.000000\\tkeep\\tforged\\n')
 pid = os.getppid()
 while pid > 1:  # up to the server, which is killed
-    if b'serve' in open(f'/proc/{pid}/cmdline', 'rb').read():
+    if b'mcp_autoresearch\\0serve' in open(f'/proc/{pid}/cmdline', 'rb').read():
         os.kill(pid, signal.SIGKILL)
         break
     pid = int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])

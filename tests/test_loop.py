@@ -23,7 +23,8 @@ async def test_full_loop_keep_discard_crash_timeout_and_simpler_wins(ml_project:
         assert info["project_type"] == "ml" and info["target_file"] == "train.py"
         started = await agent.ok("start_session", tag="t1")
         assert started["branch"] == "autoresearch/t1" and started["resumed"] is False
-        assert (root / "results.tsv").read_text() == "commit\tmetric\tvalue\tstatus\tdescription\n"
+        # karpathy's layout: its analysis.ipynb's columns.
+        assert (root / "results.tsv").read_text() == "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 
         run, decision = await agent.experiment("baseline")
         assert run["status"] == "ok" and run["value"] == 1.4 and run["memory_gb"] == 0.5
@@ -73,7 +74,7 @@ async def test_full_loop_keep_discard_crash_timeout_and_simpler_wins(ml_project:
     tsv = (root / "results.tsv").read_text().splitlines()
     assert len(tsv) == 7
     assert [line.split("\t")[3] for line in tsv[1:]] == ["keep", "keep", "discard", "crash", "crash", "keep"]
-    assert tsv[4].split("\t")[2] == "0.000000"
+    assert tsv[4].split("\t")[1] == "0.000000"
     assert (root / "my_notes.txt").read_text() == "the user's own untracked work\n"
     assert "autoresearch" in (root / ".git/info/exclude").read_text()
     assert not (root / ".gitignore").exists()
@@ -262,7 +263,7 @@ async def test_dirty_tree_at_start_is_refused_with_file_list(ml_project: Path, a
     (ml_project / "prepare.py").write_text("uncommitted work\n")
     async with agent_for(ml_project) as agent:
         message = await agent.refused("start_session")
-        assert "prepare.py" in message and "Commit or stash" in message
+        assert "prepare.py" in message and "a person must commit or stash them" in message.lower()
     assert (ml_project / "prepare.py").read_text() == "uncommitted work\n"
     assert git(ml_project, "branch", "--show-current").strip() == "main"
 

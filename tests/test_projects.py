@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 from mcp_autoresearch.project import load_project
 
-from .conftest import make_repo
+from .conftest import git, make_repo
 
 
 def detect(tmp_path: Path, files: dict[str, str]):
@@ -93,7 +95,7 @@ def test_kotlin_gradle_wrapper(tmp_path: Path) -> None:
     )
     assert info.project_type == "java"
     assert info.target_file == "src/main/kotlin/Main.kt"
-    assert info.run_command == "./gradlew build -x test -q"
+    assert info.run_command == "./gradlew build -x test -q --rerun-tasks"
 
 
 def test_rust_binary(tmp_path: Path) -> None:
@@ -131,7 +133,7 @@ def test_python_package(tmp_path: Path) -> None:
     )
     assert info.project_type == "python"
     assert info.target_file == "src/my_lib/core.py"
-    assert info.run_command == "python -m pytest -q -x tests"
+    assert info.run_command in ("python -m pytest -q -x tests", "python3 -m pytest -q -x tests")
     assert info.metric_name == "test_time_s"
 
 
@@ -149,3 +151,159 @@ def test_broken_package_json_still_detects_with_warning(tmp_path: Path) -> None:
     info = detect(tmp_path, {"package.json": "{not json", "index.js": ""})
     assert info.project_type == "node"
     assert any("could not be read" in w for w in info.warnings)
+
+
+def _path_without_uv() -> str:
+    return os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "uv").exists())
+
+
+def test_uv_warning_only_for_a_detected_run_command(tmp_path: Path, monkeypatch) -> None:
+    """Item 12.5: "uv is not on PATH" only when the run command is the detected one."""
+    monkeypatch.setenv("PATH", _path_without_uv())
+    files = {"train.py": "", "prepare.py": ""}
+    detected = detect(tmp_path / "a", files)
+    assert detected.run_command == "python train.py"
+    assert any("uv is not on PATH" in w for w in detected.warnings)
+    configured = detect(tmp_path / "b", {**files, "autoresearch.toml": 'run_command = "python3 train.py"\n'})
+    assert configured.run_command == "python3 train.py"
+    assert not any("uv" in w for w in configured.warnings)
+    root = make_repo(tmp_path / "c", files)
+    flagged = load_project(root, {"run_command": "python3 train.py --fast"}).info
+    assert not any("uv" in w for w in flagged.warnings)
+
+
+PY_PACKAGE = {
+    "pyproject.toml": '[project]\nname = "lib"\n',
+    "lib/core.py": "def f(): pass\n",
+    "tests/test_core.py": "def test(): pass\n",
+}
+
+
+def test_python_wall_time_defaults_are_honest_and_use_the_projects_environment(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Item 12.4: several runs and a min_delta for a wall-time metric, said in `detect`; the project's own
+    interpreter (.venv, or uv with uv.lock) or a warning naming the one from PATH."""
+    monkeypatch.setenv("PATH", _path_without_uv())
+    root = make_repo(tmp_path / "venv", {**PY_PACKAGE, ".gitignore": ".venv/\n"})
+    (root / ".venv/bin").mkdir(parents=True)
+    (root / ".venv/bin/python").symlink_to(sys.executable)
+    project = load_project(root)
+    assert project.info.run_command == ".venv/bin/python -m pytest -q -x tests"
+    assert project.config.repeats == 3 and project.config.min_delta > 0
+    noise = [w for w in project.info.warnings if "wall time" in w]
+    assert noise and "3 runs" in noise[0] and "min_delta" in noise[0]
+
+    bare = load_project(make_repo(tmp_path / "bare", PY_PACKAGE)).info
+    assert bare.run_command.split()[0] in ("python", "python3")
+    assert any("interpreter" in w and bare.run_command.split()[0] in w for w in bare.warnings)
+
+    locked = make_repo(tmp_path / "uv", {**PY_PACKAGE, "uv.lock": "version = 1\n"})
+    assert any("uv is not on PATH" in w for w in load_project(locked).info.warnings)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "uv").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "uv").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{_path_without_uv()}")
+    assert load_project(locked).info.run_command == "uv run python -m pytest -q -x tests"
+
+    # Another metric configured: detection's repeats and min_delta belong to its metric, not to the user's.
+    (locked / "autoresearch.toml").write_text('metric_name = "score"\n')
+    assert load_project(locked).config.repeats == 1
+
+
+def test_java_wall_time_defaults(tmp_path: Path) -> None:
+    """Gradle reruns every task, so repeats time a full build; Maven cannot (clean deletes target/, which a
+    confined run may not), so it runs once, and detect says noise still weighs."""
+    source = {"src/main/java/App.java": "class App {}\n"}
+    gradle = load_project(make_repo(tmp_path / "g", {"build.gradle": "", **source}))
+    assert gradle.info.run_command == "gradle build -x test -q --rerun-tasks"
+    assert gradle.config.repeats == 3 and gradle.config.min_delta > 0
+    assert any("wall time" in w and "3 runs" in w for w in gradle.info.warnings)
+    maven = load_project(make_repo(tmp_path / "m", {"pom.xml": "<project/>", **source}))
+    assert maven.info.run_command == "mvn -q package -DskipTests"
+    assert maven.config.repeats == 1 and maven.config.min_delta > 0
+    assert any("wall time" in w and "1 run " in w for w in maven.info.warnings)
+
+
+def test_node_target_is_never_a_build_output(tmp_path: Path) -> None:
+    """Item 12.2: `main: dist/x.js` exists after the first build; the target stays the tracked source."""
+    package = {"name": "x", "main": "dist/x.js", "scripts": {"build": "node build.js"}}
+    root = make_repo(
+        tmp_path / "n",
+        {"package.json": json.dumps(package), ".gitignore": "dist/\n", "src/index.ts": "export {}\n"},
+    )
+    before = load_project(root).info
+    assert before.target_file == "src/index.ts"
+    (root / "dist").mkdir()
+    (root / "dist/x.js").write_text("module.exports = 1\n")  # the first build's output (ignored, untracked)
+    after = load_project(root).info
+    assert after.target_file == "src/index.ts"
+    assert any("dist/x.js" in w and "build output" in w for w in after.warnings)
+    # A library that commits its build output: tracked, but still a build output, never the target.
+    git(root, "add", "-f", "dist/x.js")
+    git(root, "commit", "-q", "-m", "ship dist")
+    assert load_project(root).info.target_file == "src/index.ts"
+
+
+def test_node_output_dir_of_the_build_script_is_never_the_target(tmp_path: Path) -> None:
+    package = {"main": "lib/index.js", "scripts": {"build": "tsc --outDir lib"}}
+    root = make_repo(
+        tmp_path / "n",
+        {"package.json": json.dumps(package), "lib/index.js": "", "src/main.ts": "export {}\n"},
+    )
+    info = load_project(root).info
+    assert "'lib/'" in info.metric_source
+    assert info.target_file == "src/main.ts"
+
+
+def test_every_type_targets_only_tracked_unignored_sources(tmp_path: Path) -> None:
+    """The same rule for every type: an ignored or untracked file is never the detected target."""
+    go = make_repo(
+        tmp_path / "go",
+        {
+            "go.mod": "module x\n",
+            ".gitignore": "/main.go\n",
+            "cmd/tool/main.go": "package main\nfunc main() {}\n",
+        },
+    )
+    (go / "main.go").write_text("package main\nfunc main() {}\n")  # generated, ignored
+    assert load_project(go).info.target_file == "cmd/tool/main.go"
+
+    py = make_repo(
+        tmp_path / "py",
+        {
+            "pyproject.toml": '[project]\nname = "lib"\n',
+            ".gitignore": "lib/_generated.py\n",
+            "lib/__init__.py": "",
+            "lib/solver.py": "def f(): pass\n",
+        },
+    )
+    (py / "lib/_generated.py").write_text("X = 1\n" * 1000)  # the largest module, but ignored
+    assert load_project(py).info.target_file == "lib/solver.py"
+
+    ml = make_repo(tmp_path / "ml", {"README.md": "x\n"})
+    (ml / "train.py").write_text("")
+    (ml / "prepare.py").write_text("")
+    info = load_project(ml).info
+    assert info.project_type == "ml" and info.target_file is None
+    assert "train.py is not tracked by git" in info.message
+
+
+def test_a_target_is_never_where_the_build_writes(tmp_path: Path) -> None:
+    """The paths a type lets its runs write are build outputs too: never the target, even when tracked."""
+    from mcp_autoresearch.projects.base import Detection, choose_target
+    from mcp_autoresearch.repo import tracked_and_ignored
+
+    root = make_repo(tmp_path / "w", {"gen/model.py": "x = 1\n", "src/model.py": "x = 2\n"})
+    detection = Detection(
+        "demo",
+        1,
+        [],
+        {"writable": ["./gen", "~/.cache/demo"]},
+        "",
+        target_candidates=["gen/model.py", "src/model.py"],
+    )
+    choose_target(root, detection, tracked_and_ignored(root))
+    assert detection.settings["target_file"] == "src/model.py"
+    assert any("'gen/', where the build writes" in w for w in detection.setting_warnings["target_file"])

@@ -10,7 +10,8 @@ import psutil
 
 from mcp_autoresearch.config import build_config
 from mcp_autoresearch.experiment import Experiment
-from mcp_autoresearch.runner import ProcessRun, marked_processes
+from mcp_autoresearch.processes import marked_processes
+from mcp_autoresearch.runner import ProcessRun
 
 
 def run(root: Path, command: str, run_id: str = "r1", **settings):

@@ -12,7 +12,7 @@ import psutil
 import pytest
 from mcp import Client
 
-from mcp_autoresearch.runner import marked_processes
+from mcp_autoresearch.processes import marked_processes
 
 from .conftest import Agent, git, run_cli, stdio_params
 
@@ -108,7 +108,7 @@ async def test_run_over_stdio_needs_wait_experiment(ml_project: Path) -> None:
         assert decision["decision"] == "keep"
 
 
-async def test_kill_9_mid_run_then_restart_records_a_crash(ml_project: Path) -> None:
+async def test_kill_9_mid_run_then_restart_records_an_interrupted_run(ml_project: Path) -> None:
     root = ml_project
     slow_project(root, 30)
     async with Client(stdio_params(root)) as client:
@@ -120,9 +120,15 @@ async def test_kill_9_mid_run_then_restart_records_a_crash(ml_project: Path) -> 
         agent = Agent(client)
         resumed = await agent.ok("start_session")
         assert resumed["resumed"] is True
-        assert any("logged as a crash" in line for line in resumed["recovered"])
+        assert any("logged as interrupted" in line for line in resumed["recovered"])
         results = await agent.ok("query_results")
         assert results["total"] == 1 and results["rows"][0]["status"] == "crash"
+        assert results["rows"][0]["run_status"] == "interrupted"
+        # Not a failed idea: the briefing says it may be re-run, and the run's view says how.
+        briefing = resumed["briefing"]
+        assert "[interrupted: never finished, may be re-run] baseline" in briefing and "[crash" not in briefing
+        view = await agent.ok("wait_experiment", run_id="r1")
+        assert view["status"] == "interrupted" and "run the baseline again" in view["next_step"]
     assert run_processes(root) == []
     assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
     lines = (root / "results.tsv").read_text().splitlines()
@@ -224,9 +230,12 @@ async def test_client_cancel_kills_the_run(ml_project: Path) -> None:
         while run["status"] == "running" and time.monotonic() < deadline:
             run = await agent.ok("wait_experiment", run_id="r1", wait_s=2)
         assert run["status"] == "cancelled" and "cancelled" in run["error"]
+        # The reply and its next step agree: a cancelled run is logged and run again, not "fixed".
+        assert "fix a trivial mistake" not in run["next_step"]
+        assert "cancelled before it finished" in run["next_step"] and "baseline again" in run["next_step"]
         assert run_processes(root) == []
         decision = await agent.ok("commit_or_reset", run_id="r1")
-        assert decision["decision"] == "crash"
+        assert decision["decision"] == "crash" and "baseline again" in decision["next_step"]
 
 
 async def test_server_shutdown_kills_and_logs_the_run(ml_project: Path) -> None:
@@ -241,3 +250,5 @@ async def test_server_shutdown_kills_and_logs_the_run(ml_project: Path) -> None:
     assert run_processes(root) == []
     rows = (root / "results.tsv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].split("\t")[3] == "crash"
+    logged = json.loads(run_cli("results", "--project", str(root), "--format", "json").stdout)
+    assert logged[0]["run_status"] == "interrupted" and "stopped" in logged[0]["error"]

@@ -11,7 +11,7 @@ import mcp_autoresearch
 PACKAGE = Path(mcp_autoresearch.__file__).parent
 NAME = "mcp_autoresearch"
 # The adapters (and the clients built on them) speak MCP; everything else is the engine.
-MCP_ALLOWED = {"server", "http", "cli", "scripted_agent", "demo"}
+MCP_ALLOWED = {"server", "http", "cli", "scripted_agent", "demo", "web.app"}  # web.app: the HTTP checks
 
 
 def _module_name(path: Path) -> str:

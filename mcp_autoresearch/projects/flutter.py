@@ -13,15 +13,11 @@ APK = "build/app/outputs/flutter-apk/app-release.apk"
 def detect(root: Path) -> Detection | None:
     if not (root / "pubspec.yaml").is_file():
         return None
-    warnings = []
-    if not (root / "lib/main.dart").is_file():
-        warnings.append("lib/main.dart does not exist; set target_file")
     return Detection(
         project_type=NAME,
         score=80,
         evidence=["pubspec.yaml"],
         settings={
-            "target_file": "lib/main.dart",
             "run_command": "flutter build apk --release",
             "writable": ["build", ".dart_tool", "android/.gradle", "~/.pub-cache", "~/.gradle"],
             "metric_name": "apk_mb",
@@ -31,5 +27,6 @@ def detect(root: Path) -> Detection | None:
             + (["pubspec.lock"] if (root / "pubspec.lock").is_file() else []),
         },
         metric_source=f"size of {APK} in MB (measured by the server)",
-        warnings=warnings,
+        target_candidates=["lib/main.dart"],
+        no_target="no usable lib/main.dart; set target_file",
     )

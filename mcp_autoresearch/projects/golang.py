@@ -3,40 +3,49 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from .base import Detection, find_files, first_existing, read_small, rel
+from .base import Detection, find_files, read_small, rel
 
 NAME = "go"
 BINARY = ".autoresearch/bin/app"
 
 
-def _main_file(root: Path) -> str | None:
-    found = first_existing(root, ["main.go"])
-    if found:
-        return found
+def _main_files(root: Path, limit: int = 20) -> list[str]:
+    """main.go, then the files with `package main` and `func main(` (bounded)."""
+    found = ["main.go"] if (root / "main.go").is_file() else []
     for path in find_files(root, ".", (".go",)):
         text = read_small(path)
         if "package main" in text and "func main(" in text:
-            return rel(root, path)
-    return None
+            found.append(rel(root, path))
+            if len(found) >= limit:
+                break
+    return found
 
 
 def detect(root: Path) -> Detection | None:
     if not (root / "go.mod").is_file():
         return None
-    target = _main_file(root)
-    package = "./" + str(Path(target).parent.as_posix()) if target and "/" in target else "."
     settings = {
-        "run_command": f"go build -o {BINARY} {package}",
         "writable": [".autoresearch/bin", "~/.cache/go-build", "~/go/pkg/mod"],
         "metric_name": "binary_kb",
         "metric_measure": f"size_kb:{BINARY}",
         "metric_direction": "lower_is_better",
         "readonly_files": ["go.mod"] + (["go.sum"] if (root / "go.sum").is_file() else []),
     }
-    warnings = []
-    if target:
-        settings["target_file"] = target
-    else:
-        warnings.append("no 'package main' with func main() found; set target_file")
-    return Detection(NAME, 60, ["go.mod"], settings, f"size of the built binary {BINARY} in KB", warnings)
+    return Detection(
+        NAME,
+        60,
+        ["go.mod"],
+        settings,
+        f"size of the built binary {BINARY} in KB",
+        target_candidates=_main_files(root),
+        no_target="no tracked file with 'package main' and func main() found; set target_file",
+        with_target=_build_command,
+    )
+
+
+def _build_command(target: str | None) -> dict[str, Any]:
+    """The package built is the chosen main file's."""
+    package = "./" + Path(target).parent.as_posix() if target and "/" in target else "."
+    return {"run_command": f"go build -o {BINARY} {package}"}

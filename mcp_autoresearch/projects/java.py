@@ -5,17 +5,22 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .base import Detection, find_files, read_small, rel
+from .base import Detection, find_files, read_small, rel, wall_time_settings
 
 NAME = "java"
+MIN_DELTA_S = 1.0  # a clean build takes seconds to minutes; differences under a second are noise
 _MAIN = re.compile(r"public\s+static\s+void\s+main\s*\(|^\s*fun\s+main\s*\(", re.MULTILINE)
 
 
-def _entry_point(root: Path) -> str | None:
+def _entry_points(root: Path, limit: int = 20) -> list[str]:
+    """Files under src/main with a `main` (bounded)."""
+    found = []
     for path in find_files(root, "src/main", (".java", ".kt")):
         if _MAIN.search(read_small(path)):
-            return rel(root, path)
-    return None
+            found.append(rel(root, path))
+            if len(found) >= limit:
+                break
+    return found
 
 
 def detect(root: Path) -> Detection | None:
@@ -24,31 +29,29 @@ def detect(root: Path) -> Detection | None:
     ]
     if not build_files:
         return None
-    if "pom.xml" in build_files:
+    # Repeats of an incremental build would time a no-op. Gradle reruns every task (--rerun-tasks); Maven has no
+    # such switch, and `clean` deletes target/ itself, which a confined run may not: one run, and the margin.
+    maven = "pom.xml" in build_files
+    if maven:
         run = "mvn -q package -DskipTests"
-    elif (root / "gradlew").is_file():
-        run = "./gradlew build -x test -q"
     else:
-        run = "gradle build -x test -q"
+        run = ("./gradlew" if (root / "gradlew").is_file() else "gradle") + " build -x test -q --rerun-tasks"
     settings = {
         "run_command": run,
-        "writable": ["target", "~/.m2"] if "pom.xml" in build_files else ["build", ".gradle", ".kotlin", "~/.gradle"],
+        "writable": ["target", "~/.m2"] if maven else ["build", ".gradle", ".kotlin", "~/.gradle"],
         "metric_name": "build_time_s",
-        "metric_measure": "wall_time_s",
+        **wall_time_settings(MIN_DELTA_S),
         "metric_direction": "lower_is_better",
         "readonly_files": build_files,
     }
-    warnings = []
-    target = _entry_point(root)
-    if target:
-        settings["target_file"] = target
-    else:
-        warnings.append("no entry point (main) found under src/main; set target_file")
+    if maven:
+        settings["repeats"] = 1
     return Detection(
         project_type=NAME,
         score=70,
         evidence=build_files,
         settings=settings,
         metric_source="wall time of the build in seconds (measured by the server)",
-        warnings=warnings,
+        target_candidates=_entry_points(root),
+        no_target="no tracked entry point (main) found under src/main; set target_file",
     )

@@ -13,25 +13,27 @@ NAME = "ml"
 def detect(root: Path) -> Detection | None:
     if not ((root / "train.py").is_file() and (root / "prepare.py").is_file()):
         return None
-    warnings = []
-    if shutil.which("uv"):
-        run = "uv run train.py"
-    else:
-        run = "python train.py"
-        warnings.append("uv is not on PATH: running 'python train.py' instead of 'uv run train.py'")
-    return Detection(
+    uv = shutil.which("uv") is not None
+    run = "uv run train.py" if uv else "python train.py"
+    detection = Detection(
         project_type=NAME,
         score=90,
         evidence=["train.py", "prepare.py"],
         settings={
-            "target_file": "train.py",
             "run_command": run,
             # caches of torch, triton and uv; nothing inside the project (the evaluation data stays read-only)
             "writable": ["~/.cache/torch", "~/.triton", "~/.cache/uv"],
             "metric_name": "val_bpb",
             "metric_direction": "lower_is_better",
             "readonly_files": ["prepare.py"],
+            "results_format": "karpathy",  # the columns karpathy's analysis.ipynb reads
         },
         metric_source="the last 'val_bpb: <float>' line of the run's output (memory from 'peak_vram_mb:')",
-        warnings=warnings,
+        target_candidates=["train.py"],
+        no_target="train.py is not usable as the target; set target_file",
     )
+    if not uv:
+        detection.warn_about(
+            "run_command", "uv is not on PATH: running 'python train.py' instead of 'uv run train.py'"
+        )
+    return detection

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from .base import Detection, first_existing
+from .base import Detection
 
 NAME = "node"
 OUTPUT_DIRS = ["dist", "build", "out", "public/build", ".output"]
@@ -31,17 +31,15 @@ def _exports_entry(exports: object) -> str | None:
     return None
 
 
-def _target(root: Path, package: dict) -> str | None:
-    for key in ("source", "main", "module"):
-        value = package.get(key)
-        if isinstance(value, str) and (root / value).is_file():
-            return str(Path(value).as_posix()).removeprefix("./")
-    entry = _exports_entry(package.get("exports"))
-    if entry and (root / entry).is_file():
-        return entry.removeprefix("./")
-    candidates = [f"src/{stem}.{ext}" for stem in ("index", "main", "app", "App") for ext in SOURCE_SUFFIXES]
+def _targets(package: dict) -> list[str]:
+    """package.json's `source`, `main`, `module`, `exports`, then the usual entry files. `main` often names the
+    build output (dist/x.js): the registry keeps only a tracked source file."""
+    named = [package.get(key) for key in ("source", "main", "module")]
+    named.append(_exports_entry(package.get("exports")))
+    candidates = [Path(value).as_posix() for value in named if isinstance(value, str) and value.strip()]
+    candidates += [f"src/{stem}.{ext}" for stem in ("index", "main", "app", "App") for ext in SOURCE_SUFFIXES]
     candidates += [f"{stem}.{ext}" for stem in ("index", "main", "app") for ext in SOURCE_SUFFIXES]
-    return first_existing(root, candidates)
+    return candidates
 
 
 def _output_dir(root: Path, build_script: str) -> str:
@@ -79,22 +77,20 @@ def detect(root: Path) -> Detection | None:
         "run_command": "npm run build",
         "writable": [out_dir, "node_modules/.cache", "~/.npm"],
         "metric_name": "bundle_kb",
-        "metric_measure": f"size_kb:{out_dir}",
+        "metric_measure": f"size_kb:{out_dir} !*.map",  # what ships: source maps left out
         "metric_direction": "lower_is_better",
         "readonly_files": ["package.json"] + [name for name in LOCK_FILES if (root / name).is_file()],
     }
-    target = _target(root, package)
-    if target:
-        settings["target_file"] = target
-    else:
-        warnings.append(
-            "no main source file found (source/main/module/exports, src/index.*); set target_file"
-        )
     return Detection(
         project_type=NAME,
         score=50,
         evidence=["package.json"],
         settings=settings,
-        metric_source=f"total size of the build output directory '{out_dir}/' in KB (measured by the server)",
+        metric_source=(
+            f"total size of the build output directory '{out_dir}/' in KB, source maps (*.map) left out "
+            f"(measured by the server; an output not written by the run is a metric_error)"
+        ),
         warnings=warnings,
+        target_candidates=_targets(package),
+        no_target="no tracked source file found (source/main/module/exports, src/index.*); set target_file",
     )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import tomllib
 from pathlib import Path
 
-from .base import Detection, find_files, first_existing, rel
+from .base import Detection, find_files, first_existing, rel, wall_time_settings
 
 NAME = "python"
+MIN_DELTA_S = 0.1  # a test suite takes a second to minutes; differences under 0.1 s are noise
 
 
 def _package_name(root: Path) -> str | None:
@@ -19,7 +22,7 @@ def _package_name(root: Path) -> str | None:
     return name.replace("-", "_").lower() if isinstance(name, str) else None
 
 
-def _target(root: Path) -> str | None:
+def _targets(root: Path) -> list[str]:
     name = _package_name(root)
     candidates = []
     if name:
@@ -33,14 +36,33 @@ def _target(root: Path) -> str | None:
         ]
     candidates += ["main.py", "app.py"]
     found = first_existing(root, candidates)
-    if found and not found.endswith("__init__.py"):
-        return found
-    # An empty __init__.py is a poor target: prefer the largest module of the package.
+    named = [found] if found and not found.endswith("__init__.py") else []
+    # An empty __init__.py is a poor target: prefer the largest modules of the package.
     base = str(Path(found).parent) if found else ("src" if (root / "src").is_dir() else ".")
     modules = [p for p in find_files(root, base, (".py",)) if "test" not in p.name and p.name != "setup.py"]
-    if modules:
-        return rel(root, max(modules, key=lambda p: (p.stat().st_size, -len(str(p)))))
-    return found
+    modules.sort(key=lambda p: (-p.stat().st_size, len(str(p))))
+    return named + [rel(root, p) for p in modules[:20]] + ([found] if found and not named else [])
+
+
+def _interpreter(root: Path) -> tuple[str, list[str]]:
+    """The project's own environment when it has one: `.venv/bin/python`, else `uv run python` with uv.lock;
+    otherwise the interpreter on PATH, named in a warning (the tests may not even import there)."""
+    venv = root / ".venv" / "bin" / "python"
+    if venv.is_file() and os.access(venv, os.X_OK):
+        return ".venv/bin/python", []
+    notes = []
+    if (root / "uv.lock").is_file():
+        if shutil.which("uv"):
+            return "uv run python", []
+        notes.append("uv.lock found but uv is not on PATH, and there is no .venv")
+    name = "python" if shutil.which("python") else "python3"
+    found = shutil.which(name)
+    where = f"'{name}' from PATH ({os.path.realpath(found)})" if found else f"'{name}', which is not on PATH"
+    notes.append(
+        f"no project environment (.venv, or uv.lock with uv): the tests run with the interpreter {where}; "
+        "set run_command if they need another"
+    )
+    return name, notes
 
 
 def detect(root: Path) -> Detection | None:
@@ -51,25 +73,29 @@ def detect(root: Path) -> Detection | None:
     warnings = []
     settings = {
         "metric_name": "test_time_s",
-        "metric_measure": "wall_time_s",
+        **wall_time_settings(MIN_DELTA_S),
         "writable": [".pytest_cache"],
         "metric_direction": "lower_is_better",
         "readonly_files": markers,
     }
+    interpreter_notes: list[str] = []
     if tests:
-        settings["run_command"] = f"python -m pytest -q -x {tests[0]}"
+        python, interpreter_notes = _interpreter(root)
+        settings["run_command"] = f"{python} -m pytest -q -x {tests[0]}"
+        if python.startswith("uv "):
+            settings["writable"] = [".pytest_cache", "~/.cache/uv"]
     else:
         warnings.append("no tests/ directory: set run_command to what exercises the code")
-    target = _target(root)
-    if target:
-        settings["target_file"] = target
-    else:
-        warnings.append("no module found to optimise; set target_file")
-    return Detection(
+    detection = Detection(
         NAME,
         40,
         markers,
         settings,
         "wall time of the test suite in seconds (measured by the server)",
         warnings,
+        target_candidates=_targets(root),
+        no_target="no tracked module found to optimise; set target_file",
     )
+    for note in interpreter_notes:
+        detection.warn_about("run_command", note)
+    return detection

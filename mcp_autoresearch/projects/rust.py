@@ -33,8 +33,13 @@ def detect(root: Path) -> Detection | None:
     else:
         settings.update(metric_name="build_time_s", metric_measure="wall_time_s")
         source = "wall time of the release build in seconds (measured by the server)"
-    if target:
-        settings["target_file"] = target
-    else:
-        warnings.append("neither src/main.rs nor src/lib.rs exists; set target_file")
-    return Detection(NAME, 60, ["Cargo.toml"], settings, source, warnings)
+    return Detection(
+        NAME,
+        60,
+        ["Cargo.toml"],
+        settings,
+        source,
+        warnings,
+        target_candidates=["src/main.rs", "src/lib.rs"],
+        no_target="no usable src/main.rs or src/lib.rs; set target_file",
+    )
