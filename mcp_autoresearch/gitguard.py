@@ -142,6 +142,14 @@ def _short(content: str) -> str:
     return content[:12] if len(content) == 40 or len(content) == 64 else content[:80]
 
 
+def _stat(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def digest(snapshot: dict[str, str]) -> str:
     """One hash for a refs snapshot: what a restarted server compares (the names live in memory only)."""
     text = "\n".join(f"{k}\t{v}" for k, v in sorted(snapshot.items()))
@@ -157,14 +165,21 @@ class GitWatch:
         self.branch = branch
         self.files = config_files(repo.worktree_git_dir, repo.git_dir)
         self.own = (f"refs/heads/{branch}", f"refs/autoresearch/{tag}/")
-        self._refs: dict[str, str] | None = (
-            None  # the last snapshot, with names (a restart has the digest only)
-        )
+        # The last snapshot, with names (a restart has the digest only), and the index file's stat then.
+        self._refs: dict[str, str] | None = None
+        self._index: tuple[int, ...] | None = None
 
     def before_run(self) -> tuple[dict[str, str | None], str]:
         """The configuration files' content and the refs' digest, to record with the pending run."""
         self._refs = snapshot_refs(self.repo.git_dir, self.own)
+        self._index = _stat(self.repo.worktree_git_dir / "index")
         return snapshot_config(self.files), digest(self._refs)
+
+    def index_unchanged(self) -> bool:
+        """True when the index file is the one the run found (same inode, size, mtime and ctime): then no
+        flag in it can have changed, and listing them is skipped."""
+        before, self._index = self._index, None
+        return before is not None and before == _stat(self.repo.worktree_git_dir / "index")
 
     def after_run(
         self, config: dict[str, str | None], refs_digest: str, commit: str, run_id: str

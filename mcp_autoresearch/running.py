@@ -269,7 +269,9 @@ class Runs:
                 core.repo.move_branch(
                     core.state.branch, commit, f"autoresearch: undo {pending.run_id}'s move"
                 )
-            hidden = [p for p in core.repo.hidden_tracked_files() if p not in core.state.hidden_paths]
+            index_same = self.git_watch.index_unchanged()  # else the run (or its git) wrote the index
+            hidden = [] if index_same else core.repo.hidden_tracked_files()
+            hidden = [p for p in hidden if p not in core.state.hidden_paths]
             if hidden:  # flags that blind git status to these files: cleared, so status sees them again
                 tampered.append("index flags hiding " + ", ".join(map(core.repo.project_path, hidden)))
                 core.repo.reveal(hidden)
