@@ -1,4 +1,4 @@
-"""The command line: `mcp-autoresearch serve | detect | results | status | dashboard | plot | demo`.
+"""The command line: `mcp-autoresearch serve | detect | results | status | dashboard | plot | finish | clean | demo`.
 
 Only argument parsing and dispatch live here. Every failure the user can fix prints one line and exits 2.
 """
@@ -93,6 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--session", metavar="TAG")
     plot.add_argument("--out", default="progress.png", help="output PNG (default progress.png)")
 
+    finish = sub.add_parser("finish", help="when you are done: the session's summary, and landing its result")
+    _add_project(finish)
+    finish.add_argument("--session", "--tag", dest="session", metavar="TAG", help="default: the current one")
+    finish.add_argument(
+        "--land", metavar="BRANCH", help="put the kept commits on BRANCH (fast-forward; created if missing)"
+    )
+    finish.add_argument("--squash", action="store_true", help="with --land: as one commit")
+    finish.add_argument("--message", metavar="TEXT", help="with --squash: the commit message")
+
+    clean = sub.add_parser("clean", help="remove a finished session's branch, refs and files")
+    _add_project(clean)
+    clean.add_argument("--tag", required=True, metavar="TAG", help="the session to remove")
+    clean.add_argument("--yes", action="store_true", help="remove (without it: only say what would go)")
+
     demo = sub.add_parser("demo", help="run the loop end to end on a bundled example project")
     demo.add_argument(
         "--experiments", type=int, default=12, help="experiments after the baseline (default 12)"
@@ -134,14 +148,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_dashboard_web(args)
         if args.command == "dashboard":
             from .dashboard import run_dashboard
-            from .report import open_session_files
+            from .report import check_status, open_session_files
 
+            # Checked before anything is read: a typo is an error, not an empty list.
+            status = check_status(args.status)
             files = open_session_files(args.project, args.session)
-            return run_dashboard(files, args.status, args.interval, args.once)
+            return run_dashboard(files, status, args.interval, args.once)
         if args.command in ("results", "status", "plot"):
             from . import report
 
             return report.run(args)
+        if args.command in ("finish", "clean"):
+            from . import landing
+
+            return landing.run(args)
         if args.command == "demo":
             from .demo import run_demo
 
@@ -155,12 +175,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from .project import load_project
+    from .repo import git_problem
 
     project = load_project(args.project, overrides_from(args), args.config)
     info = project.info
+    # Detection works without git, but the loop does not: say so after what was detected, and exit 2.
+    problem = git_problem(project.root)
     if args.json:
         print(info.model_dump_json(indent=2))
-        return 0
+        return _fail(problem) if problem else 0
     print(f"project:      {info.root} ({info.project_type})")
     print(f"target file:  {info.target_file or '-'}")
     print(f"run command:  {info.run_command or '-'}")
@@ -178,6 +201,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     )
     for warning in info.warnings:
         print(f"warning:      {warning}")
+    if problem:
+        return _fail(problem)
     print(info.message)
     return 0
 
@@ -226,10 +251,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.transport == "stdio":
             server.run()
             return 0
+        from .config import DEFAULTS
+        from .errors import ConfigError
         from .http import serve_http
         from .web.app import workspace_page
 
-        page = workspace_page(workspace.root, workspace.load().config.timeout, args.host, token)
+        try:
+            timeout = workspace.load().config.timeout
+        except ConfigError:  # a bad configuration file: detect_project reports it; the server still starts
+            timeout = 2 * float(DEFAULTS["time_budget"])
+        page = workspace_page(workspace.root, timeout, args.host, token)
         return serve_http(server, args.host, args.port, token, page)
     finally:
         workspace.shutdown()  # a run still in flight is killed and logged; the project lock is released

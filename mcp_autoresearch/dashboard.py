@@ -136,7 +136,7 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
         ),
         title="trend (taller is better; ▲ kept)",
     )
-    table = results_table(files, list(reversed(recent)))
+    table = results_table(files, list(reversed(recent)), width=width)
     table.title = "recent experiments" + (f" (status {status_filter})" if status_filter else "")
     return Group(header, chart, table)
 

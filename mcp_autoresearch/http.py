@@ -30,31 +30,54 @@ def security_for(host: str) -> TransportSecuritySettings:
 
 
 class BearerToken:
-    """Refuses every HTTP request without `Authorization: Bearer <token>` (constant-time comparison)."""
+    """Refuses every HTTP request without `Authorization: Bearer <token>` (constant-time comparison).
+
+    The refusal is RFC 6750's: 401 with a `WWW-Authenticate: Bearer` challenge, `error="invalid_token"` when a
+    bearer token was sent but is wrong (no error code when none was sent, as section 3.1 asks). This server has
+    no OAuth: its discovery documents (`/.well-known/...`) answer 404, so a client that starts an OAuth flow on
+    a 401 stops at once instead of asking the user to sign in somewhere; such a client needs the token as a
+    static header in its configuration (README, "HTTP transport")."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                body = json.dumps({"error": "unauthorized: send 'Authorization: Bearer <token>'"}).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 401,
-                        "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization") or b""
+        scheme, _, credentials = header.partition(b" ")
+        bearer = scheme.lower() == b"bearer"  # the scheme is case-insensitive (RFC 7235)
+        if bearer and hmac.compare_digest(credentials.strip(), self.expected):
+            await self.app(scope, receive, send)
+        elif str(scope.get("path", "")).startswith("/.well-known/"):
+            await _respond(send, 404, {"error": NO_OAUTH}, [])
+        elif bearer:
+            challenge = f'Bearer realm="{REALM}", error="invalid_token", error_description="{WRONG_TOKEN}"'
+            await _respond(
+                send, 401, {"error": "invalid_token", "error_description": WRONG_TOKEN}, [challenge]
+            )
+        else:
+            await _respond(send, 401, {"error": MISSING_TOKEN}, [f'Bearer realm="{REALM}"'])
+
+
+REALM = "mcp-autoresearch"
+WRONG_TOKEN = "the bearer token is not the one this server was started with"
+MISSING_TOKEN = "unauthorized: send 'Authorization: Bearer <token>' (the token the server was started with)"
+NO_OAUTH = "this server does not use OAuth; send 'Authorization: Bearer <token>' as a static header"
+
+
+async def _respond(send: Send, status: int, body: dict[str, str], challenges: list[str]) -> None:
+    headers = [(b"content-type", b"application/json")]
+    headers += [(b"www-authenticate", challenge.encode()) for challenge in challenges]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
 class PathDispatch:
-    """`/mcp` (and the lifespan) to the MCP app, every other path to the dashboard page."""
+    """`/mcp` (and the lifespan) to the MCP app, every other path to the dashboard page. OAuth discovery
+    (`/.well-known/`) belongs to the MCP side, where the token check answers it (see BearerToken)."""
 
     def __init__(self, mcp: ASGIApp, page: ASGIApp) -> None:
         self.mcp = mcp
@@ -62,7 +85,11 @@ class PathDispatch:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        to_mcp = scope["type"] == "lifespan" or path == "/mcp" or path.startswith("/mcp/")
+        to_mcp = (
+            scope["type"] == "lifespan"
+            or path in ("/mcp", "/.well-known")
+            or path.startswith(("/mcp/", "/.well-known/"))
+        )
         await (self.mcp if to_mcp else self.page)(scope, receive, send)
 
 

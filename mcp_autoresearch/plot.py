@@ -4,13 +4,19 @@ step line. Needs the optional `plot` extra (matplotlib)."""
 from __future__ import annotations
 
 import io
+import sys
 from importlib.util import find_spec
 from pathlib import Path
 
 from .errors import AutoresearchError
 from .journal import Row
 
-MISSING = "plotting needs matplotlib: pip install 'mcp-autoresearch[plot]'"
+# The package is installed from a clone (it is not on PyPI): name the command that works there, for the
+# interpreter that runs us.
+MISSING = (
+    "plotting needs matplotlib: from your clone of mcp-autoresearch, run "
+    f'{sys.executable} -m pip install ".[plot]" (or: {sys.executable} -m pip install matplotlib)'
+)
 
 
 def plotting_available() -> bool:

@@ -125,14 +125,17 @@ def load_project(
     root: str | os.PathLike[str] | None,
     overrides: dict[str, Any] | None = None,
     config_file: str | os.PathLike[str] | None = None,
+    files: bool = True,
 ) -> Project:
-    """Read every source, detect the project type, merge, validate. Raises ConfigError with one clear line."""
+    """Read every source, detect the project type, merge, validate. Raises ConfigError with one clear line.
+    With `files=False` the configuration files are left out: what the command line alone gives (and detection)."""
     root = check_project_root(root)
     sources: list[Source] = []
     cli = command_line_source(overrides)
     if cli:
         sources.append(cli)
-    sources += read_file_sources(root, Path(config_file).expanduser() if config_file else None)
+    if files:
+        sources += read_file_sources(root, Path(config_file).expanduser() if config_file else None)
 
     detections = detect_all(root)
     detected = detections[0] if detections else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from .project import check_project_root, load_project
 from .results_tsv import TsvFormat
 from .session import current_session
 from .state import SessionState, current_tag, load_state
+from .statuses import FILTERS
 
 
 @dataclass
@@ -62,43 +64,77 @@ def karpathy_tsv(rows: list[Row], metric: str) -> str:
     return shape.header() + "".join(shape.line(row) for row in rows)
 
 
-def results_table(files: SessionFiles, rows: list[Row], notes: bool = True):
+# Layout by width, so no column is ever squeezed to one character per line: from WIDE columns up the notes
+# have a column of their own; below it they go under the description; below NARROW the delta and memory
+# columns are left out too. The width is the terminal's, else $COLUMNS, else 80 (rich's rule).
+WIDE = 120
+NARROW = 80
+
+
+def results_table(files: SessionFiles, rows: list[Row], notes: bool = True, width: int = WIDE):
     from rich.table import Table
+    from rich.text import Text
 
     state = files.state
+    wide, narrow = width >= WIDE, width < NARROW
     table = Table(
         title=f"session {state.tag}: {state.metric_name} "
         f"({'lower' if state.metric_direction == 'lower_is_better' else 'higher'} is better)"
     )
-    for column, justify in (
-        ("run", "right"),
-        ("commit", "left"),
-        (state.metric_name, "right"),
-        ("delta", "right"),
-        ("status", "left"),
-        ("mem GB", "right"),
-    ):
+    fixed = [("run", "right"), ("commit", "left"), (state.metric_name, "right")]
+    fixed += [("delta", "right")] if not narrow else []
+    fixed += [("status", "left")]
+    fixed += [("mem GB", "right")] if not narrow else []
+    for column, justify in fixed:
         table.add_column(column, justify="left" if justify == "left" else "right", no_wrap=True)
-    table.add_column("description", min_width=24, ratio=2, overflow="fold")
-    if notes:
+    table.add_column("description" if wide or not notes else "description / notes", ratio=2, overflow="fold")
+    if notes and wide:
         table.add_column("notes", ratio=1, overflow="fold")
     colours = {"keep": "green", "discard": "bright_black", "crash": "red"}
     for row in rows:
         status = row.status if row.run_status in ("ok", row.status) else f"{row.status} ({row.run_status})"
-        table.add_row(
-            row.run_id,
-            row.commit[:7],
-            "-" if row.value is None else f"{row.value:.6f}",
-            "" if row.delta is None else f"{row.delta:+.6g}",
-            f"[{colours.get(row.status, 'white')}]{status}[/]",
-            "" if row.memory_gb is None else f"{row.memory_gb:.2f}",
-            row.description,
-            *([" / ".join(row.notes)] if notes else []),
-        )
+        cells = [row.run_id, row.commit[:7], "-" if row.value is None else f"{row.value:.6f}"]
+        cells += ["" if row.delta is None else f"{row.delta:+.6g}"] if not narrow else []
+        cells += [f"[{colours.get(row.status, 'white')}]{status}[/]"]
+        cells += ["" if row.memory_gb is None else f"{row.memory_gb:.2f}"] if not narrow else []
+        noted = " / ".join(row.notes)
+        if notes and wide:
+            table.add_row(*cells, row.description, noted)
+        elif notes and noted:
+            table.add_row(*cells, Text.assemble(row.description, "\n", ("notes: " + noted, "dim")))
+        else:
+            table.add_row(*cells, row.description)
     return table
 
 
+# Exit code when the reader of our output went away (`results | head`): what a tool killed by SIGPIPE returns.
+CLOSED_PIPE = 141
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        code = _run(args)
+        sys.stdout.flush()  # a closed pipe shows here rather than as a traceback at exit
+        return code
+    except BrokenPipeError:
+        # Stop quietly, as other command-line tools do; stdout goes to /dev/null so the exit flush is silent.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return CLOSED_PIPE
+
+
+def check_status(status: str | None) -> str | None:
+    """A `--status` filter, normalised; an unknown one is an error naming the valid ones (not an empty table)."""
+    if status is None:
+        return None
+    wanted = status.strip().lower()
+    if wanted not in FILTERS:
+        raise ConfigError(f"--status {status!r} is not a status; use one of: {', '.join(FILTERS)}")
+    return wanted
+
+
+def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "status", None) is not None:
+        args.status = check_status(args.status)
     files = open_session_files(args.project, getattr(args, "session", None))
     if args.command == "results":
         rows = filter_rows(files.journal.rows, args.status)
@@ -115,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             from rich.console import Console
 
-            Console().print(results_table(files, rows))
+            console = Console()
+            console.print(results_table(files, rows, width=console.width))
         return 0
     if args.command == "status":
         sys.stdout.write(journal_briefing(files.state, files.journal))

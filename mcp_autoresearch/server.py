@@ -19,14 +19,17 @@ import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp.types import Tool as MCPTool
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from . import __version__
 from .errors import AutoresearchError
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .project import ProjectInfo
 from .prompts import loop_prompt
+from .schemas import NO_NULL_DEFAULT, UNSET, OptionalInt, OptionalNumber, OptionalText, self_contained
 from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait
+from .statuses import FILTERS
 from .workspace import Workspace
 
 log = logging.getLogger("mcp_autoresearch")
@@ -51,6 +54,33 @@ WAIT_HELP = (
 class EditOp(BaseModel):
     old_text: str = Field(description="Exact text to replace; must occur exactly once in the target.")
     new_text: str = Field(description="Replacement text (may be empty to delete).")
+
+
+# `edits`, published as a plain array of inline objects (no $ref, no null).
+EditList = Annotated[
+    list[EditOp] | None,
+    WithJsonSchema({"type": "array", "maxItems": 200, "items": EditOp.model_json_schema()}),
+    NO_NULL_DEFAULT,
+]
+# query_results' filter, published as an enum of the statuses a logged row can have.
+StatusFilter = Annotated[OptionalText, WithJsonSchema({"type": "string", "enum": list(FILTERS)})]
+
+
+class _PortableServer(MCPServer):
+    """Publishes self-contained tool schemas: pydantic's `$defs`/`$ref` (nested models such as `edits` and
+    query_results' rows) are inlined, because some clients cannot resolve them and then list no tools at all
+    (see schemas.py)."""
+
+    async def list_tools(self) -> list[MCPTool]:
+        return [
+            tool.model_copy(
+                update={
+                    "input_schema": self_contained(tool.input_schema),
+                    "output_schema": self_contained(tool.output_schema) if tool.output_schema else None,
+                }
+            )
+            for tool in await super().list_tools()
+        ]
 
 
 def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -121,7 +151,7 @@ def create_server(workspace: Workspace) -> MCPServer:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(workspace.shutdown)
 
-    server = MCPServer(
+    server = _PortableServer(
         "autoresearch", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
     )
 
@@ -146,12 +176,12 @@ def create_server(workspace: Workspace) -> MCPServer:
     @tool(read_only=False)
     def start_session(
         tag: Annotated[
-            str | None,
+            OptionalText,
             Field(
-                description="Session name; the branch is autoresearch/<tag>. Default: today's month and day "
-                "(e.g. nov26), or the session whose branch is checked out."
+                description="Session name; the branch is autoresearch/<tag>. Default: the session whose branch "
+                "is checked out, else today's month and day (e.g. nov26)."
             ),
-        ] = None,
+        ] = UNSET,
     ) -> StartResult:
         """Start or resume an experiment session on branch autoresearch/<tag>. Refuses when tracked files have
         uncommitted changes. Creates results.tsv and the JSONL log. A resumed session returns its briefing."""
@@ -159,8 +189,12 @@ def create_server(workspace: Workspace) -> MCPServer:
 
     @tool(read_only=True, idempotent=True)
     def read_target(
-        start_line: Annotated[int | None, Field(description="First line to return (1-based).", ge=1)] = None,
-        end_line: Annotated[int | None, Field(description="Last line to return (inclusive).", ge=0)] = None,
+        start_line: Annotated[
+            OptionalInt, Field(description="First line to return, 1-based (default: 1).", ge=1)
+        ] = None,
+        end_line: Annotated[
+            OptionalInt, Field(description="Last line to return, inclusive (default: the last line).", ge=0)
+        ] = None,
     ) -> TargetView:
         """Read the target file (the only file experiments may change), whole or a line range, with its sha256."""
         return workspace.session.read_target(start_line, end_line)
@@ -168,26 +202,36 @@ def create_server(workspace: Workspace) -> MCPServer:
     @tool(read_only=False)
     def apply_edit(
         edits: Annotated[
-            list[EditOp] | None,
+            EditList,
             Field(
-                description="Replacements applied in order; each old_text must occur exactly once.",
+                description="Exact replacements, applied in order: a list of {old_text, new_text} objects "
+                "(at most 200); each old_text must occur exactly once in the target. Default: none; give "
+                "either edits or content.",
                 max_length=200,
             ),
         ] = None,
-        content: Annotated[str | None, Field(description="The whole new content of the target file.")] = None,
-        path: Annotated[
-            str | None,
+        content: Annotated[
+            OptionalText,
             Field(
-                description="Optional; if given it must name the target file. No other file can be edited."
+                description="The whole new content of the target file, as text (JSON or YAML content is "
+                "written as given). Default: none; give either edits or content."
             ),
-        ] = None,
+        ] = UNSET,
+        path: Annotated[
+            OptionalText,
+            Field(description="The target file's path (default: the target). No other file can be edited."),
+        ] = UNSET,
         expected_sha256: Annotated[
-            str | None,
-            Field(description="sha256 from read_target; the edit is refused if the file changed since."),
-        ] = None,
+            OptionalText,
+            Field(
+                description="sha256 from read_target; the edit is refused if the file changed since "
+                "(default: no check)."
+            ),
+        ] = UNSET,
     ) -> EditResult:
-        """Change the target file: either `edits` (exact replacements) or `content` (whole file). Only the
-        configured target can be written; the write is atomic. Returns the diff."""
+        """Change the target file: either `edits`, a list of exact replacements each given as
+        {"old_text": ..., "new_text": ...}, or `content`, the whole new file. Only the configured target can be
+        written; the write is atomic. Returns the diff."""
         ops = [op.model_dump() for op in edits] if edits is not None else None
         return workspace.session.apply_edit(ops, content, path, expected_sha256)
 
@@ -222,11 +266,13 @@ def create_server(workspace: Workspace) -> MCPServer:
             str, Field(description="What this experiment changes, in a few words.", max_length=2000)
         ],
         ctx: Context,
-        wait_s: Annotated[float | None, Field(description=WAIT_HELP, ge=0)] = None,
+        wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
     ) -> RunResult:
         """Run one experiment on the current target. The server checks that only the target changed, commits
         the candidate, runs the configured command under a hard timeout, and measures the metric itself. The
-        first run of a session must be the unmodified baseline. Then call commit_or_reset."""
+        first run of a session must be the unmodified baseline. Returns within wait_s: when the run takes
+        longer the result has status 'running' (the run goes on); then call wait_experiment(run_id) until the
+        status is no longer 'running'. Once the run is finished, call commit_or_reset."""
         session = await anyio.to_thread.run_sync(current_session)
         run_id = await anyio.to_thread.run_sync(session.start_run, description)
         return await _await_run(run_id, wait_s, ctx)
@@ -235,7 +281,7 @@ def create_server(workspace: Workspace) -> MCPServer:
     async def wait_experiment(
         run_id: Annotated[str, Field(description="The run_id returned by run_experiment.")],
         ctx: Context,
-        wait_s: Annotated[float | None, Field(description=WAIT_HELP, ge=0)] = None,
+        wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
     ) -> RunResult:
         """Wait for a run that returned status 'running', and return its result (same shape as run_experiment)."""
         return await _await_run(run_id, wait_s, ctx)
@@ -243,10 +289,11 @@ def create_server(workspace: Workspace) -> MCPServer:
     @tool(read_only=False, destructive=True)
     def commit_or_reset(
         run_id: Annotated[
-            str | None, Field(description="The run to decide (default: the pending run).")
-        ] = None,
+            OptionalText, Field(description="The run to decide (default: the run waiting for its decision).")
+        ] = UNSET,
         discard: Annotated[
-            bool, Field(description="Discard even if it improved. A keep can never be forced.")
+            bool,
+            Field(description="Discard even if it improved (default: false). A keep can never be forced."),
         ] = False,
     ) -> DecisionResult:
         """Decide the finished run from the server's own measurement: keep (the branch advances) when the
@@ -268,14 +315,16 @@ def create_server(workspace: Workspace) -> MCPServer:
     @tool(read_only=True, idempotent=True)
     def query_results(
         status: Annotated[
-            str | None,
+            StatusFilter,
             Field(
-                description="Only rows with this status: keep, discard, crash, or a run status (timeout, ...)."
+                description="Only rows with this status: a decision (keep, discard, crash) or how the run "
+                "ended (ok, timeout, metric_error, ...). Default: every row."
             ),
-        ] = None,
-        limit: Annotated[int, Field(description="Rows to return (1-500).", ge=1, le=500)] = 20,
+        ] = UNSET,
+        limit: Annotated[int, Field(description="Rows to return, 1-500 (default: 20).", ge=1, le=500)] = 20,
         order: Annotated[
-            Literal["recent", "best"], Field(description="recent first, or best value first.")
+            Literal["recent", "best"],
+            Field(description="'recent' (newest first) or 'best' (best value first). Default: recent."),
         ] = "recent",
     ) -> QueryResult:
         """The session's results: counts, baseline, best, improvement, streak, and the rows."""
@@ -284,9 +333,23 @@ def create_server(workspace: Workspace) -> MCPServer:
     @server.prompt(
         name="loop", description="The autonomous experiment loop: setup, rules, and the current briefing."
     )
-    def loop(focus: str | None = None) -> str:
-        """focus: optional single word naming an area to concentrate on (e.g. optimizer)."""
-        return loop_prompt(workspace.detect(), workspace.briefing(), focus)
+    def loop(
+        focus: Annotated[
+            str | None,
+            Field(
+                description="Optional: one word naming an area to concentrate the ideas on (e.g. optimizer)."
+            ),
+        ] = None,
+    ) -> str:
+        try:
+            info = workspace.detect()
+        except AutoresearchError as exc:
+            return (
+                f"The autoresearch server cannot run the loop yet: {exc}\n"
+                "Ask the user to fix this (the configuration is read again on every call), then call "
+                "detect_project to check, and follow the `loop` prompt again."
+            )
+        return loop_prompt(info, workspace.briefing(), focus)
 
     @server.resource(
         "autoresearch://results",

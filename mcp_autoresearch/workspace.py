@@ -5,8 +5,10 @@ The MCP server and the CLI talk to a `Workspace`; the loop's rules live in `sess
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from .briefing import stored_briefing
@@ -16,6 +18,8 @@ from .project import Project, ProjectInfo, load_project
 from .repo import Repo
 from .session import Session, current_session
 from .state import ProjectLock
+
+log = logging.getLogger("mcp_autoresearch")
 
 
 class Workspace:
@@ -29,8 +33,16 @@ class Workspace:
     ) -> None:
         self.overrides = overrides or {}
         self.config_file = config_file
-        project = load_project(root, self.overrides, config_file)  # fail fast on a bad configuration
-        self.root = project.root
+        # What the user typed fails at once (the CLI exits 2). A bad configuration *file* must not stop the
+        # server: the client would only see "failed to connect". It is reported by detect_project and by every
+        # tool that needs the configuration, and a corrected file is read on the next call.
+        if config_file is not None and not Path(config_file).expanduser().is_file():
+            raise ConfigError(f"--config {config_file}: no such file")
+        self.root = load_project(root, self.overrides, config_file, files=False).root
+        try:
+            self.load()
+        except ConfigError as exc:
+            log.warning("%s (serving anyway: detect_project reports it until the file is fixed)", exc)
         self._lock = threading.RLock()
         self._project_lock = ProjectLock(self.root)
         self._session: Session | None = None
@@ -48,6 +60,7 @@ class Workspace:
             if self._session is None:
                 tag = current_session(self.root)
                 if tag is None:
+                    self.load()  # a broken configuration file is the first thing to fix
                     raise SessionError("no session is active: call start_session first")
                 self.start_session(tag)
             assert self._session is not None

@@ -79,12 +79,25 @@ def http_server(ml_project: Path) -> Iterator[tuple[str, str]]:
 def test_token_is_required_on_every_request(http_server: tuple[str, str]) -> None:
     url, token = http_server
     with httpx2.Client(timeout=10) as http:
-        assert http.post(url, json=INIT, headers=ACCEPT).status_code == 401
-        wrong = http.post(url, json=INIT, headers={**ACCEPT, "Authorization": "Bearer nope"})
-        assert wrong.status_code == 401 and "unauthorized" in wrong.text
+        # RFC 6750: a wrong bearer token is `invalid_token`; without one, a bare challenge (section 3.1).
+        for wrong_token in ("Bearer nope", f"bearer {token}x", f"Bearer {token[:-1]}"):
+            wrong = http.post(url, json=INIT, headers={**ACCEPT, "Authorization": wrong_token})
+            assert wrong.status_code == 401, wrong_token
+            challenge = wrong.headers["www-authenticate"]
+            assert challenge.startswith("Bearer ") and 'error="invalid_token"' in challenge, challenge
+            assert wrong.json()["error"] == "invalid_token"
+        for missing in ({}, {"Authorization": "Basic abc"}):
+            refused = http.post(url, json=INIT, headers={**ACCEPT, **missing})
+            assert refused.status_code == 401 and "Authorization: Bearer" in refused.text
+            assert refused.headers["www-authenticate"] == 'Bearer realm="mcp-autoresearch"'
         assert http.get(url, headers={"Authorization": "Basic abc"}).status_code == 401
-        good = http.post(url, json=INIT, headers={**ACCEPT, "Authorization": f"Bearer {token}"})
-        assert good.status_code == 200
+        # No OAuth here: discovery answers 404 at once instead of a 401 that looks like a sign-in request.
+        for path in ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-authorization-server"):
+            discovery = http.get(url.removesuffix("/mcp") + path)
+            assert discovery.status_code == 404 and "static header" in discovery.text
+        for good_token in (f"Bearer {token}", f"bearer {token}"):
+            good = http.post(url, json=INIT, headers={**ACCEPT, "Authorization": good_token})
+            assert good.status_code == 200
 
 
 def test_dns_rebinding_protection(http_server: tuple[str, str]) -> None:

@@ -179,8 +179,10 @@ async def test_cli_detect_and_bad_arguments(ml_project: Path, tmp_path: Path) ->
         assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     version = run_cli("--version")
     assert version.returncode == 0 and "mcp-autoresearch" in version.stdout
+    # `detect` is for the person: a bad configuration file is an error there (`serve` starts anyway, see
+    # test_serve_config.py).
     (ml_project / "CLAUDE.md").write_text("## autoresearch\n- time_budget: abc\n")
-    bad_config = run_cli("serve", "--project", str(ml_project))
+    bad_config = run_cli("detect", "--project", str(ml_project))
     assert (
         bad_config.returncode == 2 and "time_budget" in bad_config.stderr and "CLAUDE.md" in bad_config.stderr
     )

@@ -167,6 +167,6 @@ async def test_cli_views(ml_project: Path, agent_for, tmp_path: Path) -> None:
         data = out.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < len(data) < 2_000_000
     else:
-        assert plot.returncode == 2 and "pip install 'mcp-autoresearch[plot]'" in plot.stderr
+        assert plot.returncode == 2 and 'pip install ".[plot]"' in plot.stderr
     none = run_cli("status", "--project", str(tmp_path))
     assert none.returncode == 2 and "no session" in none.stderr

@@ -1,0 +1,411 @@
+"""When the person is done: `finish` (a summary, and landing the kept commits on a branch they name) and `clean`
+(removing a finished session's refs and files). For the person at the terminal only: no tool of the agent's
+lands or removes anything.
+
+What this module never does: move any branch other than the one the user named (the session's own branch is
+only ever deleted by `clean`, on request), `git clean`, touch untracked files, or act while a server holds the
+project (the flock on `.autoresearch/server.lock`) or on a tree with uncommitted changes to tracked files.
+Every git call carries repo.py's safe options (no hooks, no signing prompts, no background gc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, SessionError
+from .journal import Row
+from .repo import FALLBACK_IDENTITY, GIT_OPTIONS, Repo
+from .report import SessionFiles, open_session_files
+from .rules import improvement, improvement_pct
+from .state import ProjectLock, current_tag, load_state, state_dir, state_path
+
+SESSION_BRANCHES = "autoresearch/"
+SESSION_REFS = "refs/autoresearch/"
+NO_COMMIT = "0" * 40
+# Session tags as start_session accepts them (so a tag can never name a path outside the state directory).
+TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+# ==========================================================================================================
+# the summary
+# ==========================================================================================================
+@dataclass
+class Kept:
+    commit: str
+    description: str
+    run_id: str | None
+    value: float | None
+
+
+@dataclass
+class Summary:
+    files: SessionFiles
+    kept: list[Kept]  # the session's commits from its base to its best, oldest first
+    fast_forwardable: list[str]  # the user's branches that `--land` can fast-forward
+
+    @property
+    def best(self) -> str | None:
+        best = self.files.state.best
+        return best.commit if best is not None else None
+
+
+def summarize(project: str, tag: str | None) -> Summary:
+    files = open_session_files(project, tag)
+    state = files.state
+    repo = Repo(files.root)
+    kept: list[Kept] = []
+    branches: list[str] = []
+    if state.best is not None and state.best.commit != state.base_commit:
+        # The log may hold short commit ids: match on the first 7 characters.
+        by_commit: dict[str, Row] = {r.commit[:7]: r for r in files.journal.rows if r.status == "keep"}
+        listing = _git(
+            repo.top,
+            "log",
+            "--reverse",
+            "--first-parent",
+            "--format=%H %s",
+            f"{state.base_commit}..{state.best.commit}",
+        )
+        for line in listing.splitlines():
+            commit, _, subject = line.partition(" ")
+            row = by_commit.get(commit[:7])
+            description = row.description if row else subject.removeprefix("experiment: ")
+            kept.append(Kept(commit, description, row.run_id if row else None, row.value if row else None))
+        merged = _git(
+            repo.top, "for-each-ref", "--merged", state.best.commit, "--format=%(refname:short)", "refs/heads"
+        )
+        branches = [
+            b
+            for b in merged.split()
+            if not b.startswith(SESSION_BRANCHES) and repo.resolve_branch(b) != state.best.commit
+        ]
+    return Summary(files, kept, branches)
+
+
+def summary_text(summary: Summary, hints: bool = True) -> str:
+    state, journal = summary.files.state, summary.files.journal
+    counts = {s: journal.counts.get(s, 0) for s in ("keep", "discard", "crash")}
+    direction = "lower" if state.metric_direction == "lower_is_better" else "higher"
+    lines = [
+        f"session {state.tag}: branch {state.branch}, started from {state.base_commit[:7]}",
+        f"metric:       {state.metric_name} ({direction} is better)",
+        f"experiments:  {len(journal)} (keep {counts['keep']}, discard {counts['discard']}, crash {counts['crash']})",
+    ]
+    baseline, best = state.baseline_value, state.best
+    lines.append(f"baseline:     {baseline:.6g}" if baseline is not None else "baseline:     - (not run yet)")
+    if best is not None:
+        lines.append(
+            f"best:         {best.value:.6g} at {best.commit[:7]} ({best.run_id}: {best.description})"
+        )
+    if best is not None and baseline is not None:
+        gain = improvement(best.value, baseline, state.metric_direction)
+        pct = improvement_pct(gain, baseline)
+        lines.append(
+            f"improvement:  {gain:.6g}" + (f" ({pct:+.2f}%)" if pct is not None else "") + " (>0 = better)"
+        )
+    if state.pending is not None:
+        lines.append(
+            f"note:         run {state.pending.run_id} was never decided; it is not part of the result"
+        )
+    if not summary.kept:
+        lines.append("kept commits: none beyond the baseline; there is nothing to land")
+        lines.append(f"to remove the session: mcp-autoresearch clean --tag {state.tag}")
+        return "\n".join(lines) + "\n"
+    lines.append(f"kept commits ({len(summary.kept)}, oldest first):")
+    for item in summary.kept:
+        value = f"{item.value:.6f}" if item.value is not None else "-"
+        lines.append(f"  {item.commit[:7]}  {item.run_id or '-':>5}  {value:>12}  {item.description}")
+    if not hints:
+        return "\n".join(lines) + "\n"
+    target = summary.fast_forwardable[0] if summary.fast_forwardable else "BRANCH"
+    if summary.fast_forwardable:
+        lines.append(f"can fast-forward: {', '.join(summary.fast_forwardable)}")
+    lines += [
+        "to land them:",
+        f"  mcp-autoresearch finish --session {state.tag} --land {target}            # the kept commits as they are",
+        f"  mcp-autoresearch finish --session {state.tag} --land {target} --squash   # as one commit",
+        f"then, to remove the session's branch, refs and files: mcp-autoresearch clean --tag {state.tag}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ==========================================================================================================
+# landing
+# ==========================================================================================================
+def land(summary: Summary, branch: str, squash: bool, message: str | None) -> str:
+    """Put the kept commits on `branch` (fast-forward, or one squashed commit); returns what was done."""
+    files, state = summary.files, summary.files.state
+    repo = Repo(files.root)
+    _check_branch_name(repo, branch)
+    if summary.best is None or not summary.kept:
+        raise SessionError(
+            f"session '{state.tag}' kept nothing beyond its baseline: there is nothing to land"
+        )
+    best = summary.best
+    lock = _lock(files.root, "land the session")
+    try:
+        _check_clean(repo)
+        worktree = _checked_out_elsewhere(repo, branch)
+        if worktree:
+            raise SessionError(f"{branch} is checked out in another worktree ({worktree}); land from there")
+        old = repo.resolve_branch(branch) if repo.branch_exists(branch) else None
+        if old == best or (old is not None and _tree(repo, old) == _tree(repo, best)):
+            return f"{branch} already holds the session's result ({old[:7]}, the files of {best[:7]}): nothing to do\n"
+        if old is not None and not repo.is_ancestor(old, best):
+            ahead = _git(repo.top, "log", "--oneline", "--no-decorate", f"{best}..{old}").splitlines()
+            raise SessionError(
+                f"{branch} has diverged from the session: it has {len(ahead)} commit(s) the session does not "
+                f"({'; '.join(ahead[:3])}). Nothing was changed; combine them yourself (git merge or git rebase "
+                f"of {state.branch}), or land on a new branch (--land {branch}-autoresearch)"
+            )
+        new = _squash_commit(repo, summary, old, message) if squash else best
+        moved = len(_git(repo.top, "rev-list", new, f"^{old or state.base_commit}").split())
+        checked_out = repo.current_branch() == branch
+        if checked_out:
+            # The branch's files are in the work tree: git updates index and files (and refuses if an
+            # untracked file would be overwritten).
+            _git(repo.top, "merge", "--ff-only", "--quiet", new)
+        else:
+            reason = (
+                f"mcp-autoresearch finish: {'squash' if squash else 'fast-forward'} of session {state.tag}"
+            )
+            # The old value makes the update conditional: a concurrent change of the branch is not overwritten.
+            _git(repo.top, "update-ref", "-m", reason, f"refs/heads/{branch}", new, old or NO_COMMIT)
+    finally:
+        lock.release()
+    how = f"as one commit {new[:7]}" if squash else f"by fast-forward ({moved} kept commit(s))"
+    text = f"landed session {state.tag} on {branch} {how}: {old[:7] if old else 'new branch'} -> {new[:7]}\n"
+    if not checked_out:
+        text += f"the work tree is unchanged (on {repo.current_branch() or 'a detached HEAD'}); git checkout {branch} to continue there\n"
+    return text + f"when done with the session: mcp-autoresearch clean --tag {state.tag}\n"
+
+
+def _squash_commit(repo: Repo, summary: Summary, parent: str | None, message: str | None) -> str:
+    """One commit with the best commit's files, on top of `parent` (the branch's tip, or the session's base)."""
+    state = summary.files.state
+    if message is None:
+        best = state.best
+        assert best is not None
+        head = f"autoresearch {state.tag}: {state.metric_name} "
+        head += (
+            f"{state.baseline_value:.6g} -> {best.value:.6g}"
+            if state.baseline_value is not None
+            else f"{best.value:.6g}"
+        )
+        body = [
+            f"- {k.description}" + (f" ({k.value:.6g})" if k.value is not None else "") for k in summary.kept
+        ]
+        message = head + "\n\nKept experiments, each measured by mcp-autoresearch:\n" + "\n".join(body) + "\n"
+    tree = f"{summary.best}^{{tree}}"
+    return _git(
+        repo.top, "commit-tree", tree, "-p", parent or state.base_commit, "-m", message, identity=True
+    ).strip()
+
+
+# ==========================================================================================================
+# cleaning
+# ==========================================================================================================
+@dataclass
+class CleanPlan:
+    root: Path
+    tag: str
+    branch: str | None  # refs/heads/autoresearch/<tag>, when it exists
+    refs: list[str]  # refs/autoresearch/<tag>/*
+    paths: list[Path]  # the state file and the run logs
+    unlanded: list[str]  # kept commits that no other branch holds
+
+    def text(self) -> str:
+        rel = [p.relative_to(self.root).as_posix() + ("/" if p.is_dir() else "") for p in self.paths]
+        lines = [f"session {self.tag}: will remove"]
+        if self.branch:
+            lines.append(f"  branch     {self.branch.removeprefix('refs/heads/')}")
+        if self.refs:
+            lines.append(f"  refs       {len(self.refs)} discarded idea(s) under {SESSION_REFS}{self.tag}/")
+        lines += [f"  file       {path}" for path in rel]
+        if self.unlanded:
+            lines.append(
+                f"warning: {len(self.unlanded)} kept commit(s) are on no other branch (best: {self.unlanded[-1][:7]}); "
+                "land them first (mcp-autoresearch finish --land BRANCH) or note that id to recover them"
+            )
+        lines.append("kept: the JSONL history of every session, results.tsv and run.log, and all your files")
+        return "\n".join(lines) + "\n"
+
+
+def plan_clean(project: str, tag: str) -> CleanPlan:
+    from .project import check_project_root
+
+    root = check_project_root(project)
+    if not TAG.match(tag):
+        raise ConfigError(f"--tag {tag!r} is not a session tag (lower-case letters, digits, '.', '_', '-')")
+    repo = Repo(root)
+    branch = f"{SESSION_BRANCHES}{tag}"
+    has_branch = repo.branch_exists(branch)
+    refs = _git(repo.top, "for-each-ref", "--format=%(refname)", f"{SESSION_REFS}{tag}/").split()
+    paths = [p for p in (state_path(root, tag), state_dir(root) / "runs" / tag) if p.exists()]
+    if not (has_branch or refs or paths):
+        raise SessionError(f"no session '{tag}' in {root}: nothing to clean")
+    unlanded: list[str] = []
+    state = load_state(root, tag) if state_path(root, tag).exists() else None
+    if has_branch and state is not None:
+        tip = repo.resolve_branch(branch)
+        others = [
+            f"^{ref}"
+            for ref in _git(repo.top, "for-each-ref", "--format=%(refname)", "refs/heads").split()
+            if ref != f"refs/heads/{branch}"
+        ]
+        unlanded = _git(repo.top, "rev-list", "--reverse", tip, f"^{state.base_commit}", *others).split()
+        best = state.best.commit if state.best is not None else None
+        if unlanded and best and any(_tree(repo, ref[1:]) == _tree(repo, best) for ref in others):
+            unlanded = []  # landed as one squashed commit: a branch holds exactly the best files
+    return CleanPlan(root, tag, f"refs/heads/{branch}" if has_branch else None, refs, paths, unlanded)
+
+
+def check_clean(plan: CleanPlan) -> None:
+    """Refuse while the session's branch is checked out (its files are the work tree) or a server holds it."""
+    _lock(plan.root, "clean a session").release()
+    _refuse_checked_out(plan)
+
+
+def _refuse_checked_out(plan: CleanPlan) -> None:
+    if plan.branch:
+        repo = Repo(plan.root)
+        short = plan.branch.removeprefix("refs/heads/")
+        elsewhere = _checked_out_elsewhere(repo, short)
+        where = "in this worktree" if repo.current_branch() == short else elsewhere and f"in {elsewhere}"
+        if where:
+            raise SessionError(
+                f"{short} is checked out {where}; switch to your branch first (git checkout main), "
+                "and land the result before if you want it (mcp-autoresearch finish --land main)"
+            )
+
+
+def clean(plan: CleanPlan) -> str:
+    repo = Repo(plan.root)
+    lock = _lock(plan.root, "clean a session")
+    try:
+        _refuse_checked_out(plan)
+        if plan.branch:
+            short = plan.branch.removeprefix("refs/heads/")
+            _git(repo.top, "update-ref", "-d", plan.branch, repo.resolve_branch(short))
+        for ref in plan.refs:
+            _git(repo.top, "update-ref", "-d", ref)
+        for path in plan.paths:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        if current_tag(plan.root) == plan.tag:
+            (state_dir(plan.root) / "current").unlink(missing_ok=True)
+    finally:
+        lock.release()
+    text = f"removed session {plan.tag}\n"
+    if plan.unlanded:
+        text += f"its best kept commit was {plan.unlanded[-1]} (git branch NAME {plan.unlanded[-1][:12]} recovers it)\n"
+    return text
+
+
+# ==========================================================================================================
+# checks and git
+# ==========================================================================================================
+def _lock(root: Path, doing: str) -> ProjectLock:
+    """Hold the project lock while changing anything: a server running the loop must not see its refs move."""
+    lock = ProjectLock(root)
+    try:
+        lock.acquire()
+    except SessionError as exc:
+        raise SessionError(f"cannot {doing} now: {exc}") from None
+    return lock
+
+
+def _check_clean(repo: Repo) -> None:
+    dirty = [repo.project_path(p) for p in repo.changed_tracked_files()]
+    if dirty:
+        raise SessionError(
+            "tracked files have uncommitted changes: " + ", ".join(dirty[:10]) + ". Commit or stash them "
+            "first (an undecided experiment? let the server decide it), so nothing of yours is overwritten"
+        )
+
+
+def _check_branch_name(repo: Repo, branch: str) -> None:
+    # A leading '-' would be read as an option by git; session branches belong to the server.
+    if branch.startswith("-") or branch.startswith(SESSION_BRANCHES) or branch == "HEAD":
+        raise ConfigError(f"--land {branch!r}: name one of your branches (e.g. main), not a session branch")
+    try:
+        _git(repo.top, "check-ref-format", "--branch", branch)
+    except SessionError:
+        raise ConfigError(f"--land {branch!r} is not a valid branch name") from None
+
+
+def _checked_out_elsewhere(repo: Repo, branch: str) -> str | None:
+    """The other worktree that has `branch` checked out (its files would no longer match), if any."""
+    path = None
+    for line in _git(repo.top, "worktree", "list", "--porcelain").splitlines():
+        if line.startswith("worktree "):
+            path = line.removeprefix("worktree ")
+        elif line == f"branch refs/heads/{branch}" and path and Path(path).resolve() != repo.top:
+            return path
+    return None
+
+
+def _tree(repo: Repo, commit: str) -> str:
+    return _git(repo.top, "rev-parse", f"{commit}^{{tree}}").strip()
+
+
+def _git(top: Path, *args: str, identity: bool = False) -> str:
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+    if identity and not (env.get("GIT_AUTHOR_EMAIL") or _config(top, "user.email")):
+        env = {**FALLBACK_IDENTITY, **env}
+    options = [arg for option in GIT_OPTIONS for arg in ("-c", option)]
+    try:
+        done = subprocess.run(
+            ["git", *options, *args],
+            cwd=top,
+            env=env,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SessionError(f"git {args[0]} could not run: {exc}") from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).decode("utf-8", "replace").strip().replace("\n", " ")[:400]
+        raise SessionError(f"git {args[0]} failed: {detail or f'exit code {done.returncode}'}")
+    return done.stdout.decode("utf-8", "surrogateescape")
+
+
+def _config(top: Path, key: str) -> str | None:
+    try:
+        return _git(top, "config", key).strip() or None
+    except SessionError:
+        return None
+
+
+# ==========================================================================================================
+# the commands
+# ==========================================================================================================
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    if args.command == "finish":
+        if args.squash and not args.land:
+            raise ConfigError("--squash needs --land BRANCH")
+        summary = summarize(args.project, args.session)
+        sys.stdout.write(summary_text(summary, hints=not args.land))
+        if args.land:
+            sys.stdout.write(land(summary, args.land, args.squash, args.message))
+        return 0
+    plan = plan_clean(args.project, args.tag)
+    sys.stdout.write(plan.text())
+    sys.stdout.flush()
+    check_clean(plan)
+    if not args.yes:
+        sys.stdout.write("nothing was removed: run again with --yes to remove these\n")
+        return 0
+    sys.stdout.write(clean(plan))
+    return 0

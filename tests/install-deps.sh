@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# What the tests need besides the Python extras, installed only when missing (run it again at no cost):
+# - Debian's Chromium, for the web dashboard's browser tests (through apt-get, as root or with sudo);
+# - Node.js and npm, then the official MCP Inspector and TypeScript SDK client (1.22.0 and latest), the
+#   third-party clients the tests drive, into .ci/ (gitignored).
+# The README's test command and CI (.ci/run) both run it. A tool it cannot install makes the tests that need it
+# skip locally, saying so, and fail under CI.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else return 1; fi
+}
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || return 1
+  if [ -z "${APT_UPDATED:-}" ]; then as_root apt-get update -qq >/dev/null && APT_UPDATED=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${AUTORESEARCH_CHROMIUM:-}" ]; then
+  apt_install chromium || echo "install-deps: could not install chromium (apt-get install chromium)"
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  apt_install nodejs npm || echo "install-deps: could not install node and npm"
+fi
+if command -v npm >/dev/null 2>&1; then
+  npm_in() {  # folder, packages...
+    local dir=$1; shift
+    mkdir -p "$dir" && (cd "$dir" && npm install --silent --no-audit --no-fund --save-exact "$@" >/dev/null)
+  }
+  [ -x .ci/inspector/node_modules/.bin/mcp-inspector ] ||
+    npm_in .ci/inspector @modelcontextprotocol/inspector@0.15.0 ||
+    echo "install-deps: npm could not install @modelcontextprotocol/inspector"
+  # The TypeScript SDK client: the release that listed no tools on $ref schemas, and the latest.
+  [ -d .ci/tsclient/node_modules/sdk-1.22.0 ] && [ -d .ci/tsclient/node_modules/sdk-latest ] ||
+    npm_in .ci/tsclient sdk-1.22.0@npm:@modelcontextprotocol/sdk@1.22.0 \
+      sdk-latest@npm:@modelcontextprotocol/sdk@latest ||
+    echo "install-deps: npm could not install @modelcontextprotocol/sdk"
+fi
+exit 0
