@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import open_regular
+
 FLOAT = rb"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|(?i:nan|inf(?:inity)?))"
 _FIRST_FLOAT = re.compile(FLOAT.decode(), re.IGNORECASE)
 _METRIC_LINE = re.compile(rb"^[ \t]*METRIC[ \t]+([A-Za-z_][\w.\-]*)[ \t]*=[ \t]*(" + FLOAT + rb")", re.M)
@@ -50,7 +52,7 @@ def last_match(path: Path, patterns: list[re.Pattern[bytes]], literal: bytes | N
     backwards in chunks of at most CHUNK bytes, so memory stays bounded whatever the log's size. `literal`,
     a string every match contains, lets chunks without it skip the regex (a substring search is far faster)."""
     try:
-        handle = path.open("rb")
+        handle = os.fdopen(open_regular(path), "rb")  # a FIFO left at the log's path must not block
     except OSError:
         return None
     with handle:
@@ -276,7 +278,7 @@ def read_secondary(path: Path, metric_name: str | None, memory_regex: str | None
             memory = None
     metrics: dict[str, float] = {}
     try:
-        handle = path.open("rb")
+        handle = os.fdopen(open_regular(path), "rb")  # a FIFO left at the log's path must not block
     except OSError:
         return Secondary(memory, metrics)
     with handle:

@@ -35,6 +35,8 @@ from typing import Literal
 import psutil
 
 from .capture import Capture
+from .errors import SessionError
+from .files import atomic_write, own_dir
 from .launcher import Launched, LauncherError
 from .logtail import last_line
 from .processes import (
@@ -396,16 +398,16 @@ class ProcessRun:
 
     def _keep_log_visible(self, log_fd: int) -> None:
         """A run may delete its own log file or the log directory; restore it from our still-open descriptor."""
-        if self.log_path.exists():
-            return
         try:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_path, "wb") as out:
-                os.lseek(log_fd, 0, os.SEEK_SET)
-                with os.fdopen(os.dup(log_fd), "rb") as src:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-        except OSError:
+            # Never through a symlink the run left in the log's folders: it would carry the write elsewhere.
+            relative = self.log_path.parent.relative_to(self.cwd).as_posix()
+            parent = own_dir(self.cwd, relative, replace_links=True)
+            if os.path.lexists(parent / self.log_path.name):
+                return
+            os.lseek(log_fd, 0, os.SEEK_SET)
+            with os.fdopen(os.dup(log_fd), "rb") as src:
+                atomic_write(parent / self.log_path.name, iter(lambda: src.read(1 << 20), b""), 0o644)
+        except (OSError, ValueError, SessionError):
             pass
 
 
