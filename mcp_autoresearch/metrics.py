@@ -113,7 +113,9 @@ def first_float(text: str) -> float:
 
 
 def path_size_bytes(path: Path) -> int:
-    """Size of a file, or the total of the regular files below a directory (symlinks are not followed)."""
+    """Size of a file, or the total of the regular files below a directory. A symbolic link below the directory
+    is not counted itself (the file it names is, when that file is inside the directory too); one that leads
+    out of the directory is refused: the output it stands for would be measured as nothing."""
     if path.is_symlink():
         return 0
     if path.is_file():
@@ -121,7 +123,18 @@ def path_size_bytes(path: Path) -> int:
     if not path.is_dir():
         raise MetricError(f"'{path.name}' does not exist after the run, so its size cannot be measured")
     total = 0
-    for dirpath, _dirs, files in os.walk(path):
+    real_root = os.path.realpath(path)
+    for dirpath, dirs, files in os.walk(path):
+        for name in [*files, *dirs]:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                resolved = os.path.realpath(full)
+                if resolved != real_root and not resolved.startswith(real_root + os.sep):
+                    shown = os.path.relpath(full, path)
+                    raise MetricError(
+                        f"'{path.name}/{shown}' is a symbolic link out of '{path.name}' (to {resolved}): the size "
+                        f"of '{path.name}' cannot be measured honestly"
+                    )
         for name in files:
             full = os.path.join(dirpath, name)
             try:
