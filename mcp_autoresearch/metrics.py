@@ -153,8 +153,10 @@ class Output:
 
 
 def scan_output(path: Path, measure: Measure) -> Output:
-    """Size and newest change of a file, or of the regular files below a directory (symlinks are not followed;
-    excluded files count for neither; directories count for the newest change: removing a file is writing)."""
+    """Size and newest change of a file, or of the regular files below a directory (excluded files count for
+    neither; directories count for the newest change: removing a file is writing). A symbolic link below the
+    directory is not counted itself (the file it names is, when that file is inside the directory too); one that
+    leads out of the directory is refused: the output it stands for would be measured as nothing."""
     out = Output()
     if path.is_symlink():
         return out
@@ -165,11 +167,22 @@ def scan_output(path: Path, measure: Measure) -> Output:
         return out
     if not path.is_dir():
         raise MetricError(f"'{path.name}' does not exist after the run, so its size cannot be measured")
-    for dirpath, _dirs, files in os.walk(path):
+    real_root = os.path.realpath(path)
+    for dirpath, dirs, files in os.walk(path):
         try:
             out.saw(os.path.relpath(dirpath, path), os.stat(dirpath))
         except OSError:
             pass
+        for name in [*files, *dirs]:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                resolved = os.path.realpath(full)
+                if resolved != real_root and not resolved.startswith(real_root + os.sep):
+                    shown = os.path.relpath(full, path)
+                    raise MetricError(
+                        f"'{path.name}/{shown}' is a symbolic link out of '{path.name}' (to {resolved}): the size "
+                        f"of '{path.name}' cannot be measured honestly"
+                    )
         for name in files:
             full = os.path.join(dirpath, name)
             relative = os.path.relpath(full, path).replace(os.sep, "/")

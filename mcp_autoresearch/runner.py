@@ -178,7 +178,7 @@ class ProcessRun:
             self._cut()
             self._keep_log_visible(log_fd)
             os.close(log_fd)
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            _remove_tree(tmpdir)
 
     def _cut(self) -> None:
         if self._capture is not None:
@@ -409,6 +409,18 @@ class ProcessRun:
                 atomic_write(parent / self.log_path.name, iter(lambda: src.read(1 << 20), b""), 0o644)
         except (OSError, ValueError, SessionError):
             pass
+
+
+def _remove_tree(path: str) -> None:
+    """Remove the run's private TMPDIR (links in it are unlinked, never followed). A tree deeper than Python's
+    recursion limit (a run can make one) is left to `rm -rf`, which is not recursive."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        try:
+            subprocess.run(["rm", "-rf", "--", path], stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            log.warning("could not remove the run's temporary directory %s", path)
 
 
 class _ExitWaiter:
