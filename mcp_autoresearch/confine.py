@@ -49,7 +49,14 @@ MAKE_BLOCK = 1 << 11
 MAKE_SYM = 1 << 12
 REFER = 1 << 13  # ABI 2
 TRUNCATE = 1 << 14  # ABI 3
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
 SCOPE_SIGNAL = 1 << 1  # ABI 6
+PR_CAPBSET_DROP = 24
+# Capabilities a root run must not keep, because Landlock does not mediate what they allow: file flags such as
+# `chattr +i` on the user's or the server's files (FS_IOC_SETFLAGS on a file opened read-only), kernel modules,
+# raw I/O, reboot, the system clock, BPF, mounts and namespaces (CAP_SYS_ADMIN), network configuration.
+DROPPED_CAPS = (9, 12, 16, 17, 21, 22, 25, 32, 33, 39)  # LINUX_IMMUTABLE NET_ADMIN SYS_MODULE SYS_RAWIO
+# SYS_ADMIN SYS_BOOT SYS_TIME MAC_OVERRIDE MAC_ADMIN BPF
 
 _WRITE_ABI1 = (
     WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_CHAR | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO | MAKE_BLOCK
@@ -119,7 +126,9 @@ def build_ruleset(writable: list[str], scope_signal: bool = True) -> tuple[int, 
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
     handled = write_rights(abi)
-    attr = _RulesetAttr(handled, 0, SCOPE_SIGNAL if (scope_signal and abi >= 6) else 0)
+    # Scoped: signals and abstract unix sockets of processes outside the run (the server, the user's session).
+    scoped = SCOPE_SIGNAL | SCOPE_ABSTRACT_UNIX_SOCKET
+    attr = _RulesetAttr(handled, 0, scoped if (scope_signal and abi >= 6) else 0)
     size = 24 if abi >= 6 else 8
     fd = libc.syscall(create, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if fd < 0:
@@ -150,8 +159,17 @@ def restrict_self(ruleset_fd: int) -> None:
     libc.syscall.restype = ctypes.c_long
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise ConfineError(f"prctl(NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+    drop_capabilities(libc)
     if libc.syscall(restrict, ctypes.c_int(ruleset_fd), ctypes.c_uint32(0)) < 0:
         raise ConfineError(f"landlock_restrict_self failed: {os.strerror(ctypes.get_errno())}")
+
+
+def drop_capabilities(libc: ctypes.CDLL) -> None:
+    """Remove DROPPED_CAPS from the bounding set, so neither this process after `exec` nor any descendant holds
+    them (root regains only what the bounding set allows). Without CAP_SETPCAP (not root) there is nothing to
+    drop, and the calls fail harmlessly."""
+    for cap in DROPPED_CAPS:
+        libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

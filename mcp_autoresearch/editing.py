@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .context import SessionCore
 from .errors import RuleViolation
-from .files import atomic_write
+from .files import atomic_write, read_regular
 from .guard import resolve_target_path, sha256_bytes
 from .models import EditResult, TargetView
 
@@ -47,9 +47,11 @@ class Editor:
     def read_target(self, start_line: int | None, end_line: int | None) -> TargetView:
         path = self.target_path()
         try:
-            data = path.read_bytes()
+            data = read_regular(path)  # never blocks on a FIFO swapped in after the check above
         except FileNotFoundError:
             raise RuleViolation(f"the target {self.core.target_rel} was deleted; {DELETED_FIX}") from None
+        except OSError:
+            raise RuleViolation(f"the target {self.core.target_rel} is no longer a regular file; restore it") from None
         text = data.decode("utf-8", errors="replace")
         lines = text.splitlines(keepends=True)
         total = len(lines)
@@ -91,9 +93,11 @@ class Editor:
                     "give exactly one of edits (a list of {old_text, new_text}) or content (the whole new file)"
                 )
             try:
-                before_bytes = target.read_bytes()
+                before_bytes = read_regular(target)
             except FileNotFoundError:
                 before_bytes = b""
+            except OSError:
+                raise RuleViolation(f"the target {self.core.target_rel} is no longer a regular file") from None
             before_sha = sha256_bytes(before_bytes)
             if expected_sha256 is not None and expected_sha256.strip().lower() != before_sha:
                 raise RuleViolation(

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from .errors import SessionError
 
-def atomic_write(path: Path, data: bytes | Iterable[bytes], mode: int | None = None) -> int:
-    """Write to a temporary file beside `path`, fsync it, and rename it over `path`. A symlink standing at
-    `path` is replaced, never followed. `mode` defaults to the existing file's permissions. Returns the size."""
+
+def atomic_write(
+    path: Path, data: bytes | Iterable[bytes], mode: int | None = None, sync: bool = True
+) -> int:
+    """Write to a temporary file beside `path`, fsync it (unless `sync` is False: a copy that may be lost), and
+    rename it over `path`. A symlink standing at `path` is replaced, never followed. `mode` defaults to the
+    existing file's permissions. Returns the size."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     if mode is None:
         try:
@@ -30,7 +36,8 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], mode: int | None = N
             size += len(view)
             while view:
                 view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
@@ -38,3 +45,59 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], mode: int | None = N
     os.close(fd)
     os.replace(tmp, path)
     return size
+
+
+def own_dir(root: Path, *parts: str, replace_links: bool = False) -> Path:
+    """`root/parts...`, created as needed, where every component is a real directory: a symlink planted in the
+    server's own folders would make it write outside the project. With `replace_links` (folders that only the
+    server owns) such a symlink is removed (the link only, never what it points to) and a real directory made;
+    otherwise, and for a file standing there, it is refused."""
+    path = root
+    for name in (piece for part in parts for piece in part.split("/") if piece):
+        path = path / ("__up__" if name == ".." else name)
+        for _attempt in range(3):
+            try:
+                os.mkdir(path, 0o755)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise SessionError(f"cannot create {path}: {exc.strerror}") from None
+            mode = os.lstat(path).st_mode
+            if stat.S_ISDIR(mode):
+                break
+            if not (replace_links and stat.S_ISLNK(mode)):
+                raise SessionError(
+                    f"{path} is not a real directory (a symlink or a file stands there); the server keeps its "
+                    "files only in real directories of its own: move it aside"
+                )
+            os.unlink(path)
+        else:
+            raise SessionError(f"{path} keeps being replaced by a symlink; stop what does it")
+    return path
+
+
+def open_regular(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """Open a regular file without following a symlink and without ever blocking (a FIFO or a device standing
+    at `path` would hang a plain open or read). Raises OSError for anything but a regular file."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: Path) -> bytes:
+    """The content of a regular file (see `open_regular`)."""
+    fd = open_regular(path)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def copy_regular(source: Path, dest: Path) -> None:
+    """Copy a regular file's bytes to `dest` (atomically, never through a symlink at either end)."""
+    fd = open_regular(source)
+    with os.fdopen(fd, "rb") as handle:
+        atomic_write(dest, iter(lambda: handle.read(1 << 20), b""), 0o644)

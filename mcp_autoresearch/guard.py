@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import unicodedata
 from pathlib import Path
 
 from .errors import ConfigError, RuleViolation
+from .files import open_regular
 
 MAX_PATH_CHARS = 4096
 
@@ -20,15 +22,27 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: Path) -> str | None:
-    """Hash of a regular file's content; None when it does not exist or is not a regular file. A file that
-    cannot be read (permissions changed) gets a marker that differs from any hash, so it counts as changed."""
+    """Hash of a regular file's content; None when it does not exist or is a directory. Anything else gets a
+    marker that differs from any hash, so it counts as changed: a file that cannot be read, a symlink (named
+    with its target and the target's hash), a FIFO or a device (never opened in a way that can block)."""
     try:
-        with path.open("rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
         return f"unreadable ({exc.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    if stat.S_ISLNK(st.st_mode):  # the link and what it points to both count
+        return f"symlink to {os.readlink(path)}: {sha256_file(path.resolve())}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a regular file (mode {stat.filemode(st.st_mode)})"
+    try:
+        fd = open_regular(path)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    with os.fdopen(fd, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _inside(root: Path, path: Path) -> bool:

@@ -126,8 +126,13 @@ def writable_paths(root: Path, entries: list[str], tmpdir: str | None) -> list[s
     devices. A missing entry whose parent exists is created first (a rule needs something to stand on, and a
     first build must be able to write its output directory); one whose parent is missing is left out."""
     paths: list[str] = []
-    for entry in entries:
-        path = _expand(root, entry)
+    expanded = [_expand(root, entry) for entry in entries]
+    for path in expanded:
+        # An entry beneath another one is already writable through it (the run can create it), and the run may
+        # have replaced it (or a directory on its way) with a link since the last run: granting it by name would
+        # follow that link.
+        if any(other != path and _contains(other, path) for other in [*expanded, *map(Path, DEVICE_DIRS)]):
+            continue
         if not os.path.lexists(path) and path.parent.is_dir():
             try:
                 path.mkdir()

@@ -10,6 +10,7 @@ only when they are shown.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import math
 import os
@@ -19,10 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .evidence import Evidence
-from .files import atomic_write
+from .files import atomic_write, open_regular
 from .results_tsv import AUTORESEARCH_HEADER, TsvFormat
 from .statuses import DECISIONS, RUN_STATUSES, Decision, RunStatus, as_decision, as_run_status
 
@@ -73,15 +74,16 @@ class Row:
         return f"{self.commit[:7]}\t{self.metric}\t{value}\t{self.status}\t{one_line(self.description)}\n"
 
 
-Fingerprint = tuple[int, int, int]
+Fingerprint = tuple[int, int, int, int, int]
 
 
 def fingerprint(path: Path) -> Fingerprint | None:
+    """Size, times and inode: any write changes the ctime, which `os.utime` cannot put back."""
     try:
-        st = path.stat()
+        st = os.lstat(path)
     except OSError:
         return None
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
 
 
 _ROW_CACHE = 512
@@ -102,10 +104,13 @@ class Journal:
         self.tag = tag
         self.tsv_format = TsvFormat(results_format, metric)  # the shape results.tsv is written and rebuilt in
         self._tsv_size: int | None = None  # what results.tsv's size must be if nobody else wrote it
+        self.mirror: Path | None = None  # the server's own copy of the JSONL, appended in step
         self._reset()
 
     def _reset(self) -> None:
         self._offset = 0  # how far the JSONL has been read
+        # sha256 of the JSONL's first `_offset` bytes, as read or written by this process
+        self._sha = hashlib.sha256()
         self._offsets = array("q")  # byte offset of each experiment_done line
         self._values = array("d")  # the value, NaN when there is none
         self._status = bytearray()  # index into DECISIONS
@@ -195,7 +200,7 @@ class Journal:
         found: dict[int, Row] = {i: self._cache[i] for i in indices if i in self._cache}
         missing = sorted(set(indices) - set(found))
         if missing:
-            with self.jsonl_path.open("rb") as handle:
+            with _open_read(self.jsonl_path) as handle:
                 for index in missing:
                     handle.seek(self._offsets[index])
                     row = self._row_from(json.loads(handle.readline()))
@@ -213,7 +218,7 @@ class Journal:
         """Every row, oldest first, streamed from the file (for exports and the TSV)."""
         for start in range(0, len(self), 1000):
             batch = list(range(start, min(start + 1000, len(self))))
-            with self.jsonl_path.open("rb") as handle:
+            with _open_read(self.jsonl_path) as handle:
                 for index in batch:
                     handle.seek(self._offsets[index])
                     row = self._row_from(json.loads(handle.readline()))
@@ -263,7 +268,7 @@ class Journal:
         """Index complete lines appended since the last read. Returns how many new rows arrived."""
         before = len(self)
         try:
-            handle = self.jsonl_path.open("rb")
+            handle = _open_read(self.jsonl_path)
         except OSError:
             return 0
         tag_marker = json.dumps(self.tag).encode()
@@ -280,6 +285,7 @@ class Journal:
                         event = None
                     if isinstance(event, dict):
                         self._ingest(event, position)
+                self._sha.update(line)
                 position += len(line)
             self._offset = position
         return len(self) - before
@@ -330,7 +336,7 @@ class Journal:
     @staticmethod
     def _repair_torn_tail(path: Path) -> None:
         """A server killed mid-append leaves a line without its newline: cut it off."""
-        with path.open("rb+") as handle:
+        with os.fdopen(open_regular(path, os.O_RDWR), "rb+") as handle:
             handle.seek(0, os.SEEK_END)
             size = handle.tell()
             if size == 0:
@@ -361,7 +367,7 @@ class Journal:
         if quick and self._quick_tsv_ok():
             return False
         try:
-            current = self.tsv_path.open("rb")
+            current = _open_read(self.tsv_path)
         except OSError:
             current = None
         same, size = current is not None, 0
@@ -383,7 +389,7 @@ class Journal:
 
     def _quick_tsv_ok(self) -> bool:
         try:
-            with self.tsv_path.open("rb") as handle:
+            with _open_read(self.tsv_path) as handle:
                 if handle.readline() != self.tsv_format.header().encode():
                     return False
                 handle.seek(0, os.SEEK_END)
@@ -419,6 +425,9 @@ class Journal:
         line = (json.dumps(event, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
         offset = _append(self.jsonl_path, line)
         self._offset = offset + len(line)
+        self._sha.update(line)
+        if self.mirror is not None:  # the server's own copy, to restore the JSONL from (ownfiles); a tail
+            _append(self.mirror, line, sync=False)  # lost in a crash is rebuilt from the sealed JSONL
         return offset
 
     def log_session_start(self, details: dict[str, Any]) -> None:
@@ -487,6 +496,10 @@ class Journal:
         return list(self._notes[index])
 
     # -- tamper evidence ------------------------------------------------------------------------------------
+    def seal(self) -> tuple[int, str]:
+        """How many bytes of the JSONL this process vouches for, and their sha256."""
+        return self._offset, self._sha.hexdigest()
+
     def fingerprints(self) -> tuple[Fingerprint | None, Fingerprint | None]:
         return fingerprint(self.tsv_path), fingerprint(self.jsonl_path)
 
@@ -504,15 +517,21 @@ def _run_number(run_id: str) -> int | None:
     return None
 
 
-def _append(path: Path, data: bytes) -> int:
-    """Append, flush and fsync; returns the offset the data starts at."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def _append(path: Path, data: bytes, sync: bool = True) -> int:
+    """Append, flush and fsync (unless `sync` is False); returns the offset the data starts at."""
+    fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never a symlink, FIFO or device
     try:
         start = os.fstat(fd).st_size
         written = 0
         while written < len(data):
             written += os.write(fd, data[written:])
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     return start
+
+
+def _open_read(path: Path) -> BinaryIO:
+    """Open one of the server's files for reading: never through a symlink, never blocking on a FIFO."""
+    return os.fdopen(open_regular(path), "rb")

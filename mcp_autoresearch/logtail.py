@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+
+from .files import open_regular
 
 # CSI sequences (colours, cursor moves), OSC sequences (titles, links), and other two-byte escapes.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -27,7 +30,7 @@ def clean_text(raw: bytes) -> str:
 
 def read_tail_bytes(path: Path, limit: int = TAIL_READ_BYTES) -> bytes:
     try:
-        with path.open("rb") as handle:
+        with os.fdopen(open_regular(path), "rb") as handle:  # a FIFO left there must not block
             handle.seek(0, 2)
             size = handle.tell()
             handle.seek(max(0, size - limit))

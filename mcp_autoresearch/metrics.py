@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import open_regular
+
 FLOAT = rb"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|(?i:nan|inf(?:inity)?))"
 _FIRST_FLOAT = re.compile(FLOAT.decode(), re.IGNORECASE)
 _METRIC_LINE = re.compile(rb"^[ \t]*METRIC[ \t]+([A-Za-z_][\w.\-]*)[ \t]*=[ \t]*(" + FLOAT + rb")", re.M)
@@ -50,7 +52,7 @@ def last_match(path: Path, patterns: list[re.Pattern[bytes]], literal: bytes | N
     backwards in chunks of at most CHUNK bytes, so memory stays bounded whatever the log's size. `literal`,
     a string every match contains, lets chunks without it skip the regex (a substring search is far faster)."""
     try:
-        handle = path.open("rb")
+        handle = os.fdopen(open_regular(path), "rb")  # a FIFO left at the log's path must not block
     except OSError:
         return None
     with handle:
@@ -151,8 +153,10 @@ class Output:
 
 
 def scan_output(path: Path, measure: Measure) -> Output:
-    """Size and newest change of a file, or of the regular files below a directory (symlinks are not followed;
-    excluded files count for neither; directories count for the newest change: removing a file is writing)."""
+    """Size and newest change of a file, or of the regular files below a directory (excluded files count for
+    neither; directories count for the newest change: removing a file is writing). A symbolic link below the
+    directory is not counted itself (the file it names is, when that file is inside the directory too); one that
+    leads out of the directory is refused: the output it stands for would be measured as nothing."""
     out = Output()
     if path.is_symlink():
         return out
@@ -163,11 +167,22 @@ def scan_output(path: Path, measure: Measure) -> Output:
         return out
     if not path.is_dir():
         raise MetricError(f"'{path.name}' does not exist after the run, so its size cannot be measured")
-    for dirpath, _dirs, files in os.walk(path):
+    real_root = os.path.realpath(path)
+    for dirpath, dirs, files in os.walk(path):
         try:
             out.saw(os.path.relpath(dirpath, path), os.stat(dirpath))
         except OSError:
             pass
+        for name in [*files, *dirs]:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                resolved = os.path.realpath(full)
+                if resolved != real_root and not resolved.startswith(real_root + os.sep):
+                    shown = os.path.relpath(full, path)
+                    raise MetricError(
+                        f"'{path.name}/{shown}' is a symbolic link out of '{path.name}' (to {resolved}): the size "
+                        f"of '{path.name}' cannot be measured honestly"
+                    )
         for name in files:
             full = os.path.join(dirpath, name)
             relative = os.path.relpath(full, path).replace(os.sep, "/")
@@ -276,7 +291,7 @@ def read_secondary(path: Path, metric_name: str | None, memory_regex: str | None
             memory = None
     metrics: dict[str, float] = {}
     try:
-        handle = path.open("rb")
+        handle = os.fdopen(open_regular(path), "rb")  # a FIFO left at the log's path must not block
     except OSError:
         return Secondary(memory, metrics)
     with handle:

@@ -1,17 +1,24 @@
 """The server's own files (session state, JSONL, results.tsv): written only by the server.
 
 Their fingerprints are taken after each write of the server's; anything else that wrote them (a run, or the
-agent's shell between two calls) is undone from what the server knows.
+agent's shell between two calls) is undone from what the server knows. The JSONL is append-only and sealed: the
+server keeps the sha256 of the bytes it wrote (in memory, and in its own record of the session for a restart)
+and a copy of them (`.autoresearch/sessions/<tag>.own.jsonl`), so a JSONL rewritten, edited in place (same size,
+mtime put back) or deleted is restored by content, never adopted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .journal import RESULTS_TSV, Journal
-from .state import state_fingerprint
+from .errors import SessionError
+from .files import atomic_write, open_regular
+from .journal import RESULTS_TSV, Fingerprint, Journal, fingerprint
+from .state import Seal, state_fingerprint
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -33,11 +40,13 @@ class OwnFiles:
         self._save = save  # writes the state again from memory
         self._recovered = recovered  # the session's report of what was repaired
         self._journal_prints = journal.fingerprints()
+        self._mirror_print = _mirror_print(journal)
         self._state_print = state_fingerprint(root, tag)
 
     def journal_written(self) -> None:
         """The server appended to the journal: its new fingerprints are the expected ones."""
         self._journal_prints = self.journal.fingerprints()
+        self._mirror_print = _mirror_print(self.journal)
 
     def state_written(self) -> None:
         self._state_print = state_fingerprint(self.root, self.tag)
@@ -49,17 +58,21 @@ class OwnFiles:
             self._recovered.append("restored files written outside the server: " + ", ".join(changed))
 
     def restore(self) -> list[str]:
-        """Undo outside writes to the server's files; returns the files that had been written."""
+        """Undo outside writes to the server's files; returns the files that had been written. Compared by
+        size, times and inode (the ctime cannot be put back), then restored by content from what this process
+        wrote: the state from memory, the JSONL from its sealed bytes, results.tsv from the JSONL."""
         changed: list[str] = []
         tsv_before, jsonl_before = self._journal_prints
         tsv_now, jsonl_now = self.journal.fingerprints()
-        if jsonl_before is not None and jsonl_now != jsonl_before:
-            changed.append(self.jsonl_rel)
-            self._restore_jsonl(jsonl_before[0])
+        if jsonl_now != jsonl_before or self._mirror_print != _mirror_print(self.journal):
+            if jsonl_now != jsonl_before:
+                changed.append(self.jsonl_rel)
+            restore_jsonl(self.journal, self.journal.seal())
+            self.journal.load()
         if tsv_before is not None and tsv_now != tsv_before:
             changed.append(RESULTS_TSV)
             self.journal.reconcile_tsv()
-        if self._state_print is not None and state_fingerprint(self.root, self.tag) != self._state_print:
+        if state_fingerprint(self.root, self.tag) != self._state_print:
             changed.append(f".autoresearch/sessions/{self.tag}.json")
             self._save()
         if changed:
@@ -67,13 +80,80 @@ class OwnFiles:
         self.journal_written()
         return changed
 
-    def _restore_jsonl(self, size: int) -> None:
-        """The JSONL only ever grows: cut what a run appended; if it was rewritten, rewrite this session's rows."""
-        path = self.journal.jsonl_path
-        try:
-            if path.exists() and path.stat().st_size > size:
-                with path.open("rb+") as handle:
-                    handle.truncate(size)
-            self.journal.load()
-        except OSError:
-            pass
+
+def _mirror_print(journal: Journal) -> Fingerprint | None:
+    return fingerprint(journal.mirror) if journal.mirror is not None else None
+
+
+def prefix_sha256(path: Path, size: int) -> str | None:
+    """sha256 of a regular file's first `size` bytes; None when it is shorter, or not a regular file."""
+    try:
+        fd = open_regular(path)
+    except OSError:
+        return None
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb") as handle:
+        left = size
+        while left > 0 and (chunk := handle.read(min(left, 1 << 20))):
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest() if left == 0 else None
+
+
+def restore_jsonl(journal: Journal, seal: Seal) -> str | None:
+    """Make the JSONL exactly the `seal`ed bytes the server wrote, and its copy too. What a run appended is cut;
+    a JSONL rewritten, edited in place or deleted is restored from the server's copy. Nothing another process
+    wrote is ever adopted, and the history is never emptied: when neither file holds the sealed bytes, this
+    refuses. Returns what was done (None when nothing was needed)."""
+    size, digest = seal
+    path, mirror = journal.jsonl_path, journal.mirror
+    note = None
+    if prefix_sha256(path, size) == digest:
+        if os.lstat(path).st_size > size:
+            _truncate(path, size)
+            note = f"cut what was appended to {path.name} after the server's last write"
+    elif mirror is not None and prefix_sha256(mirror, size) == digest:
+        _copy_prefix(mirror, path, size)
+        note = f"{path.name} restored from the server's copy"
+    else:
+        raise SessionError(
+            f"{path} was rewritten and the server's copy ({mirror}) no longer holds what the server wrote "
+            "either; nothing of them was adopted. Put back the JSONL from a backup, or start a new session"
+        )
+    if mirror is not None and (prefix_sha256(mirror, size) != digest or os.lstat(mirror).st_size != size):
+        _copy_prefix(path, mirror, size)
+    return note
+
+
+def start_mirror(journal: Journal) -> None:
+    """A new session's copy of the JSONL: its whole content as this server read it."""
+    assert journal.mirror is not None
+    _copy_prefix(journal.jsonl_path, journal.mirror, journal.seal()[0])
+
+
+def _truncate(path: Path, size: int) -> None:
+    fd = open_regular(path, os.O_RDWR)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_prefix(source: Path, dest: Path, size: int) -> None:
+    """`dest` becomes the first `size` bytes of `source` (atomically; an empty file when `source` is absent)."""
+    try:
+        fd = open_regular(source)
+    except FileNotFoundError:
+        atomic_write(dest, b"", 0o644)
+        return
+    with os.fdopen(fd, "rb") as handle:
+        left = size
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal left
+            while left > 0 and (chunk := handle.read(min(left, 1 << 20))):
+                left -= len(chunk)
+                yield chunk
+
+        atomic_write(dest, chunks(), 0o644)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -21,18 +22,35 @@ from gitdb.base import IStream
 from gitdb.db.loose import LooseObjectDB
 
 from .errors import SessionError
+from .files import atomic_write, open_regular, own_dir, read_regular
 
-# Options on every call: no user hooks (they could edit files or block commits), no signing prompts,
-# no background gc daemon (it would outlive the call), no pager.
+# Options on every call. A run executes with the user's rights and can write .git/config: no setting it plants
+# may run a command inside the server's git calls or blind them. (Filter drivers and attributes cannot be
+# switched off from here: `gitguard` compares those files after every run, before git runs again.)
 GIT_OPTIONS = [
-    "core.hooksPath=/dev/null",
-    "commit.gpgsign=false",
+    "core.hooksPath=/dev/null",  # no user hooks: they could edit files or block commits
+    "core.fsmonitor=false",  # an fsmonitor hook is a command git runs on every status
+    "core.untrackedCache=false",
+    "core.trustctime=true",  # stat checks as strict as git has them: a forged mtime cannot hide an edit
+    "core.checkStat=default",
+    "core.ignoreStat=false",  # no assume-unchanged for every file
+    "submodule.recurse=false",  # never run git (and its config) inside submodules
+    "commit.gpgsign=false",  # no signing prompts
     "tag.gpgsign=false",
-    "gc.auto=0",
+    "gc.auto=0",  # no background gc daemon: it would outlive the call
     "maintenance.auto=false",
     "core.pager=cat",
     "advice.detachedHead=false",
 ]
+# The environment of every call: no replace objects (`git replace` could show the server another tree for the
+# same commit), no system-wide configuration or attributes.
+GIT_ENV = {
+    "GIT_NO_REPLACE_OBJECTS": "1",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_ATTR_NOSYSTEM": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+    "LC_ALL": "C",
+}
 FALLBACK_IDENTITY = {
     "GIT_AUTHOR_NAME": "autoresearch",
     "GIT_AUTHOR_EMAIL": "autoresearch@localhost",
@@ -62,6 +80,11 @@ class Repo:
         self._identity: str | None = None
         self._loose = LooseObjectDB(str(Path(self._repo.common_dir) / "objects"))
         self._env: dict[str, str] = {}
+        # GitPython reads objects through `git cat-file`: it must not see replace objects either.
+        self._git.update_environment(**{k: v for k, v in GIT_ENV.items() if k != "LC_ALL"})
+        # Named explicitly on every call, so a `core.worktree` (or GIT_DIR) planted by a run cannot point the
+        # server's checkouts at another directory.
+        self._location = [f"--git-dir={Path(self._repo.git_dir).resolve()}", f"--work-tree={self.top}"]
 
     # -- paths ----------------------------------------------------------------------------------------------
     def repo_path(self, project_relative: str) -> str:
@@ -77,19 +100,25 @@ class Repo:
 
     @property
     def git_dir(self) -> Path:
+        """The common git directory (objects, refs, config), shared by every work tree."""
         return Path(self._repo.common_dir).resolve()
+
+    @property
+    def worktree_git_dir(self) -> Path:
+        """This work tree's own git directory (HEAD, index); the common one for the main work tree."""
+        return Path(self._repo.git_dir).resolve()
 
     # -- running git ----------------------------------------------------------------------------------------
     def _run(self, *args: str) -> str:
         """One git command. Plain subprocess, not GitPython's execute: this sits on every experiment's path and
         costs half as much. A command that meets `index.lock` waits for the git process holding it, and takes
         over a lock that a killed process (an earlier server) left behind."""
-        env = {**os.environ, **self._env, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+        env = {**os.environ, **self._env, **GIT_ENV}
         began = time.monotonic()
         while True:
             try:
                 done = subprocess.run(
-                    ["git", *_OPTION_ARGS, *args],
+                    ["git", "--no-replace-objects", *self._location, *_OPTION_ARGS, *args],
                     cwd=self.top,
                     env=env,
                     capture_output=True,
@@ -167,6 +196,18 @@ class Repo:
                 index += 1
         return sorted(set(paths))
 
+    def hidden_tracked_files(self) -> list[str]:
+        """Tracked files git status does not look at: flagged assume-unchanged or skip-worktree in the index
+        (`git update-index`), which a run can set to hide its edits (repo-relative)."""
+        out = self._run("ls-files", "-v", "-z")
+        return [entry[2:] for entry in out.split("\0") if len(entry) > 2 and entry[0] != "H"]
+
+    def reveal(self, repo_paths: list[str]) -> None:
+        """Clear the assume-unchanged and skip-worktree flags of these paths, so git status sees them again."""
+        if repo_paths:  # two calls: update-index applies only the first of the two flags to a path
+            self._run("update-index", "-q", "--no-assume-unchanged", "--", *repo_paths)
+            self._run("update-index", "-q", "--no-skip-worktree", "--", *repo_paths)
+
     def show_file(self, commit: str, repo_path: str) -> bytes:
         return self._repo.commit(commit).tree[repo_path].data_stream.read()
 
@@ -183,6 +224,9 @@ class Repo:
         self._run("checkout", "-q", "-b", branch)
 
     def checkout_branch(self, branch: str) -> None:
+        head = Path(self._repo.git_dir) / "HEAD"
+        if head.is_symlink():  # git would update the file it points to: make HEAD a file of its own first
+            atomic_write(head, f"ref: refs/heads/{branch}\n".encode())
         self._run("checkout", "-q", branch)
 
     def commit_file(self, branch: str, repo_path: str, data: bytes, message: str, parent: str) -> str:
@@ -251,8 +295,10 @@ class Repo:
             return False
         return (self._config("core.autocrlf") or "false").lower() in ("false", "0", "no", "off")
 
-    def commit_with_git(self, repo_path: str, message: str) -> str:
-        """`git commit --only` of one path (its clean filters applied); for files that are not plain."""
+    def commit_with_git(self, branch: str, repo_path: str, message: str) -> str:
+        """`git commit --only` of one path (its clean filters applied); for files that are not plain. HEAD must be
+        on `branch`, whose ref must be a plain one (git would write through a symbolic ref)."""
+        self._refuse_symbolic(branch)
         self._run("commit", "-q", "--no-verify", "-m", message, "--only", "--", repo_path)
         return self.head_commit()
 
@@ -260,24 +306,18 @@ class Repo:
         """Index entries of these paths become HEAD's (after `commit_file`, for a kept experiment)."""
         self._run("reset", "-q", "HEAD", "--", *repo_paths)
 
-    def move_branch_keep_tree(self, commit: str) -> None:
-        """`reset --soft`: the branch points at `commit`; index and working tree stay as they are."""
-        self._run("reset", "-q", "--soft", commit)
-
     def restore_paths(self, commit: str, repo_paths: list[str]) -> None:
-        """Index and working tree of these paths become their content at `commit` (deleted when absent there)."""
+        """Index and working tree of these paths become their content at `commit`. A path absent there only
+        leaves the index: the file itself is never deleted, since a run that staged it (`git add -A`) may have
+        staged an untracked file of the user's, and nothing proves the run created it."""
         if not repo_paths:
             return
         present = [p for p in repo_paths if self._in_tree(commit, p)]
         absent = [p for p in repo_paths if p not in present]
         if present:
             self._run("checkout", "-q", commit, "--", *present)
-        for path in absent:
-            self._run("rm", "-q", "--cached", "--ignore-unmatch", "--", path)
-            try:
-                (self.top / path).unlink()
-            except OSError:
-                pass
+        if absent:
+            self._run("reset", "-q", commit, "--", *absent)
 
     def unstage(self, repo_paths: list[str]) -> None:
         self._run("reset", "-q", "--", *repo_paths)
@@ -294,27 +334,73 @@ class Repo:
             raise SessionError(
                 f"refusing to move {branch}: the server only moves its own autoresearch/ branches"
             )
+        self._refuse_symbolic(branch)
         common = self.git_dir
         old = self.resolve_branch(branch)
         self._write_ref(common / "refs" / "heads" / branch, commit)
-        line = f"{old} {commit} {self._signature()}\t{message}\n"
+        line = f"{old} {commit} {self._signature()}\t{message}\n".encode()
         logs = [common / "logs" / "refs" / "heads" / branch]
         if self.current_branch() == branch:
-            logs.append(Path(self._repo.git_dir) / "logs" / "HEAD")
+            logs.append(Path(self._repo.git_dir).resolve() / "logs" / "HEAD")
         for log in logs:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "a", encoding="utf-8") as handle:
-                handle.write(line)
+            try:
+                own_dir(self.git_dir, log.parent.relative_to(self.git_dir).as_posix())
+                fd = open_regular(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            except (OSError, SessionError):
+                continue  # a reflog entry is a convenience; never worth writing through a planted symlink
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+    def own_ref_problem(self, branch: str) -> str | None:
+        """Why `branch`'s loose ref is not a plain ref the server may write, or None. A symbolic ref (or a
+        symlink) there would make git's own updates, and HEAD, land on another branch."""
+        ref = self.git_dir / "refs" / "heads" / branch
+        try:
+            st = os.lstat(ref)
+        except FileNotFoundError:
+            return None  # packed, or absent: packed refs are never symbolic
+        except OSError as exc:
+            return f"unreadable ({exc.strerror})"
+        if stat.S_ISLNK(st.st_mode):
+            return f"a symlink to {os.readlink(ref)}"
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        try:
+            content = read_regular(ref)
+        except OSError as exc:
+            return f"unreadable ({exc})"
+        if content.startswith(b"ref:"):
+            return f"a symbolic ref to {content[4:].decode('utf-8', 'replace').strip()}"
+        return None
+
+    def _refuse_symbolic(self, branch: str) -> None:
+        problem = self.own_ref_problem(branch)
+        if problem:
+            raise SessionError(
+                f"refusing to move {branch}: its ref is {problem}, and the server never writes through one "
+                f"(it would move another branch). Put a plain ref back: git update-ref --no-deref "
+                f"refs/heads/{branch} <commit>"
+            )
+
+    def replace_own_ref(self, branch: str, commit: str) -> None:
+        """Replace the session branch's ref file, whatever stands there (a symbolic ref a run planted), by a
+        plain ref to `commit`: the file is replaced, never written through."""
+        if not branch.startswith("autoresearch/"):
+            raise SessionError(f"refusing to replace {branch}: not a branch of the server's")
+        self._write_ref(self.git_dir / "refs" / "heads" / branch, commit)
 
     def _write_ref(self, ref: Path, commit: str) -> None:
-        """Write a loose ref through `<ref>.lock`, renamed over it (atomic), honouring git's locking."""
-        ref.parent.mkdir(parents=True, exist_ok=True)
+        """Write a loose ref through `<ref>.lock`, renamed over it (atomic), honouring git's locking. Every
+        directory on the way is a real one: a symlinked `refs/...` must not carry the write elsewhere."""
+        own_dir(self.git_dir, ref.parent.relative_to(self.git_dir).as_posix())
         lock = ref.with_name(ref.name + ".lock")
         fd = None
         began = time.monotonic()
         while fd is None:
             try:
-                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
             except FileExistsError:
                 if _stale(lock, time.monotonic() - began):
                     _remove(lock)
@@ -332,18 +418,20 @@ class Repo:
 
     def add_excludes(self, patterns: list[str]) -> None:
         """Keep our own files out of git through .git/info/exclude; the user's .gitignore is never edited."""
-        exclude = self.git_dir / "info" / "exclude"
-        exclude.parent.mkdir(parents=True, exist_ok=True)
-        current = exclude.read_text(encoding="utf-8", errors="replace") if exclude.exists() else ""
+        exclude = own_dir(self.git_dir, "info") / "exclude"
+        try:
+            current = read_regular(exclude).decode("utf-8", "replace")
+        except FileNotFoundError:
+            current = ""
+        except OSError as exc:
+            raise SessionError(f"{exclude} is not a regular file ({exc}); move it aside") from None
         lines = set(current.splitlines())
         missing = [p for p in patterns if p not in lines]
         if missing:
-            with exclude.open("a", encoding="utf-8") as handle:
-                if current and not current.endswith("\n"):
-                    handle.write("\n")
-                handle.write("# mcp-autoresearch: session files\n")
-                for pattern in missing:
-                    handle.write(pattern + "\n")
+            if current and not current.endswith("\n"):
+                current += "\n"
+            current += "# mcp-autoresearch: session files\n" + "".join(p + "\n" for p in missing)
+            atomic_write(exclude, current.encode("utf-8"))  # replaces a planted symlink, never follows it
 
     def _in_tree(self, commit: str, repo_path: str) -> bool:
         try:

@@ -35,6 +35,8 @@ from typing import Literal
 import psutil
 
 from .capture import Capture
+from .errors import SessionError
+from .files import atomic_write, own_dir
 from .launcher import Launched, LauncherError
 from .logtail import last_line
 from .processes import (
@@ -176,7 +178,7 @@ class ProcessRun:
             self._cut()
             self._keep_log_visible(log_fd)
             os.close(log_fd)
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            _remove_tree(tmpdir)
 
     def _cut(self) -> None:
         if self._capture is not None:
@@ -396,17 +398,29 @@ class ProcessRun:
 
     def _keep_log_visible(self, log_fd: int) -> None:
         """A run may delete its own log file or the log directory; restore it from our still-open descriptor."""
-        if self.log_path.exists():
-            return
         try:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_path, "wb") as out:
-                os.lseek(log_fd, 0, os.SEEK_SET)
-                with os.fdopen(os.dup(log_fd), "rb") as src:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-        except OSError:
+            # Never through a symlink the run left in the log's folders: it would carry the write elsewhere.
+            relative = self.log_path.parent.relative_to(self.cwd).as_posix()
+            parent = own_dir(self.cwd, relative, replace_links=True)
+            if os.path.lexists(parent / self.log_path.name):
+                return
+            os.lseek(log_fd, 0, os.SEEK_SET)
+            with os.fdopen(os.dup(log_fd), "rb") as src:
+                atomic_write(parent / self.log_path.name, iter(lambda: src.read(1 << 20), b""), 0o644)
+        except (OSError, ValueError, SessionError):
             pass
+
+
+def _remove_tree(path: str) -> None:
+    """Remove the run's private TMPDIR (links in it are unlinked, never followed). A tree deeper than Python's
+    recursion limit (a run can make one) is left to `rm -rf`, which is not recursive."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        try:
+            subprocess.run(["rm", "-rf", "--", path], stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            log.warning("could not remove the run's temporary directory %s", path)
 
 
 class _ExitWaiter:

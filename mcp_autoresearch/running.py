@@ -8,7 +8,7 @@ A run always ends finished and recorded in the session state, whatever happens t
 from __future__ import annotations
 
 import logging
-import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -20,11 +20,13 @@ from .context import SessionCore
 from .editing import Editor
 from .errors import RuleViolation, SessionError
 from .experiment import Experiment, ExperimentResult
+from .files import copy_regular, read_regular
+from .gitguard import GitWatch
 from .guard import changed_fingerprints, sha256_bytes, sha256_file
 from .journal import one_line
 from .rules import nonblank_lines
 from .sequential import Measurement, Sequential, best_values, closed_noise, measure_baseline
-from .state import Pending, RunOutcome, TestRecord, state_dir
+from .state import Pending, RunOutcome, TestRecord, server_dir
 from .statuses import RunStatus
 
 log = logging.getLogger("mcp_autoresearch")
@@ -109,6 +111,8 @@ class Runs:
         self.core = core
         self.editor = editor
         self.active: ActiveRun | None = None
+        self.git_watch = GitWatch(core.repo, core.root, core.state.branch, core.state.tag)
+        self.git_notes: list[str] = []  # what a restart found changed in git's files before git ran again
 
     def handle(self, run_id: str | None) -> RunHandle | None:
         """The run in flight (that one, when `run_id` is given), or None when it is not in flight."""
@@ -162,7 +166,7 @@ class Runs:
                     + ")"
                 )
             parent = core.repo.head_commit()
-            target_bytes = self.editor.target_path().read_bytes()
+            target_bytes = read_regular(self.editor.target_path())  # a FIFO there cannot block the lock
             if core.plain_target:
                 # Compared with the head's content, not the index: after a decision the index may still lag.
                 target_changed = target_bytes != core.repo.show_file(parent, core.target_repo_path)
@@ -204,14 +208,15 @@ class Runs:
                     core.state.branch, core.target_repo_path, target_bytes, message, parent
                 )
             else:  # filters or end-of-line conversion apply: let git make the blob
-                commit = core.repo.commit_with_git(core.target_repo_path, message)
+                commit = core.repo.commit_with_git(core.state.branch, core.target_repo_path, message)
             pending.commit = commit
             pending.phase = "running"
-            core.save()
+            pending.git_config, pending.refs_digest = self.git_watch.before_run()
             core.journal.log_experiment_start(run_id, commit, description)
+            core.save()  # after the append: the record seals the JSONL with it
             _drop_stale_bytecode(self.editor.target_path())
             core.own.journal_written()
-            log_dir = state_dir(core.root) / "runs" / core.state.tag
+            log_dir = server_dir(core.root, "runs", core.state.tag)  # a planted symlink is replaced
             active = ActiveRun(run_id=run_id, started=time.monotonic(), log_dir=log_dir)
             active.experiment = Experiment(
                 core.config, core.root, run_id, log_dir, core.state.tag, active.record_progress, core.isolation
@@ -330,29 +335,39 @@ class Runs:
         return result
 
     def verify_after_run(self, pending: Pending) -> list[str]:
-        """What the run changed that it must not: tracked files, read-only files, the server's own logs.
-        Each is restored (tracked files from the commit that ran; logs from the JSONL)."""
+        """What the run changed that it must not: git's configuration and refs, tracked files, read-only files,
+        the server's own logs. Each is restored (tracked files from the commit that ran; logs from the JSONL)."""
         core = self.core
-        tampered: list[str] = []
         commit = pending.commit or pending.parent
+        tampered, self.git_notes = self.git_notes, []
         try:
+            # First, before git runs again: configuration, attributes and refs as the run found them.
+            tampered += self.git_watch.after_run(
+                pending.git_config, pending.refs_digest, commit, pending.run_id
+            )
             if core.repo.current_branch() != core.state.branch:
                 tampered.append(f"HEAD (switched to {core.repo.current_branch() or 'a detached commit'})")
                 core.repo.checkout_branch(core.state.branch)
             if core.repo.head_commit() != commit:
                 tampered.append("the session branch (moved by the run)")
-                core.repo.move_branch_keep_tree(commit)
+                core.repo.move_branch(
+                    core.state.branch, commit, f"autoresearch: undo {pending.run_id}'s move"
+                )
+            index_same = self.git_watch.index_unchanged()  # else the run (or its git) wrote the index
+            hidden = [] if index_same else core.repo.hidden_tracked_files()
+            hidden = [p for p in hidden if p not in core.state.hidden_paths]
+            if hidden:  # flags that blind git status to these files: cleared, so status sees them again
+                tampered.append("index flags hiding " + ", ".join(map(core.repo.project_path, hidden)))
+                core.repo.reveal(hidden)
             changed = core.repo.changed_tracked_files()
-            if (
-                core.target_repo_path in changed
-                and pending.target_sha256
-                and (sha256_file(core.root / core.target_rel) == pending.target_sha256)
-            ):
+            target_same = sha256_file(core.root / core.target_rel) == pending.target_sha256
+            if core.target_repo_path in changed and pending.target_sha256 and target_same:
                 changed.remove(core.target_repo_path)  # only the index lags behind the committed target
+            elif core.target_repo_path not in changed and pending.target_sha256 and not target_same:
+                changed.append(core.target_repo_path)  # compared by content, whatever git status says
             if changed:
                 tampered += [core.repo.project_path(p) for p in changed]
-                self._keep_copies(pending.run_id, [core.repo.project_path(p) for p in changed])
-                core.repo.restore_paths(commit, changed)
+                tampered += self._restore_with_copies(pending.run_id, commit, changed)
         except SessionError as exc:
             tampered.append(f"git state ({exc})")
         readonly = changed_fingerprints(core.root, core.state.readonly_hashes)
@@ -364,27 +379,47 @@ class Runs:
                 tracked = [
                     core.repo.repo_path(r) for r in readonly if core.repo.is_tracked(core.repo.repo_path(r))
                 ]
-                self._keep_copies(pending.run_id, [core.repo.project_path(p) for p in tracked])
-                core.repo.restore_paths(commit, tracked)
+                tampered += self._restore_with_copies(pending.run_id, commit, tracked)
             except SessionError:
                 pass
         tampered += core.own.restore()
         return tampered
 
-    def _keep_copies(self, run_id: str, paths: list[str]) -> None:
+    def _restore_with_copies(self, run_id: str, commit: str, repo_paths: list[str]) -> list[str]:
+        """Restore tracked paths to `commit`, each only once a copy of what it holds is kept. A path whose copy
+        fails is left as it is and named (the returned notes): nothing of the user's is thrown away."""
+        repo = self.core.repo
+        failed = self._keep_copies(run_id, [repo.project_path(p) for p in repo_paths])
+        repo.restore_paths(commit, [p for p in repo_paths if repo.project_path(p) not in failed])
+        return [
+            f"{rel} (NOT restored: no copy of it could be kept in .autoresearch/tampered/{run_id}/; look at it, "
+            f"then git checkout -- {rel})"
+            for rel in failed
+        ]
+
+    def _keep_copies(self, run_id: str, paths: list[str]) -> list[str]:
         """Before restoring files a run changed, keep what they held: during a long run the change may be the
-        user's own edit, and nothing of the user's is ever thrown away."""
+        user's own edit, and nothing of the user's is ever thrown away. Returns the paths whose copy failed.
+        Only regular files hold content; the copies go only into real directories of the server's."""
         root = self.core.root
+        failed: list[str] = []
         for rel in paths:
             source = root / rel
-            if not source.is_file() or source.is_symlink():
-                continue
-            copy = state_dir(root) / "tampered" / run_id / rel
             try:
-                copy.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, copy)
+                if not stat.S_ISREG(source.lstat().st_mode):
+                    continue  # a symlink, a FIFO or a directory: no bytes of the user's to keep
+            except FileNotFoundError:
+                continue
             except OSError:
-                log.warning("could not keep a copy of %s before restoring it", rel)
+                failed.append(rel)
+                continue
+            try:
+                directory = server_dir(root, "tampered", run_id, *Path(rel).parent.parts)
+                copy_regular(source, directory / source.name)
+            except (OSError, SessionError) as exc:
+                log.warning("could not keep a copy of %s before restoring it: %s", rel, exc)
+                failed.append(rel)
+        return failed
 
 
 @dataclass(frozen=True)

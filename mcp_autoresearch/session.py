@@ -28,13 +28,22 @@ from .guard import changed_fingerprints, fingerprint_files
 from .isolation import probe_isolation
 from .journal import RESULTS_TSV, Journal
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
-from .ownfiles import OwnFiles
+from .ownfiles import OwnFiles, restore_jsonl, start_mirror
 from .processes import kill_marked_processes
 from .project import Project
 from .repo import Repo
 from .running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, RunHandle, Runs, clamp_wait, unmeasured
 from .sequential import keep_rule_summary, session_noise
-from .state import SessionState, current_tag, load_state, save_state, set_current_tag, state_dir
+from .state import (
+    OwnRecord,
+    SessionState,
+    current_tag,
+    load_record,
+    load_state,
+    save_state,
+    server_dir,
+    set_current_tag,
+)
 from .views import Views
 
 __all__ = [
@@ -146,7 +155,8 @@ class Session:
         else:  # the checked-out session; else today's (created, or resumed on its branch)
             tag = current_session(root, repo) or default_tag()
         branch = f"autoresearch/{tag}"
-        state = load_state(root, tag)
+        record, notes = load_record(root, tag)  # the server's own record, never the public copy
+        state = record.state if record is not None else None
         repo.ensure_identity()
         for own in (RESULTS_TSV, RUN_LOG):
             if (root / own).exists() and repo.is_tracked(repo.repo_path(own)):
@@ -162,8 +172,10 @@ class Session:
             )
         jsonl = root / config.jsonl_path
         journal = Journal(root / RESULTS_TSV, jsonl, tag, config.results_format, config.metric_name)
-        if state is not None and repo.branch_exists(branch):
-            session = cls._resume(root, project, repo, state, journal)
+        journal.mirror = server_dir(root, "sessions") / f"{tag}.own.jsonl"
+        if record is not None and state is not None and repo.branch_exists(branch):
+            session = cls._resume(root, project, repo, record, journal)
+            session.recovered[:0] = notes
         else:
             if repo.branch_exists(branch):
                 raise SessionError(
@@ -201,10 +213,11 @@ class Session:
             metric_direction=config.metric_direction,
             readonly_hashes=fingerprint_files(root, list(config.readonly_files)),
             rules=_rules_of(config),
+            hidden_paths=repo.hidden_tracked_files(),
         )
-        state_dir(root).mkdir(parents=True, exist_ok=True)
+        server_dir(root)
         journal.load()
-        save_state(root, state)
+        start_mirror(journal)
         journal.log_session_start(
             {
                 "branch": branch,
@@ -215,15 +228,17 @@ class Session:
                 "run_command": config.run_command,
             }
         )
+        save_state(root, state, journal.seal())
         session = cls(root, project, repo, state, journal)
         session.recovered += [f"kept the previous {line}" for line in moved]
         return session
 
     @classmethod
     def _resume(
-        cls, root: Path, project: Project, repo: Repo, state: SessionState, journal: Journal
+        cls, root: Path, project: Project, repo: Repo, record: OwnRecord, journal: Journal
     ) -> Session:
         config = project.config
+        state = record.state
         now = _rules_of(config)
         changed = [key for key in RULE_KEYS if state.rules.get(key, now[key]) != now[key]]
         if config.target_file != state.target_file:
@@ -237,6 +252,13 @@ class Session:
                 "measurement cannot change midway: restore the configuration, or start a new session with "
                 "another tag to use the new one"
             )
+        session = cls(root, project, repo, state, journal)
+        pending = state.pending
+        if pending is not None and pending.phase == "running" and pending.commit:
+            # A run was in flight: what it planted in git's files is undone before git runs again.
+            session.runs.git_notes = session.runs.git_watch.after_run(
+                pending.git_config, pending.refs_digest, pending.commit, pending.run_id
+            )
         if repo.current_branch() != state.branch:
             dirty = [p for p in repo.changed_tracked_files()]
             if dirty:
@@ -246,8 +268,14 @@ class Session:
                 )
             repo.checkout_branch(state.branch)
         repo.add_excludes(_exclude_patterns(repo, config.jsonl_path))
+        if record.jsonl_sha256:  # the JSONL as the server left it: what a run wrote is not adopted
+            restored = restore_jsonl(journal, (record.jsonl_size, record.jsonl_sha256))
+            session.recovered += [restored] if restored else []
         journal.load()
-        session = cls(root, project, repo, state, journal)
+        if not record.jsonl_sha256:  # a session of an earlier version: its copy starts now
+            start_mirror(journal)
+        session.save()  # the public copy rewritten from the record, the seal from what was read
+        session.own.journal_written()
         session.resumed = True
         session._recover()
         return session
@@ -383,7 +411,7 @@ class Session:
             )
 
     def save(self) -> None:
-        save_state(self.root, self.state)
+        save_state(self.root, self.state, self.journal.seal())
         self.own.state_written()
 
     # ======================================================================================================
@@ -461,9 +489,13 @@ def _archive_results(root: Path, new_tag: str) -> list[str]:
         source = root / name
         if not source.exists() and not source.is_symlink():
             continue
-        archive = state_dir(root) / archived
-        archive.parent.mkdir(parents=True, exist_ok=True)
+        archive = server_dir(root) / archived
+        number = 1
+        while os.path.lexists(archive):  # an earlier archive of the same name is never replaced
+            number += 1
+            archive = archive.with_name(f"{Path(archived).stem}-{number}{Path(archived).suffix}")
         os.replace(source, archive)
+        archived = archive.name
         moved.append(f"{name} -> .autoresearch/{archived}")
     return moved
 

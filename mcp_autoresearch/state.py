@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from .errors import SessionError
-from .files import atomic_write
+from .files import atomic_write, own_dir, read_regular
 from .stats import Step
 from .statuses import Decision, RunStatus
 
@@ -96,6 +96,8 @@ class Pending(BaseModel):
     started_at: str = ""
     result: RunOutcome | None = None  # version 0.1 wrote these two as plain objects of the same keys
     decision: DecisionRecord | None = None
+    git_config: dict[str, str | None] = {}  # git's configuration and attribute files as the run found them
+    refs_digest: str = ""  # every ref but the session's own, as the run found them
     rerun_of: str | None = None  # run_experiment(rerun=true) on content measured before, by that run
     measuring_best: bool = False  # the best's content is in the work tree for a re-measurement
 
@@ -114,6 +116,8 @@ class SessionState(BaseModel):
     best: Best | None = None
     baseline_value: float | None = None
     baseline_commit: str | None = None
+    # tracked files flagged skip-worktree/assume-unchanged when the session started
+    hidden_paths: list[str] = []
     pending: Pending | None = None
     keep_rule: str | None = None  # greedy | sequential, fixed once the baseline measured the noise
     noise_ss: float = 0.0  # the noise of groups of runs that can no longer grow (sum of squares about their means)
@@ -124,36 +128,95 @@ def state_dir(root: Path) -> Path:
     return root / STATE_DIR
 
 
+def server_dir(root: Path, *parts: str) -> Path:
+    """`.autoresearch/<parts>`, created as needed, every component a real directory: a symlink a run planted
+    there is replaced (the link only), so the server never writes outside the project through it."""
+    return own_dir(root, STATE_DIR, *parts, replace_links=True)
+
+
 def state_path(root: Path, tag: str) -> Path:
+    """The session's state for people and tools to read; the server itself trusts only its own record."""
     return state_dir(root) / "sessions" / f"{tag}.json"
 
 
-def state_fingerprint(root: Path, tag: str) -> tuple[int, int, int] | None:
+def record_path(root: Path, tag: str) -> Path:
+    return state_dir(root) / "sessions" / f"{tag}.own.json"
+
+
+class OwnRecord(BaseModel):
+    """What the server last wrote, written before anything else: the state, and the JSONL it vouches for (its
+    first `jsonl_size` bytes hash to `jsonl_sha256`). A restarted server trusts this, never the public copy
+    (`<tag>.json`) nor a JSONL that disagrees with it, so a run that rewrites either and kills the server
+    gains nothing. It is no secret: a run that is not confined can rewrite this file too (see README)."""
+
+    state: SessionState
+    jsonl_size: int = 0
+    jsonl_sha256: str = ""
+
+
+Seal = tuple[int, str]  # (size, sha256) of the JSONL prefix the server wrote
+
+
+def state_fingerprint(root: Path, tag: str) -> tuple[tuple[int, ...] | None, ...]:
+    """Size, times (ctime too: `os.utime` cannot reset it) and inode of the record and its public copy."""
+    found: list[tuple[int, ...] | None] = []
+    for path in (record_path(root, tag), state_path(root, tag)):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            found.append(None)
+            continue
+        found.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode))
+    return tuple(found)
+
+
+def save_state(root: Path, state: SessionState, seal: Seal | None = None) -> None:
+    """Write-then-rename: a reader (or a restart) sees the old state or the new one, never half of one. The
+    server's own record first (with the JSONL's seal), then the public copy."""
+    directory = server_dir(root, "sessions")
+    size, digest = seal or (0, "")
+    record = OwnRecord(state=state, jsonl_size=size, jsonl_sha256=digest)
+    atomic_write(directory / f"{state.tag}.own.json", record.model_dump_json().encode("utf-8"), mode=0o644)
+    atomic_write(
+        directory / f"{state.tag}.json", state.model_dump_json(indent=1).encode("utf-8"), 0o644, False
+    )
+
+
+def load_record(root: Path, tag: str) -> tuple[OwnRecord | None, list[str]]:
+    """The server's own record of a session (None when there is none), and what disagreed with it. A session
+    of an earlier version has only the public copy: that is used, without a seal."""
+    notes: list[str] = []
+    public = _read_state(state_path(root, tag))
     try:
-        st = state_path(root, tag).stat()
-    except OSError:
+        data = read_regular(record_path(root, tag))
+    except FileNotFoundError:
+        return (OwnRecord(state=public) if public is not None else None), notes
+    except OSError as exc:
+        raise SessionError(f"{record_path(root, tag)} is not a regular file ({exc}); move it aside") from None
+    try:
+        record = OwnRecord.model_validate_json(data)
+    except (ValidationError, ValueError) as exc:
+        raise SessionError(
+            f"the server's record {record_path(root, tag)} is unreadable ({str(exc).splitlines()[0]}); "
+            "move it aside to start over"
+        ) from None
+    if public != record.state:
+        notes.append(f".autoresearch/sessions/{tag}.json was written outside the server: ignored, rewritten")
+    return record, notes
+
+
+def _read_state(path: Path) -> SessionState | None:
+    try:
+        return SessionState.model_validate_json(read_regular(path))
+    except FileNotFoundError:
         return None
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def save_state(root: Path, state: SessionState) -> None:
-    """Write-then-rename: a reader (or a restart) sees the old state or the new one, never half of one."""
-    path = state_path(root, state.tag)
-    if not path.parent.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, state.model_dump_json(indent=1).encode("utf-8"), mode=0o644)
+    except (ValidationError, ValueError, OSError):
+        return None
 
 
 def load_state(root: Path, tag: str) -> SessionState | None:
-    path = state_path(root, tag)
-    if not path.exists():
-        return None
-    try:
-        return SessionState.model_validate_json(path.read_bytes())
-    except (ValidationError, ValueError, OSError) as exc:
-        raise SessionError(
-            f"session state {path} is unreadable ({str(exc).splitlines()[0]}); move it aside to start over"
-        ) from None
+    record, _notes = load_record(root, tag)
+    return record.state if record is not None else None
 
 
 def set_current_tag(root: Path, tag: str) -> None:
@@ -165,7 +228,7 @@ def set_current_tag(root: Path, tag: str) -> None:
 def current_tag(root: Path) -> str | None:
     """The session opened last; the current session is the checked-out one (`session.current_session`)."""
     try:
-        tag = (state_dir(root) / "current").read_text(encoding="utf-8").strip()
+        tag = read_regular(state_dir(root) / "current").decode("utf-8", "replace").strip()
     except OSError:
         return None
     return tag or None
@@ -186,8 +249,8 @@ class ProjectLock:
     def acquire(self) -> None:
         if self._fd is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        server_dir(self.path.parent.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -159,6 +159,7 @@ class Views:
                 )
                 raise RuleViolation(f"no logged experiment {run_id!r} in session '{core.state.tag}'{hint}")
             all_notes = core.journal.add_notes(run_id, notes)
+            core.save()  # the record seals the JSONL with the notes
             core.own.journal_written()
             return NotesResult(run_id=run_id, status=row.status, notes=all_notes)
 
