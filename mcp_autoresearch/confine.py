@@ -215,8 +215,60 @@ def _signal_all(sig: int) -> int:
     return len(victims)
 
 
-def _reap(command: int) -> tuple[int | None, bool]:
-    """Collect every child that ended. Returns (the command's wait status if it ended now, no children left)."""
+# ptrace, only to hold the command at its exit: requests, options and events (linux/ptrace.h).
+PTRACE_CONT, PTRACE_DETACH, PTRACE_SEIZE, PTRACE_LISTEN = 7, 17, 0x4206, 0x4208
+PTRACE_O_TRACEEXIT = 0x40
+PTRACE_EVENT_EXIT, PTRACE_EVENT_STOP = 6, 128
+
+
+def _ptrace(libc: ctypes.CDLL, request: int, pid: int, data: int = 0) -> bool:
+    libc.ptrace.restype = ctypes.c_long
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    return libc.ptrace(request, pid, None, ctypes.c_void_p(data)) == 0
+
+
+def _dead(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+def _others_end(command: int) -> None:
+    """The command is at its exit stop, not yet gone and not yet reported to anyone: every other process of
+    the run is killed first, and is dead before the command may finish, so none can print after it ended."""
+    victims = [pid for pid in _tree(os.getpid()) if pid != command]
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 1.0
+    while victims and time.monotonic() < deadline:
+        victims = [pid for pid in victims if not _dead(pid)]
+        if victims:
+            time.sleep(0.0005)
+    if victims := [pid for pid in _tree(os.getpid()) if pid != command]:
+        os.write(2, f"autoresearch: killed {len(victims)} process(es) the command left running\n".encode())
+
+
+def _stopped(libc: ctypes.CDLL, command: int, pid: int, code: int) -> None:
+    """A ptrace stop of the command: its exit (end the rest of the run first), a group stop (stay stopped), or a
+    signal on its way (deliver it)."""
+    event = code >> 16
+    if pid == command and event == PTRACE_EVENT_EXIT:
+        _others_end(command)
+        _ptrace(libc, PTRACE_DETACH, pid)
+    elif event == PTRACE_EVENT_STOP:
+        _ptrace(libc, PTRACE_LISTEN, pid)
+    else:
+        _ptrace(libc, PTRACE_CONT, pid, os.WSTOPSIG(code))
+
+
+def _reap(command: int, libc: ctypes.CDLL | None = None) -> tuple[int | None, bool]:
+    """Collect every child that ended (and answer the command's ptrace stops). Returns (the command's wait
+    status if it ended now, no children left)."""
     status = None
     while True:
         try:
@@ -225,6 +277,10 @@ def _reap(command: int) -> tuple[int | None, bool]:
             return status, True
         if pid == 0:
             return status, False
+        if os.WIFSTOPPED(code):
+            if libc is not None:
+                _stopped(libc, command, pid, code)
+            continue
         if pid == command:
             status = code
 
@@ -270,9 +326,13 @@ def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None
             _fail(str(exc))
     grace = float(spec.get("grace", 3.0))
     signal.pthread_sigmask(signal.SIG_BLOCK, _WAKE)
+    gate_r, gate_w = os.pipe()
     command = os.fork()
     if command == 0:
         try:
+            os.close(gate_w)
+            os.read(gate_r, 1)  # until the keeper holds it by ptrace (or gave that up)
+            os.close(gate_r)
             for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
@@ -294,6 +354,11 @@ def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None
         os._exit(SETUP_FAILED)
     if ruleset is not None:
         os.close(ruleset)
+    os.close(gate_r)
+    # Held at its exit (where ptrace is allowed): the rest of the run is ended before anyone can see it end.
+    tracer = libc if _ptrace(libc, PTRACE_SEIZE, command, PTRACE_O_TRACEEXIT) else None
+    os.write(gate_w, b"x")
+    os.close(gate_w)
     status: int | None = None
     ended = False
     kill_at: float | None = None
@@ -307,7 +372,7 @@ def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None
             continue
         if kill_at is not None and time.monotonic() >= kill_at:
             _signal_all(signal.SIGKILL)
-        found, none_left = _reap(command)
+        found, none_left = _reap(command, tracer)
         if found is not None:
             status, ended = found, True
         if ended and not none_left and kill_at is None:
@@ -315,7 +380,7 @@ def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None
             left = _signal_all(signal.SIGKILL)
             if left:
                 os.write(2, f"autoresearch: killed {left} process(es) the command left running\n".encode())
-            while not _reap(command)[1]:
+            while not _reap(command, tracer)[1]:
                 time.sleep(0.002)
                 _signal_all(signal.SIGKILL)
             none_left = True

@@ -20,6 +20,7 @@ from .isolation import (
     denied_write_hint,
     keeper_available,
     keeper_command,
+    private_caches,
     setup_failure,
     writable_paths,
 )
@@ -95,6 +96,9 @@ class Experiment:
         assert self.isolation is not None
         return writable_paths(self.root, list(self.config.writable), tmpdir) if self.isolation.confined else []
 
+    def _private_caches(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
+        return private_caches(self.root, list(self.config.writable), tmpdir, env)
+
     def _wrap(self, argv: list[str], tmpdir: str) -> list[str]:
         assert self.isolation is not None
         return keeper_command(self.isolation, self._writable(tmpdir), argv, DEFAULT_GRACE_S)
@@ -128,6 +132,7 @@ class Experiment:
             on_progress=progress,
             wrapper=self._wrap if kept else None,
             launch=self._launch if kept else None,
+            private_env=self._private_caches if self.isolation is not None and self.isolation.confined else None,
         )
         with self._lock:
             if self._cancel_reason is not None:

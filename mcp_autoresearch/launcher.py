@@ -27,6 +27,8 @@ import psutil
 from . import confine
 
 log = logging.getLogger("mcp_autoresearch")
+# The server's secrets never reach a run, nor the launcher and keepers, whose environment a run could read.
+HIDDEN_FROM_RUNS = ("AUTORESEARCH_TOKEN",)
 
 
 class LauncherError(Exception):
@@ -65,6 +67,7 @@ class Launcher:
             self.process = subprocess.Popen(
                 [sys.executable, "-I", "-S", confine.__file__, "--serve", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
+                env={key: value for key, value in os.environ.items() if key not in HIDDEN_FROM_RUNS},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,

@@ -37,7 +37,7 @@ import psutil
 from .capture import Capture
 from .errors import SessionError
 from .files import atomic_write, own_dir
-from .launcher import Launched, LauncherError
+from .launcher import HIDDEN_FROM_RUNS, Launched, LauncherError
 from .logtail import last_line
 from .processes import (
     MARKER_PROJECT,
@@ -58,8 +58,6 @@ Launch = Callable[[list[str], Path, dict[str, str], int, str], "Launched"]
 SAMPLE_INTERVAL_S = 0.5
 DEFAULT_GRACE_S = 3.0
 PIPE_BYTES = 1 << 20
-# The server's secrets never reach a run (the HTTP transport's token would let it call the tools).
-HIDDEN_FROM_RUNS = ("AUTORESEARCH_TOKEN",)
 
 _subreaper_lock = threading.Lock()
 _subreaper_set = False
@@ -110,6 +108,8 @@ class ProcessRun:
     progress_every_s: float = 2.0
     wrapper: Wrapper | None = None  # the keeper (confinement); None runs `/bin/sh -c` directly
     launch: Launch | None = None  # the same keeper, forked by the warm launcher; the wrapper is the fallback
+    # (private tmpdir, environment) -> variables to add, e.g. caches moved into the private tmpdir
+    private_env: Callable[[str, dict[str, str]], dict[str, str]] | None = None
 
     def __post_init__(self) -> None:
         self._cancel = threading.Event()
@@ -143,6 +143,8 @@ class ProcessRun:
         tmpdir = tempfile.mkdtemp(prefix="autoresearch-run-")
         for name in ("TMPDIR", "TMP", "TEMP"):
             env[name] = tmpdir
+        if self.private_env is not None:
+            env.update(self.private_env(tmpdir, env))
         try:
             if self._cancel.is_set():
                 return ProcessResult("cancelled", None, 0.0, 0, self.log_path, self._cancel_reason)

@@ -163,6 +163,16 @@ def test_private_tmpdir_and_no_server_secrets(tmp_path: Path, monkeypatch: pytes
     assert tmpdir.startswith(("/tmp", os.environ.get("TMPDIR", "/tmp"))) and not Path(tmpdir).exists()
 
 
+def test_shared_caches_are_private_to_each_run_unless_declared_writable(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "p", {"t.py": "x = 1\n"})
+    script = 'echo "uv=$UV_CACHE_DIR triton=$TRITON_CACHE_DIR tmp=$TMPDIR"; echo score: 1'
+    text = Path(_experiment(root, script).run().log_path).read_text()
+    tmp = text.split("tmp=")[1].split()[0]
+    assert f"uv={tmp}/uv_cache_dir" in text and f"triton={tmp}/triton_cache_dir" in text
+    declared = _experiment(root, script, writable=["~/.cache/uv"]).run()
+    assert "uv= " in Path(declared.log_path).read_text()
+
+
 def test_the_original_tools_run_log_redirect_still_works(tmp_path: Path) -> None:
     root = make_repo(tmp_path / "p", {"t.py": "x = 1\n"})
     assert without_run_log_redirect("python train.py > run.log 2>&1") == "python train.py"

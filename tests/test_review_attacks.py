@@ -486,12 +486,9 @@ async def test_a_daemon_cannot_print_over_a_read_only_evaluator(ml_project: Path
     assert run["value"] == 1.5 and decision["decision"] != "keep", (run, decision)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="between the command's exit and the keeper's SIGKILL of what it left there is a window: a leftover "
-    "that watches the command (pidfd) writes its line into the still-open pipe, and the server captures it",
-)
 async def test_a_line_printed_after_the_command_ended_is_not_captured(ml_project: Path, agent_for):
+    """Leftovers watch the shell's pidfd and print a better metric the moment it ends: the keeper holds the
+    shell at its exit (ptrace) and kills them first, so no such line is captured."""
     root = ml_project
     (root / "evaluate.py").write_text('print("val_bpb: 1.5")\n')
     git(root, "add", "evaluate.py")
@@ -624,15 +621,11 @@ def evaluate(lr):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ML's default writable `~/.cache/torch` holds what a read-only evaluator loads (hub checkpoints: "
-    "FID's Inception weights): a discarded run rewrites them, and a later innocent-looking commit is kept "
-    "with a value its honest evaluation would not give; re-running it after the session reproduces the lie",
-)
 async def test_a_writable_cache_cannot_change_a_later_runs_evaluation(
     ml_project: Path, agent_for, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    """A discarded run rewrites what a read-only evaluator loads from ~/.cache/torch (as pytorch-fid's weights),
+    so that a later innocent commit would be kept with a false value: ML runs may write no shared cache."""
     root = ml_project
     home = _ml_home(monkeypatch, tmp_path)
     weights = home / ".cache" / "torch" / "hub" / "checkpoints" / "eval_weights.txt"
@@ -658,15 +651,11 @@ async def test_a_writable_cache_cannot_change_a_later_runs_evaluation(
     assert weights.read_text() == "1.0\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uv installs a project's venv as hard links into `~/.cache/uv` (its default link mode on Linux); with "
-    "`~/.cache/uv` writable (ML default) a run rewrites the installed packages the evaluator imports through "
-    "the cache's name for the same inode: Landlock grants by path, a hard link is the same file",
-)
 async def test_a_writable_uv_cache_cannot_rewrite_the_projects_venv(
     ml_project: Path, agent_for, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    """uv installs the venv as hard links into ~/.cache/uv: were that cache writable, a run would rewrite the
+    packages the evaluator imports. It is not; each run gets a private uv cache instead."""
     root = ml_project
     home = _ml_home(monkeypatch, tmp_path)
     cached = home / ".cache" / "uv" / "archive-v0" / "x1" / "evalpkg.py"

@@ -21,8 +21,9 @@ def detect(root: Path) -> Detection | None:
         evidence=["train.py", "prepare.py"],
         settings={
             "run_command": run,
-            # caches of torch, triton and uv; nothing inside the project (the evaluation data stays read-only)
-            "writable": ["~/.cache/torch", "~/.triton", "~/.cache/uv"],
+            # Nothing: what the evaluator loads (data, weights, the environment, compiled kernels) must not be
+            # writable by one run for the next. uv's and Triton's caches are private to each run (TMPDIR).
+            "writable": [],
             "metric_name": "val_bpb",
             "metric_direction": "lower_is_better",
             "readonly_files": ["prepare.py"],

@@ -83,7 +83,7 @@ def detect(root: Path) -> Detection | None:
         python, interpreter_notes = _interpreter(root)
         settings["run_command"] = f"{python} -m pytest -q -x {tests[0]}"
         if python.startswith("uv "):
-            settings["writable"] = [".pytest_cache", "~/.cache/uv"]
+            settings["writable"] = [".pytest_cache"]  # uv's cache is private to each run (TMPDIR)
     else:
         warnings.append("no tests/ directory: set run_command to what exercises the code")
     detection = Detection(
