@@ -180,7 +180,8 @@ async def life(root: Path, rng: random.Random, stats: Stats, target: int, kill_a
                         if rng.random() < 0.4
                         else int(best["value"]) + rng.randint(1, 9)
                     )
-                    content, description = f"K={value}\n", f"K={value}"
+                    # A new idea each time: content measured before is not run again (it returns the old run).
+                    content, description = f"K={value}\n# idea {rng.random():.9f}\n", f"K={value}"
                 if view["content"] != content:
                     await call("apply_edit", content=content, expected_sha256=view["sha256"])
                 phase["now"] = "run"

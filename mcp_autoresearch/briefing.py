@@ -17,6 +17,7 @@ from .statuses import DECISIONS, UNFINISHED
 RECENT_ROWS = 8
 MAX_IDEAS = 40
 MAX_CHARS = 8000
+NEAR_MISSES = 5
 
 
 def _fmt(value: float | None) -> str:
@@ -35,6 +36,8 @@ def briefing_from(
     total: int | None = None,
     counts: dict[str, int] | None = None,
     since: int | None = None,
+    keep_rule: str | None = None,
+    near: list[Row] | None = None,
 ) -> str:
     """`rows` are the newest experiments, oldest first (all of them, or the last few with `total`, `counts`
     and `since` describing the whole log)."""
@@ -45,6 +48,8 @@ def briefing_from(
         + (f"; each experiment runs `{run_command}`." if run_command else ".")
     )
     lines.append(f"Branch `{state.branch}`, started from {state.base_commit[:7]}.")
+    if keep_rule:
+        lines.append(keep_rule[0].upper() + keep_rule[1:] + ".")
     best = state.best
     if state.baseline_value is not None and best is not None:
         gain = improvement(best.value, state.baseline_value, state.metric_direction)
@@ -95,6 +100,12 @@ def briefing_from(
                 f"## Streak: {since} experiments without an improvement",
                 "Change direction: try a different kind of idea, combine near-misses, or simplify.",
             ]
+        if near:
+            lines += ["", "## Near-misses (discarded within the noise of the best: worth combining)", ""]
+            lines += [
+                f"- {r.run_id} {one_line(r.description, 100)} (improvement {_signed(r.evidence.estimate)})"
+                for r in near
+            ]
         lines += ["", "## Ideas tried (newest first; do not repeat a failed one without a new reason)", ""]
         used = sum(len(line) + 1 for line in lines)
         for shown, row in enumerate(reversed(rows)):
@@ -117,7 +128,23 @@ def briefing_from(
     return text
 
 
-def journal_briefing(state: SessionState, journal: Journal) -> str:
+def near_misses(journal: Journal, noise_sd: float, limit: int = NEAR_MISSES, scan: int = 500) -> list[Row]:
+    """Discarded experiments, newest first, whose improvement over the best they faced was better than minus one
+    noise standard deviation: within the noise, so worth combining (only the last `scan` discards are read)."""
+    recent = [i for i in reversed(journal.indices("discard"))][:scan]
+    found = [
+        row
+        for row in journal.rows_at(recent)
+        if row.run_status == "ok"
+        and (estimate := row.evidence.estimate) is not None
+        and estimate >= -noise_sd
+    ]
+    return found[:limit]
+
+
+def journal_briefing(
+    state: SessionState, journal: Journal, keep_rule: str | None = None, noise_sd: float | None = None
+) -> str:
     """The briefing from a journal's index: only the newest rows are read back from the log. The run command
     is the session's own (fixed when it started), not today's configuration."""
     total = len(journal)
@@ -129,6 +156,8 @@ def journal_briefing(state: SessionState, journal: Journal) -> str:
         total=total,
         counts={k: journal.counts.get(k, 0) for k in DECISIONS},
         since=total - 1 - journal.last_keep_index if total else 0,
+        keep_rule=keep_rule,
+        near=near_misses(journal, noise_sd or 0.0),
     )
 
 

@@ -194,6 +194,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(f"read-only:    {', '.join(info.readonly_files) or '-'}")
     print(f"writable:     {', '.join(info.writable) or '-'} (a run may write only these, and a private TMPDIR)")
     print(f"isolation:    {info.isolation}")
+    print(f"keep rule:    {info.keep_rule}")
     print(f"evidence:     {', '.join(info.evidence) or '-'}")
     print(
         "sources:      "

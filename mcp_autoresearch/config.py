@@ -17,6 +17,7 @@ from .results_tsv import ResultsFormat
 
 Direction = Literal["lower_is_better", "higher_is_better"]
 IsolationSetting = Literal["auto", "required", "off"]
+KeepRule = Literal["greedy", "sequential"]
 
 DIRECTION_ALIASES = {
     "lower": "lower_is_better",
@@ -71,6 +72,18 @@ class ConfigValues(BaseModel):
     )
     results_format: ResultsFormat | None = Field(
         None, description="results.tsv's columns: autoresearch (the original tool's) or karpathy."
+    )
+    keep_rule: KeepRule | None = Field(
+        None,
+        description="greedy (better by more than min_delta) or sequential (better with the stated confidence); "
+        "default: greedy for a deterministic metric, sequential for a noisy one.",
+    )
+    confidence: float | None = Field(
+        None, ge=0.5, lt=1, description="sequential: the confidence a keep needs that the change is better."
+    )
+    max_repeats: int | None = Field(None, ge=1, le=100, description="sequential: most runs of one candidate.")
+    noise_runs: int | None = Field(
+        None, ge=1, le=100, description="Runs of the baseline that measure the noise (stops at 2 equal values)."
     )
 
     @field_validator("metric_direction", mode="before")
@@ -129,7 +142,7 @@ class ConfigValues(BaseModel):
             raise ValueError("must be wall_time_s, size_kb:<path> or size_mb:<path>")
         return value
 
-    @field_validator("time_budget", "timeout", "checks_timeout", "min_delta")
+    @field_validator("time_budget", "timeout", "checks_timeout", "min_delta", "confidence")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):
@@ -158,6 +171,9 @@ DEFAULTS: dict[str, Any] = {
     "writable": [],
     "isolation": "auto",
     "results_format": "autoresearch",
+    "confidence": 0.95,
+    "max_repeats": 5,
+    "noise_runs": 3,
 }
 
 
@@ -186,6 +202,10 @@ class Config(BaseModel):
     writable: list[str] = Field(default_factory=list)
     isolation: IsolationSetting = "auto"
     results_format: ResultsFormat = "autoresearch"
+    keep_rule: KeepRule | None = None  # None: decided by the noise measured at the session's start
+    confidence: float = 0.95
+    max_repeats: int = 5
+    noise_runs: int = 3
 
 
 def validate_values(raw: dict[str, Any], where: str) -> dict[str, Any]:

@@ -6,14 +6,22 @@ idempotent, so a server killed midway finishes it on the next start.
 
 from __future__ import annotations
 
+import statistics
+
 from .context import SessionCore, normal_run_id
 from .errors import RuleViolation, SessionError
+from .evidence import Evidence
 from .journal import Row
 from .models import DecisionResult
-from .rules import Verdict, decide
+from .rules import Verdict, decide, improvement
 from .running import Runs
+from .sequential import best_values, resolve_keep_rule
 from .state import Best, DecisionRecord, Pending, RunOutcome
+from .stats import noise_of
 from .statuses import UNFINISHED
+
+# The state a decision changes (restored when applying it fails midway, so a retry applies it once).
+_DECIDED = ("best", "baseline_value", "baseline_commit", "keep_rule", "noise_ss", "noise_df")
 
 
 class Decider:
@@ -37,6 +45,7 @@ class Decider:
             best_lines=best.nonblank_lines if best else None,
             discard_requested=discard,
             error=result.error,
+            test=result.test.step() if result.test is not None else None,
         )
 
     def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
@@ -95,47 +104,29 @@ class Decider:
         verdict = decision.decision
         result = pending.result or RunOutcome()
         commit = pending.commit or pending.parent
-        if verdict == "keep":
-            value = result.value
-            assert value is not None  # the rule keeps only a run that produced a value
-            if pending.is_baseline:
-                core.state.baseline_value = value
-                core.state.baseline_commit = commit
-            if commit != pending.parent:
-                core.repo.sync_index([core.target_repo_path])
-            core.state.best = Best(
-                value=value,
-                commit=commit,
-                run_id=pending.run_id,
-                description=pending.description,
-                nonblank_lines=pending.nonblank_lines,
-            )
-        elif commit != pending.parent:
+        # Git first (idempotent); then the state, changed in memory only once nothing can fail before the save
+        # that logs the decision, so a retry or a restart applies it exactly once.
+        if verdict == "keep" and commit != pending.parent:
+            core.repo.sync_index([core.target_repo_path])
+        elif verdict != "keep" and commit != pending.parent:
             # Keep the idea reachable, then restore what the candidate changed (the target only: checked before
-            # the run) and move the branch back. Both steps are idempotent, so a restart may repeat them.
+            # the run) and move the branch back.
             core.repo.set_ref(f"refs/autoresearch/{core.state.tag}/{pending.run_id}", commit)
             core.repo.restore_paths(pending.parent, [core.target_repo_path])
             if core.repo.resolve_branch(core.state.branch) != pending.parent:
                 core.repo.move_branch(
                     core.state.branch, pending.parent, f"autoresearch: discard {pending.run_id}"
                 )
-        row = Row(
-            run_id=pending.run_id,
-            commit=commit,
-            metric=core.state.metric_name,
-            value=result.value,
-            status=verdict,
-            run_status=result.status,
-            description=pending.description,
-            prev=decision.prev,
-            delta=decision.delta,
-            memory_gb=result.memory_gb,
-            duration_s=result.duration_s,
-            error=result.error,
-            tag=core.state.tag,
-            timestamp="",
-        )
-        core.journal.log_experiment_done(row)
+        judged = [] if pending.is_baseline else best_values(core.state) + result.best_values
+        estimate, interval, probability = self._figures(pending, result)
+        before = core.state.model_copy(deep=True)
+        try:
+            row = self._apply(pending, judged, estimate, interval, probability)
+            core.journal.log_experiment_done(row)
+        except BaseException:
+            for key in _DECIDED:  # nothing applied twice when the call is retried
+                setattr(core.state, key, getattr(before, key))
+            raise
         core.state.pending = None
         core.save()
         core.own.journal_written()
@@ -173,8 +164,94 @@ class Decider:
             commit=commit,
             branch_head=core.repo.head_commit(),
             next_step=next_step,
+            keep_rule=core.state.keep_rule,
+            values=list(result.values) or None,
+            best_values=judged or None,
+            estimate=estimate,
+            interval=list(interval) if interval else None,
+            probability=probability,
         )
 
+    def _apply(
+        self,
+        pending: Pending,
+        judged: list[float],
+        estimate: float | None,
+        interval: tuple[float, float] | None,
+        probability: float | None,
+    ) -> Row:
+        """The decision's effect on the session state (best, noise, keep rule); returns the row to log."""
+        core = self.core
+        decision = pending.decision or DecisionRecord()
+        verdict = decision.decision
+        result = pending.result or RunOutcome()
+        commit = pending.commit or pending.parent
+        if verdict == "keep":
+            value = result.value
+            assert value is not None  # the rule keeps only a run that produced a value
+            if pending.is_baseline:
+                core.state.baseline_value = value
+                core.state.baseline_commit = commit
+                core.state.keep_rule = resolve_keep_rule(core.config, result.values)
+            else:
+                self._close(judged)  # the old best's runs can no longer grow: they join the session's noise
+            core.state.best = Best(
+                value=value,
+                commit=commit,
+                run_id=pending.run_id,
+                description=pending.description,
+                nonblank_lines=pending.nonblank_lines,
+                values=list(result.values) or [value],
+            )
+        else:
+            self._close(result.values)
+            best = core.state.best
+            if best is not None and result.best_values:  # re-measured: the best's value is its runs' median
+                best.values, best.value = judged, statistics.median(judged)
+        return Row(
+            run_id=pending.run_id,
+            commit=commit,
+            metric=core.state.metric_name,
+            value=result.value,
+            status=verdict,
+            run_status=result.status,
+            description=pending.description,
+            prev=decision.prev,
+            delta=decision.delta,
+            memory_gb=result.memory_gb,
+            duration_s=result.duration_s,
+            error=result.error,
+            tag=core.state.tag,
+            timestamp="",
+            evidence=Evidence(
+                values=list(result.values),
+                best_values=judged,
+                estimate=estimate,
+                interval=interval,
+                probability=probability,
+                keep_rule=core.state.keep_rule or "",
+                target_sha256=pending.target_sha256,
+                rerun_of=pending.rerun_of,
+            ),
+        )
+
+    def _figures(
+        self, pending: Pending, result: RunOutcome
+    ) -> tuple[float | None, tuple[float, float] | None, float | None]:
+        """What the rule saw: the estimated improvement, its interval and probability (sequential only)."""
+        best = self.core.state.best
+        if result.test is not None:
+            test = result.test
+            return round(test.estimate, 12), (test.low, test.high), test.probability
+        if pending.is_baseline or best is None or result.value is None or result.status != "ok":
+            return None, None, None
+        return improvement(result.value, best.value, self.core.state.metric_direction), None, None
+
+    def _close(self, values: list[float]) -> None:
+        """A group of runs that can no longer grow adds to the session's pooled noise."""
+        noise = noise_of(values)
+        self.core.state.noise_ss += noise.ss
+        self.core.state.noise_df += noise.df
 
 def rerun(is_baseline: bool) -> str:
     """How to run an unfinished run again."""

@@ -71,8 +71,10 @@ class Experiment:
         tag: str | None = None,
         on_progress: ProgressCallback | None = None,
         isolation: Isolation | None = None,
+        first_repeat: int = 1,
     ) -> None:
         self.config = config
+        self.first_repeat = first_repeat  # AUTORESEARCH_REPEAT of the first run
         self.root = root
         self.run_id = run_id
         self.log_dir = log_dir
@@ -82,6 +84,7 @@ class Experiment:
         self._lock = threading.Lock()
         self._current: ProcessRun | None = None
         self._cancel_reason: str | None = None
+        self._tally = _Tally()  # every run so far: `run` may be called again to add runs
 
     def cancel(self, reason: str) -> None:
         with self._lock:
@@ -137,16 +140,24 @@ class Experiment:
             self._current = process
         return process
 
-    def run(self) -> ExperimentResult:
+    def run(self, runs: int | None = None, checks: bool = True) -> ExperimentResult:
+        """Run the command `runs` more times (default: `repeats`), adding to the runs of earlier calls (the
+        value is the median of all of them), then the checks command when `checks`. The i-th run gets
+        AUTORESEARCH_REPEAT=<first_repeat + i - 1>, so a run may vary its seed per repeat."""
         config = self.config
         assert config.run_command is not None
-        tally = _Tally()
-        for index in range(config.repeats):
-            suffix = "" if config.repeats == 1 else f"-{index + 1}"
+        tally = self._tally
+        for _ in range(config.repeats if runs is None else runs):
+            index = len(tally.durations) + 1
+            suffix = "" if index == 1 and config.repeats == 1 else f"-{index}"
             log_path = self.log_dir / f"{self.run_id}{suffix}.log"
             process = self._process(
-                without_run_log_redirect(config.run_command), log_path, config.timeout, self.run_id,
+                without_run_log_redirect(config.run_command),
+                log_path,
+                config.timeout,
+                self.run_id,
                 self.on_progress,
+                {"AUTORESEARCH_REPEAT": str(self.first_repeat + index - 1)},
             )
             self._clear_run_log()
             started_at = time.time()
@@ -163,20 +174,27 @@ class Experiment:
             except MetricError as exc:
                 return self._failed(tally, ("metric_error", str(exc)), None, log_path)
             tally.add_figures(read_secondary(log_path, config.metric_name, config.memory_regex))
-        value = statistics.median(tally.values)
-        if config.checks_command:
-            checks_log = self.log_dir / f"{self.run_id}-checks.log"
-            checks = self._process(
-                config.checks_command, checks_log, config.checks_timeout, f"{self.run_id}-checks", None
-            ).run()
-            tally.leftovers += checks.leftovers_killed
-            failure = self._process_failure(checks.status, checks.exit_code, checks.error)
-            if failure:
-                status, error = failure
-                if status in ("crash", "timeout"):
-                    status, error = "checks_failed", f"checks_command failed: {error}"
-                return self._failed(tally, (status, error), value, checks_log)
-        return tally.result("ok", value, log_path, None)
+        result = tally.result("ok", statistics.median(tally.values), log_path, None)
+        return self.check(result) if checks else result
+
+    def check(self, result: ExperimentResult) -> ExperimentResult:
+        """The checks command after a measurement that succeeded: a failure makes it `checks_failed`."""
+        config = self.config
+        if not config.checks_command or result.status != "ok":
+            return result
+        checks_log = self.log_dir / f"{self.run_id}-checks.log"
+        checks = self._process(
+            config.checks_command, checks_log, config.checks_timeout, f"{self.run_id}-checks", None
+        ).run()
+        self._tally.leftovers += checks.leftovers_killed
+        failure = self._process_failure(checks.status, checks.exit_code, checks.error)
+        if failure:
+            status, error = failure
+            if status in ("crash", "timeout"):
+                status, error = "checks_failed", f"checks_command failed: {error}"
+            return self._failed(self._tally, (status, error), result.value, checks_log)
+        result.leftovers_killed = self._tally.leftovers
+        return result
 
     def _failed(
         self, tally: _Tally, failure: tuple[RunStatus, str], value: float | None, log_path: Path
@@ -227,7 +245,11 @@ class Experiment:
             out_path = log_path.with_name(log_path.stem + "-metric.out")
             limit = min(METRIC_PARSE_TIMEOUT_S, config.timeout)
             process = self._process(
-                config.metric_parse, out_path, limit, f"{self.run_id}-metric", None,
+                config.metric_parse,
+                out_path,
+                limit,
+                f"{self.run_id}-metric",
+                None,
                 {"AUTORESEARCH_LOG": str(log_path)},
             )
             result = process.run()
@@ -302,7 +324,7 @@ class _Tally:
         return ExperimentResult(
             status=status,
             value=value,
-            values=self.values,
+            values=list(self.values),
             spread=(max(self.values) - min(self.values)) if len(self.values) > 1 else None,
             duration_s=round(sum(self.durations), 3),
             memory_gb=round(memory_gb, 3) if memory_gb is not None else None,

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .evidence import Evidence
 from .files import atomic_write, open_regular
 from .results_tsv import AUTORESEARCH_HEADER, TsvFormat
 from .statuses import DECISIONS, RUN_STATUSES, Decision, RunStatus, as_decision, as_run_status
@@ -66,6 +67,7 @@ class Row:
     tag: str
     timestamp: str
     notes: list[str] = field(default_factory=list)
+    evidence: Evidence = field(default_factory=Evidence)  # what the keep rule saw
 
     def tsv_line(self) -> str:
         value = f"{self.value:.6f}" if self.value is not None and self.status != "crash" else "0.000000"
@@ -85,6 +87,7 @@ def fingerprint(path: Path) -> Fingerprint | None:
 
 
 _ROW_CACHE = 512
+NOT_MEASURED = ("cancelled", "interrupted")  # run statuses that say nothing about the content that ran
 
 
 class Journal:
@@ -120,6 +123,7 @@ class Journal:
         self._best_rows = array("q")  # the row index of each of those values
         self.counts: Counter[str] = Counter()
         self.last_keep_index = -1
+        self._by_content: dict[int, int] = {}  # target sha256 (its first 64 bits) -> the last row measuring it
 
     # -- the index ------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -243,6 +247,7 @@ class Journal:
             error=details.get("error_detail", details.get("error")),
             tag=self.tag,
             timestamp=str(event.get("timestamp", "")),
+            evidence=Evidence.from_details(details),
         )
 
     # -- loading and repair ---------------------------------------------------------------------------------
@@ -298,6 +303,7 @@ class Journal:
             status = as_decision(details.get("status", "crash"))
             run_status = as_run_status(details.get("run_status") or "ok")
             self._add(run_id, offset, value, status, run_status)
+            self._remember_content(details.get("target_sha256"), run_status)
         elif action == "experiment_notes":
             index = self.index_of(run_id)
             notes = details.get("notes")
@@ -455,9 +461,11 @@ class Journal:
             # As the original tool logs it: the fine-grained run status of a failure in `error`.
             "error": row.run_status if row.run_status != "ok" or row.status == "crash" else None,
             "error_detail": row.error,
+            **row.evidence.details(),
         }
         offset = self._append_jsonl("experiment_done", row.status != "crash", details)
         self._add(row.run_id, offset, row.value, row.status, row.run_status)
+        self._remember_content(row.evidence.target_sha256, row.run_status)
         current = fingerprint(self.tsv_path)
         if current is not None and self._tsv_size is not None and current[0] == self._tsv_size:
             line = self.tsv_format.line(row).encode("utf-8")
@@ -465,6 +473,19 @@ class Journal:
             self._tsv_size += len(line)
         else:
             self.reconcile_tsv()
+
+    def _remember_content(self, sha256: object, run_status: str) -> None:
+        # A run the server cut short measured nothing: its content may run again.
+        key = _content_key(sha256)
+        if key is not None and run_status not in NOT_MEASURED:
+            self._by_content[key] = len(self) - 1
+
+    def measured(self, sha256: str) -> Row | None:
+        """The last experiment that measured this target content in this session, if any."""
+        key = _content_key(sha256)
+        index = None if key is None else self._by_content.get(key)
+        row = None if index is None else self.row(index)
+        return row if row is not None and row.evidence.target_sha256 == sha256 else None
 
     def add_notes(self, run_id: str, notes: str) -> list[str]:
         index = self.index_of(run_id)
@@ -481,6 +502,13 @@ class Journal:
 
     def fingerprints(self) -> tuple[Fingerprint | None, Fingerprint | None]:
         return fingerprint(self.tsv_path), fingerprint(self.jsonl_path)
+
+
+def _content_key(sha256: object) -> int | None:
+    try:
+        return int(sha256[:16], 16) if isinstance(sha256, str) and len(sha256) == 64 else None
+    except ValueError:
+        return None
 
 
 def _run_number(run_id: str) -> int | None:

@@ -71,6 +71,16 @@ class RunResult(BaseModel):
     spread: float | None = Field(None, description="max - min of the repeated values.")
     elapsed_s: float | None = Field(None, description="Seconds since the run started (while running).")
     next_step: str
+    keep_rule: str | None = Field(None, description="The rule that decides: greedy or sequential.")
+    reason: str | None = Field(None, description="The rule's verdict, with its figures (when finished).")
+    estimate: float | None = Field(None, description="Improvement over the best (positive = better).")
+    interval: list[float] | None = Field(None, description="Interval of the improvement (sequential).")
+    probability: float | None = Field(None, description="P(better by more than min_delta) (sequential).")
+    best_values: list[float] | None = Field(None, description="The best's runs it was judged against.")
+    already_measured: bool | None = Field(
+        None, description="True: this content was measured before; nothing ran (see next_step)."
+    )
+    rerun_of: str | None = Field(None, description="The run that measured the same content before.")
 
 
 class DecisionResult(BaseModel):
@@ -85,6 +95,12 @@ class DecisionResult(BaseModel):
     )
     branch_head: str
     next_step: str
+    keep_rule: str | None = Field(None, description="The rule that decided: greedy or sequential.")
+    values: list[float] | None = Field(None, description="Every run of the candidate (value: their median).")
+    best_values: list[float] | None = Field(None, description="The best's runs it was judged against.")
+    estimate: float | None = Field(None, description="Improvement over the best (positive = better).")
+    interval: list[float] | None = Field(None, description="Interval of the improvement (sequential).")
+    probability: float | None = Field(None, description="P(better by more than min_delta) (sequential).")
 
 
 class NotesResult(BaseModel):
@@ -104,6 +120,8 @@ class ResultRow(BaseModel):
     description: str
     notes: list[str]
     timestamp: str
+    values: list[float] | None = None
+    estimate: float | None = Field(None, description="Improvement over the best it faced (positive = better).")
 
 
 class BestInfo(BaseModel):
@@ -127,3 +145,10 @@ class QueryResult(BaseModel):
     improvement_pct: float | None
     experiments_since_last_keep: int
     rows: list[ResultRow]
+    keep_rule: str | None = Field(None, description="greedy or sequential (decided by the baseline's noise).")
+    noise_sd: float | None = Field(None, description="The metric's noise: pooled sd of repeated runs.")
+    noise_df: int | None = Field(None, description="Degrees of freedom behind noise_sd.")
+    best_runs: int | None = Field(None, description="Runs of the best so far (re-measured as needed).")
+    near_misses: list[ResultRow] = Field(
+        default_factory=list, description="Discarded within the noise of the best (newest first): combine them."
+    )

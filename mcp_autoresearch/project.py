@@ -58,6 +58,9 @@ class ProjectInfo(BaseModel):
     warnings: list[str]
     ready: bool = Field(description="True when target, run command and metric are all known.")
     message: str = Field(description="What to do next.")
+    keep_rule: str = Field(
+        "", description="The keep rule, or how it is chosen (the baseline's noise runs decide by default)."
+    )
 
 
 @dataclass
@@ -257,8 +260,21 @@ def load_project(
         warnings=warnings,
         ready=ready,
         message=message,
+        keep_rule=describe_keep_rule(config),
     )
     return Project(root=root, config=config, info=info)
+
+
+def describe_keep_rule(config: Config) -> str:
+    sequential = f"sequential (confidence {config.confidence:g}, up to {config.max_repeats} runs per candidate)"
+    if config.keep_rule == "greedy":
+        return f"greedy (better by more than min_delta {config.min_delta:g}; no noise runs)"
+    if config.keep_rule == "sequential":
+        return sequential + f"; the noise is measured by {config.noise_runs} runs of the baseline"
+    return (
+        f"chosen by {config.noise_runs} runs of the baseline: greedy if the metric is deterministic (two equal "
+        f"values), else {sequential}"
+    )
 
 
 def _normalise_relative(root: Path, item: str) -> str:

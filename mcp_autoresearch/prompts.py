@@ -26,7 +26,9 @@ Improve `{metric}` ({direction}) by changing only `{target}`. Each experiment ru
 3. `run_experiment(description="<what changed>")`. If the status is `running`, call
    `wait_experiment(run_id=...)` until it is not.
 4. `commit_or_reset(run_id=...)`: the server keeps the change only if `{metric}` improved (or stayed equal
-   with simpler code) and otherwise reverts the target to the best kept version.
+   with simpler code) and otherwise reverts the target to the best kept version. Keep rule: {keep_rule}.
+   On a noisy metric one run decides nothing: the server runs a promising change again (and re-measures the
+   best) until the evidence is clear, and shows the estimate, its interval and the probability.
 5. `log_result(run_id=..., notes="hypothesis: ...; result: ...; learned: ...")`.
 
 ## Rules
@@ -35,6 +37,8 @@ Improve `{metric}` ({direction}) by changing only `{target}`. Each experiment ru
   best kind of change. Weigh small gains against added complexity.
 - Crashes: if it is a trivial mistake (typo, missing import), fix it and run again. If the idea itself is
   broken, let it go and move on. A timeout counts as a failure.
+- An idea measured once is not measured again: running the same content returns the earlier result. Ask for
+  `rerun=true` only with a reason. Near-misses (discarded within the noise) are listed: combine them.
 - NEVER STOP. Do not ask whether to continue; the person may be asleep. Keep running experiments until you
   are interrupted. When you run out of ideas, think harder: combine near-misses, try the opposite, simplify,
   revisit assumptions in the code.
@@ -52,6 +56,7 @@ def loop_prompt(info: ProjectInfo, briefing: str | None, focus: str | None) -> s
         budget=info.time_budget,
         source=info.metric_source,
         readonly=", ".join(info.readonly_files) or "none configured",
+        keep_rule=info.keep_rule or "greedy",
     )
     if not info.ready:
         text += f"\nNOTE: the project is not ready yet: {info.message}\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .stats import Step
 from .statuses import Decision, RunStatus
 
 
@@ -32,10 +33,12 @@ def decide(
     best_lines: int | None,
     discard_requested: bool = False,
     error: str | None = None,
+    test: Step | None = None,
 ) -> Verdict:
     """The loop's rule. Keep when better than the best kept value by more than `min_delta`, or equal within
     `min_delta` with a simpler target (fewer non-blank lines). The baseline is kept. Everything else, and every
-    failed run, is discarded. The agent may ask to discard; it can never force a keep."""
+    failed run, is discarded. The agent may ask to discard; it can never force a keep.
+    Under the sequential rule, `test` (the sequential test's last look) decides instead of the comparison."""
     if run_status != "ok" or value is None:
         detail = f" ({error})" if error else ""
         return Verdict("crash", f"{run_status}{detail}: nothing to keep", None)
@@ -47,6 +50,8 @@ def decide(
     delta = round(value - best, 12)
     if discard_requested:
         return Verdict("discard", "discarded on request", delta)
+    if test is not None:
+        return Verdict("keep" if test.action == "keep" else "discard", test.rule, delta)
     gain = improvement(value, best, direction)
     if gain > min_delta:
         return Verdict("keep", f"improved by {gain:.6g} (more than min_delta {min_delta:g})", delta)

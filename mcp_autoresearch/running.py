@@ -11,6 +11,7 @@ import logging
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,13 +19,14 @@ from pathlib import Path
 from .context import SessionCore
 from .editing import Editor
 from .errors import RuleViolation, SessionError
-from .experiment import Experiment
+from .experiment import Experiment, ExperimentResult
 from .files import copy_regular, read_regular
 from .gitguard import GitWatch
 from .guard import changed_fingerprints, sha256_bytes, sha256_file
 from .journal import one_line
 from .rules import nonblank_lines
-from .state import Pending, RunOutcome, server_dir
+from .sequential import Measurement, Sequential, best_values, closed_noise, measure_baseline
+from .state import Pending, RunOutcome, TestRecord, server_dir
 from .statuses import RunStatus
 
 log = logging.getLogger("mcp_autoresearch")
@@ -45,6 +47,12 @@ class ActiveRun:
     done: threading.Event = field(default_factory=threading.Event)
     progress: tuple[float, float, str] | None = None  # elapsed, limit, last line of output
     thread: threading.Thread | None = None
+    best: Experiment | None = None  # the best's re-measurements (sequential rule)
+
+    def cancel(self, reason: str) -> None:
+        for experiment in (self.experiment, self.best):
+            if experiment is not None:
+                experiment.cancel(reason)
 
     def record_progress(self, elapsed: float, limit: float, line: str) -> None:
         self.progress = (elapsed, limit, line)
@@ -115,22 +123,22 @@ class Runs:
 
     def cancel(self, reason: str) -> None:
         active = self.active
-        if active is not None and active.experiment is not None:
-            active.experiment.cancel(reason)
+        if active is not None:
+            active.cancel(reason)
 
     def stop(self, reason: str, join_s: float) -> ActiveRun | None:
         """Cancel the run in flight and wait up to `join_s` for its thread; returns the run that was stopped."""
         active = self.active
         if active is None:
             return None
-        if active.experiment is not None:
-            active.experiment.cancel(reason)
+        active.cancel(reason)
         if active.thread is not None:
             active.thread.join(join_s)
         return active
 
-    def start_run(self, description: str) -> str:
-        """Check every rule, commit the candidate, and start it in the background. Returns the run id."""
+    def start_run(self, description: str, rerun: bool = False) -> str | AlreadyMeasured:
+        """Check every rule, commit the candidate, and start it in the background. Returns the run id, or the
+        earlier run when this content was measured before in the session and `rerun` is not set."""
         core = self.core
         with core.lock:
             core.own.guard()
@@ -175,6 +183,9 @@ class Runs:
                 raise RuleViolation(
                     f"{core.target_rel} is unchanged since the best kept commit; edit it (apply_edit) first"
                 )
+            earlier = core.journal.measured(sha256_bytes(target_bytes)) if not is_baseline else None
+            if earlier is not None and not rerun:
+                return AlreadyMeasured(earlier.run_id)  # no idea is measured twice unless asked
             core.state.run_counter += 1
             run_id = f"r{core.state.run_counter}"
             pending = Pending(
@@ -185,6 +196,7 @@ class Runs:
                 nonblank_lines=nonblank_lines(target_bytes.decode("utf-8", errors="replace")),
                 target_sha256=sha256_bytes(target_bytes),
                 started_at=datetime.now().isoformat(timespec="seconds"),
+                rerun_of=earlier.run_id if earlier is not None else None,
             )
             core.state.pending = pending
             core.save()
@@ -221,8 +233,7 @@ class Runs:
         core = self.core
         try:
             try:
-                assert active.experiment is not None
-                outcome = RunOutcome.model_validate(asdict(active.experiment.run()))
+                outcome = self._measure(active, pending)
             except Exception as exc:  # a bug or an OS failure: still a logged crash, never a lost experiment
                 log.exception("run %s failed inside the server", pending.run_id)
                 outcome = unmeasured(
@@ -249,6 +260,79 @@ class Runs:
             with core.lock:
                 self.active = None
             active.done.set()
+
+    def _measure(self, active: ActiveRun, pending: Pending) -> RunOutcome:
+        """Run the candidate as many times as the keep rule needs: the baseline's noise runs, one run (or
+        `repeats`) under the greedy rule, the sequential test's runs with the best re-measured as needed."""
+        core = self.core
+        assert active.experiment is not None
+        if pending.is_baseline:
+            measured = measure_baseline(active.experiment, core.config)
+        elif core.state.keep_rule != "sequential" or core.state.best is None:
+            measured = Measurement(active.experiment.run())
+        else:
+            known = best_values(core.state)
+            active.best = Experiment(
+                core.config,
+                core.root,
+                f"{pending.run_id}-best",
+                active.experiment.log_dir,
+                core.state.tag,
+                active.record_progress,
+                core.isolation,
+                first_repeat=len(known) + 1,
+            )
+            sequential = Sequential(
+                active.experiment,
+                active.best,
+                lambda run: self._with_best_content(pending, run),
+                known,
+                closed_noise(core.state),
+                core.config,
+                core.state.metric_direction,
+            )
+            measured = sequential.run()
+        outcome = RunOutcome.model_validate(asdict(measured.result))
+        outcome.best_values = measured.best_values
+        outcome.test = TestRecord.of(measured.step) if measured.step is not None else None
+        return outcome
+
+    def _with_best_content(self, pending: Pending, run: Callable[[], ExperimentResult]) -> ExperimentResult:
+        """Run with the best's content in place of the candidate's, then put the candidate's back. The state
+        says so meanwhile: a server killed in between restores the candidate without calling it tampering.
+        A run that changed the target is not covered up by the swaps: before them the candidate's change is
+        left for the check after the run; the best's is kept as a copy and stops the measurement."""
+        core = self.core
+        best = core.state.best
+        assert best is not None and pending.commit is not None
+        target = core.root / core.target_rel
+        with core.lock:
+            if sha256_file(target) != pending.target_sha256:
+                return ExperimentResult(
+                    status="tampered", value=None, values=[], spread=None, duration_s=0.0, memory_gb=None,
+                    exit_code=None, log_path="", log_tail="", error="the candidate's run changed the target",
+                )
+            pending.measuring_best = True
+            core.save()
+            core.repo.restore_paths(best.commit, [core.target_repo_path])
+            _drop_stale_bytecode(target)
+            best_content = sha256_file(target)
+        changed = False
+        try:
+            result = run()
+        finally:
+            with core.lock:
+                changed = sha256_file(target) != best_content
+                if changed:
+                    self._keep_copies(pending.run_id, [core.target_rel])
+                core.repo.restore_paths(pending.commit, [core.target_repo_path])
+                _drop_stale_bytecode(target)
+                pending.measuring_best = False
+                core.save()
+        if changed and result.status == "ok":
+            result.status = "tampered"
+            result.error = f"the best's run changed the target (kept in .autoresearch/tampered/{pending.run_id}/)"
+        return result
 
     def verify_after_run(self, pending: Pending) -> list[str]:
         """What the run changed that it must not: git's configuration and refs, tracked files, read-only files,
@@ -336,6 +420,13 @@ class Runs:
                 log.warning("could not keep a copy of %s before restoring it: %s", rel, exc)
                 failed.append(rel)
         return failed
+
+
+@dataclass(frozen=True)
+class AlreadyMeasured:
+    """run_experiment on content measured before in this session: nothing ran; the earlier run answers."""
+
+    run_id: str
 
 
 def unmeasured(status: RunStatus, error: str, tampered: list[str]) -> RunOutcome:

@@ -27,6 +27,7 @@ from .errors import AutoresearchError
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .project import ProjectInfo
 from .prompts import loop_prompt
+from .running import AlreadyMeasured
 from .schemas import NO_NULL_DEFAULT, UNSET, OptionalInt, OptionalNumber, OptionalText, self_contained
 from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait
 from .statuses import FILTERS
@@ -267,15 +268,26 @@ def create_server(workspace: Workspace) -> MCPServer:
         ],
         ctx: Context,
         wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
+        rerun: Annotated[
+            bool,
+            Field(
+                description="Measure this content again although it was measured before in this session "
+                "(default false: the earlier result is returned and nothing runs)."
+            ),
+        ] = False,
     ) -> RunResult:
         """Run one experiment on the current target. The server checks that only the target changed, commits
-        the candidate, runs the configured command under a hard timeout, and measures the metric itself. The
-        first run of a session must be the unmodified baseline. Returns within wait_s: when the run takes
-        longer the result has status 'running' (the run goes on); then call wait_experiment(run_id) until the
-        status is no longer 'running'. Once the run is finished, call commit_or_reset."""
+        the candidate, runs the configured command under a hard timeout, and measures the metric itself (as
+        many runs as the keep rule needs on a noisy metric). The first run of a session must be the unmodified
+        baseline. Content measured before in the session returns the earlier result (nothing runs) unless
+        rerun is true. Returns within wait_s: when the run takes longer the result has status 'running' (the
+        run goes on); then call wait_experiment(run_id) until the status is no longer 'running'. Once the run
+        is finished, call commit_or_reset."""
         session = await anyio.to_thread.run_sync(current_session)
-        run_id = await anyio.to_thread.run_sync(session.start_run, description)
-        return await _await_run(run_id, wait_s, ctx)
+        started = await anyio.to_thread.run_sync(session.start_run, description, rerun)
+        if isinstance(started, AlreadyMeasured):
+            return await anyio.to_thread.run_sync(session.view, started.run_id, True)
+        return await _await_run(started, wait_s, ctx)
 
     @tool(read_only=True, idempotent=True)
     async def wait_experiment(

@@ -32,7 +32,8 @@ from .ownfiles import OwnFiles, restore_jsonl, start_mirror
 from .processes import kill_marked_processes
 from .project import Project
 from .repo import Repo
-from .running import DEFAULT_WAIT_S, MAX_WAIT_S, RunHandle, Runs, clamp_wait, unmeasured
+from .running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, RunHandle, Runs, clamp_wait, unmeasured
+from .sequential import keep_rule_summary, session_noise
 from .state import (
     OwnRecord,
     SessionState,
@@ -77,6 +78,10 @@ RULE_KEYS = (
     "max_experiments",
     "writable",
     "isolation",
+    "keep_rule",
+    "confidence",
+    "max_repeats",
+    "noise_runs",
 )
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 STOPPED = "the server stopped during this run"
@@ -297,6 +302,8 @@ class Session:
             self.recovered.append(f"run {pending.run_id} never started; its edit is back in the working tree")
         elif pending.phase == "running":
             killed = kill_marked_processes(str(self.root))
+            if pending.measuring_best and pending.commit:  # the best's content was in place for a re-measure
+                self.repo.restore_paths(pending.commit, [self.target_repo_path])
             tampered = self.runs.verify_after_run(pending)
             error = STOPPED
             if killed:
@@ -422,8 +429,8 @@ class Session:
     ) -> EditResult:
         return self.editor.apply_edit(edits, content, path, expected_sha256)
 
-    def start_run(self, description: str) -> str:
-        return self.runs.start_run(description)
+    def start_run(self, description: str, rerun: bool = False) -> str | AlreadyMeasured:
+        return self.runs.start_run(description, rerun)
 
     def run_handle(self, run_id: str | None) -> RunHandle | None:
         """The run in flight, to wait for (None when that run, or any, is not in flight)."""
@@ -432,8 +439,8 @@ class Session:
     def cancel_run(self, reason: str) -> None:
         self.runs.cancel(reason)
 
-    def view(self, run_id: str | None) -> RunResult:
-        return self.views.view(run_id)
+    def view(self, run_id: str | None, already_measured: bool = False) -> RunResult:
+        return self.views.view(run_id, already_measured)
 
     def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
         return self.decider.commit_or_reset(run_id, discard)
@@ -445,7 +452,13 @@ class Session:
         return self.views.query(status, limit, order)
 
     def briefing(self) -> str:
-        return journal_briefing(self.state, self.journal)
+        noise = session_noise(self.state)
+        return journal_briefing(
+            self.state,
+            self.journal,
+            keep_rule=keep_rule_summary(self.state, self.config),
+            noise_sd=noise.sd if noise.df else None,
+        )
 
     # ======================================================================================================
     def shutdown(self, join_s: float = 10.0) -> None:

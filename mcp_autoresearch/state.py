@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import socket
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import SessionError
 from .files import atomic_write, own_dir, read_regular
+from .stats import Step
 from .statuses import Decision, RunStatus
 
 STATE_DIR = ".autoresearch"
@@ -29,6 +31,27 @@ class Best(BaseModel):
     run_id: str
     description: str
     nonblank_lines: int
+    values: list[float] = []  # every run of the best: its own, then its re-measurements (value: their median)
+
+
+class TestRecord(BaseModel):
+    """The sequential test's last look at a candidate (`stats.Step`), as the decision will use it."""
+
+    action: Literal["keep", "discard", "more"]
+    estimate: float
+    low: float
+    high: float
+    probability: float
+    needed: float
+    best_runs: int
+    rule: str
+
+    @classmethod
+    def of(cls, step: Step) -> TestRecord:
+        return cls(**asdict(step))
+
+    def step(self) -> Step:
+        return Step(**self.model_dump())
 
 
 class RunOutcome(BaseModel):
@@ -46,6 +69,8 @@ class RunOutcome(BaseModel):
     error: str | None = None
     secondary: dict[str, float] = {}
     leftovers_killed: int = 0
+    best_values: list[float] = []  # runs of the best added while measuring this candidate (sequential rule)
+    test: TestRecord | None = None  # the sequential test's last look (None under the greedy rule)
 
 
 class DecisionRecord(BaseModel):
@@ -73,6 +98,8 @@ class Pending(BaseModel):
     decision: DecisionRecord | None = None
     git_config: dict[str, str | None] = {}  # git's configuration and attribute files as the run found them
     refs_digest: str = ""  # every ref but the session's own, as the run found them
+    rerun_of: str | None = None  # run_experiment(rerun=true) on content measured before, by that run
+    measuring_best: bool = False  # the best's content is in the work tree for a re-measurement
 
 
 class SessionState(BaseModel):
@@ -92,6 +119,9 @@ class SessionState(BaseModel):
     # tracked files flagged skip-worktree/assume-unchanged when the session started
     hidden_paths: list[str] = []
     pending: Pending | None = None
+    keep_rule: str | None = None  # greedy | sequential, fixed once the baseline measured the noise
+    noise_ss: float = 0.0  # the noise of groups of runs that can no longer grow (sum of squares about their means)
+    noise_df: int = 0  # ... and its degrees of freedom; the best's own runs are added when needed
 
 
 def state_dir(root: Path) -> Path:

@@ -4,6 +4,7 @@ and the agent's notes. Nothing here changes git or a measurement; notes are the 
 
 from __future__ import annotations
 
+from .briefing import near_misses
 from .context import SessionCore, normal_run_id
 from .decisions import Decider, rerun
 from .errors import RuleViolation, SessionError
@@ -11,6 +12,7 @@ from .journal import Row
 from .models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult
 from .rules import improvement, improvement_pct
 from .running import Runs
+from .sequential import best_values, session_noise
 from .state import Pending
 from .statuses import DECISIONS, FILTERS, UNFINISHED
 
@@ -23,8 +25,9 @@ class Views:
         self.runs = runs
         self.decider = decider
 
-    def view(self, run_id: str | None) -> RunResult:
-        """The current knowledge of a run: in flight, finished and waiting for a decision, or already logged."""
+    def view(self, run_id: str | None, already_measured: bool = False) -> RunResult:
+        """The current knowledge of a run: in flight, finished and waiting for a decision, or already logged
+        (`already_measured`: shown in answer to a run of the same content, which did not run)."""
         core = self.core
         with core.lock:
             pending = core.state.pending
@@ -37,10 +40,16 @@ class Views:
             row = core.journal.get(run_id)
             if row is None:
                 raise RuleViolation(f"no run with id {run_id!r} in session '{core.state.tag}'")
+            seen = row.evidence
             next_step = f"already decided: {row.status}. Edit the target and run the next experiment."
             if row.run_status in UNFINISHED:
                 again = rerun(core.state.best is None)  # no baseline kept yet: the next run is the baseline
                 next_step = f"already decided: {row.status} ({row.run_status}: it never finished); {again}"
+            if already_measured:
+                next_step = (
+                    f"this content was measured before, as {row.run_id} ({row.status}); nothing ran. Edit the "
+                    "target to try another idea, or call run_experiment(rerun=true) to measure it again"
+                )
             return RunResult(
                 run_id=row.run_id,
                 status=row.run_status,
@@ -54,6 +63,14 @@ class Views:
                 commit=row.commit,
                 error=row.error,
                 next_step=next_step,
+                values=seen.values if len(seen.values) > 1 else None,
+                keep_rule=seen.keep_rule or None,
+                estimate=seen.estimate,
+                interval=list(seen.interval) if seen.interval else None,
+                probability=seen.probability,
+                best_values=seen.best_values or None,
+                already_measured=True if already_measured else None,
+                rerun_of=seen.rerun_of,
             )
 
     def pending_view(self, pending: Pending) -> RunResult:
@@ -76,6 +93,7 @@ class Views:
                 next_step=f"still running: call wait_experiment(run_id='{pending.run_id}')",
             )
         result = pending.result
+        test = result.test
         verdict = self.decider.verdict(pending, discard=False)
         status = result.status
         if status == "ok":
@@ -111,6 +129,13 @@ class Views:
             values=result.values if len(result.values) > 1 else None,
             spread=result.spread,
             next_step=next_step,
+            keep_rule=core.state.keep_rule,
+            reason=verdict.reason,
+            estimate=test.estimate if test else None,
+            interval=[test.low, test.high] if test else None,
+            probability=test.probability if test else None,
+            best_values=(best_values(core.state) + result.best_values) if test else None,
+            rerun_of=pending.rerun_of,
         )
 
     def log_notes(self, run_id: str, notes: str) -> NotesResult:
@@ -162,6 +187,7 @@ class Views:
             gain = improvement(best.value, baseline, direction) if best and baseline is not None else None
             pct = improvement_pct(gain, baseline) if gain is not None and baseline is not None else None
             total = len(journal)
+            noise = session_noise(core.state)
             return QueryResult(
                 tag=core.state.tag,
                 metric_name=core.state.metric_name,
@@ -178,6 +204,11 @@ class Views:
                 improvement_pct=round(pct, 4) if pct is not None else None,
                 experiments_since_last_keep=total - 1 - journal.last_keep_index if total else 0,
                 rows=[row_model(r) for r in journal.rows_at(chosen)],
+                keep_rule=core.state.keep_rule,
+                noise_sd=noise.sd if noise.df else None,
+                noise_df=noise.df,
+                best_runs=len(best_values(core.state)) or None,
+                near_misses=[row_model(r) for r in near_misses(journal, noise.sd or 0.0)],
             )
 
 
@@ -193,4 +224,6 @@ def row_model(row: Row) -> ResultRow:
         description=row.description,
         notes=row.notes,
         timestamp=row.timestamp,
+        values=row.evidence.values if len(row.evidence.values) > 1 else None,
+        estimate=row.evidence.estimate,
     )

@@ -16,6 +16,7 @@ from .errors import ConfigError, SessionError
 from .models import StartResult
 from .project import Project, ProjectInfo, load_project
 from .repo import Repo
+from .sequential import keep_rule_summary
 from .session import Session, current_session
 from .state import ProjectLock
 
@@ -51,7 +52,11 @@ class Workspace:
         return load_project(self.root, self.overrides, self.config_file)
 
     def detect(self) -> ProjectInfo:
-        return self.load().info
+        info = self.load().info
+        session = self._session
+        if session is not None and session.state.keep_rule:  # the noise this session measured
+            info.keep_rule = f"session {session.state.tag}: " + keep_rule_summary(session.state, session.config)
+        return info
 
     @property
     def session(self) -> Session:

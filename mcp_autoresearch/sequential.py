@@ -1,0 +1,138 @@
+"""How many runs a measurement takes: the baseline's noise runs, and a candidate under the sequential keep rule
+(with the best re-measured whenever it has fewer runs than the challenger needs).
+
+This module decides only when to run again; the runs are `Experiment`s, the statistics are `stats`, and putting
+the best's content in place for a re-measurement is the caller's (it knows git and the session state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from .config import Config
+from .experiment import Experiment, ExperimentResult
+from .state import SessionState
+from .stats import Noise, Step, deterministic, noise_of, sequential_test
+
+
+@dataclass
+class Measurement:
+    result: ExperimentResult  # the candidate's runs: `value` is their median, `values` every one
+    best_values: list[float] = field(default_factory=list)  # runs of the best added while measuring
+    step: Step | None = None  # the sequential test's last look (None: not sequential, or a failed run)
+
+
+def noise_is_measured(config: Config) -> bool:
+    """The baseline measures the noise unless the configuration chose the greedy rule."""
+    return config.keep_rule != "greedy" and config.noise_runs > 1
+
+
+def resolve_keep_rule(config: Config, baseline_values: list[float]) -> str:
+    """The configured rule, or by default: greedy for a deterministic metric, sequential for a noisy one."""
+    if config.keep_rule is not None:
+        return config.keep_rule
+    return "sequential" if len(baseline_values) >= 2 and not deterministic(baseline_values) else "greedy"
+
+
+def closed_noise(state: SessionState) -> Noise:
+    """The noise of the session's groups of runs that can no longer grow (not the best's own runs)."""
+    return Noise(state.noise_ss, state.noise_df)
+
+
+def session_noise(state: SessionState) -> Noise:
+    """Everything the session knows of the metric's noise: the closed groups and the best's runs."""
+    return closed_noise(state) + noise_of(best_values(state))
+
+
+def best_values(state: SessionState) -> list[float]:
+    """The best's runs (a state written before issue 13 knows only its value)."""
+    best = state.best
+    if best is None:
+        return []
+    return list(best.values) or [best.value]
+
+
+def keep_rule_summary(state: SessionState, config: Config) -> str:
+    """One line for people: the rule, and the noise it is based on."""
+    noise = session_noise(state)
+    sd = f"noise sd {noise.sd:.4g} over {noise.df} degrees of freedom" if noise.df else "noise not measured"
+    if state.keep_rule == "sequential":
+        return (
+            f"keep rule: sequential (a change is kept when better with confidence {config.confidence:g}; up to "
+            f"{config.max_repeats} runs per candidate; {sd})"
+        )
+    if state.keep_rule == "greedy":
+        deterministic_metric = noise.df > 0 and noise.ss == 0
+        why = "the metric is deterministic" if deterministic_metric else sd
+        return f"keep rule: greedy (kept when better by more than min_delta {config.min_delta:g}; {why})"
+    return "keep rule: decided by the baseline's noise runs"
+
+
+def measure_baseline(experiment: Experiment, config: Config) -> Measurement:
+    """The unmodified baseline, run `noise_runs` times to measure the noise; two equal values show a
+    deterministic metric, which needs no more runs."""
+    result = experiment.run(checks=False)
+    if noise_is_measured(config):
+        while (
+            result.status == "ok"
+            and len(result.values) < config.noise_runs
+            and not deterministic(result.values)
+        ):
+            result = experiment.run(runs=1, checks=False)
+    return Measurement(experiment.check(result))
+
+
+class Sequential:
+    """One candidate under the sequential rule: run it, look, re-measure the best if needed, run again."""
+
+    def __init__(
+        self,
+        candidate: Experiment,
+        best: Experiment,
+        swapped: Callable[[Callable[[], ExperimentResult]], ExperimentResult],
+        best_values: list[float],
+        noise: Noise,
+        config: Config,
+        direction: str,
+    ) -> None:
+        self.candidate = candidate
+        self.best = best  # an Experiment whose runs are the best's re-measurements
+        self.swapped = swapped  # runs a function with the best's content in place of the candidate's
+        self.best_values = list(best_values)
+        self.noise = noise
+        self.config = config
+        self.direction = direction
+
+    def cancel(self, reason: str) -> None:
+        self.candidate.cancel(reason)
+        self.best.cancel(reason)
+
+    def run(self) -> Measurement:
+        config = self.config
+        added: list[float] = []
+        result = self.candidate.run(checks=False)
+        while result.status == "ok":
+            step = sequential_test(
+                result.values,
+                self.best_values + added,
+                noise=self.noise,
+                direction=self.direction,
+                min_delta=config.min_delta,
+                confidence=config.confidence,
+                max_repeats=config.max_repeats,
+            )
+            if step.action != "more":
+                return Measurement(self.candidate.check(result), added, step)
+            while len(self.best_values) + len(added) < step.best_runs:
+                again = self.swapped(lambda: self.best.run(runs=1, checks=False))
+                if again.status == "cancelled":
+                    result.status, result.error = "cancelled", again.error
+                    return Measurement(result, added, None)
+                if again.status != "ok":
+                    why = f"the best could not be re-measured ({again.status}: {again.error}), so nothing is shown"
+                    step = replace(step, action="discard", rule=f"discard ({why}): {step.rule}")
+                    return Measurement(self.candidate.check(result), added, step)
+                added.append(again.values[-1])
+            result = self.candidate.run(runs=1, checks=False)
+        return Measurement(result, added, None)
