@@ -48,8 +48,9 @@ def make_repo(path: Path, isolation: str = "auto") -> Path:
 
 
 def next_value(i: int, best: int) -> int:
-    """Alternate improvements and regressions so both keep and discard paths are measured."""
-    return best - 1 if i % 2 == 0 else best + 7
+    """Alternate improvements and regressions so both keep and discard paths are measured; every content is
+    new (the server does not run the same content twice)."""
+    return best - 1 if i % 2 == 0 else best + 10_000 + i
 
 
 def command_time(cwd: Path, n: int = 50) -> float:
@@ -95,6 +96,8 @@ async def ours(root: Path, n: int) -> dict:
             sizes.append(sum(len(c.text.encode()) for r in results for c in r.content))
             if decision.structured_content["decision"] == "keep":
                 best = value
+            elif decision.structured_content["decision"] != "discard":
+                raise RuntimeError(f"unexpected decision: {decision.structured_content}")
             current = best
     return {"times": per_experiment, "calls": calls, "bytes": sizes}
 
@@ -105,7 +108,7 @@ n=$1; cmd=$2; best=1000; out=timings.txt; : > $out; : > bytes.txt
 printf 'commit\tscore\tstatus\tdescription\n' > results.tsv
 say() { local text; text=$("$@" 2>&1); printf '%s' "$text" | wc -c >> bytes.txt; }
 for ((i = 0; i < n; i++)); do
-  if (( i % 2 == 0 )); then value=$((best - 1)); else value=$((best + 7)); fi
+  if (( i % 2 == 0 )); then value=$((best - 1)); else value=$((best + 10000 + i)); fi
   start=$EPOCHREALTIME
   say git log --oneline -1
   say sed -i "s/^K=.*/K=$value/" params.sh
