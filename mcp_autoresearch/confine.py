@@ -305,7 +305,7 @@ def _finish(status: int | None) -> None:
     os._exit(128 + sig)
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     os.write(2, f"{MARK} {message}\n".encode())
     os._exit(SETUP_FAILED)
 
@@ -315,15 +315,15 @@ def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None
     libc = _libc()
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 or libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0,
                                                                        0) != 0:
-        _fail(f"prctl failed: {os.strerror(ctypes.get_errno())}")
+        fail(f"prctl failed: {os.strerror(ctypes.get_errno())}")
     if spec.get("parent") and os.getppid() != spec["parent"]:
-        _fail("the server ended before the run started")
+        fail("the server ended before the run started")
     ruleset = None
     if spec.get("landlock"):
         try:
             ruleset, _abi = build_ruleset(list(spec.get("write", [])), bool(spec.get("scope_signal", True)))
         except ConfineError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     grace = float(spec.get("grace", 3.0))
     signal.pthread_sigmask(signal.SIG_BLOCK, _WAKE)
     gate_r, gate_w = os.pipe()
@@ -347,7 +347,7 @@ def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None
             else:
                 os.execvpe(argv[0], argv, env)
         except ConfineError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         except OSError as exc:
             os.write(2, f"autoresearch: could not start {argv[0]}: {exc.strerror}\n".encode())
             os._exit(127)
@@ -432,118 +432,13 @@ def command_line(python: str, spec: dict, argv: list[str]) -> list[str]:
     return [*line, "--", *argv]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# the launcher: a warm process that forks keepers, so a run does not pay an interpreter's start
-# ---------------------------------------------------------------------------------------------------------------
-def _start_keeper(request: dict, out_fd: int, sock_fd: int) -> None:
-    """In the freshly forked child of the launcher: become the keeper of one command. Never returns."""
-    try:
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        os.setsid()
-        null = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(out_fd, 1)
-        os.dup2(out_fd, 2)
-        # Nothing of the launcher's stays open: above all not its socket, through which runs are started.
-        os.closerange(3, 1 << 16)
-        os.chdir(request["cwd"])
-    except OSError as exc:
-        _fail(f"could not prepare the run: {exc}")
-    del sock_fd
-    keep(request["spec"], request["argv"], request["env"])
-
-
-def serve(sock_fd: int) -> None:
-    """Read start requests (JSON + the output fd) on a SOCK_SEQPACKET socket from the server, answer each with
-    the keeper's pid, and report every keeper's exit status. When the server goes (end of file on the socket),
-    every keeper is told to stop (each ends its whole run) and the launcher leaves."""
-    import json
-    import select
-    import socket
-
-    sock = socket.socket(fileno=sock_fd)
-    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only the end of the socket stops the launcher
-    keepers: set[int] = set()
-
-    def send(message: dict) -> None:
-        try:
-            sock.send(json.dumps(message).encode())
-        except OSError:
-            pass
-
-    while True:
-        try:
-            ready, _, _ = select.select([sock_fd, wake_r], [], [])
-        except InterruptedError:
-            continue
-        if wake_r in ready:
-            try:
-                os.read(wake_r, 4096)
-            except OSError:
-                pass
-            while keepers:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                keepers.discard(pid)
-                send({"exit": pid, "status": status})
-        if sock_fd in ready:
-            try:
-                data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 4)
-            except OSError:
-                data, fds = b"", []
-            if not data:
-                break
-            try:
-                request = json.loads(data)
-                out_fd = fds[0]
-            except (ValueError, IndexError) as exc:
-                for fd in fds:
-                    os.close(fd)
-                send({"error": f"bad request: {exc}"})
-                continue
-            pid = os.fork()
-            if pid == 0:
-                _start_keeper(request, out_fd, sock_fd)
-            for fd in fds:
-                os.close(fd)
-            keepers.add(pid)
-            send({"pid": pid})
-    for pid in keepers:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except OSError:
-            pass
-    deadline = time.monotonic() + 10
-    while keepers and time.monotonic() < deadline:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid:
-            keepers.discard(pid)
-        else:
-            time.sleep(0.02)
-    os._exit(0)
-
-
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
-        serve(int(sys.argv[2]))
     try:
         spec, argv = parse_args(sys.argv[1:])
     except ValueError as exc:
-        _fail(f"{exc}; usage: confine.py [--landlock] [-w PATH]... -- COMMAND [ARGS...]")
+        fail(f"{exc}; usage: confine.py [--landlock] [-w PATH]... -- COMMAND [ARGS...]")
     if not argv:
-        _fail("no command given")
+        fail("no command given")
     keep(spec, argv)
 
 

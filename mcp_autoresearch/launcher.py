@@ -1,7 +1,7 @@
 """The server's side of the launcher: start each command of a run under a keeper without paying for a new
 interpreter every time.
 
-`confine.py --serve` is a small, single-threaded process started once per server (on the first run). For each
+`launch_server.py` is a small, single-threaded process started once per server (on the first run). For each
 command it forks a keeper (see `confine.py`) that confines and supervises the command; a fork of a warm process
 costs about a millisecond where starting the keeper's interpreter costs ten or more. The server talks to it over
 a socket pair: a request carries the argv, directory, environment, confinement spec and the output pipe's fd;
@@ -24,9 +24,8 @@ from pathlib import Path
 
 import psutil
 
-from . import confine
-
 log = logging.getLogger("mcp_autoresearch")
+SERVER_SCRIPT = Path(__file__).with_name("launch_server.py")
 # The server's secrets never reach a run, nor the launcher and keepers, whose environment a run could read.
 HIDDEN_FROM_RUNS = ("AUTORESEARCH_TOKEN",)
 
@@ -65,7 +64,7 @@ class Launcher:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-I", "-S", confine.__file__, "--serve", str(theirs.fileno())],
+                [sys.executable, "-I", "-S", str(SERVER_SCRIPT), str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 env={key: value for key, value in os.environ.items() if key not in HIDDEN_FROM_RUNS},
                 stdin=subprocess.DEVNULL,
