@@ -208,19 +208,27 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listen_problem(host: str, port: int, token: str | None, what: str, why: str) -> str | None:
+    """Why `what` must not listen on host:port (None when it may): a non-loopback address needs a token."""
+    if host not in LOOPBACK and not token:
+        return (
+            f"refusing to serve {what} on {host} without a token: {why}. Pass --token or set {TOKEN_ENV}, "
+            "or bind 127.0.0.1"
+        )
+    if not 0 < port < 65536:
+        return f"--port {port} is not a valid port"
+    return None
+
+
 def cmd_dashboard_web(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .project import check_project_root, load_project
     from .web.app import serve_page
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
-    if args.host not in LOOPBACK and not token:
-        return _fail(
-            f"refusing to serve the dashboard on {args.host} without a token: it shows the project's code and "
-            f"logs. Pass --token or set {TOKEN_ENV}, or bind 127.0.0.1"
-        )
-    if not 0 < args.port < 65536:
-        return _fail(f"--port {args.port} is not a valid port")
+    problem = _listen_problem(args.host, args.port, token, "the dashboard", "it shows the project's code and logs")
+    if problem:
+        return _fail(problem)
     root = check_project_root(args.project)
     try:
         timeout: float | None = load_project(root).config.timeout
@@ -237,13 +245,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if args.transport == "http":
-        if args.host not in LOOPBACK and not token:
-            return _fail(
-                f"refusing to serve on {args.host} without a token: anyone who reaches it could run commands "
-                f"in this project. Pass --token or set {TOKEN_ENV}, or bind 127.0.0.1"
-            )
-        if not 0 < args.port < 65536:
-            return _fail(f"--port {args.port} is not a valid port")
+        why = "anyone who reaches it could run commands in this project"
+        problem = _listen_problem(args.host, args.port, token, "the server", why)
+        if problem:
+            return _fail(problem)
     workspace = Workspace(args.project, overrides_from(args), args.config)
     from .server import create_server
 
