@@ -141,5 +141,27 @@ def fingerprint_files(root: Path, paths: list[str]) -> dict[str, str | None]:
     return found
 
 
+def new_files(root: Path, entries: list[str], expected: dict[str, str | None], limit: int = 100) -> list[str]:
+    """Files below the read-only directories that were not there when the session started: a module that would
+    shadow the evaluator's, a forged bytecode cache, data planted for it. (None are looked for when the session
+    started with more files than were fingerprinted.)"""
+    if len(expected) >= MAX_READONLY_FILES:
+        return []
+    found: list[str] = []
+    for rel in entries:
+        path = root / rel
+        if not path.is_dir() or path.is_symlink():
+            continue
+        for dirpath, dirs, files in os.walk(path):
+            dirs[:] = [d for d in dirs if d != ".git"]
+            for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+                key = (Path(dirpath) / name).relative_to(root).as_posix()
+                if key not in expected:
+                    found.append(key)
+                    if len(found) >= limit:
+                        return sorted(found)
+    return sorted(found)
+
+
 def changed_fingerprints(root: Path, expected: dict[str, str | None]) -> list[str]:
     return [rel for rel, digest in expected.items() if sha256_file(root / rel) != digest]

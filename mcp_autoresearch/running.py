@@ -8,6 +8,7 @@ A run always ends finished and recorded in the session state, whatever happens t
 from __future__ import annotations
 
 import logging
+import os
 import stat
 import threading
 import time
@@ -22,7 +23,7 @@ from .errors import RuleViolation, SessionError
 from .experiment import Experiment, ExperimentResult
 from .files import copy_regular, read_regular
 from .gitguard import GitWatch
-from .guard import changed_fingerprints, sha256_bytes, sha256_file
+from .guard import changed_fingerprints, new_files, sha256_bytes, sha256_file
 from .journal import one_line
 from .rules import nonblank_lines
 from .sequential import Measurement, Sequential, best_values, closed_noise, measure_baseline
@@ -382,8 +383,25 @@ class Runs:
                 tampered += self._restore_with_copies(pending.run_id, commit, tracked)
             except SessionError:
                 pass
+        planted = new_files(core.root, list(core.config.readonly_files), core.state.readonly_hashes)
+        if planted:
+            tampered += self._move_aside(pending.run_id, planted)
         tampered += core.own.restore()
         return tampered
+
+    def _move_aside(self, run_id: str, paths: list[str]) -> list[str]:
+        """Files the run created below a read-only directory (they were not there before it: the check before
+        every run refuses new ones) go to .autoresearch/tampered/<run_id>/, so the evaluator never sees them."""
+        root = self.core.root
+        notes = []
+        for rel in paths:
+            try:
+                aside = server_dir(root, "tampered", run_id, *Path(rel).parent.parts) / Path(rel).name
+                os.replace(root / rel, aside)
+                notes.append(f"{rel} (created by the run below a read-only directory; moved aside)")
+            except OSError as exc:
+                notes.append(f"{rel} (created by the run below a read-only directory; could not be moved: {exc})")
+        return notes
 
     def _restore_with_copies(self, run_id: str, commit: str, repo_paths: list[str]) -> list[str]:
         """Restore tracked paths to `commit`, each only once a copy of what it holds is kept. A path whose copy

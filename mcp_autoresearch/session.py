@@ -24,7 +24,7 @@ from .decisions import Decider
 from .editing import Editor
 from .errors import RuleViolation, SessionError
 from .experiment import RUN_LOG
-from .guard import changed_fingerprints, fingerprint_files
+from .guard import changed_fingerprints, fingerprint_files, new_files
 from .isolation import probe_isolation
 from .journal import RESULTS_TSV, Journal
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
@@ -399,7 +399,9 @@ class Session:
         )
 
     def check_readonly(self) -> None:
-        changed = changed_fingerprints(self.root, self.state.readonly_hashes)
+        hashes = self.state.readonly_hashes
+        changed = changed_fingerprints(self.root, hashes)
+        changed += new_files(self.root, list(self.config.readonly_files), hashes)
         if changed:
             raise RuleViolation(
                 "read-only files changed since the session started: "

@@ -149,3 +149,29 @@ async def test_shadow_modules_and_bytecode_cannot_be_planted(ml_project: Path, a
         assert run["log_tail"].count("refused") == 4, run["log_tail"]
     for path in ("prepare", "__pycache__/prepare.cpython-311.pyc", "data/extra.txt", "numpy.py"):
         assert not (root / path).exists(), path
+
+
+async def test_files_planted_under_a_read_only_directory_are_caught_unconfined(ml_project: Path, agent_for) -> None:
+    """Without confinement the run can create files beside the evaluator's data: the run is `tampered`, the new
+    files are moved aside (never deleted) before any later run, and the next run is honest."""
+    root = ml_project
+    (root / "data").mkdir()
+    (root / "data" / "eval.txt").write_text("1 2 3\n")
+    git(root, "add", "data")
+    git(root, "commit", "-qm", "data")
+    overrides = {"readonly_files": ["prepare.py", "data"], "isolation": "off"}
+    async with agent_for(root, overrides) as agent:
+        await agent.ok("start_session")
+        await agent.experiment("baseline")
+        plant = "import os\nos.makedirs('data/sub', exist_ok=True)\nopen('data/sub/override.txt', 'w').write('0')\n"
+        await agent.edit("LR = 0.5", "LR = 0.4\n" + plant)
+        run, decision = await agent.experiment("plants data")
+        assert run["status"] == "tampered" and "data/sub/override.txt" in run["error"], run
+        assert decision["decision"] != "keep"
+        assert not (root / "data" / "sub" / "override.txt").exists()
+        aside = root / ".autoresearch" / "tampered" / run["run_id"] / "data" / "sub" / "override.txt"
+        assert aside.read_text() == "0"
+        (root / "data" / "by_hand.txt").write_text("a person's file\n")
+        refused = await agent.refused("run_experiment", description="next")
+        assert "data/by_hand.txt" in refused
+    assert (root / "data" / "by_hand.txt").read_text() == "a person's file\n"
