@@ -51,3 +51,40 @@ def test_inspector_lists_tools_and_calls_them(ml_project: Path) -> None:
         ml_project, "--method", "tools/call", "--tool-name", "query_results", "--tool-arg", "limit=5"
     )
     assert no_session["isError"] is True and "start_session" in no_session["content"][0]["text"]
+
+
+def test_inspector_calls_every_tool_through_a_session(ml_project: Path) -> None:
+    """Each call is a fresh server process (the Inspector's CLI): the session resumes from disk every time."""
+    if not INSPECTOR:
+        missing = "the MCP Inspector is not installed (bash tests/install-deps.sh installs it with npm)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Inspector: {missing}")
+        pytest.skip(missing)
+
+    def call(tool: str, *args: str) -> dict:
+        flags = [item for arg in args for item in ("--tool-arg", arg)]
+        result = inspector(ml_project, "--method", "tools/call", "--tool-name", tool, *flags)
+        assert result.get("isError") is not True, result
+        return result["structuredContent"]
+
+    names = {tool["name"] for tool in inspector(ml_project, "--method", "tools/list")["tools"]}
+    called = set()
+    assert call("detect_project")["project_type"] == "ml"
+    assert call("start_session", "tag=insp")["branch"] == "autoresearch/insp"
+    baseline = call("run_experiment", "description=baseline", "wait_s=40")
+    if baseline["status"] == "running":
+        baseline = call("wait_experiment", f"run_id={baseline['run_id']}", "wait_s=40")
+    assert call("commit_or_reset", f"run_id={baseline['run_id']}")["decision"] == "keep"
+    view = call("read_target", "start_line=1", "end_line=2")
+    assert view["content"].startswith("LR = 0.5")
+    call("apply_edit", "content=" + (ml_project / "train.py").read_text().replace("LR = 0.5", "LR = 0.2"))
+    run = call("run_experiment", "description=lower LR", "wait_s=40")
+    # The run finished within the call; the next server (the next call) keeps it waiting for its decision.
+    run = call("wait_experiment", f"run_id={run['run_id']}", "wait_s=40")
+    assert run["status"] == "ok" and run["value"] == pytest.approx(1.1)
+    assert call("commit_or_reset", f"run_id={run['run_id']}")["decision"] == "keep"
+    assert call("log_result", f"run_id={run['run_id']}", "notes=a lower LR helps")["notes"]
+    assert call("query_results", "limit=5")["counts"]["keep"] == 2
+    called |= {"detect_project", "start_session", "run_experiment", "wait_experiment", "commit_or_reset"}
+    called |= {"read_target", "apply_edit", "log_result", "query_results"}
+    assert called == names
