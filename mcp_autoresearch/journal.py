@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 
 from .evidence import Evidence
 from .files import atomic_write, open_regular
-from .results_tsv import AUTORESEARCH_HEADER, TsvFormat
+from .results_tsv import AUTORESEARCH_HEADER, TsvFormat, quick_tsv_size, same_tsv_size
 from .statuses import DECISIONS, RUN_STATUSES, Decision, RunStatus, as_decision, as_run_status
 
 RESULTS_TSV = "results.tsv"  # at the project root, as the original tool writes it
@@ -364,50 +364,19 @@ class Journal:
         """Rewrite results.tsv from the JSONL rows when it differs; True when it was rewritten. `quick` (on load)
         compares only the header, the row count and the last row, which is what a server killed between the
         two appends can leave wrong; a full check compares every line, streaming."""
-        if quick and self._quick_tsv_ok():
-            return False
-        try:
-            current = _open_read(self.tsv_path)
-        except OSError:
-            current = None
-        same, size = current is not None, 0
-        if current is not None:
-            with current:
-                for line in self.tsv_lines():
-                    data = line.encode("utf-8")
-                    size += len(data)
-                    if same and current.readline() != data:
-                        same = False
-                same = same and current.read(1) == b""
-        if same:
+        if quick:
+            last = self.tsv_format.line(self.row(len(self) - 1)) if len(self) else None
+            size = quick_tsv_size(self.tsv_path, self.tsv_format.header(), len(self), last)
+            if size is not None:
+                self._tsv_size = size
+                return False
+        size = same_tsv_size(self.tsv_path, self.tsv_lines())
+        if size is not None:
             self._tsv_size = size
             return False
         self._tsv_size = atomic_write(
             self.tsv_path, (line.encode("utf-8") for line in self.tsv_lines()), 0o644
         )
-        return True
-
-    def _quick_tsv_ok(self) -> bool:
-        try:
-            with _open_read(self.tsv_path) as handle:
-                if handle.readline() != self.tsv_format.header().encode():
-                    return False
-                handle.seek(0, os.SEEK_END)
-                size = handle.tell()
-                lines = 0
-                handle.seek(0)
-                while chunk := handle.read(1 << 20):
-                    lines += chunk.count(b"\n")
-                if lines != len(self) + 1:
-                    return False
-                if len(self):
-                    handle.seek(max(0, size - 4096))
-                    last = handle.read().split(b"\n")[-2] + b"\n"
-                    if last != self.tsv_format.line(self.row(len(self) - 1)).encode("utf-8"):
-                        return False
-        except OSError:
-            return False
-        self._tsv_size = size
         return True
 
     # -- appending ------------------------------------------------------------------------------------------

@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import SessionError
+from .experiment import RUN_LOG
 from .files import atomic_write, open_regular
 from .journal import RESULTS_TSV, Fingerprint, Journal, fingerprint
-from .state import Seal, state_fingerprint
+from .repo import Repo
+from .state import Seal, current_tag, server_dir, state_fingerprint
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -157,3 +159,35 @@ def _copy_prefix(source: Path, dest: Path, size: int) -> None:
                 yield chunk
 
         atomic_write(dest, chunks(), 0o644)
+
+
+def archive_results(root: Path, new_tag: str) -> list[str]:
+    """A new session starts a fresh results.tsv and run.log; what was there (a previous session's, or the
+    original tool's) is moved beside the session state, never deleted. Returns what was moved."""
+    moved = []
+    old = current_tag(root) or "previous"
+    if old == new_tag:
+        old = f"{old}-old"
+    for name, archived in ((RESULTS_TSV, f"results-{old}.tsv"), (RUN_LOG, f"run-{old}.log")):
+        source = root / name
+        if not source.exists() and not source.is_symlink():
+            continue
+        archive = server_dir(root) / archived
+        number = 1
+        while os.path.lexists(archive):  # an earlier archive of the same name is never replaced
+            number += 1
+            archive = archive.with_name(f"{Path(archived).stem}-{number}{Path(archived).suffix}")
+        os.replace(source, archive)
+        archived = archive.name
+        moved.append(f"{name} -> .autoresearch/{archived}")
+    return moved
+
+
+def exclude_patterns(repo: Repo, jsonl_path: str) -> list[str]:
+    def anchored(rel: str) -> str:
+        return "/" + repo.repo_path(rel)
+
+    patterns = [anchored(".autoresearch") + "/", anchored(RESULTS_TSV), anchored(RUN_LOG)]
+    if not jsonl_path.startswith(".autoresearch/"):
+        patterns.append(anchored(jsonl_path))
+    return patterns

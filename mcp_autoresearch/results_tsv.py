@@ -4,8 +4,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
+
+from .files import open_regular
 
 ResultsFormat = Literal["autoresearch", "karpathy"]
 RESULTS_FORMATS: tuple[str, ...] = ("autoresearch", "karpathy")
@@ -54,3 +59,44 @@ def _field(text: str) -> str:
     """One TSV field as pandas and csv read it: a quote inside is escaped by quoting the field."""
     flat = " ".join(text.replace("\t", " ").split())
     return '"' + flat.replace('"', '""') + '"' if '"' in flat else flat
+
+
+def same_tsv_size(path: Path, lines: Iterable[str]) -> int | None:
+    """The file's size when it holds exactly `lines` (compared streaming, never through a symlink, never
+    blocking), else None."""
+    try:
+        handle = os.fdopen(open_regular(path), "rb")
+    except OSError:
+        return None
+    size = 0
+    with handle:
+        for line in lines:
+            data = line.encode("utf-8")
+            size += len(data)
+            if handle.readline() != data:
+                return None
+        return size if handle.read(1) == b"" else None
+
+
+def quick_tsv_size(path: Path, header: str, rows: int, last: str | None) -> int | None:
+    """The file's size when its header, number of rows and last row are as expected (what a server killed
+    between two appends can leave wrong), else None."""
+    try:
+        with os.fdopen(open_regular(path), "rb") as handle:
+            if handle.readline() != header.encode():
+                return None
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            lines = 0
+            handle.seek(0)
+            while chunk := handle.read(1 << 20):
+                lines += chunk.count(b"\n")
+            if lines != rows + 1:
+                return None
+            if last is not None:
+                handle.seek(max(0, size - 4096))
+                if handle.read().split(b"\n")[-2] + b"\n" != last.encode("utf-8"):
+                    return None
+    except (OSError, IndexError):
+        return None
+    return size

@@ -10,7 +10,6 @@ discard) and `views` (runs, results, notes); they share the session through `con
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 from datetime import datetime
@@ -28,7 +27,7 @@ from .guard import changed_fingerprints, fingerprint_files, new_files
 from .isolation import probe_isolation
 from .journal import RESULTS_TSV, Journal
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
-from .ownfiles import OwnFiles, restore_jsonl, start_mirror
+from .ownfiles import OwnFiles, archive_results, exclude_patterns, restore_jsonl, start_mirror
 from .processes import kill_marked_processes
 from .project import Project
 from .repo import Repo
@@ -37,7 +36,6 @@ from .sequential import keep_rule_summary, session_noise
 from .state import (
     OwnRecord,
     SessionState,
-    current_tag,
     load_record,
     load_state,
     save_state,
@@ -200,9 +198,9 @@ class Session:
                 + (f" (+{len(dirty) - 20} more)" if len(dirty) > 20 else "")
                 + ". A person must commit or stash them first, so no work of theirs can be lost."
             )
-        moved = _archive_results(root, tag)
+        moved = archive_results(root, tag)
         repo.create_branch(branch)
-        repo.add_excludes(_exclude_patterns(repo, config.jsonl_path))
+        repo.add_excludes(exclude_patterns(repo, config.jsonl_path))
         state = SessionState(
             tag=tag,
             branch=branch,
@@ -267,7 +265,7 @@ class Session:
                     f"({', '.join(dirty[:10])}); a person must commit or stash them first"
                 )
             repo.checkout_branch(state.branch)
-        repo.add_excludes(_exclude_patterns(repo, config.jsonl_path))
+        repo.add_excludes(exclude_patterns(repo, config.jsonl_path))
         if record.jsonl_sha256:  # the JSONL as the server left it: what a run wrote is not adopted
             restored = restore_jsonl(journal, (record.jsonl_size, record.jsonl_sha256))
             session.recovered += [restored] if restored else []
@@ -478,35 +476,3 @@ class Session:
 
 def _rules_of(config: Config) -> dict[str, Any]:
     return {key: getattr(config, key) for key in RULE_KEYS}
-
-
-def _archive_results(root: Path, new_tag: str) -> list[str]:
-    """A new session starts a fresh results.tsv and run.log; what was there (a previous session's, or the
-    original tool's) is moved beside the session state, never deleted. Returns what was moved."""
-    moved = []
-    old = current_tag(root) or "previous"
-    if old == new_tag:
-        old = f"{old}-old"
-    for name, archived in ((RESULTS_TSV, f"results-{old}.tsv"), (RUN_LOG, f"run-{old}.log")):
-        source = root / name
-        if not source.exists() and not source.is_symlink():
-            continue
-        archive = server_dir(root) / archived
-        number = 1
-        while os.path.lexists(archive):  # an earlier archive of the same name is never replaced
-            number += 1
-            archive = archive.with_name(f"{Path(archived).stem}-{number}{Path(archived).suffix}")
-        os.replace(source, archive)
-        archived = archive.name
-        moved.append(f"{name} -> .autoresearch/{archived}")
-    return moved
-
-
-def _exclude_patterns(repo: Repo, jsonl_path: str) -> list[str]:
-    def anchored(rel: str) -> str:
-        return "/" + repo.repo_path(rel)
-
-    patterns = [anchored(".autoresearch") + "/", anchored(RESULTS_TSV), anchored(RUN_LOG)]
-    if not jsonl_path.startswith(".autoresearch/"):
-        patterns.append(anchored(jsonl_path))
-    return patterns
