@@ -23,7 +23,7 @@ class Capture:
         self.size = 0
         self._hash = hashlib.sha256()
         os.set_blocking(read_fd, False)
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._wake_r, self._wake_w = os.pipe()  # not inherited (PEP 446); os.pipe2 is Linux-only
         self._thread = threading.Thread(target=self._loop, name="capture", daemon=True)
         self._thread.start()
 

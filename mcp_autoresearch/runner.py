@@ -148,7 +148,7 @@ class ProcessRun:
         try:
             if self._cancel.is_set():
                 return ProcessResult("cancelled", None, 0.0, 0, self.log_path, self._cancel_reason)
-            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+            read_fd, write_fd = os.pipe()  # not inherited (PEP 446); os.pipe2 is Linux-only
             try:
                 fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
             except OSError:
