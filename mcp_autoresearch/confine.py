@@ -205,14 +205,18 @@ def _tree(root: int) -> list[int]:
     return seen
 
 
-def _signal_all(sig: int) -> int:
-    victims = _tree(os.getpid())
-    for pid in victims:
+def signal_each(pids: list[int] | set[int], sig: int) -> int:
+    """Send `sig` to each of `pids` (those already gone are skipped). Returns how many were asked."""
+    for pid in pids:
         try:
             os.kill(pid, sig)
         except OSError:
             pass
-    return len(victims)
+    return len(pids)
+
+
+def _signal_all(sig: int) -> int:
+    return signal_each(_tree(os.getpid()), sig)
 
 
 # ptrace, only to hold the command at its exit: requests, options and events (linux/ptrace.h).
@@ -239,11 +243,7 @@ def _others_end(command: int) -> None:
     """The command is at its exit stop, not yet gone and not yet reported to anyone: every other process of
     the run is killed first, and is dead before the command may finish, so none can print after it ended."""
     victims = [pid for pid in _tree(os.getpid()) if pid != command]
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+    signal_each(victims, signal.SIGKILL)
     deadline = time.monotonic() + 1.0
     while victims and time.monotonic() < deadline:
         victims = [pid for pid in victims if not _dead(pid)]

@@ -103,11 +103,7 @@ def serve(sock_fd: int) -> None:
                 os.close(fd)
             keepers.add(pid)
             send({"pid": pid})
-    for pid in keepers:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except OSError:
-            pass
+    confine.signal_each(keepers, signal.SIGTERM)
     deadline = time.monotonic() + 10
     while keepers and time.monotonic() < deadline:
         try:
