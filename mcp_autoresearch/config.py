@@ -18,6 +18,8 @@ from .results_tsv import ResultsFormat
 Direction = Literal["lower_is_better", "higher_is_better"]
 IsolationSetting = Literal["auto", "required", "off"]
 KeepRule = Literal["greedy", "sequential"]
+Backend = Literal["local", "ray"]
+MAX_SLOTS = 64
 
 DIRECTION_ALIASES = {
     "lower": "lower_is_better",
@@ -85,6 +87,22 @@ class ConfigValues(BaseModel):
     noise_runs: int | None = Field(
         None, ge=1, le=100, description="Runs of the baseline that measure the noise (stops at 2 equal values)."
     )
+    slots: int | None = Field(
+        None, ge=1, le=MAX_SLOTS, description="Experiments in flight at once, each in its own checkout (default 1)."
+    )
+    slot_devices: list[str] | None = Field(
+        None, description="CUDA_VISIBLE_DEVICES of each slot in turn, e.g. 0, 1, 2, 3 (default: not set)."
+    )
+    shared_inputs: list[str] | None = Field(
+        None,
+        description="Untracked inputs every slot sees read-only (node_modules, .venv, a data directory).",
+    )
+    backend: Backend | None = Field(None, description="Where slots run: local (this machine) or ray (a Ray cluster).")
+    ray_address: str | None = Field(
+        None, description="The Ray cluster's dashboard address for job submission (default: RAY_ADDRESS, else local)."
+    )
+    ray_num_cpus: float | None = Field(None, gt=0, description="CPUs each Ray job reserves (entrypoint_num_cpus).")
+    ray_num_gpus: float | None = Field(None, ge=0, description="GPUs each Ray job reserves (entrypoint_num_gpus).")
 
     @field_validator("metric_direction", mode="before")
     @classmethod
@@ -93,7 +111,7 @@ class ConfigValues(BaseModel):
             return DIRECTION_ALIASES.get(value.strip().lower(), value)
         return value
 
-    @field_validator("readonly_files", "writable", mode="before")
+    @field_validator("readonly_files", "writable", "slot_devices", "shared_inputs", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         # The markdown format of the original tool writes lists comma-separated.
@@ -110,12 +128,19 @@ class ConfigValues(BaseModel):
             )
         return value
 
-    @field_validator("isolation", mode="before")
+    @field_validator("slot_devices")
+    @classmethod
+    def _devices(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not re.fullmatch(r"[A-Za-z0-9_,:\-]+", item) for item in value):
+            raise ValueError("each entry is one CUDA_VISIBLE_DEVICES value, such as 0 or 2,3 or GPU-<uuid>")
+        return value
+
+    @field_validator("isolation", "backend", mode="before")
     @classmethod
     def _isolation(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("readonly_files", "writable")
+    @field_validator("readonly_files", "writable", "shared_inputs")
     @classmethod
     def _no_empty_entries(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and any(not item.strip() or item.strip() in (".", "./") for item in value):
@@ -174,6 +199,10 @@ DEFAULTS: dict[str, Any] = {
     "confidence": 0.95,
     "max_repeats": 5,
     "noise_runs": 3,
+    "slots": 1,
+    "slot_devices": [],
+    "shared_inputs": [],
+    "backend": "local",
 }
 
 
@@ -206,6 +235,18 @@ class Config(BaseModel):
     confidence: float = 0.95
     max_repeats: int = 5
     noise_runs: int = 3
+    slots: int = 1
+    slot_devices: list[str] = Field(default_factory=list)
+    shared_inputs: list[str] = Field(default_factory=list)
+    backend: Backend = "local"
+    ray_address: str | None = None
+    ray_num_cpus: float | None = None
+    ray_num_gpus: float | None = None
+
+    @property
+    def parallel(self) -> bool:
+        """Runs go to slots (their own checkouts), not the user's work tree: more than one slot, or Ray."""
+        return self.slots > 1 or self.backend == "ray"
 
 
 def validate_values(raw: dict[str, Any], where: str) -> dict[str, Any]:
