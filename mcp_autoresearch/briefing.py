@@ -38,6 +38,7 @@ def briefing_from(
     since: int | None = None,
     keep_rule: str | None = None,
     near: list[Row] | None = None,
+    slots: str | None = None,
 ) -> str:
     """`rows` are the newest experiments, oldest first (all of them, or the last few with `total`, `counts`
     and `since` describing the whole log)."""
@@ -78,6 +79,10 @@ def briefing_from(
         lines.append(
             f"Pending: run {state.pending.run_id} ({state.pending.phase}) — decide it before editing."
         )
+    if slots:
+        lines.append(f"Slots: {slots}.")
+    elif state.inflight:
+        lines.append("In flight: " + ", ".join(f"{p.run_id} ({p.phase})" for p in state.inflight) + ".")
     if rows:
         lines += [
             "",
@@ -143,7 +148,11 @@ def near_misses(journal: Journal, noise_sd: float, limit: int = NEAR_MISSES, sca
 
 
 def journal_briefing(
-    state: SessionState, journal: Journal, keep_rule: str | None = None, noise_sd: float | None = None
+    state: SessionState,
+    journal: Journal,
+    keep_rule: str | None = None,
+    noise_sd: float | None = None,
+    slots: str | None = None,
 ) -> str:
     """The briefing from a journal's index: only the newest rows are read back from the log. The run command
     is the session's own (fixed when it started), not today's configuration."""
@@ -158,6 +167,7 @@ def journal_briefing(
         since=total - 1 - journal.last_keep_index if total else 0,
         keep_rule=keep_rule,
         near=near_misses(journal, noise_sd or 0.0),
+        slots=slots,
     )
 
 

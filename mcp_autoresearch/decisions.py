@@ -16,7 +16,7 @@ from .models import DecisionResult
 from .rules import Verdict, decide, improvement
 from .running import Runs
 from .sequential import best_values, resolve_keep_rule
-from .state import Best, DecisionRecord, Pending, RunOutcome
+from .state import Best, DecisionRecord, Pending, RunOutcome, SessionState
 from .stats import noise_of
 from .statuses import UNFINISHED
 
@@ -117,15 +117,14 @@ class Decider:
                 core.repo.move_branch(
                     core.state.branch, pending.parent, f"autoresearch: discard {pending.run_id}"
                 )
-        judged = [] if pending.is_baseline else best_values(core.state) + result.best_values
-        estimate, interval, probability = self._figures(pending, result)
+        judged = [] if pending.is_baseline else self.judged(result)
+        estimate, interval, probability = self.figures(pending, result)
         before = core.state.model_copy(deep=True)
         try:
-            row = self._apply(pending, judged, estimate, interval, probability)
+            row = self.apply(pending, judged, estimate, interval, probability)
             core.journal.log_experiment_done(row)
         except BaseException:
-            for key in _DECIDED:  # nothing applied twice when the call is retried
-                setattr(core.state, key, getattr(before, key))
+            self.roll_back(before)
             raise
         core.state.pending = None
         core.save()
@@ -172,7 +171,7 @@ class Decider:
             probability=probability,
         )
 
-    def _apply(
+    def apply(
         self,
         pending: Pending,
         judged: list[float],
@@ -235,7 +234,16 @@ class Decider:
             ),
         )
 
-    def _figures(
+    def judged(self, result: RunOutcome) -> list[float]:
+        """The best's runs a candidate was judged against: the known ones, and those its measurement added."""
+        return best_values(self.core.state) + result.best_values
+
+    def roll_back(self, before: SessionState) -> None:
+        """Undo a decision's state changes when applying it failed: nothing is applied twice on a retry."""
+        for key in _DECIDED:
+            setattr(self.core.state, key, getattr(before, key))
+
+    def figures(
         self, pending: Pending, result: RunOutcome
     ) -> tuple[float | None, tuple[float, float] | None, float | None]:
         """What the rule saw: the estimated improvement, its interval and probability (sequential only)."""

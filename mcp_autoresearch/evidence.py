@@ -22,6 +22,8 @@ class Evidence:
     keep_rule: str = ""  # greedy | sequential
     target_sha256: str = ""  # the target's content that ran
     rerun_of: str | None = None  # the run that measured the same content before (rerun=true)
+    slot: int | None = None  # with slots: the slot that measured it
+    rebases: int = 0  # with slots: times its change was merged onto a newer best and run again
 
     def details(self) -> dict[str, Any]:
         """The JSONL keys: `values` always, the others when known."""
@@ -33,6 +35,8 @@ class Evidence:
             "keep_rule": self.keep_rule or None,
             "target_sha256": self.target_sha256 or None,
             "rerun_of": self.rerun_of,
+            "slot": self.slot,
+            "rebases": self.rebases or None,
         }
         return {"values": self.values, **{key: value for key, value in known.items() if value is not None}}
 
@@ -49,6 +53,8 @@ class Evidence:
             keep_rule=str(details.get("keep_rule") or ""),
             target_sha256=str(details.get("target_sha256") or ""),
             rerun_of=rerun_of if isinstance(rerun_of, str) else None,
+            slot=_int(details.get("slot")),
+            rebases=_int(details.get("rebases")) or 0,
         )
 
 
@@ -60,3 +66,7 @@ def _floats(value: Any) -> list[float]:
     if not isinstance(value, list):
         return []
     return [v for v in (_finite(item) for item in value) if v is not None]
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -72,8 +72,10 @@ class Experiment:
         on_progress: ProgressCallback | None = None,
         isolation: Isolation | None = None,
         first_repeat: int = 1,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.config = config
+        self.env = env or {}  # added to every command's environment (a slot's devices and number)
         self.first_repeat = first_repeat  # AUTORESEARCH_REPEAT of the first run
         self.root = root
         self.run_id = run_id
@@ -117,7 +119,7 @@ class Experiment:
         progress: ProgressCallback | None,
         extra_env: dict[str, str] | None = None,
     ) -> ProcessRun:
-        env = {"AUTORESEARCH_TIME_BUDGET": f"{self.config.time_budget:g}", **(extra_env or {})}
+        env = {"AUTORESEARCH_TIME_BUDGET": f"{self.config.time_budget:g}", **self.env, **(extra_env or {})}
         if self.tag:
             env["AUTORESEARCH_TAG"] = self.tag
         kept = self.isolation is not None and keeper_available()

@@ -409,6 +409,10 @@ class Journal:
             {"run_id": run_id, "commit": commit, "description": one_line(description)},
         )
 
+    def log_event(self, action: str, details: dict[str, Any]) -> None:
+        """A step of an experiment that is not its row (with slots: a candidate merged onto a new best)."""
+        self._append_jsonl(action, True, details)
+
     def log_experiment_done(self, row: Row) -> None:
         """The experiment's row, in the JSONL first (the truth), then in results.tsv. Idempotent per run."""
         if self.index_of(row.run_id) is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from .statuses import Decision, RunState, RunStatus
@@ -24,6 +26,7 @@ class StartResult(BaseModel):
     isolation: str = Field(
         "", description="How runs are confined: 'landlock (ABI n)', or 'none: <reason>' (after-run checks only)."
     )
+    slots: str | None = Field(None, description="With slots: how many, where, and what runs in them.")
     recovered: list[str] = Field(default_factory=list, description="What was repaired after a restart.")
     briefing: str | None = Field(None, description="Summary of the session so far (when resumed).")
     next_step: str
@@ -81,11 +84,15 @@ class RunResult(BaseModel):
         None, description="True: this content was measured before; nothing ran (see next_step)."
     )
     rerun_of: str | None = Field(None, description="The run that measured the same content before.")
+    slot: int | None = Field(None, description="With slots: the slot it runs in (None: every slot, or no slots).")
 
 
 class DecisionResult(BaseModel):
     run_id: str
-    decision: Decision
+    decision: Decision | Literal["rerun"] = Field(
+        description="keep, discard or crash; rerun (slots): the best moved since the candidate was built, so its "
+        "change was merged onto the new best and runs again"
+    )
     reason: str
     value: float | None
     prev: float | None = Field(description="Best kept value before this experiment.")

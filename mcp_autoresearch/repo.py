@@ -109,20 +109,37 @@ class Repo:
         return Path(self._repo.git_dir).resolve()
 
     # -- running git ----------------------------------------------------------------------------------------
-    def _run(self, *args: str) -> str:
+    def _run(self, *args: str, input: bytes | None = None) -> str:
         """One git command. Plain subprocess, not GitPython's execute: this sits on every experiment's path and
         costs half as much. A command that meets `index.lock` waits for the git process holding it, and takes
         over a lock that a killed process (an earlier server) left behind."""
-        env = {**os.environ, **self._env, **GIT_ENV}
+        return self._git_process(self._location, {}, args, input)
+
+    def in_checkout(self, work_tree: Path, index_file: Path, *args: str) -> str:
+        """A git command on another work tree with its own index (a slot's checkout), over this repository's
+        objects: the user's index and work tree are never touched."""
+        location = [self._location[0], f"--work-tree={work_tree}"]
+        return self._git_process(location, {"GIT_INDEX_FILE": str(index_file)}, args, None, cwd=work_tree)
+
+    def _git_process(
+        self,
+        location: list[str],
+        extra_env: dict[str, str],
+        args: tuple[str, ...],
+        input: bytes | None,
+        cwd: Path | None = None,
+    ) -> str:
+        env = {**os.environ, **self._env, **GIT_ENV, **extra_env}
         began = time.monotonic()
         while True:
             try:
                 done = subprocess.run(
-                    ["git", "--no-replace-objects", *self._location, *_OPTION_ARGS, *args],
-                    cwd=self.top,
+                    ["git", "--no-replace-objects", *location, *_OPTION_ARGS, *args],
+                    cwd=cwd or self.top,
                     env=env,
                     capture_output=True,
-                    stdin=subprocess.DEVNULL,
+                    input=input,
+                    stdin=None if input is not None else subprocess.DEVNULL,
                     timeout=120,
                 )
             except (OSError, subprocess.TimeoutExpired) as exc:
@@ -235,14 +252,22 @@ class Repo:
 
         The index still holds the file's previous content afterwards (nothing else changed); `sync_index` or a
         restore brings it in line when the experiment is decided."""
-        blob = self._store(b"blob", data)
+        commit = self.write_commit(repo_path, data, message, parent)
+        self.move_branch(branch, commit, f"commit: {message}")
+        return commit
+
+    def write_commit(self, repo_path: str, data: bytes, message: str, parent: str, plain: bool = True) -> str:
+        """A commit object of `parent` with one file's content replaced; no ref moves. A file that is not plain
+        (filters, end-of-line conversion) has its blob made by git, with its clean filters applied."""
+        if plain:
+            blob = self._store(b"blob", data)
+        else:
+            blob = bytes.fromhex(self._run("hash-object", "-w", f"--path={repo_path}", "--stdin", input=data).strip())
         parent_tree = self._repo.commit(parent).tree.binsha
         tree = self._replace_in_tree(parent_tree, repo_path.split("/"), blob)
         who = self._signature()
         body = (f"tree {tree.hex()}\nparent {parent}\nauthor {who}\ncommitter {who}\n\n{message}\n").encode()
-        commit = self._store(b"commit", body).hex()
-        self.move_branch(branch, commit, f"commit: {message}")
-        return commit
+        return self._store(b"commit", body).hex()
 
     def _store(self, kind: bytes, data: bytes) -> bytes:
         """Write one loose object (gitdb, in-process; GitPython's default store runs `git hash-object`)."""

@@ -325,7 +325,7 @@ class Runs:
             with core.lock:
                 changed = sha256_file(target) != best_content
                 if changed:
-                    self._keep_copies(pending.run_id, [core.target_rel])
+                    self.keep_copies(pending.run_id, [core.target_rel])
                 core.repo.restore_paths(pending.commit, [core.target_repo_path])
                 _drop_stale_bytecode(target)
                 pending.measuring_best = False
@@ -368,7 +368,7 @@ class Runs:
                 changed.append(core.target_repo_path)  # compared by content, whatever git status says
             if changed:
                 tampered += [core.repo.project_path(p) for p in changed]
-                tampered += self._restore_with_copies(pending.run_id, commit, changed)
+                tampered += self.restore_with_copies(pending.run_id, commit, changed)
         except SessionError as exc:
             tampered.append(f"git state ({exc})")
         readonly = changed_fingerprints(core.root, core.state.readonly_hashes)
@@ -380,16 +380,16 @@ class Runs:
                 tracked = [
                     core.repo.repo_path(r) for r in readonly if core.repo.is_tracked(core.repo.repo_path(r))
                 ]
-                tampered += self._restore_with_copies(pending.run_id, commit, tracked)
+                tampered += self.restore_with_copies(pending.run_id, commit, tracked)
             except SessionError:
                 pass
         planted = new_files(core.root, list(core.config.readonly_files), core.state.readonly_hashes)
         if planted:
-            tampered += self._move_aside(pending.run_id, planted)
+            tampered += self.move_aside(pending.run_id, planted)
         tampered += core.own.restore()
         return tampered
 
-    def _move_aside(self, run_id: str, paths: list[str]) -> list[str]:
+    def move_aside(self, run_id: str, paths: list[str]) -> list[str]:
         """Files the run created below a read-only directory (they were not there before it: the check before
         every run refuses new ones) go to .autoresearch/tampered/<run_id>/, so the evaluator never sees them."""
         root = self.core.root
@@ -403,11 +403,11 @@ class Runs:
                 notes.append(f"{rel} (created by the run below a read-only directory; could not be moved: {exc})")
         return notes
 
-    def _restore_with_copies(self, run_id: str, commit: str, repo_paths: list[str]) -> list[str]:
+    def restore_with_copies(self, run_id: str, commit: str, repo_paths: list[str]) -> list[str]:
         """Restore tracked paths to `commit`, each only once a copy of what it holds is kept. A path whose copy
         fails is left as it is and named (the returned notes): nothing of the user's is thrown away."""
         repo = self.core.repo
-        failed = self._keep_copies(run_id, [repo.project_path(p) for p in repo_paths])
+        failed = self.keep_copies(run_id, [repo.project_path(p) for p in repo_paths])
         repo.restore_paths(commit, [p for p in repo_paths if repo.project_path(p) not in failed])
         return [
             f"{rel} (NOT restored: no copy of it could be kept in .autoresearch/tampered/{run_id}/; look at it, "
@@ -415,7 +415,7 @@ class Runs:
             for rel in failed
         ]
 
-    def _keep_copies(self, run_id: str, paths: list[str]) -> list[str]:
+    def keep_copies(self, run_id: str, paths: list[str]) -> list[str]:
         """Before restoring files a run changed, keep what they held: during a long run the change may be the
         user's own edit, and nothing of the user's is ever thrown away. Returns the paths whose copy failed.
         Only regular files hold content; the copies go only into real directories of the server's."""

@@ -256,7 +256,8 @@ def create_server(workspace: Workspace) -> MCPServer:
             except anyio.get_cancelled_exc_class():
                 session.cancel_run(
                     "the client cancelled the call waiting for this run (a request timeout?); "
-                    "use a smaller wait_s and poll with wait_experiment"
+                    "use a smaller wait_s and poll with wait_experiment",
+                    run_id,
                 )
                 raise
         return await anyio.to_thread.run_sync(session.view, run_id)
@@ -282,21 +283,32 @@ def create_server(workspace: Workspace) -> MCPServer:
         baseline. Content measured before in the session returns the earlier result (nothing runs) unless
         rerun is true. Returns within wait_s: when the run takes longer the result has status 'running' (the
         run goes on); then call wait_experiment(run_id) until the status is no longer 'running'. Once the run
-        is finished, call commit_or_reset."""
+        is finished, call commit_or_reset. With slots (configured by the user), it returns at once: the
+        candidate runs in a slot of its own, the target holds the best again, and the next idea can be edited
+        and started while it runs; wait_experiment() returns the first run to finish."""
         session = await anyio.to_thread.run_sync(current_session)
         started = await anyio.to_thread.run_sync(session.start_run, description, rerun)
         if isinstance(started, AlreadyMeasured):
             return await anyio.to_thread.run_sync(session.view, started.run_id, True)
+        if session.parallel is not None:  # with slots the agent prepares the next idea while this one runs
+            wait_s = 0.0
         return await _await_run(started, wait_s, ctx)
 
     @tool(read_only=True, idempotent=True)
     async def wait_experiment(
-        run_id: Annotated[str, Field(description="The run_id returned by run_experiment.")],
         ctx: Context,
+        run_id: Annotated[
+            OptionalText,
+            Field(
+                description="The run_id returned by run_experiment (default: with slots, whichever run in "
+                "flight finishes first; else the run in flight)."
+            ),
+        ] = UNSET,
         wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
     ) -> RunResult:
-        """Wait for a run that returned status 'running', and return its result (same shape as run_experiment)."""
-        return await _await_run(run_id, wait_s, ctx)
+        """Wait for a run that returned status 'running', and return its result (same shape as run_experiment).
+        With slots and no run_id, returns the first run to finish (or one already waiting for its decision)."""
+        return await _await_run(run_id or None, wait_s, ctx)
 
     @tool(read_only=False, destructive=True)
     def commit_or_reset(

@@ -28,11 +28,13 @@ from .isolation import probe_isolation
 from .journal import RESULTS_TSV, Journal
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .ownfiles import OwnFiles, archive_results, exclude_patterns, restore_jsonl, start_mirror
+from .parallel import AnyRunHandle, ParallelRuns, slots_line
 from .processes import kill_marked_processes
 from .project import Project
 from .repo import Repo
 from .running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, RunHandle, Runs, clamp_wait, unmeasured
 from .sequential import keep_rule_summary, session_noise
+from .slot_decisions import SlotDecider
 from .state import (
     OwnRecord,
     SessionState,
@@ -80,6 +82,8 @@ RULE_KEYS = (
     "confidence",
     "max_repeats",
     "noise_runs",
+    "slots",
+    "backend",
 )
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 STOPPED = "the server stopped during this run"
@@ -129,6 +133,12 @@ class Session:
         self.runs = Runs(self, self.editor)
         self.decider = Decider(self, self.runs)
         self.views = Views(self, self.runs, self.decider)
+        self.parallel: ParallelRuns | None = None
+        self.slot_decider: SlotDecider | None = None
+        if self.config.parallel:  # runs go to slots: checkouts of their own, several at once
+            self.parallel = ParallelRuns(self, self.editor, self.runs)
+            self.slot_decider = SlotDecider(self, self.parallel, self.decider)
+            self.views.parallel = self.parallel
 
     # ======================================================================================================
     # opening
@@ -280,6 +290,20 @@ class Session:
 
     def _recover(self) -> None:
         """Bring state, git and the logs back into agreement after the server died at any moment."""
+        if self.parallel is not None and self.slot_decider is not None:
+            for run_id in self.parallel.recover():
+                self.recovered.append(
+                    f"run {run_id} was in flight when the server stopped: logged as interrupted; it never "
+                    "finished, so it says nothing about its idea (apply its edit again to re-run it)"
+                )
+            for entry in list(self.state.inflight):
+                if entry.phase == "deciding":
+                    self.slot_decider.finish(entry)
+                    self.recovered.append(f"the decision on run {entry.run_id} was completed")
+                elif entry.result is not None and entry.result.status == "interrupted":
+                    self.slot_decider.decide_locked(entry.run_id, discard=True)
+            if self.journal.reconcile_tsv():
+                self.recovered.append("results.tsv was rebuilt from the JSONL log")
         pending = self.state.pending
         if pending is None:
             return
@@ -323,8 +347,10 @@ class Session:
 
     def describe(self, resumed: bool) -> StartResult:
         state = self.state
-        pending = state.pending
-        if pending and pending.phase == "running":
+        pending = state.pending or (self.parallel.first_finished() if self.parallel else None)
+        if self.parallel is not None and pending is None and state.inflight:
+            next_step = "runs are in flight: call wait_experiment() for the first to finish, then commit_or_reset"
+        elif pending and pending.phase == "running":
             next_step = f"run {pending.run_id} is in flight: call wait_experiment(run_id='{pending.run_id}')"
         elif pending:
             next_step = f"run {pending.run_id} waits for its decision: call commit_or_reset(run_id='{pending.run_id}')"
@@ -353,6 +379,7 @@ class Session:
             experiments=len(self.journal),
             pending_run=pending.run_id if pending else None,
             isolation=self.isolation.describe(),
+            slots=slots_line(self.parallel) if self.parallel else None,
             recovered=self.recovered,
             briefing=briefing,
             next_step=next_step,
@@ -384,7 +411,7 @@ class Session:
 
     def check_no_pending(self) -> None:
         pending = self.state.pending
-        if pending is None:
+        if pending is None:  # with slots, runs in flight never block an edit: the target is not theirs
             return
         if pending.phase in ("running", "starting"):
             raise SessionError(
@@ -430,19 +457,32 @@ class Session:
         return self.editor.apply_edit(edits, content, path, expected_sha256)
 
     def start_run(self, description: str, rerun: bool = False) -> str | AlreadyMeasured:
+        if self.parallel is not None:
+            return self.parallel.start_run(description, rerun)
         return self.runs.start_run(description, rerun)
 
-    def run_handle(self, run_id: str | None) -> RunHandle | None:
-        """The run in flight, to wait for (None when that run, or any, is not in flight)."""
-        return self.runs.handle(normal_run_id(run_id) if run_id is not None else None)
+    def run_handle(self, run_id: str | None) -> RunHandle | AnyRunHandle | None:
+        """The run in flight, to wait for (None when that run, or any, is not in flight). With slots and no
+        run_id: a handle on whichever run finishes first (None when one already waits for its decision)."""
+        run_id = normal_run_id(run_id) if run_id is not None else None
+        if self.parallel is not None:
+            return self.parallel.handle(run_id)
+        return self.runs.handle(run_id)
 
-    def cancel_run(self, reason: str) -> None:
-        self.runs.cancel(reason)
+    def cancel_run(self, reason: str, run_id: str | None = None) -> None:
+        if self.parallel is None:
+            self.runs.cancel(reason)
+        elif run_id is not None:  # a client giving up on waiting for any run cancels none of them
+            handle = self.parallel.flights.get(normal_run_id(run_id))
+            if handle is not None:
+                handle.cancel(reason)
 
     def view(self, run_id: str | None, already_measured: bool = False) -> RunResult:
         return self.views.view(run_id, already_measured)
 
     def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
+        if self.slot_decider is not None:
+            return self.slot_decider.commit_or_reset(run_id, discard)
         return self.decider.commit_or_reset(run_id, discard)
 
     def log_notes(self, run_id: str, notes: str) -> NotesResult:
@@ -458,10 +498,20 @@ class Session:
             self.journal,
             keep_rule=keep_rule_summary(self.state, self.config),
             noise_sd=noise.sd if noise.df else None,
+            slots=slots_line(self.parallel) if self.parallel else None,
         )
 
     # ======================================================================================================
     def shutdown(self, join_s: float = 10.0) -> None:
+        if self.parallel is not None and self.slot_decider is not None:
+            self.parallel.stop("the server was stopped", join_s)
+            with self.lock:
+                for entry in list(self.state.inflight):
+                    result = entry.result
+                    if entry.phase == "finished" and result is not None and result.status == "cancelled":
+                        result.status, result.error = "interrupted", STOPPED
+                        self.slot_decider.decide_locked(entry.run_id, discard=True)
+            return
         active = self.runs.stop("the server was stopped", join_s)
         if active is None:
             return

@@ -100,6 +100,9 @@ class Pending(BaseModel):
     refs_digest: str = ""  # every ref but the session's own, as the run found them
     rerun_of: str | None = None  # run_experiment(rerun=true) on content measured before, by that run
     measuring_best: bool = False  # the best's content is in the work tree for a re-measurement
+    slot: int | None = None  # with slots: the slot it runs (ran) in
+    parent_value: float | None = None  # with slots: the best's value when the candidate was built on it
+    rebases: int = 0  # with slots: times its change was merged onto a newer best and run again
 
 
 class SessionState(BaseModel):
@@ -119,6 +122,7 @@ class SessionState(BaseModel):
     # tracked files flagged skip-worktree/assume-unchanged when the session started
     hidden_paths: list[str] = []
     pending: Pending | None = None
+    inflight: list[Pending] = []  # with slots: every run between its start and its logged decision, by start
     keep_rule: str | None = None  # greedy | sequential, fixed once the baseline measured the noise
     noise_ss: float = 0.0  # the noise of groups of runs that can no longer grow (sum of squares about their means)
     noise_df: int = 0  # ... and its degrees of freedom; the best's own runs are added when needed

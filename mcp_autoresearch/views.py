@@ -10,6 +10,7 @@ from .decisions import Decider, rerun
 from .errors import RuleViolation, SessionError
 from .journal import Row
 from .models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult
+from .parallel import ParallelRuns
 from .rules import improvement, improvement_pct
 from .running import Runs
 from .sequential import best_values, session_noise
@@ -24,6 +25,7 @@ class Views:
         self.core = core
         self.runs = runs
         self.decider = decider
+        self.parallel: ParallelRuns | None = None  # set by the session when it runs with slots
 
     def view(self, run_id: str | None, already_measured: bool = False) -> RunResult:
         """The current knowledge of a run: in flight, finished and waiting for a decision, or already logged
@@ -33,6 +35,8 @@ class Views:
             pending = core.state.pending
             if run_id is not None:
                 run_id = normal_run_id(run_id)
+            if self.parallel is not None:
+                pending = self._in_flight(run_id)
             if pending is not None and (run_id is None or run_id == pending.run_id):
                 return self.pending_view(pending)
             if run_id is None:
@@ -73,14 +77,25 @@ class Views:
                 rerun_of=seen.rerun_of,
             )
 
+    def _in_flight(self, run_id: str | None) -> Pending | None:
+        """With slots: the run asked for, else the first to finish among those waiting, else the oldest running."""
+        assert self.parallel is not None
+        if run_id is not None:
+            return self.parallel.entry(run_id)
+        inflight = self.core.state.inflight
+        return self.parallel.first_finished() or (inflight[0] if inflight else None)
+
     def pending_view(self, pending: Pending) -> RunResult:
         """A run in flight, or finished and waiting for its decision (with what the decision will be)."""
         core = self.core
         best = core.state.best.value if core.state.best else None
         metric = core.state.metric_name
         if pending.phase in ("starting", "running") or pending.result is None:
-            handle = self.runs.handle(pending.run_id)
+            handle = (self.parallel or self.runs).handle(pending.run_id)
             progress = handle.progress() if handle is not None else None
+            next_step = f"still running: call wait_experiment(run_id='{pending.run_id}')"
+            if self.parallel is not None:
+                next_step = self._slot_step(pending)
             return RunResult(
                 run_id=pending.run_id,
                 status="running",
@@ -90,7 +105,8 @@ class Views:
                 elapsed_s=progress.elapsed_s if progress else None,
                 log_tail=progress.last_line if progress else None,
                 log_path=str(progress.log_path) if progress else None,
-                next_step=f"still running: call wait_experiment(run_id='{pending.run_id}')",
+                next_step=next_step,
+                slot=pending.slot,
             )
         result = pending.result
         test = result.test
@@ -136,7 +152,24 @@ class Views:
             probability=test.probability if test else None,
             best_values=(best_values(core.state) + result.best_values) if test else None,
             rerun_of=pending.rerun_of,
+            slot=pending.slot,
         )
+
+    def _slot_step(self, pending: Pending) -> str:
+        assert self.parallel is not None
+        if pending.is_baseline:
+            return (
+                f"the baseline runs in all {self.parallel.slots} slots at once (the noise under full load); "
+                "call wait_experiment() until it finishes, then commit_or_reset"
+            )
+        free = self.parallel.slots - len(self.core.state.inflight)
+        where = f"{pending.run_id} runs in slot {pending.slot}"
+        if free > 0:
+            return (
+                f"{where}; the target holds the best again: edit the next idea and run_experiment "
+                f"({free} slot{'s' if free != 1 else ''} free), or wait_experiment() for the first run to finish"
+            )
+        return f"{where}; every slot is busy: call wait_experiment() for the first run to finish, then decide it"
 
     def log_notes(self, run_id: str, notes: str) -> NotesResult:
         """Attach the agent's notes to a logged experiment; values and statuses never change."""
@@ -151,12 +184,8 @@ class Views:
                 raise RuleViolation(f"notes are {len(notes)} characters; keep them under {MAX_NOTES}")
             row = core.journal.get(run_id)
             if row is None:
-                pending = core.state.pending
-                hint = (
-                    f"; run {run_id} is not decided yet: call commit_or_reset first"
-                    if pending and pending.run_id == run_id
-                    else ""
-                )
+                waiting = [p.run_id for p in [core.state.pending, *core.state.inflight] if p is not None]
+                hint = f"; run {run_id} is not decided yet: call commit_or_reset first" if run_id in waiting else ""
                 raise RuleViolation(f"no logged experiment {run_id!r} in session '{core.state.tag}'{hint}")
             all_notes = core.journal.add_notes(run_id, notes)
             core.save()  # the record seals the JSONL with the notes

@@ -1,0 +1,205 @@
+"""The slots' checkouts: one disposable copy of the candidate's tree per slot, outside the user's work tree.
+
+A slot is a directory of the server's (`~/.cache/mcp-autoresearch/slots/<project>-<tag>/<n>`, or below
+`AUTORESEARCH_SLOTS_DIR`) holding the whole tracked tree at the candidate's commit, written by git from this
+repository's objects through an index of the slot's own (`.autoresearch/slots/<tag>/<n>.index`): the user's
+index and work tree are never touched, and a run in a slot sees no `.git` to write. Untracked inputs the runs
+need (`shared_inputs`: node_modules, a virtual environment, data) are links into the project, read-only to a
+confined run; build outputs (`writable` entries inside the project) are the slot's own and survive from one run
+to the next in that slot, as they do in a single work tree.
+
+Before every run the slot is brought back to the candidate: tracked files that differ are written again and
+everything untracked outside the writable outputs and the links is removed, so nothing one run leaves (a forged
+`sitecustomize.py`, a stale bytecode cache) reaches the next. After a run, `changes` says which tracked files
+it altered: a confined run cannot, so any is tampering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .errors import SessionError
+from .files import atomic_write
+from .repo import Repo
+from .state import server_dir
+
+SLOTS_ENV = "AUTORESEARCH_SLOTS_DIR"
+# Per project type, the untracked inputs every slot sees when `shared_inputs` is not set and they exist.
+DEFAULT_SHARED = ("node_modules", ".venv", "venv", ".dart_tool/package_config.json")
+PUBLISHED = ("run.log",)  # what the server itself writes into a checkout
+
+
+def slots_home() -> Path:
+    explicit = os.environ.get(SLOTS_ENV)
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(cache).resolve() / "mcp-autoresearch" / "slots"
+
+
+class Checkouts:
+    """The checkouts of one session's slots."""
+
+    def __init__(
+        self, root: Path, repo: Repo, tag: str, writable: list[str], shared: list[str]
+    ) -> None:
+        self.root = root.resolve()
+        self.repo = repo
+        self.tag = tag
+        key = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        self.home = slots_home() / f"{self.root.name[:40]}-{key}-{tag}"
+        self.prefix = self.root.relative_to(repo.top).as_posix() if self.root != repo.top else ""
+        self.writable = [w for w in writable if not _outside(w)]
+        self.shared = [s for s in (shared or list(DEFAULT_SHARED)) if (self.root / s).exists() or shared]
+
+    # -- where -------------------------------------------------------------------------------------------
+    def top(self, slot: int) -> Path:
+        return self.home / str(slot)
+
+    def project(self, slot: int) -> Path:
+        """The project's root inside the slot (the project may be a subdirectory of its repository)."""
+        return self.top(slot) / self.prefix if self.prefix else self.top(slot)
+
+    def _index(self, slot: int) -> Path:
+        return server_dir(self.root, "slots", self.tag) / f"{slot}.index"
+
+    def _git(self, slot: int, *args: str) -> str:
+        return self.repo.in_checkout(self.top(slot), self._index(slot), *args)
+
+    # -- before a run ------------------------------------------------------------------------------------
+    def prepare(self, slot: int, commit: str) -> Path:
+        """The slot holding exactly `commit`'s tracked tree, the links to the shared inputs, the writable outputs
+        of earlier runs, and nothing else. Returns the project's root in the slot."""
+        top = self.top(slot)
+        fresh = not top.is_dir() or not self._index(slot).exists()
+        if fresh:
+            _remove(top)
+            top.mkdir(parents=True, exist_ok=True)
+        self._git(slot, "read-tree", commit)
+        if fresh:
+            self._git(slot, "checkout-index", "-a", "-f", "-u")
+        else:
+            self._remove_untracked(slot)
+            changed = self._differing(slot)
+            for path in changed:  # a path a run replaced with a directory or a link is written anew
+                _remove(top / path)
+            self._checkout(slot, changed)
+        self._link_shared(slot)
+        return self.project(slot)
+
+    def _checkout(self, slot: int, paths: list[str]) -> None:
+        for start in range(0, len(paths), 500):
+            self._git(slot, "checkout-index", "-f", "-u", "--", *paths[start : start + 500])
+
+    def _differing(self, slot: int) -> list[str]:
+        """Tracked files whose content in the slot is not the index's (git compares stat data, then content)."""
+        self._git(slot, "update-index", "-q", "--unmerged", "--refresh")
+        out = self._git(slot, "diff-files", "--name-only", "-z")
+        return [p for p in out.split("\0") if p]
+
+    def _remove_untracked(self, slot: int) -> None:
+        """Everything untracked in the slot goes, but the writable outputs and the shared links."""
+        top = self.top(slot)
+        out = self._git(slot, "ls-files", "--others", "--directory", "-z")
+        keep = [self._in_slot(w) for w in self.writable] + [self._in_slot(s) for s in self.shared]
+        keep += [self._in_slot(p) for p in PUBLISHED]
+        for entry in (p for p in out.split("\0") if p):
+            path = entry.rstrip("/")
+            if any(path == k or path.startswith(k + "/") for k in keep):
+                continue
+            if any(k.startswith(path + "/") for k in keep):  # a directory holding kept entries: look inside
+                self._remove_below(top, path, keep)
+                continue
+            _remove(top / path)
+
+    def _remove_below(self, top: Path, directory: str, keep: list[str]) -> None:
+        """Inside an untracked directory that holds kept entries: remove all but those."""
+        try:
+            names = os.listdir(top / directory)
+        except OSError:
+            return
+        for name in names:
+            path = f"{directory}/{name}"
+            if any(path == k or path.startswith(k + "/") for k in keep):
+                continue
+            inside = top / path
+            if any(k.startswith(path + "/") for k in keep) and inside.is_dir() and not inside.is_symlink():
+                self._remove_below(top, path, keep)
+                continue
+            _remove(inside)  # below an untracked directory nothing is tracked
+
+    def _in_slot(self, project_relative: str) -> str:
+        rel = os.path.normpath(project_relative).lstrip("/")
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def _link_shared(self, slot: int) -> None:
+        project = self.project(slot)
+        for entry in self.shared:
+            source = self.root / entry
+            link = project / entry
+            if not source.exists() or os.path.lexists(link) and link.is_symlink() and os.readlink(link) == str(source):
+                continue
+            if os.path.lexists(link):
+                _remove(link)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(source, link)
+
+    def write_target(self, slot: int, repo_path: str, data: bytes) -> None:
+        """The target's content in the slot (the best's, for a re-measurement), atomically."""
+        atomic_write(self.top(slot) / repo_path, data)
+
+    # -- after a run -------------------------------------------------------------------------------------
+    def changes(self, slot: int) -> list[str]:
+        """Tracked files the run changed in its slot (restored before the slot's next run), project-relative."""
+        found = self._differing(slot)
+        return [self._project_relative(p) for p in found]
+
+    def _project_relative(self, repo_path: str) -> str:
+        return repo_path[len(self.prefix) + 1 :] if self.prefix and repo_path.startswith(self.prefix + "/") else repo_path
+
+    def remove_all(self) -> None:
+        _remove(self.home)
+
+
+def merge_target(base: bytes, ours: bytes, theirs: bytes) -> bytes | None:
+    """Three-way merge of the target: `theirs` (a candidate's change from `base`) applied onto `ours` (the new
+    best). None when the two changes conflict."""
+    with tempfile.TemporaryDirectory(prefix="autoresearch-merge-") as tmp:
+        paths = []
+        for name, data in (("ours", ours), ("base", base), ("theirs", theirs)):
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            paths.append(str(path))
+        try:
+            done = subprocess.run(
+                ["git", "merge-file", "-p", *paths],
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                timeout=60,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SessionError(f"git merge-file could not run: {exc}") from None
+    if done.returncode != 0:  # the number of conflicts, or an error
+        return None
+    return done.stdout
+
+
+def _outside(entry: str) -> bool:
+    """A writable entry outside the project (absolute or ~): the same directory for every slot."""
+    return entry.startswith(("/", "~"))
+
+
+def _remove(path: Path) -> None:
+    """Remove a path of the slot's: a link itself (never what it points to), a file, or a directory tree."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    except OSError:
+        pass

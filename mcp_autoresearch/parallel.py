@@ -1,0 +1,554 @@
+"""Runs with slots: up to `slots` experiments in flight at once, each in a checkout of its own.
+
+With slots the user's work tree stays at the best kept commit: `run_experiment` commits the target's content as
+a candidate on the best (a commit under `refs/autoresearch/<tag>/`, no branch moves), puts the best's content
+back into the target so the agent can write the next idea, and runs the candidate in a free slot
+(`checkouts.py`), confined as a single run is, with the slot's own outputs, TMPDIR and devices. The baseline
+runs in every slot at once, so the noise it measures is the noise under full load.
+
+When a run ends, the slot is checked (no tracked file changed, nothing planted below a read-only directory) and
+so is the user's tree (git's files and refs, tracked and read-only files, the server's own files), as after a
+single run. Decisions are `slot_decisions`' job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .checkouts import Checkouts
+from .context import SessionCore
+from .editing import Editor
+from .errors import RuleViolation, SessionError
+from .experiment import Experiment, ExperimentResult
+from .files import atomic_write, read_regular
+from .gitguard import GitWatch
+from .guard import changed_fingerprints, new_files, sha256_bytes, sha256_file
+from .journal import one_line
+from .processes import kill_marked_processes
+from .rules import nonblank_lines
+from .running import MAX_DESCRIPTION, ActiveRun, AlreadyMeasured, RunHandle, RunProgress, Runs, unmeasured
+from .sequential import Measurement, Sequential, best_values, closed_noise, noise_is_measured
+from .state import Pending, RunOutcome, TestRecord, server_dir
+from .stats import deterministic
+
+log = logging.getLogger("mcp_autoresearch")
+
+
+@dataclass
+class Flight(ActiveRun):
+    """A run in flight in a slot (the baseline: in every slot)."""
+
+    slots: list[int] = field(default_factory=list)
+    watch: GitWatch | None = None
+    others: list[Experiment] = field(default_factory=list)  # the baseline's runs in the other slots
+
+    def cancel(self, reason: str) -> None:
+        super().cancel(reason)
+        for experiment in self.others:
+            experiment.cancel(reason)
+
+
+class AnyRunHandle:
+    """Waits for the first of the runs in flight to finish (wait_experiment without a run_id)."""
+
+    def __init__(self, parallel: ParallelRuns) -> None:
+        self._parallel = parallel
+        self.run_id = None
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._parallel.wait_any(timeout_s)
+
+    def progress(self) -> RunProgress:
+        flights = sorted(self._parallel.flights.values(), key=lambda f: f.started)
+        first = RunHandle(flights[0], self._parallel.core.config.timeout).progress() if flights else None
+        ids = ", ".join(f.run_id for f in flights)
+        if first is None:
+            return RunProgress("", 0.0, self._parallel.core.config.timeout, "", Path())
+        return RunProgress(f"{ids} in flight; {first.run_id}", first.elapsed_s, first.limit_s, first.last_line, first.log_path)
+
+
+class ParallelRuns:
+    """Starts, verifies and stops the session's runs in its slots."""
+
+    def __init__(self, core: SessionCore, editor: Editor, runs: Runs) -> None:
+        self.core = core
+        self.editor = editor
+        self.runs = runs  # the copies-before-restore helpers are shared with single runs
+        config = core.config
+        self.slots = config.slots
+        self.checkouts = Checkouts(
+            core.root, core.repo, core.state.tag, list(config.writable), list(config.shared_inputs)
+        )
+        self.flights: dict[str, Flight] = {}
+        self.finish_order: list[str] = [p.run_id for p in core.state.inflight if p.phase == "finished"]
+        self._changed = threading.Condition(threading.Lock())
+        self.backend = None
+        if config.backend == "ray":
+            from .ray_backend import RayBackend  # only when used: Ray is an optional extra
+
+            self.backend = RayBackend.from_config(config)
+
+    # -- what is in flight -----------------------------------------------------------------------------------
+    def entry(self, run_id: str) -> Pending | None:
+        return next((p for p in self.core.state.inflight if p.run_id == run_id), None)
+
+    def busy_slots(self) -> set[int]:
+        used: set[int] = set()
+        for pending in self.core.state.inflight:
+            if pending.phase in ("starting", "running"):
+                used.update(range(self.slots) if pending.is_baseline else [pending.slot or 0])
+        return used
+
+    def handle(self, run_id: str | None) -> RunHandle | AnyRunHandle | None:
+        if run_id is None:
+            if self.first_finished() is not None or not self.flights:
+                return None
+            return AnyRunHandle(self)
+        flight = self.flights.get(run_id)
+        return RunHandle(flight, self.core.config.timeout) if flight is not None else None
+
+    def first_finished(self) -> Pending | None:
+        """The run that finished first among those waiting for their decision."""
+        waiting = {p.run_id: p for p in self.core.state.inflight if p.phase in ("finished", "deciding")}
+        for run_id in self.finish_order:
+            if run_id in waiting:
+                return waiting[run_id]
+        return next(iter(waiting.values()), None)
+
+    def wait_any(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with self._changed:
+            while True:
+                with self.core.lock:
+                    if self.first_finished() is not None or not self.flights:
+                        return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 0.5))
+
+    def cancel(self, reason: str) -> None:
+        for flight in list(self.flights.values()):
+            flight.cancel(reason)
+
+    def stop(self, reason: str, join_s: float) -> list[Flight]:
+        flights = list(self.flights.values())
+        for flight in flights:
+            flight.cancel(reason)
+        deadline = time.monotonic() + join_s
+        for flight in flights:
+            if flight.thread is not None:
+                flight.thread.join(max(0.0, deadline - time.monotonic()))
+        return flights
+
+    # -- starting ------------------------------------------------------------------------------------------
+    def start_run(self, description: str, rerun: bool = False) -> str | AlreadyMeasured:
+        core = self.core
+        with core.lock:
+            core.own.guard()
+            description = one_line(description or "", MAX_DESCRIPTION)
+            if not description:
+                raise RuleViolation("description is empty; say in a few words what this experiment changes")
+            core.check_head()
+            inflight = core.state.inflight
+            limit = core.config.max_experiments
+            if limit is not None and len(core.journal) + len(inflight) >= limit:
+                raise RuleViolation(
+                    f"max_experiments ({limit}) reached (counting the {len(inflight)} runs in flight): the "
+                    "session is complete once they are decided. Raise max_experiments to continue."
+                )
+            if any(p.is_baseline for p in inflight):
+                raise SessionError(
+                    "the baseline is running in every slot (it measures the noise under full load); call "
+                    "wait_experiment() until it finishes, then commit_or_reset"
+                )
+            if len(inflight) >= self.slots:
+                raise SessionError(self._full_message())
+            self.editor.target_path(must_exist=True)
+            core.check_readonly()
+            changed = [core.repo.project_path(p) for p in core.repo.changed_tracked_files()]
+            others = [p for p in changed if p != core.target_rel]
+            if others:
+                raise RuleViolation(
+                    "files other than the target differ from the best kept commit: "
+                    + ", ".join(others[:20])
+                    + f". Only {core.target_rel} may change: a person must restore them (git checkout -- "
+                    + " ".join(others[:20])
+                    + ")"
+                )
+            best = core.state.best
+            parent = best.commit if best else core.state.base_commit
+            target_bytes = read_regular(self.editor.target_path())
+            best_bytes = core.repo.show_file(parent, core.target_repo_path)
+            target_changed = target_bytes != best_bytes if core.plain_target else core.target_rel in changed
+            is_baseline = best is None
+            if is_baseline and inflight:
+                raise SessionError(
+                    "the baseline runs in every slot at once: decide the runs in flight first ("
+                    + ", ".join(p.run_id for p in inflight)
+                    + ")"
+                )
+            if is_baseline and target_changed:
+                raise RuleViolation(
+                    f"the first run of a session must be the unmodified baseline, but {core.target_rel} was "
+                    "edited; undo the edit with apply_edit (the baseline is the file as committed), run the "
+                    "baseline, then experiment"
+                )
+            if not is_baseline and not target_changed:
+                raise RuleViolation(
+                    f"{core.target_rel} is unchanged since the best kept commit; edit it (apply_edit) first"
+                )
+            content_sha = sha256_bytes(target_bytes)
+            twin = next((p for p in inflight if p.target_sha256 == content_sha and not p.is_baseline), None)
+            if twin is not None and not is_baseline:
+                raise RuleViolation(
+                    f"this content is already in flight as {twin.run_id}; edit the target to try another idea"
+                )
+            earlier = core.journal.measured(content_sha) if not is_baseline else None
+            if earlier is not None and not rerun:
+                return AlreadyMeasured(earlier.run_id)
+            core.state.run_counter += 1
+            run_id = f"r{core.state.run_counter}"
+            if is_baseline:
+                commit, slots = parent, list(range(self.slots))
+            else:
+                message = f"experiment: {description}"
+                commit = core.repo.write_commit(
+                    core.target_repo_path, target_bytes, message, parent, plain=core.plain_target
+                )
+                core.repo.set_ref(f"refs/autoresearch/{core.state.tag}/{run_id}", commit)
+                slots = [min(set(range(self.slots)) - self.busy_slots())]
+            pending = Pending(
+                run_id=run_id,
+                description=description,
+                parent=parent,
+                commit=commit,
+                is_baseline=is_baseline,
+                nonblank_lines=nonblank_lines(target_bytes.decode("utf-8", errors="replace")),
+                target_sha256=content_sha,
+                started_at=datetime.now().isoformat(timespec="seconds"),
+                rerun_of=earlier.run_id if earlier is not None else None,
+                phase="running",
+                slot=None if is_baseline else slots[0],
+                parent_value=best.value if best else None,
+            )
+            self._launch(pending, slots)
+            inflight.append(pending)
+            core.journal.log_experiment_start(run_id, commit, description)
+            core.save()
+            core.own.journal_written()
+            if not is_baseline:
+                # The agent's next idea starts from the best again; this one is safe in its commit.
+                atomic_write(self.editor.target_path(), best_bytes)
+            self._start_thread(pending)
+            return run_id
+
+    def _full_message(self) -> str:
+        inflight = self.core.state.inflight
+        running = [p.run_id for p in inflight if p.phase in ("starting", "running")]
+        waiting = [p.run_id for p in inflight if p.phase not in ("starting", "running")]
+        parts = []
+        if running:
+            parts.append("running: " + ", ".join(running))
+        if waiting:
+            parts.append("waiting for a decision: " + ", ".join(waiting))
+        return (
+            f"all {self.slots} slots are in use ({'; '.join(parts)}): call wait_experiment() for the first run to "
+            "finish, then commit_or_reset(run_id=...) to free its slot"
+        )
+
+    def _launch(self, pending: Pending, slots: list[int]) -> None:
+        """The run's in-memory side: its experiments (one per slot it occupies) and git's snapshot."""
+        core = self.core
+        log_dir = server_dir(core.root, "runs", core.state.tag)
+        flight = Flight(run_id=pending.run_id, started=time.monotonic(), log_dir=log_dir, slots=slots)
+        experiments = [
+            Experiment(
+                core.config,
+                self.checkouts.project(slot),
+                pending.run_id if index == 0 else f"{pending.run_id}-slot{slot}",
+                log_dir,
+                core.state.tag,
+                flight.record_progress if index == 0 else None,
+                core.isolation,
+                env=self._slot_env(slot),
+                **({"backend": self.backend} if self.backend is not None else {}),
+            )
+            for index, slot in enumerate(slots)
+        ]
+        flight.experiment, flight.others = experiments[0], experiments[1:]
+        flight.watch = GitWatch(core.repo, core.root, core.state.branch, core.state.tag)
+        pending.git_config, pending.refs_digest = flight.watch.before_run()
+        self.flights[pending.run_id] = flight
+
+    def _slot_env(self, slot: int) -> dict[str, str]:
+        config = self.core.config
+        env = {"AUTORESEARCH_SLOT": str(slot), "AUTORESEARCH_SLOTS": str(self.slots)}
+        if config.slot_devices:
+            env["CUDA_VISIBLE_DEVICES"] = config.slot_devices[slot % len(config.slot_devices)]
+        project = self.checkouts.project(slot)
+        if any(name in self.checkouts.shared for name in (".venv", "venv")):
+            # An editable install would import the user's tree: the slot's own sources come first.
+            paths = [str(project / "src"), str(project)]
+            inherited = os.environ.get("PYTHONPATH")
+            env["PYTHONPATH"] = os.pathsep.join(paths + ([inherited] if inherited else []))
+        return env
+
+    def _start_thread(self, pending: Pending) -> None:
+        flight = self.flights[pending.run_id]
+        flight.thread = threading.Thread(
+            target=self._execute, args=(flight, pending), name=f"run-{pending.run_id}", daemon=True
+        )
+        flight.thread.start()
+
+    def restart(self, pending: Pending, slot: int) -> None:
+        """Run an in-flight entry again in `slot` (its change merged onto a newer best). Caller holds the lock."""
+        pending.slot = slot
+        pending.phase = "running"
+        pending.result = None
+        self._launch(pending, [slot])
+        self.core.save()
+        self._start_thread(pending)
+
+    def free_slot(self) -> int | None:
+        free = set(range(self.slots)) - self.busy_slots()
+        return min(free) if free else None
+
+    # -- running -------------------------------------------------------------------------------------------
+    def _execute(self, flight: Flight, pending: Pending) -> None:
+        core = self.core
+        try:
+            try:
+                for slot in flight.slots:
+                    self.checkouts.prepare(slot, pending.commit or pending.parent)
+                outcome = self._measure(flight, pending)
+            except Exception as exc:
+                log.exception("run %s failed inside the server", pending.run_id)
+                outcome = unmeasured("crash", f"internal error while running: {type(exc).__name__}: {exc}", [])
+            with core.lock:
+                try:
+                    tampered = self.verify_after_run(pending, flight)
+                except Exception as exc:
+                    log.exception("verifying run %s failed", pending.run_id)
+                    tampered = [f"(the check itself failed: {type(exc).__name__}: {exc})"]
+                if tampered and outcome.status != "cancelled":
+                    outcome.status = "tampered"
+                    outcome.error = (
+                        "the run changed files it must not: "
+                        + ", ".join(tampered)
+                        + f" (restored; what they held is kept in .autoresearch/tampered/{pending.run_id}/)"
+                    )
+                if self.entry(pending.run_id) is pending:
+                    pending.result = outcome
+                    pending.phase = "finished"
+                    core.save()
+                    self.finish_order.append(pending.run_id)
+        finally:
+            with core.lock:
+                if self.flights.get(pending.run_id) is flight:
+                    del self.flights[pending.run_id]
+            flight.done.set()
+            with self._changed:
+                self._changed.notify_all()
+
+    def _measure(self, flight: Flight, pending: Pending) -> RunOutcome:
+        core = self.core
+        assert flight.experiment is not None
+        if pending.is_baseline:
+            measured = self._baseline_under_load(flight)
+        elif core.state.keep_rule != "sequential" or core.state.best is None:
+            measured = Measurement(flight.experiment.run())
+        else:
+            slot = flight.slots[0]
+            known = best_values(core.state)
+            flight.best = Experiment(
+                core.config,
+                self.checkouts.project(slot),
+                f"{pending.run_id}-best",
+                flight.log_dir,
+                core.state.tag,
+                flight.record_progress,
+                core.isolation,
+                first_repeat=len(known) + 1,
+                env=self._slot_env(slot),
+                **({"backend": self.backend} if self.backend is not None else {}),
+            )
+            best_commit = pending.parent
+            measured = Sequential(
+                flight.experiment,
+                flight.best,
+                lambda run: self._with_best_content(pending, slot, best_commit, run),
+                known,
+                closed_noise(core.state),
+                core.config,
+                core.state.metric_direction,
+            ).run()
+        outcome = RunOutcome.model_validate(asdict(measured.result))
+        outcome.best_values = measured.best_values
+        outcome.test = TestRecord.of(measured.step) if measured.step is not None else None
+        return outcome
+
+    def _baseline_under_load(self, flight: Flight) -> Measurement:
+        """The unmodified baseline in every slot at once, round after round until the noise is measured: the
+        slots slow each other, so the best is measured under the load every candidate will run under."""
+        config = self.core.config
+        experiments = [e for e in [flight.experiment, *flight.others] if e is not None]
+        values: list[float] = []
+        while True:
+            results: list[ExperimentResult | None] = [None] * len(experiments)
+
+            def one(index: int, results: list[ExperimentResult | None] = results) -> None:
+                results[index] = experiments[index].run(runs=1, checks=False)
+
+            threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(experiments))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            for result in results:
+                assert result is not None
+                if result.status != "ok":
+                    return Measurement(result)
+                assert result.value is not None
+                values.append(result.value)
+            if not noise_is_measured(config) or len(values) >= config.noise_runs or deterministic(values):
+                break
+        first = results[0]
+        assert first is not None
+        first.values = values
+        first.value = statistics.median(values)
+        first.spread = max(values) - min(values) if len(values) > 1 else None
+        return Measurement(experiments[0].check(first))
+
+    def _with_best_content(self, pending: Pending, slot: int, best_commit: str, run) -> ExperimentResult:  # type: ignore[no-untyped-def]
+        """The best's re-measurement in the candidate's slot: its content in place of the candidate's, then back."""
+        core = self.core
+        checkouts = self.checkouts
+        target = checkouts.project(slot) / core.target_rel
+        repo_path = core.target_repo_path
+        if sha256_file(target) != pending.target_sha256 and core.plain_target:
+            return ExperimentResult(
+                status="tampered", value=None, values=[], spread=None, duration_s=0.0, memory_gb=None,
+                exit_code=None, log_path="", log_tail="", error="the candidate's run changed the target",
+            )
+        best_bytes = core.repo.show_file(best_commit, repo_path)
+        candidate_bytes = core.repo.show_file(pending.commit or pending.parent, repo_path)
+        checkouts.write_target(slot, repo_path, best_bytes)
+        try:
+            result = run()
+        finally:
+            changed = sha256_file(target) != sha256_bytes(best_bytes)
+            checkouts.write_target(slot, repo_path, candidate_bytes)
+        if changed and result.status == "ok":
+            result.status = "tampered"
+            result.error = "the best's run changed the target"
+        return result
+
+    # -- checking ------------------------------------------------------------------------------------------
+    def verify_after_run(self, pending: Pending, flight: Flight | None) -> list[str]:
+        """What the run changed that it must not: in its slot (tracked files; files below read-only
+        directories), and in the user's tree, as after a single run. Caller holds the lock."""
+        core = self.core
+        tampered: list[str] = []
+        slots = range(self.slots) if pending.is_baseline else [pending.slot or 0]
+        for slot in slots:
+            if not self.checkouts.top(slot).is_dir():
+                continue
+            try:
+                tampered += [f"{rel} (in slot {slot})" for rel in self.checkouts.changes(slot)]
+            except SessionError as exc:
+                tampered.append(f"slot {slot} ({exc})")
+            project = self.checkouts.project(slot)
+            planted = new_files(project, list(core.config.readonly_files), core.state.readonly_hashes)
+            tampered += [f"{rel} (created below a read-only directory in slot {slot})" for rel in planted]
+        tampered += self._verify_user_tree(pending, flight)
+        return tampered
+
+    def _verify_user_tree(self, pending: Pending, flight: Flight | None) -> list[str]:
+        core = self.core
+        repo = core.repo
+        best = core.state.best
+        head = best.commit if best else core.state.base_commit
+        watch = flight.watch if flight is not None and flight.watch is not None else self.runs.git_watch
+        tampered: list[str] = []
+        try:
+            tampered += watch.after_run(pending.git_config, pending.refs_digest, head, pending.run_id)
+            if repo.current_branch() != core.state.branch:
+                tampered.append(f"HEAD (switched to {repo.current_branch() or 'a detached commit'})")
+                repo.checkout_branch(core.state.branch)
+            if repo.head_commit() != head:
+                tampered.append("the session branch (moved by a run)")
+                repo.move_branch(core.state.branch, head, f"autoresearch: undo a move during {pending.run_id}")
+            hidden = [] if watch.index_unchanged() else repo.hidden_tracked_files()
+            hidden = [p for p in hidden if p not in core.state.hidden_paths]
+            if hidden:
+                tampered.append("index flags hiding " + ", ".join(map(repo.project_path, hidden)))
+                repo.reveal(hidden)
+            changed = [p for p in repo.changed_tracked_files() if p != core.target_repo_path]
+            if changed:
+                tampered += [repo.project_path(p) for p in changed]
+                tampered += self.runs.restore_with_copies(pending.run_id, head, changed)
+        except SessionError as exc:
+            tampered.append(f"git state ({exc})")
+        readonly = changed_fingerprints(core.root, core.state.readonly_hashes)
+        tampered += [rel for rel in readonly if rel not in tampered]
+        if readonly:
+            try:
+                tracked = [repo.repo_path(r) for r in readonly if repo.is_tracked(repo.repo_path(r))]
+                tampered += self.runs.restore_with_copies(pending.run_id, head, tracked)
+            except SessionError:
+                pass
+        planted = new_files(core.root, list(core.config.readonly_files), core.state.readonly_hashes)
+        if planted:
+            tampered += self.runs.move_aside(pending.run_id, planted)
+        tampered += core.own.restore()
+        return tampered
+
+    # -- after a restart -----------------------------------------------------------------------------------
+    def recover(self) -> list[str]:
+        """Runs that were in flight when the server stopped: their processes are ended and they are marked
+        interrupted (each is then logged as such by the decisions). Finished runs wait for their decision."""
+        core = self.core
+        notes = []
+        for pending in core.state.inflight:
+            if pending.phase not in ("starting", "running"):
+                continue
+            killed = 0
+            slots = range(self.slots) if pending.is_baseline else [pending.slot or 0]
+            for slot in slots:
+                killed += kill_marked_processes(str(self.checkouts.project(slot)))
+            tampered = self.verify_after_run(pending, None)
+            error = "the server stopped during this run"
+            if killed:
+                error += f" ({killed} leftover processes killed)"
+            pending.result = unmeasured("interrupted", error, tampered)
+            pending.phase = "finished"
+            self.finish_order.append(pending.run_id)
+            notes.append(pending.run_id)
+        if notes:
+            core.save()
+        return notes
+
+
+def slots_line(parallel: ParallelRuns) -> str:
+    """One line on the slots for the briefing and start_session."""
+    inflight = parallel.core.state.inflight
+    where = "Ray" if parallel.core.config.backend == "ray" else "local"
+    running = [p for p in inflight if p.phase in ("starting", "running")]
+    waiting = [p for p in inflight if p.phase not in ("starting", "running")]
+    parts = [f"{parallel.slots} slots ({where}), {len(parallel.busy_slots())} busy"]
+    if running:
+        parts.append(
+            "running: "
+            + ", ".join(f"{p.run_id} ({'all slots' if p.is_baseline else f'slot {p.slot}'})" for p in running)
+        )
+    if waiting:
+        parts.append("waiting for a decision: " + ", ".join(p.run_id for p in waiting))
+    return "; ".join(parts)

@@ -1,0 +1,263 @@
+"""Decisions with slots: one finished run at a time, against the best at the time of its decision.
+
+A candidate built on the current best is decided as a single run is. One built on an older best (another run
+was kept meanwhile) is stale: if it did not beat the best it was built on, it is discarded; if it did, its change
+is merged onto the new best (a three-way merge of the target) and the merged candidate runs again, in a free
+slot, under the same run id; a change that no longer applies is discarded as stale. Each step is logged.
+
+As with single runs, a decision is written into the state before it is applied, and applying it is idempotent.
+"""
+
+from __future__ import annotations
+
+from .checkouts import merge_target
+from .context import SessionCore, normal_run_id
+from .decisions import Decider, rerun
+from .errors import RuleViolation, SessionError
+from .files import atomic_write, read_regular
+from .guard import sha256_bytes
+from .models import DecisionResult
+from .parallel import ParallelRuns
+from .rules import decide, nonblank_lines
+from .state import DecisionRecord, Pending, RunOutcome, server_dir
+from .statuses import UNFINISHED
+
+MAX_REBASES = 2  # a candidate merged onto a newer best this many times and still stale is discarded
+
+
+class SlotDecider:
+    def __init__(self, core: SessionCore, parallel: ParallelRuns, decider: Decider) -> None:
+        self.core = core
+        self.parallel = parallel
+        self.decider = decider  # the state changes and the row are the same as for a single run
+
+    def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
+        core = self.core
+        with core.lock:
+            if run_id is not None:
+                run_id = normal_run_id(run_id)
+                if core.journal.get(run_id) is not None:
+                    return self.decider.commit_or_reset(run_id, discard)  # the "already decided" answer
+            return self.decide_locked(run_id, discard)
+
+    def decide_locked(self, run_id: str | None, discard: bool) -> DecisionResult:
+        core = self.core
+        if not self.parallel.flights:
+            core.own.guard()
+        if run_id is None:
+            pending = self.parallel.first_finished()
+            if pending is None:
+                running = [p.run_id for p in core.state.inflight]
+                if running:
+                    raise SessionError(
+                        f"no run has finished yet ({', '.join(running)} in flight); call wait_experiment() first"
+                    )
+                raise RuleViolation("no run waits for a decision; call run_experiment first")
+        else:
+            found = self.parallel.entry(run_id)
+            if found is None:
+                raise RuleViolation(
+                    f"run {run_id} is neither in flight nor logged in session '{core.state.tag}'"
+                )
+            pending = found
+        if pending.phase in ("starting", "running"):
+            raise SessionError(
+                f"run {pending.run_id} is still running; call wait_experiment(run_id='{pending.run_id}') first"
+            )
+        if pending.phase == "finished":
+            core.check_head()
+            best = core.state.best
+            stale = best is not None and not pending.is_baseline and pending.parent != best.commit
+            if stale and not discard:
+                rebased = self._rebase(pending)
+                if rebased is not None:
+                    return rebased
+            verdict = self.decider.verdict(pending, discard)
+            reason = verdict.reason
+            if stale and pending.decision is not None:  # _rebase wrote why it was discarded as stale
+                verdict_decision, reason = pending.decision.decision, pending.decision.reason
+            else:
+                verdict_decision = verdict.decision
+            pending.decision = DecisionRecord(
+                decision=verdict_decision,
+                reason=reason,
+                delta=verdict.delta,
+                prev=best.value if best else None,
+            )
+            pending.phase = "deciding"
+            core.save()
+        return self.finish(pending)
+
+    def _rebase(self, pending: Pending) -> DecisionResult | None:
+        """A stale candidate: discarded (the decision is left in `pending.decision`), or merged onto the best and
+        started again (the answer is returned)."""
+        core = self.core
+        best = core.state.best
+        assert best is not None
+        result = pending.result or RunOutcome()
+        own = decide(
+            run_status=result.status,
+            value=result.value,
+            best=pending.parent_value,
+            direction=core.state.metric_direction,
+            min_delta=core.config.min_delta,
+            is_baseline=False,
+            lines=pending.nonblank_lines,
+            best_lines=None,
+            discard_requested=False,
+            error=result.error,
+            test=result.test.step() if result.test is not None else None,
+        )
+        if own.decision != "keep":
+            pending.decision = DecisionRecord(
+                decision=own.decision, reason=f"{own.reason} (against the best it was built on)"
+            )
+            return None
+        repo, path = core.repo, core.target_repo_path
+        base = repo.show_file(pending.parent, path)
+        ours = repo.show_file(best.commit, path)
+        theirs = repo.show_file(pending.commit or pending.parent, path)
+        merged = merge_target(base, ours, theirs)
+        why = None
+        if pending.rebases >= MAX_REBASES:
+            why = f"stale: the best moved again after {pending.rebases} re-runs"
+        elif merged is None:
+            why = f"stale: its change conflicts with the best kept since it was built ({best.run_id})"
+        elif merged == ours:
+            why = f"stale: its change is already in the best ({best.run_id})"
+        slot = self.parallel.free_slot()
+        if why is None and slot is None:
+            why = "stale: no slot is free to run it again"
+        if why is not None or merged is None or slot is None:
+            pending.decision = DecisionRecord(decision="discard", reason=why or "stale")
+            return None
+        old_commit = pending.commit
+        commit = repo.write_commit(
+            path, merged, f"experiment: {pending.description} (on {best.run_id})", best.commit, plain=core.plain_target
+        )
+        repo.set_ref(f"refs/autoresearch/{core.state.tag}/{pending.run_id}", commit)
+        pending.parent, pending.parent_value, pending.commit = best.commit, best.value, commit
+        pending.target_sha256 = sha256_bytes(merged)
+        pending.nonblank_lines = nonblank_lines(merged.decode("utf-8", errors="replace"))
+        pending.rebases += 1
+        core.journal.log_event(
+            "experiment_rebased",
+            {
+                "run_id": pending.run_id,
+                "from_commit": old_commit,
+                "commit": commit,
+                "onto": best.run_id,
+                "value_before": result.value,
+                "slot": slot,
+            },
+        )
+        self.parallel.restart(pending, slot)
+        core.own.journal_written()
+        return DecisionResult(
+            run_id=pending.run_id,
+            decision="rerun",
+            reason=(
+                f"it beat the best it was built on ({result.value} vs {pending.parent_value}), but {best.run_id} "
+                "was kept since: its change was merged onto the new best and runs again"
+            ),
+            value=result.value,
+            prev=best.value,
+            delta=None,
+            commit=commit,
+            branch_head=repo.head_commit(),
+            next_step=(
+                f"{pending.run_id} runs again in slot {slot} on the new best; call wait_experiment() for the "
+                "first run to finish, or edit the next idea and run_experiment"
+            ),
+            keep_rule=core.state.keep_rule,
+        )
+
+    def finish(self, pending: Pending) -> DecisionResult:
+        """Apply a recorded decision. Idempotent: a restart in the middle runs it again."""
+        core = self.core
+        decision = pending.decision or DecisionRecord()
+        verdict = decision.decision
+        result = pending.result or RunOutcome()
+        commit = pending.commit or pending.parent
+        merged_note = ""
+        if verdict == "keep" and commit != pending.parent:
+            merged_note = self._advance(pending, commit)
+        judged = [] if pending.is_baseline else self.decider.judged(result)
+        estimate, interval, probability = self.decider.figures(pending, result)
+        before = core.state.model_copy(deep=True)
+        try:
+            row = self.decider.apply(pending, judged, estimate, interval, probability)
+            row.evidence.slot = pending.slot
+            row.evidence.rebases = pending.rebases
+            core.journal.log_experiment_done(row)
+        except BaseException:
+            self.decider.roll_back(before)
+            raise
+        core.state.inflight = [p for p in core.state.inflight if p.run_id != pending.run_id]
+        core.save()
+        core.own.journal_written()
+        if pending.run_id in self.parallel.finish_order:
+            self.parallel.finish_order.remove(pending.run_id)
+        free = self.parallel.slots - len(core.state.inflight)
+        notes = f"log_result(run_id='{pending.run_id}', notes='hypothesis: ...; result: ...; learned: ...')"
+        then = (
+            f"{free} slot{'s' if free != 1 else ''} free: edit the next idea and run_experiment"
+            if free
+            else "every slot is busy: wait_experiment() for the next run to finish"
+        )
+        if result.status in UNFINISHED:
+            next_step = f"logged as {result.status}: it never finished; {rerun(pending.is_baseline)}"
+        elif pending.is_baseline and verdict != "keep":
+            next_step = f"the baseline was not kept ({decision.reason}); run it again: run_experiment(description='baseline')"
+        elif verdict == "keep":
+            next_step = f"kept{merged_note}. Record what it taught you: {notes}; {then}"
+        else:
+            next_step = f"{verdict}: the best is unchanged. Record what it taught you: {notes}; {then}"
+        return DecisionResult(
+            run_id=pending.run_id,
+            decision=verdict,
+            reason=decision.reason,
+            value=result.value,
+            prev=decision.prev,
+            delta=decision.delta,
+            commit=commit,
+            branch_head=core.repo.head_commit(),
+            next_step=next_step,
+            keep_rule=core.state.keep_rule,
+            values=list(result.values) or None,
+            best_values=judged or None,
+            estimate=estimate,
+            interval=list(interval) if interval else None,
+            probability=probability,
+        )
+
+    def _advance(self, pending: Pending, commit: str) -> str:
+        """The branch moves to the kept candidate (a child of the best), and the target in the user's tree
+        follows: an edit of the agent's not yet run is merged onto it (or kept aside when it conflicts)."""
+        core = self.core
+        repo, path = core.repo, core.target_repo_path
+        target = core.root / core.target_rel
+        if repo.resolve_branch(core.state.branch) == commit:  # applied before a restart
+            return ""
+        old_best = repo.show_file(pending.parent, path)
+        new_best = repo.show_file(commit, path)
+        try:
+            current = read_regular(target)
+        except OSError:
+            current = old_best
+        repo.move_branch(core.state.branch, commit, f"autoresearch: keep {pending.run_id}")
+        if current == old_best or current == new_best:
+            repo.restore_paths(commit, [path])
+            return ""
+        merged = merge_target(old_best, new_best, current) if core.plain_target else None
+        if merged is not None:
+            atomic_write(target, merged)
+            repo.sync_index([path])
+            return "; your edit not yet run was merged onto it"
+        aside = server_dir(core.root, "edits") / f"{pending.run_id}-{target.name}"
+        atomic_write(aside, current)
+        repo.restore_paths(commit, [path])
+        return (
+            f"; your edit not yet run conflicted with it and was kept in {aside.relative_to(core.root)}: the "
+            "target now holds the new best, so redo that edit on it"
+        )
