@@ -29,8 +29,6 @@ from .repo import Repo
 from .state import server_dir
 
 SLOTS_ENV = "AUTORESEARCH_SLOTS_DIR"
-# Per project type, the untracked inputs every slot sees when `shared_inputs` is not set and they exist.
-DEFAULT_SHARED = ("node_modules", ".venv", "venv", ".dart_tool/package_config.json")
 PUBLISHED = ("run.log",)  # what the server itself writes into a checkout
 
 
@@ -55,7 +53,7 @@ class Checkouts:
         self.home = slots_home() / f"{self.root.name[:40]}-{key}-{tag}"
         self.prefix = self.root.relative_to(repo.top).as_posix() if self.root != repo.top else ""
         self.writable = [w for w in writable if not _outside(w)]
-        self.shared = [s for s in (shared or list(DEFAULT_SHARED)) if (self.root / s).exists() or shared]
+        self.shared = [os.path.normpath(s) for s in shared]
 
     # -- where -------------------------------------------------------------------------------------------
     def top(self, slot: int) -> Path:
@@ -67,6 +65,9 @@ class Checkouts:
 
     def _index(self, slot: int) -> Path:
         return server_dir(self.root, "slots", self.tag) / f"{slot}.index"
+
+    def index_exists(self, slot: int) -> bool:
+        return self._index(slot).exists()
 
     def _git(self, slot: int, *args: str) -> str:
         return self.repo.in_checkout(self.top(slot), self._index(slot), *args)
@@ -84,13 +85,37 @@ class Checkouts:
         if fresh:
             self._git(slot, "checkout-index", "-a", "-f", "-u")
         else:
-            self._remove_untracked(slot)
-            changed = self._differing(slot)
-            for path in changed:  # a path a run replaced with a directory or a link is written anew
-                _remove(top / path)
-            self._checkout(slot, changed)
+            self.restore(slot)
         self._link_shared(slot)
+        self._make_outputs(slot)
         return self.project(slot)
+
+    def _make_outputs(self, slot: int) -> None:
+        """The writable outputs exist in the slot (a build may expect its output folder), created only where
+        no component is a link: an output below a shared input is that input's, never made through the link."""
+        project = self.project(slot)
+        for entry in self.writable:
+            path = project
+            for part in Path(os.path.normpath(entry)).parts:
+                path = path / part
+                if path.is_symlink():
+                    break
+                if not path.exists():
+                    try:
+                        path.mkdir()
+                    except OSError:
+                        break
+
+    def restore(self, slot: int) -> list[str]:
+        """Put the slot back to its index's commit: tracked files that differ are written again, untracked ones
+        outside the writable outputs and the links removed. Returns the tracked files that differed."""
+        top = self.top(slot)
+        self._remove_untracked(slot)
+        changed = self._differing(slot)
+        for path in changed:  # a path a run replaced with a directory or a link is written anew
+            _remove(top / path)
+        self._checkout(slot, changed)
+        return [self._project_relative(p) for p in changed]
 
     def _checkout(self, slot: int, paths: list[str]) -> None:
         for start in range(0, len(paths), 500):
@@ -142,9 +167,11 @@ class Checkouts:
         for entry in self.shared:
             source = self.root / entry
             link = project / entry
-            if not source.exists() or os.path.lexists(link) and link.is_symlink() and os.readlink(link) == str(source):
+            if not source.exists() or (link.is_symlink() and os.readlink(link) == str(source)):
                 continue
-            if os.path.lexists(link):
+            if os.path.lexists(link) and not link.is_symlink():
+                continue  # tracked content of the candidate's (or an output): never replaced by a link
+            if link.is_symlink():
                 _remove(link)
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(source, link)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -126,6 +127,17 @@ class ConfigValues(BaseModel):
             raise ValueError(
                 "must be one word (letters, digits, _ . - / %); use metric_regex for other output"
             )
+        return value
+
+    @field_validator("shared_inputs")
+    @classmethod
+    def _inside(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or []:
+            parts = Path(item).parts
+            if Path(item).is_absolute() or item.startswith("~") or ".." in parts:
+                raise ValueError(f"'{item}' must be a path inside the project (relative, no '..')")
+            if parts and parts[0] in (".git", ".autoresearch"):
+                raise ValueError(f"'{item}' is the repository's or the server's own folder")
         return value
 
     @field_validator("slot_devices")

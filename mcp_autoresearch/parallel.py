@@ -457,8 +457,8 @@ class ParallelRuns:
         directories), and in the user's tree, as after a single run. Caller holds the lock."""
         core = self.core
         tampered: list[str] = []
-        slots = range(self.slots) if pending.is_baseline else [pending.slot or 0]
-        for slot in slots:
+        own = range(self.slots) if pending.is_baseline else [pending.slot or 0]
+        for slot in own:
             if not self.checkouts.top(slot).is_dir():
                 continue
             try:
@@ -468,6 +468,17 @@ class ParallelRuns:
             project = self.checkouts.project(slot)
             planted = new_files(project, list(core.config.readonly_files), core.state.readonly_hashes)
             tampered += [f"{rel} (created below a read-only directory in slot {slot})" for rel in planted]
+        # Idle slots (no other run in them now) must be as their last run left them: a change there is this
+        # run's doing, and is undone at once.
+        others = {p.slot for p in core.state.inflight if p is not pending and p.phase in ("starting", "running")}
+        for slot in range(self.slots):
+            if slot in own or slot in others or any(p.is_baseline and p is not pending for p in core.state.inflight):
+                continue
+            if self.checkouts.top(slot).is_dir() and self.checkouts.index_exists(slot):
+                try:
+                    tampered += [f"{rel} (in another slot, {slot})" for rel in self.checkouts.restore(slot)]
+                except SessionError as exc:
+                    tampered.append(f"slot {slot} ({exc})")
         tampered += self._verify_user_tree(pending, flight)
         return tampered
 

@@ -4,9 +4,15 @@ against the best at the time of the decision, through the same tools."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import anyio
+import psutil
 import pytest
 
 from .conftest import git, make_repo
@@ -111,3 +117,280 @@ async def test_two_slots_keep_merge_and_rerun(tmp_path: Path, agent_for: Any, sl
     rebased = [e["details"] for e in events if e["action"] == "experiment_rebased"]
     assert len(rebased) == 1 and rebased[0]["run_id"] == other["run_id"]
     assert (root / "user_notes.txt").read_text() == "mine\n"
+
+
+def _need_landlock() -> None:
+    from mcp_autoresearch.isolation import probe_isolation
+
+    isolation = probe_isolation("auto")
+    if not isolation.confined:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI must confine runs, but Landlock is unavailable here: {isolation.reason}")
+        pytest.skip(f"Landlock is unavailable here: {isolation.reason}")
+
+
+def attack(root: Path, slots_home: Path) -> str:
+    """Target code that tries, from its slot, every write a run must not make; it reports what it managed."""
+    victims = {
+        "user": root / "user_notes.txt",
+        "user_tracked": root / "evaluate.py",
+        "server": root / ".autoresearch" / "planted",
+        "own_evaluator": Path("evaluate.py"),
+        "own_root": Path("sitecustomize.py"),
+    }
+    lines = ["import glob, os", "done = []"]
+    for name, path in victims.items():
+        lines.append(
+            f"try:\n    open({str(path)!r}, 'a').write('x = 1\\n'); done.append({name!r})\nexcept OSError:\n    pass"
+        )
+    lines.append(
+        f"for other in glob.glob({str(slots_home)!r} + '/*/*/evaluate.py'):\n"
+        "    if os.path.dirname(os.path.abspath(other)) != os.getcwd():\n"
+        "        try:\n            open(other, 'a').write('# x\\n'); done.append('other_slot')\n"
+        "        except OSError:\n            pass"
+    )
+    lines.append("print('managed:', ','.join(done) or 'nothing')")
+    return "\n".join(lines) + "\n"
+
+
+async def _baseline(agent: Any) -> None:
+    await agent.ok("run_experiment", description="baseline")
+    await wait_first(agent)
+    assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
+
+
+async def test_a_run_in_one_slot_cannot_touch_another_slot_the_user_tree_or_the_server(
+    tmp_path: Path, agent_for: Any, slots_home: Path
+) -> None:
+    _need_landlock()
+    root = project(tmp_path)
+    async with agent_for(root, settings()) as agent:
+        await agent.ok("start_session", tag="h1")
+        await _baseline(agent)
+        # A slow honest run holds slot 0 while the attacker runs in slot 1.
+        await agent.edit("X = 0", "X = 1\nimport time; time.sleep(1.5)")
+        honest = await agent.ok("run_experiment", description="slow honest")
+        await agent.ok("apply_edit", content=attack(root, slots_home) + "X = 3\nY = 5\n")
+        hostile = await agent.ok("run_experiment", description="attacker")
+        assert hostile["slot"] == 1
+        run = await agent.ok("wait_experiment", run_id=hostile["run_id"])
+        while run["status"] == "running":
+            run = await agent.ok("wait_experiment", run_id=hostile["run_id"])
+        log = Path(run["log_path"]).read_text()
+        assert "managed: nothing" in log, log
+        assert run["status"] == "ok"
+        honest_run = await agent.ok("wait_experiment", run_id=honest["run_id"])
+        while honest_run["status"] == "running":
+            honest_run = await agent.ok("wait_experiment", run_id=honest["run_id"])
+        assert honest_run["status"] == "ok" and honest_run["value"] == 7.0
+    assert (root / "user_notes.txt").read_text() == "mine\n"
+    assert (root / "evaluate.py").read_text() == EVALUATE
+    assert not (root / ".autoresearch" / "planted").exists()
+
+
+async def test_unconfined_tampering_in_a_slot_is_caught_and_undone(
+    tmp_path: Path, agent_for: Any, slots_home: Path
+) -> None:
+    root = project(tmp_path)
+    async with agent_for(root, settings(isolation="off")) as agent:
+        await agent.ok("start_session", tag="h2")
+        await _baseline(agent)
+        await agent.ok("apply_edit", content=attack(root, slots_home) + "X = 3\nY = 5\n")
+        hostile = await agent.ok("run_experiment", description="attacker")
+        run = await wait_first(agent)
+        assert run["run_id"] == hostile["run_id"]
+        assert run["status"] == "tampered", run
+        assert "evaluate.py" in run["error"] and "slot" in run["error"]
+        decision = await agent.ok("commit_or_reset")
+        assert decision["decision"] == "crash"
+        # The user's tracked file is restored (a copy of what the run left is kept), and the slot is clean again.
+        assert (root / "evaluate.py").read_text() == EVALUATE
+        assert list((root / ".autoresearch" / "tampered").rglob("evaluate.py"))
+        await agent.edit("X = 0", "X = 3")
+        await agent.ok("run_experiment", description="honest after")
+        run = await wait_first(agent)
+        assert run["status"] == "ok" and run["value"] == 5.0
+        for slot in slots_home.glob("*/*"):
+            assert not (slot / "sitecustomize.py").exists()
+            assert (slot / "evaluate.py").read_text() == EVALUATE
+
+
+async def test_stale_candidates_that_conflict_or_did_not_improve_are_discarded(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    root = project(tmp_path)
+    async with agent_for(root, settings()) as agent:
+        await agent.ok("start_session", tag="st")
+        await _baseline(agent)
+        await agent.edit("X = 0", "X = 3")
+        a = await agent.ok("run_experiment", description="X to 3")
+        await agent.edit("X = 0", "X = 2")
+        b = await agent.ok("run_experiment", description="X to 2 (conflicts)")
+        for run_id in (a["run_id"], b["run_id"]):
+            run = await agent.ok("wait_experiment", run_id=run_id)
+            while run["status"] == "running":
+                run = await agent.ok("wait_experiment", run_id=run_id)
+        assert (await agent.ok("commit_or_reset", run_id=a["run_id"]))["decision"] == "keep"
+        stale = await agent.ok("commit_or_reset", run_id=b["run_id"])
+        assert stale["decision"] == "discard" and "conflicts" in stale["reason"]
+
+        await agent.edit("Y = 0", "Y = 50")
+        c = await agent.ok("run_experiment", description="Y to 50 (worse)")
+        await agent.edit("Y = 0", "Y = 5")
+        d = await agent.ok("run_experiment", description="Y to 5")
+        for run_id in (c["run_id"], d["run_id"]):
+            run = await agent.ok("wait_experiment", run_id=run_id)
+            while run["status"] == "running":
+                run = await agent.ok("wait_experiment", run_id=run_id)
+        assert (await agent.ok("commit_or_reset", run_id=d["run_id"]))["decision"] == "keep"
+        worse = await agent.ok("commit_or_reset", run_id=c["run_id"])
+        assert worse["decision"] == "discard" and "built on" in worse["reason"]
+    assert (root / "params.py").read_text() == "X = 3\n\n\n\nY = 5\n"
+    rows = (root / "results.tsv").read_text().splitlines()[1:]
+    assert [r.split("\t")[3] for r in rows] == ["keep", "keep", "discard", "keep", "discard"]
+
+
+async def test_an_edit_not_yet_run_is_merged_onto_a_kept_change(tmp_path: Path, agent_for: Any) -> None:
+    root = project(tmp_path)
+    async with agent_for(root, settings()) as agent:
+        await agent.ok("start_session", tag="m1")
+        await _baseline(agent)
+        await agent.edit("X = 0", "X = 3")
+        a = await agent.ok("run_experiment", description="X to 3")
+        await agent.edit("Y = 0", "Y = 4")  # being prepared while a runs
+        await agent.ok("wait_experiment", run_id=a["run_id"])
+        run = await agent.ok("wait_experiment", run_id=a["run_id"])
+        while run["status"] == "running":
+            run = await agent.ok("wait_experiment", run_id=a["run_id"])
+        kept = await agent.ok("commit_or_reset", run_id=a["run_id"])
+        assert kept["decision"] == "keep" and "merged" in kept["next_step"]
+        assert (root / "params.py").read_text() == "X = 3\n\n\n\nY = 4\n"
+        b = await agent.ok("run_experiment", description="Y to 4")
+        run = await agent.ok("wait_experiment", run_id=b["run_id"])
+        while run["status"] == "running":
+            run = await agent.ok("wait_experiment", run_id=b["run_id"])
+        assert run["value"] == 1.0
+
+
+async def test_devices_shared_inputs_and_the_baseline_under_full_load(tmp_path: Path, agent_for: Any) -> None:
+    root = project(tmp_path)
+    (root / "data").mkdir()
+    (root / "data" / "input.txt").write_text("shared\n")
+    evaluate = EVALUATE + "print('data', open('data/input.txt').read().strip())\n"
+    (root / "evaluate.py").write_text(evaluate)
+    git(root, "commit", "-qam", "evaluator reads data")
+    async with agent_for(root, settings(slots=3, slot_devices=["0", "1", "2,3"], shared_inputs=["data"])) as agent:
+        await agent.ok("start_session", tag="d1")
+        await agent.ok("run_experiment", description="baseline")
+        run = await wait_first(agent)
+        assert run["values"] == [8.0, 8.0, 8.0]
+        logs = sorted(Path(run["log_path"]).parent.glob(f"{run['run_id']}*.log"))
+        text = "".join(p.read_text() for p in logs)
+        for slot, devices in (("0", "0"), ("1", "1"), ("2", "2,3")):
+            assert f"slot {slot} devices {devices}" in text
+        assert text.count("data shared") == 3
+        await agent.ok("commit_or_reset")
+        briefing = (await agent.ok("start_session", tag="d1"))["briefing"]
+        assert "Slots: 3 slots (local), 0 busy" in briefing
+
+
+async def test_one_slot_keeps_todays_behaviour(tmp_path: Path, agent_for: Any, slots_home: Path) -> None:
+    root = project(tmp_path)
+    async with agent_for(root, settings(slots=1, slot_devices=[])) as agent:
+        started = await agent.ok("start_session", tag="one")
+        assert started["slots"] is None
+        run, decision = await agent.experiment("baseline")
+        assert run["status"] == "ok" and run["slot"] is None and decision["decision"] == "keep"
+        await agent.edit("X = 0", "X = 3")
+        run = await agent.ok("run_experiment", description="X to 3")
+        assert run["status"] == "ok"  # waited for, in the user's work tree, as before
+        assert "X = 3" in (root / "params.py").read_text()
+        refused = await agent.refused("apply_edit", edits=[{"old_text": "Y = 0", "new_text": "Y = 1"}])
+        assert "decide run" in refused
+    assert not slots_home.exists()
+
+
+def _stdio(root: Path, slots_home: Path) -> Any:
+    from mcp import StdioServerParameters
+
+    from .conftest import GIT_ENV
+
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **GIT_ENV}
+    env["AUTORESEARCH_SLOTS_DIR"] = str(slots_home)
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_autoresearch", "serve", "--project", str(root)],
+        env=env,
+        cwd=str(root),
+    )
+
+
+def _server_pid(root: Path) -> int:
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "serve" in proc.cmdline() and str(root) in proc.cmdline():
+                return proc.pid
+        except psutil.Error:
+            pass
+    raise AssertionError("no server process")
+
+
+async def test_kill_9_with_runs_in_every_slot_loses_and_doubles_no_row(tmp_path: Path, slots_home: Path) -> None:
+    from mcp import Client
+
+    from mcp_autoresearch.processes import marked_processes
+
+    root = project(tmp_path)
+    (root / "autoresearch.toml").write_text(
+        'target_file = "params.py"\nrun_command = "python3 evaluate.py"\nmetric_name = "score"\n'
+        'readonly_files = ["evaluate.py"]\nkeep_rule = "greedy"\nslots = 3\ntime_budget = 30\n'
+    )
+    params = _stdio(root, slots_home)
+
+    async def call(client: Any, tool: str, **args: Any) -> dict[str, Any]:
+        result = await client.call_tool(tool, args)
+        assert not result.is_error, result.content[0].text
+        return result.structured_content
+
+    with pytest.raises(BaseException):  # noqa: B017 - the killed server surfaces as a broken connection
+        async with Client(params) as client:
+            await call(client, "start_session", tag="k9")
+            await call(client, "run_experiment", description="baseline")
+            run = await call(client, "wait_experiment")
+            await call(client, "commit_or_reset", run_id=run["run_id"])
+            await call(client, "apply_edit", content="X = 3\n\n\n\nY = 0\n")
+            fast = await call(client, "run_experiment", description="fast")
+            for number in (1, 2):
+                await call(client, "apply_edit", content=f"X = 0\nimport time; time.sleep(30)\n\n\nY = {number}\n")
+                await call(client, "run_experiment", description=f"slow {number}")
+            done = await call(client, "wait_experiment", run_id=fast["run_id"], wait_s=20)
+            assert done["status"] == "ok"
+            await anyio.sleep(0.5)
+            assert len([p for s in slots_home.glob("*/*") for p in marked_processes(str(s))]) >= 2
+            os.kill(_server_pid(root), signal.SIGKILL)
+            await call(client, "query_results")
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(marked_processes(str(s)) for s in slots_home.glob("*/*")):
+        await anyio.sleep(0.1)
+    assert not any(marked_processes(str(s)) for s in slots_home.glob("*/*")), "runs outlived the server"
+
+    async with Client(params) as client:
+        started = await call(client, "start_session", tag="k9")
+        assert sum("was in flight" in note for note in started["recovered"]) == 2
+        assert started["pending_run"] == fast["run_id"]  # finished before the kill: still waits for its decision
+        kept = await call(client, "commit_or_reset", run_id=fast["run_id"])
+        assert kept["decision"] == "keep"
+        results = await call(client, "query_results")
+        assert results["total"] == 4
+
+    events = [json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()]
+    done_ids = [e["details"]["run_id"] for e in events if e["action"] == "experiment_done"]
+    started_ids = [e["details"]["run_id"] for e in events if e["action"] == "experiment_start"]
+    assert sorted(done_ids) == sorted(set(started_ids)) and len(done_ids) == len(set(done_ids)) == 4
+    statuses = {e["details"]["run_id"]: e["details"]["run_status"] for e in events if e["action"] == "experiment_done"}
+    assert sorted(statuses.values()) == ["interrupted", "interrupted", "ok", "ok"]
+    tsv = (root / "results.tsv").read_text().splitlines()[1:]
+    assert len(tsv) == 4
+    assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+    assert (root / "params.py").read_text() == "X = 3\n\n\n\nY = 0\n"

@@ -24,6 +24,7 @@ def detect(root: Path) -> Detection | None:
             # Nothing: what the evaluator loads (data, weights, the environment, compiled kernels) must not be
             # writable by one run for the next. uv's and Triton's caches are private to each run (TMPDIR).
             "writable": [],
+            "shared_inputs": [".venv"],  # with slots: the environment, read-only in every slot
             "metric_name": "val_bpb",
             "metric_direction": "lower_is_better",
             "readonly_files": ["prepare.py"],

@@ -76,6 +76,7 @@ def detect(root: Path) -> Detection | None:
     settings = {
         "run_command": "npm run build",
         "writable": [out_dir, "node_modules/.cache", "~/.npm"],
+        "shared_inputs": ["node_modules"],  # with slots: the installed packages, read-only in every slot
         "metric_name": "bundle_kb",
         "metric_measure": f"size_kb:{out_dir} !*.map",  # what ships: source maps left out
         "metric_direction": "lower_is_better",

@@ -75,6 +75,7 @@ def detect(root: Path) -> Detection | None:
         "metric_name": "test_time_s",
         **wall_time_settings(MIN_DELTA_S),
         "writable": [".pytest_cache"],
+        "shared_inputs": [".venv", "venv"],  # with slots: the environment, read-only in every slot
         "metric_direction": "lower_is_better",
         "readonly_files": markers,
     }

@@ -241,7 +241,9 @@ class SessionView:
 
     def _pending(self) -> list[Any]:
         state = self.state
-        return [state.pending] if state is not None and state.pending is not None else []
+        if state is None:
+            return []
+        return ([state.pending] if state.pending is not None else []) + list(state.inflight)
 
     def _log_of(self, run_id: str) -> Path | None:
         """The newest log of a run: `<run_id>.log`, a repeat's `<run_id>-<k>.log`, or the checks' log. The
@@ -308,9 +310,10 @@ class SessionView:
         return len(self.rows) / hours if hours > 0 else None
 
     def runs(self) -> list[dict[str, Any]]:
-        """The runs in flight or waiting for their decision (a list: parallel slots are coming)."""
+        """The runs in flight or waiting for their decision: one, or one per slot in use."""
         out = []
         now = datetime.now(UTC)
+        state_slots = int(self.state.rules.get("slots") or 1) if self.state is not None else 1
         for pending in self._pending():
             started = _when(pending.started_at)
             log = self._log_of(pending.run_id)
@@ -322,6 +325,7 @@ class SessionView:
                     "phase": pending.phase,
                     "commit": pending.commit,
                     "is_baseline": pending.is_baseline,
+                    "slot": ("all" if pending.is_baseline else pending.slot) if state_slots > 1 else None,
                     "started_at": pending.started_at,
                     "elapsed_s": (now - started).total_seconds() if started else None,
                     "duration_s": _number(result.get("duration_s")),

@@ -122,6 +122,7 @@
       card.dataset.runId = run.run_id;
       const head = el("div", "run-head");
       head.append(el("span", "run-id", run.run_id), el("span", "phase", run.phase), el("span", "", run.description));
+      if (run.slot !== null && run.slot !== undefined) head.append(el("span", "note slot", run.slot === "all" ? "all slots" : `slot ${run.slot}`));
       if (run.result_status) head.append(el("span", "note", `result: ${run.result_status} ${run.value === null ? "" : fmt(run.value)}`));
       const clock = el("div", "note elapsed");
       const bar = el("div", "bar");
