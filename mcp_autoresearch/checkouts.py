@@ -29,7 +29,6 @@ from .repo import Repo
 from .state import server_dir
 
 SLOTS_ENV = "AUTORESEARCH_SLOTS_DIR"
-PUBLISHED = ("run.log",)  # what the server itself writes into a checkout
 
 
 def slots_home() -> Path:
@@ -38,6 +37,13 @@ def slots_home() -> Path:
         return Path(explicit).expanduser().resolve()
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return Path(cache).resolve() / "mcp-autoresearch" / "slots"
+
+
+def session_slots(root: Path, tag: str) -> Path:
+    """Where a session's slots live."""
+    root = root.resolve()
+    key = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    return slots_home() / f"{root.name[:40]}-{key}-{tag}"
 
 
 class Checkouts:
@@ -49,8 +55,7 @@ class Checkouts:
         self.root = root.resolve()
         self.repo = repo
         self.tag = tag
-        key = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
-        self.home = slots_home() / f"{self.root.name[:40]}-{key}-{tag}"
+        self.home = session_slots(self.root, tag)
         self.prefix = self.root.relative_to(repo.top).as_posix() if self.root != repo.top else ""
         self.writable = [w for w in writable if not _outside(w)]
         self.shared = [os.path.normpath(s) for s in shared]
@@ -95,25 +100,16 @@ class Checkouts:
         no component is a link: an output below a shared input is that input's, never made through the link."""
         project = self.project(slot)
         for entry in self.writable:
-            path = project
-            for part in Path(os.path.normpath(entry)).parts:
-                path = path / part
-                if path.is_symlink():
-                    break
-                if not path.exists():
-                    try:
-                        path.mkdir()
-                    except OSError:
-                        break
+            _make_dirs(project, os.path.normpath(entry))
 
     def restore(self, slot: int) -> list[str]:
         """Put the slot back to its index's commit: tracked files that differ are written again, untracked ones
         outside the writable outputs and the links removed. Returns the tracked files that differed."""
         top = self.top(slot)
-        self._remove_untracked(slot)
-        changed = self._differing(slot)
+        changed, untracked = self._status(slot, untracked=True)
+        self._remove_untracked(slot, untracked)
         for path in changed:  # a path a run replaced with a directory or a link is written anew
-            _remove(top / path)
+            _remove_in(top, path)
         self._checkout(slot, changed)
         return [self._project_relative(p) for p in changed]
 
@@ -121,26 +117,35 @@ class Checkouts:
         for start in range(0, len(paths), 500):
             self._git(slot, "checkout-index", "-f", "-u", "--", *paths[start : start + 500])
 
-    def _differing(self, slot: int) -> list[str]:
-        """Tracked files whose content in the slot is not the index's (git compares stat data, then content)."""
-        self._git(slot, "update-index", "-q", "--unmerged", "--refresh")
-        out = self._git(slot, "diff-files", "--name-only", "-z")
-        return [p for p in out.split("\0") if p]
+    def _status(self, slot: int, untracked: bool = False) -> tuple[list[str], list[str]]:
+        """One git process: tracked files whose content in the slot is not the index's (stat data, then content),
+        and with `untracked` every untracked entry (ignored ones too; a directory once, as 'dir/')."""
+        args = ["status", "--porcelain=v1", "-z", "--no-renames", "--ignore-submodules=all"]
+        args += ["--untracked-files=normal", "--ignored=traditional"] if untracked else ["--untracked-files=no"]
+        changed: list[str] = []
+        others: list[str] = []
+        for entry in self._git(slot, *args).split("\0"):
+            if len(entry) < 4:
+                continue
+            code, path = entry[:2], entry[3:]
+            if code in ("??", "!!"):
+                others.append(path)
+            elif code[1] != " ":  # the work tree's column: this file differs from the index
+                changed.append(path)
+        return changed, others
 
-    def _remove_untracked(self, slot: int) -> None:
+    def _remove_untracked(self, slot: int, untracked: list[str]) -> None:
         """Everything untracked in the slot goes, but the writable outputs and the shared links."""
         top = self.top(slot)
-        out = self._git(slot, "ls-files", "--others", "--directory", "-z")
         keep = [self._in_slot(w) for w in self.writable] + [self._in_slot(s) for s in self.shared]
-        keep += [self._in_slot(p) for p in PUBLISHED]
-        for entry in (p for p in out.split("\0") if p):
+        for entry in untracked:
             path = entry.rstrip("/")
             if any(path == k or path.startswith(k + "/") for k in keep):
                 continue
             if any(k.startswith(path + "/") for k in keep):  # a directory holding kept entries: look inside
                 self._remove_below(top, path, keep)
                 continue
-            _remove(top / path)
+            _remove_in(top, path)
 
     def _remove_below(self, top: Path, directory: str, keep: list[str]) -> None:
         """Inside an untracked directory that holds kept entries: remove all but those."""
@@ -167,23 +172,27 @@ class Checkouts:
         for entry in self.shared:
             source = self.root / entry
             link = project / entry
+            if not _make_dirs(project, os.path.dirname(entry)):
+                continue  # a link on the way: never written through
             if not source.exists() or (link.is_symlink() and os.readlink(link) == str(source)):
                 continue
             if os.path.lexists(link) and not link.is_symlink():
                 continue  # tracked content of the candidate's (or an output): never replaced by a link
             if link.is_symlink():
                 _remove(link)
-            link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(source, link)
 
     def write_target(self, slot: int, repo_path: str, data: bytes) -> None:
-        """The target's content in the slot (the best's, for a re-measurement), atomically."""
+        """The target's content in the slot (the best's, for a re-measurement), atomically, never through a link
+        a run put on its way."""
+        if _real_parent(self.top(slot), repo_path) is None:
+            raise SessionError(f"a directory on the way to {repo_path} in slot {slot} is no longer a real directory")
         atomic_write(self.top(slot) / repo_path, data)
 
     # -- after a run -------------------------------------------------------------------------------------
     def changes(self, slot: int) -> list[str]:
         """Tracked files the run changed in its slot (restored before the slot's next run), project-relative."""
-        found = self._differing(slot)
+        found, _ = self._status(slot)
         return [self._project_relative(p) for p in found]
 
     def _project_relative(self, repo_path: str) -> str:
@@ -219,6 +228,47 @@ def merge_target(base: bytes, ours: bytes, theirs: bytes) -> bytes | None:
 def _outside(entry: str) -> bool:
     """A writable entry outside the project (absolute or ~): the same directory for every slot."""
     return entry.startswith(("/", "~"))
+
+
+def _make_dirs(top: Path, rel: str) -> bool:
+    """Create `top/rel` directory by directory; False (and nothing made further) at a link or a non-directory."""
+    path = top
+    for part in Path(rel).parts if rel else ():
+        path = path / part
+        if path.is_symlink():
+            return False
+        if not path.exists():
+            try:
+                path.mkdir()
+            except OSError:
+                return False
+        elif not path.is_dir():
+            return False
+    return True
+
+
+def _real_parent(top: Path, rel: str) -> Path | None:
+    """The directory holding `top/rel` when every component from `top` down to it is a real directory (no
+    link): only then may the server write or remove there. None otherwise."""
+    path = top
+    for part in Path(rel).parts[:-1]:
+        path = path / part
+        if path.is_symlink() or not path.is_dir():
+            return None
+    return path
+
+
+def _remove_in(top: Path, rel: str) -> None:
+    """Remove `top/rel` without ever going through a link: a link on the way is itself removed instead."""
+    path = top
+    for part in Path(rel).parts[:-1]:
+        path = path / part
+        if path.is_symlink():
+            _remove(path)
+            return
+        if not path.is_dir():
+            return
+    _remove(top / rel)
 
 
 def _remove(path: Path) -> None:

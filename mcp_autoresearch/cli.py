@@ -193,6 +193,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(f"time budget:  {info.time_budget:g} s (hard timeout {info.timeout:g} s)")
     print(f"read-only:    {', '.join(info.readonly_files) or '-'}")
     print(f"writable:     {', '.join(info.writable) or '-'} (a run may write only these, and a private TMPDIR)")
+    if info.slots > 1 or info.backend != "local":
+        print(f"slots:        {info.slots} ({info.backend}), each run in a checkout of its own")
     print(f"isolation:    {info.isolation}")
     print(f"keep rule:    {info.keep_rule}")
     print(f"evidence:     {', '.join(info.evidence) or '-'}")

@@ -73,8 +73,10 @@ class Experiment:
         isolation: Isolation | None = None,
         first_repeat: int = 1,
         env: dict[str, str] | None = None,
+        publish_run_log: bool = True,
     ) -> None:
         self.config = config
+        self.publish_run_log = publish_run_log  # run.log at the root shows the run's output (not in a slot)
         self.env = env or {}  # added to every command's environment (a slot's devices and number)
         self.first_repeat = first_repeat  # AUTORESEARCH_REPEAT of the first run
         self.root = root
@@ -161,10 +163,12 @@ class Experiment:
                 self.on_progress,
                 {"AUTORESEARCH_REPEAT": str(self.first_repeat + index - 1)},
             )
-            self._clear_run_log()
+            if self.publish_run_log:
+                self._clear_run_log()
             started_at = time.time()
             done = process.run()
-            self._publish_run_log(log_path)
+            if self.publish_run_log:
+                self._publish_run_log(log_path)
             tally.add_run(done.duration_s, done.peak_rss_bytes, done.leftovers_killed, done.exit_code)
             failure = self._process_failure(done.status, done.exit_code, done.error)
             if failure is None:

@@ -18,6 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkouts import session_slots
 from .errors import ConfigError, SessionError
 from .journal import Row
 from .repo import FALLBACK_IDENTITY, GIT_OPTIONS, Repo
@@ -247,7 +248,8 @@ def plan_clean(project: str, tag: str) -> CleanPlan:
     branch = f"{SESSION_BRANCHES}{tag}"
     has_branch = repo.branch_exists(branch)
     refs = _git(repo.top, "for-each-ref", "--format=%(refname)", f"{SESSION_REFS}{tag}/").split()
-    paths = [p for p in (state_path(root, tag), state_dir(root) / "runs" / tag) if p.exists()]
+    own = (state_path(root, tag), state_dir(root) / "runs" / tag, state_dir(root) / "slots" / tag)
+    paths = [p for p in (*own, session_slots(root, tag)) if p.exists()]
     if not (has_branch or refs or paths):
         raise SessionError(f"no session '{tag}' in {root}: nothing to clean")
     unlanded: list[str] = []

@@ -89,6 +89,7 @@ class ParallelRuns:
         self.flights: dict[str, Flight] = {}
         self.finish_order: list[str] = [p.run_id for p in core.state.inflight if p.phase == "finished"]
         self._changed = threading.Condition(threading.Lock())
+        self._readonly: dict[str, str | None] | None = None
         self.backend = None
         if config.backend == "ray":
             from .ray_backend import RayBackend  # only when used: Ray is an optional extra
@@ -246,7 +247,10 @@ class ParallelRuns:
             core.own.journal_written()
             if not is_baseline:
                 # The agent's next idea starts from the best again; this one is safe in its commit.
-                atomic_write(self.editor.target_path(), best_bytes)
+                if core.plain_target:
+                    atomic_write(self.editor.target_path(), best_bytes)
+                else:  # git writes it, its filters applied
+                    core.repo.restore_paths(parent, [core.target_repo_path])
             self._start_thread(pending)
             return run_id
 
@@ -279,6 +283,7 @@ class ParallelRuns:
                 flight.record_progress if index == 0 else None,
                 core.isolation,
                 env=self._slot_env(slot),
+                publish_run_log=False,
                 **({"backend": self.backend} if self.backend is not None else {}),
             )
             for index, slot in enumerate(slots)
@@ -378,6 +383,7 @@ class ParallelRuns:
                 core.isolation,
                 first_repeat=len(known) + 1,
                 env=self._slot_env(slot),
+                publish_run_log=False,
                 **({"backend": self.backend} if self.backend is not None else {}),
             )
             best_commit = pending.parent
@@ -466,12 +472,16 @@ class ParallelRuns:
             except SessionError as exc:
                 tampered.append(f"slot {slot} ({exc})")
             project = self.checkouts.project(slot)
+            # By content, whatever the slot's index says: the read-only files the checkout holds.
+            changed = changed_fingerprints(project, self._tracked_readonly())
+            tampered += [f"{rel} (in slot {slot})" for rel in changed if f"{rel} (in slot {slot})" not in tampered]
             planted = new_files(project, list(core.config.readonly_files), core.state.readonly_hashes)
             tampered += [f"{rel} (created below a read-only directory in slot {slot})" for rel in planted]
-        # Idle slots (no other run in them now) must be as their last run left them: a change there is this
-        # run's doing, and is undone at once.
+        # Unconfined, idle slots (no other run in them now) must be as their last run left them: a change there
+        # is this run's doing, and is undone at once. (Confined, a run cannot write there; every slot is put
+        # back before each of its runs either way.)
         others = {p.slot for p in core.state.inflight if p is not pending and p.phase in ("starting", "running")}
-        for slot in range(self.slots):
+        for slot in range(self.slots) if not core.isolation.confined else []:
             if slot in own or slot in others or any(p.is_baseline and p is not pending for p in core.state.inflight):
                 continue
             if self.checkouts.top(slot).is_dir() and self.checkouts.index_exists(slot):
@@ -481,6 +491,17 @@ class ParallelRuns:
                     tampered.append(f"slot {slot} ({exc})")
         tampered += self._verify_user_tree(pending, flight)
         return tampered
+
+    def _tracked_readonly(self) -> dict[str, str | None]:
+        """The read-only files git tracks (a slot's checkout holds exactly those), with their fingerprints."""
+        if self._readonly is None:
+            core = self.core
+            self._readonly = {
+                rel: digest
+                for rel, digest in core.state.readonly_hashes.items()
+                if core.repo.is_tracked(core.repo.repo_path(rel))
+            }
+        return self._readonly
 
     def _verify_user_tree(self, pending: Pending, flight: Flight | None) -> list[str]:
         core = self.core

@@ -49,6 +49,8 @@ class ProjectInfo(BaseModel):
     timeout: float = Field(description="Hard limit in seconds; the whole process tree is killed after it.")
     readonly_files: list[str] = Field(description="Files that must never change.")
     writable: list[str] = Field(description="Paths a run may write; everything else is read-only to it.")
+    slots: int = Field(1, description="Experiments in flight at once, each in a checkout of its own.")
+    backend: str = Field("local", description="Where runs go: local, or ray (a Ray cluster).")
     isolation: str = Field(
         description="How runs are confined here: 'landlock (ABI n)', or 'none: <reason>' (then only the "
         "after-run checks protect the project)."
@@ -254,6 +256,8 @@ def load_project(
         timeout=config.timeout,
         readonly_files=list(config.readonly_files),
         writable=list(config.writable),
+        slots=config.slots,
+        backend=config.backend,
         isolation=isolation.describe(),
         config_source=origin,
         evidence=detected.evidence if detected else [s.label for s in sources if s.values],

@@ -44,6 +44,17 @@ Improve `{metric}` ({direction}) by changing only `{target}`. Each experiment ru
   revisit assumptions in the code.
 """
 
+SLOTS = """
+## Slots: {slots} experiments at once ({where})
+`run_experiment` returns at once: the candidate runs in a slot of its own, and the target holds the best again,
+ready for your next idea. Keep every slot busy: edit and start ideas until all {slots} are in use, then
+`wait_experiment()` (no run_id) returns the first run to finish; decide it with `commit_or_reset(run_id=...)`
+and start the next. The baseline runs in every slot at once. A candidate is judged against the best at the
+time of its decision: when another run was kept meanwhile, its change is merged onto the new best and runs
+again (decision `rerun`: wait for it like any run), or is discarded as stale if it no longer applies. Prefer
+independent ideas in flight at the same time (different parts of the file), so they merge.
+"""
+
 
 def loop_prompt(info: ProjectInfo, briefing: str | None, focus: str | None) -> str:
     direction = "lower is better" if info.metric_direction == "lower_is_better" else "higher is better"
@@ -58,6 +69,8 @@ def loop_prompt(info: ProjectInfo, briefing: str | None, focus: str | None) -> s
         readonly=", ".join(info.readonly_files) or "none configured",
         keep_rule=info.keep_rule or "greedy",
     )
+    if info.slots > 1 or info.backend == "ray":
+        text += SLOTS.format(slots=info.slots, where="on Ray" if info.backend == "ray" else "on this machine")
     if not info.ready:
         text += f"\nNOTE: the project is not ready yet: {info.message}\n"
     word = _focus_word(focus)

@@ -291,17 +291,15 @@ class Session:
     def _recover(self) -> None:
         """Bring state, git and the logs back into agreement after the server died at any moment."""
         if self.parallel is not None and self.slot_decider is not None:
+            for entry in [p for p in self.state.inflight if p.phase == "deciding"]:  # first: git as decided
+                self.slot_decider.finish(entry)
+                self.recovered.append(f"the decision on run {entry.run_id} was completed")
             for run_id in self.parallel.recover():
+                self.slot_decider.decide_locked(run_id, discard=True)
                 self.recovered.append(
                     f"run {run_id} was in flight when the server stopped: logged as interrupted; it never "
                     "finished, so it says nothing about its idea (apply its edit again to re-run it)"
                 )
-            for entry in list(self.state.inflight):
-                if entry.phase == "deciding":
-                    self.slot_decider.finish(entry)
-                    self.recovered.append(f"the decision on run {entry.run_id} was completed")
-                elif entry.result is not None and entry.result.status == "interrupted":
-                    self.slot_decider.decide_locked(entry.run_id, discard=True)
             if self.journal.reconcile_tsv():
                 self.recovered.append("results.tsv was rebuilt from the JSONL log")
         pending = self.state.pending

@@ -237,19 +237,18 @@ class SlotDecider:
         core = self.core
         repo, path = core.repo, core.target_repo_path
         target = core.root / core.target_rel
-        if repo.resolve_branch(core.state.branch) == commit:  # applied before a restart
-            return ""
         old_best = repo.show_file(pending.parent, path)
         new_best = repo.show_file(commit, path)
         try:
             current = read_regular(target)
         except OSError:
             current = old_best
-        repo.move_branch(core.state.branch, commit, f"autoresearch: keep {pending.run_id}")
-        if current == old_best or current == new_best:
+        if repo.resolve_branch(core.state.branch) != commit:  # else moved before a restart: the rest again
+            repo.move_branch(core.state.branch, commit, f"autoresearch: keep {pending.run_id}")
+        if current in (old_best, new_best) or not core.plain_target:
             repo.restore_paths(commit, [path])
             return ""
-        merged = merge_target(old_best, new_best, current) if core.plain_target else None
+        merged = merge_target(old_best, new_best, current)
         if merged is not None:
             atomic_write(target, merged)
             repo.sync_index([path])

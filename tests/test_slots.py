@@ -394,3 +394,66 @@ async def test_kill_9_with_runs_in_every_slot_loses_and_doubles_no_row(tmp_path:
     assert len(tsv) == 4
     assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
     assert (root / "params.py").read_text() == "X = 3\n\n\n\nY = 0\n"
+
+
+NOISY = """\
+import os, random, runpy
+ns = runpy.run_path("params.py")
+noise = random.Random(os.urandom(8)).gauss(0, 0.05)
+print(f"score: {abs(ns['X'] - 3) + abs(ns['Y'] - 5) + noise:.6f}")
+"""
+
+
+async def test_the_sequential_rule_in_a_slot_remeasures_the_best_there(tmp_path: Path, agent_for: Any) -> None:
+    root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": NOISY})
+    overrides = settings(keep_rule=None, noise_runs=4, max_repeats=4, slot_devices=[])
+    overrides.pop("keep_rule")
+    async with agent_for(root, overrides) as agent:
+        await agent.ok("start_session", tag="seq")
+        await agent.ok("run_experiment", description="baseline")
+        base = await wait_first(agent)
+        assert len(base["values"]) == 4  # two rounds of both slots
+        decision = await agent.ok("commit_or_reset")
+        assert decision["keep_rule"] == "sequential"
+        await agent.edit("X = 0", "X = 3")
+        started = await agent.ok("run_experiment", description="X to 3")
+        run = await wait_first(agent)
+        assert run["run_id"] == started["run_id"] and run["status"] == "ok"
+        kept = await agent.ok("commit_or_reset", run_id=run["run_id"])
+        assert kept["decision"] == "keep" and len(kept["values"]) >= 2 and kept["probability"] > 0.9
+        logs = {p.name for p in Path(run["log_path"]).parent.glob(f"{run['run_id']}-best*.log")}
+        assert logs, "the best was re-measured in the candidate's slot"
+    assert (root / "params.py").read_text() == "X = 3\n\n\n\nY = 0\n"
+
+
+async def test_a_link_planted_in_a_slot_never_leads_the_server_into_the_user_tree(
+    tmp_path: Path, agent_for: Any, slots_home: Path
+) -> None:
+    root = make_repo(
+        tmp_path / "proj",
+        {"params.py": TARGET, "evaluate.py": EVALUATE, "lib/util.py": "HELP = 1\n", "lib/data.txt": "keep me\n"},
+    )
+    swap = (
+        "import os, shutil\n"
+        "if os.path.isdir('lib') and not os.path.islink('lib'):\n"
+        f"    shutil.rmtree('lib'); os.symlink({str(root / 'lib')!r}, 'lib')\n"
+    )
+    overrides = settings(isolation="off", slots=2, readonly_files=["evaluate.py", "lib"], slot_devices=[])
+    async with agent_for(root, overrides) as agent:
+        await agent.ok("start_session", tag="ln")
+        await _baseline(agent)
+        await agent.ok("apply_edit", content=swap + "X = 3\nY = 5\n")
+        await agent.ok("run_experiment", description="swap lib for a link")
+        run = await wait_first(agent)
+        assert run["status"] == "tampered" and "lib/util.py" in run["error"]
+        await agent.ok("commit_or_reset")
+        for number in range(3):  # every slot is put back (and sequential best swaps write no link)
+            await agent.ok("apply_edit", content=f"X = {number + 4}\n\n\n\nY = 0\n")
+            await agent.ok("run_experiment", description=f"after {number}")
+            run = await wait_first(agent)
+            assert run["status"] == "ok", run
+            await agent.ok("commit_or_reset")
+    assert (root / "lib" / "util.py").read_text() == "HELP = 1\n"
+    assert (root / "lib" / "data.txt").read_text() == "keep me\n"
+    for slot in slots_home.glob("*/*"):
+        assert not (slot / "lib").is_symlink() and (slot / "lib" / "util.py").read_text() == "HELP = 1\n"
