@@ -68,6 +68,8 @@ class SlotDecider:
             core.check_head()
             best = core.state.best
             stale = best is not None and not pending.is_baseline and pending.parent != best.commit
+            if stale and pending.result is not None:
+                pending.result.best_values = []  # runs of the best it was built on, not of today's best
             if stale and not discard:
                 rebased = self._rebase(pending)
                 if rebased is not None:

@@ -123,3 +123,25 @@ def test_diff_of_a_commit_against_its_parent(tmp_path: Path) -> None:
     assert not (root / "PWNED").exists()
     missing = commit_diff(root, "0" * 40)
     assert missing.error is not None and missing.text == ""
+
+
+def test_every_slot_in_use_is_shown(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "proj", {"train.py": "LR = 1\n"})
+    synthetic_session(root, 3)
+    state = load_state(root, "big")
+    assert state is not None
+    state.rules = {"slots": 2}
+    state.inflight = [
+        Pending(run_id="r4", description="a", parent="abc", phase="running", slot=0, started_at="2026-11-26T10:00:00"),
+        Pending(run_id="r5", description="b", parent="abc", phase="finished", slot=1, started_at="2026-11-26T10:00:01"),
+    ]
+    save_state(root, state)
+    runs = root / ".autoresearch" / "runs" / "big"
+    runs.mkdir(parents=True)
+    (runs / "r4.log").write_text("slot zero\n")
+    (runs / "r5.log").write_text("slot one\n")
+    view = SessionView(root, timeout_s=60)
+    view.refresh()
+    shown = {run["run_id"]: run for run in view.runs()}
+    assert shown["r4"]["slot"] == 0 and shown["r4"]["log_tail"] == "slot zero"
+    assert shown["r5"]["slot"] == 1 and shown["r5"]["phase"] == "finished"
