@@ -1,0 +1,285 @@
+"""The Ray backend against a real local Ray head (started once per session): jobs stream into the server's log,
+the metric is read as locally, the wrapper's report cannot be forged, and the worker confines the run."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mcp_autoresearch import metrics, ray_wrapper
+from mcp_autoresearch.config import build_config
+from mcp_autoresearch.errors import ConfigError
+from mcp_autoresearch.experiment import Experiment
+from mcp_autoresearch.isolation import probe_isolation
+from mcp_autoresearch.ray_backend import RayBackend, Unframer
+
+ISOLATION = probe_isolation("auto")
+# Ray's own tail_job_logs passes ssl=None to aiohttp.
+pytestmark = pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")
+# The run's attempts on the wrapper: its stdout through /proc, its memory (the nonce), its environment.
+CHEAT = """
+import os
+pid = os.getpid()
+while pid > 1:
+    cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+    if b"ray_wrapper.py\\0" in cmd and b"confine.py" not in cmd:
+        break
+    pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+try:
+    with open(f"/proc/{pid}/fd/1", "w") as out:
+        out.write("#autoresearch-ray end forged {}\\n")
+    print("WROTE the wrapper's stdout")
+except OSError as exc:
+    print("refused fd/1:", exc.strerror)
+try:
+    open(f"/proc/{pid}/mem", "rb").read(1)
+    print("READ the wrapper's memory")
+except OSError as exc:
+    print("refused mem:", exc.strerror)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(address: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{address}/api/version", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """A Ray head of our own (`ray start --head --block`, every port free, its own temp dir), ended at the end
+    by killing the process tree we started: `ray stop` would stop every cluster on the machine."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("Ray is not installed (pip install '.[test]'): the Ray tests must run in CI")
+        pytest.skip("Ray is not installed (pip install 'mcp-autoresearch[ray]')")
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit AF_UNIX limits
+    ports = {flag: _free_port() for flag in (
+        "--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port",
+        "--ray-client-server-port",
+    )}
+    # No token: Ray 2.52+ would otherwise turn on token auth for a new local cluster and write ~/.ray/auth_token.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    env["RAY_AUTH_MODE"] = "disabled"
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    argv = [ray_cli, "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats",
+            *(f"{flag}={port}" for flag, port in ports.items())]
+    head = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    address = f"http://127.0.0.1:{ports['--dashboard-port']}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(address):
+            assert head.poll() is None, "ray start --head failed"
+            assert time.monotonic() < deadline, "the Ray job API never answered"
+            time.sleep(0.2)
+        _warm_up(address)
+        yield address
+    finally:
+        tree = [psutil.Process(head.pid)]
+        try:
+            tree += tree[0].children(recursive=True)
+        except psutil.Error:
+            pass
+        for proc in tree:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(tree, timeout=10)
+        subprocess.run(["rm", "-rf", temp], check=False)
+
+
+def _warm_up(address: str) -> None:
+    """The job agent answers a little after the dashboard: the first job is retried until it is accepted."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client = JobSubmissionClient(address)
+            job = client.submit_job(entrypoint="true")
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    while not client.get_job_status(job).is_terminal():
+        time.sleep(0.2)
+
+
+def _config(command: str, **settings: object):
+    return build_config({"run_command": command, "metric_name": "score", "target_file": "train.py",
+                         "backend": "ray", **settings})
+
+
+def _project(tmp_path: Path) -> Path:
+    root = tmp_path / "snapshot"
+    root.mkdir()
+    (root / "train.py").write_text("print('score: 1')\n")
+    (root / ".git").mkdir()  # never uploaded
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    return root
+
+
+def _experiment(root: Path, address: str, command: str, **settings: object) -> Experiment:
+    config = _config(command, ray_address=address, **settings)
+    return Experiment(config, root, "r1", root.parent / "logs", isolation=ISOLATION,
+                      backend=RayBackend.from_config(config))
+
+
+def test_output_streams_into_the_log_and_the_metric_is_read(tmp_path: Path, ray_address: str) -> None:
+    root = _project(tmp_path)
+    seen: list[tuple[float, float, str]] = []
+    command = ("printf 'step 1\\r'; echo 'step 2'; test -e .git && echo 'GIT UPLOADED'; sleep 2.5; "
+               "echo \"score: 1.25 repeat=$AUTORESEARCH_REPEAT\"; echo 'METRIC aux=3'")
+    config = _config(command, ray_address=ray_address)
+    experiment = Experiment(config, root, "r1", tmp_path / "logs", isolation=ISOLATION,
+                            on_progress=lambda e, t, line: seen.append((e, t, line)),
+                            backend=RayBackend.from_config(config))
+    result = experiment.run()
+    assert result.status == "ok", result.error
+    assert result.value == 1.25 and result.secondary == {"aux": 3.0}
+    log = Path(result.log_path).read_bytes()
+    assert log.startswith(b"step 1\rstep 2\n")  # the run's bytes exactly, nothing of Ray's or the wrapper's
+    assert b"score: 1.25 repeat=1\n" in log and b"#autoresearch-ray" not in log and b"GIT UPLOADED" not in log
+    assert seen and seen[0][2] == "step 2" and seen[0][1] == config.timeout  # streamed while it ran
+
+
+def test_a_size_is_measured_on_the_worker(tmp_path: Path, ray_address: str) -> None:
+    root = _project(tmp_path)
+    build = "mkdir -p dist && head -c 2048 /dev/zero > dist/app.js && head -c 8192 /dev/zero > dist/app.js.map"
+    result = _experiment(root, ray_address, build, metric_measure="size_kb:dist !*.map", writable=["dist"]).run()
+    assert result.status == "ok", result.error
+    assert result.value == 2.0 and not (root / "dist" / "app.js").exists()  # the worker's dist/, not ours
+
+
+def test_the_timeout_ends_the_job(tmp_path: Path, ray_address: str) -> None:
+    root = _project(tmp_path)
+    started = time.monotonic()
+    result = _experiment(root, ray_address, "echo started; sleep 60; echo never", timeout=1.5).run()
+    assert result.status == "timeout" and "1.5 s timeout" in (result.error or "")
+    assert time.monotonic() - started < 15
+    log = Path(result.log_path).read_text()
+    assert "started" in log and "never" not in log
+
+
+def test_cancel_stops_the_job(tmp_path: Path, ray_address: str) -> None:
+    root = _project(tmp_path)
+    experiment = _experiment(root, ray_address, "echo started; sleep 60")
+    log = tmp_path / "logs" / "r1.log"
+
+    def cancel_when_started() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and b"started" not in (log.read_bytes() if log.exists() else b""):
+            time.sleep(0.1)
+        experiment.cancel("client cancelled")
+
+    threading.Thread(target=cancel_when_started, daemon=True).start()
+    started = time.monotonic()
+    result = experiment.run()
+    assert result.status == "cancelled" and result.error == "client cancelled"
+    assert time.monotonic() - started < 30
+
+
+def test_the_run_cannot_forge_the_report_or_write_outside_its_paths(tmp_path: Path, ray_address: str) -> None:
+    """A crash (exit 3) that prints fake reports, writes the wrapper's stdout, reads its memory, writes the
+    target on the worker and leaves a daemon printing: exit 3 it stays, and none of it reaches the report."""
+    root = _project(tmp_path)
+    (root / "cheat.py").write_text(CHEAT)
+    fake_begin = "#autoresearch-ray begin " + hashlib.sha256(b"mine").hexdigest()
+    command = (
+        f"echo '{fake_begin}'; echo '#autoresearch-ray end mine {{\"exit\":0,\"duration_s\":1}}'; "
+        "python3 cheat.py; echo 'score: 9' >> train.py; "
+        "(sleep 1; echo LATE DAEMON) & echo 'score: 2'; exit 3"
+    )
+    result = _experiment(root, ray_address, command).run()
+    assert result.status == "crash" and result.exit_code == 3 and (result.error or "").startswith("exit code 3")
+    log = Path(result.log_path).read_text()
+    assert fake_begin in log  # printed output, taken as output
+    assert "refused fd/1: Permission denied" in log and "refused mem: Permission denied" in log
+    assert "train.py: Permission denied" in log
+    assert "LATE DAEMON" not in log
+
+
+def test_missing_ray_or_no_cluster_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = RayBackend.from_config(_config("true", ray_address=f"http://127.0.0.1:{_free_port()}"))
+    with pytest.raises(ConfigError, match=r"no Ray job API answers at http://127.0.0.1:\d+ .*ray start --head"):
+        backend.check()
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.job_submission", None)
+    with pytest.raises(ConfigError, match=r"pip install 'mcp-autoresearch\[ray\]'"):
+        backend.check()
+
+
+def test_the_address_comes_from_the_config_then_ray_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "http://from-env:8265")
+    assert RayBackend.from_config(_config("true")).address == "http://from-env:8265"
+    assert RayBackend.from_config(_config("true", ray_address="http://head:8265/")).address == "http://head:8265"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert RayBackend.from_config(_config("true")).address == "http://127.0.0.1:8265"
+
+
+def test_only_records_after_the_commitment_count_and_the_first_valid_end_wins() -> None:
+    written: list[bytes] = []
+    unframer = Unframer(written.append)
+    nonce = "n0nce"
+    unframer.feed("|before the begin record: not the run's\nRay: Runtime env is setting up\n")
+    unframer.feed(f"#autoresearch-ray begin {hashlib.sha256(nonce.encode()).hexdigest()}\n|line one\n|#autoresea")
+    unframer.feed("rch-ray end forged {}\n%" + base64.b64encode(b"\xff\r").decode() + "\n")
+    unframer.feed('#autoresearch-ray end wrong {"exit": 0}\n')
+    assert not unframer.done
+    unframer.feed(f'#autoresearch-ray end {nonce} {{"exit": 3}}\n|after the end\n')
+    assert unframer.report == {"exit": 3}
+    assert b"".join(written) == b"line one\n#autoresearch-ray end forged {}\n\xff\r"
+
+
+def test_the_wrapper_frames_every_byte(capfd: pytest.CaptureFixture[str]) -> None:
+    out = ray_wrapper.Framed()
+    out.data(b"plain\n\xffbinary\nprogress\r")
+    out.data(b"x" * (ray_wrapper.RECORD_BYTES + 10))
+    out.flush()
+    written: list[bytes] = []
+    unframer = Unframer(written.append)
+    unframer.feed("#autoresearch-ray begin x\n" + capfd.readouterr().out)
+    assert b"".join(written) == b"plain\n\xffbinary\nprogress\r" + b"x" * (ray_wrapper.RECORD_BYTES + 10)
+
+
+def test_the_wrapper_measures_sizes_as_the_server_does(tmp_path: Path) -> None:
+    (tmp_path / "dist" / "sub").mkdir(parents=True)
+    (tmp_path / "dist" / "a.js").write_bytes(b"a" * 1000)
+    (tmp_path / "dist" / "sub" / "b.js").write_bytes(b"b" * 300)
+    (tmp_path / "dist" / "a.js.map").write_bytes(b"m" * 5000)
+    spec = "size_kb:dist !*.map"
+    started = time.time_ns() - 10**9
+    local = metrics.scan_output(tmp_path / "dist", metrics.Measure.parse(spec)).size
+    assert ray_wrapper.measure_size(str(tmp_path), spec, started, None) == local == 1300
+    assert "does not exist" in str(ray_wrapper.measure_size(str(tmp_path), "size_kb:nothing", started, None))
+    (tmp_path / "dist" / "out").symlink_to("/etc")
+    assert "symbolic link out of" in str(ray_wrapper.measure_size(str(tmp_path), spec, started, None))
+    assert "outside the project" in str(ray_wrapper.measure_size(str(tmp_path), "size_kb:../x", started, None))
