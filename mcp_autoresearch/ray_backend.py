@@ -37,11 +37,11 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 import uuid
 import zipfile
 from collections.abc import Callable
@@ -206,17 +206,20 @@ class RayBackend:
                 "backend = \"ray\" needs Ray, which is not installed in the server's environment: "
                 "pip install 'mcp-autoresearch[ray]'"
             ) from None
-        url = self.address if "://" in self.address else f"http://{self.address}"
-        try:
-            with urllib.request.urlopen(f"{url}/api/version", timeout=5) as response:
-                response.read(4096)
-        except (OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or exc
+        where = urllib.parse.urlsplit(self.address if "://" in self.address else f"http://{self.address}")
+        reason = None
+        try:  # first a bounded connect: Ray's own check has no timeout, and a silent address would hang
+            socket.create_connection((where.hostname or "127.0.0.1", where.port or 8265), timeout=5).close()
+            self.client()  # Ray's version check, with Ray's token (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN) if any
+        except Exception as exc:  # OSError, ValueError, and Ray's ConnectionError/RuntimeError/AuthenticationError
+            lines = str(exc).strip().splitlines()
+            reason = lines[0] if lines else type(exc).__name__
+        if reason is not None:
             raise ConfigError(
                 f"no Ray job API answers at {self.address} ({reason}). Start a cluster with `ray start --head` "
                 f"(its job API listens on {DEFAULT_ADDRESS}), or set ray_address in the configuration (or the "
                 "RAY_ADDRESS environment variable) to the cluster's dashboard address, e.g. http://head:8265"
-            ) from None
+            )
 
     def client(self) -> Any:
         from ray.job_submission import JobSubmissionClient
@@ -379,6 +382,7 @@ class RayJobRun:
         cancel, an overdue report ("timeout") or a start that never comes ("not_started")."""
         reader = asyncio.ensure_future(self._read(client, unframer))
         next_progress = time.monotonic() + PROGRESS_EVERY_S
+        overdue_at = self.timeout_s + self.backend.grace_s + REPORT_SLACK_S  # after the begin record
         try:
             while not reader.done():
                 now = time.monotonic()
@@ -387,8 +391,10 @@ class RayJobRun:
                 begun = unframer.begun_at
                 if begun is None and now - started > STARTUP_TIMEOUT_S:
                     return "not_started"
-                if begun is not None and now - begun > self.timeout_s + self.backend.grace_s + REPORT_SLACK_S:
-                    return "timeout"
+                if begun is not None and now - begun > overdue_at:
+                    if not self._terminal(client):
+                        return "timeout"
+                    overdue_at = now - begun + 2.0  # it has ended; its log is still arriving (a chatty run)
                 if self.on_progress and begun is not None and now >= next_progress:
                     next_progress = now + PROGRESS_EVERY_S
                     try:

@@ -11,7 +11,8 @@ time limit, the measured path), then:
 3. starts the keeper (`confine.py`: Landlock with the writable entries mapped into the working directory, a
    private TMPDIR, subreaper; the whole tree dies when the command ends) with the command's output on a pipe;
 4. forwards that output framed, one record per line: `|text` (a line of valid UTF-8 without CR) or `%base64`
-   (any other bytes, exactly). Nothing the run prints can start a line with `#`;
+   (any other bytes, exactly; also a burst of many lines at once). Nothing the run prints can start a line
+   with `#`;
 5. at its deadline, stops forwarding (nothing printed while being killed counts) and ends the tree;
 6. writes `#autoresearch-ray end <nonce> <json>`: exit code, its own measured duration, peak RSS, the size of
    the `size_kb:`/`size_mb:` output when asked, whether it timed out and whether it was confined.
@@ -52,6 +53,7 @@ else:  # run as a script: -I leaves the script's folder off sys.path; confine.py
 SPEC = ".autoresearch-ray.json"
 CONTROL = "#autoresearch-ray"
 RECORD_BYTES = 48 * 1024  # a longer line is forwarded in pieces
+BURST_LINES = 8  # more complete lines than this waiting at once travel as one `%` record (Ray's tail is per line)
 FRAGMENT_AFTER_S = 0.5  # a partial line (a progress bar) is forwarded after this long without a newline
 PR_SET_DUMPABLE = 4
 CAP_SYS_PTRACE = 19
@@ -85,6 +87,11 @@ class Framed:
             self.since = time.monotonic()
         self.pending += chunk
         while True:
+            if self.pending.count(b"\n", 0, RECORD_BYTES) > BURST_LINES:  # a burst: one record, not a line each
+                end = self.pending.rfind(b"\n", 0, RECORD_BYTES) + 1
+                self._write("%" + base64.b64encode(self.pending[:end]).decode("ascii"))
+                self.pending = self.pending[end:]
+                continue
             cut = self.pending.find(b"\n", 0, RECORD_BYTES)
             if cut < 0 and len(self.pending) < RECORD_BYTES:
                 return

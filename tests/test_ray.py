@@ -283,3 +283,47 @@ def test_the_wrapper_measures_sizes_as_the_server_does(tmp_path: Path) -> None:
     (tmp_path / "dist" / "out").symlink_to("/etc")
     assert "symbolic link out of" in str(ray_wrapper.measure_size(str(tmp_path), spec, started, None))
     assert "outside the project" in str(ray_wrapper.measure_size(str(tmp_path), "size_kb:../x", started, None))
+
+
+def test_a_large_output_is_streamed_not_held(tmp_path: Path, ray_address: str) -> None:
+    """200 MB without a newline, then half a million short lines: the server's memory stays flat."""
+    root = _project(tmp_path)
+    command = "head -c 200000000 /dev/zero | tr '\\0' x; echo; seq 1 500000; echo 'score: 9'"
+    experiment = _experiment(root, ray_address, command)
+    me = psutil.Process()
+    base, peak, done = me.memory_info().rss, [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], me.memory_info().rss)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = experiment.run()
+    finally:
+        done.set()
+        sampler.join()
+    assert result.status == "ok" and result.value == 9.0
+    assert Path(result.log_path).stat().st_size > 200_000_000
+    assert peak[0] - base < 60 * 1024 * 1024
+
+
+def test_isolation_required_without_landlock_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """As the local keeper: the confine mark, exit 125, and the command never ran."""
+
+    def no_landlock() -> int:
+        raise ray_wrapper.confine.ConfineError("the kernel has no Landlock")
+
+    monkeypatch.setattr(ray_wrapper.confine, "probe", no_landlock)
+    spec = {"command": "touch ran", "isolation": "required", "timeout": 10}
+    assert ray_wrapper.run(spec, str(tmp_path)) == 125
+    written: list[bytes] = []
+    unframer = Unframer(written.append)
+    unframer.feed(capfd.readouterr().out)
+    assert b"".join(written) == b"autoresearch-confine: the kernel has no Landlock\n"
+    assert unframer.report is not None and unframer.report["exit"] == 125 and not unframer.report["confined"]
+    assert not (tmp_path / "ran").exists()
