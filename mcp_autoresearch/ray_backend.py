@@ -11,7 +11,9 @@ Each command becomes one job:
   plus `.autoresearch-ray/` (`ray_wrapper.py` and a copy of `confine.py`) and `.autoresearch-ray.json` (the
   command, its environment, the isolation setting, the writable entries, the limit, the submission id: every
   package is unique, so Ray's content-addressed cache never hands one run's extracted directory to another).
-  Ray refuses a package of its gRPC message size (512 MiB in Ray 2.60) or more; its docs advise at most 100 MiB;
+  We build the zip because Ray's own directory packing also drops what `.gitignore` names (untracked inputs,
+  build folders) and would need our files inside the snapshot. Ray's docs give a local working_dir 100 MiB;
+  Ray 2.60 refuses a package of its gRPC message size (512 MiB) or more, and so do we, before uploading;
 - the entrypoint is the wrapper, which confines the command on the worker as the keeper does here (Landlock:
   writes only beneath the `writable` entries mapped into the job's directory, a private TMPDIR and devices; the
   whole tree dies when the command ends) and frames its output. The environment travels in the package, not in
