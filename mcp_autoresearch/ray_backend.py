@@ -32,8 +32,6 @@ This module never imports MCP and never touches the snapshot it packs.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -46,7 +44,6 @@ import time
 import urllib.parse
 import uuid
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,65 +59,11 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 STARTUP_TIMEOUT_S = 600.0  # queued for resources or setting up the runtime env, before the command starts
 REPORT_SLACK_S = 15.0  # after the limit (+ grace): the wrapper's report is overdue, the job is stopped
 STOP_WAIT_S = 15.0  # for a stopped job to reach a terminal state
-MAX_RECORD_CHARS = 256 * 1024  # a record is at most ~65 KB; a longer "line" is not ours and is dropped
 DEFAULT_PACKAGE_LIMIT = 512 * 1024 * 1024
 PROGRESS_EVERY_S = 2.0
 WRAPPER_DIR = ".autoresearch-ray"
 ENTRYPOINT = f'exec "$(command -v python3 || command -v python)" -I -S {WRAPPER_DIR}/ray_wrapper.py'
 ALWAYS_EXCLUDED = (".git", ".autoresearch", WRAPPER_DIR, ray_wrapper.SPEC)
-
-
-class Unframer:
-    """The job's log stream -> the run's own output (written with `write`) and the wrapper's verified report.
-
-    Lines that are not records (Ray's own "Runtime env is setting up" lines) are dropped; data before the
-    `begin` record cannot be the run's; after the first `end` whose nonce matches `begin`, nothing counts."""
-
-    def __init__(self, write: Callable[[bytes], None]) -> None:
-        self.write = write
-        self.buffer = ""
-        self.commitment: str | None = None
-        self.begun_at: float | None = None  # monotonic, when the begin record arrived
-        self.report: dict[str, Any] | None = None
-        self.received = 0  # characters of the stream consumed (to resume a dropped connection)
-
-    @property
-    def done(self) -> bool:
-        return self.report is not None
-
-    def feed(self, text: str) -> None:
-        self.received += len(text)
-        self.buffer += text
-        while not self.done and "\n" in self.buffer:
-            line, self.buffer = self.buffer.split("\n", 1)
-            self._line(line)
-        if len(self.buffer) > MAX_RECORD_CHARS:
-            self.buffer = ""
-
-    def _line(self, line: str) -> None:
-        prefix = ray_wrapper.CONTROL + " "
-        if line.startswith(prefix):
-            kind, _, rest = line[len(prefix) :].partition(" ")
-            if kind == "begin" and self.commitment is None:
-                self.commitment, self.begun_at = rest.strip(), time.monotonic()
-            elif kind == "end" and self.commitment is not None:
-                nonce, _, payload = rest.partition(" ")
-                if hashlib.sha256(nonce.encode()).hexdigest() == self.commitment:
-                    try:
-                        report = json.loads(payload)
-                    except ValueError:
-                        return
-                    self.report = report if isinstance(report, dict) else None
-            return
-        if self.commitment is None:
-            return
-        if line.startswith("|"):
-            self.write(line[1:].encode("utf-8", "surrogateescape") + b"\n")
-        elif line.startswith("%"):
-            try:
-                self.write(base64.b64decode(line[1:], validate=True))
-            except (binascii.Error, ValueError):
-                pass
 
 
 class _Log:
@@ -346,14 +289,14 @@ class RayJobRun:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.write(f"autoresearch: could not submit the Ray job: {message}\n".encode())
             return self._result(log, "failed_to_start", None, 0.0, f"Ray job not submitted: {message}")
-        unframer = Unframer(log.write)
+        unframer = ray_wrapper.Unframer(log.write)
         outcome = asyncio.run(self._follow(client, unframer, started))
         if outcome != "ended" or unframer.report is None:
             self._stop(client)
         info = self._final_info(client)
         return self._outcome(log, unframer, outcome, info, started)
 
-    def _outcome(self, log: _Log, unframer: Unframer, outcome: str, info: Any, started: float) -> ProcessResult:
+    def _outcome(self, log: _Log, unframer: ray_wrapper.Unframer, outcome: str, info: Any, started: float) -> ProcessResult:
         report = unframer.report
         begun = unframer.begun_at
         elapsed = time.monotonic() - (begun if begun is not None else started)
@@ -379,7 +322,7 @@ class RayJobRun:
         log.write(f"autoresearch: {error}\n".encode())
         return self._result(log, "failed_to_start", None, 0.0, error)
 
-    async def _follow(self, client: Any, unframer: Unframer, started: float) -> str:
+    async def _follow(self, client: Any, unframer: ray_wrapper.Unframer, started: float) -> str:
         """Copy the job's log into ours until the report arrives or the stream ends ("ended"), or until a
         cancel, an overdue report ("timeout") or a start that never comes ("not_started")."""
         reader = asyncio.ensure_future(self._read(client, unframer))
@@ -413,7 +356,7 @@ class RayJobRun:
             except (asyncio.CancelledError, Exception):
                 pass
 
-    async def _read(self, client: Any, unframer: Unframer) -> None:
+    async def _read(self, client: Any, unframer: ray_wrapper.Unframer) -> None:
         """Follow the log; a dropped connection is resumed where it left off (the tail restarts at the top)."""
         for _attempt in range(5):
             seen = 0

@@ -6,7 +6,8 @@ Standard library only: it is uploaded with the candidate's snapshot (in `.autore
 reads `.autoresearch-ray.json` (the command, its environment, the isolation setting, the writable entries, the
 time limit, the measured path), then:
 1. makes itself non-dumpable and drops CAP_SYS_PTRACE from the bounding set (its children, root included, can
-   neither open /proc/<wrapper>/fd, environ or mem nor attach to it);
+   neither open /proc/<wrapper>/fd or mem nor attach to it; its environ stays readable here, and holds nothing
+   secret);
 2. writes `#autoresearch-ray begin <sha256 of a nonce>`: the nonce lives only in this process's memory;
 3. starts the keeper (`confine.py`: Landlock with the writable entries mapped into the working directory, a
    private TMPDIR, subreaper; the whole tree dies when the command ends) with the command's output on a pipe;
@@ -16,6 +17,8 @@ time limit, the measured path), then:
 5. at its deadline, stops forwarding (nothing printed while being killed counts) and ends the tree;
 6. writes `#autoresearch-ray end <nonce> <json>`: exit code, its own measured duration, peak RSS, the size of
    the `size_kb:`/`size_mb:` output when asked, whether it timed out and whether it was confined.
+
+Both ends of this stream format live here: `Framed` (the wrapper's side) and `Unframer` (the server's).
 
 Why the trailer holds: the run writes only into the pipe, so everything it prints arrives framed; to write the
 job's log directly it would need the wrapper's stdout (/proc/<wrapper>/fd/1: refused by Landlock's ptrace
@@ -29,6 +32,7 @@ keeps those in its job table, readable by anyone who can reach the cluster.
 from __future__ import annotations
 
 import base64
+import binascii
 import ctypes
 import fnmatch
 import glob
@@ -43,6 +47,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
 if __package__:  # imported from the package (the tests)
     from . import confine
@@ -58,6 +64,7 @@ FRAGMENT_AFTER_S = 0.5  # a partial line (a progress bar) is forwarded after thi
 PR_SET_DUMPABLE = 4
 CAP_SYS_PTRACE = 19
 FS_CLOCK_SLACK_NS = 2_000_000_000
+MAX_RECORD_CHARS = 256 * 1024  # a record is at most ~65 KB; a longer "line" is not ours and is dropped
 
 
 class Framed:
@@ -108,6 +115,59 @@ class Framed:
     def control(self, text: str) -> None:
         self.flush()
         self._write(f"{CONTROL} {text}")
+
+
+class Unframer:
+    """The server's side of the stream: the job's log -> the run's own output (written with `write`) and the wrapper's verified report.
+
+    Lines that are not records (Ray's own "Runtime env is setting up" lines) are dropped; data before the
+    `begin` record cannot be the run's; after the first `end` whose nonce matches `begin`, nothing counts."""
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self.write = write
+        self.buffer = ""
+        self.commitment: str | None = None
+        self.begun_at: float | None = None  # monotonic, when the begin record arrived
+        self.report: dict[str, Any] | None = None
+        self.received = 0  # characters of the stream consumed (to resume a dropped connection)
+
+    @property
+    def done(self) -> bool:
+        return self.report is not None
+
+    def feed(self, text: str) -> None:
+        self.received += len(text)
+        self.buffer += text
+        while not self.done and "\n" in self.buffer:
+            line, self.buffer = self.buffer.split("\n", 1)
+            self._line(line)
+        if len(self.buffer) > MAX_RECORD_CHARS:
+            self.buffer = ""
+
+    def _line(self, line: str) -> None:
+        prefix = CONTROL + " "
+        if line.startswith(prefix):
+            kind, _, rest = line[len(prefix) :].partition(" ")
+            if kind == "begin" and self.commitment is None:
+                self.commitment, self.begun_at = rest.strip(), time.monotonic()
+            elif kind == "end" and self.commitment is not None:
+                nonce, _, payload = rest.partition(" ")
+                if hashlib.sha256(nonce.encode()).hexdigest() == self.commitment:
+                    try:
+                        report = json.loads(payload)
+                    except ValueError:
+                        return
+                    self.report = report if isinstance(report, dict) else None
+            return
+        if self.commitment is None:
+            return
+        if line.startswith("|"):
+            self.write(line[1:].encode("utf-8", "surrogateescape") + b"\n")
+        elif line.startswith("%"):
+            try:
+                self.write(base64.b64decode(line[1:], validate=True))
+            except (binascii.Error, ValueError):
+                pass
 
 
 def _harden() -> None:

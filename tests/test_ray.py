@@ -24,7 +24,8 @@ from mcp_autoresearch.config import build_config
 from mcp_autoresearch.errors import ConfigError
 from mcp_autoresearch.experiment import Experiment
 from mcp_autoresearch.isolation import probe_isolation
-from mcp_autoresearch.ray_backend import RayBackend, Unframer
+from mcp_autoresearch.ray_backend import RayBackend
+from mcp_autoresearch.ray_wrapper import Unframer
 
 ISOLATION = probe_isolation("auto")
 # Ray's own tail_job_logs passes ssl=None to aiohttp.
