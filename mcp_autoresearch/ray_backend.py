@@ -104,9 +104,16 @@ def build_package(cwd: Path, dest: Path, excluded: list[str], spec: dict[str, An
             if rel_dir:
                 archive.write(dirpath, rel_dir)
             for name in files:
-                if rel_dir + name in skip or not os.path.isfile(os.path.join(dirpath, name)):
+                full = os.path.join(dirpath, name)
+                if rel_dir + name in skip or not os.path.isfile(full):
                     continue
-                archive.write(os.path.join(dirpath, name), rel_dir + name)
+                if os.path.getsize(full) >= limit:  # never spend minutes compressing what cannot be sent
+                    raise _StartError(
+                        f"{rel_dir + name} is {os.path.getsize(full) / 2**20:.0f} MiB, over Ray's upload limit of "
+                        f"{limit / 2**20:.0f} MiB: list it (or its folder) in shared_inputs and provide it on the "
+                        "workers (shared storage or their image)"
+                    )
+                archive.write(full, rel_dir + name)
             if dest.stat().st_size >= limit:
                 break
         archive.writestr(ray_wrapper.SPEC, json.dumps(spec))

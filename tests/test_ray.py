@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from mcp_autoresearch.config import build_config
 from mcp_autoresearch.errors import ConfigError
 from mcp_autoresearch.experiment import Experiment
 from mcp_autoresearch.isolation import probe_isolation
-from mcp_autoresearch.ray_backend import RayBackend
+from mcp_autoresearch.ray_backend import RayBackend, _StartError, build_package
 from mcp_autoresearch.ray_wrapper import Unframer
 
 ISOLATION = probe_isolation("auto")
@@ -328,3 +329,15 @@ def test_isolation_required_without_landlock_runs_nothing(
     assert b"".join(written) == b"autoresearch-confine: the kernel has no Landlock\n"
     assert unframer.report is not None and unframer.report["exit"] == 125 and not unframer.report["confined"]
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_snapshot_over_the_upload_limit_is_refused_before_upload(tmp_path: Path) -> None:
+    root = _project(tmp_path)
+    (root / "data.bin").write_bytes(b"\0" * 4096)
+    (root / "node_modules").mkdir()
+    (root / "node_modules" / "big.js").write_bytes(b"\0" * 4096)
+    with pytest.raises(_StartError, match=r"data.bin is 0 MiB, over Ray's upload limit .* shared_inputs"):
+        build_package(root, tmp_path / "p.zip", [".git", "node_modules"], {}, 4000)
+    build_package(root, tmp_path / "q.zip", [".git", "node_modules", "data.bin"], {"job": "j1"}, 1 << 20)
+    names = set(zipfile.ZipFile(tmp_path / "q.zip").namelist())
+    assert names == {"train.py", ray_wrapper.SPEC, ".autoresearch-ray/ray_wrapper.py", ".autoresearch-ray/confine.py"}
