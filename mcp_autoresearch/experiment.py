@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import Config
 from .guard import sha256_file
@@ -29,6 +30,9 @@ from .logtail import clean_text, read_tail_bytes, tail
 from .metrics import MetricError, Secondary, first_float, measure, read_metric_from_log, read_secondary
 from .runner import DEFAULT_GRACE_S, ProcessResult, ProcessRun, ProgressCallback
 from .statuses import RunStatus
+
+if TYPE_CHECKING:
+    from .ray_backend import RayBackend, RayJobRun
 
 METRIC_PARSE_TIMEOUT_S = 30.0
 RUN_LOG = "run.log"
@@ -74,6 +78,7 @@ class Experiment:
         first_repeat: int = 1,
         env: dict[str, str] | None = None,
         publish_run_log: bool = True,
+        backend: RayBackend | None = None,
     ) -> None:
         self.config = config
         self.publish_run_log = publish_run_log  # run.log at the root shows the run's output (not in a slot)
@@ -85,8 +90,9 @@ class Experiment:
         self.tag = tag
         self.on_progress = on_progress
         self.isolation = isolation
+        self.backend = backend  # where run_command and checks_command run (None: here)
         self._lock = threading.Lock()
-        self._current: ProcessRun | None = None
+        self._current: ProcessRun | RayJobRun | None = None
         self._cancel_reason: str | None = None
         self._tally = _Tally()  # every run so far: `run` may be called again to add runs
 
@@ -120,24 +126,36 @@ class Experiment:
         marker: str,
         progress: ProgressCallback | None,
         extra_env: dict[str, str] | None = None,
-    ) -> ProcessRun:
+        remote: bool = False,
+        measure: str | None = None,
+    ) -> ProcessRun | RayJobRun:
+        """The command as a process here, or as a Ray job when `remote` and a backend is set (`measure`: the
+        output size the worker measures)."""
         env = {"AUTORESEARCH_TIME_BUDGET": f"{self.config.time_budget:g}", **self.env, **(extra_env or {})}
         if self.tag:
             env["AUTORESEARCH_TAG"] = self.tag
-        kept = self.isolation is not None and keeper_available()
-        process = ProcessRun(
-            command=command,
-            cwd=self.root,
-            log_path=log_path,
-            timeout_s=timeout,
-            env=env,
-            run_marker=marker,
-            project_marker=str(self.root),
-            on_progress=progress,
-            wrapper=self._wrap if kept else None,
-            launch=self._launch if kept else None,
-            private_env=self._private_caches if self.isolation is not None and self.isolation.confined else None,
-        )
+        process: ProcessRun | RayJobRun
+        if remote and self.backend is not None:
+            setting = self.isolation.setting if self.isolation is not None else "off"
+            process = self.backend.process(
+                command, self.root, log_path, timeout, env, marker, progress, list(self.config.writable),
+                setting != "off", required=setting == "required", measure=measure,
+            )
+        else:
+            kept = self.isolation is not None and keeper_available()
+            process = ProcessRun(
+                command=command,
+                cwd=self.root,
+                log_path=log_path,
+                timeout_s=timeout,
+                env=env,
+                run_marker=marker,
+                project_marker=str(self.root),
+                on_progress=progress,
+                wrapper=self._wrap if kept else None,
+                launch=self._launch if kept else None,
+                private_env=self._private_caches if self.isolation is not None and self.isolation.confined else None,
+            )
         with self._lock:
             if self._cancel_reason is not None:
                 process.cancel(self._cancel_reason)
@@ -162,6 +180,8 @@ class Experiment:
                 self.run_id,
                 self.on_progress,
                 {"AUTORESEARCH_REPEAT": str(self.first_repeat + index - 1)},
+                remote=True,
+                measure=config.metric_measure,
             )
             if self.publish_run_log:
                 self._clear_run_log()
@@ -176,7 +196,7 @@ class Experiment:
             if failure:
                 return self._failed(tally, failure, None, log_path)
             try:
-                tally.values.append(self._metric(log_path, done.duration_s, started_at))
+                tally.values.append(self._metric(log_path, done.duration_s, started_at, done.sizes))
             except MetricError as exc:
                 return self._failed(tally, ("metric_error", str(exc)), None, log_path)
             tally.add_figures(read_secondary(log_path, config.metric_name, config.memory_regex))
@@ -190,7 +210,7 @@ class Experiment:
             return result
         checks_log = self.log_dir / f"{self.run_id}-checks.log"
         checks = self._process(
-            config.checks_command, checks_log, config.checks_timeout, f"{self.run_id}-checks", None
+            config.checks_command, checks_log, config.checks_timeout, f"{self.run_id}-checks", None, remote=True
         ).run()
         self._tally.leftovers += checks.leftovers_killed
         failure = self._process_failure(checks.status, checks.exit_code, checks.error)
@@ -245,7 +265,9 @@ class Experiment:
             return "crash", f"exit code {exit_code}{hint}"
         return None
 
-    def _metric(self, log_path: Path, duration_s: float, started_at: float) -> float:
+    def _metric(
+        self, log_path: Path, duration_s: float, started_at: float, sizes: dict[str, int | str] | None = None
+    ) -> float:
         config = self.config
         if config.metric_parse:
             out_path = log_path.with_name(log_path.stem + "-metric.out")
@@ -267,6 +289,11 @@ class Experiment:
         if config.metric_regex or not config.metric_measure:
             assert config.metric_name is not None
             return read_metric_from_log(log_path, config.metric_name, config.metric_regex)
+        if sizes is not None and config.metric_measure in sizes:  # measured where the run ran (Ray)
+            found = sizes[config.metric_measure]
+            if isinstance(found, str):
+                raise MetricError(found)
+            return found / (1024 if config.metric_measure.startswith("size_kb:") else 1024 * 1024)
         return measure(config.metric_measure, self.root, duration_s, started_at, config.target_file)
 
     def _clear_run_log(self) -> None:

@@ -13,6 +13,7 @@ single run. Decisions are `slot_decisions`' job.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import statistics
@@ -21,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checkouts import Checkouts
 from .context import SessionCore
@@ -29,14 +31,18 @@ from .errors import RuleViolation, SessionError
 from .experiment import Experiment, ExperimentResult
 from .files import atomic_write, read_regular
 from .gitguard import GitWatch
-from .guard import changed_fingerprints, new_files, sha256_bytes, sha256_file
+from .guard import sha256_bytes, sha256_file
 from .journal import one_line
 from .processes import kill_marked_processes
 from .rules import nonblank_lines
 from .running import MAX_DESCRIPTION, ActiveRun, AlreadyMeasured, RunHandle, RunProgress, Runs, unmeasured
 from .sequential import Measurement, Sequential, best_values, closed_noise, noise_is_measured
+from .slot_checks import SlotChecks
 from .state import Pending, RunOutcome, TestRecord, server_dir
 from .stats import deterministic
+
+if TYPE_CHECKING:
+    from .ray_backend import RayBackend
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -89,12 +95,15 @@ class ParallelRuns:
         self.flights: dict[str, Flight] = {}
         self.finish_order: list[str] = [p.run_id for p in core.state.inflight if p.phase == "finished"]
         self._changed = threading.Condition(threading.Lock())
-        self._readonly: dict[str, str | None] | None = None
-        self.backend = None
+        self.checks = SlotChecks(core, self.checkouts, runs, self.slots)
+        self.backend: RayBackend | None = None
+        self._backend_checked = 0.0
         if config.backend == "ray":
             from .ray_backend import RayBackend  # only when used: Ray is an optional extra
 
             self.backend = RayBackend.from_config(config)
+            key = hashlib.sha256(str(core.root.resolve()).encode()).hexdigest()[:8]
+            self.backend.job_prefix = f"{core.state.tag[:24]}-{key}-"
 
     # -- what is in flight -----------------------------------------------------------------------------------
     def entry(self, run_id: str) -> Pending | None:
@@ -172,6 +181,7 @@ class ParallelRuns:
                 )
             if len(inflight) >= self.slots:
                 raise SessionError(self._full_message())
+            self._check_backend()
             self.editor.target_path(must_exist=True)
             core.check_readonly()
             changed = [core.repo.project_path(p) for p in core.repo.changed_tracked_files()]
@@ -254,6 +264,12 @@ class ParallelRuns:
             self._start_thread(pending)
             return run_id
 
+    def _check_backend(self) -> None:
+        """The Ray cluster answers (asked again at most once a minute): else a clear error, and nothing starts."""
+        if self.backend is not None and time.monotonic() - self._backend_checked > 60:
+            self.backend.check()
+            self._backend_checked = time.monotonic()
+
     def _full_message(self) -> str:
         inflight = self.core.state.inflight
         running = [p.run_id for p in inflight if p.phase in ("starting", "running")]
@@ -284,7 +300,7 @@ class ParallelRuns:
                 core.isolation,
                 env=self._slot_env(slot),
                 publish_run_log=False,
-                **({"backend": self.backend} if self.backend is not None else {}),
+                backend=self.backend,
             )
             for index, slot in enumerate(slots)
         ]
@@ -296,6 +312,8 @@ class ParallelRuns:
     def _slot_env(self, slot: int) -> dict[str, str]:
         config = self.core.config
         env = {"AUTORESEARCH_SLOT": str(slot), "AUTORESEARCH_SLOTS": str(self.slots)}
+        if self.backend is not None:  # a worker of the cluster: Ray gives it its GPUs, its paths are its own
+            return env
         if config.slot_devices:
             env["CUDA_VISIBLE_DEVICES"] = config.slot_devices[slot % len(config.slot_devices)]
         project = self.checkouts.project(slot)
@@ -339,7 +357,7 @@ class ParallelRuns:
                 outcome = unmeasured("crash", f"internal error while running: {type(exc).__name__}: {exc}", [])
             with core.lock:
                 try:
-                    tampered = self.verify_after_run(pending, flight)
+                    tampered = self.checks.after_run(pending, flight.watch)
                 except Exception as exc:
                     log.exception("verifying run %s failed", pending.run_id)
                     tampered = [f"(the check itself failed: {type(exc).__name__}: {exc})"]
@@ -384,7 +402,7 @@ class ParallelRuns:
                 first_repeat=len(known) + 1,
                 env=self._slot_env(slot),
                 publish_run_log=False,
-                **({"backend": self.backend} if self.backend is not None else {}),
+                backend=self.backend,
             )
             best_commit = pending.parent
             measured = Sequential(
@@ -457,92 +475,6 @@ class ParallelRuns:
             result.error = "the best's run changed the target"
         return result
 
-    # -- checking ------------------------------------------------------------------------------------------
-    def verify_after_run(self, pending: Pending, flight: Flight | None) -> list[str]:
-        """What the run changed that it must not: in its slot (tracked files; files below read-only
-        directories), and in the user's tree, as after a single run. Caller holds the lock."""
-        core = self.core
-        tampered: list[str] = []
-        own = range(self.slots) if pending.is_baseline else [pending.slot or 0]
-        for slot in own:
-            if not self.checkouts.top(slot).is_dir():
-                continue
-            try:
-                tampered += [f"{rel} (in slot {slot})" for rel in self.checkouts.changes(slot)]
-            except SessionError as exc:
-                tampered.append(f"slot {slot} ({exc})")
-            project = self.checkouts.project(slot)
-            # By content, whatever the slot's index says: the read-only files the checkout holds.
-            changed = changed_fingerprints(project, self._tracked_readonly())
-            tampered += [f"{rel} (in slot {slot})" for rel in changed if f"{rel} (in slot {slot})" not in tampered]
-            planted = new_files(project, list(core.config.readonly_files), core.state.readonly_hashes)
-            tampered += [f"{rel} (created below a read-only directory in slot {slot})" for rel in planted]
-        # Unconfined, idle slots (no other run in them now) must be as their last run left them: a change there
-        # is this run's doing, and is undone at once. (Confined, a run cannot write there; every slot is put
-        # back before each of its runs either way.)
-        others = {p.slot for p in core.state.inflight if p is not pending and p.phase in ("starting", "running")}
-        for slot in range(self.slots) if not core.isolation.confined else []:
-            if slot in own or slot in others or any(p.is_baseline and p is not pending for p in core.state.inflight):
-                continue
-            if self.checkouts.top(slot).is_dir() and self.checkouts.index_exists(slot):
-                try:
-                    tampered += [f"{rel} (in another slot, {slot})" for rel in self.checkouts.restore(slot)]
-                except SessionError as exc:
-                    tampered.append(f"slot {slot} ({exc})")
-        tampered += self._verify_user_tree(pending, flight)
-        return tampered
-
-    def _tracked_readonly(self) -> dict[str, str | None]:
-        """The read-only files git tracks (a slot's checkout holds exactly those), with their fingerprints."""
-        if self._readonly is None:
-            core = self.core
-            self._readonly = {
-                rel: digest
-                for rel, digest in core.state.readonly_hashes.items()
-                if core.repo.is_tracked(core.repo.repo_path(rel))
-            }
-        return self._readonly
-
-    def _verify_user_tree(self, pending: Pending, flight: Flight | None) -> list[str]:
-        core = self.core
-        repo = core.repo
-        best = core.state.best
-        head = best.commit if best else core.state.base_commit
-        watch = flight.watch if flight is not None and flight.watch is not None else self.runs.git_watch
-        tampered: list[str] = []
-        try:
-            tampered += watch.after_run(pending.git_config, pending.refs_digest, head, pending.run_id)
-            if repo.current_branch() != core.state.branch:
-                tampered.append(f"HEAD (switched to {repo.current_branch() or 'a detached commit'})")
-                repo.checkout_branch(core.state.branch)
-            if repo.head_commit() != head:
-                tampered.append("the session branch (moved by a run)")
-                repo.move_branch(core.state.branch, head, f"autoresearch: undo a move during {pending.run_id}")
-            hidden = [] if watch.index_unchanged() else repo.hidden_tracked_files()
-            hidden = [p for p in hidden if p not in core.state.hidden_paths]
-            if hidden:
-                tampered.append("index flags hiding " + ", ".join(map(repo.project_path, hidden)))
-                repo.reveal(hidden)
-            changed = [p for p in repo.changed_tracked_files() if p != core.target_repo_path]
-            if changed:
-                tampered += [repo.project_path(p) for p in changed]
-                tampered += self.runs.restore_with_copies(pending.run_id, head, changed)
-        except SessionError as exc:
-            tampered.append(f"git state ({exc})")
-        readonly = changed_fingerprints(core.root, core.state.readonly_hashes)
-        tampered += [rel for rel in readonly if rel not in tampered]
-        if readonly:
-            try:
-                tracked = [repo.repo_path(r) for r in readonly if repo.is_tracked(repo.repo_path(r))]
-                tampered += self.runs.restore_with_copies(pending.run_id, head, tracked)
-            except SessionError:
-                pass
-        planted = new_files(core.root, list(core.config.readonly_files), core.state.readonly_hashes)
-        if planted:
-            tampered += self.runs.move_aside(pending.run_id, planted)
-        tampered += core.own.restore()
-        return tampered
-
     # -- after a restart -----------------------------------------------------------------------------------
     def recover(self) -> list[str]:
         """Runs that were in flight when the server stopped: their processes are ended and they are marked
@@ -556,7 +488,9 @@ class ParallelRuns:
             slots = range(self.slots) if pending.is_baseline else [pending.slot or 0]
             for slot in slots:
                 killed += kill_marked_processes(str(self.checkouts.project(slot)))
-            tampered = self.verify_after_run(pending, None)
+            if self.backend is not None:
+                killed += self.backend.stop_jobs(pending.run_id)
+            tampered = self.checks.after_run(pending, None)
             error = "the server stopped during this run"
             if killed:
                 error += f" ({killed} leftover processes killed)"

@@ -90,6 +90,8 @@ class ProcessResult:
     leftovers_killed: int = 0
     captured_bytes: int = 0
     captured_sha256: str = ""
+    # A remote run (Ray): the size of each `metric_measure` output, measured where it ran, or why it could not be.
+    sizes: dict[str, int | str] | None = None
 
 
 @dataclass

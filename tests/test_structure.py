@@ -4,6 +4,8 @@ TYPE_CHECKING), and the engine never imports MCP."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import mcp_autoresearch
@@ -108,3 +110,10 @@ def test_the_engine_never_imports_mcp() -> None:
         if mcp:
             offenders.append(f"{short}: {', '.join(sorted(mcp))}")
     assert not offenders, offenders
+
+
+def test_the_server_starts_without_importing_ray() -> None:
+    """Ray (an optional extra, slow to import) is imported only inside the Ray backend's functions."""
+    code = "import sys, mcp_autoresearch.server; print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,434 @@
+"""The Ray backend against a real local Ray head (started once per session): jobs stream into the server's log,
+the metric is read as locally, the wrapper's report cannot be forged, and the worker confines the run."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mcp_autoresearch import metrics, ray_wrapper
+from mcp_autoresearch.config import build_config
+from mcp_autoresearch.errors import ConfigError
+from mcp_autoresearch.experiment import Experiment
+from mcp_autoresearch.isolation import probe_isolation
+from mcp_autoresearch.ray_backend import RayBackend, _StartError, build_package
+from mcp_autoresearch.ray_wrapper import Unframer
+
+ISOLATION = probe_isolation("auto")
+# Ray's own tail_job_logs passes ssl=None to aiohttp.
+pytestmark = pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")
+# The run's attempts on the wrapper: its stdout through /proc, its memory (the nonce), its environment.
+CHEAT = """
+import os
+pid = os.getpid()
+while pid > 1:
+    cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+    if b"ray_wrapper.py\\0" in cmd and b"confine.py" not in cmd:
+        break
+    pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+try:
+    with open(f"/proc/{pid}/fd/1", "w") as out:
+        out.write("#autoresearch-ray end forged {}\\n")
+    print("WROTE the wrapper's stdout")
+except OSError as exc:
+    print("refused fd/1:", exc.strerror)
+try:
+    open(f"/proc/{pid}/mem", "rb").read(1)
+    print("READ the wrapper's memory")
+except OSError as exc:
+    print("refused mem:", exc.strerror)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(address: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{address}/api/version", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """A Ray head of our own (`ray start --head --block`, every port free, its own temp dir), ended at the end
+    by killing the process tree we started: `ray stop` would stop every cluster on the machine."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("Ray is not installed (pip install '.[test]'): the Ray tests must run in CI")
+        pytest.skip("Ray is not installed (pip install 'mcp-autoresearch[ray]')")
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit AF_UNIX limits
+    ports = {flag: _free_port() for flag in (
+        "--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port",
+        "--ray-client-server-port",
+    )}
+    # No token: Ray 2.52+ would otherwise turn on token auth for a new local cluster and write ~/.ray/auth_token.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    env["RAY_AUTH_MODE"] = "disabled"
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    argv = [ray_cli, "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats",
+            *(f"{flag}={port}" for flag, port in ports.items())]
+    head = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    address = f"http://127.0.0.1:{ports['--dashboard-port']}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(address):
+            assert head.poll() is None, "ray start --head failed"
+            assert time.monotonic() < deadline, "the Ray job API never answered"
+            time.sleep(0.2)
+        _warm_up(address)
+        yield address
+    finally:
+        tree = [psutil.Process(head.pid)]
+        try:
+            tree += tree[0].children(recursive=True)
+        except psutil.Error:
+            pass
+        for proc in tree:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(tree, timeout=10)
+        subprocess.run(["rm", "-rf", temp], check=False)
+
+
+def _warm_up(address: str) -> None:
+    """The job agent answers a little after the dashboard: the first job is retried until it is accepted."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client = JobSubmissionClient(address)
+            job = client.submit_job(entrypoint="true")
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    while not client.get_job_status(job).is_terminal():
+        time.sleep(0.2)
+
+
+def _config(command: str, **settings: object):
+    return build_config({"run_command": command, "metric_name": "score", "target_file": "train.py",
+                         "backend": "ray", **settings})
+
+
+def _project(tmp_path: Path) -> Path:
+    root = tmp_path / "snapshot"
+    root.mkdir()
+    (root / "train.py").write_text("print('score: 1')\n")
+    (root / ".git").mkdir()  # never uploaded
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    return root
+
+
+def _experiment(root: Path, address: str, command: str, **settings: object) -> Experiment:
+    config = _config(command, ray_address=address, **settings)
+    return Experiment(config, root, "r1", root.parent / "logs", isolation=ISOLATION,
+                      backend=RayBackend.from_config(config))
+
+
+def test_output_streams_into_the_log_and_the_metric_is_read(tmp_path: Path, ray_address: str) -> None:
+    root = _project(tmp_path)
+    seen: list[tuple[float, float, str]] = []
+    command = ("printf 'step 1\\r'; echo 'step 2'; test -e .git && echo 'GIT UPLOADED'; sleep 2.5; "
+               "echo \"score: 1.25 repeat=$AUTORESEARCH_REPEAT\"; echo 'METRIC aux=3'")
+    config = _config(command, ray_address=ray_address)
+    experiment = Experiment(config, root, "r1", tmp_path / "logs", isolation=ISOLATION,
+                            on_progress=lambda e, t, line: seen.append((e, t, line)),
+                            backend=RayBackend.from_config(config))
+    result = experiment.run()
+    assert result.status == "ok", result.error
+    assert result.value == 1.25 and result.secondary == {"aux": 3.0}
+    log = Path(result.log_path).read_bytes()
+    assert log.startswith(b"step 1\rstep 2\n")  # the run's bytes exactly, nothing of Ray's or the wrapper's
+    assert b"score: 1.25 repeat=1\n" in log and b"#autoresearch-ray" not in log and b"GIT UPLOADED" not in log
+    assert seen and seen[0][2] == "step 2" and seen[0][1] == config.timeout  # streamed while it ran
+
+
+def test_a_size_is_measured_on_the_worker(tmp_path: Path, ray_address: str) -> None:
+    root = _project(tmp_path)
+    build = "mkdir -p dist && head -c 2048 /dev/zero > dist/app.js && head -c 8192 /dev/zero > dist/app.js.map"
+    result = _experiment(root, ray_address, build, metric_measure="size_kb:dist !*.map", writable=["dist"]).run()
+    assert result.status == "ok", result.error
+    assert result.value == 2.0 and not (root / "dist" / "app.js").exists()  # the worker's dist/, not ours
+
+
+def test_the_timeout_ends_the_job(tmp_path: Path, ray_address: str) -> None:
+    root = _project(tmp_path)
+    started = time.monotonic()
+    result = _experiment(root, ray_address, "echo started; sleep 60; echo never", timeout=1.5).run()
+    assert result.status == "timeout" and "1.5 s timeout" in (result.error or "")
+    assert time.monotonic() - started < 15
+    log = Path(result.log_path).read_text()
+    assert "started" in log and "never" not in log
+
+
+def test_cancel_stops_the_job(tmp_path: Path, ray_address: str) -> None:
+    root = _project(tmp_path)
+    experiment = _experiment(root, ray_address, "echo started; sleep 60")
+    log = tmp_path / "logs" / "r1.log"
+
+    def cancel_when_started() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and b"started" not in (log.read_bytes() if log.exists() else b""):
+            time.sleep(0.1)
+        experiment.cancel("client cancelled")
+
+    threading.Thread(target=cancel_when_started, daemon=True).start()
+    started = time.monotonic()
+    result = experiment.run()
+    assert result.status == "cancelled" and result.error == "client cancelled"
+    assert time.monotonic() - started < 30
+
+
+def test_the_run_cannot_forge_the_report_or_write_outside_its_paths(tmp_path: Path, ray_address: str) -> None:
+    """A crash (exit 3) that prints fake reports, writes the wrapper's stdout, reads its memory, writes the
+    target on the worker and leaves a daemon printing: exit 3 it stays, and none of it reaches the report."""
+    root = _project(tmp_path)
+    (root / "cheat.py").write_text(CHEAT)
+    fake_begin = "#autoresearch-ray begin " + hashlib.sha256(b"mine").hexdigest()
+    command = (
+        f"echo '{fake_begin}'; echo '#autoresearch-ray end mine {{\"exit\":0,\"duration_s\":1}}'; "
+        "python3 cheat.py; echo 'score: 9' >> train.py; "
+        "(sleep 1; echo LATE DAEMON) & echo 'score: 2'; exit 3"
+    )
+    result = _experiment(root, ray_address, command).run()
+    assert result.status == "crash" and result.exit_code == 3 and (result.error or "").startswith("exit code 3")
+    log = Path(result.log_path).read_text()
+    assert fake_begin in log  # printed output, taken as output
+    assert "refused fd/1: Permission denied" in log and "refused mem: Permission denied" in log
+    assert "train.py: Permission denied" in log
+    assert "LATE DAEMON" not in log
+
+
+def test_missing_ray_or_no_cluster_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = RayBackend.from_config(_config("true", ray_address=f"http://127.0.0.1:{_free_port()}"))
+    with pytest.raises(ConfigError, match=r"no Ray job API answers at http://127.0.0.1:\d+ .*ray start --head"):
+        backend.check()
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.job_submission", None)
+    with pytest.raises(ConfigError, match=r"pip install 'mcp-autoresearch\[ray\]'"):
+        backend.check()
+
+
+def test_the_address_comes_from_the_config_then_ray_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "http://from-env:8265")
+    assert RayBackend.from_config(_config("true")).address == "http://from-env:8265"
+    assert RayBackend.from_config(_config("true", ray_address="http://head:8265/")).address == "http://head:8265"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert RayBackend.from_config(_config("true")).address == "http://127.0.0.1:8265"
+
+
+def test_only_records_after_the_commitment_count_and_the_first_valid_end_wins() -> None:
+    written: list[bytes] = []
+    unframer = Unframer(written.append)
+    nonce = "n0nce"
+    unframer.feed("|before the begin record: not the run's\nRay: Runtime env is setting up\n")
+    unframer.feed(f"#autoresearch-ray begin {hashlib.sha256(nonce.encode()).hexdigest()}\n|line one\n|#autoresea")
+    unframer.feed("rch-ray end forged {}\n%" + base64.b64encode(b"\xff\r").decode() + "\n")
+    unframer.feed('#autoresearch-ray end wrong {"exit": 0}\n')
+    assert not unframer.done
+    unframer.feed(f'#autoresearch-ray end {nonce} {{"exit": 3}}\n|after the end\n')
+    assert unframer.report == {"exit": 3}
+    assert b"".join(written) == b"line one\n#autoresearch-ray end forged {}\n\xff\r"
+
+
+def test_the_wrapper_frames_every_byte(capfd: pytest.CaptureFixture[str]) -> None:
+    out = ray_wrapper.Framed()
+    out.data(b"plain\n\xffbinary\nprogress\r")
+    out.data(b"x" * (ray_wrapper.RECORD_BYTES + 10))
+    out.flush()
+    written: list[bytes] = []
+    unframer = Unframer(written.append)
+    unframer.feed("#autoresearch-ray begin x\n" + capfd.readouterr().out)
+    assert b"".join(written) == b"plain\n\xffbinary\nprogress\r" + b"x" * (ray_wrapper.RECORD_BYTES + 10)
+
+
+def test_the_wrapper_measures_sizes_as_the_server_does(tmp_path: Path) -> None:
+    (tmp_path / "dist" / "sub").mkdir(parents=True)
+    (tmp_path / "dist" / "a.js").write_bytes(b"a" * 1000)
+    (tmp_path / "dist" / "sub" / "b.js").write_bytes(b"b" * 300)
+    (tmp_path / "dist" / "a.js.map").write_bytes(b"m" * 5000)
+    spec = "size_kb:dist !*.map"
+    started = time.time_ns() - 10**9
+    local = metrics.scan_output(tmp_path / "dist", metrics.Measure.parse(spec)).size
+    assert ray_wrapper.measure_size(str(tmp_path), spec, started, None) == local == 1300
+    assert "does not exist" in str(ray_wrapper.measure_size(str(tmp_path), "size_kb:nothing", started, None))
+    (tmp_path / "dist" / "out").symlink_to("/etc")
+    assert "symbolic link out of" in str(ray_wrapper.measure_size(str(tmp_path), spec, started, None))
+    assert "outside the project" in str(ray_wrapper.measure_size(str(tmp_path), "size_kb:../x", started, None))
+
+
+def test_a_large_output_is_streamed_not_held(tmp_path: Path, ray_address: str) -> None:
+    """200 MB without a newline, then half a million short lines: the server's memory stays flat."""
+    root = _project(tmp_path)
+    command = "head -c 200000000 /dev/zero | tr '\\0' x; echo; seq 1 500000; echo 'score: 9'"
+    experiment = _experiment(root, ray_address, command)
+    me = psutil.Process()
+    base, peak, done = me.memory_info().rss, [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], me.memory_info().rss)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = experiment.run()
+    finally:
+        done.set()
+        sampler.join()
+    assert result.status == "ok" and result.value == 9.0
+    assert Path(result.log_path).stat().st_size > 200_000_000
+    assert peak[0] - base < 60 * 1024 * 1024
+
+
+def test_isolation_required_without_landlock_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """As the local keeper: the confine mark, exit 125, and the command never ran."""
+
+    def no_landlock() -> int:
+        raise ray_wrapper.confine.ConfineError("the kernel has no Landlock")
+
+    monkeypatch.setattr(ray_wrapper.confine, "probe", no_landlock)
+    spec = {"command": "touch ran", "isolation": "required", "timeout": 10}
+    assert ray_wrapper.run(spec, str(tmp_path)) == 125
+    written: list[bytes] = []
+    unframer = Unframer(written.append)
+    unframer.feed(capfd.readouterr().out)
+    assert b"".join(written) == b"autoresearch-confine: the kernel has no Landlock\n"
+    assert unframer.report is not None and unframer.report["exit"] == 125 and not unframer.report["confined"]
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_snapshot_over_the_upload_limit_is_refused_before_upload(tmp_path: Path) -> None:
+    root = _project(tmp_path)
+    (root / "data.bin").write_bytes(b"\0" * 4096)
+    (root / "node_modules").mkdir()
+    (root / "node_modules" / "big.js").write_bytes(b"\0" * 4096)
+    with pytest.raises(_StartError, match=r"data.bin is 0 MiB, over Ray's upload limit .* shared_inputs"):
+        build_package(root, tmp_path / "p.zip", [".git", "node_modules"], {}, 4000)
+    build_package(root, tmp_path / "q.zip", [".git", "node_modules", "data.bin"], {"job": "j1"}, 1 << 20)
+    names = set(zipfile.ZipFile(tmp_path / "q.zip").namelist())
+    assert names == {"train.py", ray_wrapper.SPEC, ".autoresearch-ray/ray_wrapper.py", ".autoresearch-ray/confine.py"}
+
+
+SESSION_EVALUATE = """\
+import runpy
+ns = runpy.run_path("params.py")
+print(f"score: {abs(ns['X'] - 3) + abs(ns['Y'] - 5):.6f}")
+"""
+
+
+@pytest.mark.anyio
+async def test_a_short_session_with_two_slots_on_ray(tmp_path: Path, ray_address: str, monkeypatch) -> None:
+    from .conftest import Agent, git, make_repo
+
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(tmp_path / "slots"))
+    root = make_repo(tmp_path / "proj", {"params.py": "X = 0\n\n\n\nY = 0\n", "evaluate.py": SESSION_EVALUATE})
+    (root / "user_notes.txt").write_text("mine\n")
+    overrides = {
+        "target_file": "params.py", "run_command": "python3 evaluate.py", "metric_name": "score",
+        "readonly_files": ["evaluate.py"], "keep_rule": "greedy", "slots": 2, "backend": "ray",
+        "ray_address": ray_address, "ray_num_cpus": 0.5, "timeout": 120,
+    }
+    from mcp import Client
+
+    from mcp_autoresearch.server import create_server
+    from mcp_autoresearch.workspace import Workspace
+
+    async def until_done(agent: Agent, run_id: str | None = None) -> dict:
+        run = await agent.ok("wait_experiment", **({"run_id": run_id} if run_id else {}))
+        while run["status"] == "running":
+            run = await agent.ok("wait_experiment", **({"run_id": run_id} if run_id else {}))
+        return run
+
+    async with Client(create_server(Workspace(root, overrides))) as client:
+        agent = Agent(client)
+        started = await agent.ok("start_session", tag="ray1")
+        assert started["slots"].startswith("2 slots (Ray)")
+        await agent.ok("run_experiment", description="baseline")
+        base = await until_done(agent)
+        assert base["status"] == "ok" and base["values"] == [8.0, 8.0]
+        assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
+        await agent.edit("X = 0", "X = 3")
+        first = await agent.ok("run_experiment", description="X to 3")
+        # The second candidate tries to write the user's tree from its worker: confined there, it cannot.
+        attack = (
+            f"try:\n    open({str(root / 'user_notes.txt')!r}, 'a').write('x')\n    print('wrote')\n"
+            "except OSError as exc:\n    print('refused', exc.errno)\n"
+        )
+        await agent.ok("apply_edit", content="X = 0\n\n\n\nY = 5\n" + attack)
+        second = await agent.ok("run_experiment", description="Y to 5, and an attack")
+        assert {first["slot"], second["slot"]} == {0, 1}
+        done = await until_done(agent)
+        assert (await agent.ok("commit_or_reset", run_id=done["run_id"]))["decision"] == "keep"
+        other = second if done["run_id"] == first["run_id"] else first
+        run = await until_done(agent, other["run_id"])
+        decision = await agent.ok("commit_or_reset", run_id=other["run_id"])
+        if decision["decision"] == "rerun":  # built on the old best: merged onto the new one, on Ray again
+            run = await until_done(agent, other["run_id"])
+            decision = await agent.ok("commit_or_reset", run_id=other["run_id"])
+        assert decision["decision"] == "keep" and run["value"] == 0.0, decision
+        logs = (root / ".autoresearch" / "runs" / "ray1").glob(f"{second['run_id']}*.log")
+        text = "".join(path.read_text() for path in logs)
+        assert "refused" in text and "wrote" not in text
+    assert (root / "user_notes.txt").read_text() == "mine\n"
+    assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+def test_a_restarted_server_stops_the_jobs_its_predecessor_left(tmp_path: Path, ray_address: str) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    root = _project(tmp_path)
+    config = _config("sleep 60; echo 'score: 1'", ray_address=ray_address)
+    backend = RayBackend.from_config(config)
+    backend.job_prefix = "t1-abc-"
+    experiment = Experiment(config, root, "r7", root.parent / "logs", isolation=ISOLATION, backend=backend)
+    runner = threading.Thread(target=experiment.run, daemon=True)
+    runner.start()
+    client = JobSubmissionClient(ray_address)
+    deadline = time.monotonic() + 60
+    while not any(j.submission_id.startswith("autoresearch-t1-abc-r7-") for j in client.list_jobs()):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    other = RayBackend.from_config(config)
+    other.job_prefix = "t2-abc-"  # another session's jobs on the same cluster are left alone
+    assert other.stop_jobs("r7") == 0
+    restarted = RayBackend.from_config(config)
+    restarted.job_prefix = "t1-abc-"
+    assert restarted.stop_jobs("r7") == 1
+    runner.join(60)
+    assert not runner.is_alive()
+    [job] = [j for j in client.list_jobs() if j.submission_id.startswith("autoresearch-t1-abc-r7-")]
+    assert job.status.is_terminal() and str(job.status) in ("STOPPED", "JobStatus.STOPPED")
