@@ -251,9 +251,15 @@ class ParallelRuns:
                 parent_value=best.value if best else None,
             )
             self._launch(pending, slots)
-            inflight.append(pending)
-            core.journal.log_experiment_start(run_id, commit, description)
-            core.save()
+            try:
+                inflight.append(pending)
+                core.journal.log_experiment_start(run_id, commit, description)
+                core.save()
+            except BaseException:  # nothing starts: no flight is left without its thread
+                self.flights.pop(run_id, None)
+                if pending in inflight:
+                    inflight.remove(pending)
+                raise
             core.own.journal_written()
             if not is_baseline:
                 # The agent's next idea starts from the best again; this one is safe in its commit.
