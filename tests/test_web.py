@@ -298,3 +298,50 @@ def test_only_the_sessions_own_commits_are_shown(tmp_path: Path) -> None:
     assert view.session_commit(first[:7]) == first
     for bad in ("HEAD", "--output=x", foreign, foreign[:10], "main", "../etc", "", first.upper()):
         assert view.session_commit(bad) is None, bad
+
+
+async def test_the_page_shows_every_slot_in_use(ml_project: Path, browser: Any, tmp_path: Path) -> None:
+    """With slots, each run in flight has its card, saying which slot it runs in."""
+    from mcp import StdioServerParameters
+
+    (ml_project / "train.py").write_text(SLOW_TRAIN)
+    git(ml_project, "commit", "-qam", "slow training")
+    (ml_project / "autoresearch.toml").write_text("slots = 2\nkeep_rule = \"greedy\"\n")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_process(["dashboard", "--web", "--project", str(ml_project), "--port", str(port)], port)
+    params = stdio_params(ml_project)
+    params = StdioServerParameters(
+        command=params.command,
+        args=params.args,
+        env={**(params.env or {}), "AUTORESEARCH_SLOTS_DIR": str(tmp_path / "slots")},
+        cwd=params.cwd,
+    )
+    try:
+        page, errors = await open_page(browser, base + "/")
+        await page.wait_for_selector(READY)
+        async with Client(params) as client:
+            agent = Agent(client)
+            await agent.ok("start_session", tag="slots")
+            await agent.ok("run_experiment", description="baseline")
+            await page.wait_for_selector("#runs .run[data-run-id='r1'] .slot:has-text('all slots')", timeout=10_000)
+            run = await agent.ok("wait_experiment")
+            while run["status"] == "running":
+                run = await agent.ok("wait_experiment")
+            await agent.ok("commit_or_reset")
+            await agent.edit("LR = 0.5", "LR = 0.3")
+            await agent.ok("run_experiment", description="lower")
+            await agent.edit("LR = 0.5", "LR = 0.7")
+            await agent.ok("run_experiment", description="higher")
+            await page.wait_for_selector("#runs .run[data-run-id='r2'] .slot:has-text('slot 0')", timeout=10_000)
+            await page.wait_for_selector("#runs .run[data-run-id='r3'] .slot:has-text('slot 1')", timeout=10_000)
+            await page.screenshot(path=str(ARTIFACTS / "web-dashboard-slots.png"), full_page=True)
+            for _ in range(2):
+                run = await agent.ok("wait_experiment")
+                while run["status"] == "running":
+                    run = await agent.ok("wait_experiment")
+                await agent.ok("commit_or_reset", run_id=run["run_id"])
+            await page.wait_for_selector("#total[data-value='3']", timeout=10_000)
+        assert errors == []
+    finally:
+        stop_process(proc)
