@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--example", default="tune", help="which bundled example (tune, bundle)")
     demo.add_argument("--keep-dir", metavar="DIR", help="where to put the demo project (kept afterwards)")
     demo.add_argument("--seed", type=int, default=1, help="random seed of the scripted agent")
+    demo.add_argument("--slots", type=int, default=1, help="experiments in flight at once (default 1)")
     return parser
 
 
@@ -165,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
 
-            return run_demo(args.experiments, args.keep_dir, args.example, args.seed)
+            return run_demo(args.experiments, args.keep_dir, args.example, args.seed, args.slots)
     except AutoresearchError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:

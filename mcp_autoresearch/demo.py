@@ -35,7 +35,7 @@ def example_source(name: str) -> Path:
     return Path(str(files("mcp_autoresearch") / "examples" / name))
 
 
-def prepare(name: str, keep_dir: str | None) -> Path:
+def prepare(name: str, keep_dir: str | None, slots: int = 1) -> Path:
     """Copy the example into a fresh directory and make it a git repository with one commit."""
     if shutil.which("git") is None:
         raise AutoresearchError(
@@ -56,24 +56,31 @@ def prepare(name: str, keep_dir: str | None) -> Path:
         config.write_text(
             config.read_text().replace("python3 evaluate.py", f"{_quote(sys.executable)} evaluate.py")
         )
+    if slots > 1:  # an untracked setting of the user's, as a person would add it
+        config.write_text(config.read_text() + f"slots = {slots}\n")
     env = {**os.environ}
     for key, value in FALLBACK_IDENTITY.items():
         env.setdefault(key, value)
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", f"example project: {name}"]):
+    for args in (["init", "-q"], ["add", "-A", ":!autoresearch.toml"] if slots > 1 else ["add", "-A"],
+                 ["commit", "-q", "-m", f"example project: {name}"]):
         subprocess.run(["git", *args], cwd=target, check=True, capture_output=True, env=env)
     return target
 
 
-def run_demo(experiments: int, keep_dir: str | None, example: str = "tune", seed: int = 1) -> int:
+def run_demo(
+    experiments: int, keep_dir: str | None, example: str = "tune", seed: int = 1, slots: int = 1
+) -> int:
     if experiments < 1:
         raise AutoresearchError("--experiments must be at least 1")
-    project = prepare(example, keep_dir)
+    if not 1 <= slots <= 64:
+        raise AutoresearchError("--slots must be between 1 and 64")
+    project = prepare(example, keep_dir, slots)
     print(f"demo project: {project}  ({EXAMPLES[example]})")
     print("starting the server over stdio and the scripted agent (no LLM)...\n", flush=True)
     print(f"{'#':<4} {'run':>5} {'status':<13} {'value':>12}  {'decision':<8} reason")
     started = time.monotonic()
     try:
-        summary = anyio.run(_drive, project, experiments, seed)
+        summary = anyio.run(_drive, project, experiments, seed, slots)
     except Exception as exc:  # the server subprocess failed or the connection broke: say so in one line
         raise AutoresearchError(
             f"the demo stopped: {_first_error(exc)} (project left in {project})"
@@ -105,7 +112,7 @@ def run_demo(experiments: int, keep_dir: str | None, example: str = "tune", seed
     return 0
 
 
-async def _drive(project: Path, experiments: int, seed: int) -> Any:
+async def _drive(project: Path, experiments: int, seed: int, slots: int = 1) -> Any:
     from .scripted_agent import print_experiment
 
     extra = (
@@ -113,7 +120,9 @@ async def _drive(project: Path, experiments: int, seed: int) -> Any:
         if (project / "evaluate.py").exists()
         else []
     )
-    async with Client(server_params(str(project), extra)) as client:
+    # The slots' checkouts beside the demo project, removed with it (never inside its work tree).
+    env = {"AUTORESEARCH_SLOTS_DIR": str(project.parent / f"{project.name}-slots")} if slots > 1 else None
+    async with Client(server_params(str(project), extra, env)) as client:
         agent = ScriptedAgent(client, log=lambda line: print(line, flush=True))
         return await agent.loop(experiments, seed, None, print_experiment)
 

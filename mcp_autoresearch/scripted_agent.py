@@ -128,6 +128,10 @@ class ScriptedAgent:
                 self.log(f"the baseline failed ({run['status']}: {run.get('error')}); fix the project first")
                 summary.results = await self.call("query_results", limit=50)
                 return summary
+        if info.get("slots", 1) > 1:
+            await self._slots_loop(info["slots"], experiments, rng, summary, on_experiment)
+            summary.results = await self.call("query_results", limit=50)
+            return summary
         for number in range(1, experiments + 1):
             view = await self.call("read_target")
             proposal = propose(view["content"], rng)
@@ -161,13 +165,68 @@ class ScriptedAgent:
         summary.results = await self.call("query_results", limit=50)
         return summary
 
+    async def _slots_loop(
+        self,
+        slots: int,
+        experiments: int,
+        rng: random.Random,
+        summary: Summary,
+        on_experiment: Callable[[int, dict[str, Any], dict[str, Any]], None] | None,
+    ) -> None:
+        """With slots: keep every slot busy (edit and start while one is free), else decide the first run to
+        finish. A candidate merged onto a newer best runs again (decision `rerun`) and is waited for again."""
+        in_flight: dict[str, Proposal] = {}
+        started = decided = 0
+        while decided < started or started < experiments:
+            if len(in_flight) < slots and started < experiments:
+                view = await self.call("read_target")
+                proposal = propose(view["content"], rng)
+                if proposal is None:
+                    experiments = started
+                    continue
+                await self.call(
+                    "apply_edit",
+                    edits=[{"old_text": proposal.old, "new_text": proposal.new}],
+                    expected_sha256=view["sha256"],
+                )
+                try:
+                    run = await self.call("run_experiment", description=proposal.description)
+                except ToolFailed as exc:
+                    self.log(f"stopped starting runs: {exc}")
+                    await self.call("apply_edit", content=view["content"])
+                    experiments = started
+                    continue
+                if run["status"] == "running":
+                    in_flight[run["run_id"]] = proposal
+                    started += 1
+                continue  # content measured before: the earlier result answered; nothing runs
+            run = await self.call("wait_experiment", wait_s=WAIT_S)
+            while run["status"] == "running":
+                run = await self.call("wait_experiment", wait_s=WAIT_S)
+            decision = await self.call("commit_or_reset", run_id=run["run_id"])
+            if decision["decision"] == "rerun":
+                continue
+            proposal = in_flight.pop(run["run_id"], None)
+            decided += 1
+            self._count(summary, decision)
+            await self.call(
+                "log_result",
+                run_id=run["run_id"],
+                notes=f"hypothesis: {proposal.description if proposal else 'this'} helps; result: "
+                f"{run['status']}, value {run.get('value')}; decision {decision['decision']} ({decision['reason']})",
+            )
+            if on_experiment:
+                on_experiment(decided, run, decision)
+
     @staticmethod
     def _count(summary: Summary, decision: dict[str, Any]) -> None:
         summary.experiments += 1
         summary.decisions[decision["decision"]] = summary.decisions.get(decision["decision"], 0) + 1
 
 
-def server_params(project: str, extra_args: list[str] | None = None) -> StdioServerParameters:
+def server_params(
+    project: str, extra_args: list[str] | None = None, extra_env: dict[str, str] | None = None
+) -> StdioServerParameters:
     """The server as a client configuration would start it: `python -m mcp_autoresearch serve --project DIR`."""
     keep = (
         "PATH",
@@ -181,8 +240,9 @@ def server_params(project: str, extra_args: list[str] | None = None) -> StdioSer
         "GIT_COMMITTER_EMAIL",
         "VIRTUAL_ENV",
         "PYTHONPATH",
+        "AUTORESEARCH_SLOTS_DIR",
     )
-    env = {name: os.environ[name] for name in keep if name in os.environ}
+    env = {name: os.environ[name] for name in keep if name in os.environ} | (extra_env or {})
     return StdioServerParameters(
         command=sys.executable,
         args=["-m", "mcp_autoresearch", "serve", "--project", project, *(extra_args or [])],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 
@@ -34,6 +36,23 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     for line in ("results.tsv", "autoresearch.jsonl", "mcp-autoresearch dashboard"):
         assert line in result.stdout
     assert result.stdout.count(" keep ") + result.stdout.count(" discard ") >= 12
+
+
+def test_demo_with_slots_keeps_them_busy(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = run_cli("demo", "--experiments", "10", "--slots", "3", "--keep-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = (out / "results.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 10 + 1
+    events = [json.loads(line) for line in (out / ".autoresearch" / "autoresearch.jsonl").read_text().splitlines()]
+    done = [e["details"] for e in events if e["action"] == "experiment_done"]
+    assert len({d["run_id"] for d in done}) == 11
+    assert {d.get("slot") for d in done[1:]} <= {0, 1, 2} and len({d.get("slot") for d in done[1:]}) >= 2
+    starts = [e for e in events if e["action"] in ("experiment_start", "experiment_done")]
+    # Runs overlapped: a second one started before the first candidate's row was written.
+    assert [e["action"] for e in starts[2:4]] == ["experiment_start", "experiment_start"]
+    assert git(out, "status", "--porcelain", "--untracked-files=no") == ""
+    assert (tmp_path / "demo-slots").is_dir()  # the checkouts live beside the project, not in it
 
 
 def test_demo_refuses_a_non_empty_directory(tmp_path: Path) -> None:
