@@ -218,11 +218,15 @@ class CleanPlan:
     tag: str
     branch: str | None  # refs/heads/autoresearch/<tag>, when it exists
     refs: list[str]  # refs/autoresearch/<tag>/*
-    paths: list[Path]  # the state file and the run logs
+    paths: list[Path]  # the state file, the run logs, the slots' checkouts
     unlanded: list[str]  # kept commits that no other branch holds
 
     def text(self) -> str:
-        rel = [p.relative_to(self.root).as_posix() + ("/" if p.is_dir() else "") for p in self.paths]
+        rel = [
+            (p.relative_to(self.root).as_posix() if p.is_relative_to(self.root) else str(p))
+            + ("/" if p.is_dir() else "")
+            for p in self.paths
+        ]
         lines = [f"session {self.tag}: will remove"]
         if self.branch:
             lines.append(f"  branch     {self.branch.removeprefix('refs/heads/')}")

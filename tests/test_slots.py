@@ -457,3 +457,22 @@ async def test_a_link_planted_in_a_slot_never_leads_the_server_into_the_user_tre
     assert (root / "lib" / "data.txt").read_text() == "keep me\n"
     for slot in slots_home.glob("*/*"):
         assert not (slot / "lib").is_symlink() and (slot / "lib" / "util.py").read_text() == "HELP = 1\n"
+
+
+async def test_clean_removes_the_slots_checkouts(tmp_path: Path, agent_for: Any, slots_home: Path) -> None:
+    from .conftest import run_cli
+
+    root = project(tmp_path)
+    async with agent_for(root, settings()) as agent:
+        await agent.ok("start_session", tag="gone")
+        await _baseline(agent)
+    homes = list(slots_home.iterdir())
+    assert len(homes) == 1 and (homes[0] / "0" / "evaluate.py").exists()
+    git(root, "checkout", "-q", "main")
+    listed = run_cli("clean", "--project", str(root), "--tag", "gone")
+    assert listed.returncode == 0 and str(homes[0]) in listed.stdout, listed.stdout + listed.stderr
+    assert homes[0].exists()  # only listed without --yes
+    removed = run_cli("clean", "--project", str(root), "--tag", "gone", "--yes")
+    assert removed.returncode == 0, removed.stderr
+    assert not homes[0].exists() and not (root / ".autoresearch" / "slots" / "gone").exists()
+    assert (root / "user_notes.txt").read_text() == "mine\n" and (root / "evaluate.py").read_text() == EVALUATE
