@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .errors import SessionError
+from .errors import ConfigError, SessionError
 from .files import atomic_write
 from .repo import Repo
 from .state import server_dir
@@ -37,6 +37,21 @@ def slots_home() -> Path:
         return Path(explicit).expanduser().resolve()
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return Path(cache).resolve() / "mcp-autoresearch" / "slots"
+
+
+def check_writable_for_slots(root: Path, entries: list[str]) -> None:
+    """At configuration time, with slots: refuse `writable` entries that contain the slots' folder or lie in it
+    (`~/.cache`, for one): each slot must stay read-only to the runs of the others."""
+    home = slots_home()
+    for entry in entries:
+        path = Path(os.path.normpath(os.path.join(root, os.path.expanduser(entry))))
+        for candidate in {path, path.resolve()}:
+            if _contains(candidate, home) or _contains(home, candidate):
+                raise ConfigError(
+                    f"writable entry '{entry}' would let a run write the slots' checkouts ({home}): each slot "
+                    "must be read-only to the runs of the others; name a narrower directory (or move the slots "
+                    f"with {SLOTS_ENV})"
+                )
 
 
 def session_slots(root: Path, tag: str) -> Path:
@@ -59,6 +74,22 @@ class Checkouts:
         self.prefix = self.root.relative_to(repo.top).as_posix() if self.root != repo.top else ""
         self.writable = [w for w in writable if not _outside(w)]
         self.shared = [os.path.normpath(s) for s in shared]
+        self._linked: dict[int, set[str]] = {}  # the shared inputs each slot's last `prepare` left linked
+
+    def check_writable(self, entries: list[str], slots: int) -> None:
+        """Refuse `writable` entries that would open the slots' checkouts to a run (`~/.cache`, an absolute path
+        above them, a relative one climbing out of the project into them): each slot must stay read-only to the
+        runs of the others, and its tracked files to its own."""
+        home = self.home
+        for entry in entries:
+            for slot in range(slots):
+                lexical = Path(os.path.normpath(os.path.join(self.project(slot), os.path.expanduser(entry))))
+                for path in {lexical, lexical.resolve()}:
+                    if _contains(path, home) or (_contains(home, path) and not _contains(self.top(slot), path)):
+                        raise ConfigError(
+                            f"writable entry '{entry}' would let a run write the slots' checkouts ({home}): each "
+                            "slot must be read-only to the runs of the others; name a narrower directory"
+                        )
 
     # -- where -------------------------------------------------------------------------------------------
     def top(self, slot: int) -> Path:
@@ -75,17 +106,34 @@ class Checkouts:
         return self._index(slot).exists()
 
     def _git(self, slot: int, *args: str) -> str:
+        self._check_real(slot)
         return self.repo.in_checkout(self.top(slot), self._index(slot), *args)
+
+    def _is_real(self, slot: int) -> bool:
+        """The slot is a real directory at its own path: no link in place of it or of a folder above it (a run
+        that is not confined could plant one leading into the user's tree, which a restore would then clean)."""
+        top = self.top(slot)
+        return top.is_dir() and os.path.realpath(top) == str(top)
+
+    def _check_real(self, slot: int) -> None:
+        if not self._is_real(slot):
+            raise SessionError(f"slot {slot} ({self.top(slot)}) is no longer a real directory of the server's")
 
     # -- before a run ------------------------------------------------------------------------------------
     def prepare(self, slot: int, commit: str) -> Path:
         """The slot holding exactly `commit`'s tracked tree, the links to the shared inputs, the writable outputs
         of earlier runs, and nothing else. Returns the project's root in the slot."""
         top = self.top(slot)
-        fresh = not top.is_dir() or not self._index(slot).exists()
+        fresh = not self._is_real(slot) or not self._index(slot).exists()
         if fresh:
+            for path in (self.home, top):  # a link planted in place of the slot (or its session's folder) goes
+                if path.is_symlink():
+                    _remove(path)
+            if os.path.realpath(self.home.parent) != str(self.home.parent):
+                raise SessionError(f"the slots' folder {self.home.parent} is no longer a real directory")
             _remove(top)
             top.mkdir(parents=True, exist_ok=True)
+            self._check_real(slot)
         self._git(slot, "read-tree", commit)
         if fresh:
             self._git(slot, "checkout-index", "-a", "-f", "-u")
@@ -140,22 +188,32 @@ class Checkouts:
         keep = [self._in_slot(w) for w in self.writable] + [self._in_slot(s) for s in self.shared]
         for entry in untracked:
             path = entry.rstrip("/")
-            if any(path == k or path.startswith(k + "/") for k in keep):
+            if any(path == k or path.startswith(k + "/") for k in keep) and not self._impostor(top, path):
                 continue
-            if any(k.startswith(path + "/") for k in keep):  # a directory holding kept entries: look inside
-                self._remove_below(top, path, keep)
+            if any(k.startswith(path + "/") for k in keep) and _real_parent(top, f"{path}/x") is not None:
+                self._remove_below(top, path, keep)  # a real directory holding kept entries: look inside
                 continue
             _remove_in(top, path)
 
+    def _impostor(self, top: Path, path: str) -> bool:
+        """An untracked entry standing where a kept one belongs, but not what the server put there: a shared
+        input that is not the server's link into the project (forged data a run left for the next), or a
+        writable output that is a link (the next runs' outputs, and the metric read from them, would be
+        elsewhere). Only the entry itself is judged; what lies inside a real output is the runs' own."""
+        for entry in self.shared:
+            if path == self._in_slot(entry):
+                return not self._is_link_to_source(top / path, entry)
+        return any(path == self._in_slot(w) for w in self.writable) and (top / path).is_symlink()
+
     def _remove_below(self, top: Path, directory: str, keep: list[str]) -> None:
-        """Inside an untracked directory that holds kept entries: remove all but those."""
+        """Inside an untracked real directory that holds kept entries: remove all but those."""
         try:
             names = os.listdir(top / directory)
         except OSError:
             return
         for name in names:
             path = f"{directory}/{name}"
-            if any(path == k or path.startswith(k + "/") for k in keep):
+            if any(path == k or path.startswith(k + "/") for k in keep) and not self._impostor(top, path):
                 continue
             inside = top / path
             if any(k.startswith(path + "/") for k in keep) and inside.is_dir() and not inside.is_symlink():
@@ -169,6 +227,7 @@ class Checkouts:
 
     def _link_shared(self, slot: int) -> None:
         project = self.project(slot)
+        linked = self._linked[slot] = set()
         for entry in self.shared:
             source = self.root / entry
             link = project / entry
@@ -181,11 +240,12 @@ class Checkouts:
             if link.is_symlink():
                 _remove(link)
             os.symlink(source, link)
+        linked.update(e for e in self.shared if self._is_link_to_source(project / e, e))
 
     def write_target(self, slot: int, repo_path: str, data: bytes) -> None:
         """The target's content in the slot (the best's, for a re-measurement), atomically, never through a link
         a run put on its way."""
-        if _real_parent(self.top(slot), repo_path) is None:
+        if not self._is_real(slot) or _real_parent(self.top(slot), repo_path) is None:
             raise SessionError(f"a directory on the way to {repo_path} in slot {slot} is no longer a real directory")
         atomic_write(self.top(slot) / repo_path, data)
 
@@ -194,6 +254,19 @@ class Checkouts:
         """Tracked files the run changed in its slot (restored before the slot's next run), project-relative."""
         found, _ = self._status(slot)
         return [self._project_relative(p) for p in found]
+
+    def replaced_links(self, slot: int) -> list[str]:
+        """Shared inputs whose link into the project, made before this slot's run, is gone or replaced: forged
+        data in place of a read-only input, or a link leading elsewhere."""
+        project = self.project(slot)
+        return [
+            entry
+            for entry in sorted(self._linked.get(slot, ()))
+            if not (_real_parent(project, entry) is not None and self._is_link_to_source(project / entry, entry))
+        ]
+
+    def _is_link_to_source(self, link: Path, entry: str) -> bool:
+        return link.is_symlink() and os.readlink(link) == str(self.root / entry)
 
     def _project_relative(self, repo_path: str) -> str:
         return repo_path[len(self.prefix) + 1 :] if self.prefix and repo_path.startswith(self.prefix + "/") else repo_path
@@ -223,6 +296,10 @@ def merge_target(base: bytes, ours: bytes, theirs: bytes) -> bytes | None:
     if done.returncode != 0:  # the number of conflicts, or an error
         return None
     return done.stdout
+
+
+def _contains(outer: Path, inner: Path) -> bool:
+    return outer == inner or outer in inner.parents
 
 
 def _outside(entry: str) -> bool:
@@ -280,3 +357,8 @@ def _remove(path: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
     except OSError:
         pass
+    except RecursionError:  # a tree deeper than Python's recursion limit (a run can make one): rm is not recursive
+        try:
+            subprocess.run(["rm", "-rf", "--", str(path)], stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            pass

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,10 +35,9 @@ from .journal import one_line
 from .processes import kill_marked_processes
 from .rules import nonblank_lines
 from .running import MAX_DESCRIPTION, ActiveRun, AlreadyMeasured, RunHandle, RunProgress, Runs, unmeasured
-from .sequential import Measurement, Sequential, best_values, closed_noise, noise_is_measured
+from .sequential import Measurement, Sequential, best_values, closed_noise, measure_baseline_under_load
 from .slot_checks import SlotChecks
 from .state import Pending, RunOutcome, TestRecord, server_dir
-from .stats import deterministic
 
 if TYPE_CHECKING:
     from .ray_backend import RayBackend
@@ -92,6 +90,8 @@ class ParallelRuns:
         self.checkouts = Checkouts(
             core.root, core.repo, core.state.tag, list(config.writable), list(config.shared_inputs)
         )
+        if config.backend != "ray":  # a Ray job's paths are its worker's
+            self.checkouts.check_writable(list(config.writable), self.slots)
         self.flights: dict[str, Flight] = {}
         self.finish_order: list[str] = [p.run_id for p in core.state.inflight if p.phase == "finished"]
         self._changed = threading.Condition(threading.Lock())
@@ -391,7 +391,7 @@ class ParallelRuns:
         core = self.core
         assert flight.experiment is not None
         if pending.is_baseline:
-            measured = self._baseline_under_load(flight)
+            measured = measure_baseline_under_load([e for e in [flight.experiment, *flight.others] if e], core.config)
         elif core.state.keep_rule != "sequential" or core.state.best is None:
             measured = Measurement(flight.experiment.run())
         else:
@@ -424,38 +424,6 @@ class ParallelRuns:
         outcome.best_values = measured.best_values
         outcome.test = TestRecord.of(measured.step) if measured.step is not None else None
         return outcome
-
-    def _baseline_under_load(self, flight: Flight) -> Measurement:
-        """The unmodified baseline in every slot at once, round after round until the noise is measured: the
-        slots slow each other, so the best is measured under the load every candidate will run under."""
-        config = self.core.config
-        experiments = [e for e in [flight.experiment, *flight.others] if e is not None]
-        values: list[float] = []
-        while True:
-            results: list[ExperimentResult | None] = [None] * len(experiments)
-
-            def one(index: int, results: list[ExperimentResult | None] = results) -> None:
-                results[index] = experiments[index].run(runs=1, checks=False)
-
-            threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(experiments))]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            for result in results:
-                assert result is not None
-                if result.status != "ok":
-                    return Measurement(result)
-                assert result.value is not None
-                values.append(result.value)
-            if not noise_is_measured(config) or len(values) >= config.noise_runs or deterministic(values):
-                break
-        first = results[0]
-        assert first is not None
-        first.values = values
-        first.value = statistics.median(values)
-        first.spread = max(values) - min(values) if len(values) > 1 else None
-        return Measurement(experiments[0].check(first))
 
     def _with_best_content(self, pending: Pending, slot: int, best_commit: str, run) -> ExperimentResult:  # type: ignore[no-untyped-def]
         """The best's re-measurement in the candidate's slot: its content in place of the candidate's, then back."""

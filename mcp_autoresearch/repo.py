@@ -327,6 +327,14 @@ class Repo:
         self._run("commit", "-q", "--no-verify", "-m", message, "--only", "--", repo_path)
         return self.head_commit()
 
+    def blob_id(self, repo_path: str, data: bytes, filters: bool = True) -> str:
+        """The blob id `data` would get as `repo_path` (git's clean filters and conversion applied, or none)."""
+        where = [f"--path={repo_path}"] if filters else ["--no-filters"]
+        return self._run("hash-object", *where, "--stdin", input=data).strip()
+
+    def blob_at(self, commit: str, repo_path: str) -> str:
+        return self._run("rev-parse", f"{commit}:{repo_path}").strip()
+
     def sync_index(self, repo_paths: list[str]) -> None:
         """Index entries of these paths become HEAD's (after `commit_file`, for a kept experiment)."""
         self._run("reset", "-q", "HEAD", "--", *repo_paths)
@@ -499,31 +507,3 @@ def _remove(lock: Path) -> None:
 
 
 _OPTION_ARGS = [arg for option in GIT_OPTIONS for arg in ("-c", option)]
-
-
-def tracked_and_ignored(project_root: Path) -> tuple[set[str], set[str]] | None:
-    """What git knows of the project's files, without a session: the files it tracks below `project_root`, and the
-    paths an ignore rule matches (tracked or not; an ignored directory as 'dir/'), project-relative. None outside
-    a git work tree. Read-only: for detection, which must never pick a build output as the target."""
-
-    def ls_files(*args: str) -> set[str] | None:
-        try:
-            done = subprocess.run(
-                ["git", *_OPTION_ARGS, "ls-files", "-z", *args],
-                cwd=project_root,
-                env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"},
-                capture_output=True,
-                stdin=subprocess.DEVNULL,
-                timeout=60,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        if done.returncode != 0:
-            return None
-        return {path for path in done.stdout.decode("utf-8", "surrogateescape").split("\0") if path}
-
-    tracked = ls_files()
-    if tracked is None:
-        return None
-    ignored = ls_files("-c", "-o", "-i", "--exclude-standard", "--directory")
-    return tracked, ignored or set()

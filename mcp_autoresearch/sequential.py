@@ -7,6 +7,8 @@ the best's content in place for a re-measurement is the caller's (it knows git a
 
 from __future__ import annotations
 
+import statistics
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -81,6 +83,37 @@ def measure_baseline(experiment: Experiment, config: Config) -> Measurement:
         ):
             result = experiment.run(runs=1, checks=False)
     return Measurement(experiment.check(result))
+
+
+def measure_baseline_under_load(experiments: list[Experiment], config: Config) -> Measurement:
+    """The unmodified baseline in every slot at once (one experiment per slot), round after round until the
+    noise is measured: slots slow each other, so the best is measured under the load every candidate meets."""
+    values: list[float] = []
+    while True:
+        results: list[ExperimentResult | None] = [None] * len(experiments)
+
+        def one(index: int, results: list[ExperimentResult | None] = results) -> None:
+            results[index] = experiments[index].run(runs=1, checks=False)
+
+        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(experiments))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for result in results:
+            assert result is not None
+            if result.status != "ok":
+                return Measurement(result)
+            assert result.value is not None
+            values.append(result.value)
+        if not noise_is_measured(config) or len(values) >= config.noise_runs or deterministic(values):
+            break
+    first = results[0]
+    assert first is not None
+    first.values = values
+    first.value = statistics.median(values)
+    first.spread = max(values) - min(values) if len(values) > 1 else None
+    return Measurement(experiments[0].check(first))
 
 
 class Sequential:

@@ -290,18 +290,8 @@ class Session:
 
     def _recover(self) -> None:
         """Bring state, git and the logs back into agreement after the server died at any moment."""
-        if self.parallel is not None and self.slot_decider is not None:
-            for entry in [p for p in self.state.inflight if p.phase == "deciding"]:  # first: git as decided
-                self.slot_decider.finish(entry)
-                self.recovered.append(f"the decision on run {entry.run_id} was completed")
-            for run_id in self.parallel.recover():
-                self.slot_decider.decide_locked(run_id, discard=True)
-                self.recovered.append(
-                    f"run {run_id} was in flight when the server stopped: logged as interrupted; it never "
-                    "finished, so it says nothing about its idea (apply its edit again to re-run it)"
-                )
-            if self.journal.reconcile_tsv():
-                self.recovered.append("results.tsv was rebuilt from the JSONL log")
+        if self.slot_decider is not None:
+            self.recovered += self.slot_decider.recover()
         pending = self.state.pending
         if pending is None:
             return
@@ -501,14 +491,8 @@ class Session:
 
     # ======================================================================================================
     def shutdown(self, join_s: float = 10.0) -> None:
-        if self.parallel is not None and self.slot_decider is not None:
-            self.parallel.stop("the server was stopped", join_s)
-            with self.lock:
-                for entry in list(self.state.inflight):
-                    result = entry.result
-                    if entry.phase == "finished" and result is not None and result.status == "cancelled":
-                        result.status, result.error = "interrupted", STOPPED
-                        self.slot_decider.decide_locked(entry.run_id, discard=True)
+        if self.slot_decider is not None:
+            self.slot_decider.shutdown(join_s)
             return
         active = self.runs.stop("the server was stopped", join_s)
         if active is None:

@@ -20,18 +20,26 @@ class SlotChecks:
         self.runs = runs  # the copies-before-restore helpers are shared with single runs
         self.slots = slots
         self._readonly: dict[str, str | None] | None = None
+        # Unconfined, what one run's check finds may be the doing of any run in flight at the time: each of them
+        # is held to it too when it ends (run id -> what was found), so the run that did it is never kept.
+        self._suspected: dict[str, list[str]] = {}
 
     def after_run(self, pending: Pending, watch: GitWatch | None) -> list[str]:
         """What the run changed that it must not: in its slot (tracked files; files below read-only
         directories), and in the user's tree, as after a single run. Caller holds the lock."""
         core = self.core
         tampered: list[str] = []
+        found_during = self._suspected.pop(pending.run_id, [])
         own = range(self.slots) if pending.is_baseline else [pending.slot or 0]
         for slot in own:
             if not self.checkouts.top(slot).is_dir():
                 continue
             try:
                 tampered += [f"{rel} (in slot {slot})" for rel in self.checkouts.changes(slot)]
+                tampered += [
+                    f"{rel} (the link to the shared input replaced in slot {slot})"
+                    for rel in self.checkouts.replaced_links(slot)
+                ]
             except SessionError as exc:
                 tampered.append(f"slot {slot} ({exc})")
             project = self.checkouts.project(slot)
@@ -53,7 +61,13 @@ class SlotChecks:
                 except SessionError as exc:
                     tampered.append(f"slot {slot} ({exc})")
         tampered += self._user_tree(pending, watch)
-        return tampered
+        if tampered and not core.isolation.confined:
+            for other in core.state.inflight:
+                if other is not pending and other.phase in ("starting", "running"):
+                    self._suspected.setdefault(other.run_id, []).extend(
+                        f"{note} (found when {pending.run_id} ended, while this run was in flight)" for note in tampered
+                    )
+        return tampered + found_during
 
     def _tracked_readonly(self) -> dict[str, str | None]:
         """The read-only files git tracks (a slot's checkout holds exactly those), with their fingerprints."""

@@ -90,6 +90,34 @@ class SlotDecider:
             core.save()
         return self.finish(pending)
 
+    def recover(self) -> list[str]:
+        """After a restart: decisions half applied are finished (first: git as decided), runs that were in flight
+        are logged as interrupted. Returns what was repaired."""
+        core = self.core
+        notes = []
+        for entry in [p for p in core.state.inflight if p.phase == "deciding"]:
+            self.finish(entry)
+            notes.append(f"the decision on run {entry.run_id} was completed")
+        for run_id in self.parallel.recover():
+            self.decide_locked(run_id, discard=True)
+            notes.append(
+                f"run {run_id} was in flight when the server stopped: logged as interrupted; it never finished, "
+                "so it says nothing about its idea (apply its edit again to re-run it)"
+            )
+        if core.journal.reconcile_tsv():
+            notes.append("results.tsv was rebuilt from the JSONL log")
+        return notes
+
+    def shutdown(self, join_s: float) -> None:
+        """The server stops: every run in flight is cancelled, and those that ended are logged as interrupted."""
+        self.parallel.stop("the server was stopped", join_s)
+        with self.core.lock:
+            for entry in list(self.core.state.inflight):
+                result = entry.result
+                if entry.phase == "finished" and result is not None and result.status == "cancelled":
+                    result.status, result.error = "interrupted", "the server stopped during this run"
+                    self.decide_locked(entry.run_id, discard=True)
+
     def _rebase(self, pending: Pending) -> DecisionResult | None:
         """A stale candidate: discarded (the decision is left in `pending.decision`), or merged onto the best and
         started again (the answer is returned)."""
@@ -133,15 +161,13 @@ class SlotDecider:
         if why is not None or merged is None or slot is None:
             pending.decision = DecisionRecord(decision="discard", reason=why or "stale")
             return None
-        old_commit = pending.commit
+        old_commit, built_on = pending.commit, pending.parent_value
         commit = repo.write_commit(
             path, merged, f"experiment: {pending.description} (on {best.run_id})", best.commit, plain=core.plain_target
         )
-        repo.set_ref(f"refs/autoresearch/{core.state.tag}/{pending.run_id}", commit)
-        pending.parent, pending.parent_value, pending.commit = best.commit, best.value, commit
-        pending.target_sha256 = sha256_bytes(merged)
-        pending.nonblank_lines = nonblank_lines(merged.decode("utf-8", errors="replace"))
-        pending.rebases += 1
+        # Logged before anything changes: a failure here (or in the restart) leaves the candidate as it ran, never
+        # its old result standing for a merged commit that no run measured (a later keep would move the branch
+        # there).
         core.journal.log_event(
             "experiment_rebased",
             {
@@ -153,13 +179,29 @@ class SlotDecider:
                 "slot": slot,
             },
         )
-        self.parallel.restart(pending, slot)
+        before = pending.model_copy(deep=True)
+        ref = f"refs/autoresearch/{core.state.tag}/{pending.run_id}"
+        try:
+            repo.set_ref(ref, commit)
+            pending.parent, pending.parent_value, pending.commit = best.commit, best.value, commit
+            pending.target_sha256 = sha256_bytes(merged)
+            pending.nonblank_lines = nonblank_lines(merged.decode("utf-8", errors="replace"))
+            pending.rebases += 1
+            self.parallel.restart(pending, slot)
+        except BaseException:
+            self.parallel.flights.pop(pending.run_id, None)
+            for name in type(before).model_fields:
+                setattr(pending, name, getattr(before, name))
+            if old_commit is not None:
+                repo.set_ref(ref, old_commit)
+            core.save()
+            raise
         core.own.journal_written()
         return DecisionResult(
             run_id=pending.run_id,
             decision="rerun",
             reason=(
-                f"it beat the best it was built on ({result.value} vs {pending.parent_value}), but {best.run_id} "
+                f"it beat the best it was built on ({result.value} vs {built_on}), but {best.run_id} "
                 "was kept since: its change was merged onto the new best and runs again"
             ),
             value=result.value,
@@ -247,10 +289,21 @@ class SlotDecider:
             current = old_best
         if repo.resolve_branch(core.state.branch) != commit:  # else moved before a restart: the rest again
             repo.move_branch(core.state.branch, commit, f"autoresearch: keep {pending.run_id}")
-        if current in (old_best, new_best) or not core.plain_target:
+        if current in (old_best, new_best):
             repo.restore_paths(commit, [path])
             return ""
-        merged = merge_target(old_best, new_best, current)
+        merged: bytes | None = None
+        if core.plain_target:
+            merged = merge_target(old_best, new_best, current)
+        else:
+            # git converts this file on its way in: compared in git's form, merged only where that form is the
+            # bytes themselves, else kept aside; never overwritten unseen.
+            clean = repo.blob_id(path, current)
+            if clean in (repo.blob_at(c, path) for c in (pending.parent, commit)):
+                repo.restore_paths(commit, [path])
+                return ""
+            if clean == repo.blob_id(path, current, filters=False):
+                merged = merge_target(old_best, new_best, current)
         if merged is not None:
             atomic_write(target, merged)
             repo.sync_index([path])

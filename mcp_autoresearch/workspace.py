@@ -87,7 +87,7 @@ class Workspace:
             if self._session is not None:
                 if tag is None or tag == self._session.state.tag:
                     return self._session.describe(resumed=True)
-                pending = self._session.state.pending
+                pending = self._session.state.pending or next(iter(self._session.state.inflight), None)
                 if pending is not None:
                     raise SessionError(
                         f"run {pending.run_id} of session '{self._session.state.tag}' is {pending.phase}; "

@@ -292,8 +292,8 @@ def test_every_type_targets_only_tracked_unignored_sources(tmp_path: Path) -> No
 
 def test_a_target_is_never_where_the_build_writes(tmp_path: Path) -> None:
     """The paths a type lets its runs write are build outputs too: never the target, even when tracked."""
+    from mcp_autoresearch.gitfiles import tracked_and_ignored
     from mcp_autoresearch.projects.base import Detection, choose_target
-    from mcp_autoresearch.repo import tracked_and_ignored
 
     root = make_repo(tmp_path / "w", {"gen/model.py": "x = 1\n", "src/model.py": "x = 2\n"})
     detection = Detection(

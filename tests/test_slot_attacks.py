@@ -4,13 +4,17 @@ Real repositories, real runs, the real MCP client."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
+from mcp_autoresearch.errors import ConfigError
+
 from .conftest import git, make_repo
-from .test_slots import EVALUATE, TARGET, _baseline, _need_landlock, settings, wait_first
+from .test_slots import EVALUATE, TARGET, _baseline, settings
 
 pytestmark = pytest.mark.anyio
 
@@ -161,32 +165,30 @@ async def test_keeping_a_change_never_loses_the_unrun_edit_of_a_filtered_target(
         await _until_done(agent, first["run_id"])
         kept = await agent.ok("commit_or_reset", run_id=first["run_id"])
         assert kept["decision"] == "keep"
-        content = (root / "params.py").read_text()
-        aside = [p.read_text() for p in (root / ".autoresearch").glob("edits/*")]
-        assert "Y = 4" in content or any("Y = 4" in a for a in aside), (content, kept["next_step"])
-        assert "Y = 4" in content or "edit" in kept["next_step"]
+        assert (root / "params.py").read_text() == "X = 3\n\n\n\nY = 4\n", kept["next_step"]
+        assert "merged" in kept["next_step"]
 
 
-async def test_a_deep_tree_in_a_slots_output_does_not_break_the_slot(
+async def test_a_tree_too_deep_for_rmtree_left_in_a_slot_does_not_break_the_slot(
     tmp_path: Path, agent_for: Any, slots_home: Path
 ) -> None:
-    """Confined, a run may write only its slot's outputs, but what it leaves there stays: a directory nested
-    thousands deep must not make the slot unusable (git's walk of the slot before each run)."""
-    _need_landlock()
+    """Unconfined, a run leaves in its slot a directory nested deeper than Python's recursion limit: the next
+    `prepare` there must still remove it (shutil.rmtree raises RecursionError, not OSError), not fail every
+    later run in that slot with an internal error."""
     root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
     deep = (
         "import os\n"
-        "if os.path.isdir('out'):\n"
-        "    fd = os.open('out', os.O_RDONLY)\n"
-        "    for _ in range(20000):\n"
+        "if not os.path.exists('junk'):\n"
+        "    os.mkdir('junk'); fd = os.open('junk', os.O_RDONLY)\n"
+        "    for _ in range(1500):\n"
         "        os.mkdir('d', dir_fd=fd); new = os.open('d', os.O_RDONLY, dir_fd=fd); os.close(fd); fd = new\n"
-        "    os.close(fd)\n"
+        "    os.close(os.open('f', os.O_CREAT | os.O_WRONLY, dir_fd=fd)); os.close(fd)\n"
     )
-    async with agent_for(root, settings(slot_devices=[], writable=["out"])) as agent:
+    async with agent_for(root, settings(isolation="off", slot_devices=[])) as agent:
         await agent.ok("start_session", tag="dp")
         await _baseline(agent)
         await agent.ok("apply_edit", content=deep + "X = 3\nY = 0\n")
-        hostile = await agent.ok("run_experiment", description="deep tree in out/")
+        hostile = await agent.ok("run_experiment", description="deep tree in the slot")
         run = await _until_done(agent, hostile["run_id"])
         assert run["status"] == "ok", run
         await agent.ok("commit_or_reset", run_id=hostile["run_id"])
@@ -195,4 +197,204 @@ async def test_a_deep_tree_in_a_slots_output_does_not_break_the_slot(
         assert after["slot"] == hostile["slot"]
         run = await _until_done(agent, after["run_id"])
         assert run["status"] == "ok" and run["value"] == 0.0, run
-    assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+    left = [slot for slot in slots_home.glob("*/*") if (slot / "junk").exists()]
+    for slot in left:
+        _flatten(slot / "junk")
+        if (slot / "junk").is_dir():
+            os.rmdir(slot / "junk")
+    assert not left, "the deep tree stayed in the slot"
+
+
+def _flatten(top: Path) -> None:
+    """Remove a tree nested too deep for shutil.rmtree (pytest's own cleanup uses it), one level at a time."""
+    while (top / "d").is_dir():
+        if (top / "d" / "d").is_dir():
+            os.rename(top / "d" / "d", top / "up")
+            os.rmdir(top / "d")
+            os.rename(top / "up", top / "d")
+        else:
+            for name in os.listdir(top / "d"):
+                os.unlink(top / "d" / name)
+            os.rmdir(top / "d")
+
+
+async def test_another_session_cannot_start_while_runs_are_in_flight(
+    tmp_path: Path, agent_for: Any, slots_home: Path
+) -> None:
+    """With one slot, start_session(tag=other) is refused while a run is in flight; with slots the runs are in
+    `inflight`, not `pending`: switching sessions then would leave the old session's runs running (beyond the
+    slots limit, next to the new session's), and their after-run checks would put HEAD back on the old branch
+    and restore the new session's target under the agent."""
+    root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
+    async with agent_for(root, settings(slot_devices=[])) as agent:
+        await agent.ok("start_session", tag="one")
+        await _baseline(agent)
+        await agent.ok("apply_edit", content="X = 3\nimport time; time.sleep(1.5)\n\n\nY = 0\n")
+        slow = await agent.ok("run_experiment", description="slow")
+        refused = await agent.refused("start_session", tag="two")
+        assert slow["run_id"] in refused or "in flight" in refused, refused
+        await _until_done(agent, slow["run_id"])
+    assert git(root, "rev-parse", "--abbrev-ref", "HEAD").strip() == "autoresearch/one"
+
+
+async def test_unconfined_tampering_found_after_another_runs_end_is_held_against_every_run_in_flight(
+    tmp_path: Path, agent_for: Any, slots_home: Path
+) -> None:
+    """Unconfined, a slow run rewrites a file of the user's tree (here the server's JSONL) and sleeps; a fast
+    honest run in the other slot ends first, and the check after it finds the change. The slow run did it: it
+    must not come out clean and be kept while only the honest run is blamed."""
+    root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
+    jsonl = root / ".autoresearch" / "autoresearch.jsonl"
+    forge = f"open({str(jsonl)!r}, 'a').write('{{}}\\n')\nimport time; time.sleep(1.5)\n"
+    async with agent_for(root, settings(slot_devices=[], isolation="off")) as agent:
+        await agent.ok("start_session", tag="blame")
+        await _baseline(agent)
+        await agent.ok("apply_edit", content=forge + "X = 3\nY = 0\n")
+        hostile = await agent.ok("run_experiment", description="writes the JSONL, then waits")
+        await agent.ok("apply_edit", content="X = 0\n\n\n\nY = 5\n")
+        honest = await agent.ok("run_experiment", description="honest and fast")
+        first = await _until_done(agent, honest["run_id"])
+        assert first["status"] == "tampered"  # the change is found after it; who made it is unknown
+        await agent.ok("commit_or_reset", run_id=honest["run_id"])
+        run = await _until_done(agent, hostile["run_id"])
+        assert run["status"] == "tampered", run
+        decision = await agent.ok("commit_or_reset", run_id=hostile["run_id"])
+        assert decision["decision"] != "keep", decision
+        results = await agent.ok("query_results")
+        assert results["best"]["value"] == 8.0
+
+
+async def test_a_writable_entry_above_the_slots_never_opens_one_slot_to_another(
+    tmp_path: Path, agent_for: Any, slots_home: Path
+) -> None:
+    """Confined, each slot is read-only to the others' runs. A `writable` entry such as `~/.cache` (the slots'
+    default home is below it) is accepted for a single run, since it holds nothing of the project; with slots it
+    would let a run in one slot rewrite another slot's evaluator while that slot measures a candidate."""
+    from .test_slots import _need_landlock, attack
+
+    _need_landlock()
+    root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
+    (root / "user_notes.txt").write_text("mine\n")
+    slots_home.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="slots' checkouts"):  # refused with the configuration, before a session
+        async with agent_for(root, settings(slot_devices=[], writable=[str(slots_home)])):
+            pass
+    (root / "autoresearch.toml").write_text(f"writable = [{str(slots_home / 'x')!r}]\n")  # inside: refused too
+    async with agent_for(root, settings(slot_devices=[])) as agent:
+        refused = await agent.refused("start_session", tag="wr")
+        assert "slots' checkouts" in refused
+    assert "autoresearch/wr" not in git(root, "branch")
+    (root / "autoresearch.toml").unlink()
+    async with agent_for(root, settings(slot_devices=[])) as agent:  # and without it, the attack fails
+        await agent.ok("start_session", tag="wr")
+        await _baseline(agent)
+        await agent.ok("apply_edit", content=attack(root, slots_home) + "X = 3\nY = 5\n")
+        hostile = await agent.ok("run_experiment", description="attacker")
+        run = await _until_done(agent, hostile["run_id"])
+        log = Path(run["log_path"]).read_text()
+        assert "other_slot" not in log, log
+
+
+async def test_kill_9_during_a_rebased_rerun_logs_the_run_once(tmp_path: Path, slots_home: Path) -> None:
+    """The server is killed while a stale candidate runs again, merged onto the new best: after the restart it
+    is logged once (interrupted), nothing else is lost or doubled, and the branch holds only measured content."""
+    import json
+    import signal
+
+    from mcp import Client
+
+    from .test_slots import _server_pid, _stdio
+
+    root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
+    (root / "autoresearch.toml").write_text(
+        'target_file = "params.py"\nrun_command = "python3 evaluate.py"\nmetric_name = "score"\n'
+        'readonly_files = ["evaluate.py"]\nkeep_rule = "greedy"\nslots = 2\ntime_budget = 30\n'
+    )
+    params = _stdio(root, slots_home)
+
+    async def call(client: Any, tool: str, **args: Any) -> dict[str, Any]:
+        result = await client.call_tool(tool, args)
+        assert not result.is_error, result.content[0].text
+        return result.structured_content
+
+    async def done(client: Any, run_id: str) -> dict[str, Any]:
+        run = await call(client, "wait_experiment", run_id=run_id)
+        while run["status"] == "running":
+            run = await call(client, "wait_experiment", run_id=run_id)
+        return run
+
+    with pytest.raises(BaseException):  # noqa: B017 - the killed server surfaces as a broken connection
+        async with Client(params) as client:
+            await call(client, "start_session", tag="rb")
+            await call(client, "run_experiment", description="baseline")
+            base = await call(client, "wait_experiment")
+            await call(client, "commit_or_reset", run_id=base["run_id"])
+            await call(client, "apply_edit", content="X = 3\n\n\n\nY = 0\n")
+            first = await call(client, "run_experiment", description="X to 3")
+            await call(client, "apply_edit", content="X = 0\n\n\n\nY = 5\nimport time; time.sleep(float(X == 3) * 30)\n")
+            second = await call(client, "run_experiment", description="Y to 5, slow once merged")
+            await done(client, first["run_id"])
+            await done(client, second["run_id"])
+            assert (await call(client, "commit_or_reset", run_id=first["run_id"]))["decision"] == "keep"
+            again = await call(client, "commit_or_reset", run_id=second["run_id"])
+            assert again["decision"] == "rerun"
+            await anyio.sleep(0.5)
+            os.kill(_server_pid(root), signal.SIGKILL)
+            await call(client, "query_results")
+
+    async with Client(params) as client:
+        await call(client, "start_session", tag="rb")
+        results = await call(client, "query_results")
+        assert results["total"] == 3 and results["best"]["value"] == 5.0
+
+    events = [json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()]
+    done_ids = [e["details"]["run_id"] for e in events if e["action"] == "experiment_done"]
+    started_ids = [e["details"]["run_id"] for e in events if e["action"] == "experiment_start"]
+    assert sorted(done_ids) == sorted(started_ids) and len(done_ids) == len(set(done_ids)) == 3
+    statuses = {e["details"]["run_id"]: e["details"]["run_status"] for e in events if e["action"] == "experiment_done"}
+    assert statuses[second["run_id"]] == "interrupted"
+    assert len((root / "results.tsv").read_text().splitlines()) == 4
+    assert (root / "params.py").read_text() == "X = 3\n\n\n\nY = 0\n"
+    assert git(root, "show", "HEAD:params.py") == "X = 3\n\n\n\nY = 0\n"
+
+
+async def test_a_rebase_that_fails_half_way_never_lets_the_old_result_keep_the_merged_commit(
+    tmp_path: Path, agent_for: Any, slots_home: Path
+) -> None:
+    """Unconfined, a third run makes the server's JSONL unwritable (a link in its place) just after a keep, so
+    the stale candidate's rebase fails while being logged. The candidate must stay as it ran: decided again
+    later, it is merged and measured again; never kept on its old value with the merged commit, which no run
+    measured."""
+    root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
+    jsonl = root / ".autoresearch" / "autoresearch.jsonl"
+    block = (
+        "import os, shutil, time\n"
+        f"j = {str(jsonl)!r}\n"
+        "while open(j).read().count('experiment_done') < 2:\n"
+        "    time.sleep(0.02)\n"
+        "shutil.copy(j, j + '.copy'); os.unlink(j); os.symlink(j + '.copy', j)\n"
+        "time.sleep(2)\n"
+    )
+    async with agent_for(root, settings(slots=3, slot_devices=[], isolation="off")) as agent:
+        await agent.ok("start_session", tag="half")
+        await _baseline(agent)
+        await agent.ok("apply_edit", content="X = 3\n\n\n\nY = 0\n")
+        first = await agent.ok("run_experiment", description="X to 3")
+        await agent.ok("apply_edit", content="X = 0\n\n\n\nY = 5\n")
+        second = await agent.ok("run_experiment", description="Y to 5")
+        await agent.ok("apply_edit", content=block + "X = 0\nY = 1\n")
+        blocker = await agent.ok("run_experiment", description="blocks the JSONL")
+        await _until_done(agent, first["run_id"])
+        assert (await _until_done(agent, second["run_id"]))["value"] == 3.0
+        assert (await agent.ok("commit_or_reset", run_id=first["run_id"]))["decision"] == "keep"
+        await anyio.sleep(0.5)
+        for _ in range(2):  # while the JSONL cannot be written, deciding fails, with nothing half done
+            await agent.client.call_tool("commit_or_reset", {"run_id": second["run_id"]})
+        await _until_done(agent, blocker["run_id"])
+        await agent.client.call_tool("commit_or_reset", {"run_id": blocker["run_id"]})
+        decision = await agent.ok("commit_or_reset", run_id=second["run_id"])
+        while decision["decision"] == "rerun":
+            await _until_done(agent, second["run_id"])
+            decision = await agent.ok("commit_or_reset", run_id=second["run_id"])
+        assert decision["decision"] == "keep" and decision["value"] == 0.0, decision
+        assert git(root, "show", f"{decision['commit']}:params.py") == "X = 3\n\n\n\nY = 5\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..repo import tracked_and_ignored
+from ..gitfiles import tracked_and_ignored
 from . import flutter, golang, java, ml, node, python_package, rust
 from .base import Detection, choose_target
 
