@@ -162,7 +162,7 @@ class ParallelRuns:
     def start_run(self, description: str, rerun: bool = False) -> str | AlreadyMeasured:
         core = self.core
         with core.lock:
-            core.own.guard()
+            self.checks.guard_own()
             description = one_line(description or "", MAX_DESCRIPTION)
             if not description:
                 raise RuleViolation("description is empty; say in a few words what this experiment changes")

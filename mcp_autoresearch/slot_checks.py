@@ -61,13 +61,26 @@ class SlotChecks:
                 except SessionError as exc:
                     tampered.append(f"slot {slot} ({exc})")
         tampered += self._user_tree(pending, watch)
-        if tampered and not core.isolation.confined:
-            for other in core.state.inflight:
-                if other is not pending and other.phase in ("starting", "running"):
-                    self._suspected.setdefault(other.run_id, []).extend(
-                        f"{note} (found when {pending.run_id} ended, while this run was in flight)" for note in tampered
-                    )
+        self.suspect(tampered, f"when {pending.run_id} ended", pending)
         return tampered + found_during
+
+    def guard_own(self) -> None:
+        """Before a step that writes while runs are in flight: the server's own files are put back, and, when
+        runs are not confined, what was found is held against each run in flight (one of them did it)."""
+        changed = self.core.own.restore()
+        if changed:
+            self.core.recovered.append("restored files written outside the server: " + ", ".join(changed))
+            self.suspect(changed, "between runs")
+
+    def suspect(self, found: list[str], when: str, finished: Pending | None = None) -> None:
+        """Unconfined, a change found now may be the doing of any run in flight: each is held to it when it ends."""
+        if not found or self.core.isolation.confined:
+            return
+        for other in self.core.state.inflight:
+            if other is not finished and other.phase in ("starting", "running"):
+                self._suspected.setdefault(other.run_id, []).extend(
+                    f"{note} (found {when}, while this run was in flight)" for note in found
+                )
 
     def _tracked_readonly(self) -> dict[str, str | None]:
         """The read-only files git tracks (a slot's checkout holds exactly those), with their fingerprints."""

@@ -42,8 +42,7 @@ class SlotDecider:
 
     def decide_locked(self, run_id: str | None, discard: bool) -> DecisionResult:
         core = self.core
-        if not self.parallel.flights:
-            core.own.guard()
+        self.parallel.checks.guard_own()  # also while runs are in flight: nothing is appended to a forged log
         if run_id is None:
             pending = self.parallel.first_finished()
             if pending is None:

@@ -398,3 +398,37 @@ async def test_a_rebase_that_fails_half_way_never_lets_the_old_result_keep_the_m
             decision = await agent.ok("commit_or_reset", run_id=second["run_id"])
         assert decision["decision"] == "keep" and decision["value"] == 0.0, decision
         assert git(root, "show", f"{decision['commit']}:params.py") == "X = 3\n\n\n\nY = 5\n"
+
+
+async def test_a_log_forged_between_runs_is_restored_before_a_decision_and_held_against_the_forger(
+    tmp_path: Path, agent_for: Any, slots_home: Path
+) -> None:
+    """Unconfined, a slow run forges the JSONL after the honest run in the other slot has ended. Deciding the
+    honest run meanwhile must not append its row to the forged log (it is put back first), and the forger, which
+    no after-run check of its own sees (the log is already restored), must not come out clean."""
+    root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
+    jsonl = root / ".autoresearch" / "autoresearch.jsonl"
+    forge = (
+        "import time; time.sleep(1.0)\n"
+        f"open({str(jsonl)!r}, 'a').write('{{\"action\": \"experiment_done\", \"details\": {{}}}}\\n')\n"
+        "time.sleep(1.0)\n"
+    )
+    async with agent_for(root, settings(slot_devices=[], isolation="off")) as agent:
+        await agent.ok("start_session", tag="forge")
+        await _baseline(agent)
+        await agent.ok("apply_edit", content=forge + "X = 3\nY = 0\n")
+        hostile = await agent.ok("run_experiment", description="forges the log later")
+        await agent.ok("apply_edit", content="X = 0\n\n\n\nY = 5\n")
+        honest = await agent.ok("run_experiment", description="honest and fast")
+        first = await _until_done(agent, honest["run_id"])
+        assert first["status"] == "ok", first
+        await anyio.sleep(1.5)  # the forger has written by now, and still runs
+        kept = await agent.ok("commit_or_reset", run_id=honest["run_id"])
+        assert kept["decision"] == "keep"
+        lines = jsonl.read_text().splitlines()
+        assert all('"details": {}' not in line for line in lines)  # the forged line is gone
+        run = await _until_done(agent, hostile["run_id"])
+        assert run["status"] == "tampered" and "autoresearch.jsonl" in run["error"], run
+        assert (await agent.ok("commit_or_reset", run_id=hostile["run_id"]))["decision"] == "crash"
+    rows = (root / "results.tsv").read_text().splitlines()[1:]
+    assert [r.split("\t")[3] for r in rows] == ["keep", "keep", "crash"]
