@@ -72,11 +72,19 @@ class SlotChecks:
             self.core.recovered.append("restored files written outside the server: " + ", ".join(changed))
             self.suspect(changed, "between runs")
 
-    def suspect(self, found: list[str], when: str, finished: Pending | None = None) -> None:
-        """Unconfined, a change found now may be the doing of any run in flight: each is held to it when it ends."""
-        if not found or self.core.isolation.confined:
+    def suspect(
+        self,
+        found: list[str],
+        when: str,
+        finished: Pending | None = None,
+        always: bool = False,
+        only: Pending | None = None,
+    ) -> None:
+        """Unconfined, a change found now may be the doing of any run in flight: each is held to it when it ends.
+        (`always`: confined or not; `only`: that run alone.)"""
+        if not found or (self.core.isolation.confined and not always):
             return
-        for other in self.core.state.inflight:
+        for other in [only] if only is not None else self.core.state.inflight:
             if other is not finished and other.phase in ("starting", "running"):
                 self._suspected.setdefault(other.run_id, []).extend(
                     f"{note} (found {when}, while this run was in flight)" for note in found

@@ -432,3 +432,56 @@ async def test_a_log_forged_between_runs_is_restored_before_a_decision_and_held_
         assert (await agent.ok("commit_or_reset", run_id=hostile["run_id"]))["decision"] == "crash"
     rows = (root / "results.tsv").read_text().splitlines()[1:]
     assert [r.split("\t")[3] for r in rows] == ["keep", "keep", "crash"]
+
+
+async def test_git_config_planted_by_a_run_cut_short_by_kill_9_is_undone_and_named(
+    tmp_path: Path, slots_home: Path
+) -> None:
+    """Unconfined, a run in a slot plants a git setting in the user's repository and is still running when the
+    server is killed: the next server undoes it before git runs, and the interrupted run says so."""
+    import signal
+
+    from mcp import Client
+
+    from .test_slots import _server_pid, _stdio
+
+    root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
+    (root / "autoresearch.toml").write_text(
+        'target_file = "params.py"\nrun_command = "python3 evaluate.py"\nmetric_name = "score"\n'
+        'readonly_files = ["evaluate.py"]\nkeep_rule = "greedy"\nslots = 2\nisolation = "off"\n'
+    )
+    plant = (
+        "import subprocess, time\n"
+        f"subprocess.run(['git', '-C', {str(root)!r}, 'config', 'core.fsmonitor', 'touch /tmp/pwned-by-run'])\n"
+        "time.sleep(30)\n"
+    )
+    params = _stdio(root, slots_home)
+
+    async def call(client: Any, tool: str, **args: Any) -> dict[str, Any]:
+        result = await client.call_tool(tool, args)
+        assert not result.is_error, result.content[0].text
+        return result.structured_content
+
+    with pytest.raises(BaseException):  # noqa: B017 - the killed server surfaces as a broken connection
+        async with Client(params) as client:
+            await call(client, "start_session", tag="gc")
+            await call(client, "run_experiment", description="baseline")
+            run = await call(client, "wait_experiment")
+            await call(client, "commit_or_reset", run_id=run["run_id"])
+            await call(client, "apply_edit", content=plant + "X = 3\nY = 0\n")
+            await call(client, "run_experiment", description="plants a git setting")
+            deadline = anyio.current_time() + 20
+            while "fsmonitor" not in (root / ".git" / "config").read_text():
+                assert anyio.current_time() < deadline
+                await anyio.sleep(0.1)
+            os.kill(_server_pid(root), signal.SIGKILL)
+            await call(client, "query_results")
+    async with Client(params) as client:
+        started = await call(client, "start_session", tag="gc")
+        assert any("was in flight" in note for note in started["recovered"])
+        assert "fsmonitor" not in (root / ".git" / "config").read_text()
+        results = await call(client, "query_results")
+        [row] = [r for r in results["rows"] if r["description"] == "plants a git setting"]
+        assert row["run_status"] == "interrupted"
+    events = (root / ".autoresearch" / "autoresearch.jsonl").read_text()
+    assert "git configuration" in events and "fsmonitor" not in (root / ".git" / "config").read_text()
