@@ -54,6 +54,20 @@ def check_writable_for_slots(root: Path, entries: list[str]) -> None:
                 )
 
 
+def check_slots_home() -> None:
+    """At configuration time, with slots: the slots' folder can be made (its nearest existing ancestor is a
+    writable directory), else a clear error before any session starts."""
+    home = slots_home()
+    existing = home
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"the slots' checkouts cannot be made in {home} ({existing} is not a writable directory); point "
+            f"{SLOTS_ENV} at a writable directory outside the project, or set slots = 1"
+        )
+
+
 def session_slots(root: Path, tag: str) -> Path:
     """Where a session's slots live."""
     root = root.resolve()
@@ -90,6 +104,16 @@ class Checkouts:
                             f"writable entry '{entry}' would let a run write the slots' checkouts ({home}): each "
                             "slot must be read-only to the runs of the others; name a narrower directory"
                         )
+
+    def check_home(self) -> None:
+        """The slots' folder can be made here (else a clear error before any run, not a crash per run)."""
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"the slots' checkouts cannot be made in {self.home} ({exc.strerror or exc}); point "
+                f"{SLOTS_ENV} at a writable directory outside the project, or set slots = 1"
+            ) from None
 
     # -- where -------------------------------------------------------------------------------------------
     def top(self, slot: int) -> Path:

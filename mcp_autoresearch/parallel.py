@@ -92,6 +92,7 @@ class ParallelRuns:
         )
         if config.backend != "ray":  # a Ray job's paths are its worker's
             self.checkouts.check_writable(list(config.writable), self.slots)
+        self.checkouts.check_home()
         self.flights: dict[str, Flight] = {}
         self.finish_order: list[str] = [p.run_id for p in core.state.inflight if p.phase == "finished"]
         self._changed = threading.Condition(threading.Lock())

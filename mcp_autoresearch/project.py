@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .checkouts import check_writable_for_slots
+from .checkouts import check_slots_home, check_writable_for_slots
 from .config import DEFAULTS, KEYS, Config, build_config
 from .config_sources import Source, command_line_source, read_file_sources
 from .errors import ConfigError
@@ -208,8 +208,10 @@ def load_project(
     if config.target_file is not None:
         protected[config.target_file] = f"the target {config.target_file}"
     check_writable(root, list(config.writable), protected, config.jsonl_path)
-    if config.slots > 1 and config.backend == "local":
-        check_writable_for_slots(root, list(config.writable))
+    if config.parallel:
+        check_slots_home()
+        if config.backend == "local":
+            check_writable_for_slots(root, list(config.writable))
     isolation = probe_isolation(config.isolation)
     if config.isolation == "required" and not isolation.confined:
         warnings.append(f"isolation = required, but runs cannot be confined here ({isolation.reason})")

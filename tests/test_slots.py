@@ -476,3 +476,19 @@ async def test_clean_removes_the_slots_checkouts(tmp_path: Path, agent_for: Any,
     assert removed.returncode == 0, removed.stderr
     assert not homes[0].exists() and not (root / ".autoresearch" / "slots" / "gone").exists()
     assert (root / "user_notes.txt").read_text() == "mine\n" and (root / "evaluate.py").read_text() == EVALUATE
+
+
+async def test_a_slots_folder_that_cannot_be_made_is_a_clear_error(
+    tmp_path: Path, agent_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(blocker / "slots"))
+    root = project(tmp_path)
+    (root / "autoresearch.toml").write_text("slots = 2\n")
+    overrides = settings()
+    overrides.pop("slots")
+    async with agent_for(root, overrides) as agent:
+        refused = await agent.refused("start_session", tag="nohome")
+        assert "AUTORESEARCH_SLOTS_DIR" in refused and "Traceback" not in refused
+    assert "autoresearch/nohome" not in git(root, "branch")  # refused before any session began
