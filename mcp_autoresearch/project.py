@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,6 +209,8 @@ def load_project(
     if config.target_file is not None:
         protected[config.target_file] = f"the target {config.target_file}"
     check_writable(root, list(config.writable), protected, config.jsonl_path)
+    if config.backend == "ray" and importlib.util.find_spec("ray") is None:  # found, never imported here
+        warnings.append("backend = \"ray\" needs Ray in the server's environment: pip install 'mcp-autoresearch[ray]'")
     if config.parallel:
         check_slots_home()
         if config.backend == "local":
