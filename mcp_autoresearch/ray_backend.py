@@ -61,6 +61,10 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 STARTUP_TIMEOUT_S = 600.0  # queued for resources or setting up the runtime env, before the command starts
 REPORT_SLACK_S = 15.0  # after the limit (+ grace): the wrapper's report is overdue, the job is stopped
 STOP_WAIT_S = 15.0  # for a stopped job to reach a terminal state
+# Ray's stop_job SIGTERMs the processes it sees and SIGKILLs them RAY_JOB_STOP_WAIT_TIME_S (3 s by default) later:
+# the keeper's own sweep (SIGKILL to the whole tree after its grace) must come first, or Ray kills the keeper
+# and every process the run started after Ray looked survives, orphaned, on the worker.
+KEEPER_GRACE_MAX_S = 1.0
 DEFAULT_PACKAGE_LIMIT = 512 * 1024 * 1024
 PROGRESS_EVERY_S = 2.0
 WRAPPER_DIR = ".autoresearch-ray"
@@ -229,7 +233,7 @@ class RayBackend:
             "device_globs": DEVICE_GLOBS,
             "caches": [name for name in PRIVATE_CACHES if name not in env and not _declared(writable, name)],
             "timeout": timeout_s,
-            "grace": self.grace_s,
+            "grace": min(self.grace_s, KEEPER_GRACE_MAX_S),
             "measure": measure,
             "target": self.target_file,
         }

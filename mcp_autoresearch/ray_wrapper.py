@@ -297,19 +297,34 @@ def _pump(read_fd: int, out: Framed, keeper: subprocess.Popen, deadline: float, 
             _drain(read_fd, out)  # what was printed before the cut, and nothing after
             out.flush()
             keeper.send_signal(signal.SIGTERM)  # the keeper ends the whole tree (SIGKILL after its grace)
-            keeper.wait()
+            while keeper.poll() is None:  # read and dropped: a full pipe would block the keeper (its notes) and
+                select.select([read_fd], [], [], 0.1)  # the tree's writers, and us with them, past the limit
+                _discard(read_fd)
             return timed_out
         ready, _, _ = select.select([read_fd], [], [], min(0.25, max(0.0, deadline - time.monotonic())))
         if ready:
             _drain(read_fd, out)
         out.flush(idle_only=True)
-    _drain(read_fd, out)  # the keeper has ended the tree: what is in the pipe was printed before the end
+    _drain(read_fd, out, 4096)  # the tree has ended: what the pipe holds was printed before the end (bounded: a
+    # process outside the tree handed our pipe would otherwise keep us here)
     out.flush()
     return False
 
 
-def _drain(read_fd: int, out: Framed) -> None:
-    while True:
+def _discard(read_fd: int) -> None:
+    """Empty the pipe without forwarding (bounded: the writers may never stop)."""
+    for _ in range(64):
+        try:
+            if not os.read(read_fd, 1 << 16):
+                return
+        except OSError:  # BlockingIOError included: empty for now
+            return
+
+
+def _drain(read_fd: int, out: Framed, reads: int = 64) -> None:
+    """Forward what the pipe holds: at most `reads` reads while writers live (a run writing faster than we
+    forward must not keep us from the deadline)."""
+    for _ in range(reads):
         try:
             data = os.read(read_fd, 1 << 16)
         except BlockingIOError:

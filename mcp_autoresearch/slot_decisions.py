@@ -154,6 +154,20 @@ class SlotDecider:
             why = f"stale: its change conflicts with the best kept since it was built ({best.run_id})"
         elif merged == ours:
             why = f"stale: its change is already in the best ({best.run_id})"
+        else:
+            # As run_experiment: content in flight or already measured is never started again here (a rebase is
+            # no second draw of the noise for content the session has decided on, nor a twin of a run in flight).
+            merged_sha = sha256_bytes(merged)
+            twin = next(
+                (p for p in core.state.inflight
+                 if p is not pending and not p.is_baseline and p.target_sha256 == merged_sha),
+                None,
+            )
+            earlier = core.journal.measured(merged_sha)
+            if twin is not None:
+                why = f"stale: merged onto the new best it is the content of {twin.run_id}, in flight"
+            elif earlier is not None:
+                why = f"stale: merged onto the new best it is the content {earlier.run_id} already measured"
         slot = self.parallel.free_slot()
         if why is None and slot is None:
             why = "stale: no slot is free to run it again"
