@@ -7,6 +7,7 @@ idempotent, so a server killed midway finishes it on the next start.
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 
 from .context import SessionCore, normal_run_id
 from .errors import RuleViolation, SessionError
@@ -16,12 +17,23 @@ from .models import DecisionResult
 from .rules import Verdict, decide, improvement
 from .running import Runs
 from .sequential import best_values, resolve_keep_rule
-from .state import Best, DecisionRecord, Pending, RunOutcome, SessionState
+from .state import Best, DecisionRecord, Pending, RunOutcome
 from .stats import noise_of
 from .statuses import UNFINISHED
 
 # The state a decision changes (restored when applying it fails midway, so a retry applies it once).
 _DECIDED = ("best", "baseline_value", "baseline_commit", "keep_rule", "noise_ss", "noise_df")
+
+
+@dataclass(frozen=True)
+class Judged:
+    """What the keep rule saw for a decided run: the best's runs it was judged against, the estimated
+    improvement with its interval and probability (sequential rule)."""
+
+    best_values: list[float]
+    estimate: float | None
+    interval: tuple[float, float] | None
+    probability: float | None
 
 
 class Decider:
@@ -117,15 +129,7 @@ class Decider:
                 core.repo.move_branch(
                     core.state.branch, pending.parent, f"autoresearch: discard {pending.run_id}"
                 )
-        judged = [] if pending.is_baseline else self.judged(result)
-        estimate, interval, probability = self.figures(pending, result)
-        before = core.state.model_copy(deep=True)
-        try:
-            row = self.apply(pending, judged, estimate, interval, probability)
-            core.journal.log_experiment_done(row)
-        except BaseException:
-            self.roll_back(before)
-            raise
+        judged = self.log_decision(pending)
         core.state.pending = None
         core.save()
         core.own.journal_written()
@@ -153,32 +157,46 @@ class Decider:
                 f"reverted to the best kept commit. Record what it taught you: {notes}; then try another "
                 "idea: edit the target and run"
             )
+        return self.answer(pending, judged, next_step)
+
+    def log_decision(self, pending: Pending) -> Judged:
+        """The recorded decision's effect on the state, and its row in the logs; applied exactly once (the
+        state is put back when logging fails, so a retry applies it again from the start)."""
+        core = self.core
+        result = pending.result or RunOutcome()
+        judged = Judged([] if pending.is_baseline else self.judged(result), *self.figures(pending, result))
+        before = core.state.model_copy(deep=True)
+        try:
+            core.journal.log_experiment_done(self._apply(pending, judged))
+        except BaseException:
+            for key in _DECIDED:
+                setattr(core.state, key, getattr(before, key))
+            raise
+        return judged
+
+    def answer(self, pending: Pending, judged: Judged, next_step: str) -> DecisionResult:
+        """What commit_or_reset returns for a logged decision."""
+        decision = pending.decision or DecisionRecord()
+        result = pending.result or RunOutcome()
         return DecisionResult(
             run_id=pending.run_id,
-            decision=verdict,
+            decision=decision.decision,
             reason=decision.reason,
             value=result.value,
             prev=decision.prev,
             delta=decision.delta,
-            commit=commit,
-            branch_head=core.repo.head_commit(),
+            commit=pending.commit or pending.parent,
+            branch_head=self.core.repo.head_commit(),
             next_step=next_step,
-            keep_rule=core.state.keep_rule,
+            keep_rule=self.core.state.keep_rule,
             values=list(result.values) or None,
-            best_values=judged or None,
-            estimate=estimate,
-            interval=list(interval) if interval else None,
-            probability=probability,
+            best_values=judged.best_values or None,
+            estimate=judged.estimate,
+            interval=list(judged.interval) if judged.interval else None,
+            probability=judged.probability,
         )
 
-    def apply(
-        self,
-        pending: Pending,
-        judged: list[float],
-        estimate: float | None,
-        interval: tuple[float, float] | None,
-        probability: float | None,
-    ) -> Row:
+    def _apply(self, pending: Pending, seen: Judged) -> Row:
         """The decision's effect on the session state (best, noise, keep rule); returns the row to log."""
         core = self.core
         decision = pending.decision or DecisionRecord()
@@ -193,7 +211,7 @@ class Decider:
                 core.state.baseline_commit = commit
                 core.state.keep_rule = resolve_keep_rule(core.config, result.values)
             else:
-                self._close(judged)  # the old best's runs can no longer grow: they join the session's noise
+                self._close(seen.best_values)  # the old best's runs can no longer grow: they join the session's noise
             core.state.best = Best(
                 value=value,
                 commit=commit,
@@ -206,7 +224,7 @@ class Decider:
             self._close(result.values)
             best = core.state.best
             if best is not None and result.best_values:  # re-measured: the best's value is its runs' median
-                best.values, best.value = judged, statistics.median(judged)
+                best.values, best.value = seen.best_values, statistics.median(seen.best_values)
         return Row(
             run_id=pending.run_id,
             commit=commit,
@@ -224,24 +242,21 @@ class Decider:
             timestamp="",
             evidence=Evidence(
                 values=list(result.values),
-                best_values=judged,
-                estimate=estimate,
-                interval=interval,
-                probability=probability,
+                best_values=seen.best_values,
+                estimate=seen.estimate,
+                interval=seen.interval,
+                probability=seen.probability,
                 keep_rule=core.state.keep_rule or "",
                 target_sha256=pending.target_sha256,
                 rerun_of=pending.rerun_of,
+                slot=pending.slot,
+                rebases=pending.rebases,
             ),
         )
 
     def judged(self, result: RunOutcome) -> list[float]:
         """The best's runs a candidate was judged against: the known ones, and those its measurement added."""
         return best_values(self.core.state) + result.best_values
-
-    def roll_back(self, before: SessionState) -> None:
-        """Undo a decision's state changes when applying it failed: nothing is applied twice on a retry."""
-        for key in _DECIDED:
-            setattr(self.core.state, key, getattr(before, key))
 
     def figures(
         self, pending: Pending, result: RunOutcome

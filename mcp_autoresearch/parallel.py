@@ -28,13 +28,12 @@ from .context import SessionCore
 from .editing import Editor
 from .errors import RuleViolation, SessionError
 from .experiment import Experiment, ExperimentResult
-from .files import atomic_write, read_regular
+from .files import atomic_write
 from .gitguard import GitWatch
 from .guard import sha256_bytes, sha256_file
-from .journal import one_line
 from .processes import kill_marked_processes
 from .rules import nonblank_lines
-from .running import MAX_DESCRIPTION, ActiveRun, AlreadyMeasured, RunHandle, RunProgress, Runs, unmeasured
+from .running import ActiveRun, AlreadyMeasured, RunHandle, RunProgress, Runs, candidate, unmeasured
 from .sequential import Measurement, Sequential, best_values, closed_noise, measure_baseline_under_load
 from .slot_checks import SlotChecks
 from .state import Pending, RunOutcome, TestRecord, server_dir
@@ -164,66 +163,32 @@ class ParallelRuns:
         core = self.core
         with core.lock:
             self.checks.guard_own()
-            description = one_line(description or "", MAX_DESCRIPTION)
-            if not description:
-                raise RuleViolation("description is empty; say in a few words what this experiment changes")
-            core.check_head()
             inflight = core.state.inflight
-            limit = core.config.max_experiments
-            if limit is not None and len(core.journal) + len(inflight) >= limit:
-                raise RuleViolation(
-                    f"max_experiments ({limit}) reached (counting the {len(inflight)} runs in flight): the "
-                    "session is complete once they are decided. Raise max_experiments to continue."
-                )
             if any(p.is_baseline for p in inflight):
                 raise SessionError(
                     "the baseline is running in every slot (it measures the noise under full load); call "
                     "wait_experiment() until it finishes, then commit_or_reset"
                 )
-            if len(inflight) >= self.slots:
-                raise SessionError(self._full_message())
-            self._check_backend()
-            self.editor.target_path(must_exist=True)
-            core.check_readonly()
-            changed = [core.repo.project_path(p) for p in core.repo.changed_tracked_files()]
-            others = [p for p in changed if p != core.target_rel]
-            if others:
-                raise RuleViolation(
-                    "files other than the target differ from the best kept commit: "
-                    + ", ".join(others[:20])
-                    + f". Only {core.target_rel} may change: a person must restore them (git checkout -- "
-                    + " ".join(others[:20])
-                    + ")"
-                )
-            best = core.state.best
-            parent = best.commit if best else core.state.base_commit
-            target_bytes = read_regular(self.editor.target_path())
-            best_bytes = core.repo.show_file(parent, core.target_repo_path)
-            target_changed = target_bytes != best_bytes if core.plain_target else core.target_rel in changed
-            is_baseline = best is None
-            if is_baseline and inflight:
+            if core.state.best is None and inflight:
                 raise SessionError(
                     "the baseline runs in every slot at once: decide the runs in flight first ("
                     + ", ".join(p.run_id for p in inflight)
                     + ")"
                 )
-            if is_baseline and target_changed:
-                raise RuleViolation(
-                    f"the first run of a session must be the unmodified baseline, but {core.target_rel} was "
-                    "edited; undo the edit with apply_edit (the baseline is the file as committed), run the "
-                    "baseline, then experiment"
-                )
-            if not is_baseline and not target_changed:
-                raise RuleViolation(
-                    f"{core.target_rel} is unchanged since the best kept commit; edit it (apply_edit) first"
-                )
+            if len(inflight) >= self.slots:
+                raise SessionError(self._full_message())
+            self._check_backend()
+            best = core.state.best
+            parent = best.commit if best else core.state.base_commit
+            found = candidate(core, self.editor, description, parent, len(inflight))
+            description, target_bytes, is_baseline, earlier = found.description, found.data, found.is_baseline, found.earlier
+            best_bytes = core.repo.show_file(parent, core.target_repo_path)
             content_sha = sha256_bytes(target_bytes)
             twin = next((p for p in inflight if p.target_sha256 == content_sha and not p.is_baseline), None)
             if twin is not None and not is_baseline:
                 raise RuleViolation(
                     f"this content is already in flight as {twin.run_id}; edit the target to try another idea"
                 )
-            earlier = core.journal.measured(content_sha) if not is_baseline else None
             if earlier is not None and not rerun:
                 return AlreadyMeasured(earlier.run_id)
             core.state.run_counter += 1

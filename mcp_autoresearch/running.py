@@ -24,7 +24,7 @@ from .experiment import Experiment, ExperimentResult
 from .files import copy_regular, read_regular
 from .gitguard import GitWatch
 from .guard import changed_fingerprints, new_files, sha256_bytes, sha256_file
-from .journal import one_line
+from .journal import Row, one_line
 from .rules import nonblank_lines
 from .sequential import Measurement, Sequential, best_values, closed_noise, measure_baseline
 from .state import Pending, RunOutcome, TestRecord, server_dir
@@ -143,48 +143,10 @@ class Runs:
         core = self.core
         with core.lock:
             core.own.guard()
-            description = one_line(description or "", MAX_DESCRIPTION)
-            if not description:
-                raise RuleViolation("description is empty; say in a few words what this experiment changes")
             core.check_no_pending()
-            core.check_head()
-            if core.config.max_experiments is not None and len(core.journal) >= core.config.max_experiments:
-                raise RuleViolation(
-                    f"max_experiments ({core.config.max_experiments}) reached: the session is complete. "
-                    "Raise max_experiments in the configuration to continue."
-                )
-            self.editor.target_path(must_exist=True)
-            core.check_readonly()
-            changed = [core.repo.project_path(p) for p in core.repo.changed_tracked_files()]
-            others = [p for p in changed if p != core.target_rel]
-            if others:
-                raise RuleViolation(
-                    "files other than the target differ from the session head: "
-                    + ", ".join(others[:20])
-                    + f". Only {core.target_rel} may change, and no tool of this server writes other files: "
-                    + "a person must restore them (git checkout -- "
-                    + " ".join(others[:20])
-                    + ")"
-                )
             parent = core.repo.head_commit()
-            target_bytes = read_regular(self.editor.target_path())  # a FIFO there cannot block the lock
-            if core.plain_target:
-                # Compared with the head's content, not the index: after a decision the index may still lag.
-                target_changed = target_bytes != core.repo.show_file(parent, core.target_repo_path)
-            else:  # git converts this file on its way in: only git can say whether it changed
-                target_changed = core.target_rel in changed
-            is_baseline = core.state.best is None
-            if is_baseline and target_changed:
-                raise RuleViolation(
-                    f"the first run of a session must be the unmodified baseline, but {core.target_rel} was "
-                    "edited; undo the edit with apply_edit (the baseline is the file as committed), run the "
-                    "baseline, then experiment"
-                )
-            if not is_baseline and not target_changed:
-                raise RuleViolation(
-                    f"{core.target_rel} is unchanged since the best kept commit; edit it (apply_edit) first"
-                )
-            earlier = core.journal.measured(sha256_bytes(target_bytes)) if not is_baseline else None
+            found = candidate(core, self.editor, description, parent)
+            description, target_bytes, is_baseline, earlier = found.description, found.data, found.is_baseline, found.earlier
             if earlier is not None and not rerun:
                 return AlreadyMeasured(earlier.run_id)  # no idea is measured twice unless asked
             core.state.run_counter += 1
@@ -438,6 +400,63 @@ class Runs:
                 log.warning("could not keep a copy of %s before restoring it: %s", rel, exc)
                 failed.append(rel)
         return failed
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The target's content about to run, once every rule before a run holds."""
+
+    description: str
+    data: bytes
+    is_baseline: bool
+    earlier: Row | None  # the logged run that measured this content before
+
+
+def candidate(core: SessionCore, editor: Editor, description: str, parent: str, in_flight: int = 0) -> Candidate:
+    """Every rule a run must meet before it starts, single or in a slot: a description; `max_experiments` (the
+    runs in flight count too); the target still a regular file; read-only files unchanged; no other tracked file
+    changed; the first run the unmodified baseline, every later one a change of the target against `parent`."""
+    description = one_line(description or "", MAX_DESCRIPTION)
+    if not description:
+        raise RuleViolation("description is empty; say in a few words what this experiment changes")
+    core.check_head()
+    limit = core.config.max_experiments
+    if limit is not None and len(core.journal) + in_flight >= limit:
+        raise RuleViolation(
+            f"max_experiments ({limit}) reached"
+            + (f" (counting the {in_flight} runs in flight)" if in_flight else "")
+            + ": the session is complete. Raise max_experiments in the configuration to continue."
+        )
+    editor.target_path(must_exist=True)
+    core.check_readonly()
+    changed = [core.repo.project_path(p) for p in core.repo.changed_tracked_files()]
+    others = [p for p in changed if p != core.target_rel]
+    if others:
+        raise RuleViolation(
+            "files other than the target differ from the best kept commit: "
+            + ", ".join(others[:20])
+            + f". Only {core.target_rel} may change, and no tool of this server writes other files: "
+            + "a person must restore them (git checkout -- "
+            + " ".join(others[:20])
+            + ")"
+        )
+    data = read_regular(editor.target_path())  # a FIFO there cannot block the lock
+    if core.plain_target:
+        # Compared with the parent's content, not the index: after a decision the index may still lag.
+        target_changed = data != core.repo.show_file(parent, core.target_repo_path)
+    else:  # git converts this file on its way in: only git can say whether it changed
+        target_changed = core.target_rel in changed
+    is_baseline = core.state.best is None
+    if is_baseline and target_changed:
+        raise RuleViolation(
+            f"the first run of a session must be the unmodified baseline, but {core.target_rel} was "
+            "edited; undo the edit with apply_edit (the baseline is the file as committed), run the "
+            "baseline, then experiment"
+        )
+    if not is_baseline and not target_changed:
+        raise RuleViolation(f"{core.target_rel} is unchanged since the best kept commit; edit it (apply_edit) first")
+    earlier = core.journal.measured(sha256_bytes(data)) if not is_baseline else None
+    return Candidate(description, data, is_baseline, earlier)
 
 
 @dataclass(frozen=True)

@@ -239,17 +239,7 @@ class SlotDecider:
         merged_note = ""
         if verdict == "keep" and commit != pending.parent:
             merged_note = self._advance(pending, commit)
-        judged = [] if pending.is_baseline else self.decider.judged(result)
-        estimate, interval, probability = self.decider.figures(pending, result)
-        before = core.state.model_copy(deep=True)
-        try:
-            row = self.decider.apply(pending, judged, estimate, interval, probability)
-            row.evidence.slot = pending.slot
-            row.evidence.rebases = pending.rebases
-            core.journal.log_experiment_done(row)
-        except BaseException:
-            self.decider.roll_back(before)
-            raise
+        judged = self.decider.log_decision(pending)
         core.state.inflight = [p for p in core.state.inflight if p.run_id != pending.run_id]
         core.save()
         core.own.journal_written()
@@ -270,23 +260,7 @@ class SlotDecider:
             next_step = f"kept{merged_note}. Record what it taught you: {notes}; {then}"
         else:
             next_step = f"{verdict}: the best is unchanged. Record what it taught you: {notes}; {then}"
-        return DecisionResult(
-            run_id=pending.run_id,
-            decision=verdict,
-            reason=decision.reason,
-            value=result.value,
-            prev=decision.prev,
-            delta=decision.delta,
-            commit=commit,
-            branch_head=core.repo.head_commit(),
-            next_step=next_step,
-            keep_rule=core.state.keep_rule,
-            values=list(result.values) or None,
-            best_values=judged or None,
-            estimate=estimate,
-            interval=list(interval) if interval else None,
-            probability=probability,
-        )
+        return self.decider.answer(pending, judged, next_step)
 
     def _advance(self, pending: Pending, commit: str) -> str:
         """The branch moves to the kept candidate (a child of the best), and the target in the user's tree
