@@ -7,6 +7,7 @@ import stat
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import SessionError
 
@@ -101,3 +102,39 @@ def copy_regular(source: Path, dest: Path) -> None:
     fd = open_regular(source)
     with os.fdopen(fd, "rb") as handle:
         atomic_write(dest, iter(lambda: handle.read(1 << 20), b""), 0o644)
+
+
+Fingerprint = tuple[int, int, int, int, int]
+
+
+def fingerprint(path: Path) -> Fingerprint | None:
+    """Size, times and inode: any write changes the ctime, which `os.utime` cannot put back."""
+    try:
+        return _print(os.lstat(path))
+    except OSError:
+        return None
+
+
+def _print(st: os.stat_result) -> Fingerprint:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+
+
+def append_synced(path: Path, data: bytes, sync: bool = True) -> tuple[int, Fingerprint]:
+    """Append, flush and fsync (unless `sync` is False). Returns the offset the data starts at, and the file's
+    fingerprint as this write left it, taken from the descriptor written through (never a later swap's)."""
+    fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never a symlink, FIFO or device
+    try:
+        start = os.fstat(fd).st_size
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        if sync:
+            os.fsync(fd)
+        return start, _print(os.fstat(fd))
+    finally:
+        os.close(fd)
+
+
+def open_read(path: Path) -> BinaryIO:
+    """Open one of the server's files for reading: never through a symlink, never blocking on a FIFO."""
+    return os.fdopen(open_regular(path), "rb")

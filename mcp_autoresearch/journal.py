@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from .evidence import Evidence
-from .files import atomic_write, open_regular
+from .files import Fingerprint, append_synced, atomic_write, fingerprint, open_read, open_regular
 from .results_tsv import AUTORESEARCH_HEADER, TsvFormat, quick_tsv_size, same_tsv_size
 from .statuses import DECISIONS, RUN_STATUSES, Decision, RunStatus, as_decision, as_run_status
 
@@ -74,18 +74,6 @@ class Row:
         return f"{self.commit[:7]}\t{self.metric}\t{value}\t{self.status}\t{one_line(self.description)}\n"
 
 
-Fingerprint = tuple[int, int, int, int, int]
-
-
-def fingerprint(path: Path) -> Fingerprint | None:
-    """Size, times and inode: any write changes the ctime, which `os.utime` cannot put back."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
-
-
 _ROW_CACHE = 512
 NOT_MEASURED = ("cancelled", "interrupted")  # run statuses that say nothing about the content that ran
 
@@ -105,6 +93,7 @@ class Journal:
         self.tsv_format = TsvFormat(results_format, metric)  # the shape results.tsv is written and rebuilt in
         self._tsv_size: int | None = None  # what results.tsv's size must be if nobody else wrote it
         self.mirror: Path | None = None  # the server's own copy of the JSONL, appended in step
+        self.written: dict[Path, Fingerprint] = {}  # each file as this process's last append left it
         self._reset()
 
     def _reset(self) -> None:
@@ -200,7 +189,7 @@ class Journal:
         found: dict[int, Row] = {i: self._cache[i] for i in indices if i in self._cache}
         missing = sorted(set(indices) - set(found))
         if missing:
-            with _open_read(self.jsonl_path) as handle:
+            with open_read(self.jsonl_path) as handle:
                 for index in missing:
                     handle.seek(self._offsets[index])
                     row = self._row_from(json.loads(handle.readline()))
@@ -218,7 +207,7 @@ class Journal:
         """Every row, oldest first, streamed from the file (for exports and the TSV)."""
         for start in range(0, len(self), 1000):
             batch = list(range(start, min(start + 1000, len(self))))
-            with _open_read(self.jsonl_path) as handle:
+            with open_read(self.jsonl_path) as handle:
                 for index in batch:
                     handle.seek(self._offsets[index])
                     row = self._row_from(json.loads(handle.readline()))
@@ -268,7 +257,7 @@ class Journal:
         """Index complete lines appended since the last read. Returns how many new rows arrived."""
         before = len(self)
         try:
-            handle = _open_read(self.jsonl_path)
+            handle = open_read(self.jsonl_path)
         except OSError:
             return 0
         tag_marker = json.dumps(self.tag).encode()
@@ -377,6 +366,7 @@ class Journal:
         self._tsv_size = atomic_write(
             self.tsv_path, (line.encode("utf-8") for line in self.tsv_lines()), 0o644
         )
+        self.written.pop(self.tsv_path, None)  # rewritten whole: as it is now
         return True
 
     # -- appending ------------------------------------------------------------------------------------------
@@ -392,11 +382,12 @@ class Journal:
             "timestamp": stamp,
         }
         line = (json.dumps(event, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-        offset = _append(self.jsonl_path, line)
+        offset, self.written[self.jsonl_path] = append_synced(self.jsonl_path, line)
         self._offset = offset + len(line)
         self._sha.update(line)
         if self.mirror is not None:  # the server's own copy, to restore the JSONL from (ownfiles); a tail
-            _append(self.mirror, line, sync=False)  # lost in a crash is rebuilt from the sealed JSONL
+            # lost in a crash is rebuilt from the sealed JSONL
+            _, self.written[self.mirror] = append_synced(self.mirror, line, sync=False)
         return offset
 
     def log_session_start(self, details: dict[str, Any]) -> None:
@@ -442,7 +433,7 @@ class Journal:
         current = fingerprint(self.tsv_path)
         if current is not None and self._tsv_size is not None and current[0] == self._tsv_size:
             line = self.tsv_format.line(row).encode("utf-8")
-            _append(self.tsv_path, line)
+            _, self.written[self.tsv_path] = append_synced(self.tsv_path, line)
             self._tsv_size += len(line)
         else:
             self.reconcile_tsv()
@@ -476,6 +467,13 @@ class Journal:
     def fingerprints(self) -> tuple[Fingerprint | None, Fingerprint | None]:
         return fingerprint(self.tsv_path), fingerprint(self.jsonl_path)
 
+    def written_print(self, path: Path | None) -> Fingerprint | None:
+        """The file as this process last wrote it (from the descriptor it wrote through, so a file swapped in
+        since is never taken for it); as it is now when this process has not appended to it."""
+        if path is None:
+            return None
+        return self.written.get(path) or fingerprint(path)
+
 
 def _content_key(sha256: object) -> int | None:
     try:
@@ -488,23 +486,3 @@ def _run_number(run_id: str) -> int | None:
     if len(run_id) > 1 and run_id[0] == "r" and run_id[1:].isdigit():
         return int(run_id[1:])
     return None
-
-
-def _append(path: Path, data: bytes, sync: bool = True) -> int:
-    """Append, flush and fsync (unless `sync` is False); returns the offset the data starts at."""
-    fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never a symlink, FIFO or device
-    try:
-        start = os.fstat(fd).st_size
-        written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    return start
-
-
-def _open_read(path: Path) -> BinaryIO:
-    """Open one of the server's files for reading: never through a symlink, never blocking on a FIFO."""
-    return os.fdopen(open_regular(path), "rb")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from .errors import SessionError
 from .experiment import RUN_LOG
-from .files import atomic_write, open_regular
-from .journal import RESULTS_TSV, Fingerprint, Journal, fingerprint
+from .files import atomic_write, fingerprint, open_regular
+from .journal import RESULTS_TSV, Journal
 from .repo import Repo
 from .state import Seal, current_tag, server_dir, state_fingerprint
 
@@ -42,13 +42,15 @@ class OwnFiles:
         self._save = save  # writes the state again from memory
         self._recovered = recovered  # the session's report of what was repaired
         self._journal_prints = journal.fingerprints()
-        self._mirror_print = _mirror_print(journal)
+        self._mirror_print = journal.written_print(journal.mirror)
         self._state_print = state_fingerprint(root, tag)
 
     def journal_written(self) -> None:
-        """The server appended to the journal: its new fingerprints are the expected ones."""
-        self._journal_prints = self.journal.fingerprints()
-        self._mirror_print = _mirror_print(self.journal)
+        """The server appended to the journal: its files as its own writes left them are the expected ones
+        (taken from the descriptors written through: a file a run swaps in meanwhile is never adopted)."""
+        journal = self.journal
+        self._journal_prints = (journal.written_print(journal.tsv_path), journal.written_print(journal.jsonl_path))
+        self._mirror_print = journal.written_print(journal.mirror)
 
     def state_written(self) -> None:
         self._state_print = state_fingerprint(self.root, self.tag)
@@ -66,7 +68,8 @@ class OwnFiles:
         changed: list[str] = []
         tsv_before, jsonl_before = self._journal_prints
         tsv_now, jsonl_now = self.journal.fingerprints()
-        if jsonl_now != jsonl_before or self._mirror_print != _mirror_print(self.journal):
+        mirror = self.journal.mirror
+        if jsonl_now != jsonl_before or (mirror is not None and self._mirror_print != fingerprint(mirror)):
             if jsonl_now != jsonl_before:
                 changed.append(self.jsonl_rel)
             restore_jsonl(self.journal, self.journal.seal())
@@ -79,12 +82,9 @@ class OwnFiles:
             self._save()
         if changed:
             log.warning("restored files written outside the server: %s", ", ".join(changed))
+        self.journal.written.clear()  # restored (or found as expected): the files as they are now
         self.journal_written()
         return changed
-
-
-def _mirror_print(journal: Journal) -> Fingerprint | None:
-    return fingerprint(journal.mirror) if journal.mirror is not None else None
 
 
 def prefix_sha256(path: Path, size: int) -> str | None:

@@ -92,3 +92,30 @@ def test_a_run_left_finished_by_version_0_1_is_decided_after_an_upgrade(ml_proje
         )
     finally:
         resumed.shutdown()
+
+
+def test_a_log_swapped_right_after_the_servers_own_write_is_never_adopted(tmp_path: Path) -> None:
+    """With slots, runs are in flight while the server writes its log: a run (unconfined) that swaps the JSONL
+    for a link between the server's append and its bookkeeping must still be found, and the log put back."""
+    import os
+
+    from mcp_autoresearch.journal import Journal
+    from mcp_autoresearch.ownfiles import OwnFiles, start_mirror
+
+    own_dir = tmp_path / ".autoresearch"
+    own_dir.mkdir()
+    journal = Journal(tmp_path / "results.tsv", own_dir / "log.jsonl", "t")
+    journal.mirror = own_dir / "mirror.jsonl"
+    journal.load()
+    start_mirror(journal)
+    own = OwnFiles(tmp_path, "t", journal, "log.jsonl", lambda: None, [])
+    journal.log_session_start({"branch": "autoresearch/t"})
+    copy = own_dir / "elsewhere.jsonl"
+    copy.write_bytes(journal.jsonl_path.read_bytes())
+    journal.jsonl_path.unlink()
+    os.symlink(copy, journal.jsonl_path)  # the swap, before the server records what it wrote
+    own.journal_written()
+    assert own.restore() == ["log.jsonl"]
+    assert not journal.jsonl_path.is_symlink()
+    journal.log_event("after", {"run_id": "r1"})  # the server writes on, into its own file
+    assert "after" in journal.jsonl_path.read_text() and "after" not in copy.read_text()
