@@ -16,7 +16,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .briefing import journal_briefing
 from .config import Config
 from .context import normal_run_id
 from .decisions import Decider
@@ -28,12 +27,11 @@ from .isolation import probe_isolation
 from .journal import RESULTS_TSV, Journal
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .ownfiles import OwnFiles, archive_results, exclude_patterns, restore_jsonl, start_mirror
-from .parallel import AnyRunHandle, ParallelRuns, slots_line
+from .parallel import AnyRunHandle, ParallelRuns
 from .processes import kill_marked_processes
 from .project import Project
 from .repo import Repo
 from .running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, RunHandle, Runs, clamp_wait, unmeasured
-from .sequential import keep_rule_summary, session_noise
 from .slot_decisions import SlotDecider
 from .state import (
     OwnRecord,
@@ -339,44 +337,7 @@ class Session:
             self.recovered.append("results.tsv was rebuilt from the JSONL log")
 
     def describe(self, resumed: bool) -> StartResult:
-        state = self.state
-        pending = state.pending or (self.parallel.first_finished() if self.parallel else None)
-        if self.parallel is not None and pending is None and state.inflight:
-            next_step = "runs are in flight: call wait_experiment() for the first to finish, then commit_or_reset"
-        elif pending and pending.phase == "running":
-            next_step = f"run {pending.run_id} is in flight: call wait_experiment(run_id='{pending.run_id}')"
-        elif pending:
-            next_step = f"run {pending.run_id} waits for its decision: call commit_or_reset(run_id='{pending.run_id}')"
-        elif state.best is None:
-            next_step = (
-                "run the unmodified baseline first: run_experiment(description='baseline'), "
-                "then commit_or_reset"
-            )
-        else:
-            next_step = "edit the target (read_target, apply_edit), then run_experiment"
-        briefing = None
-        if resumed:
-            briefing = self.briefing()
-        return StartResult(
-            tag=state.tag,
-            branch=state.branch,
-            base_commit=state.base_commit,
-            resumed=resumed,
-            results_tsv=str(self.journal.tsv_path),
-            log_path=str(self.journal.jsonl_path),
-            target_file=state.target_file,
-            metric_name=state.metric_name,
-            metric_direction=state.metric_direction,
-            best_value=state.best.value if state.best else None,
-            baseline_value=state.baseline_value,
-            experiments=len(self.journal),
-            pending_run=pending.run_id if pending else None,
-            isolation=self.isolation.describe(),
-            slots=slots_line(self.parallel) if self.parallel else None,
-            recovered=self.recovered,
-            briefing=briefing,
-            next_step=next_step,
-        )
+        return self.views.start_result(resumed, self.recovered)
 
     # ======================================================================================================
     # guards
@@ -485,14 +446,7 @@ class Session:
         return self.views.query(status, limit, order)
 
     def briefing(self) -> str:
-        noise = session_noise(self.state)
-        return journal_briefing(
-            self.state,
-            self.journal,
-            keep_rule=keep_rule_summary(self.state, self.config),
-            noise_sd=noise.sd if noise.df else None,
-            slots=slots_line(self.parallel) if self.parallel else None,
-        )
+        return self.views.briefing()
 
     # ======================================================================================================
     def shutdown(self, join_s: float = 10.0) -> None:

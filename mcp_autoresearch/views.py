@@ -4,16 +4,16 @@ and the agent's notes. Nothing here changes git or a measurement; notes are the 
 
 from __future__ import annotations
 
-from .briefing import near_misses
+from .briefing import journal_briefing, near_misses
 from .context import SessionCore, normal_run_id
 from .decisions import Decider, rerun
 from .errors import RuleViolation, SessionError
 from .journal import Row
-from .models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult
-from .parallel import ParallelRuns
+from .models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult, StartResult
+from .parallel import ParallelRuns, slots_line
 from .rules import improvement, improvement_pct
 from .running import Runs
-from .sequential import best_values, session_noise
+from .sequential import best_values, keep_rule_summary, session_noise
 from .state import Pending
 from .statuses import DECISIONS, FILTERS, UNFINISHED
 
@@ -170,6 +170,60 @@ class Views:
                 f"({free} slot{'s' if free != 1 else ''} free), or wait_experiment() for the first run to finish"
             )
         return f"{where}; every slot is busy: call wait_experiment() for the first run to finish, then decide it"
+
+    def start_result(self, resumed: bool, recovered: list[str]) -> StartResult:
+        """What start_session answers: the session, what was repaired, the briefing when resumed, the next step."""
+        core = self.core
+        state = core.state
+        pending = state.pending or (self.parallel.first_finished() if self.parallel else None)
+        if self.parallel is not None and pending is None and state.inflight:
+            next_step = "runs are in flight: call wait_experiment() for the first to finish, then commit_or_reset"
+        elif pending and pending.phase == "running":
+            next_step = f"run {pending.run_id} is in flight: call wait_experiment(run_id='{pending.run_id}')"
+        elif pending:
+            next_step = f"run {pending.run_id} waits for its decision: call commit_or_reset(run_id='{pending.run_id}')"
+        elif state.best is None:
+            next_step = (
+                "run the unmodified baseline first: run_experiment(description='baseline'), "
+                "then commit_or_reset"
+            )
+        else:
+            next_step = "edit the target (read_target, apply_edit), then run_experiment"
+        briefing = None
+        if resumed:
+            briefing = self.briefing()
+        return StartResult(
+            tag=state.tag,
+            branch=state.branch,
+            base_commit=state.base_commit,
+            resumed=resumed,
+            results_tsv=str(core.journal.tsv_path),
+            log_path=str(core.journal.jsonl_path),
+            target_file=state.target_file,
+            metric_name=state.metric_name,
+            metric_direction=state.metric_direction,
+            best_value=state.best.value if state.best else None,
+            baseline_value=state.baseline_value,
+            experiments=len(core.journal),
+            pending_run=pending.run_id if pending else None,
+            isolation=core.isolation.describe(),
+            slots=slots_line(self.parallel) if self.parallel else None,
+            recovered=recovered,
+            briefing=briefing,
+            next_step=next_step,
+        )
+
+    def briefing(self) -> str:
+        """The bounded summary for a fresh agent: the journal's newest rows, the keep rule, noise, slots."""
+        core = self.core
+        noise = session_noise(core.state)
+        return journal_briefing(
+            core.state,
+            core.journal,
+            keep_rule=keep_rule_summary(core.state, core.config),
+            noise_sd=noise.sd if noise.df else None,
+            slots=slots_line(self.parallel) if self.parallel else None,
+        )
 
     def log_notes(self, run_id: str, notes: str) -> NotesResult:
         """Attach the agent's notes to a logged experiment; values and statuses never change."""
