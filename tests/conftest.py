@@ -93,12 +93,25 @@ class Agent:
     async def edit(self, old: str, new: str) -> dict[str, Any]:
         return await self.ok("apply_edit", edits=[{"old_text": old, "new_text": new}])
 
+    async def until_done(self, run_id: str | None = None) -> dict[str, Any]:
+        """wait_experiment until the run (with slots and no run_id: the first to finish) is no longer running."""
+        args = {"run_id": run_id} if run_id else {}
+        run = await self.ok("wait_experiment", **args)
+        while run["status"] == "running":
+            run = await self.ok("wait_experiment", **args)
+        return run
+
     async def experiment(self, description: str, **wait: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         run = await self.ok("run_experiment", description=description, **wait)
         while run["status"] == "running":
             run = await self.ok("wait_experiment", run_id=run["run_id"])
         decision = await self.ok("commit_or_reset", run_id=run["run_id"])
         return run, decision
+
+
+async def call_ok(client: Client, tool: str, **args: Any) -> dict[str, Any]:
+    """One tool call that must succeed, on a bare client (a server over stdio that a test kills)."""
+    return structured(await client.call_tool(tool, args))
 
 
 @pytest.fixture

@@ -23,11 +23,6 @@ def slots_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-async def _until_done(agent: Any, run_id: str) -> dict[str, Any]:
-    run = await agent.ok("wait_experiment", run_id=run_id)
-    while run["status"] == "running":
-        run = await agent.ok("wait_experiment", run_id=run_id)
-    return run
 
 
 def _done_rows(root: Path) -> list[dict[str, Any]]:
@@ -49,12 +44,12 @@ async def test_a_rebase_never_measures_again_content_already_measured(
         first = await agent.ok("run_experiment", description="X to 3")
         await agent.edit("Y = 0", "Y = 5")
         second = await agent.ok("run_experiment", description="Y to 5")
-        await _until_done(agent, first["run_id"])
-        await _until_done(agent, second["run_id"])
+        await agent.until_done(first["run_id"])
+        await agent.until_done(second["run_id"])
         assert (await agent.ok("commit_or_reset", run_id=first["run_id"]))["decision"] == "keep"
         await agent.ok("apply_edit", content="X = 3\n\n\n\nY = 5\n")  # what the merge of Y=5 would be
         both = await agent.ok("run_experiment", description="X and Y")
-        assert (await _until_done(agent, both["run_id"]))["value"] == 0.0
+        assert (await agent.until_done(both["run_id"]))["value"] == 0.0
         decided = await agent.ok("commit_or_reset", run_id=both["run_id"], discard=True)
         assert decided["decision"] == "discard"
         again = await agent.ok("commit_or_reset", run_id=second["run_id"])
@@ -76,15 +71,15 @@ async def test_a_rebase_never_runs_content_already_in_flight(
         first = await agent.ok("run_experiment", description="X to 3")
         await agent.edit("Y = 0", "Y = 5")
         second = await agent.ok("run_experiment", description="Y to 5")
-        await _until_done(agent, first["run_id"])
-        await _until_done(agent, second["run_id"])
+        await agent.until_done(first["run_id"])
+        await agent.until_done(second["run_id"])
         assert (await agent.ok("commit_or_reset", run_id=first["run_id"]))["decision"] == "keep"
         await agent.ok("apply_edit", content="X = 3\n\n\n\nY = 5\n")  # what the merge of Y=5 would be
         both = await agent.ok("run_experiment", description="X and Y")
         again = await agent.ok("commit_or_reset", run_id=second["run_id"])  # `both` sleeps 0.3 s: in flight
         assert again["decision"] == "discard", again
         assert both["run_id"] in again["reason"], again
-        assert (await _until_done(agent, both["run_id"]))["value"] == 0.0
+        assert (await agent.until_done(both["run_id"]))["value"] == 0.0
 
 
 FLOOD_AT_THE_END = """\

@@ -367,18 +367,13 @@ async def test_a_short_session_with_two_slots_on_ray(tmp_path: Path, ray_address
     from mcp_autoresearch.server import create_server
     from mcp_autoresearch.workspace import Workspace
 
-    async def until_done(agent: Agent, run_id: str | None = None) -> dict:
-        run = await agent.ok("wait_experiment", **({"run_id": run_id} if run_id else {}))
-        while run["status"] == "running":
-            run = await agent.ok("wait_experiment", **({"run_id": run_id} if run_id else {}))
-        return run
 
     async with Client(create_server(Workspace(root, overrides))) as client:
         agent = Agent(client)
         started = await agent.ok("start_session", tag="ray1")
         assert started["slots"].startswith("2 slots (Ray)")
         await agent.ok("run_experiment", description="baseline")
-        base = await until_done(agent)
+        base = await agent.until_done()
         assert base["status"] == "ok" and base["values"] == [8.0, 8.0]
         assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
         await agent.edit("X = 0", "X = 3")
@@ -391,13 +386,13 @@ async def test_a_short_session_with_two_slots_on_ray(tmp_path: Path, ray_address
         await agent.ok("apply_edit", content="X = 0\n\n\n\nY = 5\n" + attack)
         second = await agent.ok("run_experiment", description="Y to 5, and an attack")
         assert {first["slot"], second["slot"]} == {0, 1}
-        done = await until_done(agent)
+        done = await agent.until_done()
         assert (await agent.ok("commit_or_reset", run_id=done["run_id"]))["decision"] == "keep"
         other = second if done["run_id"] == first["run_id"] else first
-        run = await until_done(agent, other["run_id"])
+        run = await agent.until_done(other["run_id"])
         decision = await agent.ok("commit_or_reset", run_id=other["run_id"])
         if decision["decision"] == "rerun":  # built on the old best: merged onto the new one, on Ray again
-            run = await until_done(agent, other["run_id"])
+            run = await agent.until_done(other["run_id"])
             decision = await agent.ok("commit_or_reset", run_id=other["run_id"])
         assert decision["decision"] == "keep" and run["value"] == 0.0, decision
         logs = (root / ".autoresearch" / "runs" / "ray1").glob(f"{second['run_id']}*.log")

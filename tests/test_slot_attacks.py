@@ -13,7 +13,7 @@ import pytest
 
 from mcp_autoresearch.errors import ConfigError
 
-from .conftest import git, make_repo
+from .conftest import call_ok, git, make_repo
 from .test_slots import EVALUATE, TARGET, _baseline, settings
 
 pytestmark = pytest.mark.anyio
@@ -26,11 +26,6 @@ def slots_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-async def _until_done(agent: Any, run_id: str) -> dict[str, Any]:
-    run = await agent.ok("wait_experiment", run_id=run_id)
-    while run["status"] == "running":
-        run = await agent.ok("wait_experiment", run_id=run_id)
-    return run
 
 
 async def test_a_slot_replaced_by_a_link_to_the_user_tree_is_never_cleaned_through(
@@ -53,7 +48,7 @@ async def test_a_slot_replaced_by_a_link_to_the_user_tree_is_never_cleaned_throu
         await agent.ok("apply_edit", content=swap + "X = 3\nY = 0\n")
         hostile = await agent.ok("run_experiment", description="slot 1 becomes a link to the project")
         assert hostile["slot"] == 0
-        run = await _until_done(agent, hostile["run_id"])
+        run = await agent.until_done(hostile["run_id"])
         assert (root / "user_notes.txt").exists(), "the server cleaned the user's tree through the slot's link"
         assert (root / ".autoresearch" / "autoresearch.jsonl").exists()
         assert run["status"] == "tampered", run
@@ -65,9 +60,9 @@ async def test_a_slot_replaced_by_a_link_to_the_user_tree_is_never_cleaned_throu
         other = await agent.ok("run_experiment", description="Y to 5")
         assert other["slot"] == 1
         await agent.ok("apply_edit", content="X = 1\n\n\n\nY = 0\n")  # unrun
-        done = await _until_done(agent, other["run_id"])
+        done = await agent.until_done(other["run_id"])
         assert done["status"] == "ok" and done["value"] == 3.0, done
-        await _until_done(agent, slow["run_id"])
+        await agent.until_done(slow["run_id"])
         assert (root / "params.py").read_text() == "X = 1\n\n\n\nY = 0\n"
     assert (root / "user_notes.txt").read_text() == "mine\n"
     assert (root / "lib.py").read_text() == "HELP = 1\n"
@@ -95,12 +90,12 @@ async def test_a_link_above_a_shared_input_never_deletes_the_users_files(
         await _baseline(agent)
         await agent.ok("apply_edit", content=swap + "X = 3\nY = 0\n")
         hostile = await agent.ok("run_experiment", description="data becomes a link")
-        await _until_done(agent, hostile["run_id"])
+        await agent.until_done(hostile["run_id"])
         await agent.ok("commit_or_reset", run_id=hostile["run_id"])
         await agent.ok("apply_edit", content="X = 0\n\n\n\nY = 5\n")
         after = await agent.ok("run_experiment", description="after, in the same slot")
         assert after["slot"] == hostile["slot"]
-        run = await _until_done(agent, after["run_id"])
+        run = await agent.until_done(after["run_id"])
         assert run["status"] == "ok", run
     assert (root / "data" / "notes.txt").exists(), "the server deleted the user's file through a link in a slot"
     assert (root / "data" / "train" / "set.txt").read_text() == "train\n"
@@ -136,13 +131,13 @@ async def test_a_shared_input_swapped_for_forged_data_is_caught_and_never_reache
         await _baseline(agent)
         await agent.ok("apply_edit", content=forge + "X = 3\nY = 0\n")
         hostile = await agent.ok("run_experiment", description="forged data")
-        run = await _until_done(agent, hostile["run_id"])
+        run = await agent.until_done(hostile["run_id"])
         assert run["status"] == "tampered", run
         assert (await agent.ok("commit_or_reset", run_id=hostile["run_id"]))["decision"] != "keep"
         await agent.ok("apply_edit", content="X = 3\n\n\n\nY = 5\n")
         honest = await agent.ok("run_experiment", description="honest, in the same slot")
         assert honest["slot"] == hostile["slot"]
-        run = await _until_done(agent, honest["run_id"])
+        run = await agent.until_done(honest["run_id"])
         assert run["status"] == "ok" and run["value"] == 0.0, run
     assert (root / "data" / "offset.txt").read_text() == "0\n"
 
@@ -162,7 +157,7 @@ async def test_keeping_a_change_never_loses_the_unrun_edit_of_a_filtered_target(
         await agent.edit("X = 0", "X = 3")
         first = await agent.ok("run_experiment", description="X to 3")
         await agent.edit("Y = 0", "Y = 4")  # the next idea, not yet run
-        await _until_done(agent, first["run_id"])
+        await agent.until_done(first["run_id"])
         kept = await agent.ok("commit_or_reset", run_id=first["run_id"])
         assert kept["decision"] == "keep"
         assert (root / "params.py").read_text() == "X = 3\n\n\n\nY = 4\n", kept["next_step"]
@@ -189,13 +184,13 @@ async def test_a_tree_too_deep_for_rmtree_left_in_a_slot_does_not_break_the_slot
         await _baseline(agent)
         await agent.ok("apply_edit", content=deep + "X = 3\nY = 0\n")
         hostile = await agent.ok("run_experiment", description="deep tree in the slot")
-        run = await _until_done(agent, hostile["run_id"])
+        run = await agent.until_done(hostile["run_id"])
         assert run["status"] == "ok", run
         await agent.ok("commit_or_reset", run_id=hostile["run_id"])
         await agent.ok("apply_edit", content="X = 3\n\n\n\nY = 5\n")
         after = await agent.ok("run_experiment", description="after, in the same slot")
         assert after["slot"] == hostile["slot"]
-        run = await _until_done(agent, after["run_id"])
+        run = await agent.until_done(after["run_id"])
         assert run["status"] == "ok" and run["value"] == 0.0, run
     left = [slot for slot in slots_home.glob("*/*") if (slot / "junk").exists()]
     for slot in left:
@@ -233,7 +228,7 @@ async def test_another_session_cannot_start_while_runs_are_in_flight(
         slow = await agent.ok("run_experiment", description="slow")
         refused = await agent.refused("start_session", tag="two")
         assert slow["run_id"] in refused or "in flight" in refused, refused
-        await _until_done(agent, slow["run_id"])
+        await agent.until_done(slow["run_id"])
     assert git(root, "rev-parse", "--abbrev-ref", "HEAD").strip() == "autoresearch/one"
 
 
@@ -253,10 +248,10 @@ async def test_unconfined_tampering_found_after_another_runs_end_is_held_against
         hostile = await agent.ok("run_experiment", description="writes the JSONL, then waits")
         await agent.ok("apply_edit", content="X = 0\n\n\n\nY = 5\n")
         honest = await agent.ok("run_experiment", description="honest and fast")
-        first = await _until_done(agent, honest["run_id"])
+        first = await agent.until_done(honest["run_id"])
         assert first["status"] == "tampered"  # the change is found after it; who made it is unknown
         await agent.ok("commit_or_reset", run_id=honest["run_id"])
-        run = await _until_done(agent, hostile["run_id"])
+        run = await agent.until_done(hostile["run_id"])
         assert run["status"] == "tampered", run
         decision = await agent.ok("commit_or_reset", run_id=hostile["run_id"])
         assert decision["decision"] != "keep", decision
@@ -290,7 +285,7 @@ async def test_a_writable_entry_above_the_slots_never_opens_one_slot_to_another(
         await _baseline(agent)
         await agent.ok("apply_edit", content=attack(root, slots_home) + "X = 3\nY = 5\n")
         hostile = await agent.ok("run_experiment", description="attacker")
-        run = await _until_done(agent, hostile["run_id"])
+        run = await agent.until_done(hostile["run_id"])
         log = Path(run["log_path"]).read_text()
         assert "other_slot" not in log, log
 
@@ -312,39 +307,35 @@ async def test_kill_9_during_a_rebased_rerun_logs_the_run_once(tmp_path: Path, s
     )
     params = _stdio(root, slots_home)
 
-    async def call(client: Any, tool: str, **args: Any) -> dict[str, Any]:
-        result = await client.call_tool(tool, args)
-        assert not result.is_error, result.content[0].text
-        return result.structured_content
 
     async def done(client: Any, run_id: str) -> dict[str, Any]:
-        run = await call(client, "wait_experiment", run_id=run_id)
+        run = await call_ok(client, "wait_experiment", run_id=run_id)
         while run["status"] == "running":
-            run = await call(client, "wait_experiment", run_id=run_id)
+            run = await call_ok(client, "wait_experiment", run_id=run_id)
         return run
 
     with pytest.raises(BaseException):  # noqa: B017 - the killed server surfaces as a broken connection
         async with Client(params) as client:
-            await call(client, "start_session", tag="rb")
-            await call(client, "run_experiment", description="baseline")
-            base = await call(client, "wait_experiment")
-            await call(client, "commit_or_reset", run_id=base["run_id"])
-            await call(client, "apply_edit", content="X = 3\n\n\n\nY = 0\n")
-            first = await call(client, "run_experiment", description="X to 3")
-            await call(client, "apply_edit", content="X = 0\n\n\n\nY = 5\nimport time; time.sleep(float(X == 3) * 30)\n")
-            second = await call(client, "run_experiment", description="Y to 5, slow once merged")
+            await call_ok(client, "start_session", tag="rb")
+            await call_ok(client, "run_experiment", description="baseline")
+            base = await call_ok(client, "wait_experiment")
+            await call_ok(client, "commit_or_reset", run_id=base["run_id"])
+            await call_ok(client, "apply_edit", content="X = 3\n\n\n\nY = 0\n")
+            first = await call_ok(client, "run_experiment", description="X to 3")
+            await call_ok(client, "apply_edit", content="X = 0\n\n\n\nY = 5\nimport time; time.sleep(float(X == 3) * 30)\n")
+            second = await call_ok(client, "run_experiment", description="Y to 5, slow once merged")
             await done(client, first["run_id"])
             await done(client, second["run_id"])
-            assert (await call(client, "commit_or_reset", run_id=first["run_id"]))["decision"] == "keep"
-            again = await call(client, "commit_or_reset", run_id=second["run_id"])
+            assert (await call_ok(client, "commit_or_reset", run_id=first["run_id"]))["decision"] == "keep"
+            again = await call_ok(client, "commit_or_reset", run_id=second["run_id"])
             assert again["decision"] == "rerun"
             await anyio.sleep(0.5)
             os.kill(_server_pid(root), signal.SIGKILL)
-            await call(client, "query_results")
+            await call_ok(client, "query_results")
 
     async with Client(params) as client:
-        await call(client, "start_session", tag="rb")
-        results = await call(client, "query_results")
+        await call_ok(client, "start_session", tag="rb")
+        results = await call_ok(client, "query_results")
         assert results["total"] == 3 and results["best"]["value"] == 5.0
 
     events = [json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()]
@@ -384,17 +375,17 @@ async def test_a_rebase_that_fails_half_way_never_lets_the_old_result_keep_the_m
         second = await agent.ok("run_experiment", description="Y to 5")
         await agent.ok("apply_edit", content=block + "X = 0\nY = 1\n")
         blocker = await agent.ok("run_experiment", description="blocks the JSONL")
-        await _until_done(agent, first["run_id"])
-        assert (await _until_done(agent, second["run_id"]))["value"] == 3.0
+        await agent.until_done(first["run_id"])
+        assert (await agent.until_done(second["run_id"]))["value"] == 3.0
         assert (await agent.ok("commit_or_reset", run_id=first["run_id"]))["decision"] == "keep"
         await anyio.sleep(0.5)
         for _ in range(2):  # while the JSONL cannot be written, deciding fails, with nothing half done
             await agent.client.call_tool("commit_or_reset", {"run_id": second["run_id"]})
-        await _until_done(agent, blocker["run_id"])
+        await agent.until_done(blocker["run_id"])
         await agent.client.call_tool("commit_or_reset", {"run_id": blocker["run_id"]})
         decision = await agent.ok("commit_or_reset", run_id=second["run_id"])
         while decision["decision"] == "rerun":
-            await _until_done(agent, second["run_id"])
+            await agent.until_done(second["run_id"])
             decision = await agent.ok("commit_or_reset", run_id=second["run_id"])
         assert decision["decision"] == "keep" and decision["value"] == 0.0, decision
         assert git(root, "show", f"{decision['commit']}:params.py") == "X = 3\n\n\n\nY = 5\n"
@@ -420,14 +411,14 @@ async def test_a_log_forged_between_runs_is_restored_before_a_decision_and_held_
         hostile = await agent.ok("run_experiment", description="forges the log later")
         await agent.ok("apply_edit", content="X = 0\n\n\n\nY = 5\n")
         honest = await agent.ok("run_experiment", description="honest and fast")
-        first = await _until_done(agent, honest["run_id"])
+        first = await agent.until_done(honest["run_id"])
         assert first["status"] == "ok", first
         await anyio.sleep(1.5)  # the forger has written by now, and still runs
         kept = await agent.ok("commit_or_reset", run_id=honest["run_id"])
         assert kept["decision"] == "keep"
         lines = jsonl.read_text().splitlines()
         assert all('"details": {}' not in line for line in lines)  # the forged line is gone
-        run = await _until_done(agent, hostile["run_id"])
+        run = await agent.until_done(hostile["run_id"])
         assert run["status"] == "tampered" and "autoresearch.jsonl" in run["error"], run
         assert (await agent.ok("commit_or_reset", run_id=hostile["run_id"]))["decision"] == "crash"
     rows = (root / "results.tsv").read_text().splitlines()[1:]
@@ -457,30 +448,26 @@ async def test_git_config_planted_by_a_run_cut_short_by_kill_9_is_undone_and_nam
     )
     params = _stdio(root, slots_home)
 
-    async def call(client: Any, tool: str, **args: Any) -> dict[str, Any]:
-        result = await client.call_tool(tool, args)
-        assert not result.is_error, result.content[0].text
-        return result.structured_content
 
     with pytest.raises(BaseException):  # noqa: B017 - the killed server surfaces as a broken connection
         async with Client(params) as client:
-            await call(client, "start_session", tag="gc")
-            await call(client, "run_experiment", description="baseline")
-            run = await call(client, "wait_experiment")
-            await call(client, "commit_or_reset", run_id=run["run_id"])
-            await call(client, "apply_edit", content=plant + "X = 3\nY = 0\n")
-            await call(client, "run_experiment", description="plants a git setting")
+            await call_ok(client, "start_session", tag="gc")
+            await call_ok(client, "run_experiment", description="baseline")
+            run = await call_ok(client, "wait_experiment")
+            await call_ok(client, "commit_or_reset", run_id=run["run_id"])
+            await call_ok(client, "apply_edit", content=plant + "X = 3\nY = 0\n")
+            await call_ok(client, "run_experiment", description="plants a git setting")
             deadline = anyio.current_time() + 20
             while "fsmonitor" not in (root / ".git" / "config").read_text():
                 assert anyio.current_time() < deadline
                 await anyio.sleep(0.1)
             os.kill(_server_pid(root), signal.SIGKILL)
-            await call(client, "query_results")
+            await call_ok(client, "query_results")
     async with Client(params) as client:
-        started = await call(client, "start_session", tag="gc")
+        started = await call_ok(client, "start_session", tag="gc")
         assert any("was in flight" in note for note in started["recovered"])
         assert "fsmonitor" not in (root / ".git" / "config").read_text()
-        results = await call(client, "query_results")
+        results = await call_ok(client, "query_results")
         [row] = [r for r in results["rows"] if r["description"] == "plants a git setting"]
         assert row["run_status"] == "interrupted"
     events = (root / ".autoresearch" / "autoresearch.jsonl").read_text()

@@ -15,7 +15,7 @@ import anyio
 import psutil
 import pytest
 
-from .conftest import git, make_repo
+from .conftest import call_ok, git, make_repo
 
 pytestmark = pytest.mark.anyio
 
@@ -56,11 +56,6 @@ def settings(**extra: Any) -> dict[str, Any]:
     }
 
 
-async def wait_first(agent: Any) -> dict[str, Any]:
-    run = await agent.ok("wait_experiment")
-    while run["status"] == "running":
-        run = await agent.ok("wait_experiment")
-    return run
 
 
 async def test_two_slots_keep_merge_and_rerun(tmp_path: Path, agent_for: Any, slots_home: Path) -> None:
@@ -70,7 +65,7 @@ async def test_two_slots_keep_merge_and_rerun(tmp_path: Path, agent_for: Any, sl
         assert started["slots"].startswith("2 slots (local)")
         base = await agent.ok("run_experiment", description="baseline")
         assert base["status"] == "running" and base["slot"] is None
-        run = await wait_first(agent)
+        run = await agent.until_done()
         assert run["run_id"] == base["run_id"] and run["status"] == "ok" and run["value"] == 8.0
         assert run["values"] == [8.0, 8.0]  # one run per slot, at once
         decision = await agent.ok("commit_or_reset")
@@ -88,18 +83,14 @@ async def test_two_slots_keep_merge_and_rerun(tmp_path: Path, agent_for: Any, sl
         assert "all 2 slots are in use" in refused
         assert git(root, "rev-parse", "HEAD").strip() == head  # nothing moves while they run
 
-        done = [await wait_first(agent)]
+        done = [await agent.until_done()]
         decided = await agent.ok("commit_or_reset", run_id=done[0]["run_id"])
         assert decided["decision"] == "keep"
         other = second if done[0]["run_id"] == first["run_id"] else first
-        run = await agent.ok("wait_experiment", run_id=other["run_id"])
-        while run["status"] == "running":
-            run = await agent.ok("wait_experiment", run_id=other["run_id"])
+        run = await agent.until_done(other["run_id"])
         again = await agent.ok("commit_or_reset", run_id=other["run_id"])
         assert again["decision"] == "rerun", again  # built on the old best: merged onto the new one
-        run = await agent.ok("wait_experiment", run_id=other["run_id"])
-        while run["status"] == "running":
-            run = await agent.ok("wait_experiment", run_id=other["run_id"])
+        run = await agent.until_done(other["run_id"])
         assert run["value"] == 0.0
         final = await agent.ok("commit_or_reset", run_id=other["run_id"])
         assert final["decision"] == "keep"
@@ -155,7 +146,7 @@ def attack(root: Path, slots_home: Path) -> str:
 
 async def _baseline(agent: Any) -> None:
     await agent.ok("run_experiment", description="baseline")
-    await wait_first(agent)
+    await agent.until_done()
     assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
 
 
@@ -173,15 +164,11 @@ async def test_a_run_in_one_slot_cannot_touch_another_slot_the_user_tree_or_the_
         await agent.ok("apply_edit", content=attack(root, slots_home) + "X = 3\nY = 5\n")
         hostile = await agent.ok("run_experiment", description="attacker")
         assert hostile["slot"] == 1
-        run = await agent.ok("wait_experiment", run_id=hostile["run_id"])
-        while run["status"] == "running":
-            run = await agent.ok("wait_experiment", run_id=hostile["run_id"])
+        run = await agent.until_done(hostile["run_id"])
         log = Path(run["log_path"]).read_text()
         assert "managed: nothing" in log, log
         assert run["status"] == "ok"
-        honest_run = await agent.ok("wait_experiment", run_id=honest["run_id"])
-        while honest_run["status"] == "running":
-            honest_run = await agent.ok("wait_experiment", run_id=honest["run_id"])
+        honest_run = await agent.until_done(honest["run_id"])
         assert honest_run["status"] == "ok" and honest_run["value"] == 7.0
     assert (root / "user_notes.txt").read_text() == "mine\n"
     assert (root / "evaluate.py").read_text() == EVALUATE
@@ -197,7 +184,7 @@ async def test_unconfined_tampering_in_a_slot_is_caught_and_undone(
         await _baseline(agent)
         await agent.ok("apply_edit", content=attack(root, slots_home) + "X = 3\nY = 5\n")
         hostile = await agent.ok("run_experiment", description="attacker")
-        run = await wait_first(agent)
+        run = await agent.until_done()
         assert run["run_id"] == hostile["run_id"]
         assert run["status"] == "tampered", run
         assert "evaluate.py" in run["error"] and "slot" in run["error"]
@@ -208,7 +195,7 @@ async def test_unconfined_tampering_in_a_slot_is_caught_and_undone(
         assert list((root / ".autoresearch" / "tampered").rglob("evaluate.py"))
         await agent.edit("X = 0", "X = 3")
         await agent.ok("run_experiment", description="honest after")
-        run = await wait_first(agent)
+        run = await agent.until_done()
         assert run["status"] == "ok" and run["value"] == 5.0
         for slot in slots_home.glob("*/*"):
             assert not (slot / "sitecustomize.py").exists()
@@ -227,9 +214,7 @@ async def test_stale_candidates_that_conflict_or_did_not_improve_are_discarded(
         await agent.edit("X = 0", "X = 2")
         b = await agent.ok("run_experiment", description="X to 2 (conflicts)")
         for run_id in (a["run_id"], b["run_id"]):
-            run = await agent.ok("wait_experiment", run_id=run_id)
-            while run["status"] == "running":
-                run = await agent.ok("wait_experiment", run_id=run_id)
+            await agent.until_done(run_id)
         assert (await agent.ok("commit_or_reset", run_id=a["run_id"]))["decision"] == "keep"
         stale = await agent.ok("commit_or_reset", run_id=b["run_id"])
         assert stale["decision"] == "discard" and "conflicts" in stale["reason"]
@@ -239,9 +224,7 @@ async def test_stale_candidates_that_conflict_or_did_not_improve_are_discarded(
         await agent.edit("Y = 0", "Y = 5")
         d = await agent.ok("run_experiment", description="Y to 5")
         for run_id in (c["run_id"], d["run_id"]):
-            run = await agent.ok("wait_experiment", run_id=run_id)
-            while run["status"] == "running":
-                run = await agent.ok("wait_experiment", run_id=run_id)
+            await agent.until_done(run_id)
         assert (await agent.ok("commit_or_reset", run_id=d["run_id"]))["decision"] == "keep"
         worse = await agent.ok("commit_or_reset", run_id=c["run_id"])
         assert worse["decision"] == "discard" and "built on" in worse["reason"]
@@ -259,16 +242,12 @@ async def test_an_edit_not_yet_run_is_merged_onto_a_kept_change(tmp_path: Path, 
         a = await agent.ok("run_experiment", description="X to 3")
         await agent.edit("Y = 0", "Y = 4")  # being prepared while a runs
         await agent.ok("wait_experiment", run_id=a["run_id"])
-        run = await agent.ok("wait_experiment", run_id=a["run_id"])
-        while run["status"] == "running":
-            run = await agent.ok("wait_experiment", run_id=a["run_id"])
+        run = await agent.until_done(a["run_id"])
         kept = await agent.ok("commit_or_reset", run_id=a["run_id"])
         assert kept["decision"] == "keep" and "merged" in kept["next_step"]
         assert (root / "params.py").read_text() == "X = 3\n\n\n\nY = 4\n"
         b = await agent.ok("run_experiment", description="Y to 4")
-        run = await agent.ok("wait_experiment", run_id=b["run_id"])
-        while run["status"] == "running":
-            run = await agent.ok("wait_experiment", run_id=b["run_id"])
+        run = await agent.until_done(b["run_id"])
         assert run["value"] == 1.0
 
 
@@ -282,7 +261,7 @@ async def test_devices_shared_inputs_and_the_baseline_under_full_load(tmp_path: 
     async with agent_for(root, settings(slots=3, slot_devices=["0", "1", "2,3"], shared_inputs=["data"])) as agent:
         await agent.ok("start_session", tag="d1")
         await agent.ok("run_experiment", description="baseline")
-        run = await wait_first(agent)
+        run = await agent.until_done()
         assert run["values"] == [8.0, 8.0, 8.0]
         logs = sorted(Path(run["log_path"]).parent.glob(f"{run['run_id']}*.log"))
         text = "".join(p.read_text() for p in logs)
@@ -347,28 +326,24 @@ async def test_kill_9_with_runs_in_every_slot_loses_and_doubles_no_row(tmp_path:
     )
     params = _stdio(root, slots_home)
 
-    async def call(client: Any, tool: str, **args: Any) -> dict[str, Any]:
-        result = await client.call_tool(tool, args)
-        assert not result.is_error, result.content[0].text
-        return result.structured_content
 
     with pytest.raises(BaseException):  # noqa: B017 - the killed server surfaces as a broken connection
         async with Client(params) as client:
-            await call(client, "start_session", tag="k9")
-            await call(client, "run_experiment", description="baseline")
-            run = await call(client, "wait_experiment")
-            await call(client, "commit_or_reset", run_id=run["run_id"])
-            await call(client, "apply_edit", content="X = 3\n\n\n\nY = 0\n")
-            fast = await call(client, "run_experiment", description="fast")
+            await call_ok(client, "start_session", tag="k9")
+            await call_ok(client, "run_experiment", description="baseline")
+            run = await call_ok(client, "wait_experiment")
+            await call_ok(client, "commit_or_reset", run_id=run["run_id"])
+            await call_ok(client, "apply_edit", content="X = 3\n\n\n\nY = 0\n")
+            fast = await call_ok(client, "run_experiment", description="fast")
             for number in (1, 2):
-                await call(client, "apply_edit", content=f"X = 0\nimport time; time.sleep(30)\n\n\nY = {number}\n")
-                await call(client, "run_experiment", description=f"slow {number}")
-            done = await call(client, "wait_experiment", run_id=fast["run_id"], wait_s=20)
+                await call_ok(client, "apply_edit", content=f"X = 0\nimport time; time.sleep(30)\n\n\nY = {number}\n")
+                await call_ok(client, "run_experiment", description=f"slow {number}")
+            done = await call_ok(client, "wait_experiment", run_id=fast["run_id"], wait_s=20)
             assert done["status"] == "ok"
             await anyio.sleep(0.5)
             assert len([p for s in slots_home.glob("*/*") for p in marked_processes(str(s))]) >= 2
             os.kill(_server_pid(root), signal.SIGKILL)
-            await call(client, "query_results")
+            await call_ok(client, "query_results")
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(marked_processes(str(s)) for s in slots_home.glob("*/*")):
@@ -376,12 +351,12 @@ async def test_kill_9_with_runs_in_every_slot_loses_and_doubles_no_row(tmp_path:
     assert not any(marked_processes(str(s)) for s in slots_home.glob("*/*")), "runs outlived the server"
 
     async with Client(params) as client:
-        started = await call(client, "start_session", tag="k9")
+        started = await call_ok(client, "start_session", tag="k9")
         assert sum("was in flight" in note for note in started["recovered"]) == 2
         assert started["pending_run"] == fast["run_id"]  # finished before the kill: still waits for its decision
-        kept = await call(client, "commit_or_reset", run_id=fast["run_id"])
+        kept = await call_ok(client, "commit_or_reset", run_id=fast["run_id"])
         assert kept["decision"] == "keep"
-        results = await call(client, "query_results")
+        results = await call_ok(client, "query_results")
         assert results["total"] == 4
 
     events = [json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()]
@@ -411,13 +386,13 @@ async def test_the_sequential_rule_in_a_slot_remeasures_the_best_there(tmp_path:
     async with agent_for(root, overrides) as agent:
         await agent.ok("start_session", tag="seq")
         await agent.ok("run_experiment", description="baseline")
-        base = await wait_first(agent)
+        base = await agent.until_done()
         assert len(base["values"]) == 4  # two rounds of both slots
         decision = await agent.ok("commit_or_reset")
         assert decision["keep_rule"] == "sequential"
         await agent.edit("X = 0", "X = 3")
         started = await agent.ok("run_experiment", description="X to 3")
-        run = await wait_first(agent)
+        run = await agent.until_done()
         assert run["run_id"] == started["run_id"] and run["status"] == "ok"
         kept = await agent.ok("commit_or_reset", run_id=run["run_id"])
         assert kept["decision"] == "keep" and len(kept["values"]) >= 2 and kept["probability"] > 0.9
@@ -444,13 +419,13 @@ async def test_a_link_planted_in_a_slot_never_leads_the_server_into_the_user_tre
         await _baseline(agent)
         await agent.ok("apply_edit", content=swap + "X = 3\nY = 5\n")
         await agent.ok("run_experiment", description="swap lib for a link")
-        run = await wait_first(agent)
+        run = await agent.until_done()
         assert run["status"] == "tampered" and "lib/util.py" in run["error"]
         await agent.ok("commit_or_reset")
         for number in range(3):  # every slot is put back (and sequential best swaps write no link)
             await agent.ok("apply_edit", content=f"X = {number + 4}\n\n\n\nY = 0\n")
             await agent.ok("run_experiment", description=f"after {number}")
-            run = await wait_first(agent)
+            run = await agent.until_done()
             assert run["status"] == "ok", run
             await agent.ok("commit_or_reset")
     assert (root / "lib" / "util.py").read_text() == "HELP = 1\n"
