@@ -175,8 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    from .gitfiles import git_problem
     from .project import load_project
-    from .repo import git_problem
 
     project = load_project(args.project, overrides_from(args), args.config)
     info = project.info

@@ -1,4 +1,4 @@
-"""What git knows of a project's files without a session (for detection): read-only, never a session's git."""
+"""What git knows of a project without a session (for detection and the CLI): read-only, never a session's git."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from .repo import GIT_OPTIONS
+from .errors import SessionError
+from .repo import GIT_OPTIONS, Repo
 
 _OPTION_ARGS = [arg for option in GIT_OPTIONS for arg in ("-c", option)]
 
@@ -37,3 +38,14 @@ def tracked_and_ignored(project_root: Path) -> tuple[set[str], set[str]] | None:
         return None
     ignored = ls_files("-c", "-o", "-i", "--exclude-standard", "--directory")
     return tracked, ignored or set()
+
+
+def git_problem(project_root: Path) -> str | None:
+    """Why the loop cannot keep and discard experiments in this directory's git repository (None when it can)."""
+    try:
+        repo = Repo(project_root)
+    except SessionError as exc:
+        return str(exc)
+    if not repo.has_commits():
+        return "the repository has no commits yet; commit the project first (git add, git commit)"
+    return None

@@ -474,17 +474,6 @@ class Repo:
             return False
 
 
-def git_problem(project_root: Path) -> str | None:
-    """Why the loop cannot keep and discard experiments in this directory's git repository (None when it can)."""
-    try:
-        repo = Repo(project_root)
-    except SessionError as exc:
-        return str(exc)
-    if not repo.has_commits():
-        return "the repository has no commits yet; commit the project first (git add, git commit)"
-    return None
-
-
 LOCK_WAIT_S = 3.0
 STALE_AFTER_S = 0.3
 _PROCESS_START = psutil.Process().create_time()
