@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import git
-import psutil
 from git.objects.fun import tree_entries_from_data, tree_to_stream
 from git.refs import SymbolicReference
 from gitdb.base import IStream
@@ -476,7 +475,10 @@ class Repo:
 
 LOCK_WAIT_S = 3.0
 STALE_AFTER_S = 0.3
-_PROCESS_START = psutil.Process().create_time()
+# When this server began (its module import: after its process started, so after any predecessor died).
+# Not psutil's create_time: that is counted from the boot time in whole seconds, up to 1 s early, and a lock
+# left by a predecessor killed just before the restart would look newer than this process.
+_PROCESS_START = time.time()
 
 
 def _stale(lock: Path, waited_s: float) -> bool:

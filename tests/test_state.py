@@ -119,3 +119,27 @@ def test_a_log_swapped_right_after_the_servers_own_write_is_never_adopted(tmp_pa
     assert not journal.jsonl_path.is_symlink()
     journal.log_event("after", {"run_id": "r1"})  # the server writes on, into its own file
     assert "after" in journal.jsonl_path.read_text() and "after" not in copy.read_text()
+
+
+def test_a_ref_lock_left_by_a_server_killed_just_before_the_restart_is_taken_over(tmp_path: Path) -> None:
+    """A server killed while writing a ref leaves `<ref>.lock`; the next server, started a moment later, takes
+    it over (the crash soak restarts within 50 ms). The lock is older than the new server, however quickly it
+    starts: never refused for 'another git command'."""
+    import subprocess
+    import sys
+
+    from .conftest import git, make_repo
+
+    root = make_repo(tmp_path / "proj", {"a.txt": "a\n"})
+    head = git(root, "rev-parse", "HEAD").strip()
+    lock = root / ".git" / "refs" / "autoresearch" / "t" / "r1.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(head + "\n")  # the predecessor's half-done write, an instant ago
+    code = (
+        "import sys; from pathlib import Path; from mcp_autoresearch.repo import Repo; "
+        "Repo(Path(sys.argv[1])).set_ref('refs/autoresearch/t/r1', sys.argv[2])"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(root), head], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (root / ".git" / "refs" / "autoresearch" / "t" / "r1").read_text().strip() == head
+    assert not lock.exists()
