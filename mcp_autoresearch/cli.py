@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
     serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
-    serve.add_argument("--token", help=f"bearer token required on every HTTP request (or ${TOKEN_ENV})")
+    serve.add_argument(
+        "--token", help=f"bearer token required on every HTTP request (better: ${TOKEN_ENV}, see README)"
+    )
     serve.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     _add_overrides(serve)
 
@@ -86,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--web", action="store_true", help="serve a live web page instead (read-only)")
     dashboard.add_argument("--host", default="127.0.0.1", help="with --web: bind address (default 127.0.0.1)")
     dashboard.add_argument("--port", type=int, default=8766, help="with --web: port (default 8766)")
-    dashboard.add_argument("--token", help=f"with --web: token the page's requests need (or ${TOKEN_ENV})")
+    dashboard.add_argument(
+        "--token", help=f"with --web: token the page's requests need (better: ${TOKEN_ENV}, see README)"
+    )
 
     plot = sub.add_parser("plot", help="write the progress plot (needs the 'plot' extra)")
     _add_project(plot)
@@ -223,12 +227,31 @@ def _listen_problem(host: str, port: int, token: str | None, what: str, why: str
     return None
 
 
+def token_from(args: argparse.Namespace) -> str | None:
+    """The HTTP token: from the environment, or from --token with a warning (every process of the machine reads
+    a command line). Either way it then leaves this process's environment (nothing it starts inherits it) and is
+    overwritten in the memory its /proc files show."""
+    from .ownprocess import scrub_from_proc
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    os.environ.pop(TOKEN_ENV, None)
+    if args.token:
+        print(
+            f"mcp-autoresearch: warning: --token puts the token on the command line, where other processes and "
+            f"the shell's history can read it; set {TOKEN_ENV} in the server's environment instead",
+            file=sys.stderr,
+        )
+    if token:
+        scrub_from_proc(token)
+    return token
+
+
 def cmd_dashboard_web(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .project import check_project_root, load_project
     from .web.app import serve_page
 
-    token = args.token or os.environ.get(TOKEN_ENV) or None
+    token = token_from(args)
     problem = _listen_problem(args.host, args.port, token, "the dashboard", "it shows the project's code and logs")
     if problem:
         return _fail(problem)
@@ -241,12 +264,14 @@ def cmd_dashboard_web(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .ownprocess import close_own_proc
     from .workspace import Workspace
 
+    close_own_proc()  # first: runs are processes of the same user, and this process holds the token
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    token = args.token or os.environ.get(TOKEN_ENV) or None
+    token = token_from(args)
     if args.transport == "http":
         why = "anyone who reaches it could run commands in this project"
         problem = _listen_problem(args.host, args.port, token, "the server", why)

@@ -54,9 +54,11 @@ SCOPE_SIGNAL = 1 << 1  # ABI 6
 PR_CAPBSET_DROP = 24
 # Capabilities a root run must not keep, because Landlock does not mediate what they allow: file flags such as
 # `chattr +i` on the user's or the server's files (FS_IOC_SETFLAGS on a file opened read-only), kernel modules,
-# raw I/O, reboot, the system clock, BPF, mounts and namespaces (CAP_SYS_ADMIN), network configuration.
-DROPPED_CAPS = (9, 12, 16, 17, 21, 22, 25, 32, 33, 39)  # LINUX_IMMUTABLE NET_ADMIN SYS_MODULE SYS_RAWIO
-# SYS_ADMIN SYS_BOOT SYS_TIME MAC_OVERRIDE MAC_ADMIN BPF
+# raw I/O, reboot, the system clock, BPF, mounts and namespaces (CAP_SYS_ADMIN), network configuration, and the
+# /proc files (environ, mem) of a process that is not dumpable, such as the server (CAP_SYS_PTRACE; CAP_SYS_ADMIN
+# and CAP_PERFMON also open its environ).
+DROPPED_CAPS = (9, 12, 16, 17, 19, 21, 22, 25, 32, 33, 38, 39)  # LINUX_IMMUTABLE NET_ADMIN SYS_MODULE SYS_RAWIO
+# SYS_PTRACE SYS_ADMIN SYS_BOOT SYS_TIME MAC_OVERRIDE MAC_ADMIN PERFMON BPF
 
 _WRITE_ABI1 = (
     WRITE_FILE | REMOVE_DIR | REMOVE_FILE | MAKE_CHAR | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO | MAKE_BLOCK

@@ -14,6 +14,7 @@ from typing import Any
 from .briefing import stored_briefing
 from .errors import ConfigError, SessionError
 from .models import StartResult
+from .ownprocess import close_own_proc
 from .project import Project, ProjectInfo, load_project
 from .repo import Repo
 from .sequential import keep_rule_summary
@@ -32,6 +33,7 @@ class Workspace:
         overrides: dict[str, Any] | None = None,
         config_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        close_own_proc()  # this process runs the session: its /proc files are closed to the runs (same user)
         self.overrides = overrides or {}
         self.config_file = config_file
         # What the user typed fails at once (the CLI exits 2). A bad configuration *file* must not stop the
