@@ -765,13 +765,9 @@ async def test_gos_writable_bin_is_no_way_into_the_servers_folder(ml_project: Pa
     assert (root / ".autoresearch" / "bin" / "app").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runs may open any TCP connection (no Landlock network rules): a run calls the tools of the server that "
-    "runs it over its HTTP transport (loopback needs no token; a --token on the command line is in "
-    "/proc/<server>/cmdline, readable to the run)",
-)
 async def test_a_run_cannot_call_the_servers_http_tools(ml_project: Path):
+    """A run may open TCP connections (no network rules yet), but a --token on the server's command line is
+    overwritten in the memory /proc/<server>/cmdline shows: what the run finds there is refused."""
     import httpx2
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
