@@ -20,7 +20,8 @@ class Capture:
     def __init__(self, read_fd: int, log_fd: int) -> None:
         self.read_fd = read_fd
         self.log_fd = log_fd
-        self.size = 0
+        self.size = 0  # bytes written to the log (what the hash covers)
+        self.dropping = False  # a write failed: output is read and dropped from then on
         self._hash = hashlib.sha256()
         os.set_blocking(read_fd, False)
         self._wake_r, self._wake_w = os.pipe()  # not inherited (PEP 446); os.pipe2 is Linux-only
@@ -42,11 +43,16 @@ class Capture:
                 return False
             if not data:
                 return False
-            self._hash.update(data)
             view = memoryview(data)
-            while view:
-                view = view[os.write(self.log_fd, view) :]
-            self.size += len(data)
+            while view and not self.dropping:
+                try:
+                    written = os.write(self.log_fd, view)
+                except OSError:  # a full disk: the log ends here, and the pipe is still drained (no run blocks)
+                    self.dropping = True
+                    break
+                self._hash.update(view[:written])
+                self.size += written
+                view = view[written:]
 
     def _loop(self) -> None:
         try:

@@ -10,6 +10,7 @@ import statistics
 from dataclasses import dataclass
 
 from .context import SessionCore, normal_run_id
+from .diskspace import AFTER_DISK_FULL
 from .errors import RuleViolation, SessionError
 from .evidence import Evidence
 from .journal import Row
@@ -134,7 +135,9 @@ class Decider:
         core.save()
         core.own.journal_written()
         notes = f"log_result(run_id='{pending.run_id}', notes='hypothesis: ...; result: ...; learned: ...')"
-        if result.status in UNFINISHED:
+        if result.status == "disk_full":
+            next_step = f"logged as disk_full: {AFTER_DISK_FULL}{rerun(pending.is_baseline)}"
+        elif result.status in UNFINISHED:
             next_step = (
                 f"logged as {result.status}: it never finished, which says nothing about the idea; "
                 + rerun(pending.is_baseline)

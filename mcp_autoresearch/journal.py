@@ -75,7 +75,7 @@ class Row:
 
 
 _ROW_CACHE = 512
-NOT_MEASURED = ("cancelled", "interrupted")  # run statuses that say nothing about the content that ran
+NOT_MEASURED = ("cancelled", "interrupted", "disk_full")  # run statuses that say nothing about the content
 
 
 class Journal:

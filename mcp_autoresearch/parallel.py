@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from .checkouts import Checkouts
 from .context import SessionCore
+from .diskspace import mark_disk_full
 from .editing import Editor
 from .errors import RuleViolation, SessionError
 from .experiment import Experiment, ExperimentResult
@@ -162,6 +164,10 @@ class ParallelRuns:
     def start_run(self, description: str, rerun: bool = False) -> str | AlreadyMeasured:
         core = self.core
         with core.lock:
+            # First: with the disk full, even git status (which writes the index) fails.
+            no_room = self.runs.space.before_run(self._places(range(self.slots)), list(core.config.writable))
+            if no_room:
+                raise SessionError(no_room)
             self.checks.guard_own()
             inflight = core.state.inflight
             if any(p.is_baseline for p in inflight):
@@ -241,6 +247,10 @@ class ParallelRuns:
         if self.backend is not None and time.monotonic() - self._backend_checked > 60:
             self.backend.check()
             self._backend_checked = time.monotonic()
+
+    def _places(self, slots: Iterable[int]) -> list[Path]:
+        """Where runs in these slots write: their checkouts (a Ray job's are its worker's, not this disk)."""
+        return [] if self.backend is not None else [self.checkouts.project(slot) for slot in slots]
 
     def _full_message(self) -> str:
         inflight = self.core.state.inflight
@@ -328,6 +338,12 @@ class ParallelRuns:
                 log.exception("run %s failed inside the server", pending.run_id)
                 outcome = unmeasured("crash", f"internal error while running: {type(exc).__name__}: {exc}", [])
             with core.lock:
+                full = self.runs.space.after_run(self._places(flight.slots), list(core.config.writable))
+                if full:  # the other runs write on the same full disk: stopped before the reserve is freed
+                    for other in self.flights.values():
+                        if other is not flight:
+                            other.cancel(f"stopped: the disk filled up while it ran (see {pending.run_id})")
+                    self.runs.space.release()
                 try:
                     tampered = self.checks.after_run(pending, flight.watch)
                 except Exception as exc:
@@ -340,6 +356,7 @@ class ParallelRuns:
                         + ", ".join(tampered)
                         + f" (restored; what they held is kept in .autoresearch/tampered/{pending.run_id}/)"
                     )
+                mark_disk_full(outcome, full)
                 if self.entry(pending.run_id) is pending:
                     pending.result = outcome
                     pending.phase = "finished"

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .context import SessionCore
+from .diskspace import DiskSpace, mark_disk_full
 from .editing import Editor
 from .errors import RuleViolation, SessionError
 from .experiment import Experiment, ExperimentResult
@@ -114,6 +115,7 @@ class Runs:
         self.active: ActiveRun | None = None
         self.git_watch = GitWatch(core.repo, core.root, core.state.branch, core.state.tag)
         self.git_notes: list[str] = []  # what a restart found changed in git's files before git ran again
+        self.space = DiskSpace(core.root)  # the reserve for the server's records (shared with the slots)
 
     def handle(self, run_id: str | None) -> RunHandle | None:
         """The run in flight (that one, when `run_id` is given), or None when it is not in flight."""
@@ -144,6 +146,9 @@ class Runs:
         with core.lock:
             core.own.guard()
             core.check_no_pending()
+            no_room = self.space.before_run([core.root], list(core.config.writable))
+            if no_room:
+                raise SessionError(no_room)
             parent = core.repo.head_commit()
             found = candidate(core, self.editor, description, parent)
             description, target_bytes, is_baseline, earlier = found.description, found.data, found.is_baseline, found.earlier
@@ -203,6 +208,9 @@ class Runs:
                     "crash", f"internal error while running: {type(exc).__name__}: {exc}", []
                 )
             with core.lock:
+                full = self.space.after_run([core.root], list(core.config.writable))
+                if full:
+                    self.space.release()  # first: the checks and records below need the space
                 try:
                     tampered = self.verify_after_run(pending)
                 except Exception as exc:
@@ -216,6 +224,7 @@ class Runs:
                         + " (tracked ones restored from git; what they held is kept in"
                         + f" .autoresearch/tampered/{pending.run_id}/)"
                     )
+                mark_disk_full(outcome, full)
                 pending.result = outcome
                 pending.phase = "finished"
                 core.save()

@@ -13,6 +13,7 @@ from __future__ import annotations
 from .checkouts import merge_target
 from .context import SessionCore, normal_run_id
 from .decisions import Decider, rerun
+from .diskspace import AFTER_DISK_FULL
 from .errors import RuleViolation, SessionError
 from .files import atomic_write, read_regular
 from .guard import sha256_bytes
@@ -252,7 +253,9 @@ class SlotDecider:
             if free
             else "every slot is busy: wait_experiment() for the next run to finish"
         )
-        if result.status in UNFINISHED:
+        if result.status == "disk_full":
+            next_step = f"logged as disk_full: {AFTER_DISK_FULL}{rerun(pending.is_baseline)}"
+        elif result.status in UNFINISHED:
             next_step = f"logged as {result.status}: it never finished; {rerun(pending.is_baseline)}"
         elif pending.is_baseline and verdict != "keep":
             next_step = f"the baseline was not kept ({decision.reason}); run it again: run_experiment(description='baseline')"

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 # How a run ended. `tampered`: it changed files it must not (restored); `interrupted`: the server stopped
-# while it was in flight, so it never finished (not a verdict on its idea).
+# while it was in flight, so it never finished (not a verdict on its idea); `disk_full`: the disk was full
+# when it ended (its error names the largest files it could write).
 RunStatus = Literal[
-    "ok", "crash", "timeout", "metric_error", "checks_failed", "tampered", "cancelled", "interrupted"
+    "ok", "crash", "timeout", "metric_error", "checks_failed", "tampered", "cancelled", "interrupted", "disk_full"
 ]
 # What the loop decided: keep (the branch advances), discard (reverted), crash (nothing to keep).
 Decision = Literal["keep", "discard", "crash"]
@@ -20,7 +21,7 @@ RunState = Literal["running", RunStatus]
 
 RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
 # Runs that never finished: they say nothing about their idea, which may be run again.
-UNFINISHED: tuple[RunStatus, ...] = ("cancelled", "interrupted")
+UNFINISHED: tuple[RunStatus, ...] = ("cancelled", "interrupted", "disk_full")
 DECISIONS: tuple[Decision, ...] = get_args(Decision)
 # Everything a query can filter on: a decision or a run status.
 FILTERS: tuple[str, ...] = tuple(dict.fromkeys((*DECISIONS, *RUN_STATUSES)))
