@@ -230,9 +230,10 @@ def _listen_problem(host: str, port: int, token: str | None, what: str, why: str
 def token_from(args: argparse.Namespace) -> str | None:
     """The HTTP token: from the environment, or from --token with a warning (every process of the machine reads
     a command line). Either way it then leaves this process's environment (nothing it starts inherits it) and is
-    overwritten in the memory its /proc files show."""
-    from .ownprocess import scrub_from_proc
+    overwritten in the memory its /proc files show, and the process is made not dumpable (its /proc closed)."""
+    from .ownprocess import close_own_proc, scrub_from_proc
 
+    close_own_proc()
     token = args.token or os.environ.get(TOKEN_ENV) or None
     os.environ.pop(TOKEN_ENV, None)
     if args.token:

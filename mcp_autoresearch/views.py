@@ -7,6 +7,7 @@ from __future__ import annotations
 from .briefing import journal_briefing, near_misses
 from .context import SessionCore, normal_run_id
 from .decisions import Decider, rerun
+from .diskspace import AFTER_DISK_FULL
 from .errors import RuleViolation, SessionError
 from .journal import Row
 from .models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult, StartResult
@@ -116,6 +117,11 @@ class Views:
             next_step = (
                 f"call commit_or_reset(run_id='{pending.run_id}'): it will "
                 f"{'keep' if verdict.decision == 'keep' else 'discard'} this ({verdict.reason})"
+            )
+        elif status == "disk_full":
+            next_step = (
+                f"the disk filled up (see error): call commit_or_reset(run_id='{pending.run_id}') to log it; "
+                f"{AFTER_DISK_FULL}{rerun(pending.is_baseline)}"
             )
         elif status in UNFINISHED:
             next_step = (

@@ -83,6 +83,7 @@ async def _fill_then_recover(agent: Any, root: Path, outputs: Path) -> None:
     run = await agent.until_done(run["run_id"])
     assert run["status"] == "disk_full", (run["error"], run)
     assert "out/fill.bin" in run["error"] and "free" in run["error"], run["error"]  # the path that grew
+    assert "free space" in run["next_step"] and "commit_or_reset" in run["next_step"], run["next_step"]
     decided = await agent.ok("commit_or_reset", run_id=run["run_id"])
     assert decided["decision"] == "crash" and "disk_full" in decided["reason"], decided
     assert "free space" in decided["next_step"], decided
