@@ -31,6 +31,17 @@ NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 AFTER_DISK_FULL = "free space on the disk first (the run's error names the largest files runs wrote); then "
 
 
+# How git and Python say it when a write found no room.
+NO_ROOM_TEXT = ("No space left on device", "Out of diskspace", "Disk quota exceeded")
+
+
+def no_room(exc: BaseException) -> bool:
+    """The error is a write that found the disk (or the quota) full: OSError's errno, or git's message."""
+    if isinstance(exc, OSError) and exc.errno in NO_ROOM:
+        return True
+    return any(text in str(exc) for text in NO_ROOM_TEXT)
+
+
 def free_bytes(path: Path) -> int | None:
     """Bytes an ordinary user may still write on the file system holding `path` (None when unknown)."""
     try:

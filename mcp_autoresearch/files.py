@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -120,16 +121,23 @@ def _print(st: os.stat_result) -> Fingerprint:
 
 
 def append_synced(path: Path, data: bytes, sync: bool = True) -> tuple[int, Fingerprint]:
-    """Append, flush and fsync (unless `sync` is False). Returns the offset the data starts at, and the file's
-    fingerprint as this write left it, taken from the descriptor written through (never a later swap's)."""
+    """Append, flush and fsync (unless `sync` is False); a failed append is undone. Returns the offset the data
+    starts at, and the file's fingerprint as this write left it, taken from the descriptor written through (never
+    a later swap's)."""
     fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never a symlink, FIFO or device
     try:
         start = os.fstat(fd).st_size
         written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
-        if sync:
-            os.fsync(fd)
+        try:
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            if sync:
+                os.fsync(fd)
+        except OSError:
+            if written:  # a full disk: the file is left as it was, never with half a line a retry would follow
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+            raise
         return start, _print(os.fstat(fd))
     finally:
         os.close(fd)

@@ -19,6 +19,7 @@ from typing import Any
 from .config import Config
 from .context import normal_run_id
 from .decisions import Decider
+from .diskspace import no_room
 from .editing import Editor
 from .errors import RuleViolation, SessionError
 from .experiment import RUN_LOG
@@ -435,6 +436,17 @@ class Session:
         return self.views.view(run_id, already_measured)
 
     def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
+        try:
+            return self._commit_or_reset(run_id, discard)
+        except (OSError, SessionError) as exc:
+            if not no_room(exc):
+                raise
+            # A full disk (filled after the run ended): the decision is owed, so it is written into the server's
+            # reserve (applying a decision is idempotent); the next run waits until the reserve is back.
+            self.runs.space.release()
+            return self._commit_or_reset(run_id, discard)
+
+    def _commit_or_reset(self, run_id: str | None, discard: bool) -> DecisionResult:
         if self.slot_decider is not None:
             return self.slot_decider.commit_or_reset(run_id, discard)
         return self.decider.commit_or_reset(run_id, discard)

@@ -7,6 +7,8 @@ why it cannot run).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import textwrap
@@ -15,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from mcp_autoresearch.diskspace import no_room
+from mcp_autoresearch.files import append_synced
 
 from .conftest import TRAIN_PY, make_repo
 
@@ -155,3 +160,49 @@ async def test_a_run_whose_log_cannot_be_written_is_not_blocked(full_project: Pa
         await agent.edit("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(code))
         run, _ = await agent.experiment("prints on a full disk")
     assert run["status"] == "metric_error", run  # its metric line came after the log was cut; not a timeout
+
+
+async def test_a_decision_is_logged_when_the_disk_filled_after_the_run(
+    full_project: Path, small_disk: Path, agent_for: Any
+) -> None:
+    """Another program fills the disk between a run and its decision: the decision is written into the server's
+    reserve, the JSONL stays whole, and the next run waits for space, saying the runs did not fill it."""
+    root = full_project
+    async with agent_for(root, {"writable": ["out"], "keep_rule": "greedy"}) as agent:
+        await agent.ok("start_session", tag="full")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.4")
+        run = await agent.until_done((await agent.ok("run_experiment", description="LR 0.4"))["run_id"])
+        assert run["status"] == "ok", run
+        other = small_disk / "another-program.bin"
+        with other.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+            while True:
+                handle.write(b"z" * (1 << 20))
+                handle.flush()
+        decided = await agent.ok("commit_or_reset", run_id=run["run_id"])
+        assert decided["decision"] == "keep", decided
+        assert _logged(root) == ["keep", "keep"]
+        for line in (root / ".autoresearch" / "autoresearch.jsonl").read_text().splitlines():
+            json.loads(line)  # every line whole
+        await agent.edit("LR = 0.4", "LR = 0.3")
+        refused = await agent.refused("run_experiment", description="too early")
+        assert "something else filled the disk" in refused, refused
+        other.unlink()
+        again, _ = await agent.experiment("LR 0.3")
+        assert again["status"] == "ok", again
+    assert _logged(root) == ["keep", "keep", "keep"]
+
+
+def test_an_append_that_meets_a_full_disk_leaves_the_file_as_it_was(small_disk: Path) -> None:
+    """The JSONL and results.tsv are appended to: an append cut short by a full disk is undone, so a retry (the
+    decision written into the reserve) never follows half a line."""
+    log = small_disk / "log.jsonl"
+    log.write_bytes(b'{"a": 1}\n')  # its page has room left: the next append is written in part, then refused
+    with (small_disk / "filler.bin").open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"z" * 4096)
+            handle.flush()
+    with pytest.raises(OSError) as refused:
+        append_synced(log, b'{"b": "' + b"x" * 20_000 + b'"}\n')
+    assert no_room(refused.value)
+    assert log.read_bytes() == b'{"a": 1}\n'
