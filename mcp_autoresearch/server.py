@@ -23,6 +23,7 @@ from mcp.types import Tool as MCPTool
 from pydantic import BaseModel, Field, WithJsonSchema
 
 from . import __version__
+from .diskspace import no_room
 from .errors import AutoresearchError
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .project import ProjectInfo
@@ -91,6 +92,10 @@ def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:
     def convert(exc: Exception) -> ToolError:
         if isinstance(exc, AutoresearchError):
             return ToolError(str(exc))
+        if no_room(exc):  # not a bug: the user's disk is full
+            return ToolError(
+                f"the disk holding the project is full ({exc}): free space, then call {fn.__name__} again"
+            )
         log.exception("unexpected error in %s", fn.__name__)
         return ToolError(f"internal error ({type(exc).__name__}: {exc}); the server log has the details")
 

@@ -72,6 +72,13 @@ def full_project(small_disk: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return make_repo(small_disk / "proj", {"train.py": TRAIN_PY, "prepare.py": "SEED = 1\n"})
 
 
+def _fill(path: Path) -> None:
+    """Append to `path` until the file system refuses."""
+    with path.open("ab", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"z" * (1 << 16))
+
+
 def _logged(root: Path) -> list[str]:
     """The decisions column of results.tsv."""
     return [line.split("\t")[3] for line in (root / "results.tsv").read_text().splitlines()[1:]]
@@ -175,19 +182,19 @@ async def test_a_decision_is_logged_when_the_disk_filled_after_the_run(
         run = await agent.until_done((await agent.ok("run_experiment", description="LR 0.4"))["run_id"])
         assert run["status"] == "ok", run
         other = small_disk / "another-program.bin"
-        with other.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
-            while True:
-                handle.write(b"z" * (1 << 20))
-                handle.flush()
+        _fill(other)
         decided = await agent.ok("commit_or_reset", run_id=run["run_id"])
         assert decided["decision"] == "keep", decided
         assert _logged(root) == ["keep", "keep"]
         for line in (root / ".autoresearch" / "autoresearch.jsonl").read_text().splitlines():
             json.loads(line)  # every line whole
-        await agent.edit("LR = 0.4", "LR = 0.3")
         refused = await agent.refused("run_experiment", description="too early")
         assert "something else filled the disk" in refused, refused
+        _fill(other)  # it goes on: what the decision left is taken too
+        refused = await agent.refused("apply_edit", content=TRAIN_PY.replace("LR = 0.5", "LR = 0.3"))
+        assert "the disk holding the project is full" in refused and "internal error" not in refused, refused
         other.unlink()
+        await agent.edit("LR = 0.4", "LR = 0.3")
         again, _ = await agent.experiment("LR 0.3")
         assert again["status"] == "ok", again
     assert _logged(root) == ["keep", "keep", "keep"]
