@@ -32,8 +32,8 @@ if not ISOLATION.confined:
         raise RuntimeError(f"CI must confine runs, but Landlock is unavailable here: {ISOLATION.reason}")
     pytest.skip(f"Landlock is unavailable here: {ISOLATION.reason}", allow_module_level=True)
 
-# The run's side: find the server among its ancestors, collect every string of its cmdline and environ, and try
-# each as the token: initialize, then apply_edit and run_experiment in that MCP session.
+# The run's side: find the server among its ancestors, collect every string of its cmdline and environ (and of
+# the run's own environment), and try each as the token: initialize, then apply_edit and run_experiment.
 THIEF = """
 import json, os, urllib.error, urllib.request
 def ppid(pid):
@@ -52,7 +52,7 @@ def post(port, token, body, session=None):
             return answer.status, answer.headers.get('mcp-session-id'), answer.read().decode(errors='replace')
     except urllib.error.HTTPError as exc:
         return exc.code, None, ''
-found, pid, port = set(), os.getpid(), None
+found, pid, port = set(os.environ.values()), os.getpid(), None  # its own environment too: never inherited
 while pid > 1 and port is None:
     pid = ppid(pid)
     args = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')
