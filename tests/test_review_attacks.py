@@ -349,20 +349,20 @@ async def test_the_servers_token_cannot_be_read_from_its_environment(ml_project:
     pid = os.getpid()
     while pid > 1:
         pid = int(status(pid, 'PPid'))
+        server = b'serve' in open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')
         try:
             for item in open(f'/proc/{pid}/environ', 'rb').read().split(b'\\0'):
                 if item.startswith(b'AUTORESEARCH_TOKEN='):
                     print('LEAKED', item.decode())
         except OSError as exc:
-            print('refused', pid, exc.strerror)
+            print('refused', 'the server' if server else pid, exc.strerror)
     """
     params = stdio_params(ml_project)
     params.env = {**params.env, "AUTORESEARCH_TOKEN": token}
     async with Client(params) as client:
         run, _ = await attack(Agent(client), code)
-        server = [p for p in psutil.Process().children() if "serve" in p.cmdline()][0].pid
     assert token not in _log_text(run)
-    assert f"refused {server} " in _log_text(run), _log_text(run)  # not merely overwritten: closed
+    assert "refused the server " in _log_text(run), _log_text(run)  # not merely overwritten: closed
 
 
 # ---------------------------------------------------------------------------------------------------------------
