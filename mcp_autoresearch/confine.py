@@ -25,6 +25,15 @@ import resource
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING or __package__:
+    from . import namespaces
+else:  # run as a script (or imported by the launcher as one): namespaces.py is imported from beside this file
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import namespaces
+
+    del sys.path[0]
 
 SETUP_FAILED = 125
 MARK = "autoresearch-confine:"
@@ -122,7 +131,7 @@ def build_ruleset(writable: list[str], scope_signal: bool = True) -> tuple[int, 
     """A ruleset fd that denies every write except beneath `writable` (paths that do not exist are skipped),
     and, with ABI >= 6, signals out of the domain. Returns (fd, abi). Restricts nothing by itself."""
     abi = probe()
-    create, add_rule, _ = _syscalls()
+    create = _syscalls()[0]
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
     handled = write_rights(abi)
@@ -133,8 +142,19 @@ def build_ruleset(writable: list[str], scope_signal: bool = True) -> tuple[int, 
     fd = libc.syscall(create, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if fd < 0:
         raise ConfineError(f"landlock_create_ruleset failed: {os.strerror(ctypes.get_errno())}")
+    allow_beneath(int(fd), abi, writable)
+    return int(fd), abi
+
+
+def allow_beneath(ruleset_fd: int, abi: int, paths: list[str]) -> None:
+    """Add to the ruleset: every write right beneath each directory of `paths`, writing (not creating or
+    removing) for each file; paths that do not exist are skipped."""
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    add_rule = _syscalls()[1]
+    handled = write_rights(abi)
     file_rights = WRITE_FILE | (TRUNCATE if abi >= 3 else 0)
-    for path in writable:
+    for path in paths:
         try:
             target = os.open(path, os.O_PATH | os.O_CLOEXEC)
         except OSError:
@@ -142,14 +162,13 @@ def build_ruleset(writable: list[str], scope_signal: bool = True) -> tuple[int, 
         try:
             is_dir = os.path.isdir(f"/proc/self/fd/{target}")
             rule = _PathBeneathAttr(handled if is_dir else file_rights, target)
-            if libc.syscall(add_rule, ctypes.c_int(fd), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+            if libc.syscall(add_rule, ctypes.c_int(ruleset_fd), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
                             ctypes.byref(rule), ctypes.c_uint32(0)) < 0:
                 err = ctypes.get_errno()
-                os.close(fd)
+                os.close(ruleset_fd)
                 raise ConfineError(f"landlock_add_rule({path}) failed: {os.strerror(err)}")
         finally:
             os.close(target)
-    return int(fd), abi
 
 
 def restrict_self(ruleset_fd: int) -> None:
@@ -318,12 +337,18 @@ def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None
         fail(f"prctl failed: {os.strerror(ctypes.get_errno())}")
     if spec.get("parent") and os.getppid() != spec["parent"]:
         fail("the server ended before the run started")
-    ruleset = None
+    ruleset, abi = None, 0
     if spec.get("landlock"):
         try:
-            ruleset, _abi = build_ruleset(list(spec.get("write", [])), bool(spec.get("scope_signal", True)))
+            ruleset, abi = build_ruleset(list(spec.get("write", [])), bool(spec.get("scope_signal", True)))
         except ConfineError as exc:
             fail(str(exc))
+    view, network = bool(spec.get("view")), bool(spec.get("network", True))
+    if view:
+        try:
+            namespaces.enter_keeper(network)
+        except namespaces.ViewError as exc:
+            fail(f"namespaces: {exc}")
     grace = float(spec.get("grace", 3.0))
     signal.pthread_sigmask(signal.SIG_BLOCK, _WAKE)
     gate_r, gate_w = os.pipe()
@@ -337,6 +362,8 @@ def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
             libc.prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0)
+            if view:
+                _enter_view(libc, spec, network, ruleset, abi)
             if ruleset is not None:
                 restrict_self(ruleset)
                 os.close(ruleset)
@@ -348,6 +375,8 @@ def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None
                 os.execvpe(argv[0], argv, env)
         except ConfineError as exc:
             fail(str(exc))
+        except namespaces.ViewError as exc:
+            fail(f"namespaces: {exc}")
         except OSError as exc:
             os.write(2, f"autoresearch: could not start {argv[0]}: {exc.strerror}\n".encode())
             os._exit(127)
@@ -388,8 +417,22 @@ def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None
             _finish(status)
 
 
+def _enter_view(libc: ctypes.CDLL, spec: dict, network: bool, ruleset: int | None, abi: int) -> None:
+    """In the command's process (PID 1 of the keeper's namespaces): build the private view, let Landlock allow
+    writes in its fresh scratch directories, and seal it (no capabilities, no user namespaces)."""
+    try:
+        scratch = namespaces.build_view(list(spec.get("write", [])), os.getcwd(), network,
+                                        list(spec.get("read", [])))
+    except OSError as exc:
+        raise namespaces.ViewError(f"{exc.strerror}: {exc.filename}") from None
+    if ruleset is not None:
+        allow_beneath(ruleset, abi, scratch)
+    namespaces.seal(libc)
+
+
 def parse_args(args: list[str]) -> tuple[dict, list[str]]:
-    """`[--landlock] [--no-scope] [--parent PID] [--grace S] [-w PATH]... -- COMMAND...` (no argparse or json:
+    """`[--landlock] [--no-scope] [--view] [--no-network] [--parent PID] [--grace S] [-w PATH]... [-r PATH]...
+    -- COMMAND...` (no argparse or json:
     every import here is paid on every run)."""
     spec: dict = {"write": [], "landlock": False, "scope_signal": True}
     index = 0
@@ -401,11 +444,15 @@ def parse_args(args: list[str]) -> tuple[dict, list[str]]:
             spec["landlock"] = True
         elif arg == "--no-scope":
             spec["scope_signal"] = False
-        elif arg in ("-w", "--parent", "--grace") and index + 1 < len(args):
+        elif arg == "--view":
+            spec["view"] = True
+        elif arg == "--no-network":
+            spec["network"] = False
+        elif arg in ("-w", "-r", "--parent", "--grace") and index + 1 < len(args):
             index += 1
             value = args[index]
-            if arg == "-w":
-                spec["write"].append(value)
+            if arg in ("-w", "-r"):
+                spec.setdefault("write" if arg == "-w" else "read", []).append(value)
             elif arg == "--parent":
                 spec["parent"] = int(value)
             else:
@@ -423,12 +470,18 @@ def command_line(python: str, spec: dict, argv: list[str]) -> list[str]:
         line.append("--landlock")
     if not spec.get("scope_signal", True):
         line.append("--no-scope")
+    if spec.get("view"):
+        line.append("--view")
+    if not spec.get("network", True):
+        line.append("--no-network")
     if spec.get("parent"):
         line += ["--parent", str(spec["parent"])]
     if "grace" in spec:
         line += ["--grace", repr(float(spec["grace"]))]
     for path in spec.get("write", []):
         line += ["-w", path]
+    for path in spec.get("read", []):
+        line += ["-r", path]
     return [*line, "--", *argv]
 
 

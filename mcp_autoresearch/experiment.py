@@ -21,6 +21,7 @@ from .isolation import (
     denied_write_hint,
     keeper_available,
     keeper_command,
+    keeper_spec,
     private_caches,
     setup_failure,
     writable_paths,
@@ -104,7 +105,8 @@ class Experiment:
 
     def _writable(self, tmpdir: str) -> list[str]:
         assert self.isolation is not None
-        return writable_paths(self.root, list(self.config.writable), tmpdir) if self.isolation.confined else []
+        held = self.isolation.confined or self.isolation.namespaces
+        return writable_paths(self.root, list(self.config.writable), tmpdir) if held else []
 
     def _private_caches(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
         return private_caches(self.root, list(self.config.writable), tmpdir, env)
@@ -115,7 +117,7 @@ class Experiment:
 
     def _launch(self, argv: list[str], cwd: Path, env: dict[str, str], out_fd: int, tmpdir: str) -> Launched:
         assert self.isolation is not None
-        spec = {"landlock": self.isolation.confined, "write": self._writable(tmpdir), "grace": DEFAULT_GRACE_S}
+        spec = keeper_spec(self.isolation, self._writable(tmpdir), DEFAULT_GRACE_S)
         return launcher().spawn(argv, cwd, env, out_fd, spec)
 
     def _process(

@@ -13,7 +13,9 @@ import functools
 import glob
 import os
 import re
+import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,15 +40,41 @@ class Isolation:
     setting: str  # auto | required | off
     abi: int | None  # the Landlock ABI in use, None when runs are not confined
     reason: str | None  # why they are not
+    view_reason: str | None = "not probed"  # why runs get no private view (namespaces); None when they do
+    network: str = "on"  # the `network` setting: "off" cuts runs off (only within a view)
 
     @property
     def confined(self) -> bool:
         return self.abi is not None
 
+    @property
+    def namespaces(self) -> bool:
+        """Each run gets its private view (`namespaces.py`) around the Landlock rules."""
+        return self.view_reason is None
+
+    @property
+    def complete(self) -> bool:
+        """Every layer `isolation = "required"` requires: Landlock and the private view."""
+        return self.confined and self.namespaces
+
+    def missing(self) -> str:
+        """What `required` misses here, in words (empty when nothing)."""
+        gaps = [f"no Landlock: {self.reason}"] if not self.confined else []
+        return "; ".join(gaps + ([f"no namespaces: {self.view_reason}"] if not self.namespaces else []))
+
     def describe(self) -> str:
-        if self.abi is not None:
-            return f"landlock (ABI {self.abi})"
-        return f"none: {self.reason}"
+        """One line: the layers in force, e.g. `namespaces + landlock (ABI 7)`, or what is missing and why."""
+        if self.setting == "off":
+            return f"none: {self.reason}"
+        layers = (["namespaces"] if self.namespaces else []) + ([f"landlock (ABI {self.abi})"] if self.confined else [])
+        line = " + ".join(layers) or "none"
+        if not self.confined:
+            line += f"; no landlock: {self.reason}"
+        if not self.namespaces:
+            line += f"; no namespaces: {self.view_reason}"
+        if self.network == "off":
+            line += "; network off" if self.namespaces else "; network not cut off (needs namespaces)"
+        return line
 
 
 @functools.lru_cache(maxsize=1)
@@ -59,11 +87,33 @@ def _kernel_abi() -> tuple[int | None, str | None]:
         return None, f"the Landlock syscalls cannot be called ({exc})"
 
 
-def probe_isolation(setting: str = "auto") -> Isolation:
+@functools.lru_cache(maxsize=1)
+def _view_problem() -> str | None:
+    """Why this machine cannot give runs a private view (None when it can): a real keeper builds one, network
+    off, around `true`, once per server process (where user namespaces are disabled, restricted by AppArmor,
+    or refused by a container, or where the server runs under a filter that refuses them, as tests do)."""
+    if not keeper_available():
+        return f"namespaces are a Linux feature (this is {sys.platform})"
+    with tempfile.TemporaryDirectory(prefix="autoresearch-probe-") as scratch:
+        spec = {"view": True, "network": False, "write": [scratch], "parent": os.getpid()}
+        try:
+            done = subprocess.run(
+                confine.command_line(sys.executable, spec, ["/bin/true"]), cwd=scratch, capture_output=True,
+                text=True, timeout=60, stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"the probe could not run ({exc})"
+    if done.returncode == 0:
+        return None
+    failure = setup_failure(done.stderr)
+    return failure.removeprefix("namespaces: ") if failure else done.stderr.strip()[-200:] or f"the probe failed ({done.returncode})"
+
+
+def probe_isolation(setting: str = "auto", network: str = "on") -> Isolation:
     if setting == "off":
-        return Isolation(setting, None, 'isolation = "off" in the configuration')
+        return Isolation(setting, None, 'isolation = "off" in the configuration', "isolation is off", network)
     abi, reason = _kernel_abi()
-    return Isolation(setting, abi, reason)
+    return Isolation(setting, abi, reason, _view_problem(), network)
 
 
 def keeper_available() -> bool:
@@ -170,14 +220,28 @@ def private_caches(root: Path, entries: list[str], tmpdir: str, env: dict[str, s
 def keeper_command(
     isolation: Isolation, writable: list[str], argv: list[str], grace_s: float
 ) -> list[str]:
-    """The argv that runs `argv` under the keeper: confined when Landlock is in use, supervised either way."""
-    spec = {
-        "landlock": isolation.confined,
-        "write": writable if isolation.confined else [],
-        "parent": os.getpid(),
-        "grace": grace_s,
-    }
+    """The argv that runs `argv` under the keeper: confined when Landlock or the view is in use, supervised
+    either way."""
+    spec = {**keeper_spec(isolation, writable, grace_s), "parent": os.getpid()}
     return confine.command_line(sys.executable, spec, argv)
+
+
+def keeper_spec(isolation: Isolation, writable: list[str], grace_s: float) -> dict:
+    """What the keeper is told: Landlock and its writable paths, the private view, the network, the grace."""
+    spec: dict = {"landlock": isolation.confined, "grace": grace_s}
+    spec["write"] = writable if (isolation.confined or isolation.namespaces) else []
+    if isolation.namespaces:
+        spec["view"] = True
+        spec["network"] = isolation.network != "off"
+        spec["read"] = view_reads()
+    return spec
+
+
+def view_reads() -> list[str]:
+    """Files a run reads that a hidden directory may cover: the resolver's configuration where it is a link into
+    /run (systemd-resolved), so that names still resolve with the network on."""
+    real = os.path.realpath("/etc/resolv.conf")
+    return [real] if real != "/etc/resolv.conf" else []
 
 
 def setup_failure(text: str) -> str | None:
