@@ -238,10 +238,12 @@ def keeper_spec(isolation: Isolation, writable: list[str], grace_s: float) -> di
 
 
 def view_reads() -> list[str]:
-    """Files a run reads that a hidden directory may cover: the resolver's configuration where it is a link into
-    /run (systemd-resolved), so that names still resolve with the network on."""
+    """What a run reads that a hidden directory may cover (the view shows it again, read-only, only there): the
+    resolver's configuration where it is a link into /run (systemd-resolved), and a home directory beneath
+    /tmp (as in some containers and CI jobs)."""
     real = os.path.realpath("/etc/resolv.conf")
-    return [real] if real != "/etc/resolv.conf" else []
+    home = os.path.expanduser("~")
+    return ([real] if real != "/etc/resolv.conf" else []) + ([home] if home.startswith("/") else [])
 
 
 def setup_failure(text: str) -> str | None:

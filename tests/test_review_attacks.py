@@ -107,14 +107,19 @@ async def test_proc_paths_signals_and_ptrace_of_server_keeper_launcher_are_refus
     ml_project: Path, agent_for
 ):
     """/proc/<pid>/{fd,mem,cwd,root}, kill and ptrace of every process outside the run's domain (its
-    keeper, the launcher, the server itself: here, this test process)."""
+    keeper, the launcher, the server itself: here, this test process). In a private view there is none to
+    find: the run's /proc shows its own PID namespace only (the server's pid names nothing there)."""
+    server = os.getpid()
     async with agent_for(ml_project) as agent:
-        run, decision = await attack(agent, PROC_PROBE)
+        run, decision = await attack(agent, PROC_PROBE + f"print('SERVER', os.path.exists('/proc/{server}/environ'))")
     text = _log_text(run)
     outside = text.split("OUTSIDE")[1].splitlines()[0].split()
-    assert str(os.getpid()) in outside and len(outside) == 3, text
     assert "REACHED" not in text, text
-    assert text.count("refused") == 8 * 3, text
+    if ISOLATION.namespaces:
+        assert outside == [] and "SERVER False" in text, text
+    else:
+        assert str(server) in outside and len(outside) == 3, text
+        assert text.count("refused") == 8 * 3, text
     assert run["status"] == "ok" and run["value"] == 1.3
 
 
@@ -180,9 +185,10 @@ async def test_an_abstract_unix_socket_outside_the_run_is_unreachable(ml_project
 
 
 @pytest.mark.xfail(
+    not ISOLATION.namespaces,
     strict=True,
-    reason="Landlock (ABI <= 7) does not mediate connect() to a named unix socket: a run reaches any socket "
-    "file it can find (ssh-agent via SSH_AUTH_SOCK, docker.sock, the system bus)",
+    reason="without namespaces: Landlock (ABI <= 7) does not mediate connect() to a named unix socket: a run "
+    "reaches any socket file it can find (ssh-agent via SSH_AUTH_SOCK, docker.sock, the system bus)",
 )
 async def test_a_named_unix_socket_outside_the_run_is_unreachable(
     ml_project: Path, agent_for, tmp_path: Path
@@ -333,9 +339,11 @@ async def test_a_root_run_cannot_make_files_immutable(ml_project: Path, agent_fo
 
 
 @pytest.mark.xfail(
+    not ISOLATION.namespaces,
     strict=True,
-    reason="/proc/<server>/environ stays readable to a confined run (Landlock refuses the server's fd, mem, cwd "
-    "and ptrace, not its environ): AUTORESEARCH_TOKEN, kept out of the run's own environment, is read there",
+    reason="without namespaces: /proc/<server>/environ stays readable to a root run (Landlock refuses the "
+    "server's fd, mem, cwd and ptrace, not its environ): AUTORESEARCH_TOKEN, kept out of the run's own "
+    "environment, is read there",
 )
 async def test_the_servers_token_cannot_be_read_from_its_environment(ml_project: Path):
     from mcp import Client
@@ -709,9 +717,11 @@ async def test_a_run_cannot_type_into_the_users_terminal(ml_project: Path, agent
 
 
 @pytest.mark.xfail(
+    not ISOLATION.namespaces,
     strict=True,
-    reason="/dev/shm is writable beneath, for every run: a run deletes or rewrites any shared-memory file of the "
-    "user's other programs (or plants one a later run reads); Landlock cannot tell the run's own files apart",
+    reason="without namespaces: /dev/shm is writable beneath, for every run: a run deletes or rewrites any "
+    "shared-memory file of the user's other programs (or plants one a later run reads); Landlock cannot tell "
+    "the run's own files apart",
 )
 async def test_a_run_cannot_delete_another_programs_shared_memory(ml_project: Path, agent_for):
     shared = Path("/dev/shm") / f"review-other-program-{os.getpid()}-{time.monotonic_ns()}"
@@ -767,10 +777,11 @@ async def test_gos_writable_bin_is_no_way_into_the_servers_folder(ml_project: Pa
 
 
 @pytest.mark.xfail(
+    not ISOLATION.namespaces,
     strict=True,
-    reason="runs may open any TCP connection (no Landlock network rules): a run calls the tools of the server that "
-    "runs it over its HTTP transport (loopback needs no token; a --token on the command line is in "
-    "/proc/<server>/cmdline, readable to the run)",
+    reason="without namespaces: runs may open any TCP connection (no Landlock network rules): a run calls the "
+    "tools of the server that runs it over its HTTP transport (a --token on the command line is in "
+    "/proc/<server>/cmdline, readable to the run; a private view's /proc does not show it)",
 )
 async def test_a_run_cannot_call_the_servers_http_tools(ml_project: Path):
     import httpx2
