@@ -19,12 +19,11 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from mcp_autoresearch.config import Config
 from mcp_autoresearch.experiment import Experiment
-from dataclasses import replace
-
 from mcp_autoresearch.isolation import Isolation, probe_isolation
 
 
