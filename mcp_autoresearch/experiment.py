@@ -22,6 +22,7 @@ from .isolation import (
     keeper_available,
     keeper_command,
     keeper_spec,
+    linked_inputs,
     private_caches,
     setup_failure,
     writable_paths,
@@ -113,11 +114,13 @@ class Experiment:
 
     def _wrap(self, argv: list[str], tmpdir: str) -> list[str]:
         assert self.isolation is not None
-        return keeper_command(self.isolation, self._writable(tmpdir), argv, DEFAULT_GRACE_S)
+        reads = linked_inputs(self.root, list(self.config.shared_inputs))
+        return keeper_command(self.isolation, self._writable(tmpdir), argv, DEFAULT_GRACE_S, reads)
 
     def _launch(self, argv: list[str], cwd: Path, env: dict[str, str], out_fd: int, tmpdir: str) -> Launched:
         assert self.isolation is not None
-        spec = keeper_spec(self.isolation, self._writable(tmpdir), DEFAULT_GRACE_S)
+        reads = linked_inputs(self.root, list(self.config.shared_inputs))
+        spec = keeper_spec(self.isolation, self._writable(tmpdir), DEFAULT_GRACE_S, reads)
         return launcher().spawn(argv, cwd, env, out_fd, spec)
 
     def _process(

@@ -218,23 +218,35 @@ def private_caches(root: Path, entries: list[str], tmpdir: str, env: dict[str, s
 
 
 def keeper_command(
-    isolation: Isolation, writable: list[str], argv: list[str], grace_s: float
+    isolation: Isolation, writable: list[str], argv: list[str], grace_s: float, reads: list[str] | None = None
 ) -> list[str]:
     """The argv that runs `argv` under the keeper: confined when Landlock or the view is in use, supervised
     either way."""
-    spec = {**keeper_spec(isolation, writable, grace_s), "parent": os.getpid()}
+    spec = {**keeper_spec(isolation, writable, grace_s, reads), "parent": os.getpid()}
     return confine.command_line(sys.executable, spec, argv)
 
 
-def keeper_spec(isolation: Isolation, writable: list[str], grace_s: float) -> dict:
-    """What the keeper is told: Landlock and its writable paths, the private view, the network, the grace."""
+def keeper_spec(isolation: Isolation, writable: list[str], grace_s: float, reads: list[str] | None = None) -> dict:
+    """What the keeper is told: Landlock and its writable paths, the private view (with `reads`, paths it must
+    keep showing), the network, the grace."""
     spec: dict = {"landlock": isolation.confined, "grace": grace_s}
     spec["write"] = writable if (isolation.confined or isolation.namespaces) else []
     if isolation.namespaces:
         spec["view"] = True
         spec["network"] = isolation.network != "off"
-        spec["read"] = view_reads()
+        spec["read"] = view_reads() + list(reads or [])
     return spec
+
+
+def linked_inputs(root: Path, shared_inputs: list[str]) -> list[str]:
+    """Where the shared inputs of a slot checkout lead (they are links to the project's own copies): the view
+    shows those places too, read-only, where a hidden directory covers them."""
+    found = []
+    for entry in shared_inputs:
+        path = root / entry
+        if path.is_symlink():
+            found.append(os.path.realpath(path))
+    return found
 
 
 def view_reads() -> list[str]:
