@@ -23,15 +23,17 @@ import ctypes
 import os
 import resource
 import signal
+import socket
 import sys
 import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING or __package__:
-    from . import namespaces
-else:  # run as a script (or imported by the launcher as one): namespaces.py is imported from beside this file
+    from . import namespaces, output_dirs
+else:  # run as a script (or imported by the launcher as one): its stdlib-only siblings are imported by path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import namespaces
+    import output_dirs
 
     del sys.path[0]
 
@@ -351,6 +353,8 @@ def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None
             fail(f"namespaces: {exc}")
     grace = float(spec.get("grace", 3.0))
     signal.pthread_sigmask(signal.SIG_BLOCK, _WAKE)
+    outputs = _output_dirs(spec)
+    channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if outputs else None
     gate_r, gate_w = os.pipe()
     command = os.fork()
     if command == 0:
@@ -364,6 +368,8 @@ def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None
             libc.prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0)
             if view:
                 _enter_view(libc, spec, network, ruleset, abi)
+            if channel is not None:
+                _hand_over_listener(libc, channel)
             if ruleset is not None:
                 restrict_self(ruleset)
                 os.close(ruleset)
@@ -384,6 +390,15 @@ def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None
     if ruleset is not None:
         os.close(ruleset)
     os.close(gate_r)
+    next_signal = _sigtimedwait
+    if channel is not None:
+        channel[1].close()
+        try:
+            next_signal = output_dirs.Answerer(channel[0], outputs, _WAKE).next_signal
+        except OSError:
+            channel[0].close()  # the command's rmdir/mkdir then wait for no one: it must not get a listener
+            os.kill(command, signal.SIGKILL)
+            fail("could not watch the run's output directories (signalfd)")
     # Held at its exit (where ptrace is allowed): the rest of the run is ended before anyone can see it end.
     tracer = libc if _ptrace(libc, PTRACE_SEIZE, command, PTRACE_O_TRACEEXIT) else None
     os.write(gate_w, b"x")
@@ -393,8 +408,8 @@ def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None
     kill_at: float | None = None
     while True:
         wait = 1.0 if kill_at is None else max(0.0, kill_at - time.monotonic())
-        info = signal.sigtimedwait(_WAKE, wait)
-        if info is not None and info.si_signo != signal.SIGCHLD:
+        sig = next_signal(wait)
+        if sig is not None and sig != signal.SIGCHLD:
             if kill_at is None:  # stop requested (timeout, cancel, or the server died): the whole tree
                 _signal_all(signal.SIGTERM)
                 kill_at = time.monotonic() + grace
@@ -415,6 +430,33 @@ def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None
             none_left = True
         if none_left:
             _finish(status)
+
+
+def _sigtimedwait(timeout: float) -> int | None:
+    info = signal.sigtimedwait(_WAKE, timeout)
+    return info.si_signo if info is not None else None
+
+
+def _output_dirs(spec: dict) -> list[str]:
+    """The writable directories inside the working directory (the project's outputs, such as dist): a run may
+    remove and recreate them (`output_dirs.py`)."""
+    cwd = os.getcwd().rstrip("/") + "/"
+    return [path for path in spec.get("write", []) if path.startswith(cwd) and os.path.isdir(path)]
+
+
+def _hand_over_listener(libc: ctypes.CDLL, channel: tuple[socket.socket, socket.socket]) -> None:
+    """In the command: the filter whose notifications the keeper answers; the listening end goes to the keeper,
+    and no copy stays here (with one, the run could answer its own calls)."""
+    channel[0].close()
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise ConfineError(f"prctl(NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+    try:
+        listener = output_dirs.install_listener(libc)
+    except OSError as exc:
+        raise ConfineError(str(exc.strerror)) from None
+    socket.send_fds(channel[1], [b"listener"], [listener])
+    os.close(listener)
+    channel[1].close()
 
 
 def _enter_view(libc: ctypes.CDLL, spec: dict, network: bool, ruleset: int | None, abi: int) -> None:
