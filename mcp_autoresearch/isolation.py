@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import confine
+from . import confine, landlock
 from .errors import ConfigError
 
 # Devices any run may write (the terminal-like ones tools expect) and those a GPU run needs; directories below
@@ -80,8 +80,8 @@ class Isolation:
 @functools.lru_cache(maxsize=1)
 def _kernel_abi() -> tuple[int | None, str | None]:
     try:
-        return confine.probe(), None
-    except confine.ConfineError as exc:
+        return landlock.probe(), None
+    except landlock.ConfineError as exc:
         return None, str(exc)
     except OSError as exc:  # no libc to call (an unusual platform)
         return None, f"the Landlock syscalls cannot be called ({exc})"

@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import select
+import signal
 import socket
 import struct
 import time
@@ -111,7 +112,7 @@ class Answerer:
     """The keeper's side: receives the listener from the command, then answers its notifications while it
     waits for signals (a replacement for `sigtimedwait` in the keeper's loop)."""
 
-    def __init__(self, channel: socket.socket, outputs: list[str], wake: set[int]) -> None:
+    def __init__(self, channel: socket.socket, outputs: list[str], wake: set[signal.Signals]) -> None:
         self.channel: socket.socket | None = channel
         self.listener: int | None = None
         self.outputs = {os.path.realpath(path) for path in outputs}

@@ -149,11 +149,12 @@ async def test_dev_shm_is_private_between_the_user_and_runs(ml_project: Path, ag
     /tmp) is gone for the user and for the next run."""
     mine = Path("/dev/shm") / f"view-user-{os.getpid()}"
     mine.write_text("the user's program state\n")
+    left = f"left-by-run-{os.getpid()}"
     code = f"""
     import os
     print('SEES USER FILE', os.path.exists({str(mine)!r}))
-    print('LEFT BY EARLIER RUN', os.path.exists('/dev/shm/left-by-run'), os.path.exists('/tmp/left-by-run'))
-    open('/dev/shm/left-by-run', 'w').write('x'); open('/tmp/left-by-run', 'w').write('x')
+    print('LEFT BY EARLIER RUN', os.path.exists('/dev/shm/{left}'), os.path.exists('/tmp/{left}'))
+    open('/dev/shm/{left}', 'w').write('x'); open('/tmp/{left}', 'w').write('x')
     open(os.path.join(os.environ['TMPDIR'], 'private'), 'w').write('TMPDIR works')
     print('RUN WROTE')
     """
@@ -165,7 +166,7 @@ async def test_dev_shm_is_private_between_the_user_and_runs(ml_project: Path, ag
     assert "SEES USER FILE False" in text and "RUN WROTE" in text, text
     # The baseline ran first, the attack second: each run writes, and the second saw nothing of the first.
     assert "LEFT BY EARLIER RUN False False" in text, text
-    assert not Path("/dev/shm/left-by-run").exists() and not Path("/tmp/left-by-run").exists()
+    assert not Path("/dev/shm", left).exists() and not Path("/tmp", left).exists()
 
 
 class TcpServer:
@@ -269,7 +270,7 @@ def test_as_an_ordinary_user_the_keeper_builds_the_same_view(tmp_path: Path) -> 
     through a user namespace that maps only that uid."""
     home = Path(tempfile.mkdtemp(prefix="view-user-"))
     try:
-        for name in ("confine.py", "namespaces.py"):
+        for name in ("confine.py", "landlock.py", "namespaces.py", "output_dirs.py"):
             shutil.copy(MODULES / name, home / name)
         project = home / "project"
         (project / "out").mkdir(parents=True)
