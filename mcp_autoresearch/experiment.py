@@ -23,6 +23,7 @@ from .isolation import (
     keeper_command,
     keeper_spec,
     linked_inputs,
+    network_hint,
     private_caches,
     setup_failure,
     writable_paths,
@@ -238,8 +239,11 @@ class Experiment:
         refused = setup_failure(head) if head else None
         if refused:
             result.error = f"the run could not be confined ({refused}); nothing ran"
-        elif self.isolation is not None and self.isolation.confined and status != "cancelled":
-            hint = denied_write_hint(clean_text(read_tail_bytes(log_path, 16384)))
+        elif self.isolation is not None and status != "cancelled":
+            text = clean_text(read_tail_bytes(log_path, 16384))
+            hint = denied_write_hint(text) if self.isolation.confined or self.isolation.namespaces else None
+            if self.isolation.namespaces and self.isolation.network == "off":
+                hint = network_hint(text) or hint
             if hint:
                 result.error = f"{error}; {hint}"
         return result

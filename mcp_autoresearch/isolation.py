@@ -269,18 +269,46 @@ def setup_failure(text: str) -> str | None:
 _DENIED = re.compile(r"(Permission denied|Read-only file system|EACCES|EROFS|Operation not permitted)", re.I)
 _QUOTED = re.compile(r"""['"`‘]((?:/|\./|\.\./|~/)?[^'"`’\n]{1,300})['"`’]""")
 _UNQUOTED = re.compile(r"(?:cannot (?:create|touch|open|remove|mkdir)|open|mkdir|unlink|rename) (/?[\w.\-/]+)")
+# Node prints the error object after the message: `path: 'dist'` (and `dest:` for a rename or link).
+_NODE_PATH = re.compile(r"""^\s*(?:path|dest): ['"]([^'"\n]{1,300})['"]""", re.M)
+_ERRNO_NAME = re.compile(r"E[A-Z]{2,}")  # a quoted error code (`code: 'EACCES'`) is no path
+
+
+def _named_path(line: str) -> str | None:
+    for match in _QUOTED.finditer(line):
+        if not _ERRNO_NAME.fullmatch(match.group(1)):
+            return match.group(1)
+    found = _UNQUOTED.search(line)
+    return found.group(1) if found else None
 
 
 def denied_write_hint(output_tail: str) -> str | None:
-    """When a confined run's output shows a denied write, say once, plainly, which setting allows it."""
-    for line in reversed(output_tail.splitlines()):
-        if not _DENIED.search(line):
-            continue
-        match = _QUOTED.search(line) or _UNQUOTED.search(line)
-        where = f" ({match.group(1)})" if match else ""
-        return (
-            f"the run was refused a write{where}: runs may write only the paths listed in `writable` (plus a "
-            "private TMPDIR). If it must write there, add the directory to `writable` in the configuration "
-            "and start a new session"
-        )
-    return None
+    """When a confined run's output shows a denied write, say once, plainly, which path (where the output
+    names one: the message, Node's error object, or any denial line) and which setting allows it."""
+    lines = [line for line in output_tail.splitlines() if _DENIED.search(line)]
+    if not lines:
+        return None
+    node = _NODE_PATH.findall(output_tail)
+    path = node[-1] if node else next((p for p in map(_named_path, reversed(lines)) if p), None)
+    where = f" ({path})" if path else " (the output names no path: look for the file the tool writes)"
+    return (
+        f"the run was refused a write{where}: runs may write only the paths listed in `writable` (plus a "
+        "private TMPDIR and a fresh /tmp). If it must write there, add the directory to `writable` in the "
+        "configuration and start a new session"
+    )
+
+
+_OFFLINE = re.compile(
+    r"(Temporary failure in name resolution|Name or service not known|Could not resolve host|getaddrinfo "
+    r"(?:ENOTFOUND|EAI_AGAIN)|Network is unreachable|ENETUNREACH|nodename nor servname)", re.I
+)
+
+
+def network_hint(output_tail: str) -> str | None:
+    """When a run cut off from the network failed on it, say which setting gives it the network."""
+    if not _OFFLINE.search(output_tail):
+        return None
+    return (
+        'the run has no network (network = "off"): fetch what it needs before the session (npm install, '
+        'cargo fetch, go mod download, uv sync), or set network = "on" in the configuration and start a new session'
+    )

@@ -353,3 +353,35 @@ async def test_where_namespaces_are_refused_landlock_alone_confines_and_required
         await agent.edit("LR = 0.5", "LR = 0.1\ntry:\n    open('prepare.py', 'w')\nexcept OSError as e:\n    print('refused', e.strerror)")
         run = await agent.ok("run_experiment", description="a write Landlock refuses")
         assert "refused Permission denied" in Path(run["log_path"]).read_text()
+
+
+MITT_BUILD_OUTPUT = """\
+Error: EACCES: permission denied, rmdir 'dist'
+    at rmdirSync (node:fs:1214:11)
+    at rimrafSync (node:internal/fs/rimraf:195:7) {
+  errno: -13,
+  code: 'EACCES',
+  syscall: 'rmdir',
+  path: 'dist'
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("output", "named"),
+    [
+        (MITT_BUILD_OUTPUT, "(dist)"),
+        (MITT_BUILD_OUTPUT.replace("rmdir 'dist'", "rmdir").replace("path: 'dist'", "path: 'lib/x'"), "(lib/x)"),
+        ("Error: EROFS: read-only file system, open 'index.d.ts'\n", "(index.d.ts)"),
+        ("npm ERR! code EACCES\nnpm ERR! syscall mkdir\nnpm ERR! path /root/.npm/_cacache\n"
+         "npm ERR! errno -13\nnpm ERR! Error: EACCES: permission denied, mkdir '/root/.npm/_cacache'\n",
+         "(/root/.npm/_cacache)"),
+        ("touch: cannot touch 'x.txt': Read-only file system\n", "(x.txt)"),
+        ("build failed: EACCES\n", "(the output names no path"),
+    ],
+)
+def test_the_denied_write_message_names_the_path(output: str, named: str) -> None:
+    """mitt's build printed a Node error object whose first quoted word is the code ('EACCES'): the path is
+    the one the tool names, never the error code, and where none is named the message says so."""
+    hint = denied_write_hint(output)
+    assert hint is not None and f"refused a write {named}" in hint, hint

@@ -300,3 +300,16 @@ def test_as_an_ordinary_user_the_keeper_builds_the_same_view(tmp_path: Path) -> 
         assert (project / "out" / "built").read_text() == "ok"
     finally:
         shutil.rmtree(home)
+
+
+async def test_a_run_that_needs_the_network_is_told_which_setting_gives_it(ml_project: Path, agent_for) -> None:
+    code = """
+    import socket
+    socket.getaddrinfo('pypi.org', 443)
+    """
+    async with agent_for(ml_project, {"network": "off"}) as agent:
+        await agent.ok("start_session")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(code))
+        run, _ = await agent.experiment("fetches something")
+    assert run["status"] == "crash" and 'set network = "on"' in run["error"], run
