@@ -115,12 +115,12 @@ class Experiment:
 
     def _wrap(self, argv: list[str], tmpdir: str) -> list[str]:
         assert self.isolation is not None
-        reads = linked_inputs(self.root, list(self.config.shared_inputs))
+        reads = [str(self.log_dir), *linked_inputs(self.root, list(self.config.shared_inputs))]
         return keeper_command(self.isolation, self._writable(tmpdir), argv, DEFAULT_GRACE_S, reads)
 
     def _launch(self, argv: list[str], cwd: Path, env: dict[str, str], out_fd: int, tmpdir: str) -> Launched:
         assert self.isolation is not None
-        reads = linked_inputs(self.root, list(self.config.shared_inputs))
+        reads = [str(self.log_dir), *linked_inputs(self.root, list(self.config.shared_inputs))]
         spec = keeper_spec(self.isolation, self._writable(tmpdir), DEFAULT_GRACE_S, reads)
         return launcher().spawn(argv, cwd, env, out_fd, spec)
 

@@ -113,3 +113,25 @@ async def test_slots_remove_and_recreate_their_output_directory(
         await agent.ok("run_experiment", description="baseline")
         run = await agent.until_done()
         assert run["status"] == "ok", run
+
+
+def test_with_landlock_alone_a_build_still_recreates_its_output_directory(tmp_path: Path) -> None:
+    """Where namespaces are unavailable, Landlock alone refuses `rmdir dist` (EACCES: removing an entry of the
+    project): the same answers let the build go on, and other removals stay refused."""
+    from dataclasses import replace
+
+    from mcp_autoresearch.config import Config
+    from mcp_autoresearch.experiment import Experiment
+
+    root = node_project(tmp_path / "lib", "unused")
+    (root / "dist").mkdir()
+    (root / "dist" / "old.js").write_text("x")
+    command = "rm -rf dist && mkdir dist && node build.js && echo kb: 1 && (rmdir src 2>/dev/null || echo src kept)"
+    config = Config.model_validate(
+        {"target_file": "src/index.js", "run_command": command, "metric_name": "kb", "writable": ["dist"]}
+    )
+    landlock_alone = replace(ISOLATION, view_reason="left out by the test")
+    result = Experiment(config, root, "r1", root / ".autoresearch" / "runs", "t", None, landlock_alone).run()
+    assert result.status == "ok", Path(result.log_path).read_text()
+    assert "src kept" in Path(result.log_path).read_text()
+    assert sorted(p.name for p in (root / "dist").iterdir()) == ["chunks", "index.js", "index.js.map"]
