@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import textwrap
 import threading
@@ -313,3 +314,26 @@ async def test_a_run_that_needs_the_network_is_told_which_setting_gives_it(ml_pr
         await agent.edit("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(code))
         run, _ = await agent.experiment("fetches something")
     assert run["status"] == "crash" and 'set network = "on"' in run["error"], run
+
+
+async def test_the_network_setting_is_fixed_for_the_session(ml_project: Path, agent_for) -> None:
+    async with agent_for(ml_project, {"network": "off"}) as agent:
+        started = await agent.ok("start_session", tag="n1")
+        assert started["isolation"].endswith("; network off"), started
+    async with agent_for(ml_project, {"network": "on"}) as agent:
+        refused = await agent.refused("start_session", tag="n1")
+    assert "network: 'off' -> 'on'" in refused, refused
+
+
+def test_detect_shows_the_network_and_takes_the_flag(ml_project: Path) -> None:
+    def detect(*extra: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "mcp_autoresearch", "detect", "--project", str(ml_project), *extra],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "network:      on" in detect()  # ML: a training script may fetch from a hub
+    off = detect("--network", "off")
+    assert "network:      off" in off and "; network off" in off
