@@ -208,7 +208,8 @@ async def test_a_named_unix_socket_outside_the_run_is_unreachable(
 # ---------------------------------------------------------------------------------------------------------------
 async def test_links_and_renames_into_a_writable_dir_are_refused(ml_project: Path, agent_for):
     """REFER: a protected file cannot be hard-linked or moved into `out/` (then written there), the writable
-    directory itself cannot be moved, and a symlink planted in it does not carry writes out."""
+    directory itself cannot be moved, and a symlink planted in it does not carry writes out. Removing the empty
+    `out/` is answered as done (a build may remove and recreate its outputs) but it stays where it is."""
     root = ml_project
     code = """
     import os
@@ -217,7 +218,7 @@ async def test_links_and_renames_into_a_writable_dir_are_refused(ml_project: Pat
         'move-evaluator': lambda: os.rename('prepare.py', 'out/p.py'),
         'move-notes': lambda: os.rename('my_notes.txt', 'out/n.txt'),
         'move-out': lambda: os.rename('out', 'out2'),
-        'remove-out': lambda: os.rmdir('out'),
+        'remove-out': lambda: (os.rmdir('out'), os.path.isdir('out') or (_ for _ in ()).throw(OSError(0, 'gone'))),
         'write-through-symlink': lambda: (os.symlink('../prepare.py', 'out/s.py'), open('out/s.py', 'w')),
         'link-git-config': lambda: os.link('.git/config', 'out/config'),
     }
@@ -232,7 +233,8 @@ async def test_links_and_renames_into_a_writable_dir_are_refused(ml_project: Pat
     async with agent_for(root, {"writable": ["out"]}) as agent:
         run, decision = await attack(agent, code)
     text = _log_text(run)
-    assert "REACHED" not in text and text.count("refused") == 7, text
+    assert "REACHED remove-out" in text, text  # answered as done, and still there (checked below)
+    assert text.count("REACHED") == 1 and text.count("refused") == 6, text
     assert (root / "prepare.py").read_bytes() == evaluator and (root / "my_notes.txt").read_bytes() == notes
     assert (root / "out").is_dir() and not (root / "out" / "p.py").exists()
 
