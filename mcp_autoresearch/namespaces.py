@@ -16,7 +16,7 @@ The command (`build_view`), before `exec`:
    nothing is shared through them with the user's programs or other runs;
 3. sees the writable paths (the run's private TMPDIR among them) read-write and its working directory
    read-only again, even where they lie beneath a hidden directory; `/proc` of its own PID namespace; `lo` of
-   its own network namespace when the network is off;
+   its own network namespace when the network is off; pseudo-terminals of its own (not the user's terminals);
 4. drops every capability (root included: nothing can be remounted) and may not create user namespaces (a
    seccomp filter), so the view cannot be undone from inside.
 Nothing here is a policy: the server decides the paths (`isolation.py`).
@@ -30,7 +30,7 @@ import sys
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 1 << 12, 1 << 14, 1 << 18
 AT_FDCWD, AT_EMPTY_PATH, AT_RECURSIVE = -100, 0x1000, 0x8000
 OPEN_TREE_CLONE, MOVE_MOUNT_F_EMPTY_PATH, MOUNT_ATTR_RDONLY = 1, 0x4, 1
 # Syscall numbers: (unshare, clone, clone3, open_tree, move_mount, mount_setattr), and seccomp's arch token.
@@ -169,12 +169,25 @@ def build_view(writable: list[str], cwd: str, network: bool, extra_read: list[st
             scratch.append(directory)
     for path, is_dir, fd in copies:
         _attach(libc, fd, path, is_dir)
+    scratch += _private_terminals(libc)
     _check(libc.mount(b"proc", b"/proc", b"proc", ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), None),
            "mount /proc")
     if not network:
         loopback_up()
     os.chdir(cwd)  # the working directory as the view shows it (not the hidden mount beneath)
     return scratch
+
+
+def _private_terminals(libc: ctypes.CDLL) -> list[str]:
+    """A devpts instance of the run's own over /dev/pts (and /dev/ptmx): the user's terminals are not there to
+    write to, and the run's own pseudo-terminals still work. Best effort: where the kernel refuses, the host's
+    stay (Landlock still holds them to what it allows). Returns what Landlock must allow."""
+    options = b"newinstance,ptmxmode=0666,mode=0620"
+    if libc.mount(b"devpts", b"/dev/pts", b"devpts", ctypes.c_ulong(MS_NOSUID | MS_NOEXEC), options) != 0:
+        return []
+    if libc.mount(b"/dev/pts/ptmx", b"/dev/ptmx", None, ctypes.c_ulong(MS_BIND), None) != 0:
+        return ["/dev/pts"]
+    return ["/dev/pts", "/dev/ptmx"]
 
 
 def loopback_up() -> None:

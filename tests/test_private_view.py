@@ -337,3 +337,30 @@ def test_detect_shows_the_network_and_takes_the_flag(ml_project: Path) -> None:
     assert "network:      on" in detect()  # ML: a training script may fetch from a hub
     off = detect("--network", "off")
     assert "network:      off" in off and "; network off" in off
+
+
+async def test_the_users_terminals_are_not_there_and_the_runs_own_work(ml_project: Path, agent_for) -> None:
+    """A terminal of the user's (a pseudo-terminal this test holds, like a shell's) is absent from the run's
+    /dev/pts, an instance of its own, where the run can still open pseudo-terminals."""
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    code = f"""
+    import os
+    try:
+        fd = os.open({name!r}, os.O_WRONLY); os.write(fd, b'rm -rf ~\\\\n'); print('REACHED')
+    except OSError as exc:
+        print('refused', exc.strerror)
+    m, s = os.openpty(); os.write(s, b'own'); print('OWN PTY', os.read(m, 3))
+    """
+    try:
+        async with agent_for(ml_project) as agent:
+            text = await attack(agent, code)
+        os.set_blocking(master, False)
+        try:
+            typed = os.read(master, 100)
+        except OSError:
+            typed = b""
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert "refused No such file or directory" in text and "OWN PTY b'own'" in text and typed == b"", text
