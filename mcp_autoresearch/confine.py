@@ -403,7 +403,7 @@ def main() -> None:
     try:
         spec, argv = parse_args(sys.argv[1:])
     except ValueError as exc:
-        fail(f"{exc}; usage: confine.py [--landlock] [-w PATH]... -- COMMAND [ARGS...]")
+        fail(f"{exc}; usage: confine.py [--landlock] [--view [--no-network]] [-w PATH]... [-r PATH]... -- COMMAND [ARGS...]")
     if not argv:
         fail("no command given")
     keep(spec, argv)
