@@ -1,10 +1,12 @@
-"""What a run may write, and how it is held to it: the server's side of the confinement.
+"""What a run may write and see, and how it is held to it: the server's side of the confinement.
 
-`confine.py` is the mechanism (Landlock, the keeper process); this module is the policy: whether confinement is
-available here (`probe_isolation`), which paths a run may write (`writable_paths`: the configured `writable`
-entries, a private temporary directory, `/dev/shm` and the device files a GPU run needs), which entries are
-refused because they would open the rules to the run (`check_writable`), and the advice given when a run failed
-on a denied write (`denied_write_hint`). It never runs anything itself.
+`confine.py` (the keeper), `landlock.py` and `namespaces.py` are the mechanism; this module is the policy: which
+layers confine runs here (`probe_isolation`: Landlock's ABI, and whether a keeper can build the private view, by
+building one once), what the keeper is told (`keeper_spec`: the view, the `network` setting, the paths it must
+keep showing), which paths a run may write (`writable_paths`: the configured `writable` entries, a private
+temporary directory, `/dev/shm` and the device files a GPU run needs), which entries are refused because they
+would open the rules to the run (`check_writable`), and the advice given when a run failed on a denied write or
+for want of the network (`denied_write_hint`, `network_hint`). It runs nothing itself but that one probe.
 """
 
 from __future__ import annotations
