@@ -4,7 +4,9 @@ server's own Experiment, started four ways, interleaved so machine load hits the
 - plain: `/bin/sh -c` started directly (what a run was before confinement; no keeper, no Landlock);
 - keeper, exec: the keeper started as its own interpreter (the fallback when the launcher is unavailable);
 - keeper via the launcher, unconfined (`isolation = "off"`);
-- keeper via the launcher, Landlock (the default on Linux).
+- keeper via the launcher, Landlock alone (where namespaces are unavailable);
+- keeper via the launcher, the private view + Landlock, network on (the default where namespaces work);
+- the same, network off (a network namespace of its own as well).
 
     python bench/confinement_cost.py [--rounds 100]
 """
@@ -17,6 +19,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from mcp_autoresearch.config import Config
@@ -50,11 +53,14 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-confine-"))
     (root / "t.py").write_text("x = 1\n")
     confined, off = probe_isolation("auto"), probe_isolation("off")
+    landlock_only = replace(confined, view_reason="left out for the comparison")
     ways = {
         "plain /bin/sh (no keeper)": (Experiment, None),
-        "keeper, exec'd interpreter, Landlock": (ExecKeeper, confined),
+        "keeper, exec'd interpreter, Landlock": (ExecKeeper, landlock_only),
         "keeper via launcher, unconfined": (Experiment, off),
-        "keeper via launcher, Landlock": (Experiment, confined),
+        "keeper via launcher, Landlock": (Experiment, landlock_only),
+        "keeper via launcher, view + Landlock, network on": (Experiment, confined),
+        "keeper via launcher, view + Landlock, network off": (Experiment, replace(confined, network="off")),
     }
     times: dict[str, list[float]] = {name: [] for name in ways}
     for kind, isolation in ways.values():  # warm-up (starts the launcher)

@@ -3,7 +3,8 @@ of karpathy/autoresearch's program.md (git commit, cmd > run.log 2>&1, grep, app
 
 Per-experiment overhead = wall time of one experiment minus the command's own time (median of the raw command).
 Also counts tool calls and bytes returned to the agent per experiment. Ours is measured twice, with runs confined
-(Landlock, the default where the kernel has it) and with `isolation = "off"`, side by side.
+(the private view + Landlock, the default where the kernel allows both), with Landlock alone (the server started
+under `tests/helpers/no_namespaces.py`, as where namespaces are refused) and with `isolation = "off"`, side by side.
 
     python bench/loop_overhead.py [--experiments 60]
 """
@@ -62,10 +63,14 @@ def command_time(cwd: Path, n: int = 50) -> float:
     return statistics.median(times)
 
 
-async def ours(root: Path, n: int) -> dict:
+NO_NAMESPACES = str(Path(__file__).parent.parent / "tests" / "helpers" / "no_namespaces.py")
+
+
+async def ours(root: Path, n: int, without_namespaces: bool = False) -> dict:
+    serve = ["-m", "mcp_autoresearch", "serve", "--project", str(root)]
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "mcp_autoresearch", "serve", "--project", str(root)],
+        args=[NO_NAMESPACES, sys.executable, *serve] if without_namespaces else serve,
         env={**{k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}, **IDENTITY},
     )
     per_experiment, calls, sizes = [], [], []
@@ -165,8 +170,10 @@ def main() -> None:
     try:
         ours_root, shell_root = make_repo(base / "ours"), make_repo(base / "shell")
         off_root = make_repo(base / "ours-off", isolation="off")
+        landlock_root = make_repo(base / "ours-landlock")
         own = command_time(ours_root)
         a = summary(anyio.run(ours, ours_root, args.experiments), own)
+        d = summary(anyio.run(ours, landlock_root, args.experiments, True), own)
         c = summary(anyio.run(ours, off_root, args.experiments), own)
         b = summary(shell(shell_root, args.experiments), own)
         ratio = a["median_ms"] / b["median_ms"]
@@ -178,7 +185,8 @@ def main() -> None:
         print("| loop | overhead median (ms) | p10-p90 (ms) | tool calls | bytes to agent |")
         print("|---|---|---|---|---|")
         rows = (
-            ("mcp-autoresearch (stdio), runs confined", a),
+            ("mcp-autoresearch (stdio), runs confined: private view + Landlock", a),
+            ("mcp-autoresearch (stdio), runs confined: Landlock alone", d),
             ('mcp-autoresearch (stdio), isolation = "off"', c),
             ("program.md shell loop", b),
         )
@@ -188,7 +196,8 @@ def main() -> None:
                 f"{s['bytes']:.0f} |"
             )
         print(f"ratio ours (confined)/shell (median overhead): {ratio:.2f}")
-        print(f"confinement costs {a['median_ms'] - c['median_ms']:.1f} ms per experiment (median)")
+        print(f"confinement costs {a['median_ms'] - c['median_ms']:.1f} ms per experiment (median), "
+              f"of which the private view {a['median_ms'] - d['median_ms']:.1f} ms")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -42,6 +42,9 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--time-budget", metavar="SECONDS", help="seconds an experiment is meant to take")
     group.add_argument("--readonly", metavar="FILE", action="append", help="a read-only file (repeatable)")
+    group.add_argument(
+        "--network", choices=["on", "off"], help="whether runs may use the network (default: per project type)"
+    )
     group.add_argument("--config", metavar="FILE", help="a TOML file to use instead of autoresearch.toml")
 
 
@@ -130,6 +133,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "metric_direction": args.direction,
         "time_budget": args.time_budget,
         "readonly_files": args.readonly,
+        "network": args.network,
     }
 
 
@@ -201,6 +205,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if info.slots > 1 or info.backend != "local":
         print(f"slots:        {info.slots} ({info.backend}), each run in a checkout of its own")
     print(f"isolation:    {info.isolation}")
+    print(f"network:      {info.network}")
     print(f"keep rule:    {info.keep_rule}")
     print(f"evidence:     {', '.join(info.evidence) or '-'}")
     print(

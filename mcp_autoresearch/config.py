@@ -18,6 +18,7 @@ from .results_tsv import ResultsFormat
 
 Direction = Literal["lower_is_better", "higher_is_better"]
 IsolationSetting = Literal["auto", "required", "off"]
+NetworkSetting = Literal["on", "off"]
 KeepRule = Literal["greedy", "sequential"]
 Backend = Literal["local", "ray"]
 MAX_SLOTS = 64
@@ -72,6 +73,9 @@ class ConfigValues(BaseModel):
     )
     isolation: IsolationSetting | None = Field(
         None, description="auto (confine runs when the kernel can), required (refuse to start without), or off."
+    )
+    network: NetworkSetting | None = Field(
+        None, description="on (runs may use the network) or off (a run has its own loopback and nothing else)."
     )
     results_format: ResultsFormat | None = Field(
         None, description="results.tsv's columns: autoresearch (the original tool's) or karpathy."
@@ -147,9 +151,11 @@ class ConfigValues(BaseModel):
             raise ValueError("each entry is one CUDA_VISIBLE_DEVICES value, such as 0 or 2,3 or GPU-<uuid>")
         return value
 
-    @field_validator("isolation", "backend", mode="before")
+    @field_validator("isolation", "backend", "network", mode="before")
     @classmethod
     def _isolation(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # network = true / false in TOML
+            return "on" if value else "off"
         return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("readonly_files", "writable", "shared_inputs")
@@ -207,6 +213,7 @@ DEFAULTS: dict[str, Any] = {
     "jsonl_path": ".autoresearch/autoresearch.jsonl",
     "writable": [],
     "isolation": "auto",
+    "network": "on",
     "results_format": "autoresearch",
     "confidence": 0.95,
     "max_repeats": 5,
@@ -242,6 +249,7 @@ class Config(BaseModel):
     jsonl_path: str = ".autoresearch/autoresearch.jsonl"
     writable: list[str] = Field(default_factory=list)
     isolation: IsolationSetting = "auto"
+    network: NetworkSetting = "on"
     results_format: ResultsFormat = "autoresearch"
     keep_rule: KeepRule | None = None  # None: decided by the noise measured at the session's start
     confidence: float = 0.95

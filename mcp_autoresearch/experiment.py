@@ -21,6 +21,9 @@ from .isolation import (
     denied_write_hint,
     keeper_available,
     keeper_command,
+    keeper_spec,
+    linked_inputs,
+    network_hint,
     private_caches,
     setup_failure,
     writable_paths,
@@ -104,18 +107,21 @@ class Experiment:
 
     def _writable(self, tmpdir: str) -> list[str]:
         assert self.isolation is not None
-        return writable_paths(self.root, list(self.config.writable), tmpdir) if self.isolation.confined else []
+        held = self.isolation.confined or self.isolation.namespaces
+        return writable_paths(self.root, list(self.config.writable), tmpdir) if held else []
 
     def _private_caches(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
         return private_caches(self.root, list(self.config.writable), tmpdir, env)
 
     def _wrap(self, argv: list[str], tmpdir: str) -> list[str]:
         assert self.isolation is not None
-        return keeper_command(self.isolation, self._writable(tmpdir), argv, DEFAULT_GRACE_S)
+        reads = [str(self.log_dir), *linked_inputs(self.root, list(self.config.shared_inputs))]
+        return keeper_command(self.isolation, self._writable(tmpdir), argv, DEFAULT_GRACE_S, reads)
 
     def _launch(self, argv: list[str], cwd: Path, env: dict[str, str], out_fd: int, tmpdir: str) -> Launched:
         assert self.isolation is not None
-        spec = {"landlock": self.isolation.confined, "write": self._writable(tmpdir), "grace": DEFAULT_GRACE_S}
+        reads = [str(self.log_dir), *linked_inputs(self.root, list(self.config.shared_inputs))]
+        spec = keeper_spec(self.isolation, self._writable(tmpdir), DEFAULT_GRACE_S, reads)
         return launcher().spawn(argv, cwd, env, out_fd, spec)
 
     def _process(
@@ -233,8 +239,11 @@ class Experiment:
         refused = setup_failure(head) if head else None
         if refused:
             result.error = f"the run could not be confined ({refused}); nothing ran"
-        elif self.isolation is not None and self.isolation.confined and status != "cancelled":
-            hint = denied_write_hint(clean_text(read_tail_bytes(log_path, 16384)))
+        elif self.isolation is not None and status != "cancelled":
+            text = clean_text(read_tail_bytes(log_path, 16384))
+            hint = denied_write_hint(text) if self.isolation.confined or self.isolation.namespaces else None
+            if self.isolation.namespaces and self.isolation.network == "off":
+                hint = network_hint(text) or hint
             if hint:
                 result.error = f"{error}; {hint}"
         return result

@@ -1,10 +1,12 @@
-"""What a run may write, and how it is held to it: the server's side of the confinement.
+"""What a run may write and see, and how it is held to it: the server's side of the confinement.
 
-`confine.py` is the mechanism (Landlock, the keeper process); this module is the policy: whether confinement is
-available here (`probe_isolation`), which paths a run may write (`writable_paths`: the configured `writable`
-entries, a private temporary directory, `/dev/shm` and the device files a GPU run needs), which entries are
-refused because they would open the rules to the run (`check_writable`), and the advice given when a run failed
-on a denied write (`denied_write_hint`). It never runs anything itself.
+`confine.py` (the keeper), `landlock.py` and `namespaces.py` are the mechanism; this module is the policy: which
+layers confine runs here (`probe_isolation`: Landlock's ABI, and whether a keeper can build the private view, by
+building one once), what the keeper is told (`keeper_spec`: the view, the `network` setting, the paths it must
+keep showing), which paths a run may write (`writable_paths`: the configured `writable` entries, a private
+temporary directory, `/dev/shm` and the device files a GPU run needs), which entries are refused because they
+would open the rules to the run (`check_writable`), and the advice given when a run failed on a denied write or
+for want of the network (`denied_write_hint`, `network_hint`). It runs nothing itself but that one probe.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import functools
 import glob
 import os
 import re
+import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import confine
+from . import confine, landlock
 from .errors import ConfigError
 
 # Devices any run may write (the terminal-like ones tools expect) and those a GPU run needs; directories below
@@ -38,32 +42,80 @@ class Isolation:
     setting: str  # auto | required | off
     abi: int | None  # the Landlock ABI in use, None when runs are not confined
     reason: str | None  # why they are not
+    view_reason: str | None = "not probed"  # why runs get no private view (namespaces); None when they do
+    network: str = "on"  # the `network` setting: "off" cuts runs off (only within a view)
 
     @property
     def confined(self) -> bool:
         return self.abi is not None
 
+    @property
+    def namespaces(self) -> bool:
+        """Each run gets its private view (`namespaces.py`) around the Landlock rules."""
+        return self.view_reason is None
+
+    @property
+    def complete(self) -> bool:
+        """Every layer `isolation = "required"` requires: Landlock and the private view."""
+        return self.confined and self.namespaces
+
+    def missing(self) -> str:
+        """What `required` misses here, in words (empty when nothing)."""
+        gaps = [f"no Landlock: {self.reason}"] if not self.confined else []
+        return "; ".join(gaps + ([f"no namespaces: {self.view_reason}"] if not self.namespaces else []))
+
     def describe(self) -> str:
-        if self.abi is not None:
-            return f"landlock (ABI {self.abi})"
-        return f"none: {self.reason}"
+        """One line: the layers in force, e.g. `namespaces + landlock (ABI 7)`, or what is missing and why."""
+        if self.setting == "off":
+            return f"none: {self.reason}"
+        layers = (["namespaces"] if self.namespaces else []) + ([f"landlock (ABI {self.abi})"] if self.confined else [])
+        line = " + ".join(layers) or "none"
+        if not self.confined:
+            line += f"; no landlock: {self.reason}"
+        if not self.namespaces:
+            line += f"; no namespaces: {self.view_reason}"
+        if self.network == "off":
+            line += "; network off" if self.namespaces else "; network not cut off (needs namespaces)"
+        return line
 
 
 @functools.lru_cache(maxsize=1)
 def _kernel_abi() -> tuple[int | None, str | None]:
     try:
-        return confine.probe(), None
-    except confine.ConfineError as exc:
+        return landlock.probe(), None
+    except landlock.ConfineError as exc:
         return None, str(exc)
     except OSError as exc:  # no libc to call (an unusual platform)
         return None, f"the Landlock syscalls cannot be called ({exc})"
 
 
-def probe_isolation(setting: str = "auto") -> Isolation:
+@functools.lru_cache(maxsize=1)
+def _view_problem() -> str | None:
+    """Why this machine cannot give runs a private view (None when it can): a real keeper builds one, network
+    off, around `true`, once per server process (where user namespaces are disabled, restricted by AppArmor,
+    or refused by a container, or where the server runs under a filter that refuses them, as tests do)."""
+    if not keeper_available():
+        return f"namespaces are a Linux feature (this is {sys.platform})"
+    with tempfile.TemporaryDirectory(prefix="autoresearch-probe-") as scratch:
+        spec = {"view": True, "network": False, "write": [scratch], "parent": os.getpid()}
+        try:
+            done = subprocess.run(
+                confine.command_line(sys.executable, spec, ["/bin/true"]), cwd=scratch, capture_output=True,
+                text=True, timeout=60, stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"the probe could not run ({exc})"
+    if done.returncode == 0:
+        return None
+    failure = setup_failure(done.stderr)
+    return failure.removeprefix("namespaces: ") if failure else done.stderr.strip()[-200:] or f"the probe failed ({done.returncode})"
+
+
+def probe_isolation(setting: str = "auto", network: str = "on") -> Isolation:
     if setting == "off":
-        return Isolation(setting, None, 'isolation = "off" in the configuration')
+        return Isolation(setting, None, 'isolation = "off" in the configuration', "isolation is off", network)
     abi, reason = _kernel_abi()
-    return Isolation(setting, abi, reason)
+    return Isolation(setting, abi, reason, _view_problem(), network)
 
 
 def keeper_available() -> bool:
@@ -168,16 +220,44 @@ def private_caches(root: Path, entries: list[str], tmpdir: str, env: dict[str, s
 
 
 def keeper_command(
-    isolation: Isolation, writable: list[str], argv: list[str], grace_s: float
+    isolation: Isolation, writable: list[str], argv: list[str], grace_s: float, reads: list[str] | None = None
 ) -> list[str]:
-    """The argv that runs `argv` under the keeper: confined when Landlock is in use, supervised either way."""
-    spec = {
-        "landlock": isolation.confined,
-        "write": writable if isolation.confined else [],
-        "parent": os.getpid(),
-        "grace": grace_s,
-    }
+    """The argv that runs `argv` under the keeper: confined when Landlock or the view is in use, supervised
+    either way."""
+    spec = {**keeper_spec(isolation, writable, grace_s, reads), "parent": os.getpid()}
     return confine.command_line(sys.executable, spec, argv)
+
+
+def keeper_spec(isolation: Isolation, writable: list[str], grace_s: float, reads: list[str] | None = None) -> dict:
+    """What the keeper is told: Landlock and its writable paths, the private view (with `reads`, paths it must
+    keep showing), the network, the grace."""
+    spec: dict = {"landlock": isolation.confined, "grace": grace_s}
+    spec["write"] = writable if (isolation.confined or isolation.namespaces) else []
+    if isolation.namespaces:
+        spec["view"] = True
+        spec["network"] = isolation.network != "off"
+        spec["read"] = view_reads() + list(reads or [])
+    return spec
+
+
+def linked_inputs(root: Path, shared_inputs: list[str]) -> list[str]:
+    """Where the shared inputs of a slot checkout lead (they are links to the project's own copies): the view
+    shows those places too, read-only, where a hidden directory covers them."""
+    found = []
+    for entry in shared_inputs:
+        path = root / entry
+        if path.is_symlink():
+            found.append(os.path.realpath(path))
+    return found
+
+
+def view_reads() -> list[str]:
+    """What a run reads that a hidden directory may cover (the view shows it again, read-only, only there): the
+    resolver's configuration where it is a link into /run (systemd-resolved), and a home directory beneath
+    /tmp (as in some containers and CI jobs)."""
+    real = os.path.realpath("/etc/resolv.conf")
+    home = os.path.expanduser("~")
+    return ([real] if real != "/etc/resolv.conf" else []) + ([home] if home.startswith("/") else [])
 
 
 def setup_failure(text: str) -> str | None:
@@ -191,18 +271,46 @@ def setup_failure(text: str) -> str | None:
 _DENIED = re.compile(r"(Permission denied|Read-only file system|EACCES|EROFS|Operation not permitted)", re.I)
 _QUOTED = re.compile(r"""['"`‘]((?:/|\./|\.\./|~/)?[^'"`’\n]{1,300})['"`’]""")
 _UNQUOTED = re.compile(r"(?:cannot (?:create|touch|open|remove|mkdir)|open|mkdir|unlink|rename) (/?[\w.\-/]+)")
+# Node prints the error object after the message: `path: 'dist'` (and `dest:` for a rename or link).
+_NODE_PATH = re.compile(r"""^\s*(?:path|dest): ['"]([^'"\n]{1,300})['"]""", re.M)
+_ERRNO_NAME = re.compile(r"E[A-Z]{2,}")  # a quoted error code (`code: 'EACCES'`) is no path
+
+
+def _named_path(line: str) -> str | None:
+    for match in _QUOTED.finditer(line):
+        if not _ERRNO_NAME.fullmatch(match.group(1)):
+            return match.group(1)
+    found = _UNQUOTED.search(line)
+    return found.group(1) if found else None
 
 
 def denied_write_hint(output_tail: str) -> str | None:
-    """When a confined run's output shows a denied write, say once, plainly, which setting allows it."""
-    for line in reversed(output_tail.splitlines()):
-        if not _DENIED.search(line):
-            continue
-        match = _QUOTED.search(line) or _UNQUOTED.search(line)
-        where = f" ({match.group(1)})" if match else ""
-        return (
-            f"the run was refused a write{where}: runs may write only the paths listed in `writable` (plus a "
-            "private TMPDIR). If it must write there, add the directory to `writable` in the configuration "
-            "and start a new session"
-        )
-    return None
+    """When a confined run's output shows a denied write, say once, plainly, which path (where the output
+    names one: the message, Node's error object, or any denial line) and which setting allows it."""
+    lines = [line for line in output_tail.splitlines() if _DENIED.search(line)]
+    if not lines:
+        return None
+    node = _NODE_PATH.findall(output_tail)
+    path = node[-1] if node else next((p for p in map(_named_path, reversed(lines)) if p), None)
+    where = f" ({path})" if path else " (the output names no path: look for the file the tool writes)"
+    return (
+        f"the run was refused a write{where}: runs may write only the paths listed in `writable` (plus a "
+        "private TMPDIR and a fresh /tmp). If it must write there, add the directory to `writable` in the "
+        "configuration and start a new session"
+    )
+
+
+_OFFLINE = re.compile(
+    r"(Temporary failure in name resolution|Name or service not known|Could not resolve host|getaddrinfo "
+    r"(?:ENOTFOUND|EAI_AGAIN)|Network is unreachable|ENETUNREACH|nodename nor servname)", re.I
+)
+
+
+def network_hint(output_tail: str) -> str | None:
+    """When a run cut off from the network failed on it, say which setting gives it the network."""
+    if not _OFFLINE.search(output_tail):
+        return None
+    return (
+        'the run has no network (network = "off"): fetch what it needs before the session (npm install, '
+        'cargo fetch, go mod download, uv sync), or set network = "on" in the configuration and start a new session'
+    )

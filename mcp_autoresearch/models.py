@@ -24,7 +24,10 @@ class StartResult(BaseModel):
     experiments: int = Field(0, description="Experiments logged in this session.")
     pending_run: str | None = Field(None, description="A run that is in flight or waits for its decision.")
     isolation: str = Field(
-        "", description="How runs are confined: 'landlock (ABI n)', or 'none: <reason>' (after-run checks only)."
+        "",
+        description="The layers that confine runs, in one line: 'namespaces + landlock (ABI n)', 'landlock "
+        "(ABI n); no namespaces: <reason>', or 'none: <reason>' (after-run checks only); '; network off' when "
+        "runs are cut off from the network.",
     )
     slots: str | None = Field(None, description="With slots: how many, where, and what runs in them.")
     recovered: list[str] = Field(default_factory=list, description="What was repaired after a restart.")

@@ -54,9 +54,11 @@ class ProjectInfo(BaseModel):
     slots: int = Field(1, description="Experiments in flight at once, each in a checkout of its own.")
     backend: str = Field("local", description="Where runs go: local, or ray (a Ray cluster).")
     isolation: str = Field(
-        description="How runs are confined here: 'landlock (ABI n)', or 'none: <reason>' (then only the "
-        "after-run checks protect the project)."
+        description="The layers that confine runs here, in one line: 'namespaces + landlock (ABI n)', "
+        "'landlock (ABI n); no namespaces: <reason>', or 'none: <reason>' (then only the after-run checks "
+        "protect the project)."
     )
+    network: str = Field("on", description="on: runs may use the network; off: a run has its own loopback only.")
     config_source: dict[str, str] = Field(description="For each setting, the source that gave it.")
     evidence: list[str] = Field(description="Files that decided the project type.")
     warnings: list[str]
@@ -215,9 +217,9 @@ def load_project(
         check_slots_home()
         if config.backend == "local":
             check_writable_for_slots(root, list(config.writable))
-    isolation = probe_isolation(config.isolation)
-    if config.isolation == "required" and not isolation.confined:
-        warnings.append(f"isolation = required, but runs cannot be confined here ({isolation.reason})")
+    isolation = probe_isolation(config.isolation, config.network)
+    if config.isolation == "required" and not isolation.complete:
+        warnings.append(f"isolation = required, but runs cannot be confined here ({isolation.missing()})")
     if config.metric_measure == "wall_time_s" and not (config.metric_parse or config.metric_regex):
         warnings.append(wall_time_warning(config))
     if config.timeout < config.time_budget:
@@ -267,6 +269,7 @@ def load_project(
         slots=config.slots,
         backend=config.backend,
         isolation=isolation.describe(),
+        network=config.network,
         config_source=origin,
         evidence=detected.evidence if detected else [s.label for s in sources if s.values],
         warnings=warnings,

@@ -8,7 +8,7 @@ when this backend is used: the server starts without it.
 Each command becomes one job:
 - its working directory is a zip we build from the candidate's snapshot (`cwd`), without `.git`, `.autoresearch`
   and the `shared_inputs` (node_modules, .venv, data: the workers' image or shared storage must provide them),
-  plus `.autoresearch-ray/` (`ray_wrapper.py` and a copy of `confine.py`) and `.autoresearch-ray.json` (the
+  plus `.autoresearch-ray/` (`ray_wrapper.py` and copies of the keeper's stdlib-only modules) and `.autoresearch-ray.json` (the
   command, its environment, the isolation setting, the writable entries, the limit, the submission id: every
   package is unique, so Ray's content-addressed cache never hands one run's extracted directory to another).
   We build the zip because Ray's own directory packing also drops what `.gitignore` names (untracked inputs,
@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import confine, ray_wrapper
+from . import confine, landlock, namespaces, output_dirs, ray_wrapper
 from .config import Config
 from .errors import ConfigError
 from .isolation import DEVICE_DIRS, DEVICE_FILES, DEVICE_GLOBS, PRIVATE_CACHES
@@ -123,7 +123,7 @@ def build_package(cwd: Path, dest: Path, excluded: list[str], spec: dict[str, An
             if dest.stat().st_size >= limit:
                 break
         archive.writestr(ray_wrapper.SPEC, json.dumps(spec))
-        for module in (ray_wrapper, confine):
+        for module in (ray_wrapper, confine, landlock, namespaces, output_dirs):
             assert module.__file__ is not None
             archive.write(module.__file__, f"{WRAPPER_DIR}/{os.path.basename(module.__file__)}")
     return dest.stat().st_size

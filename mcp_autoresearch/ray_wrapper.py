@@ -52,9 +52,11 @@ from typing import Any
 
 if __package__:  # imported from the package (the tests)
     from . import confine
+    from . import landlock as landlock_rules
 else:  # run as a script: -I leaves the script's folder off sys.path; confine.py is shipped beside us
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import confine  # type: ignore[no-redef, import-not-found]
+    import landlock as landlock_rules  # type: ignore[no-redef, import-not-found]
 
 SPEC = ".autoresearch-ray.json"
 CONTROL = "#autoresearch-ray"
@@ -175,7 +177,7 @@ def _harden() -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-        libc.prctl(confine.PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0)  # fails harmlessly when not root
+        libc.prctl(landlock_rules.PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0)  # fails harmlessly when not root
     except (OSError, AttributeError):
         pass
 
@@ -345,9 +347,9 @@ def run(spec: dict, root: str) -> int:
     landlock, abi, note = False, None, None
     if mode != "off":
         try:
-            abi = confine.probe()
+            abi = landlock_rules.probe()
             landlock = True
-        except (confine.ConfineError, OSError) as exc:
+        except (landlock_rules.ConfineError, OSError) as exc:
             note = str(exc)
     tmpdir = tempfile.mkdtemp(prefix="autoresearch-run-")
     started_ns = time.time_ns()

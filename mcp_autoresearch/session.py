@@ -77,6 +77,7 @@ RULE_KEYS = (
     "max_experiments",
     "writable",
     "isolation",
+    "network",
     "keep_rule",
     "confidence",
     "max_repeats",
@@ -125,7 +126,7 @@ class Session:
         self.lock = threading.RLock()
         self.resumed = False
         self.recovered: list[str] = []
-        self.isolation = probe_isolation(self.config.isolation)
+        self.isolation = probe_isolation(self.config.isolation, self.config.network)
         self.own = OwnFiles(root, state.tag, journal, self.config.jsonl_path, self.save, self.recovered)
         # The session's parts, each with one concern; they see the session as a `SessionCore`.
         self.editor = Editor(self)
@@ -146,11 +147,12 @@ class Session:
     def open(cls, root: Path, project: Project, repo: Repo, tag: str | None) -> Session:
         config = project.config
         assert config.target_file and config.metric_name
-        isolation = probe_isolation(config.isolation)
-        if config.isolation == "required" and not isolation.confined:
+        isolation = probe_isolation(config.isolation, config.network)
+        if config.isolation == "required" and not isolation.complete:
             raise SessionError(
-                f"isolation = required, but runs cannot be confined here ({isolation.reason}); run the server "
-                "on Linux 5.13+ with Landlock enabled, or set isolation = auto to rely on the after-run checks"
+                f"isolation = required needs Landlock and namespaces, but here: {isolation.missing()}; run the "
+                "server on Linux 5.13+ with Landlock enabled and user namespaces allowed, or set isolation = auto "
+                "to use the layers this machine has (and the after-run checks)"
             )
         if tag is not None:
             tag = tag.strip().lower()

@@ -3,6 +3,8 @@
 # - Debian's Chromium, for the web dashboard's browser tests (through apt-get, as root or with sudo);
 # - Node.js and npm, then the official MCP Inspector and TypeScript SDK client (1.22.0 and latest), the
 #   third-party clients the tests drive, into .ci/ (gitignored).
+# The private view of runs needs no package (the server makes the namespace system calls itself), only a kernel
+# that allows them: it says so plainly where it does not.
 # The README's test command and CI (.ci/run) both run it. A tool it cannot install makes the tests that need it
 # skip locally, saying so, and fail under CI.
 set -uo pipefail
@@ -36,5 +38,10 @@ if command -v npm >/dev/null 2>&1; then
     npm_in .ci/tsclient sdk-1.22.0@npm:@modelcontextprotocol/sdk@1.22.0 \
       sdk-latest@npm:@modelcontextprotocol/sdk@latest ||
     echo "install-deps: npm could not install @modelcontextprotocol/sdk"
+fi
+# Runs' private view: user namespaces (for an ordinary user) and mount/PID namespaces. Nothing to install.
+if command -v unshare >/dev/null 2>&1 && ! unshare --user --map-root-user --mount --pid --fork true 2>/dev/null; then
+  echo "install-deps: namespaces are refused here (user namespaces disabled, AppArmor's restriction, or a" \
+    "container): runs get Landlock only, and the private-view tests fail under CI"
 fi
 exit 0

@@ -41,7 +41,7 @@ def keeper(tmp_path: Path, script: str, *writable: str, **spec) -> subprocess.Co
 
 def test_the_kernel_abi_is_reported() -> None:
     assert ISOLATION.abi is not None and ISOLATION.abi >= 1
-    assert ISOLATION.describe() == f"landlock (ABI {ISOLATION.abi})"
+    assert ISOLATION.describe() == f"namespaces + landlock (ABI {ISOLATION.abi})"
     assert probe_isolation("off").describe() == 'none: isolation = "off" in the configuration'
 
 
@@ -224,7 +224,9 @@ def test_detect_reports_isolation_and_writable(tmp_path: Path) -> None:
     )
     done = run_cli("detect", "--project", str(root), "--json")
     assert done.returncode == 0, done.stderr
-    assert f'"isolation": "landlock (ABI {ISOLATION.abi})"' in done.stdout
+    # A Node project: its runs are cut off from the network (README, "Network").
+    assert f'"isolation": "namespaces + landlock (ABI {ISOLATION.abi}); network off"' in done.stdout
+    assert '"network": "off"' in done.stdout
     assert '"dist"' in done.stdout and '"~/.npm"' in done.stdout
     (root / "autoresearch.toml").write_text('isolation = "off"\n')
     assert "isolation:    none: isolation" in run_cli("detect", "--project", str(root)).stdout
@@ -234,6 +236,7 @@ def test_detect_reports_isolation_and_writable(tmp_path: Path) -> None:
 
 
 NO_LANDLOCK = str(Path(__file__).parent / "helpers" / "no_landlock.py")
+NO_NAMESPACES = str(Path(__file__).parent / "helpers" / "no_namespaces.py")
 
 
 @pytest.mark.anyio
@@ -248,11 +251,13 @@ async def test_where_landlock_is_blocked_it_is_said_and_required_refuses(ml_proj
         [sys.executable, NO_LANDLOCK, sys.executable, "-m", "mcp_autoresearch", "detect", "--project", str(ml_project)],
         capture_output=True, text=True, timeout=60,
     )
-    assert "isolation:    none: the syscalls are blocked here" in detect.stdout
+    assert "isolation:    namespaces; no landlock: the syscalls are blocked here" in detect.stdout
 
-    def blocked(*extra: str):
+    def blocked(*extra: str, both: bool = False):
         params = stdio_params(ml_project, *extra)
         params.args = [NO_LANDLOCK, params.command, *params.args]
+        if both:  # and no namespaces either: nothing confines the run
+            params.args = [NO_NAMESPACES, sys.executable, *params.args]
         params.command = sys.executable
         return params
 
@@ -261,10 +266,11 @@ async def test_where_landlock_is_blocked_it_is_said_and_required_refuses(ml_proj
         message = await Agent(client).refused("start_session")
         assert "isolation = required" in message and "blocked" in message
     (ml_project / "autoresearch.toml").unlink()
-    async with Client(blocked()) as client:
+    async with Client(blocked(both=True)) as client:
         agent = Agent(client)
         started = await agent.ok("start_session")
-        assert started["isolation"].startswith("none: the syscalls are blocked")
+        assert started["isolation"].startswith("none; no landlock: the syscalls are blocked"), started
+        assert "no namespaces: unshare: Operation not permitted" in started["isolation"]
         await agent.experiment("baseline")
         await agent.edit("LR = 0.5", "LR = 0.1\nopen('prepare.py', 'w').write('cheat\\n')")
         run = await agent.ok("run_experiment", description="unconfined tamper")
@@ -309,3 +315,73 @@ def test_the_launcher_starts_confined_keepers_and_they_die_with_the_server(tmp_p
     while (_alive(f"sleep {a}") or _alive(f"sleep {b}")) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _alive(f"sleep {a}") == [] and _alive(f"sleep {b}") == []
+
+
+@pytest.mark.anyio
+async def test_where_namespaces_are_refused_landlock_alone_confines_and_required_refuses(ml_project: Path) -> None:
+    """As where user namespaces are disabled: detect and start_session say `landlock (ABI n); no namespaces:
+    <reason>` in one line, isolation = required (which requires both layers) refuses to start, and with the
+    default a run is still held to its writable paths by Landlock."""
+    from mcp import Client
+
+    from .conftest import Agent, stdio_params
+
+    detect = subprocess.run(
+        [sys.executable, NO_NAMESPACES, sys.executable, "-m", "mcp_autoresearch", "detect", "--project",
+         str(ml_project)], capture_output=True, text=True, timeout=60,
+    )
+    line = f"isolation:    landlock (ABI {ISOLATION.abi}); no namespaces: unshare: Operation not permitted"
+    assert line in detect.stdout, detect.stdout
+
+    def blocked():
+        params = stdio_params(ml_project)
+        params.args = [NO_NAMESPACES, params.command, *params.args]
+        params.command = sys.executable
+        return params
+
+    (ml_project / "autoresearch.toml").write_text('isolation = "required"\n')
+    async with Client(blocked()) as client:
+        message = await Agent(client).refused("start_session")
+        assert "isolation = required needs Landlock and namespaces" in message, message
+        assert "no namespaces: unshare: Operation not permitted" in message, message
+    (ml_project / "autoresearch.toml").unlink()
+    async with Client(blocked()) as client:
+        agent = Agent(client)
+        started = await agent.ok("start_session")
+        assert started["isolation"] == f"landlock (ABI {ISOLATION.abi}); no namespaces: unshare: Operation not permitted"
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.1\ntry:\n    open('prepare.py', 'w')\nexcept OSError as e:\n    print('refused', e.strerror)")
+        run = await agent.ok("run_experiment", description="a write Landlock refuses")
+        assert "refused Permission denied" in Path(run["log_path"]).read_text()
+
+
+MITT_BUILD_OUTPUT = """\
+Error: EACCES: permission denied, rmdir 'dist'
+    at rmdirSync (node:fs:1214:11)
+    at rimrafSync (node:internal/fs/rimraf:195:7) {
+  errno: -13,
+  code: 'EACCES',
+  syscall: 'rmdir',
+  path: 'dist'
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("output", "named"),
+    [
+        (MITT_BUILD_OUTPUT, "(dist)"),
+        (MITT_BUILD_OUTPUT.replace("rmdir 'dist'", "rmdir").replace("path: 'dist'", "path: 'lib/x'"), "(lib/x)"),
+        ("Error: EROFS: read-only file system, open 'index.d.ts'\n", "(index.d.ts)"),
+        ("npm ERR! code EACCES\nnpm ERR! syscall mkdir\nnpm ERR! path /root/.npm/_cacache\n"
+         "npm ERR! errno -13\nnpm ERR! Error: EACCES: permission denied, mkdir '/root/.npm/_cacache'\n",
+         "(/root/.npm/_cacache)"),
+        ("touch: cannot touch 'x.txt': Read-only file system\n", "(x.txt)"),
+        ("build failed: EACCES\n", "(the output names no path"),
+    ],
+)
+def test_the_denied_write_message_names_the_path(output: str, named: str) -> None:
+    """mitt's build printed a Node error object whose first quoted word is the code ('EACCES'): the path is
+    the one the tool names, never the error code, and where none is named the message says so."""
+    hint = denied_write_hint(output)
+    assert hint is not None and f"refused a write {named}" in hint, hint

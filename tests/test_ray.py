@@ -318,9 +318,9 @@ def test_isolation_required_without_landlock_runs_nothing(
     """As the local keeper: the confine mark, exit 125, and the command never ran."""
 
     def no_landlock() -> int:
-        raise ray_wrapper.confine.ConfineError("the kernel has no Landlock")
+        raise ray_wrapper.landlock_rules.ConfineError("the kernel has no Landlock")
 
-    monkeypatch.setattr(ray_wrapper.confine, "probe", no_landlock)
+    monkeypatch.setattr(ray_wrapper.landlock_rules, "probe", no_landlock)
     spec = {"command": "touch ran", "isolation": "required", "timeout": 10}
     assert ray_wrapper.run(spec, str(tmp_path)) == 125
     written: list[bytes] = []
@@ -340,7 +340,9 @@ def test_a_snapshot_over_the_upload_limit_is_refused_before_upload(tmp_path: Pat
         build_package(root, tmp_path / "p.zip", [".git", "node_modules"], {}, 4000)
     build_package(root, tmp_path / "q.zip", [".git", "node_modules", "data.bin"], {"job": "j1"}, 1 << 20)
     names = set(zipfile.ZipFile(tmp_path / "q.zip").namelist())
-    assert names == {"train.py", ray_wrapper.SPEC, ".autoresearch-ray/ray_wrapper.py", ".autoresearch-ray/confine.py"}
+    shipped = {f".autoresearch-ray/{name}.py" for name in ("ray_wrapper", "confine", "landlock", "namespaces",
+                                                            "output_dirs")}
+    assert names == {"train.py", ray_wrapper.SPEC, *shipped}
 
 
 SESSION_EVALUATE = """\

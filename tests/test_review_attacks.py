@@ -107,14 +107,19 @@ async def test_proc_paths_signals_and_ptrace_of_server_keeper_launcher_are_refus
     ml_project: Path, agent_for
 ):
     """/proc/<pid>/{fd,mem,cwd,root}, kill and ptrace of every process outside the run's domain (its
-    keeper, the launcher, the server itself: here, this test process)."""
+    keeper, the launcher, the server itself: here, this test process). In a private view there is none to
+    find: the run's /proc shows its own PID namespace only (the server's pid names nothing there)."""
+    server = os.getpid()
     async with agent_for(ml_project) as agent:
-        run, decision = await attack(agent, PROC_PROBE)
+        run, decision = await attack(agent, PROC_PROBE + f"print('SERVER', os.path.exists('/proc/{server}/environ'))")
     text = _log_text(run)
     outside = text.split("OUTSIDE")[1].splitlines()[0].split()
-    assert str(os.getpid()) in outside and len(outside) == 3, text
     assert "REACHED" not in text, text
-    assert text.count("refused") == 8 * 3, text
+    if ISOLATION.namespaces:
+        assert outside == [] and "SERVER False" in text, text
+    else:
+        assert str(server) in outside and len(outside) == 3, text
+        assert text.count("refused") == 8 * 3, text
     assert run["status"] == "ok" and run["value"] == 1.3
 
 
@@ -180,9 +185,10 @@ async def test_an_abstract_unix_socket_outside_the_run_is_unreachable(ml_project
 
 
 @pytest.mark.xfail(
+    not ISOLATION.namespaces,
     strict=True,
-    reason="Landlock (ABI <= 7) does not mediate connect() to a named unix socket: a run reaches any socket "
-    "file it can find (ssh-agent via SSH_AUTH_SOCK, docker.sock, the system bus)",
+    reason="without namespaces: Landlock (ABI <= 7) does not mediate connect() to a named unix socket: a run "
+    "reaches any socket file it can find (ssh-agent via SSH_AUTH_SOCK, docker.sock, the system bus)",
 )
 async def test_a_named_unix_socket_outside_the_run_is_unreachable(
     ml_project: Path, agent_for, tmp_path: Path
@@ -202,7 +208,8 @@ async def test_a_named_unix_socket_outside_the_run_is_unreachable(
 # ---------------------------------------------------------------------------------------------------------------
 async def test_links_and_renames_into_a_writable_dir_are_refused(ml_project: Path, agent_for):
     """REFER: a protected file cannot be hard-linked or moved into `out/` (then written there), the writable
-    directory itself cannot be moved, and a symlink planted in it does not carry writes out."""
+    directory itself cannot be moved, and a symlink planted in it does not carry writes out. Removing the empty
+    `out/` is answered as done (a build may remove and recreate its outputs) but it stays where it is."""
     root = ml_project
     code = """
     import os
@@ -211,7 +218,7 @@ async def test_links_and_renames_into_a_writable_dir_are_refused(ml_project: Pat
         'move-evaluator': lambda: os.rename('prepare.py', 'out/p.py'),
         'move-notes': lambda: os.rename('my_notes.txt', 'out/n.txt'),
         'move-out': lambda: os.rename('out', 'out2'),
-        'remove-out': lambda: os.rmdir('out'),
+        'remove-out': lambda: (os.rmdir('out'), os.path.isdir('out') or (_ for _ in ()).throw(OSError(0, 'gone'))),
         'write-through-symlink': lambda: (os.symlink('../prepare.py', 'out/s.py'), open('out/s.py', 'w')),
         'link-git-config': lambda: os.link('.git/config', 'out/config'),
     }
@@ -226,7 +233,8 @@ async def test_links_and_renames_into_a_writable_dir_are_refused(ml_project: Pat
     async with agent_for(root, {"writable": ["out"]}) as agent:
         run, decision = await attack(agent, code)
     text = _log_text(run)
-    assert "REACHED" not in text and text.count("refused") == 7, text
+    assert "REACHED remove-out" in text, text  # answered as done, and still there (checked below)
+    assert text.count("REACHED") == 1 and text.count("refused") == 6, text
     assert (root / "prepare.py").read_bytes() == evaluator and (root / "my_notes.txt").read_bytes() == notes
     assert (root / "out").is_dir() and not (root / "out" / "p.py").exists()
 
@@ -333,8 +341,9 @@ async def test_a_root_run_cannot_make_files_immutable(ml_project: Path, agent_fo
 
 
 async def test_the_servers_token_cannot_be_read_from_its_environment(ml_project: Path):
-    """/proc/<server>/environ: Landlock does not mediate it; the server is not dumpable (and a root run lacks
-    CAP_SYS_PTRACE), so reading it is refused, and the token there is overwritten besides."""
+    """/proc/<server>/environ: Landlock does not mediate it. In the private view the server is not in the run's
+    /proc at all; without namespaces the server is not dumpable (and a root run lacks CAP_SYS_PTRACE), so reading
+    it is refused, and the token there is overwritten besides."""
     from mcp import Client
 
     from .conftest import Agent, stdio_params
@@ -362,7 +371,8 @@ async def test_the_servers_token_cannot_be_read_from_its_environment(ml_project:
     async with Client(params) as client:
         run, _ = await attack(Agent(client), code)
     assert token not in _log_text(run)
-    assert "refused the server " in _log_text(run), _log_text(run)  # not merely overwritten: closed
+    if not ISOLATION.namespaces:  # in the view the server is not there to read
+        assert "refused the server " in _log_text(run), _log_text(run)  # not merely overwritten: closed
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -708,9 +718,11 @@ async def test_a_run_cannot_type_into_the_users_terminal(ml_project: Path, agent
 
 
 @pytest.mark.xfail(
+    not ISOLATION.namespaces,
     strict=True,
-    reason="/dev/shm is writable beneath, for every run: a run deletes or rewrites any shared-memory file of the "
-    "user's other programs (or plants one a later run reads); Landlock cannot tell the run's own files apart",
+    reason="without namespaces: /dev/shm is writable beneath, for every run: a run deletes or rewrites any "
+    "shared-memory file of the user's other programs (or plants one a later run reads); Landlock cannot tell "
+    "the run's own files apart",
 )
 async def test_a_run_cannot_delete_another_programs_shared_memory(ml_project: Path, agent_for):
     shared = Path("/dev/shm") / f"review-other-program-{os.getpid()}-{time.monotonic_ns()}"
@@ -766,8 +778,8 @@ async def test_gos_writable_bin_is_no_way_into_the_servers_folder(ml_project: Pa
 
 
 async def test_a_run_cannot_call_the_servers_http_tools(ml_project: Path):
-    """A run may open TCP connections (no network rules yet), but a --token on the server's command line is
-    overwritten in the memory /proc/<server>/cmdline shows: what the run finds there is refused."""
+    """A run may open TCP connections (with the network on, or without namespaces), but a --token on the server's
+    command line is overwritten in the memory /proc/<server>/cmdline shows: what the run finds there is refused."""
     import httpx2
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client

@@ -53,6 +53,7 @@ def post(port, token, body, session=None):
     except urllib.error.HTTPError as exc:
         return exc.code, None, ''
 found, pid, port = set(os.environ.values()), os.getpid(), None  # its own environment too: never inherited
+hinted = PORT  # in a private view the server is not in /proc: a run could still scan loopback for it
 while pid > 1 and port is None:
     pid = ppid(pid)
     args = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')
@@ -66,6 +67,7 @@ while pid > 1 and port is None:
             print('environ read', pid)
         except OSError as exc:
             print('environ refused', pid, exc.strerror)
+port = port or hinted
 init = {'jsonrpc': '2.0', 'id': 1, 'method': 'initialize', 'params': {'protocolVersion': '2025-11-25',
         'capabilities': {}, 'clientInfo': {'name': 'thief', 'version': '1'}}}
 calls = [('apply_edit', {'content': 'LR = 0.0001\\n'}), ('run_experiment', {'description': 'planted'})]
@@ -149,11 +151,15 @@ async def test_a_run_cannot_call_the_server_with_what_its_proc_files_show(
         await agent.ok("run_experiment", description="baseline")
         await agent.until_done()
         assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
-        await agent.edit("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(THIEF))
+        thief = textwrap.dedent(THIEF).replace("PORT", repr(url.split(":")[-1].split("/")[0]))
+        await agent.edit("LR = 0.5", "LR = 0.4\n" + thief)
         run = await agent.ok("run_experiment", description="read the server's /proc files")
         run = await agent.until_done(run["run_id"])
         log = Path(run["log_path"]).read_text()
-        assert "cmdline read" in log and "environ refused" in log, log  # it looked, and environ is closed
+        if ISOLATION.namespaces:  # its own /proc: the server is not there
+            assert "cmdline read" not in log, log
+        else:
+            assert "cmdline read" in log and "environ refused" in log, log  # it looked, and environ is closed
         assert "accepted 0" in log and "ACCEPTED" not in log, log
         assert token not in log
         results = await agent.ok("query_results")

@@ -164,9 +164,18 @@ async def test_a_run_in_one_slot_cannot_touch_another_slot_the_user_tree_or_the_
         await agent.ok("apply_edit", content=attack(root, slots_home) + "X = 3\nY = 5\n")
         hostile = await agent.ok("run_experiment", description="attacker")
         assert hostile["slot"] == 1
+        others = {p: p.read_text() for p in slots_home.glob("*/*/evaluate.py")}
         run = await agent.until_done(hostile["run_id"])
         log = Path(run["log_path"]).read_text()
-        assert "managed: nothing" in log, log
+        from mcp_autoresearch.isolation import probe_isolation
+
+        if probe_isolation("auto").namespaces:
+            # The project and the other slots lie beneath /tmp here, which the run's private view replaces with
+            # an empty /tmp of its own: its writes there land in that copy ("managed"), never in the real files.
+            assert "own_evaluator" not in log and "own_root" not in log, log
+            assert {p: p.read_text() for p in others} == others
+        else:
+            assert "managed: nothing" in log, log
         assert run["status"] == "ok"
         honest_run = await agent.until_done(honest["run_id"])
         assert honest_run["status"] == "ok" and honest_run["value"] == 7.0
