@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import git, run_cli
+from .conftest import git, make_repo, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -26,8 +26,9 @@ GIT = (
 def users_branch(root: Path) -> str:
     """A branch `other` with a commit of the user's that the session never sees; returns that commit."""
     git(root, "checkout", "-q", "-b", "other")
-    (root / "README.md").write_text("the user's own work on other\n")
-    git(root, "commit", "-qam", "the user's commit")
+    (root / "on-other.txt").write_text("the user's own work on other\n")
+    git(root, "add", "on-other.txt")
+    git(root, "commit", "-qm", "the user's commit")
     commit = git(root, "rev-parse", "HEAD").strip()
     git(root, "checkout", "-q", "main")
     return commit
@@ -122,3 +123,45 @@ async def test_shallow_and_alternates_planted_by_a_run_are_restored_and_block_la
         assert git(root, "rev-parse", "autoresearch/s").strip() != main  # nothing was removed
         planted.unlink()
     assert run_cli("finish", "--project", str(root), "--land", "main").returncode == 0
+
+
+SLOT_TARGET = "X = 0\n"
+SLOT_EVALUATE = "import runpy\nprint(f\"score: {abs(runpy.run_path('params.py')['X'] - 3):.6f}\")\n"
+
+
+@pytest.mark.parametrize("isolation", ["off", "auto"])
+async def test_grafts_planted_from_a_slot_are_restored(
+    tmp_path: Path, agent_for, isolation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(tmp_path / "slots-home"))
+    root = make_repo(tmp_path / "proj", {"params.py": SLOT_TARGET, "evaluate.py": SLOT_EVALUATE})
+    users = users_branch(root)
+    grafts = root / ".git" / "info" / "grafts"
+    settings = {
+        "target_file": "params.py",
+        "run_command": "python3 evaluate.py",
+        "metric_name": "score",
+        "readonly_files": ["evaluate.py"],
+        "keep_rule": "greedy",
+        "slots": 2,
+        "slot_devices": [],
+        "isolation": isolation,
+    }
+    # The slot's checkout is not the user's tree: the run names the user's repository by its path.
+    plant = GIT + (
+        f"head = g('-C', {str(root)!r}, 'rev-parse', 'autoresearch/gs')\n"
+        f"open({str(grafts)!r}, 'w').write(head + ' {users}\\n')\n"
+    )
+    async with agent_for(root, settings) as agent:
+        started = await agent.ok("start_session", tag="gs")
+        confined = "landlock" in started["isolation"]
+        await agent.ok("run_experiment", description="baseline")
+        await agent.until_done()
+        assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
+        await agent.ok("apply_edit", content=plant + "X = 2\n")
+        await agent.ok("run_experiment", description="graft from a slot")
+        run = await agent.until_done()
+        if not confined:
+            assert run["status"] == "tampered" and f"git history file {grafts} (restored)" in run["error"], run
+        assert (await agent.ok("commit_or_reset"))["decision"] == "crash"
+        assert not grafts.exists()
