@@ -28,6 +28,7 @@ from .repo import FALLBACK_IDENTITY, GIT_ENV, GIT_OPTIONS, Repo
 from .report import SessionFiles, open_session_files
 from .rules import improvement, improvement_pct
 from .state import ProjectLock, current_tag, load_state, state_dir, state_path
+from .terminal_text import printable
 
 SESSION_BRANCHES = "autoresearch/"
 SESSION_REFS = "refs/autoresearch/"
@@ -79,7 +80,7 @@ def summarize(project: str, tag: str | None) -> Summary:
         for line in listing.splitlines():
             commit, _, subject = line.partition(" ")
             row = by_commit.get(commit[:7])
-            description = row.description if row else subject.removeprefix("experiment: ")
+            description = row.description if row else printable(subject.removeprefix("experiment: "))
             kept.append(Kept(commit, description, row.run_id if row else None, row.value if row else None))
         merged = _git(
             repo.top, "for-each-ref", "--merged", state.best.commit, "--format=%(refname:short)", "refs/heads"
@@ -105,7 +106,7 @@ def summary_text(summary: Summary, hints: bool = True) -> str:
     lines.append(f"baseline:     {baseline:.6g}" if baseline is not None else "baseline:     - (not run yet)")
     if best is not None:
         lines.append(
-            f"best:         {best.value:.6g} at {best.commit[:7]} ({best.run_id}: {best.description})"
+            f"best:         {best.value:.6g} at {best.commit[:7]} ({best.run_id}: {printable(best.description)})"
         )
     if best is not None and baseline is not None:
         gain = improvement(best.value, baseline, state.metric_direction)
