@@ -61,6 +61,8 @@ class Decider:
         )
         if result.regression and verdict.decision == "keep":  # the greedy rule: reported, the keep stands
             verdict = replace(verdict, reason=f"{verdict.reason}; {result.regression} (a regression, reported)")
+        if result.best_regression:  # the best kept earlier is slower now: reported, for the person to look at
+            verdict = replace(verdict, reason=f"{verdict.reason}; {result.best_regression} (a regression, reported)")
         return verdict
 
     def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
@@ -261,6 +263,7 @@ class Decider:
                 rebases=pending.rebases,
                 remeasured=list(result.remeasured),
                 regression=result.regression,
+                best_regression=result.best_regression,
             ),
         )
 

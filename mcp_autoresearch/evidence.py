@@ -26,6 +26,7 @@ class Evidence:
     rebases: int = 0  # with slots: times its change was merged onto a newer best and run again
     remeasured: list[float] = field(default_factory=list)  # its runs after the rule kept it
     regression: str | None = None  # why those runs showed it worse than when judged
+    best_regression: str | None = None  # why the best's runs added for it showed the best worse than before
 
     def details(self) -> dict[str, Any]:
         """The JSONL keys: `values` always, the others when known."""
@@ -41,6 +42,7 @@ class Evidence:
             "rebases": self.rebases or None,
             "remeasured": self.remeasured or None,
             "regression": self.regression,
+            "best_regression": self.best_regression,
         }
         return {"values": self.values, **{key: value for key, value in known.items() if value is not None}}
 
@@ -61,6 +63,7 @@ class Evidence:
             rebases=_int(details.get("rebases")) or 0,
             remeasured=_floats(details.get("remeasured")),
             regression=str(details["regression"]) if details.get("regression") else None,
+            best_regression=str(details["best_regression"]) if details.get("best_regression") else None,
         )
 
 

@@ -270,6 +270,7 @@ class Runs:
         outcome = RunOutcome.model_validate(asdict(measured.result))
         outcome.best_values = measured.best_values
         outcome.remeasured, outcome.regression = measured.remeasured, measured.regression
+        outcome.best_regression = measured.best_regression
         outcome.test = TestRecord.of(measured.step) if measured.step is not None else None
         return outcome
 

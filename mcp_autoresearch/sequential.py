@@ -29,6 +29,7 @@ class Measurement:
     step: Step | None = None  # the sequential test's last look (None: not sequential, or a failed run)
     remeasured: list[float] = field(default_factory=list)  # the candidate's runs after the rule kept it
     regression: str | None = None  # why those runs show it worse than when judged
+    best_regression: str | None = None  # why the best's runs added while measuring show it worse than before
 
 
 def noise_is_measured(config: Config) -> bool:
@@ -148,6 +149,23 @@ class Sequential:
         self.best.cancel(reason)
 
     def run(self) -> Measurement:
+        """The measurement; when the best was re-measured, a regression of the best (its new runs worse than
+        its earlier ones, `stats.regression`) is named: a kept candidate fast for exactly as many runs as judging
+        and re-measuring took is slow here, and reported."""
+        measured = self._run()
+        if measured.best_values:
+            why = regression(
+                self.best_values,
+                measured.best_values,
+                noise=self.noise,
+                direction=self.direction,
+                min_delta=self.config.min_delta,
+                confidence=self.config.confidence,
+            )
+            measured.best_regression = why and f"the best, re-measured for this candidate: {why}"
+        return measured
+
+    def _run(self) -> Measurement:
         config = self.config
         added: list[float] = []
         result = self.candidate.run(checks=False)
@@ -213,6 +231,7 @@ def confirm_keep(
             min_delta=config.min_delta,
             confidence=config.confidence,
         )
+        why = why and f"re-measured after the keep: {why}"
     measured.regression = why
     if why is not None and measured.step is not None:
         measured.step = replace(measured.step, action="discard", rule=f"discard ({why}): {measured.step.rule}")

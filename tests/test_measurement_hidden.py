@@ -11,6 +11,7 @@ many as the sequential rule needs to keep a change this much better (the greedy 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,10 @@ from .conftest import git, make_repo
 pytestmark = pytest.mark.anyio
 
 TARGET = """\
-import os
+import hashlib, os
 CHEAT = {cheat}
 COUNTS = {counts!r}
-path = os.path.join(COUNTS, "runs-" + str(CHEAT))
+path = os.path.join(COUNTS, hashlib.sha256(open(__file__, "rb").read()).hexdigest())  # runs of this content
 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # one byte per run: safe for runs in two slots
 os.write(fd, b"x")
 i = os.fstat(fd).st_size
@@ -117,3 +118,28 @@ async def test_under_the_greedy_rule_a_regression_after_the_keep_is_reported(
         assert "re-measured after the keep" in decision["reason"] and "a regression, reported" in decision["reason"]
         results = await agent.ok("query_results")
         assert results["best"]["value"] == pytest.approx(0.55)  # the best's runs, the re-measurement included
+
+
+@pytest.mark.parametrize("slots", [False, True], ids=["single", "slots"])
+async def test_a_kept_best_slower_when_re_measured_later_is_reported(
+    tmp_path: Path, agent_for, slots: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cheat fast for exactly as many runs as judging (2) and the re-measurement after the keep (2) take is
+    kept; the next candidate that needs the best re-measured finds it slow, and says so."""
+    root, settings = project(tmp_path, NOISY, **slot_settings(slots, monkeypatch, tmp_path))
+    async with agent_for(root, settings) as agent:
+        await agent.ok("start_session", tag="later")
+        await run_and_decide(agent, slots, "baseline")
+        await agent.ok("apply_edit", content=cheat(root, NOISY, fast=4))
+        _, kept = await run_and_decide(agent, slots, "fast for its first four runs")
+        assert kept["decision"] == "keep" and kept["remeasured"] == [0.0, 0.1] and not kept.get("regression")
+        honest = TARGET.format(cheat=False, counts=str(root.parent / "counts"), values=[0.05], fast=0)
+        await agent.ok("apply_edit", content=honest)
+        _, decision = await run_and_decide(agent, slots, "honest, a little better than the cheat's claim")
+        assert decision["best_values"][4:6] == [1.1, 0.9], decision  # the cheat's 5th and 6th runs: slow
+        assert "the best, re-measured for this candidate: mean 1 over" in decision["reason"]
+        assert "vs 0.1 before, worse by 0.9" in decision["reason"]
+        assert "(a regression, reported)" in decision["reason"]
+    done = [e for e in map(json.loads, (root / ".autoresearch" / "autoresearch.jsonl").read_text().splitlines())]
+    [logged] = [e["details"] for e in done if e["action"] == "experiment_done" and e["details"]["run_id"] == decision["run_id"]]
+    assert logged["best_regression"].startswith("the best, re-measured for this candidate")

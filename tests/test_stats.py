@@ -198,7 +198,7 @@ def test_a_regression_after_the_keep_needs_the_keep_s_level_and_min_delta() -> N
     lower = {"noise": noise, "direction": "lower_is_better", "min_delta": 0.0, "confidence": 0.95}
     # fast while judged, slow after: many standard errors worse
     why = regression([0.1, 0.2], [0.9, 1.0], **lower)
-    assert why is not None and "worse by 0.8" in why and "when judged" in why
+    assert why is not None and "worse by 0.8" in why and "vs 0.15 before" in why
     # better, equal, or a little worse (regression to the mean of a lucky draw): no regression
     assert regression([0.5, 0.52], [0.48, 0.5], **lower) is None
     assert regression([0.5, 0.5], [0.5, 0.5], **lower) is None
