@@ -26,14 +26,7 @@ from .gitguard import GitWatch
 from .guard import changed_fingerprints, new_files, sha256_bytes, sha256_file
 from .journal import Row, one_line
 from .rules import nonblank_lines
-from .sequential import (
-    Measurement,
-    Sequential,
-    best_values,
-    closed_noise,
-    confirm_keep,
-    measure_baseline,
-)
+from .sequential import Measurement, Sequential, best_values, closed_noise, confirm_keep, measure_baseline
 from .state import Pending, RunOutcome, TestRecord, server_dir
 from .statuses import RunStatus
 
