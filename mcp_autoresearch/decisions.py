@@ -220,8 +220,8 @@ class Decider:
             else:
                 self._close(seen.best_values)  # the old best's runs can no longer grow: they join the session's noise
             runs = list(result.values) + list(result.remeasured)  # the re-measurement after the keep counts too
-            if result.remeasured:
-                value = statistics.median(runs)
+            if result.remeasured and core.state.keep_rule == "sequential":
+                value = statistics.median(runs)  # greedy keeps its judged value: the original tool's rule
             core.state.best = Best(
                 value=value,
                 commit=commit,
