@@ -3,9 +3,9 @@ server and the real MCP client (in memory), on a simulated evaluator with seeded
 
 The evaluator (`evaluate.sh`, read-only in the project) prints `score: QUALITY + N(0, 1)`, where QUALITY is a
 line of the target (`score.txt`, lower is better) and the noise is seeded by the target's content, the bench's
-seed and AUTORESEARCH_REPEAT: a repeat only differs from the one before if the server numbers its repeats.
-Every evaluation appends a line to a counter file, so the runs counted are the processes that really ran
-(the best's re-measurements included).
+seed and how many times that content ran before (the server passes no run index: AUTORESEARCH_SEED is random).
+Every evaluation appends a line (its content's checksum) to a counter file, so the runs counted are the
+processes that really ran (the best's re-measurements and the re-measurements after a keep included).
 
 Two scenarios, each a number of sessions of `--experiments` candidates after the baseline:
 - null: every candidate is exactly as good as the current best (its true QUALITY equals the best's);
@@ -49,11 +49,13 @@ IDENTITY = {
 }
 SIGMA = 1.0
 # The simulated evaluator: QUALITY from the target, plus Gaussian noise (Box-Muller) seeded by a checksum of the
-# target's content, the session's seed and the repeat number the server passes.
+# target's content, the session's seed and the number of earlier runs of that content (kept in the counter file).
 EVALUATE_SH = r"""#!/bin/sh
 # usage: sh evaluate.sh SEED COUNTER_FILE
-echo run >> "$2"
-seed=$( { cat score.txt; echo "$1 ${AUTORESEARCH_REPEAT:-1}"; } | cksum | cut -d' ' -f1)
+key=$(cksum < score.txt | cut -d' ' -f1)
+n=$(grep -c "^$key\$" "$2" 2>/dev/null)
+echo "$key" >> "$2"
+seed=$( { cat score.txt; echo "$1 $((n + 1))"; } | cksum | cut -d' ' -f1)
 awk -v seed="$seed" -v sigma="__SIGMA__" '
 /^QUALITY/ { q = $3 }
 END {

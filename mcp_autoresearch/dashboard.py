@@ -22,6 +22,7 @@ from .report import SessionFiles, results_table
 from .rules import improvement, improvement_pct
 from .state import load_state, state_dir
 from .statuses import DECISIONS
+from .terminal_text import printable
 
 BARS = "▁▂▃▄▅▆▇█"
 
@@ -120,7 +121,7 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
         pct = f" ({pct_value:+.2f}%)" if pct_value is not None else ""
         summary.append(
             f"baseline {state.baseline_value:.6g} → best {best.value:.6g}: improvement {gain:.6g}{pct}"
-            f" at {best.commit[:7]} ({best.description})"
+            f" at {best.commit[:7]} ({printable(best.description)})"
         )
     else:
         summary.append("no baseline yet", style="dim")

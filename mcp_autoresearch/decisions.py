@@ -7,7 +7,7 @@ idempotent, so a server killed midway finishes it on the next start.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .context import SessionCore, normal_run_id
 from .diskspace import AFTER_DISK_FULL
@@ -47,7 +47,7 @@ class Decider:
         core = self.core
         result = pending.result or RunOutcome()
         best = core.state.best
-        return decide(
+        verdict = decide(
             run_status=result.status,
             value=result.value,
             best=best.value if best else None,
@@ -60,6 +60,11 @@ class Decider:
             error=result.error,
             test=result.test.step() if result.test is not None else None,
         )
+        if result.regression and verdict.decision == "keep":  # the greedy rule: reported, the keep stands
+            verdict = replace(verdict, reason=f"{verdict.reason}; {result.regression} (a regression, reported)")
+        if result.best_regression:  # the best kept earlier is slower now: reported, for the person to look at
+            verdict = replace(verdict, reason=f"{verdict.reason}; {result.best_regression} (a regression, reported)")
+        return verdict
 
     def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
         core = self.core
@@ -197,6 +202,8 @@ class Decider:
             estimate=judged.estimate,
             interval=list(judged.interval) if judged.interval else None,
             probability=judged.probability,
+            remeasured=list(result.remeasured) or None,
+            regression=result.regression,
         )
 
     def _apply(self, pending: Pending, seen: Judged) -> Row:
@@ -215,13 +222,16 @@ class Decider:
                 core.state.keep_rule = resolve_keep_rule(core.config, result.values)
             else:
                 self._close(seen.best_values)  # the old best's runs can no longer grow: they join the session's noise
+            runs = list(result.values) + list(result.remeasured)  # the re-measurement after the keep counts too
+            if result.remeasured and core.state.keep_rule == "sequential":
+                value = statistics.median(runs)  # greedy keeps its judged value: the original tool's rule
             core.state.best = Best(
                 value=value,
                 commit=commit,
                 run_id=pending.run_id,
                 description=pending.description,
                 nonblank_lines=pending.nonblank_lines,
-                values=list(result.values) or [value],
+                values=runs or [value],
             )
         else:
             self._close(result.values)
@@ -254,6 +264,9 @@ class Decider:
                 rerun_of=pending.rerun_of,
                 slot=pending.slot,
                 rebases=pending.rebases,
+                remeasured=list(result.remeasured),
+                regression=result.regression,
+                best_regression=result.best_regression,
             ),
         )
 

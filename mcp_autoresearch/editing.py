@@ -14,6 +14,7 @@ from .errors import RuleViolation
 from .files import atomic_write, read_regular
 from .guard import resolve_target_path, sha256_bytes
 from .models import EditResult, TargetView
+from .terminal_text import printable
 
 MAX_EDIT_BYTES = 4 * 1024 * 1024  # largest content apply_edit writes
 MAX_VIEW_CHARS = 100_000  # largest slice read_target returns
@@ -148,7 +149,7 @@ class Editor:
             )
             added = sum(1 for line in diff_lines if line.startswith("+") and not line.startswith("+++"))
             removed = sum(1 for line in diff_lines if line.startswith("-") and not line.startswith("---"))
-            diff = "\n".join(diff_lines)
+            diff = printable("\n".join(diff_lines), lines=True)  # the content is the agent's: shown escaped
             if len(diff) > MAX_DIFF_CHARS:
                 diff = diff[:MAX_DIFF_CHARS] + f"\n… (diff cut at {MAX_DIFF_CHARS} characters)"
             return EditResult(

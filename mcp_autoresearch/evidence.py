@@ -24,6 +24,9 @@ class Evidence:
     rerun_of: str | None = None  # the run that measured the same content before (rerun=true)
     slot: int | None = None  # with slots: the slot that measured it
     rebases: int = 0  # with slots: times its change was merged onto a newer best and run again
+    remeasured: list[float] = field(default_factory=list)  # its runs after the rule kept it
+    regression: str | None = None  # why those runs showed it worse than when judged
+    best_regression: str | None = None  # why the best's runs added for it showed the best worse than before
 
     def details(self) -> dict[str, Any]:
         """The JSONL keys: `values` always, the others when known."""
@@ -37,6 +40,9 @@ class Evidence:
             "rerun_of": self.rerun_of,
             "slot": self.slot,
             "rebases": self.rebases or None,
+            "remeasured": self.remeasured or None,
+            "regression": self.regression,
+            "best_regression": self.best_regression,
         }
         return {"values": self.values, **{key: value for key, value in known.items() if value is not None}}
 
@@ -55,6 +61,9 @@ class Evidence:
             rerun_of=rerun_of if isinstance(rerun_of, str) else None,
             slot=_int(details.get("slot")),
             rebases=_int(details.get("rebases")) or 0,
+            remeasured=_floats(details.get("remeasured")),
+            regression=str(details["regression"]) if details.get("regression") else None,
+            best_regression=str(details["best_regression"]) if details.get("best_regression") else None,
         )
 
 

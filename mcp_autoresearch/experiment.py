@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import statistics
 import threading
 import time
@@ -66,6 +67,9 @@ class ExperimentResult:
     leftovers_killed: int = 0
 
 
+SEED_RANGE = 2**31  # AUTORESEARCH_SEED is below this: a seed every RNG accepts (numpy, torch, random)
+
+
 class Experiment:
     """Runs one experiment; `cancel()` from any thread ends the current process tree."""
 
@@ -78,7 +82,6 @@ class Experiment:
         tag: str | None = None,
         on_progress: ProgressCallback | None = None,
         isolation: Isolation | None = None,
-        first_repeat: int = 1,
         env: dict[str, str] | None = None,
         publish_run_log: bool = True,
         backend: RayBackend | None = None,
@@ -86,7 +89,6 @@ class Experiment:
         self.config = config
         self.publish_run_log = publish_run_log  # run.log at the root shows the run's output (not in a slot)
         self.env = env or {}  # added to every command's environment (a slot's devices and number)
-        self.first_repeat = first_repeat  # AUTORESEARCH_REPEAT of the first run
         self.root = root
         self.run_id = run_id
         self.log_dir = log_dir
@@ -170,8 +172,9 @@ class Experiment:
 
     def run(self, runs: int | None = None, checks: bool = True) -> ExperimentResult:
         """Run the command `runs` more times (default: `repeats`), adding to the runs of earlier calls (the
-        value is the median of all of them), then the checks command when `checks`. The i-th run gets
-        AUTORESEARCH_REPEAT=<first_repeat + i - 1>, so a run may vary its seed per repeat."""
+        value is the median of all of them), then the checks command when `checks`. Every run gets its own
+        AUTORESEARCH_SEED, a random number that says nothing of which run it is: a run may vary its seed with
+        it, but cannot tell the runs that judge it from the re-measurements after a keep."""
         config = self.config
         assert config.run_command is not None
         tally = self._tally
@@ -185,7 +188,7 @@ class Experiment:
                 config.timeout,
                 self.run_id,
                 self.on_progress,
-                {"AUTORESEARCH_REPEAT": str(self.first_repeat + index - 1)},
+                {"AUTORESEARCH_SEED": str(secrets.randbelow(SEED_RANGE))},
                 remote=True,
                 measure=config.metric_measure,
             )

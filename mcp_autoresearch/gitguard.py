@@ -1,11 +1,14 @@
 """What a run could plant in git's own files to steer the server's git commands, and how the server notices.
 
-`repo.py` already runs git without hooks, fsmonitor, replace objects or system configuration. What git always
-reads are the configuration and attribute files (a filter driver named in `.git/info/attributes` and defined in
-`.git/config` is a command the server's next `git status` would run) and the refs. Both are snapshotted before
-each run and compared after it, in-process and before any git command runs again: a change is tampering. The
-configuration is put back as it was (a copy of the run's version is kept); refs are only named, since the
-server never moves a branch but its own. Nothing here runs git; it costs a few small reads per run.
+`repo.py` already runs git without hooks, fsmonitor, replace objects, grafts, commit-graph files or system
+configuration. What git always reads are the configuration and attribute files (a filter driver named in
+`.git/info/attributes` and defined in `.git/config` is a command the server's next `git status` would run), the
+files that change what git considers history (`info/grafts`, `shallow`, `objects/info/alternates` and
+`http-alternates`: a graft can make the user's commit a parent of a candidate, so that `finish --land` would
+fast-forward the user's branch around it) and the refs. All are snapshotted before each run and compared after
+it, in-process and before any git command runs again: a change is tampering. The files are put back as they
+were (a copy of the run's version is kept); refs are only named, since the server never moves a branch but its
+own. Nothing here runs git; it costs a few small reads per run.
 """
 
 from __future__ import annotations
@@ -37,6 +40,22 @@ def config_files(git_dir: Path, common_dir: Path) -> list[Path]:
         xdg / "attributes",
     ]
     return list(dict.fromkeys(files))
+
+
+def history_files(common_dir: Path) -> list[Path]:
+    """The files that change which commits git sees as parents or which objects it reads: grafts (a commit's
+    parents replaced), shallow (parents cut off), alternates (objects borrowed from another store)."""
+    return [
+        common_dir / "info" / "grafts",
+        common_dir / "shallow",
+        common_dir / "objects" / "info" / "alternates",
+        common_dir / "objects" / "info" / "http-alternates",
+    ]
+
+
+def present_history_files(common_dir: Path) -> list[Path]:
+    """The history files that exist (a dangling link counts: git would follow it once it points somewhere)."""
+    return [path for path in history_files(common_dir) if os.path.lexists(path)]
 
 
 def _read(path: Path) -> str | None:
@@ -163,7 +182,8 @@ class GitWatch:
         self.repo = repo
         self.root = root
         self.branch = branch
-        self.files = config_files(repo.worktree_git_dir, repo.git_dir)
+        self.history = history_files(repo.git_dir)
+        self.files = config_files(repo.worktree_git_dir, repo.git_dir) + self.history
         self.own = (f"refs/heads/{branch}", f"refs/autoresearch/{tag}/")
         # The last snapshot, with names (a restart has the digest only), and the index file's stat then.
         self._refs: dict[str, str] | None = None
@@ -195,8 +215,10 @@ class GitWatch:
                 failed = restore_config(config, changed, keep)
             except SessionError:
                 failed = changed  # no copy of the run's version can be kept: nothing is overwritten
+            history = {str(path) for path in self.history}
             notes += [
-                f"git configuration {name}"
+                ("git history file " if name in history else "git configuration ")
+                + name
                 + (" (NOT restored: look at it)" if name in failed else " (restored)")
                 for name in changed
             ]

@@ -26,6 +26,7 @@ from .evidence import Evidence
 from .files import Fingerprint, append_synced, atomic_write, fingerprint, open_read, open_regular
 from .results_tsv import AUTORESEARCH_HEADER, TsvFormat, quick_tsv_size, same_tsv_size
 from .statuses import DECISIONS, RUN_STATUSES, Decision, RunStatus, as_decision, as_run_status
+from .terminal_text import printable
 
 RESULTS_TSV = "results.tsv"  # at the project root, as the original tool writes it
 TSV_HEADER = AUTORESEARCH_HEADER
@@ -39,9 +40,13 @@ def now_stamps() -> tuple[str, str]:
 
 
 def one_line(text: str, limit: int = 300) -> str:
-    """Descriptions and notes as single TSV-safe lines."""
-    flat = " ".join(text.replace("\t", " ").split())
+    """Descriptions and notes as single TSV-safe lines, with nothing a terminal would act on."""
+    flat = printable(" ".join(text.replace("\t", " ").split()))
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _printable_or_none(value: Any) -> str | None:
+    return None if value is None else printable(str(value), lines=True)
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -228,12 +233,12 @@ class Journal:
             value=_finite_or_none(details.get("value")),
             status=as_decision(details.get("status", "crash")),
             run_status=as_run_status(details.get("run_status") or details.get("error") or "ok"),
-            description=str(details.get("description", "")),
+            description=printable(str(details.get("description", ""))),
             prev=_finite_or_none(details.get("prev")),
             delta=_finite_or_none(details.get("delta")),
             memory_gb=_finite_or_none(details.get("memory_gb")),
             duration_s=_finite_or_none(details.get("duration_s")),
-            error=details.get("error_detail", details.get("error")),
+            error=_printable_or_none(details.get("error_detail", details.get("error"))),
             tag=self.tag,
             timestamp=str(event.get("timestamp", "")),
             evidence=Evidence.from_details(details),
@@ -297,7 +302,7 @@ class Journal:
             index = self.index_of(run_id)
             notes = details.get("notes")
             if index is not None and isinstance(notes, str):
-                self._notes.setdefault(index, []).append(notes)
+                self._notes.setdefault(index, []).append(printable(notes, lines=True))
                 self._cache.pop(index, None)
 
     def _add(
@@ -454,6 +459,7 @@ class Journal:
     def add_notes(self, run_id: str, notes: str) -> list[str]:
         index = self.index_of(run_id)
         assert index is not None
+        notes = printable(notes, lines=True)  # stored as it will be shown: nothing a terminal would act on
         self._append_jsonl("experiment_notes", True, {"run_id": run_id, "notes": notes})
         self._notes.setdefault(index, []).append(notes)
         self._cache.pop(index, None)

@@ -5,7 +5,9 @@ lands or removes anything.
 What this module never does: move any branch other than the one the user named (the session's own branch is
 only ever deleted by `clean`, on request), `git clean`, touch untracked files, or act while a server holds the
 project (the flock on `.autoresearch/server.lock`) or on a tree with uncommitted changes to tracked files.
-Every git call carries repo.py's safe options (no hooks, no signing prompts, no background gc).
+Every git call carries repo.py's safe options and environment (no hooks, no signing prompts, no background gc, no
+replace objects, grafts or commit-graph files). Landing and cleaning refuse while `shallow` or an alternates
+file exists: git's history or objects would not be this repository's own (grafts are ignored, and named).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from pathlib import Path
 
 from .checkouts import session_slots
 from .errors import ConfigError, SessionError
+from .gitguard import present_history_files
 from .journal import Row
-from .repo import FALLBACK_IDENTITY, GIT_OPTIONS, Repo
+from .repo import FALLBACK_IDENTITY, GIT_ENV, GIT_OPTIONS, Repo
 from .report import SessionFiles, open_session_files
 from .rules import improvement, improvement_pct
 from .state import ProjectLock, current_tag, load_state, state_dir, state_path
+from .terminal_text import printable
 
 SESSION_BRANCHES = "autoresearch/"
 SESSION_REFS = "refs/autoresearch/"
@@ -76,7 +80,7 @@ def summarize(project: str, tag: str | None) -> Summary:
         for line in listing.splitlines():
             commit, _, subject = line.partition(" ")
             row = by_commit.get(commit[:7])
-            description = row.description if row else subject.removeprefix("experiment: ")
+            description = row.description if row else printable(subject.removeprefix("experiment: "))
             kept.append(Kept(commit, description, row.run_id if row else None, row.value if row else None))
         merged = _git(
             repo.top, "for-each-ref", "--merged", state.best.commit, "--format=%(refname:short)", "refs/heads"
@@ -102,7 +106,7 @@ def summary_text(summary: Summary, hints: bool = True) -> str:
     lines.append(f"baseline:     {baseline:.6g}" if baseline is not None else "baseline:     - (not run yet)")
     if best is not None:
         lines.append(
-            f"best:         {best.value:.6g} at {best.commit[:7]} ({best.run_id}: {best.description})"
+            f"best:         {best.value:.6g} at {best.commit[:7]} ({best.run_id}: {printable(best.description)})"
         )
     if best is not None and baseline is not None:
         gain = improvement(best.value, baseline, state.metric_direction)
@@ -151,6 +155,7 @@ def land(summary: Summary, branch: str, squash: bool, message: str | None) -> st
     best = summary.best
     lock = _lock(files.root, "land the session")
     try:
+        _check_history(repo, "land the session")
         _check_clean(repo)
         worktree = _checked_out_elsewhere(repo, branch)
         if worktree:
@@ -295,6 +300,7 @@ def clean(plan: CleanPlan) -> str:
     repo = Repo(plan.root)
     lock = _lock(plan.root, "clean a session")
     try:
+        _check_history(repo, "clean the session")
         _refuse_checked_out(plan)
         if plan.branch:
             short = plan.branch.removeprefix("refs/heads/")
@@ -327,6 +333,37 @@ def _lock(root: Path, doing: str) -> ProjectLock:
     except SessionError as exc:
         raise SessionError(f"cannot {doing} now: {exc}") from None
     return lock
+
+
+_HISTORY_FIXES = {
+    "shallow": "git sees the history cut off at the commits it lists. If you cloned shallow, fetch the full "
+    "history (git fetch --unshallow)",
+    "alternates": "git reads objects from the stores it names, so what is landed could depend on objects "
+    "outside this repository. If you cloned with --reference or --shared, copy them in (git repack -a -d) and "
+    "remove the file",
+    "http-alternates": "git reads objects from the addresses it names. If you did not write it, remove it",
+}
+
+
+def _check_history(repo: Repo, doing: str) -> None:
+    """Refuse while a file that changes what git considers history exists (grafts are ignored: every call runs
+    with GIT_GRAFT_FILE=/dev/null, and `history_note` names them)."""
+    for path in present_history_files(repo.git_dir):
+        if path.name in _HISTORY_FIXES:
+            raise SessionError(
+                f"cannot {doing}: {path} exists: {_HISTORY_FIXES[path.name]}; if you did not, a run may have "
+                "planted it: look at it, move it away, and run again. Nothing was changed"
+            )
+
+
+def history_note(root: Path) -> str:
+    """A line naming a grafts file, which finish and clean ignore (a run may plant one to rewrite parents)."""
+    grafts = [p for p in present_history_files(Repo(root).git_dir) if p.name == "grafts"]
+    return "".join(
+        f"note: {path} is ignored: finish and clean see every commit's own parents, not its grafts "
+        "(a run may have planted it to make your commits look like the session's ancestors)\n"
+        for path in grafts
+    )
 
 
 def _check_clean(repo: Repo) -> None:
@@ -364,13 +401,13 @@ def _tree(repo: Repo, commit: str) -> str:
 
 
 def _git(top: Path, *args: str, identity: bool = False) -> str:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+    env = {**os.environ, **GIT_ENV}
     if identity and not (env.get("GIT_AUTHOR_EMAIL") or _config(top, "user.email")):
         env = {**FALLBACK_IDENTITY, **env}
     options = [arg for option in GIT_OPTIONS for arg in ("-c", option)]
     try:
         done = subprocess.run(
-            ["git", *options, *args],
+            ["git", "--no-replace-objects", *options, *args],
             cwd=top,
             env=env,
             capture_output=True,
@@ -402,11 +439,13 @@ def run(args: argparse.Namespace) -> int:
         if args.squash and not args.land:
             raise ConfigError("--squash needs --land BRANCH")
         summary = summarize(args.project, args.session)
+        sys.stdout.write(history_note(summary.files.root))
         sys.stdout.write(summary_text(summary, hints=not args.land))
         if args.land:
             sys.stdout.write(land(summary, args.land, args.squash, args.message))
         return 0
     plan = plan_clean(args.project, args.tag)
+    sys.stdout.write(history_note(plan.root))
     sys.stdout.write(plan.text())
     sys.stdout.flush()
     check_clean(plan)

@@ -7,11 +7,10 @@ import re
 from pathlib import Path
 
 from .files import open_regular
+from .terminal_text import printable
 
 # CSI sequences (colours, cursor moves), OSC sequences (titles, links), and other two-byte escapes.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
-# Control characters other than tab and newline (a NUL or a bell in an agent's context helps nobody).
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 TAIL_READ_BYTES = 64 * 1024
 
 
@@ -24,7 +23,7 @@ def clean_text(raw: bytes) -> str:
         if "\r" in line:
             parts = [part for part in line.split("\r") if part]
             line = parts[-1] if parts else ""
-        lines.append(_CONTROL.sub("\ufffd", line))
+        lines.append(printable(line, mark="\ufffd"))  # what is left that a terminal would act on
     return "\n".join(lines)
 
 

@@ -111,6 +111,14 @@ class DecisionResult(BaseModel):
     estimate: float | None = Field(None, description="Improvement over the best (positive = better).")
     interval: list[float] | None = Field(None, description="Interval of the improvement (sequential).")
     probability: float | None = Field(None, description="P(better by more than min_delta) (sequential).")
+    remeasured: list[float] | None = Field(
+        None, description="The candidate's runs after the rule kept it (as many as judged it)."
+    )
+    regression: str | None = Field(
+        None,
+        description="Why those runs showed it worse than when judged: the keep is undone (sequential rule) "
+        "or reported (greedy).",
+    )
 
 
 class NotesResult(BaseModel):

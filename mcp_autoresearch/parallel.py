@@ -36,7 +36,14 @@ from .guard import sha256_bytes, sha256_file
 from .processes import kill_marked_processes
 from .rules import nonblank_lines
 from .running import ActiveRun, AlreadyMeasured, RunHandle, RunProgress, Runs, candidate, unmeasured
-from .sequential import Measurement, Sequential, best_values, closed_noise, measure_baseline_under_load
+from .sequential import (
+    Measurement,
+    Sequential,
+    best_values,
+    closed_noise,
+    confirm_keep,
+    measure_baseline_under_load,
+)
 from .slot_checks import SlotChecks
 from .state import Pending, RunOutcome, TestRecord, server_dir
 
@@ -388,7 +395,6 @@ class ParallelRuns:
                 core.state.tag,
                 flight.record_progress,
                 core.isolation,
-                first_repeat=len(known) + 1,
                 env=self._slot_env(slot),
                 publish_run_log=False,
                 backend=self.backend,
@@ -403,8 +409,16 @@ class ParallelRuns:
                 core.config,
                 core.state.metric_direction,
             ).run()
+        if not pending.is_baseline:
+            target = self.checkouts.project(flight.slots[0]) / core.target_rel
+            measured = confirm_keep(
+                measured, flight.experiment, core.state, core.config, pending.nonblank_lines,
+                lambda: sha256_file(target) == pending.target_sha256 or not core.plain_target,
+            )
         outcome = RunOutcome.model_validate(asdict(measured.result))
         outcome.best_values = measured.best_values
+        outcome.remeasured, outcome.regression = measured.remeasured, measured.regression
+        outcome.best_regression = measured.best_regression
         outcome.test = TestRecord.of(measured.step) if measured.step is not None else None
         return outcome
 

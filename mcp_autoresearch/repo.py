@@ -30,6 +30,7 @@ GIT_OPTIONS = [
     "core.hooksPath=/dev/null",  # no user hooks: they could edit files or block commits
     "core.fsmonitor=false",  # an fsmonitor hook is a command git runs on every status
     "core.untrackedCache=false",
+    "core.commitGraph=false",  # a commit-graph file caches parents: a forged one would rewrite history
     "core.trustctime=true",  # stat checks as strict as git has them: a forged mtime cannot hide an edit
     "core.checkStat=default",
     "core.ignoreStat=false",  # no assume-unchanged for every file
@@ -42,9 +43,11 @@ GIT_OPTIONS = [
     "advice.detachedHead=false",
 ]
 # The environment of every call: no replace objects (`git replace` could show the server another tree for the
-# same commit), no system-wide configuration or attributes.
+# same commit), no grafts (`info/grafts` could give a commit other parents; GIT_NO_REPLACE_OBJECTS does not turn
+# them off), no system-wide configuration or attributes.
 GIT_ENV = {
     "GIT_NO_REPLACE_OBJECTS": "1",
+    "GIT_GRAFT_FILE": os.devnull,
     "GIT_CONFIG_NOSYSTEM": "1",
     "GIT_ATTR_NOSYSTEM": "1",
     "GIT_TERMINAL_PROMPT": "0",

@@ -98,12 +98,13 @@ def results_table(files: SessionFiles, rows: list[Row], notes: bool = True, widt
         cells += [f"[{colours.get(row.status, 'white')}]{status}[/]"]
         cells += ["" if row.memory_gb is None else f"{row.memory_gb:.2f}"] if not narrow else []
         noted = " / ".join(row.notes)
+        # Text, not a string: rich would read '[link=...]' in the agent's text as markup (an OSC 8 hyperlink).
         if notes and wide:
-            table.add_row(*cells, row.description, noted)
+            table.add_row(*cells, Text(row.description), Text(noted))
         elif notes and noted:
             table.add_row(*cells, Text.assemble(row.description, "\n", ("notes: " + noted, "dim")))
         else:
-            table.add_row(*cells, row.description)
+            table.add_row(*cells, Text(row.description))
     return table
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from .files import open_regular
+from .terminal_text import printable
 
 ResultsFormat = Literal["autoresearch", "karpathy"]
 RESULTS_FORMATS: tuple[str, ...] = ("autoresearch", "karpathy")
@@ -57,7 +58,7 @@ class TsvFormat:
 
 def _field(text: str) -> str:
     """One TSV field as pandas and csv read it: a quote inside is escaped by quoting the field."""
-    flat = " ".join(text.replace("\t", " ").split())
+    flat = printable(" ".join(text.replace("\t", " ").split()))
     return '"' + flat.replace('"', '""') + '"' if '"' in flat else flat
 
 

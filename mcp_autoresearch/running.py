@@ -27,7 +27,7 @@ from .gitguard import GitWatch
 from .guard import changed_fingerprints, new_files, sha256_bytes, sha256_file
 from .journal import Row, one_line
 from .rules import nonblank_lines
-from .sequential import Measurement, Sequential, best_values, closed_noise, measure_baseline
+from .sequential import Measurement, Sequential, best_values, closed_noise, confirm_keep, measure_baseline
 from .state import Pending, RunOutcome, TestRecord, server_dir
 from .statuses import RunStatus
 
@@ -252,7 +252,6 @@ class Runs:
                 core.state.tag,
                 active.record_progress,
                 core.isolation,
-                first_repeat=len(known) + 1,
             )
             sequential = Sequential(
                 active.experiment,
@@ -264,8 +263,16 @@ class Runs:
                 core.state.metric_direction,
             )
             measured = sequential.run()
+        if not pending.is_baseline:
+            measured = confirm_keep(
+                measured, active.experiment, core.state, core.config, pending.nonblank_lines,
+                lambda: sha256_file(core.root / core.target_rel) == pending.target_sha256
+                and not changed_fingerprints(core.root, core.state.readonly_hashes),
+            )
         outcome = RunOutcome.model_validate(asdict(measured.result))
         outcome.best_values = measured.best_values
+        outcome.remeasured, outcome.regression = measured.remeasured, measured.regression
+        outcome.best_regression = measured.best_regression
         outcome.test = TestRecord.of(measured.step) if measured.step is not None else None
         return outcome
 

@@ -1,5 +1,8 @@
-"""How many runs a measurement takes: the baseline's noise runs, and a candidate under the sequential keep rule
-(with the best re-measured whenever it has fewer runs than the challenger needs).
+"""How many runs a measurement takes: the baseline's noise runs, a candidate under the sequential keep rule
+(with the best re-measured whenever it has fewer runs than the challenger needs), and a candidate the rule keeps
+run again as many times as it was judged (`confirm_keep`): a run cannot tell those runs from the judged ones, so
+a candidate fast only while judged shows a regression, which undoes the keep under the sequential rule and is
+reported under the greedy one.
 
 This module decides only when to run again; the runs are `Experiment`s, the statistics are `stats`, and putting
 the best's content in place for a re-measurement is the caller's (it knows git and the session state).
@@ -14,8 +17,9 @@ from dataclasses import dataclass, field, replace
 
 from .config import Config
 from .experiment import Experiment, ExperimentResult
+from .rules import decide
 from .state import SessionState
-from .stats import Noise, Step, deterministic, noise_of, sequential_test
+from .stats import Noise, Step, deterministic, noise_of, regression, sequential_test
 
 
 @dataclass
@@ -23,6 +27,9 @@ class Measurement:
     result: ExperimentResult  # the candidate's runs: `value` is their median, `values` every one
     best_values: list[float] = field(default_factory=list)  # runs of the best added while measuring
     step: Step | None = None  # the sequential test's last look (None: not sequential, or a failed run)
+    remeasured: list[float] = field(default_factory=list)  # the candidate's runs after the rule kept it
+    regression: str | None = None  # why those runs show it worse than when judged
+    best_regression: str | None = None  # why the best's runs added while measuring show it worse than before
 
 
 def noise_is_measured(config: Config) -> bool:
@@ -142,6 +149,23 @@ class Sequential:
         self.best.cancel(reason)
 
     def run(self) -> Measurement:
+        """The measurement; when the best was re-measured, a regression of the best (its new runs worse than
+        its earlier ones, `stats.regression`) is named: a kept candidate fast for exactly as many runs as judging
+        and re-measuring took is slow here, and reported."""
+        measured = self._run()
+        if measured.best_values:
+            why = regression(
+                self.best_values,
+                measured.best_values,
+                noise=self.noise,
+                direction=self.direction,
+                min_delta=self.config.min_delta,
+                confidence=self.config.confidence,
+            )
+            measured.best_regression = why and f"the best, re-measured for this candidate: {why}"
+        return measured
+
+    def _run(self) -> Measurement:
         config = self.config
         added: list[float] = []
         result = self.candidate.run(checks=False)
@@ -169,3 +193,67 @@ class Sequential:
                 added.append(again.values[-1])
             result = self.candidate.run(runs=1, checks=False)
         return Measurement(result, added, None)
+
+
+def confirm_keep(
+    measured: Measurement,
+    experiment: Experiment,
+    state: SessionState,
+    config: Config,
+    lines: int,
+    intact: Callable[[], bool],
+) -> Measurement:
+    """A candidate the rule would keep is run again as many times as it was judged, exactly as before (same
+    command, same kind of seed): the run cannot tell these runs from the judged ones. When they show it worse
+    than when judged (`stats.regression`), or fail, the keep is undone under the sequential rule (the step
+    becomes a discard) and reported under the greedy one. Nothing is run again when `intact` says the judged
+    runs changed the target or a read-only file (a FIFO there would hang the next run): the check after the
+    measurement calls that tampering."""
+    result = measured.result
+    if not _would_keep(measured, state, config, lines) or not intact():
+        return measured
+    judged = list(result.values) or ([result.value] if result.value is not None else [])
+    again = experiment.run(runs=len(judged), checks=False)
+    measured.remeasured = list(again.values[len(judged) :])
+    if again.status == "cancelled":
+        result.status, result.error = "cancelled", again.error
+        measured.step = None
+        return measured
+    if again.status != "ok":
+        why: str | None = f"its re-measurement after the keep failed ({again.status}: {again.error})"
+    else:
+        noise = session_noise(state)
+        why = regression(
+            judged,
+            measured.remeasured,
+            noise=noise,
+            direction=state.metric_direction,
+            min_delta=config.min_delta,
+            confidence=config.confidence,
+        )
+        why = why and f"re-measured after the keep: {why}"
+    measured.regression = why
+    if why is not None and measured.step is not None:
+        measured.step = replace(measured.step, action="discard", rule=f"discard ({why}): {measured.step.rule}")
+    return measured
+
+
+def _would_keep(measured: Measurement, state: SessionState, config: Config, lines: int) -> bool:
+    """What the rule says of a finished measurement, before the decision: the sequential test's last step, or
+    the greedy comparison with the best at this moment."""
+    result, best = measured.result, state.best
+    if measured.step is not None:
+        return measured.step.action == "keep" and result.status == "ok"
+    if state.keep_rule == "sequential" or best is None or result.status != "ok" or result.value is None:
+        return False
+    verdict = decide(
+        run_status="ok",
+        value=result.value,
+        best=best.value,
+        direction=state.metric_direction,
+        min_delta=config.min_delta,
+        is_baseline=False,
+        lines=lines,
+        best_lines=best.nonblank_lines,
+    )
+    return verdict.decision == "keep"

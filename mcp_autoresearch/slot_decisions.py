@@ -70,6 +70,7 @@ class SlotDecider:
             stale = best is not None and not pending.is_baseline and pending.parent != best.commit
             if stale and pending.result is not None:
                 pending.result.best_values = []  # runs of the best it was built on, not of today's best
+                pending.result.best_regression = None
             if stale and not discard:
                 rebased = self._rebase(pending)
                 if rebased is not None:

@@ -71,6 +71,9 @@ class RunOutcome(BaseModel):
     leftovers_killed: int = 0
     best_values: list[float] = []  # runs of the best added while measuring this candidate (sequential rule)
     test: TestRecord | None = None  # the sequential test's last look (None under the greedy rule)
+    remeasured: list[float] = []  # runs of the candidate after the rule kept it (not part of `values`)
+    regression: str | None = None  # why those runs show it worse than when judged (None: they do not)
+    best_regression: str | None = None  # why the best's runs added for this candidate show the best worse
 
 
 class DecisionRecord(BaseModel):

@@ -136,6 +136,33 @@ def sequential_test(
     return step("more", "promising: run again")
 
 
+def regression(
+    judged: Sequence[float],
+    again: Sequence[float],
+    *,
+    noise: Noise,
+    direction: str,
+    min_delta: float,
+    confidence: float,
+) -> str | None:
+    """How the re-measurement of a kept candidate (`again`) shows it worse than its earlier runs, or None.
+    Worse means: by more than `min_delta`, with probability at least 1 - (1 - confidence) / SESSION_SPLIT (the
+    level a keep needs, so a candidate whose judged runs were merely lucky is rarely undone); without noise to
+    judge by, worse by more than `min_delta` at all."""
+    sign = -1.0 if direction == "lower_is_better" else 1.0
+    drop = sign * (_mean(judged) - _mean(again)) + 0.0  # positive: the re-measurement is worse
+    shown = f"mean {_mean(again):.6g} over {len(again)} run(s) vs {_mean(judged):.6g} before"
+    pooled = noise + noise_of(judged) + noise_of(again)
+    if pooled.df == 0 or pooled.ss == 0.0:
+        return f"{shown}, worse by {drop:.6g}" if drop > min_delta else None
+    se = math.sqrt(pooled.ss / pooled.df * (1.0 / len(judged) + 1.0 / len(again)))
+    probability = t_cdf((drop - min_delta) / se, pooled.df)
+    needed = 1.0 - (1.0 - confidence) / SESSION_SPLIT
+    if probability < needed:
+        return None
+    return f"{shown}, worse by {drop:.4g} (P = {probability:.4g} >= {needed:.4g})"
+
+
 def look_alpha(n: int, max_repeats: int, alpha: float) -> float:
     """The share of `alpha` spent at look `n` (after n runs). The shares add up to `alpha` (Bonferroni), so
     looking after every run cannot inflate the error rate."""

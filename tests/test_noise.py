@@ -1,7 +1,8 @@
 """Issue 13: decisions that hold up under noise, through the real server, real processes and real git.
 
-The evaluator prints the i-th number of the target's `VALUES` line, where i is the AUTORESEARCH_REPEAT the
-server passes (cycling), so every run's value is chosen by the test: the noise is scripted, not random.
+The evaluator prints the i-th number of the target's `VALUES` line, where i counts the runs of that content so
+far (the evaluator keeps the count in a directory outside the project, `writable` to it; cycling), so every
+run's value is chosen by the test: the noise is scripted, not random.
 """
 
 from __future__ import annotations
@@ -15,16 +16,22 @@ from .conftest import git, make_repo
 
 pytestmark = pytest.mark.anyio
 
-EVALUATE = """\
-awk -v i="${AUTORESEARCH_REPEAT:-1}" '$1 == "VALUES" { n = NF - 1; printf "score: %s\\n", $(2 + (i - 1) % n) }' cand.txt
+COUNT = """\
+f="$COUNTS/$(cksum < cand.txt | cut -d' ' -f1)"; i=$(( $(cat "$f" 2>/dev/null || echo 0) + 1 )); echo "$i" > "$f"
+"""
+EVALUATE = COUNT + """\
+awk -v i="$i" '$1 == "VALUES" { n = NF - 1; printf "score: %s\\n", $(2 + (i - 1) % n) }' cand.txt
 """
 NOISY = "VALUES 1.0 1.1 0.9\n"  # mean 1.0, sd 0.1
 
 
 def project(tmp_path: Path, values: str = NOISY, **settings: object) -> Path:
+    counts = tmp_path / "counts"  # the runs of each content so far, kept by the evaluator
+    counts.mkdir(exist_ok=True)
     config = {
         "target_file": "cand.txt",
-        "run_command": "sh evaluate.sh",
+        "run_command": f"COUNTS={counts} sh evaluate.sh",
+        "writable": [str(counts)],
         "metric_name": "score",
         "readonly_files": ["evaluate.sh"],
         **settings,
@@ -54,7 +61,7 @@ async def test_noise_measured_at_start_and_shown(tmp_path: Path, agent_for) -> N
     async with agent_for(root) as agent:
         await agent.ok("start_session", tag="n")
         run, decision = await agent.experiment("baseline")
-        # noise_runs (3) runs of the unmodified baseline, each with its AUTORESEARCH_REPEAT: 1, 2, 3.
+        # noise_runs (3) runs of the unmodified baseline: its 1st, 2nd and 3rd.
         assert run["values"] == [1.0, 1.1, 0.9] and run["value"] == 1.0
         assert decision["decision"] == "keep" and decision["keep_rule"] == "sequential"
         results = await agent.ok("query_results")
@@ -121,18 +128,21 @@ async def test_promising_candidate_reruns_best_remeasured_and_kept(tmp_path: Pat
         assert decision["decision"] == "keep" and decision["reason"].startswith("keep (P >=")
         assert decision["best_values"] == [1.0, 1.1, 0.9, 1.0, 1.1, 0.9]
         assert decision["probability"] >= 0.999
+        # kept, so run again as many times as it was judged (its 3rd and 4th runs): no regression
+        assert decision["remeasured"] == [0.48, 0.5] and decision.get("regression") is None
         assert git(root, "rev-parse", "HEAD~1").strip() == base
         assert (root / "cand.txt").read_text() == "VALUES 0.5 0.52 0.48\n"
         assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
-        # the new best's runs are its own; the next challenger is judged against them
+        # the new best's runs are its own, the re-measurement included; the next challenger is judged against them
         run, decision = await try_values(agent, "VALUES 0.6 0.6 0.6\n", "worse than the new best")
-        assert decision["best_values"] == [0.5, 0.52] and decision["decision"] == "discard"
+        assert decision["best_values"] == [0.5, 0.52, 0.48, 0.5] and decision["decision"] == "discard"
     runs = sorted(p.name for p in (root / ".autoresearch" / "runs" / "k").glob("r2*.log"))
-    assert runs == ["r2-2.log", "r2-best-2.log", "r2-best-3.log", "r2-best.log", "r2.log"]
+    assert runs == ["r2-2.log", "r2-3.log", "r2-4.log", "r2-best-2.log", "r2-best-3.log", "r2-best.log", "r2.log"]
     rows = tsv_rows(root)
     assert [r[2] for r in rows] == ["1.000000", "0.510000", "0.600000"]  # one row per experiment: the median
     done = events(root, "experiment_done")
     assert done[1]["values"] == [0.5, 0.52] and done[1]["best_values"] == [1.0, 1.1, 0.9] * 2
+    assert done[1]["remeasured"] == [0.48, 0.5] and "regression" not in done[1]
 
 
 async def test_not_shown_better_within_max_repeats_is_discarded(tmp_path: Path, agent_for) -> None:
@@ -221,7 +231,7 @@ async def test_a_run_that_rewrites_the_target_is_caught_across_the_best_s_remeas
 
 async def test_a_best_s_run_that_rewrites_the_target_stops_the_measurement(tmp_path: Path, agent_for) -> None:
     root = project(tmp_path, isolation="off")  # unconfined, so the run can write the target
-    rewrite = 'if [ "${AUTORESEARCH_REPEAT:-1}" -ge 4 ]; then echo "# rewritten" >> cand.txt; fi\n'
+    rewrite = 'if [ "$i" -ge 4 ]; then echo "# rewritten" >> cand.txt; fi\n'
     (root / "evaluate.sh").write_text(EVALUATE + rewrite)
     git(root, "commit", "-qam", "an evaluator that rewrites the target from the 4th run of a content on")
     async with agent_for(root) as agent:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:ssl=None is deprecated:Deprecati
 # The run's attempts on the wrapper: its stdout through /proc, its memory (the nonce), its environment.
 CHEAT = """
 import os
+import re
 pid = os.getpid()
 while pid > 1:
     cmd = open(f"/proc/{pid}/cmdline", "rb").read()
@@ -159,7 +161,7 @@ def test_output_streams_into_the_log_and_the_metric_is_read(tmp_path: Path, ray_
     root = _project(tmp_path)
     seen: list[tuple[float, float, str]] = []
     command = ("printf 'step 1\\r'; echo 'step 2'; test -e .git && echo 'GIT UPLOADED'; sleep 2.5; "
-               "echo \"score: 1.25 repeat=$AUTORESEARCH_REPEAT\"; echo 'METRIC aux=3'")
+               "echo \"score: 1.25 seed=$AUTORESEARCH_SEED\"; echo 'METRIC aux=3'")
     config = _config(command, ray_address=ray_address)
     experiment = Experiment(config, root, "r1", tmp_path / "logs", isolation=ISOLATION,
                             on_progress=lambda e, t, line: seen.append((e, t, line)),
@@ -169,7 +171,7 @@ def test_output_streams_into_the_log_and_the_metric_is_read(tmp_path: Path, ray_
     assert result.value == 1.25 and result.secondary == {"aux": 3.0}
     log = Path(result.log_path).read_bytes()
     assert log.startswith(b"step 1\rstep 2\n")  # the run's bytes exactly, nothing of Ray's or the wrapper's
-    assert b"score: 1.25 repeat=1\n" in log and b"#autoresearch-ray" not in log and b"GIT UPLOADED" not in log
+    assert re.search(rb"score: 1\.25 seed=\d+\n", log) and b"#autoresearch-ray" not in log and b"GIT UPLOADED" not in log
     assert seen and seen[0][2] == "step 2" and seen[0][1] == config.timeout  # streamed while it ran
 
 

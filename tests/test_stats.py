@@ -13,6 +13,7 @@ from mcp_autoresearch.stats import (
     incomplete_beta,
     look_alpha,
     noise_of,
+    regression,
     sequential_test,
     t_cdf,
     t_quantile,
@@ -190,3 +191,21 @@ def test_the_error_rate_holds_over_repeated_looks() -> None:
 def test_a_two_sigma_improvement_is_usually_kept() -> None:
     kept, _ = simulate(2.0, 300, seed=2)
     assert kept >= 0.65
+
+
+def test_a_regression_after_the_keep_needs_the_keep_s_level_and_min_delta() -> None:
+    noise = Noise(ss=0.01 * 20, df=20)  # sd 0.1
+    lower = {"noise": noise, "direction": "lower_is_better", "min_delta": 0.0, "confidence": 0.95}
+    # fast while judged, slow after: many standard errors worse
+    why = regression([0.1, 0.2], [0.9, 1.0], **lower)
+    assert why is not None and "worse by 0.8" in why and "vs 0.15 before" in why
+    # better, equal, or a little worse (regression to the mean of a lucky draw): no regression
+    assert regression([0.5, 0.52], [0.48, 0.5], **lower) is None
+    assert regression([0.5, 0.5], [0.5, 0.5], **lower) is None
+    assert regression([0.5, 0.52], [0.6, 0.62], **lower) is None  # 1 sd worse: P < 0.995
+    # the direction counts: higher is better, so lower values are the regression
+    assert regression([0.9, 1.0], [0.1, 0.2], **{**lower, "direction": "higher_is_better"}) is not None
+    assert regression([0.1, 0.2], [0.9, 1.0], **{**lower, "direction": "higher_is_better"}) is None
+    # no noise to judge by (a deterministic metric): worse by more than min_delta at all
+    exact = {**lower, "noise": Noise(), "min_delta": 0.05}
+    assert regression([1.0], [1.1], **exact) is not None and regression([1.0], [1.04], **exact) is None

@@ -1,0 +1,145 @@
+"""Issue 24, item 5: a run cannot tell from the server which of its runs are judged, and a candidate fast only
+while judged is caught by the re-measurement after the keep: undone under the sequential rule, reported under
+the greedy one. Single runs and slots; the real server through the MCP client, real processes and git.
+
+The target is a small program whose value is scripted: the i-th run of a content prints the i-th of the values
+1.0, 1.1, 0.9 (cycling), i counted in a directory outside the project that the runs may write. The cheat reads
+`AUTORESEARCH_REPEAT` where the server passes it (before this rule: the index of the run, judged while it is at
+most the number of runs the rule needs) and otherwise its own count of runs, and is fast for the first two: as
+many as the sequential rule needs to keep a change this much better (the greedy rule: one).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import git, make_repo
+
+pytestmark = pytest.mark.anyio
+
+TARGET = """\
+import hashlib, os
+CHEAT = {cheat}
+COUNTS = {counts!r}
+path = os.path.join(COUNTS, hashlib.sha256(open(__file__, "rb").read()).hexdigest())  # runs of this content
+fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # one byte per run: safe for runs in two slots
+os.write(fd, b"x")
+i = os.fstat(fd).st_size
+fast = False
+if CHEAT:
+    repeat = os.environ.get("AUTORESEARCH_REPEAT")
+    fast = int(repeat) <= {fast} if repeat else i <= {fast}
+values = {values}
+print("seed:", os.environ.get("AUTORESEARCH_SEED"), "repeat:", os.environ.get("AUTORESEARCH_REPEAT"))
+print(f"score: {{values[(i - 1) % len(values)] - (0.9 if fast else 0.0):.6f}}")
+"""
+NOISY = [1.0, 1.1, 0.9]
+
+
+def project(tmp_path: Path, values: list[float], **extra: Any) -> tuple[Path, dict[str, Any]]:
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    honest = TARGET.format(cheat=False, counts=str(counts), values=values, fast=0)
+    root = make_repo(tmp_path / "proj", {"model.py": honest})
+    settings = {
+        "target_file": "model.py",
+        "run_command": "python3 model.py",
+        "metric_name": "score",
+        "writable": [str(counts)],
+        **extra,
+    }
+    return root, settings
+
+
+def cheat(root: Path, values: list[float], fast: int) -> str:
+    """The cheat: fast for its first `fast` runs (or, told its index, while that is at most `fast`)."""
+    return TARGET.format(cheat=True, counts=str(root.parent / "counts"), values=values, fast=fast)
+
+
+async def run_and_decide(agent, slots: bool, description: str) -> tuple[dict, dict]:
+    if not slots:
+        return await agent.experiment(description)
+    started = await agent.ok("run_experiment", description=description)
+    run = await agent.until_done(started["run_id"])
+    return run, await agent.ok("commit_or_reset", run_id=run["run_id"])
+
+
+def slot_settings(slots: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
+    if not slots:
+        return {}
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(tmp_path / "slots-home"))
+    return {"slots": 2, "slot_devices": []}
+
+
+@pytest.mark.parametrize("slots", [False, True], ids=["single", "slots"])
+async def test_a_candidate_fast_only_while_judged_is_not_kept(
+    tmp_path: Path, agent_for, slots: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, settings = project(tmp_path, NOISY, **slot_settings(slots, monkeypatch, tmp_path))
+    async with agent_for(root, settings) as agent:
+        await agent.ok("start_session", tag="cheat")
+        _, baseline = await run_and_decide(agent, slots, "baseline")
+        assert baseline["decision"] == "keep" and baseline["keep_rule"] == "sequential"
+        base = git(root, "rev-parse", "autoresearch/cheat").strip()
+        await agent.ok("apply_edit", content=cheat(root, NOISY, fast=2))
+        run, decision = await run_and_decide(agent, slots, "no better, but fast while judged")
+        # Judged on two fast runs (0.1, 0.2: kept with P near 1 before this rule), then run twice again,
+        # indistinguishably, and slow: a regression, so the keep is undone.
+        assert run["values"] == [0.1, 0.2], run
+        assert decision["decision"] == "discard", decision
+        assert decision["remeasured"] == [0.9, 1.0]
+        assert "re-measured after the keep" in decision["reason"] and decision["regression"]
+        results = await agent.ok("query_results")
+        assert results["best"]["run_id"] == baseline["run_id"] and results["best"]["value"] >= 0.9
+    assert git(root, "rev-parse", "autoresearch/cheat").strip() == base
+    # No run learnt its index from the server; each got a seed of its own.
+    logs = (root / ".autoresearch" / "runs" / "cheat").glob("*.log")
+    seeds = [m.group(1) for log in logs for m in re.finditer(r"seed: (\S+) repeat: None", log.read_text())]
+    assert len(seeds) >= 9 and len(set(seeds)) == len(seeds) and all(s.isdigit() for s in seeds)
+
+
+@pytest.mark.parametrize("slots", [False, True], ids=["single", "slots"])
+async def test_under_the_greedy_rule_a_regression_after_the_keep_is_reported(
+    tmp_path: Path, agent_for, slots: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, settings = project(tmp_path, [1.0], keep_rule="greedy", **slot_settings(slots, monkeypatch, tmp_path))
+    async with agent_for(root, settings) as agent:
+        await agent.ok("start_session", tag="greedy")
+        await run_and_decide(agent, slots, "baseline")
+        await agent.ok("apply_edit", content=cheat(root, [1.0], fast=1))
+        run, decision = await run_and_decide(agent, slots, "fast on its first run only")
+        assert run["value"] == pytest.approx(0.1) and decision["decision"] == "keep"
+        assert decision["remeasured"] == [1.0]
+        assert "re-measured after the keep" in decision["reason"] and "a regression, reported" in decision["reason"]
+        results = await agent.ok("query_results")
+        assert results["best"]["value"] == pytest.approx(0.1)  # greedy: the judged value, as the original tool
+
+
+@pytest.mark.parametrize("slots", [False, True], ids=["single", "slots"])
+async def test_a_kept_best_slower_when_re_measured_later_is_reported(
+    tmp_path: Path, agent_for, slots: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cheat fast for exactly as many runs as judging (2) and the re-measurement after the keep (2) take is
+    kept; the next candidate that needs the best re-measured finds it slow, and says so."""
+    root, settings = project(tmp_path, NOISY, **slot_settings(slots, monkeypatch, tmp_path))
+    async with agent_for(root, settings) as agent:
+        await agent.ok("start_session", tag="later")
+        await run_and_decide(agent, slots, "baseline")
+        await agent.ok("apply_edit", content=cheat(root, NOISY, fast=4))
+        _, kept = await run_and_decide(agent, slots, "fast for its first four runs")
+        assert kept["decision"] == "keep" and kept["remeasured"] == [0.0, 0.1] and not kept.get("regression")
+        honest = TARGET.format(cheat=False, counts=str(root.parent / "counts"), values=[0.05], fast=0)
+        await agent.ok("apply_edit", content=honest)
+        _, decision = await run_and_decide(agent, slots, "honest, a little better than the cheat's claim")
+        assert decision["best_values"][4:6] == [1.1, 0.9], decision  # the cheat's 5th and 6th runs: slow
+        assert "the best, re-measured for this candidate: mean 1 over" in decision["reason"]
+        assert "vs 0.1 before, worse by 0.9" in decision["reason"]
+        assert "(a regression, reported)" in decision["reason"]
+    done = [e for e in map(json.loads, (root / ".autoresearch" / "autoresearch.jsonl").read_text().splitlines())]
+    [logged] = [e["details"] for e in done if e["action"] == "experiment_done" and e["details"]["run_id"] == decision["run_id"]]
+    assert logged["best_regression"].startswith("the best, re-measured for this candidate")
