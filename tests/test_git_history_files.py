@@ -57,7 +57,8 @@ async def test_grafts_planted_by_a_run_never_land_around_the_users_commit(
         await agent.edit("LR = 0.5", "LR = 0.2\n" + code)
         run, decision = await agent.experiment("graft the user's commit in")
         if confined:
-            assert run["status"] == "crash" and "Permission denied" in run["log_tail"]
+            assert run["status"] == "crash", run  # refused: EACCES (Landlock) or EROFS (the private view)
+            assert "Permission denied" in run["log_tail"] or "Read-only file system" in run["log_tail"]
         else:
             assert run["status"] == "tampered", run
             assert f"git history file {grafts} (restored)" in run["error"]
