@@ -1,7 +1,8 @@
 """The streamable HTTP transport: loopback by default, DNS-rebinding protection on, an optional bearer token.
 
 A server reachable over HTTP runs shell commands in the project on request, so every request must prove it
-comes from the user: from this machine (Host/Origin checks), and with the token when one is set.
+comes from the user: from this machine (Host/Origin checks), not from one of the server's own runs (whatever the
+token), and with the token when one is set.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import hmac
 import json
 import sys
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import peers
 
 LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"]
 LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
@@ -62,6 +66,25 @@ class BearerToken:
             await _respond(send, 401, {"error": MISSING_TOKEN}, [f'Bearer realm="{REALM}"'])
 
 
+class RefuseRuns:
+    """Refuses every request that comes from a process of one of this server's runs (`peers.run_holding`): a run
+    with the network on shares the user's loopback, and must never call the tools, with or without a token (with
+    slots, it could otherwise start or decide another slot's experiment)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client, server = scope.get("client"), scope.get("server")
+        if scope["type"] in ("http", "websocket") and client and server and client[1] and server[1]:
+            pid = await anyio.to_thread.run_sync(peers.run_holding, int(client[1]), int(server[1]))
+            if pid is not None:
+                await _respond(send, 403, {"error": FROM_A_RUN.format(pid=pid)}, [])
+                return
+        await self.app(scope, receive, send)
+
+
+FROM_A_RUN = "refused: this request comes from a process of one of the server's runs (pid {pid}); runs never call its tools"
 REALM = "mcp-autoresearch"
 WRONG_TOKEN = "the bearer token is not the one this server was started with"
 MISSING_TOKEN = "unauthorized: send 'Authorization: Bearer <token>' (the token the server was started with)"
@@ -97,7 +120,7 @@ def build_http_app(server: MCPServer, host: str, token: str | None, page: ASGIAp
     app: ASGIApp = server.streamable_http_app(host=host, transport_security=security_for(host))
     if token:
         app = BearerToken(app, token)
-    return app if page is None else PathDispatch(app, page)
+    return RefuseRuns(app if page is None else PathDispatch(app, page))
 
 
 def serve_http(
