@@ -31,6 +31,7 @@ from .running import AlreadyMeasured
 from .schemas import NO_NULL_DEFAULT, UNSET, OptionalInt, OptionalNumber, OptionalText, self_contained
 from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait
 from .statuses import FILTERS
+from .views import MAX_NOTES, MAX_RUN_NOTES, MAX_RUN_NOTES_CHARS
 from .workspace import Workspace
 
 log = logging.getLogger("mcp_autoresearch")
@@ -46,6 +47,11 @@ If run_experiment returns status 'running', poll with wait_experiment. The promp
 """
 
 T = TypeVar("T")
+# Bounds on arguments the engine echoes in its messages, so no answer repeats megabytes back to the agent.
+MAX_RUN_ID_CHARS = 100
+MAX_TAG_CHARS = 200  # the engine's own rule (at most 64 characters) explains itself below this
+MAX_SHA_CHARS = 200
+MAX_FOCUS_CHARS = 200
 WAIT_HELP = (
     f"Seconds to wait for the result before returning status 'running' (default {DEFAULT_WAIT_S:g}, "
     f"max {MAX_WAIT_S:g}; keep it under your client's request timeout)."
@@ -180,7 +186,8 @@ def create_server(workspace: Workspace) -> MCPServer:
             OptionalText,
             Field(
                 description="Session name; the branch is autoresearch/<tag>. Default: the session whose branch "
-                "is checked out, else today's month and day (e.g. nov26)."
+                "is checked out, else today's month and day (e.g. nov26).",
+                max_length=MAX_TAG_CHARS,
             ),
         ] = UNSET,
     ) -> StartResult:
@@ -226,7 +233,8 @@ def create_server(workspace: Workspace) -> MCPServer:
             OptionalText,
             Field(
                 description="sha256 from read_target; the edit is refused if the file changed since "
-                "(default: no check)."
+                "(default: no check).",
+                max_length=MAX_SHA_CHARS,
             ),
         ] = UNSET,
     ) -> EditResult:
@@ -301,7 +309,8 @@ def create_server(workspace: Workspace) -> MCPServer:
             OptionalText,
             Field(
                 description="The run_id returned by run_experiment (default: with slots, whichever run in "
-                "flight finishes first; else the run in flight)."
+                "flight finishes first; else the run in flight).",
+                max_length=MAX_RUN_ID_CHARS,
             ),
         ] = UNSET,
         wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
@@ -313,7 +322,11 @@ def create_server(workspace: Workspace) -> MCPServer:
     @tool(read_only=False, destructive=True)
     def commit_or_reset(
         run_id: Annotated[
-            OptionalText, Field(description="The run to decide (default: the run waiting for its decision).")
+            OptionalText,
+            Field(
+                description="The run to decide (default: the run waiting for its decision).",
+                max_length=MAX_RUN_ID_CHARS,
+            ),
         ] = UNSET,
         discard: Annotated[
             bool,
@@ -327,13 +340,18 @@ def create_server(workspace: Workspace) -> MCPServer:
 
     @tool(read_only=False)
     def log_result(
-        run_id: Annotated[str, Field(description="A decided experiment's run_id.")],
+        run_id: Annotated[str, Field(description="A decided experiment's run_id.", max_length=MAX_RUN_ID_CHARS)],
         notes: Annotated[
             str,
-            Field(description="Hypothesis and what the result taught you (a few lines).", max_length=8000),
+            Field(
+                description=f"Hypothesis and what the result taught you (a few lines): at most {MAX_NOTES} "
+                f"characters per call, {MAX_RUN_NOTES} notes and {MAX_RUN_NOTES_CHARS} characters per experiment.",
+                max_length=MAX_NOTES,
+            ),
         ],
     ) -> NotesResult:
-        """Attach your notes to a logged experiment (JSONL and query_results). Values and statuses cannot change."""
+        """Attach your notes to a logged experiment (JSONL and query_results). Values and statuses cannot change.
+        Answers with the note added and the room the experiment's notes have left."""
         return workspace.session.log_notes(run_id, notes)
 
     @tool(read_only=True, idempotent=True)
@@ -361,7 +379,8 @@ def create_server(workspace: Workspace) -> MCPServer:
         focus: Annotated[
             str | None,
             Field(
-                description="Optional: one word naming an area to concentrate the ideas on (e.g. optimizer)."
+                description="Optional: one word naming an area to concentrate the ideas on (e.g. optimizer).",
+                max_length=MAX_FOCUS_CHARS,
             ),
         ] = None,
     ) -> str:
