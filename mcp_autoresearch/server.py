@@ -28,7 +28,15 @@ from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunRes
 from .project import ProjectInfo
 from .prompts import loop_prompt
 from .running import AlreadyMeasured
-from .schemas import NO_NULL_DEFAULT, UNSET, OptionalInt, OptionalNumber, OptionalText, self_contained
+from .schemas import (
+    NO_NULL_DEFAULT,
+    UNSET,
+    OptionalInt,
+    OptionalNumber,
+    OptionalText,
+    at_most,
+    self_contained,
+)
 from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait
 from .statuses import FILTERS
 from .views import MAX_NOTES, MAX_RUN_NOTES, MAX_RUN_NOTES_CHARS
@@ -49,9 +57,10 @@ If run_experiment returns status 'running', poll with wait_experiment. The promp
 T = TypeVar("T")
 # Bounds on arguments the engine echoes in its messages, so no answer repeats megabytes back to the agent.
 MAX_RUN_ID_CHARS = 100
-MAX_TAG_CHARS = 200  # the engine's own rule (at most 64 characters) explains itself below this
-MAX_SHA_CHARS = 200
 MAX_FOCUS_CHARS = 200
+RunIdText = Annotated[str, *at_most(MAX_RUN_ID_CHARS)]
+TagText = Annotated[str, *at_most(200)]  # the engine's own rule (at most 64 characters) explains itself below
+ShaText = Annotated[str, *at_most(200)]
 WAIT_HELP = (
     f"Seconds to wait for the result before returning status 'running' (default {DEFAULT_WAIT_S:g}, "
     f"max {MAX_WAIT_S:g}; keep it under your client's request timeout)."
@@ -183,11 +192,10 @@ def create_server(workspace: Workspace) -> MCPServer:
     @tool(read_only=False)
     def start_session(
         tag: Annotated[
-            OptionalText,
+            TagText,
             Field(
                 description="Session name; the branch is autoresearch/<tag>. Default: the session whose branch "
-                "is checked out, else today's month and day (e.g. nov26).",
-                max_length=MAX_TAG_CHARS,
+                "is checked out, else today's month and day (e.g. nov26)."
             ),
         ] = UNSET,
     ) -> StartResult:
@@ -230,11 +238,10 @@ def create_server(workspace: Workspace) -> MCPServer:
             Field(description="The target file's path (default: the target). No other file can be edited."),
         ] = UNSET,
         expected_sha256: Annotated[
-            OptionalText,
+            ShaText,
             Field(
                 description="sha256 from read_target; the edit is refused if the file changed since "
-                "(default: no check).",
-                max_length=MAX_SHA_CHARS,
+                "(default: no check)."
             ),
         ] = UNSET,
     ) -> EditResult:
@@ -306,11 +313,10 @@ def create_server(workspace: Workspace) -> MCPServer:
     async def wait_experiment(
         ctx: Context,
         run_id: Annotated[
-            OptionalText,
+            RunIdText,
             Field(
                 description="The run_id returned by run_experiment (default: with slots, whichever run in "
-                "flight finishes first; else the run in flight).",
-                max_length=MAX_RUN_ID_CHARS,
+                "flight finishes first; else the run in flight)."
             ),
         ] = UNSET,
         wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
@@ -322,11 +328,8 @@ def create_server(workspace: Workspace) -> MCPServer:
     @tool(read_only=False, destructive=True)
     def commit_or_reset(
         run_id: Annotated[
-            OptionalText,
-            Field(
-                description="The run to decide (default: the run waiting for its decision).",
-                max_length=MAX_RUN_ID_CHARS,
-            ),
+            RunIdText,
+            Field(description="The run to decide (default: the run waiting for its decision)."),
         ] = UNSET,
         discard: Annotated[
             bool,

@@ -64,6 +64,17 @@ async def test_the_largest_accepted_inputs_keep_answers_small_while_other_calls_
         assert noted["notes_count"] == MAX_RUN_NOTES and noted["notes_left"] == 0
         refused = await agent.refused("log_result", run_id="r2", notes="one more")
         assert f"already holds {MAX_RUN_NOTES} notes" in refused and f"{MAX_RUN_NOTES} notes" in refused
+        # an argument the server would echo is refused short, never repeated back whole
+        huge = "x" * 1_000_000
+        for tool, args in (
+            ("wait_experiment", {"run_id": huge}),
+            ("commit_or_reset", {"run_id": huge}),
+            ("log_result", {"run_id": huge, "notes": "n"}),
+            ("start_session", {"tag": huge}),
+            ("apply_edit", {"content": "x", "expected_sha256": huge}),
+        ):
+            refused = await agent.refused(tool, **args)
+            assert "at most" in refused and len(refused) < 1000, (tool, refused[:300])
         # every answer about those runs is bounded, whatever their notes hold
         query = await client.call_tool("query_results", {"limit": 2})
         assert answer_chars(query) < 2 * (500 + ROW_NOTES_CHARS + 1000)
