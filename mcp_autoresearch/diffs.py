@@ -46,7 +46,11 @@ def bounded_diff(before: str, after: str, path: str) -> Diff:
     lines = [
         _shift(line, start)
         for line in difflib.unified_diff(
-            old[start : old_end + CONTEXT], new[start : new_end + CONTEXT], f"a/{path}", f"b/{path}", lineterm=""
+            old[start : old_end + CONTEXT],
+            new[start : new_end + CONTEXT],
+            f"a/{path}",
+            f"b/{path}",
+            lineterm="",
         )
     ]
     added = sum(1 for line in lines if line.startswith("+") and not line.startswith("+++"))
