@@ -254,18 +254,29 @@ def create_server(workspace: Workspace) -> MCPServer:
     def current_session() -> Session:
         return workspace.session
 
-    async def _await_run(run_id: str | None, wait_s: float | None, ctx: Context) -> RunResult:
-        # The first call after a restart resumes the session (git, files): not on the event loop.
-        session = await anyio.to_thread.run_sync(current_session)
+    async def _await_run(
+        run_id: str | None, wait_s: float | None, ctx: Context, session: Session | None = None
+    ) -> RunResult:
+        """The run's result within `wait_s`, with progress notifications meanwhile. Each trip to a worker thread
+        waits up to the next progress report and, once the run finished, reads its result in the same trip: on
+        a loaded machine every hand-over between threads waits for a CPU."""
+        if session is None:  # the first call after a restart resumes the session (git, files): not on the loop
+            session = await anyio.to_thread.run_sync(current_session)
+        deadline = time.monotonic() + clamp_wait(wait_s)
         handle = session.run_handle(run_id)
+
+        def wait_then_view() -> RunResult | None:
+            assert handle is not None and session is not None
+            if handle.wait(max(0.0, min(PROGRESS_EVERY_S, deadline - time.monotonic()))):
+                return session.view(run_id)
+            return None
+
         if handle is not None:
-            deadline = time.monotonic() + clamp_wait(wait_s)
             try:
-                while (remaining := deadline - time.monotonic()) > 0:
-                    if await anyio.to_thread.run_sync(
-                        handle.wait, min(PROGRESS_EVERY_S, remaining), abandon_on_cancel=True
-                    ):
-                        break
+                while deadline - time.monotonic() > 0:
+                    finished = await anyio.to_thread.run_sync(wait_then_view, abandon_on_cancel=True)
+                    if finished is not None:
+                        return finished
                     progress = handle.progress()
                     await ctx.report_progress(progress.elapsed_s, progress.limit_s, progress.message)
             except anyio.get_cancelled_exc_class():
@@ -301,13 +312,16 @@ def create_server(workspace: Workspace) -> MCPServer:
         is finished, call commit_or_reset. With slots (configured by the user), it returns at once: the
         candidate runs in a slot of its own, the target holds the best again, and the next idea can be edited
         and started while it runs; wait_experiment() returns the first run to finish."""
-        session = await anyio.to_thread.run_sync(current_session)
-        started = await anyio.to_thread.run_sync(session.start_run, description, rerun)
+        def start() -> tuple[Session, str | AlreadyMeasured]:
+            session = current_session()  # resumes the session after a restart: not on the event loop
+            return session, session.start_run(description, rerun)
+
+        session, started = await anyio.to_thread.run_sync(start)
         if isinstance(started, AlreadyMeasured):
             return await anyio.to_thread.run_sync(session.view, started.run_id, True)
         if session.parallel is not None:  # with slots the agent prepares the next idea while this one runs
             wait_s = 0.0
-        return await _await_run(started, wait_s, ctx)
+        return await _await_run(started, wait_s, ctx, session)
 
     @tool(read_only=True, idempotent=True)
     async def wait_experiment(
