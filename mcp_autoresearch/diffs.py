@@ -16,6 +16,7 @@ from dataclasses import dataclass
 MAX_DIFF_LINES = 2000  # changed lines on either side that difflib may compare; above, a summary
 MAX_DIFF_CHARS = 4000  # the diff's text is cut here
 CONTEXT = 3  # unchanged lines shown around a change, as `diff -u`
+_BLOCK = 256  # lines compared at once when looking for the shared start and end
 
 _HUNK = re.compile(r"^@@ -(\d+)(,\d+)? \+(\d+)(,\d+)? @@$")
 
@@ -62,10 +63,12 @@ def bounded_diff(before: str, after: str, path: str) -> Diff:
 
 
 def _common_head(old: list[str], new: list[str]) -> int:
-    count = 0
-    for a, b in zip(old, new, strict=False):
-        if a != b:
-            break
+    """Lines shared at the start, compared a block at a time (list comparison runs in C)."""
+    count, limit = 0, min(len(old), len(new))
+    while count < limit and old[count : count + _BLOCK] == new[count : count + _BLOCK]:
+        count += _BLOCK
+    count = min(count, limit)
+    while count < limit and old[count] == new[count]:
         count += 1
     return count
 
@@ -74,6 +77,10 @@ def _common_tail(old: list[str], new: list[str], head: int) -> int:
     """Lines shared at the end, never overlapping the shared head."""
     limit = min(len(old), len(new)) - head
     count = 0
+    while count + _BLOCK <= limit and old[len(old) - count - _BLOCK : len(old) - count] == new[
+        len(new) - count - _BLOCK : len(new) - count
+    ]:
+        count += _BLOCK
     while count < limit and old[-1 - count] == new[-1 - count]:
         count += 1
     return count
