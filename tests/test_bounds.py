@@ -144,7 +144,7 @@ async def test_a_call_sent_while_a_diff_is_computed_is_answered_before_the_edit(
 
         async with anyio.create_task_group() as group:
             group.start_soon(edit)
-            await anyio.to_thread.run_sync(entered.wait)
+            await anyio.to_thread.run_sync(entered.wait, abandon_on_cancel=True)  # an edit refused early fails here
             for tool in ("query_results", "read_target", "detect_project"):
                 await agent.ok(tool)
                 order.append(tool)
