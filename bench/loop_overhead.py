@@ -6,7 +6,11 @@ Also counts tool calls and bytes returned to the agent per experiment. Ours is m
 (the private view + Landlock, the default where the kernel allows both), with Landlock alone (the server started
 under `tests/helpers/no_namespaces.py`, as where namespaces are refused) and with `isolation = "off"`, side by side.
 
-    python bench/loop_overhead.py [--experiments 60]
+    python bench/loop_overhead.py [--experiments 60] [--rounds 1] [--against REV]
+
+On a machine shared with other work, `--rounds N` runs every loop N times in turn (the experiments split between
+the rounds), so a change of load hits each loop alike; `--against REV` adds the server as it was at git revision
+REV (exported to a temporary directory), run in the same rounds.
 """
 
 from __future__ import annotations
@@ -66,12 +70,17 @@ def command_time(cwd: Path, n: int = 50) -> float:
 NO_NAMESPACES = str(Path(__file__).parent.parent / "tests" / "helpers" / "no_namespaces.py")
 
 
-async def ours(root: Path, n: int, without_namespaces: bool = False) -> dict:
+async def ours(root: Path, n: int, source: Path | None = None, without_namespaces: bool = False) -> dict:
+    """`n` experiments through the server (the installed one, or the package under `source`), on `root`;
+    `without_namespaces`: as where namespaces are refused (Landlock alone)."""
+    env = {**{k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}, **IDENTITY}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     serve = ["-m", "mcp_autoresearch", "serve", "--project", str(root)]
     params = StdioServerParameters(
         command=sys.executable,
         args=[NO_NAMESPACES, sys.executable, *serve] if without_namespaces else serve,
-        env={**{k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}, **IDENTITY},
+        env=env,
     )
     per_experiment, calls, sizes = [], [], []
     async with Client(params) as client:
@@ -83,9 +92,10 @@ async def ours(root: Path, n: int, without_namespaces: bool = False) -> dict:
             return result
 
         await call("start_session", {"tag": "bench"})
-        run = await call("run_experiment", {"description": "baseline"})
-        await call("commit_or_reset", {"run_id": run.structured_content["run_id"]})
-        best, current = 1000, 1000
+        if (root / "params.sh").read_text() == "K=1000\n":  # a new session: its baseline first
+            run = await call("run_experiment", {"description": "baseline"})
+            await call("commit_or_reset", {"run_id": run.structured_content["run_id"]})
+        best = current = int((root / "params.sh").read_text().strip().removeprefix("K="))
         for i in range(n):
             value = next_value(i, best)
             start = time.perf_counter()
@@ -133,6 +143,8 @@ done
 def shell(root: Path, n: int) -> dict:
     script = root / ".." / "loop.sh"
     script.write_text(SHELL_LOOP)
+    (root / "params.sh").write_text("K=1000\n")  # each round starts from the same best
+    subprocess.run(["git", "checkout", "-q", "--", "params.sh"], cwd=root, check=True)
     subprocess.run(
         ["bash", str(script), str(n), COMMAND], cwd=root, check=True, env={**os.environ, **IDENTITY}
     )
@@ -162,42 +174,84 @@ def summary(data: dict, own: float) -> dict:
     }
 
 
+def export(rev: str, into: Path) -> Path:
+    """The package as it was at git revision `rev`, exported under `into`."""
+    top = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "archive", rev, "mcp_autoresearch"], cwd=top, check=True, capture_output=True
+    )
+    into.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def merged(parts: list[dict]) -> dict:
+    return {key: [x for part in parts for x in part[key]] for key in ("times", "calls", "bytes")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--experiments", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=1, help="run the loops in turn, this many times")
+    parser.add_argument("--against", metavar="REV", help="also run the server as it was at this git revision")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-loop-"))
+    per_round = max(1, args.experiments // args.rounds)
     try:
-        ours_root, shell_root = make_repo(base / "ours"), make_repo(base / "shell")
-        off_root = make_repo(base / "ours-off", isolation="off")
-        landlock_root = make_repo(base / "ours-landlock")
-        own = command_time(ours_root)
-        a = summary(anyio.run(ours, ours_root, args.experiments), own)
-        d = summary(anyio.run(ours, landlock_root, args.experiments, True), own)
-        c = summary(anyio.run(ours, off_root, args.experiments), own)
-        b = summary(shell(shell_root, args.experiments), own)
-        ratio = a["median_ms"] / b["median_ms"]
+        loops: dict[str, tuple[Path, Path | None, bool]] = {
+            "mcp-autoresearch (stdio), runs confined": (make_repo(base / "ours"), None, False),
+            "mcp-autoresearch (stdio), runs confined: Landlock alone": (
+                make_repo(base / "ours-ll"),
+                None,
+                True,
+            ),
+            'mcp-autoresearch (stdio), isolation = "off"': (
+                make_repo(base / "ours-off", isolation="off"),
+                None,
+                False,
+            ),
+        }
+        if args.against:
+            old = export(args.against, base / "old")
+            loops[f"mcp-autoresearch at {args.against} (stdio), runs confined"] = (
+                make_repo(base / "old-ours"),
+                old,
+                False,
+            )
+        shell_root = make_repo(base / "shell")
+        own = command_time(shell_root)
+        data: dict[str, list[dict]] = {name: [] for name in [*loops, "program.md shell loop"]}
+        for _ in range(args.rounds):
+            for name, (root, source, alone) in loops.items():
+                data[name].append(anyio.run(ours, root, per_round, source, alone))
+            data["program.md shell loop"].append(shell(shell_root, per_round))
+        results = {name: summary(merged(parts), own) for name, parts in data.items()}
         from mcp_autoresearch.isolation import probe_isolation
 
         print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}")
-        print(f"experiments: {args.experiments} each; command's own time (median): {own * 1000:.2f} ms")
+        print(
+            f"experiments: {per_round * args.rounds} each, in {args.rounds} round(s); command's own time "
+            f"(median): {own * 1000:.2f} ms; load average at the end: {os.getloadavg()[0]:.1f}"
+        )
         print(f"isolation here: {probe_isolation().describe()}")
         print("| loop | overhead median (ms) | p10-p90 (ms) | tool calls | bytes to agent |")
         print("|---|---|---|---|---|")
-        rows = (
-            ("mcp-autoresearch (stdio), runs confined: private view + Landlock", a),
-            ("mcp-autoresearch (stdio), runs confined: Landlock alone", d),
-            ('mcp-autoresearch (stdio), isolation = "off"', c),
-            ("program.md shell loop", b),
-        )
-        for name, s in rows:
+        for name, s in results.items():
             print(
                 f"| {name} | {s['median_ms']:.1f} | {s['p10_ms']:.1f}-{s['p90_ms']:.1f} | {s['calls']:g} | "
                 f"{s['bytes']:.0f} |"
             )
-        print(f"ratio ours (confined)/shell (median overhead): {ratio:.2f}")
-        print(f"confinement costs {a['median_ms'] - c['median_ms']:.1f} ms per experiment (median), "
-              f"of which the private view {a['median_ms'] - d['median_ms']:.1f} ms")
+        a, c = (
+            results["mcp-autoresearch (stdio), runs confined"],
+            results['mcp-autoresearch (stdio), isolation = "off"'],
+        )
+        b = results["program.md shell loop"]
+        print(f"ratio ours (confined)/shell (median overhead): {a['median_ms'] / b['median_ms']:.2f}")
+        d = results["mcp-autoresearch (stdio), runs confined: Landlock alone"]
+        print(
+            f"confinement costs {a['median_ms'] - c['median_ms']:.1f} ms per experiment (median), "
+            f"of which the private view {a['median_ms'] - d['median_ms']:.1f} ms"
+        )
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -6,10 +6,10 @@ atomic. Nothing here commits or runs anything.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 from .context import SessionCore
+from .diffs import bounded_diff
 from .errors import RuleViolation
 from .files import atomic_write, read_regular
 from .guard import resolve_target_path, sha256_bytes
@@ -18,7 +18,6 @@ from .terminal_text import printable
 
 MAX_EDIT_BYTES = 4 * 1024 * 1024  # largest content apply_edit writes
 MAX_VIEW_CHARS = 100_000  # largest slice read_target returns
-MAX_DIFF_CHARS = 4000  # the diff apply_edit returns is cut here
 DELETED_FIX = "write it again with apply_edit(content=...) (the whole file)"
 
 
@@ -85,6 +84,8 @@ class Editor:
         path: str | None,
         expected_sha256: str | None,
     ) -> EditResult:
+        """Write the new content under the session's lock; the diff is computed after the lock is released (it
+        may take a while on a large change, and other calls must not wait for it)."""
         with self.core.lock:
             target = self.target_path(path)
             self.core.check_no_pending()
@@ -93,6 +94,8 @@ class Editor:
                 raise RuleViolation(
                     "give exactly one of edits (a list of {old_text, new_text}) or content (the whole new file)"
                 )
+            if content is not None and len(content) > MAX_EDIT_BYTES:  # refused before any copy of it is made
+                raise RuleViolation(_too_large(len(content), "characters"))
             try:
                 before_bytes = read_regular(target)
             except FileNotFoundError:
@@ -111,52 +114,48 @@ class Editor:
                 raise RuleViolation(
                     f"{self.core.target_rel} is not UTF-8 text; edits need a text file"
                 ) from None
-            if content is not None:
-                after = content
-            else:
-                assert edits is not None
-                if not edits:
-                    raise RuleViolation("edits is empty; give at least one {old_text, new_text}")
-                after = before
-                for number, edit in enumerate(edits, start=1):
-                    old, new = edit.get("old_text", ""), edit.get("new_text", "")
-                    if not old:
-                        raise RuleViolation(
-                            f"edit {number}: old_text is empty; quote the exact text to replace"
-                        )
-                    count = after.count(old)
-                    if count != 1:
-                        where = "does not occur" if count == 0 else f"occurs {count} times"
-                        raise RuleViolation(
-                            f"edit {number}: old_text {where} in {self.core.target_rel}; it must occur exactly once "
-                            "(quote more surrounding text, or read_target to see the current content)"
-                        )
-                    after = after.replace(old, new, 1)
+            after = content if content is not None else self._replaced(before, edits or [])
             data = after.encode("utf-8")
             if len(data) > MAX_EDIT_BYTES:
-                raise RuleViolation(f"the new content is {len(data)} bytes; the limit is {MAX_EDIT_BYTES}")
+                raise RuleViolation(_too_large(len(data), "bytes"))
             if "\x00" in after:
                 raise RuleViolation("the new content contains NUL bytes; only text can be written")
             atomic_write(target, data)  # replaces a symlink swapped in, never follows it
-            diff_lines = list(
-                difflib.unified_diff(
-                    before.splitlines(),
-                    after.splitlines(),
-                    f"a/{self.core.target_rel}",
-                    f"b/{self.core.target_rel}",
-                    lineterm="",
+        diff = bounded_diff(before, after, self.core.target_rel)
+        return EditResult(
+            path=self.core.target_rel,
+            sha256_before=before_sha,
+            sha256_after=sha256_bytes(data),
+            diff=printable(diff.text, lines=True),  # the content is the agent's: shown escaped
+            lines_added=diff.added,
+            lines_removed=diff.removed,
+            diff_summarized=diff.summarized or None,
+        )
+
+    def _replaced(self, before: str, edits: list[dict[str, str]]) -> str:
+        """`before` with each exact replacement applied in order; refused as soon as it grows past the limit."""
+        if not edits:
+            raise RuleViolation("edits is empty; give at least one {old_text, new_text}")
+        after = before
+        for number, edit in enumerate(edits, start=1):
+            old, new = edit.get("old_text", ""), edit.get("new_text", "")
+            if not old:
+                raise RuleViolation(f"edit {number}: old_text is empty; quote the exact text to replace")
+            count = after.count(old)
+            if count != 1:
+                where = "does not occur" if count == 0 else f"occurs {count} times"
+                raise RuleViolation(
+                    f"edit {number}: old_text {where} in {self.core.target_rel}; it must occur exactly once "
+                    "(quote more surrounding text, or read_target to see the current content)"
                 )
-            )
-            added = sum(1 for line in diff_lines if line.startswith("+") and not line.startswith("+++"))
-            removed = sum(1 for line in diff_lines if line.startswith("-") and not line.startswith("---"))
-            diff = printable("\n".join(diff_lines), lines=True)  # the content is the agent's: shown escaped
-            if len(diff) > MAX_DIFF_CHARS:
-                diff = diff[:MAX_DIFF_CHARS] + f"\n… (diff cut at {MAX_DIFF_CHARS} characters)"
-            return EditResult(
-                path=self.core.target_rel,
-                sha256_before=before_sha,
-                sha256_after=sha256_bytes(data),
-                diff=diff,
-                lines_added=added,
-                lines_removed=removed,
-            )
+            after = after.replace(old, new, 1)
+            if len(after) > MAX_EDIT_BYTES:  # 200 edits of 4 MB each would otherwise build 800 MB
+                raise RuleViolation(f"after edit {number}, " + _too_large(len(after), "characters"))
+        return after
+
+
+def _too_large(size: int, unit: str) -> str:
+    return (
+        f"the new content is {size} {unit}; the limit is {MAX_EDIT_BYTES} bytes ({MAX_EDIT_BYTES // 1024 // 1024} "
+        "MiB) of UTF-8 text"
+    )

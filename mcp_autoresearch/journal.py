@@ -438,7 +438,9 @@ class Journal:
         current = fingerprint(self.tsv_path)
         if current is not None and self._tsv_size is not None and current[0] == self._tsv_size:
             line = self.tsv_format.line(row).encode("utf-8")
-            _, self.written[self.tsv_path] = append_synced(self.tsv_path, line)
+            # Not fsynced: results.tsv is derived from the JSONL (fsynced above), and a row lost with the page
+            # cache is written again from it when the session is next loaded (its last row is compared).
+            _, self.written[self.tsv_path] = append_synced(self.tsv_path, line, sync=False)
             self._tsv_size += len(line)
         else:
             self.reconcile_tsv()

@@ -49,9 +49,14 @@ class EditResult(BaseModel):
     path: str
     sha256_before: str
     sha256_after: str
-    diff: str = Field(description="Unified diff of the change (bounded).")
+    diff: str = Field(description="Unified diff of the change (bounded), or a summary when the change is large.")
     lines_added: int
     lines_removed: int
+    diff_summarized: bool | None = Field(
+        None,
+        description="True: too many lines changed for a diff; `diff` says which lines changed, and the counts "
+        "are the changed region's old and new lines.",
+    )
 
 
 class RunResult(BaseModel):
@@ -124,7 +129,10 @@ class DecisionResult(BaseModel):
 class NotesResult(BaseModel):
     run_id: str
     status: Decision
-    notes: list[str]
+    added: str = Field(description="The note this call attached (earlier notes are not repeated).")
+    notes_count: int = Field(description="Notes the experiment holds now, this one included.")
+    notes_left: int = Field(description="How many more notes it can take.")
+    chars_left: int = Field(description="How many more characters its notes can take in all.")
 
 
 class ResultRow(BaseModel):
@@ -136,7 +144,10 @@ class ResultRow(BaseModel):
     delta: float | None
     memory_gb: float | None
     description: str
-    notes: list[str]
+    notes: list[str] = Field(description="The agent's notes, oldest first, bounded per row (see notes_cut).")
+    notes_cut: bool | None = Field(
+        None, description="True: the notes were longer than a row shows; the rest is in the JSONL log."
+    )
     timestamp: str
     values: list[float] | None = None
     estimate: float | None = Field(None, description="Improvement over the best it faced (positive = better).")

@@ -22,6 +22,7 @@ from gitdb.db.loose import LooseObjectDB
 
 from .errors import SessionError
 from .files import atomic_write, open_regular, own_dir, read_regular
+from .gitobjects import ObjectReader
 
 # Options on every call. A run executes with the user's rights and can write .git/config: no setting it plants
 # may run a command inside the server's git calls or blind them. (Filter drivers and attributes cannot be
@@ -81,6 +82,7 @@ class Repo:
         self._git = self._repo.git
         self._identity: str | None = None
         self._loose = LooseObjectDB(str(Path(self._repo.common_dir) / "objects"))
+        self._objects = ObjectReader(self._repo, self._loose)
         self._env: dict[str, str] = {}
         # GitPython reads objects through `git cat-file`: it must not see replace objects either.
         self._git.update_environment(**{k: v for k, v in GIT_ENV.items() if k != "LC_ALL"})
@@ -228,7 +230,7 @@ class Repo:
             self._run("update-index", "-q", "--no-skip-worktree", "--", *repo_paths)
 
     def show_file(self, commit: str, repo_path: str) -> bytes:
-        return self._repo.commit(commit).tree[repo_path].data_stream.read()
+        return self._objects.file(commit, repo_path)
 
     def commit_message(self, commit: str) -> str:
         message = self._repo.commit(commit).message
@@ -265,7 +267,7 @@ class Repo:
             blob = self._store(b"blob", data)
         else:
             blob = bytes.fromhex(self._run("hash-object", "-w", f"--path={repo_path}", "--stdin", input=data).strip())
-        parent_tree = self._repo.commit(parent).tree.binsha
+        parent_tree = self._objects.commit_tree(parent)
         tree = self._replace_in_tree(parent_tree, repo_path.split("/"), blob)
         who = self._signature()
         body = (f"tree {tree.hex()}\nparent {parent}\nauthor {who}\ncommitter {who}\n\n{message}\n").encode()
@@ -277,7 +279,7 @@ class Repo:
 
     def _replace_in_tree(self, tree_sha: bytes, parts: list[str], blob: bytes) -> bytes:
         """A new tree equal to `tree_sha` but with the blob at `parts` replaced (its mode kept); returns its id."""
-        entries = list(tree_entries_from_data(self._repo.odb.stream(tree_sha).read()))
+        entries = list(tree_entries_from_data(self._objects.read(tree_sha)[1]))
         for index, (sha, mode, name) in enumerate(entries):
             if name == parts[0]:
                 new_sha = blob if len(parts) == 1 else self._replace_in_tree(sha, parts[1:], blob)
@@ -469,11 +471,7 @@ class Repo:
             atomic_write(exclude, current.encode("utf-8"))  # replaces a planted symlink, never follows it
 
     def _in_tree(self, commit: str, repo_path: str) -> bool:
-        try:
-            self._repo.commit(commit).tree[repo_path]
-            return True
-        except KeyError:
-            return False
+        return self._objects.entry(commit, repo_path) is not None
 
 
 LOCK_WAIT_S = 3.0

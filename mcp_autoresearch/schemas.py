@@ -40,6 +40,22 @@ NO_NULL_DEFAULT = Field(json_schema_extra=_no_null_default)
 OptionalText = Annotated[
     str, WrapValidator(_none_passes), WithJsonSchema({"type": "string"}), NO_NULL_DEFAULT
 ]
+
+
+
+def at_most(max_chars: int) -> Any:
+    """Metadata for an optional text argument of at most `max_chars` characters (published as `maxLength`):
+    the engine echoes some arguments in its messages, and no answer should repeat megabytes back."""
+
+    def check(value: Any, handler: Any) -> Any:
+        text = None if value is None else handler(value)
+        if text is not None and len(text) > max_chars:
+            raise ValueError(f"at most {max_chars} characters are accepted here; this is {len(text)}")
+        return text
+
+    return WrapValidator(check), WithJsonSchema({"type": "string", "maxLength": max_chars}), NO_NULL_DEFAULT
+
+
 OptionalInt = Annotated[int | None, WithJsonSchema({"type": "integer"}), NO_NULL_DEFAULT]
 OptionalNumber = Annotated[float | None, WithJsonSchema({"type": "number"}), NO_NULL_DEFAULT]
 

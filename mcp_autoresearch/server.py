@@ -29,9 +29,18 @@ from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunRes
 from .project import ProjectInfo
 from .prompts import loop_prompt
 from .running import AlreadyMeasured
-from .schemas import NO_NULL_DEFAULT, UNSET, OptionalInt, OptionalNumber, OptionalText, self_contained
+from .schemas import (
+    NO_NULL_DEFAULT,
+    UNSET,
+    OptionalInt,
+    OptionalNumber,
+    OptionalText,
+    at_most,
+    self_contained,
+)
 from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait
 from .statuses import FILTERS
+from .views import MAX_NOTES, MAX_RUN_NOTES, MAX_RUN_NOTES_CHARS
 from .workspace import Workspace
 
 log = logging.getLogger("mcp_autoresearch")
@@ -47,6 +56,12 @@ If run_experiment returns status 'running', poll with wait_experiment. The promp
 """
 
 T = TypeVar("T")
+# Bounds on arguments the engine echoes in its messages, so no answer repeats megabytes back to the agent.
+MAX_RUN_ID_CHARS = 100
+MAX_FOCUS_CHARS = 200
+RunIdText = Annotated[str, *at_most(MAX_RUN_ID_CHARS)]
+TagText = Annotated[str, *at_most(200)]  # the engine's own rule (at most 64 characters) explains itself below
+ShaText = Annotated[str, *at_most(200)]
 WAIT_HELP = (
     f"Seconds to wait for the result before returning status 'running' (default {DEFAULT_WAIT_S:g}, "
     f"max {MAX_WAIT_S:g}; keep it under your client's request timeout)."
@@ -182,7 +197,7 @@ def create_server(workspace: Workspace) -> MCPServer:
     @tool(read_only=False)
     def start_session(
         tag: Annotated[
-            OptionalText,
+            TagText,
             Field(
                 description="Session name; the branch is autoresearch/<tag>. Default: the session whose branch "
                 "is checked out, else today's month and day (e.g. nov26)."
@@ -228,7 +243,7 @@ def create_server(workspace: Workspace) -> MCPServer:
             Field(description="The target file's path (default: the target). No other file can be edited."),
         ] = UNSET,
         expected_sha256: Annotated[
-            OptionalText,
+            ShaText,
             Field(
                 description="sha256 from read_target; the edit is refused if the file changed since "
                 "(default: no check)."
@@ -244,18 +259,29 @@ def create_server(workspace: Workspace) -> MCPServer:
     def current_session() -> Session:
         return workspace.session
 
-    async def _await_run(run_id: str | None, wait_s: float | None, ctx: Context) -> RunResult:
-        # The first call after a restart resumes the session (git, files): not on the event loop.
-        session = await anyio.to_thread.run_sync(current_session)
+    async def _await_run(
+        run_id: str | None, wait_s: float | None, ctx: Context, session: Session | None = None
+    ) -> RunResult:
+        """The run's result within `wait_s`, with progress notifications meanwhile. Each trip to a worker thread
+        waits up to the next progress report and, once the run finished, reads its result in the same trip: on
+        a loaded machine every hand-over between threads waits for a CPU."""
+        if session is None:  # the first call after a restart resumes the session (git, files): not on the loop
+            session = await anyio.to_thread.run_sync(current_session)
+        deadline = time.monotonic() + clamp_wait(wait_s)
         handle = session.run_handle(run_id)
+
+        def wait_then_view() -> RunResult | None:
+            assert handle is not None and session is not None
+            if handle.wait(max(0.0, min(PROGRESS_EVERY_S, deadline - time.monotonic()))):
+                return session.view(run_id)
+            return None
+
         if handle is not None:
-            deadline = time.monotonic() + clamp_wait(wait_s)
             try:
-                while (remaining := deadline - time.monotonic()) > 0:
-                    if await anyio.to_thread.run_sync(
-                        handle.wait, min(PROGRESS_EVERY_S, remaining), abandon_on_cancel=True
-                    ):
-                        break
+                while deadline - time.monotonic() > 0:
+                    finished = await anyio.to_thread.run_sync(wait_then_view, abandon_on_cancel=True)
+                    if finished is not None:
+                        return finished
                     progress = handle.progress()
                     await ctx.report_progress(progress.elapsed_s, progress.limit_s, progress.message)
             except anyio.get_cancelled_exc_class():
@@ -291,19 +317,22 @@ def create_server(workspace: Workspace) -> MCPServer:
         is finished, call commit_or_reset. With slots (configured by the user), it returns at once: the
         candidate runs in a slot of its own, the target holds the best again, and the next idea can be edited
         and started while it runs; wait_experiment() returns the first run to finish."""
-        session = await anyio.to_thread.run_sync(current_session)
-        started = await anyio.to_thread.run_sync(session.start_run, description, rerun)
+        def start() -> tuple[Session, str | AlreadyMeasured]:
+            session = current_session()  # resumes the session after a restart: not on the event loop
+            return session, session.start_run(description, rerun)
+
+        session, started = await anyio.to_thread.run_sync(start)
         if isinstance(started, AlreadyMeasured):
             return await anyio.to_thread.run_sync(session.view, started.run_id, True)
         if session.parallel is not None:  # with slots the agent prepares the next idea while this one runs
             wait_s = 0.0
-        return await _await_run(started, wait_s, ctx)
+        return await _await_run(started, wait_s, ctx, session)
 
     @tool(read_only=True, idempotent=True)
     async def wait_experiment(
         ctx: Context,
         run_id: Annotated[
-            OptionalText,
+            RunIdText,
             Field(
                 description="The run_id returned by run_experiment (default: with slots, whichever run in "
                 "flight finishes first; else the run in flight)."
@@ -318,7 +347,8 @@ def create_server(workspace: Workspace) -> MCPServer:
     @tool(read_only=False, destructive=True)
     def commit_or_reset(
         run_id: Annotated[
-            OptionalText, Field(description="The run to decide (default: the run waiting for its decision).")
+            RunIdText,
+            Field(description="The run to decide (default: the run waiting for its decision)."),
         ] = UNSET,
         discard: Annotated[
             bool,
@@ -332,13 +362,18 @@ def create_server(workspace: Workspace) -> MCPServer:
 
     @tool(read_only=False)
     def log_result(
-        run_id: Annotated[str, Field(description="A decided experiment's run_id.")],
+        run_id: Annotated[str, Field(description="A decided experiment's run_id.", max_length=MAX_RUN_ID_CHARS)],
         notes: Annotated[
             str,
-            Field(description="Hypothesis and what the result taught you (a few lines).", max_length=8000),
+            Field(
+                description=f"Hypothesis and what the result taught you (a few lines): at most {MAX_NOTES} "
+                f"characters per call, {MAX_RUN_NOTES} notes and {MAX_RUN_NOTES_CHARS} characters per experiment.",
+                max_length=MAX_NOTES,
+            ),
         ],
     ) -> NotesResult:
-        """Attach your notes to a logged experiment (JSONL and query_results). Values and statuses cannot change."""
+        """Attach your notes to a logged experiment (JSONL and query_results). Values and statuses cannot change.
+        Answers with the note added and the room the experiment's notes have left."""
         return workspace.session.log_notes(run_id, notes)
 
     @tool(read_only=True, idempotent=True)
@@ -366,7 +401,8 @@ def create_server(workspace: Workspace) -> MCPServer:
         focus: Annotated[
             str | None,
             Field(
-                description="Optional: one word naming an area to concentrate the ideas on (e.g. optimizer)."
+                description="Optional: one word naming an area to concentrate the ideas on (e.g. optimizer).",
+                max_length=MAX_FOCUS_CHARS,
             ),
         ] = None,
     ) -> str:

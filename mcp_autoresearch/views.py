@@ -19,6 +19,13 @@ from .state import Pending
 from .statuses import DECISIONS, FILTERS, UNFINISHED
 
 MAX_NOTES = 4000  # characters of one log_result call's notes
+MAX_RUN_NOTES = 10  # notes one experiment can hold
+MAX_RUN_NOTES_CHARS = 12_000  # characters of all the notes of one experiment
+ROW_NOTES_CHARS = 1000  # characters of notes a row of query_results shows
+NOTES_LIMITS = (
+    f"limits: {MAX_NOTES} characters per log_result call, {MAX_RUN_NOTES} notes and {MAX_RUN_NOTES_CHARS} "
+    "characters per experiment"
+)
 
 
 class Views:
@@ -241,16 +248,24 @@ class Views:
             if not notes:
                 raise RuleViolation("notes are empty; write the hypothesis and what the result taught you")
             if len(notes) > MAX_NOTES:
-                raise RuleViolation(f"notes are {len(notes)} characters; keep them under {MAX_NOTES}")
+                raise RuleViolation(f"notes are {len(notes)} characters; shorten them ({NOTES_LIMITS})")
             row = core.journal.get(run_id)
             if row is None:
                 waiting = [p.run_id for p in [core.state.pending, *core.state.inflight] if p is not None]
                 hint = f"; run {run_id} is not decided yet: call commit_or_reset first" if run_id in waiting else ""
                 raise RuleViolation(f"no logged experiment {run_id!r} in session '{core.state.tag}'{hint}")
+            _check_room(run_id, row.notes, notes)
             all_notes = core.journal.add_notes(run_id, notes)
             core.save()  # the record seals the JSONL with the notes
             core.own.journal_written()
-            return NotesResult(run_id=run_id, status=row.status, notes=all_notes)
+            return NotesResult(
+                run_id=run_id,
+                status=row.status,
+                added=all_notes[-1],  # as stored: escaped
+                notes_count=len(all_notes),
+                notes_left=MAX_RUN_NOTES - len(all_notes),
+                chars_left=max(0, MAX_RUN_NOTES_CHARS - sum(map(len, all_notes))),
+            )
 
     def query(self, status: str | None, limit: int, order: str) -> QueryResult:
         """Counts, baseline, best, improvement, streak, and the rows (recent first or best first)."""
@@ -301,7 +316,35 @@ class Views:
             )
 
 
+def _check_room(run_id: str, held: list[str], notes: str) -> None:
+    """An experiment's notes are bounded in number and size, so every answer that shows them stays small."""
+    if len(held) >= MAX_RUN_NOTES:
+        raise RuleViolation(
+            f"run {run_id} already holds {len(held)} notes, the most one experiment can hold ({NOTES_LIMITS}); "
+            "write what you learned next into the notes of your next experiment"
+        )
+    room = MAX_RUN_NOTES_CHARS - sum(map(len, held))
+    if len(notes) > room:
+        raise RuleViolation(
+            f"these notes are {len(notes)} characters, and run {run_id} has room for {max(0, room)} more "
+            f"({NOTES_LIMITS}); shorten them, or write them into the notes of your next experiment"
+        )
+
+
+def bounded_notes(notes: list[str], budget: int = ROW_NOTES_CHARS) -> tuple[list[str], bool]:
+    """The notes, oldest first, up to `budget` characters in all (the last one shown cut with '…'), and whether
+    anything was left out."""
+    shown: list[str] = []
+    for note in notes:
+        room = budget - sum(map(len, shown))
+        if room <= 1:
+            break
+        shown.append(note if len(note) <= room else note[: room - 1] + "…")
+    return shown, shown != notes
+
+
 def row_model(row: Row) -> ResultRow:
+    notes, cut = bounded_notes(row.notes)
     return ResultRow(
         run_id=row.run_id,
         commit=row.commit[:7],
@@ -311,7 +354,8 @@ def row_model(row: Row) -> ResultRow:
         delta=row.delta,
         memory_gb=row.memory_gb,
         description=row.description,
-        notes=row.notes,
+        notes=notes,
+        notes_cut=cut or None,
         timestamp=row.timestamp,
         values=row.evidence.values if len(row.evidence.values) > 1 else None,
         estimate=row.evidence.estimate,

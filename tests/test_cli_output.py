@@ -21,16 +21,20 @@ LONG_NOTE = "smaller steps help; the oscillation is gone and the curve is smooth
 LONG_DESCRIPTION = "lower LR to 0.3 because the loss curve oscillates early in training"
 
 
-async def history(agent, notes: int = 1) -> None:
+async def history(agent, extra_runs: int = 0) -> None:
+    """Three experiments; with `extra_runs`, that many more, each with notes as long as a run may hold."""
     await agent.ok("start_session", tag="views")
     await agent.experiment("baseline")
     await agent.edit("LR = 0.5", "LR = 0.3")
     run, _ = await agent.experiment(LONG_DESCRIPTION)
     await agent.ok("log_result", run_id=run["run_id"], notes=LONG_NOTE)
-    for number in range(1, notes):
-        await agent.ok("log_result", run_id=run["run_id"], notes=f"note {number}: " + "lorem ipsum " * 300)
     await agent.edit("LR = 0.3", "LR = 0.9")
     await agent.experiment("higher LR")
+    for number in range(extra_runs):
+        await agent.edit("LR = 0.3", f"LR = 0.3{number + 1}")
+        run, _ = await agent.experiment(f"LR = 0.3{number + 1}")
+        for _ in range(3):
+            await agent.ok("log_result", run_id=run["run_id"], notes=f"note {number}: " + "lorem ipsum " * 330)
 
 
 def cli(*args: str, columns: int | None = None) -> subprocess.CompletedProcess[str]:
@@ -72,9 +76,9 @@ async def test_tables_never_fold_notes_to_one_character(ml_project: Path, agent_
 
 async def test_json_into_a_closed_pipe_and_bad_status(ml_project: Path, agent_for) -> None:
     async with agent_for(ml_project) as agent:
-        await history(agent, notes=80)  # well over a pipe buffer of JSON
+        await history(agent, extra_runs=8)  # over a pipe buffer of JSON (64 KiB)
     project = str(ml_project)
-    assert len(cli("results", "--project", project, "--format", "json").stdout) > 200_000
+    assert len(cli("results", "--project", project, "--format", "json").stdout) > 65536
     for command in (
         f"{sys.executable} -m mcp_autoresearch results --project {project} --format json | head -3",
         f"{sys.executable} -m mcp_autoresearch results --project {project} | head -1",

@@ -296,7 +296,7 @@ async def test_pending_decision_blocks_edit_and_run(ml_project: Path, agent_for)
         again = await agent.ok("commit_or_reset", run_id="r1")
         assert again["decision"] == "keep" and again["reason"] == "already decided"
         noted = await agent.ok("log_result", run_id="r1", notes="hypothesis: none; it is the baseline")
-        assert noted["notes"] == ["hypothesis: none; it is the baseline"]
+        assert noted["added"] == "hypothesis: none; it is the baseline" and noted["notes_count"] == 1
         results = await agent.ok("query_results")
         assert results["rows"][0]["notes"] == ["hypothesis: none; it is the baseline"]
         assert results["rows"][0]["value"] == 1.4  # notes never change values

@@ -78,3 +78,16 @@ async def test_karpathy_layout_can_keep_the_original_format(ml_project: Path, ag
         await agent.ok("start_session", tag="o")
         await agent.experiment("baseline")
     assert (ml_project / "results.tsv").read_text().splitlines()[0] == ORIGINAL_HEADER
+
+
+async def test_a_row_the_page_cache_lost_is_written_again_from_the_jsonl(ml_project: Path, agent_for) -> None:
+    """results.tsv's appends are not fsynced (the JSONL, which is, holds every row): after an OS crash that lost
+    its last row, the next load writes it again."""
+    async with agent_for(ml_project) as agent:
+        await two_experiments(agent, "lost")
+    tsv = ml_project / "results.tsv"
+    whole = tsv.read_text()
+    tsv.write_text(whole[: whole.rstrip("\n").rindex("\n") + 1])  # as if the last append never reached the disk
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="lost")
+    assert tsv.read_text() == whole
