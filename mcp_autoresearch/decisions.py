@@ -17,12 +17,21 @@ from .models import DecisionResult
 from .rules import Verdict, decide, improvement
 from .running import Runs
 from .sequential import best_values, resolve_keep_rule
+from .standing import is_baseline_best
 from .state import Best, DecisionRecord, Pending, RunOutcome
 from .stats import noise_of
 from .statuses import UNFINISHED
 
 # The state a decision changes (restored when applying it fails midway, so a retry applies it once).
-_DECIDED = ("best", "baseline_value", "baseline_commit", "keep_rule", "noise_ss", "noise_df")
+_DECIDED = (
+    "best",
+    "baseline_value",
+    "baseline_commit",
+    "baseline_values",
+    "keep_rule",
+    "noise_ss",
+    "noise_df",
+)
 
 
 @dataclass(frozen=True)
@@ -191,7 +200,11 @@ class Decider:
                 core.state.baseline_value = value
                 core.state.baseline_commit = commit
                 core.state.keep_rule = resolve_keep_rule(core.config, result.values)
+                core.state.baseline_values = list(result.values) or [value]
             else:
+                if is_baseline_best(core.state) and seen.best_values:  # the baseline's runs stop growing here
+                    core.state.baseline_values = list(seen.best_values)
+                    core.state.baseline_value = statistics.median(seen.best_values)
                 self._close(
                     seen.best_values
                 )  # the old best's runs can no longer grow: they join the session's noise

@@ -23,7 +23,7 @@ from .errors import ConfigError, SessionError
 from .journal import Row
 from .repo import FALLBACK_IDENTITY, GIT_OPTIONS, Repo
 from .report import SessionFiles, open_session_files
-from .rules import improvement, improvement_pct
+from .standing import standing
 from .state import ProjectLock, current_tag, load_state, state_dir, state_path
 
 SESSION_BRANCHES = "autoresearch/"
@@ -98,18 +98,13 @@ def summary_text(summary: Summary, hints: bool = True) -> str:
         f"metric:       {state.metric_name} ({direction} is better)",
         f"experiments:  {len(journal)} (keep {counts['keep']}, discard {counts['discard']}, crash {counts['crash']})",
     ]
-    baseline, best = state.baseline_value, state.best
-    lines.append(f"baseline:     {baseline:.6g}" if baseline is not None else "baseline:     - (not run yet)")
+    best, now = state.best, standing(state)
+    lines.append(f"baseline:     {now.baseline:.6g}" if now is not None else "baseline:     - (not run yet)")
     if best is not None:
-        lines.append(
-            f"best:         {best.value:.6g} at {best.commit[:7]} ({best.run_id}: {best.description})"
-        )
-    if best is not None and baseline is not None:
-        gain = improvement(best.value, baseline, state.metric_direction)
-        pct = improvement_pct(gain, baseline)
-        lines.append(
-            f"improvement:  {gain:.6g}" + (f" ({pct:+.2f}%)" if pct is not None else "") + " (>0 = better)"
-        )
+        shown = now.best if now is not None else best.value
+        lines.append(f"best:         {shown:.6g} at {best.commit[:7]} ({best.run_id}: {best.description})")
+    if now is not None:
+        lines.append(f"improvement:  {now.text().removeprefix('improvement ')} (>0 = better)")
     if state.pending is not None:
         lines.append(
             f"note:         run {state.pending.run_id} was never decided; it is not part of the result"
@@ -194,11 +189,8 @@ def _squash_commit(repo: Repo, summary: Summary, parent: str | None, message: st
         best = state.best
         assert best is not None
         head = f"autoresearch {state.tag}: {state.metric_name} "
-        head += (
-            f"{state.baseline_value:.6g} -> {best.value:.6g}"
-            if state.baseline_value is not None
-            else f"{best.value:.6g}"
-        )
+        now = standing(state)
+        head += f"{now.baseline:.6g} -> {now.best:.6g}" if now is not None else f"{best.value:.6g}"
         body = [
             f"- {k.description}" + (f" ({k.value:.6g})" if k.value is not None else "") for k in summary.kept
         ]
