@@ -193,6 +193,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(f"  measured:   {info.metric_source}")
     print(f"time budget:  {info.time_budget:g} s (hard timeout {info.timeout:g} s)")
     print(f"read-only:    {', '.join(info.readonly_files) or '-'}")
+    print(f"checks:       {info.checks_command or '-'}")
+    print(f"repeats:      {info.repeats} (runs per experiment; the median decides)")
+    print(f"min_delta:    {info.min_delta:g}")
     print(f"writable:     {', '.join(info.writable) or '-'} (a run may write only these, and a private TMPDIR)")
     if info.slots > 1 or info.backend != "local":
         print(f"slots:        {info.slots} ({info.backend}), each run in a checkout of its own")
