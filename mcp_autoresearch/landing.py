@@ -119,7 +119,11 @@ def summary_text(summary: Summary, hints: bool = True) -> str:
         lines.append(f"  {item.commit[:7]}  {item.run_id or '-':>5}  {value:>12}  {item.description}")
     if not hints:
         return "\n".join(lines) + "\n"
-    target = summary.fast_forwardable[0] if summary.fast_forwardable else "BRANCH"
+    started = state.started_from
+    if started and (started in summary.fast_forwardable or not summary.fast_forwardable):
+        target = started  # where the session started: the branch to land on, unless it moved elsewhere
+    else:
+        target = summary.fast_forwardable[0] if summary.fast_forwardable else "BRANCH"
     if summary.fast_forwardable:
         lines.append(f"can fast-forward: {', '.join(summary.fast_forwardable)}")
     lines += [
@@ -212,6 +216,7 @@ class CleanPlan:
     refs: list[str]  # refs/autoresearch/<tag>/*
     paths: list[Path]  # the state file, the run logs, the slots' checkouts
     unlanded: list[str]  # kept commits that no other branch holds
+    started_from: str = "BRANCH"  # the branch the session started from, for the hints
 
     def text(self) -> str:
         rel = [
@@ -228,7 +233,7 @@ class CleanPlan:
         if self.unlanded:
             lines.append(
                 f"warning: {len(self.unlanded)} kept commit(s) are on no other branch (best: {self.unlanded[-1][:7]}); "
-                "land them first (mcp-autoresearch finish --land BRANCH) or note that id to recover them"
+                f"land them first (mcp-autoresearch finish --land {self.started_from}) or note that id to recover them"
             )
         lines.append("kept: the JSONL history of every session, results.tsv and run.log, and all your files")
         return "\n".join(lines) + "\n"
@@ -261,7 +266,8 @@ def plan_clean(project: str, tag: str) -> CleanPlan:
         best = state.best.commit if state.best is not None else None
         if unlanded and best and any(_tree(repo, ref[1:]) == _tree(repo, best) for ref in others):
             unlanded = []  # landed as one squashed commit: a branch holds exactly the best files
-    return CleanPlan(root, tag, f"refs/heads/{branch}" if has_branch else None, refs, paths, unlanded)
+    started = state.started_from if state is not None and state.started_from else "BRANCH"
+    return CleanPlan(root, tag, f"refs/heads/{branch}" if has_branch else None, refs, paths, unlanded, started)
 
 
 def check_clean(plan: CleanPlan) -> None:
@@ -278,8 +284,8 @@ def _refuse_checked_out(plan: CleanPlan) -> None:
         where = "in this worktree" if repo.current_branch() == short else elsewhere and f"in {elsewhere}"
         if where:
             raise SessionError(
-                f"{short} is checked out {where}; switch to your branch first (git checkout main), "
-                "and land the result before if you want it (mcp-autoresearch finish --land main)"
+                f"{short} is checked out {where}; switch to your branch first (git checkout {plan.started_from}), "
+                f"and land the result before if you want it (mcp-autoresearch finish --land {plan.started_from})"
             )
 
 

@@ -109,6 +109,7 @@ class SessionState(BaseModel):
     tag: str
     branch: str
     base_commit: str
+    started_from: str | None = None  # the branch checked out when the session started (None: detached, or older)
     created_at: str
     target_file: str
     metric_name: str
