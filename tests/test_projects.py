@@ -342,3 +342,36 @@ def test_detect_shows_the_values_of_checks_repeats_and_min_delta(tmp_path: Path)
     assert "repeats:      3 " in out.stdout and "min_delta:    2\n" in out.stdout
     shown = json.loads(run_cli("detect", "--project", str(root), "--json").stdout)
     assert shown["checks_command"] == "cargo test -q" and shown["repeats"] == 3 and shown["min_delta"] == 2
+
+
+def test_node_foresees_outputs_named_by_package_json(tmp_path: Path) -> None:
+    """Issue 21.1: microbundle writes the file `types` names (index.d.ts at the root); a build that writes
+    outside the detected output failed confined. Detection adds an output-only directory to `writable` and says
+    plainly when an output lands where a run cannot create it; a tracked file named there is a source."""
+    package = {
+        "name": "mitt",
+        "source": "src/index.ts",
+        "main": "dist/mitt.js",
+        "module": "lib/mitt.mjs",
+        "typings": "index.d.ts",
+        "exports": {".": {"types": "./index.d.ts", "import": "./lib/mitt.mjs", "require": "./dist/mitt.js"}},
+        "scripts": {"build": "microbundle"},
+    }
+    info = detect(tmp_path, {"package.json": json.dumps(package), "src/index.ts": "export {}\n"})
+    assert info.target_file == "src/index.ts"
+    assert info.writable[:2] == ["dist", "lib"], info.writable
+    named = [w for w in info.warnings if "index.d.ts" in w]
+    assert named and "'typings'" in named[0] and "at the project root" in named[0] and "dist/index.d.ts" in named[0]
+    assert not any("mitt.js" in w or "mitt.mjs" in w for w in info.warnings)
+
+    # The same names, but the root file is tracked (a hand-written declaration): a source, nothing to say.
+    tracked = detect(
+        tmp_path / "tracked",
+        {"package.json": json.dumps(package), "src/index.ts": "export {}\n", "index.d.ts": "export {}\n"},
+    )
+    assert not any("index.d.ts" in w for w in tracked.warnings)
+    # An output named inside a directory of sources is never made writable: it is said instead.
+    sources = {**package, "module": "src/mitt.mjs", "exports": None}
+    mixed = detect(tmp_path / "mixed", {"package.json": json.dumps(sources), "src/index.ts": "export {}\n"})
+    assert "src" not in mixed.writable
+    assert any("src/mitt.mjs" in w and "holds tracked sources" in w for w in mixed.warnings)
