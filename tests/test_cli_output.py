@@ -68,6 +68,11 @@ async def test_tables_never_fold_notes_to_one_character(ml_project: Path, agent_
                 assert words_whole(out.stdout, phrase), (command, columns, phrase, out.stdout)
             # No line of the table is a column of single characters: every row line carries text.
             assert not any(re.fullmatch(r"[│ ]*\S?[│ ]*", line) and "│" in line for line in lines), out.stdout
+            # Issue 21.6: from 80 columns (a pipe's width) the description keeps a usable width: the memory and
+            # delta columns are left out first.
+            header = next(line for line in lines if "description" in line)
+            cell = next(part for part in header.split("┃") if "description" in part)
+            assert width < 80 or len(cell) - 2 >= 28, (command, columns, header)
 
 
 async def test_json_into_a_closed_pipe_and_bad_status(ml_project: Path, agent_for) -> None:
