@@ -124,8 +124,9 @@ class Views:
             )
         else:
             next_step = (
-                f"call commit_or_reset(run_id='{pending.run_id}') to log this {status}; "
-                "fix a trivial mistake and retry, or move on to another idea"
+                f"call commit_or_reset(run_id='{pending.run_id}') to log this {status}: the target then goes "
+                "back to the best kept version (its answer says how to get this version back to fix a trivial "
+                "mistake), or move on to another idea"
             )
         return RunResult(
             run_id=pending.run_id,

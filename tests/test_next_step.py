@@ -74,6 +74,7 @@ async def test_a_crash_and_failed_checks_say_the_target_was_reverted(
             started = await agent.ok("run_experiment", description=f"{new}")
             run = await agent.until_done(started["run_id"])
             assert run["status"] == status, run
+            assert "the target then goes back to the best kept version" in run["next_step"], run["next_step"]
             decision = await agent.ok("commit_or_reset", run_id=run["run_id"])
             assert decision["decision"] == "crash"
             check_reverted(root, decision, TARGET.replace(old, new), baseline["run_id"])
