@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import DEFAULTS
 from .journal import RESULTS_TSV, Journal, Row, one_line
-from .rules import improvement, improvement_pct
+from .standing import standing
 from .state import SessionState, load_state
 from .statuses import DECISIONS, UNFINISHED
 
@@ -51,14 +51,11 @@ def briefing_from(
     lines.append(f"Branch `{state.branch}`, started from {state.base_commit[:7]}.")
     if keep_rule:
         lines.append(keep_rule[0].upper() + keep_rule[1:] + ".")
-    best = state.best
-    if state.baseline_value is not None and best is not None:
-        gain = improvement(best.value, state.baseline_value, state.metric_direction)
-        pct_value = improvement_pct(gain, state.baseline_value)
-        pct = f" ({pct_value:.2f}%)" if pct_value is not None else ""
+    best, now = state.best, standing(state)
+    if now is not None and best is not None:
         lines.append(
-            f"Baseline {_fmt(state.baseline_value)}. Best {_fmt(best.value)} at {best.commit[:7]} "
-            f"(run {best.run_id}: {one_line(best.description, 120)}); improvement {gain:.6g}{pct}."
+            f"Baseline {_fmt(now.baseline)}. Best {_fmt(now.best)} at {best.commit[:7]} "
+            f"(run {best.run_id}: {one_line(best.description, 120)}); {now.text()}."
         )
     else:
         lines.append("No baseline yet: the first run must be the unmodified target.")

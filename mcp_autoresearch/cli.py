@@ -143,6 +143,20 @@ def _fail(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; output piped into a reader that stops early (`detect | head`) ends quietly."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe can only print a traceback
+        return code
+    except BrokenPipeError:
+        # The reader is gone: nothing more can be shown. Point stdout at /dev/null so that the interpreter's
+        # own flush at exit cannot fail again, and exit as a process stopped by SIGPIPE would (128 + 13).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -201,6 +215,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(f"  measured:   {info.metric_source}")
     print(f"time budget:  {info.time_budget:g} s (hard timeout {info.timeout:g} s)")
     print(f"read-only:    {', '.join(info.readonly_files) or '-'}")
+    print(f"checks:       {info.checks_command or '-'}")
+    print(f"repeats:      {info.repeats} (runs per experiment; the median decides)")
+    print(f"min_delta:    {info.min_delta:g}")
     print(f"writable:     {', '.join(info.writable) or '-'} (a run may write only these, and a private TMPDIR)")
     if info.slots > 1 or info.backend != "local":
         print(f"slots:        {info.slots} ({info.backend}), each run in a checkout of its own")

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from .journal import Row
 from .report import SessionFiles, results_table
-from .rules import improvement, improvement_pct
+from .standing import standing
 from .state import load_state, state_dir
 from .statuses import DECISIONS
 from .terminal_text import printable
@@ -115,13 +115,10 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
         f"best [bold green]{best.value:.6g}[/]" if best else "best -",
     )
     summary = Text()
-    if best is not None and state.baseline_value is not None:
-        gain = improvement(best.value, state.baseline_value, state.metric_direction)
-        pct_value = improvement_pct(gain, state.baseline_value)
-        pct = f" ({pct_value:+.2f}%)" if pct_value is not None else ""
+    now = standing(state)
+    if best is not None and now is not None:
         summary.append(
-            f"baseline {state.baseline_value:.6g} → best {best.value:.6g}: improvement {gain:.6g}{pct}"
-            f" at {best.commit[:7]} ({printable(best.description)})"
+            f"baseline {now.baseline:.6g} → best {now.best:.6g}: {now.text()} at {best.commit[:7]} ({printable(best.description)})"
         )
     else:
         summary.append("no baseline yet", style="dim")

@@ -18,12 +18,21 @@ from .models import DecisionResult
 from .rules import Verdict, decide, improvement
 from .running import Runs
 from .sequential import best_values, resolve_keep_rule
+from .standing import is_baseline_best
 from .state import Best, DecisionRecord, Pending, RunOutcome
 from .stats import noise_of
 from .statuses import UNFINISHED
 
 # The state a decision changes (restored when applying it fails midway, so a retry applies it once).
-_DECIDED = ("best", "baseline_value", "baseline_commit", "keep_rule", "noise_ss", "noise_df")
+_DECIDED = (
+    "best",
+    "baseline_value",
+    "baseline_commit",
+    "baseline_values",
+    "keep_rule",
+    "noise_ss",
+    "noise_df",
+)
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,6 @@ class Decider:
         core = self.core
         decision = pending.decision or DecisionRecord()
         verdict = decision.decision
-        result = pending.result or RunOutcome()
         commit = pending.commit or pending.parent
         # Git first (idempotent); then the state, changed in memory only once nothing can fail before the save
         # that logs the decision, so a retry or a restart applies it exactly once.
@@ -139,32 +147,12 @@ class Decider:
         core.state.pending = None
         core.save()
         core.own.journal_written()
-        notes = f"log_result(run_id='{pending.run_id}', notes='hypothesis: ...; result: ...; learned: ...')"
-        if result.status == "disk_full":
-            next_step = f"logged as disk_full: {AFTER_DISK_FULL}{rerun(pending.is_baseline)}"
-        elif result.status in UNFINISHED:
-            next_step = (
-                f"logged as {result.status}: it never finished, which says nothing about the idea; "
-                + rerun(pending.is_baseline)
-            )
-        elif pending.is_baseline and verdict != "keep":
-            fix = "fix the project or configuration, then " if verdict == "crash" else ""
-            next_step = (
-                f"the baseline was not kept ({decision.reason}); {fix}run it again: "
-                "run_experiment(description='baseline')"
-            )
-        elif verdict == "keep":
-            next_step = f"kept. Record what it taught you: {notes}; then build on it: edit the target and run"
-        elif verdict == "crash":
-            next_step = (
-                f"logged as a crash ({result.status}). Record what happened: {notes}; then fix a trivial "
-                "mistake and run again, or try another idea"
-            )
-        else:
-            next_step = (
-                f"reverted to the best kept commit. Record what it taught you: {notes}; then try another "
-                "idea: edit the target and run"
-            )
+        next_step = decided_next_step(
+            self.core,
+            pending,
+            "build on it: edit the target and run",
+            "try another idea: edit the target and run",
+        )
         return self.answer(pending, judged, next_step)
 
     def log_decision(self, pending: Pending) -> Judged:
@@ -220,8 +208,14 @@ class Decider:
                 core.state.baseline_value = value
                 core.state.baseline_commit = commit
                 core.state.keep_rule = resolve_keep_rule(core.config, result.values)
+                core.state.baseline_values = list(result.values) or [value]
             else:
-                self._close(seen.best_values)  # the old best's runs can no longer grow: they join the session's noise
+                if is_baseline_best(core.state) and seen.best_values:  # the baseline's runs stop growing here
+                    core.state.baseline_values = list(seen.best_values)
+                    core.state.baseline_value = statistics.median(seen.best_values)
+                self._close(
+                    seen.best_values
+                )  # the old best's runs can no longer grow: they join the session's noise
             runs = list(result.values) + list(result.remeasured)  # the re-measurement after the keep counts too
             if result.remeasured and core.state.keep_rule == "sequential":
                 value = statistics.median(runs)  # greedy keeps its judged value: the original tool's rule
@@ -291,6 +285,54 @@ class Decider:
         noise = noise_of(values)
         self.core.state.noise_ss += noise.ss
         self.core.state.noise_df += noise.df
+
+
+def decided_next_step(
+    core: SessionCore, pending: Pending, after_keep: str, after_other: str, kept: str = ""
+) -> str:
+    """What to do after a decision, for single runs and slots alike: a reverted change says what the target
+    holds now and where the failed version is, so an agent never patches a file that lost its change."""
+    decision = pending.decision or DecisionRecord()
+    result = pending.result or RunOutcome()
+    notes = f"log_result(run_id='{pending.run_id}', notes='hypothesis: ...; result: ...; learned: ...')"
+    if result.status == "disk_full":
+        return f"logged as disk_full: {AFTER_DISK_FULL}{rerun(pending.is_baseline)}"
+    if result.status in UNFINISHED:
+        return f"logged as {result.status}: it never finished, which says nothing about the idea; " + rerun(
+            pending.is_baseline
+        )
+    if pending.is_baseline and decision.decision != "keep":
+        fix = "fix the project or configuration, then " if decision.decision == "crash" else ""
+        return f"the baseline was not kept ({decision.reason}); {fix}run it again: run_experiment(description='baseline')"
+    if decision.decision == "keep":
+        return f"kept{kept}. Record what it taught you: {notes}; then {after_keep}"
+    reverted = reverted_note(core, pending)
+    if decision.decision == "crash":
+        return (
+            f"logged as a crash ({result.status}); {reverted}. Record what happened: {notes}; then, to fix a "
+            f"trivial mistake, put that version back, fix it and run again, or {after_other}"
+        )
+    return f"discarded; {reverted}. Record what it taught you: {notes}; then {after_other}"
+
+
+def reverted_note(core: SessionCore, pending: Pending) -> str:
+    """What the target holds after a change that was not kept, and how to get that change back."""
+    best, path = core.state.best, core.target_rel
+    holds = (
+        f"the best kept ({best.run_id} at {best.commit[:7]})" if best is not None else "the committed version"
+    )
+    if pending.slot is not None:
+        where = f"this run's change never was in {path} (it ran in slot {pending.slot}); {path} holds {holds} or your next edit"
+    else:
+        where = f"{path} was reverted to {holds}: it no longer holds this run's change"
+    commit = pending.commit
+    if not commit or commit == pending.parent:
+        return where
+    return (
+        f"{where}. That version is commit {commit[:7]} (kept as refs/autoresearch/{core.state.tag}/{pending.run_id}): "
+        f"`git show {commit[:7]}:{core.target_repo_path}` prints it, and apply_edit(content=...) with it puts it back"
+    )
+
 
 def rerun(is_baseline: bool) -> str:
     """How to run an unfinished run again."""

@@ -77,7 +77,7 @@ def run_demo(
     project = prepare(example, keep_dir, slots)
     print(f"demo project: {project}  ({EXAMPLES[example]})")
     print("starting the server over stdio and the scripted agent (no LLM)...\n", flush=True)
-    print(f"{'#':<4} {'run':>5} {'status':<13} {'value':>12}  {'decision':<8} reason")
+    print(f"{'run':<5} {'status':<13} {'value':>12}  {'decision':<8} reason")  # runs number the experiments
     started = time.monotonic()
     try:
         summary = anyio.run(_drive, project, experiments, seed, slots)

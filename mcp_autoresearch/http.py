@@ -7,8 +7,10 @@ token), and with the token when one is set.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
+import socket
 import sys
 
 import anyio
@@ -126,15 +128,45 @@ def build_http_app(server: MCPServer, host: str, token: str | None, page: ASGIAp
 def serve_http(
     server: MCPServer, host: str, port: int, token: str | None, page: ASGIApp | None = None
 ) -> int:
+    """Serve until stopped. The port is bound before anything is announced: a taken port is one clear line and
+    exit 2 (a client must never reach another server while this one says it serves)."""
     import uvicorn
 
     app = build_http_app(server, host, token, page)
+    try:
+        sock = listening_socket(host, port)
+    except OSError as exc:
+        why = "it is taken (another server?)" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        print(f"mcp-autoresearch: cannot listen on {host}:{port}: {why}; choose another --port", file=sys.stderr)
+        return 2
     print(
-        f"mcp-autoresearch: serving MCP over HTTP at http://{host}:{port}/mcp"
+        f"mcp-autoresearch: serving MCP over HTTP at http://{_shown(host)}:{port}/mcp"
         + (" (bearer token required)" if token else "")
-        + (f", the dashboard at http://{host}:{port}/" if page is not None else ""),
+        + (f", the dashboard at http://{_shown(host)}:{port}/" if page is not None else ""),
         file=sys.stderr,
+        flush=True,
     )
     # No access log: the dashboard's event stream carries the token in its URL.
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    with sock:
+        uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port and listening (raises OSError when the port is taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: no wait after a restart
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _shown(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

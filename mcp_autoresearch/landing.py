@@ -26,7 +26,7 @@ from .gitguard import present_history_files
 from .journal import Row
 from .repo import FALLBACK_IDENTITY, GIT_ENV, GIT_OPTIONS, Repo
 from .report import SessionFiles, open_session_files
-from .rules import improvement, improvement_pct
+from .standing import standing
 from .state import ProjectLock, current_tag, load_state, state_dir, state_path
 from .terminal_text import printable
 
@@ -102,18 +102,13 @@ def summary_text(summary: Summary, hints: bool = True) -> str:
         f"metric:       {state.metric_name} ({direction} is better)",
         f"experiments:  {len(journal)} (keep {counts['keep']}, discard {counts['discard']}, crash {counts['crash']})",
     ]
-    baseline, best = state.baseline_value, state.best
-    lines.append(f"baseline:     {baseline:.6g}" if baseline is not None else "baseline:     - (not run yet)")
+    best, now = state.best, standing(state)
+    lines.append(f"baseline:     {now.baseline:.6g}" if now is not None else "baseline:     - (not run yet)")
     if best is not None:
-        lines.append(
-            f"best:         {best.value:.6g} at {best.commit[:7]} ({best.run_id}: {printable(best.description)})"
-        )
-    if best is not None and baseline is not None:
-        gain = improvement(best.value, baseline, state.metric_direction)
-        pct = improvement_pct(gain, baseline)
-        lines.append(
-            f"improvement:  {gain:.6g}" + (f" ({pct:+.2f}%)" if pct is not None else "") + " (>0 = better)"
-        )
+        shown = now.best if now is not None else best.value
+        lines.append(f"best:         {shown:.6g} at {best.commit[:7]} ({best.run_id}: {printable(best.description)})")
+    if now is not None:
+        lines.append(f"improvement:  {now.text().removeprefix('improvement ')} (>0 = better)")
     if state.pending is not None:
         lines.append(
             f"note:         run {state.pending.run_id} was never decided; it is not part of the result"
@@ -128,7 +123,11 @@ def summary_text(summary: Summary, hints: bool = True) -> str:
         lines.append(f"  {item.commit[:7]}  {item.run_id or '-':>5}  {value:>12}  {item.description}")
     if not hints:
         return "\n".join(lines) + "\n"
-    target = summary.fast_forwardable[0] if summary.fast_forwardable else "BRANCH"
+    started = state.started_from
+    if started and (started in summary.fast_forwardable or not summary.fast_forwardable):
+        target = started  # where the session started: the branch to land on, unless it moved elsewhere
+    else:
+        target = summary.fast_forwardable[0] if summary.fast_forwardable else "BRANCH"
     if summary.fast_forwardable:
         lines.append(f"can fast-forward: {', '.join(summary.fast_forwardable)}")
     lines += [
@@ -199,11 +198,8 @@ def _squash_commit(repo: Repo, summary: Summary, parent: str | None, message: st
         best = state.best
         assert best is not None
         head = f"autoresearch {state.tag}: {state.metric_name} "
-        head += (
-            f"{state.baseline_value:.6g} -> {best.value:.6g}"
-            if state.baseline_value is not None
-            else f"{best.value:.6g}"
-        )
+        now = standing(state)
+        head += f"{now.baseline:.6g} -> {now.best:.6g}" if now is not None else f"{best.value:.6g}"
         body = [
             f"- {k.description}" + (f" ({k.value:.6g})" if k.value is not None else "") for k in summary.kept
         ]
@@ -225,6 +221,7 @@ class CleanPlan:
     refs: list[str]  # refs/autoresearch/<tag>/*
     paths: list[Path]  # the state file, the run logs, the slots' checkouts
     unlanded: list[str]  # kept commits that no other branch holds
+    started_from: str = "BRANCH"  # the branch the session started from, for the hints
 
     def text(self) -> str:
         rel = [
@@ -241,7 +238,7 @@ class CleanPlan:
         if self.unlanded:
             lines.append(
                 f"warning: {len(self.unlanded)} kept commit(s) are on no other branch (best: {self.unlanded[-1][:7]}); "
-                "land them first (mcp-autoresearch finish --land BRANCH) or note that id to recover them"
+                f"land them first (mcp-autoresearch finish --land {self.started_from}) or note that id to recover them"
             )
         lines.append("kept: the JSONL history of every session, results.tsv and run.log, and all your files")
         return "\n".join(lines) + "\n"
@@ -274,7 +271,8 @@ def plan_clean(project: str, tag: str) -> CleanPlan:
         best = state.best.commit if state.best is not None else None
         if unlanded and best and any(_tree(repo, ref[1:]) == _tree(repo, best) for ref in others):
             unlanded = []  # landed as one squashed commit: a branch holds exactly the best files
-    return CleanPlan(root, tag, f"refs/heads/{branch}" if has_branch else None, refs, paths, unlanded)
+    started = state.started_from if state is not None and state.started_from else "BRANCH"
+    return CleanPlan(root, tag, f"refs/heads/{branch}" if has_branch else None, refs, paths, unlanded, started)
 
 
 def check_clean(plan: CleanPlan) -> None:
@@ -291,8 +289,8 @@ def _refuse_checked_out(plan: CleanPlan) -> None:
         where = "in this worktree" if repo.current_branch() == short else elsewhere and f"in {elsewhere}"
         if where:
             raise SessionError(
-                f"{short} is checked out {where}; switch to your branch first (git checkout main), "
-                "and land the result before if you want it (mcp-autoresearch finish --land main)"
+                f"{short} is checked out {where}; switch to your branch first (git checkout {plan.started_from}), "
+                f"and land the result before if you want it (mcp-autoresearch finish --land {plan.started_from})"
             )
 
 

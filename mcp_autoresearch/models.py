@@ -172,6 +172,10 @@ class QueryResult(BaseModel):
         description="How much better the best is than the baseline (>0 = better)."
     )
     improvement_pct: float | None
+    improvement_interval: list[float] | None = Field(
+        None,
+        description="95% interval of the improvement on a noisy metric (None: deterministic or unknown).",
+    )
     experiments_since_last_keep: int
     rows: list[ResultRow]
     keep_rule: str | None = Field(None, description="greedy or sequential (decided by the baseline's noise).")

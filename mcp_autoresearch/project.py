@@ -50,6 +50,9 @@ class ProjectInfo(BaseModel):
     time_budget: float = Field(description="Seconds an experiment is meant to take.")
     timeout: float = Field(description="Hard limit in seconds; the whole process tree is killed after it.")
     readonly_files: list[str] = Field(description="Files that must never change.")
+    checks_command: str | None = Field(None, description="Command that must pass after a successful run.")
+    repeats: int = Field(1, description="Runs per experiment (the median decides) under the greedy rule.")
+    min_delta: float = Field(0.0, description="Smallest change that counts as an improvement.")
     writable: list[str] = Field(description="Paths a run may write; everything else is read-only to it.")
     slots: int = Field(1, description="Experiments in flight at once, each in a checkout of its own.")
     backend: str = Field("local", description="Where runs go: local, or ray (a Ray cluster).")
@@ -106,18 +109,27 @@ def describe_measure(spec: str) -> str:
 
 
 def wall_time_warning(config: Config) -> str:
-    """Said in `detect`: a wall time is noisy, and how much of that noise the settings absorb."""
+    """Said in `detect`: a wall time is noisy, and how much of that noise the settings absorb. One story with
+    the keep rule's (describe_keep_rule): where the baseline's runs measure the noise, nothing more is asked."""
     name = config.metric_name or "the metric"
+    runs = f"{config.repeats} runs" if config.repeats > 1 else "1 run"
+    greedy = (
+        f"{runs} per experiment (the median decides), and a change must beat the best by more than "
+        f"min_delta = {config.min_delta:g} s"
+    )
+    if config.keep_rule != "greedy" and config.noise_runs > 1:
+        return (
+            f"{name} is a wall time, which varies from run to run: the baseline runs {config.noise_runs} times to "
+            f"measure that noise and the keep rule is chosen from it (see keep rule); if it is greedy, {greedy}"
+        )
     if config.repeats == 1 and config.min_delta == 0:
         return (
-            f"{name} is a wall time, which varies from run to run: with one run per experiment and min_delta = 0, "
-            "noise alone can keep or discard a change; set repeats (3 or more) and min_delta"
+            f"{name} is a wall time, which varies from run to run: with the greedy rule, one run per experiment "
+            "and min_delta = 0, noise alone can keep or discard a change; set repeats (3 or more) and min_delta"
         )
-    runs = f"{config.repeats} runs" if config.repeats > 1 else "1 run"
     return (
-        f"{name} is a wall time, which varies from run to run: {runs} per experiment (the median decides), and a "
-        f"change must beat the best by more than min_delta = {config.min_delta:g} s; compare with the spread the "
-        "baseline reports, and raise min_delta above it if needed"
+        f"{name} is a wall time, which varies from run to run: {greedy}; compare with the spread the baseline "
+        "reports, and raise min_delta above it if needed"
     )
 
 
@@ -265,6 +277,9 @@ def load_project(
         time_budget=config.time_budget,
         timeout=config.timeout,
         readonly_files=list(config.readonly_files),
+        checks_command=config.checks_command,
+        repeats=config.repeats,
+        min_delta=config.min_delta,
         writable=list(config.writable),
         slots=config.slots,
         backend=config.backend,

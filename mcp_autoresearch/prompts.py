@@ -35,8 +35,9 @@ Improve `{metric}` ({direction}) by changing only `{target}`. Each experiment ru
 - One file: only `{target}`. Read-only files and everything else stay as they are, also during the run.
 - Simpler wins: an equal result with less code is an improvement. Deleting code that does not help is the
   best kind of change. Weigh small gains against added complexity.
-- Crashes: if it is a trivial mistake (typo, missing import), fix it and run again. If the idea itself is
-  broken, let it go and move on. A timeout counts as a failure.
+- Crashes: commit_or_reset logs them and puts the target back to the best kept version. If it was a
+  trivial mistake (typo, missing import), get the failed version back as its next_step says, fix it and run
+  again. If the idea itself is broken, let it go and move on. A timeout counts as a failure.
 - An idea measured once is not measured again: running the same content returns the earlier result. Ask for
   `rerun=true` only with a reason. Near-misses (discarded within the noise) are listed: combine them.
 - NEVER STOP. Do not ask whether to continue; the person may be asleep. Keep running experiments until you

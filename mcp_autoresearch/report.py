@@ -65,10 +65,20 @@ def karpathy_tsv(rows: list[Row], metric: str) -> str:
 
 
 # Layout by width, so no column is ever squeezed to one character per line: from WIDE columns up the notes
-# have a column of their own; below it they go under the description; below NARROW the delta and memory
-# columns are left out too. The width is the terminal's, else $COLUMNS, else 80 (rich's rule).
+# have a column of their own; below it they go under the description; the memory, then the delta column is left
+# out where the description would get fewer than MIN_DESCRIPTION characters. The width is the terminal's, else
+# $COLUMNS, else 80 (rich's rule).
 WIDE = 120
-NARROW = 80
+MIN_DESCRIPTION = 28
+DELTA_CELL, MEMORY_CELL = 12 + 3, 6 + 3  # a column's width with its borders and padding
+
+
+def _optional_columns(width: int, metric_name: str) -> tuple[bool, bool]:
+    """(show delta, show memory): each only while the description keeps MIN_DESCRIPTION characters."""
+    left = width - 4 - sum(w + 3 for w in (5, 7, max(len(metric_name), 9), 9))  # run, commit, metric, status
+    delta = left - DELTA_CELL >= MIN_DESCRIPTION
+    memory = delta and left - DELTA_CELL - MEMORY_CELL >= MIN_DESCRIPTION
+    return delta, memory
 
 
 def results_table(files: SessionFiles, rows: list[Row], notes: bool = True, width: int = WIDE):
@@ -76,15 +86,16 @@ def results_table(files: SessionFiles, rows: list[Row], notes: bool = True, widt
     from rich.text import Text
 
     state = files.state
-    wide, narrow = width >= WIDE, width < NARROW
+    wide = width >= WIDE
+    show_delta, show_memory = _optional_columns(width, state.metric_name)
     table = Table(
         title=f"session {state.tag}: {state.metric_name} "
         f"({'lower' if state.metric_direction == 'lower_is_better' else 'higher'} is better)"
     )
     fixed = [("run", "right"), ("commit", "left"), (state.metric_name, "right")]
-    fixed += [("delta", "right")] if not narrow else []
+    fixed += [("delta", "right")] if show_delta else []
     fixed += [("status", "left")]
-    fixed += [("mem GB", "right")] if not narrow else []
+    fixed += [("mem GB", "right")] if show_memory else []
     for column, justify in fixed:
         table.add_column(column, justify="left" if justify == "left" else "right", no_wrap=True)
     table.add_column("description" if wide or not notes else "description / notes", ratio=2, overflow="fold")
@@ -94,9 +105,9 @@ def results_table(files: SessionFiles, rows: list[Row], notes: bool = True, widt
     for row in rows:
         status = row.status if row.run_status in ("ok", row.status) else f"{row.status} ({row.run_status})"
         cells = [row.run_id, row.commit[:7], "-" if row.value is None else f"{row.value:.6f}"]
-        cells += ["" if row.delta is None else f"{row.delta:+.6g}"] if not narrow else []
+        cells += ["" if row.delta is None else f"{row.delta:+.6g}"] if show_delta else []
         cells += [f"[{colours.get(row.status, 'white')}]{status}[/]"]
-        cells += ["" if row.memory_gb is None else f"{row.memory_gb:.2f}"] if not narrow else []
+        cells += ["" if row.memory_gb is None else f"{row.memory_gb:.2f}"] if show_memory else []
         noted = " / ".join(row.notes)
         # Text, not a string: rich would read '[link=...]' in the agent's text as markup (an OSC 8 hyperlink).
         if notes and wide:

@@ -252,10 +252,11 @@ def server_params(
 
 
 def print_experiment(number: int, run: dict[str, Any], decision: dict[str, Any]) -> None:
+    """One line per experiment, numbered by its run id (r1 is the baseline), as every other view numbers it."""
     value = run.get("value")
     shown = "-" if value is None else f"{value:.6g}"
     print(
-        f"#{number:<3} {run['run_id']:>5} {run['status']:<13} {shown:>12}  {decision['decision']:<8} "
+        f"{run['run_id']:<5} {run['status']:<13} {shown:>12}  {decision['decision']:<8} "
         f"{decision['reason']}",
         flush=True,
     )

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.stdio import stdio_server
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from mcp.types import Tool as MCPTool
 from pydantic import BaseModel, Field, WithJsonSchema
@@ -40,6 +41,7 @@ from .schemas import (
 )
 from .session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait
 from .statuses import FILTERS
+from .surrogates import SafeWriteStream, ScreenedReadStream, lone_surrogate_problem
 from .views import MAX_NOTES, MAX_RUN_NOTES, MAX_RUN_NOTES_CHARS
 from .workspace import Workspace
 
@@ -98,6 +100,25 @@ class _PortableServer(MCPServer):
             )
             for tool in await super().list_tools()
         ]
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        """Every tool refuses an argument holding a lone surrogate, naming it, before anything else reads it
+        (it would fail later, unnamed: in a file write, a log line, or the reply)."""
+        if problem := lone_surrogate_problem(arguments):
+            raise ToolError(problem)
+        return await super().call_tool(name, arguments, context)
+
+    async def run_stdio_async(self) -> None:
+        """The SDK's stdio transport, where a request holding a lone surrogate gets an answer instead of
+        being dropped, and a reply holding one is still sent (see surrogates.py)."""
+        async with stdio_server() as (read_stream, write_stream):
+            safe_write = SafeWriteStream(write_stream)
+            lowlevel = self._lowlevel_server  # what the SDK's own run_stdio_async serves
+            await lowlevel.run(
+                ScreenedReadStream(read_stream, safe_write),
+                safe_write,
+                lowlevel.create_initialization_options(),
+            )
 
 
 def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:

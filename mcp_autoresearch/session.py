@@ -210,12 +210,14 @@ class Session:
                 + ". A person must commit or stash them first, so no work of theirs can be lost."
             )
         moved = archive_results(root, tag)
+        started_from = repo.current_branch()
         repo.create_branch(branch)
         repo.add_excludes(exclude_patterns(repo, config.jsonl_path))
         state = SessionState(
             tag=tag,
             branch=branch,
             base_commit=repo.head_commit(),
+            started_from=started_from,
             created_at=datetime.now().isoformat(timespec="seconds"),
             target_file=config.target_file,
             metric_name=config.metric_name,

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from .checkouts import merge_target
 from .context import SessionCore, normal_run_id
-from .decisions import Decider, rerun
-from .diskspace import AFTER_DISK_FULL
+from .decisions import Decider, decided_next_step
 from .errors import RuleViolation, SessionError
 from .files import atomic_write, read_regular
 from .guard import sha256_bytes
@@ -21,7 +20,6 @@ from .models import DecisionResult
 from .parallel import ParallelRuns
 from .rules import decide, nonblank_lines
 from .state import DecisionRecord, Pending, RunOutcome, server_dir
-from .statuses import UNFINISHED
 
 MAX_REBASES = 2  # a candidate merged onto a newer best this many times and still stale is discarded
 
@@ -161,8 +159,11 @@ class SlotDecider:
             # no second draw of the noise for content the session has decided on, nor a twin of a run in flight).
             merged_sha = sha256_bytes(merged)
             twin = next(
-                (p for p in core.state.inflight
-                 if p is not pending and not p.is_baseline and p.target_sha256 == merged_sha),
+                (
+                    p
+                    for p in core.state.inflight
+                    if p is not pending and not p.is_baseline and p.target_sha256 == merged_sha
+                ),
                 None,
             )
             earlier = core.journal.measured(merged_sha)
@@ -178,7 +179,11 @@ class SlotDecider:
             return None
         old_commit, built_on = pending.commit, pending.parent_value
         commit = repo.write_commit(
-            path, merged, f"experiment: {pending.description} (on {best.run_id})", best.commit, plain=core.plain_target
+            path,
+            merged,
+            f"experiment: {pending.description} (on {best.run_id})",
+            best.commit,
+            plain=core.plain_target,
         )
         # Logged before anything changes: a failure here (or in the restart) leaves the candidate as it ran, never
         # its old result standing for a merged commit that no run measured (a later keep would move the branch
@@ -236,7 +241,6 @@ class SlotDecider:
         core = self.core
         decision = pending.decision or DecisionRecord()
         verdict = decision.decision
-        result = pending.result or RunOutcome()
         commit = pending.commit or pending.parent
         merged_note = ""
         if verdict == "keep" and commit != pending.parent:
@@ -248,22 +252,12 @@ class SlotDecider:
         if pending.run_id in self.parallel.finish_order:
             self.parallel.finish_order.remove(pending.run_id)
         free = self.parallel.slots - len(core.state.inflight)
-        notes = f"log_result(run_id='{pending.run_id}', notes='hypothesis: ...; result: ...; learned: ...')"
         then = (
             f"{free} slot{'s' if free != 1 else ''} free: edit the next idea and run_experiment"
             if free
             else "every slot is busy: wait_experiment() for the next run to finish"
         )
-        if result.status == "disk_full":
-            next_step = f"logged as disk_full: {AFTER_DISK_FULL}{rerun(pending.is_baseline)}"
-        elif result.status in UNFINISHED:
-            next_step = f"logged as {result.status}: it never finished; {rerun(pending.is_baseline)}"
-        elif pending.is_baseline and verdict != "keep":
-            next_step = f"the baseline was not kept ({decision.reason}); run it again: run_experiment(description='baseline')"
-        elif verdict == "keep":
-            next_step = f"kept{merged_note}. Record what it taught you: {notes}; {then}"
-        else:
-            next_step = f"{verdict}: the best is unchanged. Record what it taught you: {notes}; {then}"
+        next_step = decided_next_step(core, pending, then, then, merged_note)
         return self.decider.answer(pending, judged, next_step)
 
     def _advance(self, pending: Pending, commit: str) -> str:

@@ -112,6 +112,7 @@ class SessionState(BaseModel):
     tag: str
     branch: str
     base_commit: str
+    started_from: str | None = None  # the branch checked out when the session started (None: detached, or older)
     created_at: str
     target_file: str
     metric_name: str
@@ -120,8 +121,9 @@ class SessionState(BaseModel):
     rules: dict[str, Any] = {}  # the settings that define the measurement, fixed for the session's life
     run_counter: int = 0
     best: Best | None = None
-    baseline_value: float | None = None
+    baseline_value: float | None = None  # the median of the baseline's runs (see standing.py)
     baseline_commit: str | None = None
+    baseline_values: list[float] = []  # every run of the baseline, frozen when something else is kept
     # tracked files flagged skip-worktree/assume-unchanged when the session started
     hidden_paths: list[str] = []
     pending: Pending | None = None

@@ -12,9 +12,9 @@ from .errors import RuleViolation, SessionError
 from .journal import Row
 from .models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult, StartResult
 from .parallel import ParallelRuns, slots_line
-from .rules import improvement, improvement_pct
 from .running import Runs
 from .sequential import best_values, keep_rule_summary, session_noise
+from .standing import standing
 from .state import Pending
 from .statuses import DECISIONS, FILTERS, UNFINISHED
 
@@ -137,8 +137,9 @@ class Views:
             )
         else:
             next_step = (
-                f"call commit_or_reset(run_id='{pending.run_id}') to log this {status}; "
-                "fix a trivial mistake and retry, or move on to another idea"
+                f"call commit_or_reset(run_id='{pending.run_id}') to log this {status}: the target then goes "
+                "back to the best kept version (its answer says how to get this version back to fix a trivial "
+                "mistake), or move on to another idea"
             )
         return RunResult(
             run_id=pending.run_id,
@@ -286,10 +287,7 @@ class Views:
                     chosen = list(reversed(journal.indices(wanted)[-limit:]))
             else:
                 raise RuleViolation("order must be 'recent' or 'best'")
-            best = core.state.best
-            baseline = core.state.baseline_value
-            gain = improvement(best.value, baseline, direction) if best and baseline is not None else None
-            pct = improvement_pct(gain, baseline) if gain is not None and baseline is not None else None
+            best, now = core.state.best, standing(core.state)
             total = len(journal)
             noise = session_noise(core.state)
             return QueryResult(
@@ -298,14 +296,20 @@ class Views:
                 direction=direction,
                 total=total,
                 counts={k: journal.counts.get(k, 0) for k in DECISIONS},
-                baseline=baseline,
+                baseline=now.baseline if now else core.state.baseline_value,
                 best=BestInfo(
-                    value=best.value, commit=best.commit[:7], description=best.description, run_id=best.run_id
+                    value=now.best if now else best.value,
+                    commit=best.commit[:7],
+                    description=best.description,
+                    run_id=best.run_id,
                 )
                 if best
                 else None,
-                improvement=gain,
-                improvement_pct=round(pct, 4) if pct is not None else None,
+                improvement=now.improvement if now else None,
+                improvement_pct=round(now.improvement_pct, 4)
+                if now and now.improvement_pct is not None
+                else None,
+                improvement_interval=list(now.interval) if now and now.interval else None,
                 experiments_since_last_keep=total - 1 - journal.last_keep_index if total else 0,
                 rows=[row_model(r) for r in journal.rows_at(chosen)],
                 keep_rule=core.state.keep_rule,

@@ -22,6 +22,10 @@ GIT_ENV = {
     "GIT_COMMITTER_EMAIL": "test@example.com",
 }
 
+# The timeout of a session whose experiments include one that hangs: far above what the tiny honest runs take even
+# on a loaded 2-core machine (a 2 s timeout timed out an honest baseline there), and soon reached by the hang.
+HANG_TIMEOUT_S = 10.0
+
 # A tiny "training script": the metric depends on the constant LR; the evaluator is a separate read-only file.
 TRAIN_PY = """\
 LR = 0.5

@@ -72,6 +72,11 @@ async def test_tables_never_fold_notes_to_one_character(ml_project: Path, agent_
                 assert words_whole(out.stdout, phrase), (command, columns, phrase, out.stdout)
             # No line of the table is a column of single characters: every row line carries text.
             assert not any(re.fullmatch(r"[│ ]*\S?[│ ]*", line) and "│" in line for line in lines), out.stdout
+            # Issue 21.6: from 80 columns (a pipe's width) the description keeps a usable width: the memory and
+            # delta columns are left out first.
+            header = next(line for line in lines if "description" in line)
+            cell = next(part for part in header.split("┃") if "description" in part)
+            assert width < 80 or len(cell) - 2 >= 28, (command, columns, header)
 
 
 async def test_json_into_a_closed_pipe_and_bad_status(ml_project: Path, agent_for) -> None:
@@ -136,3 +141,23 @@ async def test_plot_hint_names_a_command_that_works_from_a_clone(
     assert out.returncode == 2
     assert 'pip install ".[plot]"' in out.stderr and sys.executable in out.stderr, out.stderr
     assert "mcp-autoresearch[plot]" not in out.stderr
+
+
+@pytest.mark.parametrize("args", [["detect"], ["detect", "--json"], ["--help"]])
+def test_output_into_a_closed_pipe_ends_quietly(ml_project: Path, args: list[str]) -> None:
+    """Issue 21.6: `detect | head` ended in a BrokenPipeError traceback. Here the reader is gone before the
+    command writes anything (the worst case of `| head`): no traceback, the exit of a process stopped by SIGPIPE."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "mcp_autoresearch", *args, *(["--project", str(ml_project)] if "detect" in args else [])],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **GIT_ENV},
+        )
+    finally:
+        os.close(write)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+    assert done.returncode in (0, 141)  # --help exits 0 from argparse before its output is flushed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -35,6 +36,10 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     for line in ("results.tsv", "autoresearch.jsonl", "mcp-autoresearch dashboard"):
         assert line in result.stdout
     assert result.stdout.count(" keep ") + result.stdout.count(" discard ") >= 12
+    # Issue 21.6: experiments are numbered as runs are (r1, the baseline, first), not from #0.
+    numbered = [line.split()[0] for line in result.stdout.splitlines() if re.match(r"r\d+ ", line)]
+    assert numbered[:13] == [f"r{n}" for n in range(1, 14)], result.stdout
+    assert not re.search(r"^#\d", result.stdout, re.MULTILINE)
 
 
 def test_demo_with_slots_keeps_them_busy(tmp_path: Path) -> None:

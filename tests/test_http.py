@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,16 +58,14 @@ def http_server(ml_project: Path) -> Iterator[tuple[str, str]]:
         stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}/mcp"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.1)
+    assert proc.stderr is not None
+    # The server says it serves only once it listens: await that line (or its exit), no polling against a clock.
+    for line in iter(proc.stderr.readline, b""):
+        if b"serving MCP over HTTP at" in line:
+            break
     else:
         proc.kill()
-        raise AssertionError(proc.stderr.read().decode())
+        raise AssertionError(f"the server exited (rc {proc.wait()}) without serving")
     try:
         yield url, token
     finally:
@@ -139,3 +136,17 @@ def test_non_loopback_bind_without_token_is_refused(ml_project: Path) -> None:
     finally:
         if env_token is not None:
             os.environ["AUTORESEARCH_TOKEN"] = env_token
+
+
+def test_a_taken_port_is_one_clear_line_and_nothing_is_announced(ml_project: Path) -> None:
+    """Issue 21.6: the server announced itself before binding; with the port taken a client reached another
+    project's server. Now it binds first: a taken port is one line and exit 2."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli("serve", "--project", str(ml_project), "--transport", "http", "--port", str(port))
+    assert done.returncode == 2, done.stderr
+    assert "serving MCP" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip() and "INFO" not in line]
+    assert lines == [f"mcp-autoresearch: cannot listen on 127.0.0.1:{port}: it is taken (another server?); choose another --port"], done.stderr

@@ -183,3 +183,17 @@ async def test_a_session_without_improvement_has_nothing_to_land(ml_project: Pat
     assert json.loads(run_cli("results", "--project", str(root), "--format", "json").stdout)[1]["status"] == (
         "discard"
     )
+
+
+async def test_finish_and_clean_name_the_branch_the_session_started_from(ml_project: Path, agent_for) -> None:
+    """Issue 21.6: on a repository whose branch is `master`, the hints named `main`."""
+    git(ml_project, "branch", "-m", "main", "master")
+    async with agent_for(ml_project) as agent:
+        await session_with_history(agent)
+    summary = run_cli("finish", "--project", str(ml_project), "--session", "done")
+    assert summary.returncode == 0, summary.stderr
+    assert "--land master" in summary.stdout and "main" not in summary.stdout, summary.stdout
+    refused = run_cli("clean", "--project", str(ml_project), "--tag", "done", "--yes")
+    assert refused.returncode == 2
+    assert "git checkout master" in refused.stderr and "--land master" in refused.stderr, refused.stderr
+    assert "main" not in refused.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mcp_autoresearch.project import load_project
 
-from .conftest import git, make_repo
+from .conftest import git, make_repo, run_cli
 
 
 def detect(tmp_path: Path, files: dict[str, str]):
@@ -307,3 +307,71 @@ def test_a_target_is_never_where_the_build_writes(tmp_path: Path) -> None:
     choose_target(root, detection, tracked_and_ignored(root))
     assert detection.settings["target_file"] == "src/model.py"
     assert any("'gen/', where the build writes" in w for w in detection.setting_warnings["target_file"])
+
+
+PYTEST_CONFIGS = {
+    "pyproject.toml": '[project]\nname = "toolz"\n\n[tool.pytest.ini_options]\ntestpaths = ["toolz/tests", "gone"]\n',
+    "pytest.ini": "[pytest]\ntestpaths = toolz/tests\n",
+    "setup.cfg": "[metadata]\nname = toolz\n\n[tool:pytest]\ntestpaths =\n    toolz/tests\n",
+    "tox.ini": "[tox]\nenvlist = py3\n\n[pytest]\ntestpaths = toolz/tests\n",
+}
+
+
+def test_python_reads_pytest_testpaths_from_each_config_file(tmp_path: Path) -> None:
+    """Issue 21.5: toolz keeps its tests in toolz/tests, named by testpaths; detection said `run command: -`."""
+    for name, text in PYTEST_CONFIGS.items():
+        files = {"setup.py": "", name: text, "toolz/core.py": "def f(): pass\n", "toolz/tests/test_core.py": ""}
+        info = detect(tmp_path / name, files)
+        assert info.project_type == "python", name
+        assert info.run_command is not None and info.run_command.endswith("-m pytest -q -x toolz/tests"), name
+        assert not any("no tests/" in w for w in info.warnings)
+
+
+def test_detect_shows_the_values_of_checks_repeats_and_min_delta(tmp_path: Path) -> None:
+    """Issue 21.5: `detect` and `detect_project` show the values, not only where they came from; Rust's wall
+    time tells one story with the keep rule (never 'set repeats' while the baseline's runs measure the noise)."""
+    root = make_repo(tmp_path / "crate", {"Cargo.toml": '[package]\nname = "lib"\n', "src/lib.rs": ""})
+    info = load_project(root).info
+    assert info.repeats == 3 and info.min_delta == 0.5 and info.checks_command is None
+    wall = [w for w in info.warnings if "wall time" in w]
+    assert wall and "set repeats" not in wall[0] and "3 runs of the baseline" in info.keep_rule
+    assert "the baseline runs 3 times to measure that noise" in wall[0]
+    (root / "autoresearch.toml").write_text('checks_command = "cargo test -q"\nmin_delta = 2\n')
+    out = run_cli("detect", "--project", str(root))
+    assert "checks:       cargo test -q" in out.stdout
+    assert "repeats:      3 " in out.stdout and "min_delta:    2\n" in out.stdout
+    shown = json.loads(run_cli("detect", "--project", str(root), "--json").stdout)
+    assert shown["checks_command"] == "cargo test -q" and shown["repeats"] == 3 and shown["min_delta"] == 2
+
+
+def test_node_foresees_outputs_named_by_package_json(tmp_path: Path) -> None:
+    """Issue 21.1: microbundle writes the file `types` names (index.d.ts at the root); a build that writes
+    outside the detected output failed confined. Detection adds an output-only directory to `writable` and says
+    plainly when an output lands where a run cannot create it; a tracked file named there is a source."""
+    package = {
+        "name": "mitt",
+        "source": "src/index.ts",
+        "main": "dist/mitt.js",
+        "module": "lib/mitt.mjs",
+        "typings": "index.d.ts",
+        "exports": {".": {"types": "./index.d.ts", "import": "./lib/mitt.mjs", "require": "./dist/mitt.js"}},
+        "scripts": {"build": "microbundle"},
+    }
+    info = detect(tmp_path, {"package.json": json.dumps(package), "src/index.ts": "export {}\n"})
+    assert info.target_file == "src/index.ts"
+    assert info.writable[:2] == ["dist", "lib"], info.writable
+    named = [w for w in info.warnings if "index.d.ts" in w]
+    assert named and "'typings'" in named[0] and "at the project root" in named[0] and "dist/index.d.ts" in named[0]
+    assert not any("mitt.js" in w or "mitt.mjs" in w for w in info.warnings)
+
+    # The same names, but the root file is tracked (a hand-written declaration): a source, nothing to say.
+    tracked = detect(
+        tmp_path / "tracked",
+        {"package.json": json.dumps(package), "src/index.ts": "export {}\n", "index.d.ts": "export {}\n"},
+    )
+    assert not any("index.d.ts" in w for w in tracked.warnings)
+    # An output named inside a directory of sources is never made writable: it is said instead.
+    sources = {**package, "module": "src/mitt.mjs", "exports": None}
+    mixed = detect(tmp_path / "mixed", {"package.json": json.dumps(sources), "src/index.ts": "export {}\n"})
+    assert "src" not in mixed.writable
+    assert any("src/mitt.mjs" in w and "holds tracked sources" in w for w in mixed.warnings)

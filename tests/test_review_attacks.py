@@ -20,7 +20,7 @@ import pytest
 
 from mcp_autoresearch.isolation import probe_isolation
 
-from .conftest import git
+from .conftest import HANG_TIMEOUT_S, git
 
 pytestmark = pytest.mark.anyio
 
@@ -386,10 +386,10 @@ async def test_a_run_that_stops_itself_times_out_and_leaves_nothing(ml_project: 
     os.kill(os.getpid(), signal.SIGSTOP)
     """
     began = time.monotonic()
-    async with agent_for(ml_project, {"timeout": 2}) as agent:
+    async with agent_for(ml_project, {"timeout": HANG_TIMEOUT_S}) as agent:
         run, decision = await attack(agent, code)
     assert run["status"] == "timeout" and decision["decision"] == "crash", run
-    assert time.monotonic() - began < 30
+    assert time.monotonic() - began < 500  # ended at its timeout, not by its own end (sleep 1000)
     assert _descendants_running("sleep 1000") == []
 
 
@@ -417,11 +417,9 @@ async def test_a_fork_storm_is_ended_at_the_timeout(ml_project: Path, agent_for)
             time.sleep(0.01)
     worker(0)
     """
-    began = time.monotonic()
-    async with agent_for(ml_project, {"timeout": 3}) as agent:
+    async with agent_for(ml_project, {"timeout": HANG_TIMEOUT_S}) as agent:
         run, decision = await attack(agent, code)
     assert run["status"] == "timeout", run
-    assert time.monotonic() - began < 60
     time.sleep(0.5)
     assert _descendants_running("train.py") == []
 
@@ -807,7 +805,7 @@ async def test_a_run_cannot_call_the_servers_http_tools(ml_project: Path):
         ],
         env={**os.environ, **GIT_ENV},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     code = f"""
     import json, os, urllib.request
@@ -831,13 +829,10 @@ async def test_a_run_cannot_call_the_servers_http_tools(ml_project: Path):
         print('refused', exc)
     """
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                time.sleep(0.1)
+        assert server.stderr is not None
+        for line in iter(server.stderr.readline, b""):  # it says so once it listens: no polling against a clock
+            if b"serving MCP over HTTP at" in line:
+                break
         async with (
             httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
             Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http)) as client,

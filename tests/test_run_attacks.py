@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import git
+from .conftest import HANG_TIMEOUT_S, git
 
 pytestmark = pytest.mark.anyio
 BOTH = pytest.mark.parametrize("isolation", ["auto", "off"])
@@ -62,7 +62,7 @@ async def test_a_timed_out_run_and_its_hidden_daemon_leave_nothing(
     ml_project: Path, agent_for, isolation: str
 ) -> None:
     seconds = _unique_seconds()
-    async with agent_for(root := ml_project, {"isolation": isolation, "timeout": 2}) as agent:
+    async with agent_for(root := ml_project, {"isolation": isolation, "timeout": HANG_TIMEOUT_S}) as agent:
         await agent.ok("start_session")
         await agent.experiment("baseline")
         hang = (

@@ -75,16 +75,21 @@ async def test_the_loop_prompt_of_a_fresh_server_carries_the_sessions_briefing(
 
 async def test_a_running_reply_gives_the_live_logs_path(ml_project: Path, agent_for) -> None:
     (ml_project / "train.py").write_text(
-        'import time\nLR = 0.5\nprint("training...", flush=True)\ntime.sleep(3)\nprint("val_bpb: 1.4")\n'
+        # It runs until the test releases it (an untracked file): still running whatever the machine's speed.
+        'import os, time\nLR = 0.5\nprint("training...", flush=True)\n'
+        'while not os.path.exists("release.flag"):\n    time.sleep(0.05)\nprint("val_bpb: 1.4")\n'
     )
     git(ml_project, "commit", "-qam", "slow training")
     async with agent_for(ml_project) as agent:
         await agent.ok("start_session")
-        run = await agent.ok("run_experiment", description="baseline", wait_s=1.5)
+        run = await agent.ok("run_experiment", description="baseline", wait_s=0)
         assert run["status"] == "running"
         live = Path(run["log_path"])
         assert live.is_absolute() and live.name == "r1.log"
-        assert "training..." in live.read_text()  # what `tail -f` shows while it runs
+        while "training..." not in live.read_text():  # what `tail -f` shows while it runs
+            run = await agent.ok("wait_experiment", run_id="r1", wait_s=0.2)
+            assert run["status"] == "running"
+        (ml_project / "release.flag").write_text("")
         while run["status"] == "running":
             run = await agent.ok("wait_experiment", run_id="r1")
         # The baseline also measures the noise (issue 13): a second run, equal here, and the result's log is

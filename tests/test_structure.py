@@ -13,7 +13,15 @@ import mcp_autoresearch
 PACKAGE = Path(mcp_autoresearch.__file__).parent
 NAME = "mcp_autoresearch"
 # The adapters (and the clients built on them) speak MCP; everything else is the engine.
-MCP_ALLOWED = {"server", "http", "cli", "scripted_agent", "demo", "web.app"}  # web.app: the HTTP checks
+MCP_ALLOWED = {
+    "server",
+    "http",
+    "cli",
+    "scripted_agent",
+    "demo",
+    "web.app",
+    "surrogates",
+}  # web.app: the HTTP checks; surrogates: the stdio transport's guard
 
 
 def _module_name(path: Path) -> str:

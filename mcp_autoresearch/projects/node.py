@@ -56,6 +56,58 @@ def _output_dir(root: Path, build_script: str) -> str:
     return "dist"
 
 
+# package.json fields that name files the build writes (bundlers such as microbundle write what they name).
+OUTPUT_FIELDS = ("main", "module", "types", "typings", "unpkg", "umd:main", "browser", "exports")
+
+
+def _named_outputs(package: dict) -> list[tuple[str, str]]:
+    """(field, relative path) for every file an output field names."""
+    found = []
+    for key in OUTPUT_FIELDS:
+        value = package.get(key)
+        values = _all_paths(value) if key == "exports" else [value] if isinstance(value, str) else []
+        for item in values:
+            path = Path(item.strip()).as_posix().removeprefix("./")
+            if path and not path.startswith(("/", "../")) and "*" not in path:
+                found.append((key, path))
+    return found
+
+
+def _all_paths(exports: object) -> list[str]:
+    if isinstance(exports, str):
+        return [exports]
+    if isinstance(exports, dict):
+        return [path for value in exports.values() for path in _all_paths(value)]
+    return []
+
+
+def foresee_outputs(root: Path, package: dict, writable: list[str]) -> tuple[list[str], list[str]]:
+    """Outputs the build writes outside the writable paths, foreseen from package.json: a directory holding no
+    tracked file is added to `writable` (returned); a file at the project root, or in a directory of sources, is
+    warned about (a confined run cannot create it). A tracked file named there is a source, not an output."""
+    from ..gitfiles import tracked_and_ignored
+
+    known = tracked_and_ignored(root)
+    tracked = known[0] if known else set()
+    added: list[str] = []
+    warnings: list[str] = []
+    for key, path in _named_outputs(package):
+        inside = [w for w in [*writable, *added] if path == w or path.startswith(w.rstrip("/") + "/")]
+        if inside or path in tracked:
+            continue
+        top = path.split("/", 1)[0]
+        if "/" in path and not any(t == top or t.startswith(top + "/") for t in tracked):
+            added.append(top)  # a directory of build outputs only, e.g. `lib/`
+            continue
+        where = "at the project root" if "/" not in path else f"in '{top}/', which holds tracked sources"
+        warnings.append(
+            f"package.json's '{key}' names {path}, which the build writes {where}, outside the writable "
+            f"'{writable[0]}/': a confined run cannot create it, and the build fails there. Point '{key}' into "
+            f"'{writable[0]}/' (e.g. {writable[0]}/{Path(path).name}), so that the build writes it there"
+        )
+    return added, warnings
+
+
 def detect(root: Path) -> Detection | None:
     path = root / "package.json"
     if not path.is_file():
@@ -73,9 +125,11 @@ def detect(root: Path) -> Detection | None:
     if build is None:
         warnings.append("package.json has no 'build' script; set run_command to what builds the bundle")
     out_dir = _output_dir(root, build or "")
+    more_outputs, output_warnings = foresee_outputs(root, package, [out_dir]) if build else ([], [])
+    warnings += output_warnings
     settings = {
         "run_command": "npm run build",
-        "writable": [out_dir, "node_modules/.cache", "~/.npm"],
+        "writable": [out_dir, *more_outputs, "node_modules/.cache", "~/.npm"],
         "shared_inputs": ["node_modules"],  # with slots: the installed packages, read-only in every slot
         "metric_name": "bundle_kb",
         "metric_measure": f"size_kb:{out_dir} !*.map",  # what ships: source maps left out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import os
 import shutil
 import tomllib
@@ -65,11 +66,43 @@ def _interpreter(root: Path) -> tuple[str, list[str]]:
     return name, notes
 
 
+# Where pytest reads `testpaths`, in its own order of precedence: (file, section).
+PYTEST_INI = [("pytest.ini", "pytest"), ("pyproject.toml", None), ("tox.ini", "pytest"), ("setup.cfg", "tool:pytest")]
+
+
+def pytest_testpaths(root: Path) -> tuple[list[str], str] | None:
+    """pytest's configured `testpaths` that exist, and the file that set them (None when none is set). As pytest
+    does, the first file with a pytest section is the configuration, whether it sets testpaths or not."""
+    for name, section in PYTEST_INI:
+        path = root / name
+        if not path.is_file():
+            continue
+        try:
+            if section is None:
+                table = tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {}).get("pytest", {})
+                if "ini_options" not in table:
+                    continue
+                found: object = table["ini_options"].get("testpaths")
+            else:
+                parser = configparser.ConfigParser(interpolation=None)
+                parser.read_string(path.read_text(encoding="utf-8"))
+                if not parser.has_section(section):
+                    continue
+                found = parser.get(section, "testpaths", fallback=None)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, configparser.Error):
+            continue
+        entries = found.split() if isinstance(found, str) else found if isinstance(found, list) else []
+        paths = [e for e in entries if isinstance(e, str) and (root / e).exists() and ".." not in Path(e).parts]
+        return (paths, name) if paths else None
+    return None
+
+
 def detect(root: Path) -> Detection | None:
     markers = [name for name in ("pyproject.toml", "setup.py", "setup.cfg") if (root / name).is_file()]
     if not markers:
         return None
-    tests = [name for name in ("tests", "test") if (root / name).is_dir()]
+    configured = pytest_testpaths(root)
+    tests = configured[0] if configured else [name for name in ("tests", "test") if (root / name).is_dir()][:1]
     warnings = []
     settings = {
         "metric_name": "test_time_s",
@@ -82,15 +115,17 @@ def detect(root: Path) -> Detection | None:
     interpreter_notes: list[str] = []
     if tests:
         python, interpreter_notes = _interpreter(root)
-        settings["run_command"] = f"{python} -m pytest -q -x {tests[0]}"
+        settings["run_command"] = f"{python} -m pytest -q -x {' '.join(tests)}"
         if python.startswith("uv "):
             settings["writable"] = [".pytest_cache"]  # uv's cache is private to each run (TMPDIR)
     else:
-        warnings.append("no tests/ directory: set run_command to what exercises the code")
+        warnings.append(
+            "no tests/ directory and no pytest testpaths: set run_command to what exercises the code"
+        )
     detection = Detection(
         NAME,
         40,
-        markers,
+        markers + ([configured[1]] if configured and configured[1] not in markers else []),
         settings,
         "wall time of the test suite in seconds (measured by the server)",
         warnings,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from .base import Detection, first_existing
+from .base import Detection, first_existing, wall_time_settings
 
 NAME = "rust"
+BUILD_MIN_DELTA_S = 0.5  # a release build takes seconds to minutes; differences under 0.5 s are noise
 
 
 def detect(root: Path) -> Detection | None:
@@ -31,7 +32,8 @@ def detect(root: Path) -> Detection | None:
         settings.update(metric_name="binary_kb", metric_measure=f"size_kb:target/release/{name}")
         source = f"size of target/release/{name} in KB (measured by the server)"
     else:
-        settings.update(metric_name="build_time_s", metric_measure="wall_time_s")
+        # A wall time, set up as every wall-time metric is (runs per experiment, min_delta).
+        settings.update(metric_name="build_time_s", **wall_time_settings(BUILD_MIN_DELTA_S))
         source = "wall time of the release build in seconds (measured by the server)"
     return Detection(
         NAME,

@@ -21,8 +21,8 @@ from typing import Any
 
 from ..config import DEFAULTS
 from ..logtail import tail
-from ..rules import improvement, improvement_pct
 from ..session import current_session
+from ..standing import standing
 from ..state import SessionState, current_tag, load_state, state_dir, state_path
 
 STATUSES = ("keep", "discard", "crash")
@@ -264,12 +264,8 @@ class SessionView:
         state, rows, counts = self.state, self.rows, self.counts
         best = state.best if state else None
         best_row = self._by_run.get(best.run_id) if best else None
-        baseline = state.baseline_value if state else None
-        gain = (
-            improvement(best.value, baseline, state.metric_direction)
-            if best and state and baseline is not None
-            else None
-        )
+        now = standing(state)
+        baseline = now.baseline if now else (state.baseline_value if state else None)
         return {
             "tag": self.tag,
             "error": self.error,
@@ -285,15 +281,16 @@ class SessionView:
             "best": None
             if best is None
             else {
-                "value": best.value,
+                "value": now.best if now else best.value,
                 "run_id": best.run_id,
                 "commit": best.commit,
                 "description": best.description,
                 "memory_gb": best_row.memory_gb if best_row else None,
                 "spread": best_row.spread if best_row else None,
             },
-            "improvement": gain,
-            "improvement_pct": improvement_pct(gain, baseline) if gain is not None and baseline else None,
+            "improvement": now.improvement if now else None,
+            "improvement_pct": now.improvement_pct if now else None,
+            "improvement_interval": list(now.interval) if now and now.interval else None,
             "keep_rate": counts.get("keep", 0) / len(rows) if rows else None,
             "per_hour": self._per_hour(),
             "memory_peak_gb": self.memory_peak,

@@ -1,0 +1,188 @@
+"""Lone UTF-16 surrogates (half of a character, such as a cut emoji: `"\\ud800"`): every call gets an answer.
+
+JSON may spell one (`"\\ud800"`), Python's `json` accepts it, but it is not Unicode: the SDK's JSON parser
+refuses the whole message and drops it without an answer (the client then waits forever), and a Python string
+holding one cannot be encoded as UTF-8 (a reply or a file write holding it fails). So:
+
+- `ScreenedReadStream` answers a JSON-RPC request the SDK could not parse because of one, with an error that
+  names the argument, instead of letting it vanish;
+- `SafeWriteStream` replaces them in an outgoing message that could not be encoded (a file name or text read
+  from disk with `surrogateescape`), so a reply is never lost on the way out;
+- `lone_surrogate_problem` names the argument for a call that reached a tool with one (in-process clients).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.shared.message import SessionMessage
+from pydantic import BaseModel, ValidationError
+
+log = logging.getLogger("mcp_autoresearch")
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+INVALID_PARAMS = -32602
+REPLACEMENT = "\ufffd"
+
+
+def find_lone_surrogate(value: Any, path: str = "") -> tuple[str, int, str] | None:
+    """The first string holding a lone surrogate: (its path, e.g. `edits[0].new_text`, the position in it,
+    the surrogate as `\\udXXX`), or None."""
+    if isinstance(value, BaseModel):  # a validated argument such as an edit
+        value = value.model_dump()
+    if isinstance(value, str):
+        found = LONE_SURROGATE.search(value)
+        return (path, found.start(), f"\\u{ord(found.group()):04x}") if found else None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = find_lone_surrogate(key, path) or find_lone_surrogate(
+                item, f"{path}.{key}" if path else str(key)
+            )
+            if where:
+                return where
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            if where := find_lone_surrogate(item, f"{path}[{index}]"):
+                return where
+    return None
+
+
+def lone_surrogate_problem(arguments: Mapping[str, Any]) -> str | None:
+    """What to tell the agent when an argument holds a lone surrogate (None when none does)."""
+    where = find_lone_surrogate(arguments)
+    if where is None:
+        return None
+    path, position, code = where
+    return (
+        f"argument '{path or '?'}' holds a lone UTF-16 surrogate ({code}) at character {position}: half of a "
+        "character (a cut emoji?), which is not valid Unicode and cannot be written or logged. Nothing was "
+        "done; send the call again with that text whole or without it"
+    )
+
+
+def replace_lone_surrogates(value: Any) -> Any:
+    """`value` with every lone surrogate in its strings replaced by U+FFFD."""
+    if isinstance(value, str):
+        return LONE_SURROGATE.sub(REPLACEMENT, value)
+    if isinstance(value, dict):
+        return {replace_lone_surrogates(k): replace_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [replace_lone_surrogates(item) for item in value]
+    return value
+
+
+def refusal_for(exc: Exception) -> types.JSONRPCMessage | None:
+    """The answer to a request the SDK could not parse because it holds a lone surrogate (None for anything
+    else, which the SDK handles as before)."""
+    if not isinstance(exc, ValidationError):
+        return None
+    errors = exc.errors(include_url=False)
+    line = errors[0].get("input") if errors and errors[0].get("type") == "json_invalid" else None
+    if not isinstance(line, str) or not _ESCAPED_SURROGATE.search(line):
+        return None
+    try:
+        request = json.loads(line)
+    except ValueError:
+        return None
+    if (
+        not isinstance(request, dict)
+        or not isinstance(request.get("id"), (int, str))
+        or "method" not in request
+    ):
+        return None  # a notification or a response: there is no one to answer
+    params = request.get("params")
+    params = params if isinstance(params, dict) else {}
+    if request["method"] == "tools/call" and isinstance(params.get("arguments"), dict):
+        problem = lone_surrogate_problem(params["arguments"])
+        if problem is not None:  # a tool error the agent reads and can act on
+            result = types.CallToolResult(
+                content=[types.TextContent(type="text", text=problem)], is_error=True
+            )
+            return types.JSONRPCResponse(
+                jsonrpc="2.0", id=request["id"], result=result.model_dump(by_alias=True, exclude_none=True)
+            )
+    where = find_lone_surrogate(params)
+    message = (
+        f"parameter '{where[0]}' of {replace_lone_surrogates(request['method'])} holds a lone UTF-16 surrogate "
+        f"({where[2]}), which is not valid Unicode; send it again without it"
+        if where
+        else "the request holds a lone UTF-16 surrogate, which is not valid Unicode; send it again without it"
+    )
+    return types.JSONRPCError(
+        jsonrpc="2.0", id=request["id"], error=types.ErrorData(code=INVALID_PARAMS, message=message)
+    )
+
+
+class ScreenedReadStream:
+    """The SDK's read stream, with the requests it dropped for a lone surrogate answered (see refusal_for)."""
+
+    def __init__(self, inner: Any, write: Any) -> None:
+        self._inner = inner
+        self._write = write
+
+    def __getattr__(self, name: str) -> Any:  # last_context and the rest, as the SDK reads them
+        return getattr(self._inner, name)
+
+    async def receive(self) -> SessionMessage | Exception:
+        while True:
+            item = await self._inner.receive()
+            answer = refusal_for(item) if isinstance(item, Exception) else None
+            if answer is None:
+                return item
+            await self._write.send(SessionMessage(answer))
+
+    def __aiter__(self) -> ScreenedReadStream:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> ScreenedReadStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class SafeWriteStream:
+    """The SDK's write stream, where a message that cannot be encoded as UTF-8 (a lone surrogate in a string)
+    goes out with U+FFFD in its place, instead of failing the transport's writer and every later reply."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def send(self, item: SessionMessage, /) -> None:
+        try:
+            item.message.model_dump_json(by_alias=True, exclude_unset=True)
+        except ValueError:  # pydantic's serialization error; it wraps the UnicodeEncodeError
+            log.warning("a reply held a lone surrogate; it was sent with U+FFFD in its place")
+            dumped = replace_lone_surrogates(item.message.model_dump(by_alias=True, exclude_unset=True))
+            item = SessionMessage(
+                types.jsonrpc_message_adapter.validate_python(dumped), metadata=item.metadata
+            )
+        await self._inner.send(item)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> SafeWriteStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
