@@ -213,7 +213,7 @@ async def test_loopback_tcp_to_the_host_is_refused_with_the_network_off(
         assert "refused Connection refused" in text and server.accepted == 0, text
         assert started["isolation"].endswith("; network off"), started
     else:
-        assert "CONNECTED" in text and server.accepted == 1, text
+        assert "CONNECTED" in text and server.accepted >= 1, text  # a keep is run again: once or more
 
 
 async def test_a_run_cannot_undo_its_view(ml_project: Path, agent_for) -> None:

@@ -117,7 +117,8 @@ async def test_live_page_next_to_mcp_with_token(ml_project: Path, browser: Any) 
             await agent.experiment("lower LR to 0.2")
             await page.wait_for_selector("#total[data-value='4']", timeout=10_000)
             assert await page.evaluate("window.__sameLoad") == "yes"  # updated in place, not reloaded
-            assert await page.get_attribute("#rows tr:first-child", "data-run-id") == "r4"
+            # the summary comes with the event, the table is fetched after it: wait for the table's own update
+            await page.wait_for_selector("#rows tr:first-child[data-run-id='r4']", timeout=10_000)
             assert await page.inner_text("#counts") == "keep 3 · discard 1 · crash 0"
 
             await page.click(
