@@ -24,12 +24,14 @@ from mcp_autoresearch.experiment import Experiment, without_run_log_redirect
 from mcp_autoresearch.isolation import check_writable, denied_write_hint, probe_isolation
 
 from .conftest import make_repo, run_cli
+from .helpers.needs import require
 
 ISOLATION = probe_isolation("auto")
-if not ISOLATION.confined:
-    if os.environ.get("CI"):
-        raise RuntimeError(f"CI must confine runs, but Landlock is unavailable here: {ISOLATION.reason}")
-    pytest.skip(f"Landlock is unavailable here: {ISOLATION.reason}", allow_module_level=True)
+require(
+    ISOLATION.confined,
+    f"CI must confine runs, but Landlock is unavailable here: {ISOLATION.reason}",
+    f"Landlock is unavailable here: {ISOLATION.reason}",
+)
 
 
 def keeper(tmp_path: Path, script: str, *writable: str, **spec) -> subprocess.CompletedProcess[str]:

@@ -14,14 +14,16 @@ import pytest
 from mcp_autoresearch.isolation import probe_isolation
 
 from .conftest import git, make_repo
+from .helpers.needs import require
 
 pytestmark = pytest.mark.anyio
 
 ISOLATION = probe_isolation("auto")
-if not ISOLATION.confined:
-    if os.environ.get("CI"):
-        raise RuntimeError(f"CI must confine runs, but Landlock is unavailable here: {ISOLATION.reason}")
-    pytest.skip(f"Landlock is unavailable here: {ISOLATION.reason}", allow_module_level=True)
+require(
+    ISOLATION.confined,
+    f"CI must confine runs, but Landlock is unavailable here: {ISOLATION.reason}",
+    f"Landlock is unavailable here: {ISOLATION.reason}",
+)
 if shutil.which("node") is None:
     if os.environ.get("CI"):
         raise RuntimeError("CI must run the Node build tests, but node is not installed")

@@ -22,13 +22,16 @@ import pytest
 
 from mcp_autoresearch.isolation import probe_isolation
 
+from .helpers.needs import require
+
 pytestmark = pytest.mark.anyio
 
 ISOLATION = probe_isolation("auto")
-if not ISOLATION.namespaces:
-    if os.environ.get("CI"):
-        raise RuntimeError(f"CI must give runs a private view, but namespaces are unavailable: {ISOLATION.view_reason}")
-    pytest.skip(f"namespaces are unavailable here: {ISOLATION.view_reason}", allow_module_level=True)
+require(
+    ISOLATION.namespaces,
+    f"CI must give runs a private view, but namespaces are unavailable: {ISOLATION.view_reason}",
+    f"namespaces are unavailable here: {ISOLATION.view_reason}",
+)
 
 MODULES = Path(__file__).parent.parent / "mcp_autoresearch"
 

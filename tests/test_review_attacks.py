@@ -21,14 +21,16 @@ import pytest
 from mcp_autoresearch.isolation import probe_isolation
 
 from .conftest import HANG_TIMEOUT_S, git
+from .helpers.needs import require
 
 pytestmark = pytest.mark.anyio
 
 ISOLATION = probe_isolation("auto")
-if not ISOLATION.confined:
-    if os.environ.get("CI"):
-        raise RuntimeError(f"CI must confine runs, but Landlock is unavailable here: {ISOLATION.reason}")
-    pytest.skip(f"Landlock is unavailable here: {ISOLATION.reason}", allow_module_level=True)
+require(
+    ISOLATION.confined,
+    f"CI must confine runs, but Landlock is unavailable here: {ISOLATION.reason}",
+    f"Landlock is unavailable here: {ISOLATION.reason}",
+)
 
 NEEDS_ABI6 = pytest.mark.skipif((ISOLATION.abi or 0) < 6, reason="signal/socket scoping needs Landlock ABI 6")
 

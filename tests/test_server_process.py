@@ -23,14 +23,16 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_autoresearch.isolation import probe_isolation
 
 from .conftest import GIT_ENV, Agent
+from .helpers.needs import require
 
 pytestmark = pytest.mark.anyio
 
 ISOLATION = probe_isolation("auto")
-if not ISOLATION.confined:
-    if os.environ.get("CI"):
-        raise RuntimeError(f"CI must confine runs, but Landlock is unavailable here: {ISOLATION.reason}")
-    pytest.skip(f"Landlock is unavailable here: {ISOLATION.reason}", allow_module_level=True)
+require(
+    ISOLATION.confined,
+    f"CI must confine runs, but Landlock is unavailable here: {ISOLATION.reason}",
+    f"Landlock is unavailable here: {ISOLATION.reason}",
+)
 
 # The run's side: find the server among its ancestors, collect every string of its cmdline and environ (and of
 # the run's own environment), and try each as the token: initialize, then apply_edit and run_experiment.
