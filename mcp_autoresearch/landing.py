@@ -127,9 +127,9 @@ def summary_text(summary: Summary, hints: bool = True) -> str:
     if started and (started in summary.fast_forwardable or not summary.fast_forwardable):
         target = started  # where the session started: the branch to land on, unless it moved elsewhere
     else:
-        target = summary.fast_forwardable[0] if summary.fast_forwardable else "BRANCH"
+        target = printable(summary.fast_forwardable[0]) if summary.fast_forwardable else "BRANCH"
     if summary.fast_forwardable:
-        lines.append(f"can fast-forward: {', '.join(summary.fast_forwardable)}")
+        lines.append(f"can fast-forward: {', '.join(map(printable, summary.fast_forwardable))}")
     lines += [
         "to land them:",
         f"  mcp-autoresearch finish --session {state.tag} --land {target}            # the kept commits as they are",
@@ -166,7 +166,7 @@ def land(summary: Summary, branch: str, squash: bool, message: str | None) -> st
             ahead = _git(repo.top, "log", "--oneline", "--no-decorate", f"{best}..{old}").splitlines()
             raise SessionError(
                 f"{branch} has diverged from the session: it has {len(ahead)} commit(s) the session does not "
-                f"({'; '.join(ahead[:3])}). Nothing was changed; combine them yourself (git merge or git rebase "
+                f"({printable('; '.join(ahead[:3]))}). Nothing was changed; combine them yourself (git merge or git rebase "
                 f"of {state.branch}), or land on a new branch (--land {branch}-autoresearch)"
             )
         new = _squash_commit(repo, summary, old, message) if squash else best
@@ -415,7 +415,7 @@ def _git(top: Path, *args: str, identity: bool = False) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SessionError(f"git {args[0]} could not run: {exc}") from None
     if done.returncode != 0:
-        detail = (done.stderr or done.stdout).decode("utf-8", "replace").strip().replace("\n", " ")[:400]
+        detail = printable((done.stderr or done.stdout).decode("utf-8", "replace").strip().replace("\n", " ")[:400])
         raise SessionError(f"git {args[0]} failed: {detail or f'exit code {done.returncode}'}")
     return done.stdout.decode("utf-8", "surrogateescape")
 

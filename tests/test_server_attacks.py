@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import GIT_ENV
+from .conftest import GIT_ENV, git
 
 pytestmark = pytest.mark.anyio
 
@@ -91,3 +92,40 @@ def test_a_deeply_nested_request_is_answered_and_the_server_goes_on(ml_project: 
         assert raw.answer_to(6)["result"] == {}
     finally:
         raw.close()
+
+
+# What a terminal would act on: C0 but tab and newline, DEL, C1, and the bidirectional controls.
+UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Branch names git accepts (bytes from 0x80 up are allowed), as a fetch from someone else's remote brings them:
+# a C1 CSI "clear the screen" in UTF-8, a right-to-left override, and a byte that is not UTF-8 at all.
+HOSTILE_BRANCHES = [b"x\xc2\x9b2J", b"z\xe2\x80\xaeabc", b"y\xff"]
+
+
+async def test_branch_names_are_shown_escaped_by_finish(ml_project: Path, agent_for) -> None:
+    root = ml_project
+    for name in HOSTILE_BRANCHES:
+        subprocess.run([b"git", b"branch", name], cwd=root, check=True, env={**os.environ, **GIT_ENV})
+    # A branch of the user's whose commit subject holds a window-title sequence: landing on it is refused
+    # (diverged), and the refusal names its commits.
+    git(root, "checkout", "-q", "-b", "other")
+    git(root, "commit", "-q", "--allow-empty", "-m", "\x1b]0;all tests passed\x07")
+    git(root, "checkout", "-q", "main")
+    async with agent_for(root, {"isolation": "off"}) as agent:
+        await agent.ok("start_session", tag="names")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.2")
+        assert (await agent.experiment("lower LR"))[1]["decision"] == "keep"
+    project = ["--project", str(root)]
+    for args in (("finish",), ("finish", "--land", "other"), ("finish", "--land", "main")):
+        done = subprocess.run(
+            [sys.executable, "-m", "mcp_autoresearch", *args, *project], capture_output=True, env=os.environ
+        )
+        out = done.stdout.decode("utf-8", "replace") + done.stderr.decode("utf-8", "replace")
+        assert done.returncode == (0 if args[-1] != "other" else 2), (args, out)
+        found = UNSAFE.search(out)
+        assert found is None, f"{' '.join(args)} printed {found.group()!r}: {out!r}"
+        if args == ("finish",):
+            assert "can fast-forward:" in out and "\\x9b2J" in out and "y\\xff" in out, out
+        if args[-1] == "other":
+            assert "has diverged" in out and "\\x1b]0;all tests passed" in out, out
+    assert git(root, "rev-parse", "main") == git(root, "rev-parse", "autoresearch/names")
