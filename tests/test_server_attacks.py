@@ -129,3 +129,49 @@ async def test_branch_names_are_shown_escaped_by_finish(ml_project: Path, agent_
         if args[-1] == "other":
             assert "has diverged" in out and "\\x1b]0;all tests passed" in out, out
     assert git(root, "rev-parse", "main") == git(root, "rev-parse", "autoresearch/names")
+
+
+RUN_PLANTS_NAMES = r'''
+import os, subprocess
+evil = "\x1b]0;owned\x07\u202e\x9b2J"
+open(evil + ".txt", "w").write("x")  # an untracked file of the run's, at the project's top
+os.makedirs("out", exist_ok=True)
+open(os.path.join("out", evil), "w").write("x")
+open("prepare.py", "a").write("# " + evil + "\n")  # a tracked file changed: tampering, named
+subprocess.run(["git", "update-ref", "refs/heads/" + "x\u202eabc", "HEAD"])  # a branch, named as moved
+print("METRIC " + "a" * 100000 + "=1")
+print("METRIC ok" + evil + "=2")
+print(evil * 3)
+'''
+
+
+async def test_names_a_run_plants_are_shown_escaped_by_every_command(ml_project: Path, agent_for) -> None:
+    """An unconfined run creates files and a branch whose names hold terminal sequences, changes a tracked file
+    and prints them: its tampering is named in the answer, and every CLI command shows those names escaped."""
+    root = ml_project
+    async with agent_for(root, {"isolation": "off"}) as agent:
+        await agent.ok("start_session", tag="plant")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.4\n" + RUN_PLANTS_NAMES)
+        run, decision = await agent.experiment("plants names")
+        assert decision["decision"] != "keep", (run, decision)
+        await agent.ok("read_target")  # an answer after: the session goes on
+    project = ["--project", str(root)]
+    commands = [
+        ("finish",),
+        ("status",),
+        ("dashboard", "--once"),
+        *[("results", "--format", f) for f in ("table", "tsv", "json", "karpathy")],
+        ("clean", "--tag", "plant"),
+    ]
+    for args in commands:
+        done = subprocess.run(
+            [sys.executable, "-m", "mcp_autoresearch", *args, *project], capture_output=True, env=os.environ
+        )
+        out = done.stdout.decode("utf-8", "replace") + done.stderr.decode("utf-8", "replace")
+        assert "Traceback" not in out, (args, out)
+        found = UNSAFE.search(out)
+        assert found is None, f"{' '.join(args)} printed {found.group()!r}: {out!r}"
+    # results.tsv is the server's; run.log is the run's own output, raw as a build log is (not checked).
+    found = UNSAFE.search((root / "results.tsv").read_text())
+    assert found is None, f"results.tsv holds {found.group()!r}"
