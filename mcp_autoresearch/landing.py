@@ -29,6 +29,7 @@ from .report import SessionFiles, open_session_files
 from .standing import standing
 from .state import ProjectLock, current_tag, load_state, state_dir, state_path
 from .terminal_text import printable
+from .verified_history import is_verified_ancestor
 
 SESSION_BRANCHES = "autoresearch/"
 SESSION_REFS = "refs/autoresearch/"
@@ -162,7 +163,7 @@ def land(summary: Summary, branch: str, squash: bool, message: str | None) -> st
         old = repo.resolve_branch(branch) if repo.branch_exists(branch) else None
         if old == best or (old is not None and _tree(repo, old) == _tree(repo, best)):
             return f"{branch} already holds the session's result ({old[:7]}, the files of {best[:7]}): nothing to do\n"
-        if old is not None and not repo.is_ancestor(old, best):
+        if old is not None and not (repo.is_ancestor(old, best) and is_verified_ancestor(repo.top, old, best)):
             ahead = _git(repo.top, "log", "--oneline", "--no-decorate", f"{best}..{old}").splitlines()
             raise SessionError(
                 f"{branch} has diverged from the session: it has {len(ahead)} commit(s) the session does not "

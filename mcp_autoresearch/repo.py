@@ -40,6 +40,7 @@ GIT_OPTIONS = [
     "tag.gpgsign=false",
     "gc.auto=0",  # no background gc daemon: it would outlive the call
     "maintenance.auto=false",
+    "advice.graftFileDeprecated=false",  # GIT_GRAFT_FILE=/dev/null would add its hint to every error
     "core.pager=cat",
     "advice.detachedHead=false",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import GIT_ENV, git
+from .conftest import GIT_ENV, git, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -175,3 +175,51 @@ async def test_names_a_run_plants_are_shown_escaped_by_every_command(ml_project:
     # results.tsv is the server's; run.log is the run's own output, raw as a build log is (not checked).
     found = UNSAFE.search((root / "results.tsv").read_text())
     assert found is None, f"results.tsv holds {found.group()!r}"
+
+
+RUN_FORGES_BASE = r'''
+import os, re, subprocess, zlib
+def rev(name):
+    return subprocess.run(["git", "rev-parse", name], capture_output=True, text=True).stdout.strip()
+git_dir = subprocess.run(["git", "rev-parse", "--git-common-dir"], capture_output=True, text=True).stdout.strip()
+base, users = rev("main~1"), rev("other")  # not the base itself: git checks the ids of the objects it is named
+body = subprocess.run(["git", "cat-file", "commit", base], capture_output=True).stdout
+tree, _, rest = body.partition(b"\n")
+forged = tree + b"\nparent " + users.encode() + b"\n" + rest  # the base's parent now says: my parent is yours
+# and is dated later than yours, so that git's walk (which stops at commits older than the one it looks for)
+# goes through it
+forged = re.sub(rb"(\ncommitter [^\n]*> )\d+", rb"\g<1>4102444800", forged)
+path = os.path.join(git_dir, "objects", base[:2], base[2:])
+os.chmod(path, 0o644)
+with open(path, "wb") as out:
+    out.write(zlib.compress(b"commit %d\0" % len(forged) + forged))
+'''
+
+
+async def test_a_forged_commit_object_cannot_make_finish_land_around_a_users_commit(
+    ml_project: Path, agent_for
+) -> None:
+    """An unconfined run rewrites the loose object of the session's base commit so that it names the user's
+    commit on `other` as its parent (git reads objects without checking their ids against their content): the
+    session's best then looks like a descendant of that commit, and `finish --land other` would fast-forward
+    `other` onto a tree that lacks the user's change. Landing must see the forgery and refuse."""
+    root = ml_project
+    (root / "README.md").write_text("a second commit, so that the base has a parent\n")
+    git(root, "commit", "-q", "-am", "second")
+    git(root, "checkout", "-q", "-b", "other")
+    (root / "users_work.py").write_text("the user's commit\n")
+    git(root, "add", "users_work.py")
+    git(root, "commit", "-q", "-m", "the user's work")
+    users = git(root, "rev-parse", "other").strip()
+    git(root, "checkout", "-q", "main")
+    async with agent_for(root, {"isolation": "off"}) as agent:
+        await agent.ok("start_session", tag="forge")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.4\n" + RUN_FORGES_BASE)
+        await agent.experiment("forges the base")
+        await agent.edit("LR = 0.4", "LR = 0.2")
+        await agent.experiment("lower LR")
+    done = run_cli("finish", "--project", str(root), "--land", "other")
+    assert git(root, "rev-parse", "other").strip() == users, done.stdout + done.stderr
+    assert done.returncode != 0, done.stdout
+    assert "does not match its id" in done.stdout + done.stderr, done.stdout + done.stderr
