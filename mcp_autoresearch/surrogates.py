@@ -134,9 +134,9 @@ def unreadable_refusal(line: str, why: str) -> types.JSONRPCMessage | None:
     head = _top_level(line)
     if head is None or not isinstance(head.get("id"), (int, str)) or not isinstance(head.get("method"), str):
         return None
-    message = (
-        f"the request could not be read ({why}); nothing was done: send it again with its parameters nested "
-        "less deeply"
+    deep = "recursion" in why or "nested" in why
+    message = f"the request could not be read ({why}); nothing was done: send it again " + (
+        "with its parameters nested less deeply" if deep else "as valid JSON"
     )
     return types.JSONRPCError(
         jsonrpc="2.0", id=head["id"], error=types.ErrorData(code=INVALID_PARAMS, message=message[:500])

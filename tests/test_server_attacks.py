@@ -94,6 +94,27 @@ def test_a_deeply_nested_request_is_answered_and_the_server_goes_on(ml_project: 
         raw.close()
 
 
+
+def test_a_request_with_invalid_json_inside_its_params_is_answered(ml_project: Path) -> None:
+    """Broken JSON deep in the arguments (a truncated literal): the top level still names the request, so it is
+    answered (JSON-RPC's parse error) instead of dropped; a line that is no JSON at all is skipped."""
+    raw = RawStdio(ml_project)
+    try:
+        raw.send(INITIALIZE)
+        assert "result" in raw.answer_to(0)
+        raw.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        raw.send_line(
+            b'{"jsonrpc": "2.0", "id": 7, "method": "tools/call", '
+            b'"params": {"name": "read_target", "arguments": {"start_line": tru}}}'
+        )
+        raw.send_line(b"not json at all")
+        raw.send({"jsonrpc": "2.0", "id": 8, "method": "ping"})
+        message = raw.answer_to(7)["error"]["message"]
+        assert "could not be read" in message and "as valid JSON" in message, message
+        assert raw.answer_to(8)["result"] == {}
+    finally:
+        raw.close()
+
 # What a terminal would act on: C0 but tab and newline, DEL, C1, and the bidirectional controls.
 UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # Branch names git accepts (bytes from 0x80 up are allowed), as a fetch from someone else's remote brings them:
