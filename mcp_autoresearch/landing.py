@@ -269,11 +269,29 @@ def plan_clean(project: str, tag: str) -> CleanPlan:
             if ref != f"refs/heads/{branch}"
         ]
         unlanded = _git(repo.top, "rev-list", "--reverse", tip, f"^{state.base_commit}", *others).split()
+        if not unlanded and not _on_a_branch_verified(repo, tip, f"refs/heads/{branch}"):
+            unlanded = _git(repo.top, "rev-list", "--reverse", tip, f"^{state.base_commit}").split()
         best = state.best.commit if state.best is not None else None
         if unlanded and best and any(_tree(repo, ref[1:]) == _tree(repo, best) for ref in others):
             unlanded = []  # landed as one squashed commit: a branch holds exactly the best files
     started = state.started_from if state is not None and state.started_from else "BRANCH"
     return CleanPlan(root, tag, f"refs/heads/{branch}" if has_branch else None, refs, paths, unlanded, started)
+
+
+def _on_a_branch_verified(repo: Repo, tip: str, session_ref: str) -> bool:
+    """Whether one of the user's branches that git says holds `tip` really does (`is_verified_ancestor`: a
+    forged commit object could make git see the session's commits on a branch that lacks them)."""
+    listed = _git(repo.top, "for-each-ref", "--contains", tip, "--format=%(refname) %(objectname)", "refs/heads")
+    holding = [line.split(" ")[1] for line in listed.splitlines() if line.split(" ")[0] != session_ref]
+    if not holding:
+        return True  # no branch holds it: the rev-list was empty for the base's sake (nothing kept)
+    for branch_tip in dict.fromkeys(holding):
+        try:
+            if branch_tip == tip or is_verified_ancestor(repo.top, tip, branch_tip):
+                return True
+        except SessionError:
+            continue  # a forged object on that branch's way: it does not count
+    return False
 
 
 def check_clean(plan: CleanPlan) -> None:

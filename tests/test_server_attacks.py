@@ -244,3 +244,46 @@ async def test_a_forged_commit_object_cannot_make_finish_land_around_a_users_com
     assert git(root, "rev-parse", "other").strip() == users, done.stdout + done.stderr
     assert done.returncode != 0, done.stdout
     assert "does not match its id" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+RUN_FORGES_USERS_COMMIT = r'''
+import os, re, subprocess, zlib
+def rev(name):
+    return subprocess.run(["git", "rev-parse", name], capture_output=True, text=True).stdout.strip()
+git_dir = subprocess.run(["git", "rev-parse", "--git-common-dir"], capture_output=True, text=True).stdout.strip()
+users, best = rev("other~1"), rev("HEAD")  # the tip of other is named by clean (git checks it): its parent is not
+body = subprocess.run(["git", "cat-file", "commit", users], capture_output=True).stdout
+tree, _, rest = body.partition(b"\n")
+forged = tree + b"\nparent " + best.encode() + b"\n" + rest  # the user's commit now descends from the best
+forged = re.sub(rb"(\ncommitter [^\n]*> )\d+", rb"\g<1>4102444800", forged)
+path = os.path.join(git_dir, "objects", users[:2], users[2:])
+os.chmod(path, 0o644)
+with open(path, "wb") as out:
+    out.write(zlib.compress(b"commit %d\0" % len(forged) + forged))
+'''
+
+
+async def test_a_forged_commit_object_cannot_hide_unlanded_kept_commits_from_clean(
+    ml_project: Path, agent_for
+) -> None:
+    """The last run rewrites a user's commit on `other` to name the session's best as its parent: git then
+    sees the kept commits as on `other`, and clean would drop the session's branch without its warning that
+    they are on no other branch. The warning must stay."""
+    root = ml_project
+    git(root, "checkout", "-q", "-b", "other")
+    for name in ("one", "two"):
+        (root / f"{name}.txt").write_text(name)
+        git(root, "add", f"{name}.txt")
+        git(root, "commit", "-q", "-m", f"the user's {name}")
+    git(root, "checkout", "-q", "main")
+    async with agent_for(root, {"isolation": "off"}) as agent:
+        await agent.ok("start_session", tag="hide")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.2")
+        assert (await agent.experiment("lower LR"))[1]["decision"] == "keep"
+        await agent.edit("LR = 0.2", "LR = 0.9\n" + RUN_FORGES_USERS_COMMIT)
+        assert (await agent.experiment("forges the user's commit"))[1]["decision"] == "discard"
+    git(root, "checkout", "-q", "main")
+    done = run_cli("clean", "--project", str(root), "--tag", "hide")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "kept commit(s) are on no other branch" in done.stdout, done.stdout
