@@ -29,7 +29,7 @@ from .report import SessionFiles, open_session_files
 from .standing import standing
 from .state import ProjectLock, current_tag, load_state, state_dir, state_path
 from .terminal_text import printable
-from .verified_history import is_verified_ancestor
+from .verified_history import check_changed_files, is_verified_ancestor
 
 SESSION_BRANCHES = "autoresearch/"
 SESSION_REFS = "refs/autoresearch/"
@@ -170,6 +170,7 @@ def land(summary: Summary, branch: str, squash: bool, message: str | None) -> st
                 f"({printable('; '.join(ahead[:3]))}). Nothing was changed; combine them yourself (git merge or git rebase "
                 f"of {state.branch}), or land on a new branch (--land {branch}-autoresearch)"
             )
+        check_changed_files(repo.top, state.base_commit, best)  # what is landed is what was kept
         new = _squash_commit(repo, summary, old, message) if squash else best
         moved = len(_git(repo.top, "rev-list", new, f"^{old or state.base_commit}").split())
         checked_out = repo.current_branch() == branch

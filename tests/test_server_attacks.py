@@ -230,7 +230,9 @@ async def test_a_forged_commit_object_cannot_make_finish_land_around_a_users_com
     git(root, "checkout", "-q", "-b", "other")
     (root / "users_work.py").write_text("the user's commit\n")
     git(root, "add", "users_work.py")
-    git(root, "commit", "-q", "-m", "the user's work")
+    # Older than the base (a branch of earlier work): git's walk reaches it only through the forged commit.
+    old = {**os.environ, **GIT_ENV, "GIT_COMMITTER_DATE": "2020-01-01T00:00:00Z"}
+    subprocess.run(["git", "commit", "-q", "-m", "the user's work"], cwd=root, env=old, check=True)
     users = git(root, "rev-parse", "other").strip()
     git(root, "checkout", "-q", "main")
     async with agent_for(root, {"isolation": "off"}) as agent:
@@ -287,3 +289,35 @@ async def test_a_forged_commit_object_cannot_hide_unlanded_kept_commits_from_cle
     done = run_cli("clean", "--project", str(root), "--tag", "hide")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "kept commit(s) are on no other branch" in done.stdout, done.stdout
+
+
+RUN_FORGES_KEPT_BLOB = r'''
+import hashlib, os, subprocess, zlib
+git_dir = subprocess.run(["git", "rev-parse", "--git-common-dir"], capture_output=True, text=True).stdout.strip()
+mine = open(__file__, "rb").read()  # the content the server measures now and will commit if it keeps it
+kept = hashlib.sha1(b"blob %d\0" % len(mine) + mine).hexdigest()  # the id that commit will name
+forged = b"LR = 0.2\nimport os  # never measured, never checked\nprint('val_bpb: 1.100000')\n"
+path = os.path.join(git_dir, "objects", kept[:2], kept[2:])
+os.makedirs(os.path.dirname(path), exist_ok=True)
+with open(path, "wb") as out:  # planted first: git writes no object whose id it already has
+    out.write(zlib.compress(b"blob %d\0" % len(forged) + forged))
+'''
+
+
+async def test_a_forged_blob_of_the_kept_target_is_not_landed(ml_project: Path, agent_for) -> None:
+    """A run plants, at the id its own content will have, a loose object holding other content: git (and the
+    server's in-process writer) writes no object it already has, so the kept commit names a file that was never
+    measured nor checked, and `finish --land` would put it on the user's branch (git reads a blob without
+    checking its id: a checkout writes the forged file)."""
+    root = ml_project
+    async with agent_for(root, {"isolation": "off"}) as agent:
+        await agent.ok("start_session", tag="blob")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.2\n" + RUN_FORGES_KEPT_BLOB)
+        assert (await agent.experiment("lower LR, and plants its own blob"))[1]["decision"] == "keep"
+        measured = (root / "train.py").read_bytes()
+    git(root, "checkout", "-q", "main")
+    done = run_cli("finish", "--project", str(root), "--land", "landed")
+    landed = subprocess.run(["git", "show", "landed:train.py"], cwd=root, capture_output=True).stdout
+    assert landed in (b"", measured), (done.stdout, done.stderr, landed)
+    assert done.returncode != 0 and "does not match its id" in done.stderr, done.stderr
