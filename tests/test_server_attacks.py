@@ -294,21 +294,21 @@ async def test_a_forged_commit_object_cannot_hide_unlanded_kept_commits_from_cle
 RUN_FORGES_KEPT_BLOB = r'''
 import hashlib, os, subprocess, zlib
 git_dir = subprocess.run(["git", "rev-parse", "--git-common-dir"], capture_output=True, text=True).stdout.strip()
-mine = open(__file__, "rb").read()  # the content the server measures now and will commit if it keeps it
-kept = hashlib.sha1(b"blob %d\0" % len(mine) + mine).hexdigest()  # the id that commit will name
+mine = open(__file__, "rb").read()  # the content the server measures now (its commit is written already)
+kept = hashlib.sha1(b"blob %d\0" % len(mine) + mine).hexdigest()  # the id that commit names
 forged = b"LR = 0.2\nimport os  # never measured, never checked\nprint('val_bpb: 1.100000')\n"
 path = os.path.join(git_dir, "objects", kept[:2], kept[2:])
-os.makedirs(os.path.dirname(path), exist_ok=True)
-with open(path, "wb") as out:  # planted first: git writes no object whose id it already has
+os.chmod(path, 0o644)
+with open(path, "wb") as out:
     out.write(zlib.compress(b"blob %d\0" % len(forged) + forged))
 '''
 
 
 async def test_a_forged_blob_of_the_kept_target_is_not_landed(ml_project: Path, agent_for) -> None:
-    """A run plants, at the id its own content will have, a loose object holding other content: git (and the
-    server's in-process writer) writes no object it already has, so the kept commit names a file that was never
-    measured nor checked, and `finish --land` would put it on the user's branch (git reads a blob without
-    checking its id: a checkout writes the forged file)."""
+    """A run rewrites the loose object of its own content (its commit is written before it runs) with other
+    content: the kept commit then names a file that was never measured nor checked, and `finish --land` would
+    put it on the user's branch (git reads a blob without checking its id: a checkout writes the forged
+    file). Landing must see the forgery and refuse."""
     root = ml_project
     async with agent_for(root, {"isolation": "off"}) as agent:
         await agent.ok("start_session", tag="blob")
@@ -321,3 +321,39 @@ async def test_a_forged_blob_of_the_kept_target_is_not_landed(ml_project: Path, 
     landed = subprocess.run(["git", "show", "landed:train.py"], cwd=root, capture_output=True).stdout
     assert landed in (b"", measured), (done.stdout, done.stderr, landed)
     assert done.returncode != 0 and "does not match its id" in done.stderr, done.stderr
+
+
+RUN_PLANTS_NEXT_BLOB = r'''
+import hashlib, os, subprocess, zlib
+git_dir = subprocess.run(["git", "rev-parse", "--git-common-dir"], capture_output=True, text=True).stdout.strip()
+nxt = open(__file__, "rb").read().split(b"# NEXT\n")[0].replace(b"LR = 0.9", b"LR = 0.2", 1)
+kept = hashlib.sha1(b"blob %d\0" % len(nxt) + nxt).hexdigest()  # the id of what the agent sends next
+forged = b"LR = 0.2\nimport os  # never measured, never checked\nprint('val_bpb: 1.100000')\n"
+path = os.path.join(git_dir, "objects", kept[:2], kept[2:])
+os.makedirs(os.path.dirname(path), exist_ok=True)
+with open(path, "wb") as out:
+    out.write(zlib.compress(b"blob %d\0" % len(forged) + forged))
+'''
+
+
+async def test_an_object_planted_for_the_next_candidate_is_replaced_when_it_is_committed(
+    ml_project: Path, agent_for
+) -> None:
+    """A run plants, at the id the agent's next content will have, an object holding other content; git (and
+    gitdb) write no object they already have, so the next candidate's commit would name the planted file. The
+    server's own write replaces it: what is kept and landed is what was measured."""
+    root = ml_project
+    original = (root / "train.py").read_text()
+    async with agent_for(root, {"isolation": "off"}) as agent:
+        await agent.ok("start_session", tag="plant")
+        await agent.experiment("baseline")
+        planting = original.replace("LR = 0.5", "LR = 0.9") + "# NEXT\n" + RUN_PLANTS_NEXT_BLOB
+        await agent.ok("apply_edit", content=planting)
+        assert (await agent.experiment("plants the next blob"))[1]["decision"] == "discard"
+        measured = original.replace("LR = 0.5", "LR = 0.2")
+        await agent.ok("apply_edit", content=measured)
+        assert (await agent.experiment("lower LR"))[1]["decision"] == "keep"
+    git(root, "checkout", "-q", "main")
+    done = run_cli("finish", "--project", str(root), "--land", "landed")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert git(root, "show", "landed:train.py") == measured
