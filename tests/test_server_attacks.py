@@ -357,3 +357,41 @@ async def test_an_object_planted_for_the_next_candidate_is_replaced_when_it_is_c
     done = run_cli("finish", "--project", str(root), "--land", "landed")
     assert done.returncode == 0, done.stdout + done.stderr
     assert git(root, "show", "landed:train.py") == measured
+
+
+RUN_FORGES_HEAD = r'''
+import os, subprocess
+git_dir = subprocess.run(["git", "rev-parse", "--git-common-dir"], capture_output=True, text=True).stdout.strip()
+kept = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+path = os.path.join(git_dir, "objects", kept[:2], kept[2:])
+os.chmod(path, 0o644)
+import zlib
+body = zlib.decompress(open(path, "rb").read()).replace(b"experiment:", b"experiment (forged):", 1)
+with open(path, "wb") as out:
+    out.write(zlib.compress(body))
+'''
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an unconfined run can rewrite the object of the best kept commit (or its tree): every later git "
+    "command naming it fails with git's 'hash mismatch' and commit_or_reset can no longer decide; GitWatch "
+    "snapshots configuration and history files, not the objects of the best commit, so nothing puts it back",
+)
+async def test_a_run_rewriting_the_best_commits_object_does_not_wedge_the_session(
+    ml_project: Path, agent_for
+) -> None:
+    root = ml_project
+    async with agent_for(root, {"isolation": "off"}) as agent:
+        await agent.ok("start_session", tag="wedge")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.4")
+        assert (await agent.experiment("LR 0.4"))[1]["decision"] == "keep"
+        await agent.edit("LR = 0.4", "LR = 0.9\n" + RUN_FORGES_HEAD)
+        run = await agent.ok("run_experiment", description="rewrites the best commit")
+        while run["status"] == "running":
+            run = await agent.ok("wait_experiment", run_id=run["run_id"])
+        result = await agent.client.call_tool("commit_or_reset", {"run_id": run["run_id"]})
+        assert not result.is_error, result.content[0].text
+        await agent.edit("LR = 0.4", "LR = 0.2")
+        assert (await agent.experiment("lower LR"))[1]["decision"] == "keep"
