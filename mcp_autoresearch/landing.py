@@ -29,6 +29,7 @@ from .report import SessionFiles, open_session_files
 from .standing import standing
 from .state import ProjectLock, current_tag, load_state, state_dir, state_path
 from .terminal_text import printable
+from .verified_history import check_changed_files, is_verified_ancestor
 
 SESSION_BRANCHES = "autoresearch/"
 SESSION_REFS = "refs/autoresearch/"
@@ -127,9 +128,9 @@ def summary_text(summary: Summary, hints: bool = True) -> str:
     if started and (started in summary.fast_forwardable or not summary.fast_forwardable):
         target = started  # where the session started: the branch to land on, unless it moved elsewhere
     else:
-        target = summary.fast_forwardable[0] if summary.fast_forwardable else "BRANCH"
+        target = printable(summary.fast_forwardable[0]) if summary.fast_forwardable else "BRANCH"
     if summary.fast_forwardable:
-        lines.append(f"can fast-forward: {', '.join(summary.fast_forwardable)}")
+        lines.append(f"can fast-forward: {', '.join(map(printable, summary.fast_forwardable))}")
     lines += [
         "to land them:",
         f"  mcp-autoresearch finish --session {state.tag} --land {target}            # the kept commits as they are",
@@ -162,13 +163,14 @@ def land(summary: Summary, branch: str, squash: bool, message: str | None) -> st
         old = repo.resolve_branch(branch) if repo.branch_exists(branch) else None
         if old == best or (old is not None and _tree(repo, old) == _tree(repo, best)):
             return f"{branch} already holds the session's result ({old[:7]}, the files of {best[:7]}): nothing to do\n"
-        if old is not None and not repo.is_ancestor(old, best):
+        if old is not None and not (repo.is_ancestor(old, best) and is_verified_ancestor(repo.top, old, best)):
             ahead = _git(repo.top, "log", "--oneline", "--no-decorate", f"{best}..{old}").splitlines()
             raise SessionError(
                 f"{branch} has diverged from the session: it has {len(ahead)} commit(s) the session does not "
-                f"({'; '.join(ahead[:3])}). Nothing was changed; combine them yourself (git merge or git rebase "
+                f"({printable('; '.join(ahead[:3]))}). Nothing was changed; combine them yourself (git merge or git rebase "
                 f"of {state.branch}), or land on a new branch (--land {branch}-autoresearch)"
             )
+        check_changed_files(repo.top, state.base_commit, best)  # what is landed is what was kept
         new = _squash_commit(repo, summary, old, message) if squash else best
         moved = len(_git(repo.top, "rev-list", new, f"^{old or state.base_commit}").split())
         checked_out = repo.current_branch() == branch
@@ -268,11 +270,29 @@ def plan_clean(project: str, tag: str) -> CleanPlan:
             if ref != f"refs/heads/{branch}"
         ]
         unlanded = _git(repo.top, "rev-list", "--reverse", tip, f"^{state.base_commit}", *others).split()
+        if not unlanded and not _on_a_branch_verified(repo, tip, f"refs/heads/{branch}"):
+            unlanded = _git(repo.top, "rev-list", "--reverse", tip, f"^{state.base_commit}").split()
         best = state.best.commit if state.best is not None else None
         if unlanded and best and any(_tree(repo, ref[1:]) == _tree(repo, best) for ref in others):
             unlanded = []  # landed as one squashed commit: a branch holds exactly the best files
     started = state.started_from if state is not None and state.started_from else "BRANCH"
     return CleanPlan(root, tag, f"refs/heads/{branch}" if has_branch else None, refs, paths, unlanded, started)
+
+
+def _on_a_branch_verified(repo: Repo, tip: str, session_ref: str) -> bool:
+    """Whether one of the user's branches that git says holds `tip` really does (`is_verified_ancestor`: a
+    forged commit object could make git see the session's commits on a branch that lacks them)."""
+    listed = _git(repo.top, "for-each-ref", "--contains", tip, "--format=%(refname) %(objectname)", "refs/heads")
+    holding = [line.split(" ")[1] for line in listed.splitlines() if line.split(" ")[0] != session_ref]
+    if not holding:
+        return True  # no branch holds it: the rev-list was empty for the base's sake (nothing kept)
+    for branch_tip in dict.fromkeys(holding):
+        try:
+            if branch_tip == tip or is_verified_ancestor(repo.top, tip, branch_tip):
+                return True
+        except SessionError:
+            continue  # a forged object on that branch's way: it does not count
+    return False
 
 
 def check_clean(plan: CleanPlan) -> None:
@@ -415,7 +435,7 @@ def _git(top: Path, *args: str, identity: bool = False) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SessionError(f"git {args[0]} could not run: {exc}") from None
     if done.returncode != 0:
-        detail = (done.stderr or done.stdout).decode("utf-8", "replace").strip().replace("\n", " ")[:400]
+        detail = printable((done.stderr or done.stdout).decode("utf-8", "replace").strip().replace("\n", " ")[:400])
         raise SessionError(f"git {args[0]} failed: {detail or f'exit code {done.returncode}'}")
     return done.stdout.decode("utf-8", "surrogateescape")
 

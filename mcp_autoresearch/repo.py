@@ -12,6 +12,7 @@ import os
 import stat
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import git
@@ -40,6 +41,7 @@ GIT_OPTIONS = [
     "tag.gpgsign=false",
     "gc.auto=0",  # no background gc daemon: it would outlive the call
     "maintenance.auto=false",
+    "advice.graftFileDeprecated=false",  # GIT_GRAFT_FILE=/dev/null would add its hint to every error
     "core.pager=cat",
     "advice.detachedHead=false",
 ]
@@ -274,8 +276,20 @@ class Repo:
         return self._store(b"commit", body).hex()
 
     def _store(self, kind: bytes, data: bytes) -> bytes:
-        """Write one loose object (gitdb, in-process; GitPython's default store runs `git hash-object`)."""
-        return self._loose.store(IStream(kind, len(data), io.BytesIO(data))).binsha
+        """Write one loose object (gitdb, in-process; GitPython's default store runs `git hash-object`). Like git,
+        gitdb keeps an object already at that id; one holding other content was planted (a run that could write
+        .git, at the id its own content would have: the kept commit would name a file never measured), and
+        ours replaces it."""
+        binsha = self._loose.store(IStream(kind, len(data), io.BytesIO(data))).binsha
+        try:
+            stream = self._loose.stream(binsha)
+            kept = stream.type == kind and stream.read() == data
+        except Exception:  # noqa: BLE001 - unreadable (not zlib, cut short): not ours either
+            kept = False
+        if not kept:
+            path = Path(self._loose.db_path(self._loose.object_path(binsha.hex())))
+            atomic_write(path, zlib.compress(kind + b" %d\0" % len(data) + data), mode=0o444)
+        return binsha
 
     def _replace_in_tree(self, tree_sha: bytes, parts: list[str], blob: bytes) -> bytes:
         """A new tree equal to `tree_sha` but with the blob at `parts` replaced (its mode kept); returns its id."""

@@ -1,5 +1,8 @@
 """Lone UTF-16 surrogates (half of a character, such as a cut emoji: `"\\ud800"`): every call gets an answer.
 
+Also a request nested deeper than the SDK's parser accepts (it drops it unanswered too; Python's json would raise
+RecursionError on it and end the server): `unreadable_refusal` finds its id at the top level and answers.
+
 JSON may spell one (`"\\ud800"`), Python's `json` accepts it, but it is not Unicode: the SDK's JSON parser
 refuses the whole message and drops it without an answer (the client then waits forever), and a Python string
 holding one cannot be encoded as UTF-8 (a reply or a file write holding it fails). So:
@@ -85,10 +88,14 @@ def refusal_for(exc: Exception) -> types.JSONRPCMessage | None:
         return None
     errors = exc.errors(include_url=False)
     line = errors[0].get("input") if errors and errors[0].get("type") == "json_invalid" else None
-    if not isinstance(line, str) or not _ESCAPED_SURROGATE.search(line):
+    if not isinstance(line, str):
         return None
+    if not _ESCAPED_SURROGATE.search(line):
+        return unreadable_refusal(line, str(errors[0].get("msg", "invalid JSON")))
     try:
         request = json.loads(line)
+    except RecursionError:
+        return unreadable_refusal(line, "nested too deeply")
     except ValueError:
         return None
     if (
@@ -118,6 +125,81 @@ def refusal_for(exc: Exception) -> types.JSONRPCMessage | None:
     return types.JSONRPCError(
         jsonrpc="2.0", id=request["id"], error=types.ErrorData(code=INVALID_PARAMS, message=message)
     )
+
+
+def unreadable_refusal(line: str, why: str) -> types.JSONRPCMessage | None:
+    """The answer to a request the SDK could not parse for another reason (JSON nested deeper than its parser
+    accepts): a JSON-RPC error naming why, when the line's top level shows a request's id (None otherwise: a
+    line that is not JSON at all has no one to answer)."""
+    head = _top_level(line)
+    if head is None or not isinstance(head.get("id"), (int, str)) or not isinstance(head.get("method"), str):
+        return None
+    deep = "recursion" in why or "nested" in why
+    message = f"the request could not be read ({why}); nothing was done: send it again " + (
+        "with its parameters nested less deeply" if deep else "as valid JSON"
+    )
+    return types.JSONRPCError(
+        jsonrpc="2.0", id=head["id"], error=types.ErrorData(code=INVALID_PARAMS, message=message[:500])
+    )
+
+
+_STRUCTURE = re.compile(r'[][{}"]')
+_SPACE = re.compile(r"[ \t\n\r]+")
+
+
+def _after_space(line: str, at: int) -> int:
+    found = _SPACE.match(line, at)
+    return found.end() if found else at
+
+
+def _top_level(line: str) -> dict[str, Any] | None:
+    """The members of the JSON object `line` whose values are not arrays or objects (those are skipped by
+    counting brackets outside strings, at any depth, without recursion); None when `line` is not an object."""
+    decoder = json.JSONDecoder()
+    found: dict[str, Any] = {}
+    try:
+        at = _after_space(line, 0)
+        if line[at : at + 1] != "{":
+            return None
+        at += 1
+        while True:
+            at = _after_space(line, at)
+            if line[at : at + 1] == "}":
+                return found
+            if line[at : at + 1] != '"':
+                return None
+            key, at = json.decoder.scanstring(line, at + 1)  # type: ignore[attr-defined]
+            at = _after_space(line, at)
+            if line[at : at + 1] != ":":
+                return None
+            at = _after_space(line, at + 1)
+            if line[at : at + 1] in ("[", "{"):
+                at = _skip_nested(line, at)
+            else:
+                found[key], at = decoder.raw_decode(line, at)
+            at = _after_space(line, at)
+            if line[at : at + 1] == ",":
+                at += 1
+            elif line[at : at + 1] != "}":
+                return None
+    except (ValueError, RecursionError):
+        return None
+
+
+def _skip_nested(line: str, at: int) -> int:
+    """Where the array or object starting at `at` ends."""
+    depth = 0
+    while (found := _STRUCTURE.search(line, at)) is not None:
+        char, at = found.group(), found.end()
+        if char == '"':
+            _, at = json.decoder.scanstring(line, at)  # type: ignore[attr-defined]
+        elif char in "[{":
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0:
+                return at
+    raise ValueError("unterminated")
 
 
 class ScreenedReadStream:
