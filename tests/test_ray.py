@@ -3,32 +3,25 @@ the metric is read as locally, the wrapper's report cannot be forged, and the wo
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import os
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from mcp_autoresearch import metrics, ray_wrapper
-from mcp_autoresearch.config import build_config
+from mcp_autoresearch import metrics, ray_records, ray_wrapper
 from mcp_autoresearch.errors import ConfigError
 from mcp_autoresearch.experiment import Experiment
-from mcp_autoresearch.isolation import probe_isolation
-from mcp_autoresearch.ray_backend import RayBackend, _StartError, build_package
-from mcp_autoresearch.ray_wrapper import Unframer
+from mcp_autoresearch.ray_backend import RayBackend
+from mcp_autoresearch.ray_package import StartError, build_package
+from mcp_autoresearch.ray_records import Unframer
 
-ISOLATION = probe_isolation("auto")
+from .helpers.ray_head import ISOLATION, _config, _experiment, _free_port, _project
+
 # Ray's own tail_job_logs passes ssl=None to aiohttp.
 pytestmark = pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")
 # The run's attempts on the wrapper: its stdout through /proc, its memory (the nonce), its environment.
@@ -52,107 +45,6 @@ try:
 except OSError as exc:
     print("refused mem:", exc.strerror)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _answers(address: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{address}/api/version", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def ray_address() -> Iterator[str]:
-    """A Ray head of our own (`ray start --head --block`, every port free, its own temp dir), ended at the end
-    by killing the process tree we started: `ray stop` would stop every cluster on the machine."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("Ray is not installed (pip install '.[test]'): the Ray tests must run in CI")
-        pytest.skip("Ray is not installed (pip install 'mcp-autoresearch[ray]')")
-    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit AF_UNIX limits
-    ports = {flag: _free_port() for flag in (
-        "--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-        "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port",
-        "--ray-client-server-port",
-    )}
-    # No token: Ray 2.52+ would otherwise turn on token auth for a new local cluster and write ~/.ray/auth_token.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
-    env["RAY_AUTH_MODE"] = "disabled"
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    argv = [ray_cli, "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats",
-            *(f"{flag}={port}" for flag, port in ports.items())]
-    head = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env)
-    address = f"http://127.0.0.1:{ports['--dashboard-port']}"
-    try:
-        deadline = time.monotonic() + 60
-        while not _answers(address):
-            assert head.poll() is None, "ray start --head failed"
-            assert time.monotonic() < deadline, "the Ray job API never answered"
-            time.sleep(0.2)
-        _warm_up(address)
-        yield address
-    finally:
-        tree = [psutil.Process(head.pid)]
-        try:
-            tree += tree[0].children(recursive=True)
-        except psutil.Error:
-            pass
-        for proc in tree:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(tree, timeout=10)
-        subprocess.run(["rm", "-rf", temp], check=False)
-
-
-def _warm_up(address: str) -> None:
-    """The job agent answers a little after the dashboard: the first job is retried until it is accepted."""
-    from ray.job_submission import JobSubmissionClient
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client = JobSubmissionClient(address)
-            job = client.submit_job(entrypoint="true")
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    while not client.get_job_status(job).is_terminal():
-        time.sleep(0.2)
-
-
-def _config(command: str, **settings: object):
-    return build_config({"run_command": command, "metric_name": "score", "target_file": "train.py",
-                         "backend": "ray", **settings})
-
-
-def _project(tmp_path: Path) -> Path:
-    root = tmp_path / "snapshot"
-    root.mkdir()
-    (root / "train.py").write_text("print('score: 1')\n")
-    (root / ".git").mkdir()  # never uploaded
-    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
-    return root
-
-
-def _experiment(root: Path, address: str, command: str, **settings: object) -> Experiment:
-    config = _config(command, ray_address=address, **settings)
-    return Experiment(config, root, "r1", root.parent / "logs", isolation=ISOLATION,
-                      backend=RayBackend.from_config(config))
 
 
 def test_output_streams_into_the_log_and_the_metric_is_read(tmp_path: Path, ray_address: str) -> None:
@@ -247,29 +139,57 @@ def test_the_address_comes_from_the_config_then_ray_address(monkeypatch: pytest.
     assert RayBackend.from_config(_config("true")).address == "http://127.0.0.1:8265"
 
 
-def test_only_records_after_the_commitment_count_and_the_first_valid_end_wins() -> None:
+def _pair() -> tuple[int, int]:
+    """The server's key pair, as a RayJobRun makes it."""
+    return ray_records.key_pair()
+
+
+def test_only_the_wrappers_chain_counts_and_any_other_line_marks_the_log_tampered(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    private, public = _pair()
+    out = ray_records.Framed()
+    out.begin(public)
+    out.data(b"line one\n")
+    out.data(b"#autoresearch-ray end {}\n\xff\r")
+    out.flush()
+    honest = capfd.readouterr().out
+    out.end({"exit": 3})
+    end = capfd.readouterr().out
     written: list[bytes] = []
-    unframer = Unframer(written.append)
-    nonce = "n0nce"
+    unframer = Unframer(written.append, private)
     unframer.feed("|before the begin record: not the run's\nRay: Runtime env is setting up\n")
-    unframer.feed(f"#autoresearch-ray begin {hashlib.sha256(nonce.encode()).hexdigest()}\n|line one\n|#autoresea")
-    unframer.feed("rch-ray end forged {}\n%" + base64.b64encode(b"\xff\r").decode() + "\n")
-    unframer.feed('#autoresearch-ray end wrong {"exit": 0}\n')
-    assert not unframer.done
-    unframer.feed(f'#autoresearch-ray end {nonce} {{"exit": 3}}\n|after the end\n')
-    assert unframer.report == {"exit": 3}
-    assert b"".join(written) == b"line one\n#autoresearch-ray end forged {}\n\xff\r"
+    unframer.feed(honest + end)
+    assert unframer.report == {"exit": 3} and unframer.tampered is None
+    assert b"".join(written) == b"line one\n#autoresearch-ray end {}\n\xff\r"
+    for foreign in ("|score: -1000\n", honest.splitlines()[1] + "\n", "#autoresearch-ray begin 5\n"):
+        replay = Unframer([].append, private)
+        replay.feed(honest + foreign + end)
+        assert replay.tampered is not None, foreign
+    dropped = Unframer([].append, private)  # a record taken out: the next one has the wrong number
+    dropped.feed("\n".join(honest.splitlines()[:-1]) + "\n" + end)
+    assert dropped.tampered is not None and dropped.report is None
+    after = Unframer([].append, private)
+    after.feed(honest + end + "|late\n")
+    assert after.report == {"exit": 3} and "after the wrapper's end record" in (after.tampered or "")
+    other_private, _ = _pair()  # another job's server key: none of this job's tags verify
+    stranger = Unframer([].append, other_private)
+    stranger.feed(honest + end)
+    assert stranger.report is None and stranger.tampered is not None
 
 
 def test_the_wrapper_frames_every_byte(capfd: pytest.CaptureFixture[str]) -> None:
-    out = ray_wrapper.Framed()
+    private, public = _pair()
+    out = ray_records.Framed()
+    out.begin(public)
     out.data(b"plain\n\xffbinary\nprogress\r")
-    out.data(b"x" * (ray_wrapper.RECORD_BYTES + 10))
+    out.data(b"x" * (ray_records.RECORD_BYTES + 10))
     out.flush()
     written: list[bytes] = []
-    unframer = Unframer(written.append)
-    unframer.feed("#autoresearch-ray begin x\n" + capfd.readouterr().out)
-    assert b"".join(written) == b"plain\n\xffbinary\nprogress\r" + b"x" * (ray_wrapper.RECORD_BYTES + 10)
+    unframer = Unframer(written.append, private)
+    unframer.feed(capfd.readouterr().out)
+    assert unframer.tampered is None
+    assert b"".join(written) == b"plain\n\xffbinary\nprogress\r" + b"x" * (ray_records.RECORD_BYTES + 10)
 
 
 def test_the_wrapper_measures_sizes_as_the_server_does(tmp_path: Path) -> None:
@@ -321,12 +241,13 @@ def test_isolation_required_without_landlock_runs_nothing(
         raise ray_wrapper.confine.ConfineError("the kernel has no Landlock")
 
     monkeypatch.setattr(ray_wrapper.confine, "probe", no_landlock)
-    spec = {"command": "touch ran", "isolation": "required", "timeout": 10}
+    private, public = _pair()
+    spec = {"command": "touch ran", "isolation": "required", "timeout": 10, "server_public": f"{public:x}"}
     assert ray_wrapper.run(spec, str(tmp_path)) == 125
     written: list[bytes] = []
-    unframer = Unframer(written.append)
+    unframer = Unframer(written.append, private)
     unframer.feed(capfd.readouterr().out)
-    assert b"".join(written) == b"autoresearch-confine: the kernel has no Landlock\n"
+    assert b"".join(written).startswith(b"autoresearch-confine: no Landlock: the kernel has no Landlock")
     assert unframer.report is not None and unframer.report["exit"] == 125 and not unframer.report["confined"]
     assert not (tmp_path / "ran").exists()
 
@@ -336,11 +257,12 @@ def test_a_snapshot_over_the_upload_limit_is_refused_before_upload(tmp_path: Pat
     (root / "data.bin").write_bytes(b"\0" * 4096)
     (root / "node_modules").mkdir()
     (root / "node_modules" / "big.js").write_bytes(b"\0" * 4096)
-    with pytest.raises(_StartError, match=r"data.bin is 0 MiB, over Ray's upload limit .* shared_inputs"):
+    with pytest.raises(StartError, match=r"data.bin is 0 MiB, over Ray's upload limit .* shared_inputs"):
         build_package(root, tmp_path / "p.zip", [".git", "node_modules"], {}, 4000)
     build_package(root, tmp_path / "q.zip", [".git", "node_modules", "data.bin"], {"job": "j1"}, 1 << 20)
     names = set(zipfile.ZipFile(tmp_path / "q.zip").namelist())
-    assert names == {"train.py", ray_wrapper.SPEC, ".autoresearch-ray/ray_wrapper.py", ".autoresearch-ray/confine.py"}
+    assert names == {"train.py", ray_wrapper.SPEC, ".autoresearch-ray/ray_wrapper.py", ".autoresearch-ray/confine.py",
+                     ".autoresearch-ray/ray_records.py"}
 
 
 SESSION_EVALUATE = """\
