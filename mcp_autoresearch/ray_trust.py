@@ -11,7 +11,11 @@ from typing import Any
 from .ray_records import Unframer
 
 END_WAIT_S = 30.0  # after the wrapper's end record, for Ray to say the job ended (and its log to end)
-RUNTIME_SLACK_S = 10.0  # Ray's run time of a job minus the command's: the start-up we saw, plus this at most
+# Ray's run time of a job minus the command's: the start-up we saw before the begin record, plus at most this
+# and this share of the run time (the wrapper's own work around the command: probes, the size measured, and
+# removing the private TMPDIR after the report).
+RUNTIME_SLACK_S = 10.0
+RUNTIME_SLACK_SHARE = 0.1
 CLOCK_SLACK_S = 2.0  # a command cannot have run longer than Ray saw its job run, beyond this
 
 
@@ -32,7 +36,7 @@ def rejection(unframer: Unframer, outcome: str, foreign: list[str]) -> str | Non
 def ray_contradiction(report: dict[str, Any], info: Any, setup_s: float) -> str | None:
     """Where Ray's record of a job disagrees with the wrapper's report, or None. The wrapper exits with the
     command's code (128 + N for signal N); Ray's run time of the job is the setup we saw before the `begin`
-    record, the command, and a few seconds of the wrapper's own."""
+    record, the command, and a little of the wrapper's own."""
     status = str(getattr(getattr(info, "status", None), "value", getattr(info, "status", None)))
     if status not in ("SUCCEEDED", "FAILED"):
         return f"Ray says the job is {status}, not ended by itself"
@@ -49,7 +53,7 @@ def ray_contradiction(report: dict[str, Any], info: Any, setup_s: float) -> str 
         ran = (end - start) / 1000
         if duration > ran + CLOCK_SLACK_S:
             return f"the report says the command ran {duration:.3f} s, Ray says the whole job ran {ran:.1f} s"
-        if ran - duration > max(setup_s, 0.0) + RUNTIME_SLACK_S:
+        if ran - duration > max(setup_s, 0.0) + RUNTIME_SLACK_S + RUNTIME_SLACK_SHARE * ran:
             return (f"Ray says the job ran {ran:.1f} s ({max(setup_s, 0.0):.1f} s of it before the command "
                     f"started), the report says the command ran {duration:.3f} s")
     return None

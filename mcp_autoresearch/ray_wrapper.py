@@ -333,6 +333,15 @@ def _confinement(mode: str, root: str, tmpdir: str, spec: dict) -> tuple[int | N
     return abi, prefix, "; ".join(notes) or None
 
 
+def _ptrace_scope() -> int | None:
+    """Yama's ptrace_scope on this worker: at 3, no process (root included) can read this wrapper's memory."""
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return None
+
+
 def _exit_status(code: int, namespaced: bool) -> int:
     """bubblewrap reports a command killed by signal N as 128 + N; the report says -N, as a local run."""
     return -(code - 128) if namespaced and 128 < code < 128 + 65 else code
@@ -373,7 +382,7 @@ def run(spec: dict, root: str) -> int:
         duration = time.monotonic() - started
         report: dict = {
             "exit": code, "duration_s": round(duration, 6), "timed_out": timed_out, "confined": landlock,
-            "namespaces": bool(prefix), "abi": abi, "note": note,
+            "namespaces": bool(prefix), "abi": abi, "note": note, "ptrace_scope": _ptrace_scope(),
             "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
         }
         measure = spec.get("measure")

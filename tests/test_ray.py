@@ -252,6 +252,29 @@ def test_isolation_required_without_landlock_runs_nothing(
     assert not (tmp_path / "ran").exists()
 
 
+def test_a_worker_without_bubblewrap_says_so_and_required_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """No private network or process view on this worker: "auto" runs the command and the report says the run
+    could reach the cluster; "required" runs nothing (exit 125, the confine mark), as without Landlock."""
+    monkeypatch.setattr(ray_wrapper.shutil, "which", lambda name: None)
+    private, public = _pair()
+    spec = {"command": "echo ran", "isolation": "auto", "timeout": 10, "server_public": f"{public:x}"}
+    assert ray_wrapper.run(spec, str(tmp_path)) == 0
+    unframer = Unframer([].append, private)
+    unframer.feed(capfd.readouterr().out)
+    report = unframer.report or {}
+    assert report["exit"] == 0 and not report["namespaces"]
+    assert "bubblewrap (bwrap) is not installed on the worker" in report["note"]
+    assert "could reach the cluster" in report["note"]
+    written: list[bytes] = []
+    unframer = Unframer(written.append, private)
+    assert ray_wrapper.run({**spec, "command": "touch ran", "isolation": "required"}, str(tmp_path)) == 125
+    unframer.feed(capfd.readouterr().out)
+    assert b"".join(written).startswith(b"autoresearch-confine: no private network or process view")
+    assert not (tmp_path / "ran").exists()
+
+
 def test_a_snapshot_over_the_upload_limit_is_refused_before_upload(tmp_path: Path) -> None:
     root = _project(tmp_path)
     (root / "data.bin").write_bytes(b"\0" * 4096)

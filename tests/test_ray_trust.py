@@ -99,6 +99,7 @@ def test_a_foreign_job_under_the_sessions_name_is_stopped_and_reported(tmp_path:
 # the wrapper so that it writes nothing after the forgery.
 SIBLING = r"""
 import glob, hashlib, hmac, json, os, re, signal, time
+print("SIBLING READY", flush=True)
 def wrapper():
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -161,7 +162,11 @@ def test_a_root_sibling_that_reads_the_wrappers_memory_cannot_forge_the_report(
     (sibling_dir / "sibling.py").write_text(SIBLING)
     client = JobSubmissionClient(ray_address)
     sibling = client.submit_job(entrypoint="python3 sibling.py", runtime_env={"working_dir": str(sibling_dir)})
-    result = _experiment(root, ray_address, "echo 'score: 1'; echo 'LONG RUN STARTED'; sleep 8").run()
+    while "SIBLING READY" not in client.get_job_logs(sibling):  # it watches before the run starts
+        assert not client.get_job_status(sibling).is_terminal(), client.get_job_logs(sibling)
+        time.sleep(0.2)
+    command = "echo 'score: 1'; echo 'LONG RUN STARTED'; sleep 8"
+    result = _experiment(root, ray_address, command, timeout=120).run()
     while not client.get_job_status(sibling).is_terminal():
         time.sleep(0.2)
     said = client.get_job_logs(sibling)
@@ -200,6 +205,10 @@ while True:
             with open(path, "a") as log:
                 log.write(tag + "|score: -1000\n")
             print("APPENDED", flush=True)
+            job = path.rsplit("job-driver-", 1)[1][: -len(".log")]
+            for spec in glob.glob(f"{session}/runtime_resources/working_dir_files/*/.autoresearch-ray.json"):
+                if f'"{job}"' in open(spec).read():
+                    open(os.path.join(os.path.dirname(spec), "appended"), "w").close()  # the honest run may end
             raise SystemExit
     time.sleep(0.05)
 """
@@ -212,7 +221,8 @@ def test_a_line_appended_to_another_runs_job_log_is_not_taken(tmp_path: Path, ra
     attacker_root = _project(tmp_path / "b")
     (attacker_root / "append.py").write_text(APPEND)
     token = f"honest-{tmp_path.name}"
-    honest = _experiment(honest_root, ray_address, f"echo {token}; echo 'score: 5'; sleep 6")
+    command = f"echo {token}; echo 'score: 5'; while [ ! -e appended ]; do sleep 0.1; done"
+    honest = _experiment(honest_root, ray_address, command, timeout=120)
     assert honest.backend is not None
     honest.backend.job_prefix = "a-"  # two sessions: neither's job is foreign to the other
     config = _config(f"python3 append.py {token}; echo 'score: 0'", ray_address=ray_address)
