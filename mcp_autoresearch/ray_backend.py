@@ -311,6 +311,7 @@ class RayJobRun:
             return self._result(log, "failed_to_start", None, 0.0, f"Ray job not submitted: {message}")
         unframer = ray_records.Unframer(log.write, self._private)
         outcome = asyncio.run(self._follow(client, unframer, started))
+        unframer.close()
         if outcome != "ended" or unframer.report is None:
             self._stop(client)
         info = self._final_info(client)
@@ -361,13 +362,14 @@ class RayJobRun:
         return self._result(log, "failed_to_start", None, 0.0, error)
 
     async def _follow(self, client: Any, unframer: ray_records.Unframer, started: float) -> str:
-        """Copy the job's log into ours until the log ends ("ended"), or until a cancel, an overdue report
-        ("timeout"), a start that never comes ("not_started") or a job that goes on after its report
-        ("lingering")."""
+        """Copy the job's log into ours until the log ends ("ended": Ray ends it after the job ended and one
+        more read of the file, 2-3 s later; nothing the job wrote escapes it, so a forged end record followed by
+        the wrapper's own records is seen), or until a cancel, an overdue report ("timeout"), a start that never
+        comes ("not_started") or a job that goes on after its report ("lingering")."""
         reader = asyncio.ensure_future(self._read(client, unframer))
         next_progress = time.monotonic() + PROGRESS_EVERY_S
         overdue_at = self.timeout_s + self.backend.grace_s + REPORT_SLACK_S  # after the begin record
-        reported_at: float | None = None
+        reported_at: float | None = None  # the wrapper's end record arrived
         try:
             while not reader.done():
                 now = time.monotonic()
@@ -414,9 +416,7 @@ class RayJobRun:
                     seen = unframer.received + len(chunk)
                     unframer.feed(chunk)
                 return
-            except Exception:
-                if self._terminal(client):
-                    return
+            except Exception:  # resumed even after the job ended: what follows its end record counts too
                 await asyncio.sleep(1.0)
 
     def _terminal(self, client: Any) -> bool:

@@ -171,6 +171,11 @@ class Unframer:
             self._reject(self.buffer, "a line longer than any record")
             self.buffer = ""
 
+    def close(self) -> None:
+        """The stream is over: a partial line after the end record was written by someone else."""
+        if self.ended and self.buffer.strip():
+            self._reject(self.buffer, "a line after the wrapper's end record")
+
     def _reject(self, line: str, why: str) -> None:
         if self.tampered is None:
             self.tampered = f"{why}: {_shown(line)!r}"
