@@ -353,6 +353,7 @@ def run(spec: dict, root: str) -> int:
     out.begin(int(spec["server_public"], 16))
     mode = spec.get("isolation", "auto")
     tmpdir = tempfile.mkdtemp(prefix="autoresearch-run-")
+    write = writable_paths(root, spec, tmpdir)  # first: the missing entries it creates are mounted back too
     abi, prefix, note = _confinement(mode, root, tmpdir, spec)
     landlock = abi is not None
     started_ns = time.time_ns()
@@ -365,7 +366,7 @@ def run(spec: dict, root: str) -> int:
         else:
             keeper_spec = {
                 "landlock": landlock,
-                "write": writable_paths(root, spec, tmpdir) if landlock else [],
+                "write": write if landlock else [],
                 "parent": None if prefix else os.getpid(),  # in its own pid namespace the keeper cannot see us
                 "grace": float(spec.get("grace", 3.0)),
             }

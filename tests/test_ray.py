@@ -4,7 +4,9 @@ the metric is read as locally, the wrapper's report cannot be forged, and the wo
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -27,6 +29,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:ssl=None is deprecated:Deprecati
 # The run's attempts on the wrapper: its stdout through /proc, its memory (the nonce), its environment.
 CHEAT = """
 import os
+import shutil
 pid = os.getpid()
 while pid > 1:
     cmd = open(f"/proc/{pid}/cmdline", "rb").read()
@@ -273,6 +276,25 @@ def test_a_worker_without_bubblewrap_says_so_and_required_runs_nothing(
     unframer.feed(capfd.readouterr().out)
     assert b"".join(written).startswith(b"autoresearch-confine: no private network or process view")
     assert not (tmp_path / "ran").exists()
+
+
+def test_an_absolute_writable_entry_is_the_workers_own_inside_the_namespaces(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """/tmp is private to the run on a worker, but an absolute `writable` entry there (a cache shared between
+    runs on purpose), even one that does not exist yet, is the worker's own directory."""
+    shared = Path(tempfile.mkdtemp(prefix="autoresearch-shared-", dir="/tmp")) / "cache"
+    private, public = _pair()
+    spec = {"command": f"echo kept > {shared}/entry; touch /tmp/lost; true", "isolation": "required", "timeout": 10,
+            "server_public": f"{public:x}", "write": [str(shared)]}
+    try:
+        assert ray_wrapper.run(spec, str(tmp_path)) == 0, capfd.readouterr().out
+        unframer = Unframer([].append, private)
+        unframer.feed(capfd.readouterr().out)
+        assert (unframer.report or {}).get("namespaces") is True
+        assert (shared / "entry").read_text() == "kept\n" and not Path("/tmp/lost").exists()
+    finally:
+        shutil.rmtree(shared.parent)
 
 
 def test_a_snapshot_over_the_upload_limit_is_refused_before_upload(tmp_path: Path) -> None:
