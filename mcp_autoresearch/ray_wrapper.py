@@ -6,6 +6,8 @@ Standard library only: it is uploaded with the candidate's snapshot (in `.autore
 `output_dirs.py`) and started as `python3 -I -S .autoresearch-ray/ray_wrapper.py` in the job's working
 directory. It reads `.autoresearch-ray.json` (the command, its environment, the isolation setting, the writable
 entries, the time limit, the measured path, the server's public key value), then:
+0. checks that the view below can be built on this worker (a forked child builds it and exits; before step 1,
+   so that an ordinary user's child can still map its uid into a user namespace, and before any key exists);
 1. makes itself non-dumpable and drops CAP_SYS_PTRACE from the bounding set (its children, root included, can
    neither open /proc/<wrapper>/fd or mem nor attach to it);
 2. agrees on a key with the server and writes the `begin` record (`ray_records`: every later record is tagged
@@ -47,18 +49,19 @@ import time
 if __package__:  # imported from the package (the tests)
     from . import confine
     from . import landlock as landlock_rules
+    from . import namespaces as namespaces_view
     from .ray_records import Framed
 else:  # run as a script: -I leaves the script's folder off sys.path; our modules are shipped beside us
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import confine  # type: ignore[no-redef, import-not-found]
     import landlock as landlock_rules  # type: ignore[no-redef, import-not-found]
+    import namespaces as namespaces_view  # type: ignore[no-redef, import-not-found]
     from ray_records import Framed  # type: ignore[no-redef, import-not-found]
 
 SPEC = ".autoresearch-ray.json"
 PR_SET_DUMPABLE = 4
 CAP_SYS_PTRACE = 19
 FS_CLOCK_SLACK_NS = 2_000_000_000
-NAMESPACE_PROBE_S = 30.0  # a keeper building the view around /bin/true, once before the command
 
 
 def _harden() -> None:
@@ -205,20 +208,48 @@ def view_spec(root: str) -> dict:
     return {"view": True, "network": False, "hide": hide, "read": sorted({os.path.realpath(p) for p in read})}
 
 
-def namespaces(root: str, tmpdir: str, spec: dict, write: list[str]) -> tuple[dict, str | None]:
-    """(the keeper's view settings, None), or ({}, why this worker cannot build the view): a keeper builds the
-    same view around /bin/true first."""
+def namespaces(root: str, write: list[str]) -> tuple[dict, str | None]:
+    """(the keeper's view settings, None), or ({}, why this worker cannot build the view): the same view is
+    built first in a forked child, with the keeper's own code, and thrown away (no interpreter to start)."""
     view = view_spec(root)
-    argv = confine.command_line(sys.executable, {**view, "write": write}, ["/bin/true"])
-    try:
-        probe = subprocess.run(argv, cwd=root, stdin=subprocess.DEVNULL, capture_output=True,
-                               timeout=NAMESPACE_PROBE_S, check=False, env=_environment(spec, tmpdir))
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return {}, f"the keeper did not start: {exc}"
-    if probe.returncode != 0:
-        lines = probe.stderr.decode(errors="replace").strip().splitlines()
-        return {}, (lines[-1].removeprefix(confine.MARK).strip() if lines else f"exit {probe.returncode}")
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child only makes system calls and exits
+        os.close(read_fd)
+        os._exit(_try_view(view, root, write, write_fd))
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as reader:
+        why = reader.read(4096).decode(errors="replace").strip()
+    _, status = os.waitpid(child, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return {}, f"namespaces: {why or f'the probe ended with status {status}'}"
     return view, None
+
+
+def _try_view(view: dict, root: str, write: list[str], report_fd: int) -> int:
+    """In a forked child: enter the keeper's namespaces, build the view in a grandchild (PID 1 there), and
+    return 0, or write why not to `report_fd` and return 1."""
+    try:
+        namespaces_view.enter_keeper(bool(view["network"]))
+        inner = os.fork()
+        if inner == 0:
+            try:
+                namespaces_view.build_view(write, root, bool(view["network"]), view["read"], view["hide"])
+                code = 0
+            except namespaces_view.ViewError as exc:
+                os.write(report_fd, str(exc).encode())
+                code = 1
+            except OSError as exc:
+                os.write(report_fd, f"{exc.strerror}: {exc.filename}".encode())
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(inner, 0)
+        return 0 if os.waitstatus_to_exitcode(status) == 0 else 1
+    except namespaces_view.ViewError as exc:
+        os.write(report_fd, str(exc).encode())
+    except BaseException as exc:  # noqa: BLE001 (a forked child must exit, whatever went wrong)
+        os.write(report_fd, repr(exc).encode())
+    return 1
 
 
 def _pump(read_fd: int, out: Framed, keeper: subprocess.Popen, deadline: float, stop: list[bool]) -> bool:
@@ -271,8 +302,7 @@ def _drain(read_fd: int, out: Framed, reads: int = 64) -> None:
         out.data(data)
 
 
-def _confinement(mode: str, root: str, tmpdir: str, spec: dict, write: list[str]
-                 ) -> tuple[int | None, dict, str | None]:
+def _confinement(mode: str, root: str, write: list[str]) -> tuple[int | None, dict, str | None]:
     """(Landlock's ABI or None, the keeper's view settings or {}, why something is missing) for this mode."""
     if mode == "off":
         return None, {}, None
@@ -281,7 +311,7 @@ def _confinement(mode: str, root: str, tmpdir: str, spec: dict, write: list[str]
         abi = landlock_rules.probe()
     except (landlock_rules.ConfineError, OSError) as exc:
         notes.append(f"no Landlock: {exc}")
-    view, why = namespaces(root, tmpdir, spec, write)
+    view, why = namespaces(root, write)
     if why:
         notes.append(f"no private network or process view ({why}): the run could reach the cluster")
     return abi, view, "; ".join(notes) or None
@@ -297,13 +327,15 @@ def _ptrace_scope() -> int | None:
 
 
 def run(spec: dict, root: str) -> int:
-    out = Framed()
-    _harden()
-    out.begin(int(spec["server_public"], 16))
     mode = spec.get("isolation", "auto")
     tmpdir = tempfile.mkdtemp(prefix="autoresearch-run-")
     write = writable_paths(root, spec, tmpdir)  # first: the missing entries it creates are mounted back too
-    abi, view, note = _confinement(mode, root, tmpdir, spec, write)
+    # Before _harden: the probe's forked child maps its uid into a user namespace through /proc/self, which a
+    # non-dumpable process cannot write; and before the key exists, so that child holds no secret.
+    abi, view, note = _confinement(mode, root, write)
+    out = Framed()
+    _harden()
+    out.begin(int(spec["server_public"], 16))
     landlock = abi is not None
     started_ns = time.time_ns()
     started = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -264,17 +265,46 @@ def test_isolation_required_without_landlock_runs_nothing(
 NO_NAMESPACES = str(Path(__file__).parent / "helpers" / "no_namespaces.py")
 
 
-def _wrapper_without_namespaces(job: Path, spec: dict) -> tuple[int, str]:
-    """The shipped wrapper as Ray starts it, on a worker that refuses namespaces (a seccomp filter, as where user
-    namespaces are disabled): its exit status and its framed stdout."""
+def _ship(job: Path, spec: dict) -> None:
+    """The package's wrapper, modules and spec in `job`, as Ray extracts them."""
     (job / ".autoresearch-ray").mkdir(exist_ok=True)
     for module in SHIPPED:
         assert module.__file__ is not None
         shutil.copy(module.__file__, job / ".autoresearch-ray")
     (job / ray_wrapper.SPEC).write_text(json.dumps(spec))
+
+
+def _wrapper_without_namespaces(job: Path, spec: dict) -> tuple[int, str]:
+    """The shipped wrapper as Ray starts it, on a worker that refuses namespaces (a seccomp filter, as where user
+    namespaces are disabled): its exit status and its framed stdout."""
+    _ship(job, spec)
     done = subprocess.run([sys.executable, NO_NAMESPACES, sys.executable, "-I", "-S", ".autoresearch-ray/ray_wrapper.py"],
                           cwd=job, capture_output=True, text=True, check=False)
     return done.returncode, done.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+def test_a_worker_running_as_an_ordinary_user_gets_the_view_too() -> None:
+    """Ray workers often run as an ordinary user: the wrapper (uid 12345, system python) still gets the keeper's
+    view, through a user namespace (its probe runs before the wrapper becomes non-dumpable, or the uid could
+    not be mapped)."""
+    job = Path(tempfile.mkdtemp(prefix="autoresearch-job-"))
+    try:
+        private, public = _pair()
+        _ship(job, {"command": "ls /proc | grep -c '^[0-9]'", "isolation": "required", "timeout": 10,
+                    "server_public": f"{public:x}"})
+        shutil.chown(job, 12345, 12345)
+        done = subprocess.run(["setpriv", "--reuid", "12345", "--regid", "12345", "--clear-groups", "/usr/bin/python3",
+                               "-I", "-S", ".autoresearch-ray/ray_wrapper.py"], cwd=job, capture_output=True,
+                              text=True, check=False, env={"PATH": "/usr/bin:/bin", "HOME": str(job)})
+        written: list[bytes] = []
+        unframer = Unframer(written.append, private)
+        unframer.feed(done.stdout)
+        report = unframer.report or {}
+        assert done.returncode == 0 and report.get("namespaces") is True, (done.stdout, done.stderr)
+        assert int(b"".join(written)) < 5  # its own processes only
+    finally:
+        shutil.rmtree(job)
 
 
 def test_a_worker_without_namespaces_says_so_and_required_runs_nothing(tmp_path: Path) -> None:
