@@ -336,7 +336,7 @@ def _enter_view(libc: ctypes.CDLL, spec: dict, network: bool, ruleset: int | Non
     writes in its fresh scratch directories, and seal it (no capabilities, no user namespaces)."""
     try:
         scratch = namespaces.build_view(list(spec.get("write", [])), os.getcwd(), network,
-                                        list(spec.get("read", [])))
+                                        list(spec.get("read", [])), list(spec.get("hide", [])))
     except OSError as exc:
         raise namespaces.ViewError(f"{exc.strerror}: {exc.filename}") from None
     if ruleset is not None:
@@ -344,10 +344,13 @@ def _enter_view(libc: ctypes.CDLL, spec: dict, network: bool, ruleset: int | Non
     namespaces.seal(libc)
 
 
+_PATH_FLAGS = {"-w": "write", "-r": "read", "-x": "hide"}
+
+
 def parse_args(args: list[str]) -> tuple[dict, list[str]]:
     """`[--landlock] [--no-scope] [--view] [--no-network] [--parent PID] [--grace S] [-w PATH]... [-r PATH]...
-    -- COMMAND...` (no argparse or json:
-    every import here is paid on every run)."""
+    [-x PATH]... -- COMMAND...` (-x: hidden in the view; no argparse or json: every import here is paid on every
+    run)."""
     spec: dict = {"write": [], "landlock": False, "scope_signal": True}
     index = 0
     while index < len(args):
@@ -362,11 +365,11 @@ def parse_args(args: list[str]) -> tuple[dict, list[str]]:
             spec["view"] = True
         elif arg == "--no-network":
             spec["network"] = False
-        elif arg in ("-w", "-r", "--parent", "--grace") and index + 1 < len(args):
+        elif arg in ("-w", "-r", "-x", "--parent", "--grace") and index + 1 < len(args):
             index += 1
             value = args[index]
-            if arg in ("-w", "-r"):
-                spec.setdefault("write" if arg == "-w" else "read", []).append(value)
+            if arg in _PATH_FLAGS:
+                spec.setdefault(_PATH_FLAGS[arg], []).append(value)
             elif arg == "--parent":
                 spec["parent"] = int(value)
             else:
@@ -392,10 +395,9 @@ def command_line(python: str, spec: dict, argv: list[str]) -> list[str]:
         line += ["--parent", str(spec["parent"])]
     if "grace" in spec:
         line += ["--grace", repr(float(spec["grace"]))]
-    for path in spec.get("write", []):
-        line += ["-w", path]
-    for path in spec.get("read", []):
-        line += ["-r", path]
+    for flag, key in _PATH_FLAGS.items():
+        for path in spec.get(key, []):
+            line += [flag, path]
     return [*line, "--", *argv]
 
 
@@ -403,7 +405,8 @@ def main() -> None:
     try:
         spec, argv = parse_args(sys.argv[1:])
     except ValueError as exc:
-        fail(f"{exc}; usage: confine.py [--landlock] [--view [--no-network]] [-w PATH]... [-r PATH]... -- COMMAND [ARGS...]")
+        fail(f"{exc}; usage: confine.py [--landlock] [--view [--no-network]] [-w PATH]... [-r PATH]... [-x PATH]... -- "
+             "COMMAND [ARGS...]")
     if not argv:
         fail("no command given")
     keep(spec, argv)

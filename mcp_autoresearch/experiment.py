@@ -270,6 +270,8 @@ class Experiment:
             return "cancelled", error or "cancelled"
         if status == "failed_to_start":
             return "crash", f"the command could not be started: {error}"
+        if status == "rejected":
+            return "crash", error or "the run's report was rejected"
         if exit_code != 0:
             if exit_code is not None and exit_code < 0:
                 return "crash", f"killed by signal {-exit_code}"

@@ -13,7 +13,8 @@ The command (`build_view`), before `exec`:
    any file outside the writable paths fail with EROFS, whatever Landlock does not mediate;
 2. gets fresh, empty tmpfs over `/tmp`, `/var/tmp`, `/dev/shm`, `/run` (`/var/run`) and `$XDG_RUNTIME_DIR`: the
    user's named unix sockets there (tmux, ssh-agent, docker.sock, the session bus) are not reachable, and
-   nothing is shared through them with the user's programs or other runs;
+   nothing is shared through them with the user's programs or other runs; the caller may hide more (the Ray
+   wrapper: Ray's temp dir and ~/.ray get an empty tmpfs, its token file /dev/null);
 3. sees the writable paths (the run's private TMPDIR among them) read-write and its working directory
    read-only again, even where they lie beneath a hidden directory; `/proc` of its own PID namespace; `lo` of
    its own network namespace when the network is off; pseudo-terminals of its own (not the user's terminals);
@@ -103,16 +104,17 @@ def _under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
-def _hidden_dirs() -> list[str]:
+def _hidden_dirs(extra: list[str]) -> list[str]:
     """The directories to hide that exist as real directories (a link such as /var/run -> /run is covered
-    through its target), $XDG_RUNTIME_DIR when it lies elsewhere, outermost first."""
+    through its target), $XDG_RUNTIME_DIR when it lies elsewhere, the caller's `extra` ones, outermost first
+    (one beneath another is hidden with it)."""
     found: list[str] = []
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    for path in (*HIDDEN, *([runtime] if runtime.startswith("/") else [])):
-        real = os.path.realpath(path)
-        if os.path.isdir(real) and not any(_under(real, done) for done in found):
+    candidates = {os.path.realpath(path) for path in (*HIDDEN, *([runtime] if runtime.startswith("/") else []), *extra)}
+    for real in sorted(candidates, key=len):
+        if real != "/" and os.path.isdir(real) and not any(_under(real, done) for done in found):
             found.append(real)
-    return sorted(found, key=len)
+    return found
 
 
 def _clone(libc: ctypes.CDLL, path: str, read_only: bool) -> int:
@@ -139,15 +141,17 @@ def _attach(libc: ctypes.CDLL, fd: int, path: str, is_dir: bool) -> None:
     os.close(fd)
 
 
-def build_view(writable: list[str], cwd: str, network: bool, extra_read: list[str] | None = None) -> list[str]:
+def build_view(writable: list[str], cwd: str, network: bool, extra_read: list[str] | None = None,
+               hide: list[str] | None = None) -> list[str]:
     """In the command's process, a PID 1 of the keeper's namespaces, before Landlock and `exec`: the view
     described in the module docstring. `writable` stay writable; `cwd` and `extra_read` stay readable where a
-    hidden directory would cover them. Returns the fresh scratch directories (Landlock must allow writes
+    hidden directory would cover them; `hide` are more paths to hide (a directory: an empty tmpfs, nobody's
+    scratch; a file: /dev/null over it). Returns the fresh scratch directories (Landlock must allow writes
     there too). Raises ViewError."""
     libc = _libc()
     _check(libc.syscall(_numbers()[0], ctypes.c_ulong(CLONE_NEWNS)), "unshare(mount)")
     _check(libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None), "make / private")
-    hidden = _hidden_dirs()
+    hidden = _hidden_dirs([path for path in hide or [] if os.path.isdir(path)])
     wanted: list[tuple[str, bool]] = []  # (path, read-only)
     for path in writable:
         if os.path.exists(path) and not _under(path, "/dev") and not _under(path, "/proc"):
@@ -169,6 +173,9 @@ def build_view(writable: list[str], cwd: str, network: bool, extra_read: list[st
             scratch.append(directory)
     for path, is_dir, fd in copies:
         _attach(libc, fd, path, is_dir)
+    for path in hide or []:  # files (a token) still visible after the directories were hidden
+        if os.path.isfile(path) and not os.path.islink(path):
+            _check(libc.mount(b"/dev/null", path.encode(), None, ctypes.c_ulong(MS_BIND), None), f"hide {path}")
     scratch += _private_terminals(libc)
     _check(libc.mount(b"proc", b"/proc", b"proc", ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), None),
            "mount /proc")

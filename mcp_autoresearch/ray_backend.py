@@ -8,21 +8,30 @@ when this backend is used: the server starts without it.
 Each command becomes one job:
 - its working directory is a zip we build from the candidate's snapshot (`cwd`), without `.git`, `.autoresearch`
   and the `shared_inputs` (node_modules, .venv, data: the workers' image or shared storage must provide them),
-  plus `.autoresearch-ray/` (`ray_wrapper.py` and copies of the keeper's stdlib-only modules) and `.autoresearch-ray.json` (the
-  command, its environment, the isolation setting, the writable entries, the limit, the submission id: every
-  package is unique, so Ray's content-addressed cache never hands one run's extracted directory to another).
+  plus `.autoresearch-ray/` (`ray_wrapper.py`, `ray_records.py` and copies of the keeper's
+  stdlib-only modules: `confine.py`, `landlock.py`, `namespaces.py`, `output_dirs.py`) and
+  `.autoresearch-ray.json` (the command, its environment, the isolation setting, the writable entries, the
+  limit, the server's public key value, the submission id: every package is unique, so Ray's
+  content-addressed cache never hands one run's extracted directory to another). A `ray_address` line in the
+  snapshot's `autoresearch.toml` / `pyproject.toml` is replaced by a comment: the run never reads where the
+  cluster is.
   We build the zip because Ray's own directory packing also drops what `.gitignore` names (untracked inputs,
   build folders) and would need our files inside the snapshot. Ray's docs give a local working_dir 100 MiB;
   Ray 2.60 refuses a package of its gRPC message size (512 MiB) or more, and so do we, before uploading;
 - the entrypoint is the wrapper, which confines the command on the worker as the keeper does here (Landlock:
   writes only beneath the `writable` entries mapped into the job's directory, a private TMPDIR and devices; the
-  whole tree dies when the command ends) and frames its output. The environment travels in the package, not in
+  whole tree dies when the command ends), cuts it off from the cluster (no network, its own process ids, Ray's
+  files and variables hidden) and frames its output in tagged records (`ray_records`). The environment travels in the package, not in
   `runtime_env.env_vars`, where Ray would expand `${NAME}` in the values;
 - its log is followed (`tail_job_logs`, a bounded buffer: a run that prints 1 GB costs the server disk, not
   memory); the run's own output, un-framed, goes into `log_path`, so the metric is read from it exactly as for
-  a local run. The wrapper's `begin`/`end` records are not the run's output: the end record (exit code, duration,
-  peak RSS, output size) is accepted only with the nonce committed to before the run started (see
-  `ray_wrapper` for why the run cannot forge it);
+  a local run. The wrapper's `begin`/`end` records are not the run's output. The report (exit code, duration,
+  peak RSS, output size) is accepted only from a log that is one unbroken chain of the wrapper's records, read
+  to its end, and only when Ray's own record of the job agrees: it ended by itself, with the exit code the
+  report gives, and ran about as long as the report says (a job Ray saw run 20 s cannot report 0.011 s).
+  Otherwise the run is "rejected", with the reason;
+- the server stops every job under its session's prefix that it did not submit itself (a run that reached
+  the job API) and rejects the run during which it found one, naming the jobs, in the result and the log;
 - the wrapper enforces the time limit itself; the server stops the job (`stop_job`) at a cancel, or when the
   wrapper's report is overdue. A job that waits longer than STARTUP_TIMEOUT_S for resources fails to start.
 
@@ -32,8 +41,6 @@ This module never imports MCP and never touches the snapshot it packs.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import os
 import re
@@ -43,16 +50,17 @@ import threading
 import time
 import urllib.parse
 import uuid
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import confine, landlock, namespaces, output_dirs, ray_wrapper
+from . import ray_records, ray_wrapper
 from .config import Config
 from .errors import ConfigError
 from .isolation import DEVICE_DIRS, DEVICE_FILES, DEVICE_GLOBS, PRIVATE_CACHES
 from .logtail import last_line
+from .ray_package import ALWAYS_EXCLUDED, WRAPPER_DIR, Log, StartError, build_package, package_limit
+from .ray_trust import END_WAIT_S, ray_contradiction, rejection
 from .runner import DEFAULT_GRACE_S, ProcessResult, ProgressCallback
 
 log = logging.getLogger("mcp_autoresearch")
@@ -65,77 +73,8 @@ STOP_WAIT_S = 15.0  # for a stopped job to reach a terminal state
 # the keeper's own sweep (SIGKILL to the whole tree after its grace) must come first, or Ray kills the keeper
 # and every process the run started after Ray looked survives, orphaned, on the worker.
 KEEPER_GRACE_MAX_S = 1.0
-DEFAULT_PACKAGE_LIMIT = 512 * 1024 * 1024
 PROGRESS_EVERY_S = 2.0
-WRAPPER_DIR = ".autoresearch-ray"
 ENTRYPOINT = f'exec "$(command -v python3 || command -v python)" -I -S {WRAPPER_DIR}/ray_wrapper.py'
-ALWAYS_EXCLUDED = (".git", ".autoresearch", WRAPPER_DIR, ray_wrapper.SPEC)
-
-
-class _Log:
-    """The server's log of one run: an fd we own, and the sha256 of what was written."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-        self.fd = os.open(path, flags, 0o644)
-        self.size = 0
-        self.hash = hashlib.sha256()
-
-    def write(self, data: bytes) -> None:
-        self.hash.update(data)
-        self.size += len(data)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-def _normalized(entry: str) -> str:
-    return os.path.normpath(entry.strip()).replace(os.sep, "/")
-
-
-def build_package(cwd: Path, dest: Path, excluded: list[str], spec: dict[str, Any], limit: int) -> int:
-    """Zip the snapshot (minus `excluded` relative paths), the wrapper and its spec into `dest`; returns the
-    zip's size. Files are added by content (a link to a file counts as that file), modes are kept (Ray restores
-    them); links to directories are not followed (a loop, or the user's whole disk)."""
-    skip = {_normalized(item) for item in excluded}
-    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        for dirpath, dirs, files in os.walk(cwd):
-            rel_dir = os.path.relpath(dirpath, cwd)
-            rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-            dirs[:] = [d for d in dirs if (rel_dir + d) not in skip and not os.path.islink(os.path.join(dirpath, d))]
-            if rel_dir:
-                archive.write(dirpath, rel_dir)
-            for name in files:
-                full = os.path.join(dirpath, name)
-                if rel_dir + name in skip or not os.path.isfile(full):
-                    continue
-                if os.path.getsize(full) >= limit:  # never spend minutes compressing what cannot be sent
-                    raise _StartError(
-                        f"{rel_dir + name} is {os.path.getsize(full) / 2**20:.0f} MiB, over Ray's upload limit of "
-                        f"{limit / 2**20:.0f} MiB: list it (or its folder) in shared_inputs and provide it on the "
-                        "workers (shared storage or their image)"
-                    )
-                archive.write(full, rel_dir + name)
-            if dest.stat().st_size >= limit:
-                break
-        archive.writestr(ray_wrapper.SPEC, json.dumps(spec))
-        for module in (ray_wrapper, confine, landlock, namespaces, output_dirs):
-            assert module.__file__ is not None
-            archive.write(module.__file__, f"{WRAPPER_DIR}/{os.path.basename(module.__file__)}")
-    return dest.stat().st_size
-
-
-def _package_limit() -> int:
-    try:
-        from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE  # the limit Ray enforces
-
-        return int(GCS_STORAGE_MAX_SIZE)
-    except (ImportError, AttributeError, ValueError):
-        return DEFAULT_PACKAGE_LIMIT
 
 
 @dataclass
@@ -149,6 +88,10 @@ class RayBackend:
     target_file: str | None = None
     grace_s: float = DEFAULT_GRACE_S
     job_prefix: str = ""  # names this session's jobs on a shared cluster: autoresearch-<prefix><marker>-<uuid>
+    submitted: set[str] = field(default_factory=set)  # the submission ids this server sent
+    foreign: set[str] = field(default_factory=set)  # those it found under its prefix, stopped and reported
+    known: set[str] | None = None  # the jobs under the prefix when this server first looked (its predecessor's)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_config(cls, config: Config) -> RayBackend:
@@ -173,6 +116,45 @@ class RayBackend:
             log.warning("could not stop the Ray jobs of %s: %s", run_id, exc)
         return stopped
 
+    @property
+    def prefix(self) -> str:
+        return f"autoresearch-{self.job_prefix}"
+
+    def note_known(self, client: Any) -> None:
+        """Remember, once, which jobs already carry this session's name: they are its predecessor's."""
+        with self.lock:
+            if self.known is not None:
+                return
+        names = {job.submission_id for job in client.list_jobs() if (job.submission_id or "").startswith(self.prefix)}
+        with self.lock:
+            if self.known is None:
+                self.known = names
+
+    def sweep(self, client: Any) -> list[str]:
+        """Stop every running job under this session's prefix that this server did not submit, and return those
+        not reported yet that appeared since it first looked (a run, or anything else, that reached the job
+        API and named a job after us). Its predecessor's jobs are stopped, not reported."""
+        self.note_known(client)
+        found = []
+        for job in client.list_jobs():
+            name = job.submission_id or ""
+            with self.lock:
+                if not name.startswith(self.prefix) or name in self.submitted or name in self.foreign:
+                    continue
+                new = name not in (self.known or set())
+                if new:
+                    self.foreign.add(name)
+                    found.append(name)
+            if not job.status.is_terminal():
+                try:
+                    client.stop_job(name)
+                except Exception as exc:  # gone meanwhile, or the cluster refuses: reported all the same
+                    log.warning("could not stop the Ray job %s: %s", name, exc)
+        if found:
+            log.warning("stopped Ray jobs under this session's name that the server did not submit: %s",
+                        ", ".join(found))
+        return found
+
     def check(self) -> None:
         """ConfigError, with what to do, when Ray is not installed or no job API answers at the address."""
         try:
@@ -186,7 +168,7 @@ class RayBackend:
         reason = None
         try:  # first a bounded connect: Ray's own check has no timeout, and a silent address would hang
             socket.create_connection((where.hostname or "127.0.0.1", where.port or 8265), timeout=5).close()
-            self.client()  # Ray's version check, with Ray's token (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN) if any
+            self.note_known(self.client())  # Ray's version check, with its token (RAY_AUTH_MODE=token) if any
         except Exception as exc:  # OSError, ValueError, and Ray's ConnectionError/RuntimeError/AuthenticationError
             lines = str(exc).strip().splitlines()
             reason = lines[0] if lines else type(exc).__name__
@@ -269,6 +251,10 @@ class RayJobRun:
         safe = re.sub(r"[^A-Za-z0-9_-]", "-", marker)[:60] or "run"
         self.submission_id = f"autoresearch-{backend.job_prefix}{safe}-{uuid.uuid4().hex[:12]}"
         spec["job"] = self.submission_id
+        # A fresh key pair per job: only the public half travels (in the package); see ray_records.
+        self._private, public = ray_records.key_pair()
+        spec["server_public"] = f"{public:x}"
+        self._submitted_at = 0.0
         self._cancel = threading.Event()
         self._cancel_reason = ""
 
@@ -282,18 +268,18 @@ class RayJobRun:
 
     def run(self) -> ProcessResult:
         started = time.monotonic()
-        log = _Log(self.log_path)
+        log = Log(self.log_path)
         try:
             return self._run(log, started)
         finally:
             log.close()
 
-    def _result(self, log: _Log, status: Any, code: int | None, duration: float, error: str | None,
+    def _result(self, log: Log, status: Any, code: int | None, duration: float, error: str | None,
                 rss: int = 0, sizes: dict[str, int | str] | None = None) -> ProcessResult:
         return ProcessResult(status, code, duration, rss, self.log_path, error, 0, log.size, log.hash.hexdigest(),
                              sizes)
 
-    def _run(self, log: _Log, started: float) -> ProcessResult:
+    def _run(self, log: Log, started: float) -> ProcessResult:
         if self._cancel.is_set():
             return self._result(log, "cancelled", None, 0.0, self._cancel_reason)
         try:
@@ -301,14 +287,18 @@ class RayJobRun:
             with tempfile.TemporaryDirectory(prefix="autoresearch-ray-") as tmp:
                 package = Path(tmp) / f"{self.submission_id}.zip"
                 excluded = [*ALWAYS_EXCLUDED, *self.backend.shared_inputs]
-                limit = _package_limit()
+                limit = package_limit()
                 size = build_package(self.cwd, package, excluded, self.spec, limit)
                 if size >= limit:
-                    raise _StartError(
+                    raise StartError(
                         f"the snapshot packs to {size / 2**20:.0f} MiB or more, over Ray's upload limit of "
                         f"{limit / 2**20:.0f} MiB: list large untracked inputs in shared_inputs (they are not "
                         "uploaded; the workers must provide them) and keep data on shared storage"
                     )
+                self.backend.note_known(client)
+                with self.backend.lock:
+                    self.backend.submitted.add(self.submission_id)
+                self._submitted_at = time.monotonic()
                 client.submit_job(
                     entrypoint=ENTRYPOINT,
                     submission_id=self.submission_id,
@@ -320,19 +310,38 @@ class RayJobRun:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.write(f"autoresearch: could not submit the Ray job: {message}\n".encode())
             return self._result(log, "failed_to_start", None, 0.0, f"Ray job not submitted: {message}")
-        unframer = ray_wrapper.Unframer(log.write)
+        unframer = ray_records.Unframer(log.write, self._private)
         outcome = asyncio.run(self._follow(client, unframer, started))
+        unframer.close()
         if outcome != "ended" or unframer.report is None:
             self._stop(client)
         info = self._final_info(client)
-        return self._outcome(log, unframer, outcome, info, started)
+        try:
+            foreign = self.backend.sweep(client)
+        except Exception as exc:  # the cluster stopped answering: nothing to stop there now
+            log.write(f"autoresearch: could not list the cluster's jobs: {exc}\n".encode())
+            foreign = []
+        result = self._outcome(log, unframer, outcome, info, started, foreign)
+        if result.status == "rejected":
+            log.write(f"autoresearch: {result.error}\n".encode())
+        return result
 
-    def _outcome(self, log: _Log, unframer: ray_wrapper.Unframer, outcome: str, info: Any, started: float) -> ProcessResult:
+    def _outcome(self, log: Log, unframer: ray_records.Unframer, outcome: str, info: Any, started: float,
+                 foreign: list[str]) -> ProcessResult:
         report = unframer.report
         begun = unframer.begun_at
         elapsed = time.monotonic() - (begun if begun is not None else started)
         if outcome == "cancelled":
             return self._result(log, "cancelled", None, elapsed, self._cancel_reason or "cancelled")
+        rejected = rejection(unframer, outcome, foreign)
+        if rejected is None and report is not None and outcome == "ended":
+            setup_s = (begun or started) - self._submitted_at
+            why = ray_contradiction(report, info, setup_s)
+            rejected = f"Ray's record of the job contradicts the wrapper's report: {why}" if why else None
+        if rejected is not None:
+            return self._result(log, "rejected", None, elapsed, rejected)
+        if report is not None and report.get("note"):
+            log.write(f"autoresearch: on the Ray worker: {report['note']}\n".encode())
         if outcome == "timeout" or (report is not None and report.get("timed_out")):
             duration = float(report["duration_s"]) if report else elapsed
             return self._result(log, "timeout", None, duration, f"killed after the {self.timeout_s:g} s timeout")
@@ -353,12 +362,15 @@ class RayJobRun:
         log.write(f"autoresearch: {error}\n".encode())
         return self._result(log, "failed_to_start", None, 0.0, error)
 
-    async def _follow(self, client: Any, unframer: ray_wrapper.Unframer, started: float) -> str:
-        """Copy the job's log into ours until the report arrives or the stream ends ("ended"), or until a
-        cancel, an overdue report ("timeout") or a start that never comes ("not_started")."""
+    async def _follow(self, client: Any, unframer: ray_records.Unframer, started: float) -> str:
+        """Copy the job's log into ours until the log ends ("ended": Ray ends it after the job ended and one
+        more read of the file, 2-3 s later; nothing the job wrote escapes it, so a forged end record followed by
+        the wrapper's own records is seen), or until a cancel, an overdue report ("timeout"), a start that never
+        comes ("not_started") or a job that goes on after its report ("lingering")."""
         reader = asyncio.ensure_future(self._read(client, unframer))
         next_progress = time.monotonic() + PROGRESS_EVERY_S
         overdue_at = self.timeout_s + self.backend.grace_s + REPORT_SLACK_S  # after the begin record
+        reported_at: float | None = None  # the wrapper's end record arrived
         try:
             while not reader.done():
                 now = time.monotonic()
@@ -367,7 +379,11 @@ class RayJobRun:
                 begun = unframer.begun_at
                 if begun is None and now - started > STARTUP_TIMEOUT_S:
                     return "not_started"
-                if begun is not None and now - begun > overdue_at:
+                if unframer.done and reported_at is None:
+                    reported_at = now
+                if reported_at is not None and now - reported_at > END_WAIT_S and not self._terminal(client):
+                    return "lingering"
+                if begun is not None and reported_at is None and now - begun > overdue_at:
                     if not self._terminal(client):
                         return "timeout"
                     overdue_at = now - begun + 2.0  # it has ended; its log is still arriving (a chatty run)
@@ -387,8 +403,9 @@ class RayJobRun:
             except (asyncio.CancelledError, Exception):
                 pass
 
-    async def _read(self, client: Any, unframer: ray_wrapper.Unframer) -> None:
-        """Follow the log; a dropped connection is resumed where it left off (the tail restarts at the top)."""
+    async def _read(self, client: Any, unframer: ray_records.Unframer) -> None:
+        """Follow the log to its end (Ray ends the stream once the job has ended): whatever follows the
+        wrapper's end record is checked too. A dropped connection is resumed where it left off."""
         for _attempt in range(5):
             seen = 0
             try:
@@ -399,12 +416,8 @@ class RayJobRun:
                     chunk = chunk[max(0, unframer.received - seen) :]
                     seen = unframer.received + len(chunk)
                     unframer.feed(chunk)
-                    if unframer.done:
-                        return
                 return
-            except Exception:
-                if self._terminal(client):
-                    return
+            except Exception:  # resumed even after the job ended: what follows its end record counts too
                 await asyncio.sleep(1.0)
 
     def _terminal(self, client: Any) -> bool:
@@ -432,7 +445,3 @@ class RayJobRun:
                 pass
             time.sleep(0.1)
         return info
-
-
-class _StartError(Exception):
-    """The job cannot be submitted; the message says why and what to do."""

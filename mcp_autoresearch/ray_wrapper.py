@@ -1,42 +1,40 @@
-"""The entrypoint of a Ray job: one command of a run, on a Ray worker, confined as it is locally, reported in a
-trailer the run cannot forge.
+"""The entrypoint of a Ray job: one command of a run, on a Ray worker, confined as it is locally, cut off from
+the cluster, and reported in records the run cannot forge.
 
-Standard library only: it is uploaded with the candidate's snapshot (in `.autoresearch-ray/`, with a copy of
-`confine.py`) and started as `python3 -I -S .autoresearch-ray/ray_wrapper.py` in the job's working directory. It
-reads `.autoresearch-ray.json` (the command, its environment, the isolation setting, the writable entries, the
-time limit, the measured path), then:
+Standard library only: it is uploaded with the candidate's snapshot (in `.autoresearch-ray/`, with
+`ray_records.py` and copies of the keeper's modules `confine.py`, `landlock.py`, `namespaces.py`,
+`output_dirs.py`) and started as `python3 -I -S .autoresearch-ray/ray_wrapper.py` in the job's working
+directory. It reads `.autoresearch-ray.json` (the command, its environment, the isolation setting, the writable
+entries, the time limit, the measured path, the server's public key value), then:
+0. checks that the view below can be built on this worker (a forked child builds it and exits; before step 1,
+   so that an ordinary user's child can still map its uid into a user namespace, and before any key exists);
 1. makes itself non-dumpable and drops CAP_SYS_PTRACE from the bounding set (its children, root included, can
-   neither open /proc/<wrapper>/fd or mem nor attach to it; its environ stays readable here, and holds nothing
-   secret);
-2. writes `#autoresearch-ray begin <sha256 of a nonce>`: the nonce lives only in this process's memory;
-3. starts the keeper (`confine.py`: Landlock with the writable entries mapped into the working directory, a
-   private TMPDIR, subreaper; the whole tree dies when the command ends) with the command's output on a pipe;
-4. forwards that output framed, one record per line: `|text` (a line of valid UTF-8 without CR) or `%base64`
-   (any other bytes, exactly; also a burst of many lines at once). Nothing the run prints can start a line
-   with `#`;
+   neither open /proc/<wrapper>/fd or mem nor attach to it);
+2. agrees on a key with the server and writes the `begin` record (`ray_records`: every later record is tagged
+   with it, in sequence);
+3. starts the keeper (`confine.py`, the same code as for local runs: Landlock with the writable entries mapped
+   into the working directory, a private TMPDIR, subreaper; the whole tree dies when the command ends) with the
+   command's output on a pipe, in the keeper's private view (`namespaces.py`) with the network off: no network
+   but its own loopback (no route to the cluster's job API, GCS or dashboard), its own process ids (no other
+   job's process, and not this wrapper, is visible), no capabilities, every mount read-only but the writable
+   entries, a private /tmp, /run, /dev/shm, and Ray's temp dir, ~/.ray and the file of RAY_AUTH_TOKEN_PATH
+   hidden too (Ray's sockets, session files with the cluster's address, other jobs' logs, the cluster's
+   token); the job's directory, the private TMPDIR and absolute writable entries are mounted back. Ray's
+   variables (RAY_ADDRESS, tokens) are removed from the command's environment;
+4. forwards that output framed and tagged, one record per line;
 5. at its deadline, stops forwarding (nothing printed while being killed counts) and ends the tree;
-6. writes `#autoresearch-ray end <nonce> <json>`: exit code, its own measured duration, peak RSS, the size of
-   the `size_kb:`/`size_mb:` output when asked, whether it timed out and whether it was confined.
+6. writes the `end` record: exit code, its own measured duration, peak RSS, the size of the
+   `size_kb:`/`size_mb:` output when asked, whether it timed out, and what confined the run.
 
-Both ends of this stream format live here: `Framed` (the wrapper's side) and `Unframer` (the server's).
-
-Why the trailer holds: the run writes only into the pipe, so everything it prints arrives framed; to write the
-job's log directly it would need the wrapper's stdout (/proc/<wrapper>/fd/1: refused by Landlock's ptrace
-scoping, by non-dumpability, and by the missing CAP_SYS_PTRACE) or the log file's path (outside its writable
-paths). An unconfined run (isolation "off", or "auto" on a worker without Landlock) can append to the log file,
-but cannot know the nonce, and the server accepts only the first `end` whose nonce hashes to the `begin` record
-written before the run started. No secret is passed in the environment, the command line or the package: Ray
-keeps those in its job table, readable by anyone who can reach the cluster.
+With isolation "auto", a worker where Landlock or the namespaces are missing runs the command without them and
+the report says so (`confined`, `namespaces`, `note`); with "required" it runs nothing and exits 125.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ctypes
 import fnmatch
 import glob
-import hashlib
 import json
 import os
 import resource
@@ -47,129 +45,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from typing import Any
 
 if __package__:  # imported from the package (the tests)
     from . import confine
     from . import landlock as landlock_rules
-else:  # run as a script: -I leaves the script's folder off sys.path; confine.py is shipped beside us
+    from . import namespaces as namespaces_view
+    from .ray_records import Framed
+else:  # run as a script: -I leaves the script's folder off sys.path; our modules are shipped beside us
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import confine  # type: ignore[no-redef, import-not-found]
     import landlock as landlock_rules  # type: ignore[no-redef, import-not-found]
+    import namespaces as namespaces_view  # type: ignore[no-redef, import-not-found]
+    from ray_records import Framed  # type: ignore[no-redef, import-not-found]
 
 SPEC = ".autoresearch-ray.json"
-CONTROL = "#autoresearch-ray"
-RECORD_BYTES = 48 * 1024  # a longer line is forwarded in pieces
-BURST_LINES = 8  # more complete lines than this waiting at once travel as one `%` record (Ray's tail is per line)
-FRAGMENT_AFTER_S = 0.5  # a partial line (a progress bar) is forwarded after this long without a newline
 PR_SET_DUMPABLE = 4
 CAP_SYS_PTRACE = 19
 FS_CLOCK_SLACK_NS = 2_000_000_000
-MAX_RECORD_CHARS = 256 * 1024  # a record is at most ~65 KB; a longer "line" is not ours and is dropped
-
-
-class Framed:
-    """Writes the run's output as records on fd 1; `|` lines are text, `%` lines carry bytes exactly."""
-
-    def __init__(self, fd: int = 1) -> None:
-        self.fd = fd
-        self.pending = b""
-        self.since = time.monotonic()
-
-    def _write(self, line: str) -> None:
-        data = (line + "\n").encode()
-        while data:
-            data = data[os.write(self.fd, data) :]
-
-    def _record(self, chunk: bytes) -> None:
-        if chunk.endswith(b"\n") and b"\r" not in chunk:
-            try:
-                self._write("|" + chunk[:-1].decode("utf-8"))
-                return
-            except UnicodeDecodeError:
-                pass
-        self._write("%" + base64.b64encode(chunk).decode("ascii"))
-
-    def data(self, chunk: bytes) -> None:
-        if chunk and not self.pending:
-            self.since = time.monotonic()
-        self.pending += chunk
-        while True:
-            if self.pending.count(b"\n", 0, RECORD_BYTES) > BURST_LINES:  # a burst: one record, not a line each
-                end = self.pending.rfind(b"\n", 0, RECORD_BYTES) + 1
-                self._write("%" + base64.b64encode(self.pending[:end]).decode("ascii"))
-                self.pending = self.pending[end:]
-                continue
-            cut = self.pending.find(b"\n", 0, RECORD_BYTES)
-            if cut < 0 and len(self.pending) < RECORD_BYTES:
-                return
-            end = cut + 1 if cut >= 0 else RECORD_BYTES
-            self._record(self.pending[:end])
-            self.pending = self.pending[end:]
-            self.since = time.monotonic()
-
-    def flush(self, idle_only: bool = False) -> None:
-        if self.pending and (not idle_only or time.monotonic() - self.since >= FRAGMENT_AFTER_S):
-            self._record(self.pending)
-            self.pending = b""
-
-    def control(self, text: str) -> None:
-        self.flush()
-        self._write(f"{CONTROL} {text}")
-
-
-class Unframer:
-    """The server's side of the stream: the job's log -> the run's own output (written with `write`) and the wrapper's verified report.
-
-    Lines that are not records (Ray's own "Runtime env is setting up" lines) are dropped; data before the
-    `begin` record cannot be the run's; after the first `end` whose nonce matches `begin`, nothing counts."""
-
-    def __init__(self, write: Callable[[bytes], None]) -> None:
-        self.write = write
-        self.buffer = ""
-        self.commitment: str | None = None
-        self.begun_at: float | None = None  # monotonic, when the begin record arrived
-        self.report: dict[str, Any] | None = None
-        self.received = 0  # characters of the stream consumed (to resume a dropped connection)
-
-    @property
-    def done(self) -> bool:
-        return self.report is not None
-
-    def feed(self, text: str) -> None:
-        self.received += len(text)
-        self.buffer += text
-        while not self.done and "\n" in self.buffer:
-            line, self.buffer = self.buffer.split("\n", 1)
-            self._line(line)
-        if len(self.buffer) > MAX_RECORD_CHARS:
-            self.buffer = ""
-
-    def _line(self, line: str) -> None:
-        prefix = CONTROL + " "
-        if line.startswith(prefix):
-            kind, _, rest = line[len(prefix) :].partition(" ")
-            if kind == "begin" and self.commitment is None:
-                self.commitment, self.begun_at = rest.strip(), time.monotonic()
-            elif kind == "end" and self.commitment is not None:
-                nonce, _, payload = rest.partition(" ")
-                if hashlib.sha256(nonce.encode()).hexdigest() == self.commitment:
-                    try:
-                        report = json.loads(payload)
-                    except ValueError:
-                        return
-                    self.report = report if isinstance(report, dict) else None
-            return
-        if self.commitment is None:
-            return
-        if line.startswith("|"):
-            self.write(line[1:].encode("utf-8", "surrogateescape") + b"\n")
-        elif line.startswith("%"):
-            try:
-                self.write(base64.b64decode(line[1:], validate=True))
-            except (binascii.Error, ValueError):
-                pass
 
 
 def _harden() -> None:
@@ -279,13 +171,85 @@ def measure_size(root: str, measure: str, started_ns: int, target: str | None) -
 
 
 def _environment(spec: dict, tmpdir: str) -> dict[str, str]:
-    env = dict(os.environ)
+    """The command's environment: the worker's without Ray's variables (the cluster's address, job ids, a
+    token), then the spec's, with TMPDIR private."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(spec.get("env", {}))
     for name in ("TMPDIR", "TMP", "TEMP"):
         env[name] = tmpdir
     for variable in spec.get("caches", []):  # tools' shared caches, moved into the private TMPDIR
         env.setdefault(variable, os.path.join(tmpdir, variable.lower()))
     return env
+
+
+def hidden_paths(root: str) -> list[str]:
+    """What the run must not see on this worker besides what the keeper's view hides everywhere (/tmp, /run,
+    /dev/shm...): Ray's temp dir (the ancestor of the job's directory that holds `session_*`: sockets, the
+    cluster's address, every job's logs and packages) and ~/.ray."""
+    hidden: list[str] = []
+    parts = root.split("/")
+    for index, part in enumerate(parts):
+        if part.startswith("session_") and index > 1:
+            hidden.append("/".join(parts[:index]))
+            break
+    hidden.append(os.path.expanduser("~/.ray"))
+    return sorted({os.path.realpath(path) for path in hidden if os.path.isdir(path)} - {"/"})
+
+
+def view_spec(root: str) -> dict:
+    """The keeper's private view for this run (`namespaces.py`, as for local runs), with the network off: Ray's
+    temp dir, ~/.ray and the cluster's token hidden too; this interpreter stays readable where a hidden
+    directory would cover it."""
+    hide = hidden_paths(root)
+    token = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if token and os.path.isfile(token):
+        hide.append(os.path.realpath(token))
+    read = [sys.prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))]
+    return {"view": True, "network": False, "hide": hide, "read": sorted({os.path.realpath(p) for p in read})}
+
+
+def namespaces(root: str, write: list[str]) -> tuple[dict, str | None]:
+    """(the keeper's view settings, None), or ({}, why this worker cannot build the view): the same view is
+    built first in a forked child, with the keeper's own code, and thrown away (no interpreter to start)."""
+    view = view_spec(root)
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child only makes system calls and exits
+        os.close(read_fd)
+        os._exit(_try_view(view, root, write, write_fd))
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as reader:
+        why = reader.read(4096).decode(errors="replace").strip()
+    _, status = os.waitpid(child, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return {}, f"namespaces: {why or f'the probe ended with status {status}'}"
+    return view, None
+
+
+def _try_view(view: dict, root: str, write: list[str], report_fd: int) -> int:
+    """In a forked child: enter the keeper's namespaces, build the view in a grandchild (PID 1 there), and
+    return 0, or write why not to `report_fd` and return 1."""
+    try:
+        namespaces_view.enter_keeper(bool(view["network"]))
+        inner = os.fork()
+        if inner == 0:
+            try:
+                namespaces_view.build_view(write, root, bool(view["network"]), view["read"], view["hide"])
+                code = 0
+            except namespaces_view.ViewError as exc:
+                os.write(report_fd, str(exc).encode())
+                code = 1
+            except OSError as exc:
+                os.write(report_fd, f"{exc.strerror}: {exc.filename}".encode())
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(inner, 0)
+        return 0 if os.waitstatus_to_exitcode(status) == 0 else 1
+    except namespaces_view.ViewError as exc:
+        os.write(report_fd, str(exc).encode())
+    except BaseException as exc:  # noqa: BLE001 (a forked child must exit, whatever went wrong)
+        os.write(report_fd, repr(exc).encode())
+    return 1
 
 
 def _pump(read_fd: int, out: Framed, keeper: subprocess.Popen, deadline: float, stop: list[bool]) -> bool:
@@ -338,31 +302,53 @@ def _drain(read_fd: int, out: Framed, reads: int = 64) -> None:
         out.data(data)
 
 
+def _confinement(mode: str, root: str, write: list[str]) -> tuple[int | None, dict, str | None]:
+    """(Landlock's ABI or None, the keeper's view settings or {}, why something is missing) for this mode."""
+    if mode == "off":
+        return None, {}, None
+    abi, notes = None, []
+    try:
+        abi = landlock_rules.probe()
+    except (landlock_rules.ConfineError, OSError) as exc:
+        notes.append(f"no Landlock: {exc}")
+    view, why = namespaces(root, write)
+    if why:
+        notes.append(f"no private network or process view ({why}): the run could reach the cluster")
+    return abi, view, "; ".join(notes) or None
+
+
+def _ptrace_scope() -> int | None:
+    """Yama's ptrace_scope on this worker: at 3, no process (root included) can read this wrapper's memory."""
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return None
+
+
 def run(spec: dict, root: str) -> int:
+    mode = spec.get("isolation", "auto")
+    tmpdir = tempfile.mkdtemp(prefix="autoresearch-run-")
+    write = writable_paths(root, spec, tmpdir)  # first: the missing entries it creates are mounted back too
+    # Before _harden: the probe's forked child maps its uid into a user namespace through /proc/self, which a
+    # non-dumpable process cannot write; and before the key exists, so that child holds no secret.
+    abi, view, note = _confinement(mode, root, write)
     out = Framed()
     _harden()
-    nonce = os.urandom(16).hex()
-    out.control("begin " + hashlib.sha256(nonce.encode()).hexdigest())
-    mode = spec.get("isolation", "auto")
-    landlock, abi, note = False, None, None
-    if mode != "off":
-        try:
-            abi = landlock_rules.probe()
-            landlock = True
-        except (landlock_rules.ConfineError, OSError) as exc:
-            note = str(exc)
-    tmpdir = tempfile.mkdtemp(prefix="autoresearch-run-")
+    out.begin(int(spec["server_public"], 16))
+    landlock = abi is not None
     started_ns = time.time_ns()
     started = time.monotonic()
     timed_out = False
     try:
-        if mode == "required" and not landlock:
+        if mode == "required" and note:
             out.data(f"{confine.MARK} {note}\n".encode())  # as the local keeper: nothing runs
             code = confine.SETUP_FAILED
         else:
             keeper_spec = {
+                **view,
                 "landlock": landlock,
-                "write": writable_paths(root, spec, tmpdir) if landlock else [],
+                "write": write if landlock or view else [],  # the view mounts them back beneath hidden dirs
                 "parent": os.getpid(),
                 "grace": float(spec.get("grace", 3.0)),
             }
@@ -370,8 +356,8 @@ def run(spec: dict, root: str) -> int:
             read_fd, write_fd = os.pipe()
             stop = [False]
             signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))  # Ray's stop_job
-            keeper = subprocess.Popen(argv, cwd=root, stdin=subprocess.DEVNULL, stdout=write_fd, stderr=write_fd,
-                                      env=_environment(spec, tmpdir))
+            keeper = subprocess.Popen(argv, cwd=root, stdin=subprocess.DEVNULL, stdout=write_fd,
+                                      stderr=write_fd, env=_environment(spec, tmpdir))
             os.close(write_fd)
             timed_out = _pump(read_fd, out, keeper, started + float(spec["timeout"]), stop)
             os.close(read_fd)
@@ -379,13 +365,13 @@ def run(spec: dict, root: str) -> int:
         duration = time.monotonic() - started
         report: dict = {
             "exit": code, "duration_s": round(duration, 6), "timed_out": timed_out, "confined": landlock,
-            "abi": abi, "note": note,
+            "namespaces": bool(view), "abi": abi, "note": note, "ptrace_scope": _ptrace_scope(),
             "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
         }
         measure = spec.get("measure")
         if measure and measure.startswith(("size_kb:", "size_mb:")) and code == 0 and not timed_out:
             report["sizes"] = {measure: measure_size(root, measure, started_ns, spec.get("target"))}
-        out.control(f"end {nonce} {json.dumps(report, separators=(',', ':'))}")
+        out.end(report)
         return code
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

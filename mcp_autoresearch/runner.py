@@ -49,7 +49,8 @@ from .processes import (
 )
 
 log = logging.getLogger("mcp_autoresearch")
-ProcessStatus = Literal["exited", "timeout", "cancelled", "failed_to_start"]
+# "rejected": a remote run whose report cannot be trusted (its log was tampered with, or Ray contradicts it)
+ProcessStatus = Literal["exited", "timeout", "cancelled", "failed_to_start", "rejected"]
 ProgressCallback = Callable[[float, float, str], None]
 Wrapper = Callable[[list[str], str], list[str]]  # (argv, private tmpdir) -> argv that runs it supervised
 # (argv, cwd, env, output fd, private tmpdir) -> a started process (Popen-like: pid, poll, wait)

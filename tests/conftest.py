@@ -15,6 +15,8 @@ from mcp import Client, StdioServerParameters
 from mcp_autoresearch.server import create_server
 from mcp_autoresearch.workspace import Workspace
 
+from .helpers.ray_head import ray_address  # noqa: F401  (the session's private Ray head, for every Ray test)
+
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test User",
     "GIT_AUTHOR_EMAIL": "test@example.com",

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from .conftest import make_repo
-from .test_ray import ray_address  # noqa: F401  (the session-scoped Ray head)
 from .test_slots import EVALUATE, TARGET, _baseline, settings
 
 pytestmark = pytest.mark.anyio
@@ -95,14 +94,14 @@ time.sleep(60)
 
 @pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")
 def test_output_after_the_deadline_cannot_wedge_the_wrapper_past_its_timeout(
-    tmp_path: Path, ray_address: str  # noqa: F811  (the fixture imported above)
+    tmp_path: Path, ray_address: str
 ) -> None:
     """At its deadline the wrapper stops forwarding and ends the tree through the keeper; a run that fills the
     pipe as it is stopped must not leave the keeper blocked writing its note into a pipe nobody reads (and the
     wrapper waiting for the keeper): the job would outlive its limit until the server's overdue stop."""
     import time
 
-    from .test_ray import _experiment, _project
+    from .helpers.ray_head import _experiment, _project
 
     root = _project(tmp_path)
     (root / "flood.py").write_text(FLOOD_AT_THE_END)
@@ -128,7 +127,7 @@ while True:
 
 @pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")
 def test_a_cancelled_job_leaves_no_process_behind_on_the_worker(
-    tmp_path: Path, ray_address: str  # noqa: F811  (the fixture imported above)
+    tmp_path: Path, ray_address: str
 ) -> None:
     """A run that ignores SIGTERM and keeps starting processes: Ray's stop_job SIGKILLs only the processes it saw
     when it was asked (3 s later); the keeper must have swept the whole tree before Ray kills the keeper, or
@@ -138,7 +137,7 @@ def test_a_cancelled_job_leaves_no_process_behind_on_the_worker(
 
     import psutil
 
-    from .test_ray import _experiment, _project
+    from .helpers.ray_head import _experiment, _project
 
     root = _project(tmp_path)
     (root / "forker.py").write_text(FORKER)

@@ -3,45 +3,46 @@ the metric is read as locally, the wrapper's report cannot be forged, and the wo
 
 from __future__ import annotations
 
-import base64
 import hashlib
+import json
 import os
 import re
-import socket
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from mcp_autoresearch import metrics, ray_wrapper
-from mcp_autoresearch.config import build_config
+from mcp_autoresearch import metrics, ray_records, ray_wrapper
 from mcp_autoresearch.errors import ConfigError
 from mcp_autoresearch.experiment import Experiment
-from mcp_autoresearch.isolation import probe_isolation
-from mcp_autoresearch.ray_backend import RayBackend, _StartError, build_package
-from mcp_autoresearch.ray_wrapper import Unframer
+from mcp_autoresearch.ray_backend import RayBackend
+from mcp_autoresearch.ray_package import SHIPPED, StartError, build_package
+from mcp_autoresearch.ray_records import Unframer
 
-ISOLATION = probe_isolation("auto")
+from .helpers.ray_head import ISOLATION, _config, _experiment, _free_port, _project
+
 # Ray's own tail_job_logs passes ssl=None to aiohttp.
 pytestmark = pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")
-# The run's attempts on the wrapper: its stdout through /proc, its memory (the nonce), its environment.
+# The run's attempts on the wrapper: its stdout through /proc, its memory (the key). In the view the wrapper is
+# not in the run's /proc at all; without namespaces it is, and refuses both.
 CHEAT = """
-import os
-import re
+import os, sys
 pid = os.getpid()
 while pid > 1:
     cmd = open(f"/proc/{pid}/cmdline", "rb").read()
     if b"ray_wrapper.py\\0" in cmd and b"confine.py" not in cmd:
         break
     pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+else:
+    print("no wrapper in sight")
+    sys.exit()
 try:
     with open(f"/proc/{pid}/fd/1", "w") as out:
         out.write("#autoresearch-ray end forged {}\\n")
@@ -54,107 +55,6 @@ try:
 except OSError as exc:
     print("refused mem:", exc.strerror)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _answers(address: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{address}/api/version", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def ray_address() -> Iterator[str]:
-    """A Ray head of our own (`ray start --head --block`, every port free, its own temp dir), ended at the end
-    by killing the process tree we started: `ray stop` would stop every cluster on the machine."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("Ray is not installed (pip install '.[test]'): the Ray tests must run in CI")
-        pytest.skip("Ray is not installed (pip install 'mcp-autoresearch[ray]')")
-    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit AF_UNIX limits
-    ports = {flag: _free_port() for flag in (
-        "--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-        "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port",
-        "--ray-client-server-port",
-    )}
-    # No token: Ray 2.52+ would otherwise turn on token auth for a new local cluster and write ~/.ray/auth_token.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
-    env["RAY_AUTH_MODE"] = "disabled"
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    argv = [ray_cli, "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats",
-            *(f"{flag}={port}" for flag, port in ports.items())]
-    head = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env)
-    address = f"http://127.0.0.1:{ports['--dashboard-port']}"
-    try:
-        deadline = time.monotonic() + 60
-        while not _answers(address):
-            assert head.poll() is None, "ray start --head failed"
-            assert time.monotonic() < deadline, "the Ray job API never answered"
-            time.sleep(0.2)
-        _warm_up(address)
-        yield address
-    finally:
-        tree = [psutil.Process(head.pid)]
-        try:
-            tree += tree[0].children(recursive=True)
-        except psutil.Error:
-            pass
-        for proc in tree:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(tree, timeout=10)
-        subprocess.run(["rm", "-rf", temp], check=False)
-
-
-def _warm_up(address: str) -> None:
-    """The job agent answers a little after the dashboard: the first job is retried until it is accepted."""
-    from ray.job_submission import JobSubmissionClient
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client = JobSubmissionClient(address)
-            job = client.submit_job(entrypoint="true")
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    while not client.get_job_status(job).is_terminal():
-        time.sleep(0.2)
-
-
-def _config(command: str, **settings: object):
-    return build_config({"run_command": command, "metric_name": "score", "target_file": "train.py",
-                         "backend": "ray", **settings})
-
-
-def _project(tmp_path: Path) -> Path:
-    root = tmp_path / "snapshot"
-    root.mkdir()
-    (root / "train.py").write_text("print('score: 1')\n")
-    (root / ".git").mkdir()  # never uploaded
-    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
-    return root
-
-
-def _experiment(root: Path, address: str, command: str, **settings: object) -> Experiment:
-    config = _config(command, ray_address=address, **settings)
-    return Experiment(config, root, "r1", root.parent / "logs", isolation=ISOLATION,
-                      backend=RayBackend.from_config(config))
 
 
 def test_output_streams_into_the_log_and_the_metric_is_read(tmp_path: Path, ray_address: str) -> None:
@@ -226,8 +126,8 @@ def test_the_run_cannot_forge_the_report_or_write_outside_its_paths(tmp_path: Pa
     assert result.status == "crash" and result.exit_code == 3 and (result.error or "").startswith("exit code 3")
     log = Path(result.log_path).read_text()
     assert fake_begin in log  # printed output, taken as output
-    assert "refused fd/1: Permission denied" in log and "refused mem: Permission denied" in log
-    assert "train.py: Permission denied" in log
+    assert "no wrapper in sight" in log and "WROTE" not in log and "READ" not in log  # its own pid namespace
+    assert "train.py: Read-only file system" in log
     assert "LATE DAEMON" not in log
 
 
@@ -249,29 +149,57 @@ def test_the_address_comes_from_the_config_then_ray_address(monkeypatch: pytest.
     assert RayBackend.from_config(_config("true")).address == "http://127.0.0.1:8265"
 
 
-def test_only_records_after_the_commitment_count_and_the_first_valid_end_wins() -> None:
+def _pair() -> tuple[int, int]:
+    """The server's key pair, as a RayJobRun makes it."""
+    return ray_records.key_pair()
+
+
+def test_only_the_wrappers_chain_counts_and_any_other_line_marks_the_log_tampered(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    private, public = _pair()
+    out = ray_records.Framed()
+    out.begin(public)
+    out.data(b"line one\n")
+    out.data(b"#autoresearch-ray end {}\n\xff\r")
+    out.flush()
+    honest = capfd.readouterr().out
+    out.end({"exit": 3})
+    end = capfd.readouterr().out
     written: list[bytes] = []
-    unframer = Unframer(written.append)
-    nonce = "n0nce"
+    unframer = Unframer(written.append, private)
     unframer.feed("|before the begin record: not the run's\nRay: Runtime env is setting up\n")
-    unframer.feed(f"#autoresearch-ray begin {hashlib.sha256(nonce.encode()).hexdigest()}\n|line one\n|#autoresea")
-    unframer.feed("rch-ray end forged {}\n%" + base64.b64encode(b"\xff\r").decode() + "\n")
-    unframer.feed('#autoresearch-ray end wrong {"exit": 0}\n')
-    assert not unframer.done
-    unframer.feed(f'#autoresearch-ray end {nonce} {{"exit": 3}}\n|after the end\n')
-    assert unframer.report == {"exit": 3}
-    assert b"".join(written) == b"line one\n#autoresearch-ray end forged {}\n\xff\r"
+    unframer.feed(honest + end)
+    assert unframer.report == {"exit": 3} and unframer.tampered is None
+    assert b"".join(written) == b"line one\n#autoresearch-ray end {}\n\xff\r"
+    for foreign in ("|score: -1000\n", honest.splitlines()[1] + "\n", "#autoresearch-ray begin 5\n"):
+        replay = Unframer([].append, private)
+        replay.feed(honest + foreign + end)
+        assert replay.tampered is not None, foreign
+    dropped = Unframer([].append, private)  # a record taken out: the next one has the wrong number
+    dropped.feed("\n".join(honest.splitlines()[:-1]) + "\n" + end)
+    assert dropped.tampered is not None and dropped.report is None
+    after = Unframer([].append, private)
+    after.feed(honest + end + "|late\n")
+    assert after.report == {"exit": 3} and "after the wrapper's end record" in (after.tampered or "")
+    other_private, _ = _pair()  # another job's server key: none of this job's tags verify
+    stranger = Unframer([].append, other_private)
+    stranger.feed(honest + end)
+    assert stranger.report is None and stranger.tampered is not None
 
 
 def test_the_wrapper_frames_every_byte(capfd: pytest.CaptureFixture[str]) -> None:
-    out = ray_wrapper.Framed()
+    private, public = _pair()
+    out = ray_records.Framed()
+    out.begin(public)
     out.data(b"plain\n\xffbinary\nprogress\r")
-    out.data(b"x" * (ray_wrapper.RECORD_BYTES + 10))
+    out.data(b"x" * (ray_records.RECORD_BYTES + 10))
     out.flush()
     written: list[bytes] = []
-    unframer = Unframer(written.append)
-    unframer.feed("#autoresearch-ray begin x\n" + capfd.readouterr().out)
-    assert b"".join(written) == b"plain\n\xffbinary\nprogress\r" + b"x" * (ray_wrapper.RECORD_BYTES + 10)
+    unframer = Unframer(written.append, private)
+    unframer.feed(capfd.readouterr().out)
+    assert unframer.tampered is None
+    assert b"".join(written) == b"plain\n\xffbinary\nprogress\r" + b"x" * (ray_records.RECORD_BYTES + 10)
 
 
 def test_the_wrapper_measures_sizes_as_the_server_does(tmp_path: Path) -> None:
@@ -323,14 +251,151 @@ def test_isolation_required_without_landlock_runs_nothing(
         raise ray_wrapper.landlock_rules.ConfineError("the kernel has no Landlock")
 
     monkeypatch.setattr(ray_wrapper.landlock_rules, "probe", no_landlock)
-    spec = {"command": "touch ran", "isolation": "required", "timeout": 10}
+    private, public = _pair()
+    spec = {"command": "touch ran", "isolation": "required", "timeout": 10, "server_public": f"{public:x}"}
     assert ray_wrapper.run(spec, str(tmp_path)) == 125
     written: list[bytes] = []
-    unframer = Unframer(written.append)
+    unframer = Unframer(written.append, private)
     unframer.feed(capfd.readouterr().out)
-    assert b"".join(written) == b"autoresearch-confine: the kernel has no Landlock\n"
+    assert b"".join(written).startswith(b"autoresearch-confine: no Landlock: the kernel has no Landlock")
     assert unframer.report is not None and unframer.report["exit"] == 125 and not unframer.report["confined"]
     assert not (tmp_path / "ran").exists()
+
+
+NO_NAMESPACES = str(Path(__file__).parent / "helpers" / "no_namespaces.py")
+
+
+def _ship(job: Path, spec: dict) -> None:
+    """The package's wrapper, modules and spec in `job`, as Ray extracts them."""
+    (job / ".autoresearch-ray").mkdir(exist_ok=True)
+    for module in SHIPPED:
+        assert module.__file__ is not None
+        shutil.copy(module.__file__, job / ".autoresearch-ray")
+    (job / ray_wrapper.SPEC).write_text(json.dumps(spec))
+
+
+def _wrapper_without_namespaces(job: Path, spec: dict) -> tuple[int, str]:
+    """The shipped wrapper as Ray starts it, on a worker that refuses namespaces (a seccomp filter, as where user
+    namespaces are disabled): its exit status and its framed stdout."""
+    _ship(job, spec)
+    done = subprocess.run([sys.executable, NO_NAMESPACES, sys.executable, "-I", "-S", ".autoresearch-ray/ray_wrapper.py"],
+                          cwd=job, capture_output=True, text=True, check=False)
+    return done.returncode, done.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+def test_a_worker_running_as_an_ordinary_user_gets_the_view_too() -> None:
+    """Ray workers often run as an ordinary user: the wrapper (uid 12345, system python) still gets the keeper's
+    view, through a user namespace (its probe runs before the wrapper becomes non-dumpable, or the uid could
+    not be mapped)."""
+    job = Path(tempfile.mkdtemp(prefix="autoresearch-job-"))
+    try:
+        private, public = _pair()
+        _ship(job, {"command": "ls /proc | grep -c '^[0-9]'", "isolation": "required", "timeout": 10,
+                    "server_public": f"{public:x}"})
+        shutil.chown(job, 12345, 12345)
+        done = subprocess.run(["setpriv", "--reuid", "12345", "--regid", "12345", "--clear-groups", "/usr/bin/python3",
+                               "-I", "-S", ".autoresearch-ray/ray_wrapper.py"], cwd=job, capture_output=True,
+                              text=True, check=False, env={"PATH": "/usr/bin:/bin", "HOME": str(job)})
+        written: list[bytes] = []
+        unframer = Unframer(written.append, private)
+        unframer.feed(done.stdout)
+        report = unframer.report or {}
+        assert done.returncode == 0 and report.get("namespaces") is True, (done.stdout, done.stderr)
+        assert int(b"".join(written)) < 5  # its own processes only
+    finally:
+        shutil.rmtree(job)
+
+
+def test_a_worker_without_namespaces_says_so_and_required_runs_nothing(tmp_path: Path) -> None:
+    """No private network or process view on this worker: "auto" runs the command and the report says the run
+    could reach the cluster; "required" runs nothing (exit 125, the confine mark), as without Landlock."""
+    private, public = _pair()
+    spec = {"command": "echo ran", "isolation": "auto", "timeout": 10, "server_public": f"{public:x}"}
+    code, out = _wrapper_without_namespaces(tmp_path, spec)
+    unframer = Unframer([].append, private)
+    unframer.feed(out)
+    report = unframer.report or {}
+    assert code == 0 and report["exit"] == 0 and not report["namespaces"], out
+    assert "namespaces: unshare: Operation not permitted" in report["note"]
+    assert "could reach the cluster" in report["note"]
+    written: list[bytes] = []
+    unframer = Unframer(written.append, private)
+    code, out = _wrapper_without_namespaces(tmp_path, {**spec, "command": "touch ran", "isolation": "required"})
+    unframer.feed(out)
+    assert code == 125 and b"".join(written).startswith(b"autoresearch-confine: no private network or process view")
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("isolation", ["auto", "off"])
+def test_without_namespaces_the_run_still_cannot_open_the_wrappers_stdout_or_memory(
+    tmp_path: Path, isolation: str
+) -> None:
+    """Where the wrapper is in the run's /proc (no pid namespace), its stdout and memory are refused to the run,
+    root included: by Landlock, and with isolation "off" because the wrapper is non-dumpable."""
+    (tmp_path / "cheat.py").write_text(CHEAT)
+    private, public = _pair()
+    spec = {"command": "python3 cheat.py", "isolation": isolation, "timeout": 10, "server_public": f"{public:x}"}
+    written: list[bytes] = []
+    unframer = Unframer(written.append, private)
+    code, out = _wrapper_without_namespaces(tmp_path, spec)
+    unframer.feed(out)
+    text = b"".join(written).decode()
+    assert code == 0 and unframer.tampered is None and not (unframer.report or {}).get("namespaces"), out
+    assert "refused fd/1: Permission denied" in text and "refused mem: Permission denied" in text, text
+
+
+def test_an_absolute_writable_entry_is_the_workers_own_inside_the_namespaces(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """/tmp is private to the run on a worker, but an absolute `writable` entry there (a cache shared between
+    runs on purpose), even one that does not exist yet, is the worker's own directory."""
+    shared = Path(tempfile.mkdtemp(prefix="autoresearch-shared-", dir="/tmp")) / "cache"
+    private, public = _pair()
+    spec = {"command": f"echo kept > {shared}/entry; touch /tmp/lost; true", "isolation": "required", "timeout": 10,
+            "server_public": f"{public:x}", "write": [str(shared)]}
+    try:
+        assert ray_wrapper.run(spec, str(tmp_path)) == 0, capfd.readouterr().out
+        unframer = Unframer([].append, private)
+        unframer.feed(capfd.readouterr().out)
+        assert (unframer.report or {}).get("namespaces") is True
+        assert (shared / "entry").read_text() == "kept\n" and not Path("/tmp/lost").exists()
+    finally:
+        shutil.rmtree(shared.parent)
+
+
+def test_rays_files_and_token_are_hidden_from_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Where Ray's temp dir, ~/.ray and the token file lie outside the directories every view hides (here under
+    the home directory), the keeper's view hides them too: another job's log, the cluster files in ~/.ray and
+    the token are not readable; the job's own directory inside Ray's temp dir is."""
+    base = Path(tempfile.mkdtemp(prefix="autoresearch-raytemp-", dir=Path.home()))
+    try:
+        session = base / "ray" / "session_1"
+        root = session / "runtime_resources" / "job"
+        root.mkdir(parents=True)
+        (root / "mine.txt").write_text("OWN-FILE\n")
+        (session / "logs").mkdir()
+        (session / "logs" / "job-other.log").write_text("SECRET-LOG\n")
+        (base / "home" / ".ray").mkdir(parents=True)
+        (base / "home" / ".ray" / "cluster").write_text("SECRET-HOME\n")
+        (base / "token").write_text("SECRET-TOKEN\n")
+        monkeypatch.setenv("HOME", str(base / "home"))
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(base / "token"))
+        private, public = _pair()
+        command = f"cat mine.txt; cat {session}/logs/job-other.log; ls ~/.ray; cat {base}/token; echo done"
+        spec = {"command": command, "isolation": "required", "timeout": 10, "server_public": f"{public:x}"}
+        written: list[bytes] = []
+        code = ray_wrapper.run(spec, str(root))
+        unframer = Unframer(written.append, private)
+        unframer.feed(capfd.readouterr().out)
+        output = b"".join(written).decode()
+        assert code == 0 and (unframer.report or {}).get("namespaces") is True, output
+        assert "OWN-FILE" in output and output.rstrip().endswith("done"), output
+        assert "SECRET" not in output and "cluster" not in output, output
+    finally:
+        shutil.rmtree(base)
 
 
 def test_a_snapshot_over_the_upload_limit_is_refused_before_upload(tmp_path: Path) -> None:
@@ -338,12 +403,12 @@ def test_a_snapshot_over_the_upload_limit_is_refused_before_upload(tmp_path: Pat
     (root / "data.bin").write_bytes(b"\0" * 4096)
     (root / "node_modules").mkdir()
     (root / "node_modules" / "big.js").write_bytes(b"\0" * 4096)
-    with pytest.raises(_StartError, match=r"data.bin is 0 MiB, over Ray's upload limit .* shared_inputs"):
+    with pytest.raises(StartError, match=r"data.bin is 0 MiB, over Ray's upload limit .* shared_inputs"):
         build_package(root, tmp_path / "p.zip", [".git", "node_modules"], {}, 4000)
     build_package(root, tmp_path / "q.zip", [".git", "node_modules", "data.bin"], {"job": "j1"}, 1 << 20)
     names = set(zipfile.ZipFile(tmp_path / "q.zip").namelist())
-    shipped = {f".autoresearch-ray/{name}.py" for name in ("ray_wrapper", "confine", "landlock", "namespaces",
-                                                            "output_dirs")}
+    shipped = {f".autoresearch-ray/{name}.py" for name in ("ray_wrapper", "ray_records", "confine", "landlock",
+                                                            "namespaces", "output_dirs")}
     assert names == {"train.py", ray_wrapper.SPEC, *shipped}
 
 
