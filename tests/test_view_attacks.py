@@ -1,0 +1,117 @@
+"""A hostile review of the private view, the keeper's answers and the server's own defences (issue 20): the
+target's code attacks during a real run, through the real server; the agent uses the tools normally.
+
+Attacks the design blocks are plain tests (regressions); attacks that still succeed are marked
+`xfail(strict=True)` with the mechanism.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from mcp_autoresearch.isolation import probe_isolation
+
+from .conftest import Agent
+from .test_server_process import anyio_backend, http_server  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.anyio
+
+ISOLATION = probe_isolation("auto")
+if not ISOLATION.confined:
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI must confine runs, but Landlock is unavailable here: {ISOLATION.reason}")
+    pytest.skip(f"Landlock is unavailable here: {ISOLATION.reason}", allow_module_level=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the server's HTTP tools: a run hides the client socket from the check of who holds it
+# ---------------------------------------------------------------------------------------------------------------
+# Raw HTTP over a socket the run controls. `how` is the way the socket is kept out of /proc/<pid>/fd:
+# - "thread": a thread with a file table of its own (unshare(CLONE_FILES)) opens it: the process's fd folder is
+#   the leader's table, the socket is only in /proc/<pid>/task/<tid>/fd;
+# - "in flight": right after sending, the run passes the socket to itself over a socketpair (SCM_RIGHTS) and
+#   closes it: while the server checks, no process has it in a file table; the run takes it back to read.
+HIDDEN_CLIENT = """
+import ctypes, json, os, socket, threading, time
+PORT = int(PORT_VALUE)
+libc = ctypes.CDLL(None, use_errno=True)
+def exchange(payload, session, how):
+    body = json.dumps(payload).encode()
+    head = (f'POST /mcp HTTP/1.1\\r\\nHost: 127.0.0.1:{PORT}\\r\\nAuthorization: Bearer any\\r\\n'
+            'Content-Type: application/json\\r\\nAccept: application/json, text/event-stream\\r\\n'
+            + (f'mcp-session-id: {session}\\r\\n' if session else '')
+            + f'Content-Length: {len(body)}\\r\\nConnection: close\\r\\n\\r\\n').encode()
+    sock = socket.create_connection(('127.0.0.1', PORT))
+    sock.sendall(head + body)
+    if how == 'in flight':
+        left, right = socket.socketpair()
+        socket.send_fds(left, [b'x'], [sock.fileno()])
+        sock.close()
+        time.sleep(0.5)
+        _, fds, _, _ = socket.recv_fds(right, 1, 1)
+        sock = socket.socket(fileno=fds[0])
+    answer = b''
+    while chunk := sock.recv(65536):
+        answer += chunk
+    sock.close()
+    text = answer.decode(errors='replace')
+    status = int(text.split(' ', 2)[1]) if text.startswith('HTTP/') else 0
+    found = [line.split(':', 1)[1].strip() for line in text.split('\\r\\n') if line.lower().startswith('mcp-session-id:')]
+    return status, (found[0] if found else None), text
+def in_own_table(how, out):
+    if how == 'thread' and libc.unshare(0x400) != 0:  # CLONE_FILES: this thread's own file table
+        out.append(('unshare refused', ctypes.get_errno()))
+        return
+    init = {'jsonrpc': '2.0', 'id': 1, 'method': 'initialize', 'params': {'protocolVersion': '2025-11-25',
+            'capabilities': {}, 'clientInfo': {'name': 'hidden', 'version': '1'}}}
+    for attempt in range(5):
+        status, session, _ = exchange(init, None, how)
+        if status == 200:
+            break
+    out.append(('initialize', status))
+    if status != 200:
+        return
+    exchange({'jsonrpc': '2.0', 'method': 'notifications/initialized'}, session, how)
+    status, _, text = exchange({'jsonrpc': '2.0', 'id': 2, 'method': 'tools/call', 'params': {
+        'name': 'apply_edit', 'arguments': {'content': 'LR = 0.0001\\n'}}}, session, how)
+    if status == 200 and '"isError":true' not in text.replace(' ', ''):
+        out.append(('ACCEPTED apply_edit', text[-300:]))
+for how in ('thread', 'in flight'):
+    out = []
+    worker = threading.Thread(target=in_own_table, args=(how, out))
+    worker.start()
+    worker.join()
+    print(how, out)
+"""
+
+
+@pytest.mark.parametrize("http_server", ["no token"], indirect=True)
+async def test_a_run_cannot_hide_its_client_socket_from_the_servers_check(
+    http_server: tuple[str, str, str], ml_project: Path  # noqa: F811 (the fixture imported above)
+) -> None:
+    url, token, _how = http_server
+    port = url.split(":")[-1].split("/")[0]
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        agent = Agent(client)
+        await agent.ok("start_session", tag="hidden")
+        await agent.ok("run_experiment", description="baseline")
+        await agent.until_done()
+        assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
+        await agent.edit("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(HIDDEN_CLIENT).replace("PORT_VALUE", port))
+        run = await agent.ok("run_experiment", description="a client socket the check cannot see")
+        run = await agent.until_done(run["run_id"])
+        log = Path(run["log_path"]).read_text()
+        assert "thread [('initialize', 403)]" in log, log
+        assert "in flight [('initialize', 403)]" in log, log
+        assert "ACCEPTED" not in log, log
+        assert "LR = 0.0001" not in (ml_project / "train.py").read_text()
