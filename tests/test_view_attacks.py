@@ -8,8 +8,11 @@ Attacks the design blocks are plain tests (regressions); attacks that still succ
 from __future__ import annotations
 
 import os
+import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -18,7 +21,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mcp_autoresearch.isolation import probe_isolation
 
-from .conftest import Agent
+from .conftest import TRAIN_PY, Agent, make_repo
 from .test_server_process import anyio_backend, http_server  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.anyio
@@ -115,3 +118,67 @@ async def test_a_run_cannot_hide_its_client_socket_from_the_servers_check(
         assert "in flight [('initialize', 403)]" in log, log
         assert "ACCEPTED" not in log, log
         assert "LR = 0.0001" not in (ml_project / "train.py").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the disk: a run fills the file system's inodes, not its bytes
+# ---------------------------------------------------------------------------------------------------------------
+# Empty files in the writable output until the file system has no inode left: no byte is used, so a check of free
+# bytes sees room, but git (objects, locks), the logs and the state files cannot be created any more.
+INODE_FILLER = """
+import os
+os.makedirs('out', exist_ok=True)
+made = 0
+try:
+    while True:
+        os.close(os.open(f'out/f{made}', os.O_CREAT | os.O_WRONLY, 0o600))
+        made += 1
+except OSError as exc:
+    print('no inode left after', made, 'files:', exc.strerror)
+"""
+
+
+@pytest.fixture
+def few_inodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A project on a tmpfs of its own with plenty of bytes and few inodes (root needed, as in test_disk_full)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI runs as root and must mount a small tmpfs for this test")
+        pytest.skip("needs a tmpfs mount of its own (root)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=3000", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"mount -t tmpfs failed: {mounted.stderr.strip()}")
+        pytest.skip(f"mount -t tmpfs failed: {mounted.stderr.strip()}")
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(disk / "slots"))
+    try:
+        yield make_repo(disk / "proj", {"train.py": TRAIN_PY, "prepare.py": "SEED = 1\n"})
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+async def test_a_run_that_uses_up_the_inodes_is_disk_full_and_the_session_goes_on(
+    few_inodes: Path, agent_for: Any
+) -> None:
+    root = few_inodes
+    async with agent_for(root, {"writable": ["out"], "keep_rule": "greedy"}) as agent:
+        await agent.ok("start_session", tag="inodes")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(INODE_FILLER))
+        run = await agent.until_done((await agent.ok("run_experiment", description="no inode left"))["run_id"])
+        assert run["status"] == "disk_full", run
+        assert "out" in run["error"] and "files" in run["error"], run["error"]
+        decided = await agent.ok("commit_or_reset", run_id=run["run_id"])
+        assert decided["decision"] == "crash", decided
+        refused = await agent.refused("run_experiment", description="too early")
+        assert "disk" in refused, refused
+        for entry in (root / "out").iterdir():
+            entry.unlink()
+        await agent.edit("LR = 0.5", "LR = 0.3")
+        again, decided = await agent.experiment("after freeing the inodes")
+        assert again["status"] == "ok" and decided["decision"] == "keep", (again, decided)
+    rows = (root / "results.tsv").read_text().splitlines()[1:]
+    assert [row.split("\t")[3] for row in rows] == ["keep", "crash", "keep"], rows
