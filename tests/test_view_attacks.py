@@ -182,3 +182,38 @@ async def test_a_run_that_uses_up_the_inodes_is_disk_full_and_the_session_goes_o
         assert again["status"] == "ok" and decided["decision"] == "keep", (again, decided)
     rows = (root / "results.tsv").read_text().splitlines()[1:]
     assert [row.split("\t")[3] for row in rows] == ["keep", "crash", "keep"], rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the view: what the command held before its mount namespace was made
+# ---------------------------------------------------------------------------------------------------------------
+# The run's standard input is /dev/null, opened by the server in the user's mount namespace: through it the file's
+# own mount (read-write) is reached, not the view's read-only copy. A root run could chmod the system's /dev/null
+# to 000 (here: the same mode again, and its times, which a read-only mount refuses just the same).
+OLD_MOUNTS = """
+import os, stat
+for fd in (0, 1, 2):
+    where = os.readlink(f'/proc/self/fd/{fd}')
+    try:
+        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode))
+        os.utime(fd, None)
+        print('CHANGED', fd, where)
+    except OSError as exc:
+        print('refused', fd, where, exc.strerror)
+try:
+    os.utime('/dev/null', None)
+    print('CHANGED by path')
+except OSError as exc:
+    print('refused by path', exc.strerror)
+"""
+
+
+@pytest.mark.skipif(not ISOLATION.namespaces, reason="the view needs namespaces")
+async def test_the_runs_standard_files_are_seen_through_the_view(ml_project: Path, agent_for: Any) -> None:
+    from .test_review_attacks import _log_text, attack
+
+    async with agent_for(ml_project) as agent:
+        run, _ = await attack(agent, OLD_MOUNTS)
+    log = _log_text(run)
+    assert "refused 0 /dev/null Read-only file system" in log and "refused by path" in log, log
+    assert "CHANGED 0" not in log and "CHANGED by path" not in log, log
