@@ -217,3 +217,27 @@ async def test_the_runs_standard_files_are_seen_through_the_view(ml_project: Pat
     log = _log_text(run)
     assert "refused 0 /dev/null Read-only file system" in log and "refused by path" in log, log
     assert "CHANGED 0" not in log and "CHANGED by path" not in log, log
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# named unix sockets outside the hidden directories
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="connect(2) to a named unix socket needs neither a writable mount nor Landlock's write rights (before "
+    "ABI 9's LANDLOCK_ACCESS_FS_RESOLVE_UNIX): the view hides only /tmp, /var/tmp, /dev/shm, /run and "
+    "$XDG_RUNTIME_DIR, so a socket elsewhere (in the project, in ~, LXD's /var/snap/lxd/common/lxd/unix.socket, "
+    "which makes a root caller its admin) is reached; a seccomp notification cannot decide it safely (the address "
+    "is read from the run's memory, which it can change before the kernel reads it)",
+)
+async def test_a_named_unix_socket_in_the_project_is_unreachable(ml_project: Path, agent_for: Any) -> None:
+    from .test_review_attacks import CONNECT, _Listener, _log_text, attack
+
+    address = str(ml_project / ".service.sock")  # a dev server's or a daemon's socket in the user's tree
+    listener = _Listener(address)
+    try:
+        async with agent_for(ml_project) as agent:
+            run, _ = await attack(agent, CONNECT.format(address=address))
+    finally:
+        listener.close()
+    assert listener.received == [], _log_text(run)
