@@ -241,3 +241,36 @@ async def test_a_named_unix_socket_in_the_project_is_unreachable(ml_project: Pat
     finally:
         listener.close()
     assert listener.received == [], _log_text(run)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# memory: the fresh scratch file systems
+# ---------------------------------------------------------------------------------------------------------------
+SCRATCH_SIZES = """
+import os
+total = 0
+for path in ('/tmp', '/var/tmp', '/dev/shm'):
+    info = os.statvfs(path)
+    total += info.f_blocks * info.f_frsize
+print('SCRATCH', total)
+"""
+
+
+@pytest.mark.skipif(not ISOLATION.namespaces, reason="the view needs namespaces")
+@pytest.mark.xfail(
+    strict=True,
+    reason="each fresh tmpfs (/tmp, /var/tmp, /dev/shm) may hold half the RAM, so a run may pin 150% of it in files "
+    "no process's memory counts: the kernel's OOM killer then ends the user's programs or the server, never the "
+    "run (the host's /dev/shm, writable before the view, allowed as much, and kept it after the run); one shared, "
+    "bounded tmpfs (size= from a setting: PyTorch's DataLoader needs a large /dev/shm) is a policy to decide",
+)
+async def test_a_run_cannot_pin_more_memory_in_scratch_files_than_the_machine_has(
+    ml_project: Path, agent_for: Any
+) -> None:
+    from .test_review_attacks import _log_text, attack
+
+    async with agent_for(ml_project) as agent:
+        run, _ = await attack(agent, SCRATCH_SIZES)
+    total = int(_log_text(run).split("SCRATCH ", 1)[1].split()[0])
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert total < memory, (total, memory)
