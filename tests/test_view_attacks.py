@@ -274,3 +274,102 @@ async def test_a_run_cannot_pin_more_memory_in_scratch_files_than_the_machine_ha
     total = int(_log_text(run).split("SCRATCH ", 1)[1].split()[0])
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     assert total < memory, (total, memory)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the server's descriptors: a run opens connections to the HTTP port and holds them
+# ---------------------------------------------------------------------------------------------------------------
+# Every open connection holds one of the server's descriptors, and a run need not send a request at all. Two
+# processes open connections until the server stops accepting, say so, and hold them until the test's release
+# file appears in the run's checkout.
+FD_HOARDER = """
+import os, socket, sys
+PORT = int(PORT_VALUE)
+children = []
+for n in range(2):
+    child = os.fork()
+    if child == 0:
+        held = []
+        try:
+            while len(held) < 4000:
+                sock = socket.socket()
+                sock.settimeout(2)
+                sock.connect(('127.0.0.1', PORT))
+                held.append(sock)
+        except OSError as exc:
+            pass
+        print('HOLDS', n, len(held), flush=True)
+        for _ in range(1200):
+            if os.path.exists('release'):
+                break
+            os.system('sleep 0.05')
+        os._exit(0)
+    children.append(child)
+for child in children:
+    os.waitpid(child, 0)
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="each connection a run opens to the HTTP port holds one of the server's descriptors until the run closes "
+    "it (the check of who holds it comes with the request's headers, which a run need not send); with the network "
+    "on, a run exhausts them (2 x 1021 against a soft limit of 1024): the server's after-run checks fail, so the "
+    "run is judged 'tampered', and apply_edit meets an internal error (git cannot open HEAD) until it ends; a fix "
+    "would check each connection as it is accepted (closing a run's at once) and bound the connections a run holds",
+)
+async def test_a_run_cannot_use_up_the_servers_descriptors(ml_project: Path, tmp_path: Path) -> None:
+    import asyncio
+    import resource
+    import socket
+    import sys
+    import time
+
+    from .conftest import GIT_ENV
+
+    (ml_project / "autoresearch.toml").write_text('target_file = "train.py"\nslots = 2\nkeep_rule = "greedy"\n')
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+    def lower_limit() -> None:  # the usual default soft limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+
+    env = {**os.environ, **GIT_ENV, "AUTORESEARCH_SLOTS_DIR": str(tmp_path / "slots")}
+    argv = [sys.executable, "-m", "mcp_autoresearch", "serve", "--project", str(ml_project)]
+    stderr = tmp_path / "server.err"
+    with stderr.open("wb") as err:
+        server = subprocess.Popen(argv + ["--transport", "http", "--port", str(port)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=err, preexec_fn=lower_limit)
+    try:
+        while b"serving MCP over HTTP" not in stderr.read_bytes():
+            assert server.poll() is None, stderr.read_text()
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/mcp"
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": "Bearer any"}, timeout=120) as http,
+            Client(streamable_http_client(url, http_client=http)) as client,
+        ):
+            agent = Agent(client)
+            await agent.ok("start_session", tag="fds")
+            await agent.ok("run_experiment", description="baseline")
+            await agent.until_done()
+            await agent.ok("commit_or_reset")
+            await agent.edit("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(FD_HOARDER).replace("PORT_VALUE", str(port)))
+            hoarder = await agent.ok("run_experiment", description="holds the server's descriptors")
+            logs = ml_project / ".autoresearch" / "runs"
+            while sum(path.read_text(errors="replace").count("HOLDS") for path in logs.rglob("*.log")) < 2:
+                assert server.poll() is None
+                await asyncio.sleep(0.05)
+            try:
+                answer = await client.call_tool("apply_edit", {"content": TRAIN_PY.replace("LR = 0.5", "LR = 0.3")})
+            finally:
+                for folder in (tmp_path / "slots").iterdir():
+                    if folder.is_dir():
+                        (folder / "release").write_text("")
+            done = await agent.until_done(hoarder["run_id"])
+            assert not answer.is_error, (answer.content, done)
+    finally:
+        server.terminate()
+        server.wait(30)
