@@ -3,7 +3,9 @@
 A run may fill the disk the project is on through its writable outputs. The server must still write what it
 owes the user afterwards: the session state, the JSONL, results.tsv, git's refs, the target. So it holds
 `RESERVE_BYTES` in a preallocated file of its own (`.autoresearch/reserve`, which a confined run cannot write
-nor remove). A run that leaves the disk full (less than `FULL_BYTES` free, on the project's disk or its slot's)
+nor remove), and `RESERVE_ENTRIES` empty files (`.autoresearch/reserve.d/`): a run can also use up the file
+system's inodes with empty files, and then git, the logs and the state cannot create a file at all. A run that
+leaves the disk full (less than `FULL_BYTES` or `FULL_ENTRIES` inodes free, on the project's disk or its slot's)
 gets the status `disk_full` and an error naming the largest files runs wrote (writable paths, logs); the reserve is freed so that
 its records and decision are written, and no run starts until the reserve is whole again. This module deletes
 nothing of the user's or of a run's: freeing space is the user's call.
@@ -24,6 +26,8 @@ log = logging.getLogger("mcp_autoresearch")
 
 RESERVE_BYTES = 8 << 20  # what the server keeps for its records: dozens of decisions' state and log writes
 FULL_BYTES = 1 << 20  # a disk with less free (to ordinary users) than this after a run counts as full
+RESERVE_ENTRIES = 64  # inodes the server keeps (empty files): a decision's git objects, locks, state and logs
+FULL_ENTRIES = 128  # a disk with fewer free inodes than this after a run counts as full too
 LARGEST_SHOWN = 3  # files named in the message
 WALK_LIMIT = 100_000  # directory entries looked at when finding what grew, at most
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
@@ -51,6 +55,16 @@ def free_bytes(path: Path) -> int | None:
     return info.f_bavail * info.f_frsize
 
 
+def free_entries(path: Path) -> int | None:
+    """Inodes an ordinary user may still create on the file system holding `path` (None when unknown, or
+    when the file system has no fixed number of them)."""
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return None
+    return info.f_favail if info.f_files > 0 else None
+
+
 def mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB"
 
@@ -64,8 +78,29 @@ class DiskSpace:
     def _path(self) -> Path:
         return server_dir(self.root) / "reserve"
 
+    def _ensure_entries(self) -> bool:
+        """The reserve of inodes, whole; False when the file system has no room for it."""
+        try:
+            folder = server_dir(self.root) / "reserve.d"
+            folder.mkdir(mode=0o700, exist_ok=True)
+            if len(os.listdir(folder)) >= RESERVE_ENTRIES:
+                return True
+            for n in range(RESERVE_ENTRIES):
+                fd = os.open(folder / str(n), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                os.close(fd)
+        except SessionError as exc:
+            log.warning("could not make the inode reserve: %s", exc)
+        except OSError as exc:
+            if exc.errno in NO_ROOM:
+                return False
+            log.warning("could not make the inode reserve: %s", exc)
+        return True
+
     def ensure(self) -> bool:
         """Make the reserve whole; False when the disk has not the room for it (what was taken is given back)."""
+        return self._ensure_entries() and self._ensure_bytes()
+
+    def _ensure_bytes(self) -> bool:
         try:
             path = self._path()
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
@@ -95,7 +130,10 @@ class DiskSpace:
         """Give the reserve's space back to the disk, for the server's own writes."""
         try:
             self._path().unlink(missing_ok=True)
-        except OSError as exc:
+            folder = server_dir(self.root) / "reserve.d"
+            for entry in os.listdir(folder) if folder.is_dir() else []:
+                (folder / entry).unlink(missing_ok=True)
+        except (OSError, SessionError) as exc:
             log.warning("could not free the disk reserve: %s", exc)
 
     def after_run(self, places: list[Path], writable: list[str]) -> str | None:
@@ -140,8 +178,12 @@ def where_full(places: list[Path], every: bool = False) -> str:
             device = os.stat(place).st_dev
         except OSError:
             continue
-        free = free_bytes(place)
-        if device not in shown and free is not None and (every or free < FULL_BYTES):
+        free, entries = free_bytes(place), free_entries(place)
+        if device in shown or free is None:
+            continue
+        if entries is not None and entries < FULL_ENTRIES:
+            shown[device] = f"{mib(free)} and {entries} inodes (new files) free on the file system of {place}"
+        elif every or free < FULL_BYTES:
             shown[device] = f"{mib(free)} free on the file system of {place}"
     return ", ".join(shown.values())
 
@@ -153,7 +195,9 @@ def what_grew(root: Path, places: list[Path], writable: list[str]) -> str:
     tops.add(os.path.join(root, STATE_DIR, "runs"))
     found: list[tuple[int, str]] = []
     seen = 0
+    entries: dict[str, int] = {}
     for top in sorted(tops):
+        before = seen
         if os.path.isfile(top) and not os.path.islink(top):
             _keep_largest(found, (os.path.getsize(top), top))
         for directory, dirs, files in os.walk(top):  # links are not followed
@@ -166,7 +210,14 @@ def what_grew(root: Path, places: list[Path], writable: list[str]) -> str:
             seen += len(files) + len(dirs)
             if seen > WALK_LIMIT:
                 dirs.clear()
+        entries[top] = seen - before
     largest = [(size, path) for size, path in sorted(found, reverse=True) if size >= FULL_BYTES]
+    most = max(entries, key=lambda top: entries[top], default=None)
+    if not largest and most is not None and entries[most] >= FULL_ENTRIES:
+        return (
+            f"the runs' writable paths hold no large file, but many files: {_shown(root, most)} holds "
+            f"{entries[most]} files and folders (each takes an inode); delete what is not needed, then run again"
+        )
     if not largest:
         return (
             "the runs' writable paths and logs hold no large file: something else filled the disk; free space "

@@ -69,9 +69,10 @@ class BearerToken:
 
 
 class RefuseRuns:
-    """Refuses every request that comes from a process of one of this server's runs (`peers.run_holding`): a run
-    with the network on shares the user's loopback, and must never call the tools, with or without a token (with
-    slots, it could otherwise start or decide another slot's experiment)."""
+    """Refuses every request that comes from a process of one of this server's runs, or over a socket no visible
+    process holds (`peers.run_holding`): a run with the network on shares the user's loopback, and must never
+    call the tools, with or without a token (with slots, it could otherwise start or decide another slot's
+    experiment)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -79,14 +80,14 @@ class RefuseRuns:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client, server = scope.get("client"), scope.get("server")
         if scope["type"] in ("http", "websocket") and client and server and client[1] and server[1]:
-            pid = await anyio.to_thread.run_sync(peers.run_holding, int(client[1]), int(server[1]))
-            if pid is not None:
-                await _respond(send, 403, {"error": FROM_A_RUN.format(pid=pid)}, [])
+            why = await anyio.to_thread.run_sync(peers.run_holding, int(client[1]), int(server[1]))
+            if why is not None:
+                await _respond(send, 403, {"error": FROM_A_RUN.format(why=why)}, [])
                 return
         await self.app(scope, receive, send)
 
 
-FROM_A_RUN = "refused: this request comes from a process of one of the server's runs (pid {pid}); runs never call its tools"
+FROM_A_RUN = "refused: {why}; runs never call its tools (a client holds its connection while it waits for the answer)"
 REALM = "mcp-autoresearch"
 WRONG_TOKEN = "the bearer token is not the one this server was started with"
 MISSING_TOKEN = "unauthorized: send 'Authorization: Bearer <token>' (the token the server was started with)"

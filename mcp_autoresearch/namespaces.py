@@ -10,7 +10,8 @@ network is off; a new user namespace when it is not root), so the command it for
 the run sees no other process in its `/proc`, and when the command ends the kernel ends every process of the run.
 The command (`build_view`), before `exec`:
 1. gets its own mount namespace, every mount private, and every mount read-only: `chmod`, `chown`, `utime` of
-   any file outside the writable paths fail with EROFS, whatever Landlock does not mediate;
+   any file outside the writable paths fail with EROFS, whatever Landlock does not mediate (the standard
+   descriptors opened outside, such as stdin's /dev/null, are opened again through the view);
 2. gets fresh, empty tmpfs over `/tmp`, `/var/tmp`, `/dev/shm`, `/run` (`/var/run`) and `$XDG_RUNTIME_DIR`: the
    user's named unix sockets there (tmux, ssh-agent, docker.sock, the session bus) are not reachable, and
    nothing is shared through them with the user's programs or other runs; the caller may hide more (the Ray
@@ -182,7 +183,44 @@ def build_view(writable: list[str], cwd: str, network: bool, extra_read: list[st
     if not network:
         loopback_up()
     os.chdir(cwd)  # the working directory as the view shows it (not the hidden mount beneath)
+    _reopen_standard_files()
     return scratch
+
+
+def _reopen_standard_files() -> None:
+    """Descriptors 0-2 opened outside the view (stdin is /dev/null, opened by the server) reach their file's own
+    mount, read-write: through them even a read-only view's file could be chmod-ed (a root run: /dev/null to
+    000, for every program of the system). Each one that is a file (not a pipe nor a socket) is opened again
+    through the view; one the view does not show as the same file becomes /dev/null."""
+    import stat
+
+    for fd in (0, 1, 2):
+        try:
+            old = os.fstat(fd)
+        except OSError:
+            continue
+        if stat.S_ISFIFO(old.st_mode) or stat.S_ISSOCK(old.st_mode):
+            continue
+        flags = fcntl_flags(fd)
+        try:
+            fresh = os.open(os.readlink(f"/proc/self/fd/{fd}"), flags | os.O_NOCTTY)
+            same = (os.fstat(fresh).st_dev, os.fstat(fresh).st_ino) == (old.st_dev, old.st_ino)
+        except OSError:
+            fresh, same = -1, False
+        if not same:
+            if fresh >= 0:
+                os.close(fresh)
+            fresh = os.open("/dev/null", os.O_RDWR | os.O_NOCTTY)
+        os.dup2(fresh, fd)
+        os.close(fresh)
+
+
+def fcntl_flags(fd: int) -> int:
+    """The access mode and O_APPEND of `fd`, to open its file again alike."""
+    import fcntl
+
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    return (flags & os.O_ACCMODE) | (flags & os.O_APPEND)
 
 
 def _private_terminals(libc: ctypes.CDLL) -> list[str]:

@@ -1,0 +1,375 @@
+"""A hostile review of the private view, the keeper's answers and the server's own defences (issue 20): the
+target's code attacks during a real run, through the real server; the agent uses the tools normally.
+
+Attacks the design blocks are plain tests (regressions); attacks that still succeed are marked
+`xfail(strict=True)` with the mechanism.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from mcp_autoresearch.isolation import probe_isolation
+
+from .conftest import TRAIN_PY, Agent, make_repo
+from .test_server_process import anyio_backend, http_server  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.anyio
+
+ISOLATION = probe_isolation("auto")
+if not ISOLATION.confined:
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI must confine runs, but Landlock is unavailable here: {ISOLATION.reason}")
+    pytest.skip(f"Landlock is unavailable here: {ISOLATION.reason}", allow_module_level=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the server's HTTP tools: a run hides the client socket from the check of who holds it
+# ---------------------------------------------------------------------------------------------------------------
+# Raw HTTP over a socket the run controls. `how` is the way the socket is kept out of /proc/<pid>/fd:
+# - "thread": a thread with a file table of its own (unshare(CLONE_FILES)) opens it: the process's fd folder is
+#   the leader's table, the socket is only in /proc/<pid>/task/<tid>/fd;
+# - "in flight": right after sending, the run passes the socket to itself over a socketpair (SCM_RIGHTS) and
+#   closes it: while the server checks, no process has it in a file table; the run takes it back to read.
+HIDDEN_CLIENT = """
+import ctypes, json, os, socket, threading, time
+PORT = int(PORT_VALUE)
+libc = ctypes.CDLL(None, use_errno=True)
+def exchange(payload, session, how):
+    body = json.dumps(payload).encode()
+    head = (f'POST /mcp HTTP/1.1\\r\\nHost: 127.0.0.1:{PORT}\\r\\nAuthorization: Bearer any\\r\\n'
+            'Content-Type: application/json\\r\\nAccept: application/json, text/event-stream\\r\\n'
+            + (f'mcp-session-id: {session}\\r\\n' if session else '')
+            + f'Content-Length: {len(body)}\\r\\nConnection: close\\r\\n\\r\\n').encode()
+    sock = socket.create_connection(('127.0.0.1', PORT))
+    sock.sendall(head + body)
+    if how == 'in flight':
+        left, right = socket.socketpair()
+        socket.send_fds(left, [b'x'], [sock.fileno()])
+        sock.close()
+        time.sleep(0.5)
+        _, fds, _, _ = socket.recv_fds(right, 1, 1)
+        sock = socket.socket(fileno=fds[0])
+    answer = b''
+    while chunk := sock.recv(65536):
+        answer += chunk
+    sock.close()
+    text = answer.decode(errors='replace')
+    status = int(text.split(' ', 2)[1]) if text.startswith('HTTP/') else 0
+    found = [line.split(':', 1)[1].strip() for line in text.split('\\r\\n') if line.lower().startswith('mcp-session-id:')]
+    return status, (found[0] if found else None), text
+def in_own_table(how, out):
+    if how == 'thread' and libc.unshare(0x400) != 0:  # CLONE_FILES: this thread's own file table
+        out.append(('unshare refused', ctypes.get_errno()))
+        return
+    init = {'jsonrpc': '2.0', 'id': 1, 'method': 'initialize', 'params': {'protocolVersion': '2025-11-25',
+            'capabilities': {}, 'clientInfo': {'name': 'hidden', 'version': '1'}}}
+    for attempt in range(5):
+        status, session, _ = exchange(init, None, how)
+        if status == 200:
+            break
+    out.append(('initialize', status))
+    if status != 200:
+        return
+    exchange({'jsonrpc': '2.0', 'method': 'notifications/initialized'}, session, how)
+    status, _, text = exchange({'jsonrpc': '2.0', 'id': 2, 'method': 'tools/call', 'params': {
+        'name': 'apply_edit', 'arguments': {'content': 'LR = 0.0001\\n'}}}, session, how)
+    if status == 200 and '"isError":true' not in text.replace(' ', ''):
+        out.append(('ACCEPTED apply_edit', text[-300:]))
+for how in ('thread', 'in flight'):
+    out = []
+    worker = threading.Thread(target=in_own_table, args=(how, out))
+    worker.start()
+    worker.join()
+    print(how, out)
+"""
+
+
+@pytest.mark.parametrize("http_server", ["no token"], indirect=True)
+async def test_a_run_cannot_hide_its_client_socket_from_the_servers_check(
+    http_server: tuple[str, str, str], ml_project: Path  # noqa: F811 (the fixture imported above)
+) -> None:
+    url, token, _how = http_server
+    port = url.split(":")[-1].split("/")[0]
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        agent = Agent(client)
+        await agent.ok("start_session", tag="hidden")
+        await agent.ok("run_experiment", description="baseline")
+        await agent.until_done()
+        assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
+        await agent.edit("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(HIDDEN_CLIENT).replace("PORT_VALUE", port))
+        run = await agent.ok("run_experiment", description="a client socket the check cannot see")
+        run = await agent.until_done(run["run_id"])
+        log = Path(run["log_path"]).read_text()
+        assert "thread [('initialize', 403)]" in log, log
+        assert "in flight [('initialize', 403)]" in log, log
+        assert "ACCEPTED" not in log, log
+        assert "LR = 0.0001" not in (ml_project / "train.py").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the disk: a run fills the file system's inodes, not its bytes
+# ---------------------------------------------------------------------------------------------------------------
+# Empty files in the writable output until the file system has no inode left: no byte is used, so a check of free
+# bytes sees room, but git (objects, locks), the logs and the state files cannot be created any more.
+INODE_FILLER = """
+import os
+os.makedirs('out', exist_ok=True)
+made = 0
+try:
+    while True:
+        os.close(os.open(f'out/f{made}', os.O_CREAT | os.O_WRONLY, 0o600))
+        made += 1
+except OSError as exc:
+    print('no inode left after', made, 'files:', exc.strerror)
+"""
+
+
+@pytest.fixture
+def few_inodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A project on a tmpfs of its own with plenty of bytes and few inodes (root needed, as in test_disk_full)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI runs as root and must mount a small tmpfs for this test")
+        pytest.skip("needs a tmpfs mount of its own (root)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=3000", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"mount -t tmpfs failed: {mounted.stderr.strip()}")
+        pytest.skip(f"mount -t tmpfs failed: {mounted.stderr.strip()}")
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(disk / "slots"))
+    try:
+        yield make_repo(disk / "proj", {"train.py": TRAIN_PY, "prepare.py": "SEED = 1\n"})
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+async def test_a_run_that_uses_up_the_inodes_is_disk_full_and_the_session_goes_on(
+    few_inodes: Path, agent_for: Any
+) -> None:
+    root = few_inodes
+    async with agent_for(root, {"writable": ["out"], "keep_rule": "greedy"}) as agent:
+        await agent.ok("start_session", tag="inodes")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(INODE_FILLER))
+        run = await agent.until_done((await agent.ok("run_experiment", description="no inode left"))["run_id"])
+        assert run["status"] == "disk_full", run
+        assert "out" in run["error"] and "files" in run["error"], run["error"]
+        decided = await agent.ok("commit_or_reset", run_id=run["run_id"])
+        assert decided["decision"] == "crash", decided
+        refused = await agent.refused("run_experiment", description="too early")
+        assert "disk" in refused, refused
+        for entry in (root / "out").iterdir():
+            entry.unlink()
+        await agent.edit("LR = 0.5", "LR = 0.3")
+        again, decided = await agent.experiment("after freeing the inodes")
+        assert again["status"] == "ok" and decided["decision"] == "keep", (again, decided)
+    rows = (root / "results.tsv").read_text().splitlines()[1:]
+    assert [row.split("\t")[3] for row in rows] == ["keep", "crash", "keep"], rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the view: what the command held before its mount namespace was made
+# ---------------------------------------------------------------------------------------------------------------
+# The run's standard input is /dev/null, opened by the server in the user's mount namespace: through it the file's
+# own mount (read-write) is reached, not the view's read-only copy. A root run could chmod the system's /dev/null
+# to 000 (here: the same mode again, and its times, which a read-only mount refuses just the same).
+OLD_MOUNTS = """
+import os, stat
+for fd in (0, 1, 2):
+    where = os.readlink(f'/proc/self/fd/{fd}')
+    try:
+        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode))
+        os.utime(fd, None)
+        print('CHANGED', fd, where)
+    except OSError as exc:
+        print('refused', fd, where, exc.strerror)
+try:
+    os.utime('/dev/null', None)
+    print('CHANGED by path')
+except OSError as exc:
+    print('refused by path', exc.strerror)
+"""
+
+
+@pytest.mark.skipif(not ISOLATION.namespaces, reason="the view needs namespaces")
+async def test_the_runs_standard_files_are_seen_through_the_view(ml_project: Path, agent_for: Any) -> None:
+    from .test_review_attacks import _log_text, attack
+
+    async with agent_for(ml_project) as agent:
+        run, _ = await attack(agent, OLD_MOUNTS)
+    log = _log_text(run)
+    assert "refused 0 /dev/null Read-only file system" in log and "refused by path" in log, log
+    assert "CHANGED 0" not in log and "CHANGED by path" not in log, log
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# named unix sockets outside the hidden directories
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="connect(2) to a named unix socket needs neither a writable mount nor Landlock's write rights (before "
+    "ABI 9's LANDLOCK_ACCESS_FS_RESOLVE_UNIX): the view hides only /tmp, /var/tmp, /dev/shm, /run and "
+    "$XDG_RUNTIME_DIR, so a socket elsewhere (in the project, in ~, LXD's /var/snap/lxd/common/lxd/unix.socket, "
+    "which makes a root caller its admin) is reached; a seccomp notification cannot decide it safely (the address "
+    "is read from the run's memory, which it can change before the kernel reads it)",
+)
+async def test_a_named_unix_socket_in_the_project_is_unreachable(ml_project: Path, agent_for: Any) -> None:
+    from .test_review_attacks import CONNECT, _Listener, _log_text, attack
+
+    address = str(ml_project / ".service.sock")  # a dev server's or a daemon's socket in the user's tree
+    listener = _Listener(address)
+    try:
+        async with agent_for(ml_project) as agent:
+            run, _ = await attack(agent, CONNECT.format(address=address))
+    finally:
+        listener.close()
+    assert listener.received == [], _log_text(run)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# memory: the fresh scratch file systems
+# ---------------------------------------------------------------------------------------------------------------
+SCRATCH_SIZES = """
+import os
+total = 0
+for path in ('/tmp', '/var/tmp', '/dev/shm'):
+    info = os.statvfs(path)
+    total += info.f_blocks * info.f_frsize
+print('SCRATCH', total)
+"""
+
+
+@pytest.mark.skipif(not ISOLATION.namespaces, reason="the view needs namespaces")
+@pytest.mark.xfail(
+    strict=True,
+    reason="each fresh tmpfs (/tmp, /var/tmp, /dev/shm) may hold half the RAM, so a run may pin 150% of it in files "
+    "no process's memory counts: the kernel's OOM killer then ends the user's programs or the server, never the "
+    "run (the host's /dev/shm, writable before the view, allowed as much, and kept it after the run); one shared, "
+    "bounded tmpfs (size= from a setting: PyTorch's DataLoader needs a large /dev/shm) is a policy to decide",
+)
+async def test_a_run_cannot_pin_more_memory_in_scratch_files_than_the_machine_has(
+    ml_project: Path, agent_for: Any
+) -> None:
+    from .test_review_attacks import _log_text, attack
+
+    async with agent_for(ml_project) as agent:
+        run, _ = await attack(agent, SCRATCH_SIZES)
+    total = int(_log_text(run).split("SCRATCH ", 1)[1].split()[0])
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert total < memory, (total, memory)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the server's descriptors: a run opens connections to the HTTP port and holds them
+# ---------------------------------------------------------------------------------------------------------------
+# Every open connection holds one of the server's descriptors, and a run need not send a request at all. Two
+# processes open connections until the server stops accepting, say so, and hold them until the test's release
+# file appears in the run's checkout.
+FD_HOARDER = """
+import os, socket, sys
+PORT = int(PORT_VALUE)
+children = []
+for n in range(2):
+    child = os.fork()
+    if child == 0:
+        held = []
+        try:
+            while len(held) < 4000:
+                sock = socket.socket()
+                sock.settimeout(2)
+                sock.connect(('127.0.0.1', PORT))
+                held.append(sock)
+        except OSError as exc:
+            pass
+        print('HOLDS', n, len(held), flush=True)
+        for _ in range(1200):
+            if os.path.exists('release'):
+                break
+            os.system('sleep 0.05')
+        os._exit(0)
+    children.append(child)
+for child in children:
+    os.waitpid(child, 0)
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="each connection a run opens to the HTTP port holds one of the server's descriptors until the run closes "
+    "it (the check of who holds it comes with the request's headers, which a run need not send); with the network "
+    "on, a run exhausts them (2 x 1021 against a soft limit of 1024): the server's after-run checks fail, so the "
+    "run is judged 'tampered', and apply_edit meets an internal error (git cannot open HEAD) until it ends; a fix "
+    "would check each connection as it is accepted (closing a run's at once) and bound the connections a run holds",
+)
+async def test_a_run_cannot_use_up_the_servers_descriptors(ml_project: Path, tmp_path: Path) -> None:
+    import asyncio
+    import resource
+    import socket
+    import sys
+    import time
+
+    from .conftest import GIT_ENV
+
+    (ml_project / "autoresearch.toml").write_text('target_file = "train.py"\nslots = 2\nkeep_rule = "greedy"\n')
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+    def lower_limit() -> None:  # the usual default soft limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+
+    env = {**os.environ, **GIT_ENV, "AUTORESEARCH_SLOTS_DIR": str(tmp_path / "slots")}
+    argv = [sys.executable, "-m", "mcp_autoresearch", "serve", "--project", str(ml_project)]
+    stderr = tmp_path / "server.err"
+    with stderr.open("wb") as err:
+        server = subprocess.Popen(argv + ["--transport", "http", "--port", str(port)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=err, preexec_fn=lower_limit)
+    try:
+        while b"serving MCP over HTTP" not in stderr.read_bytes():
+            assert server.poll() is None, stderr.read_text()
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/mcp"
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": "Bearer any"}, timeout=120) as http,
+            Client(streamable_http_client(url, http_client=http)) as client,
+        ):
+            agent = Agent(client)
+            await agent.ok("start_session", tag="fds")
+            await agent.ok("run_experiment", description="baseline")
+            await agent.until_done()
+            await agent.ok("commit_or_reset")
+            await agent.edit("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(FD_HOARDER).replace("PORT_VALUE", str(port)))
+            hoarder = await agent.ok("run_experiment", description="holds the server's descriptors")
+            logs = ml_project / ".autoresearch" / "runs"
+            while sum(path.read_text(errors="replace").count("HOLDS") for path in logs.rglob("*.log")) < 2:
+                assert server.poll() is None
+                await asyncio.sleep(0.05)
+            try:
+                answer = await client.call_tool("apply_edit", {"content": TRAIN_PY.replace("LR = 0.5", "LR = 0.3")})
+            finally:
+                for folder in (tmp_path / "slots").iterdir():
+                    if folder.is_dir():
+                        (folder / "release").write_text("")
+            done = await agent.until_done(hoarder["run_id"])
+            assert not answer.is_error, (answer.content, done)
+    finally:
+        server.terminate()
+        server.wait(30)
