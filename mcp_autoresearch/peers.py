@@ -10,13 +10,16 @@ is refused when a descendant of this server holds its client socket, and also wh
 see holds it: a run can keep the socket out of every file table for a moment (in flight in a unix socket, passed
 to itself with SCM_RIGHTS) while the request is checked, then take it back to read the answer; an honest client
 holds its socket while it waits for the answer. A connection from another machine has no row in the tables and
-is not concerned. Linux only; elsewhere nothing is found (runs are not confined there either). Never imports the
-MCP SDK.
+is not concerned. While no run is in flight (the server's only child is its launcher, which has no keeper) there
+is no run to refuse, and the scan of /proc is skipped. Linux only; elsewhere nothing is found (runs are not
+confined there either). Never imports the MCP SDK.
 """
 
 from __future__ import annotations
 
 import os
+
+import psutil
 
 NO_HOLDER = "no process this server can see holds the connection's socket"
 
@@ -84,10 +87,25 @@ def _descends_from(pid: str, ancestor: int) -> bool:
     return False
 
 
+def _runs_may_exist() -> bool:
+    """False only when no process of a run can exist: this server's children are launchers without children
+    (a run's processes descend from a keeper the launcher forked; anything else, a git process included, takes
+    the full check)."""
+    try:
+        for child in psutil.Process().children():
+            if child.children() or not any(part.endswith("launch_server.py") for part in child.cmdline()):
+                return True
+    except psutil.Error:
+        return True
+    return False
+
+
 def run_holding(client_port: int, server_port: int) -> str | None:
     """Why the connection from `client_port` to `server_port` is refused: a descendant of this process (a run)
     holds its client socket, or no visible process does. None when a process that is not a run holds it (the
     agent, a browser), or when the connection is not a local one."""
+    if not _runs_may_exist():
+        return None
     inodes = _socket_inodes(client_port, server_port)
     if inodes is None:
         return None
