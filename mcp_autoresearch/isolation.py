@@ -251,13 +251,26 @@ def linked_inputs(root: Path, shared_inputs: list[str]) -> list[str]:
     return found
 
 
+HIDDEN_ROOTS = ("/tmp", "/var/tmp", "/run", "/var/run", "/dev/shm")
+
+
 def view_reads() -> list[str]:
     """What a run reads that a hidden directory may cover (the view shows it again, read-only, only there): the
-    resolver's configuration where it is a link into /run (systemd-resolved), and a home directory beneath
-    /tmp (as in some containers and CI jobs)."""
+    resolver's configuration where it is a link into /run (systemd-resolved), a home directory beneath /tmp (as
+    in some containers and CI jobs), the server's own Python environment and the folders of the user's PATH (a
+    virtual environment beneath /tmp whose python the run command names). Never a hidden directory itself."""
     real = os.path.realpath("/etc/resolv.conf")
     home = os.path.expanduser("~")
-    return ([real] if real != "/etc/resolv.conf" else []) + ([home] if home.startswith("/") else [])
+    found = ([real] if real != "/etc/resolv.conf" else []) + ([home] if home.startswith("/") else [])
+    found += [sys.prefix, os.path.dirname(os.path.abspath(sys.executable))]
+    found += [entry for entry in os.environ.get("PATH", "").split(os.pathsep) if entry.startswith("/")]
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    roots = {os.path.normpath(root) for root in (*HIDDEN_ROOTS, runtime) if root}
+    seen: list[str] = []
+    for path in map(os.path.normpath, found):
+        if path not in seen and path != "/" and path not in roots:
+            seen.append(path)
+    return seen
 
 
 def setup_failure(text: str) -> str | None:

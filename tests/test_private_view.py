@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from mcp_autoresearch import confine
 from mcp_autoresearch.isolation import probe_isolation
 
 from .helpers.needs import require
@@ -367,3 +368,34 @@ async def test_the_users_terminals_are_not_there_and_the_runs_own_work(ml_projec
         os.close(master)
         os.close(slave)
     assert "refused No such file or directory" in text and "OWN PTY b'own'" in text and typed == b"", text
+
+
+def test_the_servers_python_and_path_stay_visible_beneath_a_hidden_directory(tmp_path: Path) -> None:
+    """A virtual environment beneath /tmp (a clone in /tmp, as CI's may be) whose python the run command names:
+    the view shows it again, read-only; never a hidden directory itself (that would show the user's sockets)."""
+    from mcp_autoresearch.isolation import HIDDEN_ROOTS, view_reads
+
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    tool = venv_bin / "tool"
+    tool.write_text("#!/bin/sh\necho 'score: 1.5'\n")
+    tool.chmod(0o755)
+    old = os.environ["PATH"]
+    os.environ["PATH"] = f"{venv_bin}:/tmp:{old}"
+    try:
+        reads = view_reads()
+        spec = keeper_spec_for_view(reads)
+        result = subprocess.run(
+            confine.command_line(sys.executable, spec, ["tool"]), capture_output=True, text=True, cwd=tmp_path
+        )
+    finally:
+        os.environ["PATH"] = old
+    assert sys.prefix in reads and str(venv_bin) in reads
+    assert not set(reads) & set(HIDDEN_ROOTS)
+    assert "score: 1.5" in result.stdout, result.stderr
+
+
+def keeper_spec_for_view(reads: list[str]) -> dict:
+    from mcp_autoresearch.isolation import keeper_spec, probe_isolation
+
+    return keeper_spec(probe_isolation("auto"), [], 1.0, reads)
