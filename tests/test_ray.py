@@ -57,6 +57,22 @@ except OSError as exc:
 """
 
 
+
+def run_wrapper(spec: dict, root: str) -> int:
+    """`ray_wrapper.run` in a forked child, as on a worker: it makes its process non-dumpable and drops
+    CAP_SYS_PTRACE from the bounding set, which this test process (and every server it starts later) must keep.
+    Its output goes to the same descriptors (capfd reads it); monkeypatches of the parent hold in the child."""
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            code = ray_wrapper.run(spec, root)
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
 def test_output_streams_into_the_log_and_the_metric_is_read(tmp_path: Path, ray_address: str) -> None:
     root = _project(tmp_path)
     seen: list[tuple[float, float, str]] = []
@@ -253,7 +269,7 @@ def test_isolation_required_without_landlock_runs_nothing(
     monkeypatch.setattr(ray_wrapper.landlock_rules, "probe", no_landlock)
     private, public = _pair()
     spec = {"command": "touch ran", "isolation": "required", "timeout": 10, "server_public": f"{public:x}"}
-    assert ray_wrapper.run(spec, str(tmp_path)) == 125
+    assert run_wrapper(spec, str(tmp_path)) == 125
     written: list[bytes] = []
     unframer = Unframer(written.append, private)
     unframer.feed(capfd.readouterr().out)
@@ -355,7 +371,7 @@ def test_an_absolute_writable_entry_is_the_workers_own_inside_the_namespaces(
     spec = {"command": f"echo kept > {shared}/entry; touch /tmp/lost; true", "isolation": "required", "timeout": 10,
             "server_public": f"{public:x}", "write": [str(shared)]}
     try:
-        assert ray_wrapper.run(spec, str(tmp_path)) == 0, capfd.readouterr().out
+        assert run_wrapper(spec, str(tmp_path)) == 0, capfd.readouterr().out
         unframer = Unframer([].append, private)
         unframer.feed(capfd.readouterr().out)
         assert (unframer.report or {}).get("namespaces") is True
@@ -387,7 +403,7 @@ def test_rays_files_and_token_are_hidden_from_the_run(
         command = f"cat mine.txt; cat {session}/logs/job-other.log; ls ~/.ray; cat {base}/token; echo done"
         spec = {"command": command, "isolation": "required", "timeout": 10, "server_public": f"{public:x}"}
         written: list[bytes] = []
-        code = ray_wrapper.run(spec, str(root))
+        code = run_wrapper(spec, str(root))
         unframer = Unframer(written.append, private)
         unframer.feed(capfd.readouterr().out)
         output = b"".join(written).decode()
