@@ -14,11 +14,11 @@ from pathlib import Path
 
 from .briefing import journal_briefing
 from .config import DEFAULTS
+from .current import current_session
 from .errors import AutoresearchError, ConfigError
 from .journal import RESULTS_TSV, Journal, Row
 from .project import check_project_root, load_project
 from .results_tsv import TsvFormat
-from .session import current_session
 from .state import SessionState, current_tag, load_state
 from .statuses import FILTERS
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from .config import Config
 from .context import normal_run_id
+from .current import current_session
 from .decisions import Decider
 from .diskspace import no_room
 from .editing import Editor
@@ -38,7 +39,6 @@ from .state import (
     OwnRecord,
     SessionState,
     load_record,
-    load_state,
     save_state,
     server_dir,
     set_current_tag,
@@ -92,19 +92,6 @@ STOPPED = "the server stopped during this run"
 def default_tag() -> str:
     """Lower-cased month and day, like the original: nov26."""
     return datetime.now().strftime("%b%d").lower()
-
-
-def current_session(root: Path, repo: Repo | None = None) -> str | None:
-    """The current session is the one whose branch is checked out, always (also when a person checked out
-    another session's branch by hand). None when no session branch is checked out."""
-    try:
-        branch = (repo or Repo(root)).current_branch()
-    except SessionError:
-        return None
-    tag = branch.removeprefix("autoresearch/") if branch else ""
-    if tag and tag != branch and load_state(root, tag) is not None:
-        return tag
-    return None
 
 
 class Session:

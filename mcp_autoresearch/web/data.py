@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULTS
+from ..current import current_session
 from ..logtail import tail
-from ..session import current_session
 from ..standing import standing
 from ..state import SessionState, current_tag, load_state, state_dir, state_path
 
