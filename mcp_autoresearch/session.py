@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .config import FROZEN_KEYS, Config
 from .context import normal_run_id
 from .current import current_session
 from .decisions import Decider
@@ -58,33 +58,6 @@ __all__ = [
 
 log = logging.getLogger("mcp_autoresearch")
 
-# Settings that define what is measured and what may change; a session keeps them for its whole life.
-RULE_KEYS = (
-    "target_file",
-    "run_command",
-    "metric_name",
-    "metric_parse",
-    "metric_regex",
-    "metric_measure",
-    "metric_direction",
-    "readonly_files",
-    "checks_command",
-    "repeats",
-    "min_delta",
-    "memory_regex",
-    "jsonl_path",
-    "timeout",
-    "max_experiments",
-    "writable",
-    "isolation",
-    "network",
-    "keep_rule",
-    "confidence",
-    "max_repeats",
-    "noise_runs",
-    "slots",
-    "backend",
-)
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 STOPPED = "the server stopped during this run"
 
@@ -238,7 +211,7 @@ class Session:
         config = project.config
         state = record.state
         now = _rules_of(config)
-        changed = [key for key in RULE_KEYS if state.rules.get(key, now[key]) != now[key]]
+        changed = [key for key in FROZEN_KEYS if state.rules.get(key, now[key]) != now[key]]
         if config.target_file != state.target_file:
             changed.insert(0, "target_file")
         if changed:
@@ -469,4 +442,4 @@ class Session:
 
 
 def _rules_of(config: Config) -> dict[str, Any]:
-    return {key: getattr(config, key) for key in RULE_KEYS}
+    return {key: getattr(config, key) for key in FROZEN_KEYS}
