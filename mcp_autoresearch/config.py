@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .names import DEFAULT_JSONL, STATE_DIR
 from .results_tsv import ResultsFormat
 
 Direction = Literal["lower_is_better", "higher_is_better"]
@@ -211,7 +212,7 @@ class ConfigValues(BaseModel):
             parts = Path(item).parts
             if Path(item).is_absolute() or item.startswith("~") or ".." in parts:
                 raise ValueError(f"'{item}' must be a path inside the project (relative, no '..')")
-            if parts and parts[0] in (".git", ".autoresearch"):
+            if parts and parts[0] in (".git", STATE_DIR):
                 raise ValueError(f"'{item}' is the repository's or the server's own folder")
         return value
 
@@ -292,7 +293,7 @@ DEFAULTS: dict[str, Any] = {
     "readonly_files": [],
     "repeats": 1,
     "min_delta": 0.0,
-    "jsonl_path": ".autoresearch/autoresearch.jsonl",
+    "jsonl_path": DEFAULT_JSONL,
     "writable": [],
     "isolation": "auto",
     "network": "on",
@@ -328,7 +329,7 @@ class Config(BaseModel):
     min_delta: float = 0.0
     max_experiments: int | None = None
     memory_regex: str | None = None
-    jsonl_path: str = ".autoresearch/autoresearch.jsonl"
+    jsonl_path: str = DEFAULT_JSONL
     writable: list[str] = Field(default_factory=list)
     isolation: IsolationSetting = "auto"
     network: NetworkSetting = "on"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import SessionError
+from .names import SESSION_BRANCHES
 from .repo import Repo
 from .state import load_state
 
@@ -17,7 +18,7 @@ def current_session(root: Path, repo: Repo | None = None) -> str | None:
         branch = (repo or Repo(root)).current_branch()
     except SessionError:
         return None
-    tag = branch.removeprefix("autoresearch/") if branch else ""
+    tag = branch.removeprefix(SESSION_BRANCHES) if branch else ""
     if tag and tag != branch and load_state(root, tag) is not None:
         return tag
     return None

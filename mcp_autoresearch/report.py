@@ -16,7 +16,8 @@ from .briefing import journal_briefing
 from .config import DEFAULTS
 from .current import current_session
 from .errors import AutoresearchError, ConfigError
-from .journal import RESULTS_TSV, Journal, Row
+from .journal import Journal, Row
+from .names import RESULTS_TSV
 from .project import check_project_root, load_project
 from .results_tsv import TsvFormat
 from .state import SessionState, current_tag, load_state

@@ -23,11 +23,11 @@ from .decisions import Decider
 from .diskspace import no_room
 from .editing import Editor
 from .errors import RuleViolation, SessionError
-from .experiment import RUN_LOG
 from .guard import changed_fingerprints, fingerprint_files, new_files
 from .isolation import probe_isolation
-from .journal import RESULTS_TSV, Journal
+from .journal import Journal
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
+from .names import RESULTS_TSV, RUN_LOG, SESSION_BRANCHES, SESSIONS, own_journal
 from .ownfiles import OwnFiles, archive_results, exclude_patterns, restore_jsonl, start_mirror
 from .parallel import AnyRunHandle, ParallelRuns
 from .processes import kill_marked_processes
@@ -123,7 +123,7 @@ class Session:
                 )
         else:  # the checked-out session; else today's (created, or resumed on its branch)
             tag = current_session(root, repo) or default_tag()
-        branch = f"autoresearch/{tag}"
+        branch = f"{SESSION_BRANCHES}{tag}"
         record, notes = load_record(root, tag)  # the server's own record, never the public copy
         state = record.state if record is not None else None
         repo.ensure_identity()
@@ -141,7 +141,7 @@ class Session:
             )
         jsonl = root / config.jsonl_path
         journal = Journal(root / RESULTS_TSV, jsonl, tag, config.results_format, config.metric_name)
-        journal.mirror = server_dir(root, "sessions") / f"{tag}.own.jsonl"
+        journal.mirror = server_dir(root, SESSIONS) / own_journal(tag)
         if record is not None and state is not None and repo.branch_exists(branch):
             session = cls._resume(root, project, repo, record, journal)
             session.recovered[:0] = notes
