@@ -9,6 +9,7 @@ import os
 import select
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -143,7 +144,7 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
 
 
 @contextmanager
-def _cbreak():
+def _cbreak() -> Iterator[None]:
     """Single key presses without echo (so 'q' quits), restored whatever happens."""
     import termios
     import tty

@@ -98,7 +98,7 @@ def _view_problem() -> str | None:
     if not keeper_available():
         return f"namespaces are a Linux feature (this is {sys.platform})"
     with tempfile.TemporaryDirectory(prefix="autoresearch-probe-") as scratch:
-        spec = {"view": True, "network": False, "write": [scratch], "parent": os.getpid()}
+        spec: confine.KeeperSpec = {"view": True, "network": False, "write": [scratch], "parent": os.getpid()}
         try:
             done = subprocess.run(
                 confine.command_line(sys.executable, spec, ["/bin/true"]), cwd=scratch, capture_output=True,
@@ -225,14 +225,16 @@ def keeper_command(
 ) -> list[str]:
     """The argv that runs `argv` under the keeper: confined when Landlock or the view is in use, supervised
     either way."""
-    spec = {**keeper_spec(isolation, writable, grace_s, reads), "parent": os.getpid()}
+    spec: confine.KeeperSpec = {**keeper_spec(isolation, writable, grace_s, reads), "parent": os.getpid()}
     return confine.command_line(sys.executable, spec, argv)
 
 
-def keeper_spec(isolation: Isolation, writable: list[str], grace_s: float, reads: list[str] | None = None) -> dict:
+def keeper_spec(
+    isolation: Isolation, writable: list[str], grace_s: float, reads: list[str] | None = None
+) -> confine.KeeperSpec:
     """What the keeper is told: Landlock and its writable paths, the private view (with `reads`, paths it must
     keep showing), the network, the grace."""
-    spec: dict = {"landlock": isolation.confined, "grace": grace_s}
+    spec: confine.KeeperSpec = {"landlock": isolation.confined, "grace": grace_s}
     spec["write"] = writable if (isolation.confined or isolation.namespaces) else []
     if isolation.namespaces:
         spec["view"] = True

@@ -14,7 +14,6 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
 
 from . import confine, landlock, namespaces, output_dirs, ray_records, ray_wrapper
 from .names import STATE_DIR
@@ -51,7 +50,7 @@ def _normalized(entry: str) -> str:
     return os.path.normpath(entry.strip()).replace(os.sep, "/")
 
 
-def build_package(cwd: Path, dest: Path, excluded: list[str], spec: dict[str, Any], limit: int) -> int:
+def build_package(cwd: Path, dest: Path, excluded: list[str], spec: ray_wrapper.JobSpec, limit: int) -> int:
     """Zip the snapshot (minus `excluded` relative paths), the wrapper and its spec into `dest`; returns the
     zip's size. Files are added by content (a link to a file counts as that file), modes are kept (Ray restores
     them); links to directories are not followed (a loop, or the user's whole disk)."""

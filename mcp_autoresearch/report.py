@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .briefing import journal_briefing
 from .config import DEFAULTS
@@ -22,6 +23,9 @@ from .project import check_project_root, load_project
 from .results_tsv import TsvFormat
 from .state import SessionState, current_tag, load_state
 from .statuses import FILTERS
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 @dataclass
@@ -82,7 +86,7 @@ def _optional_columns(width: int, metric_name: str) -> tuple[bool, bool]:
     return delta, memory
 
 
-def results_table(files: SessionFiles, rows: list[Row], notes: bool = True, width: int = WIDE):
+def results_table(files: SessionFiles, rows: list[Row], notes: bool = True, width: int = WIDE) -> Table:
     from rich.table import Table
     from rich.text import Text
 
