@@ -66,6 +66,8 @@ class Detection:
 
 
 class ProjectType(Protocol):
+    """What a project type module provides (`projects/<type>.py`)."""
+
     NAME: str
 
     def detect(self, root: Path) -> Detection | None: ...
