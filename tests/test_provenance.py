@@ -179,6 +179,21 @@ async def test_status_results_and_dashboard_say_it(ml_project: Path, agent_for: 
     assert "metric source: self-reported" in " ".join(dashboard.stdout.split()), dashboard.stderr
 
 
+async def test_finish_says_it_and_the_squashed_commit_records_it(ml_project: Path, agent_for: Any) -> None:
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="land")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.3")
+        _, decision = await agent.experiment("lower LR")
+        assert decision["decision"] == "keep"
+    summary = run_cli("finish", "--project", str(ml_project))
+    assert "  source:     self-reported: read from the run's own output" in summary.stdout, summary.stderr
+    landed = run_cli("finish", "--project", str(ml_project), "--land", "result", "--squash")
+    assert landed.returncode == 0, landed.stderr
+    message = git(ml_project, "log", "-1", "--format=%B", "result")
+    assert "each measured by mcp-autoresearch (metric source: self-reported)" in message
+
+
 async def test_the_label_cannot_change_within_a_session(ml_project: Path, agent_for: Any) -> None:
     """eval_command is one of the session's rules: a session that began self-reported stays so, labelled."""
     async with agent_for(ml_project) as agent:
