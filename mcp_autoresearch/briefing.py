@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import DEFAULTS
-from .journal import RESULTS_TSV, Journal, Row, one_line
+from .journal import Journal, Row, one_line
+from .names import RESULTS_TSV
 from .provenance import metric_provenance
 from .standing import standing
 from .state import SessionState, load_state

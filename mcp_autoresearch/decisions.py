@@ -15,6 +15,7 @@ from .errors import RuleViolation, SessionError
 from .evidence import Evidence
 from .journal import Row
 from .models import DecisionResult
+from .names import SESSION_REFS
 from .rules import Verdict, decide, improvement
 from .running import Runs
 from .sequential import best_values, resolve_keep_rule
@@ -137,7 +138,7 @@ class Decider:
         elif verdict != "keep" and commit != pending.parent:
             # Keep the idea reachable, then restore what the candidate changed (the target only: checked before
             # the run) and move the branch back.
-            core.repo.set_ref(f"refs/autoresearch/{core.state.tag}/{pending.run_id}", commit)
+            core.repo.set_ref(f"{SESSION_REFS}{core.state.tag}/{pending.run_id}", commit)
             core.repo.restore_paths(pending.parent, [core.target_repo_path])
             if core.repo.resolve_branch(core.state.branch) != pending.parent:
                 core.repo.move_branch(

@@ -17,6 +17,7 @@ import anyio
 from mcp import Client
 
 from .errors import AutoresearchError
+from .names import RESULTS_TSV, RUN_LOG, STATE_DIR
 from .repo import FALLBACK_IDENTITY
 from .scripted_agent import ScriptedAgent, server_params
 
@@ -25,7 +26,7 @@ EXAMPLES = {
     "bundle": "a tiny Node library; metric: bundle size in KB (lower is better), with a test gate",
 }
 IGNORE = shutil.ignore_patterns(
-    "__pycache__", "*.pyc", "dist", "node_modules", ".autoresearch", "run.log", "results.tsv"
+    "__pycache__", "*.pyc", "dist", "node_modules", STATE_DIR, RUN_LOG, RESULTS_TSV
 )
 
 
@@ -103,7 +104,7 @@ def run_demo(
         + (f" ({pct:.1f}% better)" if pct is not None else "")
     )
     tag = session.state.tag
-    console.print(f"\n  results.tsv  {project / 'results.tsv'}")
+    console.print(f"\n  {RESULTS_TSV}  {project / RESULTS_TSV}")
     console.print(f"  JSONL log    {session.journal.jsonl_path}")
     console.print(f"  branch       autoresearch/{tag} (git -C {project} log --oneline autoresearch/{tag})")
     command = _own_command()

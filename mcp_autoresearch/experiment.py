@@ -32,6 +32,7 @@ from .isolation import (
 from .launcher import Launched, launcher
 from .logtail import clean_text, read_tail_bytes, tail
 from .metrics import MetricError, Secondary, first_float, measure, read_metric_from_log, read_secondary
+from .names import RUN_LOG
 from .runner import DEFAULT_GRACE_S, ProcessResult, ProcessRun, ProgressCallback
 from .statuses import RunStatus
 
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from .ray_backend import RayBackend, RayJobRun
 
 METRIC_PARSE_TIMEOUT_S = 30.0
-RUN_LOG = "run.log"
 # The original tool's commands end in `> run.log 2>&1` (or `| tee run.log`): the server captures the output and
 # writes run.log itself, so that redirect is dropped (a confined run may not write the project root).
 _RUN_LOG_REDIRECT = re.compile(

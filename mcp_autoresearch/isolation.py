@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import confine, landlock
 from .errors import ConfigError
+from .names import RESULTS_TSV, RUN_LOG, SERVER_BIN, STATE_DIR
 
 # Devices any run may write (the terminal-like ones tools expect) and those a GPU run needs; directories below
 # /dev that are per-process scratch space.
@@ -30,9 +31,9 @@ DEVICE_FILES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/uran
 DEVICE_GLOBS = ["/dev/nvidia*", "/dev/kfd"]
 DEVICE_DIRS = ["/dev/shm", "/dev/pts", "/dev/dri"]
 
-SERVER_OWN = (".git", ".autoresearch")
+SERVER_OWN = (".git", STATE_DIR)
 # Inside the server's folder, only these build-output folders may be opened to a run (Go's default binary).
-SERVER_OWN_WRITABLE = (".autoresearch/bin",)
+SERVER_OWN_WRITABLE = (SERVER_BIN,)
 
 
 @dataclass(frozen=True)
@@ -142,9 +143,9 @@ def check_writable(
     guarded = {root / rel: what for rel, what in protected.items()}
     guarded[root / ".git"] = "the git repository"
     guarded[root / jsonl_path] = "the server's JSONL log"
-    for name in ("results.tsv", "run.log"):
+    for name in (RESULTS_TSV, RUN_LOG):
         guarded[root / name] = f"the server's {name}"
-    own = root / ".autoresearch"
+    own = root / STATE_DIR
     for entry in entries:
         lexical = _expand(root, entry)
         try:

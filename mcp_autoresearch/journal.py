@@ -28,7 +28,6 @@ from .results_tsv import AUTORESEARCH_HEADER, TsvFormat, quick_tsv_size, same_ts
 from .statuses import DECISIONS, RUN_STATUSES, Decision, RunStatus, as_decision, as_run_status
 from .terminal_text import printable
 
-RESULTS_TSV = "results.tsv"  # at the project root, as the original tool writes it
 TSV_HEADER = AUTORESEARCH_HEADER
 
 

@@ -33,6 +33,7 @@ from .experiment import Experiment, ExperimentResult
 from .files import atomic_write
 from .gitguard import GitWatch
 from .guard import sha256_bytes, sha256_file
+from .names import RUN_LOGS, SESSION_REFS
 from .processes import kill_marked_processes
 from .rules import nonblank_lines
 from .running import ActiveRun, AlreadyMeasured, RunHandle, RunProgress, Runs, candidate, unmeasured
@@ -213,7 +214,7 @@ class ParallelRuns:
                 commit = core.repo.write_commit(
                     core.target_repo_path, target_bytes, message, parent, plain=core.plain_target
                 )
-                core.repo.set_ref(f"refs/autoresearch/{core.state.tag}/{run_id}", commit)
+                core.repo.set_ref(f"{SESSION_REFS}{core.state.tag}/{run_id}", commit)
                 slots = [min(set(range(self.slots)) - self.busy_slots())]
             pending = Pending(
                 run_id=run_id,
@@ -276,7 +277,7 @@ class ParallelRuns:
     def _launch(self, pending: Pending, slots: list[int]) -> None:
         """The run's in-memory side: its experiments (one per slot it occupies) and git's snapshot."""
         core = self.core
-        log_dir = server_dir(core.root, "runs", core.state.tag)
+        log_dir = server_dir(core.root, RUN_LOGS, core.state.tag)
         flight = Flight(run_id=pending.run_id, started=time.monotonic(), log_dir=log_dir, slots=slots)
         experiments = [
             Experiment(

@@ -14,12 +14,13 @@ from pathlib import Path
 
 from .briefing import journal_briefing
 from .config import DEFAULTS
+from .current import current_session
 from .errors import AutoresearchError, ConfigError
-from .journal import RESULTS_TSV, Journal, Row
+from .journal import Journal, Row
+from .names import RESULTS_TSV
 from .project import check_project_root, load_project
 from .provenance import metric_provenance
 from .results_tsv import TsvFormat
-from .session import current_session
 from .state import SessionState, current_tag, load_state
 from .statuses import FILTERS
 

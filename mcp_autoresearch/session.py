@@ -16,17 +16,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .config import FROZEN_KEYS, Config
 from .context import normal_run_id
+from .current import current_session
 from .decisions import Decider
 from .diskspace import no_room
 from .editing import Editor
 from .errors import RuleViolation, SessionError
-from .experiment import RUN_LOG
 from .guard import changed_fingerprints, fingerprint_files, new_files
 from .isolation import probe_isolation
-from .journal import RESULTS_TSV, Journal
+from .journal import Journal
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
+from .names import RESULTS_TSV, RUN_LOG, SESSION_BRANCHES, SESSIONS, own_journal
 from .ownfiles import OwnFiles, archive_results, exclude_patterns, restore_jsonl, start_mirror
 from .parallel import AnyRunHandle, ParallelRuns
 from .processes import kill_marked_processes
@@ -39,7 +40,6 @@ from .state import (
     OwnRecord,
     SessionState,
     load_record,
-    load_state,
     save_state,
     server_dir,
     set_current_tag,
@@ -59,34 +59,6 @@ __all__ = [
 
 log = logging.getLogger("mcp_autoresearch")
 
-# Settings that define what is measured and what may change; a session keeps them for its whole life.
-RULE_KEYS = (
-    "target_file",
-    "run_command",
-    "metric_name",
-    "metric_parse",
-    "metric_regex",
-    "metric_measure",
-    "eval_command",
-    "metric_direction",
-    "readonly_files",
-    "checks_command",
-    "repeats",
-    "min_delta",
-    "memory_regex",
-    "jsonl_path",
-    "timeout",
-    "max_experiments",
-    "writable",
-    "isolation",
-    "network",
-    "keep_rule",
-    "confidence",
-    "max_repeats",
-    "noise_runs",
-    "slots",
-    "backend",
-)
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 STOPPED = "the server stopped during this run"
 
@@ -94,19 +66,6 @@ STOPPED = "the server stopped during this run"
 def default_tag() -> str:
     """Lower-cased month and day, like the original: nov26."""
     return datetime.now().strftime("%b%d").lower()
-
-
-def current_session(root: Path, repo: Repo | None = None) -> str | None:
-    """The current session is the one whose branch is checked out, always (also when a person checked out
-    another session's branch by hand). None when no session branch is checked out."""
-    try:
-        branch = (repo or Repo(root)).current_branch()
-    except SessionError:
-        return None
-    tag = branch.removeprefix("autoresearch/") if branch else ""
-    if tag and tag != branch and load_state(root, tag) is not None:
-        return tag
-    return None
 
 
 class Session:
@@ -168,7 +127,7 @@ class Session:
                 )
         else:  # the checked-out session; else today's (created, or resumed on its branch)
             tag = current_session(root, repo) or default_tag()
-        branch = f"autoresearch/{tag}"
+        branch = f"{SESSION_BRANCHES}{tag}"
         record, notes = load_record(root, tag)  # the server's own record, never the public copy
         state = record.state if record is not None else None
         repo.ensure_identity()
@@ -186,7 +145,7 @@ class Session:
             )
         jsonl = root / config.jsonl_path
         journal = Journal(root / RESULTS_TSV, jsonl, tag, config.results_format, config.metric_name)
-        journal.mirror = server_dir(root, "sessions") / f"{tag}.own.jsonl"
+        journal.mirror = server_dir(root, SESSIONS) / own_journal(tag)
         journal.provenance = provenance.source  # on every experiment's record
         if record is not None and state is not None and repo.branch_exists(branch):
             session = cls._resume(root, project, repo, record, journal)
@@ -258,7 +217,7 @@ class Session:
         config = project.config
         state = record.state
         now = _rules_of(config)
-        changed = [key for key in RULE_KEYS if state.rules.get(key, now[key]) != now[key]]
+        changed = [key for key in FROZEN_KEYS if state.rules.get(key, now[key]) != now[key]]
         if config.target_file != state.target_file:
             changed.insert(0, "target_file")
         if changed:
@@ -489,4 +448,4 @@ class Session:
 
 
 def _rules_of(config: Config) -> dict[str, Any]:
-    return {key: getattr(config, key) for key in RULE_KEYS}
+    return {key: getattr(config, key) for key in FROZEN_KEYS}

@@ -17,6 +17,7 @@ from .errors import RuleViolation, SessionError
 from .files import atomic_write, read_regular
 from .guard import sha256_bytes
 from .models import DecisionResult
+from .names import SESSION_REFS
 from .parallel import ParallelRuns
 from .rules import decide, nonblank_lines
 from .state import DecisionRecord, Pending, RunOutcome, server_dir
@@ -200,7 +201,7 @@ class SlotDecider:
             },
         )
         before = pending.model_copy(deep=True)
-        ref = f"refs/autoresearch/{core.state.tag}/{pending.run_id}"
+        ref = f"{SESSION_REFS}{core.state.tag}/{pending.run_id}"
         try:
             repo.set_ref(ref, commit)
             pending.parent, pending.parent_value, pending.commit = best.commit, best.value, commit

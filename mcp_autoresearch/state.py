@@ -19,10 +19,9 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import SessionError
 from .files import atomic_write, own_dir, read_regular
+from .names import SESSIONS, STATE_DIR, own_record, public_state
 from .stats import Step
 from .statuses import Decision, RunStatus
-
-STATE_DIR = ".autoresearch"
 
 
 class Best(BaseModel):
@@ -145,11 +144,11 @@ def server_dir(root: Path, *parts: str) -> Path:
 
 def state_path(root: Path, tag: str) -> Path:
     """The session's state for people and tools to read; the server itself trusts only its own record."""
-    return state_dir(root) / "sessions" / f"{tag}.json"
+    return state_dir(root) / SESSIONS / public_state(tag)
 
 
 def record_path(root: Path, tag: str) -> Path:
-    return state_dir(root) / "sessions" / f"{tag}.own.json"
+    return state_dir(root) / SESSIONS / own_record(tag)
 
 
 class OwnRecord(BaseModel):
@@ -182,10 +181,10 @@ def state_fingerprint(root: Path, tag: str) -> tuple[tuple[int, ...] | None, ...
 def save_state(root: Path, state: SessionState, seal: Seal | None = None) -> None:
     """Write-then-rename: a reader (or a restart) sees the old state or the new one, never half of one. The
     server's own record first (with the JSONL's seal), then the public copy."""
-    directory = server_dir(root, "sessions")
+    directory = server_dir(root, SESSIONS)
     size, digest = seal or (0, "")
     record = OwnRecord(state=state, jsonl_size=size, jsonl_sha256=digest)
-    atomic_write(directory / f"{state.tag}.own.json", record.model_dump_json().encode("utf-8"), mode=0o644)
+    atomic_write(directory / own_record(state.tag), record.model_dump_json().encode("utf-8"), mode=0o644)
     atomic_write(
         directory / f"{state.tag}.json", state.model_dump_json(indent=1).encode("utf-8"), 0o644, False
     )
@@ -210,7 +209,7 @@ def load_record(root: Path, tag: str) -> tuple[OwnRecord | None, list[str]]:
             "move it aside to start over"
         ) from None
     if public != record.state:
-        notes.append(f".autoresearch/sessions/{tag}.json was written outside the server: ignored, rewritten")
+        notes.append(f"{STATE_DIR}/{SESSIONS}/{public_state(tag)} was written outside the server: ignored, rewritten")
     return record, notes
 
 

@@ -125,3 +125,17 @@ def test_the_server_starts_without_importing_ray() -> None:
     code = "import sys, mcp_autoresearch.server; print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_servers_own_file_names_are_spelled_in_one_place() -> None:
+    """`names.py` defines them; no other module spells one as a string of its own."""
+    own = {".autoresearch", "results.tsv", "run.log", "sessions", "autoresearch/", "refs/autoresearch/"}
+    offenders = []
+    for name, path in _modules().items():
+        if name == f"{NAME}.names":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            text = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+            if text is not None and (text in own or text.startswith(".autoresearch/")):
+                offenders.append(f"{name}:{node.lineno}: {text!r}")
+    assert not offenders, offenders

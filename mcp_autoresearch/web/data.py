@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULTS
+from ..current import current_session
 from ..logtail import tail
+from ..names import RUN_LOGS
 from ..provenance import metric_provenance
-from ..session import current_session
 from ..standing import standing
 from ..state import SessionState, current_tag, load_state, state_dir, state_path
 
@@ -249,7 +250,7 @@ class SessionView:
     def _log_of(self, run_id: str) -> Path | None:
         """The newest log of a run: `<run_id>.log`, a repeat's `<run_id>-<k>.log`, or the checks' log. The
         names are built, not listed: the folder holds one log per experiment, thousands of them."""
-        folder = state_dir(self.root) / "runs" / (self.tag or "")
+        folder = state_dir(self.root) / RUN_LOGS / (self.tag or "")
         repeats = self.state.rules.get("repeats", 1) if self.state is not None else 1
         names = [f"{run_id}.log", f"{run_id}-checks.log"]
         names += [f"{run_id}-{k}.log" for k in range(1, min(int(repeats or 1), 100) + 1)]
