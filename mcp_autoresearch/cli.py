@@ -45,6 +45,14 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--network", choices=["on", "off"], help="whether runs may use the network (default: per project type)"
     )
+    group.add_argument(
+        "--eval-command", metavar="CMD", help="command that computes the metric after the run, apart from it"
+    )
+    group.add_argument(
+        "--integrity",
+        choices=["any", "required"],
+        help="required: refuse to start a session whose metric the run itself reports (default: any)",
+    )
     group.add_argument("--config", metavar="FILE", help="a TOML file to use instead of autoresearch.toml")
 
 
@@ -134,6 +142,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "time_budget": args.time_budget,
         "readonly_files": args.readonly,
         "network": args.network,
+        "eval_command": args.eval_command,
+        "integrity": args.integrity,
     }
 
 
@@ -213,6 +223,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
     direction = "lower is better" if info.metric_direction == "lower_is_better" else "higher is better"
     print(f"metric:       {info.metric_name or '-'} ({direction})")
     print(f"  measured:   {info.metric_source}")
+    if info.eval_command:
+        print(f"  evaluation: {info.eval_command}")
+    print(f"  source:     {info.provenance.source}: {info.provenance.reason}")
+    if info.provenance.fix:
+        print(f"  fix:        {info.provenance.fix}")
+    if info.integrity != "any":
+        print(f"  integrity:  {info.integrity}")
     print(f"time budget:  {info.time_budget:g} s (hard timeout {info.timeout:g} s)")
     print(f"read-only:    {', '.join(info.readonly_files) or '-'}")
     print(f"checks:       {info.checks_command or '-'}")

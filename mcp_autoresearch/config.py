@@ -20,6 +20,7 @@ from .results_tsv import ResultsFormat
 Direction = Literal["lower_is_better", "higher_is_better"]
 IsolationSetting = Literal["auto", "required", "off"]
 NetworkSetting = Literal["on", "off"]
+IntegritySetting = Literal["any", "required"]
 KeepRule = Literal["greedy", "sequential"]
 Backend = Literal["local", "ray"]
 MAX_SLOTS = 64
@@ -73,6 +74,17 @@ class ConfigValues(BaseModel):
     )
     metric_direction: Direction | None = Field(
         None, description="lower_is_better or higher_is_better.", json_schema_extra=FROZEN
+    )
+    eval_command: str | None = Field(
+        None,
+        description="Command that computes the metric after the run, in a process the run never ran in.",
+        json_schema_extra=FROZEN,
+    )
+    integrity: IntegritySetting | None = Field(
+        None,
+        description="any (a self-reported metric is allowed, and labelled) or required (refuse to start a "
+        "session whose metric the run itself reports).",
+        json_schema_extra=FREE,  # checked whenever a session opens
     )
     time_budget: float | None = Field(
         None, gt=0, description="Seconds an experiment is meant to take.", json_schema_extra=FROZEN
@@ -223,7 +235,7 @@ class ConfigValues(BaseModel):
             raise ValueError("each entry is one CUDA_VISIBLE_DEVICES value, such as 0 or 2,3 or GPU-<uuid>")
         return value
 
-    @field_validator("isolation", "backend", "network", mode="before")
+    @field_validator("isolation", "backend", "network", "integrity", mode="before")
     @classmethod
     def _isolation(cls, value: Any) -> Any:
         if isinstance(value, bool):  # network = true / false in TOML
@@ -264,7 +276,7 @@ class ConfigValues(BaseModel):
             raise ValueError("must be a finite number")
         return value
 
-    @field_validator("target_file", "run_command", "metric_name", "jsonl_path")
+    @field_validator("target_file", "run_command", "metric_name", "jsonl_path", "eval_command")
     @classmethod
     def _not_empty(cls, value: str | None) -> str | None:
         if value is not None and not value:
@@ -296,6 +308,7 @@ DEFAULTS: dict[str, Any] = {
     "jsonl_path": DEFAULT_JSONL,
     "writable": [],
     "isolation": "auto",
+    "integrity": "any",
     "network": "on",
     "results_format": "autoresearch",
     "confidence": 0.95,
@@ -320,6 +333,8 @@ class Config(BaseModel):
     metric_regex: str | None = None
     metric_measure: str | None = None
     metric_direction: Direction = "lower_is_better"
+    eval_command: str | None = None
+    integrity: IntegritySetting = "any"
     time_budget: float = 300.0
     timeout: float = 600.0
     readonly_files: list[str] = Field(default_factory=list)

@@ -25,6 +25,7 @@ from .errors import ConfigError, SessionError
 from .gitguard import present_history_files
 from .journal import Row
 from .names import RUN_LOGS, SESSION_BRANCHES, SESSION_REFS, SLOT_INDEXES
+from .provenance import metric_provenance
 from .repo import FALLBACK_IDENTITY, GIT_ENV, GIT_OPTIONS, Repo
 from .report import SessionFiles, open_session_files
 from .standing import standing
@@ -100,6 +101,7 @@ def summary_text(summary: Summary, hints: bool = True) -> str:
     lines = [
         f"session {state.tag}: branch {state.branch}, started from {state.base_commit[:7]}",
         f"metric:       {state.metric_name} ({direction} is better)",
+        f"  source:     {metric_provenance(state.rules).line()}",
         f"experiments:  {len(journal)} (keep {counts['keep']}, discard {counts['discard']}, crash {counts['crash']})",
     ]
     best, now = state.best, standing(state)
@@ -204,7 +206,13 @@ def _squash_commit(repo: Repo, summary: Summary, parent: str | None, message: st
         body = [
             f"- {k.description}" + (f" ({k.value:.6g})" if k.value is not None else "") for k in summary.kept
         ]
-        message = head + "\n\nKept experiments, each measured by mcp-autoresearch:\n" + "\n".join(body) + "\n"
+        source = metric_provenance(state.rules).source
+        message = (
+            head
+            + f"\n\nKept experiments, each measured by mcp-autoresearch (metric source: {source}):\n"
+            + "\n".join(body)
+            + "\n"
+        )
     tree = f"{summary.best}^{{tree}}"
     return _git(
         repo.top, "commit-tree", tree, "-p", parent or state.base_commit, "-m", message, identity=True

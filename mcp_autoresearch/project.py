@@ -21,6 +21,7 @@ from .guard import check_target_file
 from .isolation import check_writable, probe_isolation
 from .metrics import Measure
 from .projects import detect_all
+from .provenance import MetricProvenance, metric_provenance
 
 # Keys that describe how the metric is obtained. Detection's values for them only apply to the metric it names:
 # a user who configures another metric_name gets that metric read from the output, not detection's measurement.
@@ -47,6 +48,11 @@ class ProjectInfo(BaseModel):
     metric_name: str | None
     metric_direction: str = Field(description="lower_is_better or higher_is_better")
     metric_source: str = Field(description="How the server obtains the metric value.")
+    provenance: MetricProvenance = Field(
+        description="Where the value comes from: evaluation, server, or self-reported (with the fix)."
+    )
+    eval_command: str | None = Field(None, description="Command that computes the metric after the run.")
+    integrity: str = Field("any", description="any, or required: a self-reported metric refuses to start.")
     time_budget: float = Field(description="Seconds an experiment is meant to take.")
     timeout: float = Field(description="Hard limit in seconds; the whole process tree is killed after it.")
     readonly_files: list[str] = Field(description="Files that must never change.")
@@ -234,6 +240,7 @@ def load_project(
         warnings.append(f"isolation = required, but runs cannot be confined here ({isolation.missing()})")
     if config.metric_measure == "wall_time_s" and not (config.metric_parse or config.metric_regex):
         warnings.append(wall_time_warning(config))
+    provenance = metric_provenance(config)
     if config.timeout < config.time_budget:
         warnings.append(
             f"timeout ({config.timeout:g} s) is shorter than time_budget ({config.time_budget:g} s)"
@@ -259,6 +266,9 @@ def load_project(
             f"Set {', '.join(missing)} in autoresearch.toml or the '## autoresearch' section of CLAUDE.md "
             "(or pass them on the server's command line)."
         )
+    elif config.integrity == "required" and provenance.source == "self-reported":
+        ready = False
+        message = integrity_refusal(provenance)
     else:
         message = "Ready: call start_session to create the experiment branch, then run the baseline."
     info = ProjectInfo(
@@ -274,6 +284,9 @@ def load_project(
             if detected and not user_keys.intersection(("metric_name", *READ_KEYS))
             else None,
         ),
+        provenance=provenance,
+        eval_command=config.eval_command,
+        integrity=config.integrity,
         time_budget=config.time_budget,
         timeout=config.timeout,
         readonly_files=list(config.readonly_files),
@@ -293,6 +306,14 @@ def load_project(
         keep_rule=describe_keep_rule(config),
     )
     return Project(root=root, config=config, info=info)
+
+
+def integrity_refusal(provenance: MetricProvenance) -> str:
+    """Why integrity = "required" refuses a session, and the two ways on."""
+    return (
+        f"integrity = required, but the metric is self-reported ({provenance.reason}). Fix: {provenance.fix}; "
+        "or set integrity = \"any\" to accept a self-reported metric (it is labelled as such everywhere)"
+    )
 
 
 def describe_keep_rule(config: Config) -> str:

@@ -20,6 +20,7 @@ from .errors import AutoresearchError, ConfigError
 from .journal import Journal, Row
 from .names import RESULTS_TSV
 from .project import check_project_root, load_project
+from .provenance import metric_provenance
 from .results_tsv import TsvFormat
 from .state import SessionState, current_tag, load_state
 from .statuses import FILTERS
@@ -95,7 +96,8 @@ def results_table(files: SessionFiles, rows: list[Row], notes: bool = True, widt
     show_delta, show_memory = _optional_columns(width, state.metric_name)
     table = Table(
         title=f"session {state.tag}: {state.metric_name} "
-        f"({'lower' if state.metric_direction == 'lower_is_better' else 'higher'} is better)"
+        f"({'lower' if state.metric_direction == 'lower_is_better' else 'higher'} is better)",
+        caption=Text(f"metric source: {metric_provenance(state.rules).line()}"),  # Text: '[' is not markup
     )
     fixed = [("run", "right"), ("commit", "left"), (state.metric_name, "right")]
     fixed += [("delta", "right")] if show_delta else []

@@ -31,7 +31,8 @@ from .names import RESULTS_TSV, RUN_LOG, SESSION_BRANCHES, SESSIONS, own_journal
 from .ownfiles import OwnFiles, archive_results, exclude_patterns, restore_jsonl, start_mirror
 from .parallel import AnyRunHandle, ParallelRuns
 from .processes import kill_marked_processes
-from .project import Project
+from .project import Project, integrity_refusal
+from .provenance import metric_provenance
 from .repo import Repo
 from .running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, RunHandle, Runs, clamp_wait, unmeasured
 from .slot_decisions import SlotDecider
@@ -114,6 +115,9 @@ class Session:
                 "server on Linux 5.13+ with Landlock enabled and user namespaces allowed, or set isolation = auto "
                 "to use the layers this machine has (and the after-run checks)"
             )
+        provenance = metric_provenance(config)
+        if config.integrity == "required" and provenance.source == "self-reported":
+            raise SessionError(integrity_refusal(provenance))
         if tag is not None:
             tag = tag.strip().lower()
             if not TAG_RE.match(tag):
@@ -142,6 +146,7 @@ class Session:
         jsonl = root / config.jsonl_path
         journal = Journal(root / RESULTS_TSV, jsonl, tag, config.results_format, config.metric_name)
         journal.mirror = server_dir(root, SESSIONS) / own_journal(tag)
+        journal.provenance = provenance.source  # on every experiment's record
         if record is not None and state is not None and repo.branch_exists(branch):
             session = cls._resume(root, project, repo, record, journal)
             session.recovered[:0] = notes
@@ -197,6 +202,7 @@ class Session:
                 "metric": config.metric_name,
                 "direction": config.metric_direction,
                 "run_command": config.run_command,
+                "provenance": journal.provenance,
             }
         )
         save_state(root, state, journal.seal())

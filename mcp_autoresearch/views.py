@@ -12,6 +12,7 @@ from .errors import RuleViolation, SessionError
 from .journal import Row
 from .models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult, StartResult
 from .parallel import ParallelRuns, slots_line
+from .provenance import metric_provenance
 from .running import Runs
 from .sequential import best_values, keep_rule_summary, session_noise
 from .standing import standing
@@ -216,6 +217,7 @@ class Views:
             target_file=state.target_file,
             metric_name=state.metric_name,
             metric_direction=state.metric_direction,
+            provenance=metric_provenance(state.rules),
             best_value=state.best.value if state.best else None,
             baseline_value=state.baseline_value,
             experiments=len(core.journal),
@@ -294,6 +296,7 @@ class Views:
                 tag=core.state.tag,
                 metric_name=core.state.metric_name,
                 direction=direction,
+                provenance=metric_provenance(core.state.rules),
                 total=total,
                 counts={k: journal.counts.get(k, 0) for k in DECISIONS},
                 baseline=now.baseline if now else core.state.baseline_value,

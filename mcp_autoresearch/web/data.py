@@ -23,6 +23,7 @@ from ..config import DEFAULTS
 from ..current import current_session
 from ..logtail import tail
 from ..names import RUN_LOGS
+from ..provenance import metric_provenance
 from ..standing import standing
 from ..state import SessionState, current_tag, load_state, state_dir, state_path
 
@@ -274,6 +275,7 @@ class SessionView:
             "direction": state.metric_direction if state else None,
             "target": state.target_file if state else None,
             "branch": state.branch if state else None,
+            "provenance": metric_provenance(state.rules).model_dump() if state else None,
             "total": len(rows),
             "counts": {s: counts.get(s, 0) for s in STATUSES},
             "run_counts": dict(self.run_counts),
