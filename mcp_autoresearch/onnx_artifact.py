@@ -27,25 +27,20 @@ STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 
 # What a decoder-only language model exported by torch.onnx needs, and nothing that branches, loops, draws random
 # numbers, or handles strings, sequences or optional values.
-ALLOWED_OPERATORS = frozenset(
-    (
-        # arithmetic and activations
-        "Abs Add Ceil Celu Clip Cos Div Elu Erf Exp Floor Gelu HardSigmoid HardSwish IsInf IsNaN LeakyRelu Log Max"
-        " Mean Min Mish Mod Mul Neg Pow PRelu Reciprocal Relu Round Selu Sigmoid Sign Sin Softplus Softsign Sqrt Sub"
-        " Sum Tanh ThresholdedRelu"
-        # linear algebra, normalisation, attention
-        " MatMul Gemm Einsum Softmax LogSoftmax LayerNormalization RMSNormalization Attention RotaryEmbedding"
-        # reductions
-        " ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare ReduceL1 ReduceL2 ReduceLogSumExp"
-        " ArgMax ArgMin CumSum"
-        # comparisons and logic
-        " And Equal Greater GreaterOrEqual Less LessOrEqual Not Or Xor Where"
-        # shapes, indexing and constants
-        " Cast CastLike Concat Constant ConstantOfShape Dropout Expand Flatten Gather GatherElements GatherND"
-        " Identity Pad Range Reshape ScatterElements ScatterND Shape Size Slice Split Squeeze Tile Transpose Trilu"
-        " Unsqueeze"
-    ).split()
-)
+OPERATOR_GROUPS = {
+    "arithmetic and activations": "Abs Add Ceil Celu Clip Cos Div Elu Erf Exp Floor Gelu HardSigmoid HardSwish"
+    " IsInf IsNaN LeakyRelu Log Max Mean Min Mish Mod Mul Neg Pow PRelu Reciprocal Relu Round Selu Sigmoid Sign"
+    " Sin Softplus Softsign Sqrt Sub Sum Tanh ThresholdedRelu",
+    "linear algebra, normalisation, attention": "MatMul Gemm Einsum Softmax LogSoftmax LayerNormalization"
+    " RMSNormalization Attention RotaryEmbedding",
+    "reductions": "ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare ReduceL1 ReduceL2"
+    " ReduceLogSumExp ArgMax ArgMin CumSum",
+    "comparisons and logic": "And Equal Greater GreaterOrEqual Less LessOrEqual Not Or Xor Where",
+    "shapes, indexing and constants": "Cast CastLike Concat Constant ConstantOfShape Dropout Expand Flatten Gather"
+    " GatherElements GatherND Identity Pad Range Reshape ScatterElements ScatterND Shape Size Slice Split Squeeze"
+    " Tile Transpose Trilu Unsqueeze",
+}
+ALLOWED_OPERATORS = frozenset(name for group in OPERATOR_GROUPS.values() for name in group.split())
 
 _TOKEN_TYPES = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32})
 _LOGIT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
