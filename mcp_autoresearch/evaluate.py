@@ -214,7 +214,7 @@ def check_shapes(model: CheckedModel, validation: Validation) -> None:
 
 def evaluate(args: argparse.Namespace) -> float:
     started = time.monotonic()
-    validation = load_validation(args.data, args.rows)
+    validation = load_validation(args.data.expanduser(), args.rows)  # "~/..." also when no shell expanded it
     model = check_artifact(read_artifact(args.model, args.max_model_bytes))
     check_shapes(model, validation)
     log(

@@ -8,6 +8,7 @@ karpathy/autoresearch's evaluate_bpb written here independently.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,9 +82,22 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def evaluate(model: Path, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "mcp_autoresearch.evaluate", str(model), "--data", str(data), *extra]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+def evaluate(
+    model: Path, data: Path | str, *extra: str, home: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The evaluator as the stage runs it: the server's interpreter, -P (the working folder not on sys.path)."""
+    command = [
+        sys.executable,
+        "-P",
+        "-m",
+        "mcp_autoresearch.evaluate",
+        str(model),
+        "--data",
+        str(data),
+        *extra,
+    ]
+    env = {**os.environ, "HOME": str(home)} if home else None
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 
 def refusal(result: subprocess.CompletedProcess[str]) -> str:
@@ -120,6 +134,12 @@ def test_the_value_does_not_depend_on_the_batch_size_and_rows_limits_the_rows(
     assert one.stdout == three.stdout and one.returncode == 0
     first_two = evaluate(model, data, "--rows", "2")
     assert float(first_two.stdout.split(": ")[1]) == pytest.approx(reference_bpb(rows_of(data)[:2]), abs=1e-6)
+
+
+def test_a_validation_path_under_home_works_without_a_shell_to_expand_it(tmp_path: Path, data: Path) -> None:
+    model = save(build_model(), tmp_path / "model.onnx")
+    result = evaluate(model, "~/val.npz", "--rows", "1", "--probe-cuts", "1", home=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_a_model_that_sees_the_future_is_refused_as_non_causal(tmp_path: Path, data: Path) -> None:
@@ -204,8 +224,6 @@ def test_a_sub_graph_is_refused(tmp_path: Path, data: Path) -> None:
 def test_external_data_is_refused_and_its_file_is_never_read(tmp_path: Path, data: Path) -> None:
     """The weights point at a file outside the artifact: the evaluator refuses without opening it (a FIFO that
     nothing writes to would block any reader forever)."""
-    import os
-
     model = build_model()
     weights = model.graph.initializer[1]
     weights.ClearField("raw_data")

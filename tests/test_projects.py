@@ -42,7 +42,7 @@ def test_ml_proposes_the_bundled_evaluator_once_train_py_exports_and_the_data_ex
     data.parent.mkdir(parents=True)
     data.write_bytes(b"")
     stage = ml.evaluation_stage(root)
-    assert stage is not None and stage["eval_command"].startswith("python -m mcp_autoresearch.evaluate out/model.onnx")
+    assert stage is not None and " -P -m mcp_autoresearch.evaluate out/model.onnx --data " in stage["eval_command"]
     assert "~/.cache/autoresearch/val.npz" in stage["hidden"] and stage["writable"] == ["out"]
     (root / "train.py").write_text("print('val_bpb: 0.9')\n")  # no export: nothing to evaluate
     assert ml.evaluation_stage(root) is None

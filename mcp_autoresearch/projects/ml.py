@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,11 @@ NAME = "ml"
 MODEL_FILE = "out/model.onnx"
 VALIDATION_FILE = "~/.cache/autoresearch/val.npz"
 VALIDATION_SHARD = "~/.cache/autoresearch/data/shard_06542.parquet"  # prepare.py's pinned validation shard
-EVAL_COMMAND = f"python -m mcp_autoresearch.evaluate {MODEL_FILE} --data {VALIDATION_FILE}"
+# The server's own interpreter (the one with mcp-autoresearch and its ml-eval extra), not the project's `python`;
+# -P: the project folder (the stage's working directory) is not put on sys.path, so no file there shadows a module.
+EVAL_COMMAND = (
+    f"{shlex.quote(sys.executable)} -P -m mcp_autoresearch.evaluate {MODEL_FILE} --data {VALIDATION_FILE}"
+)
 SELF_REPORTED = (
     "val_bpb is printed by train.py itself (self-reported: one print can forge it). To measure it outside the "
     f"run, follow README's 'The ML recipe': train.py exports {MODEL_FILE}, export the validation rows once to "
