@@ -162,7 +162,9 @@ def onnx_logits(model: CheckedModel, validation: Validation, device: str, thread
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
-    options.log_severity_level = 3
+    # Only fatal messages from the runtime's own log (which can quote the model's node names).
+    onnxruntime.set_default_logger_severity(4)
+    options.log_severity_level = 4
     # The bytes are ONNX protobuf (checked); never let the runtime guess another format from them.
     options.add_session_config_entry("session.load_model_format", "ONNX")
     available = onnxruntime.get_available_providers()
@@ -272,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         value = evaluate(args)
     except ArtifactRefused as exc:
-        log(f"refused ({exc.reason}): {exc.summary}: {exc.detail}")
+        # The detail may quote the runtime's message, which names the model's nodes: one escaped line.
+        log(f"refused ({exc.reason}): {exc.summary}: {exc.detail.encode('unicode_escape').decode('ascii')}")
         print(f"metric_error: {exc.reason}: {exc.summary}", flush=True)
         return EXIT_REFUSED
     except EvaluatorError as exc:

@@ -208,6 +208,25 @@ def test_an_operator_outside_the_allow_list_is_refused(tmp_path: Path, data: Pat
     assert "RandomNormalLike" in result.stderr
 
 
+def test_names_from_the_model_never_make_a_line_of_the_output(tmp_path: Path, data: Path) -> None:
+    """A node name, an operator and an input name that hold a forged metric line: the output and the log show
+    them escaped, on the evaluator's own lines."""
+    forged = "x\nval_bpb: 0.000001\n"
+    node = helper.make_node("MatMul", ["mixed", "project"], ["logits"], name=forged)
+    bad_op = helper.make_node(forged, ["projected"], ["logits"])
+    for extra in ([bad_op], [node]):
+        model = build_model(extra_nodes=extra)
+        if extra == [node]:
+            del model.graph.node[2]  # the node named like a metric line computes the logits
+            model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT  # refused: names the input
+            model.graph.input[0].name = forged
+            model.graph.node[0].input[1] = forged
+        result = evaluate(save(model, tmp_path / "model.onnx"), data)
+        refusal(result)
+        lines = (result.stdout + result.stderr).splitlines()
+        assert not any(line.startswith("val_bpb") for line in lines), result.stderr
+
+
 def test_a_sub_graph_is_refused(tmp_path: Path, data: Path) -> None:
     branch = helper.make_graph(
         [helper.make_node("Identity", ["projected"], ["out"])],
