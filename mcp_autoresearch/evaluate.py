@@ -4,7 +4,8 @@ It computes `val_bpb` of a language model that a run exported as an ONNX file, e
 `evaluate_bpb` does (the cross-entropy in nats summed over the targets whose byte length is > 0, divided by the
 targets' total byte length and by ln 2), in a process that never imports the run's code and never runs code from
 the model file (`onnx_artifact` checks it first; onnxruntime then only computes the checked graph). The model sees
-tokens only and returns logits: the loss is computed here, from targets the model never sees.
+tokens only and returns logits: the loss comes from nodes the evaluator appends (`onnx_session`), fed with
+targets that none of the model's nodes can read.
 
 Before the number, a causality probe: for rows and cut points drawn afresh in every evaluation, the tokens after
 the cut are replaced by those of another row; the logits at and before the cut must not change. A model that
@@ -38,6 +39,7 @@ try:
     import numpy as np
 
     from .onnx_artifact import ArtifactRefused, CheckedModel, check_artifact, read_artifact
+    from .onnx_session import EvaluatorError, ModelRun
 except ImportError as missing:  # the optional extra is not installed: one clear line, no traceback
     print(
         f"metric_error: evaluator-error: {missing.name} is not installed (pip install 'mcp-autoresearch[ml-eval]')"
@@ -50,11 +52,8 @@ DEFAULT_MAX_MODEL_BYTES = 2**31  # protobuf's limit for one ONNX file
 DEFAULT_PROBE_CUTS = 256
 DEFAULT_CAUSAL_TOLERANCE = 1e-4  # largest change of a logit at or before a cut that still counts as causal
 
-Logits = Callable[[np.ndarray], np.ndarray]
-
-
-class EvaluatorError(Exception):
-    """The evaluator cannot work (the user's setup, not the model)."""
+Logits = Callable[[np.ndarray], np.ndarray]  # tokens [B, T] -> logits [B, T, V]
+Losses = Callable[[np.ndarray, np.ndarray], np.ndarray]  # tokens, targets [B, T] -> cross-entropy [B, T]
 
 
 @dataclass(frozen=True)
@@ -107,26 +106,16 @@ def load_validation(path: Path, max_rows: int | None) -> Validation:
     return Validation(rows, token_bytes.astype(np.int64))
 
 
-def nats_and_bytes(logits: np.ndarray, targets: np.ndarray, token_bytes: np.ndarray) -> tuple[float, int]:
-    """evaluate_bpb's two sums for one batch: cross-entropy (nats) over targets with bytes, and their bytes."""
-    nbytes = token_bytes[targets]
-    total_nats = 0.0
-    for row_logits, row_targets, row_bytes in zip(logits, targets, nbytes, strict=True):
-        values = row_logits.astype(np.float64)
-        peak = values.max(axis=-1)
-        log_sum = peak + np.log(np.exp(values - peak[:, None]).sum(axis=-1))
-        loss = log_sum - values[np.arange(len(row_targets)), row_targets]
-        total_nats += float(loss[row_bytes > 0].sum())
-    return total_nats, int(nbytes.sum())
-
-
-def bits_per_byte(logits_of: Logits, validation: Validation, batch_size: int) -> float:
+def bits_per_byte(losses_of: Losses, validation: Validation, batch_size: int) -> float:
+    """evaluate_bpb: the cross-entropy (nats) summed over the targets whose byte length is > 0, divided by the
+    targets' total byte length and by ln 2."""
     total_nats, total_bytes = 0.0, 0
     for start in range(0, len(validation.rows), batch_size):
         batch = validation.rows[start : start + batch_size]
-        nats, nbytes = nats_and_bytes(logits_of(batch[:, :-1]), batch[:, 1:], validation.token_bytes)
-        total_nats += nats
-        total_bytes += nbytes
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        nbytes = validation.token_bytes[targets]
+        total_nats += float(losses_of(inputs, targets).astype(np.float64)[nbytes > 0].sum())
+        total_bytes += int(nbytes.sum())
     return total_nats / (math.log(2) * total_bytes)
 
 
@@ -156,54 +145,6 @@ def probe_causality(
     return ProbeResult(done, failed, max_change)
 
 
-def onnx_logits(model: CheckedModel, validation: Validation, device: str, threads: int) -> Logits:
-    """A function from tokens [B, T] to checked logits [B, T, V], computed by onnxruntime from the checked bytes."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    # Only fatal messages from the runtime's own log (which can quote the model's node names).
-    onnxruntime.set_default_logger_severity(4)
-    options.log_severity_level = 4
-    # The bytes are ONNX protobuf (checked); never let the runtime guess another format from them.
-    options.add_session_config_entry("session.load_model_format", "ONNX")
-    available = onnxruntime.get_available_providers()
-    if device == "cuda" and "CUDAExecutionProvider" not in available:
-        raise EvaluatorError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
-    use_cuda = device != "cpu" and "CUDAExecutionProvider" in available
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
-    try:
-        session = onnxruntime.InferenceSession(model.data, options, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own exception types for a graph it cannot build
-        raise ArtifactRefused("model-failed", "onnxruntime cannot load the model", str(exc)[:500]) from None
-    input_name = session.get_inputs()[0].name
-    token_type = np.int32 if "int32" in session.get_inputs()[0].type else np.int64
-
-    def logits_of(tokens: np.ndarray) -> np.ndarray:
-        try:
-            (logits,) = session.run(None, {input_name: tokens.astype(token_type)})
-        except Exception as exc:
-            raise ArtifactRefused(
-                "model-failed", "the model failed on a batch of tokens", str(exc)[:500]
-            ) from None
-        return checked_logits(np.asarray(logits), tokens.shape, validation.vocab_size)
-
-    return logits_of
-
-
-def checked_logits(logits: np.ndarray, token_shape: tuple[int, ...], vocab_size: int) -> np.ndarray:
-    batch, seq_len = token_shape
-    if logits.ndim != 3 or logits.shape[:2] != (batch, seq_len) or logits.shape[2] < vocab_size:
-        raise ArtifactRefused(
-            "bad-output",
-            f"the logits must have the shape [{batch}, {seq_len}, >= {vocab_size}]",
-            f"they have the shape {list(logits.shape)}",
-        )
-    if not np.isfinite(logits).all():
-        raise ArtifactRefused("bad-output", "the logits hold NaN or infinite values", "non-finite logits")
-    return logits
-
-
 def check_shapes(model: CheckedModel, validation: Validation) -> None:
     fixed_len = model.input_shape[1]
     if fixed_len is not None and fixed_len != validation.seq_len:
@@ -222,8 +163,9 @@ def evaluate(args: argparse.Namespace) -> float:
     log(
         f"model: {len(model.data)} bytes, checked; validation: {len(validation.rows)} rows of {validation.seq_len}"
     )
-    logits_of = onnx_logits(model, validation, args.device, args.threads)
-    probe = probe_causality(logits_of, validation, args.batch_size, args.probe_cuts, args.causal_tolerance)
+    run = ModelRun(model, validation.vocab_size, args.device, args.threads)
+    log(f"onnxruntime: {run.provider}")
+    probe = probe_causality(run.logits, validation, args.batch_size, args.probe_cuts, args.causal_tolerance)
     log(
         f"causality probe: {probe.cuts} cuts, {probe.failed} failed, largest change at or before a cut {probe.max_change:.3g}"
     )
@@ -234,7 +176,7 @@ def evaluate(args: argparse.Namespace) -> float:
             f" (in {probe.failed} of {probe.cuts} probes; tolerance {args.causal_tolerance:g})",
             "the model looks at tokens after the one it predicts",
         )
-    value = bits_per_byte(logits_of, validation, args.batch_size)
+    value = bits_per_byte(run.losses, validation, args.batch_size)
     log(f"evaluated {len(validation.rows)} rows in {time.monotonic() - started:.1f} s")
     return value
 

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 # The standard ONNX domain, under its two spellings. Everything else (custom operators, "com.microsoft" contrib
 # operators, a local function's domain) is refused.
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+MIN_OPSET = 13
 
 # What a decoder-only language model exported by torch.onnx needs, and nothing that branches, loops, draws random
 # numbers, or handles strings, sequences or optional values.
@@ -138,6 +139,11 @@ def _check_structure(model: onnx.ModelProto) -> None:
         if opset.domain not in STANDARD_DOMAINS:
             raise refused(
                 "the model imports an operator domain other than the standard one", shown(opset.domain)
+            )
+        if opset.version < MIN_OPSET:  # the evaluator's own loss nodes use opset 13's operators
+            raise refused(
+                f"the model uses ONNX opset {opset.version}; export it with opset {MIN_OPSET} or later",
+                "torch.onnx.export's default opset is newer",
             )
 
 

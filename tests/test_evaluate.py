@@ -319,6 +319,35 @@ def test_a_missing_or_malformed_validation_file_is_the_evaluators_error(tmp_path
     assert "Object arrays cannot be loaded" in result.stdout
 
 
+def test_an_opset_older_than_the_evaluators_loss_nodes_is_refused(tmp_path: Path, data: Path) -> None:
+    model = build_model()
+    model.opset_import[0].version = 11
+    assert refusal(evaluate(save(model, tmp_path / "model.onnx"), data)) == (
+        "metric_error: refused-artifact: the model uses ONNX opset 11; export it with opset 13 or later"
+    )
+
+
+def test_the_models_nodes_cannot_read_the_evaluators_targets(tmp_path: Path, data: Path) -> None:
+    """A model that names an input of a node like the evaluator's targets: the checker refuses a value no node
+    defines, and the evaluator's own names never collide with the model's (it would pick another)."""
+    cheat = [
+        helper.make_node("Identity", ["projected"], ["logits"]),
+        helper.make_node("Identity", ["evaluator_targets"], ["t"]),
+    ]
+    refused = refusal(evaluate(save(build_model(extra_nodes=cheat), tmp_path / "model.onnx"), data))
+    assert refused.startswith("metric_error: refused-artifact: the model is not a valid ONNX model")
+    from mcp_autoresearch.onnx_session import with_loss_output
+
+    taken = build_model(
+        extra_nodes=[
+            helper.make_node("Identity", ["projected"], ["evaluator_targets"]),
+            helper.make_node("Identity", ["evaluator_targets"], ["logits"]),
+        ]
+    )
+    _, targets, loss = with_loss_output(taken.SerializeToString())
+    assert targets == "evaluator_targets_1" and loss == "evaluator_loss"
+
+
 def test_a_model_exported_for_another_sequence_length_is_refused(tmp_path: Path, data: Path) -> None:
     model = build_model()
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = SEQ * 2
