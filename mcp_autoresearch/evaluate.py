@@ -224,6 +224,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"evaluator error: {exc}")
         print(f"metric_error: evaluator-error: {exc}", flush=True)
         return EXIT_EVALUATOR
+    except (MemoryError, OSError, ValueError) as exc:  # e.g. a model whose outputs do not fit in memory
+        log(
+            f"evaluator error: {type(exc).__name__}: {str(exc).encode('unicode_escape').decode('ascii')[:500]}"
+        )
+        print(
+            f"metric_error: evaluator-error: the evaluation failed ({type(exc).__name__}; see its log)",
+            flush=True,
+        )
+        return EXIT_EVALUATOR
     print(f"val_bpb: {value:.9f}", flush=True)
     return 0
 
