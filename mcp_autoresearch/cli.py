@@ -36,6 +36,9 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--run-command", metavar="CMD", help="shell command that runs one experiment")
     group.add_argument("--metric", metavar="NAME", help="name of the metric that decides")
     group.add_argument(
+        "--eval-command", metavar="CMD", help="command that measures each run, after it, in its own process tree"
+    )
+    group.add_argument(
         "--direction",
         metavar="lower|higher",
         help="lower or higher (also lower_is_better / higher_is_better)",
@@ -129,6 +132,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "target_file": args.target,
         "run_command": args.run_command,
+        "eval_command": args.eval_command,
         "metric_name": args.metric,
         "metric_direction": args.direction,
         "time_budget": args.time_budget,

@@ -60,6 +60,19 @@ class ConfigValues(BaseModel):
     )
     readonly_files: list[str] | None = Field(None, description="Files that must never change.")
     checks_command: str | None = Field(None, description="Command that must pass after a successful run.")
+    eval_command: str | None = Field(
+        None,
+        description="Command that measures each run after it is gone (read-only, separate process tree); when "
+        "set, only its output supplies the metric.",
+    )
+    eval_timeout: float | None = Field(None, gt=0, description="Hard limit in seconds for eval_command.")
+    hidden: list[str] | None = Field(
+        None, description="Paths only eval_command and holdout_command may read; runs and checks cannot."
+    )
+    holdout_command: str | None = Field(
+        None,
+        description="Command run like eval_command after every keep; its values are never shown to the agent.",
+    )
     checks_timeout: float | None = Field(None, gt=0, description="Hard limit in seconds for checks_command.")
     repeats: int | None = Field(None, ge=1, le=100, description="Runs per experiment; the median decides.")
     min_delta: float | None = Field(None, ge=0, description="Smallest change that counts as an improvement.")
@@ -116,7 +129,7 @@ class ConfigValues(BaseModel):
             return DIRECTION_ALIASES.get(value.strip().lower(), value)
         return value
 
-    @field_validator("readonly_files", "writable", "slot_devices", "shared_inputs", mode="before")
+    @field_validator("readonly_files", "writable", "slot_devices", "shared_inputs", "hidden", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         # The markdown format of the original tool writes lists comma-separated.
@@ -158,7 +171,7 @@ class ConfigValues(BaseModel):
             return "on" if value else "off"
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("readonly_files", "writable", "shared_inputs")
+    @field_validator("readonly_files", "writable", "shared_inputs", "hidden")
     @classmethod
     def _no_empty_entries(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and any(not item.strip() or item.strip() in (".", "./") for item in value):
@@ -185,14 +198,14 @@ class ConfigValues(BaseModel):
             raise ValueError("must be wall_time_s, size_kb:<path> or size_mb:<path>")
         return value
 
-    @field_validator("time_budget", "timeout", "checks_timeout", "min_delta", "confidence")
+    @field_validator("time_budget", "timeout", "checks_timeout", "eval_timeout", "min_delta", "confidence")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
 
-    @field_validator("target_file", "run_command", "metric_name", "jsonl_path")
+    @field_validator("target_file", "run_command", "metric_name", "jsonl_path", "eval_command", "holdout_command")
     @classmethod
     def _not_empty(cls, value: str | None) -> str | None:
         if value is not None and not value:
@@ -221,6 +234,7 @@ DEFAULTS: dict[str, Any] = {
     "slots": 1,
     "slot_devices": [],
     "shared_inputs": [],
+    "hidden": [],
     "backend": "local",
 }
 
@@ -242,6 +256,10 @@ class Config(BaseModel):
     readonly_files: list[str] = Field(default_factory=list)
     checks_command: str | None = None
     checks_timeout: float = 300.0
+    eval_command: str | None = None
+    eval_timeout: float = 600.0
+    hidden: list[str] = Field(default_factory=list)
+    holdout_command: str | None = None
     repeats: int = 1
     min_delta: float = 0.0
     max_experiments: int | None = None
@@ -297,6 +315,7 @@ def build_config(merged: dict[str, Any]) -> Config:
     values = {**DEFAULTS, **{k: v for k, v in merged.items() if v is not None}}
     values.setdefault("timeout", 2 * values["time_budget"])
     values.setdefault("checks_timeout", values["timeout"])
+    values.setdefault("eval_timeout", values["timeout"])
     values.setdefault("target_file", None)
     values.setdefault("run_command", None)
     values.setdefault("metric_name", None)

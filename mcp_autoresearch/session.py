@@ -22,6 +22,7 @@ from .decisions import Decider
 from .diskspace import no_room
 from .editing import Editor
 from .errors import RuleViolation, SessionError
+from .evaluation import refuse_unhidable
 from .experiment import RUN_LOG
 from .guard import changed_fingerprints, fingerprint_files, new_files
 from .isolation import probe_isolation
@@ -69,6 +70,10 @@ RULE_KEYS = (
     "metric_direction",
     "readonly_files",
     "checks_command",
+    "eval_command",
+    "eval_timeout",
+    "hidden",
+    "holdout_command",
     "repeats",
     "min_delta",
     "memory_regex",
@@ -154,6 +159,7 @@ class Session:
                 "server on Linux 5.13+ with Landlock enabled and user namespaces allowed, or set isolation = auto "
                 "to use the layers this machine has (and the after-run checks)"
             )
+        refuse_unhidable(root, config, isolation, lambda path: repo.is_tracked(repo.repo_path(path)))
         if tag is not None:
             tag = tag.strip().lower()
             if not TAG_RE.match(tag):

@@ -1,0 +1,328 @@
+"""The evaluation stage (issue 19, items 1 and 6): `eval_command` measures each run after the run's whole process
+tree is gone, in a tree of its own that can write nothing but its private TMPDIR; `hidden` paths only it may read;
+`holdout_command` values never reach a tool result.
+
+Each attack is the target's code in a real run through the real server (the MCP client), confined, and where it
+applies with `isolation = "off"` too.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcp_autoresearch.isolation import probe_isolation
+
+from .conftest import make_repo
+from .helpers.needs import require
+
+pytestmark = pytest.mark.anyio
+
+ISOLATION = probe_isolation("auto")
+
+# The candidate: its answer goes to out/answer.txt; the metric (lower is better) is what the scorer makes of it.
+OBJECTIVE = """\
+X = 5
+print(X)
+"""
+SCORER = """\
+import sys
+print(f"score: {float(open(sys.argv[1]).read().split()[0]):.6f}")
+"""
+CONFIG = """\
+target_file = "objective.py"
+run_command = "python3 objective.py > out/answer.txt"
+eval_command = "python3 scorer.py out/answer.txt"
+metric_name = "score"
+metric_direction = "lower"
+readonly_files = ["scorer.py"]
+writable = ["out"]
+keep_rule = "greedy"
+timeout = 60
+"""
+
+
+def project(
+    tmp_path: Path, extra: str = "", scorer: str = SCORER, files: dict[str, str] | None = None
+) -> Path:
+    root = make_repo(
+        tmp_path / "proj",
+        {
+            "objective.py": OBJECTIVE,
+            "scorer.py": scorer,
+            "autoresearch.toml": CONFIG + extra,
+            ".gitignore": "out/\nsecret/\nkey.txt\n.autoresearch/\nrun.log\nresults.tsv\n",
+            **(files or {}),
+        },
+    )
+    (root / "out").mkdir()
+    return root
+
+
+async def candidate(agent: Any, code: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Baseline, then one experiment whose target runs `code` and answers 4 (better than 5 honestly)."""
+    await agent.ok("start_session")
+    _, base = await agent.experiment("baseline")
+    assert base["decision"] == "keep", base
+    await agent.edit("X = 5\n", "X = 4\n" + textwrap.dedent(code))
+    return await agent.experiment("attack")
+
+
+OFF = ['isolation = "off"\n', ""]
+
+
+@pytest.mark.parametrize("isolation", OFF, ids=["isolation-off", "isolation-auto"])
+async def test_a_forged_line_glued_onto_an_unterminated_fragment_does_not_count(
+    tmp_path: Path, agent_for, isolation: str
+) -> None:
+    """The issue's attack on `objective.py | scorer.py`: the target prints an unterminated fragment and a forged
+    score line, on stderr and stdout, and leaves a process that prints another after the command ended. With
+    an evaluation stage none of what the run printed is read: the value is the scorer's."""
+    root = project(tmp_path, isolation)
+    code = """
+    import subprocess, sys
+    sys.stderr.write("score: 0.000001")
+    sys.stderr.write("\\nscore: 0.000001\\n")
+    sys.stderr.flush()
+    subprocess.Popen([sys.executable, "-c", "import sys; sys.stderr.write('score: 0.000002\\\\n')"],
+                     start_new_session=True)
+    """
+    async with agent_for(root) as agent:
+        run, decision = await candidate(agent, code)
+    assert run["status"] == "ok", run
+    assert run["value"] == 4.0
+    assert decision["decision"] == "keep"
+    assert "score: 0.000001" in Path(run["log_path"]).read_text()  # the forgery was printed, and ignored
+    assert "--- evaluation stage" in run["log_tail"] and "score: 4.000000" in run["log_tail"]
+
+
+async def test_a_last_line_without_a_newline_never_counts(tmp_path: Path, agent_for) -> None:
+    """Only complete lines of the evaluation's output count: a fragment at its end is not a value."""
+    scorer = SCORER + 'print("score: 0.000001", end="")\n'
+    root = project(tmp_path, scorer=scorer)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session")
+        run, _ = await agent.experiment("baseline")
+    assert run["value"] == 5.0, run
+
+
+async def test_the_run_cannot_reach_the_evaluation_log(tmp_path: Path, agent_for) -> None:
+    """A candidate that writes a score line everywhere it can does not change the value (and an evaluation that
+    fails is a metric_error naming the stage and its log)."""
+    root = project(tmp_path, scorer="import sys\nsys.exit(3)\n")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session")
+        run, decision = await agent.experiment("baseline")
+    assert run["status"] == "metric_error", run
+    assert "the evaluation stage (eval_command) failed: exit code 3" in run["error"]
+    assert "-eval.log" in run["error"]
+
+
+@pytest.mark.parametrize("isolation", OFF, ids=["isolation-off", "isolation-auto"])
+async def test_the_evaluation_starts_after_every_process_of_the_run_is_gone(
+    tmp_path: Path, agent_for, isolation: str
+) -> None:
+    """The run leaves a daemon (new session, double fork) that holds a lock on out/lock and keeps rewriting the
+    answer. The evaluation takes the lock without waiting: it can only when the daemon is gone; it then reads
+    the answer twice around a full re-read of the file and prints 1 if all held, 0 if the daemon was alive."""
+    scorer = """\
+    import fcntl, os
+    free = True
+    if os.path.exists("out/lock"):  # (the baseline leaves no daemon)
+        try:
+            fcntl.flock(open("out/lock", "rb"), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            free = False
+    first = open("out/answer.txt", "rb").read()
+    again = open("out/answer.txt", "rb").read()
+    print(f"score: {float(first.split()[0]) if free and first == again else 99.0:.6f}")
+    """
+    root = project(tmp_path, isolation, scorer=textwrap.dedent(scorer))
+    code = """
+    import fcntl, os, sys
+    sys.stdout.flush()
+    ready_r, ready_w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            lock = open("out/lock", "wb")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            ready = True
+            while True:  # the answer is always whole: written aside, then renamed over
+                with open("out/answer.tmp", "w") as out:
+                    out.write("0.5\\n")
+                os.replace("out/answer.tmp", "out/answer.txt")
+                if ready:
+                    os.write(ready_w, b"x")
+                    ready = False
+        os._exit(0)
+    os.read(ready_r, 1)  # the daemon holds the lock
+    """
+    async with agent_for(root) as agent:
+        run, _ = await candidate(agent, code)
+    assert run["status"] == "ok", run
+    assert (
+        run["value"] == 0.5
+    )  # what the daemon wrote during the run counts; it was gone when the scorer read
+
+
+async def test_the_evaluation_can_write_nothing_but_its_tmpdir(tmp_path: Path, agent_for) -> None:
+    """The scorer tries to rewrite the run's output, the target, a new file in the project and in a writable
+    output directory; only its TMPDIR takes a write. It prints 10 x (TMPDIR written) + every write that got
+    through."""
+    require(ISOLATION.confined, "CI must confine runs with Landlock", "Landlock is unavailable here")
+    scorer = """\
+    import os, tempfile
+    got = 0
+    for path in ("out/answer.txt", "objective.py", "new.txt", "out/new.txt"):
+        try:
+            with open(path, "a") as handle:
+                handle.write("x\\n")
+            got += 1
+        except OSError:
+            pass
+    with open(os.path.join(os.environ["TMPDIR"], "scratch"), "w") as handle:
+        handle.write("ok")
+    print(f"score: {10 + got:.6f}")
+    """
+    root = project(tmp_path, scorer=textwrap.dedent(scorer))
+    async with agent_for(root) as agent:
+        await agent.ok("start_session")
+        run, _ = await agent.experiment("baseline")
+    assert run["value"] == 10.0, run
+    assert (root / "out" / "answer.txt").read_text() == "5\n"
+    assert not (root / "new.txt").exists() and not (root / "out" / "new.txt").exists()
+
+
+HIDDEN = 'hidden = ["secret", "key.txt"]\n'
+
+
+async def test_a_run_cannot_read_hidden_paths_the_evaluation_can(tmp_path: Path, agent_for) -> None:
+    """`hidden` data (a directory and a file) is covered in the run's view: the target finds an empty directory
+    and an empty file, even by its real path, and through a link it made. The scorer reads both and checks the
+    run's output holds none of it: the value is 1 only if the run saw nothing and the scorer saw everything."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    scorer = """\
+    seen = open("secret/val.txt").read() + open("key.txt").read()
+    import os
+    leaked = open("out/leak.txt").read() if os.path.exists("out/leak.txt") else ""
+    ok = seen == "VALIDATION-DATA\\nKEY-42\\n" and "VALIDATION" not in leaked and "KEY-42" not in leaked
+    print(f"score: {1.0 if ok else 50.0:.6f}")
+    """
+    root = project(tmp_path, HIDDEN, scorer=textwrap.dedent(scorer))
+    (root / "secret").mkdir()
+    (root / "secret" / "val.txt").write_text("VALIDATION-DATA\n")
+    (root / "key.txt").write_text("KEY-42\n")
+    code = f"""
+    import os
+    found = []
+    for path in ("secret/val.txt", "key.txt", {str(root / "secret" / "val.txt")!r}, {str(root / "key.txt")!r}):
+        try:
+            found.append(open(path).read())
+        except OSError as exc:
+            found.append(str(exc))
+    found.append(repr(os.listdir("secret")))
+    open("out/leak.txt", "w").write("\\n".join(found))
+    """
+    async with agent_for(root) as agent:
+        run, _ = await candidate(agent, code)
+    assert run["status"] == "ok", run
+    assert run["value"] == 1.0, (run, (root / "out" / "leak.txt").read_text())
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('hidden = ["objective.py"]\n', "would hide the target objective.py"),
+        ('hidden = ["out/data"]\n', "overlaps the writable entry 'out'"),
+        ('hidden = ["secret"]\neval_command = ""\n', "must not be empty"),
+    ],
+)
+async def test_hidden_paths_a_run_could_reach_are_refused(
+    tmp_path: Path, agent_for, extra: str, expected: str
+) -> None:
+    root = project(tmp_path, extra.replace('eval_command = ""\n', ""))
+    if "eval_command" in extra:
+        text = (
+            (root / "autoresearch.toml")
+            .read_text()
+            .replace('eval_command = "python3 scorer.py out/answer.txt"', 'eval_command = ""')
+        )
+        (root / "autoresearch.toml").write_text(text)
+    async with agent_for(root) as agent:
+        assert expected in await agent.refused("start_session")
+
+
+async def test_a_hidden_path_tracked_by_git_is_refused(tmp_path: Path, agent_for) -> None:
+    """A tracked file is in .git's objects, which a run may read: hiding the checkout's copy would hide nothing."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    root = project(tmp_path, 'hidden = ["data.txt"]\n', files={"data.txt": "tracked\n"})
+    async with agent_for(root) as agent:
+        assert "'data.txt' is tracked by git" in await agent.refused("start_session")
+
+
+async def test_hidden_without_a_private_view_is_refused(tmp_path: Path, agent_for) -> None:
+    root = project(tmp_path, HIDDEN + 'isolation = "off"\n')
+    async with agent_for(root) as agent:
+        assert "hidden from runs by their private view" in await agent.refused("start_session")
+
+
+HOLDOUT = """\
+import sys
+print(f"score: {float(open(sys.argv[1]).read().split()[0]) * 1.2345678 + 0.0137:.7f}")
+"""
+
+
+async def test_holdout_values_never_reach_a_tool_result(tmp_path: Path, agent_for) -> None:
+    """Baseline, a keep, a discard: every tool result (JSON and text) is searched for the holdout's values; the
+    briefing and query_results show only how far the keeps hold."""
+    extra = 'holdout_command = "python3 holdout.py out/answer.txt"\n'
+    root = project(tmp_path, extra, files={"holdout.py": HOLDOUT})
+    values = [f"{x * 1.2345678 + 0.0137:.7f}" for x in (5, 4, 6)]
+    results: list[Any] = []
+
+    async with agent_for(root) as agent:
+
+        async def call(tool: str, **args: Any) -> dict[str, Any]:
+            result = await agent.client.call_tool(tool, args)
+            results.append(result)
+            assert not result.is_error, result.content[0].text
+            return result.structured_content
+
+        await call("start_session", tag="x")
+        for description, old, new in (
+            ("baseline", None, None),
+            ("x4", "X = 5", "X = 4"),
+            ("x6", "X = 4", "X = 6"),
+        ):
+            if old:
+                await call("apply_edit", edits=[{"old_text": old, "new_text": new}])
+            run = await call("run_experiment", description=description)
+            while run["status"] == "running":
+                run = await call("wait_experiment", run_id=run["run_id"])
+            await call("commit_or_reset", run_id=run["run_id"])
+        query = await call("query_results")
+        await call("query_results", order="best")
+        await call("detect_project")
+        await call("read_target")
+        await call("log_result", run_id=run["run_id"], notes="tried 6")
+        for resource in (await agent.client.list_resources()).resources:
+            results.append(await agent.client.read_resource(resource.uri))
+        for prompt in (await agent.client.list_prompts()).prompts:
+            results.append(await agent.client.get_prompt(prompt.name))
+    assert query["holdout"] is not None and "kept improvements hold 1 of 1" in query["holdout"], query
+    text = json.dumps([r.model_dump(mode="json") for r in results])
+    assert "Holdout: kept improvements hold 1 of 1" in text  # the briefing
+    for value in values:
+        assert value not in text and value.rstrip("0") not in text
+    records = [
+        json.loads(line) for line in (root / ".autoresearch" / "holdout" / "x.jsonl").read_text().splitlines()
+    ]
+    assert [r["run_id"] for r in records] == [r["run_id"] for r in records[:2]] and len(
+        records
+    ) == 2  # keeps only
+    assert [round(r["holdout"], 6) for r in records] == [round(float(v), 6) for v in values[:2]]
