@@ -326,3 +326,53 @@ async def test_holdout_values_never_reach_a_tool_result(tmp_path: Path, agent_fo
         records
     ) == 2  # keeps only
     assert [round(r["holdout"], 6) for r in records] == [round(float(v), 6) for v in values[:2]]
+
+
+async def test_each_repeat_is_a_run_then_an_evaluation(tmp_path: Path, agent_for) -> None:
+    """With repeats, every run gets its own evaluation (its own log); the experiment is one row."""
+    scorer = SCORER.replace("print(", "import os\nprint(os.environ['AUTORESEARCH_RUN_LOG'])\nprint(")
+    root = project(tmp_path, "repeats = 2\n", scorer=scorer)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="x")
+        run, _ = await agent.experiment("baseline")
+        rows = await agent.ok("query_results")
+    assert run["status"] == "ok" and run["values"] == [5.0, 5.0], run
+    logs = root / ".autoresearch" / "runs" / "x"
+    evals = sorted(path.name for path in logs.glob("*-eval.log"))
+    assert evals == ["r1-1-eval.log", "r1-2-eval.log"], sorted(p.name for p in logs.iterdir())
+    assert str(logs / "r1-2.log") in (logs / "r1-2-eval.log").read_text()  # the run it evaluates
+    assert rows["total"] == 1
+
+
+async def test_metric_parse_reads_the_evaluation_log(tmp_path: Path, agent_for) -> None:
+    """metric_parse keeps its meaning, on the evaluation's output: the run's own score line is not read."""
+    extra = "metric_parse = \"grep '^score:' \\\"$AUTORESEARCH_LOG\\\" | tail -1 | awk '{print $2}'\"\n"
+    root = project(tmp_path, extra)
+    code = """
+    import sys
+    print("score: 0.000001", file=sys.stderr)
+    """
+    async with agent_for(root) as agent:
+        run, _ = await candidate(agent, code)
+    assert run["status"] == "ok" and run["value"] == 4.0, run
+
+
+async def test_an_evaluation_that_hangs_is_a_metric_error(tmp_path: Path, agent_for) -> None:
+    root = project(tmp_path, "eval_timeout = 2\n", scorer="import time\nwhile True:\n    time.sleep(1)\n")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session")
+        run, _ = await agent.experiment("baseline")
+    assert run["status"] == "metric_error", run
+    assert "the evaluation stage (eval_command) failed: killed after the 2 s timeout" in run["error"]
+
+
+async def test_the_evaluation_stage_in_slots(tmp_path: Path, agent_for, monkeypatch) -> None:
+    """With slots each candidate is run and evaluated in its own checkout."""
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(tmp_path / "slots"))
+    root = project(tmp_path, "slots = 2\n")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session")
+        _, base = await agent.experiment("baseline")
+        await agent.edit("X = 5\n", "X = 3\n")
+        run, decision = await agent.experiment("three")
+    assert base["value"] == 5.0 and run["value"] == 3.0 and decision["decision"] == "keep", (base, run)
