@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from mcp_autoresearch.isolation import probe_isolation
+from mcp_autoresearch.web.data import SessionView
 
 from .conftest import make_repo
 from .helpers.needs import require
@@ -277,9 +278,21 @@ print(f"score: {float(open(sys.argv[1]).read().split()[0]) * 1.2345678 + 0.0137:
 """
 
 
+# The target prints every holdout record and log it can find into its own log (shown in tool results).
+READ_HOLDOUT = """\
+import glob, sys
+for path in glob.glob(".autoresearch/holdout/**", recursive=True):
+    try:
+        sys.stderr.write(path + ": " + open(path).read())
+    except OSError:
+        pass
+"""
+
+
 async def test_holdout_values_never_reach_a_tool_result(tmp_path: Path, agent_for) -> None:
-    """Baseline, a keep, a discard: every tool result (JSON and text) is searched for the holdout's values; the
-    briefing and query_results show only how far the keeps hold."""
+    """Baseline, a keep, a discard whose target prints whatever holdout records it can read (hidden from runs by
+    their view): every tool result (JSON and text) is searched for the holdout's values; the briefing,
+    query_results and the web page's data show only how far the keeps hold."""
     extra = 'holdout_command = "python3 holdout.py out/answer.txt"\n'
     root = project(tmp_path, extra, files={"holdout.py": HOLDOUT})
     values = [f"{x * 1.2345678 + 0.0137:.7f}" for x in (5, 4, 6)]
@@ -297,7 +310,7 @@ async def test_holdout_values_never_reach_a_tool_result(tmp_path: Path, agent_fo
         for description, old, new in (
             ("baseline", None, None),
             ("x4", "X = 5", "X = 4"),
-            ("x6", "X = 4", "X = 6"),
+            ("x6", "X = 4\n", "X = 6\n" + (READ_HOLDOUT if ISOLATION.namespaces else "")),
         ):
             if old:
                 await call("apply_edit", edits=[{"old_text": old, "new_text": new}])
@@ -319,12 +332,16 @@ async def test_holdout_values_never_reach_a_tool_result(tmp_path: Path, agent_fo
     assert "Holdout: kept improvements hold 1 of 1" in text  # the briefing
     for value in values:
         assert value not in text and value.rstrip("0") not in text
+    view = SessionView(root, "x")
+    view.refresh()
+    page = json.dumps([view.summary(), view.experiments(None, 0, 50), view.runs()])
+    assert "kept improvements hold 1 of 1" in page  # the web page's summary
+    for value in values:
+        assert value not in page and value.rstrip("0") not in page
     records = [
         json.loads(line) for line in (root / ".autoresearch" / "holdout" / "x.jsonl").read_text().splitlines()
     ]
-    assert [r["run_id"] for r in records] == [r["run_id"] for r in records[:2]] and len(
-        records
-    ) == 2  # keeps only
+    assert [(r["run_id"], r["baseline"]) for r in records] == [("r1", True), ("r2", False)]  # keeps only
     assert [round(r["holdout"], 6) for r in records] == [round(float(v), 6) for v in values[:2]]
 
 
