@@ -220,6 +220,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(f"time budget:  {info.time_budget:g} s (hard timeout {info.timeout:g} s)")
     print(f"read-only:    {', '.join(info.readonly_files) or '-'}")
     print(f"checks:       {info.checks_command or '-'}")
+    if info.eval_command:
+        print(f"evaluation:   {info.eval_command} (after each run, read-only; only its output gives the metric)")
+        if info.hidden:
+            print(f"hidden:       {', '.join(info.hidden)} (only the evaluation may read these)")
+        if info.holdout:
+            print("holdout:      set (run after every keep; its values are never shown)")
     print(f"repeats:      {info.repeats} (runs per experiment; the median decides)")
     print(f"min_delta:    {info.min_delta:g}")
     print(f"writable:     {', '.join(info.writable) or '-'} (a run may write only these, and a private TMPDIR)")

@@ -393,3 +393,17 @@ async def test_the_evaluation_stage_in_slots(tmp_path: Path, agent_for, monkeypa
         await agent.edit("X = 5\n", "X = 3\n")
         run, decision = await agent.experiment("three")
     assert base["value"] == 5.0 and run["value"] == 3.0 and decision["decision"] == "keep", (base, run)
+
+
+def test_detect_shows_the_evaluation_stage(tmp_path: Path) -> None:
+    from .conftest import run_cli
+
+    root = project(tmp_path, HIDDEN + 'holdout_command = "python3 scorer.py out/answer.txt"\n')
+    out = run_cli("detect", "--project", str(root))
+    assert out.returncode == 0, out.stderr
+    assert "evaluation:   python3 scorer.py out/answer.txt" in out.stdout
+    assert f"hidden:       {root / 'secret'}, {root / 'key.txt'}" in out.stdout
+    assert "holdout:      set" in out.stdout
+    assert "the evaluation stage: eval_command" in out.stdout  # how the metric is measured
+    flag = run_cli("detect", "--project", str(root), "--eval-command", "python3 other.py")
+    assert "evaluation:   python3 other.py" in flag.stdout
