@@ -124,8 +124,8 @@ class Experiment:
         """What the view keeps showing (the logs, a slot's shared inputs) and what it hides: the `hidden` data,
         from every stage but the evaluation's."""
         reads = [str(self.log_dir), *linked_inputs(self.root, list(self.config.shared_inputs))]
-        if stage == "eval":
-            return reads, []
+        if stage == "eval":  # (hidden data beneath a hidden directory such as /tmp is shown again, read-only)
+            return reads + hidden_paths(self.config), []
         own = self.log_dir.parent.parent  # .autoresearch/runs/<tag>: the holdout's records are beside
         holdout = [str(own / "holdout")] if self.config.holdout_command and own.name == ".autoresearch" else []
         return reads, [*hidden_paths(self.config), *holdout]

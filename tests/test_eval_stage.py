@@ -407,3 +407,38 @@ def test_detect_shows_the_evaluation_stage(tmp_path: Path) -> None:
     assert "the evaluation stage: eval_command" in out.stdout  # how the metric is measured
     flag = run_cli("detect", "--project", str(root), "--eval-command", "python3 other.py")
     assert "evaluation:   python3 other.py" in flag.stdout
+
+
+async def test_the_evaluation_reads_hidden_data_outside_the_project(tmp_path: Path, agent_for) -> None:
+    """Hidden data under /tmp (a directory every view covers with a fresh tmpfs) is shown to the evaluation,
+    read-only, and stays covered for the run."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    data = tmp_path / "outside" / "answers.txt"
+    data.parent.mkdir()
+    data.write_text("3\n")
+    scorer = (
+        f"import sys\nhidden = float(open({str(data)!r}).read())\n"
+        "print(f'score: {hidden + float(open(sys.argv[1]).read()):.6f}')\n"
+    )
+    root = project(tmp_path, f'hidden = ["{data}"]\n', scorer=scorer)
+    code = f"""
+    import sys
+    try:
+        print("read: " + open({str(data)!r}).read(), file=sys.stderr)
+    except OSError as exc:
+        print(f"refused: {{exc}}", file=sys.stderr)
+    """
+    async with agent_for(root) as agent:
+        run, _ = await candidate(agent, code)
+    assert run["value"] == 7.0, run
+    assert "refused: [Errno 2] No such file" in Path(run["log_path"]).read_text()
+
+
+async def test_a_session_refuses_a_changed_evaluation_stage(tmp_path: Path, agent_for) -> None:
+    root = project(tmp_path)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="x")
+    config = root / "autoresearch.toml"
+    config.write_text(config.read_text().replace("scorer.py out/answer.txt", "scorer.py /dev/null"))
+    async with agent_for(root) as agent:
+        assert "eval_command" in await agent.refused("start_session", tag="x")
