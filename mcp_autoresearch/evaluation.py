@@ -51,6 +51,11 @@ def check_stage_config(root: Path, config: Config) -> Config:
             "eval_command and metric_measure both say where the metric comes from: with an evaluation stage the "
             "value is what eval_command prints; remove one of them"
         )
+    if config.eval_command and config.metric_parse and "run.log" in config.metric_parse:
+        raise ConfigError(
+            "metric_parse reads run.log, the run's own output, but with eval_command the metric comes from the "
+            "evaluation's output: read \"$AUTORESEARCH_LOG\" (the evaluation's log) instead"
+        )
     if (config.eval_command or config.holdout_command or config.hidden) and config.backend == "ray":
         raise ConfigError(
             'eval_command, holdout_command and hidden are not supported with backend = "ray" yet (the stage '

@@ -442,3 +442,10 @@ async def test_a_session_refuses_a_changed_evaluation_stage(tmp_path: Path, agen
     config.write_text(config.read_text().replace("scorer.py out/answer.txt", "scorer.py /dev/null"))
     async with agent_for(root) as agent:
         assert "eval_command" in await agent.refused("start_session", tag="x")
+
+
+async def test_metric_parse_of_run_log_is_refused_with_an_evaluation_stage(tmp_path: Path, agent_for) -> None:
+    """The README's `grep 'score:' run.log | tail -1` would read what the run printed: refused, with the fix."""
+    root = project(tmp_path, "metric_parse = \"grep 'score:' run.log | tail -1 | awk '{print $2}'\"\n")
+    async with agent_for(root) as agent:
+        assert 'read "$AUTORESEARCH_LOG"' in await agent.refused("start_session")
