@@ -241,13 +241,15 @@ class Experiment:
         result = tally.result("ok", statistics.median(tally.values), log_path, None)
         return self.check(result) if checks else result
 
-    def _evaluate(self, command: str, run_log: Path, log_path: Path, what: str) -> tuple[RunStatus, str] | None:
-        """The evaluation stage (or the holdout: `what`) in its own confined tree, after the run; None when it
-        succeeded (its output is then in `log_path`), else the failure."""
+    def _evaluate(
+        self, command: str, run_log: Path | None, log_path: Path, what: str
+    ) -> tuple[RunStatus, str] | None:
+        """The evaluation stage (or the holdout: `what`) in its own confined tree, after the run (whose log is
+        `run_log`); None when it succeeded (its output is then in `log_path`), else the failure."""
         config = self.config
+        extra = {"AUTORESEARCH_RUN_LOG": str(run_log)} if run_log else {}
         done = self._process(
-            command, log_path, config.eval_timeout, f"{self.run_id}{EVAL_SUFFIX}", None,
-            {"AUTORESEARCH_RUN_LOG": str(run_log)}, stage="eval",
+            command, log_path, config.eval_timeout, f"{self.run_id}{EVAL_SUFFIX}", None, extra, stage="eval"
         ).run()
         self._tally.leftovers += done.leftovers_killed
         if done.status == "cancelled":
@@ -259,7 +261,7 @@ class Experiment:
     def evaluate_only(self, command: str, log_path: Path, what: str) -> tuple[float | None, str | None]:
         """Run `command` as an evaluation stage on what the project holds now (the holdout after a keep): its
         value, or None and why not."""
-        failure = self._evaluate(command, log_path, log_path, what)
+        failure = self._evaluate(command, None, log_path, what)
         if failure:
             return None, failure[1]
         try:
