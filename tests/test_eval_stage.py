@@ -241,6 +241,11 @@ async def test_a_run_cannot_read_hidden_paths_the_evaluation_can(tmp_path: Path,
         ('hidden = ["objective.py"]\n', "would hide the target objective.py"),
         ('hidden = ["out/data"]\n', "overlaps the writable entry 'out'"),
         ('hidden = ["secret"]\neval_command = ""\n', "must not be empty"),
+        ('hidden = ["."]\n', "must name files or directories inside the project"),
+        ('hidden = [".."]\n', "would hide the project itself"),
+        ('backend = "ray"\n', 'not supported with backend = "ray" yet'),
+        ('metric_measure = "wall_time_s"\n', "eval_command and metric_measure both say"),
+        ('slots = 2\nholdout_command = "python3 scorer.py out/answer.txt"\n', "not supported with slots yet"),
     ],
 )
 async def test_hidden_paths_a_run_could_reach_are_refused(
