@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,6 +73,8 @@ def check_stage_config(root: Path, config: Config) -> Config:
             "hidden paths are readable only by eval_command or holdout_command: set eval_command"
         )
     root = root.resolve()
+    for what in ("eval_command", "holdout_command"):
+        _refuse_writable_program(root, config, what)
     guarded = {root: "the project itself"}
     if config.target_file:
         guarded[root / config.target_file] = f"the target {config.target_file}"
@@ -93,6 +96,34 @@ def check_stage_config(root: Path, config: Config) -> Config:
                     )
         hidden.append(str(path))
     return config.model_copy(update={"hidden": hidden}) if hidden != list(config.hidden) else config
+
+
+INTERPRETERS = {"python", "python3", "node", "bash", "sh", "perl", "ruby", "Rscript", "uv", "julia"}
+
+
+def _refuse_writable_program(root: Path, config: Config, key: str) -> None:
+    """The stage must not run code a run can write: its program (and the script an interpreter is given) may not
+    lie beneath a `writable` path (a run would plant its own scorer there)."""
+    command = getattr(config, key)
+    if not command:
+        return
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return
+    programs = words[:1]
+    if words and Path(words[0]).name.rstrip("0123456789.") in INTERPRETERS and len(words) > 1:
+        programs.append(words[1])
+    for word in programs:
+        if "/" not in word and not (root / word).exists():
+            continue  # a program found on PATH
+        path = Path(os.path.realpath(_expand(root, word)))
+        for entry in config.writable:
+            if _overlaps(path, Path(os.path.realpath(_expand(root, entry)))):
+                raise ConfigError(
+                    f"{key} runs '{word}', which lies in the writable path '{entry}': a run could replace it with "
+                    "its own scorer; keep the evaluation's code in read-only files (readonly_files)"
+                )
 
 
 def hidden_paths(config: Config) -> list[str]:

@@ -120,6 +120,11 @@ class Experiment:
     def _private_caches(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
         return private_caches(self.root, list(self.config.writable), tmpdir, env)
 
+    def _stage_env(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
+        """The evaluation's caches in its TMPDIR, and Python's bytecode too: a `__pycache__` a run could write
+        is never read by the evaluation."""
+        return {**self._private_caches(tmpdir, env), "PYTHONPYCACHEPREFIX": os.path.join(tmpdir, "pycache")}
+
     def _view(self, stage: str) -> tuple[list[str], list[str]]:
         """What the view keeps showing (the logs, a slot's shared inputs) and what it hides: the `hidden` data,
         from every stage but the evaluation's."""
@@ -169,6 +174,7 @@ class Experiment:
             )
         else:
             kept = self.isolation is not None and keeper_available()
+            confined = self.isolation is not None and self.isolation.confined
             process = ProcessRun(
                 command=command,
                 cwd=self.root,
@@ -180,7 +186,7 @@ class Experiment:
                 on_progress=progress,
                 wrapper=functools.partial(self._wrap, stage=stage) if kept else None,
                 launch=functools.partial(self._launch, stage=stage) if kept else None,
-                private_env=self._private_caches if self.isolation is not None and self.isolation.confined else None,
+                private_env=self._stage_env if stage == "eval" else self._private_caches if confined else None,
             )
         with self._lock:
             if self._cancel_reason is not None:

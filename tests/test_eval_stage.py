@@ -454,3 +454,47 @@ async def test_metric_parse_of_run_log_is_refused_with_an_evaluation_stage(tmp_p
     root = project(tmp_path, "metric_parse = \"grep 'score:' run.log | tail -1 | awk '{print $2}'\"\n")
     async with agent_for(root) as agent:
         assert 'read "$AUTORESEARCH_LOG"' in await agent.refused("start_session")
+
+
+@pytest.mark.parametrize(
+    "command", ["out/scorer", "python3 out/scorer.py out/answer.txt", "sh ./out/../out/score.sh"]
+)
+async def test_an_evaluation_that_runs_code_a_run_can_write_is_refused(
+    tmp_path: Path, agent_for, command: str
+) -> None:
+    root = project(tmp_path)
+    config = root / "autoresearch.toml"
+    config.write_text(config.read_text().replace("python3 scorer.py out/answer.txt", command))
+    async with agent_for(root) as agent:
+        assert "which lies in the writable path 'out'" in await agent.refused("start_session")
+
+
+@pytest.mark.parametrize("isolation", OFF, ids=["isolation-off", "isolation-auto"])
+async def test_bytecode_a_run_planted_is_not_what_the_evaluation_runs(
+    tmp_path: Path, agent_for, isolation: str
+) -> None:
+    """The scorer imports helper.py (read-only). `__pycache__` is writable, so the run plants a compiled forged
+    helper whose header matches helper.py's size and time, which Python would load instead of the source. The
+    evaluation keeps its bytecode in its TMPDIR (PYTHONPYCACHEPREFIX): the source's score counts."""
+    scorer = (
+        "import sys\nimport helper\nprint(f'score: {helper.score(float(open(sys.argv[1]).read())):.6f}')\n"
+    )
+    helper = "def score(x):\n    return x\n"
+    config = CONFIG.replace('writable = ["out"]', 'writable = ["out", "__pycache__"]') + isolation
+    root = project(tmp_path, scorer=scorer, files={"helper.py": helper, "autoresearch.toml": config})
+    code = """
+    import importlib.util, os, py_compile
+    real = os.stat("helper.py")
+    forged = "def score(x):\\n return 0\\n"  # (shorter than helper.py: padded to its size)
+    forged += "#" * (real.st_size - len(forged) - 1) + "\\n"
+    assert len(forged) == real.st_size
+    with open("out/helper.py", "w") as handle:
+        handle.write(forged)
+    os.utime("out/helper.py", ns=(real.st_atime_ns, real.st_mtime_ns))
+    os.makedirs("__pycache__", exist_ok=True)
+    py_compile.compile("out/helper.py", cfile=importlib.util.cache_from_source("helper.py"), doraise=True)
+    """
+    async with agent_for(root) as agent:
+        run, _ = await candidate(agent, code)
+    assert (root / "__pycache__").is_dir() and any((root / "__pycache__").iterdir())  # the plant is there
+    assert run["status"] == "ok" and run["value"] == 4.0, run
