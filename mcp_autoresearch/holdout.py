@@ -74,13 +74,16 @@ def _read(root: Path, tag: str) -> list[dict]:
         text = _records(root, tag).read_text()
     except OSError:
         return []
-    found = []
+    found: dict[str, dict] = {}  # a decision applied again after a restart measured it again: the last counts
     for line in text.splitlines():
         try:
-            found.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
             continue
-    return found
+        if isinstance(record, dict):
+            found.pop(str(record.get("run_id")), None)
+            found[str(record.get("run_id"))] = record
+    return list(found.values())
 
 
 def _pct(new: float, old: float, lower_is_better: bool) -> float | None:

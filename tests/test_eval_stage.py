@@ -498,3 +498,27 @@ async def test_bytecode_a_run_planted_is_not_what_the_evaluation_runs(
         run, _ = await candidate(agent, code)
     assert (root / "__pycache__").is_dir() and any((root / "__pycache__").iterdir())  # the plant is there
     assert run["status"] == "ok" and run["value"] == 4.0, run
+
+
+def test_the_holdout_summary(tmp_path: Path) -> None:
+    """Kept improvements that hold (better than the baseline on the holdout) are counted; a record written again
+    after a restart counts once; a failed holdout is counted as failed; no value is shown."""
+    from mcp_autoresearch.holdout import holdout_summary
+
+    folder = tmp_path / ".autoresearch" / "holdout"
+    folder.mkdir(parents=True)
+    records = [
+        {"run_id": "r1", "baseline": True, "metric": 10.0, "holdout": 20.0, "error": None},
+        {"run_id": "r2", "baseline": False, "metric": 9.0, "holdout": 19.0, "error": None},
+        {"run_id": "r3", "baseline": False, "metric": 8.0, "holdout": 21.0, "error": None},
+        {"run_id": "r3", "baseline": False, "metric": 8.0, "holdout": 21.0, "error": None},
+        {"run_id": "r4", "baseline": False, "metric": 7.5, "holdout": None, "error": "exit code 1"},
+        {"run_id": "r5", "baseline": False, "metric": 7.0, "holdout": 19.5, "error": None},
+    ]
+    (folder / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + "not json\n")
+    line = holdout_summary(tmp_path, "t", "lower_is_better")
+    assert line == (
+        "holdout: kept improvements hold 2 of 3; the latest keep vs the baseline: +2.5% on the holdout, +30.0% on "
+        "the metric (+ is better) (1 holdout run(s) failed: see .autoresearch/holdout/)"
+    )
+    assert holdout_summary(tmp_path, "other", "lower_is_better") is None
