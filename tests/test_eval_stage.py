@@ -522,3 +522,17 @@ def test_the_holdout_summary(tmp_path: Path) -> None:
         "the metric (+ is better) (1 holdout run(s) failed: see .autoresearch/holdout/)"
     )
     assert holdout_summary(tmp_path, "other", "lower_is_better") is None
+
+
+async def test_the_checks_command_cannot_read_hidden_paths(tmp_path: Path, agent_for) -> None:
+    """checks_command runs like a run: a hidden file is empty to it, a hidden directory has no entries."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    checks = 'checks_command = "test ! -s key.txt && test -z \\"$(ls secret)\\""\n'
+    root = project(tmp_path, HIDDEN + checks)
+    (root / "secret").mkdir()
+    (root / "secret" / "val.txt").write_text("VALIDATION-DATA\n")
+    (root / "key.txt").write_text("KEY-42\n")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session")
+        run, _ = await agent.experiment("baseline")
+    assert run["status"] == "ok", run
