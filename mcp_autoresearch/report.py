@@ -15,6 +15,7 @@ from pathlib import Path
 from .briefing import journal_briefing
 from .config import DEFAULTS
 from .errors import AutoresearchError, ConfigError
+from .holdout import holdout_summary
 from .journal import RESULTS_TSV, Journal, Row
 from .project import check_project_root, load_project
 from .results_tsv import TsvFormat
@@ -168,6 +169,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "status":
         sys.stdout.write(journal_briefing(files.state, files.journal))
+        held = holdout_summary(files.root, files.state.tag, files.state.metric_direction)
+        if held:
+            sys.stdout.write(f"\n{held[0].upper()}{held[1:]}.\n")
         return 0
     if args.command == "plot":
         from .plot import write_png

@@ -18,7 +18,7 @@ import pytest
 from mcp_autoresearch.isolation import probe_isolation
 from mcp_autoresearch.web.data import SessionView
 
-from .conftest import make_repo
+from .conftest import make_repo, run_cli
 from .helpers.needs import require
 
 pytestmark = pytest.mark.anyio
@@ -337,6 +337,8 @@ async def test_holdout_values_never_reach_a_tool_result(tmp_path: Path, agent_fo
     assert "Holdout: kept improvements hold 1 of 1" in text  # the briefing
     for value in values:
         assert value not in text and value.rstrip("0") not in text
+    status = run_cli("status", "--project", str(root), "--session", "x").stdout
+    assert "Holdout: kept improvements hold 1 of 1" in status  # the CLI's status, for the person
     view = SessionView(root, "x")
     view.refresh()
     page = json.dumps([view.summary(), view.experiments(None, 0, 50), view.runs()])
@@ -401,8 +403,6 @@ async def test_the_evaluation_stage_in_slots(tmp_path: Path, agent_for, monkeypa
 
 
 def test_detect_shows_the_evaluation_stage(tmp_path: Path) -> None:
-    from .conftest import run_cli
-
     root = project(tmp_path, HIDDEN + 'holdout_command = "python3 scorer.py out/answer.txt"\n')
     out = run_cli("detect", "--project", str(root))
     assert out.returncode == 0, out.stderr
