@@ -536,3 +536,43 @@ async def test_the_checks_command_cannot_read_hidden_paths(tmp_path: Path, agent
         await agent.ok("start_session")
         run, _ = await agent.experiment("baseline")
     assert run["status"] == "ok", run
+
+
+@pytest.mark.parametrize("staged", [False, True], ids=["scorer-in-the-run", "evaluation-stage"])
+async def test_a_line_printed_after_the_scorer_exited(tmp_path: Path, agent_for, staged: bool) -> None:
+    """The issue's `objective.py | scorer.py`: the scorer reads the target's answer from a pipe and prints the
+    honest line; the target waits until the scorer has exited and prints a forged line after it. In the run's
+    process tree the last match wins and the forgery is kept (the self-reported mode); with the evaluation stage
+    the scorer runs after the target is gone, and only its line counts."""
+    config = CONFIG.replace(
+        'run_command = "python3 objective.py > out/answer.txt"\neval_command = "python3 scorer.py out/answer.txt"',
+        'run_command = "python3 objective.py | python3 scorer.py /dev/stdin"',
+    )
+    root = project(tmp_path, files={} if staged else {"autoresearch.toml": config})
+    code = """
+    import os, sys
+    print(X, flush=True)
+    os.close(1)  # the scorer reads its end of the pipe and prints the honest line
+
+    def scorer_alive():
+        for pid in os.listdir("/proc"):
+            try:
+                if pid.isdigit() and b"scorer.py" in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0"):
+                    return True
+            except OSError:
+                pass
+        return False
+
+    while scorer_alive():
+        pass
+    sys.stderr.write("score: 0.000001\\n")
+    os._exit(0)
+    """
+    async with agent_for(root) as agent:
+        run, decision = await candidate(agent, code)
+    if staged:
+        assert run["value"] == 4.0, run
+        assert "score: 0.000001" in Path(run["log_path"]).read_text()  # printed, and ignored
+    else:
+        assert run["value"] == 0.000001 and decision["decision"] == "keep", run
+        assert "score: 4.000000" in Path(run["log_path"]).read_text()  # the honest line, printed before
