@@ -110,6 +110,19 @@ class ConfigValues(BaseModel):
     max_experiments: int | None = Field(
         None, ge=1, description="Stop accepting runs after this many.", json_schema_extra=FROZEN
     )
+    eval_timeout: float | None = Field(
+        None, gt=0, description="Hard limit in seconds for eval_command.", json_schema_extra=FROZEN
+    )
+    hidden: list[str] | None = Field(
+        None,
+        description="Paths only eval_command and holdout_command may read; runs and checks cannot.",
+        json_schema_extra=FROZEN,
+    )
+    holdout_command: str | None = Field(
+        None,
+        description="Command run like eval_command after every keep; its values are never shown to the agent.",
+        json_schema_extra=FROZEN,
+    )
     memory_regex: str | None = Field(
         None, description="Regex with one group: peak memory in MB from the log.", json_schema_extra=FROZEN
     )
@@ -200,7 +213,7 @@ class ConfigValues(BaseModel):
             return DIRECTION_ALIASES.get(value.strip().lower(), value)
         return value
 
-    @field_validator("readonly_files", "writable", "slot_devices", "shared_inputs", mode="before")
+    @field_validator("readonly_files", "writable", "slot_devices", "shared_inputs", "hidden", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         # The markdown format of the original tool writes lists comma-separated.
@@ -242,7 +255,7 @@ class ConfigValues(BaseModel):
             return "on" if value else "off"
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("readonly_files", "writable", "shared_inputs")
+    @field_validator("readonly_files", "writable", "shared_inputs", "hidden")
     @classmethod
     def _no_empty_entries(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and any(not item.strip() or item.strip() in (".", "./") for item in value):
@@ -269,14 +282,14 @@ class ConfigValues(BaseModel):
             raise ValueError("must be wall_time_s, size_kb:<path> or size_mb:<path>")
         return value
 
-    @field_validator("time_budget", "timeout", "checks_timeout", "min_delta", "confidence")
+    @field_validator("time_budget", "timeout", "checks_timeout", "eval_timeout", "min_delta", "confidence")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
 
-    @field_validator("target_file", "run_command", "metric_name", "jsonl_path", "eval_command")
+    @field_validator("target_file", "run_command", "metric_name", "jsonl_path", "eval_command", "holdout_command")
     @classmethod
     def _not_empty(cls, value: str | None) -> str | None:
         if value is not None and not value:
@@ -317,6 +330,7 @@ DEFAULTS: dict[str, Any] = {
     "slots": 1,
     "slot_devices": [],
     "shared_inputs": [],
+    "hidden": [],
     "backend": "local",
 }
 
@@ -333,13 +347,16 @@ class Config(BaseModel):
     metric_regex: str | None = None
     metric_measure: str | None = None
     metric_direction: Direction = "lower_is_better"
-    eval_command: str | None = None
     integrity: IntegritySetting = "any"
     time_budget: float = 300.0
     timeout: float = 600.0
     readonly_files: list[str] = Field(default_factory=list)
     checks_command: str | None = None
     checks_timeout: float = 300.0
+    eval_command: str | None = None
+    eval_timeout: float = 600.0
+    hidden: list[str] = Field(default_factory=list)
+    holdout_command: str | None = None
     repeats: int = 1
     min_delta: float = 0.0
     max_experiments: int | None = None
@@ -395,6 +412,7 @@ def build_config(merged: dict[str, Any]) -> Config:
     values = {**DEFAULTS, **{k: v for k, v in merged.items() if v is not None}}
     values.setdefault("timeout", 2 * values["time_budget"])
     values.setdefault("checks_timeout", values["timeout"])
+    values.setdefault("eval_timeout", values["timeout"])
     values.setdefault("target_file", None)
     values.setdefault("run_command", None)
     values.setdefault("metric_name", None)

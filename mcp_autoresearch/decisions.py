@@ -13,6 +13,7 @@ from .context import SessionCore, normal_run_id
 from .diskspace import AFTER_DISK_FULL
 from .errors import RuleViolation, SessionError
 from .evidence import Evidence
+from .holdout import run_holdout
 from .journal import Row
 from .models import DecisionResult
 from .names import SESSION_REFS
@@ -148,6 +149,9 @@ class Decider:
         core.state.pending = None
         core.save()
         core.own.journal_written()
+        if verdict == "keep" and core.config.holdout_command:  # after the keep: it cannot change the decision
+            best = core.state.best.value if core.state.best else None
+            run_holdout(core.config, core.root, core.state.tag, core.isolation, pending.run_id, best, pending.is_baseline)
         next_step = decided_next_step(
             self.core,
             pending,

@@ -52,11 +52,9 @@ def prepare(name: str, keep_dir: str | None, slots: int = 1) -> Path:
         target = Path(tempfile.mkdtemp(prefix=f"autoresearch-demo-{name}-")).resolve()
     shutil.copytree(example_source(name), target, ignore=IGNORE, dirs_exist_ok=True)
     config = target / "autoresearch.toml"
-    if "python3 evaluate.py" in config.read_text():
+    if '"python3 ' in config.read_text():
         # The example runs with this very interpreter, whatever `python3` is (or is not) on the user's PATH.
-        config.write_text(
-            config.read_text().replace("python3 evaluate.py", f"{_quote(sys.executable)} evaluate.py")
-        )
+        config.write_text(config.read_text().replace('"python3 ', f'"{_quote(sys.executable)} '))
     if slots > 1:  # an untracked setting of the user's, as a person would add it
         config.write_text(config.read_text() + f"slots = {slots}\n")
     env = {**os.environ}
@@ -116,11 +114,7 @@ def run_demo(
 async def _drive(project: Path, experiments: int, seed: int, slots: int = 1) -> Any:
     from .scripted_agent import print_experiment
 
-    extra = (
-        ["--run-command", f"{_quote(sys.executable)} evaluate.py"]
-        if (project / "evaluate.py").exists()
-        else []
-    )
+    extra: list[str] = []  # (the example's configuration names this interpreter: see `prepare`)
     # The slots' checkouts beside the demo project, removed with it (never inside its work tree).
     env = {"AUTORESEARCH_SLOTS_DIR": str(project.parent / f"{project.name}-slots")} if slots > 1 else None
     async with Client(server_params(str(project), extra, env)) as client:

@@ -221,25 +221,36 @@ def private_caches(root: Path, entries: list[str], tmpdir: str, env: dict[str, s
 
 
 def keeper_command(
-    isolation: Isolation, writable: list[str], argv: list[str], grace_s: float, reads: list[str] | None = None
+    isolation: Isolation,
+    writable: list[str],
+    argv: list[str],
+    grace_s: float,
+    reads: list[str] | None = None,
+    hide: list[str] | None = None,
 ) -> list[str]:
     """The argv that runs `argv` under the keeper: confined when Landlock or the view is in use, supervised
     either way."""
-    spec: confine.KeeperSpec = {**keeper_spec(isolation, writable, grace_s, reads), "parent": os.getpid()}
+    spec: confine.KeeperSpec = {**keeper_spec(isolation, writable, grace_s, reads, hide), "parent": os.getpid()}
     return confine.command_line(sys.executable, spec, argv)
 
 
 def keeper_spec(
-    isolation: Isolation, writable: list[str], grace_s: float, reads: list[str] | None = None
+    isolation: Isolation,
+    writable: list[str],
+    grace_s: float,
+    reads: list[str] | None = None,
+    hide: list[str] | None = None,
 ) -> confine.KeeperSpec:
     """What the keeper is told: Landlock and its writable paths, the private view (with `reads`, paths it must
-    keep showing), the network, the grace."""
+    keep showing, and `hide`, paths it covers: the `hidden` data), the network, the grace."""
     spec: confine.KeeperSpec = {"landlock": isolation.confined, "grace": grace_s}
     spec["write"] = writable if (isolation.confined or isolation.namespaces) else []
     if isolation.namespaces:
         spec["view"] = True
         spec["network"] = isolation.network != "off"
         spec["read"] = view_reads() + list(reads or [])
+        if hide:
+            spec["hide"] = list(hide)
     return spec
 
 

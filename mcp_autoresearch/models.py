@@ -190,3 +190,6 @@ class QueryResult(BaseModel):
     near_misses: list[ResultRow] = Field(
         default_factory=list, description="Discarded within the noise of the best (newest first): combine them."
     )
+    holdout: str | None = Field(
+        None, description="How far the kept improvements hold on the holdout (holdout_command), in one line."
+    )

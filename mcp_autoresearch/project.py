@@ -17,6 +17,7 @@ from .checkouts import check_slots_home, check_writable_for_slots
 from .config import DEFAULTS, KEYS, Config, build_config
 from .config_sources import Source, command_line_source, read_file_sources
 from .errors import ConfigError
+from .evaluation import check_stage_config
 from .guard import check_target_file
 from .isolation import check_writable, probe_isolation
 from .metrics import Measure
@@ -51,12 +52,16 @@ class ProjectInfo(BaseModel):
     provenance: MetricProvenance = Field(
         description="Where the value comes from: evaluation, server, or self-reported (with the fix)."
     )
-    eval_command: str | None = Field(None, description="Command that computes the metric after the run.")
     integrity: str = Field("any", description="any, or required: a self-reported metric refuses to start.")
     time_budget: float = Field(description="Seconds an experiment is meant to take.")
     timeout: float = Field(description="Hard limit in seconds; the whole process tree is killed after it.")
     readonly_files: list[str] = Field(description="Files that must never change.")
     checks_command: str | None = Field(None, description="Command that must pass after a successful run.")
+    eval_command: str | None = Field(
+        None, description="The evaluation stage: run after each run is gone, read-only; its output gives the metric."
+    )
+    hidden: list[str] = Field(default_factory=list, description="Paths only the evaluation stage may read.")
+    holdout: bool = Field(False, description="A holdout_command is set (its values are never shown).")
     repeats: int = Field(1, description="Runs per experiment (the median decides) under the greedy rule.")
     min_delta: float = Field(0.0, description="Smallest change that counts as an improvement.")
     writable: list[str] = Field(description="Paths a run may write; everything else is read-only to it.")
@@ -88,6 +93,15 @@ class Project:
 def describe_metric_source(config: Config, detected_source: str | None) -> str:
     """How the metric is obtained, in one line for the agent. `detected_source` is detection's own description,
     given only when detection's metric is the one in use (no metric setting came from configuration)."""
+    if config.eval_command:
+        how = f"metric_parse ({config.metric_parse})" if config.metric_parse else (
+            f"metric_regex {config.metric_regex!r}" if config.metric_regex else f"its last '{config.metric_name}: "
+            f"<float>' or 'METRIC {config.metric_name}=<float>' line"
+        )
+        return (
+            f"the evaluation stage: eval_command ({config.eval_command}) runs after the run is gone, read-only, "
+            f"and {how} reads its output; nothing the run printed counts"
+        )
     if detected_source:
         return detected_source
     if config.metric_parse:
@@ -229,6 +243,7 @@ def load_project(
     if config.target_file is not None:
         protected[config.target_file] = f"the target {config.target_file}"
     check_writable(root, list(config.writable), protected, config.jsonl_path)
+    config = check_stage_config(root, config)
     if config.backend == "ray" and importlib.util.find_spec("ray") is None:  # found, never imported here
         warnings.append("backend = \"ray\" needs Ray in the server's environment: pip install 'mcp-autoresearch[ray]'")
     if config.parallel:
@@ -285,12 +300,14 @@ def load_project(
             else None,
         ),
         provenance=provenance,
-        eval_command=config.eval_command,
         integrity=config.integrity,
         time_budget=config.time_budget,
         timeout=config.timeout,
         readonly_files=list(config.readonly_files),
         checks_command=config.checks_command,
+        eval_command=config.eval_command,
+        hidden=list(config.hidden),
+        holdout=config.holdout_command is not None,
         repeats=config.repeats,
         min_delta=config.min_delta,
         writable=list(config.writable),

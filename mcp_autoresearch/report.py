@@ -17,6 +17,7 @@ from .briefing import journal_briefing
 from .config import DEFAULTS
 from .current import current_session
 from .errors import AutoresearchError, ConfigError
+from .holdout import holdout_summary
 from .journal import Journal, Row
 from .names import RESULTS_TSV
 from .project import check_project_root, load_project
@@ -175,6 +176,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "status":
         sys.stdout.write(journal_briefing(files.state, files.journal))
+        held = holdout_summary(files.root, files.state.tag, files.state.metric_direction)
+        if held:
+            sys.stdout.write(f"\n{held[0].upper()}{held[1:]}.\n")
         return 0
     if args.command == "plot":
         from .plot import write_png

@@ -23,6 +23,7 @@ from .decisions import Decider
 from .diskspace import no_room
 from .editing import Editor
 from .errors import RuleViolation, SessionError
+from .evaluation import refuse_unhidable
 from .guard import changed_fingerprints, fingerprint_files, new_files
 from .isolation import probe_isolation
 from .journal import Journal
@@ -118,6 +119,7 @@ class Session:
         provenance = metric_provenance(config)
         if config.integrity == "required" and provenance.source == "self-reported":
             raise SessionError(integrity_refusal(provenance))
+        refuse_unhidable(root, config, isolation, lambda path: repo.is_tracked(repo.repo_path(path)))
         if tag is not None:
             tag = tag.strip().lower()
             if not TAG_RE.match(tag):

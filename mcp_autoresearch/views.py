@@ -9,6 +9,7 @@ from .context import SessionCore, normal_run_id
 from .decisions import Decider, rerun
 from .diskspace import AFTER_DISK_FULL
 from .errors import RuleViolation, SessionError
+from .holdout import holdout_summary
 from .journal import Row
 from .models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult, StartResult
 from .parallel import ParallelRuns, slots_line
@@ -233,13 +234,15 @@ class Views:
         """The bounded summary for a fresh agent: the journal's newest rows, the keep rule, noise, slots."""
         core = self.core
         noise = session_noise(core.state)
-        return journal_briefing(
+        text = journal_briefing(
             core.state,
             core.journal,
             keep_rule=keep_rule_summary(core.state, core.config),
             noise_sd=noise.sd if noise.df else None,
             slots=slots_line(self.parallel) if self.parallel else None,
         )
+        held = holdout_summary(core.root, core.state.tag, core.state.metric_direction)
+        return f"{text.rstrip()}\n\n{held[0].upper()}{held[1:]}.\n" if held else text
 
     def log_notes(self, run_id: str, notes: str) -> NotesResult:
         """Attach the agent's notes to a logged experiment; values and statuses never change."""
@@ -320,6 +323,7 @@ class Views:
                 noise_df=noise.df,
                 best_runs=len(best_values(core.state)) or None,
                 near_misses=[row_model(r) for r in near_misses(journal, noise.sd or 0.0)],
+                holdout=holdout_summary(core.root, core.state.tag, core.state.metric_direction),
             )
 
 

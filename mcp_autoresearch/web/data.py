@@ -21,6 +21,7 @@ from typing import Any
 
 from ..config import DEFAULTS
 from ..current import current_session
+from ..holdout import holdout_summary
 from ..logtail import tail
 from ..names import RUN_LOGS
 from ..provenance import metric_provenance
@@ -297,6 +298,8 @@ class SessionView:
             "keep_rate": counts.get("keep", 0) / len(rows) if rows else None,
             "per_hour": self._per_hour(),
             "memory_peak_gb": self.memory_peak,
+            # how far the keeps hold on the holdout, in one line (never a holdout value)
+            "holdout": holdout_summary(self.root, self.tag, state.metric_direction) if state and self.tag else None,
         }
 
     def _per_hour(self) -> float | None:

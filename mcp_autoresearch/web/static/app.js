@@ -81,6 +81,7 @@
     $("best-sub").title = s.best ? s.best.description : "";
     setText("improvement", s.improvement === null ? "–" : signed(s.improvement), s.improvement);
     $("improvement-pct").textContent = s.improvement_pct === null ? "" : `${signed(+s.improvement_pct.toFixed(2))}% vs baseline`;
+    $("holdout").textContent = s.holdout || "";
     const rate = s.keep_rate === null ? "–" : (s.keep_rate * 100).toFixed(s.keep_rate < 0.1 ? 1 : 0) + "%";
     setText("keep-rate", rate, s.keep_rate);
     $("rate").textContent = s.per_hour === null ? "" : `${s.per_hour.toFixed(s.per_hour < 10 ? 1 : 0)} experiments / hour`;
