@@ -21,6 +21,7 @@ from pathlib import Path
 from .config import Config
 from .errors import ConfigError, SessionError
 from .isolation import DEVICE_FILES, DEVICE_GLOBS, Isolation
+from .names import RUN_LOG
 
 EVAL_SUFFIX = "-eval"
 HOLDOUT_SUFFIX = "-holdout"
@@ -52,7 +53,7 @@ def check_stage_config(root: Path, config: Config) -> Config:
             "eval_command and metric_measure both say where the metric comes from: with an evaluation stage the "
             "value is what eval_command prints; remove one of them"
         )
-    if config.eval_command and config.metric_parse and "run.log" in config.metric_parse:
+    if config.eval_command and config.metric_parse and RUN_LOG in config.metric_parse:
         raise ConfigError(
             "metric_parse reads run.log, the run's own output, but with eval_command the metric comes from the "
             "evaluation's output: read \"$AUTORESEARCH_LOG\" (the evaluation's log) instead"

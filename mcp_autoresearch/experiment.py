@@ -34,7 +34,7 @@ from .isolation import (
 from .launcher import Launched, launcher
 from .logtail import clean_text, read_tail_bytes, tail
 from .metrics import MetricError, Secondary, first_float, measure, read_metric_from_log, read_secondary
-from .names import RUN_LOG
+from .names import HOLDOUT, RUN_LOG, STATE_DIR
 from .runner import DEFAULT_GRACE_S, ProcessResult, ProcessRun, ProgressCallback
 from .statuses import RunStatus
 
@@ -132,7 +132,7 @@ class Experiment:
         if stage == "eval":  # (hidden data beneath a hidden directory such as /tmp is shown again, read-only)
             return reads + hidden_paths(self.config), []
         own = self.log_dir.parent.parent  # .autoresearch/runs/<tag>: the holdout's records are beside
-        holdout = [str(own / "holdout")] if self.config.holdout_command and own.name == ".autoresearch" else []
+        holdout = [str(own / HOLDOUT)] if self.config.holdout_command and own.name == STATE_DIR else []
         return reads, [*hidden_paths(self.config), *holdout]
 
     def _wrap(self, argv: list[str], tmpdir: str, stage: str = "run") -> list[str]:

@@ -160,7 +160,7 @@ def test_detect_says_where_the_number_comes_from(ml_project: Path) -> None:
     strict = run_cli("detect", "--project", str(ml_project), "--integrity", "required")
     assert "integrity = required, but the metric is self-reported" in strict.stdout
     evaluated = run_cli("detect", "--project", str(ml_project), "--eval-command", "python score.py")
-    assert "  evaluation: python score.py" in evaluated.stdout
+    assert "evaluation:   python score.py (after each run" in evaluated.stdout
     assert "  source:     evaluation: read from the output of eval_command" in evaluated.stdout
     assert "  fix:" not in evaluated.stdout
     as_json = json.loads(run_cli("detect", "--project", str(ml_project), "--json").stdout)
