@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .caches import run_caches
 from .config import Config
 from .guard import sha256_file
 from .isolation import (
@@ -25,7 +26,6 @@ from .isolation import (
     keeper_spec,
     linked_inputs,
     network_hint,
-    private_caches,
     setup_failure,
     writable_paths,
 )
@@ -110,10 +110,11 @@ class Experiment:
     def _writable(self, tmpdir: str) -> list[str]:
         assert self.isolation is not None
         held = self.isolation.confined or self.isolation.namespaces
-        return writable_paths(self.root, list(self.config.writable), tmpdir) if held else []
+        return writable_paths(self.root, self.config.run_writes, tmpdir) if held else []
 
     def _private_caches(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
-        return private_caches(self.root, list(self.config.writable), tmpdir, env)
+        """Every tool cache the user did not list in `writable` or `persistent`: the run's own, empty."""
+        return run_caches(self.root, self.config.run_writes, tmpdir, env)
 
     def _wrap(self, argv: list[str], tmpdir: str) -> list[str]:
         assert self.isolation is not None
@@ -146,7 +147,7 @@ class Experiment:
         if remote and self.backend is not None:
             setting = self.isolation.setting if self.isolation is not None else "off"
             process = self.backend.process(
-                command, self.root, log_path, timeout, env, marker, progress, list(self.config.writable),
+                command, self.root, log_path, timeout, env, marker, progress, self.config.run_writes,
                 setting != "off", required=setting == "required", measure=measure,
             )
         else:
@@ -162,7 +163,7 @@ class Experiment:
                 on_progress=progress,
                 wrapper=self._wrap if kept else None,
                 launch=self._launch if kept else None,
-                private_env=self._private_caches if self.isolation is not None and self.isolation.confined else None,
+                private_env=self._private_caches,  # confined or not: no tool cache outlives its run
             )
         with self._lock:
             if self._cancel_reason is not None:

@@ -199,26 +199,6 @@ def writable_paths(root: Path, entries: list[str], tmpdir: str | None) -> list[s
     return paths
 
 
-# Caches a run's tools write that later runs (and the evaluator) would read: unless declared writable, each run
-# gets its own, empty, in its private TMPDIR. uv's cache holds hard links to the project's installed packages,
-# so a writable uv cache would let a run rewrite the environment the evaluator imports.
-PRIVATE_CACHES = {"UV_CACHE_DIR": "~/.cache/uv", "TRITON_CACHE_DIR": "~/.triton/cache"}
-
-
-def private_caches(root: Path, entries: list[str], tmpdir: str, env: dict[str, str]) -> dict[str, str]:
-    """Environment variables that point the tools' shared caches into the run's private TMPDIR, for each cache
-    that is not declared writable (and not already pointed elsewhere by the user's environment)."""
-    allowed = [_expand(root, entry) for entry in entries]
-    found: dict[str, str] = {}
-    for variable, default in PRIVATE_CACHES.items():
-        if variable in env:
-            continue
-        cache = _expand(root, default)
-        if not any(_contains(path, cache) for path in allowed):
-            found[variable] = os.path.join(tmpdir, variable.lower())
-    return found
-
-
 def keeper_command(
     isolation: Isolation, writable: list[str], argv: list[str], grace_s: float, reads: list[str] | None = None
 ) -> list[str]:

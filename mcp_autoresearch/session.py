@@ -76,6 +76,7 @@ RULE_KEYS = (
     "timeout",
     "max_experiments",
     "writable",
+    "persistent",
     "isolation",
     "network",
     "keep_rule",

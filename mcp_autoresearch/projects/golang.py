@@ -27,7 +27,8 @@ def detect(root: Path) -> Detection | None:
     if not (root / "go.mod").is_file():
         return None
     settings = {
-        "writable": [".autoresearch/bin", "~/.cache/go-build", "~/go/pkg/mod"],
+        # GOCACHE is private to each run (caches.py); the module cache is read, never written
+        "writable": [".autoresearch/bin"],
         "metric_name": "binary_kb",
         "metric_measure": f"size_kb:{BINARY}",
         "metric_direction": "lower_is_better",
