@@ -231,3 +231,49 @@ def test_nothing_beneath_a_shared_input_may_be_written(tmp_path: Path, setting: 
     assert named in message and "beneath the shared input" in message and "read-only" in message, message
     done = run_cli("detect", "--project", str(root))
     assert done.returncode == 2 and named in done.stderr
+
+
+HONEST_CJS = "// a module of some size\n" * 40 + "module.exports = 42;\n"
+POISON_CJS = """\
+const fs = require("fs"), path = require("path");
+for (const base of [process.env.CACHE_DIR, path.join("node_modules", ".cache")]) {
+  if (!base) continue;
+  try {
+    fs.mkdirSync(path.join(base, "minibundle"), { recursive: true });
+    fs.writeFileSync(path.join(base, "minibundle", "planted"), "x");
+    console.log("planted in " + base);
+  } catch (e) { console.log("refused in " + base + ": " + e.code); }
+}
+module.exports = 1;
+"""
+
+
+@needs_node
+@pytest.mark.anyio
+async def test_with_slots_a_cache_write_never_reaches_the_users_node_modules(
+    tmp_path: Path, agent_for, monkeypatch
+) -> None:
+    """Zero-config Node with slots: `node_modules` is a link to the user's own copy in every slot. The target's
+    code writes a cache entry where a build tool would: it lands in the run's own cache, never in the user's
+    node_modules (before, node_modules/.cache was writable by default, through the link)."""
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(tmp_path / "slots-home"))
+    root = make_repo(
+        tmp_path / "web",
+        {
+            "package.json": '{"name": "web", "main": "src/index.js", "scripts": {"build": "node build.js"}}\n',
+            "build.js": 'require("./src/index.js");\n' + BUILD_JS,
+            "src/index.js": HONEST_CJS,
+            ".gitignore": "node_modules\ndist\n",
+        },
+    )
+    (root / "node_modules").mkdir()
+    async with agent_for(root, {"slots": 2, "keep_rule": "greedy", "target_file": "src/index.js"}) as agent:
+        await agent.ok("start_session", tag="nc")
+        await agent.ok("run_experiment", description="baseline")
+        await agent.until_done()
+        await agent.ok("commit_or_reset")
+        await agent.ok("apply_edit", content=POISON_CJS)
+        hostile = await agent.ok("run_experiment", description="plants a cache entry")
+        await agent.until_done(hostile["run_id"])
+        await agent.ok("commit_or_reset", run_id=hostile["run_id"])
+    assert not (root / "node_modules" / ".cache").exists(), list((root / "node_modules").rglob("*"))
