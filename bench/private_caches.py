@@ -14,7 +14,9 @@ Each store is the benchmark's own (prepared in a temporary directory in the home
 from runs): the user's ~/.m2, ~/.npm and ~/.cargo
 are never written.
 
-    python bench/private_caches.py [--rounds 3]
+    python bench/private_caches.py [--rounds 3] [--only maven npm webpack cargo]
+
+The first round warms the shared caches (the "before" rows): their median is a warm run's.
 """
 
 from __future__ import annotations
@@ -136,6 +138,45 @@ def npm(base: Path) -> tuple[Path, list[Case]]:
     ]
 
 
+WEBPACK_CONFIG = """module.exports = {
+  mode: "production",
+  entry: "./src/index.js",
+  output: { path: __dirname + "/dist", filename: "app.js" },
+  module: { rules: [{ test: /\\.m?js$/, use: { loader: "babel-loader",
+    options: { cacheDirectory: true, presets: ["@babel/preset-env"] } } }] },
+};
+"""
+PACKAGES = [
+    "webpack@5",
+    "webpack-cli@5",
+    "babel-loader@9",
+    "@babel/core@7",
+    "@babel/preset-env@7",
+    "lodash-es@4",
+]
+
+
+def webpack(base: Path) -> tuple[Path, list[Case]]:
+    """babel-loader's cache (node_modules/.cache/babel-loader, or $CACHE_DIR/babel-loader): lodash-es (640
+    modules) transpiled and bundled. Installs its packages from the npm registry once."""
+    root = base / "bundle"
+    (root / "src").mkdir(parents=True)
+    (root / "package.json").write_text('{"name": "bundle", "private": true}\n')
+    (root / "webpack.config.js").write_text(WEBPACK_CONFIG)
+    (root / "src/index.js").write_text(
+        'import * as _ from "lodash-es";\nconsole.log(Object.keys(_).length);\n'
+    )
+    (root / ".gitignore").write_text("node_modules\ndist\n")
+    install = ["npm", "install", "--silent", "--no-audit", "--no-fund", *PACKAGES]
+    subprocess.run(install, cwd=root, check=True, capture_output=True)
+    git_init(root)
+    command = "node node_modules/webpack-cli/bin/cli.js --no-stats"
+    return root, [
+        Case("webpack", "shared node_modules/.cache (before)", command, ["dist", "node_modules/.cache"]),
+        Case("webpack", "private CACHE_DIR, cold (now)", command, ["dist"]),
+    ]
+
+
 def cargo(base: Path) -> tuple[Path, list[Case]]:
     root = base / "demo"
     subprocess.run(["cargo", "new", "-q", "--vcs", "none", str(root)], check=True)
@@ -174,11 +215,17 @@ def one(root: Path, case: Case, index: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", nargs="*", help="ecosystems to measure (maven npm webpack cargo; default all)")
     args = parser.parse_args()
     setups = [
         (name, make)
-        for name, make, tool in (("maven", maven, "mvn"), ("npm", npm, "npm"), ("cargo", cargo, "cargo"))
-        if shutil.which(tool)
+        for name, make, tool in (
+            ("maven", maven, "mvn"),
+            ("npm", npm, "npm"),
+            ("webpack", webpack, "npm"),
+            ("cargo", cargo, "cargo"),
+        )
+        if shutil.which(tool) and (not args.only or name in args.only)
     ]
     with tempfile.TemporaryDirectory(prefix=".bench-caches-", dir=Path.home()) as scratch:
         prepared = [
