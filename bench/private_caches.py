@@ -14,7 +14,7 @@ Each store is the benchmark's own (prepared in a temporary directory in the home
 from runs): the user's ~/.m2, ~/.npm and ~/.cargo
 are never written.
 
-    python bench/private_caches.py [--rounds 3] [--only maven npm webpack cargo]
+    python bench/private_caches.py [--rounds 3] [--only maven npm webpack cargo go]
 
 The first round warms the shared caches (the "before" rows): their median is a warm run's.
 """
@@ -177,6 +177,50 @@ def webpack(base: Path) -> tuple[Path, list[Case]]:
     ]
 
 
+MAIN_GO = """package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+)
+
+func main() {
+	out, _ := json.Marshal(map[string]int{"status": http.StatusOK})
+	fmt.Println(string(out))
+}
+"""
+
+
+def golang(base: Path) -> tuple[Path, list[Case]]:
+    """go build's compiled packages (GOCACHE): a program using net/http and encoding/json, no module
+    dependencies (the module proxy is unreachable here)."""
+    root = base / "app"
+    root.mkdir()
+    (root / "go.mod").write_text("module example.com/app\n\ngo 1.19\n")
+    (root / "main.go").write_text(MAIN_GO)
+    (root / ".gitignore").write_text("bin\n")
+    git_init(root)
+    store = base / "go-build"
+    env = {"GOCACHE": str(store), "GOFLAGS": "-mod=mod", "GOPROXY": "off"}
+    subprocess.run(
+        ["go", "build", "-o", str(base / "warm"), "."], cwd=root, check=True, env={**os.environ, **env}
+    )
+    command = "go build -o bin/app ."
+    return root, [
+        Case("go", "shared GOCACHE, writable (before)", command, ["bin", str(store)], env),
+        Case("go", "private GOCACHE, cold (now)", command, ["bin"], {"GOPROXY": "off"}),
+        # Go 1.20+ ships no compiled standard library: a cold cache compiles it, as -a does here (Go 1.19).
+        Case(
+            "go",
+            "private, std compiled (go >= 1.20)",
+            "go build -a -o bin/app .",
+            ["bin"],
+            {"GOPROXY": "off"},
+        ),
+    ]
+
+
 def cargo(base: Path) -> tuple[Path, list[Case]]:
     root = base / "demo"
     subprocess.run(["cargo", "new", "-q", "--vcs", "none", str(root)], check=True)
@@ -215,7 +259,9 @@ def one(root: Path, case: Case, index: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", nargs="*", help="ecosystems to measure (maven npm webpack cargo; default all)")
+    parser.add_argument(
+        "--only", nargs="*", help="ecosystems to measure (maven npm webpack cargo go; default all)"
+    )
     args = parser.parse_args()
     setups = [
         (name, make)
@@ -224,6 +270,7 @@ def main() -> None:
             ("npm", npm, "npm"),
             ("webpack", webpack, "npm"),
             ("cargo", cargo, "cargo"),
+            ("go", golang, "go"),
         )
         if shutil.which(tool) and (not args.only or name in args.only)
     ]

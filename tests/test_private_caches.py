@@ -277,3 +277,13 @@ async def test_with_slots_a_cache_write_never_reaches_the_users_node_modules(
         await agent.until_done(hostile["run_id"])
         await agent.ok("commit_or_reset", run_id=hostile["run_id"])
     assert not (root / "node_modules" / ".cache").exists(), list((root / "node_modules").rglob("*"))
+
+
+def test_go_detection_says_what_a_private_build_cache_costs_and_how_to_keep_it(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "app", {"go.mod": "module example.com/app\n", "main.go": "package main\nfunc main() {}\n"})
+    project = load_project(root)
+    assert project.config.writable == [".autoresearch/bin"] and project.config.persistent == []
+    assert any(w.startswith("each run builds with an empty Go build cache") for w in project.info.warnings)
+    (root / "autoresearch.toml").write_text('persistent = ["~/.cache/go-build"]\n')
+    kept = load_project(root).info.warnings
+    assert not any("empty Go build cache" in w for w in kept) and any("persistent = ~/.cache/go-build" in w for w in kept)
