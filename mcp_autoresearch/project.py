@@ -228,7 +228,8 @@ def load_project(
     protected = {item: f"the read-only file {item}" for item in readonly}
     if config.target_file is not None:
         protected[config.target_file] = f"the target {config.target_file}"
-    check_writable(root, config.run_writes, protected, config.jsonl_path)
+    check_writable(root, list(config.writable), protected, config.jsonl_path)
+    check_writable(root, list(config.persistent), protected, config.jsonl_path, "persistent")
     check_shared_inputs(
         root, {"writable": list(config.writable), "persistent": list(config.persistent)}, list(config.shared_inputs)
     )

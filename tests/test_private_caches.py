@@ -147,6 +147,11 @@ def test_every_private_cache_points_into_the_runs_tmpdir_unless_listed(tmp_path:
     tmp = text.split("tmp=")[1].split()[0]
     for name in names:
         assert f"{name}={tmp}/caches/{name.lower()}\n" in text, (name, text)
+    # Gradle's home is the run's own; the user's dependency cache stays readable where there is one.
+    (tmp_path / "home" / ".gradle" / "caches").mkdir(parents=True)
+    monkeypatch.delenv("GRADLE_RO_DEP_CACHE", raising=False)
+    gradle = experiment(config, root, "r0", run_command='echo "ro=$GRADLE_RO_DEP_CACHE"; echo score: 1').run()
+    assert f"ro={tmp_path}/home/.gradle/caches\n" in Path(gradle.log_path).read_text()
     listed = experiment(config, root, "r2", writable=["~/.cache/uv"], persistent=["~/.npm"]).run()
     text = Path(listed.log_path).read_text()
     assert "UV_CACHE_DIR=\n" in text and "npm_config_cache=\n" in text and "GOCACHE=/" in text, text
@@ -202,6 +207,12 @@ def test_listing_a_place_other_programs_run_code_from_is_flagged(tmp_path: Path)
     assert any(
         w.startswith("~/.gradle, ~/.npm/_cacache: other programs run code from there") for w in warnings
     ), warnings
+
+
+def test_a_persistent_entry_that_would_open_the_rules_is_refused_by_its_name(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "p", {"t.py": "x = 1\n", "autoresearch.toml": 'persistent = [".git"]\n'})
+    with pytest.raises(ConfigError, match="persistent entry '.git' would let a run change the git repository"):
+        load_project(root)
 
 
 @pytest.mark.parametrize(
