@@ -298,3 +298,36 @@ def test_go_detection_says_what_a_private_build_cache_costs_and_how_to_keep_it(t
     (root / "autoresearch.toml").write_text('persistent = ["~/.cache/go-build"]\n')
     kept = load_project(root).info.warnings
     assert not any("empty Go build cache" in w for w in kept) and any("persistent = ~/.cache/go-build" in w for w in kept)
+
+
+KEEPS = """\
+import os
+seen = os.path.exists("cache/entry")
+os.makedirs("cache", exist_ok=True)
+open("cache/entry", "w").write("kept")
+print(f"score: {1 if seen else 2}")
+"""
+
+
+@pytest.mark.anyio
+async def test_with_slots_a_relative_persistent_cache_survives_to_the_slots_next_run(
+    tmp_path: Path, agent_for, monkeypatch
+) -> None:
+    """A slot is put back to the candidate's tree before every run; a `persistent` directory inside the project
+    is kept there, as a `writable` output is (each slot keeps its own)."""
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(tmp_path / "slots-home"))
+    root = make_repo(tmp_path / "p", {"t.py": "X = 1\n", "keeps.py": KEEPS, ".gitignore": "cache\n"})
+    settings = {
+        "target_file": "t.py", "run_command": "python3 keeps.py", "metric_name": "score", "slots": 2,
+        "keep_rule": "greedy", "persistent": ["cache"], "readonly_files": ["keeps.py"],
+    }
+    async with agent_for(root, settings) as agent:
+        await agent.ok("start_session", tag="pc")
+        await agent.ok("run_experiment", description="baseline")
+        baseline = await agent.until_done()
+        assert baseline["value"] == 2.0, baseline  # it found no cache, and left one
+        await agent.ok("commit_or_reset")
+        await agent.ok("apply_edit", content="X = 2\n")
+        await agent.ok("run_experiment", description="the next run")
+        again = await agent.until_done()
+        assert again["value"] == 1.0, again  # it found the cache the baseline left
