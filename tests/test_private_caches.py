@@ -178,7 +178,9 @@ def test_persistent_keeps_a_cache_from_run_to_run_and_says_what_it_is(tmp_path: 
         "persistent = ~/.cache/tool" in w and "channel from one run to the next" in w
         for w in project.info.warnings
     ), project.info.warnings
-    script = "cat ~/.cache/tool/entry 2>/dev/null || echo none; echo kept > ~/.cache/tool/entry; echo score: 1"
+    script = (
+        "cat ~/.cache/tool/entry 2>/dev/null || echo none; echo kept > ~/.cache/tool/entry; echo score: 1"
+    )
     first = experiment(project.config, root, "r1", run_command=script).run()
     second = experiment(project.config, root, "r2", run_command=script).run()
     assert "none" in Path(first.log_path).read_text()
@@ -211,7 +213,9 @@ def test_listing_a_place_other_programs_run_code_from_is_flagged(tmp_path: Path)
 
 def test_a_persistent_entry_that_would_open_the_rules_is_refused_by_its_name(tmp_path: Path) -> None:
     root = make_repo(tmp_path / "p", {"t.py": "x = 1\n", "autoresearch.toml": 'persistent = [".git"]\n'})
-    with pytest.raises(ConfigError, match="persistent entry '.git' would let a run change the git repository"):
+    with pytest.raises(
+        ConfigError, match="persistent entry '.git' would let a run change the git repository"
+    ):
         load_project(root)
 
 
@@ -291,13 +295,17 @@ async def test_with_slots_a_cache_write_never_reaches_the_users_node_modules(
 
 
 def test_go_detection_says_what_a_private_build_cache_costs_and_how_to_keep_it(tmp_path: Path) -> None:
-    root = make_repo(tmp_path / "app", {"go.mod": "module example.com/app\n", "main.go": "package main\nfunc main() {}\n"})
+    root = make_repo(
+        tmp_path / "app", {"go.mod": "module example.com/app\n", "main.go": "package main\nfunc main() {}\n"}
+    )
     project = load_project(root)
     assert project.config.writable == [".autoresearch/bin"] and project.config.persistent == []
     assert any(w.startswith("each run builds with an empty Go build cache") for w in project.info.warnings)
     (root / "autoresearch.toml").write_text('persistent = ["~/.cache/go-build"]\n')
     kept = load_project(root).info.warnings
-    assert not any("empty Go build cache" in w for w in kept) and any("persistent = ~/.cache/go-build" in w for w in kept)
+    assert not any("empty Go build cache" in w for w in kept) and any(
+        "persistent = ~/.cache/go-build" in w for w in kept
+    )
 
 
 KEEPS = """\
@@ -318,8 +326,13 @@ async def test_with_slots_a_relative_persistent_cache_survives_to_the_slots_next
     monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(tmp_path / "slots-home"))
     root = make_repo(tmp_path / "p", {"t.py": "X = 1\n", "keeps.py": KEEPS, ".gitignore": "cache\n"})
     settings = {
-        "target_file": "t.py", "run_command": "python3 keeps.py", "metric_name": "score", "slots": 2,
-        "keep_rule": "greedy", "persistent": ["cache"], "readonly_files": ["keeps.py"],
+        "target_file": "t.py",
+        "run_command": "python3 keeps.py",
+        "metric_name": "score",
+        "slots": 2,
+        "keep_rule": "greedy",
+        "persistent": ["cache"],
+        "readonly_files": ["keeps.py"],
     }
     async with agent_for(root, settings) as agent:
         await agent.ok("start_session", tag="pc")
@@ -331,3 +344,24 @@ async def test_with_slots_a_relative_persistent_cache_survives_to_the_slots_next
         await agent.ok("run_experiment", description="the next run")
         again = await agent.until_done()
         assert again["value"] == 1.0, again  # it found the cache the baseline left
+
+
+def test_on_ray_a_job_gets_private_caches_and_may_write_its_persistent_entry(
+    tmp_path: Path, ray_address: str
+) -> None:
+    from mcp_autoresearch.ray_backend import RayBackend
+
+    from .helpers.ray_head import _config, _project
+
+    root = _project(tmp_path)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    command = f'echo "go=$GOCACHE node=$CACHE_DIR tmp=$TMPDIR"; echo x > {kept}/entry; echo score: 1'
+    config = _config(command, ray_address=ray_address, persistent=[str(kept)])
+    backend = RayBackend.from_config(config)
+    result = Experiment(config, root, "r1", tmp_path / "logs", isolation=ISOLATION, backend=backend).run()
+    log = Path(result.log_path).read_text()
+    assert result.status == "ok", log
+    tmp = log.split("tmp=")[1].split()[0]
+    assert f"go={tmp}/gocache " in log and f"node={tmp}/cache_dir " in log, log
+    assert (kept / "entry").read_text() == "x\n"
