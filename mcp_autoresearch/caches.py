@@ -109,6 +109,18 @@ def run_caches(root: Path, entries: list[str], tmpdir: str, env: dict[str, str])
     return cache_environment(private_variables(root, entries, env), tmpdir, env)
 
 
+def describe(persistent: list[str]) -> str:
+    """One line for the agent and the user: which caches each run has to itself, and which are kept."""
+    tools = "npm, Node build tools (CACHE_DIR), Go, pip, uv, Gradle, torch.compile, Triton, CUDA"
+    line = f"private to each run, empty at its start ({tools})"
+    if persistent:
+        line += (
+            f"; kept from run to run (persistent, a channel from one run to the next, not trusted): "
+            f"{', '.join(persistent)}"
+        )
+    return line
+
+
 def check_shared_inputs(root: Path, entries: dict[str, list[str]], shared_inputs: list[str]) -> None:
     """Refuse a `writable` or `persistent` entry that is, or lies beneath, a shared input (links resolved on
     both sides): with slots, a shared input is a link to the user's own copy, and a write there would reach

@@ -283,7 +283,8 @@ async def test_with_slots_a_cache_write_never_reaches_the_users_node_modules(
     )
     (root / "node_modules").mkdir()
     async with agent_for(root, {"slots": 2, "keep_rule": "greedy", "target_file": "src/index.js"}) as agent:
-        await agent.ok("start_session", tag="nc")
+        started = await agent.ok("start_session", tag="nc")
+        assert "private to each run" in started["caches"] and "kept" not in started["caches"], started
         await agent.ok("run_experiment", description="baseline")
         await agent.until_done()
         await agent.ok("commit_or_reset")
@@ -335,7 +336,11 @@ async def test_with_slots_a_relative_persistent_cache_survives_to_the_slots_next
         "readonly_files": ["keeps.py"],
     }
     async with agent_for(root, settings) as agent:
-        await agent.ok("start_session", tag="pc")
+        started = await agent.ok("start_session", tag="pc")
+        assert started["caches"].startswith("private to each run, empty at its start (npm"), started
+        assert started["caches"].endswith(
+            "kept from run to run (persistent, a channel from one run to the next, not trusted): cache"
+        ), started
         await agent.ok("run_experiment", description="baseline")
         baseline = await agent.until_done()
         assert baseline["value"] == 2.0, baseline  # it found no cache, and left one
