@@ -31,13 +31,17 @@ class PrivateCache:
     variable: str
     default: str  # the tool's own location (relative to the project, absolute, or ~/...)
     tools: str  # who writes it, for the documentation and `describe`
+    only_with: str | None = None  # set only in a project holding this file (a name other programs use too)
 
 
 PRIVATE_CACHES: tuple[PrivateCache, ...] = (
     PrivateCache("npm_config_cache", "~/.npm", "npm and npx (packages, npx's installs, logs)"),
     PrivateCache(
-        "CACHE_DIR", "node_modules/.cache", "Node tools that use find-cache-dir (babel-loader, terser)"
-    ),
+        "CACHE_DIR",
+        "node_modules/.cache",
+        "Node tools that use find-cache-dir (babel-loader, terser)",
+        "package.json",
+    ),  # CACHE_DIR is a common name (a script's own data cache, say): set only in a Node project
     PrivateCache("GOCACHE", "~/.cache/go-build", "go build's compiled packages"),
     PrivateCache("PIP_CACHE_DIR", "~/.cache/pip", "pip's downloads and built wheels"),
     # uv's cache holds hard links to the project's installed packages: writable, a run could rewrite the
@@ -90,7 +94,9 @@ def private_variables(root: Path, entries: list[str], env: dict[str, str]) -> li
     return [
         cache.variable
         for cache in PRIVATE_CACHES
-        if cache.variable not in env and not _declared(root, entries, cache.default)
+        if cache.variable not in env
+        and not _declared(root, entries, cache.default)
+        and (cache.only_with is None or (root / cache.only_with).is_file())
     ]
 
 

@@ -146,7 +146,12 @@ def test_every_private_cache_points_into_the_runs_tmpdir_unless_listed(tmp_path:
     text = Path(experiment(config, root, "r1").run().log_path).read_text()
     tmp = text.split("tmp=")[1].split()[0]
     for name in names:
-        assert f"{name}={tmp}/caches/{name.lower()}\n" in text, (name, text)
+        if name != "CACHE_DIR":
+            assert f"{name}={tmp}/caches/{name.lower()}\n" in text, (name, text)
+    assert "CACHE_DIR=\n" in text  # a common name: set only in a Node project (package.json), as below
+    (root / "package.json").write_text("{}\n")
+    node = Path(experiment(config, root, "r4").run().log_path).read_text()
+    assert f"CACHE_DIR={node.split('tmp=')[1].split()[0]}/caches/cache_dir\n" in node, node
     # Gradle's home is the run's own; the user's dependency cache stays readable where there is one.
     (tmp_path / "home" / ".gradle" / "caches").mkdir(parents=True)
     monkeypatch.delenv("GRADLE_RO_DEP_CACHE", raising=False)
@@ -368,5 +373,5 @@ def test_on_ray_a_job_gets_private_caches_and_may_write_its_persistent_entry(
     log = Path(result.log_path).read_text()
     assert result.status == "ok", log
     tmp = log.split("tmp=")[1].split()[0]
-    assert f"go={tmp}/gocache " in log and f"node={tmp}/cache_dir " in log, log
+    assert f"go={tmp}/gocache " in log and "node= " in log, log  # no package.json: CACHE_DIR is left alone
     assert (kept / "entry").read_text() == "x\n"
