@@ -128,9 +128,9 @@ def describe(persistent: list[str]) -> str:
 
 
 def check_shared_inputs(root: Path, entries: dict[str, list[str]], shared_inputs: list[str]) -> None:
-    """Refuse a `writable` or `persistent` entry that is, or lies beneath, a shared input (links resolved on
-    both sides): with slots, a shared input is a link to the user's own copy, and a write there would reach
-    the user's files and every slot."""
+    """Refuse a `writable` or `persistent` entry that is, lies beneath, or holds a shared input (links resolved
+    on both sides): with slots, a shared input is a link to the user's own copy, and a write there would reach
+    the user's files and every slot; without, the run would change what every later run reads."""
     shared = []
     for item in shared_inputs:
         lexical = _expand(root, item)
@@ -140,13 +140,19 @@ def check_shared_inputs(root: Path, entries: dict[str, list[str]], shared_inputs
             lexical = _expand(root, entry)
             paths = {lexical, Path(os.path.realpath(lexical))}
             for item, targets in shared:
-                hit = next((t for t in targets for p in paths if _contains(t, p)), None)
-                if hit is not None:
+                beneath = next((t for t in targets for p in paths if _contains(t, p)), None)
+                holds = next((t for t in targets for p in paths if _contains(p, t)), None)
+                if beneath is not None or holds is not None:
+                    where = (
+                        f"is beneath the shared input '{item}' ({beneath})"
+                        if beneath
+                        else (f"holds the shared input '{item}' ({holds})")
+                    )
                     raise ConfigError(
-                        f"{key} entry '{entry}' is beneath the shared input '{item}' ({hit}), which every run "
-                        f"sees read-only (with slots it is a link to your own copy): remove it from {key}. "
-                        "Tools that honour CACHE_DIR (babel-loader, terser) already write their cache into the "
-                        "run's private directory"
+                        f"{key} entry '{entry}' {where}, which every run sees read-only (with slots it is a link "
+                        f"to your own copy): remove it from {key}, or name a directory beside it. Tools that "
+                        "honour CACHE_DIR (babel-loader, terser) already write their cache into the run's "
+                        "private directory"
                     )
 
 

@@ -230,6 +230,7 @@ def test_a_persistent_entry_that_would_open_the_rules_is_refused_by_its_name(tmp
         ('writable = ["dist", "node_modules/.cache"]', "writable entry 'node_modules/.cache'"),
         ('persistent = ["node_modules"]', "persistent entry 'node_modules'"),
         ('writable = ["cachelink"]', "writable entry 'cachelink'"),  # a link into the shared input
+        ('writable = ["data"]\nshared_inputs = ["data/train"]', "writable entry 'data' holds the shared input"),
         # a shared input that is a link: what lies beneath where it leads is refused too
         (
             'writable = ["dist", "elsewhere/.cache"]\nshared_inputs = ["modules"]',
@@ -244,11 +245,12 @@ def test_nothing_beneath_a_shared_input_may_be_written(tmp_path: Path, setting: 
     (root / "elsewhere").mkdir()
     (root / "modules").symlink_to(root / "elsewhere")  # a shared input that is itself a link
     (root / "elsewhere" / ".cache").mkdir()
+    (root / "data" / "train").mkdir(parents=True)
     (root / "autoresearch.toml").write_text(setting + "\n")
     with pytest.raises(ConfigError) as refused:
         load_project(root)
     message = str(refused.value)
-    assert named in message and "beneath the shared input" in message and "read-only" in message, message
+    assert named in message and "the shared input" in message and "read-only" in message, message
     done = run_cli("detect", "--project", str(root))
     assert done.returncode == 2 and named in done.stderr
 
