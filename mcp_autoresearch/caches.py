@@ -11,8 +11,8 @@ detection never sets it.
 
 User-wide caches that other programs execute from (`~/.npm`, whose `_npx` folder npx runs from; Gradle's
 `init.d` scripts; `~/.cargo/bin`; Maven's plugins in `~/.m2`) are flagged when listed (`executed_from`), and
-nothing beneath a slot's shared input (`node_modules`, `.venv`) may be writable or persistent
-(`check_shared_inputs`).
+no `writable` or `persistent` entry may be, lie beneath or hold a shared input (`node_modules`, `.venv`;
+`check_shared_inputs`).
 """
 
 from __future__ import annotations
@@ -117,8 +117,8 @@ def run_caches(root: Path, entries: list[str], tmpdir: str, env: dict[str, str])
 
 def describe(persistent: list[str]) -> str:
     """One line for the agent and the user: which caches each run has to itself, and which are kept."""
-    tools = "npm, Node build tools (CACHE_DIR), Go, pip, uv, Gradle, torch.compile, Triton, CUDA"
-    line = f"private to each run, empty at its start ({tools})"
+    variables = ", ".join(cache.variable for cache in PRIVATE_CACHES)
+    line = f"private to each run, empty at its start, unless listed ({variables})"
     if persistent:
         line += (
             f"; kept from run to run (persistent, a channel from one run to the next, not trusted): "

@@ -230,7 +230,10 @@ def test_a_persistent_entry_that_would_open_the_rules_is_refused_by_its_name(tmp
         ('writable = ["dist", "node_modules/.cache"]', "writable entry 'node_modules/.cache'"),
         ('persistent = ["node_modules"]', "persistent entry 'node_modules'"),
         ('writable = ["cachelink"]', "writable entry 'cachelink'"),  # a link into the shared input
-        ('writable = ["data"]\nshared_inputs = ["data/train"]', "writable entry 'data' holds the shared input"),
+        (
+            'writable = ["data"]\nshared_inputs = ["data/train"]',
+            "writable entry 'data' holds the shared input",
+        ),
         # a shared input that is a link: what lies beneath where it leads is refused too
         (
             'writable = ["dist", "elsewhere/.cache"]\nshared_inputs = ["modules"]',
@@ -344,7 +347,9 @@ async def test_with_slots_a_relative_persistent_cache_survives_to_the_slots_next
     }
     async with agent_for(root, settings) as agent:
         started = await agent.ok("start_session", tag="pc")
-        assert started["caches"].startswith("private to each run, empty at its start (npm"), started
+        assert started["caches"].startswith(
+            "private to each run, empty at its start, unless listed (npm_config_cache"
+        ), started
         assert started["caches"].endswith(
             "kept from run to run (persistent, a channel from one run to the next, not trusted): cache"
         ), started
