@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .caches import run_caches
 from .config import Config
 from .evaluation import EVAL_SUFFIX, eval_writable, hidden_paths, stage_failure
 from .guard import sha256_file
@@ -27,7 +28,6 @@ from .isolation import (
     keeper_spec,
     linked_inputs,
     network_hint,
-    private_caches,
     setup_failure,
     writable_paths,
 )
@@ -115,10 +115,11 @@ class Experiment:
         held = self.isolation.confined or self.isolation.namespaces
         if not held:
             return []
-        return eval_writable(tmpdir) if stage == "eval" else writable_paths(self.root, list(self.config.writable), tmpdir)
+        return eval_writable(tmpdir) if stage == "eval" else writable_paths(self.root, self.config.run_writes, tmpdir)
 
     def _private_caches(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
-        return private_caches(self.root, list(self.config.writable), tmpdir, env)
+        """Every tool cache the user did not list in `writable` or `persistent`: the run's own, empty."""
+        return run_caches(self.root, self.config.run_writes, tmpdir, env)
 
     def _stage_env(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
         """The evaluation's caches in its TMPDIR, and Python's bytecode too: a `__pycache__` a run could write
@@ -169,12 +170,11 @@ class Experiment:
         if remote and self.backend is not None:
             setting = self.isolation.setting if self.isolation is not None else "off"
             process = self.backend.process(
-                command, self.root, log_path, timeout, env, marker, progress, list(self.config.writable),
+                command, self.root, log_path, timeout, env, marker, progress, self.config.run_writes,
                 setting != "off", required=setting == "required", measure=measure,
             )
         else:
             kept = self.isolation is not None and keeper_available()
-            confined = self.isolation is not None and self.isolation.confined
             process = ProcessRun(
                 command=command,
                 cwd=self.root,
@@ -186,7 +186,8 @@ class Experiment:
                 on_progress=progress,
                 wrapper=functools.partial(self._wrap, stage=stage) if kept else None,
                 launch=functools.partial(self._launch, stage=stage) if kept else None,
-                private_env=self._stage_env if stage == "eval" else self._private_caches if confined else None,
+                # confined or not, no tool cache outlives its run
+                private_env=self._stage_env if stage == "eval" else self._private_caches,
             )
         with self._lock:
             if self._cancel_reason is not None:
