@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config
+from .fresh_outputs import OutputsError, make_fresh, record
 from .guard import sha256_file
 from .isolation import (
     Isolation,
@@ -31,7 +32,16 @@ from .isolation import (
 )
 from .launcher import Launched, launcher
 from .logtail import clean_text, read_tail_bytes, tail
-from .metrics import MetricError, Secondary, first_float, measure, read_metric_from_log, read_secondary
+from .metrics import (
+    Measure,
+    MetricError,
+    Secondary,
+    first_float,
+    measure,
+    read_metric_from_log,
+    read_secondary,
+)
+from .output_checks import Snapshot, snapshot
 from .runner import DEFAULT_GRACE_S, ProcessResult, ProcessRun, ProgressCallback
 from .statuses import RunStatus
 
@@ -194,8 +204,14 @@ class Experiment:
             )
             if self.publish_run_log:
                 self._clear_run_log()
+            try:
+                fresh = self._fresh_outputs(f"{self.run_id}{suffix}")
+            except OutputsError as exc:
+                return self._failed(tally, ("crash", f"{exc} (nothing ran)"), None, log_path)
             started_at = time.time()
             done = process.run()
+            if self.backend is None:
+                record(self.root, list(config.writable), f"{self.run_id}{suffix}")
             if self.publish_run_log:
                 self._publish_run_log(log_path)
             tally.add_run(done.duration_s, done.peak_rss_bytes, done.leftovers_killed, done.exit_code)
@@ -205,7 +221,7 @@ class Experiment:
             if failure:
                 return self._failed(tally, failure, None, log_path)
             try:
-                tally.values.append(self._metric(log_path, done.duration_s, started_at, done.sizes))
+                tally.values.append(self._metric(log_path, done.duration_s, started_at, done.sizes, fresh))
             except MetricError as exc:
                 return self._failed(tally, ("metric_error", str(exc)), None, log_path)
             tally.add_figures(read_secondary(log_path, config.metric_name, config.memory_regex))
@@ -279,8 +295,21 @@ class Experiment:
             return "crash", f"exit code {exit_code}{hint}"
         return None
 
+    def _fresh_outputs(self, name: str) -> Snapshot:
+        """Before run `name`: the outputs moved aside (`fresh_outputs`; not for a Ray job, which runs in a
+        copy of its own), then what the measured output holds (to tell what this run wrote)."""
+        if self.backend is None:
+            make_fresh(self.root, list(self.config.writable), self.tag, name)
+        spec = self.config.metric_measure
+        return snapshot(self.root / Measure.parse(spec).path) if spec and spec != "wall_time_s" else frozenset()
+
     def _metric(
-        self, log_path: Path, duration_s: float, started_at: float, sizes: dict[str, int | str] | None = None
+        self,
+        log_path: Path,
+        duration_s: float,
+        started_at: float,
+        sizes: dict[str, int | str] | None = None,
+        fresh: Snapshot = frozenset(),
     ) -> float:
         config = self.config
         if config.metric_parse:
@@ -308,7 +337,7 @@ class Experiment:
             if isinstance(found, str):
                 raise MetricError(found)
             return found / (1024 if config.metric_measure.startswith("size_kb:") else 1024 * 1024)
-        return measure(config.metric_measure, self.root, duration_s, started_at, config.target_file)
+        return measure(config.metric_measure, self.root, duration_s, started_at, config.target_file, fresh)
 
     def _clear_run_log(self) -> None:
         try:

@@ -16,12 +16,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from . import confine, landlock, namespaces, output_dirs, ray_records, ray_wrapper
+from . import confine, landlock, namespaces, output_checks, output_dirs, ray_records, ray_wrapper
 
 DEFAULT_PACKAGE_LIMIT = 512 * 1024 * 1024
 WRAPPER_DIR = ".autoresearch-ray"
 ALWAYS_EXCLUDED = (".git", ".autoresearch", WRAPPER_DIR, ray_wrapper.SPEC)
-SHIPPED = (ray_wrapper, ray_records, confine, landlock, namespaces, output_dirs)  # standard library only
+SHIPPED = (ray_wrapper, ray_records, confine, landlock, namespaces, output_dirs, output_checks)  # standard library only
 CONFIG_FILES = ("autoresearch.toml", "pyproject.toml")  # where a ray_address line is redacted in the package
 
 

@@ -228,8 +228,11 @@ def test_the_wrapper_measures_sizes_as_the_server_does(tmp_path: Path) -> None:
     local = metrics.scan_output(tmp_path / "dist", metrics.Measure.parse(spec)).size
     assert ray_wrapper.measure_size(str(tmp_path), spec, started, None) == local == 1300
     assert "does not exist" in str(ray_wrapper.measure_size(str(tmp_path), "size_kb:nothing", started, None))
+    os.mkfifo(tmp_path / "dist" / "pipe")  # what the server's own check refuses, the worker's refuses too
+    assert "'dist/pipe' is a FIFO" in str(ray_wrapper.measure_size(str(tmp_path), spec, started, None))
+    os.remove(tmp_path / "dist" / "pipe")
     (tmp_path / "dist" / "out").symlink_to("/etc")
-    assert "symbolic link out of" in str(ray_wrapper.measure_size(str(tmp_path), spec, started, None))
+    assert "'dist/out' is a symbolic link" in str(ray_wrapper.measure_size(str(tmp_path), spec, started, None))
     assert "outside the project" in str(ray_wrapper.measure_size(str(tmp_path), "size_kb:../x", started, None))
 
 
