@@ -110,6 +110,7 @@ class Experiment:
         self._current: ProcessRun | RayJobRun | None = None
         self._cancel_reason: str | None = None
         self._tally = _Tally()  # every run so far: `run` may be called again to add runs
+        self._last_run = ""  # the name of the last run (for `fresh_outputs.record`)
 
     def cancel(self, reason: str) -> None:
         with self._lock:
@@ -210,8 +211,8 @@ class Experiment:
                 return self._failed(tally, ("crash", f"{exc} (nothing ran)"), None, log_path)
             started_at = time.time()
             done = process.run()
-            if self.backend is None:
-                record(self.root, list(config.writable), f"{self.run_id}{suffix}")
+            self._last_run = f"{self.run_id}{suffix}"
+            self._record_outputs()
             if self.publish_run_log:
                 self._publish_run_log(log_path)
             tally.add_run(done.duration_s, done.peak_rss_bytes, done.leftovers_killed, done.exit_code)
@@ -237,6 +238,7 @@ class Experiment:
         checks = self._process(
             config.checks_command, checks_log, config.checks_timeout, f"{self.run_id}-checks", None, remote=True
         ).run()
+        self._record_outputs()  # what the checks wrote there is the run's too (not the user's)
         self._tally.leftovers += checks.leftovers_killed
         failure = self._process_failure(checks.status, checks.exit_code, checks.error)
         if failure:
@@ -302,6 +304,10 @@ class Experiment:
             make_fresh(self.root, list(self.config.writable), self.tag, name)
         spec = self.config.metric_measure
         return snapshot(self.root / Measure.parse(spec).path) if spec and spec != "wall_time_s" else frozenset()
+
+    def _record_outputs(self) -> None:
+        if self.backend is None and self._last_run:
+            record(self.root, list(self.config.writable), self._last_run)
 
     def _metric(
         self,

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 from .errors import SessionError
-from .output_checks import Snapshot, link_on_the_way, snapshot
+from .output_checks import Snapshot, link_on_the_way, snapshot, unsafe_output
 from .state import server_dir
 
 KEEP_RUNS = 3
@@ -123,6 +123,20 @@ def record(root: Path, entries: list[str], run_id: str) -> None:
             left = snapshot(path)
             with _lock:
                 _left[os.path.realpath(path)] = (run_id, left)
+
+
+def unsafe_outputs(root: Path, entries: list[str], started_at: float) -> str | None:
+    """Why the outputs of the run that started at `started_at` may not be handed on (to an evaluation stage),
+    or None: `output_checks.unsafe_output` of each output inside the project, which `make_fresh` emptied before
+    the run (so nothing there may be older than the run), and none reached through a symbolic link."""
+    for entry in output_entries(root, entries):
+        via = link_on_the_way(root, entry)
+        if via is not None:
+            return f"'{via}' is a symbolic link: the output '{entry}' is not handed on through it"
+        problem = unsafe_output(root / entry, started_at, frozenset(), entry)
+        if problem:
+            return problem
+    return None
 
 
 def _prune(root: Path, tag: str | None) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from mcp_autoresearch.config import Config
 from mcp_autoresearch.experiment import Experiment, ExperimentResult
+from mcp_autoresearch.fresh_outputs import unsafe_outputs
 from mcp_autoresearch.isolation import Isolation, probe_isolation
 from mcp_autoresearch.output_checks import snapshot, unsafe_output
 
@@ -230,3 +231,28 @@ def test_an_output_behind_a_link_is_refused_before_the_run(tmp_path: Path) -> No
     result = experiment(root, "r1", "off", "echo ran > ran.txt", writable=["out/dist"])
     assert result.status == "crash" and "symbolic link 'out'" in (result.error or ""), result.error
     assert not (root / "ran.txt").exists() and (root / "real" / "dist" / "keep.js").exists()
+
+
+def test_what_the_checks_write_in_an_output_is_the_runs_not_the_users(tmp_path: Path) -> None:
+    """The checks command runs after the run and writes in dist/: that output is still the run's (pruned in
+    time), not taken for the user's (kept for ever, one folder per run)."""
+    root = project(tmp_path / "web")
+    for run in ("r1", "r2"):
+        result = experiment(root, run, "off", checks_command="echo checked > dist/checked.txt")
+        assert result.status == "ok", result.error
+    assert sorted(p.name for p in (root / ".autoresearch" / "outputs" / "t").iterdir()) == ["run-r1"]
+
+
+@pytest.mark.parametrize("setting", MODES)
+def test_every_output_handed_on_is_checked(tmp_path: Path, setting: str) -> None:
+    """What an evaluation stage calls before it is handed the outputs: every output, not only the measured one."""
+    root = project(tmp_path / "web")
+    write_target(root, 10, "os.makedirs('cache', exist_ok=True); os.mkfifo('cache/pipe')")
+    started = time.time()
+    result = experiment(root, "r1", setting, "python build.py && echo kb: 1", metric_measure=None)
+    assert result.status == "ok", result.error
+    assert unsafe_outputs(root, ["dist", "cache"], started) == (
+        "'cache/pipe' is a FIFO: an output may hold only regular files and directories"
+    )
+    os.remove(root / "cache" / "pipe")
+    assert unsafe_outputs(root, ["dist", "cache"], started) is None
