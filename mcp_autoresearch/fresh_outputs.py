@@ -50,18 +50,16 @@ def output_entries(root: Path, entries: list[str]) -> list[str]:
 
 def make_fresh(root: Path, entries: list[str], tag: str | None, run_id: str) -> list[str]:
     """Move what each output holds aside (see the module's docstring) before run `run_id` (a name unique to
-    this run and repeat). Returns where the files went (project-relative folders). Raises `OutputsError` when
-    an output cannot be moved."""
+    this run and repeat). An output behind a symbolic link (below a slot's shared input, say) is left alone:
+    nothing is moved through a link, and a measurement or an evaluation refuses an output reached through one.
+    Returns where the files went (project-relative folders). Raises `OutputsError` when one cannot be moved."""
     moved: list[str] = []
     chosen: dict[str, str] = {}  # folder -> its name in this call (the outputs of one run share it)
     for entry in output_entries(root, entries):
         path = root / entry
         via = link_on_the_way(root, entry)
         if via is not None and via != entry:
-            raise OutputsError(
-                f"the output '{entry}' lies behind the symbolic link '{via}': its files cannot be moved aside "
-                f"safely; replace '{via}' with a real directory, then run again"
-            )
+            continue  # behind a link (a slot's shared input): not this tree's output; never moved through it
         if not os.path.lexists(path):
             continue
         if via is None and path.is_dir():

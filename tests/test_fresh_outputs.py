@@ -221,16 +221,25 @@ async def test_slots_a_link_left_in_dist_does_not_shrink_the_next_build(
             assert run["status"] == "ok" and run["value"] == float(pad), run
 
 
-def test_an_output_behind_a_link_is_refused_before_the_run(tmp_path: Path) -> None:
-    """`out` replaced by a link (to a directory of the project): the files of `out/dist` are not moved through
-    it, and nothing runs."""
+def test_nothing_is_moved_through_a_link_and_a_measure_through_one_is_refused(tmp_path: Path) -> None:
+    """`out` is a link (as a slot's shared input is): the files of `out/dist` stay where they are, and the
+    size of `out/dist` is not measured through the link."""
     root = project(tmp_path / "web")
     (root / "real" / "dist").mkdir(parents=True)
     (root / "real" / "dist" / "keep.js").write_text("x")
     (root / "out").symlink_to("real")
-    result = experiment(root, "r1", "off", "echo ran > ran.txt", writable=["out/dist"])
-    assert result.status == "crash" and "symbolic link 'out'" in (result.error or ""), result.error
-    assert not (root / "ran.txt").exists() and (root / "real" / "dist" / "keep.js").exists()
+    result = experiment(
+        root,
+        "r1",
+        "off",
+        "echo ran > out/dist/new.js",
+        writable=["out/dist"],
+        metric_measure="size_kb:out/dist",
+    )
+    assert result.status == "metric_error" and "'out' is a symbolic link" in (result.error or ""), (
+        result.error
+    )
+    assert sorted(p.name for p in (root / "real" / "dist").iterdir()) == ["keep.js", "new.js"]
 
 
 def test_what_the_checks_write_in_an_output_is_the_runs_not_the_users(tmp_path: Path) -> None:
@@ -256,3 +265,26 @@ def test_every_output_handed_on_is_checked(tmp_path: Path, setting: str) -> None
     )
     os.remove(root / "cache" / "pipe")
     assert unsafe_outputs(root, ["dist", "cache"], started) is None
+
+
+@pytest.mark.anyio
+async def test_slots_with_zero_config_node_and_installed_packages(
+    tmp_path: Path, agent_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Zero-config Node lists `node_modules/.cache` as writable, and a slot's `node_modules` is a link to the
+    project's: that output is the project's, never moved aside through the link; the runs go on."""
+    if shutil.which("node") is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must run the Node build tests, but node is not installed")
+        pytest.skip("node is not installed")
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(tmp_path / "slots"))
+    package = {"name": "lib", "source": "src/index.js", "scripts": {"build": "node build.js"}}
+    files = {"package.json": json.dumps(package), "build.js": NODE_BUILD, "src/index.js": "export {};\n" * 50}
+    root = make_repo(tmp_path / "lib", {**files, ".gitignore": "node_modules/\ndist/\n"})
+    (root / "node_modules" / ".cache" / "tool").mkdir(parents=True)
+    (root / "node_modules" / ".cache" / "tool" / "entry").write_text("the project's cache\n")
+    async with agent_for(root, {"slots": 2}) as agent:
+        await agent.ok("start_session", tag="s2")
+        run, _ = await agent.experiment("baseline")
+        assert run["status"] == "ok", run
+    assert (root / "node_modules" / ".cache" / "tool" / "entry").read_text() == "the project's cache\n"
