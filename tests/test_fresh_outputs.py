@@ -288,3 +288,32 @@ async def test_slots_with_zero_config_node_and_installed_packages(
         run, _ = await agent.experiment("baseline")
         assert run["status"] == "ok", run
     assert (root / "node_modules" / ".cache" / "tool" / "entry").read_text() == "the project's cache\n"
+
+
+@pytest.mark.anyio
+async def test_slots_a_future_timestamp_is_refused_and_the_next_build_runs(
+    tmp_path: Path, agent_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(tmp_path / "slots"))
+    root = project(tmp_path / "web")
+    overrides = {
+        "target_file": "build.py",
+        "run_command": "test dist/bundle.js -nt build.py || python build.py",
+        "metric_name": "kb",
+        "metric_measure": "size_kb:dist !*.map",
+        "metric_direction": "lower_is_better",
+        "writable": ["dist"],
+        "slots": 2,
+    }
+    async with agent_for(root, overrides) as agent:
+        await agent.ok("start_session", tag="s3")
+        baseline, _ = await agent.experiment("baseline")
+        assert baseline["value"] == 10.0, baseline
+        ahead = "open('dist/bundle.js', 'w').write('x'); os.utime('dist/bundle.js', (2e9, 2e9)); raise SystemExit(0)"
+        await agent.edit("# EVIL", ahead)
+        run, _ = await agent.experiment("a tiny bundle from the future")
+        assert run["status"] == "metric_error" and "future" in run["error"], run
+        for pad in (9, 8):  # two runs: whichever slot the bundle was left in, one of them runs there
+            await agent.edit(f"PAD = {pad + 1}", f"PAD = {pad}")
+            run, _ = await agent.experiment(f"honest, {pad} KB")
+            assert run["status"] == "ok" and run["value"] == float(pad), run
