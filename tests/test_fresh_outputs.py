@@ -21,7 +21,7 @@ from mcp_autoresearch.fresh_outputs import unsafe_outputs
 from mcp_autoresearch.isolation import Isolation, probe_isolation
 from mcp_autoresearch.output_checks import snapshot, unsafe_output
 
-from .conftest import make_repo
+from .conftest import git, make_repo, run_cli
 
 CONFINED = probe_isolation("auto")
 # auto: the private view and Landlock (where the machine has them); landlock: Landlock alone; off: not confined.
@@ -317,3 +317,31 @@ async def test_slots_a_future_timestamp_is_refused_and_the_next_build_runs(
             await agent.edit(f"PAD = {pad + 1}", f"PAD = {pad}")
             run, _ = await agent.experiment(f"honest, {pad} KB")
             assert run["status"] == "ok" and run["value"] == float(pad), run
+
+
+@pytest.mark.anyio
+async def test_clean_removes_the_runs_outputs_and_keeps_the_users(tmp_path: Path, agent_for: Any) -> None:
+    root = project(tmp_path / "web")
+    (root / "dist").mkdir()
+    (root / "dist" / "mine.js").write_text("the user's\n")
+    overrides = {
+        "target_file": "build.py",
+        "run_command": "python build.py",
+        "metric_name": "kb",
+        "metric_measure": "size_kb:dist !*.map",
+        "writable": ["dist"],
+    }
+    async with agent_for(root, overrides) as agent:
+        await agent.ok("start_session", tag="c1")
+        await agent.experiment("baseline")
+        await agent.edit("PAD = 10", "PAD = 9")
+        await agent.experiment("smaller")
+    outputs = root / ".autoresearch" / "outputs" / "c1"
+    names = sorted(p.name for p in outputs.iterdir())
+    assert names[0] == "found-before-r1" and names[1:] and all(n.startswith("run-") for n in names[1:]), names
+    git(root, "checkout", "-q", "main")
+    listed = run_cli("clean", "--project", str(root), "--tag", "c1", cwd=root).stdout
+    assert f".autoresearch/outputs/c1/{names[1]}/" in listed and "found-before-*" in listed, listed
+    assert run_cli("clean", "--project", str(root), "--tag", "c1", "--yes", cwd=root).returncode == 0
+    assert sorted(p.name for p in outputs.iterdir()) == ["found-before-r1"]
+    assert (outputs / "found-before-r1" / "dist" / "mine.js").read_text() == "the user's\n"
