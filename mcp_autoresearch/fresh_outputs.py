@@ -8,8 +8,8 @@ where it is (in a confined run it is a mount point and a Landlock rule).
 
 The folder says whose the files were:
 - `run-<run_id>`: exactly what that run left (the server recorded the output after the run, and nothing has
-  changed since). Only the newest `KEEP_RUNS` of these are kept; older ones are deleted, as files the server
-  saw a run create.
+  changed since). Only the newest `KEEP_RUNS` of these are kept (the previous run's); older ones are deleted,
+  as files the server saw a run create.
 - `found-before-<run_id>`: anything else found before that run: the user's build from before the session, or
   files written between runs (by the user, a restarted server's earlier runs). Never deleted by the server.
 """
@@ -25,7 +25,7 @@ from .errors import SessionError
 from .output_checks import Snapshot, link_on_the_way, snapshot, unsafe_output
 from .state import server_dir
 
-KEEP_RUNS = 3
+KEEP_RUNS = 1  # the previous run's outputs: a `target/` of gigabytes is not kept many times over
 OUTPUTS_DIR = "outputs"
 
 _lock = threading.Lock()
