@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .files import open_regular
+from .output_checks import FS_CLOCK_SLACK_NS, Snapshot, link_on_the_way, unsafe_output
 
 FLOAT = rb"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|(?i:nan|inf(?:inity)?))"
 _FIRST_FLOAT = re.compile(FLOAT.decode(), re.IGNORECASE)
@@ -163,6 +164,7 @@ class Output:
     size: int = 0
     newest_ns: int = 0
     newest_path: str = ""
+    files: int = 0
 
     def saw(self, path: str, st: os.stat_result) -> None:
         # ctime too: a build that copies a file keeping its mtime (cp -p) still changes its ctime.
@@ -213,12 +215,9 @@ def scan_output(path: Path, measure: Measure) -> Output:
                 continue
             if stat.S_ISREG(st.st_mode):
                 out.size += st.st_size
+                out.files += 1
                 out.saw(relative, st)
     return out
-
-
-# A run-start time from the wall clock against file times from the filesystem's (coarse, maybe 1-2 s) clock.
-FS_CLOCK_SLACK_NS = 2_000_000_000
 
 
 def _check_written(
@@ -256,21 +255,47 @@ def _check_written(
 
 
 def measure(
-    spec: str, root: Path, duration_s: float, started_at: float | None = None, target_file: str | None = None
+    spec: str,
+    root: Path,
+    duration_s: float,
+    started_at: float | None = None,
+    target_file: str | None = None,
+    fresh: Snapshot = frozenset(),
 ) -> float:
     """A metric the server measures itself: `wall_time_s`, `size_kb:<path>`, `size_mb:<path>` (see `Measure`).
-    With `started_at` (the run's start, wall clock), a size is only taken of an output written for this run."""
+    With `started_at` (the run's start, wall clock), a size is only taken of an output written for this run,
+    holding nothing `output_checks.unsafe_output` refuses (`fresh`: the output's snapshot before the run)."""
     parsed = Measure.parse(spec)
     if parsed.kind == "wall_time_s":
         return round(duration_s, 6)
     target = (root / parsed.path).resolve()
     if root.resolve() not in target.parents and target != root.resolve():
         raise MetricError(f"'{parsed.path}' is outside the project")
+    if started_at is not None:
+        _check_safe(root, parsed.path, started_at, fresh)
     output = scan_output(target, parsed)
     if started_at is not None:
+        if target.is_dir() and not output.files:
+            raise MetricError(
+                f"{parsed.path.rstrip('/')}/ was not written by this run: it holds no file that is measured (every "
+                "run starts from an empty output directory). The build probably failed without a non-zero exit "
+                "code; look at the log"
+            )
         _check_written(output, parsed, root, started_at, target_file)
     size = output.size
     return size / 1024 if parsed.kind == "size_kb" else size / (1024 * 1024)
+
+
+def _check_safe(root: Path, relative: str, started_at: float, fresh: Snapshot) -> None:
+    """The measured output holds only what this run wrote, as regular files and directories (see
+    `output_checks`), and is reached through no symbolic link."""
+    via = link_on_the_way(root, relative)
+    if via is not None:
+        raise MetricError(f"'{via}' is a symbolic link: the output '{relative}' is not measured through it")
+    label = os.path.normpath(relative)
+    problem = unsafe_output(root / relative, started_at, fresh, label)
+    if problem:
+        raise MetricError(f"{problem}; the output is not measured")
 
 
 def _collect_metrics(data: bytes, metric_name: str | None, metrics: dict[str, float]) -> None:

@@ -9,7 +9,7 @@ Each command becomes one job:
 - its working directory is a zip we build from the candidate's snapshot (`cwd`), without `.git`, `.autoresearch`
   and the `shared_inputs` (node_modules, .venv, data: the workers' image or shared storage must provide them),
   plus `.autoresearch-ray/` (`ray_wrapper.py`, `ray_records.py` and copies of the keeper's
-  stdlib-only modules: `confine.py`, `landlock.py`, `namespaces.py`, `output_dirs.py`) and
+  stdlib-only modules: `confine.py`, `landlock.py`, `namespaces.py`, `output_dirs.py`, `output_checks.py`) and
   `.autoresearch-ray.json` (the command, its environment, the isolation setting, the writable entries, the
   limit, the server's public key value, the submission id: every package is unique, so Ray's
   content-addressed cache never hands one run's extracted directory to another). A `ray_address` line in the

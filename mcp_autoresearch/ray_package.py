@@ -15,13 +15,13 @@ import re
 import zipfile
 from pathlib import Path
 
-from . import confine, landlock, namespaces, output_dirs, ray_records, ray_wrapper
+from . import confine, landlock, namespaces, output_checks, output_dirs, ray_records, ray_wrapper
 from .names import STATE_DIR
 
 DEFAULT_PACKAGE_LIMIT = 512 * 1024 * 1024
 WRAPPER_DIR = ".autoresearch-ray"
 ALWAYS_EXCLUDED = (".git", STATE_DIR, WRAPPER_DIR, ray_wrapper.SPEC)
-SHIPPED = (ray_wrapper, ray_records, confine, landlock, namespaces, output_dirs)  # standard library only
+SHIPPED = (ray_wrapper, ray_records, confine, landlock, namespaces, output_dirs, output_checks)  # stdlib only
 CONFIG_FILES = ("autoresearch.toml", "pyproject.toml")  # where a ray_address line is redacted in the package
 
 

@@ -3,8 +3,8 @@ the cluster, and reported in records the run cannot forge.
 
 Standard library only: it is uploaded with the candidate's snapshot (in `.autoresearch-ray/`, with
 `ray_records.py` and copies of the keeper's modules `confine.py`, `landlock.py`, `namespaces.py`,
-`output_dirs.py`) and started as `python3 -I -S .autoresearch-ray/ray_wrapper.py` in the job's working
-directory. It reads `.autoresearch-ray.json` (the command, its environment, the isolation setting, the writable
+`output_dirs.py`, and the output check `output_checks.py`) and started as
+`python3 -I -S .autoresearch-ray/ray_wrapper.py` in the job's working directory. It reads `.autoresearch-ray.json` (the command, its environment, the isolation setting, the writable
 entries, the time limit, the measured path, the server's public key value), then:
 0. checks that the view below can be built on this worker (a forked child builds it and exits; before step 1,
    so that an ordinary user's child can still map its uid into a user namespace, and before any key exists);
@@ -24,7 +24,7 @@ entries, the time limit, the measured path, the server's public key value), then
 4. forwards that output framed and tagged, one record per line;
 5. at its deadline, stops forwarding (nothing printed while being killed counts) and ends the tree;
 6. writes the `end` record: exit code, its own measured duration, peak RSS, the size of the
-   `size_kb:`/`size_mb:` output when asked, whether it timed out, and what confined the run.
+   `size_kb:`/`size_mb:` output when asked (or why `output_checks` refuses it), whether it timed out, and what confined the run.
 
 With isolation "auto", a worker where Landlock or the namespaces are missing runs the command without them and
 the report says so (`confined`, `namespaces`, `note`); with "required" it runs nothing and exits 125.
@@ -45,10 +45,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any, TypedDict
 
 if __package__:  # imported from the package (the tests)
-    from . import confine
+    from . import confine, output_checks
     from . import landlock as landlock_rules
     from . import namespaces as namespaces_view
     from .ray_records import Framed
@@ -57,6 +58,7 @@ else:  # run as a script: -I leaves the script's folder off sys.path; our module
     import confine  # type: ignore[no-redef, import-not-found]
     import landlock as landlock_rules  # type: ignore[no-redef, import-not-found]
     import namespaces as namespaces_view  # type: ignore[no-redef, import-not-found]
+    import output_checks  # type: ignore[no-redef, import-not-found]
     from ray_records import Framed  # type: ignore[no-redef, import-not-found]
 
 SPEC = ".autoresearch-ray.json"
@@ -124,9 +126,19 @@ def writable_paths(root: str, spec: JobSpec, tmpdir: str) -> list[str]:
     return paths
 
 
-def measure_size(root: str, measure: str, started_ns: int, target: str | None) -> int | str:
+def measured_path(measure: str | None) -> str | None:
+    """The path a `size_kb:`/`size_mb:` measure names (None for any other measure)."""
+    if not measure or not measure.startswith(("size_kb:", "size_mb:")):
+        return None
+    return measure.partition(":")[2].split(" !")[0].strip()
+
+
+def measure_size(
+    root: str, measure: str, started_ns: int, target: str | None, fresh: frozenset[tuple[int, int, int]] = frozenset()
+) -> int | str:
     """The bytes of a `size_kb:`/`size_mb:` output (exclusions ` !glob`), as `metrics.scan_output` counts them,
-    or why it cannot be measured (missing, a link out of it, not written by this run)."""
+    or why it cannot be measured (missing, a link out of it, not written by this run, or anything else
+    `output_checks.unsafe_output` refuses; `fresh`: its snapshot before the run)."""
     _kind, _, rest = measure.partition(":")
     rel, *excludes = rest.split(" !")
     rel = rel.strip()
@@ -135,6 +147,12 @@ def measure_size(root: str, measure: str, started_ns: int, target: str | None) -
     path = os.path.realpath(os.path.join(root, rel))
     if not _inside(real_root, path):
         return f"'{rel}' is outside the project"
+    via = output_checks.link_on_the_way(Path(root), rel)
+    if via is not None:
+        return f"'{via}' is a symbolic link: the output '{rel}' is not measured through it"
+    problem = output_checks.unsafe_output(Path(root) / rel, started_ns / 1e9, fresh, os.path.normpath(rel))
+    if problem:
+        return f"{problem}; the output is not measured"
     size, newest, newest_path = 0, 0, ""
 
     def saw(name: str, st: os.stat_result) -> None:
@@ -357,6 +375,8 @@ def run(spec: JobSpec, root: str) -> int:
     _harden()
     out.begin(int(spec["server_public"], 16))
     landlock = abi is not None
+    measured = measured_path(spec.get("measure"))
+    fresh = output_checks.snapshot(Path(root) / measured) if measured else frozenset()
     started_ns = time.time_ns()
     started = time.monotonic()
     timed_out = False
@@ -390,7 +410,7 @@ def run(spec: JobSpec, root: str) -> int:
         }
         measure = spec.get("measure")
         if measure and measure.startswith(("size_kb:", "size_mb:")) and code == 0 and not timed_out:
-            report["sizes"] = {measure: measure_size(root, measure, started_ns, spec.get("target"))}
+            report["sizes"] = {measure: measure_size(root, measure, started_ns, spec.get("target"), fresh)}
         out.end(report)
         return code
     finally:

@@ -99,6 +99,14 @@ def test_a_size_is_measured_on_the_worker(tmp_path: Path, ray_address: str) -> N
     assert result.value == 2.0 and not (root / "dist" / "app.js").exists()  # the worker's dist/, not ours
 
 
+def test_an_output_holding_a_fifo_is_refused_on_the_worker(tmp_path: Path, ray_address: str) -> None:
+    """The worker checks the output as the server does (`output_checks`): before the fix it measured 2 KB."""
+    root = _project(tmp_path)
+    build = "mkdir -p dist && head -c 2048 /dev/zero > dist/app.js && mkfifo dist/pipe"
+    result = _experiment(root, ray_address, build, metric_measure="size_kb:dist", writable=["dist"]).run()
+    assert result.status == "metric_error" and "'dist/pipe' is a FIFO" in (result.error or ""), result.error
+
+
 def test_the_timeout_ends_the_job(tmp_path: Path, ray_address: str) -> None:
     root = _project(tmp_path)
     started = time.monotonic()
@@ -228,8 +236,11 @@ def test_the_wrapper_measures_sizes_as_the_server_does(tmp_path: Path) -> None:
     local = metrics.scan_output(tmp_path / "dist", metrics.Measure.parse(spec)).size
     assert ray_wrapper.measure_size(str(tmp_path), spec, started, None) == local == 1300
     assert "does not exist" in str(ray_wrapper.measure_size(str(tmp_path), "size_kb:nothing", started, None))
+    os.mkfifo(tmp_path / "dist" / "pipe")  # what the server's own check refuses, the worker's refuses too
+    assert "'dist/pipe' is a FIFO" in str(ray_wrapper.measure_size(str(tmp_path), spec, started, None))
+    os.remove(tmp_path / "dist" / "pipe")
     (tmp_path / "dist" / "out").symlink_to("/etc")
-    assert "symbolic link out of" in str(ray_wrapper.measure_size(str(tmp_path), spec, started, None))
+    assert "'dist/out' is a symbolic link" in str(ray_wrapper.measure_size(str(tmp_path), spec, started, None))
     assert "outside the project" in str(ray_wrapper.measure_size(str(tmp_path), "size_kb:../x", started, None))
 
 
