@@ -20,8 +20,9 @@ from pathlib import Path
 
 from .config import Config
 from .errors import ConfigError, SessionError
-from .isolation import DEVICE_FILES, DEVICE_GLOBS, Isolation
+from .isolation import Isolation
 from .names import RUN_LOG
+from .write_grants import DEVICE_FILES, DEVICE_GLOBS
 
 EVAL_SUFFIX = "-eval"
 HOLDOUT_SUFFIX = "-holdout"

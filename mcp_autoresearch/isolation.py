@@ -12,7 +12,6 @@ for want of the network (`denied_write_hint`, `network_hint`). It runs nothing i
 from __future__ import annotations
 
 import functools
-import glob
 import os
 import re
 import subprocess
@@ -24,12 +23,10 @@ from pathlib import Path
 from . import confine, landlock
 from .errors import ConfigError
 from .names import RESULTS_TSV, RUN_LOG, SERVER_BIN, STATE_DIR
+from .write_grants import granted_paths
 
 # Devices any run may write (the terminal-like ones tools expect) and those a GPU run needs; directories below
 # /dev that are per-process scratch space.
-DEVICE_FILES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/ptmx"]
-DEVICE_GLOBS = ["/dev/nvidia*", "/dev/kfd"]
-DEVICE_DIRS = ["/dev/shm", "/dev/pts", "/dev/dri"]
 
 SERVER_OWN = (".git", STATE_DIR)
 # Inside the server's folder, only these build-output folders may be opened to a run (Go's default binary).
@@ -176,28 +173,8 @@ def check_writable(
 
 def writable_paths(root: Path, entries: list[str], tmpdir: str | None) -> list[str]:
     """Every path a run may write beneath: the configured entries, the run's private temporary directory, and
-    devices. A missing entry whose parent exists is created first (a rule needs something to stand on, and a
-    first build must be able to write its output directory); one whose parent is missing is left out."""
-    paths: list[str] = []
-    expanded = [_expand(root, entry) for entry in entries]
-    for path in expanded:
-        # An entry beneath another one is already writable through it (the run can create it), and the run may
-        # have replaced it (or a directory on its way) with a link since the last run: granting it by name would
-        # follow that link.
-        if any(other != path and _contains(other, path) for other in [*expanded, *map(Path, DEVICE_DIRS)]):
-            continue
-        if not os.path.lexists(path) and path.parent.is_dir():
-            try:
-                path.mkdir()
-            except OSError:
-                pass
-        paths.append(str(path))
-    if tmpdir:
-        paths.append(tmpdir)
-    paths += DEVICE_DIRS + DEVICE_FILES
-    for pattern in DEVICE_GLOBS:
-        paths += sorted(glob.glob(pattern))
-    return paths
+    devices (`write_grants`, the rule a Ray worker applies too)."""
+    return granted_paths(str(root), entries, tmpdir)
 
 
 def keeper_command(

@@ -58,11 +58,11 @@ from . import ray_records, ray_wrapper
 from .caches import private_variables
 from .config import Config
 from .errors import ConfigError
-from .isolation import DEVICE_DIRS, DEVICE_FILES, DEVICE_GLOBS
 from .logtail import last_line
 from .ray_package import ALWAYS_EXCLUDED, WRAPPER_DIR, Log, StartError, build_package, package_limit
 from .ray_trust import END_WAIT_S, ray_contradiction, rejection
 from .runner import DEFAULT_GRACE_S, ProcessResult, ProgressCallback
+from .write_grants import DEVICE_DIRS, DEVICE_FILES, DEVICE_GLOBS
 
 log = logging.getLogger("mcp_autoresearch")
 

@@ -33,8 +33,6 @@ the report says so (`confined`, `namespaces`, `note`); with "required" it runs n
 from __future__ import annotations
 
 import ctypes
-import fnmatch
-import glob
 import json
 import os
 import resource
@@ -49,7 +47,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 if __package__:  # imported from the package (the tests)
-    from . import confine, output_checks
+    from . import confine, output_checks, output_size, write_grants
     from . import landlock as landlock_rules
     from . import namespaces as namespaces_view
     from .ray_records import Framed
@@ -59,6 +57,8 @@ else:  # run as a script: -I leaves the script's folder off sys.path; our module
     import landlock as landlock_rules  # type: ignore[no-redef, import-not-found]
     import namespaces as namespaces_view  # type: ignore[no-redef, import-not-found]
     import output_checks  # type: ignore[no-redef, import-not-found]
+    import output_size  # type: ignore[no-redef, import-not-found]
+    import write_grants  # type: ignore[no-redef, import-not-found]
     from ray_records import Framed  # type: ignore[no-redef, import-not-found]
 
 SPEC = ".autoresearch-ray.json"
@@ -83,7 +83,6 @@ class JobSpec(TypedDict, total=False):
     server_public: str  # the server's public key value, hex
 PR_SET_DUMPABLE = 4
 CAP_SYS_PTRACE = 19
-FS_CLOCK_SLACK_NS = 2_000_000_000
 
 
 def _harden() -> None:
@@ -96,34 +95,19 @@ def _harden() -> None:
         pass
 
 
-def _inside(outer: str, inner: str) -> bool:
-    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
-
-
 def writable_paths(root: str, spec: JobSpec, tmpdir: str) -> list[str]:
-    """The run's writable entries on this worker: relative ones inside the working directory (one that climbs
-    out of it is dropped: it would reach other jobs' directories), then TMPDIR and the devices."""
-    expanded: list[str] = []
-    for entry in spec.get("write", []):
-        path = os.path.normpath(os.path.join(root, os.path.expanduser(entry)))
-        if os.path.isabs(os.path.expanduser(entry)) or _inside(root, path):
-            expanded.append(path)
-    paths: list[str] = []
-    device_dirs = list(spec.get("device_dirs", []))
-    for path in expanded:
-        if any(other != path and _inside(other, path) for other in [*expanded, *device_dirs]):
-            continue  # writable through its parent, which the run may have reshaped: never granted by name
-        if not os.path.lexists(path) and os.path.isdir(os.path.dirname(path)):
-            try:
-                os.mkdir(path)
-            except OSError:
-                pass
-        paths.append(path)
-    paths.append(tmpdir)
-    paths += device_dirs + list(spec.get("device_files", []))
-    for pattern in spec.get("device_globs", []):
-        paths += sorted(glob.glob(pattern))
-    return paths
+    """The run's writable entries on this worker, by the rule local runs follow (`write_grants`): relative ones
+    inside the working directory (one that climbs out of it is dropped: it would reach other jobs' directories),
+    then TMPDIR and the devices the server named."""
+    return write_grants.granted_paths(
+        root,
+        list(spec.get("write", [])),
+        tmpdir,
+        only_inside=True,
+        device_dirs=list(spec.get("device_dirs", [])),
+        device_files=list(spec.get("device_files", [])),
+        device_globs=list(spec.get("device_globs", [])),
+    )
 
 
 def measured_path(measure: str | None) -> str | None:
@@ -136,76 +120,12 @@ def measured_path(measure: str | None) -> str | None:
 def measure_size(
     root: str, measure: str, started_ns: int, target: str | None, fresh: frozenset[tuple[int, int, int]] = frozenset()
 ) -> int | str:
-    """The bytes of a `size_kb:`/`size_mb:` output (exclusions ` !glob`), as `metrics.scan_output` counts them,
-    or why it cannot be measured (missing, a link out of it, not written by this run, or anything else
-    `output_checks.unsafe_output` refuses; `fresh`: its snapshot before the run)."""
-    _kind, _, rest = measure.partition(":")
-    rel, *excludes = rest.split(" !")
-    rel = rel.strip()
-    globs = [item.strip() for item in excludes if item.strip()]
-    real_root = os.path.realpath(root)
-    path = os.path.realpath(os.path.join(root, rel))
-    if not _inside(real_root, path):
-        return f"'{rel}' is outside the project"
-    via = output_checks.link_on_the_way(Path(root), rel)
-    if via is not None:
-        return f"'{via}' is a symbolic link: the output '{rel}' is not measured through it"
-    problem = output_checks.unsafe_output(Path(root) / rel, started_ns / 1e9, fresh, os.path.normpath(rel))
-    if problem:
-        return f"{problem}; the output is not measured"
-    size, newest, newest_path = 0, 0, ""
-
-    def saw(name: str, st: os.stat_result) -> None:
-        nonlocal newest, newest_path
-        if max(st.st_mtime_ns, st.st_ctime_ns) > newest:
-            newest, newest_path = max(st.st_mtime_ns, st.st_ctime_ns), name
-
-    if os.path.isfile(path):
-        st = os.stat(path)
-        size = st.st_size
-        saw(os.path.basename(path), st)
-    elif not os.path.isdir(path):
-        return f"'{os.path.basename(rel)}' does not exist after the run, so its size cannot be measured"
-    else:
-        real_dir = os.path.realpath(path)
-        for dirpath, dirs, files in os.walk(path):
-            try:
-                saw(os.path.relpath(dirpath, path), os.stat(dirpath))
-            except OSError:
-                pass
-            for name in [*files, *dirs]:
-                full = os.path.join(dirpath, name)
-                if os.path.islink(full) and not _inside(real_dir, os.path.realpath(full)):
-                    shown = os.path.relpath(full, path)
-                    return (f"'{os.path.basename(rel)}/{shown}' is a symbolic link out of '{os.path.basename(rel)}' "
-                            f"(to {os.path.realpath(full)}): its size cannot be measured honestly")
-            for name in files:
-                full = os.path.join(dirpath, name)
-                relative = os.path.relpath(full, path).replace(os.sep, "/")
-                base = relative.rsplit("/", 1)[-1]
-                if any(fnmatch.fnmatch(base, g) or fnmatch.fnmatch(relative, g) for g in globs):
-                    continue
-                try:
-                    st = os.lstat(full)
-                except OSError:
-                    continue
-                if not os.path.islink(full) and os.path.isfile(full):
-                    size += st.st_size
-                    saw(relative, st)
-    # As locally: the output must have changed during this run, or after the target last changed.
-    since = started_ns - FS_CLOCK_SLACK_NS
-    if target:
-        try:
-            st = os.stat(os.path.join(root, target))
-            target_ns = max(st.st_mtime_ns, st.st_ctime_ns)
-            if target_ns <= started_ns:
-                since = target_ns
-        except OSError:
-            pass
-    if newest < since:
-        return (f"{rel.rstrip('/')}/ was not written by this run: its newest file ({newest_path}) is older than the "
-                "run. The build probably failed without a non-zero exit code; look at the log")
-    return size
+    """The bytes of a `size_kb:`/`size_mb:` output, measured as the server measures one (`output_size`, shipped
+    with this wrapper), or why it cannot be measured; `fresh`: its snapshot before the run."""
+    try:
+        return output_size.measure_output(Path(root), output_size.Measure.parse(measure), started_ns / 1e9, target, fresh)
+    except output_size.OutputError as exc:
+        return str(exc)
 
 
 def _environment(spec: JobSpec, tmpdir: str) -> dict[str, str]:
