@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mcp_autoresearch import metrics, ray_records, ray_wrapper
+from mcp_autoresearch import output_size, ray_records, ray_wrapper
 from mcp_autoresearch.errors import ConfigError
 from mcp_autoresearch.experiment import Experiment
 from mcp_autoresearch.ray_backend import RayBackend
@@ -233,7 +233,7 @@ def test_the_wrapper_measures_sizes_as_the_server_does(tmp_path: Path) -> None:
     (tmp_path / "dist" / "a.js.map").write_bytes(b"m" * 5000)
     spec = "size_kb:dist !*.map"
     started = time.time_ns() - 10**9
-    local = metrics.scan_output(tmp_path / "dist", metrics.Measure.parse(spec)).size
+    local = output_size.scan_output(tmp_path / "dist", output_size.Measure.parse(spec)).size
     assert ray_wrapper.measure_size(str(tmp_path), spec, started, None) == local == 1300
     assert "does not exist" in str(ray_wrapper.measure_size(str(tmp_path), "size_kb:nothing", started, None))
     os.mkfifo(tmp_path / "dist" / "pipe")  # what the server's own check refuses, the worker's refuses too
@@ -434,8 +434,9 @@ def test_a_snapshot_over_the_upload_limit_is_refused_before_upload(tmp_path: Pat
         build_package(root, tmp_path / "p.zip", [".git", "node_modules"], {}, 4000)
     build_package(root, tmp_path / "q.zip", [".git", "node_modules", "data.bin"], {"job": "j1"}, 1 << 20)
     names = set(zipfile.ZipFile(tmp_path / "q.zip").namelist())
-    shipped = {f".autoresearch-ray/{name}.py" for name in ("ray_wrapper", "ray_records", "confine", "landlock",
-                                                            "namespaces", "output_dirs")}
+    names_shipped = ("ray_wrapper", "ray_records", "confine", "landlock", "namespaces", "output_dirs", "output_checks",
+                     "output_size", "write_grants")
+    shipped = {f".autoresearch-ray/{name}.py" for name in names_shipped}
     assert names == {"train.py", ray_wrapper.SPEC, *shipped}
 
 
