@@ -13,7 +13,7 @@ from .context import SessionCore, normal_run_id
 from .diskspace import AFTER_DISK_FULL
 from .errors import RuleViolation, SessionError
 from .evidence import Evidence
-from .holdout import run_holdout
+from .holdout_stage import run_holdout
 from .journal import Row
 from .models import DecisionResult
 from .names import SESSION_REFS

@@ -1,5 +1,6 @@
-"""The holdout: `holdout_command`, run like the evaluation stage after every keep, and how far kept improvements
-hold on it.
+"""The holdout's records, and how far kept improvements hold on it (`holdout_command`, run like the evaluation
+stage after every keep by `holdout_stage.run_holdout`). The readers (report, web page) read these; nothing here
+runs anything.
 
 After a keep is decided (never before: it cannot change a decision), the holdout command runs as an evaluation
 stage on what the keep left in the project. Its values go only into the server's own records
@@ -13,55 +14,20 @@ shell of its own (the records are files of the project).
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .experiment import Experiment
-from .isolation import Isolation
 from .names import HOLDOUT, STATE_DIR
-from .state import server_dir
-
-log = logging.getLogger("mcp_autoresearch")
-
-
-def holdout_folder(root: Path) -> Path:
-    """Where every session's holdout records and logs live (hidden from runs)."""
-    return server_dir(root, HOLDOUT)
 
 
 def _records(root: Path, tag: str) -> Path:
     return root / STATE_DIR / HOLDOUT / f"{tag}.jsonl"
 
 
-def run_holdout(
-    config: Config,
-    root: Path,
-    tag: str,
-    isolation: Isolation | None,
-    run_id: str,
-    value: float | None,
-    baseline: bool,
-) -> None:
-    """Measure the keep `run_id` (metric `value`) on the holdout and record it. Never raises: a failing holdout
-    is recorded as such and changes nothing of the session."""
-    if not config.holdout_command:
-        return
-    try:
-        folder = server_dir(root, HOLDOUT, tag)
-        experiment = Experiment(
-            config, root, f"{run_id}-holdout", folder, tag, None, isolation, publish_run_log=False
-        )
-        found, error = experiment.evaluate_only(
-            config.holdout_command, folder / f"{run_id}.log", "holdout_command"
-        )
-    except Exception as exc:  # the decision stands whatever happens here
-        log.exception("the holdout of %s failed", run_id)
-        found, error = None, f"{type(exc).__name__}: {exc}"
-    record = {"run_id": run_id, "baseline": baseline, "metric": value, "holdout": found, "error": error}
+def record_holdout(root: Path, tag: str, record: dict[str, Any]) -> None:
+    """Append one holdout record (written by `holdout_stage.run_holdout`)."""
     path = _records(root, tag)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
