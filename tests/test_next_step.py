@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from .conftest import git, make_repo
+from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
 
 pytestmark = pytest.mark.anyio
 
@@ -26,13 +27,6 @@ CHECK = """\
 import runpy
 assert runpy.run_path("params.py")["Y"] != 7, "Y must not be 7"
 """
-
-
-@pytest.fixture(autouse=True)
-def slots_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "slots-home"
-    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(home))
-    return home
 
 
 def settings(slots: int) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from mcp_autoresearch.ray_backend import RayBackend
 from mcp_autoresearch.ray_package import SHIPPED, StartError, build_package
 from mcp_autoresearch.ray_records import Unframer
 
-from .helpers.ray_head import ISOLATION, _config, _experiment, _free_port, _project
+from .helpers.ports import free_port
+from .helpers.ray_head import ISOLATION, _config, _experiment, _project
 
 # Ray's own tail_job_logs passes ssl=None to aiohttp.
 pytestmark = pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")
@@ -156,7 +157,7 @@ def test_the_run_cannot_forge_the_report_or_write_outside_its_paths(tmp_path: Pa
 
 
 def test_missing_ray_or_no_cluster_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    backend = RayBackend.from_config(_config("true", ray_address=f"http://127.0.0.1:{_free_port()}"))
+    backend = RayBackend.from_config(_config("true", ray_address=f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(ConfigError, match=r"no Ray job API answers at http://127.0.0.1:\d+ .*ray start --head"):
         backend.check()
     monkeypatch.setitem(sys.modules, "ray", None)

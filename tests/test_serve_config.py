@@ -16,7 +16,7 @@ from mcp_autoresearch.errors import ConfigError
 from mcp_autoresearch.project import load_project
 
 from .conftest import Agent, run_cli, stdio_params
-from .test_http import free_port
+from .helpers.ports import free_port
 
 pytestmark = pytest.mark.anyio
 

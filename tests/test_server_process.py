@@ -24,6 +24,7 @@ from mcp_autoresearch.isolation import probe_isolation
 
 from .conftest import GIT_ENV, Agent
 from .helpers.needs import require
+from .helpers.ports import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -93,12 +94,6 @@ print('tried', len(found), 'accepted', accepted)
 TOML = 'target_file = "train.py"\nslots = 2\nkeep_rule = "greedy"\n'
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -110,7 +105,7 @@ def http_server(
 ) -> Iterator[tuple[str, str, str]]:
     """The server as a user starts it, with slots; the token given on its command line or in its environment."""
     (ml_project / "autoresearch.toml").write_text(TOML)
-    port, token = _free_port(), f"tok-{os.getpid()}-{time.monotonic_ns()}"
+    port, token = free_port(), f"tok-{os.getpid()}-{time.monotonic_ns()}"
     env = {**os.environ, **GIT_ENV, "AUTORESEARCH_SLOTS_DIR": str(tmp_path / "slots")}
     argv = [sys.executable, "-m", "mcp_autoresearch", "serve", "--project", str(ml_project)]
     argv += ["--transport", "http", "--port", str(port)]

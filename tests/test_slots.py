@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from .conftest import call_ok, git, make_repo
+from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
 
 pytestmark = pytest.mark.anyio
 
@@ -28,13 +29,6 @@ ns = runpy.run_path("params.py")
 print(f"score: {abs(ns['X'] - 3) + abs(ns['Y'] - 5):.6f}")
 print("slot", os.environ.get("AUTORESEARCH_SLOT"), "devices", os.environ.get("CUDA_VISIBLE_DEVICES"))
 """
-
-
-@pytest.fixture(autouse=True)
-def slots_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "slots-home"
-    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(home))
-    return home
 
 
 def project(tmp_path: Path) -> Path:
@@ -54,8 +48,6 @@ def settings(**extra: Any) -> dict[str, Any]:
         "slot_devices": ["0", "1"],
         **extra,
     }
-
-
 
 
 async def test_two_slots_keep_merge_and_rerun(tmp_path: Path, agent_for: Any, slots_home: Path) -> None:

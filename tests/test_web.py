@@ -19,11 +19,11 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_autoresearch.web import app
 
 from .conftest import GIT_ENV, Agent, git, make_repo, run_cli, stdio_params
+from .helpers.ports import free_port
 from .web_support import (
     ARTIFACTS,
     CHROMIUM_ARGS,
     chromium_executable,
-    free_port,
     start_process,
     stop_process,
     synthetic_session,

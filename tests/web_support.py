@@ -8,7 +8,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -51,11 +50,6 @@ def chromium_executable() -> str:
         pytest.skip(problem)
     return found
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_process(args: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

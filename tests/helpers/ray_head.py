@@ -4,7 +4,6 @@ experiment that the Ray tests share."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,13 +20,9 @@ from mcp_autoresearch.experiment import Experiment
 from mcp_autoresearch.isolation import probe_isolation
 from mcp_autoresearch.ray_backend import RayBackend
 
+from .ports import free_port
+
 ISOLATION = probe_isolation("auto")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers(address: str) -> bool:
@@ -49,7 +44,7 @@ def ray_address() -> Iterator[str]:
             pytest.fail("Ray is not installed (pip install '.[test]'): the Ray tests must run in CI")
         pytest.skip("Ray is not installed (pip install 'mcp-autoresearch[ray]')")
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit AF_UNIX limits
-    ports = {flag: _free_port() for flag in (
+    ports = {flag: free_port() for flag in (
         "--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
         "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port",
         "--ray-client-server-port",

@@ -1,15 +1,15 @@
-"""A hostile agent against today's server-side rules: requests built to go unanswered, text a terminal would act
-on that reaches the CLI by a way the escaping missed, and tags that slip past their rule."""
+"""Attacks on landing the results (`finish`, `clean`) and on what they show: forged commit and blob objects,
+branch and file names holding terminal sequences. Landing never goes around a user's commit, never hides
+unlanded kept commits, never lands forged content, and every name is shown escaped.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,106 +17,11 @@ from .conftest import GIT_ENV, git, run_cli
 
 pytestmark = pytest.mark.anyio
 
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 0,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
-
-
-class RawStdio:
-    """The server over stdio, spoken to in raw JSON-RPC lines (as a client in another language would)."""
-
-    def __init__(self, root: Path) -> None:
-        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **GIT_ENV}
-        self.server = subprocess.Popen(
-            [sys.executable, "-m", "mcp_autoresearch", "serve", "--project", str(root)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            cwd=root,
-        )
-
-    def send_line(self, line: bytes) -> None:
-        assert self.server.stdin is not None
-        self.server.stdin.write(line + b"\n")
-        self.server.stdin.flush()
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.send_line(json.dumps(message).encode())
-
-    def answer_to(self, request_id: int) -> dict[str, Any]:
-        """The answer to `request_id`; any other answer first means that request was dropped."""
-        assert self.server.stdout is not None
-        while True:
-            line = self.server.stdout.readline()
-            assert line, "the server closed its output"
-            message = json.loads(line)
-            if message.get("id") == request_id:
-                return message
-            assert "id" not in message, f"no answer to request {request_id}; got {message}"
-
-    def close(self) -> None:
-        self.server.kill()
-        self.server.wait()
-
-
-def nested(depth: int, leaf: str) -> str:
-    return "[" * depth + json.dumps(leaf) + "]" * depth
-
-
-@pytest.mark.parametrize("depth,leaf", [(300, "x"), (3000, "\\ud800"), (300, "\\ud800")])
-def test_a_deeply_nested_request_is_answered_and_the_server_goes_on(ml_project: Path, depth: int, leaf: str) -> None:
-    """jiter (the SDK's parser) refuses nesting deeper than its limit; the SDK then drops the request unanswered.
-    With an escaped surrogate in it, the screen re-reads it with Python's json, which raises RecursionError."""
-    raw = RawStdio(ml_project)
-    try:
-        raw.send(INITIALIZE)
-        assert "result" in raw.answer_to(0)
-        raw.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        arguments = '{"description": ' + nested(depth, "").replace('""', '"' + leaf + '"') + "}"
-        line = (
-            '{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "run_experiment", '
-            '"arguments": ' + arguments + "}}"
-        )
-        raw.send_line(line.encode())
-        raw.send({"jsonrpc": "2.0", "id": 6, "method": "ping"})
-        answer = raw.answer_to(5)
-        if leaf == "x" or depth > 1000:  # a JSON-RPC error saying why
-            assert "could not be read" in answer["error"]["message"], answer
-            assert "nested" in answer["error"]["message"] or "recursion" in answer["error"]["message"], answer
-        else:  # Python's json reads it: the surrogate is named as before
-            assert answer["result"]["isError"] is True, answer
-        assert raw.answer_to(6)["result"] == {}
-    finally:
-        raw.close()
-
-
-
-def test_a_request_with_invalid_json_inside_its_params_is_answered(ml_project: Path) -> None:
-    """Broken JSON deep in the arguments (a truncated literal): the top level still names the request, so it is
-    answered (JSON-RPC's parse error) instead of dropped; a line that is no JSON at all is skipped."""
-    raw = RawStdio(ml_project)
-    try:
-        raw.send(INITIALIZE)
-        assert "result" in raw.answer_to(0)
-        raw.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        raw.send_line(
-            b'{"jsonrpc": "2.0", "id": 7, "method": "tools/call", '
-            b'"params": {"name": "read_target", "arguments": {"start_line": tru}}}'
-        )
-        raw.send_line(b"not json at all")
-        raw.send({"jsonrpc": "2.0", "id": 8, "method": "ping"})
-        message = raw.answer_to(7)["error"]["message"]
-        assert "could not be read" in message and "as valid JSON" in message, message
-        assert raw.answer_to(8)["result"] == {}
-    finally:
-        raw.close()
 
 # What a terminal would act on: C0 but tab and newline, DEL, C1, and the bidirectional controls.
 UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 # Branch names git accepts (bytes from 0x80 up are allowed), as a fetch from someone else's remote brings them:
 # a C1 CSI "clear the screen" in UTF-8, a right-to-left override, and a byte that is not UTF-8 at all.
 HOSTILE_BRANCHES = [b"x\xc2\x9b2J", b"z\xe2\x80\xaeabc", b"y\xff"]
@@ -321,75 +226,3 @@ async def test_a_forged_blob_of_the_kept_target_is_not_landed(ml_project: Path, 
     landed = subprocess.run(["git", "show", "landed:train.py"], cwd=root, capture_output=True).stdout
     assert landed in (b"", measured), (done.stdout, done.stderr, landed)
     assert done.returncode != 0 and "does not match its id" in done.stderr, done.stderr
-
-
-RUN_PLANTS_NEXT_BLOB = r'''
-import hashlib, os, subprocess, zlib
-git_dir = subprocess.run(["git", "rev-parse", "--git-common-dir"], capture_output=True, text=True).stdout.strip()
-nxt = open(__file__, "rb").read().split(b"# NEXT\n")[0].replace(b"LR = 0.9", b"LR = 0.2", 1)
-kept = hashlib.sha1(b"blob %d\0" % len(nxt) + nxt).hexdigest()  # the id of what the agent sends next
-forged = b"LR = 0.2\nimport os  # never measured, never checked\nprint('val_bpb: 1.100000')\n"
-path = os.path.join(git_dir, "objects", kept[:2], kept[2:])
-os.makedirs(os.path.dirname(path), exist_ok=True)
-with open(path, "wb") as out:
-    out.write(zlib.compress(b"blob %d\0" % len(forged) + forged))
-'''
-
-
-async def test_an_object_planted_for_the_next_candidate_is_replaced_when_it_is_committed(
-    ml_project: Path, agent_for
-) -> None:
-    """A run plants, at the id the agent's next content will have, an object holding other content; git (and
-    gitdb) write no object they already have, so the next candidate's commit would name the planted file. The
-    server's own write replaces it: what is kept and landed is what was measured."""
-    root = ml_project
-    original = (root / "train.py").read_text()
-    async with agent_for(root, {"isolation": "off"}) as agent:
-        await agent.ok("start_session", tag="plant")
-        await agent.experiment("baseline")
-        planting = original.replace("LR = 0.5", "LR = 0.9") + "# NEXT\n" + RUN_PLANTS_NEXT_BLOB
-        await agent.ok("apply_edit", content=planting)
-        assert (await agent.experiment("plants the next blob"))[1]["decision"] == "discard"
-        measured = original.replace("LR = 0.5", "LR = 0.2")
-        await agent.ok("apply_edit", content=measured)
-        assert (await agent.experiment("lower LR"))[1]["decision"] == "keep"
-    git(root, "checkout", "-q", "main")
-    done = run_cli("finish", "--project", str(root), "--land", "landed")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert git(root, "show", "landed:train.py") == measured
-
-
-RUN_FORGES_HEAD = r'''
-import os, subprocess
-git_dir = subprocess.run(["git", "rev-parse", "--git-common-dir"], capture_output=True, text=True).stdout.strip()
-kept = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-path = os.path.join(git_dir, "objects", kept[:2], kept[2:])
-os.chmod(path, 0o644)
-with open(path, "wb") as out:
-    out.write(b"not a git object")  # corrupt (a well-formed other content naming other parents: hash mismatch)
-'''
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unconfined run can rewrite the object of the best kept commit (or its tree): every later git "
-    "command reading it fails ('corrupt loose object', or 'hash mismatch' for one naming other parents) and commit_or_reset can no longer decide; GitWatch "
-    "snapshots configuration and history files, not the objects of the best commit, so nothing puts it back",
-)
-async def test_a_run_rewriting_the_best_commits_object_does_not_wedge_the_session(
-    ml_project: Path, agent_for
-) -> None:
-    root = ml_project
-    async with agent_for(root, {"isolation": "off"}) as agent:
-        await agent.ok("start_session", tag="wedge")
-        await agent.experiment("baseline")
-        await agent.edit("LR = 0.5", "LR = 0.4")
-        assert (await agent.experiment("LR 0.4"))[1]["decision"] == "keep"
-        await agent.edit("LR = 0.4", "LR = 0.9\n" + RUN_FORGES_HEAD)
-        run = await agent.ok("run_experiment", description="rewrites the best commit")
-        while run["status"] == "running":
-            run = await agent.ok("wait_experiment", run_id=run["run_id"])
-        result = await agent.client.call_tool("commit_or_reset", {"run_id": run["run_id"]})
-        assert not result.is_error, result.content[0].text
-        await agent.edit("LR = 0.4", "LR = 0.2")
-        assert (await agent.experiment("lower LR"))[1]["decision"] == "keep"

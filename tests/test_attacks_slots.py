@@ -1,9 +1,11 @@
-"""Attacks on parallel slots through the target's code: links planted where the server later writes or deletes,
-shared inputs swapped for forged data, deep output trees, and keeps that could lose the agent's unrun edit.
-Real repositories, real runs, the real MCP client."""
+"""Attacks on parallel slots through the target's code: links planted where the server later cleans or
+rebases, forged shared inputs, tampering found while other runs are in flight, kill -9 in the middle of a
+rebase. The user's tree is never cleaned through a link and a result is never logged twice or kept by mistake.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,18 +16,67 @@ import pytest
 from mcp_autoresearch.errors import ConfigError
 
 from .conftest import call_ok, git, make_repo
+from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
 from .test_slots import EVALUATE, TARGET, _baseline, settings
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(autouse=True)
-def slots_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "slots-home"
-    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(home))
-    return home
+def _done_rows(root: Path) -> list[dict[str, Any]]:
+    events = [json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()]
+    return [e["details"] for e in events if e["action"] == "experiment_done"]
 
 
+async def test_a_rebase_never_measures_again_content_already_measured(
+    tmp_path: Path, agent_for: Any, slots_home: Path
+) -> None:
+    """X=3 and Y=5 run at once; X=3 is kept. The agent then runs X=3,Y=5 itself (r4), and discards it. Deciding
+    the stale Y=5 must not merge it into that very content and run it again: `run_experiment` refuses content
+    already measured (unless asked to re-run it), and a rebase is no back door to a second draw of the noise."""
+    root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
+    async with agent_for(root, settings(slot_devices=[])) as agent:
+        await agent.ok("start_session", tag="tw")
+        await _baseline(agent)
+        await agent.edit("X = 0", "X = 3")
+        first = await agent.ok("run_experiment", description="X to 3")
+        await agent.edit("Y = 0", "Y = 5")
+        second = await agent.ok("run_experiment", description="Y to 5")
+        await agent.until_done(first["run_id"])
+        await agent.until_done(second["run_id"])
+        assert (await agent.ok("commit_or_reset", run_id=first["run_id"]))["decision"] == "keep"
+        await agent.ok("apply_edit", content="X = 3\n\n\n\nY = 5\n")  # what the merge of Y=5 would be
+        both = await agent.ok("run_experiment", description="X and Y")
+        assert (await agent.until_done(both["run_id"]))["value"] == 0.0
+        decided = await agent.ok("commit_or_reset", run_id=both["run_id"], discard=True)
+        assert decided["decision"] == "discard"
+        again = await agent.ok("commit_or_reset", run_id=second["run_id"])
+        assert again["decision"] == "discard", again
+        assert both["run_id"] in again["reason"], again
+    rows = _done_rows(root)
+    assert len(rows) == 4 and [r["run_id"] for r in rows].count(second["run_id"]) == 1
+
+
+async def test_a_rebase_never_runs_content_already_in_flight(
+    tmp_path: Path, agent_for: Any, slots_home: Path
+) -> None:
+    """As above, with the agent's X=3,Y=5 still running when the stale Y=5 is decided: no twin in flight."""
+    root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
+    async with agent_for(root, settings(slot_devices=[])) as agent:
+        await agent.ok("start_session", tag="tf")
+        await _baseline(agent)
+        await agent.edit("X = 0", "X = 3")
+        first = await agent.ok("run_experiment", description="X to 3")
+        await agent.edit("Y = 0", "Y = 5")
+        second = await agent.ok("run_experiment", description="Y to 5")
+        await agent.until_done(first["run_id"])
+        await agent.until_done(second["run_id"])
+        assert (await agent.ok("commit_or_reset", run_id=first["run_id"]))["decision"] == "keep"
+        await agent.ok("apply_edit", content="X = 3\n\n\n\nY = 5\n")  # what the merge of Y=5 would be
+        both = await agent.ok("run_experiment", description="X and Y")
+        again = await agent.ok("commit_or_reset", run_id=second["run_id"])  # `both` sleeps 0.3 s: in flight
+        assert again["decision"] == "discard", again
+        assert both["run_id"] in again["reason"], again
+        assert (await agent.until_done(both["run_id"]))["value"] == 0.0
 
 
 async def test_a_slot_replaced_by_a_link_to_the_user_tree_is_never_cleaned_through(
