@@ -15,6 +15,7 @@ from .errors import RuleViolation, SessionError
 from .evidence import Evidence
 from .journal import Row
 from .models import DecisionResult
+from .phases import advance, in_flight
 from .rules import Verdict, decide, improvement
 from .running import Runs
 from .sequential import best_values, resolve_keep_rule
@@ -106,7 +107,7 @@ class Decider:
             raise RuleViolation("no run waits for a decision; call run_experiment first")
         if run_id is not None and run_id != pending.run_id:
             raise RuleViolation(f"run {run_id} is not the pending run; the pending run is {pending.run_id}")
-        if pending.phase in ("starting", "running"):
+        if in_flight(pending):
             raise SessionError(
                 f"run {pending.run_id} is still running; call wait_experiment(run_id='{pending.run_id}') first"
             )
@@ -120,8 +121,7 @@ class Decider:
                 delta=verdict.delta,
                 prev=core.state.best.value if core.state.best else None,
             )
-            pending.phase = "deciding"
-            core.save()
+            advance(pending, "deciding", core.save)
         return self.finish(pending)
 
     def finish(self, pending: Pending) -> DecisionResult:

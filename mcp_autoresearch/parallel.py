@@ -33,6 +33,7 @@ from .experiment import Experiment, ExperimentResult
 from .files import atomic_write
 from .gitguard import GitWatch
 from .guard import sha256_bytes, sha256_file
+from .phases import AWAITING_DECISION, advance, in_flight
 from .processes import kill_marked_processes
 from .rules import nonblank_lines
 from .running import ActiveRun, AlreadyMeasured, RunHandle, RunProgress, Runs, candidate, unmeasured
@@ -102,7 +103,7 @@ class ParallelRuns:
             self.checkouts.check_writable(list(config.writable), self.slots)
         self.checkouts.check_home()
         self.flights: dict[str, Flight] = {}
-        self.finish_order: list[str] = [p.run_id for p in core.state.inflight if p.phase == "finished"]
+        self.finish_order: list[str] = [p.run_id for p in core.state.inflight if not in_flight(p)]
         self._changed = threading.Condition(threading.Lock())
         self.checks = SlotChecks(core, self.checkouts, runs, self.slots)
         self.backend: RayBackend | None = None
@@ -121,7 +122,7 @@ class ParallelRuns:
     def busy_slots(self) -> set[int]:
         used: set[int] = set()
         for pending in self.core.state.inflight:
-            if pending.phase in ("starting", "running"):
+            if in_flight(pending):
                 used.update(range(self.slots) if pending.is_baseline else [pending.slot or 0])
         return used
 
@@ -135,7 +136,7 @@ class ParallelRuns:
 
     def first_finished(self) -> Pending | None:
         """The run that finished first among those waiting for their decision."""
-        waiting = {p.run_id: p for p in self.core.state.inflight if p.phase in ("finished", "deciding")}
+        waiting = {p.run_id: p for p in self.core.state.inflight if p.phase in AWAITING_DECISION}
         for run_id in self.finish_order:
             if run_id in waiting:
                 return waiting[run_id]
@@ -225,7 +226,6 @@ class ParallelRuns:
                 target_sha256=content_sha,
                 started_at=datetime.now().isoformat(timespec="seconds"),
                 rerun_of=earlier.run_id if earlier is not None else None,
-                phase="running",
                 slot=None if is_baseline else slots[0],
                 parent_value=best.value if best else None,
             )
@@ -233,7 +233,7 @@ class ParallelRuns:
             try:
                 inflight.append(pending)
                 core.journal.log_experiment_start(run_id, commit, description)
-                core.save()
+                advance(pending, "running", core.save)  # after the append: the record seals the JSONL
             except BaseException:  # nothing starts: no flight is left without its thread
                 self.flights.pop(run_id, None)
                 if pending in inflight:
@@ -261,8 +261,8 @@ class ParallelRuns:
 
     def _full_message(self) -> str:
         inflight = self.core.state.inflight
-        running = [p.run_id for p in inflight if p.phase in ("starting", "running")]
-        waiting = [p.run_id for p in inflight if p.phase not in ("starting", "running")]
+        running = [p.run_id for p in inflight if in_flight(p)]
+        waiting = [p.run_id for p in inflight if not in_flight(p)]
         parts = []
         if running:
             parts.append("running: " + ", ".join(running))
@@ -323,10 +323,9 @@ class ParallelRuns:
     def restart(self, pending: Pending, slot: int) -> None:
         """Run an in-flight entry again in `slot` (its change merged onto a newer best). Caller holds the lock."""
         pending.slot = slot
-        pending.phase = "running"
         pending.result = None
         self._launch(pending, [slot])
-        self.core.save()
+        advance(pending, "running", self.core.save)
         self._start_thread(pending)
 
     def free_slot(self) -> int | None:
@@ -366,8 +365,7 @@ class ParallelRuns:
                 mark_disk_full(outcome, full)
                 if self.entry(pending.run_id) is pending:
                     pending.result = outcome
-                    pending.phase = "finished"
-                    core.save()
+                    advance(pending, "finished", core.save)
                     self.finish_order.append(pending.run_id)
         finally:
             with core.lock:
@@ -453,7 +451,7 @@ class ParallelRuns:
         core = self.core
         notes = []
         for pending in core.state.inflight:
-            if pending.phase not in ("starting", "running"):
+            if not in_flight(pending):
                 continue
             killed = 0
             slots = range(self.slots) if pending.is_baseline else [pending.slot or 0]
@@ -466,11 +464,9 @@ class ParallelRuns:
             if killed:
                 error += f" ({killed} leftover processes killed)"
             pending.result = unmeasured("interrupted", error, tampered)
-            pending.phase = "finished"
+            advance(pending, "finished", core.save)
             self.finish_order.append(pending.run_id)
             notes.append(pending.run_id)
-        if notes:
-            core.save()
         return notes
 
 
@@ -478,8 +474,8 @@ def slots_line(parallel: ParallelRuns) -> str:
     """One line on the slots for the briefing and start_session."""
     inflight = parallel.core.state.inflight
     where = "Ray" if parallel.core.config.backend == "ray" else "local"
-    running = [p for p in inflight if p.phase in ("starting", "running")]
-    waiting = [p for p in inflight if p.phase not in ("starting", "running")]
+    running = [p for p in inflight if in_flight(p)]
+    waiting = [p for p in inflight if not in_flight(p)]
     parts = [f"{parallel.slots} slots ({where}), {len(parallel.busy_slots())} busy"]
     if running:
         parts.append(

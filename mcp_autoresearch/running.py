@@ -26,6 +26,7 @@ from .files import copy_regular, read_regular
 from .gitguard import GitWatch
 from .guard import changed_fingerprints, new_files, sha256_bytes, sha256_file
 from .journal import Row, one_line
+from .phases import advance
 from .rules import nonblank_lines
 from .sequential import Measurement, Sequential, best_values, closed_noise, confirm_keep, measure_baseline
 from .state import Pending, RunOutcome, TestRecord, server_dir
@@ -178,10 +179,9 @@ class Runs:
             else:  # filters or end-of-line conversion apply: let git make the blob
                 commit = core.repo.commit_with_git(core.state.branch, core.target_repo_path, message)
             pending.commit = commit
-            pending.phase = "running"
             pending.git_config, pending.refs_digest = self.git_watch.before_run()
             core.journal.log_experiment_start(run_id, commit, description)
-            core.save()  # after the append: the record seals the JSONL with it
+            advance(pending, "running", core.save)  # after the append: the record seals the JSONL with it
             _drop_stale_bytecode(self.editor.target_path())
             core.own.journal_written()
             log_dir = server_dir(core.root, "runs", core.state.tag)  # a planted symlink is replaced
@@ -226,8 +226,7 @@ class Runs:
                     )
                 mark_disk_full(outcome, full)
                 pending.result = outcome
-                pending.phase = "finished"
-                core.save()
+                advance(pending, "finished", core.save)
         finally:
             with core.lock:
                 self.active = None

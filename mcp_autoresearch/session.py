@@ -29,6 +29,7 @@ from .journal import RESULTS_TSV, Journal
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .ownfiles import OwnFiles, archive_results, exclude_patterns, restore_jsonl, start_mirror
 from .parallel import AnyRunHandle, ParallelRuns
+from .phases import advance, in_flight
 from .processes import kill_marked_processes
 from .project import Project
 from .repo import Repo
@@ -36,12 +37,15 @@ from .running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, RunHandle, Run
 from .slot_decisions import SlotDecider
 from .state import (
     OwnRecord,
+    PublicCopy,
     SessionState,
     load_record,
     load_state,
+    one_call,
     save_state,
     server_dir,
     set_current_tag,
+    write_public,
 )
 from .views import Views
 
@@ -124,6 +128,7 @@ class Session:
         self.target_repo_path = repo.repo_path(self.target_rel)
         self.plain_target = repo.is_plain_file(self.target_repo_path)
         self.lock = threading.RLock()
+        self.public_copy = PublicCopy()
         self.resumed = False
         self.recovered: list[str] = []
         self.isolation = probe_isolation(self.config.isolation, self.config.network)
@@ -327,8 +332,7 @@ class Session:
             if killed:
                 error += f" ({killed} leftover processes killed)"
             pending.result = unmeasured("interrupted", error, tampered)
-            pending.phase = "finished"
-            self.save()
+            advance(pending, "finished", self.save)
             self.decider.decide_locked(pending.run_id, discard=True)
             self.recovered.append(
                 f"run {pending.run_id} was in flight when the server stopped: logged as interrupted. It never "
@@ -372,7 +376,7 @@ class Session:
         pending = self.state.pending
         if pending is None:  # with slots, runs in flight never block an edit: the target is not theirs
             return
-        if pending.phase in ("running", "starting"):
+        if in_flight(pending):
             raise SessionError(
                 f"run {pending.run_id} is in flight; call wait_experiment(run_id='{pending.run_id}') until it "
                 "finishes, then commit_or_reset"
@@ -397,8 +401,24 @@ class Session:
             )
 
     def save(self) -> None:
-        save_state(self.root, self.state, self.journal.seal())
+        copy = self.public_copy
+        behind = copy.written if copy.deferred() else ""
+        copy.written = save_state(self.root, self.state, self.journal.seal(), behind)
+        copy.owed = bool(behind)
         self.own.state_written()
+
+    def write_public(self) -> None:
+        """The public copy a step's saves left behind (a failure is logged: the server's record holds it)."""
+        with self.lock:
+            if not self.public_copy.owed:
+                return
+            try:
+                self.public_copy.written = write_public(self.root, self.state)
+            except (OSError, SessionError) as exc:
+                log.warning("could not write the public copy of the state: %s", exc)
+                return
+            self.public_copy.owed = False
+            self.own.state_written()
 
     # ======================================================================================================
     # the steps, each done by the part that owns it
@@ -406,6 +426,7 @@ class Session:
     def read_target(self, start_line: int | None, end_line: int | None) -> TargetView:
         return self.editor.read_target(start_line, end_line)
 
+    @one_call
     def apply_edit(
         self,
         edits: list[dict[str, str]] | None,
@@ -415,10 +436,16 @@ class Session:
     ) -> EditResult:
         return self.editor.apply_edit(edits, content, path, expected_sha256)
 
+    @one_call
     def start_run(self, description: str, rerun: bool = False) -> str | AlreadyMeasured:
         if self.parallel is not None:
             return self.parallel.start_run(description, rerun)
         return self.runs.start_run(description, rerun)
+
+    def start_wait(self, wait_s: float | None) -> float | None:
+        """How long run_experiment waits for the run it started: with slots not at all (the agent prepares the
+        next idea while this one runs), else as the agent asked."""
+        return 0.0 if self.parallel is not None else wait_s
 
     def run_handle(self, run_id: str | None) -> RunHandle | AnyRunHandle | None:
         """The run in flight, to wait for (None when that run, or any, is not in flight). With slots and no
@@ -436,9 +463,11 @@ class Session:
             if handle is not None:
                 handle.cancel(reason)
 
+    @one_call
     def view(self, run_id: str | None, already_measured: bool = False) -> RunResult:
         return self.views.view(run_id, already_measured)
 
+    @one_call
     def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
         try:
             return self._commit_or_reset(run_id, discard)
@@ -455,6 +484,7 @@ class Session:
             return self.slot_decider.commit_or_reset(run_id, discard)
         return self.decider.commit_or_reset(run_id, discard)
 
+    @one_call
     def log_notes(self, run_id: str, notes: str) -> NotesResult:
         return self.views.log_notes(run_id, notes)
 

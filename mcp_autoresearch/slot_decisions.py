@@ -18,6 +18,7 @@ from .files import atomic_write, read_regular
 from .guard import sha256_bytes
 from .models import DecisionResult
 from .parallel import ParallelRuns
+from .phases import advance, in_flight
 from .rules import decide, nonblank_lines
 from .state import DecisionRecord, Pending, RunOutcome, server_dir
 
@@ -58,7 +59,7 @@ class SlotDecider:
                     f"run {run_id} is neither in flight nor logged in session '{core.state.tag}'"
                 )
             pending = found
-        if pending.phase in ("starting", "running"):
+        if in_flight(pending):
             raise SessionError(
                 f"run {pending.run_id} is still running; call wait_experiment(run_id='{pending.run_id}') first"
             )
@@ -85,8 +86,7 @@ class SlotDecider:
                 delta=verdict.delta,
                 prev=best.value if best else None,
             )
-            pending.phase = "deciding"
-            core.save()
+            advance(pending, "deciding", core.save)
         return self.finish(pending)
 
     def recover(self) -> list[str]:

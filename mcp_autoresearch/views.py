@@ -12,6 +12,7 @@ from .errors import RuleViolation, SessionError
 from .journal import Row
 from .models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult, StartResult
 from .parallel import ParallelRuns, slots_line
+from .phases import in_flight
 from .running import Runs
 from .sequential import best_values, keep_rule_summary, session_noise
 from .standing import standing
@@ -98,7 +99,7 @@ class Views:
         core = self.core
         best = core.state.best.value if core.state.best else None
         metric = core.state.metric_name
-        if pending.phase in ("starting", "running") or pending.result is None:
+        if in_flight(pending) or pending.result is None:
             handle = (self.parallel or self.runs).handle(pending.run_id)
             progress = handle.progress() if handle is not None else None
             next_step = f"still running: call wait_experiment(run_id='{pending.run_id}')"

@@ -143,3 +143,33 @@ def test_a_ref_lock_left_by_a_server_killed_just_before_the_restart_is_taken_ove
     assert done.returncode == 0, done.stderr
     assert (root / ".git" / "refs" / "autoresearch" / "t" / "r1").read_text().strip() == head
     assert not lock.exists()
+
+
+def test_a_steps_saves_write_the_public_copy_once_at_its_end(ml_project: Path) -> None:
+    """Within a step every save writes the server's record (what a restart trusts); the public copy is written
+    once, when the step ends. A server stopped within a step leaves it behind: no 'written outside' note."""
+    from mcp_autoresearch.state import SessionState, load_record
+
+    workspace = Workspace(ml_project)
+    workspace.start_session("pub")
+    session = workspace.session
+    path = state_path(ml_project, "pub")
+    try:
+        run_id = session.start_run("baseline")
+        handle = session.run_handle(run_id)
+        assert handle is not None and handle.wait(60)
+        session.commit_or_reset(run_id)
+        assert SessionState.model_validate_json(path.read_text()) == session.state  # each step ends written
+        before = path.read_bytes()
+        with session.public_copy.one_call(session.write_public):
+            session.state.run_counter += 5
+            session.save()
+            assert path.read_bytes() == before  # left for the end of the step
+            record, notes = load_record(ml_project, "pub")
+            assert record is not None and record.state.run_counter == session.state.run_counter
+            assert notes == []  # behind, as the server said: not an outside write
+        assert SessionState.model_validate_json(path.read_text()).run_counter == session.state.run_counter
+        path.write_bytes(before.replace(b'"run_counter"', b'"run_counter" ', 1))  # an outside write
+        assert load_record(ml_project, "pub")[1] != []
+    finally:
+        workspace.shutdown()
