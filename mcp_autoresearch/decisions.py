@@ -54,22 +54,9 @@ class Decider:
 
     def verdict(self, pending: Pending, discard: bool) -> Verdict:
         """What the rule says about a finished run, from the server's own measurement."""
-        core = self.core
         result = pending.result or RunOutcome()
-        best = core.state.best
-        verdict = decide(
-            run_status=result.status,
-            value=result.value,
-            best=best.value if best else None,
-            direction=core.state.metric_direction,
-            min_delta=core.config.min_delta,
-            is_baseline=pending.is_baseline,
-            lines=pending.nonblank_lines,
-            best_lines=best.nonblank_lines if best else None,
-            discard_requested=discard,
-            error=result.error,
-            test=result.test.step() if result.test is not None else None,
-        )
+        best = self.core.state.best
+        verdict = judge(self.core, pending, best.value if best else None, best.nonblank_lines if best else None, discard)
         if result.regression and verdict.decision == "keep":  # the greedy rule: reported, the keep stands
             verdict = replace(verdict, reason=f"{verdict.reason}; {result.regression} (a regression, reported)")
         if result.best_regression:  # the best kept earlier is slower now: reported, for the person to look at
@@ -285,6 +272,27 @@ class Decider:
         noise = noise_of(values)
         self.core.state.noise_ss += noise.ss
         self.core.state.noise_df += noise.df
+
+
+def judge(
+    core: SessionCore, pending: Pending, best: float | None, best_lines: int | None, discard: bool = False
+) -> Verdict:
+    """The keep rule (`rules.decide`) on a finished run, from the server's own measurement, against a best of
+    value `best` and `best_lines` non-blank lines (None: no best yet, or its size does not count)."""
+    result = pending.result or RunOutcome()
+    return decide(
+        run_status=result.status,
+        value=result.value,
+        best=best,
+        direction=core.state.metric_direction,
+        min_delta=core.config.min_delta,
+        is_baseline=pending.is_baseline,
+        lines=pending.nonblank_lines,
+        best_lines=best_lines,
+        discard_requested=discard,
+        error=result.error,
+        test=result.test.step() if result.test is not None else None,
+    )
 
 
 def decided_next_step(

@@ -26,14 +26,15 @@ from .experiment import RUN_LOG
 from .guard import changed_fingerprints, fingerprint_files, new_files
 from .isolation import probe_isolation
 from .journal import RESULTS_TSV, Journal
+from .lifecycle import RunHandle, unmeasured
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .ownfiles import OwnFiles, archive_results, exclude_patterns, restore_jsonl, start_mirror
-from .parallel import AnyRunHandle, ParallelRuns
+from .parallel import ParallelRuns
 from .phases import advance, in_flight
 from .processes import kill_marked_processes
 from .project import Project
 from .repo import Repo
-from .running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, RunHandle, Runs, clamp_wait, unmeasured
+from .running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, Runs, clamp_wait
 from .slot_decisions import SlotDecider
 from .state import (
     OwnRecord,
@@ -447,7 +448,7 @@ class Session:
         next idea while this one runs), else as the agent asked."""
         return 0.0 if self.parallel is not None else wait_s
 
-    def run_handle(self, run_id: str | None) -> RunHandle | AnyRunHandle | None:
+    def run_handle(self, run_id: str | None) -> RunHandle | None:
         """The run in flight, to wait for (None when that run, or any, is not in flight). With slots and no
         run_id: a handle on whichever run finishes first (None when one already waits for its decision)."""
         run_id = normal_run_id(run_id) if run_id is not None else None

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from .checkouts import merge_target
 from .context import SessionCore, normal_run_id
-from .decisions import Decider, decided_next_step
+from .decisions import Decider, decided_next_step, judge
 from .errors import RuleViolation, SessionError
 from .files import atomic_write, read_regular
 from .guard import sha256_bytes
 from .models import DecisionResult
 from .parallel import ParallelRuns
 from .phases import advance, in_flight
-from .rules import decide, nonblank_lines
+from .rules import nonblank_lines
 from .state import DecisionRecord, Pending, RunOutcome, server_dir
 
 MAX_REBASES = 2  # a candidate merged onto a newer best this many times and still stale is discarded
@@ -124,19 +124,7 @@ class SlotDecider:
         best = core.state.best
         assert best is not None
         result = pending.result or RunOutcome()
-        own = decide(
-            run_status=result.status,
-            value=result.value,
-            best=pending.parent_value,
-            direction=core.state.metric_direction,
-            min_delta=core.config.min_delta,
-            is_baseline=False,
-            lines=pending.nonblank_lines,
-            best_lines=None,
-            discard_requested=False,
-            error=result.error,
-            test=result.test.step() if result.test is not None else None,
-        )
+        own = judge(core, pending, pending.parent_value, None)  # against the best it was built on
         if own.decision != "keep":
             pending.decision = DecisionRecord(
                 decision=own.decision, reason=f"{own.reason} (against the best it was built on)"
