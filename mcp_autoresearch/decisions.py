@@ -15,7 +15,7 @@ from .errors import RuleViolation, SessionError
 from .evidence import Evidence
 from .journal import Row
 from .models import DecisionResult
-from .phases import advance, in_flight
+from .phases import advance, in_flight, unsaved
 from .rules import Verdict, decide, improvement
 from .running import Runs
 from .sequential import best_values, resolve_keep_rule
@@ -108,7 +108,10 @@ class Decider:
                 delta=verdict.delta,
                 prev=core.state.best.value if core.state.best else None,
             )
-            advance(pending, "deciding", core.save)
+            # Written ahead only when applying it moves the branch (a discard): a restart must then finish it. A
+            # keep only syncs the index: decided again from `finished`, it comes out the same.
+            moves = verdict.decision != "keep" and pending.commit not in (None, pending.parent)
+            advance(pending, "deciding", core.save if moves else unsaved)
         return self.finish(pending)
 
     def finish(self, pending: Pending) -> DecisionResult:

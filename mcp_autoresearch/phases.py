@@ -45,6 +45,11 @@ def advance(run: HasPhase, phase: Phase, save: Callable[[], None]) -> None:
     save()
 
 
+def unsaved() -> None:
+    """The `save` of a move whose record a crash may lose: the caller's next save records it, and until then a
+    restart finds the run as it was before the move and does the same again (say why, where it is used)."""
+
+
 def in_flight(run: HasPhase) -> bool:
     """Its process (or job) may still run: it is neither measured nor decided."""
     return run.phase in IN_FLIGHT

@@ -18,7 +18,7 @@ from .files import atomic_write, read_regular
 from .guard import sha256_bytes
 from .models import DecisionResult
 from .parallel import ParallelRuns
-from .phases import advance, in_flight
+from .phases import advance, in_flight, unsaved
 from .rules import nonblank_lines
 from .state import DecisionRecord, Pending, RunOutcome, server_dir
 
@@ -86,7 +86,10 @@ class SlotDecider:
                 delta=verdict.delta,
                 prev=best.value if best else None,
             )
-            advance(pending, "deciding", core.save)
+            # Written ahead only when applying it moves the branch (a keep): a restart must then finish it. A discard
+            # changes nothing in git: decided again from `finished` after a restart, nothing was half applied.
+            moves = verdict_decision == "keep" and pending.commit not in (None, pending.parent)
+            advance(pending, "deciding", core.save if moves else unsaved)
         return self.finish(pending)
 
     def recover(self) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from mcp_autoresearch.state import DecisionRecord, RunOutcome, load_state, state_path
 from mcp_autoresearch.workspace import Workspace
 
@@ -173,3 +175,45 @@ def test_a_steps_saves_write_the_public_copy_once_at_its_end(ml_project: Path) -
         assert load_record(ml_project, "pub")[1] != []
     finally:
         workspace.shutdown()
+
+
+def test_a_keep_cut_short_before_its_log_is_decided_the_same_after_a_restart(
+    ml_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keep changes nothing in git that a second decision cannot redo, so it is not written ahead: the state
+    on disk stays `finished` until the decision is logged, and a server that stopped in between decides the
+    run again, the same, logged once."""
+    workspace = Workspace(ml_project)
+    workspace.start_session("keep")
+    session = workspace.session
+    for description in ("baseline", "LR to 0.3"):
+        if description != "baseline":
+            session.apply_edit([{"old_text": "LR = 0.5", "new_text": "LR = 0.3"}], None, None, None)
+        run_id = session.start_run(description)
+        handle = session.run_handle(run_id)
+        assert handle is not None and handle.wait(60)
+        if description == "baseline":
+            session.commit_or_reset(run_id)
+    candidate = session.state.pending.commit if session.state.pending else None
+
+    def stopped(*args: object) -> None:
+        raise KeyboardInterrupt("the server stopped here")
+
+    monkeypatch.setattr(session.journal, "log_experiment_done", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        session.commit_or_reset(run_id)
+    on_disk = load_state(ml_project, "keep")
+    assert on_disk is not None and on_disk.pending is not None and on_disk.pending.phase == "finished"
+    monkeypatch.undo()
+    workspace.shutdown()
+
+    resumed = Workspace(ml_project)
+    try:
+        resumed.start_session()
+        decision = resumed.session.commit_or_reset(run_id)
+        assert decision.decision == "keep" and decision.commit == candidate
+        assert resumed.session.repo.head_commit() == candidate
+        rows = (ml_project / "results.tsv").read_text().splitlines()[1:]
+        assert [row.split("\t")[3] for row in rows] == ["keep", "keep"]
+    finally:
+        resumed.shutdown()
