@@ -134,7 +134,7 @@ class Decider:
                     core.state.branch, pending.parent, f"autoresearch: discard {pending.run_id}"
                 )
         judged = self.log_decision(pending)
-        core.state.pending = None
+        core.state.drop(pending.run_id)
         core.save()
         core.own.journal_written()
         next_step = decided_next_step(

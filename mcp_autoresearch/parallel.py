@@ -203,6 +203,7 @@ class ParallelRuns:
                 target_sha256=content_sha,
                 started_at=datetime.now().isoformat(timespec="seconds"),
                 rerun_of=earlier.run_id if earlier is not None else None,
+                placement="slots",
                 slot=None if is_baseline else slots[0],
                 parent_value=best.value if best else None,
             )

@@ -99,7 +99,7 @@ class Runs:
                 started_at=datetime.now().isoformat(timespec="seconds"),
                 rerun_of=earlier.run_id if earlier is not None else None,
             )
-            core.state.pending = pending
+            core.state.inflight.append(pending)
             core.save()
             message = f"experiment: {description}"
             if is_baseline:

@@ -321,7 +321,7 @@ class Session:
                     self.state.branch, pending.parent, f"autoresearch: undo {pending.run_id}"
                 )
                 self.repo.unstage([self.target_repo_path])
-            self.state.pending = None
+            self.state.drop(pending.run_id)
             self.save()
             self.recovered.append(f"run {pending.run_id} never started; its edit is back in the working tree")
         elif pending.phase == "running":

@@ -237,7 +237,7 @@ class SlotDecider:
         if verdict == "keep" and commit != pending.parent:
             merged_note = self._advance(pending, commit)
         judged = self.decider.log_decision(pending)
-        core.state.inflight = [p for p in core.state.inflight if p.run_id != pending.run_id]
+        core.state.drop(pending.run_id)
         core.save()
         core.own.journal_written()
         if pending.run_id in self.parallel.finish_order:

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, model_validator
 
 from .errors import SessionError
 from .files import atomic_write, own_dir, read_regular
@@ -109,6 +109,7 @@ class Pending(BaseModel):
     refs_digest: str = ""  # every ref but the session's own, as the run found them
     rerun_of: str | None = None  # run_experiment(rerun=true) on content measured before, by that run
     measuring_best: bool = False  # the best's content is in the work tree for a re-measurement
+    placement: Literal["tree", "slots"] = "tree"  # where it runs: the user's work tree, or slots (Ray's too)
     slot: int | None = None  # with slots: the slot it runs (ran) in
     parent_value: float | None = None  # with slots: the best's value when the candidate was built on it
     rebases: int = 0  # with slots: times its change was merged onto a newer best and run again
@@ -132,11 +133,36 @@ class SessionState(BaseModel):
     baseline_values: list[float] = []  # every run of the baseline, frozen when something else is kept
     # tracked files flagged skip-worktree/assume-unchanged when the session started
     hidden_paths: list[str] = []
-    pending: Pending | None = None
-    inflight: list[Pending] = []  # with slots: every run between its start and its logged decision, by start
+    # Every run between its start and its logged decision, by start: at most one in the user's tree (without
+    # slots), or those of the slots.
+    inflight: list[Pending] = []
     keep_rule: str | None = None  # greedy | sequential, fixed once the baseline measured the noise
     noise_ss: float = 0.0  # the noise of groups of runs that can no longer grow (sum of squares about their means)
     noise_df: int = 0  # ... and its degrees of freedom; the best's own runs are added when needed
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_list(cls, data: Any) -> Any:
+        """Before one list, the run in the user's tree was kept apart (`pending`) and slot runs did not say
+        where they ran: a state written then reads into the one list."""
+        if not isinstance(data, dict) or "pending" not in data:
+            return data
+        data = dict(data)
+        tree = data.pop("pending")
+        runs = [{"placement": "slots", **p} if isinstance(p, dict) else p for p in data.get("inflight") or []]
+        if tree is not None:
+            runs.insert(0, {**tree, "placement": "tree"} if isinstance(tree, dict) else tree)
+        data["inflight"] = runs
+        return data
+
+    @property
+    def pending(self) -> Pending | None:
+        """The run in the user's work tree (without slots), between its start and its logged decision."""
+        return next((p for p in self.inflight if p.placement == "tree"), None)
+
+    def drop(self, run_id: str) -> None:
+        """The run's decision is logged (or it never started): it is no longer in the list."""
+        self.inflight = [p for p in self.inflight if p.run_id != run_id]
 
 
 def state_dir(root: Path) -> Path:

@@ -253,7 +253,7 @@ class Views:
                 raise RuleViolation(f"notes are {len(notes)} characters; shorten them ({NOTES_LIMITS})")
             row = core.journal.get(run_id)
             if row is None:
-                waiting = [p.run_id for p in [core.state.pending, *core.state.inflight] if p is not None]
+                waiting = [p.run_id for p in core.state.inflight]
                 hint = f"; run {run_id} is not decided yet: call commit_or_reset first" if run_id in waiting else ""
                 raise RuleViolation(f"no logged experiment {run_id!r} in session '{core.state.tag}'{hint}")
             _check_room(run_id, row.notes, notes)

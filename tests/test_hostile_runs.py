@@ -316,7 +316,7 @@ import json, os, signal, time
 time.sleep(1)
 path = '.autoresearch/sessions/evil.json'
 state = json.load(open(path))
-state['pending'].update(phase='finished', result={'status': 'ok', 'value': -1000.0})
+state['inflight'][0].update(phase='finished', result={'status': 'ok', 'value': -1000.0})
 state['best']['value'] = -1000.0
 json.dump(state, open(path, 'w'))
 with open('.autoresearch/autoresearch.jsonl', 'a') as log:

@@ -78,10 +78,10 @@ def test_a_run_left_finished_by_version_0_1_is_decided_after_an_upgrade(ml_proje
 
     path = state_path(ml_project, "old")
     raw = json.loads(path.read_text())
-    measured = raw["pending"]["result"]
-    assert raw["pending"]["phase"] == "finished" and measured["status"] == "ok"
+    measured = raw["inflight"][0]["result"]
+    assert raw["inflight"][0]["phase"] == "finished" and measured["status"] == "ok"
     # What 0.1 wrote: the same keys, as a plain object (fields it did not have are absent).
-    raw["pending"]["result"] = {k: measured[k] for k in STATE_0_1["pending"]["result"]}
+    raw["inflight"][0]["result"] = {k: measured[k] for k in STATE_0_1["pending"]["result"]}
     path.write_text(json.dumps(raw))
 
     resumed = Workspace(ml_project)
@@ -217,3 +217,24 @@ def test_a_keep_cut_short_before_its_log_is_decided_the_same_after_a_restart(
         assert [row.split("\t")[3] for row in rows] == ["keep", "keep"]
     finally:
         resumed.shutdown()
+
+
+def test_the_runs_in_flight_are_one_list_and_states_of_before_read_into_it() -> None:
+    """The run in the user's tree and the slots' runs are one list, each saying where it runs; a state written
+    when the run in the user's tree was kept apart (`pending`) reads into that list."""
+    from mcp_autoresearch.state import SessionState
+
+    single = SessionState.model_validate(STATE_0_1)
+    assert [(p.run_id, p.placement) for p in single.inflight] == [("r1", "tree")]
+    assert single.pending is single.inflight[0]
+    assert "pending" not in single.model_dump()  # written as one list from now on
+    run = {k: v for k, v in STATE_0_1["pending"].items() if k not in ("result", "decision")}
+    slots = SessionState.model_validate(
+        {**STATE_0_1, "pending": None, "inflight": [{**run, "run_id": "r2", "slot": 0}, {**run, "run_id": "r3"}]}
+    )
+    assert [(p.run_id, p.placement) for p in slots.inflight] == [("r2", "slots"), ("r3", "slots")]
+    assert slots.pending is None
+    again = SessionState.model_validate_json(slots.model_dump_json())
+    assert again == slots and again.pending is None
+    again.drop("r2")
+    assert [p.run_id for p in again.inflight] == ["r3"]
