@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import DEFAULTS
-from .journal import RESULTS_TSV, Journal, Row, one_line
+from .journal import Journal, Row, one_line
+from .names import RESULTS_TSV
+from .provenance import metric_provenance
 from .standing import standing
 from .state import SessionState, load_state
 from .statuses import DECISIONS, UNFINISHED
@@ -49,6 +51,7 @@ def briefing_from(
         + (f"; each experiment runs `{run_command}`." if run_command else ".")
     )
     lines.append(f"Branch `{state.branch}`, started from {state.base_commit[:7]}.")
+    lines.append(f"Metric source: {metric_provenance(state.rules).line()}.")
     if keep_rule:
         lines.append(keep_rule[0].upper() + keep_rule[1:] + ".")
     best, now = state.best, standing(state)

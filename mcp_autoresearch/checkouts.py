@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .errors import ConfigError, SessionError
 from .files import atomic_write
+from .names import SLOT_INDEXES
 from .repo import Repo
 from .state import server_dir
 
@@ -124,7 +125,7 @@ class Checkouts:
         return self.top(slot) / self.prefix if self.prefix else self.top(slot)
 
     def _index(self, slot: int) -> Path:
-        return server_dir(self.root, "slots", self.tag) / f"{slot}.index"
+        return server_dir(self.root, SLOT_INDEXES, self.tag) / f"{slot}.index"
 
     def index_exists(self, slot: int) -> bool:
         return self._index(slot).exists()

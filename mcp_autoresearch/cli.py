@@ -36,6 +36,9 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--run-command", metavar="CMD", help="shell command that runs one experiment")
     group.add_argument("--metric", metavar="NAME", help="name of the metric that decides")
     group.add_argument(
+        "--eval-command", metavar="CMD", help="command that measures each run, after it, in its own process tree"
+    )
+    group.add_argument(
         "--direction",
         metavar="lower|higher",
         help="lower or higher (also lower_is_better / higher_is_better)",
@@ -44,6 +47,11 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--readonly", metavar="FILE", action="append", help="a read-only file (repeatable)")
     group.add_argument(
         "--network", choices=["on", "off"], help="whether runs may use the network (default: per project type)"
+    )
+    group.add_argument(
+        "--integrity",
+        choices=["any", "required"],
+        help="required: refuse to start a session whose metric the run itself reports (default: any)",
     )
     group.add_argument("--config", metavar="FILE", help="a TOML file to use instead of autoresearch.toml")
 
@@ -129,11 +137,13 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "target_file": args.target,
         "run_command": args.run_command,
+        "eval_command": args.eval_command,
         "metric_name": args.metric,
         "metric_direction": args.direction,
         "time_budget": args.time_budget,
         "readonly_files": args.readonly,
         "network": args.network,
+        "integrity": args.integrity,
     }
 
 
@@ -213,9 +223,20 @@ def cmd_detect(args: argparse.Namespace) -> int:
     direction = "lower is better" if info.metric_direction == "lower_is_better" else "higher is better"
     print(f"metric:       {info.metric_name or '-'} ({direction})")
     print(f"  measured:   {info.metric_source}")
+    print(f"  source:     {info.provenance.source}: {info.provenance.reason}")
+    if info.provenance.fix:
+        print(f"  fix:        {info.provenance.fix}")
+    if info.integrity != "any":
+        print(f"  integrity:  {info.integrity}")
     print(f"time budget:  {info.time_budget:g} s (hard timeout {info.timeout:g} s)")
     print(f"read-only:    {', '.join(info.readonly_files) or '-'}")
     print(f"checks:       {info.checks_command or '-'}")
+    if info.eval_command:
+        print(f"evaluation:   {info.eval_command} (after each run, read-only; only its output gives the metric)")
+        if info.hidden:
+            print(f"hidden:       {', '.join(info.hidden)} (only the evaluation may read these)")
+        if info.holdout:
+            print("holdout:      set (run after every keep; its values are never shown)")
     print(f"repeats:      {info.repeats} (runs per experiment; the median decides)")
     print(f"min_delta:    {info.min_delta:g}")
     print(f"writable:     {', '.join(info.writable) or '-'} (a run may write only these, and a private TMPDIR)")

@@ -30,7 +30,7 @@ import signal
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING or __package__:
     from . import namespaces, output_dirs
@@ -203,7 +203,7 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def keep(spec: dict, argv: list[str], env: dict[str, str] | None = None) -> None:
+def keep(spec: KeeperSpec, argv: list[str], env: dict[str, str] | None = None) -> None:
     """Run `argv` confined as `spec` says (in `env`, else this process's environment), and never return."""
     libc = _libc()
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 or libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0,
@@ -309,7 +309,7 @@ def _sigtimedwait(timeout: float) -> int | None:
     return info.si_signo if info is not None else None
 
 
-def _output_dirs(spec: dict) -> list[str]:
+def _output_dirs(spec: KeeperSpec) -> list[str]:
     """The writable directories inside the working directory (the project's outputs, such as dist): a run may
     remove and recreate them (`output_dirs.py`)."""
     cwd = os.getcwd().rstrip("/") + "/"
@@ -331,7 +331,7 @@ def _hand_over_listener(libc: ctypes.CDLL, channel: tuple[socket.socket, socket.
     channel[1].close()
 
 
-def _enter_view(libc: ctypes.CDLL, spec: dict, network: bool, ruleset: int | None, abi: int) -> None:
+def _enter_view(libc: ctypes.CDLL, spec: KeeperSpec, network: bool, ruleset: int | None, abi: int) -> None:
     """In the command's process (PID 1 of the keeper's namespaces): build the private view, let Landlock allow
     writes in its fresh scratch directories, and seal it (no capabilities, no user namespaces)."""
     try:
@@ -347,11 +347,25 @@ def _enter_view(libc: ctypes.CDLL, spec: dict, network: bool, ruleset: int | Non
 _PATH_FLAGS = {"-w": "write", "-r": "read", "-x": "hide"}
 
 
-def parse_args(args: list[str]) -> tuple[dict, list[str]]:
+class KeeperSpec(TypedDict, total=False):
+    """What a keeper is told: `command_line` writes it as arguments, `parse_args` reads it back."""
+
+    write: list[str]  # the paths the run may write beneath (Landlock; mounted writable in the view)
+    read: list[str]  # paths the view keeps showing where a hidden directory covers them
+    hide: list[str]  # paths the view hides
+    landlock: bool  # apply Landlock
+    scope_signal: bool  # Landlock's signal scope (the run cannot signal outside its domain)
+    view: bool  # build the private view (namespaces)
+    network: bool  # with the view: keep the network (else a loopback of its own)
+    parent: int  # the process the keeper must be a child of (it refuses to run otherwise)
+    grace: float  # seconds between SIGTERM and SIGKILL when the run ends
+
+
+def parse_args(args: list[str]) -> tuple[KeeperSpec, list[str]]:
     """`[--landlock] [--no-scope] [--view] [--no-network] [--parent PID] [--grace S] [-w PATH]... [-r PATH]...
     [-x PATH]... -- COMMAND...` (-x: hidden in the view; no argparse or json: every import here is paid on every
     run)."""
-    spec: dict = {"write": [], "landlock": False, "scope_signal": True}
+    spec: KeeperSpec = {"write": [], "landlock": False, "scope_signal": True}
     index = 0
     while index < len(args):
         arg = args[index]
@@ -369,7 +383,7 @@ def parse_args(args: list[str]) -> tuple[dict, list[str]]:
             index += 1
             value = args[index]
             if arg in _PATH_FLAGS:
-                spec.setdefault(_PATH_FLAGS[arg], []).append(value)
+                spec.setdefault(_PATH_FLAGS[arg], []).append(value)  # type: ignore[misc]
             elif arg == "--parent":
                 spec["parent"] = int(value)
             else:
@@ -380,7 +394,7 @@ def parse_args(args: list[str]) -> tuple[dict, list[str]]:
     raise ValueError("no command after --")
 
 
-def command_line(python: str, spec: dict, argv: list[str]) -> list[str]:
+def command_line(python: str, spec: KeeperSpec, argv: list[str]) -> list[str]:
     """The argv that runs `argv` under a keeper with `spec` (the inverse of `parse_args`)."""
     line = [python, "-I", "-S", __file__]
     if spec.get("landlock"):
@@ -395,9 +409,9 @@ def command_line(python: str, spec: dict, argv: list[str]) -> list[str]:
         line += ["--parent", str(spec["parent"])]
     if "grace" in spec:
         line += ["--grace", repr(float(spec["grace"]))]
-    for flag, key in _PATH_FLAGS.items():
-        for path in spec.get(key, []):
-            line += [flag, path]
+    for flag, path in [*(("-w", p) for p in spec.get("write", [])), *(("-r", p) for p in spec.get("read", [])),
+                       *(("-x", p) for p in spec.get("hide", []))]:
+        line += [flag, path]
     return [*line, "--", *argv]
 
 

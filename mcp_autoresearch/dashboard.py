@@ -9,6 +9,7 @@ import os
 import select
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -18,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .journal import Row
+from .provenance import metric_provenance
 from .report import SessionFiles, results_table
 from .standing import standing
 from .state import load_state, state_dir
@@ -78,6 +80,12 @@ def trend(rows: list[Row], direction: str, width: int, best_before: float | None
     return Text.assemble(text, "\n", best_line, f"  best {best:.6g}" if best is not None else "")
 
 
+def provenance_text(rules: dict[str, object]) -> Text:
+    """Where the values come from; a self-reported metric stands out, with its fix."""
+    found = metric_provenance(rules)
+    return Text(f"metric source: {found.line()}", style="yellow" if found.source == "self-reported" else "dim")
+
+
 def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> Group:
     state = load_state(files.root, files.state.tag) or files.state
     journal = files.journal
@@ -126,7 +134,7 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
     recent = journal.rows_at(journal.indices(status_filter)[-15:])
     rules = Text(f"each experiment runs: {files.run_command}", style="dim") if files.run_command else Text()
     header = Panel(
-        Group(live, totals, summary, rules),
+        Group(live, totals, summary, rules, provenance_text(state.rules)),
         title=f"autoresearch · {state.tag} · {state.metric_name} ({direction}) · {state.target_file}",
     )
     lower = state.metric_direction == "lower_is_better"
@@ -139,11 +147,12 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
     )
     table = results_table(files, list(reversed(recent)), width=width)
     table.title = "recent experiments" + (f" (status {status_filter})" if status_filter else "")
+    table.caption = None  # the header says where the values come from
     return Group(header, chart, table)
 
 
 @contextmanager
-def _cbreak():
+def _cbreak() -> Iterator[None]:
     """Single key presses without echo (so 'q' quits), restored whatever happens."""
     import termios
     import tty

@@ -13,8 +13,10 @@ from .context import SessionCore, normal_run_id
 from .diskspace import AFTER_DISK_FULL
 from .errors import RuleViolation, SessionError
 from .evidence import Evidence
+from .holdout import run_holdout
 from .journal import Row
 from .models import DecisionResult
+from .names import SESSION_REFS
 from .phases import advance, in_flight, unsaved
 from .rules import Verdict, decide, improvement
 from .running import Runs
@@ -127,7 +129,7 @@ class Decider:
         elif verdict != "keep" and commit != pending.parent:
             # Keep the idea reachable, then restore what the candidate changed (the target only: checked before
             # the run) and move the branch back.
-            core.repo.set_ref(f"refs/autoresearch/{core.state.tag}/{pending.run_id}", commit)
+            core.repo.set_ref(f"{SESSION_REFS}{core.state.tag}/{pending.run_id}", commit)
             core.repo.restore_paths(pending.parent, [core.target_repo_path])
             if core.repo.resolve_branch(core.state.branch) != pending.parent:
                 core.repo.move_branch(
@@ -137,6 +139,9 @@ class Decider:
         core.state.drop(pending.run_id)
         core.save()
         core.own.journal_written()
+        if verdict == "keep" and core.config.holdout_command:  # after the keep: it cannot change the decision
+            best = core.state.best.value if core.state.best else None
+            run_holdout(core.config, core.root, core.state.tag, core.isolation, pending.run_id, best, pending.is_baseline)
         next_step = decided_next_step(
             self.core,
             pending,

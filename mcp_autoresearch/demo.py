@@ -17,6 +17,7 @@ import anyio
 from mcp import Client
 
 from .errors import AutoresearchError
+from .names import RESULTS_TSV, RUN_LOG, STATE_DIR
 from .repo import FALLBACK_IDENTITY
 from .scripted_agent import ScriptedAgent, server_params
 
@@ -25,7 +26,7 @@ EXAMPLES = {
     "bundle": "a tiny Node library; metric: bundle size in KB (lower is better), with a test gate",
 }
 IGNORE = shutil.ignore_patterns(
-    "__pycache__", "*.pyc", "dist", "node_modules", ".autoresearch", "run.log", "results.tsv"
+    "__pycache__", "*.pyc", "dist", "node_modules", STATE_DIR, RUN_LOG, RESULTS_TSV
 )
 
 
@@ -51,11 +52,9 @@ def prepare(name: str, keep_dir: str | None, slots: int = 1) -> Path:
         target = Path(tempfile.mkdtemp(prefix=f"autoresearch-demo-{name}-")).resolve()
     shutil.copytree(example_source(name), target, ignore=IGNORE, dirs_exist_ok=True)
     config = target / "autoresearch.toml"
-    if "python3 evaluate.py" in config.read_text():
+    if '"python3 ' in config.read_text():
         # The example runs with this very interpreter, whatever `python3` is (or is not) on the user's PATH.
-        config.write_text(
-            config.read_text().replace("python3 evaluate.py", f"{_quote(sys.executable)} evaluate.py")
-        )
+        config.write_text(config.read_text().replace('"python3 ', f'"{_quote(sys.executable)} '))
     if slots > 1:  # an untracked setting of the user's, as a person would add it
         config.write_text(config.read_text() + f"slots = {slots}\n")
     env = {**os.environ}
@@ -103,7 +102,7 @@ def run_demo(
         + (f" ({pct:.1f}% better)" if pct is not None else "")
     )
     tag = session.state.tag
-    console.print(f"\n  results.tsv  {project / 'results.tsv'}")
+    console.print(f"\n  {RESULTS_TSV}  {project / RESULTS_TSV}")
     console.print(f"  JSONL log    {session.journal.jsonl_path}")
     console.print(f"  branch       autoresearch/{tag} (git -C {project} log --oneline autoresearch/{tag})")
     command = _own_command()
@@ -115,11 +114,7 @@ def run_demo(
 async def _drive(project: Path, experiments: int, seed: int, slots: int = 1) -> Any:
     from .scripted_agent import print_experiment
 
-    extra = (
-        ["--run-command", f"{_quote(sys.executable)} evaluate.py"]
-        if (project / "evaluate.py").exists()
-        else []
-    )
+    extra: list[str] = []  # (the example's configuration names this interpreter: see `prepare`)
     # The slots' checkouts beside the demo project, removed with it (never inside its work tree).
     env = {"AUTORESEARCH_SLOTS_DIR": str(project.parent / f"{project.name}-slots")} if slots > 1 else None
     async with Client(server_params(str(project), extra, env)) as client:

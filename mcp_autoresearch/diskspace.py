@@ -20,7 +20,8 @@ import os
 from pathlib import Path
 
 from .errors import SessionError
-from .state import STATE_DIR, RunOutcome, server_dir
+from .names import RUN_LOGS, STATE_DIR
+from .state import RunOutcome, server_dir
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -192,7 +193,7 @@ def what_grew(root: Path, places: list[Path], writable: list[str]) -> str:
     """The largest files beneath the runs' writable paths (in the project or a slot's checkout) and the runs'
     logs (their output, which the server writes), and what to do about them."""
     tops = {os.path.join(place, os.path.expanduser(entry)) for place in places for entry in writable}
-    tops.add(os.path.join(root, STATE_DIR, "runs"))
+    tops.add(os.path.join(root, STATE_DIR, RUN_LOGS))
     found: list[tuple[int, str]] = []
     seen = 0
     entries: dict[str, int] = {}

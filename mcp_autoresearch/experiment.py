@@ -5,6 +5,7 @@ This is the trustworthy measurement the session logs: every value here comes fro
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config
+from .evaluation import EVAL_SUFFIX, eval_writable, hidden_paths, stage_failure
 from .guard import sha256_file
 from .isolation import (
     Isolation,
@@ -32,6 +34,7 @@ from .isolation import (
 from .launcher import Launched, launcher
 from .logtail import clean_text, read_tail_bytes, tail
 from .metrics import MetricError, Secondary, first_float, measure, read_metric_from_log, read_secondary
+from .names import HOLDOUT, RUN_LOG, STATE_DIR
 from .runner import DEFAULT_GRACE_S, ProcessResult, ProcessRun, ProgressCallback
 from .statuses import RunStatus
 
@@ -39,7 +42,6 @@ if TYPE_CHECKING:
     from .ray_backend import RayBackend, RayJobRun
 
 METRIC_PARSE_TIMEOUT_S = 30.0
-RUN_LOG = "run.log"
 # The original tool's commands end in `> run.log 2>&1` (or `| tee run.log`): the server captures the output and
 # writes run.log itself, so that redirect is dropped (a confined run may not write the project root).
 _RUN_LOG_REDIRECT = re.compile(
@@ -107,23 +109,43 @@ class Experiment:
             if self._current is not None:
                 self._current.cancel(reason)
 
-    def _writable(self, tmpdir: str) -> list[str]:
+    def _writable(self, tmpdir: str, stage: str = "run") -> list[str]:
+        """A run's (and the checks') writable paths; the evaluation stage's: its TMPDIR and devices only."""
         assert self.isolation is not None
         held = self.isolation.confined or self.isolation.namespaces
-        return writable_paths(self.root, list(self.config.writable), tmpdir) if held else []
+        if not held:
+            return []
+        return eval_writable(tmpdir) if stage == "eval" else writable_paths(self.root, list(self.config.writable), tmpdir)
 
     def _private_caches(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
         return private_caches(self.root, list(self.config.writable), tmpdir, env)
 
-    def _wrap(self, argv: list[str], tmpdir: str) -> list[str]:
-        assert self.isolation is not None
-        reads = [str(self.log_dir), *linked_inputs(self.root, list(self.config.shared_inputs))]
-        return keeper_command(self.isolation, self._writable(tmpdir), argv, DEFAULT_GRACE_S, reads)
+    def _stage_env(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
+        """The evaluation's caches in its TMPDIR, and Python's bytecode too: a `__pycache__` a run could write
+        is never read by the evaluation."""
+        return {**self._private_caches(tmpdir, env), "PYTHONPYCACHEPREFIX": os.path.join(tmpdir, "pycache")}
 
-    def _launch(self, argv: list[str], cwd: Path, env: dict[str, str], out_fd: int, tmpdir: str) -> Launched:
-        assert self.isolation is not None
+    def _view(self, stage: str) -> tuple[list[str], list[str]]:
+        """What the view keeps showing (the logs, a slot's shared inputs) and what it hides: the `hidden` data,
+        from every stage but the evaluation's."""
         reads = [str(self.log_dir), *linked_inputs(self.root, list(self.config.shared_inputs))]
-        spec = keeper_spec(self.isolation, self._writable(tmpdir), DEFAULT_GRACE_S, reads)
+        if stage == "eval":  # (hidden data beneath a hidden directory such as /tmp is shown again, read-only)
+            return reads + hidden_paths(self.config), []
+        own = self.log_dir.parent.parent  # .autoresearch/runs/<tag>: the holdout's records are beside
+        holdout = [str(own / HOLDOUT)] if self.config.holdout_command and own.name == STATE_DIR else []
+        return reads, [*hidden_paths(self.config), *holdout]
+
+    def _wrap(self, argv: list[str], tmpdir: str, stage: str = "run") -> list[str]:
+        assert self.isolation is not None
+        reads, hide = self._view(stage)
+        return keeper_command(self.isolation, self._writable(tmpdir, stage), argv, DEFAULT_GRACE_S, reads, hide)
+
+    def _launch(
+        self, argv: list[str], cwd: Path, env: dict[str, str], out_fd: int, tmpdir: str, stage: str = "run"
+    ) -> Launched:
+        assert self.isolation is not None
+        reads, hide = self._view(stage)
+        spec = keeper_spec(self.isolation, self._writable(tmpdir, stage), DEFAULT_GRACE_S, reads, hide)
         return launcher().spawn(argv, cwd, env, out_fd, spec)
 
     def _process(
@@ -136,9 +158,10 @@ class Experiment:
         extra_env: dict[str, str] | None = None,
         remote: bool = False,
         measure: str | None = None,
+        stage: str = "run",
     ) -> ProcessRun | RayJobRun:
         """The command as a process here, or as a Ray job when `remote` and a backend is set (`measure`: the
-        output size the worker measures)."""
+        output size the worker measures). `stage`: "eval" confines it as the evaluation stage."""
         env = {"AUTORESEARCH_TIME_BUDGET": f"{self.config.time_budget:g}", **self.env, **(extra_env or {})}
         if self.tag:
             env["AUTORESEARCH_TAG"] = self.tag
@@ -151,6 +174,7 @@ class Experiment:
             )
         else:
             kept = self.isolation is not None and keeper_available()
+            confined = self.isolation is not None and self.isolation.confined
             process = ProcessRun(
                 command=command,
                 cwd=self.root,
@@ -160,9 +184,9 @@ class Experiment:
                 run_marker=marker,
                 project_marker=str(self.root),
                 on_progress=progress,
-                wrapper=self._wrap if kept else None,
-                launch=self._launch if kept else None,
-                private_env=self._private_caches if self.isolation is not None and self.isolation.confined else None,
+                wrapper=functools.partial(self._wrap, stage=stage) if kept else None,
+                launch=functools.partial(self._launch, stage=stage) if kept else None,
+                private_env=self._stage_env if stage == "eval" else self._private_caches if confined else None,
             )
         with self._lock:
             if self._cancel_reason is not None:
@@ -182,6 +206,7 @@ class Experiment:
             index = len(tally.durations) + 1
             suffix = "" if index == 1 and config.repeats == 1 else f"-{index}"
             log_path = self.log_dir / f"{self.run_id}{suffix}.log"
+            tally.eval_log = None
             process = self._process(
                 without_run_log_redirect(config.run_command),
                 log_path,
@@ -204,13 +229,51 @@ class Experiment:
                 failure = self._capture_mismatch(done)
             if failure:
                 return self._failed(tally, failure, None, log_path)
+            figures = read_secondary(log_path, config.metric_name, config.memory_regex)
+            measured_log = log_path
+            if config.eval_command:  # the run's whole tree is gone: the evaluation reads what it left
+                measured_log = log_path.with_name(log_path.stem + EVAL_SUFFIX + ".log")
+                tally.eval_log = measured_log
+                failure = self._evaluate(config.eval_command, log_path, measured_log, "eval_command")
+                if failure:
+                    return self._failed(tally, failure, None, measured_log)
+                figures = Secondary(figures.memory_mb, read_secondary(measured_log, config.metric_name, None).metrics)
             try:
-                tally.values.append(self._metric(log_path, done.duration_s, started_at, done.sizes))
+                tally.values.append(self._metric(measured_log, done.duration_s, started_at, done.sizes))
             except MetricError as exc:
-                return self._failed(tally, ("metric_error", str(exc)), None, log_path)
-            tally.add_figures(read_secondary(log_path, config.metric_name, config.memory_regex))
+                where = f" (in the evaluation's output, {measured_log})" if config.eval_command else ""
+                return self._failed(tally, ("metric_error", f"{exc}{where}"), None, measured_log)
+            tally.add_figures(figures)
         result = tally.result("ok", statistics.median(tally.values), log_path, None)
         return self.check(result) if checks else result
+
+    def _evaluate(
+        self, command: str, run_log: Path | None, log_path: Path, what: str
+    ) -> tuple[RunStatus, str] | None:
+        """The evaluation stage (or the holdout: `what`) in its own confined tree, after the run (whose log is
+        `run_log`); None when it succeeded (its output is then in `log_path`), else the failure."""
+        config = self.config
+        extra = {"AUTORESEARCH_RUN_LOG": str(run_log)} if run_log else {}
+        done = self._process(
+            command, log_path, config.eval_timeout, f"{self.run_id}{EVAL_SUFFIX}", None, extra, stage="eval"
+        ).run()
+        self._tally.leftovers += done.leftovers_killed
+        if done.status == "cancelled":
+            return "cancelled", done.error or "cancelled"
+        if done.status != "exited" or done.exit_code != 0:
+            return "metric_error", stage_failure(what, done.status, done.exit_code, done.error, log_path)
+        return self._capture_mismatch(done)
+
+    def evaluate_only(self, command: str, log_path: Path, what: str) -> tuple[float | None, str | None]:
+        """Run `command` as an evaluation stage on what the project holds now (the holdout after a keep): its
+        value, or None and why not."""
+        failure = self._evaluate(command, None, log_path, what)
+        if failure:
+            return None, failure[1]
+        try:
+            return self._metric(log_path, 0.0, time.time()), None
+        except MetricError as exc:
+            return None, str(exc)
 
     def check(self, result: ExperimentResult) -> ExperimentResult:
         """The checks command after a measurement that succeeded: a failure makes it `checks_failed`."""
@@ -302,7 +365,8 @@ class Experiment:
             return first_float(clean_text(read_tail_bytes(out_path, 4096)))
         if config.metric_regex or not config.metric_measure:
             assert config.metric_name is not None
-            return read_metric_from_log(log_path, config.metric_name, config.metric_regex)
+            whole = config.eval_command is not None  # a line the evaluation did not end never counts
+            return read_metric_from_log(log_path, config.metric_name, config.metric_regex, whole)
         if sizes is not None and config.metric_measure in sizes:  # measured where the run ran (Ray)
             found = sizes[config.metric_measure]
             if isinstance(found, str):
@@ -350,6 +414,7 @@ class _Tally:
     secondary: dict[str, float] = field(default_factory=dict)
     leftovers: int = 0
     exit_code: int | None = None
+    eval_log: Path | None = None  # the last evaluation's log (with eval_command)
 
     def add_run(self, duration_s: float, peak_rss: int, leftovers: int, exit_code: int | None) -> None:
         self.durations.append(duration_s)
@@ -361,6 +426,14 @@ class _Tally:
         if figures.memory_mb is not None:
             self.memory_mb = max(self.memory_mb or 0.0, figures.memory_mb)
         self.secondary.update(figures.metrics)
+
+    def _tail(self, log_path: Path) -> str:
+        """The log's last lines; with an evaluation stage, the run's and then the evaluation's."""
+        if self.eval_log is None or not self.eval_log.exists():
+            return tail(log_path)
+        run_log = self.eval_log.with_name(self.eval_log.name.removesuffix(EVAL_SUFFIX + ".log") + ".log")
+        evaluation = tail(self.eval_log, 15, 1000)
+        return f"{tail(run_log, 15, 1000)}\n--- evaluation stage ({self.eval_log.name}) ---\n{evaluation}"
 
     def result(
         self, status: RunStatus, value: float | None, log_path: Path, error: str | None
@@ -377,7 +450,7 @@ class _Tally:
             memory_gb=round(memory_gb, 3) if memory_gb is not None else None,
             exit_code=self.exit_code,
             log_path=str(log_path),
-            log_tail=tail(log_path),
+            log_tail=self._tail(log_path),
             error=error,
             secondary=self.secondary,
             leftovers_killed=self.leftovers,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .errors import SessionError
 from .files import atomic_write, copy_regular, read_regular
+from .names import SESSION_REFS
 from .repo import Repo
 from .state import server_dir
 
@@ -184,7 +185,7 @@ class GitWatch:
         self.branch = branch
         self.history = history_files(repo.git_dir)
         self.files = config_files(repo.worktree_git_dir, repo.git_dir) + self.history
-        self.own = (f"refs/heads/{branch}", f"refs/autoresearch/{tag}/")
+        self.own = (f"refs/heads/{branch}", f"{SESSION_REFS}{tag}/")
         # The last snapshot, with names (a restart has the digest only), and the index file's stat then.
         self._refs: dict[str, str] | None = None
         self._index: tuple[int, ...] | None = None

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import confine, landlock
 from .errors import ConfigError
+from .names import RESULTS_TSV, RUN_LOG, SERVER_BIN, STATE_DIR
 
 # Devices any run may write (the terminal-like ones tools expect) and those a GPU run needs; directories below
 # /dev that are per-process scratch space.
@@ -30,9 +31,9 @@ DEVICE_FILES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/uran
 DEVICE_GLOBS = ["/dev/nvidia*", "/dev/kfd"]
 DEVICE_DIRS = ["/dev/shm", "/dev/pts", "/dev/dri"]
 
-SERVER_OWN = (".git", ".autoresearch")
+SERVER_OWN = (".git", STATE_DIR)
 # Inside the server's folder, only these build-output folders may be opened to a run (Go's default binary).
-SERVER_OWN_WRITABLE = (".autoresearch/bin",)
+SERVER_OWN_WRITABLE = (SERVER_BIN,)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def _view_problem() -> str | None:
     if not keeper_available():
         return f"namespaces are a Linux feature (this is {sys.platform})"
     with tempfile.TemporaryDirectory(prefix="autoresearch-probe-") as scratch:
-        spec = {"view": True, "network": False, "write": [scratch], "parent": os.getpid()}
+        spec: confine.KeeperSpec = {"view": True, "network": False, "write": [scratch], "parent": os.getpid()}
         try:
             done = subprocess.run(
                 confine.command_line(sys.executable, spec, ["/bin/true"]), cwd=scratch, capture_output=True,
@@ -142,9 +143,9 @@ def check_writable(
     guarded = {root / rel: what for rel, what in protected.items()}
     guarded[root / ".git"] = "the git repository"
     guarded[root / jsonl_path] = "the server's JSONL log"
-    for name in ("results.tsv", "run.log"):
+    for name in (RESULTS_TSV, RUN_LOG):
         guarded[root / name] = f"the server's {name}"
-    own = root / ".autoresearch"
+    own = root / STATE_DIR
     for entry in entries:
         lexical = _expand(root, entry)
         try:
@@ -220,23 +221,36 @@ def private_caches(root: Path, entries: list[str], tmpdir: str, env: dict[str, s
 
 
 def keeper_command(
-    isolation: Isolation, writable: list[str], argv: list[str], grace_s: float, reads: list[str] | None = None
+    isolation: Isolation,
+    writable: list[str],
+    argv: list[str],
+    grace_s: float,
+    reads: list[str] | None = None,
+    hide: list[str] | None = None,
 ) -> list[str]:
     """The argv that runs `argv` under the keeper: confined when Landlock or the view is in use, supervised
     either way."""
-    spec = {**keeper_spec(isolation, writable, grace_s, reads), "parent": os.getpid()}
+    spec: confine.KeeperSpec = {**keeper_spec(isolation, writable, grace_s, reads, hide), "parent": os.getpid()}
     return confine.command_line(sys.executable, spec, argv)
 
 
-def keeper_spec(isolation: Isolation, writable: list[str], grace_s: float, reads: list[str] | None = None) -> dict:
+def keeper_spec(
+    isolation: Isolation,
+    writable: list[str],
+    grace_s: float,
+    reads: list[str] | None = None,
+    hide: list[str] | None = None,
+) -> confine.KeeperSpec:
     """What the keeper is told: Landlock and its writable paths, the private view (with `reads`, paths it must
-    keep showing), the network, the grace."""
-    spec: dict = {"landlock": isolation.confined, "grace": grace_s}
+    keep showing, and `hide`, paths it covers: the `hidden` data), the network, the grace."""
+    spec: confine.KeeperSpec = {"landlock": isolation.confined, "grace": grace_s}
     spec["write"] = writable if (isolation.confined or isolation.namespaces) else []
     if isolation.namespaces:
         spec["view"] = True
         spec["network"] = isolation.network != "off"
         spec["read"] = view_reads() + list(reads or [])
+        if hide:
+            spec["hide"] = list(hide)
     return spec
 
 

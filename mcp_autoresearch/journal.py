@@ -28,7 +28,6 @@ from .results_tsv import AUTORESEARCH_HEADER, TsvFormat, quick_tsv_size, same_ts
 from .statuses import DECISIONS, RUN_STATUSES, Decision, RunStatus, as_decision, as_run_status
 from .terminal_text import printable
 
-RESULTS_TSV = "results.tsv"  # at the project root, as the original tool writes it
 TSV_HEADER = AUTORESEARCH_HEADER
 
 
@@ -98,6 +97,7 @@ class Journal:
         self.tsv_format = TsvFormat(results_format, metric)  # the shape results.tsv is written and rebuilt in
         self._tsv_size: int | None = None  # what results.tsv's size must be if nobody else wrote it
         self.mirror: Path | None = None  # the server's own copy of the JSONL, appended in step
+        self.provenance: str | None = None  # where the values come from (provenance.py), on each row's record
         self.written: dict[Path, Fingerprint] = {}  # each file as this process's last append left it
         self._reset()
 
@@ -431,6 +431,7 @@ class Journal:
             "error": row.run_status if row.run_status != "ok" or row.status == "crash" else None,
             "error_detail": row.error,
             **row.evidence.details(),
+            **({"provenance": self.provenance} if self.provenance else {}),
         }
         offset = self._append_jsonl("experiment_done", row.status != "crash", details)
         self._add(row.run_id, offset, row.value, row.status, row.run_status)

@@ -24,6 +24,8 @@ from .checkouts import session_slots
 from .errors import ConfigError, SessionError
 from .gitguard import present_history_files
 from .journal import Row
+from .names import RUN_LOGS, SESSION_BRANCHES, SESSION_REFS, SLOT_INDEXES
+from .provenance import metric_provenance
 from .repo import FALLBACK_IDENTITY, GIT_ENV, GIT_OPTIONS, Repo
 from .report import SessionFiles, open_session_files
 from .standing import standing
@@ -31,8 +33,6 @@ from .state import ProjectLock, current_tag, load_state, state_dir, state_path
 from .terminal_text import printable
 from .verified_history import check_changed_files, is_verified_ancestor
 
-SESSION_BRANCHES = "autoresearch/"
-SESSION_REFS = "refs/autoresearch/"
 NO_COMMIT = "0" * 40
 # Session tags as start_session accepts them (so a tag can never name a path outside the state directory).
 TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -101,6 +101,7 @@ def summary_text(summary: Summary, hints: bool = True) -> str:
     lines = [
         f"session {state.tag}: branch {state.branch}, started from {state.base_commit[:7]}",
         f"metric:       {state.metric_name} ({direction} is better)",
+        f"  source:     {metric_provenance(state.rules).line()}",
         f"experiments:  {len(journal)} (keep {counts['keep']}, discard {counts['discard']}, crash {counts['crash']})",
     ]
     best, now = state.best, standing(state)
@@ -205,7 +206,13 @@ def _squash_commit(repo: Repo, summary: Summary, parent: str | None, message: st
         body = [
             f"- {k.description}" + (f" ({k.value:.6g})" if k.value is not None else "") for k in summary.kept
         ]
-        message = head + "\n\nKept experiments, each measured by mcp-autoresearch:\n" + "\n".join(body) + "\n"
+        source = metric_provenance(state.rules).source
+        message = (
+            head
+            + f"\n\nKept experiments, each measured by mcp-autoresearch (metric source: {source}):\n"
+            + "\n".join(body)
+            + "\n"
+        )
     tree = f"{summary.best}^{{tree}}"
     return _git(
         repo.top, "commit-tree", tree, "-p", parent or state.base_commit, "-m", message, identity=True
@@ -256,7 +263,7 @@ def plan_clean(project: str, tag: str) -> CleanPlan:
     branch = f"{SESSION_BRANCHES}{tag}"
     has_branch = repo.branch_exists(branch)
     refs = _git(repo.top, "for-each-ref", "--format=%(refname)", f"{SESSION_REFS}{tag}/").split()
-    own = (state_path(root, tag), state_dir(root) / "runs" / tag, state_dir(root) / "slots" / tag)
+    own = (state_path(root, tag), state_dir(root) / RUN_LOGS / tag, state_dir(root) / SLOT_INDEXES / tag)
     paths = [p for p in (*own, session_slots(root, tag)) if p.exists()]
     if not (has_branch or refs or paths):
         raise SessionError(f"no session '{tag}' in {root}: nothing to clean")

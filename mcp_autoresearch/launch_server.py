@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from . import confine
@@ -25,7 +25,7 @@ else:  # run as a script: confine.py is imported from beside this file, and noth
     del sys.path[0]
 
 
-def _start_keeper(request: dict, out_fd: int, sock_fd: int) -> None:
+def _start_keeper(request: dict[str, Any], out_fd: int, sock_fd: int) -> None:
     """In the freshly forked child of the launcher: become the keeper of one command. Never returns."""
     try:
         signal.set_wakeup_fd(-1)
@@ -56,7 +56,7 @@ def serve(sock_fd: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only the end of the socket stops the launcher
     keepers: set[int] = set()
 
-    def send(message: dict) -> None:
+    def send(message: dict[str, Any]) -> None:
         try:
             sock.send(json.dumps(message).encode())
         except OSError:

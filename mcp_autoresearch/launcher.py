@@ -21,8 +21,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
+
+from .confine import KeeperSpec
 
 log = logging.getLogger("mcp_autoresearch")
 SERVER_SCRIPT = Path(__file__).with_name("launch_server.py")
@@ -79,7 +82,7 @@ class Launcher:
         self.sock = ours
         self._send_lock = threading.Lock()
         self._changed = threading.Condition()
-        self._replies: list[dict] = []
+        self._replies: list[dict[str, Any]] = []
         self._exits: dict[int, int] = {}
         self.alive = True
         threading.Thread(target=self._read, name="launcher-reader", daemon=True).start()
@@ -102,7 +105,7 @@ class Launcher:
                     self._replies.append(message)
                 self._changed.notify_all()
 
-    def spawn(self, argv: list[str], cwd: Path, env: dict[str, str], out_fd: int, spec: dict) -> Launched:
+    def spawn(self, argv: list[str], cwd: Path, env: dict[str, str], out_fd: int, spec: KeeperSpec) -> Launched:
         request = json.dumps({"argv": argv, "cwd": str(cwd), "env": env, "spec": spec}).encode()
         with self._send_lock:
             try:

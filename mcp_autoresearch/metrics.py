@@ -14,6 +14,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .files import open_regular
 
@@ -47,16 +48,21 @@ def user_pattern(regex: str) -> re.Pattern[bytes]:
     return re.compile(regex.encode("utf-8"), re.M)
 
 
-def last_match(path: Path, patterns: list[re.Pattern[bytes]], literal: bytes | None = None) -> bytes | None:
+def last_match(
+    path: Path, patterns: list[re.Pattern[bytes]], literal: bytes | None = None, whole_lines: bool = False
+) -> bytes | None:
     """Group 1 of the last match of any pattern in the file (the match closest to the end wins). Reads
     backwards in chunks of at most CHUNK bytes, so memory stays bounded whatever the log's size. `literal`,
-    a string every match contains, lets chunks without it skip the regex (a substring search is far faster)."""
+    a string every match contains, lets chunks without it skip the regex (a substring search is far faster).
+    `whole_lines`: a last line without its newline is left out."""
     try:
         handle = os.fdopen(open_regular(path), "rb")  # a FIFO left at the log's path must not block
     except OSError:
         return None
     with handle:
         end = handle.seek(0, os.SEEK_END)
+        if whole_lines:
+            end = _complete_end(handle, end)
         while end > 0:
             start = max(0, end - CHUNK)
             handle.seek(start)
@@ -83,11 +89,24 @@ def last_match(path: Path, patterns: list[re.Pattern[bytes]], literal: bytes | N
     return None
 
 
-def read_metric_from_log(path: Path, metric_name: str, metric_regex: str | None) -> float:
+def _complete_end(handle: BinaryIO, end: int) -> int:
+    """Where the file's last complete line ends (0 when it has none)."""
+    while end > 0:
+        start = max(0, end - CHUNK)
+        handle.seek(start)
+        cut = handle.read(end - start).rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0
+
+
+def read_metric_from_log(path: Path, metric_name: str, metric_regex: str | None, whole_lines: bool = False) -> float:
+    """The metric's last match in the log (`whole_lines`: only in lines that end with a newline)."""
     if metric_regex:
-        found = last_match(path, [user_pattern(metric_regex)])
+        found = last_match(path, [user_pattern(metric_regex)], None, whole_lines)
     else:  # both built-in forms contain the metric's name
-        found = last_match(path, builtin_patterns(metric_name), metric_name.encode())
+        found = last_match(path, builtin_patterns(metric_name), metric_name.encode(), whole_lines)
     if found is None:
         how = (
             f"metric_regex {metric_regex!r}"

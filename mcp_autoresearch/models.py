@@ -6,7 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from .provenance import MetricProvenance
 from .statuses import Decision, RunState, RunStatus
+
+PROVENANCE = "Where the metric's value comes from: evaluation, server, or self-reported (with the fix)."
 
 
 class StartResult(BaseModel):
@@ -19,6 +22,7 @@ class StartResult(BaseModel):
     target_file: str
     metric_name: str
     metric_direction: str
+    provenance: MetricProvenance | None = Field(None, description=PROVENANCE)
     best_value: float | None = Field(None, description="Best kept value so far (when resumed).")
     baseline_value: float | None = None
     experiments: int = Field(0, description="Experiments logged in this session.")
@@ -164,6 +168,7 @@ class QueryResult(BaseModel):
     tag: str
     metric_name: str
     direction: str
+    provenance: MetricProvenance | None = Field(None, description=PROVENANCE)
     total: int
     counts: dict[str, int]
     baseline: float | None
@@ -184,4 +189,7 @@ class QueryResult(BaseModel):
     best_runs: int | None = Field(None, description="Runs of the best so far (re-measured as needed).")
     near_misses: list[ResultRow] = Field(
         default_factory=list, description="Discarded within the noise of the best (newest first): combine them."
+    )
+    holdout: str | None = Field(
+        None, description="How far the kept improvements hold on the holdout (holdout_command), in one line."
     )

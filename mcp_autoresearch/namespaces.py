@@ -174,6 +174,14 @@ def build_view(writable: list[str], cwd: str, network: bool, extra_read: list[st
             scratch.append(directory)
     for path, is_dir, fd in copies:
         _attach(libc, fd, path, is_dir)
+    attached = [path for path, _, _ in copies]
+    again: list[str] = []
+    for directory in sorted({os.path.realpath(path) for path in hide or [] if os.path.isdir(path)}, key=len):
+        # A copy taken before the directory was hidden shows it again: hidden once more, on the copy.
+        if any(_under(directory, path) for path in attached) and not any(_under(directory, d) for d in again):
+            again.append(directory)
+            _check(libc.mount(b"tmpfs", directory.encode(), b"tmpfs", ctypes.c_ulong(MS_NOSUID | MS_NODEV),
+                              b"mode=755"), f"tmpfs on {directory}")
     for path in hide or []:  # files (a token) still visible after the directories were hidden
         if os.path.isfile(path) and not os.path.islink(path):
             _check(libc.mount(b"/dev/null", path.encode(), None, ctypes.c_ulong(MS_BIND), None), f"hide {path}")

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import SessionError
-from .experiment import RUN_LOG
 from .files import atomic_write, fingerprint, open_regular
-from .journal import RESULTS_TSV, Journal
+from .journal import Journal
+from .names import RESULTS_TSV, RUN_LOG, SESSIONS, STATE_DIR, public_state
 from .repo import Repo
 from .state import Seal, current_tag, server_dir, state_fingerprint
 
@@ -78,7 +78,7 @@ class OwnFiles:
             changed.append(RESULTS_TSV)
             self.journal.reconcile_tsv()
         if state_fingerprint(self.root, self.tag) != self._state_print:
-            changed.append(f".autoresearch/sessions/{self.tag}.json")
+            changed.append(f"{STATE_DIR}/{SESSIONS}/{public_state(self.tag)}")
             self._save()
         if changed:
             log.warning("restored files written outside the server: %s", ", ".join(changed))
@@ -187,7 +187,7 @@ def exclude_patterns(repo: Repo, jsonl_path: str) -> list[str]:
     def anchored(rel: str) -> str:
         return "/" + repo.repo_path(rel)
 
-    patterns = [anchored(".autoresearch") + "/", anchored(RESULTS_TSV), anchored(RUN_LOG)]
-    if not jsonl_path.startswith(".autoresearch/"):
+    patterns = [anchored(STATE_DIR) + "/", anchored(RESULTS_TSV), anchored(RUN_LOG)]
+    if not jsonl_path.startswith(STATE_DIR + "/"):
         patterns.append(anchored(jsonl_path))
     return patterns

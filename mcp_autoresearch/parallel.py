@@ -32,6 +32,7 @@ from .files import atomic_write
 from .gitguard import GitWatch
 from .guard import sha256_bytes, sha256_file
 from .lifecycle import ActiveRun, RunHandle, RunProgress, execute, outcome_of, progress_of, unmeasured
+from .names import RUN_LOGS, SESSION_REFS
 from .phases import AWAITING_DECISION, advance, in_flight
 from .processes import kill_marked_processes
 from .rules import nonblank_lines
@@ -191,7 +192,7 @@ class ParallelRuns:
                 commit = core.repo.write_commit(
                     core.target_repo_path, target_bytes, message, parent, plain=core.plain_target
                 )
-                core.repo.set_ref(f"refs/autoresearch/{core.state.tag}/{run_id}", commit)
+                core.repo.set_ref(f"{SESSION_REFS}{core.state.tag}/{run_id}", commit)
                 slots = [min(set(range(self.slots)) - self.busy_slots())]
             pending = Pending(
                 run_id=run_id,
@@ -254,7 +255,7 @@ class ParallelRuns:
     def _launch(self, pending: Pending, slots: list[int]) -> None:
         """The run's in-memory side: its experiments (one per slot it occupies) and git's snapshot."""
         core = self.core
-        log_dir = server_dir(core.root, "runs", core.state.tag)
+        log_dir = server_dir(core.root, RUN_LOGS, core.state.tag)
         flight = ActiveRun(run_id=pending.run_id, started=time.monotonic(), log_dir=log_dir, slots=slots)
         experiments = [
             Experiment(

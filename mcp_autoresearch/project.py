@@ -17,10 +17,12 @@ from .checkouts import check_slots_home, check_writable_for_slots
 from .config import DEFAULTS, KEYS, Config, build_config
 from .config_sources import Source, command_line_source, read_file_sources
 from .errors import ConfigError
+from .evaluation import check_stage_config
 from .guard import check_target_file
 from .isolation import check_writable, probe_isolation
 from .metrics import Measure
 from .projects import detect_all
+from .provenance import MetricProvenance, metric_provenance
 
 # Keys that describe how the metric is obtained. Detection's values for them only apply to the metric it names:
 # a user who configures another metric_name gets that metric read from the output, not detection's measurement.
@@ -47,10 +49,19 @@ class ProjectInfo(BaseModel):
     metric_name: str | None
     metric_direction: str = Field(description="lower_is_better or higher_is_better")
     metric_source: str = Field(description="How the server obtains the metric value.")
+    provenance: MetricProvenance = Field(
+        description="Where the value comes from: evaluation, server, or self-reported (with the fix)."
+    )
+    integrity: str = Field("any", description="any, or required: a self-reported metric refuses to start.")
     time_budget: float = Field(description="Seconds an experiment is meant to take.")
     timeout: float = Field(description="Hard limit in seconds; the whole process tree is killed after it.")
     readonly_files: list[str] = Field(description="Files that must never change.")
     checks_command: str | None = Field(None, description="Command that must pass after a successful run.")
+    eval_command: str | None = Field(
+        None, description="The evaluation stage: run after each run is gone, read-only; its output gives the metric."
+    )
+    hidden: list[str] = Field(default_factory=list, description="Paths only the evaluation stage may read.")
+    holdout: bool = Field(False, description="A holdout_command is set (its values are never shown).")
     repeats: int = Field(1, description="Runs per experiment (the median decides) under the greedy rule.")
     min_delta: float = Field(0.0, description="Smallest change that counts as an improvement.")
     writable: list[str] = Field(description="Paths a run may write; everything else is read-only to it.")
@@ -82,6 +93,15 @@ class Project:
 def describe_metric_source(config: Config, detected_source: str | None) -> str:
     """How the metric is obtained, in one line for the agent. `detected_source` is detection's own description,
     given only when detection's metric is the one in use (no metric setting came from configuration)."""
+    if config.eval_command:
+        how = f"metric_parse ({config.metric_parse})" if config.metric_parse else (
+            f"metric_regex {config.metric_regex!r}" if config.metric_regex else f"its last '{config.metric_name}: "
+            f"<float>' or 'METRIC {config.metric_name}=<float>' line"
+        )
+        return (
+            f"the evaluation stage: eval_command ({config.eval_command}) runs after the run is gone, read-only, "
+            f"and {how} reads its output; nothing the run printed counts"
+        )
     if detected_source:
         return detected_source
     if config.metric_parse:
@@ -223,6 +243,7 @@ def load_project(
     if config.target_file is not None:
         protected[config.target_file] = f"the target {config.target_file}"
     check_writable(root, list(config.writable), protected, config.jsonl_path)
+    config = check_stage_config(root, config)
     if config.backend == "ray" and importlib.util.find_spec("ray") is None:  # found, never imported here
         warnings.append("backend = \"ray\" needs Ray in the server's environment: pip install 'mcp-autoresearch[ray]'")
     if config.parallel:
@@ -234,6 +255,7 @@ def load_project(
         warnings.append(f"isolation = required, but runs cannot be confined here ({isolation.missing()})")
     if config.metric_measure == "wall_time_s" and not (config.metric_parse or config.metric_regex):
         warnings.append(wall_time_warning(config))
+    provenance = metric_provenance(config)
     if config.timeout < config.time_budget:
         warnings.append(
             f"timeout ({config.timeout:g} s) is shorter than time_budget ({config.time_budget:g} s)"
@@ -259,6 +281,9 @@ def load_project(
             f"Set {', '.join(missing)} in autoresearch.toml or the '## autoresearch' section of CLAUDE.md "
             "(or pass them on the server's command line)."
         )
+    elif config.integrity == "required" and provenance.source == "self-reported":
+        ready = False
+        message = integrity_refusal(provenance)
     else:
         message = "Ready: call start_session to create the experiment branch, then run the baseline."
     info = ProjectInfo(
@@ -274,10 +299,15 @@ def load_project(
             if detected and not user_keys.intersection(("metric_name", *READ_KEYS))
             else None,
         ),
+        provenance=provenance,
+        integrity=config.integrity,
         time_budget=config.time_budget,
         timeout=config.timeout,
         readonly_files=list(config.readonly_files),
         checks_command=config.checks_command,
+        eval_command=config.eval_command,
+        hidden=list(config.hidden),
+        holdout=config.holdout_command is not None,
         repeats=config.repeats,
         min_delta=config.min_delta,
         writable=list(config.writable),
@@ -293,6 +323,14 @@ def load_project(
         keep_rule=describe_keep_rule(config),
     )
     return Project(root=root, config=config, info=info)
+
+
+def integrity_refusal(provenance: MetricProvenance) -> str:
+    """Why integrity = "required" refuses a session, and the two ways on."""
+    return (
+        f"integrity = required, but the metric is self-reported ({provenance.reason}). Fix: {provenance.fix}; "
+        "or set integrity = \"any\" to accept a self-reported metric (it is labelled as such everywhere)"
+    )
 
 
 def describe_keep_rule(config: Config) -> str:

@@ -13,6 +13,7 @@ The server enforces the rules; this text tells you how to work well within them.
 ## Goal
 Improve `{metric}` ({direction}) by changing only `{target}`. Each experiment runs `{run}`
 (hard limit {timeout:g} s; aim for about {budget:g} s). The metric is measured by the server: {source}.
+Where the value comes from: {provenance}.
 
 ## Setup (once)
 1. `detect_project` — check target, command, metric and read-only files ({readonly}).
@@ -67,6 +68,7 @@ def loop_prompt(info: ProjectInfo, briefing: str | None, focus: str | None) -> s
         timeout=info.timeout,
         budget=info.time_budget,
         source=info.metric_source,
+        provenance=info.provenance.line(),
         readonly=", ".join(info.readonly_files) or "none configured",
         keep_rule=info.keep_rule or "greedy",
     )

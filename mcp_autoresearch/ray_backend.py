@@ -205,7 +205,7 @@ class RayBackend:
         `confined`: Landlock on the worker (`required`: or nothing runs, exit 125); `measure`: a
         `size_kb:`/`size_mb:` metric the wrapper measures on the worker."""
         writable = list(writable or [])
-        spec = {
+        spec: ray_wrapper.JobSpec = {
             "command": command,
             "env": env,
             "isolation": "required" if required else ("auto" if confined else "off"),
@@ -240,7 +240,7 @@ class RayJobRun:
         timeout_s: float,
         marker: str,
         on_progress: ProgressCallback | None,
-        spec: dict[str, Any],
+        spec: ray_wrapper.JobSpec,
     ) -> None:
         self.backend = backend
         self.cwd = cwd

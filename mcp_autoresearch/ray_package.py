@@ -14,13 +14,13 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
 
 from . import confine, landlock, namespaces, output_dirs, ray_records, ray_wrapper
+from .names import STATE_DIR
 
 DEFAULT_PACKAGE_LIMIT = 512 * 1024 * 1024
 WRAPPER_DIR = ".autoresearch-ray"
-ALWAYS_EXCLUDED = (".git", ".autoresearch", WRAPPER_DIR, ray_wrapper.SPEC)
+ALWAYS_EXCLUDED = (".git", STATE_DIR, WRAPPER_DIR, ray_wrapper.SPEC)
 SHIPPED = (ray_wrapper, ray_records, confine, landlock, namespaces, output_dirs)  # standard library only
 CONFIG_FILES = ("autoresearch.toml", "pyproject.toml")  # where a ray_address line is redacted in the package
 
@@ -50,7 +50,7 @@ def _normalized(entry: str) -> str:
     return os.path.normpath(entry.strip()).replace(os.sep, "/")
 
 
-def build_package(cwd: Path, dest: Path, excluded: list[str], spec: dict[str, Any], limit: int) -> int:
+def build_package(cwd: Path, dest: Path, excluded: list[str], spec: ray_wrapper.JobSpec, limit: int) -> int:
     """Zip the snapshot (minus `excluded` relative paths), the wrapper and its spec into `dest`; returns the
     zip's size. Files are added by content (a link to a file counts as that file), modes are kept (Ray restores
     them); links to directories are not followed (a loop, or the user's whole disk)."""

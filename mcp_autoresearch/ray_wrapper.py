@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any, TypedDict
 
 if __package__:  # imported from the package (the tests)
     from . import confine
@@ -59,6 +60,25 @@ else:  # run as a script: -I leaves the script's folder off sys.path; our module
     from ray_records import Framed  # type: ignore[no-redef, import-not-found]
 
 SPEC = ".autoresearch-ray.json"
+
+
+class JobSpec(TypedDict, total=False):
+    """The job's spec (`SPEC`), written by the server's Ray backend."""
+
+    command: str  # the shell command of this run
+    env: dict[str, str]  # variables the command gets on top of the worker's (Ray's own removed)
+    isolation: str  # auto, required or off
+    write: list[str]  # the writable entries (relative ones are mapped into the job's directory)
+    device_dirs: list[str]  # device paths a run may write (GPU, /dev/null...)
+    device_files: list[str]
+    device_globs: list[str]
+    caches: list[str]  # the cache variables pointed at the run's private TMPDIR
+    timeout: float  # seconds; the tree is ended at the deadline
+    grace: float  # seconds between SIGTERM and SIGKILL
+    measure: str | None  # a size_kb:/size_mb: metric the wrapper measures here
+    target: str | None  # the target file (the measured output must be newer than it, or than the run)
+    job: str  # the submission id
+    server_public: str  # the server's public key value, hex
 PR_SET_DUMPABLE = 4
 CAP_SYS_PTRACE = 19
 FS_CLOCK_SLACK_NS = 2_000_000_000
@@ -78,7 +98,7 @@ def _inside(outer: str, inner: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip("/") + "/")
 
 
-def writable_paths(root: str, spec: dict, tmpdir: str) -> list[str]:
+def writable_paths(root: str, spec: JobSpec, tmpdir: str) -> list[str]:
     """The run's writable entries on this worker: relative ones inside the working directory (one that climbs
     out of it is dropped: it would reach other jobs' directories), then TMPDIR and the devices."""
     expanded: list[str] = []
@@ -170,7 +190,7 @@ def measure_size(root: str, measure: str, started_ns: int, target: str | None) -
     return size
 
 
-def _environment(spec: dict, tmpdir: str) -> dict[str, str]:
+def _environment(spec: JobSpec, tmpdir: str) -> dict[str, str]:
     """The command's environment: the worker's without Ray's variables (the cluster's address, job ids, a
     token), then the spec's, with TMPDIR private."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -196,7 +216,7 @@ def hidden_paths(root: str) -> list[str]:
     return sorted({os.path.realpath(path) for path in hidden if os.path.isdir(path)} - {"/"})
 
 
-def view_spec(root: str) -> dict:
+def view_spec(root: str) -> confine.KeeperSpec:
     """The keeper's private view for this run (`namespaces.py`, as for local runs), with the network off: Ray's
     temp dir, ~/.ray and the cluster's token hidden too; this interpreter stays readable where a hidden
     directory would cover it."""
@@ -208,7 +228,7 @@ def view_spec(root: str) -> dict:
     return {"view": True, "network": False, "hide": hide, "read": sorted({os.path.realpath(p) for p in read})}
 
 
-def namespaces(root: str, write: list[str]) -> tuple[dict, str | None]:
+def namespaces(root: str, write: list[str]) -> tuple[confine.KeeperSpec, str | None]:
     """(the keeper's view settings, None), or ({}, why this worker cannot build the view): the same view is
     built first in a forked child, with the keeper's own code, and thrown away (no interpreter to start)."""
     view = view_spec(root)
@@ -226,7 +246,7 @@ def namespaces(root: str, write: list[str]) -> tuple[dict, str | None]:
     return view, None
 
 
-def _try_view(view: dict, root: str, write: list[str], report_fd: int) -> int:
+def _try_view(view: confine.KeeperSpec, root: str, write: list[str], report_fd: int) -> int:
     """In a forked child: enter the keeper's namespaces, build the view in a grandchild (PID 1 there), and
     return 0, or write why not to `report_fd` and return 1."""
     try:
@@ -252,7 +272,7 @@ def _try_view(view: dict, root: str, write: list[str], report_fd: int) -> int:
     return 1
 
 
-def _pump(read_fd: int, out: Framed, keeper: subprocess.Popen, deadline: float, stop: list[bool]) -> bool:
+def _pump(read_fd: int, out: Framed, keeper: subprocess.Popen[bytes], deadline: float, stop: list[bool]) -> bool:
     """Forward the keeper's output until it exits. At the deadline (or on SIGTERM) stop forwarding first, then
     end the tree through the keeper. Returns True when the deadline was reached."""
     os.set_blocking(read_fd, False)
@@ -302,7 +322,7 @@ def _drain(read_fd: int, out: Framed, reads: int = 64) -> None:
         out.data(data)
 
 
-def _confinement(mode: str, root: str, write: list[str]) -> tuple[int | None, dict, str | None]:
+def _confinement(mode: str, root: str, write: list[str]) -> tuple[int | None, confine.KeeperSpec, str | None]:
     """(Landlock's ABI or None, the keeper's view settings or {}, why something is missing) for this mode."""
     if mode == "off":
         return None, {}, None
@@ -326,7 +346,7 @@ def _ptrace_scope() -> int | None:
         return None
 
 
-def run(spec: dict, root: str) -> int:
+def run(spec: JobSpec, root: str) -> int:
     mode = spec.get("isolation", "auto")
     tmpdir = tempfile.mkdtemp(prefix="autoresearch-run-")
     write = writable_paths(root, spec, tmpdir)  # first: the missing entries it creates are mounted back too
@@ -345,7 +365,7 @@ def run(spec: dict, root: str) -> int:
             out.data(f"{confine.MARK} {note}\n".encode())  # as the local keeper: nothing runs
             code = confine.SETUP_FAILED
         else:
-            keeper_spec = {
+            keeper_spec: confine.KeeperSpec = {
                 **view,
                 "landlock": landlock,
                 "write": write if landlock or view else [],  # the view mounts them back beneath hidden dirs
@@ -363,7 +383,7 @@ def run(spec: dict, root: str) -> int:
             os.close(read_fd)
             code = keeper.returncode
         duration = time.monotonic() - started
-        report: dict = {
+        report: dict[str, Any] = {
             "exit": code, "duration_s": round(duration, 6), "timed_out": timed_out, "confined": landlock,
             "namespaces": bool(view), "abi": abi, "note": note, "ptrace_scope": _ptrace_scope(),
             "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,

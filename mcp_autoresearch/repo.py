@@ -24,6 +24,7 @@ from gitdb.db.loose import LooseObjectDB
 from .errors import SessionError
 from .files import atomic_write, open_regular, own_dir, read_regular
 from .gitobjects import ObjectReader
+from .names import SESSION_BRANCHES
 
 # Options on every call. A run executes with the user's rights and can write .git/config: no setting it plants
 # may run a command inside the server's git calls or blind them. (Filter drivers and attributes cannot be
@@ -381,7 +382,7 @@ class Repo:
         """Point the session's `branch` (named, never whatever is checked out) at `commit`, as git does it: a
         lock file renamed over the loose ref, then reflog entries for the branch, and for HEAD when HEAD is on
         it. Index and work tree are untouched."""
-        if not branch.startswith("autoresearch/"):
+        if not branch.startswith(SESSION_BRANCHES):
             raise SessionError(
                 f"refusing to move {branch}: the server only moves its own autoresearch/ branches"
             )
@@ -438,7 +439,7 @@ class Repo:
     def replace_own_ref(self, branch: str, commit: str) -> None:
         """Replace the session branch's ref file, whatever stands there (a symbolic ref a run planted), by a
         plain ref to `commit`: the file is replaced, never written through."""
-        if not branch.startswith("autoresearch/"):
+        if not branch.startswith(SESSION_BRANCHES):
             raise SessionError(f"refusing to replace {branch}: not a branch of the server's")
         self._write_ref(self.git_dir / "refs" / "heads" / branch, commit)
 

@@ -11,16 +11,23 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .briefing import journal_briefing
 from .config import DEFAULTS
+from .current import current_session
 from .errors import AutoresearchError, ConfigError
-from .journal import RESULTS_TSV, Journal, Row
+from .holdout import holdout_summary
+from .journal import Journal, Row
+from .names import RESULTS_TSV
 from .project import check_project_root, load_project
+from .provenance import metric_provenance
 from .results_tsv import TsvFormat
-from .session import current_session
 from .state import SessionState, current_tag, load_state
 from .statuses import FILTERS
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 @dataclass
@@ -81,7 +88,7 @@ def _optional_columns(width: int, metric_name: str) -> tuple[bool, bool]:
     return delta, memory
 
 
-def results_table(files: SessionFiles, rows: list[Row], notes: bool = True, width: int = WIDE):
+def results_table(files: SessionFiles, rows: list[Row], notes: bool = True, width: int = WIDE) -> Table:
     from rich.table import Table
     from rich.text import Text
 
@@ -90,7 +97,8 @@ def results_table(files: SessionFiles, rows: list[Row], notes: bool = True, widt
     show_delta, show_memory = _optional_columns(width, state.metric_name)
     table = Table(
         title=f"session {state.tag}: {state.metric_name} "
-        f"({'lower' if state.metric_direction == 'lower_is_better' else 'higher'} is better)"
+        f"({'lower' if state.metric_direction == 'lower_is_better' else 'higher'} is better)",
+        caption=Text(f"metric source: {metric_provenance(state.rules).line()}"),  # Text: '[' is not markup
     )
     fixed = [("run", "right"), ("commit", "left"), (state.metric_name, "right")]
     fixed += [("delta", "right")] if show_delta else []
@@ -168,6 +176,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "status":
         sys.stdout.write(journal_briefing(files.state, files.journal))
+        held = holdout_summary(files.root, files.state.tag, files.state.metric_direction)
+        if held:
+            sys.stdout.write(f"\n{held[0].upper()}{held[1:]}.\n")
         return 0
     if args.command == "plot":
         from .plot import write_png

@@ -27,6 +27,7 @@ from .gitguard import GitWatch
 from .guard import changed_fingerprints, new_files, sha256_bytes, sha256_file
 from .journal import Row, one_line
 from .lifecycle import ActiveRun, RunHandle, execute, outcome_of
+from .names import RUN_LOGS
 from .phases import advance
 from .rules import nonblank_lines
 from .sequential import Measurement, Sequential, best_values, closed_noise, confirm_keep, measure_baseline
@@ -116,7 +117,7 @@ class Runs:
             advance(pending, "running", core.save)  # after the append: the record seals the JSONL with it
             _drop_stale_bytecode(self.editor.target_path())
             core.own.journal_written()
-            log_dir = server_dir(core.root, "runs", core.state.tag)  # a planted symlink is replaced
+            log_dir = server_dir(core.root, RUN_LOGS, core.state.tag)  # a planted symlink is replaced
             active = ActiveRun(run_id=run_id, started=time.monotonic(), log_dir=log_dir)
             active.experiment = Experiment(
                 core.config, core.root, run_id, log_dir, core.state.tag, active.record_progress, core.isolation

@@ -197,7 +197,9 @@ def create_server(workspace: Workspace) -> MCPServer:
         "autoresearch", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
     )
 
-    def tool(read_only: bool, destructive: bool = False, idempotent: bool = False):
+    def tool(
+        read_only: bool, destructive: bool = False, idempotent: bool = False
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register a tool: engine errors become ToolErrors; the docstring, dedented, is the description."""
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -16,23 +16,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .config import FROZEN_KEYS, Config
 from .context import normal_run_id
+from .current import current_session
 from .decisions import Decider
 from .diskspace import no_room
 from .editing import Editor
 from .errors import RuleViolation, SessionError
-from .experiment import RUN_LOG
+from .evaluation import refuse_unhidable
 from .guard import changed_fingerprints, fingerprint_files, new_files
 from .isolation import probe_isolation
-from .journal import RESULTS_TSV, Journal
+from .journal import Journal
 from .lifecycle import RunHandle, unmeasured
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
+from .names import RESULTS_TSV, RUN_LOG, SESSION_BRANCHES, SESSIONS, own_journal
 from .ownfiles import OwnFiles, archive_results, exclude_patterns, restore_jsonl, start_mirror
 from .parallel import ParallelRuns
 from .phases import advance, in_flight
 from .processes import kill_marked_processes
-from .project import Project
+from .project import Project, integrity_refusal
+from .provenance import metric_provenance
 from .repo import Repo
 from .running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, Runs, clamp_wait
 from .slot_decisions import SlotDecider
@@ -41,7 +44,6 @@ from .state import (
     PublicCopy,
     SessionState,
     load_record,
-    load_state,
     one_call,
     save_state,
     server_dir,
@@ -63,33 +65,6 @@ __all__ = [
 
 log = logging.getLogger("mcp_autoresearch")
 
-# Settings that define what is measured and what may change; a session keeps them for its whole life.
-RULE_KEYS = (
-    "target_file",
-    "run_command",
-    "metric_name",
-    "metric_parse",
-    "metric_regex",
-    "metric_measure",
-    "metric_direction",
-    "readonly_files",
-    "checks_command",
-    "repeats",
-    "min_delta",
-    "memory_regex",
-    "jsonl_path",
-    "timeout",
-    "max_experiments",
-    "writable",
-    "isolation",
-    "network",
-    "keep_rule",
-    "confidence",
-    "max_repeats",
-    "noise_runs",
-    "slots",
-    "backend",
-)
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 STOPPED = "the server stopped during this run"
 
@@ -97,19 +72,6 @@ STOPPED = "the server stopped during this run"
 def default_tag() -> str:
     """Lower-cased month and day, like the original: nov26."""
     return datetime.now().strftime("%b%d").lower()
-
-
-def current_session(root: Path, repo: Repo | None = None) -> str | None:
-    """The current session is the one whose branch is checked out, always (also when a person checked out
-    another session's branch by hand). None when no session branch is checked out."""
-    try:
-        branch = (repo or Repo(root)).current_branch()
-    except SessionError:
-        return None
-    tag = branch.removeprefix("autoresearch/") if branch else ""
-    if tag and tag != branch and load_state(root, tag) is not None:
-        return tag
-    return None
 
 
 class Session:
@@ -160,6 +122,10 @@ class Session:
                 "server on Linux 5.13+ with Landlock enabled and user namespaces allowed, or set isolation = auto "
                 "to use the layers this machine has (and the after-run checks)"
             )
+        provenance = metric_provenance(config)
+        if config.integrity == "required" and provenance.source == "self-reported":
+            raise SessionError(integrity_refusal(provenance))
+        refuse_unhidable(root, config, isolation, lambda path: repo.is_tracked(repo.repo_path(path)))
         if tag is not None:
             tag = tag.strip().lower()
             if not TAG_RE.match(tag):
@@ -169,7 +135,7 @@ class Session:
                 )
         else:  # the checked-out session; else today's (created, or resumed on its branch)
             tag = current_session(root, repo) or default_tag()
-        branch = f"autoresearch/{tag}"
+        branch = f"{SESSION_BRANCHES}{tag}"
         record, notes = load_record(root, tag)  # the server's own record, never the public copy
         state = record.state if record is not None else None
         repo.ensure_identity()
@@ -187,7 +153,8 @@ class Session:
             )
         jsonl = root / config.jsonl_path
         journal = Journal(root / RESULTS_TSV, jsonl, tag, config.results_format, config.metric_name)
-        journal.mirror = server_dir(root, "sessions") / f"{tag}.own.jsonl"
+        journal.mirror = server_dir(root, SESSIONS) / own_journal(tag)
+        journal.provenance = provenance.source  # on every experiment's record
         if record is not None and state is not None and repo.branch_exists(branch):
             session = cls._resume(root, project, repo, record, journal)
             session.recovered[:0] = notes
@@ -243,6 +210,7 @@ class Session:
                 "metric": config.metric_name,
                 "direction": config.metric_direction,
                 "run_command": config.run_command,
+                "provenance": journal.provenance,
             }
         )
         save_state(root, state, journal.seal())
@@ -257,7 +225,7 @@ class Session:
         config = project.config
         state = record.state
         now = _rules_of(config)
-        changed = [key for key in RULE_KEYS if state.rules.get(key, now[key]) != now[key]]
+        changed = [key for key in FROZEN_KEYS if state.rules.get(key, now[key]) != now[key]]
         if config.target_file != state.target_file:
             changed.insert(0, "target_file")
         if changed:
@@ -513,4 +481,4 @@ class Session:
 
 
 def _rules_of(config: Config) -> dict[str, Any]:
-    return {key: getattr(config, key) for key in RULE_KEYS}
+    return {key: getattr(config, key) for key in FROZEN_KEYS}

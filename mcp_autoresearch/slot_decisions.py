@@ -17,6 +17,7 @@ from .errors import RuleViolation, SessionError
 from .files import atomic_write, read_regular
 from .guard import sha256_bytes
 from .models import DecisionResult
+from .names import SESSION_REFS
 from .parallel import ParallelRuns
 from .phases import advance, in_flight, unsaved
 from .rules import nonblank_lines
@@ -191,7 +192,7 @@ class SlotDecider:
             },
         )
         before = pending.model_copy(deep=True)
-        ref = f"refs/autoresearch/{core.state.tag}/{pending.run_id}"
+        ref = f"{SESSION_REFS}{core.state.tag}/{pending.run_id}"
         try:
             repo.set_ref(ref, commit)
             pending.parent, pending.parent_value, pending.commit = best.commit, best.value, commit

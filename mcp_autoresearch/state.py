@@ -24,11 +24,10 @@ from pydantic import BaseModel, ValidationError, model_validator
 
 from .errors import SessionError
 from .files import atomic_write, own_dir, read_regular
+from .names import SESSIONS, STATE_DIR, own_record, public_state
 from .phases import Phase
 from .stats import Step
 from .statuses import Decision, RunStatus
-
-STATE_DIR = ".autoresearch"
 
 
 class Best(BaseModel):
@@ -177,11 +176,11 @@ def server_dir(root: Path, *parts: str) -> Path:
 
 def state_path(root: Path, tag: str) -> Path:
     """The session's state for people and tools to read; the server itself trusts only its own record."""
-    return state_dir(root) / "sessions" / f"{tag}.json"
+    return state_dir(root) / SESSIONS / public_state(tag)
 
 
 def record_path(root: Path, tag: str) -> Path:
-    return state_dir(root) / "sessions" / f"{tag}.own.json"
+    return state_dir(root) / SESSIONS / own_record(tag)
 
 
 class OwnRecord(BaseModel):
@@ -217,10 +216,10 @@ def save_state(root: Path, state: SessionState, seal: Seal | None = None, behind
     server's own record first (with the JSONL's seal), then the public copy, unless `behind` (the sha256 of the
     public copy as it is) says the caller writes it later, once for all the saves of a step (`write_public`).
     Returns the sha256 of the public copy."""
-    directory = server_dir(root, "sessions")
+    directory = server_dir(root, SESSIONS)
     size, digest = seal or (0, "")
     record = OwnRecord(state=state, jsonl_size=size, jsonl_sha256=digest, public_behind=behind)
-    atomic_write(directory / f"{state.tag}.own.json", record.model_dump_json().encode("utf-8"), mode=0o644)
+    atomic_write(directory / own_record(state.tag), record.model_dump_json().encode("utf-8"), mode=0o644)
     return behind or write_public(root, state)
 
 
@@ -228,7 +227,7 @@ def write_public(root: Path, state: SessionState) -> str:
     """The public copy, for people and tools to read (not synced: the server's record is what a restart uses).
     Returns its sha256."""
     data = state.model_dump_json(indent=1).encode("utf-8")
-    atomic_write(server_dir(root, "sessions") / f"{state.tag}.json", data, 0o644, False)
+    atomic_write(server_dir(root, SESSIONS) / public_state(state.tag), data, 0o644, False)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -297,7 +296,7 @@ def load_record(root: Path, tag: str) -> tuple[OwnRecord | None, list[str]]:
             "move it aside to start over"
         ) from None
     if public != record.state and not _left_behind(root, record):
-        notes.append(f".autoresearch/sessions/{tag}.json was written outside the server: ignored, rewritten")
+        notes.append(f"{STATE_DIR}/{SESSIONS}/{public_state(tag)} was written outside the server: ignored, rewritten")
     return record, notes
 
 

@@ -9,10 +9,12 @@ from .context import SessionCore, normal_run_id
 from .decisions import Decider, rerun
 from .diskspace import AFTER_DISK_FULL
 from .errors import RuleViolation, SessionError
+from .holdout import holdout_summary
 from .journal import Row
 from .models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult, StartResult
 from .parallel import ParallelRuns, slots_line
 from .phases import in_flight
+from .provenance import metric_provenance
 from .running import Runs
 from .sequential import best_values, keep_rule_summary, session_noise
 from .standing import standing
@@ -217,6 +219,7 @@ class Views:
             target_file=state.target_file,
             metric_name=state.metric_name,
             metric_direction=state.metric_direction,
+            provenance=metric_provenance(state.rules),
             best_value=state.best.value if state.best else None,
             baseline_value=state.baseline_value,
             experiments=len(core.journal),
@@ -232,13 +235,15 @@ class Views:
         """The bounded summary for a fresh agent: the journal's newest rows, the keep rule, noise, slots."""
         core = self.core
         noise = session_noise(core.state)
-        return journal_briefing(
+        text = journal_briefing(
             core.state,
             core.journal,
             keep_rule=keep_rule_summary(core.state, core.config),
             noise_sd=noise.sd if noise.df else None,
             slots=slots_line(self.parallel) if self.parallel else None,
         )
+        held = holdout_summary(core.root, core.state.tag, core.state.metric_direction)
+        return f"{text.rstrip()}\n\n{held[0].upper()}{held[1:]}.\n" if held else text
 
     def log_notes(self, run_id: str, notes: str) -> NotesResult:
         """Attach the agent's notes to a logged experiment; values and statuses never change."""
@@ -295,6 +300,7 @@ class Views:
                 tag=core.state.tag,
                 metric_name=core.state.metric_name,
                 direction=direction,
+                provenance=metric_provenance(core.state.rules),
                 total=total,
                 counts={k: journal.counts.get(k, 0) for k in DECISIONS},
                 baseline=now.baseline if now else core.state.baseline_value,
@@ -318,6 +324,7 @@ class Views:
                 noise_df=noise.df,
                 best_runs=len(best_values(core.state)) or None,
                 near_misses=[row_model(r) for r in near_misses(journal, noise.sd or 0.0)],
+                holdout=holdout_summary(core.root, core.state.tag, core.state.metric_direction),
             )
 
 

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from mcp_autoresearch.project import load_project
 
 from .conftest import git, make_repo, run_cli
@@ -25,6 +27,25 @@ def test_ml(tmp_path: Path) -> None:
     assert info.readonly_files == ["prepare.py"]
     assert "peak_vram_mb" in info.metric_source
     assert info.evidence == ["train.py", "prepare.py"]
+    assert any("self-reported" in w and "mcp_autoresearch.evaluate" in w for w in info.warnings)
+
+
+def test_ml_proposes_the_bundled_evaluator_once_train_py_exports_and_the_data_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcp_autoresearch.projects import ml
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    root = make_repo(tmp_path / "p", {"train.py": 'torch.onnx.export(m, (x,), "out/model.onnx")\n', "prepare.py": ""})
+    assert ml.evaluation_stage(root) is None  # no validation file yet
+    data = tmp_path / "home/.cache/autoresearch/val.npz"
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"")
+    stage = ml.evaluation_stage(root)
+    assert stage is not None and " -P -m mcp_autoresearch.evaluate out/model.onnx --data " in stage["eval_command"]
+    assert "~/.cache/autoresearch/val.npz" in stage["hidden"] and stage["writable"] == ["out"]
+    (root / "train.py").write_text("print('val_bpb: 0.9')\n")  # no export: nothing to evaluate
+    assert ml.evaluation_stage(root) is None
 
 
 def test_node_with_source_field_and_build_script(tmp_path: Path) -> None:

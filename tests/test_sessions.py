@@ -146,3 +146,23 @@ async def test_advice_does_not_assume_the_agent_has_a_shell(ml_project: Path, ag
         git(root, "checkout", "-q", "main")
         moved = await agent.refused("apply_edit", content="x\n")
         assert "a person must check it out again" in moved
+
+
+def test_every_setting_declares_whether_a_session_keeps_it() -> None:
+    """Declared on the setting itself; a key that can change what is measured is kept for the session."""
+    from mcp_autoresearch.config import FREE, FROZEN, FROZEN_KEYS, KEYS, ConfigValues
+
+    for name in KEYS:
+        assert ConfigValues.model_fields[name].json_schema_extra in (FROZEN, FREE), name
+    # time_budget is exported into every run; the others change how long, where and with what a run measures.
+    for name in ("time_budget", "checks_timeout", "slot_devices", "shared_inputs", "run_command", "timeout"):
+        assert name in FROZEN_KEYS
+    assert "results_format" not in FROZEN_KEYS
+
+
+async def test_a_session_refuses_a_frozen_setting_changed_between_two_servers(ml_project: Path, agent_for) -> None:
+    async with agent_for(ml_project, {"time_budget": 30}) as agent:
+        await agent.ok("start_session", tag="kept")
+    async with agent_for(ml_project, {"time_budget": 60}) as agent:
+        refusal = await agent.refused("start_session", tag="kept")
+    assert "time_budget: 30.0 -> 60.0" in refusal and "start a new session with another tag" in refusal

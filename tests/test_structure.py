@@ -165,3 +165,17 @@ def test_only_the_state_machine_moves_a_run_between_phases() -> None:
         found += [f"{name}:{line} assigns a phase" for line in _phase_writes(tree)]
         found += [f"{name}:{line} spells out a set of phases" for line in _phase_collections(tree)]
     assert not found, "use phases.advance and the named sets of phases.py: " + "; ".join(found)
+
+
+def test_the_servers_own_file_names_are_spelled_in_one_place() -> None:
+    """`names.py` defines them; no other module spells one as a string of its own."""
+    own = {".autoresearch", "results.tsv", "run.log", "sessions", "autoresearch/", "refs/autoresearch/"}
+    offenders = []
+    for name, path in _modules().items():
+        if name == f"{NAME}.names":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            text = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+            if text is not None and (text in own or text.startswith(".autoresearch/")):
+                offenders.append(f"{name}:{node.lineno}: {text!r}")
+    assert not offenders, offenders

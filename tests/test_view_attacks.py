@@ -97,7 +97,8 @@ for how in ('thread', 'in flight'):
 
 @pytest.mark.parametrize("http_server", ["no token"], indirect=True)
 async def test_a_run_cannot_hide_its_client_socket_from_the_servers_check(
-    http_server: tuple[str, str, str], ml_project: Path  # noqa: F811 (the fixture imported above)
+    http_server: tuple[str, str, str],  # noqa: F811 (the fixture imported above)
+    ml_project: Path,
 ) -> None:
     url, token, _how = http_server
     port = url.split(":")[-1].split("/")[0]

@@ -111,6 +111,11 @@ async def test_live_page_next_to_mcp_with_token(ml_project: Path, browser: Any) 
             assert await page.locator("#rows tr").count() == 3
             assert "too high: overshoots" in await page.inner_text("#rows tr[data-run-id='r3'] td.notes")
             assert await page.locator("#chart svg circle").count() == 3
+            # train.py prints val_bpb itself: the page says the number is self-reported, and how to fix that.
+            assert await page.get_attribute("#provenance", "data-source") == "self-reported"
+            assert await page.is_visible("#provenance")
+            assert "read from the run's own output" in await page.inner_text("#provenance-reason")
+            assert "README, 'The ML recipe'" in await page.inner_text("#provenance-fix")
 
             await page.evaluate("window.__sameLoad = 'yes'")
             await agent.edit("LR = 0.3", "LR = 0.2")
@@ -238,6 +243,32 @@ async def test_ten_thousand_experiments_are_all_counted(tmp_path: Path, browser:
     finally:
         stop_process(proc)
     assert snapshot(root) == before  # the page only reads
+
+
+@pytest.mark.parametrize(
+    ("rules", "source"),
+    [
+        ({"eval_command": "python score.py out/answer.txt"}, "evaluation"),
+        ({"metric_measure": "wall_time_s"}, "server"),
+    ],
+)
+async def test_the_page_says_where_the_number_comes_from(
+    tmp_path: Path, browser: Any, rules: dict[str, str], source: str
+) -> None:
+    """From the session's own rules: an evaluation stage or the server's measurement, without a fix to offer."""
+    root = make_repo(tmp_path / "p", {"train.py": "x = 1\n"})
+    synthetic_session(root, 3, rules=rules)
+    port = free_port()
+    proc = start_process(["dashboard", "--web", "--project", str(root), "--port", str(port)], port)
+    try:
+        page, errors = await open_page(browser, f"http://127.0.0.1:{port}/")
+        await page.wait_for_selector(READY)
+        assert await page.get_attribute("#provenance", "data-source") == source
+        assert await page.inner_text("#provenance-source") == source
+        assert await page.inner_text("#provenance-fix") == ""
+        assert errors == []
+    finally:
+        stop_process(proc)
 
 
 async def test_the_page_reconnects_after_the_server_restarts(tmp_path: Path, browser: Any) -> None:

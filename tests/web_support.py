@@ -91,7 +91,7 @@ def stop_process(proc: subprocess.Popen[bytes]) -> str:
 
 
 def synthetic_session(
-    root: Path, experiments: int, seed: int = 7, tag: str = "big"
+    root: Path, experiments: int, seed: int = 7, tag: str = "big", rules: dict[str, object] | None = None
 ) -> dict[str, float | int]:
     """A session of `experiments` decided experiments, written as the server writes them (state + JSONL),
     with keeps, discards, crashes, notes and the noise gate's `values`/`spread` on some rows. Returns the
@@ -175,6 +175,7 @@ def synthetic_session(
                     "nonblank_lines": 3,
                 },
                 "baseline_value": baseline,
+                "rules": rules or {},
             }
         ),
     )

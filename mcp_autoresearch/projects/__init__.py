@@ -6,9 +6,9 @@ from pathlib import Path
 
 from ..gitfiles import tracked_and_ignored
 from . import flutter, golang, java, ml, node, python_package, rust
-from .base import Detection, choose_target
+from .base import Detection, ProjectType, choose_target
 
-PROJECT_TYPES = [ml, flutter, java, rust, golang, node, python_package]
+PROJECT_TYPES: list[ProjectType] = [ml, flutter, java, rust, golang, node, python_package]
 # Whether runs may use the network, per type (README, "Network"). ML: a training script may fetch a kernel, a
 # tokenizer or data from a hub on its first run. Java, Flutter: Gradle, Maven and pub resolve dependencies
 # during a build. Node, Rust, Go, Python: builds, tests and benchmarks use dependencies installed beforehand

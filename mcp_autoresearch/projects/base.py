@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..metrics import Measure
+from ..names import STATE_DIR
 
 # Directories never searched for source files: dependencies, build output, VCS, virtual environments.
 SKIP_DIRS = {
@@ -24,7 +25,7 @@ SKIP_DIRS = {
     ".gradle",
     ".dart_tool",
     ".idea",
-    ".autoresearch",
+    STATE_DIR,
     ".tox",
     ".mypy_cache",
     ".pytest_cache",
@@ -65,6 +66,8 @@ class Detection:
 
 
 class ProjectType(Protocol):
+    """What a project type module provides (`projects/<type>.py`)."""
+
     NAME: str
 
     def detect(self, root: Path) -> Detection | None: ...

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..names import SERVER_BIN
 from .base import Detection, find_files, read_small, rel
 
 NAME = "go"
-BINARY = ".autoresearch/bin/app"
+BINARY = f"{SERVER_BIN}/app"
 
 
 def _main_files(root: Path, limit: int = 20) -> list[str]:
@@ -27,7 +28,7 @@ def detect(root: Path) -> Detection | None:
     if not (root / "go.mod").is_file():
         return None
     settings = {
-        "writable": [".autoresearch/bin", "~/.cache/go-build", "~/go/pkg/mod"],
+        "writable": [SERVER_BIN, "~/.cache/go-build", "~/go/pkg/mod"],
         "metric_name": "binary_kb",
         "metric_measure": f"size_kb:{BINARY}",
         "metric_direction": "lower_is_better",

@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
+from ..config import KEYS
 from .base import Detection
 
 NAME = "ml"
+
+# The ML recipe (README, "The ML recipe"): train.py exports its model here, the user's one-time export of
+# prepare.py's validation rows is read from VALIDATION_FILE, and the bundled evaluator computes val_bpb.
+MODEL_FILE = "out/model.onnx"
+VALIDATION_FILE = "~/.cache/autoresearch/val.npz"
+VALIDATION_SHARD = "~/.cache/autoresearch/data/shard_06542.parquet"  # prepare.py's pinned validation shard
+# The server's own interpreter (the one with mcp-autoresearch and its ml-eval extra), not the project's `python`;
+# -P: the project folder (the stage's working directory) is not put on sys.path, so no file there shadows a module.
+EVAL_COMMAND = (
+    f"{shlex.quote(sys.executable)} -P -m mcp_autoresearch.evaluate {MODEL_FILE} --data {VALIDATION_FILE}"
+)
+SELF_REPORTED = (
+    "val_bpb is printed by train.py itself (self-reported: one print can forge it). To measure it outside the "
+    f"run, follow README's 'The ML recipe': train.py exports {MODEL_FILE}, export the validation rows once to "
+    f"{VALIDATION_FILE}, then set eval_command = \"{EVAL_COMMAND}\", "
+    f'hidden = ["{VALIDATION_FILE}", "{VALIDATION_SHARD}"], writable = ["out"]'
+)
+
+
+def evaluation_stage(root: Path) -> dict[str, Any] | None:
+    """The bundled evaluator's settings, when train.py exports the model and the validation file exists."""
+    try:
+        exports = MODEL_FILE in (root / "train.py").read_text(errors="replace")
+    except OSError:
+        return None
+    if not exports or not Path(VALIDATION_FILE).expanduser().is_file():
+        return None
+    return {
+        "eval_command": EVAL_COMMAND,
+        "hidden": [VALIDATION_FILE, VALIDATION_SHARD],  # the run can neither train on them nor read them
+        "writable": ["out"],  # where train.py writes the model; a fresh folder for every run
+    }
 
 
 def detect(root: Path) -> Detection | None:
@@ -34,6 +70,12 @@ def detect(root: Path) -> Detection | None:
         target_candidates=["train.py"],
         no_target="train.py is not usable as the target; set target_file",
     )
+    stage = evaluation_stage(root)
+    if stage is not None and "eval_command" in KEYS and "hidden" in KEYS:
+        detection.settings.update(stage)
+        detection.metric_source = f"the evaluation stage: {EVAL_COMMAND} (on the model train.py exported)"
+    else:
+        detection.warnings.append(SELF_REPORTED)
     if not uv:
         detection.warn_about(
             "run_command", "uv is not on PATH: running 'python train.py' instead of 'uv run train.py'"

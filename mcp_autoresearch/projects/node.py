@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from .base import Detection
 
@@ -31,7 +32,7 @@ def _exports_entry(exports: object) -> str | None:
     return None
 
 
-def _targets(package: dict) -> list[str]:
+def _targets(package: dict[str, Any]) -> list[str]:
     """package.json's `source`, `main`, `module`, `exports`, then the usual entry files. `main` often names the
     build output (dist/x.js): the registry keeps only a tracked source file."""
     named = [package.get(key) for key in ("source", "main", "module")]
@@ -60,7 +61,7 @@ def _output_dir(root: Path, build_script: str) -> str:
 OUTPUT_FIELDS = ("main", "module", "types", "typings", "unpkg", "umd:main", "browser", "exports")
 
 
-def _named_outputs(package: dict) -> list[tuple[str, str]]:
+def _named_outputs(package: dict[str, Any]) -> list[tuple[str, str]]:
     """(field, relative path) for every file an output field names."""
     found = []
     for key in OUTPUT_FIELDS:
@@ -81,7 +82,7 @@ def _all_paths(exports: object) -> list[str]:
     return []
 
 
-def foresee_outputs(root: Path, package: dict, writable: list[str]) -> tuple[list[str], list[str]]:
+def foresee_outputs(root: Path, package: dict[str, Any], writable: list[str]) -> tuple[list[str], list[str]]:
     """Outputs the build writes outside the writable paths, foreseen from package.json: a directory holding no
     tracked file is added to `writable` (returned); a file at the project root, or in a directory of sources, is
     warned about (a confined run cannot create it). A tracked file named there is a source, not an output."""

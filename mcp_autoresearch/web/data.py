@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULTS
+from ..current import current_session
+from ..holdout import holdout_summary
 from ..logtail import tail
-from ..session import current_session
+from ..names import RUN_LOGS
+from ..provenance import metric_provenance
 from ..standing import standing
 from ..state import SessionState, current_tag, load_state, state_dir, state_path
 
@@ -248,7 +251,7 @@ class SessionView:
     def _log_of(self, run_id: str) -> Path | None:
         """The newest log of a run: `<run_id>.log`, a repeat's `<run_id>-<k>.log`, or the checks' log. The
         names are built, not listed: the folder holds one log per experiment, thousands of them."""
-        folder = state_dir(self.root) / "runs" / (self.tag or "")
+        folder = state_dir(self.root) / RUN_LOGS / (self.tag or "")
         repeats = self.state.rules.get("repeats", 1) if self.state is not None else 1
         names = [f"{run_id}.log", f"{run_id}-checks.log"]
         names += [f"{run_id}-{k}.log" for k in range(1, min(int(repeats or 1), 100) + 1)]
@@ -273,6 +276,7 @@ class SessionView:
             "direction": state.metric_direction if state else None,
             "target": state.target_file if state else None,
             "branch": state.branch if state else None,
+            "provenance": metric_provenance(state.rules).model_dump() if state else None,
             "total": len(rows),
             "counts": {s: counts.get(s, 0) for s in STATUSES},
             "run_counts": dict(self.run_counts),
@@ -294,6 +298,8 @@ class SessionView:
             "keep_rate": counts.get("keep", 0) / len(rows) if rows else None,
             "per_hour": self._per_hour(),
             "memory_peak_gb": self.memory_peak,
+            # how far the keeps hold on the holdout, in one line (never a holdout value)
+            "holdout": holdout_summary(self.root, self.tag, state.metric_direction) if state and self.tag else None,
         }
 
     def _per_hour(self) -> float | None:

@@ -73,6 +73,7 @@
     $("counts").textContent = `keep ${s.counts.keep} · discard ${s.counts.discard} · crash ${s.counts.crash}`;
     setText("baseline", fmt(s.baseline), s.baseline);
     $("metric-desc").textContent = s.metric ? `${s.metric}, ${direction}` : "";
+    renderProvenance(s.provenance);
     setText("best", s.best ? fmt(s.best.value) : "–", s.best ? s.best.value : null);
     $("best-sub").textContent = s.best
       ? `${s.best.run_id} · ${s.best.commit.slice(0, 7)}${s.best.spread !== null ? " · spread " + fmt(s.best.spread) : ""} · ${s.best.description}`
@@ -80,6 +81,7 @@
     $("best-sub").title = s.best ? s.best.description : "";
     setText("improvement", s.improvement === null ? "–" : signed(s.improvement), s.improvement);
     $("improvement-pct").textContent = s.improvement_pct === null ? "" : `${signed(+s.improvement_pct.toFixed(2))}% vs baseline`;
+    $("holdout").textContent = s.holdout || "";
     const rate = s.keep_rate === null ? "–" : (s.keep_rate * 100).toFixed(s.keep_rate < 0.1 ? 1 : 0) + "%";
     setText("keep-rate", rate, s.keep_rate);
     $("rate").textContent = s.per_hour === null ? "" : `${s.per_hour.toFixed(s.per_hour < 10 ? 1 : 0)} experiments / hour`;
@@ -87,6 +89,16 @@
     setText("memory", mem === null ? (s.memory_peak_gb === null ? "–" : fmt(s.memory_peak_gb) + " GB") : fmt(mem) + " GB");
     $("memory-sub").textContent = s.memory_peak_gb === null ? "not recorded" : (mem === null ? "peak" : `of the best · peak ${fmt(s.memory_peak_gb)} GB`);
     renderFilters(s);
+  }
+
+  // Where the values come from; a self-reported metric is marked, with the change that removes the doubt.
+  function renderProvenance(p) {
+    $("provenance").hidden = !p;
+    if (!p) return;
+    $("provenance").dataset.source = p.source;
+    $("provenance-source").textContent = p.source;
+    $("provenance-reason").textContent = p.reason + ".";
+    $("provenance-fix").textContent = p.fix ? `Fix: ${p.fix}.` : "";
   }
 
   function renderFilters(s) {
