@@ -15,9 +15,11 @@ from .errors import RuleViolation, SessionError
 from .evidence import Evidence
 from .holdout import run_holdout
 from .journal import Row
+from .lifecycle import STOPPED, unmeasured
 from .models import DecisionResult
 from .names import SESSION_REFS
 from .phases import advance, in_flight, unsaved
+from .processes import kill_marked_processes
 from .rules import Verdict, decide, improvement
 from .running import Runs
 from .sequential import best_values, resolve_keep_rule
@@ -64,6 +66,65 @@ class Decider:
         if result.best_regression:  # the best kept earlier is slower now: reported, for the person to look at
             verdict = replace(verdict, reason=f"{verdict.reason}; {result.best_regression} (a regression, reported)")
         return verdict
+
+    def recover(self) -> list[str]:
+        """After a restart, the run in the user's tree: one that never started is undone (its edit stays), one
+        that was running is logged as interrupted, a decision half applied is finished. Returns what was done."""
+        core = self.core
+        notes: list[str] = []
+        pending = core.state.pending
+        if pending is None:
+            return notes
+        if pending.phase == "starting":
+            head = core.repo.head_commit()
+            if (
+                head != pending.parent
+                and core.repo.is_ancestor(pending.parent, head)
+                and core.repo.commit_message(head).startswith("experiment:")
+            ):
+                # The candidate was committed but never ran: undo the commit, keep the edit in the work tree.
+                core.repo.move_branch(
+                    core.state.branch, pending.parent, f"autoresearch: undo {pending.run_id}"
+                )
+                core.repo.unstage([core.target_repo_path])
+            core.state.drop(pending.run_id)
+            core.save()
+            notes.append(f"run {pending.run_id} never started; its edit is back in the working tree")
+        elif pending.phase == "running":
+            killed = kill_marked_processes(str(core.root))
+            if pending.measuring_best and pending.commit:  # the best's content was in place for a re-measure
+                core.repo.restore_paths(pending.commit, [core.target_repo_path])
+            tampered = self.runs.verify_after_run(pending)
+            error = STOPPED
+            if killed:
+                error += f" ({killed} leftover processes killed)"
+            pending.result = unmeasured("interrupted", error, tampered)
+            advance(pending, "finished", core.save)
+            self.decide_locked(pending.run_id, discard=True)
+            notes.append(
+                f"run {pending.run_id} was in flight when the server stopped: logged as interrupted. It never "
+                "finished, so it says nothing about its idea: "
+                + ("run the baseline again" if pending.is_baseline else "apply its edit again to re-run it")
+            )
+        elif pending.phase == "deciding":
+            self.finish(pending)
+            notes.append(f"the decision on run {pending.run_id} was completed")
+        if core.journal.reconcile_tsv():
+            notes.append("results.tsv was rebuilt from the JSONL log")
+        return notes
+
+    def shutdown(self, join_s: float) -> None:
+        """The server stops: the run in flight is cancelled and, once it ended, logged as interrupted."""
+        active = self.runs.stop("the server was stopped", join_s)
+        if active is None:
+            return
+        with self.core.lock:
+            pending = self.core.state.pending
+            if pending is not None and pending.phase == "finished" and pending.run_id == active.run_id:
+                if pending.result and pending.result.status == "cancelled":
+                    pending.result.status = "interrupted"
+                    pending.result.error = STOPPED
+                self.decide_locked(pending.run_id, discard=True)
 
     def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
         core = self.core

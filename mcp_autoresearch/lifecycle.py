@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mcp_autoresearch")
 
+STOPPED = "the server stopped during this run"
+
 
 @dataclass
 class ActiveRun:

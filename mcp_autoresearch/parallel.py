@@ -136,6 +136,16 @@ class ParallelRuns:
         for flight in list(self.flights.values()):
             flight.cancel(reason)
 
+    def cancel_run(self, reason: str, run_id: str | None) -> None:
+        """A client gave up waiting for this run: it is stopped (giving up on any run stops none of them)."""
+        flight = self.flights.get(run_id) if run_id is not None else None
+        if flight is not None:
+            flight.cancel(reason)
+
+    def wait_after_start(self, wait_s: float | None) -> float | None:
+        """run_experiment does not wait for a run in a slot: the agent prepares the next idea meanwhile."""
+        return 0.0
+
     def stop(self, reason: str, join_s: float) -> list[ActiveRun]:
         flights = list(self.flights.values())
         for flight in flights:

@@ -63,6 +63,14 @@ class Runs:
         if active is not None:
             active.cancel(reason)
 
+    def cancel_run(self, reason: str, run_id: str | None) -> None:
+        """A client gave up waiting for the run: it is stopped (there is only one)."""
+        self.cancel(reason)
+
+    def wait_after_start(self, wait_s: float | None) -> float | None:
+        """run_experiment waits for the run in the user's tree as the agent asked."""
+        return wait_s
+
     def stop(self, reason: str, join_s: float) -> ActiveRun | None:
         """Cancel the run in flight and wait up to `join_s` for its thread; returns the run that was stopped."""
         active = self.active
