@@ -240,6 +240,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(f"repeats:      {info.repeats} (runs per experiment; the median decides)")
     print(f"min_delta:    {info.min_delta:g}")
     print(f"writable:     {', '.join(info.writable) or '-'} (a run may write only these, and a private TMPDIR)")
+    if info.persistent:
+        print(f"persistent:   {', '.join(info.persistent)} (kept from run to run: a channel between runs, not trusted)")
     if info.slots > 1 or info.backend != "local":
         print(f"slots:        {info.slots} ({info.backend}), each run in a checkout of its own")
     print(f"isolation:    {info.isolation}")

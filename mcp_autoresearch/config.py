@@ -134,6 +134,12 @@ class ConfigValues(BaseModel):
         description="Paths a run may write (relative to the project, absolute, or ~/...); all else is read-only.",
         json_schema_extra=FROZEN,
     )
+    persistent: list[str] | None = Field(
+        None,
+        description="Cache paths a run may write that are kept from run to run (a channel from one run to the "
+        "next: not trusted); every other cache is private to each run.",
+        json_schema_extra=FROZEN,
+    )
     isolation: IsolationSetting | None = Field(
         None,
         description="auto (confine runs when the kernel can), required (refuse to start without), or off.",
@@ -213,7 +219,7 @@ class ConfigValues(BaseModel):
             return DIRECTION_ALIASES.get(value.strip().lower(), value)
         return value
 
-    @field_validator("readonly_files", "writable", "slot_devices", "shared_inputs", "hidden", mode="before")
+    @field_validator("readonly_files", "writable", "persistent", "slot_devices", "shared_inputs", "hidden", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         # The markdown format of the original tool writes lists comma-separated.
@@ -255,7 +261,7 @@ class ConfigValues(BaseModel):
             return "on" if value else "off"
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("readonly_files", "writable", "shared_inputs", "hidden")
+    @field_validator("readonly_files", "writable", "persistent", "shared_inputs", "hidden")
     @classmethod
     def _no_empty_entries(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and any(not item.strip() or item.strip() in (".", "./") for item in value):
@@ -320,6 +326,7 @@ DEFAULTS: dict[str, Any] = {
     "min_delta": 0.0,
     "jsonl_path": DEFAULT_JSONL,
     "writable": [],
+    "persistent": [],
     "isolation": "auto",
     "integrity": "any",
     "network": "on",
@@ -363,6 +370,7 @@ class Config(BaseModel):
     memory_regex: str | None = None
     jsonl_path: str = DEFAULT_JSONL
     writable: list[str] = Field(default_factory=list)
+    persistent: list[str] = Field(default_factory=list)
     isolation: IsolationSetting = "auto"
     network: NetworkSetting = "on"
     results_format: ResultsFormat = "autoresearch"
@@ -377,6 +385,11 @@ class Config(BaseModel):
     ray_address: str | None = None
     ray_num_cpus: float | None = None
     ray_num_gpus: float | None = None
+
+    @property
+    def run_writes(self) -> list[str]:
+        """Every entry a run may write: the `writable` outputs, then the `persistent` caches."""
+        return [*self.writable, *self.persistent]
 
     @property
     def parallel(self) -> bool:

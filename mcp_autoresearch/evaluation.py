@@ -14,16 +14,23 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shlex
 from collections.abc import Callable
 from pathlib import Path
 
 from .config import Config
 from .errors import ConfigError, SessionError
-from .isolation import DEVICE_FILES, DEVICE_GLOBS, Isolation
+from .isolation import Isolation
+from .logtail import read_tail_bytes
 from .names import RUN_LOG
+from .write_grants import DEVICE_FILES, DEVICE_GLOBS
 
 EVAL_SUFFIX = "-eval"
+# An evaluator's own verdict on a candidate it refuses (the bundled ML evaluator prints it as its last line, then
+# exits with status 3): `metric_error: <reason>: <summary>`, one printable line.
+EVALUATOR_REFUSED = 3
+VERDICT = re.compile(rb"^metric_error: ([a-z][a-z-]{0,40}): ([ -~]{1,300})$", re.MULTILINE)
 HOLDOUT_SUFFIX = "-holdout"
 
 
@@ -170,4 +177,17 @@ def stage_failure(what: str, status: str, exit_code: int | None, error: str | No
         how = f"killed by signal {-exit_code}"
     else:
         how = f"exit code {exit_code}" + (" (command not found?)" if exit_code == 127 else "")
+    verdict = evaluator_verdict(log_path) if exit_code == EVALUATOR_REFUSED else None
+    if verdict:
+        return f"{verdict} (the evaluation stage ({what}) refused the candidate; see its log {log_path})"
     return f"the evaluation stage ({what}) failed: {how}; see its log {log_path}"
+
+
+def evaluator_verdict(log_path: Path) -> str | None:
+    """`<reason>: <summary>` from the last verdict line in the end of the evaluation's log, if there is one."""
+    try:
+        tail = read_tail_bytes(log_path, 4096)
+    except OSError:
+        return None
+    found = list(VERDICT.finditer(tail.replace(b"\r\n", b"\n")))
+    return f"{found[-1][1].decode()}: {found[-1][2].decode()}" if found else None

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .caches import run_caches
 from .config import Config
 from .evaluation import EVAL_SUFFIX, eval_writable, hidden_paths, stage_failure
+from .fresh_outputs import OutputsError, make_fresh, record, unsafe_outputs
 from .guard import sha256_file
 from .isolation import (
     Isolation,
@@ -27,14 +29,22 @@ from .isolation import (
     keeper_spec,
     linked_inputs,
     network_hint,
-    private_caches,
     setup_failure,
     writable_paths,
 )
 from .launcher import Launched, launcher
 from .logtail import clean_text, read_tail_bytes, tail
-from .metrics import MetricError, Secondary, first_float, measure, read_metric_from_log, read_secondary
+from .metrics import (
+    Measure,
+    MetricError,
+    Secondary,
+    first_float,
+    measure,
+    read_metric_from_log,
+    read_secondary,
+)
 from .names import HOLDOUT, RUN_LOG, STATE_DIR
+from .output_checks import Snapshot, snapshot
 from .runner import DEFAULT_GRACE_S, ProcessResult, ProcessRun, ProgressCallback
 from .statuses import RunStatus
 
@@ -102,6 +112,7 @@ class Experiment:
         self._current: ProcessRun | RayJobRun | None = None
         self._cancel_reason: str | None = None
         self._tally = _Tally()  # every run so far: `run` may be called again to add runs
+        self._last_run = ""  # the name of the last run (for `fresh_outputs.record`)
 
     def cancel(self, reason: str) -> None:
         with self._lock:
@@ -115,10 +126,11 @@ class Experiment:
         held = self.isolation.confined or self.isolation.namespaces
         if not held:
             return []
-        return eval_writable(tmpdir) if stage == "eval" else writable_paths(self.root, list(self.config.writable), tmpdir)
+        return eval_writable(tmpdir) if stage == "eval" else writable_paths(self.root, self.config.run_writes, tmpdir)
 
     def _private_caches(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
-        return private_caches(self.root, list(self.config.writable), tmpdir, env)
+        """Every tool cache the user did not list in `writable` or `persistent`: the run's own, empty."""
+        return run_caches(self.root, self.config.run_writes, tmpdir, env)
 
     def _stage_env(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
         """The evaluation's caches in its TMPDIR, and Python's bytecode too: a `__pycache__` a run could write
@@ -169,12 +181,11 @@ class Experiment:
         if remote and self.backend is not None:
             setting = self.isolation.setting if self.isolation is not None else "off"
             process = self.backend.process(
-                command, self.root, log_path, timeout, env, marker, progress, list(self.config.writable),
+                command, self.root, log_path, timeout, env, marker, progress, self.config.run_writes,
                 setting != "off", required=setting == "required", measure=measure,
             )
         else:
             kept = self.isolation is not None and keeper_available()
-            confined = self.isolation is not None and self.isolation.confined
             process = ProcessRun(
                 command=command,
                 cwd=self.root,
@@ -186,7 +197,8 @@ class Experiment:
                 on_progress=progress,
                 wrapper=functools.partial(self._wrap, stage=stage) if kept else None,
                 launch=functools.partial(self._launch, stage=stage) if kept else None,
-                private_env=self._stage_env if stage == "eval" else self._private_caches if confined else None,
+                # confined or not, no tool cache outlives its run
+                private_env=self._stage_env if stage == "eval" else self._private_caches,
             )
         with self._lock:
             if self._cancel_reason is not None:
@@ -219,8 +231,14 @@ class Experiment:
             )
             if self.publish_run_log:
                 self._clear_run_log()
+            try:
+                fresh = self._fresh_outputs(f"{self.run_id}{suffix}")
+            except OutputsError as exc:
+                return self._failed(tally, ("crash", f"{exc} (nothing ran)"), None, log_path)
             started_at = time.time()
             done = process.run()
+            self._last_run = f"{self.run_id}{suffix}"
+            self._record_outputs()
             if self.publish_run_log:
                 self._publish_run_log(log_path)
             tally.add_run(done.duration_s, done.peak_rss_bytes, done.leftovers_killed, done.exit_code)
@@ -234,12 +252,16 @@ class Experiment:
             if config.eval_command:  # the run's whole tree is gone: the evaluation reads what it left
                 measured_log = log_path.with_name(log_path.stem + EVAL_SUFFIX + ".log")
                 tally.eval_log = measured_log
+                unsafe = unsafe_outputs(self.root, list(config.writable), started_at)
+                if unsafe:
+                    reason = f"the run's outputs are not handed to the evaluation: {unsafe}"
+                    return self._failed(tally, ("metric_error", reason), None, log_path)
                 failure = self._evaluate(config.eval_command, log_path, measured_log, "eval_command")
                 if failure:
                     return self._failed(tally, failure, None, measured_log)
                 figures = Secondary(figures.memory_mb, read_secondary(measured_log, config.metric_name, None).metrics)
             try:
-                tally.values.append(self._metric(measured_log, done.duration_s, started_at, done.sizes))
+                tally.values.append(self._metric(measured_log, done.duration_s, started_at, done.sizes, fresh))
             except MetricError as exc:
                 where = f" (in the evaluation's output, {measured_log})" if config.eval_command else ""
                 return self._failed(tally, ("metric_error", f"{exc}{where}"), None, measured_log)
@@ -284,6 +306,7 @@ class Experiment:
         checks = self._process(
             config.checks_command, checks_log, config.checks_timeout, f"{self.run_id}-checks", None, remote=True
         ).run()
+        self._record_outputs()  # what the checks wrote there is the run's too (not the user's)
         self._tally.leftovers += checks.leftovers_killed
         failure = self._process_failure(checks.status, checks.exit_code, checks.error)
         if failure:
@@ -342,8 +365,25 @@ class Experiment:
             return "crash", f"exit code {exit_code}{hint}"
         return None
 
+    def _fresh_outputs(self, name: str) -> Snapshot:
+        """Before run `name`: the outputs moved aside (`fresh_outputs`; not for a Ray job, which runs in a
+        copy of its own), then what the measured output holds (to tell what this run wrote)."""
+        if self.backend is None:
+            make_fresh(self.root, list(self.config.writable), self.tag, name)
+        spec = self.config.metric_measure
+        return snapshot(self.root / Measure.parse(spec).path) if spec and spec != "wall_time_s" else frozenset()
+
+    def _record_outputs(self) -> None:
+        if self.backend is None and self._last_run:
+            record(self.root, list(self.config.writable), self._last_run)
+
     def _metric(
-        self, log_path: Path, duration_s: float, started_at: float, sizes: dict[str, int | str] | None = None
+        self,
+        log_path: Path,
+        duration_s: float,
+        started_at: float,
+        sizes: dict[str, int | str] | None = None,
+        fresh: Snapshot = frozenset(),
     ) -> float:
         config = self.config
         if config.metric_parse:
@@ -372,7 +412,7 @@ class Experiment:
             if isinstance(found, str):
                 raise MetricError(found)
             return found / (1024 if config.metric_measure.startswith("size_kb:") else 1024 * 1024)
-        return measure(config.metric_measure, self.root, duration_s, started_at, config.target_file)
+        return measure(config.metric_measure, self.root, duration_s, started_at, config.target_file, fresh)
 
     def _clear_run_log(self) -> None:
         try:

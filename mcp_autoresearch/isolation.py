@@ -12,7 +12,6 @@ for want of the network (`denied_write_hint`, `network_hint`). It runs nothing i
 from __future__ import annotations
 
 import functools
-import glob
 import os
 import re
 import subprocess
@@ -24,12 +23,10 @@ from pathlib import Path
 from . import confine, landlock
 from .errors import ConfigError
 from .names import RESULTS_TSV, RUN_LOG, SERVER_BIN, STATE_DIR
+from .write_grants import granted_paths
 
 # Devices any run may write (the terminal-like ones tools expect) and those a GPU run needs; directories below
 # /dev that are per-process scratch space.
-DEVICE_FILES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/ptmx"]
-DEVICE_GLOBS = ["/dev/nvidia*", "/dev/kfd"]
-DEVICE_DIRS = ["/dev/shm", "/dev/pts", "/dev/dri"]
 
 SERVER_OWN = (".git", STATE_DIR)
 # Inside the server's folder, only these build-output folders may be opened to a run (Go's default binary).
@@ -134,7 +131,7 @@ def _contains(outer: Path, inner: Path) -> bool:
 
 
 def check_writable(
-    root: Path, entries: list[str], protected: dict[str, str], jsonl_path: str
+    root: Path, entries: list[str], protected: dict[str, str], jsonl_path: str, key: str = "writable"
 ) -> list[str]:
     """Refuse `writable` entries that would let a run change what the rules protect: the project itself, the
     target or a read-only file (`protected`: path -> what it is), `.git`, the server's own files, or a link that
@@ -154,7 +151,7 @@ def check_writable(
             resolved = lexical
         if _contains(root, lexical) and not _contains(root, resolved):
             raise ConfigError(
-                f"writable entry '{entry}' is a link that leads out of the project (to {resolved}); "
+                f"{key} entry '{entry}' is a link that leads out of the project (to {resolved}); "
                 "name the real directory instead"
             )
         for path in {lexical, resolved}:
@@ -162,13 +159,13 @@ def check_writable(
                 _contains(own, path) and not any(_contains(root / ok, path) for ok in SERVER_OWN_WRITABLE)
             ):
                 raise ConfigError(
-                    f"writable entry '{entry}' is (or contains) the server's own folder .autoresearch/; "
+                    f"{key} entry '{entry}' is (or contains) the server's own folder .autoresearch/; "
                     "a run must not write the session's state or logs"
                 )
             for protected_path, what in guarded.items():
                 if _contains(path, protected_path) or _contains(protected_path, path):
                     raise ConfigError(
-                        f"writable entry '{entry}' would let a run change {what} ({protected_path}); "
+                        f"{key} entry '{entry}' would let a run change {what} ({protected_path}); "
                         "list only build output and cache directories"
                     )
     return entries
@@ -176,48 +173,8 @@ def check_writable(
 
 def writable_paths(root: Path, entries: list[str], tmpdir: str | None) -> list[str]:
     """Every path a run may write beneath: the configured entries, the run's private temporary directory, and
-    devices. A missing entry whose parent exists is created first (a rule needs something to stand on, and a
-    first build must be able to write its output directory); one whose parent is missing is left out."""
-    paths: list[str] = []
-    expanded = [_expand(root, entry) for entry in entries]
-    for path in expanded:
-        # An entry beneath another one is already writable through it (the run can create it), and the run may
-        # have replaced it (or a directory on its way) with a link since the last run: granting it by name would
-        # follow that link.
-        if any(other != path and _contains(other, path) for other in [*expanded, *map(Path, DEVICE_DIRS)]):
-            continue
-        if not os.path.lexists(path) and path.parent.is_dir():
-            try:
-                path.mkdir()
-            except OSError:
-                pass
-        paths.append(str(path))
-    if tmpdir:
-        paths.append(tmpdir)
-    paths += DEVICE_DIRS + DEVICE_FILES
-    for pattern in DEVICE_GLOBS:
-        paths += sorted(glob.glob(pattern))
-    return paths
-
-
-# Caches a run's tools write that later runs (and the evaluator) would read: unless declared writable, each run
-# gets its own, empty, in its private TMPDIR. uv's cache holds hard links to the project's installed packages,
-# so a writable uv cache would let a run rewrite the environment the evaluator imports.
-PRIVATE_CACHES = {"UV_CACHE_DIR": "~/.cache/uv", "TRITON_CACHE_DIR": "~/.triton/cache"}
-
-
-def private_caches(root: Path, entries: list[str], tmpdir: str, env: dict[str, str]) -> dict[str, str]:
-    """Environment variables that point the tools' shared caches into the run's private TMPDIR, for each cache
-    that is not declared writable (and not already pointed elsewhere by the user's environment)."""
-    allowed = [_expand(root, entry) for entry in entries]
-    found: dict[str, str] = {}
-    for variable, default in PRIVATE_CACHES.items():
-        if variable in env:
-            continue
-        cache = _expand(root, default)
-        if not any(_contains(path, cache) for path in allowed):
-            found[variable] = os.path.join(tmpdir, variable.lower())
-    return found
+    devices (`write_grants`, the rule a Ray worker applies too)."""
+    return granted_paths(str(root), entries, tmpdir)
 
 
 def keeper_command(
@@ -321,9 +278,11 @@ def denied_write_hint(output_tail: str) -> str | None:
     path = node[-1] if node else next((p for p in map(_named_path, reversed(lines)) if p), None)
     where = f" ({path})" if path else " (the output names no path: look for the file the tool writes)"
     return (
-        f"the run was refused a write{where}: runs may write only the paths listed in `writable` (plus a "
-        "private TMPDIR and a fresh /tmp). If it must write there, add the directory to `writable` in the "
-        "configuration and start a new session"
+        f"the run was refused a write{where}: runs may write only the paths listed in `writable` and "
+        "`persistent` (plus a private TMPDIR and a fresh /tmp). If it must write there, add the directory to "
+        "`writable` (a build output) or, for a cache to keep from run to run, to `persistent`, in the "
+        "configuration and start a new session; a tool that downloads dependencies during the build can have "
+        "them fetched before the session instead"
     )
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .checkouts import session_slots
 from .errors import ConfigError, SessionError
+from .fresh_outputs import OUTPUTS_DIR
 from .gitguard import present_history_files
 from .journal import Row
 from .names import RUN_LOGS, SESSION_BRANCHES, SESSION_REFS, SLOT_INDEXES
@@ -249,7 +250,10 @@ class CleanPlan:
                 f"warning: {len(self.unlanded)} kept commit(s) are on no other branch (best: {self.unlanded[-1][:7]}); "
                 f"land them first (mcp-autoresearch finish --land {self.started_from}) or note that id to recover them"
             )
-        lines.append("kept: the JSONL history of every session, results.tsv and run.log, and all your files")
+        lines.append(
+            "kept: the JSONL history of every session, results.tsv and run.log, and all your files (those found in "
+            f"the outputs before a run are in .autoresearch/{OUTPUTS_DIR}/{self.tag}/found-before-*)"
+        )
         return "\n".join(lines) + "\n"
 
 
@@ -264,7 +268,7 @@ def plan_clean(project: str, tag: str) -> CleanPlan:
     has_branch = repo.branch_exists(branch)
     refs = _git(repo.top, "for-each-ref", "--format=%(refname)", f"{SESSION_REFS}{tag}/").split()
     own = (state_path(root, tag), state_dir(root) / RUN_LOGS / tag, state_dir(root) / SLOT_INDEXES / tag)
-    paths = [p for p in (*own, session_slots(root, tag)) if p.exists()]
+    paths = [p for p in (*own, session_slots(root, tag)) if p.exists()] + run_outputs(root, tag)
     if not (has_branch or refs or paths):
         raise SessionError(f"no session '{tag}' in {root}: nothing to clean")
     unlanded: list[str] = []
@@ -284,6 +288,15 @@ def plan_clean(project: str, tag: str) -> CleanPlan:
             unlanded = []  # landed as one squashed commit: a branch holds exactly the best files
     started = state.started_from if state is not None and state.started_from else "BRANCH"
     return CleanPlan(root, tag, f"refs/heads/{branch}" if has_branch else None, refs, paths, unlanded, started)
+
+
+def run_outputs(root: Path, tag: str) -> list[Path]:
+    """The outputs the session's runs left, moved aside (`fresh_outputs`): `run-*` folders, never the
+    `found-before-*` ones (the user's files)."""
+    folder = state_dir(root) / OUTPUTS_DIR / tag
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.startswith("run-") and p.is_dir() and not p.is_symlink())
 
 
 def _on_a_branch_verified(repo: Repo, tip: str, session_ref: str) -> bool:

@@ -6,17 +6,16 @@ line-aligned chunks, so the common case (metric near the end) reads little, and 
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import os
 import re
-import stat
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from .files import open_regular
+from .output_checks import Snapshot
+from .output_size import Measure, OutputError, measure_output
 
 FLOAT = rb"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|(?i:nan|inf(?:inity)?))"
 _FIRST_FLOAT = re.compile(FLOAT.decode(), re.IGNORECASE)
@@ -136,140 +135,24 @@ def first_float(text: str) -> float:
     return check_finite(float(match.group(0)))
 
 
-@dataclass(frozen=True)
-class Measure:
-    """A parsed `metric_measure`: `wall_time_s`, or `size_kb:<path>` / `size_mb:<path>` followed by optional
-    ` !<glob>` items naming files left out (`size_kb:dist !*.map`: the bundle without its source maps)."""
-
-    kind: str
-    path: str = ""
-    exclude: tuple[str, ...] = ()
-
-    @classmethod
-    def parse(cls, spec: str) -> Measure:
-        kind, _, rest = spec.partition(":")
-        path, *excludes = rest.split(" !")
-        return cls(kind, path.strip(), tuple(glob.strip() for glob in excludes if glob.strip()))
-
-    def excluded(self, relative: str) -> bool:
-        name = relative.rsplit("/", 1)[-1]
-        return any(fnmatch.fnmatch(name, glob) or fnmatch.fnmatch(relative, glob) for glob in self.exclude)
-
-
-@dataclass
-class Output:
-    """What a measured path holds: the size of its files and the newest change among them (ns)."""
-
-    size: int = 0
-    newest_ns: int = 0
-    newest_path: str = ""
-
-    def saw(self, path: str, st: os.stat_result) -> None:
-        # ctime too: a build that copies a file keeping its mtime (cp -p) still changes its ctime.
-        changed = max(st.st_mtime_ns, st.st_ctime_ns)
-        if changed > self.newest_ns:
-            self.newest_ns, self.newest_path = changed, path
-
-
-def scan_output(path: Path, measure: Measure) -> Output:
-    """Size and newest change of a file, or of the regular files below a directory (excluded files count for
-    neither; directories count for the newest change: removing a file is writing). A symbolic link below the
-    directory is not counted itself (the file it names is, when that file is inside the directory too); one that
-    leads out of the directory is refused: the output it stands for would be measured as nothing."""
-    out = Output()
-    if path.is_symlink():
-        return out
-    if path.is_file():
-        st = path.stat()
-        out.size = st.st_size
-        out.saw(path.name, st)
-        return out
-    if not path.is_dir():
-        raise MetricError(f"'{path.name}' does not exist after the run, so its size cannot be measured")
-    real_root = os.path.realpath(path)
-    for dirpath, dirs, files in os.walk(path):
-        try:
-            out.saw(os.path.relpath(dirpath, path), os.stat(dirpath))
-        except OSError:
-            pass
-        for name in [*files, *dirs]:
-            full = os.path.join(dirpath, name)
-            if os.path.islink(full):
-                resolved = os.path.realpath(full)
-                if resolved != real_root and not resolved.startswith(real_root + os.sep):
-                    shown = os.path.relpath(full, path)
-                    raise MetricError(
-                        f"'{path.name}/{shown}' is a symbolic link out of '{path.name}' (to {resolved}): the size "
-                        f"of '{path.name}' cannot be measured honestly"
-                    )
-        for name in files:
-            full = os.path.join(dirpath, name)
-            relative = os.path.relpath(full, path).replace(os.sep, "/")
-            if measure.excluded(relative):
-                continue
-            try:
-                st = os.lstat(full)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                out.size += st.st_size
-                out.saw(relative, st)
-    return out
-
-
-# A run-start time from the wall clock against file times from the filesystem's (coarse, maybe 1-2 s) clock.
-FS_CLOCK_SLACK_NS = 2_000_000_000
-
-
-def _check_written(
-    output: Output, spec: Measure, root: Path, started_at: float, target_file: str | None
-) -> None:
-    """A build that fails but exits 0 leaves the previous output: measuring it would call broken code
-    'unchanged'. The output must have changed during this run, or after the target last changed (an incremental
-    build may rightly leave an up-to-date output alone: a baseline, a repeat). Same clock, same granularity."""
-    started_ns = int(started_at * 1e9)
-    target_ns = None
-    if target_file:
-        try:
-            st = (root / target_file).stat()
-            target_ns = max(st.st_mtime_ns, st.st_ctime_ns)
-        except OSError:
-            target_ns = None
-    # The target's time is on the filesystem's clock, like the output's: compared exactly. The run's start is
-    # on the wall clock: only used (with slack) without a target, or when the target's time is in the future.
-    if target_ns is not None and target_ns <= started_ns:
-        since = target_ns
-    else:
-        since, target_ns = started_ns - FS_CLOCK_SLACK_NS, None
-    if output.newest_ns >= since:
-        return
-    stamp = time.strftime("%H:%M:%S", time.localtime(output.newest_ns / 1e9))
-    newest = (
-        f"{spec.path.rstrip('/')}/{output.newest_path}" if output.newest_path not in ("", ".") else spec.path
-    )
-    older = f"than the target {target_file}" if target_ns is not None else "than the run"
-    raise MetricError(
-        f"{spec.path.rstrip('/')}/ was not written by this run: its newest file ({newest}, {stamp}) is older "
-        f"{older}. The build probably failed without a non-zero exit code; look at the log. A build that "
-        f"skips writing an unchanged output needs run_command to remove it first (rm -rf {spec.path} && ...)"
-    )
-
-
 def measure(
-    spec: str, root: Path, duration_s: float, started_at: float | None = None, target_file: str | None = None
+    spec: str,
+    root: Path,
+    duration_s: float,
+    started_at: float | None = None,
+    target_file: str | None = None,
+    fresh: Snapshot = frozenset(),
 ) -> float:
     """A metric the server measures itself: `wall_time_s`, `size_kb:<path>`, `size_mb:<path>` (see `Measure`).
-    With `started_at` (the run's start, wall clock), a size is only taken of an output written for this run."""
+    With `started_at` (the run's start, wall clock), a size is only taken of an output written for this run,
+    holding nothing `output_checks.unsafe_output` refuses (`fresh`: the output's snapshot before the run)."""
     parsed = Measure.parse(spec)
     if parsed.kind == "wall_time_s":
         return round(duration_s, 6)
-    target = (root / parsed.path).resolve()
-    if root.resolve() not in target.parents and target != root.resolve():
-        raise MetricError(f"'{parsed.path}' is outside the project")
-    output = scan_output(target, parsed)
-    if started_at is not None:
-        _check_written(output, parsed, root, started_at, target_file)
-    size = output.size
+    try:
+        size = measure_output(root, parsed, started_at, target_file, fresh)
+    except OutputError as exc:
+        raise MetricError(str(exc)) from None
     return size / 1024 if parsed.kind == "size_kb" else size / (1024 * 1024)
 
 

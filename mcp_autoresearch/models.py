@@ -34,6 +34,11 @@ class StartResult(BaseModel):
         "runs are cut off from the network.",
     )
     slots: str | None = Field(None, description="With slots: how many, where, and what runs in them.")
+    caches: str = Field(
+        "",
+        description="Which tool caches each run has to itself, and which (persistent) are kept from run to run: "
+        "a channel from one run to the next, not trusted.",
+    )
     recovered: list[str] = Field(default_factory=list, description="What was repaired after a restart.")
     briefing: str | None = Field(None, description="Summary of the session so far (when resumed).")
     next_step: str

@@ -6,7 +6,8 @@ A project holds, besides its own files:
 - `.autoresearch/`, the server's folder: `sessions/<tag>.json` (the state for people and tools),
   `sessions/<tag>.own.json` (the server's own record, the only one it trusts), `sessions/<tag>.own.jsonl` (its copy
   of the JSONL), `runs/<tag>/` (every run's logs), `slots/<tag>/` (the slots' index files), `bin/` (Go's
-  binary), `holdout/<tag>.jsonl` (the holdout's values, never in a tool result) and the JSONL itself by default
+  binary), `outputs/<tag>/` (outputs moved aside before each run: `run-<id>` what a run left,
+  `found-before-<id>` anything else, never deleted), `holdout/<tag>.jsonl` (the holdout's values, never in a tool result) and the JSONL itself by default
   (`autoresearch.jsonl`);
 - branches `autoresearch/<tag>` (one per session) and refs `refs/autoresearch/<tag>/` (discarded ideas).
 """
@@ -17,6 +18,7 @@ STATE_DIR = ".autoresearch"  # the server's folder in a project
 SESSIONS = "sessions"  # .autoresearch/sessions: the states and records of every session
 RUN_LOGS = "runs"  # .autoresearch/runs/<tag>: the logs of every run
 SLOT_INDEXES = "slots"  # .autoresearch/slots/<tag>: the slots' git index files
+OUTPUTS_DIR = "outputs"  # .autoresearch/outputs/<tag>: what runs left in the outputs, moved aside before the next
 HOLDOUT = "holdout"  # .autoresearch/holdout/<tag>.jsonl and its logs: the holdout's values, never shown
 RESULTS_TSV = "results.tsv"
 RUN_LOG = "run.log"

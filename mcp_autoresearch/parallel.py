@@ -64,10 +64,10 @@ class ParallelRuns:
         config = core.config
         self.slots = config.slots
         self.checkouts = Checkouts(
-            core.root, core.repo, core.state.tag, list(config.writable), list(config.shared_inputs)
+            core.root, core.repo, core.state.tag, config.run_writes, list(config.shared_inputs)
         )
         if config.backend != "ray":  # a Ray job's paths are its worker's
-            self.checkouts.check_writable(list(config.writable), self.slots)
+            self.checkouts.check_writable(config.run_writes, self.slots)
         self.checkouts.check_home()
         self.flights: dict[str, ActiveRun] = {}
         self.finish_order: list[str] = [p.run_id for p in core.state.inflight if not in_flight(p)]

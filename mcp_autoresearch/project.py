@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from .caches import check_shared_inputs, executed_from
 from .checkouts import check_slots_home, check_writable_for_slots
 from .config import DEFAULTS, KEYS, Config, build_config
 from .config_sources import Source, command_line_source, read_file_sources
@@ -65,6 +66,11 @@ class ProjectInfo(BaseModel):
     repeats: int = Field(1, description="Runs per experiment (the median decides) under the greedy rule.")
     min_delta: float = Field(0.0, description="Smallest change that counts as an improvement.")
     writable: list[str] = Field(description="Paths a run may write; everything else is read-only to it.")
+    persistent: list[str] = Field(
+        default_factory=list,
+        description="Caches a run may write that are kept for the next runs: a channel from one run to the next, "
+        "not trusted (every other cache is private to each run).",
+    )
     slots: int = Field(1, description="Experiments in flight at once, each in a checkout of its own.")
     backend: str = Field("local", description="Where runs go: local, or ray (a Ray cluster).")
     isolation: str = Field(
@@ -244,12 +250,17 @@ def load_project(
         protected[config.target_file] = f"the target {config.target_file}"
     check_writable(root, list(config.writable), protected, config.jsonl_path)
     config = check_stage_config(root, config)
+    check_writable(root, list(config.persistent), protected, config.jsonl_path, "persistent")
+    check_shared_inputs(
+        root, {"writable": list(config.writable), "persistent": list(config.persistent)}, list(config.shared_inputs)
+    )
+    warnings += cache_warnings(root, config)
     if config.backend == "ray" and importlib.util.find_spec("ray") is None:  # found, never imported here
         warnings.append("backend = \"ray\" needs Ray in the server's environment: pip install 'mcp-autoresearch[ray]'")
     if config.parallel:
         check_slots_home()
         if config.backend == "local":
-            check_writable_for_slots(root, list(config.writable))
+            check_writable_for_slots(root, config.run_writes)
     isolation = probe_isolation(config.isolation, config.network)
     if config.isolation == "required" and not isolation.complete:
         warnings.append(f"isolation = required, but runs cannot be confined here ({isolation.missing()})")
@@ -311,6 +322,7 @@ def load_project(
         repeats=config.repeats,
         min_delta=config.min_delta,
         writable=list(config.writable),
+        persistent=list(config.persistent),
         slots=config.slots,
         backend=config.backend,
         isolation=isolation.describe(),
@@ -331,6 +343,23 @@ def integrity_refusal(provenance: MetricProvenance) -> str:
         f"integrity = required, but the metric is self-reported ({provenance.reason}). Fix: {provenance.fix}; "
         "or set integrity = \"any\" to accept a self-reported metric (it is labelled as such everywhere)"
     )
+
+
+def cache_warnings(root: Path, config: Config) -> list[str]:
+    """Say what `persistent` is, and which listed entries open a place other programs run code from."""
+    found = []
+    if config.persistent:
+        found.append(
+            f"persistent = {', '.join(config.persistent)}: kept from run to run, a channel from one run to the next "
+            "(a run can leave there what later runs read); remove an entry to give each run its own empty cache"
+        )
+    risky = executed_from(root, config.run_writes)
+    if risky:
+        found.append(
+            f"{', '.join(risky)}: other programs run code from there (npx, Gradle's init scripts, installed "
+            "binaries, build plugins): a run could plant what you later run outside any sandbox"
+        )
+    return found
 
 
 def describe_keep_rule(config: Config) -> str:

@@ -9,7 +9,7 @@ Each command becomes one job:
 - its working directory is a zip we build from the candidate's snapshot (`cwd`), without `.git`, `.autoresearch`
   and the `shared_inputs` (node_modules, .venv, data: the workers' image or shared storage must provide them),
   plus `.autoresearch-ray/` (`ray_wrapper.py`, `ray_records.py` and copies of the keeper's
-  stdlib-only modules: `confine.py`, `landlock.py`, `namespaces.py`, `output_dirs.py`) and
+  stdlib-only modules: `confine.py`, `landlock.py`, `namespaces.py`, `output_dirs.py`, `output_checks.py`) and
   `.autoresearch-ray.json` (the command, its environment, the isolation setting, the writable entries, the
   limit, the server's public key value, the submission id: every package is unique, so Ray's
   content-addressed cache never hands one run's extracted directory to another). A `ray_address` line in the
@@ -55,13 +55,14 @@ from pathlib import Path
 from typing import Any
 
 from . import ray_records, ray_wrapper
+from .caches import private_variables
 from .config import Config
 from .errors import ConfigError
-from .isolation import DEVICE_DIRS, DEVICE_FILES, DEVICE_GLOBS, PRIVATE_CACHES
 from .logtail import last_line
 from .ray_package import ALWAYS_EXCLUDED, WRAPPER_DIR, Log, StartError, build_package, package_limit
 from .ray_trust import END_WAIT_S, ray_contradiction, rejection
 from .runner import DEFAULT_GRACE_S, ProcessResult, ProgressCallback
+from .write_grants import DEVICE_DIRS, DEVICE_FILES, DEVICE_GLOBS
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -213,20 +214,13 @@ class RayBackend:
             "device_dirs": DEVICE_DIRS,
             "device_files": DEVICE_FILES,
             "device_globs": DEVICE_GLOBS,
-            "caches": [name for name in PRIVATE_CACHES if name not in env and not _declared(writable, name)],
+            "caches": private_variables(Path(cwd), writable, env),
             "timeout": timeout_s,
             "grace": min(self.grace_s, KEEPER_GRACE_MAX_S),
             "measure": measure,
             "target": self.target_file,
         }
         return RayJobRun(self, cwd, log_path, timeout_s, marker, on_progress, spec)
-
-
-def _declared(writable: list[str], variable: str) -> bool:
-    """The cache is declared writable (shared between runs on purpose): the run keeps the default location."""
-    cache = os.path.expanduser(PRIVATE_CACHES[variable])
-    return any(os.path.isabs(os.path.expanduser(e)) and ray_wrapper._inside(os.path.expanduser(e), cache)
-               for e in writable)
 
 
 class RayJobRun:

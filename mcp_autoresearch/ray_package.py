@@ -15,13 +15,24 @@ import re
 import zipfile
 from pathlib import Path
 
-from . import confine, landlock, namespaces, output_dirs, ray_records, ray_wrapper
+from . import (
+    confine,
+    landlock,
+    namespaces,
+    output_checks,
+    output_dirs,
+    output_size,
+    ray_records,
+    ray_wrapper,
+    write_grants,
+)
 from .names import STATE_DIR
 
 DEFAULT_PACKAGE_LIMIT = 512 * 1024 * 1024
 WRAPPER_DIR = ".autoresearch-ray"
 ALWAYS_EXCLUDED = (".git", STATE_DIR, WRAPPER_DIR, ray_wrapper.SPEC)
-SHIPPED = (ray_wrapper, ray_records, confine, landlock, namespaces, output_dirs)  # standard library only
+# Standard library only: the wrapper and the modules it imports by path on the worker.
+SHIPPED = (ray_wrapper, ray_records, confine, landlock, namespaces, output_dirs, output_checks, output_size, write_grants)
 CONFIG_FILES = ("autoresearch.toml", "pyproject.toml")  # where a ray_address line is redacted in the package
 
 

@@ -3,8 +3,8 @@ the cluster, and reported in records the run cannot forge.
 
 Standard library only: it is uploaded with the candidate's snapshot (in `.autoresearch-ray/`, with
 `ray_records.py` and copies of the keeper's modules `confine.py`, `landlock.py`, `namespaces.py`,
-`output_dirs.py`) and started as `python3 -I -S .autoresearch-ray/ray_wrapper.py` in the job's working
-directory. It reads `.autoresearch-ray.json` (the command, its environment, the isolation setting, the writable
+`output_dirs.py`, and the output check `output_checks.py`) and started as
+`python3 -I -S .autoresearch-ray/ray_wrapper.py` in the job's working directory. It reads `.autoresearch-ray.json` (the command, its environment, the isolation setting, the writable
 entries, the time limit, the measured path, the server's public key value), then:
 0. checks that the view below can be built on this worker (a forked child builds it and exits; before step 1,
    so that an ordinary user's child can still map its uid into a user namespace, and before any key exists);
@@ -24,7 +24,7 @@ entries, the time limit, the measured path, the server's public key value), then
 4. forwards that output framed and tagged, one record per line;
 5. at its deadline, stops forwarding (nothing printed while being killed counts) and ends the tree;
 6. writes the `end` record: exit code, its own measured duration, peak RSS, the size of the
-   `size_kb:`/`size_mb:` output when asked, whether it timed out, and what confined the run.
+   `size_kb:`/`size_mb:` output when asked (or why `output_checks` refuses it), whether it timed out, and what confined the run.
 
 With isolation "auto", a worker where Landlock or the namespaces are missing runs the command without them and
 the report says so (`confined`, `namespaces`, `note`); with "required" it runs nothing and exits 125.
@@ -33,8 +33,6 @@ the report says so (`confined`, `namespaces`, `note`); with "required" it runs n
 from __future__ import annotations
 
 import ctypes
-import fnmatch
-import glob
 import json
 import os
 import resource
@@ -45,10 +43,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any, TypedDict
 
 if __package__:  # imported from the package (the tests)
-    from . import confine
+    from . import confine, output_checks, output_size, write_grants
     from . import landlock as landlock_rules
     from . import namespaces as namespaces_view
     from .ray_records import Framed
@@ -57,6 +56,9 @@ else:  # run as a script: -I leaves the script's folder off sys.path; our module
     import confine  # type: ignore[no-redef, import-not-found]
     import landlock as landlock_rules  # type: ignore[no-redef, import-not-found]
     import namespaces as namespaces_view  # type: ignore[no-redef, import-not-found]
+    import output_checks  # type: ignore[no-redef, import-not-found]
+    import output_size  # type: ignore[no-redef, import-not-found]
+    import write_grants  # type: ignore[no-redef, import-not-found]
     from ray_records import Framed  # type: ignore[no-redef, import-not-found]
 
 SPEC = ".autoresearch-ray.json"
@@ -81,7 +83,6 @@ class JobSpec(TypedDict, total=False):
     server_public: str  # the server's public key value, hex
 PR_SET_DUMPABLE = 4
 CAP_SYS_PTRACE = 19
-FS_CLOCK_SLACK_NS = 2_000_000_000
 
 
 def _harden() -> None:
@@ -94,100 +95,37 @@ def _harden() -> None:
         pass
 
 
-def _inside(outer: str, inner: str) -> bool:
-    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
-
-
 def writable_paths(root: str, spec: JobSpec, tmpdir: str) -> list[str]:
-    """The run's writable entries on this worker: relative ones inside the working directory (one that climbs
-    out of it is dropped: it would reach other jobs' directories), then TMPDIR and the devices."""
-    expanded: list[str] = []
-    for entry in spec.get("write", []):
-        path = os.path.normpath(os.path.join(root, os.path.expanduser(entry)))
-        if os.path.isabs(os.path.expanduser(entry)) or _inside(root, path):
-            expanded.append(path)
-    paths: list[str] = []
-    device_dirs = list(spec.get("device_dirs", []))
-    for path in expanded:
-        if any(other != path and _inside(other, path) for other in [*expanded, *device_dirs]):
-            continue  # writable through its parent, which the run may have reshaped: never granted by name
-        if not os.path.lexists(path) and os.path.isdir(os.path.dirname(path)):
-            try:
-                os.mkdir(path)
-            except OSError:
-                pass
-        paths.append(path)
-    paths.append(tmpdir)
-    paths += device_dirs + list(spec.get("device_files", []))
-    for pattern in spec.get("device_globs", []):
-        paths += sorted(glob.glob(pattern))
-    return paths
+    """The run's writable entries on this worker, by the rule local runs follow (`write_grants`): relative ones
+    inside the working directory (one that climbs out of it is dropped: it would reach other jobs' directories),
+    then TMPDIR and the devices the server named."""
+    return write_grants.granted_paths(
+        root,
+        list(spec.get("write", [])),
+        tmpdir,
+        only_inside=True,
+        device_dirs=list(spec.get("device_dirs", [])),
+        device_files=list(spec.get("device_files", [])),
+        device_globs=list(spec.get("device_globs", [])),
+    )
 
 
-def measure_size(root: str, measure: str, started_ns: int, target: str | None) -> int | str:
-    """The bytes of a `size_kb:`/`size_mb:` output (exclusions ` !glob`), as `metrics.scan_output` counts them,
-    or why it cannot be measured (missing, a link out of it, not written by this run)."""
-    _kind, _, rest = measure.partition(":")
-    rel, *excludes = rest.split(" !")
-    rel = rel.strip()
-    globs = [item.strip() for item in excludes if item.strip()]
-    real_root = os.path.realpath(root)
-    path = os.path.realpath(os.path.join(root, rel))
-    if not _inside(real_root, path):
-        return f"'{rel}' is outside the project"
-    size, newest, newest_path = 0, 0, ""
+def measured_path(measure: str | None) -> str | None:
+    """The path a `size_kb:`/`size_mb:` measure names (None for any other measure)."""
+    if not measure or not measure.startswith(("size_kb:", "size_mb:")):
+        return None
+    return measure.partition(":")[2].split(" !")[0].strip()
 
-    def saw(name: str, st: os.stat_result) -> None:
-        nonlocal newest, newest_path
-        if max(st.st_mtime_ns, st.st_ctime_ns) > newest:
-            newest, newest_path = max(st.st_mtime_ns, st.st_ctime_ns), name
 
-    if os.path.isfile(path):
-        st = os.stat(path)
-        size = st.st_size
-        saw(os.path.basename(path), st)
-    elif not os.path.isdir(path):
-        return f"'{os.path.basename(rel)}' does not exist after the run, so its size cannot be measured"
-    else:
-        real_dir = os.path.realpath(path)
-        for dirpath, dirs, files in os.walk(path):
-            try:
-                saw(os.path.relpath(dirpath, path), os.stat(dirpath))
-            except OSError:
-                pass
-            for name in [*files, *dirs]:
-                full = os.path.join(dirpath, name)
-                if os.path.islink(full) and not _inside(real_dir, os.path.realpath(full)):
-                    shown = os.path.relpath(full, path)
-                    return (f"'{os.path.basename(rel)}/{shown}' is a symbolic link out of '{os.path.basename(rel)}' "
-                            f"(to {os.path.realpath(full)}): its size cannot be measured honestly")
-            for name in files:
-                full = os.path.join(dirpath, name)
-                relative = os.path.relpath(full, path).replace(os.sep, "/")
-                base = relative.rsplit("/", 1)[-1]
-                if any(fnmatch.fnmatch(base, g) or fnmatch.fnmatch(relative, g) for g in globs):
-                    continue
-                try:
-                    st = os.lstat(full)
-                except OSError:
-                    continue
-                if not os.path.islink(full) and os.path.isfile(full):
-                    size += st.st_size
-                    saw(relative, st)
-    # As locally: the output must have changed during this run, or after the target last changed.
-    since = started_ns - FS_CLOCK_SLACK_NS
-    if target:
-        try:
-            st = os.stat(os.path.join(root, target))
-            target_ns = max(st.st_mtime_ns, st.st_ctime_ns)
-            if target_ns <= started_ns:
-                since = target_ns
-        except OSError:
-            pass
-    if newest < since:
-        return (f"{rel.rstrip('/')}/ was not written by this run: its newest file ({newest_path}) is older than the "
-                "run. The build probably failed without a non-zero exit code; look at the log")
-    return size
+def measure_size(
+    root: str, measure: str, started_ns: int, target: str | None, fresh: frozenset[tuple[int, int, int]] = frozenset()
+) -> int | str:
+    """The bytes of a `size_kb:`/`size_mb:` output, measured as the server measures one (`output_size`, shipped
+    with this wrapper), or why it cannot be measured; `fresh`: its snapshot before the run."""
+    try:
+        return output_size.measure_output(Path(root), output_size.Measure.parse(measure), started_ns / 1e9, target, fresh)
+    except output_size.OutputError as exc:
+        return str(exc)
 
 
 def _environment(spec: JobSpec, tmpdir: str) -> dict[str, str]:
@@ -357,6 +295,8 @@ def run(spec: JobSpec, root: str) -> int:
     _harden()
     out.begin(int(spec["server_public"], 16))
     landlock = abi is not None
+    measured = measured_path(spec.get("measure"))
+    fresh = output_checks.snapshot(Path(root) / measured) if measured else frozenset()
     started_ns = time.time_ns()
     started = time.monotonic()
     timed_out = False
@@ -390,7 +330,7 @@ def run(spec: JobSpec, root: str) -> int:
         }
         measure = spec.get("measure")
         if measure and measure.startswith(("size_kb:", "size_mb:")) and code == 0 and not timed_out:
-            report["sizes"] = {measure: measure_size(root, measure, started_ns, spec.get("target"))}
+            report["sizes"] = {measure: measure_size(root, measure, started_ns, spec.get("target"), fresh)}
         out.end(report)
         return code
     finally:

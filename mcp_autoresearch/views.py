@@ -5,6 +5,7 @@ and the agent's notes. Nothing here changes git or a measurement; notes are the 
 from __future__ import annotations
 
 from .briefing import journal_briefing, near_misses
+from .caches import describe as describe_caches
 from .context import SessionCore, normal_run_id
 from .decisions import Decider, rerun
 from .diskspace import AFTER_DISK_FULL
@@ -226,6 +227,7 @@ class Views:
             pending_run=pending.run_id if pending else None,
             isolation=core.isolation.describe(),
             slots=slots_line(self.parallel) if self.parallel else None,
+            caches=describe_caches(list(core.config.persistent)),
             recovered=recovered,
             briefing=briefing,
             next_step=next_step,

@@ -170,7 +170,7 @@ def test_shared_caches_are_private_to_each_run_unless_declared_writable(tmp_path
     script = 'echo "uv=$UV_CACHE_DIR triton=$TRITON_CACHE_DIR tmp=$TMPDIR"; echo score: 1'
     text = Path(_experiment(root, script).run().log_path).read_text()
     tmp = text.split("tmp=")[1].split()[0]
-    assert f"uv={tmp}/uv_cache_dir" in text and f"triton={tmp}/triton_cache_dir" in text
+    assert f"uv={tmp}/caches/uv_cache_dir" in text and f"triton={tmp}/caches/triton_cache_dir" in text
     declared = _experiment(root, script, writable=["~/.cache/uv"]).run()
     assert "uv= " in Path(declared.log_path).read_text()
 
@@ -229,7 +229,8 @@ def test_detect_reports_isolation_and_writable(tmp_path: Path) -> None:
     # A Node project: its runs are cut off from the network (README, "Network").
     assert f'"isolation": "namespaces + landlock (ABI {ISOLATION.abi}); network off"' in done.stdout
     assert '"network": "off"' in done.stdout
-    assert '"dist"' in done.stdout and '"~/.npm"' in done.stdout
+    # npm's cache and node_modules/.cache are private to each run, never writable by default (caches.py).
+    assert '"dist"' in done.stdout and '"~/.npm"' not in done.stdout and "node_modules/.cache" not in done.stdout
     (root / "autoresearch.toml").write_text('isolation = "off"\n')
     assert "isolation:    none: isolation" in run_cli("detect", "--project", str(root)).stdout
     (root / "autoresearch.toml").write_text('writable = ["src"]\n')

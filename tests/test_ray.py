@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mcp_autoresearch import metrics, ray_records, ray_wrapper
+from mcp_autoresearch import output_size, ray_records, ray_wrapper
 from mcp_autoresearch.errors import ConfigError
 from mcp_autoresearch.experiment import Experiment
 from mcp_autoresearch.ray_backend import RayBackend
@@ -97,6 +97,14 @@ def test_a_size_is_measured_on_the_worker(tmp_path: Path, ray_address: str) -> N
     result = _experiment(root, ray_address, build, metric_measure="size_kb:dist !*.map", writable=["dist"]).run()
     assert result.status == "ok", result.error
     assert result.value == 2.0 and not (root / "dist" / "app.js").exists()  # the worker's dist/, not ours
+
+
+def test_an_output_holding_a_fifo_is_refused_on_the_worker(tmp_path: Path, ray_address: str) -> None:
+    """The worker checks the output as the server does (`output_checks`): before the fix it measured 2 KB."""
+    root = _project(tmp_path)
+    build = "mkdir -p dist && head -c 2048 /dev/zero > dist/app.js && mkfifo dist/pipe"
+    result = _experiment(root, ray_address, build, metric_measure="size_kb:dist", writable=["dist"]).run()
+    assert result.status == "metric_error" and "'dist/pipe' is a FIFO" in (result.error or ""), result.error
 
 
 def test_the_timeout_ends_the_job(tmp_path: Path, ray_address: str) -> None:
@@ -225,11 +233,14 @@ def test_the_wrapper_measures_sizes_as_the_server_does(tmp_path: Path) -> None:
     (tmp_path / "dist" / "a.js.map").write_bytes(b"m" * 5000)
     spec = "size_kb:dist !*.map"
     started = time.time_ns() - 10**9
-    local = metrics.scan_output(tmp_path / "dist", metrics.Measure.parse(spec)).size
+    local = output_size.scan_output(tmp_path / "dist", output_size.Measure.parse(spec)).size
     assert ray_wrapper.measure_size(str(tmp_path), spec, started, None) == local == 1300
     assert "does not exist" in str(ray_wrapper.measure_size(str(tmp_path), "size_kb:nothing", started, None))
+    os.mkfifo(tmp_path / "dist" / "pipe")  # what the server's own check refuses, the worker's refuses too
+    assert "'dist/pipe' is a FIFO" in str(ray_wrapper.measure_size(str(tmp_path), spec, started, None))
+    os.remove(tmp_path / "dist" / "pipe")
     (tmp_path / "dist" / "out").symlink_to("/etc")
-    assert "symbolic link out of" in str(ray_wrapper.measure_size(str(tmp_path), spec, started, None))
+    assert "'dist/out' is a symbolic link" in str(ray_wrapper.measure_size(str(tmp_path), spec, started, None))
     assert "outside the project" in str(ray_wrapper.measure_size(str(tmp_path), "size_kb:../x", started, None))
 
 
@@ -423,8 +434,9 @@ def test_a_snapshot_over_the_upload_limit_is_refused_before_upload(tmp_path: Pat
         build_package(root, tmp_path / "p.zip", [".git", "node_modules"], {}, 4000)
     build_package(root, tmp_path / "q.zip", [".git", "node_modules", "data.bin"], {"job": "j1"}, 1 << 20)
     names = set(zipfile.ZipFile(tmp_path / "q.zip").namelist())
-    shipped = {f".autoresearch-ray/{name}.py" for name in ("ray_wrapper", "ray_records", "confine", "landlock",
-                                                            "namespaces", "output_dirs")}
+    names_shipped = ("ray_wrapper", "ray_records", "confine", "landlock", "namespaces", "output_dirs", "output_checks",
+                     "output_size", "write_grants")
+    shipped = {f".autoresearch-ray/{name}.py" for name in names_shipped}
     assert names == {"train.py", ray_wrapper.SPEC, *shipped}
 
 

@@ -774,7 +774,10 @@ async def test_gos_writable_bin_is_no_way_into_the_servers_folder(ml_project: Pa
         await agent.ok("apply_edit", content=TRAIN_PY.replace("LR = 0.5", "LR = 0.3"))
         run, decision = await agent.experiment("the next run, with the links left in bin/")
         assert decision["decision"] == "keep", (run, decision)
-    assert (root / ".autoresearch" / "bin" / "app").exists()
+    # Every run starts from an empty bin/: the first run's files were moved aside, the links with them.
+    assert not (root / ".autoresearch" / "bin" / "app").exists()
+    kept = list((root / ".autoresearch" / "outputs").glob("*/run-*/.autoresearch/bin"))
+    assert kept and all(sorted(p.name for p in bin.iterdir()) == ["app", "sessions"] for bin in kept), kept
 
 
 async def test_a_run_cannot_call_the_servers_http_tools(ml_project: Path):

@@ -16,12 +16,13 @@ from .conftest import make_repo, run_cli
 
 pytestmark = pytest.mark.anyio
 
-# A noisy metric whose noise is a fixed sequence (a counter in the run's writable output), so that the session
-# takes the same path on every machine.
+# A noisy metric whose noise is a fixed sequence (a counter in a writable directory outside the project, which
+# runs keep: the outputs inside it start empty every run), so that the session takes the same path on every
+# machine.
 EVALUATE = """\
 import pathlib, runpy
 x = runpy.run_path("params.py")["X"]
-counter = pathlib.Path("out/count")
+counter = pathlib.Path("../state/count")
 n = int(counter.read_text()) if counter.exists() else 0
 counter.write_text(str(n + 1))
 noise = [0.0, 1.0, -1.0, -1.0, 0.6, 0.7, 0.5, 3.0]
@@ -33,7 +34,7 @@ SETTINGS = {
     "metric_name": "score",
     "metric_direction": "lower_is_better",
     "readonly_files": ["evaluate.py"],
-    "writable": ["out"],
+    "writable": ["out", "../state"],
     "keep_rule": "sequential",
     "noise_runs": 3,
     "max_repeats": 4,

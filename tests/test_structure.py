@@ -179,3 +179,24 @@ def test_the_servers_own_file_names_are_spelled_in_one_place() -> None:
             if text is not None and (text in own or text.startswith(".autoresearch/")):
                 offenders.append(f"{name}:{node.lineno}: {text!r}")
     assert not offenders, offenders
+
+
+def test_the_ray_worker_applies_the_rules_local_runs_apply() -> None:
+    """One implementation of each rule: the wrapper a Ray worker runs imports the modules the local runner uses
+    (shipped beside it, standard library only), and measures and grants nothing by code of its own."""
+    from mcp_autoresearch import ray_package, ray_wrapper
+
+    shipped = {module.__name__.rsplit(".", 1)[-1] for module in ray_package.SHIPPED}
+    assert {"output_size", "output_checks", "write_grants", "confine", "namespaces"} <= shipped
+    source = Path(ray_wrapper.__file__).read_text(encoding="utf-8")
+    assert "os.walk(" not in source and "fnmatch" not in source and "os.mkdir(" not in source
+    for module in ray_package.SHIPPED:
+        path = Path(module.__file__ or "")
+        for imported in _imports(module.__name__, path):
+            top = imported.split(".")[0]
+            if top == NAME:  # a shipped module, a name in one, or a sub-package's docstring-only __init__
+                parts = imported.split(".")
+                ok = parts[-1] in shipped or (len(parts) > 2 and parts[-2] in shipped) or (imported in _modules() and len(parts) <= 2)
+            else:
+                ok = top in sys.stdlib_module_names or top in shipped or top == "__future__"
+            assert ok, f"{module.__name__} imports {imported}, which a Ray worker does not have"

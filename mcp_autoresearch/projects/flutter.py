@@ -19,7 +19,7 @@ def detect(root: Path) -> Detection | None:
         evidence=["pubspec.yaml"],
         settings={
             "run_command": "flutter build apk --release",
-            "writable": ["build", ".dart_tool", "android/.gradle", "~/.pub-cache", "~/.gradle"],
+            "writable": ["build", ".dart_tool", "android/.gradle"],  # ~/.pub-cache is read, never written
             "metric_name": "apk_mb",
             "metric_measure": f"size_mb:{APK}",
             "metric_direction": "lower_is_better",

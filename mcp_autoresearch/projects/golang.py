@@ -24,17 +24,26 @@ def _main_files(root: Path, limit: int = 20) -> list[str]:
     return found
 
 
+GOCACHE_COST = (
+    "each run builds with an empty Go build cache of its own (GOCACHE): with Go 1.20 or later it compiles the "
+    "standard library packages it uses on every run (37 s for a net/http program on 2 busy cores, BENCHMARKS.md). "
+    'To keep the cache across runs, set persistent = ["~/.cache/go-build"]: a channel from one run to the next '
+    "(a run could plant a compiled package that later builds link)"
+)
+
+
 def detect(root: Path) -> Detection | None:
     if not (root / "go.mod").is_file():
         return None
     settings = {
-        "writable": [SERVER_BIN, "~/.cache/go-build", "~/go/pkg/mod"],
+        # GOCACHE is private to each run (caches.py); the module cache is read, never written
+        "writable": [SERVER_BIN],
         "metric_name": "binary_kb",
         "metric_measure": f"size_kb:{BINARY}",
         "metric_direction": "lower_is_better",
         "readonly_files": ["go.mod"] + (["go.sum"] if (root / "go.sum").is_file() else []),
     }
-    return Detection(
+    detection = Detection(
         NAME,
         60,
         ["go.mod"],
@@ -44,6 +53,8 @@ def detect(root: Path) -> Detection | None:
         no_target="no tracked file with 'package main' and func main() found; set target_file",
         with_target=_build_command,
     )
+    detection.warn_about("persistent", GOCACHE_COST)
+    return detection
 
 
 def _build_command(target: str | None) -> dict[str, Any]:

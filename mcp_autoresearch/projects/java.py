@@ -38,7 +38,9 @@ def detect(root: Path) -> Detection | None:
         run = ("./gradlew" if (root / "gradlew").is_file() else "gradle") + " build -x test -q --rerun-tasks"
     settings = {
         "run_command": run,
-        "writable": ["target", "~/.m2"] if maven else ["build", ".gradle", ".kotlin", "~/.gradle"],
+        # ~/.m2 is read, never written (its plugins run in every build); Gradle's home is private to each run,
+        # its dependency cache read through GRADLE_RO_DEP_CACHE (caches.py)
+        "writable": ["target"] if maven else ["build", ".gradle", ".kotlin"],
         "metric_name": "build_time_s",
         **wall_time_settings(MIN_DELTA_S),
         "metric_direction": "lower_is_better",

@@ -130,7 +130,8 @@ def detect(root: Path) -> Detection | None:
     warnings += output_warnings
     settings = {
         "run_command": "npm run build",
-        "writable": [out_dir, *more_outputs, "node_modules/.cache", "~/.npm"],
+        # npm's cache and node_modules/.cache are private to each run (npm_config_cache, CACHE_DIR): caches.py
+        "writable": [out_dir, *more_outputs],
         "shared_inputs": ["node_modules"],  # with slots: the installed packages, read-only in every slot
         "metric_name": "bundle_kb",
         "metric_measure": f"size_kb:{out_dir} !*.map",  # what ships: source maps left out

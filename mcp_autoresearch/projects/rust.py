@@ -24,7 +24,7 @@ def detect(root: Path) -> Detection | None:
     target = first_existing(root, ["src/main.rs", "src/lib.rs"])
     settings = {
         "run_command": "cargo build --release --quiet",
-        "writable": ["target", "~/.cargo/registry", "~/.cargo/git"],
+        "writable": ["target"],  # ~/.cargo (the registry, installed binaries) is read, never written
         "metric_direction": "lower_is_better",
         "readonly_files": ["Cargo.toml"] + (["Cargo.lock"] if (root / "Cargo.lock").is_file() else []),
     }

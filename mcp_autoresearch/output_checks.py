@@ -1,0 +1,117 @@
+"""Whether a run's output may be measured or evaluated: the one check that every consumer of an output calls.
+
+An output is a file, or a directory and everything below it. It is refused (a reason naming the path) when it
+holds anything but regular files and directories (a symbolic link, a FIFO, a socket, a device), a file that is
+also linked from outside the output (a hard link: the bytes measured are someone else's), a timestamp in the
+future (a build tool such as `make` would skip the next build and leave a stale output), or a file this run did
+not write: one whose inode changed last before the run started and that was not there in the state the run
+started from (`snapshot`). The change time (ctime) is used, not the modification time: a run can set the
+latter to anything, but not the former (writing, `touch`, renaming and linking a file all set it to now).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+# The run's start is read from the wall clock, file times from the filesystem's (coarse, maybe 1-2 s) clock.
+FS_CLOCK_SLACK_NS = 2_000_000_000
+# How far in the future a timestamp may be before it is refused (a file server's clock a little ahead).
+CLOCK_SKEW_NS = 5_000_000_000
+
+Snapshot = frozenset[tuple[int, int, int]]  # (device, inode, ctime ns) of every entry of an output
+
+
+def snapshot(path: Path) -> Snapshot:
+    """What an output holds before a run (its entries' identities and change times), never following a link."""
+    found: set[tuple[int, int, int]] = set()
+    for _relative, st in _entries(path):
+        found.add((st.st_dev, st.st_ino, st.st_ctime_ns))
+    return frozenset(found)
+
+
+def _entries(path: Path) -> list[tuple[str, os.stat_result]]:
+    """Every entry of the output with its lstat, the output itself first ('.'); links are not followed."""
+    try:
+        top = os.lstat(path)
+    except OSError:
+        return []
+    found = [(".", top)]
+    if not stat.S_ISDIR(top.st_mode):
+        return found
+    for dirpath, dirs, files in os.walk(path):  # os.walk never descends into a link to a directory
+        for name in [*dirs, *files]:
+            full = os.path.join(dirpath, name)
+            try:
+                found.append((os.path.relpath(full, path), os.lstat(full)))
+            except OSError:
+                continue
+    return found
+
+
+def _kind(mode: int) -> str | None:
+    """What an entry is when it may not be in an output (None for a regular file or a directory)."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    return None
+
+
+def unsafe_output(
+    path: Path,
+    started_at: float,
+    fresh: Snapshot = frozenset(),
+    label: str | None = None,
+    now: float | None = None,
+) -> str | None:
+    """Why the output at `path` may not be measured or handed to an evaluation (None when it may): see the
+    module's docstring. `started_at`: the run's start (wall clock); `fresh`: the output's `snapshot` taken
+    just before the run (what was there then is not refused for its age); `label`: how messages name the
+    output (default: its name). A missing output is not refused here (the caller says it is missing)."""
+    name = label or path.name
+    started_ns = int(started_at * 1e9) - FS_CLOCK_SLACK_NS
+    future_ns = int((time.time() if now is None else now) * 1e9) + CLOCK_SKEW_NS
+    links: dict[tuple[int, int], tuple[int, list[str]]] = {}  # a file's links: how many, those inside
+    for relative, st in _entries(path):
+        shown = name if relative == "." else f"{name}/{relative}"
+        kind = _kind(st.st_mode)
+        if kind:
+            target = f" to {os.readlink(path / relative)!r}" if stat.S_ISLNK(st.st_mode) else ""
+            return f"'{shown}' is {kind}{target}: an output may hold only regular files and directories"
+        if max(st.st_mtime_ns, st.st_ctime_ns) > future_ns:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st.st_mtime_ns / 1e9))
+            return f"'{shown}' has a timestamp in the future ({when}): a build tool would skip the next build"
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        if st.st_ctime_ns < started_ns and (st.st_dev, st.st_ino, st.st_ctime_ns) not in fresh:
+            when = time.strftime("%H:%M:%S", time.localtime(st.st_ctime_ns / 1e9))
+            return (
+                f"'{shown}' was not written by this run (it last changed at {when}, before the run started)"
+            )
+        if st.st_nlink > 1:
+            links.setdefault((st.st_dev, st.st_ino), (st.st_nlink, []))[1].append(shown)
+    for nlink, names in links.values():
+        if len(names) < nlink:
+            return (
+                f"'{names[0]}' is a hard link to a file outside '{name}' ({nlink} links, {len(names)} inside): "
+                "its bytes are not the output's own"
+            )
+    return None
+
+
+def link_on_the_way(root: Path, relative: str) -> str | None:
+    """The first component of `relative` below `root` that is a symbolic link (None when there is none): an
+    output reached through a link is elsewhere than its name says."""
+    current = root
+    for part in Path(relative).parts:
+        current = current / part
+        if current.is_symlink():
+            return str(current.relative_to(root))
+    return None

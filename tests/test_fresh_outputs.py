@@ -1,0 +1,347 @@
+"""Fresh outputs (issue 19, item 2): every run starts from empty output directories (what was there is moved
+aside, never deleted), and a measured output holding a link, a FIFO, a socket, a hard link to a file outside it,
+a future timestamp or a file this run did not write is refused (`metric_error`), confined and not, in single runs
+and in slots."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcp_autoresearch.config import Config
+from mcp_autoresearch.experiment import Experiment, ExperimentResult
+from mcp_autoresearch.fresh_outputs import unsafe_outputs
+from mcp_autoresearch.isolation import Isolation, probe_isolation
+from mcp_autoresearch.output_checks import snapshot, unsafe_output
+
+from .conftest import git, make_repo, run_cli
+
+CONFINED = probe_isolation("auto")
+# auto: the private view and Landlock (where the machine has them); landlock: Landlock alone; off: not confined.
+MODES = ["auto", "landlock", "off"] if CONFINED.confined else ["off"]
+
+
+def isolation_for(setting: str) -> Isolation:
+    if setting == "landlock":
+        return replace(CONFINED, view_reason="left out by the test")
+    return probe_isolation(setting)
+
+
+# An honest bundler: `PAD` KB of bundle, and a larger source map that the measure leaves out.
+BUILD_PY = """\
+import os
+PAD = 10
+os.makedirs('dist', exist_ok=True)
+# EVIL
+open('dist/bundle.js', 'w').write('x' * 1024 * PAD)
+open('dist/bundle.js.map', 'w').write('m' * 1024 * 50)
+"""
+
+
+def project(root: Path) -> Path:
+    return make_repo(root, {"build.py": BUILD_PY, ".gitignore": "dist/\ncache/\n"})
+
+
+def experiment(
+    root: Path, run_id: str, setting: str, command: str = "python build.py", **more: Any
+) -> ExperimentResult:
+    values = {
+        "target_file": "build.py",
+        "run_command": command,
+        "metric_name": "kb",
+        "metric_measure": "size_kb:dist !*.map",
+        "metric_direction": "lower_is_better",
+        "writable": ["dist", "cache"],
+        **more,
+    }
+    config = Config.model_validate(values)
+    isolation = isolation_for(setting)
+    return Experiment(config, root, run_id, root / ".autoresearch" / "runs", "t", None, isolation).run()
+
+
+def write_target(root: Path, pad: int, evil: str = "") -> None:
+    (root / "build.py").write_text(BUILD_PY.replace("PAD = 10", f"PAD = {pad}").replace("# EVIL", evil))
+
+
+@pytest.mark.parametrize("setting", MODES)
+def test_a_link_left_in_dist_does_not_make_the_next_honest_build_smaller(
+    tmp_path: Path, setting: str
+) -> None:
+    """A run leaves `dist/bundle.js` as a link to the excluded source map and fails; the next, honest build
+    writes `bundle.js`: measured before the fix through the link (0 KB: its bytes went into the map)."""
+    root = project(tmp_path / "web")
+    write_target(root, 10, "os.symlink('bundle.js.map', 'dist/bundle.js'); raise SystemExit(1)")
+    assert experiment(root, "r1", setting).status == "crash"
+    write_target(root, 9)
+    result = experiment(root, "r2", setting)
+    assert result.status == "ok" and result.value == 9.0, (result.status, result.value, result.error)
+    assert not (root / "dist" / "bundle.js").is_symlink()
+    aside = root / ".autoresearch" / "outputs" / "t" / "run-r1" / "dist" / "bundle.js"
+    assert aside.is_symlink(), "the failed run's output is moved aside, not deleted"
+
+
+@pytest.mark.parametrize("setting", MODES)
+def test_a_future_timestamp_is_refused_and_does_not_skip_the_next_build(tmp_path: Path, setting: str) -> None:
+    """A `make`-like build (skip when the output is newer than the target): a run writes a tiny bundle with a
+    modification time a year ahead; before the fix it was measured, and so was every later run's stale copy."""
+    root = project(tmp_path / "web")
+    make_like = "test dist/bundle.js -nt build.py || python build.py"
+    ahead = (
+        "open('dist/bundle.js', 'w').write('x'); os.utime('dist/bundle.js', (2e9, 2e9)); raise SystemExit(0)"
+    )
+    write_target(root, 10, ahead)
+    evil = experiment(root, "r1", setting, make_like)
+    assert (
+        evil.status == "metric_error"
+        and "dist/bundle.js" in (evil.error or "")
+        and "future" in (evil.error or "")
+    )
+    write_target(root, 12)
+    honest = experiment(root, "r2", setting, make_like)
+    assert honest.status == "ok" and honest.value == 12.0, (honest.status, honest.value, honest.error)
+
+
+UNSAFE = {
+    "fifo": "os.mkfifo('dist/extra')",
+    "socket": "import socket; socket.socket(socket.AF_UNIX).bind('dist/extra')",
+    "hard-link": "os.makedirs('cache', exist_ok=True); open('cache/big', 'w').write('y'); "
+    "os.link('cache/big', 'dist/extra')",
+    "symlink": "os.symlink('bundle.js', 'dist/extra')",
+}
+
+
+@pytest.mark.parametrize("setting", MODES)
+@pytest.mark.parametrize("kind", sorted(UNSAFE))
+def test_an_output_that_is_not_plain_files_is_refused(tmp_path: Path, setting: str, kind: str) -> None:
+    root = project(tmp_path / "web")
+    write_target(root, 10, UNSAFE[kind])
+    result = experiment(root, "r1", setting)
+    if kind == "hard-link" and isolation_for(setting).namespaces:  # each output is a mount of its own there
+        assert result.status == "crash" and "cross-device" in Path(result.log_path).read_text(), result.error
+        return
+    assert result.status == "metric_error" and "'dist/extra'" in (result.error or ""), (
+        result.status,
+        result.error,
+    )
+
+
+def test_the_users_outputs_from_before_the_session_are_moved_aside_not_lost(tmp_path: Path) -> None:
+    root = project(tmp_path / "web")
+    (root / "dist").mkdir()
+    (root / "dist" / "mine.js").write_text("the user's own build\n")
+    result = experiment(root, "r1", "off", "rm -rf dist && python build.py")
+    assert result.status == "ok" and result.value == 10.0, result.error
+    kept = root / ".autoresearch" / "outputs" / "t" / "found-before-r1" / "dist" / "mine.js"
+    assert kept.read_text() == "the user's own build\n"
+    for run in ("r2", "r3", "r4", "r5"):
+        assert experiment(root, run, "off").status == "ok"
+    folders = sorted(p.name for p in (root / ".autoresearch" / "outputs" / "t").iterdir())
+    assert folders == ["found-before-r1", "run-r4"], "only the previous run's outputs stay"
+    assert kept.exists()
+
+
+def test_unsafe_output_refuses_old_files_unless_they_were_there_before_the_run(tmp_path: Path) -> None:
+    """A file whose change time is older than the run (a folder of old files renamed into the output keeps
+    them) is refused, unless the snapshot taken before the run holds it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.bin").write_text("from before")
+    fresh = snapshot(out)
+    later = time.time() + 10  # a run that starts 10 s after the file last changed
+    assert "not written by this run" in (unsafe_output(out, later, now=later) or "")
+    assert unsafe_output(out, later, fresh, now=later) is None
+
+
+NODE_BUILD = """\
+const fs = require('fs');
+fs.mkdirSync('dist', { recursive: true });
+fs.writeFileSync('dist/index.js', fs.readFileSync('src/index.js', 'utf8'));
+"""
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("setting", [mode for mode in MODES if mode != "landlock"])
+async def test_zero_config_node_rimraf_keeps_the_users_dist(
+    tmp_path: Path, agent_for: Any, setting: str
+) -> None:
+    """Zero configuration, a build that starts with `rimraf dist`: it runs, and what the user had in dist/
+    before the session is in .autoresearch/outputs/, not removed by the build (it was, before the fix)."""
+    if shutil.which("node") is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must run the Node build tests, but node is not installed")
+        pytest.skip("node is not installed")
+    rimraf = "node -e \"require('fs').rmSync('dist', { recursive: true, force: true })\""
+    package = {"name": "lib", "source": "src/index.js", "scripts": {"build": f"{rimraf} && node build.js"}}
+    files = {"package.json": json.dumps(package), "build.js": NODE_BUILD, "src/index.js": "export {};\n" * 50}
+    root = make_repo(tmp_path / "lib", files)
+    (root / "dist").mkdir()
+    (root / "dist" / "mine.js").write_text("the user's\n")
+    async with agent_for(root, {"isolation": setting}) as agent:
+        await agent.ok("start_session", tag="n1")
+        run, _ = await agent.experiment("baseline")
+        assert run["status"] == "ok", run
+    assert sorted(p.name for p in (root / "dist").iterdir()) == ["index.js"]
+    assert (root / ".autoresearch/outputs/n1/found-before-r1/dist/mine.js").read_text() == "the user's\n"
+
+
+@pytest.mark.anyio
+async def test_slots_a_link_left_in_dist_does_not_shrink_the_next_build(
+    tmp_path: Path, agent_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(tmp_path / "slots"))
+    root = project(tmp_path / "web")
+    overrides = {
+        "target_file": "build.py",
+        "run_command": "python build.py",
+        "metric_name": "kb",
+        "metric_measure": "size_kb:dist !*.map",
+        "metric_direction": "lower_is_better",
+        "writable": ["dist"],
+        "slots": 2,
+    }
+    async with agent_for(root, overrides) as agent:
+        await agent.ok("start_session", tag="s1")
+        baseline, _ = await agent.experiment("baseline")
+        assert baseline["value"] == 10.0, baseline
+        plant = "os.path.lexists('dist/bundle.js') and os.remove('dist/bundle.js'); "
+        plant += "os.symlink('bundle.js.map', 'dist/bundle.js'); raise SystemExit(1)"
+        await agent.edit("# EVIL", plant)
+        run, _ = await agent.experiment("leave a link")
+        assert run["status"] == "crash", run
+        for pad in (9, 8):  # two runs: whichever slot the link was left in, one of them runs there
+            await agent.edit(f"PAD = {pad + 1 if pad == 9 else 9}", f"PAD = {pad}")
+            run, _ = await agent.experiment(f"honest, {pad} KB")
+            assert run["status"] == "ok" and run["value"] == float(pad), run
+
+
+def test_nothing_is_moved_through_a_link_and_a_measure_through_one_is_refused(tmp_path: Path) -> None:
+    """`out` is a link (as a slot's shared input is): the files of `out/dist` stay where they are, and the
+    size of `out/dist` is not measured through the link."""
+    root = project(tmp_path / "web")
+    (root / "real" / "dist").mkdir(parents=True)
+    (root / "real" / "dist" / "keep.js").write_text("x")
+    (root / "out").symlink_to("real")
+    result = experiment(
+        root,
+        "r1",
+        "off",
+        "echo ran > out/dist/new.js",
+        writable=["out/dist"],
+        metric_measure="size_kb:out/dist",
+    )
+    assert result.status == "metric_error" and "'out' is a symbolic link" in (result.error or ""), (
+        result.error
+    )
+    assert sorted(p.name for p in (root / "real" / "dist").iterdir()) == ["keep.js", "new.js"]
+
+
+def test_what_the_checks_write_in_an_output_is_the_runs_not_the_users(tmp_path: Path) -> None:
+    """The checks command runs after the run and writes in dist/: that output is still the run's (pruned in
+    time), not taken for the user's (kept for ever, one folder per run)."""
+    root = project(tmp_path / "web")
+    for run in ("r1", "r2"):
+        result = experiment(root, run, "off", checks_command="echo checked > dist/checked.txt")
+        assert result.status == "ok", result.error
+    assert sorted(p.name for p in (root / ".autoresearch" / "outputs" / "t").iterdir()) == ["run-r1"]
+
+
+@pytest.mark.parametrize("setting", MODES)
+def test_every_output_handed_on_is_checked(tmp_path: Path, setting: str) -> None:
+    """What an evaluation stage calls before it is handed the outputs: every output, not only the measured one."""
+    root = project(tmp_path / "web")
+    write_target(root, 10, "os.makedirs('cache', exist_ok=True); os.mkfifo('cache/pipe')")
+    started = time.time()
+    result = experiment(root, "r1", setting, "python build.py && echo kb: 1", metric_measure=None)
+    assert result.status == "ok", result.error
+    assert unsafe_outputs(root, ["dist", "cache"], started) == (
+        "'cache/pipe' is a FIFO: an output may hold only regular files and directories"
+    )
+    os.remove(root / "cache" / "pipe")
+    assert unsafe_outputs(root, ["dist", "cache"], started) is None
+
+
+@pytest.mark.anyio
+async def test_slots_with_zero_config_node_and_installed_packages(
+    tmp_path: Path, agent_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Zero-config Node lists `node_modules/.cache` as writable, and a slot's `node_modules` is a link to the
+    project's: that output is the project's, never moved aside through the link; the runs go on."""
+    if shutil.which("node") is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must run the Node build tests, but node is not installed")
+        pytest.skip("node is not installed")
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(tmp_path / "slots"))
+    package = {"name": "lib", "source": "src/index.js", "scripts": {"build": "node build.js"}}
+    files = {"package.json": json.dumps(package), "build.js": NODE_BUILD, "src/index.js": "export {};\n" * 50}
+    root = make_repo(tmp_path / "lib", {**files, ".gitignore": "node_modules/\ndist/\n"})
+    (root / "node_modules" / ".cache" / "tool").mkdir(parents=True)
+    (root / "node_modules" / ".cache" / "tool" / "entry").write_text("the project's cache\n")
+    async with agent_for(root, {"slots": 2}) as agent:
+        await agent.ok("start_session", tag="s2")
+        run, _ = await agent.experiment("baseline")
+        assert run["status"] == "ok", run
+    assert (root / "node_modules" / ".cache" / "tool" / "entry").read_text() == "the project's cache\n"
+
+
+@pytest.mark.anyio
+async def test_slots_a_future_timestamp_is_refused_and_the_next_build_runs(
+    tmp_path: Path, agent_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(tmp_path / "slots"))
+    root = project(tmp_path / "web")
+    overrides = {
+        "target_file": "build.py",
+        "run_command": "test dist/bundle.js -nt build.py || python build.py",
+        "metric_name": "kb",
+        "metric_measure": "size_kb:dist !*.map",
+        "metric_direction": "lower_is_better",
+        "writable": ["dist"],
+        "slots": 2,
+    }
+    async with agent_for(root, overrides) as agent:
+        await agent.ok("start_session", tag="s3")
+        baseline, _ = await agent.experiment("baseline")
+        assert baseline["value"] == 10.0, baseline
+        ahead = "open('dist/bundle.js', 'w').write('x'); os.utime('dist/bundle.js', (2e9, 2e9)); raise SystemExit(0)"
+        await agent.edit("# EVIL", ahead)
+        run, _ = await agent.experiment("a tiny bundle from the future")
+        assert run["status"] == "metric_error" and "future" in run["error"], run
+        for pad in (9, 8):  # two runs: whichever slot the bundle was left in, one of them runs there
+            await agent.edit(f"PAD = {pad + 1}", f"PAD = {pad}")
+            run, _ = await agent.experiment(f"honest, {pad} KB")
+            assert run["status"] == "ok" and run["value"] == float(pad), run
+
+
+@pytest.mark.anyio
+async def test_clean_removes_the_runs_outputs_and_keeps_the_users(tmp_path: Path, agent_for: Any) -> None:
+    root = project(tmp_path / "web")
+    (root / "dist").mkdir()
+    (root / "dist" / "mine.js").write_text("the user's\n")
+    overrides = {
+        "target_file": "build.py",
+        "run_command": "python build.py",
+        "metric_name": "kb",
+        "metric_measure": "size_kb:dist !*.map",
+        "writable": ["dist"],
+    }
+    async with agent_for(root, overrides) as agent:
+        await agent.ok("start_session", tag="c1")
+        await agent.experiment("baseline")
+        await agent.edit("PAD = 10", "PAD = 9")
+        await agent.experiment("smaller")
+    outputs = root / ".autoresearch" / "outputs" / "c1"
+    names = sorted(p.name for p in outputs.iterdir())
+    assert names[0] == "found-before-r1" and names[1:] and all(n.startswith("run-") for n in names[1:]), names
+    git(root, "checkout", "-q", "main")
+    listed = run_cli("clean", "--project", str(root), "--tag", "c1", cwd=root).stdout
+    assert f".autoresearch/outputs/c1/{names[1]}/" in listed and "found-before-*" in listed, listed
+    assert run_cli("clean", "--project", str(root), "--tag", "c1", "--yes", cwd=root).returncode == 0
+    assert sorted(p.name for p in outputs.iterdir()) == ["found-before-r1"]
+    assert (outputs / "found-before-r1" / "dist" / "mine.js").read_text() == "the user's\n"
