@@ -93,11 +93,11 @@ def check_invariants(root: Path, tag: str, recovered: bool = True) -> int:
             raise Violation(f"value differs: {row!r} vs {details['value']}")
     state = json.loads((root / ".autoresearch" / "sessions" / f"{tag}.json").read_text())
     if recovered:
-        missing = started - set(ids) - ({state["pending"]["run_id"]} if state.get("pending") else set())
+        missing = started - set(ids) - {run["run_id"] for run in state.get("inflight", [])}
         if missing:
             raise Violation(f"runs started but never logged: {sorted(missing)}")
         head = git(root, "rev-parse", "HEAD").strip()
-        pending = state.get("pending")
+        pending = next(iter(state.get("inflight", [])), None)
         if pending is None and state.get("best") and head != state["best"]["commit"]:
             raise Violation(
                 f"branch head {head[:7]} is not the best kept commit {state['best']['commit'][:7]}"

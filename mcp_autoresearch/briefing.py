@@ -81,7 +81,7 @@ def briefing_from(
         )
     if slots:
         lines.append(f"Slots: {slots}.")
-    elif state.inflight:
+    elif state.pending is None and state.inflight:
         lines.append("In flight: " + ", ".join(f"{p.run_id} ({p.phase})" for p in state.inflight) + ".")
     if rows:
         lines += [

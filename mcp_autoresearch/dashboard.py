@@ -104,7 +104,7 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
             f" | run {state.pending.run_id} {state.pending.phase} since {state.pending.started_at[11:19]}",
             style="cyan",
         )
-    for entry in state.inflight:  # with slots: one per run in flight or waiting for its decision
+    for entry in (p for p in state.inflight if p.placement == "slots"):  # one per run in flight or waiting
         where = "all slots" if entry.is_baseline else f"slot {entry.slot}"
         live.append(f" | {entry.run_id} {entry.phase} ({where})", style="cyan")
     live.append(f" | updated {datetime.now().strftime('%H:%M:%S')}", style="dim")

@@ -15,8 +15,11 @@ from .errors import RuleViolation, SessionError
 from .evidence import Evidence
 from .holdout_stage import run_holdout
 from .journal import Row
+from .lifecycle import STOPPED, unmeasured
 from .models import DecisionResult
 from .names import SESSION_REFS
+from .phases import advance, in_flight, unsaved
+from .processes import kill_marked_processes
 from .rules import Verdict, decide, improvement
 from .running import Runs
 from .sequential import best_values, resolve_keep_rule
@@ -55,27 +58,73 @@ class Decider:
 
     def verdict(self, pending: Pending, discard: bool) -> Verdict:
         """What the rule says about a finished run, from the server's own measurement."""
-        core = self.core
         result = pending.result or RunOutcome()
-        best = core.state.best
-        verdict = decide(
-            run_status=result.status,
-            value=result.value,
-            best=best.value if best else None,
-            direction=core.state.metric_direction,
-            min_delta=core.config.min_delta,
-            is_baseline=pending.is_baseline,
-            lines=pending.nonblank_lines,
-            best_lines=best.nonblank_lines if best else None,
-            discard_requested=discard,
-            error=result.error,
-            test=result.test.step() if result.test is not None else None,
-        )
+        best = self.core.state.best
+        verdict = judge(self.core, pending, best.value if best else None, best.nonblank_lines if best else None, discard)
         if result.regression and verdict.decision == "keep":  # the greedy rule: reported, the keep stands
             verdict = replace(verdict, reason=f"{verdict.reason}; {result.regression} (a regression, reported)")
         if result.best_regression:  # the best kept earlier is slower now: reported, for the person to look at
             verdict = replace(verdict, reason=f"{verdict.reason}; {result.best_regression} (a regression, reported)")
         return verdict
+
+    def recover(self) -> list[str]:
+        """After a restart, the run in the user's tree: one that never started is undone (its edit stays), one
+        that was running is logged as interrupted, a decision half applied is finished. Returns what was done."""
+        core = self.core
+        notes: list[str] = []
+        pending = core.state.pending
+        if pending is None:
+            return notes
+        if pending.phase == "starting":
+            head = core.repo.head_commit()
+            if (
+                head != pending.parent
+                and core.repo.is_ancestor(pending.parent, head)
+                and core.repo.commit_message(head).startswith("experiment:")
+            ):
+                # The candidate was committed but never ran: undo the commit, keep the edit in the work tree.
+                core.repo.move_branch(
+                    core.state.branch, pending.parent, f"autoresearch: undo {pending.run_id}"
+                )
+                core.repo.unstage([core.target_repo_path])
+            core.state.drop(pending.run_id)
+            core.save()
+            notes.append(f"run {pending.run_id} never started; its edit is back in the working tree")
+        elif pending.phase == "running":
+            killed = kill_marked_processes(str(core.root))
+            if pending.measuring_best and pending.commit:  # the best's content was in place for a re-measure
+                core.repo.restore_paths(pending.commit, [core.target_repo_path])
+            tampered = self.runs.verify_after_run(pending)
+            error = STOPPED
+            if killed:
+                error += f" ({killed} leftover processes killed)"
+            pending.result = unmeasured("interrupted", error, tampered)
+            advance(pending, "finished", core.save)
+            self.decide_locked(pending.run_id, discard=True)
+            notes.append(
+                f"run {pending.run_id} was in flight when the server stopped: logged as interrupted. It never "
+                "finished, so it says nothing about its idea: "
+                + ("run the baseline again" if pending.is_baseline else "apply its edit again to re-run it")
+            )
+        elif pending.phase == "deciding":
+            self.finish(pending)
+            notes.append(f"the decision on run {pending.run_id} was completed")
+        if core.journal.reconcile_tsv():
+            notes.append("results.tsv was rebuilt from the JSONL log")
+        return notes
+
+    def shutdown(self, join_s: float) -> None:
+        """The server stops: the run in flight is cancelled and, once it ended, logged as interrupted."""
+        active = self.runs.stop("the server was stopped", join_s)
+        if active is None:
+            return
+        with self.core.lock:
+            pending = self.core.state.pending
+            if pending is not None and pending.phase == "finished" and pending.run_id == active.run_id:
+                if pending.result and pending.result.status == "cancelled":
+                    pending.result.status = "interrupted"
+                    pending.result.error = STOPPED
+                self.decide_locked(pending.run_id, discard=True)
 
     def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
         core = self.core
@@ -108,7 +157,7 @@ class Decider:
             raise RuleViolation("no run waits for a decision; call run_experiment first")
         if run_id is not None and run_id != pending.run_id:
             raise RuleViolation(f"run {run_id} is not the pending run; the pending run is {pending.run_id}")
-        if pending.phase in ("starting", "running"):
+        if in_flight(pending):
             raise SessionError(
                 f"run {pending.run_id} is still running; call wait_experiment(run_id='{pending.run_id}') first"
             )
@@ -122,8 +171,10 @@ class Decider:
                 delta=verdict.delta,
                 prev=core.state.best.value if core.state.best else None,
             )
-            pending.phase = "deciding"
-            core.save()
+            # Written ahead only when applying it moves the branch (a discard): a restart must then finish it. A
+            # keep only syncs the index: decided again from `finished`, it comes out the same.
+            moves = verdict.decision != "keep" and pending.commit not in (None, pending.parent)
+            advance(pending, "deciding", core.save if moves else unsaved)
         return self.finish(pending)
 
     def finish(self, pending: Pending) -> DecisionResult:
@@ -146,7 +197,7 @@ class Decider:
                     core.state.branch, pending.parent, f"autoresearch: discard {pending.run_id}"
                 )
         judged = self.log_decision(pending)
-        core.state.pending = None
+        core.state.drop(pending.run_id)
         core.save()
         core.own.journal_written()
         if verdict == "keep" and core.config.holdout_command:  # after the keep: it cannot change the decision
@@ -290,6 +341,27 @@ class Decider:
         noise = noise_of(values)
         self.core.state.noise_ss += noise.ss
         self.core.state.noise_df += noise.df
+
+
+def judge(
+    core: SessionCore, pending: Pending, best: float | None, best_lines: int | None, discard: bool = False
+) -> Verdict:
+    """The keep rule (`rules.decide`) on a finished run, from the server's own measurement, against a best of
+    value `best` and `best_lines` non-blank lines (None: no best yet, or its size does not count)."""
+    result = pending.result or RunOutcome()
+    return decide(
+        run_status=result.status,
+        value=result.value,
+        best=best,
+        direction=core.state.metric_direction,
+        min_delta=core.config.min_delta,
+        is_baseline=pending.is_baseline,
+        lines=pending.nonblank_lines,
+        best_lines=best_lines,
+        discard_requested=discard,
+        error=result.error,
+        test=result.test.step() if result.test is not None else None,
+    )
 
 
 def decided_next_step(

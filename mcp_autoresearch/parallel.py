@@ -18,25 +18,25 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .checkouts import Checkouts
 from .context import SessionCore
-from .diskspace import mark_disk_full
 from .editing import Editor
 from .errors import RuleViolation, SessionError
 from .experiment import Experiment, ExperimentResult
 from .files import atomic_write
 from .gitguard import GitWatch
 from .guard import sha256_bytes, sha256_file
+from .lifecycle import ActiveRun, RunHandle, RunProgress, execute, outcome_of, progress_of, unmeasured
 from .names import RUN_LOGS, SESSION_REFS
+from .phases import AWAITING_DECISION, advance, in_flight
 from .processes import kill_marked_processes
 from .rules import nonblank_lines
-from .running import ActiveRun, AlreadyMeasured, RunHandle, RunProgress, Runs, candidate, unmeasured
+from .running import AlreadyMeasured, Runs, candidate
 from .sequential import (
     Measurement,
     Sequential,
@@ -46,45 +46,12 @@ from .sequential import (
     measure_baseline_under_load,
 )
 from .slot_checks import SlotChecks
-from .state import Pending, RunOutcome, TestRecord, server_dir
+from .state import Pending, RunOutcome, server_dir
 
 if TYPE_CHECKING:
     from .ray_backend import RayBackend
 
 log = logging.getLogger("mcp_autoresearch")
-
-
-@dataclass
-class Flight(ActiveRun):
-    """A run in flight in a slot (the baseline: in every slot)."""
-
-    slots: list[int] = field(default_factory=list)
-    watch: GitWatch | None = None
-    others: list[Experiment] = field(default_factory=list)  # the baseline's runs in the other slots
-
-    def cancel(self, reason: str) -> None:
-        super().cancel(reason)
-        for experiment in self.others:
-            experiment.cancel(reason)
-
-
-class AnyRunHandle:
-    """Waits for the first of the runs in flight to finish (wait_experiment without a run_id)."""
-
-    def __init__(self, parallel: ParallelRuns) -> None:
-        self._parallel = parallel
-        self.run_id = None
-
-    def wait(self, timeout_s: float) -> bool:
-        return self._parallel.wait_any(timeout_s)
-
-    def progress(self) -> RunProgress:
-        flights = sorted(self._parallel.flights.values(), key=lambda f: f.started)
-        first = RunHandle(flights[0], self._parallel.core.config.timeout).progress() if flights else None
-        ids = ", ".join(f.run_id for f in flights)
-        if first is None:
-            return RunProgress("", 0.0, self._parallel.core.config.timeout, "", Path())
-        return RunProgress(f"{ids} in flight; {first.run_id}", first.elapsed_s, first.limit_s, first.last_line, first.log_path)
 
 
 class ParallelRuns:
@@ -102,8 +69,8 @@ class ParallelRuns:
         if config.backend != "ray":  # a Ray job's paths are its worker's
             self.checkouts.check_writable(config.run_writes, self.slots)
         self.checkouts.check_home()
-        self.flights: dict[str, Flight] = {}
-        self.finish_order: list[str] = [p.run_id for p in core.state.inflight if p.phase == "finished"]
+        self.flights: dict[str, ActiveRun] = {}
+        self.finish_order: list[str] = [p.run_id for p in core.state.inflight if not in_flight(p)]
         self._changed = threading.Condition(threading.Lock())
         self.checks = SlotChecks(core, self.checkouts, runs, self.slots)
         self.backend: RayBackend | None = None
@@ -122,21 +89,32 @@ class ParallelRuns:
     def busy_slots(self) -> set[int]:
         used: set[int] = set()
         for pending in self.core.state.inflight:
-            if pending.phase in ("starting", "running"):
+            if in_flight(pending):
                 used.update(range(self.slots) if pending.is_baseline else [pending.slot or 0])
         return used
 
-    def handle(self, run_id: str | None) -> RunHandle | AnyRunHandle | None:
+    def handle(self, run_id: str | None) -> RunHandle | None:
+        """The run in flight (without `run_id`: whichever finishes first; None when one already waits)."""
         if run_id is None:
             if self.first_finished() is not None or not self.flights:
                 return None
-            return AnyRunHandle(self)
+            return RunHandle(None, self.wait_any, self._first_progress)
         flight = self.flights.get(run_id)
-        return RunHandle(flight, self.core.config.timeout) if flight is not None else None
+        return RunHandle.of(flight, self.core.config.timeout) if flight is not None else None
+
+    def _first_progress(self) -> RunProgress:
+        """wait_experiment without a run id: every run in flight, and the oldest one's progress."""
+        limit = self.core.config.timeout
+        flights = sorted(self.flights.values(), key=lambda f: f.started)
+        if not flights:
+            return RunProgress("", 0.0, limit, "", Path())
+        first = progress_of(flights[0], limit)
+        ids = ", ".join(f.run_id for f in flights)
+        return RunProgress(f"{ids} in flight; {first.run_id}", first.elapsed_s, limit, first.last_line, first.log_path)
 
     def first_finished(self) -> Pending | None:
         """The run that finished first among those waiting for their decision."""
-        waiting = {p.run_id: p for p in self.core.state.inflight if p.phase in ("finished", "deciding")}
+        waiting = {p.run_id: p for p in self.core.state.inflight if p.phase in AWAITING_DECISION}
         for run_id in self.finish_order:
             if run_id in waiting:
                 return waiting[run_id]
@@ -158,7 +136,17 @@ class ParallelRuns:
         for flight in list(self.flights.values()):
             flight.cancel(reason)
 
-    def stop(self, reason: str, join_s: float) -> list[Flight]:
+    def cancel_run(self, reason: str, run_id: str | None) -> None:
+        """A client gave up waiting for this run: it is stopped (giving up on any run stops none of them)."""
+        flight = self.flights.get(run_id) if run_id is not None else None
+        if flight is not None:
+            flight.cancel(reason)
+
+    def wait_after_start(self, wait_s: float | None) -> float | None:
+        """run_experiment does not wait for a run in a slot: the agent prepares the next idea meanwhile."""
+        return 0.0
+
+    def stop(self, reason: str, join_s: float) -> list[ActiveRun]:
         flights = list(self.flights.values())
         for flight in flights:
             flight.cancel(reason)
@@ -226,7 +214,7 @@ class ParallelRuns:
                 target_sha256=content_sha,
                 started_at=datetime.now().isoformat(timespec="seconds"),
                 rerun_of=earlier.run_id if earlier is not None else None,
-                phase="running",
+                placement="slots",
                 slot=None if is_baseline else slots[0],
                 parent_value=best.value if best else None,
             )
@@ -234,7 +222,7 @@ class ParallelRuns:
             try:
                 inflight.append(pending)
                 core.journal.log_experiment_start(run_id, commit, description)
-                core.save()
+                advance(pending, "running", core.save)  # after the append: the record seals the JSONL
             except BaseException:  # nothing starts: no flight is left without its thread
                 self.flights.pop(run_id, None)
                 if pending in inflight:
@@ -262,8 +250,8 @@ class ParallelRuns:
 
     def _full_message(self) -> str:
         inflight = self.core.state.inflight
-        running = [p.run_id for p in inflight if p.phase in ("starting", "running")]
-        waiting = [p.run_id for p in inflight if p.phase not in ("starting", "running")]
+        running = [p.run_id for p in inflight if in_flight(p)]
+        waiting = [p.run_id for p in inflight if not in_flight(p)]
         parts = []
         if running:
             parts.append("running: " + ", ".join(running))
@@ -278,7 +266,7 @@ class ParallelRuns:
         """The run's in-memory side: its experiments (one per slot it occupies) and git's snapshot."""
         core = self.core
         log_dir = server_dir(core.root, RUN_LOGS, core.state.tag)
-        flight = Flight(run_id=pending.run_id, started=time.monotonic(), log_dir=log_dir, slots=slots)
+        flight = ActiveRun(run_id=pending.run_id, started=time.monotonic(), log_dir=log_dir, slots=slots)
         experiments = [
             Experiment(
                 core.config,
@@ -317,68 +305,57 @@ class ParallelRuns:
     def _start_thread(self, pending: Pending) -> None:
         flight = self.flights[pending.run_id]
         flight.thread = threading.Thread(
-            target=self._execute, args=(flight, pending), name=f"run-{pending.run_id}", daemon=True
+            target=execute,
+            args=(self.core, self.runs.space, self, flight, pending),
+            name=f"run-{pending.run_id}",
+            daemon=True,
         )
         flight.thread.start()
 
     def restart(self, pending: Pending, slot: int) -> None:
         """Run an in-flight entry again in `slot` (its change merged onto a newer best). Caller holds the lock."""
         pending.slot = slot
-        pending.phase = "running"
         pending.result = None
         self._launch(pending, [slot])
-        self.core.save()
+        advance(pending, "running", self.core.save)
         self._start_thread(pending)
 
     def free_slot(self) -> int | None:
         free = set(range(self.slots)) - self.busy_slots()
         return min(free) if free else None
 
-    # -- running -------------------------------------------------------------------------------------------
-    def _execute(self, flight: Flight, pending: Pending) -> None:
-        core = self.core
-        try:
-            try:
-                for slot in flight.slots:
-                    self.checkouts.prepare(slot, pending.commit or pending.parent)
-                outcome = self._measure(flight, pending)
-            except Exception as exc:
-                log.exception("run %s failed inside the server", pending.run_id)
-                outcome = unmeasured("crash", f"internal error while running: {type(exc).__name__}: {exc}", [])
-            with core.lock:
-                full = self.runs.space.after_run(self._places(flight.slots), list(core.config.writable))
-                if full:  # the other runs write on the same full disk: stopped before the reserve is freed
-                    for other in self.flights.values():
-                        if other is not flight:
-                            other.cancel(f"stopped: the disk filled up while it ran (see {pending.run_id})")
-                    self.runs.space.release()
-                try:
-                    tampered = self.checks.after_run(pending, flight.watch)
-                except Exception as exc:
-                    log.exception("verifying run %s failed", pending.run_id)
-                    tampered = [f"(the check itself failed: {type(exc).__name__}: {exc})"]
-                if tampered and outcome.status != "cancelled":
-                    outcome.status = "tampered"
-                    outcome.error = (
-                        "the run changed files it must not: "
-                        + ", ".join(tampered)
-                        + f" (restored; what they held is kept in .autoresearch/tampered/{pending.run_id}/)"
-                    )
-                mark_disk_full(outcome, full)
-                if self.entry(pending.run_id) is pending:
-                    pending.result = outcome
-                    pending.phase = "finished"
-                    core.save()
-                    self.finish_order.append(pending.run_id)
-        finally:
-            with core.lock:
-                if self.flights.get(pending.run_id) is flight:
-                    del self.flights[pending.run_id]
-            flight.done.set()
-            with self._changed:
-                self._changed.notify_all()
+    # -- the run's placement (`lifecycle.Placement`): slots ---------------------------------------------------
+    def prepare(self, flight: ActiveRun, pending: Pending) -> None:
+        for slot in flight.slots:
+            self.checkouts.prepare(slot, pending.commit or pending.parent)
 
-    def _measure(self, flight: Flight, pending: Pending) -> RunOutcome:
+    def places(self, flight: ActiveRun) -> list[Path]:
+        return self._places(flight.slots)
+
+    def disk_full(self, flight: ActiveRun, pending: Pending) -> None:
+        """The other runs write on the same full disk: stopped before the reserve is freed."""
+        for other in self.flights.values():
+            if other is not flight:
+                other.cancel(f"stopped: the disk filled up while it ran (see {pending.run_id})")
+
+    def check_after_run(self, flight: ActiveRun, pending: Pending) -> list[str]:
+        return self.checks.after_run(pending, flight.watch)
+
+    def record(self, flight: ActiveRun, pending: Pending, outcome: RunOutcome) -> None:
+        if self.entry(pending.run_id) is pending:  # else decided meanwhile (the server stopped)
+            pending.result = outcome
+            advance(pending, "finished", self.core.save)
+            self.finish_order.append(pending.run_id)
+
+    def release(self, flight: ActiveRun, pending: Pending) -> None:
+        with self.core.lock:
+            if self.flights.get(pending.run_id) is flight:
+                del self.flights[pending.run_id]
+        flight.done.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def measure(self, flight: ActiveRun, pending: Pending) -> RunOutcome:
         core = self.core
         assert flight.experiment is not None
         if pending.is_baseline:
@@ -416,14 +393,11 @@ class ParallelRuns:
                 measured, flight.experiment, core.state, core.config, pending.nonblank_lines,
                 lambda: sha256_file(target) == pending.target_sha256 or not core.plain_target,
             )
-        outcome = RunOutcome.model_validate(asdict(measured.result))
-        outcome.best_values = measured.best_values
-        outcome.remeasured, outcome.regression = measured.remeasured, measured.regression
-        outcome.best_regression = measured.best_regression
-        outcome.test = TestRecord.of(measured.step) if measured.step is not None else None
-        return outcome
+        return outcome_of(measured)
 
-    def _with_best_content(self, pending: Pending, slot: int, best_commit: str, run) -> ExperimentResult:  # type: ignore[no-untyped-def]
+    def _with_best_content(
+        self, pending: Pending, slot: int, best_commit: str, run: Callable[[], ExperimentResult]
+    ) -> ExperimentResult:
         """The best's re-measurement in the candidate's slot: its content in place of the candidate's, then back."""
         core = self.core
         checkouts = self.checkouts
@@ -454,7 +428,7 @@ class ParallelRuns:
         core = self.core
         notes = []
         for pending in core.state.inflight:
-            if pending.phase not in ("starting", "running"):
+            if not in_flight(pending):
                 continue
             killed = 0
             slots = range(self.slots) if pending.is_baseline else [pending.slot or 0]
@@ -467,11 +441,9 @@ class ParallelRuns:
             if killed:
                 error += f" ({killed} leftover processes killed)"
             pending.result = unmeasured("interrupted", error, tampered)
-            pending.phase = "finished"
+            advance(pending, "finished", core.save)
             self.finish_order.append(pending.run_id)
             notes.append(pending.run_id)
-        if notes:
-            core.save()
         return notes
 
 
@@ -479,8 +451,8 @@ def slots_line(parallel: ParallelRuns) -> str:
     """One line on the slots for the briefing and start_session."""
     inflight = parallel.core.state.inflight
     where = "Ray" if parallel.core.config.backend == "ray" else "local"
-    running = [p for p in inflight if p.phase in ("starting", "running")]
-    waiting = [p for p in inflight if p.phase not in ("starting", "running")]
+    running = [p for p in inflight if in_flight(p)]
+    waiting = [p for p in inflight if not in_flight(p)]
     parts = [f"{parallel.slots} slots ({where}), {len(parallel.busy_slots())} busy"]
     if running:
         parts.append(

@@ -13,12 +13,12 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from .context import SessionCore
-from .diskspace import DiskSpace, mark_disk_full
+from .diskspace import DiskSpace
 from .editing import Editor
 from .errors import RuleViolation, SessionError
 from .experiment import Experiment, ExperimentResult
@@ -26,85 +26,18 @@ from .files import copy_regular, read_regular
 from .gitguard import GitWatch
 from .guard import changed_fingerprints, new_files, sha256_bytes, sha256_file
 from .journal import Row, one_line
+from .lifecycle import ActiveRun, RunHandle, execute, outcome_of
 from .names import RUN_LOGS
+from .phases import advance
 from .rules import nonblank_lines
 from .sequential import Measurement, Sequential, best_values, closed_noise, confirm_keep, measure_baseline
-from .state import Pending, RunOutcome, TestRecord, server_dir
-from .statuses import RunStatus
+from .state import Pending, RunOutcome, server_dir
 
 log = logging.getLogger("mcp_autoresearch")
 
 DEFAULT_WAIT_S = 30.0  # how long a call waits for a run before answering `running`
 MAX_WAIT_S = 50.0  # the longest wait: many clients give up on a call after about 60 s
 MAX_DESCRIPTION = 500  # characters of an experiment's description
-
-
-@dataclass
-class ActiveRun:
-    """A run executing in a background thread of this process."""
-
-    run_id: str
-    started: float
-    log_dir: Path  # where the run's logs are written: <run_id>.log, or <run_id>-<n>.log with repeats
-    experiment: Experiment | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    progress: tuple[float, float, str] | None = None  # elapsed, limit, last line of output
-    thread: threading.Thread | None = None
-    best: Experiment | None = None  # the best's re-measurements (sequential rule)
-
-    def cancel(self, reason: str) -> None:
-        for experiment in (self.experiment, self.best):
-            if experiment is not None:
-                experiment.cancel(reason)
-
-    def record_progress(self, elapsed: float, limit: float, line: str) -> None:
-        self.progress = (elapsed, limit, line)
-
-    def live_log(self) -> Path:
-        """The log being written now (the newest of the run's logs), for a person to `tail -f`."""
-        logs = [*self.log_dir.glob(f"{self.run_id}.log"), *self.log_dir.glob(f"{self.run_id}-*.log")]
-        try:
-            return max(logs, key=lambda path: path.stat().st_mtime_ns)
-        except (ValueError, OSError):  # nothing written yet
-            return self.log_dir / f"{self.run_id}.log"
-
-
-@dataclass(frozen=True)
-class RunProgress:
-    run_id: str
-    elapsed_s: float
-    limit_s: float
-    last_line: str  # the last line of output so far ("" before the first)
-    log_path: Path  # the live log
-
-    @property
-    def message(self) -> str:
-        return f"{self.run_id}: {self.elapsed_s:.0f}s of {self.limit_s:g}s limit" + (
-            f" | {self.last_line}" if self.last_line else ""
-        )
-
-
-class RunHandle:
-    """What a caller may do with a run in flight: wait for it to finish, and ask how far it got."""
-
-    def __init__(self, active: ActiveRun, limit_s: float) -> None:
-        self._active = active
-        self.run_id = active.run_id
-        self.limit_s = limit_s
-
-    def wait(self, timeout_s: float) -> bool:
-        """Block up to `timeout_s` seconds; True once the run has finished (and its result is recorded)."""
-        return self._active.done.wait(max(0.0, timeout_s))
-
-    def progress(self) -> RunProgress:
-        active = self._active
-        return RunProgress(
-            run_id=active.run_id,
-            elapsed_s=round(time.monotonic() - active.started, 1),
-            limit_s=self.limit_s,
-            last_line=active.progress[2] if active.progress else "",
-            log_path=active.live_log(),
-        )
 
 
 class Runs:
@@ -123,12 +56,20 @@ class Runs:
         active = self.active
         if active is None or (run_id is not None and run_id != active.run_id):
             return None
-        return RunHandle(active, self.core.config.timeout)
+        return RunHandle.of(active, self.core.config.timeout)
 
     def cancel(self, reason: str) -> None:
         active = self.active
         if active is not None:
             active.cancel(reason)
+
+    def cancel_run(self, reason: str, run_id: str | None) -> None:
+        """A client gave up waiting for the run: it is stopped (there is only one)."""
+        self.cancel(reason)
+
+    def wait_after_start(self, wait_s: float | None) -> float | None:
+        """run_experiment waits for the run in the user's tree as the agent asked."""
+        return wait_s
 
     def stop(self, reason: str, join_s: float) -> ActiveRun | None:
         """Cancel the run in flight and wait up to `join_s` for its thread; returns the run that was stopped."""
@@ -167,7 +108,7 @@ class Runs:
                 started_at=datetime.now().isoformat(timespec="seconds"),
                 rerun_of=earlier.run_id if earlier is not None else None,
             )
-            core.state.pending = pending
+            core.state.inflight.append(pending)
             core.save()
             message = f"experiment: {description}"
             if is_baseline:
@@ -179,10 +120,9 @@ class Runs:
             else:  # filters or end-of-line conversion apply: let git make the blob
                 commit = core.repo.commit_with_git(core.state.branch, core.target_repo_path, message)
             pending.commit = commit
-            pending.phase = "running"
             pending.git_config, pending.refs_digest = self.git_watch.before_run()
             core.journal.log_experiment_start(run_id, commit, description)
-            core.save()  # after the append: the record seals the JSONL with it
+            advance(pending, "running", core.save)  # after the append: the record seals the JSONL with it
             _drop_stale_bytecode(self.editor.target_path())
             core.own.journal_written()
             log_dir = server_dir(core.root, RUN_LOGS, core.state.tag)  # a planted symlink is replaced
@@ -191,50 +131,35 @@ class Runs:
                 core.config, core.root, run_id, log_dir, core.state.tag, active.record_progress, core.isolation
             )
             active.thread = threading.Thread(
-                target=self._execute, args=(active, pending), name=f"run-{run_id}", daemon=True
+                target=execute, args=(core, self.space, self, active, pending), name=f"run-{run_id}", daemon=True
             )
             self.active = active
             active.thread.start()
             return run_id
 
-    def _execute(self, active: ActiveRun, pending: Pending) -> None:
-        """The background half of a run. Whatever happens here, the run ends finished and recorded."""
-        core = self.core
-        try:
-            try:
-                outcome = self._measure(active, pending)
-            except Exception as exc:  # a bug or an OS failure: still a logged crash, never a lost experiment
-                log.exception("run %s failed inside the server", pending.run_id)
-                outcome = unmeasured(
-                    "crash", f"internal error while running: {type(exc).__name__}: {exc}", []
-                )
-            with core.lock:
-                full = self.space.after_run([core.root], list(core.config.writable))
-                if full:
-                    self.space.release()  # first: the checks and records below need the space
-                try:
-                    tampered = self.verify_after_run(pending)
-                except Exception as exc:
-                    log.exception("verifying run %s failed", pending.run_id)
-                    tampered = [f"(the check itself failed: {type(exc).__name__}: {exc})"]
-                if tampered and outcome.status != "cancelled":
-                    outcome.status = "tampered"
-                    outcome.error = (
-                        "the run changed files it must not: "
-                        + ", ".join(tampered)
-                        + " (tracked ones restored from git; what they held is kept in"
-                        + f" .autoresearch/tampered/{pending.run_id}/)"
-                    )
-                mark_disk_full(outcome, full)
-                pending.result = outcome
-                pending.phase = "finished"
-                core.save()
-        finally:
-            with core.lock:
-                self.active = None
-            active.done.set()
+    # -- the run's placement (`lifecycle.Placement`): the user's tree ----------------------------------------
+    def prepare(self, active: ActiveRun, pending: Pending) -> None:
+        """Nothing to do: the candidate is committed on the session branch, in the user's tree."""
 
-    def _measure(self, active: ActiveRun, pending: Pending) -> RunOutcome:
+    def places(self, active: ActiveRun) -> list[Path]:
+        return [self.core.root]
+
+    def disk_full(self, active: ActiveRun, pending: Pending) -> None:
+        """Nothing else to stop: this is the only run in flight."""
+
+    def check_after_run(self, active: ActiveRun, pending: Pending) -> list[str]:
+        return self.verify_after_run(pending)
+
+    def record(self, active: ActiveRun, pending: Pending, outcome: RunOutcome) -> None:
+        pending.result = outcome
+        advance(pending, "finished", self.core.save)
+
+    def release(self, active: ActiveRun, pending: Pending) -> None:
+        with self.core.lock:
+            self.active = None
+        active.done.set()
+
+    def measure(self, active: ActiveRun, pending: Pending) -> RunOutcome:
         """Run the candidate as many times as the keep rule needs: the baseline's noise runs, one run (or
         `repeats`) under the greedy rule, the sequential test's runs with the best re-measured as needed."""
         core = self.core
@@ -270,12 +195,7 @@ class Runs:
                 lambda: sha256_file(core.root / core.target_rel) == pending.target_sha256
                 and not changed_fingerprints(core.root, core.state.readonly_hashes),
             )
-        outcome = RunOutcome.model_validate(asdict(measured.result))
-        outcome.best_values = measured.best_values
-        outcome.remeasured, outcome.regression = measured.remeasured, measured.regression
-        outcome.best_regression = measured.best_regression
-        outcome.test = TestRecord.of(measured.step) if measured.step is not None else None
-        return outcome
+        return outcome_of(measured)
 
     def _with_best_content(self, pending: Pending, run: Callable[[], ExperimentResult]) -> ExperimentResult:
         """Run with the best's content in place of the candidate's, then put the candidate's back. The state
@@ -481,13 +401,6 @@ class AlreadyMeasured:
     """run_experiment on content measured before in this session: nothing ran; the earlier run answers."""
 
     run_id: str
-
-
-def unmeasured(status: RunStatus, error: str, tampered: list[str]) -> RunOutcome:
-    """A run that ended without a measurement of its own (an internal error, or the server stopped)."""
-    if tampered:
-        error += "; files it changed were restored: " + ", ".join(tampered)
-    return RunOutcome(status=status, error=error)
 
 
 def clamp_wait(wait_s: float | None) -> float:

@@ -347,9 +347,7 @@ def create_server(workspace: Workspace) -> MCPServer:
         session, started = await anyio.to_thread.run_sync(start)
         if isinstance(started, AlreadyMeasured):
             return await anyio.to_thread.run_sync(session.view, started.run_id, True)
-        if session.parallel is not None:  # with slots the agent prepares the next idea while this one runs
-            wait_s = 0.0
-        return await _await_run(started, wait_s, ctx, session)
+        return await _await_run(started, session.start_wait(wait_s), ctx, session)
 
     @tool(read_only=True, idempotent=True)
     async def wait_experiment(

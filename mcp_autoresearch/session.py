@@ -27,23 +27,27 @@ from .evaluation import refuse_unhidable
 from .guard import changed_fingerprints, fingerprint_files, new_files
 from .isolation import probe_isolation
 from .journal import Journal
+from .lifecycle import RunHandle
 from .models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from .names import RESULTS_TSV, RUN_LOG, SESSION_BRANCHES, SESSIONS, own_journal
 from .ownfiles import OwnFiles, archive_results, exclude_patterns, restore_jsonl, start_mirror
-from .parallel import AnyRunHandle, ParallelRuns
-from .processes import kill_marked_processes
+from .parallel import ParallelRuns
+from .phases import in_flight
 from .project import Project, integrity_refusal
 from .provenance import metric_provenance
 from .repo import Repo
-from .running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, RunHandle, Runs, clamp_wait, unmeasured
+from .running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, Runs, clamp_wait
 from .slot_decisions import SlotDecider
 from .state import (
     OwnRecord,
+    PublicCopy,
     SessionState,
     load_record,
+    one_call,
     save_state,
     server_dir,
     set_current_tag,
+    write_public,
 )
 from .views import Views
 
@@ -61,7 +65,6 @@ __all__ = [
 log = logging.getLogger("mcp_autoresearch")
 
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-STOPPED = "the server stopped during this run"
 
 
 def default_tag() -> str:
@@ -86,6 +89,7 @@ class Session:
         self.target_repo_path = repo.repo_path(self.target_rel)
         self.plain_target = repo.is_plain_file(self.target_repo_path)
         self.lock = threading.RLock()
+        self.public_copy = PublicCopy()
         self.resumed = False
         self.recovered: list[str] = []
         self.isolation = probe_isolation(self.config.isolation, self.config.network)
@@ -101,6 +105,9 @@ class Session:
             self.parallel = ParallelRuns(self, self.editor, self.runs)
             self.slot_decider = SlotDecider(self, self.parallel, self.decider)
             self.views.parallel = self.parallel
+        # Where runs go and who decides them: the one choice of mode, made here.
+        self.placement: Runs | ParallelRuns = self.parallel or self.runs
+        self.deciding: Decider | SlotDecider = self.slot_decider or self.decider
 
     # ======================================================================================================
     # opening
@@ -266,48 +273,7 @@ class Session:
 
     def _recover(self) -> None:
         """Bring state, git and the logs back into agreement after the server died at any moment."""
-        if self.slot_decider is not None:
-            self.recovered += self.slot_decider.recover()
-        pending = self.state.pending
-        if pending is None:
-            return
-        if pending.phase == "starting":
-            head = self.repo.head_commit()
-            if (
-                head != pending.parent
-                and self.repo.is_ancestor(pending.parent, head)
-                and self.repo.commit_message(head).startswith("experiment:")
-            ):
-                # The candidate was committed but never ran: undo the commit, keep the edit in the work tree.
-                self.repo.move_branch(
-                    self.state.branch, pending.parent, f"autoresearch: undo {pending.run_id}"
-                )
-                self.repo.unstage([self.target_repo_path])
-            self.state.pending = None
-            self.save()
-            self.recovered.append(f"run {pending.run_id} never started; its edit is back in the working tree")
-        elif pending.phase == "running":
-            killed = kill_marked_processes(str(self.root))
-            if pending.measuring_best and pending.commit:  # the best's content was in place for a re-measure
-                self.repo.restore_paths(pending.commit, [self.target_repo_path])
-            tampered = self.runs.verify_after_run(pending)
-            error = STOPPED
-            if killed:
-                error += f" ({killed} leftover processes killed)"
-            pending.result = unmeasured("interrupted", error, tampered)
-            pending.phase = "finished"
-            self.save()
-            self.decider.decide_locked(pending.run_id, discard=True)
-            self.recovered.append(
-                f"run {pending.run_id} was in flight when the server stopped: logged as interrupted. It never "
-                "finished, so it says nothing about its idea: "
-                + ("run the baseline again" if pending.is_baseline else "apply its edit again to re-run it")
-            )
-        elif pending.phase == "deciding":
-            self.decider.finish(pending)
-            self.recovered.append(f"the decision on run {pending.run_id} was completed")
-        if self.journal.reconcile_tsv():
-            self.recovered.append("results.tsv was rebuilt from the JSONL log")
+        self.recovered += self.deciding.recover()
 
     def describe(self, resumed: bool) -> StartResult:
         return self.views.start_result(resumed, self.recovered)
@@ -340,7 +306,7 @@ class Session:
         pending = self.state.pending
         if pending is None:  # with slots, runs in flight never block an edit: the target is not theirs
             return
-        if pending.phase in ("running", "starting"):
+        if in_flight(pending):
             raise SessionError(
                 f"run {pending.run_id} is in flight; call wait_experiment(run_id='{pending.run_id}') until it "
                 "finishes, then commit_or_reset"
@@ -365,8 +331,24 @@ class Session:
             )
 
     def save(self) -> None:
-        save_state(self.root, self.state, self.journal.seal())
+        copy = self.public_copy
+        behind = copy.written if copy.deferred() else ""
+        copy.written = save_state(self.root, self.state, self.journal.seal(), behind)
+        copy.owed = bool(behind)
         self.own.state_written()
+
+    def write_public(self) -> None:
+        """The public copy a step's saves left behind (a failure is logged: the server's record holds it)."""
+        with self.lock:
+            if not self.public_copy.owed:
+                return
+            try:
+                self.public_copy.written = write_public(self.root, self.state)
+            except (OSError, SessionError) as exc:
+                log.warning("could not write the public copy of the state: %s", exc)
+                return
+            self.public_copy.owed = False
+            self.own.state_written()
 
     # ======================================================================================================
     # the steps, each done by the part that owns it
@@ -374,6 +356,7 @@ class Session:
     def read_target(self, start_line: int | None, end_line: int | None) -> TargetView:
         return self.editor.read_target(start_line, end_line)
 
+    @one_call
     def apply_edit(
         self,
         edits: list[dict[str, str]] | None,
@@ -383,30 +366,29 @@ class Session:
     ) -> EditResult:
         return self.editor.apply_edit(edits, content, path, expected_sha256)
 
+    @one_call
     def start_run(self, description: str, rerun: bool = False) -> str | AlreadyMeasured:
-        if self.parallel is not None:
-            return self.parallel.start_run(description, rerun)
-        return self.runs.start_run(description, rerun)
+        return self.placement.start_run(description, rerun)
 
-    def run_handle(self, run_id: str | None) -> RunHandle | AnyRunHandle | None:
+    def start_wait(self, wait_s: float | None) -> float | None:
+        """How long run_experiment waits for the run it started: with slots not at all (the agent prepares the
+        next idea while this one runs), else as the agent asked."""
+        return self.placement.wait_after_start(wait_s)
+
+    def run_handle(self, run_id: str | None) -> RunHandle | None:
         """The run in flight, to wait for (None when that run, or any, is not in flight). With slots and no
         run_id: a handle on whichever run finishes first (None when one already waits for its decision)."""
         run_id = normal_run_id(run_id) if run_id is not None else None
-        if self.parallel is not None:
-            return self.parallel.handle(run_id)
-        return self.runs.handle(run_id)
+        return self.placement.handle(run_id)
 
     def cancel_run(self, reason: str, run_id: str | None = None) -> None:
-        if self.parallel is None:
-            self.runs.cancel(reason)
-        elif run_id is not None:  # a client giving up on waiting for any run cancels none of them
-            handle = self.parallel.flights.get(normal_run_id(run_id))
-            if handle is not None:
-                handle.cancel(reason)
+        self.placement.cancel_run(reason, normal_run_id(run_id) if run_id is not None else None)
 
+    @one_call
     def view(self, run_id: str | None, already_measured: bool = False) -> RunResult:
         return self.views.view(run_id, already_measured)
 
+    @one_call
     def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
         try:
             return self._commit_or_reset(run_id, discard)
@@ -419,10 +401,9 @@ class Session:
             return self._commit_or_reset(run_id, discard)
 
     def _commit_or_reset(self, run_id: str | None, discard: bool) -> DecisionResult:
-        if self.slot_decider is not None:
-            return self.slot_decider.commit_or_reset(run_id, discard)
-        return self.decider.commit_or_reset(run_id, discard)
+        return self.deciding.commit_or_reset(run_id, discard)
 
+    @one_call
     def log_notes(self, run_id: str, notes: str) -> NotesResult:
         return self.views.log_notes(run_id, notes)
 
@@ -434,19 +415,7 @@ class Session:
 
     # ======================================================================================================
     def shutdown(self, join_s: float = 10.0) -> None:
-        if self.slot_decider is not None:
-            self.slot_decider.shutdown(join_s)
-            return
-        active = self.runs.stop("the server was stopped", join_s)
-        if active is None:
-            return
-        with self.lock:
-            pending = self.state.pending
-            if pending is not None and pending.phase == "finished" and pending.run_id == active.run_id:
-                if pending.result and pending.result.status == "cancelled":
-                    pending.result.status = "interrupted"
-                    pending.result.error = STOPPED
-                self.decider.decide_locked(pending.run_id, discard=True)
+        self.deciding.shutdown(join_s)
 
 
 def _rules_of(config: Config) -> dict[str, Any]:

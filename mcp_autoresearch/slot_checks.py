@@ -9,6 +9,7 @@ from .context import SessionCore
 from .errors import SessionError
 from .gitguard import GitWatch
 from .guard import changed_fingerprints, new_files
+from .phases import in_flight
 from .running import Runs
 from .state import Pending
 
@@ -51,7 +52,7 @@ class SlotChecks:
         # Unconfined, idle slots (no other run in them now) must be as their last run left them: a change there
         # is this run's doing, and is undone at once. (Confined, a run cannot write there; every slot is put
         # back before each of its runs either way.)
-        others = {p.slot for p in core.state.inflight if p is not pending and p.phase in ("starting", "running")}
+        others = {p.slot for p in core.state.inflight if p is not pending and in_flight(p)}
         for slot in range(self.slots) if not core.isolation.confined else []:
             if slot in own or slot in others or any(p.is_baseline and p is not pending for p in core.state.inflight):
                 continue
@@ -85,7 +86,7 @@ class SlotChecks:
         if not found or (self.core.isolation.confined and not always):
             return
         for other in [only] if only is not None else self.core.state.inflight:
-            if other is not finished and other.phase in ("starting", "running"):
+            if other is not finished and in_flight(other):
                 self._suspected.setdefault(other.run_id, []).extend(
                     f"{note} (found {when}, while this run was in flight)" for note in found
                 )

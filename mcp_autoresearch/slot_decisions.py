@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from .checkouts import merge_target
 from .context import SessionCore, normal_run_id
-from .decisions import Decider, decided_next_step
+from .decisions import Decider, decided_next_step, judge
 from .errors import RuleViolation, SessionError
 from .files import atomic_write, read_regular
 from .guard import sha256_bytes
 from .models import DecisionResult
 from .names import SESSION_REFS
 from .parallel import ParallelRuns
-from .rules import decide, nonblank_lines
+from .phases import advance, in_flight, unsaved
+from .rules import nonblank_lines
 from .state import DecisionRecord, Pending, RunOutcome, server_dir
 
 MAX_REBASES = 2  # a candidate merged onto a newer best this many times and still stale is discarded
@@ -59,7 +60,7 @@ class SlotDecider:
                     f"run {run_id} is neither in flight nor logged in session '{core.state.tag}'"
                 )
             pending = found
-        if pending.phase in ("starting", "running"):
+        if in_flight(pending):
             raise SessionError(
                 f"run {pending.run_id} is still running; call wait_experiment(run_id='{pending.run_id}') first"
             )
@@ -86,8 +87,10 @@ class SlotDecider:
                 delta=verdict.delta,
                 prev=best.value if best else None,
             )
-            pending.phase = "deciding"
-            core.save()
+            # Written ahead only when applying it moves the branch (a keep): a restart must then finish it. A discard
+            # changes nothing in git: decided again from `finished` after a restart, nothing was half applied.
+            moves = verdict_decision == "keep" and pending.commit not in (None, pending.parent)
+            advance(pending, "deciding", core.save if moves else unsaved)
         return self.finish(pending)
 
     def recover(self) -> list[str]:
@@ -125,19 +128,7 @@ class SlotDecider:
         best = core.state.best
         assert best is not None
         result = pending.result or RunOutcome()
-        own = decide(
-            run_status=result.status,
-            value=result.value,
-            best=pending.parent_value,
-            direction=core.state.metric_direction,
-            min_delta=core.config.min_delta,
-            is_baseline=False,
-            lines=pending.nonblank_lines,
-            best_lines=None,
-            discard_requested=False,
-            error=result.error,
-            test=result.test.step() if result.test is not None else None,
-        )
+        own = judge(core, pending, pending.parent_value, None)  # against the best it was built on
         if own.decision != "keep":
             pending.decision = DecisionRecord(
                 decision=own.decision, reason=f"{own.reason} (against the best it was built on)"
@@ -247,7 +238,7 @@ class SlotDecider:
         if verdict == "keep" and commit != pending.parent:
             merged_note = self._advance(pending, commit)
         judged = self.decider.log_decision(pending)
-        core.state.inflight = [p for p in core.state.inflight if p.run_id != pending.run_id]
+        core.state.drop(pending.run_id)
         core.save()
         core.own.journal_written()
         if pending.run_id in self.parallel.finish_order:

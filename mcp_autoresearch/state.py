@@ -7,19 +7,25 @@ read-only fingerprints, and the run that is in flight or waiting for its decisio
 from __future__ import annotations
 
 import fcntl
+import functools
+import hashlib
 import json
 import os
 import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, model_validator
 
 from .errors import SessionError
 from .files import atomic_write, own_dir, read_regular
 from .names import SESSIONS, STATE_DIR, own_record, public_state
+from .phases import Phase
 from .stats import Step
 from .statuses import Decision, RunStatus
 
@@ -94,7 +100,7 @@ class Pending(BaseModel):
     is_baseline: bool = False
     nonblank_lines: int = 0
     target_sha256: str = ""  # the target's content as committed (the index may lag behind until the decision)
-    phase: Literal["starting", "running", "finished", "deciding"] = "starting"
+    phase: Phase = "starting"
     started_at: str = ""
     result: RunOutcome | None = None  # version 0.1 wrote these two as plain objects of the same keys
     decision: DecisionRecord | None = None
@@ -102,6 +108,7 @@ class Pending(BaseModel):
     refs_digest: str = ""  # every ref but the session's own, as the run found them
     rerun_of: str | None = None  # run_experiment(rerun=true) on content measured before, by that run
     measuring_best: bool = False  # the best's content is in the work tree for a re-measurement
+    placement: Literal["tree", "slots"] = "tree"  # where it runs: the user's work tree, or slots (Ray's too)
     slot: int | None = None  # with slots: the slot it runs (ran) in
     parent_value: float | None = None  # with slots: the best's value when the candidate was built on it
     rebases: int = 0  # with slots: times its change was merged onto a newer best and run again
@@ -125,11 +132,36 @@ class SessionState(BaseModel):
     baseline_values: list[float] = []  # every run of the baseline, frozen when something else is kept
     # tracked files flagged skip-worktree/assume-unchanged when the session started
     hidden_paths: list[str] = []
-    pending: Pending | None = None
-    inflight: list[Pending] = []  # with slots: every run between its start and its logged decision, by start
+    # Every run between its start and its logged decision, by start: at most one in the user's tree (without
+    # slots), or those of the slots.
+    inflight: list[Pending] = []
     keep_rule: str | None = None  # greedy | sequential, fixed once the baseline measured the noise
     noise_ss: float = 0.0  # the noise of groups of runs that can no longer grow (sum of squares about their means)
     noise_df: int = 0  # ... and its degrees of freedom; the best's own runs are added when needed
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_list(cls, data: Any) -> Any:
+        """Before one list, the run in the user's tree was kept apart (`pending`) and slot runs did not say
+        where they ran: a state written then reads into the one list."""
+        if not isinstance(data, dict) or "pending" not in data:
+            return data
+        data = dict(data)
+        tree = data.pop("pending")
+        runs = [{"placement": "slots", **p} if isinstance(p, dict) else p for p in data.get("inflight") or []]
+        if tree is not None:
+            runs.insert(0, {**tree, "placement": "tree"} if isinstance(tree, dict) else tree)
+        data["inflight"] = runs
+        return data
+
+    @property
+    def pending(self) -> Pending | None:
+        """The run in the user's work tree (without slots), between its start and its logged decision."""
+        return next((p for p in self.inflight if p.placement == "tree"), None)
+
+    def drop(self, run_id: str) -> None:
+        """The run's decision is logged (or it never started): it is no longer in the list."""
+        self.inflight = [p for p in self.inflight if p.run_id != run_id]
 
 
 def state_dir(root: Path) -> Path:
@@ -160,6 +192,7 @@ class OwnRecord(BaseModel):
     state: SessionState
     jsonl_size: int = 0
     jsonl_sha256: str = ""
+    public_behind: str = ""  # the sha256 of the public copy when this save left it for the end of the step
 
 
 Seal = tuple[int, str]  # (size, sha256) of the JSONL prefix the server wrote
@@ -178,16 +211,70 @@ def state_fingerprint(root: Path, tag: str) -> tuple[tuple[int, ...] | None, ...
     return tuple(found)
 
 
-def save_state(root: Path, state: SessionState, seal: Seal | None = None) -> None:
+def save_state(root: Path, state: SessionState, seal: Seal | None = None, behind: str = "") -> str:
     """Write-then-rename: a reader (or a restart) sees the old state or the new one, never half of one. The
-    server's own record first (with the JSONL's seal), then the public copy."""
+    server's own record first (with the JSONL's seal), then the public copy, unless `behind` (the sha256 of the
+    public copy as it is) says the caller writes it later, once for all the saves of a step (`write_public`).
+    Returns the sha256 of the public copy."""
     directory = server_dir(root, SESSIONS)
     size, digest = seal or (0, "")
-    record = OwnRecord(state=state, jsonl_size=size, jsonl_sha256=digest)
+    record = OwnRecord(state=state, jsonl_size=size, jsonl_sha256=digest, public_behind=behind)
     atomic_write(directory / own_record(state.tag), record.model_dump_json().encode("utf-8"), mode=0o644)
-    atomic_write(
-        directory / f"{state.tag}.json", state.model_dump_json(indent=1).encode("utf-8"), 0o644, False
-    )
+    return behind or write_public(root, state)
+
+
+def write_public(root: Path, state: SessionState) -> str:
+    """The public copy, for people and tools to read (not synced: the server's record is what a restart uses).
+    Returns its sha256."""
+    data = state.model_dump_json(indent=1).encode("utf-8")
+    atomic_write(server_dir(root, SESSIONS) / public_state(state.tag), data, 0o644, False)
+    return hashlib.sha256(data).hexdigest()
+
+
+class PublicCopy:
+    """When the public copy of the state is written: at every save outside a tool call, and once at the end of
+    a call for all of its saves (each of which writes the server's record, the one a restart trusts)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()  # per thread: a run's thread saves outside any call
+        self.owed = False  # a save left the public copy behind
+        self.written = ""  # the sha256 of the public copy as the server last wrote it ("": not known)
+
+    def deferred(self) -> bool:
+        return getattr(self._local, "depth", 0) > 0
+
+    @contextmanager
+    def one_call(self, flush: Callable[[], None]) -> Iterator[None]:
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+            if depth == 0 and self.owed:
+                flush()
+
+
+class Steps(Protocol):
+    public_copy: PublicCopy
+
+    def write_public(self) -> None: ...
+
+
+S = TypeVar("S", bound=Steps)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def one_call(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
+    """A step the agent calls: its saves write the public copy of the state once, at its end."""
+
+    @functools.wraps(method)
+    def step(self: S, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.public_copy.one_call(self.write_public):
+            return method(self, *args, **kwargs)
+
+    return step
 
 
 def load_record(root: Path, tag: str) -> tuple[OwnRecord | None, list[str]]:
@@ -208,9 +295,18 @@ def load_record(root: Path, tag: str) -> tuple[OwnRecord | None, list[str]]:
             f"the server's record {record_path(root, tag)} is unreadable ({str(exc).splitlines()[0]}); "
             "move it aside to start over"
         ) from None
-    if public != record.state:
+    if public != record.state and not _left_behind(root, record):
         notes.append(f"{STATE_DIR}/{SESSIONS}/{public_state(tag)} was written outside the server: ignored, rewritten")
     return record, notes
+
+
+def _left_behind(root: Path, record: OwnRecord) -> bool:
+    """The public copy is the one the server left for the end of a step (it stopped within that step)."""
+    try:
+        data = read_regular(state_path(root, record.state.tag))
+    except OSError:
+        return False
+    return bool(record.public_behind) and hashlib.sha256(data).hexdigest() == record.public_behind
 
 
 def _read_state(path: Path) -> SessionState | None:

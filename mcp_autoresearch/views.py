@@ -14,6 +14,7 @@ from .holdout import holdout_summary
 from .journal import Row
 from .models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult, StartResult
 from .parallel import ParallelRuns, slots_line
+from .phases import in_flight
 from .provenance import metric_provenance
 from .running import Runs
 from .sequential import best_values, keep_rule_summary, session_noise
@@ -101,7 +102,7 @@ class Views:
         core = self.core
         best = core.state.best.value if core.state.best else None
         metric = core.state.metric_name
-        if pending.phase in ("starting", "running") or pending.result is None:
+        if in_flight(pending) or pending.result is None:
             handle = (self.parallel or self.runs).handle(pending.run_id)
             progress = handle.progress() if handle is not None else None
             next_step = f"still running: call wait_experiment(run_id='{pending.run_id}')"
@@ -259,7 +260,7 @@ class Views:
                 raise RuleViolation(f"notes are {len(notes)} characters; shorten them ({NOTES_LIMITS})")
             row = core.journal.get(run_id)
             if row is None:
-                waiting = [p.run_id for p in [core.state.pending, *core.state.inflight] if p is not None]
+                waiting = [p.run_id for p in core.state.inflight]
                 hint = f"; run {run_id} is not decided yet: call commit_or_reset first" if run_id in waiting else ""
                 raise RuleViolation(f"no logged experiment {run_id!r} in session '{core.state.tag}'{hint}")
             _check_room(run_id, row.notes, notes)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from mcp_autoresearch.state import DecisionRecord, RunOutcome, load_state, state_path
 from mcp_autoresearch.workspace import Workspace
 
@@ -76,10 +78,10 @@ def test_a_run_left_finished_by_version_0_1_is_decided_after_an_upgrade(ml_proje
 
     path = state_path(ml_project, "old")
     raw = json.loads(path.read_text())
-    measured = raw["pending"]["result"]
-    assert raw["pending"]["phase"] == "finished" and measured["status"] == "ok"
+    measured = raw["inflight"][0]["result"]
+    assert raw["inflight"][0]["phase"] == "finished" and measured["status"] == "ok"
     # What 0.1 wrote: the same keys, as a plain object (fields it did not have are absent).
-    raw["pending"]["result"] = {k: measured[k] for k in STATE_0_1["pending"]["result"]}
+    raw["inflight"][0]["result"] = {k: measured[k] for k in STATE_0_1["pending"]["result"]}
     path.write_text(json.dumps(raw))
 
     resumed = Workspace(ml_project)
@@ -143,3 +145,96 @@ def test_a_ref_lock_left_by_a_server_killed_just_before_the_restart_is_taken_ove
     assert done.returncode == 0, done.stderr
     assert (root / ".git" / "refs" / "autoresearch" / "t" / "r1").read_text().strip() == head
     assert not lock.exists()
+
+
+def test_a_steps_saves_write_the_public_copy_once_at_its_end(ml_project: Path) -> None:
+    """Within a step every save writes the server's record (what a restart trusts); the public copy is written
+    once, when the step ends. A server stopped within a step leaves it behind: no 'written outside' note."""
+    from mcp_autoresearch.state import SessionState, load_record
+
+    workspace = Workspace(ml_project)
+    workspace.start_session("pub")
+    session = workspace.session
+    path = state_path(ml_project, "pub")
+    try:
+        run_id = session.start_run("baseline")
+        handle = session.run_handle(run_id)
+        assert handle is not None and handle.wait(60)
+        session.commit_or_reset(run_id)
+        assert SessionState.model_validate_json(path.read_text()) == session.state  # each step ends written
+        before = path.read_bytes()
+        with session.public_copy.one_call(session.write_public):
+            session.state.run_counter += 5
+            session.save()
+            assert path.read_bytes() == before  # left for the end of the step
+            record, notes = load_record(ml_project, "pub")
+            assert record is not None and record.state.run_counter == session.state.run_counter
+            assert notes == []  # behind, as the server said: not an outside write
+        assert SessionState.model_validate_json(path.read_text()).run_counter == session.state.run_counter
+        path.write_bytes(before.replace(b'"run_counter"', b'"run_counter" ', 1))  # an outside write
+        assert load_record(ml_project, "pub")[1] != []
+    finally:
+        workspace.shutdown()
+
+
+def test_a_keep_cut_short_before_its_log_is_decided_the_same_after_a_restart(
+    ml_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keep changes nothing in git that a second decision cannot redo, so it is not written ahead: the state
+    on disk stays `finished` until the decision is logged, and a server that stopped in between decides the
+    run again, the same, logged once."""
+    workspace = Workspace(ml_project)
+    workspace.start_session("keep")
+    session = workspace.session
+    for description in ("baseline", "LR to 0.3"):
+        if description != "baseline":
+            session.apply_edit([{"old_text": "LR = 0.5", "new_text": "LR = 0.3"}], None, None, None)
+        run_id = session.start_run(description)
+        handle = session.run_handle(run_id)
+        assert handle is not None and handle.wait(60)
+        if description == "baseline":
+            session.commit_or_reset(run_id)
+    candidate = session.state.pending.commit if session.state.pending else None
+
+    def stopped(*args: object) -> None:
+        raise KeyboardInterrupt("the server stopped here")
+
+    monkeypatch.setattr(session.journal, "log_experiment_done", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        session.commit_or_reset(run_id)
+    on_disk = load_state(ml_project, "keep")
+    assert on_disk is not None and on_disk.pending is not None and on_disk.pending.phase == "finished"
+    monkeypatch.undo()
+    workspace.shutdown()
+
+    resumed = Workspace(ml_project)
+    try:
+        resumed.start_session()
+        decision = resumed.session.commit_or_reset(run_id)
+        assert decision.decision == "keep" and decision.commit == candidate
+        assert resumed.session.repo.head_commit() == candidate
+        rows = (ml_project / "results.tsv").read_text().splitlines()[1:]
+        assert [row.split("\t")[3] for row in rows] == ["keep", "keep"]
+    finally:
+        resumed.shutdown()
+
+
+def test_the_runs_in_flight_are_one_list_and_states_of_before_read_into_it() -> None:
+    """The run in the user's tree and the slots' runs are one list, each saying where it runs; a state written
+    when the run in the user's tree was kept apart (`pending`) reads into that list."""
+    from mcp_autoresearch.state import SessionState
+
+    single = SessionState.model_validate(STATE_0_1)
+    assert [(p.run_id, p.placement) for p in single.inflight] == [("r1", "tree")]
+    assert single.pending is single.inflight[0]
+    assert "pending" not in single.model_dump()  # written as one list from now on
+    run = {k: v for k, v in STATE_0_1["pending"].items() if k not in ("result", "decision")}
+    slots = SessionState.model_validate(
+        {**STATE_0_1, "pending": None, "inflight": [{**run, "run_id": "r2", "slot": 0}, {**run, "run_id": "r3"}]}
+    )
+    assert [(p.run_id, p.placement) for p in slots.inflight] == [("r2", "slots"), ("r3", "slots")]
+    assert slots.pending is None
+    again = SessionState.model_validate_json(slots.model_dump_json())
+    assert again == slots and again.pending is None
+    again.drop("r2")
+    assert [p.run_id for p in again.inflight] == ["r3"]

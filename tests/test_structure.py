@@ -127,6 +127,46 @@ def test_the_server_starts_without_importing_ray() -> None:
     assert out.strip() == "[]"
 
 
+PHASES = {"starting", "running", "finished", "deciding"}
+
+
+def _phase_writes(tree: ast.AST) -> list[int]:
+    """Lines that assign a run's phase: `x.phase = ...` (plain, annotated or augmented), `phase=` in a call."""
+    lines = []
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = [t for target in node.targets for t in ast.walk(target)]
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+            targets = [node.target]
+        lines += [t.lineno for t in targets if isinstance(t, ast.Attribute) and t.attr == "phase"]
+        if isinstance(node, ast.Call):
+            lines += [node.lineno for k in node.keywords if k.arg == "phase"]
+    return lines
+
+
+def _phase_collections(tree: ast.AST) -> list[int]:
+    """Lines that spell a set of phases out (`("starting", "running")`) instead of naming one of `phases`."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) >= 2:
+            values = [e.value for e in node.elts if isinstance(e, ast.Constant)]
+            if len(values) == len(node.elts) and set(values) <= PHASES:
+                lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_state_machine_moves_a_run_between_phases() -> None:
+    found = []
+    for name, path in _modules().items():
+        if name == f"{NAME}.phases":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found += [f"{name}:{line} assigns a phase" for line in _phase_writes(tree)]
+        found += [f"{name}:{line} spells out a set of phases" for line in _phase_collections(tree)]
+    assert not found, "use phases.advance and the named sets of phases.py: " + "; ".join(found)
+
+
 def test_the_servers_own_file_names_are_spelled_in_one_place() -> None:
     """`names.py` defines them; no other module spells one as a string of its own."""
     own = {".autoresearch", "results.tsv", "run.log", "sessions", "autoresearch/", "refs/autoresearch/"}

@@ -89,8 +89,8 @@ def test_the_current_run_and_its_newest_log(tmp_path: Path) -> None:
     state = load_state(root, "big")
     assert state is not None
     state.rules = {"repeats": 3}
-    state.pending = Pending(
-        run_id="r4", description="try", parent="abc", phase="running", started_at="2026-11-26T10:00:00"
+    state.inflight.append(
+        Pending(run_id="r4", description="try", parent="abc", phase="running", started_at="2026-11-26T10:00:00")
     )
     save_state(root, state)
     runs = root / ".autoresearch" / "runs" / "big"

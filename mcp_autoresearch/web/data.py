@@ -246,7 +246,7 @@ class SessionView:
         state = self.state
         if state is None:
             return []
-        return ([state.pending] if state.pending is not None else []) + list(state.inflight)
+        return list(state.inflight)
 
     def _log_of(self, run_id: str) -> Path | None:
         """The newest log of a run: `<run_id>.log`, a repeat's `<run_id>-<k>.log`, or the checks' log. The
