@@ -27,8 +27,8 @@ from mcp import Client, StdioServerParameters
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loop_overhead import IDENTITY, make_repo  # noqa: E402
 
-from mcp_autoresearch.diffs import MAX_DIFF_LINES, bounded_diff  # noqa: E402
-from mcp_autoresearch.editing import MAX_EDIT_BYTES  # noqa: E402
+from mcp_autoresearch.session.diffs import MAX_DIFF_LINES, bounded_diff  # noqa: E402
+from mcp_autoresearch.session.editing import MAX_EDIT_BYTES  # noqa: E402
 
 
 def shuffled(size: int, seed: int) -> str:

@@ -22,9 +22,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from mcp_autoresearch.config import Config
-from mcp_autoresearch.experiment import Experiment
-from mcp_autoresearch.isolation import Isolation, probe_isolation
+from mcp_autoresearch.lifecycle.experiment import Experiment
+from mcp_autoresearch.sandbox.policy import Isolation, probe_isolation
+from mcp_autoresearch.setup.config import Config
 
 
 class ExecKeeper(Experiment):
@@ -37,7 +37,9 @@ class ExecKeeper(Experiment):
 
 
 def one(root: Path, kind: type[Experiment], isolation: Isolation | None, index: int) -> float:
-    config = Config.model_validate({"target_file": "t.py", "run_command": "echo score: 1", "metric_name": "score"})
+    config = Config.model_validate(
+        {"target_file": "t.py", "run_command": "echo score: 1", "metric_name": "score"}
+    )
     experiment = kind(config, root, f"r{index}", root / ".autoresearch" / "runs", "bench", None, isolation)
     start = time.perf_counter()
     result = experiment.run()
@@ -69,14 +71,18 @@ def main() -> None:
         for name, (kind, isolation) in ways.items():
             times[name].append(one(root, kind, isolation, index + 1))
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}")
-    print(f"isolation: {confined.describe()}; rounds: {args.rounds}, interleaved; load: {os.getloadavg()[0]:.2f}")
+    print(
+        f"isolation: {confined.describe()}; rounds: {args.rounds}, interleaved; load: {os.getloadavg()[0]:.2f}"
+    )
     base = statistics.median(times["plain /bin/sh (no keeper)"])
     print("| how the command starts | median (ms) | p10-p90 (ms) | over plain (ms) |")
     print("|---|---|---|---|")
     for name, values in times.items():
         q = statistics.quantiles(values, n=10)
         median = statistics.median(values)
-        print(f"| {name} | {median * 1000:.2f} | {q[0] * 1000:.2f}-{q[-1] * 1000:.2f} | {(median - base) * 1000:+.2f} |")
+        print(
+            f"| {name} | {median * 1000:.2f} | {q[0] * 1000:.2f}-{q[-1] * 1000:.2f} | {(median - base) * 1000:+.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import anyio
 import psutil
 from mcp import Client, StdioServerParameters
 
-from mcp_autoresearch.processes import marked_processes
+from mcp_autoresearch.sandbox.processes import marked_processes
 
 IDENTITY = {
     "GIT_AUTHOR_NAME": "soak",

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from loop_overhead import IDENTITY, make_repo, next_value  # noqa: E402
 
-from mcp_autoresearch.workspace import Workspace  # noqa: E402
+from mcp_autoresearch.session.workspace import Workspace  # noqa: E402
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mcp_autoresearch.config import Config, build_config
-from mcp_autoresearch.experiment import Experiment
-from mcp_autoresearch.isolation import probe_isolation
+from mcp_autoresearch.lifecycle.experiment import Experiment
+from mcp_autoresearch.sandbox.policy import probe_isolation
+from mcp_autoresearch.setup.config import Config, build_config
 
 RUN = "echo 5 > out/answer.txt; echo 'score: 5'"
 RUN_EVAL = "echo 5 > out/answer.txt"

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mcp_autoresearch.fresh_outputs import make_fresh, record
-from mcp_autoresearch.output_checks import snapshot, unsafe_output
+from mcp_autoresearch.lifecycle.fresh_outputs import make_fresh, record
+from mcp_autoresearch.measure.output_checks import snapshot, unsafe_output
 
 
 def build(dist: Path, files: int) -> None:

@@ -22,8 +22,8 @@ import anyio
 import psutil
 from mcp import Client, StdioServerParameters
 
-from mcp_autoresearch.state import Best, load_state, save_state
-from mcp_autoresearch.workspace import Workspace
+from mcp_autoresearch.records.state import Best, load_state, save_state
+from mcp_autoresearch.session.workspace import Workspace
 
 IDENTITY = {
     "GIT_AUTHOR_NAME": "bench",

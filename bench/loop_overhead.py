@@ -226,7 +226,7 @@ def main() -> None:
                 data[name].append(anyio.run(ours, root, per_round, source, alone))
             data["program.md shell loop"].append(shell(shell_root, per_round))
         results = {name: summary(merged(parts), own) for name, parts in data.items()}
-        from mcp_autoresearch.isolation import probe_isolation
+        from mcp_autoresearch.sandbox.policy import probe_isolation
 
         print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}")
         print(

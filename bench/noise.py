@@ -38,8 +38,8 @@ from mcp import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mcp_autoresearch.server import create_server  # noqa: E402
-from mcp_autoresearch.workspace import Workspace  # noqa: E402
+from mcp_autoresearch.adapters.server import create_server  # noqa: E402
+from mcp_autoresearch.session.workspace import Workspace  # noqa: E402
 
 IDENTITY = {
     "GIT_AUTHOR_NAME": "bench",

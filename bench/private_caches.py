@@ -32,9 +32,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mcp_autoresearch.config import Config
-from mcp_autoresearch.experiment import Experiment
-from mcp_autoresearch.isolation import probe_isolation
+from mcp_autoresearch.lifecycle.experiment import Experiment
+from mcp_autoresearch.sandbox.policy import probe_isolation
+from mcp_autoresearch.setup.config import Config
 
 POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>

@@ -19,10 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from slots import start_ray, stop_ray  # noqa: E402
 
-from mcp_autoresearch.config import build_config  # noqa: E402
-from mcp_autoresearch.experiment import Experiment  # noqa: E402
-from mcp_autoresearch.isolation import probe_isolation  # noqa: E402
-from mcp_autoresearch.ray_backend import RayBackend  # noqa: E402
+from mcp_autoresearch.backends.ray_backend import RayBackend  # noqa: E402
+from mcp_autoresearch.lifecycle.experiment import Experiment  # noqa: E402
+from mcp_autoresearch.sandbox.policy import probe_isolation  # noqa: E402
+from mcp_autoresearch.setup.config import build_config  # noqa: E402
 
 
 def main() -> None:
@@ -35,12 +35,25 @@ def main() -> None:
             root = Path(tmp) / "project"
             root.mkdir()
             (root / "train.py").write_text("print('score: 1')\n")
-            config = build_config({"run_command": "true; echo 'score: 1'", "metric_name": "score",
-                                   "target_file": "train.py", "backend": "ray", "ray_address": address})
+            config = build_config(
+                {
+                    "run_command": "true; echo 'score: 1'",
+                    "metric_name": "score",
+                    "target_file": "train.py",
+                    "backend": "ray",
+                    "ray_address": address,
+                }
+            )
             walls, commands = [], []
             for index in range(args.jobs + 1):
-                experiment = Experiment(config, root, f"r{index}", Path(tmp) / "logs", isolation=probe_isolation("auto"),
-                                        backend=RayBackend.from_config(config))
+                experiment = Experiment(
+                    config,
+                    root,
+                    f"r{index}",
+                    Path(tmp) / "logs",
+                    isolation=probe_isolation("auto"),
+                    backend=RayBackend.from_config(config),
+                )
                 started = time.monotonic()
                 result = experiment.run()
                 assert result.status == "ok", result.error
@@ -49,9 +62,11 @@ def main() -> None:
                     commands.append(result.duration_s)
     finally:
         stop_ray(head, temp)
-    print(f"{args.jobs} jobs of `true`: wall per job median {statistics.median(walls):.2f} s "
-          f"(min {min(walls):.2f}, max {max(walls):.2f}); the command as measured on the worker: median "
-          f"{statistics.median(commands) * 1000:.0f} ms")
+    print(
+        f"{args.jobs} jobs of `true`: wall per job median {statistics.median(walls):.2f} s "
+        f"(min {min(walls):.2f}, max {max(walls):.2f}); the command as measured on the worker: median "
+        f"{statistics.median(commands) * 1000:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

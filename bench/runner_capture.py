@@ -18,8 +18,8 @@ from pathlib import Path
 
 import psutil
 
-from mcp_autoresearch.processes import marked_processes
-from mcp_autoresearch.runner import ProcessRun
+from mcp_autoresearch.sandbox.process_run import ProcessRun
+from mcp_autoresearch.sandbox.processes import marked_processes
 
 
 def capture(tmp: Path, size: int) -> None:
@@ -71,8 +71,8 @@ def capture(tmp: Path, size: int) -> None:
 
 def whole_experiment(tmp: Path, size: int) -> None:
     """Capture plus the metric search when the metric is on the first line (the search reads the whole log)."""
-    from mcp_autoresearch.config import build_config
-    from mcp_autoresearch.experiment import Experiment
+    from mcp_autoresearch.lifecycle.experiment import Experiment
+    from mcp_autoresearch.setup.config import build_config
 
     config = build_config(
         {

@@ -64,7 +64,9 @@ class Measured:
         return self.experiments / self.seconds * 3600
 
 
-def make_project(root: Path, kind: str, seconds: float, slots: int, backend: str, address: str | None) -> None:
+def make_project(
+    root: Path, kind: str, seconds: float, slots: int, backend: str, address: str | None
+) -> None:
     root.mkdir(parents=True)
     (root / "params.py").write_text("X = 0\n")
     (root / "evaluate.py").write_text(EVALUATE)
@@ -135,8 +137,15 @@ def slots_of(root: Path) -> int:
     return 1
 
 
-def measure(label: str, kind: str, seconds: float, slots: int, experiments: int, backend: str = "local",
-            address: str | None = None) -> Measured:
+def measure(
+    label: str,
+    kind: str,
+    seconds: float,
+    slots: int,
+    experiments: int,
+    backend: str = "local",
+    address: str | None = None,
+) -> Measured:
     base = Path(tempfile.mkdtemp(prefix="bench-slots-"))
     try:
         root = base / "project"
@@ -159,17 +168,37 @@ def start_ray() -> tuple[str, subprocess.Popen[bytes], Path]:
             return int(sock.getsockname()[1])
 
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    flags = ("--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-             "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port",
-             "--ray-client-server-port")
+    flags = (
+        "--port",
+        "--dashboard-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+        "--metrics-export-port",
+        "--node-manager-port",
+        "--object-manager-port",
+        "--ray-client-server-port",
+    )
     ports = {flag: free() for flag in flags}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
     env["RAY_AUTH_MODE"] = "disabled"
     head = subprocess.Popen(
-        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--num-cpus=2",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats",
-         *(f"{flag}={port}" for flag, port in ports.items())],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+            *(f"{flag}={port}" for flag, port in ports.items()),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     address = f"http://127.0.0.1:{ports['--dashboard-port']}"
     deadline = time.monotonic() + 90
@@ -239,13 +268,17 @@ def main() -> None:
             rows.append((one, ray))
         finally:
             stop_ray(head, temp)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"load {os.getloadavg()[0]:.2f}; work {args.seconds:g} s per run (Ray: {args.ray_seconds or args.seconds:g} s)")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"load {os.getloadavg()[0]:.2f}; work {args.seconds:g} s per run (Ray: {args.ray_seconds or args.seconds:g} s)"
+    )
     print(f"{'setup':<22}{'experiments':>12}{'seconds':>10}{'per hour':>10}{'re-runs':>9}{'speed-up':>10}")
     for reference, other in rows:
         for m in (reference, other):
             speed = m.per_hour / reference.per_hour
-            print(f"{m.label:<22}{m.experiments:>12}{m.seconds:>10.1f}{m.per_hour:>10.0f}{m.reruns:>9}{speed:>9.2f}x")
+            print(
+                f"{m.label:<22}{m.experiments:>12}{m.seconds:>10.1f}{m.per_hour:>10.0f}{m.reruns:>9}{speed:>9.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -34,9 +34,31 @@ def main() -> None:
     if bwrap is None:
         sys.exit("bwrap is not installed (apt-get install bubblewrap)")
     scratch = tempfile.mkdtemp(prefix="bench-view-")
-    view = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs",
-            "/dev/shm", "--tmpfs", "/run", "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session",
-            "--cap-drop", "ALL", "--bind", scratch, scratch]
+    view = [
+        bwrap,
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+        "--tmpfs",
+        "/dev/shm",
+        "--tmpfs",
+        "/run",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--bind",
+        scratch,
+        scratch,
+    ]
     stub = [sys.executable, "-I", "-S", "-c", "pass"]
     ways = {
         "fork+exec true": ["true"],
@@ -50,8 +72,10 @@ def main() -> None:
             start = time.perf_counter()
             subprocess.run(argv, check=True)
             times[name].append(time.perf_counter() - start)
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cores; rounds: {args.rounds}; "
-          f"load: {os.getloadavg()[0]:.2f}")
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} cores; rounds: {args.rounds}; "
+        f"load: {os.getloadavg()[0]:.2f}"
+    )
     print("| how one command starts | median (ms) |")
     print("|---|---|")
     for name, values in times.items():

@@ -1,3 +1,3 @@
-from .cli import main
+from .adapters.cli import main
 
 raise SystemExit(main())

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from .provenance import MetricProvenance
+from .measure.provenance import MetricProvenance
 from .statuses import Decision, RunState, RunStatus
 
 PROVENANCE = "Where the metric's value comes from: evaluation, server, or self-reported (with the fix)."
@@ -58,7 +58,9 @@ class EditResult(BaseModel):
     path: str
     sha256_before: str
     sha256_after: str
-    diff: str = Field(description="Unified diff of the change (bounded), or a summary when the change is large.")
+    diff: str = Field(
+        description="Unified diff of the change (bounded), or a summary when the change is large."
+    )
     lines_added: int
     lines_removed: int
     diff_summarized: bool | None = Field(
@@ -101,7 +103,9 @@ class RunResult(BaseModel):
         None, description="True: this content was measured before; nothing ran (see next_step)."
     )
     rerun_of: str | None = Field(None, description="The run that measured the same content before.")
-    slot: int | None = Field(None, description="With slots: the slot it runs in (None: every slot, or no slots).")
+    slot: int | None = Field(
+        None, description="With slots: the slot it runs in (None: every slot, or no slots)."
+    )
 
 
 class DecisionResult(BaseModel):
@@ -159,7 +163,9 @@ class ResultRow(BaseModel):
     )
     timestamp: str
     values: list[float] | None = None
-    estimate: float | None = Field(None, description="Improvement over the best it faced (positive = better).")
+    estimate: float | None = Field(
+        None, description="Improvement over the best it faced (positive = better)."
+    )
 
 
 class BestInfo(BaseModel):
@@ -193,7 +199,8 @@ class QueryResult(BaseModel):
     noise_df: int | None = Field(None, description="Degrees of freedom behind noise_sd.")
     best_runs: int | None = Field(None, description="Runs of the best so far (re-measured as needed).")
     near_misses: list[ResultRow] = Field(
-        default_factory=list, description="Discarded within the noise of the best (newest first): combine them."
+        default_factory=list,
+        description="Discarded within the noise of the best (newest first): combine them.",
     )
     holdout: str | None = Field(
         None, description="How far the kept improvements hold on the holdout (holdout_command), in one line."

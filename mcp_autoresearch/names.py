@@ -18,7 +18,9 @@ STATE_DIR = ".autoresearch"  # the server's folder in a project
 SESSIONS = "sessions"  # .autoresearch/sessions: the states and records of every session
 RUN_LOGS = "runs"  # .autoresearch/runs/<tag>: the logs of every run
 SLOT_INDEXES = "slots"  # .autoresearch/slots/<tag>: the slots' git index files
-OUTPUTS_DIR = "outputs"  # .autoresearch/outputs/<tag>: what runs left in the outputs, moved aside before the next
+OUTPUTS_DIR = (
+    "outputs"  # .autoresearch/outputs/<tag>: what runs left in the outputs, moved aside before the next
+)
 HOLDOUT = "holdout"  # .autoresearch/holdout/<tag>.jsonl and its logs: the holdout's values, never shown
 RESULTS_TSV = "results.tsv"
 RUN_LOG = "run.log"

@@ -12,7 +12,15 @@ from typing import Literal, get_args
 # while it was in flight, so it never finished (not a verdict on its idea); `disk_full`: the disk was full
 # when it ended (its error names the largest files it could write).
 RunStatus = Literal[
-    "ok", "crash", "timeout", "metric_error", "checks_failed", "tampered", "cancelled", "interrupted", "disk_full"
+    "ok",
+    "crash",
+    "timeout",
+    "metric_error",
+    "checks_failed",
+    "tampered",
+    "cancelled",
+    "interrupted",
+    "disk_full",
 ]
 # What the loop decided: keep (the branch advances), discard (reverted), crash (nothing to keep).
 Decision = Literal["keep", "discard", "crash"]

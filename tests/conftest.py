@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from mcp import Client, StdioServerParameters
 
-from mcp_autoresearch.server import create_server
-from mcp_autoresearch.workspace import Workspace
+from mcp_autoresearch.adapters.server import create_server
+from mcp_autoresearch.session.workspace import Workspace
 
 from .helpers.ray_head import ray_address  # noqa: F401  (the session's private Ray head, for every Ray test)
 

@@ -92,7 +92,9 @@ async def test_proc_paths_signals_and_ptrace_of_server_keeper_launcher_are_refus
     find: the run's /proc shows its own PID namespace only (the server's pid names nothing there)."""
     server = os.getpid()
     async with agent_for(ml_project) as agent:
-        run, decision = await attack(agent, PROC_PROBE + f"print('SERVER', os.path.exists('/proc/{server}/environ'))")
+        run, decision = await attack(
+            agent, PROC_PROBE + f"print('SERVER', os.path.exists('/proc/{server}/environ'))"
+        )
     text = _log_text(run)
     outside = text.split("OUTSIDE")[1].splitlines()[0].split()
     assert "REACHED" not in text, text
@@ -364,7 +366,9 @@ async def test_a_run_cannot_call_the_servers_http_tools(ml_project: Path):
     """
     try:
         assert server.stderr is not None
-        for line in iter(server.stderr.readline, b""):  # it says so once it listens: no polling against a clock
+        for line in iter(
+            server.stderr.readline, b""
+        ):  # it says so once it listens: no polling against a clock
             if b"serving MCP over HTTP at" in line:
                 break
         async with (
@@ -458,7 +462,9 @@ async def test_a_run_cannot_hide_its_client_socket_from_the_servers_check(
         await agent.ok("run_experiment", description="baseline")
         await agent.until_done()
         assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
-        await agent.edit("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(HIDDEN_CLIENT).replace("PORT_VALUE", port))
+        await agent.edit(
+            "LR = 0.5", "LR = 0.4\n" + textwrap.dedent(HIDDEN_CLIENT).replace("PORT_VALUE", port)
+        )
         run = await agent.ok("run_experiment", description="a client socket the check cannot see")
         run = await agent.until_done(run["run_id"])
         log = Path(run["log_path"]).read_text()
@@ -493,8 +499,11 @@ def few_inodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
         if os.environ.get("CI"):
             raise RuntimeError("CI runs as root and must mount a small tmpfs for this test")
         pytest.skip("needs a tmpfs mount of its own (root)")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=3000", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=3000", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         if os.environ.get("CI"):
             raise RuntimeError(f"mount -t tmpfs failed: {mounted.stderr.strip()}")
@@ -514,7 +523,9 @@ async def test_a_run_that_uses_up_the_inodes_is_disk_full_and_the_session_goes_o
         await agent.ok("start_session", tag="inodes")
         await agent.experiment("baseline")
         await agent.edit("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(INODE_FILLER))
-        run = await agent.until_done((await agent.ok("run_experiment", description="no inode left"))["run_id"])
+        run = await agent.until_done(
+            (await agent.ok("run_experiment", description="no inode left"))["run_id"]
+        )
         assert run["status"] == "disk_full", run
         assert "out" in run["error"] and "files" in run["error"], run["error"]
         decided = await agent.ok("commit_or_reset", run_id=run["run_id"])
@@ -662,7 +673,9 @@ async def test_a_run_cannot_use_up_the_servers_descriptors(ml_project: Path, tmp
 
     from .conftest import GIT_ENV
 
-    (ml_project / "autoresearch.toml").write_text('target_file = "train.py"\nslots = 2\nkeep_rule = "greedy"\n')
+    (ml_project / "autoresearch.toml").write_text(
+        'target_file = "train.py"\nslots = 2\nkeep_rule = "greedy"\n'
+    )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -675,8 +688,13 @@ async def test_a_run_cannot_use_up_the_servers_descriptors(ml_project: Path, tmp
     argv = [sys.executable, "-m", "mcp_autoresearch", "serve", "--project", str(ml_project)]
     stderr = tmp_path / "server.err"
     with stderr.open("wb") as err:
-        server = subprocess.Popen(argv + ["--transport", "http", "--port", str(port)], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=err, preexec_fn=lower_limit)
+        server = subprocess.Popen(
+            argv + ["--transport", "http", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            preexec_fn=lower_limit,
+        )
     try:
         while b"serving MCP over HTTP" not in stderr.read_bytes():
             assert server.poll() is None, stderr.read_text()
@@ -691,14 +709,18 @@ async def test_a_run_cannot_use_up_the_servers_descriptors(ml_project: Path, tmp
             await agent.ok("run_experiment", description="baseline")
             await agent.until_done()
             await agent.ok("commit_or_reset")
-            await agent.edit("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(FD_HOARDER).replace("PORT_VALUE", str(port)))
+            await agent.edit(
+                "LR = 0.5", "LR = 0.4\n" + textwrap.dedent(FD_HOARDER).replace("PORT_VALUE", str(port))
+            )
             hoarder = await agent.ok("run_experiment", description="holds the server's descriptors")
             logs = ml_project / ".autoresearch" / "runs"
             while sum(path.read_text(errors="replace").count("HOLDS") for path in logs.rglob("*.log")) < 2:
                 assert server.poll() is None
                 await asyncio.sleep(0.05)
             try:
-                answer = await client.call_tool("apply_edit", {"content": TRAIN_PY.replace("LR = 0.5", "LR = 0.3")})
+                answer = await client.call_tool(
+                    "apply_edit", {"content": TRAIN_PY.replace("LR = 0.5", "LR = 0.3")}
+                )
             finally:
                 for folder in (tmp_path / "slots").iterdir():
                     if folder.is_dir():

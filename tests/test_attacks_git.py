@@ -188,7 +188,7 @@ async def test_git_internals_and_git_commands_are_read_only_to_a_run(ml_project:
     assert (root / "my_notes.txt").exists() and not (root / "pwned").exists()
 
 
-RUN_PLANTS_NEXT_BLOB = r'''
+RUN_PLANTS_NEXT_BLOB = r"""
 import hashlib, os, subprocess, zlib
 git_dir = subprocess.run(["git", "rev-parse", "--git-common-dir"], capture_output=True, text=True).stdout.strip()
 nxt = open(__file__, "rb").read().split(b"# NEXT\n")[0].replace(b"LR = 0.9", b"LR = 0.2", 1)
@@ -198,7 +198,7 @@ path = os.path.join(git_dir, "objects", kept[:2], kept[2:])
 os.makedirs(os.path.dirname(path), exist_ok=True)
 with open(path, "wb") as out:
     out.write(zlib.compress(b"blob %d\0" % len(forged) + forged))
-'''
+"""
 
 
 async def test_an_object_planted_for_the_next_candidate_is_replaced_when_it_is_committed(
@@ -224,7 +224,7 @@ async def test_an_object_planted_for_the_next_candidate_is_replaced_when_it_is_c
     assert git(root, "show", "landed:train.py") == measured
 
 
-RUN_FORGES_HEAD = r'''
+RUN_FORGES_HEAD = r"""
 import os, subprocess
 git_dir = subprocess.run(["git", "rev-parse", "--git-common-dir"], capture_output=True, text=True).stdout.strip()
 kept = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -232,7 +232,7 @@ path = os.path.join(git_dir, "objects", kept[:2], kept[2:])
 os.chmod(path, 0o644)
 with open(path, "wb") as out:
     out.write(b"not a git object")  # corrupt (a well-formed other content naming other parents: hash mismatch)
-'''
+"""
 
 
 @pytest.mark.xfail(

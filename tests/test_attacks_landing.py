@@ -57,7 +57,7 @@ async def test_branch_names_are_shown_escaped_by_finish(ml_project: Path, agent_
     assert git(root, "rev-parse", "main") == git(root, "rev-parse", "autoresearch/names")
 
 
-RUN_PLANTS_NAMES = r'''
+RUN_PLANTS_NAMES = r"""
 import os, subprocess
 evil = "\x1b]0;owned\x07\u202e\x9b2J"
 open(evil + ".txt", "w").write("x")  # an untracked file of the run's, at the project's top
@@ -68,7 +68,7 @@ subprocess.run(["git", "update-ref", "refs/heads/" + "x\u202eabc", "HEAD"])  # a
 print("METRIC " + "a" * 100000 + "=1")
 print("METRIC ok" + evil + "=2")
 print(evil * 3)
-'''
+"""
 
 
 async def test_names_a_run_plants_are_shown_escaped_by_every_command(ml_project: Path, agent_for) -> None:
@@ -103,7 +103,7 @@ async def test_names_a_run_plants_are_shown_escaped_by_every_command(ml_project:
     assert found is None, f"results.tsv holds {found.group()!r}"
 
 
-RUN_FORGES_BASE = r'''
+RUN_FORGES_BASE = r"""
 import os, re, subprocess, zlib
 def rev(name):
     return subprocess.run(["git", "rev-parse", name], capture_output=True, text=True).stdout.strip()
@@ -119,7 +119,7 @@ path = os.path.join(git_dir, "objects", base[:2], base[2:])
 os.chmod(path, 0o644)
 with open(path, "wb") as out:
     out.write(zlib.compress(b"commit %d\0" % len(forged) + forged))
-'''
+"""
 
 
 async def test_a_forged_commit_object_cannot_make_finish_land_around_a_users_commit(
@@ -153,7 +153,7 @@ async def test_a_forged_commit_object_cannot_make_finish_land_around_a_users_com
     assert "does not match its id" in done.stdout + done.stderr, done.stdout + done.stderr
 
 
-RUN_FORGES_USERS_COMMIT = r'''
+RUN_FORGES_USERS_COMMIT = r"""
 import os, re, subprocess, zlib
 def rev(name):
     return subprocess.run(["git", "rev-parse", name], capture_output=True, text=True).stdout.strip()
@@ -167,7 +167,7 @@ path = os.path.join(git_dir, "objects", users[:2], users[2:])
 os.chmod(path, 0o644)
 with open(path, "wb") as out:
     out.write(zlib.compress(b"commit %d\0" % len(forged) + forged))
-'''
+"""
 
 
 async def test_a_forged_commit_object_cannot_hide_unlanded_kept_commits_from_clean(
@@ -196,7 +196,7 @@ async def test_a_forged_commit_object_cannot_hide_unlanded_kept_commits_from_cle
     assert "kept commit(s) are on no other branch" in done.stdout, done.stdout
 
 
-RUN_FORGES_KEPT_BLOB = r'''
+RUN_FORGES_KEPT_BLOB = r"""
 import hashlib, os, subprocess, zlib
 git_dir = subprocess.run(["git", "rev-parse", "--git-common-dir"], capture_output=True, text=True).stdout.strip()
 mine = open(__file__, "rb").read()  # the content the server measures now (its commit is written already)
@@ -206,7 +206,7 @@ path = os.path.join(git_dir, "objects", kept[:2], kept[2:])
 os.chmod(path, 0o644)
 with open(path, "wb") as out:
     out.write(zlib.compress(b"blob %d\0" % len(forged) + forged))
-'''
+"""
 
 
 async def test_a_forged_blob_of_the_kept_target_is_not_landed(ml_project: Path, agent_for) -> None:

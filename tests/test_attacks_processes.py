@@ -122,7 +122,9 @@ def _unique_seconds() -> str:
 
 
 @BOTH
-async def test_a_daemon_left_by_one_run_cannot_touch_the_next(ml_project: Path, agent_for, isolation: str) -> None:
+async def test_a_daemon_left_by_one_run_cannot_touch_the_next(
+    ml_project: Path, agent_for, isolation: str
+) -> None:
     """Run 2 leaves a daemon (new session, empty environment) that would rewrite the evaluator a moment later,
     while run 3 runs: it is killed when run 2's command ends."""
     root = ml_project

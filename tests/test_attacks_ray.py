@@ -56,9 +56,7 @@ while True:
 
 
 @pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")
-def test_a_cancelled_job_leaves_no_process_behind_on_the_worker(
-    tmp_path: Path, ray_address: str
-) -> None:
+def test_a_cancelled_job_leaves_no_process_behind_on_the_worker(tmp_path: Path, ray_address: str) -> None:
     """A run that ignores SIGTERM and keeps starting processes: Ray's stop_job SIGKILLs only the processes it saw
     when it was asked (3 s later); the keeper must have swept the whole tree before Ray kills the keeper, or
     every process born in between survives the cancel, orphaned, on the worker."""

@@ -65,7 +65,9 @@ async def test_fifos_a_run_leaves_never_hang_the_server(session) -> None:
         "    if os.path.lexists(name): os.remove(name)\n"
         "    os.mkfifo(name)"
     )
-    with anyio.fail_after(600):  # a guard against a hang (a FIFO read), never reached by a server that answers
+    with anyio.fail_after(
+        600
+    ):  # a guard against a hang (a FIFO read), never reached by a server that answers
         run, decision = await run_attack(agent, code)
         assert blocked(run, confined, "prepare.py", "train.py") and decision["decision"] == "crash", run[
             "error"
@@ -140,7 +142,7 @@ import json, os, signal, time
 time.sleep(1)
 path = '.autoresearch/sessions/evil.json'
 state = json.load(open(path))
-state['pending'].update(phase='finished', result={'status': 'ok', 'value': -1000.0})
+state['inflight'][0].update(phase='finished', result={'status': 'ok', 'value': -1000.0})
 state['best']['value'] = -1000.0
 json.dump(state, open(path, 'w'))
 with open('.autoresearch/autoresearch.jsonl', 'a') as log:

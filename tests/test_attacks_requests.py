@@ -41,7 +41,11 @@ INITIALIZE = {
     "jsonrpc": "2.0",
     "id": 0,
     "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
 }
 
 
@@ -88,7 +92,9 @@ def nested(depth: int, leaf: str) -> str:
 
 
 @pytest.mark.parametrize("depth,leaf", [(300, "x"), (3000, "\\ud800"), (300, "\\ud800")])
-def test_a_deeply_nested_request_is_answered_and_the_server_goes_on(ml_project: Path, depth: int, leaf: str) -> None:
+def test_a_deeply_nested_request_is_answered_and_the_server_goes_on(
+    ml_project: Path, depth: int, leaf: str
+) -> None:
     """jiter (the SDK's parser) refuses nesting deeper than its limit; the SDK then drops the request unanswered.
     With an escaped surrogate in it, the screen re-reads it with Python's json, which raises RecursionError."""
     raw = RawStdio(ml_project)

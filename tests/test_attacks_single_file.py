@@ -336,7 +336,9 @@ async def test_shadow_modules_and_bytecode_cannot_be_planted(ml_project: Path, a
         assert not (root / path).exists(), path
 
 
-async def test_files_planted_under_a_read_only_directory_are_caught_unconfined(ml_project: Path, agent_for) -> None:
+async def test_files_planted_under_a_read_only_directory_are_caught_unconfined(
+    ml_project: Path, agent_for
+) -> None:
     """Without confinement the run can create files beside the evaluator's data: the run is `tampered`, the new
     files are moved aside (never deleted) before any later run, and the next run is honest."""
     root = ml_project

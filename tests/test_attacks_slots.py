@@ -23,7 +23,9 @@ pytestmark = pytest.mark.anyio
 
 
 def _done_rows(root: Path) -> list[dict[str, Any]]:
-    events = [json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()
+    ]
     return [e["details"] for e in events if e["action"] == "experiment_done"]
 
 
@@ -85,7 +87,9 @@ async def test_a_slot_replaced_by_a_link_to_the_user_tree_is_never_cleaned_throu
     """Unconfined, a run replaces another (idle) slot's directory with a link to the user's project: the check
     of idle slots after the run, and the next run's `prepare` there, must not clean the user's tree as if it
     were the slot (deleting untracked files and the server's own folder, rewriting tracked files)."""
-    root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE, "lib.py": "HELP = 1\n"})
+    root = make_repo(
+        tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE, "lib.py": "HELP = 1\n"}
+    )
     (root / "user_notes.txt").write_text("mine\n")
     swap = (
         "import glob, os, shutil\n"
@@ -100,7 +104,9 @@ async def test_a_slot_replaced_by_a_link_to_the_user_tree_is_never_cleaned_throu
         hostile = await agent.ok("run_experiment", description="slot 1 becomes a link to the project")
         assert hostile["slot"] == 0
         run = await agent.until_done(hostile["run_id"])
-        assert (root / "user_notes.txt").exists(), "the server cleaned the user's tree through the slot's link"
+        assert (root / "user_notes.txt").exists(), (
+            "the server cleaned the user's tree through the slot's link"
+        )
         assert (root / ".autoresearch" / "autoresearch.jsonl").exists()
         assert run["status"] == "tampered", run
         await agent.ok("commit_or_reset", run_id=hostile["run_id"])
@@ -148,7 +154,9 @@ async def test_a_link_above_a_shared_input_never_deletes_the_users_files(
         assert after["slot"] == hostile["slot"]
         run = await agent.until_done(after["run_id"])
         assert run["status"] == "ok", run
-    assert (root / "data" / "notes.txt").exists(), "the server deleted the user's file through a link in a slot"
+    assert (root / "data" / "notes.txt").exists(), (
+        "the server deleted the user's file through a link in a slot"
+    )
     assert (root / "data" / "train" / "set.txt").read_text() == "train\n"
 
 
@@ -322,10 +330,14 @@ async def test_a_writable_entry_above_the_slots_never_opens_one_slot_to_another(
     root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
     (root / "user_notes.txt").write_text("mine\n")
     slots_home.mkdir(parents=True)
-    with pytest.raises(ConfigError, match="slots' checkouts"):  # refused with the configuration, before a session
+    with pytest.raises(
+        ConfigError, match="slots' checkouts"
+    ):  # refused with the configuration, before a session
         async with agent_for(root, settings(slot_devices=[], writable=[str(slots_home)])):
             pass
-    (root / "autoresearch.toml").write_text(f"writable = [{str(slots_home / 'x')!r}]\n")  # inside: refused too
+    (root / "autoresearch.toml").write_text(
+        f"writable = [{str(slots_home / 'x')!r}]\n"
+    )  # inside: refused too
     async with agent_for(root, settings(slot_devices=[])) as agent:
         refused = await agent.refused("start_session", tag="wr")
         assert "slots' checkouts" in refused
@@ -358,7 +370,6 @@ async def test_kill_9_during_a_rebased_rerun_logs_the_run_once(tmp_path: Path, s
     )
     params = _stdio(root, slots_home)
 
-
     async def done(client: Any, run_id: str) -> dict[str, Any]:
         run = await call_ok(client, "wait_experiment", run_id=run_id)
         while run["status"] == "running":
@@ -373,7 +384,11 @@ async def test_kill_9_during_a_rebased_rerun_logs_the_run_once(tmp_path: Path, s
             await call_ok(client, "commit_or_reset", run_id=base["run_id"])
             await call_ok(client, "apply_edit", content="X = 3\n\n\n\nY = 0\n")
             first = await call_ok(client, "run_experiment", description="X to 3")
-            await call_ok(client, "apply_edit", content="X = 0\n\n\n\nY = 5\nimport time; time.sleep(float(X == 3) * 30)\n")
+            await call_ok(
+                client,
+                "apply_edit",
+                content="X = 0\n\n\n\nY = 5\nimport time; time.sleep(float(X == 3) * 30)\n",
+            )
             second = await call_ok(client, "run_experiment", description="Y to 5, slow once merged")
             await done(client, first["run_id"])
             await done(client, second["run_id"])
@@ -389,11 +404,15 @@ async def test_kill_9_during_a_rebased_rerun_logs_the_run_once(tmp_path: Path, s
         results = await call_ok(client, "query_results")
         assert results["total"] == 3 and results["best"]["value"] == 5.0
 
-    events = [json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()
+    ]
     done_ids = [e["details"]["run_id"] for e in events if e["action"] == "experiment_done"]
     started_ids = [e["details"]["run_id"] for e in events if e["action"] == "experiment_start"]
     assert sorted(done_ids) == sorted(started_ids) and len(done_ids) == len(set(done_ids)) == 3
-    statuses = {e["details"]["run_id"]: e["details"]["run_status"] for e in events if e["action"] == "experiment_done"}
+    statuses = {
+        e["details"]["run_id"]: e["details"]["run_status"] for e in events if e["action"] == "experiment_done"
+    }
     assert statuses[second["run_id"]] == "interrupted"
     assert len((root / "results.tsv").read_text().splitlines()) == 4
     assert (root / "params.py").read_text() == "X = 3\n\n\n\nY = 0\n"
@@ -452,7 +471,7 @@ async def test_a_log_forged_between_runs_is_restored_before_a_decision_and_held_
     jsonl = root / ".autoresearch" / "autoresearch.jsonl"
     forge = (
         "import time; time.sleep(1.0)\n"
-        f"open({str(jsonl)!r}, 'a').write('{{\"action\": \"experiment_done\", \"details\": {{}}}}\\n')\n"
+        f'open({str(jsonl)!r}, \'a\').write(\'{{"action": "experiment_done", "details": {{}}}}\\n\')\n'
         "time.sleep(1.0)\n"
     )
     async with agent_for(root, settings(slot_devices=[], isolation="off")) as agent:
@@ -498,7 +517,6 @@ async def test_git_config_planted_by_a_run_cut_short_by_kill_9_is_undone_and_nam
         "time.sleep(30)\n"
     )
     params = _stdio(root, slots_home)
-
 
     with pytest.raises(BaseException):  # noqa: B017 - the killed server surfaces as a broken connection
         async with Client(params) as client:

@@ -15,12 +15,12 @@ import anyio
 import pytest
 from mcp import Client
 
-from mcp_autoresearch import editing
-from mcp_autoresearch.diffs import MAX_DIFF_LINES, bounded_diff
-from mcp_autoresearch.editing import MAX_EDIT_BYTES
-from mcp_autoresearch.server import create_server
-from mcp_autoresearch.views import MAX_NOTES, MAX_RUN_NOTES, MAX_RUN_NOTES_CHARS, ROW_NOTES_CHARS
-from mcp_autoresearch.workspace import Workspace
+from mcp_autoresearch.adapters.server import create_server
+from mcp_autoresearch.session import editing
+from mcp_autoresearch.session.diffs import MAX_DIFF_LINES, bounded_diff
+from mcp_autoresearch.session.editing import MAX_EDIT_BYTES
+from mcp_autoresearch.session.queries import MAX_NOTES, MAX_RUN_NOTES, MAX_RUN_NOTES_CHARS, ROW_NOTES_CHARS
+from mcp_autoresearch.session.workspace import Workspace
 
 from .conftest import Agent, stdio_params
 
@@ -144,7 +144,9 @@ async def test_a_call_sent_while_a_diff_is_computed_is_answered_before_the_edit(
 
         async with anyio.create_task_group() as group:
             group.start_soon(edit)
-            await anyio.to_thread.run_sync(entered.wait, abandon_on_cancel=True)  # an edit refused early fails here
+            await anyio.to_thread.run_sync(
+                entered.wait, abandon_on_cancel=True
+            )  # an edit refused early fails here
             for tool in ("query_results", "read_target", "detect_project"):
                 await agent.ok(tool)
                 order.append(tool)

@@ -34,7 +34,9 @@ async def history(agent, extra_runs: int = 0) -> None:
         await agent.edit("LR = 0.3", f"LR = 0.3{number + 1}")
         run, _ = await agent.experiment(f"LR = 0.3{number + 1}")
         for _ in range(3):
-            await agent.ok("log_result", run_id=run["run_id"], notes=f"note {number}: " + "lorem ipsum " * 330)
+            await agent.ok(
+                "log_result", run_id=run["run_id"], notes=f"note {number}: " + "lorem ipsum " * 330
+            )
 
 
 def cli(*args: str, columns: int | None = None) -> subprocess.CompletedProcess[str]:
@@ -134,7 +136,7 @@ async def test_plot_hint_names_a_command_that_works_from_a_clone(
         await agent.experiment("baseline")
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
-        "from mcp_autoresearch.cli import main\n"
+        "from mcp_autoresearch.adapters.cli import main\n"
         f"raise SystemExit(main(['plot', '--project', {str(ml_project)!r}, '--out', {str(tmp_path / 'p.png')!r}]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -151,7 +153,13 @@ def test_output_into_a_closed_pipe_ends_quietly(ml_project: Path, args: list[str
     os.close(read)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "mcp_autoresearch", *args, *(["--project", str(ml_project)] if "detect" in args else [])],
+            [
+                sys.executable,
+                "-m",
+                "mcp_autoresearch",
+                *args,
+                *(["--project", str(ml_project)] if "detect" in args else []),
+            ],
             stdout=write,
             stderr=subprocess.PIPE,
             text=True,

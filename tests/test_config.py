@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mcp_autoresearch.config_sources import parse_markdown_section
 from mcp_autoresearch.errors import ConfigError
-from mcp_autoresearch.project import load_project
+from mcp_autoresearch.setup.project import load_project
+from mcp_autoresearch.setup.sources import parse_markdown_section
 
 from .conftest import make_repo
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mcp_autoresearch import confine
-from mcp_autoresearch.config import Config
 from mcp_autoresearch.errors import ConfigError
-from mcp_autoresearch.experiment import Experiment, without_run_log_redirect
-from mcp_autoresearch.isolation import check_writable, denied_write_hint, probe_isolation
+from mcp_autoresearch.lifecycle.experiment import Experiment, without_run_log_redirect
+from mcp_autoresearch.sandbox import confine
+from mcp_autoresearch.sandbox.policy import check_writable, denied_write_hint, probe_isolation
+from mcp_autoresearch.setup.config import Config
 
 from .conftest import make_repo, run_cli
 from .helpers.needs import require
@@ -79,9 +79,22 @@ def test_exit_status_and_fatal_signal_pass_through(tmp_path: Path) -> None:
 
 
 def test_setup_failure_is_named_and_nothing_runs(tmp_path: Path) -> None:
-    argv = [sys.executable, "-I", "-S", confine.__file__, "--landlock", "--bogus", "--", "/bin/sh", "-c", "echo ran"]
+    argv = [
+        sys.executable,
+        "-I",
+        "-S",
+        confine.__file__,
+        "--landlock",
+        "--bogus",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo ran",
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    assert done.returncode == confine.SETUP_FAILED and confine.MARK in done.stderr and "ran" not in done.stdout
+    assert (
+        done.returncode == confine.SETUP_FAILED and confine.MARK in done.stderr and "ran" not in done.stdout
+    )
 
 
 def _alive(command: str) -> list[psutil.Process]:
@@ -112,7 +125,7 @@ def test_the_tree_dies_when_the_server_dies(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import subprocess, sys, time
-        from mcp_autoresearch import confine
+        from mcp_autoresearch.sandbox import confine
         a, b = sys.argv[1:3]
         argv = confine.command_line(sys.executable, {"landlock": True},
                                     ["/bin/sh", "-c", f"(setsid sh -c 'exec env -i sleep {a}' &); sleep {b}"])
@@ -137,7 +150,13 @@ def test_the_tree_dies_when_the_server_dies(tmp_path: Path) -> None:
 
 
 def _experiment(root: Path, command: str, **config) -> Experiment:
-    values = {"target_file": "t.py", "run_command": command, "metric_name": "score", "timeout": 20.0, **config}
+    values = {
+        "target_file": "t.py",
+        "run_command": command,
+        "metric_name": "score",
+        "timeout": 20.0,
+        **config,
+    }
     return Experiment(
         Config.model_validate(values), root, "r1", root / ".autoresearch" / "runs", "t", None, ISOLATION
     )
@@ -147,10 +166,10 @@ def test_a_metric_printed_after_the_command_ended_does_not_count(tmp_path: Path)
     """A child's SIGTERM handler prints a better metric when the run is killed: it is not in the log."""
     root = make_repo(tmp_path / "p", {"t.py": "x = 1\n"})
     trap = "trap 'echo score: 0.0001; exit 0' TERM; while :; do sleep 0.05; done"
-    result = _experiment(root, f"echo score: 5; (sh -c \"{trap}\" &); sleep 0.3").run()
+    result = _experiment(root, f'echo score: 5; (sh -c "{trap}" &); sleep 0.3').run()
     assert result.status == "ok" and result.value == 5.0
     assert "0.0001" not in Path(result.log_path).read_text()
-    timed_out = _experiment(root, f"echo score: 5; sh -c \"{trap}\"", timeout=1.0).run()
+    timed_out = _experiment(root, f'echo score: 5; sh -c "{trap}"', timeout=1.0).run()
     assert timed_out.status == "timeout" and "0.0001" not in Path(timed_out.log_path).read_text()
 
 
@@ -214,7 +233,10 @@ def test_writable_entries_that_would_open_the_rules_are_refused(tmp_path: Path, 
     (root / "src").mkdir(parents=True)
     (root / "data").mkdir()
     (root / "link_out").symlink_to(tmp_path, target_is_directory=True)
-    protected = {"src/model.py": "the target src/model.py", "data/eval.bin": "the read-only file data/eval.bin"}
+    protected = {
+        "src/model.py": "the target src/model.py",
+        "data/eval.bin": "the read-only file data/eval.bin",
+    }
     with pytest.raises(ConfigError, match=why):
         check_writable(root, [entry], protected, ".autoresearch/autoresearch.jsonl")
     assert check_writable(root, ["dist", ".autoresearch/bin", "~/.npm"], protected, "x.jsonl")
@@ -230,7 +252,9 @@ def test_detect_reports_isolation_and_writable(tmp_path: Path) -> None:
     assert f'"isolation": "namespaces + landlock (ABI {ISOLATION.abi}); network off"' in done.stdout
     assert '"network": "off"' in done.stdout
     # npm's cache and node_modules/.cache are private to each run, never writable by default (caches.py).
-    assert '"dist"' in done.stdout and '"~/.npm"' not in done.stdout and "node_modules/.cache" not in done.stdout
+    assert (
+        '"dist"' in done.stdout and '"~/.npm"' not in done.stdout and "node_modules/.cache" not in done.stdout
+    )
     (root / "autoresearch.toml").write_text('isolation = "off"\n')
     assert "isolation:    none: isolation" in run_cli("detect", "--project", str(root)).stdout
     (root / "autoresearch.toml").write_text('writable = ["src"]\n')
@@ -251,8 +275,19 @@ async def test_where_landlock_is_blocked_it_is_said_and_required_refuses(ml_proj
     from .conftest import Agent, stdio_params
 
     detect = subprocess.run(
-        [sys.executable, NO_LANDLOCK, sys.executable, "-m", "mcp_autoresearch", "detect", "--project", str(ml_project)],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            NO_LANDLOCK,
+            sys.executable,
+            "-m",
+            "mcp_autoresearch",
+            "detect",
+            "--project",
+            str(ml_project),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert "isolation:    namespaces; no landlock: the syscalls are blocked here" in detect.stdout
 
@@ -288,7 +323,7 @@ def test_the_launcher_starts_confined_keepers_and_they_die_with_the_server(tmp_p
         """
         import os, sys, time
         from pathlib import Path
-        from mcp_autoresearch.launcher import launcher
+        from mcp_autoresearch.sandbox.launcher import launcher
         out = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
         a, b = sys.argv[3:5]
         cmd = (f"echo fds: $(ls /proc/self/fd); echo x > denied.txt;"
@@ -321,7 +356,9 @@ def test_the_launcher_starts_confined_keepers_and_they_die_with_the_server(tmp_p
 
 
 @pytest.mark.anyio
-async def test_where_namespaces_are_refused_landlock_alone_confines_and_required_refuses(ml_project: Path) -> None:
+async def test_where_namespaces_are_refused_landlock_alone_confines_and_required_refuses(
+    ml_project: Path,
+) -> None:
     """As where user namespaces are disabled: detect and start_session say `landlock (ABI n); no namespaces:
     <reason>` in one line, isolation = required (which requires both layers) refuses to start, and with the
     default a run is still held to its writable paths by Landlock."""
@@ -330,8 +367,19 @@ async def test_where_namespaces_are_refused_landlock_alone_confines_and_required
     from .conftest import Agent, stdio_params
 
     detect = subprocess.run(
-        [sys.executable, NO_NAMESPACES, sys.executable, "-m", "mcp_autoresearch", "detect", "--project",
-         str(ml_project)], capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            NO_NAMESPACES,
+            sys.executable,
+            "-m",
+            "mcp_autoresearch",
+            "detect",
+            "--project",
+            str(ml_project),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     line = f"isolation:    landlock (ABI {ISOLATION.abi}); no namespaces: unshare: Operation not permitted"
     assert line in detect.stdout, detect.stdout
@@ -351,9 +399,15 @@ async def test_where_namespaces_are_refused_landlock_alone_confines_and_required
     async with Client(blocked()) as client:
         agent = Agent(client)
         started = await agent.ok("start_session")
-        assert started["isolation"] == f"landlock (ABI {ISOLATION.abi}); no namespaces: unshare: Operation not permitted"
+        assert (
+            started["isolation"]
+            == f"landlock (ABI {ISOLATION.abi}); no namespaces: unshare: Operation not permitted"
+        )
         await agent.experiment("baseline")
-        await agent.edit("LR = 0.5", "LR = 0.1\ntry:\n    open('prepare.py', 'w')\nexcept OSError as e:\n    print('refused', e.strerror)")
+        await agent.edit(
+            "LR = 0.5",
+            "LR = 0.1\ntry:\n    open('prepare.py', 'w')\nexcept OSError as e:\n    print('refused', e.strerror)",
+        )
         run = await agent.ok("run_experiment", description="a write Landlock refuses")
         assert "refused Permission denied" in Path(run["log_path"]).read_text()
 
@@ -374,11 +428,16 @@ Error: EACCES: permission denied, rmdir 'dist'
     ("output", "named"),
     [
         (MITT_BUILD_OUTPUT, "(dist)"),
-        (MITT_BUILD_OUTPUT.replace("rmdir 'dist'", "rmdir").replace("path: 'dist'", "path: 'lib/x'"), "(lib/x)"),
+        (
+            MITT_BUILD_OUTPUT.replace("rmdir 'dist'", "rmdir").replace("path: 'dist'", "path: 'lib/x'"),
+            "(lib/x)",
+        ),
         ("Error: EROFS: read-only file system, open 'index.d.ts'\n", "(index.d.ts)"),
-        ("npm ERR! code EACCES\nnpm ERR! syscall mkdir\nnpm ERR! path /root/.npm/_cacache\n"
-         "npm ERR! errno -13\nnpm ERR! Error: EACCES: permission denied, mkdir '/root/.npm/_cacache'\n",
-         "(/root/.npm/_cacache)"),
+        (
+            "npm ERR! code EACCES\nnpm ERR! syscall mkdir\nnpm ERR! path /root/.npm/_cacache\n"
+            "npm ERR! errno -13\nnpm ERR! Error: EACCES: permission denied, mkdir '/root/.npm/_cacache'\n",
+            "(/root/.npm/_cacache)",
+        ),
         ("touch: cannot touch 'x.txt': Read-only file system\n", "(x.txt)"),
         ("build failed: EACCES\n", "(the output names no path"),
     ],

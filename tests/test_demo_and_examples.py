@@ -11,8 +11,8 @@ import anyio
 import pytest
 from mcp import Client
 
-from mcp_autoresearch.demo import prepare
-from mcp_autoresearch.scripted_agent import ScriptedAgent, propose, server_params
+from mcp_autoresearch.adapters.demo import prepare
+from mcp_autoresearch.adapters.scripted_agent import ScriptedAgent, propose, server_params
 
 from .conftest import git, run_cli
 
@@ -48,7 +48,9 @@ def test_demo_with_slots_keeps_them_busy(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     rows = (out / "results.tsv").read_text().splitlines()
     assert len(rows) == 1 + 10 + 1
-    events = [json.loads(line) for line in (out / ".autoresearch" / "autoresearch.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line) for line in (out / ".autoresearch" / "autoresearch.jsonl").read_text().splitlines()
+    ]
     done = [e["details"] for e in events if e["action"] == "experiment_done"]
     assert len({d["run_id"] for d in done}) == 11
     assert {d.get("slot") for d in done[1:]} <= {0, 1, 2} and len({d.get("slot") for d in done[1:]}) >= 2

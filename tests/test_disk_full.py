@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from mcp_autoresearch.diskspace import no_room
-from mcp_autoresearch.files import append_synced
+from mcp_autoresearch.records.atomic import append_synced
+from mcp_autoresearch.records.diskspace import no_room
 
 from .conftest import TRAIN_PY, make_repo
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from mcp_autoresearch.isolation import probe_isolation
-from mcp_autoresearch.web.data import SessionView
+from mcp_autoresearch.readers.web.data import SessionView
+from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .conftest import make_repo, run_cli
 from .helpers.needs import require
@@ -503,7 +503,7 @@ async def test_bytecode_a_run_planted_is_not_what_the_evaluation_runs(
 def test_the_holdout_summary(tmp_path: Path) -> None:
     """Kept improvements that hold (better than the baseline on the holdout) are counted; a record written again
     after a restart counts once; a failed holdout is counted as failed; no value is shown."""
-    from mcp_autoresearch.holdout import holdout_summary
+    from mcp_autoresearch.measure.holdout import holdout_summary
 
     folder = tmp_path / ".autoresearch" / "holdout"
     folder.mkdir(parents=True)

@@ -336,7 +336,7 @@ def test_the_models_nodes_cannot_read_the_evaluators_targets(tmp_path: Path, dat
     ]
     refused = refusal(evaluate(save(build_model(extra_nodes=cheat), tmp_path / "model.onnx"), data))
     assert refused.startswith("metric_error: refused-artifact: the model is not a valid ONNX model")
-    from mcp_autoresearch.onnx_session import with_loss_output
+    from mcp_autoresearch.evaluate.onnx_session import with_loss_output
 
     taken = build_model(
         extra_nodes=[

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from mcp_autoresearch.config import Config
-from mcp_autoresearch.experiment import Experiment, ExperimentResult
-from mcp_autoresearch.fresh_outputs import unsafe_outputs
-from mcp_autoresearch.isolation import Isolation, probe_isolation
-from mcp_autoresearch.output_checks import snapshot, unsafe_output
+from mcp_autoresearch.lifecycle.experiment import Experiment, ExperimentResult
+from mcp_autoresearch.lifecycle.fresh_outputs import unsafe_outputs
+from mcp_autoresearch.measure.output_checks import snapshot, unsafe_output
+from mcp_autoresearch.sandbox.policy import Isolation, probe_isolation
+from mcp_autoresearch.setup.config import Config
 
 from .conftest import git, make_repo, run_cli
 

@@ -117,7 +117,11 @@ async def test_shallow_and_alternates_planted_by_a_run_are_restored_and_block_la
     for planted, content in ((shallow, main + "\n"), (alternates, f"{store}\n")):
         planted.write_text(content)
         landed = run_cli("finish", "--project", str(root), "--land", "main")
-        assert landed.returncode == 2 and f"{planted} exists" in landed.stderr and "Traceback" not in landed.stderr
+        assert (
+            landed.returncode == 2
+            and f"{planted} exists" in landed.stderr
+            and "Traceback" not in landed.stderr
+        )
         assert "Nothing was changed" in landed.stderr and git(root, "rev-parse", "main").strip() == main
         removed = run_cli("clean", "--project", str(root), "--tag", "s", "--yes")
         assert removed.returncode == 2 and f"{planted} exists" in removed.stderr
@@ -163,6 +167,8 @@ async def test_grafts_planted_from_a_slot_are_restored(
         await agent.ok("run_experiment", description="graft from a slot")
         run = await agent.until_done()
         if not confined:
-            assert run["status"] == "tampered" and f"git history file {grafts} (restored)" in run["error"], run
+            assert run["status"] == "tampered" and f"git history file {grafts} (restored)" in run["error"], (
+                run
+            )
         assert (await agent.ok("commit_or_reset"))["decision"] == "crash"
         assert not grafts.exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_autoresearch.repo import Repo
+from mcp_autoresearch.vcs.repo import Repo
 
 from .conftest import git, make_repo
 

@@ -144,4 +144,6 @@ def test_a_taken_port_is_one_clear_line_and_nothing_is_announced(ml_project: Pat
     assert done.returncode == 2, done.stderr
     assert "serving MCP" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip() and "INFO" not in line]
-    assert lines == [f"mcp-autoresearch: cannot listen on 127.0.0.1:{port}: it is taken (another server?); choose another --port"], done.stderr
+    assert lines == [
+        f"mcp-autoresearch: cannot listen on 127.0.0.1:{port}: it is taken (another server?); choose another --port"
+    ], done.stderr

@@ -83,7 +83,9 @@ def test_inspector_calls_every_tool_through_a_session(ml_project: Path) -> None:
     run = call("wait_experiment", f"run_id={run['run_id']}", "wait_s=40")
     assert run["status"] == "ok" and run["value"] == pytest.approx(1.1)
     assert call("commit_or_reset", f"run_id={run['run_id']}")["decision"] == "keep"
-    assert call("log_result", f"run_id={run['run_id']}", "notes=a lower LR helps")["added"] == "a lower LR helps"
+    assert (
+        call("log_result", f"run_id={run['run_id']}", "notes=a lower LR helps")["added"] == "a lower LR helps"
+    )
     assert call("query_results", "limit=5")["counts"]["keep"] == 2
     called |= {"detect_project", "start_session", "run_experiment", "wait_experiment", "commit_or_reset"}
     called |= {"read_target", "apply_edit", "log_result", "query_results"}

@@ -235,7 +235,9 @@ async def test_run_time_tampering_is_detected_and_restored(
     root = ml_project
     async with agent_for(root, {"isolation": isolation}) as agent:
         started = await agent.ok("start_session")
-        assert started["isolation"].startswith(("namespaces + landlock", "landlock") if isolation == "auto" else "none")
+        assert started["isolation"].startswith(
+            ("namespaces + landlock", "landlock") if isolation == "auto" else "none"
+        )
         await agent.experiment("baseline")
         before = {name: (root / name).read_bytes() for name in ("prepare.py", "README.md")}
         tsv_before = (root / "results.tsv").read_text()
@@ -357,8 +359,8 @@ async def test_second_server_on_the_same_project_is_refused(ml_project: Path, ag
 async def test_two_clients_of_one_server_cannot_run_concurrently(ml_project: Path) -> None:
     from mcp import Client
 
-    from mcp_autoresearch.server import create_server
-    from mcp_autoresearch.workspace import Workspace
+    from mcp_autoresearch.adapters.server import create_server
+    from mcp_autoresearch.session.workspace import Workspace
 
     from .conftest import Agent
 

@@ -107,7 +107,9 @@ async def test_a_candidate_fast_only_while_judged_is_not_kept(
 async def test_under_the_greedy_rule_a_regression_after_the_keep_is_reported(
     tmp_path: Path, agent_for, slots: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root, settings = project(tmp_path, [1.0], keep_rule="greedy", **slot_settings(slots, monkeypatch, tmp_path))
+    root, settings = project(
+        tmp_path, [1.0], keep_rule="greedy", **slot_settings(slots, monkeypatch, tmp_path)
+    )
     async with agent_for(root, settings) as agent:
         await agent.ok("start_session", tag="greedy")
         await run_and_decide(agent, slots, "baseline")
@@ -115,9 +117,14 @@ async def test_under_the_greedy_rule_a_regression_after_the_keep_is_reported(
         run, decision = await run_and_decide(agent, slots, "fast on its first run only")
         assert run["value"] == pytest.approx(0.1) and decision["decision"] == "keep"
         assert decision["remeasured"] == [1.0]
-        assert "re-measured after the keep" in decision["reason"] and "a regression, reported" in decision["reason"]
+        assert (
+            "re-measured after the keep" in decision["reason"]
+            and "a regression, reported" in decision["reason"]
+        )
         results = await agent.ok("query_results")
-        assert results["best"]["value"] == pytest.approx(0.1)  # greedy: the judged value, as the original tool
+        assert results["best"]["value"] == pytest.approx(
+            0.1
+        )  # greedy: the judged value, as the original tool
 
 
 @pytest.mark.parametrize("slots", [False, True], ids=["single", "slots"])
@@ -140,6 +147,12 @@ async def test_a_kept_best_slower_when_re_measured_later_is_reported(
         assert "the best, re-measured for this candidate: mean 1 over" in decision["reason"]
         assert "vs 0.1 before, worse by 0.9" in decision["reason"]
         assert "(a regression, reported)" in decision["reason"]
-    done = [e for e in map(json.loads, (root / ".autoresearch" / "autoresearch.jsonl").read_text().splitlines())]
-    [logged] = [e["details"] for e in done if e["action"] == "experiment_done" and e["details"]["run_id"] == decision["run_id"]]
+    done = [
+        e for e in map(json.loads, (root / ".autoresearch" / "autoresearch.jsonl").read_text().splitlines())
+    ]
+    [logged] = [
+        e["details"]
+        for e in done
+        if e["action"] == "experiment_done" and e["details"]["run_id"] == decision["run_id"]
+    ]
     assert logged["best_regression"].startswith("the best, re-measured for this candidate")

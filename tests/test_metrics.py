@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mcp_autoresearch.config import build_config
-from mcp_autoresearch.experiment import Experiment, ExperimentResult
-from mcp_autoresearch.project import load_project
+from mcp_autoresearch.lifecycle.experiment import Experiment, ExperimentResult
+from mcp_autoresearch.setup.config import build_config
+from mcp_autoresearch.setup.project import load_project
 
 from .conftest import make_repo
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcp_autoresearch.isolation import probe_isolation
+from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .conftest import make_repo
 
@@ -87,9 +87,7 @@ timeout = 120
     root = make_repo(
         tmp_path / "proj",
         {
-            "train.py": TRAIN_PY.replace(
-                "import numpy", f"VALIDATION = {str(data)!r}\nimport numpy", 1
-            ),
+            "train.py": TRAIN_PY.replace("import numpy", f"VALIDATION = {str(data)!r}\nimport numpy", 1),
             "prepare.py": "# the fixed data preparation (unused here)\n",
             "autoresearch.toml": config,
             ".gitignore": "out/\n.autoresearch/\nrun.log\nresults.tsv\n",
@@ -99,9 +97,7 @@ timeout = 120
     return root, rows.astype(np.int64), token_bytes
 
 
-@pytest.mark.skipif(
-    not probe_isolation("auto").namespaces, reason="hidden needs the private view"
-)
+@pytest.mark.skipif(not probe_isolation("auto").namespaces, reason="hidden needs the private view")
 async def test_the_evaluator_measures_the_exported_model_and_refuses_one_that_sees_the_future(
     tmp_path: Path, agent_for
 ) -> None:
@@ -110,15 +106,11 @@ async def test_the_evaluator_measures_the_exported_model_and_refuses_one_that_se
         await agent.ok("start_session")
         base, decision = await agent.experiment("baseline")
         assert base["status"] == "ok", base
-        assert base["value"] == pytest.approx(
-            reference_bpb(rows, token_bytes, 1.0), abs=1e-6
-        )
+        assert base["value"] == pytest.approx(reference_bpb(rows, token_bytes, 1.0), abs=1e-6)
         assert "validation readable: no" in Path(base["log_path"]).read_text()
         await agent.edit("SCALE = 1.0\n", "SCALE = 0.5\n")
         smaller, _ = await agent.experiment("smaller logits")
-        assert smaller["value"] == pytest.approx(
-            reference_bpb(rows, token_bytes, 0.5), abs=1e-6
-        )
+        assert smaller["value"] == pytest.approx(reference_bpb(rows, token_bytes, 0.5), abs=1e-6)
         await agent.edit("LEAK = 0 ", "LEAK = 1 ")
         leak, decision = await agent.experiment("peek at the future")
     assert leak["status"] == "metric_error", leak
@@ -129,7 +121,7 @@ async def test_the_evaluator_measures_the_exported_model_and_refuses_one_that_se
 def test_detection_proposes_the_bundled_evaluator_once_train_py_exports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mcp_autoresearch.project import load_project
+    from mcp_autoresearch.setup.project import load_project
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     data = tmp_path / "home/.cache/autoresearch/val.npz"
@@ -141,7 +133,5 @@ def test_detection_proposes_the_bundled_evaluator_once_train_py_exports(
         info.eval_command is not None
         and "-P -m mcp_autoresearch.evaluate out/model.onnx" in info.eval_command
     )
-    assert "~/.cache/autoresearch/val.npz" in " ".join(info.hidden) or str(
-        data
-    ) in " ".join(info.hidden)
+    assert "~/.cache/autoresearch/val.npz" in " ".join(info.hidden) or str(data) in " ".join(info.hidden)
     assert not any("self-reported" in warning for warning in info.warnings)

@@ -19,9 +19,12 @@ pytestmark = pytest.mark.anyio
 COUNT = """\
 f="$COUNTS/$(cksum < cand.txt | cut -d' ' -f1)"; i=$(( $(cat "$f" 2>/dev/null || echo 0) + 1 )); echo "$i" > "$f"
 """
-EVALUATE = COUNT + """\
+EVALUATE = (
+    COUNT
+    + """\
 awk -v i="$i" '$1 == "VALUES" { n = NF - 1; printf "score: %s\\n", $(2 + (i - 1) % n) }' cand.txt
 """
+)
 NOISY = "VALUES 1.0 1.1 0.9\n"  # mean 1.0, sd 0.1
 
 
@@ -137,7 +140,15 @@ async def test_promising_candidate_reruns_best_remeasured_and_kept(tmp_path: Pat
         run, decision = await try_values(agent, "VALUES 0.6 0.6 0.6\n", "worse than the new best")
         assert decision["best_values"] == [0.5, 0.52, 0.48, 0.5] and decision["decision"] == "discard"
     runs = sorted(p.name for p in (root / ".autoresearch" / "runs" / "k").glob("r2*.log"))
-    assert runs == ["r2-2.log", "r2-3.log", "r2-4.log", "r2-best-2.log", "r2-best-3.log", "r2-best.log", "r2.log"]
+    assert runs == [
+        "r2-2.log",
+        "r2-3.log",
+        "r2-4.log",
+        "r2-best-2.log",
+        "r2-best-3.log",
+        "r2-best.log",
+        "r2.log",
+    ]
     rows = tsv_rows(root)
     assert [r[2] for r in rows] == ["1.000000", "0.510000", "0.600000"]  # one row per experiment: the median
     done = events(root, "experiment_done")
@@ -197,8 +208,8 @@ async def test_a_resumed_session_keeps_its_rule_noise_and_the_best_runs(tmp_path
 
 
 async def test_the_rule_settings_are_validated_and_fixed_for_the_session(tmp_path: Path, agent_for) -> None:
-    from mcp_autoresearch.config import validate_values
     from mcp_autoresearch.errors import ConfigError
+    from mcp_autoresearch.setup.config import validate_values
 
     for bad in ({"keep_rule": "lucky"}, {"confidence": 1.0}, {"confidence": 0.2}, {"max_repeats": 0}):
         with pytest.raises(ConfigError):

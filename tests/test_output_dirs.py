@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mcp_autoresearch.isolation import probe_isolation
+from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .conftest import git, make_repo
 from .helpers.needs import require
@@ -44,13 +44,17 @@ RIMRAF = "node -e \"require('fs').rmSync('dist', { recursive: true, force: true 
 
 def node_project(root: Path, build: str) -> Path:
     package = {"name": "lib", "source": "src/index.js", "scripts": {"build": build}}
-    return make_repo(root, {"package.json": json.dumps(package), "build.js": BUILD_JS, "src/index.js": SOURCE})
+    return make_repo(
+        root, {"package.json": json.dumps(package), "build.js": BUILD_JS, "src/index.js": SOURCE}
+    )
 
 
 @pytest.mark.parametrize(
     "clean", ["rm -rf dist && mkdir dist", RIMRAF, "rm -rf dist && mkdir -p dist && rmdir dist && mkdir dist"]
 )
-async def test_a_build_removes_and_recreates_its_output_directory(tmp_path: Path, agent_for: Any, clean: str) -> None:
+async def test_a_build_removes_and_recreates_its_output_directory(
+    tmp_path: Path, agent_for: Any, clean: str
+) -> None:
     """Zero configuration (detection gives `writable = ["dist", ...]`): the baseline and a smaller bundle both
     build, each from an emptied dist/ (the previous bundle's files are gone)."""
     root = node_project(tmp_path / "lib", f"{clean} && node build.js")
@@ -84,7 +88,9 @@ for what, step in steps.items():
 """
 
 
-async def test_nothing_else_of_the_project_can_be_removed_renamed_or_created(tmp_path: Path, agent_for: Any) -> None:
+async def test_nothing_else_of_the_project_can_be_removed_renamed_or_created(
+    tmp_path: Path, agent_for: Any
+) -> None:
     """The answers cover only the output directories: removing, renaming or creating anything else is refused
     as before (an empty directory in src/, src/ itself, a new top-level directory, package.json)."""
     root = node_project(tmp_path / "lib", "rm -rf dist && mkdir dist && node build.js && python3 escape.py")
@@ -122,13 +128,15 @@ def test_with_landlock_alone_a_build_still_recreates_its_output_directory(tmp_pa
     project): the same answers let the build go on, and other removals stay refused."""
     from dataclasses import replace
 
-    from mcp_autoresearch.config import Config
-    from mcp_autoresearch.experiment import Experiment
+    from mcp_autoresearch.lifecycle.experiment import Experiment
+    from mcp_autoresearch.setup.config import Config
 
     root = node_project(tmp_path / "lib", "unused")
     (root / "dist").mkdir()
     (root / "dist" / "old.js").write_text("x")
-    command = "rm -rf dist && mkdir dist && node build.js && echo kb: 1 && (rmdir src 2>/dev/null || echo src kept)"
+    command = (
+        "rm -rf dist && mkdir dist && node build.js && echo kb: 1 && (rmdir src 2>/dev/null || echo src kept)"
+    )
     config = Config.model_validate(
         {"target_file": "src/index.js", "run_command": command, "metric_name": "kb", "writable": ["dist"]}
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mcp_autoresearch.phases import IN_FLIGHT, TRANSITIONS, PhaseError, advance
-from mcp_autoresearch.state import Pending
+from mcp_autoresearch.records.state import Pending
 
 
 def test_a_move_the_table_allows_assigns_and_saves() -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from mcp_autoresearch.caches import PRIVATE_CACHES
-from mcp_autoresearch.config import Config
 from mcp_autoresearch.errors import ConfigError
-from mcp_autoresearch.experiment import Experiment
-from mcp_autoresearch.isolation import probe_isolation
-from mcp_autoresearch.project import load_project
+from mcp_autoresearch.lifecycle.experiment import Experiment
+from mcp_autoresearch.sandbox.caches import PRIVATE_CACHES
+from mcp_autoresearch.sandbox.policy import probe_isolation
+from mcp_autoresearch.setup.config import Config
+from mcp_autoresearch.setup.project import load_project
 
 from .conftest import make_repo, run_cli
 from .helpers.needs import require
@@ -366,7 +366,7 @@ async def test_with_slots_a_relative_persistent_cache_survives_to_the_slots_next
 def test_on_ray_a_job_gets_private_caches_and_may_write_its_persistent_entry(
     tmp_path: Path, ray_address: str
 ) -> None:
-    from mcp_autoresearch.ray_backend import RayBackend
+    from mcp_autoresearch.backends.ray_backend import RayBackend
 
     from .helpers.ray_head import _config, _project
 

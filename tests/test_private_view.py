@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from mcp_autoresearch import confine
-from mcp_autoresearch.isolation import probe_isolation
+from mcp_autoresearch.sandbox import confine
+from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .helpers.needs import require
 
@@ -124,7 +124,10 @@ async def test_file_metadata_outside_the_writable_paths_cannot_change(ml_project
     for path, stat in before.items():  # (the server itself writes in the project directory and .git)
         times = (lambda s: s.st_mtime) if path.is_file() else (lambda s: None)
         assert (after[path].st_mode, after[path].st_uid, times(after[path])) == (
-            stat.st_mode, stat.st_uid, times(stat)), path
+            stat.st_mode,
+            stat.st_uid,
+            times(stat),
+        ), path
 
 
 async def test_the_servers_proc_is_invisible(ml_project: Path, agent_for) -> None:
@@ -239,14 +242,19 @@ async def test_a_run_cannot_undo_its_view(ml_project: Path, agent_for) -> None:
     async with agent_for(ml_project) as agent:
         text = await attack(agent, code)
     assert "CapEff:\t0000000000000000" in text and "REACHED" not in text, text
-    assert "refused remount Operation not permitted" in text and "refused unshare Operation not permitted" in text
+    assert (
+        "refused remount Operation not permitted" in text
+        and "refused unshare Operation not permitted" in text
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # an ordinary user: the keeper makes a user namespace for the view
 # ---------------------------------------------------------------------------------------------------------------
 USER = 12345
-NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+NEEDS_ROOT = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
+)
 
 USER_PROBE = """
 import os, socket, sys
@@ -288,10 +296,33 @@ def test_as_an_ordinary_user_the_keeper_builds_the_same_view(tmp_path: Path) -> 
         server = UnixServer(sockdir / "default")
         try:
             done = subprocess.run(
-                ["setpriv", "--reuid", str(USER), "--regid", str(USER), "--clear-groups", "/usr/bin/python3", "-I",
-                 "-S", str(home / "confine.py"), "--landlock", "--view", "--no-network", "-w", str(project / "out"),
-                 "--", "/usr/bin/python3", "probe.py", str(sockdir / "default"), str(shared)],
-                cwd=project, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"},
+                [
+                    "setpriv",
+                    "--reuid",
+                    str(USER),
+                    "--regid",
+                    str(USER),
+                    "--clear-groups",
+                    "/usr/bin/python3",
+                    "-I",
+                    "-S",
+                    str(home / "confine.py"),
+                    "--landlock",
+                    "--view",
+                    "--no-network",
+                    "-w",
+                    str(project / "out"),
+                    "--",
+                    "/usr/bin/python3",
+                    "probe.py",
+                    str(sockdir / "default"),
+                    str(shared),
+                ],
+                cwd=project,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={"PATH": "/usr/bin:/bin"},
             )
         finally:
             server.close()
@@ -307,7 +338,9 @@ def test_as_an_ordinary_user_the_keeper_builds_the_same_view(tmp_path: Path) -> 
         shutil.rmtree(home)
 
 
-async def test_a_run_that_needs_the_network_is_told_which_setting_gives_it(ml_project: Path, agent_for) -> None:
+async def test_a_run_that_needs_the_network_is_told_which_setting_gives_it(
+    ml_project: Path, agent_for
+) -> None:
     code = """
     import socket
     socket.getaddrinfo('pypi.org', 443)
@@ -333,7 +366,9 @@ def test_detect_shows_the_network_and_takes_the_flag(ml_project: Path) -> None:
     def detect(*extra: str) -> str:
         done = subprocess.run(
             [sys.executable, "-m", "mcp_autoresearch", "detect", "--project", str(ml_project), *extra],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert done.returncode == 0, done.stderr
         return done.stdout
@@ -373,7 +408,7 @@ async def test_the_users_terminals_are_not_there_and_the_runs_own_work(ml_projec
 def test_the_servers_python_and_path_stay_visible_beneath_a_hidden_directory(tmp_path: Path) -> None:
     """A virtual environment beneath /tmp (a clone in /tmp, as CI's may be) whose python the run command names:
     the view shows it again, read-only; never a hidden directory itself (that would show the user's sockets)."""
-    from mcp_autoresearch.isolation import HIDDEN_ROOTS, view_reads
+    from mcp_autoresearch.sandbox.policy import HIDDEN_ROOTS, view_reads
 
     venv_bin = tmp_path / "venv" / "bin"
     venv_bin.mkdir(parents=True)
@@ -396,6 +431,6 @@ def test_the_servers_python_and_path_stay_visible_beneath_a_hidden_directory(tmp
 
 
 def keeper_spec_for_view(reads: list[str]) -> dict:
-    from mcp_autoresearch.isolation import keeper_spec, probe_isolation
+    from mcp_autoresearch.sandbox.policy import keeper_spec, probe_isolation
 
     return keeper_spec(probe_isolation("auto"), [], 1.0, reads)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_autoresearch.project import load_project
+from mcp_autoresearch.setup.project import load_project
 
 from .conftest import git, make_repo, run_cli
 
@@ -33,16 +33,21 @@ def test_ml(tmp_path: Path) -> None:
 def test_ml_proposes_the_bundled_evaluator_once_train_py_exports_and_the_data_exists(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mcp_autoresearch.projects import ml
+    from mcp_autoresearch.setup.projects import ml
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    root = make_repo(tmp_path / "p", {"train.py": 'torch.onnx.export(m, (x,), "out/model.onnx")\n', "prepare.py": ""})
+    root = make_repo(
+        tmp_path / "p", {"train.py": 'torch.onnx.export(m, (x,), "out/model.onnx")\n', "prepare.py": ""}
+    )
     assert ml.evaluation_stage(root) is None  # no validation file yet
     data = tmp_path / "home/.cache/autoresearch/val.npz"
     data.parent.mkdir(parents=True)
     data.write_bytes(b"")
     stage = ml.evaluation_stage(root)
-    assert stage is not None and " -P -m mcp_autoresearch.evaluate out/model.onnx --data " in stage["eval_command"]
+    assert (
+        stage is not None
+        and " -P -m mcp_autoresearch.evaluate out/model.onnx --data " in stage["eval_command"]
+    )
     assert "~/.cache/autoresearch/val.npz" in stage["hidden"] and stage["writable"] == ["out"]
     (root / "train.py").write_text("print('val_bpb: 0.9')\n")  # no export: nothing to evaluate
     assert ml.evaluation_stage(root) is None
@@ -313,8 +318,8 @@ def test_every_type_targets_only_tracked_unignored_sources(tmp_path: Path) -> No
 
 def test_a_target_is_never_where_the_build_writes(tmp_path: Path) -> None:
     """The paths a type lets its runs write are build outputs too: never the target, even when tracked."""
-    from mcp_autoresearch.gitfiles import tracked_and_ignored
-    from mcp_autoresearch.projects.base import Detection, choose_target
+    from mcp_autoresearch.setup.projects.base import Detection, choose_target
+    from mcp_autoresearch.vcs.readonly import tracked_and_ignored
 
     root = make_repo(tmp_path / "w", {"gen/model.py": "x = 1\n", "src/model.py": "x = 2\n"})
     detection = Detection(
@@ -341,7 +346,12 @@ PYTEST_CONFIGS = {
 def test_python_reads_pytest_testpaths_from_each_config_file(tmp_path: Path) -> None:
     """Issue 21.5: toolz keeps its tests in toolz/tests, named by testpaths; detection said `run command: -`."""
     for name, text in PYTEST_CONFIGS.items():
-        files = {"setup.py": "", name: text, "toolz/core.py": "def f(): pass\n", "toolz/tests/test_core.py": ""}
+        files = {
+            "setup.py": "",
+            name: text,
+            "toolz/core.py": "def f(): pass\n",
+            "toolz/tests/test_core.py": "",
+        }
         info = detect(tmp_path / name, files)
         assert info.project_type == "python", name
         assert info.run_command is not None and info.run_command.endswith("-m pytest -q -x toolz/tests"), name
@@ -382,7 +392,12 @@ def test_node_foresees_outputs_named_by_package_json(tmp_path: Path) -> None:
     assert info.target_file == "src/index.ts"
     assert info.writable[:2] == ["dist", "lib"], info.writable
     named = [w for w in info.warnings if "index.d.ts" in w]
-    assert named and "'typings'" in named[0] and "at the project root" in named[0] and "dist/index.d.ts" in named[0]
+    assert (
+        named
+        and "'typings'" in named[0]
+        and "at the project root" in named[0]
+        and "dist/index.d.ts" in named[0]
+    )
     assert not any("mitt.js" in w or "mitt.mjs" in w for w in info.warnings)
 
     # The same names, but the root file is tracked (a hand-written declaration): a source, nothing to say.

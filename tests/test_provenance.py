@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mcp_autoresearch.provenance import metric_provenance
+from mcp_autoresearch.measure.provenance import metric_provenance
 
 from .conftest import git, make_repo, run_cli
 

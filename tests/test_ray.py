@@ -19,12 +19,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mcp_autoresearch import output_size, ray_records, ray_wrapper
+from mcp_autoresearch.backends import ray_records, ray_wrapper
+from mcp_autoresearch.backends.ray_backend import RayBackend
+from mcp_autoresearch.backends.ray_package import SHIPPED, StartError, build_package
+from mcp_autoresearch.backends.ray_records import Unframer
 from mcp_autoresearch.errors import ConfigError
-from mcp_autoresearch.experiment import Experiment
-from mcp_autoresearch.ray_backend import RayBackend
-from mcp_autoresearch.ray_package import SHIPPED, StartError, build_package
-from mcp_autoresearch.ray_records import Unframer
+from mcp_autoresearch.lifecycle.experiment import Experiment
+from mcp_autoresearch.measure import output_size
 
 from .helpers.ports import free_port
 from .helpers.ray_head import ISOLATION, _config, _experiment, _project
@@ -58,7 +59,6 @@ except OSError as exc:
 """
 
 
-
 def run_wrapper(spec: dict, root: str) -> int:
     """`ray_wrapper.run` in a forked child, as on a worker: it makes its process non-dumpable and drops
     CAP_SYS_PTRACE from the bounding set, which this test process (and every server it starts later) must keep.
@@ -74,28 +74,45 @@ def run_wrapper(spec: dict, root: str) -> int:
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
+
 def test_output_streams_into_the_log_and_the_metric_is_read(tmp_path: Path, ray_address: str) -> None:
     root = _project(tmp_path)
     seen: list[tuple[float, float, str]] = []
-    command = ("printf 'step 1\\r'; echo 'step 2'; test -e .git && echo 'GIT UPLOADED'; sleep 2.5; "
-               "echo \"score: 1.25 seed=$AUTORESEARCH_SEED\"; echo 'METRIC aux=3'")
+    command = (
+        "printf 'step 1\\r'; echo 'step 2'; test -e .git && echo 'GIT UPLOADED'; sleep 2.5; "
+        "echo \"score: 1.25 seed=$AUTORESEARCH_SEED\"; echo 'METRIC aux=3'"
+    )
     config = _config(command, ray_address=ray_address)
-    experiment = Experiment(config, root, "r1", tmp_path / "logs", isolation=ISOLATION,
-                            on_progress=lambda e, t, line: seen.append((e, t, line)),
-                            backend=RayBackend.from_config(config))
+    experiment = Experiment(
+        config,
+        root,
+        "r1",
+        tmp_path / "logs",
+        isolation=ISOLATION,
+        on_progress=lambda e, t, line: seen.append((e, t, line)),
+        backend=RayBackend.from_config(config),
+    )
     result = experiment.run()
     assert result.status == "ok", result.error
     assert result.value == 1.25 and result.secondary == {"aux": 3.0}
     log = Path(result.log_path).read_bytes()
     assert log.startswith(b"step 1\rstep 2\n")  # the run's bytes exactly, nothing of Ray's or the wrapper's
-    assert re.search(rb"score: 1\.25 seed=\d+\n", log) and b"#autoresearch-ray" not in log and b"GIT UPLOADED" not in log
+    assert (
+        re.search(rb"score: 1\.25 seed=\d+\n", log)
+        and b"#autoresearch-ray" not in log
+        and b"GIT UPLOADED" not in log
+    )
     assert seen and seen[0][2] == "step 2" and seen[0][1] == config.timeout  # streamed while it ran
 
 
 def test_a_size_is_measured_on_the_worker(tmp_path: Path, ray_address: str) -> None:
     root = _project(tmp_path)
-    build = "mkdir -p dist && head -c 2048 /dev/zero > dist/app.js && head -c 8192 /dev/zero > dist/app.js.map"
-    result = _experiment(root, ray_address, build, metric_measure="size_kb:dist !*.map", writable=["dist"]).run()
+    build = (
+        "mkdir -p dist && head -c 2048 /dev/zero > dist/app.js && head -c 8192 /dev/zero > dist/app.js.map"
+    )
+    result = _experiment(
+        root, ray_address, build, metric_measure="size_kb:dist !*.map", writable=["dist"]
+    ).run()
     assert result.status == "ok", result.error
     assert result.value == 2.0 and not (root / "dist" / "app.js").exists()  # the worker's dist/, not ours
 
@@ -148,7 +165,9 @@ def test_the_run_cannot_forge_the_report_or_write_outside_its_paths(tmp_path: Pa
         "(sleep 1; echo LATE DAEMON) & echo 'score: 2'; exit 3"
     )
     result = _experiment(root, ray_address, command).run()
-    assert result.status == "crash" and result.exit_code == 3 and (result.error or "").startswith("exit code 3")
+    assert (
+        result.status == "crash" and result.exit_code == 3 and (result.error or "").startswith("exit code 3")
+    )
     log = Path(result.log_path).read_text()
     assert fake_begin in log  # printed output, taken as output
     assert "no wrapper in sight" in log and "WROTE" not in log and "READ" not in log  # its own pid namespace
@@ -158,7 +177,9 @@ def test_the_run_cannot_forge_the_report_or_write_outside_its_paths(tmp_path: Pa
 
 def test_missing_ray_or_no_cluster_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     backend = RayBackend.from_config(_config("true", ray_address=f"http://127.0.0.1:{free_port()}"))
-    with pytest.raises(ConfigError, match=r"no Ray job API answers at http://127.0.0.1:\d+ .*ray start --head"):
+    with pytest.raises(
+        ConfigError, match=r"no Ray job API answers at http://127.0.0.1:\d+ .*ray start --head"
+    ):
         backend.check()
     monkeypatch.setitem(sys.modules, "ray", None)
     monkeypatch.setitem(sys.modules, "ray.job_submission", None)
@@ -169,7 +190,9 @@ def test_missing_ray_or_no_cluster_is_a_config_error(monkeypatch: pytest.MonkeyP
 def test_the_address_comes_from_the_config_then_ray_address(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", "http://from-env:8265")
     assert RayBackend.from_config(_config("true")).address == "http://from-env:8265"
-    assert RayBackend.from_config(_config("true", ray_address="http://head:8265/")).address == "http://head:8265"
+    assert (
+        RayBackend.from_config(_config("true", ray_address="http://head:8265/")).address == "http://head:8265"
+    )
     monkeypatch.delenv("RAY_ADDRESS")
     assert RayBackend.from_config(_config("true")).address == "http://127.0.0.1:8265"
 
@@ -241,8 +264,12 @@ def test_the_wrapper_measures_sizes_as_the_server_does(tmp_path: Path) -> None:
     assert "'dist/pipe' is a FIFO" in str(ray_wrapper.measure_size(str(tmp_path), spec, started, None))
     os.remove(tmp_path / "dist" / "pipe")
     (tmp_path / "dist" / "out").symlink_to("/etc")
-    assert "'dist/out' is a symbolic link" in str(ray_wrapper.measure_size(str(tmp_path), spec, started, None))
-    assert "outside the project" in str(ray_wrapper.measure_size(str(tmp_path), "size_kb:../x", started, None))
+    assert "'dist/out' is a symbolic link" in str(
+        ray_wrapper.measure_size(str(tmp_path), spec, started, None)
+    )
+    assert "outside the project" in str(
+        ray_wrapper.measure_size(str(tmp_path), "size_kb:../x", started, None)
+    )
 
 
 def test_a_large_output_is_streamed_not_held(tmp_path: Path, ray_address: str) -> None:
@@ -306,8 +333,13 @@ def _wrapper_without_namespaces(job: Path, spec: dict) -> tuple[int, str]:
     """The shipped wrapper as Ray starts it, on a worker that refuses namespaces (a seccomp filter, as where user
     namespaces are disabled): its exit status and its framed stdout."""
     _ship(job, spec)
-    done = subprocess.run([sys.executable, NO_NAMESPACES, sys.executable, "-I", "-S", ".autoresearch-ray/ray_wrapper.py"],
-                          cwd=job, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, NO_NAMESPACES, sys.executable, "-I", "-S", ".autoresearch-ray/ray_wrapper.py"],
+        cwd=job,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return done.returncode, done.stdout
 
 
@@ -319,12 +351,35 @@ def test_a_worker_running_as_an_ordinary_user_gets_the_view_too() -> None:
     job = Path(tempfile.mkdtemp(prefix="autoresearch-job-"))
     try:
         private, public = _pair()
-        _ship(job, {"command": "ls /proc | grep -c '^[0-9]'", "isolation": "required", "timeout": 10,
-                    "server_public": f"{public:x}"})
+        _ship(
+            job,
+            {
+                "command": "ls /proc | grep -c '^[0-9]'",
+                "isolation": "required",
+                "timeout": 10,
+                "server_public": f"{public:x}",
+            },
+        )
         shutil.chown(job, 12345, 12345)
-        done = subprocess.run(["setpriv", "--reuid", "12345", "--regid", "12345", "--clear-groups", "/usr/bin/python3",
-                               "-I", "-S", ".autoresearch-ray/ray_wrapper.py"], cwd=job, capture_output=True,
-                              text=True, check=False, env={"PATH": "/usr/bin:/bin", "HOME": str(job)})
+        done = subprocess.run(
+            [
+                "setpriv",
+                "--reuid",
+                "12345",
+                "--regid",
+                "12345",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-I",
+                "-S",
+                ".autoresearch-ray/ray_wrapper.py",
+            ],
+            cwd=job,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(job)},
+        )
         written: list[bytes] = []
         unframer = Unframer(written.append, private)
         unframer.feed(done.stdout)
@@ -349,9 +404,13 @@ def test_a_worker_without_namespaces_says_so_and_required_runs_nothing(tmp_path:
     assert "could reach the cluster" in report["note"]
     written: list[bytes] = []
     unframer = Unframer(written.append, private)
-    code, out = _wrapper_without_namespaces(tmp_path, {**spec, "command": "touch ran", "isolation": "required"})
+    code, out = _wrapper_without_namespaces(
+        tmp_path, {**spec, "command": "touch ran", "isolation": "required"}
+    )
     unframer.feed(out)
-    assert code == 125 and b"".join(written).startswith(b"autoresearch-confine: no private network or process view")
+    assert code == 125 and b"".join(written).startswith(
+        b"autoresearch-confine: no private network or process view"
+    )
     assert not (tmp_path / "ran").exists()
 
 
@@ -363,7 +422,12 @@ def test_without_namespaces_the_run_still_cannot_open_the_wrappers_stdout_or_mem
     root included: by Landlock, and with isolation "off" because the wrapper is non-dumpable."""
     (tmp_path / "cheat.py").write_text(CHEAT)
     private, public = _pair()
-    spec = {"command": "python3 cheat.py", "isolation": isolation, "timeout": 10, "server_public": f"{public:x}"}
+    spec = {
+        "command": "python3 cheat.py",
+        "isolation": isolation,
+        "timeout": 10,
+        "server_public": f"{public:x}",
+    }
     written: list[bytes] = []
     unframer = Unframer(written.append, private)
     code, out = _wrapper_without_namespaces(tmp_path, spec)
@@ -380,8 +444,13 @@ def test_an_absolute_writable_entry_is_the_workers_own_inside_the_namespaces(
     runs on purpose), even one that does not exist yet, is the worker's own directory."""
     shared = Path(tempfile.mkdtemp(prefix="autoresearch-shared-", dir="/tmp")) / "cache"
     private, public = _pair()
-    spec = {"command": f"echo kept > {shared}/entry; touch /tmp/lost; true", "isolation": "required", "timeout": 10,
-            "server_public": f"{public:x}", "write": [str(shared)]}
+    spec = {
+        "command": f"echo kept > {shared}/entry; touch /tmp/lost; true",
+        "isolation": "required",
+        "timeout": 10,
+        "server_public": f"{public:x}",
+        "write": [str(shared)],
+    }
     try:
         assert run_wrapper(spec, str(tmp_path)) == 0, capfd.readouterr().out
         unframer = Unframer([].append, private)
@@ -435,8 +504,17 @@ def test_a_snapshot_over_the_upload_limit_is_refused_before_upload(tmp_path: Pat
         build_package(root, tmp_path / "p.zip", [".git", "node_modules"], {}, 4000)
     build_package(root, tmp_path / "q.zip", [".git", "node_modules", "data.bin"], {"job": "j1"}, 1 << 20)
     names = set(zipfile.ZipFile(tmp_path / "q.zip").namelist())
-    names_shipped = ("ray_wrapper", "ray_records", "confine", "landlock", "namespaces", "output_dirs", "output_checks",
-                     "output_size", "write_grants")
+    names_shipped = (
+        "ray_wrapper",
+        "ray_records",
+        "confine",
+        "landlock",
+        "namespaces",
+        "output_dirs",
+        "output_checks",
+        "output_size",
+        "write_grants",
+    )
     shipped = {f".autoresearch-ray/{name}.py" for name in names_shipped}
     assert names == {"train.py", ray_wrapper.SPEC, *shipped}
 
@@ -453,18 +531,26 @@ async def test_a_short_session_with_two_slots_on_ray(tmp_path: Path, ray_address
     from .conftest import Agent, git, make_repo
 
     monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(tmp_path / "slots"))
-    root = make_repo(tmp_path / "proj", {"params.py": "X = 0\n\n\n\nY = 0\n", "evaluate.py": SESSION_EVALUATE})
+    root = make_repo(
+        tmp_path / "proj", {"params.py": "X = 0\n\n\n\nY = 0\n", "evaluate.py": SESSION_EVALUATE}
+    )
     (root / "user_notes.txt").write_text("mine\n")
     overrides = {
-        "target_file": "params.py", "run_command": "python3 evaluate.py", "metric_name": "score",
-        "readonly_files": ["evaluate.py"], "keep_rule": "greedy", "slots": 2, "backend": "ray",
-        "ray_address": ray_address, "ray_num_cpus": 0.5, "timeout": 120,
+        "target_file": "params.py",
+        "run_command": "python3 evaluate.py",
+        "metric_name": "score",
+        "readonly_files": ["evaluate.py"],
+        "keep_rule": "greedy",
+        "slots": 2,
+        "backend": "ray",
+        "ray_address": ray_address,
+        "ray_num_cpus": 0.5,
+        "timeout": 120,
     }
     from mcp import Client
 
-    from mcp_autoresearch.server import create_server
-    from mcp_autoresearch.workspace import Workspace
-
+    from mcp_autoresearch.adapters.server import create_server
+    from mcp_autoresearch.session.workspace import Workspace
 
     async with Client(create_server(Workspace(root, overrides))) as client:
         agent = Agent(client)

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from ray.job_submission import JobSubmissionClient
 
-from mcp_autoresearch.experiment import Experiment
-from mcp_autoresearch.ray_backend import RayBackend
-from mcp_autoresearch.ray_trust import ray_contradiction
+from mcp_autoresearch.backends.ray_backend import RayBackend
+from mcp_autoresearch.backends.ray_trust import ray_contradiction
+from mcp_autoresearch.lifecycle.experiment import Experiment
 
 from .helpers.ray_head import ISOLATION, _config, _experiment, _project
 
@@ -61,7 +61,9 @@ def test_a_run_cannot_reach_the_clusters_job_api(tmp_path: Path, ray_address: st
     root = _project(tmp_path)
     victim = tmp_path / "user_notes.txt"
     victim.write_text("mine\n")
-    (root / "autoresearch.toml").write_text(f'run_command = "python3 reach.py"\nray_address = "{ray_address}"\n')
+    (root / "autoresearch.toml").write_text(
+        f'run_command = "python3 reach.py"\nray_address = "{ray_address}"\n'
+    )
     (root / "reach.py").write_text(REACH)
     client = JobSubmissionClient(ray_address)
     before = {job.submission_id for job in client.list_jobs()}
@@ -76,7 +78,9 @@ def test_a_run_cannot_reach_the_clusters_job_api(tmp_path: Path, ray_address: st
     assert all(name.startswith("autoresearch-") for name in new), new
 
 
-def test_a_foreign_job_under_the_sessions_name_is_stopped_and_reported(tmp_path: Path, ray_address: str) -> None:
+def test_a_foreign_job_under_the_sessions_name_is_stopped_and_reported(
+    tmp_path: Path, ray_address: str
+) -> None:
     """A job named after this session that the server never submitted (a run that reached the API on a worker
     without namespaces could start one): stopped, named in the run's result and log, and the run not trusted."""
     root = _project(tmp_path)
@@ -154,10 +158,13 @@ if sys.argv[1] == "kill":
 """
 
 
-@pytest.mark.parametrize(("mode", "caught_by"), [
-    ("kill", "contradicts the wrapper's report"),  # Ray saw the wrapper killed, not an exit 0
-    ("keep", "did not write"),  # the wrapper's own records follow the forged end: the chain forks
-])
+@pytest.mark.parametrize(
+    ("mode", "caught_by"),
+    [
+        ("kill", "contradicts the wrapper's report"),  # Ray saw the wrapper killed, not an exit 0
+        ("keep", "did not write"),  # the wrapper's own records follow the forged end: the chain forks
+    ],
+)
 def test_a_root_sibling_that_reads_the_wrappers_memory_cannot_forge_the_report(
     tmp_path: Path, ray_address: str, mode: str, caught_by: str
 ) -> None:
@@ -166,8 +173,9 @@ def test_a_root_sibling_that_reads_the_wrappers_memory_cannot_forge_the_report(
     sibling_dir.mkdir()
     (sibling_dir / "sibling.py").write_text(SIBLING)
     client = JobSubmissionClient(ray_address)
-    sibling = client.submit_job(entrypoint=f"python3 sibling.py {mode}",
-                                runtime_env={"working_dir": str(sibling_dir)})
+    sibling = client.submit_job(
+        entrypoint=f"python3 sibling.py {mode}", runtime_env={"working_dir": str(sibling_dir)}
+    )
     while "SIBLING READY" not in client.get_job_logs(sibling):  # it watches before the run starts
         assert not client.get_job_status(sibling).is_terminal(), client.get_job_logs(sibling)
         time.sleep(0.2)
@@ -247,7 +255,7 @@ def test_a_line_appended_to_another_runs_job_log_is_not_taken(tmp_path: Path, ra
 
 
 def test_the_package_carries_no_cluster_address(tmp_path: Path) -> None:
-    from mcp_autoresearch.ray_package import build_package
+    from mcp_autoresearch.backends.ray_package import build_package
 
     root = _project(tmp_path)
     (root / "autoresearch.toml").write_text('metric_name = "score"\n  ray_address = "http://head:8265"\n')

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mcp_autoresearch.errors import ConfigError
-from mcp_autoresearch.project import load_project
+from mcp_autoresearch.setup.project import load_project
 
 from .conftest import make_repo, run_cli
 
@@ -87,7 +87,9 @@ async def test_a_row_the_page_cache_lost_is_written_again_from_the_jsonl(ml_proj
         await two_experiments(agent, "lost")
     tsv = ml_project / "results.tsv"
     whole = tsv.read_text()
-    tsv.write_text(whole[: whole.rstrip("\n").rindex("\n") + 1])  # as if the last append never reached the disk
+    tsv.write_text(
+        whole[: whole.rstrip("\n").rindex("\n") + 1]
+    )  # as if the last append never reached the disk
     async with agent_for(ml_project) as agent:
         await agent.ok("start_session", tag="lost")
     assert tsv.read_text() == whole

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import psutil
 
-from mcp_autoresearch.config import build_config
-from mcp_autoresearch.experiment import Experiment
-from mcp_autoresearch.processes import marked_processes
-from mcp_autoresearch.runner import ProcessRun
+from mcp_autoresearch.lifecycle.experiment import Experiment
+from mcp_autoresearch.sandbox.process_run import ProcessRun
+from mcp_autoresearch.sandbox.processes import marked_processes
+from mcp_autoresearch.setup.config import build_config
 
 
 def run(root: Path, command: str, run_id: str = "r1", **settings):
@@ -268,7 +268,7 @@ def test_huge_output_without_newlines_does_not_fill_memory(tmp_path: Path) -> No
 
 
 def test_metric_lines_across_chunk_boundaries(tmp_path: Path) -> None:
-    from mcp_autoresearch.metrics import CHUNK, last_match, read_secondary, user_pattern
+    from mcp_autoresearch.measure.metrics import CHUNK, last_match, read_secondary, user_pattern
 
     log = tmp_path / "big.log"
     with log.open("wb") as handle:

@@ -13,7 +13,7 @@ import pytest
 from mcp import Client
 
 from mcp_autoresearch.errors import ConfigError
-from mcp_autoresearch.project import load_project
+from mcp_autoresearch.setup.project import load_project
 
 from .conftest import Agent, run_cli, stdio_params
 from .helpers.ports import free_port

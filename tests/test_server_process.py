@@ -20,7 +20,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from mcp_autoresearch.isolation import probe_isolation
+from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .conftest import GIT_ENV, Agent
 from .helpers.needs import require

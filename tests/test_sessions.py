@@ -113,7 +113,9 @@ async def test_next_steps_after_a_decision(ml_project: Path, agent_for) -> None:
         assert kept["decision"] == "keep" and f"log_result(run_id='{kept['run_id']}'" in kept["next_step"]
         await agent.edit("LR = 0.5", "LR = 0.9")
         _, worse = await agent.experiment("worse")
-        assert worse["decision"] == "discard" and f"log_result(run_id='{worse['run_id']}'" in worse["next_step"]
+        assert (
+            worse["decision"] == "discard" and f"log_result(run_id='{worse['run_id']}'" in worse["next_step"]
+        )
 
 
 async def test_advice_does_not_assume_the_agent_has_a_shell(ml_project: Path, agent_for) -> None:
@@ -150,7 +152,7 @@ async def test_advice_does_not_assume_the_agent_has_a_shell(ml_project: Path, ag
 
 def test_every_setting_declares_whether_a_session_keeps_it() -> None:
     """Declared on the setting itself; a key that can change what is measured is kept for the session."""
-    from mcp_autoresearch.config import FREE, FROZEN, FROZEN_KEYS, KEYS, ConfigValues
+    from mcp_autoresearch.setup.config import FREE, FROZEN, FROZEN_KEYS, KEYS, ConfigValues
 
     for name in KEYS:
         assert ConfigValues.model_fields[name].json_schema_extra in (FROZEN, FREE), name
@@ -160,7 +162,9 @@ def test_every_setting_declares_whether_a_session_keeps_it() -> None:
     assert "results_format" not in FROZEN_KEYS
 
 
-async def test_a_session_refuses_a_frozen_setting_changed_between_two_servers(ml_project: Path, agent_for) -> None:
+async def test_a_session_refuses_a_frozen_setting_changed_between_two_servers(
+    ml_project: Path, agent_for
+) -> None:
     async with agent_for(ml_project, {"time_budget": 30}) as agent:
         await agent.ok("start_session", tag="kept")
     async with agent_for(ml_project, {"time_budget": 60}) as agent:

@@ -93,7 +93,9 @@ async def test_two_slots_keep_merge_and_rerun(tmp_path: Path, agent_for: Any, sl
 
     tsv = (root / "results.tsv").read_text().splitlines()
     assert len(tsv) == 4 and [line.split("\t")[3] for line in tsv[1:]] == ["keep", "keep", "keep"]
-    events = [json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()
+    ]
     rows = [e["details"] for e in events if e["action"] == "experiment_done"]
     assert [r.get("slot") for r in rows][0] is None and all(isinstance(r["slot"], int) for r in rows[1:])
     assert [r.get("rebases") for r in rows] == [None, None, 1]
@@ -103,7 +105,7 @@ async def test_two_slots_keep_merge_and_rerun(tmp_path: Path, agent_for: Any, sl
 
 
 def _need_landlock() -> None:
-    from mcp_autoresearch.isolation import probe_isolation
+    from mcp_autoresearch.sandbox.policy import probe_isolation
 
     isolation = probe_isolation("auto")
     if not isolation.confined:
@@ -159,7 +161,7 @@ async def test_a_run_in_one_slot_cannot_touch_another_slot_the_user_tree_or_the_
         others = {p: p.read_text() for p in slots_home.glob("*/*/evaluate.py")}
         run = await agent.until_done(hostile["run_id"])
         log = Path(run["log_path"]).read_text()
-        from mcp_autoresearch.isolation import probe_isolation
+        from mcp_autoresearch.sandbox.policy import probe_isolation
 
         if probe_isolation("auto").namespaces:
             # The project and the other slots lie beneath /tmp here, which the run's private view replaces with
@@ -259,7 +261,9 @@ async def test_devices_shared_inputs_and_the_baseline_under_full_load(tmp_path: 
     evaluate = EVALUATE + "print('data', open('data/input.txt').read().strip())\n"
     (root / "evaluate.py").write_text(evaluate)
     git(root, "commit", "-qam", "evaluator reads data")
-    async with agent_for(root, settings(slots=3, slot_devices=["0", "1", "2,3"], shared_inputs=["data"])) as agent:
+    async with agent_for(
+        root, settings(slots=3, slot_devices=["0", "1", "2,3"], shared_inputs=["data"])
+    ) as agent:
         await agent.ok("start_session", tag="d1")
         await agent.ok("run_experiment", description="baseline")
         run = await agent.until_done()
@@ -315,10 +319,12 @@ def _server_pid(root: Path) -> int:
     raise AssertionError("no server process")
 
 
-async def test_kill_9_with_runs_in_every_slot_loses_and_doubles_no_row(tmp_path: Path, slots_home: Path) -> None:
+async def test_kill_9_with_runs_in_every_slot_loses_and_doubles_no_row(
+    tmp_path: Path, slots_home: Path
+) -> None:
     from mcp import Client
 
-    from mcp_autoresearch.processes import marked_processes
+    from mcp_autoresearch.sandbox.processes import marked_processes
 
     root = project(tmp_path)
     (root / "autoresearch.toml").write_text(
@@ -326,7 +332,6 @@ async def test_kill_9_with_runs_in_every_slot_loses_and_doubles_no_row(tmp_path:
         'readonly_files = ["evaluate.py"]\nkeep_rule = "greedy"\nslots = 3\ntime_budget = 30\n'
     )
     params = _stdio(root, slots_home)
-
 
     with pytest.raises(BaseException):  # noqa: B017 - the killed server surfaces as a broken connection
         async with Client(params) as client:
@@ -337,7 +342,9 @@ async def test_kill_9_with_runs_in_every_slot_loses_and_doubles_no_row(tmp_path:
             await call_ok(client, "apply_edit", content="X = 3\n\n\n\nY = 0\n")
             fast = await call_ok(client, "run_experiment", description="fast")
             for number in (1, 2):
-                await call_ok(client, "apply_edit", content=f"X = 0\nimport time; time.sleep(30)\n\n\nY = {number}\n")
+                await call_ok(
+                    client, "apply_edit", content=f"X = 0\nimport time; time.sleep(30)\n\n\nY = {number}\n"
+                )
                 await call_ok(client, "run_experiment", description=f"slow {number}")
             done = await call_ok(client, "wait_experiment", run_id=fast["run_id"], wait_s=20)
             assert done["status"] == "ok"
@@ -354,17 +361,23 @@ async def test_kill_9_with_runs_in_every_slot_loses_and_doubles_no_row(tmp_path:
     async with Client(params) as client:
         started = await call_ok(client, "start_session", tag="k9")
         assert sum("was in flight" in note for note in started["recovered"]) == 2
-        assert started["pending_run"] == fast["run_id"]  # finished before the kill: still waits for its decision
+        assert (
+            started["pending_run"] == fast["run_id"]
+        )  # finished before the kill: still waits for its decision
         kept = await call_ok(client, "commit_or_reset", run_id=fast["run_id"])
         assert kept["decision"] == "keep"
         results = await call_ok(client, "query_results")
         assert results["total"] == 4
 
-    events = [json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line) for line in (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()
+    ]
     done_ids = [e["details"]["run_id"] for e in events if e["action"] == "experiment_done"]
     started_ids = [e["details"]["run_id"] for e in events if e["action"] == "experiment_start"]
     assert sorted(done_ids) == sorted(set(started_ids)) and len(done_ids) == len(set(done_ids)) == 4
-    statuses = {e["details"]["run_id"]: e["details"]["run_status"] for e in events if e["action"] == "experiment_done"}
+    statuses = {
+        e["details"]["run_id"]: e["details"]["run_status"] for e in events if e["action"] == "experiment_done"
+    }
     assert sorted(statuses.values()) == ["interrupted", "interrupted", "ok", "ok"]
     tsv = (root / "results.tsv").read_text().splitlines()[1:]
     assert len(tsv) == 4
@@ -380,7 +393,9 @@ print(f"score: {abs(ns['X'] - 3) + abs(ns['Y'] - 5) + noise:.6f}")
 """
 
 
-async def test_the_sequential_rule_in_a_slot_remeasures_the_best_there(tmp_path: Path, agent_for: Any) -> None:
+async def test_the_sequential_rule_in_a_slot_remeasures_the_best_there(
+    tmp_path: Path, agent_for: Any
+) -> None:
     root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": NOISY})
     overrides = settings(keep_rule=None, noise_runs=4, max_repeats=4, slot_devices=[])
     overrides.pop("keep_rule")
@@ -407,7 +422,12 @@ async def test_a_link_planted_in_a_slot_never_leads_the_server_into_the_user_tre
 ) -> None:
     root = make_repo(
         tmp_path / "proj",
-        {"params.py": TARGET, "evaluate.py": EVALUATE, "lib/util.py": "HELP = 1\n", "lib/data.txt": "keep me\n"},
+        {
+            "params.py": TARGET,
+            "evaluate.py": EVALUATE,
+            "lib/util.py": "HELP = 1\n",
+            "lib/data.txt": "keep me\n",
+        },
     )
     swap = (
         "import os, shutil\n"
@@ -451,7 +471,9 @@ async def test_clean_removes_the_slots_checkouts(tmp_path: Path, agent_for: Any,
     removed = run_cli("clean", "--project", str(root), "--tag", "gone", "--yes")
     assert removed.returncode == 0, removed.stderr
     assert not homes[0].exists() and not (root / ".autoresearch" / "slots" / "gone").exists()
-    assert (root / "user_notes.txt").read_text() == "mine\n" and (root / "evaluate.py").read_text() == EVALUATE
+    assert (root / "user_notes.txt").read_text() == "mine\n" and (
+        root / "evaluate.py"
+    ).read_text() == EVALUATE
 
 
 async def test_a_slots_folder_that_cannot_be_made_is_a_clear_error(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mcp_autoresearch.web.data import SessionView
+from mcp_autoresearch.readers.web.data import SessionView
 
 from .conftest import make_repo, run_cli
 
@@ -65,7 +65,11 @@ async def views(agent: Any, root: Path) -> dict[str, dict[str, Any]]:
     dash = re.search(r"baseline ([0-9.]+) → best ([0-9.]+): improvement (-?[0-9.e-]+)", dashboard.stdout)
     assert dash, dashboard.stdout
     return {
-        "query_results": {"baseline": query["baseline"], "best": query["best"]["value"], "gain": query["improvement"]},
+        "query_results": {
+            "baseline": query["baseline"],
+            "best": query["best"]["value"],
+            "gain": query["improvement"],
+        },
         "briefing": dict(zip(("baseline", "best", "gain"), map(float, brief.groups()), strict=True)),
         "status": dict(zip(("baseline", "best", "gain"), map(float, stat.groups()), strict=True)),
         "finish": {
@@ -86,8 +90,12 @@ def agree(seen: dict[str, dict[str, Any]]) -> dict[str, float]:
     return exact
 
 
-async def test_every_view_shows_the_same_baseline_best_and_improvement(tmp_path: Path, agent_for: Any) -> None:
-    root = make_repo(tmp_path / "proj", {"params.py": "X = 0\n", "evaluate.py": EVALUATE, ".gitignore": "out/\n"})
+async def test_every_view_shows_the_same_baseline_best_and_improvement(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    root = make_repo(
+        tmp_path / "proj", {"params.py": "X = 0\n", "evaluate.py": EVALUATE, ".gitignore": "out/\n"}
+    )
     async with agent_for(root, SETTINGS) as agent:
         await agent.ok("start_session", tag="s")
         await agent.experiment("baseline")
@@ -99,7 +107,9 @@ async def test_every_view_shows_the_same_baseline_best_and_improvement(tmp_path:
         query = await agent.ok("query_results")
         assert query["best_runs"] > 3, "the baseline was re-measured (the case that showed noise as progress)"
         seen = agree(await views(agent, root))
-        assert seen["gain"] == 0 and seen["best"] == seen["baseline"] != 10.0  # the median of every baseline run
+        assert (
+            seen["gain"] == 0 and seen["best"] == seen["baseline"] != 10.0
+        )  # the median of every baseline run
         assert query["improvement_pct"] == 0 and query["improvement_interval"] is None
 
         await agent.ok("apply_edit", content="X = -6\n")

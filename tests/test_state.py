@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mcp_autoresearch.state import DecisionRecord, RunOutcome, load_state, state_path
-from mcp_autoresearch.workspace import Workspace
+from mcp_autoresearch.records.state import DecisionRecord, RunOutcome, load_state, state_path
+from mcp_autoresearch.session.workspace import Workspace
 
 # A state file as version 0.1 wrote it: the run's result and the decision as plain objects.
 STATE_0_1 = {
@@ -101,8 +101,8 @@ def test_a_log_swapped_right_after_the_servers_own_write_is_never_adopted(tmp_pa
     for a link between the server's append and its bookkeeping must still be found, and the log put back."""
     import os
 
-    from mcp_autoresearch.journal import Journal
-    from mcp_autoresearch.ownfiles import OwnFiles, start_mirror
+    from mcp_autoresearch.records.journal import Journal
+    from mcp_autoresearch.records.ownfiles import OwnFiles, start_mirror
 
     own_dir = tmp_path / ".autoresearch"
     own_dir.mkdir()
@@ -138,10 +138,12 @@ def test_a_ref_lock_left_by_a_server_killed_just_before_the_restart_is_taken_ove
     lock.parent.mkdir(parents=True)
     lock.write_text(head + "\n")  # the predecessor's half-done write, an instant ago
     code = (
-        "import sys; from pathlib import Path; from mcp_autoresearch.repo import Repo; "
+        "import sys; from pathlib import Path; from mcp_autoresearch.vcs.repo import Repo; "
         "Repo(Path(sys.argv[1])).set_ref('refs/autoresearch/t/r1', sys.argv[2])"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(root), head], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root), head], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert (root / ".git" / "refs" / "autoresearch" / "t" / "r1").read_text().strip() == head
     assert not lock.exists()
@@ -150,7 +152,7 @@ def test_a_ref_lock_left_by_a_server_killed_just_before_the_restart_is_taken_ove
 def test_a_steps_saves_write_the_public_copy_once_at_its_end(ml_project: Path) -> None:
     """Within a step every save writes the server's record (what a restart trusts); the public copy is written
     once, when the step ends. A server stopped within a step leaves it behind: no 'written outside' note."""
-    from mcp_autoresearch.state import SessionState, load_record
+    from mcp_autoresearch.records.state import SessionState, load_record
 
     workspace = Workspace(ml_project)
     workspace.start_session("pub")
@@ -222,7 +224,7 @@ def test_a_keep_cut_short_before_its_log_is_decided_the_same_after_a_restart(
 def test_the_runs_in_flight_are_one_list_and_states_of_before_read_into_it() -> None:
     """The run in the user's tree and the slots' runs are one list, each saying where it runs; a state written
     when the run in the user's tree was kept apart (`pending`) reads into that list."""
-    from mcp_autoresearch.state import SessionState
+    from mcp_autoresearch.records.state import SessionState
 
     single = SessionState.model_validate(STATE_0_1)
     assert [(p.run_id, p.placement) for p in single.inflight] == [("r1", "tree")]
@@ -230,7 +232,11 @@ def test_the_runs_in_flight_are_one_list_and_states_of_before_read_into_it() -> 
     assert "pending" not in single.model_dump()  # written as one list from now on
     run = {k: v for k, v in STATE_0_1["pending"].items() if k not in ("result", "decision")}
     slots = SessionState.model_validate(
-        {**STATE_0_1, "pending": None, "inflight": [{**run, "run_id": "r2", "slot": 0}, {**run, "run_id": "r3"}]}
+        {
+            **STATE_0_1,
+            "pending": None,
+            "inflight": [{**run, "run_id": "r2", "slot": 0}, {**run, "run_id": "r3"}],
+        }
     )
     assert [(p.run_id, p.placement) for p in slots.inflight] == [("r2", "slots"), ("r3", "slots")]
     assert slots.pending is None

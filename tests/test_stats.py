@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from mcp_autoresearch.stats import (
+from mcp_autoresearch.measure.stats import (
     Noise,
     deterministic,
     incomplete_beta,

@@ -12,7 +12,7 @@ import psutil
 import pytest
 from mcp import Client
 
-from mcp_autoresearch.processes import marked_processes
+from mcp_autoresearch.sandbox.processes import marked_processes
 
 from .conftest import Agent, git, run_cli, stdio_params
 
@@ -126,7 +126,9 @@ async def test_kill_9_mid_run_then_restart_records_an_interrupted_run(ml_project
         assert results["rows"][0]["run_status"] == "interrupted"
         # Not a failed idea: the briefing says it may be re-run, and the run's view says how.
         briefing = resumed["briefing"]
-        assert "[interrupted: never finished, may be re-run] baseline" in briefing and "[crash" not in briefing
+        assert (
+            "[interrupted: never finished, may be re-run] baseline" in briefing and "[crash" not in briefing
+        )
         view = await agent.ok("wait_experiment", run_id="r1")
         assert view["status"] == "interrupted" and "run the baseline again" in view["next_step"]
     assert run_processes(root) == []

@@ -14,14 +14,10 @@ PACKAGE = Path(mcp_autoresearch.__file__).parent
 NAME = "mcp_autoresearch"
 # The adapters (and the clients built on them) speak MCP; everything else is the engine.
 MCP_ALLOWED = {
-    "server",
-    "http",
-    "cli",
-    "scripted_agent",
-    "demo",
-    "web.app",
-    "surrogates",
-}  # web.app: the HTTP checks; surrogates: the stdio transport's guard
+    "readers.web.app"
+}  # and every adapter; readers.web.app: the HTTP checks it shares with the server
+READERS = f"{NAME}.readers"
+ENGINE_OF_A_SESSION = (f"{NAME}.session", f"{NAME}.lifecycle")
 
 
 def _module_name(path: Path) -> str:
@@ -93,9 +89,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_has_no_cycle() -> None:
     graph = import_graph()
-    assert f"{NAME}.session" in graph and f"{NAME}.server" in graph
+    assert f"{NAME}.session.session" in graph and f"{NAME}.adapters.server" in graph
     # The graph sees imports inside functions: cli imports the server lazily.
-    assert f"{NAME}.server" in graph[f"{NAME}.cli"]
+    assert f"{NAME}.adapters.server" in graph[f"{NAME}.adapters.cli"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
@@ -112,7 +108,7 @@ def test_the_engine_never_imports_mcp() -> None:
     offenders = []
     for name, path in _modules().items():
         short = name.removeprefix(f"{NAME}.")
-        if short in MCP_ALLOWED:
+        if short in MCP_ALLOWED or short.startswith("adapters"):
             continue
         mcp = {m for m in _imports(name, path) if m == "mcp" or m.startswith("mcp.")}
         if mcp:
@@ -122,7 +118,7 @@ def test_the_engine_never_imports_mcp() -> None:
 
 def test_the_server_starts_without_importing_ray() -> None:
     """Ray (an optional extra, slow to import) is imported only inside the Ray backend's functions."""
-    code = "import sys, mcp_autoresearch.server; print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))"
+    code = "import sys, mcp_autoresearch.adapters.server; print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -184,7 +180,7 @@ def test_the_servers_own_file_names_are_spelled_in_one_place() -> None:
 def test_the_ray_worker_applies_the_rules_local_runs_apply() -> None:
     """One implementation of each rule: the wrapper a Ray worker runs imports the modules the local runner uses
     (shipped beside it, standard library only), and measures and grants nothing by code of its own."""
-    from mcp_autoresearch import ray_package, ray_wrapper
+    from mcp_autoresearch.backends import ray_package, ray_wrapper
 
     shipped = {module.__name__.rsplit(".", 1)[-1] for module in ray_package.SHIPPED}
     assert {"output_size", "output_checks", "write_grants", "confine", "namespaces"} <= shipped
@@ -196,7 +192,64 @@ def test_the_ray_worker_applies_the_rules_local_runs_apply() -> None:
             top = imported.split(".")[0]
             if top == NAME:  # a shipped module, a name in one, or a sub-package's docstring-only __init__
                 parts = imported.split(".")
-                ok = parts[-1] in shipped or (len(parts) > 2 and parts[-2] in shipped) or (imported in _modules() and len(parts) <= 2)
+                ok = (
+                    parts[-1] in shipped
+                    or (len(parts) > 2 and parts[-2] in shipped)
+                    or (imported in _modules() and len(parts) <= 2)
+                )
             else:
                 ok = top in sys.stdlib_module_names or top in shipped or top == "__future__"
             assert ok, f"{module.__name__} imports {imported}, which a Ray worker does not have"
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), set()) - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_the_readers_never_import_the_session_or_the_lifecycle() -> None:
+    """The read-only views (briefing, report, dashboard, plot, web page) read a session's files; they never
+    reach the engine that runs one, not even through another module."""
+    graph = import_graph()
+    readers = [name for name in graph if name.startswith(READERS)]
+    assert f"{READERS}.web.data" in readers and f"{READERS}.report" in readers
+    offenders = {
+        reader: sorted(m for m in _reachable(graph, reader) if m.startswith(ENGINE_OF_A_SESSION))
+        for reader in readers
+    }
+    assert not {reader: found for reader, found in offenders.items() if found}
+
+
+def test_every_module_lives_in_a_package_by_concept() -> None:
+    """The top of the package holds only the vocabulary every layer shares; the rest is in a sub-package."""
+    top = {name.removeprefix(f"{NAME}.") for name in _modules() if name.count(".") == 1}
+    assert top <= {"__main__", "errors", "models", "statuses", "phases", "terminal_text", "names"} | {
+        "sandbox",
+        "vcs",
+        "records",
+        "measure",
+        "setup",
+        "session",
+        "lifecycle",
+        "backends",
+        "readers",
+        "adapters",
+        "evaluate",
+    }, top
+
+
+def test_the_code_is_formatted_by_ruff() -> None:
+    """`ruff format` is the style: the package, the tests and the benchmarks are as it writes them."""
+    root = PACKAGE.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "mcp_autoresearch", "tests", "bench"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -33,7 +33,9 @@ UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e
 
 def assert_safe(text: str, where: str) -> None:
     found = UNSAFE.search(text)
-    assert found is None, f"{where} holds {found.group()!r}: ...{text[max(0, found.start() - 40) : found.end() + 40]!r}"
+    assert found is None, (
+        f"{where} holds {found.group()!r}: ...{text[max(0, found.start() - 40) : found.end() + 40]!r}"
+    )
 
 
 def strings(value: object) -> list[str]:
@@ -95,7 +97,10 @@ async def test_hostile_text_from_the_agent_never_reaches_a_terminal(ml_project: 
         "finish": run_cli("finish", *project),
         "status": run_cli("status", *project),
         "dashboard": run_cli("dashboard", "--once", *project),
-        **{f"results {f}": run_cli("results", "--format", f, *project) for f in ("table", "tsv", "json", "karpathy")},
+        **{
+            f"results {f}": run_cli("results", "--format", f, *project)
+            for f in ("table", "tsv", "json", "karpathy")
+        },
     }
     for name, done in outputs.items():
         assert done.returncode == 0, (name, done.stderr)

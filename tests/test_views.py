@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mcp_autoresearch.briefing import MAX_CHARS, briefing_from
-from mcp_autoresearch.journal import Row
-from mcp_autoresearch.plot import plotting_available
-from mcp_autoresearch.state import Best, SessionState
+from mcp_autoresearch.readers.briefing import MAX_CHARS, briefing_from
+from mcp_autoresearch.readers.plot import plotting_available
+from mcp_autoresearch.records.journal import Row
+from mcp_autoresearch.records.state import Best, SessionState
 
 from .conftest import run_cli
 

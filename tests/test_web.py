@@ -16,7 +16,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from mcp_autoresearch.web import app
+from mcp_autoresearch.readers.web import app
 
 from .conftest import GIT_ENV, Agent, git, make_repo, run_cli, stdio_params
 from .helpers.ports import free_port
@@ -318,7 +318,7 @@ def test_non_loopback_dashboard_without_token_is_refused(ml_project: Path, monke
 
 def test_only_the_sessions_own_commits_are_shown(tmp_path: Path) -> None:
     """Only hex ids of the session's own commits reach git: not refs, not options, not other commits."""
-    from mcp_autoresearch.web.data import SessionView
+    from mcp_autoresearch.readers.web.data import SessionView
 
     root = make_repo(tmp_path / "proj", {"a.txt": "x\n"})
     foreign = git(root, "rev-parse", "HEAD").strip()  # a real commit, but not one of the session's
@@ -338,7 +338,7 @@ async def test_the_page_shows_every_slot_in_use(ml_project: Path, browser: Any, 
 
     (ml_project / "train.py").write_text(SLOW_TRAIN)
     git(ml_project, "commit", "-qam", "slow training")
-    (ml_project / "autoresearch.toml").write_text("slots = 2\nkeep_rule = \"greedy\"\n")
+    (ml_project / "autoresearch.toml").write_text('slots = 2\nkeep_rule = "greedy"\n')
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = start_process(["dashboard", "--web", "--project", str(ml_project), "--port", str(port)], port)
@@ -356,7 +356,9 @@ async def test_the_page_shows_every_slot_in_use(ml_project: Path, browser: Any, 
             agent = Agent(client)
             await agent.ok("start_session", tag="slots")
             await agent.ok("run_experiment", description="baseline")
-            await page.wait_for_selector("#runs .run[data-run-id='r1'] .slot:has-text('all slots')", timeout=10_000)
+            await page.wait_for_selector(
+                "#runs .run[data-run-id='r1'] .slot:has-text('all slots')", timeout=10_000
+            )
             run = await agent.ok("wait_experiment")
             while run["status"] == "running":
                 run = await agent.ok("wait_experiment")
@@ -365,8 +367,12 @@ async def test_the_page_shows_every_slot_in_use(ml_project: Path, browser: Any, 
             await agent.ok("run_experiment", description="lower")
             await agent.edit("LR = 0.5", "LR = 0.7")
             await agent.ok("run_experiment", description="higher")
-            await page.wait_for_selector("#runs .run[data-run-id='r2'] .slot:has-text('slot 0')", timeout=10_000)
-            await page.wait_for_selector("#runs .run[data-run-id='r3'] .slot:has-text('slot 1')", timeout=10_000)
+            await page.wait_for_selector(
+                "#runs .run[data-run-id='r2'] .slot:has-text('slot 0')", timeout=10_000
+            )
+            await page.wait_for_selector(
+                "#runs .run[data-run-id='r3'] .slot:has-text('slot 1')", timeout=10_000
+            )
             await page.screenshot(path=str(ARTIFACTS / "web-dashboard-slots.png"), full_page=True)
             for _ in range(2):
                 run = await agent.ok("wait_experiment")

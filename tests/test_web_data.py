@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mcp_autoresearch.state import Pending, load_state, save_state
-from mcp_autoresearch.web.data import MAX_POINTS, SessionView
-from mcp_autoresearch.web.gitdiff import commit_diff
+from mcp_autoresearch.readers.web.data import MAX_POINTS, SessionView
+from mcp_autoresearch.readers.web.gitdiff import commit_diff
+from mcp_autoresearch.records.state import Pending, load_state, save_state
 
 from .conftest import git, make_repo
 from .web_support import append_experiment, synthetic_session
@@ -90,7 +90,9 @@ def test_the_current_run_and_its_newest_log(tmp_path: Path) -> None:
     assert state is not None
     state.rules = {"repeats": 3}
     state.inflight.append(
-        Pending(run_id="r4", description="try", parent="abc", phase="running", started_at="2026-11-26T10:00:00")
+        Pending(
+            run_id="r4", description="try", parent="abc", phase="running", started_at="2026-11-26T10:00:00"
+        )
     )
     save_state(root, state)
     runs = root / ".autoresearch" / "runs" / "big"
@@ -132,8 +134,22 @@ def test_every_slot_in_use_is_shown(tmp_path: Path) -> None:
     assert state is not None
     state.rules = {"slots": 2}
     state.inflight = [
-        Pending(run_id="r4", description="a", parent="abc", phase="running", slot=0, started_at="2026-11-26T10:00:00"),
-        Pending(run_id="r5", description="b", parent="abc", phase="finished", slot=1, started_at="2026-11-26T10:00:01"),
+        Pending(
+            run_id="r4",
+            description="a",
+            parent="abc",
+            phase="running",
+            slot=0,
+            started_at="2026-11-26T10:00:00",
+        ),
+        Pending(
+            run_id="r5",
+            description="b",
+            parent="abc",
+            phase="finished",
+            slot=1,
+            started_at="2026-11-26T10:00:01",
+        ),
     ]
     save_state(root, state)
     runs = root / ".autoresearch" / "runs" / "big"

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from mcp_autoresearch.state import SessionState, save_state, set_current_tag
+from mcp_autoresearch.records.state import SessionState, save_state, set_current_tag
 
 # Chromium as this machine runs it: headless, as root (no sandbox), and without the background connections
 # that a closed network refuses (they would slow every start).
@@ -49,7 +49,6 @@ def chromium_executable() -> str:
             pytest.fail(f"{problem}: the browser tests must run in CI")
         pytest.skip(problem)
     return found
-
 
 
 def start_process(args: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_autoresearch.isolation import probe_isolation
+from mcp_autoresearch.sandbox.policy import probe_isolation
 
 ISOLATION = probe_isolation("auto")
 if not ISOLATION.confined and os.environ.get("CI"):

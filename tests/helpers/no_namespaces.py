@@ -19,7 +19,12 @@ ALLOW, ERRNO_EPERM, ERRNO_ENOSYS = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
 
 
 class Filter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
 
 
 class Program(ctypes.Structure):
@@ -42,6 +47,9 @@ program = [
 ]
 array = (Filter * len(program))(*program)
 libc = ctypes.CDLL(None, use_errno=True)
-if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(Program(len(program), array)), 0, 0) != 0:
+if (
+    libc.prctl(38, 1, 0, 0, 0) != 0
+    or libc.prctl(22, 2, ctypes.byref(Program(len(program), array)), 0, 0) != 0
+):
     sys.exit(f"seccomp setup failed: {os.strerror(ctypes.get_errno())}")
 os.execvp(sys.argv[1], sys.argv[1:])

@@ -15,10 +15,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mcp_autoresearch.config import build_config
-from mcp_autoresearch.experiment import Experiment
-from mcp_autoresearch.isolation import probe_isolation
-from mcp_autoresearch.ray_backend import RayBackend
+from mcp_autoresearch.backends.ray_backend import RayBackend
+from mcp_autoresearch.lifecycle.experiment import Experiment
+from mcp_autoresearch.sandbox.policy import probe_isolation
+from mcp_autoresearch.setup.config import build_config
 
 from .ports import free_port
 
@@ -44,20 +44,39 @@ def ray_address() -> Iterator[str]:
             pytest.fail("Ray is not installed (pip install '.[test]'): the Ray tests must run in CI")
         pytest.skip("Ray is not installed (pip install 'mcp-autoresearch[ray]')")
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit AF_UNIX limits
-    ports = {flag: free_port() for flag in (
-        "--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-        "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port",
-        "--ray-client-server-port",
-    )}
+    ports = {
+        flag: free_port()
+        for flag in (
+            "--port",
+            "--dashboard-port",
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+            "--metrics-export-port",
+            "--node-manager-port",
+            "--object-manager-port",
+            "--ray-client-server-port",
+        )
+    }
     # No token: Ray 2.52+ would otherwise turn on token auth for a new local cluster and write ~/.ray/auth_token.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
     env["RAY_AUTH_MODE"] = "disabled"
     ray_cli = str(Path(sys.executable).with_name("ray"))
-    argv = [ray_cli, "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats",
-            *(f"{flag}={port}" for flag, port in ports.items())]
-    head = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env)
+    argv = [
+        ray_cli,
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+        *(f"{flag}={port}" for flag, port in ports.items()),
+    ]
+    head = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
     address = f"http://127.0.0.1:{ports['--dashboard-port']}"
     try:
         deadline = time.monotonic() + 60
@@ -101,8 +120,15 @@ def _warm_up(address: str) -> None:
 
 
 def _config(command: str, **settings: object):
-    return build_config({"run_command": command, "metric_name": "score", "target_file": "train.py",
-                         "backend": "ray", **settings})
+    return build_config(
+        {
+            "run_command": command,
+            "metric_name": "score",
+            "target_file": "train.py",
+            "backend": "ray",
+            **settings,
+        }
+    )
 
 
 def _project(tmp_path: Path) -> Path:
@@ -116,7 +142,6 @@ def _project(tmp_path: Path) -> Path:
 
 def _experiment(root: Path, address: str, command: str, **settings: object) -> Experiment:
     config = _config(command, ray_address=address, **settings)
-    return Experiment(config, root, "r1", root.parent / "logs", isolation=ISOLATION,
-                      backend=RayBackend.from_config(config))
-
-
+    return Experiment(
+        config, root, "r1", root.parent / "logs", isolation=ISOLATION, backend=RayBackend.from_config(config)
+    )

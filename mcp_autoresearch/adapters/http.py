@@ -1,0 +1,177 @@
+"""The streamable HTTP transport: loopback by default, DNS-rebinding protection on, an optional bearer token.
+
+A server reachable over HTTP runs shell commands in the project on request, so every request must prove it
+comes from the user: from this machine (Host/Origin checks), not from one of the server's own runs (whatever the
+token), and with the token when one is set.
+"""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import json
+import socket
+import sys
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import peers
+
+LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"]
+LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+
+
+def security_for(host: str) -> TransportSecuritySettings:
+    hosts, origins = list(LOOPBACK_HOSTS), list(LOOPBACK_ORIGINS)
+    if host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):
+        shown = f"[{host}]" if ":" in host else host
+        hosts += [f"{shown}:*", shown]
+        origins += [f"http://{shown}:*", f"https://{shown}:*"]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+class BearerToken:
+    """Refuses every HTTP request without `Authorization: Bearer <token>` (constant-time comparison).
+
+    The refusal is RFC 6750's: 401 with a `WWW-Authenticate: Bearer` challenge, `error="invalid_token"` when a
+    bearer token was sent but is wrong (no error code when none was sent, as section 3.1 asks). This server has
+    no OAuth: its discovery documents (`/.well-known/...`) answer 404, so a client that starts an OAuth flow on
+    a 401 stops at once instead of asking the user to sign in somewhere; such a client needs the token as a
+    static header in its configuration (README, "HTTP transport")."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization") or b""
+        scheme, _, credentials = header.partition(b" ")
+        bearer = scheme.lower() == b"bearer"  # the scheme is case-insensitive (RFC 7235)
+        if bearer and hmac.compare_digest(credentials.strip(), self.expected):
+            await self.app(scope, receive, send)
+        elif str(scope.get("path", "")).startswith("/.well-known/"):
+            await _respond(send, 404, {"error": NO_OAUTH}, [])
+        elif bearer:
+            challenge = f'Bearer realm="{REALM}", error="invalid_token", error_description="{WRONG_TOKEN}"'
+            await _respond(
+                send, 401, {"error": "invalid_token", "error_description": WRONG_TOKEN}, [challenge]
+            )
+        else:
+            await _respond(send, 401, {"error": MISSING_TOKEN}, [f'Bearer realm="{REALM}"'])
+
+
+class RefuseRuns:
+    """Refuses every request that comes from a process of one of this server's runs, or over a socket no visible
+    process holds (`peers.run_holding`): a run with the network on shares the user's loopback, and must never
+    call the tools, with or without a token (with slots, it could otherwise start or decide another slot's
+    experiment)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client, server = scope.get("client"), scope.get("server")
+        if scope["type"] in ("http", "websocket") and client and server and client[1] and server[1]:
+            why = await anyio.to_thread.run_sync(peers.run_holding, int(client[1]), int(server[1]))
+            if why is not None:
+                await _respond(send, 403, {"error": FROM_A_RUN.format(why=why)}, [])
+                return
+        await self.app(scope, receive, send)
+
+
+FROM_A_RUN = (
+    "refused: {why}; runs never call its tools (a client holds its connection while it waits for the answer)"
+)
+REALM = "mcp-autoresearch"
+WRONG_TOKEN = "the bearer token is not the one this server was started with"
+MISSING_TOKEN = "unauthorized: send 'Authorization: Bearer <token>' (the token the server was started with)"
+NO_OAUTH = "this server does not use OAuth; send 'Authorization: Bearer <token>' as a static header"
+
+
+async def _respond(send: Send, status: int, body: dict[str, str], challenges: list[str]) -> None:
+    headers = [(b"content-type", b"application/json")]
+    headers += [(b"www-authenticate", challenge.encode()) for challenge in challenges]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+class PathDispatch:
+    """`/mcp` (and the lifespan) to the MCP app, every other path to the dashboard page. OAuth discovery
+    (`/.well-known/`) belongs to the MCP side, where the token check answers it (see BearerToken)."""
+
+    def __init__(self, mcp: ASGIApp, page: ASGIApp) -> None:
+        self.mcp = mcp
+        self.page = page
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        to_mcp = (
+            scope["type"] == "lifespan"
+            or path in ("/mcp", "/.well-known")
+            or path.startswith(("/mcp/", "/.well-known/"))
+        )
+        await (self.mcp if to_mcp else self.page)(scope, receive, send)
+
+
+def build_http_app(server: MCPServer, host: str, token: str | None, page: ASGIApp | None = None) -> ASGIApp:
+    app: ASGIApp = server.streamable_http_app(host=host, transport_security=security_for(host))
+    if token:
+        app = BearerToken(app, token)
+    return RefuseRuns(app if page is None else PathDispatch(app, page))
+
+
+def serve_http(
+    server: MCPServer, host: str, port: int, token: str | None, page: ASGIApp | None = None
+) -> int:
+    """Serve until stopped. The port is bound before anything is announced: a taken port is one clear line and
+    exit 2 (a client must never reach another server while this one says it serves)."""
+    import uvicorn
+
+    app = build_http_app(server, host, token, page)
+    try:
+        sock = listening_socket(host, port)
+    except OSError as exc:
+        why = "it is taken (another server?)" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        print(
+            f"mcp-autoresearch: cannot listen on {host}:{port}: {why}; choose another --port", file=sys.stderr
+        )
+        return 2
+    print(
+        f"mcp-autoresearch: serving MCP over HTTP at http://{_shown(host)}:{port}/mcp"
+        + (" (bearer token required)" if token else "")
+        + (f", the dashboard at http://{_shown(host)}:{port}/" if page is not None else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    # No access log: the dashboard's event stream carries the token in its URL.
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    with sock:
+        uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port and listening (raises OSError when the port is taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: no wait after a restart
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _shown(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

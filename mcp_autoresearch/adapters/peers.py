@@ -1,0 +1,126 @@
+"""Who is on the other end of a loopback connection: a run of this server's, or someone else.
+
+A run with the network on shares the user's loopback, so it can reach the server's HTTP transport; without a
+token (the loopback default) nothing else would stop it calling the tools, and with slots it could start or
+decide another slot's experiment. Every process of a run descends from this server (launcher, keeper, command,
+whatever the command starts: the keeper is a subreaper, so nothing leaves the tree). The kernel's own tables say
+which socket a connection is (`/proc/net/tcp`, `tcp6`) and which processes hold it (the file tables of every
+thread, `/proc/<pid>/task/<tid>/fd`: a thread may have a table of its own, `unshare(CLONE_FILES)`). A connection
+is refused when a descendant of this server holds its client socket, and also when no process this server can
+see holds it: a run can keep the socket out of every file table for a moment (in flight in a unix socket, passed
+to itself with SCM_RIGHTS) while the request is checked, then take it back to read the answer; an honest client
+holds its socket while it waits for the answer. A connection from another machine has no row in the tables and
+is not concerned. While no run is in flight (the server's only child is its launcher, which has no keeper) there
+is no run to refuse, and the scan of /proc is skipped. Linux only; elsewhere nothing is found (runs are not
+confined there either). Never imports the MCP SDK.
+"""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+NO_HOLDER = "no process this server can see holds the connection's socket"
+
+
+def _socket_inodes(client_port: int, server_port: int) -> set[str] | None:
+    """Inodes of the TCP sockets (in any state: a half-closed one is still read from) whose local port is the
+    client's and remote port the server's; None when there is no such row (not a local connection). A socket
+    no process holds any more shows inode 0 (and is not returned)."""
+    wanted_local, wanted_remote = f"{client_port:04X}", f"{server_port:04X}"
+    inodes: set[str] = set()
+    rows = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as lines:
+                next(lines, None)
+                for line in lines:
+                    fields = line.split()
+                    if len(fields) < 10:
+                        continue
+                    if (
+                        fields[1].rsplit(":", 1)[-1] == wanted_local
+                        and fields[2].rsplit(":", 1)[-1] == wanted_remote
+                    ):
+                        rows += 1
+                        inodes.add(fields[9])
+        except OSError:
+            continue
+    inodes.discard("0")
+    return inodes if rows else None
+
+
+def _holds(fd_dir: str, wanted: set[str]) -> bool:
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            if os.readlink(f"{fd_dir}/{name}") in wanted:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _threads(pid: str) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+
+
+def _descends_from(pid: str, ancestor: int) -> bool:
+    """Whether `ancestor` is on the parent chain of `pid` (read now, not from an earlier snapshot)."""
+    seen: set[str] = set()
+    while pid not in ("0", "1") and pid not in seen:
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                pid = stat.read().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
+            return False
+        if pid == str(ancestor):
+            return True
+    return False
+
+
+def _runs_may_exist() -> bool:
+    """False only when no process of a run can exist: this server's children are launchers without children
+    (a run's processes descend from a keeper the launcher forked; anything else, a git process included, takes
+    the full check)."""
+    try:
+        for child in psutil.Process().children():
+            if child.children() or not any(part.endswith("launch_server.py") for part in child.cmdline()):
+                return True
+    except psutil.Error:
+        return True
+    return False
+
+
+def run_holding(client_port: int, server_port: int) -> str | None:
+    """Why the connection from `client_port` to `server_port` is refused: a descendant of this process (a run)
+    holds its client socket, or no visible process does. None when a process that is not a run holds it (the
+    agent, a browser), or when the connection is not a local one."""
+    if not _runs_may_exist():
+        return None
+    inodes = _socket_inodes(client_port, server_port)
+    if inodes is None:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    pids = [name for name in os.listdir("/proc") if name.isdigit()] if wanted else []
+    for look_at_threads in (False, True):  # the processes' own tables first (most threads share them)
+        for pid in pids:
+            tables = (
+                [f"/proc/{pid}/task/{tid}/fd" for tid in _threads(pid)]
+                if look_at_threads
+                else [f"/proc/{pid}/fd"]
+            )
+            if any(_holds(table, wanted) for table in tables):
+                # only a run's process can hand a run's socket on, and only to a process of the run
+                if _descends_from(pid, os.getpid()):
+                    return f"this request comes from a process of one of the server's runs (pid {pid})"
+                return None
+    return NO_HOLDER

@@ -1,0 +1,82 @@
+"""Tool schemas that every MCP client can read, and argument types that arrive as the client meant them.
+
+Seen with real clients: the TypeScript SDK 1.22.0 (and clients built on it) lists no tools when an output
+schema holds a `$ref` into `$defs`; Gemini's function declarations have no `anyOf`, Cursor has rejected
+nullable unions, Codex keeps neither `default` nor `minimum`. So tools publish self-contained schemas, and an
+optional argument is published as its plain type with its default written in its description.
+
+The SDK JSON-decodes string arguments before validation unless the parameter's type is exactly `str`: text
+parameters are typed `str` here (an omitted or null value still arrives as None), so a file's content that is
+itself JSON (`{"lr": 0.1}`, `null`) stays text.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, WithJsonSchema, WrapValidator
+
+DEFS = "#/$defs/"
+
+# A default that type checkers accept for a parameter typed `str` (the SDK needs that type, see above): the
+# function receives None when the client leaves the argument out.
+UNSET: Any = None
+
+
+def _none_passes(value: Any, handler: Any) -> Any:
+    """An explicit null is accepted as "not given", as an omitted argument is."""
+    return None if value is None else handler(value)
+
+
+def _no_null_default(schema: dict[str, Any]) -> None:
+    """`"default": null` contradicts a plain type; the default is written in the description instead."""
+    if "default" in schema and schema["default"] is None:
+        del schema["default"]
+
+
+NO_NULL_DEFAULT = Field(json_schema_extra=_no_null_default)
+
+# Optional arguments, published as plain JSON types.
+OptionalText = Annotated[
+    str, WrapValidator(_none_passes), WithJsonSchema({"type": "string"}), NO_NULL_DEFAULT
+]
+
+
+def at_most(max_chars: int) -> Any:
+    """Metadata for an optional text argument of at most `max_chars` characters (published as `maxLength`):
+    the engine echoes some arguments in its messages, and no answer should repeat megabytes back."""
+
+    def check(value: Any, handler: Any) -> Any:
+        text = None if value is None else handler(value)
+        if text is not None and len(text) > max_chars:
+            raise ValueError(f"at most {max_chars} characters are accepted here; this is {len(text)}")
+        return text
+
+    return WrapValidator(check), WithJsonSchema({"type": "string", "maxLength": max_chars}), NO_NULL_DEFAULT
+
+
+OptionalInt = Annotated[int | None, WithJsonSchema({"type": "integer"}), NO_NULL_DEFAULT]
+OptionalNumber = Annotated[float | None, WithJsonSchema({"type": "number"}), NO_NULL_DEFAULT]
+
+
+def self_contained(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with every local `$ref` replaced by a copy of its definition, and no `$defs` left."""
+    defs = schema.get("$defs", {})
+
+    def inline(node: Any, seen: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [inline(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            name = ref.removeprefix(DEFS)
+            if not ref.startswith(DEFS) or name not in defs:
+                raise ValueError(f"cannot inline {ref}: only local #/$defs/ references are supported")
+            if name in seen:
+                raise ValueError(f"cannot inline {ref}: the type is recursive")
+            siblings = {key: value for key, value in node.items() if key != "$ref"}
+            return inline({**defs[name], **siblings}, (*seen, name))
+        return {key: inline(value, seen) for key, value in node.items() if key != "$defs"}
+
+    return inline(schema, ())

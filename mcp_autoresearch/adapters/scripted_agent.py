@@ -1,0 +1,296 @@
+"""A complete autoresearch agent without an LLM: hill-climbing over the target's numeric constants.
+
+It talks to the server exactly as an LLM agent would: over stdio, with the official MCP client, through the
+tools only. Teams use the same pattern to drive the loop from CI jobs or classic search strategies.
+
+    python -m mcp_autoresearch.adapters.scripted_agent --project DIR --experiments 20
+
+Each experiment perturbs one numeric constant of the target (or, now and then, deletes a line: the loop's
+"deleting code is best" rule), runs it, lets the server decide, and logs a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from mcp import Client, StdioServerParameters
+from mcp.types import TextContent
+
+# `NAME = 1.25` at the start of a line: the tunable constants, karpathy-style.
+CONSTANT = re.compile(
+    r"^(?P<name>[A-Z][A-Z0-9_]*)(?P<eq>\s*=\s*)(?P<value>-?\d+(?:\.\d+)?(?:[eE]-?\d+)?)", re.MULTILINE
+)
+WAIT_S = 20.0
+
+
+class ToolFailed(Exception):
+    pass
+
+
+@dataclass
+class Proposal:
+    old: str
+    new: str
+    description: str
+
+
+@dataclass
+class Summary:
+    experiments: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)
+    results: dict[str, Any] | None = None
+    session: dict[str, Any] | None = None
+
+
+def propose(content: str, rng: random.Random) -> Proposal | None:
+    """One small change: scale a numeric constant, or delete one line (a comment or blank is never chosen)."""
+    constants = list(CONSTANT.finditer(content))
+    if constants and rng.random() < 0.85:
+        match = rng.choice(constants)
+        value = float(match.group("value"))
+        is_int = re.fullmatch(r"-?\d+", match.group("value")) is not None
+        step = rng.gauss(0, 0.15)
+        new_value: float = value * (1 + step) if value else step
+        if is_int:
+            new_value = int(round(new_value)) or (1 if value > 0 else -1)
+            if new_value == value:
+                new_value = int(value) + rng.choice((-1, 1))
+            text = str(new_value)
+        else:
+            text = f"{new_value:.6g}"
+        old_line = match.group(0)
+        new_line = f"{match.group('name')}{match.group('eq')}{text}"
+        return Proposal(old_line, new_line, f"{match.group('name')} {match.group('value')} -> {text}")
+    lines = [
+        line
+        for line in content.splitlines(keepends=True)
+        if line.strip() and not line.lstrip().startswith(("#", "//", "/*", "*", '"""'))
+    ]
+    candidates = [line for line in lines if content.count(line) == 1]
+    if not candidates:
+        return None
+    line = rng.choice(candidates)
+    return Proposal(line, "", f"delete line: {line.strip()[:60]}")
+
+
+class ScriptedAgent:
+    def __init__(self, client: Client, log: Callable[[str], None] = print) -> None:
+        self.client = client
+        self.log = log
+
+    async def call(self, tool: str, **args: Any) -> dict[str, Any]:
+        result = await self.client.call_tool(tool, args)
+        if result.is_error:
+            first = result.content[0] if result.content else None
+            raise ToolFailed(first.text if isinstance(first, TextContent) else f"{tool} failed")
+        return result.structured_content or {}
+
+    async def run_and_decide(self, description: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """run_experiment, poll while 'running', then let the server decide. Every status ends in a decision:
+        crash, timeout, metric_error, checks_failed and tampered are logged as crashes."""
+        run = await self.call("run_experiment", description=description, wait_s=WAIT_S)
+        while run["status"] == "running":
+            run = await self.call("wait_experiment", run_id=run["run_id"], wait_s=WAIT_S)
+        decision = await self.call("commit_or_reset", run_id=run["run_id"])
+        return run, decision
+
+    async def loop(
+        self,
+        experiments: int,
+        seed: int,
+        tag: str | None,
+        on_experiment: Callable[[int, dict[str, Any], dict[str, Any]], None] | None = None,
+    ) -> Summary:
+        rng = random.Random(seed)
+        summary = Summary()
+        info = await self.call("detect_project")
+        self.log(
+            f"project: {info['project_type']}, target {info['target_file']}, metric {info['metric_name']} "
+            f"({info['metric_direction']})"
+        )
+        summary.session = await self.call("start_session", **({"tag": tag} if tag else {}))
+        if summary.session.get("pending_run"):
+            await self.call("commit_or_reset", run_id=summary.session["pending_run"])
+        if summary.session.get("best_value") is None:
+            run, decision = await self.run_and_decide("baseline")
+            self._count(summary, decision)
+            if on_experiment:
+                on_experiment(0, run, decision)
+            if decision["decision"] != "keep":
+                self.log(f"the baseline failed ({run['status']}: {run.get('error')}); fix the project first")
+                summary.results = await self.call("query_results", limit=50)
+                return summary
+        if info.get("slots", 1) > 1:
+            await self._slots_loop(info["slots"], experiments, rng, summary, on_experiment)
+            summary.results = await self.call("query_results", limit=50)
+            return summary
+        for number in range(1, experiments + 1):
+            view = await self.call("read_target")
+            proposal = propose(view["content"], rng)
+            if proposal is None:
+                self.log("nothing left to change")
+                break
+            await self.call(
+                "apply_edit",
+                edits=[{"old_text": proposal.old, "new_text": proposal.new}],
+                expected_sha256=view["sha256"],
+            )
+            try:
+                run, decision = await self.run_and_decide(proposal.description)
+            except ToolFailed as exc:
+                # A refusal (max_experiments, a rule): put the target back and stop cleanly.
+                self.log(f"stopped: {exc}")
+                await self.call("apply_edit", content=view["content"])
+                break
+            self._count(summary, decision)
+            outcome = (
+                f"{run['status']}: value {run.get('value')}, best before {run.get('best_value')}; "
+                f"decision {decision['decision']} ({decision['reason']})"
+            )
+            await self.call(
+                "log_result",
+                run_id=run["run_id"],
+                notes=f"hypothesis: {proposal.description} helps; result: {outcome}",
+            )
+            if on_experiment:
+                on_experiment(number, run, decision)
+        summary.results = await self.call("query_results", limit=50)
+        return summary
+
+    async def _slots_loop(
+        self,
+        slots: int,
+        experiments: int,
+        rng: random.Random,
+        summary: Summary,
+        on_experiment: Callable[[int, dict[str, Any], dict[str, Any]], None] | None,
+    ) -> None:
+        """With slots: keep every slot busy (edit and start while one is free), else decide the first run to
+        finish. A candidate merged onto a newer best runs again (decision `rerun`) and is waited for again."""
+        in_flight: dict[str, Proposal] = {}
+        started = decided = 0
+        while decided < started or started < experiments:
+            if len(in_flight) < slots and started < experiments:
+                view = await self.call("read_target")
+                proposal = propose(view["content"], rng)
+                if proposal is None:
+                    experiments = started
+                    continue
+                await self.call(
+                    "apply_edit",
+                    edits=[{"old_text": proposal.old, "new_text": proposal.new}],
+                    expected_sha256=view["sha256"],
+                )
+                try:
+                    run = await self.call("run_experiment", description=proposal.description)
+                except ToolFailed as exc:
+                    self.log(f"stopped starting runs: {exc}")
+                    await self.call("apply_edit", content=view["content"])
+                    experiments = started
+                    continue
+                if run["status"] == "running":
+                    in_flight[run["run_id"]] = proposal
+                    started += 1
+                continue  # content measured before: the earlier result answered; nothing runs
+            run = await self.call("wait_experiment", wait_s=WAIT_S)
+            while run["status"] == "running":
+                run = await self.call("wait_experiment", wait_s=WAIT_S)
+            decision = await self.call("commit_or_reset", run_id=run["run_id"])
+            if decision["decision"] == "rerun":
+                continue
+            proposal = in_flight.pop(run["run_id"], None)
+            decided += 1
+            self._count(summary, decision)
+            await self.call(
+                "log_result",
+                run_id=run["run_id"],
+                notes=f"hypothesis: {proposal.description if proposal else 'this'} helps; result: "
+                f"{run['status']}, value {run.get('value')}; decision {decision['decision']} ({decision['reason']})",
+            )
+            if on_experiment:
+                on_experiment(decided, run, decision)
+
+    @staticmethod
+    def _count(summary: Summary, decision: dict[str, Any]) -> None:
+        summary.experiments += 1
+        summary.decisions[decision["decision"]] = summary.decisions.get(decision["decision"], 0) + 1
+
+
+def server_params(
+    project: str, extra_args: list[str] | None = None, extra_env: dict[str, str] | None = None
+) -> StdioServerParameters:
+    """The server as a client configuration would start it: `python -m mcp_autoresearch serve --project DIR`."""
+    keep = (
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "TMPDIR",
+        "GIT_AUTHOR_NAME",
+        "GIT_AUTHOR_EMAIL",
+        "GIT_COMMITTER_NAME",
+        "GIT_COMMITTER_EMAIL",
+        "VIRTUAL_ENV",
+        "PYTHONPATH",
+        "AUTORESEARCH_SLOTS_DIR",
+    )
+    env = {name: os.environ[name] for name in keep if name in os.environ} | (extra_env or {})
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_autoresearch", "serve", "--project", project, *(extra_args or [])],
+        env=env,
+        cwd=project,
+    )
+
+
+def print_experiment(number: int, run: dict[str, Any], decision: dict[str, Any]) -> None:
+    """One line per experiment, numbered by its run id (r1 is the baseline), as every other view numbers it."""
+    value = run.get("value")
+    shown = "-" if value is None else f"{value:.6g}"
+    print(
+        f"{run['run_id']:<5} {run['status']:<13} {shown:>12}  {decision['decision']:<8} {decision['reason']}",
+        flush=True,
+    )
+
+
+async def amain(args: argparse.Namespace) -> int:
+    async with Client(server_params(args.project)) as client:
+        agent = ScriptedAgent(client)
+        summary = await agent.loop(args.experiments, args.seed, args.tag, print_experiment)
+    results = summary.results or {}
+    best = results.get("best") or {}
+    print(
+        f"{results.get('total', 0)} experiments, counts {results.get('counts')}, baseline "
+        f"{results.get('baseline')}, best {best.get('value')} ({best.get('description')})"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project", default=".", help="project directory (a git repository)")
+    parser.add_argument("--experiments", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--tag", default=None)
+    args = parser.parse_args(argv)
+    args.project = os.path.abspath(args.project)
+    try:
+        return anyio.run(amain, args)
+    except Exception as exc:  # a refusal or a broken connection: one line, not a traceback
+        first: BaseException = exc
+        while isinstance(first, BaseExceptionGroup) and first.exceptions:
+            first = first.exceptions[0]
+        print(f"scripted agent stopped: {first}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

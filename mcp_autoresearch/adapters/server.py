@@ -1,0 +1,494 @@
+"""The MCP adapter: tools, prompt and resources mapped onto the engine (`session.Workspace`).
+
+Nothing here decides anything: it validates arguments (through the signatures), calls the engine, turns
+engine refusals into `ToolError`s the agent reads, and turns a long run into progress notifications.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal, TypeVar
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.stdio import stdio_server
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import Tool as MCPTool
+from pydantic import BaseModel, Field, WithJsonSchema
+
+from .. import __version__
+from ..errors import AutoresearchError
+from ..lifecycle.running import AlreadyMeasured
+from ..models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
+from ..records.diskspace import no_room
+from ..session.queries import MAX_NOTES, MAX_RUN_NOTES, MAX_RUN_NOTES_CHARS
+from ..session.session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait
+from ..session.workspace import Workspace
+from ..setup.project import ProjectInfo
+from ..statuses import FILTERS
+from .prompts import loop_prompt
+from .schemas import (
+    NO_NULL_DEFAULT,
+    UNSET,
+    OptionalInt,
+    OptionalNumber,
+    OptionalText,
+    at_most,
+    self_contained,
+)
+from .surrogates import SafeWriteStream, ScreenedReadStream, lone_surrogate_problem
+
+log = logging.getLogger("mcp_autoresearch")
+PROGRESS_EVERY_S = 2.0
+
+INSTRUCTIONS = """\
+autoresearch runs an experiment loop on this project with its rules enforced by the server.
+Setup: detect_project, then start_session, then run the unmodified baseline (run_experiment + commit_or_reset).
+Loop forever: read_target -> apply_edit (only the target file can change) -> run_experiment (the server commits
+the candidate, runs it, and measures the metric itself) -> commit_or_reset (the server keeps it only if the metric
+improved, else reverts) -> log_result (your hypothesis and what you learned). query_results shows the table.
+If run_experiment returns status 'running', poll with wait_experiment. The prompt 'loop' has the full program.
+"""
+
+T = TypeVar("T")
+# Bounds on arguments the engine echoes in its messages, so no answer repeats megabytes back to the agent.
+MAX_RUN_ID_CHARS = 100
+MAX_FOCUS_CHARS = 200
+RunIdText = Annotated[str, *at_most(MAX_RUN_ID_CHARS)]
+TagText = Annotated[str, *at_most(200)]  # the engine's own rule (at most 64 characters) explains itself below
+ShaText = Annotated[str, *at_most(200)]
+WAIT_HELP = (
+    f"Seconds to wait for the result before returning status 'running' (default {DEFAULT_WAIT_S:g}, "
+    f"max {MAX_WAIT_S:g}; keep it under your client's request timeout)."
+)
+
+
+class EditOp(BaseModel):
+    old_text: str = Field(description="Exact text to replace; must occur exactly once in the target.")
+    new_text: str = Field(description="Replacement text (may be empty to delete).")
+
+
+# `edits`, published as a plain array of inline objects (no $ref, no null).
+EditList = Annotated[
+    list[EditOp] | None,
+    WithJsonSchema({"type": "array", "maxItems": 200, "items": EditOp.model_json_schema()}),
+    NO_NULL_DEFAULT,
+]
+# query_results' filter, published as an enum of the statuses a logged row can have.
+StatusFilter = Annotated[OptionalText, WithJsonSchema({"type": "string", "enum": list(FILTERS)})]
+
+
+class _PortableServer(MCPServer):
+    """Publishes self-contained tool schemas: pydantic's `$defs`/`$ref` (nested models such as `edits` and
+    query_results' rows) are inlined, because some clients cannot resolve them and then list no tools at all
+    (see schemas.py)."""
+
+    async def list_tools(self) -> list[MCPTool]:
+        return [
+            tool.model_copy(
+                update={
+                    "input_schema": self_contained(tool.input_schema),
+                    "output_schema": self_contained(tool.output_schema) if tool.output_schema else None,
+                }
+            )
+            for tool in await super().list_tools()
+        ]
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        """Every tool refuses an argument holding a lone surrogate, naming it, before anything else reads it
+        (it would fail later, unnamed: in a file write, a log line, or the reply)."""
+        if problem := lone_surrogate_problem(arguments):
+            raise ToolError(problem)
+        return await super().call_tool(name, arguments, context)
+
+    async def run_stdio_async(self) -> None:
+        """The SDK's stdio transport, where a request holding a lone surrogate gets an answer instead of
+        being dropped, and a reply holding one is still sent (see surrogates.py)."""
+        async with stdio_server() as (read_stream, write_stream):
+            safe_write = SafeWriteStream(write_stream)
+            lowlevel = self._lowlevel_server  # what the SDK's own run_stdio_async serves
+            await lowlevel.run(
+                ScreenedReadStream(read_stream, safe_write),
+                safe_write,
+                lowlevel.create_initialization_options(),
+            )
+
+
+def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Engine refusals become ToolErrors with their message; anything unexpected is logged, and the agent gets
+    one line instead of a hidden error."""
+
+    def convert(exc: Exception) -> ToolError:
+        if isinstance(exc, AutoresearchError):
+            return ToolError(str(exc))
+        if no_room(exc):  # not a bug: the user's disk is full
+            return ToolError(
+                f"the disk holding the project is full ({exc}): free space, then call {fn.__name__} again"
+            )
+        log.exception("unexpected error in %s", fn.__name__)
+        return ToolError(f"internal error ({type(exc).__name__}: {exc}); the server log has the details")
+
+    if _is_async(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return _compact(await fn(*args, **kwargs))  # type: ignore[misc]
+            except ToolError:
+                raise
+            except Exception as exc:
+                raise convert(exc) from None
+
+        return async_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return _compact(fn(*args, **kwargs))
+        except ToolError:
+            raise
+        except Exception as exc:
+            raise convert(exc) from None
+
+    return wrapper
+
+
+def _compact(result: Any) -> Any:
+    """The text an agent reads is compact JSON without null fields (it costs context on every call); the
+    structured content stays complete and is validated against the tool's output schema by the SDK."""
+    if isinstance(result, BaseModel):
+        return CallToolResult(
+            content=[TextContent(type="text", text=result.model_dump_json(exclude_none=True))],
+            structured_content=result.model_dump(mode="json"),
+        )
+    return result
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn)
+
+
+def _annotations(read_only: bool, destructive: bool = False, idempotent: bool = False) -> ToolAnnotations:
+    return ToolAnnotations(
+        read_only_hint=read_only,
+        destructive_hint=destructive,
+        idempotent_hint=idempotent,
+        open_world_hint=False,
+    )
+
+
+def create_server(workspace: Workspace) -> MCPServer:
+    @asynccontextmanager
+    async def lifespan(_server: MCPServer) -> AsyncIterator[Workspace]:
+        try:
+            yield workspace
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(workspace.shutdown)
+
+    server = _PortableServer(
+        "autoresearch", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
+    )
+
+    def tool(
+        read_only: bool, destructive: bool = False, idempotent: bool = False
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register a tool: engine errors become ToolErrors; the docstring, dedented, is the description."""
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            server.tool(
+                description=inspect.cleandoc(fn.__doc__ or ""),
+                annotations=_annotations(read_only, destructive, idempotent),
+            )(_engine_errors(fn))
+            return fn
+
+        return register
+
+    @tool(read_only=True, idempotent=True)
+    def detect_project() -> ProjectInfo:
+        """What the server understood of the project: type, the single target file, how an experiment runs,
+        which metric decides and in which direction, read-only files, and where each setting came from."""
+        return workspace.detect()
+
+    @tool(read_only=False)
+    def start_session(
+        tag: Annotated[
+            TagText,
+            Field(
+                description="Session name; the branch is autoresearch/<tag>. Default: the session whose branch "
+                "is checked out, else today's month and day (e.g. nov26)."
+            ),
+        ] = UNSET,
+    ) -> StartResult:
+        """Start or resume an experiment session on branch autoresearch/<tag>. Refuses when tracked files have
+        uncommitted changes. Creates results.tsv and the JSONL log. A resumed session returns its briefing."""
+        return workspace.start_session(tag)
+
+    @tool(read_only=True, idempotent=True)
+    def read_target(
+        start_line: Annotated[
+            OptionalInt, Field(description="First line to return, 1-based (default: 1).", ge=1)
+        ] = None,
+        end_line: Annotated[
+            OptionalInt, Field(description="Last line to return, inclusive (default: the last line).", ge=0)
+        ] = None,
+    ) -> TargetView:
+        """Read the target file (the only file experiments may change), whole or a line range, with its sha256."""
+        return workspace.session.read_target(start_line, end_line)
+
+    @tool(read_only=False)
+    def apply_edit(
+        edits: Annotated[
+            EditList,
+            Field(
+                description="Exact replacements, applied in order: a list of {old_text, new_text} objects "
+                "(at most 200); each old_text must occur exactly once in the target. Default: none; give "
+                "either edits or content.",
+                max_length=200,
+            ),
+        ] = None,
+        content: Annotated[
+            OptionalText,
+            Field(
+                description="The whole new content of the target file, as text (JSON or YAML content is "
+                "written as given). Default: none; give either edits or content."
+            ),
+        ] = UNSET,
+        path: Annotated[
+            OptionalText,
+            Field(description="The target file's path (default: the target). No other file can be edited."),
+        ] = UNSET,
+        expected_sha256: Annotated[
+            ShaText,
+            Field(
+                description="sha256 from read_target; the edit is refused if the file changed since "
+                "(default: no check)."
+            ),
+        ] = UNSET,
+    ) -> EditResult:
+        """Change the target file: either `edits`, a list of exact replacements each given as
+        {"old_text": ..., "new_text": ...}, or `content`, the whole new file. Only the configured target can be
+        written; the write is atomic. Returns the diff."""
+        ops = [op.model_dump() for op in edits] if edits is not None else None
+        return workspace.session.apply_edit(ops, content, path, expected_sha256)
+
+    def current_session() -> Session:
+        return workspace.session
+
+    async def _await_run(
+        run_id: str | None, wait_s: float | None, ctx: Context, session: Session | None = None
+    ) -> RunResult:
+        """The run's result within `wait_s`, with progress notifications meanwhile. Each trip to a worker thread
+        waits up to the next progress report and, once the run finished, reads its result in the same trip: on
+        a loaded machine every hand-over between threads waits for a CPU."""
+        if (
+            session is None
+        ):  # the first call after a restart resumes the session (git, files): not on the loop
+            session = await anyio.to_thread.run_sync(current_session)
+        deadline = time.monotonic() + clamp_wait(wait_s)
+        handle = session.run_handle(run_id)
+
+        def wait_then_view() -> RunResult | None:
+            assert handle is not None and session is not None
+            if handle.wait(max(0.0, min(PROGRESS_EVERY_S, deadline - time.monotonic()))):
+                return session.view(run_id)
+            return None
+
+        if handle is not None:
+            try:
+                while deadline - time.monotonic() > 0:
+                    finished = await anyio.to_thread.run_sync(wait_then_view, abandon_on_cancel=True)
+                    if finished is not None:
+                        return finished
+                    progress = handle.progress()
+                    await ctx.report_progress(progress.elapsed_s, progress.limit_s, progress.message)
+            except anyio.get_cancelled_exc_class():
+                session.cancel_run(
+                    "the client cancelled the call waiting for this run (a request timeout?); "
+                    "use a smaller wait_s and poll with wait_experiment",
+                    run_id,
+                )
+                raise
+        return await anyio.to_thread.run_sync(session.view, run_id)
+
+    @tool(read_only=False)
+    async def run_experiment(
+        description: Annotated[
+            str, Field(description="What this experiment changes, in a few words.", max_length=2000)
+        ],
+        ctx: Context,
+        wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
+        rerun: Annotated[
+            bool,
+            Field(
+                description="Measure this content again although it was measured before in this session "
+                "(default false: the earlier result is returned and nothing runs)."
+            ),
+        ] = False,
+    ) -> RunResult:
+        """Run one experiment on the current target. The server checks that only the target changed, commits
+        the candidate, runs the configured command under a hard timeout, and measures the metric itself (as
+        many runs as the keep rule needs on a noisy metric). The first run of a session must be the unmodified
+        baseline. Content measured before in the session returns the earlier result (nothing runs) unless
+        rerun is true. Returns within wait_s: when the run takes longer the result has status 'running' (the
+        run goes on); then call wait_experiment(run_id) until the status is no longer 'running'. Once the run
+        is finished, call commit_or_reset. With slots (configured by the user), it returns at once: the
+        candidate runs in a slot of its own, the target holds the best again, and the next idea can be edited
+        and started while it runs; wait_experiment() returns the first run to finish."""
+
+        def start() -> tuple[Session, str | AlreadyMeasured]:
+            session = current_session()  # resumes the session after a restart: not on the event loop
+            return session, session.start_run(description, rerun)
+
+        session, started = await anyio.to_thread.run_sync(start)
+        if isinstance(started, AlreadyMeasured):
+            return await anyio.to_thread.run_sync(session.view, started.run_id, True)
+        return await _await_run(started, session.start_wait(wait_s), ctx, session)
+
+    @tool(read_only=True, idempotent=True)
+    async def wait_experiment(
+        ctx: Context,
+        run_id: Annotated[
+            RunIdText,
+            Field(
+                description="The run_id returned by run_experiment (default: with slots, whichever run in "
+                "flight finishes first; else the run in flight)."
+            ),
+        ] = UNSET,
+        wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
+    ) -> RunResult:
+        """Wait for a run that returned status 'running', and return its result (same shape as run_experiment).
+        With slots and no run_id, returns the first run to finish (or one already waiting for its decision)."""
+        return await _await_run(run_id or None, wait_s, ctx)
+
+    @tool(read_only=False, destructive=True)
+    def commit_or_reset(
+        run_id: Annotated[
+            RunIdText,
+            Field(description="The run to decide (default: the run waiting for its decision)."),
+        ] = UNSET,
+        discard: Annotated[
+            bool,
+            Field(description="Discard even if it improved (default: false). A keep can never be forced."),
+        ] = False,
+    ) -> DecisionResult:
+        """Decide the finished run from the server's own measurement: keep (the branch advances) when the
+        metric improved by more than min_delta, or is equal and the target got simpler; otherwise discard (the
+        target goes back to the best kept commit; the idea stays under refs/autoresearch/). Logs the row."""
+        return workspace.session.commit_or_reset(run_id, discard)
+
+    @tool(read_only=False)
+    def log_result(
+        run_id: Annotated[
+            str, Field(description="A decided experiment's run_id.", max_length=MAX_RUN_ID_CHARS)
+        ],
+        notes: Annotated[
+            str,
+            Field(
+                description=f"Hypothesis and what the result taught you (a few lines): at most {MAX_NOTES} "
+                f"characters per call, {MAX_RUN_NOTES} notes and {MAX_RUN_NOTES_CHARS} characters per experiment.",
+                max_length=MAX_NOTES,
+            ),
+        ],
+    ) -> NotesResult:
+        """Attach your notes to a logged experiment (JSONL and query_results). Values and statuses cannot change.
+        Answers with the note added and the room the experiment's notes have left."""
+        return workspace.session.log_notes(run_id, notes)
+
+    @tool(read_only=True, idempotent=True)
+    def query_results(
+        status: Annotated[
+            StatusFilter,
+            Field(
+                description="Only rows with this status: a decision (keep, discard, crash) or how the run "
+                "ended (ok, timeout, metric_error, ...). Default: every row."
+            ),
+        ] = UNSET,
+        limit: Annotated[int, Field(description="Rows to return, 1-500 (default: 20).", ge=1, le=500)] = 20,
+        order: Annotated[
+            Literal["recent", "best"],
+            Field(description="'recent' (newest first) or 'best' (best value first). Default: recent."),
+        ] = "recent",
+    ) -> QueryResult:
+        """The session's results: counts, baseline, best, improvement, streak, and the rows."""
+        return workspace.session.query(status, limit, order)
+
+    @server.prompt(
+        name="loop", description="The autonomous experiment loop: setup, rules, and the current briefing."
+    )
+    def loop(
+        focus: Annotated[
+            str | None,
+            Field(
+                description="Optional: one word naming an area to concentrate the ideas on (e.g. optimizer).",
+                max_length=MAX_FOCUS_CHARS,
+            ),
+        ] = None,
+    ) -> str:
+        try:
+            info = workspace.detect()
+        except AutoresearchError as exc:
+            return (
+                f"The autoresearch server cannot run the loop yet: {exc}\n"
+                "Ask the user to fix this (the configuration is read again on every call), then call "
+                "detect_project to check, and follow the `loop` prompt again."
+            )
+        return loop_prompt(info, workspace.briefing(), focus)
+
+    @server.resource(
+        "autoresearch://results",
+        name="results",
+        mime_type="text/tab-separated-values",
+        description="results.tsv of the current session.",
+    )
+    def results_resource() -> str:
+        session = workspace.session
+        return session.journal.tsv_text()
+
+    @server.resource(
+        "autoresearch://briefing",
+        name="briefing",
+        mime_type="text/markdown",
+        description="Summary of the session for a fresh agent.",
+    )
+    def briefing_resource() -> str:
+        return workspace.session.briefing()
+
+    @server.resource(
+        "autoresearch://config",
+        name="config",
+        mime_type="application/json",
+        description="The effective configuration and where each value came from.",
+    )
+    def config_resource() -> str:
+        project = workspace.load()
+        return json.dumps(
+            {**project.config.model_dump(mode="json"), "config_source": project.info.config_source}, indent=2
+        )
+
+    _add_plot_resource(server, workspace)
+    return server
+
+
+def _add_plot_resource(server: MCPServer, workspace: Workspace) -> None:
+    from ..readers.plot import plotting_available, render_png
+
+    if not plotting_available():
+        return
+
+    @server.resource(
+        "autoresearch://progress.png",
+        name="progress.png",
+        mime_type="image/png",
+        description="Progress plot: discarded grey, kept green, running best.",
+    )
+    def progress_png() -> bytes:
+        session = workspace.session
+        return render_png(session.journal.rows, session.state.metric_name, session.state.metric_direction)

@@ -1,0 +1,1 @@
+"""Where a run's commands execute besides this machine's keeper: a Ray cluster."""

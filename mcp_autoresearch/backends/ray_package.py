@@ -1,0 +1,124 @@
+"""The package of a Ray job: the candidate's snapshot, the wrapper with the modules it ships with, and its spec,
+in one zip that Ray uploads as the job's working directory; and the server's copy of the job's log.
+
+Every package is unique (the spec names its job), so Ray's content-addressed cache never hands one run's
+extracted directory to another. A `ray_address` line of the project's configuration is replaced by a comment:
+the run never reads where the cluster is. This module never touches the snapshot it packs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import zipfile
+from pathlib import Path
+
+from ..measure import output_checks, output_size
+from ..names import STATE_DIR
+from ..sandbox import confine, landlock, namespaces, output_dirs, write_grants
+from . import ray_records, ray_wrapper
+
+DEFAULT_PACKAGE_LIMIT = 512 * 1024 * 1024
+WRAPPER_DIR = ".autoresearch-ray"
+ALWAYS_EXCLUDED = (".git", STATE_DIR, WRAPPER_DIR, ray_wrapper.SPEC)
+# Standard library only: the wrapper and the modules it imports by path on the worker.
+SHIPPED = (
+    ray_wrapper,
+    ray_records,
+    confine,
+    landlock,
+    namespaces,
+    output_dirs,
+    output_checks,
+    output_size,
+    write_grants,
+)
+CONFIG_FILES = ("autoresearch.toml", "pyproject.toml")  # where a ray_address line is redacted in the package
+
+
+class Log:
+    """The server's log of one run: an fd we own, and the sha256 of what was written."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        self.fd = os.open(path, flags, 0o644)
+        self.size = 0
+        self.hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.hash.update(data)
+        self.size += len(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _normalized(entry: str) -> str:
+    return os.path.normpath(entry.strip()).replace(os.sep, "/")
+
+
+def build_package(cwd: Path, dest: Path, excluded: list[str], spec: ray_wrapper.JobSpec, limit: int) -> int:
+    """Zip the snapshot (minus `excluded` relative paths), the wrapper and its spec into `dest`; returns the
+    zip's size. Files are added by content (a link to a file counts as that file), modes are kept (Ray restores
+    them); links to directories are not followed (a loop, or the user's whole disk)."""
+    skip = {_normalized(item) for item in excluded}
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for dirpath, dirs, files in os.walk(cwd):
+            rel_dir = os.path.relpath(dirpath, cwd)
+            rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            dirs[:] = [
+                d for d in dirs if (rel_dir + d) not in skip and not os.path.islink(os.path.join(dirpath, d))
+            ]
+            if rel_dir:
+                archive.write(dirpath, rel_dir)
+            for name in files:
+                full = os.path.join(dirpath, name)
+                if rel_dir + name in skip or not os.path.isfile(full):
+                    continue
+                if os.path.getsize(full) >= limit:  # never spend minutes compressing what cannot be sent
+                    raise StartError(
+                        f"{rel_dir + name} is {os.path.getsize(full) / 2**20:.0f} MiB, over Ray's upload limit of "
+                        f"{limit / 2**20:.0f} MiB: list it (or its folder) in shared_inputs and provide it on the "
+                        "workers (shared storage or their image)"
+                    )
+                _add(archive, full, rel_dir + name)
+            if dest.stat().st_size >= limit:
+                break
+        archive.writestr(ray_wrapper.SPEC, json.dumps(spec))
+        for module in SHIPPED:
+            assert module.__file__ is not None
+            archive.write(module.__file__, f"{WRAPPER_DIR}/{os.path.basename(module.__file__)}")
+    return dest.stat().st_size
+
+
+def _add(archive: zipfile.ZipFile, full: str, name: str) -> None:
+    """One file into the package; a project configuration loses its `ray_address` (where the cluster is)."""
+    if name not in CONFIG_FILES:
+        archive.write(full, name)
+        return
+    with open(full, "rb") as handle:
+        data = re.sub(
+            rb"(?m)^([ \t]*)ray_address[ \t]*=.*$",
+            rb"\1# ray_address: not shipped to the workers",
+            handle.read(),
+        )
+    archive.writestr(zipfile.ZipInfo.from_file(full, name), data, zipfile.ZIP_DEFLATED, 1)
+
+
+def package_limit() -> int:
+    try:
+        from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE  # the limit Ray enforces
+
+        return int(GCS_STORAGE_MAX_SIZE)
+    except (ImportError, AttributeError, ValueError):
+        return DEFAULT_PACKAGE_LIMIT
+
+
+class StartError(Exception):
+    """The job cannot be submitted; the message says why and what to do."""

@@ -1,0 +1,1 @@
+"""The life of one run: start, measure, verify, decide, recover, whatever its placement."""

@@ -1,0 +1,434 @@
+"""Decisions: keep or discard a finished run, from the server's own measurement, and log it.
+
+A decision is written into the session state before it is applied (git, journal), and applying it is
+idempotent, so a server killed midway finishes it on the next start.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, replace
+
+from ..errors import RuleViolation, SessionError
+from ..measure.keep_rule import Verdict, decide, improvement
+from ..measure.sequential import best_values, resolve_keep_rule
+from ..measure.standing import is_baseline_best
+from ..measure.stats import noise_of
+from ..models import DecisionResult
+from ..names import SESSION_REFS
+from ..phases import advance, in_flight, unsaved
+from ..records.diskspace import AFTER_DISK_FULL
+from ..records.evidence import Evidence
+from ..records.journal import Row
+from ..records.state import Best, DecisionRecord, Pending, RunOutcome
+from ..sandbox.processes import kill_marked_processes
+from ..session.context import SessionCore, normal_run_id
+from ..statuses import UNFINISHED
+from .holdout_stage import run_holdout
+from .in_flight import STOPPED, unmeasured
+from .running import Runs
+
+# The state a decision changes (restored when applying it fails midway, so a retry applies it once).
+_DECIDED = (
+    "best",
+    "baseline_value",
+    "baseline_commit",
+    "baseline_values",
+    "keep_rule",
+    "noise_ss",
+    "noise_df",
+)
+
+
+@dataclass(frozen=True)
+class Judged:
+    """What the keep rule saw for a decided run: the best's runs it was judged against, the estimated
+    improvement with its interval and probability (sequential rule)."""
+
+    best_values: list[float]
+    estimate: float | None
+    interval: tuple[float, float] | None
+    probability: float | None
+
+
+class Decider:
+    def __init__(self, core: SessionCore, runs: Runs) -> None:
+        self.core = core
+        self.runs = runs
+
+    def verdict(self, pending: Pending, discard: bool) -> Verdict:
+        """What the rule says about a finished run, from the server's own measurement."""
+        result = pending.result or RunOutcome()
+        best = self.core.state.best
+        verdict = judge(
+            self.core, pending, best.value if best else None, best.nonblank_lines if best else None, discard
+        )
+        if result.regression and verdict.decision == "keep":  # the greedy rule: reported, the keep stands
+            verdict = replace(
+                verdict, reason=f"{verdict.reason}; {result.regression} (a regression, reported)"
+            )
+        if result.best_regression:  # the best kept earlier is slower now: reported, for the person to look at
+            verdict = replace(
+                verdict, reason=f"{verdict.reason}; {result.best_regression} (a regression, reported)"
+            )
+        return verdict
+
+    def recover(self) -> list[str]:
+        """After a restart, the run in the user's tree: one that never started is undone (its edit stays), one
+        that was running is logged as interrupted, a decision half applied is finished. Returns what was done."""
+        core = self.core
+        notes: list[str] = []
+        pending = core.state.pending
+        if pending is None:
+            return notes
+        if pending.phase == "starting":
+            head = core.repo.head_commit()
+            if (
+                head != pending.parent
+                and core.repo.is_ancestor(pending.parent, head)
+                and core.repo.commit_message(head).startswith("experiment:")
+            ):
+                # The candidate was committed but never ran: undo the commit, keep the edit in the work tree.
+                core.repo.move_branch(
+                    core.state.branch, pending.parent, f"autoresearch: undo {pending.run_id}"
+                )
+                core.repo.unstage([core.target_repo_path])
+            core.state.drop(pending.run_id)
+            core.save()
+            notes.append(f"run {pending.run_id} never started; its edit is back in the working tree")
+        elif pending.phase == "running":
+            killed = kill_marked_processes(str(core.root))
+            if pending.measuring_best and pending.commit:  # the best's content was in place for a re-measure
+                core.repo.restore_paths(pending.commit, [core.target_repo_path])
+            tampered = self.runs.verify_after_run(pending)
+            error = STOPPED
+            if killed:
+                error += f" ({killed} leftover processes killed)"
+            pending.result = unmeasured("interrupted", error, tampered)
+            advance(pending, "finished", core.save)
+            self.decide_locked(pending.run_id, discard=True)
+            notes.append(
+                f"run {pending.run_id} was in flight when the server stopped: logged as interrupted. It never "
+                "finished, so it says nothing about its idea: "
+                + ("run the baseline again" if pending.is_baseline else "apply its edit again to re-run it")
+            )
+        elif pending.phase == "deciding":
+            self.finish(pending)
+            notes.append(f"the decision on run {pending.run_id} was completed")
+        if core.journal.reconcile_tsv():
+            notes.append("results.tsv was rebuilt from the JSONL log")
+        return notes
+
+    def shutdown(self, join_s: float) -> None:
+        """The server stops: the run in flight is cancelled and, once it ended, logged as interrupted."""
+        active = self.runs.stop("the server was stopped", join_s)
+        if active is None:
+            return
+        with self.core.lock:
+            pending = self.core.state.pending
+            if pending is not None and pending.phase == "finished" and pending.run_id == active.run_id:
+                if pending.result and pending.result.status == "cancelled":
+                    pending.result.status = "interrupted"
+                    pending.result.error = STOPPED
+                self.decide_locked(pending.run_id, discard=True)
+
+    def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
+        core = self.core
+        with core.lock:
+            if run_id is not None:
+                run_id = normal_run_id(run_id)
+                row = core.journal.get(run_id)
+                if row is not None:  # already decided (a retried call): answer the same again
+                    return DecisionResult(
+                        run_id=run_id,
+                        decision=row.status,
+                        reason="already decided",
+                        value=row.value,
+                        prev=row.prev,
+                        delta=row.delta,
+                        commit=row.commit,
+                        branch_head=core.repo.head_commit(),
+                        next_step=f"already decided; log_result(run_id='{run_id}', notes=...) records what it "
+                        "taught you. Then edit the target and run the next experiment",
+                    )
+            return self.decide_locked(run_id, discard)
+
+    def decide_locked(self, run_id: str | None, discard: bool) -> DecisionResult:
+        """Decide the pending run (the caller holds the lock): record the decision, then apply it."""
+        core = self.core
+        if self.runs.active is None:
+            core.own.guard()
+        pending = core.state.pending
+        if pending is None:
+            raise RuleViolation("no run waits for a decision; call run_experiment first")
+        if run_id is not None and run_id != pending.run_id:
+            raise RuleViolation(f"run {run_id} is not the pending run; the pending run is {pending.run_id}")
+        if in_flight(pending):
+            raise SessionError(
+                f"run {pending.run_id} is still running; call wait_experiment(run_id='{pending.run_id}') first"
+            )
+        if pending.phase == "finished":
+            # Deciding touches the session branch, the index and the target: only where the session left them.
+            core.check_head()
+            verdict = self.verdict(pending, discard)
+            pending.decision = DecisionRecord(
+                decision=verdict.decision,
+                reason=verdict.reason,
+                delta=verdict.delta,
+                prev=core.state.best.value if core.state.best else None,
+            )
+            # Written ahead only when applying it moves the branch (a discard): a restart must then finish it. A
+            # keep only syncs the index: decided again from `finished`, it comes out the same.
+            moves = verdict.decision != "keep" and pending.commit not in (None, pending.parent)
+            advance(pending, "deciding", core.save if moves else unsaved)
+        return self.finish(pending)
+
+    def finish(self, pending: Pending) -> DecisionResult:
+        """Apply a recorded decision. Idempotent: a restart in the middle simply runs it again."""
+        core = self.core
+        decision = pending.decision or DecisionRecord()
+        verdict = decision.decision
+        commit = pending.commit or pending.parent
+        # Git first (idempotent); then the state, changed in memory only once nothing can fail before the save
+        # that logs the decision, so a retry or a restart applies it exactly once.
+        if verdict == "keep" and commit != pending.parent:
+            core.repo.sync_index([core.target_repo_path])
+        elif verdict != "keep" and commit != pending.parent:
+            # Keep the idea reachable, then restore what the candidate changed (the target only: checked before
+            # the run) and move the branch back.
+            core.repo.set_ref(f"{SESSION_REFS}{core.state.tag}/{pending.run_id}", commit)
+            core.repo.restore_paths(pending.parent, [core.target_repo_path])
+            if core.repo.resolve_branch(core.state.branch) != pending.parent:
+                core.repo.move_branch(
+                    core.state.branch, pending.parent, f"autoresearch: discard {pending.run_id}"
+                )
+        judged = self.log_decision(pending)
+        core.state.drop(pending.run_id)
+        core.save()
+        core.own.journal_written()
+        if verdict == "keep" and core.config.holdout_command:  # after the keep: it cannot change the decision
+            best = core.state.best.value if core.state.best else None
+            run_holdout(
+                core.config,
+                core.root,
+                core.state.tag,
+                core.isolation,
+                pending.run_id,
+                best,
+                pending.is_baseline,
+            )
+        next_step = decided_next_step(
+            self.core,
+            pending,
+            "build on it: edit the target and run",
+            "try another idea: edit the target and run",
+        )
+        return self.answer(pending, judged, next_step)
+
+    def log_decision(self, pending: Pending) -> Judged:
+        """The recorded decision's effect on the state, and its row in the logs; applied exactly once (the
+        state is put back when logging fails, so a retry applies it again from the start)."""
+        core = self.core
+        result = pending.result or RunOutcome()
+        judged = Judged([] if pending.is_baseline else self.judged(result), *self.figures(pending, result))
+        before = core.state.model_copy(deep=True)
+        try:
+            core.journal.log_experiment_done(self._apply(pending, judged))
+        except BaseException:
+            for key in _DECIDED:
+                setattr(core.state, key, getattr(before, key))
+            raise
+        return judged
+
+    def answer(self, pending: Pending, judged: Judged, next_step: str) -> DecisionResult:
+        """What commit_or_reset returns for a logged decision."""
+        decision = pending.decision or DecisionRecord()
+        result = pending.result or RunOutcome()
+        return DecisionResult(
+            run_id=pending.run_id,
+            decision=decision.decision,
+            reason=decision.reason,
+            value=result.value,
+            prev=decision.prev,
+            delta=decision.delta,
+            commit=pending.commit or pending.parent,
+            branch_head=self.core.repo.head_commit(),
+            next_step=next_step,
+            keep_rule=self.core.state.keep_rule,
+            values=list(result.values) or None,
+            best_values=judged.best_values or None,
+            estimate=judged.estimate,
+            interval=list(judged.interval) if judged.interval else None,
+            probability=judged.probability,
+            remeasured=list(result.remeasured) or None,
+            regression=result.regression,
+        )
+
+    def _apply(self, pending: Pending, seen: Judged) -> Row:
+        """The decision's effect on the session state (best, noise, keep rule); returns the row to log."""
+        core = self.core
+        decision = pending.decision or DecisionRecord()
+        verdict = decision.decision
+        result = pending.result or RunOutcome()
+        commit = pending.commit or pending.parent
+        if verdict == "keep":
+            value = result.value
+            assert value is not None  # the rule keeps only a run that produced a value
+            if pending.is_baseline:
+                core.state.baseline_value = value
+                core.state.baseline_commit = commit
+                core.state.keep_rule = resolve_keep_rule(core.config, result.values)
+                core.state.baseline_values = list(result.values) or [value]
+            else:
+                if is_baseline_best(core.state) and seen.best_values:  # the baseline's runs stop growing here
+                    core.state.baseline_values = list(seen.best_values)
+                    core.state.baseline_value = statistics.median(seen.best_values)
+                self._close(
+                    seen.best_values
+                )  # the old best's runs can no longer grow: they join the session's noise
+            runs = list(result.values) + list(
+                result.remeasured
+            )  # the re-measurement after the keep counts too
+            if result.remeasured and core.state.keep_rule == "sequential":
+                value = statistics.median(runs)  # greedy keeps its judged value: the original tool's rule
+            core.state.best = Best(
+                value=value,
+                commit=commit,
+                run_id=pending.run_id,
+                description=pending.description,
+                nonblank_lines=pending.nonblank_lines,
+                values=runs or [value],
+            )
+        else:
+            self._close(result.values)
+            best = core.state.best
+            if best is not None and result.best_values:  # re-measured: the best's value is its runs' median
+                best.values, best.value = seen.best_values, statistics.median(seen.best_values)
+        return Row(
+            run_id=pending.run_id,
+            commit=commit,
+            metric=core.state.metric_name,
+            value=result.value,
+            status=verdict,
+            run_status=result.status,
+            description=pending.description,
+            prev=decision.prev,
+            delta=decision.delta,
+            memory_gb=result.memory_gb,
+            duration_s=result.duration_s,
+            error=result.error,
+            tag=core.state.tag,
+            timestamp="",
+            evidence=Evidence(
+                values=list(result.values),
+                best_values=seen.best_values,
+                estimate=seen.estimate,
+                interval=seen.interval,
+                probability=seen.probability,
+                keep_rule=core.state.keep_rule or "",
+                target_sha256=pending.target_sha256,
+                rerun_of=pending.rerun_of,
+                slot=pending.slot,
+                rebases=pending.rebases,
+                remeasured=list(result.remeasured),
+                regression=result.regression,
+                best_regression=result.best_regression,
+            ),
+        )
+
+    def judged(self, result: RunOutcome) -> list[float]:
+        """The best's runs a candidate was judged against: the known ones, and those its measurement added."""
+        return best_values(self.core.state) + result.best_values
+
+    def figures(
+        self, pending: Pending, result: RunOutcome
+    ) -> tuple[float | None, tuple[float, float] | None, float | None]:
+        """What the rule saw: the estimated improvement, its interval and probability (sequential only)."""
+        best = self.core.state.best
+        if result.test is not None:
+            test = result.test
+            return round(test.estimate, 12), (test.low, test.high), test.probability
+        if pending.is_baseline or best is None or result.value is None or result.status != "ok":
+            return None, None, None
+        return improvement(result.value, best.value, self.core.state.metric_direction), None, None
+
+    def _close(self, values: list[float]) -> None:
+        """A group of runs that can no longer grow adds to the session's pooled noise."""
+        noise = noise_of(values)
+        self.core.state.noise_ss += noise.ss
+        self.core.state.noise_df += noise.df
+
+
+def judge(
+    core: SessionCore, pending: Pending, best: float | None, best_lines: int | None, discard: bool = False
+) -> Verdict:
+    """The keep rule (`rules.decide`) on a finished run, from the server's own measurement, against a best of
+    value `best` and `best_lines` non-blank lines (None: no best yet, or its size does not count)."""
+    result = pending.result or RunOutcome()
+    return decide(
+        run_status=result.status,
+        value=result.value,
+        best=best,
+        direction=core.state.metric_direction,
+        min_delta=core.config.min_delta,
+        is_baseline=pending.is_baseline,
+        lines=pending.nonblank_lines,
+        best_lines=best_lines,
+        discard_requested=discard,
+        error=result.error,
+        test=result.test.step() if result.test is not None else None,
+    )
+
+
+def decided_next_step(
+    core: SessionCore, pending: Pending, after_keep: str, after_other: str, kept: str = ""
+) -> str:
+    """What to do after a decision, for single runs and slots alike: a reverted change says what the target
+    holds now and where the failed version is, so an agent never patches a file that lost its change."""
+    decision = pending.decision or DecisionRecord()
+    result = pending.result or RunOutcome()
+    notes = f"log_result(run_id='{pending.run_id}', notes='hypothesis: ...; result: ...; learned: ...')"
+    if result.status == "disk_full":
+        return f"logged as disk_full: {AFTER_DISK_FULL}{rerun(pending.is_baseline)}"
+    if result.status in UNFINISHED:
+        return f"logged as {result.status}: it never finished, which says nothing about the idea; " + rerun(
+            pending.is_baseline
+        )
+    if pending.is_baseline and decision.decision != "keep":
+        fix = "fix the project or configuration, then " if decision.decision == "crash" else ""
+        return f"the baseline was not kept ({decision.reason}); {fix}run it again: run_experiment(description='baseline')"
+    if decision.decision == "keep":
+        return f"kept{kept}. Record what it taught you: {notes}; then {after_keep}"
+    reverted = reverted_note(core, pending)
+    if decision.decision == "crash":
+        return (
+            f"logged as a crash ({result.status}); {reverted}. Record what happened: {notes}; then, to fix a "
+            f"trivial mistake, put that version back, fix it and run again, or {after_other}"
+        )
+    return f"discarded; {reverted}. Record what it taught you: {notes}; then {after_other}"
+
+
+def reverted_note(core: SessionCore, pending: Pending) -> str:
+    """What the target holds after a change that was not kept, and how to get that change back."""
+    best, path = core.state.best, core.target_rel
+    holds = (
+        f"the best kept ({best.run_id} at {best.commit[:7]})" if best is not None else "the committed version"
+    )
+    if pending.slot is not None:
+        where = f"this run's change never was in {path} (it ran in slot {pending.slot}); {path} holds {holds} or your next edit"
+    else:
+        where = f"{path} was reverted to {holds}: it no longer holds this run's change"
+    commit = pending.commit
+    if not commit or commit == pending.parent:
+        return where
+    return (
+        f"{where}. That version is commit {commit[:7]} (kept as refs/autoresearch/{core.state.tag}/{pending.run_id}): "
+        f"`git show {commit[:7]}:{core.target_repo_path}` prints it, and apply_edit(content=...) with it puts it back"
+    )
+
+
+def rerun(is_baseline: bool) -> str:
+    """How to run an unfinished run again."""
+    if is_baseline:
+        return "run the baseline again: run_experiment(description='baseline')"
+    return "to re-run it, apply the same edit again (apply_edit), then run_experiment"

@@ -1,0 +1,62 @@
+"""The evaluation stage's policy: what `eval_command` (and `holdout_command`) may write and read, which paths are
+hidden from runs, and the configuration refusals that keep those promises.
+
+The stage runs after every process of `run_command` is gone (the keeper ended the run's whole tree: the command
+returned, then whatever it left was killed), in a process tree of its own, confined like a run but with nothing
+writable except its private TMPDIR (and the device files /dev/null, /dev/zero, ... and a GPU's); the project and
+the run's outputs are read-only to it. Only its output supplies the metric. `hidden` paths are covered in a run's
+private view (a directory by an empty tmpfs, a file by /dev/null bound over it), so a run, the checks command and
+metric_parse cannot read them; the evaluation stage's view shows them. Hiding needs the private view
+(namespaces): a session with `hidden` and no view is refused.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from pathlib import Path
+
+from ..records.logtail import read_tail_bytes
+from ..sandbox.write_grants import DEVICE_FILES, DEVICE_GLOBS
+
+EVAL_SUFFIX = "-eval"
+# An evaluator's own verdict on a candidate it refuses (the bundled ML evaluator prints it as its last line, then
+# exits with status 3): `metric_error: <reason>: <summary>`, one printable line.
+EVALUATOR_REFUSED = 3
+VERDICT = re.compile(rb"^metric_error: ([a-z][a-z-]{0,40}): ([ -~]{1,300})$", re.MULTILINE)
+HOLDOUT_SUFFIX = "-holdout"
+
+
+def eval_writable(tmpdir: str) -> list[str]:
+    """What the evaluation stage may write: its private TMPDIR and device files, nothing else (in the private
+    view its /tmp, /var/tmp and /dev/shm are fresh and its own too)."""
+    paths = [tmpdir, *DEVICE_FILES]
+    for pattern in DEVICE_GLOBS:
+        paths += sorted(glob.glob(pattern))
+    return paths
+
+
+def stage_failure(what: str, status: str, exit_code: int | None, error: str | None, log_path: Path) -> str:
+    """The reason of a failed evaluation (or holdout) stage, naming the stage and its log."""
+    if status == "timeout":
+        how = error or "timed out"
+    elif status == "failed_to_start":
+        how = f"could not be started: {error}"
+    elif exit_code is not None and exit_code < 0:
+        how = f"killed by signal {-exit_code}"
+    else:
+        how = f"exit code {exit_code}" + (" (command not found?)" if exit_code == 127 else "")
+    verdict = evaluator_verdict(log_path) if exit_code == EVALUATOR_REFUSED else None
+    if verdict:
+        return f"{verdict} (the evaluation stage ({what}) refused the candidate; see its log {log_path})"
+    return f"the evaluation stage ({what}) failed: {how}; see its log {log_path}"
+
+
+def evaluator_verdict(log_path: Path) -> str | None:
+    """`<reason>: <summary>` from the last verdict line in the end of the evaluation's log, if there is one."""
+    try:
+        tail = read_tail_bytes(log_path, 4096)
+    except OSError:
+        return None
+    found = list(VERDICT.finditer(tail.replace(b"\r\n", b"\n")))
+    return f"{found[-1][1].decode()}: {found[-1][2].decode()}" if found else None

@@ -1,0 +1,524 @@
+"""One experiment: the configured command run `repeats` times, measured, and gated by the checks command.
+
+This is the trustworthy measurement the session logs: every value here comes from a run this module started.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import secrets
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..measure.metrics import (
+    Measure,
+    MetricError,
+    Secondary,
+    first_float,
+    measure,
+    read_metric_from_log,
+    read_secondary,
+)
+from ..measure.output_checks import Snapshot, snapshot
+from ..names import HOLDOUT, RUN_LOG, STATE_DIR
+from ..records.logtail import clean_text, read_tail_bytes, tail
+from ..sandbox.caches import run_caches
+from ..sandbox.launcher import Launched, launcher
+from ..sandbox.policy import (
+    Isolation,
+    denied_write_hint,
+    keeper_available,
+    keeper_command,
+    keeper_spec,
+    linked_inputs,
+    network_hint,
+    setup_failure,
+    writable_paths,
+)
+from ..sandbox.process_run import DEFAULT_GRACE_S, ProcessResult, ProcessRun, ProgressCallback
+from ..setup.config import Config
+from ..setup.single_file import sha256_file
+from ..setup.stage_config import hidden_paths
+from ..statuses import RunStatus
+from .evaluation import EVAL_SUFFIX, eval_writable, stage_failure
+from .fresh_outputs import OutputsError, make_fresh, record, unsafe_outputs
+
+if TYPE_CHECKING:
+    from ..backends.ray_backend import RayBackend, RayJobRun
+
+METRIC_PARSE_TIMEOUT_S = 30.0
+# The original tool's commands end in `> run.log 2>&1` (or `| tee run.log`): the server captures the output and
+# writes run.log itself, so that redirect is dropped (a confined run may not write the project root).
+_RUN_LOG_REDIRECT = re.compile(
+    r"\s*(?:(?:1?>|&>)\s*\.?/?run\.log(?:\s+2>&1)?|(?:2>&1\s*)?\|\s*tee\s+(?:-a\s+)?\.?/?run\.log)\s*$"
+)
+
+
+def without_run_log_redirect(command: str) -> str:
+    return _RUN_LOG_REDIRECT.sub("", command) or command
+
+
+@dataclass
+class ExperimentResult:
+    status: RunStatus
+    value: float | None
+    values: list[float]
+    spread: float | None
+    duration_s: float
+    memory_gb: float | None
+    exit_code: int | None
+    log_path: str
+    log_tail: str
+    error: str | None = None
+    secondary: dict[str, float] = field(default_factory=dict)
+    leftovers_killed: int = 0
+
+
+SEED_RANGE = 2**31  # AUTORESEARCH_SEED is below this: a seed every RNG accepts (numpy, torch, random)
+
+
+class Experiment:
+    """Runs one experiment; `cancel()` from any thread ends the current process tree."""
+
+    def __init__(
+        self,
+        config: Config,
+        root: Path,
+        run_id: str,
+        log_dir: Path,
+        tag: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        isolation: Isolation | None = None,
+        env: dict[str, str] | None = None,
+        publish_run_log: bool = True,
+        backend: RayBackend | None = None,
+    ) -> None:
+        self.config = config
+        self.publish_run_log = publish_run_log  # run.log at the root shows the run's output (not in a slot)
+        self.env = env or {}  # added to every command's environment (a slot's devices and number)
+        self.root = root
+        self.run_id = run_id
+        self.log_dir = log_dir
+        self.tag = tag
+        self.on_progress = on_progress
+        self.isolation = isolation
+        self.backend = backend  # where run_command and checks_command run (None: here)
+        self._lock = threading.Lock()
+        self._current: ProcessRun | RayJobRun | None = None
+        self._cancel_reason: str | None = None
+        self._tally = _Tally()  # every run so far: `run` may be called again to add runs
+        self._last_run = ""  # the name of the last run (for `fresh_outputs.record`)
+
+    def cancel(self, reason: str) -> None:
+        with self._lock:
+            self._cancel_reason = reason
+            if self._current is not None:
+                self._current.cancel(reason)
+
+    def _writable(self, tmpdir: str, stage: str = "run") -> list[str]:
+        """A run's (and the checks') writable paths; the evaluation stage's: its TMPDIR and devices only."""
+        assert self.isolation is not None
+        held = self.isolation.confined or self.isolation.namespaces
+        if not held:
+            return []
+        return (
+            eval_writable(tmpdir)
+            if stage == "eval"
+            else writable_paths(self.root, self.config.run_writes, tmpdir)
+        )
+
+    def _private_caches(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
+        """Every tool cache the user did not list in `writable` or `persistent`: the run's own, empty."""
+        return run_caches(self.root, self.config.run_writes, tmpdir, env)
+
+    def _stage_env(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
+        """The evaluation's caches in its TMPDIR, and Python's bytecode too: a `__pycache__` a run could write
+        is never read by the evaluation."""
+        return {**self._private_caches(tmpdir, env), "PYTHONPYCACHEPREFIX": os.path.join(tmpdir, "pycache")}
+
+    def _view(self, stage: str) -> tuple[list[str], list[str]]:
+        """What the view keeps showing (the logs, a slot's shared inputs) and what it hides: the `hidden` data,
+        from every stage but the evaluation's."""
+        reads = [str(self.log_dir), *linked_inputs(self.root, list(self.config.shared_inputs))]
+        if stage == "eval":  # (hidden data beneath a hidden directory such as /tmp is shown again, read-only)
+            return reads + hidden_paths(self.config), []
+        own = self.log_dir.parent.parent  # .autoresearch/runs/<tag>: the holdout's records are beside
+        holdout = [str(own / HOLDOUT)] if self.config.holdout_command and own.name == STATE_DIR else []
+        return reads, [*hidden_paths(self.config), *holdout]
+
+    def _wrap(self, argv: list[str], tmpdir: str, stage: str = "run") -> list[str]:
+        assert self.isolation is not None
+        reads, hide = self._view(stage)
+        return keeper_command(
+            self.isolation, self._writable(tmpdir, stage), argv, DEFAULT_GRACE_S, reads, hide
+        )
+
+    def _launch(
+        self, argv: list[str], cwd: Path, env: dict[str, str], out_fd: int, tmpdir: str, stage: str = "run"
+    ) -> Launched:
+        assert self.isolation is not None
+        reads, hide = self._view(stage)
+        spec = keeper_spec(self.isolation, self._writable(tmpdir, stage), DEFAULT_GRACE_S, reads, hide)
+        return launcher().spawn(argv, cwd, env, out_fd, spec)
+
+    def _process(
+        self,
+        command: str,
+        log_path: Path,
+        timeout: float,
+        marker: str,
+        progress: ProgressCallback | None,
+        extra_env: dict[str, str] | None = None,
+        remote: bool = False,
+        measure: str | None = None,
+        stage: str = "run",
+    ) -> ProcessRun | RayJobRun:
+        """The command as a process here, or as a Ray job when `remote` and a backend is set (`measure`: the
+        output size the worker measures). `stage`: "eval" confines it as the evaluation stage."""
+        env = {"AUTORESEARCH_TIME_BUDGET": f"{self.config.time_budget:g}", **self.env, **(extra_env or {})}
+        if self.tag:
+            env["AUTORESEARCH_TAG"] = self.tag
+        process: ProcessRun | RayJobRun
+        if remote and self.backend is not None:
+            setting = self.isolation.setting if self.isolation is not None else "off"
+            process = self.backend.process(
+                command,
+                self.root,
+                log_path,
+                timeout,
+                env,
+                marker,
+                progress,
+                self.config.run_writes,
+                setting != "off",
+                required=setting == "required",
+                measure=measure,
+            )
+        else:
+            kept = self.isolation is not None and keeper_available()
+            process = ProcessRun(
+                command=command,
+                cwd=self.root,
+                log_path=log_path,
+                timeout_s=timeout,
+                env=env,
+                run_marker=marker,
+                project_marker=str(self.root),
+                on_progress=progress,
+                wrapper=functools.partial(self._wrap, stage=stage) if kept else None,
+                launch=functools.partial(self._launch, stage=stage) if kept else None,
+                # confined or not, no tool cache outlives its run
+                private_env=self._stage_env if stage == "eval" else self._private_caches,
+            )
+        with self._lock:
+            if self._cancel_reason is not None:
+                process.cancel(self._cancel_reason)
+            self._current = process
+        return process
+
+    def run(self, runs: int | None = None, checks: bool = True) -> ExperimentResult:
+        """Run the command `runs` more times (default: `repeats`), adding to the runs of earlier calls (the
+        value is the median of all of them), then the checks command when `checks`. Every run gets its own
+        AUTORESEARCH_SEED, a random number that says nothing of which run it is: a run may vary its seed with
+        it, but cannot tell the runs that judge it from the re-measurements after a keep."""
+        config = self.config
+        assert config.run_command is not None
+        tally = self._tally
+        for _ in range(config.repeats if runs is None else runs):
+            index = len(tally.durations) + 1
+            suffix = "" if index == 1 and config.repeats == 1 else f"-{index}"
+            log_path = self.log_dir / f"{self.run_id}{suffix}.log"
+            tally.eval_log = None
+            process = self._process(
+                without_run_log_redirect(config.run_command),
+                log_path,
+                config.timeout,
+                self.run_id,
+                self.on_progress,
+                {"AUTORESEARCH_SEED": str(secrets.randbelow(SEED_RANGE))},
+                remote=True,
+                measure=config.metric_measure,
+            )
+            if self.publish_run_log:
+                self._clear_run_log()
+            try:
+                fresh = self._fresh_outputs(f"{self.run_id}{suffix}")
+            except OutputsError as exc:
+                return self._failed(tally, ("crash", f"{exc} (nothing ran)"), None, log_path)
+            started_at = time.time()
+            done = process.run()
+            self._last_run = f"{self.run_id}{suffix}"
+            self._record_outputs()
+            if self.publish_run_log:
+                self._publish_run_log(log_path)
+            tally.add_run(done.duration_s, done.peak_rss_bytes, done.leftovers_killed, done.exit_code)
+            failure = self._process_failure(done.status, done.exit_code, done.error)
+            if failure is None:
+                failure = self._capture_mismatch(done)
+            if failure:
+                return self._failed(tally, failure, None, log_path)
+            figures = read_secondary(log_path, config.metric_name, config.memory_regex)
+            measured_log = log_path
+            if config.eval_command:  # the run's whole tree is gone: the evaluation reads what it left
+                measured_log = log_path.with_name(log_path.stem + EVAL_SUFFIX + ".log")
+                tally.eval_log = measured_log
+                unsafe = unsafe_outputs(self.root, list(config.writable), started_at)
+                if unsafe:
+                    reason = f"the run's outputs are not handed to the evaluation: {unsafe}"
+                    return self._failed(tally, ("metric_error", reason), None, log_path)
+                failure = self._evaluate(config.eval_command, log_path, measured_log, "eval_command")
+                if failure:
+                    return self._failed(tally, failure, None, measured_log)
+                figures = Secondary(
+                    figures.memory_mb, read_secondary(measured_log, config.metric_name, None).metrics
+                )
+            try:
+                tally.values.append(
+                    self._metric(measured_log, done.duration_s, started_at, done.sizes, fresh)
+                )
+            except MetricError as exc:
+                where = f" (in the evaluation's output, {measured_log})" if config.eval_command else ""
+                return self._failed(tally, ("metric_error", f"{exc}{where}"), None, measured_log)
+            tally.add_figures(figures)
+        result = tally.result("ok", statistics.median(tally.values), log_path, None)
+        return self.check(result) if checks else result
+
+    def _evaluate(
+        self, command: str, run_log: Path | None, log_path: Path, what: str
+    ) -> tuple[RunStatus, str] | None:
+        """The evaluation stage (or the holdout: `what`) in its own confined tree, after the run (whose log is
+        `run_log`); None when it succeeded (its output is then in `log_path`), else the failure."""
+        config = self.config
+        extra = {"AUTORESEARCH_RUN_LOG": str(run_log)} if run_log else {}
+        done = self._process(
+            command, log_path, config.eval_timeout, f"{self.run_id}{EVAL_SUFFIX}", None, extra, stage="eval"
+        ).run()
+        self._tally.leftovers += done.leftovers_killed
+        if done.status == "cancelled":
+            return "cancelled", done.error or "cancelled"
+        if done.status != "exited" or done.exit_code != 0:
+            return "metric_error", stage_failure(what, done.status, done.exit_code, done.error, log_path)
+        return self._capture_mismatch(done)
+
+    def evaluate_only(self, command: str, log_path: Path, what: str) -> tuple[float | None, str | None]:
+        """Run `command` as an evaluation stage on what the project holds now (the holdout after a keep): its
+        value, or None and why not."""
+        failure = self._evaluate(command, None, log_path, what)
+        if failure:
+            return None, failure[1]
+        try:
+            return self._metric(log_path, 0.0, time.time()), None
+        except MetricError as exc:
+            return None, str(exc)
+
+    def check(self, result: ExperimentResult) -> ExperimentResult:
+        """The checks command after a measurement that succeeded: a failure makes it `checks_failed`."""
+        config = self.config
+        if not config.checks_command or result.status != "ok":
+            return result
+        checks_log = self.log_dir / f"{self.run_id}-checks.log"
+        checks = self._process(
+            config.checks_command,
+            checks_log,
+            config.checks_timeout,
+            f"{self.run_id}-checks",
+            None,
+            remote=True,
+        ).run()
+        self._record_outputs()  # what the checks wrote there is the run's too (not the user's)
+        self._tally.leftovers += checks.leftovers_killed
+        failure = self._process_failure(checks.status, checks.exit_code, checks.error)
+        if failure:
+            status, error = failure
+            if status in ("crash", "timeout"):
+                status, error = "checks_failed", f"checks_command failed: {error}"
+            return self._failed(self._tally, (status, error), result.value, checks_log)
+        result.leftovers_killed = self._tally.leftovers
+        return result
+
+    def _failed(
+        self, tally: _Tally, failure: tuple[RunStatus, str], value: float | None, log_path: Path
+    ) -> ExperimentResult:
+        """A failed result; when the run was confined and its output shows a refused write, say which setting
+        allows it; when the keeper could not confine it, say that instead."""
+        status, error = failure
+        result = tally.result(status, value, log_path, error)
+        head = clean_text(read_tail_bytes(log_path, 2048)) if tally.exit_code == 125 else ""
+        refused = setup_failure(head) if head else None
+        if refused:
+            result.error = f"the run could not be confined ({refused}); nothing ran"
+        elif self.isolation is not None and status != "cancelled":
+            text = clean_text(read_tail_bytes(log_path, 16384))
+            hint = denied_write_hint(text) if self.isolation.confined or self.isolation.namespaces else None
+            if self.isolation.namespaces and self.isolation.network == "off":
+                hint = network_hint(text) or hint
+            if hint:
+                result.error = f"{error}; {hint}"
+        return result
+
+    def _capture_mismatch(self, done: ProcessResult) -> tuple[RunStatus, str] | None:
+        """The metric is read from the server's log of the run's output; where the run was not confined it could
+        have rewritten that file: it must still hold exactly what was captured."""
+        if self.isolation is not None and self.isolation.confined and self.backend is None:
+            return None  # (a Ray worker may not confine: the log is checked whatever this machine can do)
+        if done.captured_sha256 and sha256_file(done.log_path) != done.captured_sha256:
+            return "tampered", "the run's log file was changed after its output was captured"
+        return None
+
+    @staticmethod
+    def _process_failure(
+        status: str, exit_code: int | None, error: str | None
+    ) -> tuple[RunStatus, str] | None:
+        if status == "timeout":
+            return "timeout", error or "timed out"
+        if status == "cancelled":
+            return "cancelled", error or "cancelled"
+        if status == "failed_to_start":
+            return "crash", f"the command could not be started: {error}"
+        if status == "rejected":
+            return "crash", error or "the run's report was rejected"
+        if exit_code != 0:
+            if exit_code is not None and exit_code < 0:
+                return "crash", f"killed by signal {-exit_code}"
+            hint = " (command not found?)" if exit_code == 127 else ""
+            return "crash", f"exit code {exit_code}{hint}"
+        return None
+
+    def _fresh_outputs(self, name: str) -> Snapshot:
+        """Before run `name`: the outputs moved aside (`fresh_outputs`; not for a Ray job, which runs in a
+        copy of its own), then what the measured output holds (to tell what this run wrote)."""
+        if self.backend is None:
+            make_fresh(self.root, list(self.config.writable), self.tag, name)
+        spec = self.config.metric_measure
+        return (
+            snapshot(self.root / Measure.parse(spec).path) if spec and spec != "wall_time_s" else frozenset()
+        )
+
+    def _record_outputs(self) -> None:
+        if self.backend is None and self._last_run:
+            record(self.root, list(self.config.writable), self._last_run)
+
+    def _metric(
+        self,
+        log_path: Path,
+        duration_s: float,
+        started_at: float,
+        sizes: dict[str, int | str] | None = None,
+        fresh: Snapshot = frozenset(),
+    ) -> float:
+        config = self.config
+        if config.metric_parse:
+            out_path = log_path.with_name(log_path.stem + "-metric.out")
+            limit = min(METRIC_PARSE_TIMEOUT_S, config.timeout)
+            process = self._process(
+                config.metric_parse,
+                out_path,
+                limit,
+                f"{self.run_id}-metric",
+                None,
+                {"AUTORESEARCH_LOG": str(log_path)},
+            )
+            result = process.run()
+            if result.status == "timeout":
+                raise MetricError(f"metric_parse did not finish within {limit:g} s")
+            if result.status == "cancelled":
+                raise MetricError("cancelled while parsing the metric")
+            return first_float(clean_text(read_tail_bytes(out_path, 4096)))
+        if config.metric_regex or not config.metric_measure:
+            assert config.metric_name is not None
+            whole = config.eval_command is not None  # a line the evaluation did not end never counts
+            return read_metric_from_log(log_path, config.metric_name, config.metric_regex, whole)
+        if sizes is not None and config.metric_measure in sizes:  # measured where the run ran (Ray)
+            found = sizes[config.metric_measure]
+            if isinstance(found, str):
+                raise MetricError(found)
+            return found / (1024 if config.metric_measure.startswith("size_kb:") else 1024 * 1024)
+        return measure(config.metric_measure, self.root, duration_s, started_at, config.target_file, fresh)
+
+    def _clear_run_log(self) -> None:
+        try:
+            (self.root / RUN_LOG).unlink()
+        except OSError:
+            pass
+
+    def _publish_run_log(self, log_path: Path) -> None:
+        """`run.log` at the project root shows this run's output, so the original tool's commands still work.
+        It is the server's copy for people, never an input: whatever stands there (a file the run wrote, a link)
+        is replaced, unread, by a hard link to the captured log (a copy where links fail)."""
+        run_log = self.root / RUN_LOG
+        staged = self.root / f".{RUN_LOG}.{os.getpid()}.tmp"
+        try:
+            staged.unlink(missing_ok=True)
+            os.link(log_path, staged)
+        except OSError:
+            try:
+                with open(log_path, "rb") as src, open(staged, "xb") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+            except OSError:
+                staged.unlink(missing_ok=True)
+                return
+        try:
+            os.replace(staged, run_log)  # replaces a symlink or a directory entry, never follows it
+        except OSError:
+            staged.unlink(missing_ok=True)
+
+
+@dataclass
+class _Tally:
+    """What the repeats of one experiment add up to, until it ends in a result."""
+
+    values: list[float] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+    peak_rss: int = 0
+    memory_mb: float | None = None
+    secondary: dict[str, float] = field(default_factory=dict)
+    leftovers: int = 0
+    exit_code: int | None = None
+    eval_log: Path | None = None  # the last evaluation's log (with eval_command)
+
+    def add_run(self, duration_s: float, peak_rss: int, leftovers: int, exit_code: int | None) -> None:
+        self.durations.append(duration_s)
+        self.peak_rss = max(self.peak_rss, peak_rss)
+        self.leftovers += leftovers
+        self.exit_code = exit_code
+
+    def add_figures(self, figures: Secondary) -> None:
+        if figures.memory_mb is not None:
+            self.memory_mb = max(self.memory_mb or 0.0, figures.memory_mb)
+        self.secondary.update(figures.metrics)
+
+    def _tail(self, log_path: Path) -> str:
+        """The log's last lines; with an evaluation stage, the run's and then the evaluation's."""
+        if self.eval_log is None or not self.eval_log.exists():
+            return tail(log_path)
+        run_log = self.eval_log.with_name(self.eval_log.name.removesuffix(EVAL_SUFFIX + ".log") + ".log")
+        evaluation = tail(self.eval_log, 15, 1000)
+        return f"{tail(run_log, 15, 1000)}\n--- evaluation stage ({self.eval_log.name}) ---\n{evaluation}"
+
+    def result(
+        self, status: RunStatus, value: float | None, log_path: Path, error: str | None
+    ) -> ExperimentResult:
+        # A memory figure the run printed (peak_vram_mb) beats the sampled RSS of the process tree.
+        sampled = self.peak_rss / (1024**3) if self.peak_rss else None
+        memory_gb = self.memory_mb / 1024 if self.memory_mb is not None else sampled
+        return ExperimentResult(
+            status=status,
+            value=value,
+            values=list(self.values),
+            spread=(max(self.values) - min(self.values)) if len(self.values) > 1 else None,
+            duration_s=round(sum(self.durations), 3),
+            memory_gb=round(memory_gb, 3) if memory_gb is not None else None,
+            exit_code=self.exit_code,
+            log_path=str(log_path),
+            log_tail=self._tail(log_path),
+            error=error,
+            secondary=self.secondary,
+            leftovers_killed=self.leftovers,
+        )

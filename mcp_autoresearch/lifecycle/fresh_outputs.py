@@ -1,0 +1,153 @@
+"""Fresh outputs for every run: before a run, what the project's output directories hold is moved aside.
+
+The outputs are the `writable` entries inside the project (`dist`, `build`, `target`, ...). Before each run,
+everything in them is renamed (never copied, never deleted) into `.autoresearch/outputs/<tag>/<folder>/<entry>/`,
+so every run starts from empty output directories that no earlier run chose: a link, a FIFO, a file with a
+future timestamp, a stale bundle left by one run cannot reach the next. The output directory itself stays
+where it is (in a confined run it is a mount point and a Landlock rule).
+
+The folder says whose the files were:
+- `run-<run_id>`: exactly what that run left (the server recorded the output after the run, and nothing has
+  changed since). Only the newest `KEEP_RUNS` of these are kept (the previous run's); older ones are deleted,
+  as files the server saw a run create.
+- `found-before-<run_id>`: anything else found before that run: the user's build from before the session, or
+  files written between runs (by the user, a restarted server's earlier runs). Never deleted by the server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+from ..errors import SessionError
+from ..measure.output_checks import Snapshot, link_on_the_way, snapshot, unsafe_output
+from ..names import OUTPUTS_DIR, STATE_DIR
+from ..records.state import server_dir
+
+KEEP_RUNS = 1  # the previous run's outputs: a `target/` of gigabytes is not kept many times over
+
+_lock = threading.Lock()
+# The output directory (its real path) -> the run that last wrote it here and what it left (see `record`).
+_left: dict[str, tuple[str, Snapshot]] = {}
+
+
+class OutputsError(Exception):
+    """The outputs could not be made fresh: the message names the path and says what to do."""
+
+
+def output_entries(root: Path, entries: list[str]) -> list[str]:
+    """The `writable` entries inside the project, normalized, outermost only (an entry beneath another one is
+    moved aside with it)."""
+    inside = [
+        os.path.normpath(entry)
+        for entry in entries
+        if not entry.startswith(("~", "/")) and not os.path.normpath(entry).startswith("..")
+    ]
+    return [e for e in inside if not any(o != e and e.startswith(o.rstrip("/") + "/") for o in inside)]
+
+
+def make_fresh(root: Path, entries: list[str], tag: str | None, run_id: str) -> list[str]:
+    """Move what each output holds aside (see the module's docstring) before run `run_id` (a name unique to
+    this run and repeat). An output behind a symbolic link (below a slot's shared input, say) is left alone:
+    nothing is moved through a link, and a measurement or an evaluation refuses an output reached through one.
+    Returns where the files went (project-relative folders). Raises `OutputsError` when one cannot be moved."""
+    moved: list[str] = []
+    chosen: dict[str, str] = {}  # folder -> its name in this call (the outputs of one run share it)
+    for entry in output_entries(root, entries):
+        path = root / entry
+        via = link_on_the_way(root, entry)
+        if via is not None and via != entry:
+            continue  # behind a link (a slot's shared input): not this tree's output; never moved through it
+        if not os.path.lexists(path):
+            continue
+        if via is None and path.is_dir():
+            names = sorted(os.listdir(path))
+            if not names:
+                continue
+            aside = _aside(root, tag, _folder(path, run_id), Path(entry).parts, chosen)
+            pairs = [(path / name, aside / name) for name in names]
+        else:  # a link or a file where the output directory belongs: the entry itself goes
+            aside = _aside(root, tag, f"found-before-{run_id}", Path(entry).parent.parts, chosen)
+            pairs = [(path, aside / path.name)]
+        for source, destination in pairs:
+            try:
+                os.rename(source, destination)
+            except OSError as exc:
+                raise OutputsError(
+                    f"'{source.relative_to(root)}' could not be moved aside into {aside} ({exc.strerror}): every "
+                    f"run starts from an empty '{entry}'; move its files away yourself, then run again"
+                ) from None
+        moved.append(str(aside.relative_to(root)))
+    _prune(root, tag)
+    return moved
+
+
+def _aside(root: Path, tag: str | None, folder: str, parts: tuple[str, ...], chosen: dict[str, str]) -> Path:
+    """A folder of the server's for one output's files: new for this call (a suffix where an earlier call
+    took the name), shared by the outputs of this call."""
+    try:
+        return _make_aside(root, tag or "untagged", folder, parts, chosen)
+    except SessionError as exc:
+        raise OutputsError(f"the outputs of earlier runs cannot be moved aside: {exc}") from None
+
+
+def _make_aside(root: Path, tag: str, folder: str, parts: tuple[str, ...], chosen: dict[str, str]) -> Path:
+    top = server_dir(root, OUTPUTS_DIR, tag)
+    if folder not in chosen:
+        name, count = folder, 1
+        while os.path.lexists(top / name):
+            count += 1
+            name = f"{folder}.{count}"
+        chosen[folder] = name
+    return server_dir(root, OUTPUTS_DIR, tag, chosen[folder], *parts)
+
+
+def _folder(path: Path, run_id: str) -> str:
+    """`run-<id>` when the output holds exactly what the server's last run here left, else `found-before-`."""
+    with _lock:
+        left = _left.pop(os.path.realpath(path), None)
+    if left is not None and snapshot(path) == left[1]:
+        return f"run-{left[0]}"
+    return f"found-before-{run_id}"
+
+
+def record(root: Path, entries: list[str], run_id: str) -> None:
+    """After run `run_id`: what its outputs hold, so the next `make_fresh` knows them for the run's."""
+    for entry in output_entries(root, entries):
+        path = root / entry
+        if path.is_dir() and not path.is_symlink():
+            left = snapshot(path)
+            with _lock:
+                _left[os.path.realpath(path)] = (run_id, left)
+
+
+def unsafe_outputs(root: Path, entries: list[str], started_at: float) -> str | None:
+    """Why the outputs of the run that started at `started_at` may not be handed on (to an evaluation stage),
+    or None: `output_checks.unsafe_output` of each output inside the project, which `make_fresh` emptied before
+    the run (so nothing there may be older than the run), and none reached through a symbolic link."""
+    for entry in output_entries(root, entries):
+        via = link_on_the_way(root, entry)
+        if via is not None:
+            return f"'{via}' is a symbolic link: the output '{entry}' is not handed on through it"
+        problem = unsafe_output(root / entry, started_at, frozenset(), entry)
+        if problem:
+            return problem
+    return None
+
+
+def _prune(root: Path, tag: str | None) -> None:
+    """Keep the newest KEEP_RUNS `run-*` folders; delete the others (links inside are removed, not followed)."""
+    top = root / STATE_DIR / OUTPUTS_DIR / (tag or "untagged")
+    try:
+        runs = [
+            entry
+            for entry in os.scandir(top)
+            if entry.name.startswith("run-") and entry.is_dir(follow_symlinks=False)
+        ]
+    except OSError:
+        return
+    runs.sort(key=lambda entry: entry.stat(follow_symlinks=False).st_mtime_ns, reverse=True)
+    for old in runs[KEEP_RUNS:]:
+        shutil.rmtree(old.path, ignore_errors=True)

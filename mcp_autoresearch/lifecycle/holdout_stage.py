@@ -1,0 +1,45 @@
+"""The holdout stage: after a keep is decided (never before: it cannot change a decision), `holdout_command` runs
+as an evaluation stage on what the keep left in the project, and its value goes only into the server's own
+records (`holdout.py`); no tool result carries it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..measure.holdout import record_holdout
+from ..names import HOLDOUT
+from ..records.state import server_dir
+from ..sandbox.policy import Isolation
+from ..setup.config import Config
+from .experiment import Experiment
+
+log = logging.getLogger("mcp_autoresearch")
+
+
+def run_holdout(
+    config: Config,
+    root: Path,
+    tag: str,
+    isolation: Isolation | None,
+    run_id: str,
+    value: float | None,
+    baseline: bool,
+) -> None:
+    """Measure the keep `run_id` (metric `value`) on the holdout and record it. Never raises: a failing holdout
+    is recorded as such and changes nothing of the session."""
+    if not config.holdout_command:
+        return
+    try:
+        folder = server_dir(root, HOLDOUT, tag)
+        experiment = Experiment(
+            config, root, f"{run_id}-holdout", folder, tag, None, isolation, publish_run_log=False
+        )
+        found, error = experiment.evaluate_only(
+            config.holdout_command, folder / f"{run_id}.log", "holdout_command"
+        )
+    except Exception as exc:  # the decision stands whatever happens here
+        log.exception("the holdout of %s failed", run_id)
+        found, error = None, f"{type(exc).__name__}: {exc}"
+    record = {"run_id": run_id, "baseline": baseline, "metric": value, "holdout": found, "error": error}
+    record_holdout(root, tag, record)

@@ -1,0 +1,294 @@
+"""Decisions with slots: one finished run at a time, against the best at the time of its decision.
+
+A candidate built on the current best is decided as a single run is. One built on an older best (another run
+was kept meanwhile) is stale: if it did not beat the best it was built on, it is discarded; if it did, its change
+is merged onto the new best (a three-way merge of the target) and the merged candidate runs again, in a free
+slot, under the same run id; a change that no longer applies is discarded as stale. Each step is logged.
+
+As with single runs, a decision is written into the state before it is applied, and applying it is idempotent.
+"""
+
+from __future__ import annotations
+
+from ..errors import RuleViolation, SessionError
+from ..measure.keep_rule import nonblank_lines
+from ..models import DecisionResult
+from ..names import SESSION_REFS
+from ..phases import advance, in_flight, unsaved
+from ..records.atomic import atomic_write, read_regular
+from ..records.state import DecisionRecord, Pending, RunOutcome, server_dir
+from ..session.context import SessionCore, normal_run_id
+from ..setup.single_file import sha256_bytes
+from ..vcs.checkouts import merge_target
+from .decisions import Decider, decided_next_step, judge
+from .parallel import ParallelRuns
+
+MAX_REBASES = 2  # a candidate merged onto a newer best this many times and still stale is discarded
+
+
+class SlotDecider:
+    def __init__(self, core: SessionCore, parallel: ParallelRuns, decider: Decider) -> None:
+        self.core = core
+        self.parallel = parallel
+        self.decider = decider  # the state changes and the row are the same as for a single run
+
+    def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
+        core = self.core
+        with core.lock:
+            if run_id is not None:
+                run_id = normal_run_id(run_id)
+                if core.journal.get(run_id) is not None:
+                    return self.decider.commit_or_reset(run_id, discard)  # the "already decided" answer
+            return self.decide_locked(run_id, discard)
+
+    def decide_locked(self, run_id: str | None, discard: bool) -> DecisionResult:
+        core = self.core
+        self.parallel.checks.guard_own()  # also while runs are in flight: nothing is appended to a forged log
+        if run_id is None:
+            pending = self.parallel.first_finished()
+            if pending is None:
+                running = [p.run_id for p in core.state.inflight]
+                if running:
+                    raise SessionError(
+                        f"no run has finished yet ({', '.join(running)} in flight); call wait_experiment() first"
+                    )
+                raise RuleViolation("no run waits for a decision; call run_experiment first")
+        else:
+            found = self.parallel.entry(run_id)
+            if found is None:
+                raise RuleViolation(
+                    f"run {run_id} is neither in flight nor logged in session '{core.state.tag}'"
+                )
+            pending = found
+        if in_flight(pending):
+            raise SessionError(
+                f"run {pending.run_id} is still running; call wait_experiment(run_id='{pending.run_id}') first"
+            )
+        if pending.phase == "finished":
+            core.check_head()
+            best = core.state.best
+            stale = best is not None and not pending.is_baseline and pending.parent != best.commit
+            if stale and pending.result is not None:
+                pending.result.best_values = []  # runs of the best it was built on, not of today's best
+                pending.result.best_regression = None
+            if stale and not discard:
+                rebased = self._rebase(pending)
+                if rebased is not None:
+                    return rebased
+            verdict = self.decider.verdict(pending, discard)
+            reason = verdict.reason
+            if stale and pending.decision is not None:  # _rebase wrote why it was discarded as stale
+                verdict_decision, reason = pending.decision.decision, pending.decision.reason
+            else:
+                verdict_decision = verdict.decision
+            pending.decision = DecisionRecord(
+                decision=verdict_decision,
+                reason=reason,
+                delta=verdict.delta,
+                prev=best.value if best else None,
+            )
+            # Written ahead only when applying it moves the branch (a keep): a restart must then finish it. A discard
+            # changes nothing in git: decided again from `finished` after a restart, nothing was half applied.
+            moves = verdict_decision == "keep" and pending.commit not in (None, pending.parent)
+            advance(pending, "deciding", core.save if moves else unsaved)
+        return self.finish(pending)
+
+    def recover(self) -> list[str]:
+        """After a restart: decisions half applied are finished (first: git as decided), runs that were in flight
+        are logged as interrupted. Returns what was repaired."""
+        core = self.core
+        notes = []
+        for entry in [p for p in core.state.inflight if p.phase == "deciding"]:
+            self.finish(entry)
+            notes.append(f"the decision on run {entry.run_id} was completed")
+        for run_id in self.parallel.recover():
+            self.decide_locked(run_id, discard=True)
+            notes.append(
+                f"run {run_id} was in flight when the server stopped: logged as interrupted; it never finished, "
+                "so it says nothing about its idea (apply its edit again to re-run it)"
+            )
+        if core.journal.reconcile_tsv():
+            notes.append("results.tsv was rebuilt from the JSONL log")
+        return notes
+
+    def shutdown(self, join_s: float) -> None:
+        """The server stops: every run in flight is cancelled, and those that ended are logged as interrupted."""
+        self.parallel.stop("the server was stopped", join_s)
+        with self.core.lock:
+            for entry in list(self.core.state.inflight):
+                result = entry.result
+                if entry.phase == "finished" and result is not None and result.status == "cancelled":
+                    result.status, result.error = "interrupted", "the server stopped during this run"
+                    self.decide_locked(entry.run_id, discard=True)
+
+    def _rebase(self, pending: Pending) -> DecisionResult | None:
+        """A stale candidate: discarded (the decision is left in `pending.decision`), or merged onto the best and
+        started again (the answer is returned)."""
+        core = self.core
+        best = core.state.best
+        assert best is not None
+        result = pending.result or RunOutcome()
+        own = judge(core, pending, pending.parent_value, None)  # against the best it was built on
+        if own.decision != "keep":
+            pending.decision = DecisionRecord(
+                decision=own.decision, reason=f"{own.reason} (against the best it was built on)"
+            )
+            return None
+        repo, path = core.repo, core.target_repo_path
+        base = repo.show_file(pending.parent, path)
+        ours = repo.show_file(best.commit, path)
+        theirs = repo.show_file(pending.commit or pending.parent, path)
+        merged = merge_target(base, ours, theirs)
+        why = None
+        if pending.rebases >= MAX_REBASES:
+            why = f"stale: the best moved again after {pending.rebases} re-runs"
+        elif merged is None:
+            why = f"stale: its change conflicts with the best kept since it was built ({best.run_id})"
+        elif merged == ours:
+            why = f"stale: its change is already in the best ({best.run_id})"
+        else:
+            # As run_experiment: content in flight or already measured is never started again here (a rebase is
+            # no second draw of the noise for content the session has decided on, nor a twin of a run in flight).
+            merged_sha = sha256_bytes(merged)
+            twin = next(
+                (
+                    p
+                    for p in core.state.inflight
+                    if p is not pending and not p.is_baseline and p.target_sha256 == merged_sha
+                ),
+                None,
+            )
+            earlier = core.journal.measured(merged_sha)
+            if twin is not None:
+                why = f"stale: merged onto the new best it is the content of {twin.run_id}, in flight"
+            elif earlier is not None:
+                why = f"stale: merged onto the new best it is the content {earlier.run_id} already measured"
+        slot = self.parallel.free_slot()
+        if why is None and slot is None:
+            why = "stale: no slot is free to run it again"
+        if why is not None or merged is None or slot is None:
+            pending.decision = DecisionRecord(decision="discard", reason=why or "stale")
+            return None
+        old_commit, built_on = pending.commit, pending.parent_value
+        commit = repo.write_commit(
+            path,
+            merged,
+            f"experiment: {pending.description} (on {best.run_id})",
+            best.commit,
+            plain=core.plain_target,
+        )
+        # Logged before anything changes: a failure here (or in the restart) leaves the candidate as it ran, never
+        # its old result standing for a merged commit that no run measured (a later keep would move the branch
+        # there).
+        core.journal.log_event(
+            "experiment_rebased",
+            {
+                "run_id": pending.run_id,
+                "from_commit": old_commit,
+                "commit": commit,
+                "onto": best.run_id,
+                "value_before": result.value,
+                "slot": slot,
+            },
+        )
+        before = pending.model_copy(deep=True)
+        ref = f"{SESSION_REFS}{core.state.tag}/{pending.run_id}"
+        try:
+            repo.set_ref(ref, commit)
+            pending.parent, pending.parent_value, pending.commit = best.commit, best.value, commit
+            pending.target_sha256 = sha256_bytes(merged)
+            pending.nonblank_lines = nonblank_lines(merged.decode("utf-8", errors="replace"))
+            pending.rebases += 1
+            self.parallel.restart(pending, slot)
+        except BaseException:
+            self.parallel.flights.pop(pending.run_id, None)
+            for name in type(before).model_fields:
+                setattr(pending, name, getattr(before, name))
+            if old_commit is not None:
+                repo.set_ref(ref, old_commit)
+            core.save()
+            raise
+        core.own.journal_written()
+        return DecisionResult(
+            run_id=pending.run_id,
+            decision="rerun",
+            reason=(
+                f"it beat the best it was built on ({result.value} vs {built_on}), but {best.run_id} "
+                "was kept since: its change was merged onto the new best and runs again"
+            ),
+            value=result.value,
+            prev=best.value,
+            delta=None,
+            commit=commit,
+            branch_head=repo.head_commit(),
+            next_step=(
+                f"{pending.run_id} runs again in slot {slot} on the new best; call wait_experiment() for the "
+                "first run to finish, or edit the next idea and run_experiment"
+            ),
+            keep_rule=core.state.keep_rule,
+        )
+
+    def finish(self, pending: Pending) -> DecisionResult:
+        """Apply a recorded decision. Idempotent: a restart in the middle runs it again."""
+        core = self.core
+        decision = pending.decision or DecisionRecord()
+        verdict = decision.decision
+        commit = pending.commit or pending.parent
+        merged_note = ""
+        if verdict == "keep" and commit != pending.parent:
+            merged_note = self._advance(pending, commit)
+        judged = self.decider.log_decision(pending)
+        core.state.drop(pending.run_id)
+        core.save()
+        core.own.journal_written()
+        if pending.run_id in self.parallel.finish_order:
+            self.parallel.finish_order.remove(pending.run_id)
+        free = self.parallel.slots - len(core.state.inflight)
+        then = (
+            f"{free} slot{'s' if free != 1 else ''} free: edit the next idea and run_experiment"
+            if free
+            else "every slot is busy: wait_experiment() for the next run to finish"
+        )
+        next_step = decided_next_step(core, pending, then, then, merged_note)
+        return self.decider.answer(pending, judged, next_step)
+
+    def _advance(self, pending: Pending, commit: str) -> str:
+        """The branch moves to the kept candidate (a child of the best), and the target in the user's tree
+        follows: an edit of the agent's not yet run is merged onto it (or kept aside when it conflicts)."""
+        core = self.core
+        repo, path = core.repo, core.target_repo_path
+        target = core.root / core.target_rel
+        old_best = repo.show_file(pending.parent, path)
+        new_best = repo.show_file(commit, path)
+        try:
+            current = read_regular(target)
+        except OSError:
+            current = old_best
+        if repo.resolve_branch(core.state.branch) != commit:  # else moved before a restart: the rest again
+            repo.move_branch(core.state.branch, commit, f"autoresearch: keep {pending.run_id}")
+        if current in (old_best, new_best):
+            repo.restore_paths(commit, [path])
+            return ""
+        merged: bytes | None = None
+        if core.plain_target:
+            merged = merge_target(old_best, new_best, current)
+        else:
+            # git converts this file on its way in: compared in git's form, merged only where that form is the
+            # bytes themselves, else kept aside; never overwritten unseen.
+            clean = repo.blob_id(path, current)
+            if clean in (repo.blob_at(c, path) for c in (pending.parent, commit)):
+                repo.restore_paths(commit, [path])
+                return ""
+            if clean == repo.blob_id(path, current, filters=False):
+                merged = merge_target(old_best, new_best, current)
+        if merged is not None:
+            atomic_write(target, merged)
+            repo.sync_index([path])
+            return "; your edit not yet run was merged onto it"
+        aside = server_dir(core.root, "edits") / f"{pending.run_id}-{target.name}"
+        atomic_write(aside, current)
+        repo.restore_paths(commit, [path])
+        return (
+            f"; your edit not yet run conflicted with it and was kept in {aside.relative_to(core.root)}: the "
+            "target now holds the new best, so redo that edit on it"
+        )

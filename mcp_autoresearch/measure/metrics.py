@@ -1,0 +1,210 @@
+"""Reading numbers out of a run: the metric, the memory figure, and secondary `METRIC name=value` lines.
+
+The whole log is searched, not a tail: a verbose run may print its metric early. Searches go backwards in
+line-aligned chunks, so the common case (metric near the end) reads little, and the last match wins.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ..records.atomic import open_regular
+from .output_checks import Snapshot
+from .output_size import Measure, OutputError, measure_output
+
+FLOAT = rb"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|(?i:nan|inf(?:inity)?))"
+_FIRST_FLOAT = re.compile(FLOAT.decode(), re.IGNORECASE)
+_METRIC_LINE = re.compile(rb"^[ \t]*METRIC[ \t]+([A-Za-z_][\w.\-]*)[ \t]*=[ \t]*(" + FLOAT + rb")", re.M)
+_VRAM = re.compile(rb"^[ \t]*peak_vram_mb[ \t]*:[ \t]*(" + FLOAT + rb")", re.M)
+CHUNK = 4 << 20
+MAX_SECONDARY = 50
+
+
+class MetricError(Exception):
+    """No usable value: the message says why."""
+
+
+def to_float(text: str | bytes) -> float:
+    value = float(text.decode() if isinstance(text, bytes) else text)
+    return value
+
+
+def builtin_patterns(metric_name: str) -> list[re.Pattern[bytes]]:
+    """`<name>: <float>` as karpathy's train.py prints it, and `METRIC <name>=<float>`."""
+    name = re.escape(metric_name.encode())
+    return [
+        re.compile(rb"^[ \t]*" + name + rb"[ \t]*:[ \t]*(" + FLOAT + rb")(?![\w.])", re.M),
+        re.compile(rb"^[ \t]*METRIC[ \t]+" + name + rb"[ \t]*=[ \t]*(" + FLOAT + rb")", re.M),
+    ]
+
+
+def user_pattern(regex: str) -> re.Pattern[bytes]:
+    return re.compile(regex.encode("utf-8"), re.M)
+
+
+def last_match(
+    path: Path, patterns: list[re.Pattern[bytes]], literal: bytes | None = None, whole_lines: bool = False
+) -> bytes | None:
+    """Group 1 of the last match of any pattern in the file (the match closest to the end wins). Reads
+    backwards in chunks of at most CHUNK bytes, so memory stays bounded whatever the log's size. `literal`,
+    a string every match contains, lets chunks without it skip the regex (a substring search is far faster).
+    `whole_lines`: a last line without its newline is left out."""
+    try:
+        handle = os.fdopen(open_regular(path), "rb")  # a FIFO left at the log's path must not block
+    except OSError:
+        return None
+    with handle:
+        end = handle.seek(0, os.SEEK_END)
+        if whole_lines:
+            end = _complete_end(handle, end)
+        while end > 0:
+            start = max(0, end - CHUNK)
+            handle.seek(start)
+            window = handle.read(end - start)
+            head = 0
+            if start > 0:
+                # Drop the partial first line (the next window back ends where it starts); a line longer
+                # than a chunk is split instead.
+                cut = window.find(b"\n")
+                if 0 <= cut < len(window) - 1:
+                    head = cut + 1
+            best: tuple[int, bytes] | None = None
+            if literal is not None and window.find(literal, head) < 0:
+                patterns_here: list[re.Pattern[bytes]] = []
+            else:
+                patterns_here = patterns
+            for pattern in patterns_here:
+                for match in pattern.finditer(window, head):
+                    if best is None or match.start() >= best[0]:
+                        best = (match.start(), match.group(1))
+            if best is not None:
+                return best[1]
+            end = start + head
+    return None
+
+
+def _complete_end(handle: BinaryIO, end: int) -> int:
+    """Where the file's last complete line ends (0 when it has none)."""
+    while end > 0:
+        start = max(0, end - CHUNK)
+        handle.seek(start)
+        cut = handle.read(end - start).rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0
+
+
+def read_metric_from_log(
+    path: Path, metric_name: str, metric_regex: str | None, whole_lines: bool = False
+) -> float:
+    """The metric's last match in the log (`whole_lines`: only in lines that end with a newline)."""
+    if metric_regex:
+        found = last_match(path, [user_pattern(metric_regex)], None, whole_lines)
+    else:  # both built-in forms contain the metric's name
+        found = last_match(path, builtin_patterns(metric_name), metric_name.encode(), whole_lines)
+    if found is None:
+        how = (
+            f"metric_regex {metric_regex!r}"
+            if metric_regex
+            else (f"'{metric_name}: <number>' or 'METRIC {metric_name}=<number>'")
+        )
+        raise MetricError(f"no line matching {how} in the output")
+    try:
+        value = to_float(found.strip())
+    except ValueError:
+        raise MetricError(f"matched {found[:80]!r}, which is not a number") from None
+    return check_finite(value)
+
+
+def check_finite(value: float) -> float:
+    if math.isnan(value) or math.isinf(value):
+        raise MetricError(f"the metric is {value} (not a finite number)")
+    return value
+
+
+def first_float(text: str) -> float:
+    match = _FIRST_FLOAT.search(text)
+    if not match:
+        raise MetricError(
+            "metric_parse printed no number" + (f": {text.strip()[:120]!r}" if text.strip() else "")
+        )
+    return check_finite(float(match.group(0)))
+
+
+def measure(
+    spec: str,
+    root: Path,
+    duration_s: float,
+    started_at: float | None = None,
+    target_file: str | None = None,
+    fresh: Snapshot = frozenset(),
+) -> float:
+    """A metric the server measures itself: `wall_time_s`, `size_kb:<path>`, `size_mb:<path>` (see `Measure`).
+    With `started_at` (the run's start, wall clock), a size is only taken of an output written for this run,
+    holding nothing `output_checks.unsafe_output` refuses (`fresh`: the output's snapshot before the run)."""
+    parsed = Measure.parse(spec)
+    if parsed.kind == "wall_time_s":
+        return round(duration_s, 6)
+    try:
+        size = measure_output(root, parsed, started_at, target_file, fresh)
+    except OutputError as exc:
+        raise MetricError(str(exc)) from None
+    return size / 1024 if parsed.kind == "size_kb" else size / (1024 * 1024)
+
+
+def _collect_metrics(data: bytes, metric_name: str | None, metrics: dict[str, float]) -> None:
+    if b"METRIC" not in data:
+        return
+    for match in _METRIC_LINE.finditer(data):
+        name = match.group(1).decode("ascii", "replace")
+        if name == metric_name or (name not in metrics and len(metrics) >= MAX_SECONDARY):
+            continue
+        try:
+            value = float(match.group(2))
+        except ValueError:
+            continue
+        if math.isfinite(value):
+            metrics[name] = value
+
+
+@dataclass
+class Secondary:
+    memory_mb: float | None
+    metrics: dict[str, float]
+
+
+def read_secondary(path: Path, metric_name: str | None, memory_regex: str | None) -> Secondary:
+    """`peak_vram_mb:` (or memory_regex) and every other `METRIC name=value` line (last value per name)."""
+    memory: float | None = None
+    if memory_regex:
+        found = last_match(path, [user_pattern(memory_regex)])
+    else:
+        found = last_match(path, [_VRAM], b"peak_vram_mb")
+    if found is not None:
+        try:
+            memory = float(found)
+            if not math.isfinite(memory):
+                memory = None
+        except ValueError:
+            memory = None
+    metrics: dict[str, float] = {}
+    try:
+        handle = os.fdopen(open_regular(path), "rb")  # a FIFO left at the log's path must not block
+    except OSError:
+        return Secondary(memory, metrics)
+    with handle:
+        carry = b""
+        while chunk := handle.read(CHUNK):
+            data = carry + chunk
+            cut = data.rfind(b"\n") + 1
+            # A partial last line waits for the next chunk, unless it is too long to be a METRIC line.
+            carry = data[cut:] if len(data) - cut < 4096 else b""
+            _collect_metrics(data[:cut] if cut else b"", metric_name, metrics)
+        _collect_metrics(carry, metric_name, metrics)
+    return Secondary(memory, metrics)

@@ -1,0 +1,85 @@
+"""The session's standing: baseline, best and improvement, defined once for every view (briefing, query_results,
+`status`, `finish`, the web page, the dashboard).
+
+- The baseline is the unmodified target's value: the median of all its runs, re-measurements included.
+- The best is the best kept commit's value (the median of its runs).
+- Until something other than the baseline is kept, the best *is* the baseline: the improvement is 0 (comparing
+  the baseline with a re-measurement of itself would report noise as progress).
+- On a noisy metric the improvement comes with a 95% interval (Student t, the variance pooled over the
+  session's runs, as the keep rule pools it).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from ..records.state import SessionState
+from .keep_rule import improvement, improvement_pct
+from .stats import Noise, noise_of, t_quantile
+
+LEVEL = 0.95  # the interval's two-sided confidence
+
+
+@dataclass(frozen=True)
+class Standing:
+    baseline: float
+    best: float
+    improvement: float  # best over baseline, > 0 = better, in the metric's unit
+    improvement_pct: float | None  # as a percentage of the baseline's magnitude (None for a zero baseline)
+    interval: tuple[float, float] | None  # the improvement's LEVEL interval (None: no noise measured)
+    best_is_baseline: bool
+
+    def text(self) -> str:
+        """One line for people: `improvement 0.2 (+1.5%, 95% interval 0.1 .. 0.3)`."""
+        details = [f"{self.improvement_pct:+.2f}%"] if self.improvement_pct is not None else []
+        if self.interval is not None:
+            details.append(f"{LEVEL:.0%} interval {self.interval[0]:.6g} .. {self.interval[1]:.6g}")
+        if self.best_is_baseline:
+            details.append("nothing kept beyond the baseline")
+        return f"improvement {self.improvement:.6g}" + (f" ({', '.join(details)})" if details else "")
+
+
+def baseline_runs(state: SessionState) -> list[float]:
+    """Every run of the unmodified baseline: the best's runs while the best is the baseline."""
+    if is_baseline_best(state):
+        return best_values(state)
+    if state.baseline_values:
+        return list(state.baseline_values)
+    return [state.baseline_value] if state.baseline_value is not None else []
+
+
+def best_values(state: SessionState) -> list[float]:
+    """The best's runs (as `sequential.best_values`; the readers of this module never import the lifecycle)."""
+    best = state.best
+    return [] if best is None else (list(best.values) or [best.value])
+
+
+def is_baseline_best(state: SessionState) -> bool:
+    return state.best is not None and state.best.commit == state.baseline_commit
+
+
+def standing(state: SessionState | None) -> Standing | None:
+    """Baseline, best and improvement; None before the baseline is kept."""
+    if state is None or state.best is None or state.baseline_value is None:
+        return None
+    base_runs = baseline_runs(state)
+    baseline = statistics.median(base_runs) if base_runs else state.baseline_value
+    if is_baseline_best(state):
+        return Standing(baseline, baseline, 0.0, 0.0 if baseline else None, None, True)
+    best = state.best.value
+    gain = improvement(best, baseline, state.metric_direction)
+    return Standing(
+        baseline, best, gain, improvement_pct(gain, baseline), _interval(state, gain, len(base_runs)), False
+    )
+
+
+def _interval(state: SessionState, gain: float, baseline_n: int) -> tuple[float, float] | None:
+    noise = Noise(state.noise_ss, state.noise_df) + noise_of(best_values(state))  # as the keep rule pools it
+    best_n = len(best_values(state))
+    if not noise.df or not noise.ss or not baseline_n or not best_n:
+        return None  # a deterministic metric, or no noise measured: the improvement is exact as far as known
+    assert noise.sd is not None
+    half = t_quantile(0.5 + LEVEL / 2, noise.df) * noise.sd * math.sqrt(1 / baseline_n + 1 / best_n)
+    return round(gain - half, 12), round(gain + half, 12)

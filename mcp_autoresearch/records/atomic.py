@@ -1,0 +1,150 @@
+"""Writing files so that a crash at any moment leaves the old content or the new one, never half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import SessionError
+
+
+def atomic_write(
+    path: Path, data: bytes | Iterable[bytes], mode: int | None = None, sync: bool = True
+) -> int:
+    """Write to a temporary file beside `path`, fsync it (unless `sync` is False: a copy that may be lost), and
+    rename it over `path`. A symlink standing at `path` is replaced, never followed. `mode` defaults to the
+    existing file's permissions. Returns the size."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    if mode is None:
+        try:
+            mode = path.lstat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o644
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, mode)
+    size = 0
+    try:
+        for chunk in (data,) if isinstance(data, bytes) else data:
+            view = memoryview(chunk)
+            size += len(view)
+            while view:
+                view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    return size
+
+
+def own_dir(root: Path, *parts: str, replace_links: bool = False) -> Path:
+    """`root/parts...`, created as needed, where every component is a real directory: a symlink planted in the
+    server's own folders would make it write outside the project. With `replace_links` (folders that only the
+    server owns) such a symlink is removed (the link only, never what it points to) and a real directory made;
+    otherwise, and for a file standing there, it is refused."""
+    path = root
+    for name in (piece for part in parts for piece in part.split("/") if piece):
+        path = path / ("__up__" if name == ".." else name)
+        for _attempt in range(3):
+            try:
+                os.mkdir(path, 0o755)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise SessionError(f"cannot create {path}: {exc.strerror}") from None
+            mode = os.lstat(path).st_mode
+            if stat.S_ISDIR(mode):
+                break
+            if not (replace_links and stat.S_ISLNK(mode)):
+                raise SessionError(
+                    f"{path} is not a real directory (a symlink or a file stands there); the server keeps its "
+                    "files only in real directories of its own: move it aside"
+                )
+            os.unlink(path)
+        else:
+            raise SessionError(f"{path} keeps being replaced by a symlink; stop what does it")
+    return path
+
+
+def open_regular(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """Open a regular file without following a symlink and without ever blocking (a FIFO or a device standing
+    at `path` would hang a plain open or read). Raises OSError for anything but a regular file."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: Path) -> bytes:
+    """The content of a regular file (see `open_regular`)."""
+    fd = open_regular(path)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def copy_regular(source: Path, dest: Path) -> None:
+    """Copy a regular file's bytes to `dest` (atomically, never through a symlink at either end)."""
+    fd = open_regular(source)
+    with os.fdopen(fd, "rb") as handle:
+        atomic_write(dest, iter(lambda: handle.read(1 << 20), b""), 0o644)
+
+
+Fingerprint = tuple[int, int, int, int, int]
+
+
+def fingerprint(path: Path) -> Fingerprint | None:
+    """Size, times and inode: any write changes the ctime, which `os.utime` cannot put back."""
+    try:
+        return _print(os.lstat(path))
+    except OSError:
+        return None
+
+
+def _print(st: os.stat_result) -> Fingerprint:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+
+
+def append_synced(path: Path, data: bytes, sync: bool = True) -> tuple[int, Fingerprint]:
+    """Append, flush and fsync (unless `sync` is False); a failed append is undone. Returns the offset the data
+    starts at, and the file's fingerprint as this write left it, taken from the descriptor written through (never
+    a later swap's)."""
+    fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never a symlink, FIFO or device
+    try:
+        start = os.fstat(fd).st_size
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            if sync:
+                os.fsync(fd)
+        except OSError:
+            if (
+                written
+            ):  # a full disk: the file is left as it was, never with half a line a retry would follow
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+            raise
+        return start, _print(os.fstat(fd))
+    finally:
+        os.close(fd)
+
+
+def open_read(path: Path) -> BinaryIO:
+    """Open one of the server's files for reading: never through a symlink, never blocking on a FIFO."""
+    return os.fdopen(open_regular(path), "rb")

@@ -1,0 +1,24 @@
+"""Which session is current: the one whose branch is checked out. Read-only (git and the state files), so the
+readers (report, web page) can ask it without importing the session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import SessionError
+from ..names import SESSION_BRANCHES
+from ..vcs.repo import Repo
+from .state import load_state
+
+
+def current_session(root: Path, repo: Repo | None = None) -> str | None:
+    """The current session is the one whose branch is checked out, always (also when a person checked out
+    another session's branch by hand). None when no session branch is checked out."""
+    try:
+        branch = (repo or Repo(root)).current_branch()
+    except SessionError:
+        return None
+    tag = branch.removeprefix(SESSION_BRANCHES) if branch else ""
+    if tag and tag != branch and load_state(root, tag) is not None:
+        return tag
+    return None

@@ -1,0 +1,499 @@
+"""The experiment log: `results.tsv` for people and the JSONL for machines, in the original tool's formats.
+
+The JSONL is the source of truth; `results.tsv` is derived from it and rebuilt whenever the two disagree (a
+server killed between the two appends, or a run that rewrote the file). Appends are flushed and fsynced.
+In memory the journal keeps a compact index of the current session (value, status codes and the byte offset
+of each row's line, in arrays): 100,000 experiments cost a few MB, and full rows are read back from the JSONL
+only when they are shown.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+import os
+from array import array
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..statuses import DECISIONS, RUN_STATUSES, Decision, RunStatus, as_decision, as_run_status
+from ..terminal_text import printable
+from .atomic import Fingerprint, append_synced, atomic_write, fingerprint, open_read, open_regular
+from .evidence import Evidence
+from .results_tsv import AUTORESEARCH_HEADER, TsvFormat, quick_tsv_size, same_tsv_size
+
+TSV_HEADER = AUTORESEARCH_HEADER
+
+
+def now_stamps() -> tuple[str, str]:
+    local = datetime.now().astimezone()
+    return local.isoformat(timespec="seconds"), local.astimezone(UTC).isoformat(
+        timespec="milliseconds"
+    ).replace("+00:00", "Z")
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """Descriptions and notes as single TSV-safe lines, with nothing a terminal would act on."""
+    flat = printable(" ".join(text.replace("\t", " ").split()))
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _printable_or_none(value: Any) -> str | None:
+    return None if value is None else printable(str(value), lines=True)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    return value if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+@dataclass(slots=True)
+class Row:
+    """One decided experiment, as logged."""
+
+    run_id: str
+    commit: str
+    metric: str
+    value: float | None
+    status: Decision
+    run_status: RunStatus
+    description: str
+    prev: float | None
+    delta: float | None
+    memory_gb: float | None
+    duration_s: float | None
+    error: str | None
+    tag: str
+    timestamp: str
+    notes: list[str] = field(default_factory=list)
+    evidence: Evidence = field(default_factory=Evidence)  # what the keep rule saw
+
+    def tsv_line(self) -> str:
+        value = f"{self.value:.6f}" if self.value is not None and self.status != "crash" else "0.000000"
+        return f"{self.commit[:7]}\t{self.metric}\t{value}\t{self.status}\t{one_line(self.description)}\n"
+
+
+_ROW_CACHE = 512
+NOT_MEASURED = ("cancelled", "interrupted", "disk_full")  # run statuses that say nothing about the content
+
+
+class Journal:
+    def __init__(
+        self,
+        tsv_path: Path,
+        jsonl_path: Path,
+        tag: str,
+        results_format: str = "autoresearch",
+        metric: str | None = None,
+    ) -> None:
+        self.tsv_path = tsv_path
+        self.jsonl_path = jsonl_path
+        self.tag = tag
+        self.tsv_format = TsvFormat(results_format, metric)  # the shape results.tsv is written and rebuilt in
+        self._tsv_size: int | None = None  # what results.tsv's size must be if nobody else wrote it
+        self.mirror: Path | None = None  # the server's own copy of the JSONL, appended in step
+        self.provenance: str | None = None  # where the values come from (provenance.py), on each row's record
+        self.written: dict[Path, Fingerprint] = {}  # each file as this process's last append left it
+        self._reset()
+
+    def _reset(self) -> None:
+        self._offset = 0  # how far the JSONL has been read
+        # sha256 of the JSONL's first `_offset` bytes, as read or written by this process
+        self._sha = hashlib.sha256()
+        self._offsets = array("q")  # byte offset of each experiment_done line
+        self._values = array("d")  # the value, NaN when there is none
+        self._status = bytearray()  # index into DECISIONS
+        self._run_status = bytearray()  # index into RUN_STATUSES
+        self._run_numbers = array("q")  # n of run id "r<n>", increasing
+        self._other_ids: dict[str, int] = {}  # run ids of another shape
+        self._notes: dict[int, list[str]] = {}
+        self._cache: OrderedDict[int, Row] = OrderedDict()
+        self._best_values = array("d")  # values of rows that have one, sorted ascending
+        self._best_rows = array("q")  # the row index of each of those values
+        self.counts: Counter[str] = Counter()
+        self.last_keep_index = -1
+        self._by_content: dict[
+            int, int
+        ] = {}  # target sha256 (its first 64 bits) -> the last row measuring it
+
+    # -- the index ------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def index_of(self, run_id: str) -> int | None:
+        if run_id in self._other_ids:
+            return self._other_ids[run_id]
+        number = _run_number(run_id)
+        if number is None:
+            return None
+        position = bisect.bisect_left(self._run_numbers, number)
+        if position < len(self._run_numbers) and self._run_numbers[position] == number:
+            return position
+        return None
+
+    def get(self, run_id: str) -> Row | None:
+        index = self.index_of(run_id)
+        return None if index is None else self.row(index)
+
+    def status_at(self, index: int) -> Decision:
+        return DECISIONS[self._status[index]]
+
+    def run_status_at(self, index: int) -> RunStatus:
+        return RUN_STATUSES[self._run_status[index]]
+
+    def value_at(self, index: int) -> float | None:
+        value = self._values[index]
+        return None if math.isnan(value) else value
+
+    def indices(self, status: str | None = None) -> list[int]:
+        """Row indices, oldest first, with this status (decision or run status); all when None."""
+        if status is None:
+            return list(range(len(self)))
+        if status in DECISIONS:
+            code = DECISIONS.index(status)
+            return [i for i, c in enumerate(self._status) if c == code]
+        if status in RUN_STATUSES:
+            code = RUN_STATUSES.index(status)
+            return [i for i, c in enumerate(self._run_status) if c == code]
+        return []
+
+    def best_indices(self, limit: int, lower_is_better: bool, status: str | None = None) -> list[int]:
+        """Indices of the best values (crashes excluded), best first."""
+        chosen: list[int] = []
+        for _value, index in self._ordered(lower_is_better):
+            if status is None or self.status_at(index) == status or self.run_status_at(index) == status:
+                chosen.append(index)
+                if len(chosen) >= limit:
+                    break
+        return chosen
+
+    def best_kept_before(self, stop: int, lower_is_better: bool) -> float | None:
+        """The running best (over kept rows) just before row `stop`."""
+        keep = DECISIONS.index("keep")
+        for value, index in self._ordered(lower_is_better):
+            if index < stop and self._status[index] == keep:
+                return value
+        return None
+
+    def _ordered(self, lower_is_better: bool) -> Iterator[tuple[float, int]]:
+        pairs = zip(self._best_values, self._best_rows, strict=True)
+        return pairs if lower_is_better else reversed(list(pairs))
+
+    # -- full rows, read back from the file ----------------------------------------------------------------
+    def row(self, index: int) -> Row:
+        cached = self._cache.get(index)
+        if cached is not None:
+            self._cache.move_to_end(index)
+            return cached
+        return self.rows_at([index])[0]
+
+    def rows_at(self, indices: list[int]) -> list[Row]:
+        found: dict[int, Row] = {i: self._cache[i] for i in indices if i in self._cache}
+        missing = sorted(set(indices) - set(found))
+        if missing:
+            with open_read(self.jsonl_path) as handle:
+                for index in missing:
+                    handle.seek(self._offsets[index])
+                    row = self._row_from(json.loads(handle.readline()))
+                    row.notes = list(self._notes.get(index, ()))
+                    found[index] = row
+                    self._cache[index] = row
+            while len(self._cache) > _ROW_CACHE:
+                self._cache.popitem(last=False)
+        return [found[i] for i in indices]
+
+    def tail(self, count: int) -> list[Row]:
+        return self.rows_at(list(range(max(0, len(self) - count), len(self))))
+
+    def iter_rows(self) -> Iterator[Row]:
+        """Every row, oldest first, streamed from the file (for exports and the TSV)."""
+        for start in range(0, len(self), 1000):
+            batch = list(range(start, min(start + 1000, len(self))))
+            with open_read(self.jsonl_path) as handle:
+                for index in batch:
+                    handle.seek(self._offsets[index])
+                    row = self._row_from(json.loads(handle.readline()))
+                    row.notes = list(self._notes.get(index, ()))
+                    yield row
+
+    @property
+    def rows(self) -> list[Row]:
+        """All rows as objects: for the CLI's views and exports, not for the server's hot paths."""
+        return list(self.iter_rows())
+
+    def _row_from(self, event: dict[str, Any]) -> Row:
+        details = event.get("details") or {}
+        return Row(
+            run_id=str(details.get("run_id", "")),
+            commit=str(details.get("commit", "")),
+            metric=str(details.get("metric", "")),
+            value=_finite_or_none(details.get("value")),
+            status=as_decision(details.get("status", "crash")),
+            run_status=as_run_status(details.get("run_status") or details.get("error") or "ok"),
+            description=printable(str(details.get("description", ""))),
+            prev=_finite_or_none(details.get("prev")),
+            delta=_finite_or_none(details.get("delta")),
+            memory_gb=_finite_or_none(details.get("memory_gb")),
+            duration_s=_finite_or_none(details.get("duration_s")),
+            error=_printable_or_none(details.get("error_detail", details.get("error"))),
+            tag=self.tag,
+            timestamp=str(event.get("timestamp", "")),
+            evidence=Evidence.from_details(details),
+        )
+
+    # -- loading and repair ---------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Read this session's rows from the JSONL; repair a torn last line; make results.tsv agree."""
+        self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.jsonl_path.exists():
+            self._repair_torn_tail(self.jsonl_path)
+        self.load_readonly()
+        self.reconcile_tsv(quick=True)
+
+    def load_readonly(self) -> None:
+        """Read the rows without writing anything (for the CLI's views of a live session)."""
+        self._reset()
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Index complete lines appended since the last read. Returns how many new rows arrived."""
+        before = len(self)
+        try:
+            handle = open_read(self.jsonl_path)
+        except OSError:
+            return 0
+        tag_marker = json.dumps(self.tag).encode()
+        with handle:
+            handle.seek(self._offset)
+            position = self._offset
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    break  # a line still being written: read it next time
+                if tag_marker in line:  # cheap filter before parsing: other sessions' lines are skipped
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        event = None
+                    if isinstance(event, dict):
+                        self._ingest(event, position)
+                self._sha.update(line)
+                position += len(line)
+            self._offset = position
+        return len(self) - before
+
+    def _ingest(self, event: dict[str, Any], offset: int) -> None:
+        details = event.get("details")
+        if not isinstance(details, dict) or details.get("tag") != self.tag:
+            return
+        action = event.get("action")
+        run_id = details.get("run_id")
+        if not isinstance(run_id, str):
+            return
+        if action == "experiment_done" and self.index_of(run_id) is None:
+            value = _finite_or_none(details.get("value"))
+            status = as_decision(details.get("status", "crash"))
+            run_status = as_run_status(details.get("run_status") or "ok")
+            self._add(run_id, offset, value, status, run_status)
+            self._remember_content(details.get("target_sha256"), run_status)
+        elif action == "experiment_notes":
+            index = self.index_of(run_id)
+            notes = details.get("notes")
+            if index is not None and isinstance(notes, str):
+                self._notes.setdefault(index, []).append(printable(notes, lines=True))
+                self._cache.pop(index, None)
+
+    def _add(
+        self, run_id: str, offset: int, value: float | None, status: Decision, run_status: RunStatus
+    ) -> None:
+        index = len(self)
+        number = _run_number(run_id)
+        if number is not None and (not self._run_numbers or number > self._run_numbers[-1]):
+            self._run_numbers.append(number)
+        else:
+            self._run_numbers.append(self._run_numbers[-1] if self._run_numbers else -1)
+            self._other_ids[run_id] = index
+        self._offsets.append(offset)
+        self._values.append(math.nan if value is None else value)
+        self._status.append(DECISIONS.index(status))
+        self._run_status.append(RUN_STATUSES.index(run_status))
+        if value is not None and status != "crash":
+            position = bisect.bisect_right(self._best_values, value)
+            self._best_values.insert(position, value)
+            self._best_rows.insert(position, index)
+        self.counts[status] += 1
+        if status == "keep":
+            self.last_keep_index = index
+
+    @staticmethod
+    def _repair_torn_tail(path: Path) -> None:
+        """A server killed mid-append leaves a line without its newline: cut it off."""
+        with os.fdopen(open_regular(path, os.O_RDWR), "rb+") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            if size == 0:
+                return
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+            back = min(size, 1 << 20)
+            handle.seek(size - back)
+            chunk = handle.read(back)
+            cut = chunk.rfind(b"\n")
+            handle.truncate(size - back + cut + 1 if cut >= 0 else 0)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def tsv_lines(self) -> Iterator[str]:
+        yield self.tsv_format.header()
+        for row in self.iter_rows():
+            yield self.tsv_format.line(row)
+
+    def tsv_text(self) -> str:
+        return "".join(self.tsv_lines())
+
+    def reconcile_tsv(self, quick: bool = False) -> bool:
+        """Rewrite results.tsv from the JSONL rows when it differs; True when it was rewritten. `quick` (on load)
+        compares only the header, the row count and the last row, which is what a server killed between the
+        two appends can leave wrong; a full check compares every line, streaming."""
+        if quick:
+            last = self.tsv_format.line(self.row(len(self) - 1)) if len(self) else None
+            size = quick_tsv_size(self.tsv_path, self.tsv_format.header(), len(self), last)
+            if size is not None:
+                self._tsv_size = size
+                return False
+        size = same_tsv_size(self.tsv_path, self.tsv_lines())
+        if size is not None:
+            self._tsv_size = size
+            return False
+        self._tsv_size = atomic_write(
+            self.tsv_path, (line.encode("utf-8") for line in self.tsv_lines()), 0o644
+        )
+        self.written.pop(self.tsv_path, None)  # rewritten whole: as it is now
+        return True
+
+    # -- appending ------------------------------------------------------------------------------------------
+    def _append_jsonl(self, action: str, ok: bool, details: dict[str, Any]) -> int:
+        """Append one event; returns the byte offset its line starts at."""
+        local, stamp = now_stamps()
+        event = {
+            "tool": "autoresearch",
+            "action": action,
+            "status": "success" if ok else "fail",
+            "details": {**details, "tag": self.tag},
+            "local_time": local,
+            "timestamp": stamp,
+        }
+        line = (json.dumps(event, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        offset, self.written[self.jsonl_path] = append_synced(self.jsonl_path, line)
+        self._offset = offset + len(line)
+        self._sha.update(line)
+        if self.mirror is not None:  # the server's own copy, to restore the JSONL from (ownfiles); a tail
+            # lost in a crash is rebuilt from the sealed JSONL
+            _, self.written[self.mirror] = append_synced(self.mirror, line, sync=False)
+        return offset
+
+    def log_session_start(self, details: dict[str, Any]) -> None:
+        self._append_jsonl("session_start", True, details)
+
+    def log_experiment_start(self, run_id: str, commit: str, description: str) -> None:
+        self._append_jsonl(
+            "experiment_start",
+            True,
+            {"run_id": run_id, "commit": commit, "description": one_line(description)},
+        )
+
+    def log_event(self, action: str, details: dict[str, Any]) -> None:
+        """A step of an experiment that is not its row (with slots: a candidate merged onto a new best)."""
+        self._append_jsonl(action, True, details)
+
+    def log_experiment_done(self, row: Row) -> None:
+        """The experiment's row, in the JSONL first (the truth), then in results.tsv. Idempotent per run."""
+        if self.index_of(row.run_id) is not None:
+            self.reconcile_tsv()
+            return
+        details = {
+            "run_id": row.run_id,
+            "status": row.status,
+            "run_status": row.run_status,
+            "metric": row.metric,
+            "value": row.value,
+            "prev": row.prev,
+            "delta": row.delta,
+            "commit": row.commit[:7],
+            "full_commit": row.commit,
+            "description": one_line(row.description),
+            "memory_gb": row.memory_gb,
+            "duration_s": row.duration_s,
+            # As the original tool logs it: the fine-grained run status of a failure in `error`.
+            "error": row.run_status if row.run_status != "ok" or row.status == "crash" else None,
+            "error_detail": row.error,
+            **row.evidence.details(),
+            **({"provenance": self.provenance} if self.provenance else {}),
+        }
+        offset = self._append_jsonl("experiment_done", row.status != "crash", details)
+        self._add(row.run_id, offset, row.value, row.status, row.run_status)
+        self._remember_content(row.evidence.target_sha256, row.run_status)
+        current = fingerprint(self.tsv_path)
+        if current is not None and self._tsv_size is not None and current[0] == self._tsv_size:
+            line = self.tsv_format.line(row).encode("utf-8")
+            # Not fsynced: results.tsv is derived from the JSONL (fsynced above), and a row lost with the page
+            # cache is written again from it when the session is next loaded (its last row is compared).
+            _, self.written[self.tsv_path] = append_synced(self.tsv_path, line, sync=False)
+            self._tsv_size += len(line)
+        else:
+            self.reconcile_tsv()
+
+    def _remember_content(self, sha256: object, run_status: str) -> None:
+        # A run the server cut short measured nothing: its content may run again.
+        key = _content_key(sha256)
+        if key is not None and run_status not in NOT_MEASURED:
+            self._by_content[key] = len(self) - 1
+
+    def measured(self, sha256: str) -> Row | None:
+        """The last experiment that measured this target content in this session, if any."""
+        key = _content_key(sha256)
+        index = None if key is None else self._by_content.get(key)
+        row = None if index is None else self.row(index)
+        return row if row is not None and row.evidence.target_sha256 == sha256 else None
+
+    def add_notes(self, run_id: str, notes: str) -> list[str]:
+        index = self.index_of(run_id)
+        assert index is not None
+        notes = printable(notes, lines=True)  # stored as it will be shown: nothing a terminal would act on
+        self._append_jsonl("experiment_notes", True, {"run_id": run_id, "notes": notes})
+        self._notes.setdefault(index, []).append(notes)
+        self._cache.pop(index, None)
+        return list(self._notes[index])
+
+    # -- tamper evidence ------------------------------------------------------------------------------------
+    def seal(self) -> tuple[int, str]:
+        """How many bytes of the JSONL this process vouches for, and their sha256."""
+        return self._offset, self._sha.hexdigest()
+
+    def fingerprints(self) -> tuple[Fingerprint | None, Fingerprint | None]:
+        return fingerprint(self.tsv_path), fingerprint(self.jsonl_path)
+
+    def written_print(self, path: Path | None) -> Fingerprint | None:
+        """The file as this process last wrote it (from the descriptor it wrote through, so a file swapped in
+        since is never taken for it); as it is now when this process has not appended to it."""
+        if path is None:
+            return None
+        return self.written.get(path) or fingerprint(path)
+
+
+def _content_key(sha256: object) -> int | None:
+    try:
+        return int(sha256[:16], 16) if isinstance(sha256, str) and len(sha256) == 64 else None
+    except ValueError:
+        return None
+
+
+def _run_number(run_id: str) -> int | None:
+    if len(run_id) > 1 and run_id[0] == "r" and run_id[1:].isdigit():
+        return int(run_id[1:])
+    return None

@@ -1,0 +1,436 @@
+"""The small keeper process that confines and supervises each command of a run.
+
+Standard library only: the server runs this file as its own short-lived process (`python -I -S confine.py`), or
+the launcher forks it; it imports nothing from the package but its stdlib-only siblings `landlock.py`,
+`namespaces.py` and `output_dirs.py`. The server also imports it to ask the kernel which Landlock ABI it has
+(`probe`, which restricts nothing).
+
+The keeper, started by the server for every command of a run:
+1. becomes a child subreaper (every orphan of the run is re-parented to it, whatever its environment) and asks
+   for SIGTERM when the server dies (so a killed server leaves no run behind); with the private view, it enters
+   new PID and IPC (and network) namespaces, so that the command is PID 1 of its own (`namespaces.py`);
+2. forks the command, which builds the private view, hands the keeper the listener through which a build may
+   remove and recreate its output directories (`output_dirs.py`), sets no-new-privileges and restricts itself
+   with Landlock before `exec`: writes only beneath the paths it is given, reads anywhere; with ABI >= 6 it
+   cannot signal processes outside its domain (the server, the keeper, other runs). The restriction is
+   inherited by every descendant and cannot be lifted;
+3. stays outside the sandbox, waits, and when the command ends kills whatever it left (SIGKILL: nothing prints
+   after the command ended), or on SIGTERM forwards it to the whole tree and SIGKILLs it after a grace period;
+4. exits with the command's status (re-raising the command's fatal signal).
+
+A keeper that cannot confine as asked exits with `SETUP_FAILED` and one line starting with `MARK` on stderr.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING or __package__:
+    from . import namespaces, output_dirs
+    from .landlock import PR_SET_NO_NEW_PRIVS, ConfineError, allow_beneath, build_ruleset, restrict_self
+else:  # run as a script (or imported by the launcher as one): its stdlib-only siblings are imported by path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import namespaces
+    import output_dirs
+    from landlock import (
+        PR_SET_NO_NEW_PRIVS,
+        ConfineError,
+        allow_beneath,
+        build_ruleset,
+        restrict_self,
+    )
+
+    del sys.path[0]
+
+SETUP_FAILED = 125
+MARK = "autoresearch-confine:"
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+# ---------------------------------------------------------------------------------------------------------------
+# the keeper
+# ---------------------------------------------------------------------------------------------------------------
+_WAKE = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found += [int(p) for p in handle.read().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _tree(root: int) -> list[int]:
+    """Every descendant of `root` (orphans of the run are its children: it is their subreaper)."""
+    seen: list[int] = []
+    stack = [root]
+    while stack:
+        for child in _children(stack.pop()):
+            if child not in seen:
+                seen.append(child)
+                stack.append(child)
+    return seen
+
+
+def signal_each(pids: list[int] | set[int], sig: int) -> int:
+    """Send `sig` to each of `pids` (those already gone are skipped). Returns how many were asked."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+    return len(pids)
+
+
+def _signal_all(sig: int) -> int:
+    return signal_each(_tree(os.getpid()), sig)
+
+
+# ptrace, only to hold the command at its exit: requests, options and events (linux/ptrace.h).
+PTRACE_CONT, PTRACE_DETACH, PTRACE_SEIZE, PTRACE_LISTEN = 7, 17, 0x4206, 0x4208
+PTRACE_O_TRACEEXIT = 0x40
+PTRACE_EVENT_EXIT, PTRACE_EVENT_STOP = 6, 128
+
+
+def _ptrace(libc: ctypes.CDLL, request: int, pid: int, data: int = 0) -> bool:
+    libc.ptrace.restype = ctypes.c_long
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    return libc.ptrace(request, pid, None, ctypes.c_void_p(data)) == 0
+
+
+def _dead(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+def _others_end(command: int) -> None:
+    """The command is at its exit stop, not yet gone and not yet reported to anyone: every other process of
+    the run is killed first, and is dead before the command may finish, so none can print after it ended."""
+    victims = [pid for pid in _tree(os.getpid()) if pid != command]
+    signal_each(victims, signal.SIGKILL)
+    deadline = time.monotonic() + 1.0
+    while victims and time.monotonic() < deadline:
+        victims = [pid for pid in victims if not _dead(pid)]
+        if victims:
+            time.sleep(0.0005)
+    if victims := [pid for pid in _tree(os.getpid()) if pid != command]:
+        os.write(2, f"autoresearch: killed {len(victims)} process(es) the command left running\n".encode())
+
+
+def _stopped(libc: ctypes.CDLL, command: int, pid: int, code: int) -> None:
+    """A ptrace stop of the command: its exit (end the rest of the run first), a group stop (stay stopped), or a
+    signal on its way (deliver it)."""
+    event = code >> 16
+    if pid == command and event == PTRACE_EVENT_EXIT:
+        _others_end(command)
+        _ptrace(libc, PTRACE_DETACH, pid)
+    elif event == PTRACE_EVENT_STOP:
+        _ptrace(libc, PTRACE_LISTEN, pid)
+    else:
+        _ptrace(libc, PTRACE_CONT, pid, os.WSTOPSIG(code))
+
+
+def _reap(command: int, libc: ctypes.CDLL | None = None) -> tuple[int | None, bool]:
+    """Collect every child that ended (and answer the command's ptrace stops). Returns (the command's wait
+    status if it ended now, no children left)."""
+    status = None
+    while True:
+        try:
+            pid, code = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return status, True
+        if pid == 0:
+            return status, False
+        if os.WIFSTOPPED(code):
+            if libc is not None:
+                _stopped(libc, command, pid, code)
+            continue
+        if pid == command:
+            status = code
+
+
+def _finish(status: int | None) -> None:
+    """Leave with the command's status: its exit code, or its fatal signal re-raised (no core dump)."""
+    if status is None:
+        os._exit(128 + signal.SIGTERM)
+    if os.WIFEXITED(status):
+        os._exit(os.WEXITSTATUS(status))
+    sig = os.WTERMSIG(status)
+    for step in (
+        lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)),
+        lambda: signal.signal(sig, signal.SIG_DFL),  # refused for SIGKILL, which needs no reset
+        lambda: signal.pthread_sigmask(signal.SIG_SETMASK, []),
+        lambda: os.kill(os.getpid(), sig),
+    ):
+        try:
+            step()
+        except (OSError, ValueError):
+            pass
+    os._exit(128 + sig)
+
+
+def fail(message: str) -> None:
+    os.write(2, f"{MARK} {message}\n".encode())
+    os._exit(SETUP_FAILED)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def keep(spec: KeeperSpec, argv: list[str], env: dict[str, str] | None = None) -> None:
+    """Run `argv` confined as `spec` says (in `env`, else this process's environment), and never return."""
+    libc = _libc()
+    if (
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0
+        or libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0
+    ):
+        fail(f"prctl failed: {os.strerror(ctypes.get_errno())}")
+    if spec.get("parent") and os.getppid() != spec["parent"]:
+        fail("the server ended before the run started")
+    ruleset, abi = None, 0
+    if spec.get("landlock"):
+        try:
+            ruleset, abi = build_ruleset(list(spec.get("write", [])), bool(spec.get("scope_signal", True)))
+        except ConfineError as exc:
+            fail(str(exc))
+    view, network = bool(spec.get("view")), bool(spec.get("network", True))
+    if view:
+        try:
+            namespaces.enter_keeper(network)
+        except namespaces.ViewError as exc:
+            fail(f"namespaces: {exc}")
+    grace = float(spec.get("grace", 3.0))
+    signal.pthread_sigmask(signal.SIG_BLOCK, _WAKE)
+    outputs = _output_dirs(spec)
+    channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if outputs else None
+    gate_r, gate_w = os.pipe()
+    command = os.fork()
+    if command == 0:
+        try:
+            os.close(gate_w)
+            os.read(gate_r, 1)  # until the keeper holds it by ptrace (or gave that up)
+            os.close(gate_r)
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            libc.prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0)
+            if view:
+                _enter_view(libc, spec, network, ruleset, abi)
+            if channel is not None:
+                _hand_over_listener(libc, channel)
+            if ruleset is not None:
+                restrict_self(ruleset)
+                os.close(ruleset)
+            else:  # no Landlock: still no privilege gain, and a mark that no child can shed
+                libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            if env is None:
+                os.execvp(argv[0], argv)
+            else:
+                os.execvpe(argv[0], argv, env)
+        except ConfineError as exc:
+            fail(str(exc))
+        except namespaces.ViewError as exc:
+            fail(f"namespaces: {exc}")
+        except OSError as exc:
+            os.write(2, f"autoresearch: could not start {argv[0]}: {exc.strerror}\n".encode())
+            os._exit(127)
+        os._exit(SETUP_FAILED)
+    if ruleset is not None:
+        os.close(ruleset)
+    os.close(gate_r)
+    next_signal = _sigtimedwait
+    if channel is not None:
+        channel[1].close()
+        try:
+            next_signal = output_dirs.Answerer(channel[0], outputs, _WAKE).next_signal
+        except OSError:
+            channel[0].close()  # the command's rmdir/mkdir then wait for no one: it must not get a listener
+            os.kill(command, signal.SIGKILL)
+            fail("could not watch the run's output directories (signalfd)")
+    # Held at its exit (where ptrace is allowed): the rest of the run is ended before anyone can see it end.
+    tracer = libc if _ptrace(libc, PTRACE_SEIZE, command, PTRACE_O_TRACEEXIT) else None
+    os.write(gate_w, b"x")
+    os.close(gate_w)
+    status: int | None = None
+    ended = False
+    kill_at: float | None = None
+    while True:
+        wait = 1.0 if kill_at is None else max(0.0, kill_at - time.monotonic())
+        woke = next_signal(wait)
+        if woke is not None and woke != signal.SIGCHLD:
+            if kill_at is None:  # stop requested (timeout, cancel, or the server died): the whole tree
+                _signal_all(signal.SIGTERM)
+                kill_at = time.monotonic() + grace
+            continue
+        if kill_at is not None and time.monotonic() >= kill_at:
+            _signal_all(signal.SIGKILL)
+        found, none_left = _reap(command, tracer)
+        if found is not None:
+            status, ended = found, True
+        if ended and not none_left and kill_at is None:
+            # The command is done: what it left behind is killed at once, so nothing it left prints later.
+            left = _signal_all(signal.SIGKILL)
+            if left:
+                os.write(2, f"autoresearch: killed {left} process(es) the command left running\n".encode())
+            while not _reap(command, tracer)[1]:
+                time.sleep(0.002)
+                _signal_all(signal.SIGKILL)
+            none_left = True
+        if none_left:
+            _finish(status)
+
+
+def _sigtimedwait(timeout: float) -> int | None:
+    info = signal.sigtimedwait(_WAKE, timeout)
+    return info.si_signo if info is not None else None
+
+
+def _output_dirs(spec: KeeperSpec) -> list[str]:
+    """The writable directories inside the working directory (the project's outputs, such as dist): a run may
+    remove and recreate them (`output_dirs.py`)."""
+    cwd = os.getcwd().rstrip("/") + "/"
+    return [path for path in spec.get("write", []) if path.startswith(cwd) and os.path.isdir(path)]
+
+
+def _hand_over_listener(libc: ctypes.CDLL, channel: tuple[socket.socket, socket.socket]) -> None:
+    """In the command: the filter whose notifications the keeper answers; the listening end goes to the keeper,
+    and no copy stays here (with one, the run could answer its own calls)."""
+    channel[0].close()
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise ConfineError(f"prctl(NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+    try:
+        listener = output_dirs.install_listener(libc)
+    except OSError as exc:
+        raise ConfineError(str(exc.strerror)) from None
+    socket.send_fds(channel[1], [b"listener"], [listener])
+    os.close(listener)
+    channel[1].close()
+
+
+def _enter_view(libc: ctypes.CDLL, spec: KeeperSpec, network: bool, ruleset: int | None, abi: int) -> None:
+    """In the command's process (PID 1 of the keeper's namespaces): build the private view, let Landlock allow
+    writes in its fresh scratch directories, and seal it (no capabilities, no user namespaces)."""
+    try:
+        scratch = namespaces.build_view(
+            list(spec.get("write", [])),
+            os.getcwd(),
+            network,
+            list(spec.get("read", [])),
+            list(spec.get("hide", [])),
+        )
+    except OSError as exc:
+        raise namespaces.ViewError(f"{exc.strerror}: {exc.filename}") from None
+    if ruleset is not None:
+        allow_beneath(ruleset, abi, scratch)
+    namespaces.seal(libc)
+
+
+_PATH_FLAGS = {"-w": "write", "-r": "read", "-x": "hide"}
+
+
+class KeeperSpec(TypedDict, total=False):
+    """What a keeper is told: `command_line` writes it as arguments, `parse_args` reads it back."""
+
+    write: list[str]  # the paths the run may write beneath (Landlock; mounted writable in the view)
+    read: list[str]  # paths the view keeps showing where a hidden directory covers them
+    hide: list[str]  # paths the view hides
+    landlock: bool  # apply Landlock
+    scope_signal: bool  # Landlock's signal scope (the run cannot signal outside its domain)
+    view: bool  # build the private view (namespaces)
+    network: bool  # with the view: keep the network (else a loopback of its own)
+    parent: int  # the process the keeper must be a child of (it refuses to run otherwise)
+    grace: float  # seconds between SIGTERM and SIGKILL when the run ends
+
+
+def parse_args(args: list[str]) -> tuple[KeeperSpec, list[str]]:
+    """`[--landlock] [--no-scope] [--view] [--no-network] [--parent PID] [--grace S] [-w PATH]... [-r PATH]...
+    [-x PATH]... -- COMMAND...` (-x: hidden in the view; no argparse or json: every import here is paid on every
+    run)."""
+    spec: KeeperSpec = {"write": [], "landlock": False, "scope_signal": True}
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            return spec, args[index + 1 :]
+        if arg == "--landlock":
+            spec["landlock"] = True
+        elif arg == "--no-scope":
+            spec["scope_signal"] = False
+        elif arg == "--view":
+            spec["view"] = True
+        elif arg == "--no-network":
+            spec["network"] = False
+        elif arg in ("-w", "-r", "-x", "--parent", "--grace") and index + 1 < len(args):
+            index += 1
+            value = args[index]
+            if arg in _PATH_FLAGS:
+                spec.setdefault(_PATH_FLAGS[arg], []).append(value)  # type: ignore[misc]
+            elif arg == "--parent":
+                spec["parent"] = int(value)
+            else:
+                spec["grace"] = float(value)
+        else:
+            raise ValueError(f"unknown argument {arg!r}")
+        index += 1
+    raise ValueError("no command after --")
+
+
+def command_line(python: str, spec: KeeperSpec, argv: list[str]) -> list[str]:
+    """The argv that runs `argv` under a keeper with `spec` (the inverse of `parse_args`)."""
+    line = [python, "-I", "-S", __file__]
+    if spec.get("landlock"):
+        line.append("--landlock")
+    if not spec.get("scope_signal", True):
+        line.append("--no-scope")
+    if spec.get("view"):
+        line.append("--view")
+    if not spec.get("network", True):
+        line.append("--no-network")
+    if spec.get("parent"):
+        line += ["--parent", str(spec["parent"])]
+    if "grace" in spec:
+        line += ["--grace", repr(float(spec["grace"]))]
+    for flag, path in [
+        *(("-w", p) for p in spec.get("write", [])),
+        *(("-r", p) for p in spec.get("read", [])),
+        *(("-x", p) for p in spec.get("hide", [])),
+    ]:
+        line += [flag, path]
+    return [*line, "--", *argv]
+
+
+def main() -> None:
+    try:
+        spec, argv = parse_args(sys.argv[1:])
+    except ValueError as exc:
+        fail(
+            f"{exc}; usage: confine.py [--landlock] [--view [--no-network]] [-w PATH]... [-r PATH]... [-x PATH]... -- "
+            "COMMAND [ARGS...]"
+        )
+    if not argv:
+        fail("no command given")
+    keep(spec, argv)
+
+
+if __name__ == "__main__":
+    main()

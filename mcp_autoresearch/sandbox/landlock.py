@@ -1,0 +1,196 @@
+"""Landlock: the kernel's file system rules for a run (writes only beneath the writable paths), and the probe of
+the ABI the kernel has.
+
+Standard library only, imported by `confine.py` (the keeper) by path, and by the server through it to ask the
+kernel which ABI it has (`probe`, which restricts nothing).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+_SYS = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446), "riscv64": (444, 445, 446)}
+PR_SET_NO_NEW_PRIVS = 38
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_RULE_PATH_BENEATH = 1
+
+# Filesystem access rights (ABI 1 unless noted).
+WRITE_FILE = 1 << 1
+REMOVE_DIR = 1 << 4
+REMOVE_FILE = 1 << 5
+MAKE_CHAR = 1 << 6
+MAKE_DIR = 1 << 7
+MAKE_REG = 1 << 8
+MAKE_SOCK = 1 << 9
+MAKE_FIFO = 1 << 10
+MAKE_BLOCK = 1 << 11
+MAKE_SYM = 1 << 12
+REFER = 1 << 13  # ABI 2
+TRUNCATE = 1 << 14  # ABI 3
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
+SCOPE_SIGNAL = 1 << 1  # ABI 6
+PR_CAPBSET_DROP = 24
+# Capabilities a root run must not keep, because Landlock does not mediate what they allow: file flags such as
+# `chattr +i` on the user's or the server's files (FS_IOC_SETFLAGS on a file opened read-only), kernel modules,
+# raw I/O, reboot, the system clock, BPF, mounts and namespaces (CAP_SYS_ADMIN), network configuration, and the
+# /proc files (environ, mem) of a process that is not dumpable, such as the server (CAP_SYS_PTRACE; CAP_SYS_ADMIN
+# and CAP_PERFMON also open its environ).
+DROPPED_CAPS = (
+    9,
+    12,
+    16,
+    17,
+    19,
+    21,
+    22,
+    25,
+    32,
+    33,
+    38,
+    39,
+)  # LINUX_IMMUTABLE NET_ADMIN SYS_MODULE SYS_RAWIO
+# SYS_PTRACE SYS_ADMIN SYS_BOOT SYS_TIME MAC_OVERRIDE MAC_ADMIN PERFMON BPF
+
+_WRITE_ABI1 = (
+    WRITE_FILE
+    | REMOVE_DIR
+    | REMOVE_FILE
+    | MAKE_CHAR
+    | MAKE_DIR
+    | MAKE_REG
+    | MAKE_SOCK
+    | MAKE_FIFO
+    | MAKE_BLOCK
+)
+_WRITE_ABI1 |= MAKE_SYM
+
+
+class ConfineError(Exception):
+    """Landlock is missing or refused; the message says why, in a few words."""
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _syscalls() -> tuple[int, int, int]:
+    machine = os.uname().machine
+    if not sys.platform.startswith("linux"):
+        raise ConfineError(f"Landlock is a Linux feature (this is {sys.platform})")
+    if machine not in _SYS:
+        raise ConfineError(f"Landlock syscall numbers are not known for {machine}")
+    return _SYS[machine]
+
+
+def probe() -> int:
+    """The Landlock ABI version of the running kernel; ConfineError with the reason when there is none."""
+    create, _, _ = _syscalls()
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    abi = libc.syscall(create, None, ctypes.c_size_t(0), ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    if abi < 0:
+        err = ctypes.get_errno()
+        reasons = {
+            38: "the kernel has no Landlock (before 5.13, or built without it)",  # ENOSYS
+            95: "Landlock is disabled at boot (lsm= does not list landlock)",  # EOPNOTSUPP
+            1: "the syscalls are blocked here (a container's seccomp profile?)",  # EPERM
+        }
+        raise ConfineError(reasons.get(err, f"landlock_create_ruleset failed: {os.strerror(err)}"))
+    return int(abi)
+
+
+def write_rights(abi: int) -> int:
+    """Every write-type right this ABI knows: the rights the ruleset handles, and grants beneath writable dirs."""
+    rights = _WRITE_ABI1
+    if abi >= 2:
+        rights |= REFER
+    if abi >= 3:
+        rights |= TRUNCATE
+    return rights
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def build_ruleset(writable: list[str], scope_signal: bool = True) -> tuple[int, int]:
+    """A ruleset fd that denies every write except beneath `writable` (paths that do not exist are skipped),
+    and, with ABI >= 6, signals out of the domain. Returns (fd, abi). Restricts nothing by itself."""
+    abi = probe()
+    create = _syscalls()[0]
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    handled = write_rights(abi)
+    # Scoped: signals and abstract unix sockets of processes outside the run (the server, the user's session).
+    scoped = SCOPE_SIGNAL | SCOPE_ABSTRACT_UNIX_SOCKET
+    attr = _RulesetAttr(handled, 0, scoped if (scope_signal and abi >= 6) else 0)
+    size = 24 if abi >= 6 else 8
+    fd = libc.syscall(create, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    if fd < 0:
+        raise ConfineError(f"landlock_create_ruleset failed: {os.strerror(ctypes.get_errno())}")
+    allow_beneath(int(fd), abi, writable)
+    return int(fd), abi
+
+
+def allow_beneath(ruleset_fd: int, abi: int, paths: list[str]) -> None:
+    """Add to the ruleset: every write right beneath each directory of `paths`, writing (not creating or
+    removing) for each file; paths that do not exist are skipped."""
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    add_rule = _syscalls()[1]
+    handled = write_rights(abi)
+    file_rights = WRITE_FILE | (TRUNCATE if abi >= 3 else 0)
+    for path in paths:
+        try:
+            target = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue  # nothing there to allow
+        try:
+            is_dir = os.path.isdir(f"/proc/self/fd/{target}")
+            rule = _PathBeneathAttr(handled if is_dir else file_rights, target)
+            if (
+                libc.syscall(
+                    add_rule,
+                    ctypes.c_int(ruleset_fd),
+                    ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+                    ctypes.byref(rule),
+                    ctypes.c_uint32(0),
+                )
+                < 0
+            ):
+                err = ctypes.get_errno()
+                os.close(ruleset_fd)
+                raise ConfineError(f"landlock_add_rule({path}) failed: {os.strerror(err)}")
+        finally:
+            os.close(target)
+
+
+def restrict_self(ruleset_fd: int) -> None:
+    """no_new_privs, then the ruleset: from here on this process and every descendant are confined."""
+    _, _, restrict = _syscalls()
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise ConfineError(f"prctl(NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+    drop_capabilities(libc)
+    if libc.syscall(restrict, ctypes.c_int(ruleset_fd), ctypes.c_uint32(0)) < 0:
+        raise ConfineError(f"landlock_restrict_self failed: {os.strerror(ctypes.get_errno())}")
+
+
+def drop_capabilities(libc: ctypes.CDLL) -> None:
+    """Remove DROPPED_CAPS from the bounding set, so neither this process after `exec` nor any descendant holds
+    them (root regains only what the bounding set allows). Without CAP_SETPCAP (not root) there is nothing to
+    drop, and the calls fail harmlessly."""
+    for cap in DROPPED_CAPS:
+        libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)

@@ -1,0 +1,162 @@
+"""The server's side of the launcher: start each command of a run under a keeper without paying for a new
+interpreter every time.
+
+`launch_server.py` is a small, single-threaded process started once per server (on the first run). For each
+command it forks a keeper (see `confine.py`) that confines and supervises the command; a fork of a warm process
+costs about a millisecond where starting the keeper's interpreter costs ten or more. The server talks to it over
+a socket pair: a request carries the argv, directory, environment, confinement spec and the output pipe's fd;
+the answer is the keeper's pid; later, its exit status. When the server dies, the launcher sees the socket close
+and stops every keeper (each ends its whole run). If the launcher is gone (a run killed it, where runs are not
+confined), the next command starts a new one, and a command whose launcher died is reported as ended.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .confine import KeeperSpec
+
+log = logging.getLogger("mcp_autoresearch")
+SERVER_SCRIPT = Path(__file__).with_name("forkserver.py")
+# The server's secrets never reach a run, nor the launcher and keepers, whose environment a run could read.
+HIDDEN_FROM_RUNS = ("AUTORESEARCH_TOKEN",)
+
+
+class LauncherError(Exception):
+    """The launcher could not start a command; the caller falls back to starting the keeper directly."""
+
+
+class Launched:
+    """A command started through the launcher, with the part of `subprocess.Popen` the runner uses."""
+
+    def __init__(self, launcher: Launcher, pid: int) -> None:
+        self._launcher = launcher
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self._launcher.exit_code(self.pid)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            remaining = None if end is None else end - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise subprocess.TimeoutExpired(f"keeper {self.pid}", timeout or 0.0)
+            self._launcher.wait_event(self.pid, remaining)
+        return self.returncode
+
+
+class Launcher:
+    """One launcher process per server process, started on first use and restarted when it died."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(SERVER_SCRIPT), str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                env={key: value for key, value in os.environ.items() if key not in HIDDEN_FROM_RUNS},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            ours.close()
+            raise LauncherError(f"could not start the launcher: {exc}") from None
+        finally:
+            theirs.close()
+        self.sock = ours
+        self._send_lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._replies: list[dict[str, Any]] = []
+        self._exits: dict[int, int] = {}
+        self.alive = True
+        threading.Thread(target=self._read, name="launcher-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(1 << 16)
+            except OSError:
+                data = b""
+            with self._changed:
+                if not data:
+                    self.alive = False
+                    self._changed.notify_all()
+                    return
+                message = json.loads(data)
+                if "exit" in message:
+                    self._exits[int(message["exit"])] = int(message["status"])
+                else:
+                    self._replies.append(message)
+                self._changed.notify_all()
+
+    def spawn(
+        self, argv: list[str], cwd: Path, env: dict[str, str], out_fd: int, spec: KeeperSpec
+    ) -> Launched:
+        request = json.dumps({"argv": argv, "cwd": str(cwd), "env": env, "spec": spec}).encode()
+        with self._send_lock:
+            try:
+                socket.send_fds(self.sock, [request], [out_fd])
+            except OSError as exc:
+                raise LauncherError(f"the launcher is gone ({exc})") from None
+            with self._changed:
+                end = time.monotonic() + 10
+                while not self._replies and self.alive and time.monotonic() < end:
+                    self._changed.wait(end - time.monotonic())
+                if not self._replies:
+                    raise LauncherError("the launcher did not answer")
+                reply = self._replies.pop(0)
+        if "pid" not in reply:
+            raise LauncherError(str(reply.get("error", reply)))
+        return Launched(self, int(reply["pid"]))
+
+    def exit_code(self, pid: int) -> int | None:
+        """The keeper's exit code once it ended (read once: `Launched` keeps it), else None."""
+        with self._changed:
+            status = self._exits.pop(pid, None)
+            alive = self.alive
+        if status is not None:
+            return os.waitstatus_to_exitcode(status)
+        if not alive and not _running(pid):
+            return -9  # the launcher died and took this keeper's status with it: it was killed
+        return None
+
+    def wait_event(self, pid: int, timeout: float | None) -> None:
+        with self._changed:
+            if pid not in self._exits and self.alive:
+                self._changed.wait(0.5 if timeout is None else min(timeout, 0.5))
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+_lock = threading.Lock()
+_launcher: Launcher | None = None
+
+
+def launcher() -> Launcher:
+    """The server's launcher, started (again) when needed."""
+    global _launcher
+    with _lock:
+        if _launcher is None or not _launcher.alive or _launcher.process.poll() is not None:
+            _launcher = Launcher()
+        return _launcher

@@ -1,0 +1,392 @@
+"""The private view of the system a confined run sees: Linux namespaces built by the keeper, before Landlock.
+
+Standard library only, like `confine.py`, which imports it by path (the keeper and the launcher start with
+`python -I -S`). Landlock refuses mount(2) to a restricted process, so the view is built first, in the
+command's own freshly forked process, and Landlock is applied after it (no extra program is started: see the
+measurements in BENCHMARKS.md, where bubblewrap plus an interpreter inside it cost about 9 ms a command).
+
+The keeper (`enter_keeper`) moves itself into new PID and IPC namespaces (and a new network namespace when the
+network is off; a new user namespace when it is not root), so the command it forks is PID 1 of a PID namespace:
+the run sees no other process in its `/proc`, and when the command ends the kernel ends every process of the run.
+The command (`build_view`), before `exec`:
+1. gets its own mount namespace, every mount private, and every mount read-only: `chmod`, `chown`, `utime` of
+   any file outside the writable paths fail with EROFS, whatever Landlock does not mediate (the standard
+   descriptors opened outside, such as stdin's /dev/null, are opened again through the view);
+2. gets fresh, empty tmpfs over `/tmp`, `/var/tmp`, `/dev/shm`, `/run` (`/var/run`) and `$XDG_RUNTIME_DIR`: the
+   user's named unix sockets there (tmux, ssh-agent, docker.sock, the session bus) are not reachable, and
+   nothing is shared through them with the user's programs or other runs; the caller may hide more (the Ray
+   wrapper: Ray's temp dir and ~/.ray get an empty tmpfs, its token file /dev/null);
+3. sees the writable paths (the run's private TMPDIR among them) read-write and its working directory
+   read-only again, even where they lie beneath a hidden directory; `/proc` of its own PID namespace; `lo` of
+   its own network namespace when the network is off; pseudo-terminals of its own (not the user's terminals);
+4. drops every capability (root included: nothing can be remounted) and may not create user namespaces (a
+   seccomp filter), so the view cannot be undone from inside.
+Nothing here is a policy: the server decides the paths (`isolation.py`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 1 << 12, 1 << 14, 1 << 18
+AT_FDCWD, AT_EMPTY_PATH, AT_RECURSIVE = -100, 0x1000, 0x8000
+OPEN_TREE_CLONE, MOVE_MOUNT_F_EMPTY_PATH, MOUNT_ATTR_RDONLY = 1, 0x4, 1
+# Syscall numbers: (unshare, clone, clone3, open_tree, move_mount, mount_setattr), and seccomp's arch token.
+_SYS = {
+    "x86_64": (272, 56, 435, 428, 429, 442, 0xC000003E),
+    "aarch64": (97, 220, 435, 428, 429, 442, 0xC00000B7),
+}
+# Directories hidden by an empty tmpfs: where named sockets and shared scratch files of other programs live.
+HIDDEN = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/var/run")
+# Of those, the ones a run may write (each run its own, fresh and empty).
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+class ViewError(Exception):
+    """The view could not be built; the message says which step, in a few words."""
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def _numbers() -> tuple[int, ...]:
+    if not sys.platform.startswith("linux") or os.uname().machine not in _SYS:
+        raise ViewError(f"namespaces are not supported on {sys.platform}/{os.uname().machine}")
+    return _SYS[os.uname().machine]
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        raise ViewError(f"{what}: {os.strerror(ctypes.get_errno())}")
+    return result
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def enter_keeper(network: bool) -> None:
+    """In the keeper, before it forks the command: new PID and IPC namespaces (the command will be their PID 1),
+    a new network namespace unless `network`, and a user namespace mapping only this uid when not root (an
+    ordinary user may create the others only inside one)."""
+    libc = _libc()
+    unshare = _numbers()[0]
+    flags = CLONE_NEWPID | CLONE_NEWIPC | (0 if network else CLONE_NEWNET)
+    uid, gid = os.geteuid(), os.getegid()
+    if uid != 0:
+        flags |= CLONE_NEWUSER
+    _check(libc.syscall(unshare, ctypes.c_ulong(flags)), "unshare")
+    if uid != 0:
+        try:
+            _write("/proc/self/setgroups", "deny")
+            _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
+            _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
+        except OSError as exc:
+            raise ViewError(f"user namespace maps: {exc.strerror}") from None
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _hidden_dirs(extra: list[str]) -> list[str]:
+    """The directories to hide that exist as real directories (a link such as /var/run -> /run is covered
+    through its target), $XDG_RUNTIME_DIR when it lies elsewhere, the caller's `extra` ones, outermost first
+    (one beneath another is hidden with it)."""
+    found: list[str] = []
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    candidates = {
+        os.path.realpath(path) for path in (*HIDDEN, *([runtime] if runtime.startswith("/") else []), *extra)
+    }
+    for real in sorted(candidates, key=len):
+        if real != "/" and os.path.isdir(real) and not any(_under(real, done) for done in found):
+            found.append(real)
+    return found
+
+
+def _clone(libc: ctypes.CDLL, path: str, read_only: bool) -> int:
+    """A detached copy of the mounts at `path` (taken before anything hides it), read-only if asked."""
+    numbers = _numbers()
+    fd = _check(
+        libc.syscall(
+            numbers[3], AT_FDCWD, path.encode(), ctypes.c_uint(OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC)
+        ),
+        f"open_tree({path})",
+    )
+    if read_only:
+        attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+        _check(
+            libc.syscall(
+                numbers[5],
+                fd,
+                b"",
+                ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE),
+                ctypes.byref(attr),
+                ctypes.c_size_t(32),
+            ),
+            f"mount_setattr({path})",
+        )
+    return fd
+
+
+def _attach(libc: ctypes.CDLL, fd: int, path: str, is_dir: bool) -> None:
+    """Mount the detached copy `fd` at `path`, making the mount point first when a tmpfs hid it."""
+    if is_dir:
+        os.makedirs(path, exist_ok=True)
+    elif not os.path.lexists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    _check(
+        libc.syscall(_numbers()[4], fd, b"", AT_FDCWD, path.encode(), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)),
+        f"move_mount({path})",
+    )
+    os.close(fd)
+
+
+def build_view(
+    writable: list[str],
+    cwd: str,
+    network: bool,
+    extra_read: list[str] | None = None,
+    hide: list[str] | None = None,
+) -> list[str]:
+    """In the command's process, a PID 1 of the keeper's namespaces, before Landlock and `exec`: the view
+    described in the module docstring. `writable` stay writable; `cwd` and `extra_read` stay readable where a
+    hidden directory would cover them; `hide` are more paths to hide (a directory: an empty tmpfs, nobody's
+    scratch; a file: /dev/null over it). Returns the fresh scratch directories (Landlock must allow writes
+    there too). Raises ViewError."""
+    libc = _libc()
+    _check(libc.syscall(_numbers()[0], ctypes.c_ulong(CLONE_NEWNS)), "unshare(mount)")
+    _check(libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None), "make / private")
+    hidden = _hidden_dirs([path for path in hide or [] if os.path.isdir(path)])
+    wanted: list[tuple[str, bool]] = []  # (path, read-only)
+    for path in writable:
+        if os.path.exists(path) and not _under(path, "/dev") and not _under(path, "/proc"):
+            wanted.append((path, False))
+    for path in [cwd, *(extra_read or [])]:
+        if any(_under(path, dir_) for dir_ in hidden) and os.path.exists(path):
+            wanted.append((path, True))
+    wanted.sort(key=lambda item: len(item[0]))  # a writable path inside the working directory comes after it
+    copies = [(path, os.path.isdir(path), _clone(libc, path, ro)) for path, ro in wanted]
+    attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    _check(
+        libc.syscall(
+            _numbers()[5],
+            AT_FDCWD,
+            b"/",
+            ctypes.c_uint(AT_RECURSIVE),
+            ctypes.byref(attr),
+            ctypes.c_size_t(32),
+        ),
+        "make every mount read-only",
+    )
+    scratch: list[str] = []
+    for directory in hidden:
+        mode = "1777" if any(_under(directory, os.path.realpath(s)) for s in SCRATCH) else "755"
+        _check(
+            libc.mount(
+                b"tmpfs",
+                directory.encode(),
+                b"tmpfs",
+                ctypes.c_ulong(MS_NOSUID | MS_NODEV),
+                f"mode={mode}".encode(),
+            ),
+            f"tmpfs on {directory}",
+        )
+        if mode == "1777":
+            scratch.append(directory)
+    for path, is_dir, fd in copies:
+        _attach(libc, fd, path, is_dir)
+    attached = [path for path, _, _ in copies]
+    again: list[str] = []
+    for directory in sorted({os.path.realpath(path) for path in hide or [] if os.path.isdir(path)}, key=len):
+        # A copy taken before the directory was hidden shows it again: hidden once more, on the copy.
+        if any(_under(directory, path) for path in attached) and not any(_under(directory, d) for d in again):
+            again.append(directory)
+            _check(
+                libc.mount(
+                    b"tmpfs", directory.encode(), b"tmpfs", ctypes.c_ulong(MS_NOSUID | MS_NODEV), b"mode=755"
+                ),
+                f"tmpfs on {directory}",
+            )
+    for path in hide or []:  # files (a token) still visible after the directories were hidden
+        if os.path.isfile(path) and not os.path.islink(path):
+            _check(
+                libc.mount(b"/dev/null", path.encode(), None, ctypes.c_ulong(MS_BIND), None), f"hide {path}"
+            )
+    scratch += _private_terminals(libc)
+    _check(
+        libc.mount(b"proc", b"/proc", b"proc", ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), None),
+        "mount /proc",
+    )
+    if not network:
+        loopback_up()
+    os.chdir(cwd)  # the working directory as the view shows it (not the hidden mount beneath)
+    _reopen_standard_files()
+    return scratch
+
+
+def _reopen_standard_files() -> None:
+    """Descriptors 0-2 opened outside the view (stdin is /dev/null, opened by the server) reach their file's own
+    mount, read-write: through them even a read-only view's file could be chmod-ed (a root run: /dev/null to
+    000, for every program of the system). Each one that is a file (not a pipe nor a socket) is opened again
+    through the view; one the view does not show as the same file becomes /dev/null."""
+    import stat
+
+    for fd in (0, 1, 2):
+        try:
+            old = os.fstat(fd)
+        except OSError:
+            continue
+        if stat.S_ISFIFO(old.st_mode) or stat.S_ISSOCK(old.st_mode):
+            continue
+        flags = fcntl_flags(fd)
+        try:
+            fresh = os.open(os.readlink(f"/proc/self/fd/{fd}"), flags | os.O_NOCTTY)
+            same = (os.fstat(fresh).st_dev, os.fstat(fresh).st_ino) == (old.st_dev, old.st_ino)
+        except OSError:
+            fresh, same = -1, False
+        if not same:
+            if fresh >= 0:
+                os.close(fresh)
+            fresh = os.open("/dev/null", os.O_RDWR | os.O_NOCTTY)
+        os.dup2(fresh, fd)
+        os.close(fresh)
+
+
+def fcntl_flags(fd: int) -> int:
+    """The access mode and O_APPEND of `fd`, to open its file again alike."""
+    import fcntl
+
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    return (flags & os.O_ACCMODE) | (flags & os.O_APPEND)
+
+
+def _private_terminals(libc: ctypes.CDLL) -> list[str]:
+    """A devpts instance of the run's own over /dev/pts (and /dev/ptmx): the user's terminals are not there to
+    write to, and the run's own pseudo-terminals still work. Best effort: where the kernel refuses, the host's
+    stay (Landlock still holds them to what it allows). Returns what Landlock must allow."""
+    options = b"newinstance,ptmxmode=0666,mode=0620"
+    if libc.mount(b"devpts", b"/dev/pts", b"devpts", ctypes.c_ulong(MS_NOSUID | MS_NOEXEC), options) != 0:
+        return []
+    if libc.mount(b"/dev/pts/ptmx", b"/dev/ptmx", None, ctypes.c_ulong(MS_BIND), None) != 0:
+        return ["/dev/pts"]
+    return ["/dev/pts", "/dev/ptmx"]
+
+
+def loopback_up() -> None:
+    """Bring up `lo` of the new network namespace (127.0.0.1 and ::1 come with it): the run's own loopback."""
+    import fcntl
+    import socket
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(sock, siocgifflags, request))[1]
+        try:
+            fcntl.ioctl(sock, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
+        except OSError as exc:
+            raise ViewError(f"loopback up: {exc.strerror}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# no way back: capabilities and nested user namespaces
+# ---------------------------------------------------------------------------------------------------------------
+PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, PR_SET_SECCOMP = 24, 47, 4, 22
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def drop_all_capabilities(libc: ctypes.CDLL) -> None:
+    """Empty the bounding, ambient and inheritable sets: after `exec` the run holds no capability, root
+    included (so it can neither remount the view nor bypass file permissions)."""
+    cap = 0
+    while libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0 or ctypes.get_errno() != 22:  # EINVAL: past the last
+        cap += 1
+        if cap > 63:
+            break
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) == 0:
+        data[0].inheritable = data[1].inheritable = 0
+        libc.capset(ctypes.byref(header), data)
+
+
+class _Filter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
+
+
+class _Program(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_Filter))]
+
+
+def forbid_user_namespaces(libc: ctypes.CDLL) -> None:
+    """A seccomp filter (inherited, permanent; needs no_new_privs): `unshare` and `clone` with CLONE_NEWUSER
+    answer EPERM, `clone3` (whose flags a filter cannot read) ENOSYS, so libc falls back to `clone`; system
+    calls of another ABI (x32, 32-bit) answer EPERM."""
+    numbers = _numbers()
+    unshare, clone, clone3, arch = numbers[0], numbers[1], numbers[2], numbers[6]
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+    program = [
+        _Filter(ld, 0, 0, 4),  # 0: arch
+        _Filter(jeq, 1, 0, arch),  # 1: ours -> 3
+        _Filter(ret, 0, 0, eperm),  # 2
+        _Filter(ld, 0, 0, 0),  # 3: syscall number
+        _Filter(jge, 8, 0, 0x40000000),  # 4: x32 -> 13
+        _Filter(jeq, 6, 0, clone3),  # 5: -> 12
+        _Filter(jeq, 1, 0, unshare),  # 6: -> 8
+        _Filter(jeq, 0, 2, clone),  # 7: -> 8, else -> 10
+        _Filter(ld, 0, 0, 16),  # 8: args[0], low 32 bits (the flags)
+        _Filter(jset, 3, 0, CLONE_NEWUSER),  # 9: -> 13
+        _Filter(ret, 0, 0, allow),  # 10
+        _Filter(ret, 0, 0, allow),  # 11 (keeps the jump offsets simple)
+        _Filter(ret, 0, 0, enosys),  # 12: clone3
+        _Filter(ret, 0, 0, eperm),  # 13
+    ]
+    array = (_Filter * len(program))(*program)
+    _check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(_Program(len(program), array)), 0, 0), "seccomp filter")
+
+
+def seal(libc: ctypes.CDLL) -> None:
+    """After the view, before Landlock's restrict_self (which sets no_new_privs first): nothing can undo it."""
+    drop_all_capabilities(libc)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS, needed for an unprivileged seccomp filter
+        raise ViewError(f"no_new_privs: {os.strerror(ctypes.get_errno())}")
+    forbid_user_namespaces(libc)

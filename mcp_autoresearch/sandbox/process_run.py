@@ -1,0 +1,458 @@
+"""Run one shell command under a hard time limit, capture its output, and leave nothing behind.
+
+The command's stdout and stderr go into a pipe that a thread of this process copies into the log file (1 MiB
+pipe, bounded chunks: a run that prints 1 GB costs disk, not memory). Only what arrived while the command ran
+counts: capture stops when the command has ended, or just before a timeout or cancel kills it, so nothing the
+run prints afterwards (a SIGTERM handler, a leftover daemon) reaches the log, and the log itself lives where a
+confined run cannot write. The capture's sha256 lets the caller prove the file still holds what was captured.
+
+On Linux the command runs under the keeper (`confine.py`): Landlock, a subreaper of its own, and the kill of
+whatever the command leaves. This process is a child subreaper too, so a tree whose keeper was killed still
+ends here: at the deadline, on cancel, and after a normal exit, every descendant seen while sampling, the
+process group, and any orphan re-parented to us that carries this run's environment marker or the
+no-new-privileges mark every confined process has, is ended.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import psutil
+
+from ..errors import SessionError
+from ..records.atomic import atomic_write, own_dir
+from ..records.logtail import last_line
+from .capture import Capture
+from .launcher import HIDDEN_FROM_RUNS, Launched, LauncherError
+from .processes import MARKER_PROJECT, MARKER_RUN, created, environment, no_new_privs, own_children
+
+log = logging.getLogger("mcp_autoresearch")
+# "rejected": a remote run whose report cannot be trusted (its log was tampered with, or Ray contradicts it)
+ProcessStatus = Literal["exited", "timeout", "cancelled", "failed_to_start", "rejected"]
+ProgressCallback = Callable[[float, float, str], None]
+Wrapper = Callable[[list[str], str], list[str]]  # (argv, private tmpdir) -> argv that runs it supervised
+# (argv, cwd, env, output fd, private tmpdir) -> a started process (Popen-like: pid, poll, wait)
+Launch = Callable[[list[str], Path, dict[str, str], int, str], "Launched"]
+
+SAMPLE_INTERVAL_S = 0.5
+DEFAULT_GRACE_S = 3.0
+PIPE_BYTES = 1 << 20
+
+_subreaper_lock = threading.Lock()
+_subreaper_set = False
+
+
+def _become_subreaper() -> None:
+    """Linux: orphaned descendants are re-parented to this process instead of init, so a `setsid` double fork
+    stays findable among our children. Elsewhere the environment-marker scan covers them."""
+    global _subreaper_set
+    with _subreaper_lock:
+        if _subreaper_set or not sys.platform.startswith("linux"):
+            return
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_CHILD_SUBREAPER = 36
+            libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+        _subreaper_set = True
+
+
+@dataclass
+class ProcessResult:
+    status: ProcessStatus
+    exit_code: int | None
+    duration_s: float
+    peak_rss_bytes: int
+    log_path: Path
+    error: str | None = None
+    leftovers_killed: int = 0
+    captured_bytes: int = 0
+    captured_sha256: str = ""
+    # A remote run (Ray): the size of each `metric_measure` output, measured where it ran, or why it could not be.
+    sizes: dict[str, int | str] | None = None
+
+
+@dataclass
+class ProcessRun:
+    """One command, started once. Thread-safe `cancel()`; `run()` blocks until the tree is gone."""
+
+    command: str
+    cwd: Path
+    log_path: Path
+    timeout_s: float
+    env: dict[str, str] = field(default_factory=dict)
+    run_marker: str = ""
+    project_marker: str = ""
+    grace_s: float = DEFAULT_GRACE_S
+    on_progress: ProgressCallback | None = None
+    progress_every_s: float = 2.0
+    wrapper: Wrapper | None = None  # the keeper (confinement); None runs `/bin/sh -c` directly
+    launch: Launch | None = None  # the same keeper, forked by the warm launcher; the wrapper is the fallback
+    # (private tmpdir, environment) -> variables to add, e.g. caches moved into the private tmpdir
+    private_env: Callable[[str, dict[str, str]], dict[str, str]] | None = None
+
+    def __post_init__(self) -> None:
+        self._cancel = threading.Event()
+        self._cancel_reason = ""
+        self._seen: dict[int, float] = {}  # pid -> create_time of every descendant observed
+        self._peak_rss = 0
+        self._popen: subprocess.Popen[bytes] | Launched | None = None
+        self._capture: Capture | None = None
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self._cancel_reason = reason
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    # -- running --------------------------------------------------------------------------------------------
+    def run(self) -> ProcessResult:
+        _become_subreaper()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {key: value for key, value in os.environ.items() if key not in HIDDEN_FROM_RUNS}
+        env.update(self.env)
+        if self.run_marker:
+            env[MARKER_RUN] = self.run_marker
+        if self.project_marker:
+            env[MARKER_PROJECT] = self.project_marker
+        started = time.monotonic()
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        log_fd = os.open(self.log_path, flags, 0o644)
+        tmpdir = tempfile.mkdtemp(prefix="autoresearch-run-")
+        for name in ("TMPDIR", "TMP", "TEMP"):
+            env[name] = tmpdir
+        if self.private_env is not None:
+            env.update(self.private_env(tmpdir, env))
+        try:
+            if self._cancel.is_set():
+                return ProcessResult("cancelled", None, 0.0, 0, self.log_path, self._cancel_reason)
+            read_fd, write_fd = os.pipe()  # not inherited (PEP 446); os.pipe2 is Linux-only
+            try:
+                fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+            except OSError:
+                pass  # the default pipe size only costs more wake-ups
+            try:
+                self._popen = self._start(["/bin/sh", "-c", self.command], env, write_fd, tmpdir)
+            except OSError as exc:
+                os.close(read_fd)
+                os.write(log_fd, f"autoresearch: could not start the command: {exc}\n".encode())
+                return ProcessResult("failed_to_start", None, 0.0, 0, self.log_path, str(exc))
+            finally:
+                os.close(write_fd)
+            self._capture = Capture(read_fd, log_fd)
+            status, exit_code = self._supervise(started)
+            duration = time.monotonic() - started
+            self._cut()
+            leftovers = self._end_tree(final=True)
+            error = None
+            if status == "timeout":
+                error = f"killed after the {self.timeout_s:g} s timeout"
+            elif status == "cancelled":
+                error = self._cancel_reason or "cancelled"
+            capture = self._capture
+            return ProcessResult(
+                status,
+                exit_code,
+                duration,
+                self._peak_rss,
+                self.log_path,
+                error,
+                leftovers,
+                capture.size,
+                capture.sha256,
+            )
+        finally:
+            self._cut()
+            self._keep_log_visible(log_fd)
+            os.close(log_fd)
+            _remove_tree(tmpdir)
+
+    def _cut(self) -> None:
+        if self._capture is not None:
+            self._capture.cut()
+
+    @property
+    def _kept(self) -> bool:
+        """The command runs under a keeper (ours, not the run's)."""
+        return self.launch is not None or self.wrapper is not None
+
+    def _start(
+        self, argv: list[str], env: dict[str, str], out_fd: int, tmpdir: str
+    ) -> subprocess.Popen[bytes] | Launched:
+        if self.launch is not None:
+            try:
+                return self.launch(argv, self.cwd, env, out_fd, tmpdir)
+            except LauncherError as exc:
+                log.warning("starting the keeper directly: %s", exc)
+        if self.wrapper is not None:
+            argv = self.wrapper(argv, tmpdir)
+        return subprocess.Popen(
+            argv,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out_fd,
+            stderr=out_fd,
+            env=env,
+            start_new_session=True,  # its own process group and session: killable as one
+        )
+
+    def _supervise(self, started: float) -> tuple[ProcessStatus, int | None]:
+        popen = self._popen
+        assert popen is not None
+        deadline = started + self.timeout_s
+        next_progress = started + self.progress_every_s
+        wait_step = 0.05  # first checks are quick so trivial commands return fast
+        exited = _ExitWaiter(popen)
+        try:
+            return self._supervise_loop(popen, started, deadline, next_progress, wait_step, exited)
+        finally:
+            exited.close()
+
+    def _supervise_loop(
+        self,
+        popen: subprocess.Popen[bytes] | Launched,
+        started: float,
+        deadline: float,
+        next_progress: float,
+        wait_step: float,
+        exited: _ExitWaiter,
+    ) -> tuple[ProcessStatus, int | None]:
+        while True:
+            now = time.monotonic()
+            # A killed run has no meaningful exit code (and psutil may have collected it already).
+            if self._cancel.is_set():
+                self._cut()  # nothing printed while being killed counts
+                self._end_tree()
+                return "cancelled", None
+            if now >= deadline:
+                self._cut()
+                self._end_tree()
+                return "timeout", None
+            if exited.wait(min(wait_step, max(0.0, deadline - now))):
+                try:
+                    return "exited", popen.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    pass
+            wait_step = SAMPLE_INTERVAL_S
+            self._sample()
+            if self.on_progress and time.monotonic() >= next_progress:
+                next_progress = time.monotonic() + self.progress_every_s
+                try:
+                    self.on_progress(time.monotonic() - started, self.timeout_s, last_line(self.log_path))
+                except Exception:  # a failing progress consumer must never break the run
+                    pass
+
+    def _sample(self) -> None:
+        """Record descendants (to kill them later even if they re-parent) and the tree's memory."""
+        popen = self._popen
+        if popen is None:
+            return
+        try:
+            shell = psutil.Process(popen.pid)
+            children = shell.children(recursive=True)
+        except psutil.Error:
+            return
+        self._seen.setdefault(shell.pid, created(shell))
+        # The keeper is ours, not the run's: its few MB are not the run's memory.
+        procs = children if self._kept else [shell, *children]
+        total = 0
+        for proc in procs:
+            try:
+                self._seen.setdefault(proc.pid, proc.create_time())
+                total += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        self._peak_rss = max(self._peak_rss, total)
+
+    # -- ending the tree ------------------------------------------------------------------------------------
+    def _collect(self) -> list[psutil.Process]:
+        """Every live process that belongs to this run."""
+        found: dict[int, psutil.Process] = {}
+        own_pid = os.getpid()
+
+        def add(proc: psutil.Process) -> None:
+            if proc.pid != own_pid and proc.pid not in found:
+                found[proc.pid] = proc
+
+        popen = self._popen
+        if popen is not None:
+            try:
+                shell = psutil.Process(popen.pid)
+                if shell.status() != psutil.STATUS_ZOMBIE:
+                    add(shell)
+                for child in shell.children(recursive=True):
+                    add(child)
+            except psutil.Error:
+                pass
+        for pid, born in list(self._seen.items()):
+            try:
+                proc = psutil.Process(pid)
+                if abs(proc.create_time() - born) < 0.01:  # same process, not a reused pid
+                    add(proc)
+            except psutil.Error:
+                self._seen.pop(pid, None)
+        if self.run_marker:
+            for proc in self._marked_candidates():
+                add(proc)
+        return list(found.values())
+
+    def _marked_candidates(self) -> list[psutil.Process]:
+        """Processes of this run that escaped the tree: on Linux, our re-parented children that carry this run's
+        marker or the no-new-privileges mark of a supervised run (a daemon can clear its environment, not that
+        mark); elsewhere, processes carrying the marker."""
+        linux = sys.platform.startswith("linux")
+        pool = own_children() if linux else list(psutil.process_iter())
+        popen_pid = self._popen.pid if self._popen else None
+        result = []
+        for proc in pool:
+            if proc.pid == popen_pid:
+                continue
+            if linux and self._kept and no_new_privs(proc.pid) and not no_new_privs(os.getpid()):
+                result.append(proc)
+                continue
+            env = environment(proc)
+            if env.get(MARKER_RUN) == self.run_marker and env.get(MARKER_PROJECT, "") == self.project_marker:
+                result.append(proc)
+                try:
+                    result += proc.children(recursive=True)
+                except psutil.Error:
+                    pass
+        return result
+
+    def _signal_group(self, sig: int) -> None:
+        if self._popen is None:
+            return
+        try:
+            os.killpg(self._popen.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _end_tree(self, final: bool = False) -> int:
+        """SIGTERM everything of this run, SIGKILL what is left after the grace period. Returns how many
+        processes were still alive (after a normal exit: background processes the command left behind)."""
+        procs = self._collect()
+        group_alive = self._group_alive()
+        if not procs and not group_alive:
+            self._reap()
+            return 0
+        count = len(procs)
+        self._signal_group(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=self.grace_s)
+        for _round in range(3):
+            self._signal_group(signal.SIGKILL)
+            alive = [p for p in alive if p.is_running()] + [p for p in self._collect() if p not in alive]
+            for proc in alive:
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
+            _, alive = psutil.wait_procs(alive, timeout=1.0)
+            if not alive and not self._group_alive():
+                break
+        self._reap()
+        return count if final else 0
+
+    def _group_alive(self) -> bool:
+        if self._popen is None:
+            return False
+        try:
+            os.killpg(self._popen.pid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def _reap(self) -> None:
+        """Collect the exit status of the shell and of re-parented run processes, so no zombie stays."""
+        if self._popen is not None:
+            try:
+                self._popen.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid in list(self._seen):
+            if self._popen is not None and pid == self._popen.pid:
+                continue
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            except OSError:
+                pass
+
+    def _keep_log_visible(self, log_fd: int) -> None:
+        """A run may delete its own log file or the log directory; restore it from our still-open descriptor."""
+        try:
+            # Never through a symlink the run left in the log's folders: it would carry the write elsewhere.
+            relative = self.log_path.parent.relative_to(self.cwd).as_posix()
+            parent = own_dir(self.cwd, relative, replace_links=True)
+            if os.path.lexists(parent / self.log_path.name):
+                return
+            os.lseek(log_fd, 0, os.SEEK_SET)
+            with os.fdopen(os.dup(log_fd), "rb") as src:
+                atomic_write(parent / self.log_path.name, iter(lambda: src.read(1 << 20), b""), 0o644)
+        except (OSError, ValueError, SessionError):
+            pass
+
+
+def _remove_tree(path: str) -> None:
+    """Remove the run's private TMPDIR (links in it are unlinked, never followed). A tree deeper than Python's
+    recursion limit (a run can make one) is left to `rm -rf`, which is not recursive."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        try:
+            subprocess.run(
+                ["rm", "-rf", "--", path], stdin=subprocess.DEVNULL, capture_output=True, timeout=120
+            )
+        except (OSError, subprocess.SubprocessError):
+            log.warning("could not remove the run's temporary directory %s", path)
+
+
+class _ExitWaiter:
+    """Wakes up the moment a child exits (Linux pidfd), instead of polling with sleeps; elsewhere it polls."""
+
+    def __init__(self, popen: subprocess.Popen[bytes] | Launched) -> None:
+        self.popen = popen
+        self.fd: int | None = None
+        try:
+            self.fd = os.pidfd_open(popen.pid)  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            self.fd = None
+
+    def wait(self, timeout: float) -> bool:
+        if self.fd is None:
+            end = time.monotonic() + timeout
+            while self.popen.poll() is None:
+                if time.monotonic() >= end:
+                    return False
+                time.sleep(min(0.005, max(0.0, end - time.monotonic())))
+            return True
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        return bool(ready)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

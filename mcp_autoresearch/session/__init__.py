@@ -1,0 +1,1 @@
+"""The session: opening and resuming it, the target, the queries, and landing the results."""

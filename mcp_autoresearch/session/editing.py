@@ -1,0 +1,165 @@
+"""Reading and editing the target: the one file experiments may change.
+
+Every path is checked to be the configured target (no other file, no symlink swapped in) and every write is
+atomic. Nothing here commits or runs anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import RuleViolation
+from ..models import EditResult, TargetView
+from ..records.atomic import atomic_write, read_regular
+from ..setup.single_file import resolve_target_path, sha256_bytes
+from ..terminal_text import printable
+from .context import SessionCore
+from .diffs import bounded_diff
+
+MAX_EDIT_BYTES = 4 * 1024 * 1024  # largest content apply_edit writes
+MAX_VIEW_CHARS = 100_000  # largest slice read_target returns
+DELETED_FIX = "write it again with apply_edit(content=...) (the whole file)"
+
+
+class Editor:
+    def __init__(self, core: SessionCore) -> None:
+        self.core = core
+
+    def target_path(self, requested: str | None = None, must_exist: bool = False) -> Path:
+        """The target's path, when `requested` names it (or is None) and it is still a regular file.
+        Refusals say which call fixes it, or that a person must: the agent may have no shell."""
+        target = self.core.target_rel
+        path = resolve_target_path(self.core.root, target, requested)
+        if must_exist and not path.is_symlink() and not path.exists():
+            raise RuleViolation(f"the target {target} was deleted; {DELETED_FIX}")
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise RuleViolation(
+                f"the target {target} is no longer a regular file (a symlink or directory replaced it); no tool "
+                f"can write through that, so a person must restore it (git checkout -- {target})"
+            )
+        parent = path.parent
+        if parent.resolve() != parent:
+            raise RuleViolation(
+                f"a directory on the path to {target} is a symlink; a person must restore the directory"
+            )
+        return path
+
+    def read_target(self, start_line: int | None, end_line: int | None) -> TargetView:
+        path = self.target_path()
+        try:
+            data = read_regular(path)  # never blocks on a FIFO swapped in after the check above
+        except FileNotFoundError:
+            raise RuleViolation(f"the target {self.core.target_rel} was deleted; {DELETED_FIX}") from None
+        except OSError:
+            raise RuleViolation(
+                f"the target {self.core.target_rel} is no longer a regular file; restore it"
+            ) from None
+        text = data.decode("utf-8", errors="replace")
+        lines = text.splitlines(keepends=True)
+        total = len(lines)
+        start = 1 if start_line is None else start_line
+        end = total if end_line is None else end_line
+        if start < 1 or (total and start > total) or end < start - 1:
+            raise RuleViolation(f"line range {start}-{end} is outside the file (1-{total})")
+        end = min(end, total)
+        content = "".join(lines[start - 1 : end])
+        truncated = False
+        if len(content) > MAX_VIEW_CHARS:
+            cut = content[:MAX_VIEW_CHARS]
+            end = start + cut.count("\n") - 1
+            content = "".join(lines[start - 1 : end])
+            truncated = True
+        return TargetView(
+            path=self.core.target_rel,
+            content=content,
+            sha256=sha256_bytes(data),
+            total_lines=total,
+            start_line=start,
+            end_line=end,
+            truncated=truncated,
+        )
+
+    def apply_edit(
+        self,
+        edits: list[dict[str, str]] | None,
+        content: str | None,
+        path: str | None,
+        expected_sha256: str | None,
+    ) -> EditResult:
+        """Write the new content under the session's lock; the diff is computed after the lock is released (it
+        may take a while on a large change, and other calls must not wait for it)."""
+        with self.core.lock:
+            target = self.target_path(path)
+            self.core.check_no_pending()
+            self.core.check_head()  # never write into another branch's work tree
+            if (edits is None) == (content is None):
+                raise RuleViolation(
+                    "give exactly one of edits (a list of {old_text, new_text}) or content (the whole new file)"
+                )
+            if content is not None and len(content) > MAX_EDIT_BYTES:  # refused before any copy of it is made
+                raise RuleViolation(_too_large(len(content), "characters"))
+            try:
+                before_bytes = read_regular(target)
+            except FileNotFoundError:
+                before_bytes = b""
+            except OSError:
+                raise RuleViolation(
+                    f"the target {self.core.target_rel} is no longer a regular file"
+                ) from None
+            before_sha = sha256_bytes(before_bytes)
+            if expected_sha256 is not None and expected_sha256.strip().lower() != before_sha:
+                raise RuleViolation(
+                    f"the target changed since you read it (sha256 is {before_sha[:12]}…, you expected "
+                    f"{expected_sha256[:12]}…); call read_target again and redo the edit"
+                )
+            try:
+                before = before_bytes.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RuleViolation(
+                    f"{self.core.target_rel} is not UTF-8 text; edits need a text file"
+                ) from None
+            after = content if content is not None else self._replaced(before, edits or [])
+            data = after.encode("utf-8")
+            if len(data) > MAX_EDIT_BYTES:
+                raise RuleViolation(_too_large(len(data), "bytes"))
+            if "\x00" in after:
+                raise RuleViolation("the new content contains NUL bytes; only text can be written")
+            atomic_write(target, data)  # replaces a symlink swapped in, never follows it
+        diff = bounded_diff(before, after, self.core.target_rel)
+        return EditResult(
+            path=self.core.target_rel,
+            sha256_before=before_sha,
+            sha256_after=sha256_bytes(data),
+            diff=printable(diff.text, lines=True),  # the content is the agent's: shown escaped
+            lines_added=diff.added,
+            lines_removed=diff.removed,
+            diff_summarized=diff.summarized or None,
+        )
+
+    def _replaced(self, before: str, edits: list[dict[str, str]]) -> str:
+        """`before` with each exact replacement applied in order; refused as soon as it grows past the limit."""
+        if not edits:
+            raise RuleViolation("edits is empty; give at least one {old_text, new_text}")
+        after = before
+        for number, edit in enumerate(edits, start=1):
+            old, new = edit.get("old_text", ""), edit.get("new_text", "")
+            if not old:
+                raise RuleViolation(f"edit {number}: old_text is empty; quote the exact text to replace")
+            count = after.count(old)
+            if count != 1:
+                where = "does not occur" if count == 0 else f"occurs {count} times"
+                raise RuleViolation(
+                    f"edit {number}: old_text {where} in {self.core.target_rel}; it must occur exactly once "
+                    "(quote more surrounding text, or read_target to see the current content)"
+                )
+            after = after.replace(old, new, 1)
+            if len(after) > MAX_EDIT_BYTES:  # 200 edits of 4 MB each would otherwise build 800 MB
+                raise RuleViolation(f"after edit {number}, " + _too_large(len(after), "characters"))
+        return after
+
+
+def _too_large(size: int, unit: str) -> str:
+    return (
+        f"the new content is {size} {unit}; the limit is {MAX_EDIT_BYTES} bytes ({MAX_EDIT_BYTES // 1024 // 1024} "
+        "MiB) of UTF-8 text"
+    )

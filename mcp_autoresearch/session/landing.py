@@ -1,0 +1,506 @@
+"""When the person is done: `finish` (a summary, and landing the kept commits on a branch they name) and `clean`
+(removing a finished session's refs and files). For the person at the terminal only: no tool of the agent's
+lands or removes anything.
+
+What this module never does: move any branch other than the one the user named (the session's own branch is
+only ever deleted by `clean`, on request), `git clean`, touch untracked files, or act while a server holds the
+project (the flock on `.autoresearch/server.lock`) or on a tree with uncommitted changes to tracked files.
+Every git call carries repo.py's safe options and environment (no hooks, no signing prompts, no background gc, no
+replace objects, grafts or commit-graph files). Landing and cleaning refuse while `shallow` or an alternates
+file exists: git's history or objects would not be this repository's own (grafts are ignored, and named).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, SessionError
+from ..lifecycle.fresh_outputs import OUTPUTS_DIR
+from ..measure.provenance import metric_provenance
+from ..measure.standing import standing
+from ..names import RUN_LOGS, SESSION_BRANCHES, SESSION_REFS, SLOT_INDEXES
+from ..readers.report import SessionFiles, open_session_files
+from ..records.journal import Row
+from ..records.state import ProjectLock, current_tag, load_state, state_dir, state_path
+from ..terminal_text import printable
+from ..vcs.checkouts import session_slots
+from ..vcs.history import check_changed_files, is_verified_ancestor
+from ..vcs.planted import present_history_files
+from ..vcs.repo import FALLBACK_IDENTITY, GIT_ENV, GIT_OPTIONS, Repo
+
+NO_COMMIT = "0" * 40
+# Session tags as start_session accepts them (so a tag can never name a path outside the state directory).
+TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+# ==========================================================================================================
+# the summary
+# ==========================================================================================================
+@dataclass
+class Kept:
+    commit: str
+    description: str
+    run_id: str | None
+    value: float | None
+
+
+@dataclass
+class Summary:
+    files: SessionFiles
+    kept: list[Kept]  # the session's commits from its base to its best, oldest first
+    fast_forwardable: list[str]  # the user's branches that `--land` can fast-forward
+
+    @property
+    def best(self) -> str | None:
+        best = self.files.state.best
+        return best.commit if best is not None else None
+
+
+def summarize(project: str, tag: str | None) -> Summary:
+    files = open_session_files(project, tag)
+    state = files.state
+    repo = Repo(files.root)
+    kept: list[Kept] = []
+    branches: list[str] = []
+    if state.best is not None and state.best.commit != state.base_commit:
+        # The log may hold short commit ids: match on the first 7 characters.
+        by_commit: dict[str, Row] = {r.commit[:7]: r for r in files.journal.rows if r.status == "keep"}
+        listing = _git(
+            repo.top,
+            "log",
+            "--reverse",
+            "--first-parent",
+            "--format=%H %s",
+            f"{state.base_commit}..{state.best.commit}",
+        )
+        for line in listing.splitlines():
+            commit, _, subject = line.partition(" ")
+            row = by_commit.get(commit[:7])
+            description = row.description if row else printable(subject.removeprefix("experiment: "))
+            kept.append(Kept(commit, description, row.run_id if row else None, row.value if row else None))
+        merged = _git(
+            repo.top, "for-each-ref", "--merged", state.best.commit, "--format=%(refname:short)", "refs/heads"
+        )
+        branches = [
+            b
+            for b in merged.split()
+            if not b.startswith(SESSION_BRANCHES) and repo.resolve_branch(b) != state.best.commit
+        ]
+    return Summary(files, kept, branches)
+
+
+def summary_text(summary: Summary, hints: bool = True) -> str:
+    state, journal = summary.files.state, summary.files.journal
+    counts = {s: journal.counts.get(s, 0) for s in ("keep", "discard", "crash")}
+    direction = "lower" if state.metric_direction == "lower_is_better" else "higher"
+    lines = [
+        f"session {state.tag}: branch {state.branch}, started from {state.base_commit[:7]}",
+        f"metric:       {state.metric_name} ({direction} is better)",
+        f"  source:     {metric_provenance(state.rules).line()}",
+        f"experiments:  {len(journal)} (keep {counts['keep']}, discard {counts['discard']}, crash {counts['crash']})",
+    ]
+    best, now = state.best, standing(state)
+    lines.append(f"baseline:     {now.baseline:.6g}" if now is not None else "baseline:     - (not run yet)")
+    if best is not None:
+        shown = now.best if now is not None else best.value
+        lines.append(
+            f"best:         {shown:.6g} at {best.commit[:7]} ({best.run_id}: {printable(best.description)})"
+        )
+    if now is not None:
+        lines.append(f"improvement:  {now.text().removeprefix('improvement ')} (>0 = better)")
+    if state.pending is not None:
+        lines.append(
+            f"note:         run {state.pending.run_id} was never decided; it is not part of the result"
+        )
+    if not summary.kept:
+        lines.append("kept commits: none beyond the baseline; there is nothing to land")
+        lines.append(f"to remove the session: mcp-autoresearch clean --tag {state.tag}")
+        return "\n".join(lines) + "\n"
+    lines.append(f"kept commits ({len(summary.kept)}, oldest first):")
+    for item in summary.kept:
+        value = f"{item.value:.6f}" if item.value is not None else "-"
+        lines.append(f"  {item.commit[:7]}  {item.run_id or '-':>5}  {value:>12}  {item.description}")
+    if not hints:
+        return "\n".join(lines) + "\n"
+    started = state.started_from
+    if started and (started in summary.fast_forwardable or not summary.fast_forwardable):
+        target = started  # where the session started: the branch to land on, unless it moved elsewhere
+    else:
+        target = printable(summary.fast_forwardable[0]) if summary.fast_forwardable else "BRANCH"
+    if summary.fast_forwardable:
+        lines.append(f"can fast-forward: {', '.join(map(printable, summary.fast_forwardable))}")
+    lines += [
+        "to land them:",
+        f"  mcp-autoresearch finish --session {state.tag} --land {target}            # the kept commits as they are",
+        f"  mcp-autoresearch finish --session {state.tag} --land {target} --squash   # as one commit",
+        f"then, to remove the session's branch, refs and files: mcp-autoresearch clean --tag {state.tag}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ==========================================================================================================
+# landing
+# ==========================================================================================================
+def land(summary: Summary, branch: str, squash: bool, message: str | None) -> str:
+    """Put the kept commits on `branch` (fast-forward, or one squashed commit); returns what was done."""
+    files, state = summary.files, summary.files.state
+    repo = Repo(files.root)
+    _check_branch_name(repo, branch)
+    if summary.best is None or not summary.kept:
+        raise SessionError(
+            f"session '{state.tag}' kept nothing beyond its baseline: there is nothing to land"
+        )
+    best = summary.best
+    lock = _lock(files.root, "land the session")
+    try:
+        _check_history(repo, "land the session")
+        _check_clean(repo)
+        worktree = _checked_out_elsewhere(repo, branch)
+        if worktree:
+            raise SessionError(f"{branch} is checked out in another worktree ({worktree}); land from there")
+        old = repo.resolve_branch(branch) if repo.branch_exists(branch) else None
+        if old == best or (old is not None and _tree(repo, old) == _tree(repo, best)):
+            return f"{branch} already holds the session's result ({old[:7]}, the files of {best[:7]}): nothing to do\n"
+        if old is not None and not (
+            repo.is_ancestor(old, best) and is_verified_ancestor(repo.top, old, best)
+        ):
+            ahead = _git(repo.top, "log", "--oneline", "--no-decorate", f"{best}..{old}").splitlines()
+            raise SessionError(
+                f"{branch} has diverged from the session: it has {len(ahead)} commit(s) the session does not "
+                f"({printable('; '.join(ahead[:3]))}). Nothing was changed; combine them yourself (git merge or git rebase "
+                f"of {state.branch}), or land on a new branch (--land {branch}-autoresearch)"
+            )
+        check_changed_files(repo.top, state.base_commit, best)  # what is landed is what was kept
+        new = _squash_commit(repo, summary, old, message) if squash else best
+        moved = len(_git(repo.top, "rev-list", new, f"^{old or state.base_commit}").split())
+        checked_out = repo.current_branch() == branch
+        if checked_out:
+            # The branch's files are in the work tree: git updates index and files (and refuses if an
+            # untracked file would be overwritten).
+            _git(repo.top, "merge", "--ff-only", "--quiet", new)
+        else:
+            reason = (
+                f"mcp-autoresearch finish: {'squash' if squash else 'fast-forward'} of session {state.tag}"
+            )
+            # The old value makes the update conditional: a concurrent change of the branch is not overwritten.
+            _git(repo.top, "update-ref", "-m", reason, f"refs/heads/{branch}", new, old or NO_COMMIT)
+    finally:
+        lock.release()
+    how = f"as one commit {new[:7]}" if squash else f"by fast-forward ({moved} kept commit(s))"
+    text = f"landed session {state.tag} on {branch} {how}: {old[:7] if old else 'new branch'} -> {new[:7]}\n"
+    if not checked_out:
+        text += f"the work tree is unchanged (on {repo.current_branch() or 'a detached HEAD'}); git checkout {branch} to continue there\n"
+    return text + f"when done with the session: mcp-autoresearch clean --tag {state.tag}\n"
+
+
+def _squash_commit(repo: Repo, summary: Summary, parent: str | None, message: str | None) -> str:
+    """One commit with the best commit's files, on top of `parent` (the branch's tip, or the session's base)."""
+    state = summary.files.state
+    if message is None:
+        best = state.best
+        assert best is not None
+        head = f"autoresearch {state.tag}: {state.metric_name} "
+        now = standing(state)
+        head += f"{now.baseline:.6g} -> {now.best:.6g}" if now is not None else f"{best.value:.6g}"
+        body = [
+            f"- {k.description}" + (f" ({k.value:.6g})" if k.value is not None else "") for k in summary.kept
+        ]
+        source = metric_provenance(state.rules).source
+        message = (
+            head
+            + f"\n\nKept experiments, each measured by mcp-autoresearch (metric source: {source}):\n"
+            + "\n".join(body)
+            + "\n"
+        )
+    tree = f"{summary.best}^{{tree}}"
+    return _git(
+        repo.top, "commit-tree", tree, "-p", parent or state.base_commit, "-m", message, identity=True
+    ).strip()
+
+
+# ==========================================================================================================
+# cleaning
+# ==========================================================================================================
+@dataclass
+class CleanPlan:
+    root: Path
+    tag: str
+    branch: str | None  # refs/heads/autoresearch/<tag>, when it exists
+    refs: list[str]  # refs/autoresearch/<tag>/*
+    paths: list[Path]  # the state file, the run logs, the slots' checkouts
+    unlanded: list[str]  # kept commits that no other branch holds
+    started_from: str = "BRANCH"  # the branch the session started from, for the hints
+
+    def text(self) -> str:
+        rel = [
+            (p.relative_to(self.root).as_posix() if p.is_relative_to(self.root) else str(p))
+            + ("/" if p.is_dir() else "")
+            for p in self.paths
+        ]
+        lines = [f"session {self.tag}: will remove"]
+        if self.branch:
+            lines.append(f"  branch     {self.branch.removeprefix('refs/heads/')}")
+        if self.refs:
+            lines.append(f"  refs       {len(self.refs)} discarded idea(s) under {SESSION_REFS}{self.tag}/")
+        lines += [f"  file       {path}" for path in rel]
+        if self.unlanded:
+            lines.append(
+                f"warning: {len(self.unlanded)} kept commit(s) are on no other branch (best: {self.unlanded[-1][:7]}); "
+                f"land them first (mcp-autoresearch finish --land {self.started_from}) or note that id to recover them"
+            )
+        lines.append(
+            "kept: the JSONL history of every session, results.tsv and run.log, and all your files (those found in "
+            f"the outputs before a run are in .autoresearch/{OUTPUTS_DIR}/{self.tag}/found-before-*)"
+        )
+        return "\n".join(lines) + "\n"
+
+
+def plan_clean(project: str, tag: str) -> CleanPlan:
+    from ..setup.project import check_project_root
+
+    root = check_project_root(project)
+    if not TAG.match(tag):
+        raise ConfigError(f"--tag {tag!r} is not a session tag (lower-case letters, digits, '.', '_', '-')")
+    repo = Repo(root)
+    branch = f"{SESSION_BRANCHES}{tag}"
+    has_branch = repo.branch_exists(branch)
+    refs = _git(repo.top, "for-each-ref", "--format=%(refname)", f"{SESSION_REFS}{tag}/").split()
+    own = (state_path(root, tag), state_dir(root) / RUN_LOGS / tag, state_dir(root) / SLOT_INDEXES / tag)
+    paths = [p for p in (*own, session_slots(root, tag)) if p.exists()] + run_outputs(root, tag)
+    if not (has_branch or refs or paths):
+        raise SessionError(f"no session '{tag}' in {root}: nothing to clean")
+    unlanded: list[str] = []
+    state = load_state(root, tag) if state_path(root, tag).exists() else None
+    if has_branch and state is not None:
+        tip = repo.resolve_branch(branch)
+        others = [
+            f"^{ref}"
+            for ref in _git(repo.top, "for-each-ref", "--format=%(refname)", "refs/heads").split()
+            if ref != f"refs/heads/{branch}"
+        ]
+        unlanded = _git(repo.top, "rev-list", "--reverse", tip, f"^{state.base_commit}", *others).split()
+        if not unlanded and not _on_a_branch_verified(repo, tip, f"refs/heads/{branch}"):
+            unlanded = _git(repo.top, "rev-list", "--reverse", tip, f"^{state.base_commit}").split()
+        best = state.best.commit if state.best is not None else None
+        if unlanded and best and any(_tree(repo, ref[1:]) == _tree(repo, best) for ref in others):
+            unlanded = []  # landed as one squashed commit: a branch holds exactly the best files
+    started = state.started_from if state is not None and state.started_from else "BRANCH"
+    return CleanPlan(
+        root, tag, f"refs/heads/{branch}" if has_branch else None, refs, paths, unlanded, started
+    )
+
+
+def run_outputs(root: Path, tag: str) -> list[Path]:
+    """The outputs the session's runs left, moved aside (`fresh_outputs`): `run-*` folders, never the
+    `found-before-*` ones (the user's files)."""
+    folder = state_dir(root) / OUTPUTS_DIR / tag
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if p.name.startswith("run-") and p.is_dir() and not p.is_symlink()
+    )
+
+
+def _on_a_branch_verified(repo: Repo, tip: str, session_ref: str) -> bool:
+    """Whether one of the user's branches that git says holds `tip` really does (`is_verified_ancestor`: a
+    forged commit object could make git see the session's commits on a branch that lacks them)."""
+    listed = _git(
+        repo.top, "for-each-ref", "--contains", tip, "--format=%(refname) %(objectname)", "refs/heads"
+    )
+    holding = [line.split(" ")[1] for line in listed.splitlines() if line.split(" ")[0] != session_ref]
+    if not holding:
+        return True  # no branch holds it: the rev-list was empty for the base's sake (nothing kept)
+    for branch_tip in dict.fromkeys(holding):
+        try:
+            if branch_tip == tip or is_verified_ancestor(repo.top, tip, branch_tip):
+                return True
+        except SessionError:
+            continue  # a forged object on that branch's way: it does not count
+    return False
+
+
+def check_clean(plan: CleanPlan) -> None:
+    """Refuse while the session's branch is checked out (its files are the work tree) or a server holds it."""
+    _lock(plan.root, "clean a session").release()
+    _refuse_checked_out(plan)
+
+
+def _refuse_checked_out(plan: CleanPlan) -> None:
+    if plan.branch:
+        repo = Repo(plan.root)
+        short = plan.branch.removeprefix("refs/heads/")
+        elsewhere = _checked_out_elsewhere(repo, short)
+        where = "in this worktree" if repo.current_branch() == short else elsewhere and f"in {elsewhere}"
+        if where:
+            raise SessionError(
+                f"{short} is checked out {where}; switch to your branch first (git checkout {plan.started_from}), "
+                f"and land the result before if you want it (mcp-autoresearch finish --land {plan.started_from})"
+            )
+
+
+def clean(plan: CleanPlan) -> str:
+    repo = Repo(plan.root)
+    lock = _lock(plan.root, "clean a session")
+    try:
+        _check_history(repo, "clean the session")
+        _refuse_checked_out(plan)
+        if plan.branch:
+            short = plan.branch.removeprefix("refs/heads/")
+            _git(repo.top, "update-ref", "-d", plan.branch, repo.resolve_branch(short))
+        for ref in plan.refs:
+            _git(repo.top, "update-ref", "-d", ref)
+        for path in plan.paths:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        if current_tag(plan.root) == plan.tag:
+            (state_dir(plan.root) / "current").unlink(missing_ok=True)
+    finally:
+        lock.release()
+    text = f"removed session {plan.tag}\n"
+    if plan.unlanded:
+        text += f"its best kept commit was {plan.unlanded[-1]} (git branch NAME {plan.unlanded[-1][:12]} recovers it)\n"
+    return text
+
+
+# ==========================================================================================================
+# checks and git
+# ==========================================================================================================
+def _lock(root: Path, doing: str) -> ProjectLock:
+    """Hold the project lock while changing anything: a server running the loop must not see its refs move."""
+    lock = ProjectLock(root)
+    try:
+        lock.acquire()
+    except SessionError as exc:
+        raise SessionError(f"cannot {doing} now: {exc}") from None
+    return lock
+
+
+_HISTORY_FIXES = {
+    "shallow": "git sees the history cut off at the commits it lists. If you cloned shallow, fetch the full "
+    "history (git fetch --unshallow)",
+    "alternates": "git reads objects from the stores it names, so what is landed could depend on objects "
+    "outside this repository. If you cloned with --reference or --shared, copy them in (git repack -a -d) and "
+    "remove the file",
+    "http-alternates": "git reads objects from the addresses it names. If you did not write it, remove it",
+}
+
+
+def _check_history(repo: Repo, doing: str) -> None:
+    """Refuse while a file that changes what git considers history exists (grafts are ignored: every call runs
+    with GIT_GRAFT_FILE=/dev/null, and `history_note` names them)."""
+    for path in present_history_files(repo.git_dir):
+        if path.name in _HISTORY_FIXES:
+            raise SessionError(
+                f"cannot {doing}: {path} exists: {_HISTORY_FIXES[path.name]}; if you did not, a run may have "
+                "planted it: look at it, move it away, and run again. Nothing was changed"
+            )
+
+
+def history_note(root: Path) -> str:
+    """A line naming a grafts file, which finish and clean ignore (a run may plant one to rewrite parents)."""
+    grafts = [p for p in present_history_files(Repo(root).git_dir) if p.name == "grafts"]
+    return "".join(
+        f"note: {path} is ignored: finish and clean see every commit's own parents, not its grafts "
+        "(a run may have planted it to make your commits look like the session's ancestors)\n"
+        for path in grafts
+    )
+
+
+def _check_clean(repo: Repo) -> None:
+    dirty = [repo.project_path(p) for p in repo.changed_tracked_files()]
+    if dirty:
+        raise SessionError(
+            "tracked files have uncommitted changes: " + ", ".join(dirty[:10]) + ". Commit or stash them "
+            "first (an undecided experiment? let the server decide it), so nothing of yours is overwritten"
+        )
+
+
+def _check_branch_name(repo: Repo, branch: str) -> None:
+    # A leading '-' would be read as an option by git; session branches belong to the server.
+    if branch.startswith("-") or branch.startswith(SESSION_BRANCHES) or branch == "HEAD":
+        raise ConfigError(f"--land {branch!r}: name one of your branches (e.g. main), not a session branch")
+    try:
+        _git(repo.top, "check-ref-format", "--branch", branch)
+    except SessionError:
+        raise ConfigError(f"--land {branch!r} is not a valid branch name") from None
+
+
+def _checked_out_elsewhere(repo: Repo, branch: str) -> str | None:
+    """The other worktree that has `branch` checked out (its files would no longer match), if any."""
+    path = None
+    for line in _git(repo.top, "worktree", "list", "--porcelain").splitlines():
+        if line.startswith("worktree "):
+            path = line.removeprefix("worktree ")
+        elif line == f"branch refs/heads/{branch}" and path and Path(path).resolve() != repo.top:
+            return path
+    return None
+
+
+def _tree(repo: Repo, commit: str) -> str:
+    return _git(repo.top, "rev-parse", f"{commit}^{{tree}}").strip()
+
+
+def _git(top: Path, *args: str, identity: bool = False) -> str:
+    env = {**os.environ, **GIT_ENV}
+    if identity and not (env.get("GIT_AUTHOR_EMAIL") or _config(top, "user.email")):
+        env = {**FALLBACK_IDENTITY, **env}
+    options = [arg for option in GIT_OPTIONS for arg in ("-c", option)]
+    try:
+        done = subprocess.run(
+            ["git", "--no-replace-objects", *options, *args],
+            cwd=top,
+            env=env,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SessionError(f"git {args[0]} could not run: {exc}") from None
+    if done.returncode != 0:
+        detail = printable(
+            (done.stderr or done.stdout).decode("utf-8", "replace").strip().replace("\n", " ")[:400]
+        )
+        raise SessionError(f"git {args[0]} failed: {detail or f'exit code {done.returncode}'}")
+    return done.stdout.decode("utf-8", "surrogateescape")
+
+
+def _config(top: Path, key: str) -> str | None:
+    try:
+        return _git(top, "config", key).strip() or None
+    except SessionError:
+        return None
+
+
+# ==========================================================================================================
+# the commands
+# ==========================================================================================================
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    if args.command == "finish":
+        if args.squash and not args.land:
+            raise ConfigError("--squash needs --land BRANCH")
+        summary = summarize(args.project, args.session)
+        sys.stdout.write(history_note(summary.files.root))
+        sys.stdout.write(summary_text(summary, hints=not args.land))
+        if args.land:
+            sys.stdout.write(land(summary, args.land, args.squash, args.message))
+        return 0
+    plan = plan_clean(args.project, args.tag)
+    sys.stdout.write(history_note(plan.root))
+    sys.stdout.write(plan.text())
+    sys.stdout.flush()
+    check_clean(plan)
+    if not args.yes:
+        sys.stdout.write("nothing was removed: run again with --yes to remove these\n")
+        return 0
+    sys.stdout.write(clean(plan))
+    return 0

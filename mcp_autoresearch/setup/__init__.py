@@ -1,0 +1,1 @@
+"""Configuration: the keys, their sources, and the detection of project types."""

@@ -1,0 +1,139 @@
+"""The evaluation stage's configuration: what `eval_command`, `holdout_command` and `hidden` may be, checked when
+the configuration is loaded (`check_stage_config`) and when a session opens (`refuse_unhidable`), and the hidden
+paths every stage but the evaluation's has covered in its view."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import ConfigError, SessionError
+from ..names import RUN_LOG
+from ..sandbox.policy import Isolation
+from .config import Config
+
+
+def _expand(root: Path, entry: str) -> Path:
+    path = Path(os.path.expanduser(entry))
+    return Path(os.path.normpath(path if path.is_absolute() else root / path))
+
+
+def _overlaps(one: Path, other: Path) -> bool:
+    return one == other or one in other.parents or other in one.parents
+
+
+def check_stage_config(root: Path, config: Config) -> Config:
+    """Refuse what would break the stage's promises; returns the config with `hidden` as absolute paths (each
+    slot's checkout then hides the same, the project's, files)."""
+    if config.eval_command and config.metric_measure:
+        raise ConfigError(
+            "eval_command and metric_measure both say where the metric comes from: with an evaluation stage the "
+            "value is what eval_command prints; remove one of them"
+        )
+    if config.eval_command and config.metric_parse and RUN_LOG in config.metric_parse:
+        raise ConfigError(
+            "metric_parse reads run.log, the run's own output, but with eval_command the metric comes from the "
+            "evaluation's output: read \"$AUTORESEARCH_LOG\" (the evaluation's log) instead"
+        )
+    if (config.eval_command or config.holdout_command or config.hidden) and config.backend == "ray":
+        raise ConfigError(
+            'eval_command, holdout_command and hidden are not supported with backend = "ray" yet (the stage '
+            'would have to run on the worker that holds the run\'s outputs); use backend = "local"'
+        )
+    if config.holdout_command and config.parallel:
+        raise ConfigError(
+            "holdout_command is not supported with slots yet (the kept run's outputs stay in its slot); set slots = 1"
+        )
+    if config.holdout_command and not config.eval_command:
+        raise ConfigError("holdout_command needs eval_command (the holdout is measured like the evaluation)")
+    if config.hidden and not (config.eval_command or config.holdout_command):
+        raise ConfigError(
+            "hidden paths are readable only by eval_command or holdout_command: set eval_command"
+        )
+    root = root.resolve()
+    for what in ("eval_command", "holdout_command"):
+        _refuse_writable_program(root, config, what)
+    guarded = {root: "the project itself"}
+    if config.target_file:
+        guarded[root / config.target_file] = f"the target {config.target_file}"
+    hidden: list[str] = []
+    for entry in config.hidden:
+        path = _expand(root, entry)
+        real = Path(os.path.realpath(path))
+        for candidate in {path, real}:
+            for guarded_path, what in guarded.items():
+                if candidate == guarded_path or candidate in guarded_path.parents:
+                    raise ConfigError(
+                        f"hidden entry '{entry}' would hide {what} from the run; list only data files"
+                    )
+            for writable in config.writable:
+                if _overlaps(candidate, _expand(root, writable)):
+                    raise ConfigError(
+                        f"hidden entry '{entry}' overlaps the writable entry '{writable}': a run could write (and so "
+                        "know or replace) what only the evaluation may read; keep hidden data out of writable paths"
+                    )
+        hidden.append(str(path))
+    return config.model_copy(update={"hidden": hidden}) if hidden != list(config.hidden) else config
+
+
+INTERPRETERS = {"python", "python3", "node", "bash", "sh", "perl", "ruby", "Rscript", "uv", "julia"}
+
+
+def _refuse_writable_program(root: Path, config: Config, key: str) -> None:
+    """The stage must not run code a run can write: its program (and the script an interpreter is given) may not
+    lie beneath a `writable` path (a run would plant its own scorer there)."""
+    command = getattr(config, key)
+    if not command:
+        return
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return
+    programs = words[:1]
+    if words and Path(words[0]).name.rstrip("0123456789.") in INTERPRETERS and len(words) > 1:
+        programs.append(words[1])
+    for word in programs:
+        if "/" not in word and not (root / word).exists():
+            continue  # a program found on PATH
+        path = Path(os.path.realpath(_expand(root, word)))
+        for entry in config.writable:
+            if _overlaps(path, Path(os.path.realpath(_expand(root, entry)))):
+                raise ConfigError(
+                    f"{key} runs '{word}', which lies in the writable path '{entry}': a run could replace it with "
+                    "its own scorer; keep the evaluation's code in read-only files (readonly_files)"
+                )
+
+
+def hidden_paths(config: Config) -> list[str]:
+    """The paths a run's view covers: each `hidden` entry and, where it is a link, the place it leads to."""
+    found: list[str] = []
+    for entry in config.hidden:
+        for path in (entry, os.path.realpath(entry)):
+            if path not in found:
+                found.append(path)
+    return found
+
+
+def refuse_unhidable(
+    root: Path, config: Config, isolation: Isolation, is_tracked: Callable[[str], bool]
+) -> None:
+    """Refuse a session whose `hidden` paths a run could still read: without the private view (nothing covers
+    them), or tracked by git (a run reads them from .git's objects). `is_tracked(project-relative path)`."""
+    if not config.hidden:
+        return
+    if not isolation.namespaces:
+        raise SessionError(
+            f"hidden paths are hidden from runs by their private view, which runs do not get here "
+            f"({isolation.view_reason}); run the server where user namespaces are allowed, or remove `hidden`"
+        )
+    root = root.resolve()
+    for entry in config.hidden:
+        path = Path(entry)
+        if root in path.parents and is_tracked(path.relative_to(root).as_posix()):
+            rel = path.relative_to(root).as_posix()
+            raise SessionError(
+                f"hidden entry '{rel}' is tracked by git, so a run could read it from the repository's objects; "
+                f"a person must untrack it first (git rm -r --cached {rel}, add it to .gitignore, and commit)"
+            )

@@ -1,0 +1,1 @@
+"""Git: every git operation the server performs, and what a run could plant in git's own files."""

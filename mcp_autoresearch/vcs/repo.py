@@ -1,0 +1,518 @@
+"""Every git operation the server performs, in one place (GitPython over the git CLI).
+
+What this module never does: `git clean`, `git add -A`, `git stash`, touching untracked files, or moving any
+branch other than the session's own. A discard is `reset --soft` to the best commit plus restoring only the
+paths the candidate changed, so an unrelated uncommitted edit cannot be lost.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+import time
+import zlib
+from pathlib import Path
+
+import git
+from git.objects.fun import tree_entries_from_data, tree_to_stream
+from git.refs import SymbolicReference
+from gitdb.base import IStream
+from gitdb.db.loose import LooseObjectDB
+
+from ..errors import SessionError
+from ..names import SESSION_BRANCHES
+from ..records.atomic import atomic_write, open_regular, own_dir, read_regular
+from .objects import ObjectReader
+
+# Options on every call. A run executes with the user's rights and can write .git/config: no setting it plants
+# may run a command inside the server's git calls or blind them. (Filter drivers and attributes cannot be
+# switched off from here: `gitguard` compares those files after every run, before git runs again.)
+GIT_OPTIONS = [
+    "core.hooksPath=/dev/null",  # no user hooks: they could edit files or block commits
+    "core.fsmonitor=false",  # an fsmonitor hook is a command git runs on every status
+    "core.untrackedCache=false",
+    "core.commitGraph=false",  # a commit-graph file caches parents: a forged one would rewrite history
+    "core.trustctime=true",  # stat checks as strict as git has them: a forged mtime cannot hide an edit
+    "core.checkStat=default",
+    "core.ignoreStat=false",  # no assume-unchanged for every file
+    "submodule.recurse=false",  # never run git (and its config) inside submodules
+    "commit.gpgsign=false",  # no signing prompts
+    "tag.gpgsign=false",
+    "gc.auto=0",  # no background gc daemon: it would outlive the call
+    "maintenance.auto=false",
+    "advice.graftFileDeprecated=false",  # GIT_GRAFT_FILE=/dev/null would add its hint to every error
+    "core.pager=cat",
+    "advice.detachedHead=false",
+]
+# The environment of every call: no replace objects (`git replace` could show the server another tree for the
+# same commit), no grafts (`info/grafts` could give a commit other parents; GIT_NO_REPLACE_OBJECTS does not turn
+# them off), no system-wide configuration or attributes.
+GIT_ENV = {
+    "GIT_NO_REPLACE_OBJECTS": "1",
+    "GIT_GRAFT_FILE": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_ATTR_NOSYSTEM": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+    "LC_ALL": "C",
+}
+FALLBACK_IDENTITY = {
+    "GIT_AUTHOR_NAME": "autoresearch",
+    "GIT_AUTHOR_EMAIL": "autoresearch@localhost",
+    "GIT_COMMITTER_NAME": "autoresearch",
+    "GIT_COMMITTER_EMAIL": "autoresearch@localhost",
+}
+
+
+class Repo:
+    """The git repository that holds the project (the project may be a subdirectory of it)."""
+
+    def __init__(self, project_root: Path) -> None:
+        try:
+            self._repo = git.Repo(project_root, search_parent_directories=True)
+        except git.InvalidGitRepositoryError:
+            raise SessionError(
+                f"{project_root} is not inside a git repository; run 'git init && git add -A && git commit -m init' "
+                "there first (the loop keeps and discards experiments as git commits)"
+            ) from None
+        except git.NoSuchPathError:
+            raise SessionError(f"{project_root} does not exist") from None
+        if self._repo.bare:
+            raise SessionError(f"{project_root} is a bare repository; use a working tree")
+        self.top = Path(self._repo.working_tree_dir).resolve()  # type: ignore[arg-type]
+        self.project_root = project_root.resolve()
+        self._git = self._repo.git
+        self._identity: str | None = None
+        self._loose = LooseObjectDB(str(Path(self._repo.common_dir) / "objects"))
+        self._objects = ObjectReader(self._repo, self._loose)
+        self._env: dict[str, str] = {}
+        # GitPython reads objects through `git cat-file`: it must not see replace objects either.
+        self._git.update_environment(**{k: v for k, v in GIT_ENV.items() if k != "LC_ALL"})
+        # Named explicitly on every call, so a `core.worktree` (or GIT_DIR) planted by a run cannot point the
+        # server's checkouts at another directory.
+        self._location = [f"--git-dir={Path(self._repo.git_dir).resolve()}", f"--work-tree={self.top}"]
+
+    # -- paths ----------------------------------------------------------------------------------------------
+    def repo_path(self, project_relative: str) -> str:
+        """A project-relative path as git names it (relative to the top of the work tree)."""
+        return (self.project_root / project_relative).relative_to(self.top).as_posix()
+
+    def project_path(self, repo_relative: str) -> str:
+        full = self.top / repo_relative
+        try:
+            return full.relative_to(self.project_root).as_posix()
+        except ValueError:
+            return os.path.relpath(full, self.project_root)
+
+    @property
+    def git_dir(self) -> Path:
+        """The common git directory (objects, refs, config), shared by every work tree."""
+        return Path(self._repo.common_dir).resolve()
+
+    @property
+    def worktree_git_dir(self) -> Path:
+        """This work tree's own git directory (HEAD, index); the common one for the main work tree."""
+        return Path(self._repo.git_dir).resolve()
+
+    # -- running git ----------------------------------------------------------------------------------------
+    def _run(self, *args: str, input: bytes | None = None) -> str:
+        """One git command. Plain subprocess, not GitPython's execute: this sits on every experiment's path and
+        costs half as much. A command that meets `index.lock` waits for the git process holding it, and takes
+        over a lock that a killed process (an earlier server) left behind."""
+        return self._git_process(self._location, {}, args, input)
+
+    def in_checkout(self, work_tree: Path, index_file: Path, *args: str) -> str:
+        """A git command on another work tree with its own index (a slot's checkout), over this repository's
+        objects: the user's index and work tree are never touched."""
+        location = [self._location[0], f"--work-tree={work_tree}"]
+        return self._git_process(location, {"GIT_INDEX_FILE": str(index_file)}, args, None, cwd=work_tree)
+
+    def _git_process(
+        self,
+        location: list[str],
+        extra_env: dict[str, str],
+        args: tuple[str, ...],
+        input: bytes | None,
+        cwd: Path | None = None,
+    ) -> str:
+        env = {**os.environ, **self._env, **GIT_ENV, **extra_env}
+        began = time.monotonic()
+        while True:
+            try:
+                done = subprocess.run(
+                    ["git", "--no-replace-objects", *location, *_OPTION_ARGS, *args],
+                    cwd=cwd or self.top,
+                    env=env,
+                    capture_output=True,
+                    input=input,
+                    stdin=None if input is not None else subprocess.DEVNULL,
+                    timeout=120,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise SessionError(f"git {args[0]} could not run: {exc}") from None
+            index_lock = Path(self._repo.git_dir) / "index.lock"
+            if done.returncode == 0 or b"index.lock" not in done.stderr or not index_lock.exists():
+                break
+            if _stale(index_lock, time.monotonic() - began):
+                _remove(index_lock)
+            elif time.monotonic() - began > LOCK_WAIT_S:
+                break
+            else:
+                time.sleep(0.05)
+        if done.returncode != 0:
+            detail = (done.stderr or done.stdout).decode("utf-8", "replace").strip().replace("\n", " ")[:400]
+            raise SessionError(f"git {args[0]} failed: {detail or f'exit code {done.returncode}'}")
+        return done.stdout.decode("utf-8", "surrogateescape")
+
+    def ensure_identity(self) -> None:
+        """Commits need an author; on a fresh machine without one, use a neutral identity for our commits."""
+        try:
+            self._git.config("user.email")
+            self._git.config("user.name")
+        except git.GitCommandError:
+            self._env = dict(FALLBACK_IDENTITY)
+
+    # -- reading --------------------------------------------------------------------------------------------
+    def has_commits(self) -> bool:
+        try:
+            self._repo.head.commit  # noqa: B018
+            return True
+        except ValueError:
+            return False
+
+    def resolve_branch(self, branch: str) -> str:
+        """A branch's commit id, read from the ref files."""
+        return SymbolicReference.dereference_recursive(self._repo, f"refs/heads/{branch}")
+
+    def head_commit(self) -> str:
+        """HEAD's commit id, read from the ref files (no git process, no object parsing)."""
+        return SymbolicReference.dereference_recursive(self._repo, "HEAD")
+
+    def current_branch(self) -> str | None:
+        """The checked-out branch name, or None when HEAD is detached."""
+        try:
+            return self._repo.active_branch.name
+        except TypeError:
+            return None
+
+    def branch_exists(self, branch: str) -> bool:
+        return f"refs/heads/{branch}" in {ref.path for ref in self._repo.references}
+
+    def is_tracked(self, repo_path: str) -> bool:
+        return bool(self._run("ls-files", "--", repo_path).strip())
+
+    def changed_tracked_files(self) -> list[str]:
+        """Tracked files whose index or working-tree content differs from HEAD (repo-relative)."""
+        out = self._run("status", "--porcelain=v1", "-z", "--untracked-files=no", "--ignore-submodules=dirty")
+        paths: list[str] = []
+        entries = out.split("\0")
+        index = 0
+        while index < len(entries):
+            entry = entries[index]
+            index += 1
+            if len(entry) < 4:
+                continue
+            status, path = entry[:2], entry[3:]
+            paths.append(path)
+            if "R" in status or "C" in status:
+                paths.append(entries[index])  # the rename's source path follows
+                index += 1
+        return sorted(set(paths))
+
+    def hidden_tracked_files(self) -> list[str]:
+        """Tracked files git status does not look at: flagged assume-unchanged or skip-worktree in the index
+        (`git update-index`), which a run can set to hide its edits (repo-relative)."""
+        out = self._run("ls-files", "-v", "-z")
+        return [entry[2:] for entry in out.split("\0") if len(entry) > 2 and entry[0] != "H"]
+
+    def reveal(self, repo_paths: list[str]) -> None:
+        """Clear the assume-unchanged and skip-worktree flags of these paths, so git status sees them again."""
+        if repo_paths:  # two calls: update-index applies only the first of the two flags to a path
+            self._run("update-index", "-q", "--no-assume-unchanged", "--", *repo_paths)
+            self._run("update-index", "-q", "--no-skip-worktree", "--", *repo_paths)
+
+    def show_file(self, commit: str, repo_path: str) -> bytes:
+        return self._objects.file(commit, repo_path)
+
+    def commit_message(self, commit: str) -> str:
+        message = self._repo.commit(commit).message
+        return message if isinstance(message, str) else message.decode("utf-8", errors="replace")
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        return self._repo.is_ancestor(self._repo.commit(ancestor), self._repo.commit(descendant))
+
+    # -- writing --------------------------------------------------------------------------------------------
+    def create_branch(self, branch: str) -> None:
+        """Create `branch` at HEAD and check it out; untracked files are carried along untouched."""
+        self._run("checkout", "-q", "-b", branch)
+
+    def checkout_branch(self, branch: str) -> None:
+        head = Path(self._repo.git_dir) / "HEAD"
+        if head.is_symlink():  # git would update the file it points to: make HEAD a file of its own first
+            atomic_write(head, f"ref: refs/heads/{branch}\n".encode())
+        self._run("checkout", "-q", branch)
+
+    def commit_file(self, branch: str, repo_path: str, data: bytes, message: str, parent: str) -> str:
+        """Commit `data` as the new content of one tracked file on top of `parent` and move `branch` there, by writing the git objects directly (blob, the trees on its path, the commit) instead of running
+        `git commit`: this is on every experiment's path, and it costs a millisecond instead of seven.
+
+        The index still holds the file's previous content afterwards (nothing else changed); `sync_index` or a
+        restore brings it in line when the experiment is decided."""
+        commit = self.write_commit(repo_path, data, message, parent)
+        self.move_branch(branch, commit, f"commit: {message}")
+        return commit
+
+    def write_commit(self, repo_path: str, data: bytes, message: str, parent: str, plain: bool = True) -> str:
+        """A commit object of `parent` with one file's content replaced; no ref moves. A file that is not plain
+        (filters, end-of-line conversion) has its blob made by git, with its clean filters applied."""
+        if plain:
+            blob = self._store(b"blob", data)
+        else:
+            blob = bytes.fromhex(
+                self._run("hash-object", "-w", f"--path={repo_path}", "--stdin", input=data).strip()
+            )
+        parent_tree = self._objects.commit_tree(parent)
+        tree = self._replace_in_tree(parent_tree, repo_path.split("/"), blob)
+        who = self._signature()
+        body = (f"tree {tree.hex()}\nparent {parent}\nauthor {who}\ncommitter {who}\n\n{message}\n").encode()
+        return self._store(b"commit", body).hex()
+
+    def _store(self, kind: bytes, data: bytes) -> bytes:
+        """Write one loose object (gitdb, in-process; GitPython's default store runs `git hash-object`). Like git,
+        gitdb keeps an object already at that id; one holding other content was planted (a run that could write
+        .git, at the id its own content would have: the kept commit would name a file never measured), and
+        ours replaces it."""
+        binsha = self._loose.store(IStream(kind, len(data), io.BytesIO(data))).binsha
+        try:
+            stream = self._loose.stream(binsha)
+            kept = stream.type == kind and stream.read() == data
+        except Exception:  # noqa: BLE001 - unreadable (not zlib, cut short): not ours either
+            kept = False
+        if not kept:
+            path = Path(self._loose.db_path(self._loose.object_path(binsha.hex())))
+            atomic_write(path, zlib.compress(kind + b" %d\0" % len(data) + data), mode=0o444)
+        return binsha
+
+    def _replace_in_tree(self, tree_sha: bytes, parts: list[str], blob: bytes) -> bytes:
+        """A new tree equal to `tree_sha` but with the blob at `parts` replaced (its mode kept); returns its id."""
+        entries = list(tree_entries_from_data(self._objects.read(tree_sha)[1]))
+        for index, (sha, mode, name) in enumerate(entries):
+            if name == parts[0]:
+                new_sha = blob if len(parts) == 1 else self._replace_in_tree(sha, parts[1:], blob)
+                entries[index] = (new_sha, mode, name)
+                break
+        else:
+            raise SessionError(f"{'/'.join(parts)} is not in the commit; is the target tracked?")
+        buffer = io.BytesIO()
+        tree_to_stream(entries, buffer.write)
+        return self._store(b"tree", buffer.getvalue())
+
+    def _signature(self) -> str:
+        """`Name <email> <unix time> <tz offset>` for our commits and reflog entries: the user's git identity
+        (environment, then config, read once), else a neutral one."""
+        if self._identity is None:
+            fallback = FALLBACK_IDENTITY
+            name = (
+                os.environ.get("GIT_AUTHOR_NAME") or self._config("user.name") or fallback["GIT_AUTHOR_NAME"]
+            )
+            email = (
+                os.environ.get("GIT_AUTHOR_EMAIL")
+                or self._config("user.email")
+                or fallback["GIT_AUTHOR_EMAIL"]
+            )
+            self._identity = f"{name} <{email}>"
+        offset = -time.timezone if not time.localtime().tm_isdst else -time.altzone
+        sign = "+" if offset >= 0 else "-"
+        hours, minutes = divmod(abs(offset) // 60, 60)
+        return f"{self._identity} {int(time.time())} {sign}{hours:02d}{minutes:02d}"
+
+    def _config(self, key: str) -> str | None:
+        try:
+            return self._git.config(key).strip() or None
+        except git.GitCommandError:
+            return None
+
+    def is_plain_file(self, repo_path: str) -> bool:
+        """True when git stores this file byte for byte: no clean/smudge filter (Git LFS), no end-of-line
+        conversion (`text`/`eol` attributes, `core.autocrlf`). Only then may `commit_file` write its blob."""
+        attributes = self._run("check-attr", "filter", "eol", "text", "--", repo_path)
+        if any(not line.endswith(": unspecified") for line in attributes.splitlines() if line.strip()):
+            return False
+        return (self._config("core.autocrlf") or "false").lower() in ("false", "0", "no", "off")
+
+    def commit_with_git(self, branch: str, repo_path: str, message: str) -> str:
+        """`git commit --only` of one path (its clean filters applied); for files that are not plain. HEAD must be
+        on `branch`, whose ref must be a plain one (git would write through a symbolic ref)."""
+        self._refuse_symbolic(branch)
+        self._run("commit", "-q", "--no-verify", "-m", message, "--only", "--", repo_path)
+        return self.head_commit()
+
+    def blob_id(self, repo_path: str, data: bytes, filters: bool = True) -> str:
+        """The blob id `data` would get as `repo_path` (git's clean filters and conversion applied, or none)."""
+        where = [f"--path={repo_path}"] if filters else ["--no-filters"]
+        return self._run("hash-object", *where, "--stdin", input=data).strip()
+
+    def blob_at(self, commit: str, repo_path: str) -> str:
+        return self._run("rev-parse", f"{commit}:{repo_path}").strip()
+
+    def sync_index(self, repo_paths: list[str]) -> None:
+        """Index entries of these paths become HEAD's (after `commit_file`, for a kept experiment)."""
+        self._run("reset", "-q", "HEAD", "--", *repo_paths)
+
+    def restore_paths(self, commit: str, repo_paths: list[str]) -> None:
+        """Index and working tree of these paths become their content at `commit`. A path absent there only
+        leaves the index: the file itself is never deleted, since a run that staged it (`git add -A`) may have
+        staged an untracked file of the user's, and nothing proves the run created it."""
+        if not repo_paths:
+            return
+        present = [p for p in repo_paths if self._in_tree(commit, p)]
+        absent = [p for p in repo_paths if p not in present]
+        if present:
+            self._run("checkout", "-q", commit, "--", *present)
+        if absent:
+            self._run("reset", "-q", commit, "--", *absent)
+
+    def unstage(self, repo_paths: list[str]) -> None:
+        self._run("reset", "-q", "--", *repo_paths)
+
+    def set_ref(self, ref: str, commit: str) -> None:
+        """Create or move a ref outside refs/heads (where discarded ideas are kept), without a git process."""
+        self._write_ref(self.git_dir / ref, commit)
+
+    def move_branch(self, branch: str, commit: str, message: str) -> None:
+        """Point the session's `branch` (named, never whatever is checked out) at `commit`, as git does it: a
+        lock file renamed over the loose ref, then reflog entries for the branch, and for HEAD when HEAD is on
+        it. Index and work tree are untouched."""
+        if not branch.startswith(SESSION_BRANCHES):
+            raise SessionError(
+                f"refusing to move {branch}: the server only moves its own autoresearch/ branches"
+            )
+        self._refuse_symbolic(branch)
+        common = self.git_dir
+        old = self.resolve_branch(branch)
+        self._write_ref(common / "refs" / "heads" / branch, commit)
+        line = f"{old} {commit} {self._signature()}\t{message}\n".encode()
+        logs = [common / "logs" / "refs" / "heads" / branch]
+        if self.current_branch() == branch:
+            logs.append(Path(self._repo.git_dir).resolve() / "logs" / "HEAD")
+        for log in logs:
+            try:
+                own_dir(self.git_dir, log.parent.relative_to(self.git_dir).as_posix())
+                fd = open_regular(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            except (OSError, SessionError):
+                continue  # a reflog entry is a convenience; never worth writing through a planted symlink
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+    def own_ref_problem(self, branch: str) -> str | None:
+        """Why `branch`'s loose ref is not a plain ref the server may write, or None. A symbolic ref (or a
+        symlink) there would make git's own updates, and HEAD, land on another branch."""
+        ref = self.git_dir / "refs" / "heads" / branch
+        try:
+            st = os.lstat(ref)
+        except FileNotFoundError:
+            return None  # packed, or absent: packed refs are never symbolic
+        except OSError as exc:
+            return f"unreadable ({exc.strerror})"
+        if stat.S_ISLNK(st.st_mode):
+            return f"a symlink to {os.readlink(ref)}"
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        try:
+            content = read_regular(ref)
+        except OSError as exc:
+            return f"unreadable ({exc})"
+        if content.startswith(b"ref:"):
+            return f"a symbolic ref to {content[4:].decode('utf-8', 'replace').strip()}"
+        return None
+
+    def _refuse_symbolic(self, branch: str) -> None:
+        problem = self.own_ref_problem(branch)
+        if problem:
+            raise SessionError(
+                f"refusing to move {branch}: its ref is {problem}, and the server never writes through one "
+                f"(it would move another branch). Put a plain ref back: git update-ref --no-deref "
+                f"refs/heads/{branch} <commit>"
+            )
+
+    def replace_own_ref(self, branch: str, commit: str) -> None:
+        """Replace the session branch's ref file, whatever stands there (a symbolic ref a run planted), by a
+        plain ref to `commit`: the file is replaced, never written through."""
+        if not branch.startswith(SESSION_BRANCHES):
+            raise SessionError(f"refusing to replace {branch}: not a branch of the server's")
+        self._write_ref(self.git_dir / "refs" / "heads" / branch, commit)
+
+    def _write_ref(self, ref: Path, commit: str) -> None:
+        """Write a loose ref through `<ref>.lock`, renamed over it (atomic), honouring git's locking. Every
+        directory on the way is a real one: a symlinked `refs/...` must not carry the write elsewhere."""
+        own_dir(self.git_dir, ref.parent.relative_to(self.git_dir).as_posix())
+        lock = ref.with_name(ref.name + ".lock")
+        fd = None
+        began = time.monotonic()
+        while fd is None:
+            try:
+                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            except FileExistsError:
+                if _stale(lock, time.monotonic() - began):
+                    _remove(lock)
+                elif time.monotonic() - began > LOCK_WAIT_S:
+                    raise SessionError(
+                        f"{lock} exists: another git command is updating this ref; retry"
+                    ) from None
+                else:
+                    time.sleep(0.02)
+        try:
+            os.write(fd, f"{commit}\n".encode())
+        finally:
+            os.close(fd)
+        os.replace(lock, ref)
+
+    def add_excludes(self, patterns: list[str]) -> None:
+        """Keep our own files out of git through .git/info/exclude; the user's .gitignore is never edited."""
+        exclude = own_dir(self.git_dir, "info") / "exclude"
+        try:
+            current = read_regular(exclude).decode("utf-8", "replace")
+        except FileNotFoundError:
+            current = ""
+        except OSError as exc:
+            raise SessionError(f"{exclude} is not a regular file ({exc}); move it aside") from None
+        lines = set(current.splitlines())
+        missing = [p for p in patterns if p not in lines]
+        if missing:
+            if current and not current.endswith("\n"):
+                current += "\n"
+            current += "# mcp-autoresearch: session files\n" + "".join(p + "\n" for p in missing)
+            atomic_write(exclude, current.encode("utf-8"))  # replaces a planted symlink, never follows it
+
+    def _in_tree(self, commit: str, repo_path: str) -> bool:
+        return self._objects.entry(commit, repo_path) is not None
+
+
+LOCK_WAIT_S = 3.0
+STALE_AFTER_S = 0.3
+# When this server began (its module import: after its process started, so after any predecessor died).
+# Not psutil's create_time: that is counted from the boot time in whole seconds, up to 1 s early, and a lock
+# left by a predecessor killed just before the restart would look newer than this process.
+_PROCESS_START = time.time()
+
+
+def _stale(lock: Path, waited_s: float) -> bool:
+    """A git lock file that predates this server process and outlives a short wait (git's own commands hold
+    them for milliseconds) was left by a process that died: the previous server, killed mid-write."""
+    try:
+        return waited_s >= STALE_AFTER_S and lock.stat().st_mtime < _PROCESS_START
+    except OSError:
+        return False
+
+
+def _remove(lock: Path) -> None:
+    try:
+        lock.unlink()
+    except OSError:
+        pass
+
+
+_OPTION_ARGS = [arg for option in GIT_OPTIONS for arg in ("-c", option)]
