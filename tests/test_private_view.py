@@ -34,7 +34,7 @@ require(
     f"namespaces are unavailable here: {ISOLATION.view_reason}",
 )
 
-MODULES = Path(__file__).parent.parent / "mcp_autoresearch"
+MODULES = Path(confine.__file__).parent  # the keeper and its standard-library siblings
 
 
 async def attack(agent, code: str) -> str:
