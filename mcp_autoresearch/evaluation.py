@@ -139,10 +139,15 @@ def hidden_paths(config: Config) -> list[str]:
 
 
 def refuse_unhidable(
-    root: Path, config: Config, isolation: Isolation, is_tracked: Callable[[str], bool]
+    root: Path,
+    config: Config,
+    isolation: Isolation,
+    is_tracked: Callable[[str], bool],
+    commit_holding: Callable[[str], str | None],
 ) -> None:
     """Refuse a session whose `hidden` paths a run could still read: without the private view (nothing covers
-    them), or tracked by git (a run reads them from .git's objects). `is_tracked(project-relative path)`."""
+    them), tracked by git, or held by any commit (a run reads them from .git's objects, which it may read).
+    `is_tracked` and `commit_holding` take a project-relative path."""
     if not config.hidden:
         return
     if not isolation.namespaces:
@@ -153,11 +158,21 @@ def refuse_unhidable(
     root = root.resolve()
     for entry in config.hidden:
         path = Path(entry)
-        if root in path.parents and is_tracked(path.relative_to(root).as_posix()):
-            rel = path.relative_to(root).as_posix()
+        if root not in path.parents:
+            continue
+        rel = path.relative_to(root).as_posix()
+        if is_tracked(rel):
             raise SessionError(
                 f"hidden entry '{rel}' is tracked by git, so a run could read it from the repository's objects; "
-                f"a person must untrack it first (git rm -r --cached {rel}, add it to .gitignore, and commit)"
+                f"a person must untrack it first (git rm -r --cached {rel}, add it to .gitignore, and commit), "
+                "and, if it must stay secret, remove it from the history too"
+            )
+        commit = commit_holding(rel)
+        if commit:
+            raise SessionError(
+                f"hidden entry '{rel}' is in the repository's history (commit {commit} holds it), so a run could "
+                "read it from .git's objects (git log -p); a person must remove it from every commit and reflog "
+                "(git filter-repo, then expire the reflog), or use data that was never committed"
             )
 
 
