@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from .config import Config
+from .names import RUN_LOG, RUN_LOGS, STATE_DIR
 
 MetricSource = Literal["evaluation", "server", "self-reported"]
 
@@ -48,6 +49,15 @@ def metric_provenance(settings: Config | Mapping[str, Any]) -> MetricProvenance:
     unset). The order mirrors how a value is read: the evaluation's output wins, then a measurement the
     server makes itself (only when nothing reads the value from output instead), else the run's output."""
     get = settings.get if isinstance(settings, Mapping) else lambda key: getattr(settings, key, None)
+    passed_on = _reads_run_log(str(get("eval_command") or ""))
+    if passed_on:
+        return MetricProvenance(
+            source="self-reported",
+            reason=f"eval_command reads {passed_on}, the run's own output: the target's code printed what it "
+            "passes on and can print any value",
+            fix="let eval_command compute the metric from what the run wrote to its outputs, never from the "
+            f"run's log ({EVAL_DOCS})",
+        )
     if get("eval_command"):
         return MetricProvenance(
             source="evaluation",
@@ -65,6 +75,21 @@ def metric_provenance(settings: Config | Mapping[str, Any]) -> MetricProvenance:
     return MetricProvenance(
         source="self-reported", reason=_self_reported_reason(get), fix=self_reported_fix(get)
     )
+
+
+def _reads_run_log(command: str) -> str | None:
+    """What of the run's own output an evaluation command names (run.log at the root, $AUTORESEARCH_RUN_LOG, the
+    captured logs under .autoresearch/runs), else None. Only what the command line says: a scorer script that
+    opens the run's log itself is not seen here."""
+    names = (
+        ("AUTORESEARCH_RUN_LOG", "$AUTORESEARCH_RUN_LOG"),
+        (RUN_LOG, RUN_LOG),
+        (f"{STATE_DIR}/{RUN_LOGS}", "the run's log"),
+    )
+    for word, what in names:
+        if word in command:
+            return what
+    return None
 
 
 def _measured_path(measure: str) -> str:

@@ -91,3 +91,32 @@ async def test_hidden_data_once_committed_is_refused(tmp_path: Path, agent_for) 
         await agent.edit("X = 5\n", "X = 4\n" + textwrap.dedent(code))
         run, _ = await agent.experiment("attack")
     assert run["value"] == 4.0, (run, (root / "out" / "leak.txt").read_text()[:300])
+
+
+@pytest.mark.parametrize(
+    "eval_command", ["tail -n 1 run.log", 'grep score "$AUTORESEARCH_RUN_LOG"'], ids=["run.log", "env"]
+)
+async def test_an_evaluation_that_reads_the_run_log_is_self_reported(
+    tmp_path: Path, agent_for, eval_command: str
+) -> None:
+    """An eval_command that only prints the run's own log (run.log, or $AUTORESEARCH_RUN_LOG) passes on what the
+    target printed: the target forges the value, so the label must not say "evaluation", and integrity =
+    "required" must refuse the session."""
+    root = project(tmp_path, scorer="")
+    config = (root / "autoresearch.toml").read_text()
+    config = config.replace('run_command = "python3 objective.py > out/answer.txt"', 'run_command = "python3 objective.py"')
+    config = config.replace('eval_command = "python3 scorer.py out/answer.txt"', f"eval_command = {eval_command!r}")
+    (root / "objective.py").write_text('print("score: 5.0")\n')
+    (root / "autoresearch.toml").write_text(config)
+    git(root, "commit", "-qam", "the run prints its score; the evaluation passes it on")
+    async with agent_for(root) as agent:
+        started = await agent.ok("start_session")
+        await agent.experiment("baseline")
+        await agent.edit('print("score: 5.0")\n', 'print("score: 0.000001")\n')
+        run, decision = await agent.experiment("one print")
+        assert run["value"] == 0.000001 and decision["decision"] == "keep"  # forged by one print
+        assert started["provenance"]["source"] == "self-reported", started["provenance"]
+        results = await agent.ok("query_results")
+        assert results["provenance"]["source"] == "self-reported"
+    async with agent_for(root, {"integrity": "required"}) as agent:
+        assert "self-reported" in await agent.refused("start_session")
