@@ -119,16 +119,29 @@ def bits_per_byte(losses_of: Losses, validation: Validation, batch_size: int) ->
     return total_nats / (math.log(2) * total_bytes)
 
 
+def evaluation_batch_sizes(rows: int, batch_size: int) -> list[int]:
+    """Every batch size the evaluation calls the model with (full batches, then the last, partial one): the probe
+    calls it with each, so a model that reads its batch size (Shape is on the allow-list) cannot look ahead only
+    at a size the probe never uses."""
+    sizes = [min(batch_size, rows)]
+    if rows > batch_size and rows % batch_size:
+        sizes.append(rows % batch_size)
+    return sizes
+
+
 def probe_causality(
     logits_of: Logits, validation: Validation, batch_size: int, cuts: int, tolerance: float
 ) -> ProbeResult:
     """Change every token after a random cut (other rows' tokens, drawn afresh each evaluation, so a model cannot
-    know where the probe looks); the logits at and before the cut must stay within `tolerance`."""
+    know where the probe looks); the logits at and before the cut must stay within `tolerance`. Every batch size
+    of the evaluation is probed at least once (so a few more than `cuts` probes may run)."""
     rng = np.random.default_rng(secrets.randbits(128))
     inputs = validation.rows[:, :-1]
-    seq_len, failed, max_change, done = validation.seq_len, 0, 0.0, 0
-    while done < cuts and seq_len >= 2:
-        count = min(batch_size, cuts - done)
+    sizes = evaluation_batch_sizes(len(inputs), batch_size)
+    seq_len, failed, max_change, done, call = validation.seq_len, 0, 0.0, 0, 0
+    while (done < cuts or call < len(sizes)) and seq_len >= 2:
+        count = sizes[call % len(sizes)] if call < len(sizes) else min(sizes[call % len(sizes)], cuts - done)
+        call += 1
         original = inputs[rng.integers(0, len(inputs), count)]
         donors = inputs[rng.integers(0, len(inputs), count)]
         cut_at = rng.integers(0, seq_len - 1, count)  # the last position kept; at least one token after it

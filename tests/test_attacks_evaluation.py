@@ -120,3 +120,69 @@ async def test_an_evaluation_that_reads_the_run_log_is_self_reported(
         assert results["provenance"]["source"] == "self-reported"
     async with agent_for(root, {"integrity": "required"}) as agent:
         assert "self-reported" in await agent.refused("start_session")
+
+
+def _batch_size_cheat(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny causal model plus a look-ahead (the next token's logit raised by 30) that is switched on only when
+    the batch does not hold 8 rows, the probe's batch size: with 6 validation rows (or any count that is not a
+    multiple of 8, in its last batch) the evaluation's batch differs from every probe's."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    vocab, seq = 11, 16
+    rng = np.random.default_rng(7)
+    nodes = [
+        helper.make_node("Gather", ["embed", "tokens"], ["embedded"]),
+        helper.make_node("CumSum", ["embedded", "axis"], ["mixed"]),
+        helper.make_node("MatMul", ["mixed", "project"], ["projected"]),
+        helper.make_node("Slice", ["tokens", "one", "big", "one"], ["next"]),
+        helper.make_node("Pad", ["next", "pads"], ["next_padded"]),
+        helper.make_node("Gather", ["onehot", "next_padded"], ["peek"]),
+        helper.make_node("Shape", ["tokens"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"]),
+        helper.make_node("Equal", ["batch", "eight"], ["probed"]),
+        helper.make_node("Not", ["probed"], ["cheat"]),
+        helper.make_node("Cast", ["cheat"], ["cheat_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["peek", "cheat_f"], ["peek_on"]),
+        helper.make_node("Add", ["projected", "peek_on"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cheat",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "time"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "time", vocab])],
+        initializer=[
+            numpy_helper.from_array(rng.normal(size=(vocab, 4)).astype(np.float32), "embed"),
+            numpy_helper.from_array(rng.normal(size=(4, vocab)).astype(np.float32), "project"),
+            numpy_helper.from_array(np.array(1, dtype=np.int64), "axis"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
+            numpy_helper.from_array(np.array([1 << 30], dtype=np.int64), "big"),
+            numpy_helper.from_array(np.array([0, 0, 0, 1], dtype=np.int64), "pads"),
+            numpy_helper.from_array((np.eye(vocab) * 30).astype(np.float32), "onehot"),
+            numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"),
+            numpy_helper.from_array(np.array(8, dtype=np.int64), "eight"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    (tmp_path / "model.onnx").write_bytes(model.SerializeToString())
+    rows = np.random.default_rng(3).integers(0, vocab, size=(6, seq + 1)).astype(np.uint16)
+    token_bytes = np.array([0, 1, 1, 2, 3, 1, 4, 1, 2, 0, 1], dtype=np.int32)
+    np.savez(tmp_path / "val.npz", rows=rows, token_bytes=token_bytes)
+    return tmp_path / "model.onnx", tmp_path / "val.npz"
+
+
+def test_a_model_that_looks_ahead_only_at_another_batch_size_is_caught(tmp_path: Path) -> None:
+    """The bundled evaluator as the stage runs it (the server's interpreter, -P): the probe must meet every batch
+    size the evaluation uses, or a model that reads its batch size (Shape, Equal: on the allow-list) looks ahead
+    only where it is not probed and gets a val_bpb near 0."""
+    import subprocess
+    import sys
+
+    model, data = _batch_size_cheat(tmp_path)
+    command = [sys.executable, "-P", "-m", "mcp_autoresearch.evaluate", str(model), "--data", str(data)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stdout.startswith("metric_error: non-causal"), result.stdout
