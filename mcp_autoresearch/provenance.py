@@ -58,6 +58,14 @@ def metric_provenance(settings: Config | Mapping[str, Any]) -> MetricProvenance:
             fix="let eval_command compute the metric from what the run wrote to its outputs, never from the "
             f"run's log ({EVAL_DOCS})",
         )
+    if get("eval_command") and get("isolation") == "off":
+        return MetricProvenance(
+            source="self-reported",
+            reason='with isolation = "off" a run may write anywhere the user may, and so leave code the evaluation '
+            "runs (a usercustomize.py or .pth in the user's site-packages, a program on PATH): the evaluation is "
+            "separate in time only",
+            fix='remove isolation = "off", so that runs are confined and the evaluation runs no code of theirs',
+        )
     if get("eval_command"):
         return MetricProvenance(
             source="evaluation",

@@ -186,3 +186,33 @@ def test_a_model_that_looks_ahead_only_at_another_batch_size_is_caught(tmp_path:
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 3, result.stdout + result.stderr
     assert result.stdout.startswith("metric_error: non-causal"), result.stdout
+
+
+PLANT_USERCUSTOMIZE = """
+import os, site
+folder = site.getusersitepackages()
+os.makedirs(folder, exist_ok=True)
+open(os.path.join(folder, "usercustomize.py"), "w").write(
+    "import os, sys\\n"
+    "if any(a.endswith('scorer.py') for a in sys.argv):\\n"
+    "    sys.stdout.write('score: 0.000001\\\\n'); sys.stdout.flush(); os._exit(0)\\n"
+)
+"""
+
+
+async def test_an_unconfined_run_plants_code_the_evaluation_runs(tmp_path: Path, agent_for, monkeypatch) -> None:
+    """With isolation = "off" the run writes anywhere the user may: a usercustomize.py in the user's site-packages
+    runs at the start of every Python, the evaluation's scorer too, and prints the score. The evaluation is then
+    separate in time only: the label must not say "evaluation", and integrity = "required" must refuse it."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the user site-packages the attack writes
+    monkeypatch.delenv("PYTHONNOUSERSITE", raising=False)
+    root = project(tmp_path, 'isolation = "off"\n')
+    async with agent_for(root) as agent:
+        started = await agent.ok("start_session")
+        _, base = await agent.experiment("baseline")
+        await agent.edit("X = 5\n", "X = 5\n" + textwrap.dedent(PLANT_USERCUSTOMIZE))
+        run, decision = await agent.experiment("plant")
+    assert run["value"] == 0.000001 and decision["decision"] == "keep", run  # the forgery works: say so
+    assert started["provenance"]["source"] == "self-reported", started["provenance"]
+    async with agent_for(root, {"integrity": "required"}) as agent:
+        assert "self-reported" in await agent.refused("start_session")
