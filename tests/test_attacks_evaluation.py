@@ -216,3 +216,20 @@ async def test_an_unconfined_run_plants_code_the_evaluation_runs(tmp_path: Path,
     assert started["provenance"]["source"] == "self-reported", started["provenance"]
     async with agent_for(root, {"integrity": "required"}) as agent:
         assert "self-reported" in await agent.refused("start_session")
+
+
+async def test_a_confined_run_cannot_plant_code_the_evaluation_runs(tmp_path: Path, agent_for, monkeypatch) -> None:
+    """The same attack confined (held): the user's site-packages is not writable by a run, so the scorer runs
+    only its own code and the value is the run's answer, 5."""
+    require(ISOLATION.confined, "CI must confine runs", "Landlock is unavailable here")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PYTHONNOUSERSITE", raising=False)
+    root = project(tmp_path)
+    plant = "try:\n" + textwrap.indent(textwrap.dedent(PLANT_USERCUSTOMIZE), "    ") + "except OSError:\n    pass\n"
+    async with agent_for(root) as agent:
+        started = await agent.ok("start_session")
+        await agent.experiment("baseline")
+        await agent.edit("X = 5\n", "X = 5\n" + plant)
+        run, _ = await agent.experiment("plant")
+    assert started["provenance"]["source"] == "evaluation"
+    assert run["status"] == "ok" and run["value"] == 5.0, run
