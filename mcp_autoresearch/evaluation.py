@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -101,24 +102,24 @@ def check_stage_config(root: Path, config: Config) -> Config:
 
 
 INTERPRETERS = {"python", "python3", "node", "bash", "sh", "perl", "ruby", "Rscript", "uv", "julia"}
+# Programs that run the command after them (`timeout 60 python3 x.py`); their own flags and numbers are skipped.
+WRAPPERS = {"env", "timeout", "nice", "nohup", "exec", "command", "time", "stdbuf", "ionice", "taskset"}
+SCRIPT_SUFFIXES = (".py", ".pyc", ".pyz", ".sh", ".bash", ".js", ".mjs", ".cjs", ".ts", ".rb", ".pl", ".r", ".jl")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=(.*)$")
+_SEPARATORS = {";", "&&", "||", "|", "&"}
 
 
 def _refuse_writable_program(root: Path, config: Config, key: str) -> None:
-    """The stage must not run code a run can write: its program (and the script an interpreter is given) may not
-    lie beneath a `writable` path (a run would plant its own scorer there)."""
+    """The stage must not run code a run can write: its programs (after wrappers such as `timeout` or `env`, and
+    inside `sh -c '...'`), the script an interpreter is given (after its flags), any word that names a script,
+    and the folders of variables set on the command line (PYTHONPATH=out) may not lie beneath a `writable` path
+    (a run would plant its own scorer there)."""
     command = getattr(config, key)
     if not command:
         return
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return
-    programs = words[:1]
-    if words and Path(words[0]).name.rstrip("0123456789.") in INTERPRETERS and len(words) > 1:
-        programs.append(words[1])
-    for word in programs:
+    for word in _code_words(command):
         if "/" not in word and not (root / word).exists():
-            continue  # a program found on PATH
+            continue  # a program found on PATH, a module name
         path = Path(os.path.realpath(_expand(root, word)))
         for entry in config.writable:
             if _overlaps(path, Path(os.path.realpath(_expand(root, entry)))):
@@ -126,6 +127,33 @@ def _refuse_writable_program(root: Path, config: Config, key: str) -> None:
                     f"{key} runs '{word}', which lies in the writable path '{entry}': a run could replace it with "
                     "its own scorer; keep the evaluation's code in read-only files (readonly_files)"
                 )
+
+
+def _code_words(command: str) -> list[str]:
+    """The words of a command that name code to run or a place code is loaded from (see the caller)."""
+    try:
+        words = [part for word in shlex.split(command) for part in (shlex.split(word) if " " in word else [word])]
+    except ValueError:
+        return []
+    found: list[str] = []
+    program, script = True, False
+    for word in words:
+        assigned = _ASSIGNMENT.match(word)
+        if word in _SEPARATORS:
+            program, script = True, False
+        elif assigned and program:
+            found += [part for part in assigned.group(1).split(os.pathsep) if part]
+        elif program:
+            if word in WRAPPERS or word.startswith("-") or word[:1].isdigit():
+                continue
+            found.append(word)
+            program, script = False, Path(word).name.rstrip("0123456789.") in INTERPRETERS
+        elif script and not word.startswith("-"):
+            found.append(word)
+            script = False
+        elif word.lower().endswith(SCRIPT_SUFFIXES):
+            found.append(word)
+    return found
 
 
 def hidden_paths(config: Config) -> list[str]:

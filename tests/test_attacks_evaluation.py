@@ -233,3 +233,36 @@ async def test_a_confined_run_cannot_plant_code_the_evaluation_runs(tmp_path: Pa
         run, _ = await agent.experiment("plant")
     assert started["provenance"]["source"] == "evaluation"
     assert run["status"] == "ok" and run["value"] == 5.0, run
+
+
+@pytest.mark.parametrize(
+    "eval_command",
+    [
+        "python3 -u out/scorer.py out/answer.txt",
+        "timeout 60 python3 out/scorer.py out/answer.txt",
+        "sh -c 'python3 out/scorer.py out/answer.txt'",
+        "env PYTHONPATH=out python3 -m score_it out/answer.txt",
+    ],
+    ids=["interpreter-flag", "wrapper", "shell-c", "pythonpath"],
+)
+async def test_an_evaluation_that_runs_a_script_a_run_writes_is_refused(
+    tmp_path: Path, agent_for, eval_command: str
+) -> None:
+    """The refusal of an eval_command that runs code from a writable path looked at the program and the word
+    after an interpreter only: an interpreter's flag, a wrapper (timeout, env), `sh -c` or a module path put
+    the run's own scorer (written by the target into out/) in the evaluation."""
+    root = project(tmp_path)
+    config = (root / "autoresearch.toml").read_text()
+    (root / "autoresearch.toml").write_text(
+        config.replace('eval_command = "python3 scorer.py out/answer.txt"', f"eval_command = {eval_command!r}")
+    )
+    plant = "for name in ('scorer', 'score_it'):\n    open(f'out/{name}.py', 'w').write('print(\"score: 0.000001\")')\n"
+    (root / "objective.py").write_text(OBJECTIVE + plant)  # the target writes its own scorer
+    git(root, "commit", "-qam", "the scorer in a writable folder")
+    async with agent_for(root) as agent:
+        started = await agent.client.call_tool("start_session", {})
+        if started.is_error:
+            assert "writable path 'out'" in started.content[0].text, started.content[0].text
+            return
+        run, _ = await agent.experiment("baseline")
+    assert run["value"] != 0.000001, run
