@@ -266,3 +266,26 @@ async def test_an_evaluation_that_runs_a_script_a_run_writes_is_refused(
             return
         run, _ = await agent.experiment("baseline")
     assert run["value"] != 0.000001, run
+
+
+ECHOING_SCORER = """\
+import sys
+text = open(sys.argv[1]).read()
+print(f"score: {float(text.split()[0]):.6f}", flush=True)
+sys.stderr.write("the answer as read:\\n" + text)  # a diagnostic, on stderr
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the evaluation's stdout and stderr share one pipe into one log (runner.ProcessRun, the launcher), so "
+    "a scorer's diagnostic on stderr that quotes the run's output after its score line supplies the metric; "
+    "issue 19 says only the evaluation's stdout does",
+)
+async def test_what_the_scorer_writes_to_stderr_never_supplies_the_metric(tmp_path: Path, agent_for) -> None:
+    """A scorer prints its score, then on stderr the answer it read: the target puts a score line in its answer,
+    and that line, the last match of the evaluation's log, is the value."""
+    root = project(tmp_path, scorer=ECHOING_SCORER)
+    async with agent_for(root) as agent:
+        run, _ = await candidate(agent, "import atexit\natexit.register(print, 'score: 0.000001')\n")
+    assert run["value"] == 4.0, (run["value"], run.get("error"))
