@@ -66,6 +66,14 @@ def metric_provenance(settings: Config | Mapping[str, Any]) -> MetricProvenance:
             "separate in time only",
             fix='remove isolation = "off", so that runs are confined and the evaluation runs no code of theirs',
         )
+    if get("eval_command") and get("metric_parse"):
+        return MetricProvenance(
+            source="self-reported",
+            reason="metric_parse is a command of its own that may read what the run left (its outputs, its log), "
+            "not only the evaluation's output, so the run could choose the value it passes on",
+            fix="remove metric_parse and let eval_command print '<metric_name>: <value>' (or set metric_regex), "
+            f"so the value is read from the evaluation's output alone ({EVAL_DOCS})",
+        )
     if get("eval_command"):
         return MetricProvenance(
             source="evaluation",

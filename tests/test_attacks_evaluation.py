@@ -289,3 +289,48 @@ async def test_what_the_scorer_writes_to_stderr_never_supplies_the_metric(tmp_pa
     async with agent_for(root) as agent:
         run, _ = await candidate(agent, "import atexit\natexit.register(print, 'score: 0.000001')\n")
     assert run["value"] == 4.0, (run["value"], run.get("error"))
+
+
+async def test_hidden_data_is_not_reached_through_another_process_root(tmp_path: Path, agent_for) -> None:
+    """The run looks for the hidden key through every /proc/<pid>/root and /proc/<pid>/cwd it can list (the
+    server's view has no cover over it), and through /proc/self/root (held)."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    root = project(tmp_path, 'hidden = ["secret"]\n')
+    (root / "secret").mkdir()
+    (root / "secret" / "key.txt").write_text("KEY-42\n")
+    code = f"""
+    import os
+    found = []
+    for pid in ["self", *[p for p in os.listdir("/proc") if p.isdigit()]]:
+        for path in (f"/proc/{{pid}}/root{root}/secret/key.txt", f"/proc/{{pid}}/cwd/secret/key.txt"):
+            try:
+                found.append(open(path).read())
+            except OSError:
+                pass
+    open("out/leak.txt", "w").write("".join(found))
+    """
+    async with agent_for(root) as agent:
+        run, _ = await candidate(agent, code)
+    assert run["value"] == 4.0, (run, (root / "out" / "leak.txt").read_text()[:200])
+
+
+@pytest.mark.parametrize(
+    "metric_parse",
+    ["cat out/claimed.txt", 'grep score "$AUTORESEARCH_LOG" >/dev/null; cat out/claimed.txt'],
+    ids=["reads-the-output", "names-the-log-too"],
+)
+async def test_metric_parse_that_reads_the_runs_output_is_self_reported(
+    tmp_path: Path, agent_for, metric_parse: str
+) -> None:
+    """With eval_command set, metric_parse still says where the value comes from: one that reads a file the run
+    wrote (out/claimed.txt) passes on the run's own number, so the label must not say "evaluation"."""
+    root = project(tmp_path, f"metric_parse = {metric_parse!r}\n")
+    (root / "objective.py").write_text(OBJECTIVE + "open('out/claimed.txt', 'w').write('5')\n")
+    git(root, "commit", "-qam", "the run claims its value")
+    async with agent_for(root) as agent:
+        started = await agent.ok("start_session")
+        await agent.experiment("baseline")
+        await agent.edit("'5'", "'0.000001'")
+        run, decision = await agent.experiment("claim")
+    assert run["value"] == 0.000001 and decision["decision"] == "keep", run  # the claim is the value
+    assert started["provenance"]["source"] == "self-reported", started["provenance"]
