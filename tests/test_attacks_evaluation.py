@@ -8,6 +8,7 @@ in the honest direction.
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -299,7 +300,6 @@ async def test_hidden_data_is_not_reached_through_another_process_root(tmp_path:
     (root / "secret").mkdir()
     (root / "secret" / "key.txt").write_text("KEY-42\n")
     code = f"""
-    import os
     found = []
     for pid in ["self", *[p for p in os.listdir("/proc") if p.isdigit()]]:
         for path in (f"/proc/{{pid}}/root{root}/secret/key.txt", f"/proc/{{pid}}/cwd/secret/key.txt"):
@@ -334,3 +334,36 @@ async def test_metric_parse_that_reads_the_runs_output_is_self_reported(
         run, decision = await agent.experiment("claim")
     assert run["value"] == 0.000001 and decision["decision"] == "keep", run  # the claim is the value
     assert started["provenance"]["source"] == "self-reported", started["provenance"]
+
+
+def _block_device(folder: Path) -> str:
+    dev = folder.stat().st_dev
+    uevent = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/uevent").read_text()
+    return "/dev/" + uevent.split("DEVNAME=")[1].split()[0]
+
+
+async def test_a_run_as_root_cannot_read_the_raw_disk(tmp_path: Path, agent_for) -> None:
+    """A server running as root (a container, a CI job) gives its runs uid 0 without capabilities: the block
+    device of the project's file system (root's, mode 600) would stay readable in the view, and `debugfs -R cat`
+    reads a hidden file from it, around every mount that covers it. Runs only where the server itself can read
+    the device (not here: a device cgroup refuses it even to root), so unverified on this machine."""
+
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    try:
+        device = _block_device(tmp_path)
+        os.close(os.open(device, os.O_RDONLY))
+    except (OSError, IndexError):
+        pytest.skip("the server itself cannot read the block device here")
+    root = project(tmp_path, 'hidden = ["secret"]\n')
+    (root / "secret").mkdir()
+    (root / "secret" / "key.txt").write_text("KEY-42\n")
+    code = f"""
+    try:
+        os.close(os.open({device!r}, os.O_RDONLY))
+        open("out/leak.txt", "w").write("KEY-42 (the raw device is readable)")
+    except OSError:
+        pass
+    """
+    async with agent_for(root) as agent:
+        run, _ = await candidate(agent, code)
+    assert run["value"] == 4.0, run
