@@ -300,6 +300,7 @@ async def test_hidden_data_is_not_reached_through_another_process_root(tmp_path:
     (root / "secret").mkdir()
     (root / "secret" / "key.txt").write_text("KEY-42\n")
     code = f"""
+    import os
     found = []
     for pid in ["self", *[p for p in os.listdir("/proc") if p.isdigit()]]:
         for path in (f"/proc/{{pid}}/root{root}/secret/key.txt", f"/proc/{{pid}}/cwd/secret/key.txt"):
@@ -358,6 +359,7 @@ async def test_a_run_as_root_cannot_read_the_raw_disk(tmp_path: Path, agent_for)
     (root / "secret").mkdir()
     (root / "secret" / "key.txt").write_text("KEY-42\n")
     code = f"""
+    import os
     try:
         os.close(os.open({device!r}, os.O_RDONLY))
         open("out/leak.txt", "w").write("KEY-42 (the raw device is readable)")
