@@ -139,10 +139,12 @@ class Experiment:
 
     def _view(self, stage: str) -> tuple[list[str], list[str]]:
         """What the view keeps showing (the logs, a slot's shared inputs) and what it hides: the `hidden` data,
-        from every stage but the evaluation's."""
+        from every stage but the evaluation's; the target, from the evaluation's."""
         reads = [str(self.log_dir), *linked_inputs(self.root, list(self.config.shared_inputs))]
         if stage == "eval":  # (hidden data beneath a hidden directory such as /tmp is shown again, read-only)
-            return reads + hidden_paths(self.config), []
+            # The target is hidden from the evaluation: a scorer that imports it would run the candidate's code.
+            target = [str(self.root / self.config.target_file)] if self.config.target_file else []
+            return reads + hidden_paths(self.config), target
         own = self.log_dir.parent.parent  # .autoresearch/runs/<tag>: the holdout's records are beside
         holdout = [str(own / HOLDOUT)] if self.config.holdout_command and own.name == STATE_DIR else []
         return reads, [*hidden_paths(self.config), *holdout]

@@ -369,3 +369,28 @@ async def test_a_run_as_root_cannot_read_the_raw_disk(tmp_path: Path, agent_for)
     async with agent_for(root) as agent:
         run, _ = await candidate(agent, code)
     assert run["value"] == 4.0, run
+
+
+IMPORTING_SCORER = """\
+import sys
+sys.path.insert(0, ".")
+import objective  # the scorer checks the candidate's constant: the target's code runs in the evaluation
+print(f"score: {float(open(sys.argv[1]).read().split()[0]):.6f}")
+"""
+
+
+async def test_a_scorer_that_imports_the_target_does_not_run_its_code(tmp_path: Path, agent_for) -> None:
+    """The evaluation stage promises a process the target's code never ran in; a scorer that imports the target
+    (to read a constant, or to call it as the pipe layout did) would run it there, and the target prints the
+    score and exits. The target is hidden from the evaluation's view: the import finds nothing, and the
+    evaluation fails (a metric_error naming its log) instead of passing on the target's number."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    root = project(tmp_path, scorer=IMPORTING_SCORER)
+    forge = "import os, sys\nif __name__ != '__main__':\n    print('score: 0.000001', flush=True)\n    os._exit(0)\n"
+    (root / "objective.py").write_text(forge + OBJECTIVE)
+    git(root, "commit", "-qam", "a target that forges the score when imported")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session")
+        run, _ = await agent.experiment("baseline")
+    assert run["value"] != 0.000001, run
+    assert run["status"] == "metric_error" and "the evaluation stage (eval_command) failed" in run["error"], run
