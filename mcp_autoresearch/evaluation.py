@@ -166,6 +166,20 @@ def hidden_paths(config: Config) -> list[str]:
     return found
 
 
+def earlier_evaluation_logs(log_dir: Path, run_id: str) -> list[str]:
+    """The evaluation logs of the runs before `run_id` (its own is shown: metric_parse reads it). What a scorer
+    printed there may come from hidden data, so a run's view hides them."""
+    try:
+        names = os.listdir(log_dir)
+    except OSError:
+        return []
+    return [
+        str(log_dir / name)
+        for name in sorted(names)
+        if name.endswith(EVAL_SUFFIX + ".log") and not name.startswith(run_id + "-")
+    ]
+
+
 def refuse_unhidable(
     root: Path,
     config: Config,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .caches import run_caches
 from .config import Config
-from .evaluation import EVAL_SUFFIX, eval_writable, hidden_paths, stage_failure
+from .evaluation import EVAL_SUFFIX, earlier_evaluation_logs, eval_writable, hidden_paths, stage_failure
 from .fresh_outputs import OutputsError, make_fresh, record, unsafe_outputs
 from .guard import sha256_file
 from .isolation import (
@@ -139,7 +139,8 @@ class Experiment:
 
     def _view(self, stage: str) -> tuple[list[str], list[str]]:
         """What the view keeps showing (the logs, a slot's shared inputs) and what it hides: the `hidden` data,
-        from every stage but the evaluation's; the target, from the evaluation's."""
+        and the earlier evaluations' logs (what a scorer printed about it), from every stage but the evaluation's;
+        the target, from the evaluation's."""
         reads = [str(self.log_dir), *linked_inputs(self.root, list(self.config.shared_inputs))]
         if stage == "eval":  # (hidden data beneath a hidden directory such as /tmp is shown again, read-only)
             # The target is hidden from the evaluation: a scorer that imports it would run the candidate's code.
@@ -147,7 +148,8 @@ class Experiment:
             return reads + hidden_paths(self.config), target
         own = self.log_dir.parent.parent  # .autoresearch/runs/<tag>: the holdout's records are beside
         holdout = [str(own / HOLDOUT)] if self.config.holdout_command and own.name == STATE_DIR else []
-        return reads, [*hidden_paths(self.config), *holdout]
+        logs = earlier_evaluation_logs(self.log_dir, self.run_id) if self.config.hidden else []
+        return reads, [*hidden_paths(self.config), *holdout, *logs]
 
     def _wrap(self, argv: list[str], tmpdir: str, stage: str = "run") -> list[str]:
         assert self.isolation is not None

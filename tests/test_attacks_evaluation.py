@@ -394,3 +394,34 @@ async def test_a_scorer_that_imports_the_target_does_not_run_its_code(tmp_path: 
         run, _ = await agent.experiment("baseline")
     assert run["value"] != 0.000001, run
     assert run["status"] == "metric_error" and "the evaluation stage (eval_command) failed" in run["error"], run
+
+
+VERBOSE_SCORER = """\
+import sys
+expected = float(open("secret/answer.txt").read())
+got = float(open(sys.argv[1]).read().split()[0])
+print(f"expected {expected}, got {got}", file=sys.stderr)  # a diagnostic in the evaluation's own log
+print(f"score: {abs(got - expected):.6f}")
+"""
+READ_EVAL_LOGS = """
+import glob, re
+for path in glob.glob(".autoresearch/runs/*/*-eval.log"):
+    found = re.findall(r"expected ([0-9.]+)", open(path).read())
+    if found:
+        X = found[-1]
+"""
+
+
+async def test_what_the_scorer_logged_about_hidden_data_never_reaches_a_later_run(
+    tmp_path: Path, agent_for
+) -> None:
+    """The scorer logs the hidden answer it compares with (a diagnostic on stderr). The next run reads the
+    earlier evaluation logs and answers exactly that: a perfect score from hidden data. With `hidden` set, a run's
+    view hides the earlier evaluations' logs."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    root = project(tmp_path, 'hidden = ["secret"]\n', scorer=VERBOSE_SCORER)
+    (root / "secret").mkdir()
+    (root / "secret" / "answer.txt").write_text("3.14159\n")
+    async with agent_for(root) as agent:
+        run, _ = await candidate(agent, READ_EVAL_LOGS)
+    assert run["value"] != 0.0, run
