@@ -133,9 +133,9 @@ class Experiment:
         return run_caches(self.root, self.config.run_writes, tmpdir, env)
 
     def _stage_env(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
-        """The evaluation's caches in its TMPDIR, and Python's bytecode too: a `__pycache__` a run could write
-        is never read by the evaluation."""
-        return {**self._private_caches(tmpdir, env), "PYTHONPYCACHEPREFIX": os.path.join(tmpdir, "pycache")}
+        """Every cache of the evaluation in its TMPDIR, the `persistent` ones too (runs write those), and
+        Python's bytecode: a `__pycache__` a run could write is never read by the evaluation."""
+        return {**run_caches(self.root, [], tmpdir, env), "PYTHONPYCACHEPREFIX": os.path.join(tmpdir, "pycache")}
 
     def _view(self, stage: str) -> tuple[list[str], list[str]]:
         """What the view keeps showing (the logs, a slot's shared inputs) and what it hides: the `hidden` data,

@@ -425,3 +425,25 @@ async def test_what_the_scorer_logged_about_hidden_data_never_reaches_a_later_ru
     async with agent_for(root) as agent:
         run, _ = await candidate(agent, READ_EVAL_LOGS)
     assert run["value"] != 0.0, run
+
+
+CACHE_SCORER = """\
+import os, sys
+cache = os.environ.get("TRITON_CACHE_DIR", os.path.expanduser("~/.triton/cache"))
+own = os.path.realpath(cache).startswith(os.path.realpath(os.environ["TMPDIR"]) + "/")
+print(f"score: {float(open(sys.argv[1]).read().split()[0]) if own else 50.0:.6f}")
+"""
+
+
+async def test_the_evaluation_never_reads_a_persistent_cache(tmp_path: Path, agent_for, monkeypatch) -> None:
+    """A cache the user keeps from run to run (`persistent`) is a channel from one run to the next, not into the
+    evaluation: Triton dlopen()s the launchers it finds in its cache, so an evaluation pointed at the kept
+    cache would run what a run compiled there. The evaluation's caches are all its own."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    (tmp_path / "home" / ".triton").mkdir(parents=True)
+    root = project(tmp_path, 'persistent = ["~/.triton"]\n', scorer=CACHE_SCORER)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session")
+        run, _ = await agent.experiment("baseline")
+    assert run["value"] == 5.0, run
