@@ -75,6 +75,7 @@ class ProbeResult:
     cuts: int
     failed: int  # cuts where a logit at or before the cut changed by more than the tolerance
     max_change: float
+    cross_failed: int = 0  # batches where a row's logits changed when the other rows of its batch were replaced
 
 
 def load_validation(path: Path, max_rows: int | None) -> Validation:
@@ -138,7 +139,7 @@ def probe_causality(
     rng = np.random.default_rng(secrets.randbits(128))
     inputs = validation.rows[:, :-1]
     sizes = evaluation_batch_sizes(len(inputs), batch_size)
-    seq_len, failed, max_change, done, call = validation.seq_len, 0, 0.0, 0, 0
+    seq_len, failed, max_change, done, call, cross_failed = validation.seq_len, 0, 0.0, 0, 0, 0
     while (done < cuts or call < len(sizes)) and seq_len >= 2:
         count = sizes[call % len(sizes)] if call < len(sizes) else min(sizes[call % len(sizes)], cuts - done)
         call += 1
@@ -154,8 +155,28 @@ def probe_causality(
             change = float(np.abs(before[row, : cut_at[row] + 1] - probed[row, : cut_at[row] + 1]).max())
             max_change = max(max_change, change)
             failed += change > tolerance
+        across = cross_row_change(logits_of, before, original, inputs, rng)
+        max_change = max(max_change, across)
+        cross_failed += across > tolerance
         done += count
-    return ProbeResult(done, failed, max_change)
+    return ProbeResult(done, failed, max_change, cross_failed)
+
+
+def cross_row_change(
+    logits_of: Logits, before: np.ndarray, original: np.ndarray, inputs: np.ndarray, rng: np.random.Generator
+) -> float:
+    """How far the logits of some rows move when the other rows of their batch are replaced by other rows: a
+    row's logits must not depend on its neighbours (the evaluation's batches are consecutive rows, often
+    consecutive text, so a neighbour can hold a row's future). 0 for a batch of one row."""
+    count = len(original)
+    if count < 2:
+        return 0.0
+    keep = rng.random(count) < 0.5
+    keep[rng.integers(0, count)] = True
+    if keep.all():
+        keep[rng.integers(0, count)] = False
+    neighbours = np.where(keep[:, None], original, inputs[rng.integers(0, len(inputs), count)])
+    return float(np.abs(before[keep] - logits_of(neighbours)[keep]).max())
 
 
 def check_shapes(model: CheckedModel, validation: Validation) -> None:
@@ -180,8 +201,16 @@ def evaluate(args: argparse.Namespace) -> float:
     log(f"onnxruntime: {run.provider}")
     probe = probe_causality(run.logits, validation, args.batch_size, args.probe_cuts, args.causal_tolerance)
     log(
-        f"causality probe: {probe.cuts} cuts, {probe.failed} failed, largest change at or before a cut {probe.max_change:.3g}"
+        f"causality probe: {probe.cuts} cuts, {probe.failed} failed, {probe.cross_failed} batches that read other rows,"
+        f" largest change at or before a cut {probe.max_change:.3g}"
     )
+    if probe.cross_failed:
+        raise ArtifactRefused(
+            "non-causal",
+            f"replacing the other rows of a batch changed a row's logits by up to {probe.max_change:.6g}"
+            f" (in {probe.cross_failed} probed batches; tolerance {args.causal_tolerance:g})",
+            "the model reads across the rows of its batch",
+        )
     if probe.failed:
         raise ArtifactRefused(
             "non-causal",

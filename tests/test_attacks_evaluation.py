@@ -447,3 +447,66 @@ async def test_the_evaluation_never_reads_a_persistent_cache(tmp_path: Path, age
         await agent.ok("start_session")
         run, _ = await agent.experiment("baseline")
     assert run["value"] == 5.0, run
+
+
+def _cross_row_model(tmp_path: Path) -> tuple[Path, Path]:
+    """Validation rows cut from one token stream (row r + 1 starts with row r's last target), and a model that
+    adds to each row's logits a one-hot of the next row's first token: it knows every row's last target from
+    the other rows of its batch, a look-ahead the per-row probe never changes (it changes tokens after a cut)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    vocab, seq, rows = 11, 16, 16
+    rng = np.random.default_rng(7)
+    nodes = [
+        helper.make_node("Gather", ["embed", "tokens"], ["embedded"]),
+        helper.make_node("CumSum", ["embedded", "axis"], ["mixed"]),
+        helper.make_node("MatMul", ["mixed", "project"], ["projected"]),
+        # the first token of the next row ([B, 1], rolled up by one along the batch)
+        helper.make_node("Slice", ["tokens", "zero1", "one1", "one1"], ["first"]),
+        helper.make_node("Slice", ["first", "one1", "big1", "zero1"], ["later"]),
+        helper.make_node("Slice", ["first", "zero1", "one1", "zero1"], ["head"]),
+        helper.make_node("Concat", ["later", "head"], ["next_first"], axis=0),
+        helper.make_node("Gather", ["onehot", "next_first"], ["peek"]),  # [B, 1, V]
+        helper.make_node("Pad", ["peek", "pads"], ["peek_last"]),  # at the last position only
+        helper.make_node("Add", ["projected", "peek_last"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cross_row",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "time"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "time", vocab])],
+        initializer=[
+            numpy_helper.from_array(rng.normal(size=(vocab, 4)).astype(np.float32), "embed"),
+            numpy_helper.from_array(rng.normal(size=(4, vocab)).astype(np.float32), "project"),
+            numpy_helper.from_array(np.array(1, dtype=np.int64), "axis"),
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "zero1"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "one1"),
+            numpy_helper.from_array(np.array([1 << 30], dtype=np.int64), "big1"),
+            numpy_helper.from_array(np.array([0, seq - 1, 0, 0, 0, 0], dtype=np.int64), "pads"),
+            numpy_helper.from_array((np.eye(vocab) * 30).astype(np.float32), "onehot"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    (tmp_path / "model.onnx").write_bytes(model.SerializeToString())
+    stream = np.random.default_rng(3).integers(1, vocab - 2, size=rows * seq + 1)
+    table = np.stack([stream[r * seq : r * seq + seq + 1] for r in range(rows)]).astype(np.uint16)
+    token_bytes = np.array([0, 1, 1, 2, 3, 1, 4, 1, 2, 0, 1], dtype=np.int32)
+    np.savez(tmp_path / "val.npz", rows=table, token_bytes=token_bytes)
+    return tmp_path / "model.onnx", tmp_path / "val.npz"
+
+
+def test_a_model_that_reads_the_other_rows_of_its_batch_is_caught(tmp_path: Path) -> None:
+    """The bundled evaluator as the stage runs it: a row's logits must not depend on the other rows of its batch
+    (the evaluation's batches are consecutive rows, often consecutive text)."""
+    import subprocess
+    import sys
+
+    model, data = _cross_row_model(tmp_path)
+    command = [sys.executable, "-P", "-m", "mcp_autoresearch.evaluate", str(model), "--data", str(data)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stdout.startswith("metric_error: non-causal"), result.stdout
