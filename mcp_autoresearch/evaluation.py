@@ -136,23 +136,25 @@ def _code_words(command: str) -> list[str]:
     except ValueError:
         return []
     found: list[str] = []
-    program, script = True, False
+    program, script, folder, cd = True, False, "", False
     for word in words:
         assigned = _ASSIGNMENT.match(word)
         if word in _SEPARATORS:
-            program, script = True, False
+            program, script, cd = True, False, False
+        elif cd:  # `cd out && python3 scorer.py`: later relative words are beneath `out`
+            folder, cd = os.path.join(folder, word), False
         elif assigned and program:
-            found += [part for part in assigned.group(1).split(os.pathsep) if part]
+            found += [os.path.join(folder, part) for part in assigned.group(1).split(os.pathsep) if part]
         elif program:
             if word in WRAPPERS or word.startswith("-") or word[:1].isdigit():
                 continue
-            found.append(word)
-            program, script = False, Path(word).name.rstrip("0123456789.") in INTERPRETERS
+            found.append(os.path.join(folder, word) if "/" in word else word)  # else found on PATH
+            program, script, cd = False, Path(word).name.rstrip("0123456789.") in INTERPRETERS, word == "cd"
         elif script and not word.startswith("-"):
-            found.append(word)
+            found.append(os.path.join(folder, word))
             script = False
         elif word.lower().endswith(SCRIPT_SUFFIXES):
-            found.append(word)
+            found.append(os.path.join(folder, word))
     return found
 
 

@@ -243,8 +243,9 @@ async def test_a_confined_run_cannot_plant_code_the_evaluation_runs(tmp_path: Pa
         "timeout 60 python3 out/scorer.py out/answer.txt",
         "sh -c 'python3 out/scorer.py out/answer.txt'",
         "env PYTHONPATH=out python3 -m score_it out/answer.txt",
+        "cd out && python3 scorer.py answer.txt",
     ],
-    ids=["interpreter-flag", "wrapper", "shell-c", "pythonpath"],
+    ids=["interpreter-flag", "wrapper", "shell-c", "pythonpath", "cd"],
 )
 async def test_an_evaluation_that_runs_a_script_a_run_writes_is_refused(
     tmp_path: Path, agent_for, eval_command: str
