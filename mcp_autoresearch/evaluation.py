@@ -117,10 +117,16 @@ def _refuse_writable_program(root: Path, config: Config, key: str) -> None:
     command = getattr(config, key)
     if not command:
         return
+    target = Path(os.path.realpath(root / config.target_file)) if config.target_file else None
     for word in _code_words(command):
         if "/" not in word and not (root / word).exists():
             continue  # a program found on PATH, a module name
         path = Path(os.path.realpath(_expand(root, word)))
+        if path == target:
+            raise ConfigError(
+                f"{key} runs the target {config.target_file}: the candidate's code would compute its own number; "
+                "let the target write its result to a writable file and the evaluation read it there"
+            )
         for entry in config.writable:
             if _overlaps(path, Path(os.path.realpath(_expand(root, entry)))):
                 raise ConfigError(

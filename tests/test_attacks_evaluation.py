@@ -511,3 +511,18 @@ def test_a_model_that_reads_the_other_rows_of_its_batch_is_caught(tmp_path: Path
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 3, result.stdout + result.stderr
     assert result.stdout.startswith("metric_error: non-causal"), result.stdout
+
+
+@pytest.mark.parametrize("isolation", ['isolation = "off"\n', ""], ids=["isolation-off", "isolation-auto"])
+async def test_an_evaluation_that_runs_the_target_is_refused(tmp_path: Path, agent_for, isolation: str) -> None:
+    """eval_command = "python3 objective.py --score" runs the candidate's code as the evaluation: its number is
+    the target's own. Refused when the session starts, whatever the isolation (where runs get no private view,
+    nothing hides the target from the evaluation)."""
+    root = project(tmp_path, isolation)
+    config = (root / "autoresearch.toml").read_text()
+    (root / "autoresearch.toml").write_text(
+        config.replace('eval_command = "python3 scorer.py out/answer.txt"', 'eval_command = "python3 objective.py --score"')
+    )
+    git(root, "commit", "-qam", "the target scores itself")
+    async with agent_for(root) as agent:
+        assert "runs the target objective.py" in await agent.refused("start_session")
