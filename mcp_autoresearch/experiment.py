@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from .caches import run_caches
 from .config import Config
 from .evaluation import EVAL_SUFFIX, earlier_evaluation_logs, eval_writable, hidden_paths, stage_failure
-from .fresh_outputs import OutputsError, make_fresh, record, unsafe_outputs
+from .fresh_outputs import OutputsError, make_fresh, record, record_measured, unsafe_outputs
 from .guard import sha256_file
 from .isolation import (
     Isolation,
@@ -260,6 +260,7 @@ class Experiment:
                 if unsafe:
                     reason = f"the run's outputs are not handed to the evaluation: {unsafe}"
                     return self._failed(tally, ("metric_error", reason), None, log_path)
+                record_measured(self.root, list(config.writable), self._last_run)  # for the holdout
                 failure = self._evaluate(config.eval_command, log_path, measured_log, "eval_command")
                 if failure:
                     return self._failed(tally, failure, None, measured_log)

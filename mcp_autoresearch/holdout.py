@@ -21,6 +21,7 @@ from typing import Any
 
 from .config import Config
 from .experiment import Experiment
+from .fresh_outputs import changed_since_measured
 from .isolation import Isolation
 from .names import HOLDOUT, STATE_DIR
 from .state import server_dir
@@ -55,7 +56,8 @@ def run_holdout(
         experiment = Experiment(
             config, root, f"{run_id}-holdout", folder, tag, None, isolation, publish_run_log=False
         )
-        found, error = experiment.evaluate_only(
+        error = changed_since_measured(root, list(config.writable), run_id)
+        found, error = (None, error) if error else experiment.evaluate_only(
             config.holdout_command, folder / f"{run_id}.log", "holdout_command"
         )
     except Exception as exc:  # the decision stands whatever happens here

@@ -526,3 +526,29 @@ async def test_an_evaluation_that_runs_the_target_is_refused(tmp_path: Path, age
     git(root, "commit", "-qam", "the target scores itself")
     async with agent_for(root) as agent:
         assert "runs the target objective.py" in await agent.refused("start_session")
+
+
+async def test_the_holdout_reads_what_the_run_left_not_what_the_checks_wrote(tmp_path: Path, agent_for) -> None:
+    """checks_command often runs the target's code again (its tests): it runs like a run, with the outputs
+    writable, between the evaluation and the holdout. The target counts its invocations in out/ and, as the
+    checks, rewrites its answer for the holdout: the holdout must measure what the kept run left (here: it is
+    not measured, and its record says why)."""
+    import json
+
+    holdout_scorer = "import sys\nprint(f\"score: {float(open(sys.argv[1]).read().split()[0]):.6f}\")\n"
+    extra = 'holdout_command = "python3 holdout.py out/answer.txt"\nchecks_command = "python3 objective.py"\n'
+    objective = (
+        "import os\nX = 5\n"
+        "if os.path.exists('out/ran'):\n    open('out/answer.txt', 'w').write('0.5\\n')  # the checks\n"
+        "else:\n    open('out/ran', 'w').write('1')\n    print(X)\n"
+    )
+    root = project(tmp_path, extra, scorer=LEAK_SCORER, files={"holdout.py": holdout_scorer})
+    (root / "objective.py").write_text(objective)
+    git(root, "commit", "-qam", "a target that rewrites its answer when run again")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        run, decision = await agent.experiment("baseline")
+    assert run["value"] == 5.0 and decision["decision"] == "keep", (run, decision)
+    records = [json.loads(line) for line in (root / ".autoresearch" / "holdout" / "t.jsonl").read_text().splitlines()]
+    last = records[-1]  # measured on what the run left, or not measured, saying why
+    assert last["holdout"] == 5.0 or (last["holdout"] is None and "changed after the run" in last["error"]), last
