@@ -172,14 +172,14 @@ async def test_the_evaluation_starts_after_every_process_of_the_run_is_gone(
 
 
 async def test_the_evaluation_can_write_nothing_but_its_tmpdir(tmp_path: Path, agent_for) -> None:
-    """The scorer tries to rewrite the run's output, the target, a new file in the project and in a writable
-    output directory; only its TMPDIR takes a write. It prints 10 x (TMPDIR written) + every write that got
-    through."""
+    """The scorer tries to rewrite the run's output, a project file (the scorer; the target is hidden from the
+    evaluation, /dev/null in its view), a new file in the project and in a writable output directory; only its
+    TMPDIR takes a write. It prints 10 x (TMPDIR written) + every write that got through."""
     require(ISOLATION.confined, "CI must confine runs with Landlock", "Landlock is unavailable here")
     scorer = """\
     import os, tempfile
     got = 0
-    for path in ("out/answer.txt", "objective.py", "new.txt", "out/new.txt"):
+    for path in ("out/answer.txt", "scorer.py", "new.txt", "out/new.txt"):
         try:
             with open(path, "a") as handle:
                 handle.write("x\\n")
@@ -196,6 +196,7 @@ async def test_the_evaluation_can_write_nothing_but_its_tmpdir(tmp_path: Path, a
         run, _ = await agent.experiment("baseline")
     assert run["value"] == 10.0, run
     assert (root / "out" / "answer.txt").read_text() == "5\n"
+    assert (root / "objective.py").read_text() == OBJECTIVE
     assert not (root / "new.txt").exists() and not (root / "out" / "new.txt").exists()
 
 

@@ -75,6 +75,9 @@ class ProbeResult:
     cuts: int
     failed: int  # cuts where a logit at or before the cut changed by more than the tolerance
     max_change: float
+    cross_failed: int = (
+        0  # batches where a row's logits changed when the other rows of its batch were replaced
+    )
 
 
 def load_validation(path: Path, max_rows: int | None) -> Validation:
@@ -119,16 +122,29 @@ def bits_per_byte(losses_of: Losses, validation: Validation, batch_size: int) ->
     return total_nats / (math.log(2) * total_bytes)
 
 
+def evaluation_batch_sizes(rows: int, batch_size: int) -> list[int]:
+    """Every batch size the evaluation calls the model with (full batches, then the last, partial one): the probe
+    calls it with each, so a model that reads its batch size (Shape is on the allow-list) cannot look ahead only
+    at a size the probe never uses."""
+    sizes = [min(batch_size, rows)]
+    if rows > batch_size and rows % batch_size:
+        sizes.append(rows % batch_size)
+    return sizes
+
+
 def probe_causality(
     logits_of: Logits, validation: Validation, batch_size: int, cuts: int, tolerance: float
 ) -> ProbeResult:
     """Change every token after a random cut (other rows' tokens, drawn afresh each evaluation, so a model cannot
-    know where the probe looks); the logits at and before the cut must stay within `tolerance`."""
+    know where the probe looks); the logits at and before the cut must stay within `tolerance`. Every batch size
+    of the evaluation is probed at least once (so a few more than `cuts` probes may run)."""
     rng = np.random.default_rng(secrets.randbits(128))
     inputs = validation.rows[:, :-1]
-    seq_len, failed, max_change, done = validation.seq_len, 0, 0.0, 0
-    while done < cuts and seq_len >= 2:
-        count = min(batch_size, cuts - done)
+    sizes = evaluation_batch_sizes(len(inputs), batch_size)
+    seq_len, failed, max_change, done, call, cross_failed = validation.seq_len, 0, 0.0, 0, 0, 0
+    while (done < cuts or call < len(sizes)) and seq_len >= 2:
+        count = sizes[call % len(sizes)] if call < len(sizes) else min(sizes[call % len(sizes)], cuts - done)
+        call += 1
         original = inputs[rng.integers(0, len(inputs), count)]
         donors = inputs[rng.integers(0, len(inputs), count)]
         cut_at = rng.integers(0, seq_len - 1, count)  # the last position kept; at least one token after it
@@ -141,8 +157,28 @@ def probe_causality(
             change = float(np.abs(before[row, : cut_at[row] + 1] - probed[row, : cut_at[row] + 1]).max())
             max_change = max(max_change, change)
             failed += change > tolerance
+        across = cross_row_change(logits_of, before, original, inputs, rng)
+        max_change = max(max_change, across)
+        cross_failed += across > tolerance
         done += count
-    return ProbeResult(done, failed, max_change)
+    return ProbeResult(done, failed, max_change, cross_failed)
+
+
+def cross_row_change(
+    logits_of: Logits, before: np.ndarray, original: np.ndarray, inputs: np.ndarray, rng: np.random.Generator
+) -> float:
+    """How far the logits of some rows move when the other rows of their batch are replaced by other rows: a
+    row's logits must not depend on its neighbours (the evaluation's batches are consecutive rows, often
+    consecutive text, so a neighbour can hold a row's future). 0 for a batch of one row."""
+    count = len(original)
+    if count < 2:
+        return 0.0
+    keep = rng.random(count) < 0.5
+    keep[rng.integers(0, count)] = True
+    if keep.all():
+        keep[rng.integers(0, count)] = False
+    neighbours = np.where(keep[:, None], original, inputs[rng.integers(0, len(inputs), count)])
+    return float(np.abs(before[keep] - logits_of(neighbours)[keep]).max())
 
 
 def check_shapes(model: CheckedModel, validation: Validation) -> None:
@@ -167,8 +203,16 @@ def evaluate(args: argparse.Namespace) -> float:
     log(f"onnxruntime: {run.provider}")
     probe = probe_causality(run.logits, validation, args.batch_size, args.probe_cuts, args.causal_tolerance)
     log(
-        f"causality probe: {probe.cuts} cuts, {probe.failed} failed, largest change at or before a cut {probe.max_change:.3g}"
+        f"causality probe: {probe.cuts} cuts, {probe.failed} failed, {probe.cross_failed} batches that read other rows,"
+        f" largest change at or before a cut {probe.max_change:.3g}"
     )
+    if probe.cross_failed:
+        raise ArtifactRefused(
+            "non-causal",
+            f"replacing the other rows of a batch changed a row's logits by up to {probe.max_change:.6g}"
+            f" (in {probe.cross_failed} probed batches; tolerance {args.causal_tolerance:g})",
+            "the model reads across the rows of its batch",
+        )
     if probe.failed:
         raise ArtifactRefused(
             "non-causal",

@@ -13,6 +13,7 @@ metric_parse cannot read them; the evaluation stage's view shows them. Hiding ne
 from __future__ import annotations
 
 import glob
+import os
 import re
 from pathlib import Path
 
@@ -34,6 +35,20 @@ def eval_writable(tmpdir: str) -> list[str]:
     for pattern in DEVICE_GLOBS:
         paths += sorted(glob.glob(pattern))
     return paths
+
+
+def earlier_evaluation_logs(log_dir: Path, run_id: str) -> list[str]:
+    """The evaluation logs of the runs before `run_id` (its own is shown: metric_parse reads it). What a scorer
+    printed there may come from hidden data, so a run's view hides them."""
+    try:
+        names = os.listdir(log_dir)
+    except OSError:
+        return []
+    return [
+        str(log_dir / name)
+        for name in sorted(names)
+        if name.endswith(EVAL_SUFFIX + ".log") and not name.startswith(run_id + "-")
+    ]
 
 
 def stage_failure(what: str, status: str, exit_code: int | None, error: str | None, log_path: Path) -> str:

@@ -46,8 +46,8 @@ from ..setup.config import Config
 from ..setup.single_file import sha256_file
 from ..setup.stage_config import hidden_paths
 from ..statuses import RunStatus
-from .evaluation import EVAL_SUFFIX, eval_writable, stage_failure
-from .fresh_outputs import OutputsError, make_fresh, record, unsafe_outputs
+from .evaluation import EVAL_SUFFIX, earlier_evaluation_logs, eval_writable, stage_failure
+from .fresh_outputs import OutputsError, make_fresh, record, record_measured, unsafe_outputs
 
 if TYPE_CHECKING:
     from ..backends.ray_backend import RayBackend, RayJobRun
@@ -138,19 +138,26 @@ class Experiment:
         return run_caches(self.root, self.config.run_writes, tmpdir, env)
 
     def _stage_env(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
-        """The evaluation's caches in its TMPDIR, and Python's bytecode too: a `__pycache__` a run could write
-        is never read by the evaluation."""
-        return {**self._private_caches(tmpdir, env), "PYTHONPYCACHEPREFIX": os.path.join(tmpdir, "pycache")}
+        """Every cache of the evaluation in its TMPDIR, the `persistent` ones too (runs write those), and
+        Python's bytecode: a `__pycache__` a run could write is never read by the evaluation."""
+        return {
+            **run_caches(self.root, [], tmpdir, env),
+            "PYTHONPYCACHEPREFIX": os.path.join(tmpdir, "pycache"),
+        }
 
     def _view(self, stage: str) -> tuple[list[str], list[str]]:
         """What the view keeps showing (the logs, a slot's shared inputs) and what it hides: the `hidden` data,
-        from every stage but the evaluation's."""
+        and the earlier evaluations' logs (what a scorer printed about it), from every stage but the evaluation's;
+        the target, from the evaluation's."""
         reads = [str(self.log_dir), *linked_inputs(self.root, list(self.config.shared_inputs))]
         if stage == "eval":  # (hidden data beneath a hidden directory such as /tmp is shown again, read-only)
-            return reads + hidden_paths(self.config), []
+            # The target is hidden from the evaluation: a scorer that imports it would run the candidate's code.
+            target = [str(self.root / self.config.target_file)] if self.config.target_file else []
+            return reads + hidden_paths(self.config), target
         own = self.log_dir.parent.parent  # .autoresearch/runs/<tag>: the holdout's records are beside
         holdout = [str(own / HOLDOUT)] if self.config.holdout_command and own.name == STATE_DIR else []
-        return reads, [*hidden_paths(self.config), *holdout]
+        logs = earlier_evaluation_logs(self.log_dir, self.run_id) if self.config.hidden else []
+        return reads, [*hidden_paths(self.config), *holdout, *logs]
 
     def _wrap(self, argv: list[str], tmpdir: str, stage: str = "run") -> list[str]:
         assert self.isolation is not None
@@ -272,6 +279,7 @@ class Experiment:
                 if unsafe:
                     reason = f"the run's outputs are not handed to the evaluation: {unsafe}"
                     return self._failed(tally, ("metric_error", reason), None, log_path)
+                record_measured(self.root, list(config.writable), self._last_run)  # for the holdout
                 failure = self._evaluate(config.eval_command, log_path, measured_log, "eval_command")
                 if failure:
                     return self._failed(tally, failure, None, measured_log)

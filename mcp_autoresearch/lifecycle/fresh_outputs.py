@@ -31,6 +31,8 @@ KEEP_RUNS = 1  # the previous run's outputs: a `target/` of gigabytes is not kep
 _lock = threading.Lock()
 # The output directory (its real path) -> the run that last wrote it here and what it left (see `record`).
 _left: dict[str, tuple[str, Snapshot]] = {}
+# Per output: the run measured last, and what the output held then (for the holdout).
+_measured: dict[str, tuple[str, Snapshot]] = {}
 
 
 class OutputsError(Exception):
@@ -121,6 +123,28 @@ def record(root: Path, entries: list[str], run_id: str) -> None:
             left = snapshot(path)
             with _lock:
                 _left[os.path.realpath(path)] = (run_id, left)
+
+
+def record_measured(root: Path, entries: list[str], run: str) -> None:
+    """What the outputs hold when run `run` (a run id, with its repeat: r4 or r4-2) is measured: the holdout
+    later checks that it measures the same (checks_command, often the target's own tests, may write there)."""
+    for entry in output_entries(root, entries):
+        with _lock:
+            _measured[os.path.realpath(root / entry)] = (run, snapshot(root / entry))
+
+
+def changed_since_measured(root: Path, entries: list[str], run_id: str) -> str | None:
+    """Why the outputs are no longer what run `run_id` was measured on (a reason naming the output), or None
+    (also when nothing was recorded for it: after a restart of the server)."""
+    for entry in output_entries(root, entries):
+        with _lock:
+            run, measured = _measured.get(os.path.realpath(root / entry), ("", frozenset()))
+        if (run == run_id or run.startswith(run_id + "-")) and snapshot(root / entry) != measured:
+            return (
+                f"the output '{entry}' changed after the run was measured (checks_command wrote there), so the "
+                "holdout would not measure what the run left"
+            )
+    return None
 
 
 def unsafe_outputs(root: Path, entries: list[str], started_at: float) -> str | None:

@@ -13,6 +13,7 @@ from ..records.state import server_dir
 from ..sandbox.policy import Isolation
 from ..setup.config import Config
 from .experiment import Experiment
+from .fresh_outputs import changed_since_measured
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -35,8 +36,12 @@ def run_holdout(
         experiment = Experiment(
             config, root, f"{run_id}-holdout", folder, tag, None, isolation, publish_run_log=False
         )
-        found, error = experiment.evaluate_only(
-            config.holdout_command, folder / f"{run_id}.log", "holdout_command"
+        # The checks (the target's code) ran after the evaluation: outputs changed since are not measured.
+        error = changed_since_measured(root, list(config.writable), run_id)
+        found, error = (
+            (None, error)
+            if error
+            else experiment.evaluate_only(config.holdout_command, folder / f"{run_id}.log", "holdout_command")
         )
     except Exception as exc:  # the decision stands whatever happens here
         log.exception("the holdout of %s failed", run_id)

@@ -41,9 +41,8 @@ def _read(root: Path, tag: str) -> list[dict[str, Any]]:
         text = _records(root, tag).read_text()
     except OSError:
         return []
-    found: dict[
-        str, dict[str, Any]
-    ] = {}  # a decision applied again after a restart measured it again: the last counts
+    # A decision applied again after a restart measured it again: the last counts.
+    found: dict[str, dict[str, Any]] = {}
     for line in text.splitlines():
         try:
             record = json.loads(line)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ..names import RUN_LOG, RUN_LOGS, STATE_DIR
 from ..setup.config import Config
 
 MetricSource = Literal["evaluation", "server", "self-reported"]
@@ -48,6 +49,31 @@ def metric_provenance(settings: Config | Mapping[str, Any]) -> MetricProvenance:
     unset). The order mirrors how a value is read: the evaluation's output wins, then a measurement the
     server makes itself (only when nothing reads the value from output instead), else the run's output."""
     get = settings.get if isinstance(settings, Mapping) else lambda key: getattr(settings, key, None)
+    passed_on = _reads_run_log(str(get("eval_command") or ""))
+    if passed_on:
+        return MetricProvenance(
+            source="self-reported",
+            reason=f"eval_command reads {passed_on}, the run's own output: the target's code printed what it "
+            "passes on and can print any value",
+            fix="let eval_command compute the metric from what the run wrote to its outputs, never from the "
+            f"run's log ({EVAL_DOCS})",
+        )
+    if get("eval_command") and get("isolation") == "off":
+        return MetricProvenance(
+            source="self-reported",
+            reason='with isolation = "off" a run may write anywhere the user may, and so leave code the evaluation '
+            "runs (a usercustomize.py or .pth in the user's site-packages, a program on PATH): the evaluation is "
+            "separate in time only",
+            fix='remove isolation = "off", so that runs are confined and the evaluation runs no code of theirs',
+        )
+    if get("eval_command") and get("metric_parse"):
+        return MetricProvenance(
+            source="self-reported",
+            reason="metric_parse is a command of its own that may read what the run left (its outputs, its log), "
+            "not only the evaluation's output, so the run could choose the value it passes on",
+            fix="remove metric_parse and let eval_command print '<metric_name>: <value>' (or set metric_regex), "
+            f"so the value is read from the evaluation's output alone ({EVAL_DOCS})",
+        )
     if get("eval_command"):
         return MetricProvenance(
             source="evaluation",
@@ -65,6 +91,21 @@ def metric_provenance(settings: Config | Mapping[str, Any]) -> MetricProvenance:
     return MetricProvenance(
         source="self-reported", reason=_self_reported_reason(get), fix=self_reported_fix(get)
     )
+
+
+def _reads_run_log(command: str) -> str | None:
+    """What of the run's own output an evaluation command names (run.log at the root, $AUTORESEARCH_RUN_LOG, the
+    captured logs under .autoresearch/runs), else None. Only what the command line says: a scorer script that
+    opens the run's log itself is not seen here."""
+    names = (
+        ("AUTORESEARCH_RUN_LOG", "$AUTORESEARCH_RUN_LOG"),
+        (RUN_LOG, RUN_LOG),
+        (f"{STATE_DIR}/{RUN_LOGS}", "the run's log"),
+    )
+    for word, what in names:
+        if word in command:
+            return what
+    return None
 
 
 def _measured_path(measure: str) -> str:

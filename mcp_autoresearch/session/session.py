@@ -126,7 +126,13 @@ class Session:
         provenance = metric_provenance(config)
         if config.integrity == "required" and provenance.source == "self-reported":
             raise SessionError(integrity_refusal(provenance))
-        refuse_unhidable(root, config, isolation, lambda path: repo.is_tracked(repo.repo_path(path)))
+        refuse_unhidable(
+            root,
+            config,
+            isolation,
+            lambda path: repo.is_tracked(repo.repo_path(path)),
+            lambda path: repo.commit_holding(repo.repo_path(path)),
+        )
         if tag is not None:
             tag = tag.strip().lower()
             if not TAG_RE.match(tag):

@@ -5,6 +5,7 @@ paths every stage but the evaluation's has covered in its view."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -79,31 +80,82 @@ def check_stage_config(root: Path, config: Config) -> Config:
 
 
 INTERPRETERS = {"python", "python3", "node", "bash", "sh", "perl", "ruby", "Rscript", "uv", "julia"}
+# Programs that run the command after them (`timeout 60 python3 x.py`); their own flags and numbers are skipped.
+WRAPPERS = {"env", "timeout", "nice", "nohup", "exec", "command", "time", "stdbuf", "ionice", "taskset"}
+SCRIPT_SUFFIXES = (
+    ".py",
+    ".pyc",
+    ".pyz",
+    ".sh",
+    ".bash",
+    ".js",
+    ".mjs",
+    ".cjs",
+    ".ts",
+    ".rb",
+    ".pl",
+    ".r",
+    ".jl",
+)
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=(.*)$")
+_SEPARATORS = {";", "&&", "||", "|", "&"}
 
 
 def _refuse_writable_program(root: Path, config: Config, key: str) -> None:
-    """The stage must not run code a run can write: its program (and the script an interpreter is given) may not
-    lie beneath a `writable` path (a run would plant its own scorer there)."""
+    """The stage must not run code a run can write: its programs (after wrappers such as `timeout` or `env`, and
+    inside `sh -c '...'`), the script an interpreter is given (after its flags), any word that names a script,
+    and the folders of variables set on the command line (PYTHONPATH=out) may not lie beneath a `writable` path
+    (a run would plant its own scorer there)."""
     command = getattr(config, key)
     if not command:
         return
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return
-    programs = words[:1]
-    if words and Path(words[0]).name.rstrip("0123456789.") in INTERPRETERS and len(words) > 1:
-        programs.append(words[1])
-    for word in programs:
+    target = Path(os.path.realpath(root / config.target_file)) if config.target_file else None
+    for word in _code_words(command):
         if "/" not in word and not (root / word).exists():
-            continue  # a program found on PATH
+            continue  # a program found on PATH, a module name
         path = Path(os.path.realpath(_expand(root, word)))
+        if path == target:
+            raise ConfigError(
+                f"{key} runs the target {config.target_file}: the candidate's code would compute its own number; "
+                "let the target write its result to a writable file and the evaluation read it there"
+            )
         for entry in config.writable:
             if _overlaps(path, Path(os.path.realpath(_expand(root, entry)))):
                 raise ConfigError(
                     f"{key} runs '{word}', which lies in the writable path '{entry}': a run could replace it with "
                     "its own scorer; keep the evaluation's code in read-only files (readonly_files)"
                 )
+
+
+def _code_words(command: str) -> list[str]:
+    """The words of a command that name code to run or a place code is loaded from (see the caller)."""
+    try:
+        words = [
+            part for word in shlex.split(command) for part in (shlex.split(word) if " " in word else [word])
+        ]
+    except ValueError:
+        return []
+    found: list[str] = []
+    program, script, folder, cd = True, False, "", False
+    for word in words:
+        assigned = _ASSIGNMENT.match(word)
+        if word in _SEPARATORS:
+            program, script, cd = True, False, False
+        elif cd:  # `cd out && python3 scorer.py`: later relative words are beneath `out`
+            folder, cd = os.path.join(folder, word), False
+        elif assigned and program:
+            found += [os.path.join(folder, part) for part in assigned.group(1).split(os.pathsep) if part]
+        elif program:
+            if word in WRAPPERS or word.startswith("-") or word[:1].isdigit():
+                continue
+            found.append(os.path.join(folder, word) if "/" in word else word)  # else found on PATH
+            program, script, cd = False, Path(word).name.rstrip("0123456789.") in INTERPRETERS, word == "cd"
+        elif script and not word.startswith("-"):
+            found.append(os.path.join(folder, word))
+            script = False
+        elif word.lower().endswith(SCRIPT_SUFFIXES):
+            found.append(os.path.join(folder, word))
+    return found
 
 
 def hidden_paths(config: Config) -> list[str]:
@@ -117,10 +169,15 @@ def hidden_paths(config: Config) -> list[str]:
 
 
 def refuse_unhidable(
-    root: Path, config: Config, isolation: Isolation, is_tracked: Callable[[str], bool]
+    root: Path,
+    config: Config,
+    isolation: Isolation,
+    is_tracked: Callable[[str], bool],
+    commit_holding: Callable[[str], str | None],
 ) -> None:
     """Refuse a session whose `hidden` paths a run could still read: without the private view (nothing covers
-    them), or tracked by git (a run reads them from .git's objects). `is_tracked(project-relative path)`."""
+    them), tracked by git, or held by any commit (a run reads them from .git's objects, which it may read).
+    `is_tracked` and `commit_holding` take a project-relative path."""
     if not config.hidden:
         return
     if not isolation.namespaces:
@@ -131,9 +188,19 @@ def refuse_unhidable(
     root = root.resolve()
     for entry in config.hidden:
         path = Path(entry)
-        if root in path.parents and is_tracked(path.relative_to(root).as_posix()):
-            rel = path.relative_to(root).as_posix()
+        if root not in path.parents:
+            continue
+        rel = path.relative_to(root).as_posix()
+        if is_tracked(rel):
             raise SessionError(
                 f"hidden entry '{rel}' is tracked by git, so a run could read it from the repository's objects; "
-                f"a person must untrack it first (git rm -r --cached {rel}, add it to .gitignore, and commit)"
+                f"a person must untrack it first (git rm -r --cached {rel}, add it to .gitignore, and commit), "
+                "and, if it must stay secret, remove it from the history too"
+            )
+        commit = commit_holding(rel)
+        if commit:
+            raise SessionError(
+                f"hidden entry '{rel}' is in the repository's history (commit {commit} holds it), so a run could "
+                "read it from .git's objects (git log -p); a person must remove it from every commit and reflog "
+                "(git filter-repo, then expire the reflog), or use data that was never committed"
             )

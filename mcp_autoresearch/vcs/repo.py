@@ -202,6 +202,12 @@ class Repo:
     def is_tracked(self, repo_path: str) -> bool:
         return bool(self._run("ls-files", "--", repo_path).strip())
 
+    def commit_holding(self, repo_path: str) -> str | None:
+        """A commit (of any ref or reflog entry) whose tree holds or held `repo_path`, else None: its content
+        stays readable in .git's objects after the path is untracked."""
+        found = self._run("rev-list", "--all", "--reflog", "-1", "--", repo_path).strip()
+        return found[:12] or None
+
     def changed_tracked_files(self) -> list[str]:
         """Tracked files whose index or working-tree content differs from HEAD (repo-relative)."""
         out = self._run("status", "--porcelain=v1", "-z", "--untracked-files=no", "--ignore-submodules=dirty")
