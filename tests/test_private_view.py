@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -121,12 +122,12 @@ async def test_file_metadata_outside_the_writable_paths_cannot_change(ml_project
         shutil.rmtree(outside_dir)
     assert "REACHED" not in text and text.count("refused") == 12, text
     assert text.count("Read-only file system") == 12 and "own outputs ok" in text, text
-    for path, stat in before.items():  # (the server itself writes in the project directory and .git)
+    for path, old in before.items():  # (the server itself writes in the project directory and .git)
         times = (lambda s: s.st_mtime) if path.is_file() else (lambda s: None)
         assert (after[path].st_mode, after[path].st_uid, times(after[path])) == (
-            stat.st_mode,
-            stat.st_uid,
-            times(stat),
+            old.st_mode,
+            old.st_uid,
+            times(old),
         ), path
 
 
@@ -434,3 +435,19 @@ def keeper_spec_for_view(reads: list[str]) -> dict:
     from mcp_autoresearch.sandbox.policy import keeper_spec, probe_isolation
 
     return keeper_spec(probe_isolation("auto"), [], 1.0, reads)
+
+
+def test_no_block_device_is_left_in_the_view(tmp_path: Path) -> None:
+    """A run as root owns root's disks (mode 600, root's own): through a raw disk it would read what every mount
+    of the view covers (hidden data, the evaluator's files). In the view each block device is /dev/null."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    devices = [e.path for e in os.scandir("/dev") if stat.S_ISBLK(e.stat(follow_symlinks=False).st_mode)]
+    assert devices, "this machine shows no block device under /dev: nothing to check"
+    probe = "import os, stat, sys; print(sum(stat.S_ISBLK(os.stat(p).st_mode) for p in sys.argv[1:]))"
+    result = subprocess.run(
+        confine.command_line(sys.executable, keeper_spec_for_view([]), [sys.executable, "-c", probe, *devices]),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.stdout.strip() == "0", (result.stdout, result.stderr)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
 import sys
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
@@ -234,6 +235,8 @@ def build_view(
             _check(
                 libc.mount(b"/dev/null", path.encode(), None, ctypes.c_ulong(MS_BIND), None), f"hide {path}"
             )
+    for device in _block_devices():  # a root run owns root's disks: reading one reads around every mount
+        _check(libc.mount(b"/dev/null", device.encode(), None, ctypes.c_ulong(MS_BIND), None), f"hide {device}")
     scratch += _private_terminals(libc)
     _check(
         libc.mount(b"proc", b"/proc", b"proc", ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), None),
@@ -244,6 +247,25 @@ def build_view(
     os.chdir(cwd)  # the working directory as the view shows it (not the hidden mount beneath)
     _reopen_standard_files()
     return scratch
+
+
+def _block_devices() -> list[str]:
+    """The block devices under /dev (disks, partitions, loop and device-mapper nodes). A run in the view has no
+    capability, but as root it still owns root's device nodes: a raw disk would show hidden data around every
+    mount. None of them is needed by a run."""
+    found: list[str] = []
+    for folder in ("/dev", "/dev/mapper"):
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        if stat.S_ISBLK(entry.stat(follow_symlinks=False).st_mode):
+                            found.append(entry.path)
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return found
 
 
 def _reopen_standard_files() -> None:
