@@ -445,7 +445,9 @@ def test_no_block_device_is_left_in_the_view(tmp_path: Path) -> None:
     assert devices, "this machine shows no block device under /dev: nothing to check"
     probe = "import os, stat, sys; print(sum(stat.S_ISBLK(os.stat(p).st_mode) for p in sys.argv[1:]))"
     result = subprocess.run(
-        confine.command_line(sys.executable, keeper_spec_for_view([]), [sys.executable, "-c", probe, *devices]),
+        confine.command_line(
+            sys.executable, keeper_spec_for_view([]), [sys.executable, "-c", probe, *devices]
+        ),
         capture_output=True,
         text=True,
         cwd=tmp_path,

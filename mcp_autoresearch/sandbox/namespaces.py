@@ -236,7 +236,9 @@ def build_view(
                 libc.mount(b"/dev/null", path.encode(), None, ctypes.c_ulong(MS_BIND), None), f"hide {path}"
             )
     for device in _block_devices():  # a root run owns root's disks: reading one reads around every mount
-        _check(libc.mount(b"/dev/null", device.encode(), None, ctypes.c_ulong(MS_BIND), None), f"hide {device}")
+        _check(
+            libc.mount(b"/dev/null", device.encode(), None, ctypes.c_ulong(MS_BIND), None), f"hide {device}"
+        )
     scratch += _private_terminals(libc)
     _check(
         libc.mount(b"proc", b"/proc", b"proc", ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), None),
