@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,10 @@ from ..errors import ConfigError
 from ..measure.metrics import Measure
 from ..measure.provenance import MetricProvenance, metric_provenance
 from ..sandbox.caches import check_shared_inputs, executed_from
-from ..sandbox.policy import check_writable, probe_isolation
+from ..sandbox.policy import Isolation, check_writable, probe_isolation
 from ..vcs.checkouts import check_slots_home, check_writable_for_slots
 from .config import DEFAULTS, KEYS, Config, build_config
-from .projects import detect_all
+from .projects import Detection, detect_all
 from .single_file import check_target_file
 from .sources import Source, command_line_source, read_file_sources
 from .stage_config import check_stage_config
@@ -191,57 +191,122 @@ def load_project(
         sources.append(cli)
     if files:
         sources += read_file_sources(root, Path(config_file).expanduser() if config_file else None)
-
     detections = detect_all(root)
     detected = detections[0] if detections else None
-    warnings: list[str] = []
+    merged = _merge(sources, detections)
+    config = _validated(root, build_config(merged.values), merged.warnings)
+    isolation = probe_isolation(config.isolation, config.network)
+    _add_config_warnings(config, isolation, merged.warnings)
     if detected:
-        warnings += detected.warnings
+        project_type = detected.project_type
+    elif merged.user_keys:
+        project_type = "custom"
+    else:
+        project_type = "unknown"
+    provenance = metric_provenance(config)
+    ready, message = _readiness(config, project_type, merged.target_notes, provenance)
+    info = ProjectInfo(
+        project_type=project_type,
+        root=str(root),
+        target_file=config.target_file,
+        run_command=config.run_command,
+        metric_name=config.metric_name,
+        metric_direction=config.metric_direction,
+        metric_source=describe_metric_source(
+            config,
+            detected.metric_source
+            if detected and not merged.user_keys.intersection(("metric_name", *READ_KEYS))
+            else None,
+        ),
+        provenance=provenance,
+        integrity=config.integrity,
+        time_budget=config.time_budget,
+        timeout=config.timeout,
+        readonly_files=list(config.readonly_files),
+        checks_command=config.checks_command,
+        eval_command=config.eval_command,
+        hidden=list(config.hidden),
+        holdout=config.holdout_command is not None,
+        repeats=config.repeats,
+        min_delta=config.min_delta,
+        writable=list(config.writable),
+        persistent=list(config.persistent),
+        slots=config.slots,
+        backend=config.backend,
+        isolation=isolation.describe(),
+        network=config.network,
+        config_source=merged.origin,
+        evidence=detected.evidence if detected else [s.label for s in sources if s.values],
+        warnings=merged.warnings,
+        ready=ready,
+        message=message,
+        keep_rule=describe_keep_rule(config),
+    )
+    return Project(root=root, config=config, info=info)
+
+
+@dataclass
+class _Merged:
+    """The sources merged over detection: the values, where each came from, what the user gave, the notes."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)
+    user_keys: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+    target_notes: list[str] = field(default_factory=list)
+
+
+def _merge(sources: list[Source], detections: list[Detection]) -> _Merged:
+    """The first source that gives a key wins; detection fills in the rest (not a metric's keys when the user
+    named the metric or how it is read), then the defaults."""
+    merged = _Merged()
+    detected = detections[0] if detections else None
+    if detected:
+        merged.warnings += detected.warnings
         for other in detections[1:]:
-            warnings.append(
+            merged.warnings.append(
                 f"also looks like a {other.project_type} project ({', '.join(other.evidence)}); "
                 f"{detected.project_type} has the stronger evidence"
             )
-
-    merged: dict[str, Any] = {}
-    origin: dict[str, str] = {}
     for source in sources:
         for key, value in source.values.items():
-            if key not in merged:
-                merged[key] = value
-                origin[key] = source.label
+            if key not in merged.values:
+                merged.values[key] = value
+                merged.origin[key] = source.label
     # Every key a source of the user's gave. Decided here, not from labels: "autoresearch.toml" starts with "auto".
-    user_keys = set(merged)
-    metric_from_user = "metric_name" in merged
-    read_from_user = any(key in merged for key in READ_KEYS)
+    merged.user_keys = set(merged.values)
+    metric_from_user = "metric_name" in merged.values
+    read_from_user = any(key in merged.values for key in READ_KEYS)
     if detected:
         label = f"auto-detected ({detected.project_type})"
         for key, value in detected.settings.items():
             if (
-                key in merged
+                key in merged.values
                 or (metric_from_user and key in METRIC_KEYS)
                 or (read_from_user and key in READ_KEYS)
             ):
                 continue
-            merged[key] = value
-            origin[key] = label
-    target_notes: list[str] = []
-    if detected:
+            merged.values[key] = value
+            merged.origin[key] = label
         for key, messages in detected.setting_warnings.items():
-            if origin.get(key, label) == label:  # detection's value is in use, or nothing gave one
-                warnings += messages
-                if key == "target_file" and key not in origin:
-                    target_notes = messages
-    config = build_config(merged)
+            if merged.origin.get(key, label) == label:  # detection's value is in use, or nothing gave one
+                merged.warnings += messages
+                if key == "target_file" and key not in merged.origin:
+                    merged.target_notes = messages
     for key in KEYS:
-        if key not in origin:
-            if key == "timeout" and "time_budget" in origin:
-                origin[key] = "default (2 x time_budget)"
+        if key not in merged.origin:
+            if key == "timeout" and "time_budget" in merged.origin:
+                merged.origin[key] = "default (2 x time_budget)"
             elif key == "checks_timeout":
-                origin[key] = "default (= timeout)"
+                merged.origin[key] = "default (= timeout)"
             elif key in DEFAULTS or key in ("timeout",):
-                origin[key] = "default"
+                merged.origin[key] = "default"
+    return merged
 
+
+def _validated(root: Path, config: Config, warnings: list[str]) -> Config:
+    """The paths of the configuration checked against the project: read-only files, the target, what runs may
+    write or keep, the evaluation stage, the slots. Raises ConfigError; adds warnings."""
     readonly = [_normalise_relative(root, item) for item in config.readonly_files]
     for item in readonly:
         if not (root / item).exists():
@@ -265,88 +330,48 @@ def load_project(
         list(config.shared_inputs),
     )
     warnings += cache_warnings(root, config)
-    if config.backend == "ray" and importlib.util.find_spec("ray") is None:  # found, never imported here
-        warnings.append(
-            "backend = \"ray\" needs Ray in the server's environment: pip install 'mcp-autoresearch[ray]'"
-        )
     if config.parallel:
         check_slots_home()
         if config.backend == "local":
             check_writable_for_slots(root, config.run_writes)
-    isolation = probe_isolation(config.isolation, config.network)
+    return config
+
+
+def _add_config_warnings(config: Config, isolation: Isolation, warnings: list[str]) -> None:
+    if config.backend == "ray" and importlib.util.find_spec("ray") is None:  # found, never imported here
+        warnings.append(
+            "backend = \"ray\" needs Ray in the server's environment: pip install 'mcp-autoresearch[ray]'"
+        )
     if config.isolation == "required" and not isolation.complete:
         warnings.append(f"isolation = required, but runs cannot be confined here ({isolation.missing()})")
     if config.metric_measure == "wall_time_s" and not (config.metric_parse or config.metric_regex):
         warnings.append(wall_time_warning(config))
-    provenance = metric_provenance(config)
     if config.timeout < config.time_budget:
         warnings.append(
             f"timeout ({config.timeout:g} s) is shorter than time_budget ({config.time_budget:g} s)"
         )
 
-    if detected:
-        project_type = detected.project_type
-    elif user_keys:
-        project_type = "custom"
-    else:
-        project_type = "unknown"
+
+def _readiness(
+    config: Config, project_type: str, target_notes: list[str], provenance: MetricProvenance
+) -> tuple[bool, str]:
+    """Whether a session can start, and the one message that says so or what to set."""
     missing = [key for key in ("target_file", "run_command", "metric_name") if getattr(config, key) is None]
-    ready = not missing
     if project_type == "unknown":
-        message = (
+        return not missing, (
             "No known project type found (train.py+prepare.py, package.json, pubspec.yaml, pom.xml/build.gradle, "
             "Cargo.toml, go.mod, pyproject.toml). Configure one: add an autoresearch.toml with target_file, "
             "run_command, metric_name (and metric_direction), or a '## autoresearch' section with '- key: value' "
             "lines to CLAUDE.md or AGENTS.md."
         )
-    elif missing:
-        message = "".join(f"{note[0].upper()}{note[1:]}. " for note in target_notes) + (
+    if missing:
+        return False, "".join(f"{note[0].upper()}{note[1:]}. " for note in target_notes) + (
             f"Set {', '.join(missing)} in autoresearch.toml or the '## autoresearch' section of CLAUDE.md "
             "(or pass them on the server's command line)."
         )
-    elif config.integrity == "required" and provenance.source == "self-reported":
-        ready = False
-        message = integrity_refusal(provenance)
-    else:
-        message = "Ready: call start_session to create the experiment branch, then run the baseline."
-    info = ProjectInfo(
-        project_type=project_type,
-        root=str(root),
-        target_file=config.target_file,
-        run_command=config.run_command,
-        metric_name=config.metric_name,
-        metric_direction=config.metric_direction,
-        metric_source=describe_metric_source(
-            config,
-            detected.metric_source
-            if detected and not user_keys.intersection(("metric_name", *READ_KEYS))
-            else None,
-        ),
-        provenance=provenance,
-        integrity=config.integrity,
-        time_budget=config.time_budget,
-        timeout=config.timeout,
-        readonly_files=list(config.readonly_files),
-        checks_command=config.checks_command,
-        eval_command=config.eval_command,
-        hidden=list(config.hidden),
-        holdout=config.holdout_command is not None,
-        repeats=config.repeats,
-        min_delta=config.min_delta,
-        writable=list(config.writable),
-        persistent=list(config.persistent),
-        slots=config.slots,
-        backend=config.backend,
-        isolation=isolation.describe(),
-        network=config.network,
-        config_source=origin,
-        evidence=detected.evidence if detected else [s.label for s in sources if s.values],
-        warnings=warnings,
-        ready=ready,
-        message=message,
-        keep_rule=describe_keep_rule(config),
-    )
-    return Project(root=root, config=config, info=info)
+    if config.integrity == "required" and provenance.source == "self-reported":
+        return False, integrity_refusal(provenance)
+    return True, "Ready: call start_session to create the experiment branch, then run the baseline."
 
 
 def integrity_refusal(provenance: MetricProvenance) -> str:
