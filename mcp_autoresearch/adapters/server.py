@@ -211,6 +211,20 @@ def create_server(workspace: Workspace) -> MCPServer:
 
         return register
 
+    _session_tools(tool, workspace)
+    _run_tools(tool, workspace)
+    _decision_tools(tool, workspace)
+    _prompt_and_resources(server, workspace)
+    _add_plot_resource(server, workspace)
+    return server
+
+
+Register = Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]]
+
+
+def _session_tools(tool: Register, workspace: Workspace) -> None:
+    """detect_project, start_session, read_target, apply_edit."""
+
     @tool(read_only=True, idempotent=True)
     def detect_project() -> ProjectInfo:
         """What the server understood of the project: type, the single target file, how an experiment runs,
@@ -278,6 +292,10 @@ def create_server(workspace: Workspace) -> MCPServer:
         written; the write is atomic. Returns the diff."""
         ops = [op.model_dump() for op in edits] if edits is not None else None
         return workspace.session.apply_edit(ops, content, path, expected_sha256)
+
+
+def _run_tools(tool: Register, workspace: Workspace) -> None:
+    """run_experiment and wait_experiment: start a run, wait for it with progress."""
 
     def current_session() -> Session:
         return workspace.session
@@ -368,6 +386,10 @@ def create_server(workspace: Workspace) -> MCPServer:
         With slots and no run_id, returns the first run to finish (or one already waiting for its decision)."""
         return await _await_run(run_id or None, wait_s, ctx)
 
+
+def _decision_tools(tool: Register, workspace: Workspace) -> None:
+    """commit_or_reset, log_result, query_results."""
+
     @tool(read_only=False, destructive=True)
     def commit_or_reset(
         run_id: Annotated[
@@ -419,6 +441,10 @@ def create_server(workspace: Workspace) -> MCPServer:
     ) -> QueryResult:
         """The session's results: counts, baseline, best, improvement, streak, and the rows."""
         return workspace.session.query(status, limit, order)
+
+
+def _prompt_and_resources(server: MCPServer, workspace: Workspace) -> None:
+    """The `loop` prompt and the results, briefing and config resources."""
 
     @server.prompt(
         name="loop", description="The autonomous experiment loop: setup, rules, and the current briefing."
@@ -472,9 +498,6 @@ def create_server(workspace: Workspace) -> MCPServer:
         return json.dumps(
             {**project.config.model_dump(mode="json"), "config_source": project.info.config_source}, indent=2
         )
-
-    _add_plot_resource(server, workspace)
-    return server
 
 
 def _add_plot_resource(server: MCPServer, workspace: Workspace) -> None:
