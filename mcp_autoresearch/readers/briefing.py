@@ -84,21 +84,7 @@ def briefing_from(
     elif state.pending is None and state.inflight:
         lines.append("In flight: " + ", ".join(f"{p.run_id} ({p.phase})" for p in state.inflight) + ".")
     if rows:
-        lines += [
-            "",
-            "## Last experiments",
-            "",
-            "| run | status | value | delta | description |",
-            "|---|---|---|---|---|",
-        ]
-        for row in rows[-RECENT_ROWS:]:
-            status = (
-                row.status if row.run_status in ("ok", row.status) else f"{row.status} ({row.run_status})"
-            )
-            lines.append(
-                f"| {row.run_id} | {status} | {_fmt(row.value)} | {_signed(row.delta)} | "
-                f"{one_line(row.description, 80).replace('|', '/')} |"
-            )
+        lines += _last_experiments(rows)
         if since >= 5:
             lines += [
                 "",
@@ -112,25 +98,49 @@ def briefing_from(
                 for r in near
             ]
         lines += ["", "## Ideas tried (newest first; do not repeat a failed one without a new reason)", ""]
-        used = sum(len(line) + 1 for line in lines)
-        for shown, row in enumerate(reversed(rows)):
-            note = f" — notes: {one_line(' / '.join(row.notes), 160)}" if row.notes else ""
-            if row.run_status in UNFINISHED:  # says nothing about the idea
-                outcome = f"{row.run_status}: never finished, may be re-run"
-            elif row.status == "crash":
-                outcome = f"crash: {one_line(row.error or row.run_status, 60)}"
-            else:
-                outcome = row.status
-            line = f"- [{outcome}] {one_line(row.description, 100)} {_signed(row.delta)}{note}".rstrip()
-            if shown >= MAX_IDEAS or used + len(line) > MAX_CHARS - 100:
-                lines.append(f"- … and {total - shown} older experiments (query_results lists them)")
-                break
-            lines.append(line)
-            used += len(line) + 1
+        lines += _ideas_tried(rows, total, sum(len(line) + 1 for line in lines))
     text = "\n".join(lines) + "\n"
     if len(text) > MAX_CHARS:
         text = text[: MAX_CHARS - 40].rsplit("\n", 1)[0] + "\n- … (briefing cut to stay short)\n"
     return text
+
+
+def _last_experiments(rows: list[Row]) -> list[str]:
+    """The table of the newest experiments."""
+    lines = [
+        "",
+        "## Last experiments",
+        "",
+        "| run | status | value | delta | description |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows[-RECENT_ROWS:]:
+        status = row.status if row.run_status in ("ok", row.status) else f"{row.status} ({row.run_status})"
+        lines.append(
+            f"| {row.run_id} | {status} | {_fmt(row.value)} | {_signed(row.delta)} | "
+            f"{one_line(row.description, 80).replace('|', '/')} |"
+        )
+    return lines
+
+
+def _ideas_tried(rows: list[Row], total: int, used: int) -> list[str]:
+    """One line per experiment, newest first, until the briefing's budget (`used`: characters so far)."""
+    lines: list[str] = []
+    for shown, row in enumerate(reversed(rows)):
+        note = f" — notes: {one_line(' / '.join(row.notes), 160)}" if row.notes else ""
+        if row.run_status in UNFINISHED:  # says nothing about the idea
+            outcome = f"{row.run_status}: never finished, may be re-run"
+        elif row.status == "crash":
+            outcome = f"crash: {one_line(row.error or row.run_status, 60)}"
+        else:
+            outcome = row.status
+        line = f"- [{outcome}] {one_line(row.description, 100)} {_signed(row.delta)}{note}".rstrip()
+        if shown >= MAX_IDEAS or used + len(line) > MAX_CHARS - 100:
+            lines.append(f"- … and {total - shown} older experiments (query_results lists them)")
+            break
+        lines.append(line)
+        used += len(line) + 1
+    return lines
 
 
 def near_misses(journal: Journal, noise_sd: float, limit: int = NEAR_MISSES, scan: int = 500) -> list[Row]:
