@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 
 PKG = "mcp_autoresearch"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.test_structure import _imports  # noqa: E402 (the benchmark runs from any directory)
 
 
 def modules(root: Path) -> dict[str, Path]:
@@ -36,22 +38,8 @@ def modules(root: Path) -> dict[str, Path]:
 
 
 def imports(name: str, path: Path, known: set[str]) -> set[str]:
-    is_package = path.name == "__init__.py"
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = name.split(".")
-                drop = node.level - 1 if is_package else node.level
-                base = base[: len(base) - drop] if drop else base
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
-            found.add(module)
-            found.update(f"{module}.{alias.name}" for alias in node.names)
-    return {m for m in found if m in known and m != name}
+    """The package's modules this one imports (the structure test's reading of an import)."""
+    return {m for m in _imports(name, path) if m in known and m != name}
 
 
 def floors(graph: dict[str, set[str]]) -> int:

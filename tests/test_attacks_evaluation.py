@@ -11,31 +11,20 @@ from __future__ import annotations
 import os
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mcp_autoresearch.sandbox.policy import probe_isolation
 
-from .conftest import git, make_repo
+from .conftest import git
 from .helpers.needs import require
+from .test_eval_stage import OBJECTIVE, candidate
+from .test_eval_stage import project as stage_project
 
 pytestmark = pytest.mark.anyio
 
 ISOLATION = probe_isolation("auto")
 
-OBJECTIVE = "X = 5\nprint(X)\n"
-CONFIG = """\
-target_file = "objective.py"
-run_command = "python3 objective.py > out/answer.txt"
-eval_command = "python3 scorer.py out/answer.txt"
-metric_name = "score"
-metric_direction = "lower"
-readonly_files = ["scorer.py"]
-writable = ["out"]
-keep_rule = "greedy"
-timeout = 60
-"""
 # The scorer gives the run's answer, unless the run's output shows it read the hidden key: then 50.
 LEAK_SCORER = """\
 import os, sys
@@ -48,27 +37,8 @@ print(f"score: {50.0 if bad else float(open(sys.argv[1]).read().split()[0]):.6f}
 def project(
     tmp_path: Path, extra: str = "", scorer: str = LEAK_SCORER, files: dict[str, str] | None = None
 ) -> Path:
-    root = make_repo(
-        tmp_path / "proj",
-        {
-            "objective.py": OBJECTIVE,
-            "scorer.py": scorer,
-            "autoresearch.toml": CONFIG + extra,
-            ".gitignore": "out/\nsecret/\n.autoresearch/\nrun.log\nresults.tsv\n",
-            **(files or {}),
-        },
-    )
-    (root / "out").mkdir()
-    return root
-
-
-async def candidate(agent: Any, code: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Baseline, then one experiment whose target runs `code` and answers 4."""
-    await agent.ok("start_session")
-    _, base = await agent.experiment("baseline")
-    assert base["decision"] == "keep", base
-    await agent.edit("X = 5\n", "X = 4\n" + textwrap.dedent(code))
-    return await agent.experiment("attack")
+    """The evaluation stage's test project (tests/test_eval_stage.py), with a scorer that reports a leak."""
+    return stage_project(tmp_path, extra, scorer, files)
 
 
 async def test_hidden_data_once_committed_is_refused(tmp_path: Path, agent_for) -> None:
@@ -76,7 +46,8 @@ async def test_hidden_data_once_committed_is_refused(tmp_path: Path, agent_for) 
     .git's objects (an earlier commit), which a run reads with `git log -p`. A session must refuse a hidden path
     that any commit of the repository holds."""
     require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
-    root = project(tmp_path, 'hidden = ["key.txt"]\n', files={"key.txt": "KEY-42\n"})
+    committed = {"key.txt": "KEY-42\n", ".gitignore": "out/\nsecret/\n.autoresearch/\nrun.log\nresults.tsv\n"}
+    root = project(tmp_path, 'hidden = ["key.txt"]\n', files=committed)
     git(root, "rm", "-q", "--cached", "key.txt")
     (root / ".gitignore").write_text((root / ".gitignore").read_text() + "key.txt\n")
     git(root, "commit", "-qam", "untrack the key, as the refusal says")
