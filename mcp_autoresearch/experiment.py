@@ -288,7 +288,11 @@ class Experiment:
 
     def evaluate_only(self, command: str, log_path: Path, what: str) -> tuple[float | None, str | None]:
         """Run `command` as an evaluation stage on what the project holds now (the holdout after a keep): its
-        value, or None and why not."""
+        value, or None and why not. Its outputs are checked as the evaluation's are (the checks, which run the
+        target's code, ran after the evaluation and may have left a link or a FIFO there)."""
+        unsafe = unsafe_outputs(self.root, list(self.config.writable), 0.0)
+        if unsafe:
+            return None, f"the outputs are not handed to {what}: {unsafe}"
         failure = self._evaluate(command, None, log_path, what)
         if failure:
             return None, failure[1]

@@ -1,0 +1,90 @@
+"""Attacks on fresh outputs and private caches (issue 19, items 2 and 3), made as the target's code would make
+them: the evil part is the file the agent edits, run by the real server through the MCP client (or a real
+`Experiment`), in the real sandbox. Each test failed before its fix, or is marked xfail with the mechanism."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import git, make_repo
+
+pytestmark = pytest.mark.anyio
+
+# The candidate answers in out/answer.txt; the evaluation and the holdout score what it holds (lower is better).
+OBJECTIVE = """\
+import sys
+X = 5
+print(X)
+"""
+SCORER = """\
+import sys
+print(f"score: {float(open(sys.argv[1]).read().split()[0]):.6f}")
+"""
+CONFIG = """\
+target_file = "objective.py"
+run_command = "python3 objective.py > out/answer.txt"
+eval_command = "python3 scorer.py out/answer.txt"
+holdout_command = "python3 scorer.py out/answer.txt"
+checks_command = "python3 objective.py check"
+metric_name = "score"
+metric_direction = "lower"
+readonly_files = ["scorer.py"]
+writable = ["out"]
+keep_rule = "greedy"
+timeout = 60
+"""
+
+
+def eval_project(tmp_path: Path, extra: str = "") -> Path:
+    root = make_repo(
+        tmp_path / "proj",
+        {
+            "objective.py": OBJECTIVE,
+            "scorer.py": SCORER,
+            "autoresearch.toml": CONFIG + extra,
+            ".gitignore": "out/\n.autoresearch/\nrun.log\nresults.tsv\n",
+        },
+    )
+    (root / "out").mkdir()
+    return root
+
+
+def holdout_records(root: Path, tag: str) -> list[dict[str, Any]]:
+    path = root / ".autoresearch" / "holdout" / f"{tag}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# The target's code runs again in checks_command (tests import it): there it swaps the answer the evaluation
+# scored for a link to an answer of its choosing, which the holdout then reads after the keep.
+SWAP_IN_CHECKS = """
+if sys.argv[1:] == ["check"]:
+    import os
+    open("out/chosen.txt", "w").write("0.5\\n")
+    os.remove("out/answer.txt")
+    os.symlink("chosen.txt", "out/answer.txt")
+"""
+
+
+async def test_the_holdout_refuses_an_output_the_checks_turned_into_a_link(tmp_path: Path, agent_for) -> None:
+    """A target an earlier session kept (its agent's code is the baseline of this one): the run's output passes
+    the unsafe-output check and is evaluated; then the checks (the target's code again) replace
+    `out/answer.txt` with a link, and the baseline's holdout, run after the keep with no re-measurement between,
+    read through it (0.5) before the fix. Now the holdout refuses the output as the evaluation does."""
+    root = eval_project(tmp_path)
+    (root / "objective.py").write_text(OBJECTIVE + textwrap.dedent(SWAP_IN_CHECKS))
+    git(root, "commit", "-qam", "kept by an earlier session")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="x")
+        run, decision = await agent.experiment("baseline")
+    assert run["status"] == "ok" and run["value"] == 5.0, run
+    assert decision["decision"] == "keep", decision
+    assert (root / "out" / "answer.txt").is_symlink()  # the swap happened after the evaluation
+    records = holdout_records(root, "x")
+    assert [r["run_id"] for r in records] == ["r1"]
+    assert records[0]["holdout"] is None, records[0]
+    assert "symbolic link" in records[0]["error"], records[0]
