@@ -47,6 +47,7 @@ from .names import HOLDOUT, RUN_LOG, STATE_DIR
 from .output_checks import Snapshot, snapshot
 from .runner import DEFAULT_GRACE_S, ProcessResult, ProcessRun, ProgressCallback
 from .statuses import RunStatus
+from .terminal_text import printable
 
 if TYPE_CHECKING:
     from .ray_backend import RayBackend, RayJobRun
@@ -327,6 +328,7 @@ class Experiment:
         """A failed result; when the run was confined and its output shows a refused write, say which setting
         allows it; when the keeper could not confine it, say that instead."""
         status, error = failure
+        error = printable(error)  # it may name a file the run created: bytes that are not UTF-8, a newline
         result = tally.result(status, value, log_path, error)
         head = clean_text(read_tail_bytes(log_path, 2048)) if tally.exit_code == 125 else ""
         refused = setup_failure(head) if head else None

@@ -88,3 +88,54 @@ async def test_the_holdout_refuses_an_output_the_checks_turned_into_a_link(tmp_p
     assert [r["run_id"] for r in records] == ["r1"]
     assert records[0]["holdout"] is None, records[0]
     assert "symbolic link" in records[0]["error"], records[0]
+
+
+# A bundler measured by size: `dist/` holds its bundle.
+BUILD = """\
+import os
+os.makedirs("dist", exist_ok=True)
+open("dist/bundle.js", "w").write("x" * 10240)
+"""
+SIZE_CONFIG = """\
+target_file = "build.py"
+run_command = "python3 build.py"
+metric_name = "kb"
+metric_measure = "size_kb:dist"
+metric_direction = "lower"
+writable = ["dist"]
+keep_rule = "greedy"
+timeout = 60
+"""
+
+
+def size_project(tmp_path: Path, extra: str = "") -> Path:
+    return make_repo(
+        tmp_path / "web",
+        {
+            "build.py": BUILD,
+            "autoresearch.toml": SIZE_CONFIG + extra,
+            ".gitignore": "dist/\n.autoresearch/\nrun.log\nresults.tsv\n",
+        },
+    )
+
+
+async def size_attack(root: Path, agent_for: Any, code: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Baseline, then one experiment whose build also runs `code`."""
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="x")
+        _, base = await agent.experiment("baseline")
+        assert base["decision"] == "keep", base
+        await agent.edit('"x" * 10240)\n', '"x" * 10240)\n' + textwrap.dedent(code))
+        run, decision = await agent.experiment("attack")
+        query = await agent.ok("query_results")
+    return run, {**decision, "query": query}
+
+
+async def test_a_name_that_is_not_utf8_is_named_in_the_refusal(tmp_path: Path, agent_for) -> None:
+    """The build leaves a FIFO whose name is not UTF-8 (and holds a newline): the refusal names it readably."""
+    root = size_project(tmp_path)
+    run, decision = await size_attack(root, agent_for, 'os.mkfifo(b"dist/\\xff\\nbad")\n')
+    assert run["status"] == "metric_error", run
+    assert "'dist/\\xff\\x0abad' is a FIFO" in run["error"], run
+    assert decision["decision"] == "crash", decision  # recorded: the session goes on
+    assert decision["query"]["total"] == 2, decision["query"]
