@@ -16,8 +16,8 @@ The folder says whose the files were:
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import threading
 from pathlib import Path
 
@@ -150,4 +150,28 @@ def _prune(root: Path, tag: str | None) -> None:
         return
     runs.sort(key=lambda entry: entry.stat(follow_symlinks=False).st_mtime_ns, reverse=True)
     for old in runs[KEEP_RUNS:]:
-        shutil.rmtree(old.path, ignore_errors=True)
+        _remove_tree(old.path)
+
+
+def _remove_tree(top: str) -> None:
+    """`shutil.rmtree(top, ignore_errors=True)` with a stack of its own: a run may nest directories deeper than
+    Python's recursion limit. Links are removed, never followed; what cannot be removed stays."""
+    pending = [(top, False)]
+    while pending:
+        path, emptied = pending.pop()
+        if emptied:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+            continue
+        pending.append((path, True))
+        try:
+            with os.scandir(path) as listing:
+                entries = list(listing)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                pending.append((entry.path, False))
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)

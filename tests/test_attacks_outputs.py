@@ -5,7 +5,10 @@ them: the evil part is the file the agent edits, run by the real server through 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +142,59 @@ async def test_a_name_that_is_not_utf8_is_named_in_the_refusal(tmp_path: Path, a
     assert "'dist/\\xff\\x0abad' is a FIFO" in run["error"], run
     assert decision["decision"] == "crash", decision  # recorded: the session goes on
     assert decision["query"]["total"] == 2, decision["query"]
+
+
+# Directories nested deeper than the server's stack (and, at 3000 levels of 2 bytes, than PATH_MAX): a walk
+# that recurses, or that opens every path by its full name, cannot see to the bottom.
+DEEP = """
+here = os.getcwd()
+os.chdir("dist")
+for _ in range(DEPTH):
+    os.mkdir("d")
+    os.chdir("d")
+os.mkfifo("hidden") if FIFO else None
+os.chdir(here)
+"""
+
+
+@pytest.fixture
+def deep_tmp_path(tmp_path: Path) -> Iterator[Path]:
+    """`tmp_path`, emptied by `rm -rf` afterwards (pytest's own removal recurses, and fails on a deep tree)."""
+    yield tmp_path
+    subprocess.run(["rm", "-rf", str(tmp_path)], check=True)
+    tmp_path.mkdir()
+
+
+@pytest.mark.parametrize(("depth", "fifo"), [(1500, False), (1500, True), (3000, True)])
+async def test_an_output_nested_too_deep_to_walk_is_refused_and_the_next_run_is_fresh(
+    deep_tmp_path: Path, agent_for, depth: int, fifo: bool
+) -> None:
+    """The build nests `depth` directories in `dist/`, with or without a FIFO at the bottom (at 3000, a path
+    longer than PATH_MAX). Before the fix the check of the output (or the measurement) raised RecursionError
+    (run_experiment: internal error), and so did the removal of the older run's folder two runs later. Now an
+    output with the FIFO is refused (`metric_error`, naming the FIFO, or the directory that cannot be read),
+    one without is measured, the session goes on, and the next runs start from an empty `dist/`."""
+    root = size_project(deep_tmp_path)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="x")
+        _, base = await agent.experiment("baseline")
+        assert base["decision"] == "keep", base
+        deep = textwrap.dedent(DEEP).replace("DEPTH", str(depth)).replace("FIFO", str(fifo))
+        await agent.edit('"x" * 10240)\n', '"x" * 10240)\n' + deep)
+        run, decision = await agent.experiment("attack")
+        if not fifo:  # measured: the deep directories hold no byte
+            assert run["status"] == "ok" and run["value"] == 10.0, run
+        else:
+            assert run["status"] == "metric_error", run
+            assert ("cannot be checked" if depth > 2000 else "/d/hidden' is a FIFO") in run["error"], run
+            assert decision["decision"] == "crash", decision
+        await agent.edit('"x" * 10240)', '"x" * 10240)  # again')  # the crash reset the target
+        honest, _ = await agent.experiment("honest again")
+        assert honest["status"] == "ok" and honest["value"] == 10.0, honest
+        await agent.edit('"x" * 10240)', '"x" * 10240)  # once more')
+        honest, _ = await agent.experiment("honest once more")  # removes the folder of the attack's output
+    assert honest["status"] == "ok" and honest["value"] == 10.0, honest
+    assert sorted(os.listdir(root / "dist")) == ["bundle.js"]
+    aside = sorted(os.listdir(root / ".autoresearch" / "outputs" / "x"))
+    # The attack's output: removed with its run's folder when it could be read (it was the run's), else kept.
+    assert aside == (["run-r3"] if depth < 2000 else ["found-before-r3", "run-r3"]), aside
