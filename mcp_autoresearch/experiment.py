@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .caches import run_caches
+from .caches import run_caches, stage_caches
 from .config import Config
 from .evaluation import EVAL_SUFFIX, eval_writable, hidden_paths, stage_failure
 from .fresh_outputs import OutputsError, make_fresh, record, unsafe_outputs
@@ -134,9 +134,10 @@ class Experiment:
         return run_caches(self.root, self.config.run_writes, tmpdir, env)
 
     def _stage_env(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
-        """The evaluation's caches in its TMPDIR, and Python's bytecode too: a `__pycache__` a run could write
-        is never read by the evaluation."""
-        return {**self._private_caches(tmpdir, env), "PYTHONPYCACHEPREFIX": os.path.join(tmpdir, "pycache")}
+        """The evaluation's caches in its TMPDIR, `persistent` ones too, and Python's bytecode: nothing a run
+        could write in a cache or a `__pycache__` is read by the evaluation."""
+        caches = stage_caches(self.root, self.config.run_writes, tmpdir, env)
+        return {**caches, "PYTHONPYCACHEPREFIX": os.path.join(tmpdir, "pycache")}
 
     def _view(self, stage: str) -> tuple[list[str], list[str]]:
         """What the view keeps showing (the logs, a slot's shared inputs) and what it hides: the `hidden` data,

@@ -198,3 +198,47 @@ async def test_an_output_nested_too_deep_to_walk_is_refused_and_the_next_run_is_
     aside = sorted(os.listdir(root / ".autoresearch" / "outputs" / "x"))
     # The attack's output: removed with its run's folder when it could be read (it was the run's), else kept.
     assert aside == (["run-r3"] if depth < 2000 else ["found-before-r3", "run-r3"]), aside
+
+
+
+# A scorer that uses a compile cache as Triton does: TRITON_CACHE_DIR, else ~/.triton/cache. A cached entry for
+# the work it is given is used instead of computing it (as a compiled kernel would be).
+CACHED_SCORER = """\
+import os, sys
+cache = os.environ.get("TRITON_CACHE_DIR") or os.path.expanduser("~/.triton/cache")
+entry = os.path.join(cache, "score")
+if os.path.exists(entry):
+    print(f"score: {float(open(entry).read()):.6f}")
+else:
+    print(f"score: {float(open(sys.argv[1]).read().split()[0]):.6f}")
+"""
+# The target plants that entry in the cache it keeps from run to run.
+PLANT_IN_CACHE = """
+import os
+cache = os.environ.get("TRITON_CACHE_DIR") or os.path.expanduser("~/.triton/cache")
+os.makedirs(cache, exist_ok=True)
+open(os.path.join(cache, "score"), "w").write("0.001")
+"""
+
+
+@pytest.mark.parametrize("isolation", ['isolation = "off"\n', ""], ids=["isolation-off", "isolation-auto"])
+async def test_the_evaluation_never_reads_a_persistent_cache_a_run_wrote(
+    tmp_path: Path, agent_for, monkeypatch: pytest.MonkeyPatch, isolation: str
+) -> None:
+    """`persistent = ["~/.triton/cache"]` keeps Triton's cache from run to run, as README suggests for a costly
+    cold cache. The run plants an entry there; before the fix the evaluation stage (given the same cache
+    variables as the runs) read it and scored 0.001. Now every cache of the evaluation is its own."""
+    home = tmp_path / "home"
+    (home / ".triton" / "cache").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    root = eval_project(tmp_path, 'persistent = ["~/.triton/cache"]\n' + isolation)
+    (root / "scorer.py").write_text(CACHED_SCORER)
+    git(root, "commit", "-qam", "a scorer with a compile cache")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="x")
+        _, base = await agent.experiment("baseline")
+        assert base["decision"] == "keep", base
+        await agent.edit("X = 5\n", "X = 4\n" + textwrap.dedent(PLANT_IN_CACHE))
+        run, _ = await agent.experiment("attack")
+    assert (home / ".triton" / "cache" / "score").exists()  # planted (a persistent cache is the run's to write)
+    assert run["status"] == "ok" and run["value"] == 4.0, run
