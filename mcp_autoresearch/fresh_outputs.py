@@ -38,13 +38,15 @@ class OutputsError(Exception):
 
 
 def output_entries(root: Path, entries: list[str]) -> list[str]:
-    """The `writable` entries inside the project, normalized, outermost only (an entry beneath another one is
-    moved aside with it)."""
-    inside = [
-        os.path.normpath(entry)
-        for entry in entries
-        if not entry.startswith(("~", "/")) and not os.path.normpath(entry).startswith("..")
-    ]
+    """The `writable` entries inside the project (however they are spelt: `dist`, `/home/me/web/dist`,
+    `~/web/dist`), relative to it, normalized, outermost only (an entry beneath another one is moved aside with
+    it)."""
+    top = os.path.normpath(root)
+    inside = []
+    for entry in entries:
+        relative = os.path.relpath(os.path.normpath(os.path.join(top, os.path.expanduser(entry))), top)
+        if relative != os.pardir and not relative.startswith(os.pardir + os.sep):
+            inside.append(relative)
     return [e for e in inside if not any(o != e and e.startswith(o.rstrip("/") + "/") for o in inside)]
 
 

@@ -200,7 +200,6 @@ async def test_an_output_nested_too_deep_to_walk_is_refused_and_the_next_run_is_
     assert aside == (["run-r3"] if depth < 2000 else ["found-before-r3", "run-r3"]), aside
 
 
-
 # A scorer that uses a compile cache as Triton does: TRITON_CACHE_DIR, else ~/.triton/cache. A cached entry for
 # the work it is given is used instead of computing it (as a compiled kernel would be).
 CACHED_SCORER = """\
@@ -240,5 +239,36 @@ async def test_the_evaluation_never_reads_a_persistent_cache_a_run_wrote(
         assert base["decision"] == "keep", base
         await agent.edit("X = 5\n", "X = 4\n" + textwrap.dedent(PLANT_IN_CACHE))
         run, _ = await agent.experiment("attack")
-    assert (home / ".triton" / "cache" / "score").exists()  # planted (a persistent cache is the run's to write)
+    assert (
+        home / ".triton" / "cache" / "score"
+    ).exists()  # planted (a persistent cache is the run's to write)
     assert run["status"] == "ok" and run["value"] == 4.0, run
+
+
+@pytest.mark.parametrize("spelling", ["absolute", "home"])
+async def test_an_output_named_by_an_absolute_path_starts_empty_too(
+    tmp_path: Path, agent_for, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    """`writable` names the project's `dist` by its absolute path (or through `~`): before the fix it was never
+    emptied, so a FIFO an earlier (failed) run left there made the next, honest build `metric_error`."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    root = make_repo(
+        tmp_path / "web", {"build.py": BUILD, ".gitignore": "dist/\n.autoresearch/\nrun.log\nresults.tsv\n"}
+    )
+    entry = str(root / "dist") if spelling == "absolute" else "~/web/dist"
+    (root / "autoresearch.toml").write_text(
+        SIZE_CONFIG.replace('writable = ["dist"]', f'writable = ["{entry}"]')
+    )
+    git(root, "add", "autoresearch.toml")
+    git(root, "commit", "-qm", "config")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="x")
+        _, base = await agent.experiment("baseline")
+        assert base["decision"] == "keep", base
+        await agent.edit('"x" * 10240)\n', '"x" * 10240)\nos.mkfifo("dist/left")\nraise SystemExit(1)\n')
+        run, _ = await agent.experiment("attack")
+        assert run["status"] == "crash", run
+        await agent.edit('"x" * 10240)', '"x" * 10000)')  # the crash reset the target
+        honest, _ = await agent.experiment("honest")
+    assert honest["status"] == "ok", honest
+    assert sorted(os.listdir(root / "dist")) == ["bundle.js"]
