@@ -152,10 +152,10 @@ def _prune(root: Path, tag: str | None) -> None:
         return
     runs.sort(key=lambda entry: entry.stat(follow_symlinks=False).st_mtime_ns, reverse=True)
     for old in runs[KEEP_RUNS:]:
-        _remove_tree(old.path)
+        remove_tree(old.path)
 
 
-def _remove_tree(top: str) -> None:
+def remove_tree(top: str) -> None:
     """`shutil.rmtree(top, ignore_errors=True)` with a stack of its own: a run may nest directories deeper than
     Python's recursion limit. Links are removed, never followed; what cannot be removed stays."""
     pending = [(top, False)]

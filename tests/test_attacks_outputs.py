@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import git, make_repo
+from .conftest import git, make_repo, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -272,3 +272,24 @@ async def test_an_output_named_by_an_absolute_path_starts_empty_too(
         honest, _ = await agent.experiment("honest")
     assert honest["status"] == "ok", honest
     assert sorted(os.listdir(root / "dist")) == ["bundle.js"]
+
+
+async def test_clean_removes_a_run_folder_nested_deeper_than_recursion(deep_tmp_path: Path, agent_for) -> None:
+    """A run leaves 1500 nested directories in `dist/`; the next run moves them into `run-r2/`. Before the fix
+    `mcp-autoresearch clean` died on them with a RecursionError traceback; now it removes them."""
+    root = size_project(deep_tmp_path)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="x")
+        await agent.experiment("baseline")
+        deep = textwrap.dedent(DEEP).replace("DEPTH", "1500").replace("FIFO", "False")
+        await agent.edit('"x" * 10240)\n', '"x" * 10240)\n' + deep)
+        run, _ = await agent.experiment("deep")
+        assert run["status"] == "ok", run
+        await agent.edit('"x" * 10240)', '"x" * 20000)')
+        await agent.experiment("next (worse: no re-measurement)")
+    aside = root / ".autoresearch" / "outputs" / "x"
+    assert "run-r2" in os.listdir(aside)
+    git(root, "checkout", "-q", "main")
+    done = run_cli("clean", "--project", str(root), "--tag", "x", "--yes", cwd=root)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not (aside / "run-r2").exists()
