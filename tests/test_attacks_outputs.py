@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from .conftest import git, make_repo, run_cli
+from .test_disk_full import FILLER, full_project, small_disk  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.anyio
 
@@ -274,7 +275,9 @@ async def test_an_output_named_by_an_absolute_path_starts_empty_too(
     assert sorted(os.listdir(root / "dist")) == ["bundle.js"]
 
 
-async def test_clean_removes_a_run_folder_nested_deeper_than_recursion(deep_tmp_path: Path, agent_for) -> None:
+async def test_clean_removes_a_run_folder_nested_deeper_than_recursion(
+    deep_tmp_path: Path, agent_for
+) -> None:
     """A run leaves 1500 nested directories in `dist/`; the next run moves them into `run-r2/`. Before the fix
     `mcp-autoresearch clean` died on them with a RecursionError traceback; now it removes them."""
     root = size_project(deep_tmp_path)
@@ -293,3 +296,27 @@ async def test_clean_removes_a_run_folder_nested_deeper_than_recursion(deep_tmp_
     done = run_cli("clean", "--project", str(root), "--tag", "x", "--yes", cwd=root)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert not (aside / "run-r2").exists()
+
+
+async def test_a_full_disk_is_reported_past_directories_nested_deeper_than_recursion(
+    full_project: Path,  # noqa: F811 (the fixture imported above)
+    agent_for: Any,
+) -> None:
+    """A run nests 1500 directories in its output, then fills the disk. Before the fix the search for what grew
+    died on them (RecursionError in the run's thread: the run stayed "running" for ever); now the run is
+    `disk_full`, naming the file that filled it."""
+    root = full_project
+    deep = textwrap.dedent(DEEP).replace("DEPTH", "1500").replace("FIFO", "False").replace('"dist"', '"out"')
+    async with agent_for(root, {"writable": ["out"], "keep_rule": "greedy"}) as agent:
+        await agent.ok("start_session", tag="full")
+        await agent.experiment("baseline")
+        await agent.edit(
+            "LR = 0.5", "LR = 0.4\nimport os\nos.makedirs('out', exist_ok=True)\n" + deep + FILLER
+        )
+        run = await agent.ok("run_experiment", description="deep, then fill the disk")
+        for _ in range(50):  # before the fix the run's thread died and the run stayed "running" for ever
+            if run["status"] != "running":
+                break
+            run = await agent.ok("wait_experiment", run_id=run["run_id"])
+    assert run["status"] == "disk_full", (run["error"], run)
+    assert "out/fill.bin" in run["error"], run["error"]
