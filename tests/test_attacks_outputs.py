@@ -320,3 +320,31 @@ async def test_a_full_disk_is_reported_past_directories_nested_deeper_than_recur
             run = await agent.ok("wait_experiment", run_id=run["run_id"])
     assert run["status"] == "disk_full", (run["error"], run)
     assert "out/fill.bin" in run["error"], run["error"]
+
+
+REWRITE_IN_CHECKS = """
+if sys.argv[1:] == ["check"]:
+    open("out/answer.txt", "w").write("0.5\\n")
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the checks run the target's code after the evaluation with the outputs writable, and the holdout "
+    "(after a keep with no re-measurement between: the baseline) reads what they left; nothing records the "
+    "outputs the evaluation was handed to compare them with",
+)
+async def test_the_holdout_reads_what_the_evaluation_read_not_what_the_checks_rewrote(
+    tmp_path: Path, agent_for
+) -> None:
+    """A baseline whose checks (the target's code) rewrite `out/answer.txt` as a plain file after it was
+    evaluated: the holdout should score the evaluated answer (5), or fail; it scores 0.5."""
+    root = eval_project(tmp_path)
+    (root / "objective.py").write_text(OBJECTIVE + textwrap.dedent(REWRITE_IN_CHECKS))
+    git(root, "commit", "-qam", "kept by an earlier session")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="x")
+        run, decision = await agent.experiment("baseline")
+    assert run["value"] == 5.0 and decision["decision"] == "keep", (run, decision)
+    [record] = holdout_records(root, "x")
+    assert record["holdout"] in (5.0, None), record
