@@ -28,7 +28,7 @@ from ..measure.metrics import (
 from ..measure.output_checks import Snapshot, snapshot
 from ..names import HOLDOUT, RUN_LOG, STATE_DIR
 from ..records.logtail import clean_text, read_tail_bytes, tail
-from ..sandbox.caches import run_caches
+from ..sandbox.caches import run_caches, stage_caches
 from ..sandbox.launcher import Launched, launcher
 from ..sandbox.policy import (
     Isolation,
@@ -46,6 +46,7 @@ from ..setup.config import Config
 from ..setup.single_file import sha256_file
 from ..setup.stage_config import hidden_paths
 from ..statuses import RunStatus
+from ..terminal_text import printable
 from .evaluation import EVAL_SUFFIX, earlier_evaluation_logs, eval_writable, stage_failure
 from .fresh_outputs import OutputsError, make_fresh, record, record_measured, unsafe_outputs
 
@@ -138,12 +139,10 @@ class Experiment:
         return run_caches(self.root, self.config.run_writes, tmpdir, env)
 
     def _stage_env(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
-        """Every cache of the evaluation in its TMPDIR, the `persistent` ones too (runs write those), and
-        Python's bytecode: a `__pycache__` a run could write is never read by the evaluation."""
-        return {
-            **run_caches(self.root, [], tmpdir, env),
-            "PYTHONPYCACHEPREFIX": os.path.join(tmpdir, "pycache"),
-        }
+        """The evaluation's caches in its TMPDIR, `persistent` ones too, and Python's bytecode: nothing a run
+        could write in a cache or a `__pycache__` is read by the evaluation."""
+        caches = stage_caches(self.root, self.config.run_writes, tmpdir, env)
+        return {**caches, "PYTHONPYCACHEPREFIX": os.path.join(tmpdir, "pycache")}
 
     def _view(self, stage: str) -> tuple[list[str], list[str]]:
         """What the view keeps showing (the logs, a slot's shared inputs) and what it hides: the `hidden` data,
@@ -316,7 +315,11 @@ class Experiment:
 
     def evaluate_only(self, command: str, log_path: Path, what: str) -> tuple[float | None, str | None]:
         """Run `command` as an evaluation stage on what the project holds now (the holdout after a keep): its
-        value, or None and why not."""
+        value, or None and why not. Its outputs are checked as the evaluation's are (the checks, which run the
+        target's code, ran after the evaluation and may have left a link or a FIFO there)."""
+        unsafe = unsafe_outputs(self.root, list(self.config.writable), 0.0)
+        if unsafe:
+            return None, f"the outputs are not handed to {what}: {unsafe}"
         failure = self._evaluate(command, None, log_path, what)
         if failure:
             return None, failure[1]
@@ -356,6 +359,7 @@ class Experiment:
         """A failed result; when the run was confined and its output shows a refused write, say which setting
         allows it; when the keeper could not confine it, say that instead."""
         status, error = failure
+        error = printable(error)  # it may name a file the run created: bytes that are not UTF-8, a newline
         result = tally.result(status, value, log_path, error)
         head = clean_text(read_tail_bytes(log_path, 2048)) if tally.exit_code == 125 else ""
         refused = setup_failure(head) if head else None

@@ -16,8 +16,8 @@ The folder says whose the files were:
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import threading
 from pathlib import Path
 
@@ -40,13 +40,15 @@ class OutputsError(Exception):
 
 
 def output_entries(root: Path, entries: list[str]) -> list[str]:
-    """The `writable` entries inside the project, normalized, outermost only (an entry beneath another one is
-    moved aside with it)."""
-    inside = [
-        os.path.normpath(entry)
-        for entry in entries
-        if not entry.startswith(("~", "/")) and not os.path.normpath(entry).startswith("..")
-    ]
+    """The `writable` entries inside the project (however they are spelt: `dist`, `/home/me/web/dist`,
+    `~/web/dist`), relative to it, normalized, outermost only (an entry beneath another one is moved aside with
+    it)."""
+    top = os.path.normpath(root)
+    inside = []
+    for entry in entries:
+        relative = os.path.relpath(os.path.normpath(os.path.join(top, os.path.expanduser(entry))), top)
+        if relative != os.pardir and not relative.startswith(os.pardir + os.sep):
+            inside.append(relative)
     return [e for e in inside if not any(o != e and e.startswith(o.rstrip("/") + "/") for o in inside)]
 
 
@@ -174,4 +176,28 @@ def _prune(root: Path, tag: str | None) -> None:
         return
     runs.sort(key=lambda entry: entry.stat(follow_symlinks=False).st_mtime_ns, reverse=True)
     for old in runs[KEEP_RUNS:]:
-        shutil.rmtree(old.path, ignore_errors=True)
+        remove_tree(old.path)
+
+
+def remove_tree(top: str) -> None:
+    """`shutil.rmtree(top, ignore_errors=True)` with a stack of its own: a run may nest directories deeper than
+    Python's recursion limit. Links are removed, never followed; what cannot be removed stays."""
+    pending = [(top, False)]
+    while pending:
+        path, emptied = pending.pop()
+        if emptied:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+            continue
+        pending.append((path, True))
+        try:
+            with os.scandir(path) as listing:
+                entries = list(listing)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                pending.append((entry.path, False))
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)

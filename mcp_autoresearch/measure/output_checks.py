@@ -25,30 +25,48 @@ Snapshot = frozenset[tuple[int, int, int]]  # (device, inode, ctime ns) of every
 
 
 def snapshot(path: Path) -> Snapshot:
-    """What an output holds before a run (its entries' identities and change times), never following a link."""
+    """What an output holds before a run (its entries' identities and change times), never following a link.
+    An output that cannot be read to its bottom gets an entry no later snapshot has: it never matches one."""
     found: set[tuple[int, int, int]] = set()
-    for _relative, st in _entries(path):
+    entries, problem = walk_output(path)
+    for _relative, st in entries:
         found.add((st.st_dev, st.st_ino, st.st_ctime_ns))
+    if problem:
+        found.add((-1, -1, time.time_ns()))
     return frozenset(found)
 
 
-def _entries(path: Path) -> list[tuple[str, os.stat_result]]:
-    """Every entry of the output with its lstat, the output itself first ('.'); links are not followed."""
+def walk_output(path: Path) -> tuple[list[tuple[str, os.stat_result]], str | None]:
+    """Every entry of the output with its lstat, the output itself first ('.'); links are not followed. The walk
+    keeps its own stack (a run may nest directories deeper than Python's recursion limit): the second item
+    says which directory could not be read, when one could not (too deep for a path, no permission), as
+    `<relative path>' cannot be read (<why>)` (the caller puts the output's name and a quote before it)."""
     try:
         top = os.lstat(path)
     except OSError:
-        return []
+        return [], None
     found = [(".", top)]
     if not stat.S_ISDIR(top.st_mode):
-        return found
-    for dirpath, dirs, files in os.walk(path):  # os.walk never descends into a link to a directory
-        for name in [*dirs, *files]:
-            full = os.path.join(dirpath, name)
-            try:
-                found.append((os.path.relpath(full, path), os.lstat(full)))
-            except OSError:
-                continue
-    return found
+        return found, None
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        directory = os.path.join(path, relative) if relative else str(path)
+        try:
+            with os.scandir(directory) as listing:
+                children = [(entry.name, entry.stat(follow_symlinks=False)) for entry in listing]
+        except OSError as exc:
+            return found, f"{_shorten(relative)}' cannot be read ({exc.strerror})"
+        for name, st in sorted(children):
+            child = os.path.join(relative, name) if relative else name
+            found.append((child, st))
+            if stat.S_ISDIR(st.st_mode):
+                pending.append(child)
+    return found, None
+
+
+def _shorten(relative: str, most: int = 120) -> str:
+    return relative if len(relative) <= most else f"{relative[: most // 2]}...{relative[-most // 2 :]}"
 
 
 def _kind(mode: int) -> str | None:
@@ -79,7 +97,12 @@ def unsafe_output(
     started_ns = int(started_at * 1e9) - FS_CLOCK_SLACK_NS
     future_ns = int((time.time() if now is None else now) * 1e9) + CLOCK_SKEW_NS
     links: dict[tuple[int, int], tuple[int, list[str]]] = {}  # a file's links: how many, those inside
-    for relative, st in _entries(path):
+    entries, unreadable = walk_output(path)
+    if unreadable:
+        return (
+            f"'{name}/{unreadable}, so the output cannot be checked: every file of an output is, before use"
+        )
+    for relative, st in entries:
         shown = name if relative == "." else f"{name}/{relative}"
         kind = _kind(st.st_mode)
         if kind:

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 if __package__:
-    from .output_checks import FS_CLOCK_SLACK_NS, Snapshot, link_on_the_way, unsafe_output
+    from .output_checks import FS_CLOCK_SLACK_NS, Snapshot, link_on_the_way, unsafe_output, walk_output
 else:  # shipped beside the Ray wrapper, imported by path
     from output_checks import (  # type: ignore[no-redef, import-not-found]
         FS_CLOCK_SLACK_NS,
         Snapshot,
         link_on_the_way,
         unsafe_output,
+        walk_output,
     )
 
 
@@ -89,34 +90,23 @@ def scan_output(path: Path, measure: Measure) -> Output:
     if not path.is_dir():
         raise OutputError(f"'{path.name}' does not exist after the run, so its size cannot be measured")
     real_root = os.path.realpath(path)
-    for dirpath, dirs, files in os.walk(path):
-        try:
-            out.saw(os.path.relpath(dirpath, path), os.stat(dirpath))
-        except OSError:
-            pass
-        for name in [*files, *dirs]:
-            full = os.path.join(dirpath, name)
-            if os.path.islink(full):
-                resolved = os.path.realpath(full)
-                if resolved != real_root and not resolved.startswith(real_root + os.sep):
-                    shown = os.path.relpath(full, path)
-                    raise OutputError(
-                        f"'{path.name}/{shown}' is a symbolic link out of '{path.name}' (to {resolved}): the size "
-                        f"of '{path.name}' cannot be measured honestly"
-                    )
-        for name in files:
-            full = os.path.join(dirpath, name)
-            relative = os.path.relpath(full, path).replace(os.sep, "/")
-            if measure.excluded(relative):
-                continue
-            try:
-                st = os.lstat(full)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                out.size += st.st_size
-                out.files += 1
-                out.saw(relative, st)
+    entries, unreadable = walk_output(path)  # its own stack: a run may nest directories deeper than recursion
+    if unreadable:
+        raise OutputError(f"'{path.name}/{unreadable}: its size cannot be measured honestly")
+    for relative, st in entries:
+        if stat.S_ISDIR(st.st_mode):
+            out.saw(relative, st)
+        elif stat.S_ISLNK(st.st_mode):
+            resolved = os.path.realpath(os.path.join(path, relative))
+            if resolved != real_root and not resolved.startswith(real_root + os.sep):
+                raise OutputError(
+                    f"'{path.name}/{relative}' is a symbolic link out of '{path.name}' (to {resolved}): the size "
+                    f"of '{path.name}' cannot be measured honestly"
+                )
+        elif stat.S_ISREG(st.st_mode) and not measure.excluded(relative.replace(os.sep, "/")):
+            out.size += st.st_size
+            out.files += 1
+            out.saw(relative.replace(os.sep, "/"), st)
     return out
 
 

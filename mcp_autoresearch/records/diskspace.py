@@ -189,6 +189,28 @@ def where_full(places: list[Path], every: bool = False) -> str:
     return ", ".join(shown.values())
 
 
+def _walk_largest(top: str, found: list[tuple[int, str]], seen: int) -> int:
+    """Keep the largest files below `top` in `found`; returns `seen` plus the entries looked at. Its own stack
+    (a run may nest directories deeper than Python's recursion limit); links are not followed."""
+    pending = [top] if os.path.isdir(top) and not os.path.islink(top) else []
+    while pending and seen <= WALK_LIMIT:
+        try:
+            with os.scandir(pending.pop()) as listing:
+                children = list(listing)
+        except OSError:
+            continue
+        seen += len(children)
+        for child in children:
+            try:
+                if child.is_dir(follow_symlinks=False):
+                    pending.append(child.path)
+                elif child.is_file(follow_symlinks=False):
+                    _keep_largest(found, (child.stat(follow_symlinks=False).st_size, child.path))
+            except OSError:
+                continue
+    return seen
+
+
 def what_grew(root: Path, places: list[Path], writable: list[str]) -> str:
     """The largest files beneath the runs' writable paths (in the project or a slot's checkout) and the runs'
     logs (their output, which the server writes), and what to do about them."""
@@ -201,16 +223,7 @@ def what_grew(root: Path, places: list[Path], writable: list[str]) -> str:
         before = seen
         if os.path.isfile(top) and not os.path.islink(top):
             _keep_largest(found, (os.path.getsize(top), top))
-        for directory, dirs, files in os.walk(top):  # links are not followed
-            for name in files:
-                path = os.path.join(directory, name)
-                try:
-                    _keep_largest(found, (os.lstat(path).st_size, path))
-                except OSError:
-                    continue
-            seen += len(files) + len(dirs)
-            if seen > WALK_LIMIT:
-                dirs.clear()
+        seen = _walk_largest(top, found, seen)
         entries[top] = seen - before
     largest = [(size, path) for size, path in sorted(found, reverse=True) if size >= FULL_BYTES]
     most = max(entries, key=lambda top: entries[top], default=None)

@@ -115,6 +115,19 @@ def run_caches(root: Path, entries: list[str], tmpdir: str, env: dict[str, str])
     return cache_environment(private_variables(root, entries, env), tmpdir, env)
 
 
+def stage_caches(root: Path, entries: list[str], tmpdir: str, env: dict[str, str]) -> dict[str, str]:
+    """The evaluation stage's cache variables: every cache in its private TMPDIR, a `persistent` one included
+    (a run wrote it: the evaluation would load what the run planted there), except a location set in the
+    server's environment that no run may write (`entries`: what runs may write)."""
+    variables = [
+        cache.variable
+        for cache in PRIVATE_CACHES
+        if (cache.only_with is None or (root / cache.only_with).is_file())
+        and (cache.variable not in env or _declared(root, entries, env[cache.variable]))
+    ]
+    return cache_environment(variables, tmpdir, env)
+
+
 def describe(persistent: list[str]) -> str:
     """One line for the agent and the user: which caches each run has to itself, and which are kept."""
     variables = ", ".join(cache.variable for cache in PRIVATE_CACHES)

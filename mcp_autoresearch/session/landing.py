@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, SessionError
-from ..lifecycle.fresh_outputs import OUTPUTS_DIR
+from ..lifecycle.fresh_outputs import OUTPUTS_DIR, remove_tree
 from ..measure.provenance import metric_provenance
 from ..measure.standing import standing
 from ..names import RUN_LOGS, SESSION_BRANCHES, SESSION_REFS, SLOT_INDEXES
@@ -357,7 +356,13 @@ def clean(plan: CleanPlan) -> str:
             _git(repo.top, "update-ref", "-d", ref)
         for path in plan.paths:
             if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
+                remove_tree(
+                    str(path)
+                )  # a run may have nested directories deeper than Python's recursion limit
+                if os.path.lexists(path):
+                    raise SessionError(
+                        f"{path} could not be removed completely: remove what is left yourself"
+                    )
             else:
                 path.unlink(missing_ok=True)
         if current_tag(plan.root) == plan.tag:
