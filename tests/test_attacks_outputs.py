@@ -91,7 +91,9 @@ async def test_the_holdout_refuses_an_output_the_checks_turned_into_a_link(tmp_p
     records = holdout_records(root, "x")
     assert [r["run_id"] for r in records] == ["r1"]
     assert records[0]["holdout"] is None, records[0]
-    assert "symbolic link" in records[0]["error"], records[0]
+    # Refused as a link, or (the outputs' state is recorded after the measurement) as changed since.
+    error = records[0]["error"]
+    assert "symbolic link" in error or "changed after the run was measured" in error, records[0]
 
 
 # A bundler measured by size: `dist/` holds its bundle.
@@ -328,17 +330,12 @@ if sys.argv[1:] == ["check"]:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the checks run the target's code after the evaluation with the outputs writable, and the holdout "
-    "(after a keep with no re-measurement between: the baseline) reads what they left; nothing records the "
-    "outputs the evaluation was handed to compare them with",
-)
 async def test_the_holdout_reads_what_the_evaluation_read_not_what_the_checks_rewrote(
     tmp_path: Path, agent_for
 ) -> None:
     """A baseline whose checks (the target's code) rewrite `out/answer.txt` as a plain file after it was
-    evaluated: the holdout should score the evaluated answer (5), or fail; it scores 0.5."""
+    evaluated: the holdout scores the evaluated answer (5), or is not measured and says why (it scored 0.5: the
+    outputs' state after the measurement is recorded now, and a change since stops the holdout)."""
     root = eval_project(tmp_path)
     (root / "objective.py").write_text(OBJECTIVE + textwrap.dedent(REWRITE_IN_CHECKS))
     git(root, "commit", "-qam", "kept by an earlier session")
