@@ -265,19 +265,19 @@ sys.stderr.write("the answer as read:\\n" + text)  # a diagnostic, on stderr
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the evaluation's stdout and stderr share one pipe into one log (runner.ProcessRun, the launcher), so "
-    "a scorer's diagnostic on stderr that quotes the run's output after its score line supplies the metric; "
-    "issue 19 says only the evaluation's stdout does",
-)
-async def test_what_the_scorer_writes_to_stderr_never_supplies_the_metric(tmp_path: Path, agent_for) -> None:
-    """A scorer prints its score, then on stderr the answer it read: the target puts a score line in its answer,
-    and that line, the last match of the evaluation's log, is the value."""
-    root = project(tmp_path, scorer=ECHOING_SCORER)
+@pytest.mark.parametrize("setting", ["auto", "off"])
+async def test_what_the_scorer_writes_to_stderr_never_supplies_the_metric(
+    tmp_path: Path, agent_for, setting: str
+) -> None:
+    """A scorer prints its score, then on stderr the answer it read: the target puts a score line in its answer.
+    That line was the last match of the evaluation's log, and the value; stderr has a pipe and a log of its own
+    now (`<run>-eval.stderr.log`), confined or not."""
+    root = project(tmp_path, f'isolation = "{setting}"\n', scorer=ECHOING_SCORER)
     async with agent_for(root) as agent:
         run, _ = await candidate(agent, "import atexit\natexit.register(print, 'score: 0.000001')\n")
     assert run["value"] == 4.0, (run["value"], run.get("error"))
+    [stderr_log] = (root / ".autoresearch" / "runs").glob("*/r2-eval.stderr.log")
+    assert "score: 0.000001" in stderr_log.read_text()
 
 
 async def test_hidden_data_is_not_reached_through_another_process_root(tmp_path: Path, agent_for) -> None:

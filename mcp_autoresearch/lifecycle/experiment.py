@@ -166,12 +166,19 @@ class Experiment:
         )
 
     def _launch(
-        self, argv: list[str], cwd: Path, env: dict[str, str], out_fd: int, tmpdir: str, stage: str = "run"
+        self,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        out_fd: int,
+        tmpdir: str,
+        err_fd: int | None = None,
+        stage: str = "run",
     ) -> Launched:
         assert self.isolation is not None
         reads, hide = self._view(stage)
         spec = keeper_spec(self.isolation, self._writable(tmpdir, stage), DEFAULT_GRACE_S, reads, hide)
-        return launcher().spawn(argv, cwd, env, out_fd, spec)
+        return launcher().spawn(argv, cwd, env, out_fd, spec, err_fd)
 
     def _process(
         self,
@@ -221,6 +228,8 @@ class Experiment:
                 launch=functools.partial(self._launch, stage=stage) if kept else None,
                 # confined or not, no tool cache outlives its run
                 private_env=self._stage_env if stage == "eval" else self._private_caches,
+                # the evaluation's stderr on a pipe and log of its own: only its stdout supplies the metric
+                stderr_log=log_path.with_suffix(".stderr.log") if stage == "eval" else None,
             )
         with self._lock:
             if self._cancel_reason is not None:

@@ -25,7 +25,7 @@ else:  # run as a script: confine.py is imported from beside this file, and noth
     del sys.path[0]
 
 
-def _start_keeper(request: dict[str, Any], out_fd: int, sock_fd: int) -> None:
+def _start_keeper(request: dict[str, Any], out_fd: int, sock_fd: int, err_fd: int) -> None:
     """In the freshly forked child of the launcher: become the keeper of one command. Never returns."""
     try:
         signal.set_wakeup_fd(-1)
@@ -35,7 +35,7 @@ def _start_keeper(request: dict[str, Any], out_fd: int, sock_fd: int) -> None:
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out_fd, 1)
-        os.dup2(out_fd, 2)
+        os.dup2(err_fd, 2)  # the output's own pipe, unless the request sent one for stderr
         # Nothing of the launcher's stays open: above all not its socket, through which runs are started.
         os.closerange(3, 1 << 16)
         os.chdir(request["cwd"])
@@ -91,6 +91,7 @@ def serve(sock_fd: int) -> None:
             try:
                 request = json.loads(data)
                 out_fd = fds[0]
+                err_fd = fds[1] if len(fds) > 1 else out_fd
             except (ValueError, IndexError) as exc:
                 for fd in fds:
                     os.close(fd)
@@ -98,7 +99,7 @@ def serve(sock_fd: int) -> None:
                 continue
             pid = os.fork()
             if pid == 0:
-                _start_keeper(request, out_fd, sock_fd)
+                _start_keeper(request, out_fd, sock_fd, err_fd)
             for fd in fds:
                 os.close(fd)
             keepers.add(pid)

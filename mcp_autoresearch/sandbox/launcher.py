@@ -106,12 +106,19 @@ class Launcher:
                 self._changed.notify_all()
 
     def spawn(
-        self, argv: list[str], cwd: Path, env: dict[str, str], out_fd: int, spec: KeeperSpec
+        self,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        out_fd: int,
+        spec: KeeperSpec,
+        err_fd: int | None = None,
     ) -> Launched:
+        """Start `argv` under a keeper with `spec`: its stdout (and stderr, unless `err_fd`) on `out_fd`."""
         request = json.dumps({"argv": argv, "cwd": str(cwd), "env": env, "spec": spec}).encode()
         with self._send_lock:
             try:
-                socket.send_fds(self.sock, [request], [out_fd])
+                socket.send_fds(self.sock, [request], [out_fd] if err_fd is None else [out_fd, err_fd])
             except OSError as exc:
                 raise LauncherError(f"the launcher is gone ({exc})") from None
             with self._changed:

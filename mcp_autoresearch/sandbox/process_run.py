@@ -46,8 +46,8 @@ log = logging.getLogger("mcp_autoresearch")
 ProcessStatus = Literal["exited", "timeout", "cancelled", "failed_to_start", "rejected"]
 ProgressCallback = Callable[[float, float, str], None]
 Wrapper = Callable[[list[str], str], list[str]]  # (argv, private tmpdir) -> argv that runs it supervised
-# (argv, cwd, env, output fd, private tmpdir) -> a started process (Popen-like: pid, poll, wait)
-Launch = Callable[[list[str], Path, dict[str, str], int, str], "Launched"]
+# (argv, cwd, env, output fd, private tmpdir, stderr fd or None: the output's) -> a started process (Popen-like)
+Launch = Callable[[list[str], Path, dict[str, str], int, str, int | None], "Launched"]
 
 SAMPLE_INTERVAL_S = 0.5
 DEFAULT_GRACE_S = 3.0
@@ -106,6 +106,9 @@ class ProcessRun:
     launch: Launch | None = None  # the same keeper, forked by the warm launcher; the wrapper is the fallback
     # (private tmpdir, environment) -> variables to add, e.g. caches moved into the private tmpdir
     private_env: Callable[[str, dict[str, str]], dict[str, str]] | None = None
+    # Where the command's stderr goes, on a pipe of its own (the evaluation stage: only its stdout is read for
+    # the metric); None: stderr shares the output's pipe and log.
+    stderr_log: Path | None = None
 
     def __post_init__(self) -> None:
         self._cancel = threading.Event()
@@ -114,6 +117,7 @@ class ProcessRun:
         self._peak_rss = 0
         self._popen: subprocess.Popen[bytes] | Launched | None = None
         self._capture: Capture | None = None
+        self._err_capture: Capture | None = None
 
     def cancel(self, reason: str = "cancelled") -> None:
         self._cancel_reason = reason
@@ -145,19 +149,27 @@ class ProcessRun:
             if self._cancel.is_set():
                 return ProcessResult("cancelled", None, 0.0, 0, self.log_path, self._cancel_reason)
             read_fd, write_fd = os.pipe()  # not inherited (PEP 446); os.pipe2 is Linux-only
+            err_read, err_write = os.pipe() if self.stderr_log is not None else (-1, -1)
             try:
                 fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
             except OSError:
                 pass  # the default pipe size only costs more wake-ups
             try:
-                self._popen = self._start(["/bin/sh", "-c", self.command], env, write_fd, tmpdir)
+                argv = ["/bin/sh", "-c", self.command]
+                self._popen = self._start(argv, env, write_fd, tmpdir, err_write if err_write >= 0 else None)
             except OSError as exc:
                 os.close(read_fd)
+                if err_read >= 0:
+                    os.close(err_read)
                 os.write(log_fd, f"autoresearch: could not start the command: {exc}\n".encode())
                 return ProcessResult("failed_to_start", None, 0.0, 0, self.log_path, str(exc))
             finally:
                 os.close(write_fd)
+                if err_write >= 0:
+                    os.close(err_write)
             self._capture = Capture(read_fd, log_fd)
+            if err_read >= 0 and self.stderr_log is not None:
+                self._err_capture = Capture(err_read, os.open(self.stderr_log, flags, 0o644))
             status, exit_code = self._supervise(started)
             duration = time.monotonic() - started
             self._cut()
@@ -183,11 +195,15 @@ class ProcessRun:
             self._cut()
             self._keep_log_visible(log_fd)
             os.close(log_fd)
+            if self._err_capture is not None:
+                os.close(self._err_capture.log_fd)
             _remove_tree(tmpdir)
 
     def _cut(self) -> None:
         if self._capture is not None:
             self._capture.cut()
+        if self._err_capture is not None:
+            self._err_capture.cut()
 
     @property
     def _kept(self) -> bool:
@@ -195,11 +211,11 @@ class ProcessRun:
         return self.launch is not None or self.wrapper is not None
 
     def _start(
-        self, argv: list[str], env: dict[str, str], out_fd: int, tmpdir: str
+        self, argv: list[str], env: dict[str, str], out_fd: int, tmpdir: str, err_fd: int | None = None
     ) -> subprocess.Popen[bytes] | Launched:
         if self.launch is not None:
             try:
-                return self.launch(argv, self.cwd, env, out_fd, tmpdir)
+                return self.launch(argv, self.cwd, env, out_fd, tmpdir, err_fd)
             except LauncherError as exc:
                 log.warning("starting the keeper directly: %s", exc)
         if self.wrapper is not None:
@@ -209,7 +225,7 @@ class ProcessRun:
             cwd=self.cwd,
             stdin=subprocess.DEVNULL,
             stdout=out_fd,
-            stderr=out_fd,
+            stderr=out_fd if err_fd is None else err_fd,
             env=env,
             start_new_session=True,  # its own process group and session: killable as one
         )
