@@ -19,12 +19,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import RuleViolation, SessionError
-from ..measure.keep_rule import nonblank_lines
+from ..errors import SessionError
 from ..measure.sequential import (
     Measurement,
     Sequential,
@@ -45,7 +43,7 @@ from ..vcs.checkouts import Checkouts
 from ..vcs.planted import GitWatch
 from .experiment import Experiment, ExperimentResult
 from .in_flight import ActiveRun, RunHandle, RunProgress, execute, outcome_of, progress_of, unmeasured
-from .running import AlreadyMeasured, Runs, candidate
+from .running import AlreadyMeasured, Runs, new_run
 from .slot_checks import SlotChecks
 
 if TYPE_CHECKING:
@@ -184,24 +182,12 @@ class ParallelRuns:
             self._check_backend()
             best = core.state.best
             parent = best.commit if best else core.state.base_commit
-            found = candidate(core, self.editor, description, parent, len(inflight))
-            description, target_bytes, is_baseline, earlier = (
-                found.description,
-                found.data,
-                found.is_baseline,
-                found.earlier,
-            )
+            started = new_run(core, self.editor, description, parent, rerun, len(inflight))
+            if isinstance(started, AlreadyMeasured):
+                return started
+            pending, target_bytes = started
+            run_id, description, is_baseline = pending.run_id, pending.description, pending.is_baseline
             best_bytes = core.repo.show_file(parent, core.target_repo_path)
-            content_sha = sha256_bytes(target_bytes)
-            twin = next((p for p in inflight if p.target_sha256 == content_sha and not p.is_baseline), None)
-            if twin is not None and not is_baseline:
-                raise RuleViolation(
-                    f"this content is already in flight as {twin.run_id}; edit the target to try another idea"
-                )
-            if earlier is not None and not rerun:
-                return AlreadyMeasured(earlier.run_id)
-            core.state.run_counter += 1
-            run_id = f"r{core.state.run_counter}"
             if is_baseline:
                 commit, slots = parent, list(range(self.slots))
             else:
@@ -211,20 +197,9 @@ class ParallelRuns:
                 )
                 core.repo.set_ref(f"{SESSION_REFS}{core.state.tag}/{run_id}", commit)
                 slots = [min(set(range(self.slots)) - self.busy_slots())]
-            pending = Pending(
-                run_id=run_id,
-                description=description,
-                parent=parent,
-                commit=commit,
-                is_baseline=is_baseline,
-                nonblank_lines=nonblank_lines(target_bytes.decode("utf-8", errors="replace")),
-                target_sha256=content_sha,
-                started_at=datetime.now().isoformat(timespec="seconds"),
-                rerun_of=earlier.run_id if earlier is not None else None,
-                placement="slots",
-                slot=None if is_baseline else slots[0],
-                parent_value=best.value if best else None,
-            )
+            pending.commit, pending.placement = commit, "slots"
+            pending.slot = None if is_baseline else slots[0]
+            pending.parent_value = best.value if best else None
             self._launch(pending, slots)
             try:
                 inflight.append(pending)
@@ -330,6 +305,15 @@ class ParallelRuns:
     def free_slot(self) -> int | None:
         free = set(range(self.slots)) - self.busy_slots()
         return min(free) if free else None
+
+    def after_restart(self) -> None:
+        """Runs were in flight when the server stopped: what each planted in git's files is undone before git
+        runs again (the user's tree was at the best), and reported with that run."""
+        state = self.core.state
+        head = state.best.commit if state.best else state.base_commit
+        for entry in [p for p in state.inflight if p.phase == "running"]:
+            found = self.runs.git_watch.after_run(entry.git_config, entry.refs_digest, head, entry.run_id)
+            self.checks.suspect(found, "when the server restarted", None, always=True, only=entry)
 
     # -- the run's placement (`lifecycle.Placement`): slots ---------------------------------------------------
     def prepare(self, flight: ActiveRun, pending: Pending) -> None:

@@ -99,27 +99,11 @@ class Runs:
             if no_room:
                 raise SessionError(no_room)
             parent = core.repo.head_commit()
-            found = candidate(core, self.editor, description, parent)
-            description, target_bytes, is_baseline, earlier = (
-                found.description,
-                found.data,
-                found.is_baseline,
-                found.earlier,
-            )
-            if earlier is not None and not rerun:
-                return AlreadyMeasured(earlier.run_id)  # no idea is measured twice unless asked
-            core.state.run_counter += 1
-            run_id = f"r{core.state.run_counter}"
-            pending = Pending(
-                run_id=run_id,
-                description=description,
-                parent=parent,
-                is_baseline=is_baseline,
-                nonblank_lines=nonblank_lines(target_bytes.decode("utf-8", errors="replace")),
-                target_sha256=sha256_bytes(target_bytes),
-                started_at=datetime.now().isoformat(timespec="seconds"),
-                rerun_of=earlier.run_id if earlier is not None else None,
-            )
+            started = new_run(core, self.editor, description, parent, rerun)
+            if isinstance(started, AlreadyMeasured):
+                return started  # no idea is measured twice unless asked
+            pending, target_bytes = started
+            run_id, description, is_baseline = pending.run_id, pending.description, pending.is_baseline
             core.state.inflight.append(pending)
             core.save()
             message = f"experiment: {description}"
@@ -157,6 +141,15 @@ class Runs:
             self.active = active
             active.thread.start()
             return run_id
+
+    def after_restart(self) -> None:
+        """A run was in flight when the server stopped: what it planted in git's files is undone before git
+        runs again (what was found is reported by the check after the run)."""
+        pending = self.core.state.pending
+        if pending is not None and pending.phase == "running" and pending.commit:
+            self.git_notes = self.git_watch.after_run(
+                pending.git_config, pending.refs_digest, pending.commit, pending.run_id
+            )
 
     # -- the run's placement (`lifecycle.Placement`): the user's tree ----------------------------------------
     def prepare(self, active: ActiveRun, pending: Pending) -> None:
@@ -437,6 +430,37 @@ def candidate(
         )
     earlier = core.journal.measured(sha256_bytes(data)) if not is_baseline else None
     return Candidate(description, data, is_baseline, earlier)
+
+
+def new_run(
+    core: SessionCore, editor: Editor, description: str, parent: str, rerun: bool, in_flight: int = 0
+) -> tuple[Pending, bytes] | AlreadyMeasured:
+    """A run about to start, whatever its placement: every rule before a run (`candidate`), no twin of a run
+    in flight, no content measured before unless `rerun`; then its id and its record (not yet in the state).
+    Returns the record and the candidate's content, or the earlier run that measured this content."""
+    found = candidate(core, editor, description, parent, in_flight)
+    content_sha = sha256_bytes(found.data)
+    twin = next(
+        (p for p in core.state.inflight if p.target_sha256 == content_sha and not p.is_baseline), None
+    )
+    if twin is not None and not found.is_baseline:
+        raise RuleViolation(
+            f"this content is already in flight as {twin.run_id}; edit the target to try another idea"
+        )
+    if found.earlier is not None and not rerun:
+        return AlreadyMeasured(found.earlier.run_id)
+    core.state.run_counter += 1
+    pending = Pending(
+        run_id=f"r{core.state.run_counter}",
+        description=found.description,
+        parent=parent,
+        is_baseline=found.is_baseline,
+        nonblank_lines=nonblank_lines(found.data.decode("utf-8", errors="replace")),
+        target_sha256=content_sha,
+        started_at=datetime.now().isoformat(timespec="seconds"),
+        rerun_of=found.earlier.run_id if found.earlier is not None else None,
+    )
+    return pending, found.data
 
 
 @dataclass(frozen=True)

@@ -248,21 +248,7 @@ class Session:
                 "another tag to use the new one"
             )
         session = cls(root, project, repo, state, journal)
-        pending = state.pending
-        if pending is not None and pending.phase == "running" and pending.commit:
-            # A run was in flight: what it planted in git's files is undone before git runs again.
-            session.runs.git_notes = session.runs.git_watch.after_run(
-                pending.git_config, pending.refs_digest, pending.commit, pending.run_id
-            )
-        if session.parallel is not None:  # the same for each run that was in flight in a slot
-            head = state.best.commit if state.best else state.base_commit
-            for entry in [p for p in state.inflight if p.phase == "running"]:
-                found = session.runs.git_watch.after_run(
-                    entry.git_config, entry.refs_digest, head, entry.run_id
-                )
-                session.parallel.checks.suspect(
-                    found, "when the server restarted", None, always=True, only=entry
-                )
+        session.placement.after_restart()  # before git runs again: what a run in flight planted is undone
         if repo.current_branch() != state.branch:
             dirty = [p for p in repo.changed_tracked_files()]
             if dirty:
