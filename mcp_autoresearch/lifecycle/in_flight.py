@@ -15,15 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ..measure.sequential import Measurement, Sequential, best_values, closed_noise, confirm_keep
 from ..records.diskspace import DiskSpace, mark_disk_full
 from ..records.state import Pending, RunOutcome, TestRecord
 from ..statuses import RunStatus
 
 if TYPE_CHECKING:
-    from ..measure.sequential import Measurement
     from ..session.context import SessionCore
     from ..vcs.planted import GitWatch
-    from .experiment import Experiment
+    from .experiment import Experiment, ExperimentResult
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -167,6 +167,42 @@ def execute(
             placement.record(active, pending, outcome)
     finally:
         placement.release(active, pending)
+
+
+def measure_run(
+    core: SessionCore,
+    active: ActiveRun,
+    pending: Pending,
+    baseline: Callable[[], Measurement],
+    best_run: Callable[[], Experiment],
+    with_best: Callable[[Callable[[], ExperimentResult]], ExperimentResult],
+    unchanged: Callable[[], bool],
+) -> RunOutcome:
+    """Run the candidate as many times as the keep rule needs, whatever its placement: the baseline's noise
+    runs, one run (or `repeats`) under the greedy rule, the sequential test's runs with the best re-measured as
+    needed (`best_run`, in the best's content: `with_best`); a keep is confirmed while `unchanged` holds."""
+    assert active.experiment is not None
+    if pending.is_baseline:
+        measured = baseline()
+    elif core.state.keep_rule != "sequential" or core.state.best is None:
+        measured = Measurement(active.experiment.run())
+    else:
+        known = best_values(core.state)
+        active.best = best_run()
+        measured = Sequential(
+            active.experiment,
+            active.best,
+            with_best,
+            known,
+            closed_noise(core.state),
+            core.config,
+            core.state.metric_direction,
+        ).run()
+    if not pending.is_baseline:
+        measured = confirm_keep(
+            measured, active.experiment, core.state, core.config, pending.nonblank_lines, unchanged
+        )
+    return outcome_of(measured)
 
 
 def outcome_of(measured: Measurement) -> RunOutcome:

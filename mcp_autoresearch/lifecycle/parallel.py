@@ -23,14 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import SessionError
-from ..measure.sequential import (
-    Measurement,
-    Sequential,
-    best_values,
-    closed_noise,
-    confirm_keep,
-    measure_baseline_under_load,
-)
+from ..measure.sequential import measure_baseline_under_load
 from ..names import RUN_LOGS, SESSION_REFS
 from ..phases import AWAITING_DECISION, advance, in_flight
 from ..records.atomic import atomic_write
@@ -42,7 +35,7 @@ from ..setup.single_file import sha256_bytes, sha256_file
 from ..vcs.checkouts import Checkouts
 from ..vcs.planted import GitWatch
 from .experiment import Experiment, ExperimentResult
-from .in_flight import ActiveRun, RunHandle, RunProgress, execute, outcome_of, progress_of, unmeasured
+from .in_flight import ActiveRun, RunHandle, RunProgress, execute, measure_run, progress_of, unmeasured
 from .running import AlreadyMeasured, Runs, new_run
 from .slot_checks import SlotChecks
 
@@ -348,17 +341,16 @@ class ParallelRuns:
 
     def measure(self, flight: ActiveRun, pending: Pending) -> RunOutcome:
         core = self.core
-        assert flight.experiment is not None
-        if pending.is_baseline:
-            measured = measure_baseline_under_load(
-                [e for e in [flight.experiment, *flight.others] if e], core.config
-            )
-        elif core.state.keep_rule != "sequential" or core.state.best is None:
-            measured = Measurement(flight.experiment.run())
-        else:
-            slot = flight.slots[0]
-            known = best_values(core.state)
-            flight.best = Experiment(
+        experiment, slot = flight.experiment, flight.slots[0]
+        assert experiment is not None
+        best_commit = pending.parent
+        target = self.checkouts.project(slot) / core.target_rel
+        return measure_run(
+            core,
+            flight,
+            pending,
+            lambda: measure_baseline_under_load([e for e in [experiment, *flight.others] if e], core.config),
+            lambda: Experiment(
                 core.config,
                 self.checkouts.project(slot),
                 f"{pending.run_id}-best",
@@ -369,28 +361,10 @@ class ParallelRuns:
                 env=self._slot_env(slot),
                 publish_run_log=False,
                 backend=self.backend,
-            )
-            best_commit = pending.parent
-            measured = Sequential(
-                flight.experiment,
-                flight.best,
-                lambda run: self._with_best_content(pending, slot, best_commit, run),
-                known,
-                closed_noise(core.state),
-                core.config,
-                core.state.metric_direction,
-            ).run()
-        if not pending.is_baseline:
-            target = self.checkouts.project(flight.slots[0]) / core.target_rel
-            measured = confirm_keep(
-                measured,
-                flight.experiment,
-                core.state,
-                core.config,
-                pending.nonblank_lines,
-                lambda: sha256_file(target) == pending.target_sha256 or not core.plain_target,
-            )
-        return outcome_of(measured)
+            ),
+            lambda run: self._with_best_content(pending, slot, best_commit, run),
+            lambda: sha256_file(target) == pending.target_sha256 or not core.plain_target,
+        )
 
     def _with_best_content(
         self, pending: Pending, slot: int, best_commit: str, run: Callable[[], ExperimentResult]

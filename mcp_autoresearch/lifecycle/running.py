@@ -19,14 +19,7 @@ from pathlib import Path
 
 from ..errors import RuleViolation, SessionError
 from ..measure.keep_rule import nonblank_lines
-from ..measure.sequential import (
-    Measurement,
-    Sequential,
-    best_values,
-    closed_noise,
-    confirm_keep,
-    measure_baseline,
-)
+from ..measure.sequential import measure_baseline
 from ..names import RUN_LOGS
 from ..phases import advance
 from ..records.atomic import copy_regular, read_regular
@@ -38,7 +31,7 @@ from ..session.editing import Editor
 from ..setup.single_file import changed_fingerprints, new_files, sha256_bytes, sha256_file
 from ..vcs.planted import GitWatch
 from .experiment import Experiment, ExperimentResult
-from .in_flight import ActiveRun, RunHandle, execute, outcome_of
+from .in_flight import ActiveRun, RunHandle, execute, measure_run
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -177,45 +170,28 @@ class Runs:
         """Run the candidate as many times as the keep rule needs: the baseline's noise runs, one run (or
         `repeats`) under the greedy rule, the sequential test's runs with the best re-measured as needed."""
         core = self.core
-        assert active.experiment is not None
-        if pending.is_baseline:
-            measured = measure_baseline(active.experiment, core.config)
-        elif core.state.keep_rule != "sequential" or core.state.best is None:
-            measured = Measurement(active.experiment.run())
-        else:
-            known = best_values(core.state)
-            active.best = Experiment(
+        experiment = active.experiment
+        assert experiment is not None
+        return measure_run(
+            core,
+            active,
+            pending,
+            lambda: measure_baseline(experiment, core.config),
+            lambda: Experiment(
                 core.config,
                 core.root,
                 f"{pending.run_id}-best",
-                active.experiment.log_dir,
+                experiment.log_dir,
                 core.state.tag,
                 active.record_progress,
                 core.isolation,
-            )
-            sequential = Sequential(
-                active.experiment,
-                active.best,
-                lambda run: self._with_best_content(pending, run),
-                known,
-                closed_noise(core.state),
-                core.config,
-                core.state.metric_direction,
-            )
-            measured = sequential.run()
-        if not pending.is_baseline:
-            measured = confirm_keep(
-                measured,
-                active.experiment,
-                core.state,
-                core.config,
-                pending.nonblank_lines,
-                lambda: (
-                    sha256_file(core.root / core.target_rel) == pending.target_sha256
-                    and not changed_fingerprints(core.root, core.state.readonly_hashes)
-                ),
-            )
-        return outcome_of(measured)
+            ),
+            lambda run: self._with_best_content(pending, run),
+            lambda: (
+                sha256_file(core.root / core.target_rel) == pending.target_sha256
+                and not changed_fingerprints(core.root, core.state.readonly_hashes)
+            ),
+        )
 
     def _with_best_content(self, pending: Pending, run: Callable[[], ExperimentResult]) -> ExperimentResult:
         """Run with the best's content in place of the candidate's, then put the candidate's back. The state
