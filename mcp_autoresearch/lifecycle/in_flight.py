@@ -19,11 +19,12 @@ from ..measure.sequential import Measurement, Sequential, best_values, closed_no
 from ..records.diskspace import DiskSpace, mark_disk_full
 from ..records.state import Pending, RunOutcome, TestRecord
 from ..statuses import RunStatus
+from .experiment import ExperimentResult
 
 if TYPE_CHECKING:
     from ..session.context import SessionCore
     from ..vcs.planted import GitWatch
-    from .experiment import Experiment, ExperimentResult
+    from .experiment import Experiment
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -220,3 +221,19 @@ def unmeasured(status: RunStatus, error: str, tampered: list[str]) -> RunOutcome
     if tampered:
         error += "; files it changed were restored: " + ", ".join(tampered)
     return RunOutcome(status=status, error=error)
+
+
+def tampered_before_best(error: str) -> ExperimentResult:
+    """The best's re-measurement does not run: the candidate's run changed what it must not."""
+    return ExperimentResult(
+        status="tampered",
+        value=None,
+        values=[],
+        spread=None,
+        duration_s=0.0,
+        memory_gb=None,
+        exit_code=None,
+        log_path="",
+        log_tail="",
+        error=error,
+    )

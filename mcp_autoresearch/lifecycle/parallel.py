@@ -35,7 +35,16 @@ from ..setup.single_file import sha256_bytes, sha256_file
 from ..vcs.checkouts import Checkouts
 from ..vcs.planted import GitWatch
 from .experiment import Experiment, ExperimentResult
-from .in_flight import ActiveRun, RunHandle, RunProgress, execute, measure_run, progress_of, unmeasured
+from .in_flight import (
+    ActiveRun,
+    RunHandle,
+    RunProgress,
+    execute,
+    measure_run,
+    progress_of,
+    tampered_before_best,
+    unmeasured,
+)
 from .running import AlreadyMeasured, Runs, new_run
 from .slot_checks import SlotChecks
 
@@ -375,18 +384,7 @@ class ParallelRuns:
         target = checkouts.project(slot) / core.target_rel
         repo_path = core.target_repo_path
         if sha256_file(target) != pending.target_sha256 and core.plain_target:
-            return ExperimentResult(
-                status="tampered",
-                value=None,
-                values=[],
-                spread=None,
-                duration_s=0.0,
-                memory_gb=None,
-                exit_code=None,
-                log_path="",
-                log_tail="",
-                error="the candidate's run changed the target",
-            )
+            return tampered_before_best("the candidate's run changed the target")
         best_bytes = core.repo.show_file(best_commit, repo_path)
         candidate_bytes = core.repo.show_file(pending.commit or pending.parent, repo_path)
         checkouts.write_target(slot, repo_path, best_bytes)

@@ -31,7 +31,7 @@ from ..session.editing import Editor
 from ..setup.single_file import changed_fingerprints, new_files, sha256_bytes, sha256_file
 from ..vcs.planted import GitWatch
 from .experiment import Experiment, ExperimentResult
-from .in_flight import ActiveRun, RunHandle, execute, measure_run
+from .in_flight import ActiveRun, RunHandle, execute, measure_run, tampered_before_best
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -204,18 +204,7 @@ class Runs:
         target = core.root / core.target_rel
         with core.lock:
             if sha256_file(target) != pending.target_sha256:
-                return ExperimentResult(
-                    status="tampered",
-                    value=None,
-                    values=[],
-                    spread=None,
-                    duration_s=0.0,
-                    memory_gb=None,
-                    exit_code=None,
-                    log_path="",
-                    log_tail="",
-                    error="the candidate's run changed the target",
-                )
+                return tampered_before_best("the candidate's run changed the target")
             pending.measuring_best = True
             core.save()
             core.repo.restore_paths(best.commit, [core.target_repo_path])
