@@ -244,3 +244,31 @@ def test_the_runs_in_flight_are_one_list_and_states_of_before_read_into_it() -> 
     assert again == slots and again.pending is None
     again.drop("r2")
     assert [p.run_id for p in again.inflight] == ["r3"]
+
+
+def test_a_restart_rebuilds_results_tsv_from_the_jsonl_with_no_run_in_flight(ml_project: Path) -> None:
+    """Recovery is one path for every placement: a single-run session with nothing in flight rebuilds a
+    results.tsv whose earlier row was edited while the server was down, as a session with slots does."""
+    workspace = Workspace(ml_project)
+    workspace.start_session("tsv")
+    session = workspace.session
+    for description in ("baseline", "LR to 0.3"):
+        if description != "baseline":
+            session.apply_edit([{"old_text": "LR = 0.5", "new_text": "LR = 0.3"}], None, None, None)
+        run_id = session.start_run(description)
+        handle = session.run_handle(run_id)
+        assert handle is not None and handle.wait(60)
+        session.commit_or_reset(run_id)
+    workspace.shutdown()
+    tsv = ml_project / "results.tsv"
+    logged = tsv.read_text()
+    header, first, *rest = logged.splitlines(keepends=True)
+    tsv.write_text(header + first.replace("\tkeep\t", "\tdiscard\t", 1) + "".join(rest))
+
+    resumed = Workspace(ml_project)
+    try:
+        resumed.start_session()
+        assert "results.tsv was rebuilt from the JSONL log" in resumed.session.recovered
+        assert tsv.read_text() == logged
+    finally:
+        resumed.shutdown()

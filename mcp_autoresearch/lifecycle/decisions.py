@@ -8,25 +8,21 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, replace
+from typing import Protocol
 
-from ..errors import RuleViolation, SessionError
+from ..errors import SessionError
 from ..measure.keep_rule import Verdict, decide, improvement
 from ..measure.sequential import best_values, resolve_keep_rule
 from ..measure.standing import is_baseline_best
 from ..measure.stats import noise_of
 from ..models import DecisionResult
-from ..names import SESSION_REFS
 from ..phases import advance, in_flight, unsaved
 from ..records.diskspace import AFTER_DISK_FULL
 from ..records.evidence import Evidence
 from ..records.journal import Row
 from ..records.state import Best, DecisionRecord, Pending, RunOutcome
-from ..sandbox.processes import kill_marked_processes
 from ..session.context import SessionCore, normal_run_id
 from ..statuses import UNFINISHED
-from .holdout_stage import run_holdout
-from .in_flight import STOPPED, unmeasured
-from .running import Runs
 
 # The state a decision changes (restored when applying it fails midway, so a retry applies it once).
 _DECIDED = (
@@ -51,10 +47,42 @@ class Judged:
     probability: float | None
 
 
+class DecisionPlacement(Protocol):
+    """What deciding a run changes with its placement (the user's tree: `TreeDecisions`; slots:
+    `SlotDecisions`). Every method is called with the session's lock held."""
+
+    def guard(self) -> None:
+        """The server's own files are as it left them before anything is decided."""
+
+    def select(self, run_id: str | None) -> Pending:
+        """The run to decide (`run_id`, or the one waiting first); a clear error when there is none."""
+
+    def reconsider(self, pending: Pending, discard: bool) -> DecisionResult | DecisionRecord | None:
+        """Before the keep rule: an answer that replaces the decision (the run starts again), a decision
+        already reached (why it is discarded), or None (the keep rule decides)."""
+
+    def writes_ahead(self, decision: str, pending: Pending) -> bool:
+        """Whether applying this decision moves the branch (then it is saved before it is applied)."""
+
+    def apply(self, pending: Pending, decision: str, commit: str) -> str:
+        """The decision in git and the target (idempotent); returns a note for the next step."""
+
+    def decided(self, pending: Pending, note: str) -> str:
+        """After the decision is logged: what follows it; returns the next step."""
+
+    def recover(self, decider: Decider) -> list[str]:
+        """After a restart: the runs in flight and the decisions half applied; returns what was done."""
+
+    def shutdown(self, decider: Decider, join_s: float) -> None:
+        """The server stops: the runs in flight are cancelled and logged as interrupted."""
+
+
 class Decider:
-    def __init__(self, core: SessionCore, runs: Runs) -> None:
+    """Decides finished runs, whatever their placement: one path from the keep rule to the logged row."""
+
+    def __init__(self, core: SessionCore, placement: DecisionPlacement) -> None:
         self.core = core
-        self.runs = runs
+        self.placement = placement
 
     def verdict(self, pending: Pending, discard: bool) -> Verdict:
         """What the rule says about a finished run, from the server's own measurement."""
@@ -74,63 +102,14 @@ class Decider:
         return verdict
 
     def recover(self) -> list[str]:
-        """After a restart, the run in the user's tree: one that never started is undone (its edit stays), one
-        that was running is logged as interrupted, a decision half applied is finished. Returns what was done."""
-        core = self.core
-        notes: list[str] = []
-        pending = core.state.pending
-        if pending is None:
-            return notes
-        if pending.phase == "starting":
-            head = core.repo.head_commit()
-            if (
-                head != pending.parent
-                and core.repo.is_ancestor(pending.parent, head)
-                and core.repo.commit_message(head).startswith("experiment:")
-            ):
-                # The candidate was committed but never ran: undo the commit, keep the edit in the work tree.
-                core.repo.move_branch(
-                    core.state.branch, pending.parent, f"autoresearch: undo {pending.run_id}"
-                )
-                core.repo.unstage([core.target_repo_path])
-            core.state.drop(pending.run_id)
-            core.save()
-            notes.append(f"run {pending.run_id} never started; its edit is back in the working tree")
-        elif pending.phase == "running":
-            killed = kill_marked_processes(str(core.root))
-            if pending.measuring_best and pending.commit:  # the best's content was in place for a re-measure
-                core.repo.restore_paths(pending.commit, [core.target_repo_path])
-            tampered = self.runs.verify_after_run(pending)
-            error = STOPPED
-            if killed:
-                error += f" ({killed} leftover processes killed)"
-            pending.result = unmeasured("interrupted", error, tampered)
-            advance(pending, "finished", core.save)
-            self.decide_locked(pending.run_id, discard=True)
-            notes.append(
-                f"run {pending.run_id} was in flight when the server stopped: logged as interrupted. It never "
-                "finished, so it says nothing about its idea: "
-                + ("run the baseline again" if pending.is_baseline else "apply its edit again to re-run it")
-            )
-        elif pending.phase == "deciding":
-            self.finish(pending)
-            notes.append(f"the decision on run {pending.run_id} was completed")
-        if core.journal.reconcile_tsv():
+        """After a restart: bring state, git and the logs back into agreement."""
+        notes = self.placement.recover(self)
+        if self.core.journal.reconcile_tsv():
             notes.append("results.tsv was rebuilt from the JSONL log")
         return notes
 
     def shutdown(self, join_s: float) -> None:
-        """The server stops: the run in flight is cancelled and, once it ended, logged as interrupted."""
-        active = self.runs.stop("the server was stopped", join_s)
-        if active is None:
-            return
-        with self.core.lock:
-            pending = self.core.state.pending
-            if pending is not None and pending.phase == "finished" and pending.run_id == active.run_id:
-                if pending.result and pending.result.status == "cancelled":
-                    pending.result.status = "interrupted"
-                    pending.result.error = STOPPED
-                self.decide_locked(pending.run_id, discard=True)
+        self.placement.shutdown(self, join_s)
 
     def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
         core = self.core
@@ -154,15 +133,10 @@ class Decider:
             return self.decide_locked(run_id, discard)
 
     def decide_locked(self, run_id: str | None, discard: bool) -> DecisionResult:
-        """Decide the pending run (the caller holds the lock): record the decision, then apply it."""
+        """Decide a finished run (the caller holds the lock): record the decision, then apply it."""
         core = self.core
-        if self.runs.active is None:
-            core.own.guard()
-        pending = core.state.pending
-        if pending is None:
-            raise RuleViolation("no run waits for a decision; call run_experiment first")
-        if run_id is not None and run_id != pending.run_id:
-            raise RuleViolation(f"run {run_id} is not the pending run; the pending run is {pending.run_id}")
+        self.placement.guard()
+        pending = self.placement.select(run_id)
         if in_flight(pending):
             raise SessionError(
                 f"run {pending.run_id} is still running; call wait_experiment(run_id='{pending.run_id}') first"
@@ -170,60 +144,37 @@ class Decider:
         if pending.phase == "finished":
             # Deciding touches the session branch, the index and the target: only where the session left them.
             core.check_head()
+            best = core.state.best
+            reached = self.placement.reconsider(pending, discard)
+            if isinstance(reached, DecisionResult):
+                return reached
             verdict = self.verdict(pending, discard)
-            pending.decision = DecisionRecord(
-                decision=verdict.decision,
-                reason=verdict.reason,
-                delta=verdict.delta,
-                prev=core.state.best.value if core.state.best else None,
+            decision, reason = (
+                (reached.decision, reached.reason)
+                if reached is not None
+                else (verdict.decision, verdict.reason)
             )
-            # Written ahead only when applying it moves the branch (a discard): a restart must then finish it. A
-            # keep only syncs the index: decided again from `finished`, it comes out the same.
-            moves = verdict.decision != "keep" and pending.commit not in (None, pending.parent)
-            advance(pending, "deciding", core.save if moves else unsaved)
+            pending.decision = DecisionRecord(
+                decision=decision, reason=reason, delta=verdict.delta, prev=best.value if best else None
+            )
+            # Written ahead only when applying it moves the branch: a restart must then finish it. Otherwise,
+            # decided again from `finished` after a restart, it comes out the same.
+            ahead = self.placement.writes_ahead(decision, pending)
+            advance(pending, "deciding", core.save if ahead else unsaved)
         return self.finish(pending)
 
     def finish(self, pending: Pending) -> DecisionResult:
         """Apply a recorded decision. Idempotent: a restart in the middle simply runs it again."""
         core = self.core
         decision = pending.decision or DecisionRecord()
-        verdict = decision.decision
-        commit = pending.commit or pending.parent
         # Git first (idempotent); then the state, changed in memory only once nothing can fail before the save
         # that logs the decision, so a retry or a restart applies it exactly once.
-        if verdict == "keep" and commit != pending.parent:
-            core.repo.sync_index([core.target_repo_path])
-        elif verdict != "keep" and commit != pending.parent:
-            # Keep the idea reachable, then restore what the candidate changed (the target only: checked before
-            # the run) and move the branch back.
-            core.repo.set_ref(f"{SESSION_REFS}{core.state.tag}/{pending.run_id}", commit)
-            core.repo.restore_paths(pending.parent, [core.target_repo_path])
-            if core.repo.resolve_branch(core.state.branch) != pending.parent:
-                core.repo.move_branch(
-                    core.state.branch, pending.parent, f"autoresearch: discard {pending.run_id}"
-                )
+        note = self.placement.apply(pending, decision.decision, pending.commit or pending.parent)
         judged = self.log_decision(pending)
         core.state.drop(pending.run_id)
         core.save()
         core.own.journal_written()
-        if verdict == "keep" and core.config.holdout_command:  # after the keep: it cannot change the decision
-            best = core.state.best.value if core.state.best else None
-            run_holdout(
-                core.config,
-                core.root,
-                core.state.tag,
-                core.isolation,
-                pending.run_id,
-                best,
-                pending.is_baseline,
-            )
-        next_step = decided_next_step(
-            self.core,
-            pending,
-            "build on it: edit the target and run",
-            "try another idea: edit the target and run",
-        )
-        return self.answer(pending, judged, next_step)
+        return self.answer(pending, judged, self.placement.decided(pending, note))
 
     def log_decision(self, pending: Pending) -> Judged:
         """The recorded decision's effect on the state, and its row in the logs; applied exactly once (the

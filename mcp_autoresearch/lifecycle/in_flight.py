@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ..measure.sequential import Measurement, Sequential, best_values, closed_noise, confirm_keep
 from ..records.diskspace import DiskSpace, mark_disk_full
 from ..records.state import Pending, RunOutcome, TestRecord
 from ..statuses import RunStatus
+from .experiment import ExperimentResult
 
 if TYPE_CHECKING:
-    from ..measure.sequential import Measurement
     from ..session.context import SessionCore
     from ..vcs.planted import GitWatch
     from .experiment import Experiment
@@ -169,6 +170,42 @@ def execute(
         placement.release(active, pending)
 
 
+def measure_run(
+    core: SessionCore,
+    active: ActiveRun,
+    pending: Pending,
+    baseline: Callable[[], Measurement],
+    best_run: Callable[[], Experiment],
+    with_best: Callable[[Callable[[], ExperimentResult]], ExperimentResult],
+    unchanged: Callable[[], bool],
+) -> RunOutcome:
+    """Run the candidate as many times as the keep rule needs, whatever its placement: the baseline's noise
+    runs, one run (or `repeats`) under the greedy rule, the sequential test's runs with the best re-measured as
+    needed (`best_run`, in the best's content: `with_best`); a keep is confirmed while `unchanged` holds."""
+    assert active.experiment is not None
+    if pending.is_baseline:
+        measured = baseline()
+    elif core.state.keep_rule != "sequential" or core.state.best is None:
+        measured = Measurement(active.experiment.run())
+    else:
+        known = best_values(core.state)
+        active.best = best_run()
+        measured = Sequential(
+            active.experiment,
+            active.best,
+            with_best,
+            known,
+            closed_noise(core.state),
+            core.config,
+            core.state.metric_direction,
+        ).run()
+    if not pending.is_baseline:
+        measured = confirm_keep(
+            measured, active.experiment, core.state, core.config, pending.nonblank_lines, unchanged
+        )
+    return outcome_of(measured)
+
+
 def outcome_of(measured: Measurement) -> RunOutcome:
     """How a measured run ended, as the state records it."""
     outcome = RunOutcome.model_validate(asdict(measured.result))
@@ -184,3 +221,19 @@ def unmeasured(status: RunStatus, error: str, tampered: list[str]) -> RunOutcome
     if tampered:
         error += "; files it changed were restored: " + ", ".join(tampered)
     return RunOutcome(status=status, error=error)
+
+
+def tampered_before_best(error: str) -> ExperimentResult:
+    """The best's re-measurement does not run: the candidate's run changed what it must not."""
+    return ExperimentResult(
+        status="tampered",
+        value=None,
+        values=[],
+        spread=None,
+        duration_s=0.0,
+        memory_gb=None,
+        exit_code=None,
+        log_path="",
+        log_tail="",
+        error=error,
+    )

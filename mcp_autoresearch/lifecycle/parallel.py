@@ -19,20 +19,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import RuleViolation, SessionError
-from ..measure.keep_rule import nonblank_lines
-from ..measure.sequential import (
-    Measurement,
-    Sequential,
-    best_values,
-    closed_noise,
-    confirm_keep,
-    measure_baseline_under_load,
-)
+from ..errors import SessionError
+from ..measure.sequential import measure_baseline_under_load
 from ..names import RUN_LOGS, SESSION_REFS
 from ..phases import AWAITING_DECISION, advance, in_flight
 from ..records.atomic import atomic_write
@@ -44,8 +35,17 @@ from ..setup.single_file import sha256_bytes, sha256_file
 from ..vcs.checkouts import Checkouts
 from ..vcs.planted import GitWatch
 from .experiment import Experiment, ExperimentResult
-from .in_flight import ActiveRun, RunHandle, RunProgress, execute, outcome_of, progress_of, unmeasured
-from .running import AlreadyMeasured, Runs, candidate
+from .in_flight import (
+    ActiveRun,
+    RunHandle,
+    RunProgress,
+    execute,
+    measure_run,
+    progress_of,
+    tampered_before_best,
+    unmeasured,
+)
+from .running import AlreadyMeasured, Runs, new_run
 from .slot_checks import SlotChecks
 
 if TYPE_CHECKING:
@@ -184,24 +184,12 @@ class ParallelRuns:
             self._check_backend()
             best = core.state.best
             parent = best.commit if best else core.state.base_commit
-            found = candidate(core, self.editor, description, parent, len(inflight))
-            description, target_bytes, is_baseline, earlier = (
-                found.description,
-                found.data,
-                found.is_baseline,
-                found.earlier,
-            )
+            started = new_run(core, self.editor, description, parent, rerun, len(inflight))
+            if isinstance(started, AlreadyMeasured):
+                return started
+            pending, target_bytes = started
+            run_id, description, is_baseline = pending.run_id, pending.description, pending.is_baseline
             best_bytes = core.repo.show_file(parent, core.target_repo_path)
-            content_sha = sha256_bytes(target_bytes)
-            twin = next((p for p in inflight if p.target_sha256 == content_sha and not p.is_baseline), None)
-            if twin is not None and not is_baseline:
-                raise RuleViolation(
-                    f"this content is already in flight as {twin.run_id}; edit the target to try another idea"
-                )
-            if earlier is not None and not rerun:
-                return AlreadyMeasured(earlier.run_id)
-            core.state.run_counter += 1
-            run_id = f"r{core.state.run_counter}"
             if is_baseline:
                 commit, slots = parent, list(range(self.slots))
             else:
@@ -211,20 +199,9 @@ class ParallelRuns:
                 )
                 core.repo.set_ref(f"{SESSION_REFS}{core.state.tag}/{run_id}", commit)
                 slots = [min(set(range(self.slots)) - self.busy_slots())]
-            pending = Pending(
-                run_id=run_id,
-                description=description,
-                parent=parent,
-                commit=commit,
-                is_baseline=is_baseline,
-                nonblank_lines=nonblank_lines(target_bytes.decode("utf-8", errors="replace")),
-                target_sha256=content_sha,
-                started_at=datetime.now().isoformat(timespec="seconds"),
-                rerun_of=earlier.run_id if earlier is not None else None,
-                placement="slots",
-                slot=None if is_baseline else slots[0],
-                parent_value=best.value if best else None,
-            )
+            pending.commit, pending.placement = commit, "slots"
+            pending.slot = None if is_baseline else slots[0]
+            pending.parent_value = best.value if best else None
             self._launch(pending, slots)
             try:
                 inflight.append(pending)
@@ -331,6 +308,15 @@ class ParallelRuns:
         free = set(range(self.slots)) - self.busy_slots()
         return min(free) if free else None
 
+    def after_restart(self) -> None:
+        """Runs were in flight when the server stopped: what each planted in git's files is undone before git
+        runs again (the user's tree was at the best), and reported with that run."""
+        state = self.core.state
+        head = state.best.commit if state.best else state.base_commit
+        for entry in [p for p in state.inflight if p.phase == "running"]:
+            found = self.runs.git_watch.after_run(entry.git_config, entry.refs_digest, head, entry.run_id)
+            self.checks.suspect(found, "when the server restarted", None, always=True, only=entry)
+
     # -- the run's placement (`lifecycle.Placement`): slots ---------------------------------------------------
     def prepare(self, flight: ActiveRun, pending: Pending) -> None:
         for slot in flight.slots:
@@ -364,17 +350,16 @@ class ParallelRuns:
 
     def measure(self, flight: ActiveRun, pending: Pending) -> RunOutcome:
         core = self.core
-        assert flight.experiment is not None
-        if pending.is_baseline:
-            measured = measure_baseline_under_load(
-                [e for e in [flight.experiment, *flight.others] if e], core.config
-            )
-        elif core.state.keep_rule != "sequential" or core.state.best is None:
-            measured = Measurement(flight.experiment.run())
-        else:
-            slot = flight.slots[0]
-            known = best_values(core.state)
-            flight.best = Experiment(
+        experiment, slot = flight.experiment, flight.slots[0]
+        assert experiment is not None
+        best_commit = pending.parent
+        target = self.checkouts.project(slot) / core.target_rel
+        return measure_run(
+            core,
+            flight,
+            pending,
+            lambda: measure_baseline_under_load([e for e in [experiment, *flight.others] if e], core.config),
+            lambda: Experiment(
                 core.config,
                 self.checkouts.project(slot),
                 f"{pending.run_id}-best",
@@ -385,28 +370,10 @@ class ParallelRuns:
                 env=self._slot_env(slot),
                 publish_run_log=False,
                 backend=self.backend,
-            )
-            best_commit = pending.parent
-            measured = Sequential(
-                flight.experiment,
-                flight.best,
-                lambda run: self._with_best_content(pending, slot, best_commit, run),
-                known,
-                closed_noise(core.state),
-                core.config,
-                core.state.metric_direction,
-            ).run()
-        if not pending.is_baseline:
-            target = self.checkouts.project(flight.slots[0]) / core.target_rel
-            measured = confirm_keep(
-                measured,
-                flight.experiment,
-                core.state,
-                core.config,
-                pending.nonblank_lines,
-                lambda: sha256_file(target) == pending.target_sha256 or not core.plain_target,
-            )
-        return outcome_of(measured)
+            ),
+            lambda run: self._with_best_content(pending, slot, best_commit, run),
+            lambda: sha256_file(target) == pending.target_sha256 or not core.plain_target,
+        )
 
     def _with_best_content(
         self, pending: Pending, slot: int, best_commit: str, run: Callable[[], ExperimentResult]
@@ -417,18 +384,7 @@ class ParallelRuns:
         target = checkouts.project(slot) / core.target_rel
         repo_path = core.target_repo_path
         if sha256_file(target) != pending.target_sha256 and core.plain_target:
-            return ExperimentResult(
-                status="tampered",
-                value=None,
-                values=[],
-                spread=None,
-                duration_s=0.0,
-                memory_gb=None,
-                exit_code=None,
-                log_path="",
-                log_tail="",
-                error="the candidate's run changed the target",
-            )
+            return tampered_before_best("the candidate's run changed the target")
         best_bytes = core.repo.show_file(best_commit, repo_path)
         candidate_bytes = core.repo.show_file(pending.commit or pending.parent, repo_path)
         checkouts.write_target(slot, repo_path, best_bytes)

@@ -19,14 +19,7 @@ from pathlib import Path
 
 from ..errors import RuleViolation, SessionError
 from ..measure.keep_rule import nonblank_lines
-from ..measure.sequential import (
-    Measurement,
-    Sequential,
-    best_values,
-    closed_noise,
-    confirm_keep,
-    measure_baseline,
-)
+from ..measure.sequential import measure_baseline
 from ..names import RUN_LOGS
 from ..phases import advance
 from ..records.atomic import copy_regular, read_regular
@@ -38,7 +31,7 @@ from ..session.editing import Editor
 from ..setup.single_file import changed_fingerprints, new_files, sha256_bytes, sha256_file
 from ..vcs.planted import GitWatch
 from .experiment import Experiment, ExperimentResult
-from .in_flight import ActiveRun, RunHandle, execute, outcome_of
+from .in_flight import ActiveRun, RunHandle, execute, measure_run, tampered_before_best
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -99,27 +92,11 @@ class Runs:
             if no_room:
                 raise SessionError(no_room)
             parent = core.repo.head_commit()
-            found = candidate(core, self.editor, description, parent)
-            description, target_bytes, is_baseline, earlier = (
-                found.description,
-                found.data,
-                found.is_baseline,
-                found.earlier,
-            )
-            if earlier is not None and not rerun:
-                return AlreadyMeasured(earlier.run_id)  # no idea is measured twice unless asked
-            core.state.run_counter += 1
-            run_id = f"r{core.state.run_counter}"
-            pending = Pending(
-                run_id=run_id,
-                description=description,
-                parent=parent,
-                is_baseline=is_baseline,
-                nonblank_lines=nonblank_lines(target_bytes.decode("utf-8", errors="replace")),
-                target_sha256=sha256_bytes(target_bytes),
-                started_at=datetime.now().isoformat(timespec="seconds"),
-                rerun_of=earlier.run_id if earlier is not None else None,
-            )
+            started = new_run(core, self.editor, description, parent, rerun)
+            if isinstance(started, AlreadyMeasured):
+                return started  # no idea is measured twice unless asked
+            pending, target_bytes = started
+            run_id, description, is_baseline = pending.run_id, pending.description, pending.is_baseline
             core.state.inflight.append(pending)
             core.save()
             message = f"experiment: {description}"
@@ -158,6 +135,15 @@ class Runs:
             active.thread.start()
             return run_id
 
+    def after_restart(self) -> None:
+        """A run was in flight when the server stopped: what it planted in git's files is undone before git
+        runs again (what was found is reported by the check after the run)."""
+        pending = self.core.state.pending
+        if pending is not None and pending.phase == "running" and pending.commit:
+            self.git_notes = self.git_watch.after_run(
+                pending.git_config, pending.refs_digest, pending.commit, pending.run_id
+            )
+
     # -- the run's placement (`lifecycle.Placement`): the user's tree ----------------------------------------
     def prepare(self, active: ActiveRun, pending: Pending) -> None:
         """Nothing to do: the candidate is committed on the session branch, in the user's tree."""
@@ -184,45 +170,28 @@ class Runs:
         """Run the candidate as many times as the keep rule needs: the baseline's noise runs, one run (or
         `repeats`) under the greedy rule, the sequential test's runs with the best re-measured as needed."""
         core = self.core
-        assert active.experiment is not None
-        if pending.is_baseline:
-            measured = measure_baseline(active.experiment, core.config)
-        elif core.state.keep_rule != "sequential" or core.state.best is None:
-            measured = Measurement(active.experiment.run())
-        else:
-            known = best_values(core.state)
-            active.best = Experiment(
+        experiment = active.experiment
+        assert experiment is not None
+        return measure_run(
+            core,
+            active,
+            pending,
+            lambda: measure_baseline(experiment, core.config),
+            lambda: Experiment(
                 core.config,
                 core.root,
                 f"{pending.run_id}-best",
-                active.experiment.log_dir,
+                experiment.log_dir,
                 core.state.tag,
                 active.record_progress,
                 core.isolation,
-            )
-            sequential = Sequential(
-                active.experiment,
-                active.best,
-                lambda run: self._with_best_content(pending, run),
-                known,
-                closed_noise(core.state),
-                core.config,
-                core.state.metric_direction,
-            )
-            measured = sequential.run()
-        if not pending.is_baseline:
-            measured = confirm_keep(
-                measured,
-                active.experiment,
-                core.state,
-                core.config,
-                pending.nonblank_lines,
-                lambda: (
-                    sha256_file(core.root / core.target_rel) == pending.target_sha256
-                    and not changed_fingerprints(core.root, core.state.readonly_hashes)
-                ),
-            )
-        return outcome_of(measured)
+            ),
+            lambda run: self._with_best_content(pending, run),
+            lambda: (
+                sha256_file(core.root / core.target_rel) == pending.target_sha256
+                and not changed_fingerprints(core.root, core.state.readonly_hashes)
+            ),
+        )
 
     def _with_best_content(self, pending: Pending, run: Callable[[], ExperimentResult]) -> ExperimentResult:
         """Run with the best's content in place of the candidate's, then put the candidate's back. The state
@@ -235,18 +204,7 @@ class Runs:
         target = core.root / core.target_rel
         with core.lock:
             if sha256_file(target) != pending.target_sha256:
-                return ExperimentResult(
-                    status="tampered",
-                    value=None,
-                    values=[],
-                    spread=None,
-                    duration_s=0.0,
-                    memory_gb=None,
-                    exit_code=None,
-                    log_path="",
-                    log_tail="",
-                    error="the candidate's run changed the target",
-                )
+                return tampered_before_best("the candidate's run changed the target")
             pending.measuring_best = True
             core.save()
             core.repo.restore_paths(best.commit, [core.target_repo_path])
@@ -437,6 +395,37 @@ def candidate(
         )
     earlier = core.journal.measured(sha256_bytes(data)) if not is_baseline else None
     return Candidate(description, data, is_baseline, earlier)
+
+
+def new_run(
+    core: SessionCore, editor: Editor, description: str, parent: str, rerun: bool, in_flight: int = 0
+) -> tuple[Pending, bytes] | AlreadyMeasured:
+    """A run about to start, whatever its placement: every rule before a run (`candidate`), no twin of a run
+    in flight, no content measured before unless `rerun`; then its id and its record (not yet in the state).
+    Returns the record and the candidate's content, or the earlier run that measured this content."""
+    found = candidate(core, editor, description, parent, in_flight)
+    content_sha = sha256_bytes(found.data)
+    twin = next(
+        (p for p in core.state.inflight if p.target_sha256 == content_sha and not p.is_baseline), None
+    )
+    if twin is not None and not found.is_baseline:
+        raise RuleViolation(
+            f"this content is already in flight as {twin.run_id}; edit the target to try another idea"
+        )
+    if found.earlier is not None and not rerun:
+        return AlreadyMeasured(found.earlier.run_id)
+    core.state.run_counter += 1
+    pending = Pending(
+        run_id=f"r{core.state.run_counter}",
+        description=found.description,
+        parent=parent,
+        is_baseline=found.is_baseline,
+        nonblank_lines=nonblank_lines(found.data.decode("utf-8", errors="replace")),
+        target_sha256=content_sha,
+        started_at=datetime.now().isoformat(timespec="seconds"),
+        rerun_of=found.earlier.run_id if found.earlier is not None else None,
+    )
+    return pending, found.data
 
 
 @dataclass(frozen=True)

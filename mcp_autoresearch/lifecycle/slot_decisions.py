@@ -14,10 +14,9 @@ from ..errors import RuleViolation, SessionError
 from ..measure.keep_rule import nonblank_lines
 from ..models import DecisionResult
 from ..names import SESSION_REFS
-from ..phases import advance, in_flight, unsaved
 from ..records.atomic import atomic_write, read_regular
 from ..records.state import DecisionRecord, Pending, RunOutcome, server_dir
-from ..session.context import SessionCore, normal_run_id
+from ..session.context import SessionCore
 from ..setup.single_file import sha256_bytes
 from ..vcs.checkouts import merge_target
 from .decisions import Decider, decided_next_step, judge
@@ -26,100 +25,95 @@ from .parallel import ParallelRuns
 MAX_REBASES = 2  # a candidate merged onto a newer best this many times and still stale is discarded
 
 
-class SlotDecider:
-    def __init__(self, core: SessionCore, parallel: ParallelRuns, decider: Decider) -> None:
+class SlotDecisions:
+    """The decision's side with slots (the `DecisionPlacement` of slot runs): several runs, any order."""
+
+    def __init__(self, core: SessionCore, parallel: ParallelRuns) -> None:
         self.core = core
         self.parallel = parallel
-        self.decider = decider  # the state changes and the row are the same as for a single run
 
-    def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
-        core = self.core
-        with core.lock:
-            if run_id is not None:
-                run_id = normal_run_id(run_id)
-                if core.journal.get(run_id) is not None:
-                    return self.decider.commit_or_reset(run_id, discard)  # the "already decided" answer
-            return self.decide_locked(run_id, discard)
-
-    def decide_locked(self, run_id: str | None, discard: bool) -> DecisionResult:
-        core = self.core
+    def guard(self) -> None:
         self.parallel.checks.guard_own()  # also while runs are in flight: nothing is appended to a forged log
-        if run_id is None:
-            pending = self.parallel.first_finished()
-            if pending is None:
-                running = [p.run_id for p in core.state.inflight]
-                if running:
-                    raise SessionError(
-                        f"no run has finished yet ({', '.join(running)} in flight); call wait_experiment() first"
-                    )
-                raise RuleViolation("no run waits for a decision; call run_experiment first")
-        else:
+
+    def select(self, run_id: str | None) -> Pending:
+        core = self.core
+        if run_id is not None:
             found = self.parallel.entry(run_id)
             if found is None:
                 raise RuleViolation(
                     f"run {run_id} is neither in flight nor logged in session '{core.state.tag}'"
                 )
-            pending = found
-        if in_flight(pending):
-            raise SessionError(
-                f"run {pending.run_id} is still running; call wait_experiment(run_id='{pending.run_id}') first"
-            )
-        if pending.phase == "finished":
-            core.check_head()
-            best = core.state.best
-            stale = best is not None and not pending.is_baseline and pending.parent != best.commit
-            if stale and pending.result is not None:
-                pending.result.best_values = []  # runs of the best it was built on, not of today's best
-                pending.result.best_regression = None
-            if stale and not discard:
-                rebased = self._rebase(pending)
-                if rebased is not None:
-                    return rebased
-            verdict = self.decider.verdict(pending, discard)
-            reason = verdict.reason
-            if stale and pending.decision is not None:  # _rebase wrote why it was discarded as stale
-                verdict_decision, reason = pending.decision.decision, pending.decision.reason
-            else:
-                verdict_decision = verdict.decision
-            pending.decision = DecisionRecord(
-                decision=verdict_decision,
-                reason=reason,
-                delta=verdict.delta,
-                prev=best.value if best else None,
-            )
-            # Written ahead only when applying it moves the branch (a keep): a restart must then finish it. A discard
-            # changes nothing in git: decided again from `finished` after a restart, nothing was half applied.
-            moves = verdict_decision == "keep" and pending.commit not in (None, pending.parent)
-            advance(pending, "deciding", core.save if moves else unsaved)
-        return self.finish(pending)
+            return found
+        pending = self.parallel.first_finished()
+        if pending is None:
+            running = [p.run_id for p in core.state.inflight]
+            if running:
+                raise SessionError(
+                    f"no run has finished yet ({', '.join(running)} in flight); call wait_experiment() first"
+                )
+            raise RuleViolation("no run waits for a decision; call run_experiment first")
+        return pending
 
-    def recover(self) -> list[str]:
-        """After a restart: decisions half applied are finished (first: git as decided), runs that were in flight
-        are logged as interrupted. Returns what was repaired."""
-        core = self.core
+    def reconsider(self, pending: Pending, discard: bool) -> DecisionResult | DecisionRecord | None:
+        """A candidate built on an older best is stale: merged onto the best and started again (the answer),
+        or discarded (why), judged against the best it was built on."""
+        best = self.core.state.best
+        stale = best is not None and not pending.is_baseline and pending.parent != best.commit
+        if not stale:
+            return None
+        if pending.result is not None:
+            pending.result.best_values = []  # runs of the best it was built on, not of today's best
+            pending.result.best_regression = None
+        if not discard:
+            rebased = self._rebase(pending)
+            if rebased is not None:
+                return rebased
+        return pending.decision  # _rebase wrote why it was discarded as stale
+
+    def writes_ahead(self, decision: str, pending: Pending) -> bool:
+        """A keep moves the branch; a discard changes nothing in git (decided again, nothing was half applied)."""
+        return decision == "keep" and pending.commit not in (None, pending.parent)
+
+    def apply(self, pending: Pending, decision: str, commit: str) -> str:
+        if decision == "keep" and commit != pending.parent:
+            return self._advance(pending, commit)
+        return ""
+
+    def decided(self, pending: Pending, note: str) -> str:
+        if pending.run_id in self.parallel.finish_order:
+            self.parallel.finish_order.remove(pending.run_id)
+        free = self.parallel.slots - len(self.core.state.inflight)
+        then = (
+            f"{free} slot{'s' if free != 1 else ''} free: edit the next idea and run_experiment"
+            if free
+            else "every slot is busy: wait_experiment() for the next run to finish"
+        )
+        return decided_next_step(self.core, pending, then, then, note)
+
+    def recover(self, decider: Decider) -> list[str]:
+        """Decisions half applied are finished (first: git as decided), runs that were in flight are logged as
+        interrupted. Returns what was repaired."""
         notes = []
-        for entry in [p for p in core.state.inflight if p.phase == "deciding"]:
-            self.finish(entry)
+        for entry in [p for p in self.core.state.inflight if p.phase == "deciding"]:
+            decider.finish(entry)
             notes.append(f"the decision on run {entry.run_id} was completed")
         for run_id in self.parallel.recover():
-            self.decide_locked(run_id, discard=True)
+            decider.decide_locked(run_id, discard=True)
             notes.append(
                 f"run {run_id} was in flight when the server stopped: logged as interrupted; it never finished, "
                 "so it says nothing about its idea (apply its edit again to re-run it)"
             )
-        if core.journal.reconcile_tsv():
-            notes.append("results.tsv was rebuilt from the JSONL log")
         return notes
 
-    def shutdown(self, join_s: float) -> None:
-        """The server stops: every run in flight is cancelled, and those that ended are logged as interrupted."""
+    def shutdown(self, decider: Decider, join_s: float) -> None:
+        """Every run in flight is cancelled, and those that ended are logged as interrupted."""
         self.parallel.stop("the server was stopped", join_s)
         with self.core.lock:
             for entry in list(self.core.state.inflight):
                 result = entry.result
                 if entry.phase == "finished" and result is not None and result.status == "cancelled":
                     result.status, result.error = "interrupted", "the server stopped during this run"
-                    self.decide_locked(entry.run_id, discard=True)
+                    decider.decide_locked(entry.run_id, discard=True)
 
     def _rebase(self, pending: Pending) -> DecisionResult | None:
         """A stale candidate: discarded (the decision is left in `pending.decision`), or merged onto the best and
@@ -227,30 +221,6 @@ class SlotDecider:
             ),
             keep_rule=core.state.keep_rule,
         )
-
-    def finish(self, pending: Pending) -> DecisionResult:
-        """Apply a recorded decision. Idempotent: a restart in the middle runs it again."""
-        core = self.core
-        decision = pending.decision or DecisionRecord()
-        verdict = decision.decision
-        commit = pending.commit or pending.parent
-        merged_note = ""
-        if verdict == "keep" and commit != pending.parent:
-            merged_note = self._advance(pending, commit)
-        judged = self.decider.log_decision(pending)
-        core.state.drop(pending.run_id)
-        core.save()
-        core.own.journal_written()
-        if pending.run_id in self.parallel.finish_order:
-            self.parallel.finish_order.remove(pending.run_id)
-        free = self.parallel.slots - len(core.state.inflight)
-        then = (
-            f"{free} slot{'s' if free != 1 else ''} free: edit the next idea and run_experiment"
-            if free
-            else "every slot is busy: wait_experiment() for the next run to finish"
-        )
-        next_step = decided_next_step(core, pending, then, then, merged_note)
-        return self.decider.answer(pending, judged, next_step)
 
     def _advance(self, pending: Pending, commit: str) -> str:
         """The branch moves to the kept candidate (a child of the best), and the target in the user's tree

@@ -21,7 +21,8 @@ from ..lifecycle.decisions import Decider
 from ..lifecycle.in_flight import RunHandle
 from ..lifecycle.parallel import ParallelRuns
 from ..lifecycle.running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, Runs, clamp_wait
-from ..lifecycle.slot_decisions import SlotDecider
+from ..lifecycle.slot_decisions import SlotDecisions
+from ..lifecycle.tree_decisions import TreeDecisions
 from ..measure.provenance import metric_provenance
 from ..models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from ..names import RESULTS_TSV, RUN_LOG, SESSION_BRANCHES, SESSIONS, own_journal
@@ -97,17 +98,19 @@ class Session:
         # The session's parts, each with one concern; they see the session as a `SessionCore`.
         self.editor = Editor(self)
         self.runs = Runs(self, self.editor)
-        self.decider = Decider(self, self.runs)
-        self.views = Views(self, self.runs, self.decider)
         self.parallel: ParallelRuns | None = None
-        self.slot_decider: SlotDecider | None = None
         if self.config.parallel:  # runs go to slots: checkouts of their own, several at once
             self.parallel = ParallelRuns(self, self.editor, self.runs)
-            self.slot_decider = SlotDecider(self, self.parallel, self.decider)
-            self.views.parallel = self.parallel
-        # Where runs go and who decides them: the one choice of mode, made here.
+        # Where runs go and what deciding them changes: the one choice of mode, made here.
         self.placement: Runs | ParallelRuns = self.parallel or self.runs
-        self.deciding: Decider | SlotDecider = self.slot_decider or self.decider
+        self.decider = Decider(
+            self,
+            SlotDecisions(self, self.parallel)
+            if self.parallel is not None
+            else TreeDecisions(self, self.runs),
+        )
+        self.views = Views(self, self.runs, self.decider)
+        self.views.parallel = self.parallel
 
     # ======================================================================================================
     # opening
@@ -245,21 +248,7 @@ class Session:
                 "another tag to use the new one"
             )
         session = cls(root, project, repo, state, journal)
-        pending = state.pending
-        if pending is not None and pending.phase == "running" and pending.commit:
-            # A run was in flight: what it planted in git's files is undone before git runs again.
-            session.runs.git_notes = session.runs.git_watch.after_run(
-                pending.git_config, pending.refs_digest, pending.commit, pending.run_id
-            )
-        if session.parallel is not None:  # the same for each run that was in flight in a slot
-            head = state.best.commit if state.best else state.base_commit
-            for entry in [p for p in state.inflight if p.phase == "running"]:
-                found = session.runs.git_watch.after_run(
-                    entry.git_config, entry.refs_digest, head, entry.run_id
-                )
-                session.parallel.checks.suspect(
-                    found, "when the server restarted", None, always=True, only=entry
-                )
+        session.placement.after_restart()  # before git runs again: what a run in flight planted is undone
         if repo.current_branch() != state.branch:
             dirty = [p for p in repo.changed_tracked_files()]
             if dirty:
@@ -283,7 +272,7 @@ class Session:
 
     def _recover(self) -> None:
         """Bring state, git and the logs back into agreement after the server died at any moment."""
-        self.recovered += self.deciding.recover()
+        self.recovered += self.decider.recover()
 
     def describe(self, resumed: bool) -> StartResult:
         return self.views.start_result(resumed, self.recovered)
@@ -411,7 +400,7 @@ class Session:
             return self._commit_or_reset(run_id, discard)
 
     def _commit_or_reset(self, run_id: str | None, discard: bool) -> DecisionResult:
-        return self.deciding.commit_or_reset(run_id, discard)
+        return self.decider.commit_or_reset(run_id, discard)
 
     @one_call
     def log_notes(self, run_id: str, notes: str) -> NotesResult:
@@ -425,7 +414,7 @@ class Session:
 
     # ======================================================================================================
     def shutdown(self, join_s: float = 10.0) -> None:
-        self.deciding.shutdown(join_s)
+        self.decider.shutdown(join_s)
 
 
 def _rules_of(config: Config) -> dict[str, Any]:
