@@ -16,6 +16,7 @@ import pytest
 
 from .conftest import git, make_repo, run_cli
 from .test_disk_full import FILLER, full_project, small_disk  # noqa: F401 (fixtures)
+from .test_eval_stage import SCORER
 
 pytestmark = pytest.mark.anyio
 
@@ -24,10 +25,6 @@ OBJECTIVE = """\
 import sys
 X = 5
 print(X)
-"""
-SCORER = """\
-import sys
-print(f"score: {float(open(sys.argv[1]).read().split()[0]):.6f}")
 """
 CONFIG = """\
 target_file = "objective.py"
