@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,7 +32,7 @@ from ..session.session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait
 from ..session.workspace import Workspace
 from ..setup.project import ProjectInfo
 from ..statuses import FILTERS
-from .prompts import loop_prompt
+from .resources import prompt_and_resources
 from .schemas import (
     NO_NULL_DEFAULT,
     UNSET,
@@ -60,7 +59,6 @@ If run_experiment returns status 'running', poll with wait_experiment. The promp
 T = TypeVar("T")
 # Bounds on arguments the engine echoes in its messages, so no answer repeats megabytes back to the agent.
 MAX_RUN_ID_CHARS = 100
-MAX_FOCUS_CHARS = 200
 RunIdText = Annotated[str, *at_most(MAX_RUN_ID_CHARS)]
 TagText = Annotated[str, *at_most(200)]  # the engine's own rule (at most 64 characters) explains itself below
 ShaText = Annotated[str, *at_most(200)]
@@ -214,8 +212,7 @@ def create_server(workspace: Workspace) -> MCPServer:
     _session_tools(tool, workspace)
     _run_tools(tool, workspace)
     _decision_tools(tool, workspace)
-    _prompt_and_resources(server, workspace)
-    _add_plot_resource(server, workspace)
+    prompt_and_resources(server, workspace)
     return server
 
 
@@ -441,77 +438,3 @@ def _decision_tools(tool: Register, workspace: Workspace) -> None:
     ) -> QueryResult:
         """The session's results: counts, baseline, best, improvement, streak, and the rows."""
         return workspace.session.query(status, limit, order)
-
-
-def _prompt_and_resources(server: MCPServer, workspace: Workspace) -> None:
-    """The `loop` prompt and the results, briefing and config resources."""
-
-    @server.prompt(
-        name="loop", description="The autonomous experiment loop: setup, rules, and the current briefing."
-    )
-    def loop(
-        focus: Annotated[
-            str | None,
-            Field(
-                description="Optional: one word naming an area to concentrate the ideas on (e.g. optimizer).",
-                max_length=MAX_FOCUS_CHARS,
-            ),
-        ] = None,
-    ) -> str:
-        try:
-            info = workspace.detect()
-        except AutoresearchError as exc:
-            return (
-                f"The autoresearch server cannot run the loop yet: {exc}\n"
-                "Ask the user to fix this (the configuration is read again on every call), then call "
-                "detect_project to check, and follow the `loop` prompt again."
-            )
-        return loop_prompt(info, workspace.briefing(), focus)
-
-    @server.resource(
-        "autoresearch://results",
-        name="results",
-        mime_type="text/tab-separated-values",
-        description="results.tsv of the current session.",
-    )
-    def results_resource() -> str:
-        session = workspace.session
-        return session.journal.tsv_text()
-
-    @server.resource(
-        "autoresearch://briefing",
-        name="briefing",
-        mime_type="text/markdown",
-        description="Summary of the session for a fresh agent.",
-    )
-    def briefing_resource() -> str:
-        return workspace.session.briefing()
-
-    @server.resource(
-        "autoresearch://config",
-        name="config",
-        mime_type="application/json",
-        description="The effective configuration and where each value came from.",
-    )
-    def config_resource() -> str:
-        project = workspace.load()
-        return json.dumps(
-            {**project.config.model_dump(mode="json"), "config_source": project.info.config_source}, indent=2
-        )
-
-
-def _add_plot_resource(server: MCPServer, workspace: Workspace) -> None:
-    from ..readers.plot import plotting_available, render_png
-
-    if not plotting_available():
-        return
-
-    @server.resource(
-        "autoresearch://progress.png",
-        name="progress.png",
-        mime_type="image/png",
-        description="Progress plot: discarded grey, kept green, running best.",
-    )
-    def progress_png() -> bytes:
-        session = workspace.session
-        return render_png(session.journal.rows, session.state.metric_name, session.state.metric_direction)

@@ -12,7 +12,6 @@ import secrets
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +26,7 @@ from ..measure.metrics import (
 )
 from ..measure.output_checks import Snapshot, snapshot
 from ..names import HOLDOUT, RUN_LOG, STATE_DIR
-from ..records.logtail import clean_text, read_tail_bytes, tail
+from ..records.logtail import clean_text, read_tail_bytes
 from ..sandbox.caches import run_caches, stage_caches
 from ..sandbox.launcher import Launched, launcher
 from ..sandbox.policy import (
@@ -49,6 +48,7 @@ from ..statuses import RunStatus
 from ..terminal_text import printable
 from .evaluation import EVAL_SUFFIX, earlier_evaluation_logs, eval_writable, stage_failure
 from .fresh_outputs import OutputsError, make_fresh, record, record_measured, unsafe_outputs
+from .tally import ExperimentResult, Tally
 
 if TYPE_CHECKING:
     from ..backends.ray_backend import RayBackend, RayJobRun
@@ -63,22 +63,6 @@ _RUN_LOG_REDIRECT = re.compile(
 
 def without_run_log_redirect(command: str) -> str:
     return _RUN_LOG_REDIRECT.sub("", command) or command
-
-
-@dataclass
-class ExperimentResult:
-    status: RunStatus
-    value: float | None
-    values: list[float]
-    spread: float | None
-    duration_s: float
-    memory_gb: float | None
-    exit_code: int | None
-    log_path: str
-    log_tail: str
-    error: str | None = None
-    secondary: dict[str, float] = field(default_factory=dict)
-    leftovers_killed: int = 0
 
 
 SEED_RANGE = 2**31  # AUTORESEARCH_SEED is below this: a seed every RNG accepts (numpy, torch, random)
@@ -113,7 +97,7 @@ class Experiment:
         self._lock = threading.Lock()
         self._current: ProcessRun | RayJobRun | None = None
         self._cancel_reason: str | None = None
-        self._tally = _Tally()  # every run so far: `run` may be called again to add runs
+        self._tally = Tally()  # every run so far: `run` may be called again to add runs
         self._last_run = ""  # the name of the last run (for `fresh_outputs.record`)
 
     def cancel(self, reason: str) -> None:
@@ -363,7 +347,7 @@ class Experiment:
         return result
 
     def _failed(
-        self, tally: _Tally, failure: tuple[RunStatus, str], value: float | None, log_path: Path
+        self, tally: Tally, failure: tuple[RunStatus, str], value: float | None, log_path: Path
     ) -> ExperimentResult:
         """A failed result; when the run was confined and its output shows a refused write, say which setting
         allows it; when the keeper could not confine it, say that instead."""
@@ -489,57 +473,3 @@ class Experiment:
             os.replace(staged, run_log)  # replaces a symlink or a directory entry, never follows it
         except OSError:
             staged.unlink(missing_ok=True)
-
-
-@dataclass
-class _Tally:
-    """What the repeats of one experiment add up to, until it ends in a result."""
-
-    values: list[float] = field(default_factory=list)
-    durations: list[float] = field(default_factory=list)
-    peak_rss: int = 0
-    memory_mb: float | None = None
-    secondary: dict[str, float] = field(default_factory=dict)
-    leftovers: int = 0
-    exit_code: int | None = None
-    eval_log: Path | None = None  # the last evaluation's log (with eval_command)
-
-    def add_run(self, duration_s: float, peak_rss: int, leftovers: int, exit_code: int | None) -> None:
-        self.durations.append(duration_s)
-        self.peak_rss = max(self.peak_rss, peak_rss)
-        self.leftovers += leftovers
-        self.exit_code = exit_code
-
-    def add_figures(self, figures: Secondary) -> None:
-        if figures.memory_mb is not None:
-            self.memory_mb = max(self.memory_mb or 0.0, figures.memory_mb)
-        self.secondary.update(figures.metrics)
-
-    def _tail(self, log_path: Path) -> str:
-        """The log's last lines; with an evaluation stage, the run's and then the evaluation's."""
-        if self.eval_log is None or not self.eval_log.exists():
-            return tail(log_path)
-        run_log = self.eval_log.with_name(self.eval_log.name.removesuffix(EVAL_SUFFIX + ".log") + ".log")
-        evaluation = tail(self.eval_log, 15, 1000)
-        return f"{tail(run_log, 15, 1000)}\n--- evaluation stage ({self.eval_log.name}) ---\n{evaluation}"
-
-    def result(
-        self, status: RunStatus, value: float | None, log_path: Path, error: str | None
-    ) -> ExperimentResult:
-        # A memory figure the run printed (peak_vram_mb) beats the sampled RSS of the process tree.
-        sampled = self.peak_rss / (1024**3) if self.peak_rss else None
-        memory_gb = self.memory_mb / 1024 if self.memory_mb is not None else sampled
-        return ExperimentResult(
-            status=status,
-            value=value,
-            values=list(self.values),
-            spread=(max(self.values) - min(self.values)) if len(self.values) > 1 else None,
-            duration_s=round(sum(self.durations), 3),
-            memory_gb=round(memory_gb, 3) if memory_gb is not None else None,
-            exit_code=self.exit_code,
-            log_path=str(log_path),
-            log_tail=self._tail(log_path),
-            error=error,
-            secondary=self.secondary,
-            leftovers_killed=self.leftovers,
-        )
