@@ -1,1 +1,1 @@
-../mcp_autoresearch/scripted_agent.py
+../mcp_autoresearch/adapters/scripted_agent.py
