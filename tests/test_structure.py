@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import mcp_autoresearch
 
 PACKAGE = Path(mcp_autoresearch.__file__).parent
@@ -253,3 +255,14 @@ def test_the_code_is_formatted_by_ruff() -> None:
         text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_link_the_repository_holds_leads_somewhere() -> None:
+    """A module moved to another folder leaves no dangling link behind (client_examples/scripted_agent.py)."""
+    root = PACKAGE.parent
+    listed = subprocess.run(["git", "ls-files", "-s"], cwd=root, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout (an installed package)")
+    links = [line.split("\t", 1)[1] for line in listed.stdout.splitlines() if line.startswith("120000")]
+    assert "client_examples/scripted_agent.py" in links
+    assert not [link for link in links if not (root / link).exists()]
