@@ -6,7 +6,9 @@ tools only. Teams use the same pattern to drive the loop from CI jobs or classic
     python -m mcp_autoresearch.adapters.scripted_agent --project DIR --experiments 20
 
 Each experiment perturbs one numeric constant of the target (or, now and then, deletes a line: the loop's
-"deleting code is best" rule), runs it, lets the server decide, and logs a note.
+"deleting code is best" rule), runs it, lets the server decide, and logs a note. Two policies: `greedy` (every
+candidate starts from the best: the classic loop) and `tree` (`tree_policy.py`: after `--stall-after`
+experiments without a keep it branches from another node with `branch_from`, and now and then `combine`s two).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any
 import anyio
 from mcp import Client, StdioServerParameters
 from mcp.types import TextContent
+
+from .tree_policy import Branch, Combine, TreePolicy
 
 # `NAME = 1.25` at the start of a line: the tunable constants, karpathy-style.
 CONSTANT = re.compile(
@@ -81,10 +85,22 @@ def propose(content: str, rng: random.Random) -> Proposal | None:
     return Proposal(line, "", f"delete line: {line.strip()[:60]}")
 
 
+Proposer = Callable[[str, random.Random], "Proposal | None"]
+
+
 class ScriptedAgent:
-    def __init__(self, client: Client, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        client: Client,
+        log: Callable[[str], None] = print,
+        policy: TreePolicy | None = None,
+        proposer: Proposer = propose,
+    ) -> None:
+        """`policy` None: the greedy loop. A `TreePolicy`: branch and combine when the line stalls (one slot)."""
         self.client = client
         self.log = log
+        self.policy = policy
+        self.proposer = proposer
 
     async def call(self, tool: str, **args: Any) -> dict[str, Any]:
         result = await self.client.call_tool(tool, args)
@@ -93,12 +109,17 @@ class ScriptedAgent:
             raise ToolFailed(first.text if isinstance(first, TextContent) else f"{tool} failed")
         return result.structured_content or {}
 
-    async def run_and_decide(self, description: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """run_experiment, poll while 'running', then let the server decide. Every status ends in a decision:
-        crash, timeout, metric_error, checks_failed and tampered are logged as crashes."""
+    async def run(self, description: str) -> dict[str, Any]:
+        """run_experiment, then poll while 'running'."""
         run = await self.call("run_experiment", description=description, wait_s=WAIT_S)
         while run["status"] == "running":
             run = await self.call("wait_experiment", run_id=run["run_id"], wait_s=WAIT_S)
+        return run
+
+    async def run_and_decide(self, description: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """run_experiment, poll while 'running', then let the server decide. Every status ends in a decision:
+        crash, timeout, metric_error, checks_failed and tampered are logged as crashes."""
+        run = await self.run(description)
         decision = await self.call("commit_or_reset", run_id=run["run_id"])
         return run, decision
 
@@ -122,6 +143,7 @@ class ScriptedAgent:
         if summary.session.get("best_value") is None:
             run, decision = await self.run_and_decide("baseline")
             self._count(summary, decision)
+            self._record(run, decision)
             if on_experiment:
                 on_experiment(0, run, decision)
             if decision["decision"] != "keep":
@@ -132,25 +154,41 @@ class ScriptedAgent:
             await self._slots_loop(info["slots"], experiments, rng, summary, on_experiment)
             summary.results = await self.call("query_results", limit=50)
             return summary
-        for number in range(1, experiments + 1):
-            view = await self.call("read_target")
-            proposal = propose(view["content"], rng)
-            if proposal is None:
+        await self._serial_loop(experiments, rng, summary, on_experiment)
+        summary.results = await self.call("query_results", limit=50)
+        return summary
+
+    async def _serial_loop(
+        self,
+        experiments: int,
+        rng: random.Random,
+        summary: Summary,
+        on_experiment: Callable[[int, dict[str, Any], dict[str, Any]], None] | None,
+    ) -> None:
+        """One run at a time: `experiments` decided candidates (a content measured before is not one)."""
+        number = attempts = 0
+        while number < experiments and attempts < 3 * experiments:
+            attempts += 1
+            candidate = await self._next_candidate(rng)
+            if candidate is None:
                 self.log("nothing left to change")
-                break
-            await self.call(
-                "apply_edit",
-                edits=[{"old_text": proposal.old, "new_text": proposal.new}],
-                expected_sha256=view["sha256"],
-            )
+                return
+            description, before = candidate
             try:
-                run, decision = await self.run_and_decide(proposal.description)
+                run = await self.run(description)
             except ToolFailed as exc:
                 # A refusal (max_experiments, a rule): put the target back and stop cleanly.
                 self.log(f"stopped: {exc}")
-                await self.call("apply_edit", content=view["content"])
-                break
+                await self.call("apply_edit", content=before)
+                return
+            if run.get("already_measured"):  # nothing ran: go back to where this candidate started
+                self.log(f"      {description}: measured before, as {run['run_id']}; trying another")
+                await self._back_to(before, combined=description.startswith("combine "))
+                continue
+            decision = await self.call("commit_or_reset", run_id=run["run_id"])
+            number += 1
             self._count(summary, decision)
+            self._record(run, decision)
             outcome = (
                 f"{run['status']}: value {run.get('value')}, best before {run.get('best_value')}; "
                 f"decision {decision['decision']} ({decision['reason']})"
@@ -158,12 +196,33 @@ class ScriptedAgent:
             await self.call(
                 "log_result",
                 run_id=run["run_id"],
-                notes=f"hypothesis: {proposal.description} helps; result: {outcome}",
+                notes=f"hypothesis: {description} helps; result: {outcome}",
             )
             if on_experiment:
                 on_experiment(number, run, decision)
-        summary.results = await self.call("query_results", limit=50)
-        return summary
+
+    async def _next_candidate(self, rng: random.Random) -> tuple[str, str] | None:
+        """Put the next candidate in the target: (its description, the target's content before), or None."""
+        move = self.policy.next_move() if self.policy else None
+        described = await self._move(move) if move else None
+        view = await self.call("read_target")
+        if described is not None:
+            return described, view["content"]
+        proposal = self.proposer(view["content"], rng)
+        if proposal is None:
+            return None
+        await self.call(
+            "apply_edit",
+            edits=[{"old_text": proposal.old, "new_text": proposal.new}],
+            expected_sha256=view["sha256"],
+        )
+        return proposal.description, view["content"]
+
+    async def _back_to(self, before: str, combined: bool) -> None:
+        if combined and self.policy is not None and self.policy.current is not None:
+            await self.call("branch_from", run_id=self.policy.current)
+        else:
+            await self.call("apply_edit", content=before)
 
     async def _slots_loop(
         self,
@@ -217,6 +276,44 @@ class ScriptedAgent:
             )
             if on_experiment:
                 on_experiment(decided, run, decision)
+
+    async def _move(self, move: Branch | Combine) -> str | None:
+        """Branch from another node (None: propose an edit from there), or combine two (the candidate's
+        description). A refused move is logged and the agent goes on from where it is."""
+        assert self.policy is not None
+        try:
+            if isinstance(move, Combine):
+                await self.call("combine", run_a=move.run_a, run_b=move.run_b)
+                self.log(f"      combine: {move.run_a} + {move.run_b} ({move.why})")
+                parent = self._better(move.run_a, move.run_b)
+                self.policy.moved_to(parent)
+                return f"combine {move.run_a} + {move.run_b}"
+            await self.call("branch_from", run_id=move.run_id)
+        except ToolFailed as exc:
+            self.log(f"      could not {type(move).__name__.lower()}: {exc}")
+            return None
+        self.log(
+            f"      branch: no keep in {self.policy.stall_after} experiments; "
+            f"branching from {move.run_id} ({move.why})"
+        )
+        self.policy.moved_to(move.run_id)
+        return None
+
+    def _better(self, run_a: str, run_b: str) -> str:
+        assert self.policy is not None
+        a, b = self.policy.nodes.get(run_a), self.policy.nodes.get(run_b)
+        if a is None or b is None or a.value is None or b.value is None:
+            return run_a
+        return run_b if self.policy.better(b.value, a.value) else run_a
+
+    def _record(self, run: dict[str, Any], decision: dict[str, Any]) -> None:
+        """Tell the tree policy what the server decided (its parent and best when the server names them)."""
+        if self.policy is None:
+            return
+        kept = decision["decision"] == "keep"
+        parent = decision.get("parent", run.get("parent", self.policy.current))
+        is_best = decision.get("best", kept)
+        self.policy.record(run["run_id"], parent, run.get("value"), kept, bool(is_best))
 
     @staticmethod
     def _count(summary: Summary, decision: dict[str, Any]) -> None:
