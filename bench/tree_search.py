@@ -112,6 +112,7 @@ def additive(step: float) -> Callable[[str, random.Random], Proposal | None]:
 
 @dataclass
 class Outcome:
+    seed: int = 0
     final_true: float = math.nan  # the session's best at the end
     best_kept_true: float = math.nan  # the best of every kept node
     experiments: int = 0
@@ -190,7 +191,7 @@ async def one_session(workdir: Path, policy: str, seed: int, args: argparse.Name
         agent = ScriptedAgent(client, log=log, policy=tree, proposer=additive(args.step))
         await agent.loop(args.experiments, seed, "bench")
     outcome = measure(root, "bench")
-    outcome.branches = branches
+    outcome.seed, outcome.branches = seed, branches
     outcome.seconds = time.perf_counter() - started
     shutil.rmtree(root, ignore_errors=True)
     return outcome
@@ -224,6 +225,22 @@ def row(policy: str, tally: Tally) -> str:
         f"{false_keeps}/{keeps} ({100 * false_keeps / keeps if keeps else 0:.1f}%) | "
         f"{sum(o.branches for o in tally.outcomes)} / {sum(o.combines for o in tally.outcomes)} | "
         f"{sum(o.seconds for o in tally.outcomes) / len(final):.0f} s |"
+    )
+
+
+def paired(greedy: Tally, tree: Tally) -> str:
+    """Seed by seed (both policies draw the same proposals until the tree first branches): tree - greedy."""
+    by_seed = {o.seed: o.final_true for o in greedy.outcomes}
+    diffs = [o.final_true - by_seed[o.seed] for o in tree.outcomes if o.seed in by_seed]
+    if len(diffs) < 2:
+        return "paired: too few seeds"
+    half = 1.96 * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    mean = statistics.mean(diffs)
+    wins = sum(d < 0 for d in diffs)
+    return (
+        f"paired by seed, tree - greedy (final best, true value; negative: the tree is better): "
+        f"{mean:+.2f} (95% interval {mean - half:+.2f} to {mean + half:+.2f}); the tree better on {wins} of "
+        f"{len(diffs)} seeds"
     )
 
 
@@ -281,6 +298,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Tally]:
         for policy in args.policies.split(","):
             tallies[policy] = await run_policy(policy, args, Path(tmp))
             print(row(policy, tallies[policy]), flush=True)
+    if "greedy" in tallies and "tree" in tallies:
+        print("\n" + paired(tallies["greedy"], tallies["tree"]), flush=True)
     return tallies
 
 

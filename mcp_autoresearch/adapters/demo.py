@@ -19,12 +19,15 @@ from mcp import Client
 from ..errors import AutoresearchError
 from ..names import RESULTS_TSV, RUN_LOG, STATE_DIR
 from ..vcs.repo import FALLBACK_IDENTITY
-from .scripted_agent import ScriptedAgent, server_params
+from .scripted_agent import HEADER, ScriptedAgent, server_params
+from .tree_policy import TreePolicy
 
 EXAMPLES = {
     "tune": "a polynomial sine approximation; metric: RMS error (lower is better)",
     "bundle": "a tiny Node library; metric: bundle size in KB (lower is better), with a test gate",
 }
+# The demo's agent branches from another node after this many experiments in a row without a keep (one slot).
+STALL_AFTER = 3
 IGNORE = shutil.ignore_patterns(
     "__pycache__", "*.pyc", "dist", "node_modules", STATE_DIR, RUN_LOG, RESULTS_TSV
 )
@@ -78,8 +81,16 @@ def run_demo(
         raise AutoresearchError("--slots must be between 1 and 64")
     project = prepare(example, keep_dir, slots)
     print(f"demo project: {project}  ({EXAMPLES[example]})")
-    print("starting the server over stdio and the scripted agent (no LLM)...\n", flush=True)
-    print(f"{'run':<5} {'status':<13} {'value':>12}  {'decision':<8} reason")  # runs number the experiments
+    print("starting the server over stdio and the scripted agent (no LLM)...", flush=True)
+    if slots == 1:
+        print(
+            f"the agent builds on each keep; after {STALL_AFTER} experiments in a row without one it branches "
+            "from another node of the research tree (branch_from)\n",
+            flush=True,
+        )
+    else:
+        print()
+    print(HEADER)  # runs number the experiments; `from` is the node each started from
     started = time.monotonic()
     try:
         summary = anyio.run(_drive, project, experiments, seed, slots)
@@ -121,7 +132,8 @@ async def _drive(project: Path, experiments: int, seed: int, slots: int = 1) -> 
     # The slots' checkouts beside the demo project, removed with it (never inside its work tree).
     env = {"AUTORESEARCH_SLOTS_DIR": str(project.parent / f"{project.name}-slots")} if slots > 1 else None
     async with Client(server_params(str(project), extra, env)) as client:
-        agent = ScriptedAgent(client, log=lambda line: print(line, flush=True))
+        policy = TreePolicy(stall_after=STALL_AFTER) if slots == 1 else None
+        agent = ScriptedAgent(client, log=lambda line: print(line, flush=True), policy=policy)
         return await agent.loop(experiments, seed, None, print_experiment)
 
 

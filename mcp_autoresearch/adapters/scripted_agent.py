@@ -137,10 +137,14 @@ class ScriptedAgent:
             f"project: {info['project_type']}, target {info['target_file']}, metric {info['metric_name']} "
             f"({info['metric_direction']})"
         )
+        if self.policy is not None:
+            self.policy.lower_is_better = info["metric_direction"] == "lower_is_better"
         summary.session = await self.call("start_session", **({"tag": tag} if tag else {}))
         if summary.session.get("pending_run"):
             await self.call("commit_or_reset", run_id=summary.session["pending_run"])
-        if summary.session.get("best_value") is None:
+        if summary.session.get("best_value") is not None:
+            await self._seed_policy()
+        else:
             run, decision = await self.run_and_decide("baseline")
             self._count(summary, decision)
             self._record(run, decision)
@@ -155,6 +159,7 @@ class ScriptedAgent:
             summary.results = await self.call("query_results", limit=50)
             return summary
         await self._serial_loop(experiments, rng, summary, on_experiment)
+        await self._end_on_best()
         summary.results = await self.call("query_results", limit=50)
         return summary
 
@@ -281,16 +286,20 @@ class ScriptedAgent:
         """Branch from another node (None: propose an edit from there), or combine two (the candidate's
         description). A refused move is logged and the agent goes on from where it is."""
         assert self.policy is not None
+        if isinstance(move, Combine):
+            try:
+                answer = await self.call("combine", run_a=move.run_a, run_b=move.run_b)
+            except ToolFailed as exc:  # a conflict, or nothing to combine: branch instead
+                self.log(f"      could not combine {move.run_a} + {move.run_b}: {exc}")
+                branch = self.policy.branch_point()
+                return await self._move(branch) if branch else None
+            self.log(f"      combine: {move.run_a} + {move.run_b} ({move.why}), onto {answer['parent']}")
+            self.policy.moved_to(answer["parent"])
+            return f"combine {move.run_a} + {move.run_b}"
         try:
-            if isinstance(move, Combine):
-                await self.call("combine", run_a=move.run_a, run_b=move.run_b)
-                self.log(f"      combine: {move.run_a} + {move.run_b} ({move.why})")
-                parent = self._better(move.run_a, move.run_b)
-                self.policy.moved_to(parent)
-                return f"combine {move.run_a} + {move.run_b}"
             await self.call("branch_from", run_id=move.run_id)
         except ToolFailed as exc:
-            self.log(f"      could not {type(move).__name__.lower()}: {exc}")
+            self.log(f"      could not branch from {move.run_id}: {exc}")
             return None
         self.log(
             f"      branch: no keep in {self.policy.stall_after} experiments; "
@@ -299,12 +308,24 @@ class ScriptedAgent:
         self.policy.moved_to(move.run_id)
         return None
 
-    def _better(self, run_a: str, run_b: str) -> str:
-        assert self.policy is not None
-        a, b = self.policy.nodes.get(run_a), self.policy.nodes.get(run_b)
-        if a is None or b is None or a.value is None or b.value is None:
-            return run_a
-        return run_b if self.policy.better(b.value, a.value) else run_a
+    async def _end_on_best(self) -> None:
+        """The tree policy may end on another node: put the best's target back in the work tree."""
+        policy = self.policy
+        if policy is not None and policy.best is not None and policy.current != policy.best:
+            await self.call("branch_from", run_id=policy.best)
+            self.log(f"      back to the best, {policy.best}: the work tree holds its target")
+            policy.moved_to(policy.best)
+
+    async def _seed_policy(self) -> None:
+        """A resumed session: the tree policy learns the tree so far from the rows (its last 500)."""
+        if self.policy is None:
+            return
+        rows = (await self.call("query_results", limit=500))["rows"]
+        for row in reversed(rows):
+            kept = row["status"] == "keep"
+            self.policy.record(
+                row["run_id"], row.get("parent"), row.get("value"), kept, bool(row.get("best"))
+            )
 
     def _record(self, run: dict[str, Any], decision: dict[str, Any]) -> None:
         """Tell the tree policy what the server decided (its parent and best when the server names them)."""
@@ -349,18 +370,26 @@ def server_params(
 
 
 def print_experiment(number: int, run: dict[str, Any], decision: dict[str, Any]) -> None:
-    """One line per experiment, numbered by its run id (r1 is the baseline), as every other view numbers it."""
+    """One line per experiment, numbered by its run id (r1 is the baseline), as every other view numbers it,
+    with the node it started from (its parent: `-` for the baseline)."""
     value = run.get("value")
     shown = "-" if value is None else f"{value:.6g}"
+    parent = decision.get("parent") or run.get("parent") or "-"
     print(
-        f"{run['run_id']:<5} {run['status']:<13} {shown:>12}  {decision['decision']:<8} {decision['reason']}",
+        f"{run['run_id']:<5} {parent:<5} {run['status']:<13} {shown:>12}  {decision['decision']:<8} "
+        f"{decision['reason']}",
         flush=True,
     )
 
 
+HEADER = f"{'run':<5} {'from':<5} {'status':<13} {'value':>12}  {'decision':<8} reason"
+
+
 async def amain(args: argparse.Namespace) -> int:
+    print(HEADER)
     async with Client(server_params(args.project)) as client:
-        agent = ScriptedAgent(client)
+        policy = TreePolicy(stall_after=args.stall_after) if args.policy == "tree" else None
+        agent = ScriptedAgent(client, policy=policy)
         summary = await agent.loop(args.experiments, args.seed, args.tag, print_experiment)
     results = summary.results or {}
     best = results.get("best") or {}
@@ -377,6 +406,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiments", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--tag", default=None)
+    parser.add_argument(
+        "--policy",
+        choices=("greedy", "tree"),
+        default="greedy",
+        help="tree: branch_from and combine on stalls",
+    )
+    parser.add_argument(
+        "--stall-after", type=int, default=6, help="tree: experiments without a keep, then branch"
+    )
     args = parser.parse_args(argv)
     args.project = os.path.abspath(args.project)
     try:

@@ -77,6 +77,10 @@ class TreePolicy:
             pair = self._combine_pair()
             if pair is not None:
                 return pair
+        return self.branch_point()
+
+    def branch_point(self) -> Branch | None:
+        """The next node to branch from, the kinds in turn (None when every one was tried)."""
         for offset in range(len(self.kinds)):
             kind = self.kinds[(self.branches - 1 + offset) % len(self.kinds)]
             move = getattr(self, "_" + kind.replace("-", "_"))()
