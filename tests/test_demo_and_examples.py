@@ -42,6 +42,30 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert not re.search(r"^#\d", result.stdout, re.MULTILINE)
 
 
+def test_the_demo_branches_from_an_earlier_node(tmp_path: Path) -> None:
+    """Issue 23.7: the demo's agent branches (branch_from) when its line stalls, and says so plainly."""
+    out = tmp_path / "demo"
+    result = run_cli("demo", "--experiments", "12", "--keep-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    said = re.search(r"branching from (r\d+) \(", result.stdout)
+    assert said, result.stdout
+    events = [
+        json.loads(line) for line in (out / ".autoresearch" / "autoresearch.jsonl").read_text().splitlines()
+    ]
+    done = [e["details"] for e in events if e["action"] == "experiment_done"]
+    # The run after the branch started from that node, which was not the latest kept one (the greedy parent).
+    latest_kept, branched = None, []
+    for row in done:
+        if row["parent"] != latest_kept:
+            branched.append(row)
+        if row["status"] == "keep":
+            latest_kept = row["run_id"]
+    assert branched and branched[0]["parent"] == said.group(1), (branched, said.group(0))
+    assert f"research tree: branch_from {said.group(1)}" in result.stdout
+    # The work tree ends on the best (the agent branches back to it).
+    assert git(out, "status", "--porcelain", "--untracked-files=no") == ""
+
+
 def test_demo_with_slots_keeps_them_busy(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = run_cli("demo", "--experiments", "10", "--slots", "3", "--keep-dir", str(out))

@@ -18,6 +18,7 @@ from mcp import Client
 
 from ..errors import AutoresearchError
 from ..names import RESULTS_TSV, RUN_LOG, STATE_DIR
+from ..records.journal import Row
 from ..vcs.repo import FALLBACK_IDENTITY
 from .scripted_agent import HEADER, ScriptedAgent, server_params
 from .tree_policy import TreePolicy
@@ -115,6 +116,8 @@ def run_demo(
         f"{results.get('baseline')} -> best {best.get('value')}"
         + (f" ({pct:.1f}% better)" if pct is not None else "")
     )
+    if slots == 1:
+        console.print(tree_line(session.journal.rows, best.get("run_id"), summary.moves))
     tag = session.state.tag
     console.print(f"\n  {RESULTS_TSV}  {project / RESULTS_TSV}")
     console.print(f"  JSONL log    {session.journal.jsonl_path}")
@@ -135,6 +138,17 @@ async def _drive(project: Path, experiments: int, seed: int, slots: int = 1) -> 
         policy = TreePolicy(stall_after=STALL_AFTER) if slots == 1 else None
         agent = ScriptedAgent(client, log=lambda line: print(line, flush=True), policy=policy)
         return await agent.loop(experiments, seed, None, print_experiment)
+
+
+def tree_line(rows: list[Row], best: str | None, moves: list[str]) -> str:
+    """The research tree in one line: what the agent did besides going deeper, and the best lineage."""
+    parents = {row.run_id: row.parent for row in rows}
+    lineage: list[str] = []
+    while best is not None and best not in lineage:
+        lineage.append(best)
+        best = parents.get(best)
+    done = ", ".join(moves) if moves else "never branched (no stall)"
+    return f"research tree: {done}; best lineage {' -> '.join(reversed(lineage))}"
 
 
 def _own_command() -> str:

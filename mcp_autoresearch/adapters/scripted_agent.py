@@ -52,6 +52,7 @@ class Summary:
     decisions: dict[str, int] = field(default_factory=dict)
     results: dict[str, Any] | None = None
     session: dict[str, Any] | None = None
+    moves: list[str] = field(default_factory=list)  # the tree policy's: "branch_from r5", "combine r3 + r6"
 
 
 def propose(content: str, rng: random.Random) -> Proposal | None:
@@ -101,6 +102,7 @@ class ScriptedAgent:
         self.log = log
         self.policy = policy
         self.proposer = proposer
+        self.moves: list[str] = []
 
     async def call(self, tool: str, **args: Any) -> dict[str, Any]:
         result = await self.client.call_tool(tool, args)
@@ -160,6 +162,7 @@ class ScriptedAgent:
             return summary
         await self._serial_loop(experiments, rng, summary, on_experiment)
         await self._end_on_best()
+        summary.moves = list(self.moves)
         summary.results = await self.call("query_results", limit=50)
         return summary
 
@@ -295,6 +298,7 @@ class ScriptedAgent:
                 return await self._move(branch) if branch else None
             self.log(f"      combine: {move.run_a} + {move.run_b} ({move.why}), onto {answer['parent']}")
             self.policy.moved_to(answer["parent"])
+            self.moves.append(f"combine {move.run_a} + {move.run_b}")
             return f"combine {move.run_a} + {move.run_b}"
         try:
             await self.call("branch_from", run_id=move.run_id)
@@ -306,6 +310,7 @@ class ScriptedAgent:
             f"branching from {move.run_id} ({move.why})"
         )
         self.policy.moved_to(move.run_id)
+        self.moves.append(f"branch_from {move.run_id}")
         return None
 
     async def _end_on_best(self) -> None:
