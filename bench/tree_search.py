@@ -4,7 +4,8 @@ landscape with local optima and real noise, through the real server and the real
 The target `params.py` holds three constants X, Y, Z; the evaluator (read-only) prints
 `loss: rastrigin(X, Y, Z) + N(0, noise)`, the Rastrigin function (10 per dimension + x^2 - 10 cos(2 pi x):
 a local minimum near every integer point, the one global minimum 0 at the origin), with fresh randomness on every
-run (`random.SystemRandom`). Every session starts at X, Y, Z = 2.6, -3.3, 1.7 (true value 41.6).
+run (`random.SystemRandom`). Every session starts at X, Y, Z = 2.6, -3.3, 1.7 (true value 64.8; the nearest local
+minimum, near 3, -3, 2, is about 22).
 
 Both policies are `mcp_autoresearch.adapters.scripted_agent.ScriptedAgent`, with one proposal: add N(0, step)
 to one constant chosen at random.
@@ -120,6 +121,7 @@ class Outcome:
     false_keeps: int = 0
     branches: int = 0
     combines: int = 0
+    combines_refused: int = 0  # a conflict, or nothing to combine: the agent branched instead
     seconds: float = 0.0
 
 
@@ -130,7 +132,13 @@ class Tally:
 
 def make_project(root: Path, noise: float, keep_rule: str | None) -> None:
     root.mkdir(parents=True)
-    (root / "params.py").write_text("".join(f"{name} = {value}\n" for name, value in START.items()))
+    # A comment between the constants, as in a real configuration: git merges changes of lines apart (combine),
+    # while changes of adjacent lines conflict.
+    (root / "params.py").write_text(
+        "".join(
+            f"# {name}: one constant of the landscape\n{name} = {value}\n\n" for name, value in START.items()
+        )
+    )
     (root / "evaluate.py").write_text(EVALUATE.replace("__NOISE__", repr(noise)))
     settings: dict[str, Any] = {
         "target_file": "params.py",
@@ -180,18 +188,16 @@ async def one_session(workdir: Path, policy: str, seed: int, args: argparse.Name
     root = workdir / f"{policy}-{seed}"
     make_project(root, args.noise, args.keep_rule)
     tree = TreePolicy(stall_after=args.stall_after) if policy == "tree" else None
-    branches = 0
-
-    def log(line: str) -> None:
-        nonlocal branches
-        branches += line.lstrip().startswith("branch:")
+    said: list[str] = []
 
     started = time.perf_counter()
     async with Client(create_server(Workspace(root))) as client:
-        agent = ScriptedAgent(client, log=log, policy=tree, proposer=additive(args.step))
+        agent = ScriptedAgent(client, log=said.append, policy=tree, proposer=additive(args.step))
         await agent.loop(args.experiments, seed, "bench")
     outcome = measure(root, "bench")
-    outcome.seed, outcome.branches = seed, branches
+    outcome.seed = seed
+    outcome.branches = sum(line.lstrip().startswith("branch:") for line in said)
+    outcome.combines_refused = sum(line.lstrip().startswith("could not combine") for line in said)
     outcome.seconds = time.perf_counter() - started
     shutil.rmtree(root, ignore_errors=True)
     return outcome
@@ -223,7 +229,8 @@ def row(policy: str, tally: Tally) -> str:
         f"{statistics.median(final):.2f} ({min(final):.2f}-{max(final):.2f}) | "
         f"{statistics.mean(best_kept):.2f} | {sum(v < GLOBAL_BASIN for v in final)} | "
         f"{false_keeps}/{keeps} ({100 * false_keeps / keeps if keeps else 0:.1f}%) | "
-        f"{sum(o.branches for o in tally.outcomes)} / {sum(o.combines for o in tally.outcomes)} | "
+        f"{sum(o.branches for o in tally.outcomes)} / {sum(o.combines for o in tally.outcomes)} "
+        f"({sum(o.combines_refused for o in tally.outcomes)} refused) | "
         f"{sum(o.seconds for o in tally.outcomes) / len(final):.0f} s |"
     )
 
@@ -289,7 +296,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Tally]:
     )
     print(
         "| policy | sessions | final best, true value: mean +- sd | median (min-max) | best kept node, mean "
-        f"| sessions in the global basin (< {GLOBAL_BASIN:g}) | false keeps / keeps | branches / combines "
+        f"| sessions in the global basin (< {GLOBAL_BASIN:g}) | false keeps / keeps | branches / combines (refused) "
         "| time per session |\n|---|---|---|---|---|---|---|---|---|",
         flush=True,
     )

@@ -94,3 +94,12 @@ def test_the_tree_search_bench_runs(tmp_path: Path) -> None:
         assert 0 <= outcome.false_keeps <= outcome.keeps
     assert tallies["greedy"].outcomes[0].branches == 0
     assert tallies["tree"].outcomes[0].branches >= 1  # one discard is a stall: it branched
+
+
+def test_a_near_miss_is_an_alternative_to_the_best_lineage_never_a_miss_of_a_side_branch() -> None:
+    policy = grown(TreePolicy(stall_after=1, combine_every=0))
+    policy.record(
+        "r6", "r4", 7.51, kept=False, is_best=False
+    )  # a near-miss of the near-miss r4: closer still
+    move = policy.next_move()
+    assert isinstance(move, Branch) and move.run_id == "r4"  # r6's parent r4 is not on the best lineage

@@ -157,6 +157,8 @@ class ScriptedAgent:
                 summary.results = await self.call("query_results", limit=50)
                 return summary
         if info.get("slots", 1) > 1:
+            if self.policy is not None:
+                self.log("with slots the agent keeps every slot busy from the best (greedy): no branching")
             await self._slots_loop(info["slots"], experiments, rng, summary, on_experiment)
             summary.results = await self.call("query_results", limit=50)
             return summary

@@ -2,9 +2,10 @@
 
 A simple, readable policy over the research tree, fed with every decision the server made:
 - go deeper on a keep (the kept node becomes the parent of the next candidate, as in the greedy loop);
-- after `stall_after` experiments in a row without a keep, branch: in turn from a near-miss (a discarded
-  candidate whose value came closest to its parent's), from an earlier node of the best lineage (the best's
-  parent, then its grandparent, ...) and from a frontier node (kept, not yet explored);
+- after `stall_after` experiments in a row without a keep, branch: in turn from a near-miss (of the discarded
+  children of the best lineage's nodes, the one whose value came closest to its parent's), from an earlier node
+  of the best lineage (the best's parent, then its grandparent, ...) and from a frontier node (kept, not yet
+  explored);
 - every `combine_every`-th time it would branch, combine the best with the best node of another lineage instead.
 A node is branched from at most once, so the policy never circles back to the same place.
 """
@@ -112,10 +113,13 @@ class TreePolicy:
         return abs(node.value - parent.value)
 
     def _near_miss(self) -> Branch | None:
+        """The discarded child of a node of the best lineage that came closest to its parent (an alternative
+        to the path that led to the best; not a near-miss of a near-miss)."""
+        on_lineage = set(self.lineage(self.best))
         misses = [
             n
             for n in self.nodes.values()
-            if not n.kept and n.value is not None and n.run_id not in self.tried and n.parent is not None
+            if not n.kept and n.value is not None and n.run_id not in self.tried and n.parent in on_lineage
         ]
         if not misses:
             return None
