@@ -197,3 +197,27 @@ async def test_the_sequential_rule_judges_a_branched_candidate_against_its_paren
         assert r4["best_values"][:3] == [0.8, 0.82, 0.78]
         assert (await agent.ok("query_results"))["best"]["run_id"] == "r4"
         assert git(root, "rev-parse", "autoresearch/sq").strip() == r4["commit"]
+
+
+async def test_a_crash_branched_from_to_fix_it_is_judged_against_the_best(
+    knobs: Path, agent_for: Any
+) -> None:
+    root = knobs
+    async with agent_for(root, {"target_file": "train.py", "run_command": "python train.py"}) as agent:
+        await agent.ok("start_session", tag="cr")
+        await agent.experiment("baseline")  # r1: 10
+        crashed = await step(agent, "B = 5", "B = 4\nraise SystemExit('typo')", "B to 4, with a typo")
+        assert crashed["decision"] == "crash" and "B = 4" not in target(root)
+        branched = await agent.ok("branch_from", run_id="r2")
+        assert branched["status"] == "crash" and branched["value"] is None and "typo" in target(root)
+        fixed = await step(agent, "\nraise SystemExit('typo')", "", "B to 4, fixed")  # 9
+        # Its parent has no value: the bar is the best's (10), and beating it makes it the best.
+        assert (fixed["decision"], fixed["parent"], fixed["best"], fixed["prev"]) == ("keep", "r2", True, 10)
+        assert git(root, "rev-parse", "autoresearch/cr").strip() == fixed["commit"]
+        assert git(root, "status", "--porcelain", "-uno") == ""
+        rows = done_rows(root)
+        assert (rows["r3"]["parent"], rows["r3"]["best"]) == ("r2", True)
+        assert (
+            git(root, "rev-parse", "refs/autoresearch/cr/r1").strip()
+            == git(root, "rev-parse", f"{fixed['commit']}~2").strip()
+        )
