@@ -167,8 +167,10 @@ class Decider:
                 prev=best.value if best else None,
                 best=becomes_best(core, pending, decision),
             )
-            if decision == "keep" and not pending.decision.best:
-                pending.decision.reason += f"; not better than the best ({core.state.best.run_id if core.state.best else '-'}): kept as a node, the best stays"
+            if decision == "keep" and not pending.decision.best and core.state.best is not None:
+                pending.decision.reason += (
+                    f"; not better than the best ({core.state.best.run_id}): kept as a node, the best stays"
+                )
             # Written ahead only when applying it moves the branch: a restart must then finish it. Otherwise,
             # decided again from `finished` after a restart, it comes out the same.
             ahead = self.placement.writes_ahead(decision, pending)

@@ -73,7 +73,9 @@ class TreeDecisions:
     def decided(self, pending: Pending, note: str) -> str:
         core = self.core
         decision = pending.decision or DecisionRecord()
-        if decision.decision == "keep" and core.config.holdout_command:  # after the keep: it cannot change it
+        if (
+            made_best(decision) and core.config.holdout_command
+        ):  # after the keep of a new best: it cannot change it
             best = core.state.best.value if core.state.best else None
             run_holdout(
                 core.config,
