@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from .measure.provenance import MetricProvenance
+from .records.tree_view import TreeView
 from .statuses import Decision, RunState, RunStatus
 
 PROVENANCE = "Where the metric's value comes from: evaluation, server, or self-reported (with the fix)."
@@ -204,4 +205,9 @@ class QueryResult(BaseModel):
     )
     holdout: str | None = Field(
         None, description="How far the kept improvements hold on the holdout (holdout_command), in one line."
+    )
+    tree: TreeView | None = Field(
+        None,
+        description="With view='tree': the research tree (best lineage, frontier, near-misses, dead ends, the "
+        "newest nodes); rows is then empty.",
     )

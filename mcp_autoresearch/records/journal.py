@@ -111,6 +111,7 @@ class Journal:
         self._run_status = bytearray()  # index into RUN_STATUSES
         self._run_numbers = array("q")  # n of run id "r<n>", increasing
         self._other_ids: dict[str, int] = {}  # run ids of another shape
+        self._other_names: dict[int, str] = {}  # the same, by row index
         self._notes: dict[int, list[str]] = {}
         self._cache: OrderedDict[int, Row] = OrderedDict()
         self._best_values = array("d")  # values of rows that have one, sorted ascending
@@ -135,6 +136,11 @@ class Journal:
         if position < len(self._run_numbers) and self._run_numbers[position] == number:
             return position
         return None
+
+    def run_id_at(self, index: int) -> str:
+        """The run id of row `index`, from the index alone."""
+        other = self._other_names.get(index)
+        return other if other is not None else f"r{self._run_numbers[index]}"
 
     def get(self, run_id: str) -> Row | None:
         index = self.index_of(run_id)
@@ -312,11 +318,13 @@ class Journal:
     ) -> None:
         index = len(self)
         number = _run_number(run_id)
-        if number is not None and (not self._run_numbers or number > self._run_numbers[-1]):
+        canonical = number is not None and run_id == f"r{number}"  # so run_id_at can spell it back
+        if canonical and number is not None and (not self._run_numbers or number > self._run_numbers[-1]):
             self._run_numbers.append(number)
         else:
             self._run_numbers.append(self._run_numbers[-1] if self._run_numbers else -1)
             self._other_ids[run_id] = index
+            self._other_names[index] = run_id
         self._offsets.append(offset)
         self._values.append(math.nan if value is None else value)
         self._status.append(DECISIONS.index(status))
