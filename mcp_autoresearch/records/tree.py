@@ -177,12 +177,12 @@ def build_from_columns(
     parents = [p if 0 <= p < i else -1 for i, p in enumerate(columns.parents)]
     descriptions = columns.descriptions or [""] * count
     nodes: list[TreeNode] = []
-    children: list[list[int]] = [[] for _ in range(count)]
+    children: dict[int, list[int]] = {}  # only the nodes that have children
     for i in range(count):
         parent = parents[i]
         depth = 0 if parent < 0 else nodes[parent].depth + 1
         if parent >= 0:
-            children[parent].append(i)
+            children.setdefault(parent, []).append(i)
         nodes.append(
             TreeNode(
                 run_id=columns.run_ids[i],
@@ -195,7 +195,7 @@ def build_from_columns(
             )
         )
     tree = ResearchTree(nodes=nodes, max_depth=max((n.depth for n in nodes), default=0))
-    for i, kids in enumerate(children):
+    for i, kids in children.items():
         nodes[i].children_count = len(kids)
     tree.best_lineage = _lineage(nodes, parents, best_run_id)
     for i in tree.best_lineage:
@@ -253,7 +253,7 @@ def _near_misses(
     return found
 
 
-def _dead_ends(nodes: list[TreeNode], children: list[list[int]], stall_after: int) -> list[int]:
+def _dead_ends(nodes: list[TreeNode], children: dict[int, list[int]], stall_after: int) -> list[int]:
     """Kept nodes whose last `stall_after` children (at least 3) were all discarded or crashed (runs the server
     cut short say nothing about the idea and do not count), newest first."""
     needed = max(MIN_DEAD_END_CHILDREN, stall_after)
@@ -261,7 +261,7 @@ def _dead_ends(nodes: list[TreeNode], children: list[list[int]], stall_after: in
     for i in range(len(nodes) - 1, -1, -1):
         if nodes[i].status != "keep":
             continue
-        measured = [c for c in children[i] if nodes[c].run_status not in NOT_MEASURED]
+        measured = [c for c in children.get(i, ()) if nodes[c].run_status not in NOT_MEASURED]
         if len(measured) >= needed and all(nodes[c].status != "keep" for c in measured[-needed:]):
             found.append(i)
     return found
