@@ -10,6 +10,8 @@ from .measure.provenance import MetricProvenance
 from .records.tree_view import TreeView
 from .statuses import Decision, RunState, RunStatus
 
+PARENT = "The run this candidate started from (its parent node); null for the baseline."
+BECAME_BEST = "True: this run became the session's best."
 PROVENANCE = "Where the metric's value comes from: evaluation, server, or self-reported (with the fix)."
 
 
@@ -107,6 +109,7 @@ class RunResult(BaseModel):
     slot: int | None = Field(
         None, description="With slots: the slot it runs in (None: every slot, or no slots)."
     )
+    parent: str | None = Field(None, description=PARENT)
 
 
 class DecisionResult(BaseModel):
@@ -138,6 +141,8 @@ class DecisionResult(BaseModel):
         description="Why those runs showed it worse than when judged: the keep is undone (sequential rule) "
         "or reported (greedy).",
     )
+    parent: str | None = Field(None, description=PARENT)
+    best: bool | None = Field(None, description=BECAME_BEST)
 
 
 class NotesResult(BaseModel):
@@ -167,6 +172,8 @@ class ResultRow(BaseModel):
     estimate: float | None = Field(
         None, description="Improvement over the best it faced (positive = better)."
     )
+    parent: str | None = Field(None, description=PARENT)
+    best: bool | None = Field(None, description=BECAME_BEST)
 
 
 class BestInfo(BaseModel):

@@ -3,6 +3,7 @@ the journal's index, query_results(view='tree') through the MCP client, the brie
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,8 +115,8 @@ def test_stall_after_comes_from_the_sessions_rules() -> None:
     assert stall_after_of({}) == 8 and stall_after_of({"stall_after": True}) == 8
 
 
-def log_rows(journal: Journal, rows: list[R]) -> None:
-    for i, r in enumerate(rows):
+def log_rows(journal: Journal, rows: list[R], parents: list[str | None]) -> None:
+    for i, (r, parent) in enumerate(zip(rows, parents, strict=True)):
         journal.log_experiment_done(
             Row(
                 run_id=r.run_id,
@@ -133,24 +134,55 @@ def log_rows(journal: Journal, rows: list[R]) -> None:
                 tag="t",
                 timestamp="",
                 evidence=Evidence(),
+                parent=parent,
             )
         )
 
 
 def test_the_journal_index_gives_the_same_tree_as_the_full_rows(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "results.tsv", tmp_path / "log.jsonl", "t")
+    """Rows written before runs named their parent (no "parent" key) read as the greedy loop made them; rows
+    that name one are branches; the index alone gives the tree the full rows give."""
+    jsonl = tmp_path / "log.jsonl"
+    old = greedy_log()
+    jsonl.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "action": "experiment_done",
+                    "details": {
+                        "run_id": r.run_id,
+                        "status": r.status,
+                        "run_status": r.run_status,
+                        "value": r.value,
+                        "description": f"idea {r.run_id}",
+                        "tag": "t",
+                    },
+                }
+            )
+            + "\n"
+            for r in old
+        )
+    )
+    journal = Journal(tmp_path / "results.tsv", jsonl, "t")
     journal.load()
-    log_rows(journal, [*greedy_log(), R("custom-id", 0.7, "keep")])
-    reread = Journal(tmp_path / "results.tsv", tmp_path / "log.jsonl", "t")
+    new = [R("r8", 0.7, "keep"), R("custom-id", 0.96, "discard"), R("r10", 0.75, "keep")]
+    log_rows(journal, new, ["r6", "r2", "r2"])  # r8 built on the best; the others branch from r2
+    reread = Journal(tmp_path / "results.tsv", jsonl, "t")
     reread.load_readonly()
-    assert [reread.run_id_at(i) for i in range(len(reread))][-2:] == ["r7", "custom-id"]
-    fast = journal_tree(reread, "custom-id", True, 8)
-    full = build_tree(reread.rows, "custom-id", True, 8)
+    assert [reread.run_id_at(i) for i in range(len(reread))][-3:] == ["r8", "custom-id", "r10"]
+    fast = journal_tree(reread, "r8", True, 8)
+    full = build_tree(reread.rows, "r8", True, 8)
     for node in full.nodes:
         node.description = ""  # the index does not hold descriptions
     assert fast == full
+    parents = {n.run_id: n.parent for n in fast.nodes}
+    assert parents["r3"] == "r2" and parents["r7"] == "r6" and parents["r1"] is None  # the greedy reading
+    assert parents["custom-id"] == "r2" and parents["r10"] == "r2"
+    assert fast.run_ids(fast.best_lineage) == ["r1", "r2", "r6", "r8"]
+    assert fast.run_ids(fast.frontier) == ["r8", "r10"]  # best value first
+    assert fast.run_ids(fast.near_misses) == ["r4"]  # custom-id is 0.06 worse than r2
     view = tree_view(fast, 2, lambda rows: [r.description for r in reread.rows_at(rows)])
-    assert {n.run_id: n.description for n in view.nodes}["r7"] == "idea r7"
+    assert {n.run_id: n.description for n in view.nodes}["r10"] == "idea r10"
 
 
 async def test_query_results_returns_the_tree_through_the_mcp_client(ml_project: Path, agent_for) -> None:

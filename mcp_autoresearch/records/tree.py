@@ -144,12 +144,12 @@ def greedy_parents(statuses: Sequence[str]) -> list[int]:
 def journal_columns(journal: Journal) -> TreeColumns:
     """The tree's input from the journal's in-memory index only: no row is read back from the JSONL."""
     count = len(journal)
-    statuses = [journal.status_at(i) for i in range(count)]
+    parent_index = journal.lineage.parent_index  # rows written before runs named theirs: the greedy reading
     return TreeColumns(
         run_ids=[journal.run_id_at(i) for i in range(count)],
-        parents=greedy_parents(statuses),
+        parents=[-1 if (p := parent_index(i)) is None else p for i in range(count)],
         values=[journal.value_at(i) for i in range(count)],
-        statuses=statuses,
+        statuses=[journal.status_at(i) for i in range(count)],
         run_statuses=[journal.run_status_at(i) for i in range(count)],
     )
 

@@ -89,6 +89,7 @@ class Views:
                 best_values=seen.best_values or None,
                 already_measured=True if already_measured else None,
                 rerun_of=seen.rerun_of,
+                parent=row.parent,
             )
 
     def _in_flight(self, run_id: str | None) -> Pending | None:
@@ -121,6 +122,7 @@ class Views:
                 log_path=str(progress.log_path) if progress else None,
                 next_step=next_step,
                 slot=pending.slot,
+                parent=pending.parent_run,
             )
         result = pending.result
         test = result.test
@@ -173,6 +175,7 @@ class Views:
             best_values=(best_values(core.state) + result.best_values) if test else None,
             rerun_of=pending.rerun_of,
             slot=pending.slot,
+            parent=pending.parent_run,
         )
 
     def _slot_step(self, pending: Pending) -> str:
@@ -403,4 +406,6 @@ def row_model(row: Row) -> ResultRow:
         timestamp=row.timestamp,
         values=row.evidence.values if len(row.evidence.values) > 1 else None,
         estimate=row.evidence.estimate,
+        parent=row.parent,
+        best=row.best,
     )
