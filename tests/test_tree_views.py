@@ -185,6 +185,18 @@ def test_the_journal_index_gives_the_same_tree_as_the_full_rows(tmp_path: Path) 
     assert {n.run_id: n.description for n in view.nodes}["r10"] == "idea r10"
 
 
+def test_the_last_tree_is_reused_until_the_journal_changes(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "results.tsv", tmp_path / "log.jsonl", "t")
+    journal.load()
+    log_rows(journal, [R("r1", 1.0, "keep"), R("r2", 0.9, "keep")], [None, "r1"])
+    first = journal_tree(journal, "r2", True, 8)
+    assert journal_tree(journal, "r2", True, 8) is first  # nothing changed: the same tree
+    assert journal_tree(journal, "r2", True, 3) is not first  # another question
+    log_rows(journal, [R("r3", 0.95, "discard")], ["r1"])
+    again = journal_tree(journal, "r2", True, 8)
+    assert len(again.nodes) == 3 and again.nodes[2].parent == "r1"
+
+
 async def test_query_results_returns_the_tree_through_the_mcp_client(ml_project: Path, agent_for) -> None:
     async with agent_for(ml_project) as agent:
         await make_history(agent)  # baseline, lower LR (kept), higher LR (discarded), broken idea (crash)
