@@ -66,6 +66,7 @@ def test_a_log_without_parents_reads_as_the_greedy_lineage() -> None:
     assert tree.run_ids(tree.near_misses) == ["r4"]
     assert tree.dead_ends == []  # r2's last three children: a discard, a crash, then a keep
     assert tree.max_depth == 3
+    assert tree.index_of("r6") == 5 and tree.index_of("r99") is None and tree.index_of(None) is None
 
 
 def test_parents_named_by_the_rows_make_branches_judged_against_their_own_parent() -> None:

@@ -75,15 +75,16 @@ class ResearchTree:
     near_misses: list[int] = field(default_factory=list)
     dead_ends: list[int] = field(default_factory=list)
     max_depth: int = 0
+    _by_id: dict[str, int] | None = field(default=None, compare=False, repr=False)
 
     def run_ids(self, indices: Iterable[int]) -> list[str]:
         return [self.nodes[i].run_id for i in indices]
 
-    def index_of(self, run_id: str) -> int | None:
-        for i, node in enumerate(self.nodes):
-            if node.run_id == run_id:
-                return i
-        return None
+    def index_of(self, run_id: str | None) -> int | None:
+        """The index of a run's node (None: not a node of this tree)."""
+        if self._by_id is None:
+            self._by_id = {node.run_id: i for i, node in enumerate(self.nodes)}
+        return None if run_id is None else self._by_id.get(run_id)
 
 
 @dataclass(slots=True)
