@@ -427,7 +427,7 @@ def _decision_tools(tool: Register, workspace: Workspace) -> None:
             StatusFilter,
             Field(
                 description="Only rows with this status: a decision (keep, discard, crash) or how the run "
-                "ended (ok, timeout, metric_error, ...). Default: every row."
+                "ended (ok, timeout, metric_error, ...). Default: every row. Not used with view='tree'."
             ),
         ] = UNSET,
         limit: Annotated[int, Field(description="Rows to return, 1-500 (default: 20).", ge=1, le=500)] = 20,
