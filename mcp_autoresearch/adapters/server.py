@@ -43,6 +43,7 @@ from .schemas import (
     self_contained,
 )
 from .surrogates import SafeWriteStream, ScreenedReadStream, lone_surrogate_problem
+from .tree_tools import tree_tools
 
 log = logging.getLogger("mcp_autoresearch")
 PROGRESS_EVERY_S = 2.0
@@ -212,6 +213,7 @@ def create_server(workspace: Workspace) -> MCPServer:
     _session_tools(tool, workspace)
     _run_tools(tool, workspace)
     _decision_tools(tool, workspace)
+    tree_tools(tool, workspace)
     prompt_and_resources(server, workspace)
     return server
 
