@@ -199,6 +199,8 @@ def test_the_last_tree_is_reused_until_the_journal_changes(tmp_path: Path) -> No
 
 
 async def test_query_results_returns_the_tree_through_the_mcp_client(ml_project: Path, agent_for) -> None:
+    """A real tree: the greedy loop, then branch_from the baseline and a keep on that branch (better than its
+    parent, not than the best): a node of its own, the open frontier, off the best lineage."""
     async with agent_for(ml_project) as agent:
         await make_history(agent)  # baseline, lower LR (kept), higher LR (discarded), broken idea (crash)
         plain = await agent.ok("query_results")
@@ -213,9 +215,24 @@ async def test_query_results_returns_the_tree_through_the_mcp_client(ml_project:
         assert nodes["r2"]["best"] and nodes["r2"]["children_count"] == 2
         assert nodes["r3"]["description"] == "higher LR"
         assert tree["frontier"] == [] and tree["dead_ends"] == []
+
+        await agent.ok("branch_from", run_id="r1")  # the baseline's LR = 0.5 (1.4)
+        await agent.edit("LR = 0.5", "LR = 0.4")
+        _, kept = await agent.experiment("LR 0.4 from the baseline")  # 1.3: better than r1, not than r2 (1.2)
+        assert kept["decision"] == "keep"
+        tree = (await agent.ok("query_results", view="tree", limit=1))["tree"]
+        nodes = {n["run_id"]: n for n in tree["nodes"]}
+        assert nodes["r5"]["parent"] == "r1" and nodes["r5"]["depth"] == 1
+        assert not nodes["r5"]["best"] and not nodes["r5"]["on_best_lineage"]
+        assert tree["best_lineage"] == ["r1", "r2"] and tree["frontier"] == ["r5"]
+        assert nodes["r1"]["children_count"] == 2
         briefing = (await agent.client.read_resource("autoresearch://briefing")).contents[0].text
         assert "## Research tree" in briefing
-        assert "Best lineage (2 nodes): r1 " in briefing and "→ r2 " in briefing
+        assert "Best lineage (2 nodes): r1 (1.4) → r2 (1.2)." in briefing
+        assert (
+            "Open frontier (1 kept node not built on yet; branch_from one to explore it): r5 (1.3)."
+            in briefing
+        )
 
 
 async def test_status_and_dashboard_show_the_frontier(ml_project: Path, agent_for) -> None:

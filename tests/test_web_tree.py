@@ -109,19 +109,35 @@ async def test_clicking_a_node_of_a_real_session_opens_its_diff(ml_project: Path
             await agent.edit("LR = 0.3", "LR = 0.9")
             _, discarded = await agent.experiment("raise LR to 0.9")
             assert discarded["decision"] == "discard"
+            await agent.ok("branch_from", run_id="r1")
+            await agent.edit("LR = 0.5", "LR = 0.4")
+            _, branched = await agent.experiment("LR 0.4 from the baseline")
+            assert branched["decision"] == "keep"  # better than its parent r1, not than the best r2
         page, errors = await open_page(browser, base + "/")
         await page.wait_for_selector(READY)
-        assert await page.locator("#tree circle.t-node").count() == 3
+        assert await page.locator("#tree circle.t-node").count() == 4
         lineage = await page.eval_on_selector_all(
             "#tree circle.t-on-lineage", "dots => dots.map(d => d.dataset.runId)"
         )
         assert lineage == ["r1", "r2"]
+        lane = "circle[data-run-id='{}']"
+        main_y = await page.get_attribute("#tree " + lane.format("r1"), "cy")
+        assert await page.get_attribute("#tree " + lane.format("r3"), "cy") == main_y  # a try on the lane
+        assert await page.get_attribute("#tree " + lane.format("r4"), "cy") != main_y  # a branch: its own
+        assert await page.get_attribute("#tree " + lane.format("r4"), "class") == "t-node t-keep t-frontier"
         await page.click("#tree circle[data-run-id='r3']")
         await page.wait_for_selector("#diff-body[data-commit]")
         diff = await page.inner_text("#diff-body")
         assert "-LR = 0.3" in diff and "+LR = 0.9" in diff
         assert "r3" in await page.inner_text("#diff-title")
         assert await page.locator("#tree circle.selected[data-run-id='r3']").count() == 1
+        await page.click(
+            "#tree circle[data-run-id='r4']"
+        )  # the branch's diff: against its parent, the baseline
+        await page.wait_for_selector("#diff-title:has-text('r4')")
+        await page.wait_for_selector("#diff-body:has-text('+LR = 0.4')")
+        assert "-LR = 0.5" in await page.inner_text("#diff-body")
+        await page.screenshot(path=str(ARTIFACTS / "web-tree-branch.png"), full_page=True)
         assert errors == []
     finally:
         stop_process(proc)

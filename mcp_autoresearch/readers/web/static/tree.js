@@ -9,7 +9,7 @@
   const SVG = "http://www.w3.org/2000/svg";
   const M = { left: 14, right: 14, top: 14, bottom: 14 };
   const LANE = 18; // pixels between lanes
-  const MIN_DX = 9, MAX_DX = 28; // pixels between consecutive runs: wide enough to click one at 500 nodes
+  const MIN_DX = 9, MAX_DX = 48; // pixels between consecutive runs: wide enough to click one at 500 nodes
 
   function make(tag, attrs, parent) {
     const node = document.createElementNS(SVG, tag);
