@@ -3,12 +3,16 @@ its diff), in Debian's headless Chromium against a real `dashboard --web` proces
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mcp import Client
+
+from mcp_autoresearch.readers.web.data import SessionView
+from mcp_autoresearch.records.journal import Journal
 
 from .conftest import Agent, make_repo, stdio_params
 from .helpers.ports import free_port
@@ -18,6 +22,7 @@ from .web_support import (
     chromium_executable,
     start_process,
     stop_process,
+    synthetic_session,
     synthetic_tree,
 )
 
@@ -141,3 +146,24 @@ async def test_clicking_a_node_of_a_real_session_opens_its_diff(ml_project: Path
         assert errors == []
     finally:
         stop_process(proc)
+
+
+def test_the_page_reads_each_rows_parent_as_the_journal_does(tmp_path: Path) -> None:
+    """Rows without a parent (logged before runs named theirs), with one, and with junk in its place: the page
+    and the tools (the journal's index) agree on every parent."""
+    root = make_repo(tmp_path / "p", {"train.py": "LR = 1\n"})
+    synthetic_session(root, 30)  # rows as logged before the research tree: no "parent"
+    jsonl = root / ".autoresearch" / "autoresearch.jsonl"
+    with jsonl.open("a") as handle:
+        for n, parent in ((31, "r2"), (32, 7), (33, None)):
+            details = {"run_id": f"r{n}", "status": "discard", "run_status": "ok", "value": 2.0, "tag": "big"}
+            handle.write(json.dumps({"action": "experiment_done", "details": {**details, "parent": parent}}))
+            handle.write("\n")
+    view = SessionView(root)
+    view.refresh()
+    journal = Journal(root / "results.tsv", jsonl, "big")
+    journal.load_readonly()
+    assert len(view.rows) == len(journal) == 33
+    assert [r.parent for r in view.rows] == [journal.parent_at(i) for i in range(33)]
+    assert [r.parent for r in view.rows][-3:-1] == ["r2", view.rows[31].parent]
+    assert view.rows[32].parent is None and view.rows[1].parent == "r1"

@@ -116,13 +116,15 @@ def _experiment(n: int, details: dict[str, Any], timestamp: str, last_keep: str 
         spread=_number(details.get("spread")),
         values=clean or None,
         combined=[str(c) for c in details.get("combined") or [] if isinstance(c, str)][:2],
-        # Rows logged before runs named their parent: the run that was best then (the previous keep).
-        parent=str(details["parent"])
-        if details.get("parent")
-        else None
-        if "parent" in details
-        else last_keep,
+        parent=_parent(details, last_keep),
     )
+
+
+def _parent(details: dict[str, Any], last_keep: str | None) -> str | None:
+    """The run a row names as its parent; a row logged before runs named theirs (or naming something that is no
+    run id) reads as the journal reads it: the run that was best then, the previous keep."""
+    parent = details.get("parent", last_keep)
+    return parent if parent is None or isinstance(parent, str) else last_keep
 
 
 class SessionView:
