@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import git, make_repo
+from .conftest import git, make_repo, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -65,8 +65,10 @@ async def test_branches_from_kept_and_discarded_runs_and_the_best_moves_only_whe
         assert r4["decision"] == "discard" and r4["parent"] == "r3" and r4["best"] is False
 
         # Branch from a kept node that is no longer the best: its target comes back, it is the parent.
+        await agent.edit("B = 5", "B = 6")  # an edit not yet run: kept aside, never lost
         branched = await agent.ok("branch_from", run_id="r2")
         assert branched["parent"] == "r2" and branched["value"] == 8 and branched["depth"] == 1
+        assert "B = 6" in (root / branched["kept_aside"]).read_text()
         assert "A = 3" in target(root) and "B = 5" in target(root)
         assert branch_head(root, "tr") == best  # branching moves nothing in git
         r5 = await step(agent, "B = 5", "B = 4", "B to 4 on r2")  # 7: better than r2 (8), not than r3 (6)
@@ -122,6 +124,15 @@ async def test_branches_from_kept_and_discarded_runs_and_the_best_moves_only_whe
         assert {r["run_id"]: r["parent"] for r in results["rows"]}["r5"] == "r2"
         tsv = (root / "results.tsv").read_text().splitlines()
         assert len(tsv) == 10 and all(len(line.split("\t")) == 5 for line in tsv)
+        back = await agent.ok("branch_from", run_id="r6")  # the best: the working tree is clean again
+        assert back["parent"] == "r6" and back["depth"] == 3
+        assert git(root, "status", "--porcelain", "-uno") == ""
+
+    # The best's lineage lands like any session's: the branch holds it, commit by commit.
+    landed = run_cli("finish", "--project", str(root), "--land", "main")
+    assert landed.returncode == 0, landed.stderr
+    lineage = git(root, "log", "--first-parent", "--format=%H", "main").split()
+    assert lineage[:3] == [r6["commit"], r5["commit"], git(root, "rev-parse", f"{r5['commit']}^").strip()]
 
 
 async def test_combine_merges_two_nodes_onto_the_better_and_a_conflict_names_the_lines(
@@ -149,8 +160,10 @@ async def test_combine_merges_two_nodes_onto_the_better_and_a_conflict_names_the
         run, decision = await agent.experiment("r3 + r4")
         assert run["value"] == 5 and run["parent"] == "r3"
         assert (decision["decision"], decision["parent"], decision["best"]) == ("keep", "r3", True)
-        assert done_rows(root)["r6"]["combined"] == ["r3", "r4"]
-        assert "combined" not in done_rows(root)["r5"]
+        await step(agent, "B = 4", "B = 3", "B to 3")  # r7: a plain run after it
+        rows = done_rows(root)
+        assert rows["r6"]["combined"] == ["r3", "r4"] and rows["r7"]["parent"] == "r6"
+        assert "combined" not in rows["r5"] and "combined" not in rows["r7"]
 
 
 async def test_the_sequential_rule_judges_a_branched_candidate_against_its_parents_runs(

@@ -37,9 +37,10 @@ def built_on_the_best(core: SessionCore, pending: Pending) -> bool:
 
 
 def reference(core: SessionCore, pending: Pending) -> Best | None:
-    """The node a candidate is judged against: its parent. The best when it was built on the best, or when its
-    parent has no value (a crash branched from to fix it: the bar is the best's)."""
-    if built_on_the_best(core, pending) or pending.parent_run is None:
+    """The node a candidate is judged against: its parent. The best when it was built on the best (with slots, a
+    candidate built on an older best is merged onto the new one first, as before the tree), or when its parent
+    has no value (a crash branched from to fix it: the bar is the best's)."""
+    if pending.built_on_best or built_on_the_best(core, pending) or pending.parent_run is None:
         return core.state.best
     return node_as_best(core, pending.parent_run, pending.parent_commit) or core.state.best
 
@@ -139,7 +140,7 @@ def mark_parent(core: SessionCore, pending: Pending, parent_run: str | None) -> 
     if parent_run is not None:
         pending.parent_run = parent_run
         pending.built_on_best = built_on_the_best(core, pending)
-    pending.combined = list(core.state.next_combined)
+    pending.combined, core.state.next_combined = list(core.state.next_combined), []  # measured by this run
 
 
 def after_decision(core: SessionCore, pending: Pending, decision: DecisionRecord) -> None:
@@ -276,7 +277,9 @@ class Brancher:
             and current != content
             and current != core.repo.show_file(start, core.target_repo_path)
         ):
-            where = server_dir(core.root, "edits") / f"before-branch-{core.state.run_counter}-{target.name}"
+            folder, number = server_dir(core.root, "edits"), 1
+            while (where := folder / f"before-branch-{number}-{target.name}").exists():
+                number += 1  # never over an edit kept aside before
             atomic_write(where, current)
             aside = str(where.relative_to(core.root))
         if write:
