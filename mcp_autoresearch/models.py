@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from .measure.provenance import MetricProvenance
+from .records.tree_view import TreeView
 from .statuses import Decision, RunState, RunStatus
 
 PARENT = "The run this candidate started from (its parent node); null for the baseline."
@@ -233,4 +234,9 @@ class QueryResult(BaseModel):
     )
     holdout: str | None = Field(
         None, description="How far the kept improvements hold on the holdout (holdout_command), in one line."
+    )
+    tree: TreeView | None = Field(
+        None,
+        description="With view='tree': the research tree (best lineage, frontier, near-misses, dead ends, the "
+        "newest nodes); rows is then empty.",
     )

@@ -429,7 +429,7 @@ def _decision_tools(tool: Register, workspace: Workspace) -> None:
             StatusFilter,
             Field(
                 description="Only rows with this status: a decision (keep, discard, crash) or how the run "
-                "ended (ok, timeout, metric_error, ...). Default: every row."
+                "ended (ok, timeout, metric_error, ...). Default: every row. Not used with view='tree'."
             ),
         ] = UNSET,
         limit: Annotated[int, Field(description="Rows to return, 1-500 (default: 20).", ge=1, le=500)] = 20,
@@ -437,6 +437,14 @@ def _decision_tools(tool: Register, workspace: Workspace) -> None:
             Literal["recent", "best"],
             Field(description="'recent' (newest first) or 'best' (best value first). Default: recent."),
         ] = "recent",
+        view: Annotated[
+            Literal["rows", "tree"],
+            Field(
+                description="'rows' (the results table) or 'tree' (the research tree: the best lineage, the "
+                "frontier of kept nodes not built on yet, near-misses, dead ends, and the newest `limit` "
+                "nodes). Default: rows."
+            ),
+        ] = "rows",
     ) -> QueryResult:
-        """The session's results: counts, baseline, best, improvement, streak, and the rows."""
-        return workspace.session.query(status, limit, order)
+        """The session's results: counts, baseline, best, improvement, streak, and the rows (or the tree)."""
+        return workspace.session.query(status, limit, order, view)

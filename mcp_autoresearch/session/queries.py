@@ -19,6 +19,8 @@ from ..readers.briefing import journal_briefing, near_misses
 from ..records.diskspace import AFTER_DISK_FULL
 from ..records.journal import Row
 from ..records.state import Pending
+from ..records.tree import journal_tree, stall_after_of
+from ..records.tree_view import TreeView, tree_view
 from ..sandbox.caches import describe as describe_caches
 from ..statuses import DECISIONS, FILTERS, UNFINISHED
 from .context import SessionCore, normal_run_id
@@ -289,8 +291,9 @@ class Views:
                 chars_left=max(0, MAX_RUN_NOTES_CHARS - sum(map(len, all_notes))),
             )
 
-    def query(self, status: str | None, limit: int, order: str) -> QueryResult:
-        """Counts, baseline, best, improvement, streak, and the rows (recent first or best first)."""
+    def query(self, status: str | None, limit: int, order: str, view: str = "rows") -> QueryResult:
+        """Counts, baseline, best, improvement, streak, and the rows (recent first or best first); with
+        view='tree', the research tree instead of the rows."""
         core = self.core
         with core.lock:
             journal = core.journal
@@ -298,8 +301,12 @@ class Views:
             wanted = status.strip().lower() if status else None
             if wanted is not None and wanted not in FILTERS:
                 raise RuleViolation(f"status must be one of {', '.join(sorted(FILTERS))}")
+            if view not in ("rows", "tree"):
+                raise RuleViolation("view must be 'rows' (the results table) or 'tree' (the research tree)")
             limit = max(1, min(limit, 500))
-            if order == "best":
+            if view == "tree":
+                chosen = []
+            elif order == "best":
                 chosen = journal.best_indices(limit, direction == "lower_is_better", wanted)
             elif order == "recent":
                 if wanted is None:
@@ -340,7 +347,22 @@ class Views:
                 best_runs=len(best_values(core.state)) or None,
                 near_misses=[row_model(r) for r in near_misses(journal, noise.sd or 0.0)],
                 holdout=holdout_summary(core.root, core.state.tag, core.state.metric_direction),
+                tree=self._tree(limit, noise.sd or 0.0) if view == "tree" else None,
             )
+
+    def _tree(self, newest: int, noise_sd: float) -> TreeView:
+        """The research tree, built from the journal's index; descriptions are read for the shown nodes only."""
+        core = self.core
+        journal = core.journal
+        best = core.state.best
+        tree = journal_tree(
+            journal,
+            best.run_id if best else None,
+            core.state.metric_direction == "lower_is_better",
+            stall_after_of(core.state.rules),
+            noise_sd,
+        )
+        return tree_view(tree, newest, lambda rows: [r.description for r in journal.rows_at(rows)])
 
 
 def _check_room(run_id: str, held: list[str], notes: str) -> None:
