@@ -48,6 +48,14 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--time-budget", metavar="SECONDS", help="seconds an experiment is meant to take")
     group.add_argument("--readonly", metavar="FILE", action="append", help="a read-only file (repeatable)")
     group.add_argument(
+        "--max-experiments", metavar="N", help="the session's experiment budget (no run starts past it)"
+    )
+    group.add_argument(
+        "--max-hours",
+        metavar="HOURS",
+        help="the session's wall-clock budget from its start (no run starts past it)",
+    )
+    group.add_argument(
         "--network",
         choices=["on", "off"],
         help="whether runs may use the network (default: per project type)",
@@ -145,6 +153,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "metric_name": args.metric,
         "metric_direction": args.direction,
         "time_budget": args.time_budget,
+        "max_experiments": args.max_experiments,
+        "max_hours": args.max_hours,
         "readonly_files": args.readonly,
         "network": args.network,
         "integrity": args.integrity,

@@ -11,7 +11,9 @@ from pathlib import Path
 from ..measure.provenance import metric_provenance
 from ..measure.standing import standing
 from ..names import RESULTS_TSV
+from ..records.budget import budget_use
 from ..records.journal import Journal, Row, one_line
+from ..records.stall import stall_advice
 from ..records.state import SessionState, load_state
 from ..setup.config import DEFAULTS
 from ..statuses import DECISIONS, UNFINISHED
@@ -41,9 +43,10 @@ def briefing_from(
     keep_rule: str | None = None,
     near: list[Row] | None = None,
     slots: str | None = None,
+    stall: str | None = None,
 ) -> str:
     """`rows` are the newest experiments, oldest first (all of them, or the last few with `total`, `counts`
-    and `since` describing the whole log)."""
+    and `since` describing the whole log); `stall`: the nodes to branch from after a stall (records/stall.py)."""
     direction = "lower is better" if state.metric_direction == "lower_is_better" else "higher is better"
     lines = [f"# autoresearch briefing: session {state.tag}", ""]
     lines.append(
@@ -75,6 +78,7 @@ def briefing_from(
         f"Experiments: {total} (keep {counts['keep']}, discard {counts['discard']}, crash {counts['crash']}); "
         f"{since} since the last keep."
     )
+    lines += _budget_lines(state, total)
     if state.pending is not None:
         lines.append(
             f"Pending: run {state.pending.run_id} ({state.pending.phase}) — decide it before editing."
@@ -85,7 +89,9 @@ def briefing_from(
         lines.append("In flight: " + ", ".join(f"{p.run_id} ({p.phase})" for p in state.inflight) + ".")
     if rows:
         lines += _last_experiments(rows)
-        if since >= 5:
+        if stall:
+            lines += ["", "## Stalled: branch from another node", stall + "."]
+        elif since >= 5:
             lines += [
                 "",
                 f"## Streak: {since} experiments without an improvement",
@@ -103,6 +109,12 @@ def briefing_from(
     if len(text) > MAX_CHARS:
         text = text[: MAX_CHARS - 40].rsplit("\n", 1)[0] + "\n- … (briefing cut to stay short)\n"
     return text
+
+
+def _budget_lines(state: SessionState, total: int) -> list[str]:
+    """The session's budgets used and left (runs in flight count as used); nothing without a budget."""
+    line = budget_use(state, total + len(state.inflight)).line()
+    return [line[0].upper() + line[1:] + "."] if line else []
 
 
 def _last_experiments(rows: list[Row]) -> list[str]:
@@ -163,11 +175,13 @@ def journal_briefing(
     keep_rule: str | None = None,
     noise_sd: float | None = None,
     slots: str | None = None,
+    stall_after: int | None = None,
 ) -> str:
     """The briefing from a journal's index: only the newest rows are read back from the log. The run command
     is the session's own (fixed when it started), not today's configuration."""
     total = len(journal)
     run_command = state.rules.get("run_command")
+    stall_after = int(DEFAULTS["stall_after"]) if stall_after is None else stall_after
     return briefing_from(
         state,
         journal.tail(MAX_IDEAS + 1),
@@ -178,6 +192,7 @@ def journal_briefing(
         keep_rule=keep_rule,
         near=near_misses(journal, noise_sd or 0.0),
         slots=slots,
+        stall=stall_advice(journal, state.best.run_id if state.best else None, stall_after, noise_sd or 0.0),
     )
 
 

@@ -4,6 +4,8 @@ and the agent's notes. Nothing here changes git or a measurement; notes are the 
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import RuleViolation, SessionError
 from ..lifecycle.decisions import Decider, rerun
 from ..lifecycle.parallel import ParallelRuns, slots_line
@@ -15,6 +17,7 @@ from ..measure.standing import standing
 from ..models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult, StartResult
 from ..phases import in_flight
 from ..readers.briefing import journal_briefing, near_misses
+from ..records.budget import BudgetUse, budget_use
 from ..records.diskspace import AFTER_DISK_FULL
 from ..records.journal import Row
 from ..records.state import Pending
@@ -191,7 +194,14 @@ class Views:
             f"{where}; every slot is busy: call wait_experiment() for the first run to finish, then decide it"
         )
 
-    def start_result(self, resumed: bool, recovered: list[str]) -> StartResult:
+    def budget(self) -> BudgetUse:
+        """The session's budgets: the runs in flight or waiting for their decision count as used."""
+        state = self.core.state
+        return budget_use(state, len(self.core.journal) + len(state.inflight))
+
+    def start_result(
+        self, resumed: bool, recovered: list[str], budget_changed: list[str] | None = None
+    ) -> StartResult:
         """What start_session answers: the session, what was repaired, the briefing when resumed, the next step."""
         core = self.core
         state = core.state
@@ -214,6 +224,10 @@ class Views:
         briefing = None
         if resumed:
             briefing = self.briefing()
+        budget = self.budget()
+        near = budget.near()
+        if near is not None and pending is None and not state.inflight:
+            next_step = f"{near}. {next_step}" if budget.spent() is None else near
         return StartResult(
             tag=state.tag,
             branch=state.branch,
@@ -234,6 +248,8 @@ class Views:
             caches=describe_caches(list(core.config.persistent)),
             recovered=recovered,
             briefing=briefing,
+            budget=budget.line(),
+            budget_changed=budget_changed or [],
             next_step=next_step,
         )
 
@@ -247,6 +263,7 @@ class Views:
             keep_rule=keep_rule_summary(core.state, core.config),
             noise_sd=noise.sd if noise.df else None,
             slots=slots_line(self.parallel) if self.parallel else None,
+            stall_after=core.config.stall_after,
         )
         held = holdout_summary(core.root, core.state.tag, core.state.metric_direction)
         return f"{text.rstrip()}\n\n{held[0].upper()}{held[1:]}.\n" if held else text
@@ -335,7 +352,18 @@ class Views:
                 best_runs=len(best_values(core.state)) or None,
                 near_misses=[row_model(r) for r in near_misses(journal, noise.sd or 0.0)],
                 holdout=holdout_summary(core.root, core.state.tag, core.state.metric_direction),
+                **budget_fields(self.budget()),
             )
+
+
+def budget_fields(use: BudgetUse) -> dict[str, Any]:
+    """query_results' budget fields: the line, and what is used and left of each budget that is set."""
+    return {
+        "budget": use.line(),
+        "experiments_left": use.experiments_left,
+        "hours_used": round(use.hours, 4) if use.max_hours is not None else None,
+        "hours_left": round(use.hours_left, 4) if use.hours_left is not None else None,
+    }
 
 
 def _check_room(run_id: str, held: list[str], notes: str) -> None:

@@ -27,6 +27,7 @@ from ..measure.provenance import metric_provenance
 from ..models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from ..names import RESULTS_TSV, RUN_LOG, SESSION_BRANCHES, SESSIONS, own_journal
 from ..phases import in_flight
+from ..records.budget import BUDGET_KEYS, settle_budget
 from ..records.current import current_session
 from ..records.diskspace import no_room
 from ..records.journal import Journal
@@ -93,6 +94,7 @@ class Session:
         self.public_copy = PublicCopy()
         self.resumed = False
         self.recovered: list[str] = []
+        self.budget_changed: list[str] = []  # budgets changed by this opening (shown by start_session)
         self.isolation = probe_isolation(self.config.isolation, self.config.network)
         self.own = OwnFiles(root, state.tag, journal, self.config.jsonl_path, self.save, self.recovered)
         # The session's parts, each with one concern; they see the session as a `SessionCore`.
@@ -116,7 +118,9 @@ class Session:
     # opening
     # ======================================================================================================
     @classmethod
-    def open(cls, root: Path, project: Project, repo: Repo, tag: str | None) -> Session:
+    def open(
+        cls, root: Path, project: Project, repo: Repo, tag: str | None, budget: dict[str, Any] | None = None
+    ) -> Session:
         config = project.config
         assert config.target_file and config.metric_name
         isolation = probe_isolation(config.isolation, config.network)
@@ -176,6 +180,7 @@ class Session:
                 )
             session = cls._create(root, project, repo, tag, branch, journal)
         set_current_tag(root, tag)  # its branch is checked out now: it is the current session
+        session.settle_budget(budget or {})
         return session
 
     @classmethod
@@ -270,12 +275,21 @@ class Session:
         session._recover()
         return session
 
+    def settle_budget(self, asked: dict[str, Any]) -> None:
+        """The budgets in force: start_session's arguments (`asked`), else the configuration (records/budget.py)."""
+        with self.lock:
+            configured = {key: getattr(self.config, key) for key in BUDGET_KEYS}
+            changed = settle_budget(self.state, configured, asked)
+            if changed:
+                self.save()
+            self.budget_changed = changed if self.resumed or asked else []
+
     def _recover(self) -> None:
         """Bring state, git and the logs back into agreement after the server died at any moment."""
         self.recovered += self.decider.recover()
 
     def describe(self, resumed: bool) -> StartResult:
-        return self.views.start_result(resumed, self.recovered)
+        return self.views.start_result(resumed, self.recovered, self.budget_changed)
 
     # ======================================================================================================
     # guards
