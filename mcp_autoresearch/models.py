@@ -7,8 +7,11 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from .measure.provenance import MetricProvenance
+from .records.tree_view import TreeView
 from .statuses import Decision, RunState, RunStatus
 
+PARENT = "The run this candidate started from (its parent node); null for the baseline."
+BECAME_BEST = "True: this run became the session's best."
 PROVENANCE = "Where the metric's value comes from: evaluation, server, or self-reported (with the fix)."
 
 
@@ -114,6 +117,7 @@ class RunResult(BaseModel):
     slot: int | None = Field(
         None, description="With slots: the slot it runs in (None: every slot, or no slots)."
     )
+    parent: str | None = Field(None, description=PARENT)
 
 
 class DecisionResult(BaseModel):
@@ -145,6 +149,8 @@ class DecisionResult(BaseModel):
         description="Why those runs showed it worse than when judged: the keep is undone (sequential rule) "
         "or reported (greedy).",
     )
+    parent: str | None = Field(None, description=PARENT)
+    best: bool | None = Field(None, description=BECAME_BEST)
 
 
 class NotesResult(BaseModel):
@@ -174,6 +180,8 @@ class ResultRow(BaseModel):
     estimate: float | None = Field(
         None, description="Improvement over the best it faced (positive = better)."
     )
+    parent: str | None = Field(None, description=PARENT)
+    best: bool | None = Field(None, description=BECAME_BEST)
 
 
 class BestInfo(BaseModel):
@@ -222,3 +230,8 @@ class QueryResult(BaseModel):
     )
     hours_used: float | None = Field(None, description="Hours since the session started (with max_hours).")
     hours_left: float | None = Field(None, description="Hours the max_hours budget still allows.")
+    tree: TreeView | None = Field(
+        None,
+        description="With view='tree': the research tree (best lineage, frontier, near-misses, dead ends, the "
+        "newest nodes); rows is then empty.",
+    )

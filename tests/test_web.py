@@ -307,7 +307,7 @@ def test_page_assets_are_small_and_offline() -> None:
         assert "@import" not in text and "eval(" not in text, name
     index = (static / "index.html").read_text()
     links = re.findall(r'(?:src|href)="([^"]+)"', index)
-    assert links == ["data:,", "static/app.css", "static/chart.js", "static/app.js"]
+    assert links == ["data:,", "static/app.css", "static/chart.js", "static/tree.js", "static/app.js"]
 
 
 def test_non_loopback_dashboard_without_token_is_refused(ml_project: Path, monkeypatch: Any) -> None:

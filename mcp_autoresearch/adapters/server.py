@@ -453,6 +453,14 @@ def _decision_tools(tool: Register, workspace: Workspace) -> None:
             Literal["recent", "best"],
             Field(description="'recent' (newest first) or 'best' (best value first). Default: recent."),
         ] = "recent",
+        view: Annotated[
+            Literal["rows", "tree"],
+            Field(
+                description="'rows' (the results table) or 'tree' (the research tree: the best lineage, the "
+                "frontier of kept nodes not built on yet, near-misses, dead ends, and the newest `limit` "
+                "nodes). Default: rows."
+            ),
+        ] = "rows",
     ) -> QueryResult:
-        """The session's results: counts, baseline, best, improvement, streak, and the rows."""
-        return workspace.session.query(status, limit, order)
+        """The session's results: counts, baseline, best, improvement, streak, and the rows (or the tree)."""
+        return workspace.session.query(status, limit, order, view)

@@ -128,6 +128,8 @@ class Decider:
                         delta=row.delta,
                         commit=row.commit,
                         branch_head=core.repo.head_commit(),
+                        parent=row.parent,
+                        best=row.best,
                         next_step=f"already decided; log_result(run_id='{run_id}', notes=...) records what it "
                         "taught you. Then edit the target and run the next experiment",
                     )
@@ -170,7 +172,7 @@ class Decider:
         decision = pending.decision or DecisionRecord()
         # Git first (idempotent); then the state, changed in memory only once nothing can fail before the save
         # that logs the decision, so a retry or a restart applies it exactly once.
-        note = self.placement.apply(pending, decision.decision, pending.commit or pending.parent)
+        note = self.placement.apply(pending, decision.decision, pending.commit or pending.parent_commit)
         judged = self.log_decision(pending)
         core.state.drop(pending.run_id)
         core.save()
@@ -203,7 +205,7 @@ class Decider:
             value=result.value,
             prev=decision.prev,
             delta=decision.delta,
-            commit=pending.commit or pending.parent,
+            commit=pending.commit or pending.parent_commit,
             branch_head=self.core.repo.head_commit(),
             next_step=next_step,
             keep_rule=self.core.state.keep_rule,
@@ -214,6 +216,8 @@ class Decider:
             probability=judged.probability,
             remeasured=list(result.remeasured) or None,
             regression=result.regression,
+            parent=pending.parent_run,
+            best=decision.decision == "keep",
         )
 
     def _apply(self, pending: Pending, seen: Judged) -> Row:
@@ -222,7 +226,7 @@ class Decider:
         decision = pending.decision or DecisionRecord()
         verdict = decision.decision
         result = pending.result or RunOutcome()
-        commit = pending.commit or pending.parent
+        commit = pending.commit or pending.parent_commit
         if verdict == "keep":
             value = result.value
             assert value is not None  # the rule keeps only a run that produced a value
@@ -271,6 +275,8 @@ class Decider:
             error=result.error,
             tag=core.state.tag,
             timestamp="",
+            parent=pending.parent_run,
+            best=verdict == "keep",
             evidence=Evidence(
                 values=list(result.values),
                 best_values=seen.best_values,
@@ -377,7 +383,7 @@ def reverted_note(core: SessionCore, pending: Pending) -> str:
     else:
         where = f"{path} was reverted to {holds}: it no longer holds this run's change"
     commit = pending.commit
-    if not commit or commit == pending.parent:
+    if not commit or commit == pending.parent_commit:
         return where
     return (
         f"{where}. That version is commit {commit[:7]} (kept as refs/autoresearch/{core.state.tag}/{pending.run_id}): "

@@ -205,7 +205,7 @@ class ParallelRuns:
             self._launch(pending, slots)
             try:
                 inflight.append(pending)
-                core.journal.log_experiment_start(run_id, commit, description)
+                core.journal.log_experiment_start(run_id, commit, description, pending.parent_run)
                 advance(pending, "running", core.save)  # after the append: the record seals the JSONL
             except BaseException:  # nothing starts: no flight is left without its thread
                 self.flights.pop(run_id, None)
@@ -320,7 +320,7 @@ class ParallelRuns:
     # -- the run's placement (`lifecycle.Placement`): slots ---------------------------------------------------
     def prepare(self, flight: ActiveRun, pending: Pending) -> None:
         for slot in flight.slots:
-            self.checkouts.prepare(slot, pending.commit or pending.parent)
+            self.checkouts.prepare(slot, pending.commit or pending.parent_commit)
 
     def places(self, flight: ActiveRun) -> list[Path]:
         return self._places(flight.slots)
@@ -352,7 +352,7 @@ class ParallelRuns:
         core = self.core
         experiment, slot = flight.experiment, flight.slots[0]
         assert experiment is not None
-        best_commit = pending.parent
+        best_commit = pending.parent_commit
         target = self.checkouts.project(slot) / core.target_rel
         return measure_run(
             core,
@@ -386,7 +386,7 @@ class ParallelRuns:
         if sha256_file(target) != pending.target_sha256 and core.plain_target:
             return tampered_before_best("the candidate's run changed the target")
         best_bytes = core.repo.show_file(best_commit, repo_path)
-        candidate_bytes = core.repo.show_file(pending.commit or pending.parent, repo_path)
+        candidate_bytes = core.repo.show_file(pending.commit or pending.parent_commit, repo_path)
         checkouts.write_target(slot, repo_path, best_bytes)
         try:
             result = run()

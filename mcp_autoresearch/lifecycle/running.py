@@ -111,7 +111,7 @@ class Runs:
                 commit = core.repo.commit_with_git(core.state.branch, core.target_repo_path, message)
             pending.commit = commit
             pending.git_config, pending.refs_digest = self.git_watch.before_run()
-            core.journal.log_experiment_start(run_id, commit, description)
+            core.journal.log_experiment_start(run_id, commit, description, pending.parent_run)
             advance(pending, "running", core.save)  # after the append: the record seals the JSONL with it
             _drop_stale_bytecode(self.editor.target_path())
             core.own.journal_written()
@@ -234,7 +234,7 @@ class Runs:
         """What the run changed that it must not: git's configuration and refs, tracked files, read-only files,
         the server's own logs. Each is restored (tracked files from the commit that ran; logs from the JSONL)."""
         core = self.core
-        commit = pending.commit or pending.parent
+        commit = pending.commit or pending.parent_commit
         tampered, self.git_notes = self.git_notes, []
         try:
             # First, before git runs again: configuration, attributes and refs as the run found them.
@@ -413,7 +413,8 @@ def new_run(
     pending = Pending(
         run_id=f"r{core.state.run_counter}",
         description=found.description,
-        parent=parent,
+        parent_commit=parent,
+        parent_run=parent_node(core, parent),
         is_baseline=found.is_baseline,
         nonblank_lines=nonblank_lines(found.data.decode("utf-8", errors="replace")),
         target_sha256=content_sha,
@@ -421,6 +422,13 @@ def new_run(
         rerun_of=found.earlier.run_id if found.earlier is not None else None,
     )
     return pending, found.data
+
+
+def parent_node(core: SessionCore, commit: str) -> str | None:
+    """The run id of the node a candidate built on `commit` starts from: the best, as the greedy loop has it
+    (None: the baseline)."""
+    best = core.state.best
+    return best.run_id if best is not None and best.commit == commit else None
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ class SlotDecisions:
         """A candidate built on an older best is stale: merged onto the best and started again (the answer),
         or discarded (why), judged against the best it was built on."""
         best = self.core.state.best
-        stale = best is not None and not pending.is_baseline and pending.parent != best.commit
+        stale = best is not None and not pending.is_baseline and pending.parent_commit != best.commit
         if not stale:
             return None
         if pending.result is not None:
@@ -72,10 +72,10 @@ class SlotDecisions:
 
     def writes_ahead(self, decision: str, pending: Pending) -> bool:
         """A keep moves the branch; a discard changes nothing in git (decided again, nothing was half applied)."""
-        return decision == "keep" and pending.commit not in (None, pending.parent)
+        return decision == "keep" and pending.commit not in (None, pending.parent_commit)
 
     def apply(self, pending: Pending, decision: str, commit: str) -> str:
-        if decision == "keep" and commit != pending.parent:
+        if decision == "keep" and commit != pending.parent_commit:
             return self._advance(pending, commit)
         return ""
 
@@ -129,9 +129,9 @@ class SlotDecisions:
             )
             return None
         repo, path = core.repo, core.target_repo_path
-        base = repo.show_file(pending.parent, path)
+        base = repo.show_file(pending.parent_commit, path)
         ours = repo.show_file(best.commit, path)
-        theirs = repo.show_file(pending.commit or pending.parent, path)
+        theirs = repo.show_file(pending.commit or pending.parent_commit, path)
         merged = merge_target(base, ours, theirs)
         why = None
         if pending.rebases >= MAX_REBASES:
@@ -189,7 +189,8 @@ class SlotDecisions:
         ref = f"{SESSION_REFS}{core.state.tag}/{pending.run_id}"
         try:
             repo.set_ref(ref, commit)
-            pending.parent, pending.parent_value, pending.commit = best.commit, best.value, commit
+            pending.parent_commit, pending.parent_value, pending.commit = best.commit, best.value, commit
+            pending.parent_run = best.run_id
             pending.target_sha256 = sha256_bytes(merged)
             pending.nonblank_lines = nonblank_lines(merged.decode("utf-8", errors="replace"))
             pending.rebases += 1
@@ -220,6 +221,7 @@ class SlotDecisions:
                 "first run to finish, or edit the next idea and run_experiment"
             ),
             keep_rule=core.state.keep_rule,
+            parent=pending.parent_run,
         )
 
     def _advance(self, pending: Pending, commit: str) -> str:
@@ -228,7 +230,7 @@ class SlotDecisions:
         core = self.core
         repo, path = core.repo, core.target_repo_path
         target = core.root / core.target_rel
-        old_best = repo.show_file(pending.parent, path)
+        old_best = repo.show_file(pending.parent_commit, path)
         new_best = repo.show_file(commit, path)
         try:
             current = read_regular(target)
@@ -246,7 +248,7 @@ class SlotDecisions:
             # git converts this file on its way in: compared in git's form, merged only where that form is the
             # bytes themselves, else kept aside; never overwritten unseen.
             clean = repo.blob_id(path, current)
-            if clean in (repo.blob_at(c, path) for c in (pending.parent, commit)):
+            if clean in (repo.blob_at(c, path) for c in (pending.parent_commit, commit)):
                 repo.restore_paths(commit, [path])
                 return ""
             if clean == repo.blob_id(path, current, filters=False):

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from ..measure.sequential import session_noise
 from ..records.budget import budget_use
-from ..records.stall import stall_advice
+from ..records.stall import experiments_since_keep, stall_advice
 from ..records.state import Pending
+from ..records.tree import journal_tree, stall_after_of
 from ..session.context import SessionCore
 
 
@@ -19,8 +20,7 @@ def steer(core: SessionCore, pending: Pending, step: str) -> str:
     noise = session_noise(core.state)
     sd = noise.sd if noise.df and noise.sd else 0.0
     extra = [near_miss_line(core, pending, sd)]
-    best = core.state.best
-    extra.append(stall_advice(core.journal, best.run_id if best else None, core.config.stall_after, sd))
+    extra.append(stall_line(core, sd))
     extra.append(budget.near())
     return " ".join([step, *(f"{line}." for line in extra if line)])
 
@@ -37,3 +37,14 @@ def near_miss_line(core: SessionCore, pending: Pending, noise_sd: float) -> str 
         f"It was a near-miss (improvement {estimate:+.4g}, within the noise of its parent): a variant of it may "
         f'pass; branch_from(run_id="{row.run_id}") starts from it'
     )
+
+
+def stall_line(core: SessionCore, noise_sd: float) -> str | None:
+    """After `stall_after` experiments without a keep: the nodes to branch from (the tree is built only then)."""
+    stall_after = stall_after_of(core.state.rules)
+    best = core.state.best
+    if best is None or experiments_since_keep(core.journal) < stall_after:
+        return None
+    lower = core.state.metric_direction == "lower_is_better"
+    tree = journal_tree(core.journal, best.run_id, lower, stall_after, noise_sd)
+    return stall_advice(core.journal, tree, lower, stall_after)

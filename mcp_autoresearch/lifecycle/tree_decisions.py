@@ -42,20 +42,20 @@ class TreeDecisions:
 
     def writes_ahead(self, decision: str, pending: Pending) -> bool:
         """A discard moves the branch back; a keep only syncs the index (decided again, it comes out the same)."""
-        return decision != "keep" and pending.commit not in (None, pending.parent)
+        return decision != "keep" and pending.commit not in (None, pending.parent_commit)
 
     def apply(self, pending: Pending, decision: str, commit: str) -> str:
         core = self.core
-        if decision == "keep" and commit != pending.parent:
+        if decision == "keep" and commit != pending.parent_commit:
             core.repo.sync_index([core.target_repo_path])
-        elif decision != "keep" and commit != pending.parent:
+        elif decision != "keep" and commit != pending.parent_commit:
             # Keep the idea reachable, then restore what the candidate changed (the target only: checked before
             # the run) and move the branch back.
             core.repo.set_ref(f"{SESSION_REFS}{core.state.tag}/{pending.run_id}", commit)
-            core.repo.restore_paths(pending.parent, [core.target_repo_path])
-            if core.repo.resolve_branch(core.state.branch) != pending.parent:
+            core.repo.restore_paths(pending.parent_commit, [core.target_repo_path])
+            if core.repo.resolve_branch(core.state.branch) != pending.parent_commit:
                 core.repo.move_branch(
-                    core.state.branch, pending.parent, f"autoresearch: discard {pending.run_id}"
+                    core.state.branch, pending.parent_commit, f"autoresearch: discard {pending.run_id}"
                 )
         return ""
 
@@ -91,13 +91,13 @@ class TreeDecisions:
         if pending.phase == "starting":
             head = core.repo.head_commit()
             if (
-                head != pending.parent
-                and core.repo.is_ancestor(pending.parent, head)
+                head != pending.parent_commit
+                and core.repo.is_ancestor(pending.parent_commit, head)
                 and core.repo.commit_message(head).startswith("experiment:")
             ):
                 # The candidate was committed but never ran: undo the commit, keep the edit in the work tree.
                 core.repo.move_branch(
-                    core.state.branch, pending.parent, f"autoresearch: undo {pending.run_id}"
+                    core.state.branch, pending.parent_commit, f"autoresearch: undo {pending.run_id}"
                 )
                 core.repo.unstage([core.target_repo_path])
             core.state.drop(pending.run_id)

@@ -15,6 +15,8 @@ from ..records.budget import budget_use
 from ..records.journal import Journal, Row, one_line
 from ..records.stall import stall_advice
 from ..records.state import SessionState, load_state
+from ..records.tree import ResearchTree, journal_tree, stall_after_of
+from ..records.tree_view import bounded_lineage
 from ..setup.config import DEFAULTS
 from ..statuses import DECISIONS, UNFINISHED
 
@@ -22,6 +24,8 @@ RECENT_ROWS = 8
 MAX_IDEAS = 40
 MAX_CHARS = 8000
 NEAR_MISSES = 5
+TREE_LISTED = 5  # frontier nodes and dead ends the briefing names
+TREE_LINEAGE = 8  # nodes of the best lineage the briefing names (the baseline and the newest)
 
 
 def _fmt(value: float | None) -> str:
@@ -44,6 +48,7 @@ def briefing_from(
     near: list[Row] | None = None,
     slots: str | None = None,
     stall: str | None = None,
+    tree: ResearchTree | None = None,
 ) -> str:
     """`rows` are the newest experiments, oldest first (all of them, or the last few with `total`, `counts`
     and `since` describing the whole log); `stall`: the nodes to branch from after a stall (records/stall.py)."""
@@ -97,6 +102,8 @@ def briefing_from(
                 f"## Streak: {since} experiments without an improvement",
                 "Change direction: try a different kind of idea, combine near-misses, or simplify.",
             ]
+        if tree is not None:
+            lines += tree_lines(tree)
         if near:
             lines += ["", "## Near-misses (discarded within the noise of the best: worth combining)", ""]
             lines += [
@@ -155,6 +162,39 @@ def _ideas_tried(rows: list[Row], total: int, used: int) -> list[str]:
     return lines
 
 
+def tree_lines(tree: ResearchTree) -> list[str]:
+    """The research tree in a few lines: the best lineage, the open frontier, the dead ends."""
+    nodes = tree.nodes
+
+    def named(index: int) -> str:
+        return f"{nodes[index].run_id} ({_fmt(nodes[index].value)})"
+
+    lineage = bounded_lineage(tree.best_lineage, TREE_LINEAGE)
+    path = [named(i) for i in lineage]
+    if len(lineage) < len(tree.best_lineage):
+        path.insert(1, "…")
+    lines = ["", "## Research tree", ""]
+    if path:
+        lines.append(f"- Best lineage ({len(tree.best_lineage)} nodes): {' → '.join(path)}.")
+    frontier = tree.frontier
+    if frontier:
+        more = f", … ({len(frontier) - TREE_LISTED} more)" if len(frontier) > TREE_LISTED else ""
+        lines.append(
+            f"- Open frontier ({len(frontier)} kept node{'s' if len(frontier) != 1 else ''} not built on yet; "
+            f"branch_from one to explore it): {', '.join(named(i) for i in frontier[:TREE_LISTED])}{more}."
+        )
+    else:
+        lines.append("- Open frontier: none (every kept node has been built on).")
+    if tree.dead_ends:
+        dead = tree.dead_ends
+        more = f", … ({len(dead) - TREE_LISTED} more)" if len(dead) > TREE_LISTED else ""
+        lines.append(
+            f"- Dead ends ({len(dead)}; their last children all failed, look elsewhere): "
+            f"{', '.join(named(i) for i in dead[:TREE_LISTED])}{more}."
+        )
+    return lines
+
+
 def near_misses(journal: Journal, noise_sd: float, limit: int = NEAR_MISSES, scan: int = 500) -> list[Row]:
     """Discarded experiments, newest first, whose improvement over the best they faced was better than minus one
     noise standard deviation: within the noise, so worth combining (only the last `scan` discards are read)."""
@@ -175,13 +215,16 @@ def journal_briefing(
     keep_rule: str | None = None,
     noise_sd: float | None = None,
     slots: str | None = None,
-    stall_after: int | None = None,
 ) -> str:
     """The briefing from a journal's index: only the newest rows are read back from the log. The run command
     is the session's own (fixed when it started), not today's configuration."""
     total = len(journal)
     run_command = state.rules.get("run_command")
-    stall_after = int(DEFAULTS["stall_after"]) if stall_after is None else stall_after
+    lower = state.metric_direction == "lower_is_better"
+    stall_after = stall_after_of(state.rules)
+    tree = journal_tree(
+        journal, state.best.run_id if state.best else None, lower, stall_after, noise_sd or 0.0
+    )
     return briefing_from(
         state,
         journal.tail(MAX_IDEAS + 1),
@@ -192,7 +235,8 @@ def journal_briefing(
         keep_rule=keep_rule,
         near=near_misses(journal, noise_sd or 0.0),
         slots=slots,
-        stall=stall_advice(journal, state.best.run_id if state.best else None, stall_after, noise_sd or 0.0),
+        stall=stall_advice(journal, tree, lower, stall_after),
+        tree=tree,
     )
 
 

@@ -1,22 +1,23 @@
 """Where to branch from when the loop is stuck: after `stall_after` experiments without a keep, concrete nodes
-of the research tree to start the next candidate from, each with its run id, why, and the exact call.
+of the research tree (records/tree.py) to start the next candidate from, each with its run id, why, and the
+exact call.
 
 The proposals are, in order: near-misses (discarded within the noise of their parent: a variant may pass),
 earlier nodes of the best lineage (a different idea from before the last steps), frontier nodes (kept, never
-explored). Pure: it reads logged rows and never changes anything.
+built on). The best itself is never proposed. Pure: it reads the tree and never changes anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from .journal import Journal, Row, one_line
+from .journal import Journal, one_line
+from .tree import ResearchTree, TreeNode
 
 MAX_PROPOSALS = 4
 MAX_NEAR = 2  # near-misses proposed at most, so the other kinds are seen too
-SCAN = 500  # newest discards read for near-misses
-MAX_LINEAGE = 200  # kept rows read back for the best lineage
+MAX_FRONTIER = 2
 
 
 @dataclass(frozen=True)
@@ -38,119 +39,94 @@ def _value(value: float | None) -> str:
     return "-" if value is None else f"{value:.6g}"
 
 
-def parents_of(kept: list[Row]) -> dict[str, str | None]:
-    """Each kept row's parent: the row's own `parent` where it is recorded, else (a row logged before the tree)
-    the kept row before it, as the greedy loop built it."""
-    parents: dict[str, str | None] = {}
-    previous: str | None = None
-    for row in kept:
-        recorded = getattr(row, "parent", None)
-        parents[row.run_id] = recorded if recorded is not None else previous
-        previous = row.run_id
-    return parents
-
-
-def best_lineage(
-    best: str, parents: Mapping[str, str | None], lookup: Callable[[str], Row | None]
-) -> list[Row]:
-    """The path of parents from the best back to the baseline, best first."""
-    path: list[Row] = []
-    seen: set[str] = set()
-    current: str | None = best
-    while current is not None and current not in seen and len(path) < MAX_LINEAGE:
-        seen.add(current)
-        row = lookup(current)
-        if row is None:
-            break
-        path.append(row)
-        current = parents.get(current, getattr(row, "parent", None))
-    return path
-
-
-def near_miss_proposals(
-    discards: list[Row], noise_sd: float, parents: Mapping[str, str | None]
-) -> list[Proposal]:
-    """Discarded runs, newest first, whose improvement over their parent is above minus one noise sd."""
+def _near_misses(tree: ResearchTree, lower: bool, named: Callable[[str], str]) -> list[Proposal]:
     found = []
-    for row in discards:
-        estimate = row.evidence.estimate
-        if row.run_status != "ok" or estimate is None or estimate < -noise_sd:
-            continue
-        parent = getattr(row, "parent", None) or parents.get(row.run_id)
-        against = f"its parent {parent}" if parent else "the best it faced"
+    for index in tree.near_misses[:MAX_NEAR]:
+        node = tree.nodes[index]
+        parent = _parent(tree, node)
+        gain = None
+        if parent is not None and parent.value is not None and node.value is not None:
+            gain = parent.value - node.value if lower else node.value - parent.value
+        figure = f" (improvement {gain:+.4g})" if gain is not None else ""
         found.append(
             Proposal(
-                row.run_id,
+                node.run_id,
                 "near-miss",
-                f"near-miss ({one_line(row.description, 60)}): discarded within the noise of {against} "
-                f"(improvement {estimate:+.4g}); a variant of it may pass",
+                f"near-miss{named(node.run_id)}: discarded within the noise of its parent "
+                f"{node.parent}{figure}; a variant of it may pass",
             )
         )
-        if len(found) == MAX_NEAR:
-            break
     return found
 
 
-def lineage_proposals(lineage: list[Row]) -> list[Proposal]:
-    """The best's parent, and a node further back (half way to the baseline): a different idea from there."""
-    steps = sorted({1, max(2, len(lineage) // 2)} & set(range(1, len(lineage))))
+def _parent(tree: ResearchTree, node: TreeNode) -> TreeNode | None:
+    if node.parent is None:
+        return None
+    index = tree.index_of(node.parent)
+    return tree.nodes[index] if index is not None else None
+
+
+def _lineage(tree: ResearchTree) -> list[Proposal]:
+    """The best's parent, and a node half way back to the baseline: a different idea from there."""
+    path = tree.best_lineage[::-1]  # the best first
+    steps = sorted({1, max(2, len(path) // 2)} & set(range(1, len(path))))
     return [
         Proposal(
-            lineage[step].run_id,
+            tree.nodes[path[step]].run_id,
             "lineage",
             f"on the best lineage, {step} step{'s' if step > 1 else ''} before the best (value "
-            f"{_value(lineage[step].value)}): try a different idea from there",
+            f"{_value(tree.nodes[path[step]].value)}): try a different idea from there",
         )
         for step in steps
     ]
 
 
-def frontier_proposals(kept: list[Row], best: str, children: Mapping[str, int] | None) -> list[Proposal]:
-    """Kept nodes other than the best that no run has started from yet (newest first)."""
-    if children is None:
-        return []
+def _frontier(tree: ResearchTree) -> list[Proposal]:
     return [
-        Proposal(row.run_id, "frontier", f"kept (value {_value(row.value)}) and never explored: build on it")
-        for row in reversed(kept)
-        if row.run_id != best and children.get(row.run_id, 0) == 0
-    ]
+        Proposal(
+            tree.nodes[i].run_id,
+            "frontier",
+            f"kept (value {_value(tree.nodes[i].value)}, better than its parent) and never built on",
+        )
+        for i in tree.frontier
+        if not tree.nodes[i].best
+    ][:MAX_FRONTIER]
 
 
-def proposals(
-    journal: Journal, best: str, noise_sd: float, children: Mapping[str, int] | None = None
-) -> list[Proposal]:
-    """Up to MAX_PROPOSALS nodes to branch from, never the best itself, each once."""
-    kept = journal.rows_at(journal.indices("keep")[-MAX_LINEAGE:])
-    parents = parents_of(kept)
-    discards = journal.rows_at(list(reversed(journal.indices("discard")))[:SCAN])
-    lineage = best_lineage(best, parents, journal.get)
-    found = near_miss_proposals(discards, noise_sd, parents)
-    found += lineage_proposals(lineage) + frontier_proposals(kept, best, children)
+def proposals(tree: ResearchTree, lower: bool, named: Callable[[str], str] = lambda _: "") -> list[Proposal]:
+    """Up to MAX_PROPOSALS nodes to branch from, never the best, each once. `named(run_id)`: ' (its
+    description)' for a node, read only for the few proposed."""
+    best = {tree.nodes[i].run_id for i in tree.best_lineage[-1:]}
     chosen: list[Proposal] = []
-    for proposal in found:
-        if proposal.run_id != best and all(p.run_id != proposal.run_id for p in chosen):
+    for proposal in [*_near_misses(tree, lower, named), *_lineage(tree), *_frontier(tree)]:
+        if proposal.run_id not in best and all(p.run_id != proposal.run_id for p in chosen):
             chosen.append(proposal)
     return chosen[:MAX_PROPOSALS]
 
 
-def stall_advice(
-    journal: Journal,
-    best: str | None,
-    stall_after: int,
-    noise_sd: float,
-    children: Mapping[str, int] | None = None,
-) -> str | None:
-    """What next_step says after `stall_after` or more experiments without a keep (None before that)."""
+def experiments_since_keep(journal: Journal) -> int:
+    """Experiments logged since the last keep (all of them when nothing was kept)."""
     total = len(journal)
-    since = total - 1 - journal.last_keep_index if total else 0
-    if best is None or since < stall_after:
+    return total - 1 - journal.last_keep_index if total else 0
+
+
+def stall_advice(journal: Journal, tree: ResearchTree, lower: bool, stall_after: int) -> str | None:
+    """What next_step (and the briefing) says after `stall_after` or more experiments without a keep; None
+    before that, or with no best yet. Descriptions are read back only for the nodes proposed."""
+    since = experiments_since_keep(journal)
+    if since < stall_after or not tree.best_lineage:
         return None
-    found = proposals(journal, best, noise_sd, children)
+
+    def named(run_id: str) -> str:
+        row = journal.get(run_id)
+        return f" ({one_line(row.description, 60)})" if row is not None and row.description else ""
+
+    found = proposals(tree, lower, named)
     head = (
         f"{since} experiments without a keep (stall_after = {stall_after}): the best may be a local optimum. "
     )
     if not found:
-        return head + "Try a different kind of idea, or simplify."
+        return head + "Try a different kind of idea, or simplify"
     return (
         head
         + "Branch from another node instead of editing the best again: "

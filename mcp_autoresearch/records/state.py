@@ -95,7 +95,8 @@ class Pending(BaseModel):
 
     run_id: str
     description: str
-    parent: str  # the best commit the candidate was built on
+    parent_commit: str  # the commit the candidate was built on (its parent node's commit)
+    parent_run: str | None = None  # the run id of its parent node (None: the baseline, or a state of 0.x)
     commit: str | None = None  # the candidate commit that ran (None while being created)
     is_baseline: bool = False
     nonblank_lines: int = 0
@@ -112,6 +113,15 @@ class Pending(BaseModel):
     slot: int | None = None  # with slots: the slot it runs (ran) in
     parent_value: float | None = None  # with slots: the best's value when the candidate was built on it
     rebases: int = 0  # with slots: times its change was merged onto a newer best and run again
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_parent(cls, data: Any) -> Any:
+        """Before the research tree, `parent` held the commit the candidate was built on."""
+        if isinstance(data, dict) and "parent" in data and "parent_commit" not in data:
+            data = dict(data)
+            data["parent_commit"] = data.pop("parent")
+        return data
 
 
 class SessionState(BaseModel):
@@ -162,6 +172,15 @@ class SessionState(BaseModel):
             runs.insert(0, {**tree, "placement": "tree"} if isinstance(tree, dict) else tree)
         data["inflight"] = runs
         return data
+
+    @model_validator(mode="after")
+    def _parent_runs(self) -> SessionState:
+        """A run recorded before runs named their parent node was built on the best: that is its parent."""
+        best = self.best
+        for run in self.inflight:
+            if run.parent_run is None and best is not None and run.parent_commit == best.commit:
+                run.parent_run = best.run_id
+        return self
 
     @property
     def pending(self) -> Pending | None:

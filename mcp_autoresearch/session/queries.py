@@ -21,6 +21,8 @@ from ..records.budget import BudgetUse, budget_use
 from ..records.diskspace import AFTER_DISK_FULL
 from ..records.journal import Row
 from ..records.state import Pending
+from ..records.tree import journal_tree, stall_after_of
+from ..records.tree_view import TreeView, tree_view
 from ..sandbox.caches import describe as describe_caches
 from ..statuses import DECISIONS, FILTERS, UNFINISHED
 from .context import SessionCore, normal_run_id
@@ -90,6 +92,7 @@ class Views:
                 best_values=seen.best_values or None,
                 already_measured=True if already_measured else None,
                 rerun_of=seen.rerun_of,
+                parent=row.parent,
             )
 
     def _in_flight(self, run_id: str | None) -> Pending | None:
@@ -122,6 +125,7 @@ class Views:
                 log_path=str(progress.log_path) if progress else None,
                 next_step=next_step,
                 slot=pending.slot,
+                parent=pending.parent_run,
             )
         result = pending.result
         test = result.test
@@ -174,6 +178,7 @@ class Views:
             best_values=(best_values(core.state) + result.best_values) if test else None,
             rerun_of=pending.rerun_of,
             slot=pending.slot,
+            parent=pending.parent_run,
         )
 
     def _slot_step(self, pending: Pending) -> str:
@@ -263,7 +268,6 @@ class Views:
             keep_rule=keep_rule_summary(core.state, core.config),
             noise_sd=noise.sd if noise.df else None,
             slots=slots_line(self.parallel) if self.parallel else None,
-            stall_after=core.config.stall_after,
         )
         held = holdout_summary(core.root, core.state.tag, core.state.metric_direction)
         return f"{text.rstrip()}\n\n{held[0].upper()}{held[1:]}.\n" if held else text
@@ -301,8 +305,9 @@ class Views:
                 chars_left=max(0, MAX_RUN_NOTES_CHARS - sum(map(len, all_notes))),
             )
 
-    def query(self, status: str | None, limit: int, order: str) -> QueryResult:
-        """Counts, baseline, best, improvement, streak, and the rows (recent first or best first)."""
+    def query(self, status: str | None, limit: int, order: str, view: str = "rows") -> QueryResult:
+        """Counts, baseline, best, improvement, streak, and the rows (recent first or best first); with
+        view='tree', the research tree instead of the rows."""
         core = self.core
         with core.lock:
             journal = core.journal
@@ -310,8 +315,12 @@ class Views:
             wanted = status.strip().lower() if status else None
             if wanted is not None and wanted not in FILTERS:
                 raise RuleViolation(f"status must be one of {', '.join(sorted(FILTERS))}")
+            if view not in ("rows", "tree"):
+                raise RuleViolation("view must be 'rows' (the results table) or 'tree' (the research tree)")
             limit = max(1, min(limit, 500))
-            if order == "best":
+            if view == "tree":
+                chosen = []
+            elif order == "best":
                 chosen = journal.best_indices(limit, direction == "lower_is_better", wanted)
             elif order == "recent":
                 if wanted is None:
@@ -353,7 +362,22 @@ class Views:
                 near_misses=[row_model(r) for r in near_misses(journal, noise.sd or 0.0)],
                 holdout=holdout_summary(core.root, core.state.tag, core.state.metric_direction),
                 **budget_fields(self.budget()),
+                tree=self._tree(limit, noise.sd or 0.0) if view == "tree" else None,
             )
+
+    def _tree(self, newest: int, noise_sd: float) -> TreeView:
+        """The research tree, built from the journal's index; descriptions are read for the shown nodes only."""
+        core = self.core
+        journal = core.journal
+        best = core.state.best
+        tree = journal_tree(
+            journal,
+            best.run_id if best else None,
+            core.state.metric_direction == "lower_is_better",
+            stall_after_of(core.state.rules),
+            noise_sd,
+        )
+        return tree_view(tree, newest, lambda rows: [r.description for r in journal.rows_at(rows)])
 
 
 def budget_fields(use: BudgetUse) -> dict[str, Any]:
@@ -409,4 +433,6 @@ def row_model(row: Row) -> ResultRow:
         timestamp=row.timestamp,
         values=row.evidence.values if len(row.evidence.values) > 1 else None,
         estimate=row.evidence.estimate,
+        parent=row.parent,
+        best=row.best,
     )

@@ -420,8 +420,8 @@ class Session:
     def log_notes(self, run_id: str, notes: str) -> NotesResult:
         return self.views.log_notes(run_id, notes)
 
-    def query(self, status: str | None, limit: int, order: str) -> QueryResult:
-        return self.views.query(status, limit, order)
+    def query(self, status: str | None, limit: int, order: str, view: str = "rows") -> QueryResult:
+        return self.views.query(status, limit, order, view)
 
     def briefing(self) -> str:
         return self.views.briefing()

@@ -126,7 +126,7 @@ class ConfigValues(BaseModel):
         ge=1,
         le=10_000,
         description="Experiments without a keep before next_step proposes other nodes to branch from.",
-        json_schema_extra=FREE,
+        json_schema_extra=FROZEN,  # it defines the tree's dead ends, which every view of the session shows
     )
     eval_timeout: float | None = Field(
         None, gt=0, description="Hard limit in seconds for eval_command.", json_schema_extra=FROZEN

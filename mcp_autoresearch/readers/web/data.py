@@ -27,7 +27,9 @@ from ...records.budget import budget_use
 from ...records.current import current_session
 from ...records.logtail import tail
 from ...records.state import SessionState, current_tag, load_state, state_dir, state_path
+from ...records.tree import stall_after_of
 from ...setup.config import DEFAULTS
+from .tree_layout import tree_layout
 
 STATUSES = ("keep", "discard", "crash")
 HEX_ID = re.compile(r"[0-9a-f]{7,40}")
@@ -68,6 +70,7 @@ class Experiment:
     spread: float | None = None
     values: list[float] | None = None
     notes: list[str] = field(default_factory=list)
+    parent: str | None = None  # the run its candidate started from (see records/tree.py)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -87,10 +90,11 @@ class Experiment:
             "spread": self.spread,
             "values": self.values,
             "notes": self.notes,
+            "parent": self.parent,
         }
 
 
-def _experiment(n: int, details: dict[str, Any], timestamp: str) -> Experiment:
+def _experiment(n: int, details: dict[str, Any], timestamp: str, last_keep: str | None = None) -> Experiment:
     status = str(details.get("status", "crash"))
     values = details.get("values")
     clean = [v for v in (_number(x) for x in values) if v is not None] if isinstance(values, list) else []
@@ -110,6 +114,12 @@ def _experiment(n: int, details: dict[str, Any], timestamp: str) -> Experiment:
         timestamp=timestamp,
         spread=_number(details.get("spread")),
         values=clean or None,
+        # Rows logged before runs named their parent: the run that was best then (the previous keep).
+        parent=str(details["parent"])
+        if details.get("parent")
+        else None
+        if "parent" in details
+        else last_keep,
     )
 
 
@@ -138,6 +148,8 @@ class SessionView:
         self.counts: Counter[str] = Counter()  # by decision
         self.run_counts: Counter[str] = Counter()  # by run status, failures only
         self.memory_peak: float | None = None
+        self._last_keep: str | None = None
+        self._tree: tuple[tuple[Any, ...], dict[str, Any]] | None = None  # (what it was built from, the tree)
 
     # -- reading the files ----------------------------------------------------------------------------------
     @property
@@ -226,7 +238,9 @@ class SessionView:
         if action == "session_start" and self.started is None:
             self.started = _when(timestamp)
         elif action == "experiment_done" and isinstance(run_id, str) and run_id not in self._by_run:
-            row = _experiment(len(self.rows) + 1, details, timestamp)
+            row = _experiment(len(self.rows) + 1, details, timestamp, self._last_keep)
+            if row.status == "keep":
+                self._last_keep = row.run_id
             self.rows.append(row)
             self._by_run[run_id] = row
             self.counts[row.status] += 1
@@ -407,6 +421,20 @@ class SessionView:
             stride = math.ceil(len(steps) / max_points)
             steps = steps[::stride] + ([steps[-1]] if (len(steps) - 1) % stride else [])
         return steps
+
+    def tree(self) -> dict[str, Any]:
+        """The research tree as the page draws it (tree_layout.py), rebuilt only when a row or the best changed."""
+        state = self.state
+        best = state.best.run_id if state and state.best else None
+        key = (self.tag, len(self.rows), best)
+        if self._tree is None or self._tree[0] != key:
+            rules = state.rules if state else {}
+            rows = self.rows[: key[1]]  # as read now (the page's other requests may read more meanwhile)
+            layout = tree_layout(
+                rows, [r.commit for r in rows], best, self.lower_is_better, stall_after_of(rules)
+            )
+            self._tree = (key, layout)
+        return self._tree[1]
 
     def session_commit(self, commit: str) -> str | None:
         """The id of a commit of this session (a logged experiment's or a run's in flight), or None. Only a hex

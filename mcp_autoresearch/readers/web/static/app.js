@@ -181,6 +181,29 @@
       : "";
   }
 
+  // -- research tree -----------------------------------------------------------------------------------------
+  async function loadTree() {
+    state.tree = await api("api/tree");
+    drawTree();
+  }
+
+  function drawTree() {
+    const data = state.tree;
+    if (!data) return;
+    window.ARTree.draw($("tree"), data, { format: fmt, onPick: openDiff });
+    const listed = (part) => part.total ? ` (${part.runs.join(", ")}${part.total > part.runs.length ? ", …" : ""})` : "";
+    const parts = [
+      `${data.total} nodes, depth ${data.max_depth}`,
+      `best lineage ${data.lineage_length} nodes`,
+      `frontier ${data.frontier.total}${listed(data.frontier)}`,
+      `near-misses ${data.near_misses.total}`,
+      `dead ends ${data.dead_ends.total}${listed(data.dead_ends)}`,
+    ];
+    if (data.shown_from > 1) parts.push(`drawn: the newest ${data.nodes.length}`);
+    $("tree-note").textContent = data.total ? parts.join(" · ") : "";
+    $("tree").dataset.total = data.total;
+  }
+
   // -- table -------------------------------------------------------------------------------------------------
   async function loadTable() {
     const query = new URLSearchParams({ offset: state.offset, limit: PAGE });
@@ -236,9 +259,11 @@
   }
 
   async function openDiff(row) {
-    for (const tr of $("rows").querySelectorAll("tr.selected")) tr.classList.remove("selected");
+    for (const tr of document.querySelectorAll("#rows tr.selected, #tree .selected")) tr.classList.remove("selected");
     const tr = $("rows").querySelector(`tr[data-run-id="${CSS.escape(row.run_id)}"]`);
     if (tr) tr.classList.add("selected");
+    const dot = $("tree").querySelector(`circle[data-run-id="${CSS.escape(row.run_id)}"]`);
+    if (dot) dot.classList.add("selected");
     $("diff").hidden = false;
     $("diff-title").textContent = `${row.run_id} · ${row.short} · ${row.status} · ${row.description}`;
     const pre = $("diff-body");
@@ -280,7 +305,7 @@
       renderRuns(live.runs);
       if (!shown || shown.total !== s.total || shown.notes !== s.notes || shown.tag !== s.tag) {
         state.shown = { total: s.total, notes: s.notes, tag: s.tag };
-        Promise.all([loadChart(), loadTable()]).catch(failed);
+        Promise.all([loadChart(), loadTree(), loadTable()]).catch(failed);
       }
     });
     es.onerror = () => {
@@ -323,7 +348,7 @@
       renderSummary(live.summary);
       renderRuns(live.runs);
       state.shown = { total: live.summary.total, notes: live.summary.notes, tag: live.summary.tag };
-      await Promise.all([loadChart(), loadTable()]);
+      await Promise.all([loadChart(), loadTree(), loadTable()]);
       document.documentElement.dataset.ready = "1";
       window.__renderMs = performance.now();
       connect();
@@ -334,6 +359,6 @@
 
   setInterval(tickRuns, 1000);
   let resize = 0;
-  window.addEventListener("resize", () => { clearTimeout(resize); resize = setTimeout(drawChart, 150); });
+  window.addEventListener("resize", () => { clearTimeout(resize); resize = setTimeout(() => { drawChart(); drawTree(); }, 150); });
   start();
 })();
