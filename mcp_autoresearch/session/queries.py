@@ -43,6 +43,7 @@ class Views:
         self.runs = runs
         self.decider = decider
         self.parallel: ParallelRuns | None = None  # set by the session when it runs with slots
+        self.budget_changed: list[str] = []  # budgets the last opening or start_session changed (budget.py)
 
     def view(self, run_id: str | None, already_measured: bool = False) -> RunResult:
         """The current knowledge of a run: in flight, finished and waiting for a decision, or already logged
@@ -199,14 +200,7 @@ class Views:
             f"{where}; every slot is busy: call wait_experiment() for the first run to finish, then decide it"
         )
 
-    def budget(self) -> BudgetUse:
-        """The session's budgets: the runs in flight or waiting for their decision count as used."""
-        state = self.core.state
-        return budget_use(state, len(self.core.journal) + len(state.inflight))
-
-    def start_result(
-        self, resumed: bool, recovered: list[str], budget_changed: list[str] | None = None
-    ) -> StartResult:
+    def start_result(self, resumed: bool, recovered: list[str]) -> StartResult:
         """What start_session answers: the session, what was repaired, the briefing when resumed, the next step."""
         core = self.core
         state = core.state
@@ -254,9 +248,14 @@ class Views:
             recovered=recovered,
             briefing=briefing,
             budget=budget.line(),
-            budget_changed=budget_changed or [],
+            budget_changed=self.budget_changed,
             next_step=next_step,
         )
+
+    def budget(self) -> BudgetUse:
+        """The session's budgets: the runs in flight or waiting for their decision count as used."""
+        state = self.core.state
+        return budget_use(state, len(self.core.journal) + len(state.inflight))
 
     def briefing(self) -> str:
         """The bounded summary for a fresh agent: the journal's newest rows, the keep rule, noise, slots."""

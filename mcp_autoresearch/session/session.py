@@ -94,7 +94,6 @@ class Session:
         self.public_copy = PublicCopy()
         self.resumed = False
         self.recovered: list[str] = []
-        self.budget_changed: list[str] = []  # budgets changed by this opening (shown by start_session)
         self.isolation = probe_isolation(self.config.isolation, self.config.network)
         self.own = OwnFiles(root, state.tag, journal, self.config.jsonl_path, self.save, self.recovered)
         # The session's parts, each with one concern; they see the session as a `SessionCore`.
@@ -282,14 +281,14 @@ class Session:
             changed = settle_budget(self.state, configured, asked)
             if changed:
                 self.save()
-            self.budget_changed = changed if self.resumed or asked else []
+            self.views.budget_changed = changed if self.resumed or asked else []
 
     def _recover(self) -> None:
         """Bring state, git and the logs back into agreement after the server died at any moment."""
         self.recovered += self.decider.recover()
 
     def describe(self, resumed: bool) -> StartResult:
-        return self.views.start_result(resumed, self.recovered, self.budget_changed)
+        return self.views.start_result(resumed, self.recovered)
 
     # ======================================================================================================
     # guards
