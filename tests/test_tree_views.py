@@ -66,6 +66,7 @@ def test_a_log_without_parents_reads_as_the_greedy_lineage() -> None:
     assert tree.run_ids(tree.near_misses) == ["r4"]
     assert tree.dead_ends == []  # r2's last three children: a discard, a crash, then a keep
     assert tree.max_depth == 3
+    assert tree.index_of("r6") == 5 and tree.index_of("r99") is None and tree.index_of(None) is None
 
 
 def test_parents_named_by_the_rows_make_branches_judged_against_their_own_parent() -> None:
@@ -183,6 +184,18 @@ def test_the_journal_index_gives_the_same_tree_as_the_full_rows(tmp_path: Path) 
     assert fast.run_ids(fast.near_misses) == ["r4"]  # custom-id is 0.06 worse than r2
     view = tree_view(fast, 2, lambda rows: [r.description for r in reread.rows_at(rows)])
     assert {n.run_id: n.description for n in view.nodes}["r10"] == "idea r10"
+
+
+def test_the_last_tree_is_reused_until_the_journal_changes(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "results.tsv", tmp_path / "log.jsonl", "t")
+    journal.load()
+    log_rows(journal, [R("r1", 1.0, "keep"), R("r2", 0.9, "keep")], [None, "r1"])
+    first = journal_tree(journal, "r2", True, 8)
+    assert journal_tree(journal, "r2", True, 8) is first  # nothing changed: the same tree
+    assert journal_tree(journal, "r2", True, 3) is not first  # another question
+    log_rows(journal, [R("r3", 0.95, "discard")], ["r1"])
+    again = journal_tree(journal, "r2", True, 8)
+    assert len(again.nodes) == 3 and again.nodes[2].parent == "r1"
 
 
 async def test_query_results_returns_the_tree_through_the_mcp_client(ml_project: Path, agent_for) -> None:
