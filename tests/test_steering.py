@@ -5,6 +5,7 @@ decided and logged), every view shows them used and left, and a raised budget le
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 
 from mcp_autoresearch.readers.web.data import SessionView
+from mcp_autoresearch.records.stall import combine_hint, proposals
+from mcp_autoresearch.records.tree import build_tree
 
 from .conftest import make_repo, run_cli
 
@@ -168,3 +171,45 @@ async def test_after_stall_after_experiments_without_a_keep_next_step_proposes_n
         prompt = await agent.client.get_prompt("loop", {})
         text = prompt.messages[0].content.text
         assert "## The research tree" in text and "after 3 experiments without a keep" in text
+
+
+@dataclass
+class Node:
+    """A logged row as the tree reads it, with the parent its run started from."""
+
+    run_id: str
+    parent: str | None
+    value: float | None
+    status: str
+    run_status: str = "ok"
+    description: str = ""
+
+
+def test_the_proposals_and_the_combine_hint_read_the_branches_of_the_tree() -> None:
+    """On a tree with two branches: a near-miss judged against its own parent, the best lineage, the frontier
+    node of the other branch; after a keep, the other branch's open node is the one to combine with."""
+    rows = [
+        Node("r1", None, 10.0, "keep"),
+        Node("r2", "r1", 8.0, "keep"),
+        Node("r3", "r2", 7.0, "keep"),  # the best
+        Node("r4", "r1", 9.0, "keep"),  # kept against r1 on another branch; nobody built on it
+        Node("r5", "r3", 7.0, "discard"),  # equal to its parent: a near-miss
+        Node("r6", "r3", 9.5, "discard"),  # worse than its parent: no near-miss
+    ]
+    tree = build_tree(rows, "r3", True, 8)
+    found = proposals(tree, True)
+    assert [(p.run_id, p.kind) for p in found] == [
+        ("r5", "near-miss"),
+        ("r2", "lineage"),
+        ("r1", "lineage"),
+        ("r4", "frontier"),
+    ]
+    assert (
+        found[0]
+        .line()
+        .startswith('branch_from(run_id="r5"): near-miss: discarded within the noise of its parent r3')
+    )
+    hint = combine_hint(tree, "r3")
+    assert hint is not None and 'combine(run_a="r4", run_b="r3")' in hint
+    greedy = build_tree(rows[:3], "r3", True, 8)  # one branch: nothing to combine with
+    assert combine_hint(greedy, "r3") is None

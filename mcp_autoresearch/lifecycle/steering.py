@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..measure.sequential import session_noise
 from ..records.budget import budget_use
-from ..records.stall import experiments_since_keep, stall_advice
+from ..records.stall import combine_hint, experiments_since_keep, stall_advice
 from ..records.state import Pending
 from ..records.tree import journal_tree, stall_after_of
 from ..session.context import SessionCore
@@ -19,8 +19,7 @@ def steer(core: SessionCore, pending: Pending, step: str) -> str:
         return f"{step} {budget.near()}."
     noise = session_noise(core.state)
     sd = noise.sd if noise.df and noise.sd else 0.0
-    extra = [near_miss_line(core, pending, sd)]
-    extra.append(stall_line(core, sd))
+    extra = [near_miss_line(core, pending, sd), combine_line(core, pending, sd), stall_line(core, sd)]
     extra.append(budget.near())
     return " ".join([step, *(f"{line}." for line in extra if line)])
 
@@ -48,3 +47,14 @@ def stall_line(core: SessionCore, noise_sd: float) -> str | None:
     lower = core.state.metric_direction == "lower_is_better"
     tree = journal_tree(core.journal, best.run_id, lower, stall_after, noise_sd)
     return stall_advice(core.journal, tree, lower, stall_after)
+
+
+def combine_line(core: SessionCore, pending: Pending, noise_sd: float) -> str | None:
+    """After a keep, when another branch holds a kept node nobody built on: the call that combines the two."""
+    row = core.journal.get(pending.run_id)
+    best = core.state.best
+    if row is None or row.status != "keep" or pending.is_baseline or best is None:
+        return None
+    stall_after = stall_after_of(core.state.rules)
+    lower = core.state.metric_direction == "lower_is_better"
+    return combine_hint(journal_tree(core.journal, best.run_id, lower, stall_after, noise_sd), row.run_id)

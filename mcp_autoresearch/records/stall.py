@@ -133,3 +133,16 @@ def stall_advice(journal: Journal, tree: ResearchTree, lower: bool, stall_after:
         + "; ".join(p.line() for p in found)
         + ". Or combine two nodes that improved different things: combine(run_a=..., run_b=...)"
     )
+
+
+def combine_hint(tree: ResearchTree, run_id: str) -> str | None:
+    """After a keep: another kept node on another branch (a frontier node: nobody built on it) may have
+    improved something else; combining the two measures both changes together. None when there is none."""
+    others = [tree.nodes[i] for i in tree.frontier if tree.nodes[i].run_id != run_id]
+    if not others or tree.index_of(run_id) is None:
+        return None
+    other = others[0]  # the frontier is best value first
+    return (
+        f"Another branch holds a kept node nobody built on, {other.run_id} (value {_value(other.value)}): "
+        f'combine(run_a="{other.run_id}", run_b="{run_id}") measures both changes together'
+    )
