@@ -86,7 +86,9 @@ class RunResult(BaseModel):
     status: RunState
     metric_name: str
     value: float | None = None
-    best_value: float | None = Field(None, description="Best kept value before this run.")
+    best_value: float | None = Field(
+        None, description="The value of the node it is judged against: its parent (the best unless branched)."
+    )
     delta: float | None = Field(None, description="value - best_value.")
     would_keep: bool | None = Field(
         None, description="What commit_or_reset will decide (None while running)."
@@ -128,7 +130,10 @@ class DecisionResult(BaseModel):
     )
     reason: str
     value: float | None
-    prev: float | None = Field(description="Best kept value before this experiment.")
+    prev: float | None = Field(
+        description="The value of the node it was judged against before this experiment: its parent (the best "
+        "unless branched)."
+    )
     delta: float | None
     commit: str | None = Field(
         description="The experiment's commit (kept, or saved under refs/autoresearch/)."
@@ -151,6 +156,23 @@ class DecisionResult(BaseModel):
     )
     parent: str | None = Field(None, description=PARENT)
     best: bool | None = Field(None, description=BECAME_BEST)
+
+
+class BranchResult(BaseModel):
+    parent: str = Field(description="The run the next candidate starts from (its parent node).")
+    sha256: str = Field(
+        description="Hash of the target as it is now; pass it to apply_edit as expected_sha256."
+    )
+    value: float | None = Field(description="The parent's logged value.")
+    status: Decision = Field(description="The parent's logged decision.")
+    depth: int = Field(description="The parent's depth in the tree (the baseline: 0).")
+    combined: list[str] | None = Field(
+        None, description="combine: the two runs merged; the next run_experiment measures the merge."
+    )
+    kept_aside: str | None = Field(
+        None, description="Where an edit of the target not yet run was kept before it was replaced."
+    )
+    next_step: str
 
 
 class NotesResult(BaseModel):

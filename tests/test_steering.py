@@ -20,7 +20,7 @@ from .conftest import make_repo, run_cli
 
 pytestmark = pytest.mark.anyio
 
-TARGET = "X = 0\nY = 0\n"
+TARGET = "X = 0\n# X and Y are independent\n\nY = 0\n"
 EVALUATE = """\
 import runpy
 ns = runpy.run_path("params.py")
@@ -168,6 +168,20 @@ async def test_after_stall_after_experiments_without_a_keep_next_step_proposes_n
         assert "combine(run_a=..., run_b=...)" in stalled
         briefing = (await agent.ok("start_session", tag="t"))["briefing"]
         assert "## Stalled: branch from another node" in briefing and 'branch_from(run_id="r2")' in briefing
+        # The proposal's call works as written; a node kept on that branch is told the combine call.
+        await agent.ok("branch_from", run_id="r2")
+        assert (root / "params.py").read_text() == TARGET.replace("X = 0", "X = 1")
+        await agent.edit("Y = 0", "Y = 1")
+        _, kept = await agent.experiment("Y = 1 from r2")  # r7: 6, better than its parent r2 (7)
+        assert kept["decision"] == "keep" and kept["parent"] == "r2", kept
+        assert (
+            'The best, r3 (value 6), is on another branch: combine(run_a="r3", run_b="r7")'
+            in kept["next_step"]
+        )
+        await agent.ok("combine", run_a="r3", run_b="r7")
+        assert (root / "params.py").read_text() == TARGET.replace("X = 0", "X = 2").replace("Y = 0", "Y = 1")
+        _, both = await agent.experiment("X = 2 and Y = 1")
+        assert both["decision"] == "keep" and both["value"] == 5.0
         prompt = await agent.client.get_prompt("loop", {})
         text = prompt.messages[0].content.text
         assert "## The research tree" in text and "after 3 experiments without a keep" in text
@@ -209,7 +223,9 @@ def test_the_proposals_and_the_combine_hint_read_the_branches_of_the_tree() -> N
         .line()
         .startswith('branch_from(run_id="r5"): near-miss: discarded within the noise of its parent r3')
     )
-    hint = combine_hint(tree, "r3")
+    hint = combine_hint(tree, "r3")  # the best: the other branch's open node
     assert hint is not None and 'combine(run_a="r4", run_b="r3")' in hint
+    hint = combine_hint(tree, "r4")  # a node kept on another branch: the best first
+    assert hint is not None and 'The best, r3 (value 7), is on another branch: combine(run_a="r3"' in hint
     greedy = build_tree(rows[:3], "r3", True, 8)  # one branch: nothing to combine with
     assert combine_hint(greedy, "r3") is None

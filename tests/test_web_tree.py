@@ -51,7 +51,8 @@ async def test_a_tree_of_500_nodes_is_drawn_with_its_lineages_and_the_best_path(
     tmp_path: Path, browser: Any
 ) -> None:
     """Every node drawn once, on more than one lane (the branches), the best lineage highlighted node by node,
-    the frontier ringed, and the dots far enough apart to click one."""
+    the frontier ringed, each combine joined to the other run it merged, and the dots far enough apart to click
+    one."""
     root = make_repo(tmp_path / "p", {"train.py": "LR = 1\n"})
     expected = synthetic_tree(root, 500)
     port = free_port()
@@ -71,6 +72,9 @@ async def test_a_tree_of_500_nodes_is_drawn_with_its_lineages_and_the_best_path(
         best = page.locator("#tree circle.t-best")
         assert await best.count() == 1 and await best.get_attribute("data-run-id") == expected["best"]
         assert await page.locator("#tree circle.t-frontier").count() == expected["frontier"]
+        merges = expected["merges"]
+        assert isinstance(merges, int) and merges > 0
+        assert await page.locator("#tree path.t-merge").count() == merges  # a combine: from the other run
         lanes = await page.eval_on_selector_all(
             "#tree circle.t-node", "dots => new Set(dots.map(d => d.getAttribute('cy'))).size"
         )

@@ -213,9 +213,15 @@ def synthetic_tree(root: Path, experiments: int, seed: int = 11, tag: str = "tre
     kept: list[str] = []
     children: dict[str, int] = {}
     best = ""
+    merges = 0
     for i in range(1, experiments + 1):
         run_id = f"r{i}"
         parent = None if not kept else (rng.choice(kept) if i % 5 == 0 else best)
+        # every 50th run (from the 25th) combines the best with another kept node
+        other = rng.choice(kept) if kept and i % 50 == 25 else None
+        combined = [best, other] if other is not None and other != best else None
+        merges += combined is not None
+        parent = best if combined else parent  # a combine run's parent: the better of the two
         base = 1.0 if parent is None else values[parent]
         value = round(base + rng.gauss(0.004, 0.01), 9)
         status = "keep" if parent is None or value < base else "discard"
@@ -239,6 +245,7 @@ def synthetic_tree(root: Path, experiments: int, seed: int = 11, tag: str = "tre
             "full_commit": commit,
             "description": f"experiment {i} from {parent or 'nothing'}",
             "tag": tag,
+            **({"combined": combined} if combined else {}),
         }
         lines.append(_event("experiment_done", details, start + timedelta(minutes=5 * i)))
     jsonl.write_text("".join(lines))
@@ -275,4 +282,10 @@ def synthetic_tree(root: Path, experiments: int, seed: int = 11, tag: str = "tre
         ),
     )
     frontier = [k for k in kept if children.get(k, 0) == 0]
-    return {"best": best, "lineage": lineage[::-1], "frontier": len(frontier), "kept": len(kept)}
+    return {
+        "best": best,
+        "lineage": lineage[::-1],
+        "frontier": len(frontier),
+        "kept": len(kept),
+        "merges": merges,
+    }

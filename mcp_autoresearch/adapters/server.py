@@ -43,6 +43,7 @@ from .schemas import (
     self_contained,
 )
 from .surrogates import SafeWriteStream, ScreenedReadStream, lone_surrogate_problem
+from .tree_tools import tree_tools
 
 log = logging.getLogger("mcp_autoresearch")
 PROGRESS_EVERY_S = 2.0
@@ -212,6 +213,7 @@ def create_server(workspace: Workspace) -> MCPServer:
     _session_tools(tool, workspace)
     _run_tools(tool, workspace)
     _decision_tools(tool, workspace)
+    tree_tools(tool, workspace)
     prompt_and_resources(server, workspace)
     return server
 
@@ -445,7 +447,7 @@ def _decision_tools(tool: Register, workspace: Workspace) -> None:
             StatusFilter,
             Field(
                 description="Only rows with this status: a decision (keep, discard, crash) or how the run "
-                "ended (ok, timeout, metric_error, ...). Default: every row."
+                "ended (ok, timeout, metric_error, ...). Default: every row. Not used with view='tree'."
             ),
         ] = UNSET,
         limit: Annotated[int, Field(description="Rows to return, 1-500 (default: 20).", ge=1, le=500)] = 20,

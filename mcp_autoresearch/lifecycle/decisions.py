@@ -23,6 +23,7 @@ from ..records.journal import Row
 from ..records.state import Best, DecisionRecord, Pending, RunOutcome
 from ..session.context import SessionCore, normal_run_id
 from ..statuses import UNFINISHED
+from .branching import after_decision, becomes_best, built_on_the_best, made_best, reference, reference_values
 from .steering import steer
 
 # The state a decision changes (restored when applying it fails midway, so a retry applies it once).
@@ -34,6 +35,9 @@ _DECIDED = (
     "keep_rule",
     "noise_ss",
     "noise_df",
+    "next_parent",
+    "next_parent_commit",
+    "next_combined",
 )
 
 
@@ -88,7 +92,7 @@ class Decider:
     def verdict(self, pending: Pending, discard: bool) -> Verdict:
         """What the rule says about a finished run, from the server's own measurement."""
         result = pending.result or RunOutcome()
-        best = self.core.state.best
+        best = reference(self.core, pending)  # its parent: the best unless it was branched
         verdict = judge(
             self.core, pending, best.value if best else None, best.nonblank_lines if best else None, discard
         )
@@ -147,7 +151,7 @@ class Decider:
         if pending.phase == "finished":
             # Deciding touches the session branch, the index and the target: only where the session left them.
             core.check_head()
-            best = core.state.best
+            best = reference(core, pending)
             reached = self.placement.reconsider(pending, discard)
             if isinstance(reached, DecisionResult):
                 return reached
@@ -158,8 +162,14 @@ class Decider:
                 else (verdict.decision, verdict.reason)
             )
             pending.decision = DecisionRecord(
-                decision=decision, reason=reason, delta=verdict.delta, prev=best.value if best else None
+                decision=decision,
+                reason=reason,
+                delta=verdict.delta,
+                prev=best.value if best else None,
+                best=becomes_best(core, pending, decision),
             )
+            if decision == "keep" and not pending.decision.best:
+                pending.decision.reason += f"; not better than the best ({core.state.best.run_id if core.state.best else '-'}): kept as a node, the best stays"
             # Written ahead only when applying it moves the branch: a restart must then finish it. Otherwise,
             # decided again from `finished` after a restart, it comes out the same.
             ahead = self.placement.writes_ahead(decision, pending)
@@ -184,7 +194,9 @@ class Decider:
         state is put back when logging fails, so a retry applies it again from the start)."""
         core = self.core
         result = pending.result or RunOutcome()
-        judged = Judged([] if pending.is_baseline else self.judged(result), *self.figures(pending, result))
+        judged = Judged(
+            [] if pending.is_baseline else self.judged(pending, result), *self.figures(pending, result)
+        )
         before = core.state.model_copy(deep=True)
         try:
             core.journal.log_experiment_done(self._apply(pending, judged))
@@ -217,7 +229,7 @@ class Decider:
             remeasured=list(result.remeasured) or None,
             regression=result.regression,
             parent=pending.parent_run,
-            best=decision.decision == "keep",
+            best=made_best(decision),
         )
 
     def _apply(self, pending: Pending, seen: Judged) -> Row:
@@ -227,7 +239,8 @@ class Decider:
         verdict = decision.decision
         result = pending.result or RunOutcome()
         commit = pending.commit or pending.parent_commit
-        if verdict == "keep":
+        on_best = built_on_the_best(core, pending)  # judged against the best (else against another node)
+        if made_best(decision):
             value = result.value
             assert value is not None  # the rule keeps only a run that produced a value
             if pending.is_baseline:
@@ -235,13 +248,16 @@ class Decider:
                 core.state.baseline_commit = commit
                 core.state.keep_rule = resolve_keep_rule(core.config, result.values)
                 core.state.baseline_values = list(result.values) or [value]
-            else:
+            elif on_best:
                 if is_baseline_best(core.state) and seen.best_values:  # the baseline's runs stop growing here
                     core.state.baseline_values = list(seen.best_values)
                     core.state.baseline_value = statistics.median(seen.best_values)
                 self._close(
                     seen.best_values
                 )  # the old best's runs can no longer grow: they join the session's noise
+            else:  # a node of another lineage overtook the best: the best's runs and the parent's new ones close
+                self._close(best_values(core.state))
+                self._close(result.best_values)
             runs = list(result.values) + list(
                 result.remeasured
             )  # the re-measurement after the keep counts too
@@ -256,10 +272,13 @@ class Decider:
                 values=runs or [value],
             )
         else:
-            self._close(result.values)
+            self._close(list(result.values) + (list(result.remeasured) if verdict == "keep" else []))
             best = core.state.best
-            if best is not None and result.best_values:  # re-measured: the best's value is its runs' median
+            if on_best and best is not None and result.best_values:  # the best re-measured: its runs' median
                 best.values, best.value = seen.best_values, statistics.median(seen.best_values)
+            elif not on_best:
+                self._close(result.best_values)  # the parent's runs added for this candidate
+        after_decision(core, pending, decision)
         return Row(
             run_id=pending.run_id,
             commit=commit,
@@ -276,7 +295,8 @@ class Decider:
             tag=core.state.tag,
             timestamp="",
             parent=pending.parent_run,
-            best=verdict == "keep",
+            best=made_best(decision),
+            combined=list(pending.combined),
             evidence=Evidence(
                 values=list(result.values),
                 best_values=seen.best_values,
@@ -294,15 +314,16 @@ class Decider:
             ),
         )
 
-    def judged(self, result: RunOutcome) -> list[float]:
-        """The best's runs a candidate was judged against: the known ones, and those its measurement added."""
-        return best_values(self.core.state) + result.best_values
+    def judged(self, pending: Pending, result: RunOutcome) -> list[float]:
+        """The runs of the node a candidate was judged against (its parent: the best unless branched): the
+        known ones, and those its measurement added."""
+        return reference_values(self.core, pending) + result.best_values
 
     def figures(
         self, pending: Pending, result: RunOutcome
     ) -> tuple[float | None, tuple[float, float] | None, float | None]:
         """What the rule saw: the estimated improvement, its interval and probability (sequential only)."""
-        best = self.core.state.best
+        best = reference(self.core, pending)
         if result.test is not None:
             test = result.test
             return round(test.estimate, 12), (test.low, test.high), test.probability
@@ -378,6 +399,15 @@ def reverted_note(core: SessionCore, pending: Pending) -> str:
     holds = (
         f"the best kept ({best.run_id} at {best.commit[:7]})" if best is not None else "the committed version"
     )
+    if (
+        best is not None
+        and pending.parent_run
+        and pending.parent_commit != best.commit
+        and pending.slot is None
+    ):
+        holds = (
+            f"its parent ({pending.parent_run} at {pending.parent_commit[:7]}), the next candidate's parent"
+        )
     if pending.slot is not None:
         where = f"this run's change never was in {path} (it ran in slot {pending.slot}); {path} holds {holds} or your next edit"
     else:

@@ -34,6 +34,7 @@ from ..session.editing import Editor
 from ..setup.single_file import sha256_bytes, sha256_file
 from ..vcs.checkouts import Checkouts
 from ..vcs.planted import GitWatch
+from .branching import mark_parent, reference, start_point
 from .experiment import Experiment, ExperimentResult
 from .in_flight import (
     ActiveRun,
@@ -183,11 +184,12 @@ class ParallelRuns:
                 raise SessionError(self._full_message())
             self._check_backend()
             best = core.state.best
-            parent = best.commit if best else core.state.base_commit
+            parent, parent_run = start_point(core, best.commit if best else core.state.base_commit)
             started = new_run(core, self.editor, description, parent, rerun, len(inflight))
             if isinstance(started, AlreadyMeasured):
                 return started
             pending, target_bytes = started
+            mark_parent(core, pending, parent_run)  # a branched parent: judged against it, never rebased
             run_id, description, is_baseline = pending.run_id, pending.description, pending.is_baseline
             best_bytes = core.repo.show_file(parent, core.target_repo_path)
             if is_baseline:
@@ -201,7 +203,8 @@ class ParallelRuns:
                 slots = [min(set(range(self.slots)) - self.busy_slots())]
             pending.commit, pending.placement = commit, "slots"
             pending.slot = None if is_baseline else slots[0]
-            pending.parent_value = best.value if best else None
+            built_on = reference(core, pending)
+            pending.parent_value = built_on.value if built_on else None
             self._launch(pending, slots)
             try:
                 inflight.append(pending)

@@ -31,6 +31,7 @@ from ..session.context import SessionCore
 from ..session.editing import Editor
 from ..setup.single_file import changed_fingerprints, new_files, sha256_bytes, sha256_file
 from ..vcs.planted import GitWatch
+from .branching import mark_parent, reference, start_point
 from .experiment import Experiment, ExperimentResult
 from .in_flight import ActiveRun, RunHandle, execute, measure_run, tampered_before_best
 
@@ -92,11 +93,12 @@ class Runs:
             no_room = self.space.before_run([core.root], list(core.config.writable))
             if no_room:
                 raise SessionError(no_room)
-            parent = core.repo.head_commit()
+            parent, parent_run = start_point(core, core.repo.head_commit())  # the best, or a branched node
             started = new_run(core, self.editor, description, parent, rerun)
             if isinstance(started, AlreadyMeasured):
                 return started  # no idea is measured twice unless asked
             pending, target_bytes = started
+            mark_parent(core, pending, parent_run)
             run_id, description, is_baseline = pending.run_id, pending.description, pending.is_baseline
             core.state.inflight.append(pending)
             core.save()
@@ -200,7 +202,7 @@ class Runs:
         A run that changed the target is not covered up by the swaps: before them the candidate's change is
         left for the check after the run; the best's is kept as a copy and stops the measurement."""
         core = self.core
-        best = core.state.best
+        best = reference(core, pending)  # the parent's content: the best's unless the candidate was branched
         assert best is not None and pending.commit is not None
         target = core.root / core.target_rel
         with core.lock:

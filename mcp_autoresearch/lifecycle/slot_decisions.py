@@ -19,6 +19,7 @@ from ..records.state import DecisionRecord, Pending, RunOutcome, server_dir
 from ..session.context import SessionCore
 from ..setup.single_file import sha256_bytes
 from ..vcs.checkouts import merge_target
+from .branching import keep_reachable, made_best
 from .decisions import Decider, decided_next_step, judge
 from .parallel import ParallelRuns
 
@@ -59,7 +60,7 @@ class SlotDecisions:
         or discarded (why), judged against the best it was built on."""
         best = self.core.state.best
         stale = best is not None and not pending.is_baseline and pending.parent_commit != best.commit
-        if not stale:
+        if not stale or not pending.built_on_best:  # a branched candidate is judged against its parent
             return None
         if pending.result is not None:
             pending.result.best_values = []  # runs of the best it was built on, not of today's best
@@ -71,13 +72,27 @@ class SlotDecisions:
         return pending.decision  # _rebase wrote why it was discarded as stale
 
     def writes_ahead(self, decision: str, pending: Pending) -> bool:
-        """A keep moves the branch; a discard changes nothing in git (decided again, nothing was half applied)."""
-        return decision == "keep" and pending.commit not in (None, pending.parent_commit)
+        """A new best moves the branch; a discard, or a kept node that is not the best, changes nothing in git
+        (every candidate's commit is under refs/autoresearch/ from its start)."""
+        record = pending.decision or DecisionRecord()
+        return made_best(record) and pending.commit not in (None, pending.parent_commit)
 
     def apply(self, pending: Pending, decision: str, commit: str) -> str:
-        if decision == "keep" and commit != pending.parent_commit:
+        if made_best(pending.decision or DecisionRecord()) and commit != pending.parent_commit:
+            keep_reachable(self.core, pending)
+            if self.core.state.next_parent is not None:  # the work tree is on another node: it stays there
+                self._move_branch_only(pending, commit)
+                return ""
             return self._advance(pending, commit)
         return ""
+
+    def _move_branch_only(self, pending: Pending, commit: str) -> None:
+        """The branch moves to the new best; the work tree keeps the node it was branched to (the index
+        follows the branch)."""
+        repo = self.core.repo
+        if repo.resolve_branch(self.core.state.branch) != commit:
+            repo.move_branch(self.core.state.branch, commit, f"autoresearch: keep {pending.run_id}")
+        repo.unstage([self.core.target_repo_path])
 
     def decided(self, pending: Pending, note: str) -> str:
         if pending.run_id in self.parallel.finish_order:
@@ -230,7 +245,9 @@ class SlotDecisions:
         core = self.core
         repo, path = core.repo, core.target_repo_path
         target = core.root / core.target_rel
-        old_best = repo.show_file(pending.parent_commit, path)
+        best = core.state.best  # the best before this keep (the parent, unless the candidate was branched)
+        before = best.commit if best is not None else pending.parent_commit
+        old_best = repo.show_file(before, path)
         new_best = repo.show_file(commit, path)
         try:
             current = read_regular(target)
@@ -248,7 +265,7 @@ class SlotDecisions:
             # git converts this file on its way in: compared in git's form, merged only where that form is the
             # bytes themselves, else kept aside; never overwritten unseen.
             clean = repo.blob_id(path, current)
-            if clean in (repo.blob_at(c, path) for c in (pending.parent_commit, commit)):
+            if clean in (repo.blob_at(c, path) for c in (before, commit)):
                 repo.restore_paths(commit, [path])
                 return ""
             if clean == repo.blob_id(path, current, filters=False):

@@ -227,6 +227,17 @@ class Journal:
                 self._cache.popitem(last=False)
         return [found[i] for i in indices]
 
+    def full_commit(self, run_id: str) -> str | None:
+        """The whole commit id a row logged (its `commit` is shortened, as the original tool's)."""
+        index = self.index_of(run_id)
+        if index is None:
+            return None
+        with open_read(self.jsonl_path) as handle:
+            handle.seek(self._offsets[index])
+            details = json.loads(handle.readline()).get("details") or {}
+        full = details.get("full_commit")
+        return full if isinstance(full, str) else None
+
     def tail(self, count: int) -> list[Row]:
         return self.rows_at(list(range(max(0, len(self) - count), len(self))))
 

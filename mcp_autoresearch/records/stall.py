@@ -136,13 +136,32 @@ def stall_advice(journal: Journal, tree: ResearchTree, lower: bool, stall_after:
 
 
 def combine_hint(tree: ResearchTree, run_id: str) -> str | None:
-    """After a keep: another kept node on another branch (a frontier node: nobody built on it) may have
-    improved something else; combining the two measures both changes together. None when there is none."""
-    others = [tree.nodes[i] for i in tree.frontier if tree.nodes[i].run_id != run_id]
-    if not others or tree.index_of(run_id) is None:
+    """After a keep: a kept node on another branch (not an ancestor of this run) may have improved something
+    else; combining the two measures both changes together. The best first, else the best-valued frontier node
+    (kept, nobody built on it). None when every kept node is on this run's lineage."""
+    index = tree.index_of(run_id)
+    if index is None:
         return None
-    other = others[0]  # the frontier is best value first
+    ancestors = set(_ancestors(tree, index))
+    best = tree.best_lineage[-1:] if tree.best_lineage else []
+    others = [i for i in [*best, *tree.frontier] if i != index and i not in ancestors]
+    if not others:
+        return None
+    other = tree.nodes[others[0]]
+    what = "the best" if others[0] in best else "a kept node nobody built on"
     return (
-        f"Another branch holds a kept node nobody built on, {other.run_id} (value {_value(other.value)}): "
+        f"{what.capitalize()}, {other.run_id} (value {_value(other.value)}), is on another branch: "
         f'combine(run_a="{other.run_id}", run_b="{run_id}") measures both changes together'
     )
+
+
+def _ancestors(tree: ResearchTree, index: int) -> list[int]:
+    found: list[int] = []
+    parent = tree.nodes[index].parent
+    while parent is not None and len(found) < len(tree.nodes):
+        at = tree.index_of(parent)
+        if at is None:
+            break
+        found.append(at)
+        parent = tree.nodes[at].parent
+    return found

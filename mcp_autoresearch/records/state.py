@@ -87,7 +87,10 @@ class DecisionRecord(BaseModel):
     decision: Decision = "crash"
     reason: str = ""
     delta: float | None = None
-    prev: float | None = None  # the best kept value before this run
+    prev: float | None = None  # the value of the node it was judged against (its parent) before this run
+    best: bool | None = (
+        None  # a keep that makes the run the session's best (None: a record of 0.x, keep = best)
+    )
 
 
 class Pending(BaseModel):
@@ -113,6 +116,8 @@ class Pending(BaseModel):
     slot: int | None = None  # with slots: the slot it runs (ran) in
     parent_value: float | None = None  # with slots: the best's value when the candidate was built on it
     rebases: int = 0  # with slots: times its change was merged onto a newer best and run again
+    built_on_best: bool = True  # its parent was the best when it was built (False: branch_from or combine)
+    combined: list[str] = []  # a combine: the two runs whose targets it merges
 
     @model_validator(mode="before")
     @classmethod
@@ -157,6 +162,11 @@ class SessionState(BaseModel):
     max_experiments: int | None = None
     max_hours: float | None = None
     budget_from_call: list[str] = []
+    # The node the work tree's target starts from when it is not the best (branch_from, combine, or a kept node
+    # that did not become the best): the next candidate's parent. None: the best.
+    next_parent: str | None = None
+    next_parent_commit: str | None = None
+    next_combined: list[str] = []  # combine(run_a, run_b) waits for its run: the next row's `combined`
 
     @model_validator(mode="before")
     @classmethod

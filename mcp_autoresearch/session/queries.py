@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import RuleViolation, SessionError
+from ..lifecycle.branching import reference, reference_values
 from ..lifecycle.decisions import Decider, rerun
 from ..lifecycle.parallel import ParallelRuns, slots_line
 from ..lifecycle.running import Runs
@@ -107,7 +108,8 @@ class Views:
     def pending_view(self, pending: Pending) -> RunResult:
         """A run in flight, or finished and waiting for its decision (with what the decision will be)."""
         core = self.core
-        best = core.state.best.value if core.state.best else None
+        parent = reference(core, pending)  # the node it is judged against: the best unless it was branched
+        best = parent.value if parent else None
         metric = core.state.metric_name
         if in_flight(pending) or pending.result is None:
             handle = (self.parallel or self.runs).handle(pending.run_id)
@@ -176,7 +178,7 @@ class Views:
             estimate=test.estimate if test else None,
             interval=[test.low, test.high] if test else None,
             probability=test.probability if test else None,
-            best_values=(best_values(core.state) + result.best_values) if test else None,
+            best_values=(reference_values(core, pending) + result.best_values) if test else None,
             rerun_of=pending.rerun_of,
             slot=pending.slot,
             parent=pending.parent_run,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RuleViolation, SessionError
+from ..lifecycle.branching import Brancher
 from ..lifecycle.decisions import Decider
 from ..lifecycle.in_flight import RunHandle
 from ..lifecycle.parallel import ParallelRuns
@@ -24,7 +25,16 @@ from ..lifecycle.running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, Run
 from ..lifecycle.slot_decisions import SlotDecisions
 from ..lifecycle.tree_decisions import TreeDecisions
 from ..measure.provenance import metric_provenance
-from ..models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
+from ..models import (
+    BranchResult,
+    DecisionResult,
+    EditResult,
+    NotesResult,
+    QueryResult,
+    RunResult,
+    StartResult,
+    TargetView,
+)
 from ..names import RESULTS_TSV, RUN_LOG, SESSION_BRANCHES, SESSIONS, own_journal
 from ..phases import in_flight
 from ..records.budget import BUDGET_KEYS, settle_budget
@@ -111,6 +121,7 @@ class Session:
             else TreeDecisions(self, self.runs),
         )
         self.views = Views(self, self.runs, self.decider)
+        self.brancher = Brancher(self)
         self.views.parallel = self.parallel
 
     # ======================================================================================================
@@ -377,6 +388,16 @@ class Session:
         expected_sha256: str | None,
     ) -> EditResult:
         return self.editor.apply_edit(edits, content, path, expected_sha256)
+
+    @one_call
+    def branch_from(self, run_id: str) -> BranchResult:
+        """That run's target into the work tree; the next candidate's parent is that run."""
+        return self.brancher.branch_from(run_id)
+
+    @one_call
+    def combine(self, run_a: str, run_b: str) -> BranchResult:
+        """The three-way merge of two runs' targets into the work tree; the next run measures it."""
+        return self.brancher.combine(run_a, run_b)
 
     @one_call
     def start_run(self, description: str, rerun: bool = False) -> str | AlreadyMeasured:

@@ -71,6 +71,7 @@ class Experiment:
     values: list[float] | None = None
     notes: list[str] = field(default_factory=list)
     parent: str | None = None  # the run its candidate started from (see records/tree.py)
+    combined: list[str] = field(default_factory=list)  # a combine run: the two runs whose targets it merged
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +92,7 @@ class Experiment:
             "values": self.values,
             "notes": self.notes,
             "parent": self.parent,
+            "combined": self.combined,
         }
 
 
@@ -114,6 +116,7 @@ def _experiment(n: int, details: dict[str, Any], timestamp: str, last_keep: str 
         timestamp=timestamp,
         spread=_number(details.get("spread")),
         values=clean or None,
+        combined=[str(c) for c in details.get("combined") or [] if isinstance(c, str)][:2],
         # Rows logged before runs named their parent: the run that was best then (the previous keep).
         parent=str(details["parent"])
         if details.get("parent")
@@ -431,7 +434,12 @@ class SessionView:
             rules = state.rules if state else {}
             rows = self.rows[: key[1]]  # as read now (the page's other requests may read more meanwhile)
             layout = tree_layout(
-                rows, [r.commit for r in rows], best, self.lower_is_better, stall_after_of(rules)
+                rows,
+                [r.combined for r in rows],
+                [r.commit for r in rows],
+                best,
+                self.lower_is_better,
+                stall_after_of(rules),
             )
             self._tree = (key, layout)
         return self._tree[1]

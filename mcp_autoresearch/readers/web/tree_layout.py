@@ -27,6 +27,7 @@ class _Chain:
 
 def tree_layout(
     rows: Sequence[TreeRow],
+    combined: Sequence[list[str]],
     commits: Sequence[str],
     best_run_id: str | None,
     lower_is_better: bool,
@@ -34,7 +35,8 @@ def tree_layout(
     max_nodes: int = MAX_TREE_NODES,
 ) -> dict[str, Any]:
     """The page's tree: the newest `max_nodes` nodes with their lanes, the chains to draw, the best lineage, and
-    the frontier, near-misses and dead ends of the whole tree (counts and the newest ids)."""
+    the frontier, near-misses and dead ends of the whole tree (counts and the newest ids). `combined` holds,
+    for each row, the two runs a combine run merged (empty for any other run)."""
     tree = build_tree(rows, best_run_id, lower_is_better, stall_after)
     start = max(0, len(tree.nodes) - max_nodes)
     index = {node.run_id: i for i, node in enumerate(tree.nodes)}
@@ -62,6 +64,7 @@ def tree_layout(
                 "best": node.best,
                 "frontier": i in frontier,
                 "near_miss": i in near,
+                "combined": combined[i],
             }
         )
     return {

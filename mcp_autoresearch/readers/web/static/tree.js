@@ -1,6 +1,7 @@
 // The research tree: plain SVG, no library. x is the run's position in the session, y its lane (the server
 // lays the lanes out: tree_layout.py). Each chain is a line from the node it started from; the best lineage is
-// drawn over them, thick; a node is a dot (kept: larger; frontier: a ring), and clicking one opens its diff.
+// drawn over them, thick; a combine run has a dashed line from the other run it merged; a node is a dot (kept:
+// larger; frontier: a ring), and clicking one opens its diff.
 // Texts from the session go into <title> elements with textContent, never parsed as markup.
 "use strict";
 
@@ -53,6 +54,16 @@
       if (!a || !b) continue;
       make("path", { d: `M${x(a.n)},${y(a.lane)} V${y(b.lane)} H${x(b.n)}`, class: "t-lineage-step" }, lineage);
     }
+    // A combine run: a dashed line from the run it merged that is not its parent.
+    const merges = make("g", { class: "t-merges" }, svg);
+    const byId = new Map(nodes.map((node) => [node.run_id, node]));
+    for (const node of nodes) {
+      for (const other of node.combined || []) {
+        const from = byId.get(other);
+        if (!from || other === node.parent) continue;
+        make("path", { d: `M${x(from.n)},${y(from.lane)} L${x(node.n)},${y(node.lane)}`, class: "t-merge" }, merges);
+      }
+    }
     const dots = make("g", { class: "t-nodes" }, svg);
     for (const node of nodes) {
       const cls = ["t-node", "t-" + node.status];
@@ -64,7 +75,8 @@
       const dot = make("circle", { cx: x(node.n), cy: y(node.lane), r, class: cls.join(" ") }, dots);
       dot.dataset.runId = node.run_id;
       const title = make("title", {}, dot);
-      const from = node.parent ? ` · from ${node.parent}` : " · baseline";
+      const merged = node.combined && node.combined.length ? ` · combines ${node.combined.join(" + ")}` : "";
+      const from = (node.parent ? ` · from ${node.parent}` : " · baseline") + merged;
       title.textContent = `${node.run_id} · ${node.status} · ${opts.format(node.value)} · depth ${node.depth}${from}\n${node.description}`;
       dot.addEventListener("click", () => opts.onPick(node));
     }
