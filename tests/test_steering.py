@@ -137,6 +137,8 @@ async def test_a_budget_raised_in_the_configuration_or_on_the_command_line_lets_
         assert (await agent.experiment("X = 1"))[1]["decision"] == "keep"
     detected = json.loads(run_cli("detect", "--json", "--project", str(root), "--max-hours", "2.5").stdout)
     assert detected["max_hours"] == 2.5 and detected["config_source"]["max_hours"] == "command line"
+    shown = run_cli("detect", "--project", str(root), "--max-hours", "2.5").stdout
+    assert "budget:       2.5 hours from the session's start (the session's)" in shown, shown
 
 
 async def test_after_stall_after_experiments_without_a_keep_next_step_proposes_nodes_to_branch_from(

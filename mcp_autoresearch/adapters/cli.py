@@ -223,6 +223,7 @@ def _main(argv: Sequence[str] | None) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     from ..setup.project import load_project
     from ..vcs.readonly import git_problem
+    from .prompts import budgets_line
 
     project = load_project(args.project, overrides_from(args), args.config)
     info = project.info
@@ -267,6 +268,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(f"isolation:    {info.isolation}")
     print(f"network:      {info.network}")
     print(f"keep rule:    {info.keep_rule}")
+    if info.max_experiments is not None or info.max_hours is not None:
+        print(f"budget:       {budgets_line(info.max_experiments, info.max_hours)} (the session's)")
     print(f"evidence:     {', '.join(info.evidence) or '-'}")
     print(
         "sources:      "
