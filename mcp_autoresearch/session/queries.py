@@ -40,11 +40,11 @@ NOTES_LIMITS = (
 
 class Views:
     def __init__(self, core: SessionCore, runs: Runs, decider: Decider) -> None:
+        self.budget_changed: list[str] = []  # budgets the last opening or start_session changed (budget.py)
         self.core = core
         self.runs = runs
         self.decider = decider
         self.parallel: ParallelRuns | None = None  # set by the session when it runs with slots
-        self.budget_changed: list[str] = []  # budgets the last opening or start_session changed (budget.py)
 
     def view(self, run_id: str | None, already_measured: bool = False) -> RunResult:
         """The current knowledge of a run: in flight, finished and waiting for a decision, or already logged
