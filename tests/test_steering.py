@@ -17,6 +17,7 @@ from mcp_autoresearch.records.stall import combine_hint, proposals
 from mcp_autoresearch.records.tree import build_tree
 
 from .conftest import make_repo, run_cli
+from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
 
 pytestmark = pytest.mark.anyio
 
@@ -120,6 +121,32 @@ async def test_every_view_shows_the_experiment_budget_used_and_left(tmp_path: Pa
     view.refresh()
     budget = view.summary()["budget"]
     assert budget["experiments"] == 4 and budget["experiments_left"] == 0 and budget["spent"]
+
+
+async def test_with_slots_the_runs_in_flight_count_towards_the_experiment_budget(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    root = project(tmp_path)
+    async with agent_for(root, settings(max_experiments=3, slots=3)) as agent:
+        await agent.ok("start_session", tag="t")
+        await agent.experiment("baseline")
+        await agent.edit("X = 0", "X = 1")
+        first = await agent.ok("run_experiment", description="X = 1")  # in flight in a slot
+        assert (await agent.ok("query_results"))["budget"] == "budget: 2 of 3 experiments (1 left)"
+        await agent.edit("X = 0", "X = 2")
+        second = await agent.ok("run_experiment", description="X = 2")
+        await agent.edit("X = 0", "X = 4")
+        refused = await agent.refused("run_experiment", description="X = 4")
+        assert "max_experiments (3) reached: 3 experiments (counting the 2 runs in flight)" in refused, (
+            refused
+        )
+        for run in (first, second):  # both started before the end: decided and logged as usual
+            await agent.until_done(run["run_id"])
+            assert (await agent.ok("commit_or_reset", run_id=run["run_id"]))["decision"] in (
+                "keep",
+                "discard",
+            )
+        assert (await agent.ok("query_results"))["total"] == 3
 
 
 async def test_a_budget_raised_in_the_configuration_or_on_the_command_line_lets_the_session_go_on(
