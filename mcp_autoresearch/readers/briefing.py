@@ -11,7 +11,9 @@ from pathlib import Path
 from ..measure.provenance import metric_provenance
 from ..measure.standing import standing
 from ..names import RESULTS_TSV
+from ..records.budget import budget_use
 from ..records.journal import Journal, Row, one_line
+from ..records.stall import stall_advice
 from ..records.state import SessionState, load_state
 from ..records.tree import ResearchTree, journal_tree, stall_after_of
 from ..records.tree_view import bounded_lineage
@@ -45,10 +47,11 @@ def briefing_from(
     keep_rule: str | None = None,
     near: list[Row] | None = None,
     slots: str | None = None,
+    stall: str | None = None,
     tree: ResearchTree | None = None,
 ) -> str:
     """`rows` are the newest experiments, oldest first (all of them, or the last few with `total`, `counts`
-    and `since` describing the whole log)."""
+    and `since` describing the whole log); `stall`: the nodes to branch from after a stall (records/stall.py)."""
     direction = "lower is better" if state.metric_direction == "lower_is_better" else "higher is better"
     lines = [f"# autoresearch briefing: session {state.tag}", ""]
     lines.append(
@@ -80,6 +83,7 @@ def briefing_from(
         f"Experiments: {total} (keep {counts['keep']}, discard {counts['discard']}, crash {counts['crash']}); "
         f"{since} since the last keep."
     )
+    lines += _budget_lines(state, total)
     if state.pending is not None:
         lines.append(
             f"Pending: run {state.pending.run_id} ({state.pending.phase}) — decide it before editing."
@@ -90,7 +94,9 @@ def briefing_from(
         lines.append("In flight: " + ", ".join(f"{p.run_id} ({p.phase})" for p in state.inflight) + ".")
     if rows:
         lines += _last_experiments(rows)
-        if since >= 5:
+        if stall:
+            lines += ["", "## Stalled: branch from another node", stall + "."]
+        elif since >= 5:
             lines += [
                 "",
                 f"## Streak: {since} experiments without an improvement",
@@ -110,6 +116,12 @@ def briefing_from(
     if len(text) > MAX_CHARS:
         text = text[: MAX_CHARS - 40].rsplit("\n", 1)[0] + "\n- … (briefing cut to stay short)\n"
     return text
+
+
+def _budget_lines(state: SessionState, total: int) -> list[str]:
+    """The session's budgets used and left (runs in flight count as used); nothing without a budget."""
+    line = budget_use(state, total + len(state.inflight)).line()
+    return [line[0].upper() + line[1:] + "."] if line else []
 
 
 def _last_experiments(rows: list[Row]) -> list[str]:
@@ -208,6 +220,11 @@ def journal_briefing(
     is the session's own (fixed when it started), not today's configuration."""
     total = len(journal)
     run_command = state.rules.get("run_command")
+    lower = state.metric_direction == "lower_is_better"
+    stall_after = stall_after_of(state.rules)
+    tree = journal_tree(
+        journal, state.best.run_id if state.best else None, lower, stall_after, noise_sd or 0.0
+    )
     return briefing_from(
         state,
         journal.tail(MAX_IDEAS + 1),
@@ -218,13 +235,8 @@ def journal_briefing(
         keep_rule=keep_rule,
         near=near_misses(journal, noise_sd or 0.0),
         slots=slots,
-        tree=journal_tree(
-            journal,
-            state.best.run_id if state.best else None,
-            state.metric_direction == "lower_is_better",
-            stall_after_of(state.rules),
-            noise_sd or 0.0,
-        ),
+        stall=stall_advice(journal, tree, lower, stall_after),
+        tree=tree,
     )
 
 

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from ..measure.provenance import metric_provenance
 from ..measure.standing import standing
+from ..records.budget import budget_use
 from ..records.journal import Journal, Row
 from ..records.state import SessionState, load_state, state_dir
 from ..records.tree import journal_tree, stall_after_of
@@ -90,6 +91,15 @@ def provenance_text(rules: dict[str, object]) -> Text:
     )
 
 
+def budget_text(state: SessionState, total: int) -> Text:
+    """The session's budgets used and left, on a line of its own (yellow when near the end or spent)."""
+    use = budget_use(state, total + len(state.inflight))
+    line = use.line()
+    if line is None:
+        return Text()
+    return Text("\n" + line, style="yellow" if use.near() else "dim")
+
+
 def frontier_text(state: SessionState, journal: Journal) -> Text:
     """The research tree's frontier in one line: how many kept nodes are not built on yet, the best few."""
     tree = journal_tree(
@@ -145,6 +155,7 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
         )
     else:
         summary.append("no baseline yet", style="dim")
+    summary.append_text(budget_text(state, total))
 
     recent = journal.rows_at(journal.indices(status_filter)[-15:])
     rules = Text(f"each experiment runs: {files.run_command}", style="dim") if files.run_command else Text()

@@ -4,6 +4,8 @@ and the agent's notes. Nothing here changes git or a measurement; notes are the 
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import RuleViolation, SessionError
 from ..lifecycle.branching import reference, reference_values
 from ..lifecycle.decisions import Decider, rerun
@@ -16,6 +18,7 @@ from ..measure.standing import standing
 from ..models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult, StartResult
 from ..phases import in_flight
 from ..readers.briefing import journal_briefing, near_misses
+from ..records.budget import BudgetUse, budget_use
 from ..records.diskspace import AFTER_DISK_FULL
 from ..records.journal import Row
 from ..records.state import Pending
@@ -37,6 +40,7 @@ NOTES_LIMITS = (
 
 class Views:
     def __init__(self, core: SessionCore, runs: Runs, decider: Decider) -> None:
+        self.budget_changed: list[str] = []  # budgets the last opening or start_session changed (budget.py)
         self.core = core
         self.runs = runs
         self.decider = decider
@@ -221,6 +225,10 @@ class Views:
         briefing = None
         if resumed:
             briefing = self.briefing()
+        budget = self.budget()
+        near = budget.near()
+        if near is not None and pending is None and not state.inflight:
+            next_step = f"{near}. {next_step}" if budget.spent() is None else near
         return StartResult(
             tag=state.tag,
             branch=state.branch,
@@ -241,8 +249,15 @@ class Views:
             caches=describe_caches(list(core.config.persistent)),
             recovered=recovered,
             briefing=briefing,
+            budget=budget.line(),
+            budget_changed=self.budget_changed,
             next_step=next_step,
         )
+
+    def budget(self) -> BudgetUse:
+        """The session's budgets: the runs in flight or waiting for their decision count as used."""
+        state = self.core.state
+        return budget_use(state, len(self.core.journal) + len(state.inflight))
 
     def briefing(self) -> str:
         """The bounded summary for a fresh agent: the journal's newest rows, the keep rule, noise, slots."""
@@ -347,6 +362,7 @@ class Views:
                 best_runs=len(best_values(core.state)) or None,
                 near_misses=[row_model(r) for r in near_misses(journal, noise.sd or 0.0)],
                 holdout=holdout_summary(core.root, core.state.tag, core.state.metric_direction),
+                **budget_fields(self.budget()),
                 tree=self._tree(limit, noise.sd or 0.0) if view == "tree" else None,
             )
 
@@ -363,6 +379,16 @@ class Views:
             noise_sd,
         )
         return tree_view(tree, newest, lambda rows: [r.description for r in journal.rows_at(rows)])
+
+
+def budget_fields(use: BudgetUse) -> dict[str, Any]:
+    """query_results' budget fields: the line, and what is used and left of each budget that is set."""
+    return {
+        "budget": use.line(),
+        "experiments_left": use.experiments_left,
+        "hours_used": round(use.hours, 4) if use.max_hours is not None else None,
+        "hours_left": round(use.hours_left, 4) if use.hours_left is not None else None,
+    }
 
 
 def _check_room(run_id: str, held: list[str], notes: str) -> None:

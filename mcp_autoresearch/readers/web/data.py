@@ -23,6 +23,7 @@ from ...measure.holdout import holdout_summary
 from ...measure.provenance import metric_provenance
 from ...measure.standing import standing
 from ...names import RUN_LOGS
+from ...records.budget import budget_use
 from ...records.current import current_session
 from ...records.logtail import tail
 from ...records.state import SessionState, current_tag, load_state, state_dir, state_path
@@ -321,6 +322,8 @@ class SessionView:
             "holdout": holdout_summary(self.root, self.tag, state.metric_direction)
             if state and self.tag
             else None,
+            # the session's budgets: used and left (runs in flight count as used); None without a state
+            "budget": budget_use(state, len(rows) + len(state.inflight)).as_dict() if state else None,
         }
 
     def _per_hour(self) -> float | None:

@@ -85,10 +85,22 @@
     const rate = s.keep_rate === null ? "–" : (s.keep_rate * 100).toFixed(s.keep_rate < 0.1 ? 1 : 0) + "%";
     setText("keep-rate", rate, s.keep_rate);
     $("rate").textContent = s.per_hour === null ? "" : `${s.per_hour.toFixed(s.per_hour < 10 ? 1 : 0)} experiments / hour`;
+    $("budget").textContent = budgetText(s.budget);
+    $("budget").title = s.budget && s.budget.spent ? `budget spent: ${s.budget.spent}; no new run starts` : "";
     const mem = s.best && s.best.memory_gb !== null ? s.best.memory_gb : null;
     setText("memory", mem === null ? (s.memory_peak_gb === null ? "–" : fmt(s.memory_peak_gb) + " GB") : fmt(mem) + " GB");
     $("memory-sub").textContent = s.memory_peak_gb === null ? "not recorded" : (mem === null ? "peak" : `of the best · peak ${fmt(s.memory_peak_gb)} GB`);
     renderFilters(s);
+  }
+
+  // The session's budgets, used and left ("" without one).
+  function budgetText(b) {
+    if (!b) return "";
+    const parts = [];
+    if (b.max_experiments !== null) parts.push(`${b.experiments} of ${b.max_experiments} experiments`);
+    if (b.max_hours !== null) parts.push(`${b.hours.toFixed(1)} of ${b.max_hours} h`);
+    if (!parts.length) return "";
+    return "budget: " + parts.join(" · ") + (b.spent ? " (spent)" : "");
   }
 
   // Where the values come from; a self-reported metric is marked, with the change that removes the doubt.
