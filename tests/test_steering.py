@@ -1,5 +1,6 @@
 """Budgets and stalls: `max_hours` and `max_experiments` refuse new runs past them (a run started before the end is
-decided and logged), every view shows them used and left, and a raised budget lets the session go on; after
+decided and logged), every view shows them used and left, a budget raised by a person lets the session go on and the agent cannot
+raise one; after
 `stall_after` experiments without a keep, next_step proposes concrete nodes to branch from."""
 
 from __future__ import annotations
@@ -78,14 +79,21 @@ async def test_max_hours_refuses_new_runs_decides_the_one_in_flight_and_a_raised
         await agent.edit("X = 1", "X = 2")
         refused = await agent.refused("run_experiment", description="X = 2")
         assert "max_hours (1 h) reached: 2 h have passed since the session started" in refused, refused
-        assert "start_session(max_hours=...)" in refused and "finish" in refused, refused
+        assert "max_hours in the configuration" in refused and "finish" in refused, refused
         assert (await agent.ok("query_results"))["total"] == 2  # nothing ran, nothing was logged
-        raised = await agent.ok("start_session", tag="t", max_hours=3)
-        assert raised["budget_changed"] == ["max_hours: 1 -> 3 (from start_session)"]
+        # The agent cannot raise the person's budget.
+        not_raised = await agent.refused("start_session", tag="t", max_hours=3)
+        assert "max_hours is 1 h for this session. To go on, a person raises it" in not_raised, not_raised
+    # A person raises it in the configuration: the next server reads it.
+    async with agent_for(root, settings(max_hours=3)) as agent:
+        raised = await agent.ok("start_session", tag="t")
+        assert raised["budget_changed"] == ["max_hours: 1 -> 3 (from the configuration)"]
         assert (await agent.experiment("X = 2"))[1]["decision"] == "keep"
-    # start_session's budget outlives the server: the configuration's 1 h does not undo it.
-    async with agent_for(root, settings(max_hours=1)) as agent:
-        assert "of 3 h" in (await agent.ok("start_session", tag="t"))["budget"]
+        # The agent may lower it, and the lower budget outlives the server while the configuration is unchanged.
+        lowered = await agent.ok("start_session", tag="t", max_hours=2.5)
+        assert lowered["budget_changed"] == ["max_hours: 3 -> 2.5 (from start_session)"]
+    async with agent_for(root, settings(max_hours=3)) as agent:
+        assert "of 2.5 h" in (await agent.ok("start_session", tag="t"))["budget"]
         await agent.edit("X = 2", "X = 3")
         assert (await agent.experiment("X = 3"))[1]["decision"] == "keep"
 
@@ -112,7 +120,7 @@ async def test_every_view_shows_the_experiment_budget_used_and_left(tmp_path: Pa
         await agent.edit("X = 3", "X = 4")
         refused = await agent.refused("run_experiment", description="X = 4")
         assert "max_experiments (4) reached: 4 experiments" in refused
-        assert "start_session(max_experiments=...)" in refused
+        assert "max_experiments in the configuration" in refused
     status = run_cli("status", "--project", str(root))
     assert "Budget: 4 of 4 experiments (0 left)." in status.stdout, status.stdout + status.stderr
     dashboard = run_cli("dashboard", "--once", "--project", str(root))

@@ -243,7 +243,8 @@ def _session_tools(tool: Register, workspace: Workspace) -> None:
             OptionalInt,
             Field(
                 description="The session's experiment budget: no run starts once this many are logged or in "
-                "flight. Raises (or lowers) the configured max_experiments; kept across restarts.",
+                "flight. Sets or lowers the session's budget (never raises it: a person does, in the "
+                "configuration); kept across restarts.",
                 ge=1,
             ),
         ] = None,
@@ -251,14 +252,15 @@ def _session_tools(tool: Register, workspace: Workspace) -> None:
             OptionalNumber,
             Field(
                 description="The session's wall-clock budget in hours from its start: no run starts after it. "
-                "Raises (or lowers) the configured max_hours; kept across restarts.",
+                "Sets or lowers the session's budget (never raises it: a person does, in the configuration); "
+                "kept across restarts.",
                 gt=0,
             ),
         ] = None,
     ) -> StartResult:
         """Start or resume an experiment session on branch autoresearch/<tag>. Refuses when tracked files have
         uncommitted changes. Creates results.tsv and the JSONL log. A resumed session returns its briefing.
-        Called again with max_experiments or max_hours, it sets the session's budget (to go on past it)."""
+        Called again with max_experiments or max_hours, it lowers the session's budget."""
         budget = {"max_experiments": max_experiments, "max_hours": max_hours}
         return workspace.start_session(tag, {k: v for k, v in budget.items() if v is not None})
 

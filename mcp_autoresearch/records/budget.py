@@ -2,8 +2,10 @@
 restarts), how much of each is used and left, and the refusal of a new run past either.
 
 Only a run's admission is refused: a run started before the end is measured, decided and logged as usual. The
-budgets in force are kept in the session's state (`settle_budget`): from the configuration, or from
-start_session's arguments, so every view reads them from the state file alone.
+budgets in force are kept in the session's state (`settle_budget`), so every view reads them from the state file
+alone. A budget is the person's limit on the agent: start_session's arguments may set one where none is in force
+or lower one, never raise it; a person raises it in the configuration (or `serve --max-hours`), and a configured
+value that changed since the session last read it always applies.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ BUDGET_KEYS = ("max_experiments", "max_hours")
 NEAR_SHARE = 0.1  # a budget is near its end with this share of it left (and at most NEAR_EXPERIMENTS runs)
 NEAR_EXPERIMENTS = 5
 HOW_TO_GO_ON = (
-    "To go on, raise it: start_session({key}=...) (kept across restarts), or {key} in the configuration (read "
-    "when the server starts); or, when you are done, land the kept work (`mcp-autoresearch finish --land "
-    "BRANCH`)"
+    "To go on, a person raises it: {key} in the configuration (or `mcp-autoresearch serve --{flag} ...`), read "
+    "when the server starts; the agent cannot raise it. When you are done, land the kept work "
+    "(`mcp-autoresearch finish --land BRANCH`)"
 )
+
+
+def how_to_go_on(key: str) -> str:
+    return HOW_TO_GO_ON.format(key=key, flag=key.replace("_", "-"))
 
 
 def hours_since(created_at: str, now: datetime | None = None) -> float:
@@ -88,9 +94,7 @@ class BudgetUse:
         spent = self.spent()
         if spent is not None:
             key = spent.split(" ", 1)[0]
-            return f"the session's budget is spent ({spent}): no new run starts. " + HOW_TO_GO_ON.format(
-                key=key
-            )
+            return f"the session's budget is spent ({spent}): no new run starts. " + how_to_go_on(key)
         warnings = []
         left = self.experiments_left
         if left is not None and self.max_experiments is not None and left <= self._near_experiments():
@@ -136,26 +140,28 @@ def refuse_past_budget(state: SessionState, logged: int, in_flight: int = 0) -> 
     counted = f" (counting the {in_flight} runs in flight)" if in_flight and key == "max_experiments" else ""
     raise RuleViolation(
         f"the session's budget is spent: {spent}{counted}. No new run starts; a run started before the end is "
-        "still decided and logged. " + HOW_TO_GO_ON.format(key=key)
+        "still decided and logged. " + how_to_go_on(key)
     )
 
 
 def settle_budget(state: SessionState, configured: dict[str, Any], asked: dict[str, Any]) -> list[str]:
-    """Set the budgets in force when a session opens (or start_session is called again): an argument of
-    start_session wins and is kept across restarts; else the configuration's value. Returns what changed."""
+    """Set the budgets in force when a session opens (or start_session is called again). A configured value
+    that differs from the one the session last read is a person's change: it applies, up or down. An argument
+    of start_session may set a budget where none is in force, or lower one (kept across restarts until the
+    configuration changes); raising one is refused. Returns what changed."""
     changed = []
     for key in BUDGET_KEYS:
-        if asked.get(key) is not None:
-            value = asked[key]
-            if key not in state.budget_from_call:
-                state.budget_from_call.append(key)
-            source = "start_session"
-        elif key in state.budget_from_call:
-            continue
-        else:
+        before, value, source = getattr(state, key), None, ""
+        if key not in state.budget_configured or configured.get(key) != state.budget_configured[key]:
             value, source = configured.get(key), "the configuration"
-        before = getattr(state, key)
-        if value != before:
+            state.budget_configured[key] = value
+        if asked.get(key) is not None:
+            current = value if source else before
+            if current is not None and asked[key] > current:
+                shown = _hours(current) if key == "max_hours" else _shown(current)
+                raise RuleViolation(f"{key} is {shown} for this session. " + how_to_go_on(key))
+            value, source = asked[key], "start_session"
+        if source and value != before:
             setattr(state, key, value)
             changed.append(f"{key}: {_shown(before)} -> {_shown(value)} (from {source})")
     return changed
