@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import subprocess
 import time
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import git
 from git.objects.fun import tree_entries_from_data, tree_to_stream
-from git.refs import SymbolicReference
 from gitdb.base import IStream
 from gitdb.db.loose import LooseObjectDB
 
@@ -25,6 +25,7 @@ from ..errors import SessionError
 from ..names import SESSION_BRANCHES
 from ..records.atomic import atomic_write, open_regular, own_dir, read_regular
 from .objects import ObjectReader
+from .refs import RefReader
 
 # Options on every call. A run executes with the user's rights and can write .git/config: no setting it plants
 # may run a command inside the server's git calls or blind them. (Filter drivers and attributes cannot be
@@ -92,6 +93,10 @@ class Repo:
         # Named explicitly on every call, so a `core.worktree` (or GIT_DIR) planted by a run cannot point the
         # server's checkouts at another directory.
         self._location = [f"--git-dir={Path(self._repo.git_dir).resolve()}", f"--work-tree={self.top}"]
+        # Resolved once, like the location above: the directories every git process of the server is given.
+        self._common_dir = Path(self._repo.common_dir).resolve()
+        self._worktree_dir = Path(self._repo.git_dir).resolve()
+        self._refs = RefReader(self._worktree_dir, self._common_dir)
 
     # -- paths ----------------------------------------------------------------------------------------------
     def repo_path(self, project_relative: str) -> str:
@@ -108,12 +113,12 @@ class Repo:
     @property
     def git_dir(self) -> Path:
         """The common git directory (objects, refs, config), shared by every work tree."""
-        return Path(self._repo.common_dir).resolve()
+        return self._common_dir
 
     @property
     def worktree_git_dir(self) -> Path:
         """This work tree's own git directory (HEAD, index); the common one for the main work tree."""
-        return Path(self._repo.git_dir).resolve()
+        return self._worktree_dir
 
     # -- running git ----------------------------------------------------------------------------------------
     def _run(self, *args: str, input: bytes | None = None) -> str:
@@ -141,7 +146,7 @@ class Repo:
         while True:
             try:
                 done = subprocess.run(
-                    ["git", "--no-replace-objects", *location, *_OPTION_ARGS, *args],
+                    [git_executable(), "--no-replace-objects", *location, *_OPTION_ARGS, *args],
                     cwd=cwd or self.top,
                     env=env,
                     capture_output=True,
@@ -183,18 +188,15 @@ class Repo:
 
     def resolve_branch(self, branch: str) -> str:
         """A branch's commit id, read from the ref files."""
-        return SymbolicReference.dereference_recursive(self._repo, f"refs/heads/{branch}")
+        return self._refs.commit(f"refs/heads/{branch}")
 
     def head_commit(self) -> str:
         """HEAD's commit id, read from the ref files (no git process, no object parsing)."""
-        return SymbolicReference.dereference_recursive(self._repo, "HEAD")
+        return self._refs.commit("HEAD")
 
     def current_branch(self) -> str | None:
         """The checked-out branch name, or None when HEAD is detached."""
-        try:
-            return self._repo.active_branch.name
-        except TypeError:
-            return None
+        return self._refs.branch()
 
     def branch_exists(self, branch: str) -> bool:
         return f"refs/heads/{branch}" in {ref.path for ref in self._repo.references}
@@ -209,8 +211,11 @@ class Repo:
         return found[:12] or None
 
     def changed_tracked_files(self) -> list[str]:
-        """Tracked files whose index or working-tree content differs from HEAD (repo-relative)."""
-        out = self._run("status", "--porcelain=v1", "-z", "--untracked-files=no", "--ignore-submodules=dirty")
+        """Tracked files whose index or working-tree content differs from HEAD (repo-relative). Without git's
+        optional locks: status compares exactly as before but never rewrites the index to refresh its stat data
+        (a write, a rename and a lock per call, twice per experiment)."""
+        args = ("status", "--porcelain=v1", "-z", "--untracked-files=no", "--ignore-submodules=dirty")
+        out = self._git_process(self._location, {"GIT_OPTIONAL_LOCKS": "0"}, args, None)
         paths: list[str] = []
         entries = out.split("\0")
         index = 0
@@ -401,7 +406,7 @@ class Repo:
         line = f"{old} {commit} {self._signature()}\t{message}\n".encode()
         logs = [common / "logs" / "refs" / "heads" / branch]
         if self.current_branch() == branch:
-            logs.append(Path(self._repo.git_dir).resolve() / "logs" / "HEAD")
+            logs.append(self._worktree_dir / "logs" / "HEAD")
         for log in logs:
             try:
                 own_dir(self.git_dir, log.parent.relative_to(self.git_dir).as_posix())
@@ -522,3 +527,17 @@ def _remove(lock: Path) -> None:
 
 
 _OPTION_ARGS = [arg for option in GIT_OPTIONS for arg in ("-c", option)]
+_found_git: tuple[str, str] | None = None  # (PATH it was looked up in, the executable found there)
+
+
+def git_executable() -> str:
+    """The git found on the server's PATH, looked up once per PATH (not on each of the several git processes
+    of every experiment: each lookup tries every PATH directory in turn). "git" when none is found, so that
+    running it fails as it did before."""
+    global _found_git
+    path = os.environ.get("PATH", os.defpath)
+    if _found_git is None or _found_git[0] != path:
+        found = shutil.which("git", path=path)
+        # a relative PATH entry is looked up from each process's own directory, as before
+        _found_git = (path, found if found and os.path.isabs(found) else "git")
+    return _found_git[1]
