@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
 
+from mcp_autoresearch.errors import SessionError
 from mcp_autoresearch.vcs.repo import Repo
 
 from .conftest import git, make_repo
@@ -88,3 +91,21 @@ def test_refs_read_in_process_agree_with_git(tmp_path: Path) -> None:
         repo.head_commit()
     with pytest.raises(ValueError):
         repo.resolve_branch("missing")
+
+
+def test_an_object_is_never_written_through_a_planted_fan_out_link(tmp_path: Path) -> None:
+    """The candidate's objects are written in-process; a symlink planted where the next object's fan-out
+    folder goes (`objects/xx`) is refused, never followed out of `.git`."""
+    root = make_repo(tmp_path / "r", {"model.py": "LR = 1\n"})
+    repo = Repo(root)
+    content = b"LR = 3\n"
+    blob = hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    fan_out = root / ".git" / "objects" / blob[:2]
+    if fan_out.exists():
+        shutil.rmtree(fan_out)
+    fan_out.symlink_to(outside)
+    with pytest.raises(SessionError, match="not a real directory"):
+        repo.write_commit("model.py", content, "experiment: LR 3", repo.head_commit())
+    assert list(outside.iterdir()) == []

@@ -7,6 +7,7 @@ paths the candidate changed, so an unrelated uncommitted edit cannot be lost.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import git
 from git.objects.fun import tree_entries_from_data, tree_to_stream
-from gitdb.base import IStream
 from gitdb.db.loose import LooseObjectDB
 
 from ..errors import SessionError
@@ -86,6 +86,7 @@ class Repo:
         self._git = self._repo.git
         self._identity: str | None = None
         self._loose = LooseObjectDB(str(Path(self._repo.common_dir) / "objects"))
+        self._objects_dir = (Path(self._repo.common_dir) / "objects").resolve()
         self._objects = ObjectReader(self._repo, self._loose)
         self._env: dict[str, str] = {}
         # GitPython reads objects through `git cat-file`: it must not see replace objects either.
@@ -290,20 +291,27 @@ class Repo:
         return self._store(b"commit", body).hex()
 
     def _store(self, kind: bytes, data: bytes) -> bytes:
-        """Write one loose object (gitdb, in-process; GitPython's default store runs `git hash-object`). Like git,
-        gitdb keeps an object already at that id; one holding other content was planted (a run that could write
-        .git, at the id its own content would have: the kept commit would name a file never measured), and
-        ours replaces it."""
-        binsha = self._loose.store(IStream(kind, len(data), io.BytesIO(data))).binsha
+        """Write one loose object, in-process, as git names and compresses it (not fsynced: git's default for
+        loose objects). Like git, an object already at that id is kept; one holding other content was planted
+        (a run that could write .git, at the id its own content would have: the kept commit would name a file
+        never measured), and ours replaces it. The fan-out folder must be a real one (a planted symlink there
+        would carry the write out of .git)."""
+        raw = kind + b" %d\0" % len(data) + data
+        binsha = hashlib.sha1(raw).digest()
+        name = binsha.hex()
+        folder = own_dir(self._objects_dir, name[:2])
+        if os.path.lexists(folder / name[2:]) and self._holds(binsha, kind, data):
+            return binsha
+        atomic_write(folder / name[2:], zlib.compress(raw), mode=0o444, sync=False)
+        return binsha
+
+    def _holds(self, binsha: bytes, kind: bytes, data: bytes) -> bool:
+        """The loose object at `binsha` is exactly `kind` and `data`."""
         try:
             stream = self._loose.stream(binsha)
-            kept = stream.type == kind and stream.read() == data
+            return bool(stream.type == kind and stream.read() == data)
         except Exception:  # noqa: BLE001 - unreadable (not zlib, cut short): not ours either
-            kept = False
-        if not kept:
-            path = Path(self._loose.db_path(self._loose.object_path(binsha.hex())))
-            atomic_write(path, zlib.compress(kind + b" %d\0" % len(data) + data), mode=0o444)
-        return binsha
+            return False
 
     def _replace_in_tree(self, tree_sha: bytes, parts: list[str], blob: bytes) -> bytes:
         """A new tree equal to `tree_sha` but with the blob at `parts` replaced (its mode kept); returns its id."""
