@@ -26,6 +26,7 @@ from ..names import SESSION_BRANCHES
 from ..records.atomic import atomic_write, open_regular, own_dir, read_regular
 from .objects import ObjectReader
 from .refs import RefReader
+from .tracked import StatusSnapshot
 
 # Options on every call. A run executes with the user's rights and can write .git/config: no setting it plants
 # may run a command inside the server's git calls or blind them. (Filter drivers and attributes cannot be
@@ -98,6 +99,7 @@ class Repo:
         self._common_dir = Path(self._repo.common_dir).resolve()
         self._worktree_dir = Path(self._repo.git_dir).resolve()
         self._refs = RefReader(self._worktree_dir, self._common_dir)
+        self._status: StatusSnapshot | None = None  # what the last git status said, with its stat data
 
     # -- paths ----------------------------------------------------------------------------------------------
     def repo_path(self, project_relative: str) -> str:
@@ -214,7 +216,21 @@ class Repo:
     def changed_tracked_files(self) -> list[str]:
         """Tracked files whose index or working-tree content differs from HEAD (repo-relative). Without git's
         optional locks: status compares exactly as before but never rewrites the index to refresh its stat data
-        (a write, a rename and a lock per call, twice per experiment)."""
+        (a write, a rename and a lock per call, twice per experiment). When the stat data of the index and of
+        every tracked file prove that git would answer as it did last time (`tracked.py`: the check after a
+        run, when the run touched none of them), that answer is given without a git process."""
+        try:
+            head, branch = self.head_commit(), self.current_branch()
+        except ValueError:
+            head, branch = "", None
+        index_file = self._worktree_dir / "index"
+        known = self._status.still(self.top, index_file, head, branch) if self._status and head else None
+        if known is not None:
+            return known
+        snapshot = (
+            StatusSnapshot.take(self.top, index_file) if head and "GIT_INDEX_FILE" not in os.environ else None
+        )
+        self._status = None
         args = ("status", "--porcelain=v1", "-z", "--untracked-files=no", "--ignore-submodules=dirty")
         out = self._git_process(self._location, {"GIT_OPTIONAL_LOCKS": "0"}, args, None)
         paths: list[str] = []
@@ -230,7 +246,11 @@ class Repo:
             if "R" in status or "C" in status:
                 paths.append(entries[index])  # the rename's source path follows
                 index += 1
-        return sorted(set(paths))
+        changed = sorted(set(paths))
+        if snapshot is not None and (self.head_commit(), self.current_branch()) == (head, branch):
+            snapshot.head, snapshot.branch, snapshot.changed = head, branch, changed
+            self._status = snapshot
+        return changed
 
     def hidden_tracked_files(self) -> list[str]:
         """Tracked files git status does not look at: flagged assume-unchanged or skip-worktree in the index
@@ -273,6 +293,10 @@ class Repo:
         restore brings it in line when the experiment is decided."""
         commit = self.write_commit(repo_path, data, message, parent)
         self.move_branch(branch, commit, f"commit: {message}")
+        if self._status is not None and self._status.head == parent and self._status.branch == branch:
+            self._status.committed(
+                commit, repo_path, hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+            )
         return commit
 
     def write_commit(self, repo_path: str, data: bytes, message: str, parent: str, plain: bool = True) -> str:
