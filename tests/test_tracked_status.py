@@ -52,11 +52,37 @@ def test_a_run_that_touched_no_tracked_file_is_checked_without_git(
     repo, root, trace = candidate
     (root / "run.log").write_text("score: 1\n")  # untracked files come and go
     (root / "data" / "cache.bin").write_bytes(b"x")
-    assert repo.changed_tracked_files() == ["model.py"]
+    assert repo.changed_tracked_files() == ["model.py"]  # the check after the run
     assert _statuses(trace) == 1
-    git(root, "reset", "-q", "--", "model.py")  # the decision syncs the index: git runs again
-    assert repo.changed_tracked_files() == []
-    assert _statuses(trace) == 2
+
+
+@pytest.mark.parametrize("decision", ["keep", "discard"])
+def test_the_loop_runs_git_status_once_per_session(candidate: tuple[Repo, Path, Path], decision: str) -> None:
+    """After the decision (the server's own git command on the target alone) and the next edit, the check
+    before the next run is answered from the target's content and the others' stat data; every answer is
+    git's own."""
+    repo, root, trace = candidate
+    candidate_commit = repo.head_commit()
+    parent = git(root, "rev-parse", "HEAD~1").strip()
+    for step in range(3):
+        assert repo.changed_tracked_files() == ["model.py"] == _git_status(root)  # after the run
+        if decision == "keep":
+            repo.sync_index(["model.py"])
+        else:
+            repo.restore_paths(parent, ["model.py"])
+            repo.move_branch("autoresearch/t", parent, "discard")
+        assert repo.changed_tracked_files() == [] == _git_status(root)
+        content = f"LR = {step + 3}\n".encode()
+        (root / "model.py").write_bytes(content)  # the next edit
+        assert repo.changed_tracked_files() == ["model.py"] == _git_status(root)  # the check before the run
+        parent = repo.head_commit()
+        candidate_commit = repo.commit_file("autoresearch/t", "model.py", content, "experiment", parent)
+    assert candidate_commit == repo.head_commit()
+    own = 1 + 3 * 3  # the one before the first run, then the test's own
+    assert _statuses(trace) == own
+    (root / "README.md").write_text("edited by the user\n")  # between experiments: git sees it
+    assert repo.changed_tracked_files() == ["README.md", "model.py"]
+    assert _statuses(trace) == own + 1
 
 
 @pytest.mark.parametrize(
@@ -90,7 +116,7 @@ def test_anything_a_run_changes_is_seen_by_git(candidate: tuple[Repo, Path, Path
 
 
 def _git_status(root: Path) -> list[str]:
-    out = git(root, "status", "--porcelain=v1", "--untracked-files=no")
+    out = git(root, "--no-optional-locks", "status", "--porcelain=v1", "--untracked-files=no")
     return sorted(line[3:] for line in out.splitlines())
 
 
@@ -125,4 +151,4 @@ def test_an_index_of_another_layout_is_read_or_left_to_git(tmp_path: Path, kind:
         assert entries is None
     else:
         assert entries is not None and sorted(entries) == sorted(FILES)
-        assert entries["data/eval.py"] == git(root, "rev-parse", "HEAD:data/eval.py").strip()
+        assert entries["data/eval.py"] == (git(root, "rev-parse", "HEAD:data/eval.py").strip(), 0o100644)

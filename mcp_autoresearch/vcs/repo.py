@@ -15,6 +15,7 @@ import stat
 import subprocess
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import git
@@ -219,14 +220,11 @@ class Repo:
         (a write, a rename and a lock per call, twice per experiment). When the stat data of the index and of
         every tracked file prove that git would answer as it did last time (`tracked.py`: the check after a
         run, when the run touched none of them), that answer is given without a git process."""
-        try:
-            head, branch = self.head_commit(), self.current_branch()
-        except ValueError:
-            head, branch = "", None
-        index_file = self._worktree_dir / "index"
-        known = self._status.still(self.top, index_file, head, branch) if self._status and head else None
+        known = self._known_status()
         if known is not None:
             return known
+        head, branch = self._head_and_branch()
+        index_file = self._worktree_dir / "index"
         snapshot = (
             StatusSnapshot.take(self.top, index_file) if head and "GIT_INDEX_FILE" not in os.environ else None
         )
@@ -247,10 +245,44 @@ class Repo:
                 paths.append(entries[index])  # the rename's source path follows
                 index += 1
         changed = sorted(set(paths))
-        if snapshot is not None and (self.head_commit(), self.current_branch()) == (head, branch):
-            snapshot.head, snapshot.branch, snapshot.changed = head, branch, changed
+        if snapshot is not None and self._head_and_branch() == (head, branch):
+            snapshot.heads, snapshot.branch, snapshot.changed = {head}, branch, changed
             self._status = snapshot
         return changed
+
+    def _head_and_branch(self) -> tuple[str, str | None]:
+        try:
+            return self.head_commit(), self.current_branch()
+        except ValueError:
+            return "", None
+
+    def _known_status(self) -> list[str] | None:
+        """What git status would answer now, when the last snapshot proves it (`tracked.py`), else None."""
+        if self._status is None:
+            return None
+        head, branch = self._head_and_branch()
+        if not head:
+            return None
+        try:
+            return self._status.still(self.top, self._worktree_dir / "index", head, branch, self._head_entry)
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def _head_entry(self, commit: str, repo_path: str) -> tuple[str, int] | None:
+        found = self._objects.entry(commit, repo_path)
+        return None if found is None else (found[0].hex(), found[1])
+
+    def _rewriting(self, repo_paths: list[str]) -> Callable[[], None]:
+        """Before the server's own git command rewrites `repo_paths`: a function to call after it, which keeps
+        the status snapshot where it provably still holds (one path, judged by content: the target)."""
+        snapshot, proven = self._status, self._known_status() if len(repo_paths) == 1 else None
+        self._status = None
+
+        def after() -> None:
+            if snapshot is not None and proven is not None:
+                self._status = snapshot.synced(self.top, self._worktree_dir / "index", repo_paths[0], proven)
+
+        return after
 
     def hidden_tracked_files(self) -> list[str]:
         """Tracked files git status does not look at: flagged assume-unchanged or skip-worktree in the index
@@ -293,10 +325,8 @@ class Repo:
         restore brings it in line when the experiment is decided."""
         commit = self.write_commit(repo_path, data, message, parent)
         self.move_branch(branch, commit, f"commit: {message}")
-        if self._status is not None and self._status.head == parent and self._status.branch == branch:
-            self._status.committed(
-                commit, repo_path, hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-            )
+        if self._status is not None and self._status.branch == branch:
+            self._status.committed(parent, commit, repo_path)
         return commit
 
     def write_commit(self, repo_path: str, data: bytes, message: str, parent: str, plain: bool = True) -> str:
@@ -401,7 +431,9 @@ class Repo:
 
     def sync_index(self, repo_paths: list[str]) -> None:
         """Index entries of these paths become HEAD's (after `commit_file`, for a kept experiment)."""
+        done = self._rewriting(repo_paths)
         self._run("reset", "-q", "HEAD", "--", *repo_paths)
+        done()
 
     def restore_paths(self, commit: str, repo_paths: list[str]) -> None:
         """Index and working tree of these paths become their content at `commit`. A path absent there only
@@ -411,10 +443,12 @@ class Repo:
             return
         present = [p for p in repo_paths if self._in_tree(commit, p)]
         absent = [p for p in repo_paths if p not in present]
+        done = self._rewriting(present if not absent else [])
         if present:
             self._run("checkout", "-q", commit, "--", *present)
         if absent:
             self._run("reset", "-q", commit, "--", *absent)
+        done()
 
     def unstage(self, repo_paths: list[str]) -> None:
         self._run("reset", "-q", "--", *repo_paths)
