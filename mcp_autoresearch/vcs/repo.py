@@ -15,7 +15,6 @@ import stat
 import subprocess
 import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import git
@@ -27,7 +26,7 @@ from ..names import SESSION_BRANCHES
 from ..records.atomic import atomic_write, open_regular, own_dir, read_regular
 from .objects import ObjectReader
 from .refs import RefReader
-from .tracked import StatusSnapshot
+from .tracked import KnownStatus, porcelain_paths
 
 # Options on every call. A run executes with the user's rights and can write .git/config: no setting it plants
 # may run a command inside the server's git calls or blind them. (Filter drivers and attributes cannot be
@@ -100,7 +99,10 @@ class Repo:
         self._common_dir = Path(self._repo.common_dir).resolve()
         self._worktree_dir = Path(self._repo.git_dir).resolve()
         self._refs = RefReader(self._worktree_dir, self._common_dir)
-        self._status: StatusSnapshot | None = None  # what the last git status said, with its stat data
+        # what the last git status said, with its stat data
+        self._known = KnownStatus(
+            self.top, self._worktree_dir / "index", self._head_and_branch, self._head_entry
+        )
 
     # -- paths ----------------------------------------------------------------------------------------------
     def repo_path(self, project_relative: str) -> str:
@@ -216,39 +218,18 @@ class Repo:
 
     def changed_tracked_files(self) -> list[str]:
         """Tracked files whose index or working-tree content differs from HEAD (repo-relative). Without git's
-        optional locks: status compares exactly as before but never rewrites the index to refresh its stat data
-        (a write, a rename and a lock per call, twice per experiment). When the stat data of the index and of
-        every tracked file prove that git would answer as it did last time (`tracked.py`: the check after a
-        run, when the run touched none of them), that answer is given without a git process."""
-        known = self._known_status()
+        optional locks: status compares exactly as before but never rewrites the index to refresh its stat data.
+        When the stat data prove that git would answer as it did last time (`tracked.py`), that answer is given
+        without a git process."""
+        known = self._known.answer()
         if known is not None:
             return known
-        head, branch = self._head_and_branch()
-        index_file = self._worktree_dir / "index"
-        snapshot = (
-            StatusSnapshot.take(self.top, index_file) if head and "GIT_INDEX_FILE" not in os.environ else None
-        )
-        self._status = None
         args = ("status", "--porcelain=v1", "-z", "--untracked-files=no", "--ignore-submodules=dirty")
-        out = self._git_process(self._location, {"GIT_OPTIONAL_LOCKS": "0"}, args, None)
-        paths: list[str] = []
-        entries = out.split("\0")
-        index = 0
-        while index < len(entries):
-            entry = entries[index]
-            index += 1
-            if len(entry) < 4:
-                continue
-            status, path = entry[:2], entry[3:]
-            paths.append(path)
-            if "R" in status or "C" in status:
-                paths.append(entries[index])  # the rename's source path follows
-                index += 1
-        changed = sorted(set(paths))
-        if snapshot is not None and self._head_and_branch() == (head, branch):
-            snapshot.heads, snapshot.branch, snapshot.changed = {head}, branch, changed
-            self._status = snapshot
-        return changed
+        return self._known.run(
+            lambda: porcelain_paths(
+                self._git_process(self._location, {"GIT_OPTIONAL_LOCKS": "0"}, args, None)
+            )
+        )
 
     def _head_and_branch(self) -> tuple[str, str | None]:
         try:
@@ -256,33 +237,9 @@ class Repo:
         except ValueError:
             return "", None
 
-    def _known_status(self) -> list[str] | None:
-        """What git status would answer now, when the last snapshot proves it (`tracked.py`), else None."""
-        if self._status is None:
-            return None
-        head, branch = self._head_and_branch()
-        if not head:
-            return None
-        try:
-            return self._status.still(self.top, self._worktree_dir / "index", head, branch, self._head_entry)
-        except (OSError, ValueError, KeyError):
-            return None
-
     def _head_entry(self, commit: str, repo_path: str) -> tuple[str, int] | None:
         found = self._objects.entry(commit, repo_path)
         return None if found is None else (found[0].hex(), found[1])
-
-    def _rewriting(self, repo_paths: list[str]) -> Callable[[], None]:
-        """Before the server's own git command rewrites `repo_paths`: a function to call after it, which keeps
-        the status snapshot where it provably still holds (one path, judged by content: the target)."""
-        snapshot, proven = self._status, self._known_status() if len(repo_paths) == 1 else None
-        self._status = None
-
-        def after() -> None:
-            if snapshot is not None and proven is not None:
-                self._status = snapshot.synced(self.top, self._worktree_dir / "index", repo_paths[0], proven)
-
-        return after
 
     def hidden_tracked_files(self) -> list[str]:
         """Tracked files git status does not look at: flagged assume-unchanged or skip-worktree in the index
@@ -325,8 +282,7 @@ class Repo:
         restore brings it in line when the experiment is decided."""
         commit = self.write_commit(repo_path, data, message, parent)
         self.move_branch(branch, commit, f"commit: {message}")
-        if self._status is not None and self._status.branch == branch:
-            self._status.committed(parent, commit, repo_path)
+        self._known.committed(parent, commit, repo_path, branch)
         return commit
 
     def write_commit(self, repo_path: str, data: bytes, message: str, parent: str, plain: bool = True) -> str:
@@ -431,7 +387,7 @@ class Repo:
 
     def sync_index(self, repo_paths: list[str]) -> None:
         """Index entries of these paths become HEAD's (after `commit_file`, for a kept experiment)."""
-        done = self._rewriting(repo_paths)
+        done = self._known.rewriting(repo_paths)
         self._run("reset", "-q", "HEAD", "--", *repo_paths)
         done()
 
@@ -443,7 +399,7 @@ class Repo:
             return
         present = [p for p in repo_paths if self._in_tree(commit, p)]
         absent = [p for p in repo_paths if p not in present]
-        done = self._rewriting(present if not absent else [])
+        done = self._known.rewriting(present if not absent else [])
         if present:
             self._run("checkout", "-q", commit, "--", *present)
         if absent:

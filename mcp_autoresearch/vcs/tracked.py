@@ -221,3 +221,72 @@ def _folders(top: Path, paths: dict[str, tuple[str, int]]) -> dict[str, tuple[in
             found[folder] = None if seen is None else (seen[0], seen[2], seen[3])
             folder = folder.rpartition("/")[0]
     return found
+
+
+def porcelain_paths(out: str) -> list[str]:
+    """The paths `git status --porcelain=v1 -z` lists (both of a rename), sorted."""
+    paths: list[str] = []
+    entries = out.split("\0")
+    index = 0
+    while index < len(entries):
+        entry = entries[index]
+        index += 1
+        if len(entry) < 4:
+            continue
+        paths.append(entry[3:])
+        if "R" in entry[:2] or "C" in entry[:2]:
+            paths.append(entries[index])  # the rename's source path follows
+            index += 1
+    return sorted(set(paths))
+
+
+class KnownStatus:
+    """The last `git status` of one work tree, kept across the server's own commands where it provably holds.
+    `where` reads (HEAD's commit, its branch); `head_entry` a path's (blob id, mode) in a commit."""
+
+    def __init__(
+        self, top: Path, index_file: Path, where: Callable[[], tuple[str, str | None]], head_entry: HeadEntry
+    ) -> None:
+        self.top, self.index_file, self.where, self.head_entry = top, index_file, where, head_entry
+        self.snapshot: StatusSnapshot | None = None
+
+    def answer(self) -> list[str] | None:
+        """What git status would answer now, when the last snapshot proves it, else None."""
+        if self.snapshot is None:
+            return None
+        head, branch = self.where()
+        if not head:
+            return None
+        try:
+            return self.snapshot.still(self.top, self.index_file, head, branch, self.head_entry)
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def run(self, status: Callable[[], list[str]]) -> list[str]:
+        """Run git `status`, keeping its answer with the stat data taken just before it."""
+        head, branch = self.where()
+        usable = head and "GIT_INDEX_FILE" not in os.environ
+        snapshot = StatusSnapshot.take(self.top, self.index_file) if usable else None
+        self.snapshot = None
+        changed = status()
+        if snapshot is not None and self.where() == (head, branch):
+            snapshot.heads, snapshot.branch, snapshot.changed = {head}, branch, changed
+            self.snapshot = snapshot
+        return changed
+
+    def committed(self, parent: str, commit: str, path: str, branch: str) -> None:
+        """The server wrote `commit` on `parent` (on `branch`), changing the plain file `path` alone."""
+        if self.snapshot is not None and self.snapshot.branch == branch:
+            self.snapshot.committed(parent, commit, path)
+
+    def rewriting(self, paths: list[str]) -> Callable[[], None]:
+        """Before the server's own git command rewrites `paths`: a function to call after it, which keeps the
+        snapshot where it provably still holds (one path, judged by content: the target)."""
+        snapshot, proven = self.snapshot, self.answer() if len(paths) == 1 else None
+        self.snapshot = None
+
+        def after() -> None:
+            if snapshot is not None and proven is not None:
+                self.snapshot = snapshot.synced(self.top, self.index_file, paths[0], proven)
+
+        return after
