@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from .measure.provenance import MetricProvenance
+from .records.tree_view import TreeView
 from .statuses import Decision, RunState, RunStatus
 
 PARENT = "The run this candidate started from (its parent node); null for the baseline."
@@ -42,6 +43,14 @@ class StartResult(BaseModel):
         "a channel from one run to the next, not trusted.",
     )
     recovered: list[str] = Field(default_factory=list, description="What was repaired after a restart.")
+    budget: str | None = Field(
+        None, description="The session's budgets used and left, in one line (None: no budget is set)."
+    )
+    budget_changed: list[str] = Field(
+        default_factory=list,
+        description="Budgets (max_experiments, max_hours) this call or a changed configuration set, with the "
+        "old and new values.",
+    )
     briefing: str | None = Field(None, description="Summary of the session so far (when resumed).")
     next_step: str
 
@@ -233,4 +242,18 @@ class QueryResult(BaseModel):
     )
     holdout: str | None = Field(
         None, description="How far the kept improvements hold on the holdout (holdout_command), in one line."
+    )
+    budget: str | None = Field(
+        None, description="The session's budgets used and left, in one line (None: no budget is set)."
+    )
+    experiments_left: int | None = Field(
+        None,
+        description="Experiments the max_experiments budget still allows (runs in flight count as used).",
+    )
+    hours_used: float | None = Field(None, description="Hours since the session started (with max_hours).")
+    hours_left: float | None = Field(None, description="Hours the max_hours budget still allows.")
+    tree: TreeView | None = Field(
+        None,
+        description="With view='tree': the research tree (best lineage, frontier, near-misses, dead ends, the "
+        "newest nodes); rows is then empty.",
     )

@@ -24,6 +24,7 @@ from ..records.state import Best, DecisionRecord, Pending, RunOutcome
 from ..session.context import SessionCore, normal_run_id
 from ..statuses import UNFINISHED
 from .branching import after_decision, becomes_best, built_on_the_best, made_best, reference, reference_values
+from .steering import steer
 
 # The state a decision changes (restored when applying it fails midway, so a retry applies it once).
 _DECIDED = (
@@ -363,8 +364,14 @@ def judge(
 def decided_next_step(
     core: SessionCore, pending: Pending, after_keep: str, after_other: str, kept: str = ""
 ) -> str:
-    """What to do after a decision, for single runs and slots alike: a reverted change says what the target
-    holds now and where the failed version is, so an agent never patches a file that lost its change."""
+    """What to do after a decision, for single runs and slots alike, with where to go next (`steer`: a
+    near-miss, the nodes to branch from after a stall, the budget near its end)."""
+    return steer(core, pending, _decided_step(core, pending, after_keep, after_other, kept))
+
+
+def _decided_step(core: SessionCore, pending: Pending, after_keep: str, after_other: str, kept: str) -> str:
+    """The step itself: a reverted change says what the target holds now and where the failed version is, so
+    an agent never patches a file that lost its change."""
     decision = pending.decision or DecisionRecord()
     result = pending.result or RunOutcome()
     notes = f"log_result(run_id='{pending.run_id}', notes='hypothesis: ...; result: ...; learned: ...')"

@@ -23,6 +23,7 @@ from ..measure.sequential import measure_baseline
 from ..names import RUN_LOGS
 from ..phases import advance
 from ..records.atomic import copy_regular, read_regular
+from ..records.budget import refuse_past_budget
 from ..records.diskspace import DiskSpace
 from ..records.journal import Row, one_line
 from ..records.state import Pending, RunOutcome, server_dir
@@ -351,20 +352,14 @@ class Candidate:
 def candidate(
     core: SessionCore, editor: Editor, description: str, parent: str, in_flight: int = 0
 ) -> Candidate:
-    """Every rule a run must meet before it starts, single or in a slot: a description; `max_experiments` (the
-    runs in flight count too); the target still a regular file; read-only files unchanged; no other tracked file
+    """Every rule a run must meet before it starts, single or in a slot: a description; the session's budgets
+    (`refuse_past_budget`: the runs in flight count too); the target still a regular file; read-only files unchanged; no other tracked file
     changed; the first run the unmodified baseline, every later one a change of the target against `parent`."""
     description = one_line(description or "", MAX_DESCRIPTION)
     if not description:
         raise RuleViolation("description is empty; say in a few words what this experiment changes")
     core.check_head()
-    limit = core.config.max_experiments
-    if limit is not None and len(core.journal) + in_flight >= limit:
-        raise RuleViolation(
-            f"max_experiments ({limit}) reached"
-            + (f" (counting the {in_flight} runs in flight)" if in_flight else "")
-            + ": the session is complete. Raise max_experiments in the configuration to continue."
-        )
+    refuse_past_budget(core.state, len(core.journal), in_flight)
     editor.target_path(must_exist=True)
     core.check_readonly()
     changed = [core.repo.project_path(p) for p in core.repo.changed_tracked_files()]

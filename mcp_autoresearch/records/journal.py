@@ -359,7 +359,8 @@ class Journal:
         when it was logged, the last kept row."""
         index = len(self)
         number = _run_number(run_id)
-        if number is not None and (not self._run_numbers or number > self._run_numbers[-1]):
+        canonical = number is not None and run_id == f"r{number}"  # so run_id_at can spell it back
+        if canonical and number is not None and (not self._run_numbers or number > self._run_numbers[-1]):
             self._run_numbers.append(number)
         else:
             self._run_numbers.append(self._run_numbers[-1] if self._run_numbers else -1)

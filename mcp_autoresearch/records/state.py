@@ -157,6 +157,11 @@ class SessionState(BaseModel):
         0.0  # the noise of groups of runs that can no longer grow (sum of squares about their means)
     )
     noise_df: int = 0  # ... and its degrees of freedom; the best's own runs are added when needed
+    # The budgets in force (see budget.py): the configuration's, or lower ones from start_session's arguments
+    # until the configured values (as last read: `budget_configured`) change.
+    max_experiments: int | None = None
+    max_hours: float | None = None
+    budget_configured: dict[str, float | int | None] = {}
     # The node the work tree's target starts from when it is not the best (branch_from, combine, or a kept node
     # that did not become the best): the next candidate's parent. None: the best.
     next_parent: str | None = None

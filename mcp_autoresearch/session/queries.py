@@ -4,6 +4,8 @@ and the agent's notes. Nothing here changes git or a measurement; notes are the 
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import RuleViolation, SessionError
 from ..lifecycle.branching import reference, reference_values
 from ..lifecycle.decisions import Decider, rerun
@@ -16,9 +18,12 @@ from ..measure.standing import standing
 from ..models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult, StartResult
 from ..phases import in_flight
 from ..readers.briefing import journal_briefing, near_misses
+from ..records.budget import BudgetUse, budget_use
 from ..records.diskspace import AFTER_DISK_FULL
 from ..records.journal import Row
 from ..records.state import Pending
+from ..records.tree import journal_tree, stall_after_of
+from ..records.tree_view import TreeView, tree_view
 from ..sandbox.caches import describe as describe_caches
 from ..statuses import DECISIONS, FILTERS, UNFINISHED
 from .context import SessionCore, normal_run_id
@@ -35,6 +40,7 @@ NOTES_LIMITS = (
 
 class Views:
     def __init__(self, core: SessionCore, runs: Runs, decider: Decider) -> None:
+        self.budget_changed: list[str] = []  # budgets the last opening or start_session changed (budget.py)
         self.core = core
         self.runs = runs
         self.decider = decider
@@ -219,6 +225,10 @@ class Views:
         briefing = None
         if resumed:
             briefing = self.briefing()
+        budget = self.budget()
+        near = budget.near()
+        if near is not None and pending is None and not state.inflight:
+            next_step = f"{near}. {next_step}" if budget.spent() is None else near
         return StartResult(
             tag=state.tag,
             branch=state.branch,
@@ -239,8 +249,15 @@ class Views:
             caches=describe_caches(list(core.config.persistent)),
             recovered=recovered,
             briefing=briefing,
+            budget=budget.line(),
+            budget_changed=self.budget_changed,
             next_step=next_step,
         )
+
+    def budget(self) -> BudgetUse:
+        """The session's budgets: the runs in flight or waiting for their decision count as used."""
+        state = self.core.state
+        return budget_use(state, len(self.core.journal) + len(state.inflight))
 
     def briefing(self) -> str:
         """The bounded summary for a fresh agent: the journal's newest rows, the keep rule, noise, slots."""
@@ -289,8 +306,9 @@ class Views:
                 chars_left=max(0, MAX_RUN_NOTES_CHARS - sum(map(len, all_notes))),
             )
 
-    def query(self, status: str | None, limit: int, order: str) -> QueryResult:
-        """Counts, baseline, best, improvement, streak, and the rows (recent first or best first)."""
+    def query(self, status: str | None, limit: int, order: str, view: str = "rows") -> QueryResult:
+        """Counts, baseline, best, improvement, streak, and the rows (recent first or best first); with
+        view='tree', the research tree instead of the rows."""
         core = self.core
         with core.lock:
             journal = core.journal
@@ -298,8 +316,12 @@ class Views:
             wanted = status.strip().lower() if status else None
             if wanted is not None and wanted not in FILTERS:
                 raise RuleViolation(f"status must be one of {', '.join(sorted(FILTERS))}")
+            if view not in ("rows", "tree"):
+                raise RuleViolation("view must be 'rows' (the results table) or 'tree' (the research tree)")
             limit = max(1, min(limit, 500))
-            if order == "best":
+            if view == "tree":
+                chosen = []
+            elif order == "best":
                 chosen = journal.best_indices(limit, direction == "lower_is_better", wanted)
             elif order == "recent":
                 if wanted is None:
@@ -340,7 +362,33 @@ class Views:
                 best_runs=len(best_values(core.state)) or None,
                 near_misses=[row_model(r) for r in near_misses(journal, noise.sd or 0.0)],
                 holdout=holdout_summary(core.root, core.state.tag, core.state.metric_direction),
+                **budget_fields(self.budget()),
+                tree=self._tree(limit, noise.sd or 0.0) if view == "tree" else None,
             )
+
+    def _tree(self, newest: int, noise_sd: float) -> TreeView:
+        """The research tree, built from the journal's index; descriptions are read for the shown nodes only."""
+        core = self.core
+        journal = core.journal
+        best = core.state.best
+        tree = journal_tree(
+            journal,
+            best.run_id if best else None,
+            core.state.metric_direction == "lower_is_better",
+            stall_after_of(core.state.rules),
+            noise_sd,
+        )
+        return tree_view(tree, newest, lambda rows: [r.description for r in journal.rows_at(rows)])
+
+
+def budget_fields(use: BudgetUse) -> dict[str, Any]:
+    """query_results' budget fields: the line, and what is used and left of each budget that is set."""
+    return {
+        "budget": use.line(),
+        "experiments_left": use.experiments_left,
+        "hours_used": round(use.hours, 4) if use.max_hours is not None else None,
+        "hours_left": round(use.hours_left, 4) if use.hours_left is not None else None,
+    }
 
 
 def _check_room(run_id: str, held: list[str], notes: str) -> None:

@@ -37,6 +37,7 @@ from ..models import (
 )
 from ..names import RESULTS_TSV, RUN_LOG, SESSION_BRANCHES, SESSIONS, own_journal
 from ..phases import in_flight
+from ..records.budget import BUDGET_KEYS, settle_budget
 from ..records.current import current_session
 from ..records.diskspace import no_room
 from ..records.journal import Journal
@@ -127,7 +128,9 @@ class Session:
     # opening
     # ======================================================================================================
     @classmethod
-    def open(cls, root: Path, project: Project, repo: Repo, tag: str | None) -> Session:
+    def open(
+        cls, root: Path, project: Project, repo: Repo, tag: str | None, budget: dict[str, Any] | None = None
+    ) -> Session:
         config = project.config
         assert config.target_file and config.metric_name
         isolation = probe_isolation(config.isolation, config.network)
@@ -187,6 +190,7 @@ class Session:
                 )
             session = cls._create(root, project, repo, tag, branch, journal)
         set_current_tag(root, tag)  # its branch is checked out now: it is the current session
+        session.settle_budget(budget or {})
         return session
 
     @classmethod
@@ -280,6 +284,15 @@ class Session:
         session.resumed = True
         session._recover()
         return session
+
+    def settle_budget(self, asked: dict[str, Any]) -> None:
+        """The budgets in force: start_session's arguments (`asked`), else the configuration (records/budget.py)."""
+        with self.lock:
+            configured = {key: getattr(self.config, key) for key in BUDGET_KEYS}
+            changed = settle_budget(self.state, configured, asked)
+            if changed:
+                self.save()
+            self.views.budget_changed = changed if self.resumed or asked else []
 
     def _recover(self) -> None:
         """Bring state, git and the logs back into agreement after the server died at any moment."""
@@ -427,8 +440,8 @@ class Session:
     def log_notes(self, run_id: str, notes: str) -> NotesResult:
         return self.views.log_notes(run_id, notes)
 
-    def query(self, status: str | None, limit: int, order: str) -> QueryResult:
-        return self.views.query(status, limit, order)
+    def query(self, status: str | None, limit: int, order: str, view: str = "rows") -> QueryResult:
+        return self.views.query(status, limit, order, view)
 
     def briefing(self) -> str:
         return self.views.briefing()
