@@ -23,7 +23,7 @@ Figures, from the session's records (the JSONL's rows and the commits they name)
 - false keeps: kept, but its true value is not better than its parent's true value (the parent: the row's
   `parent`; rows without one, as the server reads them, the previous kept row).
 
-    python bench/tree_search.py [--seeds 20] [--experiments 60] [--noise 1.0] [--step 0.3] [--stall-after 6]
+    python bench/tree_search.py [--seeds 20] [--experiments 60] [--noise 1.0] [--step 0.3] [--stall-after 8]
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--step", type=float, default=0.3, help="standard deviation of a proposal's step")
     parser.add_argument(
-        "--stall-after", type=int, default=6, help="tree: experiments without a keep, then branch"
+        "--stall-after", type=int, default=8, help="tree: experiments without a keep, then branch"
     )
     parser.add_argument(
         "--keep-rule", default=None, help="greedy or sequential (default: the server's choice)"

@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         help="tree: branch_from and combine on stalls",
     )
     parser.add_argument(
-        "--stall-after", type=int, default=6, help="tree: experiments without a keep, then branch"
+        "--stall-after", type=int, default=8, help="tree: experiments without a keep, then branch"
     )
     args = parser.parse_args(argv)
     args.project = os.path.abspath(args.project)

@@ -39,7 +39,7 @@ class Combine:
 
 @dataclass
 class TreePolicy:
-    stall_after: int = 6
+    stall_after: int = 8  # the server's default (BENCHMARKS.md: the default of `stall_after`)
     combine_every: int = 3
     lower_is_better: bool = True
     nodes: dict[str, Node] = field(default_factory=dict)
