@@ -103,3 +103,38 @@ def test_a_near_miss_is_an_alternative_to_the_best_lineage_never_a_miss_of_a_sid
     )  # a near-miss of the near-miss r4: closer still
     move = policy.next_move()
     assert isinstance(move, Branch) and move.run_id == "r4"  # r6's parent r4 is not on the best lineage
+
+
+def test_a_content_measured_before_is_not_an_experiment(tmp_path: Path) -> None:
+    """The scripted agent proposes a content the session measured: nothing runs, the target goes back, and the
+    agent goes on to another idea (it neither decides an old run nor stops)."""
+    from mcp import Client
+
+    from mcp_autoresearch.adapters.scripted_agent import Proposal, ScriptedAgent
+    from mcp_autoresearch.adapters.server import create_server
+    from mcp_autoresearch.session.workspace import Workspace
+
+    from .conftest import make_repo
+
+    root = make_repo(
+        tmp_path / "proj",
+        {
+            "params.py": "X = 3\n",
+            "evaluate.py": "import runpy\nprint(f\"score: {abs(runpy.run_path('params.py')['X'] - 1)}\")\n",
+            "autoresearch.toml": f'target_file = "params.py"\nrun_command = "{sys.executable} evaluate.py"\n'
+            'metric_name = "score"\nmetric_direction = "lower_is_better"\nreadonly_files = ["evaluate.py"]\n',
+        },
+    )
+    values = iter(["9", "9", "2"])  # 9: worse (discarded); 9 again: measured before; 2: better
+
+    def proposer(content: str, _rng: object) -> Proposal:
+        return Proposal(content.strip(), f"X = {next(values)}", "X")
+
+    async def main() -> object:
+        async with Client(create_server(Workspace(root))) as client:
+            return await ScriptedAgent(client, log=lambda _line: None, proposer=proposer).loop(2, 1, "t")
+
+    summary = anyio.run(main)
+    assert summary.experiments == 3  # the baseline, X = 9 (discard), X = 2 (keep)
+    assert summary.decisions == {"keep": 2, "discard": 1}
+    assert (root / "params.py").read_text() == "X = 2\n"
