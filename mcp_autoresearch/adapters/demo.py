@@ -85,7 +85,7 @@ def run_demo(
     print("starting the server over stdio and the scripted agent (no LLM)...", flush=True)
     if slots == 1:
         print(
-            f"the agent builds on each keep; after {STALL_AFTER} experiments in a row without one it branches "
+            f"the agent builds on each keep; after {STALL_AFTER} experiments in a row without one it branches\n"
             "from another node of the research tree (branch_from)\n",
             flush=True,
         )
