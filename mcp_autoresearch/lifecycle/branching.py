@@ -162,13 +162,16 @@ def after_decision(core: SessionCore, pending: Pending, decision: DecisionRecord
 
 
 def node_commit(core: SessionCore, run_id: str) -> str:
-    """The commit of a logged run, from its ref or its row; a clear error when it is not reachable."""
+    """The commit a logged run measured, as its row (sealed) names it; its ref only for a row that names none
+    (the ref is a file in .git a run may rewrite: it never decides what a node holds). A clear error when the
+    commit is not reachable."""
     if core.journal.index_of(run_id) is None:
         raise RuleViolation(
             f"no run {run_id!r} is logged in session '{core.state.tag}'; query_results lists the runs"
         )
-    for name in (node_ref(core, run_id), core.journal.full_commit(run_id)):
-        commit = core.repo.commit_of(name) if name else None
+    logged = core.journal.full_commit(run_id)
+    for name in (logged,) if logged else (node_ref(core, run_id),):
+        commit = core.repo.commit_of(name)
         if commit is not None:
             try:
                 core.repo.show_file(commit, core.target_repo_path)
