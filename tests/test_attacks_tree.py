@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,66 @@ async def test_branch_from_an_odd_run_id_is_refused_clearly_and_changes_nothing(
             assert state.read_bytes() == state_before
         refused = await agent.refused("combine", run_a="r2", run_b=run_id)
         assert "Traceback" not in refused and len(refused) < 2000, refused
+
+
+# The run's extra code: prepare.py rewritten with the same size, its times put back.
+SAME_SIZE_REWRITE = textwrap.dedent(
+    """
+    import os
+    _st = os.stat("prepare.py")
+    _old = open("prepare.py").read()
+    if "fixed" in _old:
+        open("prepare.py", "w").write(_old.replace("fixed", "FIXED"))
+        os.utime("prepare.py", ns=(_st.st_atime_ns, _st.st_mtime_ns))
+    """
+)
+
+
+async def test_a_branched_candidate_that_rewrites_another_file_with_its_times_put_back_is_caught(
+    knobs: Path, agent_for: Any
+) -> None:
+    root = knobs
+    async with agent_for(root, {**CONFIG, "isolation": "off"}) as agent:
+        await agent.ok("start_session", tag="tr")
+        await agent.experiment("baseline")  # r1: 10
+        await step(agent, "A = 5", "A = 3", "A to 3")  # r2: 8
+        await step(agent, "A = 3", "A = 1", "A to 1")  # r3: 6, the best
+        best = git(root, "rev-parse", "autoresearch/tr").strip()
+        await agent.ok("branch_from", run_id="r2")  # a parent that is not the best
+        await agent.edit("B = 5", "B = 0")  # 3: better than r2 and than the best
+        await agent.edit('print(f"val_bpb', SAME_SIZE_REWRITE.strip() + '\nprint(f"val_bpb')
+        run, decision = await agent.experiment("B to 0, and prepare.py rewritten")
+        assert run["status"] == "tampered" and "prepare.py" in run["error"], run
+        assert decision["decision"] != "keep" and decision["best"] is not True, decision
+        assert (root / "prepare.py").read_text() == "# fixed\n"
+        assert git(root, "rev-parse", "autoresearch/tr").strip() == best
+        assert git(root, "diff", "--name-only", "main", "autoresearch/tr").split() == ["train.py"]
+
+
+def set_zone(monkeypatch: pytest.MonkeyPatch, zone: str) -> None:
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+
+
+async def test_max_hours_counts_the_same_when_the_server_restarts_in_another_time_zone(
+    knobs: Path, agent_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session's start is one moment: a server restarted under another TZ (a host moved, a container with
+    another zone) neither gains hours nor loses them. The start was written as naive local time: restarted 26
+    hours east it read as 26 hours ago (the budget spent at once, as here); restarted 26 hours west, as 26 hours
+    in the future, so up to 26 hours passed uncounted (the budget escaped)."""
+    root = knobs
+    try:
+        set_zone(monkeypatch, "Etc/GMT+12")  # UTC-12
+        async with agent_for(root, CONFIG) as agent:
+            started = await agent.ok("start_session", tag="tz", max_hours=10)
+            assert started["budget"].startswith("budget: 0 h of 10 h"), started["budget"]
+        set_zone(monkeypatch, "Etc/GMT-14")  # UTC+14: a naive local start reads as 26 hours earlier
+        async with agent_for(root, CONFIG) as agent:
+            await agent.ok("start_session", tag="tz")
+            await agent.experiment("baseline")
+            results = await agent.ok("query_results")
+            assert results["hours_used"] < 1, results["budget"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()

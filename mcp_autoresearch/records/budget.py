@@ -32,7 +32,8 @@ def how_to_go_on(key: str) -> str:
 
 
 def hours_since(created_at: str, now: datetime | None = None) -> float:
-    """Hours from a state's `created_at` (local time, naive, as the server writes it) to `now` (aware)."""
+    """Hours from a state's `created_at` to `now` (aware). The server writes it with its UTC offset, so a
+    restart in another time zone counts the same hours; a state written before that (naive) is local time."""
     try:
         start = datetime.fromisoformat(created_at).astimezone()  # a naive time is the machine's local time
     except (TypeError, ValueError):

@@ -216,7 +216,7 @@ class Session:
             branch=branch,
             base_commit=repo.head_commit(),
             started_from=started_from,
-            created_at=datetime.now().isoformat(timespec="seconds"),
+            created_at=datetime.now().astimezone().isoformat(timespec="seconds"),  # with its UTC offset
             target_file=config.target_file,
             metric_name=config.metric_name,
             metric_direction=config.metric_direction,
