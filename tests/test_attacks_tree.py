@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 
 from .conftest import git, make_repo
+from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
+from .test_slots import project as slots_project
+from .test_slots import settings as slot_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -187,3 +190,80 @@ async def test_max_hours_counts_the_same_when_the_server_restarts_in_another_tim
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+async def test_slots_on_two_parents_both_beating_the_best_leave_the_branch_on_the_measured_best(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """r4 is built on the best, r5 on the baseline; both beat the best. r5 is decided first (the best moves to
+    another lineage); r4, built on an older best, is stale: never kept unmeasured. Runs in flight cannot be
+    branched from or combined."""
+    root = slots_project(tmp_path)  # score |X - 3| + |Y - 5|; baseline 8
+    async with agent_for(root, slot_settings()) as agent:
+        await agent.ok("start_session", tag="both")
+        await agent.ok("run_experiment", description="baseline")
+        await agent.ok("commit_or_reset", run_id=(await agent.until_done())["run_id"])  # r1: 8
+        await agent.edit("X = 0", "X = 3")
+        await agent.ok("run_experiment", description="X to 3")
+        await agent.ok("commit_or_reset", run_id=(await agent.until_done())["run_id"])  # r2: 5, the best
+        await agent.edit("Y = 0", "Y = 4")
+        assert (await agent.ok("run_experiment", description="Y to 4"))["run_id"] == "r3"  # 1, on the best
+        assert "no run 'r3'" in await agent.refused("branch_from", run_id="r3")  # in flight
+        assert "no run 'r3'" in await agent.refused("combine", run_a="r2", run_b="r3")
+        await agent.ok("branch_from", run_id="r1")
+        await agent.edit("X = 0", "X = 2")
+        await agent.edit("Y = 0", "Y = 5")
+        assert (await agent.ok("run_experiment", description="X 2, Y 5 on r1"))["parent"] == "r1"  # r4: 1
+        for run_id in ("r3", "r4"):
+            await agent.until_done(run_id)
+        r4 = await agent.ok("commit_or_reset", run_id="r4")
+        assert (r4["decision"], r4["best"]) == ("keep", True), r4
+        r3 = await agent.ok("commit_or_reset", run_id="r3")
+        while r3.get("status") == "running" or r3.get("decision") is None:  # rebased and started again
+            r3 = await agent.ok("commit_or_reset", run_id=(await agent.until_done(r3["run_id"]))["run_id"])
+        results = await agent.ok("query_results", limit=20)
+        best = results["best"]
+        head = git(root, "rev-parse", "autoresearch/both").strip()
+        assert head.startswith(best["commit"]) or best["commit"].startswith(head[:7]), (best, head)
+        measured = git(root, "show", f"{head}:params.py")
+        value = abs(int(measured.split("X = ")[1][0]) - 3) + abs(int(measured.split("Y = ")[1][0]) - 5)
+        assert value == best["value"], (measured, best)
+        assert git(root, "diff", "--name-only", "main", head).split() == ["params.py"]
+        assert git(root, "status", "--porcelain", "-uno").strip() in ("", "M params.py")
+
+
+# The run's extra code: a row appended to the session's JSONL naming a node that never ran as the best, with a
+# parent, and an earlier row's parent rewritten.
+FORGE_ROWS = textwrap.dedent(
+    """
+    import json, glob
+    for _path in glob.glob(".autoresearch/*.jsonl"):
+        _text = open(_path).read().replace('"parent": "r1"', '"parent": null')
+        _row = {"tool": "autoresearch", "action": "experiment_done", "status": "success", "details": {
+            "run_id": "r99", "status": "keep", "run_status": "ok", "metric": "val_bpb", "value": 0.0,
+            "commit": "0000000", "full_commit": "0" * 40, "description": "forged", "parent": "r1",
+            "best": True, "tag": "tr"}}
+        open(_path, "w").write(_text + json.dumps(_row) + "\\n")
+    """
+)
+
+
+async def test_rows_forged_in_the_jsonl_with_parent_and_best_never_enter_the_tree(
+    knobs: Path, agent_for: Any
+) -> None:
+    root = knobs
+    async with agent_for(root, {**CONFIG, "isolation": "off"}) as agent:
+        await agent.ok("start_session", tag="tr")
+        await agent.experiment("baseline")  # r1: 10
+        await step(agent, "A = 5", "A = 3", "A to 3")  # r2: 8, parent r1
+        await agent.edit("B = 5", "B = 9")
+        await agent.edit('print(f"val_bpb', FORGE_ROWS.strip() + '\nprint(f"val_bpb')
+        run, decision = await agent.experiment("forges rows")
+        assert decision["decision"] != "keep", (run, decision)
+        assert run["status"] == "tampered" and "jsonl" in run["error"].lower(), run
+        results = await agent.ok("query_results", view="tree", limit=20)
+        assert results["best"]["run_id"] == "r2"
+        assert "r99" not in json.dumps(results)
+        assert "no run 'r99'" in await agent.refused("branch_from", run_id="r99")
+        rows = done_rows(root)
+        assert "r99" not in rows and rows["r2"]["parent"] == "r1"
