@@ -267,3 +267,40 @@ async def test_rows_forged_in_the_jsonl_with_parent_and_best_never_enter_the_tre
         assert "no run 'r99'" in await agent.refused("branch_from", run_id="r99")
         rows = done_rows(root)
         assert "r99" not in rows and rows["r2"]["parent"] == "r1"
+
+
+# The run's extra code: after its metric is printed, the target rewritten to a better value never measured.
+REWRITE_TARGET = textwrap.dedent(
+    """
+    import atexit
+    def _rewrite():
+        _text = open("train.py").read()
+        open("train.py", "w").write(_text.replace("A = 1", "A = -9", 1))
+    atexit.register(_rewrite)
+    """
+)
+
+
+async def test_a_kept_node_whose_run_rewrote_the_target_is_branched_from_as_measured(
+    knobs: Path, agent_for: Any
+) -> None:
+    """A branched candidate kept as a node (not the best) leaves its target in the work tree as the next
+    parent: that must be the content measured, never what the run wrote into the target afterwards."""
+    root = knobs
+    async with agent_for(root, {**CONFIG, "isolation": "off"}) as agent:
+        await agent.ok("start_session", tag="tr")
+        await agent.experiment("baseline")  # r1: 10
+        await step(agent, "A = 5", "A = 3", "A to 3")  # r2: 8
+        await step(agent, "B = 5", "B = 2", "B to 2")  # r3: 5, the best
+        await agent.ok("branch_from", run_id="r1")
+        await agent.edit("A = 5", "A = 1")  # 6: beats r1, not the best
+        await agent.edit(
+            'print(f"val_bpb', 'print(f"val_bpb: {A + B:.6f}")\n' + REWRITE_TARGET.strip() + "\n#"
+        )
+        run, decision = await agent.experiment("A to 1, rewritten after")
+        committed = git(root, "show", f"{run['commit']}:train.py") if run.get("commit") else None
+        assert run["status"] == "tampered" and "train.py" in run["error"], run
+        if decision["decision"] == "keep":
+            assert (root / "train.py").read_text() == committed, run
+        else:
+            assert "A = -9" not in (root / "train.py").read_text()
