@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import textwrap
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -304,3 +305,30 @@ async def test_a_kept_node_whose_run_rewrote_the_target_is_branched_from_as_meas
             assert (root / "train.py").read_text() == committed, run
         else:
             assert "A = -9" not in (root / "train.py").read_text()
+
+
+def set_start(root: Path, tag: str, start: datetime) -> None:
+    """Write the session's recorded start into the server's record and its public copy."""
+    for name in (f"{tag}.own.json", f"{tag}.json"):
+        path = root / ".autoresearch" / "sessions" / name
+        data = json.loads(path.read_text())
+        data.get("state", data)["created_at"] = start.astimezone().isoformat(timespec="seconds")
+        path.write_text(json.dumps(data))
+
+
+async def test_a_spent_max_hours_is_not_reset_by_editing_the_sessions_records_while_the_server_runs(
+    knobs: Path, agent_for: Any
+) -> None:
+    root = knobs
+    config = {**CONFIG, "max_hours": 1}
+    async with agent_for(root, config) as agent:
+        await agent.ok("start_session", tag="h")
+        await agent.experiment("baseline")
+    set_start(root, "h", datetime.now() - timedelta(hours=2))  # a session started two hours ago
+    async with agent_for(root, config) as agent:
+        assert "0 h left" in (await agent.ok("start_session", tag="h"))["budget"]
+        set_start(root, "h", datetime.now())  # the agent's shell, between two calls
+        await agent.edit("A = 5", "A = 3")
+        refused = await agent.refused("run_experiment", description="A to 3")
+        assert "max_hours (1 h) reached" in refused, refused
+        assert "0 h left" in (await agent.ok("query_results"))["budget"]
