@@ -5,6 +5,7 @@ other promises, through the real MCP client on real git and real runs."""
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import time
 from datetime import datetime, timedelta
@@ -332,3 +333,27 @@ async def test_a_spent_max_hours_is_not_reset_by_editing_the_sessions_records_wh
         refused = await agent.refused("run_experiment", description="A to 3")
         assert "max_hours (1 h) reached" in refused, refused
         assert "0 h left" in (await agent.ok("query_results"))["budget"]
+
+
+async def test_a_non_target_file_changed_by_the_agent_after_branch_from_is_refused_at_the_start(
+    knobs: Path, agent_for: Any
+) -> None:
+    """After branch_from (the server's own git command on the target rewrote the index), prepare.py rewritten
+    with the same size and its times put back by the agent's shell: run_experiment must refuse, never commit a
+    candidate measured with another evaluation."""
+    root = knobs
+    async with agent_for(root, CONFIG) as agent:
+        await agent.ok("start_session", tag="tr")
+        await agent.experiment("baseline")  # r1: 10
+        await step(agent, "A = 5", "A = 3", "A to 3")  # r2: 8
+        await step(agent, "A = 3", "A = 1", "A to 1")  # r3: 6, the best
+        await agent.ok("query_results")
+        await agent.ok("branch_from", run_id="r2")
+        prepare = root / "prepare.py"
+        st = prepare.stat()
+        prepare.write_text("# FIXED\n")
+        os.utime(prepare, ns=(st.st_atime_ns, st.st_mtime_ns))
+        await agent.edit("B = 5", "B = 4")
+        refused = await agent.refused("run_experiment", description="B to 4 on r2")
+        assert "prepare.py" in refused, refused
+        assert len(done_rows(root)) == 3
