@@ -357,3 +357,32 @@ async def test_a_non_target_file_changed_by_the_agent_after_branch_from_is_refus
         refused = await agent.refused("run_experiment", description="B to 4 on r2")
         assert "prepare.py" in refused, refused
         assert len(done_rows(root)) == 3
+
+
+@pytest.mark.parametrize("tool", ["combine", "branch_from"])
+async def test_a_target_folder_swapped_for_a_link_out_of_the_project_is_never_written_through(
+    tmp_path: Path, agent_for: Any, tool: str
+) -> None:
+    """The agent's shell moves the target's folder away and puts a link to a folder outside the project in its
+    place; combine and branch_from write the target: never through that link."""
+    root = make_repo(tmp_path / "nested", {"src/train.py": TREE_PY, "prepare.py": "# fixed\n"})
+    outside = tmp_path / "outside"
+    config = {"target_file": "src/train.py", "run_command": "python src/train.py", "metric_name": "val_bpb"}
+    async with agent_for(root, config) as agent:
+        await agent.ok("start_session", tag="ln")
+        await agent.experiment("baseline")  # r1: 10
+        await step(agent, "A = 5", "A = 3", "A to 3")  # r2: 8
+        await step(agent, "A = 3", "A = 1", "A to 1")  # r3: 6, the best
+        await agent.ok("branch_from", run_id="r2")
+        await step(agent, "B = 5", "B = 4", "B to 4 on r2")  # r4: 7, a node beside the best
+        (root / "src").rename(tmp_path / "src-moved")
+        outside.mkdir()
+        (outside / "train.py").write_text("the outside file\n")
+        (root / "src").symlink_to(outside, target_is_directory=True)
+        if tool == "combine":
+            answer = await agent.client.call_tool("combine", {"run_a": "r3", "run_b": "r4"})
+        else:
+            answer = await agent.client.call_tool("branch_from", {"run_id": "r1"})
+        assert (outside / "train.py").read_text() == "the outside file\n", answer
+        assert sorted(p.name for p in outside.iterdir()) == ["train.py"]
+        assert answer.is_error and "is a symlink; nothing changed" in answer.content[0].text, answer

@@ -269,6 +269,11 @@ class Brancher:
         not yet run is kept aside first; returns where."""
         core = self.core
         target = core.root / core.target_rel
+        if target.parent.resolve() != target.parent:  # a folder swapped for a link: never written through
+            raise RuleViolation(
+                f"a directory on the path to {core.target_rel} is a symlink; nothing changed. A person must "
+                "restore the directory"
+            )
         aside = None
         try:
             current = read_regular(target)
