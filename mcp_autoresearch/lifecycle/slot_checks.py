@@ -11,14 +11,14 @@ from ..session.context import SessionCore
 from ..setup.single_file import changed_fingerprints, new_files
 from ..vcs.checkouts import Checkouts
 from ..vcs.planted import GitWatch
-from .running import Runs
+from .tree_checks import TreeChecks
 
 
 class SlotChecks:
-    def __init__(self, core: SessionCore, checkouts: Checkouts, runs: Runs, slots: int) -> None:
+    def __init__(self, core: SessionCore, checkouts: Checkouts, tree: TreeChecks, slots: int) -> None:
         self.core = core
         self.checkouts = checkouts
-        self.runs = runs  # the copies-before-restore helpers are shared with single runs
+        self.tree = tree  # the user's tree is checked as after a single run
         self.slots = slots
         self._readonly: dict[str, str | None] | None = None
         # Unconfined, what one run's check finds may be the doing of any run in flight at the time: each of them
@@ -113,7 +113,7 @@ class SlotChecks:
         repo = core.repo
         best = core.state.best
         head = best.commit if best else core.state.base_commit
-        watch = watch or self.runs.git_watch
+        watch = watch or self.tree.git_watch
         tampered: list[str] = []
         try:
             tampered += watch.after_run(pending.git_config, pending.refs_digest, head, pending.run_id)
@@ -133,7 +133,7 @@ class SlotChecks:
             changed = [p for p in repo.changed_tracked_files() if p != core.target_repo_path]
             if changed:
                 tampered += [repo.project_path(p) for p in changed]
-                tampered += self.runs.restore_with_copies(pending.run_id, head, changed)
+                tampered += self.tree.restore_with_copies(pending.run_id, head, changed)
         except SessionError as exc:
             tampered.append(f"git state ({exc})")
         readonly = changed_fingerprints(core.root, core.state.readonly_hashes)
@@ -141,11 +141,11 @@ class SlotChecks:
         if readonly:
             try:
                 tracked = [repo.repo_path(r) for r in readonly if repo.is_tracked(repo.repo_path(r))]
-                tampered += self.runs.restore_with_copies(pending.run_id, head, tracked)
+                tampered += self.tree.restore_with_copies(pending.run_id, head, tracked)
             except SessionError:
                 pass
         planted = new_files(core.root, list(core.config.readonly_files), core.state.readonly_hashes)
         if planted:
-            tampered += self.runs.move_aside(pending.run_id, planted)
+            tampered += self.tree.move_aside(pending.run_id, planted)
         tampered += core.own.restore()
         return tampered

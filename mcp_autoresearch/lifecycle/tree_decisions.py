@@ -7,13 +7,11 @@ from __future__ import annotations
 from ..errors import RuleViolation
 from ..models import DecisionResult
 from ..names import SESSION_REFS
-from ..phases import advance
 from ..records.state import DecisionRecord, Pending
-from ..sandbox.processes import kill_marked_processes
 from ..session.context import SessionCore
 from .decisions import Decider, decided_next_step
 from .holdout_stage import run_holdout
-from .in_flight import STOPPED, unmeasured
+from .in_flight import STOPPED
 from .running import Runs
 
 
@@ -25,7 +23,7 @@ class TreeDecisions:
         self.runs = runs
 
     def guard(self) -> None:
-        if self.runs.active is None:
+        if not self.runs.flights:
             self.core.own.guard()
 
     def select(self, run_id: str | None) -> Pending:
@@ -61,6 +59,7 @@ class TreeDecisions:
 
     def decided(self, pending: Pending, note: str) -> str:
         core = self.core
+        self.runs.forget(pending.run_id)
         decision = pending.decision or DecisionRecord()
         if decision.decision == "keep" and core.config.holdout_command:  # after the keep: it cannot change it
             best = core.state.best.value if core.state.best else None
@@ -104,13 +103,7 @@ class TreeDecisions:
             core.save()
             return [f"run {pending.run_id} never started; its edit is back in the working tree"]
         if pending.phase == "running":
-            killed = kill_marked_processes(str(core.root))
-            if pending.measuring_best and pending.commit:  # the best's content was in place for a re-measure
-                core.repo.restore_paths(pending.commit, [core.target_repo_path])
-            tampered = self.runs.verify_after_run(pending)
-            error = STOPPED + (f" ({killed} leftover processes killed)" if killed else "")
-            pending.result = unmeasured("interrupted", error, tampered)
-            advance(pending, "finished", core.save)
+            self.runs.recover()  # its leftovers ended, checked, marked interrupted
             decider.decide_locked(pending.run_id, discard=True)
             return [
                 f"run {pending.run_id} was in flight when the server stopped: logged as interrupted. It never "
@@ -124,12 +117,12 @@ class TreeDecisions:
 
     def shutdown(self, decider: Decider, join_s: float) -> None:
         """The run in flight is cancelled and, once it ended, logged as interrupted."""
-        active = self.runs.stop("the server was stopped", join_s)
-        if active is None:
+        stopped = self.runs.stop("the server was stopped", join_s)
+        if not stopped:
             return
         with self.core.lock:
             pending = self.core.state.pending
-            if pending is not None and pending.phase == "finished" and pending.run_id == active.run_id:
+            if pending is not None and pending.phase == "finished" and pending.run_id == stopped[0].run_id:
                 if pending.result and pending.result.status == "cancelled":
                     pending.result.status = "interrupted"
                     pending.result.error = STOPPED
