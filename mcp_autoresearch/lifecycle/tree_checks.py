@@ -29,51 +29,57 @@ class TreeChecks:
         self.git_notes: list[str] = []  # what a restart found changed in git's files before git ran again
 
     def verify_after_run(self, pending: Pending, watch: GitWatch | None = None) -> list[str]:
-        """What the run changed that it must not: git's configuration and refs, tracked files, read-only files,
-        the server's own logs. Each is restored (tracked files from the commit that ran; logs from the JSONL).
-        `watch`: git's files as the run found them (None after a restart: the digests in its record)."""
+        """After a single run: what it changed that it must not, each restored to the commit that ran (the
+        server's logs from the JSONL). `watch`: git's files as the run found them (None after a restart: the
+        digests in its record; what the restart found is reported first)."""
+        found, self.git_notes = self.git_notes, []
+        return self.check(pending, watch, pending.commit or pending.parent, True, found)
+
+    def check(
+        self,
+        pending: Pending,
+        watch: GitWatch | None,
+        head: str,
+        ran_here: bool,
+        found: list[str] | None = None,
+    ) -> list[str]:
+        """What a run changed in the user's tree that it must not: git's configuration and refs, the session
+        branch (at `head`), tracked files, read-only files, the server's own logs; each restored. `ran_here`:
+        the run ran in this tree, so the target holds its candidate (else, with slots, the agent's next edit)."""
         core = self.core
-        commit = pending.commit or pending.parent
         watch = watch or self.git_watch
-        tampered, self.git_notes = self.git_notes, []
+        by = "the run" if ran_here else "a run"
+        tampered = list(found or [])
         try:
             # First, before git runs again: configuration, attributes and refs as the run found them.
-            tampered += watch.after_run(pending.git_config, pending.refs_digest, commit, pending.run_id)
+            tampered += watch.after_run(pending.git_config, pending.refs_digest, head, pending.run_id)
             if core.repo.current_branch() != core.state.branch:
                 tampered.append(f"HEAD (switched to {core.repo.current_branch() or 'a detached commit'})")
                 core.repo.checkout_branch(core.state.branch)
-            if core.repo.head_commit() != commit:
-                tampered.append("the session branch (moved by the run)")
-                core.repo.move_branch(
-                    core.state.branch, commit, f"autoresearch: undo {pending.run_id}'s move"
-                )
+            if core.repo.head_commit() != head:
+                tampered.append(f"the session branch (moved by {by})")
+                undo = f"{pending.run_id}'s move" if ran_here else f"a move during {pending.run_id}"
+                core.repo.move_branch(core.state.branch, head, f"autoresearch: undo {undo}")
             index_same = watch.index_unchanged()  # else the run (or its git) wrote the index
             hidden = [] if index_same else core.repo.hidden_tracked_files()
             hidden = [p for p in hidden if p not in core.state.hidden_paths]
             if hidden:  # flags that blind git status to these files: cleared, so status sees them again
                 tampered.append("index flags hiding " + ", ".join(map(core.repo.project_path, hidden)))
                 core.repo.reveal(hidden)
-            changed = core.repo.changed_tracked_files()
-            target_same = sha256_file(core.root / core.target_rel) == pending.target_sha256
-            if core.target_repo_path in changed and pending.target_sha256 and target_same:
-                changed.remove(core.target_repo_path)  # only the index lags behind the committed target
-            elif core.target_repo_path not in changed and pending.target_sha256 and not target_same:
-                changed.append(core.target_repo_path)  # compared by content, whatever git status says
+            changed = self._changed_tracked(pending, ran_here)
             if changed:
                 tampered += [core.repo.project_path(p) for p in changed]
-                tampered += self.restore_with_copies(pending.run_id, commit, changed)
+                tampered += self.restore_with_copies(pending.run_id, head, changed)
         except SessionError as exc:
             tampered.append(f"git state ({exc})")
         readonly = changed_fingerprints(core.root, core.state.readonly_hashes)
-        for rel in readonly:
-            if rel not in tampered:
-                tampered.append(rel)
+        tampered += [rel for rel in readonly if rel not in tampered]
         if readonly:
             try:
                 tracked = [
                     core.repo.repo_path(r) for r in readonly if core.repo.is_tracked(core.repo.repo_path(r))
                 ]
-                tampered += self.restore_with_copies(pending.run_id, commit, tracked)
+                tampered += self.restore_with_copies(pending.run_id, head, tracked)
             except SessionError:
                 pass
         planted = new_files(core.root, list(core.config.readonly_files), core.state.readonly_hashes)
@@ -81,6 +87,20 @@ class TreeChecks:
             tampered += self.move_aside(pending.run_id, planted)
         tampered += core.own.restore()
         return tampered
+
+    def _changed_tracked(self, pending: Pending, ran_here: bool) -> list[str]:
+        """Tracked files changed (repository paths). The target is the run's candidate when it ran here,
+        compared by content whatever git status says; else it holds the agent's edit, which is no run's doing."""
+        core = self.core
+        changed = core.repo.changed_tracked_files()
+        if not ran_here:
+            return [p for p in changed if p != core.target_repo_path]
+        target_same = sha256_file(core.root / core.target_rel) == pending.target_sha256
+        if core.target_repo_path in changed and pending.target_sha256 and target_same:
+            changed.remove(core.target_repo_path)  # only the index lags behind the committed target
+        elif core.target_repo_path not in changed and pending.target_sha256 and not target_same:
+            changed.append(core.target_repo_path)  # compared by content, whatever git status says
+        return changed
 
     def move_aside(self, run_id: str, paths: list[str]) -> list[str]:
         """Files the run created below a read-only directory (they were not there before it: the check before
