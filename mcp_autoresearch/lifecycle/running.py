@@ -100,6 +100,10 @@ class RunPlacement(Protocol):
     def undo_planted(self, pending: Pending) -> None:
         """After a restart, before git runs again: what the run planted in git's files is undone."""
 
+    def undo_start(self, pending: Pending) -> str:
+        """After a restart: a run recorded as `starting` never ran; what was placed is undone, its record
+        dropped; returns a note."""
+
     def end_leftovers(self, pending: Pending) -> int:
         """After a restart: the processes (or jobs) the run left are ended; returns how many."""
 
@@ -328,10 +332,15 @@ class Runs:
         for pending in [p for p in self.core.state.inflight if p.phase == "running"]:
             self.placement.undo_planted(pending)
 
-    def recover(self) -> list[str]:
+    def undo_starts(self) -> list[str]:
+        """Runs recorded as `starting` when the server stopped never ran: what was placed for them is undone
+        (never the agent's edit). Returns what was done."""
+        return [self.placement.undo_start(p) for p in list(self.core.state.inflight) if p.phase == "starting"]
+
+    def recover(self) -> list[Pending]:
         """Runs that were in flight when the server stopped: their processes are ended, what they changed is
         checked, and they are marked interrupted (each is then logged as such by the decisions). Finished runs
-        wait for their decision. Returns the ids of the runs interrupted."""
+        wait for their decision. Returns the runs interrupted."""
         interrupted = [p for p in self.core.state.inflight if p.phase == "running"]
         for pending in interrupted:
             killed = self.placement.end_leftovers(pending)
@@ -340,7 +349,7 @@ class Runs:
             pending.result = unmeasured("interrupted", error, tampered)
             advance(pending, "finished", self.core.save)
             self.finish_order.append(pending.run_id)
-        return [p.run_id for p in interrupted]
+        return interrupted
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from ..records.state import Best, DecisionRecord, Pending, RunOutcome, server_di
 from ..session.context import SessionCore
 from ..setup.single_file import sha256_bytes
 from ..vcs.checkouts import merge_target
-from .decisions import Decider, decided_next_step, judge
+from .decisions import decided_next_step, judge
 from .running import Runs
 from .slot_placement import SlotPlacement
 
@@ -90,31 +90,6 @@ class SlotDecisions:
             else "every slot is busy: wait_experiment() for the next run to finish"
         )
         return decided_next_step(self.core, pending, then, then, note)
-
-    def recover(self, decider: Decider) -> list[str]:
-        """Decisions half applied are finished (first: git as decided), runs that were in flight are logged as
-        interrupted. Returns what was repaired."""
-        notes = []
-        for entry in [p for p in self.core.state.inflight if p.phase == "deciding"]:
-            decider.finish(entry)
-            notes.append(f"the decision on run {entry.run_id} was completed")
-        for run_id in self.runs.recover():
-            decider.decide_locked(run_id, discard=True)
-            notes.append(
-                f"run {run_id} was in flight when the server stopped: logged as interrupted; it never finished, "
-                "so it says nothing about its idea (apply its edit again to re-run it)"
-            )
-        return notes
-
-    def shutdown(self, decider: Decider, join_s: float) -> None:
-        """Every run in flight is cancelled, and those that ended are logged as interrupted."""
-        self.runs.stop("the server was stopped", join_s)
-        with self.core.lock:
-            for entry in list(self.core.state.inflight):
-                result = entry.result
-                if entry.phase == "finished" and result is not None and result.status == "cancelled":
-                    result.status, result.error = "interrupted", "the server stopped during this run"
-                    decider.decide_locked(entry.run_id, discard=True)
 
     def _rebase(self, pending: Pending) -> DecisionResult | None:
         """A stale candidate: discarded (the decision is left in `pending.decision`), or merged onto the best and

@@ -297,6 +297,13 @@ class SlotPlacement:
         found = self.tree.git_watch.after_run(pending.git_config, pending.refs_digest, head, pending.run_id)
         self.checks.suspect(found, "when the server restarted", None, always=True, only=pending)
 
+    def undo_start(self, pending: Pending) -> str:
+        """A slot run is saved first as `running` (its commit, under a ref, comes before its record): a record
+        `starting` is dropped; the ref keeps its idea reachable, the target holds the agent's edit or the best."""
+        self.core.state.drop(pending.run_id)
+        self.core.save()
+        return f"run {pending.run_id} never started; its commit is kept as {SESSION_REFS}{self.core.state.tag}/{pending.run_id}"
+
     def end_leftovers(self, pending: Pending) -> int:
         killed = sum(
             kill_marked_processes(str(self.checkouts.project(slot))) for slot in self._own_slots(pending)

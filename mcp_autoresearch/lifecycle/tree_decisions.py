@@ -1,6 +1,5 @@
 """What deciding a run in the user's tree changes (the `DecisionPlacement` of single runs): a keep leaves the
-branch on the candidate, a discard moves it back and restores the target; after a restart the one run in
-flight is undone, logged as interrupted, or its decision finished."""
+branch on the candidate (and the holdout measures it), a discard moves it back and restores the target."""
 
 from __future__ import annotations
 
@@ -9,9 +8,8 @@ from ..models import DecisionResult
 from ..names import SESSION_REFS
 from ..records.state import DecisionRecord, Pending
 from ..session.context import SessionCore
-from .decisions import Decider, decided_next_step
+from .decisions import decided_next_step
 from .holdout_stage import run_holdout
-from .in_flight import STOPPED
 from .running import Runs
 
 
@@ -79,51 +77,3 @@ class TreeDecisions:
             "try another idea: edit the target and run",
             note,
         )
-
-    def recover(self, decider: Decider) -> list[str]:
-        """The run in the user's tree: one that never started is undone (its edit stays), one that was running
-        is logged as interrupted, a decision half applied is finished. Returns what was done."""
-        core = self.core
-        pending = core.state.pending
-        if pending is None:
-            return []
-        if pending.phase == "starting":
-            head = core.repo.head_commit()
-            if (
-                head != pending.parent
-                and core.repo.is_ancestor(pending.parent, head)
-                and core.repo.commit_message(head).startswith("experiment:")
-            ):
-                # The candidate was committed but never ran: undo the commit, keep the edit in the work tree.
-                core.repo.move_branch(
-                    core.state.branch, pending.parent, f"autoresearch: undo {pending.run_id}"
-                )
-                core.repo.unstage([core.target_repo_path])
-            core.state.drop(pending.run_id)
-            core.save()
-            return [f"run {pending.run_id} never started; its edit is back in the working tree"]
-        if pending.phase == "running":
-            self.runs.recover()  # its leftovers ended, checked, marked interrupted
-            decider.decide_locked(pending.run_id, discard=True)
-            return [
-                f"run {pending.run_id} was in flight when the server stopped: logged as interrupted. It never "
-                "finished, so it says nothing about its idea: "
-                + ("run the baseline again" if pending.is_baseline else "apply its edit again to re-run it")
-            ]
-        if pending.phase == "deciding":
-            decider.finish(pending)
-            return [f"the decision on run {pending.run_id} was completed"]
-        return []
-
-    def shutdown(self, decider: Decider, join_s: float) -> None:
-        """The run in flight is cancelled and, once it ended, logged as interrupted."""
-        stopped = self.runs.stop("the server was stopped", join_s)
-        if not stopped:
-            return
-        with self.core.lock:
-            pending = self.core.state.pending
-            if pending is not None and pending.phase == "finished" and pending.run_id == stopped[0].run_id:
-                if pending.result and pending.result.status == "cancelled":
-                    pending.result.status = "interrupted"
-                    pending.result.error = STOPPED
-                decider.decide_locked(pending.run_id, discard=True)

@@ -148,6 +148,22 @@ class TreePlacement:
                 pending.git_config, pending.refs_digest, pending.commit, pending.run_id
             )
 
+    def undo_start(self, pending: Pending) -> str:
+        """The record was saved before the commit: a commit there, if any, is undone; the edit stays."""
+        core = self.core
+        head = core.repo.head_commit()
+        if (
+            head != pending.parent
+            and core.repo.is_ancestor(pending.parent, head)
+            and core.repo.commit_message(head).startswith("experiment:")
+        ):
+            # The candidate was committed but never ran: undo the commit, keep the edit in the work tree.
+            core.repo.move_branch(core.state.branch, pending.parent, f"autoresearch: undo {pending.run_id}")
+            core.repo.unstage([core.target_repo_path])
+        core.state.drop(pending.run_id)
+        core.save()
+        return f"run {pending.run_id} never started; its edit is back in the working tree"
+
     def end_leftovers(self, pending: Pending) -> int:
         core = self.core
         killed = kill_marked_processes(str(core.root))

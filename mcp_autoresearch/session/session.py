@@ -104,10 +104,10 @@ class Session:
         if self.config.parallel:  # runs go to slots: checkouts of their own, several at once
             slots = SlotPlacement(self, self.editor, tree)
             self.runs = Runs(self, self.editor, slots)
-            self.decider = Decider(self, SlotDecisions(self, self.runs, slots))
+            self.decider = Decider(self, self.runs, SlotDecisions(self, self.runs, slots))
         else:
             self.runs = Runs(self, self.editor, TreePlacement(self, self.editor, tree))
-            self.decider = Decider(self, TreeDecisions(self, self.runs))
+            self.decider = Decider(self, self.runs, TreeDecisions(self, self.runs))
         self.views = Views(self, self.runs, self.decider)
 
     # ======================================================================================================
