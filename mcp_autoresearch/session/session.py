@@ -3,7 +3,7 @@
 Every rule the agent could break is checked, in code, before and after each step: only the target changes;
 read-only files keep their hashes; the number logged is the one measured; a change is kept only if it
 improved; every experiment is logged; the user's files are never lost. The steps themselves are the
-session's parts: `editing` (the target), `running` (a run and its verification), `decisions` (keep or
+session's parts: `editing` (the target), `running` (a run, whatever its placement), `decisions` (keep or
 discard) and `views` (runs, results, notes); they share the session through `context.SessionCore`.
 """
 
