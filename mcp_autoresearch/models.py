@@ -7,8 +7,11 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from .measure.provenance import MetricProvenance
+from .records.tree_view import TreeView
 from .statuses import Decision, RunState, RunStatus
 
+PARENT = "The run this candidate started from (its parent node); null for the baseline."
+BECAME_BEST = "True: this run became the session's best."
 PROVENANCE = "Where the metric's value comes from: evaluation, server, or self-reported (with the fix)."
 
 
@@ -40,6 +43,14 @@ class StartResult(BaseModel):
         "a channel from one run to the next, not trusted.",
     )
     recovered: list[str] = Field(default_factory=list, description="What was repaired after a restart.")
+    budget: str | None = Field(
+        None, description="The session's budgets used and left, in one line (None: no budget is set)."
+    )
+    budget_changed: list[str] = Field(
+        default_factory=list,
+        description="Budgets (max_experiments, max_hours) this call or a changed configuration set, with the "
+        "old and new values.",
+    )
     briefing: str | None = Field(None, description="Summary of the session so far (when resumed).")
     next_step: str
 
@@ -75,7 +86,9 @@ class RunResult(BaseModel):
     status: RunState
     metric_name: str
     value: float | None = None
-    best_value: float | None = Field(None, description="Best kept value before this run.")
+    best_value: float | None = Field(
+        None, description="The value of the node it is judged against: its parent (the best unless branched)."
+    )
     delta: float | None = Field(None, description="value - best_value.")
     would_keep: bool | None = Field(
         None, description="What commit_or_reset will decide (None while running)."
@@ -106,6 +119,7 @@ class RunResult(BaseModel):
     slot: int | None = Field(
         None, description="With slots: the slot it runs in (None: every slot, or no slots)."
     )
+    parent: str | None = Field(None, description=PARENT)
 
 
 class DecisionResult(BaseModel):
@@ -116,7 +130,10 @@ class DecisionResult(BaseModel):
     )
     reason: str
     value: float | None
-    prev: float | None = Field(description="Best kept value before this experiment.")
+    prev: float | None = Field(
+        description="The value of the node it was judged against before this experiment: its parent (the best "
+        "unless branched)."
+    )
     delta: float | None
     commit: str | None = Field(
         description="The experiment's commit (kept, or saved under refs/autoresearch/)."
@@ -137,6 +154,25 @@ class DecisionResult(BaseModel):
         description="Why those runs showed it worse than when judged: the keep is undone (sequential rule) "
         "or reported (greedy).",
     )
+    parent: str | None = Field(None, description=PARENT)
+    best: bool | None = Field(None, description=BECAME_BEST)
+
+
+class BranchResult(BaseModel):
+    parent: str = Field(description="The run the next candidate starts from (its parent node).")
+    sha256: str = Field(
+        description="Hash of the target as it is now; pass it to apply_edit as expected_sha256."
+    )
+    value: float | None = Field(description="The parent's logged value.")
+    status: Decision = Field(description="The parent's logged decision.")
+    depth: int = Field(description="The parent's depth in the tree (the baseline: 0).")
+    combined: list[str] | None = Field(
+        None, description="combine: the two runs merged; the next run_experiment measures the merge."
+    )
+    kept_aside: str | None = Field(
+        None, description="Where an edit of the target not yet run was kept before it was replaced."
+    )
+    next_step: str
 
 
 class NotesResult(BaseModel):
@@ -166,6 +202,8 @@ class ResultRow(BaseModel):
     estimate: float | None = Field(
         None, description="Improvement over the best it faced (positive = better)."
     )
+    parent: str | None = Field(None, description=PARENT)
+    best: bool | None = Field(None, description=BECAME_BEST)
 
 
 class BestInfo(BaseModel):
@@ -204,4 +242,18 @@ class QueryResult(BaseModel):
     )
     holdout: str | None = Field(
         None, description="How far the kept improvements hold on the holdout (holdout_command), in one line."
+    )
+    budget: str | None = Field(
+        None, description="The session's budgets used and left, in one line (None: no budget is set)."
+    )
+    experiments_left: int | None = Field(
+        None,
+        description="Experiments the max_experiments budget still allows (runs in flight count as used).",
+    )
+    hours_used: float | None = Field(None, description="Hours since the session started (with max_hours).")
+    hours_left: float | None = Field(None, description="Hours the max_hours budget still allows.")
+    tree: TreeView | None = Field(
+        None,
+        description="With view='tree': the research tree (best lineage, frontier, near-misses, dead ends, the "
+        "newest nodes); rows is then empty.",
     )

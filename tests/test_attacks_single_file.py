@@ -162,9 +162,7 @@ async def test_run_that_replaces_the_evaluator_with_a_directory(armed) -> None:
 
 
 @pytest.mark.parametrize("isolation", ["off", "auto"])
-async def test_run_cannot_raise_its_own_timeout_or_experiment_budget(
-    ml_project: Path, agent_for, isolation: str
-) -> None:
+async def test_run_cannot_raise_its_own_timeout(ml_project: Path, agent_for, isolation: str) -> None:
     root = ml_project
     rules = {"max_experiments": 3, "isolation": isolation}
     async with agent_for(root, rules) as agent:
@@ -181,9 +179,11 @@ async def test_run_cannot_raise_its_own_timeout_or_experiment_budget(
     async with agent_for(root, rules) as agent:
         message = await agent.refused("start_session", tag="rules")
         assert "configuration changed" in message and "timeout" in message
+    # The experiment budget is not a rule of the measurement: a raised one lets the session go on, and says so.
     (root / "CLAUDE.md").write_text("## autoresearch\n- max_experiments: 1000\n")
     async with agent_for(root, {"isolation": isolation}) as agent:
-        assert "max_experiments" in await agent.refused("start_session", tag="rules")
+        resumed = await agent.ok("start_session", tag="rules")
+        assert resumed["budget_changed"] == ["max_experiments: 3 -> 1000 (from the configuration)"]
 
 
 # (b) links, renames, .git, TMPDIR, file attributes

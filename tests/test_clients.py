@@ -29,6 +29,8 @@ TOOLS = {
     "commit_or_reset",
     "log_result",
     "query_results",
+    "branch_from",
+    "combine",
 }
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TS_CLIENT = Path(__file__).with_name("ts_client.mjs")
@@ -182,6 +184,7 @@ def test_typescript_sdk_client_lists_and_calls_every_tool(version: str, ml_proje
     assert set(report["tools"]) == TOOLS and report["prompts"] == ["loop"]
     assert set(report["calls"]) == TOOLS, "every tool is called"
     decisions = [d["decision"] for d in report["calls"]["commit_or_reset"]]
-    assert decisions == ["keep", "keep", "keep"]
+    assert decisions == ["keep", "keep", "keep", "discard"]  # the last: a sibling, combined with the best
+    assert report["calls"]["combine"][0]["combined"] == ["r3", "r4"]
     assert report["calls"]["query_results"][0]["best"]["description"] == "LR 0.2"
     assert "LR = 0.2" in (ml_project / "train.py").read_text()

@@ -86,7 +86,22 @@ def test_inspector_calls_every_tool_through_a_session(ml_project: Path) -> None:
     assert (
         call("log_result", f"run_id={run['run_id']}", "notes=a lower LR helps")["added"] == "a lower LR helps"
     )
+    # The research tree: a sibling of the kept run (from the baseline), then the two combined, then the best again.
+    assert call("branch_from", "run_id=r1")["parent"] == "r1"
+    assert "LR = 0.5" in (ml_project / "train.py").read_text()
+    sibling = (ml_project / "train.py").read_text().replace("step 1 loss 2.0", "step 1 loss 1.9")
+    call("apply_edit", "content=" + sibling)
+    side = call("run_experiment", "description=another loss line", "wait_s=40")
+    side = call("wait_experiment", f"run_id={side['run_id']}", "wait_s=40")
+    assert call("commit_or_reset", f"run_id={side['run_id']}")["decision"] == "discard"
+    merged = call("combine", f"run_a={run['run_id']}", f"run_b={side['run_id']}")
+    assert merged["parent"] == run["run_id"] and merged["combined"] == [run["run_id"], side["run_id"]]
+    assert (
+        "LR = 0.2" in (ml_project / "train.py").read_text()
+        and "loss 1.9" in (ml_project / "train.py").read_text()
+    )
+    assert call("branch_from", f"run_id={run['run_id']}")["parent"] == run["run_id"]
     assert call("query_results", "limit=5")["counts"]["keep"] == 2
     called |= {"detect_project", "start_session", "run_experiment", "wait_experiment", "commit_or_reset"}
-    called |= {"read_target", "apply_edit", "log_result", "query_results"}
+    called |= {"read_target", "apply_edit", "log_result", "query_results", "branch_from", "combine"}
     assert called == names

@@ -307,7 +307,7 @@ def test_page_assets_are_small_and_offline() -> None:
         assert "@import" not in text and "eval(" not in text, name
     index = (static / "index.html").read_text()
     links = re.findall(r'(?:src|href)="([^"]+)"', index)
-    assert links == ["data:,", "static/app.css", "static/chart.js", "static/app.js"]
+    assert links == ["data:,", "static/app.css", "static/chart.js", "static/tree.js", "static/app.js"]
 
 
 def test_non_loopback_dashboard_without_token_is_refused(ml_project: Path, monkeypatch: Any) -> None:
@@ -380,6 +380,29 @@ async def test_the_page_shows_every_slot_in_use(ml_project: Path, browser: Any, 
                     run = await agent.ok("wait_experiment")
                 await agent.ok("commit_or_reset", run_id=run["run_id"])
             await page.wait_for_selector("#total[data-value='3']", timeout=10_000)
+        assert errors == []
+    finally:
+        stop_process(proc)
+
+
+async def test_the_page_shows_the_sessions_budget(tmp_path: Path, browser: Any) -> None:
+    """Used of each budget the session has, and whether one is spent (from the session's state)."""
+    from mcp_autoresearch.records.state import load_state, save_state
+
+    root = make_repo(tmp_path / "p", {"train.py": "x = 1\n"})
+    synthetic_session(root, 5)
+    state = load_state(root, "big")
+    assert state is not None
+    state.max_experiments, state.max_hours = 5, 1e6
+    save_state(root, state)
+    port = free_port()
+    proc = start_process(["dashboard", "--web", "--project", str(root), "--port", str(port)], port)
+    try:
+        page, errors = await open_page(browser, f"http://127.0.0.1:{port}/")
+        await page.wait_for_selector(READY)
+        text = await page.inner_text("#budget")
+        assert re.fullmatch(r"budget: 5 of 5 experiments · \d+\.\d of 1000000 h \(spent\)", text), text
+        assert "max_experiments (5) reached" in (await page.get_attribute("#budget", "title") or "")
         assert errors == []
     finally:
         stop_process(proc)

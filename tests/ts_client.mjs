@@ -57,7 +57,14 @@ try {
   await call("wait_experiment", { run_id: kept.run_id });
   const whole = await call("read_target");
   await call("apply_edit", { content: whole.content.replace("LR = 0.3", "LR = 0.2"), path: "train.py" });
-  await experiment("LR 0.2");
+  const [best] = await experiment("LR 0.2");
+  // The research tree: a sibling of the kept runs (from the baseline), the two combined, then the best again.
+  await call("branch_from", { run_id: baseline.run_id });
+  const sibling = (await call("read_target")).content.replace("step 1 loss 2.0", "step 1 loss 1.9");
+  await call("apply_edit", { content: sibling });
+  const [side] = await experiment("another loss line");
+  await call("combine", { run_a: best.run_id, run_b: side.run_id });
+  await call("branch_from", { run_id: best.run_id });
   await call("query_results", { status: "keep", limit: 5, order: "best" });
   const prompt = await client.getPrompt({ name: "loop", arguments: { focus: "optimizer" } });
   console.log(

@@ -197,3 +197,95 @@ def append_experiment(root: Path, n: int, value: float, tag: str = "big") -> Non
     }
     with (root / ".autoresearch" / "autoresearch.jsonl").open("a") as handle:
         handle.write(_event("experiment_done", details, datetime.now(UTC)))
+
+
+def synthetic_tree(root: Path, experiments: int, seed: int = 11, tag: str = "tree") -> dict[str, object]:
+    """A session whose runs name their parent, as a tree policy makes them: mostly built on the best, every
+    fifth from another kept node (a branch), each kept when better than its own parent. Written as the server
+    writes it (state + JSONL). Returns what the page must draw: the best, its lineage, the frontier's size."""
+    rng = random.Random(seed)
+    jsonl = root / ".autoresearch" / "autoresearch.jsonl"
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    lines = [_event("session_start", {"branch": f"autoresearch/{tag}", "tag": tag}, start)]
+    values: dict[str, float] = {}
+    parents: dict[str, str | None] = {}
+    kept: list[str] = []
+    children: dict[str, int] = {}
+    best = ""
+    merges = 0
+    for i in range(1, experiments + 1):
+        run_id = f"r{i}"
+        parent = None if not kept else (rng.choice(kept) if i % 5 == 0 else best)
+        # every 50th run (from the 25th) combines the best with another kept node
+        other = rng.choice(kept) if kept and i % 50 == 25 else None
+        combined = [best, other] if other is not None and other != best else None
+        merges += combined is not None
+        parent = best if combined else parent  # a combine run's parent: the better of the two
+        base = 1.0 if parent is None else values[parent]
+        value = round(base + rng.gauss(0.004, 0.01), 9)
+        status = "keep" if parent is None or value < base else "discard"
+        values[run_id], parents[run_id] = value, parent
+        if parent is not None:
+            children[parent] = children.get(parent, 0) + 1
+        if status == "keep":
+            kept.append(run_id)
+            if not best or value < values[best]:
+                best = run_id
+        commit = hashlib.sha1(run_id.encode()).hexdigest()
+        details = {
+            "run_id": run_id,
+            "parent": parent,
+            "best": run_id == best,
+            "status": status,
+            "run_status": "ok",
+            "metric": "loss",
+            "value": value,
+            "commit": commit[:7],
+            "full_commit": commit,
+            "description": f"experiment {i} from {parent or 'nothing'}",
+            "tag": tag,
+            **({"combined": combined} if combined else {}),
+        }
+        lines.append(_event("experiment_done", details, start + timedelta(minutes=5 * i)))
+    jsonl.write_text("".join(lines))
+    lineage = [best]
+    while parents[lineage[-1]] is not None:
+        lineage.append(parents[lineage[-1]])  # type: ignore[arg-type]
+    base_commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
+    set_current_tag(root, tag)
+    save_state(
+        root,
+        SessionState.model_validate(
+            {
+                "tag": tag,
+                "branch": f"autoresearch/{tag}",
+                "base_commit": base_commit,
+                "created_at": start.isoformat(),
+                "target_file": "train.py",
+                "metric_name": "loss",
+                "metric_direction": "lower_is_better",
+                "readonly_hashes": {},
+                "run_counter": experiments,
+                "best": {
+                    "value": values[best],
+                    "commit": hashlib.sha1(best.encode()).hexdigest(),
+                    "run_id": best,
+                    "description": "best",
+                    "nonblank_lines": 3,
+                },
+                "baseline_value": values["r1"],
+                "rules": {},
+            }
+        ),
+    )
+    frontier = [k for k in kept if children.get(k, 0) == 0]
+    return {
+        "best": best,
+        "lineage": lineage[::-1],
+        "frontier": len(frontier),
+        "kept": len(kept),
+        "merges": merges,
+    }

@@ -48,6 +48,14 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--time-budget", metavar="SECONDS", help="seconds an experiment is meant to take")
     group.add_argument("--readonly", metavar="FILE", action="append", help="a read-only file (repeatable)")
     group.add_argument(
+        "--max-experiments", metavar="N", help="the session's experiment budget (no run starts past it)"
+    )
+    group.add_argument(
+        "--max-hours",
+        metavar="HOURS",
+        help="the session's wall-clock budget from its start (no run starts past it)",
+    )
+    group.add_argument(
         "--network",
         choices=["on", "off"],
         help="whether runs may use the network (default: per project type)",
@@ -145,6 +153,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "metric_name": args.metric,
         "metric_direction": args.direction,
         "time_budget": args.time_budget,
+        "max_experiments": args.max_experiments,
+        "max_hours": args.max_hours,
         "readonly_files": args.readonly,
         "network": args.network,
         "integrity": args.integrity,
@@ -213,6 +223,7 @@ def _main(argv: Sequence[str] | None) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     from ..setup.project import load_project
     from ..vcs.readonly import git_problem
+    from .prompts import budgets_line
 
     project = load_project(args.project, overrides_from(args), args.config)
     info = project.info
@@ -257,6 +268,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(f"isolation:    {info.isolation}")
     print(f"network:      {info.network}")
     print(f"keep rule:    {info.keep_rule}")
+    if info.max_experiments is not None or info.max_hours is not None:
+        print(f"budget:       {budgets_line(info.max_experiments, info.max_hours)} (the session's)")
     print(f"evidence:     {', '.join(info.evidence) or '-'}")
     print(
         "sources:      "

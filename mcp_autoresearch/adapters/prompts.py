@@ -32,6 +32,16 @@ Where the value comes from: {provenance}.
    best) until the evidence is clear, and shows the estimate, its interval and the probability.
 5. `log_result(run_id=..., notes="hypothesis: ...; result: ...; learned: ...")`.
 
+## The research tree
+Every measured run is a node; the next candidate starts from its parent (after a keep, the kept run).
+- Go deeper after a keep: the kept node is your new parent; build on what just worked.
+- Branch when stuck: after {stall_after} experiments without a keep, next_step proposes nodes with the exact
+  call (`branch_from(run_id=...)`): a near-miss worth a variant, an earlier node of the best lineage to try a
+  different idea from, a kept node nobody explored. A candidate is judged against its parent.
+- Combine two nodes that improved different things: `combine(run_a=..., run_b=...)` merges their changes into
+  one candidate, measured like any other.
+- Budgets: {budgets}. Past them no new run starts (next_step says so); a run already started still counts.
+
 ## Rules
 - One file: only `{target}`. Read-only files and everything else stay as they are, also during the run.
 - Simpler wins: an equal result with less code is an improvement. Deleting code that does not help is the
@@ -71,6 +81,8 @@ def loop_prompt(info: ProjectInfo, briefing: str | None, focus: str | None) -> s
         provenance=info.provenance.line(),
         readonly=", ".join(info.readonly_files) or "none configured",
         keep_rule=info.keep_rule or "greedy",
+        stall_after=info.stall_after,
+        budgets=budgets_line(info.max_experiments, info.max_hours),
     )
     if info.slots > 1 or info.backend == "ray":
         text += SLOTS.format(slots=info.slots, where="on Ray" if info.backend == "ray" else "on this machine")
@@ -84,6 +96,13 @@ def loop_prompt(info: ProjectInfo, briefing: str | None, focus: str | None) -> s
     else:
         text += "\nNo session yet: start with the setup above.\n"
     return text
+
+
+def budgets_line(max_experiments: int | None, max_hours: float | None) -> str:
+    """The session's budgets as configured, in a few words."""
+    parts = [f"{max_experiments} experiments"] if max_experiments is not None else []
+    parts += [f"{max_hours:g} hours from the session's start"] if max_hours is not None else []
+    return " and ".join(parts) if parts else "none set (query_results shows them when set)"
 
 
 def _focus_word(focus: str | None) -> str | None:

@@ -43,6 +43,7 @@ from .schemas import (
     self_contained,
 )
 from .surrogates import SafeWriteStream, ScreenedReadStream, lone_surrogate_problem
+from .tree_tools import tree_tools
 
 log = logging.getLogger("mcp_autoresearch")
 PROGRESS_EVERY_S = 2.0
@@ -212,6 +213,7 @@ def create_server(workspace: Workspace) -> MCPServer:
     _session_tools(tool, workspace)
     _run_tools(tool, workspace)
     _decision_tools(tool, workspace)
+    tree_tools(tool, workspace)
     prompt_and_resources(server, workspace)
     return server
 
@@ -237,10 +239,30 @@ def _session_tools(tool: Register, workspace: Workspace) -> None:
                 "is checked out, else today's month and day (e.g. nov26)."
             ),
         ] = UNSET,
+        max_experiments: Annotated[
+            OptionalInt,
+            Field(
+                description="The session's experiment budget: no run starts once this many are logged or in "
+                "flight. Sets or lowers the session's budget (never raises it: a person does, in the "
+                "configuration); kept across restarts.",
+                ge=1,
+            ),
+        ] = None,
+        max_hours: Annotated[
+            OptionalNumber,
+            Field(
+                description="The session's wall-clock budget in hours from its start: no run starts after it. "
+                "Sets or lowers the session's budget (never raises it: a person does, in the configuration); "
+                "kept across restarts.",
+                gt=0,
+            ),
+        ] = None,
     ) -> StartResult:
         """Start or resume an experiment session on branch autoresearch/<tag>. Refuses when tracked files have
-        uncommitted changes. Creates results.tsv and the JSONL log. A resumed session returns its briefing."""
-        return workspace.start_session(tag)
+        uncommitted changes. Creates results.tsv and the JSONL log. A resumed session returns its briefing.
+        Called again with max_experiments or max_hours, it lowers the session's budget."""
+        budget = {"max_experiments": max_experiments, "max_hours": max_hours}
+        return workspace.start_session(tag, {k: v for k, v in budget.items() if v is not None})
 
     @tool(read_only=True, idempotent=True)
     def read_target(
@@ -427,7 +449,7 @@ def _decision_tools(tool: Register, workspace: Workspace) -> None:
             StatusFilter,
             Field(
                 description="Only rows with this status: a decision (keep, discard, crash) or how the run "
-                "ended (ok, timeout, metric_error, ...). Default: every row."
+                "ended (ok, timeout, metric_error, ...). Default: every row. Not used with view='tree'."
             ),
         ] = UNSET,
         limit: Annotated[int, Field(description="Rows to return, 1-500 (default: 20).", ge=1, le=500)] = 20,
@@ -435,6 +457,14 @@ def _decision_tools(tool: Register, workspace: Workspace) -> None:
             Literal["recent", "best"],
             Field(description="'recent' (newest first) or 'best' (best value first). Default: recent."),
         ] = "recent",
+        view: Annotated[
+            Literal["rows", "tree"],
+            Field(
+                description="'rows' (the results table) or 'tree' (the research tree: the best lineage, the "
+                "frontier of kept nodes not built on yet, near-misses, dead ends, and the newest `limit` "
+                "nodes). Default: rows."
+            ),
+        ] = "rows",
     ) -> QueryResult:
-        """The session's results: counts, baseline, best, improvement, streak, and the rows."""
-        return workspace.session.query(status, limit, order)
+        """The session's results: counts, baseline, best, improvement, streak, and the rows (or the tree)."""
+        return workspace.session.query(status, limit, order, view)

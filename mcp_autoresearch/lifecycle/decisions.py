@@ -23,8 +23,10 @@ from ..records.journal import Row
 from ..records.state import Best, DecisionRecord, Pending, RunOutcome
 from ..session.context import SessionCore, normal_run_id
 from ..statuses import UNFINISHED
+from .branching import after_decision, becomes_best, built_on_the_best, made_best, reference, reference_values
 from .in_flight import STOPPED
 from .running import Runs
+from .steering import steer
 
 # The state a decision changes (restored when applying it fails midway, so a retry applies it once).
 _DECIDED = (
@@ -35,6 +37,9 @@ _DECIDED = (
     "keep_rule",
     "noise_ss",
     "noise_df",
+    "next_parent",
+    "next_parent_commit",
+    "next_combined",
 )
 
 
@@ -84,7 +89,7 @@ class Decider:
     def verdict(self, pending: Pending, discard: bool) -> Verdict:
         """What the rule says about a finished run, from the server's own measurement."""
         result = pending.result or RunOutcome()
-        best = self.core.state.best
+        best = reference(self.core, pending)  # its parent: the best unless it was branched
         verdict = judge(
             self.core, pending, best.value if best else None, best.nonblank_lines if best else None, discard
         )
@@ -146,6 +151,8 @@ class Decider:
                         delta=row.delta,
                         commit=row.commit,
                         branch_head=core.repo.head_commit(),
+                        parent=row.parent,
+                        best=row.best,
                         next_step=f"already decided; log_result(run_id='{run_id}', notes=...) records what it "
                         "taught you. Then edit the target and run the next experiment",
                     )
@@ -163,7 +170,7 @@ class Decider:
         if pending.phase == "finished":
             # Deciding touches the session branch, the index and the target: only where the session left them.
             core.check_head()
-            best = core.state.best
+            best = reference(core, pending)
             reached = self.placement.reconsider(pending, discard)
             if isinstance(reached, DecisionResult):
                 return reached
@@ -174,8 +181,16 @@ class Decider:
                 else (verdict.decision, verdict.reason)
             )
             pending.decision = DecisionRecord(
-                decision=decision, reason=reason, delta=verdict.delta, prev=best.value if best else None
+                decision=decision,
+                reason=reason,
+                delta=verdict.delta,
+                prev=best.value if best else None,
+                best=becomes_best(core, pending, decision),
             )
+            if decision == "keep" and not pending.decision.best and core.state.best is not None:
+                pending.decision.reason += (
+                    f"; not better than the best ({core.state.best.run_id}): kept as a node, the best stays"
+                )
             # Written ahead only when applying it moves the branch: a restart must then finish it. Otherwise,
             # decided again from `finished` after a restart, it comes out the same.
             ahead = self.placement.writes_ahead(decision, pending)
@@ -188,7 +203,7 @@ class Decider:
         decision = pending.decision or DecisionRecord()
         # Git first (idempotent); then the state, changed in memory only once nothing can fail before the save
         # that logs the decision, so a retry or a restart applies it exactly once.
-        note = self.placement.apply(pending, decision.decision, pending.commit or pending.parent)
+        note = self.placement.apply(pending, decision.decision, pending.commit or pending.parent_commit)
         judged = self.log_decision(pending)
         core.state.drop(pending.run_id)
         core.save()
@@ -200,7 +215,9 @@ class Decider:
         state is put back when logging fails, so a retry applies it again from the start)."""
         core = self.core
         result = pending.result or RunOutcome()
-        judged = Judged([] if pending.is_baseline else self.judged(result), *self.figures(pending, result))
+        judged = Judged(
+            [] if pending.is_baseline else self.judged(pending, result), *self.figures(pending, result)
+        )
         before = core.state.model_copy(deep=True)
         try:
             core.journal.log_experiment_done(self._apply(pending, judged))
@@ -221,7 +238,7 @@ class Decider:
             value=result.value,
             prev=decision.prev,
             delta=decision.delta,
-            commit=pending.commit or pending.parent,
+            commit=pending.commit or pending.parent_commit,
             branch_head=self.core.repo.head_commit(),
             next_step=next_step,
             keep_rule=self.core.state.keep_rule,
@@ -232,6 +249,8 @@ class Decider:
             probability=judged.probability,
             remeasured=list(result.remeasured) or None,
             regression=result.regression,
+            parent=pending.parent_run,
+            best=made_best(decision),
         )
 
     def _apply(self, pending: Pending, seen: Judged) -> Row:
@@ -240,8 +259,9 @@ class Decider:
         decision = pending.decision or DecisionRecord()
         verdict = decision.decision
         result = pending.result or RunOutcome()
-        commit = pending.commit or pending.parent
-        if verdict == "keep":
+        commit = pending.commit or pending.parent_commit
+        on_best = built_on_the_best(core, pending)  # judged against the best (else against another node)
+        if made_best(decision):
             value = result.value
             assert value is not None  # the rule keeps only a run that produced a value
             if pending.is_baseline:
@@ -249,13 +269,16 @@ class Decider:
                 core.state.baseline_commit = commit
                 core.state.keep_rule = resolve_keep_rule(core.config, result.values)
                 core.state.baseline_values = list(result.values) or [value]
-            else:
+            elif on_best:
                 if is_baseline_best(core.state) and seen.best_values:  # the baseline's runs stop growing here
                     core.state.baseline_values = list(seen.best_values)
                     core.state.baseline_value = statistics.median(seen.best_values)
                 self._close(
                     seen.best_values
                 )  # the old best's runs can no longer grow: they join the session's noise
+            else:  # a node of another lineage overtook the best: the best's runs and the parent's new ones close
+                self._close(best_values(core.state))
+                self._close(result.best_values)
             runs = list(result.values) + list(
                 result.remeasured
             )  # the re-measurement after the keep counts too
@@ -270,10 +293,13 @@ class Decider:
                 values=runs or [value],
             )
         else:
-            self._close(result.values)
+            self._close(list(result.values) + (list(result.remeasured) if verdict == "keep" else []))
             best = core.state.best
-            if best is not None and result.best_values:  # re-measured: the best's value is its runs' median
+            if on_best and best is not None and result.best_values:  # the best re-measured: its runs' median
                 best.values, best.value = seen.best_values, statistics.median(seen.best_values)
+            elif not on_best:
+                self._close(result.best_values)  # the parent's runs added for this candidate
+        after_decision(core, pending, decision)
         return Row(
             run_id=pending.run_id,
             commit=commit,
@@ -289,6 +315,9 @@ class Decider:
             error=result.error,
             tag=core.state.tag,
             timestamp="",
+            parent=pending.parent_run,
+            best=made_best(decision),
+            combined=list(pending.combined),
             evidence=Evidence(
                 values=list(result.values),
                 best_values=seen.best_values,
@@ -306,15 +335,16 @@ class Decider:
             ),
         )
 
-    def judged(self, result: RunOutcome) -> list[float]:
-        """The best's runs a candidate was judged against: the known ones, and those its measurement added."""
-        return best_values(self.core.state) + result.best_values
+    def judged(self, pending: Pending, result: RunOutcome) -> list[float]:
+        """The runs of the node a candidate was judged against (its parent: the best unless branched): the
+        known ones, and those its measurement added."""
+        return reference_values(self.core, pending) + result.best_values
 
     def figures(
         self, pending: Pending, result: RunOutcome
     ) -> tuple[float | None, tuple[float, float] | None, float | None]:
         """What the rule saw: the estimated improvement, its interval and probability (sequential only)."""
-        best = self.core.state.best
+        best = reference(self.core, pending)
         if result.test is not None:
             test = result.test
             return round(test.estimate, 12), (test.low, test.high), test.probability
@@ -353,8 +383,14 @@ def judge(
 def decided_next_step(
     core: SessionCore, pending: Pending, after_keep: str, after_other: str, kept: str = ""
 ) -> str:
-    """What to do after a decision, for single runs and slots alike: a reverted change says what the target
-    holds now and where the failed version is, so an agent never patches a file that lost its change."""
+    """What to do after a decision, for single runs and slots alike, with where to go next (`steer`: a
+    near-miss, the nodes to branch from after a stall, the budget near its end)."""
+    return steer(core, pending, _decided_step(core, pending, after_keep, after_other, kept))
+
+
+def _decided_step(core: SessionCore, pending: Pending, after_keep: str, after_other: str, kept: str) -> str:
+    """The step itself: a reverted change says what the target holds now and where the failed version is, so
+    an agent never patches a file that lost its change."""
     decision = pending.decision or DecisionRecord()
     result = pending.result or RunOutcome()
     notes = f"log_result(run_id='{pending.run_id}', notes='hypothesis: ...; result: ...; learned: ...')"
@@ -384,12 +420,21 @@ def reverted_note(core: SessionCore, pending: Pending) -> str:
     holds = (
         f"the best kept ({best.run_id} at {best.commit[:7]})" if best is not None else "the committed version"
     )
+    if (
+        best is not None
+        and pending.parent_run
+        and pending.parent_commit != best.commit
+        and pending.slot is None
+    ):
+        holds = (
+            f"its parent ({pending.parent_run} at {pending.parent_commit[:7]}), the next candidate's parent"
+        )
     if pending.slot is not None:
         where = f"this run's change never was in {path} (it ran in slot {pending.slot}); {path} holds {holds} or your next edit"
     else:
         where = f"{path} was reverted to {holds}: it no longer holds this run's change"
     commit = pending.commit
-    if not commit or commit == pending.parent:
+    if not commit or commit == pending.parent_commit:
         return where
     return (
         f"{where}. That version is commit {commit[:7]} (kept as refs/autoresearch/{core.state.tag}/{pending.run_id}): "

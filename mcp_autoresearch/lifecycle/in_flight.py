@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..measure.sequential import Measurement, Sequential, best_values, closed_noise, confirm_keep
+from ..measure.sequential import Measurement, Sequential, closed_noise, confirm_keep
 from ..records.diskspace import DiskSpace, mark_disk_full
 from ..records.state import Pending, RunOutcome, TestRecord
 from ..statuses import RunStatus
+from .branching import reference, reference_values
 from .experiment import ExperimentResult
 
 if TYPE_CHECKING:
@@ -189,7 +190,7 @@ def measure_run(
     elif core.state.keep_rule != "sequential" or core.state.best is None:
         measured = Measurement(active.experiment.run())
     else:
-        known = best_values(core.state)
+        known = reference_values(core, pending)  # the parent's runs: the best's unless it was branched
         active.best = best_run()
         measured = Sequential(
             active.experiment,
@@ -202,7 +203,13 @@ def measure_run(
         ).run()
     if not pending.is_baseline:
         measured = confirm_keep(
-            measured, active.experiment, core.state, core.config, pending.nonblank_lines, unchanged
+            measured,
+            active.experiment,
+            core.state,
+            core.config,
+            pending.nonblank_lines,
+            unchanged,
+            reference(core, pending),
         )
     return outcome_of(measured)
 

@@ -24,6 +24,7 @@ from ..measure.sequential import Measurement
 from ..names import RUN_LOGS
 from ..phases import AWAITING_DECISION, advance, in_flight
 from ..records.atomic import read_regular
+from ..records.budget import refuse_past_budget
 from ..records.diskspace import DiskSpace
 from ..records.journal import Row, one_line
 from ..records.state import Pending, RunOutcome, server_dir
@@ -31,6 +32,7 @@ from ..session.context import SessionCore
 from ..session.editing import Editor
 from ..setup.single_file import sha256_bytes
 from ..vcs.planted import GitWatch
+from .branching import mark_parent, remeasured_commit, start_point
 from .experiment import Experiment, ExperimentResult
 from .in_flight import (
     STOPPED,
@@ -218,17 +220,21 @@ class Runs:
         with core.lock:
             placement.admit(self.space)
             inflight = core.state.inflight
-            started = new_run(core, self.editor, description, placement.parent(), rerun, len(inflight))
+            parent, parent_run = start_point(core, placement.parent())  # the best, or a branched node
+            started = new_run(core, self.editor, description, parent, rerun, len(inflight))
             if isinstance(started, AlreadyMeasured):
                 return started  # no idea is measured twice unless asked
             pending, content = started
+            mark_parent(core, pending, parent_run)  # a branched parent: judged against it, never rebased
             slots = placement.place(pending, content)
             written_ahead = any(p is pending for p in inflight)  # then a restart undoes what was placed
             self._launch(pending, slots)
             try:
                 if not written_ahead:
                     inflight.append(pending)
-                core.journal.log_experiment_start(pending.run_id, pending.commit or "", pending.description)
+                core.journal.log_experiment_start(
+                    pending.run_id, pending.commit or "", pending.description, pending.parent_run
+                )
                 advance(pending, "running", core.save)  # after the append: the record seals the JSONL with it
             except BaseException:  # nothing starts: no flight is left without its thread
                 self.flights.pop(pending.run_id, None)
@@ -294,8 +300,8 @@ class Runs:
             lambda: placement.experiment(
                 slot, f"{pending.run_id}-best", flight.log_dir, flight.record_progress
             ),
-            # The best's content, re-measured: the candidate is built on it (its parent).
-            lambda run: placement.with_content(pending, slot, pending.parent, run),
+            # The parent's content, re-measured: the node the candidate is judged against.
+            lambda run: placement.with_content(pending, slot, remeasured_commit(self.core, pending), run),
             lambda: placement.unchanged(slot, pending),
         )
 
@@ -365,20 +371,14 @@ class Candidate:
 def candidate(
     core: SessionCore, editor: Editor, description: str, parent: str, in_flight: int = 0
 ) -> Candidate:
-    """Every rule a run must meet before it starts, single or in a slot: a description; `max_experiments` (the
-    runs in flight count too); the target still a regular file; read-only files unchanged; no other tracked file
+    """Every rule a run must meet before it starts, single or in a slot: a description; the session's budgets
+    (`refuse_past_budget`: the runs in flight count too); the target still a regular file; read-only files unchanged; no other tracked file
     changed; the first run the unmodified baseline, every later one a change of the target against `parent`."""
     description = one_line(description or "", MAX_DESCRIPTION)
     if not description:
         raise RuleViolation("description is empty; say in a few words what this experiment changes")
     core.check_head()
-    limit = core.config.max_experiments
-    if limit is not None and len(core.journal) + in_flight >= limit:
-        raise RuleViolation(
-            f"max_experiments ({limit}) reached"
-            + (f" (counting the {in_flight} runs in flight)" if in_flight else "")
-            + ": the session is complete. Raise max_experiments in the configuration to continue."
-        )
+    refuse_past_budget(core.state, len(core.journal), in_flight)
     editor.target_path(must_exist=True)
     core.check_readonly()
     changed = [core.repo.project_path(p) for p in core.repo.changed_tracked_files()]
@@ -434,7 +434,8 @@ def new_run(
     pending = Pending(
         run_id=f"r{core.state.run_counter}",
         description=found.description,
-        parent=parent,
+        parent_commit=parent,
+        parent_run=parent_node(core, parent),
         is_baseline=found.is_baseline,
         nonblank_lines=nonblank_lines(found.data.decode("utf-8", errors="replace")),
         target_sha256=content_sha,
@@ -442,6 +443,13 @@ def new_run(
         rerun_of=found.earlier.run_id if found.earlier is not None else None,
     )
     return pending, found.data
+
+
+def parent_node(core: SessionCore, commit: str) -> str | None:
+    """The run id of the node a candidate built on `commit` starts from: the best, as the greedy loop has it
+    (None: the baseline)."""
+    best = core.state.best
+    return best.run_id if best is not None and best.commit == commit else None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from ..records.state import Best, DecisionRecord, Pending, RunOutcome, server_di
 from ..session.context import SessionCore
 from ..setup.single_file import sha256_bytes
 from ..vcs.checkouts import merge_target
+from .branching import keep_reachable, made_best
 from .decisions import decided_next_step, judge
 from .running import Runs
 from .slot_placement import SlotPlacement
@@ -60,8 +61,8 @@ class SlotDecisions:
         """A candidate built on an older best is stale: merged onto the best and started again (the answer),
         or discarded (why), judged against the best it was built on."""
         best = self.core.state.best
-        stale = best is not None and not pending.is_baseline and pending.parent != best.commit
-        if not stale:
+        stale = best is not None and not pending.is_baseline and pending.parent_commit != best.commit
+        if not stale or not pending.built_on_best:  # a branched candidate is judged against its parent
             return None
         if pending.result is not None:
             pending.result.best_values = []  # runs of the best it was built on, not of today's best
@@ -73,13 +74,27 @@ class SlotDecisions:
         return pending.decision  # _rebase wrote why it was discarded as stale
 
     def writes_ahead(self, decision: str, pending: Pending) -> bool:
-        """A keep moves the branch; a discard changes nothing in git (decided again, nothing was half applied)."""
-        return decision == "keep" and pending.commit not in (None, pending.parent)
+        """A new best moves the branch; a discard, or a kept node that is not the best, changes nothing in git
+        (every candidate's commit is under refs/autoresearch/ from its start)."""
+        record = pending.decision or DecisionRecord()
+        return made_best(record) and pending.commit not in (None, pending.parent_commit)
 
     def apply(self, pending: Pending, decision: str, commit: str) -> str:
-        if decision == "keep" and commit != pending.parent:
+        if made_best(pending.decision or DecisionRecord()) and commit != pending.parent_commit:
+            keep_reachable(self.core, pending)
+            if self.core.state.next_parent is not None:  # the work tree is on another node: it stays there
+                self._move_branch_only(pending, commit)
+                return ""
             return self._advance(pending, commit)
         return ""
+
+    def _move_branch_only(self, pending: Pending, commit: str) -> None:
+        """The branch moves to the new best; the work tree keeps the node it was branched to (the index
+        follows the branch)."""
+        repo = self.core.repo
+        if repo.resolve_branch(self.core.state.branch) != commit:
+            repo.move_branch(self.core.state.branch, commit, f"autoresearch: keep {pending.run_id}")
+        repo.unstage([self.core.target_repo_path])
 
     def decided(self, pending: Pending, note: str) -> str:
         self.runs.forget(pending.run_id)
@@ -128,15 +143,16 @@ class SlotDecisions:
                 "first run to finish, or edit the next idea and run_experiment"
             ),
             keep_rule=self.core.state.keep_rule,
+            parent=pending.parent_run,
         )
 
     def _merged(self, pending: Pending, best: Best) -> tuple[bytes | None, str | None]:
         """The candidate's change merged onto the best, and why it may not run again (None: it may)."""
         core = self.core
         repo, path = core.repo, core.target_repo_path
-        base = repo.show_file(pending.parent, path)
+        base = repo.show_file(pending.parent_commit, path)
         ours = repo.show_file(best.commit, path)
-        theirs = repo.show_file(pending.commit or pending.parent, path)
+        theirs = repo.show_file(pending.commit or pending.parent_commit, path)
         merged = merge_target(base, ours, theirs)
         if pending.rebases >= MAX_REBASES:
             return merged, f"stale: the best moved again after {pending.rebases} re-runs"
@@ -196,7 +212,8 @@ class SlotDecisions:
         ref = f"{SESSION_REFS}{core.state.tag}/{pending.run_id}"
         try:
             repo.set_ref(ref, commit)
-            pending.parent, pending.parent_value, pending.commit = best.commit, best.value, commit
+            pending.parent_commit, pending.parent_value, pending.commit = best.commit, best.value, commit
+            pending.parent_run = best.run_id
             pending.target_sha256 = sha256_bytes(merged)
             pending.nonblank_lines = nonblank_lines(merged.decode("utf-8", errors="replace"))
             pending.rebases += 1
@@ -218,7 +235,9 @@ class SlotDecisions:
         core = self.core
         repo, path = core.repo, core.target_repo_path
         target = core.root / core.target_rel
-        old_best = repo.show_file(pending.parent, path)
+        best = core.state.best  # the best before this keep (the parent, unless the candidate was branched)
+        before = best.commit if best is not None else pending.parent_commit
+        old_best = repo.show_file(before, path)
         new_best = repo.show_file(commit, path)
         try:
             current = read_regular(target)
@@ -236,7 +255,7 @@ class SlotDecisions:
             # git converts this file on its way in: compared in git's form, merged only where that form is the
             # bytes themselves, else kept aside; never overwritten unseen.
             clean = repo.blob_id(path, current)
-            if clean in (repo.blob_at(c, path) for c in (pending.parent, commit)):
+            if clean in (repo.blob_at(c, path) for c in (before, commit)):
                 repo.restore_paths(commit, [path])
                 return ""
             if clean == repo.blob_id(path, current, filters=False):

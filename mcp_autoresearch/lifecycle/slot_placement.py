@@ -35,6 +35,7 @@ from ..session.editing import Editor
 from ..setup.single_file import sha256_bytes, sha256_file
 from ..vcs.checkouts import Checkouts
 from ..vcs.planted import GitWatch
+from .branching import reference
 from .experiment import Experiment, ExperimentResult
 from .in_flight import ActiveRun, tampered_before_best
 from .slot_checks import SlotChecks
@@ -120,19 +121,19 @@ class SlotPlacement:
         """A commit under `refs/autoresearch/<tag>/` (no branch moves), before the run's record: a restart
         finds no record of a run that never started, and the ref only keeps its idea reachable."""
         core = self.core
-        best = core.state.best
         if pending.is_baseline:
-            commit, slots = pending.parent, list(range(self.slots))
+            commit, slots = pending.parent_commit, list(range(self.slots))
         else:
             message = f"experiment: {pending.description}"
             commit = core.repo.write_commit(
-                core.target_repo_path, content, message, pending.parent, plain=core.plain_target
+                core.target_repo_path, content, message, pending.parent_commit, plain=core.plain_target
             )
             core.repo.set_ref(f"{SESSION_REFS}{core.state.tag}/{pending.run_id}", commit)
             slots = [min(set(range(self.slots)) - self.busy_slots())]
         pending.commit, pending.placement = commit, "slots"
         pending.slot = None if pending.is_baseline else slots[0]
-        pending.parent_value = best.value if best else None
+        built_on = reference(core, pending)  # its parent: the best unless it was branched
+        pending.parent_value = built_on.value if built_on else None
         return slots
 
     def new_watch(self) -> GitWatch:
@@ -158,16 +159,17 @@ class SlotPlacement:
         )
 
     def started(self, pending: Pending) -> None:
-        """The agent's next idea starts from the best again; this one is safe in its commit."""
+        """The agent's next idea starts from the same parent again (the best unless the work tree was branched);
+        this one is safe in its commit."""
         if pending.is_baseline:
             return
         core = self.core
         if core.plain_target:
             atomic_write(
-                self.editor.target_path(), core.repo.show_file(pending.parent, core.target_repo_path)
+                self.editor.target_path(), core.repo.show_file(pending.parent_commit, core.target_repo_path)
             )
         else:  # git writes it, its filters applied
-            core.repo.restore_paths(pending.parent, [core.target_repo_path])
+            core.repo.restore_paths(pending.parent_commit, [core.target_repo_path])
 
     def wait_after_start(self, wait_s: float | None) -> float | None:
         """run_experiment does not wait for a run in a slot: the agent prepares the next idea meanwhile."""
@@ -246,7 +248,7 @@ class SlotPlacement:
     # -- the run in flight ---------------------------------------------------------------------------------
     def prepare(self, flight: ActiveRun, pending: Pending) -> None:
         for slot in flight.slots:
-            self.checkouts.prepare(slot, pending.commit or pending.parent)
+            self.checkouts.prepare(slot, pending.commit or pending.parent_commit)
 
     def places(self, slots: list[int]) -> list[Path]:
         """Where runs in these slots write: their checkouts (a Ray job's are its worker's, not this disk)."""
@@ -274,7 +276,7 @@ class SlotPlacement:
         if sha256_file(target) != pending.target_sha256 and core.plain_target:
             return tampered_before_best("the candidate's run changed the target")
         swapped_in = core.repo.show_file(commit, repo_path)
-        candidate_bytes = core.repo.show_file(pending.commit or pending.parent, repo_path)
+        candidate_bytes = core.repo.show_file(pending.commit or pending.parent_commit, repo_path)
         checkouts.write_target(slot, repo_path, swapped_in)
         try:
             result = run()

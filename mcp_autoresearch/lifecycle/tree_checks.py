@@ -33,7 +33,7 @@ class TreeChecks:
         server's logs from the JSONL). `watch`: git's files as the run found them (None after a restart: the
         digests in its record; what the restart found is reported first)."""
         found, self.git_notes = self.git_notes, []
-        return self.check(pending, watch, pending.commit or pending.parent, True, found)
+        return self.check(pending, watch, pending.commit or pending.parent_commit, True, found)
 
     def check(
         self,

@@ -8,6 +8,7 @@ from ..models import DecisionResult
 from ..names import SESSION_REFS
 from ..records.state import DecisionRecord, Pending
 from ..session.context import SessionCore
+from .branching import keep_reachable, made_best
 from .decisions import decided_next_step
 from .holdout_stage import run_holdout
 from .running import Runs
@@ -37,29 +38,41 @@ class TreeDecisions:
         return None
 
     def writes_ahead(self, decision: str, pending: Pending) -> bool:
-        """A discard moves the branch back; a keep only syncs the index (decided again, it comes out the same)."""
-        return decision != "keep" and pending.commit not in (None, pending.parent)
+        """A discard, or a keep that does not become the best, moves the branch back; a keep of the new best only
+        syncs the index (decided again, it comes out the same)."""
+        record = pending.decision or DecisionRecord()
+        return not made_best(record) and pending.commit not in (None, pending.parent_commit)
 
     def apply(self, pending: Pending, decision: str, commit: str) -> str:
+        """Every node stays reachable under refs/autoresearch/<tag>/<run>; the session branch ends on the best.
+        A new best leaves the branch on the candidate; a kept node that is not the best leaves its target in the
+        work tree (the next parent); a discard puts the parent's target back."""
         core = self.core
-        if decision == "keep" and commit != pending.parent:
-            core.repo.sync_index([core.target_repo_path])
-        elif decision != "keep" and commit != pending.parent:
-            # Keep the idea reachable, then restore what the candidate changed (the target only: checked before
-            # the run) and move the branch back.
-            core.repo.set_ref(f"{SESSION_REFS}{core.state.tag}/{pending.run_id}", commit)
-            core.repo.restore_paths(pending.parent, [core.target_repo_path])
-            if core.repo.resolve_branch(core.state.branch) != pending.parent:
-                core.repo.move_branch(
-                    core.state.branch, pending.parent, f"autoresearch: discard {pending.run_id}"
-                )
+        if commit == pending.parent_commit:
+            return ""
+        record = pending.decision or DecisionRecord()
+        path = core.target_repo_path
+        if made_best(record):
+            keep_reachable(core, pending)
+            core.repo.sync_index([path])
+            return ""
+        core.repo.set_ref(f"{SESSION_REFS}{core.state.tag}/{pending.run_id}", commit)
+        best = core.state.best.commit if core.state.best else pending.parent_commit
+        if decision != "keep":  # restore what the candidate changed (the target only: checked before the run)
+            core.repo.restore_paths(pending.parent_commit, [path])
+        if core.repo.resolve_branch(core.state.branch) != best:
+            core.repo.move_branch(core.state.branch, best, f"autoresearch: {decision} {pending.run_id}")
+        if best != pending.parent_commit or decision == "keep":
+            core.repo.unstage([path])  # the index follows the branch; the work tree holds the next parent
         return ""
 
     def decided(self, pending: Pending, note: str) -> str:
         core = self.core
         self.runs.forget(pending.run_id)
         decision = pending.decision or DecisionRecord()
-        if decision.decision == "keep" and core.config.holdout_command:  # after the keep: it cannot change it
+        if (
+            made_best(decision) and core.config.holdout_command
+        ):  # after the keep of a new best: it cannot change it
             best = core.state.best.value if core.state.best else None
             run_holdout(
                 core.config,

@@ -41,20 +41,21 @@ class TreePlacement:
             raise SessionError(no_room)
 
     def parent(self) -> str:
+        """The session branch's head: the best (a branched node is the next parent instead: `start_point`)."""
         return self.core.repo.head_commit()
 
     def place(self, pending: Pending, content: bytes) -> list[int]:
         """The record first, saved as `starting`; then the candidate commit on the session branch. A server
-        killed in between finds the record and undoes the commit (`TreeDecisions.recover`)."""
+        killed in between finds the record and undoes the commit (`undo_start`)."""
         core = self.core
         core.state.inflight.append(pending)
         core.save()
         message = f"experiment: {pending.description}"
         if pending.is_baseline:
-            pending.commit = pending.parent
+            pending.commit = pending.parent_commit
         elif core.plain_target:
             pending.commit = core.repo.commit_file(
-                core.state.branch, core.target_repo_path, content, message, pending.parent
+                core.state.branch, core.target_repo_path, content, message, pending.parent_commit
             )
         else:  # filters or end-of-line conversion apply: let git make the blob
             pending.commit = core.repo.commit_with_git(core.state.branch, core.target_repo_path, message)
@@ -152,13 +153,15 @@ class TreePlacement:
         """The record was saved before the commit: a commit there, if any, is undone; the edit stays."""
         core = self.core
         head = core.repo.head_commit()
+        before = core.state.best.commit if core.state.best else pending.parent_commit  # HEAD at the start
         if (
-            head != pending.parent
-            and core.repo.is_ancestor(pending.parent, head)
+            head not in (before, pending.parent_commit)
+            and core.repo.is_ancestor(pending.parent_commit, head)
             and core.repo.commit_message(head).startswith("experiment:")
         ):
-            # The candidate was committed but never ran: undo the commit, keep the edit in the work tree.
-            core.repo.move_branch(core.state.branch, pending.parent, f"autoresearch: undo {pending.run_id}")
+            # The candidate was committed but never ran: undo the commit (the branch goes back to the best, where
+            # it was), keep the edit in the work tree.
+            core.repo.move_branch(core.state.branch, before, f"autoresearch: undo {pending.run_id}")
             core.repo.unstage([core.target_repo_path])
         core.state.drop(pending.run_id)
         core.save()

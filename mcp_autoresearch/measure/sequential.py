@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..lifecycle.experiment import Experiment, ExperimentResult
-from ..records.state import SessionState
+from ..records.state import Best, SessionState
 from ..setup.config import Config
 from .keep_rule import decide
 from .stats import Noise, Step, deterministic, noise_of, regression, sequential_test
@@ -202,6 +202,7 @@ def confirm_keep(
     config: Config,
     lines: int,
     intact: Callable[[], bool],
+    against: Best | None = None,
 ) -> Measurement:
     """A candidate the rule would keep is run again as many times as it was judged, exactly as before (same
     command, same kind of seed): the run cannot tell these runs from the judged ones. When they show it worse
@@ -210,7 +211,7 @@ def confirm_keep(
     runs changed the target or a read-only file (a FIFO there would hang the next run): the check after the
     measurement calls that tampering."""
     result = measured.result
-    if not _would_keep(measured, state, config, lines) or not intact():
+    if not _would_keep(measured, state, config, lines, against or state.best) or not intact():
         return measured
     judged = list(result.values) or ([result.value] if result.value is not None else [])
     again = experiment.run(runs=len(judged), checks=False)
@@ -240,10 +241,12 @@ def confirm_keep(
     return measured
 
 
-def _would_keep(measured: Measurement, state: SessionState, config: Config, lines: int) -> bool:
+def _would_keep(
+    measured: Measurement, state: SessionState, config: Config, lines: int, best: Best | None
+) -> bool:
     """What the rule says of a finished measurement, before the decision: the sequential test's last step, or
-    the greedy comparison with the best at this moment."""
-    result, best = measured.result, state.best
+    the greedy comparison with the node it is judged against (its parent: the best unless branched)."""
+    result = measured.result
     if measured.step is not None:
         return measured.step.action == "keep" and result.status == "ok"
     if state.keep_rule == "sequential" or best is None or result.status != "ok" or result.value is None:

@@ -11,8 +11,12 @@ from pathlib import Path
 from ..measure.provenance import metric_provenance
 from ..measure.standing import standing
 from ..names import RESULTS_TSV
+from ..records.budget import budget_use
 from ..records.journal import Journal, Row, one_line
+from ..records.stall import stall_advice
 from ..records.state import SessionState, load_state
+from ..records.tree import ResearchTree, journal_tree, stall_after_of
+from ..records.tree_view import bounded_lineage
 from ..setup.config import DEFAULTS
 from ..statuses import DECISIONS, UNFINISHED
 
@@ -20,6 +24,8 @@ RECENT_ROWS = 8
 MAX_IDEAS = 40
 MAX_CHARS = 8000
 NEAR_MISSES = 5
+TREE_LISTED = 5  # frontier nodes and dead ends the briefing names
+TREE_LINEAGE = 8  # nodes of the best lineage the briefing names (the baseline and the newest)
 
 
 def _fmt(value: float | None) -> str:
@@ -41,9 +47,11 @@ def briefing_from(
     keep_rule: str | None = None,
     near: list[Row] | None = None,
     slots: str | None = None,
+    stall: str | None = None,
+    tree: ResearchTree | None = None,
 ) -> str:
     """`rows` are the newest experiments, oldest first (all of them, or the last few with `total`, `counts`
-    and `since` describing the whole log)."""
+    and `since` describing the whole log); `stall`: the nodes to branch from after a stall (records/stall.py)."""
     direction = "lower is better" if state.metric_direction == "lower_is_better" else "higher is better"
     lines = [f"# autoresearch briefing: session {state.tag}", ""]
     lines.append(
@@ -75,6 +83,7 @@ def briefing_from(
         f"Experiments: {total} (keep {counts['keep']}, discard {counts['discard']}, crash {counts['crash']}); "
         f"{since} since the last keep."
     )
+    lines += _budget_lines(state, total)
     if state.pending is not None:
         lines.append(
             f"Pending: run {state.pending.run_id} ({state.pending.phase}) — decide it before editing."
@@ -85,12 +94,16 @@ def briefing_from(
         lines.append("In flight: " + ", ".join(f"{p.run_id} ({p.phase})" for p in state.inflight) + ".")
     if rows:
         lines += _last_experiments(rows)
-        if since >= 5:
+        if stall:
+            lines += ["", "## Stalled: branch from another node", stall + "."]
+        elif since >= 5:
             lines += [
                 "",
                 f"## Streak: {since} experiments without an improvement",
                 "Change direction: try a different kind of idea, combine near-misses, or simplify.",
             ]
+        if tree is not None:
+            lines += tree_lines(tree)
         if near:
             lines += ["", "## Near-misses (discarded within the noise of the best: worth combining)", ""]
             lines += [
@@ -103,6 +116,12 @@ def briefing_from(
     if len(text) > MAX_CHARS:
         text = text[: MAX_CHARS - 40].rsplit("\n", 1)[0] + "\n- … (briefing cut to stay short)\n"
     return text
+
+
+def _budget_lines(state: SessionState, total: int) -> list[str]:
+    """The session's budgets used and left (runs in flight count as used); nothing without a budget."""
+    line = budget_use(state, total + len(state.inflight)).line()
+    return [line[0].upper() + line[1:] + "."] if line else []
 
 
 def _last_experiments(rows: list[Row]) -> list[str]:
@@ -143,6 +162,39 @@ def _ideas_tried(rows: list[Row], total: int, used: int) -> list[str]:
     return lines
 
 
+def tree_lines(tree: ResearchTree) -> list[str]:
+    """The research tree in a few lines: the best lineage, the open frontier, the dead ends."""
+    nodes = tree.nodes
+
+    def named(index: int) -> str:
+        return f"{nodes[index].run_id} ({_fmt(nodes[index].value)})"
+
+    lineage = bounded_lineage(tree.best_lineage, TREE_LINEAGE)
+    path = [named(i) for i in lineage]
+    if len(lineage) < len(tree.best_lineage):
+        path.insert(1, "…")
+    lines = ["", "## Research tree", ""]
+    if path:
+        lines.append(f"- Best lineage ({len(tree.best_lineage)} nodes): {' → '.join(path)}.")
+    frontier = tree.frontier
+    if frontier:
+        more = f", … ({len(frontier) - TREE_LISTED} more)" if len(frontier) > TREE_LISTED else ""
+        lines.append(
+            f"- Open frontier ({len(frontier)} kept node{'s' if len(frontier) != 1 else ''} not built on yet; "
+            f"branch_from one to explore it): {', '.join(named(i) for i in frontier[:TREE_LISTED])}{more}."
+        )
+    else:
+        lines.append("- Open frontier: none (every kept node has been built on).")
+    if tree.dead_ends:
+        dead = tree.dead_ends
+        more = f", … ({len(dead) - TREE_LISTED} more)" if len(dead) > TREE_LISTED else ""
+        lines.append(
+            f"- Dead ends ({len(dead)}; their last children all failed, look elsewhere): "
+            f"{', '.join(named(i) for i in dead[:TREE_LISTED])}{more}."
+        )
+    return lines
+
+
 def near_misses(journal: Journal, noise_sd: float, limit: int = NEAR_MISSES, scan: int = 500) -> list[Row]:
     """Discarded experiments, newest first, whose improvement over the best they faced was better than minus one
     noise standard deviation: within the noise, so worth combining (only the last `scan` discards are read)."""
@@ -168,6 +220,11 @@ def journal_briefing(
     is the session's own (fixed when it started), not today's configuration."""
     total = len(journal)
     run_command = state.rules.get("run_command")
+    lower = state.metric_direction == "lower_is_better"
+    stall_after = stall_after_of(state.rules)
+    tree = journal_tree(
+        journal, state.best.run_id if state.best else None, lower, stall_after, noise_sd or 0.0
+    )
     return briefing_from(
         state,
         journal.tail(MAX_IDEAS + 1),
@@ -178,6 +235,8 @@ def journal_briefing(
         keep_rule=keep_rule,
         near=near_misses(journal, noise_sd or 0.0),
         slots=slots,
+        stall=stall_advice(journal, tree, lower, stall_after),
+        tree=tree,
     )
 
 

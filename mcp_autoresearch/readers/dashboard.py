@@ -20,8 +20,11 @@ from rich.text import Text
 
 from ..measure.provenance import metric_provenance
 from ..measure.standing import standing
-from ..records.journal import Row
-from ..records.state import load_state, state_dir
+from ..records.budget import budget_use
+from ..records.journal import Journal, Row
+from ..records.state import SessionState, load_state, state_dir
+from ..records.tree import journal_tree, stall_after_of
+from ..records.tree_view import frontier_line
 from ..statuses import DECISIONS
 from ..terminal_text import printable
 from .report import SessionFiles, results_table
@@ -88,6 +91,26 @@ def provenance_text(rules: dict[str, object]) -> Text:
     )
 
 
+def budget_text(state: SessionState, total: int) -> Text:
+    """The session's budgets used and left, on a line of its own (yellow when near the end or spent)."""
+    use = budget_use(state, total + len(state.inflight))
+    line = use.line()
+    if line is None:
+        return Text()
+    return Text("\n" + line, style="yellow" if use.near() else "dim")
+
+
+def frontier_text(state: SessionState, journal: Journal) -> Text:
+    """The research tree's frontier in one line: how many kept nodes are not built on yet, the best few."""
+    tree = journal_tree(
+        journal,
+        state.best.run_id if state.best else None,
+        state.metric_direction == "lower_is_better",
+        stall_after_of(state.rules),
+    )
+    return Text(frontier_line(tree), style="cyan" if tree.frontier else "dim")
+
+
 def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> Group:
     state = load_state(files.root, files.state.tag) or files.state
     journal = files.journal
@@ -132,11 +155,12 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
         )
     else:
         summary.append("no baseline yet", style="dim")
+    summary.append_text(budget_text(state, total))
 
     recent = journal.rows_at(journal.indices(status_filter)[-15:])
     rules = Text(f"each experiment runs: {files.run_command}", style="dim") if files.run_command else Text()
     header = Panel(
-        Group(live, totals, summary, rules, provenance_text(state.rules)),
+        Group(live, totals, summary, frontier_text(state, journal), rules, provenance_text(state.rules)),
         title=f"autoresearch · {state.tag} · {state.metric_name} ({direction}) · {state.target_file}",
     )
     lower = state.metric_direction == "lower_is_better"

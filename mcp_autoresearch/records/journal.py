@@ -2,9 +2,13 @@
 
 The JSONL is the source of truth; `results.tsv` is derived from it and rebuilt whenever the two disagree (a
 server killed between the two appends, or a run that rewrote the file). Appends are flushed and fsynced.
-In memory the journal keeps a compact index of the current session (value, status codes and the byte offset
-of each row's line, in arrays): 100,000 experiments cost a few MB, and full rows are read back from the JSONL
-only when they are shown.
+In memory the journal keeps a compact index of the current session (value, status codes, parent node, best
+flag and the byte offset of each row's line, in arrays): 100,000 experiments cost a few MB, and full rows are
+read back from the JSONL only when they are shown.
+
+Each row names its parent node (the run its candidate started from) and whether its decision made it the
+session's best. Rows written before the research tree have neither: their parent is the run that was best when
+they were logged (the previous kept row), and a kept row was the best.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..statuses import DECISIONS, RUN_STATUSES, Decision, RunStatus, as_decision
 from ..terminal_text import printable
 from .atomic import Fingerprint, append_synced, atomic_write, fingerprint, open_read, open_regular
 from .evidence import Evidence
+from .lineage import UNNAMED, Lineage, Unnamed, tree_keys
 from .results_tsv import AUTORESEARCH_HEADER, TsvFormat, quick_tsv_size, same_tsv_size
 
 TSV_HEADER = AUTORESEARCH_HEADER
@@ -72,6 +77,9 @@ class Row:
     timestamp: str
     notes: list[str] = field(default_factory=list)
     evidence: Evidence = field(default_factory=Evidence)  # what the keep rule saw
+    parent: str | None = None  # the run this candidate started from (its parent node); None: the baseline
+    best: bool = False  # this decision made the run the session's best
+    combined: list[str] = field(default_factory=list)  # a combine run: the two runs whose targets it merged
 
     def tsv_line(self) -> str:
         value = f"{self.value:.6f}" if self.value is not None and self.status != "crash" else "0.000000"
@@ -111,6 +119,8 @@ class Journal:
         self._run_status = bytearray()  # index into RUN_STATUSES
         self._run_numbers = array("q")  # n of run id "r<n>", increasing
         self._other_ids: dict[str, int] = {}  # run ids of another shape
+        self._other_names: dict[int, str] = {}  # ... and the other way round
+        self.lineage = Lineage()  # each row's parent node and best flag
         self._notes: dict[int, list[str]] = {}
         self._cache: OrderedDict[int, Row] = OrderedDict()
         self._best_values = array("d")  # values of rows that have one, sorted ascending
@@ -135,6 +145,16 @@ class Journal:
         if position < len(self._run_numbers) and self._run_numbers[position] == number:
             return position
         return None
+
+    def run_id_at(self, index: int) -> str:
+        """The run id of row `index`."""
+        name = self._other_names.get(index)
+        return name if name is not None else f"r{self._run_numbers[index]}"
+
+    def parent_at(self, index: int) -> str | None:
+        """The run id of row `index`'s parent node (None for the baseline)."""
+        parent = self.lineage.parent_index(index)
+        return self.run_id_at(parent) if parent is not None else self.lineage.unlogged_parent(index)
 
     def get(self, run_id: str) -> Row | None:
         index = self.index_of(run_id)
@@ -200,12 +220,23 @@ class Journal:
                 for index in missing:
                     handle.seek(self._offsets[index])
                     row = self._row_from(json.loads(handle.readline()))
-                    row.notes = list(self._notes.get(index, ()))
+                    self._fill(row, index)
                     found[index] = row
                     self._cache[index] = row
             while len(self._cache) > _ROW_CACHE:
                 self._cache.popitem(last=False)
         return [found[i] for i in indices]
+
+    def full_commit(self, run_id: str) -> str | None:
+        """The whole commit id a row logged (its `commit` is shortened, as the original tool's)."""
+        index = self.index_of(run_id)
+        if index is None:
+            return None
+        with open_read(self.jsonl_path) as handle:
+            handle.seek(self._offsets[index])
+            details = json.loads(handle.readline()).get("details") or {}
+        full = details.get("full_commit")
+        return full if isinstance(full, str) else None
 
     def tail(self, count: int) -> list[Row]:
         return self.rows_at(list(range(max(0, len(self) - count), len(self))))
@@ -218,13 +249,19 @@ class Journal:
                 for index in batch:
                     handle.seek(self._offsets[index])
                     row = self._row_from(json.loads(handle.readline()))
-                    row.notes = list(self._notes.get(index, ()))
+                    self._fill(row, index)
                     yield row
 
     @property
     def rows(self) -> list[Row]:
         """All rows as objects: for the CLI's views and exports, not for the server's hot paths."""
         return list(self.iter_rows())
+
+    def _fill(self, row: Row, index: int) -> None:
+        """What the index holds of a row beyond its line: its notes, its parent node, whether it became best."""
+        row.notes = list(self._notes.get(index, ()))
+        row.parent = self.parent_at(index)
+        row.best = self.lineage.best_at(index)
 
     def _row_from(self, event: dict[str, Any]) -> Row:
         details = event.get("details") or {}
@@ -244,6 +281,7 @@ class Journal:
             tag=self.tag,
             timestamp=str(event.get("timestamp", "")),
             evidence=Evidence.from_details(details),
+            combined=[str(c) for c in details.get("combined") or [] if isinstance(c, str)][:2],
         )
 
     # -- loading and repair ---------------------------------------------------------------------------------
@@ -298,7 +336,7 @@ class Journal:
             value = _finite_or_none(details.get("value"))
             status = as_decision(details.get("status", "crash"))
             run_status = as_run_status(details.get("run_status") or "ok")
-            self._add(run_id, offset, value, status, run_status)
+            self._add(run_id, offset, value, status, run_status, *tree_keys(details, status == "keep"))
             self._remember_content(details.get("target_sha256"), run_status)
         elif action == "experiment_notes":
             index = self.index_of(run_id)
@@ -308,15 +346,27 @@ class Journal:
                 self._cache.pop(index, None)
 
     def _add(
-        self, run_id: str, offset: int, value: float | None, status: Decision, run_status: RunStatus
+        self,
+        run_id: str,
+        offset: int,
+        value: float | None,
+        status: Decision,
+        run_status: RunStatus,
+        parent: str | None | Unnamed = UNNAMED,
+        best: bool = False,
     ) -> None:
+        """Index one row. `parent` UNNAMED (a row written before the research tree): the run that was best
+        when it was logged, the last kept row."""
         index = len(self)
         number = _run_number(run_id)
-        if number is not None and (not self._run_numbers or number > self._run_numbers[-1]):
+        canonical = number is not None and run_id == f"r{number}"  # so run_id_at can spell it back
+        if canonical and number is not None and (not self._run_numbers or number > self._run_numbers[-1]):
             self._run_numbers.append(number)
         else:
             self._run_numbers.append(self._run_numbers[-1] if self._run_numbers else -1)
             self._other_ids[run_id] = index
+            self._other_names[index] = run_id
+        self.lineage.add(index, parent, best, self.last_keep_index, self.index_of)
         self._offsets.append(offset)
         self._values.append(math.nan if value is None else value)
         self._status.append(DECISIONS.index(status))
@@ -400,11 +450,13 @@ class Journal:
     def log_session_start(self, details: dict[str, Any]) -> None:
         self._append_jsonl("session_start", True, details)
 
-    def log_experiment_start(self, run_id: str, commit: str, description: str) -> None:
+    def log_experiment_start(
+        self, run_id: str, commit: str, description: str, parent: str | None = None
+    ) -> None:
         self._append_jsonl(
             "experiment_start",
             True,
-            {"run_id": run_id, "commit": commit, "description": one_line(description)},
+            {"run_id": run_id, "commit": commit, "description": one_line(description), "parent": parent},
         )
 
     def log_event(self, action: str, details: dict[str, Any]) -> None:
@@ -434,9 +486,12 @@ class Journal:
             "error_detail": row.error,
             **row.evidence.details(),
             **({"provenance": self.provenance} if self.provenance else {}),
+            "parent": row.parent,
+            "best": row.best,
+            **({"combined": list(row.combined)} if row.combined else {}),
         }
         offset = self._append_jsonl("experiment_done", row.status != "crash", details)
-        self._add(row.run_id, offset, row.value, row.status, row.run_status)
+        self._add(row.run_id, offset, row.value, row.status, row.run_status, row.parent, row.best)
         self._remember_content(row.evidence.target_sha256, row.run_status)
         current = fingerprint(self.tsv_path)
         if current is not None and self._tsv_size is not None and current[0] == self._tsv_size:

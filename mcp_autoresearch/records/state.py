@@ -87,7 +87,10 @@ class DecisionRecord(BaseModel):
     decision: Decision = "crash"
     reason: str = ""
     delta: float | None = None
-    prev: float | None = None  # the best kept value before this run
+    prev: float | None = None  # the value of the node it was judged against (its parent) before this run
+    best: bool | None = (
+        None  # a keep that makes the run the session's best (None: a record of 0.x, keep = best)
+    )
 
 
 class Pending(BaseModel):
@@ -95,7 +98,8 @@ class Pending(BaseModel):
 
     run_id: str
     description: str
-    parent: str  # the best commit the candidate was built on
+    parent_commit: str  # the commit the candidate was built on (its parent node's commit)
+    parent_run: str | None = None  # the run id of its parent node (None: the baseline, or a state of 0.x)
     commit: str | None = None  # the candidate commit that ran (None while being created)
     is_baseline: bool = False
     nonblank_lines: int = 0
@@ -112,6 +116,17 @@ class Pending(BaseModel):
     slot: int | None = None  # with slots: the slot it runs (ran) in
     parent_value: float | None = None  # with slots: the best's value when the candidate was built on it
     rebases: int = 0  # with slots: times its change was merged onto a newer best and run again
+    built_on_best: bool = True  # its parent was the best when it was built (False: branch_from or combine)
+    combined: list[str] = []  # a combine: the two runs whose targets it merges
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_parent(cls, data: Any) -> Any:
+        """Before the research tree, `parent` held the commit the candidate was built on."""
+        if isinstance(data, dict) and "parent" in data and "parent_commit" not in data:
+            data = dict(data)
+            data["parent_commit"] = data.pop("parent")
+        return data
 
 
 class SessionState(BaseModel):
@@ -142,6 +157,16 @@ class SessionState(BaseModel):
         0.0  # the noise of groups of runs that can no longer grow (sum of squares about their means)
     )
     noise_df: int = 0  # ... and its degrees of freedom; the best's own runs are added when needed
+    # The budgets in force (see budget.py): the configuration's, or lower ones from start_session's arguments
+    # until the configured values (as last read: `budget_configured`) change.
+    max_experiments: int | None = None
+    max_hours: float | None = None
+    budget_configured: dict[str, float | int | None] = {}
+    # The node the work tree's target starts from when it is not the best (branch_from, combine, or a kept node
+    # that did not become the best): the next candidate's parent. None: the best.
+    next_parent: str | None = None
+    next_parent_commit: str | None = None
+    next_combined: list[str] = []  # combine(run_a, run_b) waits for its run: the next row's `combined`
 
     @model_validator(mode="before")
     @classmethod
@@ -157,6 +182,15 @@ class SessionState(BaseModel):
             runs.insert(0, {**tree, "placement": "tree"} if isinstance(tree, dict) else tree)
         data["inflight"] = runs
         return data
+
+    @model_validator(mode="after")
+    def _parent_runs(self) -> SessionState:
+        """A run recorded before runs named their parent node was built on the best: that is its parent."""
+        best = self.best
+        for run in self.inflight:
+            if run.parent_run is None and best is not None and run.parent_commit == best.commit:
+                run.parent_run = best.run_id
+        return self
 
     @property
     def pending(self) -> Pending | None:

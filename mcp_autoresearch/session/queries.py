@@ -4,7 +4,10 @@ and the agent's notes. Nothing here changes git or a measurement; notes are the 
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import RuleViolation, SessionError
+from ..lifecycle.branching import reference, reference_values
 from ..lifecycle.decisions import Decider, rerun
 from ..lifecycle.running import Runs
 from ..measure.holdout import holdout_summary
@@ -14,9 +17,12 @@ from ..measure.standing import standing
 from ..models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult, StartResult
 from ..phases import in_flight
 from ..readers.briefing import journal_briefing, near_misses
+from ..records.budget import BudgetUse, budget_use
 from ..records.diskspace import AFTER_DISK_FULL
 from ..records.journal import Row
 from ..records.state import Pending
+from ..records.tree import journal_tree, stall_after_of
+from ..records.tree_view import TreeView, tree_view
 from ..sandbox.caches import describe as describe_caches
 from ..statuses import DECISIONS, FILTERS, UNFINISHED
 from .context import SessionCore, normal_run_id
@@ -33,6 +39,7 @@ NOTES_LIMITS = (
 
 class Views:
     def __init__(self, core: SessionCore, runs: Runs, decider: Decider) -> None:
+        self.budget_changed: list[str] = []  # budgets the last opening or start_session changed (budget.py)
         self.core = core
         self.runs = runs
         self.decider = decider
@@ -83,6 +90,7 @@ class Views:
                 best_values=seen.best_values or None,
                 already_measured=True if already_measured else None,
                 rerun_of=seen.rerun_of,
+                parent=row.parent,
             )
 
     def _in_flight(self, run_id: str | None) -> Pending | None:
@@ -95,7 +103,8 @@ class Views:
     def pending_view(self, pending: Pending) -> RunResult:
         """A run in flight, or finished and waiting for its decision (with what the decision will be)."""
         core = self.core
-        best = core.state.best.value if core.state.best else None
+        parent = reference(core, pending)  # the node it is judged against: the best unless it was branched
+        best = parent.value if parent else None
         metric = core.state.metric_name
         if in_flight(pending) or pending.result is None:
             handle = self.runs.handle(pending.run_id)
@@ -112,6 +121,7 @@ class Views:
                 log_path=str(progress.log_path) if progress else None,
                 next_step=next_step,
                 slot=pending.slot,
+                parent=pending.parent_run,
             )
         result = pending.result
         test = result.test
@@ -161,9 +171,10 @@ class Views:
             estimate=test.estimate if test else None,
             interval=[test.low, test.high] if test else None,
             probability=test.probability if test else None,
-            best_values=(best_values(core.state) + result.best_values) if test else None,
+            best_values=(reference_values(core, pending) + result.best_values) if test else None,
             rerun_of=pending.rerun_of,
             slot=pending.slot,
+            parent=pending.parent_run,
         )
 
     def start_result(self, resumed: bool, recovered: list[str]) -> StartResult:
@@ -189,6 +200,10 @@ class Views:
         briefing = None
         if resumed:
             briefing = self.briefing()
+        budget = self.budget()
+        near = budget.near()
+        if near is not None and pending is None and not state.inflight:
+            next_step = f"{near}. {next_step}" if budget.spent() is None else near
         return StartResult(
             tag=state.tag,
             branch=state.branch,
@@ -209,8 +224,15 @@ class Views:
             caches=describe_caches(list(core.config.persistent)),
             recovered=recovered,
             briefing=briefing,
+            budget=budget.line(),
+            budget_changed=self.budget_changed,
             next_step=next_step,
         )
+
+    def budget(self) -> BudgetUse:
+        """The session's budgets: the runs in flight or waiting for their decision count as used."""
+        state = self.core.state
+        return budget_use(state, len(self.core.journal) + len(state.inflight))
 
     def briefing(self) -> str:
         """The bounded summary for a fresh agent: the journal's newest rows, the keep rule, noise, slots."""
@@ -259,8 +281,9 @@ class Views:
                 chars_left=max(0, MAX_RUN_NOTES_CHARS - sum(map(len, all_notes))),
             )
 
-    def query(self, status: str | None, limit: int, order: str) -> QueryResult:
-        """Counts, baseline, best, improvement, streak, and the rows (recent first or best first)."""
+    def query(self, status: str | None, limit: int, order: str, view: str = "rows") -> QueryResult:
+        """Counts, baseline, best, improvement, streak, and the rows (recent first or best first); with
+        view='tree', the research tree instead of the rows."""
         core = self.core
         with core.lock:
             journal = core.journal
@@ -268,8 +291,12 @@ class Views:
             wanted = status.strip().lower() if status else None
             if wanted is not None and wanted not in FILTERS:
                 raise RuleViolation(f"status must be one of {', '.join(sorted(FILTERS))}")
+            if view not in ("rows", "tree"):
+                raise RuleViolation("view must be 'rows' (the results table) or 'tree' (the research tree)")
             limit = max(1, min(limit, 500))
-            if order == "best":
+            if view == "tree":
+                chosen = []
+            elif order == "best":
                 chosen = journal.best_indices(limit, direction == "lower_is_better", wanted)
             elif order == "recent":
                 if wanted is None:
@@ -310,7 +337,33 @@ class Views:
                 best_runs=len(best_values(core.state)) or None,
                 near_misses=[row_model(r) for r in near_misses(journal, noise.sd or 0.0)],
                 holdout=holdout_summary(core.root, core.state.tag, core.state.metric_direction),
+                **budget_fields(self.budget()),
+                tree=self._tree(limit, noise.sd or 0.0) if view == "tree" else None,
             )
+
+    def _tree(self, newest: int, noise_sd: float) -> TreeView:
+        """The research tree, built from the journal's index; descriptions are read for the shown nodes only."""
+        core = self.core
+        journal = core.journal
+        best = core.state.best
+        tree = journal_tree(
+            journal,
+            best.run_id if best else None,
+            core.state.metric_direction == "lower_is_better",
+            stall_after_of(core.state.rules),
+            noise_sd,
+        )
+        return tree_view(tree, newest, lambda rows: [r.description for r in journal.rows_at(rows)])
+
+
+def budget_fields(use: BudgetUse) -> dict[str, Any]:
+    """query_results' budget fields: the line, and what is used and left of each budget that is set."""
+    return {
+        "budget": use.line(),
+        "experiments_left": use.experiments_left,
+        "hours_used": round(use.hours, 4) if use.max_hours is not None else None,
+        "hours_left": round(use.hours_left, 4) if use.hours_left is not None else None,
+    }
 
 
 def _check_room(run_id: str, held: list[str], notes: str) -> None:
@@ -356,4 +409,6 @@ def row_model(row: Row) -> ResultRow:
         timestamp=row.timestamp,
         values=row.evidence.values if len(row.evidence.values) > 1 else None,
         estimate=row.evidence.estimate,
+        parent=row.parent,
+        best=row.best,
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RuleViolation, SessionError
+from ..lifecycle.branching import Brancher
 from ..lifecycle.decisions import Decider
 from ..lifecycle.in_flight import RunHandle
 from ..lifecycle.running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, Runs, clamp_wait
@@ -26,9 +27,19 @@ from ..lifecycle.tree_checks import TreeChecks
 from ..lifecycle.tree_decisions import TreeDecisions
 from ..lifecycle.tree_placement import TreePlacement
 from ..measure.provenance import metric_provenance
-from ..models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
+from ..models import (
+    BranchResult,
+    DecisionResult,
+    EditResult,
+    NotesResult,
+    QueryResult,
+    RunResult,
+    StartResult,
+    TargetView,
+)
 from ..names import RESULTS_TSV, RUN_LOG, SESSION_BRANCHES, SESSIONS, own_journal
 from ..phases import in_flight
+from ..records.budget import BUDGET_KEYS, settle_budget
 from ..records.current import current_session
 from ..records.diskspace import no_room
 from ..records.journal import Journal
@@ -109,12 +120,15 @@ class Session:
             self.runs = Runs(self, self.editor, TreePlacement(self, self.editor, tree))
             self.decider = Decider(self, self.runs, TreeDecisions(self, self.runs))
         self.views = Views(self, self.runs, self.decider)
+        self.brancher = Brancher(self)
 
     # ======================================================================================================
     # opening
     # ======================================================================================================
     @classmethod
-    def open(cls, root: Path, project: Project, repo: Repo, tag: str | None) -> Session:
+    def open(
+        cls, root: Path, project: Project, repo: Repo, tag: str | None, budget: dict[str, Any] | None = None
+    ) -> Session:
         config = project.config
         assert config.target_file and config.metric_name
         isolation = probe_isolation(config.isolation, config.network)
@@ -174,6 +188,7 @@ class Session:
                 )
             session = cls._create(root, project, repo, tag, branch, journal)
         set_current_tag(root, tag)  # its branch is checked out now: it is the current session
+        session.settle_budget(budget or {})
         return session
 
     @classmethod
@@ -267,6 +282,15 @@ class Session:
         session.resumed = True
         session._recover()
         return session
+
+    def settle_budget(self, asked: dict[str, Any]) -> None:
+        """The budgets in force: start_session's arguments (`asked`), else the configuration (records/budget.py)."""
+        with self.lock:
+            configured = {key: getattr(self.config, key) for key in BUDGET_KEYS}
+            changed = settle_budget(self.state, configured, asked)
+            if changed:
+                self.save()
+            self.views.budget_changed = changed if self.resumed or asked else []
 
     def _recover(self) -> None:
         """Bring state, git and the logs back into agreement after the server died at any moment."""
@@ -364,6 +388,16 @@ class Session:
         return self.editor.apply_edit(edits, content, path, expected_sha256)
 
     @one_call
+    def branch_from(self, run_id: str) -> BranchResult:
+        """That run's target into the work tree; the next candidate's parent is that run."""
+        return self.brancher.branch_from(run_id)
+
+    @one_call
+    def combine(self, run_a: str, run_b: str) -> BranchResult:
+        """The three-way merge of two runs' targets into the work tree; the next run measures it."""
+        return self.brancher.combine(run_a, run_b)
+
+    @one_call
     def start_run(self, description: str, rerun: bool = False) -> str | AlreadyMeasured:
         return self.runs.start_run(description, rerun)
 
@@ -404,8 +438,8 @@ class Session:
     def log_notes(self, run_id: str, notes: str) -> NotesResult:
         return self.views.log_notes(run_id, notes)
 
-    def query(self, status: str | None, limit: int, order: str) -> QueryResult:
-        return self.views.query(status, limit, order)
+    def query(self, status: str | None, limit: int, order: str, view: str = "rows") -> QueryResult:
+        return self.views.query(status, limit, order, view)
 
     def briefing(self) -> str:
         return self.views.briefing()

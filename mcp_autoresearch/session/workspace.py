@@ -84,12 +84,14 @@ class Workspace:
         tag = current_session(self.root)
         return stored_briefing(self.root, tag) if tag is not None else None
 
-    def start_session(self, tag: str | None = None) -> StartResult:
+    def start_session(self, tag: str | None = None, budget: dict[str, Any] | None = None) -> StartResult:
+        """Open (create or resume) a session; `budget`: start_session's max_experiments and max_hours."""
         with self._lock:
             if tag is None:
                 tag = current_session(self.root)  # None: today's session (see Session.open)
             if self._session is not None:
                 if tag is None or tag == self._session.state.tag:
+                    self._session.settle_budget(budget or {})
                     return self._session.describe(resumed=True)
                 pending = self._session.state.pending or next(iter(self._session.state.inflight), None)
                 if pending is not None:
@@ -108,7 +110,7 @@ class Workspace:
                     "the repository has no commits yet; a person must commit the project first (git add, git commit)"
                 )
             self._project_lock.acquire()
-            session = Session.open(self.root, project, repo, tag)
+            session = Session.open(self.root, project, repo, tag, budget)
             self._session = session
             return session.describe(resumed=session.resumed)
 

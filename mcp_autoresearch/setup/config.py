@@ -107,8 +107,26 @@ class ConfigValues(BaseModel):
     min_delta: float | None = Field(
         None, ge=0, description="Smallest change that counts as an improvement.", json_schema_extra=FROZEN
     )
+    # The budgets say how long a session may go on, not what it measures: free, so a person can raise them.
     max_experiments: int | None = Field(
-        None, ge=1, description="Stop accepting runs after this many.", json_schema_extra=FROZEN
+        None,
+        ge=1,
+        description="The session's experiment budget: no run starts once this many are logged or in flight.",
+        json_schema_extra=FREE,
+    )
+    max_hours: float | None = Field(
+        None,
+        gt=0,
+        description="The session's wall-clock budget in hours, from its start (across restarts): no run starts "
+        "after it.",
+        json_schema_extra=FREE,
+    )
+    stall_after: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="Experiments without a keep before next_step proposes other nodes to branch from.",
+        json_schema_extra=FROZEN,  # it defines the tree's dead ends, which every view of the session shows
     )
     eval_timeout: float | None = Field(
         None, gt=0, description="Hard limit in seconds for eval_command.", json_schema_extra=FROZEN
@@ -290,7 +308,9 @@ class ConfigValues(BaseModel):
             raise ValueError("must be wall_time_s, size_kb:<path> or size_mb:<path>")
         return value
 
-    @field_validator("time_budget", "timeout", "checks_timeout", "eval_timeout", "min_delta", "confidence")
+    @field_validator(
+        "time_budget", "timeout", "checks_timeout", "eval_timeout", "min_delta", "confidence", "max_hours"
+    )
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):
@@ -343,6 +363,7 @@ DEFAULTS: dict[str, Any] = {
     "shared_inputs": [],
     "hidden": [],
     "backend": "local",
+    "stall_after": 8,
 }
 
 
@@ -371,6 +392,8 @@ class Config(BaseModel):
     repeats: int = 1
     min_delta: float = 0.0
     max_experiments: int | None = None
+    max_hours: float | None = None
+    stall_after: int = 8
     memory_regex: str | None = None
     jsonl_path: str = DEFAULT_JSONL
     writable: list[str] = Field(default_factory=list)

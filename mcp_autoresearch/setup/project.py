@@ -90,6 +90,13 @@ class ProjectInfo(BaseModel):
     keep_rule: str = Field(
         "", description="The keep rule, or how it is chosen (the baseline's noise runs decide by default)."
     )
+    max_experiments: int | None = Field(None, description="The session's experiment budget (None: none).")
+    max_hours: float | None = Field(
+        None, description="The session's wall-clock budget in hours (None: none)."
+    )
+    stall_after: int = Field(
+        8, description="Experiments without a keep before next_step proposes other nodes to branch from."
+    )
 
 
 @dataclass
@@ -229,6 +236,9 @@ def load_project(
         holdout=config.holdout_command is not None,
         repeats=config.repeats,
         min_delta=config.min_delta,
+        max_experiments=config.max_experiments,
+        max_hours=config.max_hours,
+        stall_after=config.stall_after,
         writable=list(config.writable),
         persistent=list(config.persistent),
         slots=config.slots,

@@ -241,6 +241,14 @@ class Repo:
     def show_file(self, commit: str, repo_path: str) -> bytes:
         return self._objects.file(commit, repo_path)
 
+    def commit_of(self, name: str) -> str | None:
+        """The commit a ref or commit id names, or None when there is none (a ref never set, an object lost)."""
+        try:
+            found = self._run("rev-parse", "--verify", "-q", f"{name}^{{commit}}").strip()
+        except SessionError:
+            return None
+        return found or None
+
     def commit_message(self, commit: str) -> str:
         message = self._repo.commit(commit).message
         return message if isinstance(message, str) else message.decode("utf-8", errors="replace")

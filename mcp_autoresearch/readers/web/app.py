@@ -34,6 +34,7 @@ ASSETS = {  # the page's files: a fixed list, so no request path ever reaches th
     "index.html": "text/html; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
     "chart.js": "text/javascript; charset=utf-8",
+    "tree.js": "text/javascript; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
 }
 POLL_S = 0.25  # how often an open event stream looks at the session's files (a few stats)
@@ -128,6 +129,10 @@ def create_app(view: SessionView, host: str, token: str | None) -> ASGIApp:
         page = view.experiments(status, _int(request, "offset", 0), _int(request, "limit", 50))
         return _json(page)
 
+    async def tree(request: Request) -> Response:
+        view.refresh()
+        return _json(await anyio.to_thread.run_sync(view.tree))
+
     async def diff(request: Request) -> Response:
         view.refresh()
         commit = view.session_commit(request.path_params["commit"])
@@ -175,6 +180,7 @@ def create_app(view: SessionView, host: str, token: str | None) -> ASGIApp:
             Route("/api/summary", summary),
             Route("/api/points", points),
             Route("/api/experiments", experiments),
+            Route("/api/tree", tree),
             Route("/api/diff/{commit}", diff),
             Route("/api/events", events),
         ]

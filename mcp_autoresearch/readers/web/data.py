@@ -23,10 +23,13 @@ from ...measure.holdout import holdout_summary
 from ...measure.provenance import metric_provenance
 from ...measure.standing import standing
 from ...names import RUN_LOGS
+from ...records.budget import budget_use
 from ...records.current import current_session
 from ...records.logtail import tail
 from ...records.state import SessionState, current_tag, load_state, state_dir, state_path
+from ...records.tree import stall_after_of
 from ...setup.config import DEFAULTS
+from .tree_layout import tree_layout
 
 STATUSES = ("keep", "discard", "crash")
 HEX_ID = re.compile(r"[0-9a-f]{7,40}")
@@ -67,6 +70,8 @@ class Experiment:
     spread: float | None = None
     values: list[float] | None = None
     notes: list[str] = field(default_factory=list)
+    parent: str | None = None  # the run its candidate started from (see records/tree.py)
+    combined: list[str] = field(default_factory=list)  # a combine run: the two runs whose targets it merged
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -86,10 +91,12 @@ class Experiment:
             "spread": self.spread,
             "values": self.values,
             "notes": self.notes,
+            "parent": self.parent,
+            "combined": self.combined,
         }
 
 
-def _experiment(n: int, details: dict[str, Any], timestamp: str) -> Experiment:
+def _experiment(n: int, details: dict[str, Any], timestamp: str, last_keep: str | None = None) -> Experiment:
     status = str(details.get("status", "crash"))
     values = details.get("values")
     clean = [v for v in (_number(x) for x in values) if v is not None] if isinstance(values, list) else []
@@ -109,7 +116,16 @@ def _experiment(n: int, details: dict[str, Any], timestamp: str) -> Experiment:
         timestamp=timestamp,
         spread=_number(details.get("spread")),
         values=clean or None,
+        combined=[str(c) for c in details.get("combined") or [] if isinstance(c, str)][:2],
+        parent=_parent(details, last_keep),
     )
+
+
+def _parent(details: dict[str, Any], last_keep: str | None) -> str | None:
+    """The run a row names as its parent; a row logged before runs named theirs (or naming something that is no
+    run id) reads as the journal reads it: the run that was best then, the previous keep."""
+    parent = details.get("parent", last_keep)
+    return parent if parent is None or isinstance(parent, str) else last_keep
 
 
 class SessionView:
@@ -137,6 +153,8 @@ class SessionView:
         self.counts: Counter[str] = Counter()  # by decision
         self.run_counts: Counter[str] = Counter()  # by run status, failures only
         self.memory_peak: float | None = None
+        self._last_keep: str | None = None
+        self._tree: tuple[tuple[Any, ...], dict[str, Any]] | None = None  # (what it was built from, the tree)
 
     # -- reading the files ----------------------------------------------------------------------------------
     @property
@@ -225,7 +243,9 @@ class SessionView:
         if action == "session_start" and self.started is None:
             self.started = _when(timestamp)
         elif action == "experiment_done" and isinstance(run_id, str) and run_id not in self._by_run:
-            row = _experiment(len(self.rows) + 1, details, timestamp)
+            row = _experiment(len(self.rows) + 1, details, timestamp, self._last_keep)
+            if row.status == "keep":
+                self._last_keep = row.run_id
             self.rows.append(row)
             self._by_run[run_id] = row
             self.counts[row.status] += 1
@@ -302,6 +322,8 @@ class SessionView:
             "holdout": holdout_summary(self.root, self.tag, state.metric_direction)
             if state and self.tag
             else None,
+            # the session's budgets: used and left (runs in flight count as used); None without a state
+            "budget": budget_use(state, len(rows) + len(state.inflight)).as_dict() if state else None,
         }
 
     def _per_hour(self) -> float | None:
@@ -404,6 +426,25 @@ class SessionView:
             stride = math.ceil(len(steps) / max_points)
             steps = steps[::stride] + ([steps[-1]] if (len(steps) - 1) % stride else [])
         return steps
+
+    def tree(self) -> dict[str, Any]:
+        """The research tree as the page draws it (tree_layout.py), rebuilt only when a row or the best changed."""
+        state = self.state
+        best = state.best.run_id if state and state.best else None
+        key = (self.tag, len(self.rows), best)
+        if self._tree is None or self._tree[0] != key:
+            rules = state.rules if state else {}
+            rows = self.rows[: key[1]]  # as read now (the page's other requests may read more meanwhile)
+            layout = tree_layout(
+                rows,
+                [r.combined for r in rows],
+                [r.commit for r in rows],
+                best,
+                self.lower_is_better,
+                stall_after_of(rules),
+            )
+            self._tree = (key, layout)
+        return self._tree[1]
 
     def session_commit(self, commit: str) -> str | None:
         """The id of a commit of this session (a logged experiment's or a run's in flight), or None. Only a hex

@@ -85,10 +85,22 @@
     const rate = s.keep_rate === null ? "–" : (s.keep_rate * 100).toFixed(s.keep_rate < 0.1 ? 1 : 0) + "%";
     setText("keep-rate", rate, s.keep_rate);
     $("rate").textContent = s.per_hour === null ? "" : `${s.per_hour.toFixed(s.per_hour < 10 ? 1 : 0)} experiments / hour`;
+    $("budget").textContent = budgetText(s.budget);
+    $("budget").title = s.budget && s.budget.spent ? `budget spent: ${s.budget.spent}; no new run starts` : "";
     const mem = s.best && s.best.memory_gb !== null ? s.best.memory_gb : null;
     setText("memory", mem === null ? (s.memory_peak_gb === null ? "–" : fmt(s.memory_peak_gb) + " GB") : fmt(mem) + " GB");
     $("memory-sub").textContent = s.memory_peak_gb === null ? "not recorded" : (mem === null ? "peak" : `of the best · peak ${fmt(s.memory_peak_gb)} GB`);
     renderFilters(s);
+  }
+
+  // The session's budgets, used and left ("" without one).
+  function budgetText(b) {
+    if (!b) return "";
+    const parts = [];
+    if (b.max_experiments !== null) parts.push(`${b.experiments} of ${b.max_experiments} experiments`);
+    if (b.max_hours !== null) parts.push(`${b.hours.toFixed(1)} of ${b.max_hours} h`);
+    if (!parts.length) return "";
+    return "budget: " + parts.join(" · ") + (b.spent ? " (spent)" : "");
   }
 
   // Where the values come from; a self-reported metric is marked, with the change that removes the doubt.
@@ -181,6 +193,29 @@
       : "";
   }
 
+  // -- research tree -----------------------------------------------------------------------------------------
+  async function loadTree() {
+    state.tree = await api("api/tree");
+    drawTree();
+  }
+
+  function drawTree() {
+    const data = state.tree;
+    if (!data) return;
+    window.ARTree.draw($("tree"), data, { format: fmt, onPick: openDiff });
+    const listed = (part) => part.total ? ` (${part.runs.join(", ")}${part.total > part.runs.length ? ", …" : ""})` : "";
+    const parts = [
+      `${data.total} nodes, depth ${data.max_depth}`,
+      `best lineage ${data.lineage_length} nodes`,
+      `frontier ${data.frontier.total}${listed(data.frontier)}`,
+      `near-misses ${data.near_misses.total}`,
+      `dead ends ${data.dead_ends.total}${listed(data.dead_ends)}`,
+    ];
+    if (data.shown_from > 1) parts.push(`drawn: the newest ${data.nodes.length}`);
+    $("tree-note").textContent = data.total ? parts.join(" · ") : "";
+    $("tree").dataset.total = data.total;
+  }
+
   // -- table -------------------------------------------------------------------------------------------------
   async function loadTable() {
     const query = new URLSearchParams({ offset: state.offset, limit: PAGE });
@@ -236,9 +271,11 @@
   }
 
   async function openDiff(row) {
-    for (const tr of $("rows").querySelectorAll("tr.selected")) tr.classList.remove("selected");
+    for (const tr of document.querySelectorAll("#rows tr.selected, #tree .selected")) tr.classList.remove("selected");
     const tr = $("rows").querySelector(`tr[data-run-id="${CSS.escape(row.run_id)}"]`);
     if (tr) tr.classList.add("selected");
+    const dot = $("tree").querySelector(`circle[data-run-id="${CSS.escape(row.run_id)}"]`);
+    if (dot) dot.classList.add("selected");
     $("diff").hidden = false;
     $("diff-title").textContent = `${row.run_id} · ${row.short} · ${row.status} · ${row.description}`;
     const pre = $("diff-body");
@@ -280,7 +317,7 @@
       renderRuns(live.runs);
       if (!shown || shown.total !== s.total || shown.notes !== s.notes || shown.tag !== s.tag) {
         state.shown = { total: s.total, notes: s.notes, tag: s.tag };
-        Promise.all([loadChart(), loadTable()]).catch(failed);
+        Promise.all([loadChart(), loadTree(), loadTable()]).catch(failed);
       }
     });
     es.onerror = () => {
@@ -323,7 +360,7 @@
       renderSummary(live.summary);
       renderRuns(live.runs);
       state.shown = { total: live.summary.total, notes: live.summary.notes, tag: live.summary.tag };
-      await Promise.all([loadChart(), loadTable()]);
+      await Promise.all([loadChart(), loadTree(), loadTable()]);
       document.documentElement.dataset.ready = "1";
       window.__renderMs = performance.now();
       connect();
@@ -334,6 +371,6 @@
 
   setInterval(tickRuns, 1000);
   let resize = 0;
-  window.addEventListener("resize", () => { clearTimeout(resize); resize = setTimeout(drawChart, 150); });
+  window.addEventListener("resize", () => { clearTimeout(resize); resize = setTimeout(() => { drawChart(); drawTree(); }, 150); });
   start();
 })();
