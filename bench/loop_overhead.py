@@ -81,6 +81,9 @@ async def ours(root: Path, n: int, source: Path | None = None, without_namespace
         command=sys.executable,
         args=[NO_NAMESPACES, sys.executable, *serve] if without_namespaces else serve,
         env=env,
+        # Not the checkout's directory: `python -m` puts its working directory first on sys.path, and from the
+        # checkout it would import the package there instead of the one `--against` exported.
+        cwd=str(root),
     )
     per_experiment, calls, sizes = [], [], []
     async with Client(params) as client:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
 
+from mcp_autoresearch.errors import SessionError
 from mcp_autoresearch.vcs.repo import Repo
 
 from .conftest import git, make_repo
@@ -28,3 +31,81 @@ def test_files_and_commits_read_in_process_agree_with_git(tmp_path: Path, packed
     assert git(root, "rev-parse", f"{commit}^").strip() == head
     assert repo.show_file(commit, "src/model.py") == b"LR = 2\n"
     assert repo.show_file("HEAD", "src/model.py") == b"LR = 1\n"  # a name, not an id: through git
+
+
+def test_the_status_checks_never_rewrite_the_index(tmp_path: Path) -> None:
+    """`changed_tracked_files` runs twice per experiment: it compares exactly as `git status` does, but never
+    writes the index to refresh its stat data (git's optional lock)."""
+    root = make_repo(tmp_path / "r", {"src/model.py": "LR = 1\n", "README.md": "demo\n"})
+    repo = Repo(root)
+    index = root / ".git" / "index"
+    (root / "README.md").write_text("demo\n")  # the same content, newer stat data: a refresh would write
+    (root / "src" / "model.py").write_text("LR = 2\n")
+    before = index.stat()
+    assert repo.changed_tracked_files() == ["src/model.py"]
+    assert repo.changed_tracked_files() == ["src/model.py"]
+    after = index.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
+        before.st_ino,
+        before.st_mtime_ns,
+        before.st_size,
+    )
+    assert not (root / ".git" / "index.lock").exists()
+
+
+def test_refs_read_in_process_agree_with_git(tmp_path: Path) -> None:
+    """HEAD and branches, read without a git process: loose and packed refs, a detached HEAD, a chain of
+    symbolic refs, a linked work tree (its own HEAD, the shared branches), and names that leave `.git`."""
+    root = make_repo(tmp_path / "r", {"a.txt": "1\n"})
+    repo = Repo(root)
+    main = git(root, "symbolic-ref", "--short", "HEAD").strip()
+    first = git(root, "rev-parse", "HEAD").strip()
+    assert (repo.head_commit(), repo.current_branch(), repo.resolve_branch(main)) == (first, main, first)
+    git(root, "branch", "side")
+    git(root, "commit", "-q", "--allow-empty", "-m", "two")
+    second = git(root, "rev-parse", "HEAD").strip()
+    git(root, "pack-refs", "--all")  # every branch only in packed-refs now
+    assert not (root / ".git" / "refs" / "heads" / main).exists()
+    assert (repo.head_commit(), repo.resolve_branch("side"), repo.resolve_branch(main)) == (
+        second,
+        first,
+        second,
+    )
+    git(root, "symbolic-ref", "refs/heads/alias", "refs/heads/side")  # a chain: HEAD -> alias -> side
+    git(root, "symbolic-ref", "HEAD", "refs/heads/alias")
+    assert (repo.head_commit(), repo.current_branch()) == (first, "alias")
+    git(root, "checkout", "-q", "--detach", main)
+    assert (repo.head_commit(), repo.current_branch()) == (second, None)
+    git(root, "worktree", "add", "-q", str(tmp_path / "wt"), "side")
+    linked = Repo(tmp_path / "wt")
+    assert (linked.head_commit(), linked.current_branch(), linked.resolve_branch(main)) == (
+        first,
+        "side",
+        second,
+    )
+    for bad in ("../../../etc", "x/../../y", ".hidden", "a.lock"):
+        with pytest.raises(ValueError):
+            repo.resolve_branch(bad)
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/../../outside\n")
+    with pytest.raises(ValueError):
+        repo.head_commit()
+    with pytest.raises(ValueError):
+        repo.resolve_branch("missing")
+
+
+def test_an_object_is_never_written_through_a_planted_fan_out_link(tmp_path: Path) -> None:
+    """The candidate's objects are written in-process; a symlink planted where the next object's fan-out
+    folder goes (`objects/xx`) is refused, never followed out of `.git`."""
+    root = make_repo(tmp_path / "r", {"model.py": "LR = 1\n"})
+    repo = Repo(root)
+    content = b"LR = 3\n"
+    blob = hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    fan_out = root / ".git" / "objects" / blob[:2]
+    if fan_out.exists():
+        shutil.rmtree(fan_out)
+    fan_out.symlink_to(outside)
+    with pytest.raises(SessionError, match="not a real directory"):
+        repo.write_commit("model.py", content, "experiment: LR 3", repo.head_commit())
+    assert list(outside.iterdir()) == []

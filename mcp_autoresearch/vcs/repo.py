@@ -7,8 +7,10 @@ paths the candidate changed, so an unrelated uncommitted edit cannot be lost.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import shutil
 import stat
 import subprocess
 import time
@@ -17,14 +19,14 @@ from pathlib import Path
 
 import git
 from git.objects.fun import tree_entries_from_data, tree_to_stream
-from git.refs import SymbolicReference
-from gitdb.base import IStream
 from gitdb.db.loose import LooseObjectDB
 
 from ..errors import SessionError
 from ..names import SESSION_BRANCHES
 from ..records.atomic import atomic_write, open_regular, own_dir, read_regular
 from .objects import ObjectReader
+from .refs import RefReader
+from .tracked import KnownStatus, porcelain_paths
 
 # Options on every call. A run executes with the user's rights and can write .git/config: no setting it plants
 # may run a command inside the server's git calls or blind them. (Filter drivers and attributes cannot be
@@ -85,6 +87,7 @@ class Repo:
         self._git = self._repo.git
         self._identity: str | None = None
         self._loose = LooseObjectDB(str(Path(self._repo.common_dir) / "objects"))
+        self._objects_dir = (Path(self._repo.common_dir) / "objects").resolve()
         self._objects = ObjectReader(self._repo, self._loose)
         self._env: dict[str, str] = {}
         # GitPython reads objects through `git cat-file`: it must not see replace objects either.
@@ -92,6 +95,14 @@ class Repo:
         # Named explicitly on every call, so a `core.worktree` (or GIT_DIR) planted by a run cannot point the
         # server's checkouts at another directory.
         self._location = [f"--git-dir={Path(self._repo.git_dir).resolve()}", f"--work-tree={self.top}"]
+        # Resolved once, like the location above: the directories every git process of the server is given.
+        self._common_dir = Path(self._repo.common_dir).resolve()
+        self._worktree_dir = Path(self._repo.git_dir).resolve()
+        self._refs = RefReader(self._worktree_dir, self._common_dir)
+        # what the last git status said, with its stat data
+        self._known = KnownStatus(
+            self.top, self._worktree_dir / "index", self._head_and_branch, self._head_entry
+        )
 
     # -- paths ----------------------------------------------------------------------------------------------
     def repo_path(self, project_relative: str) -> str:
@@ -108,12 +119,12 @@ class Repo:
     @property
     def git_dir(self) -> Path:
         """The common git directory (objects, refs, config), shared by every work tree."""
-        return Path(self._repo.common_dir).resolve()
+        return self._common_dir
 
     @property
     def worktree_git_dir(self) -> Path:
         """This work tree's own git directory (HEAD, index); the common one for the main work tree."""
-        return Path(self._repo.git_dir).resolve()
+        return self._worktree_dir
 
     # -- running git ----------------------------------------------------------------------------------------
     def _run(self, *args: str, input: bytes | None = None) -> str:
@@ -141,7 +152,7 @@ class Repo:
         while True:
             try:
                 done = subprocess.run(
-                    ["git", "--no-replace-objects", *location, *_OPTION_ARGS, *args],
+                    [git_executable(), "--no-replace-objects", *location, *_OPTION_ARGS, *args],
                     cwd=cwd or self.top,
                     env=env,
                     capture_output=True,
@@ -183,18 +194,15 @@ class Repo:
 
     def resolve_branch(self, branch: str) -> str:
         """A branch's commit id, read from the ref files."""
-        return SymbolicReference.dereference_recursive(self._repo, f"refs/heads/{branch}")
+        return self._refs.commit(f"refs/heads/{branch}")
 
     def head_commit(self) -> str:
         """HEAD's commit id, read from the ref files (no git process, no object parsing)."""
-        return SymbolicReference.dereference_recursive(self._repo, "HEAD")
+        return self._refs.commit("HEAD")
 
     def current_branch(self) -> str | None:
         """The checked-out branch name, or None when HEAD is detached."""
-        try:
-            return self._repo.active_branch.name
-        except TypeError:
-            return None
+        return self._refs.branch()
 
     def branch_exists(self, branch: str) -> bool:
         return f"refs/heads/{branch}" in {ref.path for ref in self._repo.references}
@@ -209,22 +217,29 @@ class Repo:
         return found[:12] or None
 
     def changed_tracked_files(self) -> list[str]:
-        """Tracked files whose index or working-tree content differs from HEAD (repo-relative)."""
-        out = self._run("status", "--porcelain=v1", "-z", "--untracked-files=no", "--ignore-submodules=dirty")
-        paths: list[str] = []
-        entries = out.split("\0")
-        index = 0
-        while index < len(entries):
-            entry = entries[index]
-            index += 1
-            if len(entry) < 4:
-                continue
-            status, path = entry[:2], entry[3:]
-            paths.append(path)
-            if "R" in status or "C" in status:
-                paths.append(entries[index])  # the rename's source path follows
-                index += 1
-        return sorted(set(paths))
+        """Tracked files whose index or working-tree content differs from HEAD (repo-relative). Without git's
+        optional locks: status compares exactly as before but never rewrites the index to refresh its stat data.
+        When the stat data prove that git would answer as it did last time (`tracked.py`), that answer is given
+        without a git process."""
+        known = self._known.answer()
+        if known is not None:
+            return known
+        args = ("status", "--porcelain=v1", "-z", "--untracked-files=no", "--ignore-submodules=dirty")
+        return self._known.run(
+            lambda: porcelain_paths(
+                self._git_process(self._location, {"GIT_OPTIONAL_LOCKS": "0"}, args, None)
+            )
+        )
+
+    def _head_and_branch(self) -> tuple[str, str | None]:
+        try:
+            return self.head_commit(), self.current_branch()
+        except ValueError:
+            return "", None
+
+    def _head_entry(self, commit: str, repo_path: str) -> tuple[str, int] | None:
+        found = self._objects.entry(commit, repo_path)
+        return None if found is None else (found[0].hex(), found[1])
 
     def hidden_tracked_files(self) -> list[str]:
         """Tracked files git status does not look at: flagged assume-unchanged or skip-worktree in the index
@@ -275,6 +290,7 @@ class Repo:
         restore brings it in line when the experiment is decided."""
         commit = self.write_commit(repo_path, data, message, parent)
         self.move_branch(branch, commit, f"commit: {message}")
+        self._known.committed(parent, commit, repo_path, branch)
         return commit
 
     def write_commit(self, repo_path: str, data: bytes, message: str, parent: str, plain: bool = True) -> str:
@@ -293,20 +309,27 @@ class Repo:
         return self._store(b"commit", body).hex()
 
     def _store(self, kind: bytes, data: bytes) -> bytes:
-        """Write one loose object (gitdb, in-process; GitPython's default store runs `git hash-object`). Like git,
-        gitdb keeps an object already at that id; one holding other content was planted (a run that could write
-        .git, at the id its own content would have: the kept commit would name a file never measured), and
-        ours replaces it."""
-        binsha = self._loose.store(IStream(kind, len(data), io.BytesIO(data))).binsha
+        """Write one loose object, in-process, as git names and compresses it (not fsynced: git's default for
+        loose objects). Like git, an object already at that id is kept; one holding other content was planted
+        (a run that could write .git, at the id its own content would have: the kept commit would name a file
+        never measured), and ours replaces it. The fan-out folder must be a real one (a planted symlink there
+        would carry the write out of .git)."""
+        raw = kind + b" %d\0" % len(data) + data
+        binsha = hashlib.sha1(raw).digest()
+        name = binsha.hex()
+        folder = own_dir(self._objects_dir, name[:2])
+        if os.path.lexists(folder / name[2:]) and self._holds(binsha, kind, data):
+            return binsha
+        atomic_write(folder / name[2:], zlib.compress(raw), mode=0o444, sync=False)
+        return binsha
+
+    def _holds(self, binsha: bytes, kind: bytes, data: bytes) -> bool:
+        """The loose object at `binsha` is exactly `kind` and `data`."""
         try:
             stream = self._loose.stream(binsha)
-            kept = stream.type == kind and stream.read() == data
+            return bool(stream.type == kind and stream.read() == data)
         except Exception:  # noqa: BLE001 - unreadable (not zlib, cut short): not ours either
-            kept = False
-        if not kept:
-            path = Path(self._loose.db_path(self._loose.object_path(binsha.hex())))
-            atomic_write(path, zlib.compress(kind + b" %d\0" % len(data) + data), mode=0o444)
-        return binsha
+            return False
 
     def _replace_in_tree(self, tree_sha: bytes, parts: list[str], blob: bytes) -> bytes:
         """A new tree equal to `tree_sha` but with the blob at `parts` replaced (its mode kept); returns its id."""
@@ -372,7 +395,9 @@ class Repo:
 
     def sync_index(self, repo_paths: list[str]) -> None:
         """Index entries of these paths become HEAD's (after `commit_file`, for a kept experiment)."""
+        done = self._known.rewriting(repo_paths)
         self._run("reset", "-q", "HEAD", "--", *repo_paths)
+        done()
 
     def restore_paths(self, commit: str, repo_paths: list[str]) -> None:
         """Index and working tree of these paths become their content at `commit`. A path absent there only
@@ -382,10 +407,12 @@ class Repo:
             return
         present = [p for p in repo_paths if self._in_tree(commit, p)]
         absent = [p for p in repo_paths if p not in present]
+        done = self._known.rewriting(present if not absent else [])
         if present:
             self._run("checkout", "-q", commit, "--", *present)
         if absent:
             self._run("reset", "-q", commit, "--", *absent)
+        done()
 
     def unstage(self, repo_paths: list[str]) -> None:
         self._run("reset", "-q", "--", *repo_paths)
@@ -409,7 +436,7 @@ class Repo:
         line = f"{old} {commit} {self._signature()}\t{message}\n".encode()
         logs = [common / "logs" / "refs" / "heads" / branch]
         if self.current_branch() == branch:
-            logs.append(Path(self._repo.git_dir).resolve() / "logs" / "HEAD")
+            logs.append(self._worktree_dir / "logs" / "HEAD")
         for log in logs:
             try:
                 own_dir(self.git_dir, log.parent.relative_to(self.git_dir).as_posix())
@@ -530,3 +557,17 @@ def _remove(lock: Path) -> None:
 
 
 _OPTION_ARGS = [arg for option in GIT_OPTIONS for arg in ("-c", option)]
+_found_git: tuple[str, str] | None = None  # (PATH it was looked up in, the executable found there)
+
+
+def git_executable() -> str:
+    """The git found on the server's PATH, looked up once per PATH (not on each of the several git processes
+    of every experiment: each lookup tries every PATH directory in turn). "git" when none is found, so that
+    running it fails as it did before."""
+    global _found_git
+    path = os.environ.get("PATH", os.defpath)
+    if _found_git is None or _found_git[0] != path:
+        found = shutil.which("git", path=path)
+        # a relative PATH entry is looked up from each process's own directory, as before
+        _found_git = (path, found if found and os.path.isabs(found) else "git")
+    return _found_git[1]
