@@ -221,3 +221,23 @@ async def test_a_crash_branched_from_to_fix_it_is_judged_against_the_best(
             git(root, "rev-parse", "refs/autoresearch/cr/r1").strip()
             == git(root, "rev-parse", f"{fixed['commit']}~2").strip()
         )
+
+
+async def test_the_sequential_rule_remeasures_the_best_beside_a_candidate_branched_from_a_crash(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """A crash has no value: the bar is the best's, so the content re-measured beside the fixed candidate is the
+    best's, never the crash's."""
+    from .test_noise import project, try_values
+
+    root = project(tmp_path)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="sc")
+        await agent.experiment("baseline")  # r1: 1.0, 1.1, 0.9
+        _run, crashed = await try_values(agent, "NO NUMBER 0.5\n", "a typo: no VALUES line")
+        assert crashed["decision"] == "crash"
+        await agent.ok("branch_from", run_id="r2")
+        _run, fixed = await try_values(agent, "VALUES 0.5 0.52 0.48\n", "the typo fixed")
+        assert (fixed["decision"], fixed["parent"], fixed["best"], fixed["prev"]) == ("keep", "r2", True, 1.0)
+        assert len(fixed["best_values"]) > 3  # the best re-measured beside it ...
+        assert set(fixed["best_values"]) <= {1.0, 1.1, 0.9}  # ... with the best's content, not the crash's
