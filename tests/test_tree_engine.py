@@ -96,6 +96,7 @@ async def test_branches_from_kept_and_discarded_runs_and_the_best_moves_only_whe
         assert (r7["decision"], r7["parent"], r7["best"]) == ("keep", "r4", False)
         r8 = await step(agent, "A = 0", "A = 2", "A to 2 on r7")  # 11: worse than r7, discarded
         assert (r8["decision"], r8["parent"]) == ("discard", "r7")
+        assert "judged against its parent r7, not the best" in r8["reason"], r8["reason"]
         assert "A = 0" in target(root) and "B = 9" in target(root)  # back to its parent's target
         assert branch_head(root, "tr") == r6["commit"]
 

@@ -93,6 +93,12 @@ class Decider:
         verdict = judge(
             self.core, pending, best.value if best else None, best.nonblank_lines if best else None, discard
         )
+        if (
+            best is not None
+            and self.core.state.best is not None
+            and best.run_id != self.core.state.best.run_id
+        ):
+            verdict = replace(verdict, reason=against_parent(verdict.reason, best.run_id))
         if result.regression and verdict.decision == "keep":  # the greedy rule: reported, the keep stands
             verdict = replace(
                 verdict, reason=f"{verdict.reason}; {result.regression} (a regression, reported)"
@@ -357,6 +363,15 @@ class Decider:
         noise = noise_of(values)
         self.core.state.noise_ss += noise.ss
         self.core.state.noise_df += noise.df
+
+
+def against_parent(reason: str, parent: str) -> str:
+    """The rule's words for a candidate judged against its parent node, not the best (a branched candidate)."""
+    return (
+        reason.replace("than the best", f"than its parent {parent}")
+        .replace("the best's", f"its parent {parent}'s")
+        .replace("over the best", f"over its parent {parent}")
+    ) + f" (judged against its parent {parent}, not the best)"
 
 
 def judge(
