@@ -125,6 +125,12 @@ async def test_branches_from_kept_and_discarded_runs_and_the_best_moves_only_whe
         assert {r["run_id"]: r["parent"] for r in results["rows"]}["r5"] == "r2"
         tsv = (root / "results.tsv").read_text().splitlines()
         assert len(tsv) == 10 and all(len(line.split("\t")) == 5 for line in tsv)
+
+    # While the target holds another node, finish says how to put the best's back.
+    refused = run_cli("finish", "--project", str(root), "--land", "main")
+    assert refused.returncode != 0 and "branch_from(run_id='r6')" in refused.stderr, refused.stderr
+    async with agent_for(root, {"target_file": "train.py", "run_command": "python train.py"}) as agent:
+        await agent.ok("start_session", tag="tr")
         back = await agent.ok("branch_from", run_id="r6")  # the best: the working tree is clean again
         assert back["parent"] == "r6" and back["depth"] == 3
         assert git(root, "status", "--porcelain", "-uno") == ""
