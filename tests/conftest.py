@@ -38,6 +38,16 @@ print("peak_vram_mb: 512.0")
 """
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """For pytest-xdist (`-n 2 --dist loadgroup`, the README's command): every test that uses the session's Ray
+    head runs on one worker (one head for the whole run, not one per worker), and the long soak starts first, so
+    that no worker is left with it at the end while the other has nothing to do."""
+    for item in items:
+        if "ray_address" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

@@ -448,7 +448,10 @@ async def test_a_rebase_that_fails_half_way_never_lets_the_old_result_keep_the_m
         await agent.until_done(first["run_id"])
         assert (await agent.until_done(second["run_id"]))["value"] == 3.0
         assert (await agent.ok("commit_or_reset", run_id=first["run_id"]))["decision"] == "keep"
-        await anyio.sleep(0.5)
+        # Awaited, not a fixed delay (that failed under load): the blocker has put its link in place of the JSONL.
+        while not jsonl.is_symlink():
+            blocking = await agent.ok("wait_experiment", run_id=blocker["run_id"], wait_s=0.1)
+            assert blocking["status"] == "running" or jsonl.is_symlink(), blocking
         for _ in range(2):  # while the JSONL cannot be written, deciding fails, with nothing half done
             await agent.client.call_tool("commit_or_reset", {"run_id": second["run_id"]})
         await agent.until_done(blocker["run_id"])

@@ -104,11 +104,13 @@ def test_a_foreign_job_under_the_sessions_name_is_stopped_and_reported(
 SIBLING = r"""
 import glob, hashlib, hmac, json, os, re, signal, sys, time
 print("SIBLING READY", flush=True)
+own = os.getcwd()[: os.getcwd().index("/runtime_resources/")]  # this node's session: not another test suite's
 def wrapper():
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = open(f"/proc/{pid}/cmdline", "rb").read()
-            if b"ray_wrapper.py" in cmd and b"confine.py" not in cmd:
+            mine = os.readlink(f"/proc/{pid}/cwd").startswith(own)
+            if b"ray_wrapper.py" in cmd and b"confine.py" not in cmd and mine:
                 return int(pid)
         except OSError:
             pass

@@ -490,3 +490,42 @@ async def test_a_slots_folder_that_cannot_be_made_is_a_clear_error(
         refused = await agent.refused("start_session", tag="nohome")
         assert "AUTORESEARCH_SLOTS_DIR" in refused and "Traceback" not in refused
     assert "autoresearch/nohome" not in git(root, "branch")  # refused before any session began
+
+
+@pytest.mark.parametrize("slots", [1, 2], ids=["user-tree", "slots"])
+async def test_a_run_a_client_gave_up_on_waits_for_its_decision_across_a_shutdown(
+    tmp_path: Path, slots_home: Path, slots: int
+) -> None:
+    """A shutdown logs as interrupted only the runs it stopped, whatever the placement: a run a client gave up
+    on before (cancelled) waits for its decision across the restart, as it ended, in the user's tree as in slots.
+    (Slots logged it as interrupted, 'the server stopped during this run', which it never saw.)"""
+    from mcp_autoresearch.session.workspace import Workspace
+
+    root = project(tmp_path)
+    overrides = settings(slots=slots, slot_devices=[])
+    workspace = Workspace(root, overrides)
+    workspace.start_session("gave-up")
+    session = workspace.session
+    baseline = session.start_run("baseline")
+    assert isinstance(baseline, str)
+    handle = session.run_handle(baseline)
+    assert handle is not None and handle.wait(120)
+    session.commit_or_reset(baseline)
+    session.apply_edit(None, "import time\ntime.sleep(120)\nX = 3\n\n\n\nY = 0\n", None, None)
+    run_id = session.start_run("X to 3, slowly")
+    assert isinstance(run_id, str)
+    handle = session.run_handle(run_id)
+    session.cancel_run("the client gave up waiting", run_id)
+    assert handle is not None and handle.wait(120)
+    workspace.shutdown()
+
+    resumed = Workspace(root, overrides)
+    try:
+        resumed.start_session()
+        assert resumed.session.view(run_id).status == "cancelled"  # not logged: it waits for its decision
+        decision = resumed.session.commit_or_reset(run_id)
+        assert decision.decision != "keep"
+        row = resumed.session.journal.get(run_id)
+        assert row is not None and row.run_status == "cancelled", row
+    finally:
+        resumed.shutdown()

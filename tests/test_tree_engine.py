@@ -96,6 +96,7 @@ async def test_branches_from_kept_and_discarded_runs_and_the_best_moves_only_whe
         assert (r7["decision"], r7["parent"], r7["best"]) == ("keep", "r4", False)
         r8 = await step(agent, "A = 0", "A = 2", "A to 2 on r7")  # 11: worse than r7, discarded
         assert (r8["decision"], r8["parent"]) == ("discard", "r7")
+        assert "judged against its parent r7, not the best" in r8["reason"], r8["reason"]
         assert "A = 0" in target(root) and "B = 9" in target(root)  # back to its parent's target
         assert branch_head(root, "tr") == r6["commit"]
 
@@ -124,6 +125,12 @@ async def test_branches_from_kept_and_discarded_runs_and_the_best_moves_only_whe
         assert {r["run_id"]: r["parent"] for r in results["rows"]}["r5"] == "r2"
         tsv = (root / "results.tsv").read_text().splitlines()
         assert len(tsv) == 10 and all(len(line.split("\t")) == 5 for line in tsv)
+
+    # While the target holds another node, finish says how to put the best's back.
+    refused = run_cli("finish", "--project", str(root), "--land", "main")
+    assert refused.returncode != 0 and "branch_from(run_id='r6')" in refused.stderr, refused.stderr
+    async with agent_for(root, {"target_file": "train.py", "run_command": "python train.py"}) as agent:
+        await agent.ok("start_session", tag="tr")
         back = await agent.ok("branch_from", run_id="r6")  # the best: the working tree is clean again
         assert back["parent"] == "r6" and back["depth"] == 3
         assert git(root, "status", "--porcelain", "-uno") == ""
@@ -221,3 +228,23 @@ async def test_a_crash_branched_from_to_fix_it_is_judged_against_the_best(
             git(root, "rev-parse", "refs/autoresearch/cr/r1").strip()
             == git(root, "rev-parse", f"{fixed['commit']}~2").strip()
         )
+
+
+async def test_the_sequential_rule_remeasures_the_best_beside_a_candidate_branched_from_a_crash(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """A crash has no value: the bar is the best's, so the content re-measured beside the fixed candidate is the
+    best's, never the crash's."""
+    from .test_noise import project, try_values
+
+    root = project(tmp_path)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="sc")
+        await agent.experiment("baseline")  # r1: 1.0, 1.1, 0.9
+        _run, crashed = await try_values(agent, "NO NUMBER 0.5\n", "a typo: no VALUES line")
+        assert crashed["decision"] == "crash"
+        await agent.ok("branch_from", run_id="r2")
+        _run, fixed = await try_values(agent, "VALUES 0.5 0.52 0.48\n", "the typo fixed")
+        assert (fixed["decision"], fixed["parent"], fixed["best"], fixed["prev"]) == ("keep", "r2", True, 1.0)
+        assert len(fixed["best_values"]) > 3  # the best re-measured beside it ...
+        assert set(fixed["best_values"]) <= {1.0, 1.1, 0.9}  # ... with the best's content, not the crash's

@@ -244,7 +244,8 @@ def _session_tools(tool: Register, workspace: Workspace) -> None:
             Field(
                 description="The session's experiment budget: no run starts once this many are logged or in "
                 "flight. Sets or lowers the session's budget (never raises it: a person does, in the "
-                "configuration); kept across restarts.",
+                "configuration); kept across restarts. Default: the budget in force stays (the configuration's, "
+                "or one set before).",
                 ge=1,
             ),
         ] = None,
@@ -253,7 +254,8 @@ def _session_tools(tool: Register, workspace: Workspace) -> None:
             Field(
                 description="The session's wall-clock budget in hours from its start: no run starts after it. "
                 "Sets or lowers the session's budget (never raises it: a person does, in the configuration); "
-                "kept across restarts.",
+                "kept across restarts. Default: the budget in force stays (the configuration's, or one set "
+                "before).",
                 gt=0,
             ),
         ] = None,

@@ -53,6 +53,16 @@ def reference_values(core: SessionCore, pending: Pending) -> list[float]:
     return best_values(core.state) if ref is core.state.best else list(ref.values) or [ref.value]
 
 
+def remeasured_commit(core: SessionCore, pending: Pending) -> str:
+    """The commit whose content is re-measured beside a candidate: its parent's (built on the best, the best it
+    was built on, even when a slot's best moved on since), or the best's when the parent has no value (a crash
+    branched from to fix it: the bar is the best's)."""
+    ref = reference(core, pending)
+    if pending.built_on_best or ref is None:
+        return pending.parent_commit
+    return ref.commit
+
+
 def node_as_best(core: SessionCore, run_id: str, commit: str) -> Best | None:
     """A logged node as a reference: its value and runs as logged (None when it has no value)."""
     row = core.journal.get(run_id)

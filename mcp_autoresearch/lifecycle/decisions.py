@@ -24,6 +24,8 @@ from ..records.state import Best, DecisionRecord, Pending, RunOutcome
 from ..session.context import SessionCore, normal_run_id
 from ..statuses import UNFINISHED
 from .branching import after_decision, becomes_best, built_on_the_best, made_best, reference, reference_values
+from .in_flight import STOPPED
+from .running import Runs
 from .steering import steer
 
 # The state a decision changes (restored when applying it fails midway, so a retry applies it once).
@@ -75,18 +77,13 @@ class DecisionPlacement(Protocol):
     def decided(self, pending: Pending, note: str) -> str:
         """After the decision is logged: what follows it; returns the next step."""
 
-    def recover(self, decider: Decider) -> list[str]:
-        """After a restart: the runs in flight and the decisions half applied; returns what was done."""
-
-    def shutdown(self, decider: Decider, join_s: float) -> None:
-        """The server stops: the runs in flight are cancelled and logged as interrupted."""
-
 
 class Decider:
     """Decides finished runs, whatever their placement: one path from the keep rule to the logged row."""
 
-    def __init__(self, core: SessionCore, placement: DecisionPlacement) -> None:
+    def __init__(self, core: SessionCore, runs: Runs, placement: DecisionPlacement) -> None:
         self.core = core
+        self.runs = runs
         self.placement = placement
 
     def verdict(self, pending: Pending, discard: bool) -> Verdict:
@@ -96,6 +93,12 @@ class Decider:
         verdict = judge(
             self.core, pending, best.value if best else None, best.nonblank_lines if best else None, discard
         )
+        if (
+            best is not None
+            and self.core.state.best is not None
+            and best.run_id != self.core.state.best.run_id
+        ):
+            verdict = replace(verdict, reason=against_parent(verdict.reason, best.run_id))
         if result.regression and verdict.decision == "keep":  # the greedy rule: reported, the keep stands
             verdict = replace(
                 verdict, reason=f"{verdict.reason}; {result.regression} (a regression, reported)"
@@ -107,14 +110,36 @@ class Decider:
         return verdict
 
     def recover(self) -> list[str]:
-        """After a restart: bring state, git and the logs back into agreement."""
-        notes = self.placement.recover(self)
-        if self.core.journal.reconcile_tsv():
+        """After a restart: bring state, git and the logs back into agreement, whatever the placement. A run
+        that never started is undone, decisions half applied are finished (first: git as decided), runs that
+        were in flight are logged as interrupted. Returns what was repaired."""
+        core = self.core
+        notes = self.runs.undo_starts()
+        for entry in [p for p in core.state.inflight if p.phase == "deciding"]:
+            self.finish(entry)
+            notes.append(f"the decision on run {entry.run_id} was completed")
+        for pending in self.runs.recover():
+            self.decide_locked(pending.run_id, discard=True)
+            notes.append(
+                f"run {pending.run_id} was in flight when the server stopped: logged as interrupted. It never "
+                "finished, so it says nothing about its idea: "
+                + ("run the baseline again" if pending.is_baseline else "apply its edit again to re-run it")
+            )
+        if core.journal.reconcile_tsv():
             notes.append("results.tsv was rebuilt from the JSONL log")
         return notes
 
     def shutdown(self, join_s: float) -> None:
-        self.placement.shutdown(self, join_s)
+        """The server stops: every run in flight is cancelled, and each that ended so is logged as interrupted.
+        A run that ended otherwise meanwhile, or was cancelled before (a client gave up on it), waits for its
+        decision as it ended."""
+        stopped = {flight.run_id for flight in self.runs.stop("the server was stopped", join_s)}
+        with self.core.lock:
+            for entry in [p for p in self.core.state.inflight if p.run_id in stopped]:
+                result = entry.result
+                if entry.phase == "finished" and result is not None and result.status == "cancelled":
+                    result.status, result.error = "interrupted", STOPPED
+                    self.decide_locked(entry.run_id, discard=True)
 
     def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:
         core = self.core
@@ -338,6 +363,15 @@ class Decider:
         noise = noise_of(values)
         self.core.state.noise_ss += noise.ss
         self.core.state.noise_df += noise.df
+
+
+def against_parent(reason: str, parent: str) -> str:
+    """The rule's words for a candidate judged against its parent node, not the best (a branched candidate)."""
+    return (
+        reason.replace("than the best", f"than its parent {parent}")
+        .replace("the best's", f"its parent {parent}'s")
+        .replace("over the best", f"over its parent {parent}")
+    ) + f" (judged against its parent {parent}, not the best)"
 
 
 def judge(

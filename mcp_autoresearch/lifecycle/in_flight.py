@@ -1,8 +1,9 @@
 """The life of a run in flight, one code path whatever its placement: the user's tree (a single run), a slot's
 checkout, or a Ray worker (a backend of the slot's experiment). The run is measured in a background thread,
 checked afterwards for what it changed, and recorded as finished, whatever happens to it; its waiters are then
-let go. What differs between placements (where the candidate is put, where the run writes, how the after-run
-checks are done, how the run is given back) is a `Placement`.
+let go. `execute` drives the run through a `Placement`: `running.Runs`, which hands what differs between
+placements (where the candidate is put, where the run writes, how the after-run checks are done) to the run's
+`RunPlacement`.
 """
 
 from __future__ import annotations
@@ -111,8 +112,8 @@ def progress_of(active: ActiveRun, limit_s: float) -> RunProgress:
 
 
 class Placement(Protocol):
-    """Where a run runs, and what that changes in its life. Every method but `prepare` and `measure` is called
-    with the session's lock held."""
+    """The steps of a run in flight (`running.Runs`). Every method but `prepare` and `measure` is called with
+    the session's lock held."""
 
     def prepare(self, active: ActiveRun, pending: Pending) -> None:
         """Put the candidate where it runs (the user's tree holds it already: committed at the start)."""

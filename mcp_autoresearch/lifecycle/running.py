@@ -1,5 +1,7 @@
-"""The run and its verification: commit the candidate, run it in the background, and check afterwards that
-it changed nothing it must not (restoring what it did, after keeping a copy).
+"""The runs of a session, whatever their placement: start one (every rule before a run, its record, its commit),
+run it in the background, wait for it, cancel it, and end it after a restart. Where a run runs, and what that
+changes, is its `RunPlacement`: the user's tree (`TreePlacement`, one run at a time) or slots (`SlotPlacement`,
+several at once; a Ray worker is a backend of a slot's experiments).
 
 A run always ends finished and recorded in the session state, whatever happens to it; the decision on it is
 `decisions`' job. Callers wait for a run through a `RunHandle`, never through the thread.
@@ -8,32 +10,40 @@ A run always ends finished and recorded in the session state, whatever happens t
 from __future__ import annotations
 
 import logging
-import os
-import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
-from ..errors import RuleViolation, SessionError
+from ..errors import RuleViolation
 from ..measure.keep_rule import nonblank_lines
-from ..measure.sequential import measure_baseline
+from ..measure.sequential import Measurement
 from ..names import RUN_LOGS
-from ..phases import advance
-from ..records.atomic import copy_regular, read_regular
+from ..phases import AWAITING_DECISION, advance, in_flight
+from ..records.atomic import read_regular
 from ..records.budget import refuse_past_budget
 from ..records.diskspace import DiskSpace
 from ..records.journal import Row, one_line
 from ..records.state import Pending, RunOutcome, server_dir
 from ..session.context import SessionCore
 from ..session.editing import Editor
-from ..setup.single_file import changed_fingerprints, new_files, sha256_bytes, sha256_file
+from ..setup.single_file import sha256_bytes
 from ..vcs.planted import GitWatch
-from .branching import mark_parent, reference, start_point
+from .branching import mark_parent, remeasured_commit, start_point
 from .experiment import Experiment, ExperimentResult
-from .in_flight import ActiveRun, RunHandle, execute, measure_run, tampered_before_best
+from .in_flight import (
+    STOPPED,
+    ActiveRun,
+    RunHandle,
+    RunProgress,
+    execute,
+    measure_run,
+    progress_of,
+    unmeasured,
+)
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -42,301 +52,310 @@ MAX_WAIT_S = 50.0  # the longest wait: many clients give up on a call after abou
 MAX_DESCRIPTION = 500  # characters of an experiment's description
 
 
-class Runs:
-    """Starts, verifies and stops the session's runs; at most one is in flight."""
+class RunPlacement(Protocol):
+    """Where a run runs, and what that changes in its life: the user's tree (`TreePlacement`) or slots
+    (`SlotPlacement`). `slot` is the slot a run's experiment runs in (None: the user's tree). Every method but
+    `prepare`, `measure_baseline`, `with_content` and `unchanged` is called with the session's lock held."""
 
-    def __init__(self, core: SessionCore, editor: Editor) -> None:
-        self.core = core
-        self.editor = editor
-        self.active: ActiveRun | None = None
-        self.git_watch = GitWatch(core.repo, core.root, core.state.branch, core.state.tag)
-        self.git_notes: list[str] = []  # what a restart found changed in git's files before git ran again
-        self.space = DiskSpace(core.root)  # the reserve for the server's records (shared with the slots)
+    concurrent: bool  # several runs in flight at once; else at most one, and "no run id" means that one
 
-    def handle(self, run_id: str | None) -> RunHandle | None:
-        """The run in flight (that one, when `run_id` is given), or None when it is not in flight."""
-        active = self.active
-        if active is None or (run_id is not None and run_id != active.run_id):
-            return None
-        return RunHandle.of(active, self.core.config.timeout)
+    def admit(self, space: DiskSpace) -> None:
+        """Refuse a new run now, with a clear error (the disk, the server's own files, the runs in flight)."""
 
-    def cancel(self, reason: str) -> None:
-        active = self.active
-        if active is not None:
-            active.cancel(reason)
+    def parent(self) -> str:
+        """The commit a new candidate is built on."""
 
-    def cancel_run(self, reason: str, run_id: str | None) -> None:
-        """A client gave up waiting for the run: it is stopped (there is only one)."""
-        self.cancel(reason)
+    def place(self, pending: Pending, content: bytes) -> list[int]:
+        """Commit the candidate (`pending.commit`), in the order crash recovery needs; returns its slots."""
+
+    def new_watch(self) -> GitWatch:
+        """What snapshots git's files and refs for a new run."""
+
+    def experiment(
+        self, slot: int | None, name: str, log_dir: Path, progress: Callable[[float, float, str], None] | None
+    ) -> Experiment:
+        """The commands of one run named `name`, where it runs."""
+
+    def started(self, pending: Pending) -> None:
+        """The run is recorded as running: the user's tree is made ready for what comes next."""
+
+    def prepare(self, flight: ActiveRun, pending: Pending) -> None:
+        """Put the candidate where it runs (the user's tree holds it already: committed at the start)."""
+
+    def places(self, slots: list[int]) -> list[Path]:
+        """Where runs in these slots write on this machine (for the check of the disk's free space)."""
+
+    def measure_baseline(self, flight: ActiveRun) -> Measurement:
+        """The unmodified baseline, run until the noise is measured."""
+
+    def with_content(
+        self, pending: Pending, slot: int | None, commit: str, run: Callable[[], ExperimentResult]
+    ) -> ExperimentResult:
+        """`run` with the target's content at `commit` in place of the candidate's, then the candidate's back."""
+
+    def unchanged(self, slot: int | None, pending: Pending) -> bool:
+        """The candidate is still what was measured (a keep is confirmed only then)."""
+
+    def check_after_run(self, pending: Pending, watch: GitWatch | None) -> list[str]:
+        """What the run changed that it must not (each restored, a copy kept); `watch` None after a restart."""
+
+    def undo_planted(self, pending: Pending) -> None:
+        """After a restart, before git runs again: what the run planted in git's files is undone."""
+
+    def undo_start(self, pending: Pending) -> str:
+        """After a restart: a run recorded as `starting` never ran; what was placed is undone, its record
+        dropped; returns a note."""
+
+    def end_leftovers(self, pending: Pending) -> int:
+        """After a restart: the processes (or jobs) the run left are ended; returns how many."""
 
     def wait_after_start(self, wait_s: float | None) -> float | None:
-        """run_experiment waits for the run in the user's tree as the agent asked."""
-        return wait_s
+        """How long run_experiment waits for the run it started."""
 
-    def stop(self, reason: str, join_s: float) -> ActiveRun | None:
-        """Cancel the run in flight and wait up to `join_s` for its thread; returns the run that was stopped."""
-        active = self.active
-        if active is None:
-            return None
-        active.cancel(reason)
-        if active.thread is not None:
-            active.thread.join(join_s)
-        return active
+    def running_step(self, pending: Pending) -> str:
+        """The next step while this run is in flight."""
 
+    def line(self) -> str | None:
+        """One line on where runs go, for the briefing and start_session (None: nothing to say)."""
+
+
+class Runs:
+    """Starts, waits for, stops and ends the session's runs, whatever their placement (the `Placement` that
+    `in_flight.execute` drives)."""
+
+    def __init__(self, core: SessionCore, editor: Editor, placement: RunPlacement) -> None:
+        self.core = core
+        self.editor = editor
+        self.placement = placement
+        self.space = DiskSpace(core.root)  # the reserve for the server's records
+        self.flights: dict[str, ActiveRun] = {}
+        self.finish_order: list[str] = [p.run_id for p in core.state.inflight if not in_flight(p)]
+        self._changed = threading.Condition(threading.Lock())
+
+    # -- what is in flight -----------------------------------------------------------------------------------
+    def entry(self, run_id: str) -> Pending | None:
+        return next((p for p in self.core.state.inflight if p.run_id == run_id), None)
+
+    def first_finished(self) -> Pending | None:
+        """The run that finished first among those waiting for their decision."""
+        waiting = {p.run_id: p for p in self.core.state.inflight if p.phase in AWAITING_DECISION}
+        for run_id in self.finish_order:
+            if run_id in waiting:
+                return waiting[run_id]
+        return next(iter(waiting.values()), None)
+
+    def forget(self, run_id: str) -> None:
+        """The run is decided: it no longer waits."""
+        if run_id in self.finish_order:
+            self.finish_order.remove(run_id)
+
+    def _asked(self, run_id: str | None) -> str | None:
+        """The run a call means: `run_id`, or, one run at a time, the one in flight."""
+        if run_id is None and not self.placement.concurrent:
+            return next(iter(self.flights), None)
+        return run_id
+
+    def handle(self, run_id: str | None) -> RunHandle | None:
+        """The run in flight (without `run_id` and several at once: whichever finishes first; None when one
+        already waits for its decision, or when that run is not in flight)."""
+        run_id = self._asked(run_id)
+        if run_id is None:
+            if self.first_finished() is not None or not self.flights:
+                return None
+            return RunHandle(None, self.wait_any, self._first_progress)
+        flight = self.flights.get(run_id)
+        return RunHandle.of(flight, self.core.config.timeout) if flight is not None else None
+
+    def _first_progress(self) -> RunProgress:
+        """wait_experiment without a run id: every run in flight, and the oldest one's progress."""
+        limit = self.core.config.timeout
+        flights = sorted(self.flights.values(), key=lambda f: f.started)
+        if not flights:
+            return RunProgress("", 0.0, limit, "", Path())
+        first = progress_of(flights[0], limit)
+        ids = ", ".join(f.run_id for f in flights)
+        return RunProgress(
+            f"{ids} in flight; {first.run_id}", first.elapsed_s, limit, first.last_line, first.log_path
+        )
+
+    def wait_any(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with self._changed:
+            while True:
+                with self.core.lock:
+                    if self.first_finished() is not None or not self.flights:
+                        return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 0.5))
+
+    def cancel(self, reason: str) -> None:
+        for flight in list(self.flights.values()):
+            flight.cancel(reason)
+
+    def cancel_run(self, reason: str, run_id: str | None) -> None:
+        """A client gave up waiting for this run: it is stopped (giving up on "any run" stops none of them)."""
+        run_id = self._asked(run_id)
+        flight = self.flights.get(run_id) if run_id is not None else None
+        if flight is not None:
+            flight.cancel(reason)
+
+    def stop(self, reason: str, join_s: float) -> list[ActiveRun]:
+        """Cancel every run in flight and wait up to `join_s` in all for their threads; returns them."""
+        flights = list(self.flights.values())
+        for flight in flights:
+            flight.cancel(reason)
+        deadline = time.monotonic() + join_s
+        for flight in flights:
+            if flight.thread is not None:
+                flight.thread.join(max(0.0, deadline - time.monotonic()))
+        return flights
+
+    # -- starting ------------------------------------------------------------------------------------------
     def start_run(self, description: str, rerun: bool = False) -> str | AlreadyMeasured:
         """Check every rule, commit the candidate, and start it in the background. Returns the run id, or the
         earlier run when this content was measured before in the session and `rerun` is not set."""
-        core = self.core
+        core, placement = self.core, self.placement
         with core.lock:
-            core.own.guard()
-            core.check_no_pending()
-            no_room = self.space.before_run([core.root], list(core.config.writable))
-            if no_room:
-                raise SessionError(no_room)
-            parent, parent_run = start_point(core, core.repo.head_commit())  # the best, or a branched node
-            started = new_run(core, self.editor, description, parent, rerun)
+            placement.admit(self.space)
+            inflight = core.state.inflight
+            parent, parent_run = start_point(core, placement.parent())  # the best, or a branched node
+            started = new_run(core, self.editor, description, parent, rerun, len(inflight))
             if isinstance(started, AlreadyMeasured):
                 return started  # no idea is measured twice unless asked
-            pending, target_bytes = started
-            mark_parent(core, pending, parent_run)
-            run_id, description, is_baseline = pending.run_id, pending.description, pending.is_baseline
-            core.state.inflight.append(pending)
-            core.save()
-            message = f"experiment: {description}"
-            if is_baseline:
-                commit = parent
-            elif core.plain_target:
-                commit = core.repo.commit_file(
-                    core.state.branch, core.target_repo_path, target_bytes, message, parent
+            pending, content = started
+            mark_parent(core, pending, parent_run)  # a branched parent: judged against it, never rebased
+            slots = placement.place(pending, content)
+            written_ahead = any(p is pending for p in inflight)  # then a restart undoes what was placed
+            self._launch(pending, slots)
+            try:
+                if not written_ahead:
+                    inflight.append(pending)
+                core.journal.log_experiment_start(
+                    pending.run_id, pending.commit or "", pending.description, pending.parent_run
                 )
-            else:  # filters or end-of-line conversion apply: let git make the blob
-                commit = core.repo.commit_with_git(core.state.branch, core.target_repo_path, message)
-            pending.commit = commit
-            pending.git_config, pending.refs_digest = self.git_watch.before_run()
-            core.journal.log_experiment_start(run_id, commit, description, pending.parent_run)
-            advance(pending, "running", core.save)  # after the append: the record seals the JSONL with it
-            _drop_stale_bytecode(self.editor.target_path())
+                advance(pending, "running", core.save)  # after the append: the record seals the JSONL with it
+            except BaseException:  # nothing starts: no flight is left without its thread
+                self.flights.pop(pending.run_id, None)
+                if not written_ahead and pending in inflight:
+                    inflight.remove(pending)
+                raise
             core.own.journal_written()
-            log_dir = server_dir(core.root, RUN_LOGS, core.state.tag)  # a planted symlink is replaced
-            active = ActiveRun(run_id=run_id, started=time.monotonic(), log_dir=log_dir)
-            active.experiment = Experiment(
-                core.config,
-                core.root,
-                run_id,
+            placement.started(pending)
+            self._start_thread(pending)
+            return pending.run_id
+
+    def _launch(self, pending: Pending, slots: list[int]) -> None:
+        """The run's in-memory side: its experiments (one per slot it occupies) and git's snapshot."""
+        core = self.core
+        log_dir = server_dir(core.root, RUN_LOGS, core.state.tag)  # a planted symlink is replaced
+        flight = ActiveRun(run_id=pending.run_id, started=time.monotonic(), log_dir=log_dir, slots=slots)
+        experiments = [
+            self.placement.experiment(
+                slot,
+                pending.run_id if index == 0 else f"{pending.run_id}-slot{slot}",
                 log_dir,
-                core.state.tag,
-                active.record_progress,
-                core.isolation,
+                flight.record_progress if index == 0 else None,
             )
-            active.thread = threading.Thread(
-                target=execute,
-                args=(core, self.space, self, active, pending),
-                name=f"run-{run_id}",
-                daemon=True,
-            )
-            self.active = active
-            active.thread.start()
-            return run_id
+            for index, slot in enumerate(slots or [None])
+        ]
+        flight.experiment, flight.others = experiments[0], experiments[1:]
+        flight.watch = self.placement.new_watch()
+        pending.git_config, pending.refs_digest = flight.watch.before_run()
+        self.flights[pending.run_id] = flight
 
-    def after_restart(self) -> None:
-        """A run was in flight when the server stopped: what it planted in git's files is undone before git
-        runs again (what was found is reported by the check after the run)."""
-        pending = self.core.state.pending
-        if pending is not None and pending.phase == "running" and pending.commit:
-            self.git_notes = self.git_watch.after_run(
-                pending.git_config, pending.refs_digest, pending.commit, pending.run_id
-            )
+    def _start_thread(self, pending: Pending) -> None:
+        flight = self.flights[pending.run_id]
+        flight.thread = threading.Thread(
+            target=execute,
+            args=(self.core, self.space, self, flight, pending),
+            name=f"run-{pending.run_id}",
+            daemon=True,
+        )
+        flight.thread.start()
 
-    # -- the run's placement (`lifecycle.Placement`): the user's tree ----------------------------------------
-    def prepare(self, active: ActiveRun, pending: Pending) -> None:
-        """Nothing to do: the candidate is committed on the session branch, in the user's tree."""
+    def restart(self, pending: Pending, slot: int) -> None:
+        """Run an in-flight entry again in `slot` (its change merged onto a newer best). Caller holds the lock."""
+        pending.slot = slot
+        pending.result = None
+        self._launch(pending, [slot])
+        advance(pending, "running", self.core.save)
+        self._start_thread(pending)
 
-    def places(self, active: ActiveRun) -> list[Path]:
-        return [self.core.root]
+    # -- the run in flight (`in_flight.Placement`) --------------------------------------------------------------
+    def prepare(self, flight: ActiveRun, pending: Pending) -> None:
+        self.placement.prepare(flight, pending)
 
-    def disk_full(self, active: ActiveRun, pending: Pending) -> None:
-        """Nothing else to stop: this is the only run in flight."""
-
-    def check_after_run(self, active: ActiveRun, pending: Pending) -> list[str]:
-        return self.verify_after_run(pending)
-
-    def record(self, active: ActiveRun, pending: Pending, outcome: RunOutcome) -> None:
-        pending.result = outcome
-        advance(pending, "finished", self.core.save)
-
-    def release(self, active: ActiveRun, pending: Pending) -> None:
-        with self.core.lock:
-            self.active = None
-        active.done.set()
-
-    def measure(self, active: ActiveRun, pending: Pending) -> RunOutcome:
+    def measure(self, flight: ActiveRun, pending: Pending) -> RunOutcome:
         """Run the candidate as many times as the keep rule needs: the baseline's noise runs, one run (or
         `repeats`) under the greedy rule, the sequential test's runs with the best re-measured as needed."""
-        core = self.core
-        experiment = active.experiment
-        assert experiment is not None
+        placement = self.placement
+        slot = flight.slots[0] if flight.slots else None
         return measure_run(
-            core,
-            active,
+            self.core,
+            flight,
             pending,
-            lambda: measure_baseline(experiment, core.config),
-            lambda: Experiment(
-                core.config,
-                core.root,
-                f"{pending.run_id}-best",
-                experiment.log_dir,
-                core.state.tag,
-                active.record_progress,
-                core.isolation,
+            lambda: placement.measure_baseline(flight),
+            lambda: placement.experiment(
+                slot, f"{pending.run_id}-best", flight.log_dir, flight.record_progress
             ),
-            lambda run: self._with_best_content(pending, run),
-            lambda: (
-                sha256_file(core.root / core.target_rel) == pending.target_sha256
-                and not changed_fingerprints(core.root, core.state.readonly_hashes)
-            ),
+            # The parent's content, re-measured: the node the candidate is judged against.
+            lambda run: placement.with_content(pending, slot, remeasured_commit(self.core, pending), run),
+            lambda: placement.unchanged(slot, pending),
         )
 
-    def _with_best_content(self, pending: Pending, run: Callable[[], ExperimentResult]) -> ExperimentResult:
-        """Run with the best's content in place of the candidate's, then put the candidate's back. The state
-        says so meanwhile: a server killed in between restores the candidate without calling it tampering.
-        A run that changed the target is not covered up by the swaps: before them the candidate's change is
-        left for the check after the run; the best's is kept as a copy and stops the measurement."""
-        core = self.core
-        best = reference(core, pending)  # the parent's content: the best's unless the candidate was branched
-        assert best is not None and pending.commit is not None
-        target = core.root / core.target_rel
-        with core.lock:
-            if sha256_file(target) != pending.target_sha256:
-                return tampered_before_best("the candidate's run changed the target")
-            pending.measuring_best = True
-            core.save()
-            core.repo.restore_paths(best.commit, [core.target_repo_path])
-            _drop_stale_bytecode(target)
-            best_content = sha256_file(target)
-        changed = False
-        try:
-            result = run()
-        finally:
-            with core.lock:
-                changed = sha256_file(target) != best_content
-                if changed:
-                    self.keep_copies(pending.run_id, [core.target_rel])
-                core.repo.restore_paths(pending.commit, [core.target_repo_path])
-                _drop_stale_bytecode(target)
-                pending.measuring_best = False
-                core.save()
-        if changed and result.status == "ok":
-            result.status = "tampered"
-            result.error = (
-                f"the best's run changed the target (kept in .autoresearch/tampered/{pending.run_id}/)"
-            )
-        return result
+    def places(self, flight: ActiveRun) -> list[Path]:
+        return self.placement.places(flight.slots)
 
-    def verify_after_run(self, pending: Pending) -> list[str]:
-        """What the run changed that it must not: git's configuration and refs, tracked files, read-only files,
-        the server's own logs. Each is restored (tracked files from the commit that ran; logs from the JSONL)."""
-        core = self.core
-        commit = pending.commit or pending.parent_commit
-        tampered, self.git_notes = self.git_notes, []
-        try:
-            # First, before git runs again: configuration, attributes and refs as the run found them.
-            tampered += self.git_watch.after_run(
-                pending.git_config, pending.refs_digest, commit, pending.run_id
-            )
-            if core.repo.current_branch() != core.state.branch:
-                tampered.append(f"HEAD (switched to {core.repo.current_branch() or 'a detached commit'})")
-                core.repo.checkout_branch(core.state.branch)
-            if core.repo.head_commit() != commit:
-                tampered.append("the session branch (moved by the run)")
-                core.repo.move_branch(
-                    core.state.branch, commit, f"autoresearch: undo {pending.run_id}'s move"
-                )
-            index_same = self.git_watch.index_unchanged()  # else the run (or its git) wrote the index
-            hidden = [] if index_same else core.repo.hidden_tracked_files()
-            hidden = [p for p in hidden if p not in core.state.hidden_paths]
-            if hidden:  # flags that blind git status to these files: cleared, so status sees them again
-                tampered.append("index flags hiding " + ", ".join(map(core.repo.project_path, hidden)))
-                core.repo.reveal(hidden)
-            changed = core.repo.changed_tracked_files()
-            target_same = sha256_file(core.root / core.target_rel) == pending.target_sha256
-            if core.target_repo_path in changed and pending.target_sha256 and target_same:
-                changed.remove(core.target_repo_path)  # only the index lags behind the committed target
-            elif core.target_repo_path not in changed and pending.target_sha256 and not target_same:
-                changed.append(core.target_repo_path)  # compared by content, whatever git status says
-            if changed:
-                tampered += [core.repo.project_path(p) for p in changed]
-                tampered += self.restore_with_copies(pending.run_id, commit, changed)
-        except SessionError as exc:
-            tampered.append(f"git state ({exc})")
-        readonly = changed_fingerprints(core.root, core.state.readonly_hashes)
-        for rel in readonly:
-            if rel not in tampered:
-                tampered.append(rel)
-        if readonly:
-            try:
-                tracked = [
-                    core.repo.repo_path(r) for r in readonly if core.repo.is_tracked(core.repo.repo_path(r))
-                ]
-                tampered += self.restore_with_copies(pending.run_id, commit, tracked)
-            except SessionError:
-                pass
-        planted = new_files(core.root, list(core.config.readonly_files), core.state.readonly_hashes)
-        if planted:
-            tampered += self.move_aside(pending.run_id, planted)
-        tampered += core.own.restore()
-        return tampered
+    def disk_full(self, flight: ActiveRun, pending: Pending) -> None:
+        """The other runs write on the same full disk: stopped before the reserve is freed."""
+        for other in self.flights.values():
+            if other is not flight:
+                other.cancel(f"stopped: the disk filled up while it ran (see {pending.run_id})")
 
-    def move_aside(self, run_id: str, paths: list[str]) -> list[str]:
-        """Files the run created below a read-only directory (they were not there before it: the check before
-        every run refuses new ones) go to .autoresearch/tampered/<run_id>/, so the evaluator never sees them."""
-        root = self.core.root
-        notes = []
-        for rel in paths:
-            try:
-                aside = server_dir(root, "tampered", run_id, *Path(rel).parent.parts) / Path(rel).name
-                os.replace(root / rel, aside)
-                notes.append(f"{rel} (created by the run below a read-only directory; moved aside)")
-            except OSError as exc:
-                notes.append(
-                    f"{rel} (created by the run below a read-only directory; could not be moved: {exc})"
-                )
-        return notes
+    def check_after_run(self, flight: ActiveRun, pending: Pending) -> list[str]:
+        return self.placement.check_after_run(pending, flight.watch)
 
-    def restore_with_copies(self, run_id: str, commit: str, repo_paths: list[str]) -> list[str]:
-        """Restore tracked paths to `commit`, each only once a copy of what it holds is kept. A path whose copy
-        fails is left as it is and named (the returned notes): nothing of the user's is thrown away."""
-        repo = self.core.repo
-        failed = self.keep_copies(run_id, [repo.project_path(p) for p in repo_paths])
-        repo.restore_paths(commit, [p for p in repo_paths if repo.project_path(p) not in failed])
-        return [
-            f"{rel} (NOT restored: no copy of it could be kept in .autoresearch/tampered/{run_id}/; look at it, "
-            f"then git checkout -- {rel})"
-            for rel in failed
-        ]
+    def record(self, flight: ActiveRun, pending: Pending, outcome: RunOutcome) -> None:
+        if self.entry(pending.run_id) is pending:  # else decided meanwhile (the server stopped)
+            pending.result = outcome
+            advance(pending, "finished", self.core.save)
+            self.finish_order.append(pending.run_id)
 
-    def keep_copies(self, run_id: str, paths: list[str]) -> list[str]:
-        """Before restoring files a run changed, keep what they held: during a long run the change may be the
-        user's own edit, and nothing of the user's is ever thrown away. Returns the paths whose copy failed.
-        Only regular files hold content; the copies go only into real directories of the server's."""
-        root = self.core.root
-        failed: list[str] = []
-        for rel in paths:
-            source = root / rel
-            try:
-                if not stat.S_ISREG(source.lstat().st_mode):
-                    continue  # a symlink, a FIFO or a directory: no bytes of the user's to keep
-            except FileNotFoundError:
-                continue
-            except OSError:
-                failed.append(rel)
-                continue
-            try:
-                directory = server_dir(root, "tampered", run_id, *Path(rel).parent.parts)
-                copy_regular(source, directory / source.name)
-            except (OSError, SessionError) as exc:
-                log.warning("could not keep a copy of %s before restoring it: %s", rel, exc)
-                failed.append(rel)
-        return failed
+    def release(self, flight: ActiveRun, pending: Pending) -> None:
+        with self.core.lock:
+            if self.flights.get(pending.run_id) is flight:
+                del self.flights[pending.run_id]
+        flight.done.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    # -- after a restart -----------------------------------------------------------------------------------
+    def after_restart(self) -> None:
+        """Runs were in flight when the server stopped: what each planted in git's files is undone before git
+        runs again (what was found is reported with that run)."""
+        for pending in [p for p in self.core.state.inflight if p.phase == "running"]:
+            self.placement.undo_planted(pending)
+
+    def undo_starts(self) -> list[str]:
+        """Runs recorded as `starting` when the server stopped never ran: what was placed for them is undone
+        (never the agent's edit). Returns what was done."""
+        return [self.placement.undo_start(p) for p in list(self.core.state.inflight) if p.phase == "starting"]
+
+    def recover(self) -> list[Pending]:
+        """Runs that were in flight when the server stopped: their processes are ended, what they changed is
+        checked, and they are marked interrupted (each is then logged as such by the decisions). Finished runs
+        wait for their decision. Returns the runs interrupted."""
+        interrupted = [p for p in self.core.state.inflight if p.phase == "running"]
+        for pending in interrupted:
+            killed = self.placement.end_leftovers(pending)
+            tampered = self.placement.check_after_run(pending, None)
+            error = STOPPED + (f" ({killed} leftover processes killed)" if killed else "")
+            pending.result = unmeasured("interrupted", error, tampered)
+            advance(pending, "finished", self.core.save)
+            self.finish_order.append(pending.run_id)
+        return interrupted
 
 
 @dataclass(frozen=True)
@@ -444,15 +463,3 @@ def clamp_wait(wait_s: float | None) -> float:
     if wait_s is None:
         return DEFAULT_WAIT_S
     return max(0.0, min(float(wait_s), MAX_WAIT_S))
-
-
-def _drop_stale_bytecode(target: Path) -> None:
-    """Python trusts a cached .pyc when the source's size and mtime (in whole seconds) match; two edits of the
-    same length within one second would run the old code. Remove the target's own cache entry before a run."""
-    if target.suffix != ".py":
-        return
-    for cached in (target.parent / "__pycache__").glob(f"{target.stem}.*.pyc"):
-        try:
-            cached.unlink()
-        except OSError:
-            pass

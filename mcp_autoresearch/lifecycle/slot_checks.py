@@ -11,14 +11,14 @@ from ..session.context import SessionCore
 from ..setup.single_file import changed_fingerprints, new_files
 from ..vcs.checkouts import Checkouts
 from ..vcs.planted import GitWatch
-from .running import Runs
+from .tree_checks import TreeChecks
 
 
 class SlotChecks:
-    def __init__(self, core: SessionCore, checkouts: Checkouts, runs: Runs, slots: int) -> None:
+    def __init__(self, core: SessionCore, checkouts: Checkouts, tree: TreeChecks, slots: int) -> None:
         self.core = core
         self.checkouts = checkouts
-        self.runs = runs  # the copies-before-restore helpers are shared with single runs
+        self.tree = tree  # the user's tree is checked as after a single run
         self.slots = slots
         self._readonly: dict[str, str | None] | None = None
         # Unconfined, what one run's check finds may be the doing of any run in flight at the time: each of them
@@ -109,43 +109,7 @@ class SlotChecks:
         return self._readonly
 
     def _user_tree(self, pending: Pending, watch: GitWatch | None) -> list[str]:
-        core = self.core
-        repo = core.repo
-        best = core.state.best
-        head = best.commit if best else core.state.base_commit
-        watch = watch or self.runs.git_watch
-        tampered: list[str] = []
-        try:
-            tampered += watch.after_run(pending.git_config, pending.refs_digest, head, pending.run_id)
-            if repo.current_branch() != core.state.branch:
-                tampered.append(f"HEAD (switched to {repo.current_branch() or 'a detached commit'})")
-                repo.checkout_branch(core.state.branch)
-            if repo.head_commit() != head:
-                tampered.append("the session branch (moved by a run)")
-                repo.move_branch(
-                    core.state.branch, head, f"autoresearch: undo a move during {pending.run_id}"
-                )
-            hidden = [] if watch.index_unchanged() else repo.hidden_tracked_files()
-            hidden = [p for p in hidden if p not in core.state.hidden_paths]
-            if hidden:
-                tampered.append("index flags hiding " + ", ".join(map(repo.project_path, hidden)))
-                repo.reveal(hidden)
-            changed = [p for p in repo.changed_tracked_files() if p != core.target_repo_path]
-            if changed:
-                tampered += [repo.project_path(p) for p in changed]
-                tampered += self.runs.restore_with_copies(pending.run_id, head, changed)
-        except SessionError as exc:
-            tampered.append(f"git state ({exc})")
-        readonly = changed_fingerprints(core.root, core.state.readonly_hashes)
-        tampered += [rel for rel in readonly if rel not in tampered]
-        if readonly:
-            try:
-                tracked = [repo.repo_path(r) for r in readonly if repo.is_tracked(repo.repo_path(r))]
-                tampered += self.runs.restore_with_copies(pending.run_id, head, tracked)
-            except SessionError:
-                pass
-        planted = new_files(core.root, list(core.config.readonly_files), core.state.readonly_hashes)
-        if planted:
-            tampered += self.runs.move_aside(pending.run_id, planted)
-        tampered += core.own.restore()
-        return tampered
+        """The user's tree, at the best while slot runs are in flight, checked as after a single run."""
+        state = self.core.state
+        head = state.best.commit if state.best else state.base_commit
+        return self.tree.check(pending, watch, head, ran_here=False)

@@ -15,13 +15,14 @@ from ..measure.keep_rule import nonblank_lines
 from ..models import DecisionResult
 from ..names import SESSION_REFS
 from ..records.atomic import atomic_write, read_regular
-from ..records.state import DecisionRecord, Pending, RunOutcome, server_dir
+from ..records.state import Best, DecisionRecord, Pending, RunOutcome, server_dir
 from ..session.context import SessionCore
 from ..setup.single_file import sha256_bytes
 from ..vcs.checkouts import merge_target
 from .branching import keep_reachable, made_best
-from .decisions import Decider, decided_next_step, judge
-from .parallel import ParallelRuns
+from .decisions import decided_next_step, judge
+from .running import Runs
+from .slot_placement import SlotPlacement
 
 MAX_REBASES = 2  # a candidate merged onto a newer best this many times and still stale is discarded
 
@@ -29,23 +30,24 @@ MAX_REBASES = 2  # a candidate merged onto a newer best this many times and stil
 class SlotDecisions:
     """The decision's side with slots (the `DecisionPlacement` of slot runs): several runs, any order."""
 
-    def __init__(self, core: SessionCore, parallel: ParallelRuns) -> None:
+    def __init__(self, core: SessionCore, runs: Runs, slots: SlotPlacement) -> None:
         self.core = core
-        self.parallel = parallel
+        self.runs = runs
+        self.slots = slots
 
     def guard(self) -> None:
-        self.parallel.checks.guard_own()  # also while runs are in flight: nothing is appended to a forged log
+        self.slots.checks.guard_own()  # also while runs are in flight: nothing is appended to a forged log
 
     def select(self, run_id: str | None) -> Pending:
         core = self.core
         if run_id is not None:
-            found = self.parallel.entry(run_id)
+            found = self.runs.entry(run_id)
             if found is None:
                 raise RuleViolation(
                     f"run {run_id} is neither in flight nor logged in session '{core.state.tag}'"
                 )
             return found
-        pending = self.parallel.first_finished()
+        pending = self.runs.first_finished()
         if pending is None:
             running = [p.run_id for p in core.state.inflight]
             if running:
@@ -95,9 +97,8 @@ class SlotDecisions:
         repo.unstage([self.core.target_repo_path])
 
     def decided(self, pending: Pending, note: str) -> str:
-        if pending.run_id in self.parallel.finish_order:
-            self.parallel.finish_order.remove(pending.run_id)
-        free = self.parallel.slots - len(self.core.state.inflight)
+        self.runs.forget(pending.run_id)
+        free = self.slots.slots - len(self.core.state.inflight)
         then = (
             f"{free} slot{'s' if free != 1 else ''} free: edit the next idea and run_experiment"
             if free
@@ -105,82 +106,89 @@ class SlotDecisions:
         )
         return decided_next_step(self.core, pending, then, then, note)
 
-    def recover(self, decider: Decider) -> list[str]:
-        """Decisions half applied are finished (first: git as decided), runs that were in flight are logged as
-        interrupted. Returns what was repaired."""
-        notes = []
-        for entry in [p for p in self.core.state.inflight if p.phase == "deciding"]:
-            decider.finish(entry)
-            notes.append(f"the decision on run {entry.run_id} was completed")
-        for run_id in self.parallel.recover():
-            decider.decide_locked(run_id, discard=True)
-            notes.append(
-                f"run {run_id} was in flight when the server stopped: logged as interrupted; it never finished, "
-                "so it says nothing about its idea (apply its edit again to re-run it)"
-            )
-        return notes
-
-    def shutdown(self, decider: Decider, join_s: float) -> None:
-        """Every run in flight is cancelled, and those that ended are logged as interrupted."""
-        self.parallel.stop("the server was stopped", join_s)
-        with self.core.lock:
-            for entry in list(self.core.state.inflight):
-                result = entry.result
-                if entry.phase == "finished" and result is not None and result.status == "cancelled":
-                    result.status, result.error = "interrupted", "the server stopped during this run"
-                    decider.decide_locked(entry.run_id, discard=True)
-
     def _rebase(self, pending: Pending) -> DecisionResult | None:
         """A stale candidate: discarded (the decision is left in `pending.decision`), or merged onto the best and
         started again (the answer is returned)."""
-        core = self.core
-        best = core.state.best
+        best = self.core.state.best
         assert best is not None
-        result = pending.result or RunOutcome()
-        own = judge(core, pending, pending.parent_value, None)  # against the best it was built on
+        own = judge(self.core, pending, pending.parent_value, None)  # against the best it was built on
         if own.decision != "keep":
             pending.decision = DecisionRecord(
                 decision=own.decision, reason=f"{own.reason} (against the best it was built on)"
             )
             return None
-        repo, path = core.repo, core.target_repo_path
-        base = repo.show_file(pending.parent_commit, path)
-        ours = repo.show_file(best.commit, path)
-        theirs = repo.show_file(pending.commit or pending.parent_commit, path)
-        merged = merge_target(base, ours, theirs)
-        why = None
-        if pending.rebases >= MAX_REBASES:
-            why = f"stale: the best moved again after {pending.rebases} re-runs"
-        elif merged is None:
-            why = f"stale: its change conflicts with the best kept since it was built ({best.run_id})"
-        elif merged == ours:
-            why = f"stale: its change is already in the best ({best.run_id})"
-        else:
-            # As run_experiment: content in flight or already measured is never started again here (a rebase is
-            # no second draw of the noise for content the session has decided on, nor a twin of a run in flight).
-            merged_sha = sha256_bytes(merged)
-            twin = next(
-                (
-                    p
-                    for p in core.state.inflight
-                    if p is not pending and not p.is_baseline and p.target_sha256 == merged_sha
-                ),
-                None,
-            )
-            earlier = core.journal.measured(merged_sha)
-            if twin is not None:
-                why = f"stale: merged onto the new best it is the content of {twin.run_id}, in flight"
-            elif earlier is not None:
-                why = f"stale: merged onto the new best it is the content {earlier.run_id} already measured"
-        slot = self.parallel.free_slot()
+        merged, why = self._merged(pending, best)
+        slot = self.slots.free_slot()
         if why is None and slot is None:
             why = "stale: no slot is free to run it again"
         if why is not None or merged is None or slot is None:
             pending.decision = DecisionRecord(decision="discard", reason=why or "stale")
             return None
-        old_commit, built_on = pending.commit, pending.parent_value
+        value, built_on = (pending.result or RunOutcome()).value, pending.parent_value
+        commit = self._run_again(pending, merged, best, slot)
+        return DecisionResult(
+            run_id=pending.run_id,
+            decision="rerun",
+            reason=(
+                f"it beat the best it was built on ({value} vs {built_on}), but {best.run_id} "
+                "was kept since: its change was merged onto the new best and runs again"
+            ),
+            value=value,
+            prev=best.value,
+            delta=None,
+            commit=commit,
+            branch_head=self.core.repo.head_commit(),
+            next_step=(
+                f"{pending.run_id} runs again in slot {slot} on the new best; call wait_experiment() for the "
+                "first run to finish, or edit the next idea and run_experiment"
+            ),
+            keep_rule=self.core.state.keep_rule,
+            parent=pending.parent_run,
+        )
+
+    def _merged(self, pending: Pending, best: Best) -> tuple[bytes | None, str | None]:
+        """The candidate's change merged onto the best, and why it may not run again (None: it may)."""
+        core = self.core
+        repo, path = core.repo, core.target_repo_path
+        base = repo.show_file(pending.parent_commit, path)
+        ours = repo.show_file(best.commit, path)
+        theirs = repo.show_file(pending.commit or pending.parent_commit, path)
+        merged = merge_target(base, ours, theirs)
+        if pending.rebases >= MAX_REBASES:
+            return merged, f"stale: the best moved again after {pending.rebases} re-runs"
+        if merged is None:
+            return None, f"stale: its change conflicts with the best kept since it was built ({best.run_id})"
+        if merged == ours:
+            return merged, f"stale: its change is already in the best ({best.run_id})"
+        # As run_experiment: content in flight or already measured is never started again here (a rebase is no
+        # second draw of the noise for content the session has decided on, nor a twin of a run in flight).
+        merged_sha = sha256_bytes(merged)
+        twin = next(
+            (
+                p
+                for p in core.state.inflight
+                if p is not pending and not p.is_baseline and p.target_sha256 == merged_sha
+            ),
+            None,
+        )
+        if twin is not None:
+            return merged, f"stale: merged onto the new best it is the content of {twin.run_id}, in flight"
+        earlier = core.journal.measured(merged_sha)
+        if earlier is not None:
+            return (
+                merged,
+                f"stale: merged onto the new best it is the content {earlier.run_id} already measured",
+            )
+        return merged, None
+
+    def _run_again(self, pending: Pending, merged: bytes, best: Best, slot: int) -> str:
+        """Commit the merged candidate on the best, log it, and start it again in `slot`; returns its commit. A
+        failure puts the run back as it ran."""
+        core = self.core
+        repo = core.repo
+        old_commit = pending.commit
         commit = repo.write_commit(
-            path,
+            core.target_repo_path,
             merged,
             f"experiment: {pending.description} (on {best.run_id})",
             best.commit,
@@ -196,7 +204,7 @@ class SlotDecisions:
                 "from_commit": old_commit,
                 "commit": commit,
                 "onto": best.run_id,
-                "value_before": result.value,
+                "value_before": (pending.result or RunOutcome()).value,
                 "slot": slot,
             },
         )
@@ -209,9 +217,9 @@ class SlotDecisions:
             pending.target_sha256 = sha256_bytes(merged)
             pending.nonblank_lines = nonblank_lines(merged.decode("utf-8", errors="replace"))
             pending.rebases += 1
-            self.parallel.restart(pending, slot)
+            self.runs.restart(pending, slot)
         except BaseException:
-            self.parallel.flights.pop(pending.run_id, None)
+            self.runs.flights.pop(pending.run_id, None)
             for name in type(before).model_fields:
                 setattr(pending, name, getattr(before, name))
             if old_commit is not None:
@@ -219,25 +227,7 @@ class SlotDecisions:
             core.save()
             raise
         core.own.journal_written()
-        return DecisionResult(
-            run_id=pending.run_id,
-            decision="rerun",
-            reason=(
-                f"it beat the best it was built on ({result.value} vs {built_on}), but {best.run_id} "
-                "was kept since: its change was merged onto the new best and runs again"
-            ),
-            value=result.value,
-            prev=best.value,
-            delta=None,
-            commit=commit,
-            branch_head=repo.head_commit(),
-            next_step=(
-                f"{pending.run_id} runs again in slot {slot} on the new best; call wait_experiment() for the "
-                "first run to finish, or edit the next idea and run_experiment"
-            ),
-            keep_rule=core.state.keep_rule,
-            parent=pending.parent_run,
-        )
+        return commit
 
     def _advance(self, pending: Pending, commit: str) -> str:
         """The branch moves to the kept candidate (a child of the best), and the target in the user's tree

@@ -1,20 +1,16 @@
 """What deciding a run in the user's tree changes (the `DecisionPlacement` of single runs): a keep leaves the
-branch on the candidate, a discard moves it back and restores the target; after a restart the one run in
-flight is undone, logged as interrupted, or its decision finished."""
+branch on the candidate (and the holdout measures it), a discard moves it back and restores the target."""
 
 from __future__ import annotations
 
 from ..errors import RuleViolation
 from ..models import DecisionResult
 from ..names import SESSION_REFS
-from ..phases import advance
 from ..records.state import DecisionRecord, Pending
-from ..sandbox.processes import kill_marked_processes
 from ..session.context import SessionCore
 from .branching import keep_reachable, made_best
-from .decisions import Decider, decided_next_step
+from .decisions import decided_next_step
 from .holdout_stage import run_holdout
-from .in_flight import STOPPED, unmeasured
 from .running import Runs
 
 
@@ -26,7 +22,7 @@ class TreeDecisions:
         self.runs = runs
 
     def guard(self) -> None:
-        if self.runs.active is None:
+        if not self.runs.flights:
             self.core.own.guard()
 
     def select(self, run_id: str | None) -> Pending:
@@ -72,6 +68,7 @@ class TreeDecisions:
 
     def decided(self, pending: Pending, note: str) -> str:
         core = self.core
+        self.runs.forget(pending.run_id)
         decision = pending.decision or DecisionRecord()
         if (
             made_best(decision) and core.config.holdout_command
@@ -93,57 +90,3 @@ class TreeDecisions:
             "try another idea: edit the target and run",
             note,
         )
-
-    def recover(self, decider: Decider) -> list[str]:
-        """The run in the user's tree: one that never started is undone (its edit stays), one that was running
-        is logged as interrupted, a decision half applied is finished. Returns what was done."""
-        core = self.core
-        pending = core.state.pending
-        if pending is None:
-            return []
-        if pending.phase == "starting":
-            head = core.repo.head_commit()
-            before = core.state.best.commit if core.state.best else pending.parent_commit  # HEAD at the start
-            if (
-                head not in (before, pending.parent_commit)
-                and core.repo.is_ancestor(pending.parent_commit, head)
-                and core.repo.commit_message(head).startswith("experiment:")
-            ):
-                # The candidate was committed but never ran: undo the commit (the branch goes back to the best,
-                # where it was), keep the edit in the work tree.
-                core.repo.move_branch(core.state.branch, before, f"autoresearch: undo {pending.run_id}")
-                core.repo.unstage([core.target_repo_path])
-            core.state.drop(pending.run_id)
-            core.save()
-            return [f"run {pending.run_id} never started; its edit is back in the working tree"]
-        if pending.phase == "running":
-            killed = kill_marked_processes(str(core.root))
-            if pending.measuring_best and pending.commit:  # the best's content was in place for a re-measure
-                core.repo.restore_paths(pending.commit, [core.target_repo_path])
-            tampered = self.runs.verify_after_run(pending)
-            error = STOPPED + (f" ({killed} leftover processes killed)" if killed else "")
-            pending.result = unmeasured("interrupted", error, tampered)
-            advance(pending, "finished", core.save)
-            decider.decide_locked(pending.run_id, discard=True)
-            return [
-                f"run {pending.run_id} was in flight when the server stopped: logged as interrupted. It never "
-                "finished, so it says nothing about its idea: "
-                + ("run the baseline again" if pending.is_baseline else "apply its edit again to re-run it")
-            ]
-        if pending.phase == "deciding":
-            decider.finish(pending)
-            return [f"the decision on run {pending.run_id} was completed"]
-        return []
-
-    def shutdown(self, decider: Decider, join_s: float) -> None:
-        """The run in flight is cancelled and, once it ended, logged as interrupted."""
-        active = self.runs.stop("the server was stopped", join_s)
-        if active is None:
-            return
-        with self.core.lock:
-            pending = self.core.state.pending
-            if pending is not None and pending.phase == "finished" and pending.run_id == active.run_id:
-                if pending.result and pending.result.status == "cancelled":
-                    pending.result.status = "interrupted"
-                    pending.result.error = STOPPED
-                decider.decide_locked(pending.run_id, discard=True)

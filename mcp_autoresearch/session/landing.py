@@ -26,7 +26,7 @@ from ..measure.standing import standing
 from ..names import RUN_LOGS, SESSION_BRANCHES, SESSION_REFS, SLOT_INDEXES
 from ..readers.report import SessionFiles, open_session_files
 from ..records.journal import Row
-from ..records.state import ProjectLock, current_tag, load_state, state_dir, state_path
+from ..records.state import ProjectLock, SessionState, current_tag, load_state, state_dir, state_path
 from ..terminal_text import printable
 from ..vcs.checkouts import session_slots
 from ..vcs.history import check_changed_files, is_verified_ancestor
@@ -159,7 +159,7 @@ def land(summary: Summary, branch: str, squash: bool, message: str | None) -> st
     lock = _lock(files.root, "land the session")
     try:
         _check_history(repo, "land the session")
-        _check_clean(repo)
+        _check_clean(repo, state)
         worktree = _checked_out_elsewhere(repo, branch)
         if worktree:
             raise SessionError(f"{branch} is checked out in another worktree ({worktree}); land from there")
@@ -419,13 +419,22 @@ def history_note(root: Path) -> str:
     )
 
 
-def _check_clean(repo: Repo) -> None:
+def _check_clean(repo: Repo, state: SessionState) -> None:
     dirty = [repo.project_path(p) for p in repo.changed_tracked_files()]
-    if dirty:
-        raise SessionError(
-            "tracked files have uncommitted changes: " + ", ".join(dirty[:10]) + ". Commit or stash them "
-            "first (an undecided experiment? let the server decide it), so nothing of yours is overwritten"
+    if not dirty:
+        return
+    branched = ""
+    if state.next_parent and state.best is not None and state.target_file in dirty:
+        branched = (
+            f" The target holds the content of node {state.next_parent} (the session branched from it; it is kept "
+            f"under {SESSION_REFS}{state.tag}/{state.next_parent}): put the best's back first with "
+            f"branch_from(run_id='{state.best.run_id}'), then finish."
         )
+    raise SessionError(
+        "tracked files have uncommitted changes: " + ", ".join(dirty[:10]) + ". Commit or stash them "
+        "first (an undecided experiment? let the server decide it), so nothing of yours is overwritten."
+        + branched
+    )
 
 
 def _check_branch_name(repo: Repo, branch: str) -> None:

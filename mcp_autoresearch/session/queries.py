@@ -9,7 +9,6 @@ from typing import Any
 from ..errors import RuleViolation, SessionError
 from ..lifecycle.branching import reference, reference_values
 from ..lifecycle.decisions import Decider, rerun
-from ..lifecycle.parallel import ParallelRuns, slots_line
 from ..lifecycle.running import Runs
 from ..measure.holdout import holdout_summary
 from ..measure.provenance import metric_provenance
@@ -44,18 +43,15 @@ class Views:
         self.core = core
         self.runs = runs
         self.decider = decider
-        self.parallel: ParallelRuns | None = None  # set by the session when it runs with slots
 
     def view(self, run_id: str | None, already_measured: bool = False) -> RunResult:
         """The current knowledge of a run: in flight, finished and waiting for a decision, or already logged
         (`already_measured`: shown in answer to a run of the same content, which did not run)."""
         core = self.core
         with core.lock:
-            pending = core.state.pending
             if run_id is not None:
                 run_id = normal_run_id(run_id)
-            if self.parallel is not None:
-                pending = self._in_flight(run_id)
+            pending = self._in_flight(run_id)
             if pending is not None and (run_id is None or run_id == pending.run_id):
                 return self.pending_view(pending)
             if run_id is None:
@@ -98,12 +94,11 @@ class Views:
             )
 
     def _in_flight(self, run_id: str | None) -> Pending | None:
-        """With slots: the run asked for, else the first to finish among those waiting, else the oldest running."""
-        assert self.parallel is not None
+        """The run asked for, else the first to finish among those waiting, else the oldest running."""
         if run_id is not None:
-            return self.parallel.entry(run_id)
+            return self.runs.entry(run_id)
         inflight = self.core.state.inflight
-        return self.parallel.first_finished() or (inflight[0] if inflight else None)
+        return self.runs.first_finished() or (inflight[0] if inflight else None)
 
     def pending_view(self, pending: Pending) -> RunResult:
         """A run in flight, or finished and waiting for its decision (with what the decision will be)."""
@@ -112,11 +107,9 @@ class Views:
         best = parent.value if parent else None
         metric = core.state.metric_name
         if in_flight(pending) or pending.result is None:
-            handle = (self.parallel or self.runs).handle(pending.run_id)
+            handle = self.runs.handle(pending.run_id)
             progress = handle.progress() if handle is not None else None
-            next_step = f"still running: call wait_experiment(run_id='{pending.run_id}')"
-            if self.parallel is not None:
-                next_step = self._slot_step(pending)
+            next_step = self.runs.placement.running_step(pending)
             return RunResult(
                 run_id=pending.run_id,
                 status="running",
@@ -184,30 +177,12 @@ class Views:
             parent=pending.parent_run,
         )
 
-    def _slot_step(self, pending: Pending) -> str:
-        assert self.parallel is not None
-        if pending.is_baseline:
-            return (
-                f"the baseline runs in all {self.parallel.slots} slots at once (the noise under full load); "
-                "call wait_experiment() until it finishes, then commit_or_reset"
-            )
-        free = self.parallel.slots - len(self.core.state.inflight)
-        where = f"{pending.run_id} runs in slot {pending.slot}"
-        if free > 0:
-            return (
-                f"{where}; the target holds the best again: edit the next idea and run_experiment "
-                f"({free} slot{'s' if free != 1 else ''} free), or wait_experiment() for the first run to finish"
-            )
-        return (
-            f"{where}; every slot is busy: call wait_experiment() for the first run to finish, then decide it"
-        )
-
     def start_result(self, resumed: bool, recovered: list[str]) -> StartResult:
         """What start_session answers: the session, what was repaired, the briefing when resumed, the next step."""
         core = self.core
         state = core.state
-        pending = state.pending or (self.parallel.first_finished() if self.parallel else None)
-        if self.parallel is not None and pending is None and state.inflight:
+        pending = state.pending or self.runs.first_finished()
+        if pending is None and state.inflight:
             next_step = (
                 "runs are in flight: call wait_experiment() for the first to finish, then commit_or_reset"
             )
@@ -245,7 +220,7 @@ class Views:
             experiments=len(core.journal),
             pending_run=pending.run_id if pending else None,
             isolation=core.isolation.describe(),
-            slots=slots_line(self.parallel) if self.parallel else None,
+            slots=self.runs.placement.line(),
             caches=describe_caches(list(core.config.persistent)),
             recovered=recovered,
             briefing=briefing,
@@ -268,7 +243,7 @@ class Views:
             core.journal,
             keep_rule=keep_rule_summary(core.state, core.config),
             noise_sd=noise.sd if noise.df else None,
-            slots=slots_line(self.parallel) if self.parallel else None,
+            slots=self.runs.placement.line(),
         )
         held = holdout_summary(core.root, core.state.tag, core.state.metric_direction)
         return f"{text.rstrip()}\n\n{held[0].upper()}{held[1:]}.\n" if held else text

@@ -3,7 +3,7 @@
 Every rule the agent could break is checked, in code, before and after each step: only the target changes;
 read-only files keep their hashes; the number logged is the one measured; a change is kept only if it
 improved; every experiment is logged; the user's files are never lost. The steps themselves are the
-session's parts: `editing` (the target), `running` (a run and its verification), `decisions` (keep or
+session's parts: `editing` (the target), `running` (a run, whatever its placement), `decisions` (keep or
 discard) and `views` (runs, results, notes); they share the session through `context.SessionCore`.
 """
 
@@ -20,10 +20,12 @@ from ..errors import RuleViolation, SessionError
 from ..lifecycle.branching import Brancher
 from ..lifecycle.decisions import Decider
 from ..lifecycle.in_flight import RunHandle
-from ..lifecycle.parallel import ParallelRuns
 from ..lifecycle.running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, Runs, clamp_wait
 from ..lifecycle.slot_decisions import SlotDecisions
+from ..lifecycle.slot_placement import SlotPlacement
+from ..lifecycle.tree_checks import TreeChecks
 from ..lifecycle.tree_decisions import TreeDecisions
+from ..lifecycle.tree_placement import TreePlacement
 from ..measure.provenance import metric_provenance
 from ..models import (
     BranchResult,
@@ -108,21 +110,17 @@ class Session:
         self.own = OwnFiles(root, state.tag, journal, self.config.jsonl_path, self.save, self.recovered)
         # The session's parts, each with one concern; they see the session as a `SessionCore`.
         self.editor = Editor(self)
-        self.runs = Runs(self, self.editor)
-        self.parallel: ParallelRuns | None = None
-        if self.config.parallel:  # runs go to slots: checkouts of their own, several at once
-            self.parallel = ParallelRuns(self, self.editor, self.runs)
+        tree = TreeChecks(self)  # the user's tree is checked after every run, whatever its placement
         # Where runs go and what deciding them changes: the one choice of mode, made here.
-        self.placement: Runs | ParallelRuns = self.parallel or self.runs
-        self.decider = Decider(
-            self,
-            SlotDecisions(self, self.parallel)
-            if self.parallel is not None
-            else TreeDecisions(self, self.runs),
-        )
+        if self.config.parallel:  # runs go to slots: checkouts of their own, several at once
+            slots = SlotPlacement(self, self.editor, tree)
+            self.runs = Runs(self, self.editor, slots)
+            self.decider = Decider(self, self.runs, SlotDecisions(self, self.runs, slots))
+        else:
+            self.runs = Runs(self, self.editor, TreePlacement(self, self.editor, tree))
+            self.decider = Decider(self, self.runs, TreeDecisions(self, self.runs))
         self.views = Views(self, self.runs, self.decider)
         self.brancher = Brancher(self)
-        self.views.parallel = self.parallel
 
     # ======================================================================================================
     # opening
@@ -263,7 +261,7 @@ class Session:
                 "another tag to use the new one"
             )
         session = cls(root, project, repo, state, journal)
-        session.placement.after_restart()  # before git runs again: what a run in flight planted is undone
+        session.runs.after_restart()  # before git runs again: what a run in flight planted is undone
         if repo.current_branch() != state.branch:
             dirty = [p for p in repo.changed_tracked_files()]
             if dirty:
@@ -401,21 +399,21 @@ class Session:
 
     @one_call
     def start_run(self, description: str, rerun: bool = False) -> str | AlreadyMeasured:
-        return self.placement.start_run(description, rerun)
+        return self.runs.start_run(description, rerun)
 
     def start_wait(self, wait_s: float | None) -> float | None:
         """How long run_experiment waits for the run it started: with slots not at all (the agent prepares the
         next idea while this one runs), else as the agent asked."""
-        return self.placement.wait_after_start(wait_s)
+        return self.runs.placement.wait_after_start(wait_s)
 
     def run_handle(self, run_id: str | None) -> RunHandle | None:
         """The run in flight, to wait for (None when that run, or any, is not in flight). With slots and no
         run_id: a handle on whichever run finishes first (None when one already waits for its decision)."""
         run_id = normal_run_id(run_id) if run_id is not None else None
-        return self.placement.handle(run_id)
+        return self.runs.handle(run_id)
 
     def cancel_run(self, reason: str, run_id: str | None = None) -> None:
-        self.placement.cancel_run(reason, normal_run_id(run_id) if run_id is not None else None)
+        self.runs.cancel_run(reason, normal_run_id(run_id) if run_id is not None else None)
 
     @one_call
     def view(self, run_id: str | None, already_measured: bool = False) -> RunResult:
