@@ -386,3 +386,26 @@ async def test_a_target_folder_swapped_for_a_link_out_of_the_project_is_never_wr
         assert (outside / "train.py").read_text() == "the outside file\n", answer
         assert sorted(p.name for p in outside.iterdir()) == ["train.py"]
         assert answer.is_error and "is a symlink; nothing changed" in answer.content[0].text, answer
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a budget is counted per session: with the budget spent, start_session(tag=<new>) creates a session "
+    "from the spent one's best with a fresh budget, again and again; deciding what may start a new session "
+    "past a spent budget (a person, or finish first) is the lead's call",
+)
+async def test_a_spent_experiment_budget_is_not_escaped_by_starting_a_new_session(
+    knobs: Path, agent_for: Any
+) -> None:
+    root = knobs
+    async with agent_for(root, {**CONFIG, "max_experiments": 2}) as agent:
+        await agent.ok("start_session", tag="a")
+        await agent.experiment("baseline")
+        await step(agent, "A = 5", "A = 3", "A to 3")
+        await agent.edit("A = 3", "A = 2")
+        assert "max_experiments (2) reached" in await agent.refused("run_experiment", description="A to 2")
+        await agent.edit("A = 2", "A = 3")  # back to the best: the project is clean for a new session
+        answer = await agent.client.call_tool("start_session", {"tag": "b"})
+        if not answer.is_error:
+            answer = await agent.client.call_tool("run_experiment", {"description": "a fresh budget"})
+        assert answer.is_error and "budget" in answer.content[0].text, answer
