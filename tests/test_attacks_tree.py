@@ -76,11 +76,12 @@ FORGE_NODE_REF = textwrap.dedent(
 )
 
 
+@pytest.mark.parametrize("isolation", ["off", "auto"])
 async def test_a_forged_node_ref_never_brings_unmeasured_content_or_other_files_into_a_lineage(
-    knobs: Path, agent_for: Any
+    knobs: Path, agent_for: Any, isolation: str
 ) -> None:
     root = knobs
-    async with agent_for(root, {**CONFIG, "isolation": "off"}) as agent:
+    async with agent_for(root, {**CONFIG, "isolation": isolation}) as agent:
         await agent.ok("start_session", tag="tr")
         _run, base = await agent.experiment("baseline")  # r1: 10
         assert base["value"] == 10
