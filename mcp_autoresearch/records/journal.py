@@ -1,7 +1,10 @@
 """The experiment log: `results.tsv` for people and the JSONL for machines, in the original tool's formats.
 
 The JSONL is the source of truth; `results.tsv` is derived from it and rebuilt whenever the two disagree (a
-server killed between the two appends, or a run that rewrote the file). Appends are flushed and fsynced.
+server killed between the two appends, or a run that rewrote the file). Appends are not fsynced one by one: the
+bytes written since the JSONL's last fsync travel in the server's record of the session (`Seal.tail`), so the
+record is whole with the JSONL's durable part, and a record that holds a decision row is fsynced (see
+`Seal`). The JSONL itself is fsynced when it is loaded and whenever that tail reaches `SYNC_EVERY` bytes.
 In memory the journal keeps a compact index of the current session (value, status codes, parent node, best
 flag and the byte offset of each row's line, in arrays): 100,000 experiments cost a few MB, and full rows are
 read back from the JSONL only when they are shown.
@@ -20,7 +23,7 @@ import math
 import os
 from array import array
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +37,22 @@ from .lineage import UNNAMED, Lineage, Unnamed, tree_keys
 from .results_tsv import AUTORESEARCH_HEADER, TsvFormat, quick_tsv_size, same_tsv_size
 
 TSV_HEADER = AUTORESEARCH_HEADER
+SYNC_EVERY = 32 * 1024  # the JSONL is fsynced when the bytes past its last fsync reach this size
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    """The JSONL as the server wrote it, for its record of the session: the first `size` bytes hash to `digest`;
+    the last `len(tail)` of them are `tail`, written since the JSONL's last fsync (the record carries them, so a
+    record that survives an OS crash is whole even when those appends did not). `sync`: a decision (or the
+    session's start) is among what it covers and no fsynced record holds it yet: the record is fsynced, and then
+    `durable(size)` is called."""
+
+    size: int
+    digest: str
+    tail: bytes = b""
+    sync: bool = False
+    durable: Callable[[int], None] | None = field(default=None, compare=False)
 
 
 def now_stamps() -> tuple[str, str]:
@@ -111,6 +130,9 @@ class Journal:
 
     def _reset(self) -> None:
         self._offset = 0  # how far the JSONL has been read
+        self._tail = bytearray()  # the bytes this process appended since the JSONL's last fsync
+        self._decided_to = 0  # the end of the last row that must be durable (a decision, a session's start)
+        self._recorded_to = 0  # how far an fsynced record of the session covers the JSONL
         # sha256 of the JSONL's first `_offset` bytes, as read or written by this process
         self._sha = hashlib.sha256()
         self._offsets = array("q")  # byte offset of each experiment_done line
@@ -291,7 +313,22 @@ class Journal:
         if self.jsonl_path.exists():
             self._repair_torn_tail(self.jsonl_path)
         self.load_readonly()
+        self._sync_loaded()
         self.reconcile_tsv(quick=True)
+
+    def _sync_loaded(self) -> None:
+        """What was read is made durable, once per load; the next record of the session is fsynced (the one on
+        disk may be a save the page cache holds only)."""
+        try:
+            fd = open_regular(self.jsonl_path, os.O_RDONLY)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._decided_to, self._recorded_to = self._offset, -1
 
     def load_readonly(self) -> None:
         """Read the rows without writing anything (for the CLI's views of a live session)."""
@@ -439,9 +476,14 @@ class Journal:
             "timestamp": stamp,
         }
         line = (json.dumps(event, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-        offset, self.written[self.jsonl_path] = append_synced(self.jsonl_path, line)
+        sync = len(self._tail) + len(line) >= SYNC_EVERY
+        offset, self.written[self.jsonl_path] = append_synced(self.jsonl_path, line, sync=sync)
         self._offset = offset + len(line)
         self._sha.update(line)
+        if sync:
+            self._tail.clear()
+        else:
+            self._tail += line
         if self.mirror is not None:  # the server's own copy, to restore the JSONL from (ownfiles); a tail
             # lost in a crash is rebuilt from the sealed JSONL
             _, self.written[self.mirror] = append_synced(self.mirror, line, sync=False)
@@ -449,6 +491,7 @@ class Journal:
 
     def log_session_start(self, details: dict[str, Any]) -> None:
         self._append_jsonl("session_start", True, details)
+        self._decided_to = self._offset
 
     def log_experiment_start(
         self, run_id: str, commit: str, description: str, parent: str | None = None
@@ -491,12 +534,13 @@ class Journal:
             **({"combined": list(row.combined)} if row.combined else {}),
         }
         offset = self._append_jsonl("experiment_done", row.status != "crash", details)
+        self._decided_to = self._offset
         self._add(row.run_id, offset, row.value, row.status, row.run_status, row.parent, row.best)
         self._remember_content(row.evidence.target_sha256, row.run_status)
         current = fingerprint(self.tsv_path)
         if current is not None and self._tsv_size is not None and current[0] == self._tsv_size:
             line = self.tsv_format.line(row).encode("utf-8")
-            # Not fsynced: results.tsv is derived from the JSONL (fsynced above), and a row lost with the page
+            # Not fsynced: results.tsv is derived from the JSONL (durable with the record), and a row lost with the page
             # cache is written again from it when the session is next loaded (its last row is compared).
             _, self.written[self.tsv_path] = append_synced(self.tsv_path, line, sync=False)
             self._tsv_size += len(line)
@@ -526,9 +570,14 @@ class Journal:
         return list(self._notes[index])
 
     # -- tamper evidence ------------------------------------------------------------------------------------
-    def seal(self) -> tuple[int, str]:
-        """How many bytes of the JSONL this process vouches for, and their sha256."""
-        return self._offset, self._sha.hexdigest()
+    def seal(self) -> Seal:
+        """How many bytes of the JSONL this process vouches for, their sha256, and those not yet fsynced."""
+        sync = self._decided_to > self._recorded_to
+        return Seal(self._offset, self._sha.hexdigest(), bytes(self._tail), sync, self._recorded)
+
+    def _recorded(self, size: int) -> None:
+        """An fsynced record of the session covers the JSONL's first `size` bytes."""
+        self._recorded_to = max(self._recorded_to, size)
 
     def fingerprints(self) -> tuple[Fingerprint | None, Fingerprint | None]:
         return fingerprint(self.tsv_path), fingerprint(self.jsonl_path)

@@ -19,8 +19,8 @@ from ..errors import SessionError
 from ..names import RESULTS_TSV, RUN_LOG, SESSIONS, STATE_DIR, public_state
 from ..vcs.repo import Repo
 from .atomic import atomic_write, fingerprint, open_regular
-from .journal import Journal
-from .state import Seal, current_tag, server_dir, state_fingerprint
+from .journal import Journal, Seal
+from .state import current_tag, server_dir, state_fingerprint
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -90,8 +90,11 @@ class OwnFiles:
         return changed
 
 
-def prefix_sha256(path: Path, size: int) -> str | None:
-    """sha256 of a regular file's first `size` bytes; None when it is shorter, or not a regular file."""
+def prefix_sha256(path: Path, size: int, then: bytes = b"") -> str | None:
+    """sha256 of a regular file's first `size` bytes (followed by `then`); None when it is shorter, or not a
+    regular file."""
+    if size < 0:
+        return None
     try:
         fd = open_regular(path)
     except OSError:
@@ -102,16 +105,19 @@ def prefix_sha256(path: Path, size: int) -> str | None:
         while left > 0 and (chunk := handle.read(min(left, 1 << 20))):
             digest.update(chunk)
             left -= len(chunk)
+    digest.update(then)
     return digest.hexdigest() if left == 0 else None
 
 
 def restore_jsonl(journal: Journal, seal: Seal) -> str | None:
     """Make the JSONL exactly the `seal`ed bytes the server wrote, and its copy too. What a run appended is cut;
-    a JSONL rewritten, edited in place or deleted is restored from the server's copy. Nothing another process
-    wrote is ever adopted, and the history is never emptied: when neither file holds the sealed bytes, this
-    refuses. Returns what was done (None when nothing was needed)."""
-    size, digest = seal
+    a JSONL rewritten, edited in place or deleted is restored from the server's copy; appends an OS crash lost
+    (never fsynced) are written again from the seal's tail, which the server's record carries. Nothing another
+    process wrote is ever adopted, and the history is never emptied: when neither file holds the sealed bytes,
+    this refuses. Returns what was done (None when nothing was needed)."""
+    size, digest, tail = seal.size, seal.digest, seal.tail
     path, mirror = journal.jsonl_path, journal.mirror
+    sources = [path] if mirror is None else [path, mirror]
     note = None
     if prefix_sha256(path, size) == digest:
         if os.lstat(path).st_size > size:
@@ -120,6 +126,9 @@ def restore_jsonl(journal: Journal, seal: Seal) -> str | None:
     elif mirror is not None and prefix_sha256(mirror, size) == digest:
         _copy_prefix(mirror, path, size)
         note = f"{path.name} restored from the server's copy"
+    elif tail and (base := _holding(sources, size - len(tail), tail, digest)) is not None:
+        _copy_prefix(base, path, size - len(tail), tail)
+        note = f"{path.name}: its last {len(tail)} bytes (not yet fsynced) written again from the server's record"
     else:
         raise SessionError(
             f"{path} was rewritten and the server's copy ({mirror}) no longer holds what the server wrote "
@@ -130,10 +139,15 @@ def restore_jsonl(journal: Journal, seal: Seal) -> str | None:
     return note
 
 
+def _holding(sources: list[Path], size: int, tail: bytes, digest: str) -> Path | None:
+    """The first file whose first `size` bytes, followed by `tail`, hash to `digest`."""
+    return next((path for path in sources if prefix_sha256(path, size, tail) == digest), None)
+
+
 def start_mirror(journal: Journal) -> None:
     """A new session's copy of the JSONL: its whole content as this server read it."""
     assert journal.mirror is not None
-    _copy_prefix(journal.jsonl_path, journal.mirror, journal.seal()[0])
+    _copy_prefix(journal.jsonl_path, journal.mirror, journal.seal().size)
 
 
 def _truncate(path: Path, size: int) -> None:
@@ -145,12 +159,13 @@ def _truncate(path: Path, size: int) -> None:
         os.close(fd)
 
 
-def _copy_prefix(source: Path, dest: Path, size: int) -> None:
-    """`dest` becomes the first `size` bytes of `source` (atomically; an empty file when `source` is absent)."""
+def _copy_prefix(source: Path, dest: Path, size: int, then: bytes = b"") -> None:
+    """`dest` becomes the first `size` bytes of `source`, then `then` (atomically; only `then` when `source` is
+    absent)."""
     try:
         fd = open_regular(source)
     except FileNotFoundError:
-        atomic_write(dest, b"", 0o644)
+        atomic_write(dest, then, 0o644)
         return
     with os.fdopen(fd, "rb") as handle:
         left = size
@@ -160,6 +175,7 @@ def _copy_prefix(source: Path, dest: Path, size: int) -> None:
             while left > 0 and (chunk := handle.read(min(left, 1 << 20))):
                 left -= len(chunk)
                 yield chunk
+            yield then
 
         atomic_write(dest, chunks(), 0o644)
 

@@ -28,6 +28,7 @@ from ..names import SESSIONS, STATE_DIR, own_record, public_state
 from ..phases import Phase
 from ..statuses import Decision, RunStatus
 from .atomic import atomic_write, own_dir, read_regular
+from .journal import Seal
 
 
 class Best(BaseModel):
@@ -230,10 +231,11 @@ class OwnRecord(BaseModel):
     state: SessionState
     jsonl_size: int = 0
     jsonl_sha256: str = ""
+    jsonl_tail: str = ""  # the JSONL's last bytes of those sealed, written since its last fsync (UTF-8 lines)
     public_behind: str = ""  # the sha256 of the public copy when this save left it for the end of the step
 
-
-Seal = tuple[int, str]  # (size, sha256) of the JSONL prefix the server wrote
+    def seal(self) -> Seal:
+        return Seal(self.jsonl_size, self.jsonl_sha256, self.jsonl_tail.encode("utf-8"))
 
 
 def state_fingerprint(root: Path, tag: str) -> tuple[tuple[int, ...] | None, ...]:
@@ -253,11 +255,22 @@ def save_state(root: Path, state: SessionState, seal: Seal | None = None, behind
     """Write-then-rename: a reader (or a restart) sees the old state or the new one, never half of one. The
     server's own record first (with the JSONL's seal), then the public copy, unless `behind` (the sha256 of the
     public copy as it is) says the caller writes it later, once for all the saves of a step (`write_public`).
-    Returns the sha256 of the public copy."""
+    The record is fsynced only when the seal asks (it covers a decision no fsynced record holds yet): a kill -9
+    loses no write, fsynced or not; an OS crash may lose the saves since the last decision (README, "Crash
+    safety"). Returns the sha256 of the public copy."""
     directory = server_dir(root, SESSIONS)
-    size, digest = seal or (0, "")
-    record = OwnRecord(state=state, jsonl_size=size, jsonl_sha256=digest, public_behind=behind)
-    atomic_write(directory / own_record(state.tag), record.model_dump_json().encode("utf-8"), mode=0o644)
+    seal = seal or Seal(0, "")
+    record = OwnRecord(
+        state=state,
+        jsonl_size=seal.size,
+        jsonl_sha256=seal.digest,
+        jsonl_tail=seal.tail.decode("utf-8"),
+        public_behind=behind,
+    )
+    data = record.model_dump_json().encode("utf-8")
+    atomic_write(directory / own_record(state.tag), data, mode=0o644, sync=seal.sync)
+    if seal.sync and seal.durable is not None:
+        seal.durable(seal.size)
     return behind or write_public(root, state)
 
 

@@ -124,7 +124,9 @@ class Editor:
                 raise RuleViolation(_too_large(len(data), "bytes"))
             if "\x00" in after:
                 raise RuleViolation("the new content contains NUL bytes; only text can be written")
-            atomic_write(target, data)  # replaces a symlink swapped in, never follows it
+            # Replaces a symlink swapped in, never follows it. Not fsynced, as an editor or git checkout writes:
+            # no record names this content until start_run commits it (README, "Crash safety").
+            atomic_write(target, data, sync=False)
         diff = bounded_diff(before, after, self.core.target_rel)
         return EditResult(
             path=self.core.target_rel,

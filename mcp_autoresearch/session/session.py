@@ -272,7 +272,7 @@ class Session:
             repo.checkout_branch(state.branch)
         repo.add_excludes(exclude_patterns(repo, config.jsonl_path))
         if record.jsonl_sha256:  # the JSONL as the server left it: what a run wrote is not adopted
-            restored = restore_jsonl(journal, (record.jsonl_size, record.jsonl_sha256))
+            restored = restore_jsonl(journal, record.seal())
             session.recovered += [restored] if restored else []
         journal.load()
         if not record.jsonl_sha256:  # a session of an earlier version: its copy starts now
