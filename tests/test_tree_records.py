@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mcp_autoresearch.records.journal import Journal
+from mcp_autoresearch.records.journal import Journal, Row
 from mcp_autoresearch.records.state import load_state, state_path
 from mcp_autoresearch.session.workspace import Workspace
 
@@ -139,3 +139,21 @@ def test_every_row_result_and_start_event_names_its_parent_and_whether_it_became
         assert len((ml_project / "results.tsv").read_text().splitlines()[0].split("\t")) == 5
     finally:
         workspace.shutdown()
+
+
+def test_the_row_just_logged_reads_back_without_the_file_a_run_may_have_replaced(tmp_path: Path) -> None:
+    """The decision's next_step reads the row it just logged: a run still in flight may have put a link in the
+    JSONL's place by then (seen under load in tests/test_attacks_slots.py: an internal error, ELOOP). The journal
+    holds what it wrote."""
+    jsonl = tmp_path / "log.jsonl"
+    journal = Journal(tmp_path / "results.tsv", jsonl, "t")
+    journal.load()
+    journal.log_experiment_done(
+        Row("r1", "a" * 40, "m", 1.5, "keep", "ok", "baseline", None, None, None, 0.1, None, "t", "")
+    )
+    elsewhere = tmp_path / "forged.jsonl"
+    elsewhere.write_text("")
+    jsonl.unlink()
+    jsonl.symlink_to(elsewhere)
+    again = journal.get("r1")
+    assert again is not None and (again.value, again.status, again.description) == (1.5, "keep", "baseline")

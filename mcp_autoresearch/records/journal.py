@@ -145,6 +145,7 @@ class Journal:
         self.lineage = Lineage()  # each row's parent node and best flag
         self._notes: dict[int, list[str]] = {}
         self._cache: OrderedDict[int, Row] = OrderedDict()
+        self._last_event: dict[str, Any] = {}  # the last event appended, as written
         self._best_values = array("d")  # values of rows that have one, sorted ascending
         self._best_rows = array("q")  # the row index of each of those values
         self.counts: Counter[str] = Counter()
@@ -475,6 +476,7 @@ class Journal:
             "local_time": local,
             "timestamp": stamp,
         }
+        self._last_event = event
         line = (json.dumps(event, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
         sync = len(self._tail) + len(line) >= SYNC_EVERY
         offset, self.written[self.jsonl_path] = append_synced(self.jsonl_path, line, sync=sync)
@@ -536,6 +538,11 @@ class Journal:
         offset = self._append_jsonl("experiment_done", row.status != "crash", details)
         self._decided_to = self._offset
         self._add(row.run_id, offset, row.value, row.status, row.run_status, row.parent, row.best)
+        # The row as written is held: reading it back right after (the decision's next_step) never depends on
+        # the file, which a run still in flight may have replaced by then.
+        written = self._row_from(self._last_event)
+        self._fill(written, len(self) - 1)
+        self._cache[len(self) - 1] = written
         self._remember_content(row.evidence.target_sha256, row.run_status)
         current = fingerprint(self.tsv_path)
         if current is not None and self._tsv_size is not None and current[0] == self._tsv_size:
