@@ -389,12 +389,6 @@ async def test_a_target_folder_swapped_for_a_link_out_of_the_project_is_never_wr
         assert answer.is_error and "is a symlink; nothing changed" in answer.content[0].text, answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a budget is counted per session: with the budget spent, start_session(tag=<new>) creates a session "
-    "from the spent one's best with a fresh budget, again and again; deciding what may start a new session "
-    "past a spent budget (a person, or finish first) is the lead's call",
-)
 async def test_a_spent_experiment_budget_is_not_escaped_by_starting_a_new_session(
     knobs: Path, agent_for: Any
 ) -> None:
@@ -410,3 +404,7 @@ async def test_a_spent_experiment_budget_is_not_escaped_by_starting_a_new_sessio
         if not answer.is_error:
             answer = await agent.client.call_tool("run_experiment", {"description": "a fresh budget"})
         assert answer.is_error and "budget" in answer.content[0].text, answer
+        assert "session 'a' has spent its budget" in answer.content[0].text, answer
+    # A person raises the budget in the configuration: a new session may start.
+    async with agent_for(root, {**CONFIG, "max_experiments": 5}) as agent:
+        assert (await agent.ok("start_session", tag="b"))["branch"] == "autoresearch/b"

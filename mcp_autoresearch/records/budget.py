@@ -170,3 +170,23 @@ def settle_budget(state: SessionState, configured: dict[str, Any], asked: dict[s
 
 def _shown(value: Any) -> str:
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def refuse_escape(
+    spent_session: SessionState, experiments: int, configured: dict[str, Any], new_tag: str
+) -> None:
+    """A new session does not start while the project's last session has spent its budget (in force: a person's
+    change in the configuration counts): else the agent would escape the budget by starting session after
+    session on the spent one's best."""
+    in_force = spent_session.model_copy(deep=True)
+    settle_budget(in_force, configured, {})
+    spent = budget_use(in_force, experiments).spent()
+    if spent is None:
+        return
+    key = spent.split(" ", 1)[0]
+    raise RuleViolation(
+        f"session '{spent_session.tag}' has spent its budget ({spent}), so session '{new_tag}' does not start: "
+        f"a budget holds across sessions. A person decides what comes next: raises {key} in the configuration "
+        f"(or `mcp-autoresearch serve --{key.replace('_', '-')} ...`), or ends that session "
+        f"(`mcp-autoresearch finish`, then `mcp-autoresearch clean --tag {spent_session.tag}`)"
+    )

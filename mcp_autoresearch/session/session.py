@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import RuleViolation, SessionError
+from ..errors import AutoresearchError, RuleViolation, SessionError
 from ..lifecycle.branching import Brancher
 from ..lifecycle.decisions import Decider
 from ..lifecycle.in_flight import RunHandle
@@ -39,7 +39,8 @@ from ..models import (
 )
 from ..names import RESULTS_TSV, RUN_LOG, SESSION_BRANCHES, SESSIONS, own_journal
 from ..phases import in_flight
-from ..records.budget import BUDGET_KEYS, settle_budget
+from ..readers.report import open_session_files
+from ..records.budget import BUDGET_KEYS, refuse_escape, settle_budget
 from ..records.current import current_session
 from ..records.diskspace import no_room
 from ..records.journal import Journal
@@ -48,6 +49,7 @@ from ..records.state import (
     OwnRecord,
     PublicCopy,
     SessionState,
+    current_tag,
     load_record,
     one_call,
     save_state,
@@ -160,6 +162,8 @@ class Session:
         branch = f"{SESSION_BRANCHES}{tag}"
         record, notes = load_record(root, tag)  # the server's own record, never the public copy
         state = record.state if record is not None else None
+        if state is None:
+            check_last_budget(root, tag, project.config)
         repo.ensure_identity()
         for own in (RESULTS_TSV, RUN_LOG):
             if (root / own).exists() and repo.is_tracked(repo.repo_path(own)):
@@ -451,3 +455,16 @@ class Session:
 
 def _rules_of(config: Config) -> dict[str, Any]:
     return {key: getattr(config, key) for key in FROZEN_KEYS}
+
+
+def check_last_budget(root: Path, tag: str, config: Config) -> None:
+    """A new session does not start while the project's last session has spent its budget (budget.py)."""
+    last = current_tag(root)
+    if last is None or last == tag:
+        return
+    try:
+        files = open_session_files(str(root), last)
+    except AutoresearchError:
+        return  # no readable last session: nothing to hold against a new one
+    configured = {key: getattr(config, key) for key in BUDGET_KEYS}
+    refuse_escape(files.state, len(files.journal), configured, tag)
