@@ -7,7 +7,6 @@ Without Chromium these tests skip on a developer's machine and FAIL in CI (`CI` 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,7 @@ from .conftest import GIT_ENV, Agent, git, make_repo, run_cli, stdio_params
 from .helpers.ports import free_port
 from .web_support import (
     ARTIFACTS,
-    CHROMIUM_ARGS,
-    chromium_executable,
+    open_page,
     start_process,
     stop_process,
     synthetic_session,
@@ -38,29 +36,6 @@ print("step 1 loss 2.0", flush=True)
 time.sleep(4)
 print(f"val_bpb: {abs(LR - 0.1) + 1:.6f}")
 """
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    executable = chromium_executable()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        launched = await pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-async def open_page(browser: Any, url: str) -> tuple[Any, list[str]]:
-    """A fresh tab (its own sessionStorage) on `url`, collecting the page's script errors."""
-    context = await browser.new_context(viewport={"width": 1360, "height": 1000})
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    await page.goto(url)
-    return page, errors
 
 
 async def value_of(page: Any, selector: str) -> str | None:

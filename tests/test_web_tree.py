@@ -4,7 +4,6 @@ its diff), in Debian's headless Chromium against a real `dashboard --web` proces
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,7 @@ from .conftest import Agent, make_repo, stdio_params
 from .helpers.ports import free_port
 from .web_support import (
     ARTIFACTS,
-    CHROMIUM_ARGS,
-    chromium_executable,
+    open_page,
     start_process,
     stop_process,
     synthetic_session,
@@ -28,28 +26,6 @@ from .web_support import (
 
 pytestmark = pytest.mark.anyio
 READY = "html[data-ready='1']"
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    executable = chromium_executable()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        launched = await pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-async def open_page(browser: Any, url: str) -> tuple[Any, list[str]]:
-    context = await browser.new_context(viewport={"width": 1360, "height": 1000})
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    await page.goto(url)
-    return page, errors
 
 
 async def test_a_tree_of_500_nodes_is_drawn_with_its_lineages_and_the_best_path(

@@ -11,8 +11,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -289,3 +291,27 @@ def synthetic_tree(root: Path, experiments: int, seed: int = 11, tag: str = "tre
         "kept": len(kept),
         "merges": merges,
     }
+
+
+async def open_page(browser: Any, url: str) -> tuple[Any, list[str]]:
+    """A fresh tab (its own sessionStorage) on `url`, collecting the page's script errors."""
+    context = await browser.new_context(viewport={"width": 1360, "height": 1000})
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(url)
+    return page, errors
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Debian's Chromium, headless, for one test (the browser tests of the dashboard)."""
+    executable = chromium_executable()
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        launched = await pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()

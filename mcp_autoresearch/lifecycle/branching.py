@@ -10,9 +10,6 @@ than the best under the same rule. Every node's commit stays reachable under ref
 from __future__ import annotations
 
 import statistics
-import subprocess
-import tempfile
-from pathlib import Path
 
 from ..errors import RuleViolation, SessionError
 from ..measure.keep_rule import decide, nonblank_lines
@@ -24,6 +21,7 @@ from ..records.atomic import atomic_write, read_regular
 from ..records.state import Best, DecisionRecord, Pending, RunOutcome, server_dir
 from ..session.context import SessionCore, normal_run_id
 from ..setup.single_file import sha256_bytes
+from ..vcs.checkouts import merge_file
 
 
 def node_ref(core: SessionCore, run_id: str) -> str:
@@ -354,18 +352,7 @@ def common_ancestor(core: SessionCore, run_a: str, run_b: str) -> str | None:
 
 def merge_naming_conflicts(base: bytes, ours: bytes, theirs: bytes, ours_run: str, theirs_run: str) -> bytes:
     """Three-way merge of the target (`git merge-file`); a conflict is a clear error naming the lines."""
-    with tempfile.TemporaryDirectory(prefix="autoresearch-combine-") as tmp:
-        paths = []
-        for name, data in (("ours", ours), ("base", base), ("theirs", theirs)):
-            path = Path(tmp) / name
-            path.write_bytes(data)
-            paths.append(str(path))
-        try:
-            done = subprocess.run(
-                ["git", "merge-file", "-p", *paths], capture_output=True, stdin=subprocess.DEVNULL, timeout=60
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SessionError(f"git merge-file could not run: {exc}") from None
+    done = merge_file(base, ours, theirs)
     if done.returncode == 0:
         return done.stdout
     if done.returncode < 0 or done.returncode > 127:

@@ -315,9 +315,9 @@ class Checkouts:
         _remove(self.home)
 
 
-def merge_target(base: bytes, ours: bytes, theirs: bytes) -> bytes | None:
-    """Three-way merge of the target: `theirs` (a candidate's change from `base`) applied onto `ours` (the new
-    best). None when the two changes conflict."""
+def merge_file(base: bytes, ours: bytes, theirs: bytes) -> subprocess.CompletedProcess[bytes]:
+    """`git merge-file -p` on three contents: returncode 0 (merged), the number of conflicts (the output marks
+    them), or an error (negative, or above 127)."""
     with tempfile.TemporaryDirectory(prefix="autoresearch-merge-") as tmp:
         paths = []
         for name, data in (("ours", ours), ("base", base), ("theirs", theirs)):
@@ -325,7 +325,7 @@ def merge_target(base: bytes, ours: bytes, theirs: bytes) -> bytes | None:
             path.write_bytes(data)
             paths.append(str(path))
         try:
-            done = subprocess.run(
+            return subprocess.run(
                 ["git", "merge-file", "-p", *paths],
                 capture_output=True,
                 stdin=subprocess.DEVNULL,
@@ -333,6 +333,12 @@ def merge_target(base: bytes, ours: bytes, theirs: bytes) -> bytes | None:
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise SessionError(f"git merge-file could not run: {exc}") from None
+
+
+def merge_target(base: bytes, ours: bytes, theirs: bytes) -> bytes | None:
+    """Three-way merge of the target: `theirs` (a candidate's change from `base`) applied onto `ours` (the new
+    best). None when the two changes conflict."""
+    done = merge_file(base, ours, theirs)
     if done.returncode != 0:  # the number of conflicts, or an error
         return None
     return done.stdout
