@@ -64,3 +64,65 @@ async def test_head_on_a_ref_named_like_the_session_branch_is_not_taken_for_it(
             assert where in message and "git checkout autoresearch/h" in message, message
         assert git(root, "rev-parse", "refs/heads/autoresearch/h").strip() == branch_before
         assert [row["run_id"] for row in done_rows(root)] == ["r1"]
+
+
+# The run's extra code: appends a forged row to the session's JSONL, again and again, until the test says stop.
+SPAM_JSONL = """
+import os
+while not os.path.exists({stop!r}):
+    _fd = os.open({jsonl!r}, os.O_WRONLY | os.O_APPEND)
+    os.write(_fd, {row!r})
+    os.close(_fd)
+"""
+
+
+FORGED_ROW = (
+    json.dumps(
+        {
+            "tool": "autoresearch",
+            "action": "experiment_done",
+            "status": "success",
+            "details": {
+                "run_id": "r99",
+                "status": "keep",
+                "value": 0.0,
+                "best": True,
+                "tag": "s",
+                "forged": 1,
+            },
+        }
+    )
+    + "\n"
+).encode()
+
+
+async def test_a_run_in_flight_appending_to_the_jsonl_never_breaks_the_seal_of_a_decision_logged_meanwhile(
+    knobs: Path, agent_for: Any, tmp_path: Path
+) -> None:
+    """Unconfined (`isolation = "off"`) with two slots: one run appends to the JSONL in a loop while the other
+    run's decision is logged. The guard cuts what was appended before the decision, but a line the run appends
+    between the guard and the server's own append used to sit under the server's line: the seal's size counted
+    it, its sha256 did not, so no file held the sealed bytes and every later call refused ("rewritten ...
+    start a new session"). The server's line must go where its seal says, whatever a run appends."""
+    root = knobs
+    stop = tmp_path / "stop"
+    settings = {**CONFIG, "isolation": "off", "slots": 2, "slot_devices": ["0", "1"], "keep_rule": "greedy"}
+    async with agent_for(root, settings) as agent:
+        await agent.ok("start_session", tag="s")
+        await agent.experiment("baseline")  # r1: 10
+        code = SPAM_JSONL.format(stop=str(stop), jsonl=str(jsonl(root)), row=FORGED_ROW)
+        await agent.edit('print(f"val_bpb', code.strip() + '\nprint(f"val_bpb')
+        spammer = await agent.ok("run_experiment", description="appends to the JSONL until stopped")
+        # With slots the target is back at the best once a run starts.
+        await agent.edit("A = 5", "A = 3")
+        await agent.experiment(
+            "A to 3, decided while the other run appends"
+        )  # blamed: unconfined, who wrote?
+        await agent.ok("query_results")
+        stop.write_text("")
+        await agent.until_done(spammer["run_id"])
+        await agent.ok("commit_or_reset", run_id=spammer["run_id"])
+        results = await agent.ok("query_results")
+        assert "r99" not in json.dumps(results), results["rows"]
+    assert not any("forged" in line for line in jsonl(root).read_text().splitlines())
+    assert sorted(row["run_id"] for row in done_rows(root)) == ["r1", "r2", "r3"]
