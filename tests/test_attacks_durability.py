@@ -4,6 +4,7 @@ refs read in-process, and budgets; through the real MCP client on real git and r
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +127,43 @@ async def test_a_run_in_flight_appending_to_the_jsonl_never_breaks_the_seal_of_a
         assert "r99" not in json.dumps(results), results["rows"]
     assert not any("forged" in line for line in jsonl(root).read_text().splitlines())
     assert sorted(row["run_id"] for row in done_rows(root)) == ["r1", "r2", "r3"]
+
+
+@pytest.mark.parametrize("swap", ["fifo", "link", "grown", "cut-and-regrown"])
+async def test_a_jsonl_swapped_while_the_server_is_down_is_restored_to_the_sealed_bytes(
+    knobs: Path, agent_for: Any, tmp_path: Path, swap: str
+) -> None:
+    """Between two servers, the agent's shell swaps the JSONL for a FIFO (a plain open would hang the
+    restart), a link to a file of forged rows outside the project, the sealed bytes followed by a forged row,
+    or the sealed bytes with their last line replaced by a forged one of the same length. The restart puts
+    back exactly the bytes the server wrote, writes nothing through the link, and adopts no forged row."""
+    root = knobs
+    async with agent_for(root, CONFIG) as agent:
+        await agent.ok("start_session", tag="d")
+        await agent.experiment("baseline")
+        await agent.edit("A = 5", "A = 3")
+        await agent.experiment("A to 3")
+    sealed = jsonl(root).read_bytes()
+    forged = FORGED_ROW.replace(b'"tag": "s"', b'"tag": "d"')
+    outside = tmp_path / "outside.jsonl"
+    outside.write_bytes(sealed + forged)
+    path = jsonl(root)
+    path.unlink()
+    if swap == "fifo":
+        os.mkfifo(path)
+    elif swap == "link":
+        path.symlink_to(outside)
+    elif swap == "grown":
+        path.write_bytes(sealed + forged)
+    else:
+        last = sealed.rstrip(b"\n").rpartition(b"\n")[2] + b"\n"
+        path.write_bytes(sealed[: -len(last)] + forged[: len(last)].ljust(len(last), b" "))
+    async with agent_for(root, CONFIG) as agent:
+        resumed = await agent.ok("start_session", tag="d")
+        assert resumed["best_value"] == 8 and resumed["experiments"] == 2, resumed
+        assert any("autoresearch.jsonl" in note for note in resumed["recovered"]), resumed["recovered"]
+        results = await agent.ok("query_results")
+        assert sorted(row["run_id"] for row in results["rows"]) == ["r1", "r2"], results["rows"]
+        assert "r99" not in json.dumps(results), results["rows"]
+    assert not path.is_symlink() and path.read_bytes() == sealed
+    assert outside.read_bytes() == sealed + forged
