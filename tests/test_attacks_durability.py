@@ -3,8 +3,11 @@ refs read in-process, and budgets; through the real MCP client on real git and r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +170,90 @@ async def test_a_jsonl_swapped_while_the_server_is_down_is_restored_to_the_seale
         assert "r99" not in json.dumps(results), results["rows"]
     assert not path.is_symlink() and path.read_bytes() == sealed
     assert outside.read_bytes() == sealed + forged
+
+
+def hash_blob(root: Path, content: bytes, *write: str) -> str:
+    return (
+        subprocess.run(
+            ["git", "hash-object", *write, "--stdin"],
+            cwd=root,
+            input=content,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+
+
+def plant_pack_claiming(root: Path, claimed: str, content: bytes) -> Path:
+    """A pack in .git/objects/pack whose index says it holds the object `claimed`, while it holds a blob of
+    `content` (git reads packs before loose objects, and does not check the id of what it reads)."""
+    real = hash_blob(root, content, "-w")
+    name = subprocess.run(
+        ["git", "pack-objects", ".git/objects/pack/planted"],
+        cwd=root,
+        input=(real + "\n").encode(),
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    idx = root / ".git" / "objects" / "pack" / f"planted-{name.strip()}.idx"
+    data = bytearray(idx.read_bytes())
+    first = bytes.fromhex(claimed)[0]
+    data[8 : 8 + 1024] = b"".join(struct.pack(">I", 1 if byte >= first else 0) for byte in range(256))
+    data[8 + 1024 : 8 + 1024 + 20] = bytes.fromhex(claimed)
+    data[-20:] = hashlib.sha1(bytes(data[:-20])).digest()
+    idx.chmod(0o644)
+    idx.write_bytes(data)
+    loose = root / ".git" / "objects" / real[:2] / real[2:]
+    loose.unlink()
+    return idx
+
+
+async def test_a_pack_claiming_the_next_candidates_blob_never_gives_the_kept_commit_other_content(
+    knobs: Path, agent_for: Any
+) -> None:
+    """The agent's shell, between two calls, plants a pack whose index claims the blob id of the target it is
+    about to write (it knows that content), holding other code. The server writes its candidate's objects
+    in-process and checked only loose objects for a planted one; git reads packs first, so `git show`,
+    checkouts and `finish --land` would take the kept commit's train.py to be the planted code, never
+    measured. The run must be refused before it starts, naming the pack."""
+    root = knobs
+    async with agent_for(root, CONFIG) as agent:
+        await agent.ok("start_session", tag="p")
+        await agent.experiment("baseline")  # r1: 10
+        measured = KNOBS_PY.replace("A = 5", "A = 3").encode()
+        claimed = hash_blob(root, measured)
+        before = git(root, "rev-parse", "autoresearch/p")
+        plant_pack_claiming(root, claimed, b"A = -100\nB = 0\nprint('val_bpb: -100')\n")
+        await agent.edit("A = 5", "A = 3")
+        result = await agent.client.call_tool("run_experiment", {"description": "A to 3"})
+        if result.is_error:
+            message = result.content[0].text
+            assert "pack" in message and "planted" in message, message
+            assert git(root, "rev-parse", "autoresearch/p") == before
+            return
+        run = result.structured_content
+        while run["status"] == "running":
+            run = await agent.ok("wait_experiment", run_id=run["run_id"])
+        await agent.ok("commit_or_reset", run_id=run["run_id"])
+    assert git(root, "show", "autoresearch/p:train.py").encode() == measured
+
+
+async def test_a_genuine_pack_holding_a_candidates_blob_is_used_as_it_is(knobs: Path, agent_for: Any) -> None:
+    """The check of planted packs lets git's own packs be: after `git gc` packed every object, a candidate that
+    writes a blob that git holds in a pack is run and logged as usual."""
+    root = knobs
+    async with agent_for(root, CONFIG) as agent:
+        await agent.ok("start_session", tag="g")
+        await agent.experiment("baseline")  # r1: 10
+        await agent.edit("A = 5", "A = 3")
+        await agent.experiment("A to 3")  # r2: 8
+        blob = hash_blob(root, KNOBS_PY.replace("A = 5", "A = 4").encode(), "-w")
+        git(root, "tag", "a-blob", blob)  # reachable: packed by gc
+        git(root, "gc", "-q")
+        assert not (root / ".git" / "objects" / blob[:2] / blob[2:]).exists()
+        await agent.edit("A = 3", "A = 4")  # a blob git has, in a pack only
+        run, decision = await agent.experiment("A to 4")
+        assert run["value"] == 9 and decision["decision"] == "discard", (run, decision)
+    assert git(root, "show", "autoresearch/g:train.py") == KNOBS_PY.replace("A = 5", "A = 3")
