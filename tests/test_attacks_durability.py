@@ -257,3 +257,35 @@ async def test_a_genuine_pack_holding_a_candidates_blob_is_used_as_it_is(knobs: 
         run, decision = await agent.experiment("A to 4")
         assert run["value"] == 9 and decision["decision"] == "discard", (run, decision)
     assert git(root, "show", "autoresearch/g:train.py") == KNOBS_PY.replace("A = 5", "A = 3")
+
+
+@pytest.mark.parametrize("cover", ["current removed", "current names another tag", "state unreadable"])
+async def test_a_spent_budget_is_not_escaped_by_hiding_the_last_session_from_the_server(
+    knobs: Path, agent_for: Any, cover: str
+) -> None:
+    """A budget holds across sessions: a new session is refused while the project's last session has spent
+    its budget. The last session was read from `.autoresearch/current` (a plain file the agent's shell can
+    delete or rewrite) and skipped when its files did not read: the agent escaped the budget by hiding it."""
+    root = knobs
+    async with agent_for(root, {**CONFIG, "max_experiments": 2}) as agent:
+        await agent.ok("start_session", tag="a")
+        await agent.experiment("baseline")
+        await agent.edit("A = 5", "A = 3")
+        await agent.experiment("A to 3")
+        await agent.edit("A = 3", "A = 2")
+        assert "max_experiments (2) reached" in await agent.refused("run_experiment", description="A to 2")
+        await agent.edit("A = 2", "A = 3")  # back to the best: the project is clean for a new session
+    state = root / ".autoresearch"
+    if cover == "current removed":
+        (state / "current").unlink()
+    elif cover == "current names another tag":
+        (state / "current").write_text("zz\n")
+    else:
+        for public in (state / "sessions").glob("a.json"):
+            public.write_text("{")
+        (state / "current").write_text("a\n")
+    async with agent_for(root, {**CONFIG, "max_experiments": 2}) as agent:
+        answer = await agent.client.call_tool("start_session", {"tag": "b"})
+        if not answer.is_error:
+            answer = await agent.client.call_tool("run_experiment", {"description": "a fresh budget"})
+        assert answer.is_error and "session 'a' has spent its budget" in answer.content[0].text, answer
