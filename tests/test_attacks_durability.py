@@ -289,3 +289,58 @@ async def test_a_spent_budget_is_not_escaped_by_hiding_the_last_session_from_the
         if not answer.is_error:
             answer = await agent.client.call_tool("run_experiment", {"description": "a fresh budget"})
         assert answer.is_error and "session 'a' has spent its budget" in answer.content[0].text, answer
+
+
+# Run by an unconfined run in its work tree: a pack that claims the id of HEAD's tree (the candidate's commit,
+# which becomes the best when kept) while holding a tree whose prepare.py is other code.
+PLANT_TREE = """
+import hashlib, struct, subprocess
+
+def git(*args, data=None):
+    return subprocess.run(["git", *args], input=data, capture_output=True, check=True).stdout
+
+claimed = git("rev-parse", "HEAD^{tree}").decode().strip()
+forged_blob = git("hash-object", "-w", "--stdin", data=b"# forged evaluation\\n").decode().strip()
+listing = git("ls-tree", claimed).decode().replace(
+    git("rev-parse", "HEAD:prepare.py").decode().strip(), forged_blob
+)
+real = git("mktree", data=listing.encode()).decode().strip()
+pack_dir = git("rev-parse", "--git-path", "objects/pack").decode().strip()
+name = git("pack-objects", pack_dir + "/planted", data=(real + "\\n").encode()).decode().strip()
+idx = f"{pack_dir}/planted-{name}.idx"
+data = bytearray(open(idx, "rb").read())
+first = bytes.fromhex(claimed)[0]
+data[8 : 8 + 1024] = b"".join(struct.pack(">I", 1 if byte >= first else 0) for byte in range(256))
+data[8 + 1024 : 8 + 1024 + 20] = bytes.fromhex(claimed)
+data[-20:] = hashlib.sha1(bytes(data[:-20])).digest()
+import os
+os.chmod(idx, 0o644)
+open(idx, "wb").write(data)
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an unconfined run plants a pack claiming its own commit's tree id, holding a tree with another "
+    "prepare.py (git reads packs before loose objects): the post-run checks pass (vcs/tracked.py trusts HEAD's "
+    "commit id, vcs/planted.py does not watch objects/pack), and commit_or_reset then fails in git reset "
+    "('hash mismatch ... Could not parse object HEAD'): the session is wedged, as in test_attacks_git's xfail "
+    "for a rewritten loose object. The fix: snapshot the pack names with the refs and set a new pack aside as "
+    "tampering (the server never packs: gc.auto=0)",
+)
+async def test_a_run_planting_a_pack_for_its_own_tree_never_changes_what_the_best_commit_holds(
+    knobs: Path, agent_for: Any, tmp_path: Path
+) -> None:
+    root = knobs
+    plant = tmp_path / "plant.py"
+    plant.write_text(PLANT_TREE)
+    async with agent_for(root, {**CONFIG, "isolation": "off"}) as agent:
+        await agent.ok("start_session", tag="t")
+        await agent.experiment("baseline")  # r1: 10
+        code = f"import subprocess, sys\nsubprocess.run([sys.executable, {str(plant)!r}], check=True)\n"
+        await agent.edit("A = 5", "A = 3")
+        await agent.edit('print(f"val_bpb', code + 'print(f"val_bpb')
+        run, decision = await agent.experiment("A to 3, and a pack planted")
+        kept = decision["decision"] == "keep"
+    assert list((root / ".git" / "objects" / "pack").glob("planted-*.idx")), "the pack was not planted"
+    assert not kept or git(root, "show", "autoresearch/t:prepare.py") == "# fixed\n", run
