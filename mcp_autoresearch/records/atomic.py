@@ -145,6 +145,36 @@ def append_synced(path: Path, data: bytes, sync: bool = True) -> tuple[int, Fing
         os.close(fd)
 
 
+NO_FILE: Fingerprint = (-1, -1, -1, -1, -1)  # matches no file: the next comparison finds it changed
+
+
+def write_at(path: Path, offset: int, data: bytes, sync: bool = True) -> Fingerprint:
+    """Write `data` at `offset` and end the file there (an append to a file this process alone writes); a
+    failed write is undone. Whatever another process appended is cut, and its bytes never sit under ours.
+    Returns the file's fingerprint as this write left it, or `NO_FILE` when it was shorter than `offset` (cut
+    by another process: the caller's next comparison then restores it)."""
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT)  # never a symlink, FIFO or device
+    try:
+        cut = os.fstat(fd).st_size < offset
+        written = 0
+        try:
+            while written < len(data):
+                written += os.pwrite(fd, data[written:], offset + written)
+            os.ftruncate(fd, offset + len(data))
+            if sync:
+                os.fsync(fd)
+        except OSError:
+            if (
+                written
+            ):  # a full disk: the file is left as it was, never with half a line a retry would follow
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, offset)
+            raise
+        return NO_FILE if cut else _print(os.fstat(fd))
+    finally:
+        os.close(fd)
+
+
 def open_read(path: Path) -> BinaryIO:
     """Open one of the server's files for reading: never through a symlink, never blocking on a FIFO."""
     return os.fdopen(open_regular(path), "rb")

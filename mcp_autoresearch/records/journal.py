@@ -31,7 +31,14 @@ from typing import Any
 
 from ..statuses import DECISIONS, RUN_STATUSES, Decision, RunStatus, as_decision, as_run_status
 from ..terminal_text import printable
-from .atomic import Fingerprint, append_synced, atomic_write, fingerprint, open_read, open_regular
+from .atomic import (
+    Fingerprint,
+    atomic_write,
+    fingerprint,
+    open_read,
+    open_regular,
+    write_at,
+)
 from .evidence import Evidence
 from .lineage import UNNAMED, Lineage, Unnamed, tree_keys
 from .results_tsv import AUTORESEARCH_HEADER, TsvFormat, quick_tsv_size, same_tsv_size
@@ -479,7 +486,10 @@ class Journal:
         self._last_event = event
         line = (json.dumps(event, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
         sync = len(self._tail) + len(line) >= SYNC_EVERY
-        offset, self.written[self.jsonl_path] = append_synced(self.jsonl_path, line, sync=sync)
+        # At the end of the sealed bytes, not at the file's end: a line a run in flight appended after the last
+        # guard would otherwise sit under this one, counted by the seal's size but not by its sha256.
+        offset = self._offset
+        self.written[self.jsonl_path] = write_at(self.jsonl_path, offset, line, sync=sync)
         self._offset = offset + len(line)
         self._sha.update(line)
         if sync:
@@ -488,7 +498,7 @@ class Journal:
             self._tail += line
         if self.mirror is not None:  # the server's own copy, to restore the JSONL from (ownfiles); a tail
             # lost in a crash is rebuilt from the sealed JSONL
-            _, self.written[self.mirror] = append_synced(self.mirror, line, sync=False)
+            self.written[self.mirror] = write_at(self.mirror, offset, line, sync=False)
         return offset
 
     def log_session_start(self, details: dict[str, Any]) -> None:
@@ -549,7 +559,7 @@ class Journal:
             line = self.tsv_format.line(row).encode("utf-8")
             # Not fsynced: results.tsv is derived from the JSONL (durable with the record), and a row lost with the page
             # cache is written again from it when the session is next loaded (its last row is compared).
-            _, self.written[self.tsv_path] = append_synced(self.tsv_path, line, sync=False)
+            self.written[self.tsv_path] = write_at(self.tsv_path, self._tsv_size, line, sync=False)
             self._tsv_size += len(line)
         else:
             self.reconcile_tsv()

@@ -75,8 +75,9 @@ class OwnFiles:
         if jsonl_now != jsonl_before or (mirror is not None and self._mirror_print != fingerprint(mirror)):
             if jsonl_now != jsonl_before:
                 changed.append(self.jsonl_rel)
+            # Never read back: the file now holds the sealed bytes, which the journal in memory already is,
+            # and a run in flight may append more meanwhile (a reload would adopt them, seal and all).
             restore_jsonl(self.journal, self.journal.seal())
-            self.journal.load()
         if tsv_before is not None and tsv_now != tsv_before:
             changed.append(RESULTS_TSV)
             self.journal.reconcile_tsv()

@@ -382,6 +382,16 @@ def set_current_tag(root: Path, tag: str) -> None:
         atomic_write(state_dir(root) / "current", (tag + "\n").encode("utf-8"), mode=0o644)
 
 
+def recorded_tags(root: Path) -> set[str]:
+    """The tags of every session the server holds its own record of."""
+    suffix = own_record("")
+    try:
+        names = os.listdir(state_dir(root) / SESSIONS)
+    except OSError:
+        return set()
+    return {name[: -len(suffix)] for name in names if name.endswith(suffix) and len(name) > len(suffix)}
+
+
 def current_tag(root: Path) -> str | None:
     """The session opened last; the current session is the checked-out one (`session.current_session`)."""
     try:

@@ -52,6 +52,7 @@ from ..records.state import (
     current_tag,
     load_record,
     one_call,
+    recorded_tags,
     save_state,
     server_dir,
     set_current_tag,
@@ -458,13 +459,14 @@ def _rules_of(config: Config) -> dict[str, Any]:
 
 
 def check_last_budget(root: Path, tag: str, config: Config) -> None:
-    """A new session does not start while the project's last session has spent its budget (budget.py)."""
-    last = current_tag(root)
-    if last is None or last == tag:
-        return
-    try:
-        files = open_session_files(str(root), last)
-    except AutoresearchError:
-        return  # no readable last session: nothing to hold against a new one
+    """A new session does not start while a session of the project has spent its budget (budget.py). Every
+    session the server holds a record of counts, not only the one `.autoresearch/current` names: that file is
+    a plain one the agent's shell can delete or rewrite."""
     configured = {key: getattr(config, key) for key in BUDGET_KEYS}
-    refuse_escape(files.state, len(files.journal), configured, tag)
+    current = current_tag(root)
+    for last in sorted((({current} if current else set()) | recorded_tags(root)) - {tag}):
+        try:
+            files = open_session_files(str(root), last)
+        except AutoresearchError:
+            continue  # no readable session: nothing to hold against a new one
+        refuse_escape(files.state, len(files.journal), configured, tag)

@@ -88,12 +88,15 @@ class RefReader:
         raise ValueError(f"reference {name!r}: more than {MAX_DEPTH} symbolic refs in a chain")
 
     def branch(self) -> str | None:
-        """The branch HEAD is on (its short name), None when HEAD is detached."""
+        """The branch HEAD is on (its short name), None when HEAD is detached. HEAD on a ref that is not a
+        branch (`git symbolic-ref HEAD refs/tags/...`) gives that ref's full name: shortened, a tag named like
+        the session branch would pass for it, and the server's commits would go where HEAD does not."""
         _, target = self.read("HEAD")
         if target is None:
             return None
-        parts = target.split("/")
-        short = "/".join(parts[2:]) if len(parts) >= 3 else target
+        if not target.startswith("refs/heads/"):
+            return target
+        short = target.removeprefix("refs/heads/")
         if short == ".invalid":
             raise ValueError("HEAD points to 'refs/heads/.invalid', which git uses to mark a ref format")
         return short

@@ -25,6 +25,7 @@ from ..errors import SessionError
 from ..names import SESSION_BRANCHES
 from ..records.atomic import atomic_write, open_regular, own_dir, read_regular
 from .objects import ObjectReader
+from .packs import packs_claiming
 from .refs import RefReader
 from .tracked import KnownStatus, porcelain_paths
 
@@ -317,11 +318,28 @@ class Repo:
         raw = kind + b" %d\0" % len(data) + data
         binsha = hashlib.sha1(raw).digest()
         name = binsha.hex()
+        for pack in packs_claiming(self._objects_dir, binsha):
+            if not self._git_reads(binsha, kind, data):
+                raise SessionError(
+                    f"{pack.name} in .git/objects/pack claims the object {name} (the {kind.decode()} the server "
+                    "is writing) but holds other content: it was planted, and git, which reads packs first, "
+                    "would take it for what was measured. Nothing was committed. A person must move that pack "
+                    "(its .idx and .pack files) out of .git/objects/pack"
+                )
+            break
         folder = own_dir(self._objects_dir, name[:2])
         if os.path.lexists(folder / name[2:]) and self._holds(binsha, kind, data):
             return binsha
         atomic_write(folder / name[2:], zlib.compress(raw), mode=0o444, sync=False)
         return binsha
+
+    def _git_reads(self, binsha: bytes, kind: bytes, data: bytes) -> bool:
+        """git itself (packs first) reads `binsha` as exactly `kind` and `data`."""
+        try:
+            stream = self._repo.odb.stream(binsha)
+            return bool(stream.type == kind and stream.read() == data)
+        except Exception:  # noqa: BLE001 - unreadable: not what the server writes either
+            return False
 
     def _holds(self, binsha: bytes, kind: bytes, data: bytes) -> bool:
         """The loose object at `binsha` is exactly `kind` and `data`."""
