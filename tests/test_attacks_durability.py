@@ -319,15 +319,6 @@ open(idx, "wb").write(data)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unconfined run plants a pack claiming its own commit's tree id, holding a tree with another "
-    "prepare.py (git reads packs before loose objects): the post-run checks pass (vcs/tracked.py trusts HEAD's "
-    "commit id, vcs/planted.py does not watch objects/pack), and commit_or_reset then fails in git reset "
-    "('hash mismatch ... Could not parse object HEAD'): the session is wedged, as in test_attacks_git's xfail "
-    "for a rewritten loose object. The fix: snapshot the pack names with the refs and set a new pack aside as "
-    "tampering (the server never packs: gc.auto=0)",
-)
 async def test_a_run_planting_a_pack_for_its_own_tree_never_changes_what_the_best_commit_holds(
     knobs: Path, agent_for: Any, tmp_path: Path
 ) -> None:
@@ -342,5 +333,10 @@ async def test_a_run_planting_a_pack_for_its_own_tree_never_changes_what_the_bes
         await agent.edit('print(f"val_bpb', code + 'print(f"val_bpb')
         run, decision = await agent.experiment("A to 3, and a pack planted")
         kept = decision["decision"] == "keep"
-    assert list((root / ".git" / "objects" / "pack").glob("planted-*.idx")), "the pack was not planted"
-    assert not kept or git(root, "show", "autoresearch/t:prepare.py") == "# fixed\n", run
+    # The pack the run planted is out of git's reach, kept for a person to look at, and the run is tampered.
+    assert not list((root / ".git" / "objects" / "pack").glob("planted-*")), (
+        "the planted pack is still in git"
+    )
+    assert list((root / ".autoresearch" / "tampered").glob("*/git-packs/planted-*.idx")), "no copy kept"
+    assert run["status"] == "tampered" and "git pack objects/pack/planted-" in run["error"], run
+    assert not kept and git(root, "show", "autoresearch/t:prepare.py") == "# fixed\n", run

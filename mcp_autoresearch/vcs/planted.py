@@ -134,7 +134,20 @@ def snapshot_refs(common_dir: Path, own: tuple[str, ...]) -> dict[str, str]:
             found[ref] = _ref_content(base / name)
     packed = _ref_content(common_dir / "packed-refs")
     found["packed-refs"] = hashlib.sha256(packed.encode("utf-8", "surrogateescape")).hexdigest()
+    for name in pack_files(common_dir):  # git reads packs before loose objects, without checking their ids
+        found[f"{PACKS}/{name}"] = "(pack file)"
     return found
+
+
+PACKS = "objects/pack"
+
+
+def pack_files(common_dir: Path) -> list[str]:
+    """The names in `objects/pack` (packs, their indexes, a multi-pack index): the server never packs."""
+    try:
+        return sorted(os.listdir(common_dir / PACKS))
+    except OSError:
+        return []
 
 
 def _ref_content(path: Path) -> str:
@@ -202,6 +215,22 @@ class GitWatch:
         before, self._index = self._index, None
         return before is not None and before == _stat(self.repo.worktree_git_dir / "index")
 
+    def _set_packs_aside(self, before: dict[str, str], now: dict[str, str], run_id: str) -> list[str]:
+        """A pack file the run added is moved out of git's reach (a planted pack may claim any object id, the
+        candidate's tree included): kept under the server's `tampered/<run>/git-packs`, and named."""
+        notes = []
+        for name in [n for n in now if n.startswith(f"{PACKS}/") and n not in before]:
+            path = self.repo.git_dir / name
+            try:
+                keep = server_dir(self.root, "tampered", run_id, "git-packs")
+                os.replace(path, keep / Path(name).name)
+            except (OSError, SessionError):
+                notes.append(f"git pack {name} added by the run (NOT moved aside: look at it)")
+            else:
+                notes.append(f"git pack {name} added by the run (moved aside: the server never packs)")
+            now.pop(name, None)
+        return notes
+
     def after_run(
         self, config: dict[str, str | None], refs_digest: str, commit: str, run_id: str
     ) -> list[str]:
@@ -229,6 +258,8 @@ class GitWatch:
             self.repo.replace_own_ref(self.branch, commit)
         if refs_digest:
             now = snapshot_refs(self.repo.git_dir, self.own)
+            if self._refs is not None:
+                notes += self._set_packs_aside(self._refs, now, run_id)
             if digest(now) != refs_digest:
                 moved = (
                     changed_refs(self._refs, now) if self._refs is not None else ["changed during the run"]
