@@ -13,7 +13,7 @@ from mcp import Client
 from mcp_autoresearch.readers.web.data import SessionView
 from mcp_autoresearch.records.journal import Journal
 
-from .conftest import Agent, make_repo, stdio_params
+from .conftest import Agent, make_repo, run_cli, stdio_params
 from .helpers.ports import free_port
 from .web_support import (
     ARTIFACTS,
@@ -143,3 +143,22 @@ def test_the_page_reads_each_rows_parent_as_the_journal_does(tmp_path: Path) -> 
     assert [r.parent for r in view.rows] == [journal.parent_at(i) for i in range(33)]
     assert [r.parent for r in view.rows][-3:-1] == ["r2", view.rows[31].parent]
     assert view.rows[32].parent is None and view.rows[1].parent == "r1"
+
+
+def test_the_page_and_the_status_judge_near_misses_with_the_sessions_noise(tmp_path: Path) -> None:
+    """A near-miss is a discard within the metric's noise of its parent, for the server and every reader: the page
+    and the briefing (so `status`) read the noise from the session's state, not 0."""
+    root = make_repo(tmp_path / "p", {"train.py": "LR = 1\n"})
+    synthetic_tree(root, 200)
+    view = SessionView(root)
+    view.refresh()
+    quiet = view.tree()["near_misses"]["total"]
+    state_file = root / ".autoresearch" / "sessions" / "tree.own.json"
+    record = json.loads(state_file.read_text())
+    record["state"]["noise_ss"], record["state"]["noise_df"] = 0.04 * 50, 50  # sd 0.2: every discard is near
+    state_file.write_text(json.dumps(record))
+    noisy = SessionView(root)
+    noisy.refresh()
+    assert noisy.tree()["near_misses"]["total"] > quiet, (quiet, noisy.tree()["near_misses"])
+    shown = run_cli("status", "--project", str(root))
+    assert shown.returncode == 0 and "near-miss" in shown.stdout.lower(), shown.stdout

@@ -13,7 +13,7 @@ import statistics
 
 from ..errors import RuleViolation, SessionError
 from ..measure.keep_rule import decide, nonblank_lines
-from ..measure.sequential import best_values, session_noise
+from ..measure.standing import best_values, session_noise
 from ..measure.stats import sequential_test
 from ..models import BranchResult
 from ..names import SESSION_REFS

@@ -12,8 +12,8 @@ from typing import Protocol
 
 from ..errors import SessionError
 from ..measure.keep_rule import Verdict, decide, improvement
-from ..measure.sequential import best_values, resolve_keep_rule
-from ..measure.standing import is_baseline_best
+from ..measure.sequential import resolve_keep_rule
+from ..measure.standing import best_values, is_baseline_best
 from ..measure.stats import noise_of
 from ..models import DecisionResult
 from ..phases import advance, in_flight, unsaved

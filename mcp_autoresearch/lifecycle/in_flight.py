@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..measure.sequential import Measurement, Sequential, closed_noise, confirm_keep
+from ..measure.sequential import Measurement, Sequential, confirm_keep
+from ..measure.standing import closed_noise
 from ..records.diskspace import DiskSpace, mark_disk_full
 from ..records.state import Pending, RunOutcome, TestRecord
 from ..statuses import RunStatus

@@ -4,7 +4,7 @@ a near-miss worth a retry, the nodes to branch from after `stall_after` experime
 
 from __future__ import annotations
 
-from ..measure.sequential import session_noise
+from ..measure.standing import noise_sd
 from ..records.budget import budget_use
 from ..records.stall import combine_hint, experiments_since_keep, stall_advice
 from ..records.state import Pending
@@ -17,8 +17,7 @@ def steer(core: SessionCore, pending: Pending, step: str) -> str:
     budget = budget_use(core.state, len(core.journal) + len(core.state.inflight))
     if budget.spent() is not None:
         return f"{step} {budget.near()}."
-    noise = session_noise(core.state)
-    sd = noise.sd if noise.df and noise.sd else 0.0
+    sd = noise_sd(core.state)
     extra = [near_miss_line(core, pending, sd), combine_line(core, pending, sd), stall_line(core, sd)]
     extra.append(budget.near())
     return " ".join([step, *(f"{line}." for line in extra if line)])

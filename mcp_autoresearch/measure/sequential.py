@@ -19,7 +19,8 @@ from ..lifecycle.experiment import Experiment, ExperimentResult
 from ..records.state import Best, SessionState
 from ..setup.config import Config
 from .keep_rule import decide
-from .stats import Noise, Step, deterministic, noise_of, regression, sequential_test
+from .standing import session_noise
+from .stats import Noise, Step, deterministic, regression, sequential_test
 
 
 @dataclass
@@ -42,24 +43,6 @@ def resolve_keep_rule(config: Config, baseline_values: list[float]) -> str:
     if config.keep_rule is not None:
         return config.keep_rule
     return "sequential" if len(baseline_values) >= 2 and not deterministic(baseline_values) else "greedy"
-
-
-def closed_noise(state: SessionState) -> Noise:
-    """The noise of the session's groups of runs that can no longer grow (not the best's own runs)."""
-    return Noise(state.noise_ss, state.noise_df)
-
-
-def session_noise(state: SessionState) -> Noise:
-    """Everything the session knows of the metric's noise: the closed groups and the best's runs."""
-    return closed_noise(state) + noise_of(best_values(state))
-
-
-def best_values(state: SessionState) -> list[float]:
-    """The best's runs (a state written before issue 13 knows only its value)."""
-    best = state.best
-    if best is None:
-        return []
-    return list(best.values) or [best.value]
 
 
 def keep_rule_summary(state: SessionState, config: Config) -> str:

@@ -51,9 +51,29 @@ def baseline_runs(state: SessionState) -> list[float]:
 
 
 def best_values(state: SessionState) -> list[float]:
-    """The best's runs (as `sequential.best_values`; the readers of this module never import the lifecycle)."""
+    """The best's runs (a state written before issue 13 knows only its value)."""
     best = state.best
     return [] if best is None else (list(best.values) or [best.value])
+
+
+def closed_noise(state: SessionState) -> Noise:
+    """The noise of the session's groups of runs that can no longer grow (not the best's own runs)."""
+    return Noise(state.noise_ss, state.noise_df)
+
+
+def session_noise(state: SessionState) -> Noise:
+    """Everything the session knows of the metric's noise: the closed groups and the best's runs (here, not in
+    sequential.py, so that the readers judge near-misses with it too)."""
+    return closed_noise(state) + noise_of(best_values(state))
+
+
+def noise_sd(state: SessionState | None) -> float:
+    """The metric's noise as one standard deviation (0.0 while none is measured): a near-miss is a discard
+    within it of its parent, for the server and every reader alike."""
+    if state is None:
+        return 0.0
+    noise = session_noise(state)
+    return noise.sd if noise.df and noise.sd else 0.0
 
 
 def is_baseline_best(state: SessionState) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..measure.provenance import metric_provenance
+from ..measure.standing import noise_sd as state_noise_sd
 from ..measure.standing import standing
 from ..names import RESULTS_TSV
 from ..records.budget import budget_use
@@ -222,9 +223,9 @@ def journal_briefing(
     run_command = state.rules.get("run_command")
     lower = state.metric_direction == "lower_is_better"
     stall_after = stall_after_of(state.rules)
-    tree = journal_tree(
-        journal, state.best.run_id if state.best else None, lower, stall_after, noise_sd or 0.0
-    )
+    if noise_sd is None:  # a reader without the server: the session's noise as its state holds it
+        noise_sd = state_noise_sd(state)
+    tree = journal_tree(journal, state.best.run_id if state.best else None, lower, stall_after, noise_sd)
     return briefing_from(
         state,
         journal.tail(MAX_IDEAS + 1),
@@ -233,7 +234,7 @@ def journal_briefing(
         counts={k: journal.counts.get(k, 0) for k in DECISIONS},
         since=total - 1 - journal.last_keep_index if total else 0,
         keep_rule=keep_rule,
-        near=near_misses(journal, noise_sd or 0.0),
+        near=near_misses(journal, noise_sd),
         slots=slots,
         stall=stall_advice(journal, tree, lower, stall_after),
         tree=tree,

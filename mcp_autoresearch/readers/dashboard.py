@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..measure.provenance import metric_provenance
-from ..measure.standing import standing
+from ..measure.standing import noise_sd, standing
 from ..records.budget import budget_use
 from ..records.journal import Journal, Row
 from ..records.state import SessionState, load_state, state_dir
@@ -107,6 +107,7 @@ def frontier_text(state: SessionState, journal: Journal) -> Text:
         state.best.run_id if state.best else None,
         state.metric_direction == "lower_is_better",
         stall_after_of(state.rules),
+        noise_sd(state),
     )
     return Text(frontier_line(tree), style="cyan" if tree.frontier else "dim")
 

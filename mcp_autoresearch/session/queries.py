@@ -12,8 +12,8 @@ from ..lifecycle.decisions import Decider, rerun
 from ..lifecycle.running import Runs
 from ..measure.holdout import holdout_summary
 from ..measure.provenance import metric_provenance
-from ..measure.sequential import best_values, keep_rule_summary, session_noise
-from ..measure.standing import standing
+from ..measure.sequential import keep_rule_summary
+from ..measure.standing import best_values, session_noise, standing
 from ..models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult, StartResult
 from ..phases import in_flight
 from ..readers.briefing import journal_briefing, near_misses

@@ -21,7 +21,7 @@ from typing import Any
 
 from ...measure.holdout import holdout_summary
 from ...measure.provenance import metric_provenance
-from ...measure.standing import standing
+from ...measure.standing import noise_sd, standing
 from ...names import RUN_LOGS
 from ...records.budget import budget_use
 from ...records.current import current_session
@@ -442,6 +442,7 @@ class SessionView:
                 best,
                 self.lower_is_better,
                 stall_after_of(rules),
+                noise_sd=noise_sd(state),
             )
             self._tree = (key, layout)
         return self._tree[1]

@@ -33,11 +33,12 @@ def tree_layout(
     lower_is_better: bool,
     stall_after: int,
     max_nodes: int = MAX_TREE_NODES,
+    noise_sd: float = 0.0,
 ) -> dict[str, Any]:
     """The page's tree: the newest `max_nodes` nodes with their lanes, the chains to draw, the best lineage, and
     the frontier, near-misses and dead ends of the whole tree (counts and the newest ids). `combined` holds,
     for each row, the two runs a combine run merged (empty for any other run)."""
-    tree = build_tree(rows, best_run_id, lower_is_better, stall_after)
+    tree = build_tree(rows, best_run_id, lower_is_better, stall_after, noise_sd=noise_sd)
     start = max(0, len(tree.nodes) - max_nodes)
     index = {node.run_id: i for i, node in enumerate(tree.nodes)}
     parents = [-1 if n.parent is None else index.get(n.parent, -1) for n in tree.nodes]
