@@ -79,12 +79,13 @@ def ray_address() -> Iterator[str]:
     )
     address = f"http://127.0.0.1:{ports['--dashboard-port']}"
     try:
-        deadline = time.monotonic() + 60
+        # Awaited while the head lives (a loaded machine starts it slowly); the bound only stops a head that hangs.
+        deadline = time.monotonic() + 600
         while not _answers(address):
             assert head.poll() is None, "ray start --head failed"
             assert time.monotonic() < deadline, "the Ray job API never answered"
             time.sleep(0.2)
-        _warm_up(address)
+        _warm_up(address, head)
         yield address
     finally:
         tree = [psutil.Process(head.pid)]
@@ -101,17 +102,19 @@ def ray_address() -> Iterator[str]:
         subprocess.run(["rm", "-rf", temp], check=False)
 
 
-def _warm_up(address: str) -> None:
-    """The job agent answers a little after the dashboard: the first job is retried until it is accepted."""
+def _warm_up(address: str, head: subprocess.Popen[bytes]) -> None:
+    """The job agent answers a little after the dashboard (and, on a loaded machine, the dashboard may stop
+    answering for a while): the first job is retried while the head lives, until it is accepted."""
     from ray.job_submission import JobSubmissionClient
 
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600
     while True:
         try:
             client = JobSubmissionClient(address)
             job = client.submit_job(entrypoint="true")
             break
         except Exception:
+            assert head.poll() is None, "the Ray head died while it started"
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
