@@ -205,3 +205,35 @@ async def test_a_server_stopped_while_a_rebased_run_runs_again_restarts_consiste
     assert git(root, "show", "HEAD:params.py") == "X = 3\n\n\n\nY = 0\n"
     assert (root / "params.py").read_text() == unrun  # the agent's unrun edit survives the stop
     assert (root / "user_notes.txt").read_text() == "mine\n"
+
+
+async def _decided_with_a_conflicting_unrun_edit(
+    agent: Any, tag: str, start: str, kept: str, unrun: str
+) -> None:
+    """A session whose one slot candidate (`kept`) is kept while the agent's unrun edit (`unrun`) conflicts."""
+    await agent.ok("start_session", tag=tag)
+    await agent.ok("run_experiment", description="baseline")
+    assert (await agent.ok("commit_or_reset", run_id=(await agent.until_done())["run_id"]))[
+        "decision"
+    ] == "keep"
+    await agent.edit(start, kept)
+    run_id = (await agent.ok("run_experiment", description=kept))["run_id"]
+    await agent.edit(start, unrun)
+    await agent.until_done(run_id)
+    decided = await agent.ok("commit_or_reset", run_id=run_id)
+    assert decided["decision"] == "keep" and "conflicted" in json.dumps(decided)
+
+
+async def test_an_unrun_edit_kept_aside_is_never_overwritten_by_a_later_session(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """Two sessions each keep their run r2 while the agent's unrun edit conflicts: both edits stay kept aside (the
+    file is named by the run id alone, which the second session reuses)."""
+    root = project(tmp_path)
+    async with agent_for(root, settings()) as agent:
+        await _decided_with_a_conflicting_unrun_edit(agent, "one", "X = 0", "X = 3", "X = 1")
+    async with agent_for(root, settings()) as agent:
+        await _decided_with_a_conflicting_unrun_edit(agent, "two", "Y = 0", "Y = 5", "Y = 1")
+    kept = sorted(p.read_text() for p in (root / ".autoresearch" / "edits").iterdir())
+    assert TARGET.replace("X = 0", "X = 1") in kept  # the first session's edit
+    assert TARGET.replace("X = 0", "X = 3").replace("Y = 0", "Y = 1") in kept  # the second's

@@ -10,6 +10,8 @@ As with single runs, a decision is written into the state before it is applied, 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import RuleViolation, SessionError
 from ..measure.keep_rule import nonblank_lines
 from ..models import DecisionResult
@@ -264,10 +266,20 @@ class SlotDecisions:
             atomic_write(target, merged)
             repo.sync_index([path])
             return "; your edit not yet run was merged onto it"
-        aside = server_dir(core.root, "edits") / f"{pending.run_id}-{target.name}"
+        aside = _free_name(server_dir(core.root, "edits"), f"{core.state.tag}-{pending.run_id}-{target.name}")
         atomic_write(aside, current)
         repo.restore_paths(commit, [path])
         return (
             f"; your edit not yet run conflicted with it and was kept in {aside.relative_to(core.root)}: the "
             "target now holds the new best, so redo that edit on it"
         )
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """`folder/name`, or `folder/<n>-name` when that is taken: never over an edit kept aside before (run ids
+    start again at r1 in every session)."""
+    where, number = folder / name, 1
+    while where.exists():
+        number += 1
+        where = folder / f"{number}-{name}"
+    return where
