@@ -237,3 +237,36 @@ async def test_an_unrun_edit_kept_aside_is_never_overwritten_by_a_later_session(
     kept = sorted(p.read_text() for p in (root / ".autoresearch" / "edits").iterdir())
     assert TARGET.replace("X = 0", "X = 1") in kept  # the first session's edit
     assert TARGET.replace("X = 0", "X = 3").replace("Y = 0", "Y = 1") in kept  # the second's
+
+
+async def _a_run_that_rewrites_notes(agent: Any, tag: str, text: str) -> dict[str, Any]:
+    """A session whose second run (r2) rewrites the tracked notes.md as it runs (as the user's own edit during a
+    long run would): the run is tampered, notes.md is restored, and a copy of what it held is kept."""
+    await agent.ok("start_session", tag=tag)
+    await agent.experiment("baseline")
+    await agent.ok(
+        "apply_edit", content=TARGET.replace("X = 0", "X = 2") + f"open('notes.md', 'w').write({text!r})\n"
+    )
+    run, _ = await agent.experiment("rewrites notes.md")
+    assert run["run_id"] == "r2" and run["status"] == "tampered" and "notes.md" in run["error"], run
+    return run
+
+
+async def test_a_copy_kept_of_a_file_a_run_changed_is_never_overwritten_by_a_later_session(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """Two sessions each have a run r2 that changes a tracked file: the server restores it after keeping a copy
+    ("nothing of the user's is thrown away"); the second session's copy must not replace the first's."""
+    root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE, "notes.md": "mine\n"})
+    overrides = {
+        k: v for k, v in settings(isolation="off").items() if not k.startswith("slot")
+    }  # the user's tree
+    async with agent_for(root, overrides) as agent:
+        await _a_run_that_rewrites_notes(agent, "one", "first session's text\n")
+    async with agent_for(root, overrides) as agent:
+        await _a_run_that_rewrites_notes(agent, "two", "second session's text\n")
+    assert (root / "notes.md").read_text() == "mine\n"
+    kept = sorted(
+        p.read_text() for p in (root / ".autoresearch" / "tampered").rglob("*notes.md") if p.is_file()
+    )
+    assert kept == ["first session's text\n", "second session's text\n"]

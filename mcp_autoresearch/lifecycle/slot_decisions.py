@@ -10,13 +10,11 @@ As with single runs, a decision is written into the state before it is applied, 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import RuleViolation, SessionError
 from ..measure.keep_rule import nonblank_lines
 from ..models import DecisionResult
 from ..names import SESSION_REFS
-from ..records.atomic import atomic_write, read_regular
+from ..records.atomic import atomic_write, read_regular, unused_path
 from ..records.state import Best, DecisionRecord, Pending, RunOutcome, server_dir
 from ..session.context import SessionCore
 from ..setup.single_file import sha256_bytes
@@ -266,20 +264,12 @@ class SlotDecisions:
             atomic_write(target, merged)
             repo.sync_index([path])
             return "; your edit not yet run was merged onto it"
-        aside = _free_name(server_dir(core.root, "edits"), f"{core.state.tag}-{pending.run_id}-{target.name}")
+        aside = unused_path(
+            server_dir(core.root, "edits"), f"{core.state.tag}-{pending.run_id}-{target.name}"
+        )
         atomic_write(aside, current)
         repo.restore_paths(commit, [path])
         return (
             f"; your edit not yet run conflicted with it and was kept in {aside.relative_to(core.root)}: the "
             "target now holds the new best, so redo that edit on it"
         )
-
-
-def _free_name(folder: Path, name: str) -> Path:
-    """`folder/name`, or `folder/<n>-name` when that is taken: never over an edit kept aside before (run ids
-    start again at r1 in every session)."""
-    where, number = folder / name, 1
-    while where.exists():
-        number += 1
-        where = folder / f"{number}-{name}"
-    return where
