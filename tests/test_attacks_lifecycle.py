@@ -270,3 +270,61 @@ async def test_a_copy_kept_of_a_file_a_run_changed_is_never_overwritten_by_a_lat
         p.read_text() for p in (root / ".autoresearch" / "tampered").rglob("*notes.md") if p.is_file()
     )
     assert kept == ["first session's text\n", "second session's text\n"]
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+async def test_a_server_stopped_after_branch_from_with_a_branched_slot_run_in_flight_restarts_consistent(
+    tmp_path: Path, slots_home: Path, how: signal.Signals
+) -> None:
+    """A slot run branched from r1 is in flight when the agent branches again (to r2) and edits; the server is
+    then stopped. After a restart the run is logged once (interrupted, parent r1), the best is r2, the agent's
+    unrun edit on r2 is still in the target, and git, the TSV and the JSONL agree."""
+    root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
+    (root / "autoresearch.toml").write_text(
+        'target_file = "params.py"\nrun_command = "python3 evaluate.py"\nmetric_name = "score"\n'
+        'readonly_files = ["evaluate.py"]\nkeep_rule = "greedy"\nslots = 2\ntime_budget = 60\n'
+    )
+    params = _stdio(root, slots_home)
+    r2_target = TARGET.replace("X = 0", "X = 3")
+    unrun = r2_target.replace("Y = 0", "Y = 1")
+
+    async def done(client: Any, run_id: str | None = None) -> dict[str, Any]:
+        args = {"run_id": run_id} if run_id else {}
+        run = await call_ok(client, "wait_experiment", **args)
+        while run["status"] == "running":
+            run = await call_ok(client, "wait_experiment", **args)
+        return run
+
+    with pytest.raises(BaseException):  # noqa: B017 - the stopped server surfaces as a broken connection
+        async with Client(params) as client:
+            await call_ok(client, "start_session", tag="bf")
+            await call_ok(client, "run_experiment", description="baseline")
+            await call_ok(client, "commit_or_reset", run_id=(await done(client))["run_id"])
+            await call_ok(client, "apply_edit", content=r2_target)
+            r2 = await call_ok(client, "run_experiment", description="X to 3")
+            await done(client, r2["run_id"])
+            assert (await call_ok(client, "commit_or_reset", run_id=r2["run_id"]))["best"] is True
+            await call_ok(client, "branch_from", run_id="r1")
+            await call_ok(client, "apply_edit", content=TARGET.replace("Y = 0", "Y = 5") + SLOW)
+            r3 = await call_ok(client, "run_experiment", description="Y to 5 on r1, slow")
+            assert r3["parent"] == "r1" and r3["status"] == "running"
+            await call_ok(client, "branch_from", run_id="r2")
+            await call_ok(client, "apply_edit", content=unrun)
+            os.kill(_server_pid(root), how)
+            await call_ok(client, "query_results")
+            await anyio.sleep_forever()
+
+    async with Client(params) as client:
+        await call_ok(client, "start_session", tag="bf")
+        results = await call_ok(client, "query_results")
+        assert results["total"] == 3 and results["best"]["run_id"] == "r2"
+        assert (root / "params.py").read_text() == unrun  # the agent's edit on r2, not yet run
+        r4 = await call_ok(client, "run_experiment", description="Y to 1 on r2")
+        assert r4["parent"] == "r2"  # the branch made before the stop still holds
+        decided = await call_ok(
+            client, "commit_or_reset", run_id=(await done(client, r4["run_id"]))["run_id"]
+        )
+        assert (decided["decision"], decided["best"]) == ("keep", True)  # 4 < 5, against r2
+    rows = agree(root, "bf")
+    assert (rows["r3"]["run_status"], rows["r3"]["parent"]) == ("interrupted", "r1")
+    assert git(root, "show", "HEAD:params.py") == unrun
