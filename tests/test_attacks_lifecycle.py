@@ -328,3 +328,73 @@ async def test_a_server_stopped_after_branch_from_with_a_branched_slot_run_in_fl
     rows = agree(root, "bf")
     assert (rows["r3"]["run_status"], rows["r3"]["parent"]) == ("interrupted", "r1")
     assert git(root, "show", "HEAD:params.py") == unrun
+
+
+NOISY_EVALUATE = """\
+f="$COUNTS/$(cksum < cand.txt | cut -d' ' -f1)"; i=$(( $(cat "$f" 2>/dev/null || echo 0) + 1 )); echo "$i" > "$f"
+if [ -e "$COUNTS/block" ] && grep -q "VALUES 1.0 1.1 0.9" cand.txt; then echo "the best re-measured"; sleep 60; fi
+awk -v i="$i" '$1 == "VALUES" { n = NF - 1; printf "score: %s\\n", $(2 + (i - 1) % n) }' cand.txt
+"""
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+async def test_a_server_stopped_while_the_best_is_re_measured_in_the_users_tree_restarts_consistent(
+    tmp_path: Path, how: signal.Signals
+) -> None:
+    """Under the sequential rule the best's content is put in the user's tree to be re-measured beside a
+    candidate; the server is stopped right then. After a restart the candidate is logged once (interrupted),
+    the target holds no third content (the candidate's, or the best's), the candidate's commit is still in git,
+    and git, the TSV and the JSONL agree."""
+    from .conftest import stdio_params
+
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    toml = (
+        'target_file = "cand.txt"\nmetric_name = "score"\nreadonly_files = ["evaluate.sh"]\n'
+        f'run_command = "COUNTS={counts} sh evaluate.sh"\nwritable = ["{counts}"]\ntime_budget = 120\n'
+    )
+    noisy = "VALUES 1.0 1.1 0.9\n"
+    candidate = "VALUES 0.5 0.52 0.48\n"
+    root = make_repo(
+        tmp_path / "noisy", {"cand.txt": noisy, "evaluate.sh": NOISY_EVALUATE, "autoresearch.toml": toml}
+    )
+    params = stdio_params(root)
+
+    with pytest.raises(BaseException):  # noqa: B017 - the stopped server surfaces as a broken connection
+        async with Client(params) as client:
+            await call_ok(client, "start_session", tag="rm")
+            base = await call_ok(client, "run_experiment", description="baseline")
+            while base["status"] == "running":
+                base = await call_ok(client, "wait_experiment", run_id=base["run_id"])
+            assert (await call_ok(client, "commit_or_reset", run_id=base["run_id"]))["decision"] == "keep"
+            (counts / "block").write_text("")
+            await call_ok(client, "apply_edit", content=candidate)
+            started = await call_ok(client, "run_experiment", description="much better", wait_s=0)
+
+            with anyio.CancelScope() as scope:  # until the best's re-measurement reports its first line
+
+                async def progressed(_done: float, _total: float | None, message: str | None) -> None:
+                    if message and "the best re-measured" in message:
+                        scope.cancel()
+
+                while True:
+                    await client.call_tool(
+                        "wait_experiment",
+                        {"run_id": started["run_id"], "wait_s": 30},
+                        progress_callback=progressed,
+                    )
+            assert (root / "cand.txt").read_text() == noisy  # the best's content is in place
+            os.kill(_server_pid(root), how)
+            await call_ok(client, "query_results")
+            await anyio.sleep_forever()
+
+    (counts / "block").unlink()
+    async with Client(params) as client:
+        await call_ok(client, "start_session", tag="rm")
+        results = await call_ok(client, "query_results")
+        assert results["total"] == 2 and results["best"]["run_id"] == "r1"
+    rows = agree(root, "rm")
+    assert rows["r2"]["run_status"] == "interrupted"
+    assert (root / "cand.txt").read_text() in (noisy, candidate)
+    assert git(root, "show", f"{rows['r2']['full_commit']}:cand.txt") == candidate  # the idea is kept in git
+    assert git(root, "status", "--porcelain", "--untracked-files=no").split() in ([], ["M", "cand.txt"])
