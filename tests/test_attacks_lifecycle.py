@@ -398,3 +398,28 @@ async def test_a_server_stopped_while_the_best_is_re_measured_in_the_users_tree_
     assert (root / "cand.txt").read_text() in (noisy, candidate)
     assert git(root, "show", f"{rows['r2']['full_commit']}:cand.txt") == candidate  # the idea is kept in git
     assert git(root, "status", "--porcelain", "--untracked-files=no").split() in ([], ["M", "cand.txt"])
+
+
+async def test_a_copy_kept_of_git_configuration_a_run_changed_is_never_overwritten_by_a_later_session(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """The same across sessions for git's configuration: a run r2 that changes .git/config (as the user might
+    during a long run) has it put back and a copy kept; a later session's r2 must not replace that copy."""
+    root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
+    config = (root / ".git" / "config").read_text()
+    overrides = {
+        k: v for k, v in settings(isolation="off").items() if not k.startswith("slot")
+    }  # the user's tree
+    for tag, text in (("one", "# first session's line\n"), ("two", "# second session's line\n")):
+        async with agent_for(root, overrides) as agent:
+            await agent.ok("start_session", tag=tag)
+            await agent.experiment("baseline")
+            code = f"open('.git/config', 'a').write({text!r})\n"
+            await agent.ok("apply_edit", content=TARGET.replace("X = 0", "X = 2") + code)
+            run, _ = await agent.experiment("changes .git/config")
+            assert run["run_id"] == "r2" and run["status"] == "tampered" and ".git/config" in run["error"], (
+                run
+            )
+        assert (root / ".git" / "config").read_text() == config
+    kept = [p.read_text() for p in (root / ".autoresearch" / "tampered").rglob("*") if p.is_file()]
+    assert any("first session's line" in k for k in kept) and any("second session's line" in k for k in kept)
