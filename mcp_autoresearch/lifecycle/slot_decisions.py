@@ -14,7 +14,7 @@ from ..errors import RuleViolation, SessionError
 from ..measure.keep_rule import nonblank_lines
 from ..models import DecisionResult
 from ..names import SESSION_REFS
-from ..records.atomic import atomic_write, read_regular
+from ..records.atomic import atomic_write, read_regular, unused_path
 from ..records.state import Best, DecisionRecord, Pending, RunOutcome, server_dir
 from ..session.context import SessionCore
 from ..setup.single_file import sha256_bytes
@@ -264,7 +264,9 @@ class SlotDecisions:
             atomic_write(target, merged)
             repo.sync_index([path])
             return "; your edit not yet run was merged onto it"
-        aside = server_dir(core.root, "edits") / f"{pending.run_id}-{target.name}"
+        aside = unused_path(
+            server_dir(core.root, "edits"), f"{core.state.tag}-{pending.run_id}-{target.name}"
+        )
         atomic_write(aside, current)
         repo.restore_paths(commit, [path])
         return (

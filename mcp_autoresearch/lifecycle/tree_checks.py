@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 
 from ..errors import SessionError
-from ..records.atomic import copy_regular
+from ..records.atomic import copy_regular, unused_path
 from ..records.state import Pending, server_dir
 from ..session.context import SessionCore
 from ..setup.single_file import changed_fingerprints, new_files, sha256_file
@@ -109,7 +109,9 @@ class TreeChecks:
         notes = []
         for rel in paths:
             try:
-                aside = server_dir(root, "tampered", run_id, *Path(rel).parent.parts) / Path(rel).name
+                aside = unused_path(
+                    server_dir(root, "tampered", run_id, *Path(rel).parent.parts), Path(rel).name
+                )
                 os.replace(root / rel, aside)
                 notes.append(f"{rel} (created by the run below a read-only directory; moved aside)")
             except OSError as exc:
@@ -148,7 +150,7 @@ class TreeChecks:
                 continue
             try:
                 directory = server_dir(root, "tampered", run_id, *Path(rel).parent.parts)
-                copy_regular(source, directory / source.name)
+                copy_regular(source, unused_path(directory, source.name))
             except (OSError, SessionError) as exc:
                 log.warning("could not keep a copy of %s before restoring it: %s", rel, exc)
                 failed.append(rel)

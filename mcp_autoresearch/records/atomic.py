@@ -105,6 +105,16 @@ def copy_regular(source: Path, dest: Path) -> None:
         atomic_write(dest, iter(lambda: handle.read(1 << 20), b""), 0o644)
 
 
+def unused_path(folder: Path, name: str) -> Path:
+    """`folder/name`, or `folder/<n>-name` when that is taken: a copy kept for the user never replaces an earlier
+    one (run ids start again at r1 in every session)."""
+    where, number = folder / name, 1
+    while os.path.lexists(where):
+        number += 1
+        where = folder / f"{number}-{name}"
+    return where
+
+
 Fingerprint = tuple[int, int, int, int, int]
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import SessionError
 from ..names import SESSION_REFS
-from ..records.atomic import atomic_write, copy_regular, read_regular
+from ..records.atomic import atomic_write, copy_regular, read_regular, unused_path
 from ..records.state import server_dir
 from .repo import Repo
 
@@ -105,7 +105,7 @@ def restore_config(before: dict[str, str | None], names: list[str], keep_dir: Pa
                 content = data
             if os.path.lexists(path):
                 if stat.S_ISREG(os.lstat(path).st_mode):
-                    copy_regular(path, keep_dir / name.strip("/").replace("/", "__"))
+                    copy_regular(path, unused_path(keep_dir, name.strip("/").replace("/", "__")))
                 if content is None:
                     os.unlink(path)
             if content is not None:
