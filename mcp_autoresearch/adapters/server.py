@@ -333,6 +333,9 @@ def _run_tools(tool: Register, workspace: Workspace) -> None:
             session = await anyio.to_thread.run_sync(current_session)
         deadline = time.monotonic() + clamp_wait(wait_s)
         handle = session.run_handle(run_id)
+        # The run this call waits for, named once: a later lookup of "the run in flight" may find a newer one
+        # (with slots a handle names no run: giving up on "any run" cancels none).
+        run_id = run_id or (handle.run_id if handle is not None else None)
 
         def wait_then_view() -> RunResult | None:
             assert handle is not None and session is not None
