@@ -228,6 +228,8 @@ def keep(spec: KeeperSpec, argv: list[str], env: dict[str, str] | None = None) -
     if command == 0:
         try:
             os.close(gate_w)
+            os.read(gate_r, 1)  # until the keeper holds it by ptrace (or gave that up)
+            os.close(gate_r)
             for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
@@ -241,10 +243,6 @@ def keep(spec: KeeperSpec, argv: list[str], env: dict[str, str] | None = None) -
                 os.close(ruleset)
             else:  # no Landlock: still no privilege gain, and a mark that no child can shed
                 libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-            # The confinement above is built while the keeper takes hold of this process; the command itself
-            # starts only once the keeper holds it by ptrace (or gave that up), so it cannot end unheld.
-            os.read(gate_r, 1)
-            os.close(gate_r)
             if env is None:
                 os.execvp(argv[0], argv)
             else:
@@ -271,10 +269,7 @@ def keep(spec: KeeperSpec, argv: list[str], env: dict[str, str] | None = None) -
             fail("could not watch the run's output directories (signalfd)")
     # Held at its exit (where ptrace is allowed): the rest of the run is ended before anyone can see it end.
     tracer = libc if _ptrace(libc, PTRACE_SEIZE, command, PTRACE_O_TRACEEXIT) else None
-    try:
-        os.write(gate_w, b"x")
-    except OSError:
-        pass  # the command already ended (its setup failed): its status is reaped below
+    os.write(gate_w, b"x")
     os.close(gate_w)
     status: int | None = None
     ended = False
