@@ -97,6 +97,16 @@ def test_setup_failure_is_named_and_nothing_runs(tmp_path: Path) -> None:
     )
 
 
+def test_the_command_is_held_by_its_keeper_before_its_first_instruction(tmp_path: Path) -> None:
+    """The keeper takes hold of the command (ptrace, to hold it at its exit and end the rest of the run first)
+    before the command starts: a reordering of the gate must keep this (`/proc` outside the view shows the
+    tracer)."""
+    for _ in range(5):
+        done = keeper(tmp_path, "grep TracerPid /proc/$$/status; echo keeper=$PPID")
+        lines = dict(line.split(maxsplit=1) for line in done.stdout.replace("=", " ").splitlines())
+        assert done.returncode == 0 and lines["TracerPid:"] == lines["keeper"], done
+
+
 def _alive(command: str) -> list[psutil.Process]:
     """Live processes whose whole command line is `command` (not a script that merely mentions it)."""
     found = []
