@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mcp_autoresearch.records.journal import Journal, Row
+from mcp_autoresearch.records.journal import Journal
+from mcp_autoresearch.records.rows import Row
 from mcp_autoresearch.records.state import load_state, state_path
 from mcp_autoresearch.session.workspace import Workspace
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from mcp_autoresearch.records.evidence import Evidence
-from mcp_autoresearch.records.journal import Journal, Row
+from mcp_autoresearch.records.journal import Journal
+from mcp_autoresearch.records.rows import Row
 from mcp_autoresearch.records.tree import build_tree, journal_tree, stall_after_of
 from mcp_autoresearch.records.tree_view import MAX_LINEAGE, frontier_line, tree_view
 

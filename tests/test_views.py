@@ -11,7 +11,7 @@ import pytest
 
 from mcp_autoresearch.readers.briefing import MAX_CHARS, briefing_from
 from mcp_autoresearch.readers.plot import plotting_available
-from mcp_autoresearch.records.journal import Row
+from mcp_autoresearch.records.rows import Row
 from mcp_autoresearch.records.state import Best, SessionState
 
 from .conftest import run_cli

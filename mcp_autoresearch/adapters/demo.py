@@ -18,7 +18,7 @@ from mcp import Client
 
 from ..errors import AutoresearchError
 from ..names import RESULTS_TSV, RUN_LOG, STATE_DIR
-from ..records.journal import Row
+from ..records.rows import Row
 from ..vcs.repo import FALLBACK_IDENTITY
 from .scripted_agent import HEADER, ScriptedAgent, server_params
 from .tree_policy import TreePolicy

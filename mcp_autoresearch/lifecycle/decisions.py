@@ -19,7 +19,7 @@ from ..models import DecisionResult
 from ..phases import advance, in_flight, unsaved
 from ..records.diskspace import AFTER_DISK_FULL
 from ..records.evidence import Evidence
-from ..records.journal import Row
+from ..records.rows import Row
 from ..records.state import Best, DecisionRecord, Pending, RunOutcome
 from ..session.context import SessionCore, normal_run_id
 from ..statuses import UNFINISHED

@@ -26,7 +26,7 @@ from ..phases import AWAITING_DECISION, advance, in_flight
 from ..records.atomic import read_regular
 from ..records.budget import refuse_past_budget
 from ..records.diskspace import DiskSpace
-from ..records.journal import Row, one_line
+from ..records.rows import Row, one_line
 from ..records.state import Pending, RunOutcome, server_dir
 from ..session.context import SessionCore
 from ..session.editing import Editor

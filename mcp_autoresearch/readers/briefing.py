@@ -13,7 +13,8 @@ from ..measure.standing import noise_sd as state_noise_sd
 from ..measure.standing import standing
 from ..names import RESULTS_TSV
 from ..records.budget import budget_use
-from ..records.journal import Journal, Row, one_line
+from ..records.journal import Journal
+from ..records.rows import Row, one_line
 from ..records.stall import stall_advice
 from ..records.state import SessionState, load_state
 from ..records.tree import ResearchTree, journal_tree, stall_after_of

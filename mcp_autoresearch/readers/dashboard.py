@@ -21,7 +21,8 @@ from rich.text import Text
 from ..measure.provenance import metric_provenance
 from ..measure.standing import noise_sd, standing
 from ..records.budget import budget_use
-from ..records.journal import Journal, Row
+from ..records.journal import Journal
+from ..records.rows import Row
 from ..records.state import SessionState, load_state, state_dir
 from ..records.tree import journal_tree, stall_after_of
 from ..records.tree_view import frontier_line

@@ -9,7 +9,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from ..errors import AutoresearchError
-from ..records.journal import Row
+from ..records.rows import Row
 
 # The package is installed from a clone (it is not on PyPI): name the command that works there, for the
 # interpreter that runs us.

@@ -18,8 +18,9 @@ from ..measure.holdout import holdout_summary
 from ..measure.provenance import metric_provenance
 from ..names import RESULTS_TSV
 from ..records.current import current_session
-from ..records.journal import Journal, Row
+from ..records.journal import Journal
 from ..records.results_tsv import TsvFormat
+from ..records.rows import Row
 from ..records.state import SessionState, current_tag, load_state
 from ..setup.config import DEFAULTS
 from ..setup.project import check_project_root, load_project

@@ -188,3 +188,22 @@ def write_at(path: Path, offset: int, data: bytes, sync: bool = True) -> Fingerp
 def open_read(path: Path) -> BinaryIO:
     """Open one of the server's files for reading: never through a symlink, never blocking on a FIFO."""
     return os.fdopen(open_regular(path), "rb")
+
+
+def cut_torn_line(path: Path) -> None:
+    """A server killed mid-append leaves a line without its newline: cut it off."""
+    with os.fdopen(open_regular(path, os.O_RDWR), "rb+") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        if size == 0:
+            return
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        back = min(size, 1 << 20)
+        handle.seek(size - back)
+        chunk = handle.read(back)
+        cut = chunk.rfind(b"\n")
+        handle.truncate(size - back + cut + 1 if cut >= 0 else 0)
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -25,7 +25,6 @@ from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +33,15 @@ from ..terminal_text import printable
 from .atomic import (
     Fingerprint,
     atomic_write,
+    cut_torn_line,
     fingerprint,
     open_read,
     open_regular,
     write_at,
 )
-from .evidence import Evidence
 from .lineage import UNNAMED, Lineage, Unnamed, tree_keys
 from .results_tsv import AUTORESEARCH_HEADER, TsvFormat, quick_tsv_size, same_tsv_size
+from .rows import NOT_MEASURED, Row, finite_or_none, now_stamps, one_line, row_details, row_from_event
 
 TSV_HEADER = AUTORESEARCH_HEADER
 SYNC_EVERY = 32 * 1024  # the JSONL is fsynced when the bytes past its last fsync reach this size
@@ -62,58 +62,7 @@ class Seal:
     durable: Callable[[int], None] | None = field(default=None, compare=False)
 
 
-def now_stamps() -> tuple[str, str]:
-    local = datetime.now().astimezone()
-    return local.isoformat(timespec="seconds"), local.astimezone(UTC).isoformat(
-        timespec="milliseconds"
-    ).replace("+00:00", "Z")
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """Descriptions and notes as single TSV-safe lines, with nothing a terminal would act on."""
-    flat = printable(" ".join(text.replace("\t", " ").split()))
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def _printable_or_none(value: Any) -> str | None:
-    return None if value is None else printable(str(value), lines=True)
-
-
-def _finite_or_none(value: Any) -> float | None:
-    return value if isinstance(value, int | float) and math.isfinite(value) else None
-
-
-@dataclass(slots=True)
-class Row:
-    """One decided experiment, as logged."""
-
-    run_id: str
-    commit: str
-    metric: str
-    value: float | None
-    status: Decision
-    run_status: RunStatus
-    description: str
-    prev: float | None
-    delta: float | None
-    memory_gb: float | None
-    duration_s: float | None
-    error: str | None
-    tag: str
-    timestamp: str
-    notes: list[str] = field(default_factory=list)
-    evidence: Evidence = field(default_factory=Evidence)  # what the keep rule saw
-    parent: str | None = None  # the run this candidate started from (its parent node); None: the baseline
-    best: bool = False  # this decision made the run the session's best
-    combined: list[str] = field(default_factory=list)  # a combine run: the two runs whose targets it merged
-
-    def tsv_line(self) -> str:
-        value = f"{self.value:.6f}" if self.value is not None and self.status != "crash" else "0.000000"
-        return f"{self.commit[:7]}\t{self.metric}\t{value}\t{self.status}\t{one_line(self.description)}\n"
-
-
 _ROW_CACHE = 512
-NOT_MEASURED = ("cancelled", "interrupted", "disk_full")  # run statuses that say nothing about the content
 
 
 class Journal:
@@ -249,7 +198,7 @@ class Journal:
             with open_read(self.jsonl_path) as handle:
                 for index in missing:
                     handle.seek(self._offsets[index])
-                    row = self._row_from(json.loads(handle.readline()))
+                    row = row_from_event(json.loads(handle.readline()), self.tag)
                     self._fill(row, index)
                     found[index] = row
                     self._cache[index] = row
@@ -278,7 +227,7 @@ class Journal:
             with open_read(self.jsonl_path) as handle:
                 for index in batch:
                     handle.seek(self._offsets[index])
-                    row = self._row_from(json.loads(handle.readline()))
+                    row = row_from_event(json.loads(handle.readline()), self.tag)
                     self._fill(row, index)
                     yield row
 
@@ -293,33 +242,12 @@ class Journal:
         row.parent = self.parent_at(index)
         row.best = self.lineage.best_at(index)
 
-    def _row_from(self, event: dict[str, Any]) -> Row:
-        details = event.get("details") or {}
-        return Row(
-            run_id=str(details.get("run_id", "")),
-            commit=str(details.get("commit", "")),
-            metric=str(details.get("metric", "")),
-            value=_finite_or_none(details.get("value")),
-            status=as_decision(details.get("status", "crash")),
-            run_status=as_run_status(details.get("run_status") or details.get("error") or "ok"),
-            description=printable(str(details.get("description", ""))),
-            prev=_finite_or_none(details.get("prev")),
-            delta=_finite_or_none(details.get("delta")),
-            memory_gb=_finite_or_none(details.get("memory_gb")),
-            duration_s=_finite_or_none(details.get("duration_s")),
-            error=_printable_or_none(details.get("error_detail", details.get("error"))),
-            tag=self.tag,
-            timestamp=str(event.get("timestamp", "")),
-            evidence=Evidence.from_details(details),
-            combined=[str(c) for c in details.get("combined") or [] if isinstance(c, str)][:2],
-        )
-
     # -- loading and repair ---------------------------------------------------------------------------------
     def load(self) -> None:
         """Read this session's rows from the JSONL; repair a torn last line; make results.tsv agree."""
         self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
         if self.jsonl_path.exists():
-            self._repair_torn_tail(self.jsonl_path)
+            cut_torn_line(self.jsonl_path)
         self.load_readonly()
         self._sync_loaded()
         self.reconcile_tsv(quick=True)
@@ -378,7 +306,7 @@ class Journal:
         if not isinstance(run_id, str):
             return
         if action == "experiment_done" and self.index_of(run_id) is None:
-            value = _finite_or_none(details.get("value"))
+            value = finite_or_none(details.get("value"))
             status = as_decision(details.get("status", "crash"))
             run_status = as_run_status(details.get("run_status") or "ok")
             self._add(run_id, offset, value, status, run_status, *tree_keys(details, status == "keep"))
@@ -423,25 +351,6 @@ class Journal:
         self.counts[status] += 1
         if status == "keep":
             self.last_keep_index = index
-
-    @staticmethod
-    def _repair_torn_tail(path: Path) -> None:
-        """A server killed mid-append leaves a line without its newline: cut it off."""
-        with os.fdopen(open_regular(path, os.O_RDWR), "rb+") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            if size == 0:
-                return
-            handle.seek(size - 1)
-            if handle.read(1) == b"\n":
-                return
-            back = min(size, 1 << 20)
-            handle.seek(size - back)
-            chunk = handle.read(back)
-            cut = chunk.rfind(b"\n")
-            handle.truncate(size - back + cut + 1 if cut >= 0 else 0)
-            handle.flush()
-            os.fsync(handle.fileno())
 
     def tsv_lines(self) -> Iterator[str]:
         yield self.tsv_format.header()
@@ -523,34 +432,13 @@ class Journal:
         if self.index_of(row.run_id) is not None:
             self.reconcile_tsv()
             return
-        details = {
-            "run_id": row.run_id,
-            "status": row.status,
-            "run_status": row.run_status,
-            "metric": row.metric,
-            "value": row.value,
-            "prev": row.prev,
-            "delta": row.delta,
-            "commit": row.commit[:7],
-            "full_commit": row.commit,
-            "description": one_line(row.description),
-            "memory_gb": row.memory_gb,
-            "duration_s": row.duration_s,
-            # As the original tool logs it: the fine-grained run status of a failure in `error`.
-            "error": row.run_status if row.run_status != "ok" or row.status == "crash" else None,
-            "error_detail": row.error,
-            **row.evidence.details(),
-            **({"provenance": self.provenance} if self.provenance else {}),
-            "parent": row.parent,
-            "best": row.best,
-            **({"combined": list(row.combined)} if row.combined else {}),
-        }
+        details = row_details(row, self.provenance)
         offset = self._append_jsonl("experiment_done", row.status != "crash", details)
         self._decided_to = self._offset
         self._add(row.run_id, offset, row.value, row.status, row.run_status, row.parent, row.best)
         # The row as written is held: reading it back right after (the decision's next_step) never depends on
         # the file, which a run still in flight may have replaced by then.
-        written = self._row_from(self._last_event)
+        written = row_from_event(self._last_event, self.tag)
         self._fill(written, len(self) - 1)
         self._cache[len(self) - 1] = written
         self._remember_content(row.evidence.target_sha256, row.run_status)

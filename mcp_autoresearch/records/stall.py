@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .journal import Journal, one_line
+from .journal import Journal
+from .rows import one_line
 from .tree import ResearchTree, TreeNode
 
 MAX_PROPOSALS = 4

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..statuses import Decision, as_decision
-from .journal import NOT_MEASURED, Journal
+from .journal import Journal
+from .rows import NOT_MEASURED
 
 MIN_DEAD_END_CHILDREN = 3  # a dead end has at least this many children, all failed
 DEFAULT_STALL_AFTER = 8  # when the session's rules do not name `stall_after`

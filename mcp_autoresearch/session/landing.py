@@ -25,7 +25,7 @@ from ..measure.provenance import metric_provenance
 from ..measure.standing import standing
 from ..names import RUN_LOGS, SESSION_BRANCHES, SESSION_REFS, SLOT_INDEXES
 from ..readers.report import SessionFiles, open_session_files
-from ..records.journal import Row
+from ..records.rows import Row
 from ..records.state import ProjectLock, SessionState, current_tag, load_state, state_dir, state_path
 from ..terminal_text import printable
 from ..vcs.checkouts import session_slots

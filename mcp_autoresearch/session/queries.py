@@ -19,7 +19,7 @@ from ..phases import in_flight
 from ..readers.briefing import journal_briefing, near_misses
 from ..records.budget import BudgetUse, budget_use
 from ..records.diskspace import AFTER_DISK_FULL
-from ..records.journal import Row
+from ..records.rows import Row
 from ..records.state import Pending
 from ..records.tree import journal_tree, stall_after_of
 from ..records.tree_view import TreeView, tree_view
