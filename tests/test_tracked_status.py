@@ -56,20 +56,23 @@ def test_a_run_that_touched_no_tracked_file_is_checked_without_git(
     assert _statuses(trace) == 1
 
 
+@pytest.mark.parametrize("plain", [False, True])
 @pytest.mark.parametrize("decision", ["keep", "discard"])
-def test_the_loop_runs_git_status_once_per_session(candidate: tuple[Repo, Path, Path], decision: str) -> None:
-    """After the decision (the server's own git command on the target alone) and the next edit, the check
-    before the next run is answered from the target's content and the others' stat data; every answer is
-    git's own."""
+def test_the_loop_runs_git_status_once_per_session(
+    candidate: tuple[Repo, Path, Path], decision: str, plain: bool
+) -> None:
+    """After the decision (the server's own git command on the target alone, or its in-process write of the
+    target's index entry for a plain target) and the next edit, the check before the next run is answered from
+    the target's content and the others' stat data; every answer is git's own."""
     repo, root, trace = candidate
     candidate_commit = repo.head_commit()
     parent = git(root, "rev-parse", "HEAD~1").strip()
     for step in range(3):
         assert repo.changed_tracked_files() == ["model.py"] == _git_status(root)  # after the run
         if decision == "keep":
-            repo.sync_index(["model.py"])
+            repo.sync_index(["model.py"], plain=plain)
         else:
-            repo.restore_paths(parent, ["model.py"])
+            repo.restore_paths(parent, ["model.py"], plain=plain)
             repo.move_branch("autoresearch/t", parent, "discard")
         assert repo.changed_tracked_files() == [] == _git_status(root)
         content = f"LR = {step + 3}\n".encode()

@@ -54,16 +54,18 @@ class TreeDecisions:
         path = core.target_repo_path
         if made_best(record):
             keep_reachable(core, pending)
-            core.repo.sync_index([path])
+            core.repo.sync_index([path], plain=core.plain_target)
             return ""
         core.repo.set_ref(f"{SESSION_REFS}{core.state.tag}/{pending.run_id}", commit)
         best = core.state.best.commit if core.state.best else pending.parent_commit
         if decision != "keep":  # restore what the candidate changed (the target only: checked before the run)
-            core.repo.restore_paths(pending.parent_commit, [path])
+            core.repo.restore_paths(pending.parent_commit, [path], plain=core.plain_target)
         if core.repo.resolve_branch(core.state.branch) != best:
             core.repo.move_branch(core.state.branch, best, f"autoresearch: {decision} {pending.run_id}")
         if best != pending.parent_commit or decision == "keep":
-            core.repo.unstage([path])  # the index follows the branch; the work tree holds the next parent
+            core.repo.unstage(
+                [path], plain=core.plain_target
+            )  # the index follows the branch; the work tree holds the next parent
         return ""
 
     def decided(self, pending: Pending, note: str) -> str:

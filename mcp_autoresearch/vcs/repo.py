@@ -24,6 +24,7 @@ from gitdb.db.loose import LooseObjectDB
 from ..errors import SessionError
 from ..names import SESSION_BRANCHES
 from ..records.atomic import atomic_write, open_regular, own_dir, read_regular
+from .index_file import REGULAR_MODES, set_entry
 from .objects import ObjectReader
 from .packs import packs_claiming
 from .refs import RefReader
@@ -411,29 +412,54 @@ class Repo:
     def blob_at(self, commit: str, repo_path: str) -> str:
         return self._run("rev-parse", f"{commit}:{repo_path}").strip()
 
-    def sync_index(self, repo_paths: list[str]) -> None:
-        """Index entries of these paths become HEAD's (after `commit_file`, for a kept experiment)."""
+    def sync_index(self, repo_paths: list[str], plain: bool = False) -> None:
+        """Index entries of these paths become HEAD's (after `commit_file`, for a kept experiment). A `plain`
+        file (no filters: `is_plain_file`) has its entry written in-process where `index_file` vouches for it."""
         done = self._known.rewriting(repo_paths)
-        self._run("reset", "-q", "HEAD", "--", *repo_paths)
+        if not (plain and self._entry_in_process("HEAD", repo_paths, restore=False)):
+            self._run("reset", "-q", "HEAD", "--", *repo_paths)
         done()
 
-    def restore_paths(self, commit: str, repo_paths: list[str]) -> None:
+    def restore_paths(self, commit: str, repo_paths: list[str], plain: bool = False) -> None:
         """Index and working tree of these paths become their content at `commit`. A path absent there only
         leaves the index: the file itself is never deleted, since a run that staged it (`git add -A`) may have
-        staged an untracked file of the user's, and nothing proves the run created it."""
+        staged an untracked file of the user's, and nothing proves the run created it. One `plain` file is
+        written, with its index entry, in-process where `index_file` vouches for it."""
         if not repo_paths:
             return
         present = [p for p in repo_paths if self._in_tree(commit, p)]
         absent = [p for p in repo_paths if p not in present]
         done = self._known.rewriting(present if not absent else [])
-        if present:
+        if present and not (plain and not absent and self._entry_in_process(commit, present, restore=True)):
             self._run("checkout", "-q", commit, "--", *present)
         if absent:
             self._run("reset", "-q", commit, "--", *absent)
         done()
 
-    def unstage(self, repo_paths: list[str]) -> None:
-        self._run("reset", "-q", "--", *repo_paths)
+    def unstage(self, repo_paths: list[str], plain: bool = False) -> None:
+        """Index entries of these paths become HEAD's; the work tree is untouched."""
+        done = self._known.rewriting(repo_paths)
+        if not (plain and self._entry_in_process("HEAD", repo_paths, restore=False)):
+            self._run("reset", "-q", "--", *repo_paths)
+        done()
+
+    def _entry_in_process(self, commit: str, repo_paths: list[str], restore: bool) -> bool:
+        """One path's index entry (and, to `restore`, its file) made `commit`'s without a git process; False
+        when git must do it (`index_file` says when)."""
+        if len(repo_paths) != 1:
+            return False
+        try:
+            found = self._objects.entry(self.head_commit() if commit == "HEAD" else commit, repo_paths[0])
+            if found is None or found[1] not in REGULAR_MODES:
+                return False
+            content = self._objects.read(found[0]) if restore else None
+        except (ValueError, OSError, git.GitError):
+            return False
+        if content is not None and content[0] != b"blob":
+            return False
+        data = None if content is None else content[1]
+        index = self._worktree_dir / "index"
+        return set_entry(index, self.top, repo_paths[0], found[0], found[1], data)
 
     def set_ref(self, ref: str, commit: str) -> None:
         """Create or move a ref outside refs/heads (where discarded ideas are kept), without a git process."""

@@ -3,8 +3,8 @@ checks before and after each run are answered without a git process when provabl
 
 `git status` itself trusts stat data: a file whose size, times and inode match the index is not read. This
 module trusts the same data, compared against what they were when `git status` last ran, and only when:
-- the index file is the same one (inode, size, mtime, ctime), or was rewritten by the server's own git command
-  on the target alone (every other entry, blob id and mode, checked the same);
+- the index file is the same one (inode, size, mtime, ctime), or was rewritten by the server on the target alone
+  (its own git command, or `index_file` in-process; every other entry, blob id and mode, checked the same);
 - HEAD is on the same branch, at the same commit or at one the server wrote from it changing the target alone;
 - every other tracked file has the same type, size, inode, mtime and ctime (a write changes the ctime, which
   nothing without the right to set the clock can put back), none of them was changed so recently that the file
@@ -12,8 +12,8 @@ module trusts the same data, compared against what they were when `git status` l
   folder holding one is the same folder;
 - the target (a plain file: the server commits its bytes) is judged by its content: its blob id against the
   index entry, the entry against HEAD's, its executable bit against the entry's mode.
-Anything else (an index of another format, a split index, a conflict, a submodule, more than `MAX_ENTRIES`
-files, a file changed by anyone) and git runs, as before. Standard library only.
+Anything else (an index of another format, a split index, a conflict, a submodule, more than
+`index_file.MAX_ENTRIES` files, a file changed by anyone) and git runs, as before. Standard library only.
 """
 
 from __future__ import annotations
@@ -21,16 +21,15 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MAX_ENTRIES = 2000  # beyond this, reading the index here costs more than git's own status
+from .index_file import parse_index
+
 MAX_EXACT_BYTES = 1 << 22  # a larger target is left to git
 RACY_NS = 100_000_000  # a file changed this close to the snapshot may share its times with a later write
-_GITLINK, _DIRECTORY = 0o160000, 0o040000
 
 Stat = tuple[int, int, int, int, int, int]  # mode, size, inode, device, mtime, ctime
 
@@ -46,57 +45,13 @@ def file_stat(path: Path | str) -> Stat | None:
 def read_index(data: bytes) -> dict[str, tuple[str, int]] | None:
     """Every path of a git index (versions 2-4) with its blob id and mode, or None for anything this reader does not
     vouch for: another format, a conflict, a submodule, a sparse directory, an intent-to-add entry, a split
-    index."""
-    if len(data) < 12 or data[:4] != b"DIRC":
-        return None
-    version, count = struct.unpack(">II", data[4:12])
-    if version not in (2, 3, 4) or count > MAX_ENTRIES:
-        return None
-    entries: dict[str, tuple[str, int]] = {}
-    offset, previous = 12, b""
-    try:
-        for _ in range(count):
-            mode = struct.unpack(">I", data[offset + 24 : offset + 28])[0]
-            sha = data[offset + 40 : offset + 60].hex()
-            flags = struct.unpack(">H", data[offset + 60 : offset + 62])[0]
-            start = offset + 62
-            if flags & 0x4000:  # extended flags (version 3 and up)
-                if version < 3 or struct.unpack(">H", data[start : start + 2])[0] & 0x2000:
-                    return None  # intent-to-add
-                start += 2
-            if flags & 0x3000 or mode & 0o170000 in (_GITLINK, _DIRECTORY):
-                return None
-            if version == 4:
-                strip, start = _varint(data, start)
-                end = data.index(b"\0", start)
-                name = previous[: len(previous) - strip] + data[start:end]
-                offset = end + 1
-            else:
-                end = data.index(b"\0", start)
-                name = data[start:end]
-                offset = offset + ((end - offset + 8) & ~7)
-            previous = name
-            entries[name.decode("utf-8", "surrogateescape")] = (sha, mode)
-        while offset + 8 <= len(data) - 20:  # extensions, then the checksum
-            signature, size = data[offset : offset + 4], struct.unpack(">I", data[offset + 4 : offset + 8])[0]
-            if signature in (b"link", b"sdir"):
-                return None  # a split index (entries in another file) or a sparse one
-            offset += 8 + size
-    except (struct.error, ValueError, IndexError):
-        return None
-    return entries if len(entries) == count else None
-
-
-def _varint(data: bytes, offset: int) -> tuple[int, int]:
-    """Git's offset encoding of index version 4."""
-    byte = data[offset]
-    value = byte & 0x7F
-    offset += 1
-    while byte & 0x80:
-        byte = data[offset]
-        value = ((value + 1) << 7) | (byte & 0x7F)
-        offset += 1
-    return value, offset
+    index (`index_file.parse_index`)."""
+    parsed = parse_index(data)
+    if parsed is None or any(
+        signature in (b"link", b"sdir") for signature, _start, _end in parsed.extensions
+    ):
+        return None  # a split index (entries in another file) or a sparse one
+    return {entry.name: (entry.blob.hex(), entry.mode) for entry in parsed.entries}
 
 
 HeadEntry = Callable[[str, str], "tuple[str, int] | None"]  # (commit, path) -> (blob id, mode) there
