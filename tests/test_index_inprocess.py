@@ -205,18 +205,23 @@ def _index_state(root: Path) -> bytes:
 def _unusual_index(root: Path, kind: str) -> None:
     if kind == "split-index":
         git(root, "update-index", "--split-index")
+    elif kind == "offset-tables":  # EOIE and IEOT, for git's threaded index reader
+        git(root, "config", "index.recordEndOfIndexEntries", "true")
+        git(root, "config", "index.recordOffsetTable", "true")
+        git(root, "update-index", "--force-write-index")
     else:
         git(root, "-c", "core.untrackedCache=true", "update-index", "--untracked-cache")
         git(root, "-c", "core.untrackedCache=true", "status")  # fills it
-    assert (b"link" if kind == "split-index" else b"UNTR") in (root / ".git" / "index").read_bytes()
+    signature = {"split-index": b"link", "offset-tables": b"EOIE"}.get(kind, b"UNTR")
+    assert signature in (root / ".git" / "index").read_bytes()
 
 
-@pytest.mark.parametrize("kind", ["split-index", "untracked-cache", "filter", "eol"])
+@pytest.mark.parametrize("kind", ["split-index", "untracked-cache", "offset-tables", "filter", "eol"])
 def test_anything_unusual_is_left_to_git_and_ends_right(
     tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo, root = _project(tmp_path, 2)
-    if kind in ("split-index", "untracked-cache"):
+    if kind in ("split-index", "untracked-cache", "offset-tables"):
         _unusual_index(root, kind)
     else:
         attribute = "filter=lower" if kind == "filter" else "text eol=crlf"
