@@ -184,7 +184,9 @@ def test_unstage_writes_an_unrefreshed_entry_when_the_file_differs(
     assert git(root, "write-tree").strip() == git(root, "rev-parse", "HEAD^{tree}").strip()
 
 
-def test_a_racily_clean_file_changed_since_is_smudged_as_git_does(tmp_path: Path) -> None:
+def test_a_racily_clean_file_changed_since_is_smudged_as_git_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Another file changed within the second of the index, same size, same mtime forced back: git smudges its
     entry (size 0) when it writes the index, so that the later index does not vouch for its stale stat data."""
     repo, root = _project(tmp_path, 2)
@@ -193,9 +195,35 @@ def test_a_racily_clean_file_changed_since_is_smudged_as_git_does(tmp_path: Path
     before = os.lstat(other)
     other.write_bytes(b"X = 9\n")  # same size
     os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+    _backdate_index(root)  # every entry racily clean: written after the index (as within its second)
+    trace = tmp_path / "trace"
+    monkeypatch.setenv("GIT_TRACE", str(trace))
     repo.sync_index([TARGET], plain=True)
+    assert _trace_commands(trace) == []
+    monkeypatch.delenv("GIT_TRACE")
     assert _debug_stat(root, "src/other.py")["size"] == "0"
+    assert _debug_stat(root, "README.md")["size"] == "5"  # unchanged: left as it was
     assert git(root, "status", "--porcelain") == " M src/other.py\n"
+
+
+def _backdate_index(root: Path) -> None:
+    old = 1_000_000_000
+    os.utime(root / ".git" / "index", (old, old))
+
+
+def test_a_racily_clean_symlink_is_left_to_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo, root = _project(tmp_path, 2)
+    (root / "link").symlink_to("README.md")
+    git(root, "add", "link")
+    git(root, "commit", "-q", "-m", "link")
+    _candidate(repo, root, b"LR = 2\n")
+    _backdate_index(root)
+    trace = tmp_path / "trace"
+    monkeypatch.setenv("GIT_TRACE", str(trace))
+    repo.sync_index([TARGET], plain=True)
+    assert _trace_commands(trace) == ["reset"]
+    monkeypatch.delenv("GIT_TRACE")
+    _assert_clean(root)
 
 
 def _index_state(root: Path) -> bytes:

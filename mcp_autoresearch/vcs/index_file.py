@@ -205,10 +205,12 @@ def _smudge_racy(body: bytearray, parsed: ParsedIndex, target: IndexEntry, index
     an entry whose mtime is not older than the index being replaced (to the second, whether or not git counts
     nanoseconds) and whose file no longer holds its blob gets the size 0, so that git reads that file again
     instead of trusting stat data that the new index's later mtime would otherwise vouch for. False when a
-    racy file is too large to read here: git must write the index."""
+    racy file is too large to read here, or a symlink: git must write the index."""
     for entry in parsed.entries:
         if entry is target or entry.mtime_s < index_s or entry.size == 0:
             continue
+        if entry.mode not in REGULAR_MODES:
+            return False  # a symlink: git compares where it points
         holds = _holds(top / entry.name, entry.blob)
         if holds is None:
             return False
