@@ -300,6 +300,15 @@ def keep(spec: KeeperSpec, argv: list[str], env: dict[str, str] | None = None) -
             _finish(status)
 
 
+def prepare() -> None:
+    """In a spare keeper, while it waits for its request: the work that is the same for every run (best effort:
+    a run does it again when it is not done)."""
+    try:
+        namespaces.prepare()
+    except OSError:
+        pass
+
+
 def _sigtimedwait(timeout: float) -> int | None:
     info = signal.sigtimedwait(_WAKE, timeout)
     return info.si_signo if info is not None else None
