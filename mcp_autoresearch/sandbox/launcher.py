@@ -47,6 +47,10 @@ class Launched:
         self.pid = pid
         self.returncode: int | None = None
 
+    @property
+    def launcher_pid(self) -> int:
+        return self._launcher.process.pid
+
     def poll(self) -> int | None:
         if self.returncode is None:
             self.returncode = self._launcher.exit_code(self.pid)

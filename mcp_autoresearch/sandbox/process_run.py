@@ -336,10 +336,12 @@ class ProcessRun:
         mark); elsewhere, processes carrying the marker."""
         linux = sys.platform.startswith("linux")
         pool = own_children() if linux else list(psutil.process_iter())
-        popen_pid = self._popen.pid if self._popen else None
+        popen = self._popen
+        # The keeper, and the launcher that forked it: ours, never the run's.
+        ours = {popen.pid, *([popen.launcher_pid] if isinstance(popen, Launched) else [])} if popen else set()
         result = []
         for proc in pool:
-            if proc.pid == popen_pid:
+            if proc.pid in ours:
                 continue
             if linux and self._kept and no_new_privs(proc.pid) and not no_new_privs(os.getpid()):
                 result.append(proc)
