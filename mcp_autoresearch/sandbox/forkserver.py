@@ -27,49 +27,63 @@ else:  # run as a script: confine.py is imported from beside this file, and noth
 SPARE_AFTER_S = 0.05  # with no spare, one is forked after this long without a request or an exit
 
 
-def _start_keeper(request: dict[str, Any], out_fd: int, err_fd: int) -> None:
-    """In a child of the launcher, alone with its output descriptors: become the keeper of one command. Never
-    returns."""
+def _start_keeper(request: dict[str, Any], fds: list[int]) -> None:
+    """In a child of the launcher, alone with the request's descriptors (the output's pipe, stderr's, and the
+    pipe on which the keeper reports the run's end): become the keeper of one command. Never returns."""
+    out_fd, err_fd, report_fd = _request_fds(fds)
     try:
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)  # the output's own pipe, unless the request sent one for stderr
-        for fd in {out_fd, err_fd} - {1, 2}:
+        for fd in {out_fd, err_fd} - {1, 2, report_fd}:
             os.close(fd)
         os.chdir(request["cwd"])
     except OSError as exc:
         confine.fail(f"could not prepare the run: {exc}")
-    confine.keep(request["spec"], request["argv"], request["env"])
+    confine.keep(request["spec"], request["argv"], request["env"], report_fd)
 
 
-def _leave_launcher(keep: int = -1) -> None:
+def _become_keeper(request: dict[str, Any], fds: list[int]) -> None:
+    """`_start_keeper`, in a child of the launcher: whatever goes wrong, it never returns into the launcher's
+    loop (a child running that loop would start commands of its own)."""
+    try:
+        _start_keeper(request, fds)
+    finally:
+        os._exit(confine.SETUP_FAILED)
+
+
+def _request_fds(fds: list[int]) -> tuple[int, int, int]:
+    """(output, stderr, report) of a request's descriptors: [output], [output, stderr] or all three."""
+    out_fd = fds[0]
+    err_fd = fds[1] if len(fds) > 1 else out_fd
+    return out_fd, err_fd, fds[2] if len(fds) > 2 else -1
+
+
+def _leave_launcher(keep: list[int]) -> None:
     """In a freshly forked child of the launcher: its own session, no signal handling of the launcher's, stdin
-    on /dev/null, and nothing of the launcher's open but `keep` (above all not its socket, through which runs are
-    started)."""
+    on /dev/null, and nothing of the launcher's open but the descriptors in `keep` (above all not its socket,
+    through which runs are started)."""
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
     os.setsid()
     null = os.open("/dev/null", os.O_RDONLY)
     os.dup2(null, 0)
-    if keep >= 3:
-        os.closerange(3, keep)
-        os.closerange(keep + 1, 1 << 16)
-    else:
-        os.closerange(3, 1 << 16)
+    low = 3
+    for fd in sorted(fd for fd in set(keep) if fd >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
 
 
-def _fork_keeper(request: dict[str, Any], out_fd: int, err_fd: int) -> int:
+def _fork_keeper(request: dict[str, Any], fds: list[int]) -> int:
     """A keeper forked for this request (when no spare is ready)."""
     pid = os.fork()
     if pid == 0:
         try:
-            # The descriptors move to 1 and 2 first: closing the rest must not take them.
-            os.dup2(out_fd, 1)
-            os.dup2(err_fd, 2)
-            _leave_launcher()
+            _leave_launcher(fds)
         except OSError as exc:
             confine.fail(f"could not prepare the run: {exc}")
-        _start_keeper(request, 1, 2)
+        _become_keeper(request, fds)
     return pid
 
 
@@ -77,7 +91,7 @@ def _spare(channel: socket.socket) -> None:
     """In a child forked ahead of time: leave the launcher, then wait for one request on `channel` and become its
     keeper. The launcher gone (end of file), it leaves. Never returns."""
     try:
-        _leave_launcher(channel.fileno())
+        _leave_launcher([channel.fileno()])
         confine.prepare()
         data, fds, _flags, _addr = socket.recv_fds(channel, 1 << 20, 4)
         channel.close()
@@ -89,7 +103,7 @@ def _spare(channel: socket.socket) -> None:
         request = json.loads(data)
     except ValueError:
         os._exit(0)
-    _start_keeper(request, fds[0], fds[1] if len(fds) > 1 else fds[0])
+    _become_keeper(request, fds)
 
 
 class Spare:
@@ -168,9 +182,9 @@ def serve(sock_fd: int) -> None:
                 break
             try:
                 request = json.loads(data)
-                out_fd = fds[0]
-                err_fd = fds[1] if len(fds) > 1 else out_fd
-            except (ValueError, IndexError) as exc:
+                if not fds:
+                    raise ValueError("no output descriptor")
+            except ValueError as exc:
                 for fd in fds:
                     os.close(fd)
                 send({"error": f"bad request: {exc}"})
@@ -178,7 +192,7 @@ def serve(sock_fd: int) -> None:
             if spare is not None and spare.hand_over(data, fds):
                 pid = spare.pid
             else:
-                pid = _fork_keeper(request, out_fd, err_fd)
+                pid = _fork_keeper(request, fds)
             spare = None
             for fd in fds:
                 os.close(fd)

@@ -1,7 +1,9 @@
-"""The launcher's spare keeper: a keeper forked ahead of time, waiting for the next command, so the fork is off
-the run's path. It must start the command exactly as a freshly forked keeper would, be replaced when it is used
-or killed, hold nothing of the launcher's, and leave with the launcher. Also the view's list of block devices,
-kept while /dev is unchanged (the spare scans it before its request)."""
+"""The launcher's two shortcuts on a run's path. The spare keeper: a keeper forked ahead of time, waiting for the
+next command, so the fork is off the run's path; it must start the command exactly as a freshly forked keeper
+would, be replaced when it is used or killed, hold nothing of the launcher's, and leave with the launcher. The
+keeper's report: the exit code, written once the whole run has ended and before the keeper's own (slower) exit;
+a keeper that ends without one is still reported by the launcher. Also the view's list of block devices, kept
+while /dev is unchanged (the spare scans it before its request)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import psutil
 import pytest
 
 from mcp_autoresearch.sandbox import namespaces
-from mcp_autoresearch.sandbox.launcher import Launcher
+from mcp_autoresearch.sandbox.launcher import Launched, Launcher
 from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .helpers.needs import require
@@ -39,33 +41,41 @@ def _until(condition, what: str, limit_s: float = 30.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _spare_of(launcher: Launcher, other_than: int | None = None) -> int:
-    """The launcher's spare: its one child that has not started a command (no child of its own)."""
+def _spare_of(launcher: Launcher, used: tuple[int, ...] = ()) -> int:
+    """The launcher's spare: its one child that has not started a command (no child of its own), `used` keepers
+    aside (one that reported its run's end may still be ending)."""
 
     def find() -> int | None:
         try:
             children = psutil.Process(launcher.process.pid).children()
         except psutil.Error:
             return None
-        idle = [c.pid for c in children if c.pid != other_than and not c.children()]
+        idle = [c.pid for c in children if c.pid not in used and not c.children()]
         return idle[0] if len(idle) == 1 else None
 
     return _until(find, "the launcher's spare keeper")
 
 
-def _run(launcher: Launcher, tmp_path: Path, script: str) -> tuple[int, int, str]:
-    """Start `script` through the launcher (confined, its output on a pipe as a run's is); returns (keeper pid,
-    exit code, output)."""
+def _start(launcher: Launcher, tmp_path: Path, script: str) -> tuple[Launched, int]:
+    """Start `script` through the launcher (confined, its output on a pipe as a run's is); returns it and the
+    pipe's reading end."""
     read_fd, write_fd = os.pipe()
     try:
         spec = {"landlock": True, "view": ISOLATION.namespaces, "write": [str(tmp_path / "w")]}
         launched = launcher.spawn(["/bin/sh", "-c", script], tmp_path, dict(os.environ), write_fd, spec)  # type: ignore[arg-type]
     finally:
         os.close(write_fd)
+    return launched, read_fd
+
+
+def _run(launcher: Launcher, tmp_path: Path, script: str) -> tuple[int, int, str]:
+    """Run `script` to its end through the launcher; returns (keeper pid, exit code, output)."""
+    launched, read_fd = _start(launcher, tmp_path, script)
     with os.fdopen(read_fd, "rb") as pipe:
         output = pipe.read().decode()
     code = launched.wait(60)
     assert code is not None
+    launched.close()
     return launched.pid, code, output
 
 
@@ -88,7 +98,7 @@ def test_the_spare_starts_the_next_command_and_a_new_spare_follows(
     assert code == 3
     assert (tmp_path / "w" / "a.txt").read_text() == "hello\n"
     assert not (tmp_path / "denied.txt").exists() and "denied.txt" in output  # confined as any keeper
-    following = _spare_of(launcher)
+    following = _spare_of(launcher, used=(spare,))
     assert following != spare
     keeper, code, _ = _run(launcher, tmp_path, "exit 7")
     assert keeper == following and code == 7
@@ -100,7 +110,30 @@ def test_a_killed_spare_is_replaced_and_the_command_still_starts(launcher: Launc
     _until(lambda: not psutil.pid_exists(spare), "the spare to be reaped")
     keeper, code, output = _run(launcher, tmp_path, "echo started")
     assert keeper != spare and code == 0 and output == "started\n"
-    assert _spare_of(launcher) not in (spare, keeper)
+    assert _spare_of(launcher, used=(keeper,)) not in (spare, keeper)
+
+
+def test_the_keeper_reports_the_end_and_the_launchers_later_report_is_dropped(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    seconds = f"{1000 + time.monotonic_ns() % 100_000}"  # this test's own daemon
+    launched, read_fd = _start(launcher, tmp_path, f"(sleep {seconds} &); exit 4")  # the keeper must end it
+    with os.fdopen(read_fd, "rb") as pipe:
+        pipe.read()
+    assert launched.wait(60) == 4 and launched.reported
+    _until(lambda: launched.pid not in launcher._forgotten, "the launcher's report of the keeper's exit")
+    assert launcher._exits == {}  # dropped: the code was known already
+    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", seconds]]
+
+
+def test_a_keeper_killed_before_its_report_is_reported_by_the_launcher(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    launched, read_fd = _start(launcher, tmp_path, "sleep 1000")
+    os.close(read_fd)
+    _until(lambda: psutil.Process(launched.pid).children(), "the command to start")
+    os.kill(launched.pid, signal.SIGKILL)
+    assert launched.wait(60) == -signal.SIGKILL and not launched.reported
 
 
 def test_the_spare_holds_nothing_of_the_launchers_and_leaves_with_it(tmp_path: Path) -> None:
