@@ -21,6 +21,8 @@ import os
 
 import psutil
 
+from ..sandbox.launcher import SERVER_SCRIPT
+
 NO_HOLDER = "no process this server can see holds the connection's socket"
 
 
@@ -88,16 +90,24 @@ def _descends_from(pid: str, ancestor: int) -> bool:
 
 
 def _runs_may_exist() -> bool:
-    """False only when no process of a run can exist: this server's children are launchers without children
-    (a run's processes descend from a keeper the launcher forked; anything else, a git process included, takes
-    the full check)."""
+    """False only when no process of a run can exist: this server's children are launchers whose children have
+    none (a run's processes descend from a keeper the launcher forked; anything else, a git process included,
+    takes the full check)."""
     try:
         for child in psutil.Process().children():
-            if child.children() or not any(part.endswith("launch_server.py") for part in child.cmdline()):
+            if not _is_launcher(child):
                 return True
     except psutil.Error:
         return True
     return False
+
+
+def _is_launcher(child: psutil.Process) -> bool:
+    """A launcher whose children (its spare keeper, keepers) have no child: no process of a run exists (every
+    one descends from a keeper, which is the subreaper of its run)."""
+    if not any(part.endswith(SERVER_SCRIPT.name) for part in child.cmdline()):
+        return False
+    return not any(keeper.children() for keeper in child.children())
 
 
 def run_holding(client_port: int, server_port: int) -> str | None:

@@ -133,7 +133,7 @@ def _others_end(command: int) -> None:
         if victims:
             time.sleep(0.0005)
     if victims := [pid for pid in _tree(os.getpid()) if pid != command]:
-        os.write(2, f"autoresearch: killed {len(victims)} process(es) the command left running\n".encode())
+        _say(f"autoresearch: killed {len(victims)} process(es) the command left running")
 
 
 def _stopped(libc: ctypes.CDLL, command: int, pid: int, code: int) -> None:
@@ -168,8 +168,23 @@ def _reap(command: int, libc: ctypes.CDLL | None = None) -> tuple[int | None, bo
             status = code
 
 
-def _finish(status: int | None) -> None:
-    """Leave with the command's status: its exit code, or its fatal signal re-raised (no core dump)."""
+def _exit_code(status: int | None) -> int:
+    """What the keeper's parent will see: the command's exit code, minus its fatal signal (as `subprocess` says
+    it), or that of a keeper stopped before its command ended."""
+    if status is None:
+        return 128 + signal.SIGTERM
+    return os.waitstatus_to_exitcode(status)
+
+
+def _finish(status: int | None, report_fd: int = -1) -> None:
+    """Leave with the command's status: its exit code, or its fatal signal re-raised (no core dump). Once every
+    process of the run is gone, the server is told on `report_fd` (when given) before this process ends: its own
+    exit takes longer than the rest of the run's end."""
+    if report_fd >= 0:
+        try:
+            os.write(report_fd, b"%d\n" % _exit_code(status))
+        except OSError:
+            pass  # then the launcher's report of the keeper's exit tells it
     if status is None:
         os._exit(128 + signal.SIGTERM)
     if os.WIFEXITED(status):
@@ -188,8 +203,16 @@ def _finish(status: int | None) -> None:
     os._exit(128 + sig)
 
 
+def _say(line: str) -> None:
+    """One line on stderr, the run's output pipe: gone (nobody reads any more), it is dropped."""
+    try:
+        os.write(2, f"{line}\n".encode())
+    except OSError:
+        pass
+
+
 def fail(message: str) -> None:
-    os.write(2, f"{MARK} {message}\n".encode())
+    _say(f"{MARK} {message}")
     os._exit(SETUP_FAILED)
 
 
@@ -197,8 +220,11 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def keep(spec: KeeperSpec, argv: list[str], env: dict[str, str] | None = None) -> None:
-    """Run `argv` confined as `spec` says (in `env`, else this process's environment), and never return."""
+def keep(spec: KeeperSpec, argv: list[str], env: dict[str, str] | None = None, report_fd: int = -1) -> None:
+    """Run `argv` confined as `spec` says (in `env`, else this process's environment), and never return. The
+    exit code is also written on `report_fd` once the whole run has ended (the command never holds it)."""
+    if report_fd >= 0:
+        os.set_inheritable(report_fd, False)  # closed at the command's exec
     libc = _libc()
     if (
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0
@@ -252,7 +278,7 @@ def keep(spec: KeeperSpec, argv: list[str], env: dict[str, str] | None = None) -
         except namespaces.ViewError as exc:
             fail(f"namespaces: {exc}")
         except OSError as exc:
-            os.write(2, f"autoresearch: could not start {argv[0]}: {exc.strerror}\n".encode())
+            _say(f"autoresearch: could not start {argv[0]}: {exc.strerror}")
             os._exit(127)
         os._exit(SETUP_FAILED)
     if ruleset is not None:
@@ -291,13 +317,22 @@ def keep(spec: KeeperSpec, argv: list[str], env: dict[str, str] | None = None) -
             # The command is done: what it left behind is killed at once, so nothing it left prints later.
             left = _signal_all(signal.SIGKILL)
             if left:
-                os.write(2, f"autoresearch: killed {left} process(es) the command left running\n".encode())
+                _say(f"autoresearch: killed {left} process(es) the command left running")
             while not _reap(command, tracer)[1]:
                 time.sleep(0.002)
                 _signal_all(signal.SIGKILL)
             none_left = True
         if none_left:
-            _finish(status)
+            _finish(status, report_fd)
+
+
+def prepare() -> None:
+    """In a spare keeper, while it waits for its request: the work that is the same for every run (best effort:
+    a run does it again when it is not done)."""
+    try:
+        namespaces.prepare()
+    except OSError:
+        pass
 
 
 def _sigtimedwait(timeout: float) -> int | None:

@@ -1,7 +1,7 @@
 """The launcher: a warm, single-threaded process that forks keepers, so a run does not pay an interpreter's start.
 
 Standard library only, like `confine.py` beside it, which it imports by path: the server runs it as
-`python -I -S launch_server.py FD`, FD being its end of a SOCK_SEQPACKET socket pair (see `launcher.py` for the
+`python -I -S forkserver.py FD`, FD being its end of a SOCK_SEQPACKET socket pair (see `launcher.py` for the
 server's side and the protocol).
 """
 
@@ -24,37 +24,125 @@ else:  # run as a script: confine.py is imported from beside this file, and noth
 
     del sys.path[0]
 
+SPARE_AFTER_S = 0.05  # with no spare, one is forked after this long without a request or an exit
 
-def _start_keeper(request: dict[str, Any], out_fd: int, sock_fd: int, err_fd: int) -> None:
-    """In the freshly forked child of the launcher: become the keeper of one command. Never returns."""
+
+def _start_keeper(request: dict[str, Any], fds: list[int]) -> None:
+    """In a child of the launcher, alone with the request's descriptors (the output's pipe, stderr's, and the
+    pipe on which the keeper reports the run's end): become the keeper of one command. Never returns."""
+    out_fd, err_fd, report_fd = _request_fds(fds)
     try:
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        os.setsid()
-        null = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)  # the output's own pipe, unless the request sent one for stderr
-        # Nothing of the launcher's stays open: above all not its socket, through which runs are started.
-        os.closerange(3, 1 << 16)
+        for fd in {out_fd, err_fd} - {1, 2, report_fd}:
+            os.close(fd)
         os.chdir(request["cwd"])
     except OSError as exc:
         confine.fail(f"could not prepare the run: {exc}")
-    del sock_fd
-    confine.keep(request["spec"], request["argv"], request["env"])
+    confine.keep(request["spec"], request["argv"], request["env"], report_fd)
+
+
+def _become_keeper(request: dict[str, Any], fds: list[int]) -> None:
+    """`_start_keeper`, in a child of the launcher: whatever goes wrong, it never returns into the launcher's
+    loop (a child running that loop would start commands of its own)."""
+    try:
+        _start_keeper(request, fds)
+    finally:
+        os._exit(confine.SETUP_FAILED)
+
+
+def _request_fds(fds: list[int]) -> tuple[int, int, int]:
+    """(output, stderr, report) of a request's descriptors: [output], [output, stderr] or all three."""
+    out_fd = fds[0]
+    err_fd = fds[1] if len(fds) > 1 else out_fd
+    return out_fd, err_fd, fds[2] if len(fds) > 2 else -1
+
+
+def _leave_launcher(keep: list[int]) -> None:
+    """In a freshly forked child of the launcher: its own session, no signal handling of the launcher's, stdin
+    on /dev/null, and nothing of the launcher's open but the descriptors in `keep` (above all not its socket,
+    through which runs are started)."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    os.setsid()
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    low = 3
+    for fd in sorted(fd for fd in set(keep) if fd >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
+
+
+def _fork_keeper(request: dict[str, Any], fds: list[int]) -> int:
+    """A keeper forked for this request (when no spare is ready)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _leave_launcher(fds)
+        except OSError as exc:
+            confine.fail(f"could not prepare the run: {exc}")
+        _become_keeper(request, fds)
+    return pid
+
+
+def _spare(channel: socket.socket) -> None:
+    """In a child forked ahead of time: leave the launcher, then wait for one request on `channel` and become its
+    keeper. The launcher gone (end of file), it leaves. Never returns."""
+    try:
+        _leave_launcher([channel.fileno()])
+        confine.prepare()
+        data, fds, _flags, _addr = socket.recv_fds(channel, 1 << 20, 4)
+        channel.close()
+    except OSError:
+        os._exit(0)
+    if not data or not fds:
+        os._exit(0)
+    try:
+        request = json.loads(data)
+    except ValueError:
+        os._exit(0)
+    _become_keeper(request, fds)
+
+
+class Spare:
+    """A keeper forked ahead of time, waiting for the next request: a request handed to it starts its command
+    without a fork on the way (the fork was paid while the machine was idle)."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:
+            ours.close()
+            _spare(theirs)
+        theirs.close()
+        self.channel = ours
+
+    def hand_over(self, data: bytes, fds: list[int]) -> bool:
+        """Give it the request; False if it is gone (it was killed: the caller forks one instead)."""
+        try:
+            socket.send_fds(self.channel, [data], fds)
+            return True
+        except OSError:
+            return False
+        finally:
+            self.channel.close()
 
 
 def serve(sock_fd: int) -> None:
     """Read start requests (JSON + the output fd) on a SOCK_SEQPACKET socket from the server, answer each with
-    the keeper's pid, and report every keeper's exit status. When the server goes (end of file on the socket),
-    every keeper is told to stop (each ends its whole run) and the launcher leaves."""
+    the keeper's pid, and report every keeper's exit status. A spare keeper waits for the next request: forked
+    when the launcher starts and again after each keeper's exit is reported (or when nothing else happens), so
+    the fork is off the run's path. When the server goes (end of file on the socket), every keeper is told to
+    stop (each ends its whole run) and the launcher leaves."""
     sock = socket.socket(fileno=sock_fd)
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only the end of the socket stops the launcher
     keepers: set[int] = set()
+    spare: Spare | None = _new_spare()
 
     def send(message: dict[str, Any]) -> None:
         try:
@@ -64,7 +152,7 @@ def serve(sock_fd: int) -> None:
 
     while True:
         try:
-            ready, _, _ = select.select([sock_fd, wake_r], [], [])
+            ready, _, _ = select.select([sock_fd, wake_r], [], [], None if spare else SPARE_AFTER_S)
         except InterruptedError:
             continue
         if wake_r in ready:
@@ -72,15 +160,19 @@ def serve(sock_fd: int) -> None:
                 os.read(wake_r, 4096)
             except OSError:
                 pass
-            while keepers:
+            while True:
                 try:
                     pid, status = os.waitpid(-1, os.WNOHANG)
                 except ChildProcessError:
                     break
                 if pid == 0:
                     break
-                keepers.discard(pid)
-                send({"exit": pid, "status": status})
+                if spare is not None and pid == spare.pid:  # a spare killed before its request
+                    spare.channel.close()
+                    spare = None
+                elif pid in keepers:
+                    keepers.discard(pid)
+                    send({"exit": pid, "status": status})
         if sock_fd in ready:
             try:
                 data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 4)
@@ -90,20 +182,26 @@ def serve(sock_fd: int) -> None:
                 break
             try:
                 request = json.loads(data)
-                out_fd = fds[0]
-                err_fd = fds[1] if len(fds) > 1 else out_fd
-            except (ValueError, IndexError) as exc:
+                if not fds:
+                    raise ValueError("no output descriptor")
+            except ValueError as exc:
                 for fd in fds:
                     os.close(fd)
                 send({"error": f"bad request: {exc}"})
                 continue
-            pid = os.fork()
-            if pid == 0:
-                _start_keeper(request, out_fd, sock_fd, err_fd)
+            if spare is not None and spare.hand_over(data, fds):
+                pid = spare.pid
+            else:
+                pid = _fork_keeper(request, fds)
+            spare = None
             for fd in fds:
                 os.close(fd)
             keepers.add(pid)
             send({"pid": pid})
+        elif spare is None:  # a keeper's exit was reported, or nothing happened for a while
+            spare = _new_spare()
+    if spare is not None:
+        keepers.add(spare.pid)
     confine.signal_each(keepers, signal.SIGTERM)
     deadline = time.monotonic() + 10
     while keepers and time.monotonic() < deadline:
@@ -118,7 +216,14 @@ def serve(sock_fd: int) -> None:
     os._exit(0)
 
 
+def _new_spare() -> Spare | None:
+    try:
+        return Spare()
+    except OSError:  # no process or socket left for now: the next request forks its keeper
+        return None
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        confine.fail("usage: launch_server.py FD")
+        confine.fail("usage: forkserver.py FD")
     serve(int(sys.argv[1]))

@@ -193,6 +193,8 @@ class ProcessRun:
             )
         finally:
             self._cut()
+            if isinstance(self._popen, Launched):
+                self._popen.close()
             self._keep_log_visible(log_fd)
             os.close(log_fd)
             if self._err_capture is not None:
@@ -312,7 +314,8 @@ class ProcessRun:
         if popen is not None:
             try:
                 shell = psutil.Process(popen.pid)
-                if shell.status() != psutil.STATUS_ZOMBIE:
+                # A keeper that reported the run's end is ending itself: it is not the run's.
+                if shell.status() != psutil.STATUS_ZOMBIE and not _reported(popen):
                     add(shell)
                 for child in shell.children(recursive=True):
                     add(child)
@@ -336,10 +339,12 @@ class ProcessRun:
         mark); elsewhere, processes carrying the marker."""
         linux = sys.platform.startswith("linux")
         pool = own_children() if linux else list(psutil.process_iter())
-        popen_pid = self._popen.pid if self._popen else None
+        popen = self._popen
+        # The keeper, and the launcher that forked it: ours, never the run's.
+        ours = {popen.pid, *([popen.launcher_pid] if isinstance(popen, Launched) else [])} if popen else set()
         result = []
         for proc in pool:
-            if proc.pid == popen_pid:
+            if proc.pid in ours:
                 continue
             if linux and self._kept and no_new_privs(proc.pid) and not no_new_privs(os.getpid()):
                 result.append(proc)
@@ -392,7 +397,9 @@ class ProcessRun:
         return count if final else 0
 
     def _group_alive(self) -> bool:
-        if self._popen is None:
+        """Whether a process is left in the run's process group (the keeper's: a keeper that reported the run's
+        end found none left, and is ending itself)."""
+        if self._popen is None or _reported(self._popen):
             return False
         try:
             os.killpg(self._popen.pid, 0)
@@ -432,6 +439,10 @@ class ProcessRun:
             pass
 
 
+def _reported(popen: subprocess.Popen[bytes] | Launched) -> bool:
+    return isinstance(popen, Launched) and popen.reported
+
+
 def _remove_tree(path: str) -> None:
     """Remove the run's private TMPDIR (links in it are unlinked, never followed). A tree deeper than Python's
     recursion limit (a run can make one) is left to `rm -rf`, which is not recursive."""
@@ -458,6 +469,8 @@ class _ExitWaiter:
             self.fd = None
 
     def wait(self, timeout: float) -> bool:
+        """True once the process has ended, or its keeper reported the run's end (or the report's pipe closed)."""
+        report = self.popen.report_fd if isinstance(self.popen, Launched) else -1
         if self.fd is None:
             end = time.monotonic() + timeout
             while self.popen.poll() is None:
@@ -465,7 +478,7 @@ class _ExitWaiter:
                     return False
                 time.sleep(min(0.005, max(0.0, end - time.monotonic())))
             return True
-        ready, _, _ = select.select([self.fd], [], [], timeout)
+        ready, _, _ = select.select([self.fd, *([report] if report >= 0 else [])], [], [], timeout)
         return bool(ready)
 
     def close(self) -> None:

@@ -1,0 +1,197 @@
+"""The launcher's two shortcuts on a run's path. The spare keeper: a keeper forked ahead of time, waiting for the
+next command, so the fork is off the run's path; it must start the command exactly as a freshly forked keeper
+would, be replaced when it is used or killed, hold nothing of the launcher's, and leave with the launcher. The
+keeper's report: the exit code, written once the whole run has ended and before the keeper's own (slower) exit;
+a keeper that ends without one is still reported by the launcher. Also the view's list of block devices, kept
+while /dev is unchanged (the spare scans it before its request)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mcp_autoresearch.sandbox import namespaces
+from mcp_autoresearch.sandbox.launcher import Launched, Launcher
+from mcp_autoresearch.sandbox.policy import probe_isolation
+
+from .helpers.needs import require
+
+ISOLATION = probe_isolation("auto")
+require(ISOLATION.confined, "CI must confine runs", f"Landlock is unavailable here: {ISOLATION.reason}")
+
+
+def _until(condition, what: str, limit_s: float = 30.0):
+    """Wait for `condition()` to hold (the limit only ends a test that would otherwise hang)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _spare_of(launcher: Launcher, used: tuple[int, ...] = ()) -> int:
+    """The launcher's spare: its one child that has not started a command (no child of its own), `used` keepers
+    aside (one that reported its run's end may still be ending)."""
+
+    def find() -> int | None:
+        try:
+            children = psutil.Process(launcher.process.pid).children()
+        except psutil.Error:
+            return None
+        idle = [c.pid for c in children if c.pid not in used and not c.children()]
+        return idle[0] if len(idle) == 1 else None
+
+    return _until(find, "the launcher's spare keeper")
+
+
+def _start(launcher: Launcher, tmp_path: Path, script: str) -> tuple[Launched, int]:
+    """Start `script` through the launcher (confined, its output on a pipe as a run's is); returns it and the
+    pipe's reading end."""
+    read_fd, write_fd = os.pipe()
+    try:
+        spec = {"landlock": True, "view": ISOLATION.namespaces, "write": [str(tmp_path / "w")]}
+        launched = launcher.spawn(["/bin/sh", "-c", script], tmp_path, dict(os.environ), write_fd, spec)  # type: ignore[arg-type]
+    finally:
+        os.close(write_fd)
+    return launched, read_fd
+
+
+def _run(launcher: Launcher, tmp_path: Path, script: str) -> tuple[int, int, str]:
+    """Run `script` to its end through the launcher; returns (keeper pid, exit code, output)."""
+    launched, read_fd = _start(launcher, tmp_path, script)
+    with os.fdopen(read_fd, "rb") as pipe:
+        output = pipe.read().decode()
+    code = launched.wait(60)
+    assert code is not None
+    launched.close()
+    return launched.pid, code, output
+
+
+@pytest.fixture
+def launcher(tmp_path: Path):
+    (tmp_path / "w").mkdir()
+    started = Launcher()
+    yield started
+    started.sock.shutdown(socket.SHUT_RDWR)  # end of file for the launcher: it stops its keepers and leaves
+    started.process.wait(30)
+    started.sock.close()
+
+
+def test_the_spare_starts_the_next_command_and_a_new_spare_follows(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    spare = _spare_of(launcher)
+    keeper, code, output = _run(launcher, tmp_path, "echo hello > w/a.txt; echo x > denied.txt; exit 3")
+    assert keeper == spare  # no fork on the way: the spare took the request
+    assert code == 3
+    assert (tmp_path / "w" / "a.txt").read_text() == "hello\n"
+    assert not (tmp_path / "denied.txt").exists() and "denied.txt" in output  # confined as any keeper
+    following = _spare_of(launcher, used=(spare,))
+    assert following != spare
+    keeper, code, _ = _run(launcher, tmp_path, "exit 7")
+    assert keeper == following and code == 7
+
+
+def test_a_killed_spare_is_replaced_and_the_command_still_starts(launcher: Launcher, tmp_path: Path) -> None:
+    spare = _spare_of(launcher)
+    os.kill(spare, signal.SIGKILL)
+    _until(lambda: not psutil.pid_exists(spare), "the spare to be reaped")
+    keeper, code, output = _run(launcher, tmp_path, "echo started")
+    assert keeper != spare and code == 0 and output == "started\n"
+    assert _spare_of(launcher, used=(keeper,)) not in (spare, keeper)
+
+
+def test_the_keeper_reports_the_end_and_the_launchers_later_report_is_dropped(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    seconds = f"{1000 + time.monotonic_ns() % 100_000}"  # this test's own daemon
+    launched, read_fd = _start(launcher, tmp_path, f"(sleep {seconds} &); exit 4")  # the keeper must end it
+    with os.fdopen(read_fd, "rb") as pipe:
+        pipe.read()
+    assert launched.wait(60) == 4 and launched.reported
+    _until(lambda: launched.pid not in launcher._forgotten, "the launcher's report of the keeper's exit")
+    assert launcher._exits == {}  # dropped: the code was known already
+    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", seconds]]
+
+
+def test_a_keeper_killed_before_its_report_is_reported_by_the_launcher(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    launched, read_fd = _start(launcher, tmp_path, "sleep 1000")
+    os.close(read_fd)
+    _until(lambda: psutil.Process(launched.pid).children(), "the command to start")
+    os.kill(launched.pid, signal.SIGKILL)
+    assert launched.wait(60) == -signal.SIGKILL and not launched.reported
+
+
+def test_the_spare_holds_nothing_of_the_launchers_and_leaves_with_it(tmp_path: Path) -> None:
+    """Its descriptors: stdin, the launcher's stdout and stderr, and its request channel (never the socket
+    through which the launcher is asked to start commands). A SIGKILLed server takes it along."""
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from mcp_autoresearch.sandbox.launcher import launcher
+        print(launcher().process.pid, flush=True)
+        time.sleep(120)
+        """
+    )
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        launcher_pid = int(server.stdout.readline())
+        launcher_fds = set(os.listdir(f"/proc/{launcher_pid}/fd"))
+
+        def spare() -> int | None:
+            children = psutil.Process(launcher_pid).children()
+            return children[0].pid if len(children) == 1 else None
+
+        pid = _until(spare, "the spare keeper")
+
+        def closed_the_rest() -> list[int] | None:  # what it inherited is closed once it waits
+            fds = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+            return fds if len(fds) == 4 else None
+
+        fds = _until(closed_the_rest, "the spare to close what it inherited")
+        assert fds[:3] == [0, 1, 2], fds
+        channel = os.readlink(f"/proc/{pid}/fd/{fds[3]}")
+        assert channel.startswith("socket:")
+        launcher_sockets = {os.readlink(f"/proc/{launcher_pid}/fd/{fd}") for fd in launcher_fds}
+        assert channel not in launcher_sockets  # its own channel, not the launcher's request socket
+    finally:
+        server.kill()
+        server.wait()
+    _until(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", "the spare to leave"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making device nodes needs root")
+def test_the_block_device_list_follows_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept while the folder is unchanged, scanned again once a node is added (the folder's times move), and
+    never kept for a folder changed in the last second (its times may not move again within a clock tick)."""
+    folder = tmp_path / "dev"
+    folder.mkdir()
+    os.mknod(folder / "disk0", 0o600 | stat.S_IFBLK, os.makedev(7, 200))
+    os.mknod(folder / "tty0", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    monkeypatch.setattr(namespaces, "BLOCK_FOLDERS", (str(folder),))
+    monkeypatch.setattr(namespaces, "_devices_seen", None)
+    assert namespaces._block_devices() == [str(folder / "disk0")]
+    assert namespaces._devices_seen is None  # changed just now: not kept
+    old = time.time() - 3600
+    os.utime(folder, (old, old))
+    assert namespaces._block_devices() == [str(folder / "disk0")]
+    assert namespaces._devices_seen is not None  # settled: kept
+    os.mknod(folder / "disk1", 0o600 | stat.S_IFBLK, os.makedev(7, 201))
+    assert sorted(namespaces._block_devices()) == [str(folder / "disk0"), str(folder / "disk1")]
