@@ -195,3 +195,31 @@ def test_the_block_device_list_follows_its_folder(tmp_path: Path, monkeypatch: p
     assert namespaces._devices_seen is not None  # settled: kept
     os.mknod(folder / "disk1", 0o600 | stat.S_IFBLK, os.makedev(7, 201))
     assert sorted(namespaces._block_devices()) == [str(folder / "disk0"), str(folder / "disk1")]
+
+
+def test_descendants_are_found_without_reading_every_process(tmp_path: Path) -> None:
+    """`descendants` (the run's tree, read from each process's children files) finds what psutil's scan of every
+    process finds: children, grandchildren, and a double fork's orphan re-parented to the subreaper."""
+    from mcp_autoresearch.sandbox.processes import descendants
+
+    ready = tmp_path / "ready"
+    script = (
+        "import os, subprocess, sys, time\n"
+        "import ctypes; ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\n"  # a subreaper, as the keeper is
+        "subprocess.Popen(['sh', '-c', 'sleep 300 & sleep 300 & wait'])\n"
+        "subprocess.Popen(['sh', '-c', '(sleep 300 &) ; exit 0']).wait()\n"  # its sleep is re-parented here
+        f"open({str(ready)!r}, 'w').close()\n"
+        "time.sleep(300)\n"
+    )
+    root = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        _until(ready.exists, "the tree")
+        proc = psutil.Process(root.pid)
+        _until(lambda: len(proc.children(recursive=True)) == 4, "the tree's four processes")
+        assert {p.pid for p in descendants(proc)} == {p.pid for p in proc.children(recursive=True)}
+        assert len(descendants(proc)) == 4  # sh and its two sleeps, and the orphaned sleep
+    finally:
+        for child in psutil.Process(root.pid).children(recursive=True):
+            child.kill()
+        root.kill()
+        root.wait()

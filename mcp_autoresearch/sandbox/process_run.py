@@ -39,7 +39,15 @@ from ..records.atomic import atomic_write, own_dir
 from ..records.logtail import last_line
 from .capture import Capture
 from .launcher import HIDDEN_FROM_RUNS, Launched, LauncherError
-from .processes import MARKER_PROJECT, MARKER_RUN, created, environment, no_new_privs, own_children
+from .processes import (
+    MARKER_PROJECT,
+    MARKER_RUN,
+    created,
+    descendants,
+    environment,
+    no_new_privs,
+    own_children,
+)
 
 log = logging.getLogger("mcp_autoresearch")
 # "rejected": a remote run whose report cannot be trusted (its log was tampered with, or Ray contradicts it)
@@ -285,7 +293,7 @@ class ProcessRun:
             return
         try:
             shell = psutil.Process(popen.pid)
-            children = shell.children(recursive=True)
+            children = descendants(shell)
         except psutil.Error:
             return
         self._seen.setdefault(shell.pid, created(shell))
@@ -317,7 +325,7 @@ class ProcessRun:
                 # A keeper that reported the run's end is ending itself: it is not the run's.
                 if shell.status() != psutil.STATUS_ZOMBIE and not _reported(popen):
                     add(shell)
-                for child in shell.children(recursive=True):
+                for child in descendants(shell):
                     add(child)
             except psutil.Error:
                 pass
@@ -353,7 +361,7 @@ class ProcessRun:
             if env.get(MARKER_RUN) == self.run_marker and env.get(MARKER_PROJECT, "") == self.project_marker:
                 result.append(proc)
                 try:
-                    result += proc.children(recursive=True)
+                    result += descendants(proc)
                 except psutil.Error:
                     pass
         return result

@@ -52,20 +52,52 @@ def environment(proc: psutil.Process) -> dict[str, str]:
 def own_children() -> list[psutil.Process]:
     """This process's direct children, read from /proc/self/task/*/children (no scan of every process);
     with the subreaper flag, re-parented orphans of a run appear here too."""
+    pids = _child_pids("self")
+    if pids is None:
+        return psutil.Process().children()
+    return _processes(pids)
+
+
+def descendants(proc: psutil.Process) -> list[psutil.Process]:
+    """Every descendant of `proc`, read from /proc/<pid>/task/*/children, following each child (psutil's
+    `children(recursive=True)` reads every process of the machine: 1.3 ms with 90 of them, on every run)."""
+    found: dict[int, None] = {}
+    stack = [proc.pid]
+    while stack:
+        pids = _child_pids(str(stack.pop()))
+        if pids is None:
+            if stack or found:
+                continue  # gone meanwhile: its children were re-parented, and are looked for elsewhere
+            try:
+                return proc.children(recursive=True)  # no children files here (an old kernel)
+            except psutil.Error:
+                return []
+        for pid in pids - found.keys():
+            found[pid] = None
+            stack.append(pid)
+    return _processes(set(found))
+
+
+def _child_pids(pid: str) -> set[int] | None:
+    """The children of `pid` (every thread's), or None when they cannot be read."""
     pids: set[int] = set()
     try:
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/children") as handle:
-                pids.update(int(pid) for pid in handle.read().split())
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                pids.update(int(child) for child in handle.read().split())
     except OSError:
-        return psutil.Process().children()
-    children = []
+        return None
+    return pids
+
+
+def _processes(pids: set[int]) -> list[psutil.Process]:
+    found = []
     for pid in pids:
         try:
-            children.append(psutil.Process(pid))
+            found.append(psutil.Process(pid))
         except psutil.Error:
             continue
-    return children
+    return found
 
 
 def marked_processes(project_marker: str) -> list[psutil.Process]:
