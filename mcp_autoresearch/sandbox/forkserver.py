@@ -24,7 +24,8 @@ else:  # run as a script: confine.py is imported from beside this file, and noth
 
     del sys.path[0]
 
-SPARE_AFTER_S = 0.05  # with no spare, one is forked after this long without a request or an exit
+SPARES = 2  # keepers forked ahead of time
+SPARE_AFTER_S = 0.05  # spares missing are forked after this long without a request or an exit
 
 
 def _start_keeper(request: dict[str, Any], fds: list[int]) -> None:
@@ -130,19 +131,52 @@ class Spare:
             self.channel.close()
 
 
+class Spares:
+    """The spare keepers, up to `SPARES` of them (a kept candidate's re-measurement follows its run at once: a
+    second spare is ready for it while the first is replaced)."""
+
+    def __init__(self) -> None:
+        self.ready: list[Spare] = []
+
+    def fill(self) -> None:
+        while len(self.ready) < SPARES:
+            try:
+                self.ready.append(Spare())
+            except OSError:  # no process or socket left for now: a request forks its keeper
+                return
+
+    def take(self, data: bytes, fds: list[int]) -> int | None:
+        """The pid of a spare that took the request, or None (none is left alive)."""
+        while self.ready:
+            spare = self.ready.pop(0)
+            if spare.hand_over(data, fds):
+                return spare.pid
+        return None
+
+    def reaped(self, pid: int) -> bool:
+        """True when `pid` was a spare (killed before its request): it is dropped."""
+        for spare in self.ready:
+            if spare.pid == pid:
+                spare.channel.close()
+                self.ready.remove(spare)
+                return True
+        return False
+
+
 def serve(sock_fd: int) -> None:
     """Read start requests (JSON + the output fd) on a SOCK_SEQPACKET socket from the server, answer each with
-    the keeper's pid, and report every keeper's exit status. A spare keeper waits for the next request: forked
-    when the launcher starts and again after each keeper's exit is reported (or when nothing else happens), so
-    the fork is off the run's path. When the server goes (end of file on the socket), every keeper is told to
-    stop (each ends its whole run) and the launcher leaves."""
+    the keeper's pid, and report every keeper's exit status. Spare keepers wait for the next requests: forked
+    when the launcher starts and again after a keeper's exit is reported (or when nothing else happens), so the
+    fork is off the run's path. When the server goes (end of file on the socket), every keeper is told to stop
+    (each ends its whole run) and the launcher leaves."""
     sock = socket.socket(fileno=sock_fd)
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only the end of the socket stops the launcher
     keepers: set[int] = set()
-    spare: Spare | None = _new_spare()
+    spares = Spares()
+    spares.fill()
 
     def send(message: dict[str, Any]) -> None:
         try:
@@ -152,56 +186,62 @@ def serve(sock_fd: int) -> None:
 
     while True:
         try:
-            ready, _, _ = select.select([sock_fd, wake_r], [], [], None if spare else SPARE_AFTER_S)
+            wait = None if len(spares.ready) == SPARES else SPARE_AFTER_S
+            ready, _, _ = select.select([sock_fd, wake_r], [], [], wait)
         except InterruptedError:
             continue
         if wake_r in ready:
-            try:
-                os.read(wake_r, 4096)
-            except OSError:
-                pass
-            while True:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                if spare is not None and pid == spare.pid:  # a spare killed before its request
-                    spare.channel.close()
-                    spare = None
-                elif pid in keepers:
+            for pid, status in _reap(wake_r):
+                if not spares.reaped(pid) and pid in keepers:
                     keepers.discard(pid)
                     send({"exit": pid, "status": status})
-        if sock_fd in ready:
-            try:
-                data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 4)
-            except OSError:
-                data, fds = b"", []
-            if not data:
-                break
-            try:
-                request = json.loads(data)
-                if not fds:
-                    raise ValueError("no output descriptor")
-            except ValueError as exc:
-                for fd in fds:
-                    os.close(fd)
-                send({"error": f"bad request: {exc}"})
-                continue
-            if spare is not None and spare.hand_over(data, fds):
-                pid = spare.pid
-            else:
-                pid = _fork_keeper(request, fds)
-            spare = None
+        if sock_fd not in ready:  # a keeper's exit was reported, or nothing happened for a while
+            spares.fill()
+            continue
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 4)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            break
+        try:
+            request = json.loads(data)
+            if not fds:
+                raise ValueError("no output descriptor")
+        except ValueError as exc:
             for fd in fds:
                 os.close(fd)
-            keepers.add(pid)
-            send({"pid": pid})
-        elif spare is None:  # a keeper's exit was reported, or nothing happened for a while
-            spare = _new_spare()
-    if spare is not None:
-        keepers.add(spare.pid)
+            send({"error": f"bad request: {exc}"})
+            continue
+        taken = spares.take(data, fds)
+        pid = _fork_keeper(request, fds) if taken is None else taken
+        for fd in fds:
+            os.close(fd)
+        keepers.add(pid)
+        send({"pid": pid})
+    _stop(keepers | {spare.pid for spare in spares.ready})
+
+
+def _reap(wake_r: int) -> list[tuple[int, int]]:
+    """After SIGCHLD: every child that ended, with its wait status."""
+    try:
+        os.read(wake_r, 4096)
+    except OSError:
+        pass
+    ended = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        ended.append((pid, status))
+    return ended
+
+
+def _stop(keepers: set[int]) -> None:
+    """The server is gone: every keeper (and spare) is told to stop, and the launcher leaves."""
     confine.signal_each(keepers, signal.SIGTERM)
     deadline = time.monotonic() + 10
     while keepers and time.monotonic() < deadline:
@@ -214,13 +254,6 @@ def serve(sock_fd: int) -> None:
         else:
             time.sleep(0.02)
     os._exit(0)
-
-
-def _new_spare() -> Spare | None:
-    try:
-        return Spare()
-    except OSError:  # no process or socket left for now: the next request forks its keeper
-        return None
 
 
 if __name__ == "__main__":
