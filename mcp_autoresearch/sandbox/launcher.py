@@ -4,8 +4,8 @@ interpreter every time.
 `forkserver.py` is a small, single-threaded process started once per server (on the first run). For each
 command it forks a keeper (see `confine.py`) that confines and supervises the command; a fork of a warm process
 costs about a millisecond where starting the keeper's interpreter costs ten or more, and even that fork is made
-ahead of time: a spare keeper waits for the next request, so a command starts without a fork on its way (on a
-loaded machine, 1.5 ms less per command; see BENCHMARKS.md). The server talks to it over
+ahead of time: two spare keepers wait for the next requests, so a command starts without a fork on its way (see
+BENCHMARKS.md). The server talks to it over
 a socket pair: a request carries the argv, directory, environment, confinement spec and the output pipe's fd;
 the answer is the keeper's pid; later, its exit status. When the server dies, the launcher sees the socket close
 and stops every keeper (each ends its whole run). If the launcher is gone (a run killed it, where runs are not
