@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING or __package__:
     from . import namespaces, output_dirs
-    from .landlock import PR_SET_NO_NEW_PRIVS, ConfineError, allow_beneath, build_ruleset, restrict_self
+    from .landlock import (
+        PR_SET_NO_NEW_PRIVS,
+        ConfineError,
+        allow_beneath,
+        build_ruleset,
+        libc_handle,
+        restrict_self,
+    )
 else:  # run as a script (or imported by the launcher as one): its stdlib-only siblings are imported by path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import namespaces
@@ -44,6 +51,7 @@ else:  # run as a script (or imported by the launcher as one): its stdlib-only s
         ConfineError,
         allow_beneath,
         build_ruleset,
+        libc_handle,
         restrict_self,
     )
 
@@ -217,7 +225,7 @@ def fail(message: str) -> None:
 
 
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
+    return namespaces._libc()
 
 
 def keep(spec: KeeperSpec, argv: list[str], env: dict[str, str] | None = None, report_fd: int = -1) -> None:
@@ -331,6 +339,8 @@ def prepare() -> None:
     a run does it again when it is not done)."""
     try:
         namespaces.prepare()
+        _libc()
+        libc_handle()
     except OSError:
         pass
 

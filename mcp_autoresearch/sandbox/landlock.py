@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
 import sys
 
 _SYS = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446), "riscv64": (444, 445, 446)}
@@ -71,8 +72,17 @@ class ConfineError(Exception):
     """Landlock is missing or refused; the message says why, in a few words."""
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
+def libc_handle() -> ctypes.CDLL:
+    """The C library, loaded once per process (a fork inherits it: each new handle looks every function up
+    again, on a run's path)."""
+    if not _LOADED:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        _LOADED.append(libc)
+    return _LOADED[0]
+
+
+_LOADED: list[ctypes.CDLL] = []
 
 
 def _syscalls() -> tuple[int, int, int]:
@@ -87,7 +97,7 @@ def _syscalls() -> tuple[int, int, int]:
 def probe() -> int:
     """The Landlock ABI version of the running kernel; ConfineError with the reason when there is none."""
     create, _, _ = _syscalls()
-    libc = _libc()
+    libc = libc_handle()
     libc.syscall.restype = ctypes.c_long
     abi = libc.syscall(create, None, ctypes.c_size_t(0), ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
     if abi < 0:
@@ -129,7 +139,7 @@ def build_ruleset(writable: list[str], scope_signal: bool = True) -> tuple[int, 
     and, with ABI >= 6, signals out of the domain. Returns (fd, abi). Restricts nothing by itself."""
     abi = probe()
     create = _syscalls()[0]
-    libc = _libc()
+    libc = libc_handle()
     libc.syscall.restype = ctypes.c_long
     handled = write_rights(abi)
     # Scoped: signals and abstract unix sockets of processes outside the run (the server, the user's session).
@@ -146,7 +156,7 @@ def build_ruleset(writable: list[str], scope_signal: bool = True) -> tuple[int, 
 def allow_beneath(ruleset_fd: int, abi: int, paths: list[str]) -> None:
     """Add to the ruleset: every write right beneath each directory of `paths`, writing (not creating or
     removing) for each file; paths that do not exist are skipped."""
-    libc = _libc()
+    libc = libc_handle()
     libc.syscall.restype = ctypes.c_long
     add_rule = _syscalls()[1]
     handled = write_rights(abi)
@@ -157,7 +167,7 @@ def allow_beneath(ruleset_fd: int, abi: int, paths: list[str]) -> None:
         except OSError:
             continue  # nothing there to allow
         try:
-            is_dir = os.path.isdir(f"/proc/self/fd/{target}")
+            is_dir = stat.S_ISDIR(os.fstat(target).st_mode)
             rule = _PathBeneathAttr(handled if is_dir else file_rights, target)
             if (
                 libc.syscall(
@@ -179,7 +189,7 @@ def allow_beneath(ruleset_fd: int, abi: int, paths: list[str]) -> None:
 def restrict_self(ruleset_fd: int) -> None:
     """no_new_privs, then the ruleset: from here on this process and every descendant are confined."""
     _, _, restrict = _syscalls()
-    libc = _libc()
+    libc = libc_handle()
     libc.syscall.restype = ctypes.c_long
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise ConfineError(f"prctl(NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")

@@ -53,9 +53,15 @@ class ViewError(Exception):
 
 
 def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    return libc
+    """The C library, loaded once per process (see `landlock.libc_handle`)."""
+    if not _LOADED:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        _LOADED.append(libc)
+    return _LOADED[0]
+
+
+_LOADED: list[ctypes.CDLL] = []
 
 
 def _numbers() -> tuple[int, ...]:
