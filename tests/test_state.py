@@ -372,3 +372,29 @@ def test_the_servers_folders_are_made_real_and_a_planted_link_is_replaced_never_
     made.write_text("a file")
     with pytest.raises(SessionError, match="not a real directory"):
         own_dir(tmp_path, ".autoresearch/sessions", replace_links=True)
+
+
+def test_a_record_written_outside_within_a_step_is_not_adopted_by_the_public_copy_at_its_end(
+    ml_project: Path,
+) -> None:
+    """Writing the public copy at the end of a step takes that file's fingerprint only: the server's record,
+    rewritten by someone else since the step's last save, is still found changed (and restored) by the guard."""
+    from mcp_autoresearch.records.state import OwnRecord, record_path
+
+    workspace = Workspace(ml_project)
+    workspace.start_session("own")
+    session = workspace.session
+    record = record_path(ml_project, "own")
+    try:
+        session.save()  # outside a step: both written, the public copy's sha256 known
+        with session.public_copy.one_call(session.write_public):
+            session.state.run_counter += 3
+            session.save()
+            assert session.public_copy.owed  # left for the end of the step
+            ours = record.read_bytes()
+            record.write_bytes(ours.replace(b'"run_counter":3', b'"run_counter":7', 1))  # an outside write
+        assert session.own.restore() != []  # found, though the public copy was written after it
+        assert OwnRecord.model_validate_json(record.read_bytes()).state.run_counter == 3
+        assert session.own.restore() == []  # restored: as the server wrote it
+    finally:
+        workspace.shutdown()

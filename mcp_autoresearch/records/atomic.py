@@ -54,9 +54,9 @@ def own_dir(root: Path, *parts: str, replace_links: bool = False) -> Path:
     server's own folders would make it write outside the project. With `replace_links` (folders that only the
     server owns) such a symlink is removed (the link only, never what it points to) and a real directory made;
     otherwise, and for a file standing there, it is refused."""
-    path = root
+    path = os.fspath(root)  # a plain string until the end: this runs several times per save
     for name in (piece for part in parts for piece in part.split("/") if piece):
-        path = path / ("__up__" if name == ".." else name)
+        path = os.path.join(path, "__up__" if name == ".." else name)
         for _attempt in range(3):
             mode = _mode(path)  # one system call for the folder that exists, as it does but the first time
             if mode is None:
@@ -77,10 +77,10 @@ def own_dir(root: Path, *parts: str, replace_links: bool = False) -> Path:
             os.unlink(path)
         else:
             raise SessionError(f"{path} keeps being replaced by a symlink; stop what does it")
-    return path
+    return Path(path)
 
 
-def _mode(path: Path) -> int | None:
+def _mode(path: str) -> int | None:
     """What stands at `path` (None: nothing, or it cannot be read: the mkdir then says why)."""
     try:
         return os.lstat(path).st_mode

@@ -56,8 +56,14 @@ class OwnFiles:
         )
         self._mirror_print = journal.written_print(journal.mirror)
 
-    def state_written(self) -> None:
-        self._state_print = state_files_fingerprint(self._state_paths)
+    def state_written(self, record: bool = True, public: bool = True) -> None:
+        """The server wrote its record of the state, its public copy, or both: their fingerprints as its writes
+        left them (a file it did not write keeps the one it had: an outside write to it is still found)."""
+        (record_at, public_at), (record_was, public_was) = self._state_paths, self._state_print
+        self._state_print = (
+            fingerprint(record_at) if record else record_was,
+            fingerprint(public_at) if public else public_was,
+        )
 
     def guard(self) -> None:
         """Before every step that writes: undo outside writes to the server's files, and say so."""
