@@ -272,3 +272,129 @@ def test_a_restart_rebuilds_results_tsv_from_the_jsonl_with_no_run_in_flight(ml_
         assert tsv.read_text() == logged
     finally:
         resumed.shutdown()
+
+
+def test_a_runs_saves_write_the_public_copy_once_before_its_waiters_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's thread is a step of its own: under the sequential rule it saves several times (the best's
+    content swapped in and out, then how the run ended), each writing the server's record; the public copy is
+    written once, at its end, and before wait_experiment returns."""
+    import threading
+
+    from mcp_autoresearch.records import state as state_module
+    from mcp_autoresearch.records.state import SessionState, load_record
+    from mcp_autoresearch.session import session as session_module
+
+    from .test_noise import project
+
+    root = project(tmp_path)  # scripted noise: the candidate below re-measures the best
+    writers: list[str] = []
+    real = state_module.write_public
+
+    def counted(where: Path, state: SessionState) -> str:
+        writers.append(threading.current_thread().name)
+        return real(where, state)
+
+    monkeypatch.setattr(state_module, "write_public", counted)
+    monkeypatch.setattr(session_module, "write_public", counted)
+    workspace = Workspace(root)
+    workspace.start_session("k")
+    session = workspace.session
+    try:
+        baseline = session.start_run("baseline")
+        assert isinstance(baseline, str)
+        handle = session.run_handle(baseline)
+        assert handle is not None and handle.wait(120)
+        session.commit_or_reset(baseline)
+        assert session.state.keep_rule == "sequential"
+        session.apply_edit(None, "VALUES 0.5 0.52 0.48\n", None, None)
+        writers.clear()
+        run_id = session.start_run("much better")
+        assert isinstance(run_id, str)
+        handle = session.run_handle(run_id)
+        assert handle is not None and handle.wait(120)
+        public = SessionState.model_validate_json(state_path(root, "k").read_text())
+        assert (
+            public == session.state and public.inflight[0].phase == "finished"
+        )  # written before the wait ends
+        record, notes = load_record(root, "k")
+        assert record is not None and record.state == session.state and notes == []
+        assert session.state.inflight[0].result is not None
+        assert session.state.inflight[0].result.best_values  # the best was re-measured: saves in the thread
+        assert [w for w in writers if w.startswith("run-")] == [f"run-{run_id}"]
+    finally:
+        workspace.shutdown()
+
+
+def test_an_atomic_write_over_a_left_temporary_file_or_link_never_follows_it(tmp_path: Path) -> None:
+    """A server killed mid-write leaves its temporary file; a link may stand at that name too. The next write
+    of the same thread replaces it (the link only), writes the file, and leaves no temporary file behind."""
+    import os
+    import threading
+
+    from mcp_autoresearch.records.atomic import atomic_write, own_dir
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("the user's\n")
+    folder = own_dir(tmp_path, "own")
+    path = folder / "state.json"
+    temporary = folder / f".state.json.{os.getpid()}.{threading.get_ident()}.tmp"
+    temporary.symlink_to(outside)
+    atomic_write(path, b"first\n", 0o644)
+    assert path.read_bytes() == b"first\n" and outside.read_text() == "the user's\n"
+    temporary.write_bytes(b"half a write")
+    atomic_write(path, b"second\n", 0o644, sync=False)
+    assert path.read_bytes() == b"second\n" and not temporary.exists() and not path.is_symlink()
+    assert sorted(p.name for p in folder.iterdir()) == ["state.json"]
+
+
+def test_the_servers_folders_are_made_real_and_a_planted_link_is_replaced_never_followed(
+    tmp_path: Path,
+) -> None:
+    from mcp_autoresearch.errors import SessionError
+    from mcp_autoresearch.records.atomic import own_dir
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    made = own_dir(tmp_path, ".autoresearch/sessions", replace_links=True)
+    assert made.is_dir() and not made.is_symlink()
+    assert own_dir(tmp_path, ".autoresearch/sessions", replace_links=True) == made  # found as it is
+    made.rmdir()
+    made.symlink_to(elsewhere)
+    assert own_dir(tmp_path, ".autoresearch/sessions", replace_links=True) == made
+    assert made.is_dir() and not made.is_symlink() and elsewhere.is_dir()  # the link only was removed
+    made.rmdir()
+    made.symlink_to(elsewhere)
+    with pytest.raises(SessionError, match="not a real directory"):
+        own_dir(tmp_path, ".autoresearch/sessions")  # a folder the server does not own alone: refused
+    made.unlink()
+    made.write_text("a file")
+    with pytest.raises(SessionError, match="not a real directory"):
+        own_dir(tmp_path, ".autoresearch/sessions", replace_links=True)
+
+
+def test_a_record_written_outside_within_a_step_is_not_adopted_by_the_public_copy_at_its_end(
+    ml_project: Path,
+) -> None:
+    """Writing the public copy at the end of a step takes that file's fingerprint only: the server's record,
+    rewritten by someone else since the step's last save, is still found changed (and restored) by the guard."""
+    from mcp_autoresearch.records.state import OwnRecord, record_path
+
+    workspace = Workspace(ml_project)
+    workspace.start_session("own")
+    session = workspace.session
+    record = record_path(ml_project, "own")
+    try:
+        session.save()  # outside a step: both written, the public copy's sha256 known
+        with session.public_copy.one_call(session.write_public):
+            session.state.run_counter += 3
+            session.save()
+            assert session.public_copy.owed  # left for the end of the step
+            ours = record.read_bytes()
+            record.write_bytes(ours.replace(b'"run_counter":3', b'"run_counter":7', 1))  # an outside write
+        assert session.own.restore() != []  # found, though the public copy was written after it
+        assert OwnRecord.model_validate_json(record.read_bytes()).state.run_counter == 3
+        assert session.own.restore() == []  # restored: as the server wrote it
+    finally:
+        workspace.shutdown()

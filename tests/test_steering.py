@@ -266,3 +266,76 @@ def test_the_proposals_and_the_combine_hint_read_the_branches_of_the_tree() -> N
     assert hint is not None and 'The best, r3 (value 7), is on another branch: combine(run_a="r3"' in hint
     greedy = build_tree(rows[:3], "r3", True, 8)  # one branch: nothing to combine with
     assert combine_hint(greedy, "r3") is None
+
+
+def test_the_combine_hint_is_skipped_only_where_it_would_say_nothing(tmp_path: Path) -> None:
+    """After a keep the hint's tree is built only when a kept node (or the best) is off the run's lineage:
+    on every node of a journal with two branches, a later parent and a crash, the shortcut says "nothing to
+    combine" only where the tree's hint is None, and on a greedy journal's newest keep it does."""
+    from mcp_autoresearch.lifecycle.steering import all_kept_on_lineage
+    from mcp_autoresearch.records.journal import Journal
+    from mcp_autoresearch.records.rows import Row
+    from mcp_autoresearch.records.tree import journal_tree
+
+    def journal_of(name: str, rows: list[tuple[str, str | None, float, str]]) -> Journal:
+        journal = Journal(tmp_path / f"{name}.tsv", tmp_path / f"{name}.jsonl", "t")
+        journal.load()
+        for run_id, parent, value, status in rows:
+            run_status = "crash" if status == "crash" else "ok"
+            journal.log_experiment_done(
+                Row(
+                    run_id,
+                    "a" * 40,
+                    "m",
+                    value,
+                    status,
+                    run_status,
+                    run_id,
+                    None,
+                    None,
+                    None,
+                    0.1,
+                    None,
+                    "t",
+                    "",
+                    parent=parent,
+                )  # fmt: skip
+            )
+        return journal
+
+    branched = journal_of(
+        "branched",
+        [
+            ("r1", None, 10.0, "keep"),
+            ("r2", "r1", 8.0, "keep"),
+            ("r3", "r2", 7.0, "keep"),
+            ("r4", "r3", 9.0, "discard"),
+            ("r5", "r1", 9.0, "keep"),  # another branch
+            ("r6", "r9", 6.0, "keep"),  # a parent not logged before it: a tree of its own
+            ("r7", "r2", 0.0, "crash"),
+            ("r8", "r5", 8.5, "keep"),
+        ],
+    )
+    greedy = journal_of(
+        "greedy",
+        [
+            ("r1", None, 10.0, "keep"),
+            ("r2", "r1", 9.0, "keep"),
+            ("r3", "r2", 9.5, "discard"),
+            ("r4", "r2", 8.0, "keep"),
+        ],
+    )
+    checked = 0
+    for journal in (branched, greedy):
+        ids = [journal.run_id_at(i) for i in range(len(journal))]
+        for best in ids:
+            tree = journal_tree(journal, best, True, 8)
+            for run_id in ids:
+                skipped = all_kept_on_lineage(journal, run_id, best)
+                assert skipped == (combine_hint(tree, run_id) is None) or not skipped, (run_id, best)
+                checked += skipped
+    assert all_kept_on_lineage(greedy, "r4", "r4")  # the greedy loop's keep: the tree is not built
+    assert not all_kept_on_lineage(greedy, "r2", "r2")  # r4, kept later, is not on r2's lineage
+    assert not all_kept_on_lineage(branched, "r3", "r3")  # r5, r6 and r8 are on other branches
+    assert not all_kept_on_lineage(branched, "r8", "r3")
+    assert checked >= 3  # the shortcut was taken, and agreed with the tree, on several nodes

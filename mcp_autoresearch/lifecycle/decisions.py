@@ -6,6 +6,7 @@ idempotent, so a server killed midway finishes it on the next start.
 
 from __future__ import annotations
 
+import copy
 import statistics
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -224,12 +225,12 @@ class Decider:
         judged = Judged(
             [] if pending.is_baseline else self.judged(pending, result), *self.figures(pending, result)
         )
-        before = core.state.model_copy(deep=True)
+        before = {key: copy.deepcopy(getattr(core.state, key)) for key in _DECIDED}  # all that _apply changes
         try:
             core.journal.log_experiment_done(self._apply(pending, judged))
         except BaseException:
-            for key in _DECIDED:
-                setattr(core.state, key, getattr(before, key))
+            for key, value in before.items():
+                setattr(core.state, key, value)
             raise
         return judged
 

@@ -141,36 +141,44 @@ class Placement(Protocol):
 def execute(
     core: SessionCore, space: DiskSpace, placement: Placement, active: ActiveRun, pending: Pending
 ) -> None:
-    """The background half of a run. Whatever happens here, the run ends finished and recorded."""
+    """The background half of a run. Whatever happens here, the run ends finished and recorded. Its saves (the
+    best's swaps, the record of how it ended) write the public copy of the state once, before its waiters go."""
     try:
-        try:
-            placement.prepare(active, pending)
-            outcome = placement.measure(active, pending)
-        except Exception as exc:  # a bug or an OS failure: still a logged crash, never a lost experiment
-            log.exception("run %s failed inside the server", pending.run_id)
-            outcome = unmeasured("crash", f"internal error while running: {type(exc).__name__}: {exc}", [])
-        with core.lock:
-            full = space.after_run(placement.places(active), list(core.config.writable))
-            if full:
-                placement.disk_full(active, pending)
-                space.release()  # first: the checks and records below need the space
-            try:
-                tampered = placement.check_after_run(active, pending)
-            except Exception as exc:
-                log.exception("verifying run %s failed", pending.run_id)
-                tampered = [f"(the check itself failed: {type(exc).__name__}: {exc})"]
-            if tampered and outcome.status != "cancelled":
-                outcome.status = "tampered"
-                outcome.error = (
-                    "the run changed files it must not: "
-                    + ", ".join(tampered)
-                    + " (tracked ones restored from git; what they held is kept in"
-                    + f" .autoresearch/tampered/{pending.run_id}/)"
-                )
-            mark_disk_full(outcome, full)
-            placement.record(active, pending, outcome)
+        with core.public_copy.one_call(core.write_public):
+            _execute(core, space, placement, active, pending)
     finally:
         placement.release(active, pending)
+
+
+def _execute(
+    core: SessionCore, space: DiskSpace, placement: Placement, active: ActiveRun, pending: Pending
+) -> None:
+    try:
+        placement.prepare(active, pending)
+        outcome = placement.measure(active, pending)
+    except Exception as exc:  # a bug or an OS failure: still a logged crash, never a lost experiment
+        log.exception("run %s failed inside the server", pending.run_id)
+        outcome = unmeasured("crash", f"internal error while running: {type(exc).__name__}: {exc}", [])
+    with core.lock:
+        full = space.after_run(placement.places(active), list(core.config.writable))
+        if full:
+            placement.disk_full(active, pending)
+            space.release()  # first: the checks and records below need the space
+        try:
+            tampered = placement.check_after_run(active, pending)
+        except Exception as exc:
+            log.exception("verifying run %s failed", pending.run_id)
+            tampered = [f"(the check itself failed: {type(exc).__name__}: {exc})"]
+        if tampered and outcome.status != "cancelled":
+            outcome.status = "tampered"
+            outcome.error = (
+                "the run changed files it must not: "
+                + ", ".join(tampered)
+                + " (tracked ones restored from git; what they held is kept in"
+                + f" .autoresearch/tampered/{pending.run_id}/)"
+            )
+        mark_disk_full(outcome, full)
+        placement.record(active, pending, outcome)
 
 
 def measure_run(

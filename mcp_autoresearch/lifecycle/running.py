@@ -379,7 +379,7 @@ def candidate(
         raise RuleViolation("description is empty; say in a few words what this experiment changes")
     core.check_head()
     refuse_past_budget(core.state, len(core.journal), in_flight)
-    editor.target_path(must_exist=True)
+    target = editor.target_path(must_exist=True)
     core.check_readonly()
     changed = [core.repo.project_path(p) for p in core.repo.changed_tracked_files()]
     others = [p for p in changed if p != core.target_rel]
@@ -392,7 +392,7 @@ def candidate(
             + " ".join(others[:20])
             + ")"
         )
-    data = read_regular(editor.target_path())  # a FIFO there cannot block the lock
+    data = read_regular(target)  # a FIFO or a symlink swapped in since cannot block the lock nor be followed
     if core.plain_target:
         # Compared with the parent's content, not the index: after a decision the index may still lag.
         target_changed = data != core.repo.show_file(parent, core.target_repo_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..measure.standing import noise_sd
 from ..records.budget import budget_use
+from ..records.journal import Journal
 from ..records.stall import combine_hint, experiments_since_keep, stall_advice
 from ..records.state import Pending
 from ..records.tree import journal_tree, stall_after_of
@@ -54,6 +55,22 @@ def combine_line(core: SessionCore, pending: Pending, noise_sd: float) -> str | 
     best = core.state.best
     if row is None or row.status != "keep" or pending.is_baseline or best is None:
         return None
+    if all_kept_on_lineage(core.journal, row.run_id, best.run_id):
+        return None  # what combine_hint would find without a tree: the greedy loop's case, every keep
     stall_after = stall_after_of(core.state.rules)
     lower = core.state.metric_direction == "lower_is_better"
     return combine_hint(journal_tree(core.journal, best.run_id, lower, stall_after, noise_sd), row.run_id)
+
+
+def all_kept_on_lineage(journal: Journal, run_id: str, best_run_id: str) -> bool:
+    """Every kept row, and the best, is `run_id` or one of its ancestors: then no node is on another branch
+    and `combine_hint` says nothing, so its tree (a pass over the whole journal) need not be built. Parents as
+    the tree reads them: a parent logged after its child is none."""
+    at = journal.index_of(run_id)
+    lineage: set[int] = set()
+    while at is not None and at not in lineage:
+        lineage.add(at)
+        parent = journal.lineage.parent_index(at)
+        at = parent if parent is not None and 0 <= parent < at else None
+    best = journal.index_of(best_run_id)
+    return bool(lineage) and (best is None or best in lineage) and lineage.issuperset(journal.indices("keep"))

@@ -41,8 +41,10 @@ class TreePlacement:
             raise SessionError(no_room)
 
     def parent(self) -> str:
-        """The session branch's head: the best (a branched node is the next parent instead: `start_point`)."""
-        return self.core.repo.head_commit()
+        """The session branch's head: the best (a branched node is the next parent instead: `start_point`).
+        Taken from the state, not read from git: the checks before a run (`candidate`) refuse any other head."""
+        best = self.core.state.best
+        return best.commit if best is not None else self.core.state.base_commit
 
     def place(self, pending: Pending, content: bytes) -> list[int]:
         """The record first, saved as `starting`; then the candidate commit on the session branch. A server

@@ -25,12 +25,12 @@ def atomic_write(
             mode = path.lstat().st_mode & 0o7777
         except FileNotFoundError:
             mode = 0o644
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(tmp, flags, mode)
+    try:
+        fd = os.open(tmp, flags, mode)
+    except FileExistsError:  # left by a write this thread's namesake never finished (a kill): never followed
+        tmp.unlink()
+        fd = os.open(tmp, flags, mode)
     size = 0
     try:
         for chunk in (data,) if isinstance(data, bytes) else data:
@@ -54,17 +54,19 @@ def own_dir(root: Path, *parts: str, replace_links: bool = False) -> Path:
     server's own folders would make it write outside the project. With `replace_links` (folders that only the
     server owns) such a symlink is removed (the link only, never what it points to) and a real directory made;
     otherwise, and for a file standing there, it is refused."""
-    path = root
+    path = os.fspath(root)  # a plain string until the end: this runs several times per save
     for name in (piece for part in parts for piece in part.split("/") if piece):
-        path = path / ("__up__" if name == ".." else name)
+        path = os.path.join(path, "__up__" if name == ".." else name)
         for _attempt in range(3):
-            try:
-                os.mkdir(path, 0o755)
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise SessionError(f"cannot create {path}: {exc.strerror}") from None
-            mode = os.lstat(path).st_mode
+            mode = _mode(path)  # one system call for the folder that exists, as it does but the first time
+            if mode is None:
+                try:
+                    os.mkdir(path, 0o755)
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise SessionError(f"cannot create {path}: {exc.strerror}") from None
+                mode = os.lstat(path).st_mode
             if stat.S_ISDIR(mode):
                 break
             if not (replace_links and stat.S_ISLNK(mode)):
@@ -75,7 +77,15 @@ def own_dir(root: Path, *parts: str, replace_links: bool = False) -> Path:
             os.unlink(path)
         else:
             raise SessionError(f"{path} keeps being replaced by a symlink; stop what does it")
-    return path
+    return Path(path)
+
+
+def _mode(path: str) -> int | None:
+    """What stands at `path` (None: nothing, or it cannot be read: the mkdir then says why)."""
+    try:
+        return os.lstat(path).st_mode
+    except OSError:
+        return None
 
 
 def open_regular(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:

@@ -174,14 +174,18 @@ def where_full(places: list[Path], every: bool = False) -> str:
     """The full file systems among those holding `places` (all of them with `every`), one each, as
     '<free> free on the file system of <place>'; "" when none is full."""
     shown: dict[int, str] = {}
+    looked: set[int] = set()  # each file system once (the project is usually among the places twice)
     for place in places:
         try:
             device = os.stat(place).st_dev
         except OSError:
             continue
-        free, entries = free_bytes(place), free_entries(place)
-        if device in shown or free is None:
+        if device in looked:
             continue
+        free, entries = free_bytes(place), free_entries(place)
+        if free is None:
+            continue
+        looked.add(device)
         if entries is not None and entries < FULL_ENTRIES:
             shown[device] = f"{mib(free)} and {entries} inodes (new files) free on the file system of {place}"
         elif every or free < FULL_BYTES:

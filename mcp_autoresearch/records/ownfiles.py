@@ -20,7 +20,7 @@ from ..names import RESULTS_TSV, RUN_LOG, SESSIONS, STATE_DIR, public_state
 from ..vcs.repo import Repo
 from .atomic import atomic_write, fingerprint, open_regular
 from .journal import Journal, Seal
-from .state import current_tag, server_dir, state_fingerprint
+from .state import current_tag, record_path, server_dir, state_files_fingerprint, state_path
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -43,7 +43,8 @@ class OwnFiles:
         self._recovered = recovered  # the session's report of what was repaired
         self._journal_prints = journal.fingerprints()
         self._mirror_print = journal.written_print(journal.mirror)
-        self._state_print = state_fingerprint(root, tag)
+        self._state_paths = (record_path(root, tag), state_path(root, tag))
+        self._state_print = state_files_fingerprint(self._state_paths)
 
     def journal_written(self) -> None:
         """The server appended to the journal: its files as its own writes left them are the expected ones
@@ -55,8 +56,14 @@ class OwnFiles:
         )
         self._mirror_print = journal.written_print(journal.mirror)
 
-    def state_written(self) -> None:
-        self._state_print = state_fingerprint(self.root, self.tag)
+    def state_written(self, record: bool = True, public: bool = True) -> None:
+        """The server wrote its record of the state, its public copy, or both: their fingerprints as its writes
+        left them (a file it did not write keeps the one it had: an outside write to it is still found)."""
+        (record_at, public_at), (record_was, public_was) = self._state_paths, self._state_print
+        self._state_print = (
+            fingerprint(record_at) if record else record_was,
+            fingerprint(public_at) if public else public_was,
+        )
 
     def guard(self) -> None:
         """Before every step that writes: undo outside writes to the server's files, and say so."""
@@ -81,7 +88,7 @@ class OwnFiles:
         if tsv_before is not None and tsv_now != tsv_before:
             changed.append(RESULTS_TSV)
             self.journal.reconcile_tsv()
-        if state_fingerprint(self.root, self.tag) != self._state_print:
+        if state_files_fingerprint(self._state_paths) != self._state_print:
             changed.append(f"{STATE_DIR}/{SESSIONS}/{public_state(self.tag)}")
             self._save()
         if changed:

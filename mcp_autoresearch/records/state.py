@@ -27,7 +27,7 @@ from ..measure.stats import Step
 from ..names import SESSIONS, STATE_DIR, own_record, public_state
 from ..phases import Phase
 from ..statuses import Decision, RunStatus
-from .atomic import atomic_write, own_dir, read_regular
+from .atomic import Fingerprint, atomic_write, fingerprint, own_dir, read_regular
 from .journal import Seal
 
 
@@ -238,17 +238,10 @@ class OwnRecord(BaseModel):
         return Seal(self.jsonl_size, self.jsonl_sha256, self.jsonl_tail.encode("utf-8"))
 
 
-def state_fingerprint(root: Path, tag: str) -> tuple[tuple[int, ...] | None, ...]:
-    """Size, times (ctime too: `os.utime` cannot reset it) and inode of the record and its public copy."""
-    found: list[tuple[int, ...] | None] = []
-    for path in (record_path(root, tag), state_path(root, tag)):
-        try:
-            st = os.lstat(path)
-        except OSError:
-            found.append(None)
-            continue
-        found.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode))
-    return tuple(found)
+def state_files_fingerprint(paths: tuple[Path, Path]) -> tuple[Fingerprint | None, ...]:
+    """Size, times (ctime too: `os.utime` cannot reset it) and inode of the record and its public copy (their
+    paths: `record_path`, `state_path`)."""
+    return tuple(map(fingerprint, paths))
 
 
 def save_state(root: Path, state: SessionState, seal: Seal | None = None, behind: str = "") -> str:

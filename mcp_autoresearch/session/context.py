@@ -12,7 +12,7 @@ from typing import Protocol
 
 from ..records.journal import Journal
 from ..records.ownfiles import OwnFiles
-from ..records.state import SessionState
+from ..records.state import PublicCopy, SessionState
 from ..sandbox.policy import Isolation
 from ..setup.config import Config
 from ..vcs.repo import Repo
@@ -31,9 +31,13 @@ class SessionCore(Protocol):
     lock: threading.RLock
     recovered: list[str]  # what was repaired, reported to the agent
     isolation: Isolation  # how runs are confined on this machine
+    public_copy: PublicCopy  # when the public copy of the state is written (once per step: `one_call`)
 
     def save(self) -> None:
         """Write the state (atomically) and remember its fingerprint."""
+
+    def write_public(self) -> None:
+        """The public copy that the saves of a step left behind."""
 
     def check_head(self) -> None:
         """Refuse unless HEAD is the session branch at the loop's head."""

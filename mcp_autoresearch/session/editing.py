@@ -6,6 +6,8 @@ atomic. Nothing here commits or runs anything.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from ..errors import RuleViolation
@@ -30,9 +32,10 @@ class Editor:
         Refusals say which call fixes it, or that a person must: the agent may have no shell."""
         target = self.core.target_rel
         path = resolve_target_path(self.core.root, target, requested)
-        if must_exist and not path.is_symlink() and not path.exists():
+        mode = _lstat_mode(path)  # one look: what stands there, never followed
+        if must_exist and mode is None:
             raise RuleViolation(f"the target {target} was deleted; {DELETED_FIX}")
-        if path.is_symlink() or (path.exists() and not path.is_file()):
+        if mode is not None and not stat.S_ISREG(mode):
             raise RuleViolation(
                 f"the target {target} is no longer a regular file (a symlink or directory replaced it); no tool "
                 f"can write through that, so a person must restore it (git checkout -- {target})"
@@ -165,3 +168,11 @@ def _too_large(size: int, unit: str) -> str:
         f"the new content is {size} {unit}; the limit is {MAX_EDIT_BYTES} bytes ({MAX_EDIT_BYTES // 1024 // 1024} "
         "MiB) of UTF-8 text"
     )
+
+
+def _lstat_mode(path: Path) -> int | None:
+    """The mode of what stands at `path` (a symlink's own), None when nothing does."""
+    try:
+        return os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None

@@ -361,7 +361,7 @@ class Session:
         behind = copy.written if copy.deferred() else ""
         copy.written = save_state(self.root, self.state, self.journal.seal(), behind)
         copy.owed = bool(behind)
-        self.own.state_written()
+        self.own.state_written(public=not behind)  # a public copy left behind was not written
 
     def write_public(self) -> None:
         """The public copy a step's saves left behind (a failure is logged: the server's record holds it)."""
@@ -374,7 +374,7 @@ class Session:
                 log.warning("could not write the public copy of the state: %s", exc)
                 return
             self.public_copy.owed = False
-            self.own.state_written()
+            self.own.state_written(record=False)
 
     # ======================================================================================================
     # the steps, each done by the part that owns it
