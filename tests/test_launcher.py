@@ -113,6 +113,81 @@ def test_killed_spares_are_replaced_and_the_command_still_starts(launcher: Launc
     assert not _spares(launcher, used=(keeper,)) & (spares | {keeper})
 
 
+def _run_spec(launcher: Launcher, tmp_path: Path, script: str, spec: dict) -> tuple[int, int, str]:
+    read_fd, write_fd = os.pipe()
+    try:
+        launched = launcher.spawn(["/bin/sh", "-c", script], tmp_path, dict(os.environ), write_fd, spec)  # type: ignore[arg-type]
+    finally:
+        os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        output = pipe.read().decode()
+    code = launched.wait(60)
+    launched.close()
+    assert code is not None
+    return launched.pid, code, output
+
+
+def _prepared_like(launcher: Launcher, tmp_path: Path, spec: dict) -> set[int]:
+    """Run two commands with `spec` (the spares forked at the start know no request), then wait for spares made
+    like it (in an IPC namespace of their own already: `prepared.py`). Returns their pids."""
+    for _ in range(SPARES):
+        assert _run_spec(launcher, tmp_path, "true", spec)[1] == 0
+    own = os.readlink(f"/proc/{launcher.process.pid}/ns/ipc")
+
+    def prepared() -> set[int] | None:
+        found = set()
+        for child in psutil.Process(launcher.process.pid).children():
+            try:
+                idle = child.status() != psutil.STATUS_ZOMBIE and not child.children()
+                if idle and os.readlink(f"/proc/{child.pid}/ns/ipc") != own:
+                    found.add(child.pid)
+            except (OSError, psutil.Error):
+                continue
+        return found if len(found) == SPARES else None
+
+    return _until(prepared, "spares made like the last request")
+
+
+VIEW = {"landlock": True, "view": True, "network": True}
+
+
+@pytest.mark.skipif(not ISOLATION.namespaces, reason="the spares' namespaces need the private view")
+def test_a_spare_made_for_the_view_never_runs_a_command_without_it(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    spares = _prepared_like(launcher, tmp_path, {**VIEW, "write": [str(tmp_path / "w")]})
+    keeper, code, output = _run_spec(
+        launcher, tmp_path, "echo pid $$", {"landlock": True, "write": [str(tmp_path / "w")]}
+    )
+    assert code == 0 and keeper not in spares and output != "pid 1\n", output  # the host's PID namespace
+    keeper, code, output = _run_spec(
+        launcher, tmp_path, "echo pid $$", {**VIEW, "write": [str(tmp_path / "w")]}
+    )
+    assert output == "pid 1\n"
+
+
+@pytest.mark.skipif(not ISOLATION.namespaces, reason="the spares' namespaces need the private view")
+def test_a_spares_ruleset_allows_only_what_the_request_asks_for(launcher: Launcher, tmp_path: Path) -> None:
+    """Made with two writable folders, a spare serving a request for one does not let the command write in the
+    other; a folder replaced since the spare was made is the new one that is writable, not the old."""
+    (tmp_path / "x").mkdir()
+    write = [str(tmp_path / "w"), str(tmp_path / "x")]
+    spares = _prepared_like(launcher, tmp_path, {**VIEW, "write": write})
+    keeper, code, output = _run_spec(
+        launcher, tmp_path, "echo a > w/a; echo b > x/b", {**VIEW, "write": [str(tmp_path / "w")]}
+    )
+    assert keeper in spares
+    assert (tmp_path / "w" / "a").exists() and not (tmp_path / "x" / "b").exists(), output
+    spares = _prepared_like(launcher, tmp_path, {**VIEW, "write": write})
+    (tmp_path / "x").rename(tmp_path / "x-old")
+    (tmp_path / "x").mkdir()
+    keeper, code, output = _run_spec(
+        launcher, tmp_path, "echo c > x/c; echo d > x-old/d", {**VIEW, "write": write}
+    )
+    assert keeper in spares
+    assert (tmp_path / "x" / "c").exists() and not (tmp_path / "x-old" / "d").exists(), output
+
+
 def test_the_keeper_reports_the_end_and_the_launchers_later_report_is_dropped(
     launcher: Launcher, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ with the network off. The last tests run the keeper as an ordinary user (a user 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -17,8 +18,10 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mcp_autoresearch.sandbox import confine
@@ -278,13 +281,23 @@ print('PROCESSES', len([p for p in os.listdir('/proc') if p.isdigit()]))
 """
 
 
-@NEEDS_ROOT
-def test_as_an_ordinary_user_the_keeper_builds_the_same_view(tmp_path: Path) -> None:
-    """The keeper run by uid 12345 (system python, a copy of the stdlib-only keeper in /tmp): the same refusals,
-    through a user namespace that maps only that uid."""
+KEEPER_MODULES = (
+    "confine.py",
+    "landlock.py",
+    "namespaces.py",
+    "output_dirs.py",
+    "prepared.py",
+    "forkserver.py",
+)
+
+
+def _as_user(tmp_path: Path, start) -> None:
+    """`start(home, project, probe_args)` runs USER_PROBE confined as uid 12345 (system python, a copy of the
+    stdlib-only keeper in /tmp) and returns its output and exit code: the same refusals, through a user
+    namespace that maps only that uid."""
     home = Path(tempfile.mkdtemp(prefix="view-user-"))
     try:
-        for name in ("confine.py", "landlock.py", "namespaces.py", "output_dirs.py"):
+        for name in KEEPER_MODULES:
             shutil.copy(MODULES / name, home / name)
         project = home / "project"
         (project / "out").mkdir(parents=True)
@@ -296,47 +309,110 @@ def test_as_an_ordinary_user_the_keeper_builds_the_same_view(tmp_path: Path) -> 
         shared.write_text("x")
         server = UnixServer(sockdir / "default")
         try:
-            done = subprocess.run(
-                [
-                    "setpriv",
-                    "--reuid",
-                    str(USER),
-                    "--regid",
-                    str(USER),
-                    "--clear-groups",
-                    "/usr/bin/python3",
-                    "-I",
-                    "-S",
-                    str(home / "confine.py"),
-                    "--landlock",
-                    "--view",
-                    "--no-network",
-                    "-w",
-                    str(project / "out"),
-                    "--",
-                    "/usr/bin/python3",
-                    "probe.py",
-                    str(sockdir / "default"),
-                    str(shared),
-                ],
-                cwd=project,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                env={"PATH": "/usr/bin:/bin"},
-            )
+            text, code = start(home, project, [str(sockdir / "default"), str(shared)])
         finally:
             server.close()
             shutil.rmtree(sockdir, ignore_errors=True)
             shared.unlink()
-        text = done.stdout + done.stderr
-        assert done.returncode == 0, text
+        assert code == 0, text
         assert f"PID 1 UID {USER}" in text and "REACHED" not in text, text
         assert text.count("Read-only file system") == 3 and "refused socket No such file" in text, text
         assert "SHM False" in text and "OUT OK" in text and "PROCESSES 1" in text, text
         assert (project / "out" / "built").read_text() == "ok"
     finally:
         shutil.rmtree(home)
+
+
+AS_USER = [
+    "setpriv",
+    "--reuid",
+    str(USER),
+    "--regid",
+    str(USER),
+    "--clear-groups",
+    "/usr/bin/python3",
+    "-I",
+    "-S",
+]
+
+
+@NEEDS_ROOT
+def test_as_an_ordinary_user_the_keeper_builds_the_same_view(tmp_path: Path) -> None:
+    def start(home: Path, project: Path, probe: list[str]) -> tuple[str, int]:
+        argv = [str(home / "confine.py"), "--landlock", "--view", "--no-network", "-w", str(project / "out")]
+        done = subprocess.run(
+            [*AS_USER, *argv, "--", "/usr/bin/python3", "probe.py", *probe],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+        return done.stdout + done.stderr, done.returncode
+
+    _as_user(tmp_path, start)
+
+
+@NEEDS_ROOT
+def test_as_an_ordinary_user_a_prepared_spare_builds_the_same_view(tmp_path: Path) -> None:
+    """Through the launcher run by uid 12345: once its spare keepers are made like the last request (their user,
+    PID and IPC namespaces entered and their ruleset made before the request: an IPC namespace of their own
+    already), one of them runs the probe."""
+
+    def start(home: Path, project: Path, probe: list[str]) -> tuple[str, int]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        launcher = subprocess.Popen(
+            [*AS_USER, str(home / "forkserver.py"), str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            env={"PATH": "/usr/bin:/bin"},
+        )
+        theirs.close()
+        spec = {"landlock": True, "view": True, "network": False, "write": [str(project / "out")]}
+        try:
+            deadline = time.monotonic() + 60
+            while len(psutil.Process(launcher.pid).children()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)  # the launcher started (as that user) and forked its first spares
+            own = os.readlink(f"/proc/{launcher.pid}/ns/ipc")
+
+            def prepared_spares() -> bool:
+                spares = []
+                for child in psutil.Process(launcher.pid).children():
+                    try:  # a keeper still ending is no spare (a zombie has no namespaces left)
+                        if not child.children() and child.status() != psutil.STATUS_ZOMBIE:
+                            spares.append(os.readlink(f"/proc/{child.pid}/ns/ipc"))
+                    except (OSError, psutil.Error):
+                        continue
+                return len(spares) == 2 and own not in spares
+
+            for _ in range(2):  # the spares forked at the start know no request: two requests use them up
+                assert _launch(ours, ["/bin/sh", "-c", "true"], project, spec)[1] == 0
+            while not prepared_spares() and time.monotonic() < deadline + 60:
+                time.sleep(0.01)  # the spares forked after them, made like them
+            assert prepared_spares()
+            output, code = _launch(ours, ["/usr/bin/python3", "probe.py", *probe], project, spec)
+            return output, code
+        finally:
+            ours.close()
+            launcher.wait(30)
+
+    _as_user(tmp_path, start)
+
+
+def _launch(sock: socket.socket, argv: list[str], cwd: Path, spec: dict) -> tuple[str, int]:
+    """One request to a launcher, as `launcher.Launcher.spawn` makes it; its output and exit code, from the
+    keeper's report."""
+    read_fd, write_fd = os.pipe()
+    report_r, report_w = os.pipe()
+    request = {"argv": argv, "cwd": str(cwd), "env": {"PATH": "/usr/bin:/bin"}, "spec": spec}
+    socket.send_fds(sock, [json.dumps(request).encode()], [write_fd, write_fd, report_w])
+    os.close(write_fd)
+    os.close(report_w)
+    while "pid" not in json.loads(sock.recv(1 << 16)):  # exits of earlier keepers come in between
+        pass
+    with os.fdopen(read_fd, "rb") as pipe:
+        output = pipe.read().decode()
+    with os.fdopen(report_r, "rb") as report:
+        return output, int(report.read())
 
 
 async def test_a_run_that_needs_the_network_is_told_which_setting_gives_it(

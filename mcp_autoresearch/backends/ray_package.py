@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..measure import output_checks, output_size
 from ..names import STATE_DIR
-from ..sandbox import confine, landlock, namespaces, output_dirs, write_grants
+from ..sandbox import confine, landlock, namespaces, output_dirs, prepared, write_grants
 from . import ray_records, ray_wrapper
 
 DEFAULT_PACKAGE_LIMIT = 512 * 1024 * 1024
@@ -31,6 +31,7 @@ SHIPPED = (
     landlock,
     namespaces,
     output_dirs,
+    prepared,
     output_checks,
     output_size,
     write_grants,

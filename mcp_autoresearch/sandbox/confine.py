@@ -42,6 +42,7 @@ if TYPE_CHECKING or __package__:
         libc_handle,
         restrict_self,
     )
+    from .prepared import Prepared, flags
 else:  # run as a script (or imported by the launcher as one): its stdlib-only siblings are imported by path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import namespaces
@@ -54,6 +55,7 @@ else:  # run as a script (or imported by the launcher as one): its stdlib-only s
         libc_handle,
         restrict_self,
     )
+    from prepared import Prepared, flags
 
     del sys.path[0]
 
@@ -228,9 +230,16 @@ def _libc() -> ctypes.CDLL:
     return namespaces._libc()
 
 
-def keep(spec: KeeperSpec, argv: list[str], env: dict[str, str] | None = None, report_fd: int = -1) -> None:
+def keep(
+    spec: KeeperSpec,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    report_fd: int = -1,
+    prepared: Prepared | None = None,
+) -> None:
     """Run `argv` confined as `spec` says (in `env`, else this process's environment), and never return. The
-    exit code is also written on `report_fd` once the whole run has ended (the command never holds it)."""
+    exit code is also written on `report_fd` once the whole run has ended (the command never holds it). A spare
+    keeper's `prepared` head start (its namespaces entered, its ruleset made) is used where it fits `spec`."""
     if report_fd >= 0:
         os.set_inheritable(report_fd, False)  # closed at the command's exec
     libc = _libc()
@@ -241,14 +250,19 @@ def keep(spec: KeeperSpec, argv: list[str], env: dict[str, str] | None = None, r
         fail(f"prctl failed: {os.strerror(ctypes.get_errno())}")
     if spec.get("parent") and os.getppid() != spec["parent"]:
         fail("the server ended before the run started")
+    if prepared is not None and (prepared.flags != flags(spec) or prepared.error):
+        fail(prepared.error or "the spare keeper was prepared for another kind of run")
     ruleset, abi = None, 0
     if spec.get("landlock"):
+        made = prepared.ruleset_for(list(spec.get("write", []))) if prepared is not None else None
         try:
-            ruleset, abi = build_ruleset(list(spec.get("write", [])), bool(spec.get("scope_signal", True)))
+            ruleset, abi = made or build_ruleset(
+                list(spec.get("write", [])), bool(spec.get("scope_signal", True))
+            )
         except ConfineError as exc:
             fail(str(exc))
     view, network = bool(spec.get("view")), bool(spec.get("network", True))
-    if view:
+    if view and prepared is None:  # a spare entered them already
         try:
             namespaces.enter_keeper(network)
         except namespaces.ViewError as exc:

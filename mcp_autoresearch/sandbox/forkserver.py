@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from . import confine
+    from .prepared import Flags, Prepared, flags
 else:  # run as a script: confine.py is imported from beside this file, and nothing else of the package
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import confine
+    from prepared import Prepared, flags
 
     del sys.path[0]
 
@@ -28,9 +30,10 @@ SPARES = 2  # keepers forked ahead of time
 SPARE_AFTER_S = 0.05  # spares missing are forked after this long without a request or an exit
 
 
-def _start_keeper(request: dict[str, Any], fds: list[int]) -> None:
+def _start_keeper(request: dict[str, Any], fds: list[int], prepared: Prepared | None = None) -> None:
     """In a child of the launcher, alone with the request's descriptors (the output's pipe, stderr's, and the
-    pipe on which the keeper reports the run's end): become the keeper of one command. Never returns."""
+    pipe on which the keeper reports the run's end): become the keeper of one command (with a spare's
+    `prepared` head start). Never returns."""
     out_fd, err_fd, report_fd = _request_fds(fds)
     try:
         os.dup2(out_fd, 1)
@@ -40,14 +43,14 @@ def _start_keeper(request: dict[str, Any], fds: list[int]) -> None:
         os.chdir(request["cwd"])
     except OSError as exc:
         confine.fail(f"could not prepare the run: {exc}")
-    confine.keep(request["spec"], request["argv"], request["env"], report_fd)
+    confine.keep(request["spec"], request["argv"], request["env"], report_fd, prepared)
 
 
-def _become_keeper(request: dict[str, Any], fds: list[int]) -> None:
+def _become_keeper(request: dict[str, Any], fds: list[int], prepared: Prepared | None = None) -> None:
     """`_start_keeper`, in a child of the launcher: whatever goes wrong, it never returns into the launcher's
     loop (a child running that loop would start commands of its own)."""
     try:
-        _start_keeper(request, fds)
+        _start_keeper(request, fds, prepared)
     finally:
         os._exit(confine.SETUP_FAILED)
 
@@ -88,37 +91,40 @@ def _fork_keeper(request: dict[str, Any], fds: list[int]) -> int:
     return pid
 
 
-def _spare(channel: socket.socket) -> None:
-    """In a child forked ahead of time: leave the launcher, then wait for one request on `channel` and become its
-    keeper. The launcher gone (end of file), it leaves. Never returns."""
+def _spare(channel: socket.socket, like: dict[str, Any] | None) -> None:
+    """In a child forked ahead of time: leave the launcher, make what a request `like` the last one needs (see
+    `prepared.py`), then wait for one request on `channel` and become its keeper. The launcher gone (end of
+    file), it leaves. Never returns (whatever happens, never into the launcher's loop)."""
     try:
         _leave_launcher([channel.fileno()])
         confine.prepare()
+        prepared = Prepared(like) if like is not None else None
         data, fds, _flags, _addr = socket.recv_fds(channel, 1 << 20, 4)
         channel.close()
-    except OSError:
+        if data and fds:
+            _become_keeper(json.loads(data), fds, prepared)
+    finally:
         os._exit(0)
-    if not data or not fds:
-        os._exit(0)
-    try:
-        request = json.loads(data)
-    except ValueError:
-        os._exit(0)
-    _become_keeper(request, fds)
 
 
 class Spare:
     """A keeper forked ahead of time, waiting for the next request: a request handed to it starts its command
-    without a fork on the way (the fork was paid while the machine was idle)."""
+    without a fork on the way (the fork was paid while the machine was idle). Made `like` a spec (the last
+    request's), it entered the namespaces and made the ruleset such a request needs: it takes only requests of
+    the same `flags`."""
 
-    def __init__(self) -> None:
+    def __init__(self, like: dict[str, Any] | None) -> None:
+        self.flags: Flags | None = flags(like) if like is not None else None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pid = os.fork()
         if self.pid == 0:
             ours.close()
-            _spare(theirs)
+            _spare(theirs, like)
         theirs.close()
         self.channel = ours
+
+    def fits(self, spec: dict[str, Any]) -> bool:
+        return self.flags is None or self.flags == flags(spec)
 
     def hand_over(self, data: bytes, fds: list[int]) -> bool:
         """Give it the request; False if it is gone (it was killed: the caller forks one instead)."""
@@ -133,22 +139,28 @@ class Spare:
 
 class Spares:
     """The spare keepers, up to `SPARES` of them (a kept candidate's re-measurement follows its run at once: a
-    second spare is ready for it while the first is replaced)."""
+    second spare is ready for it while the first is replaced), each made like the last request."""
 
     def __init__(self) -> None:
         self.ready: list[Spare] = []
+        self.like: dict[str, Any] | None = None  # the last request's spec
 
     def fill(self) -> None:
         while len(self.ready) < SPARES:
             try:
-                self.ready.append(Spare())
+                self.ready.append(Spare(self.like))
             except OSError:  # no process or socket left for now: a request forks its keeper
                 return
 
-    def take(self, data: bytes, fds: list[int]) -> int | None:
-        """The pid of a spare that took the request, or None (none is left alive)."""
+    def take(self, data: bytes, fds: list[int], spec: dict[str, Any]) -> int | None:
+        """The pid of a spare that took the request, or None (none that fits is left alive). A spare made for
+        another kind of run leaves (its channel closed)."""
+        self.like = spec
         while self.ready:
             spare = self.ready.pop(0)
+            if not spare.fits(spec):
+                spare.channel.close()
+                continue
             if spare.hand_over(data, fds):
                 return spare.pid
         return None
@@ -206,20 +218,20 @@ def serve(sock_fd: int) -> None:
             break
         try:
             request = json.loads(data)
-            if not fds:
-                raise ValueError("no output descriptor")
+            if not fds or not isinstance(request.get("spec"), dict):
+                raise ValueError("no output descriptor or no spec")
         except ValueError as exc:
             for fd in fds:
                 os.close(fd)
             send({"error": f"bad request: {exc}"})
             continue
-        taken = spares.take(data, fds)
+        taken = spares.take(data, fds, request["spec"])
         pid = _fork_keeper(request, fds) if taken is None else taken
         for fd in fds:
             os.close(fd)
         keepers.add(pid)
         send({"pid": pid})
-    _stop(keepers | {spare.pid for spare in spares.ready})
+    _stop(keepers, spares)
 
 
 def _reap(wake_r: int) -> list[tuple[int, int]]:
@@ -240,8 +252,13 @@ def _reap(wake_r: int) -> list[tuple[int, int]]:
     return ended
 
 
-def _stop(keepers: set[int]) -> None:
-    """The server is gone: every keeper (and spare) is told to stop, and the launcher leaves."""
+def _stop(keepers: set[int], spares: Spares) -> None:
+    """The server is gone: every keeper is told to stop (each ends its whole run), every spare is ended (it ran
+    nothing; one just forked may not handle SIGTERM yet), and the launcher leaves."""
+    for spare in spares.ready:
+        spare.channel.close()
+        keepers.add(spare.pid)
+        confine.signal_each([spare.pid], signal.SIGKILL)
     confine.signal_each(keepers, signal.SIGTERM)
     deadline = time.monotonic() + 10
     while keepers and time.monotonic() < deadline:

@@ -1,0 +1,85 @@
+"""A spare keeper's head start: the Landlock ruleset and the namespaces of the next run, made while the spare
+waits, from the spec of the launcher's last request, and used only for a request that asks for the same.
+
+Standard library only, like `confine.py`, which imports it by path. The namespaces can only be entered for a
+request with the same flags (the launcher hands a spare only such requests, `flags`); the ruleset only stands
+when every path it allows is still asked for and is still the same file (device and inode, as Landlock's rules
+hold files, not names), the request's other paths then added: else a new ruleset is built, as without a spare.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING or __package__:
+    from . import namespaces
+    from .landlock import ConfineError, allow_beneath, build_ruleset
+else:  # run as a script's sibling: imported by path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import namespaces
+    from landlock import ConfineError, allow_beneath, build_ruleset
+
+    del sys.path[0]
+
+Flags = tuple[bool, bool, bool, bool]
+
+
+def flags(spec: Any) -> Flags:
+    """What a spare's preparation must match: Landlock, its signal scope, the view, the network."""
+    return (
+        bool(spec.get("landlock")),
+        bool(spec.get("scope_signal", True)),
+        bool(spec.get("view")),
+        bool(spec.get("network", True)),
+    )
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+class Prepared:
+    """What a spare made for a request like `spec`. `error`: why it could not (the keeper then fails alike)."""
+
+    def __init__(self, spec: Any) -> None:
+        self.flags = flags(spec)
+        self.ruleset, self.abi = -1, 0
+        self.allowed: dict[str, tuple[int, int]] = {}  # path -> the file the ruleset allows, as it was
+        self.error = ""
+        landlock, scope_signal, view, network = self.flags
+        if landlock:
+            paths = [path for path in spec.get("write", []) if _identity(path) is not None]
+            try:
+                self.ruleset, self.abi = build_ruleset(paths, scope_signal)
+            except ConfineError as exc:
+                self.error = str(exc)
+                return
+            self.allowed = {path: ident for path in paths if (ident := _identity(path)) is not None}
+        if view:
+            try:
+                namespaces.enter_keeper(network)
+            except namespaces.ViewError as exc:
+                self.error = f"namespaces: {exc}"
+
+    def ruleset_for(self, write: list[str]) -> tuple[int, int] | None:
+        """The ruleset allowing exactly `write` (the prepared one, completed), or None when it allows a path not
+        asked for or one that is another file now (the caller builds a new one)."""
+        if self.ruleset < 0:
+            return None
+        for path, ident in self.allowed.items():
+            if path not in write or _identity(path) != ident:
+                os.close(self.ruleset)
+                self.ruleset = -1
+                return None
+        try:
+            allow_beneath(self.ruleset, self.abi, [path for path in write if path not in self.allowed])
+        except ConfineError:
+            return None  # allow_beneath closed it
+        ruleset, self.ruleset = self.ruleset, -1
+        return ruleset, self.abi
