@@ -103,6 +103,17 @@ def test_a_spare_starts_the_next_command_and_a_new_spare_follows(launcher: Launc
     assert keeper in following and code == 7
 
 
+def test_the_command_of_a_spare_is_scheduled_as_any_process(launcher: Launcher, tmp_path: Path) -> None:
+    """A spare waits as a batch process (so that its wake-up does not delay the launcher's answer); its keeper
+    and command are ordinary processes again."""
+    spares = _spares(launcher)
+    assert {os.sched_getscheduler(pid) for pid in spares} == {os.SCHED_BATCH}
+    keeper, code, output = _run(
+        launcher, tmp_path, f"{sys.executable} -c 'import os; print(os.sched_getscheduler(0))'"
+    )
+    assert keeper in spares and code == 0 and output == f"{os.SCHED_OTHER}\n"
+
+
 def test_killed_spares_are_replaced_and_the_command_still_starts(launcher: Launcher, tmp_path: Path) -> None:
     spares = _spares(launcher)
     for pid in spares:

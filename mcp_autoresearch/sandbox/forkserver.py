@@ -27,7 +27,7 @@ else:  # run as a script: confine.py is imported from beside this file, and noth
     del sys.path[0]
 
 SPARES = 2  # keepers forked ahead of time
-SPARE_AFTER_S = 0.05  # spares missing are forked after this long without a request or an exit
+QUIET_S = 0.003  # a spare missing (one still ready) is forked after this long without a request or an exit
 
 
 def _start_keeper(request: dict[str, Any], fds: list[int], prepared: Prepared | None = None) -> None:
@@ -99,12 +99,24 @@ def _spare(channel: socket.socket, like: dict[str, Any] | None) -> None:
         _leave_launcher([channel.fileno()])
         confine.prepare()
         prepared = Prepared(like) if like is not None else None
+        _batch(True)
         data, fds, _flags, _addr = socket.recv_fds(channel, 1 << 20, 4)
+        _batch(False)
         channel.close()
         if data and fds:
             _become_keeper(json.loads(data), fds, prepared)
     finally:
         os._exit(0)
+
+
+def _batch(waiting: bool) -> None:
+    """A waiting spare is a batch process: woken by its request, it does not take the launcher's CPU before the
+    launcher has answered the server (a woken process may preempt its waker); it is an ordinary process again
+    at once, and so is its command."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH if waiting else os.SCHED_OTHER, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass
 
 
 class Spare:
@@ -198,7 +210,9 @@ def serve(sock_fd: int) -> None:
 
     while True:
         try:
-            wait = None if len(spares.ready) == SPARES else SPARE_AFTER_S
+            # Spares are forked when nothing else happens: a request that comes meanwhile (a re-measurement
+            # right after its run) does not wait for a fork, while the other spare serves it.
+            wait = None if len(spares.ready) == SPARES else QUIET_S if spares.ready else 0.0
             ready, _, _ = select.select([sock_fd, wake_r], [], [], wait)
         except InterruptedError:
             continue
@@ -207,8 +221,9 @@ def serve(sock_fd: int) -> None:
                 if not spares.reaped(pid) and pid in keepers:
                     keepers.discard(pid)
                     send({"exit": pid, "status": status})
-        if sock_fd not in ready:  # a keeper's exit was reported, or nothing happened for a while
+        if not ready:
             spares.fill()
+        if sock_fd not in ready:
             continue
         try:
             data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 4)
