@@ -6,7 +6,12 @@ Also counts tool calls and bytes returned to the agent per experiment. Ours is m
 (the private view + Landlock, the default where the kernel allows both), with Landlock alone (the server started
 under `tests/helpers/no_namespaces.py`, as where namespaces are refused) and with `isolation = "off"`, side by side.
 
-    python bench/loop_overhead.py [--experiments 60] [--rounds 1] [--against REV]
+    python bench/loop_overhead.py [--experiments 60] [--rounds 1] [--against REV] [--discards-only]
+
+A kept candidate is run again by the server before the decision is final (the re-measurement after a keep, which
+the shell loop does not have): half the experiments are keeps here, so the server runs the command 1.5 times per
+experiment, and only one command's own time is subtracted. `--discards-only` makes every experiment a regression,
+to see the loop's overhead without that second run.
 
 On a machine shared with other work, `--rounds N` runs every loop N times in turn (the experiments split between
 the rounds), so a change of load hits each loop alike; `--against REV` adds the server as it was at git revision
@@ -52,10 +57,15 @@ def make_repo(path: Path, isolation: str = "auto") -> Path:
     return path
 
 
+DISCARDS_ONLY = False  # --discards-only: every experiment a regression
+BASELINED: set[Path] = set()  # the projects whose session ran its baseline (in an earlier round)
+
+
 def next_value(i: int, best: int) -> int:
-    """Alternate improvements and regressions so both keep and discard paths are measured; every content is
-    new (the server does not run the same content twice)."""
-    return best - 1 if i % 2 == 0 else best + 10_000 + i
+    """Alternate improvements and regressions so both keep and discard paths are measured (or, with
+    `--discards-only`, only regressions: no keep, so no re-measurement after one); every content is new (the
+    server does not run the same content twice)."""
+    return best - 1 if i % 2 == 0 and not DISCARDS_ONLY else best + 10_000 + i
 
 
 def command_time(cwd: Path, n: int = 50) -> float:
@@ -95,7 +105,8 @@ async def ours(root: Path, n: int, source: Path | None = None, without_namespace
             return result
 
         await call("start_session", {"tag": "bench"})
-        if (root / "params.sh").read_text() == "K=1000\n":  # a new session: its baseline first
+        if root not in BASELINED:  # a new session: its baseline first
+            BASELINED.add(root)
             run = await call("run_experiment", {"description": "baseline"})
             await call("commit_or_reset", {"run_id": run.structured_content["run_id"]})
         best = current = int((root / "params.sh").read_text().strip().removeprefix("K="))
@@ -122,11 +133,11 @@ async def ours(root: Path, n: int, source: Path | None = None, without_namespace
 
 SHELL_LOOP = r"""
 set -u
-n=$1; cmd=$2; best=1000; out=timings.txt; : > $out; : > bytes.txt
+n=$1; cmd=$2; discards_only=$3; best=1000; out=timings.txt; : > $out; : > bytes.txt
 printf 'commit\tscore\tstatus\tdescription\n' > results.tsv
 say() { local text; text=$("$@" 2>&1); printf '%s' "$text" | wc -c >> bytes.txt; }
 for ((i = 0; i < n; i++)); do
-  if (( i % 2 == 0 )); then value=$((best - 1)); else value=$((best + 10000 + i)); fi
+  if (( i % 2 == 0 && ! discards_only )); then value=$((best - 1)); else value=$((best + 10000 + i)); fi
   start=$EPOCHREALTIME
   say git log --oneline -1
   say sed -i "s/^K=.*/K=$value/" params.sh
@@ -149,7 +160,10 @@ def shell(root: Path, n: int) -> dict:
     (root / "params.sh").write_text("K=1000\n")  # each round starts from the same best
     subprocess.run(["git", "checkout", "-q", "--", "params.sh"], cwd=root, check=True)
     subprocess.run(
-        ["bash", str(script), str(n), COMMAND], cwd=root, check=True, env={**os.environ, **IDENTITY}
+        ["bash", str(script), str(n), COMMAND, "1" if DISCARDS_ONLY else "0"],
+        cwd=root,
+        check=True,
+        env={**os.environ, **IDENTITY},
     )
     rows = [line.split() for line in (root / "timings.txt").read_text().splitlines()]
     times = [float(end) - float(start) for start, end, _ in rows]
@@ -197,7 +211,14 @@ def main() -> None:
     parser.add_argument("--experiments", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=1, help="run the loops in turn, this many times")
     parser.add_argument("--against", metavar="REV", help="also run the server as it was at this git revision")
+    parser.add_argument(
+        "--discards-only",
+        action="store_true",
+        help="every experiment a regression (no keep: the server's re-measurement after a keep is left out)",
+    )
     args = parser.parse_args()
+    global DISCARDS_ONLY
+    DISCARDS_ONLY = args.discards_only
     base = Path(tempfile.mkdtemp(prefix="bench-loop-"))
     per_round = max(1, args.experiments // args.rounds)
     try:
@@ -233,7 +254,8 @@ def main() -> None:
 
         print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}")
         print(
-            f"experiments: {per_round * args.rounds} each, in {args.rounds} round(s); command's own time "
+            f"experiments: {per_round * args.rounds} each ({'all discards' if DISCARDS_ONLY else 'keeps and discards'}), "
+            f"in {args.rounds} round(s); command's own time "
             f"(median): {own * 1000:.2f} ms; load average at the end: {os.getloadavg()[0]:.1f}"
         )
         print(f"isolation here: {probe_isolation().describe()}")
