@@ -511,6 +511,7 @@ def test_a_snapshot_over_the_upload_limit_is_refused_before_upload(tmp_path: Pat
         "landlock",
         "namespaces",
         "output_dirs",
+        "prepared",
         "output_checks",
         "output_size",
         "write_grants",
