@@ -76,3 +76,41 @@ def test_a_process_named_like_the_launcher_does_not_pass_for_it() -> None:
         assert impostor.stdin is not None
         impostor.stdin.close()
         impostor.wait()
+
+
+# A run that stops the launcher's spare keeper (a child of its keeper's parent, waiting for the next request).
+STOPS_THE_SPARE = """
+import os, signal, time
+def parent(pid):
+    return int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])
+def cmdline(pid):
+    return open(f'/proc/{pid}/cmdline', 'rb').read()
+def children(pid):
+    found = set()
+    for task in os.listdir(f'/proc/{pid}/task'):
+        found.update(int(child) for child in open(f'/proc/{pid}/task/{task}/children').read().split())
+    return found
+keeper = os.getppid()
+while b'forkserver.py' not in cmdline(keeper):
+    keeper = parent(keeper)
+while not (spares := children(parent(keeper)) - {keeper}):
+    time.sleep(0.01)  # the launcher forks it once it has been idle a moment
+for spare in spares:
+    os.kill(spare, signal.SIGSTOP)
+print('stopped', spares)
+"""
+
+
+@pytest.mark.anyio
+async def test_a_spare_keeper_stopped_by_a_run_never_holds_up_the_next_run(ml_project: Path, agent_for) -> None:
+    """A stopped (or traced) spare is not handed the next command: it would never start it, and an honest
+    candidate would be measured as a timeout."""
+    async with agent_for(ml_project, {"isolation": "off", "timeout": 60}) as agent:
+        await agent.ok("start_session", tag="stop")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.9\n" + STOPS_THE_SPARE)
+        run, _ = await agent.experiment("stops the spare")
+        assert "stopped {" in _log_text(run), _log_text(run)
+        await agent.edit("LR = 0.5", "LR = 0.4")
+        run, decision = await agent.experiment("honest")
+        assert run["status"] == "ok" and decision["decision"] == "keep", run
