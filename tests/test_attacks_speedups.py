@@ -102,7 +102,9 @@ print('stopped', spares)
 
 
 @pytest.mark.anyio
-async def test_a_spare_keeper_stopped_by_a_run_never_holds_up_the_next_run(ml_project: Path, agent_for) -> None:
+async def test_a_spare_keeper_stopped_by_a_run_never_holds_up_the_next_run(
+    ml_project: Path, agent_for
+) -> None:
     """A stopped (or traced) spare is not handed the next command: it would never start it, and an honest
     candidate would be measured as a timeout."""
     async with agent_for(ml_project, {"isolation": "off", "timeout": 60}) as agent:
