@@ -21,7 +21,7 @@ import os
 
 import psutil
 
-from ..sandbox.launcher import SERVER_SCRIPT
+from ..sandbox import launcher
 
 NO_HOLDER = "no process this server can see holds the connection's socket"
 
@@ -90,24 +90,17 @@ def _descends_from(pid: str, ancestor: int) -> bool:
 
 
 def _runs_may_exist() -> bool:
-    """False only when no process of a run can exist: this server's children are launchers whose children have
-    none (a run's processes descend from a keeper the launcher forked; anything else, a git process included,
-    takes the full check)."""
+    """False only when no process of a run can exist: this server's children are its launcher, whose children
+    have none (a run's processes descend from a keeper the launcher forked; anything else, a git process or a
+    run's process re-parented to this server included, takes the full check)."""
+    ours = launcher.running_pid()
     try:
         for child in psutil.Process().children():
-            if not _is_launcher(child):
+            if child.pid != ours or any(keeper.children() for keeper in child.children()):
                 return True
     except psutil.Error:
         return True
     return False
-
-
-def _is_launcher(child: psutil.Process) -> bool:
-    """A launcher whose children (its spare keeper, keepers) have no child: no process of a run exists (every
-    one descends from a keeper, which is the subreaper of its run)."""
-    if not any(part.endswith(SERVER_SCRIPT.name) for part in child.cmdline()):
-        return False
-    return not any(keeper.children() for keeper in child.children())
 
 
 def run_holding(client_port: int, server_port: int) -> str | None:

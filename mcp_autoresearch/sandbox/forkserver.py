@@ -139,14 +139,30 @@ class Spare:
         return self.flags is None or self.flags == flags(spec)
 
     def hand_over(self, data: bytes, fds: list[int]) -> bool:
-        """Give it the request; False if it is gone (it was killed: the caller forks one instead)."""
+        """Give it the request; False if it is gone (it was killed: the caller forks one instead), or stopped or
+        traced (a run reached it: it would never start the command, or not as asked; it is killed)."""
         try:
+            if not _untouched(self.pid):
+                os.kill(self.pid, signal.SIGKILL)
+                return False
             socket.send_fds(self.channel, [data], fds)
             return True
         except OSError:
             return False
         finally:
             self.channel.close()
+
+
+def _untouched(pid: int) -> bool:
+    """Whether a spare is neither stopped nor traced (its /proc status; a signal or a tracer could only come
+    from a process of its user, a run among them)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            fields = dict(line.split(b":", 1) for line in handle.read().splitlines() if b":" in line)
+    except OSError:
+        return True  # no /proc (not Linux): nothing to tell
+    state, tracer = fields.get(b"State", b"").split(), fields.get(b"TracerPid", b"0").strip()
+    return bool(state) and state[0] not in (b"T", b"t") and tracer == b"0"
 
 
 class Spares:

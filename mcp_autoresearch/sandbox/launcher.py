@@ -232,3 +232,13 @@ def launcher() -> Launcher:
         if _launcher is None or not _launcher.alive or _launcher.process.poll() is not None:
             _launcher = Launcher()
         return _launcher
+
+
+def running_pid() -> int | None:
+    """The pid of this process's launcher while it runs (none is started): no other process can take that pid
+    before this process reaps the launcher."""
+    with _lock:
+        current = _launcher
+    if current is None or current.process.returncode is not None:
+        return None
+    return current.process.pid

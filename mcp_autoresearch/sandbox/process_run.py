@@ -354,16 +354,18 @@ class ProcessRun:
         for proc in pool:
             if proc.pid in ours:
                 continue
-            if linux and self._kept and no_new_privs(proc.pid) and not no_new_privs(os.getpid()):
-                result.append(proc)
-                continue
-            env = environment(proc)
-            if env.get(MARKER_RUN) == self.run_marker and env.get(MARKER_PROJECT, "") == self.project_marker:
-                result.append(proc)
-                try:
-                    result += descendants(proc)
-                except psutil.Error:
-                    pass
+            if not (linux and self._kept and no_new_privs(proc.pid) and not no_new_privs(os.getpid())):
+                env = environment(proc)
+                if (
+                    env.get(MARKER_RUN) != self.run_marker
+                    or env.get(MARKER_PROJECT, "") != self.project_marker
+                ):
+                    continue
+            result.append(proc)
+            try:  # with it, what it started: a daemon in a session of its own re-parents here only once it dies
+                result += descendants(proc)
+            except psutil.Error:
+                pass
         return result
 
     def _signal_group(self, sig: int) -> None:
