@@ -21,6 +21,7 @@ REV (exported to a temporary directory), run in the same rounds.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -58,6 +59,7 @@ def make_repo(path: Path, isolation: str = "auto") -> Path:
 
 
 DISCARDS_ONLY = False  # --discards-only: every experiment a regression
+FRESH = itertools.count()
 BASELINED: set[Path] = set()  # the projects whose session ran its baseline (in an earlier round)
 
 
@@ -65,7 +67,9 @@ def next_value(i: int, best: int) -> int:
     """Alternate improvements and regressions so both keep and discard paths are measured (or, with
     `--discards-only`, only regressions: no keep, so no re-measurement after one); every content is new (the
     server does not run the same content twice)."""
-    return best - 1 if i % 2 == 0 and not DISCARDS_ONLY else best + 10_000 + i
+    if DISCARDS_ONLY:  # never a content of an earlier round either (the server would not run it again)
+        return best + 10_000 + next(FRESH)
+    return best - 1 if i % 2 == 0 else best + 10_000 + i
 
 
 def command_time(cwd: Path, n: int = 50) -> float:
