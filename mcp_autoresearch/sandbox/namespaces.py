@@ -31,6 +31,15 @@ import os
 import stat
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING or __package__:
+    from .landlock import libc_handle
+else:  # run as a script's sibling: imported by path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from landlock import libc_handle
+
+    del sys.path[0]
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
@@ -53,15 +62,7 @@ class ViewError(Exception):
 
 
 def _libc() -> ctypes.CDLL:
-    """The C library, loaded once per process (see `landlock.libc_handle`)."""
-    if not _LOADED:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syscall.restype = ctypes.c_long
-        _LOADED.append(libc)
-    return _LOADED[0]
-
-
-_LOADED: list[ctypes.CDLL] = []
+    return libc_handle()
 
 
 def _numbers() -> tuple[int, ...]:
