@@ -7,26 +7,22 @@ paths the candidate changed, so an unrelated uncommitted edit cannot be lost.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import shutil
-import stat
 import subprocess
 import time
-import zlib
 from pathlib import Path
 
 import git
-from git.objects.fun import tree_entries_from_data, tree_to_stream
 from gitdb.db.loose import LooseObjectDB
 
 from ..errors import SessionError
 from ..names import SESSION_BRANCHES
-from ..records.atomic import atomic_write, open_regular, own_dir, read_regular
+from ..records.atomic import atomic_write, own_dir, read_regular
 from .index_file import REGULAR_MODES, set_entry
+from .object_writer import ObjectWriter
 from .objects import ObjectReader
-from .packs import packs_claiming
+from .ref_files import LOCK_WAIT_S, append_reflogs, own_ref_problem, remove_lock, stale, write_ref
 from .refs import RefReader
 from .tracked import KnownStatus, porcelain_paths
 
@@ -91,6 +87,7 @@ class Repo:
         self._loose = LooseObjectDB(str(Path(self._repo.common_dir) / "objects"))
         self._objects_dir = (Path(self._repo.common_dir) / "objects").resolve()
         self._objects = ObjectReader(self._repo, self._loose)
+        self._writer = ObjectWriter(self._objects_dir, self._repo, self._loose, self._objects)
         self._env: dict[str, str] = {}
         # GitPython reads objects through `git cat-file`: it must not see replace objects either.
         self._git.update_environment(**{k: v for k, v in GIT_ENV.items() if k != "LC_ALL"})
@@ -167,8 +164,8 @@ class Repo:
             index_lock = Path(self._repo.git_dir) / "index.lock"
             if done.returncode == 0 or b"index.lock" not in done.stderr or not index_lock.exists():
                 break
-            if _stale(index_lock, time.monotonic() - began):
-                _remove(index_lock)
+            if stale(index_lock, time.monotonic() - began):
+                remove_lock(index_lock)
             elif time.monotonic() - began > LOCK_WAIT_S:
                 break
             else:
@@ -299,70 +296,16 @@ class Repo:
         """A commit object of `parent` with one file's content replaced; no ref moves. A file that is not plain
         (filters, end-of-line conversion) has its blob made by git, with its clean filters applied."""
         if plain:
-            blob = self._store(b"blob", data)
+            blob = self._writer.store(b"blob", data)
         else:
             blob = bytes.fromhex(
                 self._run("hash-object", "-w", f"--path={repo_path}", "--stdin", input=data).strip()
             )
         parent_tree = self._objects.commit_tree(parent)
-        tree = self._replace_in_tree(parent_tree, repo_path.split("/"), blob)
+        tree = self._writer.replace_in_tree(parent_tree, repo_path.split("/"), blob)
         who = self._signature()
         body = (f"tree {tree.hex()}\nparent {parent}\nauthor {who}\ncommitter {who}\n\n{message}\n").encode()
-        return self._store(b"commit", body).hex()
-
-    def _store(self, kind: bytes, data: bytes) -> bytes:
-        """Write one loose object, in-process, as git names and compresses it (not fsynced: git's default for
-        loose objects). Like git, an object already at that id is kept; one holding other content was planted
-        (a run that could write .git, at the id its own content would have: the kept commit would name a file
-        never measured), and ours replaces it. The fan-out folder must be a real one (a planted symlink there
-        would carry the write out of .git)."""
-        raw = kind + b" %d\0" % len(data) + data
-        binsha = hashlib.sha1(raw).digest()
-        name = binsha.hex()
-        for pack in packs_claiming(self._objects_dir, binsha):
-            if not self._git_reads(binsha, kind, data):
-                raise SessionError(
-                    f"{pack.name} in .git/objects/pack claims the object {name} (the {kind.decode()} the server "
-                    "is writing) but holds other content: it was planted, and git, which reads packs first, "
-                    "would take it for what was measured. Nothing was committed. A person must move that pack "
-                    "(its .idx and .pack files) out of .git/objects/pack"
-                )
-            break
-        folder = own_dir(self._objects_dir, name[:2])
-        if os.path.lexists(folder / name[2:]) and self._holds(binsha, kind, data):
-            return binsha
-        atomic_write(folder / name[2:], zlib.compress(raw), mode=0o444, sync=False)
-        return binsha
-
-    def _git_reads(self, binsha: bytes, kind: bytes, data: bytes) -> bool:
-        """git itself (packs first) reads `binsha` as exactly `kind` and `data`."""
-        try:
-            stream = self._repo.odb.stream(binsha)
-            return bool(stream.type == kind and stream.read() == data)
-        except Exception:  # noqa: BLE001 - unreadable: not what the server writes either
-            return False
-
-    def _holds(self, binsha: bytes, kind: bytes, data: bytes) -> bool:
-        """The loose object at `binsha` is exactly `kind` and `data`."""
-        try:
-            stream = self._loose.stream(binsha)
-            return bool(stream.type == kind and stream.read() == data)
-        except Exception:  # noqa: BLE001 - unreadable (not zlib, cut short): not ours either
-            return False
-
-    def _replace_in_tree(self, tree_sha: bytes, parts: list[str], blob: bytes) -> bytes:
-        """A new tree equal to `tree_sha` but with the blob at `parts` replaced (its mode kept); returns its id."""
-        entries = list(tree_entries_from_data(self._objects.read(tree_sha)[1]))
-        for index, (sha, mode, name) in enumerate(entries):
-            if name == parts[0]:
-                new_sha = blob if len(parts) == 1 else self._replace_in_tree(sha, parts[1:], blob)
-                entries[index] = (new_sha, mode, name)
-                break
-        else:
-            raise SessionError(f"{'/'.join(parts)} is not in the commit; is the target tracked?")
-        buffer = io.BytesIO()
-        tree_to_stream(entries, buffer.write)
-        return self._store(b"tree", buffer.getvalue())
+        return self._writer.store(b"commit", body).hex()
 
     def _signature(self) -> str:
         """`Name <email> <unix time> <tz offset>` for our commits and reflog entries: the user's git identity
@@ -481,38 +424,11 @@ class Repo:
         logs = [common / "logs" / "refs" / "heads" / branch]
         if self.current_branch() == branch:
             logs.append(self._worktree_dir / "logs" / "HEAD")
-        for log in logs:
-            try:
-                own_dir(self.git_dir, log.parent.relative_to(self.git_dir).as_posix())
-                fd = open_regular(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            except (OSError, SessionError):
-                continue  # a reflog entry is a convenience; never worth writing through a planted symlink
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+        append_reflogs(self.git_dir, logs, line)
 
     def own_ref_problem(self, branch: str) -> str | None:
-        """Why `branch`'s loose ref is not a plain ref the server may write, or None. A symbolic ref (or a
-        symlink) there would make git's own updates, and HEAD, land on another branch."""
-        ref = self.git_dir / "refs" / "heads" / branch
-        try:
-            st = os.lstat(ref)
-        except FileNotFoundError:
-            return None  # packed, or absent: packed refs are never symbolic
-        except OSError as exc:
-            return f"unreadable ({exc.strerror})"
-        if stat.S_ISLNK(st.st_mode):
-            return f"a symlink to {os.readlink(ref)}"
-        if not stat.S_ISREG(st.st_mode):
-            return "not a regular file"
-        try:
-            content = read_regular(ref)
-        except OSError as exc:
-            return f"unreadable ({exc})"
-        if content.startswith(b"ref:"):
-            return f"a symbolic ref to {content[4:].decode('utf-8', 'replace').strip()}"
-        return None
+        """Why `branch`'s loose ref is not a plain ref the server may write, or None (`ref_files`)."""
+        return own_ref_problem(self.git_dir, branch)
 
     def _refuse_symbolic(self, branch: str) -> None:
         problem = self.own_ref_problem(branch)
@@ -531,29 +447,7 @@ class Repo:
         self._write_ref(self.git_dir / "refs" / "heads" / branch, commit)
 
     def _write_ref(self, ref: Path, commit: str) -> None:
-        """Write a loose ref through `<ref>.lock`, renamed over it (atomic), honouring git's locking. Every
-        directory on the way is a real one: a symlinked `refs/...` must not carry the write elsewhere."""
-        own_dir(self.git_dir, ref.parent.relative_to(self.git_dir).as_posix())
-        lock = ref.with_name(ref.name + ".lock")
-        fd = None
-        began = time.monotonic()
-        while fd is None:
-            try:
-                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            except FileExistsError:
-                if _stale(lock, time.monotonic() - began):
-                    _remove(lock)
-                elif time.monotonic() - began > LOCK_WAIT_S:
-                    raise SessionError(
-                        f"{lock} exists: another git command is updating this ref; retry"
-                    ) from None
-                else:
-                    time.sleep(0.02)
-        try:
-            os.write(fd, f"{commit}\n".encode())
-        finally:
-            os.close(fd)
-        os.replace(lock, ref)
+        write_ref(self.git_dir, ref, commit)
 
     def add_excludes(self, patterns: list[str]) -> None:
         """Keep our own files out of git through .git/info/exclude; the user's .gitignore is never edited."""
@@ -574,30 +468,6 @@ class Repo:
 
     def _in_tree(self, commit: str, repo_path: str) -> bool:
         return self._objects.entry(commit, repo_path) is not None
-
-
-LOCK_WAIT_S = 3.0
-STALE_AFTER_S = 0.3
-# When this server began (its module import: after its process started, so after any predecessor died).
-# Not psutil's create_time: that is counted from the boot time in whole seconds, up to 1 s early, and a lock
-# left by a predecessor killed just before the restart would look newer than this process.
-_PROCESS_START = time.time()
-
-
-def _stale(lock: Path, waited_s: float) -> bool:
-    """A git lock file that predates this server process and outlives a short wait (git's own commands hold
-    them for milliseconds) was left by a process that died: the previous server, killed mid-write."""
-    try:
-        return waited_s >= STALE_AFTER_S and lock.stat().st_mtime < _PROCESS_START
-    except OSError:
-        return False
-
-
-def _remove(lock: Path) -> None:
-    try:
-        lock.unlink()
-    except OSError:
-        pass
 
 
 _OPTION_ARGS = [arg for option in GIT_OPTIONS for arg in ("-c", option)]
