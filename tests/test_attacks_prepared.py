@@ -5,12 +5,19 @@ what it started, so that it outlives the run.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 
+from mcp_autoresearch.sandbox import confine
+from mcp_autoresearch.sandbox.forkserver import SPARES
+from mcp_autoresearch.sandbox.launcher import Launcher
 from mcp_autoresearch.sandbox.processes import descendants
+
+from .test_launcher import ISOLATION, _run_spec, _spares
 
 # A run's process that starts a daemon, then keeps starting and ending threads: a walk that lists its threads
 # and then opens each one's children file finds one of them gone. The parent prints the daemon's pid.
@@ -52,3 +59,29 @@ def test_a_process_whose_threads_come_and_go_does_not_hide_its_children() -> Non
             except psutil.Error:
                 pass
         root.wait()
+
+
+def test_a_spare_made_like_a_request_that_failed_does_not_fail_the_next_one(tmp_path: Path) -> None:
+    """A spare whose head start failed (here: made like a request whose writable path Landlock refuses; also a
+    passing shortage of namespaces while the run before held them) does not pass that failure on to the next
+    request of the same kind, which a keeper forked for it would have run: it is made afresh."""
+    assert ISOLATION.confined, ISOLATION.reason
+    (tmp_path / "w").mkdir()
+    refused = {"landlock": True, "write": [str(tmp_path / "w"), "/proc/self/ns/net"]}
+    launcher = Launcher()
+    try:
+        used = []
+        for _ in range(SPARES):  # the spares forked at the start know no request: these take them
+            keeper, code, output = _run_spec(launcher, tmp_path, "true", refused)
+            assert code == confine.SETUP_FAILED and "landlock_add_rule" in output, output
+            used.append(keeper)
+        spares = _spares(launcher, used=tuple(used))  # made like the refused request
+        keeper, code, output = _run_spec(
+            launcher, tmp_path, "echo ok > w/a", {"landlock": True, "write": [str(tmp_path / "w")]}
+        )
+        assert keeper in spares
+        assert code == 0 and (tmp_path / "w" / "a").exists(), output
+    finally:
+        launcher.sock.shutdown(socket.SHUT_RDWR)
+        launcher.process.wait(30)
+        launcher.sock.close()
