@@ -53,16 +53,16 @@ def _namespace() -> str:
 
 
 class Prepared:
-    """What a spare made for a request like `spec`. `error`: why it could not (the keeper then fails alike)."""
+    """What a spare made for a request like `spec`. `error`: why it could not (the keeper makes it
+    all anew when it entered no namespaces, else fails alike)."""
 
     def __init__(self, spec: Any) -> None:
         self.flags = flags(spec)
         self.ruleset, self.abi = -1, 0
         self.allowed: dict[str, tuple[int, int]] = {}  # path -> the file the ruleset allows, as it was
         self.error = ""
-        self.entered = (
-            False  # whether it is in namespaces of its own (failed or not, they cannot be made again)
-        )
+        # Whether it is in namespaces of its own (failed or not: they cannot be entered again).
+        self.entered = False
         landlock, scope_signal, view, network = self.flags
         if landlock:
             paths = [path for path in spec.get("write", []) if _identity(path) is not None]
