@@ -61,6 +61,35 @@ def test_a_process_whose_threads_come_and_go_does_not_hide_its_children() -> Non
         root.wait()
 
 
+# A run's process whose daemon is started by a thread other than its first (the daemon's parent is that thread),
+# which then waits: the daemon is listed in that thread's children file only. The parent prints the daemon's pid.
+THREAD_PARENT = """
+import subprocess, sys, threading, time
+def start():
+    daemon = subprocess.Popen([sys.executable, '-c', 'import time\\nwhile True: time.sleep(1)'])
+    print(daemon.pid, flush=True)
+    time.sleep(600)
+threading.Thread(target=start, daemon=True).start()
+time.sleep(600)
+"""
+
+
+def test_a_daemon_started_by_a_thread_is_found() -> None:
+    command = f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {THREAD_PARENT!r}])"
+    root = subprocess.Popen([sys.executable, "-c", command], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert root.stdout is not None
+        daemon = int(root.stdout.readline())
+        assert daemon in {proc.pid for proc in descendants(psutil.Process(root.pid))}
+    finally:
+        for proc in [psutil.Process(root.pid), *psutil.Process(root.pid).children(recursive=True)]:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        root.wait()
+
+
 def test_a_spare_made_like_a_request_that_failed_does_not_fail_the_next_one(tmp_path: Path) -> None:
     """A spare whose head start failed (here: made like a request whose writable path Landlock refuses; also a
     passing shortage of namespaces while the run before held them) does not pass that failure on to the next
