@@ -11,13 +11,14 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from mcp_autoresearch.sandbox import confine
 from mcp_autoresearch.sandbox.forkserver import SPARES
 from mcp_autoresearch.sandbox.launcher import Launcher
 from mcp_autoresearch.sandbox.processes import descendants
 
-from .test_launcher import ISOLATION, _run_spec, _spares
+from .test_launcher import ISOLATION, VIEW, _prepared_like, _run_spec, _spares
 
 # A run's process that starts a daemon, then keeps starting and ending threads: a walk that lists its threads
 # and then opens each one's children file finds one of them gone. The parent prints the daemon's pid.
@@ -110,6 +111,31 @@ def test_a_spare_made_like_a_request_that_failed_does_not_fail_the_next_one(tmp_
         )
         assert keeper in spares
         assert code == 0 and (tmp_path / "w" / "a").exists(), output
+    finally:
+        launcher.sock.shutdown(socket.SHUT_RDWR)
+        launcher.process.wait(30)
+        launcher.sock.close()
+
+
+@pytest.mark.skipif(not ISOLATION.namespaces, reason="the spares' namespaces need the private view")
+@pytest.mark.parametrize("made, asked", [(False, True), (True, False)])
+def test_a_spare_made_for_one_network_setting_never_serves_the_other(
+    tmp_path: Path, made: bool, asked: bool
+) -> None:
+    """A spare made in a network namespace of its own (`network = "off"`) never runs a command that should have
+    the network, nor the reverse: the command sees the host's interfaces exactly when its request asks for
+    them."""
+    (tmp_path / "w").mkdir()
+    write = [str(tmp_path / "w")]
+    host = len(Path("/proc/net/dev").read_text().splitlines())
+    launcher = Launcher()
+    try:
+        spares = _prepared_like(launcher, tmp_path, {**VIEW, "network": made, "write": write})
+        keeper, code, output = _run_spec(
+            launcher, tmp_path, "cat /proc/net/dev", {**VIEW, "network": asked, "write": write}
+        )
+        assert code == 0 and keeper not in spares, output
+        assert (len(output.splitlines()) == host) == asked, output
     finally:
         launcher.sock.shutdown(socket.SHUT_RDWR)
         launcher.process.wait(30)
