@@ -5,6 +5,8 @@ what it started, so that it outlives the run.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +20,7 @@ from mcp_autoresearch.sandbox.forkserver import SPARES
 from mcp_autoresearch.sandbox.launcher import Launcher
 from mcp_autoresearch.sandbox.processes import descendants
 
-from .test_launcher import ISOLATION, VIEW, _prepared_like, _run_spec, _spares
+from .test_launcher import ISOLATION, VIEW, _prepared_like, _run_spec, _spares, _until
 
 # A run's process that starts a daemon, then keeps starting and ending threads: a walk that lists its threads
 # and then opens each one's children file finds one of them gone. The parent prints the daemon's pid.
@@ -136,6 +138,52 @@ def test_a_spare_made_for_one_network_setting_never_serves_the_other(
         )
         assert code == 0 and keeper not in spares, output
         assert (len(output.splitlines()) == host) == asked, output
+    finally:
+        launcher.sock.shutdown(socket.SHUT_RDWR)
+        launcher.process.wait(30)
+        launcher.sock.close()
+
+
+def _idle_spares(launcher: Launcher) -> set[int]:
+    """The launcher's spares once there are `SPARES` of them (children that started no command)."""
+
+    def find() -> set[int] | None:
+        idle = set()
+        try:
+            for child in psutil.Process(launcher.process.pid).children():
+                if child.status() != psutil.STATUS_ZOMBIE and not child.children():
+                    idle.add(child.pid)
+        except psutil.Error:
+            return None  # one ended meanwhile: look again
+        return idle if len(idle) == SPARES else None
+
+    return _until(find, "the launcher's spare keepers")
+
+
+def test_a_spare_sent_a_stop_signal_it_has_not_acted_on_is_not_handed_the_next_command(
+    tmp_path: Path,
+) -> None:
+    """A run that stops the spares just before it ends: a waiting spare (a batch process) may not have run since,
+    so it is not stopped yet, only about to be. Handed the next command, it would never start it (an honest
+    candidate measured as a timeout): the launcher sees the pending stop, kills it and forks a keeper."""
+    (tmp_path / "w").mkdir()
+    spec = {"landlock": True, "write": [str(tmp_path / "w")]}
+    launcher = Launcher()
+    try:
+        for _ in range(50):  # the spare acts on the signal before the request in most rounds
+            for pid in _idle_spares(launcher):
+                os.kill(pid, signal.SIGSTOP)
+            read_fd, write_fd = os.pipe()
+            launched = launcher.spawn(
+                ["/bin/sh", "-c", "echo started"], tmp_path, dict(os.environ), write_fd, spec
+            )  # type: ignore[arg-type]
+            os.close(write_fd)
+            try:  # the end first: a stopped spare holding the output's pipe would never close it
+                assert launched.wait(60) == 0
+                assert os.read(read_fd, 100) == b"started\n"
+            finally:
+                os.close(read_fd)
+                launched.close()
     finally:
         launcher.sock.shutdown(socket.SHUT_RDWR)
         launcher.process.wait(30)
