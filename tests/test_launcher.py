@@ -107,7 +107,11 @@ def test_the_command_of_a_spare_is_scheduled_as_any_process(launcher: Launcher, 
     """A spare waits as a batch process (so that its wake-up does not delay the launcher's answer); its keeper
     and command are ordinary processes again."""
     spares = _spares(launcher)
-    assert {os.sched_getscheduler(pid) for pid in spares} == {os.SCHED_BATCH}
+    batch = {os.SCHED_BATCH}  # once prepared (a spare just forked makes its head start first)
+    _until(
+        lambda: {os.sched_getscheduler(pid) for pid in spares} == batch,
+        "the spares to wait as batch processes",
+    )
     # field 41 of /proc/<pid>/stat: the scheduling policy (of `cut`, a child of the command)
     keeper, code, output = _run(launcher, tmp_path, "cut -d' ' -f41 /proc/self/stat")
     assert keeper in spares and code == 0 and output == f"{os.SCHED_OTHER}\n", output

@@ -250,8 +250,12 @@ def keep(
         fail(f"prctl failed: {os.strerror(ctypes.get_errno())}")
     if spec.get("parent") and os.getppid() != spec["parent"]:
         fail("the server ended before the run started")
-    if prepared is not None and (prepared.flags != flags(spec) or prepared.error):
-        fail(prepared.error or "the spare keeper was prepared for another kind of run")
+    if prepared is not None and prepared.flags != flags(spec):
+        fail("the spare keeper was prepared for another kind of run")
+    if prepared is not None and prepared.error:
+        if not prepared.afresh():
+            fail(prepared.error)
+        prepared = None  # made anew, as by a keeper forked for this request
     ruleset, abi = None, 0
     if spec.get("landlock"):
         made = prepared.ruleset_for(list(spec.get("write", []))) if prepared is not None else None

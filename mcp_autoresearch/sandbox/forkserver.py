@@ -153,16 +153,22 @@ class Spare:
             self.channel.close()
 
 
+# SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU: a spare that has one pending stops as soon as it runs (a batch process, it
+# may not have run since it was sent), before it reads its request.
+_STOPPING = sum(1 << (sig - 1) for sig in (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU))
+
+
 def _untouched(pid: int) -> bool:
-    """Whether a spare is neither stopped nor traced (its /proc status; a signal or a tracer could only come
-    from a process of its user, a run among them)."""
+    """Whether a spare is neither stopped (nor about to be: a stop signal pending) nor traced (its /proc status;
+    a signal or a tracer could only come from a process of its user, a run among them)."""
     try:
         with open(f"/proc/{pid}/status", "rb") as handle:
             fields = dict(line.split(b":", 1) for line in handle.read().splitlines() if b":" in line)
     except OSError:
         return True  # no /proc (not Linux): nothing to tell
     state, tracer = fields.get(b"State", b"").split(), fields.get(b"TracerPid", b"0").strip()
-    return bool(state) and state[0] not in (b"T", b"t") and tracer == b"0"
+    pending = int(fields.get(b"ShdPnd", b"0"), 16) | int(fields.get(b"SigPnd", b"0"), 16)
+    return bool(state) and state[0] not in (b"T", b"t") and tracer == b"0" and not pending & _STOPPING
 
 
 class Spares:

@@ -44,14 +44,25 @@ def _identity(path: str) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
+def _namespace() -> str:
+    """This process's IPC namespace (a spare always enters a new one with the others)."""
+    try:
+        return os.readlink("/proc/self/ns/ipc")
+    except OSError:
+        return ""
+
+
 class Prepared:
-    """What a spare made for a request like `spec`. `error`: why it could not (the keeper then fails alike)."""
+    """What a spare made for a request like `spec`. `error`: why it could not (the keeper makes it
+    all anew when it entered no namespaces, else fails alike)."""
 
     def __init__(self, spec: Any) -> None:
         self.flags = flags(spec)
         self.ruleset, self.abi = -1, 0
         self.allowed: dict[str, tuple[int, int]] = {}  # path -> the file the ruleset allows, as it was
         self.error = ""
+        # Whether it is in namespaces of its own (failed or not: they cannot be entered again).
+        self.entered = False
         landlock, scope_signal, view, network = self.flags
         if landlock:
             paths = [path for path in spec.get("write", []) if _identity(path) is not None]
@@ -62,10 +73,20 @@ class Prepared:
                 return
             self.allowed = {path: ident for path in paths if (ident := _identity(path)) is not None}
         if view:
+            own = _namespace()
             try:
                 namespaces.enter_keeper(network)
             except namespaces.ViewError as exc:
                 self.error = f"namespaces: {exc}"
+            self.entered = _namespace() != own
+
+    def afresh(self) -> bool:
+        """Whether its failure may be left behind: nothing was entered, so a keeper may make all of it anew
+        (what failed may have passed: a path since changed, namespaces the run before held)."""
+        if self.ruleset >= 0:
+            os.close(self.ruleset)
+            self.ruleset = -1
+        return not self.entered
 
     def ruleset_for(self, write: list[str]) -> tuple[int, int] | None:
         """The ruleset allowing exactly `write` (the prepared one, completed), or None when it allows a path not

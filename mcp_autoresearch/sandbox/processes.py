@@ -79,15 +79,28 @@ def descendants(proc: psutil.Process) -> list[psutil.Process]:
 
 
 def _child_pids(pid: str) -> set[int] | None:
-    """The children of `pid` (every thread's), or None when they cannot be read."""
-    pids: set[int] = set()
+    """The children of `pid` (every thread's), or None when its threads cannot be listed (it is gone). When a
+    thread ends between the listing and the reading of its children file, its children move to another thread
+    (perhaps one already read): psutil's scan of every process's parent then tells them."""
     try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as handle:
-                pids.update(int(child) for child in handle.read().split())
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
+    pids: set[int] = set()
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                pids.update(int(child) for child in handle.read().split())
+        except OSError:
+            return _scanned_children(os.getpid() if pid == "self" else int(pid))
     return pids
+
+
+def _scanned_children(pid: int) -> set[int] | None:
+    try:
+        return {child.pid for child in psutil.Process(pid).children()}
+    except psutil.Error:
+        return None
 
 
 def _processes(pids: set[int]) -> list[psutil.Process]:
