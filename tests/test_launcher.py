@@ -202,6 +202,28 @@ def test_a_spares_ruleset_allows_only_what_the_request_asks_for(launcher: Launch
     assert (tmp_path / "x" / "c").exists() and not (tmp_path / "x-old" / "d").exists(), output
 
 
+@pytest.mark.skipif(not ISOLATION.namespaces, reason="the spares' namespaces need the private view")
+def test_an_earlier_runs_deleted_scratch_folder_grants_nothing(launcher: Launcher, tmp_path: Path) -> None:
+    """A spare made while the run before held its scratch folder keeps its ruleset once that folder is deleted
+    (each run has a fresh one); a folder made again at the same path is not writable for a run that does not ask
+    for it, and the run's own scratch folder is."""
+    earlier, now = tmp_path / "scratch-1", tmp_path / "scratch-2"
+    earlier.mkdir()
+    spares = _prepared_like(launcher, tmp_path, {**VIEW, "write": [str(tmp_path / "w"), str(earlier)]})
+    earlier.rmdir()
+    earlier.mkdir()  # the same path, another folder
+    now.mkdir()
+    keeper, code, output = _run_spec(
+        launcher,
+        tmp_path,
+        "echo a > scratch-2/a; echo b > scratch-1/b; echo c > w/c",
+        {**VIEW, "write": [str(tmp_path / "w"), str(now)]},
+    )
+    assert keeper in spares
+    assert (now / "a").exists() and (tmp_path / "w" / "c").exists(), output
+    assert not (earlier / "b").exists(), output
+
+
 def test_the_keeper_reports_the_end_and_the_launchers_later_report_is_dropped(
     launcher: Launcher, tmp_path: Path
 ) -> None:

@@ -156,34 +156,38 @@ def build_ruleset(writable: list[str], scope_signal: bool = True) -> tuple[int, 
 def allow_beneath(ruleset_fd: int, abi: int, paths: list[str]) -> None:
     """Add to the ruleset: every write right beneath each directory of `paths`, writing (not creating or
     removing) for each file; paths that do not exist are skipped."""
-    libc = libc_handle()
-    libc.syscall.restype = ctypes.c_long
-    add_rule = _syscalls()[1]
-    handled = write_rights(abi)
-    file_rights = WRITE_FILE | (TRUNCATE if abi >= 3 else 0)
     for path in paths:
         try:
             target = os.open(path, os.O_PATH | os.O_CLOEXEC)
         except OSError:
             continue  # nothing there to allow
         try:
-            is_dir = stat.S_ISDIR(os.fstat(target).st_mode)
-            rule = _PathBeneathAttr(handled if is_dir else file_rights, target)
-            if (
-                libc.syscall(
-                    add_rule,
-                    ctypes.c_int(ruleset_fd),
-                    ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
-                    ctypes.byref(rule),
-                    ctypes.c_uint32(0),
-                )
-                < 0
-            ):
-                err = ctypes.get_errno()
-                os.close(ruleset_fd)
-                raise ConfineError(f"landlock_add_rule({path}) failed: {os.strerror(err)}")
+            allow_file(ruleset_fd, abi, target, path)
         finally:
             os.close(target)
+
+
+def allow_file(ruleset_fd: int, abi: int, target: int, path: str) -> None:
+    """Add to the ruleset the file open as `target` (an O_PATH descriptor of `path`): every write right beneath
+    it for a directory, writing (not creating or removing) for a file. A failure closes the ruleset."""
+    libc = libc_handle()
+    handled = write_rights(abi)
+    file_rights = WRITE_FILE | (TRUNCATE if abi >= 3 else 0)
+    is_dir = stat.S_ISDIR(os.fstat(target).st_mode)
+    rule = _PathBeneathAttr(handled if is_dir else file_rights, target)
+    if (
+        libc.syscall(
+            _syscalls()[1],
+            ctypes.c_int(ruleset_fd),
+            ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+            ctypes.byref(rule),
+            ctypes.c_uint32(0),
+        )
+        < 0
+    ):
+        err = ctypes.get_errno()
+        os.close(ruleset_fd)
+        raise ConfineError(f"landlock_add_rule({path}) failed: {os.strerror(err)}")
 
 
 def restrict_self(ruleset_fd: int) -> None:

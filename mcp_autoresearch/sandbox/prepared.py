@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING or __package__:
     from . import namespaces
-    from .landlock import ConfineError, allow_beneath, build_ruleset
+    from .landlock import ConfineError, allow_beneath, allow_file, build_ruleset
 else:  # run as a script's sibling: imported by path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import namespaces
-    from landlock import ConfineError, allow_beneath, build_ruleset
+    from landlock import ConfineError, allow_beneath, allow_file, build_ruleset
 
     del sys.path[0]
 
@@ -59,19 +59,27 @@ class Prepared:
     def __init__(self, spec: Any) -> None:
         self.flags = flags(spec)
         self.ruleset, self.abi = -1, 0
-        self.allowed: dict[str, tuple[int, int]] = {}  # path -> the file the ruleset allows, as it was
+        # path -> the file the ruleset allows, held open (its identity read from the very descriptor the rule
+        # was made from; a file deleted since is known by its link count)
+        self.allowed: dict[str, int] = {}
         self.error = ""
         # Whether it is in namespaces of its own (failed or not: they cannot be entered again).
         self.entered = False
         landlock, scope_signal, view, network = self.flags
         if landlock:
-            paths = [path for path in spec.get("write", []) if _identity(path) is not None]
             try:
-                self.ruleset, self.abi = build_ruleset(paths, scope_signal)
+                self.ruleset, self.abi = build_ruleset([], scope_signal)
+                for path in spec.get("write", []):
+                    try:
+                        target = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                    except OSError:
+                        continue  # nothing there to allow (yet)
+                    self.allowed[path] = target
+                    allow_file(self.ruleset, self.abi, target, path)
             except ConfineError as exc:
+                self.ruleset = -1  # closed by the failure
                 self.error = str(exc)
                 return
-            self.allowed = {path: ident for path in paths if (ident := _identity(path)) is not None}
         if view:
             own = _namespace()
             try:
@@ -83,24 +91,38 @@ class Prepared:
     def afresh(self) -> bool:
         """Whether its failure may be left behind: nothing was entered, so a keeper may make all of it anew
         (what failed may have passed: a path since changed, namespaces the run before held)."""
+        self._drop()
+        return not self.entered
+
+    def _drop(self) -> None:
         if self.ruleset >= 0:
             os.close(self.ruleset)
             self.ruleset = -1
-        return not self.entered
+        for target in self.allowed.values():
+            os.close(target)
+        self.allowed = {}
 
     def ruleset_for(self, write: list[str]) -> tuple[int, int] | None:
-        """The ruleset allowing exactly `write` (the prepared one, completed), or None when it allows a path not
-        asked for or one that is another file now (the caller builds a new one)."""
+        """The ruleset allowing exactly `write` (the prepared one, completed), or None (the caller builds a new
+        one) when it allows a file that is not the one at a path asked for now, or a path not asked for that
+        still exists (an earlier run's TMPDIR, deleted after that run, reaches nothing: it is left)."""
         if self.ruleset < 0:
             return None
-        for path, ident in self.allowed.items():
-            if path not in write or _identity(path) != ident:
-                os.close(self.ruleset)
-                self.ruleset = -1
+        for path, target in self.allowed.items():
+            held = os.fstat(target)
+            if path in write:
+                if _identity(path) != (held.st_dev, held.st_ino):
+                    self._drop()
+                    return None
+            elif held.st_nlink > 0:  # not asked for, and still reachable somewhere
+                self._drop()
                 return None
         try:
             allow_beneath(self.ruleset, self.abi, [path for path in write if path not in self.allowed])
         except ConfineError:
-            return None  # allow_beneath closed it
+            self.ruleset = -1  # allow_beneath closed it
+            self._drop()
+            return None
         ruleset, self.ruleset = self.ruleset, -1
+        self._drop()
         return ruleset, self.abi
