@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +25,21 @@ from ..measure.standing import standing
 from ..names import RUN_LOGS, SESSION_BRANCHES, SESSION_REFS, SLOT_INDEXES
 from ..readers.report import SessionFiles, open_session_files
 from ..records.rows import Row
-from ..records.state import ProjectLock, SessionState, current_tag, load_state, state_dir, state_path
+from ..records.state import current_tag, load_state, state_dir, state_path
 from ..terminal_text import printable
 from ..vcs.checkouts import session_slots
 from ..vcs.history import check_changed_files, is_verified_ancestor
-from ..vcs.planted import present_history_files
-from ..vcs.repo import FALLBACK_IDENTITY, GIT_ENV, GIT_OPTIONS, Repo
+from ..vcs.repo import Repo
+from .landing_checks import (
+    check_branch_name,
+    check_clean_tree,
+    check_history,
+    checked_out_elsewhere,
+    git,
+    history_note,
+    project_lock,
+    tree_of,
+)
 
 NO_COMMIT = "0" * 40
 # Session tags as start_session accepts them (so a tag can never name a path outside the state directory).
@@ -70,7 +78,7 @@ def summarize(project: str, tag: str | None) -> Summary:
     if state.best is not None and state.best.commit != state.base_commit:
         # The log may hold short commit ids: match on the first 7 characters.
         by_commit: dict[str, Row] = {r.commit[:7]: r for r in files.journal.rows if r.status == "keep"}
-        listing = _git(
+        listing = git(
             repo.top,
             "log",
             "--reverse",
@@ -83,7 +91,7 @@ def summarize(project: str, tag: str | None) -> Summary:
             row = by_commit.get(commit[:7])
             description = row.description if row else printable(subject.removeprefix("experiment: "))
             kept.append(Kept(commit, description, row.run_id if row else None, row.value if row else None))
-        merged = _git(
+        merged = git(
             repo.top, "for-each-ref", "--merged", state.best.commit, "--format=%(refname:short)", "refs/heads"
         )
         branches = [
@@ -150,26 +158,26 @@ def land(summary: Summary, branch: str, squash: bool, message: str | None) -> st
     """Put the kept commits on `branch` (fast-forward, or one squashed commit); returns what was done."""
     files, state = summary.files, summary.files.state
     repo = Repo(files.root)
-    _check_branch_name(repo, branch)
+    check_branch_name(repo, branch)
     if summary.best is None or not summary.kept:
         raise SessionError(
             f"session '{state.tag}' kept nothing beyond its baseline: there is nothing to land"
         )
     best = summary.best
-    lock = _lock(files.root, "land the session")
+    lock = project_lock(files.root, "land the session")
     try:
-        _check_history(repo, "land the session")
-        _check_clean(repo, state)
-        worktree = _checked_out_elsewhere(repo, branch)
+        check_history(repo, "land the session")
+        check_clean_tree(repo, state)
+        worktree = checked_out_elsewhere(repo, branch)
         if worktree:
             raise SessionError(f"{branch} is checked out in another worktree ({worktree}); land from there")
         old = repo.resolve_branch(branch) if repo.branch_exists(branch) else None
-        if old == best or (old is not None and _tree(repo, old) == _tree(repo, best)):
+        if old == best or (old is not None and tree_of(repo, old) == tree_of(repo, best)):
             return f"{branch} already holds the session's result ({old[:7]}, the files of {best[:7]}): nothing to do\n"
         if old is not None and not (
             repo.is_ancestor(old, best) and is_verified_ancestor(repo.top, old, best)
         ):
-            ahead = _git(repo.top, "log", "--oneline", "--no-decorate", f"{best}..{old}").splitlines()
+            ahead = git(repo.top, "log", "--oneline", "--no-decorate", f"{best}..{old}").splitlines()
             raise SessionError(
                 f"{branch} has diverged from the session: it has {len(ahead)} commit(s) the session does not "
                 f"({printable('; '.join(ahead[:3]))}). Nothing was changed; combine them yourself (git merge or git rebase "
@@ -177,18 +185,18 @@ def land(summary: Summary, branch: str, squash: bool, message: str | None) -> st
             )
         check_changed_files(repo.top, state.base_commit, best)  # what is landed is what was kept
         new = _squash_commit(repo, summary, old, message) if squash else best
-        moved = len(_git(repo.top, "rev-list", new, f"^{old or state.base_commit}").split())
+        moved = len(git(repo.top, "rev-list", new, f"^{old or state.base_commit}").split())
         checked_out = repo.current_branch() == branch
         if checked_out:
             # The branch's files are in the work tree: git updates index and files (and refuses if an
             # untracked file would be overwritten).
-            _git(repo.top, "merge", "--ff-only", "--quiet", new)
+            git(repo.top, "merge", "--ff-only", "--quiet", new)
         else:
             reason = (
                 f"mcp-autoresearch finish: {'squash' if squash else 'fast-forward'} of session {state.tag}"
             )
             # The old value makes the update conditional: a concurrent change of the branch is not overwritten.
-            _git(repo.top, "update-ref", "-m", reason, f"refs/heads/{branch}", new, old or NO_COMMIT)
+            git(repo.top, "update-ref", "-m", reason, f"refs/heads/{branch}", new, old or NO_COMMIT)
     finally:
         lock.release()
     how = f"as one commit {new[:7]}" if squash else f"by fast-forward ({moved} kept commit(s))"
@@ -218,7 +226,7 @@ def _squash_commit(repo: Repo, summary: Summary, parent: str | None, message: st
             + "\n"
         )
     tree = f"{summary.best}^{{tree}}"
-    return _git(
+    return git(
         repo.top, "commit-tree", tree, "-p", parent or state.base_commit, "-m", message, identity=True
     ).strip()
 
@@ -269,7 +277,7 @@ def plan_clean(project: str, tag: str) -> CleanPlan:
     repo = Repo(root)
     branch = f"{SESSION_BRANCHES}{tag}"
     has_branch = repo.branch_exists(branch)
-    refs = _git(repo.top, "for-each-ref", "--format=%(refname)", f"{SESSION_REFS}{tag}/").split()
+    refs = git(repo.top, "for-each-ref", "--format=%(refname)", f"{SESSION_REFS}{tag}/").split()
     own = (state_path(root, tag), state_dir(root) / RUN_LOGS / tag, state_dir(root) / SLOT_INDEXES / tag)
     paths = [p for p in (*own, session_slots(root, tag)) if p.exists()] + run_outputs(root, tag)
     if not (has_branch or refs or paths):
@@ -280,14 +288,14 @@ def plan_clean(project: str, tag: str) -> CleanPlan:
         tip = repo.resolve_branch(branch)
         others = [
             f"^{ref}"
-            for ref in _git(repo.top, "for-each-ref", "--format=%(refname)", "refs/heads").split()
+            for ref in git(repo.top, "for-each-ref", "--format=%(refname)", "refs/heads").split()
             if ref != f"refs/heads/{branch}"
         ]
-        unlanded = _git(repo.top, "rev-list", "--reverse", tip, f"^{state.base_commit}", *others).split()
+        unlanded = git(repo.top, "rev-list", "--reverse", tip, f"^{state.base_commit}", *others).split()
         if not unlanded and not _on_a_branch_verified(repo, tip, f"refs/heads/{branch}"):
-            unlanded = _git(repo.top, "rev-list", "--reverse", tip, f"^{state.base_commit}").split()
+            unlanded = git(repo.top, "rev-list", "--reverse", tip, f"^{state.base_commit}").split()
         best = state.best.commit if state.best is not None else None
-        if unlanded and best and any(_tree(repo, ref[1:]) == _tree(repo, best) for ref in others):
+        if unlanded and best and any(tree_of(repo, ref[1:]) == tree_of(repo, best) for ref in others):
             unlanded = []  # landed as one squashed commit: a branch holds exactly the best files
     started = state.started_from if state is not None and state.started_from else "BRANCH"
     return CleanPlan(
@@ -309,7 +317,7 @@ def run_outputs(root: Path, tag: str) -> list[Path]:
 def _on_a_branch_verified(repo: Repo, tip: str, session_ref: str) -> bool:
     """Whether one of the user's branches that git says holds `tip` really does (`is_verified_ancestor`: a
     forged commit object could make git see the session's commits on a branch that lacks them)."""
-    listed = _git(
+    listed = git(
         repo.top, "for-each-ref", "--contains", tip, "--format=%(refname) %(objectname)", "refs/heads"
     )
     holding = [line.split(" ")[1] for line in listed.splitlines() if line.split(" ")[0] != session_ref]
@@ -326,7 +334,7 @@ def _on_a_branch_verified(repo: Repo, tip: str, session_ref: str) -> bool:
 
 def check_clean(plan: CleanPlan) -> None:
     """Refuse while the session's branch is checked out (its files are the work tree) or a server holds it."""
-    _lock(plan.root, "clean a session").release()
+    project_lock(plan.root, "clean a session").release()
     _refuse_checked_out(plan)
 
 
@@ -334,7 +342,7 @@ def _refuse_checked_out(plan: CleanPlan) -> None:
     if plan.branch:
         repo = Repo(plan.root)
         short = plan.branch.removeprefix("refs/heads/")
-        elsewhere = _checked_out_elsewhere(repo, short)
+        elsewhere = checked_out_elsewhere(repo, short)
         where = "in this worktree" if repo.current_branch() == short else elsewhere and f"in {elsewhere}"
         if where:
             raise SessionError(
@@ -345,15 +353,15 @@ def _refuse_checked_out(plan: CleanPlan) -> None:
 
 def clean(plan: CleanPlan) -> str:
     repo = Repo(plan.root)
-    lock = _lock(plan.root, "clean a session")
+    lock = project_lock(plan.root, "clean a session")
     try:
-        _check_history(repo, "clean the session")
+        check_history(repo, "clean the session")
         _refuse_checked_out(plan)
         if plan.branch:
             short = plan.branch.removeprefix("refs/heads/")
-            _git(repo.top, "update-ref", "-d", plan.branch, repo.resolve_branch(short))
+            git(repo.top, "update-ref", "-d", plan.branch, repo.resolve_branch(short))
         for ref in plan.refs:
-            _git(repo.top, "update-ref", "-d", ref)
+            git(repo.top, "update-ref", "-d", ref)
         for path in plan.paths:
             if path.is_dir() and not path.is_symlink():
                 remove_tree(
@@ -373,124 +381,6 @@ def clean(plan: CleanPlan) -> str:
     if plan.unlanded:
         text += f"its best kept commit was {plan.unlanded[-1]} (git branch NAME {plan.unlanded[-1][:12]} recovers it)\n"
     return text
-
-
-# ==========================================================================================================
-# checks and git
-# ==========================================================================================================
-def _lock(root: Path, doing: str) -> ProjectLock:
-    """Hold the project lock while changing anything: a server running the loop must not see its refs move."""
-    lock = ProjectLock(root)
-    try:
-        lock.acquire()
-    except SessionError as exc:
-        raise SessionError(f"cannot {doing} now: {exc}") from None
-    return lock
-
-
-_HISTORY_FIXES = {
-    "shallow": "git sees the history cut off at the commits it lists. If you cloned shallow, fetch the full "
-    "history (git fetch --unshallow)",
-    "alternates": "git reads objects from the stores it names, so what is landed could depend on objects "
-    "outside this repository. If you cloned with --reference or --shared, copy them in (git repack -a -d) and "
-    "remove the file",
-    "http-alternates": "git reads objects from the addresses it names. If you did not write it, remove it",
-}
-
-
-def _check_history(repo: Repo, doing: str) -> None:
-    """Refuse while a file that changes what git considers history exists (grafts are ignored: every call runs
-    with GIT_GRAFT_FILE=/dev/null, and `history_note` names them)."""
-    for path in present_history_files(repo.git_dir):
-        if path.name in _HISTORY_FIXES:
-            raise SessionError(
-                f"cannot {doing}: {path} exists: {_HISTORY_FIXES[path.name]}; if you did not, a run may have "
-                "planted it: look at it, move it away, and run again. Nothing was changed"
-            )
-
-
-def history_note(root: Path) -> str:
-    """A line naming a grafts file, which finish and clean ignore (a run may plant one to rewrite parents)."""
-    grafts = [p for p in present_history_files(Repo(root).git_dir) if p.name == "grafts"]
-    return "".join(
-        f"note: {path} is ignored: finish and clean see every commit's own parents, not its grafts "
-        "(a run may have planted it to make your commits look like the session's ancestors)\n"
-        for path in grafts
-    )
-
-
-def _check_clean(repo: Repo, state: SessionState) -> None:
-    dirty = [repo.project_path(p) for p in repo.changed_tracked_files()]
-    if not dirty:
-        return
-    branched = ""
-    if state.next_parent and state.best is not None and state.target_file in dirty:
-        branched = (
-            f" The target holds the content of node {state.next_parent} (the session branched from it; it is kept "
-            f"under {SESSION_REFS}{state.tag}/{state.next_parent}): put the best's back first with "
-            f"branch_from(run_id='{state.best.run_id}'), then finish."
-        )
-    raise SessionError(
-        "tracked files have uncommitted changes: " + ", ".join(dirty[:10]) + ". Commit or stash them "
-        "first (an undecided experiment? let the server decide it), so nothing of yours is overwritten."
-        + branched
-    )
-
-
-def _check_branch_name(repo: Repo, branch: str) -> None:
-    # A leading '-' would be read as an option by git; session branches belong to the server.
-    if branch.startswith("-") or branch.startswith(SESSION_BRANCHES) or branch == "HEAD":
-        raise ConfigError(f"--land {branch!r}: name one of your branches (e.g. main), not a session branch")
-    try:
-        _git(repo.top, "check-ref-format", "--branch", branch)
-    except SessionError:
-        raise ConfigError(f"--land {branch!r} is not a valid branch name") from None
-
-
-def _checked_out_elsewhere(repo: Repo, branch: str) -> str | None:
-    """The other worktree that has `branch` checked out (its files would no longer match), if any."""
-    path = None
-    for line in _git(repo.top, "worktree", "list", "--porcelain").splitlines():
-        if line.startswith("worktree "):
-            path = line.removeprefix("worktree ")
-        elif line == f"branch refs/heads/{branch}" and path and Path(path).resolve() != repo.top:
-            return path
-    return None
-
-
-def _tree(repo: Repo, commit: str) -> str:
-    return _git(repo.top, "rev-parse", f"{commit}^{{tree}}").strip()
-
-
-def _git(top: Path, *args: str, identity: bool = False) -> str:
-    env = {**os.environ, **GIT_ENV}
-    if identity and not (env.get("GIT_AUTHOR_EMAIL") or _config(top, "user.email")):
-        env = {**FALLBACK_IDENTITY, **env}
-    options = [arg for option in GIT_OPTIONS for arg in ("-c", option)]
-    try:
-        done = subprocess.run(
-            ["git", "--no-replace-objects", *options, *args],
-            cwd=top,
-            env=env,
-            capture_output=True,
-            stdin=subprocess.DEVNULL,
-            timeout=120,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SessionError(f"git {args[0]} could not run: {exc}") from None
-    if done.returncode != 0:
-        detail = printable(
-            (done.stderr or done.stdout).decode("utf-8", "replace").strip().replace("\n", " ")[:400]
-        )
-        raise SessionError(f"git {args[0]} failed: {detail or f'exit code {done.returncode}'}")
-    return done.stdout.decode("utf-8", "surrogateescape")
-
-
-def _config(top: Path, key: str) -> str | None:
-    try:
-        return _git(top, "config", key).strip() or None
-    except SessionError:
-        return None
 
 
 # ==========================================================================================================
