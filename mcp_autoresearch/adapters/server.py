@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal, TypeVar
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.stdio import stdio_server
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from mcp.types import Tool as MCPTool
 from pydantic import BaseModel, Field, WithJsonSchema
@@ -42,7 +41,8 @@ from .schemas import (
     at_most,
     self_contained,
 )
-from .surrogates import SafeWriteStream, ScreenedReadStream, lone_surrogate_problem
+from .stdio_pipes import stdio_streams
+from .surrogates import ScreenedReadStream, lone_surrogate_problem
 from .tree_tools import tree_tools
 
 log = logging.getLogger("mcp_autoresearch")
@@ -110,12 +110,11 @@ class _PortableServer(MCPServer):
     async def run_stdio_async(self) -> None:
         """The SDK's stdio transport, where a request holding a lone surrogate gets an answer instead of
         being dropped, and a reply holding one is still sent (see surrogates.py)."""
-        async with stdio_server() as (read_stream, write_stream):
-            safe_write = SafeWriteStream(write_stream)
+        async with stdio_streams() as (read_stream, write_stream):
             lowlevel = self._lowlevel_server  # what the SDK's own run_stdio_async serves
             await lowlevel.run(
-                ScreenedReadStream(read_stream, safe_write),
-                safe_write,
+                ScreenedReadStream(read_stream, write_stream),
+                write_stream,
                 lowlevel.create_initialization_options(),
             )
 

@@ -239,6 +239,21 @@ class ScreenedReadStream:
         await self.aclose()
 
 
+def wire_json(message: Any) -> str:
+    """A JSON-RPC message as the wire carries it; one that cannot be encoded as UTF-8 (a lone surrogate in a
+    string) with U+FFFD in its place, instead of failing the transport and every later reply."""
+    try:
+        return str(message.model_dump_json(by_alias=True, exclude_unset=True))
+    except ValueError:  # pydantic's serialization error; it wraps the UnicodeEncodeError
+        return str(_without_lone_surrogates(message).model_dump_json(by_alias=True, exclude_unset=True))
+
+
+def _without_lone_surrogates(message: Any) -> Any:
+    log.warning("a reply held a lone surrogate; it was sent with U+FFFD in its place")
+    dumped = replace_lone_surrogates(message.model_dump(by_alias=True, exclude_unset=True))
+    return types.jsonrpc_message_adapter.validate_python(dumped)
+
+
 class SafeWriteStream:
     """The SDK's write stream, where a message that cannot be encoded as UTF-8 (a lone surrogate in a string)
     goes out with U+FFFD in its place, instead of failing the transport's writer and every later reply."""
@@ -253,11 +268,7 @@ class SafeWriteStream:
         try:
             item.message.model_dump_json(by_alias=True, exclude_unset=True)
         except ValueError:  # pydantic's serialization error; it wraps the UnicodeEncodeError
-            log.warning("a reply held a lone surrogate; it was sent with U+FFFD in its place")
-            dumped = replace_lone_surrogates(item.message.model_dump(by_alias=True, exclude_unset=True))
-            item = SessionMessage(
-                types.jsonrpc_message_adapter.validate_python(dumped), metadata=item.metadata
-            )
+            item = SessionMessage(_without_lone_surrogates(item.message), metadata=item.metadata)
         await self._inner.send(item)
 
     async def aclose(self) -> None:

@@ -1,0 +1,134 @@
+"""The stdio transport on pipes, served from the event loop itself.
+
+The SDK's `stdio_server` reads each line of stdin and writes each reply through a worker thread (anyio's
+`wrap_file`): two thread hand-offs per call, on every call of the night. When stdin and stdout are pipes (how
+every MCP client starts a server) this transport waits for them in the event loop instead: a line is read when
+the pipe has one, a reply is written at once (on a descriptor of its own, opened non-blocking, so a client that
+stops reading never blocks the loop). Anything else (a terminal, a file, a socket, no /proc) is served by the
+SDK's transport, as before.
+
+The contract is the SDK's: while serving, fd 0 reads the null device and fd 1 writes to stderr, so the server's
+children and stray prints never touch the wire; both are restored at the end. A reply that cannot be encoded (a
+lone surrogate) goes out with U+FFFD in its place (`surrogates.wire_json`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.server.stdio import stdio_server
+from mcp.shared._context_streams import create_context_streams
+from mcp.shared.message import SessionMessage
+
+from .surrogates import SafeWriteStream, wire_json
+
+READ_BYTES = 1 << 16
+
+
+@asynccontextmanager
+async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
+    """(read stream, write stream) of the MCP session over this process's stdin and stdout."""
+    wire = _claim_pipes()
+    if wire is None:
+        async with stdio_server() as (read_stream, write_stream):
+            yield read_stream, SafeWriteStream(write_stream)
+        return
+    read_fd, write_fd, restore = wire
+    incoming_writer, incoming = create_context_streams[SessionMessage | Exception](0)
+    outgoing, outgoing_reader = create_context_streams[SessionMessage](0)
+
+    async def read_lines() -> None:
+        pending = b""
+        async with incoming_writer:
+            while True:
+                await anyio.wait_readable(read_fd)
+                try:
+                    chunk = os.read(read_fd, READ_BYTES)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    return  # the client closed its end: the session ends, as with the SDK's transport
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    try:
+                        message = types.jsonrpc_message_adapter.validate_json(
+                            line.decode("utf-8", errors="replace"), by_name=False
+                        )
+                    except Exception as exc:  # what the SDK passes on: the session answers or logs it
+                        await incoming_writer.send(exc)
+                        continue
+                    await incoming_writer.send(SessionMessage(message))
+
+    async def write_replies() -> None:
+        async with outgoing_reader:
+            async for item in outgoing_reader:
+                data = memoryview((wire_json(item.message) + "\n").encode("utf-8"))
+                while data:
+                    try:
+                        data = data[os.write(write_fd, data) :]
+                    except BlockingIOError:  # the pipe is full: the client reads slowly
+                        await anyio.wait_writable(write_fd)
+                    except OSError:  # the client is gone: nothing more can reach it
+                        return
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(read_lines)
+            tasks.start_soon(write_replies)
+            yield incoming, outgoing
+            tasks.cancel_scope.cancel()
+    finally:
+        restore()
+
+
+def _claim_pipes() -> tuple[int, int, Callable[[], None]] | None:
+    """When fd 0 and fd 1 are pipes: (a private copy of stdin, stdout's pipe opened anew and non-blocking, a
+    function that restores fd 0 and fd 1), with fd 0 on the null device and fd 1 on stderr meanwhile. None
+    (nothing changed) otherwise."""
+    opened: list[int] = []
+    try:
+        if not all(stat.S_ISFIFO(os.fstat(fd).st_mode) for fd in (0, 1)):
+            return None
+        saved_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
+        opened.append(saved_in)
+        saved_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
+        opened.append(saved_out)
+        # A description of its own (through /proc): O_NONBLOCK on the inherited one would reach the client too.
+        write_fd = os.open(f"/proc/self/fd/{saved_out}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        opened.append(write_fd)
+        if not stat.S_ISFIFO(os.fstat(write_fd).st_mode) or os.fstat(write_fd).st_ino != os.fstat(1).st_ino:
+            raise OSError("stdout could not be opened anew")
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        opened.append(null)
+        os.dup2(null, 0)
+        os.dup2(2, 1)
+    except OSError:
+        if len(opened) > 3:  # fd 0 may be diverted already: it reads the wire again
+            os.dup2(saved_in, 0)
+        for fd in opened:
+            os.close(fd)
+        return None
+    os.close(null)
+
+    def restore() -> None:
+        for saved, fd in ((saved_in, 0), (saved_out, 1)):
+            try:
+                os.dup2(saved, fd)
+            except OSError:
+                pass
+        for fd in (saved_in, saved_out, write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    return saved_in, write_fd, restore
