@@ -27,7 +27,7 @@ from ..measure.stats import Step
 from ..names import SESSIONS, STATE_DIR, own_record, public_state
 from ..phases import Phase
 from ..statuses import Decision, RunStatus
-from .atomic import Fingerprint, atomic_write, fingerprint, own_dir, read_regular
+from .atomic import Fingerprint, atomic_write, fingerprint, own_dir, read_regular, swap_write
 from .journal import Seal
 
 
@@ -271,7 +271,7 @@ def write_public(root: Path, state: SessionState) -> str:
     """The public copy, for people and tools to read (not synced: the server's record is what a restart uses).
     Returns its sha256."""
     data = state.model_dump_json(indent=1).encode("utf-8")
-    atomic_write(server_dir(root, SESSIONS) / public_state(state.tag), data, 0o644, False)
+    swap_write(server_dir(root, SESSIONS) / public_state(state.tag), data, 0o644, False)
     return hashlib.sha256(data).hexdigest()
 
 
