@@ -6,6 +6,7 @@ Only argument parsing and dispatch live here. Every failure the user can fix pri
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -352,6 +353,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import create_server
 
     server = create_server(workspace)
+    # What exists now (modules, the SDK's models) lives as long as the server: the collector stops looking at it
+    # (a full collection walked all of it, a few ms at a time, in the middle of an experiment).
+    gc.freeze()
     try:
         if args.transport == "stdio":
             server.run()

@@ -17,6 +17,7 @@ no `writable` or `persistent` entry may be, lie beneath or hold a shared input (
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,12 @@ def _contains(outer: Path, inner: Path) -> bool:
 
 def _declared(root: Path, entries: list[str], default: str) -> bool:
     """The cache's own location is inside an entry the user listed (`writable` or `persistent`)."""
+    return _declared_in(root, tuple(entries), default, os.path.expanduser("~"))
+
+
+@functools.lru_cache(maxsize=256)
+def _declared_in(root: Path, entries: tuple[str, ...], default: str, _home: str) -> bool:
+    """`_declared`, once per project, entries and home (asked again before every command of a run)."""
     cache = _expand(root, default)
     return any(_contains(_expand(root, entry), cache) for entry in entries)
 

@@ -457,6 +457,11 @@ def _remove_tree(path: str) -> None:
     """Remove the run's private TMPDIR (links in it are unlinked, never followed). A tree deeper than Python's
     recursion limit (a run can make one) is left to `rm -rf`, which is not recursive."""
     try:
+        os.rmdir(path)  # most runs leave it empty: one system call
+        return
+    except OSError:
+        pass
+    try:
         shutil.rmtree(path, ignore_errors=True)
     except RecursionError:
         try:

@@ -10,6 +10,8 @@ import time
 
 import psutil
 
+from .confine import read_proc
+
 MARKER_RUN = "AUTORESEARCH_RUN_ID"
 MARKER_PROJECT = "AUTORESEARCH_PROJECT"
 
@@ -24,10 +26,9 @@ def created(proc: psutil.Process) -> float:
 def no_new_privs(pid: int) -> bool:
     """True when the process can never gain privileges: every process of a supervised run is marked so."""
     try:
-        with open(f"/proc/{pid}/status", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"NoNewPrivs:"):
-                    return line.split()[1] == b"1"
+        for line in read_proc(f"/proc/{pid}/status").splitlines():
+            if line.startswith(b"NoNewPrivs:"):
+                return line.split()[1] == b"1"
     except OSError:
         pass
     return False
@@ -89,8 +90,7 @@ def _child_pids(pid: str) -> set[int] | None:
     pids: set[int] = set()
     for task in tasks:
         try:
-            with open(f"/proc/{pid}/task/{task}/children") as handle:
-                pids.update(int(child) for child in handle.read().split())
+            pids.update(int(child) for child in read_proc(f"/proc/{pid}/task/{task}/children").split())
         except OSError:
             return _scanned_children(os.getpid() if pid == "self" else int(pid))
     return pids
