@@ -16,6 +16,7 @@ from mcp_autoresearch.adapters.server import create_server
 from mcp_autoresearch.session.workspace import Workspace
 
 from .helpers.ray_head import ray_address  # noqa: F401  (the session's private Ray head, for every Ray test)
+from .helpers.spares import launcher  # noqa: F401  (a launcher of the test's own)
 from .web_support import browser  # noqa: F401  (Chromium, for the dashboard's browser tests)
 
 GIT_ENV = {

@@ -20,6 +20,7 @@ from mcp_autoresearch.sandbox.forkserver import SPARES
 from mcp_autoresearch.sandbox.launcher import Launcher
 from mcp_autoresearch.sandbox.processes import descendants
 
+from .helpers.spares import is_spare
 from .test_launcher import ISOLATION, VIEW, _prepared_like, _run_spec, _spares, _until
 
 # A run's process that starts a daemon, then keeps starting and ending threads: a walk that lists its threads
@@ -151,7 +152,7 @@ def _idle_spares(launcher: Launcher) -> set[int]:
         idle = set()
         try:
             for child in psutil.Process(launcher.process.pid).children():
-                if child.status() != psutil.STATUS_ZOMBIE and not child.children():
+                if is_spare(child):
                     idle.add(child.pid)
         except psutil.Error:
             return None  # one ended meanwhile: look again

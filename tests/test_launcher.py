@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from mcp_autoresearch.sandbox.launcher import Launched, Launcher
 from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .helpers.needs import require
+from .helpers.spares import is_spare, standing_by
 
 ISOLATION = probe_isolation("auto")
 require(ISOLATION.confined, "CI must confine runs", f"Landlock is unavailable here: {ISOLATION.reason}")
@@ -43,15 +43,15 @@ def _until(condition, what: str, limit_s: float = 30.0):
 
 
 def _spares(launcher: Launcher, used: tuple[int, ...] = ()) -> set[int]:
-    """The launcher's spares: its children that have not started a command (no child of its own), once there
-    are `SPARES` of them, `used` keepers aside (one that reported its run's end may still be ending)."""
+    """The launcher's spares: its children that have not started a command (`is_spare`), once there are
+    `SPARES` of them, `used` keepers aside (one that reported its run's end may still be ending)."""
 
     def find() -> set[int] | None:
         try:
             children = psutil.Process(launcher.process.pid).children()
         except psutil.Error:
             return None
-        idle = {c.pid for c in children if c.pid not in used and not c.children()}
+        idle = {c.pid for c in children if c.pid not in used and is_spare(c)}
         return idle if len(idle) == SPARES else None
 
     return _until(find, "the launcher's spare keepers")
@@ -78,16 +78,6 @@ def _run(launcher: Launcher, tmp_path: Path, script: str) -> tuple[int, int, str
     assert code is not None
     launched.close()
     return launched.pid, code, output
-
-
-@pytest.fixture
-def launcher(tmp_path: Path):
-    (tmp_path / "w").mkdir()
-    started = Launcher()
-    yield started
-    started.sock.shutdown(socket.SHUT_RDWR)  # end of file for the launcher: it stops its keepers and leaves
-    started.process.wait(30)
-    started.sock.close()
 
 
 def test_a_spare_starts_the_next_command_and_a_new_spare_follows(launcher: Launcher, tmp_path: Path) -> None:
@@ -152,8 +142,8 @@ def _prepared_like(launcher: Launcher, tmp_path: Path, spec: dict) -> set[int]:
         found = set()
         for child in psutil.Process(launcher.process.pid).children():
             try:
-                idle = child.status() != psutil.STATUS_ZOMBIE and not child.children()
-                if idle and os.readlink(f"/proc/{child.pid}/ns/ipc") != own:
+                ready = standing_by(child) if spec.get("view") else is_spare(child)
+                if ready and os.readlink(f"/proc/{child.pid}/ns/ipc") != own:
                     found.add(child.pid)
             except (OSError, psutil.Error):
                 continue

@@ -28,6 +28,7 @@ from mcp_autoresearch.sandbox import confine
 from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .helpers.needs import require
+from .helpers.spares import standing_by
 
 pytestmark = pytest.mark.anyio
 
@@ -282,11 +283,14 @@ print('PROCESSES', len([p for p in os.listdir('/proc') if p.isdigit()]))
 
 
 KEEPER_MODULES = (
+    "command.py",
     "confine.py",
     "landlock.py",
     "namespaces.py",
     "output_dirs.py",
     "prepared.py",
+    "standby.py",
+    "view.py",
     "forkserver.py",
 )
 
@@ -378,7 +382,7 @@ def test_as_an_ordinary_user_a_prepared_spare_builds_the_same_view(tmp_path: Pat
                 spares = []
                 for child in psutil.Process(launcher.pid).children():
                     try:  # a keeper still ending is no spare (a zombie has no namespaces left)
-                        if not child.children() and child.status() != psutil.STATUS_ZOMBIE:
+                        if standing_by(child):
                             spares.append(os.readlink(f"/proc/{child.pid}/ns/ipc"))
                     except (OSError, psutil.Error):
                         continue

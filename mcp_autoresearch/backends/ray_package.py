@@ -17,7 +17,17 @@ from pathlib import Path
 
 from ..measure import output_checks, output_size
 from ..names import STATE_DIR
-from ..sandbox import confine, landlock, namespaces, output_dirs, prepared, write_grants
+from ..sandbox import (
+    command,
+    confine,
+    landlock,
+    namespaces,
+    output_dirs,
+    prepared,
+    standby,
+    view,
+    write_grants,
+)
 from . import ray_records, ray_wrapper
 
 DEFAULT_PACKAGE_LIMIT = 512 * 1024 * 1024
@@ -27,11 +37,14 @@ ALWAYS_EXCLUDED = (".git", STATE_DIR, WRAPPER_DIR, ray_wrapper.SPEC)
 SHIPPED = (
     ray_wrapper,
     ray_records,
+    command,
     confine,
     landlock,
     namespaces,
     output_dirs,
     prepared,
+    standby,
+    view,
     output_checks,
     output_size,
     write_grants,

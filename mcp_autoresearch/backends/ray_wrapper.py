@@ -51,6 +51,7 @@ if __package__:  # imported from the package (the tests)
     from ..sandbox import confine, write_grants
     from ..sandbox import landlock as landlock_rules
     from ..sandbox import namespaces as namespaces_view
+    from ..sandbox import view as private_view
     from .ray_records import Framed
 else:  # run as a script: -I leaves the script's folder off sys.path; our modules are shipped beside us
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +60,7 @@ else:  # run as a script: -I leaves the script's folder off sys.path; our module
     import namespaces as namespaces_view  # type: ignore[no-redef, import-not-found]
     import output_checks  # type: ignore[no-redef, import-not-found]
     import output_size  # type: ignore[no-redef, import-not-found]
+    import view as private_view  # type: ignore[no-redef, import-not-found]
     import write_grants  # type: ignore[no-redef, import-not-found]
     from ray_records import Framed  # type: ignore[no-redef, import-not-found]
 
@@ -201,7 +203,7 @@ def _try_view(view: confine.KeeperSpec, root: str, write: list[str], report_fd: 
         inner = os.fork()
         if inner == 0:
             try:
-                namespaces_view.build_view(write, root, bool(view["network"]), view["read"], view["hide"])
+                private_view.build_view(write, root, bool(view["network"]), view["read"], view["hide"])
                 code = 0
             except namespaces_view.ViewError as exc:
                 os.write(report_fd, str(exc).encode())

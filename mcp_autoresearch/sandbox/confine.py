@@ -30,37 +30,30 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING or __package__:
-    from . import namespaces, output_dirs
-    from .landlock import (
-        PR_SET_NO_NEW_PRIVS,
-        ConfineError,
-        allow_beneath,
-        build_ruleset,
-        libc_handle,
-        restrict_self,
-    )
+    from . import namespaces, output_dirs, view
+    from .command import MARK, SETUP_FAILED, become_command, fail, run_standby, say
+    from .landlock import ConfineError, build_ruleset, libc_handle
     from .prepared import Prepared, flags
+    from .standby import Standby
 else:  # run as a script (or imported by the launcher as one): its stdlib-only siblings are imported by path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import namespaces
     import output_dirs
-    from landlock import (
-        PR_SET_NO_NEW_PRIVS,
-        ConfineError,
-        allow_beneath,
-        build_ruleset,
-        libc_handle,
-        restrict_self,
-    )
+    import view
+    from command import MARK, SETUP_FAILED, become_command, fail, run_standby, say
+    from landlock import ConfineError, build_ruleset, libc_handle
     from prepared import Prepared, flags
+    from standby import Standby
 
     del sys.path[0]
 
-SETUP_FAILED = 125
-MARK = "autoresearch-confine:"
+# Said by `command.py`, and known by this module's name to the server and the launcher (which gives its spares
+# `run_standby`).
+__all__ = ["MARK", "SETUP_FAILED", "KeeperSpec", "fail", "keep", "run_standby", "signal_each"]
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -71,6 +64,19 @@ PR_SET_CHILD_SUBREAPER = 36
 _WAKE = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
+def read_proc(path: str) -> bytes:
+    """A /proc file's content, read with plain system calls (a Python file object costs four more per read:
+    these reads are on every run's path)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     try:
@@ -79,8 +85,7 @@ def _children(pid: int) -> list[int]:
         return found
     for task in tasks:
         try:
-            with open(f"/proc/{pid}/task/{task}/children") as handle:
-                found += [int(p) for p in handle.read().split()]
+            found += [int(p) for p in read_proc(f"/proc/{pid}/task/{task}/children").split()]
         except OSError:
             continue
     return found
@@ -126,8 +131,7 @@ def _ptrace(libc: ctypes.CDLL, request: int, pid: int, data: int = 0) -> bool:
 
 def _dead(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+        return read_proc(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
     except (OSError, IndexError):
         return True
 
@@ -143,7 +147,7 @@ def _others_end(command: int) -> None:
         if victims:
             time.sleep(0.0005)
     if victims := [pid for pid in _tree(os.getpid()) if pid != command]:
-        _say(f"autoresearch: killed {len(victims)} process(es) the command left running")
+        say(f"autoresearch: killed {len(victims)} process(es) the command left running")
 
 
 def _stopped(libc: ctypes.CDLL, command: int, pid: int, code: int) -> None:
@@ -213,19 +217,6 @@ def _finish(status: int | None, report_fd: int = -1) -> None:
     os._exit(128 + sig)
 
 
-def _say(line: str) -> None:
-    """One line on stderr, the run's output pipe: gone (nobody reads any more), it is dropped."""
-    try:
-        os.write(2, f"{line}\n".encode())
-    except OSError:
-        pass
-
-
-def fail(message: str) -> None:
-    _say(f"{MARK} {message}")
-    os._exit(SETUP_FAILED)
-
-
 def _libc() -> ctypes.CDLL:
     return namespaces._libc()
 
@@ -274,55 +265,11 @@ def keep(
     grace = float(spec.get("grace", 3.0))
     signal.pthread_sigmask(signal.SIG_BLOCK, _WAKE)
     outputs = _output_dirs(spec)
-    channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if outputs else None
-    gate_r, gate_w = os.pipe()
-    command = os.fork()
-    if command == 0:
-        try:
-            os.close(gate_w)
-            os.read(gate_r, 1)  # until the keeper holds it by ptrace (or gave that up)
-            os.close(gate_r)
-            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
-            libc.prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0)
-            if view:
-                _enter_view(libc, spec, network, ruleset, abi)
-            if channel is not None:
-                _hand_over_listener(libc, channel)
-            if ruleset is not None:
-                restrict_self(ruleset)
-                os.close(ruleset)
-            else:  # no Landlock: still no privilege gain, and a mark that no child can shed
-                libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-            if env is None:
-                os.execvp(argv[0], argv)
-            else:
-                os.execvpe(argv[0], argv, env)
-        except ConfineError as exc:
-            fail(str(exc))
-        except namespaces.ViewError as exc:
-            fail(f"namespaces: {exc}")
-        except OSError as exc:
-            _say(f"autoresearch: could not start {argv[0]}: {exc.strerror}")
-            os._exit(127)
-        os._exit(SETUP_FAILED)
-    if ruleset is not None:
-        os.close(ruleset)
-    os.close(gate_r)
-    next_signal = _sigtimedwait
-    if channel is not None:
-        channel[1].close()
-        try:
-            next_signal = output_dirs.Answerer(channel[0], outputs, _WAKE).next_signal
-        except OSError:
-            channel[0].close()  # the command's rmdir/mkdir then wait for no one: it must not get a listener
-            os.kill(command, signal.SIGKILL)
-            fail("could not watch the run's output directories (signalfd)")
-    # Held at its exit (where ptrace is allowed): the rest of the run is ended before anyone can see it end.
-    tracer = libc if _ptrace(libc, PTRACE_SEIZE, command, PTRACE_O_TRACEEXIT) else None
-    os.write(gate_w, b"x")
-    os.close(gate_w)
+    standby = prepared.standby if prepared is not None and view else None
+    if standby is not None:
+        command, next_signal, tracer = _start_standby(libc, standby, spec, argv, env, ruleset, abi, outputs)
+    else:
+        command, next_signal, tracer = _fork_command(libc, spec, argv, env, ruleset, abi, outputs)
     status: int | None = None
     ended = False
     kill_at: float | None = None
@@ -343,13 +290,97 @@ def keep(
             # The command is done: what it left behind is killed at once, so nothing it left prints later.
             left = _signal_all(signal.SIGKILL)
             if left:
-                _say(f"autoresearch: killed {left} process(es) the command left running")
+                say(f"autoresearch: killed {left} process(es) the command left running")
             while not _reap(command, tracer)[1]:
                 time.sleep(0.002)
                 _signal_all(signal.SIGKILL)
             none_left = True
         if none_left:
             _finish(status, report_fd)
+
+
+def _fork_command(
+    libc: ctypes.CDLL,
+    spec: KeeperSpec,
+    argv: list[str],
+    env: dict[str, str] | None,
+    ruleset: int | None,
+    abi: int,
+    outputs: list[str],
+) -> tuple[int, Callable[[float], int | None], ctypes.CDLL | None]:
+    """Fork the command (it makes the view itself, when asked) and hold it by ptrace before it goes on: (its
+    pid, how the keeper waits for its signals, the ptrace handle or None where ptrace is refused)."""
+    channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) if outputs else None
+    gate_r, gate_w = os.pipe()
+    command = os.fork()
+    if command == 0:
+        os.close(gate_w)
+        os.read(gate_r, 1)  # until the keeper holds it by ptrace (or gave that up)
+        os.close(gate_r)
+        if channel is not None:
+            channel[0].close()  # the keeper's end: with it, the run could answer its own calls
+        become_command(libc, spec, argv, env, ruleset, abi, None, channel[1] if channel else None)
+    if ruleset is not None:
+        os.close(ruleset)
+    os.close(gate_r)
+    next_signal: Callable[[float], int | None] = _sigtimedwait
+    if channel is not None:
+        channel[1].close()
+        try:
+            next_signal = output_dirs.Answerer(channel[0], outputs, _WAKE).next_signal
+        except OSError:
+            channel[0].close()  # the command's rmdir/mkdir then wait for no one: it must not get a listener
+            os.kill(command, signal.SIGKILL)
+            fail("could not watch the run's output directories (signalfd)")
+    # Held at its exit (where ptrace is allowed): the rest of the run is ended before anyone can see it end.
+    tracer = libc if _ptrace(libc, PTRACE_SEIZE, command, PTRACE_O_TRACEEXIT) else None
+    os.write(gate_w, b"x")
+    os.close(gate_w)
+    return command, next_signal, tracer
+
+
+def _start_standby(
+    libc: ctypes.CDLL,
+    standby: Standby,
+    spec: KeeperSpec,
+    argv: list[str],
+    env: dict[str, str] | None,
+    ruleset: int | None,
+    abi: int,
+    outputs: list[str],
+) -> tuple[int, Callable[[float], int | None], ctypes.CDLL | None]:
+    """Hand the command to the spare's standby process (its view made ahead, `standby.py`), held by ptrace
+    first; as `_fork_command`."""
+    command = standby.pid
+    tracer = libc if _ptrace(libc, PTRACE_SEIZE, command, PTRACE_O_TRACEEXIT) else None
+    cwd = os.getcwd()
+    request = {
+        "argv": argv,
+        "env": dict(os.environ) if env is None else env,
+        "spec": dict(spec),
+        "cwd": cwd,
+        # resolved here, outside the view: the standby process copies them from the mounts as they were
+        "real": view.resolved([*spec.get("write", []), cwd, *spec.get("read", [])]),
+        "abi": abi,
+        "ruleset": ruleset is not None,
+        "outputs": bool(outputs),
+    }
+    try:
+        standby.start(request, [1, 2, *([ruleset] if ruleset is not None else [])])
+    except OSError as exc:
+        os.kill(command, signal.SIGKILL)
+        fail(f"the standby command process is gone ({exc.strerror})")
+    if ruleset is not None:
+        os.close(ruleset)
+    next_signal: Callable[[float], int | None] = _sigtimedwait
+    if outputs:
+        try:
+            next_signal = output_dirs.Answerer(standby.channel, outputs, _WAKE).next_signal
+        except OSError:
+            standby.channel.close()
+            os.kill(command, signal.SIGKILL)
+            fail("could not watch the run's output directories (signalfd)")
+    return command, next_signal, tracer
 
 
 def prepare() -> None:
@@ -373,39 +404,6 @@ def _output_dirs(spec: KeeperSpec) -> list[str]:
     remove and recreate them (`output_dirs.py`)."""
     cwd = os.getcwd().rstrip("/") + "/"
     return [path for path in spec.get("write", []) if path.startswith(cwd) and os.path.isdir(path)]
-
-
-def _hand_over_listener(libc: ctypes.CDLL, channel: tuple[socket.socket, socket.socket]) -> None:
-    """In the command: the filter whose notifications the keeper answers; the listening end goes to the keeper,
-    and no copy stays here (with one, the run could answer its own calls)."""
-    channel[0].close()
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise ConfineError(f"prctl(NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
-    try:
-        listener = output_dirs.install_listener(libc)
-    except OSError as exc:
-        raise ConfineError(str(exc.strerror)) from None
-    socket.send_fds(channel[1], [b"listener"], [listener])
-    os.close(listener)
-    channel[1].close()
-
-
-def _enter_view(libc: ctypes.CDLL, spec: KeeperSpec, network: bool, ruleset: int | None, abi: int) -> None:
-    """In the command's process (PID 1 of the keeper's namespaces): build the private view, let Landlock allow
-    writes in its fresh scratch directories, and seal it (no capabilities, no user namespaces)."""
-    try:
-        scratch = namespaces.build_view(
-            list(spec.get("write", [])),
-            os.getcwd(),
-            network,
-            list(spec.get("read", [])),
-            list(spec.get("hide", [])),
-        )
-    except OSError as exc:
-        raise namespaces.ViewError(f"{exc.strerror}: {exc.filename}") from None
-    if ruleset is not None:
-        allow_beneath(ruleset, abi, scratch)
-    namespaces.seal(libc)
 
 
 _PATH_FLAGS = {"-w": "write", "-r": "read", "-x": "hide"}

@@ -27,7 +27,11 @@ else:  # run as a script: confine.py is imported from beside this file, and noth
     del sys.path[0]
 
 SPARES = 2  # keepers forked ahead of time
-QUIET_S = 0.003  # a spare missing (one still ready) is forked after this long without a request or an exit
+# A spare missing (one still ready) is forked after this long without a request or an exit: soon when no command
+# runs (not at once: a re-measurement right after its run is served by the other spare, not held up by a fork);
+# while one runs, only after a long quiet (a fork and a spare's preparation would take the CPU its end needs).
+QUIET_S = 0.003
+QUIET_RUNNING_S = 0.25
 
 
 def _start_keeper(request: dict[str, Any], fds: list[int], prepared: Prepared | None = None) -> None:
@@ -96,10 +100,15 @@ def _spare(channel: socket.socket, like: dict[str, Any] | None) -> None:
     `prepared.py`), then wait for one request on `channel` and become its keeper. The launcher gone (end of
     file), it leaves. Never returns (whatever happens, never into the launcher's loop)."""
     try:
+        _batch(True)  # its preparation too: it must not delay a command's start or end
         _leave_launcher([channel.fileno()])
         confine.prepare()
-        prepared = Prepared(like) if like is not None else None
-        _batch(True)
+        prepared = Prepared(like, confine.run_standby) if like is not None else None
+        if prepared is not None and prepared.standby is not None:
+            try:  # for `Spare.hand_over`; handed its request already, it finds the launcher's end closed
+                channel.send(json.dumps({"standby": prepared.standby.pid}).encode())
+            except OSError:
+                pass  # the request waits in the channel all the same
         data, fds, _flags, _addr = socket.recv_fds(channel, 1 << 20, 4)
         _batch(False)
         channel.close()
@@ -110,9 +119,10 @@ def _spare(channel: socket.socket, like: dict[str, Any] | None) -> None:
 
 
 def _batch(waiting: bool) -> None:
-    """A waiting spare is a batch process: woken by its request, it does not take the launcher's CPU before the
-    launcher has answered the server (a woken process may preempt its waker); it is an ordinary process again
-    at once, and so is its command."""
+    """A spare is a batch process until its request: preparing, it yields to a run's processes (a woken one
+    preempts it); waiting, woken by its request, it does not take the launcher's CPU before the launcher has
+    answered the server (a woken process may preempt its waker). It is an ordinary process again at once, and so
+    is its command."""
     try:
         os.sched_setscheduler(0, os.SCHED_BATCH if waiting else os.SCHED_OTHER, os.sched_param(0))
     except (OSError, AttributeError):
@@ -135,6 +145,18 @@ class Spare:
         theirs.close()
         self.channel = ours
 
+    def _standby_untouched(self) -> bool:
+        """Its standby command process (announced once made, `standby.py`), when it has one: alive and untouched.
+        Gone, no command can start in the spare's namespaces any more."""
+        try:
+            message = self.channel.recv(256, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True  # still preparing: a standby it makes now is new
+        try:
+            return _untouched(int(json.loads(message)["standby"]), alive=True)
+        except (ValueError, KeyError, TypeError):
+            return False
+
     def fits(self, spec: dict[str, Any]) -> bool:
         return self.flags is None or self.flags == flags(spec)
 
@@ -142,7 +164,7 @@ class Spare:
         """Give it the request; False if it is gone (it was killed: the caller forks one instead), or stopped or
         traced (a run reached it: it would never start the command, or not as asked; it is killed)."""
         try:
-            if not _untouched(self.pid):
+            if not _untouched(self.pid) or not self._standby_untouched():
                 os.kill(self.pid, signal.SIGKILL)
                 return False
             socket.send_fds(self.channel, [data], fds)
@@ -158,17 +180,19 @@ class Spare:
 _STOPPING = sum(1 << (sig - 1) for sig in (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU))
 
 
-def _untouched(pid: int) -> bool:
-    """Whether a spare is neither stopped (nor about to be: a stop signal pending) nor traced (its /proc status;
-    a signal or a tracer could only come from a process of its user, a run among them)."""
+def _untouched(pid: int, alive: bool = False) -> bool:
+    """Whether a spare (or its standby process) is neither stopped (nor about to be: a stop signal pending) nor
+    traced (its /proc status; a signal or a tracer could only come from a process of its user, a run among
+    them); with `alive`, also whether it still runs (not a zombie, nor gone)."""
     try:
-        with open(f"/proc/{pid}/status", "rb") as handle:
-            fields = dict(line.split(b":", 1) for line in handle.read().splitlines() if b":" in line)
+        status = confine.read_proc(f"/proc/{pid}/status")
     except OSError:
-        return True  # no /proc (not Linux): nothing to tell
+        return not alive  # gone; or no /proc (not Linux): nothing to tell
+    fields = dict(line.split(b":", 1) for line in status.splitlines() if b":" in line)
     state, tracer = fields.get(b"State", b"").split(), fields.get(b"TracerPid", b"0").strip()
     pending = int(fields.get(b"ShdPnd", b"0"), 16) | int(fields.get(b"SigPnd", b"0"), 16)
-    return bool(state) and state[0] not in (b"T", b"t") and tracer == b"0" and not pending & _STOPPING
+    stopped = not state or state[0] in (b"T", b"t") or (alive and state[0] in (b"Z", b"X"))
+    return not stopped and tracer == b"0" and not pending & _STOPPING
 
 
 class Spares:
@@ -199,6 +223,12 @@ class Spares:
                 return spare.pid
         return None
 
+    def discard(self) -> None:
+        """Let every spare go (each leaves at the end of its channel, its standby process with it)."""
+        for spare in self.ready:
+            spare.channel.close()
+        self.ready = []
+
     def reaped(self, pid: int) -> bool:
         """True when `pid` was a spare (killed before its request): it is dropped."""
         for spare in self.ready:
@@ -223,6 +253,7 @@ def serve(sock_fd: int) -> None:
     keepers: set[int] = set()
     spares = Spares()
     spares.fill()
+    mounts = _mount_table()
 
     def send(message: dict[str, Any]) -> None:
         try:
@@ -234,10 +265,15 @@ def serve(sock_fd: int) -> None:
         try:
             # Spares are forked when nothing else happens: a request that comes meanwhile (a re-measurement
             # right after its run) does not wait for a fork, while the other spare serves it.
-            wait = None if len(spares.ready) == SPARES else QUIET_S if spares.ready else 0.0
-            ready, _, _ = select.select([sock_fd, wake_r], [], [], wait)
+            quiet = QUIET_RUNNING_S if keepers else QUIET_S
+            wait = None if len(spares.ready) == SPARES else quiet if spares.ready else 0.0
+            ready, _, changed = select.select([sock_fd, wake_r], [], mounts, wait)
         except InterruptedError:
             continue
+        if changed:
+            # A mount was made or taken away: a standby process holds a copy of every mount as it was (a disk
+            # taken away would stay busy in it, one added would be missing), so the spares are made again.
+            spares.discard()
         if wake_r in ready:
             for pid, status in _reap(wake_r):
                 if not spares.reaped(pid) and pid in keepers:
@@ -269,6 +305,15 @@ def serve(sock_fd: int) -> None:
         keepers.add(pid)
         send({"pid": pid})
     _stop(keepers, spares)
+
+
+def _mount_table() -> list[int]:
+    """The launcher's mount table, watched (select's exceptional condition says it changed), or nothing to
+    watch."""
+    try:
+        return [os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)]
+    except OSError:
+        return []
 
 
 def _reap(wake_r: int) -> list[tuple[int, int]]:

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING or __package__:
     from . import namespaces
     from .landlock import ConfineError, allow_beneath, allow_file, build_ruleset
+    from .standby import RunCommand, Standby
 else:  # run as a script's sibling: imported by path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import namespaces
     from landlock import ConfineError, allow_beneath, allow_file, build_ruleset
+    from standby import RunCommand, Standby
 
     del sys.path[0]
 
@@ -56,8 +58,10 @@ class Prepared:
     """What a spare made for a request like `spec`. `error`: why it could not (the keeper makes it
     all anew when it entered no namespaces, else fails alike)."""
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: Any, run_command: RunCommand | None = None) -> None:
         self.flags = flags(spec)
+        # Its command process, forked ahead with the view made (`standby.py`), given `run_command`.
+        self.standby: Standby | None = None
         self.ruleset, self.abi = -1, 0
         # path -> the file the ruleset allows, held open (its identity read from the very descriptor the rule
         # was made from; a file deleted since is known by its link count)
@@ -87,6 +91,11 @@ class Prepared:
             except namespaces.ViewError as exc:
                 self.error = f"namespaces: {exc}"
             self.entered = _namespace() != own
+            if run_command is not None and self.entered and not self.error:
+                try:
+                    self.standby = Standby(spec, run_command)
+                except OSError:
+                    pass  # no process left for now: the keeper forks its command with the request
 
     def afresh(self) -> bool:
         """Whether its failure may be left behind: nothing was entered, so a keeper may make all of it anew

@@ -1,0 +1,332 @@
+"""The private view itself (see `namespaces.py` for what it is and the namespaces around it), in two steps:
+made before the request is known (`View`, in a standby command process, `standby.py`, or in a command forked
+for its request), finished with the request's paths (`View.finish`). Standard library only, like `confine.py`,
+which imports it by path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING or __package__:
+    from . import namespaces
+else:  # run as a script's sibling: imported by path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import namespaces
+
+    del sys.path[0]
+
+
+class _DetachedTreeRefused(namespaces.ViewError):
+    """The kernel copies nothing from a detached tree (before Linux 6.15)."""
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _hidden_dirs(extra: list[str]) -> list[str]:
+    """The directories to hide that exist as real directories (a link such as /var/run -> /run is covered
+    through its target), $XDG_RUNTIME_DIR when it lies elsewhere, the caller's `extra` ones, outermost first
+    (one beneath another is hidden with it)."""
+    found: list[str] = []
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    candidates = {
+        os.path.realpath(path)
+        for path in (*namespaces.HIDDEN, *([runtime] if runtime.startswith("/") else []), *extra)
+    }
+    for real in sorted(candidates, key=len):
+        if real != "/" and os.path.isdir(real) and not any(_under(real, done) for done in found):
+            found.append(real)
+    return found
+
+
+def _clone(libc: ctypes.CDLL, path: str, read_only: bool, within: int = namespaces.AT_FDCWD) -> int:
+    """A detached copy of the mounts at `path` (relative to the tree `within`, when given), read-only if
+    asked."""
+    numbers = namespaces._numbers()
+    fd = namespaces._check(
+        libc.syscall(
+            numbers[3],
+            within,
+            path.encode(),
+            ctypes.c_uint(namespaces.OPEN_TREE_CLONE | namespaces.AT_RECURSIVE | os.O_CLOEXEC),
+        ),
+        f"open_tree({path})",
+    )
+    if read_only:
+        attr = _MountAttr(namespaces.MOUNT_ATTR_RDONLY, 0, 0, 0)
+        namespaces._check(
+            libc.syscall(
+                numbers[5],
+                fd,
+                b"",
+                ctypes.c_uint(namespaces.AT_EMPTY_PATH | namespaces.AT_RECURSIVE),
+                ctypes.byref(attr),
+                ctypes.c_size_t(32),
+            ),
+            f"mount_setattr({path})",
+        )
+    return fd
+
+
+def _attach(libc: ctypes.CDLL, fd: int, path: str, is_dir: bool) -> None:
+    """Mount the detached copy `fd` at `path`, making the mount point first when a tmpfs hid it."""
+    if is_dir:
+        os.makedirs(path, exist_ok=True)
+    elif not os.path.lexists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    namespaces._check(
+        libc.syscall(
+            namespaces._numbers()[4],
+            fd,
+            b"",
+            namespaces.AT_FDCWD,
+            path.encode(),
+            ctypes.c_uint(namespaces.MOVE_MOUNT_F_EMPTY_PATH),
+        ),
+        f"move_mount({path})",
+    )
+    os.close(fd)
+
+
+def build_view(
+    writable: list[str],
+    cwd: str,
+    network: bool,
+    extra_read: list[str] | None = None,
+    hide: list[str] | None = None,
+) -> list[str]:
+    """In the command's process, a PID 1 of the keeper's namespaces, before Landlock and `exec`: the view
+    described in the module docstring (`View`, made and finished at once). Returns the fresh scratch
+    directories (Landlock must allow writes there too). Raises namespaces.ViewError."""
+    real = resolved([*writable, cwd, *(extra_read or [])])
+    return View(hide or [], network).finish(writable, cwd, extra_read or [], hide or [], real)
+
+
+class View:
+    """The view in two steps. Made (`__init__`) before the request is known, in a standby command process
+    (`standby.py`): its own mount namespace, every mount read-only, the hidden directories under empty tmpfs,
+    the block devices and the user's terminals hidden, /proc of its PID namespace, `lo`; and a detached copy of
+    every mount as it was before (`self.root`), from which the request's paths are shown again. Finished
+    (`finish`) with the request: its writable paths read-write and its working directory read-only where a
+    hidden directory covers them, what it hides besides (the hidden set follows the request's own list)."""
+
+    def __init__(self, hide: list[str], network: bool) -> None:
+        libc = self.libc = namespaces._libc()
+        namespaces._check(
+            libc.syscall(namespaces._numbers()[0], ctypes.c_ulong(namespaces.CLONE_NEWNS)), "unshare(mount)"
+        )
+        namespaces._check(
+            libc.mount(None, b"/", None, ctypes.c_ulong(namespaces.MS_REC | namespaces.MS_PRIVATE), None),
+            "make / private",
+        )
+        self.root = _clone(libc, "/", False)  # taken before anything is hidden or read-only
+        self.hide = _hide_dirs(hide)
+        self.hidden = _hidden_dirs(self.hide)
+        attr = _MountAttr(namespaces.MOUNT_ATTR_RDONLY, 0, 0, 0)
+        namespaces._check(
+            libc.syscall(
+                namespaces._numbers()[5],
+                namespaces.AT_FDCWD,
+                b"/",
+                ctypes.c_uint(namespaces.AT_RECURSIVE),
+                ctypes.byref(attr),
+                ctypes.c_size_t(32),
+            ),
+            "make every mount read-only",
+        )
+        self.scratch = [directory for directory in self.hidden if self._cover(directory)]
+        for device in (
+            namespaces._block_devices()
+        ):  # a root run owns root's disks: reading one reads around every mount
+            namespaces._check(
+                libc.mount(b"/dev/null", device.encode(), None, ctypes.c_ulong(namespaces.MS_BIND), None),
+                f"hide {device}",
+            )
+        self.terminals = namespaces._private_terminals(libc)
+        namespaces._check(
+            libc.mount(
+                b"proc",
+                b"/proc",
+                b"proc",
+                ctypes.c_ulong(namespaces.MS_NOSUID | namespaces.MS_NODEV | namespaces.MS_NOEXEC),
+                None,
+            ),
+            "mount /proc",
+        )
+        if not network:
+            namespaces.loopback_up()
+
+    def _cover(self, directory: str) -> bool:
+        """An empty tmpfs over `directory`; True for a scratch directory (anyone's, 1777)."""
+        scratch = any(_under(directory, os.path.realpath(s)) for s in namespaces.SCRATCH)
+        namespaces._check(
+            self.libc.mount(
+                b"tmpfs",
+                directory.encode(),
+                b"tmpfs",
+                ctypes.c_ulong(namespaces.MS_NOSUID | namespaces.MS_NODEV),
+                b"mode=1777" if scratch else b"mode=755",
+            ),
+            f"tmpfs on {directory}",
+        )
+        return scratch
+
+    def _rehide(self, hide: list[str]) -> None:
+        """The hidden directories of a request whose own list differs from the one the view was made for: the
+        tmpfs over a directory it no longer hides is taken away (innermost first), the new ones are mounted."""
+        wanted = _hide_dirs(hide)
+        if wanted == self.hide:
+            return
+        for directory in sorted(self.hidden, key=len, reverse=True):
+            namespaces._check(self.libc.umount2(directory.encode(), 2), f"unhide {directory}")  # MNT_DETACH
+        self.hide, self.hidden = wanted, _hidden_dirs(wanted)
+        self.scratch = [directory for directory in self.hidden if self._cover(directory)]
+
+    def finish(
+        self, writable: list[str], cwd: str, extra_read: list[str], hide: list[str], real: dict[str, str]
+    ) -> list[str]:
+        """Show the request's paths again (see the class) and move to `cwd`; before Landlock and `exec`. `real`:
+        those paths resolved outside the view (`resolved`). Returns the fresh scratch directories (Landlock must
+        allow writes there too)."""
+        libc = self.libc
+        self._rehide(hide)
+        copies = self._copies(writable, [cwd, *extra_read], real)
+        for path, is_dir, fd in copies:
+            _attach(libc, fd, path, is_dir)
+        attached = [path for path, _, _ in copies]
+        again: list[str] = []
+        for directory in sorted({os.path.realpath(path) for path in hide if os.path.isdir(path)}, key=len):
+            # A copy taken before the directory was hidden shows it again: hidden once more, on the copy.
+            if any(_under(directory, path) for path in attached) and not any(
+                _under(directory, d) for d in again
+            ):
+                again.append(directory)
+                namespaces._check(
+                    libc.mount(
+                        b"tmpfs",
+                        directory.encode(),
+                        b"tmpfs",
+                        ctypes.c_ulong(namespaces.MS_NOSUID | namespaces.MS_NODEV),
+                        b"mode=755",
+                    ),
+                    f"tmpfs on {directory}",
+                )
+        for path in hide:  # files (a token) still visible after the directories were hidden
+            if os.path.isfile(path) and not os.path.islink(path):
+                namespaces._check(
+                    libc.mount(b"/dev/null", path.encode(), None, ctypes.c_ulong(namespaces.MS_BIND), None),
+                    f"hide {path}",
+                )
+        os.chdir(cwd)  # the working directory as the view shows it (not the hidden mount beneath)
+        namespaces._reopen_standard_files()
+        return [*self.scratch, *self.terminals]
+
+    def _copies(
+        self, writable: list[str], readable: list[str], real: dict[str, str]
+    ) -> list[tuple[str, bool, int]]:
+        """Detached copies of the writable paths (read-write) and of the readable ones a hidden directory covers
+        (read-only), outermost first, taken from the copy of every mount made before the view, each with where
+        it goes: the path resolved (a link to a writable folder stays a link, to the copy of its target)."""
+        wanted: list[tuple[str, bool]] = [
+            (path, False) for path in writable if not _under(path, "/dev") and not _under(path, "/proc")
+        ]
+        wanted += [(path, True) for path in readable if any(_under(path, d) for d in self.hidden)]
+        if self.root < 0 or not wanted:
+            return []
+        wanted.sort(key=lambda item: len(item[0]))
+        try:
+            return self._copies_within(wanted, real)
+        except _DetachedTreeRefused:
+            return self._copies_attached(wanted, real)
+
+    def _copies_attached(
+        self, wanted: list[tuple[str, bool]], real: dict[str, str]
+    ) -> list[tuple[str, bool, int]]:
+        """`_copies` before Linux 6.15, where a detached tree cannot be copied from: it is attached, for the time
+        of the copies, in a tmpfs of the view's own."""
+        libc = self.libc
+        place = next(iter(self.scratch or self.hidden), None)
+        if place is None:
+            raise namespaces.ViewError("no hidden directory to work in")
+        before = os.path.join(place, f".autoresearch-before-{os.getpid()}")
+        os.mkdir(before, 0o700)
+        namespaces._check(
+            libc.syscall(
+                namespaces._numbers()[4],
+                self.root,
+                b"",
+                namespaces.AT_FDCWD,
+                before.encode(),
+                ctypes.c_uint(namespaces.MOVE_MOUNT_F_EMPTY_PATH),
+            ),
+            "attach the mounts as they were",
+        )
+        os.close(self.root)
+        self.root = -1
+        try:
+            found = []
+            for path, read_only in wanted:
+                was = before + real.get(path, path)
+                if os.path.exists(was):  # as it was: a hidden directory may cover it now
+                    found.append((real.get(path, path), os.path.isdir(was), _clone(libc, was, read_only)))
+            return found
+        finally:
+            namespaces._check(
+                libc.umount2(before.encode(), 2), "detach the mounts as they were"
+            )  # MNT_DETACH
+            os.rmdir(before)
+
+    def _copies_within(
+        self, wanted: list[tuple[str, bool]], real: dict[str, str]
+    ) -> list[tuple[str, bool, int]]:
+        """`_copies`, each copy taken straight from the detached tree (Linux 6.15 and later: before, the kernel
+        refuses, `_DetachedTreeRefused`, and nothing is kept)."""
+        found: list[tuple[str, bool, int]] = []
+        try:
+            for path, read_only in wanted:
+                relative = real.get(path, path).lstrip("/") or "."
+                try:  # as it was: a hidden directory may cover it now
+                    is_dir = stat.S_ISDIR(os.stat(relative, dir_fd=self.root).st_mode)
+                except OSError:
+                    continue
+                try:
+                    copy = _clone(self.libc, relative, read_only, self.root)
+                except namespaces.ViewError:
+                    if ctypes.get_errno() == errno.EINVAL and not found:
+                        raise _DetachedTreeRefused from None
+                    raise
+                found.append((real.get(path, path), is_dir, copy))
+        except namespaces.ViewError:
+            for _, _, fd in found:
+                os.close(fd)
+            raise
+        os.close(self.root)
+        self.root = -1
+        return found
+
+
+def _hide_dirs(hide: list[str]) -> list[str]:
+    return [path for path in hide if os.path.isdir(path)]
+
+
+def resolved(paths: list[str]) -> dict[str, str]:
+    """Each path with its symlinks resolved, as the mounts outside the view show it: where the view copies it
+    from (in its copy of the mounts as they were, a link's absolute target would lead into the view instead)."""
+    return {path: os.path.realpath(path) for path in paths}

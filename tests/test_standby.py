@@ -1,0 +1,198 @@
+"""The standby command process of a spare made for the private view (`sandbox/standby.py`): forked ahead with
+the view made, it runs the next command of the kind; it is never handed a command once something touched it, it
+follows the request's own hidden paths, and it holds no copy of a mount table that changed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import psutil
+
+from mcp_autoresearch.sandbox import namespaces, view
+from mcp_autoresearch.sandbox.launcher import Launcher
+
+from .helpers.needs import require
+from .helpers.spares import standing_by
+from .test_launcher import ISOLATION, VIEW, _prepared_like, _run_spec, _until
+
+require(
+    ISOLATION.namespaces,
+    "CI must run the private view",
+    f"namespaces are unavailable here: {ISOLATION.reason}",
+)
+
+
+def _standbys(launcher: Launcher, spares: set[int]) -> dict[int, int]:
+    """spare pid -> the pid of its standby command process."""
+    found: dict[int, int] = {}
+    for pid in spares:
+        children = psutil.Process(pid).children()
+        assert len(children) == 1, children
+        found[pid] = children[0].pid
+    return found
+
+
+def test_a_spare_runs_its_command_in_the_standby_process(launcher: Launcher, tmp_path: Path) -> None:
+    """The command is the process forked ahead (PID 1 of its namespaces), in the view: it writes only where the
+    request allows, does not see the user's files in /tmp, and a folder of the request given through a link is
+    writable through the link."""
+    (tmp_path / "link").symlink_to(tmp_path / "w")
+    spec = {**VIEW, "write": [str(tmp_path / "link")]}
+    spares = _prepared_like(launcher, tmp_path, spec)
+    standbys = _standbys(launcher, spares)
+    marker = Path(f"/tmp/autoresearch-test-marker-{os.getpid()}")
+    marker.write_text("the user's")
+    try:
+        keeper, code, output = _run_spec(
+            launcher,
+            tmp_path,
+            f"echo pid $$; test -e {marker} && echo seen || echo hidden; echo a > link/a; echo b > b",
+            spec,
+        )
+    finally:
+        marker.unlink()
+    assert keeper in spares, (keeper, spares)
+    lines = output.splitlines()
+    assert lines[:2] == ["pid 1", "hidden"], output
+    assert (tmp_path / "w" / "a").read_text() == "a\n" and not (tmp_path / "b").exists(), output
+    assert not psutil.pid_exists(standbys[keeper]) or psutil.Process(standbys[keeper]).status() == "zombie"
+
+
+def test_a_standby_process_stopped_or_killed_is_never_handed_a_command(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    """A standby process is PID 1 of its spare's namespaces: killed, no command can start there any more;
+    stopped, its command would never start (an honest run measured as a timeout). The launcher sees either before
+    the hand-over and forks a keeper instead."""
+    spec = {**VIEW, "write": [str(tmp_path / "w")]}
+    for touch in (signal.SIGSTOP, signal.SIGKILL):
+        spares = _prepared_like(launcher, tmp_path, spec)
+        standbys = list(_standbys(launcher, spares).values())
+        for standby in standbys:
+            os.kill(standby, touch)
+        _until(
+            lambda standbys=standbys: all(
+                psutil.Process(s).status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE) for s in standbys
+            ),
+            "the standby processes to be stopped or dead",
+        )
+        for _ in range(2):
+            keeper, code, output = _run_spec(launcher, tmp_path, "echo started $$", spec)
+            assert keeper not in spares, touch
+            assert (code, output) == (0, "started 1\n"), (touch, code, output)
+
+
+def test_the_hidden_folders_follow_the_request(launcher: Launcher, tmp_path: Path) -> None:
+    """A spare made for a request hiding one folder serves one hiding another: the first is shown again, the
+    second is hidden (the evaluation stage hides what a run's stage shows)."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "secret").write_text(name)
+    spec = {**VIEW, "write": [str(tmp_path / "w")]}
+    spares = _prepared_like(launcher, tmp_path, {**spec, "hide": [str(tmp_path / "a")]})
+    keeper, code, output = _run_spec(
+        launcher, tmp_path, "cat a/secret; echo; ls -A b | wc -l", {**spec, "hide": [str(tmp_path / "b")]}
+    )
+    assert keeper in spares and code == 0
+    assert output.splitlines() == ["a", "0"], output
+    spares = _prepared_like(launcher, tmp_path, {**spec, "hide": [str(tmp_path / "b")]})
+    keeper, code, output = _run_spec(launcher, tmp_path, "ls -A a | wc -l; cat b/secret", spec)
+    assert keeper in spares and code == 0
+    assert output.splitlines() == ["1", "b"], output  # hidden for the spare only: shown again
+
+
+def test_a_changed_mount_table_makes_the_spares_again(launcher: Launcher, tmp_path: Path) -> None:
+    """A standby process holds a copy of every mount as it was: a disk taken away since would stay busy in it,
+    one mounted since would be missing from the view. The launcher watches its mount table and makes its spares
+    again when it changes."""
+    require(os.geteuid() == 0, "CI runs as root", "mounting a file system here needs root")
+    spec = {**VIEW, "write": [str(tmp_path / "w")]}
+    spares = _prepared_like(launcher, tmp_path, spec)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(disk)], check=True)
+    try:
+        (disk / "new").write_text("on the new disk")
+
+        def remade() -> set[int] | None:
+            now = {c.pid for c in psutil.Process(launcher.process.pid).children() if standing_by(c)}
+            return now if len(now) == 2 and not now & spares else None
+
+        spares = _until(remade, "spares made on the new mount table")
+        keeper, code, output = _run_spec(launcher, tmp_path, "cat disk/new", spec)
+        assert keeper in spares and (code, output) == (0, "on the new disk"), output
+        spares = _prepared_like(launcher, tmp_path, spec)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    _until(remade, "spares made once the disk was taken away")
+    holders = [
+        pid
+        for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+        if _mounts_of(pid) is not None and str(disk) in _mounts_of(pid)  # type: ignore[operator]
+    ]
+    assert holders == [], f"processes still holding the taken-away disk: {holders}"
+
+
+def _mounts_of(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/mountinfo").read_text()
+    except OSError:
+        return None
+
+
+def test_before_linux_6_15_the_copies_are_made_through_the_attached_tree(tmp_path: Path) -> None:
+    """Where the kernel copies nothing from a detached tree, the view attaches its copy of the mounts for the
+    time of the copies: the writable path is as writable, and nothing of that copy stays in the view."""
+    (tmp_path / "w").mkdir()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_fd)
+            namespaces.enter_keeper(True)
+            command = os.fork()
+            if command == 0:
+                made = view.View([], True)
+                writable = str(tmp_path / "w")
+                copies = made._copies_attached([(writable, False)], view.resolved([writable]))
+                for path, is_dir, fd in copies:
+                    view._attach(namespaces._libc(), fd, path, is_dir)
+                (tmp_path / "w" / "x").write_text("written")
+                mounts = Path("/proc/self/mountinfo").read_text()
+                os.write(write_fd, b"ok" if ".autoresearch-before" not in mounts else b"left")
+                os._exit(0)
+            os._exit(os.waitstatus_to_exitcode(os.waitpid(command, 0)[1]))
+        finally:
+            os._exit(1)
+    os.close(write_fd)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    with os.fdopen(read_fd, "rb") as pipe:
+        assert pipe.read() == b"ok"
+    assert (tmp_path / "w" / "x").read_text() == "written"
+
+
+def test_commands_started_together_each_get_their_own_output(launcher: Launcher, tmp_path: Path) -> None:
+    """Requests that come at once (slots) find a spare still making its standby process: handed its request
+    then, it still runs it (it once left with its request unread when its word to the launcher found the
+    launcher's end closed: the command printed nowhere and the run was measured as exit 0 with no output)."""
+    failures = []
+
+    def one(slot: int, round_: int) -> None:
+        folder = tmp_path / f"s{slot}"
+        folder.mkdir(exist_ok=True)
+        spec = {**VIEW, "write": [str(folder)]}
+        keeper, code, output = _run_spec(launcher, folder, f"echo line-{slot}-{round_}", spec)
+        if (code, output) != (0, f"line-{slot}-{round_}\n"):
+            failures.append((slot, round_, code, output))
+
+    for round_ in range(30):
+        threads = [threading.Thread(target=one, args=(slot, round_)) for slot in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
