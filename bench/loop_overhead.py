@@ -99,7 +99,7 @@ async def ours(root: Path, n: int, source: Path | None = None, without_namespace
         # checkout it would import the package there instead of the one `--against` exported.
         cwd=str(root),
     )
-    per_experiment, calls, sizes = [], [], []
+    per_experiment, calls, sizes, kinds = [], [], [], []
     async with Client(params) as client:
 
         async def call(tool: str, args: dict) -> dict:
@@ -127,12 +127,13 @@ async def ours(root: Path, n: int, source: Path | None = None, without_namespace
             per_experiment.append(time.perf_counter() - start)
             calls.append(len(results))
             sizes.append(sum(len(c.text.encode()) for r in results for c in r.content))
+            kinds.append(decision.structured_content["decision"])
             if decision.structured_content["decision"] == "keep":
                 best = value
             elif decision.structured_content["decision"] != "discard":
                 raise RuntimeError(f"unexpected decision: {decision.structured_content}")
             current = best
-    return {"times": per_experiment, "calls": calls, "bytes": sizes}
+    return {"times": per_experiment, "calls": calls, "bytes": sizes, "kinds": kinds}
 
 
 SHELL_LOOP = r"""
@@ -180,13 +181,19 @@ def shell(root: Path, n: int) -> dict:
         count = c - 1  # the run itself prints nothing to the agent (redirected)
         sizes.append(sum(sizes_raw[index : index + count]))
         index += count
-    return {"times": times, "calls": calls, "bytes": sizes}
+    return {"times": times, "calls": calls, "bytes": sizes, "kinds": [status for *_, status in rows]}
 
 
 def summary(data: dict, own: float) -> dict:
     overhead = [t - own for t in data["times"]]
     q = statistics.quantiles(overhead, n=10)
+    by_kind = {
+        kind: statistics.median([o for o, k in zip(overhead, data["kinds"], strict=True) if k == kind]) * 1000
+        for kind in ("keep", "discard")
+        if kind in data["kinds"]
+    }
     return {
+        "by_kind": by_kind,
         "median_ms": statistics.median(overhead) * 1000,
         "p10_ms": q[0] * 1000,
         "p90_ms": q[-1] * 1000,
@@ -207,7 +214,7 @@ def export(rev: str, into: Path) -> Path:
 
 
 def merged(parts: list[dict]) -> dict:
-    return {key: [x for part in parts for x in part[key]] for key in ("times", "calls", "bytes")}
+    return {key: [x for part in parts for x in part[key]] for key in ("times", "calls", "bytes", "kinds")}
 
 
 def main() -> None:
@@ -263,12 +270,18 @@ def main() -> None:
             f"(median): {own * 1000:.2f} ms; load average at the end: {os.getloadavg()[0]:.1f}"
         )
         print(f"isolation here: {probe_isolation().describe()}")
-        print("| loop | overhead median (ms) | p10-p90 (ms) | tool calls | bytes to agent |")
-        print("|---|---|---|---|---|")
+        print(
+            "| loop | overhead median (ms) | p10-p90 (ms) | keeps / discards median (ms) | tool calls | "
+            "bytes to agent |"
+        )
+        print("|---|---|---|---|---|---|")
         for name, s in results.items():
+            kinds = " / ".join(
+                f"{s['by_kind'][k]:.1f}" if k in s["by_kind"] else "-" for k in ("keep", "discard")
+            )
             print(
-                f"| {name} | {s['median_ms']:.1f} | {s['p10_ms']:.1f}-{s['p90_ms']:.1f} | {s['calls']:g} | "
-                f"{s['bytes']:.0f} |"
+                f"| {name} | {s['median_ms']:.1f} | {s['p10_ms']:.1f}-{s['p90_ms']:.1f} | {kinds} | "
+                f"{s['calls']:g} | {s['bytes']:.0f} |"
             )
         a, c = (
             results["mcp-autoresearch (stdio), runs confined"],
