@@ -105,6 +105,27 @@ def test_the_hidden_folders_follow_the_request(launcher: Launcher, tmp_path: Pat
     assert output.splitlines() == ["1", "b"], output  # hidden for the spare only: shown again
 
 
+def test_a_hidden_folder_deleted_since_the_spare_was_made_does_not_fail_the_next_run(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    """A spare made for a request hiding a folder that is deleted before the next request (an earlier
+    evaluation's folder): the kernel took its tmpfs away in the standby's view already; the next run starts."""
+    # Outside /tmp (hidden as a whole already, which would cover them): the user's home.
+    home = Path.home() / f".autoresearch-test-hide-{os.getpid()}"
+    gone, other = home / "gone", home / "other"
+    gone.mkdir(parents=True)
+    other.mkdir()
+    try:
+        spec = {**VIEW, "write": [str(tmp_path / "w")]}
+        spares = _prepared_like(launcher, tmp_path, {**spec, "hide": [str(gone)]})
+        gone.rmdir()
+        keeper, code, output = _run_spec(launcher, tmp_path, "echo started", {**spec, "hide": [str(other)]})
+        assert keeper in spares and (code, output) == (0, "started\n"), output
+    finally:
+        other.rmdir()
+        home.rmdir()
+
+
 def test_a_changed_mount_table_makes_the_spares_again(launcher: Launcher, tmp_path: Path) -> None:
     """A standby process holds a copy of every mount as it was: a disk taken away since would stay busy in it,
     one mounted since would be missing from the view. The launcher watches its mount table and makes its spares

@@ -189,13 +189,18 @@ class View:
         return scratch
 
     def _rehide(self, hide: list[str]) -> None:
-        """The hidden directories of a request whose own list differs from the one the view was made for: the
-        tmpfs over a directory it no longer hides is taken away (innermost first), the new ones are mounted."""
+        """The hidden directories of a request whose own list differs from the one the view was made for: every
+        tmpfs the view hid a directory with is taken away (innermost first; one whose directory was deleted since
+        is gone already), and the request's hidden directories get theirs."""
         wanted = _hide_dirs(hide)
         if wanted == self.hide:
             return
         for directory in sorted(self.hidden, key=len, reverse=True):
-            namespaces._check(self.libc.umount2(directory.encode(), 2), f"unhide {directory}")  # MNT_DETACH
+            if self.libc.umount2(directory.encode(), 2) != 0 and ctypes.get_errno() not in (  # MNT_DETACH
+                errno.EINVAL,
+                errno.ENOENT,
+            ):
+                raise namespaces.ViewError(f"unhide {directory}: {os.strerror(ctypes.get_errno())}")
         self.hide, self.hidden = wanted, _hidden_dirs(wanted)
         self.scratch = [directory for directory in self.hidden if self._cover(directory)]
 
@@ -208,6 +213,11 @@ class View:
         libc = self.libc
         self._rehide(hide)
         copies = self._copies(writable, [cwd, *extra_read], real)
+        if (
+            self.root >= 0
+        ):  # nothing was copied from it: a writable copy of every mount must not reach the run
+            os.close(self.root)
+            self.root = -1
         for path, is_dir, fd in copies:
             _attach(libc, fd, path, is_dir)
         attached = [path for path, _, _ in copies]
