@@ -15,7 +15,10 @@ lone surrogate) goes out with U+FFFD in its place (`surrogates.wire_json`).
 from __future__ import annotations
 
 import fcntl
+import json
+import logging
 import os
+import re
 import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,7 +32,13 @@ from mcp.shared.message import SessionMessage
 
 from .surrogates import SafeWriteStream, wire_json
 
+log = logging.getLogger("mcp_autoresearch")
+INVALID_REQUEST = -32600
 READ_BYTES = 1 << 16
+# The longest message read (the largest edit, 4 MiB, escaped in JSON, is far below): a longer line is dropped as
+# it comes, never held whole, and a request's id found at its start gets an error.
+MAX_LINE_BYTES = 64 << 20
+_ID = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")')
 
 
 @asynccontextmanager
@@ -45,7 +54,9 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
     outgoing, outgoing_reader = create_context_streams[SessionMessage](0)
 
     async def read_lines() -> None:
-        pending = b""
+        partial = bytearray()  # the start of the line being read (appended to as it comes: no copy per read)
+        head: bytes | None = None  # the start of a line too long, while the rest of it is thrown away
+        dropped = 0
         async with incoming_writer:
             while True:
                 await anyio.wait_readable(read_fd)
@@ -55,18 +66,25 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
                     chunk = b""
                 if not chunk:
                     return  # the client closed its end: the session ends, as with the SDK's transport
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    if not line.strip():
-                        continue
-                    try:
-                        message = types.jsonrpc_message_adapter.validate_json(
-                            line.decode("utf-8", errors="replace"), by_name=False
-                        )
-                    except Exception as exc:  # what the SDK passes on: the session answers or logs it
-                        await incoming_writer.send(exc)
-                        continue
-                    await incoming_writer.send(SessionMessage(message))
+                *ended, rest = chunk.split(b"\n")
+                if ended and head is not None:
+                    if (refusal := too_long(head, dropped + len(ended[0]))) is not None:
+                        await outgoing.send(SessionMessage(refusal))
+                    head, ended[0] = None, b""
+                elif ended:
+                    partial += ended[0]
+                    ended[0] = bytes(partial)
+                    partial.clear()
+                for line in ended:
+                    if line.strip():
+                        await incoming_writer.send(_message(line))
+                if head is not None:
+                    dropped += len(rest)
+                    continue
+                partial += rest
+                if len(partial) > MAX_LINE_BYTES:
+                    head, dropped = bytes(partial[:4096]), len(partial)
+                    partial = bytearray()
 
     async def write_replies() -> None:
         async with outgoing_reader:
@@ -88,6 +106,35 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
             tasks.cancel_scope.cancel()
     finally:
         restore()
+
+
+def _message(line: bytes) -> SessionMessage | Exception:
+    """One line of the wire as the SDK's transport passes it on: the message, or why it could not be read (the
+    session answers or logs that)."""
+    try:
+        return SessionMessage(
+            types.jsonrpc_message_adapter.validate_json(line.decode("utf-8", errors="replace"), by_name=False)
+        )
+    except Exception as exc:
+        return exc
+
+
+def too_long(head: bytes, size: int) -> types.JSONRPCError | None:
+    """The answer to a line over `MAX_LINE_BYTES` (`head`: its start): an error for the request whose id it
+    starts with, else None (nothing to answer: it is logged)."""
+    found = _ID.search(head)
+    if found is None:
+        log.warning("dropped a message of %d bytes (over %d) that names no request id", size, MAX_LINE_BYTES)
+        return None
+    message = (
+        f"the request is {size} bytes, over the {MAX_LINE_BYTES >> 20} MiB the server reads; nothing was done: "
+        "send less at a time (apply_edit takes at most 4 MiB of content)"
+    )
+    return types.JSONRPCError(
+        jsonrpc="2.0",
+        id=json.loads(found.group(1)),
+        error=types.ErrorData(code=INVALID_REQUEST, message=message),
+    )
 
 
 def _claim_pipes() -> tuple[int, int, Callable[[], None]] | None:
