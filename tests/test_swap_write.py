@@ -90,3 +90,19 @@ def test_a_spare_in_another_file_system_falls_back_to_a_rename(tmp_path: Path) -
         assert path.read_bytes() == b"two"
     finally:
         spare.unlink(missing_ok=True)
+
+
+def test_a_reader_still_reading_after_two_writes_reads_one_content(tmp_path: Path) -> None:
+    """The spare holds the file replaced last: a reader that opened it while it was the public copy and still
+    reads it when the next write comes must not see that write land in it (half the old content, half the new:
+    a torn state for a dashboard or a status command that reads in pieces)."""
+    path = tmp_path / "state.json"
+    for data in (b"Z" * 100, b"A" * 100):
+        swap_write(path, data, 0o644, False)  # the second one leaves a spare
+    with open(path, "rb", buffering=0) as reader:
+        first = reader.read(50)
+        swap_write(path, b"B" * 100, 0o644, False)
+        swap_write(path, b"C" * 100, 0o644, False)  # into the spare: the file the reader holds
+        rest = reader.read()
+    assert first + rest == b"A" * 100
+    assert path.read_bytes() == b"C" * 100

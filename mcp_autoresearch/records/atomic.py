@@ -7,6 +7,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import signal
 import stat
 import threading
 from collections.abc import Iterable
@@ -53,6 +54,7 @@ def atomic_write(
 
 
 RENAME_EXCHANGE = 2  # renameat2(2): both names swapped in one step
+F_SETLEASE, F_SETSIG = 1024, 10  # fcntl(2), Linux
 _swap_locks: dict[str, threading.Lock] = {}
 _swap_locks_guard = threading.Lock()
 
@@ -69,7 +71,8 @@ def swap_write(
     old file rewritten since): only for a file the server rebuilds (the public copy of the state), never for a
     record it trusts or the user's files. The written file gets exactly `mode` (default: the permissions `path`
     has, or 0o644 less the umask). A spare that is anything but this process's own regular file with one link (a
-    hard link would carry the next write elsewhere) is replaced, never written through; a symlink or a folder at
+    hard link would carry the next write elsewhere) is replaced, never written through, and a spare still open
+    elsewhere (a reader of the copy it was) is left alone: that write goes to a new file; a symlink or a folder at
     `path`, and a file system without the exchange, take `atomic_write`'s way. Returns the size."""
     spare = spare or path.with_name(f".{path.name}.spare")
     with _swap_locks_guard:
@@ -102,6 +105,8 @@ def _swap(path: Path, spare: Path, data: bytes, mode: int, sync: bool) -> bool:
             return False
         if (held.st_dev, held.st_ino) != (still.st_dev, still.st_ino) or held.st_nlink != 1:
             return False  # exchanged or linked meanwhile: not ours to write any more
+        if not _alone(fd):
+            return False  # a reader of the file it was still reads it: a new file for this write
         written = 0
         while written < len(data):
             written += os.pwrite(fd, data[written:], written)
@@ -122,6 +127,21 @@ def _swap(path: Path, spare: Path, data: bytes, mode: int, sync: bool) -> bool:
         return False  # no exchange here (another file system, an old kernel): the spare is kept as it is
     finally:
         os.close(fd)
+
+
+def _alone(fd: int) -> bool:
+    """Whether nothing but `fd` has the file open (a reader that opened it while it was the public copy would
+    see the write land in what it reads): a write lease is granted only then. It is let go at once: from now on
+    the file is reachable only through the spare's name, which no reader opens."""
+    try:
+        # Another process opening the spare meanwhile breaks the lease: its holder is told by a signal, SIGURG
+        # (ignored) rather than SIGIO (which would end the server).
+        fcntl.fcntl(fd, F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, F_SETLEASE, fcntl.F_WRLCK)
+    except OSError:
+        return False  # someone has it open, or no leases here: the caller writes a new file
+    fcntl.fcntl(fd, F_SETLEASE, fcntl.F_UNLCK)
+    return True
 
 
 def _spare_fd(spare: Path, mode: int) -> int:
