@@ -53,6 +53,10 @@ class Standby:
             ours.close()
             _stand_by(theirs, like, run_command)
         theirs.close()
+        # The request is one message, a little larger than the launcher's (the paths resolved besides): a
+        # buffer as large as the system allows (twice the default one of the launcher's channel) takes any
+        # request the launcher took.
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 30)
         self.channel = ours
 
     def start(self, request: dict[str, Any], fds: list[int]) -> None:
