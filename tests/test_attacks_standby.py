@@ -4,12 +4,14 @@ run with unusual needs, would: the request it is handed, the paths it shows agai
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from mcp_autoresearch.sandbox.launcher import Launcher, LauncherError
 
 from .helpers.needs import require
-from .test_launcher import ISOLATION, VIEW, _prepared_like
+from .test_launcher import ISOLATION, VIEW, _prepared_like, _run_spec
 
 require(
     ISOLATION.namespaces,
@@ -60,3 +62,52 @@ def test_the_largest_request_the_launcher_takes_runs_in_the_standby_process(
     keeper, code, output = _run_env(launcher, tmp_path, script, spec, _env_of(taken))
     assert keeper in spares
     assert (code, output) == (0, f"pid 1 {taken}\n"), (code, output)
+
+
+def test_a_standby_made_for_a_run_stage_hides_the_target_from_the_evaluation(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    """The evaluation stage hides the target (a file) that the run stage shows: a spare made for the run stage
+    serves the evaluation with the target hidden, whether the target lies in a writable folder or in the
+    working directory, and a spare made for the evaluation shows it again to the next run."""
+    (tmp_path / "w" / "target.py").write_text("SECRET-W")
+    (tmp_path / "target.py").write_text("SECRET-CWD")
+    spec = {**VIEW, "write": [str(tmp_path / "w")]}
+    hidden = {**spec, "hide": [str(tmp_path / "w" / "target.py"), str(tmp_path / "target.py")]}
+    read = "cat w/target.py target.py; echo; echo x >> w/target.py && echo wrote"
+    spares = _prepared_like(launcher, tmp_path, spec)
+    keeper, code, output = _run_spec(launcher, tmp_path, read, hidden)
+    assert keeper in spares
+    assert "SECRET" not in output, output
+    assert (tmp_path / "w" / "target.py").read_text() == "SECRET-W"
+    spares = _prepared_like(launcher, tmp_path, hidden)
+    keeper, code, output = _run_spec(launcher, tmp_path, "cat w/target.py target.py", spec)
+    assert keeper in spares and output == "SECRET-WSECRET-CWD", output
+
+
+def test_a_hidden_folder_made_anew_after_the_standby_is_still_hidden(launcher: Launcher) -> None:
+    """The standby process hid the folder when it was made: a user who makes the hidden data anew since (removes
+    the folder and writes a new one, or moves a new one in its place) must find the new one hidden from the next
+    run as well (the old folder's cover does not stay on the new one). The project lies outside /tmp, where the
+    view shows the working directory as it is, not a copy taken with the request."""
+    project = Path(tempfile.mkdtemp(prefix="standby-hidden-", dir=Path.home()))
+    try:
+        (project / "w").mkdir()
+        data = project / "data"
+        data.mkdir()
+        (data / "secret").write_text("old")
+        spec = {**VIEW, "write": [str(project / "w")], "hide": [str(data)]}
+        for replace in ("remove", "move"):
+            spares = _prepared_like(launcher, project, spec)
+            if replace == "remove":
+                shutil.rmtree(data)
+            else:
+                data.rename(project / "data.old")
+            data.mkdir()
+            (data / "secret").write_text(f"new, after {replace}")
+            keeper, code, output = _run_spec(launcher, project, "cat data/secret; ls -A data | wc -l", spec)
+            assert keeper in spares
+            assert "new" not in output and output.splitlines()[-1] == "0", (replace, output)
+            shutil.rmtree(project / "data.old", ignore_errors=True)
+    finally:
+        shutil.rmtree(project)

@@ -137,6 +137,7 @@ class View:
             "make / private",
         )
         self.root = _clone(libc, "/", False)  # taken before anything is hidden or read-only
+        self.covers: dict[str, tuple[int, int]] = {}  # hidden directory -> its tmpfs (device, inode)
         self.hide = _hide_dirs(hide)
         self.hidden = _hidden_dirs(self.hide)
         attr = _MountAttr(namespaces.MOUNT_ATTR_RDONLY, 0, 0, 0)
@@ -186,22 +187,34 @@ class View:
             ),
             f"tmpfs on {directory}",
         )
+        self.covers[directory] = _identity(directory)
         return scratch
 
+    def _covered(self, directory: str) -> bool:
+        """Whether the tmpfs this view put on `directory` still covers it (a folder removed since, or moved
+        away, took its cover with it: the one at that name now is another, not hidden)."""
+        try:
+            return _identity(directory) == self.covers.get(directory)
+        except OSError:
+            return False
+
     def _rehide(self, hide: list[str]) -> None:
-        """The hidden directories of a request whose own list differs from the one the view was made for: every
-        tmpfs the view hid a directory with is taken away (innermost first; one whose directory was deleted since
-        is gone already), and the request's hidden directories get theirs."""
+        """The hidden directories of a request whose own list differs from the one the view was made for, or
+        when one of them is no longer the folder that was hidden (deleted, or moved away and made anew since: its
+        tmpfs went with it): the tmpfs still over each is taken away (innermost first), the request's are
+        mounted."""
         wanted = _hide_dirs(hide)
-        if wanted == self.hide:
+        hidden = _hidden_dirs(wanted)
+        if wanted == self.hide and hidden == self.hidden and all(map(self._covered, hidden)):
             return
         for directory in sorted(self.hidden, key=len, reverse=True):
-            if self.libc.umount2(directory.encode(), 2) != 0 and ctypes.get_errno() not in (  # MNT_DETACH
-                errno.EINVAL,
-                errno.ENOENT,
+            if (
+                self._covered(directory)
+                and self.libc.umount2(directory.encode(), 2) != 0  # MNT_DETACH
+                and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT)  # gone meanwhile
             ):
                 raise namespaces.ViewError(f"unhide {directory}: {os.strerror(ctypes.get_errno())}")
-        self.hide, self.hidden = wanted, _hidden_dirs(wanted)
+        self.hide, self.hidden, self.covers = wanted, hidden, {}
         self.scratch = [directory for directory in self.hidden if self._cover(directory)]
 
     def finish(
@@ -330,6 +343,11 @@ class View:
         os.close(self.root)
         self.root = -1
         return found
+
+
+def _identity(path: str) -> tuple[int, int]:
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
 
 
 def _hide_dirs(hide: list[str]) -> list[str]:
