@@ -153,13 +153,8 @@ class View:
             "make every mount read-only",
         )
         self.scratch = [directory for directory in self.hidden if self._cover(directory)]
-        for device in (
-            namespaces._block_devices()
-        ):  # a root run owns root's disks: reading one reads around every mount
-            namespaces._check(
-                libc.mount(b"/dev/null", device.encode(), None, ctypes.c_ulong(namespaces.MS_BIND), None),
-                f"hide {device}",
-            )
+        self.devices: set[str] = set()
+        self._hide_devices()
         self.terminals = namespaces._private_terminals(libc)
         namespaces._check(
             libc.mount(
@@ -173,6 +168,20 @@ class View:
         )
         if not network:
             namespaces.loopback_up()
+
+    def _hide_devices(self) -> None:
+        """The null device over each block device not hidden yet (a root run owns root's disks: reading one
+        reads around every mount): when the view is made, and again with the request (a disk plugged in, a
+        loop device set up since)."""
+        for device in namespaces._block_devices():
+            if device not in self.devices:
+                namespaces._check(
+                    self.libc.mount(
+                        b"/dev/null", device.encode(), None, ctypes.c_ulong(namespaces.MS_BIND), None
+                    ),
+                    f"hide {device}",
+                )
+                self.devices.add(device)
 
     def _cover(self, directory: str) -> bool:
         """An empty tmpfs over `directory`; True for a scratch directory (anyone's, 1777)."""
@@ -225,6 +234,7 @@ class View:
         allow writes there too)."""
         libc = self.libc
         self._rehide(hide)
+        self._hide_devices()
         copies = self._copies(writable, [cwd, *extra_read], real)
         if (
             self.root >= 0
