@@ -3,8 +3,10 @@ made each time, and never written through anything but the server's own spare.""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,22 @@ def test_a_reader_still_reading_after_two_writes_reads_one_content(tmp_path: Pat
         rest = reader.read()
     assert first + rest == b"A" * 100
     assert path.read_bytes() == b"C" * 100
+
+
+def test_a_reader_holding_a_lock_on_the_copy_never_holds_the_writer_up(tmp_path: Path) -> None:
+    """A reader may lock the public copy while it reads (`flock -s`, a tool's own habit): once that file is the
+    spare, the next write must not wait for the reader's lock (the server would wait as long as the reader
+    wishes); it writes a new file instead."""
+    path = tmp_path / "state.json"
+    for data in (b"one", b"two"):
+        swap_write(path, data, 0o644, False)
+    with open(path, "rb") as reader:
+        fcntl.flock(reader, fcntl.LOCK_SH)
+        writer = threading.Thread(
+            target=lambda: [swap_write(path, data, 0o644, False) for data in (b"three", b"four")], daemon=True
+        )
+        writer.start()
+        writer.join(60)  # the limit only ends a test that would otherwise hang
+        assert not writer.is_alive(), "the write waits for the reader's lock"
+        assert reader.read() == b"two"
+    assert path.read_bytes() == b"four"

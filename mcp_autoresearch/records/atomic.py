@@ -97,7 +97,10 @@ def _swap(path: Path, spare: Path, data: bytes, mode: int, sync: bool) -> bool:
     if fd < 0:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # another server process writing the same file waits
+        try:  # another server process writing it now, or a reader's lock on the copy it was: a new file
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (waiting, the server would wait on the reader)
+        except BlockingIOError:
+            return False
         held = os.fstat(fd)
         try:
             still = os.lstat(spare)
