@@ -130,3 +130,48 @@ def test_a_block_device_added_after_the_standby_is_hidden(launcher: Launcher, tm
         node.unlink()
     assert keeper in spares
     assert (code, output) == (0, "hidden\n"), output
+
+
+def test_a_writable_file_replaced_after_the_standby_is_the_one_written(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    """A writable path that is a file, replaced since the spare was made (a new file moved over it): the run
+    writes the new file, not the old one (still open somewhere), and nothing beside it."""
+    log = tmp_path / "w" / "log.txt"
+    log.write_text("old\n")
+    spec = {**VIEW, "write": [str(log)]}
+    spares = _prepared_like(launcher, tmp_path, spec)
+    old = open(log, "rb")  # noqa: SIM115 (kept open: the old file stays reachable)
+    try:
+        (tmp_path / "w" / "new.txt").write_text("new\n")
+        os.rename(tmp_path / "w" / "new.txt", log)
+        keeper, code, output = _run_spec(
+            launcher, tmp_path, "echo run >> w/log.txt; echo x > w/other.txt || echo refused", spec
+        )
+        assert keeper in spares
+        assert log.read_text() == "new\nrun\n", output
+        assert old.read() == b"old\n"
+        assert not (tmp_path / "w" / "other.txt").exists() and "refused" in output, output
+    finally:
+        old.close()
+
+
+def test_a_writable_link_pointed_elsewhere_after_the_standby_writes_only_its_new_target(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    """A writable folder given through a link, the link pointed to another folder since the spare was made: the
+    run writes in the new target only (not in the old one, which the spare's ruleset and view were made for)."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    link = tmp_path / "w" / "out"
+    link.symlink_to(tmp_path / "a")
+    spec = {**VIEW, "write": [str(link)]}
+    spares = _prepared_like(launcher, tmp_path, spec)
+    link.unlink()
+    link.symlink_to(tmp_path / "b")
+    keeper, code, output = _run_spec(
+        launcher, tmp_path, f"echo x > w/out/x; echo y > {tmp_path / 'a'}/y || echo refused", spec
+    )
+    assert keeper in spares
+    assert (tmp_path / "b" / "x").read_text() == "x\n", output
+    assert not (tmp_path / "a" / "y").exists() and "refused" in output, output
