@@ -153,7 +153,7 @@ class View:
             "make every mount read-only",
         )
         self.scratch = [directory for directory in self.hidden if self._cover(directory)]
-        self.devices: set[str] = set()
+        self.devices: list[str] | None = None  # the list of block devices last hidden
         self._hide_devices()
         self.terminals = namespaces._private_terminals(libc)
         namespaces._check(
@@ -170,18 +170,22 @@ class View:
             namespaces.loopback_up()
 
     def _hide_devices(self) -> None:
-        """The null device over each block device not hidden yet (a root run owns root's disks: reading one
-        reads around every mount): when the view is made, and again with the request (a disk plugged in, a
-        loop device set up since)."""
-        for device in namespaces._block_devices():
-            if device not in self.devices:
-                namespaces._check(
-                    self.libc.mount(
-                        b"/dev/null", device.encode(), None, ctypes.c_ulong(namespaces.MS_BIND), None
-                    ),
-                    f"hide {device}",
-                )
-                self.devices.add(device)
+        """The null device over each block device the view shows (a root run owns root's disks: reading one
+        reads around every mount): when the view is made, and again with the request when /dev changed since (a
+        disk plugged in, a loop device set up, one made anew at a hidden one's name: its cover went with the
+        old node). The list of /dev read again here holds only the nodes not hidden yet (a hidden one is the
+        null device, not a block device)."""
+        found = namespaces._block_devices()
+        if found is self.devices:
+            return  # /dev unchanged since the list was read: all of them are hidden
+        for device in found:
+            namespaces._check(
+                self.libc.mount(
+                    b"/dev/null", device.encode(), None, ctypes.c_ulong(namespaces.MS_BIND), None
+                ),
+                f"hide {device}",
+            )
+        self.devices = found
 
     def _cover(self, directory: str) -> bool:
         """An empty tmpfs over `directory`; True for a scratch directory (anyone's, 1777)."""
