@@ -178,3 +178,17 @@ def test_a_writable_link_pointed_elsewhere_after_the_standby_writes_only_its_new
     assert keeper in spares
     assert (tmp_path / "b" / "x").read_text() == "x\n", output
     assert not (tmp_path / "a" / "y").exists() and "refused" in output, output
+
+
+def test_arguments_and_environment_that_are_no_utf8_reach_the_command_in_the_standby(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    """Bytes that are no UTF-8 in an argument or a variable (a file name in Latin-1, as the system hands them
+    to Python) reach the command run by a standby process unchanged."""
+    spec = {**VIEW, "write": [str(tmp_path / "w")]}
+    spares = _prepared_like(launcher, tmp_path, spec)
+    env = {**os.environ, "ODD": os.fsdecode(b"caf\xe9")}
+    script = os.fsdecode(b'printf "%s|%s" "$ODD" "na\xefve" | od -An -tx1 | tr -d " \\n"')
+    keeper, code, output = _run_env(launcher, tmp_path, script, spec, env)
+    assert keeper in spares
+    assert (code, output) == (0, (b"caf\xe9|na\xefve").hex()), output
