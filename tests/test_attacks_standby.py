@@ -192,3 +192,20 @@ def test_arguments_and_environment_that_are_no_utf8_reach_the_command_in_the_sta
     keeper, code, output = _run_env(launcher, tmp_path, script, spec, env)
     assert keeper in spares
     assert (code, output) == (0, (b"caf\xe9|na\xefve").hex()), output
+
+
+def test_a_hidden_folder_removed_after_the_standby_does_not_fail_the_run(launcher: Launcher) -> None:
+    """The hidden data removed since the standby process hid it (and not made again): the next run starts as
+    usual (the cover went with the folder: nothing is left to take away)."""
+    project = Path(tempfile.mkdtemp(prefix="standby-removed-", dir=Path.home()))
+    try:
+        (project / "w").mkdir()
+        (project / "data").mkdir()
+        spec = {**VIEW, "write": [str(project / "w")], "hide": [str(project / "data")]}
+        spares = _prepared_like(launcher, project, spec)
+        shutil.rmtree(project / "data")
+        keeper, code, output = _run_spec(launcher, project, "echo started", spec)
+        assert keeper in spares
+        assert (code, output) == (0, "started\n"), output
+    finally:
+        shutil.rmtree(project)
