@@ -109,13 +109,26 @@ def _spare(channel: socket.socket, like: dict[str, Any] | None) -> None:
                 channel.send(json.dumps({"standby": prepared.standby.pid}).encode())
             except OSError:
                 pass  # the request waits in the channel all the same
-        data, fds, _flags, _addr = socket.recv_fds(channel, 1 << 20, 4)
+        data, fds = _request(channel)
         _batch(False)
         channel.close()
         if data and fds:
             _become_keeper(json.loads(data), fds, prepared)
     finally:
         os._exit(0)
+
+
+def _request(channel: socket.socket) -> tuple[bytes, list[int]]:
+    """A spare's request (b"" when the launcher is gone). The launcher may close its end before it read the
+    spare's word on its standby process: the kernel then reports the reset first, once, and the request still
+    waits behind it."""
+    for _attempt in range(2):
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(channel, 1 << 20, 4)
+            return data, fds
+        except ConnectionResetError:
+            continue
+    return b"", []
 
 
 def _batch(waiting: bool) -> None:
