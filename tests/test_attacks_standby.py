@@ -21,22 +21,6 @@ require(
 )
 
 
-def _run_env(
-    launcher: Launcher, tmp_path: Path, script: str, spec: dict, env: dict[str, str]
-) -> tuple[int, int, str]:
-    read_fd, write_fd = os.pipe()
-    try:
-        launched = launcher.spawn(["/bin/sh", "-c", script], tmp_path, env, write_fd, spec)  # type: ignore[arg-type]
-    finally:
-        os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        output = pipe.read().decode()
-    code = launched.wait(60)
-    launched.close()
-    assert code is not None
-    return launched.pid, code, output
-
-
 def _env_of(size: int) -> dict[str, str]:
     """The test's environment with `size` more bytes, in variables under the kernel's limit for one (128 kB)."""
     return {**os.environ, "BIG1": "x" * (size // 2), "BIG2": "y" * (size - size // 2)}
@@ -55,12 +39,12 @@ def test_the_largest_request_the_launcher_takes_runs_in_the_standby_process(
     while refused - taken > 16:  # the launcher's own limit on a request (its channel's buffer)
         size = (taken + refused) // 2
         try:
-            _run_env(launcher, tmp_path, script, spec, _env_of(size))
+            _run_spec(launcher, tmp_path, script, spec, _env_of(size))
             taken = size
         except LauncherError:
             refused = size
     spares = _prepared_like(launcher, tmp_path, spec)
-    keeper, code, output = _run_env(launcher, tmp_path, script, spec, _env_of(taken))
+    keeper, code, output = _run_spec(launcher, tmp_path, script, spec, _env_of(taken))
     assert keeper in spares
     assert (code, output) == (0, f"pid 1 {taken}\n"), (code, output)
 
@@ -189,7 +173,7 @@ def test_arguments_and_environment_that_are_no_utf8_reach_the_command_in_the_sta
     spares = _prepared_like(launcher, tmp_path, spec)
     env = {**os.environ, "ODD": os.fsdecode(b"caf\xe9")}
     script = os.fsdecode(b'printf "%s|%s" "$ODD" "na\xefve" | od -An -tx1 | tr -d " \\n"')
-    keeper, code, output = _run_env(launcher, tmp_path, script, spec, env)
+    keeper, code, output = _run_spec(launcher, tmp_path, script, spec, env)
     assert keeper in spares
     assert (code, output) == (0, (b"caf\xe9|na\xefve").hex()), output
 

@@ -117,10 +117,20 @@ def test_killed_spares_are_replaced_and_the_command_still_starts(launcher: Launc
     assert not _spares(launcher, used=(keeper,)) & (spares | {keeper})
 
 
-def _run_spec(launcher: Launcher, tmp_path: Path, script: str, spec: dict) -> tuple[int, int, str]:
+def _run_spec(
+    launcher: Launcher, tmp_path: Path, script: str, spec: dict, env: dict[str, str] | None = None
+) -> tuple[int, int, str]:
+    """Run `script` with `spec` to its end (in `env`, by default this process's environment): (keeper pid, exit
+    code, output)."""
     read_fd, write_fd = os.pipe()
     try:
-        launched = launcher.spawn(["/bin/sh", "-c", script], tmp_path, dict(os.environ), write_fd, spec)  # type: ignore[arg-type]
+        launched = launcher.spawn(
+            ["/bin/sh", "-c", script],
+            tmp_path,
+            dict(os.environ) if env is None else env,
+            write_fd,
+            spec,  # type: ignore[arg-type]
+        )
     finally:
         os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:
