@@ -73,9 +73,7 @@ def _become_subreaper() -> None:
         if _subreaper_set or not sys.platform.startswith("linux"):
             return
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            PR_SET_CHILD_SUBREAPER = 36
-            libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+            ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
         except (OSError, AttributeError):
             pass
         _subreaper_set = True
