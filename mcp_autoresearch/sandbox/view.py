@@ -179,12 +179,13 @@ class View:
         if found is self.devices:
             return  # /dev unchanged since the list was read: all of them are hidden
         for device in found:
-            namespaces._check(
-                self.libc.mount(
-                    b"/dev/null", device.encode(), None, ctypes.c_ulong(namespaces.MS_BIND), None
-                ),
-                f"hide {device}",
+            bound = self.libc.mount(
+                b"/dev/null", device.encode(), None, ctypes.c_ulong(namespaces.MS_BIND), None
             )
+            if (
+                bound != 0 and ctypes.get_errno() != errno.ENOENT
+            ):  # one removed since /dev was read: nothing to hide
+                raise namespaces.ViewError(f"hide {device}: {os.strerror(ctypes.get_errno())}")
         self.devices = found
 
     def _cover(self, directory: str) -> bool:
