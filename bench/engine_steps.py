@@ -48,6 +48,7 @@ def main() -> None:
     walls: dict[str, list[float]] = collections.defaultdict(list)
     cpu: dict[str, float] = collections.defaultdict(float)  # the main thread's CPU time (steadier under load)
     best = current = 1000
+    kinds: list[str] = []
     for i in range(args.experiments):
         value = next_value(i, best)
         marks = [(time.perf_counter(), time.thread_time())]
@@ -68,6 +69,7 @@ def main() -> None:
         ):
             walls[name].append(end[0] - start[0])
             cpu[name] += end[1] - start[1]
+        kinds.append(decision.decision)
         best = value if decision.decision == "keep" else best
         current = best
     workspace.shutdown()
@@ -79,6 +81,16 @@ def main() -> None:
     n = args.experiments
     print("ms per experiment:", {name: round(sum(times) / n * 1000, 2) for name, times in walls.items()})
     print("median ms:", {name: round(statistics.median(times) * 1000, 2) for name, times in walls.items()})
+    for kind in ("keep", "discard"):
+        print(
+            f"median ms, {kind}s:",
+            {
+                name: round(
+                    statistics.median(t for t, k in zip(times, kinds, strict=True) if k == kind) * 1000, 2
+                )
+                for name, times in walls.items()
+            },
+        )
     engine = sum(cpu[name] for name in ("apply_edit", "start_run", "decide"))
     print(
         "main thread's CPU ms per experiment:",

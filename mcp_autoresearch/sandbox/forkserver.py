@@ -217,6 +217,10 @@ class Spares:
         self.like: dict[str, Any] | None = None  # the last request's spec
 
     def fill(self) -> None:
+        if len(self.ready) < SPARES:
+            # What every spare prepares the same (the list of block devices, the C library's handles): done here
+            # once, each spare forked with it (it only checks /dev is unchanged) instead of each making it anew.
+            confine.prepare()
         while len(self.ready) < SPARES:
             try:
                 self.ready.append(Spare(self.like))
