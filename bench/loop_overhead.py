@@ -6,11 +6,12 @@ Also counts tool calls and bytes returned to the agent per experiment. Ours is m
 (the private view + Landlock, the default where the kernel allows both), with Landlock alone (the server started
 under `tests/helpers/no_namespaces.py`, as where namespaces are refused) and with `isolation = "off"`, side by side.
 
-    python bench/loop_overhead.py [--experiments 60] [--rounds 1] [--against REV] [--discards-only]
+    python bench/loop_overhead.py [--experiments 60] [--rounds 1] [--against REV] [--discards-only | --keep-every N]
 
 A kept candidate is run again by the server before the decision is final (the re-measurement after a keep, which
 the shell loop does not have): half the experiments are keeps here, so the server runs the command 1.5 times per
-experiment, and only one command's own time is subtracted. `--discards-only` makes every experiment a regression,
+experiment, and only one command's own time is subtracted. `--keep-every N` makes one experiment in N an improvement
+(5: a fifth of the experiments kept, nearer a real session); `--discards-only` makes every experiment a regression,
 to see the loop's overhead without that second run.
 
 On a machine shared with other work, `--rounds N` runs every loop N times in turn (the experiments split between
@@ -58,18 +59,18 @@ def make_repo(path: Path, isolation: str = "auto") -> Path:
     return path
 
 
-DISCARDS_ONLY = False  # --discards-only: every experiment a regression
+KEEP_EVERY = 2  # one experiment in KEEP_EVERY is an improvement (--keep-every; 0 with --discards-only)
 FRESH = itertools.count()
 BASELINED: set[Path] = set()  # the projects whose session ran its baseline (in an earlier round)
 
 
 def next_value(i: int, best: int) -> int:
-    """Alternate improvements and regressions so both keep and discard paths are measured (or, with
-    `--discards-only`, only regressions: no keep, so no re-measurement after one); every content is new (the
-    server does not run the same content twice)."""
-    if DISCARDS_ONLY:  # never a content of an earlier round either (the server would not run it again)
-        return best + 10_000 + next(FRESH)
-    return best - 1 if i % 2 == 0 else best + 10_000 + i
+    """One improvement every `KEEP_EVERY` experiments, regressions between them, so both keep and discard paths
+    are measured (with `--discards-only`, only regressions: no keep, so no re-measurement after one); every
+    content is new (the server does not run the same content twice)."""
+    if KEEP_EVERY and i % KEEP_EVERY == 0:
+        return best - 1
+    return 10_000_000 + next(FRESH)  # never a content measured before (the server would not run it again)
 
 
 def command_time(cwd: Path, n: int = 50) -> float:
@@ -138,11 +139,11 @@ async def ours(root: Path, n: int, source: Path | None = None, without_namespace
 
 SHELL_LOOP = r"""
 set -u
-n=$1; cmd=$2; discards_only=$3; best=1000; out=timings.txt; : > $out; : > bytes.txt
+n=$1; cmd=$2; keep_every=$3; best=1000; out=timings.txt; : > $out; : > bytes.txt
 printf 'commit\tscore\tstatus\tdescription\n' > results.tsv
 say() { local text; text=$("$@" 2>&1); printf '%s' "$text" | wc -c >> bytes.txt; }
 for ((i = 0; i < n; i++)); do
-  if (( i % 2 == 0 && ! discards_only )); then value=$((best - 1)); else value=$((best + 10000 + i)); fi
+  if (( keep_every > 0 && i % keep_every == 0 )); then value=$((best - 1)); else value=$((best + 10000 + i)); fi
   start=$EPOCHREALTIME
   say git log --oneline -1
   say sed -i "s/^K=.*/K=$value/" params.sh
@@ -165,7 +166,7 @@ def shell(root: Path, n: int) -> dict:
     (root / "params.sh").write_text("K=1000\n")  # each round starts from the same best
     subprocess.run(["git", "checkout", "-q", "--", "params.sh"], cwd=root, check=True)
     subprocess.run(
-        ["bash", str(script), str(n), COMMAND, "1" if DISCARDS_ONLY else "0"],
+        ["bash", str(script), str(n), COMMAND, str(KEEP_EVERY)],
         cwd=root,
         check=True,
         env={**os.environ, **IDENTITY},
@@ -227,9 +228,16 @@ def main() -> None:
         action="store_true",
         help="every experiment a regression (no keep: the server's re-measurement after a keep is left out)",
     )
+    parser.add_argument(
+        "--keep-every",
+        type=int,
+        default=2,
+        metavar="N",
+        help="one experiment in N an improvement (default 2: keeps and discards alternate)",
+    )
     args = parser.parse_args()
-    global DISCARDS_ONLY
-    DISCARDS_ONLY = args.discards_only
+    global KEEP_EVERY
+    KEEP_EVERY = 0 if args.discards_only else max(1, args.keep_every)
     base = Path(tempfile.mkdtemp(prefix="bench-loop-"))
     per_round = max(1, args.experiments // args.rounds)
     try:
@@ -265,7 +273,8 @@ def main() -> None:
 
         print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}")
         print(
-            f"experiments: {per_round * args.rounds} each ({'all discards' if DISCARDS_ONLY else 'keeps and discards'}), "
+            f"experiments: {per_round * args.rounds} each "
+            f"({f'one in {KEEP_EVERY} kept' if KEEP_EVERY else 'all discards'}), "
             f"in {args.rounds} round(s); command's own time "
             f"(median): {own * 1000:.2f} ms; load average at the end: {os.getloadavg()[0]:.1f}"
         )

@@ -264,7 +264,7 @@ def keep(
             fail(f"namespaces: {exc}")
     grace = float(spec.get("grace", 3.0))
     signal.pthread_sigmask(signal.SIG_BLOCK, _WAKE)
-    outputs = _output_dirs(spec)
+    outputs = writable_outputs(spec)
     standby = prepared.standby if prepared is not None and view else None
     if standby is not None:
         command, next_signal, tracer = _start_standby(libc, standby, spec, argv, env, ruleset, abi, outputs)
@@ -399,7 +399,7 @@ def _sigtimedwait(timeout: float) -> int | None:
     return info.si_signo if info is not None else None
 
 
-def _output_dirs(spec: KeeperSpec) -> list[str]:
+def writable_outputs(spec: KeeperSpec) -> list[str]:
     """The writable directories inside the working directory (the project's outputs, such as dist): a run may
     remove and recreate them (`output_dirs.py`)."""
     cwd = os.getcwd().rstrip("/") + "/"

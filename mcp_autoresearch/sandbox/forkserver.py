@@ -17,11 +17,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from . import confine
+    from . import confine, view
     from .prepared import Flags, Prepared, flags
 else:  # run as a script: confine.py is imported from beside this file, and nothing else of the package
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import confine
+    import view
     from prepared import Prepared, flags
 
     del sys.path[0]
@@ -104,6 +105,8 @@ def _spare(channel: socket.socket, like: dict[str, Any] | None) -> None:
         _leave_launcher([channel.fileno()])
         confine.prepare()
         prepared = Prepared(like, confine.run_standby) if like is not None else None
+        if like is not None:
+            _rehearse(like)
         if prepared is not None and prepared.standby is not None:
             try:  # for `Spare.hand_over`; handed its request already, it finds the launcher's end closed
                 channel.send(json.dumps({"standby": prepared.standby.pid}).encode())
@@ -116,6 +119,21 @@ def _spare(channel: socket.socket, like: dict[str, Any] | None) -> None:
             _become_keeper(json.loads(data), fds, prepared)
     finally:
         os._exit(0)
+
+
+def _rehearse(like: dict[str, Any]) -> None:
+    """In a spare, prepared: the steps of its request that read and compute (the request's JSON, the paths
+    resolved for the view, the output directories), done once on the last request's spec while nothing waits.
+    Code run for the first time in a freshly forked process copies every page it touches: about 90 page faults
+    (0.25 ms of CPU) leave the run's path. Nothing is kept."""
+    try:
+        message = json.dumps({"argv": [], "cwd": os.getcwd(), "env": dict(os.environ), "spec": like})
+        spec = json.loads(message)["spec"]
+        paths = [*spec.get("write", []), os.getcwd(), *spec.get("read", [])]
+        json.dumps({"spec": dict(spec), "real": view.resolved(paths)})
+        confine.writable_outputs(spec)
+    except (OSError, ValueError, TypeError):
+        pass
 
 
 def _request(channel: socket.socket) -> tuple[bytes, list[int]]:

@@ -82,6 +82,7 @@ def _stand_by(channel: socket.socket, like: dict[str, Any], run_command: RunComm
         try:
             made = view.View(list(like.get("hide", [])), bool(like.get("network", True)))
             namespaces.seal(libc)
+            _rehearse(like)
         except namespaces.ViewError as exc:
             error = f"namespaces: {exc}"
         except OSError as exc:
@@ -98,3 +99,15 @@ def _stand_by(channel: socket.socket, like: dict[str, Any], run_command: RunComm
         run_command(json.loads(data), fds, made, error, channel)
     finally:
         os._exit(SETUP_FAILED)
+
+
+def _rehearse(like: dict[str, Any]) -> None:
+    """Read a request like the one to come, once, while nothing waits: code run for the first time in a freshly
+    forked process copies every page it touches (about 40 page faults leave the run's path)."""
+    try:
+        paths = [*like.get("write", []), *like.get("read", [])]
+        json.loads(
+            json.dumps({"argv": [], "env": dict(os.environ), "spec": like, "real": {p: p for p in paths}})
+        )
+    except (ValueError, TypeError):
+        pass
