@@ -17,11 +17,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from . import confine, view
+    from . import confine, namespaces, view
     from .prepared import Flags, Prepared, flags
 else:  # run as a script: confine.py is imported from beside this file, and nothing else of the package
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import confine
+    import namespaces
     import view
     from prepared import Prepared, flags
 
@@ -307,8 +308,10 @@ def serve(sock_fd: int) -> None:
             continue
         if changed:
             # A mount was made or taken away: a standby process holds a copy of every mount as it was (a disk
-            # taken away would stay busy in it, one added would be missing), so the spares are made again.
+            # taken away would stay busy in it, one added would be missing), so the spares are made again; and
+            # the list of block devices is read again (a device bound over another /dev name leaves /dev's times).
             spares.discard()
+            namespaces.forget_block_devices()
         if wake_r in ready:
             for pid, status in _reap(wake_r):
                 if not spares.reaped(pid) and pid in keepers:

@@ -152,6 +152,13 @@ def _folder_times(folders: tuple[str, ...]) -> tuple[tuple[int, int, int] | None
     return tuple(found)
 
 
+def forget_block_devices() -> None:
+    """After the mount table changed: the list of block devices is read again when next asked for (a node
+    bind-mounted over another /dev name changes no folder's times)."""
+    global _devices_seen
+    _devices_seen = None
+
+
 def prepare() -> None:
     """In a spare keeper, before its request: what the view needs that is the same for every run."""
     _block_devices()

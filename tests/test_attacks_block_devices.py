@@ -1,0 +1,67 @@
+"""The list of block devices a spare's view hides (`namespaces._block_devices`), made once in the launcher and
+inherited by every spare, attacked as a host that changes /dev while the launcher lives would: a device node
+bind-mounted over another /dev name, a node in a subfolder of /dev, /dev's times put back (`touch -d`)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mcp_autoresearch.sandbox import namespaces
+from mcp_autoresearch.sandbox.launcher import Launcher
+
+from .helpers.needs import require
+from .test_launcher import ISOLATION, VIEW, _prepared_like, _run_spec, _until
+
+require(
+    ISOLATION.namespaces,
+    "CI must run the private view",
+    f"namespaces are unavailable here: {ISOLATION.reason}",
+)
+
+
+def _settled(folder: str) -> bool:
+    """Whether `folder` changed more than the view's settling time ago (its list of devices is then kept)."""
+    st = os.stat(folder)
+    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > namespaces.SETTLED_NS
+
+
+@pytest.fixture
+def node() -> Iterator[Path]:
+    """A character node of the test's own under /dev (the null device's numbers), taken away at the end (with
+    whatever is mounted on it)."""
+    require(os.geteuid() == 0, "CI runs as root", "making a device node and mounting need root")
+    path = Path(f"/dev/autoresearch-test-bound-{os.getpid()}")
+    path.unlink(missing_ok=True)
+    os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    yield path
+    while subprocess.run(["umount", "-l", str(path)], capture_output=True).returncode == 0:
+        continue
+    path.unlink(missing_ok=True)
+
+
+def test_a_block_device_bound_over_a_dev_name_after_the_launcher_started_is_hidden(
+    launcher: Launcher, tmp_path: Path, node: Path
+) -> None:
+    """A block device bind-mounted over a /dev name that is no block device (a container's device given under
+    another name) once the launcher has read /dev: the mount leaves /dev's times as they were, so the list the
+    launcher read, which every spare inherits, does not hold it. The spares made again after the mount (the
+    launcher watches the mount table) hide it all the same."""
+    spec = {**VIEW, "write": [str(tmp_path / "w")]}
+    _until(lambda: _settled("/dev"), "/dev unchanged for the settling time")
+    _prepared_like(
+        launcher, tmp_path, spec
+    )  # the launcher read /dev (kept: settled) with the node a char one
+    disk = tmp_path / "disk"
+    os.mknod(disk, 0o600 | stat.S_IFBLK, os.makedev(7, 0))  # loop0's numbers
+    subprocess.run(["mount", "--bind", str(disk), str(node)], check=True)
+    assert stat.S_ISBLK(os.stat(node).st_mode)
+    for i in range(3):  # the spare made before the mount, then spares made after it
+        _, code, output = _run_spec(launcher, tmp_path, f"test -b {node} && echo shown || echo hidden", spec)
+        assert (code, output) == (0, "hidden\n"), (i, output)
