@@ -110,8 +110,9 @@ def _block_devices() -> list[str]:
     capability, but as root it still owns root's device nodes: a raw disk would show hidden data around every
     mount. None of them is needed by a run. The list is kept while /dev and /dev/mapper are unchanged (a node
     added, removed or renamed changes its folder's times), so a spare keeper scans them before its request and
-    the run only looks at the two folders; a folder changed in the last second is scanned again every time (its
-    times may not move for a change made within the same tick of the file system's clock)."""
+    the run only looks at the two folders; a folder changed in the last second (by its change time: a
+    modification time may be put back) is scanned again every time (its times may not move for a change made
+    within the same tick of the file system's clock)."""
     global _devices_seen
     stamp = _folder_times(BLOCK_FOLDERS)
     if _devices_seen is not None and _devices_seen[0] == stamp:
@@ -129,7 +130,7 @@ def _block_devices() -> list[str]:
         except OSError:
             continue
     settled = time.time_ns() - SETTLED_NS
-    trusted = all(times is None or times[1] < settled for times in stamp)
+    trusted = all(times is None or max(times[1:]) < settled for times in stamp)
     _devices_seen = (stamp, found) if trusted else None
     return found
 
