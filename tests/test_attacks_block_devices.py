@@ -84,3 +84,30 @@ def test_dev_times_put_back_do_not_make_a_fresh_list_of_devices_kept() -> None:
             break  # else too slow under load to tell: once more
     namespaces.forget_block_devices()
     assert not kept
+
+
+def test_a_block_device_in_a_subfolder_of_dev_is_hidden(launcher: Launcher, tmp_path: Path) -> None:
+    """A block device made in a folder of /dev (a new one, then one deeper in it once the list holding the
+    folder is kept: only that folder's times move) is hidden as one in /dev itself is."""
+    require(os.geteuid() == 0, "CI runs as root", "making a device node needs root")
+    spec = {**VIEW, "write": [str(tmp_path / "w")]}
+    folder = Path(f"/dev/autoresearch-test-folder-{os.getpid()}")
+    nodes = [folder / "disk", folder / "deeper" / "disk"]
+    try:
+        for node in nodes:
+            if folder.exists():  # the second time: the list holding the folders kept before the node is made
+                _until(
+                    lambda: all(map(_settled, ("/dev", str(folder), str(nodes[1].parent)))), "/dev settled"
+                )
+            _prepared_like(launcher, tmp_path, spec)
+            nodes[1].parent.mkdir(parents=True, exist_ok=True)
+            os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(7, 0))  # loop0's numbers
+            _, code, output = _run_spec(
+                launcher, tmp_path, f"test -b {node} && echo shown || echo hidden", spec
+            )
+            assert (code, output) == (0, "hidden\n"), (node, output)
+    finally:
+        for node in reversed(nodes):
+            node.unlink(missing_ok=True)
+            if node.parent.exists():
+                node.parent.rmdir()
