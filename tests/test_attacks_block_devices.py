@@ -111,3 +111,34 @@ def test_a_block_device_in_a_subfolder_of_dev_is_hidden(launcher: Launcher, tmp_
             node.unlink(missing_ok=True)
             if node.parent.exists():
                 node.parent.rmdir()
+
+
+def test_an_honest_run_works_while_dev_changes_again_and_again(launcher: Launcher, tmp_path: Path) -> None:
+    """Block devices made, made anew, renamed and removed (a listed one gone before the view hides it) between
+    runs, many times while the launcher lives: every run still starts, served by a spare, and sees none."""
+    require(os.geteuid() == 0, "CI runs as root", "making a device node needs root")
+    spec = {**VIEW, "write": [str(tmp_path / "w")]}
+    base = f"/dev/autoresearch-test-churn-{os.getpid()}"
+    names = [Path(f"{base}-{i}") for i in range(3)]
+    script = f"for n in {base}-*; do test -b $n && echo shown $n; done; echo done"
+    try:
+        for round_ in range(8):
+            spares = _prepared_like(launcher, tmp_path, spec)
+            step = round_ % 4
+            if step == 0:  # made
+                for name in names[:2]:
+                    os.mknod(name, 0o600 | stat.S_IFBLK, os.makedev(7, 0))
+            elif step == 1:  # renamed
+                os.rename(names[0], names[2])
+            elif step == 2:  # made anew at a listed name
+                names[1].unlink()
+                os.mknod(names[1], 0o600 | stat.S_IFBLK, os.makedev(7, 1))
+            else:  # every one removed
+                for name in names:
+                    name.unlink(missing_ok=True)
+            keeper, code, output = _run_spec(launcher, tmp_path, script, spec)
+            assert (code, output) == (0, "done\n"), (round_, output)
+            assert keeper in spares
+    finally:
+        for name in names:
+            name.unlink(missing_ok=True)
