@@ -118,8 +118,9 @@ def _spare(channel: socket.socket, like: dict[str, Any] | None) -> None:
         channel.close()
         if data and fds:
             _become_keeper(json.loads(data), fds, prepared)
-    finally:
-        os._exit(0)
+        os._exit(0)  # the launcher gone before a request came
+    finally:  # a failure, before its request or while reading it: never an exit that reads as a run's success
+        os._exit(confine.SETUP_FAILED)
 
 
 def _rehearse(like: dict[str, Any]) -> None:
@@ -133,7 +134,7 @@ def _rehearse(like: dict[str, Any]) -> None:
         paths = [*spec.get("write", []), os.getcwd(), *spec.get("read", [])]
         json.dumps({"spec": dict(spec), "real": view.resolved(paths)})
         confine.writable_outputs(spec)
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, RecursionError):
         pass
 
 
@@ -331,7 +332,7 @@ def serve(sock_fd: int) -> None:
             request = json.loads(data)
             if not fds or not isinstance(request.get("spec"), dict):
                 raise ValueError("no output descriptor or no spec")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # nested deeper than Python reads: refused, not the end
             for fd in fds:
                 os.close(fd)
             send({"error": f"bad request: {exc}"})
