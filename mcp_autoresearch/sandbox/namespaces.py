@@ -115,17 +115,15 @@ def _block_devices() -> list[str]:
     every time (its times may not move for a change made within the same tick of the file system's clock).
     /dev/pts (terminals only) and the scratch folders (a fresh tmpfs in the view) are not read."""
     global _devices_seen
-    if _devices_seen is not None and _folder_times(tuple(_devices_seen[0])) == tuple(
-        _devices_seen[0].values()
-    ):
-        return _devices_seen[1]
+    if _devices_seen is not None and _folder_times(_devices_seen[0]) == _devices_seen[1]:
+        return _devices_seen[2]
     times: dict[str, tuple[int, int, int] | None] = {}
     found: list[str] = []
     for folder in BLOCK_FOLDERS:
         _read_folder(folder, times, found)
     settled = time.time_ns() - SETTLED_NS
     trusted = all(stamp is None or max(stamp[1:]) < settled for stamp in times.values())
-    _devices_seen = (times, found) if trusted else None
+    _devices_seen = (tuple(times), tuple(times.values()), found) if trusted else None
     return found
 
 
@@ -157,7 +155,8 @@ def _read_folder(folder: str, times: dict[str, tuple[int, int, int] | None], fou
 BLOCK_FOLDERS = ("/dev",)
 _UNREAD = ("/dev/pts", "/dev/shm")
 SETTLED_NS = 1_000_000_000
-_devices_seen: tuple[dict[str, tuple[int, int, int] | None], list[str]] | None = None
+# The folders read, their times, the list of block devices found in them.
+_devices_seen: tuple[tuple[str, ...], tuple[tuple[int, int, int] | None, ...], list[str]] | None = None
 
 
 def _folder_times(folders: tuple[str, ...]) -> tuple[tuple[int, int, int] | None, ...]:
