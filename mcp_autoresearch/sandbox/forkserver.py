@@ -127,13 +127,16 @@ def _rehearse(like: dict[str, Any]) -> None:
     """In a spare, prepared: the steps of its request that read and compute (the request's JSON, the paths
     resolved for the view, the output directories), done once on the last request's spec while nothing waits.
     Code run for the first time in a freshly forked process copies every page it touches: about 90 page faults
-    (0.25 ms of CPU) leave the run's path. Nothing is kept."""
+    (0.25 ms of CPU) leave the run's path. Nothing is kept, and no path of the request is looked up (the code is
+    the same for any path: the spare's own folder stands for each): one on a mount that stopped answering (a
+    network file system whose server went away) would hold the spare, and the next run handed to it, for good."""
     try:
         message = json.dumps({"argv": [], "cwd": os.getcwd(), "env": dict(os.environ), "spec": like})
         spec = json.loads(message)["spec"]
-        paths = [*spec.get("write", []), os.getcwd(), *spec.get("read", [])]
+        own = os.getcwd()
+        paths = [own for _ in [*spec.get("write", []), own, *spec.get("read", [])]]
         json.dumps({"spec": dict(spec), "real": view.resolved(paths)})
-        confine.writable_outputs(spec)
+        confine.writable_outputs({"write": [own]})
     except (OSError, ValueError, TypeError, RecursionError):
         pass
 
