@@ -301,7 +301,10 @@ def test_the_block_device_list_follows_its_folder(tmp_path: Path, monkeypatch: p
     assert namespaces._block_devices() == [str(folder / "disk0")]
     assert namespaces._devices_seen is None  # changed just now: not kept
     old = time.time() - 3600
-    os.utime(folder, (old, old))
+    os.utime(folder, (old, old))  # a modification time put back: its change time says it changed just now
+    assert namespaces._block_devices() == [str(folder / "disk0")]
+    assert namespaces._devices_seen is None
+    monkeypatch.setattr(namespaces, "SETTLED_NS", 0)  # as if a second had passed
     assert namespaces._block_devices() == [str(folder / "disk0")]
     assert namespaces._devices_seen is not None  # settled: kept
     os.mknod(folder / "disk1", 0o600 | stat.S_IFBLK, os.makedev(7, 201))

@@ -17,11 +17,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from . import confine, view
+    from . import confine, namespaces, view
     from .prepared import Flags, Prepared, flags
 else:  # run as a script: confine.py is imported from beside this file, and nothing else of the package
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import confine
+    import namespaces
     import view
     from prepared import Prepared, flags
 
@@ -117,22 +118,26 @@ def _spare(channel: socket.socket, like: dict[str, Any] | None) -> None:
         channel.close()
         if data and fds:
             _become_keeper(json.loads(data), fds, prepared)
-    finally:
-        os._exit(0)
+        os._exit(0)  # the launcher gone before a request came
+    finally:  # a failure, before its request or while reading it: never an exit that reads as a run's success
+        os._exit(confine.SETUP_FAILED)
 
 
 def _rehearse(like: dict[str, Any]) -> None:
     """In a spare, prepared: the steps of its request that read and compute (the request's JSON, the paths
     resolved for the view, the output directories), done once on the last request's spec while nothing waits.
     Code run for the first time in a freshly forked process copies every page it touches: about 90 page faults
-    (0.25 ms of CPU) leave the run's path. Nothing is kept."""
+    (0.25 ms of CPU) leave the run's path. Nothing is kept, and no path of the request is looked up (the code is
+    the same for any path: the spare's own folder stands for each): one on a mount that stopped answering (a
+    network file system whose server went away) would hold the spare, and the next run handed to it, for good."""
     try:
         message = json.dumps({"argv": [], "cwd": os.getcwd(), "env": dict(os.environ), "spec": like})
         spec = json.loads(message)["spec"]
-        paths = [*spec.get("write", []), os.getcwd(), *spec.get("read", [])]
+        own = os.getcwd()
+        paths = [own for _ in [*spec.get("write", []), own, *spec.get("read", [])]]
         json.dumps({"spec": dict(spec), "real": view.resolved(paths)})
-        confine.writable_outputs(spec)
-    except (OSError, ValueError, TypeError):
+        confine.writable_outputs({"write": [own]})
+    except (OSError, ValueError, TypeError, RecursionError):
         pass
 
 
@@ -307,8 +312,10 @@ def serve(sock_fd: int) -> None:
             continue
         if changed:
             # A mount was made or taken away: a standby process holds a copy of every mount as it was (a disk
-            # taken away would stay busy in it, one added would be missing), so the spares are made again.
+            # taken away would stay busy in it, one added would be missing), so the spares are made again; and
+            # the list of block devices is read again (a device bound over another /dev name leaves /dev's times).
             spares.discard()
+            namespaces.forget_block_devices()
         if wake_r in ready:
             for pid, status in _reap(wake_r):
                 if not spares.reaped(pid) and pid in keepers:
@@ -328,7 +335,7 @@ def serve(sock_fd: int) -> None:
             request = json.loads(data)
             if not fds or not isinstance(request.get("spec"), dict):
                 raise ValueError("no output descriptor or no spec")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # nested deeper than Python reads: refused, not the end
             for fd in fds:
                 os.close(fd)
             send({"error": f"bad request: {exc}"})

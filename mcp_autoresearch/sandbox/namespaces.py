@@ -106,37 +106,57 @@ def enter_keeper(network: bool) -> None:
 
 
 def _block_devices() -> list[str]:
-    """The block devices under /dev (disks, partitions, loop and device-mapper nodes). A run in the view has no
-    capability, but as root it still owns root's device nodes: a raw disk would show hidden data around every
-    mount. None of them is needed by a run. The list is kept while /dev and /dev/mapper are unchanged (a node
-    added, removed or renamed changes its folder's times), so a spare keeper scans them before its request and
-    the run only looks at the two folders; a folder changed in the last second is scanned again every time (its
-    times may not move for a change made within the same tick of the file system's clock)."""
+    """The block devices under /dev, in its folders too (disks, partitions, loop and device-mapper nodes, a
+    device given in a folder of its own). A run in the view has no capability, but as root it still owns root's
+    device nodes: a raw disk would show hidden data around every mount. None of them is needed by a run. The list
+    is kept while every folder read is unchanged (a node or folder added, removed or renamed changes its
+    folder's times), so a spare keeper reads /dev before its request and the run only looks at the folders; a
+    folder changed in the last second (by its change time: a modification time may be put back) is read again
+    every time (its times may not move for a change made within the same tick of the file system's clock).
+    /dev/pts (terminals only) and the scratch folders (a fresh tmpfs in the view) are not read."""
     global _devices_seen
-    stamp = _folder_times(BLOCK_FOLDERS)
-    if _devices_seen is not None and _devices_seen[0] == stamp:
-        return _devices_seen[1]
+    if _devices_seen is not None and _folder_times(_devices_seen[0]) == _devices_seen[1]:
+        return _devices_seen[2]
+    times: dict[str, tuple[int, int, int] | None] = {}
     found: list[str] = []
     for folder in BLOCK_FOLDERS:
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    try:
-                        if stat.S_ISBLK(entry.stat(follow_symlinks=False).st_mode):
-                            found.append(entry.path)
-                    except OSError:
-                        continue
-        except OSError:
-            continue
+        _read_folder(folder, times, found)
     settled = time.time_ns() - SETTLED_NS
-    trusted = all(times is None or times[1] < settled for times in stamp)
-    _devices_seen = (stamp, found) if trusted else None
+    trusted = all(stamp is None or max(stamp[1:]) < settled for stamp in times.values())
+    _devices_seen = (tuple(times), tuple(times.values()), found) if trusted else None
     return found
 
 
-BLOCK_FOLDERS = ("/dev", "/dev/mapper")
+def _read_folder(folder: str, times: dict[str, tuple[int, int, int] | None], found: list[str]) -> None:
+    """The block devices in `folder` and its folders added to `found`, each folder's times (taken before it is
+    read) to `times`."""
+    if folder in times or folder in _UNREAD:
+        return
+    times[folder] = _folder_times((folder,))[0]
+    folders: list[str] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_symlink():
+                        continue  # a link to a device shows the node it leads to: hidden there
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.path)
+                    elif stat.S_ISBLK(entry.stat(follow_symlinks=False).st_mode):
+                        found.append(entry.path)
+                except OSError:
+                    continue
+    except OSError:
+        return
+    for inner in folders:
+        _read_folder(inner, times, found)
+
+
+BLOCK_FOLDERS = ("/dev",)
+_UNREAD = ("/dev/pts", "/dev/shm")
 SETTLED_NS = 1_000_000_000
-_devices_seen: tuple[tuple[tuple[int, int, int] | None, ...], list[str]] | None = None
+# The folders read, their times, the list of block devices found in them.
+_devices_seen: tuple[tuple[str, ...], tuple[tuple[int, int, int] | None, ...], list[str]] | None = None
 
 
 def _folder_times(folders: tuple[str, ...]) -> tuple[tuple[int, int, int] | None, ...]:
@@ -150,6 +170,13 @@ def _folder_times(folders: tuple[str, ...]) -> tuple[tuple[int, int, int] | None
             continue
         found.append((st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(found)
+
+
+def forget_block_devices() -> None:
+    """After the mount table changed: the list of block devices is read again when next asked for (a node
+    bind-mounted over another /dev name changes no folder's times)."""
+    global _devices_seen
+    _devices_seen = None
 
 
 def prepare() -> None:

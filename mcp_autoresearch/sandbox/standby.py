@@ -109,5 +109,5 @@ def _rehearse(like: dict[str, Any]) -> None:
         json.loads(
             json.dumps({"argv": [], "env": dict(os.environ), "spec": like, "real": {p: p for p in paths}})
         )
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         pass

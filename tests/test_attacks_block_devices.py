@@ -1,0 +1,144 @@
+"""The list of block devices a spare's view hides (`namespaces._block_devices`), made once in the launcher and
+inherited by every spare, attacked as a host that changes /dev while the launcher lives would: a device node
+bind-mounted over another /dev name, a node in a subfolder of /dev, /dev's times put back (`touch -d`)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mcp_autoresearch.sandbox import namespaces
+from mcp_autoresearch.sandbox.launcher import Launcher
+
+from .helpers.needs import require
+from .test_launcher import ISOLATION, VIEW, _prepared_like, _run_spec, _until
+
+require(
+    ISOLATION.namespaces,
+    "CI must run the private view",
+    f"namespaces are unavailable here: {ISOLATION.reason}",
+)
+
+
+def _settled(folder: str) -> bool:
+    """Whether `folder` changed more than the view's settling time ago (its list of devices is then kept)."""
+    st = os.stat(folder)
+    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > namespaces.SETTLED_NS
+
+
+@pytest.fixture
+def node() -> Iterator[Path]:
+    """A character node of the test's own under /dev (the null device's numbers), taken away at the end (with
+    whatever is mounted on it)."""
+    require(os.geteuid() == 0, "CI runs as root", "making a device node and mounting need root")
+    path = Path(f"/dev/autoresearch-test-bound-{os.getpid()}")
+    path.unlink(missing_ok=True)
+    os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    yield path
+    while subprocess.run(["umount", "-l", str(path)], capture_output=True).returncode == 0:
+        continue
+    path.unlink(missing_ok=True)
+
+
+def test_a_block_device_bound_over_a_dev_name_after_the_launcher_started_is_hidden(
+    launcher: Launcher, tmp_path: Path, node: Path
+) -> None:
+    """A block device bind-mounted over a /dev name that is no block device (a container's device given under
+    another name) once the launcher has read /dev: the mount leaves /dev's times as they were, so the list the
+    launcher read, which every spare inherits, does not hold it. The spares made again after the mount (the
+    launcher watches the mount table) hide it all the same."""
+    spec = {**VIEW, "write": [str(tmp_path / "w")]}
+    _until(lambda: _settled("/dev"), "/dev unchanged for the settling time")
+    _prepared_like(
+        launcher, tmp_path, spec
+    )  # the launcher read /dev (kept: settled) with the node a char one
+    disk = tmp_path / "disk"
+    os.mknod(disk, 0o600 | stat.S_IFBLK, os.makedev(7, 0))  # loop0's numbers
+    subprocess.run(["mount", "--bind", str(disk), str(node)], check=True)
+    assert stat.S_ISBLK(os.stat(node).st_mode)
+    for i in range(3):  # the spare made before the mount, then spares made after it
+        _, code, output = _run_spec(launcher, tmp_path, f"test -b {node} && echo shown || echo hidden", spec)
+        assert (code, output) == (0, "hidden\n"), (i, output)
+
+
+def test_dev_times_put_back_do_not_make_a_fresh_list_of_devices_kept() -> None:
+    """/dev's modification time put back (`touch -d`, as a tool restoring times would) just after a change: the
+    list read now may miss a node made within the same tick of the file system's clock, so it is not kept. The
+    change time, which no one can put back, says /dev just changed."""
+    require(os.geteuid() == 0, "CI runs as root", "setting /dev's times needs root")
+    before = os.stat("/dev")
+    while True:
+        start = time.time_ns()
+        os.utime("/dev", ns=(before.st_atime_ns, before.st_mtime_ns - 10 * namespaces.SETTLED_NS))
+        namespaces.forget_block_devices()
+        namespaces._block_devices()
+        kept = namespaces._devices_seen is not None
+        os.utime("/dev", ns=(before.st_atime_ns, before.st_mtime_ns))
+        if time.time_ns() - start < namespaces.SETTLED_NS // 2:
+            break  # else too slow under load to tell: once more
+    namespaces.forget_block_devices()
+    assert not kept
+
+
+def test_a_block_device_in_a_subfolder_of_dev_is_hidden(launcher: Launcher, tmp_path: Path) -> None:
+    """A block device made in a folder of /dev (a new one, then one deeper in it once the list holding the
+    folder is kept: only that folder's times move) is hidden as one in /dev itself is."""
+    require(os.geteuid() == 0, "CI runs as root", "making a device node needs root")
+    spec = {**VIEW, "write": [str(tmp_path / "w")]}
+    folder = Path(f"/dev/autoresearch-test-folder-{os.getpid()}")
+    nodes = [folder / "disk", folder / "deeper" / "disk"]
+    try:
+        for node in nodes:
+            if folder.exists():  # the second time: the list holding the folders kept before the node is made
+                _until(
+                    lambda: all(map(_settled, ("/dev", str(folder), str(nodes[1].parent)))), "/dev settled"
+                )
+            _prepared_like(launcher, tmp_path, spec)
+            nodes[1].parent.mkdir(parents=True, exist_ok=True)
+            os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(7, 0))  # loop0's numbers
+            _, code, output = _run_spec(
+                launcher, tmp_path, f"test -b {node} && echo shown || echo hidden", spec
+            )
+            assert (code, output) == (0, "hidden\n"), (node, output)
+    finally:
+        for node in reversed(nodes):
+            node.unlink(missing_ok=True)
+            if node.parent.exists():
+                node.parent.rmdir()
+
+
+def test_an_honest_run_works_while_dev_changes_again_and_again(launcher: Launcher, tmp_path: Path) -> None:
+    """Block devices made, made anew, renamed and removed (a listed one gone before the view hides it) between
+    runs, many times while the launcher lives: every run still starts, served by a spare, and sees none."""
+    require(os.geteuid() == 0, "CI runs as root", "making a device node needs root")
+    spec = {**VIEW, "write": [str(tmp_path / "w")]}
+    base = f"/dev/autoresearch-test-churn-{os.getpid()}"
+    names = [Path(f"{base}-{i}") for i in range(3)]
+    script = f"for n in {base}-*; do test -b $n && echo shown $n; done; echo done"
+    try:
+        for round_ in range(8):
+            spares = _prepared_like(launcher, tmp_path, spec)
+            step = round_ % 4
+            if step == 0:  # made
+                for name in names[:2]:
+                    os.mknod(name, 0o600 | stat.S_IFBLK, os.makedev(7, 0))
+            elif step == 1:  # renamed
+                os.rename(names[0], names[2])
+            elif step == 2:  # made anew at a listed name
+                names[1].unlink()
+                os.mknod(names[1], 0o600 | stat.S_IFBLK, os.makedev(7, 1))
+            else:  # every one removed
+                for name in names:
+                    name.unlink(missing_ok=True)
+            keeper, code, output = _run_spec(launcher, tmp_path, script, spec)
+            assert (code, output) == (0, "done\n"), (round_, output)
+            assert keeper in spares
+    finally:
+        for name in names:
+            name.unlink(missing_ok=True)
