@@ -6,7 +6,7 @@ Also counts tool calls and bytes returned to the agent per experiment. Ours is m
 (the private view + Landlock, the default where the kernel allows both), with Landlock alone (the server started
 under `tests/helpers/no_namespaces.py`, as where namespaces are refused) and with `isolation = "off"`, side by side.
 
-    python bench/loop_overhead.py [--experiments 60] [--rounds 1] [--against REV] [--discards-only | --keep-every N]
+    python bench/loop_overhead.py [--experiments 60] [--rounds 1] [--against REV]... [--discards-only | --keep-every N]
 
 A kept candidate is run again by the server before the decision is final (the re-measurement after a keep, which
 the shell loop does not have): half the experiments are keeps here, so the server runs the command 1.5 times per
@@ -15,8 +15,8 @@ experiment, and only one command's own time is subtracted. `--keep-every N` make
 to see the loop's overhead without that second run.
 
 On a machine shared with other work, `--rounds N` runs every loop N times in turn (the experiments split between
-the rounds), so a change of load hits each loop alike; `--against REV` adds the server as it was at git revision
-REV (exported to a temporary directory), run in the same rounds.
+the rounds), so a change of load hits each loop alike; `--against REV` (repeatable) adds the server as it was at
+git revision REV (exported to a temporary directory), run in the same rounds.
 """
 
 from __future__ import annotations
@@ -222,7 +222,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--experiments", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=1, help="run the loops in turn, this many times")
-    parser.add_argument("--against", metavar="REV", help="also run the server as it was at this git revision")
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        action="append",
+        default=[],
+        help="also run the server as it was at this git revision (repeatable)",
+    )
     parser.add_argument(
         "--discards-only",
         action="store_true",
@@ -254,11 +260,10 @@ def main() -> None:
                 False,
             ),
         }
-        if args.against:
-            old = export(args.against, base / "old")
-            loops[f"mcp-autoresearch at {args.against} (stdio), runs confined"] = (
-                make_repo(base / "old-ours"),
-                old,
+        for number, rev in enumerate(args.against):
+            loops[f"mcp-autoresearch at {rev} (stdio), runs confined"] = (
+                make_repo(base / f"old-ours-{number}"),
+                export(rev, base / f"old-{number}"),
                 False,
             )
         shell_root = make_repo(base / "shell")
