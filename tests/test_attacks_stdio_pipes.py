@@ -5,10 +5,14 @@ own transport answers it, and the server goes on."""
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import pytest
+import psutil
 
+from .conftest import make_repo
 from .test_attacks_requests import INITIALIZE, RawStdio
 
 
@@ -20,15 +24,10 @@ def _initialized(ml_project: Path) -> RawStdio:
     return raw
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a last line with no newline is dropped at the end of stdin (the SDK's transport reads it); read, it "
-    "is still not answered: at the end of its input the session cancels what is in flight",
-)
 def test_a_last_request_with_no_newline_is_answered(ml_project: Path) -> None:
     """A one-shot client (`printf ... | mcp-autoresearch serve`) may end its last line with the end of its
-    output instead of a newline: the SDK's transport reads it as a line (and answers it, when the answer is
-    quick: `printf` of an initialize and a ping with no final newline, stdin a file, gets both answers)."""
+    output instead of a newline: it is read as a line (as the SDK's transport reads it), and answered although
+    the input has ended (the SDK's session would cancel it)."""
     raw = _initialized(ml_project)
     try:
         assert raw.server.stdin is not None and raw.server.stdout is not None
@@ -56,3 +55,49 @@ def test_a_line_longer_than_many_reads_and_bytes_that_are_no_utf8(ml_project: Pa
         assert raw.answer_to(4)["result"] == {}
     finally:
         raw.close()
+
+
+def test_a_run_still_going_at_the_end_of_input_does_not_hold_the_server(tmp_path: Path) -> None:
+    """At the end of its input the server still answers what it read for a moment (above), then leaves: a run
+    still going when that moment ends is cancelled and its command ended, as when a client leaves."""
+    marker = f"sleep {600 + time.monotonic_ns() % 100_000}"  # its own duration tells the run's command apart
+    root = make_repo(
+        tmp_path / "p",
+        {
+            "params.sh": "K=1\n",
+            "autoresearch.toml": 'target_file = "params.sh"\nmetric_name = "score"\n'
+            f'run_command = "{marker}"\n',
+        },
+    )
+    raw = _initialized(root)
+    try:
+        call = {"jsonrpc": "2.0", "method": "tools/call"}
+        raw.send({**call, "id": 1, "params": {"name": "start_session", "arguments": {"tag": "eoi"}}})
+        assert "result" in raw.answer_to(1)
+        arguments = {"description": "baseline", "wait_s": 600}
+        raw.send({**call, "id": 2, "params": {"name": "run_experiment", "arguments": arguments}})
+
+        def running() -> list[psutil.Process]:
+            return [
+                p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []) == marker
+            ]
+
+        _until(running, "the run's command to start")
+        assert raw.server.stdin is not None
+        raw.server.stdin.close()
+        assert (
+            raw.server.wait(timeout=120) is not None
+        )  # the limit only ends a test that would otherwise hang
+        _until(lambda: not running(), "the run's command to end")
+    finally:
+        raw.close()
+
+
+def _until(condition: Callable[[], Any], what: str, limit_s: float = 120.0) -> Any:
+    """Wait for `condition()` to hold (the limit only ends a test that would otherwise hang)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -9,7 +9,10 @@ SDK's transport, as before.
 
 The contract is the SDK's: while serving, fd 0 reads the null device and fd 1 writes to stderr, so the server's
 children and stray prints never touch the wire; both are restored at the end. A reply that cannot be encoded (a
-lone surrogate) goes out with U+FFFD in its place (`surrogates.wire_json`).
+lone surrogate) goes out with U+FFFD in its place (`surrogates.wire_json`). At the end of its input (the client
+closed its end), a last line with no newline is read as a line, and the requests read are still answered for up
+to `END_GRACE_S` (a one-shot client, `printf ... | mcp-autoresearch serve`, reads its answers after closing
+stdin); then the session ends and cancels what is left, as the SDK's transport does at once.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ READ_BYTES = 1 << 16
 # The longest message read (the largest edit, 4 MiB, escaped in JSON, is far below): a longer line is dropped as
 # it comes, never held whole, and a request's id found at its start gets an error.
 MAX_LINE_BYTES = 64 << 20
+# At the end of input, how long the requests read are still answered (the SDK's client waits 2 s for a server to
+# leave after closing its stdin, then terminates it).
+END_GRACE_S = 2.0
 _ID = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")')
 
 
@@ -52,6 +58,12 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
     read_fd, write_fd, restore = wire
     incoming_writer, incoming = create_context_streams[SessionMessage | Exception](0)
     outgoing, outgoing_reader = create_context_streams[SessionMessage](0)
+    owed = _Owed()
+
+    async def pass_on(line: bytes) -> None:
+        message = _message(line)
+        owed.read(message)
+        await incoming_writer.send(message)
 
     async def read_lines() -> None:
         partial = bytearray()  # the start of the line being read (appended to as it comes: no copy per read)
@@ -64,8 +76,12 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
                     chunk = os.read(read_fd, READ_BYTES)
                 except OSError:
                     chunk = b""
-                if not chunk:
-                    return  # the client closed its end: the session ends, as with the SDK's transport
+                if not chunk:  # the client closed its end: its last line is read, what it asked answered
+                    if head is None and partial.strip():
+                        await pass_on(bytes(partial))
+                    with anyio.move_on_after(END_GRACE_S):
+                        await owed.settled()
+                    return  # the session ends
                 *ended, rest = chunk.split(b"\n")
                 if ended and head is not None:
                     if (refusal := too_long(head, dropped + len(ended[0]))) is not None:
@@ -77,7 +93,7 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
                     partial.clear()
                 for line in ended:
                     if line.strip():
-                        await incoming_writer.send(_message(line))
+                        await pass_on(line)
                 if head is not None:
                     dropped += len(rest)
                     continue
@@ -96,7 +112,9 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
                     except BlockingIOError:  # the pipe is full: the client reads slowly
                         await anyio.wait_writable(write_fd)
                     except OSError:  # the client is gone: nothing more can reach it
+                        owed.clear()
                         return
+                owed.answered(item.message)
 
     try:
         async with anyio.create_task_group() as tasks:
@@ -106,6 +124,34 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
             tasks.cancel_scope.cancel()
     finally:
         restore()
+
+
+class _Owed:
+    """The ids of the requests read and not answered yet."""
+
+    def __init__(self) -> None:
+        self.ids: set[Any] = set()
+        self._none_left = anyio.Event()
+
+    def read(self, message: SessionMessage | Exception) -> None:
+        if isinstance(message, SessionMessage) and isinstance(message.message, types.JSONRPCRequest):
+            self.ids.add(message.message.id)
+
+    def answered(self, message: Any) -> None:
+        if isinstance(message, (types.JSONRPCResponse, types.JSONRPCError)):
+            self.ids.discard(message.id)
+            if not self.ids:
+                self._none_left.set()
+
+    def clear(self) -> None:
+        self.ids.clear()
+        self._none_left.set()
+
+    async def settled(self) -> None:
+        """Until every request read has its answer (a request the client cancelled gets none: the grace ends it)."""
+        if self.ids:
+            self._none_left = anyio.Event()
+            await self._none_left.wait()
 
 
 def _message(line: bytes) -> SessionMessage | Exception:
