@@ -173,7 +173,10 @@ def test_a_spare_sent_a_stop_signal_it_has_not_acted_on_is_not_handed_the_next_c
     try:
         for _ in range(50):  # the spare acts on the signal before the request in most rounds
             for pid in _idle_spares(launcher):
-                os.kill(pid, signal.SIGSTOP)
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    pass  # gone meanwhile (a spare the launcher killed, or made again after a mount): none to stop
             read_fd, write_fd = os.pipe()
             launched = launcher.spawn(
                 ["/bin/sh", "-c", "echo started"], tmp_path, dict(os.environ), write_fd, spec

@@ -42,8 +42,8 @@ READ_BYTES = 1 << 16
 # it comes, never held whole, and a request's id found at its start gets an error.
 MAX_LINE_BYTES = 64 << 20
 # At the end of input, how long the requests read are still answered (the SDK's client waits 2 s for a server to
-# leave after closing its stdin, then terminates it).
-END_GRACE_S = 2.0
+# leave after closing its stdin, then terminates it: the server leaves first, having ended its runs).
+END_GRACE_S = 1.0
 _ID = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")')
 
 
@@ -134,8 +134,16 @@ class _Owed:
         self._none_left = anyio.Event()
 
     def read(self, message: SessionMessage | Exception) -> None:
-        if isinstance(message, SessionMessage) and isinstance(message.message, types.JSONRPCRequest):
+        if not isinstance(message, SessionMessage):
+            return
+        if isinstance(message.message, types.JSONRPCRequest):
             self.ids.add(message.message.id)
+        elif (
+            isinstance(message.message, types.JSONRPCNotification)
+            and message.message.method == "notifications/cancelled"
+            and isinstance(message.message.params, dict)
+        ):  # the client gave it up: no answer is owed (none comes)
+            self.ids.discard(message.message.params.get("requestId"))
 
     def answered(self, message: Any) -> None:
         if isinstance(message, (types.JSONRPCResponse, types.JSONRPCError)):
@@ -148,7 +156,7 @@ class _Owed:
         self._none_left.set()
 
     async def settled(self) -> None:
-        """Until every request read has its answer (a request the client cancelled gets none: the grace ends it)."""
+        """Until every request read has its answer, or was given up by the client."""
         if self.ids:
             self._none_left = anyio.Event()
             await self._none_left.wait()
