@@ -12,7 +12,10 @@ children and stray prints never touch the wire; both are restored at the end. A 
 lone surrogate) goes out with U+FFFD in its place (`surrogates.wire_json`). At the end of its input (the client
 closed its end), a last line with no newline is read as a line, and the requests read are still answered for up
 to `END_GRACE_S` (a one-shot client, `printf ... | mcp-autoresearch serve`, reads its answers after closing
-stdin); then the session ends and cancels what is left, as the SDK's transport does at once.
+stdin); then the session ends and cancels what is left, as the SDK's transport does at once. A request the client
+cancelled (`notifications/cancelled`) is owed nothing, so the server leaves at once and ends a run itself (the
+SDK's client kills a server still there 2 s after closing stdin); an id reused while its first request runs is
+owed once per request; a last line over `MAX_LINE_BYTES` gets its error as one ended by a newline does.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import logging
 import os
 import re
 import stat
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -44,6 +48,7 @@ MAX_LINE_BYTES = 64 << 20
 # At the end of input, how long the requests read are still answered (the SDK's client waits 2 s for a server to
 # leave after closing its stdin, then terminates it).
 END_GRACE_S = 2.0
+CANCELLED = "notifications/cancelled"
 _ID = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")')
 
 
@@ -77,7 +82,9 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
                 except OSError:
                     chunk = b""
                 if not chunk:  # the client closed its end: its last line is read, what it asked answered
-                    if head is None and partial.strip():
+                    if head is not None and (refusal := too_long(head, dropped)) is not None:
+                        await outgoing.send(SessionMessage(refusal))
+                    elif head is None and partial.strip():
                         await pass_on(bytes(partial))
                     with anyio.move_on_after(END_GRACE_S):
                         await owed.settled()
@@ -127,28 +134,44 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
 
 
 class _Owed:
-    """The ids of the requests read and not answered yet."""
+    """The ids of the requests read and not answered yet, each with how many times it is owed (a careless
+    client may reuse an id while its first request is still running: each request gets its answer)."""
 
     def __init__(self) -> None:
-        self.ids: set[Any] = set()
+        self.ids: Counter[Any] = Counter()
         self._none_left = anyio.Event()
 
     def read(self, message: SessionMessage | Exception) -> None:
-        if isinstance(message, SessionMessage) and isinstance(message.message, types.JSONRPCRequest):
-            self.ids.add(message.message.id)
+        if not isinstance(message, SessionMessage):
+            return
+        if isinstance(message.message, types.JSONRPCRequest):
+            self.ids[message.message.id] += 1
+        elif isinstance(message.message, types.JSONRPCNotification) and message.message.method == CANCELLED:
+            # The client wants no answer to that request (the session sends none): it is owed no more.
+            params = message.message.params or {}
+            self._settle(params.get("requestId") if isinstance(params, dict) else None)
 
     def answered(self, message: Any) -> None:
         if isinstance(message, (types.JSONRPCResponse, types.JSONRPCError)):
-            self.ids.discard(message.id)
-            if not self.ids:
-                self._none_left.set()
+            self._settle(message.id)
+
+    def _settle(self, request_id: Any) -> None:
+        if isinstance(request_id, bool) or not isinstance(request_id, (int, str)):
+            return  # no request's id (a hostile `requestId` such as a list, or true, which equals 1)
+        if self.ids.get(request_id, 0) <= 0:
+            return  # never read, or answered already
+        self.ids[request_id] -= 1
+        if self.ids[request_id] == 0:
+            del self.ids[request_id]
+        if not self.ids:
+            self._none_left.set()
 
     def clear(self) -> None:
         self.ids.clear()
         self._none_left.set()
 
     async def settled(self) -> None:
-        """Until every request read has its answer (a request the client cancelled gets none: the grace ends it)."""
+        """Until every request read has its answer (or was cancelled by the client)."""
         if self.ids:
             self._none_left = anyio.Event()
             await self._none_left.wait()
