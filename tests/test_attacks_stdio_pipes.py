@@ -230,3 +230,29 @@ async def test_a_client_that_leaves_during_a_call_lets_the_server_end_and_log_th
 
 def _processes(command: str) -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []) == command]
+
+
+def test_a_line_over_the_limit_is_answered_only_with_its_own_top_level_id(ml_project: Path) -> None:
+    """The error for a line too long goes to the request the line's top level names, read from its start: an
+    id nested in its params, a notification's params, or an id cut short by the part read (123 read as 12)
+    named another request, which got an error it never earned."""
+    raw = _initialized(ml_project)
+    try:
+        assert raw.server.stdin is not None
+        pad = b"A" * (MAX_LINE_BYTES + (1 << 20))
+        raw.server.stdin.write(
+            b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"id":3,"pad":"' + pad + b'"}}\n'
+        )
+        raw.server.stdin.write(
+            b'{"jsonrpc":"2.0","method":"tools/call","params":{"name":"read_target","arguments":{"id":4},'
+            b'"pad":"' + pad + b'"},"id":9}\n'
+        )
+        start = b'{"jsonrpc":"2.0","method":"ping","x":"'
+        filler = b"B" * (4096 - len(start) - len(b'","id":12'))
+        raw.server.stdin.write(start + filler + b'","id":123,"params":{"pad":"' + pad + b'"}}\n')
+        raw.send({"jsonrpc": "2.0", "id": 11, "method": "ping"})
+        assert (
+            raw.answer_to(11)["result"] == {}
+        )  # no answer to 3, 4, 12 (nor 9, 123: their ids come too late)
+    finally:
+        raw.close()

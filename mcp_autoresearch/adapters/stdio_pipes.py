@@ -21,10 +21,8 @@ owed once per request; a last line over `MAX_LINE_BYTES` gets its error as one e
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
-import re
 import stat
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -37,7 +35,7 @@ from mcp.server.stdio import stdio_server
 from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import SessionMessage
 
-from .surrogates import SafeWriteStream, wire_json
+from .surrogates import SafeWriteStream, top_level, wire_json
 
 log = logging.getLogger("mcp_autoresearch")
 INVALID_REQUEST = -32600
@@ -49,7 +47,6 @@ MAX_LINE_BYTES = 64 << 20
 # leave after closing its stdin, then terminates it).
 END_GRACE_S = 2.0
 CANCELLED = "notifications/cancelled"
-_ID = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")')
 
 
 @asynccontextmanager
@@ -189,10 +186,12 @@ def _message(line: bytes) -> SessionMessage | Exception:
 
 
 def too_long(head: bytes, size: int) -> types.JSONRPCError | None:
-    """The answer to a line over `MAX_LINE_BYTES` (`head`: its start): an error for the request whose id it
-    starts with, else None (nothing to answer: it is logged)."""
-    found = _ID.search(head)
-    if found is None:
+    """The answer to a line over `MAX_LINE_BYTES` (`head`: its start): an error for the request whose id its
+    top level names before the cut, else None (nothing to answer: it is logged). An id nested in its params, or
+    a notification's or response's, names no request of this line: answering it would answer another."""
+    members = top_level(head.decode("utf-8", errors="replace"), cut=True) or {}
+    request_id = members.get("id")
+    if isinstance(request_id, bool) or not isinstance(request_id, (int, str)) or "method" not in members:
         log.warning("dropped a message of %d bytes (over %d) that names no request id", size, MAX_LINE_BYTES)
         return None
     message = (
@@ -200,9 +199,7 @@ def too_long(head: bytes, size: int) -> types.JSONRPCError | None:
         "send less at a time (apply_edit takes at most 4 MiB of content)"
     )
     return types.JSONRPCError(
-        jsonrpc="2.0",
-        id=json.loads(found.group(1)),
-        error=types.ErrorData(code=INVALID_REQUEST, message=message),
+        jsonrpc="2.0", id=request_id, error=types.ErrorData(code=INVALID_REQUEST, message=message)
     )
 
 
