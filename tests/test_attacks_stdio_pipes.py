@@ -256,3 +256,19 @@ def test_a_line_over_the_limit_is_answered_only_with_its_own_top_level_id(ml_pro
         )  # no answer to 3, 4, 12 (nor 9, 123: their ids come too late)
     finally:
         raw.close()
+
+
+def test_a_client_that_closed_its_end_of_stdout_is_owed_nothing_at_the_end_of_input(tmp_path: Path) -> None:
+    """The client closes the pipe it reads, keeps writing, then closes stdin: no answer can reach it, so the
+    server leaves at once (the requests read after its writer failed were owed until the grace ran out)."""
+    raw = _started(_PatientRawStdio(_run_project(tmp_path, "true")))
+    try:
+        assert raw.server.stdin is not None and raw.server.stdout is not None
+        raw.server.stdout.close()
+        raw.send({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})  # its answer meets the closed pipe
+        for request_id in range(2, 12):
+            raw.send({"jsonrpc": "2.0", "id": request_id, "method": "ping"})
+        raw.server.stdin.close()
+        assert raw.server.wait(timeout=120) == 0  # the limit only ends a test that would otherwise hang
+    finally:
+        raw.close()

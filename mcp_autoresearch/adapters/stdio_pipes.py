@@ -137,10 +137,11 @@ class _Owed:
     def __init__(self) -> None:
         self.ids: Counter[Any] = Counter()
         self._none_left = anyio.Event()
+        self._client_gone = False
 
     def read(self, message: SessionMessage | Exception) -> None:
-        if not isinstance(message, SessionMessage):
-            return
+        if self._client_gone or not isinstance(message, SessionMessage):
+            return  # once the client stopped reading, no answer can reach it: nothing is owed
         if isinstance(message.message, types.JSONRPCRequest):
             self.ids[message.message.id] += 1
         elif isinstance(message.message, types.JSONRPCNotification) and message.message.method == CANCELLED:
@@ -164,6 +165,8 @@ class _Owed:
             self._none_left.set()
 
     def clear(self) -> None:
+        """The client is gone (its end of stdout closed): nothing read before or after is owed."""
+        self._client_gone = True
         self.ids.clear()
         self._none_left.set()
 
