@@ -299,3 +299,18 @@ def test_sigterm_while_a_call_is_owed_at_the_end_of_input_still_logs_the_run(tmp
         assert [json.loads(line)["action"] for line in events].count("experiment_done") == 1, events
     finally:
         raw.close()
+
+
+def test_a_line_just_over_the_limit_is_refused_like_a_longer_one(ml_project: Path) -> None:
+    """A line over the limit by less than one read, its newline in the read that takes it over, is refused
+    too (its size was checked only between reads: a line up to 64 KiB over the limit was read whole)."""
+    raw = _initialized(ml_project)
+    try:
+        start = b'{"jsonrpc":"2.0","id":7,"method":"ping","params":{"pad":"'
+        end = b'"}}'
+        raw.send_line(start + b"A" * (MAX_LINE_BYTES + 1 - len(start) - len(end)) + end)
+        assert "64 MiB" in raw.answer_to(7)["error"]["message"]
+        raw.send({"jsonrpc": "2.0", "id": 8, "method": "ping"})
+        assert raw.answer_to(8)["result"] == {}
+    finally:
+        raw.close()

@@ -93,7 +93,12 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
                     head, ended[0] = None, b""
                 elif ended:
                     partial += ended[0]
-                    ended[0] = bytes(partial)
+                    if len(partial) > MAX_LINE_BYTES:  # the read that ended the line took it over the limit
+                        if (refusal := too_long(bytes(partial[:4096]), len(partial))) is not None:
+                            await outgoing.send(SessionMessage(refusal))
+                        ended[0] = b""
+                    else:
+                        ended[0] = bytes(partial)
                     partial.clear()
                 for line in ended:
                     if line.strip():
