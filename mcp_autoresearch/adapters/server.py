@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -109,14 +110,25 @@ class _PortableServer(MCPServer):
 
     async def run_stdio_async(self) -> None:
         """The SDK's stdio transport, where a request holding a lone surrogate gets an answer instead of
-        being dropped, and a reply holding one is still sent (see surrogates.py)."""
-        async with stdio_streams() as (read_stream, write_stream):
+        being dropped, and a reply holding one is still sent (see surrogates.py). SIGTERM (how a client ends a
+        server that did not leave after its input ended) ends the session as the end of input does: the runs in
+        flight are ended and logged before the server leaves (a second SIGTERM kills it at once)."""
+        async with stdio_streams() as (read_stream, write_stream), anyio.create_task_group() as tasks:
+            tasks.start_soon(_end_on_sigterm, tasks.cancel_scope)
             lowlevel = self._lowlevel_server  # what the SDK's own run_stdio_async serves
             await lowlevel.run(
                 ScreenedReadStream(read_stream, write_stream),
                 write_stream,
                 lowlevel.create_initialization_options(),
             )
+            tasks.cancel_scope.cancel()
+
+
+async def _end_on_sigterm(serving: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            serving.cancel()  # the lifespan's end (shielded) ends and logs the runs in flight
+            return
 
 
 def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:

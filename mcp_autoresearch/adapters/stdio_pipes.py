@@ -12,17 +12,19 @@ children and stray prints never touch the wire; both are restored at the end. A 
 lone surrogate) goes out with U+FFFD in its place (`surrogates.wire_json`). At the end of its input (the client
 closed its end), a last line with no newline is read as a line, and the requests read are still answered for up
 to `END_GRACE_S` (a one-shot client, `printf ... | mcp-autoresearch serve`, reads its answers after closing
-stdin); then the session ends and cancels what is left, as the SDK's transport does at once.
+stdin); then the session ends and cancels what is left, as the SDK's transport does at once. A request the client
+cancelled (`notifications/cancelled`) is owed nothing, so the server leaves at once and ends a run itself (the
+SDK's client kills a server still there 2 s after closing stdin); an id reused while its first request runs is
+owed once per request; a last line over `MAX_LINE_BYTES` gets its error as one ended by a newline does.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
-import re
 import stat
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,7 +35,7 @@ from mcp.server.stdio import stdio_server
 from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import SessionMessage
 
-from .surrogates import SafeWriteStream, wire_json
+from .surrogates import SafeWriteStream, top_level, wire_json
 
 log = logging.getLogger("mcp_autoresearch")
 INVALID_REQUEST = -32600
@@ -44,7 +46,7 @@ MAX_LINE_BYTES = 64 << 20
 # At the end of input, how long the requests read are still answered (the SDK's client waits 2 s for a server to
 # leave after closing its stdin, then terminates it: the server leaves first, having ended its runs).
 END_GRACE_S = 1.0
-_ID = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")')
+CANCELLED = "notifications/cancelled"
 
 
 @asynccontextmanager
@@ -77,7 +79,9 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
                 except OSError:
                     chunk = b""
                 if not chunk:  # the client closed its end: its last line is read, what it asked answered
-                    if head is None and partial.strip():
+                    if head is not None and (refusal := too_long(head, dropped)) is not None:
+                        await outgoing.send(SessionMessage(refusal))
+                    elif head is None and partial.strip():
                         await pass_on(bytes(partial))
                     with anyio.move_on_after(END_GRACE_S):
                         await owed.settled()
@@ -89,7 +93,12 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
                     head, ended[0] = None, b""
                 elif ended:
                     partial += ended[0]
-                    ended[0] = bytes(partial)
+                    if len(partial) > MAX_LINE_BYTES:  # the read that ended the line took it over the limit
+                        if (refusal := too_long(bytes(partial[:4096]), len(partial))) is not None:
+                            await outgoing.send(SessionMessage(refusal))
+                        ended[0] = b""
+                    else:
+                        ended[0] = bytes(partial)
                     partial.clear()
                 for line in ended:
                     if line.strip():
@@ -127,36 +136,47 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
 
 
 class _Owed:
-    """The ids of the requests read and not answered yet."""
+    """The ids of the requests read and not answered yet, each with how many times it is owed (a careless
+    client may reuse an id while its first request is still running: each request gets its answer)."""
 
     def __init__(self) -> None:
-        self.ids: set[Any] = set()
+        self.ids: Counter[Any] = Counter()
         self._none_left = anyio.Event()
+        self._client_gone = False
 
     def read(self, message: SessionMessage | Exception) -> None:
-        if not isinstance(message, SessionMessage):
-            return
+        if self._client_gone or not isinstance(message, SessionMessage):
+            return  # once the client stopped reading, no answer can reach it: nothing is owed
         if isinstance(message.message, types.JSONRPCRequest):
-            self.ids.add(message.message.id)
-        elif (
-            isinstance(message.message, types.JSONRPCNotification)
-            and message.message.method == "notifications/cancelled"
-            and isinstance(message.message.params, dict)
-        ):  # the client gave it up: no answer is owed (none comes)
-            self.ids.discard(message.message.params.get("requestId"))
+            self.ids[message.message.id] += 1
+        elif isinstance(message.message, types.JSONRPCNotification) and message.message.method == CANCELLED:
+            # The client wants no answer to that request (the session sends none): it is owed no more.
+            params = message.message.params or {}
+            self._settle(params.get("requestId") if isinstance(params, dict) else None)
 
     def answered(self, message: Any) -> None:
         if isinstance(message, (types.JSONRPCResponse, types.JSONRPCError)):
-            self.ids.discard(message.id)
-            if not self.ids:
-                self._none_left.set()
+            self._settle(message.id)
+
+    def _settle(self, request_id: Any) -> None:
+        if isinstance(request_id, bool) or not isinstance(request_id, (int, str)):
+            return  # no request's id (a hostile `requestId` such as a list, or true, which equals 1)
+        if self.ids.get(request_id, 0) <= 0:
+            return  # never read, or answered already
+        self.ids[request_id] -= 1
+        if self.ids[request_id] == 0:
+            del self.ids[request_id]
+        if not self.ids:
+            self._none_left.set()
 
     def clear(self) -> None:
+        """The client is gone (its end of stdout closed): nothing read before or after is owed."""
+        self._client_gone = True
         self.ids.clear()
         self._none_left.set()
 
     async def settled(self) -> None:
-        """Until every request read has its answer, or was given up by the client."""
+        """Until every request read has its answer (or was cancelled by the client)."""
         if self.ids:
             self._none_left = anyio.Event()
             await self._none_left.wait()
@@ -174,10 +194,12 @@ def _message(line: bytes) -> SessionMessage | Exception:
 
 
 def too_long(head: bytes, size: int) -> types.JSONRPCError | None:
-    """The answer to a line over `MAX_LINE_BYTES` (`head`: its start): an error for the request whose id it
-    starts with, else None (nothing to answer: it is logged)."""
-    found = _ID.search(head)
-    if found is None:
+    """The answer to a line over `MAX_LINE_BYTES` (`head`: its start): an error for the request whose id its
+    top level names before the cut, else None (nothing to answer: it is logged). An id nested in its params, or
+    a notification's or response's, names no request of this line: answering it would answer another."""
+    members = top_level(head.decode("utf-8", errors="replace"), cut=True) or {}
+    request_id = members.get("id")
+    if isinstance(request_id, bool) or not isinstance(request_id, (int, str)) or "method" not in members:
         log.warning("dropped a message of %d bytes (over %d) that names no request id", size, MAX_LINE_BYTES)
         return None
     message = (
@@ -185,9 +207,7 @@ def too_long(head: bytes, size: int) -> types.JSONRPCError | None:
         "send less at a time (apply_edit takes at most 4 MiB of content)"
     )
     return types.JSONRPCError(
-        jsonrpc="2.0",
-        id=json.loads(found.group(1)),
-        error=types.ErrorData(code=INVALID_REQUEST, message=message),
+        jsonrpc="2.0", id=request_id, error=types.ErrorData(code=INVALID_REQUEST, message=message)
     )
 
 

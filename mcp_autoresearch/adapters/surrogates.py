@@ -131,7 +131,7 @@ def unreadable_refusal(line: str, why: str) -> types.JSONRPCMessage | None:
     """The answer to a request the SDK could not parse for another reason (JSON nested deeper than its parser
     accepts): a JSON-RPC error naming why, when the line's top level shows a request's id (None otherwise: a
     line that is not JSON at all has no one to answer)."""
-    head = _top_level(line)
+    head = top_level(line)
     if head is None or not isinstance(head.get("id"), (int, str)) or not isinstance(head.get("method"), str):
         return None
     deep = "recursion" in why or "nested" in why
@@ -144,6 +144,7 @@ def unreadable_refusal(line: str, why: str) -> types.JSONRPCMessage | None:
 
 
 _STRUCTURE = re.compile(r'[][{}"]')
+_NESTED = object()  # the value of a member that is an array or an object (skipped)
 _SPACE = re.compile(r"[ \t\n\r]+")
 
 
@@ -152,9 +153,11 @@ def _after_space(line: str, at: int) -> int:
     return found.end() if found else at
 
 
-def _top_level(line: str) -> dict[str, Any] | None:
+def top_level(line: str, cut: bool = False) -> dict[str, Any] | None:
     """The members of the JSON object `line` whose values are not arrays or objects (those are skipped by
-    counting brackets outside strings, at any depth, without recursion); None when `line` is not an object."""
+    counting brackets outside strings, at any depth, without recursion); None when `line` is not an object.
+    `cut`: `line` is only the start of an object: the members that end before the cut (a value the cut runs
+    into is left out, so a number cut short is never read as a smaller one)."""
     decoder = json.JSONDecoder()
     found: dict[str, Any] = {}
     try:
@@ -173,17 +176,20 @@ def _top_level(line: str) -> dict[str, Any] | None:
             if line[at : at + 1] != ":":
                 return None
             at = _after_space(line, at + 1)
+            value: Any = _NESTED
             if line[at : at + 1] in ("[", "{"):
                 at = _skip_nested(line, at)
             else:
-                found[key], at = decoder.raw_decode(line, at)
+                value, at = decoder.raw_decode(line, at)
             at = _after_space(line, at)
+            if line[at : at + 1] not in (",", "}"):
+                return found if cut and at == len(line) else None
+            if value is not _NESTED:
+                found[key] = value
             if line[at : at + 1] == ",":
                 at += 1
-            elif line[at : at + 1] != "}":
-                return None
     except (ValueError, RecursionError):
-        return None
+        return found if cut else None
 
 
 def _skip_nested(line: str, at: int) -> int:
