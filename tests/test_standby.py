@@ -156,6 +156,29 @@ def test_a_changed_mount_table_makes_the_spares_again(launcher: Launcher, tmp_pa
     assert ours and holders == [], f"processes still holding the taken-away disk: {holders}"
 
 
+def test_a_stopped_spare_let_go_does_not_stay(launcher: Launcher, tmp_path: Path) -> None:
+    """A run stops a spare (it could: same user), then the launcher lets its spares go (here: the mount table
+    changed). Left only at the end of its channel, a stopped spare never read that end: it stayed, stopped, with
+    its standby process and its copy of every mount, for the launcher's whole life. It is killed."""
+    require(os.geteuid() == 0, "CI runs as root", "mounting a file system here needs root")
+    spec = {**VIEW, "write": [str(tmp_path / "w")]}
+    stopped = next(iter(_prepared_like(launcher, tmp_path, spec)))
+    standby = psutil.Process(stopped).children()[0].pid
+    os.kill(stopped, signal.SIGSTOP)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(disk)], check=True)
+    subprocess.run(["umount", str(disk)], check=True)
+
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    _until(lambda: gone(stopped) and gone(standby), "the stopped spare and its standby process to be gone")
+
+
 def _mounts_of(pid: int) -> str | None:
     try:
         return Path(f"/proc/{pid}/mountinfo").read_text()

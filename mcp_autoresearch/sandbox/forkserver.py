@@ -193,6 +193,15 @@ class Spare:
         except (ValueError, KeyError, TypeError):
             return False
 
+    def end(self) -> None:
+        """Killed, not only left at the end of its channel: a spare a run stopped would never read that end, and
+        would stay, stopped, for the launcher's life (its standby process dies with it)."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass  # gone already (reaped: its pid is not reused while the launcher has not waited for it)
+        self.channel.close()
+
     def fits(self, spec: dict[str, Any]) -> bool:
         return self.flags is None or self.flags == flags(spec)
 
@@ -252,21 +261,21 @@ class Spares:
 
     def take(self, data: bytes, fds: list[int], spec: dict[str, Any]) -> int | None:
         """The pid of a spare that took the request, or None (none that fits is left alive). A spare made for
-        another kind of run leaves (its channel closed)."""
+        another kind of run is ended."""
         self.like = spec
         while self.ready:
             spare = self.ready.pop(0)
             if not spare.fits(spec):
-                spare.channel.close()
+                spare.end()
                 continue
             if spare.hand_over(data, fds):
                 return spare.pid
         return None
 
     def discard(self) -> None:
-        """Let every spare go (each leaves at the end of its channel, its standby process with it)."""
+        """End every spare (its standby process with it)."""
         for spare in self.ready:
-            spare.channel.close()
+            spare.end()
         self.ready = []
 
     def reaped(self, pid: int) -> bool:
