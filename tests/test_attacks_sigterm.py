@@ -1,0 +1,284 @@
+"""SIGTERM (and SIGINT) to the stdio server, as a client or a terminal sends them: before `initialize`, during a
+run that ignores SIGTERM, a run whose keeper is stopped, while the client stopped reading, twice quickly. Each
+time the server leaves, its runs are ended and logged once, no process of a run is left, no traceback is
+printed, and the next `start_session` finds git and the records agreeing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from .conftest import GIT_ENV
+from .test_attacks_requests import INITIALIZE, RawStdio
+from .test_attacks_stdio_pipes import CALL, _processes, _run_project, _until
+
+WAIT = {"description": "baseline", "wait_s": 600}
+
+
+class _Server(RawStdio):
+    """The server over stdio, its stderr kept (a traceback there is a failure)."""
+
+    def __init__(self, root: Path) -> None:
+        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **GIT_ENV}
+        env["AUTORESEARCH_SLOTS_DIR"] = str(root.parent / "slots-home")  # never the user's slots
+        self.stderr = root.parent / f"stderr-{time.monotonic_ns()}.txt"
+        with self.stderr.open("wb") as err:
+            self.server = subprocess.Popen(
+                [sys.executable, "-m", "mcp_autoresearch", "serve", "--project", str(root)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=env,
+                cwd=root,
+            )
+
+    def initialized(self) -> _Server:
+        self.send(INITIALIZE)
+        assert "result" in self.answer_to(0)
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return self
+
+    def started(self, tag: str = "sig") -> _Server:
+        self.initialized()
+        self.send({**CALL, "id": "s", "params": {"name": "start_session", "arguments": {"tag": tag}}})
+        assert "result" in self.answer_to("s")  # type: ignore[arg-type]
+        return self
+
+    def stop_reading(self) -> None:
+        """Asks for answers that fill the pipe of stdout, which the client no longer reads."""
+        for request_id in range(100, 400):
+            self.send({"jsonrpc": "2.0", "id": request_id, "method": "tools/list"})
+
+    def left(self) -> int:
+        """The server's exit status once it left (the limit only ends a test that would otherwise hang)."""
+        return self.server.wait(timeout=120)
+
+    def errors(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+
+def _marker(base: int) -> str:
+    return f"sleep {base + time.monotonic_ns() % 100_000}"  # its own duration tells the run's command apart
+
+
+def _actions(root: Path) -> list[str]:
+    lines = (root / ".autoresearch/autoresearch.jsonl").read_text().splitlines()
+    return [json.loads(line)["action"] for line in lines]
+
+
+def _restarted(root: Path) -> dict[str, Any]:
+    """What the next server's start_session says (it resumes the session and checks git against the records)."""
+    server = _Server(root).initialized()
+    try:
+        server.send({**CALL, "id": 9, "params": {"name": "start_session", "arguments": {"tag": "sig"}}})
+        answer = server.answer_to(9)
+        assert answer["result"].get("isError") is not True, answer
+        return answer["result"]
+    finally:
+        server.close()
+
+
+def _ended_and_logged_once(server: _Server, root: Path, marker: str) -> None:
+    _until(lambda: not _processes(marker), "the run's command to end")
+    assert _actions(root).count("experiment_done") == 1, _actions(root)
+    assert "Traceback" not in server.errors(), server.errors()
+    _restarted(root)
+    assert _actions(root).count("experiment_done") == 1, _actions(root)
+
+
+def test_sigterm_before_initialize_ends_the_server_quietly(tmp_path: Path) -> None:
+    """Held: a SIGTERM before `initialize` ends the server (exit 0) without a traceback."""
+    root = _run_project(tmp_path, "echo score: 1")
+    server = _Server(root)
+    try:
+        server.send({"jsonrpc": "2.0", "id": 1, "method": "ping"})  # served before initialize: the loop is up
+        assert server.answer_to(1)["result"] == {}
+        server.server.terminate()
+        assert server.left() == 0
+        assert "Traceback" not in server.errors(), server.errors()
+    finally:
+        server.close()
+
+
+def test_sigterm_during_a_run_that_ignores_sigterm(tmp_path: Path) -> None:
+    """Held: a run that ignores SIGTERM is killed when its grace ends; the server leaves and logs it once."""
+    marker = _marker(800)
+    root = _run_project(tmp_path, f"trap '' TERM; {marker}")
+    server = _Server(root).started()
+    try:
+        server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
+        _until(lambda: _processes(marker), "the run's command to start")
+        server.server.terminate()
+        server.left()
+        _ended_and_logged_once(server, root, marker)
+    finally:
+        server.close()
+
+
+def test_sigterm_during_a_run_whose_keeper_is_stopped(tmp_path: Path) -> None:
+    """Held: the processes between the server and the run's command are stopped (SIGSTOP): the run's process
+    group is still killed, and the server leaves and logs the run once."""
+    marker = _marker(900)
+    root = _run_project(tmp_path, marker)
+    server = _Server(root).started()
+    try:
+        server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
+        command = _until(lambda: _processes(marker), "the run's command to start")[0]
+        above_the_server = {p.pid for p in psutil.Process(server.server.pid).parents()} | {server.server.pid}
+        for keeper in [p for p in command.parents() if p.pid not in above_the_server]:
+            keeper.suspend()
+        server.server.terminate()
+        server.left()
+        _ended_and_logged_once(server, root, marker)
+    finally:
+        server.close()
+
+
+def test_sigterm_while_the_client_stopped_reading(tmp_path: Path) -> None:
+    """Broke: the client stopped reading (stdout full), then SIGTERM. The SDK's last answer to the cancelled
+    call waited for the full pipe while the call, cancelled as if the client gave it up, ended the run: the
+    run was not in flight any more when the lifespan's end stopped the runs, and was never logged (the README
+    says a SIGTERM logs the runs in flight as interrupted); the reader of stdin, blocked handing a request to
+    the closed session, raised a traceback."""
+    marker = _marker(1000)
+    root = _run_project(tmp_path, marker)
+    server = _Server(root).started()
+    try:
+        server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
+        _until(lambda: _processes(marker), "the run's command to start")
+        server.stop_reading()
+        server.server.terminate()
+        server.left()
+        _ended_and_logged_once(server, root, marker)
+    finally:
+        server.close()
+
+
+def test_two_sigterms_at_once_during_a_run(tmp_path: Path) -> None:
+    """Held: two SIGTERMs at once (the second may kill the server at once): no traceback, no process of the
+    run left, and the run is logged once (by this server or at the next start)."""
+    marker = _marker(1100)
+    root = _run_project(tmp_path, marker)
+    server = _Server(root).started()
+    try:
+        server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
+        _until(lambda: _processes(marker), "the run's command to start")
+        server.server.terminate()
+        server.server.terminate()
+        server.left()
+        _until(lambda: not _processes(marker), "the run's command to end")
+        assert "Traceback" not in server.errors(), server.errors()
+        _restarted(root)
+        assert _actions(root).count("experiment_done") == 1, _actions(root)
+    finally:
+        server.close()
+
+
+def test_sigint_during_a_run(tmp_path: Path) -> None:
+    """Held: SIGINT (Ctrl-C) to the server alone during a run: it leaves and logs the run once, quietly."""
+    marker = _marker(1200)
+    root = _run_project(tmp_path, marker)
+    server = _Server(root).started()
+    try:
+        server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
+        _until(lambda: _processes(marker), "the run's command to start")
+        server.server.send_signal(signal.SIGINT)
+        server.left()
+        _ended_and_logged_once(server, root, marker)
+    finally:
+        server.close()
+
+
+def test_sigterm_during_start_session(tmp_path: Path) -> None:
+    """Broke: a SIGTERM while the session reads a request (start_session, just sent): the reader of stdin,
+    handing it to a session that had ended, failed with BrokenResourceError and printed a traceback."""
+    root = _run_project(tmp_path, "echo score: 1")
+    server = _Server(root).initialized()
+    try:
+        server.send({**CALL, "id": "s", "params": {"name": "start_session", "arguments": {"tag": "sig"}}})
+        server.server.terminate()
+        server.left()
+        assert "Traceback" not in server.errors(), server.errors()
+        _restarted(root)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("answered", [False, True])
+def test_sigterm_during_initialize(tmp_path: Path, answered: bool) -> None:
+    """Held: a SIGTERM with `initialize` just sent, or just answered, ends the server quietly."""
+    root = _run_project(tmp_path, "echo score: 1")
+    server = _Server(root)
+    try:
+        server.send(INITIALIZE)
+        if answered:
+            server.answer_to(0)
+        server.server.terminate()
+        assert server.left() in (0, -signal.SIGTERM)
+        assert "Traceback" not in server.errors(), server.errors()
+    finally:
+        server.close()
+
+
+def test_the_end_of_input_during_a_run_logs_it_as_interrupted(tmp_path: Path) -> None:
+    """Broke: a client that stopped reading closes stdin during a run: the session's end cancelled the call as
+    if the client gave it up, which ended the run before the lifespan's end could log it as interrupted."""
+    marker = _marker(1300)
+    root = _run_project(tmp_path, marker)
+    server = _Server(root).started()
+    try:
+        server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
+        _until(lambda: _processes(marker), "the run's command to start")
+        server.stop_reading()
+        assert server.server.stdin is not None
+        server.server.stdin.close()
+        server.left()
+        _ended_and_logged_once(server, root, marker)
+    finally:
+        server.close()
+
+
+def test_sigterm_during_the_evaluation_stage(tmp_path: Path) -> None:
+    """The run is over and its evaluation stage (`eval_command`) runs when the SIGTERM comes."""
+    marker = _marker(1400)
+    root = _run_project(tmp_path, "echo done")
+    config = root / "autoresearch.toml"
+    config.write_text(config.read_text() + f'eval_command = "{marker}"\n')
+    subprocess.run(["git", "commit", "-qam", "eval"], cwd=root, env={**os.environ, **GIT_ENV}, check=True)
+    server = _Server(root).started()
+    try:
+        server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
+        _until(lambda: _processes(marker), "the evaluation stage to start")
+        server.server.terminate()
+        server.left()
+        _ended_and_logged_once(server, root, marker)
+    finally:
+        server.close()
+
+
+def test_sigterm_during_a_slot_run(tmp_path: Path) -> None:
+    """With slots, run_experiment returns at once; the run in its slot is in flight when the SIGTERM comes."""
+    marker = _marker(1500)
+    root = _run_project(tmp_path, marker)
+    config = root / "autoresearch.toml"
+    config.write_text(config.read_text() + "slots = 2\n")
+    subprocess.run(["git", "commit", "-qam", "slots"], cwd=root, env={**os.environ, **GIT_ENV}, check=True)
+    server = _Server(root).started()
+    try:
+        server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
+        assert server.answer_to(2)["result"].get("isError") is not True
+        _until(lambda: _processes(marker), "the run's command to start")
+        server.server.terminate()
+        server.left()
+        _ended_and_logged_once(server, root, marker)
+    finally:
+        server.close()
