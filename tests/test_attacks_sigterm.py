@@ -317,16 +317,11 @@ def _holding_out(tmp_path: Path, marker: str) -> tuple[_Server, Path]:
     return server, root
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the holdout stage runs inside commit_or_reset's worker thread, which the session's end cannot "
-    "cancel (to_thread, not abandoned) and no stop reaches (the lifespan's end runs only once that thread "
-    "returned; Runs.stop knows only the runs in flight): a SIGTERM waits for the holdout to end, up to "
-    "eval_timeout. Fix: register the holdout's Experiment where a SIGTERM can cancel it without a lock (the "
-    "decision holds core.lock meanwhile), and cancel it from the SIGTERM receiver",
-)
 def test_sigterm_during_the_holdout_of_a_keep(tmp_path: Path) -> None:
-    """A SIGTERM while commit_or_reset runs the holdout: the server leaves, no process of the holdout is left."""
+    """Broke: a SIGTERM while commit_or_reset runs the holdout waited for the holdout to end (up to
+    eval_timeout): it runs inside the call's worker thread, which the session's end cannot cancel, and the
+    lifespan's end (which stops the runs in flight) runs only once that call returned. Now the SIGTERM cancels
+    it at once: the server leaves, no process of the holdout is left, the decision stands."""
     marker = _marker(1700)
     server, root = _holding_out(tmp_path, marker)
     try:
@@ -335,13 +330,17 @@ def test_sigterm_during_the_holdout_of_a_keep(tmp_path: Path) -> None:
         _until(lambda: not _processes(marker), "the holdout's command to end")
         assert _actions(root).count("experiment_done") == 1, _actions(root)
         assert "Traceback" not in server.errors(), server.errors()
+        holdout = [
+            json.loads(line) for line in (root / ".autoresearch/holdout/sig.jsonl").read_text().splitlines()
+        ]
+        assert [record["error"] for record in holdout] == ["the server was stopped"], holdout
         _restarted(root)
     finally:
         server.close()
 
 
 def test_a_second_sigterm_during_the_holdout_of_a_keep_ends_the_server(tmp_path: Path) -> None:
-    """Held: while the first SIGTERM waits for the holdout (above), a second one ends the server at once; no
+    """Held: SIGTERMs sent again and again during the holdout (the second one kills the server at once): no
     process of the holdout is left, and the decision, logged before the holdout, stands at the next start."""
     marker = _marker(1800)
     server, root = _holding_out(tmp_path, marker)

@@ -94,6 +94,7 @@ class _PortableServer(MCPServer):
     # Set when the session ends (the end of input, or SIGTERM) before its calls are cancelled: a run whose call
     # is cancelled then was not given up by the client; the lifespan's end stops it and logs it as interrupted.
     leaving: threading.Event
+    interrupt: Callable[[], None]  # cancels what runs inside a call (Workspace.interrupt)
 
     async def list_tools(self) -> list[MCPTool]:
         return [
@@ -119,7 +120,7 @@ class _PortableServer(MCPServer):
         server that did not leave after its input ended) ends the session as the end of input does: the runs in
         flight are ended and logged before the server leaves (a second SIGTERM kills it at once)."""
         async with stdio_streams() as (read_stream, write_stream), anyio.create_task_group() as tasks:
-            tasks.start_soon(_end_on_sigterm, tasks.cancel_scope, self.leaving)
+            tasks.start_soon(_end_on_sigterm, tasks.cancel_scope, self.leaving, self.interrupt)
             lowlevel = self._lowlevel_server  # what the SDK's own run_stdio_async serves
             await lowlevel.run(
                 ScreenedReadStream(read_stream, write_stream, at_end=self.leaving.set),
@@ -129,10 +130,13 @@ class _PortableServer(MCPServer):
             tasks.cancel_scope.cancel()
 
 
-async def _end_on_sigterm(serving: anyio.CancelScope, leaving: threading.Event) -> None:
+async def _end_on_sigterm(
+    serving: anyio.CancelScope, leaving: threading.Event, interrupt: Callable[[], None]
+) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM) as signals:
         async for _ in signals:
             leaving.set()  # first: the calls cancelled next leave their runs to the lifespan's end
+            interrupt()  # a stage inside a call (the holdout) would hold the call, and the end, until it ends
             serving.cancel()  # the lifespan's end (shielded) ends and logs the runs in flight
             return
 
@@ -213,6 +217,7 @@ def create_server(workspace: Workspace) -> MCPServer:
         "autoresearch", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
     )
     server.leaving = threading.Event()
+    server.interrupt = workspace.interrupt
 
     def tool(
         read_only: bool, destructive: bool = False, idempotent: bool = False
