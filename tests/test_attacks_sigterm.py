@@ -396,3 +396,19 @@ async def test_sigterm_over_http_during_a_run_ends_and_logs_it(tmp_path: Path) -
         finally:
             proc.kill()
             proc.wait()
+
+
+def test_the_end_of_input_during_the_holdout_of_a_keep(tmp_path: Path) -> None:
+    """Broke: the client closes stdin while commit_or_reset runs the holdout: the server stayed until the
+    holdout ended (up to eval_timeout). Now the session's end cancels it as a SIGTERM does."""
+    marker = _marker(2000)
+    server, root = _holding_out(tmp_path, marker)
+    try:
+        assert server.server.stdin is not None
+        server.server.stdin.close()
+        server.left()
+        _until(lambda: not _processes(marker), "the holdout's command to end")
+        assert _actions(root).count("experiment_done") == 1, _actions(root)
+        assert "Traceback" not in server.errors(), server.errors()
+    finally:
+        server.close()

@@ -114,29 +114,31 @@ class _PortableServer(MCPServer):
             raise ToolError(problem)
         return await super().call_tool(name, arguments, context)
 
+    def _leave(self) -> None:
+        """The session ends (the end of input, or SIGTERM), before its calls are cancelled."""
+        self.leaving.set()
+        self.interrupt()  # a stage inside a call (the holdout) would hold the call, and the end, until it ends
+
     async def run_stdio_async(self) -> None:
         """The SDK's stdio transport, where a request holding a lone surrogate gets an answer instead of
         being dropped, and a reply holding one is still sent (see surrogates.py). SIGTERM (how a client ends a
         server that did not leave after its input ended) ends the session as the end of input does: the runs in
         flight are ended and logged before the server leaves (a second SIGTERM kills it at once)."""
         async with stdio_streams() as (read_stream, write_stream), anyio.create_task_group() as tasks:
-            tasks.start_soon(_end_on_sigterm, tasks.cancel_scope, self.leaving, self.interrupt)
+            tasks.start_soon(_end_on_sigterm, tasks.cancel_scope, self._leave)
             lowlevel = self._lowlevel_server  # what the SDK's own run_stdio_async serves
             await lowlevel.run(
-                ScreenedReadStream(read_stream, write_stream, at_end=self.leaving.set),
+                ScreenedReadStream(read_stream, write_stream, at_end=self._leave),
                 write_stream,
                 lowlevel.create_initialization_options(),
             )
             tasks.cancel_scope.cancel()
 
 
-async def _end_on_sigterm(
-    serving: anyio.CancelScope, leaving: threading.Event, interrupt: Callable[[], None]
-) -> None:
+async def _end_on_sigterm(serving: anyio.CancelScope, leave: Callable[[], None]) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM) as signals:
         async for _ in signals:
-            leaving.set()  # first: the calls cancelled next leave their runs to the lifespan's end
-            interrupt()  # a stage inside a call (the holdout) would hold the call, and the end, until it ends
+            leave()  # first: the calls cancelled next leave their runs to the lifespan's end
             serving.cancel()  # the lifespan's end (shielded) ends and logs the runs in flight
             return
 
