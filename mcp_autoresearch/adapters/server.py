@@ -10,6 +10,7 @@ import functools
 import inspect
 import logging
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -90,6 +91,11 @@ class _PortableServer(MCPServer):
     query_results' rows) are inlined, because some clients cannot resolve them and then list no tools at all
     (see schemas.py)."""
 
+    # Set when the session ends (the end of input, or SIGTERM) before its calls are cancelled: a run whose call
+    # is cancelled then was not given up by the client; the lifespan's end stops it and logs it as interrupted.
+    leaving: threading.Event
+    interrupt: Callable[[], None]  # cancels what runs inside a call (Workspace.interrupt)
+
     async def list_tools(self) -> list[MCPTool]:
         return [
             tool.model_copy(
@@ -108,25 +114,31 @@ class _PortableServer(MCPServer):
             raise ToolError(problem)
         return await super().call_tool(name, arguments, context)
 
+    def _leave(self) -> None:
+        """The session ends (the end of input, or SIGTERM), before its calls are cancelled."""
+        self.leaving.set()
+        self.interrupt()  # a stage inside a call (the holdout) would hold the call, and the end, until it ends
+
     async def run_stdio_async(self) -> None:
         """The SDK's stdio transport, where a request holding a lone surrogate gets an answer instead of
         being dropped, and a reply holding one is still sent (see surrogates.py). SIGTERM (how a client ends a
         server that did not leave after its input ended) ends the session as the end of input does: the runs in
         flight are ended and logged before the server leaves (a second SIGTERM kills it at once)."""
         async with stdio_streams() as (read_stream, write_stream), anyio.create_task_group() as tasks:
-            tasks.start_soon(_end_on_sigterm, tasks.cancel_scope)
+            tasks.start_soon(_end_on_sigterm, tasks.cancel_scope, self._leave)
             lowlevel = self._lowlevel_server  # what the SDK's own run_stdio_async serves
             await lowlevel.run(
-                ScreenedReadStream(read_stream, write_stream),
+                ScreenedReadStream(read_stream, write_stream, at_end=self._leave),
                 write_stream,
                 lowlevel.create_initialization_options(),
             )
             tasks.cancel_scope.cancel()
 
 
-async def _end_on_sigterm(serving: anyio.CancelScope) -> None:
+async def _end_on_sigterm(serving: anyio.CancelScope, leave: Callable[[], None]) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM) as signals:
         async for _ in signals:
+            leave()  # first: the calls cancelled next leave their runs to the lifespan's end
             serving.cancel()  # the lifespan's end (shielded) ends and logs the runs in flight
             return
 
@@ -206,6 +218,8 @@ def create_server(workspace: Workspace) -> MCPServer:
     server = _PortableServer(
         "autoresearch", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
     )
+    server.leaving = threading.Event()
+    server.interrupt = workspace.interrupt
 
     def tool(
         read_only: bool, destructive: bool = False, idempotent: bool = False
@@ -222,7 +236,7 @@ def create_server(workspace: Workspace) -> MCPServer:
         return register
 
     _session_tools(tool, workspace)
-    _run_tools(tool, workspace)
+    _run_tools(tool, workspace, server.leaving)
     _decision_tools(tool, workspace)
     tree_tools(tool, workspace)
     prompt_and_resources(server, workspace)
@@ -326,8 +340,9 @@ def _session_tools(tool: Register, workspace: Workspace) -> None:
         return workspace.session.apply_edit(ops, content, path, expected_sha256)
 
 
-def _run_tools(tool: Register, workspace: Workspace) -> None:
-    """run_experiment and wait_experiment: start a run, wait for it with progress."""
+def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -> None:
+    """run_experiment and wait_experiment: start a run, wait for it with progress (`leaving`: set when the
+    session ends, see _PortableServer)."""
 
     def current_session() -> Session:
         return workspace.session
@@ -363,6 +378,8 @@ def _run_tools(tool: Register, workspace: Workspace) -> None:
                     progress = handle.progress()
                     await ctx.report_progress(progress.elapsed_s, progress.limit_s, progress.message)
             except anyio.get_cancelled_exc_class():
+                if leaving.is_set():  # the session ends, not the client: the lifespan's end logs the run
+                    raise
                 session.cancel_run(
                     "the client cancelled the call waiting for this run (a request timeout?); "
                     "use a smaller wait_s and poll with wait_experiment",

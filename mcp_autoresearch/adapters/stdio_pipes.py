@@ -68,6 +68,12 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
         await incoming_writer.send(message)
 
     async def read_lines() -> None:
+        try:
+            await read_until_the_end()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the session ended first (SIGTERM): nobody reads what is left
+
+    async def read_until_the_end() -> None:
         partial = bytearray()  # the start of the line being read (appended to as it comes: no copy per read)
         head: bytes | None = None  # the start of a line too long, while the rest of it is thrown away
         dropped = 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -209,11 +209,13 @@ def _skip_nested(line: str, at: int) -> int:
 
 
 class ScreenedReadStream:
-    """The SDK's read stream, with the requests it dropped for a lone surrogate answered (see refusal_for)."""
+    """The SDK's read stream, with the requests it dropped for a lone surrogate answered (see refusal_for);
+    `at_end` is called at the end of input, before the session cancels its calls."""
 
-    def __init__(self, inner: Any, write: Any) -> None:
+    def __init__(self, inner: Any, write: Any, at_end: Callable[[], None] | None = None) -> None:
         self._inner = inner
         self._write = write
+        self._at_end = at_end
 
     def __getattr__(self, name: str) -> Any:  # last_context and the rest, as the SDK reads them
         return getattr(self._inner, name)
@@ -233,6 +235,8 @@ class ScreenedReadStream:
         try:
             return await self.receive()
         except anyio.EndOfStream:
+            if self._at_end is not None:
+                self._at_end()
             raise StopAsyncIteration from None
 
     async def aclose(self) -> None:

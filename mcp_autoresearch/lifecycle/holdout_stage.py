@@ -5,6 +5,8 @@ records (`holdout.py`); no tool result carries it."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from ..measure.holdout import record_holdout
@@ -26,9 +28,11 @@ def run_holdout(
     run_id: str,
     value: float | None,
     baseline: bool,
+    watch: Callable[[Experiment], AbstractContextManager[Experiment]],
 ) -> None:
     """Measure the keep `run_id` (metric `value`) on the holdout and record it. Never raises: a failing holdout
-    is recorded as such and changes nothing of the session."""
+    is recorded as such and changes nothing of the session. `watch`: while the holdout runs, a server leaving
+    can cancel it (`Runs.side_stage`)."""
     if not config.holdout_command:
         return
     try:
@@ -38,11 +42,14 @@ def run_holdout(
         )
         # The checks (the target's code) ran after the evaluation: outputs changed since are not measured.
         error = changed_since_measured(root, list(config.writable), run_id)
-        found, error = (
-            (None, error)
-            if error
-            else experiment.evaluate_only(config.holdout_command, folder / f"{run_id}.log", "holdout_command")
-        )
+        with watch(experiment):
+            found, error = (
+                (None, error)
+                if error
+                else experiment.evaluate_only(
+                    config.holdout_command, folder / f"{run_id}.log", "holdout_command"
+                )
+            )
     except Exception as exc:  # the decision stands whatever happens here
         log.exception("the holdout of %s failed", run_id)
         found, error = None, f"{type(exc).__name__}: {exc}"

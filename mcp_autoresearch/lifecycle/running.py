@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -131,6 +132,34 @@ class Runs:
         self.flights: dict[str, ActiveRun] = {}
         self.finish_order: list[str] = [p.run_id for p in core.state.inflight if not in_flight(p)]
         self._changed = threading.Condition(threading.Lock())
+        # Stages that run outside any flight (the holdout, inside a decision) and why the server stops, if it
+        # does: `interrupt` cancels them without the session's lock, which the decision holds meanwhile.
+        self._stages: set[Experiment] = set()
+        self._stopping: str | None = None
+        self._stages_lock = threading.Lock()
+
+    @contextmanager
+    def side_stage(self, experiment: Experiment) -> Iterator[Experiment]:
+        """`experiment` runs outside any flight while in this block: `interrupt` cancels it."""
+        with self._stages_lock:
+            self._stages.add(experiment)
+            reason = self._stopping
+        if reason is not None:
+            experiment.cancel(reason)
+        try:
+            yield experiment
+        finally:
+            with self._stages_lock:
+                self._stages.discard(experiment)
+
+    def interrupt(self, reason: str) -> None:
+        """The server is leaving (SIGTERM): the side stages running, and any started later, are cancelled now
+        (the runs in flight are stopped by `stop`, once the calls are over)."""
+        with self._stages_lock:
+            self._stopping = reason
+            stages = list(self._stages)
+        for experiment in stages:
+            experiment.cancel(reason)
 
     # -- what is in flight -----------------------------------------------------------------------------------
     def entry(self, run_id: str) -> Pending | None:

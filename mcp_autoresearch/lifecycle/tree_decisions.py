@@ -84,6 +84,7 @@ class TreeDecisions:
                 pending.run_id,
                 best,
                 pending.is_baseline,
+                self.runs.side_stage,
             )
         return decided_next_step(
             core,

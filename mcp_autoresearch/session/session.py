@@ -453,6 +453,10 @@ class Session:
     def shutdown(self, join_s: float = 10.0) -> None:
         self.decider.shutdown(join_s)
 
+    def interrupt(self) -> None:
+        """The server is leaving: what runs inside a call (the holdout) is cancelled now, without a lock."""
+        self.runs.interrupt("the server was stopped")
+
 
 def _rules_of(config: Config) -> dict[str, Any]:
     return {key: getattr(config, key) for key in FROZEN_KEYS}

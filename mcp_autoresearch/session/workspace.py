@@ -114,6 +114,13 @@ class Workspace:
             self._session = session
             return session.describe(resumed=session.resumed)
 
+    def interrupt(self) -> None:
+        """The server is leaving (SIGTERM): a stage running inside a call is cancelled at once, so that the
+        call ends and `shutdown` can run; no lock is taken (the call holds them)."""
+        session = self._session
+        if session is not None:
+            session.interrupt()
+
     def shutdown(self) -> None:
         """Stop a run in flight (its tree is killed and it is logged as a crash) and release the lock."""
         with self._lock:
