@@ -40,13 +40,33 @@ print("peak_vram_mb: 512.0")
 """
 
 
+# The tests that look at which spare keeper took a command, and those that mount a file system: a mount makes
+# every launcher on the machine let its spares go and make new ones (`forkserver.serve`), so the two never run
+# at the same time (one worker runs them all).
+SPARES_MODULES = {
+    "test_attacks_block_devices",
+    "test_attacks_prepared",
+    "test_attacks_rehearsal",
+    "test_attacks_speedups",
+    "test_attacks_standby",
+    "test_launcher",
+    "test_private_view",
+    "test_standby",
+}
+MOUNTING_FIXTURES = {"small_disk", "few_inodes"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """For pytest-xdist (`-n 2 --dist loadgroup`, the README's command): every test that uses the session's Ray
-    head runs on one worker (one head for the whole run, not one per worker), and the long soak starts first, so
-    that no worker is left with it at the end while the other has nothing to do."""
+    head runs on one worker (one head for the whole run, not one per worker), the tests of spares and of mounts
+    on one worker (SPARES_MODULES), and the long soak starts first, so that no worker is left with it at the end
+    while the other has nothing to do."""
     for item in items:
-        if "ray_address" in getattr(item, "fixturenames", ()):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "ray_address" in fixtures:
             item.add_marker(pytest.mark.xdist_group("ray"))
+        elif item.module.__name__.rsplit(".", 1)[-1] in SPARES_MODULES or fixtures & MOUNTING_FIXTURES:
+            item.add_marker(pytest.mark.xdist_group("spares"))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
 
 

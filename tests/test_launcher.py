@@ -93,6 +93,32 @@ def test_a_spare_starts_the_next_command_and_a_new_spare_follows(launcher: Launc
     assert keeper in following and code == 7
 
 
+def test_a_stopped_launcher_leaves_with_its_server(tmp_path: Path) -> None:
+    """A run that is not confined (`isolation = "off"`) can stop the server's launcher (same user). Stopped, it
+    would never read the end of its socket when the server leaves, and stay for good, with its spares: the
+    server wakes it as it leaves."""
+    script = textwrap.dedent(
+        """
+        import os, signal
+        from mcp_autoresearch.sandbox.launcher import launcher
+        pid = launcher().process.pid
+        os.kill(pid, signal.SIGSTOP)
+        print(pid, flush=True)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pid = int(done.stdout)
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    _until(gone, "the stopped launcher to leave")
+
+
 def test_the_command_of_a_spare_is_scheduled_as_any_process(launcher: Launcher, tmp_path: Path) -> None:
     """A spare waits as a batch process (so that its wake-up does not delay the launcher's answer); its keeper
     and command are ordinary processes again."""

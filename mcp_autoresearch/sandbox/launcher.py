@@ -14,10 +14,12 @@ confined), the next command starts a new one, and a command whose launcher died 
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -129,6 +131,20 @@ class Launcher:
         self._forgotten: set[int] = set()
         self.alive = True
         threading.Thread(target=self._read, name="launcher-reader", daemon=True).start()
+        atexit.register(self._wake_to_leave)
+
+    def _wake_to_leave(self) -> None:
+        """As this process leaves: the launcher is told (the end of its socket) and woken, in case a run stopped
+        it (an unconfined run can: same user). Stopped, it would never read that end, and stay for good."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self.process.poll() is None:  # not reaped: its pid is still its own
+            try:
+                os.kill(self.process.pid, signal.SIGCONT)
+            except OSError:
+                pass
 
     def _read(self) -> None:
         while True:
