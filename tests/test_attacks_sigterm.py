@@ -99,6 +99,22 @@ def _ended_and_logged_once(server: _Server, root: Path, marker: str) -> None:
     assert _actions(root).count("experiment_done") == 1, _actions(root)
 
 
+def _start_run(
+    server: _Server, marker: str, what: str = "the run's command to start"
+) -> list[psutil.Process]:
+    """run_experiment (request 2), waiting on it; returns once `marker`'s process runs."""
+    server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
+    found: list[psutil.Process] = _until(lambda: _processes(marker), what)
+    return found
+
+
+def _terminated(server: _Server, root: Path, marker: str) -> None:
+    """SIGTERM; the server leaves, the run is ended and logged once."""
+    server.server.terminate()
+    server.left()
+    _ended_and_logged_once(server, root, marker)
+
+
 def test_sigterm_before_initialize_ends_the_server_quietly(tmp_path: Path) -> None:
     """Held: a SIGTERM before `initialize` ends the server (exit 0) without a traceback."""
     root = _run_project(tmp_path, "echo score: 1")
@@ -119,11 +135,8 @@ def test_sigterm_during_a_run_that_ignores_sigterm(tmp_path: Path) -> None:
     root = _run_project(tmp_path, f"trap '' TERM; {marker}")
     server = _Server(root).started()
     try:
-        server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
-        _until(lambda: _processes(marker), "the run's command to start")
-        server.server.terminate()
-        server.left()
-        _ended_and_logged_once(server, root, marker)
+        _start_run(server, marker)
+        _terminated(server, root, marker)
     finally:
         server.close()
 
@@ -148,9 +161,7 @@ def test_sigterm_during_a_run_whose_keeper_is_stopped(tmp_path: Path) -> None:
         assert keepers
         for keeper in keepers:
             keeper.suspend()
-        server.server.terminate()
-        server.left()
-        _ended_and_logged_once(server, root, marker)
+        _terminated(server, root, marker)
     finally:
         server.close()
         for keeper in keepers:
@@ -168,12 +179,9 @@ def test_sigterm_while_the_client_stopped_reading(tmp_path: Path) -> None:
     root = _run_project(tmp_path, marker)
     server = _Server(root).started()
     try:
-        server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
-        _until(lambda: _processes(marker), "the run's command to start")
+        _start_run(server, marker)
         server.stop_reading()
-        server.server.terminate()
-        server.left()
-        _ended_and_logged_once(server, root, marker)
+        _terminated(server, root, marker)
     finally:
         server.close()
 
@@ -185,8 +193,7 @@ def test_two_sigterms_at_once_during_a_run(tmp_path: Path) -> None:
     root = _run_project(tmp_path, marker)
     server = _Server(root).started()
     try:
-        server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
-        _until(lambda: _processes(marker), "the run's command to start")
+        _start_run(server, marker)
         server.server.terminate()
         server.server.terminate()
         server.left()
@@ -204,8 +211,7 @@ def test_sigint_during_a_run(tmp_path: Path) -> None:
     root = _run_project(tmp_path, marker)
     server = _Server(root).started()
     try:
-        server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
-        _until(lambda: _processes(marker), "the run's command to start")
+        _start_run(server, marker)
         server.server.send_signal(signal.SIGINT)
         server.left()
         _ended_and_logged_once(server, root, marker)
@@ -251,8 +257,7 @@ def test_the_end_of_input_during_a_run_logs_it_as_interrupted(tmp_path: Path) ->
     root = _run_project(tmp_path, marker)
     server = _Server(root).started()
     try:
-        server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
-        _until(lambda: _processes(marker), "the run's command to start")
+        _start_run(server, marker)
         server.stop_reading()
         assert server.server.stdin is not None
         server.server.stdin.close()
@@ -273,9 +278,7 @@ def test_sigterm_during_the_evaluation_stage(tmp_path: Path) -> None:
     try:
         server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
         _until(lambda: _processes(marker), "the evaluation stage to start")
-        server.server.terminate()
-        server.left()
-        _ended_and_logged_once(server, root, marker)
+        _terminated(server, root, marker)
     finally:
         server.close()
 
@@ -292,9 +295,7 @@ def test_sigterm_during_a_slot_run(tmp_path: Path) -> None:
         server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": WAIT}})
         assert server.answer_to(2)["result"].get("isError") is not True
         _until(lambda: _processes(marker), "the run's command to start")
-        server.server.terminate()
-        server.left()
-        _ended_and_logged_once(server, root, marker)
+        _terminated(server, root, marker)
     finally:
         server.close()
 
