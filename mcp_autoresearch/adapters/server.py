@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +19,6 @@ import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from mcp.types import Tool as MCPTool
 from pydantic import BaseModel, Field, WithJsonSchema
 
 from .. import __version__
@@ -33,6 +31,7 @@ from ..session.session import DEFAULT_WAIT_S, MAX_WAIT_S, Session, clamp_wait
 from ..session.workspace import Workspace
 from ..setup.project import ProjectInfo
 from ..statuses import FILTERS
+from .portable_server import PortableServer
 from .resources import prompt_and_resources
 from .schemas import (
     NO_NULL_DEFAULT,
@@ -41,10 +40,7 @@ from .schemas import (
     OptionalNumber,
     OptionalText,
     at_most,
-    self_contained,
 )
-from .stdio_pipes import stdio_streams
-from .surrogates import ScreenedReadStream, lone_surrogate_problem
 from .tree_tools import tree_tools
 
 log = logging.getLogger("mcp_autoresearch")
@@ -84,63 +80,6 @@ EditList = Annotated[
 ]
 # query_results' filter, published as an enum of the statuses a logged row can have.
 StatusFilter = Annotated[OptionalText, WithJsonSchema({"type": "string", "enum": list(FILTERS)})]
-
-
-class _PortableServer(MCPServer):
-    """Publishes self-contained tool schemas: pydantic's `$defs`/`$ref` (nested models such as `edits` and
-    query_results' rows) are inlined, because some clients cannot resolve them and then list no tools at all
-    (see schemas.py)."""
-
-    # Set when the session ends (the end of input, or SIGTERM) before its calls are cancelled: a run whose call
-    # is cancelled then was not given up by the client; the lifespan's end stops it and logs it as interrupted.
-    leaving: threading.Event
-    interrupt: Callable[[], None]  # cancels what runs inside a call (Workspace.interrupt)
-
-    async def list_tools(self) -> list[MCPTool]:
-        return [
-            tool.model_copy(
-                update={
-                    "input_schema": self_contained(tool.input_schema),
-                    "output_schema": self_contained(tool.output_schema) if tool.output_schema else None,
-                }
-            )
-            for tool in await super().list_tools()
-        ]
-
-    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
-        """Every tool refuses an argument holding a lone surrogate, naming it, before anything else reads it
-        (it would fail later, unnamed: in a file write, a log line, or the reply)."""
-        if problem := lone_surrogate_problem(arguments):
-            raise ToolError(problem)
-        return await super().call_tool(name, arguments, context)
-
-    def _leave(self) -> None:
-        """The session ends (the end of input, or SIGTERM), before its calls are cancelled."""
-        self.leaving.set()
-        self.interrupt()  # a stage inside a call (the holdout) would hold the call, and the end, until it ends
-
-    async def run_stdio_async(self) -> None:
-        """The SDK's stdio transport, where a request holding a lone surrogate gets an answer instead of
-        being dropped, and a reply holding one is still sent (see surrogates.py). SIGTERM (how a client ends a
-        server that did not leave after its input ended) ends the session as the end of input does: the runs in
-        flight are ended and logged before the server leaves (a second SIGTERM kills it at once)."""
-        async with stdio_streams() as (read_stream, write_stream), anyio.create_task_group() as tasks:
-            tasks.start_soon(_end_on_sigterm, tasks.cancel_scope, self._leave)
-            lowlevel = self._lowlevel_server  # what the SDK's own run_stdio_async serves
-            await lowlevel.run(
-                ScreenedReadStream(read_stream, write_stream, at_end=self._leave),
-                write_stream,
-                lowlevel.create_initialization_options(),
-            )
-            tasks.cancel_scope.cancel()
-
-
-async def _end_on_sigterm(serving: anyio.CancelScope, leave: Callable[[], None]) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-        async for _ in signals:
-            leave()  # first: the calls cancelled next leave their runs to the lifespan's end
-            serving.cancel()  # the lifespan's end (shielded) ends and logs the runs in flight
-            return
 
 
 def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -215,7 +154,7 @@ def create_server(workspace: Workspace) -> MCPServer:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(workspace.shutdown)
 
-    server = _PortableServer(
+    server = PortableServer(
         "autoresearch", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
     )
     server.leaving = threading.Event()
@@ -342,7 +281,7 @@ def _session_tools(tool: Register, workspace: Workspace) -> None:
 
 def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -> None:
     """run_experiment and wait_experiment: start a run, wait for it with progress (`leaving`: set when the
-    session ends, see _PortableServer)."""
+    session ends, see PortableServer)."""
 
     def current_session() -> Session:
         return workspace.session
