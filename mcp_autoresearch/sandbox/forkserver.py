@@ -389,9 +389,8 @@ def _stop(keepers: set[int], spares: Spares) -> None:
     """The server is gone: every keeper is told to stop (each ends its whole run), every spare is ended (it ran
     nothing; one just forked may not handle SIGTERM yet), and the launcher leaves."""
     for spare in spares.ready:
-        spare.channel.close()
-        keepers.add(spare.pid)
-        confine.signal_each([spare.pid], signal.SIGKILL)
+        spare.end()
+        keepers.add(spare.pid)  # waited for with the keepers
     confine.signal_each(keepers, signal.SIGTERM)
     deadline = time.monotonic() + 10
     while keepers and time.monotonic() < deadline:
