@@ -8,6 +8,9 @@ under `tests/helpers/no_namespaces.py`, as where namespaces are refused) and wit
 
     python bench/loop_overhead.py [--experiments 60] [--rounds 1] [--against REV]... [--discards-only | --keep-every N]
 
+Each experiment is three tool calls (apply_edit, run_experiment, commit_or_reset), as the loop prompt's steps
+are, and in one loop a single call (`run_experiment(edits=..., decide=true)`, the same work in one round trip).
+
 A kept candidate is run again by the server before the decision is final (the re-measurement after a keep, which
 the shell loop does not have): half the experiments are keeps here, so the server runs the command 1.5 times per
 experiment, and only one command's own time is subtracted. `--keep-every N` makes one experiment in N an improvement
@@ -82,12 +85,18 @@ def command_time(cwd: Path, n: int = 50) -> float:
     return statistics.median(times)
 
 
+CONFINED = "mcp-autoresearch (stdio), runs confined"
+ONE_CALL = "mcp-autoresearch (stdio), runs confined, one call per experiment"
+OFF = 'mcp-autoresearch (stdio), isolation = "off"'
 NO_NAMESPACES = str(Path(__file__).parent.parent / "tests" / "helpers" / "no_namespaces.py")
 
 
-async def ours(root: Path, n: int, source: Path | None = None, without_namespaces: bool = False) -> dict:
+async def ours(
+    root: Path, n: int, source: Path | None = None, without_namespaces: bool = False, one_call: bool = False
+) -> dict:
     """`n` experiments through the server (the installed one, or the package under `source`), on `root`;
-    `without_namespaces`: as where namespaces are refused (Landlock alone)."""
+    `without_namespaces`: as where namespaces are refused (Landlock alone); `one_call`: each experiment one
+    `run_experiment(edits=..., decide=true)` instead of apply_edit, run_experiment and commit_or_reset."""
     env = {**{k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}, **IDENTITY}
     if source is not None:
         env["PYTHONPATH"] = str(source)
@@ -117,22 +126,27 @@ async def ours(root: Path, n: int, source: Path | None = None, without_namespace
         best = current = int((root / "params.sh").read_text().strip().removeprefix("K="))
         for i in range(n):
             value = next_value(i, best)
+            edit = [{"old_text": f"K={current}", "new_text": f"K={value}"}]
             start = time.perf_counter()
-            results = [
-                await call("apply_edit", {"edits": [{"old_text": f"K={current}", "new_text": f"K={value}"}]})
-            ]
-            run = await call("run_experiment", {"description": f"K={value}"})
-            results.append(run)
-            decision = await call("commit_or_reset", {"run_id": run.structured_content["run_id"]})
-            results.append(decision)
+            if one_call:
+                run = await call(
+                    "run_experiment", {"description": f"K={value}", "edits": edit, "decide": True}
+                )
+                results, decided = [run], run.structured_content["decided"]
+            else:
+                results = [await call("apply_edit", {"edits": edit})]
+                run = await call("run_experiment", {"description": f"K={value}"})
+                results.append(run)
+                results.append(await call("commit_or_reset", {"run_id": run.structured_content["run_id"]}))
+                decided = results[-1].structured_content
             per_experiment.append(time.perf_counter() - start)
             calls.append(len(results))
             sizes.append(sum(len(c.text.encode()) for r in results for c in r.content))
-            kinds.append(decision.structured_content["decision"])
-            if decision.structured_content["decision"] == "keep":
+            kinds.append(decided["decision"])
+            if decided["decision"] == "keep":
                 best = value
-            elif decision.structured_content["decision"] != "discard":
-                raise RuntimeError(f"unexpected decision: {decision.structured_content}")
+            elif decided["decision"] != "discard":
+                raise RuntimeError(f"unexpected decision: {decided}")
             current = best
     return {"times": per_experiment, "calls": calls, "bytes": sizes, "kinds": kinds}
 
@@ -247,31 +261,31 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-loop-"))
     per_round = max(1, args.experiments // args.rounds)
     try:
-        loops: dict[str, tuple[Path, Path | None, bool]] = {
-            "mcp-autoresearch (stdio), runs confined": (make_repo(base / "ours"), None, False),
+        # name: (project, the package's source or None for this one, Landlock alone, one call per experiment)
+        loops: dict[str, tuple[Path, Path | None, bool, bool]] = {
+            ONE_CALL: (make_repo(base / "ours-one"), None, False, True),
+            CONFINED: (make_repo(base / "ours"), None, False, False),
             "mcp-autoresearch (stdio), runs confined: Landlock alone": (
                 make_repo(base / "ours-ll"),
                 None,
                 True,
-            ),
-            'mcp-autoresearch (stdio), isolation = "off"': (
-                make_repo(base / "ours-off", isolation="off"),
-                None,
                 False,
             ),
+            OFF: (make_repo(base / "ours-off", isolation="off"), None, False, False),
         }
         for number, rev in enumerate(args.against):
             loops[f"mcp-autoresearch at {rev} (stdio), runs confined"] = (
                 make_repo(base / f"old-ours-{number}"),
                 export(rev, base / f"old-{number}"),
                 False,
+                False,
             )
         shell_root = make_repo(base / "shell")
         own = command_time(shell_root)
         data: dict[str, list[dict]] = {name: [] for name in [*loops, "program.md shell loop"]}
         for _ in range(args.rounds):
-            for name, (root, source, alone) in loops.items():
-                data[name].append(anyio.run(ours, root, per_round, source, alone))
+            for name, (root, source, alone, one_call) in loops.items():
+                data[name].append(anyio.run(ours, root, per_round, source, alone, one_call))
             data["program.md shell loop"].append(shell(shell_root, per_round))
         results = {name: summary(merged(parts), own) for name, parts in data.items()}
         from mcp_autoresearch.sandbox.policy import probe_isolation
@@ -297,12 +311,12 @@ def main() -> None:
                 f"| {name} | {s['median_ms']:.1f} | {s['p10_ms']:.1f}-{s['p90_ms']:.1f} | {kinds} | "
                 f"{s['calls']:g} | {s['bytes']:.0f} |"
             )
-        a, c = (
-            results["mcp-autoresearch (stdio), runs confined"],
-            results['mcp-autoresearch (stdio), isolation = "off"'],
-        )
+        a, c, one = results[CONFINED], results[OFF], results[ONE_CALL]
         b = results["program.md shell loop"]
         print(f"ratio ours (confined)/shell (median overhead): {a['median_ms'] / b['median_ms']:.2f}")
+        print(
+            f"ratio ours (confined, one call)/shell (median overhead): {one['median_ms'] / b['median_ms']:.2f}"
+        )
         d = results["mcp-autoresearch (stdio), runs confined: Landlock alone"]
         print(
             f"confinement costs {a['median_ms'] - c['median_ms']:.1f} ms per experiment (median), "

@@ -81,6 +81,42 @@ class EditResult(BaseModel):
     )
 
 
+class DecisionResult(BaseModel):
+    run_id: str
+    decision: Decision | Literal["rerun"] = Field(
+        description="keep, discard or crash; rerun (slots): the best moved since the candidate was built, so its "
+        "change was merged onto the new best and runs again"
+    )
+    reason: str
+    value: float | None
+    prev: float | None = Field(
+        description="The value of the node it was judged against before this experiment: its parent (the best "
+        "unless branched)."
+    )
+    delta: float | None
+    commit: str | None = Field(
+        description="The experiment's commit (kept, or saved under refs/autoresearch/)."
+    )
+    branch_head: str
+    next_step: str
+    keep_rule: str | None = Field(None, description="The rule that decided: greedy or sequential.")
+    values: list[float] | None = Field(None, description="Every run of the candidate (value: their median).")
+    best_values: list[float] | None = Field(None, description="The best's runs it was judged against.")
+    estimate: float | None = Field(None, description="Improvement over the best (positive = better).")
+    interval: list[float] | None = Field(None, description="Interval of the improvement (sequential).")
+    probability: float | None = Field(None, description="P(better by more than min_delta) (sequential).")
+    remeasured: list[float] | None = Field(
+        None, description="The candidate's runs after the rule kept it (as many as judged it)."
+    )
+    regression: str | None = Field(
+        None,
+        description="Why those runs showed it worse than when judged: the keep is undone (sequential rule) "
+        "or reported (greedy).",
+    )
+    parent: str | None = Field(None, description=PARENT)
+    best: bool | None = Field(None, description=BECAME_BEST)
+
+
 class RunResult(BaseModel):
     run_id: str
     status: RunState
@@ -120,42 +156,14 @@ class RunResult(BaseModel):
         None, description="With slots: the slot it runs in (None: every slot, or no slots)."
     )
     parent: str | None = Field(None, description=PARENT)
-
-
-class DecisionResult(BaseModel):
-    run_id: str
-    decision: Decision | Literal["rerun"] = Field(
-        description="keep, discard or crash; rerun (slots): the best moved since the candidate was built, so its "
-        "change was merged onto the new best and runs again"
+    edit: EditResult | None = Field(
+        None, description="run_experiment with edits or content: the change made before the run."
     )
-    reason: str
-    value: float | None
-    prev: float | None = Field(
-        description="The value of the node it was judged against before this experiment: its parent (the best "
-        "unless branched)."
-    )
-    delta: float | None
-    commit: str | None = Field(
-        description="The experiment's commit (kept, or saved under refs/autoresearch/)."
-    )
-    branch_head: str
-    next_step: str
-    keep_rule: str | None = Field(None, description="The rule that decided: greedy or sequential.")
-    values: list[float] | None = Field(None, description="Every run of the candidate (value: their median).")
-    best_values: list[float] | None = Field(None, description="The best's runs it was judged against.")
-    estimate: float | None = Field(None, description="Improvement over the best (positive = better).")
-    interval: list[float] | None = Field(None, description="Interval of the improvement (sequential).")
-    probability: float | None = Field(None, description="P(better by more than min_delta) (sequential).")
-    remeasured: list[float] | None = Field(
-        None, description="The candidate's runs after the rule kept it (as many as judged it)."
-    )
-    regression: str | None = Field(
+    decided: DecisionResult | None = Field(
         None,
-        description="Why those runs showed it worse than when judged: the keep is undone (sequential rule) "
-        "or reported (greedy).",
+        description="decide=true: the decision, made as commit_or_reset makes it, once the run finished (None "
+        "while it runs).",
     )
-    parent: str | None = Field(None, description=PARENT)
-    best: bool | None = Field(None, description=BECAME_BEST)
 
 
 class BranchResult(BaseModel):

@@ -32,6 +32,10 @@ Where the value comes from: {provenance}.
    best) until the evidence is clear, and shows the estimate, its interval and the probability.
 5. `log_result(run_id=..., notes="hypothesis: ...; result: ...; learned: ...")`.
 
+Steps 2-4 in one call: `run_experiment(description=..., edits=[{{"old_text": ..., "new_text": ...}}],
+decide=true)` makes the edit, runs it and decides it by the same rule, the decision in `decided` (a failed
+edit runs nothing). If it returns `running`, `wait_experiment(run_id=..., decide=true)` decides it once done.
+
 ## The research tree
 Every measured run is a node; the next candidate starts from its parent (after a keep, the kept run).
 - Go deeper after a keep: the kept node is your new parent; build on what just worked.

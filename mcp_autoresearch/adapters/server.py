@@ -52,7 +52,9 @@ Setup: detect_project, then start_session, then run the unmodified baseline (run
 Loop forever: read_target -> apply_edit (only the target file can change) -> run_experiment (the server commits
 the candidate, runs it, and measures the metric itself) -> commit_or_reset (the server keeps it only if the metric
 improved, else reverts) -> log_result (your hypothesis and what you learned). query_results shows the table.
-If run_experiment returns status 'running', poll with wait_experiment. The prompt 'loop' has the full program.
+If run_experiment returns status 'running', poll with wait_experiment. One call per experiment does the same:
+run_experiment(description, edits=[...], decide=true) makes the edit, runs it and decides it (the decision in
+`decided`). The prompt 'loop' has the full program.
 """
 
 T = TypeVar("T")
@@ -287,11 +289,16 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
         return workspace.session
 
     async def _await_run(
-        run_id: str | None, wait_s: float | None, ctx: Context, session: Session | None = None
+        run_id: str | None,
+        wait_s: float | None,
+        ctx: Context,
+        session: Session | None = None,
+        decide: bool = False,
     ) -> RunResult:
-        """The run's result within `wait_s`, with progress notifications meanwhile. Each trip to a worker thread
-        waits up to the next progress report and, once the run finished, reads its result in the same trip: on
-        a loaded machine every hand-over between threads waits for a CPU."""
+        """The run's result within `wait_s`, with progress notifications meanwhile (with `decide`: decided once
+        finished). Each trip to a worker thread waits up to the next progress report and, once the run finished,
+        reads its result (and decides it) in the same trip: on a loaded machine every hand-over between threads
+        waits for a CPU."""
         if (
             session is None
         ):  # the first call after a restart resumes the session (git, files): not on the loop
@@ -302,10 +309,14 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
         # (with slots a handle names no run: giving up on "any run" cancels none).
         run_id = run_id or (handle.run_id if handle is not None else None)
 
+        def result() -> RunResult:
+            assert session is not None
+            return session.decided_view(run_id) if decide else session.view(run_id)
+
         def wait_then_view() -> RunResult | None:
-            assert handle is not None and session is not None
+            assert handle is not None
             if handle.wait(max(0.0, min(PROGRESS_EVERY_S, deadline - time.monotonic()))):
-                return session.view(run_id)
+                return result()
             return None
 
         if handle is not None:
@@ -325,7 +336,7 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
                     run_id,
                 )
                 raise
-        return await anyio.to_thread.run_sync(session.view, run_id)
+        return await anyio.to_thread.run_sync(result)
 
     @tool(read_only=False)
     async def run_experiment(
@@ -341,6 +352,31 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
                 "(default false: the earlier result is returned and nothing runs)."
             ),
         ] = False,
+        edits: Annotated[
+            EditList,
+            Field(
+                description="Make this change first, as apply_edit would: exact replacements, applied in order, "
+                "a list of {old_text, new_text} objects (at most 200), each old_text occurring exactly once in "
+                "the target. Default: none (the target as it is); give at most one of edits or content.",
+                max_length=200,
+            ),
+        ] = None,
+        content: Annotated[
+            OptionalText,
+            Field(
+                description="Make this the whole new content of the target first, as apply_edit would "
+                "(default: none; give at most one of edits or content)."
+            ),
+        ] = UNSET,
+        decide: Annotated[
+            bool,
+            Field(
+                description="Decide the run as soon as it finished, as commit_or_reset would (kept only if the "
+                "rule says so), and answer with the decision in `decided` (default false: call "
+                "commit_or_reset yourself). Still running when this call returns: wait_experiment(run_id, "
+                "decide=true) decides it."
+            ),
+        ] = False,
     ) -> RunResult:
         """Run one experiment on the current target. The server checks that only the target changed, commits
         the candidate, runs the configured command under a hard timeout, and measures the metric itself (as
@@ -348,18 +384,25 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
         baseline. Content measured before in the session returns the earlier result (nothing runs) unless
         rerun is true. Returns within wait_s: when the run takes longer the result has status 'running' (the
         run goes on); then call wait_experiment(run_id) until the status is no longer 'running'. Once the run
-        is finished, call commit_or_reset. With slots (configured by the user), it returns at once: the
-        candidate runs in a slot of its own, the target holds the best again, and the next idea can be edited
-        and started while it runs; wait_experiment() returns the first run to finish."""
+        is finished, call commit_or_reset. One call per experiment: `edits` (or `content`) makes the change
+        first and `decide=true` decides the finished run, the decision in `decided`. With slots (configured by
+        the user), it returns at once: the candidate runs in a slot of its own, the target holds the best again,
+        and the next idea can be edited and started while it runs; wait_experiment() returns the first run to
+        finish."""
+        ops = [op.model_dump() for op in edits] if edits is not None else None
 
-        def start() -> tuple[Session, str | AlreadyMeasured]:
+        def start() -> tuple[Session, EditResult | None, str | AlreadyMeasured]:
             session = current_session()  # resumes the session after a restart: not on the event loop
-            return session, session.start_run(description, rerun)
+            if ops is None and content is None:
+                return session, None, session.start_run(description, rerun)
+            return session, *session.edit_and_start_run(description, rerun, ops, content)
 
-        session, started = await anyio.to_thread.run_sync(start)
-        if isinstance(started, AlreadyMeasured):
-            return await anyio.to_thread.run_sync(session.view, started.run_id, True)
-        return await _await_run(started, session.start_wait(wait_s), ctx, session)
+        session, edit, started = await anyio.to_thread.run_sync(start)
+        if isinstance(started, AlreadyMeasured):  # logged already: nothing ran, nothing to decide
+            result = await anyio.to_thread.run_sync(session.view, started.run_id, True)
+        else:
+            result = await _await_run(started, session.start_wait(wait_s), ctx, session, decide)
+        return result.model_copy(update={"edit": edit}) if edit is not None else result
 
     @tool(read_only=True, idempotent=True)
     async def wait_experiment(
@@ -372,10 +415,17 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
             ),
         ] = UNSET,
         wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
+        decide: Annotated[
+            bool,
+            Field(
+                description="Decide the run once it finished, as commit_or_reset would, the decision in "
+                "`decided` (default false)."
+            ),
+        ] = False,
     ) -> RunResult:
         """Wait for a run that returned status 'running', and return its result (same shape as run_experiment).
         With slots and no run_id, returns the first run to finish (or one already waiting for its decision)."""
-        return await _await_run(run_id or None, wait_s, ctx)
+        return await _await_run(run_id or None, wait_s, ctx, decide=decide)
 
 
 def _decision_tools(tool: Register, workspace: Workspace) -> None:

@@ -406,6 +406,20 @@ class Session:
     def start_run(self, description: str, rerun: bool = False) -> str | AlreadyMeasured:
         return self.runs.start_run(description, rerun)
 
+    @one_call
+    def edit_and_start_run(
+        self, description: str, rerun: bool, edits: list[dict[str, str]] | None, content: str | None
+    ) -> tuple[EditResult, str | AlreadyMeasured]:
+        """apply_edit then start_run, in one call of the agent. When the run cannot start, the edit stays made
+        (as after apply_edit alone) and the refusal says so."""
+        edit = self.apply_edit(edits, content, None, None)
+        try:
+            return edit, self.start_run(description, rerun)
+        except AutoresearchError as exc:
+            raise type(exc)(
+                f"{exc} (the edit was made before: the target holds it, sha256 {edit.sha256_after[:12]}…)"
+            ) from None
+
     def start_wait(self, wait_s: float | None) -> float | None:
         """How long run_experiment waits for the run it started: with slots not at all (the agent prepares the
         next idea while this one runs), else as the agent asked."""
@@ -423,6 +437,26 @@ class Session:
     @one_call
     def view(self, run_id: str | None, already_measured: bool = False) -> RunResult:
         return self.views.view(run_id, already_measured)
+
+    @one_call
+    def decided_view(self, run_id: str | None) -> RunResult:
+        """A run's view with its decision made as commit_or_reset makes it (`decide=true`), once the run
+        finished; while it runs, the view says how to wait for it with the decision asked again."""
+        view = self.views.view(run_id)
+        if view.status == "running":
+            return view.model_copy(
+                update={
+                    "next_step": f"still running: call wait_experiment(run_id='{view.run_id}', decide=true) "
+                    "until it finishes (it is decided then)"
+                }
+            )
+        try:
+            decided = self.commit_or_reset(view.run_id)
+        except AutoresearchError as exc:
+            raise type(exc)(
+                f"run {view.run_id} finished ({view.status}) but was not decided: {exc}"
+            ) from None
+        return view.model_copy(update={"decided": decided, "next_step": decided.next_step})
 
     @one_call
     def commit_or_reset(self, run_id: str | None, discard: bool = False) -> DecisionResult:

@@ -1,0 +1,164 @@
+"""One call per experiment (issue 21, item 7): run_experiment with `edits` (or `content`) makes the change, runs it
+and, with `decide=true`, decides it as commit_or_reset does, through the real MCP client on real repositories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import HANG_TIMEOUT_S, git
+from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
+from .test_slots import project as slots_project
+from .test_slots import settings as slots_settings
+
+pytestmark = pytest.mark.anyio
+
+
+def edits(old: str, new: str) -> list[dict[str, str]]:
+    return [{"old_text": old, "new_text": new}]
+
+
+async def test_one_call_keeps_discards_and_logs_like_three(ml_project: Path, agent_for: Any) -> None:
+    root = ml_project
+    async with agent_for(root, {"time_budget": 1, "timeout": HANG_TIMEOUT_S}) as agent:
+        await agent.ok("start_session", tag="one")
+        base = await agent.ok("run_experiment", description="baseline", decide=True)
+        assert base["decided"]["decision"] == "keep" and base["decided"]["reason"] == "baseline"
+        assert base.get("edit") is None and "log_result" in base["next_step"]
+
+        kept = await agent.ok(
+            "run_experiment", description="lower LR", edits=edits("LR = 0.5", "LR = 0.3"), decide=True
+        )
+        assert kept["value"] == 1.2 and kept["decided"]["decision"] == "keep"
+        assert kept["edit"]["lines_added"] == 1 and "+LR = 0.3" in kept["edit"]["diff"]
+        assert kept["next_step"] == kept["decided"]["next_step"]
+        head = git(root, "rev-parse", "HEAD").strip()
+        assert kept["decided"]["branch_head"] == head
+        assert git(root, "log", "-1", "--format=%s").strip() == "experiment: lower LR"
+
+        worse = await agent.ok(
+            "run_experiment", description="higher LR", edits=edits("LR = 0.3", "LR = 0.9"), decide=True
+        )
+        assert worse["decided"]["decision"] == "discard" and worse["value"] == 1.8
+        assert git(root, "rev-parse", "HEAD").strip() == head  # the branch did not move
+        assert "LR = 0.3" in (root / "train.py").read_text()  # the target holds the best again
+
+        crashed = await agent.ok(
+            "run_experiment",
+            description="crash",
+            content=(root / "train.py").read_text() + "raise SystemExit('boom')\n",
+            decide=True,
+        )
+        assert crashed["status"] == "crash" and crashed["decided"]["decision"] == "crash"
+        assert "boom" not in (root / "train.py").read_text()
+
+        # Decided already: commit_or_reset answers the same, nothing is decided twice.
+        again = await agent.ok("commit_or_reset", run_id=worse["run_id"])
+        assert again["reason"] == "already decided" and again["decision"] == "discard"
+        results = await agent.ok("query_results")
+        assert results["counts"] == {"keep": 2, "discard": 1, "crash": 1} and results["total"] == 4
+
+    rows = (root / "results.tsv").read_text().splitlines()[1:]
+    assert [row.split("\t")[3] for row in rows] == ["keep", "keep", "discard", "crash"]
+
+
+async def test_a_failed_edit_runs_nothing(ml_project: Path, agent_for: Any) -> None:
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="one")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        before = (ml_project / "train.py").read_text()
+        refused = await agent.refused(
+            "run_experiment", description="typo", edits=edits("LR = 0.7", "LR = 0.3"), decide=True
+        )
+        assert "old_text does not occur" in refused
+        both = await agent.refused(
+            "run_experiment", description="both", edits=edits("LR = 0.5", "LR = 0.3"), content="LR = 1\n"
+        )
+        assert "exactly one of edits" in both
+        assert (ml_project / "train.py").read_text() == before
+        assert (await agent.ok("query_results"))["total"] == 1  # the baseline only: nothing else ran
+
+
+async def test_a_run_that_cannot_start_after_its_edit_says_the_edit_stays(
+    ml_project: Path, agent_for: Any
+) -> None:
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="one")
+        await agent.ok("run_experiment", description="baseline")  # finished, not decided yet
+        refused = await agent.refused(
+            "run_experiment", description="next", edits=edits("LR = 0.5", "LR = 0.3"), decide=True
+        )
+        # apply_edit itself refuses while a run waits for its decision: nothing was written.
+        assert "commit_or_reset" in refused and "LR = 0.5" in (ml_project / "train.py").read_text()
+        await agent.ok("commit_or_reset")
+        await agent.ok("start_session", tag="one", max_experiments=1)  # the baseline used the budget
+        refused = await agent.refused(
+            "run_experiment", description="over budget", edits=edits("LR = 0.5", "LR = 0.3"), decide=True
+        )
+        assert "the edit was made before: the target holds it" in refused
+        assert "LR = 0.3" in (ml_project / "train.py").read_text()
+
+
+async def test_still_running_is_decided_by_the_wait_that_sees_it_finish(
+    ml_project: Path, agent_for: Any
+) -> None:
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="one")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        started = await agent.ok(
+            "run_experiment",
+            description="lower LR",
+            edits=edits("LR = 0.5", "LR = 0.3"),
+            decide=True,
+            wait_s=0,
+        )
+        assert started["status"] == "running" and started.get("decided") is None
+        assert f"wait_experiment(run_id='{started['run_id']}', decide=true)" in started["next_step"]
+        assert started["edit"]["sha256_after"]
+        run = started
+        while run["status"] == "running":
+            run = await agent.ok("wait_experiment", run_id=started["run_id"], decide=True)
+        assert run["decided"]["decision"] == "keep" and run["decided"]["run_id"] == started["run_id"]
+        # Without decide, a wait answers the same view and decides nothing.
+        later = await agent.ok("wait_experiment", run_id=started["run_id"])
+        assert later.get("decided") is None and later["status"] == "ok"
+
+
+async def test_content_measured_before_runs_and_decides_nothing(ml_project: Path, agent_for: Any) -> None:
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="one")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        worse = await agent.ok(
+            "run_experiment", description="higher LR", edits=edits("LR = 0.5", "LR = 0.9"), decide=True
+        )
+        assert worse["decided"]["decision"] == "discard"
+        same = await agent.ok(
+            "run_experiment", description="higher LR again", edits=edits("LR = 0.5", "LR = 0.9"), decide=True
+        )
+        assert same["already_measured"] is True and same["run_id"] == worse["run_id"]
+        assert same.get("decided") is None and "nothing ran" in same["next_step"]
+        assert (await agent.ok("query_results"))["total"] == 2
+
+
+async def test_with_slots_the_wait_decides_the_first_to_finish(
+    tmp_path: Path, agent_for: Any, slots_home: Path
+) -> None:
+    root = slots_project(tmp_path)
+    async with agent_for(root, slots_settings()) as agent:
+        await agent.ok("start_session", tag="s1")
+        base = await agent.ok("run_experiment", description="baseline", decide=True)
+        assert base["status"] == "running" and "decide=true" in base["next_step"]
+        done = base
+        while done["status"] == "running":
+            done = await agent.ok("wait_experiment", decide=True)
+        assert done["decided"]["decision"] == "keep" and done["value"] == 8.0
+        first = await agent.ok("run_experiment", description="X", edits=edits("X = 0", "X = 3"), decide=True)
+        assert first["status"] == "running" and first["slot"] is not None
+        assert (root / "params.py").read_text().startswith("X = 0")  # the target holds the best again
+        done = first
+        while done["status"] == "running":
+            done = await agent.ok("wait_experiment", decide=True)
+        assert done["run_id"] == first["run_id"] and done["decided"]["decision"] == "keep"
+        assert (root / "params.py").read_text().startswith("X = 3")
