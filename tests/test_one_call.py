@@ -3,6 +3,7 @@ and, with `decide=true`, decides it as commit_or_reset does, through the real MC
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,25 @@ async def test_with_slots_the_wait_decides_the_first_to_finish(
             done = await agent.ok("wait_experiment", decide=True)
         assert done["run_id"] == first["run_id"] and done["decided"]["decision"] == "keep"
         assert (root / "params.py").read_text().startswith("X = 3")
+
+
+async def test_the_text_says_the_decision_once(ml_project: Path, agent_for: Any) -> None:
+    """The agent reads the text: the decision's fields that repeat the run's are left out of it (the structured
+    content keeps the whole decision)."""
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="one")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        result = await agent.client.call_tool(
+            "run_experiment",
+            {"description": "lower LR", "edits": edits("LR = 0.5", "LR = 0.3"), "decide": True},
+        )
+        text = json.loads(result.content[0].text)
+        whole = result.structured_content["decided"]
+        assert whole["run_id"] == text["run_id"] and whole["value"] == text["value"] == 1.2
+        assert whole["prev"] == text["best_value"] and whole["next_step"] == text["next_step"]
+        assert (
+            text["decided"]["decision"] == "keep" and text["decided"]["branch_head"] == whole["branch_head"]
+        )
+        for repeated in ("run_id", "value", "prev", "delta", "next_step", "reason", "commit", "parent"):
+            assert repeated not in text["decided"], repeated
+        assert "null" not in result.content[0].text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import threading
 import time
@@ -124,14 +125,39 @@ def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def _compact(result: Any) -> Any:
-    """The text an agent reads is compact JSON without null fields (it costs context on every call); the
-    structured content stays complete and is validated against the tool's output schema by the SDK."""
+    """The text an agent reads is compact JSON without null fields (it costs context on every call), and a
+    decision made in the same call (`decided`) says only what the run's own fields do not; the structured
+    content stays complete and is validated against the tool's output schema by the SDK."""
     if isinstance(result, BaseModel):
-        return CallToolResult(
-            content=[TextContent(type="text", text=result.model_dump_json(exclude_none=True))],
-            structured_content=result.model_dump(mode="json"),
-        )
+        structured = result.model_dump(mode="json")
+        if not isinstance(structured.get("decided"), dict):
+            text = result.model_dump_json(exclude_none=True)
+        else:
+            text = json.dumps(_without_repeats(structured), ensure_ascii=False, separators=(",", ":"))
+        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
     return result
+
+
+# The run's fields a decision repeats under another name.
+_SAME_AS = {"prev": "best_value"}
+
+
+def _without_repeats(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's result for the agent's text: no null field, and its decision without what the run says already
+    (the same value under the same name, or the run's name for it)."""
+    top = {key: _no_nulls(value) for key, value in run.items() if value is not None and key != "decided"}
+    decided = {
+        key: value
+        for key, value in run["decided"].items()
+        if value is not None and top.get(_SAME_AS.get(key, key)) != value
+    }
+    return {**top, "decided": decided}
+
+
+def _no_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: item for key, item in value.items() if item is not None}
+    return value
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
