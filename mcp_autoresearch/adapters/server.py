@@ -338,7 +338,7 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
                 raise
         return await anyio.to_thread.run_sync(result)
 
-    @tool(read_only=False)
+    @tool(read_only=False, destructive=True)  # decide=true may reset the target, as commit_or_reset does
     async def run_experiment(
         description: Annotated[
             str, Field(description="What this experiment changes, in a few words.", max_length=2000)
@@ -404,7 +404,7 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
             result = await _await_run(started, session.start_wait(wait_s), ctx, session, decide)
         return result.model_copy(update={"edit": edit}) if edit is not None else result
 
-    @tool(read_only=True, idempotent=True)
+    @tool(read_only=False, destructive=True, idempotent=True)  # decide=true: as commit_or_reset (once)
     async def wait_experiment(
         ctx: Context,
         run_id: Annotated[

@@ -411,14 +411,16 @@ class Session:
         self, description: str, rerun: bool, edits: list[dict[str, str]] | None, content: str | None
     ) -> tuple[EditResult, str | AlreadyMeasured]:
         """apply_edit then start_run, in one call of the agent. When the run cannot start, the edit stays made
-        (as after apply_edit alone) and the refusal says so."""
-        edit = self.apply_edit(edits, content, None, None)
-        try:
-            return edit, self.start_run(description, rerun)
-        except AutoresearchError as exc:
-            raise type(exc)(
-                f"{exc} (the edit was made before: the target holds it, sha256 {edit.sha256_after[:12]}…)"
-            ) from None
+        (as after apply_edit alone) and the refusal says so. Both under the session's lock: another call's
+        edit between them would run under this description."""
+        with self.lock:
+            edit = self.apply_edit(edits, content, None, None)
+            try:
+                return edit, self.start_run(description, rerun)
+            except AutoresearchError as exc:
+                raise type(exc)(
+                    f"{exc} (the edit was made before: the target holds it, sha256 {edit.sha256_after[:12]}…)"
+                ) from None
 
     def start_wait(self, wait_s: float | None) -> float | None:
         """How long run_experiment waits for the run it started: with slots not at all (the agent prepares the
