@@ -4,13 +4,19 @@ MCP client on real repositories."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 import pytest
 
-from .conftest import HANG_TIMEOUT_S, git
+from .conftest import HANG_TIMEOUT_S, git, make_repo
+from .test_attacks_requests import INITIALIZE, RawStdio
+
+CALL = {"jsonrpc": "2.0", "method": "tools/call"}
 
 pytestmark = pytest.mark.anyio
 
@@ -65,3 +71,161 @@ async def test_two_one_call_requests_at_once_run_each_its_own_edit(ml_project: P
             best = git(root, "show", "HEAD:train.py")
             if (root / "train.py").read_text() != best:
                 await agent.ok("apply_edit", content=best)
+
+
+async def test_what_apply_edit_refuses_one_call_refuses_and_runs_nothing(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """The edit of run_experiment is apply_edit's: NUL, a lone surrogate, too large, a target swapped for a
+    link out of the project: each refused, nothing written, nothing run, nothing logged."""
+    root = ml_project
+    outside = root.parent / "outside.py"
+    outside.write_text("SECRET = 1\n")
+    async with agent_for(root, {"timeout": HANG_TIMEOUT_S}) as agent:
+        await agent.ok("start_session", tag="edits")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        before = (root / "train.py").read_text()
+        head = git(root, "rev-parse", "HEAD").strip()
+        refusals = {
+            "NUL": {"content": before + "\x00"},
+            "surrogate": {"content": before + "\ud800"},
+            "too large": {"content": "#" * (4 * 1024 * 1024 + 1)},
+            "NUL edit": {"edits": [{"old_text": "LR = 0.5", "new_text": "LR = 0.3\x00"}]},
+            "201 edits": {"edits": [{"old_text": "LR = 0.5", "new_text": "LR = 0.5"}] * 201},
+        }
+        for name, change in refusals.items():
+            answer = await agent.client.call_tool(
+                "run_experiment", {"description": name, "decide": True, **change}
+            )
+            assert answer.is_error, f"{name}: accepted"
+            assert "Traceback" not in answer.content[0].text
+            assert (root / "train.py").read_text() == before, name
+        (root / "train.py").unlink()
+        (root / "train.py").symlink_to(outside)
+        refused = await agent.refused(
+            "run_experiment", description="link", content="SECRET = 2\n", decide=True
+        )
+        assert "regular file" in refused
+        assert outside.read_text() == "SECRET = 1\n"  # never written through the link
+        (root / "train.py").unlink()
+        (root / "train.py").write_text(before)
+        assert (await agent.ok("query_results"))["total"] == 1  # the baseline only
+    assert git(root, "rev-parse", "HEAD").strip() == head
+
+
+async def test_a_run_that_tampers_or_times_out_is_never_kept_by_decide(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """decide=true on a run that writes a file it must not, or runs past its timeout: decided as a crash, the
+    branch does not move, the protected file is restored, and a restart reads the same table."""
+    root = ml_project
+    better = (root / "train.py").read_text().replace("LR = 0.5", "LR = 0.1")
+    async with agent_for(root, {"timeout": 2}) as agent:
+        await agent.ok("start_session", tag="bad")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        head = git(root, "rev-parse", "HEAD").strip()
+        tamper = better + "open('prepare.py', 'a').write('SEED = 2\\n')\n"
+        tampered = await agent.ok("run_experiment", description="tamper", content=tamper, decide=True)
+        assert tampered["status"] in ("tampered", "crash"), tampered["status"]
+        assert tampered["decided"]["decision"] == "crash"
+        assert (root / "prepare.py").read_text() == "# fixed evaluation\nSEED = 1\n"
+        hang = better + "import time\ntime.sleep(3600)\n"
+        hung = await agent.ok("run_experiment", description="hang", content=hang, decide=True)
+        assert hung["status"] == "timeout" and hung["decided"]["decision"] == "crash"
+        assert git(root, "rev-parse", "HEAD").strip() == head
+        counts = (await agent.ok("query_results"))["counts"]
+    assert counts["keep"] == 1 and counts["crash"] == 2 and not counts.get("discard")
+    async with agent_for(root, {"timeout": 2}) as agent:
+        resumed = await agent.ok("start_session", tag="bad")
+        assert resumed is not None
+        again = await agent.ok("query_results")
+        assert again["counts"] == counts and again["total"] == 3
+        assert git(root, "rev-parse", "HEAD").strip() == head
+
+
+def _raw_session(root: Path, tag: str) -> RawStdio:
+    raw = RawStdio(root)
+    raw.send(INITIALIZE)
+    assert "result" in raw.answer_to(0)
+    raw.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    raw.send({**CALL, "id": 1, "params": {"name": "start_session", "arguments": {"tag": tag}}})
+    assert "result" in raw.answer_to(1)
+    return raw
+
+
+def _call(raw: RawStdio, request_id: int, tool: str, **arguments: Any) -> dict[str, Any]:
+    raw.send({**CALL, "id": request_id, "params": {"name": tool, "arguments": arguments}})
+    answer = raw.answer_to(request_id)["result"]
+    assert not answer.get("isError"), answer
+    return dict(answer["structuredContent"])
+
+
+def _processes(command: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []) == command]
+
+
+def _until(condition: Callable[[], Any], what: str, limit_s: float = 120.0) -> Any:
+    """Wait for `condition()` to hold (the limit only ends a test that would otherwise hang)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_server_killed_during_a_one_call_experiment_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    """kill -9 while run_experiment(edits, decide=true) waits for its run: the next server's start_session
+    finds the run, logs it once as never finished, git, results.tsv and the JSONL log agree, and the same idea
+    can run again and be decided in one call."""
+    marker = f"sleep {800 + time.monotonic_ns() % 100_000}"
+    script = f". ./params.sh; if [ $K = 2 ] && [ ! -e go ]; then {marker}; fi; echo score: $K"
+    root = make_repo(
+        tmp_path / "p",
+        {
+            "params.sh": "K=1\n",
+            "run.sh": script + "\n",
+            "autoresearch.toml": 'target_file = "params.sh"\nmetric_name = "score"\n'
+            'run_command = "sh run.sh"\nmetric_direction = "higher"\n',
+        },
+    )
+    raw = _raw_session(root, "k9")
+    try:
+        base = _call(raw, 2, "run_experiment", description="baseline", decide=True)
+        assert base["decided"]["decision"] == "keep"
+        head = git(root, "rev-parse", "HEAD").strip()
+        arguments = {
+            "description": "K two",
+            "edits": [{"old_text": "K=1", "new_text": "K=2"}],
+            "decide": True,
+        }
+        raw.send(
+            {**CALL, "id": 3, "params": {"name": "run_experiment", "arguments": {**arguments, "wait_s": 600}}}
+        )
+        sleeping = _until(lambda: _processes(marker), "the run's command to start")
+        raw.server.kill()
+        raw.server.wait()
+    finally:
+        raw.close()
+    for process in sleeping:  # the run's command, if it outlived its server
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    (root / "go").write_text("")  # the same idea, run again, no longer waits
+    raw = _raw_session(root, "k9")
+    try:
+        table = _call(raw, 2, "query_results")
+        assert table["total"] == 2, table
+        found = {row["run_id"]: (row["status"], row["run_status"]) for row in table["rows"]}
+        assert found == {"r1": ("keep", "ok"), "r2": ("crash", "interrupted")}, table["rows"]
+        assert git(root, "rev-parse", "HEAD").strip() == head
+        again = _call(raw, 3, "run_experiment", description="K two again", content="K=2\n", decide=True)
+        assert again["decided"]["decision"] == "keep", again
+        final = _call(raw, 4, "query_results")
+        assert final["total"] == 3
+    finally:
+        raw.close()
+    rows = (root / "results.tsv").read_text().splitlines()[1:]
+    assert len(rows) == 3, rows
+    assert [row.split("\t")[3] for row in rows] == ["keep", "crash", "keep"]  # each run logged once
