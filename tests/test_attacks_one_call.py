@@ -5,7 +5,6 @@ MCP client on real repositories."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,8 @@ import pytest
 
 from .conftest import HANG_TIMEOUT_S, git, make_repo
 from .test_attacks_requests import INITIALIZE, RawStdio
-
-CALL = {"jsonrpc": "2.0", "method": "tools/call"}
+from .test_attacks_sigterm import WAIT, _actions, _marker, _restarted, _Server
+from .test_attacks_stdio_pipes import CALL, _processes, _run_project, _until
 
 pytestmark = pytest.mark.anyio
 
@@ -160,20 +159,6 @@ def _call(raw: RawStdio, request_id: int, tool: str, **arguments: Any) -> dict[s
     return dict(answer["structuredContent"])
 
 
-def _processes(command: str) -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []) == command]
-
-
-def _until(condition: Callable[[], Any], what: str, limit_s: float = 120.0) -> Any:
-    """Wait for `condition()` to hold (the limit only ends a test that would otherwise hang)."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if found := condition():
-            return found
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_server_killed_during_a_one_call_experiment_loses_and_doubles_nothing(tmp_path: Path) -> None:
     """kill -9 while run_experiment(edits, decide=true) waits for its run: the next server's start_session
     finds the run, logs it once as never finished, git, results.tsv and the JSONL log agree, and the same idea
@@ -229,3 +214,63 @@ def test_a_server_killed_during_a_one_call_experiment_loses_and_doubles_nothing(
     rows = (root / "results.tsv").read_text().splitlines()[1:]
     assert len(rows) == 3, rows
     assert [row.split("\t")[3] for row in rows] == ["keep", "crash", "keep"]  # each run logged once
+
+
+def _deciding_in_one_call(tmp_path: Path, marker: str) -> tuple[_Server, Path]:
+    """A server whose run_experiment(decide=true) (request 2) kept the baseline and is running the holdout stage
+    (`holdout_command`, `marker`) inside the same call: the decision is being made."""
+    root = _run_project(tmp_path, "echo done")
+    config = root / "autoresearch.toml"
+    stages = f'eval_command = "echo score: 1"\nholdout_command = "{marker}"\neval_timeout = 3000\n'
+    config.write_text(config.read_text() + stages)
+    git(root, "commit", "-qam", "holdout")
+    server = _Server(root).started()
+    arguments = {**WAIT, "decide": True}
+    server.send({**CALL, "id": 2, "params": {"name": "run_experiment", "arguments": arguments}})
+    _until(lambda: _processes(marker), "the holdout stage to start")
+    return server, root
+
+
+def test_a_client_that_cancels_while_the_decision_is_made_finds_it_whole(tmp_path: Path) -> None:
+    """The client cancels run_experiment(decide=true) while its decision runs the holdout: the decision stands
+    whole (the branch on the baseline, logged once) and commit_or_reset answers it, no traceback anywhere."""
+    marker = _marker(2100)
+    server, root = _deciding_in_one_call(tmp_path, marker)
+    try:
+        server.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}})
+        server.send({"jsonrpc": "2.0", "id": 3, "method": "ping"})
+        assert server.answer_to(3)["result"] == {}  # the cancel was read; request 2 gets no answer
+        for process in _processes(marker):  # the holdout ends (as when its command fails)
+            process.kill()
+        decide = {"name": "commit_or_reset", "arguments": {"run_id": "r1"}}
+        server.send({**CALL, "id": 4, "params": decide})
+        answer = server.answer_to(4)["result"]
+        assert answer.get("isError") is not True, answer
+        decided = answer["structuredContent"]
+        assert decided["decision"] == "keep" and decided["reason"] == "already decided", decided
+        assert git(root, "rev-parse", "HEAD").strip() == decided["branch_head"]
+        assert _actions(root).count("experiment_done") == 1, _actions(root)
+    finally:
+        server.close()
+    assert "Traceback" not in server.errors(), server.errors()
+    _restarted(root)
+    assert _actions(root).count("experiment_done") == 1, _actions(root)
+
+
+def test_sigterm_while_a_one_call_experiment_is_decided(tmp_path: Path) -> None:
+    """SIGTERM while run_experiment(decide=true) runs the holdout of its keep: the server leaves, the holdout's
+    command is ended, the decision, logged before the holdout, stands at the next start."""
+    marker = _marker(2200)
+    server, root = _deciding_in_one_call(tmp_path, marker)
+    try:
+        server.server.terminate()
+        server.left()
+        _until(lambda: not _processes(marker), "the holdout's command to end")
+        assert _actions(root).count("experiment_done") == 1, _actions(root)
+        assert "Traceback" not in server.errors(), server.errors()
+    finally:
+        server.close()
+    _restarted(root)
+    assert _actions(root).count("experiment_done") == 1, _actions(root)
+    rows = (root / "results.tsv").read_text().splitlines()[1:]
+    assert [row.split("\t")[3] for row in rows] == ["keep"], rows
