@@ -13,9 +13,12 @@ import psutil
 import pytest
 
 from .conftest import HANG_TIMEOUT_S, git, make_repo
+from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
 from .test_attacks_requests import INITIALIZE, RawStdio
 from .test_attacks_sigterm import WAIT, _actions, _marker, _restarted, _Server
 from .test_attacks_stdio_pipes import CALL, _processes, _run_project, _until
+from .test_slots import project as slots_project
+from .test_slots import settings as slots_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -274,3 +277,36 @@ def test_sigterm_while_a_one_call_experiment_is_decided(tmp_path: Path) -> None:
     assert _actions(root).count("experiment_done") == 1, _actions(root)
     rows = (root / "results.tsv").read_text().splitlines()[1:]
     assert [row.split("\t")[3] for row in rows] == ["keep"], rows
+
+
+async def test_a_run_decided_to_run_again_is_answered_as_running(
+    tmp_path: Path, agent_for: Any, slots_home: Path
+) -> None:
+    """Slots: wait_experiment(decide=true) decides the second of two improvements 'rerun' (built on the old
+    best, merged onto the new one, running again). Broke: the answer said status 'ok' with the old value while
+    the run ran again, and next_step said wait_experiment() without decide=true."""
+    root = slots_project(tmp_path)
+    async with agent_for(root, slots_settings()) as agent:
+        await agent.ok("start_session", tag="s1")
+        done = await agent.ok("run_experiment", description="baseline", decide=True)
+        while done.get("decided") is None:
+            done = await agent.ok("wait_experiment", decide=True)
+        for description, old, new in (("X", "X = 0", "X = 3"), ("Y", "Y = 0", "Y = 5")):
+            change = [{"old_text": old, "new_text": new}]
+            await agent.ok("run_experiment", description=description, edits=change, decide=True)
+        decided: list[dict[str, Any]] = []
+        while len(decided) < 2:
+            done = await agent.ok("wait_experiment", decide=True)
+            if done.get("decided") is not None:
+                decided.append(done)
+        first, second = decided
+        assert first["decided"]["decision"] == "keep"
+        assert second["decided"]["decision"] == "rerun", second["decided"]
+        assert second["status"] == "running" or second["value"] == 0.0, second  # never the first run's view
+        assert "decide=true" in second["next_step"], second["next_step"]
+        final = second
+        while final["status"] == "running":
+            final = await agent.ok("wait_experiment", run_id=second["run_id"], decide=True)
+        assert final["decided"]["decision"] == "keep" and final["value"] == 0.0
+        assert git(root, "rev-parse", "HEAD").strip() == final["decided"]["branch_head"]
+        assert (await agent.ok("query_results"))["total"] == 3

@@ -446,18 +446,15 @@ class Session:
         finished; while it runs, the view says how to wait for it with the decision asked again."""
         view = self.views.view(run_id)
         if view.status == "running":
-            return view.model_copy(
-                update={
-                    "next_step": f"still running: call wait_experiment(run_id='{view.run_id}', decide=true) "
-                    "until it finishes (it is decided then)"
-                }
-            )
+            return _waits_to_decide(view)
         try:
             decided = self.commit_or_reset(view.run_id)
         except AutoresearchError as exc:
             raise type(exc)(
                 f"run {view.run_id} finished ({view.status}) but was not decided: {exc}"
             ) from None
+        if decided.decision == "rerun":  # slots: it runs again on the new best, and is decided when it ends
+            return _waits_to_decide(self.views.view(view.run_id), decided)
         return view.model_copy(update={"decided": decided, "next_step": decided.next_step})
 
     @one_call
@@ -492,6 +489,20 @@ class Session:
     def interrupt(self) -> None:
         """The server is leaving: what runs inside a call (the holdout) is cancelled now, without a lock."""
         self.runs.interrupt("the server was stopped")
+
+
+def _waits_to_decide(view: RunResult, decided: DecisionResult | None = None) -> RunResult:
+    """A running run's view for decide=true (`decided`: the rerun it runs for): how to wait for it with the
+    decision asked again."""
+    again = (
+        "runs again on the new best (its change merged onto it)"
+        if decided is not None
+        else "is still running"
+    )
+    if view.status != "running":  # the rerun ended already
+        again = "ran again on the new best"
+    step = f"{view.run_id} {again}: call wait_experiment(run_id='{view.run_id}', decide=true) to decide it"
+    return view.model_copy(update={"decided": decided, "next_step": step})
 
 
 def _rules_of(config: Config) -> dict[str, Any]:
