@@ -310,3 +310,19 @@ async def test_a_run_decided_to_run_again_is_answered_as_running(
         assert final["decided"]["decision"] == "keep" and final["value"] == 0.0
         assert git(root, "rev-parse", "HEAD").strip() == final["decided"]["branch_head"]
         assert (await agent.ok("query_results"))["total"] == 3
+
+
+async def test_null_for_every_optional_argument_of_one_call_is_not_given(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """A client that sends null for each optional argument it leaves unset (as for text and numbers, null is
+    "not given"). Broke: decide=null, rerun=null and discard=null were refused as not booleans."""
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="nulls")
+        nulls = {"rerun": None, "edits": None, "content": None, "wait_s": None, "decide": None}
+        run = await agent.ok("run_experiment", description="baseline", **nulls)
+        assert run["status"] == "ok" and run.get("decided") is None  # null decides nothing, as omitted
+        waited = await agent.ok("wait_experiment", run_id=None, wait_s=None, decide=None)
+        assert waited["run_id"] == run["run_id"] and waited.get("decided") is None
+        decided = await agent.ok("commit_or_reset", run_id=None, discard=None)
+        assert decided["decision"] == "keep"

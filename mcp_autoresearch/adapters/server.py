@@ -36,6 +36,7 @@ from .resources import prompt_and_resources
 from .schemas import (
     NO_NULL_DEFAULT,
     UNSET,
+    OptionalFlag,
     OptionalInt,
     OptionalNumber,
     OptionalText,
@@ -346,7 +347,7 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
         ctx: Context,
         wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
         rerun: Annotated[
-            bool,
+            OptionalFlag,
             Field(
                 description="Measure this content again although it was measured before in this session "
                 "(default false: the earlier result is returned and nothing runs)."
@@ -369,7 +370,7 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
             ),
         ] = UNSET,
         decide: Annotated[
-            bool,
+            OptionalFlag,
             Field(
                 description="Decide the run as soon as it finished, as commit_or_reset would (kept only if the "
                 "rule says so), and answer with the decision in `decided` (default false: call "
@@ -416,7 +417,7 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
         ] = UNSET,
         wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
         decide: Annotated[
-            bool,
+            OptionalFlag,
             Field(
                 description="Decide the run once it finished, as commit_or_reset would, the decision in "
                 "`decided` (default false)."
@@ -438,7 +439,7 @@ def _decision_tools(tool: Register, workspace: Workspace) -> None:
             Field(description="The run to decide (default: the run waiting for its decision)."),
         ] = UNSET,
         discard: Annotated[
-            bool,
+            OptionalFlag,
             Field(description="Discard even if it improved (default: false). A keep can never be forced."),
         ] = False,
     ) -> DecisionResult:
