@@ -326,3 +326,41 @@ async def test_null_for_every_optional_argument_of_one_call_is_not_given(
         assert waited["run_id"] == run["run_id"] and waited.get("decided") is None
         decided = await agent.ok("commit_or_reset", run_id=None, discard=None)
         assert decided["decision"] == "keep"
+
+
+async def test_after_branch_from_the_one_call_decides_its_own_run_against_its_parent(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """branch_from a discarded run, then one call: the edit lands on that run's target, the run's parent is that
+    run, and the decision judges it against that parent; a keep better than the best moves the branch."""
+    root = ml_project
+    async with agent_for(root, {"time_budget": 1, "timeout": HANG_TIMEOUT_S}) as agent:
+        await agent.ok("start_session", tag="tree")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        kept = await agent.ok(
+            "run_experiment",
+            description="0.3",
+            edits=[{"old_text": "LR = 0.5", "new_text": "LR = 0.3"}],
+            decide=True,
+        )
+        worse = await agent.ok(
+            "run_experiment",
+            description="0.9",
+            edits=[{"old_text": "LR = 0.3", "new_text": "LR = 0.9"}],
+            decide=True,
+        )
+        assert kept["decided"]["decision"] == "keep" and worse["decided"]["decision"] == "discard"
+        await agent.ok("branch_from", run_id=worse["run_id"])
+        branched = await agent.ok(
+            "run_experiment",
+            description="0.2",
+            edits=[{"old_text": "LR = 0.9", "new_text": "LR = 0.2"}],
+            decide=True,
+        )
+        decided = branched["decided"]
+        assert branched["parent"] == worse["run_id"] and decided["run_id"] == branched["run_id"]
+        assert decided["prev"] == 1.8 and decided["decision"] == "keep" and decided["best"] is True
+        assert git(root, "rev-parse", "HEAD").strip() == decided["branch_head"]
+        assert "LR = 0.2" in git(root, "show", "HEAD:train.py")
+        table = await agent.ok("query_results")
+        assert table["total"] == 4, table
