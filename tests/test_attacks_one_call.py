@@ -364,3 +364,31 @@ async def test_after_branch_from_the_one_call_decides_its_own_run_against_its_pa
         assert "LR = 0.2" in git(root, "show", "HEAD:train.py")
         table = await agent.ok("query_results")
         assert table["total"] == 4, table
+
+
+async def wait_and_decide(agent: Any, answers: list[dict[str, Any]], run_id: str) -> None:
+    run = {"status": "running"}
+    while run["status"] == "running":
+        run = await agent.ok("wait_experiment", run_id=run_id, decide=True)
+    answers.append(run)
+
+
+async def test_two_waits_that_decide_the_same_run_decide_it_once(ml_project: Path, agent_for: Any) -> None:
+    """Two wait_experiment(run_id, decide=true) at once on the same run: one decision, logged once, both answers
+    carry it (the second as already decided)."""
+    root = ml_project
+    async with agent_for(root, {"time_budget": 1, "timeout": HANG_TIMEOUT_S}) as agent:
+        await agent.ok("start_session", tag="twice")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        change = [{"old_text": "LR = 0.5", "new_text": "LR = 0.3"}]
+        started = await agent.ok("run_experiment", description="0.3", edits=change, decide=True, wait_s=0)
+        answers: list[dict[str, Any]] = []
+        async with anyio.create_task_group() as group:
+            for _ in range(2):
+                group.start_soon(wait_and_decide, agent, answers, started["run_id"])
+        decisions = sorted(answer["decided"]["reason"] == "already decided" for answer in answers)
+        assert [answer["decided"]["decision"] for answer in answers] == ["keep", "keep"]
+        assert decisions == [False, True] or started.get("decided") is not None, answers
+        assert (await agent.ok("query_results"))["total"] == 2
+    rows = (root / "results.tsv").read_text().splitlines()[1:]
+    assert [row.split("\t")[3] for row in rows] == ["keep", "keep"]
