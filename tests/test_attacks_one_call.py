@@ -392,3 +392,31 @@ async def test_two_waits_that_decide_the_same_run_decide_it_once(ml_project: Pat
         assert (await agent.ok("query_results"))["total"] == 2
     rows = (root / "results.tsv").read_text().splitlines()[1:]
     assert [row.split("\t")[3] for row in rows] == ["keep", "keep"]
+
+
+async def test_a_better_run_that_fails_its_checks_is_not_kept_by_decide(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """checks_command runs after the run and before any decision: decide=true on a better value whose checks
+    fail decides it as checks_failed, never a keep, and the target holds the best again."""
+    root = ml_project
+    (root / "check.py").write_text(
+        "import sys\nsys.exit(3 if 'LR = 0.1' in open('train.py').read() else 0)\n"
+    )
+    git(root, "add", "check.py")
+    git(root, "commit", "-qm", "checks")
+    overrides = {
+        "checks_command": "python3 check.py",
+        "readonly_files": ["check.py"],
+        "timeout": HANG_TIMEOUT_S,
+    }
+    async with agent_for(root, overrides) as agent:
+        await agent.ok("start_session", tag="checks")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        head = git(root, "rev-parse", "HEAD").strip()
+        change = [{"old_text": "LR = 0.5", "new_text": "LR = 0.1"}]
+        run = await agent.ok("run_experiment", description="best LR", edits=change, decide=True)
+        assert run["status"] == "checks_failed", run
+        assert run["decided"]["decision"] != "keep", run["decided"]
+        assert git(root, "rev-parse", "HEAD").strip() == head
+        assert "LR = 0.5" in (root / "train.py").read_text()
