@@ -420,3 +420,54 @@ async def test_a_better_run_that_fails_its_checks_is_not_kept_by_decide(
         assert run["decided"]["decision"] != "keep", run["decided"]
         assert git(root, "rev-parse", "HEAD").strip() == head
         assert "LR = 0.5" in (root / "train.py").read_text()
+
+
+# The score is 10 + X, and 5 worse for a negative X from the run numbered by ../state/flip on (a counter in a
+# writable directory outside the project): a candidate judged better whose re-measurement after the keep is worse.
+FLIPPING = """\
+import pathlib, runpy
+x = runpy.run_path("params.py")["X"]
+counter = pathlib.Path("../state/count")
+n = int(counter.read_text()) if counter.exists() else 0
+counter.write_text(str(n + 1))
+flip = int(pathlib.Path("../state/flip").read_text())
+print(f"score: {10 + x + (5 if x < 0 and n >= flip else 0):.4f}")
+"""
+SEQUENTIAL = {
+    "target_file": "params.py",
+    "run_command": "python3 evaluate.py",
+    "metric_name": "score",
+    "metric_direction": "lower_is_better",
+    "readonly_files": ["evaluate.py"],
+    "writable": ["../state"],
+    "keep_rule": "sequential",
+    "noise_runs": 3,
+    "max_repeats": 4,
+}
+
+
+async def test_decide_answers_the_decision_after_the_re_measurement_of_a_keep(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """Sequential rule: the re-measurement after a keep runs before decide=true decides. A candidate judged
+    better whose re-measurement is worse is answered as the discard it became, the branch on the best."""
+    root = make_repo(tmp_path / "p", {"params.py": "X = 0\n", "evaluate.py": FLIPPING})
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "flip").write_text("1000")
+    async with agent_for(root, SEQUENTIAL) as agent:
+        await agent.ok("start_session", tag="seq")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        kept = await agent.ok("run_experiment", description="X -2", content="X = -2\n", decide=True)
+        assert kept["decided"]["decision"] == "keep" and kept["decided"]["remeasured"] == [8.0]
+        head = git(root, "rev-parse", "HEAD").strip()
+        (state / "flip").write_text(
+            str(int((state / "count").read_text()) + 1)
+        )  # its re-measurement is worse
+        undone = await agent.ok("run_experiment", description="X -4", content="X = -4\n", decide=True)
+        decided = undone["decided"]
+        assert decided["decision"] == "discard" and decided["remeasured"] == [11.0], decided
+        assert decided["regression"] and "re-measured after the keep" in decided["reason"]
+        assert git(root, "rev-parse", "HEAD").strip() == head == decided["branch_head"]
+        assert (root / "params.py").read_text() == "X = -2\n"
+        assert (await agent.ok("query_results"))["counts"] == {"keep": 2, "discard": 1, "crash": 0}
