@@ -471,3 +471,33 @@ async def test_decide_answers_the_decision_after_the_re_measurement_of_a_keep(
         assert git(root, "rev-parse", "HEAD").strip() == head == decided["branch_head"]
         assert (root / "params.py").read_text() == "X = -2\n"
         assert (await agent.ok("query_results"))["counts"] == {"keep": 2, "discard": 1, "crash": 0}
+
+
+async def test_a_one_call_edit_while_a_run_is_in_flight_writes_nothing(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """Without slots the run in flight runs in the working tree: run_experiment(edits, decide=true) then is
+    refused before its edit (the target is the run's), and the run is decided by the wait that sees it end."""
+    root = make_repo(
+        tmp_path / "p",
+        {
+            "params.sh": "K=1\n",
+            "run.sh": "while [ ! -e go ]; do sleep 0.05; done\n. ./params.sh\necho score: $K\n",
+            "autoresearch.toml": 'target_file = "params.sh"\nmetric_name = "score"\nrun_command = "sh run.sh"\n',
+        },
+    )
+    async with agent_for(root, {"timeout": HANG_TIMEOUT_S}) as agent:
+        await agent.ok("start_session", tag="busy")
+        started = await agent.ok("run_experiment", description="baseline", decide=True, wait_s=0)
+        assert started["status"] == "running"
+        refused = await agent.refused(
+            "run_experiment", description="K two", edits=[{"old_text": "K=1", "new_text": "K=2"}], decide=True
+        )
+        assert "the edit was made before" not in refused, refused
+        assert (root / "params.sh").read_text() == "K=1\n"
+        (root / "go").write_text("")
+        done = started
+        while done["status"] == "running":
+            done = await agent.ok("wait_experiment", decide=True)
+        assert done["run_id"] == started["run_id"] and done["decided"]["decision"] == "keep"
+        assert done["value"] == 1.0 and (await agent.ok("query_results"))["total"] == 1
