@@ -501,3 +501,28 @@ async def test_a_one_call_edit_while_a_run_is_in_flight_writes_nothing(
             done = await agent.ok("wait_experiment", decide=True)
         assert done["run_id"] == started["run_id"] and done["decided"]["decision"] == "keep"
         assert done["value"] == 1.0 and (await agent.ok("query_results"))["total"] == 1
+
+
+async def test_a_refusal_the_edit_cannot_change_comes_before_the_edit(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """An empty description or a spent budget refuses the run whatever the edit: run_experiment(edits) refuses
+    before writing it. Broke: the edit was written, then the run refused ('the edit was made before')."""
+    root = ml_project
+    async with agent_for(root, {"timeout": HANG_TIMEOUT_S}) as agent:
+        await agent.ok("start_session", tag="first", max_experiments=2)
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        change = [{"old_text": "LR = 0.5", "new_text": "LR = 0.3"}]
+        for description in ("", "  \n\t "):
+            refused = await agent.refused(
+                "run_experiment", description=description, edits=change, decide=True
+            )
+            assert "description is empty" in refused and "the edit was made" not in refused, refused
+            assert "LR = 0.5" in (root / "train.py").read_text()
+        await agent.ok("run_experiment", description="0.3", edits=change, decide=True)
+        before = (root / "train.py").read_text()
+        again = [{"old_text": "LR = 0.3", "new_text": "LR = 0.2"}]
+        refused = await agent.refused("run_experiment", description="0.2", edits=again, decide=True)
+        assert "budget is spent" in refused and "the edit was made" not in refused, refused
+        assert (root / "train.py").read_text() == before
+        assert (await agent.ok("query_results"))["total"] == 2

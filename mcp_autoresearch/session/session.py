@@ -410,10 +410,12 @@ class Session:
     def edit_and_start_run(
         self, description: str, rerun: bool, edits: list[dict[str, str]] | None, content: str | None
     ) -> tuple[EditResult, str | AlreadyMeasured]:
-        """apply_edit then start_run, in one call of the agent. When the run cannot start, the edit stays made
-        (as after apply_edit alone) and the refusal says so. Both under the session's lock: another call's
-        edit between them would run under this description."""
+        """apply_edit then start_run, in one call of the agent. A refusal that no edit could change comes first
+        (nothing written); when the run cannot start because of the edit, the edit stays made (as after
+        apply_edit alone) and the refusal says so. All under the session's lock: another call's edit between
+        them would run under this description."""
         with self.lock:
+            self.runs.admit(description)
             edit = self.apply_edit(edits, content, None, None)
             try:
                 return edit, self.start_run(description, rerun)
