@@ -526,3 +526,26 @@ async def test_a_refusal_the_edit_cannot_change_comes_before_the_edit(
         assert "budget is spent" in refused and "the edit was made" not in refused, refused
         assert (root / "train.py").read_text() == before
         assert (await agent.ok("query_results"))["total"] == 2
+
+
+def test_kill_9_while_a_one_call_experiment_is_decided(tmp_path: Path) -> None:
+    """kill -9 while run_experiment(decide=true) runs the holdout of its keep (the decision logged before it):
+    the next start_session finds the keep logged once, git on it, and nothing decided twice."""
+    marker = _marker(2300)
+    server, root = _deciding_in_one_call(tmp_path, marker)
+    try:
+        holdout = _processes(marker)
+        server.server.kill()
+        server.server.wait()
+    finally:
+        server.close()
+    for process in holdout:  # the holdout's command, if it outlived its server
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    _restarted(root)
+    assert _actions(root).count("experiment_done") == 1, _actions(root)
+    rows = (root / "results.tsv").read_text().splitlines()[1:]
+    assert [row.split("\t")[3] for row in rows] == ["keep"], rows
+    assert git(root, "rev-parse", "--short", "HEAD").strip() == rows[0].split("\t")[0]
