@@ -549,3 +549,35 @@ def test_kill_9_while_a_one_call_experiment_is_decided(tmp_path: Path) -> None:
     rows = (root / "results.tsv").read_text().splitlines()[1:]
     assert [row.split("\t")[3] for row in rows] == ["keep"], rows
     assert git(root, "rev-parse", "--short", "HEAD").strip() == rows[0].split("\t")[0]
+
+
+async def test_with_slots_two_one_call_requests_at_once_run_each_its_own_edit(
+    tmp_path: Path, agent_for: Any, slots_home: Path
+) -> None:
+    """Slots: two run_experiment(content=..., decide=true) at once, each placed in a slot of its own: each
+    candidate commit holds its own call's content, and the target holds the best again."""
+    root = slots_project(tmp_path)
+    async with agent_for(root, slots_settings()) as agent:
+        await agent.ok("start_session", tag="s1")
+        done = await agent.ok("run_experiment", description="baseline", decide=True)
+        while done.get("decided") is None:
+            done = await agent.ok("wait_experiment", decide=True)
+        for attempt in range(4):
+            texts = {
+                name: f"X = {attempt * 10 + digit}\n\n\n\nY = 0\n" for name, digit in (("A", 1), ("B", 2))
+            }
+            answers: dict[str, Any] = {}
+            async with anyio.create_task_group() as group:
+                for name in texts:
+                    group.start_soon(one_call, agent, answers, name, f"{name}{attempt}", texts[name])
+            started = []
+            for name, answer in answers.items():
+                assert not answer.is_error, answer.content[0].text
+                run = answer.structured_content
+                assert git(root, "show", f"{run['commit']}:params.py") == texts[name], (name, run["edit"])
+                started.append(run["run_id"])
+            assert git(root, "show", "HEAD:params.py") == (root / "params.py").read_text()
+            for run_id in started:
+                run = {"status": "running"}
+                while run["status"] == "running" or run.get("decided") is None:
+                    run = await agent.ok("wait_experiment", run_id=run_id, decide=True)
