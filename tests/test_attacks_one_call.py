@@ -1,6 +1,8 @@
 """Attacks on one call per experiment (run_experiment with edits/content and decide, wait_experiment with
-decide): what a client reads in the published tool list, and two one-call requests at once, through the real
-MCP client on real repositories."""
+decide), through the real MCP client in memory and raw JSON-RPC over stdio, on real repositories: what a client
+reads in the published tools, null arguments, two one-call requests at once (with and without slots), the edit's
+refusals, runs that tamper, hang, fail their checks or regress at their re-measurement, branch_from, a run in
+flight, a client cancelling during the decision, SIGTERM and kill -9 mid-call, and restarts after them."""
 
 from __future__ import annotations
 
