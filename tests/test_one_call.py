@@ -87,19 +87,27 @@ async def test_a_run_that_cannot_start_after_its_edit_says_the_edit_stays(
 ) -> None:
     async with agent_for(ml_project) as agent:
         await agent.ok("start_session", tag="one")
+        # The first run must be the unmodified baseline: refused because of the edit, which stays made.
+        refused = await agent.refused(
+            "run_experiment", description="first", edits=edits("LR = 0.5", "LR = 0.3"), decide=True
+        )
+        assert "the edit was made before: the target holds it" in refused
+        assert "LR = 0.3" in (ml_project / "train.py").read_text()
+        await agent.ok("apply_edit", edits=edits("LR = 0.3", "LR = 0.5"))
         await agent.ok("run_experiment", description="baseline")  # finished, not decided yet
         refused = await agent.refused(
             "run_experiment", description="next", edits=edits("LR = 0.5", "LR = 0.3"), decide=True
         )
-        # apply_edit itself refuses while a run waits for its decision: nothing was written.
+        # A run waits for its decision: refused before the edit, nothing was written.
         assert "commit_or_reset" in refused and "LR = 0.5" in (ml_project / "train.py").read_text()
         await agent.ok("commit_or_reset")
         await agent.ok("start_session", tag="one", max_experiments=1)  # the baseline used the budget
         refused = await agent.refused(
             "run_experiment", description="over budget", edits=edits("LR = 0.5", "LR = 0.3"), decide=True
         )
-        assert "the edit was made before: the target holds it" in refused
-        assert "LR = 0.3" in (ml_project / "train.py").read_text()
+        # No edit could let it run: refused before the edit.
+        assert "budget is spent" in refused and "the edit was made" not in refused
+        assert "LR = 0.5" in (ml_project / "train.py").read_text()
 
 
 async def test_still_running_is_decided_by_the_wait_that_sees_it_finish(

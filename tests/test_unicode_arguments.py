@@ -27,7 +27,11 @@ CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("read_target", {}, ""),  # a plain call between them: the session goes on
     ("run_experiment", {"description": f"emoji {LONE}"}, "description"),
     ("run_experiment", {"description": "x", "content": f"x = 1  # {LONE}\n", "decide": True}, "content"),
-    ("run_experiment", {"description": "x", "edits": [{"old_text": LONE, "new_text": "y"}]}, "edits[0].old_text"),
+    (
+        "run_experiment",
+        {"description": "x", "edits": [{"old_text": LONE, "new_text": "y"}]},
+        "edits[0].old_text",
+    ),
     ("wait_experiment", {"run_id": LONE}, "run_id"),
     ("commit_or_reset", {"run_id": LONE}, "run_id"),
     ("log_result", {"run_id": "r1", "notes": f"cut {LONE}"}, "notes"),

@@ -55,6 +55,13 @@ def at_most(max_chars: int) -> Any:
     return WrapValidator(check), WithJsonSchema({"type": "string", "maxLength": max_chars}), NO_NULL_DEFAULT
 
 
+def _null_is_false(value: Any, handler: Any) -> Any:
+    """An explicit null for a flag is "not given": false, its default."""
+    return False if value is None else handler(value)
+
+
+# A flag that defaults to false, published as a plain boolean (null accepted as not given).
+OptionalFlag = Annotated[bool, WrapValidator(_null_is_false), WithJsonSchema({"type": "boolean"})]
 OptionalInt = Annotated[int | None, WithJsonSchema({"type": "integer"}), NO_NULL_DEFAULT]
 OptionalNumber = Annotated[float | None, WithJsonSchema({"type": "number"}), NO_NULL_DEFAULT]
 

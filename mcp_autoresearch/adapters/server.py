@@ -37,6 +37,7 @@ from .resources import prompt_and_resources
 from .schemas import (
     NO_NULL_DEFAULT,
     UNSET,
+    OptionalFlag,
     OptionalInt,
     OptionalNumber,
     OptionalText,
@@ -364,7 +365,7 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
                 raise
         return await anyio.to_thread.run_sync(result)
 
-    @tool(read_only=False)
+    @tool(read_only=False, destructive=True)  # decide=true may reset the target, as commit_or_reset does
     async def run_experiment(
         description: Annotated[
             str, Field(description="What this experiment changes, in a few words.", max_length=2000)
@@ -372,7 +373,7 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
         ctx: Context,
         wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
         rerun: Annotated[
-            bool,
+            OptionalFlag,
             Field(
                 description="Measure this content again although it was measured before in this session "
                 "(default false: the earlier result is returned and nothing runs)."
@@ -395,7 +396,7 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
             ),
         ] = UNSET,
         decide: Annotated[
-            bool,
+            OptionalFlag,
             Field(
                 description="Decide the run as soon as it finished, as commit_or_reset would (kept only if the "
                 "rule says so), and answer with the decision in `decided` (default false: call "
@@ -430,7 +431,7 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
             result = await _await_run(started, session.start_wait(wait_s), ctx, session, decide)
         return result.model_copy(update={"edit": edit}) if edit is not None else result
 
-    @tool(read_only=True, idempotent=True)
+    @tool(read_only=False, destructive=True, idempotent=True)  # decide=true: as commit_or_reset (once)
     async def wait_experiment(
         ctx: Context,
         run_id: Annotated[
@@ -442,7 +443,7 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
         ] = UNSET,
         wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
         decide: Annotated[
-            bool,
+            OptionalFlag,
             Field(
                 description="Decide the run once it finished, as commit_or_reset would, the decision in "
                 "`decided` (default false)."
@@ -464,7 +465,7 @@ def _decision_tools(tool: Register, workspace: Workspace) -> None:
             Field(description="The run to decide (default: the run waiting for its decision)."),
         ] = UNSET,
         discard: Annotated[
-            bool,
+            OptionalFlag,
             Field(description="Discard even if it improved (default: false). A keep can never be forced."),
         ] = False,
     ) -> DecisionResult:

@@ -242,6 +242,16 @@ class Runs:
         return flights
 
     # -- starting ------------------------------------------------------------------------------------------
+    def admit(self, description: str) -> None:
+        """The rules of start_run that no content of the target changes (start_run checks them again): room, a
+        free slot, no run waiting for its decision, a description, the budgets. Checked before an edit that a
+        run is to follow, so that a run refused whatever the edit writes nothing."""
+        core = self.core
+        with core.lock:
+            self.placement.admit(self.space)
+            described(description)
+            refuse_past_budget(core.state, len(core.journal), len(core.state.inflight))
+
     def start_run(self, description: str, rerun: bool = False) -> str | AlreadyMeasured:
         """Check every rule, commit the candidate, and start it in the background. Returns the run id, or the
         earlier run when this content was measured before in the session and `rerun` is not set."""
@@ -397,15 +407,21 @@ class Candidate:
     earlier: Row | None  # the logged run that measured this content before
 
 
+def described(description: str) -> str:
+    """The description a run is logged with (one line, bounded); refused when empty."""
+    description = one_line(description or "", MAX_DESCRIPTION)
+    if not description:
+        raise RuleViolation("description is empty; say in a few words what this experiment changes")
+    return description
+
+
 def candidate(
     core: SessionCore, editor: Editor, description: str, parent: str, in_flight: int = 0
 ) -> Candidate:
     """Every rule a run must meet before it starts, single or in a slot: a description; the session's budgets
     (`refuse_past_budget`: the runs in flight count too); the target still a regular file; read-only files unchanged; no other tracked file
     changed; the first run the unmodified baseline, every later one a change of the target against `parent`."""
-    description = one_line(description or "", MAX_DESCRIPTION)
-    if not description:
-        raise RuleViolation("description is empty; say in a few words what this experiment changes")
+    description = described(description)
     core.check_head()
     refuse_past_budget(core.state, len(core.journal), in_flight)
     target = editor.target_path(must_exist=True)

@@ -410,15 +410,19 @@ class Session:
     def edit_and_start_run(
         self, description: str, rerun: bool, edits: list[dict[str, str]] | None, content: str | None
     ) -> tuple[EditResult, str | AlreadyMeasured]:
-        """apply_edit then start_run, in one call of the agent. When the run cannot start, the edit stays made
-        (as after apply_edit alone) and the refusal says so."""
-        edit = self.apply_edit(edits, content, None, None)
-        try:
-            return edit, self.start_run(description, rerun)
-        except AutoresearchError as exc:
-            raise type(exc)(
-                f"{exc} (the edit was made before: the target holds it, sha256 {edit.sha256_after[:12]}…)"
-            ) from None
+        """apply_edit then start_run, in one call of the agent. A refusal that no edit could change comes first
+        (nothing written); when the run cannot start because of the edit, the edit stays made (as after
+        apply_edit alone) and the refusal says so. All under the session's lock: another call's edit between
+        them would run under this description."""
+        with self.lock:
+            self.runs.admit(description)
+            edit = self.apply_edit(edits, content, None, None)
+            try:
+                return edit, self.start_run(description, rerun)
+            except AutoresearchError as exc:
+                raise type(exc)(
+                    f"{exc} (the edit was made before: the target holds it, sha256 {edit.sha256_after[:12]}…)"
+                ) from None
 
     def start_wait(self, wait_s: float | None) -> float | None:
         """How long run_experiment waits for the run it started: with slots not at all (the agent prepares the
@@ -444,18 +448,15 @@ class Session:
         finished; while it runs, the view says how to wait for it with the decision asked again."""
         view = self.views.view(run_id)
         if view.status == "running":
-            return view.model_copy(
-                update={
-                    "next_step": f"still running: call wait_experiment(run_id='{view.run_id}', decide=true) "
-                    "until it finishes (it is decided then)"
-                }
-            )
+            return _waits_to_decide(view)
         try:
             decided = self.commit_or_reset(view.run_id)
         except AutoresearchError as exc:
             raise type(exc)(
                 f"run {view.run_id} finished ({view.status}) but was not decided: {exc}"
             ) from None
+        if decided.decision == "rerun":  # slots: it runs again on the new best, and is decided when it ends
+            return _waits_to_decide(self.views.view(view.run_id), decided)
         return view.model_copy(update={"decided": decided, "next_step": decided.next_step})
 
     @one_call
@@ -490,6 +491,20 @@ class Session:
     def interrupt(self) -> None:
         """The server is leaving: what runs inside a call (the holdout) is cancelled now, without a lock."""
         self.runs.interrupt("the server was stopped")
+
+
+def _waits_to_decide(view: RunResult, decided: DecisionResult | None = None) -> RunResult:
+    """A running run's view for decide=true (`decided`: the rerun it runs for): how to wait for it with the
+    decision asked again."""
+    again = (
+        "runs again on the new best (its change merged onto it)"
+        if decided is not None
+        else "is still running"
+    )
+    if view.status != "running":  # the rerun ended already
+        again = "ran again on the new best"
+    step = f"{view.run_id} {again}: call wait_experiment(run_id='{view.run_id}', decide=true) to decide it"
+    return view.model_copy(update={"decided": decided, "next_step": step})
 
 
 def _rules_of(config: Config) -> dict[str, Any]:
