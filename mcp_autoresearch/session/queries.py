@@ -14,7 +14,7 @@ from ..measure.holdout import holdout_summary
 from ..measure.provenance import metric_provenance
 from ..measure.sequential import keep_rule_summary
 from ..measure.standing import best_values, session_noise, standing
-from ..models import BestInfo, NotesResult, QueryResult, ResultRow, RunResult, StartResult
+from ..models import BestInfo, DecisionResult, NotesResult, QueryResult, ResultRow, RunResult, StartResult
 from ..phases import in_flight
 from ..readers.briefing import journal_briefing, near_misses
 from ..records.budget import BudgetUse, budget_use
@@ -412,3 +412,17 @@ def row_model(row: Row) -> ResultRow:
         parent=row.parent,
         best=row.best,
     )
+
+
+def waits_to_decide(view: RunResult, decided: DecisionResult | None = None) -> RunResult:
+    """A running run's view for decide=true (`decided`: the rerun it runs for): how to wait for it with the
+    decision asked again."""
+    again = (
+        "runs again on the new best (its change merged onto it)"
+        if decided is not None
+        else "is still running"
+    )
+    if view.status != "running":  # the rerun ended already
+        again = "ran again on the new best"
+    step = f"{view.run_id} {again}: call wait_experiment(run_id='{view.run_id}', decide=true) to decide it"
+    return view.model_copy(update={"decided": decided, "next_step": step})

@@ -66,7 +66,7 @@ from ..setup.stage_config import refuse_unhidable
 from ..vcs.repo import Repo
 from .context import normal_run_id
 from .editing import Editor
-from .queries import Views
+from .queries import Views, waits_to_decide
 
 __all__ = [
     "DEFAULT_WAIT_S",
@@ -448,7 +448,7 @@ class Session:
         finished; while it runs, the view says how to wait for it with the decision asked again."""
         view = self.views.view(run_id)
         if view.status == "running":
-            return _waits_to_decide(view)
+            return waits_to_decide(view)
         try:
             decided = self.commit_or_reset(view.run_id)
         except AutoresearchError as exc:
@@ -456,7 +456,7 @@ class Session:
                 f"run {view.run_id} finished ({view.status}) but was not decided: {exc}"
             ) from None
         if decided.decision == "rerun":  # slots: it runs again on the new best, and is decided when it ends
-            return _waits_to_decide(self.views.view(view.run_id), decided)
+            return waits_to_decide(self.views.view(view.run_id), decided)
         return view.model_copy(update={"decided": decided, "next_step": decided.next_step})
 
     @one_call
@@ -491,20 +491,6 @@ class Session:
     def interrupt(self) -> None:
         """The server is leaving: what runs inside a call (the holdout) is cancelled now, without a lock."""
         self.runs.interrupt("the server was stopped")
-
-
-def _waits_to_decide(view: RunResult, decided: DecisionResult | None = None) -> RunResult:
-    """A running run's view for decide=true (`decided`: the rerun it runs for): how to wait for it with the
-    decision asked again."""
-    again = (
-        "runs again on the new best (its change merged onto it)"
-        if decided is not None
-        else "is still running"
-    )
-    if view.status != "running":  # the rerun ended already
-        again = "ran again on the new best"
-    step = f"{view.run_id} {again}: call wait_experiment(run_id='{view.run_id}', decide=true) to decide it"
-    return view.model_copy(update={"decided": decided, "next_step": step})
 
 
 def _rules_of(config: Config) -> dict[str, Any]:
