@@ -1,0 +1,170 @@
+"""Attacks on one call per experiment where the first review (test_attacks_one_call) did not look: combine and
+branch_from followed by a one-call run (and the tree's records after a restart), runs that end without a value
+(metric_error, checks_failed) under decide=true, and the text an agent reads (content[0].text) against the
+structured content: always valid JSON, and the de-duplication of `decided` never hides a field that differs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import git, make_repo
+from .test_tree_engine import TREE_PY, done_rows, target
+
+pytestmark = pytest.mark.anyio
+
+# The decision's fields the run's result names otherwise (test_one_call's _SAME_AS in adapters/server.py).
+SAME_AS = {"prev": "best_value"}
+
+
+def edits(old: str, new: str) -> list[dict[str, str]]:
+    return [{"old_text": old, "new_text": new}]
+
+
+def text_says_all(result: Any) -> dict[str, Any]:
+    """The structured content of a one-call result, after checking the agent's text against it: the text is strict
+    JSON, every run field of the text is the structured one, and every decision field left out of the text's
+    `decided` is null or said by the run under the same (or its) name with the same value."""
+    assert not result.is_error, result.content[0].text
+    raw = result.content[0].text
+    text = json.loads(raw, parse_constant=lambda name: pytest.fail(f"the text is not JSON: it holds {name}"))
+    whole = result.structured_content
+    for key, value in text.items():
+        if key != "decided":
+            assert whole[key] == value or (isinstance(value, dict) and value.items() <= whole[key].items()), (
+                key
+            )
+    decided = whole.get("decided")
+    if decided is None:
+        assert "decided" not in text
+        return whole
+    for key, value in decided.items():
+        if value is None or key in text["decided"]:
+            assert value is None or text["decided"][key] == value, key
+            continue
+        said = text.get(SAME_AS.get(key, key))
+        assert said == value, f"decided.{key} = {value!r} is left out of the text, which says {said!r}"
+    return whole
+
+
+async def one_call(agent: Any, **args: Any) -> dict[str, Any]:
+    return text_says_all(await agent.client.call_tool("run_experiment", {**args, "decide": True}))
+
+
+KNOBS = {"target_file": "train.py", "run_command": "python train.py"}
+
+
+@pytest.fixture
+def knobs(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "knobs", {"train.py": TREE_PY, "prepare.py": "# fixed\n"})
+
+
+async def test_combine_then_one_call_is_judged_against_the_better_and_recorded_after_a_restart(
+    knobs: Path, agent_for: Any
+) -> None:
+    root = knobs
+    async with agent_for(root, KNOBS) as agent:
+        await agent.ok("start_session", tag="co")
+        await one_call(agent, description="baseline")  # r1: 10
+        await one_call(agent, description="A to 3", edits=edits("A = 5", "A = 3"))  # r2: 8
+        r3 = await one_call(agent, description="A to 1", edits=edits("A = 3", "A = 1"))  # r3: 6
+        assert r3["decided"]["best"] is True
+        await agent.ok("branch_from", run_id="r2")
+        r4 = await one_call(agent, description="B to 4", edits=edits("B = 5", "B = 4"))  # r4: 7 vs r2's 8
+        assert (r4["decided"]["decision"], r4["decided"]["parent"], r4["decided"]["best"]) == (
+            "keep",
+            "r2",
+            False,
+        )
+        assert r4["best_value"] == 8 and r4["decided"]["prev"] == 8
+
+        merged = await agent.ok("combine", run_a="r4", run_b="r3")
+        assert merged["parent"] == "r3" and merged["combined"] == ["r4", "r3"] or merged["parent"] == "r3"
+        # The merge, and an edit on top of it, run and are decided in one call against r3 (6), not r2 or r4.
+        r5 = await one_call(agent, description="r3 + r4, B to 3", edits=edits("B = 4", "B = 3"))
+        assert r5["value"] == 4 and r5["parent"] == "r3" and r5["best_value"] == 6
+        assert (r5["decided"]["decision"], r5["decided"]["parent"], r5["decided"]["best"]) == (
+            "keep",
+            "r3",
+            True,
+        )
+        head = git(root, "rev-parse", "autoresearch/co").strip()
+        assert r5["decided"]["branch_head"] == head == r5["decided"]["commit"]
+        before = await agent.ok("query_results", view="tree")
+
+    rows = done_rows(root)
+    assert sorted(rows["r5"]["combined"]) == ["r3", "r4"] and rows["r5"]["parent"] == "r3"
+    async with agent_for(
+        root, KNOBS
+    ) as agent:  # a restart: the tree as it was, and the next call builds on it
+        await agent.ok("start_session", tag="co")
+        assert await agent.ok("query_results", view="tree") == before
+        r6 = await one_call(agent, description="A to 0", edits=edits("A = 1", "A = 0"))
+        assert (r6["parent"], r6["best_value"], r6["decided"]["decision"]) == ("r5", 4, "keep")
+    assert "A = 0" in target(root) and "B = 3" in target(root)
+
+
+NO_METRIC = 'print("no number today")\n'
+
+
+async def test_a_run_without_a_metric_or_failing_its_checks_is_decided_in_one_call(
+    knobs: Path, agent_for: Any
+) -> None:
+    root = knobs
+    checks = {
+        **KNOBS,
+        "checks_command": "python -c \"import sys; sys.exit('B = 2' in open('train.py').read())\"",
+    }
+    async with agent_for(root, checks) as agent:
+        await agent.ok("start_session", tag="nm")
+        await one_call(agent, description="baseline")
+        best = target(root)
+        lost = await one_call(agent, description="no metric", content=best.replace('print(f"val_bpb', "#"))
+        assert lost["status"] == "metric_error" and lost["value"] is None
+        assert lost["decided"]["decision"] == "crash" and target(root) == best
+        failed = await one_call(agent, description="checks fail", edits=edits("B = 5", "B = 2"))
+        assert failed["status"] == "checks_failed" and failed["decided"]["decision"] != "keep"
+        assert target(root) == best
+        assert git(root, "rev-parse", "autoresearch/nm").strip() == failed["decided"]["branch_head"]
+        counts = (await agent.ok("query_results"))["counts"]
+    assert sum(counts.values()) == 3
+
+
+# Finite values whose differences are not: 1.7e308 - -1.7e308, or the median of two runs of -1.7e308, is inf.
+HUGE_PY = "X = -1\nprint(f'score: {X * 1.7e308!r}')\n"
+
+
+async def test_a_metric_too_large_to_compare_is_a_metric_error_and_the_text_stays_json(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """A value the keep rule's arithmetic overflows on (its median, its difference to the best) was decided
+    into inf, which the journal refused: every decision of the run failed with an internal error, and the session
+    was stuck on it. It is a metric_error now, decided as a crash in the same call."""
+    root = make_repo(tmp_path / "huge", {"train.py": HUGE_PY, "prepare.py": "# fixed\n"})
+    settings = {**KNOBS, "metric_name": "score", "metric_direction": "higher_is_better"}
+    async with agent_for(root, settings) as agent:
+        await agent.ok("start_session", tag="hg")
+        base = await one_call(agent, description="baseline")
+        assert base["status"] == "metric_error" and "beyond" in base["error"]
+        assert base["decided"]["decision"] == "crash"
+        assert (await agent.ok("query_results"))["counts"]["crash"] == 1  # decided: the session goes on
+    rows = (root / "results.tsv").read_text().splitlines()[1:]
+    assert [row.split("\t")[3] for row in rows] == ["crash"]
+
+
+async def test_a_noisy_metric_too_large_for_its_variance_is_a_metric_error(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """The sequential rule squares the differences between runs: values near 1e200 overflowed there (an internal
+    error on every decision of the baseline)."""
+    from .test_noise import project
+
+    root = project(tmp_path, "VALUES 1e200 1.1e200 0.9e200\n")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="hn")
+        base = await one_call(agent, description="baseline")
+        assert base["status"] == "metric_error" and base["decided"]["decision"] == "crash"
+        assert (await agent.ok("query_results"))["counts"]["crash"] == 1
