@@ -141,8 +141,8 @@ async def test_a_metric_too_large_to_compare_is_a_metric_error_and_the_text_stay
     tmp_path: Path, agent_for: Any
 ) -> None:
     """A value the keep rule's arithmetic overflows on (its median, its difference to the best) was decided
-    into inf, which the journal refused: every decision of the run failed with an internal error, and the session
-    was stuck on it. It is a metric_error now, decided as a crash in the same call."""
+    into inf, which the journal refused: the decision failed with an internal error. It is a metric_error now,
+    decided as a crash in the same call."""
     root = make_repo(tmp_path / "huge", {"train.py": HUGE_PY, "prepare.py": "# fixed\n"})
     settings = {**KNOBS, "metric_name": "score", "metric_direction": "higher_is_better"}
     async with agent_for(root, settings) as agent:
