@@ -168,3 +168,99 @@ async def test_a_noisy_metric_too_large_for_its_variance_is_a_metric_error(
         base = await one_call(agent, description="baseline")
         assert base["status"] == "metric_error" and base["decided"]["decision"] == "crash"
         assert (await agent.ok("query_results"))["counts"]["crash"] == 1
+
+
+async def test_the_sequential_rule_in_one_call_re_measures_and_says_every_figure(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """A promising candidate run again, the best re-measured to judge it, the keep re-measured: all inside one
+    call, with the same figures as test_noise's three calls, and the text hides none that differs."""
+    from .test_noise import events, project
+
+    root = project(tmp_path)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="k")
+        base = await one_call(agent, description="baseline")
+        assert base["values"] == [1.0, 1.1, 0.9] and base["decided"]["keep_rule"] == "sequential"
+        run = await one_call(agent, description="much better", content="VALUES 0.5 0.52 0.48\n")
+        decided = run["decided"]
+        assert run["values"] == [0.5, 0.52] and decided["decision"] == "keep"
+        assert decided["best_values"] == [1.0, 1.1, 0.9, 1.0, 1.1, 0.9] and decided["remeasured"] == [
+            0.48,
+            0.5,
+        ]
+        worse = await one_call(agent, description="worse than the new best", content="VALUES 0.6 0.6 0.6\n")
+        assert worse["decided"]["best_values"] == [0.5, 0.52, 0.48, 0.5]
+        assert worse["decided"]["decision"] == "discard" and (root / "cand.txt").read_text().startswith(
+            "VALUES 0.5"
+        )
+    done = events(root, "experiment_done")
+    assert [d["status"] for d in done] == ["keep", "keep", "discard"]
+    assert done[1]["remeasured"] == [0.48, 0.5]
+
+
+HOLDOUT_EXTRA = 'holdout_command = "python3 holdout.py out/answer.txt"\n'
+
+
+async def test_the_evaluation_stage_and_the_holdout_in_one_call(tmp_path: Path, agent_for: Any) -> None:
+    """eval_command gives the value and holdout_command runs after each keep, inside the one call: the holdout's
+    values reach neither the text nor the structured content, each keep has its holdout record, and an
+    evaluation that fails is a metric_error decided as a crash."""
+    from .test_eval_stage import HOLDOUT, project
+
+    root = project(tmp_path, HOLDOUT_EXTRA, files={"holdout.py": HOLDOUT})
+    values = [f"{x * 1.2345678 + 0.0137:.7f}" for x in (5, 4, 6)]
+    texts: list[str] = []
+    async with agent_for(root) as agent:
+
+        async def call(**args: Any) -> dict[str, Any]:
+            result = await agent.client.call_tool("run_experiment", {**args, "decide": True})
+            texts.append(result.content[0].text + json.dumps(result.structured_content))
+            return text_says_all(result)
+
+        await agent.ok("start_session", tag="x")
+        assert (await call(description="baseline"))["decided"]["decision"] == "keep"
+        kept = await call(description="x4", edits=edits("X = 5", "X = 4"))
+        assert kept["value"] == 4 and kept["decided"]["decision"] == "keep"
+        worse = await call(description="x6", edits=edits("X = 4", "X = 6"))
+        assert worse["decided"]["decision"] == "discard"
+        broken = await call(description="no answer", edits=edits("print(X)", "print('nothing')"))
+        assert broken["status"] == "metric_error" and broken["decided"]["decision"] == "crash"
+        assert "evaluation" in broken["error"]
+        query = await agent.ok("query_results")
+    assert "kept improvements hold 1 of 1" in query["holdout"]
+    for value in values:
+        for text in texts:
+            assert value not in text and value.rstrip("0") not in text
+    records = [
+        json.loads(line) for line in (root / ".autoresearch" / "holdout" / "x.jsonl").read_text().splitlines()
+    ]
+    assert [(r["run_id"], r["baseline"]) for r in records] == [("r1", True), ("r2", False)]
+
+
+# Output an agent reads in the log tail: non-ASCII, line and paragraph separators, escapes, NUL, bytes that are not
+# UTF-8, a very long line.
+ODD_OUTPUT = r"""
+import sys
+sys.stdout.buffer.write(b"caf\xc3\xa9 \xe2\x80\xa8 \xe2\x80\xa9 \x1b[31mred\x1b[0m \x00 \xff\xfe \xed\xa0\x80 \x7f\n")
+sys.stdout.write("x" * 20000 + "\n")
+sys.stdout.write("\u00e9\u4e2d\U0001f600 \"quoted\" back\\slash\n")
+"""
+
+
+async def test_odd_characters_in_the_log_tail_and_description_keep_the_text_json(
+    ml_project: Path, agent_for: Any
+) -> None:
+    root = ml_project
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="odd")
+        await one_call(agent, description="baseline")
+        content = (root / "train.py").read_text().replace("LR = 0.5", "LR = 0.3") + ODD_OUTPUT
+        run = await one_call(agent, description='caf\u00e9 \u2028 "q" \\ \t tab \U0001f600', content=content)
+        assert run["decided"]["decision"] == "keep" and "café" in run["log_tail"]
+        big = "\n".join(f"# line {i} " + "é" * 50 for i in range(3000)) + "\n"
+        huge = await one_call(
+            agent, description="a very large diff", content=big + (root / "train.py").read_text()
+        )
+        assert huge["edit"]["lines_added"] == 3000 and huge["decided"]["decision"] in ("keep", "discard")
+        assert len(huge["edit"]["diff"]) <= 8000
