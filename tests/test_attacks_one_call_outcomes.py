@@ -6,12 +6,14 @@ structured content: always valid JSON, and the de-duplication of `decided` never
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conftest import git, make_repo
+from .test_disk_full import full_project, small_disk  # noqa: F401 (fixtures)
 from .test_tree_engine import TREE_PY, done_rows, target
 
 pytestmark = pytest.mark.anyio
@@ -264,3 +266,31 @@ async def test_odd_characters_in_the_log_tail_and_description_keep_the_text_json
         )
         assert huge["edit"]["lines_added"] == 3000 and huge["decided"]["decision"] in ("keep", "discard")
         assert len(huge["edit"]["diff"]) <= 8000
+
+
+async def test_a_one_call_run_that_fills_the_disk(full_project: Path, agent_for: Any) -> None:  # noqa: F811
+    """A run that fills the disk is decided in its own call (crash, disk_full, the target back on the best); the
+    next one-call edit is refused before it is written while the disk is full; once space is back it runs."""
+    from .test_disk_full import FILLER, _logged
+
+    root = full_project
+    async with agent_for(root, {"writable": ["out"], "keep_rule": "greedy"}) as agent:
+        await agent.ok("start_session", tag="full")
+        await one_call(agent, description="baseline")
+        best = target(root)
+        filled = await one_call(
+            agent,
+            description="fill the disk",
+            edits=edits("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(FILLER)),
+        )
+        assert filled["status"] == "disk_full" and filled["decided"]["decision"] == "crash", filled
+        assert "free space" in filled["next_step"] and target(root) == best
+        refused = await agent.refused(
+            "run_experiment", description="too early", edits=edits("LR = 0.5", "LR = 0.3"), decide=True
+        )
+        assert "disk" in refused and "out/fill.bin" in refused, refused
+        assert target(root) == best  # refused before the edit
+        (root / "out" / "fill.bin").unlink()
+        again = await one_call(agent, description="after freeing space", edits=edits("LR = 0.5", "LR = 0.3"))
+        assert again["status"] == "ok" and again["decided"]["decision"] == "keep"
+    assert _logged(root) == ["keep", "crash", "keep"]
