@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from .conftest import git, make_repo
@@ -294,3 +295,51 @@ async def test_a_one_call_run_that_fills_the_disk(full_project: Path, agent_for:
         again = await one_call(agent, description="after freeing space", edits=edits("LR = 0.5", "LR = 0.3"))
         assert again["status"] == "ok" and again["decided"]["decision"] == "keep"
     assert _logged(root) == ["keep", "crash", "keep"]
+
+
+SLOW = "import time\ntime.sleep(600)\n"
+
+
+async def _give_up_on_first_progress(client: Any, args: dict[str, Any]) -> str:
+    """run_experiment(args, decide=true), given up by the client as soon as the server reports progress (the
+    server then waits for the run, so the cancellation reaches it). Returns the run id the text of progress names
+    (the call never answers)."""
+    with anyio.CancelScope() as scope:
+
+        async def progressed(*_args: Any) -> None:
+            scope.cancel()
+
+        await client.call_tool(
+            "run_experiment", {**args, "decide": True, "wait_s": 300}, progress_callback=progressed
+        )
+        raise AssertionError("run_experiment returned before any progress")
+    return "r2"
+
+
+async def test_a_one_call_run_given_up_by_its_client_is_decided_and_may_run_again(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """The client gives up run_experiment(edits, decide=true) while its run goes on: the run is cancelled, the next
+    wait_experiment(run_id, decide=true) decides it (crash, the target back on the best, logged once), and the
+    same idea, which a cancelled run says nothing about, runs again in one call."""
+    root = ml_project
+    async with agent_for(root, {"timeout": 300, "keep_rule": "greedy"}) as agent:
+        await agent.ok("start_session", tag="gu")
+        await one_call(agent, description="baseline")
+        best = target(root)
+        slow = best.replace("LR = 0.5", "LR = 0.3") + SLOW
+        run_id = await _give_up_on_first_progress(agent.client, {"description": "slow", "content": slow})
+        run = text_says_all(
+            await agent.client.call_tool("wait_experiment", {"run_id": run_id, "decide": True})
+        )
+        while run["status"] == "running":
+            run = text_says_all(
+                await agent.client.call_tool("wait_experiment", {"run_id": run_id, "decide": True})
+            )
+        assert run["status"] == "cancelled" and run["decided"]["decision"] == "crash", run
+        assert target(root) == best
+        quick = best.replace("LR = 0.5", "LR = 0.3")
+        again = await one_call(agent, description="LR 0.3, not slow", content=quick)
+        assert again["status"] == "ok" and again["decided"]["decision"] == "keep"
+        cancelled_again = await one_call(agent, description="the cancelled one again", content=slow, wait_s=0)
+        assert cancelled_again.get("already_measured") is not True, "a cancelled run measured nothing"
