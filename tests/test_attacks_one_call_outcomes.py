@@ -343,3 +343,38 @@ async def test_a_one_call_run_given_up_by_its_client_is_decided_and_may_run_agai
         assert again["status"] == "ok" and again["decided"]["decision"] == "keep"
         cancelled_again = await one_call(agent, description="the cancelled one again", content=slow, wait_s=0)
         assert cancelled_again.get("already_measured") is not True, "a cancelled run measured nothing"
+
+
+def test_the_text_of_a_decided_result_is_json_whatever_floats_it_holds() -> None:
+    """The text of a result with `decided` was written by json.dumps, which writes inf and NaN as `Infinity` and
+    `NaN` (not JSON), where the text of every other result (pydantic) writes null, as the structured content goes
+    on the wire. No metric reaches the keep rule beyond ±1e150 now, but the text must be JSON whatever it holds."""
+    from mcp_autoresearch.adapters.server import _compact
+    from mcp_autoresearch.models import DecisionResult, RunResult
+
+    decided = DecisionResult(
+        run_id="r2",
+        decision="keep",
+        reason="improved",
+        value=2.0,
+        prev=float("nan"),
+        delta=float("inf"),
+        commit=None,
+        branch_head="abc",
+        next_step="log_result",
+    )
+    for run in (
+        RunResult(run_id="r2", status="ok", metric_name="m", value=2.0, next_step="x", spread=float("inf")),
+        RunResult(
+            run_id="r2",
+            status="ok",
+            metric_name="m",
+            value=2.0,
+            next_step="x",
+            spread=float("-inf"),
+            decided=decided,
+        ),
+    ):
+        text = _compact(run).content[0].text
+        parsed = json.loads(text, parse_constant=lambda name: pytest.fail(f"not JSON: {name} in {text}"))
+        assert parsed["value"] == 2.0 and parsed.get("spread") is None
