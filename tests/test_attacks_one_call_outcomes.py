@@ -378,3 +378,26 @@ def test_the_text_of_a_decided_result_is_json_whatever_floats_it_holds() -> None
         text = _compact(run).content[0].text
         parsed = json.loads(text, parse_constant=lambda name: pytest.fail(f"not JSON: {name} in {text}"))
         assert parsed["value"] == 2.0 and parsed.get("spread") is None
+
+
+async def test_branch_from_or_combine_then_a_restart_then_one_call(knobs: Path, agent_for: Any) -> None:
+    """The server restarts between branch_from (or combine) and the one call that runs the idea: the call is still
+    judged against the chosen parent, and a combine is still recorded as a merge."""
+    root = knobs
+    async with agent_for(root, KNOBS) as agent:
+        await agent.ok("start_session", tag="rs")
+        await one_call(agent, description="baseline")  # r1: 10
+        await one_call(agent, description="A to 3", edits=edits("A = 5", "A = 3"))  # r2: 8
+        await one_call(agent, description="A to 1", edits=edits("A = 3", "A = 1"))  # r3: 6, the best
+        await agent.ok("branch_from", run_id="r2")
+    async with agent_for(root, KNOBS) as agent:
+        await agent.ok("start_session", tag="rs")
+        r4 = await one_call(agent, description="B to 4", edits=edits("B = 5", "B = 4"))  # 7: better than r2
+        assert (r4["parent"], r4["best_value"], r4["decided"]["decision"]) == ("r2", 8, "keep"), r4
+        await agent.ok("combine", run_a="r3", run_b="r4")
+    async with agent_for(root, KNOBS) as agent:
+        await agent.ok("start_session", tag="rs")
+        r5 = await one_call(agent, description="r3 + r4")  # 5
+        assert (r5["parent"], r5["best_value"], r5["decided"]["decision"]) == ("r3", 6, "keep"), r5
+        assert r5["decided"]["best"] is True
+    assert sorted(done_rows(root)["r5"].get("combined") or []) == ["r3", "r4"]
