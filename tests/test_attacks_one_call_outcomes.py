@@ -27,13 +27,23 @@ def edits(old: str, new: str) -> list[dict[str, str]]:
     return [{"old_text": old, "new_text": new}]
 
 
+def strict_json(text: str) -> dict[str, Any]:
+    """`text` parsed as JSON, which has no Infinity, -Infinity or NaN (Python's json reads them)."""
+
+    def refuse(name: str) -> None:
+        pytest.fail(f"the text is not JSON: it holds {name}: {text[:300]}")
+
+    parsed: dict[str, Any] = json.loads(text, parse_constant=refuse)
+    return parsed
+
+
 def text_says_all(result: Any) -> dict[str, Any]:
     """The structured content of a one-call result, after checking the agent's text against it: the text is strict
     JSON, every run field of the text is the structured one, and every decision field left out of the text's
     `decided` is null or said by the run under the same (or its) name with the same value."""
     assert not result.is_error, result.content[0].text
     raw = result.content[0].text
-    text = json.loads(raw, parse_constant=lambda name: pytest.fail(f"the text is not JSON: it holds {name}"))
+    text = strict_json(raw)
     whole = result.structured_content
     for key, value in text.items():
         if key != "decided":
@@ -376,7 +386,7 @@ def test_the_text_of_a_decided_result_is_json_whatever_floats_it_holds() -> None
         ),
     ):
         text = _compact(run).content[0].text
-        parsed = json.loads(text, parse_constant=lambda name: pytest.fail(f"not JSON: {name} in {text}"))
+        parsed = strict_json(text)
         assert parsed["value"] == 2.0 and parsed.get("spread") is None
 
 
@@ -401,3 +411,17 @@ async def test_branch_from_or_combine_then_a_restart_then_one_call(knobs: Path, 
         assert (r5["parent"], r5["best_value"], r5["decided"]["decision"]) == ("r3", 6, "keep"), r5
         assert r5["decided"]["best"] is True
     assert sorted(done_rows(root)["r5"].get("combined") or []) == ["r3", "r4"]
+
+
+async def test_an_edit_that_changes_nothing_is_not_said_to_be_made(ml_project: Path, agent_for: Any) -> None:
+    """run_experiment(content=the target as it is) is refused (nothing to run); the refusal said "the edit was made
+    before: the target holds it", as if a change had been written."""
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="same")
+        await one_call(agent, description="baseline")
+        same = (ml_project / "train.py").read_text()
+        for args in ({"content": same}, {"edits": edits("LR = 0.5", "LR = 0.5")}):
+            refused = await agent.refused("run_experiment", description="same", decide=True, **args)
+            assert "unchanged" in refused and "changed nothing" in refused, refused
+            assert "the edit was made" not in refused, refused
+        assert (ml_project / "train.py").read_text() == same
