@@ -28,9 +28,10 @@ def _done_rows(root: Path) -> list[dict[str, Any]]:
     return [e["details"] for e in map(json.loads, lines) if e["action"] == "experiment_done"]
 
 
-def _leave_mid_call(url: str, token: str, content: str) -> None:
+def _leave_mid_call(url: str, token: str, content: str, end_session: bool) -> None:
     """A raw client: initialize, then run_experiment(content, decide=true) with a progress token; it reads the
-    answer's stream until the first progress notification (the run is in flight), then closes the connection."""
+    answer's stream until the first progress notification (the run is in flight), then closes the connection
+    (`end_session`: first ends its MCP session with DELETE, as a client that shuts down does)."""
     auth = {**ACCEPT, "Authorization": f"Bearer {token}"}
     with httpx2.Client(timeout=60) as http:
         init = http.post(url, json=INIT, headers=auth)
@@ -49,6 +50,8 @@ def _leave_mid_call(url: str, token: str, content: str) -> None:
         with http.stream("POST", url, json=call, headers=session) as answer:
             for line in answer.iter_lines():
                 if line.startswith("data:") and '"notifications/progress"' in line:
+                    if end_session:
+                        assert http.delete(url, headers=session).status_code in (200, 204)
                     return  # leaves: the stream and the connection are closed
                 assert '"result"' not in line, f"answered before the run was in flight: {line}"
     raise AssertionError("no progress before the stream ended")
@@ -78,27 +81,37 @@ async def test_one_call_over_http_and_a_client_that_leaves_mid_call(
         assert kept["decided"]["decision"] == "keep" and kept["value"] == 1.2
         best = (root / "train.py").read_text()
 
-    _leave_mid_call(url, token, best.replace("LR = 0.3", "LR = 0.2") + WAITS)
-    (root / "go").write_text("")
-
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
-        Client(streamable_http_client(url, http_client=http)) as client,
-    ):
-        run = text_says_all(await client.call_tool("wait_experiment", {"run_id": "r3", "decide": True}))
-        while run["status"] == "running":
-            run = text_says_all(await client.call_tool("wait_experiment", {"run_id": "r3", "decide": True}))
-        assert run["decided"]["decision"] in ("keep", "crash"), run
-        again = await client.call_tool("commit_or_reset", {"run_id": "r3"})
-        assert again.structured_content["reason"] == "already decided"
-        nxt = text_says_all(
-            await client.call_tool(
-                "run_experiment",
-                {"description": "width", "edits": edits("WIDTH = 4", "WIDTH = 5"), "decide": True},
+    for n, (end_session, lr) in enumerate(((False, "0.2"), (True, "0.1"))):
+        run_id = f"r{3 + 2 * n}"
+        (root / "go").unlink(missing_ok=True)
+        waits = best.replace(f"LR = {0.3 - n / 10:.1f}", f"LR = {lr}")  # better than the best
+        _leave_mid_call(url, token, waits if WAITS in waits else waits + WAITS, end_session)
+        (root / "go").write_text("")
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+            Client(streamable_http_client(url, http_client=http)) as client,
+        ):
+            run = text_says_all(await client.call_tool("wait_experiment", {"run_id": run_id, "decide": True}))
+            while run["status"] == "running":
+                run = text_says_all(
+                    await client.call_tool("wait_experiment", {"run_id": run_id, "decide": True})
+                )
+            assert (run["status"], run["decided"]["decision"]) in (("ok", "keep"), ("cancelled", "crash")), (
+                run
             )
-        )
-        assert nxt["status"] == "ok" and nxt["decided"] is not None
+            again = await client.call_tool("commit_or_reset", {"run_id": run_id})
+            assert again.structured_content["reason"] == "already decided"
+            best = (root / "train.py").read_text()
+            width = f"WIDTH = {5 + n}"
+            nxt = text_says_all(
+                await client.call_tool(
+                    "run_experiment",
+                    {"description": width, "edits": edits("WIDTH = 4", width), "decide": True},
+                )
+            )
+            assert nxt["status"] == "ok" and nxt["decided"] is not None
+            best = (root / "train.py").read_text()
     rows = _done_rows(root)
-    assert [row["run_id"] for row in rows] == ["r1", "r2", "r3", "r4"]  # each logged once
+    assert [row["run_id"] for row in rows] == ["r1", "r2", "r3", "r4", "r5", "r6"]  # each logged once
     best_row = [row for row in rows if row["best"]][-1]
     assert git(root, "rev-parse", "autoresearch/web").strip() == best_row["full_commit"]
