@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from .conftest import git, make_repo
+from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
 from .test_disk_full import full_project, small_disk  # noqa: F401 (fixtures)
 from .test_tree_engine import TREE_PY, done_rows, target
 
@@ -425,3 +426,75 @@ async def test_an_edit_that_changes_nothing_is_not_said_to_be_made(ml_project: P
             assert "unchanged" in refused and "changed nothing" in refused, refused
             assert "the edit was made" not in refused, refused
         assert (ml_project / "train.py").read_text() == same
+
+
+async def test_the_sequential_rule_polled_with_wait_s_0_decides_after_every_run(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """run_experiment(decide=true, wait_s=0) then wait_experiment(decide=true, wait_s=0) over and over: no poll
+    decides between the candidate's runs, the best's re-measurement or the keep's re-measurement."""
+    from .test_noise import project
+
+    root = project(tmp_path)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="p")
+        await one_call(agent, description="baseline")
+        run = await one_call(agent, description="much better", content="VALUES 0.5 0.52 0.48\n", wait_s=0)
+        while run["status"] == "running":
+            assert run.get("decided") is None
+            run = text_says_all(
+                await agent.client.call_tool(
+                    "wait_experiment", {"run_id": run["run_id"], "decide": True, "wait_s": 0}
+                )
+            )
+        decided = run["decided"]
+        assert run["values"] == [0.5, 0.52] and decided["decision"] == "keep", run
+        assert decided["best_values"] == [1.0, 1.1, 0.9, 1.0, 1.1, 0.9] and decided["remeasured"] == [
+            0.48,
+            0.5,
+        ]
+
+
+async def _decided(agent: Any, run: dict[str, Any]) -> dict[str, Any]:
+    while run["status"] == "running":
+        run = text_says_all(
+            await agent.client.call_tool("wait_experiment", {"run_id": run["run_id"], "decide": True})
+        )
+    return run
+
+
+async def test_with_slots_two_ideas_then_branch_from_in_one_call(
+    tmp_path: Path,
+    agent_for: Any,
+    slots_home: Path,  # noqa: F811
+) -> None:
+    """With slots: two one-call ideas from the best run side by side; the first to finish is kept against the
+    baseline, the other is merged onto it, run again and decided by the same wait (rerun, then keep). Then
+    branch_from the baseline and one call: judged against the baseline, not the best."""
+    from .test_slots import project as slots_project
+    from .test_slots import settings as slots_settings
+
+    root = slots_project(tmp_path)
+    async with agent_for(root, slots_settings()) as agent:
+        await agent.ok("start_session", tag="sc")
+        await _decided(agent, await one_call(agent, description="baseline"))  # r1: 8
+        x = await one_call(agent, description="X to 3", edits=edits("X = 0", "X = 3"))  # 5 alone
+        y = await one_call(agent, description="Y to 5", edits=edits("Y = 0", "Y = 5"))  # 3 alone
+        x, y = await _decided(agent, x), await _decided(agent, y)
+        rows = done_rows(root)
+        first, second = sorted(("r2", "r3"), key=lambda run_id: rows[run_id]["parent"] != "r1")
+        assert rows[first]["parent"] == "r1" and rows[second]["parent"] == first, rows
+        assert [rows[r]["status"] for r in ("r2", "r3")] == ["keep", "keep"]
+        assert {x["value"], y["value"]} == {0.0, 5.0 if first == "r2" else 3.0}
+        assert (root / "params.py").read_text() == "X = 3\n\n\n\nY = 5\n"
+
+        await agent.ok("branch_from", run_id="r1")
+        side = await _decided(
+            agent, await one_call(agent, description="Y to 4", edits=edits("Y = 0", "Y = 4"))
+        )
+        assert side["value"] == 4 and side["parent"] == "r1" and side["best_value"] == 8
+        assert (side["decided"]["decision"], side["decided"]["best"]) == ("keep", False), side
+        best = (await agent.ok("query_results"))["best"]
+        assert best["value"] == 0 and git(root, "rev-parse", "autoresearch/sc").strip().startswith(
+            best["commit"]
+        )
