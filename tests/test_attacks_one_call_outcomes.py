@@ -6,6 +6,7 @@ structured content: always valid JSON, and the de-duplication of `decided` never
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -498,3 +499,43 @@ async def test_with_slots_two_ideas_then_branch_from_in_one_call(
         assert best["value"] == 0 and git(root, "rev-parse", "autoresearch/sc").strip().startswith(
             best["commit"]
         )
+
+
+# FILLER (test_disk_full) into a file whose name is not UTF-8: the disk_full error names it.
+ODD_NAME_FILLER = """
+import os
+os.makedirs('out', exist_ok=True)
+chunk = b'x' * (1 << 20)
+with open(b'out/fill-\\xff\\xfe.bin', 'wb') as handle:
+    try:
+        while True:
+            handle.write(chunk)
+            handle.flush()
+    except OSError as exc:
+        print('the disk is full:', exc.strerror)
+"""
+
+
+async def test_a_run_filling_the_disk_through_a_file_whose_name_is_not_utf8(
+    full_project: Path,  # noqa: F811
+    agent_for: Any,
+) -> None:
+    """The disk_full error names the largest files runs wrote; a name that is not UTF-8 reaches the text, the
+    structured content and the journal as something each can hold, and the decision is made."""
+    root = full_project
+    async with agent_for(root, {"writable": ["out"], "keep_rule": "greedy"}) as agent:
+        await agent.ok("start_session", tag="odd")
+        await one_call(agent, description="baseline")
+        filled = await one_call(
+            agent,
+            description="fill",
+            edits=edits("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(ODD_NAME_FILLER)),
+        )
+        assert filled["status"] == "disk_full" and filled["decided"]["decision"] == "crash", filled
+        assert "out/fill-\\xff\\xfe.bin" in filled["error"], filled["error"]  # the bytes, escaped
+        for name in os.listdir(root / "out"):
+            os.unlink(root / "out" / name)
+        again = await one_call(agent, description="after freeing space", edits=edits("LR = 0.5", "LR = 0.3"))
+        assert again["decided"]["decision"] == "keep"
+    for line in (root / ".autoresearch" / "autoresearch.jsonl").read_text().splitlines():
+        json.loads(line)
