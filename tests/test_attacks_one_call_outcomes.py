@@ -539,3 +539,25 @@ async def test_a_run_filling_the_disk_through_a_file_whose_name_is_not_utf8(
         assert again["decided"]["decision"] == "keep"
     for line in (root / ".autoresearch" / "autoresearch.jsonl").read_text().splitlines():
         json.loads(line)
+
+
+# A candidate that leaves, in the output the evaluation reads, a link whose name is not UTF-8.
+ODD_LINK = "import os\nos.symlink('/etc/hostname', b'out/link-\\xff')\n"
+
+
+async def test_an_output_refused_under_a_name_that_is_not_utf8_is_decided(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """The evaluation stage refuses an output holding a link, naming it: a name that is not UTF-8 reaches the
+    records and the reply escaped, and the run is decided in its call."""
+    from .test_eval_stage import project
+
+    root = project(tmp_path)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="ln")
+        await one_call(agent, description="baseline")
+        odd = await one_call(agent, description="odd link", edits=edits("X = 5\n", "X = 4\n" + ODD_LINK))
+        assert odd["status"] == "metric_error" and odd["decided"]["decision"] == "crash", odd
+        assert "link-\\xff" in odd["error"], odd["error"]
+    for line in (root / ".autoresearch" / "autoresearch.jsonl").read_text().splitlines():
+        json.loads(line)
