@@ -1,7 +1,10 @@
-"""Attacks on one call per experiment where the first review (test_attacks_one_call) did not look: combine and
-branch_from followed by a one-call run (and the tree's records after a restart), runs that end without a value
-(metric_error, checks_failed) under decide=true, and the text an agent reads (content[0].text) against the
-structured content: always valid JSON, and the de-duplication of `decided` never hides a field that differs."""
+"""Attacks on one call per experiment where the first review (test_attacks_one_call) did not look, through the real
+MCP client on real repositories: combine and branch_from followed by a one-call run (with slots too, and after a
+restart); runs that end without a value under decide=true (metric_error, checks_failed, disk_full, a metric too
+large for the keep rule's arithmetic, a run given up by its client); the evaluation stage and the holdout; the
+sequential rule (re-measurements, polled with wait_s=0); and the text an agent reads (content[0].text) against the
+structured content: always strict JSON, and the de-duplication of `decided` never hides a field that differs
+(`text_says_all`, applied to every one-call result here). The HTTP transport: test_attacks_one_call_http."""
 
 from __future__ import annotations
 
@@ -97,7 +100,7 @@ async def test_combine_then_one_call_is_judged_against_the_better_and_recorded_a
         assert r4["best_value"] == 8 and r4["decided"]["prev"] == 8
 
         merged = await agent.ok("combine", run_a="r4", run_b="r3")
-        assert merged["parent"] == "r3" and merged["combined"] == ["r4", "r3"] or merged["parent"] == "r3"
+        assert merged["parent"] == "r3" and sorted(merged["combined"]) == ["r3", "r4"]
         # The merge, and an edit on top of it, run and are decided in one call against r3 (6), not r2 or r4.
         r5 = await one_call(agent, description="r3 + r4, B to 3", edits=edits("B = 4", "B = 3"))
         assert r5["value"] == 4 and r5["parent"] == "r3" and r5["best_value"] == 6
