@@ -564,3 +564,22 @@ async def test_an_output_refused_under_a_name_that_is_not_utf8_is_decided(
         assert "link-\\xff" in odd["error"], odd["error"]
     for line in (root / ".autoresearch" / "autoresearch.jsonl").read_text().splitlines():
         json.loads(line)
+
+
+async def test_a_keep_undone_by_its_re_measurement_is_not_called_a_near_miss(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """A candidate kept on its first runs (improvement 0.49, about 6 noise sd) whose re-measurement shows it much
+    worse is discarded. Its decision said "It was a near-miss (improvement +0.49, within the noise of its
+    parent): a variant of it may pass", and query_results listed it among the near-misses: its runs show it
+    did not hold, not that it came close."""
+    from .test_noise import project
+
+    root = project(tmp_path)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="rg")
+        await one_call(agent, description="baseline")
+        run = await one_call(agent, description="lucky", content="VALUES 0.5 0.52 1.5 1.6\n")
+        assert run["decided"]["decision"] == "discard" and run["decided"]["regression"], run
+        assert "near-miss" not in run["next_step"], run["next_step"]
+        assert [row["run_id"] for row in (await agent.ok("query_results"))["near_misses"]] == []
