@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import threading
 import time
@@ -21,6 +20,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic_core import to_json
 
 from .. import __version__
 from ..errors import AutoresearchError
@@ -134,7 +134,8 @@ def _compact(result: Any) -> Any:
         if not isinstance(structured.get("decided"), dict):
             text = result.model_dump_json(exclude_none=True)
         else:
-            text = json.dumps(_without_repeats(structured), ensure_ascii=False, separators=(",", ":"))
+            # As model_dump_json writes it: inf and NaN as null (json.dumps wrote them as Infinity, not JSON)
+            text = to_json(_without_repeats(structured), inf_nan_mode="null").decode()
         return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
     return result
 

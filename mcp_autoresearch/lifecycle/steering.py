@@ -29,6 +29,8 @@ def near_miss_line(core: SessionCore, pending: Pending, noise_sd: float) -> str 
     row = core.journal.get(pending.run_id)
     if row is None or row.status != "discard" or row.run_status != "ok" or pending.is_baseline:
         return None
+    if row.evidence.regression:  # kept, then its re-measurement showed it worse: it did not hold
+        return None
     estimate = row.evidence.estimate
     if estimate is None or estimate < -noise_sd:
         return None

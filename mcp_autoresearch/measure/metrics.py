@@ -122,9 +122,19 @@ def read_metric_from_log(
     return check_finite(value)
 
 
+# The largest metric magnitude the keep rule works with: its arithmetic (a difference, the median of two runs,
+# a variance's squares, summed over up to 100 runs) stays finite below it, and no record or JSON text holds inf.
+MAX_MAGNITUDE = 1e150
+
+
 def check_finite(value: float) -> float:
     if math.isnan(value) or math.isinf(value):
         raise MetricError(f"the metric is {value} (not a finite number)")
+    if abs(value) > MAX_MAGNITUDE:
+        raise MetricError(
+            f"the metric is {value:g}, beyond ±{MAX_MAGNITUDE:g}: the keep rule cannot compare values that large "
+            "(their differences and variances overflow); print it in other units (its logarithm, say)"
+        )
     return value
 
 

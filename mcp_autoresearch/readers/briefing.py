@@ -205,6 +205,7 @@ def near_misses(journal: Journal, noise_sd: float, limit: int = NEAR_MISSES, sca
         row
         for row in journal.rows_at(recent)
         if row.run_status == "ok"
+        and not row.evidence.regression  # a keep its re-measurement undid: it did not hold, not came close
         and (estimate := row.evidence.estimate) is not None
         and estimate >= -noise_sd
     ]

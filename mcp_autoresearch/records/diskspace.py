@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import SessionError
 from ..names import RUN_LOGS, STATE_DIR
+from ..terminal_text import printable
 from .state import RunOutcome, server_dir
 
 log = logging.getLogger("mcp_autoresearch")
@@ -253,6 +254,7 @@ def _keep_largest(found: list[tuple[int, str]], item: tuple[int, str]) -> None:
 
 
 def _shown(root: Path, path: str) -> str:
-    """A path as the user reads it: relative to the project when it is inside."""
+    """A path as the user reads it: relative to the project when it is inside, its bytes that are not UTF-8 (a
+    run names its files as it likes) and control characters escaped, as the run's record and reply can hold."""
     relative = os.path.relpath(path, root)
-    return path if relative.startswith("..") else relative
+    return printable(path if relative.startswith("..") else relative)

@@ -420,9 +420,12 @@ class Session:
             try:
                 return edit, self.start_run(description, rerun)
             except AutoresearchError as exc:
-                raise type(exc)(
-                    f"{exc} (the edit was made before: the target holds it, sha256 {edit.sha256_after[:12]}…)"
-                ) from None
+                made = (
+                    "the edit changed nothing: the target is as it was"
+                    if edit.sha256_after == edit.sha256_before
+                    else "the edit was made before: the target holds it"
+                )
+                raise type(exc)(f"{exc} ({made}, sha256 {edit.sha256_after[:12]}…)") from None
 
     def start_wait(self, wait_s: float | None) -> float | None:
         """How long run_experiment waits for the run it started: with slots not at all (the agent prepares the
