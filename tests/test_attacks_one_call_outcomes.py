@@ -19,7 +19,7 @@ import pytest
 
 from .conftest import git, make_repo
 from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
-from .test_disk_full import full_project, small_disk  # noqa: F401 (fixtures)
+from .test_disk_full import FILLER, full_project, small_disk  # noqa: F401 (fixtures)
 from .test_tree_engine import TREE_PY, done_rows, target
 
 pytestmark = pytest.mark.anyio
@@ -287,7 +287,7 @@ async def test_odd_characters_in_the_log_tail_and_description_keep_the_text_json
 async def test_a_one_call_run_that_fills_the_disk(full_project: Path, agent_for: Any) -> None:  # noqa: F811
     """A run that fills the disk is decided in its own call (crash, disk_full, the target back on the best); the
     next one-call edit is refused before it is written while the disk is full; once space is back it runs."""
-    from .test_disk_full import FILLER, _logged
+    from .test_disk_full import _logged
 
     root = full_project
     async with agent_for(root, {"writable": ["out"], "keep_rule": "greedy"}) as agent:
@@ -505,18 +505,7 @@ async def test_with_slots_two_ideas_then_branch_from_in_one_call(
 
 
 # FILLER (test_disk_full) into a file whose name is not UTF-8: the disk_full error names it.
-ODD_NAME_FILLER = """
-import os
-os.makedirs('out', exist_ok=True)
-chunk = b'x' * (1 << 20)
-with open(b'out/fill-\\xff\\xfe.bin', 'wb') as handle:
-    try:
-        while True:
-            handle.write(chunk)
-            handle.flush()
-    except OSError as exc:
-        print('the disk is full:', exc.strerror)
-"""
+ODD_NAME_FILLER = FILLER.replace("open('out/fill.bin'", "open(b'out/fill-\\xff\\xfe.bin'")
 
 
 async def test_a_run_filling_the_disk_through_a_file_whose_name_is_not_utf8(
