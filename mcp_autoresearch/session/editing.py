@@ -176,3 +176,10 @@ def _lstat_mode(path: Path) -> int | None:
         return os.lstat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
         return None
+
+
+def what_the_edit_left(edit: EditResult) -> str:
+    """For a refusal that came after an edit: what the target holds now."""
+    if edit.sha256_after == edit.sha256_before:
+        return f"the edit changed nothing: the target is as it was, sha256 {edit.sha256_after[:12]}…"
+    return f"the edit was made before: the target holds it, sha256 {edit.sha256_after[:12]}…"

@@ -65,7 +65,7 @@ from ..setup.single_file import changed_fingerprints, fingerprint_files, new_fil
 from ..setup.stage_config import refuse_unhidable
 from ..vcs.repo import Repo
 from .context import normal_run_id
-from .editing import Editor
+from .editing import Editor, what_the_edit_left
 from .queries import Views, waits_to_decide
 
 __all__ = [
@@ -420,12 +420,7 @@ class Session:
             try:
                 return edit, self.start_run(description, rerun)
             except AutoresearchError as exc:
-                made = (
-                    "the edit changed nothing: the target is as it was"
-                    if edit.sha256_after == edit.sha256_before
-                    else "the edit was made before: the target holds it"
-                )
-                raise type(exc)(f"{exc} ({made}, sha256 {edit.sha256_after[:12]}…)") from None
+                raise type(exc)(f"{exc} ({what_the_edit_left(edit)})") from None
 
     def start_wait(self, wait_s: float | None) -> float | None:
         """How long run_experiment waits for the run it started: with slots not at all (the agent prepares the
