@@ -194,6 +194,7 @@ async def test_after_stall_after_experiments_without_a_keep_next_step_proposes_n
             assert decision["decision"] == "discard", (value, decision)
             steps.append(decision["next_step"])
         assert "It was a near-miss (improvement +0, within the noise of its parent)" in steps[0], steps[0]
+        assert "edit the target and run. It was a near-miss" in steps[0], steps[0]  # two sentences
         assert 'branch_from(run_id="r4") starts from it' in steps[0]
         assert "stall_after" not in steps[1]
         stalled = steps[2]

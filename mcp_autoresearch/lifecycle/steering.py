@@ -17,11 +17,19 @@ def steer(core: SessionCore, pending: Pending, step: str) -> str:
     """`step` (what to do after this decision), with what helps choose where to go next."""
     budget = budget_use(core.state, len(core.journal) + len(core.state.inflight))
     if budget.spent() is not None:
-        return f"{step} {budget.near()}."
+        return _sentences(step, [budget.near()])
     sd = noise_sd(core.state)
     extra = [near_miss_line(core, pending, sd), combine_line(core, pending, sd), stall_line(core, sd)]
     extra.append(budget.near())
-    return " ".join([step, *(f"{line}." for line in extra if line)])
+    return _sentences(step, extra)
+
+
+def _sentences(step: str, extra: list[str | None]) -> str:
+    """`step`, then each line of `extra` there is, each a sentence of its own."""
+    lines = [f"{line}." for line in extra if line]
+    if lines and not step.endswith((".", ":", ")")):
+        step += "."
+    return " ".join([step, *lines])
 
 
 def near_miss_line(core: SessionCore, pending: Pending, noise_sd: float) -> str | None:
