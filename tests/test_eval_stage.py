@@ -552,8 +552,8 @@ async def test_a_line_printed_after_the_scorer_exited(tmp_path: Path, agent_for,
     root = project(tmp_path, files={} if staged else {"autoresearch.toml": config})
     code = """
     import os, sys
+    import stat
     print(X, flush=True)
-    os.close(1)  # the scorer reads its end of the pipe and prints the honest line
 
     def scorer_alive():
         for pid in os.listdir("/proc"):
@@ -564,6 +564,11 @@ async def test_a_line_printed_after_the_scorer_exited(tmp_path: Path, agent_for,
                 pass
         return False
 
+    # Piped into the scorer: it is seen running first (it cannot end before this end of the pipe closes; seen
+    # before its exec, it would be taken for gone, and the forgery would come before its line).
+    while stat.S_ISFIFO(os.fstat(1).st_mode) and not scorer_alive():
+        pass
+    os.close(1)  # the scorer reads its end of the pipe and prints the honest line
     while scorer_alive():
         pass
     sys.stderr.write("score: 0.000001\\n")
