@@ -110,7 +110,8 @@ class DecisionResult(BaseModel):
     )
     regression: str | None = Field(
         None,
-        description="Why those runs showed it worse than when judged: the keep is undone (sequential rule) "
+        description="Why those runs showed it worse than when judged: the keep is undone (sequential rule, "
+        "unless they alone still beat the parent) "
         "or reported (greedy).",
     )
     parent: str | None = Field(None, description=PARENT)

@@ -100,7 +100,9 @@ class Decider:
             and best.run_id != self.core.state.best.run_id
         ):
             verdict = replace(verdict, reason=against_parent(verdict.reason, best.run_id))
-        if result.regression and verdict.decision == "keep":  # the greedy rule: reported, the keep stands
+        if (
+            result.regression and verdict.decision == "keep"
+        ):  # greedy, or its re-measurement still beat the parent
             verdict = replace(
                 verdict, reason=f"{verdict.reason}; {result.regression} (a regression, reported)"
             )

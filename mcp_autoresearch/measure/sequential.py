@@ -1,8 +1,8 @@
 """How many runs a measurement takes: the baseline's noise runs, a candidate under the sequential keep rule
 (with the best re-measured whenever it has fewer runs than the challenger needs), and a candidate the rule keeps
 run again as many times as it was judged (`confirm_keep`): a run cannot tell those runs from the judged ones, so
-a candidate fast only while judged shows a regression, which undoes the keep under the sequential rule and is
-reported under the greedy one.
+a candidate fast only while judged shows a regression, which undoes the keep under the sequential rule (unless
+the re-measured runs alone still beat its parent) and is reported under the greedy one.
 
 This module decides only when to run again; the runs are `Experiment`s, the statistics are `stats`, and putting
 the best's content in place for a re-measurement is the caller's (it knows git and the session state).
@@ -19,8 +19,8 @@ from ..lifecycle.experiment import Experiment, ExperimentResult
 from ..records.state import Best, SessionState
 from ..setup.config import Config
 from .keep_rule import decide
-from .standing import session_noise
-from .stats import Noise, Step, deterministic, regression, sequential_test
+from .standing import closed_noise, session_noise
+from .stats import Noise, Step, deterministic, regression, sequential_test, still_better
 
 
 @dataclass
@@ -190,7 +190,8 @@ def confirm_keep(
     """A candidate the rule would keep is run again as many times as it was judged, exactly as before (same
     command, same kind of seed): the run cannot tell these runs from the judged ones. When they show it worse
     than when judged (`stats.regression`), or fail, the keep is undone under the sequential rule (the step
-    becomes a discard) and reported under the greedy one. Nothing is run again when `intact` says the judged
+    becomes a discard) unless they alone still beat the parent (`_beats_parent`), and reported under the greedy
+    one. Nothing is run again when `intact` says the judged
     runs changed the target or a read-only file (a FIFO there would hang the next run): the check after the
     measurement calls that tampering."""
     result = measured.result
@@ -216,12 +217,31 @@ def confirm_keep(
             confidence=config.confidence,
         )
         why = why and f"re-measured after the keep: {why}"
-    measured.regression = why
-    if why is not None and measured.step is not None:
+    if why is not None and measured.step is not None and _beats_parent(measured, state, config, against):
+        why += "; its re-measured runs alone still show it better than its parent: the keep stands"
+    elif why is not None and measured.step is not None:
         measured.step = replace(
             measured.step, action="discard", rule=f"discard ({why}): {measured.step.rule}"
         )
+    measured.regression = why
     return measured
+
+
+def _beats_parent(measured: Measurement, state: SessionState, config: Config, against: Best | None) -> bool:
+    """Under the sequential rule, whether the candidate's re-measured runs alone beat its parent's runs (those
+    known before, and those added while judging it): a keep the re-measurement still supports is not undone."""
+    parent = against or state.best
+    if parent is None or not measured.remeasured:
+        return False
+    is_best = state.best is not None and parent.run_id == state.best.run_id  # its runs are not noise twice
+    return still_better(
+        measured.remeasured,
+        (list(parent.values) or [parent.value]) + measured.best_values,
+        noise=closed_noise(state) if is_best else session_noise(state),
+        direction=state.metric_direction,
+        min_delta=config.min_delta,
+        confidence=config.confidence,
+    )
 
 
 def _would_keep(

@@ -163,6 +163,28 @@ def regression(
     return f"{shown}, worse by {drop:.4g} (P = {probability:.4g} >= {needed:.4g})"
 
 
+def still_better(
+    again: Sequence[float],
+    parent: Sequence[float],
+    *,
+    noise: Noise,
+    direction: str,
+    min_delta: float,
+    confidence: float,
+) -> bool:
+    """Whether a kept candidate's re-measurement (`again`), alone, still shows it better than its parent's runs
+    by more than `min_delta`, at the level a regression needs: then worse runs than when judged undo nothing
+    (a candidate no better unless judged fails here; one whose judged runs were merely lucky, or whose
+    re-measurement was, passes)."""
+    sign = -1.0 if direction == "lower_is_better" else 1.0
+    gain = sign * (_mean(again) - _mean(parent)) + 0.0
+    pooled = noise + noise_of(again) + noise_of(parent)
+    if pooled.df == 0 or pooled.ss == 0.0:
+        return gain > min_delta
+    se = math.sqrt(pooled.ss / pooled.df * (1.0 / len(again) + 1.0 / len(parent)))
+    return t_cdf((gain - min_delta) / se, pooled.df) >= 1.0 - (1.0 - confidence) / SESSION_SPLIT
+
+
 def look_alpha(n: int, max_repeats: int, alpha: float) -> float:
     """The share of `alpha` spent at look `n` (after n runs). The shares add up to `alpha` (Bonferroni), so
     looking after every run cannot inflate the error rate."""
