@@ -111,7 +111,7 @@ class DecisionResult(BaseModel):
     regression: str | None = Field(
         None,
         description="Why those runs showed it worse than when judged: the keep is undone (sequential rule, "
-        "unless they alone still beat the parent) "
+        "unless none failed and they alone still beat the parent: then `value` is their median) "
         "or reported (greedy).",
     )
     parent: str | None = Field(None, description=PARENT)

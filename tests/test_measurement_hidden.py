@@ -122,6 +122,45 @@ async def test_a_keep_its_re_measurement_still_supports_stands(tmp_path: Path, a
         assert (await agent.ok("query_results"))["best"]["run_id"] == run["run_id"]
 
 
+async def test_a_kept_change_whose_re_measurement_stands_is_logged_at_its_re_measured_value(
+    tmp_path: Path, agent_for
+) -> None:
+    """The keep stands on the re-measured runs alone: the value logged (the decision's, the table's, the best's)
+    is theirs, not the judged runs' that they showed wrong. Broke: the table logged the judged median (0.15) and
+    the best the median of judged and re-measured runs (0.35), while its honest runs show 0.55."""
+    root, settings = project(tmp_path, NOISY)
+    async with agent_for(root, settings) as agent:
+        await agent.ok("start_session", tag="value")
+        await run_and_decide(agent, False, "baseline")
+        better = cheat(root, NOISY, fast=2).replace("(0.9 if fast else 0.0)", "(0.9 if fast else 0.4)")
+        await agent.ok("apply_edit", content=better)
+        run, decision = await run_and_decide(agent, False, "much better while judged, better after")
+        assert decision["decision"] == "keep" and decision["remeasured"] == [0.5, 0.6], decision
+        assert decision["value"] == pytest.approx(0.55), decision
+        results = await agent.ok("query_results")
+        assert results["best"]["value"] == pytest.approx(0.55), results["best"]
+        [row] = [r for r in results["rows"] if r["run_id"] == run["run_id"]]
+        assert row["value"] == pytest.approx(0.55), row
+
+
+async def test_a_failed_re_measurement_undoes_the_keep_whatever_its_runs_before_the_failure(
+    tmp_path: Path, agent_for
+) -> None:
+    """A cheat fast for its judged runs and the first re-measured one, that fails on the next: the runs it let be
+    seen all beat the parent, but a failed re-measurement shows nothing. Broke: those runs alone kept it."""
+    root, settings = project(tmp_path, NOISY)
+    async with agent_for(root, settings) as agent:
+        await agent.ok("start_session", tag="fails")
+        _, baseline = await run_and_decide(agent, False, "baseline")
+        crash = cheat(root, NOISY, fast=3).replace("values = ", "assert i < 4, 'crash'\nvalues = ", 1)
+        await agent.ok("apply_edit", content=crash)
+        run, decision = await run_and_decide(agent, False, "fast while judged, fails when re-measured")
+        assert run["values"] == [0.1, 0.2] and decision["remeasured"] == [0.0], decision
+        assert decision["decision"] == "discard", decision
+        assert "its re-measurement after the keep failed" in decision["regression"], decision
+        assert (await agent.ok("query_results"))["best"]["run_id"] == baseline["run_id"]
+
+
 @pytest.mark.parametrize("slots", [False, True], ids=["single", "slots"])
 async def test_under_the_greedy_rule_a_regression_after_the_keep_is_reported(
     tmp_path: Path, agent_for, slots: bool, monkeypatch: pytest.MonkeyPatch

@@ -291,6 +291,9 @@ class Decider:
             runs = list(result.values) + list(
                 result.remeasured
             )  # the re-measurement after the keep counts too
+            if result.regression and result.remeasured and core.state.keep_rule == "sequential":
+                self._close(list(result.values))  # kept on its re-measured runs alone: the judged ones differ
+                runs = list(result.remeasured)
             if result.remeasured and core.state.keep_rule == "sequential":
                 value = statistics.median(runs)  # greedy keeps its judged value: the original tool's rule
             core.state.best = Best(

@@ -190,8 +190,9 @@ def confirm_keep(
     """A candidate the rule would keep is run again as many times as it was judged, exactly as before (same
     command, same kind of seed): the run cannot tell these runs from the judged ones. When they show it worse
     than when judged (`stats.regression`), or fail, the keep is undone under the sequential rule (the step
-    becomes a discard) unless they alone still beat the parent (`_beats_parent`), and reported under the greedy
-    one. Nothing is run again when `intact` says the judged
+    becomes a discard) unless none failed and they alone still beat the parent (`_beats_parent`): then the keep
+    stands at their median (the judged runs were shown not to be the candidate's), and reported under the
+    greedy one. Nothing is run again when `intact` says the judged
     runs changed the target or a read-only file (a FIFO there would hang the next run): the check after the
     measurement calls that tampering."""
     result = measured.result
@@ -217,8 +218,15 @@ def confirm_keep(
             confidence=config.confidence,
         )
         why = why and f"re-measured after the keep: {why}"
-    if why is not None and measured.step is not None and _beats_parent(measured, state, config, against):
+    failed = again.status != "ok"  # a failed re-measurement shows nothing, whatever its runs before
+    if (
+        why is not None
+        and measured.step is not None
+        and not failed
+        and _beats_parent(measured, state, config, against)
+    ):
         why += "; its re-measured runs alone still show it better than its parent: the keep stands"
+        result.value = statistics.median(measured.remeasured)  # the judged runs were shown not to be its own
     elif why is not None and measured.step is not None:
         measured.step = replace(
             measured.step, action="discard", rule=f"discard ({why}): {measured.step.rule}"
