@@ -143,6 +143,39 @@ async def test_a_kept_change_whose_re_measurement_stands_is_logged_at_its_re_mea
         assert row["value"] == pytest.approx(0.55), row
 
 
+async def test_a_branched_keep_standing_on_its_re_measurement_overtakes_the_best_only_on_those_runs(
+    tmp_path: Path, agent_for
+) -> None:
+    """Branched from the baseline, a cheat far better while judged and, re-measured, better than the baseline but
+    no better than the best: kept as a node, not made the best. Broke: its judged runs, shown unlike its
+    re-measured ones, counted towards overtaking the best (the mean of all four, -0.7, against the best's 0.5),
+    and towards its value as a parent."""
+    root, settings = project(tmp_path, NOISY, noise_runs=30)  # much noise measured: the judged runs weigh
+    counts = str(root.parent / "counts")
+    async with agent_for(root, settings) as agent:
+        await agent.ok("start_session", tag="overtake")
+        _, baseline = await run_and_decide(agent, False, "baseline")
+        good = TARGET.format(cheat=False, counts=counts, values=[0.5, 0.6, 0.4], fast=0)
+        await agent.ok("apply_edit", content=good)
+        run, best = await run_and_decide(agent, False, "honestly better: the best")
+        assert best["decision"] == "keep" and best["best"] is True, best
+        await agent.ok("branch_from", run_id=baseline["run_id"])
+        sly = cheat(root, NOISY, fast=2).replace("(0.9 if fast else 0.0)", "(3.0 if fast else 0.4)")
+        await agent.ok("apply_edit", content=sly)
+        _, decision = await run_and_decide(agent, False, "far better while judged, as good as the best after")
+        assert decision["values"] == [-2.0, -1.9] and decision["remeasured"] == [0.5, 0.6], decision
+        assert decision["decision"] == "keep" and decision["parent"] == baseline["run_id"], decision
+        assert decision["best"] is False, decision
+        assert (await agent.ok("query_results"))["best"]["run_id"] == run["run_id"]
+        # As a parent it stands for its re-measured runs too (broke: the median of all four, -0.7).
+        await agent.ok("branch_from", run_id=decision["run_id"])
+        child = TARGET.format(cheat=False, counts=counts, values=[0.45], fast=0)
+        await agent.ok("apply_edit", content=child)
+        _, built = await run_and_decide(agent, False, "built on the cheat's node")
+        assert built["parent"] == decision["run_id"] and built["prev"] == pytest.approx(0.55), built
+        assert built["best_values"][:2] == [0.5, 0.6], built
+
+
 async def test_a_failed_re_measurement_undoes_the_keep_whatever_its_runs_before_the_failure(
     tmp_path: Path, agent_for
 ) -> None:

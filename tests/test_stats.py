@@ -104,6 +104,9 @@ CASES = [
         "run again",
     ),
     ("one run never keeps, however good", [0.0], [1.0, 1.1, 0.9], SD01, {}, "more", 6, "run again"),
+    # Broke: P came out exactly 1.0, which met the 1.0 that means "no keep at this look" (a cheat fast for two
+    # runs was judged on one and re-measured on the other).
+    ("one run never keeps, even at P = 1", [-2.0], [1.0, 1.1, 0.9], SD003, {}, "more", 6, "run again"),
     ("two runs, clearly better", [0.5, 0.52], BEST6, SD003, {}, "keep", 6, "keep (P >= 0.9992)"),
     ("two runs, promising", [0.8, 0.85], BEST6, SD01, {}, "more", 9, "P(better by more than 0) = 0.98"),
     ("third run, no longer promising", [0.97, 0.95, 0.96], BEST6 * 2, SD01, {}, "discard", 12, "no longer"),

@@ -13,6 +13,7 @@ import statistics
 
 from ..errors import RuleViolation, SessionError
 from ..measure.keep_rule import decide, nonblank_lines
+from ..measure.sequential import kept_runs
 from ..measure.standing import best_values, session_noise
 from ..measure.stats import sequential_test
 from ..models import BranchResult
@@ -68,6 +69,8 @@ def node_as_best(core: SessionCore, run_id: str, commit: str) -> Best | None:
         return None
     seen = row.evidence
     values = list(seen.values) + list(seen.remeasured)
+    if row.status == "keep":
+        values = kept_runs(list(seen.values), list(seen.remeasured), seen.regression, seen.keep_rule)
     value = statistics.median(values) if seen.remeasured and seen.keep_rule == "sequential" else row.value
     try:
         lines = nonblank_lines(core.repo.show_file(commit, core.target_repo_path).decode("utf-8", "replace"))
@@ -95,7 +98,7 @@ def becomes_best(core: SessionCore, pending: Pending, decision: str) -> bool:
     if result.value is None:
         return False
     if core.state.keep_rule == "sequential":
-        mine = list(result.values) + list(result.remeasured)
+        mine = kept_runs(list(result.values), list(result.remeasured), result.regression, "sequential")
         step = sequential_test(
             mine or [result.value],
             best_values(core.state),

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from ..errors import SessionError
 from ..measure.keep_rule import Verdict, decide, improvement
-from ..measure.sequential import resolve_keep_rule
+from ..measure.sequential import kept_runs, resolve_keep_rule
 from ..measure.standing import best_values, is_baseline_best
 from ..measure.stats import noise_of
 from ..models import DecisionResult
@@ -288,12 +288,12 @@ class Decider:
             else:  # a node of another lineage overtook the best: the best's runs and the parent's new ones close
                 self._close(best_values(core.state))
                 self._close(result.best_values)
-            runs = list(result.values) + list(
-                result.remeasured
-            )  # the re-measurement after the keep counts too
-            if result.regression and result.remeasured and core.state.keep_rule == "sequential":
-                self._close(list(result.values))  # kept on its re-measured runs alone: the judged ones differ
-                runs = list(result.remeasured)
+            judged, again = list(result.values), list(result.remeasured)  # the re-measured runs count too
+            runs = kept_runs(judged, again, result.regression, core.state.keep_rule or "")
+            if (
+                runs == again and judged
+            ):  # kept on its re-measured runs alone: the judged ones, unlike them, close
+                self._close(judged)
             if result.remeasured and core.state.keep_rule == "sequential":
                 value = statistics.median(runs)  # greedy keeps its judged value: the original tool's rule
             core.state.best = Best(

@@ -235,6 +235,16 @@ def confirm_keep(
     return measured
 
 
+def kept_runs(
+    values: list[float], remeasured: list[float], regression: str | None, keep_rule: str
+) -> list[float]:
+    """The runs that stand for a kept candidate: its judged and re-measured runs, or under the sequential rule,
+    when a regression was reported (the keep stood on them), its re-measured runs alone."""
+    if regression and remeasured and keep_rule == "sequential":
+        return list(remeasured)
+    return list(values) + list(remeasured)
+
+
 def _beats_parent(measured: Measurement, state: SessionState, config: Config, against: Best | None) -> bool:
     """Under the sequential rule, whether the candidate's re-measured runs alone beat its parent's runs (those
     known before, and those added while judging it): a keep the re-measurement still supports is not undone."""

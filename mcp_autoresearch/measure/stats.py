@@ -125,7 +125,7 @@ def sequential_test(
         runs = max(m, BEST_RUNS * min(n + 1, max_repeats)) if action == "more" else m
         return Step(action, estimate, low, high, probability, needed, runs, f"{why}: {shown}")
 
-    if probability >= needed:
+    if needed < 1.0 and probability >= needed:  # 1.0: no keep at this look, even where P rounds to 1
         return step("keep", f"keep (P >= {needed:.4g})")
     if (estimate - min_delta) / se <= FUTILITY * (n - 1):
         return step(
