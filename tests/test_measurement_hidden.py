@@ -122,19 +122,20 @@ async def test_a_keep_its_re_measurement_still_supports_stands(tmp_path: Path, a
         assert (await agent.ok("query_results"))["best"]["run_id"] == run["run_id"]
 
 
+@pytest.mark.parametrize("slots", [False, True], ids=["single", "slots"])
 async def test_a_kept_change_whose_re_measurement_stands_is_logged_at_its_re_measured_value(
-    tmp_path: Path, agent_for
+    tmp_path: Path, agent_for, slots: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The keep stands on the re-measured runs alone: the value logged (the decision's, the table's, the best's)
     is theirs, not the judged runs' that they showed wrong. Broke: the table logged the judged median (0.15) and
     the best the median of judged and re-measured runs (0.35), while its honest runs show 0.55."""
-    root, settings = project(tmp_path, NOISY)
+    root, settings = project(tmp_path, NOISY, **slot_settings(slots, monkeypatch, tmp_path))
     async with agent_for(root, settings) as agent:
         await agent.ok("start_session", tag="value")
-        await run_and_decide(agent, False, "baseline")
+        await run_and_decide(agent, slots, "baseline")
         better = cheat(root, NOISY, fast=2).replace("(0.9 if fast else 0.0)", "(0.9 if fast else 0.4)")
         await agent.ok("apply_edit", content=better)
-        run, decision = await run_and_decide(agent, False, "much better while judged, better after")
+        run, decision = await run_and_decide(agent, slots, "much better while judged, better after")
         assert decision["decision"] == "keep" and decision["remeasured"] == [0.5, 0.6], decision
         assert decision["value"] == pytest.approx(0.55), decision
         results = await agent.ok("query_results")
