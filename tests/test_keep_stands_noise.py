@@ -11,25 +11,17 @@ from mcp_autoresearch.measure.stats import Noise, noise_of, still_better
 from mcp_autoresearch.records.state import Best, SessionState
 from mcp_autoresearch.setup.config import Config
 
+from .test_views import _state as views_state
+
 PARENT = [1.0] * 6  # a node branched from, not the best: its runs closed into the session's noise long ago
 OTHERS = Noise(0.05, 5)  # the session's other closed groups: sd 0.1
 
 
 def _state() -> SessionState:
+    """A sequential session whose best (r2) is not the parent, the parent's runs closed into its noise."""
     closed = OTHERS + noise_of(PARENT)
-    return SessionState(
-        tag="x",
-        branch="autoresearch/x",
-        base_commit="a" * 40,
-        created_at="",
-        target_file="t.py",
-        metric_name="m",
-        metric_direction="lower_is_better",
-        readonly_hashes={},
-        best=Best(value=0.5, commit="b" * 40, run_id="r5", description="best", nonblank_lines=3),
-        keep_rule="sequential",
-        noise_ss=closed.ss,
-        noise_df=closed.df,
+    return views_state("lower_is_better", 0.5, 1.0).model_copy(
+        update={"keep_rule": "sequential", "noise_ss": closed.ss, "noise_df": closed.df}
     )
 
 

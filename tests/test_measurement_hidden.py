@@ -103,17 +103,23 @@ async def test_a_candidate_fast_only_while_judged_is_not_kept(
     assert len(seeds) >= 9 and len(set(seeds)) == len(seeds) and all(s.isdigit() for s in seeds)
 
 
+async def _better_while_judged_and_after(agent: Any, root: Path, slots: bool) -> tuple[dict, dict]:
+    """A session, its baseline, then a candidate 0.9 better while judged (its first two runs) and 0.4 better
+    after: its run and decision."""
+    await agent.ok("start_session", tag="stands")
+    await run_and_decide(agent, slots, "baseline")
+    better = cheat(root, NOISY, fast=2).replace("(0.9 if fast else 0.0)", "(0.9 if fast else 0.4)")
+    await agent.ok("apply_edit", content=better)
+    return await run_and_decide(agent, slots, "much better while judged, better after")
+
+
 async def test_a_keep_its_re_measurement_still_supports_stands(tmp_path: Path, agent_for) -> None:
     """Worse when re-measured than when judged, but still clearly better than its parent: the keep stands and
     the regression is reported. Broke: any regression undid the keep (a CI run discarded a change 60 noise sd
     better, its re-measurement 0.09 worse than its judged runs with the noise measured small by chance)."""
     root, settings = project(tmp_path, NOISY)
     async with agent_for(root, settings) as agent:
-        await agent.ok("start_session", tag="stands")
-        await run_and_decide(agent, False, "baseline")
-        better = cheat(root, NOISY, fast=2).replace("(0.9 if fast else 0.0)", "(0.9 if fast else 0.4)")
-        await agent.ok("apply_edit", content=better)
-        run, decision = await run_and_decide(agent, False, "much better while judged, better after")
+        run, decision = await _better_while_judged_and_after(agent, root, False)
         assert run["values"] == [0.1, 0.2] and decision["remeasured"] == [0.5, 0.6], decision
         assert decision["decision"] == "keep", decision
         assert "re-measured after the keep" in decision["regression"], decision
@@ -131,11 +137,7 @@ async def test_a_kept_change_whose_re_measurement_stands_is_logged_at_its_re_mea
     the best the median of judged and re-measured runs (0.35), while its honest runs show 0.55."""
     root, settings = project(tmp_path, NOISY, **slot_settings(slots, monkeypatch, tmp_path))
     async with agent_for(root, settings) as agent:
-        await agent.ok("start_session", tag="value")
-        await run_and_decide(agent, slots, "baseline")
-        better = cheat(root, NOISY, fast=2).replace("(0.9 if fast else 0.0)", "(0.9 if fast else 0.4)")
-        await agent.ok("apply_edit", content=better)
-        run, decision = await run_and_decide(agent, slots, "much better while judged, better after")
+        run, decision = await _better_while_judged_and_after(agent, root, slots)
         assert decision["decision"] == "keep" and decision["remeasured"] == [0.5, 0.6], decision
         assert decision["value"] == pytest.approx(0.55), decision
         results = await agent.ok("query_results")
