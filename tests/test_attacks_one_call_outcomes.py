@@ -364,7 +364,7 @@ def test_the_text_of_a_decided_result_is_json_whatever_floats_it_holds() -> None
     """The text of a result with `decided` was written by json.dumps, which writes inf and NaN as `Infinity` and
     `NaN` (not JSON), where the text of every other result (pydantic) writes null, as the structured content goes
     on the wire. No metric reaches the keep rule beyond ±1e150 now, but the text must be JSON whatever it holds."""
-    from mcp_autoresearch.adapters.server import _compact
+    from mcp_autoresearch.adapters.result_text import tool_result
     from mcp_autoresearch.models import DecisionResult, RunResult
 
     decided = DecisionResult(
@@ -390,7 +390,7 @@ def test_the_text_of_a_decided_result_is_json_whatever_floats_it_holds() -> None
             decided=decided,
         ),
     ):
-        text = _compact(run).content[0].text
+        text = tool_result(run).content[0].text
         parsed = strict_json(text)
         assert parsed["value"] == 2.0 and parsed.get("spread") is None
 
