@@ -100,9 +100,8 @@ class Decider:
             and best.run_id != self.core.state.best.run_id
         ):
             verdict = replace(verdict, reason=against_parent(verdict.reason, best.run_id))
-        if (
-            result.regression and verdict.decision == "keep"
-        ):  # greedy, or its re-measurement still beat the parent
+        # A regression beside a keep: the greedy rule's, or one whose re-measured runs still beat the parent.
+        if result.regression and verdict.decision == "keep":
             verdict = replace(
                 verdict, reason=f"{verdict.reason}; {result.regression} (a regression, reported)"
             )
@@ -290,9 +289,8 @@ class Decider:
                 self._close(result.best_values)
             judged, again = list(result.values), list(result.remeasured)  # the re-measured runs count too
             runs = kept_runs(judged, again, result.regression, core.state.keep_rule or "")
-            if (
-                runs == again and judged
-            ):  # kept on its re-measured runs alone: the judged ones, unlike them, close
+            # Kept on its re-measured runs alone: the judged ones, shown unlike them, close as noise.
+            if runs == again and judged:
                 self._close(judged)
             if result.remeasured and core.state.keep_rule == "sequential":
                 value = statistics.median(runs)  # greedy keeps its judged value: the original tool's rule
