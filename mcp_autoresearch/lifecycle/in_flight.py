@@ -254,3 +254,14 @@ def tampered_before_best(error: str) -> ExperimentResult:
         log_tail="",
         error=error,
     )
+
+
+DEFAULT_WAIT_S = 30.0  # how long a call waits for a run before answering `running`
+MAX_WAIT_S = 50.0  # the longest wait: many clients give up on a call after about 60 s
+
+
+def clamp_wait(wait_s: float | None) -> float:
+    """How long a call waits for a run: `wait_s` within [0, MAX_WAIT_S], DEFAULT_WAIT_S when not given."""
+    if wait_s is None:
+        return DEFAULT_WAIT_S
+    return max(0.0, min(float(wait_s), MAX_WAIT_S))

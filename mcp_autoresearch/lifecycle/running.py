@@ -48,8 +48,6 @@ from .in_flight import (
 
 log = logging.getLogger("mcp_autoresearch")
 
-DEFAULT_WAIT_S = 30.0  # how long a call waits for a run before answering `running`
-MAX_WAIT_S = 50.0  # the longest wait: many clients give up on a call after about 60 s
 MAX_DESCRIPTION = 500  # characters of an experiment's description
 
 
@@ -502,9 +500,3 @@ class AlreadyMeasured:
     """run_experiment on content measured before in this session: nothing ran; the earlier run answers."""
 
     run_id: str
-
-
-def clamp_wait(wait_s: float | None) -> float:
-    if wait_s is None:
-        return DEFAULT_WAIT_S
-    return max(0.0, min(float(wait_s), MAX_WAIT_S))

@@ -19,8 +19,8 @@ from typing import Any
 from ..errors import AutoresearchError, RuleViolation, SessionError
 from ..lifecycle.branching import Brancher
 from ..lifecycle.decisions import Decider
-from ..lifecycle.in_flight import RunHandle
-from ..lifecycle.running import DEFAULT_WAIT_S, MAX_WAIT_S, AlreadyMeasured, Runs, clamp_wait
+from ..lifecycle.in_flight import DEFAULT_WAIT_S, MAX_WAIT_S, RunHandle, clamp_wait
+from ..lifecycle.running import AlreadyMeasured, Runs
 from ..lifecycle.slot_decisions import SlotDecisions
 from ..lifecycle.slot_placement import SlotPlacement
 from ..lifecycle.tree_checks import TreeChecks
