@@ -337,6 +337,41 @@ def test_the_block_device_list_follows_its_folder(tmp_path: Path, monkeypatch: p
     assert sorted(namespaces._block_devices()) == [str(folder / "disk0"), str(folder / "disk1")]
 
 
+def test_own_children_are_all_found_while_threads_come_and_go() -> None:
+    """A server's threads start and end with its runs: a thread that ends between the listing of the threads and
+    the reading of its children file hands its children to another thread. `own_children` reads them all again
+    and still finds every child, those of threads ending meanwhile too."""
+    import threading
+
+    from mcp_autoresearch.sandbox.processes import own_children
+
+    def start_then_end(
+        children: list[subprocess.Popen[bytes]], started: threading.Barrier, stay_s: float
+    ) -> None:
+        children.append(subprocess.Popen(["sleep", "300"]))
+        started.wait()
+        time.sleep(stay_s)  # ends around the reading below
+
+    for _ in range(60):
+        children: list[subprocess.Popen[bytes]] = []
+        started = threading.Barrier(5)
+        threads = [
+            threading.Thread(target=start_then_end, args=(children, started, 0.0001 * k)) for k in range(4)
+        ]
+        try:
+            for thread in threads:
+                thread.start()
+            started.wait()
+            found = {proc.pid for proc in own_children()}
+            assert {child.pid for child in children} <= found
+        finally:
+            for thread in threads:
+                thread.join()
+            for child in children:
+                child.kill()
+                child.wait()
+
+
 def test_descendants_are_found_without_reading_every_process(tmp_path: Path) -> None:
     """`descendants` (the run's tree, read from each process's children files) finds what psutil's scan of every
     process finds: children, grandchildren, and a double fork's orphan re-parented to the subreaper."""

@@ -80,20 +80,25 @@ def descendants(proc: psutil.Process) -> list[psutil.Process]:
 
 
 def _child_pids(pid: str) -> set[int] | None:
-    """The children of `pid` (every thread's), or None when its threads cannot be listed (it is gone). When a
-    thread ends between the listing and the reading of its children file, its children move to another thread
-    (perhaps one already read): psutil's scan of every process's parent then tells them."""
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    pids: set[int] = set()
-    for task in tasks:
+    """The children of `pid` (every thread's), or None when its threads cannot be listed (it is gone). A thread
+    that ends hands its children to another thread, perhaps one read already: the threads are listed again after
+    the reading, and when one ended meanwhile (or its file was gone) every thread is read again; after a third
+    such pass psutil's scan of every process's parent tells them (a server's threads come and go with its runs:
+    the scan costs 1-2 ms)."""
+    for _attempt in range(3):
         try:
-            pids.update(int(child) for child in read_proc(f"/proc/{pid}/task/{task}/children").split())
+            tasks = os.listdir(f"/proc/{pid}/task")
         except OSError:
-            return _scanned_children(os.getpid() if pid == "self" else int(pid))
-    return pids
+            return None
+        pids: set[int] = set()
+        try:
+            for task in tasks:
+                pids.update(int(child) for child in read_proc(f"/proc/{pid}/task/{task}/children").split())
+            if set(os.listdir(f"/proc/{pid}/task")) == set(tasks):
+                return pids
+        except OSError:
+            continue
+    return _scanned_children(os.getpid() if pid == "self" else int(pid))
 
 
 def _scanned_children(pid: int) -> set[int] | None:
