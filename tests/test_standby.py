@@ -239,3 +239,42 @@ def test_commands_started_together_each_get_their_own_output(launcher: Launcher,
         for thread in threads:
             thread.join()
     assert failures == []
+
+
+def test_the_keeper_lets_the_view_go_after_the_command(launcher: Launcher, tmp_path: Path) -> None:
+    """Unmounting a view (its mount namespace, and the copy of every mount the request's paths were copied from)
+    waits for an RCU grace period, milliseconds when the host holds back a vCPU: the keeper holds both until its
+    own end, after its report, so neither the command's start nor its end waits for it. The run holds neither:
+    the command's descriptors are its standard files."""
+    spec = {**VIEW, "write": [str(tmp_path / "w")]}
+    spares = _prepared_like(launcher, tmp_path, spec)
+    standbys = _standbys(launcher, spares)
+    gate = tmp_path / "w" / "go"
+    read_fd, write_fd = os.pipe()
+    try:
+        launched = launcher.spawn(
+            ["/bin/sh", "-c", f"echo ready; while [ ! -e {gate} ]; do sleep 0.01; done"],
+            tmp_path,
+            dict(os.environ),
+            write_fd,
+            spec,  # type: ignore[arg-type]
+        )
+    finally:
+        os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        try:
+            assert pipe.readline() == b"ready\n"
+            keeper, command = launched.pid, standbys[launched.pid]
+            view = os.readlink(f"/proc/{command}/ns/mnt")
+            assert view != os.readlink("/proc/self/ns/mnt")
+            held = {os.readlink(f"/proc/{keeper}/fd/{fd}") for fd in os.listdir(f"/proc/{keeper}/fd")}
+            assert view in held, held
+            assert sorted(os.listdir(f"/proc/{command}/fd")) == ["0", "1", "2"]
+        finally:
+            gate.touch()
+            assert launched.wait(60) == 0
+            launched.close()
+    _until(
+        lambda: not psutil.pid_exists(keeper) or psutil.Process(keeper).status() == "zombie",
+        "the keeper's end",
+    )

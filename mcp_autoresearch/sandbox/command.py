@@ -71,6 +71,7 @@ def run_standby(
         int(request.get("abi", 0)),
         (made, request["cwd"], request["real"]),
         channel if request.get("outputs") else None,
+        channel,
     )
 
 
@@ -83,11 +84,13 @@ def become_command(
     abi: int,
     standby: tuple[view.View | None, str, dict[str, str]] | None,
     listener: socket.socket | None,
+    keeper: socket.socket | None = None,
 ) -> None:
     """In the command's own process, held by the keeper: the signals a program expects, the private view (made
     here, or finished when a standby process made it ahead: `standby` = (the view, the request's directory, its
-    paths resolved outside)), the output directories' listener handed to the keeper, Landlock, exec. Never
-    returns."""
+    paths resolved outside)), the output directories' listener handed to the keeper through `listener`,
+    Landlock, exec. `keeper`: a standby process's channel to its keeper, where the view's spent copy of the
+    mounts is let go (`View.let_go`). Never returns."""
     try:
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
@@ -104,6 +107,8 @@ def become_command(
             enter_view(libc, spec, bool(spec.get("network", True)), ruleset, abi)
         if listener is not None:
             hand_over_listener(libc, listener)
+        if made is not None:
+            made.let_go(keeper)
         if ruleset is not None:
             restrict_self(ruleset)
             os.close(ruleset)

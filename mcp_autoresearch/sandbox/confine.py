@@ -353,6 +353,7 @@ def _start_standby(
     first; as `_fork_command`."""
     command = standby.pid
     tracer = libc if _ptrace(libc, PTRACE_SEIZE, command, PTRACE_O_TRACEEXIT) else None
+    _hold_mounts(command)
     cwd = os.getcwd()
     request = {
         "argv": argv,
@@ -381,6 +382,22 @@ def _start_standby(
             os.kill(command, signal.SIGKILL)
             fail("could not watch the run's output directories (signalfd)")
     return command, next_signal, tracer
+
+
+# The view's mount namespace, held by the keeper until it ends (`_hold_mounts`).
+_held: list[int] = []
+
+
+def _hold_mounts(command: int) -> None:
+    """Hold the command's mount namespace (its view) until the keeper ends. The last process to leave a mount
+    namespace unmounts all of it and waits for an RCU grace period before it is gone: tens of microseconds on a
+    quiet machine, milliseconds when the host holds back the other vCPU, between the command's end and its
+    report. Held here, that wait comes with the keeper's own end, after its report. Nothing of the run is in it
+    by then (every process of the run is gone before the report)."""
+    try:
+        _held.append(os.open(f"/proc/{command}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        pass  # the wait stays the command's, as before
 
 
 def prepare() -> None:

@@ -123,6 +123,7 @@ class Answerer:
 
     def __init__(self, channel: socket.socket, outputs: list[str], wake: set[signal.Signals]) -> None:
         self.channel: socket.socket | None = channel
+        self.spent: socket.socket | None = None
         self.listener: int | None = None
         self.outputs = {os.path.realpath(path) for path in outputs}
         mask = (ctypes.c_uint64 * 16)()
@@ -170,8 +171,10 @@ class Answerer:
             _, fds, _, _ = socket.recv_fds(self.channel, 16, 1)
         except OSError:
             fds = []
-        self.channel.close()  # one message, or the end (the command started without one)
-        self.channel = None
+        # One message, or the end (the command started without one): the channel is no longer watched. It stays
+        # open, with what the command sent after the listener (its view's spent copy of the mounts, let go when
+        # the keeper ends: `View.let_go`).
+        self.spent, self.channel = self.channel, None
         if fds:
             self.listener = fds[0]
 

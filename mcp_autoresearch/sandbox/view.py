@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import socket
 import stat
 import sys
 from typing import TYPE_CHECKING
@@ -116,7 +117,10 @@ def build_view(
     described in the module docstring (`View`, made and finished at once). Returns the fresh scratch
     directories (Landlock must allow writes there too). Raises namespaces.ViewError."""
     real = resolved([*writable, cwd, *(extra_read or [])])
-    return View(hide or [], network).finish(writable, cwd, extra_read or [], hide or [], real)
+    made = View(hide or [], network)
+    scratch = made.finish(writable, cwd, extra_read or [], hide or [], real)
+    made.let_go(None)
+    return scratch
 
 
 class View:
@@ -137,6 +141,7 @@ class View:
             "make / private",
         )
         self.root = _clone(libc, "/", False)  # taken before anything is hidden or read-only
+        self.spent: list[int] = []  # `root` once the request's paths were copied from it (see `let_go`)
         self.covers: dict[str, tuple[int, int]] = {}  # hidden directory -> its tmpfs (device, inode)
         self.hide = _hide_dirs(hide)
         self.hidden = _hidden_dirs(self.hide)
@@ -244,7 +249,7 @@ class View:
         if (
             self.root >= 0
         ):  # nothing was copied from it: a writable copy of every mount must not reach the run
-            os.close(self.root)
+            self.spent.append(self.root)
             self.root = -1
         for path, is_dir, fd in copies:
             _attach(libc, fd, path, is_dir)
@@ -275,6 +280,22 @@ class View:
         os.chdir(cwd)  # the working directory as the view shows it (not the hidden mount beneath)
         namespaces._reopen_standard_files()
         return [*self.scratch, *self.terminals]
+
+    def let_go(self, keeper: socket.socket | None) -> None:
+        """Close the copy of every mount as it was, once `finish` is done with it (before Landlock and `exec`:
+        a writable copy of every mount must not reach the run). Its last close unmounts the whole copy and
+        waits for an RCU grace period: tens of microseconds on a quiet machine, milliseconds when the host holds
+        back the other vCPU, on the run's start. Sent first into the channel to the `keeper` (a standby
+        process's), which never reads it there, the copy's last reference is the message's: let go when the
+        keeper ends, after the run. The run never holds it: its end of the channel closes at `exec`."""
+        for fd in self.spent:
+            if keeper is not None:
+                try:
+                    socket.send_fds(keeper, [b"mounts"], [fd])
+                except OSError:
+                    pass  # the keeper closed its end: the wait is the run's, as without a keeper
+            os.close(fd)
+        self.spent = []
 
     def _copies(
         self, writable: list[str], readable: list[str], real: dict[str, str]
@@ -355,7 +376,7 @@ class View:
             for _, _, fd in found:
                 os.close(fd)
             raise
-        os.close(self.root)
+        self.spent.append(self.root)
         self.root = -1
         return found
 
