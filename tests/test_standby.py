@@ -243,8 +243,8 @@ def test_commands_started_together_each_get_their_own_output(launcher: Launcher,
 
 def test_the_keeper_lets_the_view_go_after_the_command(launcher: Launcher, tmp_path: Path) -> None:
     """Unmounting a view (its mount namespace, and the copy of every mount the request's paths were copied from)
-    waits for an RCU grace period, milliseconds when the host holds back a vCPU: the keeper holds both until its
-    own end, after its report, so neither the command's start nor its end waits for it. The run holds neither:
+    waits for an RCU grace period, milliseconds on a busy machine: the keeper holds both for the run, and lets
+    them go after its report, so neither the command's start nor its end waits for it. The run holds neither:
     the command's descriptors are its standard files."""
     spec = {**VIEW, "write": [str(tmp_path / "w")]}
     spares = _prepared_like(launcher, tmp_path, spec)

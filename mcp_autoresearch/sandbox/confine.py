@@ -199,6 +199,10 @@ def _finish(status: int | None, report_fd: int = -1) -> None:
             os.write(report_fd, b"%d\n" % _exit_code(status))
         except OSError:
             pass  # then the launcher's report of the keeper's exit tells it
+    for (
+        fd
+    ) in _held:  # the view unmounted now, before the server removes the run's folders (see `_hold_mounts`)
+        os.close(fd)
     if status is None:
         os._exit(128 + signal.SIGTERM)
     if os.WIFEXITED(status):
@@ -389,11 +393,12 @@ _held: list[int] = []
 
 
 def _hold_mounts(command: int) -> None:
-    """Hold the command's mount namespace (its view) until the keeper ends. The last process to leave a mount
-    namespace unmounts all of it and waits for an RCU grace period before it is gone: tens of microseconds on a
-    quiet machine, milliseconds when the host holds back the other vCPU, between the command's end and its
-    report. Held here, that wait comes with the keeper's own end, after its report. Nothing of the run is in it
-    by then (every process of the run is gone before the report)."""
+    """Hold the command's mount namespace (its view) for the run. The last process to leave a mount namespace
+    unmounts all of it and waits for an RCU grace period before it is gone: tens of microseconds on a quiet
+    machine, milliseconds on a busy one, between the command's end and the keeper's report. Held here, it is let
+    go right after the report (`_finish`), the wait then the keeper's alone; its mounts go at once, before the
+    server removes the run's folders (a folder the view still showed would make that removal unmount it, and
+    wait). Nothing of the run is in it by then (every process of the run is gone before the report)."""
     try:
         _held.append(os.open(f"/proc/{command}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC))
     except OSError:

@@ -284,8 +284,8 @@ class View:
     def let_go(self, keeper: socket.socket | None) -> None:
         """Close the copy of every mount as it was, once `finish` is done with it (before Landlock and `exec`:
         a writable copy of every mount must not reach the run). Its last close unmounts the whole copy and
-        waits for an RCU grace period: tens of microseconds on a quiet machine, milliseconds when the host holds
-        back the other vCPU, on the run's start. Sent first into the channel to the `keeper` (a standby
+        waits for an RCU grace period: tens of microseconds on a quiet machine, milliseconds on a busy one (a
+        reader preempted holds it up), on the run's start. Sent first into the channel to the `keeper` (a standby
         process's), which never reads it there, the copy's last reference is the message's: let go when the
         keeper ends, after the run. The run never holds it: its end of the channel closes at `exec`."""
         for fd in self.spent:
