@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import threading
 from pathlib import Path
 
 import psutil
+import pytest
 
 from mcp_autoresearch.sandbox import namespaces, view
 from mcp_autoresearch.sandbox.launcher import Launcher
@@ -278,3 +280,70 @@ def test_the_keeper_lets_the_view_go_after_the_command(launcher: Launcher, tmp_p
         lambda: not psutil.pid_exists(keeper) or psutil.Process(keeper).status() == "zombie",
         "the keeper's end",
     )
+
+
+def _first_messages_queued(pid: int) -> list[tuple[bytes, int]]:
+    """The first message waiting on each of `pid`'s sockets (peeked, not taken): (its data, how many descriptors
+    it carries). The descriptors peeked are closed here at once."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    found = []
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            copy = libc.syscall(438, pidfd, int(fd), 0)  # pidfd_getfd
+            assert copy >= 0, os.strerror(ctypes.get_errno())
+            sock = socket.socket(fileno=copy)
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, 64, 4, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            finally:
+                sock.close()
+            for peeked in fds:
+                os.close(peeked)
+            found.append((data, len(fds)))
+    finally:
+        os.close(pidfd)
+    return found
+
+
+@pytest.mark.parametrize("outputs", [True, False], ids=["with-output-dirs", "without"])
+def test_the_keeper_holds_the_spent_copy_of_the_mounts_with_or_without_output_dirs(
+    launcher: Launcher, tmp_path: Path, outputs: bool
+) -> None:
+    """The view's spent copy of every mount goes to the keeper (`View.let_go`), after the output directories'
+    listener when the run has output directories: a message the keeper never reads, waiting on its channel until
+    it ends (its unmounting is not on the run's start). The command's end of the channel stays open after the
+    listener was sent, for the copy."""
+    (tmp_path / "w").mkdir(exist_ok=True)
+    spec = {**VIEW, "write": [str(tmp_path / "w") if outputs else str(tmp_path)]}
+    spares = _prepared_like(launcher, tmp_path, spec)
+    _standbys(launcher, spares)
+    gate = tmp_path / "w" / "go"
+    read_fd, write_fd = os.pipe()
+    try:
+        launched = launcher.spawn(
+            ["/bin/sh", "-c", f"echo ready; while [ ! -e {gate} ]; do sleep 0.01; done"],
+            tmp_path,
+            dict(os.environ),
+            write_fd,
+            spec,  # type: ignore[arg-type]
+        )
+    finally:
+        os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        try:
+            assert pipe.readline() == b"ready\n"
+            assert launched.pid in spares
+            assert (b"mounts", 1) in _first_messages_queued(launched.pid)
+        finally:
+            gate.touch()
+            assert launched.wait(60) == 0
+            launched.close()
