@@ -5,6 +5,7 @@ follows the request's own hidden paths, and it holds no copy of a mount table th
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -347,3 +348,43 @@ def test_the_keeper_holds_the_spent_copy_of_the_mounts_with_or_without_output_di
             gate.touch()
             assert launched.wait(60) == 0
             launched.close()
+
+
+def test_a_runs_folders_are_removed_while_its_view_is_still_held(launcher: Launcher, tmp_path: Path) -> None:
+    """The keeper holds the view (its mount namespace, the spent copy of every mount) until its own end, after
+    its report: the server may remove the run's TMPDIR and outputs meanwhile, each a mount in that namespace. Held
+    here for as long as the test runs, they are removed all the same (no EBUSY, nothing left)."""
+    from mcp_autoresearch.sandbox.process_run import _remove_tree
+
+    temp, out = tmp_path / "t", tmp_path / "w"
+    temp.mkdir()
+    spec = {**VIEW, "write": [str(temp), str(out)]}
+    spares = _prepared_like(launcher, tmp_path, spec)
+    standbys = _standbys(launcher, spares)
+    gate = out / "go"
+    read_fd, write_fd = os.pipe()
+    script = f"mkdir -p {temp}/a/b {out}/c; echo x > {temp}/a/b/f; echo y > {out}/c/f; echo ready; "
+    try:
+        launched = launcher.spawn(
+            ["/bin/sh", "-c", script + f"while [ ! -e {gate} ]; do sleep 0.01; done"],
+            tmp_path,
+            dict(os.environ),
+            write_fd,
+            spec,  # type: ignore[arg-type]
+        )
+    finally:
+        os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        try:
+            assert pipe.readline() == b"ready\n"
+            held = os.open(f"/proc/{standbys[launched.pid]}/ns/mnt", os.O_RDONLY)
+        finally:
+            gate.touch()
+            assert launched.wait(60) == 0
+            launched.close()
+    try:
+        _remove_tree(str(temp))
+        shutil.rmtree(out)
+        assert not temp.exists() and not out.exists()
+    finally:
+        os.close(held)
