@@ -352,8 +352,9 @@ def test_the_keeper_holds_the_spent_copy_of_the_mounts_with_or_without_output_di
 
 def test_a_runs_folders_are_removed_while_its_view_is_still_held(launcher: Launcher, tmp_path: Path) -> None:
     """The keeper holds the view (its mount namespace, the spent copy of every mount) until its own end, after
-    its report: the server may remove the run's TMPDIR and outputs meanwhile, each a mount in that namespace. Held
-    here for as long as the test runs, they are removed all the same (no EBUSY, nothing left)."""
+    its report: the server may remove the run's TMPDIR, or move its outputs aside, meanwhile, each a mount in
+    that namespace. Held here for as long as the test runs, they are moved and removed all the same (no EBUSY,
+    nothing left)."""
     from mcp_autoresearch.sandbox.process_run import _remove_tree
 
     temp, out = tmp_path / "t", tmp_path / "w"
@@ -384,7 +385,8 @@ def test_a_runs_folders_are_removed_while_its_view_is_still_held(launcher: Launc
             launched.close()
     try:
         _remove_tree(str(temp))
-        shutil.rmtree(out)
-        assert not temp.exists() and not out.exists()
+        os.rename(out, tmp_path / "aside")  # fresh outputs: the last run's moved aside
+        shutil.rmtree(tmp_path / "aside")
+        assert not temp.exists() and not out.exists() and not (tmp_path / "aside").exists()
     finally:
         os.close(held)
