@@ -315,6 +315,17 @@ def _first_messages_queued(pid: int) -> list[tuple[bytes, int]]:
     return found
 
 
+def _holds(pid: int, link: str) -> bool:
+    """Whether one of `pid`'s descriptors is `link`."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return link in found
+
+
 @pytest.mark.parametrize("outputs", [True, False], ids=["with-output-dirs", "without"])
 def test_the_keeper_holds_the_spent_copy_of_the_mounts_with_or_without_output_dirs(
     launcher: Launcher, tmp_path: Path, outputs: bool
@@ -343,6 +354,8 @@ def test_the_keeper_holds_the_spent_copy_of_the_mounts_with_or_without_output_di
         try:
             assert pipe.readline() == b"ready\n"
             assert launched.pid in spares
+            if outputs:  # the listener, sent first, taken by the keeper (the copy is what waits then)
+                _until(lambda: _holds(launched.pid, "anon_inode:seccomp notify"), "the keeper's listener")
             assert (b"mounts", 1) in _first_messages_queued(launched.pid)
         finally:
             gate.touch()
