@@ -274,12 +274,21 @@ def test_a_run_reaches_no_copy_of_the_mounts_and_no_descriptor_of_its_keeper(
     mounts or enter another namespace (sealed): nothing it can name writes outside its writable paths, with
     output directories (the listener sent first on the channel) or without."""
     (tmp_path / "w").mkdir(exist_ok=True)
-    (tmp_path / "elsewhere").mkdir(exist_ok=True)
-    for write in (tmp_path / "w", tmp_path / "elsewhere"):
-        spec = {**VIEW, "write": [str(write)]}
-        spares = _prepared_like(launcher, tmp_path, spec)
-        keeper, output = _hunt(launcher, tmp_path, spec)
-        assert keeper in spares
-        # what it got: its shell's standard files (its parent in the run), nothing else
-        wrote, got, stdio = re.fullmatch(r"wrote (\d+) got (\[.*\]) stdio (\[.*\])\n", output).groups()  # type: ignore[union-attr]
-        assert wrote == "0" and set(ast.literal_eval(got)) <= set(ast.literal_eval(stdio)), (write, output)
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"  # outside the working directory: no output dir
+    elsewhere.mkdir()
+    try:
+        for write in (tmp_path / "w", elsewhere):
+            spec = {**VIEW, "write": [str(write)]}
+            spares = _prepared_like(launcher, tmp_path, spec)
+            keeper, output = _hunt(launcher, tmp_path, spec)
+            assert keeper in spares
+            # what it got: its shell's standard files (its parent in the run), nothing else
+            found = re.fullmatch(r"wrote (\d+) got (\[.*\]) stdio (\[.*\])\n", output)
+            assert found is not None, output
+            wrote, got, stdio = found.groups()
+            assert wrote == "0" and set(ast.literal_eval(got)) <= set(ast.literal_eval(stdio)), (
+                write,
+                output,
+            )
+    finally:
+        shutil.rmtree(elsewhere)
