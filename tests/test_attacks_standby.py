@@ -3,9 +3,12 @@ run with unusual needs, would: the request it is handed, the paths it shows agai
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -193,3 +196,99 @@ def test_a_hidden_folder_removed_after_the_standby_does_not_fail_the_run(launche
         assert (code, output) == (0, "started\n"), output
     finally:
         shutil.rmtree(project)
+
+
+# A run's code hunting for the view's spent copy of every mount (`View.let_go`: a writable copy, held by the
+# keeper in a message it never reads) or any other descriptor that reaches outside its writable paths: its own
+# descriptors, every process it can name (pidfd_getfd of each descriptor), the messages waiting on any socket
+# it gets, a copy of the mounts or the namespace of its own; then a write through each to a file outside.
+_HUNT = r"""
+import ctypes, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+target = sys.argv[1].lstrip("/")
+got, tried = [], 0
+own = [int(fd) for fd in os.listdir("/proc/self/fd")]
+got += [fd for fd in own if fd > 2 and os.path.exists(f"/proc/self/fd/{fd}")]
+for pid in range(1, 1 << 15):
+    if pid == os.getpid():
+        continue
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        continue
+    for fd in range(256):
+        copy = libc.syscall(438, pidfd, fd, 0)
+        if copy >= 0:
+            got.append(copy)
+for fd in list(got):
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        continue
+    try:
+        while True:
+            data, fds, _, _ = socket.recv_fds(sock, 64, 16, socket.MSG_DONTWAIT)
+            got += fds
+            if not data and not fds:
+                break
+    except OSError:
+        pass
+for path in ("/proc/self/ns/mnt", "/proc/1/ns/mnt"):
+    try:
+        ns = os.open(path, os.O_RDONLY)
+        tried += 1
+        if libc.setns(ns, 0x00020000) == 0:
+            got.append(os.open("/", os.O_RDONLY | os.O_DIRECTORY))
+    except OSError:
+        pass
+clone = libc.syscall(428, -100, b"/", 1 | 0x8000)  # open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)
+if clone >= 0:
+    got.append(clone)
+wrote = 0
+for fd in got:
+    try:
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+        wrote += 1
+    except OSError:
+        pass
+links = lambda fds: sorted({os.readlink(f"/proc/self/fd/{fd}") for fd in fds})
+print("wrote", wrote, "got", links(got), "stdio", links([0, 1, 2]))
+"""
+
+
+def _hunt(launcher: Launcher, tmp_path: Path, spec: dict[str, object]) -> tuple[int, str]:
+    """Run `_HUNT` with `spec`: (its keeper's pid, its output), once it wrote nothing outside."""
+    outside = tmp_path / "outside"
+    (tmp_path / "hunt.py").write_text(_HUNT)
+    keeper, code, output = _run_spec(launcher, tmp_path, f"{sys.executable} -I hunt.py {outside}", spec)
+    assert code == 0, output
+    assert not outside.exists(), output
+    return keeper, output
+
+
+def test_a_run_reaches_no_copy_of_the_mounts_and_no_descriptor_of_its_keeper(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    """The spent copy of every mount waits on the keeper's end of the channel; the run's end closed at its
+    `exec`, the keeper is outside the run's PID namespace (and Landlock's domain), the run cannot clone the
+    mounts or enter another namespace (sealed): nothing it can name writes outside its writable paths, with
+    output directories (the listener sent first on the channel) or without."""
+    (tmp_path / "w").mkdir(exist_ok=True)
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"  # outside the working directory: no output dir
+    elsewhere.mkdir()
+    try:
+        for write in (tmp_path / "w", elsewhere):
+            spec = {**VIEW, "write": [str(write)]}
+            spares = _prepared_like(launcher, tmp_path, spec)
+            keeper, output = _hunt(launcher, tmp_path, spec)
+            assert keeper in spares
+            # what it got: its shell's standard files (its parent in the run), nothing else
+            found = re.fullmatch(r"wrote (\d+) got (\[.*\]) stdio (\[.*\])\n", output)
+            assert found is not None, output
+            wrote, got, stdio = found.groups()
+            assert wrote == "0" and set(ast.literal_eval(got)) <= set(ast.literal_eval(stdio)), (
+                write,
+                output,
+            )
+    finally:
+        shutil.rmtree(elsewhere)

@@ -372,6 +372,53 @@ def test_own_children_are_all_found_while_threads_come_and_go() -> None:
                 child.wait()
 
 
+def test_a_runs_orphans_are_found_among_own_children_while_threads_come_and_go() -> None:
+    """A run's process whose parent ended is re-parented to the server (a subreaper), while the server's threads
+    start and end with other runs: the kernel gives it to the server's first living thread (its main one, which
+    never ends), so `own_children` finds it whichever thread started the run and however the others churn."""
+    import threading
+
+    from mcp_autoresearch.sandbox.process_run import _become_subreaper
+    from mcp_autoresearch.sandbox.processes import own_children
+
+    _become_subreaper()
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            spawned = [threading.Thread(target=lambda: None) for _ in range(8)]
+            for thread in spawned:
+                thread.start()
+            for thread in spawned:
+                thread.join()
+
+    def orphan(found: list[int]) -> None:
+        shell = subprocess.run(
+            ["/bin/sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"], capture_output=True, check=True
+        )
+        found.append(int(shell.stdout))  # its parent is gone: it is ours now
+
+    churners = [threading.Thread(target=churn) for _ in range(2)]
+    for thread in churners:
+        thread.start()
+    try:
+        for _ in range(30):
+            found: list[int] = []
+            starter = threading.Thread(target=orphan, args=(found,))
+            starter.start()
+            starter.join()
+            try:
+                assert psutil.Process(found[0]).ppid() == os.getpid()
+                assert found[0] in {proc.pid for proc in own_children()}
+            finally:
+                os.kill(found[0], signal.SIGKILL)
+                os.waitpid(found[0], 0)
+    finally:
+        stop.set()
+        for thread in churners:
+            thread.join()
+
+
 def test_descendants_are_found_without_reading_every_process(tmp_path: Path) -> None:
     """`descendants` (the run's tree, read from each process's children files) finds what psutil's scan of every
     process finds: children, grandchildren, and a double fork's orphan re-parented to the subreaper."""

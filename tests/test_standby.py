@@ -5,12 +5,15 @@ follows the request's own hidden paths, and it holds no copy of a mount table th
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import threading
 from pathlib import Path
 
 import psutil
+import pytest
 
 from mcp_autoresearch.sandbox import namespaces, view
 from mcp_autoresearch.sandbox.launcher import Launcher
@@ -278,3 +281,125 @@ def test_the_keeper_lets_the_view_go_after_the_command(launcher: Launcher, tmp_p
         lambda: not psutil.pid_exists(keeper) or psutil.Process(keeper).status() == "zombie",
         "the keeper's end",
     )
+
+
+def _first_messages_queued(pid: int) -> list[tuple[bytes, int]]:
+    """The first message waiting on each of `pid`'s sockets (peeked, not taken): (its data, how many descriptors
+    it carries). The descriptors peeked are closed here at once."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    found = []
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            copy = libc.syscall(438, pidfd, int(fd), 0)  # pidfd_getfd
+            assert copy >= 0, os.strerror(ctypes.get_errno())
+            sock = socket.socket(fileno=copy)
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, 64, 4, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            finally:
+                sock.close()
+            for peeked in fds:
+                os.close(peeked)
+            found.append((data, len(fds)))
+    finally:
+        os.close(pidfd)
+    return found
+
+
+def _holds(pid: int, link: str) -> bool:
+    """Whether one of `pid`'s descriptors is `link`."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return link in found
+
+
+@pytest.mark.parametrize("outputs", [True, False], ids=["with-output-dirs", "without"])
+def test_the_keeper_holds_the_spent_copy_of_the_mounts_with_or_without_output_dirs(
+    launcher: Launcher, tmp_path: Path, outputs: bool
+) -> None:
+    """The view's spent copy of every mount goes to the keeper (`View.let_go`), after the output directories'
+    listener when the run has output directories: a message the keeper never reads, waiting on its channel until
+    it ends (its unmounting is not on the run's start). The command's end of the channel stays open after the
+    listener was sent, for the copy."""
+    (tmp_path / "w").mkdir(exist_ok=True)
+    spec = {**VIEW, "write": [str(tmp_path / "w") if outputs else str(tmp_path)]}
+    spares = _prepared_like(launcher, tmp_path, spec)
+    _standbys(launcher, spares)
+    gate = tmp_path / "w" / "go"
+    read_fd, write_fd = os.pipe()
+    try:
+        launched = launcher.spawn(
+            ["/bin/sh", "-c", f"echo ready; while [ ! -e {gate} ]; do sleep 0.01; done"],
+            tmp_path,
+            dict(os.environ),
+            write_fd,
+            spec,  # type: ignore[arg-type]
+        )
+    finally:
+        os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        try:
+            assert pipe.readline() == b"ready\n"
+            assert launched.pid in spares
+            if outputs:  # the listener, sent first, taken by the keeper (the copy is what waits then)
+                _until(lambda: _holds(launched.pid, "anon_inode:seccomp notify"), "the keeper's listener")
+            assert (b"mounts", 1) in _first_messages_queued(launched.pid)
+        finally:
+            gate.touch()
+            assert launched.wait(60) == 0
+            launched.close()
+
+
+def test_a_runs_folders_are_removed_while_its_view_is_still_held(launcher: Launcher, tmp_path: Path) -> None:
+    """The keeper holds the view (its mount namespace, the spent copy of every mount) until its own end, after
+    its report: the server may remove the run's TMPDIR, or move its outputs aside, meanwhile, each a mount in
+    that namespace. Held here for as long as the test runs, they are moved and removed all the same (no EBUSY,
+    nothing left)."""
+    from mcp_autoresearch.sandbox.process_run import _remove_tree
+
+    temp, out = tmp_path / "t", tmp_path / "w"
+    temp.mkdir()
+    spec = {**VIEW, "write": [str(temp), str(out)]}
+    spares = _prepared_like(launcher, tmp_path, spec)
+    standbys = _standbys(launcher, spares)
+    gate = out / "go"
+    read_fd, write_fd = os.pipe()
+    script = f"mkdir -p {temp}/a/b {out}/c; echo x > {temp}/a/b/f; echo y > {out}/c/f; echo ready; "
+    try:
+        launched = launcher.spawn(
+            ["/bin/sh", "-c", script + f"while [ ! -e {gate} ]; do sleep 0.01; done"],
+            tmp_path,
+            dict(os.environ),
+            write_fd,
+            spec,  # type: ignore[arg-type]
+        )
+    finally:
+        os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        try:
+            assert pipe.readline() == b"ready\n"
+            held = os.open(f"/proc/{standbys[launched.pid]}/ns/mnt", os.O_RDONLY)
+        finally:
+            gate.touch()
+            assert launched.wait(60) == 0
+            launched.close()
+    try:
+        _remove_tree(str(temp))
+        os.rename(out, tmp_path / "aside")  # fresh outputs: the last run's moved aside
+        shutil.rmtree(tmp_path / "aside")
+        assert not temp.exists() and not out.exists() and not (tmp_path / "aside").exists()
+    finally:
+        os.close(held)

@@ -108,7 +108,9 @@ def become_command(
         if listener is not None:
             hand_over_listener(libc, listener)
         if made is not None:
-            made.let_go(keeper)
+            made.let_go(keeper)  # after the listener: the keeper takes the first message as the listener
+        if listener is not None:
+            listener.close()
         if ruleset is not None:
             restrict_self(ruleset)
             os.close(ruleset)
@@ -131,7 +133,8 @@ def become_command(
 def hand_over_listener(libc: ctypes.CDLL, channel: socket.socket) -> None:
     """In the command: the filter whose notifications the keeper answers; the listening end goes to the keeper
     through `channel` (the command's end), and no copy stays here (with one, the run could answer its own
-    calls)."""
+    calls). `channel` stays open: a standby process sends its view's spent copy of the mounts after it
+    (`View.let_go`); the caller closes it (it would close at `exec` anyway)."""
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise ConfineError(f"prctl(NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
     try:
@@ -140,7 +143,6 @@ def hand_over_listener(libc: ctypes.CDLL, channel: socket.socket) -> None:
         raise ConfineError(str(exc.strerror)) from None
     socket.send_fds(channel, [b"listener"], [listener])
     os.close(listener)
-    channel.close()
 
 
 def enter_view(
