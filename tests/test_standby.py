@@ -10,13 +10,15 @@ import signal
 import socket
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 import pytest
 
 from mcp_autoresearch.sandbox import namespaces, view
-from mcp_autoresearch.sandbox.launcher import Launcher
+from mcp_autoresearch.sandbox.launcher import Launched, Launcher
 
 from .helpers.needs import require
 from .helpers.spares import standing_by
@@ -244,19 +246,16 @@ def test_commands_started_together_each_get_their_own_output(launcher: Launcher,
     assert failures == []
 
 
-def test_the_keeper_lets_the_view_go_after_the_command(launcher: Launcher, tmp_path: Path) -> None:
-    """Unmounting a view (its mount namespace, and the copy of every mount the request's paths were copied from)
-    waits for an RCU grace period, milliseconds on a busy machine: the keeper holds both for the run, and lets
-    them go after its report, so neither the command's start nor its end waits for it. The run holds neither:
-    the command's descriptors are its standard files."""
-    spec = {**VIEW, "write": [str(tmp_path / "w")]}
-    spares = _prepared_like(launcher, tmp_path, spec)
-    standbys = _standbys(launcher, spares)
-    gate = tmp_path / "w" / "go"
+@contextmanager
+def _gated_run(
+    launcher: Launcher, tmp_path: Path, spec: dict[str, object], gate: Path, before: str = ""
+) -> Iterator[Launched]:
+    """A command with `spec` that runs `before`, says it is ready and waits for `gate` to exist: yields it once
+    ready; then makes the gate and waits for its end (exit code 0)."""
     read_fd, write_fd = os.pipe()
     try:
         launched = launcher.spawn(
-            ["/bin/sh", "-c", f"echo ready; while [ ! -e {gate} ]; do sleep 0.01; done"],
+            ["/bin/sh", "-c", f"{before}echo ready; while [ ! -e {gate} ]; do sleep 0.01; done"],
             tmp_path,
             dict(os.environ),
             write_fd,
@@ -267,16 +266,28 @@ def test_the_keeper_lets_the_view_go_after_the_command(launcher: Launcher, tmp_p
     with os.fdopen(read_fd, "rb") as pipe:
         try:
             assert pipe.readline() == b"ready\n"
-            keeper, command = launched.pid, standbys[launched.pid]
-            view = os.readlink(f"/proc/{command}/ns/mnt")
-            assert view != os.readlink("/proc/self/ns/mnt")
-            held = {os.readlink(f"/proc/{keeper}/fd/{fd}") for fd in os.listdir(f"/proc/{keeper}/fd")}
-            assert view in held, held
-            assert sorted(os.listdir(f"/proc/{command}/fd")) == ["0", "1", "2"]
+            yield launched
         finally:
             gate.touch()
             assert launched.wait(60) == 0
             launched.close()
+
+
+def test_the_keeper_lets_the_view_go_after_the_command(launcher: Launcher, tmp_path: Path) -> None:
+    """Unmounting a view (its mount namespace, and the copy of every mount the request's paths were copied from)
+    waits for an RCU grace period, milliseconds on a busy machine: the keeper holds both for the run, and lets
+    them go after its report, so neither the command's start nor its end waits for it. The run holds neither:
+    the command's descriptors are its standard files."""
+    spec = {**VIEW, "write": [str(tmp_path / "w")]}
+    spares = _prepared_like(launcher, tmp_path, spec)
+    standbys = _standbys(launcher, spares)
+    with _gated_run(launcher, tmp_path, spec, tmp_path / "w" / "go") as launched:
+        keeper, command = launched.pid, standbys[launched.pid]
+        view = os.readlink(f"/proc/{command}/ns/mnt")
+        assert view != os.readlink("/proc/self/ns/mnt")
+        held = {os.readlink(f"/proc/{keeper}/fd/{fd}") for fd in os.listdir(f"/proc/{keeper}/fd")}
+        assert view in held, held
+        assert sorted(os.listdir(f"/proc/{command}/fd")) == ["0", "1", "2"]
     _until(
         lambda: not psutil.pid_exists(keeper) or psutil.Process(keeper).status() == "zombie",
         "the keeper's end",
@@ -338,29 +349,11 @@ def test_the_keeper_holds_the_spent_copy_of_the_mounts_with_or_without_output_di
     spec = {**VIEW, "write": [str(tmp_path / "w") if outputs else str(tmp_path)]}
     spares = _prepared_like(launcher, tmp_path, spec)
     _standbys(launcher, spares)
-    gate = tmp_path / "w" / "go"
-    read_fd, write_fd = os.pipe()
-    try:
-        launched = launcher.spawn(
-            ["/bin/sh", "-c", f"echo ready; while [ ! -e {gate} ]; do sleep 0.01; done"],
-            tmp_path,
-            dict(os.environ),
-            write_fd,
-            spec,  # type: ignore[arg-type]
-        )
-    finally:
-        os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        try:
-            assert pipe.readline() == b"ready\n"
-            assert launched.pid in spares
-            if outputs:  # the listener, sent first, taken by the keeper (the copy is what waits then)
-                _until(lambda: _holds(launched.pid, "anon_inode:seccomp notify"), "the keeper's listener")
-            assert (b"mounts", 1) in _first_messages_queued(launched.pid)
-        finally:
-            gate.touch()
-            assert launched.wait(60) == 0
-            launched.close()
+    with _gated_run(launcher, tmp_path, spec, tmp_path / "w" / "go") as launched:
+        assert launched.pid in spares
+        if outputs:  # the listener, sent first, taken by the keeper (the copy is what waits then)
+            _until(lambda: _holds(launched.pid, "anon_inode:seccomp notify"), "the keeper's listener")
+        assert (b"mounts", 1) in _first_messages_queued(launched.pid)
 
 
 def test_a_runs_folders_are_removed_while_its_view_is_still_held(launcher: Launcher, tmp_path: Path) -> None:
@@ -375,27 +368,9 @@ def test_a_runs_folders_are_removed_while_its_view_is_still_held(launcher: Launc
     spec = {**VIEW, "write": [str(temp), str(out)]}
     spares = _prepared_like(launcher, tmp_path, spec)
     standbys = _standbys(launcher, spares)
-    gate = out / "go"
-    read_fd, write_fd = os.pipe()
-    script = f"mkdir -p {temp}/a/b {out}/c; echo x > {temp}/a/b/f; echo y > {out}/c/f; echo ready; "
-    try:
-        launched = launcher.spawn(
-            ["/bin/sh", "-c", script + f"while [ ! -e {gate} ]; do sleep 0.01; done"],
-            tmp_path,
-            dict(os.environ),
-            write_fd,
-            spec,  # type: ignore[arg-type]
-        )
-    finally:
-        os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        try:
-            assert pipe.readline() == b"ready\n"
-            held = os.open(f"/proc/{standbys[launched.pid]}/ns/mnt", os.O_RDONLY)
-        finally:
-            gate.touch()
-            assert launched.wait(60) == 0
-            launched.close()
+    script = f"mkdir -p {temp}/a/b {out}/c; echo x > {temp}/a/b/f; echo y > {out}/c/f; "
+    with _gated_run(launcher, tmp_path, spec, out / "go", script) as launched:
+        held = os.open(f"/proc/{standbys[launched.pid]}/ns/mnt", os.O_RDONLY)
     try:
         _remove_tree(str(temp))
         os.rename(out, tmp_path / "aside")  # fresh outputs: the last run's moved aside
