@@ -260,7 +260,9 @@ def _hunt(launcher: Launcher, tmp_path: Path, spec: dict[str, object]) -> tuple[
     """Run `_HUNT` with `spec`: (its keeper's pid, its output), once it wrote nothing outside."""
     outside = tmp_path / "outside"
     (tmp_path / "hunt.py").write_text(_HUNT)
-    keeper, code, output = _run_spec(launcher, tmp_path, f"{sys.executable} -I hunt.py {outside}", spec)
+    keeper, code, output = _run_spec(
+        launcher, tmp_path, f"{os.path.realpath(sys.executable)} -I hunt.py {outside}", spec
+    )
     assert code == 0, output
     assert not outside.exists(), output
     return keeper, output
