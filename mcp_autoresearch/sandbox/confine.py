@@ -38,7 +38,7 @@ if TYPE_CHECKING or __package__:
     from .command import MARK, SETUP_FAILED, become_command, fail, run_standby, say
     from .landlock import ConfineError, build_ruleset, libc_handle
     from .prepared import Prepared, flags
-    from .standby import Standby
+    from .standby import Standby, hold_view, let_view_go
 else:  # run as a script (or imported by the launcher as one): its stdlib-only siblings are imported by path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import namespaces
@@ -47,7 +47,7 @@ else:  # run as a script (or imported by the launcher as one): its stdlib-only s
     from command import MARK, SETUP_FAILED, become_command, fail, run_standby, say
     from landlock import ConfineError, build_ruleset, libc_handle
     from prepared import Prepared, flags
-    from standby import Standby
+    from standby import Standby, hold_view, let_view_go
 
     del sys.path[0]
 
@@ -199,10 +199,7 @@ def _finish(status: int | None, report_fd: int = -1) -> None:
             os.write(report_fd, b"%d\n" % _exit_code(status))
         except OSError:
             pass  # then the launcher's report of the keeper's exit tells it
-    for (
-        fd
-    ) in _held:  # the view unmounted now, before the server removes the run's folders (see `_hold_mounts`)
-        os.close(fd)
+    let_view_go()  # unmounted now, before the server removes the run's folders
     if status is None:
         os._exit(128 + signal.SIGTERM)
     if os.WIFEXITED(status):
@@ -357,7 +354,7 @@ def _start_standby(
     first; as `_fork_command`."""
     command = standby.pid
     tracer = libc if _ptrace(libc, PTRACE_SEIZE, command, PTRACE_O_TRACEEXIT) else None
-    _hold_mounts(command)
+    hold_view(command)
     cwd = os.getcwd()
     request = {
         "argv": argv,
@@ -386,23 +383,6 @@ def _start_standby(
             os.kill(command, signal.SIGKILL)
             fail("could not watch the run's output directories (signalfd)")
     return command, next_signal, tracer
-
-
-# The view's mount namespace, held by the keeper until it ends (`_hold_mounts`).
-_held: list[int] = []
-
-
-def _hold_mounts(command: int) -> None:
-    """Hold the command's mount namespace (its view) for the run. The last process to leave a mount namespace
-    unmounts all of it and waits for an RCU grace period before it is gone: tens of microseconds on a quiet
-    machine, milliseconds on a busy one, between the command's end and the keeper's report. Held here, it is let
-    go right after the report (`_finish`), the wait then the keeper's alone; its mounts go at once, before the
-    server removes the run's folders (a folder the view still showed would make that removal unmount it, and
-    wait). Nothing of the run is in it by then (every process of the run is gone before the report)."""
-    try:
-        _held.append(os.open(f"/proc/{command}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC))
-    except OSError:
-        pass  # the wait stays the command's, as before
 
 
 def prepare() -> None:

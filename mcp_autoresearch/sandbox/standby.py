@@ -65,6 +65,30 @@ class Standby:
         socket.send_fds(self.channel, [json.dumps(request).encode()], fds)
 
 
+# The view's mount namespace, held by the keeper for the run (`hold_view`).
+_held: list[int] = []
+
+
+def hold_view(pid: int) -> None:
+    """In the keeper: hold the standby process's mount namespace (its view) for the run. The last process to
+    leave a mount namespace unmounts all of it and waits for an RCU grace period before it is gone: tens of
+    microseconds on a quiet machine, milliseconds on a busy one, between the command's end and the keeper's
+    report. Held here, it is let go right after the report (`let_view_go`), the wait then the keeper's alone;
+    its mounts go at once, before the server removes the run's folders (a folder the view still showed would
+    make that removal unmount it, and wait). Nothing of the run is in it by then (every process of the run is
+    gone before the report)."""
+    try:
+        _held.append(os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        pass  # the wait stays the command's, as before
+
+
+def let_view_go() -> None:
+    """In the keeper, after its report: the view's mount namespace unmounted (see `hold_view`)."""
+    while _held:
+        os.close(_held.pop())
+
+
 def _stand_by(channel: socket.socket, like: dict[str, Any], run_command: RunCommand) -> None:
     """In the standby process: make the view like the spare's spec, wait for the request, run it. Never returns;
     gone with the spare keeper (SIGKILL when it dies), and when the keeper closes the channel unused."""
