@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, WithJsonSchema
 
 from .. import __version__
 from ..errors import AutoresearchError
-from ..lifecycle.running import AlreadyMeasured
+from ..lifecycle.candidates import AlreadyMeasured
 from ..models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from ..records.diskspace import no_room
 from ..session.queries import MAX_NOTES, MAX_RUN_NOTES, MAX_RUN_NOTES_CHARS

@@ -42,6 +42,7 @@ from .atomic import (
 from .lineage import UNNAMED, Lineage, Unnamed, tree_keys
 from .results_tsv import AUTORESEARCH_HEADER, TsvFormat, quick_tsv_size, same_tsv_size
 from .rows import NOT_MEASURED, Row, finite_or_none, now_stamps, one_line, row_details, row_from_event
+from .run_ids import RunIds
 
 TSV_HEADER = AUTORESEARCH_HEADER
 SYNC_EVERY = 32 * 1024  # the JSONL is fsynced when the bytes past its last fsync reach this size
@@ -95,9 +96,7 @@ class Journal:
         self._values = array("d")  # the value, NaN when there is none
         self._status = bytearray()  # index into DECISIONS
         self._run_status = bytearray()  # index into RUN_STATUSES
-        self._run_numbers = array("q")  # n of run id "r<n>", increasing
-        self._other_ids: dict[str, int] = {}  # run ids of another shape
-        self._other_names: dict[int, str] = {}  # ... and the other way round
+        self._run_ids = RunIds()
         self.lineage = Lineage()  # each row's parent node and best flag
         self._notes: dict[int, list[str]] = {}
         self._cache: OrderedDict[int, Row] = OrderedDict()
@@ -115,20 +114,11 @@ class Journal:
         return len(self._offsets)
 
     def index_of(self, run_id: str) -> int | None:
-        if run_id in self._other_ids:
-            return self._other_ids[run_id]
-        number = _run_number(run_id)
-        if number is None:
-            return None
-        position = bisect.bisect_left(self._run_numbers, number)
-        if position < len(self._run_numbers) and self._run_numbers[position] == number:
-            return position
-        return None
+        return self._run_ids.index_of(run_id)
 
     def run_id_at(self, index: int) -> str:
         """The run id of row `index`."""
-        name = self._other_names.get(index)
-        return name if name is not None else f"r{self._run_numbers[index]}"
+        return self._run_ids.at(index)
 
     def parent_at(self, index: int) -> str | None:
         """The run id of row `index`'s parent node (None for the baseline)."""
@@ -331,14 +321,7 @@ class Journal:
         """Index one row. `parent` UNNAMED (a row written before the research tree): the run that was best
         when it was logged, the last kept row."""
         index = len(self)
-        number = _run_number(run_id)
-        canonical = number is not None and run_id == f"r{number}"  # so run_id_at can spell it back
-        if canonical and number is not None and (not self._run_numbers or number > self._run_numbers[-1]):
-            self._run_numbers.append(number)
-        else:
-            self._run_numbers.append(self._run_numbers[-1] if self._run_numbers else -1)
-            self._other_ids[run_id] = index
-            self._other_names[index] = run_id
+        self._run_ids.add(run_id)
         self.lineage.add(index, parent, best, self.last_keep_index, self.index_of)
         self._offsets.append(offset)
         self._values.append(math.nan if value is None else value)
@@ -500,9 +483,3 @@ def _content_key(sha256: object) -> int | None:
         return int(sha256[:16], 16) if isinstance(sha256, str) and len(sha256) == 64 else None
     except ValueError:
         return None
-
-
-def _run_number(run_id: str) -> int | None:
-    if len(run_id) > 1 and run_id[0] == "r" and run_id[1:].isdigit():
-        return int(run_id[1:])
-    return None

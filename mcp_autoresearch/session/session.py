@@ -10,7 +10,6 @@ discard) and `views` (runs, results, notes); they share the session through `con
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -18,9 +17,10 @@ from typing import Any
 
 from ..errors import AutoresearchError, RuleViolation, SessionError
 from ..lifecycle.branching import Brancher
+from ..lifecycle.candidates import AlreadyMeasured
 from ..lifecycle.decisions import Decider
 from ..lifecycle.in_flight import DEFAULT_WAIT_S, MAX_WAIT_S, RunHandle, clamp_wait
-from ..lifecycle.running import AlreadyMeasured, Runs
+from ..lifecycle.running import Runs
 from ..lifecycle.slot_decisions import SlotDecisions
 from ..lifecycle.slot_placement import SlotPlacement
 from ..lifecycle.tree_checks import TreeChecks
@@ -39,8 +39,7 @@ from ..models import (
 )
 from ..names import RESULTS_TSV, RUN_LOG, SESSION_BRANCHES, SESSIONS, own_journal
 from ..phases import in_flight
-from ..readers.report import open_session_files
-from ..records.budget import BUDGET_KEYS, refuse_escape, settle_budget
+from ..records.budget import BUDGET_KEYS, settle_budget
 from ..records.current import current_session
 from ..records.diskspace import no_room
 from ..records.journal import Journal
@@ -49,10 +48,8 @@ from ..records.state import (
     OwnRecord,
     PublicCopy,
     SessionState,
-    current_tag,
     load_record,
     one_call,
-    recorded_tags,
     save_state,
     server_dir,
     set_current_tag,
@@ -66,6 +63,7 @@ from ..setup.stage_config import refuse_unhidable
 from ..vcs.repo import Repo
 from .context import normal_run_id
 from .editing import Editor, what_the_edit_left
+from .opening import TAG_RE, check_last_budget, default_tag
 from .queries import Views, waits_to_decide
 
 __all__ = [
@@ -80,13 +78,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("mcp_autoresearch")
-
-TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-
-
-def default_tag() -> str:
-    """Lower-cased month and day, like the original: nov26."""
-    return datetime.now().strftime("%b%d").lower()
 
 
 class Session:
@@ -493,17 +484,3 @@ class Session:
 
 def _rules_of(config: Config) -> dict[str, Any]:
     return {key: getattr(config, key) for key in FROZEN_KEYS}
-
-
-def check_last_budget(root: Path, tag: str, config: Config) -> None:
-    """A new session does not start while a session of the project has spent its budget (budget.py). Every
-    session the server holds a record of counts, not only the one `.autoresearch/current` names: that file is
-    a plain one the agent's shell can delete or rewrite."""
-    configured = {key: getattr(config, key) for key in BUDGET_KEYS}
-    current = current_tag(root)
-    for last in sorted((({current} if current else set()) | recorded_tags(root)) - {tag}):
-        try:
-            files = open_session_files(str(root), last)
-        except AutoresearchError:
-            continue  # no readable session: nothing to hold against a new one
-        refuse_escape(files.state, len(files.journal), configured, tag)
