@@ -1,4 +1,4 @@
-"""The removal of a run's private TMPDIR (`process_run._remove_tree`, on the run's path) when the server does it
+"""The removal of a run's private TMPDIR (`run_tmpdirs.remove`, on the run's path) when the server does it
 right after the keeper's report, while the keeper (ending itself) still holds the run's view, against after the
 keeper's exit. In the view the TMPDIR is a mount: removed while the view is held, the kernel detaches that mount
 too (an RCU grace period). Commands through the launcher's spares made for the view (standby processes).
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from mcp_autoresearch.sandbox.launcher import launcher
-from mcp_autoresearch.sandbox.process_run import _remove_tree
+from mcp_autoresearch.sandbox.run_tmpdirs import remove
 
 SPEC = {"landlock": True, "view": True, "network": True}
 
@@ -41,7 +41,7 @@ def one(root: Path, after_exit: bool) -> tuple[float, bool, float]:
         os.read(read_fd, 1 << 16)  # end of file: the keeper (its stdout is the run's) has exited
     held = os.path.exists(f"/proc/{launched.pid}/ns/mnt")
     started = time.perf_counter()
-    _remove_tree(str(temp))
+    remove(str(temp))
     done = time.perf_counter()
     launched.close()
     os.close(read_fd)

@@ -361,7 +361,7 @@ def test_a_runs_folders_are_removed_while_its_view_is_still_held(launcher: Launc
     its report: the server may remove the run's TMPDIR, or move its outputs aside, meanwhile, each a mount in
     that namespace. Held here for as long as the test runs, they are moved and removed all the same (no EBUSY,
     nothing left)."""
-    from mcp_autoresearch.sandbox.process_run import _remove_tree
+    from mcp_autoresearch.sandbox.run_tmpdirs import remove
 
     temp, out = tmp_path / "t", tmp_path / "w"
     temp.mkdir()
@@ -372,7 +372,7 @@ def test_a_runs_folders_are_removed_while_its_view_is_still_held(launcher: Launc
     with _gated_run(launcher, tmp_path, spec, out / "go", script) as launched:
         held = os.open(f"/proc/{standbys[launched.pid]}/ns/mnt", os.O_RDONLY)
     try:
-        _remove_tree(str(temp))
+        remove(str(temp))
         os.rename(out, tmp_path / "aside")  # fresh outputs: the last run's moved aside
         shutil.rmtree(tmp_path / "aside")
         assert not temp.exists() and not out.exists() and not (tmp_path / "aside").exists()

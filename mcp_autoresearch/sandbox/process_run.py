@@ -20,11 +20,9 @@ import fcntl
 import logging
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +35,7 @@ import psutil
 from ..errors import SessionError
 from ..records.atomic import atomic_write, own_dir
 from ..records.logtail import last_line
+from . import run_tmpdirs
 from .capture import Capture
 from .launcher import HIDDEN_FROM_RUNS, Launched, LauncherError
 from .processes import (
@@ -146,7 +145,7 @@ class ProcessRun:
         started = time.monotonic()
         flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
         log_fd = os.open(self.log_path, flags, 0o644)
-        tmpdir = tempfile.mkdtemp(prefix="autoresearch-run-")
+        tmpdir = run_tmpdirs.make()
         for name in ("TMPDIR", "TMP", "TEMP"):
             env[name] = tmpdir
         if self.private_env is not None:
@@ -205,7 +204,7 @@ class ProcessRun:
             os.close(log_fd)
             if self._err_capture is not None:
                 os.close(self._err_capture.log_fd)
-            _remove_tree(tmpdir)
+            run_tmpdirs.remove(tmpdir)
 
     def _cut(self) -> None:
         if self._capture is not None:
@@ -449,25 +448,6 @@ class ProcessRun:
 
 def _reported(popen: subprocess.Popen[bytes] | Launched) -> bool:
     return isinstance(popen, Launched) and popen.reported
-
-
-def _remove_tree(path: str) -> None:
-    """Remove the run's private TMPDIR (links in it are unlinked, never followed). A tree deeper than Python's
-    recursion limit (a run can make one) is left to `rm -rf`, which is not recursive."""
-    try:
-        os.rmdir(path)  # most runs leave it empty: one system call
-        return
-    except OSError:
-        pass
-    try:
-        shutil.rmtree(path, ignore_errors=True)
-    except RecursionError:
-        try:
-            subprocess.run(
-                ["rm", "-rf", "--", path], stdin=subprocess.DEVNULL, capture_output=True, timeout=120
-            )
-        except (OSError, subprocess.SubprocessError):
-            log.warning("could not remove the run's temporary directory %s", path)
 
 
 class _ExitWaiter:

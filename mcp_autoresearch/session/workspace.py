@@ -16,6 +16,7 @@ from ..measure.sequential import keep_rule_summary
 from ..models import StartResult
 from ..readers.briefing import stored_briefing
 from ..records.state import ProjectLock
+from ..sandbox import run_tmpdirs
 from ..sandbox.ownprocess import close_own_proc
 from ..setup.project import Project, ProjectInfo, load_project
 from ..vcs.repo import Repo
@@ -34,6 +35,8 @@ class Workspace:
         config_file: str | os.PathLike[str] | None = None,
     ) -> None:
         close_own_proc()  # this process runs the session: its /proc files are closed to the runs (same user)
+        for path in run_tmpdirs.sweep():  # the runs' TMPDIRs of servers killed before they could remove them
+            log.info("removed %s, left by a server that is gone", path)
         self.overrides = overrides or {}
         self.config_file = config_file
         # What the user typed fails at once (the CLI exits 2). A bad configuration *file* must not stop the

@@ -1,0 +1,156 @@
+"""A run's private TMPDIR: made in the system's temporary directory under a name that says which process made it
+(its PID namespace, pid and start time), removed after the run without following a link, and, when that process
+was killed before it could remove it, removed by the next server of the same user (`sweep`).
+
+Standard library only. A run may leave its TMPDIR in any state: links (unlinked, never followed), a tree deeper
+than Python's recursion limit (left to `rm -rf`), directories it made unwritable or unreadable (their owner's
+rights given back first, through a descriptor opened without following a link).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+
+log = logging.getLogger("mcp_autoresearch")
+
+PREFIX = "autoresearch-run-"
+
+_own: dict[int, str] = {}  # pid -> its part of the names ("<pid namespace>-<pid>-<start time>")
+
+
+def _started(pid: int | str) -> int | None:
+    """When process `pid` started (clock ticks after boot), or None when it is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_namespace() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _owner_part() -> str:
+    pid = os.getpid()
+    part = _own.get(pid)
+    if part is None:
+        namespace, started = _pid_namespace(), _started("self")
+        part = "" if namespace is None or started is None else f"{namespace}-{pid}-{started}-"
+        _own[pid] = part
+    return part
+
+
+def make() -> str:
+    """A new private TMPDIR for one run (mode 0700), named for this process (see `sweep`)."""
+    return tempfile.mkdtemp(prefix=PREFIX + _owner_part())
+
+
+def remove(path: str) -> None:
+    """Remove a run's TMPDIR once nothing of the run is left (links in it are unlinked, never followed)."""
+    try:
+        os.rmdir(path)  # most runs leave it empty: one system call
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    _rmtree(path)
+    if os.path.lexists(
+        path
+    ):  # a directory the run made unwritable or unreadable: its rights back, then again
+        _give_rights_back(path)
+        _rmtree(path)
+    if os.path.lexists(path):
+        log.warning("could not remove the run's temporary directory %s", path)
+
+
+def _rmtree(path: str) -> None:
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:  # deeper than Python's recursion limit (a run can make one): rm is not recursive
+        try:
+            subprocess.run(
+                ["rm", "-rf", "--", path], stdin=subprocess.DEVNULL, capture_output=True, timeout=120
+            )
+        except (OSError, subprocess.SubprocessError):
+            pass
+
+
+def _give_rights_back(path: str) -> None:
+    """Owner read, write and search on `path` and every directory below it, each opened without following a link
+    (O_PATH, O_NOFOLLOW) and changed through that descriptor's /proc name: a link is never changed nor
+    followed."""
+    _grant(None, path)
+    try:
+        for _top, names, _files, top_fd in os.fwalk(path, follow_symlinks=False):
+            for name in names:  # before fwalk descends into them
+                _grant(top_fd, name)
+    except (OSError, RecursionError):
+        pass
+
+
+def _grant(dir_fd: int | None, name: str) -> None:
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode) and os.fstat(fd).st_uid == os.geteuid():
+            os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(mode) | stat.S_IRWXU)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sweep(base: str | None = None) -> list[str]:
+    """Remove the run TMPDIRs in `base` (the system's temporary directory) left by processes of this user that are
+    gone (killed before they could remove them), and return their paths. Only folders named as `make` names them,
+    in this PID namespace (a pid of another one says nothing here), owned by this user, whose process is gone or
+    is another that reused its pid (its start time differs): a live server's runs, another user's folders, a
+    link and anything else are left as they are."""
+    base = base or tempfile.gettempdir()
+    namespace = _pid_namespace()
+    removed: list[str] = []
+    if namespace is None:
+        return removed
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(PREFIX):
+            continue
+        owner = _owner(entry.name[len(PREFIX) :])
+        if owner is None or owner[0] != namespace:
+            continue
+        try:
+            found = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid():
+            continue
+        now = _started(owner[1])
+        if now == owner[2] or (now is None and os.path.exists(f"/proc/{owner[1]}")):
+            continue  # alive (or unreadable: perhaps alive)
+        remove(entry.path)
+        removed.append(entry.path)
+    return removed
+
+
+def _owner(rest: str) -> tuple[int, int, int] | None:
+    """(PID namespace, pid, start time) of a name's rest after the prefix, or None for another shape."""
+    parts = rest.split("-")
+    if len(parts) != 4 or not all(part.isdigit() for part in parts[:3]):
+        return None
+    return int(parts[0]), int(parts[1]), int(parts[2])

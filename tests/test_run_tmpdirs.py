@@ -1,0 +1,187 @@
+"""A run's private TMPDIR: named for the process that made it, removed after the run whatever the run left in it,
+and removed by the next server when the one that made it was killed first (`sandbox/run_tmpdirs.py`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from mcp_autoresearch.sandbox import run_tmpdirs
+from mcp_autoresearch.sandbox.process_run import ProcessRun
+from mcp_autoresearch.session.workspace import Workspace
+
+USER = 12345
+NEEDS_ROOT = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
+)
+
+
+def _namespace() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
+def _started(pid: int | str) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        return int(handle.read().rsplit(b")", 1)[1].split()[19])
+
+
+def _gone_process() -> tuple[int, int]:
+    """The pid and start time of a process that ended (and was reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    started = _started(child.pid)
+    child.communicate(b"")
+    return child.pid, started
+
+
+def _dead_servers_folder(base: Path, suffix: str = "x1y2z3") -> Path:
+    pid, started = _gone_process()
+    folder = base / f"{run_tmpdirs.PREFIX}{_namespace()}-{pid}-{started}-{suffix}"
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+def test_a_runs_tmpdir_is_named_for_its_process_and_removed_after_the_run(tmp_path: Path) -> None:
+    """ProcessRun's TMPDIR carries its process's PID namespace, pid and start time, and is gone after the run
+    (what the run wrote in it, a link out of it included)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("mine")
+    run = ProcessRun(
+        command=f'echo "$TMPDIR"; mkdir "$TMPDIR/d"; echo x > "$TMPDIR/d/f"; ln -s {outside} "$TMPDIR/l"',
+        cwd=tmp_path,
+        timeout_s=60,
+        log_path=tmp_path / "run.log",
+    )
+    result = run.run()
+    assert result.status == "exited" and result.exit_code == 0, (tmp_path / "run.log").read_text()
+    tmpdir = Path((tmp_path / "run.log").read_text().splitlines()[0])
+    assert tmpdir.name.startswith(f"{run_tmpdirs.PREFIX}{_namespace()}-{os.getpid()}-{_started('self')}-")
+    assert not tmpdir.exists()
+    assert (outside / "keep").read_text() == "mine"
+
+
+def test_the_sweep_removes_only_the_folders_of_this_users_processes_that_are_gone(tmp_path: Path) -> None:
+    """Removed: a folder whose process is gone, and one whose pid another process took since (its start time
+    differs). Kept: a live process's (this one's), another PID namespace's, an older name's, a link named as a
+    gone process's folder (and what it points to), a file so named; nothing outside is touched."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("mine")
+    base = tmp_path / "tmp"
+    base.mkdir()
+    gone = _dead_servers_folder(base)
+    (gone / "a" / "b").mkdir(parents=True)
+    (gone / "a" / "b" / "f").write_text("x")
+    (gone / "out").symlink_to(outside)
+    (gone / "a" / "b").chmod(0o500)
+    reused = base / f"{run_tmpdirs.PREFIX}{_namespace()}-{os.getpid()}-{_started('self') + 1}-aaaaaa"
+    reused.mkdir()
+    live = Path(run_tmpdirs.make())  # in the system's temporary directory, named for this process
+    try:
+        live_here = base / live.name
+        live_here.mkdir()
+        other_namespace = base / f"{run_tmpdirs.PREFIX}{_namespace() + 1}-{os.getpid() + 1}-1-bbbbbb"
+        other_namespace.mkdir()
+        older = base / f"{run_tmpdirs.PREFIX}k3j2h1g0"
+        older.mkdir()
+        pid, started = _gone_process()
+        link = base / f"{run_tmpdirs.PREFIX}{_namespace()}-{pid}-{started}-cccccc"
+        link.symlink_to(outside)
+        pid, started = _gone_process()
+        a_file = base / f"{run_tmpdirs.PREFIX}{_namespace()}-{pid}-{started}-dddddd"
+        a_file.write_text("not a folder")
+
+        removed = run_tmpdirs.sweep(str(base))
+
+        assert sorted(removed) == sorted([str(gone), str(reused)])
+        assert not gone.exists() and not reused.exists()
+        for kept in (live_here, other_namespace, older, link, a_file):
+            assert os.path.lexists(kept), kept
+        assert (outside / "keep").read_text() == "mine" and os.readlink(link) == str(outside)
+        assert live.is_dir()  # the system's temporary directory was not swept (another base was given)
+    finally:
+        os.rmdir(live)
+
+
+def test_a_new_workspace_removes_the_folders_a_killed_server_left(ml_project: Path) -> None:
+    """A server killed during a run leaves the run's TMPDIR in the system's temporary directory: the next server
+    of the project (its Workspace) removes it, and leaves a live process's alone."""
+    left = _dead_servers_folder(Path(tempfile.gettempdir()), "lefttt")
+    (left / "f").write_text("x")
+    live = Path(run_tmpdirs.make())
+    try:
+        Workspace(ml_project)
+        assert not left.exists()
+        assert live.is_dir()
+    finally:
+        os.rmdir(live)
+        shutil.rmtree(left, ignore_errors=True)
+
+
+REMOVE_AS_USER = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import run_tmpdirs
+top, outside = sys.argv[2], sys.argv[3]
+os.makedirs(f"{top}/locked/deeper")
+open(f"{top}/locked/deeper/f", "w").write("x")
+os.makedirs(f"{top}/hidden")
+open(f"{top}/hidden/g", "w").write("y")
+os.symlink(outside, f"{top}/link")
+os.chmod(f"{top}/locked/deeper", 0o500)
+os.chmod(f"{top}/locked", 0o500)
+os.chmod(f"{top}/hidden", 0)
+os.chmod(top, 0o500)
+run_tmpdirs.remove(top)
+print("LEFT" if os.path.lexists(top) else "GONE")
+print("OUTSIDE", oct(os.stat(outside).st_mode & 0o777))
+"""
+
+
+@NEEDS_ROOT
+def test_a_tmpdir_the_run_made_unwritable_is_removed_without_following_its_links(tmp_path: Path) -> None:
+    """As an ordinary user (whose rights on a folder its mode decides): a run that took the write and search
+    rights off its folders, and its TMPDIR's own, leaves nothing; a link in it to a folder of the same user is
+    not followed (that folder keeps its mode). Failed before: the folders and their files were left."""
+    shared = Path(tempfile.mkdtemp(prefix="tmpdirs-as-user-"))
+    try:
+        shared.chmod(0o755)
+        shutil.copy(Path(run_tmpdirs.__file__), shared / "run_tmpdirs.py")
+        outside = shared / "outside"
+        outside.mkdir(mode=0o500)
+        os.chown(outside, USER, USER)
+        os.chmod(outside, 0o500)
+        work = shared / "work"
+        work.mkdir()
+        os.chown(work, USER, USER)
+        top = work / "top"
+        python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+        done = subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={USER}",
+                f"--regid={USER}",
+                "--clear-groups",
+                python,
+                "-I",
+                "-c",
+                REMOVE_AS_USER,
+                str(shared),
+                str(top),
+                str(outside),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["GONE", "OUTSIDE", "0o500"], done.stdout + done.stderr
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwx", str(shared)], check=False)
+        shutil.rmtree(shared, ignore_errors=True)
