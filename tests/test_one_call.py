@@ -82,6 +82,41 @@ async def test_a_failed_edit_runs_nothing(ml_project: Path, agent_for: Any) -> N
         assert (await agent.ok("query_results"))["total"] == 1  # the baseline only: nothing else ran
 
 
+async def test_expected_sha256_refuses_an_edit_of_a_target_that_changed(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """As apply_edit: the sha256 read_target gave refuses the edit (nothing runs) once the target changed (here:
+    a kept edit since); the current one lets it run. Without an edit it is refused as meaningless."""
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="one")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        seen = (await agent.ok("read_target"))["sha256"]
+        await agent.ok(
+            "run_experiment", description="lower", edits=edits("LR = 0.5", "LR = 0.3"), decide=True
+        )
+        stale = await agent.refused(
+            "run_experiment",
+            description="stale",
+            edits=edits("LR = 0.3", "LR = 0.2"),
+            expected_sha256=seen,
+            decide=True,
+        )
+        assert "changed" in stale and "read_target" in stale
+        assert "LR = 0.3" in (ml_project / "train.py").read_text()
+        assert (await agent.ok("query_results"))["total"] == 2  # nothing ran
+        current = (await agent.ok("read_target"))["sha256"]
+        fresh = await agent.ok(
+            "run_experiment",
+            description="fresh",
+            edits=edits("LR = 0.3", "LR = 0.2"),
+            expected_sha256=current,
+            decide=True,
+        )
+        assert fresh["decided"]["decision"] in ("keep", "discard")
+        alone = await agent.refused("run_experiment", description="no edit", expected_sha256=current)
+        assert "give edits or content" in alone
+
+
 async def test_a_run_that_cannot_start_after_its_edit_says_the_edit_stays(
     ml_project: Path, agent_for: Any
 ) -> None:

@@ -18,23 +18,24 @@ Where the value comes from: {provenance}.
 ## Setup (once)
 1. `detect_project` — check target, command, metric and read-only files ({readonly}).
 2. `start_session` — creates the branch autoresearch/<tag>, results.tsv and the JSONL log (or resumes).
-3. Baseline: `run_experiment(description="baseline")` on the unmodified target, then `commit_or_reset`.
+3. Baseline: `run_experiment(description="baseline", decide=true)` on the unmodified target.
 
 ## The loop (repeat forever)
 1. Think of one idea. Check the briefing and `query_results` so you do not repeat a failed idea.
-2. `read_target` (note its sha256), then `apply_edit` with exact `old_text`/`new_text` replacements
-   (or the whole `content`) and `expected_sha256`. Only `{target}` can be changed.
-3. `run_experiment(description="<what changed>")`. If the status is `running`, call
-   `wait_experiment(run_id=...)` until it is not.
-4. `commit_or_reset(run_id=...)`: the server keeps the change only if `{metric}` improved (or stayed equal
+2. `read_target` (note its sha256), then make, run and decide the change in one call:
+   `run_experiment(description="<what changed>", edits=[{{"old_text": ..., "new_text": ...}}],
+   expected_sha256=..., decide=true)` (exact replacements, or the whole `content`; only `{target}` can be
+   changed; a failed edit runs nothing). If the status is `running`, call
+   `wait_experiment(run_id=..., decide=true)` until it is not.
+3. The decision is in `decided`: the server keeps the change only if `{metric}` improved (or stayed equal
    with simpler code) and otherwise reverts the target to the best kept version. Keep rule: {keep_rule}.
    On a noisy metric one run decides nothing: the server runs a promising change again (and re-measures the
    best) until the evidence is clear, and shows the estimate, its interval and the probability.
-5. `log_result(run_id=..., notes="hypothesis: ...; result: ...; learned: ...")`.
+4. `log_result(run_id=..., notes="hypothesis: ...; result: ...; learned: ...")`.
 
-Steps 2-4 in one call: `run_experiment(description=..., edits=[{{"old_text": ..., "new_text": ...}}],
-decide=true)` makes the edit, runs it and decides it by the same rule, the decision in `decided` (a failed
-edit runs nothing). If it returns `running`, `wait_experiment(run_id=..., decide=true)` decides it once done.
+The same in steps, to look between them: `apply_edit` (with `expected_sha256`), then
+`run_experiment(description=...)` (`wait_experiment(run_id=...)` while it is `running`), then
+`commit_or_reset(run_id=...)`.
 
 ## The research tree
 Every measured run is a node; the next candidate starts from its parent (after a keep, the kept run).
@@ -50,7 +51,7 @@ Every measured run is a node; the next candidate starts from its parent (after a
 - One file: only `{target}`. Read-only files and everything else stay as they are, also during the run.
 - Simpler wins: an equal result with less code is an improvement. Deleting code that does not help is the
   best kind of change. Weigh small gains against added complexity.
-- Crashes: commit_or_reset logs them and puts the target back to the best kept version. If it was a
+- Crashes: the decision logs them and puts the target back to the best kept version. If it was a
   trivial mistake (typo, missing import), get the failed version back as its next_step says, fix it and run
   again. If the idea itself is broken, let it go and move on. A timeout counts as a failure.
 - An idea measured once is not measured again: running the same content returns the earlier result. Ask for

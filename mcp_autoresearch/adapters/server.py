@@ -22,7 +22,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field, WithJsonSchema
 
 from .. import __version__
-from ..errors import AutoresearchError
+from ..errors import AutoresearchError, RuleViolation
 from ..lifecycle.candidates import AlreadyMeasured
 from ..models import DecisionResult, EditResult, NotesResult, QueryResult, RunResult, StartResult, TargetView
 from ..records.diskspace import no_room
@@ -359,6 +359,13 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
                 "(default: none; give at most one of edits or content)."
             ),
         ] = UNSET,
+        expected_sha256: Annotated[
+            ShaText,
+            Field(
+                description="sha256 from read_target; with edits or content, the edit is refused and nothing "
+                "runs if the target changed since (default: no check)."
+            ),
+        ] = UNSET,
         decide: Annotated[
             OptionalFlag,
             Field(
@@ -385,8 +392,13 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
         def start() -> tuple[Session, EditResult | None, str | AlreadyMeasured]:
             session = current_session()  # resumes the session after a restart: not on the event loop
             if ops is None and content is None:
+                if expected_sha256:
+                    raise RuleViolation(
+                        "expected_sha256 checks the target before an edit: give edits or content with it "
+                        "(or leave it out to run the target as it is)"
+                    )
                 return session, None, session.start_run(description, rerun)
-            return session, *session.edit_and_start_run(description, rerun, ops, content)
+            return session, *session.edit_and_start_run(description, rerun, ops, content, expected_sha256)
 
         session, edit, started = await anyio.to_thread.run_sync(start)
         if isinstance(started, AlreadyMeasured):  # logged already: nothing ran, nothing to decide

@@ -399,7 +399,12 @@ class Session:
 
     @one_call
     def edit_and_start_run(
-        self, description: str, rerun: bool, edits: list[dict[str, str]] | None, content: str | None
+        self,
+        description: str,
+        rerun: bool,
+        edits: list[dict[str, str]] | None,
+        content: str | None,
+        expected_sha256: str | None = None,
     ) -> tuple[EditResult, str | AlreadyMeasured]:
         """apply_edit then start_run, in one call of the agent. A refusal that no edit could change comes first
         (nothing written); when the run cannot start because of the edit, the edit stays made (as after
@@ -407,7 +412,7 @@ class Session:
         them would run under this description."""
         with self.lock:
             self.runs.admit(description)
-            edit = self.apply_edit(edits, content, None, None)
+            edit = self.apply_edit(edits, content, None, expected_sha256)
             try:
                 return edit, self.start_run(description, rerun)
             except AutoresearchError as exc:
