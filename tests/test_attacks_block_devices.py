@@ -142,3 +142,34 @@ def test_an_honest_run_works_while_dev_changes_again_and_again(launcher: Launche
     finally:
         for name in names:
             name.unlink(missing_ok=True)
+
+
+def test_a_device_node_outside_dev_opens_nothing_and_dev_still_works(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    """A device node outside /dev (a disk's in a chroot's or an image's folder, an output folder's): a root run
+    could read a disk around every mount through one. Every mount of the view but /dev is without devices:
+    nodes in the run's working directory and in its writable folder open nothing, while /dev's work as before.
+    (This machine's disks refuse root's raw reads whatever the mount: the nodes here are the null and zero
+    devices', which open wherever devices are allowed.) Failed before: the run read both through the nodes."""
+    require(os.geteuid() == 0, "CI runs as root", "making a device node needs root")
+    writable = tmp_path / "w"
+    writable.mkdir(exist_ok=True)
+    nodes = [tmp_path / "zero", writable / "zero", tmp_path / "null"]
+    for node in nodes:
+        os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(1, 3 if node.name == "null" else 5))
+    spec = {**VIEW, "write": [str(writable), "/dev/null"]}
+    script = (
+        f"for node in {' '.join(map(str, nodes))}; do "
+        '  if head -c 1 "$node" > /dev/null 2>&1; then echo "opened $node"; else echo "refused $node"; fi; '
+        "done; "
+        "head -c 4 /dev/zero | od -An -tx1; echo x > /dev/null && echo null-ok"
+    )
+    _, code, output = _run_spec(launcher, tmp_path, script, spec)
+    assert code == 0, output
+    lines = output.split("\n")
+    assert lines[:3] == [f"refused {node}" for node in nodes], output
+    assert lines[3].split() == ["00", "00", "00", "00"] and lines[4] == "null-ok", output
+    for node in nodes:  # outside the view they open: the test's premise
+        with open(node, "rb") as handle:
+            handle.read(1)

@@ -56,33 +56,45 @@ def _hidden_dirs(extra: list[str]) -> list[str]:
     return found
 
 
-def _clone(libc: ctypes.CDLL, path: str, read_only: bool, within: int = namespaces.AT_FDCWD) -> int:
+def _clone(
+    libc: ctypes.CDLL, path: str, read_only: bool, within: int = namespaces.AT_FDCWD, devices: bool = False
+) -> int:
     """A detached copy of the mounts at `path` (relative to the tree `within`, when given), read-only if
-    asked."""
-    numbers = namespaces._numbers()
+    asked, without devices unless asked (a copy shown to a run is never under /dev: `_copies`)."""
     fd = namespaces._check(
         libc.syscall(
-            numbers[3],
+            namespaces._numbers()[3],
             within,
             path.encode(),
             ctypes.c_uint(namespaces.OPEN_TREE_CLONE | namespaces.AT_RECURSIVE | os.O_CLOEXEC),
         ),
         f"open_tree({path})",
     )
-    if read_only:
-        attr = _MountAttr(namespaces.MOUNT_ATTR_RDONLY, 0, 0, 0)
+    attr = (0 if devices else namespaces.MOUNT_ATTR_NODEV) | (
+        namespaces.MOUNT_ATTR_RDONLY if read_only else 0
+    )
+    if attr:
         namespaces._check(
-            libc.syscall(
-                numbers[5],
-                fd,
-                b"",
-                ctypes.c_uint(namespaces.AT_EMPTY_PATH | namespaces.AT_RECURSIVE),
-                ctypes.byref(attr),
-                ctypes.c_size_t(32),
-            ),
-            f"mount_setattr({path})",
+            _setattr(libc, fd, b"", attr, 0, namespaces.AT_EMPTY_PATH), f"mount_setattr({path})"
         )
     return fd
+
+
+def _setattr(
+    libc: ctypes.CDLL, fd: int, path: bytes, add: int, clear: int, flags: int = 0, recursive: bool = True
+) -> int:
+    """mount_setattr on the mount at `path` (relative to `fd`), and every mount beneath it when `recursive`."""
+    attr = _MountAttr(add, clear, 0, 0)
+    return int(
+        libc.syscall(
+            namespaces._numbers()[5],
+            fd,
+            path,
+            ctypes.c_uint(flags | (namespaces.AT_RECURSIVE if recursive else 0)),
+            ctypes.byref(attr),
+            ctypes.c_size_t(32),
+        )
+    )
 
 
 def _attach(libc: ctypes.CDLL, fd: int, path: str, is_dir: bool) -> None:
@@ -140,23 +152,18 @@ class View:
             libc.mount(None, b"/", None, ctypes.c_ulong(namespaces.MS_REC | namespaces.MS_PRIVATE), None),
             "make / private",
         )
-        self.root = _clone(libc, "/", False)  # taken before anything is hidden or read-only
+        self.root = _clone(libc, "/", False, devices=True)  # taken before anything is hidden or read-only
         self.spent: list[int] = []  # `root` once the request's paths were copied from it (see `let_go`)
         self.covers: dict[str, tuple[int, int]] = {}  # hidden directory -> its tmpfs (device, inode)
         self.hide = _hide_dirs(hide)
         self.hidden = _hidden_dirs(self.hide)
-        attr = _MountAttr(namespaces.MOUNT_ATTR_RDONLY, 0, 0, 0)
         namespaces._check(
-            libc.syscall(
-                namespaces._numbers()[5],
-                namespaces.AT_FDCWD,
-                b"/",
-                ctypes.c_uint(namespaces.AT_RECURSIVE),
-                ctypes.byref(attr),
-                ctypes.c_size_t(32),
+            _setattr(
+                libc, namespaces.AT_FDCWD, b"/", namespaces.MOUNT_ATTR_RDONLY | namespaces.MOUNT_ATTR_NODEV, 0
             ),
-            "make every mount read-only",
+            "make every mount read-only, without devices",
         )
+        self._devices_in_dev()
         self.scratch = [directory for directory in self.hidden if self._cover(directory)]
         self.devices: list[str] | None = None  # the list of block devices last hidden
         self._hide_devices()
@@ -173,6 +180,26 @@ class View:
         )
         if not network:
             namespaces.loopback_up()
+
+    def _devices_in_dev(self) -> None:
+        """Device nodes open only in /dev: every mount was made without devices, /dev and the mounts under it
+        (a container's devices are often bind mounts there) get them back. A node anywhere else, a disk's in a
+        chroot's or an image's folder, opens nothing (a root run could read around every mount through it).
+        /dev is made a mount of its own first when it is a folder of /'s. Where a user namespace may not give
+        devices back to a mount under /dev (the host made it so), /dev alone gets them."""
+        libc = self.libc
+        if not os.path.ismount("/dev"):
+            namespaces._check(
+                libc.mount(
+                    b"/dev", b"/dev", None, ctypes.c_ulong(namespaces.MS_BIND | namespaces.MS_REC), None
+                ),
+                "make /dev a mount",
+            )
+        if _setattr(libc, namespaces.AT_FDCWD, b"/dev", 0, namespaces.MOUNT_ATTR_NODEV) != 0:
+            namespaces._check(
+                _setattr(libc, namespaces.AT_FDCWD, b"/dev", 0, namespaces.MOUNT_ATTR_NODEV, recursive=False),
+                "devices in /dev",
+            )
 
     def _hide_devices(self) -> None:
         """The null device over each block device the view shows (a root run owns root's disks: reading one
