@@ -191,10 +191,15 @@ class Journal:
                     row = row_from_event(json.loads(handle.readline()), self.tag)
                     self._fill(row, index)
                     found[index] = row
-                    self._cache[index] = row
-            while len(self._cache) > _ROW_CACHE:
-                self._cache.popitem(last=False)
+                    self._cached(index, row)
         return [found[i] for i in indices]
+
+    def _cached(self, index: int, row: Row) -> None:
+        """Row `index` held in the cache of the last `_ROW_CACHE` rows read or written (the oldest let go)."""
+        self._cache[index] = row
+        self._cache.move_to_end(index)
+        while len(self._cache) > _ROW_CACHE:
+            self._cache.popitem(last=False)
 
     def full_commit(self, run_id: str) -> str | None:
         """The whole commit id a row logged (its `commit` is shortened, as the original tool's)."""
@@ -423,7 +428,7 @@ class Journal:
         # the file, which a run still in flight may have replaced by then.
         written = row_from_event(self._last_event, self.tag)
         self._fill(written, len(self) - 1)
-        self._cache[len(self) - 1] = written
+        self._cached(len(self) - 1, written)
         self._remember_content(row.evidence.target_sha256, row.run_status)
         current = fingerprint(self.tsv_path)
         if current is not None and self._tsv_size is not None and current[0] == self._tsv_size:

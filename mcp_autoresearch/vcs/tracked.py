@@ -30,6 +30,9 @@ from .index_file import parse_index
 
 MAX_EXACT_BYTES = 1 << 22  # a larger target is left to git
 RACY_NS = 100_000_000  # a file changed this close to the snapshot may share its times with a later write
+HEADS = (
+    64  # the commits made from a snapshot's HEAD that HEAD may be at and still be proven (see `committed`)
+)
 
 Stat = tuple[int, int, int, int, int, int]  # mode, size, inode, device, mtime, ctime
 
@@ -71,7 +74,7 @@ class StatusSnapshot:
     taken_ns: int
     branch: str | None = None
     changed: list[str] = field(default_factory=list)
-    heads: set[str] = field(default_factory=set)
+    heads: dict[str, None] = field(default_factory=dict)  # in the order made: an ordered set
     exact: set[str] = field(default_factory=set)
 
     @classmethod
@@ -92,9 +95,14 @@ class StatusSnapshot:
         return cls(before, entries, stats, _folders(top, entries), taken)
 
     def committed(self, parent: str, commit: str, path: str) -> None:
-        """The server wrote `commit` on `parent`, changing only `path` (a plain file: no filter applies)."""
+        """The server wrote `commit` on `parent`, changing only `path` (a plain file: no filter applies). The
+        last `HEADS` such commits used are held (each experiment makes one; a parent counts as used again): HEAD
+        at an older one is not proven, and git status runs once."""
         if parent in self.heads and path in self.entries:
-            self.heads.add(commit)
+            del self.heads[parent]  # moved to the newest end with its child: the best, which HEAD returns to
+            self.heads[parent] = self.heads[commit] = None
+            while len(self.heads) > HEADS:
+                del self.heads[next(iter(self.heads))]
             self.exact.add(path)
 
     def synced(self, top: Path, index_file: Path, path: str, proven: list[str]) -> StatusSnapshot | None:
@@ -225,7 +233,7 @@ class KnownStatus:
         self.snapshot = None
         changed = status()
         if snapshot is not None and self.where() == (head, branch):
-            snapshot.heads, snapshot.branch, snapshot.changed = {head}, branch, changed
+            snapshot.heads, snapshot.branch, snapshot.changed = {head: None}, branch, changed
             self.snapshot = snapshot
         return changed
 
