@@ -109,6 +109,26 @@ def test_the_sweep_removes_only_the_folders_of_this_users_processes_that_are_gon
         os.rmdir(live)
 
 
+def test_a_name_with_other_digits_is_kept_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    """A folder named like a run's TMPDIR but with digits other than ASCII ones (a superscript two, Arabic-Indic
+    digits: `str.isdigit` says yes, `int` says no, or reads them as a number), which any user can make in the
+    shared temporary directory: kept, and the folders after it are still swept. Failed before: the sweep raised
+    ValueError, and with it every Workspace, so no server of any user of the machine could start."""
+    base = tmp_path / "tmp"
+    base.mkdir()
+    pid, started = _gone_process()
+    odd = [
+        base / f"{run_tmpdirs.PREFIX}\u00b2-{pid}-{started}-eeeeee",
+        base / f"{run_tmpdirs.PREFIX}{_namespace()}-\u0661\u0662-{started}-ffffff",
+    ]
+    for folder in odd:
+        folder.mkdir()
+    gone = _dead_servers_folder(base)
+
+    assert run_tmpdirs.sweep(str(base)) == [str(gone)]
+    assert all(folder.is_dir() for folder in odd) and not gone.exists()
+
+
 def test_a_new_workspace_removes_the_folders_a_killed_server_left(ml_project: Path) -> None:
     """A server killed during a run leaves the run's TMPDIR in the system's temporary directory: the next server
     of the project (its Workspace) removes it, and leaves a live process's alone."""

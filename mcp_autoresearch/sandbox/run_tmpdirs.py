@@ -198,6 +198,6 @@ def sweep(base: str | None = None) -> list[str]:
 def _owner(rest: str) -> tuple[int, int, int] | None:
     """(PID namespace, pid, start time) of a name's rest after the prefix, or None for another shape."""
     parts = rest.split("-")
-    if len(parts) != 4 or not all(part.isdigit() for part in parts[:3]):
+    if len(parts) != 4 or not all(part.isascii() and part.isdigit() for part in parts[:3]):  # not "²", "١"
         return None
     return int(parts[0]), int(parts[1]), int(parts[2])
