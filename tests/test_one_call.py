@@ -264,3 +264,40 @@ async def test_the_text_says_the_decision_once(ml_project: Path, agent_for: Any)
         for repeated in ("run_id", "value", "prev", "delta", "next_step", "reason", "commit", "parent"):
             assert repeated not in text["decided"], repeated
         assert "null" not in result.content[0].text
+
+
+async def test_with_slots_the_hash_of_the_best_holds_while_candidates_run_and_goes_stale_once_one_is_kept(
+    tmp_path: Path, agent_for: Any, slots_home: Path
+) -> None:
+    """With slots the target holds the best again once a candidate starts: the sha256 read before it still lets
+    the next idea start (the file is the same), and refuses an edit once a kept candidate changed the best."""
+    root = slots_project(tmp_path)
+    async with agent_for(root, slots_settings()) as agent:
+        await agent.ok("start_session", tag="s1")
+        done = await agent.ok("run_experiment", description="baseline", decide=True)
+        while done["status"] == "running":
+            done = await agent.ok("wait_experiment", decide=True)
+        seen = (await agent.ok("read_target"))["sha256"]
+        first = await agent.ok(
+            "run_experiment",
+            description="X",
+            edits=edits("X = 0", "X = 3"),
+            expected_sha256=seen,
+            decide=True,
+        )
+        assert first["status"] == "running" and (await agent.ok("read_target"))["sha256"] == seen
+        second = await agent.ok(
+            "run_experiment", description="Y", edits=edits("Y = 0", "Y = 9"), expected_sha256=seen
+        )
+        assert second["status"] == "running" and second["slot"] != first["slot"]
+        done = first
+        while done["status"] == "running" or done["run_id"] != first["run_id"]:
+            done = await agent.ok("wait_experiment", run_id=first["run_id"], decide=True)
+        assert done["decided"]["decision"] == "keep"
+        done = second
+        while done["status"] == "running" or "decided" not in done:
+            done = await agent.ok("wait_experiment", run_id=second["run_id"], decide=True)
+        stale = await agent.refused(
+            "run_experiment", description="Y5", edits=edits("Y = 0", "Y = 5"), expected_sha256=seen
+        )
+        assert "changed since you read it" in stale, stale
