@@ -214,3 +214,36 @@ def test_as_an_ordinary_user_a_device_bound_under_dev_opens_beside_a_mount_the_h
         assert done.stdout.split() == ["00", "00", "00", "00", "ok"], output
     finally:
         shutil.rmtree(home)
+
+
+def test_as_an_ordinary_user_inside_a_bubblewrap_sandbox_the_view_builds_and_dev_works() -> None:
+    """The server in a bubblewrap sandbox (as agent harnesses run one): its /dev is a tmpfs made without devices,
+    the device nodes bind-mounted onto it one by one, all in a user namespace, whose flags the view may not
+    change. The view still builds, /dev's nodes open, and a run still makes no device node. Failed before: the
+    view refused to build ("devices in /dev: Operation not permitted"), so no run could start."""
+    require(os.geteuid() == 0, "CI runs as root", "changing user needs root")
+    require(shutil.which("bwrap") and shutil.which("setpriv"), "CI installs bubblewrap", "bwrap is needed")
+    home = Path(tempfile.mkdtemp(prefix="view-in-bwrap-"))
+    try:
+        for name in KEEPER_MODULES:
+            shutil.copy(MODULES / name, home / name)
+        (home / "project" / "out").mkdir(parents=True)
+        subprocess.run(["chown", "-R", f"{USER}:{USER}", str(home)], check=True)
+        sandbox = ["bwrap", "--unshare-user", "--unshare-pid", "--bind", "/", "/", "--dev", "/dev"]
+        sandbox += ["--proc", "/proc", "--tmpfs", "/tmp", "--bind", str(home), str(home), "--"]
+        confine = [str(home / "confine.py"), "--landlock", "--view", "--no-network"]
+        run = "head -c 2 /dev/zero | od -An -tx1; cat /dev/null && mknod out/node c 1 5 || echo no-node"
+        done = subprocess.run(
+            [*AS_USER[:-3], *sandbox, *AS_USER[-3:], *confine, "-w", str(home / "project" / "out")]
+            + ["--", "/bin/sh", "-c", run],
+            cwd=home / "project",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output
+        assert done.stdout.split() == ["00", "00", "no-node"], output
+    finally:
+        shutil.rmtree(home)

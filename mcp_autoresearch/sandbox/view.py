@@ -186,8 +186,9 @@ class View:
         (a container's devices are often bind mounts there) get them back. A node anywhere else, a disk's in a
         chroot's or an image's folder, opens nothing (a root run could read around every mount through it).
         /dev is made a mount of its own first when it is a folder of /'s. Where a user namespace may not give
-        devices back to a mount under /dev (the host made it without), /dev and each other mount under it get
-        them one by one (a device bind-mounted there, a GPU's in a container, still opens)."""
+        devices back to a mount in /dev (the host made it without: a sandbox's /dev tmpfs, /dev/shm), /dev and
+        each mount under it get them one by one, those refused staying as the host has them (a device
+        bind-mounted there, a GPU's in a container or one of a sandbox's /dev, still opens)."""
         libc = self.libc
         if not os.path.ismount("/dev"):
             namespaces._check(
@@ -198,11 +199,10 @@ class View:
             )
         if _setattr(libc, namespaces.AT_FDCWD, b"/dev", 0, namespaces.MOUNT_ATTR_NODEV) == 0:
             return
-        namespaces._check(
-            _setattr(libc, namespaces.AT_FDCWD, b"/dev", 0, namespaces.MOUNT_ATTR_NODEV, recursive=False),
-            "devices in /dev",
-        )
-        for point in _mounts_under("/dev"):  # one by one: a refused one was without devices on the host too
+        for point in [
+            "/dev",
+            *_mounts_under("/dev"),
+        ]:  # one by one: one refused was without devices on the host
             _setattr(
                 libc, namespaces.AT_FDCWD, point.encode(), 0, namespaces.MOUNT_ATTR_NODEV, recursive=False
             )
