@@ -16,6 +16,8 @@ from mcp_autoresearch.sandbox import run_tmpdirs
 from mcp_autoresearch.sandbox.process_run import ProcessRun
 from mcp_autoresearch.session.workspace import Workspace
 
+from .helpers.needs import require
+
 USER = 12345
 NEEDS_ROOT = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
@@ -247,3 +249,38 @@ def test_a_tmpdir_deeper_than_a_process_can_walk_with_unwritable_folders_deep_do
     with one descriptor at a time, then `rm -rf` removes it all; the links are not followed. Failed before: the
     tree was left (the walk that gives the rights back stopped at the recursion limit)."""
     _remove_as_user(REMOVE_DEEP_AS_USER, ["GONE", "OUTSIDE", "0o500"])
+
+
+SWEEP_IN_A_PID_NAMESPACE = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import run_tmpdirs
+folder = run_tmpdirs.make()  # a live server's run TMPDIR
+swept = run_tmpdirs.sweep()  # another Workspace of the same sandbox (a second server, the CLI)
+print("KEPT" if os.path.isdir(folder) else "REMOVED", folder in swept)
+if os.path.isdir(folder):
+    os.rmdir(folder)
+"""
+
+
+@NEEDS_ROOT
+def test_in_a_pid_namespace_without_its_own_proc_a_live_servers_tmpdir_is_kept() -> None:
+    """A server in a PID namespace that still sees the host's /proc (`unshare -p`, `bwrap --unshare-pid` without
+    `--proc`): its pids are not /proc's, so its own pid there is another process, whose start time differs. Its
+    live run's TMPDIR is kept by the sweep of any Workspace in the sandbox. Failed before: it was removed (the
+    process named in it looked gone, its pid reused)."""
+    require(shutil.which("unshare"), "CI installs util-linux (unshare)", "unshare is needed")
+    shared = Path(tempfile.mkdtemp(prefix="tmpdirs-pidns-"))
+    try:
+        shutil.copy(Path(run_tmpdirs.__file__), shared / "run_tmpdirs.py")
+        python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+        done = subprocess.run(
+            ["unshare", "--pid", "--fork", python, "-I", "-c", SWEEP_IN_A_PID_NAMESPACE, str(shared)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["KEPT", "False"], done.stdout + done.stderr
+    finally:
+        shutil.rmtree(shared)

@@ -34,7 +34,11 @@ def _started(pid: int | str) -> int | None:
 
 
 def _pid_namespace() -> int | None:
+    """This process's PID namespace, or None when /proc is another one's (a PID namespace made without its own
+    /proc: its pids there are not this namespace's, and a live process would look gone)."""
     try:
+        if os.readlink("/proc/self") != str(os.getpid()):
+            return None
         return os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return None
@@ -163,9 +167,9 @@ def _grant(dir_fd: int | None, name: str) -> None:
 def sweep(base: str | None = None) -> list[str]:
     """Remove the run TMPDIRs in `base` (the system's temporary directory) left by processes of this user that are
     gone (killed before they could remove them), and return their paths. Only folders named as `make` names them,
-    in this PID namespace (a pid of another one says nothing here), owned by this user, whose process is gone or
-    is another that reused its pid (its start time differs): a live server's runs, another user's folders, a
-    link and anything else are left as they are."""
+    in this PID namespace (a pid of another one says nothing here; none at all where /proc is another one's),
+    owned by this user, whose process is gone or is another that reused its pid (its start time differs): a live
+    server's runs, another user's folders, a link and anything else are left as they are."""
     base = base or tempfile.gettempdir()
     namespace = _pid_namespace()
     removed: list[str] = []
