@@ -1,6 +1,7 @@
-"""Who holds an HTTP connection (`adapters/peers.py`) when the server runs in a PID namespace that still sees the
-host's /proc (`unshare -p`, `bwrap --unshare-pid` without `--proc`, as a sandbox around an agent may start it):
-/proc numbers processes as the host does, `os.getpid()` as the namespace does."""
+"""A server in a PID namespace that still sees the host's /proc (`unshare -p`, `bwrap --unshare-pid` without
+`--proc`, as a sandbox around an agent may start it): /proc numbers processes as the host does, `os.getpid()` and
+`Popen.pid` as the namespace does. Who holds an HTTP connection (`adapters/peers.py`) is still told, and a run is
+refused before it starts (`sandbox/process_run.py`): its processes could not be told from others."""
 
 from __future__ import annotations
 
@@ -81,3 +82,35 @@ def test_in_a_pid_namespace_seeing_the_hosts_proc_a_runs_connection_is_still_tol
     assert _check(["unshare", "--pid", "--fork"]) == ["OUTSIDE", "True", "RUN", "True"]
     as_second = ["unshare", "--pid", "--fork", "/bin/sh", "-c", '"$0" "$@"; exit $?']
     assert _check(as_second) == ["OUTSIDE", "True", "RUN", "True"]
+
+
+PROCESS_RUN = """
+import os, sys
+from pathlib import Path
+from mcp_autoresearch.sandbox.process_run import ProcessRun
+folder = Path(sys.argv[1])
+run = ProcessRun(command="echo ran > ran", cwd=folder, timeout_s=60, log_path=folder / "run.log")
+result = run.run()
+print(result.status, "|", result.error)
+"""
+
+
+def test_in_a_pid_namespace_seeing_the_hosts_proc_no_run_starts_and_the_log_says_why(tmp_path: Path) -> None:
+    """The run's pid there names another process of the machine (a kernel thread, another user's program): the
+    server would watch it as the run's and, at the run's end, end it and its descendants. Nothing starts; the
+    result and the run's log say why and how to start the server. Failed before: the run started, its tree read
+    (and ended) through the wrong pids."""
+    require(os.geteuid() == 0, "CI runs as root", "a PID namespace needs root here")
+    require(shutil.which("unshare"), "CI installs util-linux (unshare)", "unshare is needed")
+    done = subprocess.run(
+        ["unshare", "--pid", "--fork", sys.executable, "-c", PROCESS_RUN, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    status, why = done.stdout.strip().split(" | ", 1)
+    assert status == "failed_to_start" and "/proc of its own" in why, done.stdout
+    assert not (tmp_path / "ran").exists()
+    assert "/proc of its own" in (tmp_path / "run.log").read_text()
