@@ -417,8 +417,11 @@ class View:
 def _mounts_under(directory: str) -> list[str]:
     """The mount points beneath `directory` in this mount namespace, outermost first (from mountinfo, whose
     fifth field is the mount point, with a space, tab, newline and backslash written in octal)."""
-    with open("/proc/self/mountinfo", "rb") as handle:
-        lines = handle.read().splitlines()
+    try:
+        with open("/proc/self/mountinfo", "rb") as handle:
+            lines = handle.read().splitlines()
+    except OSError:  # no /proc: /dev alone then
+        return []
     points = {
         line.split(b" ")[4].decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
         for line in lines
