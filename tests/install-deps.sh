@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the tests need besides the Python extras, installed only when missing (run it again at no cost):
 # - Debian's Chromium, for the web dashboard's browser tests (through apt-get, as root or with sudo);
+# - bubblewrap, to run the private view inside a sandbox such as agent harnesses put a server in;
 # - Node.js and npm, then the official MCP Inspector and TypeScript SDK client (1.22.0 and latest), the
 #   third-party clients the tests drive, into .ci/ (gitignored).
 # The private view of runs needs no package (the server makes the namespace system calls itself), only a kernel
@@ -21,6 +22,9 @@ apt_install() {
 
 if ! command -v chromium >/dev/null 2>&1 && [ -z "${AUTORESEARCH_CHROMIUM:-}" ]; then
   apt_install chromium || echo "install-deps: could not install chromium (apt-get install chromium)"
+fi
+if ! command -v bwrap >/dev/null 2>&1; then  # a sandbox around the server, as agent harnesses make one
+  apt_install bubblewrap || echo "install-deps: could not install bubblewrap (apt-get install bubblewrap)"
 fi
 if ! command -v npm >/dev/null 2>&1; then
   apt_install nodejs npm || echo "install-deps: could not install node and npm"

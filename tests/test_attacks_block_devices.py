@@ -5,8 +5,10 @@ bind-mounted over another /dev name, a node in a subfolder of /dev, /dev's times
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from mcp_autoresearch.sandbox.launcher import Launcher
 
 from .helpers.needs import require
 from .test_launcher import ISOLATION, VIEW, _prepared_like, _run_spec, _until
+from .test_private_view import AS_USER, KEEPER_MODULES, MODULES, USER
 
 require(
     ISOLATION.namespaces,
@@ -173,3 +176,74 @@ def test_a_device_node_outside_dev_opens_nothing_and_dev_still_works(
     for node in nodes:  # outside the view they open: the test's premise
         with open(node, "rb") as handle:
             handle.read(1)
+
+
+def test_as_an_ordinary_user_a_device_bound_under_dev_opens_beside_a_mount_the_host_made_without_devices(
+    tmp_path: Path,
+) -> None:
+    """A device bind-mounted under /dev (a GPU's in a rootless container) beside a mount under /dev the host made
+    without devices (/dev/shm and /dev/mqueue are, on most hosts): in a user namespace the kernel refuses to give
+    devices back to the whole of /dev at once (that mount's flag is locked), and /dev alone got them. Each mount
+    under /dev gets them on its own now (the locked one stays without: it was so on the host too). Here the host
+    is a private mount namespace of the test's (/dev/shm a tmpfs without devices, the zero device bound over
+    /dev/full), the keeper run by uid 12345. Failed before: the bound device was refused (Permission denied)."""
+    require(os.geteuid() == 0, "CI runs as root", "mounting and changing user need root")
+    tools = [shutil.which(name) for name in ("setpriv", "unshare")]
+    require(all(tools), "CI installs util-linux", "setpriv and unshare are needed")
+    home = Path(tempfile.mkdtemp(prefix="view-user-devices-"))
+    try:
+        for name in KEEPER_MODULES:
+            shutil.copy(MODULES / name, home / name)
+        (home / "project" / "out").mkdir(parents=True)
+        subprocess.run(["chown", "-R", f"{USER}:{USER}", str(home)], check=True)
+        confine = [*AS_USER, str(home / "confine.py"), "--landlock", "--view", "--no-network"]
+        run = "head -c 2 /dev/full | od -An -tx1; head -c 2 /dev/zero | od -An -tx1; cat /dev/null && echo ok"
+        host = "mount -t tmpfs -o nodev tmpfs /dev/shm && mount --bind /dev/zero /dev/full && " + " ".join(
+            [*confine, "-w", str(home / "project" / "out"), "--", "/bin/sh", "-c", f"'{run}'"]
+        )
+        done = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", host],
+            cwd=home / "project",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+        output = host + "\n" + done.stdout + done.stderr
+        assert done.returncode == 0, output
+        assert done.stdout.split() == ["00", "00", "00", "00", "ok"], output
+    finally:
+        shutil.rmtree(home)
+
+
+def test_as_an_ordinary_user_inside_a_bubblewrap_sandbox_the_view_builds_and_dev_works() -> None:
+    """The server in a bubblewrap sandbox (as agent harnesses run one): its /dev is a tmpfs made without devices,
+    the device nodes bind-mounted onto it one by one, all in a user namespace, whose flags the view may not
+    change. The view still builds, /dev's nodes open, and a run still makes no device node. Failed before: the
+    view refused to build ("devices in /dev: Operation not permitted"), so no run could start."""
+    require(os.geteuid() == 0, "CI runs as root", "changing user needs root")
+    require(shutil.which("bwrap") and shutil.which("setpriv"), "CI installs bubblewrap", "bwrap is needed")
+    home = Path(tempfile.mkdtemp(prefix="view-in-bwrap-"))
+    try:
+        for name in KEEPER_MODULES:
+            shutil.copy(MODULES / name, home / name)
+        (home / "project" / "out").mkdir(parents=True)
+        subprocess.run(["chown", "-R", f"{USER}:{USER}", str(home)], check=True)
+        sandbox = ["bwrap", "--unshare-user", "--unshare-pid", "--bind", "/", "/", "--dev", "/dev"]
+        sandbox += ["--proc", "/proc", "--tmpfs", "/tmp", "--bind", str(home), str(home), "--"]
+        confine = [str(home / "confine.py"), "--landlock", "--view", "--no-network"]
+        run = "head -c 2 /dev/zero | od -An -tx1; cat /dev/null && mknod out/node c 1 5 || echo no-node"
+        done = subprocess.run(
+            [*AS_USER[:-3], *sandbox, *AS_USER[-3:], *confine, "-w", str(home / "project" / "out")]
+            + ["--", "/bin/sh", "-c", run],
+            cwd=home / "project",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output
+        assert done.stdout.split() == ["00", "00", "no-node"], output
+    finally:
+        shutil.rmtree(home)

@@ -65,6 +65,26 @@ def test_writes_only_beneath_writable_paths(tmp_path: Path) -> None:
     assert done.stderr.count("Permission denied") >= 4
 
 
+def test_a_root_run_with_landlock_alone_makes_no_device_node(tmp_path: Path) -> None:
+    """Landlock lets a run make device nodes beneath its writable paths, and with CAP_MKNOD (a root run) it
+    could: a block device's node there (a disk's, a loop device's) opens for writing as any file there does, and
+    writes the disk beneath every file Landlock keeps read-only (shown by hand with a loop device over a file
+    outside the writable paths: the run wrote into that file). CAP_MKNOD is dropped: no node is made, a FIFO
+    still is. Failed before: both nodes were made (and the null device's one opened)."""
+    if os.geteuid() != 0:
+        pytest.skip("only a root run holds CAP_MKNOD")
+    (tmp_path / "out").mkdir()
+    done = keeper(
+        tmp_path,
+        "mknod out/disk b 7 0 && echo made-block; mknod out/zero c 1 5 && echo made-char; "
+        "mkfifo out/fifo && echo made-fifo",
+        str(tmp_path / "out"),
+    )
+    assert done.stdout.split() == ["made-fifo"], done.stdout + done.stderr
+    assert done.stderr.count("Operation not permitted") == 2, done.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == ["fifo"]
+
+
 def test_a_confined_run_cannot_signal_the_server(tmp_path: Path) -> None:
     if ISOLATION.abi is None or ISOLATION.abi < 6:
         pytest.skip("signal scoping needs Landlock ABI 6")

@@ -117,6 +117,42 @@ async def test_expected_sha256_refuses_an_edit_of_a_target_that_changed(
         assert "give edits or content" in alone
 
 
+async def test_an_expected_sha256_that_is_no_sha256_is_named_so_and_nothing_runs(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """An expected_sha256 that cannot be a sha256 (empty, 63 digits, full-width digits, other text): refused as
+    such, with what to pass, by apply_edit and by run_experiment (with an edit or without: an empty one with no
+    edit ran the target before); nothing is written and nothing runs. One read_target gave, in capitals or with
+    spaces around, is the same hash. Failed before: each was answered "the target changed since you read it"
+    (it had not), and an empty one without an edit ran the target."""
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="one")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        current = (await agent.ok("read_target"))["sha256"]
+        wide = current.translate({ord(c): ord(c) + 0xFEE0 for c in "0123456789"})  # full-width digits
+        for wrong in ("", current[:63], wide, "sha256:" + current[:57]):
+            for tool, args in (
+                ("apply_edit", {}),
+                ("run_experiment", {"description": "odd hash"}),
+            ):
+                text = await agent.refused(
+                    tool, **args, edits=edits("LR = 0.5", "LR = 0.3"), expected_sha256=wrong
+                )
+                assert "not a sha256" in text and "read_target" in text and "changed" not in text, text
+            alone = await agent.refused("run_experiment", description="no edit", expected_sha256=wrong)
+            assert "give edits or content" in alone, alone
+        assert "LR = 0.5" in (ml_project / "train.py").read_text()
+        assert (await agent.ok("query_results"))["total"] == 1  # nothing ran
+        done = await agent.ok(
+            "run_experiment",
+            description="same hash",
+            edits=edits("LR = 0.5", "LR = 0.3"),
+            expected_sha256=f"  {current.upper()}\n",
+            decide=True,
+        )
+        assert done["decided"]["decision"] in ("keep", "discard")
+
+
 async def test_a_run_that_cannot_start_after_its_edit_says_the_edit_stays(
     ml_project: Path, agent_for: Any
 ) -> None:
@@ -228,3 +264,40 @@ async def test_the_text_says_the_decision_once(ml_project: Path, agent_for: Any)
         for repeated in ("run_id", "value", "prev", "delta", "next_step", "reason", "commit", "parent"):
             assert repeated not in text["decided"], repeated
         assert "null" not in result.content[0].text
+
+
+async def test_with_slots_the_hash_of_the_best_holds_while_candidates_run_and_goes_stale_once_one_is_kept(
+    tmp_path: Path, agent_for: Any, slots_home: Path
+) -> None:
+    """With slots the target holds the best again once a candidate starts: the sha256 read before it still lets
+    the next idea start (the file is the same), and refuses an edit once a kept candidate changed the best."""
+    root = slots_project(tmp_path)
+    async with agent_for(root, slots_settings()) as agent:
+        await agent.ok("start_session", tag="s1")
+        done = await agent.ok("run_experiment", description="baseline", decide=True)
+        while done["status"] == "running":
+            done = await agent.ok("wait_experiment", decide=True)
+        seen = (await agent.ok("read_target"))["sha256"]
+        first = await agent.ok(
+            "run_experiment",
+            description="X",
+            edits=edits("X = 0", "X = 3"),
+            expected_sha256=seen,
+            decide=True,
+        )
+        assert first["status"] == "running" and (await agent.ok("read_target"))["sha256"] == seen
+        second = await agent.ok(
+            "run_experiment", description="Y", edits=edits("Y = 0", "Y = 9"), expected_sha256=seen
+        )
+        assert second["status"] == "running" and second["slot"] != first["slot"]
+        done = first
+        while done["status"] == "running" or done["run_id"] != first["run_id"]:
+            done = await agent.ok("wait_experiment", run_id=first["run_id"], decide=True)
+        assert done["decided"]["decision"] == "keep"
+        done = second
+        while done["status"] == "running" or "decided" not in done:
+            done = await agent.ok("wait_experiment", run_id=second["run_id"], decide=True)
+        stale = await agent.refused(
+            "run_experiment", description="Y5", edits=edits("Y = 0", "Y = 5"), expected_sha256=seen
+        )
+        assert "changed since you read it" in stale, stale

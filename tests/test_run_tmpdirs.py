@@ -16,6 +16,8 @@ from mcp_autoresearch.sandbox import run_tmpdirs
 from mcp_autoresearch.sandbox.process_run import ProcessRun
 from mcp_autoresearch.session.workspace import Workspace
 
+from .helpers.needs import require
+
 USER = 12345
 NEEDS_ROOT = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
@@ -109,6 +111,26 @@ def test_the_sweep_removes_only_the_folders_of_this_users_processes_that_are_gon
         os.rmdir(live)
 
 
+def test_a_name_with_other_digits_is_kept_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    """A folder named like a run's TMPDIR but with digits other than ASCII ones (a superscript two, Arabic-Indic
+    digits: `str.isdigit` says yes, `int` says no, or reads them as a number), which any user can make in the
+    shared temporary directory: kept, and the folders after it are still swept. Failed before: the sweep raised
+    ValueError, and with it every Workspace, so no server of any user of the machine could start."""
+    base = tmp_path / "tmp"
+    base.mkdir()
+    pid, started = _gone_process()
+    odd = [
+        base / f"{run_tmpdirs.PREFIX}\u00b2-{pid}-{started}-eeeeee",
+        base / f"{run_tmpdirs.PREFIX}{_namespace()}-\u0661\u0662-{started}-ffffff",
+    ]
+    for folder in odd:
+        folder.mkdir()
+    gone = _dead_servers_folder(base)
+
+    assert run_tmpdirs.sweep(str(base)) == [str(gone)]
+    assert all(folder.is_dir() for folder in odd) and not gone.exists()
+
+
 def test_a_new_workspace_removes_the_folders_a_killed_server_left(ml_project: Path) -> None:
     """A server killed during a run leaves the run's TMPDIR in the system's temporary directory: the next server
     of the project (its Workspace) removes it, and leaves a live process's alone."""
@@ -144,11 +166,9 @@ print("OUTSIDE", oct(os.stat(outside).st_mode & 0o777))
 """
 
 
-@NEEDS_ROOT
-def test_a_tmpdir_the_run_made_unwritable_is_removed_without_following_its_links(tmp_path: Path) -> None:
-    """As an ordinary user (whose rights on a folder its mode decides): a run that took the write and search
-    rights off its folders, and its TMPDIR's own, leaves nothing; a link in it to a folder of the same user is
-    not followed (that folder keeps its mode). Failed before: the folders and their files were left."""
+def _remove_as_user(script: str, expected: list[str]) -> None:
+    """Run `script` (given run_tmpdirs' folder, a folder `top` to make and remove, and a folder `outside` of the
+    same user's, mode 0500) as uid USER, with the system's python; its output must be `expected`."""
     shared = Path(tempfile.mkdtemp(prefix="tmpdirs-as-user-"))
     try:
         shared.chmod(0o755)
@@ -171,17 +191,96 @@ def test_a_tmpdir_the_run_made_unwritable_is_removed_without_following_its_links
                 python,
                 "-I",
                 "-c",
-                REMOVE_AS_USER,
+                script,
                 str(shared),
                 str(top),
                 str(outside),
             ],
             capture_output=True,
             text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == expected, done.stdout + done.stderr
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwx", str(shared)], check=False)
+        subprocess.run(["rm", "-rf", "--", str(shared)], check=False)
+
+
+@NEEDS_ROOT
+def test_a_tmpdir_the_run_made_unwritable_is_removed_without_following_its_links(tmp_path: Path) -> None:
+    """As an ordinary user (whose rights on a folder its mode decides): a run that took the write and search
+    rights off its folders, and its TMPDIR's own, leaves nothing; a link in it to a folder of the same user is
+    not followed (that folder keeps its mode). Failed before: the folders and their files were left."""
+    _remove_as_user(REMOVE_AS_USER, ["GONE", "OUTSIDE", "0o500"])
+
+
+REMOVE_DEEP_AS_USER = """
+import os, resource, sys
+sys.path.insert(0, sys.argv[1])
+import run_tmpdirs
+top, outside = sys.argv[2], sys.argv[3]
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))  # a usual limit: fewer descriptors than the depth
+os.mkdir(top)
+fd, locked = os.open(top, os.O_RDONLY), []
+for depth in range(3000):
+    os.mkdir("d", dir_fd=fd)
+    os.symlink(outside, "link", dir_fd=fd)
+    child = os.open("d", os.O_RDONLY, dir_fd=fd)
+    if depth % 700 == 0:
+        locked.append(fd)
+    else:
+        os.close(fd)
+    fd = child
+os.close(fd)
+for fd in reversed(locked):
+    os.chmod(f"/proc/self/fd/{fd}", 0o500)
+    os.close(fd)
+run_tmpdirs.remove(top)
+print("LEFT" if os.path.lexists(top) else "GONE")
+print("OUTSIDE", oct(os.stat(outside).st_mode & 0o777))
+"""
+
+
+@NEEDS_ROOT
+def test_a_tmpdir_deeper_than_a_process_can_walk_with_unwritable_folders_deep_down_is_removed() -> None:
+    """A run's TMPDIR 3000 folders deep (each with a link out), some of them made unwritable, the deepest ones
+    below the depth Python's recursion and 1024 descriptors reach: their rights are given back walking the tree
+    with one descriptor at a time, then `rm -rf` removes it all; the links are not followed. Failed before: the
+    tree was left (the walk that gives the rights back stopped at the recursion limit)."""
+    _remove_as_user(REMOVE_DEEP_AS_USER, ["GONE", "OUTSIDE", "0o500"])
+
+
+SWEEP_IN_A_PID_NAMESPACE = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import run_tmpdirs
+folder = run_tmpdirs.make()  # a live server's run TMPDIR
+swept = run_tmpdirs.sweep()  # another Workspace of the same sandbox (a second server, the CLI)
+print("KEPT" if os.path.isdir(folder) else "REMOVED", folder in swept)
+if os.path.isdir(folder):
+    os.rmdir(folder)
+"""
+
+
+@NEEDS_ROOT
+def test_in_a_pid_namespace_without_its_own_proc_a_live_servers_tmpdir_is_kept() -> None:
+    """A server in a PID namespace that still sees the host's /proc (`unshare -p`, `bwrap --unshare-pid` without
+    `--proc`): its pids are not /proc's, so its own pid there is another process, whose start time differs. Its
+    live run's TMPDIR is kept by the sweep of any Workspace in the sandbox. Failed before: it was removed (the
+    process named in it looked gone, its pid reused)."""
+    require(shutil.which("unshare"), "CI installs util-linux (unshare)", "unshare is needed")
+    shared = Path(tempfile.mkdtemp(prefix="tmpdirs-pidns-"))
+    try:
+        shutil.copy(Path(run_tmpdirs.__file__), shared / "run_tmpdirs.py")
+        python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+        done = subprocess.run(
+            ["unshare", "--pid", "--fork", python, "-I", "-c", SWEEP_IN_A_PID_NAMESPACE, str(shared)],
+            capture_output=True,
+            text=True,
             timeout=120,
         )
         assert done.returncode == 0, done.stderr
-        assert done.stdout.split() == ["GONE", "OUTSIDE", "0o500"], done.stdout + done.stderr
+        assert done.stdout.split() == ["KEPT", "False"], done.stdout + done.stderr
     finally:
-        subprocess.run(["chmod", "-R", "u+rwx", str(shared)], check=False)
-        shutil.rmtree(shared, ignore_errors=True)
+        shutil.rmtree(shared)

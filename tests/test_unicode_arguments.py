@@ -173,3 +173,23 @@ async def test_a_reply_holding_a_file_name_that_is_not_utf8_is_still_sent(ml_pro
             refused = await client.call_tool("start_session", {})
             assert refused.is_error and "caf\ufffd.txt" in refused.content[0].text
             assert (await client.call_tool("detect_project", {})).is_error is False
+
+
+async def test_run_ids_with_digits_other_than_ascii_name_no_run(ml_project: Path, agent_for: Any) -> None:
+    """A run id written with other digits (a superscript two, which `str.isdigit` takes and `int` refuses; an
+    Arabic-Indic one, which `int` reads as 1) names no run: each call that takes a run id refuses it as unknown,
+    plainly, and changes nothing. Failed before: "r²" was an internal error (ValueError), and "r١" reached run r1
+    (a note was added to it under that name)."""
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="one")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        for run_id in ("r\u00b2", "\u00b2", "r\u0661", "\u0661"):
+            for tool, args in (
+                ("log_result", {"notes": "n"}),
+                ("wait_experiment", {}),
+                ("commit_or_reset", {}),
+            ):
+                text = await agent.refused(tool, run_id=run_id, **args)
+                assert "internal error" not in text and "r1" not in text, (tool, run_id, text)
+        row = (await agent.ok("query_results"))["rows"][0]
+        assert row["run_id"] == "r1" and not row.get("notes"), row

@@ -89,13 +89,23 @@ def _descends_from(pid: str, ancestor: int) -> bool:
     return False
 
 
+def _own_pid() -> int:
+    """This server's pid as /proc numbers it: in a PID namespace made without its own /proc (`unshare -p`,
+    `bwrap --unshare-pid` without `--proc`) /proc numbers processes as the host does, and `os.getpid()` is
+    another process there."""
+    try:
+        return int(os.readlink("/proc/self"))
+    except (OSError, ValueError):
+        return os.getpid()
+
+
 def _runs_may_exist() -> bool:
     """False only when no process of a run can exist: this server's children are its launcher, whose children
     have none (a run's processes descend from a keeper the launcher forked; anything else, a git process or a
     run's process re-parented to this server included, takes the full check)."""
     ours = launcher.running_pid()
     try:
-        for child in psutil.Process().children():
+        for child in psutil.Process(_own_pid()).children():
             if child.pid != ours or any(keeper.children() for keeper in child.children()):
                 return True
     except psutil.Error:
@@ -123,7 +133,7 @@ def run_holding(client_port: int, server_port: int) -> str | None:
             )
             if any(_holds(table, wanted) for table in tables):
                 # only a run's process can hand a run's socket on, and only to a process of the run
-                if _descends_from(pid, os.getpid()):
+                if _descends_from(pid, _own_pid()):
                     return f"this request comes from a process of one of the server's runs (pid {pid})"
                 return None
     return NO_HOLDER

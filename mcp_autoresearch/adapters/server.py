@@ -392,7 +392,7 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
         def start() -> tuple[Session, EditResult | None, str | AlreadyMeasured]:
             session = current_session()  # resumes the session after a restart: not on the event loop
             if ops is None and content is None:
-                if expected_sha256:
+                if expected_sha256 is not None:
                     raise RuleViolation(
                         "expected_sha256 checks the target before an edit: give edits or content with it "
                         "(or leave it out to run the target as it is)"

@@ -44,6 +44,6 @@ class RunIds:
 
 def run_number(run_id: str) -> int | None:
     """n of a run id `r<n>`, else None."""
-    if len(run_id) > 1 and run_id[0] == "r" and run_id[1:].isdigit():
+    if len(run_id) > 1 and run_id[0] == "r" and run_id[1:].isascii() and run_id[1:].isdigit():  # not "²", "١"
         return int(run_id[1:])
     return None

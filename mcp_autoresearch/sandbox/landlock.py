@@ -37,7 +37,8 @@ PR_CAPBSET_DROP = 24
 # `chattr +i` on the user's or the server's files (FS_IOC_SETFLAGS on a file opened read-only), kernel modules,
 # raw I/O, reboot, the system clock, BPF, mounts and namespaces (CAP_SYS_ADMIN), network configuration, and the
 # /proc files (environ, mem) of a process that is not dumpable, such as the server (CAP_SYS_PTRACE; CAP_SYS_ADMIN
-# and CAP_PERFMON also open its environ).
+# and CAP_PERFMON also open its environ), and device nodes (CAP_MKNOD: a disk's node made beneath a writable path
+# opens for writing there, and writes the disk beneath every read-only file).
 DROPPED_CAPS = (
     9,
     12,
@@ -47,12 +48,13 @@ DROPPED_CAPS = (
     21,
     22,
     25,
+    27,
     32,
     33,
     38,
     39,
 )  # LINUX_IMMUTABLE NET_ADMIN SYS_MODULE SYS_RAWIO
-# SYS_PTRACE SYS_ADMIN SYS_BOOT SYS_TIME MAC_OVERRIDE MAC_ADMIN PERFMON BPF
+# SYS_PTRACE SYS_ADMIN SYS_BOOT SYS_TIME MKNOD MAC_OVERRIDE MAC_ADMIN PERFMON BPF
 
 _WRITE_ABI1 = (
     WRITE_FILE

@@ -45,6 +45,7 @@ from .processes import (
     descendants,
     environment,
     no_new_privs,
+    other_proc,
     own_children,
 )
 
@@ -153,6 +154,9 @@ class ProcessRun:
         try:
             if self._cancel.is_set():
                 return ProcessResult("cancelled", None, 0.0, 0, self.log_path, self._cancel_reason)
+            if (why := other_proc()) is not None:
+                os.write(log_fd, f"autoresearch: {why}\n".encode())
+                return ProcessResult("failed_to_start", None, 0.0, 0, self.log_path, why)
             read_fd, write_fd = os.pipe()  # not inherited (PEP 446); os.pipe2 is Linux-only
             err_read, err_write = os.pipe() if self.stderr_log is not None else (-1, -1)
             try:

@@ -50,6 +50,26 @@ def environment(proc: psutil.Process) -> dict[str, str]:
     return {}
 
 
+OTHER_PROC = (
+    "this server runs in a PID namespace whose /proc is another namespace's (there it is pid {proc}, here pid "
+    "{own}): it could not tell a run's processes from the machine's others, nor end only them, so it runs "
+    "nothing. Start it with a /proc of its own (unshare --mount-proc, bwrap --proc /proc) or outside the PID "
+    "namespace"
+)
+
+
+def other_proc() -> str | None:
+    """Why /proc does not number this process as the process itself does (a PID namespace made without its own
+    /proc, `unshare -p`, `bwrap --unshare-pid` without `--proc`: every pid read there would name another
+    process), or None when it does, or where there is no /proc."""
+    try:
+        shown = os.readlink("/proc/self")
+    except OSError:
+        return None
+    own = os.getpid()
+    return None if shown == str(own) else OTHER_PROC.format(proc=shown, own=own)
+
+
 def own_children() -> list[psutil.Process]:
     """This process's direct children, read from /proc/self/task/*/children (no scan of every process);
     with the subreaper flag, re-parented orphans of a run appear here too."""

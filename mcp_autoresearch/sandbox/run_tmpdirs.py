@@ -3,8 +3,9 @@
 was killed before it could remove it, removed by the next server of the same user (`sweep`).
 
 Standard library only. A run may leave its TMPDIR in any state: links (unlinked, never followed), a tree deeper
-than Python's recursion limit (left to `rm -rf`), directories it made unwritable or unreadable (their owner's
-rights given back first, through a descriptor opened without following a link).
+than Python's recursion or a process's descriptors reach (walked one folder at a time, removed by `rm -rf`),
+directories it made unwritable or unreadable (their owner's rights given back first, through a descriptor opened
+without following a link).
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ def _started(pid: int | str) -> int | None:
 
 
 def _pid_namespace() -> int | None:
+    """This process's PID namespace, or None when /proc is another one's (a PID namespace made without its own
+    /proc: its pids there are not this namespace's, and a live process would look gone)."""
     try:
+        if os.readlink("/proc/self") != str(os.getpid()):
+            return None
         return os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return None
@@ -76,7 +81,9 @@ def remove(path: str) -> None:
 def _rmtree(path: str) -> None:
     try:
         shutil.rmtree(path, ignore_errors=True)
-    except RecursionError:  # deeper than Python's recursion limit (a run can make one): rm is not recursive
+    except RecursionError:
+        pass
+    if os.path.lexists(path):  # deeper than Python's recursion or descriptors reach: rm does not recurse
         try:
             subprocess.run(
                 ["rm", "-rf", "--", path], stdin=subprocess.DEVNULL, capture_output=True, timeout=120
@@ -88,14 +95,58 @@ def _rmtree(path: str) -> None:
 def _give_rights_back(path: str) -> None:
     """Owner read, write and search on `path` and every directory below it, each opened without following a link
     (O_PATH, O_NOFOLLOW) and changed through that descriptor's /proc name: a link is never changed nor
-    followed."""
+    followed. Depth first with one directory open at a time (a run can make a tree deeper than the recursion and
+    the descriptors of a process), back up through "..", which must be the directory left (else it stops: the
+    tree was moved meanwhile)."""
     _grant(None, path)
     try:
-        for _top, names, _files, top_fd in os.fwalk(path, follow_symlinks=False):
-            for name in names:  # before fwalk descends into them
-                _grant(top_fd, name)
-    except (OSError, RecursionError):
+        fd = os.open(path, _DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    above: list[tuple[tuple[int, int], list[str]]] = []  # each directory on the way down, its subfolders left
+    try:
+        left = _subfolders(fd)
+        while True:
+            if left:
+                name = left.pop()
+                _grant(fd, name)
+                try:
+                    child = os.open(name, _DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError:
+                    continue
+                above.append((_identity(fd), left))
+                os.close(fd)
+                fd, left = child, _subfolders(child)
+            elif above:
+                identity, left = above.pop()
+                parent = os.open("..", _DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = parent
+                if _identity(fd) != identity:
+                    return
+            else:
+                return
+    except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    found = os.fstat(fd)
+    return found.st_dev, found.st_ino
+
+
+def _subfolders(fd: int) -> list[str]:
+    """The names of the directories in the directory open as `fd` (links not counted)."""
+    try:
+        with os.scandir(fd) as entries:
+            return [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
 
 
 def _grant(dir_fd: int | None, name: str) -> None:
@@ -116,9 +167,9 @@ def _grant(dir_fd: int | None, name: str) -> None:
 def sweep(base: str | None = None) -> list[str]:
     """Remove the run TMPDIRs in `base` (the system's temporary directory) left by processes of this user that are
     gone (killed before they could remove them), and return their paths. Only folders named as `make` names them,
-    in this PID namespace (a pid of another one says nothing here), owned by this user, whose process is gone or
-    is another that reused its pid (its start time differs): a live server's runs, another user's folders, a
-    link and anything else are left as they are."""
+    in this PID namespace (a pid of another one says nothing here; none at all where /proc is another one's),
+    owned by this user, whose process is gone or is another that reused its pid (its start time differs): a live
+    server's runs, another user's folders, a link and anything else are left as they are."""
     base = base or tempfile.gettempdir()
     namespace = _pid_namespace()
     removed: list[str] = []
@@ -151,6 +202,6 @@ def sweep(base: str | None = None) -> list[str]:
 def _owner(rest: str) -> tuple[int, int, int] | None:
     """(PID namespace, pid, start time) of a name's rest after the prefix, or None for another shape."""
     parts = rest.split("-")
-    if len(parts) != 4 or not all(part.isdigit() for part in parts[:3]):
+    if len(parts) != 4 or not all(part.isascii() and part.isdigit() for part in parts[:3]):  # not "²", "١"
         return None
     return int(parts[0]), int(parts[1]), int(parts[2])

@@ -186,7 +186,9 @@ class View:
         (a container's devices are often bind mounts there) get them back. A node anywhere else, a disk's in a
         chroot's or an image's folder, opens nothing (a root run could read around every mount through it).
         /dev is made a mount of its own first when it is a folder of /'s. Where a user namespace may not give
-        devices back to a mount under /dev (the host made it so), /dev alone gets them."""
+        devices back to a mount in /dev (the host made it without: a sandbox's /dev tmpfs, /dev/shm), /dev and
+        each mount under it get them one by one, those refused staying as the host has them (a device
+        bind-mounted there, a GPU's in a container or one of a sandbox's /dev, still opens)."""
         libc = self.libc
         if not os.path.ismount("/dev"):
             namespaces._check(
@@ -195,10 +197,14 @@ class View:
                 ),
                 "make /dev a mount",
             )
-        if _setattr(libc, namespaces.AT_FDCWD, b"/dev", 0, namespaces.MOUNT_ATTR_NODEV) != 0:
-            namespaces._check(
-                _setattr(libc, namespaces.AT_FDCWD, b"/dev", 0, namespaces.MOUNT_ATTR_NODEV, recursive=False),
-                "devices in /dev",
+        if _setattr(libc, namespaces.AT_FDCWD, b"/dev", 0, namespaces.MOUNT_ATTR_NODEV) == 0:
+            return
+        for point in [
+            "/dev",
+            *_mounts_under("/dev"),
+        ]:  # one by one: one refused was without devices on the host
+            _setattr(
+                libc, namespaces.AT_FDCWD, point.encode(), 0, namespaces.MOUNT_ATTR_NODEV, recursive=False
             )
 
     def _hide_devices(self) -> None:
@@ -406,6 +412,22 @@ class View:
         self.spent.append(self.root)
         self.root = -1
         return found
+
+
+def _mounts_under(directory: str) -> list[str]:
+    """The mount points beneath `directory` in this mount namespace, outermost first (from mountinfo, whose
+    fifth field is the mount point, with a space, tab, newline and backslash written in octal)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as handle:
+            lines = handle.read().splitlines()
+    except OSError:  # no /proc: /dev alone then
+        return []
+    points = {
+        line.split(b" ")[4].decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+        for line in lines
+        if len(line.split(b" ")) > 4
+    }
+    return sorted((p for p in points if p != directory and _under(p, directory)), key=len)
 
 
 def _identity(path: str) -> tuple[int, int]:

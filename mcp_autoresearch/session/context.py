@@ -52,4 +52,4 @@ class SessionCore(Protocol):
 def normal_run_id(run_id: str) -> str:
     """Run ids as the agent may type them: '3' is 'r3'."""
     run_id = str(run_id).strip()
-    return f"r{run_id}" if run_id.isdigit() else run_id
+    return f"r{run_id}" if run_id.isascii() and run_id.isdigit() else run_id

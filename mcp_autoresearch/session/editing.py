@@ -110,7 +110,7 @@ class Editor:
                     f"the target {self.core.target_rel} is no longer a regular file"
                 ) from None
             before_sha = sha256_bytes(before_bytes)
-            if expected_sha256 is not None and expected_sha256.strip().lower() != before_sha:
+            if expected_sha256 is not None and _hash_given(expected_sha256) != before_sha:
                 raise RuleViolation(
                     f"the target changed since you read it (sha256 is {before_sha[:12]}…, you expected "
                     f"{expected_sha256[:12]}…); call read_target again and redo the edit"
@@ -168,6 +168,18 @@ def _too_large(size: int, unit: str) -> str:
         f"the new content is {size} {unit}; the limit is {MAX_EDIT_BYTES} bytes ({MAX_EDIT_BYTES // 1024 // 1024} "
         "MiB) of UTF-8 text"
     )
+
+
+def _hash_given(expected_sha256: str) -> str:
+    """The sha256 an agent passed, in read_target's form (spaces around and capitals allowed); refused when it
+    cannot be one, rather than answered as a target that changed."""
+    given = expected_sha256.strip().lower()
+    if len(given) != 64 or not all(c in "0123456789abcdef" for c in given):
+        raise RuleViolation(
+            f"expected_sha256 {printable(expected_sha256[:80])!r} is not a sha256 (64 hexadecimal digits): pass "
+            "the sha256 read_target returned, or leave expected_sha256 out"
+        )
+    return given
 
 
 def _lstat_mode(path: Path) -> int | None:
