@@ -247,3 +247,22 @@ def test_as_an_ordinary_user_inside_a_bubblewrap_sandbox_the_view_builds_and_dev
         assert done.stdout.split() == ["00", "00", "no-node"], output
     finally:
         shutil.rmtree(home)
+
+
+def test_character_devices_that_reach_a_disk_are_listed_with_the_block_devices(monkeypatch) -> None:
+    """An NVMe namespace's generic node (/dev/ng0n1), a SCSI generic (/dev/sg0) or bsg node reads a disk as its
+    block device does, with only the node's file rights: such character devices are hidden with the block
+    devices, known by the subsystem the kernel names for their numbers (/sys/dev/char/M:m/subsystem). This
+    machine has none: the test lists the memory devices' subsystem ("mem": /dev/zero, /dev/null) as one that
+    reaches a disk, and checks that they are listed then, and not otherwise, while a terminal never is."""
+    assert {"nvme-generic", "scsi_generic", "bsg"} <= set(namespaces.DISK_SUBSYSTEMS)
+    namespaces.forget_block_devices()
+    listed = namespaces._block_devices()
+    assert "/dev/zero" not in listed and "/dev/null" not in listed
+    monkeypatch.setattr(namespaces, "DISK_SUBSYSTEMS", ("mem",))
+    namespaces.forget_block_devices()
+    try:
+        listed = namespaces._block_devices()
+    finally:
+        namespaces.forget_block_devices()
+    assert "/dev/zero" in listed and "/dev/null" in listed and "/dev/tty" not in listed

@@ -107,8 +107,9 @@ def enter_keeper(network: bool) -> None:
 
 def _block_devices() -> list[str]:
     """The block devices under /dev, in its folders too (disks, partitions, loop and device-mapper nodes, a
-    device given in a folder of its own). A run in the view has no capability, but as root it still owns root's
-    device nodes: a raw disk would show hidden data around every mount. None of them is needed by a run. The list
+    device given in a folder of its own), and the character devices that reach a disk as one does (NVMe, SCSI
+    generic, bsg passthrough: `_reaches_a_disk`). A run in the view has no capability, but as root it still owns
+    root's device nodes: a raw disk would show hidden data around every mount. None of them is needed by a run. The list
     is kept while every folder read is unchanged (a node or folder added, removed or renamed changes its
     folder's times), so a spare keeper reads /dev before its request and the run only looks at the folders; a
     folder changed in the last second (by its change time: a modification time may be put back) is read again
@@ -142,8 +143,12 @@ def _read_folder(folder: str, times: dict[str, tuple[int, int, int] | None], fou
                         continue  # a link to a device shows the node it leads to: hidden there
                     if entry.is_dir(follow_symlinks=False):
                         folders.append(entry.path)
-                    elif stat.S_ISBLK(entry.stat(follow_symlinks=False).st_mode):
-                        found.append(entry.path)
+                    else:
+                        node = entry.stat(follow_symlinks=False)
+                        if stat.S_ISBLK(node.st_mode) or (
+                            stat.S_ISCHR(node.st_mode) and _reaches_a_disk(node)
+                        ):
+                            found.append(entry.path)
                 except OSError:
                     continue
     except OSError:
@@ -152,7 +157,19 @@ def _read_folder(folder: str, times: dict[str, tuple[int, int, int] | None], fou
         _read_folder(inner, times, found)
 
 
+def _reaches_a_disk(node: os.stat_result) -> bool:
+    """Whether a character device reads and writes a disk as its block device would (an NVMe namespace's or
+    controller's passthrough node, a SCSI generic or bsg node: a read command needs only the node's file
+    rights), by the subsystem the kernel names for its numbers."""
+    try:
+        link = os.readlink(f"/sys/dev/char/{os.major(node.st_rdev)}:{os.minor(node.st_rdev)}/subsystem")
+    except OSError:
+        return False  # no such device (a node with no driver behind it opens nothing), or no /sys
+    return os.path.basename(link) in DISK_SUBSYSTEMS
+
+
 BLOCK_FOLDERS = ("/dev",)
+DISK_SUBSYSTEMS = ("nvme", "nvme-generic", "scsi_generic", "bsg")  # character devices that reach a disk
 _UNREAD = ("/dev/pts", "/dev/shm")
 SETTLED_NS = 1_000_000_000
 # The folders read, their times, the list of block devices found in them.
