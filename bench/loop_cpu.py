@@ -22,10 +22,10 @@ from pathlib import Path
 
 import anyio
 import psutil
-from mcp import Client, StdioServerParameters
+from mcp import Client
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loop_overhead import IDENTITY, make_repo, next_value, shell  # noqa: E402
+from loop_overhead import caller, make_repo, next_value, serve_params, shell  # noqa: E402
 
 
 def _spent(process: psutil.Process) -> float:
@@ -35,21 +35,8 @@ def _spent(process: psutil.Process) -> float:
 
 
 async def ours(root: Path, n: int, one_call: bool) -> dict[str, float]:
-    env = {**{k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}, **IDENTITY}
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "mcp_autoresearch", "serve", "--project", str(root)],
-        env=env,
-        cwd=str(root),
-    )
-    async with Client(params) as client:
-
-        async def call(tool: str, args: dict) -> dict:
-            result = await client.call_tool(tool, args)
-            if result.is_error:
-                raise RuntimeError(result.content[0].text)
-            return result.structured_content
-
+    async with Client(serve_params(root)) as client:
+        call = caller(client, structured=True)
         await call("start_session", {"tag": "bench"})
         await call("run_experiment", {"description": "baseline", "decide": True})
         me = psutil.Process()

@@ -35,7 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 from mcp import Client, StdioServerParameters
@@ -91,33 +93,49 @@ OFF = 'mcp-autoresearch (stdio), isolation = "off"'
 NO_NAMESPACES = str(Path(__file__).parent.parent / "tests" / "helpers" / "no_namespaces.py")
 
 
+def serve_params(
+    root: Path, env: dict[str, str] | None = None, wrap: list[str] | None = None
+) -> StdioServerParameters:
+    """The server of this checkout (or of `PYTHONPATH`'s package) over stdio on `root`, with the bench's git
+    identity (`wrap`: a program the server is started under, such as `NO_NAMESPACES`)."""
+    serve = ["-m", "mcp_autoresearch", "serve", "--project", str(root)]
+    base = {k: os.environ[k] for k in ("PATH", "HOME", "PYTHONPATH") if k in os.environ}
+    return StdioServerParameters(
+        command=sys.executable,
+        args=[*wrap, sys.executable, *serve] if wrap else serve,
+        env={**base, **IDENTITY, **(env or {})},
+        # Not the checkout's directory: `python -m` puts its working directory first on sys.path, and from the
+        # checkout it would import the package there instead of the one `--against` exported.
+        cwd=str(root),
+    )
+
+
+def caller(client: Client, structured: bool = False) -> Callable[[str, dict], Awaitable[Any]]:
+    """A tool call that raises on an error, answering the call's result (`structured`: its structured content)."""
+
+    async def call(tool: str, args: dict) -> Any:
+        result = await client.call_tool(tool, args)
+        if result.is_error:
+            raise RuntimeError(result.content[0].text)
+        return result.structured_content if structured else result
+
+    return call
+
+
 async def ours(
     root: Path, n: int, source: Path | None = None, without_namespaces: bool = False, one_call: bool = False
 ) -> dict:
     """`n` experiments through the server (the installed one, or the package under `source`), on `root`;
     `without_namespaces`: as where namespaces are refused (Landlock alone); `one_call`: each experiment one
     `run_experiment(edits=..., decide=true)` instead of apply_edit, run_experiment and commit_or_reset."""
-    env = {**{k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}, **IDENTITY}
-    if source is not None:
-        env["PYTHONPATH"] = str(source)
-    serve = ["-m", "mcp_autoresearch", "serve", "--project", str(root)]
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=[NO_NAMESPACES, sys.executable, *serve] if without_namespaces else serve,
-        env=env,
-        # Not the checkout's directory: `python -m` puts its working directory first on sys.path, and from the
-        # checkout it would import the package there instead of the one `--against` exported.
-        cwd=str(root),
+    params = serve_params(
+        root,
+        {"PYTHONPATH": str(source)} if source is not None else None,
+        [NO_NAMESPACES] if without_namespaces else None,
     )
     per_experiment, calls, sizes, kinds = [], [], [], []
     async with Client(params) as client:
-
-        async def call(tool: str, args: dict) -> dict:
-            result = await client.call_tool(tool, args)
-            if result.is_error:
-                raise RuntimeError(result.content[0].text)
-            return result
-
+        call = caller(client)
         await call("start_session", {"tag": "bench"})
         if root not in BASELINED:  # a new session: its baseline first
             BASELINED.add(root)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import anyio
 import psutil
-from mcp import Client, StdioServerParameters
+from mcp import Client
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loop_overhead import IDENTITY, make_repo, next_value  # noqa: E402
+from loop_overhead import caller, make_repo, next_value, serve_params  # noqa: E402
 
 
 def _sample(server: psutil.Process) -> tuple[float, float, int, int]:
@@ -32,21 +32,8 @@ def _sample(server: psutil.Process) -> tuple[float, float, int, int]:
 
 async def main(experiments: int, every: int) -> None:
     root = make_repo(Path(tempfile.mkdtemp(prefix="bench-memory-")) / "p")
-    env = {**{k: os.environ[k] for k in ("PATH", "HOME", "PYTHONPATH") if k in os.environ}, **IDENTITY}
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "mcp_autoresearch", "serve", "--project", str(root)],
-        env=env,
-        cwd=str(root),
-    )
-    async with Client(params) as client:
-
-        async def call(tool: str, args: dict) -> dict:
-            result = await client.call_tool(tool, args)
-            if result.is_error:
-                raise RuntimeError(result.content[0].text)
-            return result.structured_content
-
+    async with Client(serve_params(root)) as client:
+        call = caller(client, structured=True)
         await call("start_session", {"tag": "memory"})
         await call("run_experiment", {"description": "baseline", "decide": True})
         server = next(p for p in psutil.Process().children() if "serve" in " ".join(p.cmdline()))

@@ -13,6 +13,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from mcp_autoresearch.adapters.server import create_server
+from mcp_autoresearch.session.session import Session
 from mcp_autoresearch.session.workspace import Workspace
 
 from .helpers.ray_head import ray_address  # noqa: F401  (the session's private Ray head, for every Ray test)
@@ -92,6 +93,18 @@ def make_repo(path: Path, files: dict[str, str], commit: bool = True) -> Path:
         git(path, "add", "-A")
         git(path, "commit", "-q", "-m", "initial")
     return path
+
+
+def decided_baseline(workspace: Workspace, tag: str) -> Session:
+    """In process: session `tag` started on `workspace`, its baseline run and decided; the session."""
+    workspace.start_session(tag)
+    session = workspace.session
+    baseline = session.start_run("baseline")
+    assert isinstance(baseline, str)
+    handle = session.run_handle(baseline)
+    assert handle is not None and handle.wait(120)
+    session.commit_or_reset(baseline)
+    return session
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from mcp_autoresearch.session.workspace import Workspace
 from mcp_autoresearch.vcs.index_file import parse_index, set_entry
 from mcp_autoresearch.vcs.repo import Repo
 
-from .conftest import GIT_ENV, git, make_repo
+from .conftest import GIT_ENV, decided_baseline, git, make_repo
 
 TARGET = "src/deep/model.py"
 FILES = {TARGET: "LR = 1\n", "src/other.py": "X = 1\n", "README.md": "demo\n", "data/eval.py": "E = 1\n"}
@@ -330,13 +330,7 @@ def test_the_engine_starts_no_git_process_to_decide_a_plain_target(
         monkeypatch.setenv(name, value)
     workspace = Workspace(root)
     try:
-        workspace.start_session("t")
-        session = workspace.session
-        baseline = session.start_run("baseline")
-        assert isinstance(baseline, str)
-        handle = session.run_handle(baseline)
-        assert handle is not None and handle.wait(60)
-        session.commit_or_reset(baseline)
+        session = decided_baseline(workspace, "t")
         trace = tmp_path / "trace"
         monkeypatch.setenv("GIT_TRACE", str(trace))
         best, decisions = 1000, []

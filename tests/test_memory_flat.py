@@ -13,7 +13,7 @@ from mcp_autoresearch.records import journal
 from mcp_autoresearch.session.workspace import Workspace
 from mcp_autoresearch.vcs import tracked
 
-from .conftest import make_repo
+from .conftest import decided_baseline, make_repo
 
 ROWS, HEADS, EXPERIMENTS = 6, 4, 24
 
@@ -42,13 +42,7 @@ def test_rows_written_and_the_proven_heads_stay_bounded(tmp_path: Path, small_bo
     (the parent every candidate starts from, which HEAD returns to after a discard) stays among them, so the
     proof still holds after a long streak of discards."""
     workspace = Workspace(_project(tmp_path / "p"))
-    workspace.start_session("flat")
-    session = workspace.session
-    baseline = session.start_run("baseline")
-    assert isinstance(baseline, str)
-    handle = session.run_handle(baseline)
-    assert handle is not None and handle.wait(120)
-    session.commit_or_reset(baseline)
+    session = decided_baseline(workspace, "flat")
     best = current = 1000
     decisions = []
     for i in range(EXPERIMENTS):

@@ -15,7 +15,7 @@ import anyio
 import psutil
 import pytest
 
-from .conftest import call_ok, git, make_repo
+from .conftest import call_ok, decided_baseline, git, make_repo
 from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
 
 pytestmark = pytest.mark.anyio
@@ -504,13 +504,7 @@ async def test_a_run_a_client_gave_up_on_waits_for_its_decision_across_a_shutdow
     root = project(tmp_path)
     overrides = settings(slots=slots, slot_devices=[])
     workspace = Workspace(root, overrides)
-    workspace.start_session("gave-up")
-    session = workspace.session
-    baseline = session.start_run("baseline")
-    assert isinstance(baseline, str)
-    handle = session.run_handle(baseline)
-    assert handle is not None and handle.wait(120)
-    session.commit_or_reset(baseline)
+    session = decided_baseline(workspace, "gave-up")
     session.apply_edit(None, "import time\ntime.sleep(120)\nX = 3\n\n\n\nY = 0\n", None, None)
     run_id = session.start_run("X to 3, slowly")
     assert isinstance(run_id, str)

@@ -20,7 +20,7 @@ from mcp_autoresearch.records.state import load_state
 from mcp_autoresearch.session.session import Session
 from mcp_autoresearch.session.workspace import Workspace
 
-from .conftest import Agent, git, make_repo, stdio_params
+from .conftest import Agent, decided_baseline, git, make_repo, stdio_params
 from .test_tree_engine import TREE_PY
 
 OVERRIDES = {"target_file": "train.py", "run_command": "python train.py"}
@@ -53,13 +53,7 @@ def run(session: Session, old: str, new: str, description: str, decide: bool = T
 def a_small_tree(root: Path) -> Workspace:
     """r1 baseline 10, r2 A=3 (8), r3 A=1 (6, the best); then branched to r2."""
     workspace = Workspace(root, OVERRIDES)
-    workspace.start_session("rc")
-    session = workspace.session
-    base = session.start_run("baseline")
-    assert isinstance(base, str)
-    handle = session.run_handle(base)
-    assert handle is not None and handle.wait(120)
-    session.commit_or_reset(base)
+    session = decided_baseline(workspace, "rc")
     run(session, "A = 5", "A = 3", "A to 3")
     run(session, "A = 3", "A = 1", "A to 1")
     session.branch_from("r2")
