@@ -172,7 +172,8 @@ def _remove_as_user(script: str, expected: list[str]) -> None:
     shared = Path(tempfile.mkdtemp(prefix="tmpdirs-as-user-"))
     try:
         shared.chmod(0o755)
-        shutil.copy(Path(run_tmpdirs.__file__), shared / "run_tmpdirs.py")
+        for module in ("run_tmpdirs.py", "namespaces.py", "landlock.py"):  # the mount table's reader
+            shutil.copy(Path(run_tmpdirs.__file__).parent / module, shared / module)
         outside = shared / "outside"
         outside.mkdir(mode=0o500)
         os.chown(outside, USER, USER)
@@ -272,7 +273,8 @@ def test_in_a_pid_namespace_without_its_own_proc_a_live_servers_tmpdir_is_kept()
     require(shutil.which("unshare"), "CI installs util-linux (unshare)", "unshare is needed")
     shared = Path(tempfile.mkdtemp(prefix="tmpdirs-pidns-"))
     try:
-        shutil.copy(Path(run_tmpdirs.__file__), shared / "run_tmpdirs.py")
+        for module in ("run_tmpdirs.py", "namespaces.py", "landlock.py"):  # the mount table's reader
+            shutil.copy(Path(run_tmpdirs.__file__).parent / module, shared / module)
         python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
         done = subprocess.run(
             ["unshare", "--pid", "--fork", python, "-I", "-c", SWEEP_IN_A_PID_NAMESPACE, str(shared)],
@@ -284,3 +286,31 @@ def test_in_a_pid_namespace_without_its_own_proc_a_live_servers_tmpdir_is_kept()
         assert done.stdout.split() == ["KEPT", "False"], done.stdout + done.stderr
     finally:
         shutil.rmtree(shared)
+
+
+@NEEDS_ROOT
+def test_a_tmpdir_with_a_mount_in_it_is_left_and_nothing_is_removed_through_the_mount(tmp_path: Path) -> None:
+    """A run with the right to mount (root, unconfined) binds a folder of the user's into its TMPDIR and ends
+    (or its server is killed): removing the TMPDIR would remove the folder's files through the mount. It is
+    left as it is, after the run and by the sweep. Failed before: the user's file was removed."""
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "work.txt").write_text("the user's")
+    after_run = Path(run_tmpdirs.make())
+    base = tmp_path / "tmp"
+    base.mkdir()
+    swept = _dead_servers_folder(base)
+    mounted = []
+    try:
+        for folder in (after_run, swept):
+            (folder / "bound").mkdir()
+            subprocess.run(["mount", "--bind", str(precious), str(folder / "bound")], check=True)
+            mounted.append(folder / "bound")
+        run_tmpdirs.remove(str(after_run))
+        assert run_tmpdirs.sweep(str(base)) == []  # nothing removed, nothing said removed
+        assert (precious / "work.txt").read_text() == "the user's"
+        assert (after_run / "bound" / "work.txt").exists() and (swept / "bound" / "work.txt").exists()
+    finally:
+        for point in mounted:
+            subprocess.run(["umount", str(point)], check=False)
+        shutil.rmtree(after_run, ignore_errors=True)

@@ -189,6 +189,24 @@ def _folder_times(folders: tuple[str, ...]) -> tuple[tuple[int, int, int] | None
     return tuple(found)
 
 
+def mounts_under(directory: str, including: bool = False) -> list[str] | None:
+    """The mount points beneath `directory` (and at it, when `including`) in this mount namespace, outermost
+    first, from mountinfo (whose fifth field is the mount point, a space, tab, newline and backslash written in
+    octal); None when it cannot be read."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as handle:
+            lines = handle.read().splitlines()
+        points = {
+            line.split(b" ")[4].decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+            for line in lines
+            if len(line.split(b" ")) > 4
+        }
+    except (OSError, ValueError):
+        return None
+    top = directory.rstrip("/") + "/"
+    return sorted((p for p in points if p.startswith(top) or (including and p == directory)), key=len)
+
+
 def forget_block_devices() -> None:
     """After the mount table changed: the list of block devices is read again when next asked for (a node
     bind-mounted over another /dev name changes no folder's times)."""

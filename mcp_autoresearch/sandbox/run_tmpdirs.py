@@ -15,7 +15,17 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING or __package__:
+    from . import namespaces
+else:  # imported by path, as the keeper's modules are
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import namespaces
+
+    del sys.path[0]
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -68,6 +78,11 @@ def remove(path: str) -> None:
         return
     except OSError:
         pass
+    if namespaces.mounts_under(os.path.realpath(path), including=True):
+        # A mount in it (only a run with the right to mount, unconfined, can make one: a bind of / there would
+        # have its files removed through it): left as it is.
+        log.warning("left the run's temporary directory %s: a file system is mounted in it", path)
+        return
     _rmtree(path)
     if os.path.lexists(
         path
@@ -195,7 +210,8 @@ def sweep(base: str | None = None) -> list[str]:
         if now == owner[2] or (now is None and os.path.exists(f"/proc/{owner[1]}")):
             continue  # alive (or unreadable: perhaps alive)
         remove(entry.path)
-        removed.append(entry.path)
+        if not os.path.lexists(entry.path):
+            removed.append(entry.path)
     return removed
 
 

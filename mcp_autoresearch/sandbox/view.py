@@ -201,7 +201,7 @@ class View:
             return
         for point in [
             "/dev",
-            *_mounts_under("/dev"),
+            *(namespaces.mounts_under("/dev") or []),
         ]:  # one by one: one refused was without devices on the host
             _setattr(
                 libc, namespaces.AT_FDCWD, point.encode(), 0, namespaces.MOUNT_ATTR_NODEV, recursive=False
@@ -412,22 +412,6 @@ class View:
         self.spent.append(self.root)
         self.root = -1
         return found
-
-
-def _mounts_under(directory: str) -> list[str]:
-    """The mount points beneath `directory` in this mount namespace, outermost first (from mountinfo, whose
-    fifth field is the mount point, with a space, tab, newline and backslash written in octal)."""
-    try:
-        with open("/proc/self/mountinfo", "rb") as handle:
-            lines = handle.read().splitlines()
-    except OSError:  # no /proc: /dev alone then
-        return []
-    points = {
-        line.split(b" ")[4].decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
-        for line in lines
-        if len(line.split(b" ")) > 4
-    }
-    return sorted((p for p in points if p != directory and _under(p, directory)), key=len)
 
 
 def _identity(path: str) -> tuple[int, int]:
