@@ -9,6 +9,8 @@ in the honest direction.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -552,3 +554,32 @@ async def test_the_holdout_reads_what_the_run_left_not_what_the_checks_wrote(
     assert last["holdout"] == 5.0 or (last["holdout"] is None and "changed after the run" in last["error"]), (
         last
     )
+
+
+async def test_a_hidden_entry_that_links_to_a_file_hides_the_file(tmp_path: Path, agent_for) -> None:
+    """Data often lies elsewhere and is linked into the project: a `hidden` entry that is a link to a file outside
+    the project (here in the home directory, which runs see) hides that file, read through the link or by its
+    own path (the link's target is hidden too)."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    data = Path(tempfile.mkdtemp(prefix=".autoresearch-test-data-", dir=Path.home()))
+    try:
+        (data / "labels.txt").write_text("KEY-42\n")
+        root = project(tmp_path, 'hidden = ["key.txt"]\n')
+        (root / "key.txt").symlink_to(data / "labels.txt")  # untracked (.gitignore), as a hidden path must be
+        code = f"""
+        import os
+        found = [str(os.path.exists({str(data / "labels.txt")!r}))]
+        for path in ("key.txt", {str(data / "labels.txt")!r}):
+            try:
+                found.append(open(path).read())
+            except OSError as exc:
+                found.append(exc.strerror)
+        open("out/leak.txt", "w").write(" ".join(found))
+        """
+        async with agent_for(root) as agent:
+            run, _ = await candidate(agent, code)
+        assert run["value"] == 4.0, (run, (root / "out" / "leak.txt").read_text()[:300])
+        assert (root / "out" / "leak.txt").read_text().startswith("True")  # the folder is in the run's view
+        assert (data / "labels.txt").read_text() == "KEY-42\n"
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
