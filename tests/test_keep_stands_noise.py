@@ -3,10 +3,9 @@ noise it pools must count every group of runs once. Built from the engine's own 
 
 from __future__ import annotations
 
-import pytest
-
 from mcp_autoresearch.lifecycle.tally import ExperimentResult
 from mcp_autoresearch.measure.sequential import Measurement, _beats_parent
+from mcp_autoresearch.measure.standing import closed_noise, noise_beside, session_noise
 from mcp_autoresearch.measure.stats import Noise, noise_of, still_better
 from mcp_autoresearch.records.state import Best, SessionState
 from mcp_autoresearch.setup.config import Config
@@ -25,12 +24,9 @@ def _state() -> SessionState:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a branched parent's runs are pooled twice (already closed, and again as the parent's group), as in "
-    "the sequential test itself (Sequential gets closed_noise and the parent's runs): the fix belongs to both",
-)
 def test_a_branched_parents_runs_count_once_in_the_noise() -> None:
+    """A branched parent's runs were closed into the session's noise when it was decided: pooled again as the
+    parent's group they counted twice (a strict xfail until this session)."""
     again = [0.85, 0.85]  # 0.15 better than the parent: not shown at the level a regression needs
     result = ExperimentResult("ok", 0.1, [0.1, 0.1], 0.0, 1.0, None, 0, "", "")
     measured = Measurement(result, remeasured=again)
@@ -43,3 +39,19 @@ def test_a_branched_parents_runs_count_once_in_the_noise() -> None:
     )
     assert once is False
     assert _beats_parent(measured, _state(), config, parent) is once
+
+
+def test_the_noise_beside_a_reference_counts_its_runs_once() -> None:
+    """What every test against a node pools besides the node's own runs (`noise_beside`: the sequential test of
+    a candidate, whether a branched keep becomes the best, whether a keep stands on its re-measurement): the
+    closed groups alone beside the best (its runs are not closed); beside another node, everything the session
+    knows but that node's logged runs, which were closed when it was decided."""
+    state = _state()
+    assert noise_beside(state, [0.5], True) == closed_noise(state)
+    fresh = state.model_copy(update={"noise_ss": 0.0, "noise_df": 0})  # runs closed before noise was kept
+    assert noise_beside(fresh, [1.0, 5.0, 9.0], False) == Noise(0.0, 0)  # never below nothing
+    assert noise_beside(state, PARENT, False) == OTHERS
+    best = state.model_copy(update={"best": state.best.model_copy(update={"values": [0.4, 0.6]})})
+    assert session_noise(best) == closed_noise(best) + noise_of([0.4, 0.6])
+    assert noise_beside(best, [0.4, 0.6], True) == closed_noise(best)  # not noise_of([0.4, 0.6]) twice
+    assert noise_beside(best, PARENT, False) == OTHERS + noise_of([0.4, 0.6])

@@ -14,7 +14,7 @@ import statistics
 from ..errors import RuleViolation, SessionError
 from ..measure.keep_rule import decide, nonblank_lines
 from ..measure.sequential import kept_runs
-from ..measure.standing import best_values, session_noise
+from ..measure.standing import best_values, noise_beside
 from ..measure.stats import sequential_test
 from ..models import BranchResult
 from ..names import SESSION_REFS
@@ -102,7 +102,7 @@ def becomes_best(core: SessionCore, pending: Pending, decision: str) -> bool:
         step = sequential_test(
             mine or [result.value],
             best_values(core.state),
-            noise=session_noise(core.state),
+            noise=noise_beside(core.state, best_values(core.state), True),  # the best's runs once
             direction=core.state.metric_direction,
             min_delta=core.config.min_delta,
             confidence=core.config.confidence,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..measure.sequential import Measurement, Sequential, confirm_keep
-from ..measure.standing import closed_noise
+from ..measure.standing import noise_beside
 from ..records.diskspace import DiskSpace, mark_disk_full
 from ..records.state import Pending, RunOutcome, TestRecord
 from ..statuses import RunStatus
@@ -206,7 +206,7 @@ def measure_run(
             active.best,
             with_best,
             known,
-            closed_noise(core.state),
+            noise_beside(core.state, known, reference(core, pending) is core.state.best),
             core.config,
             core.state.metric_direction,
         ).run()

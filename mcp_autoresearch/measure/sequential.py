@@ -19,7 +19,7 @@ from ..lifecycle.experiment import Experiment, ExperimentResult
 from ..records.state import Best, SessionState
 from ..setup.config import Config
 from .keep_rule import decide
-from .standing import closed_noise, session_noise
+from .standing import noise_beside, session_noise
 from .stats import Noise, Step, deterministic, regression, sequential_test, still_better
 
 
@@ -251,11 +251,12 @@ def _beats_parent(measured: Measurement, state: SessionState, config: Config, ag
     parent = against or state.best
     if parent is None or not measured.remeasured:
         return False
-    is_best = state.best is not None and parent.run_id == state.best.run_id  # its runs are not noise twice
+    is_best = state.best is not None and parent.run_id == state.best.run_id
+    logged = list(parent.values) or [parent.value]
     return still_better(
         measured.remeasured,
-        (list(parent.values) or [parent.value]) + measured.best_values,
-        noise=closed_noise(state) if is_best else session_noise(state),
+        logged + measured.best_values,
+        noise=noise_beside(state, logged, is_best),  # its runs are not noise twice
         direction=state.metric_direction,
         min_delta=config.min_delta,
         confidence=config.confidence,

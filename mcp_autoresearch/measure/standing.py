@@ -67,6 +67,18 @@ def session_noise(state: SessionState) -> Noise:
     return closed_noise(state) + noise_of(best_values(state))
 
 
+def noise_beside(state: SessionState, reference: list[float], is_best: bool) -> Noise:
+    """The session's noise for a test that pools the runs of the node a candidate is judged against
+    (`reference`) itself, so that every group of runs counts once: the best's runs are not closed yet (the
+    closed groups alone); another node's logged runs were closed when it was decided, or when it stopped being
+    the best (taken back out of everything the session knows; runs of it closed with them, a best's
+    re-measurements, stay)."""
+    if is_best:
+        return closed_noise(state)
+    known, own = session_noise(state), noise_of(reference)
+    return Noise(max(0.0, known.ss - own.ss), max(0, known.df - own.df))
+
+
 def noise_sd(state: SessionState | None) -> float:
     """The metric's noise as one standard deviation (0.0 while none is measured): a near-miss is a discard
     within it of its parent, for the server and every reader alike."""
