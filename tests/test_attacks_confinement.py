@@ -606,16 +606,12 @@ print('SCRATCH', total)
 
 
 @pytest.mark.skipif(not ISOLATION.namespaces, reason="the view needs namespaces")
-@pytest.mark.xfail(
-    strict=True,
-    reason="each fresh tmpfs (/tmp, /var/tmp, /dev/shm) may hold half the RAM, so a run may pin 150% of it in files "
-    "no process's memory counts: the kernel's OOM killer then ends the user's programs or the server, never the "
-    "run (the host's /dev/shm, writable before the view, allowed as much, and kept it after the run); one shared, "
-    "bounded tmpfs (size= from a setting: PyTorch's DataLoader needs a large /dev/shm) is a policy to decide",
-)
 async def test_a_run_cannot_pin_more_memory_in_scratch_files_than_the_machine_has(
     ml_project: Path, agent_for: Any
 ) -> None:
+    """Each fresh tmpfs (/tmp, /var/tmp, /dev/shm) held up to half the RAM: a run could pin 150% of it in files no
+    process's memory counts, and the OOM killer then ends the user's programs or the server, never the run (a
+    strict xfail until this session). Bounded now: a quarter each for /tmp and /dev/shm, a tenth for /var/tmp."""
 
     async with agent_for(ml_project) as agent:
         run, _ = await attack(agent, SCRATCH_SIZES)

@@ -55,6 +55,10 @@ _SYS = {
 HIDDEN = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/var/run")
 # Of those, the ones a run may write (each run its own, fresh and empty).
 SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
+# The part of the machine's memory each fresh scratch file system of a run may hold (tmpfs's default is half for
+# each: together a run could pin 150% of the memory in files no process's memory counts, and the OOM killer then
+# ends other programs). /dev/shm stays large: PyTorch's DataLoader passes its batches through it.
+SCRATCH_SIZES = {"/tmp": "25%", "/var/tmp": "10%", "/dev/shm": "25%"}
 
 
 class ViewError(Exception):

@@ -227,20 +227,27 @@ class View:
         self.devices = found
 
     def _cover(self, directory: str) -> bool:
-        """An empty tmpfs over `directory`; True for a scratch directory (anyone's, 1777)."""
-        scratch = any(_under(directory, os.path.realpath(s)) for s in namespaces.SCRATCH)
+        """An empty tmpfs over `directory`; True for a scratch directory (anyone's, 1777, of a bounded size)."""
+        size = next(
+            (
+                namespaces.SCRATCH_SIZES[s]
+                for s in namespaces.SCRATCH
+                if _under(directory, os.path.realpath(s))
+            ),
+            None,
+        )
         namespaces._check(
             self.libc.mount(
                 b"tmpfs",
                 directory.encode(),
                 b"tmpfs",
                 ctypes.c_ulong(namespaces.MS_NOSUID | namespaces.MS_NODEV),
-                b"mode=1777" if scratch else b"mode=755",
+                f"mode=1777,size={size}".encode() if size else b"mode=755",
             ),
             f"tmpfs on {directory}",
         )
         self.covers[directory] = _identity(directory)
-        return scratch
+        return size is not None
 
     def _covered(self, directory: str) -> bool:
         """Whether the tmpfs this view put on `directory` still covers it (a folder removed since, or moved
