@@ -266,3 +266,17 @@ def test_character_devices_that_reach_a_disk_are_listed_with_the_block_devices(m
     finally:
         namespaces.forget_block_devices()
     assert "/dev/zero" in listed and "/dev/null" in listed and "/dev/tty" not in listed
+
+
+def test_a_node_of_a_disk_driver_not_loaded_yet_is_listed_with_the_block_devices(tmp_path: Path) -> None:
+    """A SCSI generic or MTD flash node whose driver is not loaded has no /sys entry, but opening it makes the
+    kernel load the driver (char-major-21, char-major-90), which then serves it: a root run would read the disk
+    through it. Such nodes are listed by their major number. Failed before: neither was listed (their /sys
+    subsystem could not be read)."""
+    require(os.geteuid() == 0, "CI runs as root", "making a device node needs root")
+    for name, major in (("sg0", 21), ("mtd0", 90)):
+        os.mknod(tmp_path / name, 0o600 | stat.S_IFCHR, os.makedev(major, 0))
+    os.mknod(tmp_path / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    found: list[str] = []
+    namespaces._read_folder(str(tmp_path), {}, found)
+    assert sorted(found) == [str(tmp_path / "mtd0"), str(tmp_path / "sg0")]
