@@ -201,12 +201,13 @@ def _folder_times(folders: tuple[str, ...]) -> tuple[tuple[int, int, int] | None
 def mounts_under(directory: str, including: bool = False) -> list[str] | None:
     """The mount points beneath `directory` (and at it, when `including`) in this mount namespace, outermost
     first, from mountinfo (whose fifth field is the mount point, a space, tab, newline and backslash written in
-    octal); None when it cannot be read."""
+    octal; its bytes decoded as Python decodes every path, in the file system encoding); None when it cannot be
+    read."""
     try:
         with open("/proc/self/mountinfo", "rb") as handle:
             lines = handle.read().splitlines()
         points = {
-            line.split(b" ")[4].decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+            os.fsdecode(line.split(b" ")[4].decode("unicode_escape").encode("latin-1"))  # as paths are read
             for line in lines
             if len(line.split(b" ")) > 4
         }
