@@ -356,3 +356,23 @@ def test_a_mount_in_a_tmpdir_under_a_name_the_locale_cannot_spell_is_still_seen(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["ascii", "KEPT"], done.stdout + done.stderr
+
+
+def test_a_temporary_directory_gone_since_the_server_started_fails_the_start_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temporary directory the server chose when it started ($TMPDIR, /tmp) removed, full or read-only since:
+    no run's TMPDIR can be made. The run fails to start, its log says why and what to do, and its log's
+    descriptor is closed. Failed before: an OSError out of the run ("internal error while running:
+    FileNotFoundError"), and one descriptor leaked a run."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        result = ProcessRun(
+            command="echo ran", cwd=tmp_path, timeout_s=60, log_path=tmp_path / "run.log"
+        ).run()
+        log = (tmp_path / "run.log").read_text()
+        assert result.status == "failed_to_start" and "ran" not in log, log
+        assert f"could not make the run's temporary directory in {tmp_path / 'gone'}" in log, log
+        assert result.error is not None and "TMPDIR" in result.error, result.error
+    assert len(os.listdir("/proc/self/fd")) == fds
