@@ -266,3 +266,65 @@ def test_character_devices_that_reach_a_disk_are_listed_with_the_block_devices(m
     finally:
         namespaces.forget_block_devices()
     assert "/dev/zero" in listed and "/dev/null" in listed and "/dev/tty" not in listed
+
+
+def test_a_node_of_a_disk_driver_not_loaded_yet_is_listed_with_the_block_devices(tmp_path: Path) -> None:
+    """A SCSI generic or MTD flash node whose driver is not loaded has no /sys entry, but opening it makes the
+    kernel load the driver (char-major-21, char-major-90), which then serves it: a root run would read the disk
+    through it. Such nodes are listed by their major number. Failed before: neither was listed (their /sys
+    subsystem could not be read)."""
+    require(os.geteuid() == 0, "CI runs as root", "making a device node needs root")
+    for name, major in (("sg0", 21), ("mtd0", 90)):
+        os.mknod(tmp_path / name, 0o600 | stat.S_IFCHR, os.makedev(major, 0))
+    os.mknod(tmp_path / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    found: list[str] = []
+    namespaces._read_folder(str(tmp_path), {}, found)
+    assert sorted(found) == [str(tmp_path / "mtd0"), str(tmp_path / "sg0")]
+
+
+def test_names_in_dev_that_are_not_utf8_neither_stop_the_view_nor_show_a_disk() -> None:
+    """A block device and a mount under /dev whose names are not UTF-8 (any bytes but '/' may name them): the
+    view hides the one and gives devices back mount by mount past the other, as for any name. Here the host is
+    a private mount namespace of the test's whose /dev is a tmpfs (as a sandbox makes one) holding a loop
+    device's node named 'odd\\xff' and, under a /dev/shm made without devices, a mount of that name; the keeper
+    runs as uid 12345. Failed before: the keeper's traceback (UnicodeEncodeError: the names were encoded as
+    UTF-8), and no run started."""
+    require(os.geteuid() == 0, "CI runs as root", "mounting and changing user need root")
+    tools = [shutil.which(name) for name in ("setpriv", "unshare", "mknod")]
+    require(all(tools), "CI installs util-linux and coreutils", "setpriv, unshare and mknod are needed")
+    home = Path(tempfile.mkdtemp(prefix="view-odd-names-"))
+    try:
+        for name in KEEPER_MODULES:
+            shutil.copy(MODULES / name, home / name)
+        (home / "project" / "out").mkdir(parents=True)
+        subprocess.run(["chown", "-R", f"{USER}:{USER}", str(home)], check=True)
+        confine = [*AS_USER, str(home / "confine.py"), "--landlock", "--view", "--no-network"]
+        run = "head -c 2 /dev/zero | od -An -tx1; test -b /dev/odd* && echo shown || echo hidden"
+        odd = "\"$(printf 'odd\\377')\""
+        host = " && ".join(
+            [
+                "mount -t tmpfs -o mode=755 tmpfs /dev",
+                "mknod -m 666 /dev/null c 1 3",
+                "mknod -m 666 /dev/zero c 1 5",
+                "mknod -m 666 /dev/urandom c 1 9",
+                "mkdir /dev/pts /dev/shm",
+                "mount -t tmpfs -o nodev tmpfs /dev/shm",
+                f"mkdir /dev/shm/{odd}",
+                f"mount -t tmpfs -o nodev tmpfs /dev/shm/{odd}",
+                f"mknod -m 644 /dev/{odd} b 7 0",
+                " ".join([*confine, "-w", str(home / "project" / "out"), "--", "/bin/sh", "-c", f"'{run}'"]),
+            ]
+        )
+        done = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", host],
+            cwd=home / "project",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+        output = host + "\n" + done.stdout + done.stderr
+        assert done.returncode == 0, output
+        assert done.stdout.split() == ["00", "00", "hidden"], output
+    finally:
+        shutil.rmtree(home)

@@ -6,6 +6,7 @@ skipped elsewhere with the reason, never silently.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 
 from mcp_autoresearch.errors import ConfigError
 from mcp_autoresearch.lifecycle.experiment import Experiment, without_run_log_redirect
-from mcp_autoresearch.sandbox import confine
+from mcp_autoresearch.sandbox import confine, landlock, namespaces
 from mcp_autoresearch.sandbox.policy import check_writable, denied_write_hint, probe_isolation
 from mcp_autoresearch.setup.config import Config
 
@@ -83,6 +84,51 @@ def test_a_root_run_with_landlock_alone_makes_no_device_node(tmp_path: Path) -> 
     assert done.stdout.split() == ["made-fifo"], done.stdout + done.stderr
     assert done.stderr.count("Operation not permitted") == 2, done.stderr
     assert sorted(os.listdir(tmp_path / "out")) == ["fifo"]
+
+
+def _inheritable(*caps: int) -> None:
+    """In the child before `exec`: `caps` added to its inheritable set, as a container runtime starts root (with
+    its default capabilities inheritable, CAP_MKNOD among them)."""
+    libc = landlock.libc_handle()
+    header, data = namespaces._CapHeader(0x20080522, 0), (namespaces._CapData * 2)()
+    assert libc.capget(ctypes.byref(header), data) == 0
+    for cap in caps:
+        data[cap // 32].inheritable |= 1 << (cap % 32)
+    assert libc.capset(ctypes.byref(header), data) == 0
+
+
+def test_a_root_run_with_landlock_alone_regains_no_dropped_capability_from_its_inheritable_set(
+    tmp_path: Path,
+) -> None:
+    """Root regains at `exec` every capability of its inheritable set, whatever the bounding set says: started
+    with CAP_MKNOD and CAP_SYS_ADMIN inheritable (a container runtime's default set is inheritable in many
+    versions), a root run with Landlock alone held both again and made a disk's node beneath its writable path.
+    They are lowered in the inheritable set too. Failed before: CapPrm held both, and the node was made."""
+    if os.geteuid() != 0:
+        pytest.skip("only root regains capabilities at exec")
+    (tmp_path / "out").mkdir()
+    argv = confine.command_line(
+        sys.executable,
+        {"landlock": True, "write": [str(tmp_path / "out")]},
+        ["/bin/sh", "-c", "grep CapPrm /proc/self/status; mknod out/disk b 7 0 && echo made-block"],
+    )
+    done = subprocess.run(
+        argv,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        preexec_fn=lambda: _inheritable(MKNOD, SYS_ADMIN),
+    )
+    permitted = int(done.stdout.split()[1], 16)
+    assert not permitted & (1 << MKNOD | 1 << SYS_ADMIN), done.stdout
+    assert "made-block" not in done.stdout and "Operation not permitted" in done.stderr, (
+        done.stdout + done.stderr
+    )
+    assert os.listdir(tmp_path / "out") == []
+
+
+MKNOD, SYS_ADMIN = 27, 21
 
 
 def test_a_confined_run_cannot_signal_the_server(tmp_path: Path) -> None:

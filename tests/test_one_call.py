@@ -153,6 +153,20 @@ async def test_an_expected_sha256_that_is_no_sha256_is_named_so_and_nothing_runs
         assert done["decided"]["decision"] in ("keep", "discard")
 
 
+async def test_a_stale_expected_sha256_is_quoted_as_a_sha256_without_the_whitespace_around_it(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """A stale hash with whitespace around it (Unicode's too: a line separator, the file separator control
+    character, which strip() takes away) is refused as stale, and the answer quotes the hash as read, not the
+    characters around it. Failed before: they were echoed raw into the message."""
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="one")
+        stale = "\u2028\x1c\x1f" + "0" * 64
+        text = await agent.refused("apply_edit", edits=edits("LR = 0.5", "LR = 0.3"), expected_sha256=stale)
+        assert "changed since you read it" in text and "you expected 000000000000…" in text, text
+        assert not {"\u2028", "\x1c", "\x1f"} & set(text), repr(text)
+
+
 async def test_a_run_that_cannot_start_after_its_edit_says_the_edit_stays(
     ml_project: Path, agent_for: Any
 ) -> None:

@@ -314,3 +314,65 @@ def test_a_tmpdir_with_a_mount_in_it_is_left_and_nothing_is_removed_through_the_
         for point in mounted:
             subprocess.run(["umount", str(point)], check=False)
         shutil.rmtree(after_run, ignore_errors=True)
+
+
+REMOVE_BENEATH_A_NAME_NOT_UTF8_DECODED = """
+import os, subprocess, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+import run_tmpdirs
+folder = run_tmpdirs.make()  # in $TMPDIR, whose name the ASCII file system encoding reads with escapes
+bound = os.path.join(folder, "bound")
+os.mkdir(bound)
+subprocess.run(["mount", "-t", "tmpfs", "tmpfs", bound], check=True)
+with open(os.path.join(bound, "work.txt"), "w") as handle:
+    handle.write("the user's")
+run_tmpdirs.remove(folder)
+print(sys.getfilesystemencoding(), "KEPT" if os.path.exists(os.path.join(bound, "work.txt")) else "REMOVED")
+subprocess.run(["umount", bound], check=True)
+"""
+
+
+@NEEDS_ROOT
+def test_a_mount_in_a_tmpdir_under_a_name_the_locale_cannot_spell_is_still_seen(tmp_path: Path) -> None:
+    """A server whose file system encoding is not UTF-8 (the C locale with UTF-8 mode off) reads a $TMPDIR
+    named in UTF-8 with escaped bytes; the mount table's points must be read the same way, or a mount in a run's
+    TMPDIR there is not seen and its files are removed through it. Failed before: REMOVED (the mount table was
+    read as UTF-8)."""
+    require(shutil.which("unshare"), "CI installs util-linux (unshare)", "unshare is needed")
+    for module in ("run_tmpdirs.py", "namespaces.py", "landlock.py"):  # the mount table's reader
+        shutil.copy(Path(run_tmpdirs.__file__).parent / module, tmp_path / module)
+    base = tmp_path / "t\u00e9mp"
+    base.mkdir()
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TMPDIR": str(base)}
+    # LC_ALL set: the C locale is not coerced to UTF-8, and -X utf8=0 keeps UTF-8 mode off.
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", python, "-I", "-X", "utf8=0"]
+        + ["-c", REMOVE_BENEATH_A_NAME_NOT_UTF8_DECODED, str(tmp_path)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ascii", "KEPT"], done.stdout + done.stderr
+
+
+def test_a_temporary_directory_gone_since_the_server_started_fails_the_start_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temporary directory the server chose when it started ($TMPDIR, /tmp) removed, full or read-only since:
+    no run's TMPDIR can be made. The run fails to start, its log says why and what to do, and its log's
+    descriptor is closed. Failed before: an OSError out of the run ("internal error while running:
+    FileNotFoundError"), and one descriptor leaked a run."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        result = ProcessRun(
+            command="echo ran", cwd=tmp_path, timeout_s=60, log_path=tmp_path / "run.log"
+        ).run()
+        log = (tmp_path / "run.log").read_text()
+        assert result.status == "failed_to_start" and "ran" not in log, log
+        assert f"could not make the run's temporary directory in {tmp_path / 'gone'}" in log, log
+        assert result.error is not None and "TMPDIR" in result.error, result.error
+    assert len(os.listdir("/proc/self/fd")) == fds

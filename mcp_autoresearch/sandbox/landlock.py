@@ -205,8 +205,31 @@ def restrict_self(ruleset_fd: int) -> None:
 
 
 def drop_capabilities(libc: ctypes.CDLL) -> None:
-    """Remove DROPPED_CAPS from the bounding set, so neither this process after `exec` nor any descendant holds
-    them (root regains only what the bounding set allows). Without CAP_SETPCAP (not root) there is nothing to
-    drop, and the calls fail harmlessly."""
+    """Remove DROPPED_CAPS from the bounding set and from the inheritable set (which lowers them in the ambient
+    set too), so neither this process after `exec` nor any descendant holds them. The bounding set alone is not
+    enough: root regains at `exec` every capability of its inheritable set, bounding set or not (a container
+    runtime may start root with its default capabilities inheritable, CAP_MKNOD among them; a service may be
+    given ambient ones). Without CAP_SETPCAP (not root) the bounding set stays, and lowering the inheritable
+    set needs no privilege."""
     for cap in DROPPED_CAPS:
         libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    header, data = _CapHeader(_CAP_VERSION_3, 0), (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) == 0:
+        for cap in DROPPED_CAPS:
+            data[cap // 32].inheritable &= ~(1 << (cap % 32))
+        libc.capset(ctypes.byref(header), data)
+
+
+_CAP_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]

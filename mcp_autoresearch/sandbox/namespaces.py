@@ -164,16 +164,25 @@ def _read_folder(folder: str, times: dict[str, tuple[int, int, int] | None], fou
 def _reaches_a_disk(node: os.stat_result) -> bool:
     """Whether a character device reads and writes a disk as its block device would (an NVMe namespace's or
     controller's passthrough node, a SCSI generic or bsg node: a read command needs only the node's file
-    rights), by the subsystem the kernel names for its numbers."""
+    rights), by the subsystem the kernel names for its numbers, or by a major number a disk's driver holds
+    whatever /sys says (SCSI generic, MTD flash: opening such a node with no driver yet loads the driver, which
+    then serves it)."""
+    major = os.major(node.st_rdev)
+    if major in DISK_MAJORS:
+        return True
     try:
-        link = os.readlink(f"/sys/dev/char/{os.major(node.st_rdev)}:{os.minor(node.st_rdev)}/subsystem")
+        link = os.readlink(f"/sys/dev/char/{major}:{os.minor(node.st_rdev)}/subsystem")
     except OSError:
-        return False  # no such device (a node with no driver behind it opens nothing), or no /sys
+        return False  # no such device (nor a driver the kernel loads for it), or no /sys
     return os.path.basename(link) in DISK_SUBSYSTEMS
 
 
 BLOCK_FOLDERS = ("/dev",)
-DISK_SUBSYSTEMS = ("nvme", "nvme-generic", "scsi_generic", "bsg")  # character devices that reach a disk
+DISK_SUBSYSTEMS = ("nvme", "nvme-generic", "scsi_generic", "bsg", "mtd", "ubi")  # character devices that
+# reach a disk (raw flash and its UBI volumes among them); the fixed majors of drivers the kernel loads when
+# a node of theirs is opened (char-major-21: sg, char-major-90: mtd), so a node made before its driver was
+# loaded (no /sys entry yet) is hidden too
+DISK_MAJORS = (21, 90)
 _UNREAD = ("/dev/pts", "/dev/shm")
 SETTLED_NS = 1_000_000_000
 # The folders read, their times, the list of block devices found in them.
@@ -196,12 +205,13 @@ def _folder_times(folders: tuple[str, ...]) -> tuple[tuple[int, int, int] | None
 def mounts_under(directory: str, including: bool = False) -> list[str] | None:
     """The mount points beneath `directory` (and at it, when `including`) in this mount namespace, outermost
     first, from mountinfo (whose fifth field is the mount point, a space, tab, newline and backslash written in
-    octal); None when it cannot be read."""
+    octal; its bytes decoded as Python decodes every path, in the file system encoding); None when it cannot be
+    read."""
     try:
         with open("/proc/self/mountinfo", "rb") as handle:
             lines = handle.read().splitlines()
         points = {
-            line.split(b" ")[4].decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+            os.fsdecode(line.split(b" ")[4].decode("unicode_escape").encode("latin-1"))  # as paths are read
             for line in lines
             if len(line.split(b" ")) > 4
         }

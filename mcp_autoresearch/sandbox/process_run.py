@@ -146,7 +146,13 @@ class ProcessRun:
         started = time.monotonic()
         flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
         log_fd = os.open(self.log_path, flags, 0o644)
-        tmpdir = run_tmpdirs.make()
+        try:
+            tmpdir = run_tmpdirs.make()
+        except OSError as exc:  # the temporary directory removed, full or read-only since the server started
+            reason = run_tmpdirs.not_made(exc)
+            os.write(log_fd, f"autoresearch: {reason}\n".encode())
+            os.close(log_fd)
+            return ProcessResult("failed_to_start", None, 0.0, 0, self.log_path, reason)
         for name in ("TMPDIR", "TMP", "TEMP"):
             env[name] = tmpdir
         if self.private_env is not None:

@@ -69,6 +69,15 @@ def make() -> str:
     return tempfile.mkdtemp(prefix=PREFIX + _owner_part())
 
 
+def not_made(exc: OSError) -> str:
+    """Why no run's TMPDIR could be made (`make` raised `exc`), and what to do."""
+    return (
+        f"could not make the run's temporary directory in {tempfile.gettempdir()}: "
+        f"{exc.strerror or exc}; make room there or make the directory again (the server chose it when it "
+        "started, from $TMPDIR, else /tmp), or restart the server with TMPDIR set to a writable directory"
+    )
+
+
 def remove(path: str) -> None:
     """Remove a run's TMPDIR once nothing of the run is left (links in it are unlinked, never followed)."""
     try:

@@ -65,7 +65,7 @@ def _clone(
         libc.syscall(
             namespaces._numbers()[3],
             within,
-            path.encode(),
+            os.fsencode(path),
             ctypes.c_uint(namespaces.OPEN_TREE_CLONE | namespaces.AT_RECURSIVE | os.O_CLOEXEC),
         ),
         f"open_tree({path})",
@@ -110,7 +110,7 @@ def _attach(libc: ctypes.CDLL, fd: int, path: str, is_dir: bool) -> None:
             fd,
             b"",
             namespaces.AT_FDCWD,
-            path.encode(),
+            os.fsencode(path),
             ctypes.c_uint(namespaces.MOVE_MOUNT_F_EMPTY_PATH),
         ),
         f"move_mount({path})",
@@ -204,7 +204,7 @@ class View:
             *(namespaces.mounts_under("/dev") or []),
         ]:  # one by one: one refused was without devices on the host
             _setattr(
-                libc, namespaces.AT_FDCWD, point.encode(), 0, namespaces.MOUNT_ATTR_NODEV, recursive=False
+                libc, namespaces.AT_FDCWD, os.fsencode(point), 0, namespaces.MOUNT_ATTR_NODEV, recursive=False
             )
 
     def _hide_devices(self) -> None:
@@ -218,7 +218,7 @@ class View:
             return  # /dev unchanged since the list was read: all of them are hidden
         for device in found:
             bound = self.libc.mount(
-                b"/dev/null", device.encode(), None, ctypes.c_ulong(namespaces.MS_BIND), None
+                b"/dev/null", os.fsencode(device), None, ctypes.c_ulong(namespaces.MS_BIND), None
             )
             if (
                 bound != 0 and ctypes.get_errno() != errno.ENOENT
@@ -239,7 +239,7 @@ class View:
         namespaces._check(
             self.libc.mount(
                 b"tmpfs",
-                directory.encode(),
+                os.fsencode(directory),
                 b"tmpfs",
                 ctypes.c_ulong(namespaces.MS_NOSUID | namespaces.MS_NODEV),
                 f"mode=1777,size={size}".encode() if size else b"mode=755",
@@ -269,7 +269,7 @@ class View:
         for directory in sorted(self.hidden, key=len, reverse=True):
             if (
                 self._covered(directory)
-                and self.libc.umount2(directory.encode(), 2) != 0  # MNT_DETACH
+                and self.libc.umount2(os.fsencode(directory), 2) != 0  # MNT_DETACH
                 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT)  # gone meanwhile
             ):
                 raise namespaces.ViewError(f"unhide {directory}: {os.strerror(ctypes.get_errno())}")
@@ -304,7 +304,7 @@ class View:
                 namespaces._check(
                     libc.mount(
                         b"tmpfs",
-                        directory.encode(),
+                        os.fsencode(directory),
                         b"tmpfs",
                         ctypes.c_ulong(namespaces.MS_NOSUID | namespaces.MS_NODEV),
                         b"mode=755",
@@ -314,7 +314,9 @@ class View:
         for path in hide:  # files (a token) still visible after the directories were hidden
             if os.path.isfile(path) and not os.path.islink(path):
                 namespaces._check(
-                    libc.mount(b"/dev/null", path.encode(), None, ctypes.c_ulong(namespaces.MS_BIND), None),
+                    libc.mount(
+                        b"/dev/null", os.fsencode(path), None, ctypes.c_ulong(namespaces.MS_BIND), None
+                    ),
                     f"hide {path}",
                 )
         os.chdir(cwd)  # the working directory as the view shows it (not the hidden mount beneath)
@@ -372,7 +374,7 @@ class View:
                 self.root,
                 b"",
                 namespaces.AT_FDCWD,
-                before.encode(),
+                os.fsencode(before),
                 ctypes.c_uint(namespaces.MOVE_MOUNT_F_EMPTY_PATH),
             ),
             "attach the mounts as they were",
@@ -388,7 +390,7 @@ class View:
             return found
         finally:
             namespaces._check(
-                libc.umount2(before.encode(), 2), "detach the mounts as they were"
+                libc.umount2(os.fsencode(before), 2), "detach the mounts as they were"
             )  # MNT_DETACH
             os.rmdir(before)
 

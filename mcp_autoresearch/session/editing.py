@@ -110,10 +110,11 @@ class Editor:
                     f"the target {self.core.target_rel} is no longer a regular file"
                 ) from None
             before_sha = sha256_bytes(before_bytes)
-            if expected_sha256 is not None and _hash_given(expected_sha256) != before_sha:
+            given = None if expected_sha256 is None else _hash_given(expected_sha256)
+            if given is not None and given != before_sha:
                 raise RuleViolation(
                     f"the target changed since you read it (sha256 is {before_sha[:12]}…, you expected "
-                    f"{expected_sha256[:12]}…); call read_target again and redo the edit"
+                    f"{given[:12]}…); call read_target again and redo the edit"
                 )
             try:
                 before = before_bytes.decode("utf-8")
