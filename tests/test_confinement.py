@@ -20,7 +20,7 @@ import pytest
 
 from mcp_autoresearch.errors import ConfigError
 from mcp_autoresearch.lifecycle.experiment import Experiment, without_run_log_redirect
-from mcp_autoresearch.sandbox import confine, landlock, namespaces
+from mcp_autoresearch.sandbox import confine, landlock
 from mcp_autoresearch.sandbox.policy import check_writable, denied_write_hint, probe_isolation
 from mcp_autoresearch.setup.config import Config
 
@@ -90,7 +90,7 @@ def _inheritable(*caps: int) -> None:
     """In the child before `exec`: `caps` added to its inheritable set, as a container runtime starts root (with
     its default capabilities inheritable, CAP_MKNOD among them)."""
     libc = landlock.libc_handle()
-    header, data = namespaces._CapHeader(0x20080522, 0), (namespaces._CapData * 2)()
+    header, data = landlock.CapHeader(landlock.CAP_VERSION_3, 0), (landlock.CapData * 2)()
     assert libc.capget(ctypes.byref(header), data) == 0
     for cap in caps:
         data[cap // 32].inheritable |= 1 << (cap % 32)

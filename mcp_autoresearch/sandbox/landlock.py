@@ -213,21 +213,23 @@ def drop_capabilities(libc: ctypes.CDLL) -> None:
     set needs no privilege."""
     for cap in DROPPED_CAPS:
         libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
-    header, data = _CapHeader(_CAP_VERSION_3, 0), (_CapData * 2)()
+    header, data = CapHeader(CAP_VERSION_3, 0), (CapData * 2)()
     if libc.capget(ctypes.byref(header), data) == 0:
         for cap in DROPPED_CAPS:
             data[cap // 32].inheritable &= ~(1 << (cap % 32))
         libc.capset(ctypes.byref(header), data)
 
 
-_CAP_VERSION_3 = 0x20080522
+CAP_VERSION_3 = 0x20080522
 
 
-class _CapHeader(ctypes.Structure):
+class CapHeader(ctypes.Structure):
+    """capget/capset's header (the structures of <linux/capability.h>, version 3: two data words)."""
+
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
 
-class _CapData(ctypes.Structure):
+class CapData(ctypes.Structure):
     _fields_ = [
         ("effective", ctypes.c_uint32),
         ("permitted", ctypes.c_uint32),

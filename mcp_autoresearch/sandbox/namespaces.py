@@ -34,10 +34,10 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING or __package__:
-    from .landlock import libc_handle
+    from .landlock import CAP_VERSION_3, CapData, CapHeader, libc_handle
 else:  # run as a script's sibling: imported by path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from landlock import libc_handle
+    from landlock import CAP_VERSION_3, CapData, CapHeader, libc_handle
 
     del sys.path[0]
 
@@ -303,18 +303,6 @@ def loopback_up() -> None:
 PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, PR_SET_SECCOMP = 24, 47, 4, 22
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
-
-
 def drop_all_capabilities(libc: ctypes.CDLL) -> None:
     """Empty the bounding, ambient and inheritable sets: after `exec` the run holds no capability, root
     included (so it can neither remount the view nor bypass file permissions)."""
@@ -324,7 +312,7 @@ def drop_all_capabilities(libc: ctypes.CDLL) -> None:
         if cap > 63:
             break
     libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()
+    header, data = CapHeader(CAP_VERSION_3, 0), (CapData * 2)()
     if libc.capget(ctypes.byref(header), data) == 0:
         data[0].inheritable = data[1].inheritable = 0
         libc.capset(ctypes.byref(header), data)
