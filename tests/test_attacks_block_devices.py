@@ -190,30 +190,11 @@ def test_as_an_ordinary_user_a_device_bound_under_dev_opens_beside_a_mount_the_h
     require(os.geteuid() == 0, "CI runs as root", "mounting and changing user need root")
     tools = [shutil.which(name) for name in ("setpriv", "unshare")]
     require(all(tools), "CI installs util-linux", "setpriv and unshare are needed")
-    home = Path(tempfile.mkdtemp(prefix="view-user-devices-"))
-    try:
-        for name in KEEPER_MODULES:
-            shutil.copy(MODULES / name, home / name)
-        (home / "project" / "out").mkdir(parents=True)
-        subprocess.run(["chown", "-R", f"{USER}:{USER}", str(home)], check=True)
-        confine = [*AS_USER, str(home / "confine.py"), "--landlock", "--view", "--no-network"]
-        run = "head -c 2 /dev/full | od -An -tx1; head -c 2 /dev/zero | od -An -tx1; cat /dev/null && echo ok"
-        host = "mount -t tmpfs -o nodev tmpfs /dev/shm && mount --bind /dev/zero /dev/full && " + " ".join(
-            [*confine, "-w", str(home / "project" / "out"), "--", "/bin/sh", "-c", f"'{run}'"]
-        )
-        done = subprocess.run(
-            ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", host],
-            cwd=home / "project",
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={"PATH": "/usr/bin:/bin"},
-        )
-        output = host + "\n" + done.stdout + done.stderr
-        assert done.returncode == 0, output
-        assert done.stdout.split() == ["00", "00", "00", "00", "ok"], output
-    finally:
-        shutil.rmtree(home)
+    run = "head -c 2 /dev/full | od -An -tx1; head -c 2 /dev/zero | od -An -tx1; cat /dev/null && echo ok"
+    host = ["mount -t tmpfs -o nodev tmpfs /dev/shm", "mount --bind /dev/zero /dev/full"]
+    done, output = _keeper_as_user_in_a_host_of_the_tests("view-user-devices-", host, run)
+    assert done.returncode == 0, output
+    assert done.stdout.split() == ["00", "00", "00", "00", "ok"], output
 
 
 def test_as_an_ordinary_user_inside_a_bubblewrap_sandbox_the_view_builds_and_dev_works() -> None:
@@ -292,39 +273,46 @@ def test_names_in_dev_that_are_not_utf8_neither_stop_the_view_nor_show_a_disk() 
     require(os.geteuid() == 0, "CI runs as root", "mounting and changing user need root")
     tools = [shutil.which(name) for name in ("setpriv", "unshare", "mknod")]
     require(all(tools), "CI installs util-linux and coreutils", "setpriv, unshare and mknod are needed")
-    home = Path(tempfile.mkdtemp(prefix="view-odd-names-"))
+    odd = "\"$(printf 'odd\\377')\""
+    host = [
+        "mount -t tmpfs -o mode=755 tmpfs /dev",
+        "mknod -m 666 /dev/null c 1 3",
+        "mknod -m 666 /dev/zero c 1 5",
+        "mknod -m 666 /dev/urandom c 1 9",
+        "mkdir /dev/pts /dev/shm",
+        "mount -t tmpfs -o nodev tmpfs /dev/shm",
+        f"mkdir /dev/shm/{odd}",
+        f"mount -t tmpfs -o nodev tmpfs /dev/shm/{odd}",
+        f"mknod -m 644 /dev/{odd} b 7 0",
+    ]
+    run = "head -c 2 /dev/zero | od -An -tx1; test -b /dev/odd* && echo shown || echo hidden"
+    done, output = _keeper_as_user_in_a_host_of_the_tests("view-odd-names-", host, run)
+    assert done.returncode == 0, output
+    assert done.stdout.split() == ["00", "00", "hidden"], output
+
+
+def _keeper_as_user_in_a_host_of_the_tests(
+    prefix: str, host: list[str], run: str
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """`run` under the keeper (a copy of its modules, run by uid 12345 with the view and Landlock) in a private
+    mount namespace of the test's, made as the `host` shell steps say: (what it did, everything to show)."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         for name in KEEPER_MODULES:
             shutil.copy(MODULES / name, home / name)
         (home / "project" / "out").mkdir(parents=True)
         subprocess.run(["chown", "-R", f"{USER}:{USER}", str(home)], check=True)
         confine = [*AS_USER, str(home / "confine.py"), "--landlock", "--view", "--no-network"]
-        run = "head -c 2 /dev/zero | od -An -tx1; test -b /dev/odd* && echo shown || echo hidden"
-        odd = "\"$(printf 'odd\\377')\""
-        host = " && ".join(
-            [
-                "mount -t tmpfs -o mode=755 tmpfs /dev",
-                "mknod -m 666 /dev/null c 1 3",
-                "mknod -m 666 /dev/zero c 1 5",
-                "mknod -m 666 /dev/urandom c 1 9",
-                "mkdir /dev/pts /dev/shm",
-                "mount -t tmpfs -o nodev tmpfs /dev/shm",
-                f"mkdir /dev/shm/{odd}",
-                f"mount -t tmpfs -o nodev tmpfs /dev/shm/{odd}",
-                f"mknod -m 644 /dev/{odd} b 7 0",
-                " ".join([*confine, "-w", str(home / "project" / "out"), "--", "/bin/sh", "-c", f"'{run}'"]),
-            ]
-        )
+        command = " ".join([*confine, "-w", str(home / "project" / "out"), "--", "/bin/sh", "-c", f"'{run}'"])
+        steps = " && ".join([*host, command])
         done = subprocess.run(
-            ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", host],
+            ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", steps],
             cwd=home / "project",
             capture_output=True,
             text=True,
             timeout=120,
             env={"PATH": "/usr/bin:/bin"},
         )
-        output = host + "\n" + done.stdout + done.stderr
-        assert done.returncode == 0, output
-        assert done.stdout.split() == ["00", "00", "hidden"], output
+        return done, steps + "\n" + done.stdout + done.stderr
     finally:
         shutil.rmtree(home)
