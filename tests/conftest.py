@@ -52,6 +52,7 @@ SPARES_MODULES = {
     "test_attacks_standby",
     "test_launcher",
     "test_private_view",
+    "test_run_tmpdirs",
     "test_standby",
 }
 MOUNTING_FIXTURES = {"small_disk", "few_inodes"}
