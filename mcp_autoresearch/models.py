@@ -138,6 +138,11 @@ class RunResult(BaseModel):
         None, description="The run's output; while running, the live log (tail -f it)."
     )
     log_tail: str | None = Field(None, description="Last lines of the output (bounded, cleaned).")
+    output_cut: str | None = Field(
+        None,
+        description="The output was longer than log_limit_mb: what its log keeps (the beginning and the end) "
+        "and what it left out.",
+    )
     error: str | None = None
     values: list[float] | None = Field(None, description="Every value when repeats > 1.")
     spread: float | None = Field(None, description="max - min of the repeated values.")

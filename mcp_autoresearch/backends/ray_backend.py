@@ -218,10 +218,12 @@ class RayBackend:
         *,
         required: bool = False,
         measure: str | None = None,
+        log_limit: int | None = None,
     ) -> RayJobRun:
         """One command as a Ray job, with `ProcessRun`'s interface (`run()`, thread-safe `cancel()`).
         `confined`: Landlock on the worker (`required`: or nothing runs, exit 125); `measure`: a
-        `size_kb:`/`size_mb:` metric the wrapper measures on the worker."""
+        `size_kb:`/`size_mb:` metric the wrapper measures on the worker; `log_limit`: the most its log keeps of
+        the output, in bytes (`records/run_log.py`)."""
         writable = list(writable or [])
         spec: ray_wrapper.JobSpec = {
             "command": command,
@@ -237,7 +239,7 @@ class RayBackend:
             "measure": measure,
             "target": self.target_file,
         }
-        return RayJobRun(self, cwd, log_path, timeout_s, marker, on_progress, spec)
+        return RayJobRun(self, cwd, log_path, timeout_s, marker, on_progress, spec, log_limit)
 
 
 class RayJobRun:
@@ -252,8 +254,11 @@ class RayJobRun:
         marker: str,
         on_progress: ProgressCallback | None,
         spec: ray_wrapper.JobSpec,
+        log_limit: int | None = None,
     ) -> None:
         self.backend = backend
+        self.log_limit = log_limit
+        self._log: Log | None = None  # while it runs
         self.cwd = cwd
         self.log_path = log_path
         self.timeout_s = timeout_s
@@ -279,7 +284,7 @@ class RayJobRun:
 
     def run(self) -> ProcessResult:
         started = time.monotonic()
-        log = Log(self.log_path)
+        log = self._log = Log(self.log_path, self.log_limit)
         try:
             return self._run(log, started)
         finally:
@@ -295,8 +300,19 @@ class RayJobRun:
         rss: int = 0,
         sizes: dict[str, int | str] | None = None,
     ) -> ProcessResult:
+        log.finish()  # the end of an output longer than the limit, after what it left out
         return ProcessResult(
-            status, code, duration, rss, self.log_path, error, 0, log.size, log.hash.hexdigest(), sizes
+            status,
+            code,
+            duration,
+            rss,
+            self.log_path,
+            error,
+            0,
+            log.size,
+            log.sha256,
+            sizes,
+            output_cut=log.summary("the command"),
         )
 
     def _run(self, log: Log, started: float) -> ProcessResult:
@@ -428,7 +444,8 @@ class RayJobRun:
                 if self.on_progress and begun is not None and now >= next_progress:
                     next_progress = now + PROGRESS_EVERY_S
                     try:
-                        self.on_progress(now - begun, self.timeout_s, last_line(self.log_path))
+                        recent = self._log.recent() if self._log is not None else b""
+                        self.on_progress(now - begun, self.timeout_s, last_line(self.log_path, recent=recent))
                     except Exception:  # a failing progress consumer must never break the run
                         pass
                 await asyncio.wait({reader}, timeout=0.1)

@@ -8,7 +8,6 @@ the run never reads where the cluster is. This module never touches the snapshot
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from ..measure import output_checks, output_size
 from ..names import STATE_DIR
+from ..records.run_log import RunLog
 from ..sandbox import (
     command,
     confine,
@@ -52,22 +52,13 @@ SHIPPED = (
 CONFIG_FILES = ("autoresearch.toml", "pyproject.toml")  # where a ray_address line is redacted in the package
 
 
-class Log:
-    """The server's log of one run: an fd we own, and the sha256 of what was written."""
+class Log(RunLog):
+    """The server's log of one run, in a file of its own: bounded by `limit` bytes and hashed (`RunLog`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, limit: int | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-        self.fd = os.open(path, flags, 0o644)
-        self.size = 0
-        self.hash = hashlib.sha256()
-
-    def write(self, data: bytes) -> None:
-        self.hash.update(data)
-        self.size += len(data)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        super().__init__(os.open(path, flags, 0o644), limit)
 
     def close(self) -> None:
         os.close(self.fd)

@@ -27,6 +27,7 @@ from ..measure.metrics import (
 from ..measure.output_checks import Snapshot, snapshot
 from ..names import HOLDOUT, RUN_LOG, STATE_DIR
 from ..records.logtail import clean_text, read_tail_bytes
+from ..records.run_log import MB
 from ..sandbox.caches import run_caches, stage_caches
 from ..sandbox.launcher import Launched, launcher
 from ..sandbox.policy import (
@@ -196,6 +197,7 @@ class Experiment:
                 setting != "off",
                 required=setting == "required",
                 measure=measure,
+                log_limit=round(self.config.log_limit_mb * MB),
             )
         else:
             kept = self.isolation is not None and keeper_available()
@@ -214,6 +216,7 @@ class Experiment:
                 private_env=self._stage_env if stage == "eval" else self._private_caches,
                 # the evaluation's stderr on a pipe and log of its own: only its stdout supplies the metric
                 stderr_log=log_path.with_suffix(".stderr.log") if stage == "eval" else None,
+                log_limit=round(self.config.log_limit_mb * MB),
             )
         with self._lock:
             if self._cancel_reason is not None:
@@ -257,6 +260,9 @@ class Experiment:
             if self.publish_run_log:
                 self._publish_run_log(log_path)
             tally.add_run(done.duration_s, done.peak_rss_bytes, done.leftovers_killed, done.exit_code)
+            tally.note_output(
+                done.output_cut, f"run {len(tally.durations)}" if config.repeats > 1 else "the run"
+            )
             failure = self._process_failure(done.status, done.exit_code, done.error)
             if failure is None:
                 failure = self._capture_mismatch(done)
@@ -300,6 +306,8 @@ class Experiment:
             command, log_path, config.eval_timeout, f"{self.run_id}{EVAL_SUFFIX}", None, extra, stage="eval"
         ).run()
         self._tally.leftovers += done.leftovers_killed
+        if run_log is not None:  # not the holdout: nothing of its output is shown to the agent
+            self._tally.note_output(done.output_cut, what)
         if done.status == "cancelled":
             return "cancelled", done.error or "cancelled"
         if done.status != "exited" or done.exit_code != 0:
@@ -337,6 +345,7 @@ class Experiment:
         ).run()
         self._record_outputs()  # what the checks wrote there is the run's too (not the user's)
         self._tally.leftovers += checks.leftovers_killed
+        self._tally.note_output(checks.output_cut, "checks_command")
         failure = self._process_failure(checks.status, checks.exit_code, checks.error)
         if failure:
             status, error = failure

@@ -26,6 +26,7 @@ class ExperimentResult:
     error: str | None = None
     secondary: dict[str, float] = field(default_factory=dict)
     leftovers_killed: int = 0
+    output_cut: str | None = None  # what the bounded logs left out of the output (`records/run_log.py`)
 
 
 @dataclass
@@ -40,6 +41,12 @@ class Tally:
     leftovers: int = 0
     exit_code: int | None = None
     eval_log: Path | None = None  # the last evaluation's log (with eval_command)
+    output_cuts: list[str] = field(default_factory=list)  # what bounded logs left out, stage by stage
+
+    def note_output(self, cut: str | None, stage: str) -> None:
+        """A command's output that its log did not keep whole (`ProcessResult.output_cut`), in `stage`."""
+        if cut:
+            self.output_cuts.append(f"{stage}: {cut}")
 
     def add_run(self, duration_s: float, peak_rss: int, leftovers: int, exit_code: int | None) -> None:
         self.durations.append(duration_s)
@@ -79,4 +86,5 @@ class Tally:
             error=error,
             secondary=self.secondary,
             leftovers_killed=self.leftovers,
+            output_cut="; ".join(self.output_cuts) or None,
         )

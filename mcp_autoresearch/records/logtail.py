@@ -49,7 +49,9 @@ def tail(path: Path, max_lines: int = 30, max_chars: int = 2000, max_line_chars:
     return out
 
 
-def last_line(path: Path, max_chars: int = 200) -> str:
-    lines = [line for line in clean_text(read_tail_bytes(path, 8192)).split("\n") if line.strip()]
+def last_line(path: Path, max_chars: int = 200, recent: bytes = b"") -> str:
+    """The last line of a log that is not blank, cleaned and bounded; `recent`: the output's last bytes where the
+    file does not end with them (a bounded log past its beginning, `RunLog.recent`)."""
+    lines = [line for line in clean_text(recent or read_tail_bytes(path, 8192)).split("\n") if line.strip()]
     line = lines[-1].strip() if lines else ""
     return line if len(line) <= max_chars else line[: max_chars - 1] + "…"

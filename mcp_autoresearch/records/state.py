@@ -75,6 +75,7 @@ class RunOutcome(BaseModel):
     error: str | None = None
     secondary: dict[str, float] = {}
     leftovers_killed: int = 0
+    output_cut: str | None = None  # what the bounded logs left out of the output (None: nothing)
     best_values: list[float] = []  # runs of the best added while measuring this candidate (sequential rule)
     test: TestRecord | None = None  # the sequential test's last look (None under the greedy rule)
     remeasured: list[float] = []  # runs of the candidate after the rule kept it (not part of `values`)

@@ -1,28 +1,28 @@
 """The capture of a run's output: the pipe the command writes, copied into the server's log by a thread.
 
-Only what arrived before `cut()` is kept; the sha256 of what was captured lets the caller prove later that the
-log file still holds exactly that.
+Only what arrived before `cut()` is kept, bounded as `records/run_log.py` says; the sha256 of what was written
+lets the caller prove later that the log file still holds exactly that.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import select
 import threading
+
+from ..records.run_log import RunLog
 
 CHUNK_BYTES = 1 << 20
 
 
 class Capture:
-    """Copies the command's output pipe into the log file on a thread, hashing it, until `cut()`."""
+    """Copies the command's output pipe into the log file on a thread (`RunLog`: bounded by `limit` bytes,
+    hashed), until `cut()`."""
 
-    def __init__(self, read_fd: int, log_fd: int) -> None:
+    def __init__(self, read_fd: int, log_fd: int, limit: int | None = None) -> None:
         self.read_fd = read_fd
         self.log_fd = log_fd
-        self.size = 0  # bytes written to the log (what the hash covers)
-        self.dropping = False  # a write failed: output is read and dropped from then on
-        self._hash = hashlib.sha256()
+        self.log = RunLog(log_fd, limit)
         os.set_blocking(read_fd, False)
         self._wake_r, self._wake_w = os.pipe()  # not inherited (PEP 446); os.pipe2 is Linux-only
         self._thread = threading.Thread(target=self._loop, name="capture", daemon=True)
@@ -30,7 +30,12 @@ class Capture:
 
     @property
     def sha256(self) -> str:
-        return self._hash.hexdigest()
+        return self.log.sha256
+
+    @property
+    def size(self) -> int:
+        """Bytes in the log file (what the hash covers)."""
+        return self.log.size
 
     def _pump(self) -> bool:
         """Copy what the pipe holds now. False at end of file (every writer has gone)."""
@@ -43,18 +48,7 @@ class Capture:
                 return False
             if not data:
                 return False
-            view = memoryview(data)
-            while view and not self.dropping:
-                try:
-                    written = os.write(self.log_fd, view)
-                except (
-                    OSError
-                ):  # a full disk: the log ends here, and the pipe is still drained (no run blocks)
-                    self.dropping = True
-                    break
-                self._hash.update(view[:written])
-                self.size += written
-                view = view[written:]
+            self.log.write(data)  # a full disk ends the log there: the pipe is still drained (no run blocks)
 
     def _loop(self) -> None:
         try:
@@ -69,13 +63,17 @@ class Capture:
             return
 
     def cut(self) -> None:
-        """Stop capturing: output that arrives from now on is not part of the run's log."""
+        """Stop capturing: output that arrives from now on is not part of the run's log (which is finished: see
+        `RunLog.finish`). Once; a second call does nothing."""
+        if self.read_fd < 0:
+            return
         if self._thread.is_alive():
             try:
                 os.write(self._wake_w, b"x")
             except OSError:
                 pass
             self._thread.join()
+        self.log.finish()
         for fd in (self._wake_r, self._wake_w, self.read_fd):
             try:
                 os.close(fd)

@@ -92,6 +92,8 @@ class ProcessResult:
     captured_sha256: str = ""
     # A remote run (Ray): the size of each `metric_measure` output, measured where it ran, or why it could not be.
     sizes: dict[str, int | str] | None = None
+    # What a bounded log left out of the output, in words (`RunLog.summary`); None: the log holds it all.
+    output_cut: str | None = None
 
 
 @dataclass
@@ -115,6 +117,8 @@ class ProcessRun:
     # Where the command's stderr goes, on a pipe of its own (the evaluation stage: only its stdout is read for
     # the metric); None: stderr shares the output's pipe and log.
     stderr_log: Path | None = None
+    # The most a log keeps of the output, in bytes (`records/run_log.py`); None: all of it.
+    log_limit: int | None = None
 
     def __post_init__(self) -> None:
         self._cancel = threading.Event()
@@ -182,9 +186,10 @@ class ProcessRun:
                 os.close(write_fd)
                 if err_write >= 0:
                     os.close(err_write)
-            self._capture = Capture(read_fd, log_fd)
+            self._capture = Capture(read_fd, log_fd, self.log_limit)
             if err_read >= 0 and self.stderr_log is not None:
-                self._err_capture = Capture(err_read, os.open(self.stderr_log, flags, 0o644))
+                err_fd = os.open(self.stderr_log, flags, 0o644)
+                self._err_capture = Capture(err_read, err_fd, self.log_limit)
             status, exit_code = self._supervise(started)
             duration = time.monotonic() - started
             self._cut()
@@ -205,6 +210,7 @@ class ProcessRun:
                 leftovers,
                 capture.size,
                 capture.sha256,
+                output_cut=self._output_cut(),
             )
         finally:
             self._cut()
@@ -215,6 +221,15 @@ class ProcessRun:
             if self._err_capture is not None:
                 os.close(self._err_capture.log_fd)
             run_tmpdirs.remove(tmpdir)
+
+    def _output_cut(self) -> str | None:
+        """What the bounded logs left out (the output's, and stderr's where it has a log of its own)."""
+        said = [
+            capture.log.summary(what)
+            for capture, what in ((self._capture, "the command"), (self._err_capture, "its stderr"))
+            if capture is not None
+        ]
+        return "; ".join(line for line in said if line) or None
 
     def _cut(self) -> None:
         if self._capture is not None:
@@ -289,7 +304,9 @@ class ProcessRun:
             if self.on_progress and time.monotonic() >= next_progress:
                 next_progress = time.monotonic() + self.progress_every_s
                 try:
-                    self.on_progress(time.monotonic() - started, self.timeout_s, last_line(self.log_path))
+                    recent = self._capture.log.recent() if self._capture is not None else b""
+                    line = last_line(self.log_path, recent=recent)
+                    self.on_progress(time.monotonic() - started, self.timeout_s, line)
                 except Exception:  # a failing progress consumer must never break the run
                     pass
 

@@ -162,6 +162,7 @@ class Views:
             commit=pending.commit,
             log_path=result.log_path,
             log_tail=result.log_tail,
+            output_cut=result.output_cut,
             error=result.error,
             values=result.values if len(result.values) > 1 else None,
             spread=result.spread,

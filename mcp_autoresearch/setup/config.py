@@ -144,6 +144,16 @@ class ConfigValues(BaseModel):
     memory_regex: str | None = Field(
         None, description="Regex with one group: peak memory in MB from the log.", json_schema_extra=FROZEN
     )
+    # How much of an output is kept, not what is measured from it (the metric a run prints last is always kept):
+    # free, so a person can raise it for a session that needs to see more.
+    log_limit_mb: float | None = Field(
+        None,
+        ge=0.01,
+        le=1_000_000,
+        description="The most a command's log keeps of its output, in MB: past it, the beginning and the last "
+        "8 MB (at most half of it), with a line saying what was left out between them.",
+        json_schema_extra=FREE,
+    )
     jsonl_path: str | None = Field(
         None, description="Where the JSONL log lives (relative to the project).", json_schema_extra=FROZEN
     )
@@ -395,6 +405,7 @@ class Config(BaseModel):
     max_hours: float | None = None
     stall_after: int = 8
     memory_regex: str | None = None
+    log_limit_mb: float = 64.0
     jsonl_path: str = DEFAULT_JSONL
     writable: list[str] = Field(default_factory=list)
     persistent: list[str] = Field(default_factory=list)

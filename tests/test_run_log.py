@@ -1,0 +1,151 @@
+"""A run's log is bounded (`log_limit_mb`): a run that prints far more than the limit leaves the beginning and
+the end of its output in the log, never a line cut in two, one line saying what was left out, and the same in
+the result's `output_cut`; the metric it prints last is read as before."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcp_autoresearch.records.run_log import RunLog
+
+from .conftest import make_repo
+
+pytestmark = pytest.mark.anyio
+
+MARKER = re.compile(rb"^autoresearch: ([\d,]+) bytes of output left out here: the run printed ([\d,]+) bytes")
+
+
+def _written(data: bytes, limit: int | None, rng: random.Random) -> tuple[bytes, RunLog]:
+    """`data` written through a RunLog in pieces of random sizes, as a pipe hands them over: the file and the
+    log."""
+    fd, path = tempfile.mkstemp()
+    try:
+        log = RunLog(fd, limit)
+        at = 0
+        while at < len(data):
+            size = rng.randrange(1, 70_000)
+            log.write(data[at : at + size])
+            at += size
+        log.finish()
+    finally:
+        os.close(fd)
+    out = Path(path).read_bytes()
+    os.unlink(path)
+    return out, log
+
+
+def test_a_bounded_log_keeps_whole_lines_of_the_beginning_and_the_end_and_says_what_it_left_out() -> None:
+    rng = random.Random(7)
+    cut = 0
+    for trial in range(300):
+        lines = [
+            f"L{i} ".encode() + b"x" * rng.randrange(0, 300) + b"\n" for i in range(rng.randrange(1, 3000))
+        ]
+        if rng.random() < 0.3:
+            lines[-1] = lines[-1][:-1]  # no newline at the end
+        if rng.random() < 0.2:  # one line longer than a piece
+            lines.insert(rng.randrange(len(lines)), b"y" * rng.randrange(1_000, 90_000))
+        data = b"".join(lines)
+        limit = rng.choice([None, 1_000, 5_000, 20_000, 100_000, len(data), len(data) + 1])
+        out, log = _written(data, limit, rng)
+        assert hashlib.sha256(out).hexdigest() == log.sha256 and len(out) == log.size, trial
+        assert log.printed == len(data), trial
+        if limit is None or len(data) <= limit:
+            assert out == data and log.left_out == 0 and log.summary() is None, trial
+            continue
+        cut += 1
+        head, _, rest = out.partition(b"autoresearch: ")
+        marker, _, tail = (b"autoresearch: " + rest).partition(b"\n")
+        found = MARKER.match(marker)
+        assert found, (trial, marker[:200])
+        assert int(found.group(1).replace(b",", b"")) == log.left_out == len(data) - len(head) - len(tail)
+        assert int(found.group(2).replace(b",", b"")) == len(data)
+        assert data.startswith(head) and data.endswith(tail), trial
+        assert head == b"" or head.endswith(b"\n"), trial  # the beginning ends with a whole line
+        start = len(data) - len(tail)
+        assert tail == b"" or data[start - 1 : start] == b"\n", trial  # the end starts with one
+        assert len(head) <= log.head_limit and len(tail) <= log.tail_limit, trial
+        assert f"log_limit_mb = {limit / 1e6:g}" in (log.summary() or "")
+    assert cut > 100  # most trials went past their limit
+
+
+# Numbered lines of 100 bytes; LINES of them make about 3 MB. A line cut in two would not match LINE.
+LINES = 30_000
+LINE = re.compile(r"^line \d{6} x{88}$")
+PRINT_LINES = f"i=0; while [ $i -lt {LINES} ]; do printf 'line %06d %s\\n' $i {'x' * 88}; i=$((i+1)); done"
+
+
+def _project(tmp_path: Path, command: str, limit_mb: float) -> Path:
+    return make_repo(
+        tmp_path / "proj",
+        {
+            "params.sh": "K=7\n",
+            "autoresearch.toml": f'target_file = "params.sh"\nrun_command = "{command}"\nmetric_name = "score"\n'
+            f"log_limit_mb = {limit_mb}\nmetric_direction = 'lower_is_better'\n",
+        },
+    )
+
+
+def _toml_escaped(command: str) -> str:
+    return command.replace("\\", "\\\\").replace('"', '\\"')
+
+
+async def test_a_run_printing_past_the_limit_keeps_its_metric_and_says_what_its_log_left_out(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    command = _toml_escaped(f'. ./params.sh; {PRINT_LINES}; echo "score: $K"')
+    root = _project(tmp_path, command, 1)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    assert run["status"] == "ok" and run["value"] == 7.0, run
+    assert "the run: the command printed 3.0 MB, more than log_limit_mb = 1" in run["output_cut"], run
+    log = Path(run["log_path"]).read_bytes()
+    assert 900_000 < len(log) <= 1_000_200  # the limit, and the line that says what was left out
+    lines = log.decode().splitlines()
+    assert lines[0] == f"line 000000 {'x' * 88}" and lines[-1] == "score: 7"
+    markers = [line for line in lines if line.startswith("autoresearch: ")]
+    assert len(markers) == 1 and MARKER.match(markers[0].encode()), markers
+    numbers = [int(line[5:11]) for line in lines if line.startswith("line ")]
+    assert numbers == sorted(numbers) and numbers[-1] == LINES - 1
+    assert all(LINE.match(line) for line in lines if line not in markers and line != "score: 7")
+
+
+async def test_a_metric_line_at_the_cut_is_never_read_cut_in_two(tmp_path: Path, agent_for: Any) -> None:
+    """The metric lines fill the log's beginning and the cut falls in one of them; the end holds none: the value
+    read is the last whole one, not the digits before the cut."""
+    metric_lines = "i=0; while [ $i -lt 40000 ]; do echo 'score: 123456789'; i=$((i+1)); done"
+    filler = f"i=0; while [ $i -lt 30000 ]; do echo 'no metric here {'y' * 80}'; i=$((i+1)); done"
+    root = _project(tmp_path, _toml_escaped(f"{metric_lines}; {filler}"), 0.5)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    assert run["status"] == "ok" and run["value"] == 123456789.0, run
+    assert run["output_cut"], run
+
+
+async def test_a_run_past_its_log_limit_still_shows_its_latest_line_while_it_runs(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    command = _toml_escaped(
+        f"{PRINT_LINES}; echo 'waiting for the test'; while [ ! -e go ]; do sleep 0.05; done; echo 'score: 1'"
+    )
+    root = _project(tmp_path, command, 1)
+    go = root / "go"  # in the project: the run's view hides /tmp
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        run = await agent.ok("run_experiment", description="baseline", wait_s=0)
+        while run["status"] == "running" and "waiting for the test" not in (run.get("log_tail") or ""):
+            run = await agent.ok("wait_experiment", run_id=run["run_id"], wait_s=1)
+        assert run["status"] == "running" and run["log_tail"] == "waiting for the test", run
+        go.touch()
+        run = await agent.until_done(run["run_id"])
+    assert run["status"] == "ok" and run["value"] == 1.0 and run["output_cut"], run
