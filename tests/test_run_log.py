@@ -16,7 +16,7 @@ import pytest
 
 from mcp_autoresearch.records.run_log import RunLog
 
-from .conftest import make_repo
+from .conftest import make_repo, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -149,3 +149,10 @@ async def test_a_run_past_its_log_limit_still_shows_its_latest_line_while_it_run
         go.touch()
         run = await agent.until_done(run["run_id"])
     assert run["status"] == "ok" and run["value"] == 1.0 and run["output_cut"], run
+
+
+async def test_detect_shows_the_log_limit(tmp_path: Path, agent_for: Any) -> None:
+    root = _project(tmp_path, "echo score: 1", 2.5)
+    assert "run logs:     at most 2.5 MB of a command's output kept" in run_cli("detect", cwd=root).stdout
+    async with agent_for(root) as agent:
+        assert (await agent.ok("detect_project"))["log_limit_mb"] == 2.5

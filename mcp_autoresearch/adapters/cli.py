@@ -257,6 +257,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             print("holdout:      set (run after every keep; its values are never shown)")
     print(f"repeats:      {info.repeats} (runs per experiment; the median decides)")
     print(f"min_delta:    {info.min_delta:g}")
+    print(f"run logs:     at most {info.log_limit_mb:g} MB of a command's output kept, its beginning and end")
     print(
         f"writable:     {', '.join(info.writable) or '-'} (a run may write only these, and a private TMPDIR)"
     )

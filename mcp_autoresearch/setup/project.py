@@ -66,6 +66,9 @@ class ProjectInfo(BaseModel):
     holdout: bool = Field(False, description="A holdout_command is set (its values are never shown).")
     repeats: int = Field(1, description="Runs per experiment (the median decides) under the greedy rule.")
     min_delta: float = Field(0.0, description="Smallest change that counts as an improvement.")
+    log_limit_mb: float = Field(
+        64.0, description="The most a command's log keeps of its output, in MB (its beginning and its end)."
+    )
     writable: list[str] = Field(description="Paths a run may write; everything else is read-only to it.")
     persistent: list[str] = Field(
         default_factory=list,
@@ -236,6 +239,7 @@ def load_project(
         holdout=config.holdout_command is not None,
         repeats=config.repeats,
         min_delta=config.min_delta,
+        log_limit_mb=config.log_limit_mb,
         max_experiments=config.max_experiments,
         max_hours=config.max_hours,
         stall_after=config.stall_after,
