@@ -144,15 +144,15 @@ class ConfigValues(BaseModel):
     memory_regex: str | None = Field(
         None, description="Regex with one group: peak memory in MB from the log.", json_schema_extra=FROZEN
     )
-    # How much of an output is kept, not what is measured from it (the metric a run prints last is always kept):
-    # free, so a person can raise it for a session that needs to see more.
+    # How much of an output the log keeps. The metric a run prints last is always kept, but a metric read from the
+    # middle of a long output (an earlier match of metric_regex) depends on it: frozen, as what is measured is.
     log_limit_mb: float | None = Field(
         None,
         ge=0.01,
         le=1_000_000,
         description="The most a command's log keeps of its output, in MB: past it, the beginning and the last "
         "8 MB (at most half of it), with a line saying what was left out between them.",
-        json_schema_extra=FREE,
+        json_schema_extra=FROZEN,
     )
     jsonl_path: str | None = Field(
         None, description="Where the JSONL log lives (relative to the project).", json_schema_extra=FROZEN
