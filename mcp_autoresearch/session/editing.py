@@ -151,6 +151,7 @@ class Editor:
             old, new = edit.get("old_text", ""), edit.get("new_text", "")
             if not old:
                 raise RuleViolation(f"edit {number}: old_text is empty; quote the exact text to replace")
+            old, new = _in_line_endings_of(after, old, new)
             count = after.count(old)
             if count != 1:
                 where = "does not occur" if count == 0 else f"occurs {count} times"
@@ -162,6 +163,19 @@ class Editor:
             if len(after) > MAX_EDIT_BYTES:  # 200 edits of 4 MB each would otherwise build 800 MB
                 raise RuleViolation(f"after edit {number}, " + _too_large(len(after), "characters"))
         return after
+
+
+def _in_line_endings_of(text: str, old: str, new: str) -> tuple[str, str]:
+    """The edit as it applies to `text`: where every line of the target ends with CRLF, the newlines of both
+    texts are CRLF too (an agent retypes read_target's lines with plain newlines), so that the edit matches and
+    the file keeps one line ending. Anything else: the edit as given."""
+    if "\r\n" not in text or text.count("\n") != text.count("\r\n"):
+        return old, new
+    return _crlf(old), _crlf(new)
+
+
+def _crlf(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\n", "\r\n")
 
 
 def _too_large(size: int, unit: str) -> str:
