@@ -77,6 +77,9 @@ def test_node_falls_back_to_src_index_and_warns_without_build(tmp_path: Path) ->
     info = detect(tmp_path, {"package.json": "{}", "src/index.js": "console.log(1)\n"})
     assert info.target_file == "src/index.js"
     assert any("no 'build' script" in w for w in info.warnings)
+    # `npm run build` would fail on its first run: the project is not ready until run_command is set
+    assert info.run_command is None and not info.ready
+    assert "Set run_command in autoresearch.toml" in info.message
 
 
 def test_node_exports_map(tmp_path: Path) -> None:

@@ -138,6 +138,8 @@ def detect(root: Path) -> Detection | None:
         "metric_direction": "lower_is_better",
         "readonly_files": ["package.json"] + [name for name in LOCK_FILES if (root / name).is_file()],
     }
+    if build is None:  # `npm run build` would only fail ("Missing script"): nothing to run until one is set
+        del settings["run_command"]
     return Detection(
         project_type=NAME,
         score=50,
