@@ -56,8 +56,16 @@ def server_holder(files: SessionFiles) -> str | None:
         os.close(fd)
 
 
-def trend(rows: list[Row], direction: str, width: int, best_before: float | None = None) -> Text:
-    """Sparkline of the values (grey discarded, green kept, red crash) and a line of the running best."""
+def trend(
+    rows: list[Row],
+    direction: str,
+    width: int,
+    best_before: float | None = None,
+    best_now: float | None = None,
+) -> Text:
+    """Sparkline of the values (grey discarded, green kept, red crash) and a line of the kept marks, labelled
+    with the session's best (`best_now`, every re-measurement of it counted, as the header says it; without
+    it, the best of the kept rows' own values)."""
     points = rows[-width:]
     values = [r.value for r in points if r.value is not None and r.status != "crash"]
     text = Text()
@@ -81,6 +89,7 @@ def trend(rows: list[Row], direction: str, width: int, best_before: float | None
             best_line.append("▲", style="green")
         else:
             best_line.append(" ")
+    best = best if best_now is None else best_now
     return Text.assemble(text, "\n", best_line, f"  best {best:.6g}" if best is not None else "")
 
 
@@ -169,7 +178,11 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
     window_start = max(0, total - span)
     chart = Panel(
         trend(
-            journal.tail(span), state.metric_direction, span, journal.best_kept_before(window_start, lower)
+            journal.tail(span),
+            state.metric_direction,
+            span,
+            journal.best_kept_before(window_start, lower),
+            best.value if best is not None else None,
         ),
         title="trend (taller is better; ▲ kept)",
     )
