@@ -71,4 +71,6 @@ async def test_a_crash_and_failed_checks_say_the_target_was_reverted(
             assert "the target then goes back to the best kept version" in run["next_step"], run["next_step"]
             decision = await agent.ok("commit_or_reset", run_id=run["run_id"])
             assert decision["decision"] == "crash"
+            why = "exit code 1" if status == "crash" else status  # what went wrong, never "a crash (crash)"
+            assert decision["next_step"].startswith(f"logged as a crash ({why}); "), decision["next_step"]
             check_reverted(root, decision, TARGET.replace(old, new), baseline["run_id"])

@@ -426,8 +426,10 @@ def _decided_step(core: SessionCore, pending: Pending, after_keep: str, after_ot
         return f"kept{kept}. Record what it taught you: {notes}; then {after_keep}"
     reverted = reverted_note(core, pending)
     if decision.decision == "crash":
+        # What went wrong ("exit code 1"), never "a crash (crash)"; another status names itself.
+        why = result.error if result.status == "crash" and result.error else result.status
         return (
-            f"logged as a crash ({result.status}); {reverted}. Record what happened: {notes}; then, to fix a "
+            f"logged as a crash ({why}); {reverted}. Record what happened: {notes}; then, to fix a "
             f"trivial mistake, put that version back, fix it and run again, or {after_other}"
         )
     return f"discarded; {reverted}. Record what it taught you: {notes}; then {after_other}"
