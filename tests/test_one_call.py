@@ -65,6 +65,17 @@ async def test_one_call_keeps_discards_and_logs_like_three(ml_project: Path, age
     assert [row.split("\t")[3] for row in rows] == ["keep", "keep", "discard", "crash"]
 
 
+async def test_start_session_teaches_the_one_call_step(ml_project: Path, agent_for: Any) -> None:
+    """The next step start_session gives is the loop's step as the `loop` prompt teaches it: one call, decided."""
+    async with agent_for(ml_project) as agent:
+        fresh = await agent.ok("start_session", tag="one")
+        assert "run_experiment(description='baseline', decide=true)" in fresh["next_step"], fresh["next_step"]
+        await agent.ok("run_experiment", description="baseline", decide=True)
+    async with agent_for(ml_project) as agent:
+        resumed = await agent.ok("start_session", tag="one")
+        assert "edits=[{old_text, new_text}], decide=true)" in resumed["next_step"], resumed["next_step"]
+
+
 async def test_a_failed_edit_runs_nothing(ml_project: Path, agent_for: Any) -> None:
     async with agent_for(ml_project) as agent:
         await agent.ok("start_session", tag="one")

@@ -191,13 +191,16 @@ class Views:
             next_step = f"run {pending.run_id} is in flight: call wait_experiment(run_id='{pending.run_id}')"
         elif pending:
             next_step = f"run {pending.run_id} waits for its decision: call commit_or_reset(run_id='{pending.run_id}')"
-        elif state.best is None:
+        elif state.best is None:  # the loop's step is one call (the `loop` prompt); three calls do the same
             next_step = (
-                "run the unmodified baseline first: run_experiment(description='baseline'), "
-                "then commit_or_reset"
+                "run the unmodified baseline first: run_experiment(description='baseline', decide=true) "
+                "(or run_experiment, then commit_or_reset)"
             )
         else:
-            next_step = "edit the target (read_target, apply_edit), then run_experiment"
+            next_step = (
+                "read_target, then make, run and decide a change in one call: run_experiment(description=..., "
+                "edits=[{old_text, new_text}], decide=true) (or apply_edit, run_experiment, commit_or_reset)"
+            )
         briefing = None
         if resumed:
             briefing = self.briefing()
