@@ -107,7 +107,9 @@ async def test_next_steps_after_a_decision(ml_project: Path, agent_for) -> None:
         discarded = await agent.ok("commit_or_reset", run_id=run["run_id"], discard=True)
         assert discarded["decision"] == "discard"
         assert "did not produce a value" not in discarded["next_step"]
-        assert "run_experiment(description='baseline')" in discarded["next_step"]
+        assert (
+            "run_experiment(description='baseline', decide=true)" in discarded["next_step"]
+        )  # the loop's step
         # After every decision, the next step names log_result (the notes are the loop's memory).
         _, kept = await agent.experiment("baseline")
         assert kept["decision"] == "keep" and f"log_result(run_id='{kept['run_id']}'" in kept["next_step"]

@@ -421,7 +421,7 @@ def _decided_step(core: SessionCore, pending: Pending, after_keep: str, after_ot
         )
     if pending.is_baseline and decision.decision != "keep":
         fix = "fix the project or configuration, then " if decision.decision == "crash" else ""
-        return f"the baseline was not kept ({decision.reason}); {fix}run it again: run_experiment(description='baseline')"
+        return f"the baseline was not kept ({decision.reason}); {fix}run it again: run_experiment(description='baseline', decide=true)"
     if decision.decision == "keep":
         return f"kept{kept}. Record what it taught you: {notes}; then {after_keep}"
     reverted = reverted_note(core, pending)
@@ -466,5 +466,5 @@ def reverted_note(core: SessionCore, pending: Pending) -> str:
 def rerun(is_baseline: bool) -> str:
     """How to run an unfinished run again."""
     if is_baseline:
-        return "run the baseline again: run_experiment(description='baseline')"
-    return "to re-run it, apply the same edit again (apply_edit), then run_experiment"
+        return "run the baseline again: run_experiment(description='baseline', decide=true)"
+    return "to re-run it, make the same edit again: run_experiment(description=..., edits=[...], decide=true)"
