@@ -73,6 +73,13 @@ async def test_noise_measured_at_start_and_shown(tmp_path: Path, agent_for) -> N
         assert "sequential" in briefing and "sd 0.1" in briefing
         info = await agent.ok("detect_project")
         assert "session n: keep rule: sequential" in info["keep_rule"] and "sd 0.1" in info["keep_rule"]
+    async with agent_for(
+        root
+    ) as agent:  # a new server, no tool called yet: the rule chosen, not how to choose
+        prompt = (await agent.client.get_prompt("loop", {})).messages[0].content.text
+        assert "Keep rule: session n: keep rule: sequential" in prompt and "sd 0.1" in prompt, prompt
+        info = await agent.ok("detect_project")
+        assert "session n: keep rule: sequential" in info["keep_rule"] and "sd 0.1" in info["keep_rule"]
     assert tsv_rows(root) == [[tsv_rows(root)[0][0], "score", "1.000000", "keep", "baseline"]]
     [done] = events(root, "experiment_done")
     assert done["values"] == [1.0, 1.1, 0.9]

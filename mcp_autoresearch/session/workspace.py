@@ -15,7 +15,7 @@ from ..errors import ConfigError, SessionError
 from ..measure.sequential import keep_rule_summary
 from ..models import StartResult
 from ..readers.briefing import stored_briefing
-from ..records.state import ProjectLock
+from ..records.state import ProjectLock, SessionState, load_state
 from ..sandbox import run_tmpdirs
 from ..sandbox.ownprocess import close_own_proc
 from ..setup.project import Project, ProjectInfo, load_project
@@ -57,12 +57,18 @@ class Workspace:
         return load_project(self.root, self.overrides, self.config_file)
 
     def detect(self) -> ProjectInfo:
-        info = self.load().info
+        project = self.load()
+        info = project.info
         session = self._session
-        if session is not None and session.state.keep_rule:  # the noise this session measured
-            info.keep_rule = f"session {session.state.tag}: " + keep_rule_summary(
-                session.state, session.config
-            )
+        state: SessionState | None = session.state if session is not None else None
+        config = session.config if session is not None else project.config
+        if (
+            session is None
+        ):  # a server that has not opened the session yet: its files, read only (as `briefing`)
+            tag = current_session(self.root)
+            state = load_state(self.root, tag) if tag is not None else None
+        if state is not None and state.keep_rule:  # the rule the baseline's noise chose, not how it will be
+            info.keep_rule = f"session {state.tag}: " + keep_rule_summary(state, config)
         return info
 
     @property
