@@ -108,6 +108,9 @@ async def test_every_view_shows_the_same_baseline_best_and_improvement(
         assert decision["decision"] == "discard", decision
         query = await agent.ok("query_results")
         assert query["best_runs"] > 3, "the baseline was re-measured (the case that showed noise as progress)"
+        # Its row shows the value it was judged by; the briefing says why the best differs from it.
+        briefing = (await agent.client.read_resource("autoresearch://briefing")).contents[0].text
+        assert f"(the median of its {query['best_runs']} runs) at " in briefing, briefing
         seen = agree(await views(agent, root))
         assert (
             seen["gain"] == 0 and seen["best"] == seen["baseline"] != 10.0

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..measure.provenance import metric_provenance
+from ..measure.standing import best_values, standing
 from ..measure.standing import noise_sd as state_noise_sd
-from ..measure.standing import standing
 from ..names import RESULTS_TSV
 from ..records.budget import budget_use
 from ..records.journal import Journal
@@ -66,9 +66,11 @@ def briefing_from(
         lines.append(keep_rule[0].upper() + keep_rule[1:] + ".")
     best, now = state.best, standing(state)
     if now is not None and best is not None:
+        runs = len(best_values(state))  # re-measurements included: its row shows the value it was judged by
         lines.append(
-            f"Baseline {_fmt(now.baseline)}. Best {_fmt(now.best)} at {best.commit[:7]} "
-            f"(run {best.run_id}: {one_line(best.description, 120)}); {now.text()}."
+            f"Baseline {_fmt(now.baseline)}. Best {_fmt(now.best)}"
+            + (f" (the median of its {runs} runs)" if runs > 1 else "")
+            + f" at {best.commit[:7]} (run {best.run_id}: {one_line(best.description, 120)}); {now.text()}."
         )
     else:
         lines.append("No baseline yet: the first run must be the unmodified target.")
