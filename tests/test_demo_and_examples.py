@@ -40,6 +40,10 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     numbered = [line.split()[0] for line in result.stdout.splitlines() if re.match(r"r\d+ ", line)]
     assert numbered[:13] == [f"r{n}" for n in range(1, 14)], result.stdout
     assert not re.search(r"^#\d", result.stdout, re.MULTILINE)
+    # The header is right above the rows: the project's line comes before it, not between it and the rows.
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("run   from"))
+    assert lines[header + 1].startswith("r1 ") and lines[header - 1].startswith("project: "), result.stdout
 
 
 def test_the_demo_branches_from_an_earlier_node(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from ..errors import AutoresearchError
 from ..names import RESULTS_TSV, RUN_LOG, STATE_DIR
 from ..records.rows import Row
 from ..vcs.repo import FALLBACK_IDENTITY
-from .scripted_agent import HEADER, ScriptedAgent, server_params
+from .scripted_agent import ScriptedAgent, rows_printer, server_params
 from .tree_policy import TreePolicy
 
 EXAMPLES = {
@@ -91,7 +91,6 @@ def run_demo(
         )
     else:
         print()
-    print(HEADER)  # runs number the experiments; `from` is the node each started from
     started = time.monotonic()
     try:
         summary = anyio.run(_drive, project, experiments, seed, slots)
@@ -129,15 +128,14 @@ def run_demo(
 
 
 async def _drive(project: Path, experiments: int, seed: int, slots: int = 1) -> Any:
-    from .scripted_agent import print_experiment
-
     extra: list[str] = []  # (the example's configuration names this interpreter: see `prepare`)
     # The slots' checkouts beside the demo project, removed with it (never inside its work tree).
     env = {"AUTORESEARCH_SLOTS_DIR": str(project.parent / f"{project.name}-slots")} if slots > 1 else None
     async with Client(server_params(str(project), extra, env)) as client:
         policy = TreePolicy(stall_after=STALL_AFTER) if slots == 1 else None
         agent = ScriptedAgent(client, log=lambda line: print(line, flush=True), policy=policy)
-        return await agent.loop(experiments, seed, None, print_experiment)
+        # One row per run, under a header (runs number the experiments; `from` is the node each started from).
+        return await agent.loop(experiments, seed, None, rows_printer())
 
 
 def tree_line(rows: list[Row], best: str | None, moves: list[str]) -> str:

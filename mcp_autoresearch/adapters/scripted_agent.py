@@ -392,12 +392,26 @@ def print_experiment(number: int, run: dict[str, Any], decision: dict[str, Any])
 HEADER = f"{'run':<5} {'from':<5} {'status':<13} {'value':>12}  {'decision':<8} reason"
 
 
+def rows_printer() -> Callable[[int, dict[str, Any], dict[str, Any]], None]:
+    """print_experiment with HEADER above the first row, so that the lines the agent prints before it (the
+    project) do not come between the header and its rows."""
+    started = False
+
+    def on_experiment(number: int, run: dict[str, Any], decision: dict[str, Any]) -> None:
+        nonlocal started
+        if not started:
+            print(HEADER, flush=True)
+            started = True
+        print_experiment(number, run, decision)
+
+    return on_experiment
+
+
 async def amain(args: argparse.Namespace) -> int:
-    print(HEADER)
     async with Client(server_params(args.project)) as client:
         policy = TreePolicy(stall_after=args.stall_after) if args.policy == "tree" else None
         agent = ScriptedAgent(client, policy=policy)
-        summary = await agent.loop(args.experiments, args.seed, args.tag, print_experiment)
+        summary = await agent.loop(args.experiments, args.seed, args.tag, rows_printer())
     results = summary.results or {}
     best = results.get("best") or {}
     print(
