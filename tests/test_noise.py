@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import git, make_repo
+from .conftest import git, make_repo, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -73,11 +73,13 @@ async def test_noise_measured_at_start_and_shown(tmp_path: Path, agent_for) -> N
         assert "sequential" in briefing and "sd 0.1" in briefing
         info = await agent.ok("detect_project")
         assert "session n: keep rule: sequential" in info["keep_rule"] and "sd 0.1" in info["keep_rule"]
-    async with agent_for(
-        root
-    ) as agent:  # a new server, no tool called yet: the rule chosen, not how to choose
+    status = run_cli("status", "--project", str(root)).stdout  # the briefing from the files: the same rule
+    assert "Keep rule: sequential (" in status and "noise sd 0.1 " in status, status
+    # A new server, no tool called yet: the rule the baseline chose, not how it would be chosen.
+    async with agent_for(root) as agent:
         prompt = (await agent.client.get_prompt("loop", {})).messages[0].content.text
         assert "Keep rule: session n: keep rule: sequential" in prompt and "sd 0.1" in prompt, prompt
+        assert "\nKeep rule: sequential (" in prompt  # in its briefing too
         info = await agent.ok("detect_project")
         assert "session n: keep rule: sequential" in info["keep_rule"] and "sd 0.1" in info["keep_rule"]
     assert tsv_rows(root) == [[tsv_rows(root)[0][0], "score", "1.000000", "keep", "baseline"]]

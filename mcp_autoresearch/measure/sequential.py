@@ -19,7 +19,7 @@ from ..lifecycle.experiment import Experiment, ExperimentResult
 from ..records.state import Best, SessionState
 from ..setup.config import Config
 from .keep_rule import decide
-from .standing import noise_beside, session_noise
+from .standing import keep_rule_line, noise_beside, session_noise
 from .stats import Noise, Step, deterministic, regression, sequential_test, still_better
 
 
@@ -47,18 +47,7 @@ def resolve_keep_rule(config: Config, baseline_values: list[float]) -> str:
 
 def keep_rule_summary(state: SessionState, config: Config) -> str:
     """One line for people: the rule, and the noise it is based on."""
-    noise = session_noise(state)
-    sd = f"noise sd {noise.sd:.4g} over {noise.df} degrees of freedom" if noise.df else "noise not measured"
-    if state.keep_rule == "sequential":
-        return (
-            f"keep rule: sequential (a change is kept when better with confidence {config.confidence:g}; up to "
-            f"{config.max_repeats} runs per candidate; {sd})"
-        )
-    if state.keep_rule == "greedy":
-        deterministic_metric = noise.df > 0 and noise.ss == 0
-        why = "the metric is deterministic" if deterministic_metric else sd
-        return f"keep rule: greedy (kept when better by more than min_delta {config.min_delta:g}; {why})"
-    return "keep rule: decided by the baseline's noise runs"
+    return keep_rule_line(state, config.confidence, config.max_repeats, config.min_delta)
 
 
 def measure_baseline(experiment: Experiment, config: Config) -> Measurement:

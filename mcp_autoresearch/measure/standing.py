@@ -115,3 +115,35 @@ def _interval(state: SessionState, gain: float, baseline_n: int) -> tuple[float,
     assert noise.sd is not None
     half = t_quantile(0.5 + LEVEL / 2, noise.df) * noise.sd * math.sqrt(1 / baseline_n + 1 / best_n)
     return round(gain - half, 12), round(gain + half, 12)
+
+
+def keep_rule_line(state: SessionState, confidence: float, max_repeats: int, min_delta: float) -> str:
+    """One line for people: the session's keep rule, and the noise it is based on."""
+    noise = session_noise(state)
+    sd = f"noise sd {noise.sd:.4g} over {noise.df} degrees of freedom" if noise.df else "noise not measured"
+    if state.keep_rule == "sequential":
+        return (
+            f"keep rule: sequential (a change is kept when better with confidence {confidence:g}; up to "
+            f"{max_repeats} runs per candidate; {sd})"
+        )
+    if state.keep_rule == "greedy":
+        deterministic_metric = noise.df > 0 and noise.ss == 0
+        why = "the metric is deterministic" if deterministic_metric else sd
+        return f"keep rule: greedy (kept when better by more than min_delta {min_delta:g}; {why})"
+    return "keep rule: decided by the baseline's noise runs"
+
+
+def stored_keep_rule_line(state: SessionState) -> str | None:
+    """keep_rule_line from the settings the session froze (for a reader without the server's configuration);
+    None before the baseline chose the rule."""
+    rules = state.rules
+    if state.keep_rule is None:
+        return None
+    confidence, repeats, delta = rules.get("confidence"), rules.get("max_repeats"), rules.get("min_delta")
+    if (
+        not isinstance(confidence, float | int)
+        or not isinstance(repeats, int)
+        or not isinstance(delta, float | int)
+    ):
+        return None  # a state written before these were frozen: say nothing rather than guess
+    return keep_rule_line(state, float(confidence), repeats, float(delta))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..measure.provenance import metric_provenance
-from ..measure.standing import best_values, standing
+from ..measure.standing import best_values, standing, stored_keep_rule_line
 from ..measure.standing import noise_sd as state_noise_sd
 from ..names import RESULTS_TSV
 from ..records.budget import budget_use
@@ -229,6 +229,8 @@ def journal_briefing(
     stall_after = stall_after_of(state.rules)
     if noise_sd is None:  # a reader without the server: the session's noise as its state holds it
         noise_sd = state_noise_sd(state)
+    if keep_rule is None:  # likewise: the rule the session chose, from the settings it froze
+        keep_rule = stored_keep_rule_line(state)
     tree = journal_tree(journal, state.best.run_id if state.best else None, lower, stall_after, noise_sd)
     return briefing_from(
         state,
