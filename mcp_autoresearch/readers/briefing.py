@@ -66,10 +66,10 @@ def briefing_from(
         lines.append(keep_rule[0].upper() + keep_rule[1:] + ".")
     best, now = state.best, standing(state)
     if now is not None and best is not None:
-        runs = len(best_values(state))  # re-measurements included: its row shows the value it was judged by
+        runs = best_values(state)  # re-measurements included: its row shows the value it was judged by
         lines.append(
             f"Baseline {_fmt(now.baseline)}. Best {_fmt(now.best)}"
-            + (f" (the median of its {runs} runs)" if runs > 1 else "")
+            + (f" (the median of its {len(runs)} runs)" if len(set(runs)) > 1 else "")
             + f" at {best.commit[:7]} (run {best.run_id}: {one_line(best.description, 120)}); {now.text()}."
         )
     else:
