@@ -183,13 +183,12 @@ async def test_a_run_that_cannot_start_after_its_edit_says_the_edit_stays(
 ) -> None:
     async with agent_for(ml_project) as agent:
         await agent.ok("start_session", tag="one")
-        # The first run must be the unmodified baseline: refused because of the edit, which stays made.
+        # The first run must be the unmodified baseline: refused before the edit, nothing written.
         refused = await agent.refused(
             "run_experiment", description="first", edits=edits("LR = 0.5", "LR = 0.3"), decide=True
         )
-        assert "the edit was made before: the target holds it" in refused
-        assert "LR = 0.3" in (ml_project / "train.py").read_text()
-        await agent.ok("apply_edit", edits=edits("LR = 0.3", "LR = 0.5"))
+        assert "the first run of a session is the unmodified baseline" in refused, refused
+        assert "nothing was written" in refused and "LR = 0.5" in (ml_project / "train.py").read_text()
         await agent.ok("run_experiment", description="baseline")  # finished, not decided yet
         refused = await agent.refused(
             "run_experiment", description="next", edits=edits("LR = 0.5", "LR = 0.3"), decide=True
@@ -204,6 +203,20 @@ async def test_a_run_that_cannot_start_after_its_edit_says_the_edit_stays(
         # No edit could let it run: refused before the edit.
         assert "budget is spent" in refused and "the edit was made" not in refused
         assert "LR = 0.5" in (ml_project / "train.py").read_text()
+
+
+async def test_an_edit_made_before_a_refused_start_stays_and_the_refusal_says_so(
+    ml_project: Path, agent_for: Any
+) -> None:
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="one")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        (ml_project / "prepare.py").write_text("# changed by hand\n")  # a tracked file only a person changes
+        refused = await agent.refused(
+            "run_experiment", description="next", edits=edits("LR = 0.5", "LR = 0.3"), decide=True
+        )
+        assert "prepare.py" in refused and "the edit was made before: the target holds it" in refused, refused
+        assert "LR = 0.3" in (ml_project / "train.py").read_text()
 
 
 async def test_still_running_is_decided_by_the_wait_that_sees_it_finish(

@@ -412,6 +412,12 @@ class Session:
         them would run under this description."""
         with self.lock:
             self.runs.admit(description)
+            if self.state.best is None and self.state.pending is None:
+                raise RuleViolation(
+                    "the first run of a session is the unmodified baseline: call "
+                    "run_experiment(description='baseline', decide=true) without edits or content, then "
+                    "experiment (nothing was written)"
+                )
             edit = self.apply_edit(edits, content, None, expected_sha256)
             try:
                 return edit, self.start_run(description, rerun)
