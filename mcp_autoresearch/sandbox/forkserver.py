@@ -228,16 +228,24 @@ _STOPPING = sum(1 << (sig - 1) for sig in (signal.SIGSTOP, signal.SIGTSTP, signa
 def _untouched(pid: int, alive: bool = False) -> bool:
     """Whether a spare (or its standby process) is neither stopped (nor about to be: a stop signal pending) nor
     traced (its /proc status; a signal or a tracer could only come from a process of its user, a run among
-    them); with `alive`, also whether it still runs (not a zombie, nor gone)."""
+    them); with `alive`, also whether it still runs (not a zombie, nor gone). The status is read twice: its state
+    comes before its pending signals in one reading, and a process that took a stop signal between the two
+    lines showed neither; the pending signals of the first reading and the state of the second leave no such
+    gap (a signal taken before the second reading has stopped the process by then)."""
     try:
-        status = confine.read_proc(f"/proc/{pid}/status")
+        first = _status(pid)
+        fields = _status(pid)
     except OSError:
         return not alive  # gone; or no /proc (not Linux): nothing to tell
-    fields = dict(line.split(b":", 1) for line in status.splitlines() if b":" in line)
     state, tracer = fields.get(b"State", b"").split(), fields.get(b"TracerPid", b"0").strip()
-    pending = int(fields.get(b"ShdPnd", b"0"), 16) | int(fields.get(b"SigPnd", b"0"), 16)
+    pending = int(first.get(b"ShdPnd", b"0"), 16) | int(first.get(b"SigPnd", b"0"), 16)
     stopped = not state or state[0] in (b"T", b"t") or (alive and state[0] in (b"Z", b"X"))
     return not stopped and tracer == b"0" and not pending & _STOPPING
+
+
+def _status(pid: int) -> dict[bytes, bytes]:
+    status = confine.read_proc(f"/proc/{pid}/status")
+    return dict(line.split(b":", 1) for line in status.splitlines() if b":" in line)
 
 
 class Spares:
