@@ -313,6 +313,7 @@ class RayJobRun:
             log.sha256,
             sizes,
             output_cut=log.summary("the command"),
+            log_end_from=log.end_from,
         )
 
     def _run(self, log: Log, started: float) -> ProcessResult:

@@ -100,6 +100,8 @@ class Experiment:
         self._cancel_reason: str | None = None
         self._tally = Tally()  # every run so far: `run` may be called again to add runs
         self._last_run = ""  # the name of the last run (for `fresh_outputs.record`)
+        # A log that left part of its output out (log_limit_mb, a full disk): where its kept end begins
+        self._log_ends: dict[Path, int] = {}
 
     def cancel(self, reason: str) -> None:
         with self._lock:
@@ -255,6 +257,7 @@ class Experiment:
                 return self._failed(tally, ("crash", f"{exc} (nothing ran)"), None, log_path)
             started_at = time.time()
             done = process.run()
+            self._note_log_end(log_path, done)
             self._last_run = f"{self.run_id}{suffix}"
             self._record_outputs()
             if self.publish_run_log:
@@ -305,6 +308,7 @@ class Experiment:
         done = self._process(
             command, log_path, config.eval_timeout, f"{self.run_id}{EVAL_SUFFIX}", None, extra, stage="eval"
         ).run()
+        self._note_log_end(log_path, done)
         self._tally.leftovers += done.leftovers_killed
         if run_log is not None:  # not the holdout: nothing of its output is shown to the agent
             self._tally.note_output(done.output_cut, what)
@@ -439,6 +443,12 @@ class Experiment:
                 {"AUTORESEARCH_LOG": str(log_path)},
             )
             result = process.run()
+            if (
+                result.log_end_from is not None
+            ):  # its first number near the end could be the server's, or stale
+                raise MetricError(
+                    "metric_parse printed more than log_limit_mb: it should print the metric alone"
+                )
             if result.status == "timeout":
                 raise MetricError(f"metric_parse did not finish within {limit:g} s")
             if result.status == "cancelled":
@@ -447,13 +457,21 @@ class Experiment:
         if config.metric_regex or not config.metric_measure:
             assert config.metric_name is not None
             whole = config.eval_command is not None  # a line the evaluation did not end never counts
-            return read_metric_from_log(log_path, config.metric_name, config.metric_regex, whole)
+            kept_end = self._log_ends.get(log_path, 0)
+            return read_metric_from_log(log_path, config.metric_name, config.metric_regex, whole, kept_end)
         if sizes is not None and config.metric_measure in sizes:  # measured where the run ran (Ray)
             found = sizes[config.metric_measure]
             if isinstance(found, str):
                 raise MetricError(found)
             return found / (1024 if config.metric_measure.startswith("size_kb:") else 1024 * 1024)
         return measure(config.metric_measure, self.root, duration_s, started_at, config.target_file, fresh)
+
+    def _note_log_end(self, log_path: Path, done: ProcessResult) -> None:
+        """Where the value may be read in this log: from the start, or from the end it kept of a cut output."""
+        if done.log_end_from is None:
+            self._log_ends.pop(log_path, None)
+        else:
+            self._log_ends[log_path] = done.log_end_from
 
     def _clear_run_log(self) -> None:
         try:

@@ -9,7 +9,9 @@ at the head's end or the tail's start could read as another number (`score: 0.12
 
 The sha256 and size cover exactly what the file holds (the beginning's hash is kept as it stood at its last
 whole line, never read back from the file, which an unconfined run could have changed). A write that fails (a
-full disk) ends the log there; what follows is counted and dropped.
+full disk) ends the log there; what follows is counted and dropped. `end_from` says where the file's part of the
+output's end begins when something was left out (the file's end after a failed write: none of it): a value read
+before it may not be the last one the run printed, and the server's own line is no output of the run.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class RunLog:
         self._tail_at_line_start = True  # the held tail's first byte begins a line
         self.left_out = 0  # bytes of output the finished log leaves out (besides a failed write's)
         self.kept = (0, 0)  # what the finished log keeps of the output's beginning and end, in bytes
+        self.end_from: int | None = None  # output left out: where the file's part of the output's end begins
 
     @property
     def sha256(self) -> str:
@@ -75,7 +78,7 @@ class RunLog:
             try:
                 written = os.write(self.fd, view)
             except OSError:  # a full disk: the log ends here, and the output is still counted (no run blocks)
-                self.failed = True
+                self._fail()
                 return
             done = len(data) - len(view)  # bytes of `data` written before this write
             if done <= newline < done + written:  # the last whole line of `data` is in the file now
@@ -162,7 +165,7 @@ class RunLog:
                 os.ftruncate(self.fd, self._line_end)
                 os.lseek(self.fd, self._line_end, os.SEEK_SET)
             except OSError:
-                self.failed = True
+                self._fail()
                 return
             self.size = self._line_end
             self._hash = self._hash_at_line_end.copy()
@@ -183,11 +186,23 @@ class RunLog:
             f"bytes, and its log keeps the first {self.size:,} and the last {kept:,} (log_limit_mb)\n"
         )
         self._write_file(line.encode())
+        if not self.failed:
+            self.end_from = self.size
         self._write_held(spans)
         self._ring = bytearray()
 
+    def _fail(self) -> None:
+        """A write failed: the log ends at what the file holds, and none of the output's end is in it."""
+        self.failed = True
+        self.end_from = self.size
+
     def summary(self, what: str = "the run") -> str | None:
         """What the finished log left out, in words (None: nothing)."""
+        if self.failed:
+            return (
+                f"{what} printed {self.printed / MB:,.1f} MB, and its log could not be written past "
+                f"{self.size / MB:,.1f} MB (a full disk?): the rest, its end among it, was left out"
+            )
         if self.left_out <= 0:
             return None
         return (

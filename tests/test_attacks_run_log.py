@@ -1,0 +1,138 @@
+"""Attacks on the bounded run log (`records/run_log.py`) as a run's code or a full disk would make them: a value
+read from a log that left part of the output out must be one the run printed last, never a stale one from the
+beginning nor a number of the server's own line saying what was left out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcp_autoresearch.measure.metrics import MetricError, read_metric_from_log
+from mcp_autoresearch.records.run_log import RunLog
+
+from .conftest import make_repo
+
+pytestmark = pytest.mark.anyio
+
+
+def _loop(count: int, line: str) -> str:
+    return f"i=0; while [ $i -lt {count} ]; do echo '{line}'; i=$((i+1)); done"
+
+
+def _project(tmp_path: Path, command: str, limit_mb: float, extra: str = "") -> Path:
+    command = command.replace("\\", "\\\\").replace('"', '\\"')
+    return make_repo(
+        tmp_path / "proj",
+        {
+            "params.sh": "K=7\n",
+            "autoresearch.toml": f'target_file = "params.sh"\nrun_command = "{command}"\nmetric_name = "score"\n'
+            f"log_limit_mb = {limit_mb}\nmetric_direction = 'lower_is_better'\n{extra}",
+        },
+    )
+
+
+async def test_a_value_printed_before_the_part_left_out_is_not_read_as_the_last(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """The run prints `score: 1`, filler, then `score: 2` (its last value) in the part the log leaves out, then
+    filler to the end: an honest reading gives 2; the log holds only the 1 of its beginning, which must not be
+    read as the run's value."""
+    filler = "no metric here " + "y" * 80
+    command = f"echo 'score: 1'; {_loop(5000, filler)}; {_loop(5000, 'score: 2')}; {_loop(5000, filler)}"
+    root = _project(tmp_path, command, 0.2)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    assert run["status"] == "metric_error" and "log_limit_mb" in run["error"], run
+    assert run["output_cut"], run
+
+
+async def test_the_numbers_of_the_line_saying_what_was_left_out_are_never_read_as_the_metric(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """A metric_regex that reads the first number after `score`, across lines: the run prints `score` and no
+    number at all, so an honest reading finds none; the server's line in the log must not supply one."""
+    command = f"echo 'score'; {_loop(10000, 'no digits in this line, only letters')}"
+    root = _project(tmp_path, command, 0.1, "metric_regex = 'score\\D*(\\d+)'\n")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    assert run["status"] == "metric_error", run
+    assert run["output_cut"], run
+
+
+async def test_metric_parse_output_past_the_limit_is_not_read(tmp_path: Path, agent_for: Any) -> None:
+    """metric_parse prints one line longer than the log's end, then its value: its log keeps only the server's
+    line and the value, and the first number of its last 4 KB would be the server's count of bytes left out."""
+    parse = "head -c 30000 /dev/zero | tr '\\\\0' a; echo; echo 0.5"
+    root = _project(tmp_path, "echo ran", 0.01, f'metric_parse = "{parse}"\n')
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    assert (
+        run["status"] == "metric_error" and "metric_parse printed more than log_limit_mb" in run["error"]
+    ), run
+
+
+def test_a_log_that_meets_a_full_disk_says_so_and_keeps_no_end_to_read_from(tmp_path: Path) -> None:
+    """The log's file becomes /dev/full (a full disk) after the first line: the run's later, last value is
+    dropped, and the log's first value must not be read as its last."""
+    path = tmp_path / "run.log"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        log = RunLog(fd, 1_000_000)
+        log.write(b"score: 1\n")
+        os.dup2(full, fd)  # the same descriptor, now writing where no byte fits
+        log.write(b"score: 2\n")
+        log.finish()
+    finally:
+        os.close(full)
+        os.close(fd)
+    assert log.failed and path.read_bytes() == b"score: 1\n"
+    assert "could not be written past" in (log.summary("the command") or ""), log.summary()
+    assert log.end_from == log.size
+    with pytest.raises(MetricError, match="log_limit_mb, or a full disk"):
+        read_metric_from_log(path, "score", None, False, log.end_from)
+
+
+# RunLog in a process whose files may not grow past the middle of the value's line: the log's end is written
+# in part (a short write, then EFBIG), as on a disk that fills while the end is written.
+_SHORT_TAIL = """
+import json, os, resource, signal, sys
+from mcp_autoresearch.records.run_log import RunLog
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+def written(path):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    log = RunLog(fd, 200)
+    log.write(b"filler line number one\\n" * 20 + b"score: 0.1234\\n")
+    log.finish()
+    os.close(fd)
+    return log
+
+whole = open(written(sys.argv[1] + ".whole") and sys.argv[1] + ".whole", "rb").read()
+cut = whole.index(b"score: 0.1234") + len(b"score: 0.12")
+resource.setrlimit(resource.RLIMIT_FSIZE, (cut, resource.RLIM_INFINITY))
+log = written(sys.argv[1])
+print(json.dumps({"end_from": log.end_from, "size": log.size, "failed": log.failed}))
+"""
+
+
+def test_a_value_cut_in_two_by_a_full_disk_while_the_end_is_written_is_never_read(tmp_path: Path) -> None:
+    """The file may not grow past the middle of the last line when the log writes its end: the part of it that
+    made it into the file (`score: 0.12` of `score: 0.1234`) is never read as the value."""
+    path = tmp_path / "run.log"
+    done = subprocess.run([sys.executable, "-c", _SHORT_TAIL, str(path)], capture_output=True, check=True)
+    state = json.loads(done.stdout)
+    data = path.read_bytes()
+    assert data.endswith(b"score: 0.12"), data  # the attack: the value's line cut in two
+    assert state["failed"] and state["end_from"] == state["size"] == len(data), (state, data)
+    with pytest.raises(MetricError):
+        read_metric_from_log(path, "score", None, False, state["end_from"])
