@@ -136,3 +136,17 @@ def test_a_value_cut_in_two_by_a_full_disk_while_the_end_is_written_is_never_rea
     assert state["failed"] and state["end_from"] == state["size"] == len(data), (state, data)
     with pytest.raises(MetricError):
         read_metric_from_log(path, "score", None, False, state["end_from"])
+
+
+async def test_the_memory_figure_is_never_read_from_the_line_saying_what_was_left_out(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """A memory_regex that reads the first number after `peak`, across lines: the run prints `peak` and no
+    number after it but its metric; the server's line must not supply the memory figure."""
+    command = f"echo 'peak'; {_loop(10000, 'no digits in this line, only letters')}; echo 'score: 3'"
+    root = _project(tmp_path, command, 0.1, "memory_regex = 'peak\\D*(\\d+)'\n")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    assert run["status"] == "ok" and run["value"] == 3.0 and run["output_cut"], run
+    assert run["memory_gb"] is None, run

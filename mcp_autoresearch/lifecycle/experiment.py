@@ -271,7 +271,8 @@ class Experiment:
                 failure = self._capture_mismatch(done)
             if failure:
                 return self._failed(tally, failure, None, log_path)
-            figures = read_secondary(log_path, config.metric_name, config.memory_regex)
+            kept_end = self._log_ends.get(log_path, 0)
+            figures = read_secondary(log_path, config.metric_name, config.memory_regex, kept_end)
             measured_log = log_path
             if config.eval_command:  # the run's whole tree is gone: the evaluation reads what it left
                 measured_log = log_path.with_name(log_path.stem + EVAL_SUFFIX + ".log")

@@ -202,13 +202,16 @@ class Secondary:
     metrics: dict[str, float]
 
 
-def read_secondary(path: Path, metric_name: str | None, memory_regex: str | None) -> Secondary:
-    """`peak_vram_mb:` (or memory_regex) and every other `METRIC name=value` line (last value per name)."""
+def read_secondary(
+    path: Path, metric_name: str | None, memory_regex: str | None, kept_end: int = 0
+) -> Secondary:
+    """`peak_vram_mb:` (or memory_regex) and every other `METRIC name=value` line (last value per name).
+    `kept_end`: as for `read_metric_from_log`, the memory figure is read from there on only."""
     memory: float | None = None
     if memory_regex:
-        found = last_match(path, [user_pattern(memory_regex)])
+        found = last_match(path, [user_pattern(memory_regex)], start_at=kept_end)
     else:
-        found = last_match(path, [_VRAM], b"peak_vram_mb")
+        found = last_match(path, [_VRAM], b"peak_vram_mb", start_at=kept_end)
     if found is not None:
         try:
             memory = float(found)
