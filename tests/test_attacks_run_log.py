@@ -150,3 +150,17 @@ async def test_the_memory_figure_is_never_read_from_the_line_saying_what_was_lef
         run = await agent.ok("run_experiment", description="baseline", decide=True)
     assert run["status"] == "ok" and run["value"] == 3.0 and run["output_cut"], run
     assert run["memory_gb"] is None, run
+
+
+def test_the_end_a_log_keeps_is_the_8_mb_the_readme_says(tmp_path: Path) -> None:
+    """README: past the limit the log keeps "the last 8 MB", 1 MB being 10⁶ bytes; output_cut says as much."""
+    fd = os.open(tmp_path / "run.log", os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        log = RunLog(fd, 20_000_000)
+        line = b"x" * 99 + b"\n"
+        for _ in range(25):
+            log.write(line * 10_000)
+        log.finish()
+    finally:
+        os.close(fd)
+    assert log.kept[1] <= 8_000_000 and "and the last 8.0 MB" in (log.summary() or ""), log.summary()

@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import os
 
-TAIL_MAX_BYTES = 8 << 20  # the end of an over-long output, held in memory until the run ends
 MB = 1_000_000
+TAIL_MAX_BYTES = 8 * MB  # the end of an over-long output, held in memory until the run ends
 NEWLINE = ord("\n")
 
 
