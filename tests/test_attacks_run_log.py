@@ -164,3 +164,18 @@ def test_the_end_a_log_keeps_is_the_8_mb_the_readme_says(tmp_path: Path) -> None
     finally:
         os.close(fd)
     assert log.kept[1] <= 8_000_000 and "and the last 8.0 MB" in (log.summary() or ""), log.summary()
+
+
+async def test_metric_parse_never_reads_a_value_from_before_the_part_left_out(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """metric_parse greps the last `score:` line of the run's log: the run's last value (2) is in the part left
+    out, its first (1) in the log's beginning; the parser must not be handed that beginning to read 1 from."""
+    filler = "no metric here " + "y" * 80
+    command = f"echo 'score: 1'; {_loop(5000, filler)}; {_loop(5000, 'score: 2')}; {_loop(5000, filler)}"
+    parse = "grep 'score:' \\\"$AUTORESEARCH_LOG\\\" | tail -n 1 | cut -d' ' -f2"
+    root = _project(tmp_path, command, 0.2, f'metric_parse = "{parse}"\n')
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    assert run["status"] == "metric_error" and run["output_cut"], run

@@ -27,7 +27,7 @@ from ..measure.metrics import (
 from ..measure.output_checks import Snapshot, snapshot
 from ..names import HOLDOUT, RUN_LOG, STATE_DIR
 from ..records.logtail import clean_text, read_tail_bytes
-from ..records.run_log import MB
+from ..records.run_log import MB, kept_end_copy
 from ..sandbox.caches import run_caches, stage_caches
 from ..sandbox.launcher import Launched, launcher
 from ..sandbox.policy import (
@@ -435,13 +435,18 @@ class Experiment:
         if config.metric_parse:
             out_path = log_path.with_name(log_path.stem + "-metric.out")
             limit = min(METRIC_PARSE_TIMEOUT_S, config.timeout)
+            end_from = self._log_ends.get(log_path)  # a cut log: the parser reads only the end it kept
+            try:
+                parsed = log_path if end_from is None else kept_end_copy(log_path, end_from)
+            except OSError as exc:
+                raise MetricError(f"the end of the log could not be copied for metric_parse: {exc}") from None
             process = self._process(
                 config.metric_parse,
                 out_path,
                 limit,
                 f"{self.run_id}-metric",
                 None,
-                {"AUTORESEARCH_LOG": str(log_path)},
+                {"AUTORESEARCH_LOG": str(parsed)},
             )
             result = process.run()
             if (

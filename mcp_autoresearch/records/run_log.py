@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
+
+from .atomic import atomic_write, open_regular
 
 MB = 1_000_000
 TAIL_MAX_BYTES = 8 * MB  # the end of an over-long output, held in memory until the run ends
@@ -210,3 +213,13 @@ class RunLog:
             f"log keeps the first {self.kept[0] / MB:,.1f} MB and the last {self.kept[1] / MB:,.1f} MB, and says "
             f"where the {self.left_out / MB:,.1f} MB between them were left out"
         )
+
+
+def kept_end_copy(path: Path, end_from: int) -> Path:
+    """A copy, beside the log `path`, of the end it kept of a cut output (from `end_from`, `RunLog.end_from`):
+    what a parser of the log may read a value from."""
+    copy = path.with_name(path.stem + "-end.log")
+    with os.fdopen(open_regular(path), "rb") as source:
+        source.seek(end_from)
+        atomic_write(copy, iter(lambda: source.read(1 << 20), b""), 0o644, sync=False)
+    return copy
