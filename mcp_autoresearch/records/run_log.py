@@ -217,8 +217,8 @@ class RunLog:
 
 def kept_end_copy(path: Path, end_from: int) -> Path:
     """A copy, beside the log `path`, of the end it kept of a cut output (from `end_from`, `RunLog.end_from`):
-    what a parser of the log may read a value from."""
-    copy = path.with_name(path.stem + "-end.log")
+    what a parser of the log may read a value from (`<run>.kept.log`, `<run>-eval.kept.log`)."""
+    copy = path.with_name(path.stem + ".kept.log")
     with os.fdopen(open_regular(path), "rb") as source:
         source.seek(end_from)
         atomic_write(copy, iter(lambda: source.read(1 << 20), b""), 0o644, sync=False)
