@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from mcp_autoresearch.lifecycle.experiment import Experiment
 from mcp_autoresearch.measure.metrics import MetricError, read_metric_from_log
 from mcp_autoresearch.records.run_log import RunLog
+from mcp_autoresearch.setup.config import build_config
 
 from .conftest import make_repo
 
@@ -107,6 +109,7 @@ def test_a_log_that_meets_a_full_disk_says_so_and_keeps_no_end_to_read_from(tmp_
 _SHORT_TAIL = """
 import json, os, resource, signal, sys
 from mcp_autoresearch.records.run_log import RunLog
+from mcp_autoresearch.setup.config import build_config
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 def written(path):
@@ -196,3 +199,17 @@ async def test_a_line_of_the_run_that_says_output_was_left_out_is_not_believed(
         await agent.ok("start_session", tag="t")
         run = await agent.ok("run_experiment", description="baseline", decide=True)
     assert run["status"] == "ok" and run["value"] == 3.0 and run.get("output_cut") is None, run
+
+
+def test_a_secondary_metric_printed_before_the_part_left_out_is_not_reported(tmp_path: Path) -> None:
+    """`METRIC loss=1` in the log's beginning, `METRIC loss=2` (its last value) in the part left out: the
+    result must not report loss = 1 as the run's."""
+    filler = "no metric here " + "y" * 80
+    lines = f"{_loop(5000, filler)}; {_loop(5000, 'METRIC loss=2')}; {_loop(5000, filler)}"
+    command = f"echo 'METRIC loss=1'; {lines}; echo 'METRIC aux=4'; echo 'score: 3'"
+    config = build_config(
+        {"run_command": command, "metric_name": "score", "target_file": "x", "log_limit_mb": 0.2}
+    )
+    result = Experiment(config, tmp_path, "r1", tmp_path / ".autoresearch" / "runs").run()
+    assert result.status == "ok" and result.value == 3.0 and result.output_cut, result
+    assert result.secondary == {"aux": 4.0}, result.secondary

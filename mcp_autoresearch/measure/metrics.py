@@ -206,7 +206,7 @@ def read_secondary(
     path: Path, metric_name: str | None, memory_regex: str | None, kept_end: int = 0
 ) -> Secondary:
     """`peak_vram_mb:` (or memory_regex) and every other `METRIC name=value` line (last value per name).
-    `kept_end`: as for `read_metric_from_log`, the memory figure is read from there on only."""
+    `kept_end`: as for `read_metric_from_log`, both are read from there on only."""
     memory: float | None = None
     if memory_regex:
         found = last_match(path, [user_pattern(memory_regex)], start_at=kept_end)
@@ -225,6 +225,7 @@ def read_secondary(
     except OSError:
         return Secondary(memory, metrics)
     with handle:
+        handle.seek(kept_end)
         carry = b""
         while chunk := handle.read(CHUNK):
             data = carry + chunk
