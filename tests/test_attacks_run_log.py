@@ -213,3 +213,18 @@ def test_a_secondary_metric_printed_before_the_part_left_out_is_not_reported(tmp
     result = Experiment(config, tmp_path, "r1", tmp_path / ".autoresearch" / "runs").run()
     assert result.status == "ok" and result.value == 3.0 and result.output_cut, result
     assert result.secondary == {"aux": 4.0}, result.secondary
+
+
+async def test_metric_parse_reading_run_log_never_reads_a_value_from_before_the_part_left_out(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """The same, with the original tool's form of metric_parse, which reads `run.log` at the project's root."""
+    filler = "no metric here " + "y" * 80
+    command = f"echo 'score: 1'; {_loop(5000, filler)}; {_loop(5000, 'score: 2')}; {_loop(5000, filler)}"
+    parse = "grep 'score:' run.log | tail -n 1 | cut -d' ' -f2"
+    root = _project(tmp_path, command, 0.2, f'metric_parse = "{parse}"\n')
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    assert run["status"] == "metric_error" and run["output_cut"], run
+    assert (root / "run.log").read_bytes() == Path(run["log_path"]).read_bytes()  # for people: the whole log

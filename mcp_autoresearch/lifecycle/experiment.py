@@ -433,33 +433,7 @@ class Experiment:
     ) -> float:
         config = self.config
         if config.metric_parse:
-            out_path = log_path.with_name(log_path.stem + "-metric.out")
-            limit = min(METRIC_PARSE_TIMEOUT_S, config.timeout)
-            end_from = self._log_ends.get(log_path)  # a cut log: the parser reads only the end it kept
-            try:
-                parsed = log_path if end_from is None else kept_end_copy(log_path, end_from)
-            except OSError as exc:
-                raise MetricError(f"the end of the log could not be copied for metric_parse: {exc}") from None
-            process = self._process(
-                config.metric_parse,
-                out_path,
-                limit,
-                f"{self.run_id}-metric",
-                None,
-                {"AUTORESEARCH_LOG": str(parsed)},
-            )
-            result = process.run()
-            if (
-                result.log_end_from is not None
-            ):  # its first number near the end could be the server's, or stale
-                raise MetricError(
-                    "metric_parse printed more than log_limit_mb: it should print the metric alone"
-                )
-            if result.status == "timeout":
-                raise MetricError(f"metric_parse did not finish within {limit:g} s")
-            if result.status == "cancelled":
-                raise MetricError("cancelled while parsing the metric")
-            return first_float(clean_text(read_tail_bytes(out_path, 4096)))
+            return self._parse_metric(config.metric_parse, log_path)
         if config.metric_regex or not config.metric_measure:
             assert config.metric_name is not None
             whole = config.eval_command is not None  # a line the evaluation did not end never counts
@@ -471,6 +445,34 @@ class Experiment:
                 raise MetricError(found)
             return found / (1024 if config.metric_measure.startswith("size_kb:") else 1024 * 1024)
         return measure(config.metric_measure, self.root, duration_s, started_at, config.target_file, fresh)
+
+    def _parse_metric(self, command: str, log_path: Path) -> float:
+        """`metric_parse` on the log (`AUTORESEARCH_LOG`, and `run.log` where it shows it): of a cut log, only the
+        end it kept (a copy), since a value before the part left out may not be the last one printed."""
+        out_path = log_path.with_name(log_path.stem + "-metric.out")
+        limit = min(METRIC_PARSE_TIMEOUT_S, self.config.timeout)
+        parsed = log_path
+        if (end_from := self._log_ends.get(log_path)) is not None:
+            try:
+                parsed = kept_end_copy(log_path, end_from)
+            except OSError as exc:
+                raise MetricError(f"the end of the log could not be copied for metric_parse: {exc}") from None
+        shown = self.publish_run_log and not self.config.eval_command and parsed != log_path
+        if shown:  # run.log shows the run's log: the original tool's parsers read it there
+            self._publish_run_log(parsed)
+        try:
+            env = {"AUTORESEARCH_LOG": str(parsed)}
+            result = self._process(command, out_path, limit, f"{self.run_id}-metric", None, env).run()
+        finally:
+            if shown:
+                self._publish_run_log(log_path)
+        if result.log_end_from is not None:  # its first number near the end could be the server's, or stale
+            raise MetricError("metric_parse printed more than log_limit_mb: it should print the metric alone")
+        if result.status == "timeout":
+            raise MetricError(f"metric_parse did not finish within {limit:g} s")
+        if result.status == "cancelled":
+            raise MetricError("cancelled while parsing the metric")
+        return first_float(clean_text(read_tail_bytes(out_path, 4096)))
 
     def _note_log_end(self, log_path: Path, done: ProcessResult) -> None:
         """Where the value may be read in this log: from the start, or from the end it kept of a cut output."""
