@@ -4,8 +4,10 @@ beginning nor a number of the server's own line saying what was left out."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from mcp_autoresearch.backends import ray_records
 from mcp_autoresearch.lifecycle.experiment import Experiment
 from mcp_autoresearch.measure.metrics import MetricError, read_metric_from_log
-from mcp_autoresearch.records.run_log import RunLog
+from mcp_autoresearch.records.run_log import RunLog, log_bounds
 from mcp_autoresearch.setup.config import build_config
 
 from .conftest import make_repo
@@ -108,7 +111,7 @@ def test_a_log_that_meets_a_full_disk_says_so_and_keeps_no_end_to_read_from(tmp_
 # in part (a short write, then EFBIG), as on a disk that fills while the end is written.
 _SHORT_TAIL = """
 import json, os, resource, signal, sys
-from mcp_autoresearch.records.run_log import RunLog
+from mcp_autoresearch.records.run_log import RunLog, log_bounds
 from mcp_autoresearch.setup.config import build_config
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
@@ -228,3 +231,63 @@ async def test_metric_parse_reading_run_log_never_reads_a_value_from_before_the_
         run = await agent.ok("run_experiment", description="baseline", decide=True)
     assert run["status"] == "metric_error" and run["output_cut"], run
     assert (root / "run.log").read_bytes() == Path(run["log_path"]).read_bytes()  # for people: the whole log
+
+
+def _through_ray_records(data: bytes, limit: int, rng: random.Random, path: Path) -> tuple[bytes, RunLog]:
+    """`data` printed on a Ray worker whose wrapper bounds what it sends (`Framed.bound`), framed, unframed by
+    the server into its RunLog: the server's log and the log."""
+    private, public = ray_records.key_pair()
+    framed_path = path.with_suffix(".framed")
+    with open(framed_path, "wb") as sink:
+        framed = ray_records.Framed(sink.fileno())
+        framed.bound(*log_bounds(limit))
+        framed.begin(public)
+        at = 0
+        while at < len(data):
+            size = rng.randrange(1, 5_000)
+            framed.data(data[at : at + size])
+            at += size
+        framed.end({"exit": 0})
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        log = RunLog(fd, limit)
+        unframer = ray_records.Unframer(log.write, private, log.skip)
+        unframer.feed(framed_path.read_text("utf-8", "surrogateescape"))
+        assert unframer.tampered is None and unframer.report == {"exit": 0}
+        log.finish()
+    finally:
+        os.close(fd)
+    return path.read_bytes(), log
+
+
+def _local(data: bytes, limit: int, path: Path) -> bytes:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        log = RunLog(fd, limit)
+        log.write(data)
+        log.finish()
+    finally:
+        os.close(fd)
+    return path.read_bytes()
+
+
+def test_a_ray_wrapper_sends_what_the_servers_log_keeps_and_the_log_is_the_same_as_a_local_runs(
+    tmp_path: Path,
+) -> None:
+    """The wrapper sends only the head and the end of a long output (what reaches the cluster's log of the job),
+    and a `cut` record: the server's log is byte for byte the log a local run of the same output gets."""
+    rng = random.Random(5)
+    cut = 0
+    for trial in range(150):
+        lines = [b"L%d " % i + b"x" * rng.randrange(0, 200) + b"\n" for i in range(rng.randrange(0, 400))]
+        if rng.random() < 0.3:
+            lines.insert(rng.randrange(len(lines) + 1), b"y" * rng.randrange(100, 20_000))  # a long line
+        data = b"".join(lines)
+        limit = rng.choice([100, 1_000, 5_000, 20_000, len(data) or 1, len(data) + 1])
+        got, log = _through_ray_records(data, limit, rng, tmp_path / "ray.log")
+        assert got == _local(data, limit, tmp_path / "local.log"), (trial, limit)
+        assert hashlib.sha256(got).hexdigest() == log.sha256 and log.printed == len(data), trial
+        framed = (tmp_path / "ray.framed").stat().st_size
+        assert framed <= 3 * limit + 4_000, (trial, framed, limit)  # never the whole output when it is longer
+        cut += log.left_out > 0
+    assert cut > 50  # most trials left output out

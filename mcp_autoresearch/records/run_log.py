@@ -27,6 +27,12 @@ TAIL_MAX_BYTES = 8 * MB  # the end of an over-long output, held in memory until 
 NEWLINE = ord("\n")
 
 
+def log_bounds(limit: int) -> tuple[int, int]:
+    """The head and the tail a log bounded by `limit` bytes keeps of an output longer than that."""
+    tail = min(limit // 2, TAIL_MAX_BYTES)
+    return limit - tail, tail
+
+
 class RunLog:
     """Writes one run's output into `fd` (a file opened for it, at offset 0), bounded by `limit` bytes (None: not
     bounded). Not thread-safe: one thread writes; `recent` may be read from another."""
@@ -34,8 +40,7 @@ class RunLog:
     def __init__(self, fd: int, limit: int | None = None) -> None:
         self.fd = fd
         self.limit = limit
-        self.tail_limit = min(limit // 2, TAIL_MAX_BYTES) if limit else 0
-        self.head_limit = (limit - self.tail_limit) if limit else 0
+        self.head_limit, self.tail_limit = log_bounds(limit) if limit else (0, 0)
         self.size = 0  # bytes in the file (what the hash covers)
         self.printed = 0  # bytes the run printed
         self.failed = False  # a write failed (a full disk): output is counted and dropped from then on
@@ -93,6 +98,16 @@ class RunLog:
                 self._hash.update(view[:written])
             self.size += written
             view = view[written:]
+
+    def skip(self, count: int) -> None:
+        """`count` bytes of output left out before they reached this log (a Ray wrapper's cut, after the head it
+        sent whole): the end that follows begins a line."""
+        if count <= 0 or self.finished:
+            return
+        self.printed += count
+        self.cutting = True
+        self._start = self._filled = 0  # what was held came before the part left out: left out too
+        self._tail_at_line_start = True
 
     def _hold(self, data: bytes) -> None:
         """Keep `data` in the tail, and only the last `tail_limit` bytes of all it held."""
