@@ -349,7 +349,7 @@ class RayJobRun:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.write(f"autoresearch: could not submit the Ray job: {message}\n".encode())
             return self._result(log, "failed_to_start", None, 0.0, f"Ray job not submitted: {message}")
-        unframer = ray_records.Unframer(log.write, self._private, log.skip)
+        unframer = ray_records.Unframer(log.write, self._private, log.skip, log.note_recent)
         outcome = asyncio.run(self._follow(client, unframer, started))
         unframer.close()
         if outcome != "ended" or unframer.report is None:

@@ -40,6 +40,10 @@ BURST_LINES = (
     8  # more complete lines than this waiting at once travel as one `%` record (Ray's tail is per line)
 )
 FRAGMENT_AFTER_S = 0.5  # a partial line (a progress bar) is forwarded after this long without a newline
+RECENT_EVERY_S = (
+    2.0  # past the head of a bounded output, how often its last bytes go to the server's progress
+)
+RECENT_BYTES = 1024
 MAX_RECORD_CHARS = 256 * 1024  # a record is at most ~65 KB; a longer "line" is not ours
 TAG_CHARS = 32  # hex characters of a record's tag (128 bits)
 # RFC 3526 group 14 (2048-bit MODP, a safe prime), generator 2.
@@ -121,6 +125,7 @@ class Framed:
         self.tail_size = 0
         self.tail: Tail | None = None  # past the head: the end, sent at `end`
         self.last = b"\n"  # the last byte sent
+        self.recent_at = 0.0  # when the output's last bytes were last sent for the server's progress line
 
     def bound(self, head: int, tail: int) -> None:
         self.head_room, self.tail_size = head, tail
@@ -154,6 +159,7 @@ class Framed:
         """The run's output: sent up to the bound's head, then only held (its end) until `end`."""
         if self.tail is not None:
             self.tail.add(chunk)
+            self._recent()
             return
         if self.head_room is not None:
             if len(chunk) > self.head_room:
@@ -161,9 +167,20 @@ class Framed:
                 self._frame(sent)
                 self.tail = Tail(self.tail_size, self.last)
                 self.tail.add(chunk)
+                self._recent()
                 return
             self.head_room -= len(chunk)
         self._frame(chunk)
+
+    def _recent(self) -> None:
+        """Past the head, the output's last bytes now and then: the server's progress line, never its log."""
+        now = time.monotonic()
+        if self.tail is None or not self.tail.chunks or now - self.recent_at < RECENT_EVERY_S:
+            return
+        self.recent_at = now
+        chunks = self.tail.chunks
+        last = ((chunks[-2] if len(chunks) > 1 else b"") + chunks[-1])[-RECENT_BYTES:]
+        self._write(f"{CONTROL} recent {base64.b64encode(last).decode('ascii')}")
 
     def _frame(self, chunk: bytes) -> None:
         self.last = chunk[-1:] or self.last
@@ -217,10 +234,15 @@ class Unframer:
     marks the log tampered with, and its lines are never the run's output."""
 
     def __init__(
-        self, write: Callable[[bytes], None], server_private: int, skip: Callable[[int], None] | None = None
+        self,
+        write: Callable[[bytes], None],
+        server_private: int,
+        skip: Callable[[int], None] | None = None,
+        recent: Callable[[bytes], None] | None = None,
     ) -> None:
         self.write = write
         self.skip = skip  # told how many bytes of output the wrapper left out (a `cut` record)
+        self.recent = recent  # told the output's last bytes while the wrapper holds them (a `recent` record)
         self.private = server_private
         self.buffer = ""
         self.key = b""
@@ -287,6 +309,11 @@ class Unframer:
         elif record.startswith("%"):
             try:
                 self.write(base64.b64decode(record[1:], validate=True))
+            except (binascii.Error, ValueError):
+                pass
+        elif record.startswith(f"{CONTROL} recent ") and self.recent is not None:
+            try:
+                self.recent(base64.b64decode(record[len(CONTROL) + 8 :], validate=True))
             except (binascii.Error, ValueError):
                 pass
         elif record.startswith(f"{CONTROL} cut ") and self.skip is not None:

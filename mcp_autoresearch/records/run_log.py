@@ -57,6 +57,7 @@ class RunLog:
         self._tail_at_line_start = True  # the held tail's first byte begins a line
         self.left_out = 0  # bytes of output the finished log leaves out (besides a failed write's)
         self.kept = (0, 0)  # what the finished log keeps of the output's beginning and end, in bytes
+        self._recent = b""  # the output's last bytes as a Ray wrapper that holds them said (`note_recent`)
         self.end_from: int | None = None  # output left out: where the file's part of the output's end begins
 
     @property
@@ -164,9 +165,13 @@ class RunLog:
     def recent(self, limit: int = 8192) -> bytes:
         """The last bytes of the output so far, wherever they are (the file, or the tail held in memory); read
         while the run writes, they may mix two moments (a progress line, nothing more)."""
-        if not self.cutting:
-            return b""  # the file's end is the output's end: read it there
-        return self._held(limit)
+        if self.cutting and self._filled:
+            return self._held(limit)
+        return self._recent[-limit:]  # b"": the file's end is the output's end: read it there
+
+    def note_recent(self, data: bytes) -> None:
+        """The output's last bytes, from a Ray wrapper that holds the end of a long output until the run ends."""
+        self._recent = data
 
     def finish(self) -> None:
         """Write what a bounded log keeps of the end: the line saying what was left out, then the tail (from its
