@@ -617,3 +617,20 @@ def test_a_restarted_server_stops_the_jobs_its_predecessor_left(tmp_path: Path, 
     assert not runner.is_alive()
     [job] = [j for j in client.list_jobs() if j.submission_id.startswith("autoresearch-t1-abc-r7-")]
     assert job.status.is_terminal() and str(job.status) in ("STOPPED", "JobStatus.STOPPED")
+
+
+def test_a_large_output_does_not_grow_the_clusters_log_of_the_job_past_the_limit(
+    tmp_path: Path, ray_address: str
+) -> None:
+    """5 MB printed with log_limit_mb = 1: the server's log keeps 1 MB, and so should the cluster's."""
+    from ray.job_submission import JobSubmissionClient
+
+    root = _project(tmp_path)
+    client = JobSubmissionClient(ray_address)
+    before = {job.submission_id for job in client.list_jobs()}
+    command = "head -c 5000000 /dev/zero | tr '\\0' x; echo; echo 'score: 9'"
+    result = _experiment(root, ray_address, command, log_limit_mb=1).run()
+    assert result.status == "ok" and result.value == 9.0 and result.output_cut, result
+    [job] = [j for j in client.list_jobs() if j.submission_id not in before]
+    assert len(client.get_job_logs(job.submission_id)) <= 2_000_000
+    assert Path(result.log_path).stat().st_size <= 1_000_200

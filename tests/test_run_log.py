@@ -120,15 +120,16 @@ async def test_a_run_printing_past_the_limit_keeps_its_metric_and_says_what_its_
 
 
 async def test_a_metric_line_at_the_cut_is_never_read_cut_in_two(tmp_path: Path, agent_for: Any) -> None:
-    """The metric lines fill the log's beginning and the cut falls in one of them; the end holds none: the value
-    read is the last whole one, not the digits before the cut."""
+    """The metric lines fill the log's beginning and the cut falls in one of them; the end holds none: no value
+    is read, neither the digits before the cut nor a whole line of the beginning (a later value may have been
+    in the part left out), and the error says why."""
     metric_lines = "i=0; while [ $i -lt 40000 ]; do echo 'score: 123456789'; i=$((i+1)); done"
     filler = f"i=0; while [ $i -lt 30000 ]; do echo 'no metric here {'y' * 80}'; i=$((i+1)); done"
     root = _project(tmp_path, _toml_escaped(f"{metric_lines}; {filler}"), 0.5)
     async with agent_for(root) as agent:
         await agent.ok("start_session", tag="t")
         run = await agent.ok("run_experiment", description="baseline", decide=True)
-    assert run["status"] == "ok" and run["value"] == 123456789.0, run
+    assert run["status"] == "metric_error" and "log_limit_mb" in run["error"], run
     assert run["output_cut"], run
 
 

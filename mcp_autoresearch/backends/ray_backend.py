@@ -56,6 +56,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..records.logtail import last_line
+from ..records.run_log import log_bounds
 from ..sandbox.caches import private_variables
 from ..sandbox.process_run import DEFAULT_GRACE_S, ProcessResult, ProgressCallback
 from ..sandbox.write_grants import DEVICE_DIRS, DEVICE_FILES, DEVICE_GLOBS
@@ -238,6 +239,7 @@ class RayBackend:
             "grace": min(self.grace_s, KEEPER_GRACE_MAX_S),
             "measure": measure,
             "target": self.target_file,
+            "log_bound": list(log_bounds(log_limit)) if log_limit else None,
         }
         return RayJobRun(self, cwd, log_path, timeout_s, marker, on_progress, spec, log_limit)
 
@@ -313,6 +315,7 @@ class RayJobRun:
             log.sha256,
             sizes,
             output_cut=log.summary("the command"),
+            log_end_from=log.end_from,
         )
 
     def _run(self, log: Log, started: float) -> ProcessResult:
@@ -346,7 +349,7 @@ class RayJobRun:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.write(f"autoresearch: could not submit the Ray job: {message}\n".encode())
             return self._result(log, "failed_to_start", None, 0.0, f"Ray job not submitted: {message}")
-        unframer = ray_records.Unframer(log.write, self._private)
+        unframer = ray_records.Unframer(log.write, self._private, log.skip, log.note_recent)
         outcome = asyncio.run(self._follow(client, unframer, started))
         unframer.close()
         if outcome != "ended" or unframer.report is None:

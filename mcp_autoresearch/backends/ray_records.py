@@ -30,6 +30,7 @@ import hmac
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,10 @@ BURST_LINES = (
     8  # more complete lines than this waiting at once travel as one `%` record (Ray's tail is per line)
 )
 FRAGMENT_AFTER_S = 0.5  # a partial line (a progress bar) is forwarded after this long without a newline
+RECENT_EVERY_S = (
+    2.0  # past the head of a bounded output, how often its last bytes go to the server's progress
+)
+RECENT_BYTES = 1024
 MAX_RECORD_CHARS = 256 * 1024  # a record is at most ~65 KB; a longer "line" is not ours
 TAG_CHARS = 32  # hex characters of a record's tag (128 bits)
 # RFC 3526 group 14 (2048-bit MODP, a safe prime), generator 2.
@@ -72,8 +77,43 @@ def tag(key: bytes, seq: int, record: bytes) -> str:
     return hmac.new(key, seq.to_bytes(8, "big") + record, hashlib.sha256).hexdigest()[:TAG_CHARS]
 
 
+class Tail:
+    """The last `size` bytes of a stream, held in the chunks they came in (none copied while it goes on)."""
+
+    def __init__(self, size: int, before: bytes) -> None:
+        self.size = size
+        self.chunks: deque[bytes] = deque()
+        self.held = 0
+        self.dropped = 0
+        self.before = before  # the byte before the first one held
+
+    def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.held += len(chunk)
+        while self.chunks and self.held - len(self.chunks[0]) >= self.size:
+            first = self.chunks.popleft()
+            self.held -= len(first)
+            self.dropped += len(first)
+            self.before = first[-1:] or self.before
+
+    def take(self) -> tuple[int, bytes]:
+        """(bytes left out, the end kept: the last `size` bytes from their first whole line); (0, all) when
+        nothing was left out."""
+        data = b"".join(self.chunks)
+        extra = max(0, len(data) - self.size)
+        if not self.dropped and not extra:
+            return 0, data
+        before = data[extra - 1 : extra] if extra else self.before
+        kept = data[extra:]
+        if before != b"\n":  # from the first whole line: never a line cut in two
+            kept = kept[kept.find(b"\n") + 1 :] if b"\n" in kept else b""
+        return self.dropped + len(data) - len(kept), kept
+
+
 class Framed:
-    """Writes the run's output as tagged records on fd 1; `begin` must come first."""
+    """Writes the run's output as tagged records on fd 1; `begin` must come first. Bounded (`bound`), it sends
+    the output's first bytes, then at `end` a `cut <n>` record and the last bytes (the server's `RunLog` keeps
+    as much, so the cluster's log of the job never holds more than the server's)."""
 
     def __init__(self, fd: int = 1) -> None:
         self.fd = fd
@@ -81,6 +121,14 @@ class Framed:
         self.since = time.monotonic()
         self.key = b""
         self.seq = 0
+        self.head_room: int | None = None  # bytes of the output still sent as they come (None: all)
+        self.tail_size = 0
+        self.tail: Tail | None = None  # past the head: the end, sent at `end`
+        self.last = b"\n"  # the last byte sent
+        self.recent_at = 0.0  # when the output's last bytes were last sent for the server's progress line
+
+    def bound(self, head: int, tail: int) -> None:
+        self.head_room, self.tail_size = head, tail
 
     def begin(self, server_public: int) -> None:
         """Agree on the key with the server (whose public value came in the package) and say so."""
@@ -108,6 +156,34 @@ class Framed:
         self._write("%" + base64.b64encode(chunk).decode("ascii"))
 
     def data(self, chunk: bytes) -> None:
+        """The run's output: sent up to the bound's head, then only held (its end) until `end`."""
+        if self.tail is not None:
+            self.tail.add(chunk)
+            self._recent()
+            return
+        if self.head_room is not None:
+            if len(chunk) > self.head_room:
+                sent, chunk = chunk[: self.head_room], chunk[self.head_room :]
+                self._frame(sent)
+                self.tail = Tail(self.tail_size, self.last)
+                self.tail.add(chunk)
+                self._recent()
+                return
+            self.head_room -= len(chunk)
+        self._frame(chunk)
+
+    def _recent(self) -> None:
+        """Past the head, the output's last bytes now and then: the server's progress line, never its log."""
+        now = time.monotonic()
+        if self.tail is None or not self.tail.chunks or now - self.recent_at < RECENT_EVERY_S:
+            return
+        self.recent_at = now
+        chunks = self.tail.chunks
+        last = ((chunks[-2] if len(chunks) > 1 else b"") + chunks[-1])[-RECENT_BYTES:]
+        self._write(f"{CONTROL} recent {base64.b64encode(last).decode('ascii')}")
+
+    def _frame(self, chunk: bytes) -> None:
+        self.last = chunk[-1:] or self.last
         if chunk and not self.pending:
             self.since = time.monotonic()
         self.pending += chunk
@@ -133,6 +209,14 @@ class Framed:
             self.pending = b""
 
     def end(self, report: dict[str, Any]) -> None:
+        if self.tail is not None:
+            left_out, kept = self.tail.take()
+            self.tail = None
+            if left_out:
+                self.flush()
+                self._write(f"{CONTROL} cut {left_out}")
+            for at in range(0, len(kept), 1 << 16):
+                self._frame(kept[at : at + (1 << 16)])
         self.flush()
         self._write(f"{CONTROL} end {json.dumps(report, separators=(',', ':'))}")
 
@@ -149,8 +233,16 @@ class Unframer:
     must carry the next tag of the chain; the first that does not, a second `begin`, or anything after `end`,
     marks the log tampered with, and its lines are never the run's output."""
 
-    def __init__(self, write: Callable[[bytes], None], server_private: int) -> None:
+    def __init__(
+        self,
+        write: Callable[[bytes], None],
+        server_private: int,
+        skip: Callable[[int], None] | None = None,
+        recent: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.write = write
+        self.skip = skip  # told how many bytes of output the wrapper left out (a `cut` record)
+        self.recent = recent  # told the output's last bytes while the wrapper holds them (a `recent` record)
         self.private = server_private
         self.buffer = ""
         self.key = b""
@@ -219,6 +311,15 @@ class Unframer:
                 self.write(base64.b64decode(record[1:], validate=True))
             except (binascii.Error, ValueError):
                 pass
+        elif record.startswith(f"{CONTROL} recent ") and self.recent is not None:
+            try:
+                self.recent(base64.b64decode(record[len(CONTROL) + 8 :], validate=True))
+            except (binascii.Error, ValueError):
+                pass
+        elif record.startswith(f"{CONTROL} cut ") and self.skip is not None:
+            count = record[len(CONTROL) + 5 :]
+            if count.isdigit():
+                self.skip(int(count))
         elif record.startswith(f"{CONTROL} end "):
             self.ended = True
             try:

@@ -84,6 +84,7 @@ class JobSpec(TypedDict, total=False):
     target: str | None  # the target file (the measured output must be newer than it, or than the run)
     job: str  # the submission id
     server_public: str  # the server's public key value, hex
+    log_bound: list[int] | None  # the output's head and tail sent (`Framed.bound`); None: all of it
 
 
 PR_SET_DUMPABLE = 4
@@ -309,6 +310,8 @@ def run(spec: JobSpec, root: str) -> int:
     # non-dumpable process cannot write; and before the key exists, so that child holds no secret.
     abi, view, note = _confinement(mode, root, write)
     out = Framed()
+    if bound := spec.get("log_bound"):
+        out.bound(int(bound[0]), int(bound[1]))
     _harden()
     out.begin(int(spec["server_public"], 16))
     landlock = abi is not None

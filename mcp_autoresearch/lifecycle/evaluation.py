@@ -38,8 +38,10 @@ def eval_writable(tmpdir: str) -> list[str]:
 
 
 def earlier_evaluation_logs(log_dir: Path, run_id: str) -> list[str]:
-    """The evaluation logs of the runs before `run_id` (its own is shown: metric_parse reads it). What a scorer
-    printed there may come from hidden data, so a run's view hides them."""
+    """The evaluation logs of the runs before `run_id` (its own is shown: metric_parse reads it): its output
+    (`-eval.log`), its stderr (`-eval.stderr.log`), the end kept of a cut one (`-eval.kept.log`), what
+    metric_parse printed of it (`-eval-metric.out`). What a scorer printed there may come from hidden data, so a
+    run's view hides them."""
     try:
         names = os.listdir(log_dir)
     except OSError:
@@ -47,7 +49,7 @@ def earlier_evaluation_logs(log_dir: Path, run_id: str) -> list[str]:
     return [
         str(log_dir / name)
         for name in sorted(names)
-        if name.endswith(EVAL_SUFFIX + ".log") and not name.startswith(run_id + "-")
+        if (EVAL_SUFFIX + "." in name or EVAL_SUFFIX + "-" in name) and not name.startswith(run_id + "-")
     ]
 
 

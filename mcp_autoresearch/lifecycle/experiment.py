@@ -27,7 +27,7 @@ from ..measure.metrics import (
 from ..measure.output_checks import Snapshot, snapshot
 from ..names import HOLDOUT, RUN_LOG, STATE_DIR
 from ..records.logtail import clean_text, read_tail_bytes
-from ..records.run_log import MB
+from ..records.run_log import MB, kept_end_copy
 from ..sandbox.caches import run_caches, stage_caches
 from ..sandbox.launcher import Launched, launcher
 from ..sandbox.policy import (
@@ -100,6 +100,8 @@ class Experiment:
         self._cancel_reason: str | None = None
         self._tally = Tally()  # every run so far: `run` may be called again to add runs
         self._last_run = ""  # the name of the last run (for `fresh_outputs.record`)
+        # A log that left part of its output out (log_limit_mb, a full disk): where its kept end begins
+        self._log_ends: dict[Path, int] = {}
 
     def cancel(self, reason: str) -> None:
         with self._lock:
@@ -255,6 +257,7 @@ class Experiment:
                 return self._failed(tally, ("crash", f"{exc} (nothing ran)"), None, log_path)
             started_at = time.time()
             done = process.run()
+            self._note_log_end(log_path, done)
             self._last_run = f"{self.run_id}{suffix}"
             self._record_outputs()
             if self.publish_run_log:
@@ -268,7 +271,8 @@ class Experiment:
                 failure = self._capture_mismatch(done)
             if failure:
                 return self._failed(tally, failure, None, log_path)
-            figures = read_secondary(log_path, config.metric_name, config.memory_regex)
+            kept_end = self._log_ends.get(log_path, 0)
+            figures = read_secondary(log_path, config.metric_name, config.memory_regex, kept_end)
             measured_log = log_path
             if config.eval_command:  # the run's whole tree is gone: the evaluation reads what it left
                 measured_log = log_path.with_name(log_path.stem + EVAL_SUFFIX + ".log")
@@ -305,6 +309,7 @@ class Experiment:
         done = self._process(
             command, log_path, config.eval_timeout, f"{self.run_id}{EVAL_SUFFIX}", None, extra, stage="eval"
         ).run()
+        self._note_log_end(log_path, done)
         self._tally.leftovers += done.leftovers_killed
         if run_log is not None:  # not the holdout: nothing of its output is shown to the agent
             self._tally.note_output(done.output_cut, what)
@@ -428,32 +433,53 @@ class Experiment:
     ) -> float:
         config = self.config
         if config.metric_parse:
-            out_path = log_path.with_name(log_path.stem + "-metric.out")
-            limit = min(METRIC_PARSE_TIMEOUT_S, config.timeout)
-            process = self._process(
-                config.metric_parse,
-                out_path,
-                limit,
-                f"{self.run_id}-metric",
-                None,
-                {"AUTORESEARCH_LOG": str(log_path)},
-            )
-            result = process.run()
-            if result.status == "timeout":
-                raise MetricError(f"metric_parse did not finish within {limit:g} s")
-            if result.status == "cancelled":
-                raise MetricError("cancelled while parsing the metric")
-            return first_float(clean_text(read_tail_bytes(out_path, 4096)))
+            return self._parse_metric(config.metric_parse, log_path)
         if config.metric_regex or not config.metric_measure:
             assert config.metric_name is not None
             whole = config.eval_command is not None  # a line the evaluation did not end never counts
-            return read_metric_from_log(log_path, config.metric_name, config.metric_regex, whole)
+            kept_end = self._log_ends.get(log_path, 0)
+            return read_metric_from_log(log_path, config.metric_name, config.metric_regex, whole, kept_end)
         if sizes is not None and config.metric_measure in sizes:  # measured where the run ran (Ray)
             found = sizes[config.metric_measure]
             if isinstance(found, str):
                 raise MetricError(found)
             return found / (1024 if config.metric_measure.startswith("size_kb:") else 1024 * 1024)
         return measure(config.metric_measure, self.root, duration_s, started_at, config.target_file, fresh)
+
+    def _parse_metric(self, command: str, log_path: Path) -> float:
+        """`metric_parse` on the log (`AUTORESEARCH_LOG`, and `run.log` where it shows it): of a cut log, only the
+        end it kept (a copy), since a value before the part left out may not be the last one printed."""
+        out_path = log_path.with_name(log_path.stem + "-metric.out")
+        limit = min(METRIC_PARSE_TIMEOUT_S, self.config.timeout)
+        parsed = log_path
+        if (end_from := self._log_ends.get(log_path)) is not None:
+            try:
+                parsed = kept_end_copy(log_path, end_from)
+            except OSError as exc:
+                raise MetricError(f"the end of the log could not be copied for metric_parse: {exc}") from None
+        shown = self.publish_run_log and not self.config.eval_command and parsed != log_path
+        if shown:  # run.log shows the run's log: the original tool's parsers read it there
+            self._publish_run_log(parsed)
+        try:
+            env = {"AUTORESEARCH_LOG": str(parsed)}
+            result = self._process(command, out_path, limit, f"{self.run_id}-metric", None, env).run()
+        finally:
+            if shown:
+                self._publish_run_log(log_path)
+        if result.log_end_from is not None:  # its first number near the end could be the server's, or stale
+            raise MetricError("metric_parse printed more than log_limit_mb: it should print the metric alone")
+        if result.status == "timeout":
+            raise MetricError(f"metric_parse did not finish within {limit:g} s")
+        if result.status == "cancelled":
+            raise MetricError("cancelled while parsing the metric")
+        return first_float(clean_text(read_tail_bytes(out_path, 4096)))
+
+    def _note_log_end(self, log_path: Path, done: ProcessResult) -> None:
+        """Where the value may be read in this log: from the start, or from the end it kept of a cut output."""
+        if done.log_end_from is None:
+            self._log_ends.pop(log_path, None)
+        else:
+            self._log_ends[log_path] = done.log_end_from
 
     def _clear_run_log(self) -> None:
         try:

@@ -48,12 +48,17 @@ def user_pattern(regex: str) -> re.Pattern[bytes]:
 
 
 def last_match(
-    path: Path, patterns: list[re.Pattern[bytes]], literal: bytes | None = None, whole_lines: bool = False
+    path: Path,
+    patterns: list[re.Pattern[bytes]],
+    literal: bytes | None = None,
+    whole_lines: bool = False,
+    start_at: int = 0,
 ) -> bytes | None:
     """Group 1 of the last match of any pattern in the file (the match closest to the end wins). Reads
     backwards in chunks of at most CHUNK bytes, so memory stays bounded whatever the log's size. `literal`,
     a string every match contains, lets chunks without it skip the regex (a substring search is far faster).
-    `whole_lines`: a last line without its newline is left out."""
+    `whole_lines`: a last line without its newline is left out. `start_at`: only the file from this offset (the
+    start of a line) is searched."""
     try:
         handle = os.fdopen(open_regular(path), "rb")  # a FIFO left at the log's path must not block
     except OSError:
@@ -62,12 +67,12 @@ def last_match(
         end = handle.seek(0, os.SEEK_END)
         if whole_lines:
             end = _complete_end(handle, end)
-        while end > 0:
-            start = max(0, end - CHUNK)
+        while end > start_at:
+            start = max(start_at, end - CHUNK)
             handle.seek(start)
             window = handle.read(end - start)
             head = 0
-            if start > 0:
+            if start > start_at:
                 # Drop the partial first line (the next window back ends where it starts); a line longer
                 # than a chunk is split instead.
                 cut = window.find(b"\n")
@@ -101,19 +106,27 @@ def _complete_end(handle: BinaryIO, end: int) -> int:
 
 
 def read_metric_from_log(
-    path: Path, metric_name: str, metric_regex: str | None, whole_lines: bool = False
+    path: Path, metric_name: str, metric_regex: str | None, whole_lines: bool = False, kept_end: int = 0
 ) -> float:
-    """The metric's last match in the log (`whole_lines`: only in lines that end with a newline)."""
+    """The metric's last match in the log (`whole_lines`: only in lines that end with a newline). `kept_end`:
+    where the end of the output begins in a log that left some of it out (`RunLog.end_from`): only that end is
+    searched, since a value before the part left out may not be the last one printed."""
     if metric_regex:
-        found = last_match(path, [user_pattern(metric_regex)], None, whole_lines)
+        found = last_match(path, [user_pattern(metric_regex)], None, whole_lines, kept_end)
     else:  # both built-in forms contain the metric's name
-        found = last_match(path, builtin_patterns(metric_name), metric_name.encode(), whole_lines)
+        found = last_match(path, builtin_patterns(metric_name), metric_name.encode(), whole_lines, kept_end)
     if found is None:
         how = (
             f"metric_regex {metric_regex!r}"
             if metric_regex
             else (f"'{metric_name}: <number>' or 'METRIC {metric_name}=<number>'")
         )
+        if kept_end:
+            raise MetricError(
+                f"no line matching {how} in the end of the output that its log kept: the log left part of the "
+                "output out (log_limit_mb, or a full disk), and a value printed before that part may not be the "
+                "last one; print the metric last, or raise log_limit_mb"
+            )
         raise MetricError(f"no line matching {how} in the output")
     try:
         value = to_float(found.strip())
@@ -189,13 +202,16 @@ class Secondary:
     metrics: dict[str, float]
 
 
-def read_secondary(path: Path, metric_name: str | None, memory_regex: str | None) -> Secondary:
-    """`peak_vram_mb:` (or memory_regex) and every other `METRIC name=value` line (last value per name)."""
+def read_secondary(
+    path: Path, metric_name: str | None, memory_regex: str | None, kept_end: int = 0
+) -> Secondary:
+    """`peak_vram_mb:` (or memory_regex) and every other `METRIC name=value` line (last value per name).
+    `kept_end`: as for `read_metric_from_log`, both are read from there on only."""
     memory: float | None = None
     if memory_regex:
-        found = last_match(path, [user_pattern(memory_regex)])
+        found = last_match(path, [user_pattern(memory_regex)], start_at=kept_end)
     else:
-        found = last_match(path, [_VRAM], b"peak_vram_mb")
+        found = last_match(path, [_VRAM], b"peak_vram_mb", start_at=kept_end)
     if found is not None:
         try:
             memory = float(found)
@@ -209,6 +225,7 @@ def read_secondary(path: Path, metric_name: str | None, memory_regex: str | None
     except OSError:
         return Secondary(memory, metrics)
     with handle:
+        handle.seek(kept_end)
         carry = b""
         while chunk := handle.read(CHUNK):
             data = carry + chunk

@@ -9,17 +9,28 @@ at the head's end or the tail's start could read as another number (`score: 0.12
 
 The sha256 and size cover exactly what the file holds (the beginning's hash is kept as it stood at its last
 whole line, never read back from the file, which an unconfined run could have changed). A write that fails (a
-full disk) ends the log there; what follows is counted and dropped.
+full disk) ends the log there; what follows is counted and dropped. `end_from` says where the file's part of the
+output's end begins when something was left out (the file's end after a failed write: none of it): a value read
+before it may not be the last one the run printed, and the server's own line is no output of the run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
-TAIL_MAX_BYTES = 8 << 20  # the end of an over-long output, held in memory until the run ends
+from .atomic import atomic_write, open_regular
+
 MB = 1_000_000
+TAIL_MAX_BYTES = 8 * MB  # the end of an over-long output, held in memory until the run ends
 NEWLINE = ord("\n")
+
+
+def log_bounds(limit: int) -> tuple[int, int]:
+    """The head and the tail a log bounded by `limit` bytes keeps of an output longer than that."""
+    tail = min(limit // 2, TAIL_MAX_BYTES)
+    return limit - tail, tail
 
 
 class RunLog:
@@ -29,8 +40,7 @@ class RunLog:
     def __init__(self, fd: int, limit: int | None = None) -> None:
         self.fd = fd
         self.limit = limit
-        self.tail_limit = min(limit // 2, TAIL_MAX_BYTES) if limit else 0
-        self.head_limit = (limit - self.tail_limit) if limit else 0
+        self.head_limit, self.tail_limit = log_bounds(limit) if limit else (0, 0)
         self.size = 0  # bytes in the file (what the hash covers)
         self.printed = 0  # bytes the run printed
         self.failed = False  # a write failed (a full disk): output is counted and dropped from then on
@@ -47,6 +57,8 @@ class RunLog:
         self._tail_at_line_start = True  # the held tail's first byte begins a line
         self.left_out = 0  # bytes of output the finished log leaves out (besides a failed write's)
         self.kept = (0, 0)  # what the finished log keeps of the output's beginning and end, in bytes
+        self._recent = b""  # the output's last bytes as a Ray wrapper that holds them said (`note_recent`)
+        self.end_from: int | None = None  # output left out: where the file's part of the output's end begins
 
     @property
     def sha256(self) -> str:
@@ -75,7 +87,7 @@ class RunLog:
             try:
                 written = os.write(self.fd, view)
             except OSError:  # a full disk: the log ends here, and the output is still counted (no run blocks)
-                self.failed = True
+                self._fail()
                 return
             done = len(data) - len(view)  # bytes of `data` written before this write
             if done <= newline < done + written:  # the last whole line of `data` is in the file now
@@ -87,6 +99,16 @@ class RunLog:
                 self._hash.update(view[:written])
             self.size += written
             view = view[written:]
+
+    def skip(self, count: int) -> None:
+        """`count` bytes of output left out before they reached this log (a Ray wrapper's cut, after the head it
+        sent whole): the end that follows begins a line."""
+        if count <= 0 or self.finished:
+            return
+        self.printed += count
+        self.cutting = True
+        self._start = self._filled = 0  # what was held came before the part left out: left out too
+        self._tail_at_line_start = True
 
     def _hold(self, data: bytes) -> None:
         """Keep `data` in the tail, and only the last `tail_limit` bytes of all it held."""
@@ -143,9 +165,13 @@ class RunLog:
     def recent(self, limit: int = 8192) -> bytes:
         """The last bytes of the output so far, wherever they are (the file, or the tail held in memory); read
         while the run writes, they may mix two moments (a progress line, nothing more)."""
-        if not self.cutting:
-            return b""  # the file's end is the output's end: read it there
-        return self._held(limit)
+        if self.cutting and self._filled:
+            return self._held(limit)
+        return self._recent[-limit:]  # b"": the file's end is the output's end: read it there
+
+    def note_recent(self, data: bytes) -> None:
+        """The output's last bytes, from a Ray wrapper that holds the end of a long output until the run ends."""
+        self._recent = data
 
     def finish(self) -> None:
         """Write what a bounded log keeps of the end: the line saying what was left out, then the tail (from its
@@ -162,7 +188,7 @@ class RunLog:
                 os.ftruncate(self.fd, self._line_end)
                 os.lseek(self.fd, self._line_end, os.SEEK_SET)
             except OSError:
-                self.failed = True
+                self._fail()
                 return
             self.size = self._line_end
             self._hash = self._hash_at_line_end.copy()
@@ -183,11 +209,23 @@ class RunLog:
             f"bytes, and its log keeps the first {self.size:,} and the last {kept:,} (log_limit_mb)\n"
         )
         self._write_file(line.encode())
+        if not self.failed:
+            self.end_from = self.size
         self._write_held(spans)
         self._ring = bytearray()
 
+    def _fail(self) -> None:
+        """A write failed: the log ends at what the file holds, and none of the output's end is in it."""
+        self.failed = True
+        self.end_from = self.size
+
     def summary(self, what: str = "the run") -> str | None:
         """What the finished log left out, in words (None: nothing)."""
+        if self.failed:
+            return (
+                f"{what} printed {self.printed / MB:,.1f} MB, and its log could not be written past "
+                f"{self.size / MB:,.1f} MB (a full disk?): the rest, its end among it, was left out"
+            )
         if self.left_out <= 0:
             return None
         return (
@@ -195,3 +233,13 @@ class RunLog:
             f"log keeps the first {self.kept[0] / MB:,.1f} MB and the last {self.kept[1] / MB:,.1f} MB, and says "
             f"where the {self.left_out / MB:,.1f} MB between them were left out"
         )
+
+
+def kept_end_copy(path: Path, end_from: int) -> Path:
+    """A copy, beside the log `path`, of the end it kept of a cut output (from `end_from`, `RunLog.end_from`):
+    what a parser of the log may read a value from (`<run>.kept.log`, `<run>-eval.kept.log`)."""
+    copy = path.with_name(path.stem + ".kept.log")
+    with os.fdopen(open_regular(path), "rb") as source:
+        source.seek(end_from)
+        atomic_write(copy, iter(lambda: source.read(1 << 20), b""), 0o644, sync=False)
+    return copy

@@ -94,6 +94,9 @@ class ProcessResult:
     sizes: dict[str, int | str] | None = None
     # What a bounded log left out of the output, in words (`RunLog.summary`); None: the log holds it all.
     output_cut: str | None = None
+    # Where the log's part of the output's end begins when some was left out (`RunLog.end_from`): a value is
+    # read from there on only. None: the log holds the whole output.
+    log_end_from: int | None = None
 
 
 @dataclass
@@ -211,6 +214,7 @@ class ProcessRun:
                 capture.size,
                 capture.sha256,
                 output_cut=self._output_cut(),
+                log_end_from=capture.log.end_from,
             )
         finally:
             self._cut()
