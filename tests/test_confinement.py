@@ -19,7 +19,8 @@ import psutil
 import pytest
 
 from mcp_autoresearch.errors import ConfigError
-from mcp_autoresearch.lifecycle.experiment import Experiment, without_run_log_redirect
+from mcp_autoresearch.lifecycle.experiment import Experiment
+from mcp_autoresearch.lifecycle.published_log import without_run_log_redirect
 from mcp_autoresearch.sandbox import confine, landlock
 from mcp_autoresearch.sandbox.policy import check_writable, denied_write_hint, probe_isolation
 from mcp_autoresearch.setup.config import Config

@@ -23,8 +23,8 @@ Each command becomes one job:
   whole tree dies when the command ends), cuts it off from the cluster (no network, its own process ids, Ray's
   files and variables hidden) and frames its output in tagged records (`ray_records`). The environment travels in the package, not in
   `runtime_env.env_vars`, where Ray would expand `${NAME}` in the values;
-- its log is followed (`tail_job_logs`, a bounded buffer: a run that prints 1 GB costs the server disk, not
-  memory); the run's own output, un-framed, goes into `log_path`, so the metric is read from it exactly as for
+- its log is followed (`tail_job_logs`, a bounded buffer; the wrapper sends no more of a long output than the
+  server's log keeps, `log_limit_mb`: a run that prints 1 GB costs neither); the run's own output, un-framed, goes into `log_path`, so the metric is read from it exactly as for
   a local run. The wrapper's `begin`/`end` records are not the run's output. The report (exit code, duration,
   peak RSS, output size) is accepted only from a log that is one unbroken chain of the wrapper's records, read
   to its end, and only when Ray's own record of the job agrees: it ended by itself, with the exit code the
@@ -89,9 +89,8 @@ class RayBackend:
     shared_inputs: list[str] = field(default_factory=list)
     target_file: str | None = None
     grace_s: float = DEFAULT_GRACE_S
-    job_prefix: str = (
-        ""  # names this session's jobs on a shared cluster: autoresearch-<prefix><marker>-<uuid>
-    )
+    # names this session's jobs on a shared cluster: autoresearch-<prefix><marker>-<uuid>
+    job_prefix: str = ""
     submitted: set[str] = field(default_factory=set)  # the submission ids this server sent
     foreign: set[str] = field(default_factory=set)  # those it found under its prefix, stopped and reported
     known: set[str] | None = (
@@ -186,9 +185,8 @@ class RayBackend:
         try:  # first a bounded connect: Ray's own check has no timeout, and a silent address would hang
             socket.create_connection((where.hostname or "127.0.0.1", where.port or 8265), timeout=5).close()
             self.note_known(self.client())  # Ray's version check, with its token (RAY_AUTH_MODE=token) if any
-        except (
-            Exception
-        ) as exc:  # OSError, ValueError, and Ray's ConnectionError/RuntimeError/AuthenticationError
+        # OSError, ValueError, and Ray's ConnectionError/RuntimeError/AuthenticationError
+        except Exception as exc:
             lines = str(exc).strip().splitlines()
             reason = lines[0] if lines else type(exc).__name__
         if reason is not None:
@@ -302,21 +300,7 @@ class RayJobRun:
         rss: int = 0,
         sizes: dict[str, int | str] | None = None,
     ) -> ProcessResult:
-        log.finish()  # the end of an output longer than the limit, after what it left out
-        return ProcessResult(
-            status,
-            code,
-            duration,
-            rss,
-            self.log_path,
-            error,
-            0,
-            log.size,
-            log.sha256,
-            sizes,
-            output_cut=log.summary("the command"),
-            log_end_from=log.end_from,
-        )
+        return ProcessResult(status, code, duration, rss, self.log_path, error, sizes=sizes, **log.figures())
 
     def _run(self, log: Log, started: float) -> ProcessResult:
         if self._cancel.is_set():

@@ -13,6 +13,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from ..measure import output_checks, output_size
 from ..names import STATE_DIR
@@ -62,6 +63,16 @@ class Log(RunLog):
 
     def close(self) -> None:
         os.close(self.fd)
+
+    def figures(self) -> dict[str, Any]:
+        """The log finished (its end written after what it left out), and what a `ProcessResult` says of it."""
+        self.finish()
+        return {
+            "captured_bytes": self.size,
+            "captured_sha256": self.sha256,
+            "output_cut": self.summary("the command"),
+            "log_end_from": self.end_from,
+        }
 
 
 def _normalized(entry: str) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import secrets
 import statistics
 import threading
@@ -25,7 +24,7 @@ from ..measure.metrics import (
     read_secondary,
 )
 from ..measure.output_checks import Snapshot, snapshot
-from ..names import HOLDOUT, RUN_LOG, STATE_DIR
+from ..names import HOLDOUT, STATE_DIR
 from ..records.logtail import clean_text, read_tail_bytes
 from ..records.run_log import MB, kept_end_copy
 from ..sandbox.caches import run_caches, stage_caches
@@ -49,6 +48,7 @@ from ..statuses import RunStatus
 from ..terminal_text import printable
 from .evaluation import EVAL_SUFFIX, earlier_evaluation_logs, eval_writable, stage_failure
 from .fresh_outputs import OutputsError, make_fresh, record, record_measured, unsafe_outputs
+from .published_log import clear_run_log, publish_run_log, without_run_log_redirect
 from .tally import ExperimentResult, Tally
 
 if TYPE_CHECKING:
@@ -57,15 +57,6 @@ if TYPE_CHECKING:
 METRIC_PARSE_TIMEOUT_S = 30.0
 # The original tool's commands end in `> run.log 2>&1` (or `| tee run.log`): the server captures the output and
 # writes run.log itself, so that redirect is dropped (a confined run may not write the project root).
-_RUN_LOG_REDIRECT = re.compile(
-    r"\s*(?:(?:1?>|&>)\s*\.?/?run\.log(?:\s+2>&1)?|(?:2>&1\s*)?\|\s*tee\s+(?:-a\s+)?\.?/?run\.log)\s*$"
-)
-
-
-def without_run_log_redirect(command: str) -> str:
-    return _RUN_LOG_REDIRECT.sub("", command) or command
-
-
 SEED_RANGE = 2**31  # AUTORESEARCH_SEED is below this: a seed every RNG accepts (numpy, torch, random)
 
 
@@ -250,7 +241,7 @@ class Experiment:
                 measure=config.metric_measure,
             )
             if self.publish_run_log:
-                self._clear_run_log()
+                clear_run_log(self.root)
             try:
                 fresh = self._fresh_outputs(f"{self.run_id}{suffix}")
             except OutputsError as exc:
@@ -261,7 +252,7 @@ class Experiment:
             self._last_run = f"{self.run_id}{suffix}"
             self._record_outputs()
             if self.publish_run_log:
-                self._publish_run_log(log_path)
+                publish_run_log(self.root, log_path)
             tally.add_run(done.duration_s, done.peak_rss_bytes, done.leftovers_killed, done.exit_code)
             tally.note_output(
                 done.output_cut, f"run {len(tally.durations)}" if config.repeats > 1 else "the run"
@@ -459,13 +450,13 @@ class Experiment:
                 raise MetricError(f"the end of the log could not be copied for metric_parse: {exc}") from None
         shown = self.publish_run_log and not self.config.eval_command and parsed != log_path
         if shown:  # run.log shows the run's log: the original tool's parsers read it there
-            self._publish_run_log(parsed)
+            publish_run_log(self.root, parsed)
         try:
             env = {"AUTORESEARCH_LOG": str(parsed)}
             result = self._process(command, out_path, limit, f"{self.run_id}-metric", None, env).run()
         finally:
             if shown:
-                self._publish_run_log(log_path)
+                publish_run_log(self.root, log_path)
         if result.log_end_from is not None:  # its first number near the end could be the server's, or stale
             raise MetricError("metric_parse printed more than log_limit_mb: it should print the metric alone")
         if result.status == "timeout":
@@ -480,31 +471,3 @@ class Experiment:
             self._log_ends.pop(log_path, None)
         else:
             self._log_ends[log_path] = done.log_end_from
-
-    def _clear_run_log(self) -> None:
-        try:
-            (self.root / RUN_LOG).unlink()
-        except OSError:
-            pass
-
-    def _publish_run_log(self, log_path: Path) -> None:
-        """`run.log` at the project root shows this run's output, so the original tool's commands still work.
-        It is the server's copy for people, never an input: whatever stands there (a file the run wrote, a link)
-        is replaced, unread, by a hard link to the captured log (a copy where links fail)."""
-        run_log = self.root / RUN_LOG
-        staged = self.root / f".{RUN_LOG}.{os.getpid()}.tmp"
-        try:
-            staged.unlink(missing_ok=True)
-            os.link(log_path, staged)
-        except OSError:
-            try:
-                with open(log_path, "rb") as src, open(staged, "xb") as dst:
-                    while chunk := src.read(1 << 20):
-                        dst.write(chunk)
-            except OSError:
-                staged.unlink(missing_ok=True)
-                return
-        try:
-            os.replace(staged, run_log)  # replaces a symlink or a directory entry, never follows it
-        except OSError:
-            staged.unlink(missing_ok=True)

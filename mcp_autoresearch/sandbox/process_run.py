@@ -19,7 +19,6 @@ import ctypes
 import fcntl
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from ..records.atomic import atomic_write, own_dir
 from ..records.logtail import last_line
 from . import run_tmpdirs
 from .capture import Capture
+from .exit_waiter import ExitWaiter, reported
 from .launcher import HIDDEN_FROM_RUNS, Launched, LauncherError
 from .processes import (
     MARKER_PROJECT,
@@ -272,7 +272,7 @@ class ProcessRun:
         deadline = started + self.timeout_s
         next_progress = started + self.progress_every_s
         wait_step = 0.05  # first checks are quick so trivial commands return fast
-        exited = _ExitWaiter(popen)
+        exited = ExitWaiter(popen)
         try:
             return self._supervise_loop(popen, started, deadline, next_progress, wait_step, exited)
         finally:
@@ -285,7 +285,7 @@ class ProcessRun:
         deadline: float,
         next_progress: float,
         wait_step: float,
-        exited: _ExitWaiter,
+        exited: ExitWaiter,
     ) -> tuple[ProcessStatus, int | None]:
         while True:
             now = time.monotonic()
@@ -351,7 +351,7 @@ class ProcessRun:
             try:
                 shell = psutil.Process(popen.pid)
                 # A keeper that reported the run's end is ending itself: it is not the run's.
-                if shell.status() != psutil.STATUS_ZOMBIE and not _reported(popen):
+                if shell.status() != psutil.STATUS_ZOMBIE and not reported(popen):
                     add(shell)
                 for child in descendants(shell):
                     add(child)
@@ -437,7 +437,7 @@ class ProcessRun:
     def _group_alive(self) -> bool:
         """Whether a process is left in the run's process group (the keeper's: a keeper that reported the run's
         end found none left, and is ending itself)."""
-        if self._popen is None or _reported(self._popen):
+        if self._popen is None or reported(self._popen):
             return False
         try:
             os.killpg(self._popen.pid, 0)
@@ -475,37 +475,3 @@ class ProcessRun:
                 atomic_write(parent / self.log_path.name, iter(lambda: src.read(1 << 20), b""), 0o644)
         except (OSError, ValueError, SessionError):
             pass
-
-
-def _reported(popen: subprocess.Popen[bytes] | Launched) -> bool:
-    return isinstance(popen, Launched) and popen.reported
-
-
-class _ExitWaiter:
-    """Wakes up the moment a child exits (Linux pidfd), instead of polling with sleeps; elsewhere it polls."""
-
-    def __init__(self, popen: subprocess.Popen[bytes] | Launched) -> None:
-        self.popen = popen
-        self.fd: int | None = None
-        try:
-            self.fd = os.pidfd_open(popen.pid)  # type: ignore[attr-defined]
-        except (AttributeError, OSError):
-            self.fd = None
-
-    def wait(self, timeout: float) -> bool:
-        """True once the process has ended, or its keeper reported the run's end (or the report's pipe closed)."""
-        report = self.popen.report_fd if isinstance(self.popen, Launched) else -1
-        if self.fd is None:
-            end = time.monotonic() + timeout
-            while self.popen.poll() is None:
-                if time.monotonic() >= end:
-                    return False
-                time.sleep(min(0.005, max(0.0, end - time.monotonic())))
-            return True
-        ready, _, _ = select.select([self.fd, *([report] if report >= 0 else [])], [], [], timeout)
-        return bool(ready)
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
