@@ -22,25 +22,13 @@ from mcp_autoresearch.measure.metrics import MetricError, read_metric_from_log
 from mcp_autoresearch.records.run_log import RunLog, log_bounds
 from mcp_autoresearch.setup.config import build_config
 
-from .conftest import make_repo
+from .test_run_log import baseline_of, log_project
 
 pytestmark = pytest.mark.anyio
 
 
 def _loop(count: int, line: str) -> str:
     return f"i=0; while [ $i -lt {count} ]; do echo '{line}'; i=$((i+1)); done"
-
-
-def _project(tmp_path: Path, command: str, limit_mb: float, extra: str = "") -> Path:
-    command = command.replace("\\", "\\\\").replace('"', '\\"')
-    return make_repo(
-        tmp_path / "proj",
-        {
-            "params.sh": "K=7\n",
-            "autoresearch.toml": f'target_file = "params.sh"\nrun_command = "{command}"\nmetric_name = "score"\n'
-            f"log_limit_mb = {limit_mb}\nmetric_direction = 'lower_is_better'\n{extra}",
-        },
-    )
 
 
 async def test_a_value_printed_before_the_part_left_out_is_not_read_as_the_last(
@@ -51,10 +39,8 @@ async def test_a_value_printed_before_the_part_left_out_is_not_read_as_the_last(
     read as the run's value."""
     filler = "no metric here " + "y" * 80
     command = f"echo 'score: 1'; {_loop(5000, filler)}; {_loop(5000, 'score: 2')}; {_loop(5000, filler)}"
-    root = _project(tmp_path, command, 0.2)
-    async with agent_for(root) as agent:
-        await agent.ok("start_session", tag="t")
-        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    root = log_project(tmp_path, command, 0.2)
+    run = await baseline_of(agent_for, root)
     assert run["status"] == "metric_error" and "log_limit_mb" in run["error"], run
     assert run["output_cut"], run
 
@@ -65,10 +51,8 @@ async def test_the_numbers_of_the_line_saying_what_was_left_out_are_never_read_a
     """A metric_regex that reads the first number after `score`, across lines: the run prints `score` and no
     number at all, so an honest reading finds none; the server's line in the log must not supply one."""
     command = f"echo 'score'; {_loop(10000, 'no digits in this line, only letters')}"
-    root = _project(tmp_path, command, 0.1, "metric_regex = 'score\\D*(\\d+)'\n")
-    async with agent_for(root) as agent:
-        await agent.ok("start_session", tag="t")
-        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    root = log_project(tmp_path, command, 0.1, "metric_regex = 'score\\D*(\\d+)'\n")
+    run = await baseline_of(agent_for, root)
     assert run["status"] == "metric_error", run
     assert run["output_cut"], run
 
@@ -77,10 +61,8 @@ async def test_metric_parse_output_past_the_limit_is_not_read(tmp_path: Path, ag
     """metric_parse prints one line longer than the log's end, then its value: its log keeps only the server's
     line and the value, and the first number of its last 4 KB would be the server's count of bytes left out."""
     parse = "head -c 30000 /dev/zero | tr '\\\\0' a; echo; echo 0.5"
-    root = _project(tmp_path, "echo ran", 0.01, f'metric_parse = "{parse}"\n')
-    async with agent_for(root) as agent:
-        await agent.ok("start_session", tag="t")
-        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    root = log_project(tmp_path, "echo ran", 0.01, f'metric_parse = "{parse}"\n')
+    run = await baseline_of(agent_for, root)
     assert (
         run["status"] == "metric_error" and "metric_parse printed more than log_limit_mb" in run["error"]
     ), run
@@ -151,10 +133,8 @@ async def test_the_memory_figure_is_never_read_from_the_line_saying_what_was_lef
     """A memory_regex that reads the first number after `peak`, across lines: the run prints `peak` and no
     number after it but its metric; the server's line must not supply the memory figure."""
     command = f"echo 'peak'; {_loop(10000, 'no digits in this line, only letters')}; echo 'score: 3'"
-    root = _project(tmp_path, command, 0.1, "memory_regex = 'peak\\D*(\\d+)'\n")
-    async with agent_for(root) as agent:
-        await agent.ok("start_session", tag="t")
-        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    root = log_project(tmp_path, command, 0.1, "memory_regex = 'peak\\D*(\\d+)'\n")
+    run = await baseline_of(agent_for, root)
     assert run["status"] == "ok" and run["value"] == 3.0 and run["output_cut"], run
     forged = int(
         re.search(r"peak\D*(\d+)", Path(run["log_path"]).read_text()).group(1)
@@ -184,10 +164,8 @@ async def test_metric_parse_never_reads_a_value_from_before_the_part_left_out(
     filler = "no metric here " + "y" * 80
     command = f"echo 'score: 1'; {_loop(5000, filler)}; {_loop(5000, 'score: 2')}; {_loop(5000, filler)}"
     parse = "grep 'score:' \\\"$AUTORESEARCH_LOG\\\" | tail -n 1 | cut -d' ' -f2"
-    root = _project(tmp_path, command, 0.2, f'metric_parse = "{parse}"\n')
-    async with agent_for(root) as agent:
-        await agent.ok("start_session", tag="t")
-        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    root = log_project(tmp_path, command, 0.2, f'metric_parse = "{parse}"\n')
+    run = await baseline_of(agent_for, root)
     assert run["status"] == "metric_error" and run["output_cut"], run
 
 
@@ -201,10 +179,8 @@ async def test_a_line_of_the_run_that_says_output_was_left_out_is_not_believed(
         "the first 1 and the last 1 (log_limit_mb)"
     )
     command = f"echo 'score: 2'; echo '{fake}'; echo 'score: 3'"
-    root = _project(tmp_path, command, 0.01)
-    async with agent_for(root) as agent:
-        await agent.ok("start_session", tag="t")
-        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    root = log_project(tmp_path, command, 0.01)
+    run = await baseline_of(agent_for, root)
     assert run["status"] == "ok" and run["value"] == 3.0 and run.get("output_cut") is None, run
 
 
@@ -229,10 +205,8 @@ async def test_metric_parse_reading_run_log_never_reads_a_value_from_before_the_
     filler = "no metric here " + "y" * 80
     command = f"echo 'score: 1'; {_loop(5000, filler)}; {_loop(5000, 'score: 2')}; {_loop(5000, filler)}"
     parse = "grep 'score:' run.log | tail -n 1 | cut -d' ' -f2"
-    root = _project(tmp_path, command, 0.2, f'metric_parse = "{parse}"\n')
-    async with agent_for(root) as agent:
-        await agent.ok("start_session", tag="t")
-        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    root = log_project(tmp_path, command, 0.2, f'metric_parse = "{parse}"\n')
+    run = await baseline_of(agent_for, root)
     assert run["status"] == "metric_error" and run["output_cut"], run
     assert (root / "run.log").read_bytes() == Path(run["log_path"]).read_bytes()  # for people: the whole log
 

@@ -83,29 +83,32 @@ LINE = re.compile(r"^line \d{6} x{88}$")
 PRINT_LINES = f"i=0; while [ $i -lt {LINES} ]; do printf 'line %06d %s\\n' $i {'x' * 88}; i=$((i+1)); done"
 
 
-def _project(tmp_path: Path, command: str, limit_mb: float) -> Path:
+def log_project(tmp_path: Path, command: str, limit_mb: float, extra: str = "") -> Path:
+    """A project whose run command is `command` (escaped here for TOML) and whose logs keep `limit_mb`."""
+    command = command.replace("\\", "\\\\").replace('"', '\\"')
     return make_repo(
         tmp_path / "proj",
         {
             "params.sh": "K=7\n",
             "autoresearch.toml": f'target_file = "params.sh"\nrun_command = "{command}"\nmetric_name = "score"\n'
-            f"log_limit_mb = {limit_mb}\nmetric_direction = 'lower_is_better'\n",
+            f"log_limit_mb = {limit_mb}\nmetric_direction = 'lower_is_better'\n{extra}",
         },
     )
 
 
-def _toml_escaped(command: str) -> str:
-    return command.replace("\\", "\\\\").replace('"', '\\"')
+async def baseline_of(agent_for: Any, root: Path) -> dict[str, Any]:
+    """The session's baseline, run and decided in one call: its result."""
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        result: dict[str, Any] = await agent.ok("run_experiment", description="baseline", decide=True)
+        return result
 
 
 async def test_a_run_printing_past_the_limit_keeps_its_metric_and_says_what_its_log_left_out(
     tmp_path: Path, agent_for: Any
 ) -> None:
-    command = _toml_escaped(f'. ./params.sh; {PRINT_LINES}; echo "score: $K"')
-    root = _project(tmp_path, command, 1)
-    async with agent_for(root) as agent:
-        await agent.ok("start_session", tag="t")
-        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    root = log_project(tmp_path, f'. ./params.sh; {PRINT_LINES}; echo "score: $K"', 1)
+    run = await baseline_of(agent_for, root)
     assert run["status"] == "ok" and run["value"] == 7.0, run
     assert "the run: the command printed 3.0 MB, more than log_limit_mb = 1" in run["output_cut"], run
     log = Path(run["log_path"]).read_bytes()
@@ -125,10 +128,7 @@ async def test_a_metric_line_at_the_cut_is_never_read_cut_in_two(tmp_path: Path,
     in the part left out), and the error says why."""
     metric_lines = "i=0; while [ $i -lt 40000 ]; do echo 'score: 123456789'; i=$((i+1)); done"
     filler = f"i=0; while [ $i -lt 30000 ]; do echo 'no metric here {'y' * 80}'; i=$((i+1)); done"
-    root = _project(tmp_path, _toml_escaped(f"{metric_lines}; {filler}"), 0.5)
-    async with agent_for(root) as agent:
-        await agent.ok("start_session", tag="t")
-        run = await agent.ok("run_experiment", description="baseline", decide=True)
+    run = await baseline_of(agent_for, log_project(tmp_path, f"{metric_lines}; {filler}", 0.5))
     assert run["status"] == "metric_error" and "log_limit_mb" in run["error"], run
     assert run["output_cut"], run
 
@@ -136,10 +136,10 @@ async def test_a_metric_line_at_the_cut_is_never_read_cut_in_two(tmp_path: Path,
 async def test_a_run_past_its_log_limit_still_shows_its_latest_line_while_it_runs(
     tmp_path: Path, agent_for: Any
 ) -> None:
-    command = _toml_escaped(
+    command = (
         f"{PRINT_LINES}; echo 'waiting for the test'; while [ ! -e go ]; do sleep 0.05; done; echo 'score: 1'"
     )
-    root = _project(tmp_path, command, 1)
+    root = log_project(tmp_path, command, 1)
     go = root / "go"  # in the project: the run's view hides /tmp
     async with agent_for(root) as agent:
         await agent.ok("start_session", tag="t")
@@ -153,7 +153,7 @@ async def test_a_run_past_its_log_limit_still_shows_its_latest_line_while_it_run
 
 
 async def test_detect_shows_the_log_limit(tmp_path: Path, agent_for: Any) -> None:
-    root = _project(tmp_path, "echo score: 1", 2.5)
+    root = log_project(tmp_path, "echo score: 1", 2.5)
     assert "run logs:     at most 2.5 MB of a command's output kept" in run_cli("detect", cwd=root).stdout
     async with agent_for(root) as agent:
         assert (await agent.ok("detect_project"))["log_limit_mb"] == 2.5
