@@ -156,17 +156,25 @@ def test_the_end_a_log_keeps_is_the_8_mb_the_readme_says(tmp_path: Path) -> None
     assert log.kept[1] <= 8_000_000 and "and the last 8.0 MB" in (log.summary() or ""), log.summary()
 
 
+@pytest.mark.parametrize(
+    "parse",
+    [
+        "grep 'score:' \\\"$AUTORESEARCH_LOG\\\" | tail -n 1 | cut -d' ' -f2",
+        "grep 'score:' run.log | tail -n 1 | cut -d' ' -f2",  # the original tool's form: run.log at the root
+    ],
+)
 async def test_metric_parse_never_reads_a_value_from_before_the_part_left_out(
-    tmp_path: Path, agent_for: Any
+    tmp_path: Path, agent_for: Any, parse: str
 ) -> None:
-    """metric_parse greps the last `score:` line of the run's log: the run's last value (2) is in the part left
-    out, its first (1) in the log's beginning; the parser must not be handed that beginning to read 1 from."""
+    """metric_parse greps the last `score:` line of the run's log (`AUTORESEARCH_LOG`, or `run.log`): the run's
+    last value (2) is in the part left out, its first (1) in the log's beginning; the parser must not be handed
+    that beginning to read 1 from. `run.log` shows the whole log again afterwards, for people."""
     filler = "no metric here " + "y" * 80
     command = f"echo 'score: 1'; {_loop(5000, filler)}; {_loop(5000, 'score: 2')}; {_loop(5000, filler)}"
-    parse = "grep 'score:' \\\"$AUTORESEARCH_LOG\\\" | tail -n 1 | cut -d' ' -f2"
     root = log_project(tmp_path, command, 0.2, f'metric_parse = "{parse}"\n')
     run = await baseline_of(agent_for, root)
     assert run["status"] == "metric_error" and run["output_cut"], run
+    assert (root / "run.log").read_bytes() == Path(run["log_path"]).read_bytes()
 
 
 async def test_a_line_of_the_run_that_says_output_was_left_out_is_not_believed(
@@ -196,19 +204,6 @@ def test_a_secondary_metric_printed_before_the_part_left_out_is_not_reported(tmp
     result = Experiment(config, tmp_path, "r1", tmp_path / ".autoresearch" / "runs").run()
     assert result.status == "ok" and result.value == 3.0 and result.output_cut, result
     assert result.secondary == {"aux": 4.0}, result.secondary
-
-
-async def test_metric_parse_reading_run_log_never_reads_a_value_from_before_the_part_left_out(
-    tmp_path: Path, agent_for: Any
-) -> None:
-    """The same, with the original tool's form of metric_parse, which reads `run.log` at the project's root."""
-    filler = "no metric here " + "y" * 80
-    command = f"echo 'score: 1'; {_loop(5000, filler)}; {_loop(5000, 'score: 2')}; {_loop(5000, filler)}"
-    parse = "grep 'score:' run.log | tail -n 1 | cut -d' ' -f2"
-    root = log_project(tmp_path, command, 0.2, f'metric_parse = "{parse}"\n')
-    run = await baseline_of(agent_for, root)
-    assert run["status"] == "metric_error" and run["output_cut"], run
-    assert (root / "run.log").read_bytes() == Path(run["log_path"]).read_bytes()  # for people: the whole log
 
 
 def _through_ray_records(data: bytes, limit: int, rng: random.Random, path: Path) -> tuple[bytes, RunLog]:
