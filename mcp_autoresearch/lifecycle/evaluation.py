@@ -37,19 +37,22 @@ def eval_writable(tmpdir: str) -> list[str]:
     return paths
 
 
-def earlier_evaluation_logs(log_dir: Path, run_id: str) -> list[str]:
-    """The evaluation logs of the runs before `run_id` (its own is shown: metric_parse reads it): its output
-    (`-eval.log`), its stderr (`-eval.stderr.log`), the end kept of a cut one (`-eval.kept.log`), what
-    metric_parse printed of it (`-eval-metric.out`). What a scorer printed there may come from hidden data, so a
-    run's view hides them."""
+def evaluation_logs(log_dir: Path, shown: Path | None = None) -> list[str]:
+    """Every log made of an evaluation in `log_dir` but the one metric_parse reads (`shown`, an evaluation's
+    log, with what was made of it): its output (`-eval.log`), its stderr (`-eval.stderr.log`), the end kept of a
+    cut one (`-eval.kept.log`), what metric_parse printed of it (`-eval-metric.out`). What a scorer printed there
+    may come from hidden data, so a run's view hides them: the earlier runs', and this run's own too (with
+    `repeats`, the first run's evaluation is over while the second runs)."""
     try:
         names = os.listdir(log_dir)
     except OSError:
         return []
+    own = shown.name.removesuffix(".log") if shown is not None else None
     return [
         str(log_dir / name)
         for name in sorted(names)
-        if (EVAL_SUFFIX + "." in name or EVAL_SUFFIX + "-" in name) and not name.startswith(run_id + "-")
+        if (EVAL_SUFFIX + "." in name or EVAL_SUFFIX + "-" in name)
+        and not (own and (name.startswith(own + ".") or name.startswith(own + "-")))
     ]
 
 

@@ -46,7 +46,7 @@ from ..setup.single_file import sha256_file
 from ..setup.stage_config import hidden_paths
 from ..statuses import RunStatus
 from ..terminal_text import printable
-from .evaluation import EVAL_SUFFIX, earlier_evaluation_logs, eval_writable, stage_failure
+from .evaluation import EVAL_SUFFIX, eval_writable, evaluation_logs, stage_failure
 from .fresh_outputs import OutputsError, make_fresh, record, record_measured, unsafe_outputs
 from .published_log import clear_run_log, publish_run_log, without_run_log_redirect
 from .tally import ExperimentResult, Tally
@@ -93,6 +93,7 @@ class Experiment:
         self._last_run = ""  # the name of the last run (for `fresh_outputs.record`)
         # A log that left part of its output out (log_limit_mb, a full disk): where its kept end begins
         self._log_ends: dict[Path, int] = {}
+        self._parsed_evaluation: Path | None = None  # the evaluation's log metric_parse reads while it runs
 
     def cancel(self, reason: str) -> None:
         with self._lock:
@@ -133,7 +134,7 @@ class Experiment:
             return reads + hidden_paths(self.config), target
         own = self.log_dir.parent.parent  # .autoresearch/runs/<tag>: the holdout's records are beside
         holdout = [str(own / HOLDOUT)] if self.config.holdout_command and own.name == STATE_DIR else []
-        logs = earlier_evaluation_logs(self.log_dir, self.run_id) if self.config.hidden else []
+        logs = evaluation_logs(self.log_dir, self._parsed_evaluation) if self.config.hidden else []
         return reads, [*hidden_paths(self.config), *holdout, *logs]
 
     def _wrap(self, argv: list[str], tmpdir: str, stage: str = "run") -> list[str]:
@@ -453,8 +454,10 @@ class Experiment:
             publish_run_log(self.root, parsed)
         try:
             env = {"AUTORESEARCH_LOG": str(parsed)}
+            self._parsed_evaluation = log_path if self.config.eval_command else None
             result = self._process(command, out_path, limit, f"{self.run_id}-metric", None, env).run()
         finally:
+            self._parsed_evaluation = None
             if shown:
                 publish_run_log(self.root, log_path)
         if result.log_end_from is not None:  # its first number near the end could be the server's, or stale
