@@ -4,6 +4,7 @@ never reaches a run: not the next run, not the run's own next repetition, not a 
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -103,3 +104,20 @@ async def test_what_a_scorer_prints_in_another_slot_never_reaches_a_run_in_fligh
         assert first["slot"] != second["slot"], (first, second)
         done = await agent.until_done(second["run_id"])
     assert done["status"] == "ok" and done["value"] != 0.0, done
+
+
+async def test_metric_parse_reads_the_holdouts_own_log(tmp_path: Path, agent_for: Any) -> None:
+    """metric_parse reads the holdout's log as it reads the evaluation's: the holdout's folder is hidden from runs,
+    not from the stage that parses the holdout's own output (its error message, a path with a digit in it, gave
+    the holdout's value)."""
+    parse = "grep '^score:' \"$AUTORESEARCH_LOG\" | tail -1 | awk '{print $2}'"
+    extra = f'holdout_command = "python3 scorer.py out/answer.txt"\nmetric_parse = {json.dumps(parse)}\n'
+    root = project(tmp_path / "proj7", extra)
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        run, decision = await agent.experiment("baseline")
+    assert run["value"] == 5.0 and decision["decision"] == "keep", (run, decision)
+    [record] = [
+        json.loads(line) for line in (root / ".autoresearch" / "holdout" / "t.jsonl").read_text().splitlines()
+    ]
+    assert record["holdout"] == 5.0 and record["error"] is None, record

@@ -133,7 +133,11 @@ class Experiment:
             target = [str(self.root / self.config.target_file)] if self.config.target_file else []
             return reads + hidden_paths(self.config), target
         own = self.log_dir.parent.parent  # .autoresearch/runs/<tag>: the holdout's records are beside
-        holdout = [str(own / HOLDOUT)] if self.config.holdout_command and own.name == STATE_DIR else []
+        # The holdout's records, from every run; not from the stages of the holdout itself (its metric_parse).
+        shown = not self.log_dir.is_relative_to(own / HOLDOUT)
+        holdout = (
+            [str(own / HOLDOUT)] if self.config.holdout_command and own.name == STATE_DIR and shown else []
+        )
         logs = evaluation_logs(self.log_dir, self._parsed_evaluation) if self.config.hidden else []
         return reads, [*hidden_paths(self.config), *holdout, *logs]
 
