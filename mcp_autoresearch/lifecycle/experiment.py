@@ -470,7 +470,13 @@ class Experiment:
             raise MetricError(f"metric_parse did not finish within {limit:g} s")
         if result.status == "cancelled":
             raise MetricError("cancelled while parsing the metric")
-        return first_float(clean_text(read_tail_bytes(out_path, 4096)))
+        output = clean_text(read_tail_bytes(out_path, 4096))
+        if (
+            result.status != "exited" or result.exit_code != 0
+        ):  # its error message may hold a number: not a value
+            last = output.strip().splitlines()[-1:] or [result.error or "no output"]
+            raise MetricError(f"metric_parse failed (exit code {result.exit_code}): {last[0][:200]}")
+        return first_float(output)
 
     def _note_log_end(self, log_path: Path, done: ProcessResult) -> None:
         """Where the value may be read in this log: from the start, or from the end it kept of a cut output."""
