@@ -54,6 +54,25 @@ async def test_what_the_scorer_printed_of_a_runs_first_repetition_never_reaches_
     assert run["status"] == "ok" and run["values"] == [0.85841, 0.85841], run
 
 
+async def test_what_the_scorer_printed_in_an_earlier_session_never_reaches_a_run(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """The evaluation logs of another session of the project (another tag, its own runs folder) hold what the
+    scorer printed about the same hidden data: a run's view hides them too."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    root = secret_project(tmp_path, "")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="first")
+        await agent.experiment("baseline")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="second")
+        _, base = await agent.experiment("baseline")
+        assert base["decision"] == "keep", base
+        await agent.edit("X = 5\n", "X = 4\n" + textwrap.dedent(READ_EVALUATION_LOGS))
+        run, _ = await agent.experiment("attack")
+    assert run["status"] == "ok" and run["value"] == 0.85841, run
+
+
 # The first candidate waits until the second one runs: its evaluation then prints the hidden answer while the
 # second run is in flight, in a log that did not exist when the second run's view was made.
 WAIT_FOR_THE_OTHER = """
@@ -83,7 +102,7 @@ for _ in range(400):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="a run's view hides the evaluation logs that exist when it starts (earlier_evaluation_logs); the "
+    reason="a run's view hides the evaluation logs that exist when it starts (evaluation_logs); the "
     "log of an evaluation in another slot, written while the run is in flight, is in the runs folder the run "
     "reads",
 )

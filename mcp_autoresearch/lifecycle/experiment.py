@@ -24,7 +24,7 @@ from ..measure.metrics import (
     read_secondary,
 )
 from ..measure.output_checks import Snapshot, snapshot
-from ..names import HOLDOUT, STATE_DIR
+from ..names import HOLDOUT, RUN_LOGS, STATE_DIR
 from ..records.logtail import clean_text, read_tail_bytes
 from ..records.run_log import MB, kept_end_copy
 from ..sandbox.caches import run_caches, stage_caches
@@ -138,7 +138,8 @@ class Experiment:
         holdout = (
             [str(own / HOLDOUT)] if self.config.holdout_command and own.name == STATE_DIR and shown else []
         )
-        logs = evaluation_logs(self.log_dir, self._parsed_evaluation) if self.config.hidden else []
+        sessions = own.name == STATE_DIR and self.log_dir.parent.name == RUN_LOGS  # .autoresearch/runs/<tag>
+        logs = evaluation_logs(self.log_dir, self._parsed_evaluation, sessions) if self.config.hidden else []
         return reads, [*hidden_paths(self.config), *holdout, *logs]
 
     def _wrap(self, argv: list[str], tmpdir: str, stage: str = "run") -> list[str]:
