@@ -13,6 +13,7 @@ import pytest
 
 from mcp_autoresearch.sandbox.policy import probe_isolation
 
+from .conftest import git
 from .helpers.needs import require
 from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
 from .test_attacks_evaluation import VERBOSE_SCORER
@@ -69,6 +70,33 @@ async def test_what_the_scorer_printed_in_an_earlier_session_never_reaches_a_run
         _, base = await agent.experiment("baseline")
         assert base["decision"] == "keep", base
         await agent.edit("X = 5\n", "X = 4\n" + textwrap.dedent(READ_EVALUATION_LOGS))
+        run, _ = await agent.experiment("attack")
+    assert run["status"] == "ok" and run["value"] == 0.85841, run
+
+
+async def test_the_holdout_logs_of_an_earlier_session_never_reach_a_run(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """An earlier session measured a holdout (its logs hold what the scorer printed about hidden data); a later
+    session without holdout_command still hides the holdout's folder from its runs."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    root = secret_project(tmp_path, 'holdout_command = "python3 scorer.py out/answer.txt"\n')
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="first")
+        await agent.experiment("baseline")
+    config = root / "autoresearch.toml"
+    config.write_text(
+        config.read_text().replace('holdout_command = "python3 scorer.py out/answer.txt"\n', "")
+    )
+    git(root, "commit", "-qam", "no holdout any more")
+    assert "expected 3.14159" in (root / ".autoresearch" / "holdout" / "first" / "r1.stderr.log").read_text()
+    read_holdout = READ_EVALUATION_LOGS.replace(
+        ".autoresearch/runs/*/*-eval*.log", ".autoresearch/holdout/*/*.log"
+    )
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="second")
+        await agent.experiment("baseline")
+        await agent.edit("X = 5\n", "X = 4\n" + textwrap.dedent(read_holdout))
         run, _ = await agent.experiment("attack")
     assert run["status"] == "ok" and run["value"] == 0.85841, run
 

@@ -133,11 +133,11 @@ class Experiment:
             target = [str(self.root / self.config.target_file)] if self.config.target_file else []
             return reads + hidden_paths(self.config), target
         own = self.log_dir.parent.parent  # .autoresearch/runs/<tag>: the holdout's records are beside
-        # The holdout's records, from every run; not from the stages of the holdout itself (its metric_parse).
+        # The holdout's records (an earlier session's too, measured when this one has no holdout), from every
+        # run; not from the stages of the holdout itself (its metric_parse).
         shown = not self.log_dir.is_relative_to(own / HOLDOUT)
-        holdout = (
-            [str(own / HOLDOUT)] if self.config.holdout_command and own.name == STATE_DIR and shown else []
-        )
+        measured = self.config.holdout_command or (own / HOLDOUT).is_dir()
+        holdout = [str(own / HOLDOUT)] if measured and own.name == STATE_DIR and shown else []
         sessions = own.name == STATE_DIR and self.log_dir.parent.name == RUN_LOGS  # .autoresearch/runs/<tag>
         logs = evaluation_logs(self.log_dir, self._parsed_evaluation, sessions) if self.config.hidden else []
         return reads, [*hidden_paths(self.config), *holdout, *logs]
