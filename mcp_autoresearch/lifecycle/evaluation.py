@@ -39,32 +39,29 @@ def eval_writable(tmpdir: str) -> list[str]:
 
 
 def evaluation_logs(log_dir: Path, shown: Path | None = None, every_session: bool = False) -> list[str]:
-    """Every log made of an evaluation in `log_dir` (`every_session`: in the folders beside it too, the other
-    sessions' runs) but the one metric_parse reads (`shown`, an evaluation's log, with what was made of it): its
-    output (`-eval.log`), its stderr (`-eval.stderr.log`), the end kept of a cut one (`-eval.kept.log`), what
-    metric_parse printed of it (`-eval-metric.out`). What a scorer printed there may come from hidden data, so a
-    run's view hides them: the earlier runs', this run's own too (with `repeats`, the first run's evaluation is
-    over while the second runs), and those of every earlier session of the project."""
-    folders = [log_dir]
+    """Every log made of an evaluation in `log_dir` but the one metric_parse reads (`shown`, an evaluation's
+    log, with what was made of it): its output (`-eval.log`), its stderr (`-eval.stderr.log`), the end kept of a
+    cut one (`-eval.kept.log`), what metric_parse printed of it (`-eval-metric.out`); with `every_session`, the
+    folders beside it too (the other sessions' runs, whole). What a scorer printed there may come from hidden
+    data, so a run's view hides them: the earlier runs', this run's own too (with `repeats`, the first run's
+    evaluation is over while the second runs), and every other session's of the project."""
+    others: list[str] = []
     if every_session:
         try:
-            folders += sorted(p for p in log_dir.parent.iterdir() if p != log_dir and _real_dir(p))
+            others = sorted(str(p) for p in log_dir.parent.iterdir() if p != log_dir and _real_dir(p))
         except OSError:
             pass
+    try:
+        names = os.listdir(log_dir)
+    except OSError:
+        return others
     own = shown.name.removesuffix(".log") if shown is not None else None
-    found: list[str] = []
-    for folder in folders:
-        try:
-            names = os.listdir(folder)
-        except OSError:
-            continue
-        found += [
-            str(folder / name)
-            for name in sorted(names)
-            if (EVAL_SUFFIX + "." in name or EVAL_SUFFIX + "-" in name)
-            and not (folder == log_dir and own and (name.startswith(own + ".") or name.startswith(own + "-")))
-        ]
-    return found
+    return others + [
+        str(log_dir / name)
+        for name in sorted(names)
+        if (EVAL_SUFFIX + "." in name or EVAL_SUFFIX + "-" in name)
+        and not (own and (name.startswith(own + ".") or name.startswith(own + "-")))
+    ]
 
 
 def _real_dir(path: Path) -> bool:
