@@ -170,3 +170,27 @@ async def test_cli_views(ml_project: Path, agent_for, tmp_path: Path) -> None:
         assert plot.returncode == 2 and 'pip install ".[plot]"' in plot.stderr
     none = run_cli("status", "--project", str(tmp_path))
     assert none.returncode == 2 and "no session" in none.stderr
+
+
+async def test_a_resource_that_cannot_be_read_says_why(tmp_path: Path, agent_for) -> None:
+    """The briefing and results resources of a project with no session yet, or whose session record is
+    unreadable, answer with the engine's message (what to do), not the SDK's bare 'Error reading resource'."""
+    from mcp.shared.exceptions import MCPError
+
+    from .test_eval_stage import project
+
+    root = project(tmp_path)
+    async with agent_for(root) as agent:
+        with pytest.raises(MCPError) as no_session:
+            await agent.client.read_resource("autoresearch://briefing")
+        assert "start_session" in str(no_session.value), no_session.value
+        await agent.ok("start_session", tag="t")
+        await agent.experiment("baseline")
+    (root / ".autoresearch" / "sessions" / "t.own.json").write_text("{")
+    async with agent_for(root) as agent:
+        for uri in ("autoresearch://briefing", "autoresearch://results"):
+            with pytest.raises(MCPError) as unreadable:
+                await agent.client.read_resource(uri)
+            assert "t.own.json is unreadable" in str(unreadable.value) and "move it aside" in str(
+                unreadable.value
+            ), unreadable.value

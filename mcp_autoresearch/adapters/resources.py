@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError
 from pydantic import Field
 
 from ..errors import AutoresearchError
@@ -13,6 +16,21 @@ from ..session.workspace import Workspace
 from .prompts import loop_prompt
 
 MAX_FOCUS_CHARS = 200
+T = TypeVar("T")
+
+
+def _said(read: Callable[[], T]) -> Callable[[], T]:
+    """A resource whose engine refusal (no session yet, an unreadable record) reaches the client as its message:
+    the SDK replaces any other exception with 'Error reading resource' and logs a traceback."""
+
+    @functools.wraps(read)
+    def wrapper() -> T:
+        try:
+            return read()
+        except AutoresearchError as exc:
+            raise ResourceError(str(exc)) from None
+
+    return wrapper
 
 
 def prompt_and_resources(server: MCPServer, workspace: Workspace) -> None:
@@ -46,6 +64,7 @@ def prompt_and_resources(server: MCPServer, workspace: Workspace) -> None:
         mime_type="text/tab-separated-values",
         description="results.tsv of the current session.",
     )
+    @_said
     def results_resource() -> str:
         session = workspace.session
         return session.journal.tsv_text()
@@ -56,6 +75,7 @@ def prompt_and_resources(server: MCPServer, workspace: Workspace) -> None:
         mime_type="text/markdown",
         description="Summary of the session for a fresh agent.",
     )
+    @_said
     def briefing_resource() -> str:
         return workspace.session.briefing()
 
@@ -65,6 +85,7 @@ def prompt_and_resources(server: MCPServer, workspace: Workspace) -> None:
         mime_type="application/json",
         description="The effective configuration and where each value came from.",
     )
+    @_said
     def config_resource() -> str:
         project = workspace.load()
         return json.dumps(
@@ -86,6 +107,7 @@ def _add_plot_resource(server: MCPServer, workspace: Workspace) -> None:
         mime_type="image/png",
         description="Progress plot: discarded grey, kept green, running best.",
     )
+    @_said
     def progress_png() -> bytes:
         session = workspace.session
         return render_png(session.journal.rows, session.state.metric_name, session.state.metric_direction)

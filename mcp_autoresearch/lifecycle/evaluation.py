@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import stat
 from pathlib import Path
 
 from ..records.logtail import read_tail_bytes
@@ -37,20 +38,37 @@ def eval_writable(tmpdir: str) -> list[str]:
     return paths
 
 
-def earlier_evaluation_logs(log_dir: Path, run_id: str) -> list[str]:
-    """The evaluation logs of the runs before `run_id` (its own is shown: metric_parse reads it): its output
-    (`-eval.log`), its stderr (`-eval.stderr.log`), the end kept of a cut one (`-eval.kept.log`), what
-    metric_parse printed of it (`-eval-metric.out`). What a scorer printed there may come from hidden data, so a
-    run's view hides them."""
+def evaluation_logs(log_dir: Path, shown: Path | None = None, every_session: bool = False) -> list[str]:
+    """Every log made of an evaluation in `log_dir` but the one metric_parse reads (`shown`, an evaluation's
+    log, with what was made of it): its output (`-eval.log`), its stderr (`-eval.stderr.log`), the end kept of a
+    cut one (`-eval.kept.log`), what metric_parse printed of it (`-eval-metric.out`); with `every_session`, the
+    folders beside it too (the other sessions' runs, whole). What a scorer printed there may come from hidden
+    data, so a run's view hides them: the earlier runs', this run's own too (with `repeats`, the first run's
+    evaluation is over while the second runs), and every other session's of the project."""
+    others: list[str] = []
+    if every_session:
+        try:
+            others = sorted(str(p) for p in log_dir.parent.iterdir() if p != log_dir and _real_dir(p))
+        except OSError:
+            pass
     try:
         names = os.listdir(log_dir)
     except OSError:
-        return []
-    return [
+        return others
+    own = shown.name.removesuffix(".log") if shown is not None else None
+    return others + [
         str(log_dir / name)
         for name in sorted(names)
-        if (EVAL_SUFFIX + "." in name or EVAL_SUFFIX + "-" in name) and not name.startswith(run_id + "-")
+        if (EVAL_SUFFIX + "." in name or EVAL_SUFFIX + "-" in name)
+        and not (own and (name.startswith(own + ".") or name.startswith(own + "-")))
     ]
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def stage_failure(what: str, status: str, exit_code: int | None, error: str | None, log_path: Path) -> str:

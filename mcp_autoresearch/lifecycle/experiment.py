@@ -24,7 +24,7 @@ from ..measure.metrics import (
     read_secondary,
 )
 from ..measure.output_checks import Snapshot, snapshot
-from ..names import HOLDOUT, STATE_DIR
+from ..names import HOLDOUT, RUN_LOGS, STATE_DIR
 from ..records.logtail import clean_text, read_tail_bytes
 from ..records.run_log import MB, kept_end_copy
 from ..sandbox.caches import run_caches, stage_caches
@@ -46,7 +46,7 @@ from ..setup.single_file import sha256_file
 from ..setup.stage_config import hidden_paths
 from ..statuses import RunStatus
 from ..terminal_text import printable
-from .evaluation import EVAL_SUFFIX, earlier_evaluation_logs, eval_writable, stage_failure
+from .evaluation import EVAL_SUFFIX, eval_writable, evaluation_logs, stage_failure
 from .fresh_outputs import OutputsError, make_fresh, record, record_measured, unsafe_outputs
 from .published_log import clear_run_log, publish_run_log, without_run_log_redirect
 from .tally import ExperimentResult, Tally
@@ -93,6 +93,7 @@ class Experiment:
         self._last_run = ""  # the name of the last run (for `fresh_outputs.record`)
         # A log that left part of its output out (log_limit_mb, a full disk): where its kept end begins
         self._log_ends: dict[Path, int] = {}
+        self._parsed_evaluation: Path | None = None  # the evaluation's log metric_parse reads while it runs
 
     def cancel(self, reason: str) -> None:
         with self._lock:
@@ -132,8 +133,13 @@ class Experiment:
             target = [str(self.root / self.config.target_file)] if self.config.target_file else []
             return reads + hidden_paths(self.config), target
         own = self.log_dir.parent.parent  # .autoresearch/runs/<tag>: the holdout's records are beside
-        holdout = [str(own / HOLDOUT)] if self.config.holdout_command and own.name == STATE_DIR else []
-        logs = earlier_evaluation_logs(self.log_dir, self.run_id) if self.config.hidden else []
+        # The holdout's records (an earlier session's too, measured when this one has no holdout), from every
+        # run; not from the stages of the holdout itself (its metric_parse).
+        shown = not self.log_dir.is_relative_to(own / HOLDOUT)
+        measured = self.config.holdout_command or (own / HOLDOUT).is_dir()
+        holdout = [str(own / HOLDOUT)] if measured and own.name == STATE_DIR and shown else []
+        sessions = own.name == STATE_DIR and self.log_dir.parent.name == RUN_LOGS  # .autoresearch/runs/<tag>
+        logs = evaluation_logs(self.log_dir, self._parsed_evaluation, sessions) if self.config.hidden else []
         return reads, [*hidden_paths(self.config), *holdout, *logs]
 
     def _wrap(self, argv: list[str], tmpdir: str, stage: str = "run") -> list[str]:
@@ -453,8 +459,10 @@ class Experiment:
             publish_run_log(self.root, parsed)
         try:
             env = {"AUTORESEARCH_LOG": str(parsed)}
+            self._parsed_evaluation = log_path if self.config.eval_command else None
             result = self._process(command, out_path, limit, f"{self.run_id}-metric", None, env).run()
         finally:
+            self._parsed_evaluation = None
             if shown:
                 publish_run_log(self.root, log_path)
         if result.log_end_from is not None:  # its first number near the end could be the server's, or stale
@@ -463,7 +471,13 @@ class Experiment:
             raise MetricError(f"metric_parse did not finish within {limit:g} s")
         if result.status == "cancelled":
             raise MetricError("cancelled while parsing the metric")
-        return first_float(clean_text(read_tail_bytes(out_path, 4096)))
+        output = clean_text(read_tail_bytes(out_path, 4096))
+        if (
+            result.status != "exited" or result.exit_code != 0
+        ):  # its error message may hold a number: not a value
+            last = output.strip().splitlines()[-1:] or [result.error or "no output"]
+            raise MetricError(f"metric_parse failed (exit code {result.exit_code}): {last[0][:200]}")
+        return first_float(output)
 
     def _note_log_end(self, log_path: Path, done: ProcessResult) -> None:
         """Where the value may be read in this log: from the start, or from the end it kept of a cut output."""

@@ -256,6 +256,9 @@ class Session:
                 "measurement cannot change midway: restore the configuration, or start a new session with "
                 "another tag to use the new one"
             )
+        # A key added to the server after the session began: frozen from this resume on (saved below), as if
+        # the session had started with it, else every server life could choose another value.
+        state.rules.update({key: now[key] for key in FROZEN_KEYS if key not in state.rules})
         session = cls(root, project, repo, state, journal)
         session.runs.after_restart()  # before git runs again: what a run in flight planted is undone
         if repo.current_branch() != state.branch:
