@@ -128,12 +128,6 @@ for _ in range(400):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a run's view hides the evaluation logs that exist when it starts (evaluation_logs); the "
-    "log of an evaluation in another slot, written while the run is in flight, is in the runs folder the run "
-    "reads",
-)
 async def test_what_a_scorer_prints_in_another_slot_never_reaches_a_run_in_flight(
     tmp_path: Path, agent_for: Any, slots_home: Path
 ) -> None:

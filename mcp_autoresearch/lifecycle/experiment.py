@@ -125,8 +125,9 @@ class Experiment:
 
     def _view(self, stage: str) -> tuple[list[str], list[str]]:
         """What the view keeps showing (the logs, a slot's shared inputs) and what it hides: the `hidden` data,
-        and the earlier evaluations' logs (what a scorer printed about it), from every stage but the evaluation's;
-        the target, from the evaluation's."""
+        and what a scorer printed about it (the evaluations' logs, the holdout's records), from every stage but
+        the evaluation's; the target, from the evaluation's. `stage`: "run" (the run, its checks), "eval", or
+        "parse" (metric_parse, which reads a log: the runs folder is shown, the other evaluations' logs hidden)."""
         reads = [str(self.log_dir), *linked_inputs(self.root, list(self.config.shared_inputs))]
         if stage == "eval":  # (hidden data beneath a hidden directory such as /tmp is shown again, read-only)
             # The target is hidden from the evaluation: a scorer that imports it would run the candidate's code.
@@ -139,7 +140,14 @@ class Experiment:
         measured = self.config.holdout_command or (own / HOLDOUT).is_dir()
         holdout = [str(own / HOLDOUT)] if measured and own.name == STATE_DIR and shown else []
         sessions = own.name == STATE_DIR and self.log_dir.parent.name == RUN_LOGS  # .autoresearch/runs/<tag>
-        logs = evaluation_logs(self.log_dir, self._parsed_evaluation, sessions) if self.config.hidden else []
+        logs: list[str] = []
+        if self.config.hidden and stage == "parse":
+            logs = evaluation_logs(self.log_dir, self._parsed_evaluation, sessions)
+        elif self.config.hidden:  # the run and its checks read no log: every session's, hidden whole
+            # One mount, whatever the session's length; and an evaluation's log written in another slot while
+            # this run is in flight appears beneath it, hidden too.
+            logs = [str(self.log_dir.parent if sessions else self.log_dir)]
+            reads = reads[1:]
         return reads, [*hidden_paths(self.config), *holdout, *logs]
 
     def _wrap(self, argv: list[str], tmpdir: str, stage: str = "run") -> list[str]:
@@ -460,7 +468,8 @@ class Experiment:
         try:
             env = {"AUTORESEARCH_LOG": str(parsed)}
             self._parsed_evaluation = log_path if self.config.eval_command else None
-            result = self._process(command, out_path, limit, f"{self.run_id}-metric", None, env).run()
+            parse = self._process(command, out_path, limit, f"{self.run_id}-metric", None, env, stage="parse")
+            result = parse.run()
         finally:
             self._parsed_evaluation = None
             if shown:
