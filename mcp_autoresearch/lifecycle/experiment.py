@@ -221,8 +221,9 @@ class Experiment:
                 launch=functools.partial(self._launch, stage=stage) if kept else None,
                 # confined or not, no tool cache outlives its run
                 private_env=self._stage_env if stage == "eval" else self._private_caches,
-                # the evaluation's stderr on a pipe and log of its own: only its stdout supplies the metric
-                stderr_log=log_path.with_suffix(".stderr.log") if stage == "eval" else None,
+                # the evaluation's and metric_parse's stderr on a pipe and log of their own: only their stdout
+                # supplies the metric (a warning on stderr holds numbers too)
+                stderr_log=log_path.with_suffix(".stderr.log") if stage in ("eval", "parse") else None,
                 log_limit=round(self.config.log_limit_mb * MB),
             )
         with self._lock:
@@ -483,8 +484,9 @@ class Experiment:
         output = clean_text(read_tail_bytes(out_path, 4096))
         if (
             result.status != "exited" or result.exit_code != 0
-        ):  # its error message may hold a number: not a value
-            last = output.strip().splitlines()[-1:] or [result.error or "no output"]
+        ):  # its error message may hold a number: no value
+            said = clean_text(read_tail_bytes(out_path.with_suffix(".stderr.log"), 4096)) + "\n" + output
+            last = said.strip().splitlines()[-1:] or [result.error or "no output"]
             raise MetricError(f"metric_parse failed (exit code {result.exit_code}): {last[0][:200]}")
         return first_float(output)
 
