@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mcp_autoresearch.readers.briefing import MAX_CHARS, briefing_from
-from mcp_autoresearch.readers.plot import plotting_available
+from mcp_autoresearch.readers.plot import plotting_available, series
 from mcp_autoresearch.records.rows import Row
 from mcp_autoresearch.records.state import Best, SessionState
 
@@ -124,6 +124,21 @@ def test_briefing_is_bounded_and_direction_aware(
     assert "since the last keep" in text
     assert "older experiments" in text
     assert briefing_from(_state(direction, best, baseline), _rows(5000), "python train.py") == text
+
+
+def test_the_plot_numbers_experiments_as_every_view_does_and_draws_crashes() -> None:
+    """The plot's x is the experiment's number as the tables and the web page give it (r1 = 1, the baseline),
+    crashes are drawn (not only counted in the title), and the running best is held to the last experiment."""
+    rows = _rows(30)
+    drawn = series(rows, "lower_is_better")
+    by_run = {r.run_id: r for r in rows}
+    assert [n for n, _, _ in drawn.kept] == [1, 11, 21]
+    assert drawn.crashed == [8, 15, 22, 29]
+    for n, value in drawn.discarded:
+        assert by_run[f"r{n}"].value == value and by_run[f"r{n}"].status == "discard"
+    assert drawn.running_best[0] == (1, 0) and drawn.running_best[-1] == (30, 0)
+    higher = series(rows, "higher_is_better")
+    assert [v for _, v in higher.running_best] == [0, 10, 20, 20]
 
 
 async def test_cli_views(ml_project: Path, agent_for, tmp_path: Path) -> None:

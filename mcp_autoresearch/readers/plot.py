@@ -1,10 +1,12 @@
 """karpathy-style progress plot: discarded points grey, kept points green and labelled, the running best as a
-step line. Needs the optional `plot` extra (matplotlib)."""
+step line, crashes as red marks along the bottom. Experiments are numbered as the web page and the tables number
+them (1 = the baseline, the log's first row). Needs the optional `plot` extra (matplotlib)."""
 
 from __future__ import annotations
 
 import io
 import sys
+from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -23,6 +25,36 @@ def plotting_available() -> bool:
     return find_spec("matplotlib") is not None
 
 
+@dataclass
+class Series:
+    """What the plot draws, by experiment number (1 = the baseline, as every other view numbers rows)."""
+
+    discarded: list[tuple[int, float]] = field(default_factory=list)
+    kept: list[tuple[int, float, str]] = field(default_factory=list)  # (n, value, description)
+    running_best: list[tuple[int, float]] = field(default_factory=list)  # steps, held to the last experiment
+    crashed: list[int] = field(default_factory=list)
+
+
+def series(rows: list[Row], direction: str) -> Series:
+    lower = direction == "lower_is_better"
+    drawn = Series()
+    best: float | None = None
+    for n, row in enumerate(rows, start=1):
+        if row.status == "crash":
+            drawn.crashed.append(n)
+        elif row.value is None:
+            continue
+        elif row.status != "keep":
+            drawn.discarded.append((n, row.value))
+        else:
+            drawn.kept.append((n, row.value, row.description))
+            best = row.value if best is None else (min(best, row.value) if lower else max(best, row.value))
+            drawn.running_best.append((n, best))
+    if drawn.running_best:
+        drawn.running_best.append((max(len(rows), drawn.running_best[-1][0]), drawn.running_best[-1][1]))
+    return drawn
+
+
 def render_png(rows: list[Row], metric: str, direction: str, title: str | None = None) -> bytes:
     if not plotting_available():
         raise AutoresearchError(MISSING)
@@ -30,62 +62,54 @@ def render_png(rows: list[Row], metric: str, direction: str, title: str | None =
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     lower = direction == "lower_is_better"
+    drawn = series(rows, direction)
     fig, ax = plt.subplots(figsize=(12, 6), dpi=100)
     try:
-        valued = [(i, r, r.value) for i, r in enumerate(rows) if r.value is not None and r.status != "crash"]
-        disc = [(i, v) for i, r, v in valued if r.status != "keep"]
-        kept = [(i, r, v) for i, r, v in valued if r.status == "keep"]
-        if disc:
-            ax.scatter(
-                [i for i, _ in disc], [v for _, v in disc], c="#bbbbbb", s=14, label="discarded", zorder=2
-            )
-        if kept:
-            ax.scatter(
-                [i for i, _, _ in kept],
-                [v for _, _, v in kept],
-                c="#2ca02c",
-                s=36,
-                label="kept",
-                zorder=3,
-                edgecolors="black",
-                linewidths=0.4,
-            )
-            xs: list[int] = []
-            ys: list[float] = []
-            best: float | None = None
-            for i, _, v in kept:
-                best = v if best is None else (min(best, v) if lower else max(best, v))
-                xs.append(i)
-                ys.append(best)
-            xs.append(max(len(rows) - 1, xs[-1]))
-            ys.append(ys[-1])
+        if drawn.discarded:
+            xs, ys = zip(*drawn.discarded, strict=True)
+            ax.scatter(xs, ys, c="#bbbbbb", s=14, label="discarded", zorder=2)
+        if drawn.kept:
+            xs, ys, _ = zip(*drawn.kept, strict=True)
+            ax.scatter(xs, ys, c="#2ca02c", s=36, label="kept", zorder=3, edgecolors="black", linewidths=0.4)
+            xs, ys = zip(*drawn.running_best, strict=True)
             ax.step(xs, ys, where="post", c="#2ca02c", lw=1.5, alpha=0.8, label="running best", zorder=1)
-            for i, r, v in kept[-25:]:
-                label = r.description if len(r.description) <= 40 else r.description[:39] + "…"
+            for n, value, description in drawn.kept[-25:]:
+                label = description if len(description) <= 40 else description[:39] + "…"
                 ax.annotate(
                     label,
-                    (i, v),
+                    (n, value),
                     textcoords="offset points",
                     xytext=(4, 6),
                     fontsize=7,
                     rotation=20,
                     color="#1a5e1a",
                 )
-        crashes = sum(1 for r in rows if r.status == "crash")
-        from matplotlib.ticker import MaxNLocator
-
+        if drawn.crashed:  # no value to place them by: marks along the bottom edge, in the axes' own height
+            ax.scatter(
+                drawn.crashed,
+                [0.02] * len(drawn.crashed),
+                transform=ax.get_xaxis_transform(),
+                marker="x",
+                c="#d62728",
+                s=24,
+                label="crashed",
+                zorder=3,
+            )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("experiment #")
+        ax.set_xlabel("experiment # (1 = the baseline)")
         ax.set_ylabel(f"{metric} ({'lower' if lower else 'higher'} is better)")
         ax.set_title(
-            title or f"autoresearch progress: {len(rows)} experiments, {len(kept)} kept, {crashes} crashed"
+            title
+            or f"autoresearch progress: {len(rows)} experiments, {len(drawn.kept)} kept, "
+            f"{len(drawn.crashed)} crashed"
         )
         ax.grid(alpha=0.3)
-        if valued:
+        if drawn.discarded or drawn.kept or drawn.crashed:
             ax.legend(loc="best", fontsize=8)
-        else:
+        if not drawn.discarded and not drawn.kept:
             ax.text(
                 0.5, 0.5, "no experiments with a value yet", ha="center", va="center", transform=ax.transAxes
             )
