@@ -129,8 +129,10 @@ async def test_clean_says_what_it_removes_then_removes_only_that(ml_project: Pat
         await session_with_history(agent)
         held = clean(root, "--tag", "done", "--yes")
         assert held.returncode == 2 and "server holds this project" in held.stderr
-    checked_out = clean(root, "--tag", "done", "--yes")
-    assert checked_out.returncode == 2 and "checked out" in checked_out.stderr
+    for dry_run_or_not in ((), ("--yes",)):  # refused before any "will remove" list (nothing goes)
+        checked_out = clean(root, "--tag", "done", *dry_run_or_not)
+        assert checked_out.returncode == 2 and "checked out" in checked_out.stderr
+        assert "will remove" not in checked_out.stdout, checked_out.stdout
     assert "autoresearch/done" in git(root, "branch")
     git(root, "checkout", "-q", "main")
 

@@ -399,10 +399,10 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(land(summary, args.land, args.squash, args.message))
         return 0
     plan = plan_clean(args.project, args.tag)
+    check_clean(plan)  # before the list: "will remove" and then a refusal reads as if something went
     sys.stdout.write(history_note(plan.root))
     sys.stdout.write(plan.text())
     sys.stdout.flush()
-    check_clean(plan)
     if not args.yes:
         sys.stdout.write("nothing was removed: run again with --yes to remove these\n")
         return 0
