@@ -41,7 +41,7 @@ def one(files: int, rounds: int) -> dict[str, float]:
             timings["unsafe_output"].append(time.perf_counter() - begin)
             assert problem is None, problem
             begin = time.perf_counter()
-            record(root, ["dist"], f"r{round_}")
+            record(root, ["dist"], f"r{round_}", "bench")
             timings["record"].append(time.perf_counter() - begin)
             begin = time.perf_counter()
             make_fresh(root, ["dist"], "bench", f"r{round_ + 1}")

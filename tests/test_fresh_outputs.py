@@ -66,6 +66,11 @@ def experiment(
     return Experiment(config, root, run_id, root / ".autoresearch" / "runs", "t", None, isolation).run()
 
 
+def aside(folder: Path) -> list[str]:
+    """The folders of runs' and the user's outputs moved aside (not the server's hidden record of them)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def write_target(root: Path, pad: int, evil: str = "") -> None:
     (root / "build.py").write_text(BUILD_PY.replace("PAD = 10", f"PAD = {pad}").replace("# EVIL", evil))
 
@@ -142,7 +147,7 @@ def test_the_users_outputs_from_before_the_session_are_moved_aside_not_lost(tmp_
     assert kept.read_text() == "the user's own build\n"
     for run in ("r2", "r3", "r4", "r5"):
         assert experiment(root, run, "off").status == "ok"
-    folders = sorted(p.name for p in (root / ".autoresearch" / "outputs" / "t").iterdir())
+    folders = aside(root / ".autoresearch" / "outputs" / "t")
     assert folders == ["found-before-r1", "run-r4"], "only the previous run's outputs stay"
     assert kept.exists()
 
@@ -249,7 +254,7 @@ def test_what_the_checks_write_in_an_output_is_the_runs_not_the_users(tmp_path: 
     for run in ("r1", "r2"):
         result = experiment(root, run, "off", checks_command="echo checked > dist/checked.txt")
         assert result.status == "ok", result.error
-    assert sorted(p.name for p in (root / ".autoresearch" / "outputs" / "t").iterdir()) == ["run-r1"]
+    assert aside(root / ".autoresearch" / "outputs" / "t") == ["run-r1"]
 
 
 @pytest.mark.parametrize("setting", MODES)
@@ -337,7 +342,7 @@ async def test_clean_removes_the_runs_outputs_and_keeps_the_users(tmp_path: Path
         await agent.edit("PAD = 10", "PAD = 9")
         await agent.experiment("smaller")
     outputs = root / ".autoresearch" / "outputs" / "c1"
-    names = sorted(p.name for p in outputs.iterdir())
+    names = aside(outputs)
     assert names[0] == "found-before-r1" and names[1:] and all(n.startswith("run-") for n in names[1:]), names
     git(root, "checkout", "-q", "main")
     listed = run_cli("clean", "--project", str(root), "--tag", "c1", cwd=root).stdout
@@ -345,3 +350,43 @@ async def test_clean_removes_the_runs_outputs_and_keeps_the_users(tmp_path: Path
     assert run_cli("clean", "--project", str(root), "--tag", "c1", "--yes", cwd=root).returncode == 0
     assert sorted(p.name for p in outputs.iterdir()) == ["found-before-r1"]
     assert (outputs / "found-before-r1" / "dist" / "mine.js").read_text() == "the user's\n"
+
+
+@pytest.mark.anyio
+async def test_a_restarted_server_does_not_keep_the_last_runs_outputs_as_the_users(tmp_path: Path) -> None:
+    """A new server (a new process: what the last one knew in memory is gone) moves the previous server's last
+    outputs aside as that run's (pruned like any run's), not as `found-before-*` (kept until `clean`: a
+    `target/` of gigabytes per restart). What changed since the run left it is still the user's, never pruned."""
+    from mcp import Client
+
+    from .conftest import Agent, stdio_params
+
+    config = 'target_file = "build.py"\nrun_command = "python build.py"\nmetric_name = "kb"\n'
+    config += (
+        'metric_measure = "size_kb:dist !*.map"\nmetric_direction = "lower_is_better"\nwritable = ["dist"]\n'
+    )
+    root = make_repo(
+        tmp_path / "web", {"build.py": BUILD_PY, ".gitignore": "dist/\n", "autoresearch.toml": config}
+    )
+    outputs = root / ".autoresearch" / "outputs" / "o1"
+    for server, (old, pad) in enumerate(((10, 9), (9, 8), (8, 7))):
+        async with Client(stdio_params(root)) as client:
+            agent = Agent(client)
+            await agent.ok("start_session", tag="o1")
+            if server == 0:
+                run, _ = await agent.experiment("baseline")
+                assert run["status"] == "ok", run
+            if server == 2:  # the user touches the output between two servers: theirs now
+                (root / "dist" / "mine.js").write_text("the user's\n")
+            run = await agent.ok(
+                "run_experiment",
+                description=f"pad {pad}",
+                edits=[{"old_text": f"PAD = {old}", "new_text": f"PAD = {pad}"}],
+                decide=True,
+            )
+            assert run["status"] == "ok" and run["decided"]["decision"] == "keep", run
+        names = aside(outputs)
+        if server < 2:
+            assert not [n for n in names if n.startswith("found-before")], names
+    assert [n for n in names if n.startswith("found-before")] == ["found-before-r4"], names
+    assert (outputs / "found-before-r4" / "dist" / "mine.js").read_text() == "the user's\n"

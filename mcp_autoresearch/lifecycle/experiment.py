@@ -427,7 +427,7 @@ class Experiment:
 
     def _record_outputs(self) -> None:
         if self.backend is None and self._last_run:
-            record(self.root, list(self.config.writable), self._last_run)
+            record(self.root, list(self.config.writable), self._last_run, self.tag)
 
     def _metric(
         self,

@@ -11,12 +11,19 @@ The folder says whose the files were:
   changed since). Only the newest `KEEP_RUNS` of these are kept (the previous run's); older ones are deleted,
   as files the server saw a run create.
 - `found-before-<run_id>`: anything else found before that run: the user's build from before the session, or
-  files written between runs (by the user, a restarted server's earlier runs). Never deleted by the server.
+  files written between runs (by the user, or changed since a run left them). Never deleted by the server.
+
+What a run left is known across the server's restarts: after each run, the server writes a digest of what each
+output holds (`LEFT_PREFIX` files beside the folders, in its own directory, which runs cannot write), so the
+first run of a new server does not keep the previous server's last outputs as `found-before-*` (a `target/` of
+gigabytes per restart).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import threading
 from pathlib import Path
@@ -27,6 +34,7 @@ from ..names import OUTPUTS_DIR, STATE_DIR
 from ..records.state import server_dir
 
 KEEP_RUNS = 1  # the previous run's outputs: a `target/` of gigabytes is not kept many times over
+LEFT_PREFIX = ".left-"  # `.left-<run>.json`: {output entry: [run, digest of what the run left there]}
 
 _lock = threading.Lock()
 # The output directory (its real path) -> the run that last wrote it here and what it left (see `record`).
@@ -70,7 +78,7 @@ def make_fresh(root: Path, entries: list[str], tag: str | None, run_id: str) -> 
             names = sorted(os.listdir(path))
             if not names:
                 continue
-            aside = _aside(root, tag, _folder(path, run_id), Path(entry).parts, chosen)
+            aside = _aside(root, tag, _folder(root, tag, entry, run_id), Path(entry).parts, chosen)
             pairs = [(path / name, aside / name) for name in names]
         else:  # a link or a file where the output directory belongs: the entry itself goes
             aside = _aside(root, tag, f"found-before-{run_id}", Path(entry).parent.parts, chosen)
@@ -108,23 +116,75 @@ def _make_aside(root: Path, tag: str, folder: str, parts: tuple[str, ...], chose
     return server_dir(root, OUTPUTS_DIR, tag, chosen[folder], *parts)
 
 
-def _folder(path: Path, run_id: str) -> str:
-    """`run-<id>` when the output holds exactly what the server's last run here left, else `found-before-`."""
+def _folder(root: Path, tag: str | None, entry: str, run_id: str) -> str:
+    """`run-<id>` when the output holds exactly what the server's last run here left (this server's, or the one
+    before its restart), else `found-before-`."""
+    path = root / entry
     with _lock:
         left = _left.pop(os.path.realpath(path), None)
-    if left is not None and snapshot(path) == left[1]:
-        return f"run-{left[0]}"
+    if left is not None:
+        return f"run-{left[0]}" if snapshot(path) == left[1] else f"found-before-{run_id}"
+    written = _written_left(root, tag).get(entry)
+    if written is not None and _digest(snapshot(path)) == written[1]:
+        return f"run-{written[0]}"
     return f"found-before-{run_id}"
 
 
-def record(root: Path, entries: list[str], run_id: str) -> None:
-    """After run `run_id`: what its outputs hold, so the next `make_fresh` knows them for the run's."""
+def record(root: Path, entries: list[str], run_id: str, tag: str | None) -> None:
+    """After run `run_id`: what its outputs hold, so the next `make_fresh` knows them for the run's (in memory,
+    and on disk for a server that restarts)."""
+    digests: dict[str, list[str]] = {}
     for entry in output_entries(root, entries):
         path = root / entry
         if path.is_dir() and not path.is_symlink():
             left = snapshot(path)
             with _lock:
                 _left[os.path.realpath(path)] = (run_id, left)
+            digests[entry] = [run_id, _digest(left)]
+    if digests:
+        _write_left(root, tag, run_id, digests)
+
+
+def _digest(held: Snapshot) -> str:
+    return hashlib.sha256(repr(sorted(held)).encode()).hexdigest()
+
+
+def _write_left(root: Path, tag: str | None, run_id: str, digests: dict[str, list[str]]) -> None:
+    """A new file per run (created, never renamed over: no flush of its data on this path), then the older
+    ones removed. Losing it (a kill, a full disk) only costs a `found-before-*` copy: nothing is raised."""
+    try:
+        top = server_dir(root, OUTPUTS_DIR, tag or "untagged")
+        name = f"{LEFT_PREFIX}{run_id}.json"
+        fd = os.open(top / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w") as file:
+            json.dump(digests, file)
+        for entry in os.scandir(top):
+            if entry.name.startswith(LEFT_PREFIX) and entry.name != name:
+                os.unlink(entry.path)
+    except (OSError, SessionError):
+        return
+
+
+def _written_left(root: Path, tag: str | None) -> dict[str, tuple[str, str]]:
+    """What the last run of an earlier server left in each output, as `_write_left` wrote it ({} if unknown)."""
+    top = root / STATE_DIR / OUTPUTS_DIR / (tag or "untagged")
+    try:
+        names = [
+            e for e in os.scandir(top) if e.name.startswith(LEFT_PREFIX) and e.is_file(follow_symlinks=False)
+        ]
+        if len(names) != 1:
+            return {}  # none, or a kill between writing one and removing the other: not known for sure
+        with open(names[0].path, "rb") as file:
+            written = json.loads(file.read(1 << 20))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(written, dict):
+        return {}
+    return {
+        entry: (pair[0], pair[1])
+        for entry, pair in written.items()
+        if isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+    }
 
 
 def record_measured(root: Path, entries: list[str], run: str) -> None:

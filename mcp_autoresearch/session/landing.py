@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, SessionError
-from ..lifecycle.fresh_outputs import OUTPUTS_DIR, remove_tree
+from ..lifecycle.fresh_outputs import LEFT_PREFIX, OUTPUTS_DIR, remove_tree
 from ..measure.provenance import metric_provenance
 from ..measure.standing import standing
 from ..names import RUN_LOGS, SESSION_BRANCHES, SESSION_REFS, SLOT_INDEXES
@@ -304,13 +304,16 @@ def plan_clean(project: str, tag: str) -> CleanPlan:
 
 
 def run_outputs(root: Path, tag: str) -> list[Path]:
-    """The outputs the session's runs left, moved aside (`fresh_outputs`): `run-*` folders, never the
-    `found-before-*` ones (the user's files)."""
+    """The outputs the session's runs left, moved aside (`fresh_outputs`): `run-*` folders and the record of
+    what the last run left, never the `found-before-*` folders (the user's files)."""
     folder = state_dir(root) / OUTPUTS_DIR / tag
     if not folder.is_dir() or folder.is_symlink():
         return []
     return sorted(
-        p for p in folder.iterdir() if p.name.startswith("run-") and p.is_dir() and not p.is_symlink()
+        p
+        for p in folder.iterdir()
+        if not p.is_symlink()
+        and ((p.name.startswith("run-") and p.is_dir()) or (p.name.startswith(LEFT_PREFIX) and p.is_file()))
     )
 
 
