@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mcp_autoresearch.errors import SessionError
 from mcp_autoresearch.records.state import DecisionRecord, RunOutcome, load_state, state_path
 from mcp_autoresearch.session.workspace import Workspace
 
@@ -398,3 +399,23 @@ def test_a_record_written_outside_within_a_step_is_not_adopted_by_the_public_cop
         assert session.own.restore() == []  # restored: as the server wrote it
     finally:
         workspace.shutdown()
+
+
+def test_detect_describes_the_project_when_the_sessions_record_is_unreadable(ml_project: Path) -> None:
+    """A corrupt record of the checked-out session does not stop detection: the project is described, with a
+    warning naming the file and what to do; opening the session is what refuses."""
+    from mcp_autoresearch.records.state import record_path
+
+    workspace = Workspace(ml_project)
+    workspace.start_session("broken")
+    workspace.shutdown()
+    record_path(ml_project, "broken").write_bytes(b"{not json")
+    fresh = Workspace(ml_project)
+    try:
+        info = fresh.detect()
+        assert info.target_file == "train.py" and info.ready
+        assert any("broken.own.json" in w and "move it aside" in w for w in info.warnings), info.warnings
+        with pytest.raises(SessionError, match="unreadable"):
+            fresh.start_session("broken")
+    finally:
+        fresh.shutdown()

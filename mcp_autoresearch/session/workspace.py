@@ -65,8 +65,11 @@ class Workspace:
         if (
             session is None
         ):  # a server that has not opened the session yet: its files, read only (as `briefing`)
-            tag = current_session(self.root)
-            state = load_state(self.root, tag) if tag is not None else None
+            try:
+                tag = current_session(self.root)
+                state = load_state(self.root, tag) if tag is not None else None
+            except SessionError as exc:  # the project is still described; opening the session will refuse
+                info.warnings.append(f"the current session: {exc}")
         if state is not None and state.keep_rule:  # the rule the baseline's noise chose, not how it will be
             info.keep_rule = f"session {state.tag}: " + keep_rule_summary(state, config)
         return info
