@@ -12,9 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
-from mcp_autoresearch.records.run_log import RunLog
+from mcp_autoresearch.readers.web.data import SessionView
+from mcp_autoresearch.records.run_log import RunLog, live_tail
 
 from .conftest import make_repo, run_cli
 
@@ -147,9 +149,19 @@ async def test_a_run_past_its_log_limit_still_shows_its_latest_line_while_it_run
         while run["status"] == "running" and "waiting for the test" not in (run.get("log_tail") or ""):
             run = await agent.ok("wait_experiment", run_id=run["run_id"], wait_s=1)
         assert run["status"] == "running" and run["log_tail"] == "waiting for the test", run
+        # The web page reads the files: the log's file stops at its beginning, the latest output is beside it
+        # (`<run>.tail.log`, written while the run prints: awaited, as the page would).
+        page = SessionView(root)
+        tail = ""
+        while not tail.endswith("waiting for the test"):
+            await anyio.sleep(0.1)
+            page.refresh()
+            tail = page.runs()[0]["log_tail"]
+        assert "line 029999" in tail, tail  # not the end of the log's beginning
         go.touch()
         run = await agent.until_done(run["run_id"])
     assert run["status"] == "ok" and run["value"] == 1.0 and run["output_cut"], run
+    assert not live_tail(Path(run["log_path"])).exists()  # gone with the run: its log holds the end now
 
 
 async def test_detect_shows_the_log_limit(tmp_path: Path, agent_for: Any) -> None:

@@ -26,7 +26,7 @@ from ..measure.metrics import (
 from ..measure.output_checks import Snapshot, snapshot
 from ..names import HOLDOUT, RUN_LOGS, STATE_DIR
 from ..records.logtail import clean_text, read_tail_bytes
-from ..records.run_log import MB, kept_end_copy
+from ..records.run_log import MB, kept_end_copy, live_tail
 from ..sandbox.caches import run_caches, stage_caches
 from ..sandbox.launcher import Launched, launcher
 from ..sandbox.policy import (
@@ -225,6 +225,7 @@ class Experiment:
                 # supplies the metric (a warning on stderr holds numbers too)
                 stderr_log=log_path.with_suffix(".stderr.log") if stage in ("eval", "parse") else None,
                 log_limit=round(self.config.log_limit_mb * MB),
+                live_tail=live_tail(log_path) if stage == "run" else None,
             )
         with self._lock:
             if self._cancel_reason is not None:

@@ -243,3 +243,9 @@ def kept_end_copy(path: Path, end_from: int) -> Path:
         source.seek(end_from)
         atomic_write(copy, iter(lambda: source.read(1 << 20), b""), 0o644, sync=False)
     return copy
+
+
+def live_tail(path: Path) -> Path:
+    """Where the latest output of a run whose log `path` is past its beginning is shown while the run prints
+    (`<run>.tail.log`, `ProcessRun.live_tail`): the log's file itself shows it only at the run's end."""
+    return path.with_name(path.stem + ".tail.log")

@@ -15,6 +15,7 @@ no-new-privileges mark every confined process has, is ended.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import logging
@@ -122,12 +123,17 @@ class ProcessRun:
     stderr_log: Path | None = None
     # The most a log keeps of the output, in bytes (`records/run_log.py`); None: all of it.
     log_limit: int | None = None
+    # Where the output's latest bytes are written every `progress_every_s` while a bounded log holds its end in
+    # memory (past its beginning the log file stops growing until the end): for readers of the files, the web
+    # page's live tail. Removed when the capture ends. None: not written.
+    live_tail: Path | None = None
 
     def __post_init__(self) -> None:
         self._cancel = threading.Event()
         self._cancel_reason = ""
         self._seen: dict[int, float] = {}  # pid -> create_time of every descendant observed
         self._peak_rss = 0
+        self._live_tail_written = False
         self._popen: subprocess.Popen[bytes] | Launched | None = None
         self._capture: Capture | None = None
         self._err_capture: Capture | None = None
@@ -240,6 +246,20 @@ class ProcessRun:
             self._capture.cut()
         if self._err_capture is not None:
             self._err_capture.cut()
+        if self.live_tail is not None and self._live_tail_written:
+            with contextlib.suppress(OSError):
+                self.live_tail.unlink()
+
+    def _write_live_tail(self) -> None:
+        """The output's latest bytes beside the log, while the log's file no longer shows them (see `live_tail`)."""
+        capture = self._capture
+        if self.live_tail is None or capture is None or not capture.log.cutting or capture.read_fd < 0:
+            return
+        try:
+            atomic_write(self.live_tail, capture.log.recent(), 0o644, sync=False)
+            self._live_tail_written = True
+        except OSError:
+            pass  # a full disk: only the page's live tail waits
 
     @property
     def _kept(self) -> bool:
@@ -305,8 +325,11 @@ class ProcessRun:
                     pass
             wait_step = SAMPLE_INTERVAL_S
             self._sample()
-            if self.on_progress and time.monotonic() >= next_progress:
-                next_progress = time.monotonic() + self.progress_every_s
+            if time.monotonic() < next_progress:
+                continue
+            next_progress = time.monotonic() + self.progress_every_s
+            self._write_live_tail()
+            if self.on_progress:
                 try:
                     recent = self._capture.log.recent() if self._capture is not None else b""
                     line = last_line(self.log_path, recent=recent)

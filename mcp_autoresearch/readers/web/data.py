@@ -26,6 +26,7 @@ from ...names import RUN_LOGS
 from ...records.budget import budget_use
 from ...records.current import current_session
 from ...records.logtail import tail
+from ...records.run_log import live_tail
 from ...records.state import SessionState, current_tag, load_state, state_dir, state_path
 from ...records.tree import stall_after_of
 from ...setup.config import DEFAULTS
@@ -269,13 +270,16 @@ class SessionView:
         return list(state.inflight)
 
     def _log_of(self, run_id: str) -> Path | None:
-        """The newest log of a run: `<run_id>.log`, a repeat's `<run_id>-<k>.log`, or the checks' log. The
-        names are built, not listed: the folder holds one log per experiment, thousands of them."""
+        """The newest log of a run: `<run_id>.log`, a repeat's `<run_id>-<k>.log`, or the checks' log, or the
+        latest output of one past its beginning (`live_tail`: its file shows the end only when the run ends).
+        The names are built, not listed: the folder holds one log per experiment, thousands of them."""
         folder = state_dir(self.root) / RUN_LOGS / (self.tag or "")
         repeats = self.state.rules.get("repeats", 1) if self.state is not None else 1
         names = [f"{run_id}.log", f"{run_id}-checks.log"]
         names += [f"{run_id}-{k}.log" for k in range(1, min(int(repeats or 1), 100) + 1)]
-        found = [(stamp[2], folder / name) for name in names if (stamp := _stat(folder / name))]
+        paths = [folder / name for name in names]
+        paths += [live_tail(path) for path in paths]
+        found = [(stamp[2], path) for path in paths if (stamp := _stat(path))]
         return max(found)[1] if found else None
 
     # -- what the page asks for -----------------------------------------------------------------------------
