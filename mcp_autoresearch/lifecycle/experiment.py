@@ -128,7 +128,8 @@ class Experiment:
         and what a scorer printed about it (the evaluations' logs, the holdout's records), from every stage but
         the evaluation's; the target, from the evaluation's. `stage`: "run" (the run, its checks), "eval", or
         "parse" (metric_parse, which reads a log: the runs folder is shown, the other evaluations' logs hidden)."""
-        reads = [str(self.log_dir), *linked_inputs(self.root, list(self.config.shared_inputs))]
+        inputs = linked_inputs(self.root, list(self.config.shared_inputs))
+        reads = [str(self.log_dir), *inputs]
         if stage == "eval":  # (hidden data beneath a hidden directory such as /tmp is shown again, read-only)
             # The target is hidden from the evaluation: a scorer that imports it would run the candidate's code.
             target = [str(self.root / self.config.target_file)] if self.config.target_file else []
@@ -147,7 +148,7 @@ class Experiment:
             # One mount, whatever the session's length; and an evaluation's log written in another slot while
             # this run is in flight appears beneath it, hidden too.
             logs = [str(self.log_dir.parent if sessions else self.log_dir)]
-            reads = reads[1:]
+            reads = inputs  # the logs are not shown again
         return reads, [*hidden_paths(self.config), *holdout, *logs]
 
     def _wrap(self, argv: list[str], tmpdir: str, stage: str = "run") -> list[str]:
