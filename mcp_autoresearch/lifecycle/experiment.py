@@ -24,7 +24,6 @@ from ..measure.metrics import (
     read_secondary,
 )
 from ..measure.output_checks import Snapshot, snapshot
-from ..measure.output_size import enclosing_output
 from ..names import HOLDOUT, RUN_LOGS, STATE_DIR
 from ..records.logtail import clean_text, read_tail_bytes
 from ..records.run_log import MB, kept_end_copy
@@ -48,14 +47,7 @@ from ..setup.stage_config import hidden_paths
 from ..statuses import RunStatus
 from ..terminal_text import printable
 from .evaluation import EVAL_SUFFIX, eval_writable, evaluation_logs, stage_failure
-from .fresh_outputs import (
-    OutputsError,
-    make_fresh,
-    output_entries,
-    record,
-    record_measured,
-    unsafe_outputs,
-)
+from .fresh_outputs import OutputsError, make_fresh, output_holding, record, record_measured, unsafe_outputs
 from .published_log import clear_run_log, publish_run_log, without_run_log_redirect
 from .tally import ExperimentResult, Tally
 
@@ -458,8 +450,7 @@ class Experiment:
             if isinstance(found, str):
                 raise MetricError(found)
             return found / (1024 if config.metric_measure.startswith("size_kb:") else 1024 * 1024)
-        outputs = output_entries(self.root, list(config.writable))
-        scope = enclosing_output(Measure.parse(config.metric_measure).path, outputs)
+        scope = output_holding(self.root, list(config.writable), Measure.parse(config.metric_measure).path)
         return measure(
             config.metric_measure, self.root, duration_s, started_at, config.target_file, fresh, scope
         )

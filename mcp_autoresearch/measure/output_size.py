@@ -30,13 +30,6 @@ else:  # shipped beside the Ray wrapper, imported by path
     )
 
 
-def enclosing_output(relative: str, outputs: list[str]) -> str | None:
-    """The output directory among `outputs` (normalized, relative to the project) that holds the measured
-    path `relative` below it, if any."""
-    path = os.path.normpath(relative)
-    return next((entry for entry in outputs if path.startswith(entry.rstrip("/") + "/")), None)
-
-
 class OutputError(Exception):
     """The output cannot be measured honestly: the message says why."""
 
