@@ -36,6 +36,7 @@ from ..sandbox.policy import (
     keeper_command,
     keeper_spec,
     linked_inputs,
+    maven_hint,
     network_hint,
     setup_failure,
     writable_paths,
@@ -380,7 +381,8 @@ class Experiment:
             result.error = f"the run could not be confined ({refused}); nothing ran"
         elif self.isolation is not None and status != "cancelled":
             text = clean_text(read_tail_bytes(log_path, 16384))
-            hint = denied_write_hint(text) if self.isolation.confined or self.isolation.namespaces else None
+            confined = self.isolation.confined or self.isolation.namespaces
+            hint = (maven_hint(text) or denied_write_hint(text)) if confined else None
             if self.isolation.namespaces and self.isolation.network == "off":
                 hint = network_hint(text) or hint
             if hint:
