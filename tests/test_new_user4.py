@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from mcp_autoresearch.lifecycle.experiment import Experiment
 from mcp_autoresearch.sandbox.policy import maven_hint, probe_isolation
 from mcp_autoresearch.setup.project import load_project
 
-from .conftest import make_repo
+from .conftest import git, make_repo, run_cli
 
 ISOLATION = probe_isolation("auto")
 
@@ -64,3 +65,22 @@ def test_a_maven_run_missing_an_artifact_says_how_to_fetch_it(tmp_path: Path) ->
     experiment = Experiment(config, root, "r1", root / ".autoresearch" / "runs", "t", None, ISOLATION)
     result = experiment.run()
     assert result.status == "crash" and "~/.m2" in (result.error or ""), (result.status, result.error)
+
+
+@pytest.mark.anyio
+async def test_a_session_started_on_another_sessions_branch_points_back_to_the_persons_branch(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """A new user's first baseline crashed; they fixed the configuration, committed it (on the session's
+    branch, which was checked out) and started a new session. `clean` then told them to switch to, and land
+    on, `autoresearch/<first>`, as if it were their branch: it is the branch of the session they start over."""
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="first")
+        (ml_project / "autoresearch.toml").write_text("time_budget = 60\n")
+        git(ml_project, "add", "autoresearch.toml")
+        git(ml_project, "commit", "-q", "-m", "config")
+        await agent.ok("start_session", tag="second")
+    for command in (["clean", "--tag", "second"], ["finish", "--land", "main"]):
+        out = run_cli(*command, "--project", str(ml_project))
+        assert "autoresearch/first" not in out.stdout + out.stderr, (command, out.stdout, out.stderr)
+    assert "git checkout main" in run_cli("clean", "--tag", "second", "--project", str(ml_project)).stderr
