@@ -137,6 +137,40 @@ def test_an_output_that_is_not_plain_files_is_refused(tmp_path: Path, setting: s
     )
 
 
+# cargo's way: the binary is built in target/release/deps/ and hard-linked as target/release/<name>.
+CARGO_LIKE = """\
+import os
+os.makedirs('target/release/deps', exist_ok=True)
+open('target/release/deps/app-1f2e3d', 'wb').write(b'x' * 4096)
+os.link('target/release/deps/app-1f2e3d', 'target/release/app')
+"""
+
+
+@pytest.mark.parametrize("setting", MODES)
+def test_a_binary_hard_linked_within_its_output_directory_is_measured(tmp_path: Path, setting: str) -> None:
+    """A new user's Rust crate: `cargo build --release` links target/release/<name> to its copy in deps/, and
+    the detected `size_kb:target/release/<name>` was a metric_error at every run, the baseline included ('a
+    hard link to a file outside'). Both names are in target/, which the run wrote: the bytes are its own."""
+    root = make_repo(tmp_path / "crate", {"build.py": CARGO_LIKE, ".gitignore": "target/\n"})
+    result = experiment(root, "r1", setting, metric_measure="size_kb:target/release/app", writable=["target"])
+    assert result.status == "ok" and result.value == 4.0, (result.status, result.error)
+
+
+@pytest.mark.parametrize("setting", [mode for mode in MODES if not isolation_for(mode).namespaces])
+def test_a_measured_file_hard_linked_from_another_output_is_still_refused(
+    tmp_path: Path, setting: str
+) -> None:
+    """The other name must lie in the measured file's own output directory: one in another writable entry
+    (a cache kept from run to run, say) still makes the bytes someone else's."""
+    root = project(tmp_path / "web")
+    write_target(root, 10, UNSAFE["hard-link"])
+    result = experiment(root, "r1", setting, metric_measure="size_kb:dist/extra")
+    assert result.status == "metric_error" and "hard link" in (result.error or ""), (
+        result.status,
+        result.error,
+    )
+
+
 def test_the_users_outputs_from_before_the_session_are_moved_aside_not_lost(tmp_path: Path) -> None:
     root = project(tmp_path / "web")
     (root / "dist").mkdir()

@@ -36,6 +36,7 @@ from ..sandbox.policy import (
     keeper_command,
     keeper_spec,
     linked_inputs,
+    maven_hint,
     network_hint,
     setup_failure,
     writable_paths,
@@ -47,7 +48,7 @@ from ..setup.stage_config import hidden_paths
 from ..statuses import RunStatus
 from ..terminal_text import printable
 from .evaluation import EVAL_SUFFIX, eval_writable, evaluation_logs, stage_failure
-from .fresh_outputs import OutputsError, make_fresh, record, record_measured, unsafe_outputs
+from .fresh_outputs import OutputsError, make_fresh, output_holding, record, record_measured, unsafe_outputs
 from .published_log import clear_run_log, publish_run_log, without_run_log_redirect
 from .tally import ExperimentResult, Tally
 
@@ -382,7 +383,8 @@ class Experiment:
             result.error = f"the run could not be confined ({refused}); nothing ran"
         elif self.isolation is not None and status != "cancelled":
             text = clean_text(read_tail_bytes(log_path, 16384))
-            hint = denied_write_hint(text) if self.isolation.confined or self.isolation.namespaces else None
+            confined = self.isolation.confined or self.isolation.namespaces
+            hint = (maven_hint(text) or denied_write_hint(text)) if confined else None
             if self.isolation.namespaces and self.isolation.network == "off":
                 hint = network_hint(text) or hint
             if hint:
@@ -452,7 +454,10 @@ class Experiment:
             if isinstance(found, str):
                 raise MetricError(found)
             return found / (1024 if config.metric_measure.startswith("size_kb:") else 1024 * 1024)
-        return measure(config.metric_measure, self.root, duration_s, started_at, config.target_file, fresh)
+        scope = output_holding(self.root, list(config.writable), Measure.parse(config.metric_measure).path)
+        return measure(
+            config.metric_measure, self.root, duration_s, started_at, config.target_file, fresh, scope
+        )
 
     def _parse_metric(self, command: str, log_path: Path) -> float:
         """`metric_parse` on the log (`AUTORESEARCH_LOG`, and `run.log` where it shows it): of a cut log, only the

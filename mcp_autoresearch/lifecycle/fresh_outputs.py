@@ -60,6 +60,13 @@ def output_entries(root: Path, entries: list[str]) -> list[str]:
     return [e for e in inside if not any(o != e and e.startswith(o.rstrip("/") + "/") for o in inside)]
 
 
+def output_holding(root: Path, entries: list[str], relative: str) -> str | None:
+    """The output (a `writable` entry inside the project, see `output_entries`) that holds the path `relative`
+    below it, if any: what a measured file's other hard-linked names may lie in."""
+    path = os.path.normpath(relative)
+    return next((e for e in output_entries(root, entries) if path.startswith(e.rstrip("/") + "/")), None)
+
+
 def make_fresh(root: Path, entries: list[str], tag: str | None, run_id: str) -> list[str]:
     """Move what each output holds aside (see the module's docstring) before run `run_id` (a name unique to
     this run and repeat). An output behind a symbolic link (below a slot's shared input, say) is left alone:

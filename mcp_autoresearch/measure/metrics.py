@@ -167,15 +167,17 @@ def measure(
     started_at: float | None = None,
     target_file: str | None = None,
     fresh: Snapshot = frozenset(),
+    scope: str | None = None,
 ) -> float:
     """A metric the server measures itself: `wall_time_s`, `size_kb:<path>`, `size_mb:<path>` (see `Measure`).
     With `started_at` (the run's start, wall clock), a size is only taken of an output written for this run,
-    holding nothing `output_checks.unsafe_output` refuses (`fresh`: the output's snapshot before the run)."""
+    holding nothing `output_checks.unsafe_output` refuses (`fresh`: the output's snapshot before the run;
+    `scope`: the output directory holding it, see `measure_output`)."""
     parsed = Measure.parse(spec)
     if parsed.kind == "wall_time_s":
         return round(duration_s, 6)
     try:
-        size = measure_output(root, parsed, started_at, target_file, fresh)
+        size = measure_output(root, parsed, started_at, target_file, fresh, scope)
     except OutputError as exc:
         raise MetricError(str(exc)) from None
     return size / 1024 if parsed.kind == "size_kb" else size / (1024 * 1024)

@@ -88,11 +88,15 @@ def unsafe_output(
     fresh: Snapshot = frozenset(),
     label: str | None = None,
     now: float | None = None,
+    scope: Path | None = None,
 ) -> str | None:
     """Why the output at `path` may not be measured or handed to an evaluation (None when it may): see the
     module's docstring. `started_at`: the run's start (wall clock); `fresh`: the output's `snapshot` taken
     just before the run (what was there then is not refused for its age); `label`: how messages name the
-    output (default: its name). A missing output is not refused here (the caller says it is missing)."""
+    output (default: its name); `scope`: the output directory holding `path` that was emptied before the run
+    (its `writable` entry): a hard link whose other names all lie there is the run's own (cargo links
+    `target/release/<name>` to `target/release/deps/<name>-<hash>`). A missing output is not refused here (the
+    caller says it is missing)."""
     name = label or path.name
     started_ns = int(started_at * 1e9) - FS_CLOCK_SLACK_NS
     future_ns = int((time.time() if now is None else now) * 1e9) + CLOCK_SKEW_NS
@@ -120,13 +124,28 @@ def unsafe_output(
             )
         if st.st_nlink > 1:
             links.setdefault((st.st_dev, st.st_ino), (st.st_nlink, []))[1].append(shown)
-    for nlink, names in links.values():
-        if len(names) < nlink:
+    elsewhere = _names_in_scope(scope, path, links) if scope is not None and links else {}
+    for key, (nlink, names) in links.items():
+        if len(names) + elsewhere.get(key, 0) < nlink:
             return (
                 f"'{names[0]}' is a hard link to a file outside '{name}' ({nlink} links, {len(names)} inside): "
                 "its bytes are not the output's own"
             )
     return None
+
+
+def _names_in_scope(
+    scope: Path, path: Path, links: dict[tuple[int, int], tuple[int, list[str]]]
+) -> dict[tuple[int, int], int]:
+    """How many names each hard-linked file of the output has in `scope` outside the output itself."""
+    inside = os.path.relpath(path, scope)
+    found: dict[tuple[int, int], int] = {}
+    entries, _unreadable = walk_output(scope)  # a part that cannot be read holds no name counted
+    for relative, st in entries:
+        key = (st.st_dev, st.st_ino)
+        if key in links and relative != inside and not relative.startswith(inside + os.sep):
+            found[key] = found.get(key, 0) + 1
+    return found
 
 
 def link_on_the_way(root: Path, relative: str) -> str | None:

@@ -116,15 +116,17 @@ def measure_output(
     started_at: float | None,
     target_file: str | None,
     fresh: Snapshot = frozenset(),
+    scope: str | None = None,
 ) -> int:
     """The bytes of the output `measure` names below `root` (see the module's docstring); `started_at`: the run's
-    start (wall clock), None to measure whatever is there; `fresh`: the output's snapshot before the run.
-    Raises OutputError."""
+    start (wall clock), None to measure whatever is there; `fresh`: the output's snapshot before the run;
+    `scope`: the output directory (relative to `root`, emptied before the run) that holds it, where the other
+    names of a hard-linked file may lie (`output_checks.unsafe_output`). Raises OutputError."""
     target = (root / measure.path).resolve()
     if root.resolve() not in target.parents and target != root.resolve():
         raise OutputError(f"'{measure.path}' is outside the project")
     if started_at is not None:
-        _check_safe(root, measure.path, started_at, fresh)
+        _check_safe(root, measure.path, started_at, fresh, scope)
     output = scan_output(target, measure)
     if started_at is not None:
         if target.is_dir() and not output.files:
@@ -137,13 +139,17 @@ def measure_output(
     return output.size
 
 
-def _check_safe(root: Path, relative: str, started_at: float, fresh: Snapshot) -> None:
+def _check_safe(
+    root: Path, relative: str, started_at: float, fresh: Snapshot, scope: str | None = None
+) -> None:
     """The measured output holds only what this run wrote, as regular files and directories (see
     `output_checks`), and is reached through no symbolic link."""
     via = link_on_the_way(root, relative)
     if via is not None:
         raise OutputError(f"'{via}' is a symbolic link: the output '{relative}' is not measured through it")
-    problem = unsafe_output(root / relative, started_at, fresh, os.path.normpath(relative))
+    problem = unsafe_output(
+        root / relative, started_at, fresh, os.path.normpath(relative), scope=root / scope if scope else None
+    )
     if problem:
         raise OutputError(f"{problem}; the output is not measured")
 

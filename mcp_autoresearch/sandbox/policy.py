@@ -5,8 +5,9 @@ layers confine runs here (`probe_isolation`: Landlock's ABI, and whether a keepe
 building one once), what the keeper is told (`keeper_spec`: the view, the `network` setting, the paths it must
 keep showing), which paths a run may write (`writable_paths`: the configured `writable` entries, a private
 temporary directory, `/dev/shm` and the device files a GPU run needs), which entries are refused because they
-would open the rules to the run (`check_writable`), and the advice given when a run failed on a denied write or
-for want of the network (`denied_write_hint`, `network_hint`). It runs nothing itself but that one probe.
+would open the rules to the run (`check_writable`), and the advice given when a run failed on a denied write,
+for want of the network or of a Maven artifact (`denied_write_hint`, `network_hint`, `maven_hint`). It runs
+nothing itself but that one probe.
 """
 
 from __future__ import annotations
@@ -298,6 +299,26 @@ def denied_write_hint(output_tail: str) -> str | None:
         "`writable` (a build output) or, for a cache to keep from run to run, to `persistent`, in the "
         "configuration and start a new session; a tool that downloads dependencies during the build can have "
         "them fetched before the session instead"
+    )
+
+
+# Maven failing to add a plugin or a dependency to its local repository, which runs read but never write.
+_MAVEN_MISSING = re.compile(
+    r"(Could not transfer artifact|could not be resolved|Could not resolve dependencies|has not been downloaded "
+    r"from it before|Failed to read artifact descriptor)"
+)
+
+
+def maven_hint(output_tail: str) -> str | None:
+    """When Maven failed for want of an artifact its local repository (~/.m2) lacks: say how to fetch it."""
+    maven = "[ERROR]" in output_tail or ".m2/repository" in output_tail
+    if not maven or not _MAVEN_MISSING.search(output_tail):
+        return None
+    return (
+        "Maven lacks a plugin or dependency in its local repository (~/.m2), which runs may read but never "
+        "write (its plugins run in every build), so a run cannot download it: run the run command once yourself "
+        "before the session (or `mvn dependency:go-offline`), then run again; adding -o (offline) to run_command "
+        "makes Maven say at once which artifact is missing"
     )
 
 

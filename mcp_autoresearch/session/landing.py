@@ -102,6 +102,21 @@ def summarize(project: str, tag: str | None) -> Summary:
     return Summary(files, kept, branches)
 
 
+def persons_branch(root: Path, started: str | None) -> str | None:
+    """The branch a session started from, followed back through earlier sessions' branches (a session started
+    while another one's branch was checked out, as after a crashed baseline): the person's own, where the
+    earlier sessions' records say so; the branch itself otherwise."""
+    for _ in range(50):  # a chain of sessions, never a loop
+        tag = started.removeprefix(SESSION_BRANCHES) if started else ""
+        if not started or not started.startswith(SESSION_BRANCHES) or not re.fullmatch(r"[\w.-]+", tag):
+            return started
+        earlier = load_state(root, tag) if state_path(root, tag).exists() else None
+        if earlier is None or not earlier.started_from:
+            return started
+        started = earlier.started_from
+    return started
+
+
 def summary_text(summary: Summary, hints: bool = True) -> str:
     state, journal = summary.files.state, summary.files.journal
     counts = {s: journal.counts.get(s, 0) for s in ("keep", "discard", "crash")}
@@ -135,7 +150,7 @@ def summary_text(summary: Summary, hints: bool = True) -> str:
         lines.append(f"  {item.commit[:7]}  {item.run_id or '-':>5}  {value:>12}  {item.description}")
     if not hints:
         return "\n".join(lines) + "\n"
-    started = state.started_from
+    started = persons_branch(summary.files.root, state.started_from)
     if started and (started in summary.fast_forwardable or not summary.fast_forwardable):
         target = started  # where the session started: the branch to land on, unless it moved elsewhere
     else:
@@ -297,7 +312,7 @@ def plan_clean(project: str, tag: str) -> CleanPlan:
         best = state.best.commit if state.best is not None else None
         if unlanded and best and any(tree_of(repo, ref[1:]) == tree_of(repo, best) for ref in others):
             unlanded = []  # landed as one squashed commit: a branch holds exactly the best files
-    started = state.started_from if state is not None and state.started_from else "BRANCH"
+    started = (persons_branch(root, state.started_from) if state is not None else None) or "BRANCH"
     return CleanPlan(
         root, tag, f"refs/heads/{branch}" if has_branch else None, refs, paths, unlanded, started
     )
