@@ -283,7 +283,13 @@ class Experiment:
             if config.eval_command:  # the run's whole tree is gone: the evaluation reads what it left
                 measured_log = log_path.with_name(log_path.stem + EVAL_SUFFIX + ".log")
                 tally.eval_log = measured_log
-                unsafe = unsafe_outputs(self.root, list(config.writable), started_at)
+                unsafe = unsafe_outputs(
+                    self.root,
+                    list(config.writable),
+                    started_at,
+                    hidden_paths(config),
+                    list(config.persistent),
+                )
                 if unsafe:
                     reason = f"the run's outputs are not handed to the evaluation: {unsafe}"
                     return self._failed(tally, ("metric_error", reason), None, log_path)
@@ -329,7 +335,10 @@ class Experiment:
         """Run `command` as an evaluation stage on what the project holds now (the holdout after a keep): its
         value, or None and why not. Its outputs are checked as the evaluation's are (the checks, which run the
         target's code, ran after the evaluation and may have left a link or a FIFO there)."""
-        unsafe = unsafe_outputs(self.root, list(self.config.writable), 0.0)
+        config = self.config
+        unsafe = unsafe_outputs(
+            self.root, list(config.writable), 0.0, hidden_paths(config), list(config.persistent)
+        )
         if unsafe:
             return None, f"the outputs are not handed to {what}: {unsafe}"
         failure = self._evaluate(command, None, log_path, what)

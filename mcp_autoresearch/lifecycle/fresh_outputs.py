@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 from pathlib import Path
 
 from ..errors import SessionError
-from ..measure.output_checks import Snapshot, link_on_the_way, snapshot, unsafe_output
+from ..measure.output_checks import Snapshot, link_on_the_way, snapshot, unsafe_output, walk_output
 from ..names import OUTPUTS_DIR, STATE_DIR
 from ..records.state import server_dir
 
@@ -149,10 +150,21 @@ def changed_since_measured(root: Path, entries: list[str], run_id: str) -> str |
     return None
 
 
-def unsafe_outputs(root: Path, entries: list[str], started_at: float) -> str | None:
+def unsafe_outputs(
+    root: Path,
+    entries: list[str],
+    started_at: float,
+    hidden: tuple[str, ...] | list[str] = (),
+    caches: tuple[str, ...] | list[str] = (),
+) -> str | None:
     """Why the outputs of the run that started at `started_at` may not be handed on (to an evaluation stage),
     or None: `output_checks.unsafe_output` of each output inside the project, which `make_fresh` emptied before
-    the run (so nothing there may be older than the run), and none reached through a symbolic link."""
+    the run (so nothing there may be older than the run), and none reached through a symbolic link; and, with
+    `hidden` data, no symbolic link to it in an entry outside the project or in a cache (`link_into_hidden`)."""
+    if hidden:
+        problem = link_into_hidden(root, [*entries, *caches], hidden)
+        if problem:
+            return problem
     for entry in output_entries(root, entries):
         via = link_on_the_way(root, entry)
         if via is not None:
@@ -161,6 +173,40 @@ def unsafe_outputs(root: Path, entries: list[str], started_at: float) -> str | N
         if problem:
             return problem
     return None
+
+
+def link_into_hidden(root: Path, entries: list[str], hidden: tuple[str, ...] | list[str]) -> str | None:
+    """The first symbolic link in an entry a run may write outside the project's outputs (a scratch folder, a
+    cache: neither moved aside nor checked as the outputs are) that leads to, into or above a `hidden` path, as a
+    reason (None when there is none). A run cannot read hidden data, but it can name it: the evaluation, which
+    reads it, would take the hidden file (the answers) for the run's output. A folder the server cannot list
+    (the evaluation may still pass through it) is refused too."""
+    top = os.path.normpath(root)
+    covered = {os.path.realpath(path) for path in hidden} | {os.path.normpath(path) for path in hidden}
+    for entry in entries:
+        path = os.path.normpath(os.path.join(top, os.path.expanduser(entry)))
+        found, unreadable = walk_output(Path(path))
+        if unreadable:
+            return f"'{path}/{unreadable}, so it cannot be checked for links to hidden data"
+        for name, st in found:
+            if not stat.S_ISLNK(st.st_mode):
+                continue
+            link = os.path.join(path, name)
+            leads = os.path.realpath(link)
+            if any(_overlaps(leads, data) for data in covered):
+                return (
+                    f"'{link}' is a symbolic link to {leads}, hidden data: the evaluation would read it as the "
+                    "run's output"
+                )
+    return None
+
+
+def _overlaps(one: str, other: str) -> bool:
+    return (
+        one == other
+        or one.startswith(other.rstrip(os.sep) + os.sep)
+        or other.startswith(one.rstrip(os.sep) + os.sep)
+    )
 
 
 def _prune(root: Path, tag: str | None) -> None:

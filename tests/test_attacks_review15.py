@@ -1,0 +1,62 @@
+"""Review 15: attacks as the target's code would make them (the candidate the agent edits and the server runs),
+each a real run through the real server (the MCP client) in the real sandbox."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from mcp_autoresearch.sandbox.policy import probe_isolation
+
+from .conftest import git
+from .helpers.needs import require
+from .test_eval_stage import candidate
+from .test_eval_stage import project as stage_project
+
+pytestmark = pytest.mark.anyio
+
+ISOLATION = probe_isolation("auto")
+
+# The scorer compares the run's answer with the hidden key (3): the score is how far off it is (lower is better).
+KEY_SCORER = """\
+import sys
+key = float(open("key.txt").read())
+print(f"score: {abs(key - float(open(sys.argv[1]).read().split()[0])):.6f}")
+"""
+
+
+async def test_a_link_into_hidden_data_from_an_output_outside_the_project(tmp_path: Path, agent_for) -> None:
+    """A `writable` output outside the project (a scratch folder) is handed to the evaluation unchecked: the
+    outputs inside the project are refused when they hold a link, that one is not. The run replaces its answer
+    with a link to the hidden key (it cannot read the key, but it can name it): the scorer, which may read hidden
+    data, reads the key as the answer and scores it perfect. The run's honest answer (4) scores 1."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    scratch = Path(tempfile.mkdtemp(prefix=".autoresearch-test-scratch-", dir=Path.home()))
+    try:
+        await _link_into_hidden_data(tmp_path, agent_for, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _link_into_hidden_data(tmp_path: Path, agent_for, scratch: Path) -> None:
+    root = stage_project(tmp_path, 'hidden = ["key.txt"]\n', scorer=KEY_SCORER)
+    config = (root / "autoresearch.toml").read_text()
+    config = config.replace('writable = ["out"]', f'writable = ["out", "{scratch}"]')
+    config = config.replace("> out/answer.txt", f"> {scratch}/answer.txt").replace(
+        "scorer.py out/answer.txt", f"scorer.py {scratch}/answer.txt"
+    )
+    (root / "autoresearch.toml").write_text(config)
+    git(root, "commit", "-qam", "answers go to a scratch folder outside the project")
+    (root / "key.txt").write_text("3\n")
+    code = f"""
+    import os
+    os.unlink({str(scratch / "answer.txt")!r})
+    os.symlink({str(root / "key.txt")!r}, {str(scratch / "answer.txt")!r})
+    """
+    async with agent_for(root) as agent:
+        run, decision = await candidate(agent, code)
+    assert run["value"] != 0.0, (run, decision)
+    assert run["status"] == "metric_error" and "answer.txt" in run["error"], run
