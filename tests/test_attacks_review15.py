@@ -3,6 +3,7 @@ each a real run through the real server (the MCP client) in the real sandbox."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -60,3 +61,47 @@ async def _link_into_hidden_data(tmp_path: Path, agent_for, scratch: Path) -> No
         run, decision = await candidate(agent, code)
     assert run["value"] != 0.0, (run, decision)
     assert run["status"] == "metric_error" and "answer.txt" in run["error"], run
+
+
+@pytest.mark.parametrize(
+    "made",
+    ['os.mkfifo(b"out/p\\xffipe")', 'os.symlink("/etc/hostname", b"out/l\\xffink")'],
+    ids=["fifo", "link"],
+)
+async def test_an_output_named_in_no_encoding(tmp_path: Path, agent_for, made: str) -> None:
+    """An output whose name is no UTF-8 (a byte 0xff): the refusal names it, and the answer must still reach the
+    agent as a clear metric_error, not a tool error (a lone surrogate in the text cannot be encoded)."""
+    root = stage_project(tmp_path)
+    code = f"""
+    import os
+    {made}
+    """
+    async with agent_for(root) as agent:
+        run, decision = await candidate(agent, code)
+        assert run["status"] == "metric_error", run
+        assert decision["decision"] == "crash", decision
+        results = await agent.ok("query_results")
+        assert results["counts"], results
+
+
+@pytest.mark.parametrize("mode", [0o555, 0o000], ids=["read-only", "no-rights"])
+async def test_an_output_directory_whose_rights_the_run_took_away(
+    tmp_path: Path, agent_for, mode: int
+) -> None:
+    """The run may change the rights of its own output directory (a writable mount: chmod is no write Landlock
+    refuses). One that takes its owner's write right away leaves every later run unable to write its output:
+    each honest candidate after it crashes, and no later change can ever beat the one that did it. Every run
+    must start from an output directory it can write, as it starts from an empty one."""
+    root = stage_project(tmp_path)
+    code = f"""
+    import os
+    os.chmod("out", {mode:#o})
+    """
+    async with agent_for(root) as agent:
+        run, _ = await candidate(agent, code)  # (without its rights the evaluation cannot read out/ either)
+        assert run["status"] in ("ok", "metric_error"), run
+        await agent.ok("apply_edit", content="X = 3\nprint(X)\n")
+        honest, decision = await agent.experiment("honest, after the attack")
+    os.chmod(root / "out", 0o755)  # (for the clean-up of tmp_path when the run kept the rights away)
+    assert honest["status"] == "ok" and honest["value"] == 3.0, honest
+    assert decision["decision"] == "keep", decision

@@ -68,6 +68,7 @@ def make_fresh(root: Path, entries: list[str], tag: str | None, run_id: str) -> 
         if not os.path.lexists(path):
             continue
         if via is None and path.is_dir():
+            give_owner_rights(path)  # a run may take them away: the next one could write nothing
             names = sorted(os.listdir(path))
             if not names:
                 continue
@@ -78,7 +79,7 @@ def make_fresh(root: Path, entries: list[str], tag: str | None, run_id: str) -> 
             pairs = [(path, aside / path.name)]
         for source, destination in pairs:
             try:
-                os.rename(source, destination)
+                _rename(source, destination)
             except OSError as exc:
                 raise OutputsError(
                     f"'{source.relative_to(root)}' could not be moved aside into {aside} ({exc.strerror}): every "
@@ -87,6 +88,34 @@ def make_fresh(root: Path, entries: list[str], tag: str | None, run_id: str) -> 
         moved.append(str(aside.relative_to(root)))
     _prune(root, tag)
     return moved
+
+
+def give_owner_rights(path: Path) -> None:
+    """Owner read, write and search on the directory `path` (opened without following a link), where a run took
+    any of them away: the run may change the rights of its own output directory, and one left unwritable makes
+    every later run fail to write its output. Nothing else of the mode changes."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        found = os.fstat(fd)
+        if found.st_uid == os.geteuid() and stat.S_IMODE(found.st_mode) & stat.S_IRWXU != stat.S_IRWXU:
+            os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(found.st_mode) | stat.S_IRWXU)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _rename(source: Path, destination: Path) -> None:
+    """Move `source` aside; a directory the run left without its owner's write right (which moving a directory
+    to another folder needs, for its `..`) gets it back first."""
+    try:
+        os.rename(source, destination)
+    except PermissionError:
+        give_owner_rights(source)
+        os.rename(source, destination)
 
 
 def _aside(root: Path, tag: str | None, folder: str, parts: tuple[str, ...], chosen: dict[str, str]) -> Path:
