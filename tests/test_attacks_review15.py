@@ -105,3 +105,33 @@ async def test_an_output_directory_whose_rights_the_run_took_away(
     os.chmod(root / "out", 0o755)  # (for the clean-up of tmp_path when the run kept the rights away)
     assert honest["status"] == "ok" and honest["value"] == 3.0, honest
     assert decision["decision"] == "keep", decision
+
+
+async def test_an_output_outside_the_project_left_by_an_earlier_run(tmp_path: Path, agent_for) -> None:
+    """Outputs inside the project are moved aside before every run, so a run that writes nothing is never
+    measured on what an earlier run left. An output outside the project (a scratch folder in `writable`) is
+    not: a candidate that deletes the whole computation and writes nothing exits 0, the evaluation scores the
+    best's answer still lying there, and the candidate is kept as equal and simpler. The file the evaluation
+    is handed (named on its command line) must be this run's."""
+    scratch = Path(tempfile.mkdtemp(prefix=".autoresearch-test-scratch-", dir=Path.home()))
+    try:
+        root = stage_project(tmp_path)
+        config = (root / "autoresearch.toml").read_text()
+        config = config.replace('writable = ["out"]', f'writable = ["out", "{scratch}"]')
+        config = config.replace("python3 objective.py > out/answer.txt", "python3 objective.py")
+        config = config.replace("scorer.py out/answer.txt", f"scorer.py {scratch}/answer.txt")
+        (root / "autoresearch.toml").write_text(config)
+        (root / "objective.py").write_text(
+            f"X = 5\nopen({str(scratch / 'answer.txt')!r}, 'w').write(str(X))\n"
+        )
+        git(root, "commit", "-qam", "the objective writes its answer to a scratch folder outside the project")
+        async with agent_for(root) as agent:
+            await agent.ok("start_session")
+            _, base = await agent.experiment("baseline")
+            assert base["decision"] == "keep", base
+            await agent.ok("apply_edit", content="pass\n")
+            run, decision = await agent.experiment("computes nothing")
+        assert decision["decision"] != "keep", (run, decision)
+        assert run["status"] == "metric_error" and "answer.txt" in run["error"], run
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -47,7 +47,14 @@ from ..setup.stage_config import hidden_paths
 from ..statuses import RunStatus
 from ..terminal_text import printable
 from .evaluation import EVAL_SUFFIX, eval_writable, evaluation_logs, stage_failure
-from .fresh_outputs import OutputsError, make_fresh, record, record_measured, unsafe_outputs
+from .fresh_outputs import (
+    OutputsError,
+    make_fresh,
+    record,
+    record_measured,
+    snapshot_named,
+    unsafe_outputs,
+)
 from .published_log import clear_run_log, publish_run_log, without_run_log_redirect
 from .tally import ExperimentResult, Tally
 
@@ -261,6 +268,7 @@ class Experiment:
                 fresh = self._fresh_outputs(f"{self.run_id}{suffix}")
             except OutputsError as exc:
                 return self._failed(tally, ("crash", f"{exc} (nothing ran)"), None, log_path)
+            outside = snapshot_named(self.root, config.run_writes, config.eval_command or "")
             started_at = time.time()
             done = process.run()
             self._note_log_end(log_path, done)
@@ -289,6 +297,8 @@ class Experiment:
                     started_at,
                     hidden_paths(config),
                     list(config.persistent),
+                    config.eval_command,
+                    outside,
                 )
                 if unsafe:
                     reason = f"the run's outputs are not handed to the evaluation: {unsafe}"
@@ -337,7 +347,7 @@ class Experiment:
         target's code, ran after the evaluation and may have left a link or a FIFO there)."""
         config = self.config
         unsafe = unsafe_outputs(
-            self.root, list(config.writable), 0.0, hidden_paths(config), list(config.persistent)
+            self.root, list(config.writable), 0.0, hidden_paths(config), list(config.persistent), command
         )
         if unsafe:
             return None, f"the outputs are not handed to {what}: {unsafe}"

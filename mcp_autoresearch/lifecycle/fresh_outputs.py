@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import stat
 import threading
 from pathlib import Path
@@ -185,15 +186,22 @@ def unsafe_outputs(
     started_at: float,
     hidden: tuple[str, ...] | list[str] = (),
     caches: tuple[str, ...] | list[str] = (),
+    command: str = "",
+    before: Snapshot = frozenset(),
 ) -> str | None:
     """Why the outputs of the run that started at `started_at` may not be handed on (to an evaluation stage),
     or None: `output_checks.unsafe_output` of each output inside the project, which `make_fresh` emptied before
     the run (so nothing there may be older than the run), and none reached through a symbolic link; and, with
-    `hidden` data, no symbolic link to it in an entry outside the project or in a cache (`link_into_hidden`)."""
+    `hidden` data, no symbolic link to it in an entry outside the project or in a cache (`link_into_hidden`);
+    and what `command` (the evaluation's) names beneath an entry outside the project checked as an output, none
+    of its files as it was before the run (`before`, from `snapshot_named`)."""
     if hidden:
         problem = link_into_hidden(root, [*entries, *caches], hidden)
         if problem:
             return problem
+    problem = _unsafe_named(root, [*entries, *caches], command, before)
+    if problem:
+        return problem
     for entry in output_entries(root, entries):
         via = link_on_the_way(root, entry)
         if via is not None:
@@ -201,6 +209,55 @@ def unsafe_outputs(
         problem = unsafe_output(root / entry, started_at, frozenset(), entry)
         if problem:
             return problem
+    return None
+
+
+def named_outside(root: Path, entries: list[str], command: str) -> list[Path]:
+    """The paths `command` (the evaluation's) names beneath an entry a run may write outside the project (a
+    scratch folder: never moved aside, so what an earlier run left there is still there)."""
+    top = os.path.normpath(root)
+    outside = []
+    for entry in entries:
+        path = os.path.normpath(os.path.join(top, os.path.expanduser(entry)))
+        relative = os.path.relpath(path, top)
+        if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+            outside.append(path)
+    try:
+        words = shlex.split(command) if outside else []
+    except ValueError:
+        return []
+    found = []
+    for word in words:
+        named = os.path.normpath(os.path.join(top, os.path.expanduser(word.partition("=")[2] or word)))
+        if any(named == path or named.startswith(path + os.sep) for path in outside):
+            found.append(Path(named))
+    return found
+
+
+def snapshot_named(root: Path, entries: list[str], command: str) -> Snapshot:
+    """Before a run: what the paths `command` names outside the project hold (`named_outside`)."""
+    return frozenset().union(*(snapshot(path) for path in named_outside(root, entries, command)))
+
+
+def _unsafe_named(root: Path, entries: list[str], command: str, before: Snapshot) -> str | None:
+    """Why a path the evaluation's command names outside the project may not be handed to it: what
+    `output_checks.unsafe_output` refuses in an output (a link, a FIFO, ...), or a file just as it was before
+    the run (`before`, from `snapshot_named`): a run that wrote nothing there would be measured on an earlier
+    run's output."""
+    for named in named_outside(root, entries, command):
+        if not os.path.lexists(named):
+            continue  # the evaluation says it is missing
+        problem = unsafe_output(named, 0.0, frozenset(), str(named))
+        if problem:
+            return problem
+        found, _unreadable = walk_output(named)
+        for relative, st in found:
+            if not stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino, st.st_ctime_ns) in before:
+                shown = named if relative == "." else named / relative
+                return (
+                    f"'{shown}' was not written by this run (it is as it was before the run started; an output "
+                    "outside the project is not moved aside before a run, so it may be an earlier run's)"
+                )
     return None
 
 
