@@ -27,6 +27,8 @@ from ..errors import SessionError
 from ..measure.output_checks import Snapshot, link_on_the_way, snapshot, unsafe_output, walk_output
 from ..names import OUTPUTS_DIR, STATE_DIR
 from ..records.state import server_dir
+from ..setup.config import Config
+from ..setup.stage_config import hidden_paths
 
 KEEP_RUNS = 1  # the previous run's outputs: a `target/` of gigabytes is not kept many times over
 
@@ -210,6 +212,14 @@ def unsafe_outputs(
         if problem:
             return problem
     return None
+
+
+def unsafe_for_stage(
+    root: Path, config: Config, started_at: float, command: str | None, before: Snapshot = frozenset()
+) -> str | None:
+    """`unsafe_outputs` of a session's outputs and caches, for the evaluation stage (or the holdout) `command`."""
+    entries, caches = list(config.writable), list(config.persistent)
+    return unsafe_outputs(root, entries, started_at, hidden_paths(config), caches, command or "", before)
 
 
 def named_outside(root: Path, entries: list[str], command: str) -> list[Path]:
