@@ -48,7 +48,15 @@ from ..setup.stage_config import hidden_paths
 from ..statuses import RunStatus
 from ..terminal_text import printable
 from .evaluation import EVAL_SUFFIX, eval_writable, evaluation_logs, stage_failure
-from .fresh_outputs import OutputsError, make_fresh, output_holding, record, record_measured, unsafe_outputs
+from .fresh_outputs import (
+    OutputsError,
+    make_fresh,
+    output_holding,
+    record,
+    record_measured,
+    snapshot_named,
+    unsafe_for_stage,
+)
 from .published_log import clear_run_log, publish_run_log, without_run_log_redirect
 from .tally import ExperimentResult, Tally
 
@@ -264,6 +272,7 @@ class Experiment:
                 fresh = self._fresh_outputs(f"{self.run_id}{suffix}")
             except OutputsError as exc:
                 return self._failed(tally, ("crash", f"{exc} (nothing ran)"), None, log_path)
+            outside = snapshot_named(self.root, config.run_writes, config.eval_command or "")
             started_at = time.time()
             done = process.run()
             self._note_log_end(log_path, done)
@@ -286,7 +295,7 @@ class Experiment:
             if config.eval_command:  # the run's whole tree is gone: the evaluation reads what it left
                 measured_log = log_path.with_name(log_path.stem + EVAL_SUFFIX + ".log")
                 tally.eval_log = measured_log
-                unsafe = unsafe_outputs(self.root, list(config.writable), started_at)
+                unsafe = unsafe_for_stage(self.root, config, started_at, config.eval_command, outside)
                 if unsafe:
                     reason = f"the run's outputs are not handed to the evaluation: {unsafe}"
                     return self._failed(tally, ("metric_error", reason), None, log_path)
@@ -332,7 +341,7 @@ class Experiment:
         """Run `command` as an evaluation stage on what the project holds now (the holdout after a keep): its
         value, or None and why not. Its outputs are checked as the evaluation's are (the checks, which run the
         target's code, ran after the evaluation and may have left a link or a FIFO there)."""
-        unsafe = unsafe_outputs(self.root, list(self.config.writable), 0.0)
+        unsafe = unsafe_for_stage(self.root, self.config, 0.0, command)
         if unsafe:
             return None, f"the outputs are not handed to {what}: {unsafe}"
         failure = self._evaluate(command, None, log_path, what)

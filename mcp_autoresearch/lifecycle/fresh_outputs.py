@@ -25,13 +25,17 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
+import stat
 import threading
 from pathlib import Path
 
 from ..errors import SessionError
-from ..measure.output_checks import Snapshot, link_on_the_way, snapshot, unsafe_output
+from ..measure.output_checks import Snapshot, link_on_the_way, snapshot, unsafe_output, walk_output
 from ..names import OUTPUTS_DIR, STATE_DIR
 from ..records.state import server_dir
+from ..setup.config import Config
+from ..setup.stage_config import hidden_paths
 
 KEEP_RUNS = 1  # the previous run's outputs: a `target/` of gigabytes is not kept many times over
 LEFT_PREFIX = ".left-"  # `.left-<run>.json`: {output entry: [run, digest of what the run left there]}
@@ -82,6 +86,7 @@ def make_fresh(root: Path, entries: list[str], tag: str | None, run_id: str) -> 
         if not os.path.lexists(path):
             continue
         if via is None and path.is_dir():
+            give_owner_rights(path)  # a run may take them away: the next one could write nothing
             names = sorted(os.listdir(path))
             if not names:
                 continue
@@ -92,7 +97,7 @@ def make_fresh(root: Path, entries: list[str], tag: str | None, run_id: str) -> 
             pairs = [(path, aside / path.name)]
         for source, destination in pairs:
             try:
-                os.rename(source, destination)
+                _rename(source, destination)
             except OSError as exc:
                 raise OutputsError(
                     f"'{source.relative_to(root)}' could not be moved aside into {aside} ({exc.strerror}): every "
@@ -101,6 +106,34 @@ def make_fresh(root: Path, entries: list[str], tag: str | None, run_id: str) -> 
         moved.append(str(aside.relative_to(root)))
     _prune(root, tag)
     return moved
+
+
+def give_owner_rights(path: Path) -> None:
+    """Owner read, write and search on the directory `path` (opened without following a link), where a run took
+    any of them away: the run may change the rights of its own output directory, and one left unwritable makes
+    every later run fail to write its output. Nothing else of the mode changes."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        found = os.fstat(fd)
+        if found.st_uid == os.geteuid() and stat.S_IMODE(found.st_mode) & stat.S_IRWXU != stat.S_IRWXU:
+            os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(found.st_mode) | stat.S_IRWXU)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _rename(source: Path, destination: Path) -> None:
+    """Move `source` aside; a directory the run left without its owner's write right (which moving a directory
+    to another folder needs, for its `..`) gets it back first."""
+    try:
+        os.rename(source, destination)
+    except PermissionError:
+        give_owner_rights(source)
+        os.rename(source, destination)
 
 
 def _aside(root: Path, tag: str | None, folder: str, parts: tuple[str, ...], chosen: dict[str, str]) -> Path:
@@ -216,10 +249,28 @@ def changed_since_measured(root: Path, entries: list[str], run_id: str) -> str |
     return None
 
 
-def unsafe_outputs(root: Path, entries: list[str], started_at: float) -> str | None:
+def unsafe_outputs(
+    root: Path,
+    entries: list[str],
+    started_at: float,
+    hidden: tuple[str, ...] | list[str] = (),
+    caches: tuple[str, ...] | list[str] = (),
+    command: str = "",
+    before: Snapshot = frozenset(),
+) -> str | None:
     """Why the outputs of the run that started at `started_at` may not be handed on (to an evaluation stage),
     or None: `output_checks.unsafe_output` of each output inside the project, which `make_fresh` emptied before
-    the run (so nothing there may be older than the run), and none reached through a symbolic link."""
+    the run (so nothing there may be older than the run), and none reached through a symbolic link; and, with
+    `hidden` data, no symbolic link to it in an entry outside the project or in a cache (`link_into_hidden`);
+    and what `command` (the evaluation's) names beneath an entry outside the project checked as an output, none
+    of its files as it was before the run (`before`, from `snapshot_named`)."""
+    if hidden:
+        problem = link_into_hidden(root, [*entries, *caches], hidden)
+        if problem:
+            return problem
+    problem = _unsafe_named(root, [*entries, *caches], command, before)
+    if problem:
+        return problem
     for entry in output_entries(root, entries):
         via = link_on_the_way(root, entry)
         if via is not None:
@@ -228,6 +279,97 @@ def unsafe_outputs(root: Path, entries: list[str], started_at: float) -> str | N
         if problem:
             return problem
     return None
+
+
+def unsafe_for_stage(
+    root: Path, config: Config, started_at: float, command: str | None, before: Snapshot = frozenset()
+) -> str | None:
+    """`unsafe_outputs` of a session's outputs and caches, for the evaluation stage (or the holdout) `command`."""
+    entries, caches = list(config.writable), list(config.persistent)
+    return unsafe_outputs(root, entries, started_at, hidden_paths(config), caches, command or "", before)
+
+
+def named_outside(root: Path, entries: list[str], command: str) -> list[Path]:
+    """The paths `command` (the evaluation's) names beneath an entry a run may write outside the project (a
+    scratch folder: never moved aside, so what an earlier run left there is still there)."""
+    top = os.path.normpath(root)
+    outside = []
+    for entry in entries:
+        path = os.path.normpath(os.path.join(top, os.path.expanduser(entry)))
+        relative = os.path.relpath(path, top)
+        if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+            outside.append(path)
+    try:
+        words = shlex.split(command) if outside else []
+    except ValueError:
+        return []
+    found = []
+    for word in words:
+        named = os.path.normpath(os.path.join(top, os.path.expanduser(word.partition("=")[2] or word)))
+        if any(named == path or named.startswith(path + os.sep) for path in outside):
+            found.append(Path(named))
+    return found
+
+
+def snapshot_named(root: Path, entries: list[str], command: str) -> Snapshot:
+    """Before a run: what the paths `command` names outside the project hold (`named_outside`)."""
+    return frozenset().union(*(snapshot(path) for path in named_outside(root, entries, command)))
+
+
+def _unsafe_named(root: Path, entries: list[str], command: str, before: Snapshot) -> str | None:
+    """Why a path the evaluation's command names outside the project may not be handed to it: what
+    `output_checks.unsafe_output` refuses in an output (a link, a FIFO, ...), or a file just as it was before
+    the run (`before`, from `snapshot_named`): a run that wrote nothing there would be measured on an earlier
+    run's output."""
+    for named in named_outside(root, entries, command):
+        if not os.path.lexists(named):
+            continue  # the evaluation says it is missing
+        problem = unsafe_output(named, 0.0, frozenset(), str(named))
+        if problem:
+            return problem
+        found, _unreadable = walk_output(named)
+        for relative, st in found:
+            if not stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino, st.st_ctime_ns) in before:
+                shown = named if relative == "." else named / relative
+                return (
+                    f"'{shown}' was not written by this run (it is as it was before the run started; an output "
+                    "outside the project is not moved aside before a run, so it may be an earlier run's)"
+                )
+    return None
+
+
+def link_into_hidden(root: Path, entries: list[str], hidden: tuple[str, ...] | list[str]) -> str | None:
+    """The first symbolic link in an entry a run may write outside the project's outputs (a scratch folder, a
+    cache: neither moved aside nor checked as the outputs are) that leads to, into or above a `hidden` path, as a
+    reason (None when there is none). A run cannot read hidden data, but it can name it: the evaluation, which
+    reads it, would take the hidden file (the answers) for the run's output. A folder the server cannot list
+    (the evaluation may still pass through it) is refused too."""
+    top = os.path.normpath(root)
+    covered = {os.path.realpath(path) for path in hidden} | {os.path.normpath(path) for path in hidden}
+    for entry in entries:
+        path = os.path.normpath(os.path.join(top, os.path.expanduser(entry)))
+        found, unreadable = walk_output(Path(path))
+        if unreadable:
+            return f"'{path}/{unreadable}, so it cannot be checked for links to hidden data"
+        for name, st in found:
+            if not stat.S_ISLNK(st.st_mode):
+                continue
+            link = os.path.join(path, name)
+            leads = os.path.realpath(link)
+            if any(_overlaps(leads, data) for data in covered):
+                return (
+                    f"'{link}' is a symbolic link to {leads}, hidden data: the evaluation would read it as the "
+                    "run's output"
+                )
+    return None
+
+
+def _overlaps(one: str, other: str) -> bool:
+    return (
+        one == other
+        or one.startswith(other.rstrip(os.sep) + os.sep)
+        or other.startswith(one.rstrip(os.sep) + os.sep)
+    )
 
 
 def _prune(root: Path, tag: str | None) -> None:
