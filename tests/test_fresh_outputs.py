@@ -67,8 +67,7 @@ def experiment(
 
 
 def aside(folder: Path) -> list[str]:
-    """The folders of runs' and the user's outputs moved aside (not the server's hidden record of them)."""
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    return sorted(p.name for p in folder.iterdir())
 
 
 def write_target(root: Path, pad: int, evil: str = "") -> None:

@@ -14,7 +14,7 @@ The folder says whose the files were:
   files written between runs (by the user, or changed since a run left them). Never deleted by the server.
 
 What a run left is known across the server's restarts: after each run, the server writes a digest of what each
-output holds (`LEFT_PREFIX` files beside the folders, in its own directory, which runs cannot write), so the
+output holds (`.autoresearch/outputs/.left-<tag>/<run>.json`, in its own directory, which runs cannot write), so the
 first run of a new server does not keep the previous server's last outputs as `found-before-*` (a `target/` of
 gigabytes per restart).
 """
@@ -38,7 +38,9 @@ from ..setup.config import Config
 from ..setup.stage_config import hidden_paths
 
 KEEP_RUNS = 1  # the previous run's outputs: a `target/` of gigabytes is not kept many times over
-LEFT_PREFIX = ".left-"  # `.left-<run>.json`: {output entry: [run, digest of what the run left there]}
+# `.autoresearch/outputs/.left-<tag>/<run>.json`: {output entry: [run, digest of what the run left there]} (no tag
+# begins with a dot: never a session's folder).
+LEFT_PREFIX = ".left-"
 
 _lock = threading.Lock()
 # The output directory (its real path) -> the run that last wrote it here and what it left (see `record`).
@@ -193,13 +195,13 @@ def _write_left(root: Path, tag: str | None, run_id: str, digests: dict[str, lis
     """A new file per run (created, never renamed over: no flush of its data on this path), then the older
     ones removed. Losing it (a kill, a full disk) only costs a `found-before-*` copy: nothing is raised."""
     try:
-        top = server_dir(root, OUTPUTS_DIR, tag or "untagged")
-        name = f"{LEFT_PREFIX}{run_id}.json"
+        top = server_dir(root, OUTPUTS_DIR, LEFT_PREFIX + (tag or "untagged"))
+        name = f"{run_id}.json"
         fd = os.open(top / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "w") as file:
             json.dump(digests, file)
         for entry in os.scandir(top):
-            if entry.name.startswith(LEFT_PREFIX) and entry.name != name:
+            if entry.name != name:
                 os.unlink(entry.path)
     except (OSError, SessionError):
         return
@@ -207,11 +209,9 @@ def _write_left(root: Path, tag: str | None, run_id: str, digests: dict[str, lis
 
 def _written_left(root: Path, tag: str | None) -> dict[str, tuple[str, str]]:
     """What the last run of an earlier server left in each output, as `_write_left` wrote it ({} if unknown)."""
-    top = root / STATE_DIR / OUTPUTS_DIR / (tag or "untagged")
+    top = root / STATE_DIR / OUTPUTS_DIR / (LEFT_PREFIX + (tag or "untagged"))
     try:
-        names = [
-            e for e in os.scandir(top) if e.name.startswith(LEFT_PREFIX) and e.is_file(follow_symlinks=False)
-        ]
+        names = [e for e in os.scandir(top) if e.is_file(follow_symlinks=False)]
         if len(names) != 1:
             return {}  # none, or a kill between writing one and removing the other: not known for sure
         with open(names[0].path, "rb") as file:

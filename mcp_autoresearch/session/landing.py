@@ -322,13 +322,12 @@ def run_outputs(root: Path, tag: str) -> list[Path]:
     """The outputs the session's runs left, moved aside (`fresh_outputs`): `run-*` folders and the record of
     what the last run left, never the `found-before-*` folders (the user's files)."""
     folder = state_dir(root) / OUTPUTS_DIR / tag
+    record = state_dir(root) / OUTPUTS_DIR / (LEFT_PREFIX + tag)
+    found = [record] if record.is_dir() and not record.is_symlink() else []
     if not folder.is_dir() or folder.is_symlink():
-        return []
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if not p.is_symlink()
-        and ((p.name.startswith("run-") and p.is_dir()) or (p.name.startswith(LEFT_PREFIX) and p.is_file()))
+        return found
+    return found + sorted(
+        p for p in folder.iterdir() if p.name.startswith("run-") and p.is_dir() and not p.is_symlink()
     )
 
 
