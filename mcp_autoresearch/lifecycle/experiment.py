@@ -6,7 +6,6 @@ This is the trustworthy measurement the session logs: every value here comes fro
 from __future__ import annotations
 
 import functools
-import os
 import secrets
 import statistics
 import threading
@@ -24,30 +23,22 @@ from ..measure.metrics import (
     read_secondary,
 )
 from ..measure.output_checks import Snapshot, snapshot
-from ..names import HOLDOUT, RUN_LOGS, STATE_DIR
 from ..records.logtail import clean_text, read_tail_bytes
 from ..records.run_log import MB, kept_end_copy, live_tail
-from ..sandbox.caches import run_caches, stage_caches
-from ..sandbox.launcher import Launched, launcher
 from ..sandbox.policy import (
     Isolation,
     denied_write_hint,
     keeper_available,
-    keeper_command,
-    keeper_spec,
-    linked_inputs,
     maven_hint,
     network_hint,
     setup_failure,
-    writable_paths,
 )
-from ..sandbox.process_run import DEFAULT_GRACE_S, ProcessResult, ProcessRun, ProgressCallback
+from ..sandbox.process_run import ProcessResult, ProcessRun, ProgressCallback
 from ..setup.config import Config
 from ..setup.single_file import sha256_file
-from ..setup.stage_config import hidden_paths
 from ..statuses import RunStatus
 from ..terminal_text import printable
-from .evaluation import EVAL_SUFFIX, eval_writable, evaluation_logs, stage_failure
+from .evaluation import EVAL_SUFFIX, stage_failure
 from .fresh_outputs import (
     OutputsError,
     make_fresh,
@@ -58,6 +49,7 @@ from .fresh_outputs import (
     unsafe_for_stage,
 )
 from .published_log import clear_run_log, publish_run_log, without_run_log_redirect
+from .stage_confinement import StageConfinement
 from .tally import ExperimentResult, Tally
 
 if TYPE_CHECKING:
@@ -103,84 +95,13 @@ class Experiment:
         # A log that left part of its output out (log_limit_mb, a full disk): where its kept end begins
         self._log_ends: dict[Path, int] = {}
         self._parsed_evaluation: Path | None = None  # the evaluation's log metric_parse reads while it runs
+        self.stages = StageConfinement(config, root, log_dir, isolation)
 
     def cancel(self, reason: str) -> None:
         with self._lock:
             self._cancel_reason = reason
             if self._current is not None:
                 self._current.cancel(reason)
-
-    def _writable(self, tmpdir: str, stage: str = "run") -> list[str]:
-        """A run's (and the checks') writable paths; the evaluation stage's: its TMPDIR and devices only."""
-        assert self.isolation is not None
-        held = self.isolation.confined or self.isolation.namespaces
-        if not held:
-            return []
-        return (
-            eval_writable(tmpdir)
-            if stage == "eval"
-            else writable_paths(self.root, self.config.run_writes, tmpdir)
-        )
-
-    def _private_caches(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
-        """Every tool cache the user did not list in `writable` or `persistent`: the run's own, empty."""
-        return run_caches(self.root, self.config.run_writes, tmpdir, env)
-
-    def _stage_env(self, tmpdir: str, env: dict[str, str]) -> dict[str, str]:
-        """The evaluation's caches in its TMPDIR, `persistent` ones too, and Python's bytecode: nothing a run
-        could write in a cache or a `__pycache__` is read by the evaluation."""
-        caches = stage_caches(self.root, self.config.run_writes, tmpdir, env)
-        return {**caches, "PYTHONPYCACHEPREFIX": os.path.join(tmpdir, "pycache")}
-
-    def _view(self, stage: str) -> tuple[list[str], list[str]]:
-        """What the view keeps showing (the logs, a slot's shared inputs) and what it hides: the `hidden` data,
-        and what a scorer printed about it (the evaluations' logs, the holdout's records), from every stage but
-        the evaluation's; the target, from the evaluation's. `stage`: "run" (the run, its checks), "eval", or
-        "parse" (metric_parse, which reads a log: the runs folder is shown, the other evaluations' logs hidden)."""
-        inputs = linked_inputs(self.root, list(self.config.shared_inputs))
-        reads = [str(self.log_dir), *inputs]
-        if stage == "eval":  # (hidden data beneath a hidden directory such as /tmp is shown again, read-only)
-            # The target is hidden from the evaluation: a scorer that imports it would run the candidate's code.
-            target = [str(self.root / self.config.target_file)] if self.config.target_file else []
-            return reads + hidden_paths(self.config), target
-        own = self.log_dir.parent.parent  # .autoresearch/runs/<tag>: the holdout's records are beside
-        # The holdout's records (an earlier session's too, measured when this one has no holdout), from every
-        # run; not from the stages of the holdout itself (its metric_parse).
-        shown = not self.log_dir.is_relative_to(own / HOLDOUT)
-        measured = self.config.holdout_command or (own / HOLDOUT).is_dir()
-        holdout = [str(own / HOLDOUT)] if measured and own.name == STATE_DIR and shown else []
-        sessions = own.name == STATE_DIR and self.log_dir.parent.name == RUN_LOGS  # .autoresearch/runs/<tag>
-        logs: list[str] = []
-        if self.config.hidden and stage == "parse":
-            logs = evaluation_logs(self.log_dir, self._parsed_evaluation, sessions)
-        elif self.config.hidden:  # the run and its checks read no log: every session's, hidden whole
-            # One mount, whatever the session's length; and an evaluation's log written in another slot while
-            # this run is in flight appears beneath it, hidden too.
-            logs = [str(self.log_dir.parent if sessions else self.log_dir)]
-            reads = inputs  # the logs are not shown again
-        return reads, [*hidden_paths(self.config), *holdout, *logs]
-
-    def _wrap(self, argv: list[str], tmpdir: str, stage: str = "run") -> list[str]:
-        assert self.isolation is not None
-        reads, hide = self._view(stage)
-        return keeper_command(
-            self.isolation, self._writable(tmpdir, stage), argv, DEFAULT_GRACE_S, reads, hide
-        )
-
-    def _launch(
-        self,
-        argv: list[str],
-        cwd: Path,
-        env: dict[str, str],
-        out_fd: int,
-        tmpdir: str,
-        err_fd: int | None = None,
-        stage: str = "run",
-    ) -> Launched:
-        assert self.isolation is not None
-        reads, hide = self._view(stage)
-        spec = keeper_spec(self.isolation, self._writable(tmpdir, stage), DEFAULT_GRACE_S, reads, hide)
-        return launcher().spawn(argv, cwd, env, out_fd, spec, err_fd)
 
     def _process(
         self,
@@ -218,6 +139,7 @@ class Experiment:
             )
         else:
             kept = self.isolation is not None and keeper_available()
+            stages, shown = self.stages, self._parsed_evaluation
             process = ProcessRun(
                 command=command,
                 cwd=self.root,
@@ -227,10 +149,10 @@ class Experiment:
                 run_marker=marker,
                 project_marker=str(self.root),
                 on_progress=progress,
-                wrapper=functools.partial(self._wrap, stage=stage) if kept else None,
-                launch=functools.partial(self._launch, stage=stage) if kept else None,
+                wrapper=functools.partial(stages.wrap, stage=stage, shown=shown) if kept else None,
+                launch=functools.partial(stages.launch, stage=stage, shown=shown) if kept else None,
                 # confined or not, no tool cache outlives its run
-                private_env=self._stage_env if stage == "eval" else self._private_caches,
+                private_env=stages.eval_env if stage == "eval" else stages.private_caches,
                 # the evaluation's and metric_parse's stderr on a pipe and log of their own: only their stdout
                 # supplies the metric (a warning on stderr holds numbers too)
                 stderr_log=log_path.with_suffix(".stderr.log") if stage in ("eval", "parse") else None,
