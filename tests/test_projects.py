@@ -97,20 +97,25 @@ def test_flutter(tmp_path: Path) -> None:
     assert "app-release.apk" in info.metric_source
 
 
+MAVEN_APP = {
+    "pom.xml": "<project/>",
+    "src/main/java/com/x/Util.java": "class Util {}\n",
+    "src/main/java/com/x/App.java": "class App { public static void main(String[] a) {} }\n",
+}
+
+
 def test_java_maven_finds_entry_point(tmp_path: Path) -> None:
-    info = detect(
-        tmp_path,
-        {
-            "pom.xml": "<project/>",
-            "src/main/java/com/x/Util.java": "class Util {}\n",
-            "src/main/java/com/x/App.java": "class App { public static void main(String[] a) {} }\n",
-        },
-    )
+    info = detect(tmp_path / "app", MAVEN_APP)
     assert info.project_type == "java"
     assert info.target_file == "src/main/java/com/x/App.java"
     assert info.run_command == "mvn -q package -DskipTests"
     assert info.metric_name == "build_time_s"
     assert "wall time" in info.metric_source
+    # The original tool's metric, which one source file seldom moves: detect says how to time the program.
+    said = " ".join(info.warnings)
+    assert "seldom" in said and "mvn -q package -DskipTests && java -cp target/classes com.x.App" in said, said
+    timed = detect(tmp_path / "timed", {**MAVEN_APP, "autoresearch.toml": 'run_command = "mvn -q package"\n'})
+    assert not any("seldom" in warning for warning in timed.warnings), timed.warnings
 
 
 def test_kotlin_gradle_wrapper(tmp_path: Path) -> None:

@@ -23,6 +23,11 @@ def _entry_points(root: Path, limit: int = 20) -> list[str]:
     return found
 
 
+def _class_name(path: str) -> str:
+    """`src/main/java/demo/App.java` -> `demo.App`."""
+    return path.removeprefix("src/main/java/").removesuffix(".java").replace("/", ".")
+
+
 def detect(root: Path) -> Detection | None:
     build_files = [
         name for name in ("pom.xml", "build.gradle", "build.gradle.kts") if (root / name).is_file()
@@ -48,12 +53,22 @@ def detect(root: Path) -> Detection | None:
     }
     if maven:
         settings["repeats"] = 1
-    return Detection(
+    entry_points = _entry_points(root)
+    detection = Detection(
         project_type=NAME,
         score=70,
         evidence=build_files,
         settings=settings,
         metric_source="wall time of the build in seconds (measured by the server)",
-        target_candidates=_entry_points(root),
+        target_candidates=entry_points,
         no_target="no tracked entry point (main) found under src/main; set target_file",
     )
+    built = "target/classes" if maven else "build/classes/java/main"
+    main = next((_class_name(path) for path in entry_points if path.startswith("src/main/java/")), None)
+    detection.warn_about(
+        "run_command",
+        f"the metric is the build's wall time (the original tool's for Java): an edit of one source file seldom "
+        f"moves a build by {MIN_DELTA_S:g} s; to time what the program does instead, set run_command to build "
+        f"and run it (e.g. '{run} && java -cp {built} {main or '<main class>'}') and keep metric_measure = \"wall_time_s\"",
+    )
+    return detection
