@@ -113,7 +113,9 @@ def test_java_maven_finds_entry_point(tmp_path: Path) -> None:
     assert "wall time" in info.metric_source
     # The original tool's metric, which one source file seldom moves: detect says how to time the program.
     said = " ".join(info.warnings)
-    assert "seldom" in said and "mvn -q package -DskipTests && java -cp target/classes com.x.App" in said, said
+    assert "seldom" in said and "mvn -q package -DskipTests && java -cp target/classes com.x.App" in said, (
+        said
+    )
     timed = detect(tmp_path / "timed", {**MAVEN_APP, "autoresearch.toml": 'run_command = "mvn -q package"\n'})
     assert not any("seldom" in warning for warning in timed.warnings), timed.warnings
 
