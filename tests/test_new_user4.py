@@ -84,3 +84,16 @@ async def test_a_session_started_on_another_sessions_branch_points_back_to_the_p
         out = run_cli(*command, "--project", str(ml_project))
         assert "autoresearch/first" not in out.stdout + out.stderr, (command, out.stdout, out.stderr)
     assert "git checkout main" in run_cli("clean", "--tag", "second", "--project", str(ml_project)).stderr
+
+
+def test_a_long_log_line_keeps_its_end_where_maven_puts_the_cause(tmp_path: Path) -> None:
+    """log_tail shortens a long line to its beginning and its end: Maven's one-line failure names its cause last
+    (here '... .part.lock (No such file or directory) -> [Help 1]'), which the beginning alone cut away."""
+    from mcp_autoresearch.records.logtail import tail
+
+    log = tmp_path / "r1.log"
+    log.write_text("[INFO] Building app 1.0\n" + MAVEN_LOCK_FAILURE)
+    shown = tail(log).splitlines()
+    assert shown[0] == "[INFO] Building app 1.0"
+    assert shown[1].startswith("[ERROR] Failed to execute goal") and len(shown[1]) == 300, shown[1]
+    assert shown[1].endswith("(No such file or directory) -> [Help 1]"), shown[1]

@@ -42,11 +42,18 @@ def tail(path: Path, max_lines: int = 30, max_chars: int = 2000, max_line_chars:
     """The last lines of a log, cleaned and bounded (at most `max_chars` characters in all)."""
     text = clean_text(read_tail_bytes(path))
     lines = text.rstrip("\n").split("\n")[-max_lines:]
-    lines = [line if len(line) <= max_line_chars else line[: max_line_chars - 1] + "…" for line in lines]
+    lines = [line if len(line) <= max_line_chars else _shortened(line, max_line_chars) for line in lines]
     out = "\n".join(lines)
     if len(out) > max_chars:
         out = "…" + out[-(max_chars - 1) :]
     return out
+
+
+def _shortened(line: str, most: int) -> str:
+    """A long line's beginning and its end (where a build tool puts the cause: Maven's `[ERROR] Failed to
+    execute goal ...: <why>`), `most` characters in all."""
+    head = most // 3
+    return line[:head] + " … " + line[-(most - head - 3) :]
 
 
 def last_line(path: Path, max_chars: int = 200, recent: bytes = b"") -> str:
