@@ -100,6 +100,7 @@ def results_table(files: SessionFiles, rows: list[Row], notes: bool = True, widt
         title=f"session {state.tag}: {state.metric_name} "
         f"({'lower' if state.metric_direction == 'lower_is_better' else 'higher'} is better)",
         caption=Text(f"metric source: {metric_provenance(state.rules).line()}"),  # Text: '[' is not markup
+        caption_justify="left",  # a paragraph, read from its start (centred, its lines began anywhere)
     )
     fixed = [("run", "right"), ("commit", "left"), (state.metric_name, "right")]
     fixed += [("delta", "right")] if show_delta else []
