@@ -135,3 +135,35 @@ async def test_an_output_outside_the_project_left_by_an_earlier_run(tmp_path: Pa
         assert run["status"] == "metric_error" and "answer.txt" in run["error"], run
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def test_a_scratch_folder_outside_the_project_whose_rights_the_run_took_away(
+    tmp_path: Path, agent_for
+) -> None:
+    """A `writable` folder outside the project is never moved aside: a run that takes its owner's rights away
+    (`chmod 000`) left every later run unable to write its answer there, each honest candidate a crash. Every run
+    starts with its owner's rights on each folder it may write, inside the project or not."""
+    scratch = Path(tempfile.mkdtemp(prefix=".autoresearch-test-scratch-", dir=Path.home()))
+    try:
+        root = stage_project(tmp_path)
+        config = (root / "autoresearch.toml").read_text()
+        config = config.replace('writable = ["out"]', f'writable = ["out", "{scratch}"]')
+        config = config.replace("python3 objective.py > out/answer.txt", "python3 objective.py")
+        config = config.replace("scorer.py out/answer.txt", f"scorer.py {scratch}/answer.txt")
+        (root / "autoresearch.toml").write_text(config)
+        answer = str(scratch / "answer.txt")
+        (root / "objective.py").write_text(f"X = 5\nopen({answer!r}, 'w').write(str(X))\n")
+        git(root, "commit", "-qam", "the objective writes its answer to a scratch folder outside the project")
+        async with agent_for(root) as agent:
+            await agent.ok("start_session")
+            _, base = await agent.experiment("baseline")
+            assert base["decision"] == "keep", base
+            await agent.ok("apply_edit", content=f"import os\nos.chmod({str(scratch)!r}, 0)\n")
+            await agent.experiment("takes the folder's rights away")
+            await agent.ok("apply_edit", content=f"X = 3\nopen({answer!r}, 'w').write(str(X))\n")
+            honest, decision = await agent.experiment("honest, after the attack")
+        assert honest["status"] == "ok" and honest["value"] == 3.0, honest
+        assert decision["decision"] == "keep", decision
+    finally:
+        os.chmod(scratch, 0o700)
+        shutil.rmtree(scratch, ignore_errors=True)

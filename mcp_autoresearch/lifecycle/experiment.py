@@ -41,6 +41,7 @@ from ..terminal_text import printable
 from .evaluation import EVAL_SUFFIX, stage_failure
 from .fresh_outputs import (
     OutputsError,
+    give_rights_back,
     make_fresh,
     output_holding,
     record,
@@ -354,6 +355,7 @@ class Experiment:
         """Before run `name`: the outputs moved aside (`fresh_outputs`; not for a Ray job, which runs in a
         copy of its own), then what the measured output holds (to tell what this run wrote)."""
         if self.backend is None:
+            give_rights_back(self.root, self.config.run_writes)
             make_fresh(self.root, list(self.config.writable), self.tag, name)
         spec = self.config.metric_measure
         return (

@@ -128,6 +128,15 @@ def give_owner_rights(path: Path) -> None:
         os.close(fd)
 
 
+def give_rights_back(root: Path, entries: list[str]) -> None:
+    """Before a run: its owner's rights on each folder a run may write (`writable` and `persistent` entries,
+    inside the project or not; their tops, not what is beneath: an output inside is emptied anyway). A folder
+    outside the project is never moved aside: one a run left without its rights would fail every later run."""
+    top = os.path.normpath(root)
+    for entry in entries:
+        give_owner_rights(Path(os.path.normpath(os.path.join(top, os.path.expanduser(entry)))))
+
+
 def _rename(source: Path, destination: Path) -> None:
     """Move `source` aside; a directory the run left without its owner's write right (which moving a directory
     to another folder needs, for its `..`) gets it back first."""
