@@ -71,3 +71,57 @@ async def test_a_run_id_typed_with_a_leading_zero_is_recorded_as_the_run_it_name
     assert rows["r3"].notes == ["typed with a zero"]
     nodes = {node["run_id"]: node for node in view.tree()["nodes"]}
     assert nodes["r3"]["depth"] == 2
+
+
+# What the agent may be told when start_session(tag=other) races its own one-call experiment: each names what
+# really happened. Before the fix the switch looked at the runs without the session's lock: it missed a run being
+# started and refused with "tracked files have uncommitted changes ... a person must commit or stash them" (the
+# candidate, committed in-process, differs from the index while it runs): advice that, followed, breaks the run.
+CLEAR_SWITCH_REFUSAL = "of session 'a' is"  # "run r2 of session 'a' is starting; finish it ..."
+CLEAR_RUN_REFUSALS = ("the first run of a session is the unmodified baseline", "was left for session 'b'")
+
+
+async def _race_a_switch_with_an_experiment(agent: Any, yields: int) -> tuple[Any, Any]:
+    """run_experiment(edits, decide) and start_session(tag='b') at once; the switch is sent after `yields` yields
+    to the other task (no wall-clock wait). Their answers."""
+    import anyio
+
+    answers: dict[str, Any] = {}
+
+    async def experiment() -> None:
+        edits = [{"old_text": "LR = 0.5", "new_text": "LR = 0.3"}]
+        args = {"description": "lower LR", "edits": edits, "decide": True}
+        answers["run"] = await agent.client.call_tool("run_experiment", args)
+
+    async def switch() -> None:
+        for _ in range(yields):
+            await anyio.sleep(0)
+        answers["switch"] = await agent.client.call_tool("start_session", {"tag": "b"})
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(experiment)
+        group.start_soon(switch)
+    return answers["run"], answers["switch"]
+
+
+async def test_start_session_racing_a_one_call_experiment_answers_what_happened(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    from .conftest import TRAIN_PY, git, make_repo
+
+    for trial in range(5):  # the race is won by either side; each trial yields a different number of times
+        root = make_repo(tmp_path / f"proj{trial}", {"train.py": TRAIN_PY, "prepare.py": "SEED = 1\n"})
+        async with agent_for(root) as agent:
+            await agent.ok("start_session", tag="a")
+            await agent.ok("run_experiment", description="baseline", decide=True)
+            run, switched = await _race_a_switch_with_an_experiment(agent, trial * 3)
+        if switched.is_error:  # the run won: it was made in session a, and decided there
+            assert CLEAR_SWITCH_REFUSAL in switched.content[0].text, switched.content[0].text
+            assert not run.is_error and run.structured_content["decided"]["decision"] == "keep"
+            assert git(root, "rev-parse", "--abbrev-ref", "HEAD").strip() == "autoresearch/a"
+        else:  # the switch won: nothing ran, nothing was written
+            assert run.is_error and any(s in run.content[0].text for s in CLEAR_RUN_REFUSALS), run.content[
+                0
+            ].text
+            assert git(root, "rev-parse", "--abbrev-ref", "HEAD").strip() == "autoresearch/b"
+        assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
