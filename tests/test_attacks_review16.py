@@ -125,3 +125,25 @@ async def test_start_session_racing_a_one_call_experiment_answers_what_happened(
             ].text
             assert git(root, "rev-parse", "--abbrev-ref", "HEAD").strip() == "autoresearch/b"
         assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="read_target cuts at whole lines: a first line longer than 100,000 characters gives empty content "
+    "(end_line = start_line - 1), so the agent can never read it. Proposed fix: when the slice's first line alone "
+    "exceeds the bound, return its first 100,000 characters with truncated=true and a `line_cut_at` (the "
+    "character where the next call may resume, a new `start_char` argument), or refuse with a message naming "
+    "the line and its length.",
+)
+async def test_a_target_whose_first_line_is_longer_than_the_view_can_still_be_read(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """A minified or generated target (a JSON config on one line), or one the agent wrote itself within the
+    4 MiB limit: read_target answered truncated, with no content and no way to page through it."""
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="oneline")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        long_line = "CONFIG = " + repr("x" * 150_000) + "\n"
+        await agent.ok("apply_edit", content=long_line + "print('val_bpb: 1.0')\n")
+        view = await agent.ok("read_target")
+        assert view["truncated"] and view["content"], view | {"content": view["content"][:40]}
