@@ -147,3 +147,21 @@ async def test_a_target_whose_first_line_is_longer_than_the_view_can_still_be_re
         await agent.ok("apply_edit", content=long_line + "print('val_bpb: 1.0')\n")
         view = await agent.ok("read_target")
         assert view["truncated"] and view["content"], view | {"content": view["content"][:40]}
+
+
+async def test_the_web_page_shows_a_run_that_waits_for_its_decision(ml_project: Path, agent_for: Any) -> None:
+    """Between a run's end and commit_or_reset (the three-call loop), the page's summary and its event stream
+    failed with AttributeError ('RunOutcome' object has no attribute 'get'): the page could not load, and its
+    live stream broke on every retry, until the run was decided."""
+    from mcp_autoresearch.readers.web.data import SessionView
+
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="waiting")
+        run = await agent.ok("run_experiment", description="baseline")
+        if run["status"] == "running":
+            run = await agent.until_done(run["run_id"])
+        view = SessionView(ml_project)
+        view.refresh()
+        (shown,) = view.live()["runs"]
+        assert shown["run_id"] == run["run_id"] and shown["phase"] == "finished"
+        assert shown["result_status"] == "ok" and shown["value"] == run["value"]
