@@ -20,7 +20,7 @@ from ..models import BranchResult
 from ..names import SESSION_REFS
 from ..records.atomic import atomic_write, read_regular
 from ..records.state import Best, DecisionRecord, Pending, RunOutcome, server_dir
-from ..session.context import SessionCore, normal_run_id
+from ..session.context import SessionCore, logged_run_id
 from ..setup.single_file import sha256_bytes
 from ..vcs.checkouts import merge_file
 
@@ -220,7 +220,7 @@ class Brancher:
     def branch_from(self, run_id: str) -> BranchResult:
         core = self.core
         with core.lock:
-            run_id = normal_run_id(run_id)
+            run_id = logged_run_id(core.journal, run_id)
             self._check_free()
             commit = node_commit(core, run_id)
             aside = self._put(core.repo.show_file(commit, core.target_repo_path), commit)
@@ -230,7 +230,7 @@ class Brancher:
     def combine(self, run_a: str, run_b: str) -> BranchResult:
         core = self.core
         with core.lock:
-            run_a, run_b = normal_run_id(run_a), normal_run_id(run_b)
+            run_a, run_b = logged_run_id(core.journal, run_a), logged_run_id(core.journal, run_b)
             if run_a == run_b:
                 raise RuleViolation("combine needs two different runs")
             self._check_free()

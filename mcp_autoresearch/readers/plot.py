@@ -86,6 +86,7 @@ def render_png(rows: list[Row], metric: str, direction: str, title: str | None =
                     fontsize=7,
                     rotation=20,
                     color="#1a5e1a",
+                    parse_math=False,  # the agent's text: a '$' is a dollar, never TeX (unbalanced TeX raised)
                 )
         if drawn.crashed:  # no value to place them by: marks along the bottom edge, in the axes' own height
             ax.scatter(
@@ -100,11 +101,12 @@ def render_png(rows: list[Row], metric: str, direction: str, title: str | None =
             )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("experiment # (1 = the baseline)")
-        ax.set_ylabel(f"{metric} ({'lower' if lower else 'higher'} is better)")
+        ax.set_ylabel(f"{metric} ({'lower' if lower else 'higher'} is better)", parse_math=False)
         ax.set_title(
             title
             or f"autoresearch progress: {len(rows)} experiments, {len(drawn.kept)} kept, "
-            f"{len(drawn.crashed)} crashed"
+            f"{len(drawn.crashed)} crashed",
+            parse_math=False,
         )
         ax.grid(alpha=0.3)
         if drawn.discarded or drawn.kept or drawn.crashed:

@@ -53,3 +53,11 @@ def normal_run_id(run_id: str) -> str:
     """Run ids as the agent may type them: '3' is 'r3'."""
     run_id = str(run_id).strip()
     return f"r{run_id}" if run_id.isascii() and run_id.isdigit() else run_id
+
+
+def logged_run_id(journal: Journal, run_id: str) -> str:
+    """`normal_run_id`, then spelled as its row logged it ('r03' finds r3, and is r3): a record the server writes
+    (a parent, a note) names a logged run only as the JSONL's readers know it (the web page matches ids as text)."""
+    run_id = normal_run_id(run_id)
+    index = journal.index_of(run_id)
+    return run_id if index is None else journal.run_id_at(index)

@@ -25,7 +25,7 @@ from ..records.tree import journal_tree, stall_after_of
 from ..records.tree_view import TreeView, tree_view
 from ..sandbox.caches import describe as describe_caches
 from ..statuses import DECISIONS, FILTERS, UNFINISHED
-from .context import SessionCore, normal_run_id
+from .context import SessionCore, logged_run_id, normal_run_id
 
 MAX_NOTES = 4000  # characters of one log_result call's notes
 MAX_RUN_NOTES = 10  # notes one experiment can hold
@@ -257,7 +257,7 @@ class Views:
         core = self.core
         with core.lock:
             core.own.guard()
-            run_id = normal_run_id(run_id)
+            run_id = logged_run_id(core.journal, run_id)
             notes = (notes or "").strip()
             if not notes:
                 raise RuleViolation("notes are empty; write the hypothesis and what the result taught you")

@@ -99,6 +99,7 @@ class Session:
         self.lock = threading.RLock()
         self.public_copy = PublicCopy()
         self.resumed = False
+        self.replaced_by: str | None = None  # why a call still holding it is refused: another session is open
         self.recovered: list[str] = []
         self.isolation = probe_isolation(self.config.isolation, self.config.network)
         self.own = OwnFiles(root, state.tag, journal, self.config.jsonl_path, self.save, self.recovered)
@@ -308,6 +309,8 @@ class Session:
         return self.state.best.commit if self.state.best else self.state.base_commit
 
     def check_head(self) -> None:
+        if self.replaced_by is not None:  # start_session opened another session while this call was made
+            raise SessionError(self.replaced_by)
         branch = self.repo.current_branch()
         if branch != self.state.branch:
             raise SessionError(

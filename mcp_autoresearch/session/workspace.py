@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -97,34 +98,46 @@ class Workspace:
         return stored_briefing(self.root, tag) if tag is not None else None
 
     def start_session(self, tag: str | None = None, budget: dict[str, Any] | None = None) -> StartResult:
-        """Open (create or resume) a session; `budget`: start_session's max_experiments and max_hours."""
+        """Open (create or resume) a session; `budget`: start_session's max_experiments and max_hours. The
+        session open now is held meanwhile (its lock): a step of it under way (an edit, a run being started) ends
+        before its runs are looked at, so a run it starts is seen, and refuses the switch."""
         with self._lock:
-            if tag is None:
-                tag = current_session(self.root)  # None: today's session (see Session.open)
-            if self._session is not None:
-                if tag is None or tag == self._session.state.tag:
-                    self._session.settle_budget(budget or {})
-                    return self._session.describe(resumed=True)
-                pending = self._session.state.pending or next(iter(self._session.state.inflight), None)
-                if pending is not None:
-                    raise SessionError(
-                        f"run {pending.run_id} of session '{self._session.state.tag}' is {pending.phase}; "
-                        f"finish it (wait_experiment, commit_or_reset) before starting another session"
-                    )
-            project = self.load()
-            config = project.config
-            missing = [k for k in ("target_file", "run_command", "metric_name") if getattr(config, k) is None]
-            if missing:
-                raise ConfigError(f"cannot start: {', '.join(missing)} unknown. {project.info.message}")
-            repo = Repo(self.root)
-            if not repo.has_commits():
+            current = self._session
+            with current.lock if current is not None else nullcontext():
+                return self._start_session(tag, budget)
+
+    def _start_session(self, tag: str | None, budget: dict[str, Any] | None) -> StartResult:
+        if tag is None:
+            tag = current_session(self.root)  # None: today's session (see Session.open)
+        if self._session is not None:
+            if tag is None or tag == self._session.state.tag:
+                self._session.settle_budget(budget or {})
+                return self._session.describe(resumed=True)
+            pending = self._session.state.pending or next(iter(self._session.state.inflight), None)
+            if pending is not None:
                 raise SessionError(
-                    "the repository has no commits yet; a person must commit the project first (git add, git commit)"
+                    f"run {pending.run_id} of session '{self._session.state.tag}' is {pending.phase}; "
+                    f"finish it (wait_experiment, commit_or_reset) before starting another session"
                 )
-            self._project_lock.acquire()
-            session = Session.open(self.root, project, repo, tag, budget)
-            self._session = session
-            return session.describe(resumed=session.resumed)
+        project = self.load()
+        config = project.config
+        missing = [k for k in ("target_file", "run_command", "metric_name") if getattr(config, k) is None]
+        if missing:
+            raise ConfigError(f"cannot start: {', '.join(missing)} unknown. {project.info.message}")
+        repo = Repo(self.root)
+        if not repo.has_commits():
+            raise SessionError(
+                "the repository has no commits yet; a person must commit the project first (git add, git commit)"
+            )
+        self._project_lock.acquire()
+        session = Session.open(self.root, project, repo, tag, budget)
+        if self._session is not None:  # a call that took it before the switch is refused, never run there
+            self._session.replaced_by = (
+                f"session '{self._session.state.tag}' was left for session '{session.state.tag}' (start_session) "
+                "while this call was made; nothing was done: call again, it goes to the current session"
+            )
+        self._session = session
+        return session.describe(resumed=session.resumed)
 
     def interrupt(self) -> None:
         """The server is leaving (SIGTERM): a stage running inside a call is cancelled at once, so that the

@@ -348,7 +348,7 @@ class SessionView:
         for pending in self._pending():
             started = _when(pending.started_at)
             log = self._log_of(pending.run_id)
-            result = pending.result or {}
+            result = pending.result.model_dump() if pending.result is not None else {}  # a model, not a dict
             out.append(
                 {
                     "run_id": pending.run_id,

@@ -1,0 +1,167 @@
+"""Review 16: the agent's own attacks, through its tool calls (a hostile or sloppy LLM wanting a better table), and
+on the viewers that show what it wrote. Each test here failed before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcp_autoresearch.readers.plot import plotting_available
+
+from .conftest import run_cli
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.skipif(not plotting_available(), reason="the plot extra (matplotlib) is not installed")
+async def test_a_description_with_dollar_signs_never_breaks_the_plot(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """matplotlib reads text between two '$' as TeX: a kept run's description such as `lr $\\frac{$` (or any
+    unbalanced TeX) made `mcp-autoresearch plot` fail with a traceback, and `cost $5 to $10` was drawn as math.
+    The agent's text is drawn as it is."""
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="dollars")
+        run = await agent.ok(
+            "run_experiment", description="baseline lr $\\frac{$ cost $5 to $10", decide=True
+        )
+        assert run["decided"]["decision"] == "keep"
+    out = ml_project.parent / "progress.png"
+    plot = run_cli("plot", "--project", str(ml_project), "--out", str(out))
+    assert plot.returncode == 0, plot.stderr
+    assert "Traceback" not in plot.stderr
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+async def test_a_run_id_typed_with_a_leading_zero_is_recorded_as_the_run_it_names(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """`branch_from('r02')` and `log_result('r03', ...)` found runs r2 and r3 (the number is read), but the records
+    kept the agent's spelling: the JSONL named the parent `r02` and the notes' run `r03`. The server's own tree
+    read them back by number, but the web page (and any reader of the JSONL) did not: r3 was drawn as a second
+    root and its note was lost. Every record names a run as it was logged."""
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="zeros")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        worse = [{"old_text": "LR = 0.5", "new_text": "LR = 0.9"}]
+        await agent.ok("run_experiment", description="worse", edits=worse, decide=True)
+        branched = await agent.ok("branch_from", run_id="r02")
+        assert branched["parent"] == "r2"
+        closer = [{"old_text": "LR = 0.9", "new_text": "LR = 0.8"}]
+        run = await agent.ok("run_experiment", description="from r2", edits=closer, decide=True)
+        assert run["run_id"] == "r3" and run["decided"]["parent"] == "r2"
+        noted = await agent.ok("log_result", run_id="r03", notes="typed with a zero")
+        assert noted["run_id"] == "r3"
+        await agent.ok("branch_from", run_id="r01")
+        wider = [{"old_text": "peak_vram_mb: 512.0", "new_text": "peak_vram_mb: 256.0"}]
+        await agent.ok("run_experiment", description="less memory", edits=wider, decide=True)
+        combined = await agent.ok("combine", run_a="r004", run_b="r03")
+        assert set(combined["combined"]) == {"r3", "r4"}
+        run = await agent.ok("run_experiment", description="both", decide=True)
+        assert sorted(run["decided"].get("combined") or []) in ([], ["r3", "r4"])
+
+    from mcp_autoresearch.readers.web.data import SessionView
+
+    view = SessionView(ml_project)
+    view.refresh()
+    rows = {row.run_id: row for row in view.rows}
+    assert rows["r3"].parent == "r2"
+    assert rows["r3"].notes == ["typed with a zero"]
+    nodes = {node["run_id"]: node for node in view.tree()["nodes"]}
+    assert nodes["r3"]["depth"] == 2
+
+
+# What the agent may be told when start_session(tag=other) races its own one-call experiment: each names what
+# really happened. Before the fix the switch looked at the runs without the session's lock: it missed a run being
+# started and refused with "tracked files have uncommitted changes ... a person must commit or stash them" (the
+# candidate, committed in-process, differs from the index while it runs): advice that, followed, breaks the run.
+CLEAR_SWITCH_REFUSAL = "of session 'a' is"  # "run r2 of session 'a' is starting; finish it ..."
+CLEAR_RUN_REFUSALS = ("the first run of a session is the unmodified baseline", "was left for session 'b'")
+
+
+async def _race_a_switch_with_an_experiment(agent: Any, yields: int) -> tuple[Any, Any]:
+    """run_experiment(edits, decide) and start_session(tag='b') at once; the switch is sent after `yields` yields
+    to the other task (no wall-clock wait). Their answers."""
+    import anyio
+
+    answers: dict[str, Any] = {}
+
+    async def experiment() -> None:
+        edits = [{"old_text": "LR = 0.5", "new_text": "LR = 0.3"}]
+        args = {"description": "lower LR", "edits": edits, "decide": True}
+        answers["run"] = await agent.client.call_tool("run_experiment", args)
+
+    async def switch() -> None:
+        for _ in range(yields):
+            await anyio.sleep(0)
+        answers["switch"] = await agent.client.call_tool("start_session", {"tag": "b"})
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(experiment)
+        group.start_soon(switch)
+    return answers["run"], answers["switch"]
+
+
+async def test_start_session_racing_a_one_call_experiment_answers_what_happened(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    from .conftest import TRAIN_PY, git, make_repo
+
+    for trial in range(5):  # the race is won by either side; each trial yields a different number of times
+        root = make_repo(tmp_path / f"proj{trial}", {"train.py": TRAIN_PY, "prepare.py": "SEED = 1\n"})
+        async with agent_for(root) as agent:
+            await agent.ok("start_session", tag="a")
+            await agent.ok("run_experiment", description="baseline", decide=True)
+            run, switched = await _race_a_switch_with_an_experiment(agent, trial * 3)
+        if switched.is_error:  # the run won: it was made in session a, and decided there
+            assert CLEAR_SWITCH_REFUSAL in switched.content[0].text, switched.content[0].text
+            assert not run.is_error and run.structured_content["decided"]["decision"] == "keep"
+            assert git(root, "rev-parse", "--abbrev-ref", "HEAD").strip() == "autoresearch/a"
+        else:  # the switch won: nothing ran, nothing was written
+            assert run.is_error and any(s in run.content[0].text for s in CLEAR_RUN_REFUSALS), run.content[
+                0
+            ].text
+            assert git(root, "rev-parse", "--abbrev-ref", "HEAD").strip() == "autoresearch/b"
+        assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="read_target cuts at whole lines: a first line longer than 100,000 characters gives empty content "
+    "(end_line = start_line - 1), so the agent can never read it. Proposed fix: when the slice's first line alone "
+    "exceeds the bound, return its first 100,000 characters with truncated=true and a `line_cut_at` (the "
+    "character where the next call may resume, a new `start_char` argument), or refuse with a message naming "
+    "the line and its length.",
+)
+async def test_a_target_whose_first_line_is_longer_than_the_view_can_still_be_read(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """A minified or generated target (a JSON config on one line), or one the agent wrote itself within the
+    4 MiB limit: read_target answered truncated, with no content and no way to page through it."""
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="oneline")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        long_line = "CONFIG = " + repr("x" * 150_000) + "\n"
+        await agent.ok("apply_edit", content=long_line + "print('val_bpb: 1.0')\n")
+        view = await agent.ok("read_target")
+        assert view["truncated"] and view["content"], view | {"content": view["content"][:40]}
+
+
+async def test_the_web_page_shows_a_run_that_waits_for_its_decision(ml_project: Path, agent_for: Any) -> None:
+    """Between a run's end and commit_or_reset (the three-call loop), the page's summary and its event stream
+    failed with AttributeError ('RunOutcome' object has no attribute 'get'): the page could not load, and its
+    live stream broke on every retry, until the run was decided."""
+    from mcp_autoresearch.readers.web.data import SessionView
+
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="waiting")
+        run = await agent.ok("run_experiment", description="baseline")
+        if run["status"] == "running":
+            run = await agent.until_done(run["run_id"])
+        view = SessionView(ml_project)
+        view.refresh()
+        (shown,) = view.live()["runs"]
+        assert shown["run_id"] == run["run_id"] and shown["phase"] == "finished"
+        assert shown["result_status"] == "ok" and shown["value"] == run["value"]
