@@ -63,6 +63,11 @@ class TargetView(BaseModel):
     start_line: int
     end_line: int
     truncated: bool = Field(False, description="True when the range was cut to keep the answer small.")
+    line_cut: bool | None = Field(
+        None,
+        description="True: the range's first line alone is longer than an answer holds; content is its "
+        "beginning only (quote a part of it as apply_edit's old_text to change it).",
+    )
 
 
 class EditResult(BaseModel):

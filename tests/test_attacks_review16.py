@@ -127,14 +127,6 @@ async def test_start_session_racing_a_one_call_experiment_answers_what_happened(
         assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="read_target cuts at whole lines: a first line longer than 100,000 characters gives empty content "
-    "(end_line = start_line - 1), so the agent can never read it. Proposed fix: when the slice's first line alone "
-    "exceeds the bound, return its first 100,000 characters with truncated=true and a `line_cut_at` (the "
-    "character where the next call may resume, a new `start_char` argument), or refuse with a message naming "
-    "the line and its length.",
-)
 async def test_a_target_whose_first_line_is_longer_than_the_view_can_still_be_read(
     ml_project: Path, agent_for: Any
 ) -> None:
@@ -146,7 +138,14 @@ async def test_a_target_whose_first_line_is_longer_than_the_view_can_still_be_re
         long_line = "CONFIG = " + repr("x" * 150_000) + "\n"
         await agent.ok("apply_edit", content=long_line + "print('val_bpb: 1.0')\n")
         view = await agent.ok("read_target")
-        assert view["truncated"] and view["content"], view | {"content": view["content"][:40]}
+        assert view["truncated"] and view["line_cut"] and view["content"], view | {
+            "content": view["content"][:40]
+        }
+        assert view["content"].startswith("CONFIG = 'xxx") and view["start_line"] == view["end_line"] == 1
+        rest = await agent.ok("read_target", start_line=2)  # the next line reads whole
+        assert rest["content"] == "print('val_bpb: 1.0')\n" and not rest["truncated"], rest
+        # A part of the line it saw is enough to change it.
+        await agent.ok("apply_edit", edits=[{"old_text": "CONFIG = 'xxx", "new_text": "CONFIG = 'yyy"}])
 
 
 async def test_the_web_page_shows_a_run_that_waits_for_its_decision(ml_project: Path, agent_for: Any) -> None:

@@ -66,12 +66,14 @@ class Editor:
             raise RuleViolation(f"line range {start}-{end} is outside the file (1-{total})")
         end = min(end, total)
         content = "".join(lines[start - 1 : end])
-        truncated = False
+        truncated, line_cut = False, None
         if len(content) > MAX_VIEW_CHARS:
             cut = content[:MAX_VIEW_CHARS]
             end = start + cut.count("\n") - 1
             content = "".join(lines[start - 1 : end])
             truncated = True
+            if end < start:  # the first line alone is longer: its beginning, said so (never an empty answer)
+                content, end, line_cut = cut, start, True
         return TargetView(
             path=self.core.target_rel,
             content=content,
@@ -80,6 +82,7 @@ class Editor:
             start_line=start,
             end_line=end,
             truncated=truncated,
+            line_cut=line_cut,
         )
 
     def apply_edit(
