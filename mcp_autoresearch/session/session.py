@@ -56,7 +56,7 @@ from ..records.state import (
     write_public,
 )
 from ..sandbox.policy import probe_isolation
-from ..setup.config import FROZEN_KEYS, Config
+from ..setup.config import FROZEN_KEYS
 from ..setup.project import Project, integrity_refusal
 from ..setup.single_file import changed_fingerprints, fingerprint_files, new_files
 from ..setup.stage_config import refuse_unhidable
@@ -216,7 +216,7 @@ class Session:
             metric_name=config.metric_name,
             metric_direction=config.metric_direction,
             readonly_hashes=fingerprint_files(root, list(config.readonly_files)),
-            rules=_rules_of(config),
+            rules=config.frozen_rules(),
             hidden_paths=repo.hidden_tracked_files(),
         )
         server_dir(root)
@@ -244,7 +244,7 @@ class Session:
     ) -> Session:
         config = project.config
         state = record.state
-        now = _rules_of(config)
+        now = config.frozen_rules()
         changed = [key for key in FROZEN_KEYS if state.rules.get(key, now[key]) != now[key]]
         if config.target_file != state.target_file:
             changed.insert(0, "target_file")
@@ -497,7 +497,3 @@ class Session:
     def interrupt(self) -> None:
         """The server is leaving: what runs inside a call (the holdout) is cancelled now, without a lock."""
         self.runs.interrupt("the server was stopped")
-
-
-def _rules_of(config: Config) -> dict[str, Any]:
-    return {key: getattr(config, key) for key in FROZEN_KEYS}

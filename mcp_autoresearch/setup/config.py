@@ -424,6 +424,10 @@ class Config(BaseModel):
     ray_num_cpus: float | None = None
     ray_num_gpus: float | None = None
 
+    def frozen_rules(self) -> dict[str, Any]:
+        """The settings a session freezes for its life (`FROZEN_KEYS`), as its record keeps them."""
+        return {key: getattr(self, key) for key in FROZEN_KEYS}
+
     @property
     def run_writes(self) -> list[str]:
         """Every entry a run may write: the `writable` outputs, then the `persistent` caches."""
