@@ -523,3 +523,16 @@ async def test_a_run_a_client_gave_up_on_waits_for_its_decision_across_a_shutdow
         assert row is not None and row.run_status == "cancelled", row
     finally:
         resumed.shutdown()
+
+
+def test_a_writable_entry_of_the_work_tree_by_its_full_path_is_refused_with_slots(tmp_path: Path) -> None:
+    """With slots each run writes its own checkout's copy of an output: `writable = ["/abs/proj/out"]` named the
+    work tree's `out/` in every slot (read-only there: every honest run failed). Refused, saying how to write it;
+    relative, it is accepted."""
+    from mcp_autoresearch.errors import ConfigError
+    from mcp_autoresearch.setup.project import load_project
+
+    root = project(tmp_path)
+    with pytest.raises(ConfigError, match=r"full path.*write it relative to the project \('out'\)"):
+        load_project(str(root), settings(writable=[str(root / "out")]))
+    assert load_project(str(root), settings(writable=["out"])).config.writable == ["out"]

@@ -46,6 +46,13 @@ def check_writable_for_slots(root: Path, entries: list[str]) -> None:
     home = slots_home()
     for entry in entries:
         path = Path(os.path.normpath(os.path.join(root, os.path.expanduser(entry))))
+        spelled = os.path.expanduser(entry)
+        if os.path.isabs(spelled) and _contains(Path(os.path.normpath(root)), path):
+            relative = path.relative_to(os.path.normpath(root)).as_posix()
+            raise ConfigError(
+                f"writable entry '{entry}' names a folder of your work tree by its full path: with slots, each "
+                f"slot's run writes its own checkout's copy of it; write it relative to the project ('{relative}')"
+            )
         for candidate in {path, path.resolve()}:
             if _contains(candidate, home) or _contains(home, candidate):
                 raise ConfigError(
