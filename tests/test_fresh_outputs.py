@@ -423,3 +423,36 @@ async def test_a_restarted_server_does_not_keep_the_last_runs_outputs_as_the_use
             assert not [n for n in names if n.startswith("found-before")], names
     assert [n for n in names if n.startswith("found-before")] == ["found-before-r4"], names
     assert (outputs / "found-before-r4" / "dist" / "mine.js").read_text() == "the user's\n"
+
+
+def test_an_earlier_runs_outputs_holding_a_read_only_folder_are_removed_by_an_ordinary_user() -> None:
+    """Only the previous run's outputs are kept; older ones are removed. One holding a folder without its owner's
+    write right (a run's chmod, or a tool's own: Go's module cache is read-only) stayed on disk for good when the
+    server is an ordinary user, as it usually is (root ignores the rights: run as one here when the tests are
+    root)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    user = 12345
+    base = Path(tempfile.mkdtemp(prefix="autoresearch-test-prune-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        old = base / "run-r1"
+        folder = old / "pkg" / "mod"
+        folder.mkdir(parents=True)
+        (folder / "file.go").write_text("package mod\n")
+        as_root = os.geteuid() == 0
+        if as_root:
+            for path in (base, old, old / "pkg", folder, folder / "file.go"):
+                os.chown(path, user, user)
+        os.chmod(folder, 0o555)
+        os.chmod(old / "pkg", 0o555)
+        remove = "import sys\nfrom mcp_autoresearch.lifecycle.fresh_outputs import remove_tree\nremove_tree(sys.argv[1])"
+        command = [sys.executable, "-c", remove, str(old)]
+        if as_root:
+            command = ["setpriv", "--reuid", str(user), "--regid", str(user), "--clear-groups", *command]
+        subprocess.run(command, check=True, capture_output=True)
+        assert not os.path.lexists(old), sorted(str(p) for p in old.rglob("*"))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -34,6 +34,7 @@ from ..errors import SessionError
 from ..measure.output_checks import Snapshot, link_on_the_way, snapshot, unsafe_output, walk_output
 from ..names import OUTPUTS_DIR, STATE_DIR
 from ..records.state import server_dir
+from ..sandbox.run_tmpdirs import give_tree_rights_back
 from ..setup.config import Config
 from ..setup.stage_config import hidden_paths
 
@@ -399,7 +400,16 @@ def _prune(root: Path, tag: str | None) -> None:
 
 def remove_tree(top: str) -> None:
     """`shutil.rmtree(top, ignore_errors=True)` with a stack of its own: a run may nest directories deeper than
-    Python's recursion limit. Links are removed, never followed; what cannot be removed stays."""
+    Python's recursion limit. Links are removed, never followed. A directory left without its owner's rights
+    (a run's, or a tool's: Go's module cache is read-only) gets them back, then the rest goes; what cannot be
+    removed even so stays."""
+    _remove_tree(top)
+    if os.path.lexists(top) and not os.path.islink(top):
+        give_tree_rights_back(top)
+        _remove_tree(top)
+
+
+def _remove_tree(top: str) -> None:
     pending = [(top, False)]
     while pending:
         path, emptied = pending.pop()

@@ -96,7 +96,7 @@ def remove(path: str) -> None:
     if os.path.lexists(
         path
     ):  # a directory the run made unwritable or unreadable: its rights back, then again
-        _give_rights_back(path)
+        give_tree_rights_back(path)
         _rmtree(path)
     if os.path.lexists(path):
         log.warning("could not remove the run's temporary directory %s", path)
@@ -116,7 +116,7 @@ def _rmtree(path: str) -> None:
             pass
 
 
-def _give_rights_back(path: str) -> None:
+def give_tree_rights_back(path: str) -> None:
     """Owner read, write and search on `path` and every directory below it, each opened without following a link
     (O_PATH, O_NOFOLLOW) and changed through that descriptor's /proc name: a link is never changed nor
     followed. Depth first with one directory open at a time (a run can make a tree deeper than the recursion and
