@@ -107,6 +107,20 @@ async def test_an_output_directory_whose_rights_the_run_took_away(
     assert decision["decision"] == "keep", decision
 
 
+def answering_in(scratch: Path, tmp_path: Path) -> Path:
+    """The evaluation stage's project, its objective writing its answer (5) to `scratch` outside the project, a
+    `writable` entry: the scorer reads it there."""
+    root = stage_project(tmp_path)
+    config = (root / "autoresearch.toml").read_text()
+    config = config.replace('writable = ["out"]', f'writable = ["out", "{scratch}"]')
+    config = config.replace("python3 objective.py > out/answer.txt", "python3 objective.py")
+    config = config.replace("scorer.py out/answer.txt", f"scorer.py {scratch}/answer.txt")
+    (root / "autoresearch.toml").write_text(config)
+    (root / "objective.py").write_text(f"X = 5\nopen({str(scratch / 'answer.txt')!r}, 'w').write(str(X))\n")
+    git(root, "commit", "-qam", "the objective writes its answer to a scratch folder outside the project")
+    return root
+
+
 async def test_an_output_outside_the_project_left_by_an_earlier_run(tmp_path: Path, agent_for) -> None:
     """Outputs inside the project are moved aside before every run, so a run that writes nothing is never
     measured on what an earlier run left. An output outside the project (a scratch folder in `writable`) is
@@ -115,16 +129,7 @@ async def test_an_output_outside_the_project_left_by_an_earlier_run(tmp_path: Pa
     is handed (named on its command line) must be this run's."""
     scratch = Path(tempfile.mkdtemp(prefix=".autoresearch-test-scratch-", dir=Path.home()))
     try:
-        root = stage_project(tmp_path)
-        config = (root / "autoresearch.toml").read_text()
-        config = config.replace('writable = ["out"]', f'writable = ["out", "{scratch}"]')
-        config = config.replace("python3 objective.py > out/answer.txt", "python3 objective.py")
-        config = config.replace("scorer.py out/answer.txt", f"scorer.py {scratch}/answer.txt")
-        (root / "autoresearch.toml").write_text(config)
-        (root / "objective.py").write_text(
-            f"X = 5\nopen({str(scratch / 'answer.txt')!r}, 'w').write(str(X))\n"
-        )
-        git(root, "commit", "-qam", "the objective writes its answer to a scratch folder outside the project")
+        root = answering_in(scratch, tmp_path)
         async with agent_for(root) as agent:
             await agent.ok("start_session")
             _, base = await agent.experiment("baseline")
@@ -145,15 +150,8 @@ async def test_a_scratch_folder_outside_the_project_whose_rights_the_run_took_aw
     starts with its owner's rights on each folder it may write, inside the project or not."""
     scratch = Path(tempfile.mkdtemp(prefix=".autoresearch-test-scratch-", dir=Path.home()))
     try:
-        root = stage_project(tmp_path)
-        config = (root / "autoresearch.toml").read_text()
-        config = config.replace('writable = ["out"]', f'writable = ["out", "{scratch}"]')
-        config = config.replace("python3 objective.py > out/answer.txt", "python3 objective.py")
-        config = config.replace("scorer.py out/answer.txt", f"scorer.py {scratch}/answer.txt")
-        (root / "autoresearch.toml").write_text(config)
+        root = answering_in(scratch, tmp_path)
         answer = str(scratch / "answer.txt")
-        (root / "objective.py").write_text(f"X = 5\nopen({answer!r}, 'w').write(str(X))\n")
-        git(root, "commit", "-qam", "the objective writes its answer to a scratch folder outside the project")
         async with agent_for(root) as agent:
             await agent.ok("start_session")
             _, base = await agent.experiment("baseline")
