@@ -31,7 +31,14 @@ import threading
 from pathlib import Path
 
 from ..errors import SessionError
-from ..measure.output_checks import Snapshot, link_on_the_way, snapshot, unsafe_output, walk_output
+from ..measure.output_checks import (
+    Snapshot,
+    leads_through_proc,
+    link_on_the_way,
+    snapshot,
+    unsafe_output,
+    walk_output,
+)
 from ..names import OUTPUTS_DIR, STATE_DIR
 from ..records.state import server_dir
 from ..sandbox.run_tmpdirs import give_tree_rights_back
@@ -111,12 +118,13 @@ def make_fresh(root: Path, entries: list[str], tag: str | None, run_id: str) -> 
     return moved
 
 
-def give_owner_rights(path: Path) -> None:
+def give_owner_rights(path: Path, below: Path | None = None) -> None:
     """Owner read, write and search on the directory `path` (opened without following a link), where a run took
     any of them away: the run may change the rights of its own output directory, and one left unwritable makes
-    every later run fail to write its output. Nothing else of the mode changes."""
+    every later run fail to write its output. Nothing else of the mode changes. `below`: a folder holding `path`
+    that runs may write: no component beneath it is followed either (a run may replace one by a link)."""
     try:
-        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = _open_below(path, below)
     except OSError:
         return
     try:
@@ -134,8 +142,27 @@ def give_rights_back(root: Path, entries: list[str]) -> None:
     inside the project or not; their tops, not what is beneath: an output inside is emptied anyway). A folder
     outside the project is never moved aside: one a run left without its rights would fail every later run."""
     top = os.path.normpath(root)
-    for entry in entries:
-        give_owner_rights(Path(os.path.normpath(os.path.join(top, os.path.expanduser(entry)))))
+    paths = [os.path.normpath(os.path.join(top, os.path.expanduser(entry))) for entry in entries]
+    for path in paths:
+        above = [other for other in paths if path.startswith(other.rstrip(os.sep) + os.sep)]
+        give_owner_rights(Path(path), Path(min(above, key=len)) if above else None)
+
+
+def _open_below(path: Path, below: Path | None) -> int:
+    """`path` opened as a directory (O_PATH), no link followed at its last component, nor at any beneath `below`."""
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+    if below is None:
+        return os.open(path, flags)
+    fd = os.open(below, flags)
+    try:
+        for part in path.relative_to(below).parts:
+            child = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _rename(source: Path, destination: Path) -> None:
@@ -365,6 +392,11 @@ def link_into_hidden(root: Path, entries: list[str], hidden: tuple[str, ...] | l
             if not stat.S_ISLNK(st.st_mode):
                 continue
             link = os.path.join(path, name)
+            if leads_through_proc(link):
+                return (
+                    f"'{link}' is a symbolic link through /proc: it leads elsewhere for each process (the "
+                    "evaluation could read hidden data through it)"
+                )
             leads = os.path.realpath(link)
             if any(_overlaps(leads, data) for data in covered):
                 return (

@@ -157,3 +157,37 @@ def link_on_the_way(root: Path, relative: str) -> str | None:
         if current.is_symlink():
             return str(current.relative_to(root))
     return None
+
+
+# Where a path leads differently for each process that reads it (`/proc/self/cwd`, `/dev/fd/3`, ...).
+PROCESS_OWN = "/proc"
+MAX_LINKS = 40  # as the kernel's own bound: a longer chain (a loop) is refused, not followed
+
+
+def leads_through_proc(link: str) -> bool:
+    """Whether the symbolic link `link` is resolved through /proc (each link on its way followed as the kernel
+    would): where it leads then depends on the process that opens it (`/proc/self/cwd/...` is the server's working
+    directory to the server and the project to an evaluation started there), so no check made by the server
+    says what another process reads through it. A chain too long to follow counts as such a link."""
+    resolved, pending, followed = "/", os.path.abspath(link).split(os.sep), 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            resolved = os.path.dirname(resolved)
+            continue
+        candidate = os.path.join(resolved, part)
+        if candidate == PROCESS_OWN or candidate.startswith(PROCESS_OWN + os.sep):
+            return True
+        try:
+            target = os.readlink(candidate)
+        except OSError:  # not a link (or missing): the path goes on from there
+            resolved = candidate
+            continue
+        followed += 1
+        if followed > MAX_LINKS:
+            return True
+        pending = target.split(os.sep) + pending
+        resolved = "/" if target.startswith(os.sep) else resolved
+    return False

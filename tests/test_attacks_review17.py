@@ -1,0 +1,102 @@
+"""Review 17: attacks on the day's change (fresh outputs known across restarts, owner rights given back before a
+run, the checks of outputs outside the project, slots' writable entries), as the target's code would make them:
+each a real run through the real server (the MCP client) in the real sandbox. Each test here failed before its
+fix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from mcp_autoresearch.sandbox.policy import probe_isolation
+
+from .conftest import git
+from .helpers.needs import require
+from .test_eval_stage import candidate
+from .test_eval_stage import project as stage_project
+
+pytestmark = pytest.mark.anyio
+
+ISOLATION = probe_isolation("auto")
+
+
+async def test_a_link_planted_above_a_nested_entry_never_has_the_server_chmod_a_folder_elsewhere(
+    tmp_path: Path, agent_for
+) -> None:
+    """Before every run the server gives its owner's rights back on each `writable` and `persistent` folder
+    (`give_rights_back`). An entry beneath another one (`out/tool/cache` below the output `out`) lies in a folder
+    the run may write: the run replaces `out/tool` by a link to a folder of the user's, and the server, opening
+    the entry without following a link at its last component only, went through it and made the user's
+    read-only `cache` writable (0o555 -> 0o755). Nothing above an entry that a run may write is followed."""
+    victim = tmp_path / "mine"
+    (victim / "cache").mkdir(parents=True)
+    (victim / "cache" / "data.txt").write_text("the user's, kept read-only on purpose\n")
+    os.chmod(victim / "cache", 0o555)
+    root = stage_project(tmp_path, 'persistent = ["out/tool/cache"]\n')
+    code = f"""
+    import os
+    os.symlink({str(victim)!r}, "out/tool")
+    """
+    try:
+        async with agent_for(root) as agent:
+            await candidate(agent, code)
+            await agent.ok("apply_edit", content="X = 3\nprint(X)\n")
+            after, _ = await agent.experiment("any later run")
+        assert after["status"] == "ok", after
+        assert stat.S_IMODE(os.stat(victim / "cache").st_mode) == 0o555
+    finally:
+        os.chmod(victim / "cache", 0o755)
+
+
+# The scorer reads the answer where the objective leaves it (a scratch folder outside the project, named in the
+# scorer, not on the evaluation's command line) and compares it with the hidden key (3): lower is better.
+PATH_SCORER = """\
+key = float(open("key.txt").read())
+print(f"score: {{abs(key - float(open({answer!r}).read().split()[0])):.6f}}")
+"""
+
+
+@pytest.mark.parametrize(
+    "leads", ["/proc/self/cwd/key.txt", "/proc/thread-self/cwd/key.txt"], ids=["self", "thread-self"]
+)
+async def test_a_link_to_hidden_data_through_the_evaluations_own_working_directory(
+    tmp_path: Path, agent_for, leads: str
+) -> None:
+    """A link to hidden data left in a writable folder outside the project is refused before the evaluation
+    (`link_into_hidden`, review 15): the server resolves the link and compares where it leads with the hidden
+    paths. A link through `/proc/self/cwd` leads to a different place for each process: the server resolved it
+    through its own working directory (any folder but the project's), the scorer, started in the project, reads
+    the hidden key through it and scores the key as the run's answer: perfect. A link through /proc is refused."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    scratch = Path(tempfile.mkdtemp(prefix=".autoresearch-test-scratch-", dir=Path.home()))
+    answer = str(scratch / "answer.txt")
+    try:
+        root = stage_project(tmp_path, 'hidden = ["key.txt"]\n', scorer=PATH_SCORER.format(answer=answer))
+        config = (root / "autoresearch.toml").read_text()
+        config = config.replace('writable = ["out"]', f'writable = ["out", "{scratch}"]')
+        config = config.replace("python3 objective.py > out/answer.txt", "python3 objective.py")
+        config = config.replace("scorer.py out/answer.txt", "scorer.py")
+        (root / "autoresearch.toml").write_text(config)
+        (root / "objective.py").write_text(f"X = 5\nopen({answer!r}, 'w').write(str(X))\n")
+        git(root, "commit", "-qam", "the answer goes to a scratch folder the scorer knows")
+        (root / "key.txt").write_text("3\n")
+        assert os.getcwd() != str(
+            root
+        )  # (the server runs in this process: its working directory is elsewhere)
+        async with agent_for(root) as agent:
+            await agent.ok("start_session")
+            _, base = await agent.experiment("baseline")
+            assert base["decision"] == "keep", base
+            await agent.ok(
+                "apply_edit", content=f"import os\nos.unlink({answer!r})\nos.symlink({leads!r}, {answer!r})\n"
+            )
+            run, decision = await agent.experiment("the key as the answer")
+        assert run["value"] != 0.0, (run, decision)
+        assert run["status"] == "metric_error" and "answer.txt" in run["error"], run
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
