@@ -100,3 +100,22 @@ async def test_a_link_to_hidden_data_through_the_evaluations_own_working_directo
         assert run["status"] == "metric_error" and "answer.txt" in run["error"], run
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_a_writable_entry_of_the_work_tree_by_a_linked_full_path_is_refused_with_slots(
+    tmp_path: Path,
+) -> None:
+    """With slots a `writable` entry naming the work tree's folder by its full path is refused (every slot's run
+    was handed the work tree's `out/`, read-only there): spelt through a link to the project (a home folder
+    reached through a link, say), it was accepted, and every honest run failed as before."""
+    from mcp_autoresearch.errors import ConfigError
+    from mcp_autoresearch.setup.project import load_project
+
+    from .test_slots import project as slots_project
+    from .test_slots import settings
+
+    root = slots_project(tmp_path)
+    linked = tmp_path / "linked"
+    linked.symlink_to(root, target_is_directory=True)
+    with pytest.raises(ConfigError, match=r"full path.*write it relative to the project \('out'\)"):
+        load_project(str(root), settings(writable=[str(linked / "out")]))

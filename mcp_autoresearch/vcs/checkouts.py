@@ -47,8 +47,9 @@ def check_writable_for_slots(root: Path, entries: list[str]) -> None:
     for entry in entries:
         path = Path(os.path.normpath(os.path.join(root, os.path.expanduser(entry))))
         spelled = os.path.expanduser(entry)
-        if os.path.isabs(spelled) and _contains(Path(os.path.normpath(root)), path):
-            relative = path.relative_to(os.path.normpath(root)).as_posix()
+        tree = next(((top, found) for top, found in _spellings(root, path) if _contains(top, found)), None)
+        if os.path.isabs(spelled) and tree is not None:
+            relative = tree[1].relative_to(tree[0]).as_posix()
             raise ConfigError(
                 f"writable entry '{entry}' names a folder of your work tree by its full path: with slots, each "
                 f"slot's run writes its own checkout's copy of it; write it relative to the project ('{relative}')"
@@ -349,6 +350,15 @@ def merge_target(base: bytes, ours: bytes, theirs: bytes) -> bytes | None:
     if done.returncode != 0:  # the number of conflicts, or an error
         return None
     return done.stdout
+
+
+def _spellings(root: Path, path: Path) -> list[tuple[Path, Path]]:
+    """The work tree and an entry's path as written, then both with their links resolved (an entry may reach the
+    work tree through a link, or the work tree be named through one)."""
+    return [
+        (Path(os.path.normpath(root)), path),
+        (Path(os.path.realpath(root)), Path(os.path.realpath(path))),
+    ]
 
 
 def _contains(outer: Path, inner: Path) -> bool:
