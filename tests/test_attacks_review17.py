@@ -119,3 +119,39 @@ def test_a_writable_entry_of_the_work_tree_by_a_linked_full_path_is_refused_with
     linked.symlink_to(root, target_is_directory=True)
     with pytest.raises(ConfigError, match=r"full path.*write it relative to the project \('out'\)"):
         load_project(str(root), settings(writable=[str(linked / "out")]))
+
+
+STDIN_SCORER = """\
+import sys
+print(f"score: {float(sys.stdin.read().split()[0]):.6f}")
+"""
+
+
+async def test_an_output_outside_the_project_handed_to_the_scorer_by_a_redirection(
+    tmp_path: Path, agent_for
+) -> None:
+    """What the evaluation's command names beneath a writable folder outside the project must be this run's
+    (review 15: a candidate that computed nothing was scored on the best's answer still lying there). The words of
+    the command are read as paths: `scorer.py <{scratch}/answer.txt` (a redirection written without a space) named
+    `<{scratch}/answer.txt`, no path at all, so the best's answer was scored again for a run that wrote nothing."""
+    scratch = Path(tempfile.mkdtemp(prefix=".autoresearch-test-scratch-", dir=Path.home()))
+    answer = str(scratch / "answer.txt")
+    try:
+        root = stage_project(tmp_path, scorer=STDIN_SCORER)
+        config = (root / "autoresearch.toml").read_text()
+        config = config.replace('writable = ["out"]', f'writable = ["out", "{scratch}"]')
+        config = config.replace("python3 objective.py > out/answer.txt", "python3 objective.py")
+        config = config.replace("scorer.py out/answer.txt", f"scorer.py <{answer}")
+        (root / "autoresearch.toml").write_text(config)
+        (root / "objective.py").write_text(f"X = 5\nopen({answer!r}, 'w').write(str(X))\n")
+        git(root, "commit", "-qam", "the scorer reads the answer on its standard input")
+        async with agent_for(root) as agent:
+            await agent.ok("start_session")
+            _, base = await agent.experiment("baseline")
+            assert base["decision"] == "keep", base
+            await agent.ok("apply_edit", content="pass\n")
+            run, decision = await agent.experiment("computes nothing")
+        assert decision["decision"] != "keep", (run, decision)
+        assert run["status"] == "metric_error" and "answer.txt" in run["error"], run
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

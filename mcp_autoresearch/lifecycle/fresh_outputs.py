@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
 import stat
 import threading
@@ -342,10 +343,15 @@ def named_outside(root: Path, entries: list[str], command: str) -> list[Path]:
         return []
     found = []
     for word in words:
+        word = _REDIRECTION.sub("", word)  # `<file`, `2>file`: a redirection's path, written without a space
         named = os.path.normpath(os.path.join(top, os.path.expanduser(word.partition("=")[2] or word)))
         if any(named == path or named.startswith(path + os.sep) for path in outside):
             found.append(Path(named))
     return found
+
+
+# A shell redirection's operator at a word's beginning (`<`, `0<`, `>`, `2>>`, `&>`, `<>`, `>|`, `<<<`).
+_REDIRECTION = re.compile(r"^(?:\d*|&)(?:<<<|<>|<|>>|>\||>)")
 
 
 def snapshot_named(root: Path, entries: list[str], command: str) -> Snapshot:
