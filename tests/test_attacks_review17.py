@@ -155,3 +155,24 @@ async def test_an_output_outside_the_project_handed_to_the_scorer_by_a_redirecti
         assert run["status"] == "metric_error" and "answer.txt" in run["error"], run
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def test_a_target_read_in_parts_whose_lines_end_otherwise_than_with_a_newline(
+    ml_project: Path, agent_for
+) -> None:
+    """read_target numbers lines as `str.splitlines` splits them (a carriage return, a form feed, U+2028 end a line
+    too) but counted the lines of a part cut to the answer's bound by its newlines: a target of old Mac line ends
+    (CR alone) longer than the bound was answered as `line_cut` ("the first line alone is longer") with
+    hundreds of lines in `content` and `end_line` 1, so the next part (from line 2) repeated them all."""
+    lines = [f"A{i} = {i}\r" for i in range(20_000)] + ["print('val_bpb: 1.0')\r"]
+    async with agent_for(ml_project) as agent:
+        await agent.ok("start_session", tag="crlines")
+        await agent.ok("run_experiment", description="baseline", decide=True)
+        await agent.ok("apply_edit", content="".join(lines))
+        view = await agent.ok("read_target")
+        assert view["truncated"] and not view["line_cut"], view | {"content": view["content"][:40]}
+        end = view["end_line"]
+        assert view["content"] == "".join(lines[:end])
+        rest = await agent.ok("read_target", start_line=end + 1)
+        assert rest["content"] == "".join(lines[end : rest["end_line"]]), rest | {"content": ""}
+        assert rest["content"].startswith(f"A{end} = {end}\r"), rest | {"content": rest["content"][:40]}

@@ -69,7 +69,7 @@ class Editor:
         truncated, line_cut = False, None
         if len(content) > MAX_VIEW_CHARS:
             cut = content[:MAX_VIEW_CHARS]
-            end = start + cut.count("\n") - 1
+            end = start - 1 + _whole_lines(lines[start - 1 : end], MAX_VIEW_CHARS)
             content = "".join(lines[start - 1 : end])
             truncated = True
             if end < start:  # the first line alone is longer: its beginning, said so (never an empty answer)
@@ -213,3 +213,15 @@ def what_the_edit_left(edit: EditResult) -> str:
     if edit.sha256_after == edit.sha256_before:
         return f"the edit changed nothing: the target is as it was, sha256 {edit.sha256_after[:12]}…"
     return f"the edit was made before: the target holds it, sha256 {edit.sha256_after[:12]}…"
+
+
+def _whole_lines(lines: list[str], most: int) -> int:
+    """How many of `lines` (`str.splitlines`' lines: a newline is not the only end of one) fit in `most`
+    characters."""
+    count = taken = 0
+    for line in lines:
+        taken += len(line)
+        if taken > most:
+            break
+        count += 1
+    return count
