@@ -176,3 +176,44 @@ async def test_a_target_read_in_parts_whose_lines_end_otherwise_than_with_a_newl
         rest = await agent.ok("read_target", start_line=end + 1)
         assert rest["content"] == "".join(lines[end : rest["end_line"]]), rest | {"content": ""}
         assert rest["content"].startswith(f"A{end} = {end}\r"), rest | {"content": rest["content"][:40]}
+
+
+# The checks run the target's code again after the evaluation: there it writes an answer of its choosing where
+# the holdout reads (the scratch folder outside the project).
+REWRITE_IN_CHECKS = """
+if sys.argv[1:] == ["check"]:
+    open({answer!r}, "w").write("0.5\\n")
+"""
+
+
+async def test_the_holdout_never_reads_an_answer_outside_the_project_the_checks_rewrote(
+    tmp_path: Path, agent_for
+) -> None:
+    """Inside the project the holdout refuses outputs changed after the measurement (the checks, the target's
+    code, ran between: review 14). An answer in a scratch folder outside the project is not recorded: the checks
+    rewrite it (0.5, not the 5 the run computed) and the holdout, the user's guard against overfitting, records
+    the checks' answer as the keep's."""
+    from .test_attacks_outputs import eval_project, holdout_records
+
+    scratch = Path(tempfile.mkdtemp(prefix=".autoresearch-test-scratch-", dir=Path.home()))
+    answer = str(scratch / "answer.txt")
+    try:
+        root = eval_project(tmp_path)
+        config = (root / "autoresearch.toml").read_text()
+        config = config.replace('writable = ["out"]', f'writable = ["out", "{scratch}"]')
+        config = config.replace("python3 objective.py > out/answer.txt", "python3 objective.py")
+        config = config.replace("scorer.py out/answer.txt", f"scorer.py {answer}")
+        (root / "autoresearch.toml").write_text(config)
+        objective = f"import sys\nX = 5\nopen({answer!r}, 'w').write(str(X))\n"
+        (root / "objective.py").write_text(objective + REWRITE_IN_CHECKS.format(answer=answer))
+        git(root, "commit", "-qam", "kept by an earlier session: the answer goes to a scratch folder")
+        async with agent_for(root) as agent:
+            await agent.ok("start_session", tag="x")
+            run, decision = await agent.experiment("baseline")
+        assert run["status"] == "ok" and run["value"] == 5.0, run
+        assert decision["decision"] == "keep", decision
+        records = holdout_records(root, "x")
+        assert [r["run_id"] for r in records] == ["r1"]
+        assert records[0]["holdout"] is None and "changed after the run" in records[0]["error"], records[0]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -222,7 +222,8 @@ class Experiment:
                 if unsafe:
                     reason = f"the run's outputs are not handed to the evaluation: {unsafe}"
                     return self._failed(tally, ("metric_error", reason), None, log_path)
-                record_measured(self.root, list(config.writable), self._last_run)  # for the holdout
+                holdout = config.holdout_command or ""  # what it reads: the run's own, as measured
+                record_measured(self.root, list(config.writable), self._last_run, config.run_writes, holdout)
                 failure = self._evaluate(config.eval_command, log_path, measured_log, "eval_command")
                 if failure:
                     return self._failed(tally, failure, None, measured_log)

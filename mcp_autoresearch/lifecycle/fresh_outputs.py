@@ -265,21 +265,31 @@ def _written_left(root: Path, tag: str | None) -> dict[str, tuple[str, str]]:
     }
 
 
-def record_measured(root: Path, entries: list[str], run: str) -> None:
+def record_measured(
+    root: Path, entries: list[str], run: str, writes: list[str] | None = None, command: str = ""
+) -> None:
     """What the outputs hold when run `run` (a run id, with its repeat: r4 or r4-2) is measured: the holdout
-    later checks that it measures the same (checks_command, often the target's own tests, may write there)."""
-    for entry in output_entries(root, entries):
+    later checks that it measures the same (checks_command, often the target's own tests, may write there); and
+    what `command` (the holdout's) names outside the project beneath `writes` (`named_outside`)."""
+    held = [os.path.realpath(root / entry) for entry in output_entries(root, entries)]
+    held += [str(path) for path in named_outside(root, writes or [], command)]
+    for path in held:
         with _lock:
-            _measured[os.path.realpath(root / entry)] = (run, snapshot(root / entry))
+            _measured[path] = (run, snapshot(Path(path)))
 
 
-def changed_since_measured(root: Path, entries: list[str], run_id: str) -> str | None:
-    """Why the outputs are no longer what run `run_id` was measured on (a reason naming the output), or None
-    (also when nothing was recorded for it: after a restart of the server)."""
-    for entry in output_entries(root, entries):
+def changed_since_measured(
+    root: Path, entries: list[str], run_id: str, writes: list[str] | None = None, command: str = ""
+) -> str | None:
+    """Why the outputs (and what `command` names outside the project, as `record_measured` took them) are no
+    longer what run `run_id` was measured on (a reason naming the output), or None (also when nothing was
+    recorded for it: after a restart of the server)."""
+    held = [(os.path.realpath(root / entry), entry) for entry in output_entries(root, entries)]
+    held += [(str(path), str(path)) for path in named_outside(root, writes or [], command)]
+    for path, entry in held:
         with _lock:
-            run, measured = _measured.get(os.path.realpath(root / entry), ("", frozenset()))
-        if (run == run_id or run.startswith(run_id + "-")) and snapshot(root / entry) != measured:
+            run, measured = _measured.get(path, ("", frozenset()))
+        if (run == run_id or run.startswith(run_id + "-")) and snapshot(Path(path)) != measured:
             return (
                 f"the output '{entry}' changed after the run was measured (checks_command wrote there), so the "
                 "holdout would not measure what the run left"

@@ -41,7 +41,8 @@ def run_holdout(
             config, root, f"{run_id}-holdout", folder, tag, None, isolation, publish_run_log=False
         )
         # The checks (the target's code) ran after the evaluation: outputs changed since are not measured.
-        error = changed_since_measured(root, list(config.writable), run_id)
+        writable, command = list(config.writable), config.holdout_command
+        error = changed_since_measured(root, writable, run_id, config.run_writes, command)
         with watch(experiment):
             found, error = (
                 (None, error)
