@@ -5,6 +5,8 @@ never reaches a run: not the next run, not the run's own next repetition, not a 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -102,29 +104,31 @@ async def test_the_holdout_logs_of_an_earlier_session_never_reach_a_run(
 
 
 # The first candidate waits until the second one runs: its evaluation then prints the hidden answer while the
-# second run is in flight, in a log that did not exist when the second run's view was made.
+# second run is in flight, in a log that did not exist when the second run's view was made. The two runs and the
+# test signal each other through a folder outside the project that both slots may write (`SIGNALS`): every wait
+# ends on its event (the bound of 600 tries only ends a run the test has given up on).
 WAIT_FOR_THE_OTHER = """
-import glob, time
-for _ in range(400):
-    if any("OTHER-STARTED" in open(p, errors="replace").read() for p in glob.glob(RUNS + "/*/*.log")):
+import os, time
+for _ in range(600):
+    if os.path.exists(os.path.join(SIGNALS, "second-started")):
         break
-    time.sleep(0.1)
+    time.sleep(0.05)
 """
 READ_THE_OTHERS_EVALUATION = """
-import glob, re, sys, time
-sys.stderr.write("OTHER-STARTED\\n")
-sys.stderr.flush()
-for _ in range(400):
-    found = []
-    for path in glob.glob(RUNS + "/*/*-eval*.log"):
-        try:
-                found += re.findall(r"expected ([0-9.]+)", open(path).read())
-        except OSError:
-            pass
-    if found:
-        X = float(found[-1])
+import glob, os, re, time
+open(os.path.join(SIGNALS, "second-started"), "w").close()
+for _ in range(600):
+    if os.path.exists(os.path.join(SIGNALS, "first-evaluated")):
         break
-    time.sleep(0.1)
+    time.sleep(0.05)
+found = []
+for path in glob.glob(RUNS + "/*/*-eval*.log"):
+    try:
+        found += re.findall(r"expected ([0-9.]+)", open(path).read())
+    except OSError:
+        pass
+if found:
+    X = float(found[-1])
 """
 
 
@@ -132,19 +136,31 @@ async def test_what_a_scorer_prints_in_another_slot_never_reaches_a_run_in_fligh
     tmp_path: Path, agent_for: Any, slots_home: Path
 ) -> None:
     require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
-    root = secret_project(tmp_path, 'slots = 2\nslot_devices = ["0", "1"]\n')
-    runs = f"RUNS = {str(root / '.autoresearch' / 'runs')!r}\n"
-    async with agent_for(root) as agent:
-        await agent.ok("start_session")
-        _, base = await agent.experiment("baseline")
-        assert base["decision"] == "keep", base
-        await agent.edit("X = 5\n", "X = 4\n" + runs + textwrap.dedent(WAIT_FOR_THE_OTHER))
-        first = await agent.ok("run_experiment", description="waits for the other")
-        await agent.edit("X = 5\n", "X = 4\n" + runs + textwrap.dedent(READ_THE_OTHERS_EVALUATION))
-        second = await agent.ok("run_experiment", description="reads the other's evaluation")
-        assert first["slot"] != second["slot"], (first, second)
-        done = await agent.until_done(second["run_id"])
-    assert done["status"] == "ok" and done["value"] != 0.0, done
+    signals = Path(tempfile.mkdtemp(prefix=".autoresearch-test-signals-", dir=Path.home()))
+    try:
+        root = secret_project(tmp_path, 'slots = 2\nslot_devices = ["0", "1"]\n')
+        config = (root / "autoresearch.toml").read_text()
+        (root / "autoresearch.toml").write_text(
+            config.replace('writable = ["out"]', f'writable = ["out", "{signals}"]')
+        )
+        git(root, "commit", "-qam", "a folder outside the project both slots may write")
+        names = f"RUNS = {str(root / '.autoresearch' / 'runs')!r}\nSIGNALS = {str(signals)!r}\n"
+        async with agent_for(root) as agent:
+            await agent.ok("start_session")
+            _, base = await agent.experiment("baseline")
+            assert base["decision"] == "keep", base
+            await agent.edit("X = 5\n", "X = 4\n" + names + textwrap.dedent(WAIT_FOR_THE_OTHER))
+            first = await agent.ok("run_experiment", description="waits for the other")
+            await agent.edit("X = 5\n", "X = 4\n" + names + textwrap.dedent(READ_THE_OTHERS_EVALUATION))
+            second = await agent.ok("run_experiment", description="reads the other's evaluation")
+            assert first["slot"] != second["slot"], (first, second)
+            evaluated = await agent.until_done(first["run_id"])  # its scorer printed the answer meanwhile
+            assert evaluated["status"] == "ok", evaluated
+            (signals / "first-evaluated").touch()
+            done = await agent.until_done(second["run_id"])
+        assert done["status"] == "ok" and done["value"] != 0.0, done
+    finally:
+        shutil.rmtree(signals, ignore_errors=True)
 
 
 async def test_metric_parse_reads_the_holdouts_own_log(tmp_path: Path, agent_for: Any) -> None:
