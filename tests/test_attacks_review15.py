@@ -107,18 +107,32 @@ async def test_an_output_directory_whose_rights_the_run_took_away(
     assert decision["decision"] == "keep", decision
 
 
-def answering_in(scratch: Path, tmp_path: Path) -> Path:
+def answering_in(scratch: Path, tmp_path: Path, handed: str = "{answer}", scorer: str | None = None) -> Path:
     """The evaluation stage's project, its objective writing its answer (5) to `scratch` outside the project, a
-    `writable` entry: the scorer reads it there."""
-    root = stage_project(tmp_path)
+    `writable` entry: the scorer reads it there, handed it as `handed` says (`{answer}`: the answer's path)."""
+    root = stage_project(tmp_path, **({"scorer": scorer} if scorer else {}))
+    answer = str(scratch / "answer.txt")
     config = (root / "autoresearch.toml").read_text()
     config = config.replace('writable = ["out"]', f'writable = ["out", "{scratch}"]')
     config = config.replace("python3 objective.py > out/answer.txt", "python3 objective.py")
-    config = config.replace("scorer.py out/answer.txt", f"scorer.py {scratch}/answer.txt")
+    config = config.replace("scorer.py out/answer.txt", "scorer.py " + handed.format(answer=answer))
     (root / "autoresearch.toml").write_text(config)
-    (root / "objective.py").write_text(f"X = 5\nopen({str(scratch / 'answer.txt')!r}, 'w').write(str(X))\n")
+    (root / "objective.py").write_text(f"X = 5\nopen({answer!r}, 'w').write(str(X))\n")
     git(root, "commit", "-qam", "the objective writes its answer to a scratch folder outside the project")
     return root
+
+
+async def computes_nothing(root: Path, agent_for) -> None:
+    """The baseline, then a candidate that computes nothing (writes no answer): never kept, a metric_error
+    naming the answer (the best's, still lying outside the project, is no answer of this run)."""
+    async with agent_for(root) as agent:
+        await agent.ok("start_session")
+        _, base = await agent.experiment("baseline")
+        assert base["decision"] == "keep", base
+        await agent.ok("apply_edit", content="pass\n")
+        run, decision = await agent.experiment("computes nothing")
+    assert decision["decision"] != "keep", (run, decision)
+    assert run["status"] == "metric_error" and "answer.txt" in run["error"], run
 
 
 async def test_an_output_outside_the_project_left_by_an_earlier_run(tmp_path: Path, agent_for) -> None:
@@ -129,15 +143,7 @@ async def test_an_output_outside_the_project_left_by_an_earlier_run(tmp_path: Pa
     is handed (named on its command line) must be this run's."""
     scratch = Path(tempfile.mkdtemp(prefix=".autoresearch-test-scratch-", dir=Path.home()))
     try:
-        root = answering_in(scratch, tmp_path)
-        async with agent_for(root) as agent:
-            await agent.ok("start_session")
-            _, base = await agent.experiment("baseline")
-            assert base["decision"] == "keep", base
-            await agent.ok("apply_edit", content="pass\n")
-            run, decision = await agent.experiment("computes nothing")
-        assert decision["decision"] != "keep", (run, decision)
-        assert run["status"] == "metric_error" and "answer.txt" in run["error"], run
+        await computes_nothing(answering_in(scratch, tmp_path), agent_for)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

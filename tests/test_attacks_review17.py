@@ -17,6 +17,7 @@ from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .conftest import git
 from .helpers.needs import require
+from .test_attacks_review15 import answering_in, computes_nothing
 from .test_eval_stage import candidate
 from .test_eval_stage import project as stage_project
 
@@ -135,24 +136,9 @@ async def test_an_output_outside_the_project_handed_to_the_scorer_by_a_redirecti
     the command are read as paths: `scorer.py <{scratch}/answer.txt` (a redirection written without a space) named
     `<{scratch}/answer.txt`, no path at all, so the best's answer was scored again for a run that wrote nothing."""
     scratch = Path(tempfile.mkdtemp(prefix=".autoresearch-test-scratch-", dir=Path.home()))
-    answer = str(scratch / "answer.txt")
     try:
-        root = stage_project(tmp_path, scorer=STDIN_SCORER)
-        config = (root / "autoresearch.toml").read_text()
-        config = config.replace('writable = ["out"]', f'writable = ["out", "{scratch}"]')
-        config = config.replace("python3 objective.py > out/answer.txt", "python3 objective.py")
-        config = config.replace("scorer.py out/answer.txt", f"scorer.py <{answer}")
-        (root / "autoresearch.toml").write_text(config)
-        (root / "objective.py").write_text(f"X = 5\nopen({answer!r}, 'w').write(str(X))\n")
-        git(root, "commit", "-qam", "the scorer reads the answer on its standard input")
-        async with agent_for(root) as agent:
-            await agent.ok("start_session")
-            _, base = await agent.experiment("baseline")
-            assert base["decision"] == "keep", base
-            await agent.ok("apply_edit", content="pass\n")
-            run, decision = await agent.experiment("computes nothing")
-        assert decision["decision"] != "keep", (run, decision)
-        assert run["status"] == "metric_error" and "answer.txt" in run["error"], run
+        root = answering_in(scratch, tmp_path, handed="<{answer}", scorer=STDIN_SCORER)
+        await computes_nothing(root, agent_for)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
