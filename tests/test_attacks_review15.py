@@ -107,17 +107,18 @@ async def test_an_output_directory_whose_rights_the_run_took_away(
     assert decision["decision"] == "keep", decision
 
 
-def answering_in(scratch: Path, tmp_path: Path, handed: str = "{answer}", scorer: str | None = None) -> Path:
-    """The evaluation stage's project, its objective writing its answer (5) to `scratch` outside the project, a
-    `writable` entry: the scorer reads it there, handed it as `handed` says (`{answer}`: the answer's path)."""
-    root = stage_project(tmp_path, **({"scorer": scorer} if scorer else {}))
+def answering_in(scratch: Path, root: Path, handed: str = "{answer}", more: str = "") -> Path:
+    """An evaluation stage's project `root`, its objective writing its answer (5) to `scratch` outside the project,
+    a `writable` entry: the scorer reads it there, handed it as `handed` says (`{answer}`: the answer's path);
+    `more`: code the objective runs after (`{answer}` as well)."""
     answer = str(scratch / "answer.txt")
     config = (root / "autoresearch.toml").read_text()
     config = config.replace('writable = ["out"]', f'writable = ["out", "{scratch}"]')
     config = config.replace("python3 objective.py > out/answer.txt", "python3 objective.py")
     config = config.replace("scorer.py out/answer.txt", "scorer.py " + handed.format(answer=answer))
     (root / "autoresearch.toml").write_text(config)
-    (root / "objective.py").write_text(f"X = 5\nopen({answer!r}, 'w').write(str(X))\n")
+    objective = f"import sys\nX = 5\nopen({answer!r}, 'w').write(str(X))\n"
+    (root / "objective.py").write_text(objective + more.format(answer=answer))
     git(root, "commit", "-qam", "the objective writes its answer to a scratch folder outside the project")
     return root
 
@@ -143,7 +144,7 @@ async def test_an_output_outside_the_project_left_by_an_earlier_run(tmp_path: Pa
     is handed (named on its command line) must be this run's."""
     scratch = Path(tempfile.mkdtemp(prefix=".autoresearch-test-scratch-", dir=Path.home()))
     try:
-        await computes_nothing(answering_in(scratch, tmp_path), agent_for)
+        await computes_nothing(answering_in(scratch, stage_project(tmp_path)), agent_for)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -156,7 +157,7 @@ async def test_a_scratch_folder_outside_the_project_whose_rights_the_run_took_aw
     starts with its owner's rights on each folder it may write, inside the project or not."""
     scratch = Path(tempfile.mkdtemp(prefix=".autoresearch-test-scratch-", dir=Path.home()))
     try:
-        root = answering_in(scratch, tmp_path)
+        root = answering_in(scratch, stage_project(tmp_path))
         answer = str(scratch / "answer.txt")
         async with agent_for(root) as agent:
             await agent.ok("start_session")

@@ -137,7 +137,7 @@ async def test_an_output_outside_the_project_handed_to_the_scorer_by_a_redirecti
     `<{scratch}/answer.txt`, no path at all, so the best's answer was scored again for a run that wrote nothing."""
     scratch = Path(tempfile.mkdtemp(prefix=".autoresearch-test-scratch-", dir=Path.home()))
     try:
-        root = answering_in(scratch, tmp_path, handed="<{answer}", scorer=STDIN_SCORER)
+        root = answering_in(scratch, stage_project(tmp_path, scorer=STDIN_SCORER), handed="<{answer}")
         await computes_nothing(root, agent_for)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -182,17 +182,8 @@ async def test_the_holdout_never_reads_an_answer_outside_the_project_the_checks_
     from .test_attacks_outputs import eval_project, holdout_records
 
     scratch = Path(tempfile.mkdtemp(prefix=".autoresearch-test-scratch-", dir=Path.home()))
-    answer = str(scratch / "answer.txt")
     try:
-        root = eval_project(tmp_path)
-        config = (root / "autoresearch.toml").read_text()
-        config = config.replace('writable = ["out"]', f'writable = ["out", "{scratch}"]')
-        config = config.replace("python3 objective.py > out/answer.txt", "python3 objective.py")
-        config = config.replace("scorer.py out/answer.txt", f"scorer.py {answer}")
-        (root / "autoresearch.toml").write_text(config)
-        objective = f"import sys\nX = 5\nopen({answer!r}, 'w').write(str(X))\n"
-        (root / "objective.py").write_text(objective + REWRITE_IN_CHECKS.format(answer=answer))
-        git(root, "commit", "-qam", "kept by an earlier session: the answer goes to a scratch folder")
+        root = answering_in(scratch, eval_project(tmp_path), more=REWRITE_IN_CHECKS)
         async with agent_for(root) as agent:
             await agent.ok("start_session", tag="x")
             run, decision = await agent.experiment("baseline")
