@@ -3,6 +3,7 @@ on the viewers that show what it wrote. Each test here failed before its fix."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,22 @@ async def test_a_run_id_typed_with_a_leading_zero_is_recorded_as_the_run_it_name
     assert rows["r3"].notes == ["typed with a zero"]
     nodes = {node["run_id"]: node for node in view.tree()["nodes"]}
     assert nodes["r3"]["depth"] == 2
+    # A journal an older server wrote with the agent's spelling reads the same on the page.
+    journal = ml_project / ".autoresearch" / "autoresearch.jsonl"
+    lines = journal.read_text().splitlines()
+    older = [json.loads(line) for line in lines]
+    for event in older:
+        details = event["details"]
+        if details.get("run_id") == "r3":
+            details["run_id"] = "r03" if event["action"] == "experiment_notes" else "r3"
+            if details.get("parent") == "r2":
+                details["parent"] = "r02"
+    journal.write_text("".join(json.dumps(event) + "\n" for event in older))
+    assert '"r02"' in journal.read_text() and '"r03"' in journal.read_text()
+    again = SessionView(ml_project)
+    again.refresh()
+    rows = {row.run_id: row for row in again.rows}
+    assert rows["r3"].parent == "r2" and rows["r3"].notes == ["typed with a zero"]
 
 
 # What the agent may be told when start_session(tag=other) races its own one-call experiment: each names what

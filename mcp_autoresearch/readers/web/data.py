@@ -26,6 +26,7 @@ from ...names import RUN_LOGS
 from ...records.budget import budget_use
 from ...records.current import current_session
 from ...records.logtail import tail
+from ...records.run_ids import run_number
 from ...records.run_log import live_tail
 from ...records.state import SessionState, current_tag, load_state, state_dir, state_path
 from ...records.tree import stall_after_of
@@ -126,7 +127,14 @@ def _parent(details: dict[str, Any], last_keep: str | None) -> str | None:
     """The run a row names as its parent; a row logged before runs named theirs (or naming something that is no
     run id) reads as the journal reads it: the run that was best then, the previous keep."""
     parent = details.get("parent", last_keep)
-    return parent if parent is None or isinstance(parent, str) else last_keep
+    return _logged_id(parent) if parent is None or isinstance(parent, str) else last_keep
+
+
+def _logged_id(run_id: Any) -> Any:
+    """A run id as the server logs it: `r02`, the agent's spelling an older server wrote for a parent or a note,
+    is `r2` (the row's own id)."""
+    number = run_number(run_id) if isinstance(run_id, str) else None
+    return f"r{number}" if number is not None else run_id
 
 
 class SessionView:
@@ -239,7 +247,7 @@ class SessionView:
         details = event.get("details") if isinstance(event, dict) else None
         if not isinstance(details, dict) or details.get("tag") != self.tag:
             return
-        action, run_id = event.get("action"), details.get("run_id")
+        action, run_id = event.get("action"), _logged_id(details.get("run_id"))
         timestamp = str(event.get("timestamp", ""))
         if action == "session_start" and self.started is None:
             self.started = _when(timestamp)
