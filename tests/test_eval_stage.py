@@ -551,26 +551,28 @@ async def test_a_line_printed_after_the_scorer_exited(tmp_path: Path, agent_for,
     )
     root = project(tmp_path, files={} if staged else {"autoresearch.toml": config})
     code = """
-    import os, sys
+    import os, select, sys
     import stat
     print(X, flush=True)
 
-    def scorer_alive():
+    def scorer():
         for pid in os.listdir("/proc"):
             try:
                 if pid.isdigit() and b"scorer.py" in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0"):
-                    return True
+                    return os.pidfd_open(int(pid))
             except OSError:
                 pass
-        return False
+        return None
 
-    # Piped into the scorer: it is seen running first (it cannot end before this end of the pipe closes; seen
-    # before its exec, it would be taken for gone, and the forgery would come before its line).
-    while stat.S_ISFIFO(os.fstat(1).st_mode) and not scorer_alive():
-        pass
+    # Piped into the scorer: it is found running first (it cannot end before this end of the pipe closes; found
+    # before its exec, it would be taken for gone, and the forgery would come before its line); its end is then
+    # awaited on a pidfd (readable once it has exited, its line written).
+    found = None
+    while stat.S_ISFIFO(os.fstat(1).st_mode) and found is None:
+        found = scorer()
     os.close(1)  # the scorer reads its end of the pipe and prints the honest line
-    while scorer_alive():
-        pass
+    if found is not None:
+        select.select([found], [], [])
     sys.stderr.write("score: 0.000001\\n")
     os._exit(0)
     """
