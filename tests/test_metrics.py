@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from mcp_autoresearch.lifecycle.experiment import Experiment, ExperimentResult
-from mcp_autoresearch.setup.config import build_config
-from mcp_autoresearch.setup.project import load_project
+from mcp_autoresearch.setup.config import ConfigValues, build_config
+from mcp_autoresearch.setup.project import describe_measure, load_project
 
 from .conftest import make_repo
 
@@ -66,6 +66,21 @@ def test_an_output_newer_than_the_target_is_up_to_date(tmp_path: Path) -> None:
     (tmp_path / "dist/app.js").write_bytes(b"x" * 1024)
     result = run(tmp_path, "echo 'nothing to do'")
     assert result.status == "ok" and result.value == 1.0
+
+
+def test_a_small_output_can_be_measured_in_bytes(tmp_path: Path) -> None:
+    """A 244-byte bundle read 0.238281 in KB, a 1-byte gain 0.000976562: `size_b:` measures bytes, and detection
+    and the config describe it so."""
+    previous_build_then_edit(tmp_path)
+    result = run(tmp_path, "mkdir -p dist && printf '%0244d' 0 > dist/app.js", "size_b:dist")
+    assert result.status == "ok" and result.value == 244.0
+    assert describe_measure("size_b:dist !*.map") == (
+        "size of 'dist' in bytes, leaving out *.map, after the run (measured by the server; an output not "
+        "written by the run is a metric_error)"
+    )
+    with pytest.raises(ValueError, match="size_b:<path>, size_kb:<path> or size_mb:<path>"):
+        ConfigValues.model_validate({"metric_measure": "size_gb:dist"})
+    assert ConfigValues.model_validate({"metric_measure": "size_b:dist"}).metric_measure == "size_b:dist"
 
 
 def test_source_maps_can_be_left_out(tmp_path: Path) -> None:

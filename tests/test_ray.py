@@ -345,6 +345,41 @@ def _wrapper_without_namespaces(job: Path, spec: dict) -> tuple[int, str]:
     return done.returncode, done.stdout
 
 
+def test_the_tmpdir_of_a_killed_wrapper_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    """Ray's stop_job SIGKILLs a wrapper that outlives its grace: its run's TMPDIR stayed in the worker's /tmp
+    for good (one empty folder per such job). It is named for its wrapper now, and the next wrapper on the
+    worker removes the folders of wrappers that are gone."""
+    job, temp = tmp_path / "job", tmp_path / "tmp"
+    job.mkdir()
+    temp.mkdir()
+    _, public = _pair()
+    spec = {"command": 'touch "$TMPDIR/started"; sleep 60', "timeout": 120, "server_public": f"{public:x}"}
+    _ship(job, spec)
+    argv = [sys.executable, "-I", "-S", ".autoresearch-ray/ray_wrapper.py"]
+    environment = {**os.environ, "TMPDIR": str(temp)}
+    wrapper = subprocess.Popen(argv, cwd=job, env=environment, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(temp.glob("autoresearch-run-*/started")):
+        assert time.monotonic() < deadline and wrapper.poll() is None
+        time.sleep(0.05)
+    [left] = list(temp.iterdir())
+    assert str(wrapper.pid) in left.name  # named for its wrapper
+    wrapper.kill()
+    wrapper.wait()
+    deadline = time.monotonic() + 60
+    while any(
+        "confine.py" in " ".join(p.info["cmdline"] or []) and str(job) in (p.info["cwd"] or "")
+        for p in psutil.process_iter(["cmdline", "cwd"])
+    ):
+        assert time.monotonic() < deadline  # the keeper ends with its wrapper (its parent-death signal)
+        time.sleep(0.05)
+    assert left.exists()
+    _ship(job, {**spec, "command": "echo ok", "timeout": 30})
+    done = subprocess.run(argv, cwd=job, env=environment, capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert list(temp.iterdir()) == []  # the killed wrapper's folder and the next one's own
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
 def test_a_worker_running_as_an_ordinary_user_gets_the_view_too() -> None:
     """Ray workers often run as an ordinary user: the wrapper (uid 12345, system python) still gets the keeper's
@@ -515,6 +550,7 @@ def test_a_snapshot_over_the_upload_limit_is_refused_before_upload(tmp_path: Pat
         "namespaces",
         "output_dirs",
         "prepared",
+        "run_tmpdirs",
         "standby",
         "view",
         "output_checks",

@@ -221,7 +221,7 @@ class RayBackend:
     ) -> RayJobRun:
         """One command as a Ray job, with `ProcessRun`'s interface (`run()`, thread-safe `cancel()`).
         `confined`: Landlock on the worker (`required`: or nothing runs, exit 125); `measure`: a
-        `size_kb:`/`size_mb:` metric the wrapper measures on the worker; `log_limit`: the most its log keeps of
+        `size_b:`/`size_kb:`/`size_mb:` metric the wrapper measures on the worker; `log_limit`: the most its log keeps of
         the output, in bytes (`records/run_log.py`)."""
         writable = list(writable or [])
         spec: ray_wrapper.JobSpec = {

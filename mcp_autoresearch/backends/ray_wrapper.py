@@ -24,7 +24,7 @@ entries, the time limit, the measured path, the server's public key value), then
 4. forwards that output framed and tagged, one record per line;
 5. at its deadline, stops forwarding (nothing printed while being killed counts) and ends the tree;
 6. writes the `end` record: exit code, its own measured duration, peak RSS, the size of the
-   `size_kb:`/`size_mb:` output when asked (or why `output_checks` refuses it), whether it timed out, and what confined the run.
+   `size_b:`/`size_kb:`/`size_mb:` output when asked (or why `output_checks` refuses it), whether it timed out, and what confined the run.
 
 With isolation "auto", a worker where Landlock or the namespaces are missing runs the command without them and
 the report says so (`confined`, `namespaces`, `note`); with "required" it runs nothing and exits 125.
@@ -37,18 +37,16 @@ import json
 import os
 import resource
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, TypedDict
 
 if __package__:  # imported from the package (the tests)
     from ..measure import output_checks, output_size
-    from ..sandbox import confine, write_grants
+    from ..sandbox import confine, run_tmpdirs, write_grants
     from ..sandbox import landlock as landlock_rules
     from ..sandbox import namespaces as namespaces_view
     from ..sandbox import view as private_view
@@ -60,11 +58,13 @@ else:  # run as a script: -I leaves the script's folder off sys.path; our module
     import namespaces as namespaces_view  # type: ignore[no-redef, import-not-found]
     import output_checks  # type: ignore[no-redef, import-not-found]
     import output_size  # type: ignore[no-redef, import-not-found]
+    import run_tmpdirs  # type: ignore[no-redef, import-not-found]
     import view as private_view  # type: ignore[no-redef, import-not-found]
     import write_grants  # type: ignore[no-redef, import-not-found]
     from ray_records import Framed  # type: ignore[no-redef, import-not-found]
 
 SPEC = ".autoresearch-ray.json"
+SIZE_KINDS = tuple(f"{kind}:" for kind in output_size.SIZE_UNITS)  # the size measures the wrapper takes here
 
 
 class JobSpec(TypedDict, total=False):
@@ -80,7 +80,7 @@ class JobSpec(TypedDict, total=False):
     caches: list[str]  # the cache variables pointed at the run's private TMPDIR
     timeout: float  # seconds; the tree is ended at the deadline
     grace: float  # seconds between SIGTERM and SIGKILL
-    measure: str | None  # a size_kb:/size_mb: metric the wrapper measures here
+    measure: str | None  # a size_b:/size_kb:/size_mb: metric the wrapper measures here
     target: str | None  # the target file (the measured output must be newer than it, or than the run)
     job: str  # the submission id
     server_public: str  # the server's public key value, hex
@@ -117,8 +117,8 @@ def writable_paths(root: str, spec: JobSpec, tmpdir: str) -> list[str]:
 
 
 def measured_path(measure: str | None) -> str | None:
-    """The path a `size_kb:`/`size_mb:` measure names (None for any other measure)."""
-    if not measure or not measure.startswith(("size_kb:", "size_mb:")):
+    """The path a `size_b:`/`size_kb:`/`size_mb:` measure names (None for any other measure)."""
+    if not measure or not measure.startswith(SIZE_KINDS):
         return None
     return measure.partition(":")[2].split(" !")[0].strip()
 
@@ -130,7 +130,7 @@ def measure_size(
     target: str | None,
     fresh: frozenset[tuple[int, int, int]] = frozenset(),
 ) -> int | str:
-    """The bytes of a `size_kb:`/`size_mb:` output, measured as the server measures one (`output_size`, shipped
+    """The bytes of a `size_b:`/`size_kb:`/`size_mb:` output, measured as the server measures one (`output_size`, shipped
     with this wrapper), or why it cannot be measured; `fresh`: its snapshot before the run."""
     try:
         return output_size.measure_output(
@@ -304,7 +304,10 @@ def _ptrace_scope() -> int | None:
 
 def run(spec: JobSpec, root: str) -> int:
     mode = spec.get("isolation", "auto")
-    tmpdir = tempfile.mkdtemp(prefix="autoresearch-run-")
+    # Named for this wrapper, so that when it is killed before its `finally` (Ray's stop_job SIGKILLs it) the
+    # next wrapper on this worker, or the next local server, removes it (`sweep`).
+    run_tmpdirs.sweep()
+    tmpdir = run_tmpdirs.make()
     write = writable_paths(root, spec, tmpdir)  # first: the missing entries it creates are mounted back too
     # Before _harden: the probe's forked child maps its uid into a user namespace through /proc/self, which a
     # non-dumpable process cannot write; and before the key exists, so that child holds no secret.
@@ -361,12 +364,12 @@ def run(spec: JobSpec, root: str) -> int:
             "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
         }
         measure = spec.get("measure")
-        if measure and measure.startswith(("size_kb:", "size_mb:")) and code == 0 and not timed_out:
+        if measure and measure.startswith(SIZE_KINDS) and code == 0 and not timed_out:
             report["sizes"] = {measure: measure_size(root, measure, started_ns, spec.get("target"), fresh)}
         out.end(report)
         return code
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        run_tmpdirs.remove(tmpdir)
 
 
 def main() -> None:

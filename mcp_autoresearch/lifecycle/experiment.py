@@ -387,7 +387,7 @@ class Experiment:
             found = sizes[config.metric_measure]
             if isinstance(found, str):
                 raise MetricError(found)
-            return found / (1024 if config.metric_measure.startswith("size_kb:") else 1024 * 1024)
+            return Measure.parse(config.metric_measure).in_unit(found)
         scope = output_holding(self.root, list(config.writable), Measure.parse(config.metric_measure).path)
         return measure(
             config.metric_measure, self.root, duration_s, started_at, config.target_file, fresh, scope

@@ -169,7 +169,8 @@ def measure(
     fresh: Snapshot = frozenset(),
     scope: str | None = None,
 ) -> float:
-    """A metric the server measures itself: `wall_time_s`, `size_kb:<path>`, `size_mb:<path>` (see `Measure`).
+    """A metric the server measures itself: `wall_time_s`, `size_b:<path>`, `size_kb:<path>`, `size_mb:<path>`
+    (see `Measure`).
     With `started_at` (the run's start, wall clock), a size is only taken of an output written for this run,
     holding nothing `output_checks.unsafe_output` refuses (`fresh`: the output's snapshot before the run;
     `scope`: the output directory holding it, see `measure_output`)."""
@@ -180,7 +181,7 @@ def measure(
         size = measure_output(root, parsed, started_at, target_file, fresh, scope)
     except OutputError as exc:
         raise MetricError(str(exc)) from None
-    return size / 1024 if parsed.kind == "size_kb" else size / (1024 * 1024)
+    return parsed.in_unit(size)
 
 
 def _collect_metrics(data: bytes, metric_name: str | None, metrics: dict[str, float]) -> None:

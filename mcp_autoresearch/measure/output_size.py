@@ -1,7 +1,7 @@
 """The size of a run's output, measured one way wherever the run ran: the server (`metrics.measure`) and the
 Ray worker (`ray_wrapper`, which ships this module) both call `measure_output`. Standard library only.
 
-A `metric_measure` of `size_kb:<path>` / `size_mb:<path>` (optional ` !<glob>` items leave files out:
+A `metric_measure` of `size_b:<path>` / `size_kb:<path>` / `size_mb:<path>` (optional ` !<glob>` items leave files out:
 `size_kb:dist !*.map` is the bundle without its source maps) is the bytes of the file, or of the regular files
 below the directory. With the run's start, the output must also be one this run wrote: nothing
 `output_checks.unsafe_output` refuses, no link on the way to it, and changed during the run or after the
@@ -30,14 +30,18 @@ else:  # shipped beside the Ray wrapper, imported by path
     )
 
 
+# A size measure's kind -> (its unit's name, its bytes).
+SIZE_UNITS = {"size_b": ("bytes", 1), "size_kb": ("KB", 1024), "size_mb": ("MB", 1024 * 1024)}
+
+
 class OutputError(Exception):
     """The output cannot be measured honestly: the message says why."""
 
 
 @dataclass(frozen=True)
 class Measure:
-    """A parsed `metric_measure`: `wall_time_s`, or `size_kb:<path>` / `size_mb:<path>` followed by optional
-    ` !<glob>` items naming files left out."""
+    """A parsed `metric_measure`: `wall_time_s`, or `size_b:<path>` / `size_kb:<path>` / `size_mb:<path>`
+    followed by optional ` !<glob>` items naming files left out."""
 
     kind: str
     path: str = ""
@@ -51,7 +55,15 @@ class Measure:
 
     @property
     def is_size(self) -> bool:
-        return self.kind in ("size_kb", "size_mb")
+        return self.kind in SIZE_UNITS
+
+    def in_unit(self, size: int) -> float:
+        """`size` bytes in this measure's unit (bytes, KB or MB; 1 KB = 1024 bytes)."""
+        return size / SIZE_UNITS[self.kind][1]
+
+    @property
+    def unit(self) -> str:
+        return SIZE_UNITS[self.kind][0]
 
     def excluded(self, relative: str) -> bool:
         name = relative.rsplit("/", 1)[-1]

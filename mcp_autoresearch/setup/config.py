@@ -42,7 +42,7 @@ FROZEN: dict[str, Any] = {"session": "frozen"}
 FREE: dict[str, Any] = {"session": "free"}
 
 # `metric_measure` forms: the server measures the value itself instead of reading it from the output.
-MEASURE_RE = re.compile(r"^(wall_time_s|size_(?:kb|mb):.+)$")
+MEASURE_RE = re.compile(r"^(wall_time_s|size_(?:b|kb|mb):.+)$")
 
 
 class ConfigValues(BaseModel):
@@ -69,7 +69,7 @@ class ConfigValues(BaseModel):
     )
     metric_measure: str | None = Field(
         None,
-        description="Measured metric: wall_time_s, size_kb:<path> or size_mb:<path>.",
+        description="Measured metric: wall_time_s, size_b:<path>, size_kb:<path> or size_mb:<path>.",
         json_schema_extra=FROZEN,
     )
     metric_direction: Direction | None = Field(
@@ -315,7 +315,7 @@ class ConfigValues(BaseModel):
     @classmethod
     def _measure(cls, value: str | None) -> str | None:
         if value is not None and not MEASURE_RE.match(value):
-            raise ValueError("must be wall_time_s, size_kb:<path> or size_mb:<path>")
+            raise ValueError("must be wall_time_s, size_b:<path>, size_kb:<path> or size_mb:<path>")
         return value
 
     @field_validator(

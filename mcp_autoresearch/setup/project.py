@@ -144,10 +144,9 @@ def describe_measure(spec: str) -> str:
     measure = Measure.parse(spec)
     if measure.kind == "wall_time_s":
         return "wall time of the run in seconds (measured by the server)"
-    unit = "KB" if measure.kind == "size_kb" else "MB"
     left_out = f", leaving out {', '.join(measure.exclude)}" if measure.exclude else ""
     return (
-        f"size of '{measure.path}' in {unit}{left_out}, after the run (measured by the server; "
+        f"size of '{measure.path}' in {measure.unit}{left_out}, after the run (measured by the server; "
         "an output not written by the run is a metric_error)"
     )
 
