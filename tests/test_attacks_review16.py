@@ -4,6 +4,10 @@ on the viewers that show what it wrote. Each test here failed before its fix."""
 from __future__ import annotations
 
 import json
+import linecache
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,9 @@ import pytest
 from mcp_autoresearch.readers.plot import plotting_available
 
 from .conftest import run_cli
+
+ANSWER_X = 'import runpy\nprint(abs(runpy.run_path("params.py")["X"] - 3))\n'
+SCORE_ANSWER = 'import sys\nprint(f"score: {float(open(sys.argv[1]).read())}")\n'
 
 pytestmark = pytest.mark.anyio
 
@@ -142,6 +149,103 @@ async def test_start_session_racing_a_one_call_experiment_answers_what_happened(
             ].text
             assert git(root, "rev-parse", "--abbrev-ref", "HEAD").strip() == "autoresearch/b"
         assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+HELD_HOLDOUT = """\
+import os, sys, time
+score = float(open(sys.argv[1]).read())
+while score == 2 and not os.path.exists(os.path.join(SIGNALS, "go")):  # held until the test lets it go
+    time.sleep(0.01)
+print(f"score: {score}")
+"""
+
+
+def _thread_in(function: str, file: str, line_holds: str = "") -> bool:
+    """Whether a thread of this process is in `function` of `file`, at a line holding `line_holds`."""
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            code = frame.f_code
+            if code.co_name == function and code.co_filename.endswith(file):
+                return line_holds in _line_of(frame)
+            frame = frame.f_back
+    return False
+
+
+async def test_start_session_waiting_for_a_step_does_not_hold_the_agents_other_calls(tmp_path: Path) -> None:
+    """start_session(tag=other) sent during a step of the session that takes long (commit_or_reset running the
+    holdout, up to eval_timeout) waits for that step (above); it waited holding the workspace's lock, which
+    every call takes first, so a `read_target` of the agent got no answer until the step ended. Other calls
+    answer while it waits."""
+    import anyio
+    from mcp import Client
+
+    from mcp_autoresearch.adapters.server import create_server
+    from mcp_autoresearch.session.workspace import Workspace
+
+    from .conftest import make_repo
+
+    signals = Path(tempfile.mkdtemp(prefix=".autoresearch-test-signals-", dir=Path.home()))
+    try:
+        holdout = f"SIGNALS = {str(signals)!r}\n" + HELD_HOLDOUT
+        files = {
+            "params.py": "X = 0\n",
+            "answer.py": ANSWER_X,
+            "score.py": SCORE_ANSWER,
+            "holdout.py": holdout,
+        }
+        root = make_repo(tmp_path / "proj", files)
+        settings = {
+            "target_file": "params.py",
+            "run_command": "mkdir -p out && python3 answer.py > out/answer.txt",
+            "writable": ["out"],
+            "eval_command": "python3 score.py out/answer.txt",
+            "holdout_command": "python3 holdout.py out/answer.txt",
+            "metric_name": "score",
+            "readonly_files": ["answer.py", "score.py", "holdout.py"],
+            "keep_rule": "greedy",
+        }
+        workspace = Workspace(root, settings)
+        async with Client(create_server(workspace)) as client:
+            assert not (await client.call_tool("start_session", {"tag": "a"})).is_error
+            baseline = {"description": "baseline", "decide": True}
+            first_run = await client.call_tool("run_experiment", baseline)
+            assert first_run.structured_content["decided"]["decision"] == "keep", first_run.content[0].text
+            answers: dict[str, Any] = {}
+
+            async def experiment() -> None:
+                edits = [{"old_text": "X = 0", "new_text": "X = 1"}]
+                args = {"description": "X = 1", "edits": edits, "decide": True}
+                answers["run"] = await client.call_tool("run_experiment", args)
+
+            async def switch() -> None:
+                answers["switch"] = await client.call_tool("start_session", {"tag": "b"})
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(experiment)  # its keep runs the holdout, held
+                while not _thread_in("run_holdout", "holdout_stage.py"):
+                    assert "run" not in answers, answers["run"].content[0].text
+                    await anyio.sleep(0.01)
+                group.start_soon(switch)
+                while not _thread_in("start_session", "workspace.py", "current.lock"):
+                    await anyio.sleep(0.01)
+                try:
+                    # The workspace's lock, which every call takes first, is free while the switch waits.
+                    free = workspace._lock.acquire(blocking=False)
+                    if free:
+                        workspace._lock.release()
+                        answers["read"] = await client.call_tool("read_target", {})
+                finally:
+                    (signals / "go").touch()
+            assert free, "start_session held the workspace's lock (every call's first) while it waited"
+            assert not answers["read"].is_error and "X = 1" in answers["read"].content[0].text
+            assert answers["run"].structured_content["decided"]["decision"] == "keep"
+            assert not answers["switch"].is_error  # the step ended, nothing pending: the switch was made
+    finally:
+        shutil.rmtree(signals, ignore_errors=True)
+
+
+def _line_of(frame: Any) -> str:
+    return linecache.getline(frame.f_code.co_filename, frame.f_lineno)
 
 
 async def test_a_target_whose_first_line_is_longer_than_the_view_can_still_be_read(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +99,20 @@ class Workspace:
     def start_session(self, tag: str | None = None, budget: dict[str, Any] | None = None) -> StartResult:
         """Open (create or resume) a session; `budget`: start_session's max_experiments and max_hours. The
         session open now is held meanwhile (its lock): a step of it under way (an edit, a run being started) ends
-        before its runs are looked at, so a run it starts is seen, and refuses the switch."""
-        with self._lock:
-            current = self._session
-            with current.lock if current is not None else nullcontext():
-                return self._start_session(tag, budget)
+        before its runs are looked at, so a run it starts is seen, and refuses the switch. That wait is made
+        without the workspace's lock, which every other call takes first: a step of minutes (a one-call
+        experiment) held every other call of the agent with it."""
+        while True:
+            with self._lock:
+                current = self._session
+                if current is None or current.lock.acquire(blocking=False):
+                    try:
+                        return self._start_session(tag, budget)
+                    finally:
+                        if current is not None:
+                            current.lock.release()
+            with current.lock:  # the step under way ends; then the workspace is looked at again
+                pass
 
     def _start_session(self, tag: str | None, budget: dict[str, Any] | None) -> StartResult:
         if tag is None:
