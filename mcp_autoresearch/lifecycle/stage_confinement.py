@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..names import HOLDOUT, RUN_LOGS, STATE_DIR
+from ..names import HOLDOUT, OUTPUTS_DIR, RUN_LOGS, STATE_DIR
 from ..sandbox.caches import run_caches, stage_caches
 from ..sandbox.launcher import Launched, launcher
 from ..sandbox.policy import Isolation, keeper_command, keeper_spec, linked_inputs, writable_paths
@@ -75,7 +75,10 @@ class StageConfinement:
             # this run is in flight appears beneath it, hidden too.
             logs = [str(self.log_dir.parent if sessions else self.log_dir)]
             reads = inputs  # the logs are not shown again
-        return reads, [*hidden_paths(self.config), *holdout, *logs]
+        # What earlier runs left in the outputs, moved aside (`fresh_outputs`): a candidate that computes nothing
+        # would hand the evaluation the best's answer from there, and be kept as equal and simpler.
+        aside = [str(self.root / STATE_DIR / OUTPUTS_DIR)] if stage == "run" else []
+        return reads, [*hidden_paths(self.config), *holdout, *logs, *aside]
 
     def wrap(self, argv: list[str], tmpdir: str, stage: str = "run", shown: Path | None = None) -> list[str]:
         assert self.isolation is not None
