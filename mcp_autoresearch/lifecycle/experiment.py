@@ -77,6 +77,7 @@ class Experiment:
         env: dict[str, str] | None = None,
         publish_run_log: bool = True,
         backend: RayBackend | None = None,
+        slot: tuple[Path, Path] | None = None,
     ) -> None:
         self.config = config
         self.publish_run_log = publish_run_log  # run.log at the root shows the run's output (not in a slot)
@@ -96,7 +97,7 @@ class Experiment:
         # A log that left part of its output out (log_limit_mb, a full disk): where its kept end begins
         self._log_ends: dict[Path, int] = {}
         self._parsed_evaluation: Path | None = None  # the evaluation's log metric_parse reads while it runs
-        self.stages = StageConfinement(config, root, log_dir, isolation)
+        self.stages = StageConfinement(config, root, log_dir, isolation, slot)
 
     def cancel(self, reason: str) -> None:
         with self._lock:

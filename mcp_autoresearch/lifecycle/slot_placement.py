@@ -156,6 +156,7 @@ class SlotPlacement:
             env=self._slot_env(slot),
             publish_run_log=False,
             backend=self.backend,
+            slot=(self.checkouts.home, self.checkouts.top(slot)),
         )
 
     def started(self, pending: Pending) -> None:

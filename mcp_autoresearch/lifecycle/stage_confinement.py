@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..names import HOLDOUT, RUN_LOGS, STATE_DIR
+from ..names import HOLDOUT, OUTPUTS_DIR, RUN_LOGS, STATE_DIR
 from ..sandbox.caches import run_caches, stage_caches
 from ..sandbox.launcher import Launched, launcher
 from ..sandbox.policy import Isolation, keeper_command, keeper_spec, linked_inputs, writable_paths
@@ -20,11 +20,19 @@ from .evaluation import eval_writable, evaluation_logs
 class StageConfinement:
     """The confinement of one experiment's stages (`log_dir`: its runs' logs, `.autoresearch/runs/<tag>`)."""
 
-    def __init__(self, config: Config, root: Path, log_dir: Path, isolation: Isolation | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        root: Path,
+        log_dir: Path,
+        isolation: Isolation | None,
+        slot: tuple[Path, Path] | None = None,
+    ) -> None:
         self.config = config
         self.root = root
         self.log_dir = log_dir
         self.isolation = isolation
+        self.slot = slot  # in a slot: (the session's slots folder, this slot's checkout)
 
     def writable(self, tmpdir: str, stage: str = "run") -> list[str]:
         """A run's (and the checks') writable paths; the evaluation stage's: its TMPDIR and devices only."""
@@ -75,7 +83,13 @@ class StageConfinement:
             # this run is in flight appears beneath it, hidden too.
             logs = [str(self.log_dir.parent if sessions else self.log_dir)]
             reads = inputs  # the logs are not shown again
-        return reads, [*hidden_paths(self.config), *holdout, *logs]
+        # What earlier runs left in the outputs, moved aside (`fresh_outputs`): a candidate that computes nothing
+        # would hand the evaluation the best's answer from there, and be kept as equal and simpler.
+        aside = [str(self.root / STATE_DIR / OUTPUTS_DIR)] if stage == "run" else []
+        if self.slot is not None and stage == "run":  # the other slots' outputs (the best's, say): hidden
+            aside.append(str(self.slot[0]))
+            reads = [str(self.slot[1]), *reads]  # this slot's checkout, shown again
+        return reads, [*hidden_paths(self.config), *holdout, *logs, *aside]
 
     def wrap(self, argv: list[str], tmpdir: str, stage: str = "run", shown: Path | None = None) -> list[str]:
         assert self.isolation is not None

@@ -311,6 +311,10 @@ class View:
                     ),
                     f"tmpfs on {directory}",
                 )
+                self._read_only(directory)
+        for directory in self.hidden:
+            if directory not in self.scratch and self._covered(directory):
+                self._read_only(directory)  # its mount points are made: nothing of a run's is written there
         for path in hide:  # files (a token) still visible after the directories were hidden
             if os.path.isfile(path) and not os.path.islink(path):
                 namespaces._check(
@@ -322,6 +326,22 @@ class View:
         os.chdir(cwd)  # the working directory as the view shows it (not the hidden mount beneath)
         namespaces._reopen_standard_files()
         return [*self.scratch, *self.terminals]
+
+    def _read_only(self, directory: str) -> None:
+        """The tmpfs over a hidden `directory` read-only (that mount alone: a writable path shown again beneath
+        it stays writable). Without Landlock the view alone holds a run: such a tmpfs was writable, up to half
+        the machine's memory each, past the scratch folders' bounds."""
+        namespaces._check(
+            _setattr(
+                self.libc,
+                namespaces.AT_FDCWD,
+                os.fsencode(directory),
+                namespaces.MOUNT_ATTR_RDONLY,
+                0,
+                recursive=False,
+            ),
+            f"make the tmpfs on {directory} read-only",
+        )
 
     def let_go(self, keeper: socket.socket | None) -> None:
         """Close the copy of every mount as it was, once `finish` is done with it (before Landlock and `exec`:
