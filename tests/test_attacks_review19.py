@@ -4,9 +4,15 @@ fix (or is marked xfail with the fix it needs)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
+
+from mcp_autoresearch.vcs.repo import GIT_ENV
+
+from .conftest import git
 
 pytestmark = pytest.mark.anyio
 
@@ -44,3 +50,53 @@ async def test_a_target_edited_by_hand_before_a_discard_is_kept_aside_not_revert
         again = await finished_run(agent, "LR = 0.5", "LR = 0.8", "worse again")
         await agent.ok("commit_or_reset", run_id=again["run_id"])
         assert len(list((root / ".autoresearch" / "edits").iterdir())) == 1
+
+
+async def test_resuming_a_session_never_leaves_a_persons_detached_commits_behind(
+    ml_project: Path, agent_for
+) -> None:
+    """Between two servers the person detaches HEAD and commits there (or stops a `git rebase -i` at an `edit`
+    and amends). start_session resumed the session by checking out its branch: the person's commits were left
+    reachable from no ref (git's own checkout warns of it; the server said nothing), and a rebase under way then
+    went on from the session's branch. The resume is refused with what to do, and nothing is changed."""
+    root = ml_project
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        await agent.experiment("baseline")
+    git(root, "checkout", "-q", "--detach")
+    (root / "README.md").write_text("the person's work on a detached HEAD\n")
+    git(root, "commit", "-qam", "the person's detached commit")
+    mine = git(root, "rev-parse", "HEAD").strip()
+    async with agent_for(root) as agent:
+        refused = await agent.refused("start_session", tag="t")
+        assert "no branch holds" in refused and f"git branch NAME {mine[:12]}" in refused, refused
+        assert git(root, "rev-parse", "HEAD").strip() == mine
+        git(root, "branch", "mine", mine)  # the person follows the advice: the session resumes
+        await agent.ok("start_session", tag="t")
+    assert git(root, "rev-parse", "mine").strip() == mine
+
+
+async def test_a_session_is_never_started_or_resumed_in_the_middle_of_a_rebase(
+    ml_project: Path, agent_for
+) -> None:
+    """A `git rebase -i` stopped at an `edit` leaves a clean tree on a detached HEAD. start_session made its branch
+    there (or, to resume, checked out its branch): `git rebase --continue` then goes on from the session's branch
+    and writes the result, the session's experiments included, to the person's branch. Refused, with how to end
+    the rebase."""
+    root = ml_project
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        await agent.experiment("baseline")
+    git(root, "checkout", "-q", "main")
+    for text in ("a", "b"):
+        (root / "README.md").write_text(f"{text}\n")
+        git(root, "commit", "-qam", text)
+    env = {**os.environ, **GIT_ENV, "GIT_SEQUENCE_EDITOR": "sed -i 1s/^pick/edit/"}
+    subprocess.run(["git", "rebase", "-i", "HEAD~2"], cwd=root, env=env, check=True, capture_output=True)
+    stopped = git(root, "rev-parse", "HEAD").strip()
+    async with agent_for(root) as agent:
+        for tag in ("t", "u"):
+            refused = await agent.refused("start_session", tag=tag)
+            assert "a rebase is under way" in refused and "git rebase --continue" in refused, refused
+    assert git(root, "rev-parse", "HEAD").strip() == stopped
+    assert "autoresearch/u" not in git(root, "branch", "--list")
