@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import anyio
 import pytest
 
 from mcp_autoresearch.vcs.repo import GIT_ENV
@@ -100,3 +101,52 @@ async def test_a_session_is_never_started_or_resumed_in_the_middle_of_a_rebase(
             assert "a rebase is under way" in refused and "git rebase --continue" in refused, refused
     assert git(root, "rev-parse", "HEAD").strip() == stopped
     assert "autoresearch/u" not in git(root, "branch", "--list")
+
+
+# A target whose run waits for the person: it says it started, then waits until a file of the project appears.
+WAITING = """LR = 0.9
+import os, time
+print("started", flush=True)
+while not os.path.exists("go.flag"):
+    time.sleep(0.02)
+print(f"val_bpb: {abs(LR - 0.1) + 1:.6f}")
+"""
+
+
+async def running_until_released(agent, root: Path) -> dict:
+    """A run started and seen running (its live log says so); `root / "go.flag"` lets it end."""
+    await agent.ok("apply_edit", content=WAITING)
+    run = await agent.ok("run_experiment", description="waits for the person")
+    log = root / run["log_path"]
+    while not (log.exists() and "started" in log.read_text()):
+        await anyio.sleep(0.02)
+    return run
+
+
+@pytest.mark.parametrize("where", ["session branch", "detached HEAD"])
+async def test_a_persons_commit_made_during_a_run_is_never_left_reachable_only_from_the_reflog(
+    ml_project: Path, agent_for, where: str
+) -> None:
+    """The person commits while a run is under way, on the session branch they did not notice was checked out,
+    or on a detached HEAD. The after-run check cannot tell them from a run's: it put the branch back (or checked
+    the branch out again) and named neither the commit nor how to keep it; the person's commit was reachable
+    only from the reflog. The check now names the commit (`git branch NAME <id>`), and a detached HEAD holding
+    commits no branch holds is left where it is."""
+    root = ml_project
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="t")
+        await agent.experiment("baseline")
+        run = await running_until_released(agent, root)
+        if where == "detached HEAD":
+            git(root, "checkout", "-q", "--detach")
+        (root / "README.md").write_text("the person's fix, committed during the run\n")
+        git(root, "add", "README.md")
+        git(root, "commit", "-qm", "the person's commit")
+        mine = git(root, "rev-parse", "HEAD").strip()
+        (root / "go.flag").write_text("")
+        done = await agent.until_done(run["run_id"])
+        assert done["status"] == "tampered", done
+        reachable = git(root, "branch", "--contains", mine).strip()
+        assert reachable or f"git branch NAME {mine[:12]}" in done["error"], done["error"]
+        if where == "detached HEAD":
+            assert git(root, "rev-parse", "HEAD").strip() == mine
