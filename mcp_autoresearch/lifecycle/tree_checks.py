@@ -16,6 +16,7 @@ from ..records.state import Pending, server_dir
 from ..session.context import SessionCore
 from ..setup.single_file import changed_fingerprints, new_files, sha256_file
 from ..vcs.planted import GitWatch
+from ..vcs.unfinished import switch_problem
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -54,10 +55,19 @@ class TreeChecks:
             # First, before git runs again: configuration, attributes and refs as the run found them.
             tampered += watch.after_run(pending.git_config, pending.refs_digest, head, pending.run_id)
             if core.repo.current_branch() != core.state.branch:
-                tampered.append(f"HEAD (switched to {core.repo.current_branch() or 'a detached commit'})")
-                core.repo.checkout_branch(core.state.branch)
-            if core.repo.head_commit() != head:
-                tampered.append(f"the session branch (moved by {by})")
+                problem = switch_problem(core.repo, core.state.branch)
+                if problem is None:
+                    tampered.append(f"HEAD (switched to {core.repo.current_branch() or 'a detached commit'})")
+                    core.repo.checkout_branch(core.state.branch)
+                else:  # a person's commits on a detached HEAD, or their rebase: never left behind
+                    tampered.append(f"HEAD (left as it is: {problem})")
+            moved = core.repo.resolve_branch(core.state.branch)
+            if moved != head:
+                # A person's commit there is put back too: named, so it is never only in the reflog.
+                tampered.append(
+                    f"the session branch (moved by {by} to {moved[:12]}, put back: "
+                    f"`git branch NAME {moved[:12]}` keeps what it held)"
+                )
                 undo = f"{pending.run_id}'s move" if ran_here else f"a move during {pending.run_id}"
                 core.repo.move_branch(core.state.branch, head, f"autoresearch: undo {undo}")
             index_same = watch.index_unchanged()  # else the run (or its git) wrote the index

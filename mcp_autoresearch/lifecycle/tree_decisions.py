@@ -6,7 +6,8 @@ from __future__ import annotations
 from ..errors import RuleViolation
 from ..models import DecisionResult
 from ..names import SESSION_REFS
-from ..records.state import DecisionRecord, Pending
+from ..records.atomic import atomic_write, read_regular, unused_path
+from ..records.state import DecisionRecord, Pending, server_dir
 from ..session.context import SessionCore
 from .branching import keep_reachable, made_best
 from .decisions import decided_next_step
@@ -58,7 +59,9 @@ class TreeDecisions:
             return ""
         core.repo.set_ref(f"{SESSION_REFS}{core.state.tag}/{pending.run_id}", commit)
         best = core.state.best.commit if core.state.best else pending.parent_commit
+        note = ""
         if decision != "keep":  # restore what the candidate changed (the target only: checked before the run)
+            note = self._keep_changed_since_run(pending, commit)
             core.repo.restore_paths(pending.parent_commit, [path], plain=core.plain_target)
         if core.repo.resolve_branch(core.state.branch) != best:
             core.repo.move_branch(core.state.branch, best, f"autoresearch: {decision} {pending.run_id}")
@@ -66,7 +69,32 @@ class TreeDecisions:
             core.repo.unstage(
                 [path], plain=core.plain_target
             )  # the index follows the branch; the work tree holds the next parent
-        return ""
+        return note
+
+    def _keep_changed_since_run(self, pending: Pending, commit: str) -> str:
+        """The target as a person left it after the run ended (no tool writes it while a run waits for its
+        decision), kept aside before the discard puts the parent's back; a note saying where, or ""."""
+        core = self.core
+        repo, path, target = core.repo, core.target_repo_path, core.root / core.target_rel
+        try:
+            current = read_regular(target)
+        except OSError:
+            return ""  # deleted or not a file: nothing to keep (the restore writes the parent's)
+        known = (commit, pending.parent_commit)
+        if core.plain_target:
+            same = current in (repo.show_file(c, path) for c in known)
+        else:  # compared in git's form: a checkout's converted bytes are not a change
+            same = repo.blob_id(path, current) in (repo.blob_at(c, path) for c in known)
+        if same:
+            return ""
+        aside = unused_path(
+            server_dir(core.root, "edits"), f"{core.state.tag}-{pending.run_id}-{target.name}"
+        )
+        atomic_write(aside, current)
+        return (
+            f"{core.target_rel} was changed after run {pending.run_id} ended (by hand?): what it held is kept in "
+            f"{aside.relative_to(core.root)}, since the discard put the parent's version back. "
+        )
 
     def decided(self, pending: Pending, note: str) -> str:
         core = self.core
@@ -85,6 +113,13 @@ class TreeDecisions:
                 best,
                 pending.is_baseline,
                 self.runs.side_stage,
+            )
+        if decision.decision != "keep":  # a change kept aside before the revert: said first
+            return note + decided_next_step(
+                core,
+                pending,
+                "build on it: edit the target and run",
+                "try another idea: edit the target and run",
             )
         return decided_next_step(
             core,

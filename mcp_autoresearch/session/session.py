@@ -61,6 +61,7 @@ from ..setup.project import Project, integrity_refusal
 from ..setup.single_file import changed_fingerprints, fingerprint_files, new_files
 from ..setup.stage_config import refuse_unhidable
 from ..vcs.repo import Repo
+from ..vcs.unfinished import switch_problem, unfinished_operation
 from .context import normal_run_id
 from .editing import Editor, what_the_edit_left
 from .opening import TAG_RE, check_last_budget, default_tag
@@ -194,6 +195,8 @@ class Session:
     ) -> Session:
         config = project.config
         assert config.target_file and config.metric_name
+        if operation := unfinished_operation(repo):  # git would end it on the session's branch
+            raise SessionError(f"cannot start a session: {operation}. Nothing was changed")
         dirty = [repo.project_path(p) for p in repo.changed_tracked_files()]
         if dirty:
             raise SessionError(
@@ -263,6 +266,8 @@ class Session:
         session = cls(root, project, repo, state, journal)
         session.runs.after_restart()  # before git runs again: what a run in flight planted is undone
         if repo.current_branch() != state.branch:
+            if problem := switch_problem(repo, state.branch):
+                raise SessionError(f"cannot resume session '{state.tag}': {problem}. Nothing was changed")
             dirty = [p for p in repo.changed_tracked_files()]
             if dirty:
                 raise SessionError(

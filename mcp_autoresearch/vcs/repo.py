@@ -17,7 +17,7 @@ import git
 from gitdb.db.loose import LooseObjectDB
 
 from ..errors import SessionError
-from ..names import SESSION_BRANCHES
+from ..names import SESSION_BRANCHES, SESSION_REFS
 from ..records.atomic import atomic_write, own_dir, read_regular
 from .index_file import REGULAR_MODES, set_entry
 from .object_writer import ObjectWriter
@@ -214,6 +214,11 @@ class Repo:
         stays readable in .git's objects after the path is untracked."""
         found = self._run("rev-list", "--all", "--reflog", "-1", "--", repo_path).strip()
         return found[:12] or None
+
+    def head_only_commits(self) -> list[str]:
+        """Commits HEAD holds that no branch, tag, remote branch or ref of the server's does."""
+        refs = ("--branches", "--tags", "--remotes", f"--glob={SESSION_REFS.rstrip('/')}")
+        return self._run("rev-list", "HEAD", "--not", *refs).split()
 
     def changed_tracked_files(self) -> list[str]:
         """Tracked files whose index or working-tree content differs from HEAD (repo-relative). Without git's

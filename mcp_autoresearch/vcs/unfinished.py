@@ -1,0 +1,50 @@
+"""What a person left unfinished in git that the server's switch of branch would break: an operation under way
+(a rebase, a merge, a cherry-pick, a revert, a bisect: git finishes it on whatever HEAD is then, and a rebase
+writes its result to the branch it started from) and commits that only a detached HEAD holds (a checkout of
+another branch leaves them reachable from no ref)."""
+
+from __future__ import annotations
+
+import os
+
+from .repo import Repo
+
+# The files git keeps in a work tree's own git directory while an operation is under way, and how to end it.
+OPERATIONS = {
+    "rebase-merge": ("a rebase", "git rebase --continue, or git rebase --abort"),
+    "rebase-apply": ("a rebase or git am", "git rebase --continue or git am --continue, or --abort"),
+    "MERGE_HEAD": ("a merge", "git commit, or git merge --abort"),
+    "CHERRY_PICK_HEAD": ("a cherry-pick", "git cherry-pick --continue, or git cherry-pick --abort"),
+    "REVERT_HEAD": ("a revert", "git revert --continue, or git revert --abort"),
+    "BISECT_LOG": ("a bisect", "git bisect reset"),
+}
+
+
+def unfinished_operation(repo: Repo) -> str | None:
+    """The git operation under way in this work tree, said with how to end it; None when there is none."""
+    for name, (what, how) in OPERATIONS.items():
+        if os.path.lexists(repo.worktree_git_dir / name):
+            return (
+                f"{what} is under way in this work tree ({repo.worktree_git_dir / name} exists); a person must "
+                f"finish it first ({how})"
+            )
+    return None
+
+
+def switch_problem(repo: Repo, branch: str) -> str | None:
+    """Why the server must not check out `branch` now (a person's operation under way, or commits only the
+    detached HEAD holds, which the switch would leave behind); None when it may."""
+    operation = unfinished_operation(repo)
+    if operation is not None:
+        return operation
+    if repo.current_branch() is not None:
+        return None
+    head = repo.head_commit()
+    left = repo.head_only_commits()
+    if not left:
+        return None
+    return (
+        f"HEAD is detached at {head[:12]}, which holds {len(left)} commit(s) no branch holds (a person's?): "
+        f"checking out {branch} would leave them behind. A person must put them on a branch first "
+        f"(git branch NAME {head[:12]}), or check out {branch} themselves"
+    )
