@@ -268,8 +268,9 @@ def setup_failure(text: str) -> str | None:
 
 _DENIED = re.compile(r"(Permission denied|Read-only file system|EACCES|EROFS|Operation not permitted)", re.I)
 _QUOTED = re.compile(r"""['"`‘]((?:/|\./|\.\./|~/)?[^'"`’\n]{1,300})['"`’]""")
+# `ld: cannot open output file bench: ...` names the file after "output file".
 _UNQUOTED = re.compile(
-    r"(?:cannot (?:create|touch|open|remove|mkdir)|open|mkdir|unlink|rename) (/?[\w.\-/]+)"
+    r"(?:cannot (?:create|touch|open|remove|mkdir)(?: output)?(?: file)?|open|mkdir|unlink|rename) (/?[\w.\-/]+)"
 )
 # Node prints the error object after the message: `path: 'dist'` (and `dest:` for a rename or link).
 _NODE_PATH = re.compile(r"""^\s*(?:path|dest): ['"]([^'"\n]{1,300})['"]""", re.M)

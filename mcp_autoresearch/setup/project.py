@@ -206,6 +206,8 @@ def load_project(
     config = _validated(root, build_config(merged.values), merged.warnings)
     isolation = probe_isolation(config.isolation, config.network)
     _add_config_warnings(config, isolation, merged.warnings)
+    if "writable" in merged.user_keys:
+        merged.warnings += writable_warnings(root, list(config.writable))
     if detected:
         project_type = detected.project_type
     elif merged.user_keys:
@@ -359,6 +361,12 @@ def _add_config_warnings(config: Config, isolation: Isolation, warnings: list[st
         warnings.append(f"isolation = required, but runs cannot be confined here ({isolation.missing()})")
     if config.metric_measure == "wall_time_s" and not (config.metric_parse or config.metric_regex):
         warnings.append(wall_time_warning(config))
+    if config.eval_command and not config.hidden:
+        warnings.append(
+            "eval_command is set but hidden is empty: a run can read every file the scorer reads, the answers it "
+            "compares against too, and write them as its result (a perfect score); list those files in hidden "
+            "(only eval_command and holdout_command may read them)"
+        )
     if config.timeout < config.time_budget:
         warnings.append(
             f"timeout ({config.timeout:g} s) is shorter than time_budget ({config.time_budget:g} s)"
@@ -393,6 +401,36 @@ def integrity_refusal(provenance: MetricProvenance) -> str:
         f"integrity = required, but the metric is self-reported ({provenance.reason}). Fix: {provenance.fix}; "
         'or set integrity = "any" to accept a self-reported metric (it is labelled as such everywhere)'
     )
+
+
+def writable_warnings(root: Path, entries: list[str]) -> list[str]:
+    """A `writable` entry is a directory a run writes beneath. Say so where the user listed an entry of the
+    project that is a file (a run may write into it but not replace it, as a linker does) or that is not there
+    yet (the server creates it as an empty directory before each run, so a build that writes a file of that
+    name, a binary at the project root, finds a directory there)."""
+    found = []
+    for entry in entries:
+        path = Path(os.path.expanduser(entry))
+        path = path if path.is_absolute() else root / path
+        if root not in path.parents:
+            continue
+        example = f"{path.parent.relative_to(root) / 'build'}".removeprefix("./")
+        fix = (
+            f"list the directory the build writes into instead (e.g. build the output as {example}/{path.name} "
+            f'with writable = ["{example}"])'
+        )
+        if path.is_file() and not path.is_symlink():
+            found.append(
+                f"writable entry '{entry}' is a file: a run may write into it but not replace or remove it, as "
+                f"a linker or a copy does (refused); {fix}"
+            )
+        elif not os.path.lexists(path):
+            found.append(
+                f"writable entry '{entry}' does not exist yet: the server creates it as an empty directory before "
+                f"each run (an entry is a directory a run writes beneath); if the build writes a file of that "
+                f"name, {fix}"
+            )
+    return found
 
 
 def cache_warnings(root: Path, config: Config) -> list[str]:
