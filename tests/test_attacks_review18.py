@@ -123,16 +123,12 @@ def test_without_landlock_the_folders_the_view_hides_are_read_only(tmp_path: Pat
         assert f"REFUSED {folder} Read-only file system" in lines, (done.stdout, done.stderr)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a run's processes keep the server's OOM score: a run that fills its scratch tmpfs (within its bounds, "
-    "a quarter of the machine's memory for /dev/shm) pins memory no process's RSS counts, and where memory is "
-    "short (a cgroup's limit, a container, a busy machine) the OOM killer ends the biggest process: the server. "
-    "Measured in a 300 MB memory cgroup: a 120 MB server, its run writing 400 MB to /dev/shm: the server was "
-    "SIGKILLed. With the keeper's oom_score_adj at 1000 the run's processes went first and the server lived. "
-    "Fix: the command (before Landlock and exec, while it may still write /proc/self) sets oom_score_adj = 1000",
-)
 def test_a_runs_processes_are_the_oom_killers_first_choice(tmp_path: Path) -> None:
+    """A run's processes kept the server's OOM score: a run that fills its scratch tmpfs (within its bounds, a
+    quarter of the machine's memory for /dev/shm) pins memory no process's RSS counts, and where memory is short
+    (a cgroup's limit, a container, a busy machine) the OOM killer ended the biggest process: the server.
+    Measured in a 300 MB memory cgroup: a 120 MB server, its run writing 400 MB to /dev/shm: the server was
+    SIGKILLed; with the run's processes at oom_score_adj 1000 they went first and the server lived."""
     import subprocess
     import sys
 

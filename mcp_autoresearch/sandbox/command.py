@@ -45,6 +45,23 @@ def fail(message: str) -> None:
     os._exit(SETUP_FAILED)
 
 
+def first_for_the_oom_killer() -> None:
+    """In the command's process, before its view and Landlock (both close /proc/self to writes): its OOM score at
+    the top, inherited by every process of the run. A run can pin memory no process's size counts (its scratch
+    tmpfs, /dev/shm); where memory runs short the OOM killer then chose the largest process, the server, and the
+    session ended with the run still going. Raising one's own score needs no privilege; best effort."""
+    try:
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, b"1000")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def run_standby(
     request: dict[str, Any], fds: list[int], made: view.View | None, error: str, channel: socket.socket
 ) -> None:
@@ -92,6 +109,8 @@ def become_command(
     Landlock, exec. `keeper`: a standby process's channel to its keeper, where the view's spent copy of the
     mounts is let go (`View.let_go`). Never returns."""
     try:
+        if standby is None:  # a standby process did it before it made the view
+            first_for_the_oom_killer()
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING or __package__:
     from . import namespaces, view
-    from .command import SETUP_FAILED
+    from .command import SETUP_FAILED, first_for_the_oom_killer
 else:  # run as a script's sibling: imported by path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import namespaces
     import view
-    from command import SETUP_FAILED
+    from command import SETUP_FAILED, first_for_the_oom_killer
 
     del sys.path[0]
 
@@ -103,6 +103,7 @@ def _stand_by(channel: socket.socket, like: dict[str, Any], run_command: RunComm
         )  # the spare's channel to the launcher above all: only the spare reads a request
         os.closerange(keep + 1, 1 << 16)
         made, error = None, ""
+        first_for_the_oom_killer()  # the run's process to be: before the view closes /proc/self to writes
         try:
             made = view.View(list(like.get("hide", [])), bool(like.get("network", True)))
             namespaces.seal(libc)
