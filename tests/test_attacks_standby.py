@@ -296,7 +296,9 @@ def test_a_run_reaches_no_copy_of_the_mounts_and_no_descriptor_of_its_keeper(
         shutil.rmtree(elsewhere)
 
 
-def test_a_run_in_a_standby_process_is_the_oom_killers_first_choice(launcher: Launcher, tmp_path: Path) -> None:
+def test_a_run_in_a_standby_process_is_the_oom_killers_first_choice(
+    launcher: Launcher, tmp_path: Path
+) -> None:
     """The OOM score of review 18 (`test_attacks_review18.py`) in a spare's standby process too, the path of
     nearly every run: set before its view closed /proc/self to writes, inherited by the command."""
     require(ISOLATION.confined and ISOLATION.namespaces, "CI confines runs", "runs are not confined here")
