@@ -1,0 +1,39 @@
+"""Review 20: attacks on the day's changes (a run's OOM score, start_session's wait, the discard's copy of a
+target changed by hand, `detect`'s new warnings), as the target's code (the real keeper, the real sandbox) or as
+a hostile or sloppy agent. Each test here failed before its fix (or is a strict xfail naming the fix)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from mcp_autoresearch.sandbox import confine
+from mcp_autoresearch.sandbox.policy import keeper_spec, probe_isolation
+
+from .helpers.needs import require
+
+ISOLATION = probe_isolation("auto")
+
+
+def test_without_landlock_a_run_cannot_lower_its_oom_score_again(tmp_path: Path) -> None:
+    """Every process of a run starts at oom_score_adj 1000 (the OOM killer's first choice, not the server). A
+    process may lower its own score without privilege, down to the lowest a privileged process set (0 for a
+    user's session). With Landlock, /proc is not writable to a run; without it (a kernel without Landlock, or a
+    container's seccomp profile refusing it: `namespaces; no landlock`), the view's /proc was writable, and one
+    `echo 0 > /proc/self/oom_score_adj` made the server the OOM killer's choice again."""
+    require(ISOLATION.namespaces, "CI gives runs a private view", "namespaces are unavailable here")
+    spec = keeper_spec(ISOLATION, [str(tmp_path)], 1.0, [], [])
+    spec["landlock"] = False  # as where Landlock is missing
+    done = subprocess.run(
+        confine.command_line(
+            sys.executable,
+            spec,
+            ["/bin/sh", "-c", "echo 0 > /proc/self/oom_score_adj; cat /proc/self/oom_score_adj"],
+        ),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "1000", (done.stdout, done.stderr)
