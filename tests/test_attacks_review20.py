@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mcp_autoresearch.adapters.demo import example_source
 from mcp_autoresearch.sandbox import confine
 from mcp_autoresearch.sandbox.policy import keeper_spec, probe_isolation
+from mcp_autoresearch.setup.project import load_project
 
+from .conftest import make_repo
 from .helpers.needs import require
 
 ISOLATION = probe_isolation("auto")
@@ -37,3 +40,22 @@ def test_without_landlock_a_run_cannot_lower_its_oom_score_again(tmp_path: Path)
         timeout=60,
     )
     assert done.stdout.strip() == "1000", (done.stdout, done.stderr)
+
+
+def test_the_bundled_example_gets_no_false_warning_from_detect(tmp_path: Path) -> None:
+    """The `tune` example (`mcp-autoresearch demo`, a new user's first project) was told by `detect` that a run
+    can read the answers its scorer compares against (its scorer computes them, from math.sin: nothing to hide)
+    and that its `writable = ["out"]` would become an empty directory where its build might write a file (its
+    run writes `> out/samples.txt`: a directory is what it needs). `hidden = []` now says there is nothing to
+    hide, and an entry a command writes beneath is not warned about."""
+    source = example_source("tune")
+    files = {path.name: path.read_text() for path in source.iterdir() if path.is_file()}
+    root = make_repo(tmp_path / "tune", files)
+    warnings = load_project(root).info.warnings
+    assert not [w for w in warnings if "hidden is empty" in w or w.startswith("writable entry")], warnings
+    # Without `hidden = []`, the evaluation stage is still warned about; a missing entry used as a file too.
+    config = (root / "autoresearch.toml").read_text().replace("hidden = []\n", "")
+    (root / "autoresearch.toml").write_text(config.replace("out/samples.txt", "out"))
+    warnings = load_project(root).info.warnings
+    assert any("hidden is empty" in w for w in warnings), warnings
+    assert any(w.startswith("writable entry 'out' does not exist yet") for w in warnings), warnings
