@@ -59,3 +59,43 @@ def test_the_bundled_example_gets_no_false_warning_from_detect(tmp_path: Path) -
     warnings = load_project(root).info.warnings
     assert any("hidden is empty" in w for w in warnings), warnings
     assert any(w.startswith("writable entry 'out' does not exist yet") for w in warnings), warnings
+
+
+def test_start_session_waiting_through_the_servers_shutdown_starts_nothing(tmp_path: Path) -> None:
+    """start_session(tag=b) sent during a step of session a waits for that step without the workspace's lock
+    (so other calls answer meanwhile). The server's shutdown, which takes that lock, then went first: it ended
+    session a's runs and released the project's lock; the step ended, and the waiting call went on to check out
+    session b and take the project's lock again, on a server already shut down (its own finally shut down
+    nothing of b's, or it left while b was half made). A call that waited through a shutdown starts nothing."""
+    import threading
+
+    from mcp_autoresearch.errors import SessionError
+    from mcp_autoresearch.session.workspace import Workspace
+
+    from .conftest import TRAIN_PY, git
+    from .test_attacks_review16 import _thread_in
+
+    root = make_repo(tmp_path / "proj", {"train.py": TRAIN_PY, "prepare.py": "SEED = 1\n"})
+    workspace = Workspace(root)
+    workspace.start_session("a")
+    session = workspace._session
+    assert session is not None
+    answers: dict[str, object] = {}
+
+    def switch() -> None:
+        try:
+            answers["switch"] = workspace.start_session("b")
+        except SessionError as exc:
+            answers["switch"] = exc
+
+    waiting = threading.Thread(target=switch)
+    with session.lock:  # a step of session a under way
+        waiting.start()
+        while not _thread_in("start_session", "workspace.py", "current.lock"):
+            threading.Event().wait(0.01)
+        workspace.shutdown()  # the server leaves: session a's runs ended, the project's lock released
+    waiting.join()
+    assert isinstance(answers["switch"], SessionError), answers
+    assert "server" in str(answers["switch"]) and "stopped" in str(answers["switch"]), answers
+    assert git(root, "rev-parse", "--abbrev-ref", "HEAD").strip() == "autoresearch/a"
+    assert workspace._session is session
