@@ -7,6 +7,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from mcp_autoresearch.adapters.demo import example_source
 from mcp_autoresearch.sandbox import confine
@@ -99,3 +102,51 @@ def test_start_session_waiting_through_the_servers_shutdown_starts_nothing(tmp_p
     assert "server" in str(answers["switch"]) and "stopped" in str(answers["switch"]), answers
     assert git(root, "rev-parse", "--abbrev-ref", "HEAD").strip() == "autoresearch/a"
     assert workspace._session is session
+
+
+@pytest.mark.anyio
+async def test_a_run_in_a_slot_cannot_answer_with_what_an_earlier_sessions_runs_left(
+    tmp_path: Path, agent_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`.autoresearch/outputs` is hidden from a run, but the one hidden was the slot's own checkout's: the
+    project's, where an earlier session (without slots) moved aside what each of its runs left, the best's answer
+    among them, stayed readable at its full path to a run in a slot. A candidate that computes nothing printed the
+    best's answer from there and was kept as equal and simpler."""
+    import shutil
+    import tempfile
+
+    from .conftest import git
+    from .test_eval_stage import project as stage_project
+
+    require(ISOLATION.namespaces, "CI gives runs a private view", "namespaces are unavailable here")
+    home = Path(tempfile.mkdtemp(prefix=".autoresearch-test-slots-", dir=Path.home()))
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(home))
+    place = Path(tempfile.mkdtemp(prefix=".autoresearch-test-project-", dir=Path.home()))
+    root = stage_project(place)  # not beneath /tmp, which the view hides whole
+    copies = (
+        "import glob; print(min(float(open(p).read()) for p in "
+        f"glob.glob({str(root / '.autoresearch/outputs')!r} + '/**/answer.txt', recursive=True)))\n"
+    )
+    try:
+        async with agent_for(root) as agent:
+            await agent.ok("start_session", tag="a")
+            await agent.experiment("baseline")
+            await agent.edit("X = 5\n", "X = 3\n")
+            _, better = await agent.experiment("X = 3")
+            assert better["decision"] == "keep", better
+            await agent.edit("X = 3\n", "X = 4\n")
+            await agent.experiment("X = 4")  # before it ran, the best's out/answer.txt (3) was moved aside
+        config = (root / "autoresearch.toml").read_text()
+        (root / "autoresearch.toml").write_text(config + "slots = 2\n")
+        git(root, "commit", "-qam", "slots")
+        async with agent_for(root) as agent:
+            await agent.ok("start_session", tag="b")
+            _, base = await agent.experiment("baseline")
+            assert base["decision"] == "keep", base
+            await agent.ok("apply_edit", content=copies)
+            run, decision = await agent.experiment("computes nothing, copies session a's best answer")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(place, ignore_errors=True)
+    assert decision["decision"] != "keep", (run, decision)
+    assert run["status"] == "crash" and "ValueError" in str(run), run
