@@ -88,6 +88,8 @@ class StageConfinement:
         aside = [str(self.root / STATE_DIR / OUTPUTS_DIR)] if stage == "run" else []
         if self.slot is not None and stage == "run":  # the other slots' outputs (the best's, say): hidden
             aside.append(str(self.slot[0]))
+            if own.name == STATE_DIR:  # the project's own too: earlier sessions' runs left theirs there
+                aside.append(str(own / OUTPUTS_DIR))
             reads = [str(self.slot[1]), *reads]  # this slot's checkout, shown again
         return reads, [*hidden_paths(self.config), *holdout, *logs, *aside]
 

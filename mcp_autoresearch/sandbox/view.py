@@ -168,15 +168,11 @@ class View:
         self.devices: list[str] | None = None  # the list of block devices last hidden
         self._hide_devices()
         self.terminals = namespaces._private_terminals(libc)
+        # Read-only, as Landlock keeps it: a run's process may lower its own OOM score (command.py) without
+        # privilege, and without Landlock a writable /proc let it (the server the OOM killer's choice again).
+        proc_flags = namespaces.MS_RDONLY | namespaces.MS_NOSUID | namespaces.MS_NODEV | namespaces.MS_NOEXEC
         namespaces._check(
-            libc.mount(
-                b"proc",
-                b"/proc",
-                b"proc",
-                ctypes.c_ulong(namespaces.MS_NOSUID | namespaces.MS_NODEV | namespaces.MS_NOEXEC),
-                None,
-            ),
-            "mount /proc",
+            libc.mount(b"proc", b"/proc", b"proc", ctypes.c_ulong(proc_flags), None), "mount /proc"
         )
         if not network:
             namespaces.loopback_up()

@@ -52,6 +52,7 @@ class Workspace:
         self._lock = threading.RLock()
         self._project_lock = ProjectLock(self.root)
         self._session: Session | None = None
+        self._shutdowns = 0  # times `shutdown` ran: a start_session that waited through one starts nothing
 
     def load(self) -> Project:
         return load_project(self.root, self.overrides, self.config_file)
@@ -101,9 +102,16 @@ class Workspace:
         session open now is held meanwhile (its lock): a step of it under way (an edit, a run being started) ends
         before its runs are looked at, so a run it starts is seen, and refuses the switch. That wait is made
         without the workspace's lock, which every other call takes first: a step of minutes (a one-call
-        experiment) held every other call of the agent with it."""
+        experiment) held every other call of the agent with it; the server's shutdown may go first meanwhile, and
+        then nothing is started."""
+        shutdowns = self._shutdowns
         while True:
             with self._lock:
+                if self._shutdowns != shutdowns:
+                    raise SessionError(
+                        "the server was stopped while start_session waited for a step of the open session to "
+                        "end: no session was started or resumed; call start_session again once it is back"
+                    )
                 current = self._session
                 if current is None or current.lock.acquire(blocking=False):
                     try:
@@ -157,6 +165,7 @@ class Workspace:
     def shutdown(self) -> None:
         """Stop a run in flight (its tree is killed and it is logged as a crash) and release the lock."""
         with self._lock:
+            self._shutdowns += 1
             if self._session is not None:
                 self._session.shutdown()
             self._project_lock.release()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,14 @@ def load_project(
     isolation = probe_isolation(config.isolation, config.network)
     _add_config_warnings(config, isolation, merged.warnings)
     if "writable" in merged.user_keys:
-        merged.warnings += writable_warnings(root, list(config.writable))
+        merged.warnings += writable_warnings(root, list(config.writable), _commands(config))
+    if config.eval_command and not config.hidden and "hidden" not in merged.user_keys:
+        merged.warnings.append(
+            "eval_command is set but hidden is empty: a run can read every file the scorer reads, the answers it "
+            "compares against too, and write them as its result (a perfect score); list those files in hidden "
+            "(only eval_command and holdout_command may read them); hidden = [] says the scorer reads no answers "
+            "(it computes what it compares against)"
+        )
     if detected:
         project_type = detected.project_type
     elif merged.user_keys:
@@ -361,12 +369,6 @@ def _add_config_warnings(config: Config, isolation: Isolation, warnings: list[st
         warnings.append(f"isolation = required, but runs cannot be confined here ({isolation.missing()})")
     if config.metric_measure == "wall_time_s" and not (config.metric_parse or config.metric_regex):
         warnings.append(wall_time_warning(config))
-    if config.eval_command and not config.hidden:
-        warnings.append(
-            "eval_command is set but hidden is empty: a run can read every file the scorer reads, the answers it "
-            "compares against too, and write them as its result (a perfect score); list those files in hidden "
-            "(only eval_command and holdout_command may read them)"
-        )
     if config.timeout < config.time_budget:
         warnings.append(
             f"timeout ({config.timeout:g} s) is shorter than time_budget ({config.time_budget:g} s)"
@@ -403,11 +405,18 @@ def integrity_refusal(provenance: MetricProvenance) -> str:
     )
 
 
-def writable_warnings(root: Path, entries: list[str]) -> list[str]:
+def _commands(config: Config) -> list[str]:
+    """The commands of an experiment, as configured."""
+    found = (config.run_command, config.checks_command, config.eval_command, config.holdout_command)
+    return [command for command in found if command]
+
+
+def writable_warnings(root: Path, entries: list[str], commands: list[str]) -> list[str]:
     """A `writable` entry is a directory a run writes beneath. Say so where the user listed an entry of the
     project that is a file (a run may write into it but not replace it, as a linker does) or that is not there
     yet (the server creates it as an empty directory before each run, so a build that writes a file of that
-    name, a binary at the project root, finds a directory there)."""
+    name, a binary at the project root, finds a directory there), unless one of the `commands` writes beneath
+    it as a directory (`> out/samples.txt`: the bundled example's)."""
     found = []
     for entry in entries:
         path = Path(os.path.expanduser(entry))
@@ -424,13 +433,20 @@ def writable_warnings(root: Path, entries: list[str]) -> list[str]:
                 f"writable entry '{entry}' is a file: a run may write into it but not replace or remove it, as "
                 f"a linker or a copy does (refused); {fix}"
             )
-        elif not os.path.lexists(path):
+        elif not os.path.lexists(path) and not _used_as_directory(entry, commands):
             found.append(
                 f"writable entry '{entry}' does not exist yet: the server creates it as an empty directory before "
                 f"each run (an entry is a directory a run writes beneath); if the build writes a file of that "
                 f"name, {fix}"
             )
     return found
+
+
+def _used_as_directory(entry: str, commands: list[str]) -> bool:
+    """Whether a command names a path beneath `entry` (`out/samples.txt`, `./out/`)."""
+    name = re.escape(entry.removeprefix("./").rstrip("/"))
+    pattern = re.compile(r"(?<![\w.\-/~])(?:\./)?" + name + "/")
+    return any(pattern.search(command) for command in commands)
 
 
 def cache_warnings(root: Path, config: Config) -> list[str]:
