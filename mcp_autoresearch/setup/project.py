@@ -44,7 +44,7 @@ READ_KEYS = ("metric_parse", "metric_regex", "metric_measure")
 class ProjectInfo(BaseModel):
     """What the server understood of the project: what changes, how it runs, which number decides."""
 
-    project_type: str = Field(description="ml, node, flutter, java, rust, go, python, custom or unknown")
+    project_type: str = Field(description="ml, node, flutter, java, rust, go, c, python, custom or unknown")
     root: str = Field(description="Absolute path of the project root.")
     target_file: str | None = Field(description="The single file the agent may edit, relative to root.")
     run_command: str | None = Field(description="Shell command that runs one experiment.")
@@ -201,7 +201,8 @@ def load_project(
         sources.append(cli)
     if files:
         sources += read_file_sources(root, Path(config_file).expanduser() if config_file else None)
-    detections = detect_all(root)
+    targets = [s.values["target_file"] for s in sources if isinstance(s.values.get("target_file"), str)]
+    detections = detect_all(root, targets[0] if targets else None)
     detected = detections[0] if detections else None
     merged = _merge(sources, detections)
     config = _validated(root, build_config(merged.values), merged.warnings)
@@ -383,7 +384,7 @@ def _readiness(
     if project_type == "unknown":
         return not missing, (
             "No known project type found (train.py+prepare.py, package.json, pubspec.yaml, pom.xml/build.gradle, "
-            "Cargo.toml, go.mod, pyproject.toml). Configure one: add an autoresearch.toml with target_file, "
+            "Cargo.toml, go.mod, CMakeLists.txt, a Makefile with C/C++ sources, pyproject.toml). Configure one: add an autoresearch.toml with target_file, "
             "run_command, metric_name (and metric_direction), or a '## autoresearch' section with '- key: value' "
             "lines to CLAUDE.md or AGENTS.md."
         )

@@ -116,11 +116,17 @@ def rel(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def choose_target(root: Path, detection: Detection, git_files: tuple[set[str], set[str]] | None) -> None:
+def choose_target(
+    root: Path,
+    detection: Detection,
+    git_files: tuple[set[str], set[str]] | None,
+    configured: str | None = None,
+) -> None:
     """Settle `target_file`: the first candidate that is a tracked source file, never ignored, never a symbolic
     link, never under a build output or dependency directory (a build output such as package.json's
     `main: dist/x.js` exists after the first build, and changes with every build). Rejected candidates that
-    ranked first are explained, tied to target_file. `git_files` is None outside git: then tracking is unknown."""
+    ranked first are explained, tied to target_file. `git_files` is None outside git: then tracking is unknown.
+    The settings that depend on the target (`with_target`) follow the `configured` one where the user chose it."""
     # The build's outputs: what the metric measures, and the project's paths a run may write.
     outputs = [Measure.parse(str(detection.settings.get("metric_measure", ""))).path]
     outputs += [p for p in detection.settings.get("writable", []) if not p.startswith(("~", "/"))]
@@ -140,7 +146,8 @@ def choose_target(root: Path, detection: Detection, git_files: tuple[set[str], s
         if not rejected:
             detection.warn_about("target_file", detection.no_target)
     if detection.with_target is not None:
-        detection.settings.update(detection.with_target(detection.settings.get("target_file")))
+        target = configured.removeprefix("./") if configured else detection.settings.get("target_file")
+        detection.settings.update(detection.with_target(target))
     for note in rejected[:3]:
         detection.warn_about("target_file", note)
 

@@ -109,47 +109,115 @@ def foresee_outputs(root: Path, package: dict[str, Any], writable: list[str]) ->
     return added, warnings
 
 
-def detect(root: Path) -> Detection | None:
-    path = root / "package.json"
-    if not path.is_file():
-        return None
-    warnings: list[str] = []
+def _read_package(path: Path, warnings: list[str]) -> dict[str, Any]:
     try:
         package = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(package, dict):
             raise ValueError("not an object")
     except (ValueError, OSError) as exc:
-        package = {}
-        warnings.append(f"package.json could not be read ({exc}); using defaults")
+        warnings.append(f"{path.name} could not be read ({exc}); using defaults")
+        return {}
+    return package
+
+
+def _workspaces(root: Path, package: dict[str, Any]) -> list[str]:
+    """The workspace packages `workspaces` names (npm's list, or yarn's `packages`): directories holding a
+    package.json, project-relative, sorted (bounded)."""
+    listed = package.get("workspaces")
+    patterns = listed.get("packages") if isinstance(listed, dict) else listed
+    found: set[str] = set()
+    for pattern in patterns if isinstance(patterns, list) else []:
+        if not isinstance(pattern, str) or pattern.startswith(("/", "!")) or ".." in pattern:
+            continue
+        for path in sorted(root.glob(pattern.removeprefix("./").rstrip("/")))[:200]:
+            if (path / "package.json").is_file() and "node_modules" not in path.parts and path != root:
+                found.add(path.relative_to(root).as_posix())
+    return sorted(found)
+
+
+def _package_settings(root: Path, where: str, lock_files: list[str]) -> tuple[dict[str, Any], str, list[str]]:
+    """The build of the package in `where` ("" for the project root): its settings, the metric's description and
+    the warnings. A workspace package is built with `npm run build --workspace=<dir>` from the root; its outputs
+    are its own directory's."""
+    prefix = f"{where}/" if where else ""
+    base = root / where if where else root
+    warnings: list[str] = []
+    package = _read_package(base / "package.json", warnings)
     scripts = package["scripts"] if isinstance(package.get("scripts"), dict) else {}
     build = scripts.get("build") if isinstance(scripts.get("build"), str) else None
     if build is None:
-        warnings.append("package.json has no 'build' script; set run_command to what builds the bundle")
-    out_dir = _output_dir(root, build or "")
-    more_outputs, output_warnings = foresee_outputs(root, package, [out_dir]) if build else ([], [])
-    warnings += output_warnings
+        warnings.append(
+            f"{prefix}package.json has no 'build' script; set run_command to what builds the bundle"
+        )
+    out_dir = prefix + _output_dir(base, build or "")
+    more_outputs, output_warnings = (
+        foresee_outputs(base, package, [out_dir.removeprefix(prefix)]) if build else ([], [])
+    )
+    warnings += [w.replace("package.json's", f"{prefix}package.json's") for w in output_warnings]
     settings = {
-        "run_command": "npm run build",
+        "run_command": f"npm run build --workspace={where}" if where else "npm run build",
         # npm's cache and node_modules/.cache are private to each run (npm_config_cache, CACHE_DIR): caches.py
-        "writable": [out_dir, *more_outputs],
+        "writable": [out_dir, *(prefix + p for p in more_outputs)],
         "shared_inputs": ["node_modules"],  # with slots: the installed packages, read-only in every slot
         "metric_name": "bundle_kb",
         "metric_measure": f"size_kb:{out_dir} !*.map",  # what ships: source maps left out
         "metric_direction": "lower_is_better",
-        "readonly_files": ["package.json"] + [name for name in LOCK_FILES if (root / name).is_file()],
+        "readonly_files": ["package.json", *lock_files] + ([f"{prefix}package.json"] if where else []),
     }
     if build is None:  # `npm run build` would only fail ("Missing script"): nothing to run until one is set
         del settings["run_command"]
-    return Detection(
+    source = (
+        f"total size of the build output directory '{out_dir}/' in KB, source maps (*.map) left out "
+        f"(measured by the server; an output not written by the run is a metric_error)"
+    )
+    return settings, source, warnings
+
+
+def detect(root: Path) -> Detection | None:
+    path = root / "package.json"
+    if not path.is_file():
+        return None
+    warnings: list[str] = []
+    package = _read_package(path, warnings)
+    lock_files = [name for name in LOCK_FILES if (root / name).is_file()]
+    workspaces = _workspaces(root, package)
+    settings, source, package_warnings = _package_settings(root, "", lock_files)
+    candidates = _targets(package)
+    for where in workspaces:
+        inner = _read_package(root / where / "package.json", [])
+        candidates += [f"{where}/{target}" for target in _targets(inner)]
+    detection = Detection(
         project_type=NAME,
         score=50,
         evidence=["package.json"],
-        settings=settings,
-        metric_source=(
-            f"total size of the build output directory '{out_dir}/' in KB, source maps (*.map) left out "
-            f"(measured by the server; an output not written by the run is a metric_error)"
-        ),
+        settings=dict(settings),
+        metric_source=source,
         warnings=warnings,
-        target_candidates=_targets(package),
+        target_candidates=candidates,
         no_target="no tracked source file found (source/main/module/exports, src/index.*); set target_file",
     )
+    if not workspaces:
+        detection.warnings += package_warnings
+        return detection
+
+    def for_target(target: str | None) -> dict[str, Any]:
+        """The workspace package holding the target is the one built and measured (the root's without one)."""
+        where = next((w for w in reversed(workspaces) if target and target.startswith(w + "/")), "")
+        chosen, detection.metric_source, notes = (
+            (settings, source, package_warnings) if not where else _package_settings(root, where, lock_files)
+        )
+        detection.warnings += notes
+        for key in settings:  # the root's build settings give way to the package's
+            detection.settings.pop(key, None)
+        if where:
+            detection.evidence = ["package.json", f"{where}/package.json"]
+            detection.warn_about(
+                "target_file",
+                f"npm workspaces: the target is in the package '{where}', which is built and measured "
+                f"({', '.join(workspaces[:6])} found); set target_file to a file of another package to "
+                "optimise that one",
+            )
+        return chosen
+
+    detection.with_target = for_target
+    return detection
