@@ -13,6 +13,7 @@ import pytest
 from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .helpers.needs import require
+from .helpers.session_attacks import baseline_then_content
 from .test_eval_stage import project as stage_project
 
 pytestmark = pytest.mark.anyio
@@ -31,11 +32,8 @@ async def test_a_run_cannot_answer_with_the_outputs_an_earlier_run_left(tmp_path
     require(ISOLATION.confined or ISOLATION.namespaces, "CI confines runs", "runs are not confined here")
     root = stage_project(tmp_path)
     async with agent_for(root) as agent:
-        await agent.ok("start_session")
-        _, base = await agent.experiment("baseline")
-        assert base["decision"] == "keep", base
-        await agent.ok("apply_edit", content=COPIES_THE_LAST_ANSWER)
-        run, decision = await agent.experiment("computes nothing, copies the best's answer")
+        description = "computes nothing, copies the best's answer"
+        run, decision = await baseline_then_content(agent, COPIES_THE_LAST_ANSWER, description)
     assert decision["decision"] != "keep", (run, decision)
     assert run["status"] == "crash" and "IndexError" in Path(run["log_path"]).read_text(), run
 
@@ -60,11 +58,8 @@ async def test_a_run_in_a_slot_cannot_answer_with_another_slots_outputs(
     root = stage_project(tmp_path, "slots = 2\n")
     try:
         async with agent_for(root) as agent:
-            await agent.ok("start_session")
-            _, base = await agent.experiment("baseline")
-            assert base["decision"] == "keep", base
-            await agent.ok("apply_edit", content=COPIES_ANOTHER_SLOTS_ANSWER)
-            run, decision = await agent.experiment("computes nothing, copies another slot's answer")
+            description = "computes nothing, copies another slot's answer"
+            run, decision = await baseline_then_content(agent, COPIES_ANOTHER_SLOTS_ANSWER, description)
     finally:
         shutil.rmtree(home, ignore_errors=True)
     assert decision["decision"] != "keep", (run, decision)

@@ -18,6 +18,7 @@ from mcp_autoresearch.setup.project import load_project
 
 from .conftest import make_repo
 from .helpers.needs import require
+from .helpers.session_attacks import baseline_then_content
 
 ISOLATION = probe_isolation("auto")
 
@@ -140,11 +141,8 @@ async def test_a_run_in_a_slot_cannot_answer_with_what_an_earlier_sessions_runs_
         (root / "autoresearch.toml").write_text(config + "slots = 2\n")
         git(root, "commit", "-qam", "slots")
         async with agent_for(root) as agent:
-            await agent.ok("start_session", tag="b")
-            _, base = await agent.experiment("baseline")
-            assert base["decision"] == "keep", base
-            await agent.ok("apply_edit", content=copies)
-            run, decision = await agent.experiment("computes nothing, copies session a's best answer")
+            description = "computes nothing, copies session a's best answer"
+            run, decision = await baseline_then_content(agent, copies, description, tag="b")
     finally:
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(place, ignore_errors=True)

@@ -30,18 +30,21 @@ def test_the_linker_refused_its_output_names_the_file() -> None:
     assert hint is not None and "refused a write (bench)" in hint, hint
 
 
+def c_project(tmp_path: Path) -> Path:
+    """A C program `make` builds as `bench` at the project root, `writable = ["bench"]` in its config."""
+    files = {
+        "bench.c": "int main(void){return 0;}\n",
+        "Makefile": MAKEFILE,
+        ".gitignore": "bench\n",
+        "autoresearch.toml": C_CONFIG,
+    }
+    return make_repo(tmp_path / "c", files)
+
+
 def test_a_writable_entry_not_there_yet_is_said_to_become_a_directory(tmp_path: Path) -> None:
     """`writable = ["bench"]` for the binary `make` builds at the project root: the server made `bench` an
     empty directory before the run, `make` found it up to date and `./bench` was 'Permission denied'."""
-    root = make_repo(
-        tmp_path / "c",
-        {
-            "bench.c": "int main(void){return 0;}\n",
-            "Makefile": MAKEFILE,
-            ".gitignore": "bench\n",
-            "autoresearch.toml": C_CONFIG,
-        },
-    )
+    root = c_project(tmp_path)
     warnings = load_project(root).info.warnings
     said = [w for w in warnings if w.startswith("writable entry 'bench'")]
     assert said and "creates it as an empty directory" in said[0], warnings
@@ -49,15 +52,7 @@ def test_a_writable_entry_not_there_yet_is_said_to_become_a_directory(tmp_path: 
 
 
 def test_a_writable_entry_that_is_a_file_is_said_to_be_unreplaceable(tmp_path: Path) -> None:
-    root = make_repo(
-        tmp_path / "c",
-        {
-            "bench.c": "int main(void){return 0;}\n",
-            "Makefile": MAKEFILE,
-            ".gitignore": "bench\n",
-            "autoresearch.toml": C_CONFIG,
-        },
-    )
+    root = c_project(tmp_path)
     (root / "bench").write_bytes(b"\x7fELF")  # built once before the session
     warnings = load_project(root).info.warnings
     assert any(w.startswith("writable entry 'bench' is a file") for w in warnings), warnings

@@ -50,3 +50,15 @@ def blocked(run: dict, confined: bool, *named: str) -> bool:
     if confined:
         return run["status"] in ("crash", "ok", "tampered")
     return run["status"] == "tampered" and all(name in run["error"] for name in named)
+
+
+async def baseline_then_content(
+    agent, content: str, description: str, tag: str | None = None
+) -> tuple[dict, dict]:
+    """A session started (`tag`), its baseline kept, then the target replaced by `content` and run: (the run,
+    its decision)."""
+    await agent.ok("start_session", **({"tag": tag} if tag else {}))
+    _, base = await agent.experiment("baseline")
+    assert base["decision"] == "keep", base
+    await agent.ok("apply_edit", content=content)
+    return await agent.experiment(description)
