@@ -358,10 +358,16 @@ async def test_slots_a_future_timestamp_is_refused_and_the_next_build_runs(
 
 
 @pytest.mark.anyio
-async def test_clean_removes_the_runs_outputs_and_keeps_the_users(tmp_path: Path, agent_for: Any) -> None:
+@pytest.mark.parametrize("users_build", [True, False])
+async def test_clean_removes_the_runs_outputs_and_keeps_the_users(
+    tmp_path: Path, agent_for: Any, users_build: bool
+) -> None:
+    """`clean` names where the user's own outputs were kept, and only where there are some (it said "those found
+    in the outputs before a run are in .../found-before-*" of a folder that did not exist)."""
     root = project(tmp_path / "web")
-    (root / "dist").mkdir()
-    (root / "dist" / "mine.js").write_text("the user's\n")
+    if users_build:
+        (root / "dist").mkdir()
+        (root / "dist" / "mine.js").write_text("the user's\n")
     overrides = {
         "target_file": "build.py",
         "run_command": "python build.py",
@@ -376,13 +382,18 @@ async def test_clean_removes_the_runs_outputs_and_keeps_the_users(tmp_path: Path
         await agent.experiment("smaller")
     outputs = root / ".autoresearch" / "outputs" / "c1"
     names = aside(outputs)
-    assert names[0] == "found-before-r1" and names[1:] and all(n.startswith("run-") for n in names[1:]), names
+    runs = [n for n in names if n.startswith("run-")]
+    assert runs and names == (["found-before-r1"] if users_build else []) + runs, names
     git(root, "checkout", "-q", "main")
     listed = run_cli("clean", "--project", str(root), "--tag", "c1", cwd=root).stdout
-    assert f".autoresearch/outputs/c1/{names[1]}/" in listed and "found-before-*" in listed, listed
+    assert f".autoresearch/outputs/c1/{runs[0]}/" in listed, listed
+    assert ("found-before-*" in listed) == users_build, listed
     assert run_cli("clean", "--project", str(root), "--tag", "c1", "--yes", cwd=root).returncode == 0
-    assert sorted(p.name for p in outputs.iterdir()) == ["found-before-r1"]
-    assert (outputs / "found-before-r1" / "dist" / "mine.js").read_text() == "the user's\n"
+    if users_build:
+        assert sorted(p.name for p in outputs.iterdir()) == ["found-before-r1"]
+        assert (outputs / "found-before-r1" / "dist" / "mine.js").read_text() == "the user's\n"
+    else:
+        assert not outputs.exists() or list(outputs.iterdir()) == []
 
 
 @pytest.mark.anyio

@@ -276,10 +276,12 @@ class CleanPlan:
                 f"warning: {len(self.unlanded)} kept commit(s) are on no other branch (best: {self.unlanded[-1][:7]}); "
                 f"land them first (mcp-autoresearch finish --land {self.started_from}) or note that id to recover them"
             )
-        lines.append(
-            "kept: the JSONL history of every session, results.tsv and run.log, and all your files (those found in "
-            f"the outputs before a run are in .autoresearch/{OUTPUTS_DIR}/{self.tag}/found-before-*)"
-        )
+        kept = "kept: the JSONL history of every session, results.tsv and run.log, and all your files"
+        found = state_dir(self.root) / OUTPUTS_DIR / self.tag
+        listed = found.iterdir() if found.is_dir() and not found.is_symlink() else ()
+        if any(p.name.startswith("found-before-") for p in listed):
+            kept += f" (those found in the outputs before a run are in {found.relative_to(self.root)}/found-before-*)"
+        lines.append(kept)
         return "\n".join(lines) + "\n"
 
 
