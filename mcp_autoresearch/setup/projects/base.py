@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,17 @@ def read_small(path: Path, limit: int = 200_000) -> str:
             return handle.read(limit).decode("utf-8", errors="replace")
     except OSError:
         return ""
+
+
+# One component of a path a detector puts into run_command, `writable` or a metric: no shell syntax, no `~`, no
+# `.`/`..`, no hidden folder (`.git`, the server's `.autoresearch`), so it names something inside the project.
+PLAIN_PART = re.compile(r"[A-Za-z0-9_@+][\w.@+-]*")
+
+
+def plain_relative(path: str) -> bool:
+    """Whether `path`, read from the project's own files, is a plain path inside it (`build/bench`): safe to
+    name unquoted in a proposed command and as a directory a run may write."""
+    return bool(path) and all(PLAIN_PART.fullmatch(part) for part in path.split("/"))
 
 
 def rel(root: Path, path: Path) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ...vcs.readonly import tracked_and_ignored
-from .base import Detection, find_files, read_small, rel
+from .base import Detection, find_files, plain_relative, read_small, rel
 
 NAME = "c"
 SOURCE_SUFFIXES = (".c", ".cc", ".cpp", ".cxx", ".c++")
@@ -99,7 +99,7 @@ def _cmake(root: Path) -> Detection:
         if not words or {"IMPORTED", "ALIAS"}.intersection(words):
             continue
         name = re.sub(r"\$\{(\w+)\}", lambda m: names.get(m.group(1), m.group(0)), words[0])
-        if "$" not in name:
+        if plain_relative(name) and "/" not in name:  # a name put into run_command: no shell syntax, no path
             programs.append((name, [w for w in words[1:] if w.endswith(SOURCE_SUFFIXES)]))
     warnings = []
     located = "RUNTIME_OUTPUT_DIRECTORY" not in text
@@ -173,11 +173,13 @@ def _make_outputs(text: str) -> tuple[list[str], list[str]]:
 
 def _make(root: Path, makefile: str, sources: list[Path]) -> Detection:
     outputs, _ = _make_outputs(_expand(read_small(root / makefile)))
+    # What is proposed as `writable` or run must be a plain path inside the project (no `~`, `..`, shell syntax).
+    outputs = [o for o in outputs if plain_relative(o.replace("%", "x"))]
     known = tracked_and_ignored(root)
     tracked = known[0] if known else set()
     tops = {o.split("/", 1)[0] for o in outputs if "/" in o and not o.startswith("/")}
     # A directory of outputs holds no tracked file: `src/%.o` is written among the sources.
-    dirs = sorted(t for t in tops if not any(f.startswith(t + "/") for f in tracked) and ".." not in t)
+    dirs = sorted(t for t in tops if not any(f.startswith(t + "/") for f in tracked))
     at_root = sorted({o for o in outputs if "/" not in o and o not in [*tracked, *dirs] and "%" not in o})
     among_sources = sorted(
         {o for o in outputs if "/" in o and o.split("/", 1)[0] not in dirs and o not in tracked}

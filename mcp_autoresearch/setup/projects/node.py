@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .base import Detection
+from .base import Detection, plain_relative
 
 NAME = "node"
 OUTPUT_DIRS = ["dist", "build", "out", "public/build", ".output"]
@@ -53,7 +53,9 @@ def _output_dir(root: Path, build_script: str) -> str:
     if match:
         out = match.group(1).removeprefix("./")
         # `--outfile dist/app.js` measures the directory it writes into.
-        return str(Path(out).parent.as_posix()) if Path(out).suffix else out.rstrip("/")
+        out = str(Path(out).parent.as_posix()) if Path(out).suffix else out.rstrip("/")
+        if plain_relative(out):  # never a place outside the project (`--outdir=/home/me`, `../x`) as writable
+            return out
     return "dist"
 
 
@@ -126,12 +128,30 @@ def _workspaces(root: Path, package: dict[str, Any]) -> list[str]:
     listed = package.get("workspaces")
     patterns = listed.get("packages") if isinstance(listed, dict) else listed
     found: set[str] = set()
+    real_root = root.resolve()
     for pattern in patterns if isinstance(patterns, list) else []:
         if not isinstance(pattern, str) or pattern.startswith(("/", "!")) or ".." in pattern:
             continue
-        for path in sorted(root.glob(pattern.removeprefix("./").rstrip("/")))[:200]:
-            if (path / "package.json").is_file() and "node_modules" not in path.parts and path != root:
-                found.add(path.relative_to(root).as_posix())
+        # `**/**` matches what `**` does, but each one more walks the tree again beneath every match (a handful
+        # made detection take hours); a pattern with `**` twice or more apart is not followed.
+        pattern = re.sub(r"\*\*(?:/\*\*)+", "**", pattern.removeprefix("./").rstrip("/"))
+        if not pattern or "\x00" in pattern or pattern.count("**") > 1:
+            continue
+        try:
+            paths = sorted(root.glob(pattern))[:200]
+        except (ValueError, OSError):
+            continue
+        for path in paths:
+            where = path.relative_to(root).as_posix()
+            # Put into run_command, `writable` and the metric: a plain path, inside the project (no link out).
+            inside = path.resolve() == real_root / where
+            if (
+                plain_relative(where)
+                and inside
+                and (path / "package.json").is_file()
+                and "node_modules" not in path.parts
+            ):
+                found.add(where)
     return sorted(found)
 
 
