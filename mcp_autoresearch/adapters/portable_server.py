@@ -55,8 +55,8 @@ class PortableServer(MCPServer):
     async def run_stdio_async(self) -> None:
         """The SDK's stdio transport, where a request holding a lone surrogate gets an answer instead of
         being dropped, and a reply holding one is still sent (see surrogates.py). SIGTERM (how a client ends a
-        server that did not leave after its input ended) ends the session as the end of input does: the runs in
-        flight are ended and logged before the server leaves (a second SIGTERM kills it at once)."""
+        server that did not leave after its input ended) and SIGINT end the session as the end of input does: the
+        runs in flight are ended and logged before the server leaves (a second signal ends it at once)."""
         async with stdio_streams() as (read_stream, write_stream), anyio.create_task_group() as tasks:
             tasks.start_soon(_end_on_sigterm, tasks.cancel_scope, self._leave)
             lowlevel = self._lowlevel_server  # what the SDK's own run_stdio_async serves
@@ -69,7 +69,9 @@ class PortableServer(MCPServer):
 
 
 async def _end_on_sigterm(serving: anyio.CancelScope, leave: Callable[[], None]) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+    """SIGTERM, and SIGINT (Ctrl-C) alike: otherwise Python's own SIGINT cancelled the serving task without
+    `leave`, and a call waiting in a thread for its run (`wait_s`) held the server until that run ended."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
             leave()  # first: the calls cancelled next leave their runs to the lifespan's end
             serving.cancel()  # the lifespan's end (shielded) ends and logs the runs in flight
