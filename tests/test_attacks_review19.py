@@ -5,7 +5,9 @@ fix (or is marked xfail with the fix it needs)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import anyio
@@ -103,20 +105,22 @@ async def test_a_session_is_never_started_or_resumed_in_the_middle_of_a_rebase(
     assert "autoresearch/u" not in git(root, "branch", "--list")
 
 
-# A target whose run waits for the person: it says it started, then waits until a file of the project appears.
+# A target whose run waits for the person: it says it started, then waits until the file GO appears (in a folder
+# of the user's home, outside the project the person's commit is checked on). `run_experiment` returns at once
+# (`wait_s=0`): with its default wait it held the test 30 s while the run waited for the test.
 WAITING = """LR = 0.9
 import os, time
 print("started", flush=True)
-while not os.path.exists("go.flag"):
+while not os.path.exists(GO):
     time.sleep(0.02)
 print(f"val_bpb: {abs(LR - 0.1) + 1:.6f}")
 """
 
 
-async def running_until_released(agent, root: Path) -> dict:
-    """A run started and seen running (its live log says so); `root / "go.flag"` lets it end."""
-    await agent.ok("apply_edit", content=WAITING)
-    run = await agent.ok("run_experiment", description="waits for the person")
+async def running_until_released(agent, root: Path, go: Path) -> dict:
+    """A run started and seen running (its live log says so); the file `go` lets it end."""
+    await agent.ok("apply_edit", content=f"GO = {str(go)!r}\n" + WAITING)
+    run = await agent.ok("run_experiment", description="waits for the person", wait_s=0)
     log = root / run["log_path"]
     while not (log.exists() and "started" in log.read_text()):
         await anyio.sleep(0.02)
@@ -133,18 +137,20 @@ async def test_a_persons_commit_made_during_a_run_is_never_left_reachable_only_f
     only from the reflog. The check now names the commit (`git branch NAME <id>`), and a detached HEAD holding
     commits no branch holds is left where it is."""
     root = ml_project
+    signals = Path(tempfile.mkdtemp(prefix=".autoresearch-test-signals-", dir=Path.home()))
     async with agent_for(root) as agent:
         await agent.ok("start_session", tag="t")
         await agent.experiment("baseline")
-        run = await running_until_released(agent, root)
+        run = await running_until_released(agent, root, signals / "go")
         if where == "detached HEAD":
             git(root, "checkout", "-q", "--detach")
         (root / "README.md").write_text("the person's fix, committed during the run\n")
         git(root, "add", "README.md")
         git(root, "commit", "-qm", "the person's commit")
         mine = git(root, "rev-parse", "HEAD").strip()
-        (root / "go.flag").write_text("")
+        (signals / "go").write_text("")
         done = await agent.until_done(run["run_id"])
+        shutil.rmtree(signals)
         assert done["status"] == "tampered", done
         reachable = git(root, "branch", "--contains", mine).strip()
         assert reachable or f"git branch NAME {mine[:12]}" in done["error"], done["error"]
