@@ -56,7 +56,7 @@ class PortableServer(MCPServer):
         """The SDK's stdio transport, where a request holding a lone surrogate gets an answer instead of
         being dropped, and a reply holding one is still sent (see surrogates.py). SIGTERM (how a client ends a
         server that did not leave after its input ended) and SIGINT end the session as the end of input does: the
-        runs in flight are ended and logged before the server leaves (a second signal ends it at once)."""
+        runs in flight are ended and logged before the server leaves (a second SIGTERM kills it at once)."""
         async with stdio_streams() as (read_stream, write_stream), anyio.create_task_group() as tasks:
             tasks.start_soon(_end_on_sigterm, tasks.cancel_scope, self._leave)
             lowlevel = self._lowlevel_server  # what the SDK's own run_stdio_async serves
