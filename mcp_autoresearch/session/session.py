@@ -61,7 +61,7 @@ from ..setup.project import Project, integrity_refusal
 from ..setup.single_file import changed_fingerprints, fingerprint_files, new_files
 from ..setup.stage_config import refuse_unhidable
 from ..vcs.repo import Repo
-from ..vcs.unfinished import switch_problem, unfinished_operation
+from ..vcs.unfinished import refuse_start, refuse_switch
 from .context import normal_run_id
 from .editing import Editor, what_the_edit_left
 from .opening import TAG_RE, check_last_budget, default_tag
@@ -195,16 +195,7 @@ class Session:
     ) -> Session:
         config = project.config
         assert config.target_file and config.metric_name
-        if operation := unfinished_operation(repo):  # git would end it on the session's branch
-            raise SessionError(f"cannot start a session: {operation}. Nothing was changed")
-        dirty = [repo.project_path(p) for p in repo.changed_tracked_files()]
-        if dirty:
-            raise SessionError(
-                "tracked files have uncommitted changes: "
-                + ", ".join(dirty[:20])
-                + (f" (+{len(dirty) - 20} more)" if len(dirty) > 20 else "")
-                + ". A person must commit or stash them first, so no work of theirs can be lost."
-            )
+        refuse_start(repo)
         moved = archive_results(root, tag)
         started_from = repo.current_branch()
         repo.create_branch(branch)
@@ -266,14 +257,7 @@ class Session:
         session = cls(root, project, repo, state, journal)
         session.runs.after_restart()  # before git runs again: what a run in flight planted is undone
         if repo.current_branch() != state.branch:
-            if problem := switch_problem(repo, state.branch):
-                raise SessionError(f"cannot resume session '{state.tag}': {problem}. Nothing was changed")
-            dirty = [p for p in repo.changed_tracked_files()]
-            if dirty:
-                raise SessionError(
-                    f"cannot switch to {state.branch}: tracked files have uncommitted changes "
-                    f"({', '.join(dirty[:10])}); a person must commit or stash them first"
-                )
+            refuse_switch(repo, state.branch, state.tag)
             repo.checkout_branch(state.branch)
         repo.add_excludes(exclude_patterns(repo, config.jsonl_path))
         if record.jsonl_sha256:  # the JSONL as the server left it: what a run wrote is not adopted

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from ..errors import SessionError
 from .repo import Repo
 
 # The files git keeps in a work tree's own git directory while an operation is under way, and how to end it.
@@ -48,3 +49,31 @@ def switch_problem(repo: Repo, branch: str) -> str | None:
         f"checking out {branch} would leave them behind. A person must put them on a branch first "
         f"(git branch NAME {head[:12]}), or check out {branch} themselves"
     )
+
+
+def refuse_start(repo: Repo) -> None:
+    """Raise SessionError when a session must not start here: an operation under way (git would end it on the
+    session's branch), or uncommitted changes to tracked files (no work of a person's may be lost)."""
+    if operation := unfinished_operation(repo):
+        raise SessionError(f"cannot start a session: {operation}. Nothing was changed")
+    dirty = [repo.project_path(p) for p in repo.changed_tracked_files()]
+    if dirty:
+        raise SessionError(
+            "tracked files have uncommitted changes: "
+            + ", ".join(dirty[:20])
+            + (f" (+{len(dirty) - 20} more)" if len(dirty) > 20 else "")
+            + ". A person must commit or stash them first, so no work of theirs can be lost."
+        )
+
+
+def refuse_switch(repo: Repo, branch: str, tag: str) -> None:
+    """Raise SessionError when session `tag` must not check out its `branch` to resume (`switch_problem`, or
+    uncommitted changes to tracked files)."""
+    if problem := switch_problem(repo, branch):
+        raise SessionError(f"cannot resume session '{tag}': {problem}. Nothing was changed")
+    dirty = repo.changed_tracked_files()
+    if dirty:
+        raise SessionError(
+            f"cannot switch to {branch}: tracked files have uncommitted changes "
+            f"({', '.join(dirty[:10])}); a person must commit or stash them first"
+        )
