@@ -12,6 +12,7 @@ itself JSON (`{"lr": 0.1}`, `null`) stays text.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from pydantic import Field, WithJsonSchema, WrapValidator
@@ -62,8 +63,25 @@ def _null_is_false(value: Any, handler: Any) -> Any:
 
 # A flag that defaults to false, published as a plain boolean (null accepted as not given).
 OptionalFlag = Annotated[bool, WrapValidator(_null_is_false), WithJsonSchema({"type": "boolean"})]
-OptionalInt = Annotated[int | None, WithJsonSchema({"type": "integer"}), NO_NULL_DEFAULT]
-OptionalNumber = Annotated[float | None, WithJsonSchema({"type": "number"}), NO_NULL_DEFAULT]
+
+
+def _a_number(value: Any, handler: Any) -> Any:
+    """A number, never a boolean nor NaN or infinity: pydantic reads `true` as 1 (start_session(max_experiments=
+    true) set a budget of one experiment, which the agent can never raise again), and JSON-RPC over stdio
+    carries `NaN` and `Infinity`."""
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} is a boolean, not a number: give a number, or leave it out")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number: give a finite number, or leave it out")
+    return handler(value)
+
+
+OptionalInt = Annotated[
+    int | None, WrapValidator(_a_number), WithJsonSchema({"type": "integer"}), NO_NULL_DEFAULT
+]
+OptionalNumber = Annotated[
+    float | None, WrapValidator(_a_number), WithJsonSchema({"type": "number"}), NO_NULL_DEFAULT
+]
 
 
 def self_contained(schema: dict[str, Any]) -> dict[str, Any]:
