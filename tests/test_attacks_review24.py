@@ -28,6 +28,12 @@ async def test_a_boolean_never_sets_a_budget_the_agent_cannot_raise_again(
         assert "start_line" in refused and "boolean" in refused, refused
         refused = await agent.refused("run_experiment", description="baseline", wait_s=False)
         assert "wait_s" in refused and "boolean" in refused, refused
+        # The bounds still hold, and null is still "not given".
+        assert "greater than or equal to 1" in await agent.refused("read_target", start_line=0)
+        assert "greater than or equal to 0" in await agent.refused(
+            "run_experiment", description="b", wait_s=-1
+        )
+        assert (await agent.ok("read_target", start_line=None, end_line=2))["end_line"] == 2
         started = await agent.ok("start_session", tag="flags", max_experiments=3)
         assert started["budget"] == "budget: 0 of 3 experiments (3 left)"
     state = json.loads((ml_project / ".autoresearch" / "sessions" / "flags.json").read_text())

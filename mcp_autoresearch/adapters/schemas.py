@@ -77,10 +77,10 @@ def _a_number(value: Any, handler: Any) -> Any:
 
 
 OptionalInt = Annotated[
-    int | None, WrapValidator(_a_number), WithJsonSchema({"type": "integer"}), NO_NULL_DEFAULT
+    Annotated[int, WrapValidator(_a_number)] | None, WithJsonSchema({"type": "integer"}), NO_NULL_DEFAULT
 ]
 OptionalNumber = Annotated[
-    float | None, WrapValidator(_a_number), WithJsonSchema({"type": "number"}), NO_NULL_DEFAULT
+    Annotated[float, WrapValidator(_a_number)] | None, WithJsonSchema({"type": "number"}), NO_NULL_DEFAULT
 ]
 
 
