@@ -99,3 +99,25 @@ async def test_text_no_person_can_see_never_rides_in_a_description_or_a_note(
     )
     # What stays: emoji built with the zero-width joiner and a variation selector, other scripts.
     assert printable("👨\u200d👩\u200d👧 ❤\ufe0f héllo 测试") == "👨\u200d👩\u200d👧 ❤\ufe0f héllo 测试"
+
+
+async def test_the_prompt_asked_for_wrongly_is_answered_with_what_it_takes(
+    ml_project: Path, agent_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`get_prompt('loop', {'focus': <201 characters>})`, an argument the prompt does not take, or a prompt that
+    does not exist were answered 'Internal server error', and the server logged a traceback for each."""
+    from mcp import MCPError
+
+    async with agent_for(ml_project) as agent:
+        for name, arguments, said in (
+            ("loop", {"focus": "x" * 201}, "at most 200 characters"),
+            ("loop", {"nope": "1"}, "nope: Unexpected keyword argument"),
+            ("nope", {}, "no prompt is named 'nope'"),
+        ):
+            with pytest.raises(MCPError) as refused:
+                await agent.client.get_prompt(name, arguments)
+            message = str(refused.value)
+            assert said in message and "'loop' (focus, optional" in message, message
+        prompt = await agent.client.get_prompt("loop", {"focus": "optimizer"})
+        assert "optimizer" in prompt.messages[0].content.text
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info], caplog.text

@@ -1,5 +1,5 @@
 """The SDK's server as this project serves it: tool schemas every client reads (no `$ref`), lone surrogates
-refused by name, stdio on pipes from the event loop (`stdio_pipes.py`), and SIGTERM ending the session as the end
+refused by name, a prompt asked for wrongly answered with what the prompts take, stdio on pipes from the event loop (`stdio_pipes.py`), and SIGTERM ending the session as the end
 of its input does (the runs in flight ended and logged before the server leaves)."""
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from typing import Any
 import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
 from mcp.types import Tool as MCPTool
+from mcp_types import INVALID_PARAMS
+from pydantic import ValidationError
 
 from .schemas import self_contained
 from .stdio_pipes import stdio_streams
@@ -46,6 +49,44 @@ class PortableServer(MCPServer):
         if problem := lone_surrogate_problem(arguments):
             raise ToolError(problem)
         return await super().call_tool(name, arguments, context)
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Any = None
+    ) -> Any:
+        """An unknown prompt, an unknown argument or one too long is answered with what was wrong and what the
+        prompts take: the SDK answered 'Internal server error' and logged a traceback."""
+        try:
+            return await super().get_prompt(name, arguments, context)
+        except MCPError:
+            raise
+        except ValueError as exc:
+            raise MCPError(INVALID_PARAMS, self._prompt_refusal(name, exc)) from None
+
+    def _prompt_refusal(self, name: str, exc: ValueError) -> str:
+        prompts = self._prompt_manager.list_prompts()
+        takes = "; ".join(
+            f"'{prompt.name}' ("
+            + (
+                ", ".join(
+                    f"{arg.name}{'' if arg.required else ', optional'}: {arg.description}"
+                    for arg in prompt.arguments or []
+                )
+                or "no arguments"
+            )
+            + ")"
+            for prompt in prompts
+        )
+        if self._prompt_manager.get_prompt(name) is None:
+            return f"no prompt is named {name[:100]!r}: the prompts are {takes}"
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, ValidationError):
+            cause = cause.__cause__
+        wrong = (
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in cause.errors()[:5])
+            if isinstance(cause, ValidationError)
+            else str(exc)
+        )
+        return f"prompt {name!r} was not given what it takes ({wrong}): the prompts are {takes}"
 
     def _leave(self) -> None:
         """The session ends (the end of input, or SIGTERM), before its calls are cancelled."""
