@@ -74,6 +74,14 @@ async def test_published_schemas_are_self_contained_and_plain(ml_project: Path, 
             assert "type" in prop, f"{tool.name}.{name} has no plain type"
             if name not in required:
                 assert "default" in prop["description"].lower(), f"{tool.name}.{name}: default not stated"
+        # Nested too (the objects inside `edits`): every property described, of one plain type (review 24).
+        for where, node in walk(tool.input_schema):
+            if isinstance(node, dict) and isinstance(node.get("properties"), dict):
+                for name, prop in node["properties"].items():
+                    assert prop.get("description"), f"{tool.name} {where}.{name} has no description"
+                    assert isinstance(prop.get("type"), str), (
+                        f"{tool.name} {where}.{name}: {prop.get('type')}"
+                    )
     edits = tools["apply_edit"].input_schema["properties"]["edits"]
     assert edits["type"] == "array" and edits["items"]["required"] == ["old_text", "new_text"]
 
