@@ -1,6 +1,7 @@
 """The SDK's server as this project serves it: tool schemas every client reads (no `$ref`), lone surrogates
-refused by name, a prompt asked for wrongly answered with what the prompts take, stdio on pipes from the event loop (`stdio_pipes.py`), and SIGTERM ending the session as the end
-of its input does (the runs in flight ended and logged before the server leaves)."""
+refused by name, a prompt asked for wrongly answered with what the prompts take, stdio on pipes from the event
+loop (`stdio_pipes.py`), and SIGTERM ending the session as the end of its input does (the runs in flight ended
+and logged before the server leaves)."""
 
 from __future__ import annotations
 
