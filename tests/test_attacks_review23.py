@@ -45,3 +45,30 @@ async def test_a_cherry_pick_of_several_commits_stopped_then_committed_is_seen_a
         assert "cherry-pick or revert of several commits" in refused, refused
         assert "git cherry-pick --continue" in refused and "Nothing was changed" in refused, refused
     assert git(root, "branch", "--list", "autoresearch/*") == ""
+
+
+async def test_a_hand_edit_of_the_target_between_runs_is_kept_aside_before_an_edit_replaces_it(
+    ml_project: Path, agent_for
+) -> None:
+    """After a decision the person edits the target by hand; the agent, which cannot know, then writes the whole
+    file (`content=`). The person's version was gone, kept nowhere. It is kept in `.autoresearch/edits/`, and
+    the answer says where; the edits the server itself left there (its own last edit, a decision's restore)
+    keep nothing."""
+    root = ml_project
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="hand")
+        await agent.experiment("baseline")
+        first = await agent.edit("LR = 0.5", "LR = 0.9")
+        assert first.get("kept_aside") is None, first
+        second = await agent.edit("LR = 0.9", "LR = 0.8")  # its own last edit: nothing to keep
+        assert second.get("kept_aside") is None, second
+        await agent.experiment("worse")  # discarded: the best's target is back
+        with open(root / "train.py", "a") as target:
+            target.write("# the person's own line, typed between two runs\n")
+        by_hand = (root / "train.py").read_bytes()
+        replaced = await agent.ok("apply_edit", content=(root / "train.py").read_text().replace("0.5", "0.3"))
+        kept = replaced.get("kept_aside")
+        assert kept and (root / kept).read_bytes() == by_hand, replaced
+        assert kept.startswith(".autoresearch/edits/"), kept
+        again = await agent.ok("apply_edit", content="LR = 0.3\n")
+        assert again.get("kept_aside") is None, again
