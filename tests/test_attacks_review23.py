@@ -72,3 +72,40 @@ async def test_a_hand_edit_of_the_target_between_runs_is_kept_aside_before_an_ed
         assert kept.startswith(".autoresearch/edits/"), kept
         again = await agent.ok("apply_edit", content="LR = 0.3\n")
         assert again.get("kept_aside") is None, again
+
+
+ATTRIBUTES = {
+    "ident": "train.py ident\n",  # `$Id$` expanded on checkout, collapsed again by git's clean step
+    "crlf": "train.py text=auto eol=crlf\n",
+    "filter": "train.py filter=rev\n",  # a clean filter: the blob holds every line reversed
+}
+
+
+@pytest.mark.parametrize("attributes", list(ATTRIBUTES))
+async def test_a_kept_target_with_attributes_is_committed_as_git_would_commit_it(
+    ml_project: Path, agent_for, attributes: str
+) -> None:
+    """The server writes the candidate's blob in-process for a "plain" target. `is_plain_file` asked git about
+    `filter`, `eol` and `text`, not `ident` (nor `working-tree-encoding`): a target with `$Id$` expanded by a
+    checkout was committed expanded, where git commits `$Id$`, and `git status` then showed it changed. The
+    kept commit holds what `git hash-object --path` (git's own clean step) makes of the file, and the tree is
+    clean."""
+    root = ml_project
+    if attributes == "filter":
+        git(root, "config", "filter.rev.clean", "rev")
+        git(root, "config", "filter.rev.smudge", "rev")
+    (root / ".gitattributes").write_text(ATTRIBUTES[attributes])
+    (root / "train.py").write_text("# $Id$\n" + (root / "train.py").read_text())
+    git(root, "add", ".gitattributes", "train.py")
+    git(root, "commit", "-q", "-m", "attributes")
+    (root / "train.py").unlink()
+    git(root, "checkout", "--", "train.py")  # as a clone leaves it: $Id$ expanded, CRLF written
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="attr")
+        await agent.experiment("baseline")
+        await agent.edit("0.5", "0.3")
+        _run, decision = await agent.experiment("better")
+        assert decision["decision"] == "keep", decision
+    expected = git(root, "hash-object", "--path", "train.py", "train.py").strip()
+    assert git(root, "rev-parse", "HEAD:train.py").strip() == expected
+    assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
