@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mcp_autoresearch.errors import ConfigError
+from mcp_autoresearch.session.workspace import Workspace
 from mcp_autoresearch.vcs.repo import GIT_ENV
 
 from .conftest import git
@@ -109,3 +111,92 @@ async def test_a_kept_target_with_attributes_is_committed_as_git_would_commit_it
     expected = git(root, "hash-object", "--path", "train.py", "train.py").strip()
     assert git(root, "rev-parse", "HEAD:train.py").strip() == expected
     assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+def set_up(root: Path, setup: str, marker: Path) -> None:
+    """One of the git set-ups a person may have, made in `root` (committed, clean)."""
+    hook = f"#!/bin/sh\necho \"$0 $(tr '\\\\0' ' ' < /proc/$PPID/cmdline)\" >> {marker}\n"  # and who ran it
+    if setup == "sparse":  # README.md outside the sparse set: skip-worktree, absent from the work tree
+        git(root, "sparse-checkout", "set", "--no-cone", "/train.py", "/prepare.py", "/.gitattributes")
+    elif setup == "index-v4":
+        git(root, "config", "index.version", "4")
+        git(root, "update-index", "--index-version", "4")
+    elif setup == "split-index":
+        git(root, "config", "core.splitIndex", "true")
+        git(root, "update-index", "--split-index")
+    elif setup == "untracked-cache":
+        git(root, "config", "core.untrackedCache", "true")
+        git(root, "update-index", "--untracked-cache")
+        git(root, "status")
+    elif setup == "hooks":
+        hooks = root.parent / "hooks"
+        hooks.mkdir()
+        for name in (
+            "pre-commit",
+            "post-commit",
+            "post-checkout",
+            "reference-transaction",
+            "post-index-change",
+        ):
+            (hooks / name).write_text(hook)
+            (hooks / name).chmod(0o755)
+        git(root, "config", "core.hooksPath", str(hooks))
+    elif setup == "fsmonitor":
+        script = root.parent / "fsmonitor"
+        script.write_text(hook + "exit 1\n")
+        script.chmod(0o755)
+        git(root, "config", "core.fsmonitor", str(script))
+    elif setup == "ignorecase":
+        git(root, "config", "core.ignorecase", "true")
+
+
+SETUPS = ["sparse", "index-v4", "split-index", "untracked-cache", "hooks", "fsmonitor", "ignorecase"]
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+async def test_the_loop_in_a_persons_git_set_up_leaves_git_as_git_would(
+    ml_project: Path, agent_for, tmp_path: Path, setup: str
+) -> None:
+    """A keep and a discard in a repository set up as a person may have it: the kept blob is what git would
+    commit, index and work tree agree with HEAD as `git status` sees them, the sparse set and the index's format
+    are kept, hooks and fsmonitor never run, and the person's files are untouched."""
+    root = ml_project
+    marker = tmp_path / "ran"
+    set_up(root, setup, marker)
+    before_sparse = git(root, "ls-files", "-t")
+    marker.unlink(missing_ok=True)  # what the person's own git calls above ran
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="setup")
+        await agent.experiment("baseline")
+        await agent.edit("0.5", "0.3")
+        _run, kept = await agent.experiment("better")
+        assert kept["decision"] == "keep", kept
+        await agent.edit("0.3", "0.9")
+        _run, discarded = await agent.experiment("worse")
+        assert discarded["decision"] == "discard", discarded
+        summary = await agent.ok("query_results")
+    assert not marker.exists(), marker.read_text()  # before the checks below run git as the person does
+    assert sorted(r["status"] for r in summary["rows"]) == ["discard", "keep", "keep"], summary["rows"]
+    expected = git(root, "hash-object", "--path", "train.py", "train.py").strip()
+    assert git(root, "rev-parse", "HEAD:train.py").strip() == expected
+    assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+    assert git(root, "diff-index", "--cached", "HEAD") == ""
+    assert git(root, "ls-files", "-t") == before_sparse  # skip-worktree flags as they were
+    assert (root / "my_notes.txt").read_text() == "the user's own untracked work\n"
+    if setup == "sparse":
+        assert not (root / "README.md").exists()
+    if setup == "index-v4":
+        assert (root / ".git" / "index").read_bytes()[4:8] == b"\0\0\0\4"
+
+
+def test_a_target_outside_the_sparse_checkout_is_refused_clearly(ml_project: Path) -> None:
+    """The target is outside the person's sparse set (flagged skip-worktree, absent from the work tree): the
+    server refuses to serve it, saying the file does not exist, and nothing of git's is changed."""
+    root = ml_project
+    git(root, "sparse-checkout", "set", "--no-cone", "/prepare.py", "/README.md")
+    assert not (root / "train.py").exists()
+    before = git(root, "ls-files", "-t"), git(root, "for-each-ref")
+    rules = {"target_file": "train.py", "run_command": "python train.py", "metric_name": "val_bpb"}
+    with pytest.raises(ConfigError, match="target_file 'train.py' does not exist"):
+        Workspace(root, rules)
+    assert (git(root, "ls-files", "-t"), git(root, "for-each-ref")) == before
