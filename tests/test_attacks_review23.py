@@ -4,16 +4,23 @@ failed before its fix (or is marked xfail with the fix it needs)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
+import anyio
 import pytest
+from mcp import Client, StdioServerParameters
 
 from mcp_autoresearch.errors import ConfigError
+from mcp_autoresearch.records.state import load_state, state_path
 from mcp_autoresearch.session.workspace import Workspace
 from mcp_autoresearch.vcs.repo import GIT_ENV
 
-from .conftest import git
+from .conftest import TRAIN_PY, Agent, git, run_cli, stdio_params
 
 pytestmark = pytest.mark.anyio
 
@@ -174,6 +181,9 @@ async def test_the_loop_in_a_persons_git_set_up_leaves_git_as_git_would(
         await agent.edit("0.3", "0.9")
         _run, discarded = await agent.experiment("worse")
         assert discarded["decision"] == "discard", discarded
+        if setup == "ignorecase":  # git may take TRAIN.PY for train.py; the server names one file only
+            refused = await agent.refused("apply_edit", path="TRAIN.PY", content="LR = 0.1\n")
+            assert "train.py" in refused, refused
         summary = await agent.ok("query_results")
     assert not marker.exists(), marker.read_text()  # before the checks below run git as the person does
     assert sorted(r["status"] for r in summary["rows"]) == ["discard", "keep", "keep"], summary["rows"]
@@ -200,3 +210,230 @@ def test_a_target_outside_the_sparse_checkout_is_refused_clearly(ml_project: Pat
     with pytest.raises(ConfigError, match="target_file 'train.py' does not exist"):
         Workspace(root, rules)
     assert (git(root, "ls-files", "-t"), git(root, "for-each-ref")) == before
+
+
+KILL_HELPER = Path(__file__).parent / "helpers" / "kill_at"
+HAND_LINE = "# the person's own line, typed while the run waited for its decision\n"
+BETTER, WORSE, AFTER = "LR = 0.3", "LR = 0.9", "LR = 0.15"  # 1.2 (kept), 1.8 (discarded), 1.05 (kept)
+
+# (name, the step the test arms the kill before, the function killed at, before/after, a text of its arguments)
+KILLS = [
+    ("edit written", "edit", "mcp_autoresearch.session.editing:atomic_write", "after", ""),
+    ("candidate not committed", "run", "mcp_autoresearch.vcs.repo:Repo.commit_file", "before", ""),
+    ("candidate committed", "run", "mcp_autoresearch.vcs.repo:Repo.commit_file", "after", ""),
+    ("git watched, run not started", "run", "mcp_autoresearch.vcs.planted:GitWatch.before_run", "after", ""),
+    (
+        "run checked, not recorded",
+        "run",
+        "mcp_autoresearch.lifecycle.running:Runs.check_after_run",
+        "after",
+        "",
+    ),
+    ("run recorded, not released", "run", "mcp_autoresearch.lifecycle.running:Runs.record", "after", ""),
+    (
+        "keep decided, not applied",
+        "keep",
+        "mcp_autoresearch.lifecycle.decisions:Decider.finish",
+        "before",
+        "",
+    ),
+    ("keep's index synced", "keep", "mcp_autoresearch.vcs.repo:Repo.sync_index", "after", ""),
+    (
+        "keep logged, state not saved",
+        "keep",
+        "mcp_autoresearch.records.journal:Journal.log_experiment_done",
+        "after",
+        "",
+    ),
+    (
+        "discard decided, not applied",
+        "discard",
+        "mcp_autoresearch.lifecycle.decisions:Decider.finish",
+        "before",
+        "",
+    ),
+    ("discard's target restored", "discard", "mcp_autoresearch.vcs.repo:Repo.restore_paths", "after", ""),
+    (
+        "discard's file written, not its index",
+        "discard",
+        "mcp_autoresearch.vcs.index_file:atomic_write",
+        "after",
+        "",
+    ),
+    (
+        "hand edit kept aside, not restored",
+        "hand",
+        "mcp_autoresearch.vcs.repo:Repo.restore_paths",
+        "before",
+        "",
+    ),
+    ("discard's branch moved", "discard", "mcp_autoresearch.vcs.repo:Repo.move_branch", "after", "discard"),
+    (
+        "discard logged, state not saved",
+        "discard",
+        "mcp_autoresearch.records.journal:Journal.log_experiment_done",
+        "after",
+        "",
+    ),
+    ("finish's branch written", "finish", "mcp_autoresearch.session.landing:git", "after", "update-ref"),
+    ("clean's branch deleted", "clean", "mcp_autoresearch.session.landing:git", "after", "update-ref"),
+]
+
+
+def killing_params(root: Path, armed: Path, at: str, when: str, match: str) -> StdioServerParameters:
+    params = stdio_params(root)
+    assert params.env is not None
+    params.env.update(
+        PYTHONPATH=str(KILL_HELPER), AR_KILL_AT=f"{at}:{when}", AR_KILL_ARMED=str(armed), AR_KILL_MATCH=match
+    )
+    return params
+
+
+def killing_cli(root: Path, armed: Path, at: str, when: str, match: str, *args: str) -> int:
+    env = {**os.environ, **GIT_ENV, **killing_params(root, armed, at, when, match).env}  # type: ignore[dict-item]
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_autoresearch", *args], cwd=root, env=env, capture_output=True
+    )
+    return done.returncode
+
+
+def table(root: Path) -> list[tuple[str, str]]:
+    """(run id, status) of every row of results.tsv and of the JSONL's decisions, which must agree."""
+    lines = (root / ".autoresearch" / "autoresearch.jsonl").read_text().splitlines()
+    done = [json.loads(x)["details"] for x in lines if '"experiment_done"' in x]
+    logged = [(d["run_id"], d["status"]) for d in done]
+    for details in done:  # every logged run's commit stays reachable from a ref (a node, the branch)
+        assert git(root, "for-each-ref", "--contains", details["commit"]), details
+    header, *rows = (root / "results.tsv").read_text().splitlines()
+    assert len(rows) == len(logged), (rows, logged)
+    ids = [run_id for run_id, _ in logged]
+    assert len(ids) == len(set(ids)), logged  # nothing logged twice
+    return logged
+
+
+def persons_files(root: Path) -> dict[str, str]:
+    return {name: (root / name).read_text() for name in ("README.md", "prepare.py", "my_notes.txt")}
+
+
+async def drive_to(agent: Agent, root: Path, step: str, armed: Path) -> None:
+    """The loop up to `step`, the kill armed right before the call that makes it."""
+    await agent.ok("start_session", tag="k")
+    await agent.experiment("baseline")
+    if step in ("edit", "run", "keep"):
+        if step == "edit":
+            armed.touch()
+        await agent.edit("LR = 0.5", BETTER)
+        if step == "run":
+            armed.touch()
+        run = await agent.ok("run_experiment", description="better")
+        run = await agent.until_done(run["run_id"])
+        if step == "keep":
+            armed.touch()
+        await agent.ok("commit_or_reset", run_id=run["run_id"])
+        return
+    await agent.edit("LR = 0.5", BETTER)
+    await agent.experiment("better")
+    await agent.edit(BETTER, WORSE)
+    run = await agent.until_done((await agent.ok("run_experiment", description="worse"))["run_id"])
+    if step == "hand":
+        with open(root / "train.py", "a") as target:
+            target.write(HAND_LINE)
+    if step in ("discard", "hand"):
+        armed.touch()
+    await agent.ok("commit_or_reset", run_id=run["run_id"])
+
+
+def check_after_restart(root: Path, person: dict[str, str], rows: list[tuple[str, str]]) -> None:
+    """The table true to git: the branch and HEAD on the best kept row's commit, the work tree clean but for the
+    target, the person's files as they were."""
+    state = load_state(root, "k")
+    assert state is not None and state.best is not None
+    kept = [run_id for run_id, status in rows if status == "keep"]
+    assert state.best.run_id == kept[-1], (state.best, rows)
+    assert git(root, "rev-parse", "autoresearch/k").strip() == state.best.commit
+    assert git(root, "rev-parse", "HEAD").strip() == state.best.commit
+    assert git(root, "status", "--porcelain", "-uno").split() in ([], ["M", "train.py"])
+    assert persons_files(root) == person
+
+
+@pytest.mark.parametrize(("name", "step", "at", "when", "match"), KILLS, ids=[k[0] for k in KILLS])
+async def test_a_server_killed_at_each_step_resumes_with_a_true_table(
+    ml_project: Path, tmp_path: Path, name: str, step: str, at: str, when: str, match: str
+) -> None:
+    """SIGKILL of the real server over stdio at each step of an experiment, of its decision, of `finish` and of
+    `clean` (the process kills itself at that exact call: tests/helpers/kill_at). A new server resumes the
+    session: every run is logged once, the branch and HEAD are on the best, the person's files are untouched,
+    and the loop goes on."""
+    root, armed = ml_project, tmp_path / "armed"
+    person = persons_files(root)
+    params = killing_params(root, armed, at, when, match)
+    with anyio.fail_after(600):  # a guard against a hang, never reached by a server that answers
+        if step in ("finish", "clean"):
+            async with Client(stdio_params(root)) as client:
+                await drive_to(Agent(client), root, "keep", armed)
+            armed.touch()
+            if step == "finish":
+                assert killing_cli(root, armed, at, when, match, "finish", "--land", "landed") == -9
+                landed = run_cli("finish", "--land", "landed", cwd=root)
+                assert landed.returncode == 0, landed.stderr
+                assert (
+                    git(root, "rev-parse", "landed").strip()
+                    == git(root, "rev-parse", "autoresearch/k").strip()
+                )
+                return
+            git(root, "checkout", "-q", "main")  # clean refuses while the session's branch is checked out
+            assert killing_cli(root, armed, at, when, match, "clean", "--tag", "k", "--yes") == -9
+            again = run_cli("clean", "--tag", "k", "--yes", cwd=root)
+            assert again.returncode == 0, again.stdout + again.stderr
+            assert not state_path(root, "k").exists(), again.stdout + again.stderr
+            assert git(root, "for-each-ref", "refs/autoresearch/") == ""
+            assert git(root, "branch", "--list", "autoresearch/*") == ""
+            assert persons_files(root) == person
+            return
+        with contextlib.suppress(BaseException):  # the server dies under the call
+            async with Client(params) as client:
+                await drive_to(Agent(client), root, step, armed)
+        assert not armed.exists(), f"the server never reached {at}"
+        async with Client(stdio_params(root)) as client:
+            agent = Agent(client)
+            resumed = await agent.ok("start_session", tag="k")
+            assert resumed["resumed"] is True, resumed
+            state = load_state(root, "k")
+            assert state is not None
+            for waiting in list(state.inflight):  # finished before the kill: it waits for its decision
+                await agent.ok("commit_or_reset", run_id=waiting.run_id)
+            rows = table(root)
+            assert [status for _, status in rows] == EXPECTED[name], rows
+            check_after_restart(root, person, rows)
+            # the agent's edit, run or not; put back to the best (the baseline) after an interrupted run
+            expected = "LR = 0.5" if name == "run checked, not recorded" else BETTER
+            assert expected in (root / "train.py").read_text()
+            if step == "hand":
+                kept = [p.read_text() for p in (root / ".autoresearch" / "edits").iterdir()]
+                assert kept and all(HAND_LINE in text for text in kept), kept
+            await agent.ok("apply_edit", content=TRAIN_PY.replace("LR = 0.5", AFTER))
+            _run, decision = await agent.experiment("after the restart")
+            assert decision["decision"] == "keep", decision
+        rows = table(root)
+        assert [status for _, status in rows] == [*EXPECTED[name], "keep"], rows
+        check_after_restart(root, person, rows)
+
+
+START_UNDONE = ["keep"]  # the baseline; the run whose start was cut short is undone, its edit kept
+EXPECTED = {
+    "edit written": ["keep"],
+    "candidate not committed": START_UNDONE,
+    "candidate committed": START_UNDONE,
+    "git watched, run not started": START_UNDONE,
+    "run checked, not recorded": ["keep", "crash"],  # interrupted
+    "run recorded, not released": ["keep", "keep"],
+    "keep decided, not applied": ["keep", "keep"],
+    "keep's index synced": ["keep", "keep"],
+    "keep logged, state not saved": ["keep", "keep"],
+    "discard decided, not applied": ["keep", "keep", "discard"],
+    "discard's target restored": ["keep", "keep", "discard"],
+    "discard's branch moved": ["keep", "keep", "discard"],
+    "discard's file written, not its index": ["keep", "keep", "discard"],
+    "hand edit kept aside, not restored": ["keep", "keep", "discard"],
+    "discard logged, state not saved": ["keep", "keep", "discard"],
+}
