@@ -84,6 +84,11 @@ class EditResult(BaseModel):
         description="True: too many lines changed for a diff; `diff` says which lines changed, and the counts "
         "are the changed region's old and new lines.",
     )
+    kept_aside: str | None = Field(
+        None,
+        description="The target held content this server did not leave there (a person's hand edit?): it is "
+        "kept at this path, relative to the project, before the edit replaced it.",
+    )
 
 
 class DecisionResult(BaseModel):

@@ -10,11 +10,13 @@ import os
 import stat
 from pathlib import Path
 
-from ..errors import RuleViolation
+from ..errors import RuleViolation, SessionError
 from ..models import EditResult, TargetView
-from ..records.atomic import atomic_write, read_regular
+from ..records.atomic import atomic_write, read_regular, unused_path
+from ..records.state import server_dir
 from ..setup.single_file import resolve_target_path, sha256_bytes
 from ..terminal_text import printable
+from ..vcs.repo import Repo
 from .context import SessionCore
 from .diffs import bounded_diff
 
@@ -26,6 +28,7 @@ DELETED_FIX = "write it again with apply_edit(content=...) (the whole file)"
 class Editor:
     def __init__(self, core: SessionCore) -> None:
         self.core = core
+        self.last_written: str | None = None  # the sha256 of what apply_edit last wrote (lost at a restart)
 
     def target_path(self, requested: str | None = None, must_exist: bool = False) -> Path:
         """The target's path, when `requested` names it (or is None) and it is still a regular file.
@@ -131,9 +134,11 @@ class Editor:
                 raise RuleViolation(_too_large(len(data), "bytes"))
             if "\x00" in after:
                 raise RuleViolation("the new content contains NUL bytes; only text can be written")
+            kept_aside = self._keep_hand_edit(before_bytes, before_sha)
             # Replaces a symlink swapped in, never follows it. Not fsynced, as an editor or git checkout writes:
             # no record names this content until start_run commits it (README, "Crash safety").
             atomic_write(target, data, sync=False)
+            self.last_written = sha256_bytes(data)
         diff = bounded_diff(before, after, self.core.target_rel)
         return EditResult(
             path=self.core.target_rel,
@@ -143,7 +148,29 @@ class Editor:
             lines_added=diff.added,
             lines_removed=diff.removed,
             diff_summarized=diff.summarized or None,
+            kept_aside=kept_aside,
         )
+
+    def _keep_hand_edit(self, current: bytes, current_sha: str) -> str | None:
+        """The target as a person left it, kept in `.autoresearch/edits/` before an edit replaces it: when it holds
+        neither what this server's apply_edit last wrote nor the target of a commit the server put there (HEAD,
+        the best, the next parent, a run's candidate or parent), the bytes came from someone else (a person's
+        hand edit between runs; after a restart, also an edit the agent made before it). The copy's path
+        (project-relative), or None when nothing was kept."""
+        core = self.core
+        if not current or current_sha == self.last_written:
+            return None
+        state, repo, path = core.state, core.repo, core.target_repo_path
+        commits = {repo.head_commit(), state.best.commit if state.best else None, state.next_parent_commit}
+        for run in state.inflight:
+            commits |= {run.commit, run.parent_commit}
+        form = current if core.plain_target else repo.blob_id(path, current).encode()
+        if any(_holds(repo, c, path, form, core.plain_target) for c in commits if c):
+            return None
+        target = core.root / core.target_rel
+        aside = unused_path(server_dir(core.root, "edits"), f"{core.state.tag}-before-edit-{target.name}")
+        atomic_write(aside, current)
+        return str(aside.relative_to(core.root))
 
     def _replaced(self, before: str, edits: list[dict[str, str]]) -> str:
         """`before` with each exact replacement applied in order; refused as soon as it grows past the limit."""
@@ -179,6 +206,17 @@ def _in_line_endings_of(text: str, old: str, new: str) -> tuple[str, str]:
 
 def _crlf(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\n", "\r\n")
+
+
+def _holds(repo: Repo, commit: str, path: str, form: bytes, plain: bool) -> bool:
+    """Whether `commit`'s target is `form`: the bytes of a plain target, else its blob id (git's form, so that a
+    checkout's converted bytes are no change); False when the commit has no such file."""
+    try:
+        if plain:
+            return repo.show_file(commit, path) == form
+        return repo.blob_at(commit, path).encode() == form
+    except (SessionError, KeyError, ValueError, OSError):
+        return False
 
 
 def _too_large(size: int, unit: str) -> str:

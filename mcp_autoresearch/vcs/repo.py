@@ -339,8 +339,11 @@ class Repo:
 
     def is_plain_file(self, repo_path: str) -> bool:
         """True when git stores this file byte for byte: no clean/smudge filter (Git LFS), no end-of-line
-        conversion (`text`/`eol` attributes, `core.autocrlf`). Only then may `commit_file` write its blob."""
-        attributes = self._run("check-attr", "filter", "eol", "text", "--", repo_path)
+        conversion (`text`/`eol` attributes, `core.autocrlf`), no `$Id$` expansion (`ident`), no re-encoding
+        (`working-tree-encoding`). Only then may `commit_file` write its blob."""
+        attributes = self._run(
+            "check-attr", "filter", "eol", "text", "ident", "working-tree-encoding", "--", repo_path
+        )
         if any(not line.endswith(": unspecified") for line in attributes.splitlines() if line.strip()):
             return False
         return (self._config("core.autocrlf") or "false").lower() in ("false", "0", "no", "off")

@@ -18,6 +18,11 @@ OPERATIONS = {
     "CHERRY_PICK_HEAD": ("a cherry-pick", "git cherry-pick --continue, or git cherry-pick --abort"),
     "REVERT_HEAD": ("a revert", "git revert --continue, or git revert --abort"),
     "BISECT_LOG": ("a bisect", "git bisect reset"),
+    # a cherry-pick or revert of several commits, stopped and then committed by hand: only its plan is left
+    "sequencer": (
+        "a cherry-pick or revert of several commits",
+        "git cherry-pick --continue or git revert --continue, or --quit, or --abort",
+    ),
 }
 
 
