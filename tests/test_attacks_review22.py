@@ -1,0 +1,78 @@
+"""Review 22: the target's code against the number across runs: what one run can leave that a later run (a repeat,
+the re-measurement after a keep) reads, what wedges the next runs, and how the number is read. Real runs under
+the real keeper (the view and Landlock where the machine has them). Each test here failed before its fix (or is
+a strict xfail naming the fix)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import pytest
+
+from mcp_autoresearch.lifecycle.experiment import Experiment
+from mcp_autoresearch.sandbox.policy import probe_isolation
+from mcp_autoresearch.setup.config import Config
+
+from .conftest import make_repo
+from .helpers.needs import require
+
+ISOLATION = probe_isolation("auto")
+
+
+def _experiment(root: Path, run_id: str, command: str = "python3 t.py", **config) -> Experiment:
+    values = {"target_file": "t.py", "run_command": command, "metric_name": "score", "timeout": 20.0, **config}
+    return Experiment(
+        Config.model_validate(values), root, run_id, root / ".autoresearch" / "runs", "t", None, ISOLATION
+    )
+
+
+# The kernel's keyrings are not in any namespace a run gets: root's user keyring (@u) is one for every process
+# of uid 0 (the server's, its runs', the host's), and the session keyring (@s) is the server's, inherited. A key is
+# no file and no process: it outlives the run that added it. (x86_64 and aarch64 numbers: add_key, keyctl.)
+KEYRING_CALLS = {"x86_64": (248, 250), "aarch64": (217, 219)}
+KEY_NAME = b"autoresearch-review22"
+LEAVES_AND_READS_A_KEY = f"""
+import ctypes, os, platform
+libc = ctypes.CDLL(None, use_errno=True)
+add_key, keyctl = {KEYRING_CALLS!r}[platform.machine()]
+for ring in (-3, -4):  # the session keyring, the user keyring
+    key = libc.syscall(keyctl, 10, ring, b"user", {KEY_NAME!r}, 0)  # KEYCTL_SEARCH
+    if key > 0:
+        value = ctypes.create_string_buffer(64)
+        size = libc.syscall(keyctl, 11, key, value, 64)  # KEYCTL_READ
+        print("READ", ring, value.raw[:max(size, 0)].decode())
+    made = libc.syscall(add_key, b"user", {KEY_NAME!r}, b"best-answer=0.001", 17, ring)
+    print("ADD", ring, made if made > 0 else os.strerror(ctypes.get_errno()))
+print("score: 1")
+"""
+
+
+def _remove_the_key() -> None:
+    """The key a run of the test left (before the fix) is revoked in this process's keyrings (root's @u)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    _, keyctl = KEYRING_CALLS.get(os.uname().machine, (0, 0))
+    for ring in (-3, -4):
+        key = libc.syscall(keyctl, 10, ring, b"user", KEY_NAME, 0) if keyctl else -1
+        if key > 0:
+            libc.syscall(keyctl, 3, key)  # KEYCTL_REVOKE
+
+
+def test_a_key_one_run_adds_to_a_kernel_keyring_is_not_read_by_the_next(tmp_path: Path) -> None:
+    """A run added a key (its answer, its count of runs) to root's user keyring or to the server's session
+    keyring, and the next run, a repeat or the re-measurement after a keep, read it: a channel from run to run
+    that survives the view, Landlock and the end of every process (and a root run read the host's root keys).
+    A confined run may not use the keyrings at all (a seccomp filter, as Docker's default profile does)."""
+    require(ISOLATION.confined, "CI confines runs", "runs are not confined here")
+    require(os.uname().machine in KEYRING_CALLS, "CI is x86_64", "no keyring numbers for this machine")
+    root = make_repo(tmp_path / "p", {"t.py": LEAVES_AND_READS_A_KEY})
+    try:
+        first = _experiment(root, "r1").run()
+        second = _experiment(root, "r2").run()
+    finally:
+        _remove_the_key()
+    assert first.status == second.status == "ok", (first, second)
+    text = Path(second.log_path).read_text()
+    assert "READ" not in text and "ADD -4 Operation not permitted" in text, text
+
