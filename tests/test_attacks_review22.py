@@ -15,14 +15,24 @@ from mcp_autoresearch.lifecycle.experiment import Experiment
 from mcp_autoresearch.sandbox.policy import probe_isolation
 from mcp_autoresearch.setup.config import Config
 
-from .conftest import make_repo
+from .conftest import git, make_repo
 from .helpers.needs import require
+from .test_noise import project as noisy_project
+from .test_noise import try_values
+
+pytestmark = pytest.mark.anyio
 
 ISOLATION = probe_isolation("auto")
 
 
 def _experiment(root: Path, run_id: str, command: str = "python3 t.py", **config) -> Experiment:
-    values = {"target_file": "t.py", "run_command": command, "metric_name": "score", "timeout": 20.0, **config}
+    values = {
+        "target_file": "t.py",
+        "run_command": command,
+        "metric_name": "score",
+        "timeout": 20.0,
+        **config,
+    }
     return Experiment(
         Config.model_validate(values), root, run_id, root / ".autoresearch" / "runs", "t", None, ISOLATION
     )
@@ -76,3 +86,32 @@ def test_a_key_one_run_adds_to_a_kernel_keyring_is_not_read_by_the_next(tmp_path
     text = Path(second.log_path).read_text()
     assert "READ" not in text and "ADD -4 Operation not permitted" in text, text
 
+
+# The candidate looks for its checks' log (`<run>-checks.log`, beside its runs' logs, which a run may read without
+# `hidden`): written once the runs that judge it are over, it was there for every run after them, the
+# re-measurement after the keep. The runs that saw it print `late`; under the sequential rule.
+TELLS_THE_RUNS_APART = """\
+f=$(ls .autoresearch/runs/*/*-checks.log 2>/dev/null | grep -v '/r1-checks.log$')
+if [ -n "$f" ]; then echo late; fi
+"""
+
+
+async def test_the_re_measurement_after_a_keep_cannot_be_told_by_the_checks_log(
+    tmp_path: Path, agent_for
+) -> None:
+    """The checks command ran after the judged runs and before the re-measurement after a keep: its log, in the
+    runs' folder, told a run that it was being re-measured, and how many runs had judged it (the runs before
+    it), so a candidate could be fast for exactly as many runs as judging and re-measuring took, which README
+    says it cannot learn from the server. The checks now run once every run of the measurement is over."""
+    root = noisy_project(tmp_path, checks_command="true")
+    (root / "evaluate.sh").write_text(TELLS_THE_RUNS_APART + (root / "evaluate.sh").read_text())
+    git(root, "commit", "-qam", "the evaluator says when it sees the checks' log")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="k")
+        await agent.experiment("baseline")
+        run, decision = await try_values(agent, "VALUES 0.5 0.52 0.48\n", "much better")
+    assert decision["decision"] == "keep" and decision["remeasured"], decision
+    logs = sorted((root / ".autoresearch" / "runs" / "k").glob("r2*.log"))
+    told = [log.name for log in logs if "late" in log.read_text()]
+    assert told == [], told
+    assert (root / ".autoresearch" / "runs" / "k" / "r2-checks.log").exists()
