@@ -115,3 +115,41 @@ async def test_the_re_measurement_after_a_keep_cannot_be_told_by_the_checks_log(
     told = [log.name for log in logs if "late" in log.read_text()]
     assert told == [], told
     assert (root / ".autoresearch" / "runs" / "k" / "r2-checks.log").exists()
+
+
+# The output directory itself stays from run to run (only what it holds is moved aside): what a run may set on it,
+# its extended attributes, a default ACL, its times, its mode, carried a message to the next run. Python's own
+# calls; `user.*` attributes need a file system that keeps them (ext4, tmpfs since Linux 6.6).
+MARKS_ITS_OUTPUT_DIRECTORY = """
+import os
+seen = os.stat("out")
+try:
+    mark = os.getxattr("out", "user.answer").decode()
+except OSError:
+    mark = "none"
+print("SEEN", mark, seen.st_mtime_ns, seen.st_atime_ns, oct(seen.st_mode))
+try:
+    os.setxattr("out", "user.answer", b"0.001")
+    print("SET xattr")
+except OSError as exc:
+    print("REFUSED xattr", exc.strerror)
+os.utime("out", ns=(123456789, 987654321))
+os.chmod("out", 0o3751)
+print("score: 1")
+"""
+
+
+def test_marks_one_run_leaves_on_its_output_directory_do_not_reach_the_next(tmp_path: Path) -> None:
+    """A run set an extended attribute, the times and the mode of its output directory `out/` (which stays where
+    it is, emptied), and the next run read them: a channel from run to run (a count of runs, an answer) in a
+    project whose only writable entry is inside it, where README says nothing one run leaves reaches the next."""
+    root = make_repo(tmp_path / "p", {"t.py": MARKS_ITS_OUTPUT_DIRECTORY})
+    (root / "out").mkdir()
+    (root / "out").chmod(0o755)
+    first = _experiment(root, "r1", writable=["out"]).run()
+    second = _experiment(root, "r2", writable=["out"]).run()
+    assert first.status == second.status == "ok", (first, second)
+    seen = Path(second.log_path).read_text().split("SEEN ", 1)[1].split()
+    if "SET xattr" in Path(first.log_path).read_text():
+        assert seen[0] != "0.001", seen
+    assert seen[1] != "987654321" and seen[2] != "123456789" and seen[3] == "0o40755", seen
