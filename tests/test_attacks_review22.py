@@ -153,3 +153,13 @@ def test_marks_one_run_leaves_on_its_output_directory_do_not_reach_the_next(tmp_
     if "SET xattr" in Path(first.log_path).read_text():
         assert seen[0] != "0.001", seen
     assert seen[1] != "987654321" and seen[2] != "123456789" and seen[3] == "0o40755", seen
+
+
+@pytest.mark.parametrize("line", ["score: 0,5", "METRIC score=0,5", "score: 1,250"])
+def test_a_number_in_a_locales_format_is_never_read_as_its_integer_part(tmp_path: Path, line: str) -> None:
+    """`printf "%.1f"` under a German locale prints `0,5`; a thousands separator prints `1,250`. The metric was
+    read as `0` (or `1`), a silent wrong number that every run of the session shared (all equal, so each was
+    kept as equal and simpler). Now the run ends `metric_error`, saying to print the number with a point."""
+    root = make_repo(tmp_path / "p", {"t.py": f"print({line!r})\n"})
+    result = _experiment(root, "r1").run()
+    assert result.status == "metric_error" and "comma" in (result.error or ""), result
