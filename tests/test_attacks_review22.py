@@ -121,7 +121,7 @@ async def test_the_re_measurement_after_a_keep_cannot_be_told_by_the_checks_log(
 # its extended attributes, a default ACL, its times, its mode, carried a message to the next run. Python's own
 # calls; `user.*` attributes need a file system that keeps them (ext4, tmpfs since Linux 6.6).
 MARKS_ITS_OUTPUT_DIRECTORY = """
-import os
+import array, fcntl, os
 seen = os.stat("out")
 try:
     mark = os.getxattr("out", "user.answer").decode()
@@ -135,12 +135,21 @@ except OSError as exc:
     print("REFUSED xattr", exc.strerror)
 os.utime("out", ns=(123456789, 987654321))
 os.chmod("out", 0o3751)
+fd = os.open("out", os.O_RDONLY | os.O_DIRECTORY)
+flags = array.array("l", [0])
+try:
+    fcntl.ioctl(fd, 0x80086601, flags, True)  # FS_IOC_GETFLAGS
+    print("FLAGS", flags[0])
+    fcntl.ioctl(fd, 0x40086602, array.array("l", [flags[0] | 0xC0]), True)  # chattr +d +A
+    print("SET flags")
+except OSError as exc:
+    print("REFUSED flags", exc.strerror)
 print("score: 1")
 """
 
 
 def test_marks_one_run_leaves_on_its_output_directory_do_not_reach_the_next(tmp_path: Path) -> None:
-    """A run set an extended attribute, the times and the mode of its output directory `out/` (which stays where
+    """A run set an extended attribute, the times, the mode and the inode flags of its output directory `out/` (which stays where
     it is, emptied), and the next run read them: a channel from run to run (a count of runs, an answer) in a
     project whose only writable entry is inside it, where README says nothing one run leaves reaches the next."""
     root = make_repo(tmp_path / "p", {"t.py": MARKS_ITS_OUTPUT_DIRECTORY})
@@ -153,6 +162,12 @@ def test_marks_one_run_leaves_on_its_output_directory_do_not_reach_the_next(tmp_
     if "SET xattr" in Path(first.log_path).read_text():
         assert seen[0] != "0.001", seen
     assert seen[1] != "987654321" and seen[2] != "123456789" and seen[3] == "0o40755", seen
+    first_log = Path(first.log_path).read_text()
+    if "SET flags" in first_log:  # the flags the second run found are those the first run found
+        assert (
+            first_log.split("FLAGS ")[1].split()[0]
+            == Path(second.log_path).read_text().split("FLAGS ")[1].split()[0]
+        )
 
 
 @pytest.mark.parametrize("line", ["score: 0,5", "METRIC score=0,5", "score: 1,250"])

@@ -4,7 +4,9 @@ one run to the next. `clear_marks` takes them off before each run."""
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import os
 import stat
 import threading
@@ -12,8 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 _lock = threading.Lock()
-# An output directory (its real path) -> its mode and the attributes below when the server first made it fresh.
-_first: dict[str, tuple[int, dict[str, bytes]]] = {}
+# An output directory (its real path) -> its mode, the attributes below and its inode flags (`chattr`'s) when the
+# server first made it fresh.
+_first: dict[str, tuple[int, dict[str, bytes], int | None]] = {}
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS = 0x80086601, 0x40086602
 # The extended attributes a run may set on a directory it owns (no capability needed): its own, and an ACL.
 _RUN_SET_ATTRIBUTES = ("user.", "system.posix_acl_")
 
@@ -33,11 +37,13 @@ def clear_marks(path: Path) -> None:
         found = os.fstat(fd)
         if found.st_uid != os.geteuid():
             return
-        now = _attributes(at)
+        now, flags = _attributes(at), _flags(at)
         with _lock:
-            mode, attributes = _first.setdefault(
-                os.path.realpath(path), (stat.S_IMODE(found.st_mode) | stat.S_IRWXU, now)
+            mode, attributes, first_flags = _first.setdefault(
+                os.path.realpath(path), (stat.S_IMODE(found.st_mode) | stat.S_IRWXU, now, flags)
             )
+        if first_flags is not None and flags != first_flags:
+            _flags(at, first_flags)
         for name in now.keys() - attributes.keys():
             _try(os.removexattr, at, name)
         for name, value in attributes.items():
@@ -64,3 +70,19 @@ def _attributes(at: str) -> dict[str, bytes]:
 def _try(call: Callable[..., None], *args: object) -> None:
     with contextlib.suppress(OSError):
         call(*args)
+
+
+def _flags(at: str, put: int | None = None) -> int | None:
+    """The inode flags of the directory `at` (None where the file system has none), or set them to `put`."""
+    try:
+        fd = os.open(at, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        value = array.array("l", [put or 0])
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS if put is None else FS_IOC_SETFLAGS, value, True)
+        return value[0]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
