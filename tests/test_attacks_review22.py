@@ -178,3 +178,33 @@ def test_a_number_in_a_locales_format_is_never_read_as_its_integer_part(tmp_path
     root = make_repo(tmp_path / "p", {"t.py": f"print({line!r})\n"})
     result = _experiment(root, "r1").run()
     assert result.status == "metric_error" and "comma" in (result.error or ""), result
+
+
+# The candidate reads what decides it: the session's state (the best's runs, the noise) and the logs of its own
+# earlier runs (its values). With them it runs the server's own `sequential_test` (the package is readable too).
+READS_WHAT_JUDGES_IT = """\
+if grep -qs '"values"' .autoresearch/sessions/k.json; then echo SAW-STATE; fi
+if ls .autoresearch/runs/k/r2*.log >/dev/null 2>&1 && grep -qs score .autoresearch/runs/k/r2.log; then echo SAW-LOGS; fi
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="without `hidden`, a run may read `.autoresearch/sessions/<tag>.json` (the best's runs, the noise) and "
+    "`.autoresearch/runs/<tag>/` (its own earlier runs' values, the best's logs): with the server's own "
+    "`sequential_test` it knows when the rule keeps it, so which runs are the re-measurement and how many. "
+    "Fix: hide the sessions folder, the journals and the runs folder from stage `run` always (as `hidden` does "
+    "for the logs), keeping writable entries such as `.autoresearch/bin` shown",
+)
+async def test_a_run_cannot_read_the_records_that_judge_it(tmp_path: Path, agent_for) -> None:
+    require(ISOLATION.namespaces, "CI gives runs a private view", "namespaces are unavailable here")
+    root = noisy_project(tmp_path)
+    (root / "evaluate.sh").write_text(READS_WHAT_JUDGES_IT + (root / "evaluate.sh").read_text())
+    git(root, "commit", "-qam", "the evaluator says what it reads")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="k")
+        await agent.experiment("baseline")
+        await try_values(agent, "VALUES 0.5 0.52 0.48\n", "much better")
+    logs = sorted((root / ".autoresearch" / "runs" / "k").glob("r2-*.log"))
+    seen = [log.name for log in logs if "SAW-" in log.read_text()]
+    assert logs and seen == [], seen
