@@ -299,7 +299,10 @@ class Experiment:
             status, error = failure
             if status in ("crash", "timeout"):
                 status, error = "checks_failed", f"checks_command failed: {error}"
-            return self._failed(self._tally, (status, error), result.value, checks_log)
+            failed = self._failed(self._tally, (status, error), result.value, checks_log)
+            # the runs it was judged by, not its re-measurement after a keep (run before the checks)
+            failed.values, failed.spread = list(result.values), result.spread
+            return failed
         result.leftovers_killed = self._tally.leftovers
         return result
 

@@ -45,6 +45,7 @@ from ..records.state import server_dir
 from ..sandbox.run_tmpdirs import give_tree_rights_back
 from ..setup.config import Config
 from ..setup.stage_config import hidden_paths
+from .output_marks import clear_marks
 
 KEEP_RUNS = 1  # the previous run's outputs: a `target/` of gigabytes is not kept many times over
 # `.autoresearch/outputs/.left-<tag>/<run>.json`: {output entry: [run, digest of what the run left there]} (no tag
@@ -100,6 +101,7 @@ def make_fresh(root: Path, entries: list[str], tag: str | None, run_id: str) -> 
             give_owner_rights(path)  # a run may take them away: the next one could write nothing
             names = sorted(os.listdir(path))
             if not names:
+                clear_marks(path)
                 continue
             aside = _aside(root, tag, _folder(root, tag, entry, run_id), Path(entry).parts, chosen)
             pairs = [(path / name, aside / name) for name in names]
@@ -114,6 +116,8 @@ def make_fresh(root: Path, entries: list[str], tag: str | None, run_id: str) -> 
                     f"'{source.relative_to(root)}' could not be moved aside into {aside} ({exc.strerror}): every "
                     f"run starts from an empty '{entry}'; move its files away yourself, then run again"
                 ) from None
+        if via is None and path.is_dir():
+            clear_marks(path)  # after `_folder` compared the output with what the last run left
         moved.append(str(aside.relative_to(root)))
     _prune(root, tag)
     return moved

@@ -192,12 +192,13 @@ def measure_run(
 ) -> RunOutcome:
     """Run the candidate as many times as the keep rule needs, whatever its placement: the baseline's noise
     runs, one run (or `repeats`) under the greedy rule, the sequential test's runs with the best re-measured as
-    needed (`best_run`, in the best's content: `with_best`); a keep is confirmed while `unchanged` holds."""
+    needed (`best_run`, in the best's content: `with_best`); a keep is confirmed while `unchanged` holds; then
+    the checks command, once every run is over."""
     assert active.experiment is not None
     if pending.is_baseline:
         measured = baseline()
     elif core.state.keep_rule != "sequential" or core.state.best is None:
-        measured = Measurement(active.experiment.run())
+        measured = Measurement(active.experiment.run(checks=False))
     else:
         known = reference_values(core, pending)  # the parent's runs: the best's unless it was branched
         active.best = best_run()
@@ -220,6 +221,9 @@ def measure_run(
             unchanged,
             reference(core, pending),
         )
+        # The checks after every run of the measurement, the re-measurement after a keep included: their log,
+        # written before it, told a run that it was being re-measured (and how many runs had judged it).
+        measured.result = active.experiment.check(measured.result)
     return outcome_of(measured)
 
 

@@ -21,6 +21,9 @@ FLOAT = rb"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|(?i:nan
 _FIRST_FLOAT = re.compile(FLOAT.decode(), re.IGNORECASE)
 _METRIC_LINE = re.compile(rb"^[ \t]*METRIC[ \t]+([A-Za-z_][\w.\-]*)[ \t]*=[ \t]*(" + FLOAT + rb")", re.M)
 _VRAM = re.compile(rb"^[ \t]*peak_vram_mb[ \t]*:[ \t]*(" + FLOAT + rb")", re.M)
+# A comma and a digit after a number: a decimal comma (`0,5` under a German locale) or a thousands separator
+# (`1,250`); the number before it is never read as the value (it was: `0`, `1`).
+COMMA = rb",\d"
 CHUNK = 4 << 20
 MAX_SECONDARY = 50
 
@@ -38,8 +41,20 @@ def builtin_patterns(metric_name: str) -> list[re.Pattern[bytes]]:
     """`<name>: <float>` as karpathy's train.py prints it, and `METRIC <name>=<float>`."""
     name = re.escape(metric_name.encode())
     return [
-        re.compile(rb"^[ \t]*" + name + rb"[ \t]*:[ \t]*(" + FLOAT + rb")(?![\w.])", re.M),
-        re.compile(rb"^[ \t]*METRIC[ \t]+" + name + rb"[ \t]*=[ \t]*(" + FLOAT + rb")", re.M),
+        re.compile(rb"^[ \t]*" + name + rb"[ \t]*:[ \t]*(" + FLOAT + rb")(?![\w.]|" + COMMA + rb")", re.M),
+        re.compile(
+            rb"^[ \t]*METRIC[ \t]+" + name + rb"[ \t]*=[ \t]*(" + FLOAT + rb")(?!" + COMMA + rb")", re.M
+        ),
+    ]
+
+
+def comma_patterns(metric_name: str) -> list[re.Pattern[bytes]]:
+    """Both built-in forms with a number in a locale's format (`0,5`, `1,250`), which they do not read."""
+    name = re.escape(metric_name.encode())
+    number = rb"([-+]?\d+,\d+)"
+    return [
+        re.compile(rb"^[ \t]*" + name + rb"[ \t]*:[ \t]*" + number, re.M),
+        re.compile(rb"^[ \t]*METRIC[ \t]+" + name + rb"[ \t]*=[ \t]*" + number, re.M),
     ]
 
 
@@ -121,6 +136,17 @@ def read_metric_from_log(
             if metric_regex
             else (f"'{metric_name}: <number>' or 'METRIC {metric_name}=<number>'")
         )
+        comma = (
+            None
+            if metric_regex
+            else last_match(path, comma_patterns(metric_name), b",", whole_lines, kept_end)
+        )
+        if comma is not None:
+            raise MetricError(
+                f"the metric was printed as {comma[:40].decode('ascii', 'replace')!r}, with a comma (a locale's "
+                "decimal comma or a thousands separator): print it with a decimal point and no separator "
+                "(Python's print and f-strings do; printf under LC_NUMERIC=C)"
+            )
         if kept_end:
             raise MetricError(
                 f"no line matching {how} in the end of the output that its log kept: the log left part of the "

@@ -152,7 +152,7 @@ class Sequential:
                 max_repeats=config.max_repeats,
             )
             if step.action != "more":
-                return Measurement(self.candidate.check(result), added, step)
+                return Measurement(result, added, step)
             while len(self.best_values) + len(added) < step.best_runs:
                 again = self.swapped(lambda: self.best.run(runs=1, checks=False))
                 if again.status == "cancelled":
@@ -161,7 +161,7 @@ class Sequential:
                 if again.status != "ok":
                     why = f"the best could not be re-measured ({again.status}: {again.error}), so nothing is shown"
                     step = replace(step, action="discard", rule=f"discard ({why}): {step.rule}")
-                    return Measurement(self.candidate.check(result), added, step)
+                    return Measurement(result, added, step)
                 added.append(again.values[-1])
             result = self.candidate.run(runs=1, checks=False)
         return Measurement(result, added, None)

@@ -135,6 +135,8 @@ def become_command(
             os.close(ruleset)
         else:  # no Landlock: still no privilege gain, and a mark that no child can shed
             libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        if ruleset is not None or made is not None or spec.get("view"):
+            namespaces.forbid_keyrings(libc)  # a key would outlive the run: a channel to the next one
         if env is None:
             os.execvp(argv[0], argv)
         else:

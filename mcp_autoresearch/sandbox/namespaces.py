@@ -359,6 +359,41 @@ def forbid_user_namespaces(libc: ctypes.CDLL) -> None:
     _check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(_Program(len(program), array)), 0, 0), "seccomp filter")
 
 
+# The kernel keyrings' system calls (add_key, request_key, keyctl: consecutive numbers), natively and in the 32-bit
+# ABI a 64-bit kernel also serves (its seccomp arch token, its numbers).
+_KEYRING_CALLS = {
+    "x86_64": ((248, 250), 0x40000003, (286, 288)),
+    "aarch64": ((217, 219), 0x40000028, (309, 311)),
+}
+
+
+def forbid_keyrings(libc: ctypes.CDLL) -> None:
+    """A seccomp filter (inherited, permanent; needs no_new_privs): the keyring calls answer EPERM, in every ABI
+    (x32's numbers are the native ones with bit 30 set). The keyrings are in no namespace a run gets: root's
+    user keyring is every root process's, the session keyring the server's; a key outlives the run that added
+    it, so it would carry anything from one run to the next (and show a root run the host's root keys). Docker's
+    default profile refuses them for the same reason; a run needs none."""
+    (first, last), compat, (compat_first, compat_last) = _KEYRING_CALLS[os.uname().machine]
+    ld, jeq, jge, jgt, and_k, ret = 0x20, 0x15, 0x35, 0x25, 0x54, 0x06
+    allow, eperm = 0x7FFF0000, 0x00050000 | 1
+    program = [
+        _Filter(ld, 0, 0, 4),  # 0: arch
+        _Filter(jeq, 0, 4, _numbers()[6]),  # 1: ours -> 2, else -> 6
+        _Filter(ld, 0, 0, 0),  # 2: syscall number
+        _Filter(and_k, 0, 0, 0xBFFFFFFF),  # 3: x32's as the native one
+        _Filter(jge, 0, 5, first),  # 4: -> 5, below -> 10
+        _Filter(jgt, 4, 5, last),  # 5: above -> 10, else -> 11
+        _Filter(jeq, 0, 3, compat),  # 6: the 32-bit ABI -> 7, else -> 10
+        _Filter(ld, 0, 0, 0),  # 7: syscall number
+        _Filter(jge, 0, 1, compat_first),  # 8: -> 9, below -> 10
+        _Filter(jgt, 0, 1, compat_last),  # 9: above -> 10, else -> 11
+        _Filter(ret, 0, 0, allow),  # 10
+        _Filter(ret, 0, 0, eperm),  # 11
+    ]
+    array = (_Filter * len(program))(*program)
+    _check(libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(_Program(len(program), array)), 0, 0), "keyring filter")
+
+
 def seal(libc: ctypes.CDLL) -> None:
     """After the view, before Landlock's restrict_self (which sets no_new_privs first): nothing can undo it."""
     drop_all_capabilities(libc)
