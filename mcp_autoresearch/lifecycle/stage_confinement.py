@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..names import HOLDOUT, OUTPUTS_DIR, RUN_LOGS, STATE_DIR
+from ..names import HOLDOUT, OUTPUTS_DIR, RUN_LOGS, SESSIONS, STATE_DIR
 from ..sandbox.caches import run_caches, stage_caches
 from ..sandbox.launcher import Launched, launcher
 from ..sandbox.policy import Isolation, keeper_command, keeper_spec, linked_inputs, writable_paths
@@ -78,14 +78,21 @@ class StageConfinement:
         logs: list[str] = []
         if self.config.hidden and stage == "parse":
             logs = evaluation_logs(self.log_dir, shown, sessions)
-        elif self.config.hidden:  # the run and its checks read no log: every session's, hidden whole
+        elif (
+            self.config.hidden or stage == "run"
+        ):  # the run and its checks read no log: every session's, whole
             # One mount, whatever the session's length; and an evaluation's log written in another slot while
-            # this run is in flight appears beneath it, hidden too.
+            # this run is in flight appears beneath it, hidden too. Without `hidden` as well: a run that found the
+            # log of its own judged run would know it is being re-measured after a keep.
             logs = [str(self.log_dir.parent if sessions else self.log_dir)]
             reads = inputs  # the logs are not shown again
         # What earlier runs left in the outputs, moved aside (`fresh_outputs`): a candidate that computes nothing
-        # would hand the evaluation the best's answer from there, and be kept as equal and simpler.
+        # would hand the evaluation the best's answer from there, and be kept as equal and simpler. And the
+        # sessions' states and records: the best's runs and the noise, with which a run could work out when the
+        # rule keeps it (the server's own code is readable), so which of its runs are the re-measurement.
         aside = [str(self.root / STATE_DIR / OUTPUTS_DIR)] if stage == "run" else []
+        if stage == "run" and sessions:
+            aside.append(str(own / SESSIONS))
         if self.slot is not None and stage == "run":  # the other slots' outputs (the best's, say): hidden
             aside.append(str(self.slot[0]))
             if own.name == STATE_DIR:  # the project's own too: earlier sessions' runs left theirs there

@@ -372,8 +372,12 @@ def forbid_keyrings(libc: ctypes.CDLL) -> None:
     (x32's numbers are the native ones with bit 30 set). The keyrings are in no namespace a run gets: root's
     user keyring is every root process's, the session keyring the server's; a key outlives the run that added
     it, so it would carry anything from one run to the next (and show a root run the host's root keys). Docker's
-    default profile refuses them for the same reason; a run needs none."""
-    (first, last), compat, (compat_first, compat_last) = _KEYRING_CALLS[os.uname().machine]
+    default profile refuses them for the same reason; a run needs none. On a machine whose numbers are not
+    listed here (Landlock alone on another architecture) nothing is filtered: the run still starts."""
+    numbers = _KEYRING_CALLS.get(os.uname().machine)
+    if numbers is None or os.uname().machine not in _SYS:
+        return
+    (first, last), compat, (compat_first, compat_last) = numbers
     ld, jeq, jge, jgt, and_k, ret = 0x20, 0x15, 0x35, 0x25, 0x54, 0x06
     allow, eperm = 0x7FFF0000, 0x00050000 | 1
     program = [
