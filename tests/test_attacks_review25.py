@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from .conftest import make_repo
 from .test_attacks_review22 import _experiment
 
@@ -34,3 +36,41 @@ def test_the_size_one_run_grows_its_output_directory_to_does_not_reach_the_next(
     assert seen[0] == seen[1], seen
     assert (root / "out").stat().st_mode & 0o777 == 0o750
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == [".autoresearch", ".git"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "score: 1\u202f250",
+        "score: 1\u00a0250",
+        "score: 1'250",
+        "score: 1\u2019250",
+        "METRIC score=2\u202f500",
+    ],
+)
+def test_a_number_with_a_locales_thousands_space_or_apostrophe_is_never_read_as_its_first_group(
+    tmp_path: Path, line: str
+) -> None:
+    """Review 23 refused `1,250`; `locale.format_string("%d", 1250, grouping=True)` under fr_FR or ru_RU prints
+    `1\u202f250` (a narrow no-break space; older glibc a no-break space), de_CH `1'250`: each was read as `1`, the
+    same silent wrong number. Now `metric_error`, saying to print the number with no separator."""
+    root = make_repo(tmp_path / "p", {"t.py": f"print({line!r})\n"})
+    result = _experiment(root, "r1").run()
+    assert result.status == "metric_error" and "separator" in (result.error or ""), result
+
+
+@pytest.mark.parametrize(
+    ("line", "value"),
+    [
+        ("score: 0.5,", 0.5),
+        ("score: 0.5, loss: 2", 0.5),
+        ("METRIC score=1,b=2", 1.0),
+        ("score: 0.5 1250", 0.5),
+    ],
+)
+def test_honest_lines_with_a_comma_after_the_metric_are_still_read(
+    tmp_path: Path, line: str, value: float
+) -> None:
+    root = make_repo(tmp_path / "p", {"t.py": f"print({line!r})\n"})
+    result = _experiment(root, "r1").run()
+    assert result.status == "ok" and result.value == value, result

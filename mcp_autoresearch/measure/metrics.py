@@ -21,9 +21,11 @@ FLOAT = rb"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|(?i:nan
 _FIRST_FLOAT = re.compile(FLOAT.decode(), re.IGNORECASE)
 _METRIC_LINE = re.compile(rb"^[ \t]*METRIC[ \t]+([A-Za-z_][\w.\-]*)[ \t]*=[ \t]*(" + FLOAT + rb")", re.M)
 _VRAM = re.compile(rb"^[ \t]*peak_vram_mb[ \t]*:[ \t]*(" + FLOAT + rb")", re.M)
-# A comma and a digit after a number: a decimal comma (`0,5` under a German locale) or a thousands separator
-# (`1,250`); the number before it is never read as the value (it was: `0`, `1`).
-COMMA = rb",\d"
+# A separator and a digit after a number: a decimal comma (`0,5` under a German locale) or a thousands separator
+# (`1,250`; `1 250` with a no-break or narrow no-break space, as French and Russian locales print it; `1'250` or
+# `1’250`, Swiss); the number before it is never read as the value (it was: `0`, `1`).
+SEPARATOR = rb"(?:,|'|\xe2\x80[\x99\xaf\x89]|\xc2\xa0)"
+COMMA = SEPARATOR + rb"\d"
 CHUNK = 4 << 20
 MAX_SECONDARY = 50
 
@@ -49,9 +51,10 @@ def builtin_patterns(metric_name: str) -> list[re.Pattern[bytes]]:
 
 
 def comma_patterns(metric_name: str) -> list[re.Pattern[bytes]]:
-    """Both built-in forms with a number in a locale's format (`0,5`, `1,250`), which they do not read."""
+    """Both built-in forms with a number in a locale's format (`0,5`, `1,250`, `1 250`), which they do not
+    read."""
     name = re.escape(metric_name.encode())
-    number = rb"([-+]?\d+,\d+)"
+    number = rb"([-+]?\d[\d.]*" + SEPARATOR + rb"\d+)"
     return [
         re.compile(rb"^[ \t]*" + name + rb"[ \t]*:[ \t]*" + number, re.M),
         re.compile(rb"^[ \t]*METRIC[ \t]+" + name + rb"[ \t]*=[ \t]*" + number, re.M),
@@ -139,12 +142,13 @@ def read_metric_from_log(
         comma = (
             None
             if metric_regex
-            else last_match(path, comma_patterns(metric_name), b",", whole_lines, kept_end)
+            else last_match(path, comma_patterns(metric_name), metric_name.encode(), whole_lines, kept_end)
         )
         if comma is not None:
             raise MetricError(
-                f"the metric was printed as {comma[:40].decode('ascii', 'replace')!r}, with a comma (a locale's "
-                "decimal comma or a thousands separator): print it with a decimal point and no separator "
+                f"the metric was printed as {comma[:40].decode('utf-8', 'replace')!r}, with a comma or a "
+                "separator (a locale's decimal comma or thousands separator): print it with a decimal point and no "
+                "separator "
                 "(Python's print and f-strings do; printf under LC_NUMERIC=C)"
             )
         if kept_end:
