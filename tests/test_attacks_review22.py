@@ -180,6 +180,25 @@ def test_a_number_in_a_locales_format_is_never_read_as_its_integer_part(tmp_path
     assert result.status == "metric_error" and "comma" in (result.error or ""), result
 
 
+PROGRESS_THEN_METRIC = {
+    # tqdm with leave=False clears its bar with a carriage return and no newline: the print lands on its line
+    "a progress bar": "import sys\nsys.stderr.write('50%|#####     |\\r\\x1b[K')\nsys.stderr.flush()\nprint('score: 0.4')\n",
+    "a coloured label": "print('\\x1b[1;32mscore:\\x1b[0m 0.4')\n",
+    "a bar then a coloured line": "print('step 9/10\\r\\x1b[32mMETRIC score=0.4\\x1b[0m')\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(PROGRESS_THEN_METRIC))
+def test_a_metric_after_a_progress_bar_or_in_colour_is_read_as_a_terminal_shows_it(
+    tmp_path: Path, case: str
+) -> None:
+    """Review 22 left this: an honest run whose metric line followed a progress bar's carriage return, or was
+    coloured, ended `metric_error` (the line did not start with the name). What a terminal shows is read."""
+    root = make_repo(tmp_path / "p", {"t.py": PROGRESS_THEN_METRIC[case]})
+    result = _experiment(root, "r1").run()
+    assert result.status == "ok" and result.value == 0.4, result
+
+
 # The candidate reads what decides it: the session's state (the best's runs, the noise) and the logs of its own
 # earlier runs (its values). With them it runs the server's own `sequential_test` (the package is readable too).
 READS_WHAT_JUDGES_IT = """\

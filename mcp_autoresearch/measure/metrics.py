@@ -39,15 +39,21 @@ def to_float(text: str | bytes) -> float:
     return value
 
 
+# Where a built-in form may start: a line's start, or after a carriage return (a progress bar such as tqdm's
+# with leave=False ends with one, and the next print lands on its line: a terminal shows only what follows it);
+# and what may stand between its words: blanks and terminal control sequences (CSI: colours `ESC [ 32 m`, the
+# bar's `ESC [ K` erasing its line), which a terminal does not show either.
+START = rb"(?:^|\r)"
+BLANK = rb"(?:[ \t]|\x1b\[[0-?]*[ -/]*[@-~])*"
+
+
 def builtin_patterns(metric_name: str) -> list[re.Pattern[bytes]]:
-    """`<name>: <float>` as karpathy's train.py prints it, and `METRIC <name>=<float>`."""
+    """`<name>: <float>` as karpathy's train.py prints it, and `METRIC <name>=<float>` (see START, BLANK)."""
     name = re.escape(metric_name.encode())
-    return [
-        re.compile(rb"^[ \t]*" + name + rb"[ \t]*:[ \t]*(" + FLOAT + rb")(?![\w.]|" + COMMA + rb")", re.M),
-        re.compile(
-            rb"^[ \t]*METRIC[ \t]+" + name + rb"[ \t]*=[ \t]*(" + FLOAT + rb")(?!" + COMMA + rb")", re.M
-        ),
-    ]
+    value = rb"(" + FLOAT + rb")"
+    named = START + BLANK + name + BLANK + rb":" + BLANK + value + rb"(?![\w.]|" + COMMA + rb")"
+    metric = START + BLANK + rb"METRIC[ \t]+" + name + BLANK + rb"=" + BLANK + value + rb"(?!" + COMMA + rb")"
+    return [re.compile(named, re.M), re.compile(metric, re.M)]
 
 
 def comma_patterns(metric_name: str) -> list[re.Pattern[bytes]]:
@@ -56,8 +62,8 @@ def comma_patterns(metric_name: str) -> list[re.Pattern[bytes]]:
     name = re.escape(metric_name.encode())
     number = rb"([-+]?\d[\d.]*" + SEPARATOR + rb"\d+)"
     return [
-        re.compile(rb"^[ \t]*" + name + rb"[ \t]*:[ \t]*" + number, re.M),
-        re.compile(rb"^[ \t]*METRIC[ \t]+" + name + rb"[ \t]*=[ \t]*" + number, re.M),
+        re.compile(START + BLANK + name + BLANK + rb":" + BLANK + number, re.M),
+        re.compile(START + BLANK + rb"METRIC[ \t]+" + name + BLANK + rb"=" + BLANK + number, re.M),
     ]
 
 
