@@ -104,6 +104,7 @@ def _rows(count: int) -> list[Row]:
                 tag="x",
                 timestamp="",
                 notes=[f"note {i} " + "y" * 300],
+                best=status == "keep",  # the greedy loop: every keep became the best
             )
         )
     return rows

@@ -48,6 +48,8 @@ def series(rows: list[Row], direction: str) -> Series:
             drawn.discarded.append((n, row.value))
         else:
             drawn.kept.append((n, row.value, row.description))
+            if not row.best:  # a node of the tree kept against its parent, never the session's best
+                continue
             best = row.value if best is None else (min(best, row.value) if lower else max(best, row.value))
             drawn.running_best.append((n, best))
     if drawn.running_best:

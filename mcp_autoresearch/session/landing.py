@@ -55,12 +55,13 @@ class Kept:
     description: str
     run_id: str | None
     value: float | None
+    status: str = "keep"  # a commit on the best's lineage may be a node the session discarded, then built on
 
 
 @dataclass
 class Summary:
     files: SessionFiles
-    kept: list[Kept]  # the session's commits from its base to its best, oldest first
+    kept: list[Kept]  # the session's commits from its base to its best, oldest first (discarded nodes too)
     fast_forwardable: list[str]  # the user's branches that `--land` can fast-forward
 
     @property
@@ -76,8 +77,11 @@ def summarize(project: str, tag: str | None) -> Summary:
     kept: list[Kept] = []
     branches: list[str] = []
     if state.best is not None and state.best.commit != state.base_commit:
-        # The log may hold short commit ids: match on the first 7 characters.
-        by_commit: dict[str, Row] = {r.commit[:7]: r for r in files.journal.rows if r.status == "keep"}
+        # The log may hold short commit ids: match on the first 7 characters. A discarded node that a later best
+        # was built on (branch_from) is on the best's history too: named as the discard it was, never as kept.
+        rows = files.journal.rows
+        by_commit: dict[str, Row] = {r.commit[:7]: r for r in rows if r.status != "keep"}
+        by_commit.update({r.commit[:7]: r for r in rows if r.status == "keep"})
         listing = git(
             repo.top,
             "log",
@@ -90,7 +94,15 @@ def summarize(project: str, tag: str | None) -> Summary:
             commit, _, subject = line.partition(" ")
             row = by_commit.get(commit[:7])
             description = row.description if row else printable(subject.removeprefix("experiment: "))
-            kept.append(Kept(commit, description, row.run_id if row else None, row.value if row else None))
+            kept.append(
+                Kept(
+                    commit,
+                    description,
+                    row.run_id if row else None,
+                    row.value if row else None,
+                    row.status if row else "keep",
+                )
+            )
         merged = git(
             repo.top, "for-each-ref", "--merged", state.best.commit, "--format=%(refname:short)", "refs/heads"
         )
@@ -144,10 +156,16 @@ def summary_text(summary: Summary, hints: bool = True) -> str:
         lines.append("kept commits: none beyond the baseline; there is nothing to land")
         lines.append(f"to remove the session: mcp-autoresearch clean --tag {state.tag}")
         return "\n".join(lines) + "\n"
-    lines.append(f"kept commits ({len(summary.kept)}, oldest first):")
+    built_on = [item for item in summary.kept if item.status != "keep"]
+    lines.append(
+        f"kept commits ({len(summary.kept) - len(built_on)}, oldest first"
+        + (f"; with {len(built_on)} discarded node(s) a later best was built on" if built_on else "")
+        + "):"
+    )
     for item in summary.kept:
         value = f"{item.value:.6f}" if item.value is not None else "-"
-        lines.append(f"  {item.commit[:7]}  {item.run_id or '-':>5}  {value:>12}  {item.description}")
+        note = f"  ({item.status}: a later best was built on it)" if item.status != "keep" else ""
+        lines.append(f"  {item.commit[:7]}  {item.run_id or '-':>5}  {value:>12}  {item.description}{note}")
     if not hints:
         return "\n".join(lines) + "\n"
     started = persons_branch(summary.files.root, state.started_from)
@@ -231,7 +249,10 @@ def _squash_commit(repo: Repo, summary: Summary, parent: str | None, message: st
         now = standing(state)
         head += f"{now.baseline:.6g} -> {now.best:.6g}" if now is not None else f"{best.value:.6g}"
         body = [
-            f"- {k.description}" + (f" ({k.value:.6g})" if k.value is not None else "") for k in summary.kept
+            f"- {k.description}"
+            + (f" ({k.value:.6g})" if k.value is not None else "")
+            + (f" [{k.status}, built on]" if k.status != "keep" else "")
+            for k in summary.kept
         ]
         source = metric_provenance(state.rules).source
         message = (

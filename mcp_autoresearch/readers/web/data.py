@@ -74,6 +74,7 @@ class Experiment:
     notes: list[str] = field(default_factory=list)
     parent: str | None = None  # the run its candidate started from (see records/tree.py)
     combined: list[str] = field(default_factory=list)  # a combine run: the two runs whose targets it merged
+    best: bool = False  # this decision made the run the session's best (a kept node of the tree may not be)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +96,7 @@ class Experiment:
             "notes": self.notes,
             "parent": self.parent,
             "combined": self.combined,
+            "best": self.best,
         }
 
 
@@ -120,7 +122,14 @@ def _experiment(n: int, details: dict[str, Any], timestamp: str, last_keep: str 
         values=clean or None,
         combined=[str(c) for c in details.get("combined") or [] if isinstance(c, str)][:2],
         parent=_parent(details, last_keep),
+        best=_made_best(details, status),
     )
+
+
+def _made_best(details: dict[str, Any], status: str) -> bool:
+    """Whether a row's decision made its run the best; a row logged before the tree: every keep did."""
+    best = details.get("best")
+    return best if isinstance(best, bool) else status == "keep"
 
 
 def _parent(details: dict[str, Any], last_keep: str | None) -> str | None:
@@ -419,11 +428,12 @@ class SessionView:
         }
 
     def _best_line(self, lower: bool, max_points: int) -> list[dict[str, Any]]:
-        """Where the running best (over kept rows) changed, with the spread of its measurement when logged."""
+        """Where the running best (over the rows that became the best: a kept node of the tree may not have)
+        changed, with the spread of its measurement when logged."""
         steps: list[dict[str, Any]] = []
         best: float | None = None
         for r in self.rows:
-            if r.status != "keep" or r.value is None:
+            if r.status != "keep" or not r.best or r.value is None:
                 continue
             if best is not None and (r.value >= best if lower else r.value <= best):
                 continue
