@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import GIT_ENV
+from .conftest import GIT_ENV, run_cli
 from .helpers.ports import free_port
 from .test_http import INIT
 
@@ -158,3 +158,21 @@ async def test_a_run_cannot_read_the_session_from_the_dashboard(ml_project: Path
             run, _ = await agent.experiment("read the dashboard")
             log = Path(run["log_path"]).read_text()
             assert "READ" not in log and log.count("refused") == 2 and "403" in log, log
+
+
+# `dashboard --web` announced its address before binding it
+# As `serve` did before issue 21.6: with the port taken (another user's process listening there first), it said
+# "dashboard of ... at http://127.0.0.1:PORT/", and the user opened that address, `?token=` and all, on the
+# other process; then uvicorn's own error line and exit status 3.
+
+
+def test_dashboard_on_a_taken_port_is_one_clear_line_and_nothing_is_announced(ml_project: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli("dashboard", "--web", "--project", str(ml_project), "--port", str(port))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"mcp-autoresearch: cannot listen on 127.0.0.1:{port}: it is taken (another server?); choose another --port"
+    ], done.stderr

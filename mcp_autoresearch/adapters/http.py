@@ -164,13 +164,8 @@ def serve_http(
     import uvicorn
 
     app = build_http_app(server, host, token, page)
-    try:
-        sock = listening_socket(host, port)
-    except OSError as exc:
-        why = "it is taken (another server?)" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
-        print(
-            f"mcp-autoresearch: cannot listen on {host}:{port}: {why}; choose another --port", file=sys.stderr
-        )
+    sock = listening_or_said(host, port)
+    if sock is None:
         return 2
     print(
         f"mcp-autoresearch: serving MCP over HTTP at http://{_shown(host)}:{port}/mcp"
@@ -184,6 +179,18 @@ def serve_http(
     with sock:
         uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def listening_or_said(host: str, port: int) -> socket.socket | None:
+    """The listening socket, or None once one clear line on stderr said why there is none (a taken port)."""
+    try:
+        return listening_socket(host, port)
+    except OSError as exc:
+        why = "it is taken (another server?)" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        print(
+            f"mcp-autoresearch: cannot listen on {host}:{port}: {why}; choose another --port", file=sys.stderr
+        )
+        return None
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -26,7 +26,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...adapters import peers
-from ...adapters.http import FROM_A_RUN, RefuseOtherUsers, respond, security_for
+from ...adapters.http import FROM_A_RUN, RefuseOtherUsers, listening_or_said, respond, security_for
 from ...records.state import server_pid
 from .data import SessionView
 from .gitdiff import commit_diff
@@ -219,11 +219,16 @@ def workspace_page(root: Path, timeout_s: float | None, host: str, token: str | 
 def serve_page(
     root: Path, tag: str | None, timeout_s: float | None, host: str, port: int, token: str | None
 ) -> int:
-    """`mcp-autoresearch dashboard --web`: serve the page until interrupted."""
+    """`mcp-autoresearch dashboard --web`: serve the page until interrupted. The port is bound before the
+    address is announced: a taken port is one clear line and exit 2 (the user must never open another process's
+    page there, with the token in its address)."""
     import uvicorn
 
     view = SessionView(root, tag, timeout_s)
     view.refresh()
+    sock = listening_or_said(host, port)
+    if sock is None:
+        return 2
     shown = f"[{host}]" if ":" in host else host
     where = f"http://{shown}:{port}/"
     print(f"mcp-autoresearch: dashboard of {root} at {where}", file=sys.stderr)
@@ -232,5 +237,6 @@ def serve_page(
     app = create_app(view, host, token)
     app = app if token else RefuseOtherUsers(app)  # loopback is every user's of the machine
     app = RefuseServersRuns(app, root)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    with sock:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
     return 0
