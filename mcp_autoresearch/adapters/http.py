@@ -2,7 +2,8 @@
 
 A server reachable over HTTP runs shell commands in the project on request, so every request must prove it
 comes from the user: from this machine (Host/Origin checks), not from one of the server's own runs (whatever the
-token), and with the token when one is set.
+token), and with the token when one is set; without a token, from a process of the user's own (the loopback is
+every user's of the machine).
 """
 
 from __future__ import annotations
@@ -58,14 +59,14 @@ class BearerToken:
         if bearer and hmac.compare_digest(credentials.strip(), self.expected):
             await self.app(scope, receive, send)
         elif str(scope.get("path", "")).startswith("/.well-known/"):
-            await _respond(send, 404, {"error": NO_OAUTH}, [])
+            await respond(send, 404, {"error": NO_OAUTH}, [])
         elif bearer:
             challenge = f'Bearer realm="{REALM}", error="invalid_token", error_description="{WRONG_TOKEN}"'
-            await _respond(
+            await respond(
                 send, 401, {"error": "invalid_token", "error_description": WRONG_TOKEN}, [challenge]
             )
         else:
-            await _respond(send, 401, {"error": MISSING_TOKEN}, [f'Bearer realm="{REALM}"'])
+            await respond(send, 401, {"error": MISSING_TOKEN}, [f'Bearer realm="{REALM}"'])
 
 
 class RefuseRuns:
@@ -82,11 +83,37 @@ class RefuseRuns:
         if scope["type"] in ("http", "websocket") and client and server and client[1] and server[1]:
             why = await anyio.to_thread.run_sync(peers.run_holding, int(client[1]), int(server[1]))
             if why is not None:
-                await _respond(send, 403, {"error": FROM_A_RUN.format(why=why)}, [])
+                await respond(send, 403, {"error": FROM_A_RUN.format(why=why)}, [])
                 return
         await self.app(scope, receive, send)
 
 
+class RefuseOtherUsers:
+    """Without a token: refuses every request whose client socket is not this user's (`peers.stranger_holding`).
+    Loopback is not one user's: any account on the machine reaches 127.0.0.1, and whoever calls the tools runs
+    commands in the project as this user (the page shows its code and logs)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client, server = scope.get("client"), scope.get("server")
+        if scope["type"] in ("http", "websocket"):
+            why = (
+                await anyio.to_thread.run_sync(peers.stranger_holding, int(client[1]), int(server[1]))
+                if client and server and client[1] and server[1]
+                else "the connection's ends are unknown (not a TCP connection)"
+            )
+            if why is not None:
+                await respond(send, 403, {"error": FROM_A_STRANGER.format(why=why)}, [])
+                return
+        await self.app(scope, receive, send)
+
+
+FROM_A_STRANGER = (
+    "refused: {why}; without a token only the processes of the user who started the server may reach it: "
+    "run the client as that user, or start the server with a token (AUTORESEARCH_TOKEN, README 'HTTP transport')"
+)
 FROM_A_RUN = (
     "refused: {why}; runs never call its tools (a client holds its connection while it waits for the answer)"
 )
@@ -96,7 +123,7 @@ MISSING_TOKEN = "unauthorized: send 'Authorization: Bearer <token>' (the token t
 NO_OAUTH = "this server does not use OAuth; send 'Authorization: Bearer <token>' as a static header"
 
 
-async def _respond(send: Send, status: int, body: dict[str, str], challenges: list[str]) -> None:
+async def respond(send: Send, status: int, body: dict[str, str], challenges: list[str]) -> None:
     headers = [(b"content-type", b"application/json")]
     headers += [(b"www-authenticate", challenge.encode()) for challenge in challenges]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -125,7 +152,8 @@ def build_http_app(server: MCPServer, host: str, token: str | None, page: ASGIAp
     app: ASGIApp = server.streamable_http_app(host=host, transport_security=security_for(host))
     if token:
         app = BearerToken(app, token)
-    return RefuseRuns(app if page is None else PathDispatch(app, page))
+    app = app if page is None else PathDispatch(app, page)
+    return RefuseRuns(app if token else RefuseOtherUsers(app))
 
 
 def serve_http(
@@ -136,13 +164,8 @@ def serve_http(
     import uvicorn
 
     app = build_http_app(server, host, token, page)
-    try:
-        sock = listening_socket(host, port)
-    except OSError as exc:
-        why = "it is taken (another server?)" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
-        print(
-            f"mcp-autoresearch: cannot listen on {host}:{port}: {why}; choose another --port", file=sys.stderr
-        )
+    sock = listening_or_said(host, port)
+    if sock is None:
         return 2
     print(
         f"mcp-autoresearch: serving MCP over HTTP at http://{_shown(host)}:{port}/mcp"
@@ -156,6 +179,18 @@ def serve_http(
     with sock:
         uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def listening_or_said(host: str, port: int) -> socket.socket | None:
+    """The listening socket, or None once one clear line on stderr said why there is none (a taken port)."""
+    try:
+        return listening_socket(host, port)
+    except OSError as exc:
+        why = "it is taken (another server?)" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        print(
+            f"mcp-autoresearch: cannot listen on {host}:{port}: {why}; choose another --port", file=sys.stderr
+        )
+        return None
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -12,7 +12,8 @@ to itself with SCM_RIGHTS) while the request is checked, then take it back to re
 holds its socket while it waits for the answer. A connection from another machine has no row in the tables and
 is not concerned. While no run is in flight (the server's only child is its launcher, which has no keeper) there
 is no run to refuse, and the scan of /proc is skipped. Linux only; elsewhere nothing is found (runs are not
-confined there either). Never imports the MCP SDK.
+confined there either). Without a token, the same tables also say whose (which user's) the client socket is:
+`stranger_holding`. Never imports the MCP SDK.
 """
 
 from __future__ import annotations
@@ -26,13 +27,12 @@ from ..sandbox import launcher
 NO_HOLDER = "no process this server can see holds the connection's socket"
 
 
-def _socket_inodes(client_port: int, server_port: int) -> set[str] | None:
-    """Inodes of the TCP sockets (in any state: a half-closed one is still read from) whose local port is the
-    client's and remote port the server's; None when there is no such row (not a local connection). A socket
-    no process holds any more shows inode 0 (and is not returned)."""
+def _client_rows(client_port: int, server_port: int) -> list[tuple[str, int]]:
+    """(inode, owner's uid) of every TCP socket (in any state: a half-closed one is still read from) whose local
+    port is the client's and remote port the server's. A socket no process holds any more shows inode 0 (its
+    owner stays until it is in TIME_WAIT, which shows uid 0)."""
     wanted_local, wanted_remote = f"{client_port:04X}", f"{server_port:04X}"
-    inodes: set[str] = set()
-    rows = 0
+    rows: list[tuple[str, int]] = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as lines:
@@ -45,12 +45,32 @@ def _socket_inodes(client_port: int, server_port: int) -> set[str] | None:
                         fields[1].rsplit(":", 1)[-1] == wanted_local
                         and fields[2].rsplit(":", 1)[-1] == wanted_remote
                     ):
-                        rows += 1
-                        inodes.add(fields[9])
+                        rows.append((fields[9], int(fields[7]) if fields[7].isdigit() else -1))
         except OSError:
             continue
-    inodes.discard("0")
-    return inodes if rows else None
+    return rows
+
+
+def _socket_inodes(client_port: int, server_port: int) -> set[str] | None:
+    """Inodes of the client's sockets still held by a process (see `_client_rows`); None when there is no such
+    row (not a local connection)."""
+    rows = _client_rows(client_port, server_port)
+    return {inode for inode, _uid in rows if inode != "0"} if rows else None
+
+
+def stranger_holding(client_port: int, server_port: int) -> str | None:
+    """Why a connection to a server without a token is refused: the loopback is every user's of the machine, so
+    its client socket must be this user's (or root's, who reads this user's files anyway). The kernel's table
+    names each socket's owner. A connection without a socket a process holds (closed, or reset right after its
+    request was sent) is refused too: its owner can no longer be told. None for this user's own connection."""
+    rows = _client_rows(client_port, server_port)
+    own = os.geteuid()
+    strangers = sorted({uid for _inode, uid in rows if uid not in (own, 0)})
+    if strangers:
+        return f"this request comes from a process of another user (uid {strangers[0]})"
+    if not any(inode != "0" for inode, _uid in rows):
+        return "no process holds the connection's socket any more (its owner cannot be told)"
+    return None
 
 
 def _holds(fd_dir: str, wanted: set[str]) -> bool:
@@ -113,12 +133,15 @@ def _runs_may_exist() -> bool:
     return False
 
 
-def run_holding(client_port: int, server_port: int) -> str | None:
-    """Why the connection from `client_port` to `server_port` is refused: a descendant of this process (a run)
-    holds its client socket, or no visible process does. None when a process that is not a run holds it (the
-    agent, a browser), or when the connection is not a local one."""
-    if not _runs_may_exist():
-        return None
+def run_holding(client_port: int, server_port: int, server: int | None = None) -> str | None:
+    """Why the connection from `client_port` to `server_port` is refused: a descendant of the server (this
+    process, or the one whose /proc pid is `server`: `dashboard --web` beside it) holds its client socket (a
+    run), or no visible process does. None when a process that is not a run holds it (the agent, a browser), or
+    when the connection is not a local one."""
+    if server is None:
+        if not _runs_may_exist():
+            return None
+        server = _own_pid()
     inodes = _socket_inodes(client_port, server_port)
     if inodes is None:
         return None
@@ -133,7 +156,7 @@ def run_holding(client_port: int, server_port: int) -> str | None:
             )
             if any(_holds(table, wanted) for table in tables):
                 # only a run's process can hand a run's socket on, and only to a process of the run
-                if _descends_from(pid, _own_pid()):
+                if _descends_from(pid, server):
                     return f"this request comes from a process of one of the server's runs (pid {pid})"
                 return None
     return NO_HOLDER

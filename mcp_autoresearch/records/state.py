@@ -27,7 +27,7 @@ from ..measure.stats import Step
 from ..names import SESSIONS, STATE_DIR, own_record, public_state
 from ..phases import Phase
 from ..statuses import Decision, RunStatus
-from .atomic import Fingerprint, atomic_write, fingerprint, own_dir, read_regular, swap_write
+from .atomic import Fingerprint, atomic_write, fingerprint, open_read, own_dir, read_regular, swap_write
 from .journal import Seal
 
 
@@ -436,6 +436,17 @@ class ProjectLock:
             finally:
                 os.close(self._fd)
                 self._fd = None
+
+
+def server_pid(root: Path) -> int | None:
+    """The pid of the server that holds (or last held) the project, as its lock file says; None when none did.
+    Read without taking the lock (a reader must never keep a server from starting)."""
+    try:
+        with open_read(state_dir(root) / "server.lock") as handle:
+            pid = json.loads(handle.read(4096) or b"{}").get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) and pid > 0 else None
 
 
 def _read_holder(fd: int) -> str:

@@ -25,7 +25,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ...adapters.http import security_for
+from ...adapters import peers
+from ...adapters.http import FROM_A_RUN, RefuseOtherUsers, listening_or_said, respond, security_for
+from ...records.state import server_pid
 from .data import SessionView
 from .gitdiff import commit_diff
 
@@ -98,6 +100,27 @@ class PageGuard:
             await send(message)
 
         await (refusal or self.app)(scope, receive, with_headers)
+
+
+class RefuseServersRuns:
+    """`dashboard --web` beside a server: refuses a request from a process of that server's runs (or over a
+    socket no visible process holds), as the HTTP transport does for its own page (`adapters/http.py`
+    `RefuseRuns`). The runs' logs and the session's state are hidden from every run; a run with the network on
+    shares the user's loopback and would otherwise read them here."""
+
+    def __init__(self, app: ASGIApp, root: Path) -> None:
+        self.app = app
+        self.root = root
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client, server = scope.get("client"), scope.get("server")
+        pid = server_pid(self.root) if scope["type"] == "http" else None
+        if pid is not None and client and server and client[1] and server[1]:
+            why = await anyio.to_thread.run_sync(peers.run_holding, int(client[1]), int(server[1]), pid)
+            if why is not None:
+                await respond(send, 403, {"error": FROM_A_RUN.format(why=why)}, [])
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(view: SessionView, host: str, token: str | None) -> ASGIApp:
@@ -196,15 +219,24 @@ def workspace_page(root: Path, timeout_s: float | None, host: str, token: str | 
 def serve_page(
     root: Path, tag: str | None, timeout_s: float | None, host: str, port: int, token: str | None
 ) -> int:
-    """`mcp-autoresearch dashboard --web`: serve the page until interrupted."""
+    """`mcp-autoresearch dashboard --web`: serve the page until interrupted. The port is bound before the
+    address is announced: a taken port is one clear line and exit 2 (the user must never open another process's
+    page there, with the token in its address)."""
     import uvicorn
 
     view = SessionView(root, tag, timeout_s)
     view.refresh()
+    sock = listening_or_said(host, port)
+    if sock is None:
+        return 2
     shown = f"[{host}]" if ":" in host else host
     where = f"http://{shown}:{port}/"
     print(f"mcp-autoresearch: dashboard of {root} at {where}", file=sys.stderr)
     if token:
         print("  open it once as <address>?token=<your token>; the tab keeps it", file=sys.stderr)
-    uvicorn.run(create_app(view, host, token), host=host, port=port, log_level="warning", access_log=False)
+    app = create_app(view, host, token)
+    app = app if token else RefuseOtherUsers(app)  # loopback is every user's of the machine
+    app = RefuseServersRuns(app, root)
+    with sock:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
     return 0
