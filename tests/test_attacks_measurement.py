@@ -277,7 +277,10 @@ async def test_a_metric_written_into_the_servers_log_does_not_count(
         forge = (
             "import glob\n"
             "print('val_bpb: 9.0', flush=True)\n"
-            "for log in glob.glob('.autoresearch/runs/forge/r2*.log'):\n"
+            "logs = glob.glob('.autoresearch/runs/forge/r2*.log')\n"
+            "if not logs:\n"
+            "    print('refused: the runs folder is hidden from this run')\n"
+            "for log in logs:\n"
             "    try:\n"
             "        open(log, 'w').write('val_bpb: 0.000001\\n')\n"
             "    except OSError as exc:\n"

@@ -29,17 +29,18 @@ def test_output_after_the_deadline_cannot_wedge_the_wrapper_past_its_timeout(
     """At its deadline the wrapper stops forwarding and ends the tree through the keeper; a run that fills the
     pipe as it is stopped must not leave the keeper blocked writing its note into a pipe nobody reads (and the
     wrapper waiting for the keeper): the job would outlive its limit until the server's overdue stop."""
-    import time
+    from mcp_autoresearch.backends.ray_backend import REPORT_SLACK_S
 
     from .helpers.ray_head import _experiment, _project
 
     root = _project(tmp_path)
     (root / "flood.py").write_text(FLOOD_AT_THE_END)
-    started = time.monotonic()
     result = _experiment(root, ray_address, "python3 flood.py; echo after", timeout=2).run()
-    elapsed = time.monotonic() - started
     assert result.status == "timeout", result
-    assert elapsed < 12, f"the job outlived its 2 s limit by {elapsed - 2:.0f} s"
+    # The wrapper's own report gives the duration (the tree ended at the limit); a wedged wrapper never reports,
+    # and the server then stops the job as overdue, its duration past the limit and REPORT_SLACK_S (not a bound
+    # on this machine's speed: the two cases differ by the slack).
+    assert result.duration_s < 2 + REPORT_SLACK_S, f"no report from the wrapper: {result.duration_s:.0f} s"
     assert "x" * 1000 not in Path(result.log_path).read_text()
 
 

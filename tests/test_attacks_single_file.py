@@ -260,7 +260,8 @@ async def test_gos_writable_bin_is_no_way_into_the_servers_folder(ml_project: Pa
     root = ml_project
     code = """
     import glob, os
-    state = glob.glob('.autoresearch/sessions/*.json')[0]
+    # (the sessions' folder is hidden from runs in their private view: then its name alone)
+    state = (glob.glob('.autoresearch/sessions/*.json') or ['.autoresearch/sessions/k.json'])[0]
     steps = {
         'dotdot': lambda: open('.autoresearch/bin/../sessions/forged.json', 'w'),
         'state-through-dotdot': lambda: open('.autoresearch/bin/../' + state[len('.autoresearch/'):], 'a'),

@@ -456,6 +456,9 @@ async def test_a_rebase_that_fails_half_way_never_lets_the_old_result_keep_the_m
             await agent.client.call_tool("commit_or_reset", {"run_id": second["run_id"]})
         await agent.until_done(blocker["run_id"])
         await agent.client.call_tool("commit_or_reset", {"run_id": blocker["run_id"]})
+        await agent.until_done(
+            second["run_id"]
+        )  # merged onto the new best meanwhile, it may be running again
         decision = await agent.ok("commit_or_reset", run_id=second["run_id"])
         while decision["decision"] == "rerun":
             await agent.until_done(second["run_id"])
