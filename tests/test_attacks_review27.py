@@ -179,18 +179,14 @@ def test_dashboard_on_a_taken_port_is_one_clear_line_and_nothing_is_announced(ml
     ], done.stderr
 
 
-# `--host 0.0.0.0` with a token: every client but the loopback's refused
-# A non-loopback bind needs a token, and then should serve the other machines; but the Host check allows only the
+# `--host 0.0.0.0` with a token: every client but the loopback's was refused
+# A non-loopback bind needs a token, and then should serve the other machines; but the Host check allowed only the
 # loopback's names for a wildcard bind (`adapters/http.py` `security_for`), so a client addressing the machine by
-# its address or name gets 421 "Invalid Host header" on every request: the bind the user asked for serves nobody
-# new. (`--host 192.0.2.7` works: that host is added.) Proposed fix: for a wildcard bind (which the CLI allows only
-# with a token), accept any Host and Origin on the MCP endpoint and the API, the token being the check a
-# rebinding page cannot pass; or a `--allowed-host NAME` option, named in the 421's text.
+# its address or name got 421 "Invalid Host header" on every request: the bind the user asked for served nobody
+# new. Now a wildcard bind (which the CLI allows only with a token) accepts any Host and Origin, the token being
+# the check a rebinding page cannot pass.
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a wildcard bind accepts only loopback Host headers (proposed fix above)"
-)
 def test_a_wildcard_bind_with_a_token_serves_a_client_that_names_the_machine(ml_project: Path) -> None:
     port, token = free_port(), "wildcard-token"
     argv = [

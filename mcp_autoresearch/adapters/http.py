@@ -25,9 +25,17 @@ LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localho
 LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
 
 
-def security_for(host: str) -> TransportSecuritySettings:
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def security_for(host: str, token: str | None = None) -> TransportSecuritySettings:
+    """The Host and Origin checks against DNS rebinding: the loopback's names, and the address bound. A wildcard
+    bind (served to other machines, which the CLI allows only with a token) is reached under any name or address
+    of the machine: there the token is the check (a rebinding page cannot know it), and Host/Origin are not."""
+    if host in WILDCARDS and token:
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
     hosts, origins = list(LOOPBACK_HOSTS), list(LOOPBACK_ORIGINS)
-    if host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):
+    if host not in ("127.0.0.1", "localhost", "::1", *WILDCARDS):
         shown = f"[{host}]" if ":" in host else host
         hosts += [f"{shown}:*", shown]
         origins += [f"http://{shown}:*", f"https://{shown}:*"]
@@ -149,7 +157,7 @@ class PathDispatch:
 
 
 def build_http_app(server: MCPServer, host: str, token: str | None, page: ASGIApp | None = None) -> ASGIApp:
-    app: ASGIApp = server.streamable_http_app(host=host, transport_security=security_for(host))
+    app: ASGIApp = server.streamable_http_app(host=host, transport_security=security_for(host, token))
     if token:
         app = BearerToken(app, token)
     app = app if page is None else PathDispatch(app, page)

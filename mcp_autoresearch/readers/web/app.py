@@ -69,7 +69,7 @@ class PageGuard:
 
     def __init__(self, app: ASGIApp, host: str, token: str | None) -> None:
         self.app = app
-        self.checks = TransportSecurityMiddleware(security_for(host))
+        self.checks = TransportSecurityMiddleware(security_for(host, token))
         self.expected = token.encode() if token else None
 
     def _token_ok(self, request: Request) -> bool:
