@@ -81,6 +81,12 @@ async def test_a_hand_edit_of_the_target_between_runs_is_kept_aside_before_an_ed
         assert kept.startswith(".autoresearch/edits/"), kept
         again = await agent.ok("apply_edit", content="LR = 0.3\n")
         assert again.get("kept_aside") is None, again
+        # The same hand edit written back before every edit (a sloppy agent's own `cat > train.py`): one copy
+        for _ in range(3):
+            (root / "train.py").write_bytes(by_hand)
+            repeated = await agent.ok("apply_edit", content="LR = 0.3\n")
+            assert repeated.get("kept_aside") == kept, repeated
+        assert len(list((root / ".autoresearch" / "edits").iterdir())) == 1
 
 
 ATTRIBUTES = {
