@@ -29,7 +29,8 @@ class Editor:
     def __init__(self, core: SessionCore) -> None:
         self.core = core
         self.last_written: str | None = None  # the sha256 of what apply_edit last wrote (lost at a restart)
-        self.last_kept: tuple[str, Path] | None = None  # the sha256 of the last hand edit kept aside, and where
+        # the sha256 of the last hand edit kept aside, and where
+        self.last_kept: tuple[str, Path] | None = None
 
     def target_path(self, requested: str | None = None, must_exist: bool = False) -> Path:
         """The target's path, when `requested` names it (or is None) and it is still a regular file.
@@ -169,7 +170,8 @@ class Editor:
         if any(_holds(repo, c, path, form, core.plain_target) for c in commits if c):
             return None
         if self.last_kept is not None and self.last_kept[0] == current_sha and self.last_kept[1].is_file():
-            return str(self.last_kept[1].relative_to(core.root))  # kept already: the same bytes, not a new copy
+            # kept already: the same bytes, not a new copy
+            return str(self.last_kept[1].relative_to(core.root))
         target = core.root / core.target_rel
         aside = unused_path(server_dir(core.root, "edits"), f"{core.state.tag}-before-edit-{target.name}")
         atomic_write(aside, current)
