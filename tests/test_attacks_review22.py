@@ -13,10 +13,10 @@ import pytest
 
 from mcp_autoresearch.lifecycle.experiment import Experiment
 from mcp_autoresearch.sandbox.policy import probe_isolation
-from mcp_autoresearch.setup.config import Config
 
 from .conftest import git, make_repo
 from .helpers.needs import require
+from .test_confinement import _experiment as confinement_experiment
 from .test_noise import project as noisy_project
 from .test_noise import try_values
 
@@ -26,16 +26,7 @@ ISOLATION = probe_isolation("auto")
 
 
 def _experiment(root: Path, run_id: str, command: str = "python3 t.py", **config) -> Experiment:
-    values = {
-        "target_file": "t.py",
-        "run_command": command,
-        "metric_name": "score",
-        "timeout": 20.0,
-        **config,
-    }
-    return Experiment(
-        Config.model_validate(values), root, run_id, root / ".autoresearch" / "runs", "t", None, ISOLATION
-    )
+    return confinement_experiment(root, command, run_id, **config)
 
 
 # The kernel's keyrings are not in any namespace a run gets: root's user keyring (@u) is one for every process

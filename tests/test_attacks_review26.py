@@ -12,35 +12,15 @@ from mcp_autoresearch.readers.plot import series
 from mcp_autoresearch.readers.report import open_session_files
 from mcp_autoresearch.readers.web.data import SessionView
 
-from .conftest import make_repo, run_cli
+from .conftest import run_cli
+from .test_attacks_tree import CONFIG, knobs, step  # noqa: F401 (`knobs`: the fixture)
 
 pytestmark = pytest.mark.anyio
 
-# Two knobs on lines far apart; lower is better (A + B).
-TREE_PY = """\
-A = 5
-
-# spacer between the two knobs
-
-B = 5
-print(f"val_bpb: {A + B:.6f}")
-"""
-CONFIG = {"target_file": "train.py", "run_command": "python train.py"}
-
-
-@pytest.fixture
-def knobs(tmp_path: Path) -> Path:
-    return make_repo(tmp_path / "knobs", {"train.py": TREE_PY, "prepare.py": "# fixed\n"})
-
-
-async def step(agent: Any, old: str, new: str, description: str) -> dict[str, Any]:
-    await agent.edit(old, new)
-    _run, decision = await agent.experiment(description)
-    return decision
-
 
 async def test_finish_never_lists_a_discarded_node_of_the_best_lineage_as_a_kept_commit(
-    knobs: Path, agent_for: Any
+    knobs: Path,  # noqa: F811 (the fixture imported above)
+    agent_for: Any,
 ) -> None:
     """A best built on a discarded node (branch_from a discard, then beat the best) has that discard's commit on
     its history: `finish` listed it under "kept commits" with no run id, as if it had been kept. It is named by
@@ -66,7 +46,8 @@ async def test_finish_never_lists_a_discarded_node_of_the_best_lineage_as_a_kept
 
 
 async def test_the_running_best_of_the_page_and_the_plot_is_the_sessions_best_never_a_node_that_did_not_become_it(
-    knobs: Path, agent_for: Any
+    knobs: Path,  # noqa: F811 (the fixture imported above)
+    agent_for: Any,
 ) -> None:
     """A node kept against its parent that is not better than the best by min_delta stays a node, yet its value
     may be below the best's: the web page's and the PNG's "running best" took the best of every kept row and

@@ -226,7 +226,7 @@ def test_the_tree_dies_when_the_server_dies(tmp_path: Path) -> None:
     assert _alive(f"sleep {a}") == [] and _alive(f"sleep {b}") == []
 
 
-def _experiment(root: Path, command: str, **config) -> Experiment:
+def _experiment(root: Path, command: str, run_id: str = "r1", **config) -> Experiment:
     values = {
         "target_file": "t.py",
         "run_command": command,
@@ -235,7 +235,7 @@ def _experiment(root: Path, command: str, **config) -> Experiment:
         **config,
     }
     return Experiment(
-        Config.model_validate(values), root, "r1", root / ".autoresearch" / "runs", "t", None, ISOLATION
+        Config.model_validate(values), root, run_id, root / ".autoresearch" / "runs", "t", None, ISOLATION
     )
 
 
