@@ -122,14 +122,9 @@ def _experiment(n: int, details: dict[str, Any], timestamp: str, last_keep: str 
         values=clean or None,
         combined=[str(c) for c in details.get("combined") or [] if isinstance(c, str)][:2],
         parent=_parent(details, last_keep),
-        best=_made_best(details, status),
+        # whether its decision made the run the best; in a row logged before the tree, every keep did
+        best=details["best"] if isinstance(details.get("best"), bool) else status == "keep",
     )
-
-
-def _made_best(details: dict[str, Any], status: str) -> bool:
-    """Whether a row's decision made its run the best; a row logged before the tree: every keep did."""
-    best = details.get("best")
-    return best if isinstance(best, bool) else status == "keep"
 
 
 def _parent(details: dict[str, Any], last_keep: str | None) -> str | None:
