@@ -171,6 +171,19 @@ def test_a_number_in_a_locales_format_is_never_read_as_its_integer_part(tmp_path
     assert result.status == "metric_error" and "comma" in (result.error or ""), result
 
 
+def test_a_secondary_figure_in_a_locales_format_is_left_out_never_read_as_its_integer_part(
+    tmp_path: Path,
+) -> None:
+    """Review 22 left this: `METRIC extra=0,5` beside the metric was shown in the table as `extra = 0`, and
+    `peak_vram_mb: 1,5` as 1 MB. A figure in a locale's format is now left out; one with a point is read."""
+    lines = ["METRIC extra=0,5", "METRIC other=0.25", "peak_vram_mb: 1,5", "score: 1.0"]
+    root = make_repo(tmp_path / "p", {"t.py": "".join(f"print({line!r})\n" for line in lines)})
+    result = _experiment(root, "r1").run()
+    assert result.status == "ok" and result.value == 1.0, result
+    assert result.secondary == {"other": 0.25}, result.secondary
+    assert result.memory_gb != 1 / 1024, result.memory_gb  # the sampled peak, not the misread 1 MB
+
+
 PROGRESS_THEN_METRIC = {
     # tqdm with leave=False clears its bar with a carriage return and no newline: the print lands on its line
     "a progress bar": "import sys\nsys.stderr.write('50%|#####     |\\r\\x1b[K')\nsys.stderr.flush()\nprint('score: 0.4')\n",

@@ -19,13 +19,17 @@ from .output_size import Measure, OutputError, measure_output
 
 FLOAT = rb"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|(?i:nan|inf(?:inity)?))"
 _FIRST_FLOAT = re.compile(FLOAT.decode(), re.IGNORECASE)
-_METRIC_LINE = re.compile(rb"^[ \t]*METRIC[ \t]+([A-Za-z_][\w.\-]*)[ \t]*=[ \t]*(" + FLOAT + rb")", re.M)
-_VRAM = re.compile(rb"^[ \t]*peak_vram_mb[ \t]*:[ \t]*(" + FLOAT + rb")", re.M)
 # A separator and a digit after a number: a decimal comma (`0,5` under a German locale) or a thousands separator
 # (`1,250`; `1 250` with a no-break or narrow no-break space, as French and Russian locales print it; `1'250` or
 # `1’250`, Swiss); the number before it is never read as the value (it was: `0`, `1`).
 SEPARATOR = rb"(?:,|'|\xe2\x80[\x99\xaf\x89]|\xc2\xa0)"
 COMMA = SEPARATOR + rb"\d"
+# The secondary figures and the memory figure: a number in a locale's format is left out (not read as `0`).
+_WHOLE = rb"(?![\d.]|" + COMMA + rb")"
+_METRIC_LINE = re.compile(
+    rb"^[ \t]*METRIC[ \t]+([A-Za-z_][\w.\-]*)[ \t]*=[ \t]*(" + FLOAT + rb")" + _WHOLE, re.M
+)
+_VRAM = re.compile(rb"^[ \t]*peak_vram_mb[ \t]*:[ \t]*(" + FLOAT + rb")" + _WHOLE, re.M)
 CHUNK = 4 << 20
 MAX_SECONDARY = 50
 
