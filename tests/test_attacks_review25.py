@@ -36,6 +36,13 @@ def test_the_size_one_run_grows_its_output_directory_to_does_not_reach_the_next(
     assert seen[0] == seen[1], seen
     assert (root / "out").stat().st_mode & 0o777 == 0o750
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == [".autoresearch", ".git"]
+    # A server killed between making the fresh folder and putting it in place left it beside `out/`: the next
+    # run's preparation removes it (empty only: a folder of that name holding anything stays).
+    (root / ".out.fresh-left").mkdir()
+    (root / ".out.fresh-holds").mkdir()
+    (root / ".out.fresh-holds" / "a").write_text("kept\n")
+    assert _experiment(root, "r3", writable=["out"]).run().status == "ok"
+    assert not (root / ".out.fresh-left").exists() and (root / ".out.fresh-holds" / "a").exists()
 
 
 @pytest.mark.parametrize(

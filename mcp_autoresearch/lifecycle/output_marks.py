@@ -8,6 +8,7 @@ from __future__ import annotations
 import array
 import contextlib
 import fcntl
+import glob
 import os
 import stat
 import tempfile
@@ -72,7 +73,11 @@ def _put_back(at: str, found: os.stat_result, first: tuple[int, dict[str, bytes]
 
 def _shrunk(path: Path, fd: int, found: os.stat_result) -> tuple[int, os.stat_result]:
     """The emptied directory `path` (open as `fd`), or, when it is larger than a new empty one beside it (a
-    file system that never shrinks a directory), that new one in its place (`fd` closed, the new one opened)."""
+    file system that never shrinks a directory), that new one in its place (`fd` closed, the new one opened).
+    Empty ones a server killed meanwhile left beside it are removed (`rmdir`: never anything they hold)."""
+    for left in path.parent.glob(f".{glob.escape(path.name)}.fresh-*"):
+        with contextlib.suppress(OSError):
+            os.rmdir(left)
     try:
         fresh = tempfile.mkdtemp(prefix=f".{path.name}.fresh-", dir=path.parent)
     except OSError:
