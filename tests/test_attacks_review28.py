@@ -1,0 +1,65 @@
+"""Review 28: the newest change (hidden logs and states, the metric read as a terminal shows it, fresh output
+directories, the HTTP transport's user checks, hand edits kept once, finish's discarded nodes) against the target's
+code and a hostile agent. Real runs under the real keeper. Each test here failed before its fix (or is a strict
+xfail naming the fix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcp_autoresearch.sandbox.policy import probe_isolation
+
+from .conftest import git, make_repo
+from .helpers.needs import require
+from .test_attacks_review22 import _experiment
+from .test_noise import project as noisy_project
+from .test_noise import try_values
+
+pytestmark = pytest.mark.anyio
+
+ISOLATION = probe_isolation("auto")
+
+# The JSONL (`.autoresearch/autoresearch.jsonl` by default) holds every row's runs and the best's: what the state
+# in `.autoresearch/sessions/` held, hidden from the runs since review 22 for that reason.
+READS_THE_JOURNAL = """\
+if grep -qs '"values"' .autoresearch/autoresearch.jsonl; then echo SAW-JOURNAL; fi
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the JSONL (and results.tsv) are files the run's view still shows: the view hides directories only "
+    "(view._hide_dirs); fix: cover these files too for the run and its checks (an empty read-only file bound over "
+    "each), or keep the JSONL in a hidden folder",
+)
+async def test_a_run_cannot_read_the_journal_that_holds_the_best_runs(tmp_path: Path, agent_for) -> None:
+    require(ISOLATION.namespaces, "CI gives runs a private view", "namespaces are unavailable here")
+    root = noisy_project(tmp_path)
+    (root / "evaluate.sh").write_text(READS_THE_JOURNAL + (root / "evaluate.sh").read_text())
+    git(root, "commit", "-qam", "the evaluator says what it reads")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="k")
+        await agent.experiment("baseline")
+        await try_values(agent, "VALUES 0.5 0.52 0.48\n", "much better")
+    logs = sorted((root / ".autoresearch" / "runs" / "k").glob("r2-*.log"))
+    seen = [log.name for log in logs if "SAW-" in log.read_text()]
+    assert logs and seen == [], seen
+
+
+# A thousands separator between two coloured numbers, as rich's highlighter prints `f"{n:,}"` (each group coloured
+# on its own): a terminal shows `score: 1,250`.
+COLOURED_GROUPS = {
+    "rich's highlighted groups": "print('score: \\x1b[1;36m1\\x1b[0m,\\x1b[1;36m250\\x1b[0m')\n",
+    "a reset before the comma": "print('METRIC score=1\\x1b[0m,250')\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(COLOURED_GROUPS))
+def test_a_coloured_number_with_a_separator_is_refused_not_read_as_its_first_group(
+    tmp_path: Path, case: str
+) -> None:
+    root = make_repo(tmp_path / "p", {"t.py": COLOURED_GROUPS[case]})
+    result = _experiment(root, "r1").run()
+    assert result.status == "metric_error" and "comma" in (result.error or ""), result
