@@ -83,3 +83,17 @@ def test_a_candidate_cannot_glue_the_scorers_line_to_its_own(tmp_path: Path) -> 
     root = make_repo(tmp_path / "p", GLUED)
     result = _experiment(root, "r1", "python3 t.py; python3 score.py").run()
     assert result.value != 0.0001, result
+
+
+# tqdm names its bar by its `desc` and a colon: a bar named as the metric, drawn after the metric's line (a last
+# pass over the data), starts after a carriage return as a built-in form does since review 27.
+BAR_NAMED_AS_THE_METRIC = (
+    "import sys\nprint('score: 0.4', flush=True)\n"
+    "sys.stderr.write('\\rscore:   0%|          | 0/10\\rscore: 100%|##########| 10/10\\n')\n"
+)
+
+
+def test_a_progress_bar_named_as_the_metric_is_not_read_as_its_percentage(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "p", {"t.py": BAR_NAMED_AS_THE_METRIC})
+    result = _experiment(root, "r1").run()
+    assert result.status == "ok" and result.value == 0.4, result

@@ -54,7 +54,8 @@ def builtin_patterns(metric_name: str) -> list[re.Pattern[bytes]]:
     """`<name>: <float>` as karpathy's train.py prints it, and `METRIC <name>=<float>` (see START, BLANK)."""
     name = re.escape(metric_name.encode())
     value = rb"(" + FLOAT + rb")"
-    named = START + BLANK + name + BLANK + rb":" + BLANK + value + rb"(?![\w.]|" + COMMA + rb")"
+    # not a unit's (`0.5s`), a separator's, or a progress bar's named as the metric (tqdm's `score:  50%|###`)
+    named = START + BLANK + name + BLANK + rb":" + BLANK + value + rb"(?![\w.]|" + COMMA + rb"|%\|)"
     metric = START + BLANK + rb"METRIC[ \t]+" + name + BLANK + rb"=" + BLANK + value + rb"(?!" + COMMA + rb")"
     return [re.compile(named, re.M), re.compile(metric, re.M)]
 
