@@ -23,7 +23,10 @@ _FIRST_FLOAT = re.compile(FLOAT.decode(), re.IGNORECASE)
 # (`1,250`; `1 250` with a no-break or narrow no-break space, as French and Russian locales print it; `1'250` or
 # `1’250`, Swiss); the number before it is never read as the value (it was: `0`, `1`).
 SEPARATOR = rb"(?:,|'|\xe2\x80[\x99\xaf\x89]|\xc2\xa0)"
-COMMA = SEPARATOR + rb"\d"
+# A terminal control sequence (CSI: a colour `ESC [ 32 m`, `ESC [ K` erasing the line), which a terminal does not
+# show: a number's groups coloured one by one (rich's highlighter colours `1` and `250` of `1,250`) read as one.
+CSI = rb"\x1b\[[0-?]*[ -/]*[@-~]"
+COMMA = rb"(?:" + CSI + rb")*" + SEPARATOR + rb"(?:" + CSI + rb")*\d"
 # The secondary figures and the memory figure: a number in a locale's format is left out (not read as `0`).
 _WHOLE = rb"(?![\d.]|" + COMMA + rb")"
 _METRIC_LINE = re.compile(
@@ -48,14 +51,15 @@ def to_float(text: str | bytes) -> float:
 # and what may stand between its words: blanks and terminal control sequences (CSI: colours `ESC [ 32 m`, the
 # bar's `ESC [ K` erasing its line), which a terminal does not show either.
 START = rb"(?:^|\r)"
-BLANK = rb"(?:[ \t]|\x1b\[[0-?]*[ -/]*[@-~])*"
+BLANK = rb"(?:[ \t]|" + CSI + rb")*"
 
 
 def builtin_patterns(metric_name: str) -> list[re.Pattern[bytes]]:
     """`<name>: <float>` as karpathy's train.py prints it, and `METRIC <name>=<float>` (see START, BLANK)."""
     name = re.escape(metric_name.encode())
     value = rb"(" + FLOAT + rb")"
-    named = START + BLANK + name + BLANK + rb":" + BLANK + value + rb"(?![\w.]|" + COMMA + rb")"
+    # not a unit's (`0.5s`), a separator's, or a progress bar's named as the metric (tqdm's `score:  50%|###`)
+    named = START + BLANK + name + BLANK + rb":" + BLANK + value + rb"(?![\w.]|" + COMMA + rb"|%\|)"
     metric = START + BLANK + rb"METRIC[ \t]+" + name + BLANK + rb"=" + BLANK + value + rb"(?!" + COMMA + rb")"
     return [re.compile(named, re.M), re.compile(metric, re.M)]
 
@@ -64,7 +68,7 @@ def comma_patterns(metric_name: str) -> list[re.Pattern[bytes]]:
     """Both built-in forms with a number in a locale's format (`0,5`, `1,250`, `1 250`), which they do not
     read."""
     name = re.escape(metric_name.encode())
-    number = rb"([-+]?\d[\d.]*" + SEPARATOR + rb"\d+)"
+    number = rb"([-+]?\d[\d.]*" + COMMA + rb"+)"
     return [
         re.compile(START + BLANK + name + BLANK + rb":" + BLANK + number, re.M),
         re.compile(START + BLANK + rb"METRIC[ \t]+" + name + BLANK + rb"=" + BLANK + number, re.M),

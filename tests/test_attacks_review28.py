@@ -1,0 +1,94 @@
+"""Review 28: the newest change (hidden logs and states, the metric read as a terminal shows it, fresh output
+directories, the HTTP transport's user checks, hand edits kept once, finish's discarded nodes) against the target's
+code and a hostile agent. Real runs under the real keeper. Each test here failed before its fix (or is a strict
+xfail naming the fix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcp_autoresearch.sandbox.policy import probe_isolation
+
+from .conftest import git, make_repo
+from .helpers.needs import require
+from .test_attacks_review22 import _experiment
+from .test_noise import project as noisy_project
+from .test_noise import try_values
+
+pytestmark = pytest.mark.anyio
+
+ISOLATION = probe_isolation("auto")
+
+# The JSONL (`.autoresearch/autoresearch.jsonl` by default) holds every row's runs and the best's: what the state
+# in `.autoresearch/sessions/` held, hidden from the runs since review 22 for that reason.
+READS_THE_JOURNAL = """\
+if grep -qs '"values"' .autoresearch/autoresearch.jsonl; then echo SAW-JOURNAL; fi
+if grep -qs baseline results.tsv; then echo SAW-TABLE; fi
+"""
+
+
+async def test_a_run_cannot_read_the_journal_that_holds_the_best_runs(tmp_path: Path, agent_for) -> None:
+    require(ISOLATION.namespaces, "CI gives runs a private view", "namespaces are unavailable here")
+    root = noisy_project(tmp_path)
+    (root / "evaluate.sh").write_text(READS_THE_JOURNAL + (root / "evaluate.sh").read_text())
+    git(root, "commit", "-qam", "the evaluator says what it reads")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="k")
+        await agent.experiment("baseline")
+        await try_values(agent, "VALUES 0.5 0.52 0.48\n", "much better")
+    logs = sorted((root / ".autoresearch" / "runs" / "k").glob("r2-*.log"))
+    seen = [log.name for log in logs if "SAW-" in log.read_text()]
+    assert logs and seen == [], seen
+
+
+# A thousands separator between two coloured numbers, as rich's highlighter prints `f"{n:,}"` (each group coloured
+# on its own): a terminal shows `score: 1,250`.
+COLOURED_GROUPS = {
+    "rich's highlighted groups": "print('score: \\x1b[1;36m1\\x1b[0m,\\x1b[1;36m250\\x1b[0m')\n",
+    "a reset before the comma": "print('METRIC score=1\\x1b[0m,250')\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(COLOURED_GROUPS))
+def test_a_coloured_number_with_a_separator_is_refused_not_read_as_its_first_group(
+    tmp_path: Path, case: str
+) -> None:
+    root = make_repo(tmp_path / "p", {"t.py": COLOURED_GROUPS[case]})
+    result = _experiment(root, "r1").run()
+    assert result.status == "metric_error" and "comma" in (result.error or ""), result
+
+
+# The run's command runs the candidate, then the project's scorer, into one log: a candidate that ends its output
+# without a newline glues the scorer's line to its own, and the scorer's value no longer starts a line.
+GLUED = {
+    "t.py": "import sys\nsys.stdout.write('score: 0.0001 ')\n",
+    "score.py": "print('score: 0.9')\n",
+}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the first form on a line is read, and a form later on the line is never one (it starts no line): fix: "
+    "refuse (metric_error, naming the line) when the line of the last match holds the form again after it, "
+    "the name at a word's start (`loss: 2.1 | val_loss: 2.3` stays read); pre-dates review 27",
+)
+def test_a_candidate_cannot_glue_the_scorers_line_to_its_own(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "p", GLUED)
+    result = _experiment(root, "r1", "python3 t.py; python3 score.py").run()
+    assert result.value != 0.0001, result
+
+
+# tqdm names its bar by its `desc` and a colon: a bar named as the metric, drawn after the metric's line (a last
+# pass over the data), starts after a carriage return as a built-in form does since review 27.
+BAR_NAMED_AS_THE_METRIC = (
+    "import sys\nprint('score: 0.4', flush=True)\n"
+    "sys.stderr.write('\\rscore:   0%|          | 0/10\\rscore: 100%|##########| 10/10\\n')\n"
+)
+
+
+def test_a_progress_bar_named_as_the_metric_is_not_read_as_its_percentage(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "p", {"t.py": BAR_NAMED_AS_THE_METRIC})
+    result = _experiment(root, "r1").run()
+    assert result.status == "ok" and result.value == 0.4, result
