@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..names import HOLDOUT, OUTPUTS_DIR, RESULTS_TSV, RUN_LOGS, SESSIONS, STATE_DIR
+from ..names import HOLDOUT, OUTPUTS_DIR, RUN_LOGS, SESSIONS, STATE_DIR
 from ..sandbox.caches import run_caches, stage_caches
 from ..sandbox.launcher import Launched, launcher
 from ..sandbox.policy import Isolation, keeper_command, keeper_spec, linked_inputs, writable_paths
@@ -91,9 +91,8 @@ class StageConfinement:
         # sessions' states and records: the best's runs and the noise, with which a run could work out when the
         # rule keeps it (the server's own code is readable), so which of its runs are the re-measurement.
         aside = [str(self.root / STATE_DIR / OUTPUTS_DIR)] if stage == "run" else []
-        if stage == "run" and sessions:  # the JSONL and results.tsv hold every row's runs and the best's too
-            project = own.parent
-            aside += [str(own / SESSIONS), str(project / self.config.jsonl_path), str(project / RESULTS_TSV)]
+        if stage == "run" and sessions:
+            aside.append(str(own / SESSIONS))
         if self.slot is not None and stage == "run":  # the other slots' outputs (the best's, say): hidden
             aside.append(str(self.slot[0]))
             if own.name == STATE_DIR:  # the project's own too: earlier sessions' runs left theirs there
