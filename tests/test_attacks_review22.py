@@ -211,15 +211,21 @@ if ls .autoresearch/runs/k/r2*.log >/dev/null 2>&1 && grep -qs score .autoresear
 """
 
 
-async def test_a_run_cannot_read_the_records_that_judge_it(tmp_path: Path, agent_for) -> None:
+async def what_the_candidates_runs_saw(tmp_path: Path, agent_for, reads: str) -> tuple[list[Path], list[str]]:
+    """A noisy project whose command first runs `reads` (printing `SAW-...` for what it found), a session of
+    tag `k` with a candidate kept and re-measured: the candidate's run logs, and those that saw something."""
     require(ISOLATION.namespaces, "CI gives runs a private view", "namespaces are unavailable here")
     root = noisy_project(tmp_path)
-    (root / "evaluate.sh").write_text(READS_WHAT_JUDGES_IT + (root / "evaluate.sh").read_text())
+    (root / "evaluate.sh").write_text(reads + (root / "evaluate.sh").read_text())
     git(root, "commit", "-qam", "the evaluator says what it reads")
     async with agent_for(root) as agent:
         await agent.ok("start_session", tag="k")
         await agent.experiment("baseline")
         await try_values(agent, "VALUES 0.5 0.52 0.48\n", "much better")
     logs = sorted((root / ".autoresearch" / "runs" / "k").glob("r2-*.log"))
-    seen = [log.name for log in logs if "SAW-" in log.read_text()]
+    return logs, [log.name for log in logs if "SAW-" in log.read_text()]
+
+
+async def test_a_run_cannot_read_the_records_that_judge_it(tmp_path: Path, agent_for) -> None:
+    logs, seen = await what_the_candidates_runs_saw(tmp_path, agent_for, READS_WHAT_JUDGES_IT)
     assert logs and seen == [], seen

@@ -9,17 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mcp_autoresearch.sandbox.policy import probe_isolation
-
-from .conftest import git, make_repo
-from .helpers.needs import require
-from .test_attacks_review22 import _experiment
-from .test_noise import project as noisy_project
-from .test_noise import try_values
+from .conftest import make_repo
+from .test_attacks_review22 import _experiment, what_the_candidates_runs_saw
 
 pytestmark = pytest.mark.anyio
-
-ISOLATION = probe_isolation("auto")
 
 # The JSONL (`.autoresearch/autoresearch.jsonl` by default) holds every row's runs and the best's: what the state
 # in `.autoresearch/sessions/` held, hidden from the runs since review 22 for that reason.
@@ -37,16 +30,7 @@ if grep -qs '"values"' .autoresearch/autoresearch.jsonl; then echo SAW-JOURNAL; 
     "re-measurement see the same rows: this tells a run the best's values, not which of its runs is which)",
 )
 async def test_a_run_cannot_read_the_journal_that_holds_the_best_runs(tmp_path: Path, agent_for) -> None:
-    require(ISOLATION.namespaces, "CI gives runs a private view", "namespaces are unavailable here")
-    root = noisy_project(tmp_path)
-    (root / "evaluate.sh").write_text(READS_THE_JOURNAL + (root / "evaluate.sh").read_text())
-    git(root, "commit", "-qam", "the evaluator says what it reads")
-    async with agent_for(root) as agent:
-        await agent.ok("start_session", tag="k")
-        await agent.experiment("baseline")
-        await try_values(agent, "VALUES 0.5 0.52 0.48\n", "much better")
-    logs = sorted((root / ".autoresearch" / "runs" / "k").glob("r2-*.log"))
-    seen = [log.name for log in logs if "SAW-" in log.read_text()]
+    logs, seen = await what_the_candidates_runs_saw(tmp_path, agent_for, READS_THE_JOURNAL)
     assert logs and seen == [], seen
 
 
