@@ -213,3 +213,28 @@ def test_a_wildcard_bind_with_a_token_serves_a_client_that_names_the_machine(ml_
             while chunk := sock.recv(65536):
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_a_lock_naming_a_pid_reused_since_is_no_server(tmp_path: Path) -> None:
+    """`dashboard --web` refuses the processes descending from the server named in `server.lock`. The server gone,
+    its pid reused by a process started later (the user's shell, whose browser descends from it), that process
+    must not be taken for the server: the user's own page would be refused."""
+    import os
+    import subprocess
+    import time
+
+    from mcp_autoresearch.records.state import server_pid
+
+    lock = tmp_path / ".autoresearch" / "server.lock"
+    lock.parent.mkdir()
+    lock.write_text(json.dumps({"pid": os.getpid()}))
+    assert server_pid(tmp_path) == os.getpid()  # this process started before the lock was written
+    old = time.time() - 3600
+    later = subprocess.Popen(["sleep", "60"])
+    try:
+        lock.write_text(json.dumps({"pid": later.pid}))
+        os.utime(lock, (old, old))  # written an hour before this process started: its pid was reused
+        assert server_pid(tmp_path) is None
+    finally:
+        later.kill()
+        later.wait()

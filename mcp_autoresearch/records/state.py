@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar
 
+import psutil
 from pydantic import BaseModel, ValidationError, model_validator
 
 from ..errors import SessionError
@@ -439,14 +440,20 @@ class ProjectLock:
 
 
 def server_pid(root: Path) -> int | None:
-    """The pid of the server that holds (or last held) the project, as its lock file says; None when none did.
-    Read without taking the lock (a reader must never keep a server from starting)."""
+    """The pid of the server that holds (or last held) the project, as its lock file says; None when none did, or
+    when that pid now names a process started after the lock was written (the server gone, its pid reused: the
+    user's own browser could descend from it). Read without taking the lock (a reader must never keep a server
+    from starting)."""
+    lock = state_dir(root) / "server.lock"
     try:
-        with open_read(state_dir(root) / "server.lock") as handle:
+        with open_read(lock) as handle:
             pid = json.loads(handle.read(4096) or b"{}").get("pid")
-    except (OSError, ValueError, AttributeError):
+            written = os.fstat(handle.fileno()).st_mtime
+        if not (isinstance(pid, int) and pid > 0) or psutil.Process(pid).create_time() > written + 1.0:
+            return None
+    except (OSError, ValueError, AttributeError, psutil.Error):
         return None
-    return pid if isinstance(pid, int) and pid > 0 else None
+    return pid
 
 
 def _read_holder(fd: int) -> str:
