@@ -167,9 +167,21 @@ def test_a_stopped_spare_let_go_does_not_stay(launcher: Launcher, tmp_path: Path
     its standby process and its copy of every mount, for the launcher's whole life. It is killed."""
     require(os.geteuid() == 0, "CI runs as root", "mounting a file system here needs root")
     spec = {**VIEW, "write": [str(tmp_path / "w")]}
-    stopped = next(iter(_prepared_like(launcher, tmp_path, spec)))
-    standby = psutil.Process(stopped).children()[0].pid
-    os.kill(stopped, signal.SIGSTOP)
+
+    def stop_a_spare() -> tuple[int, int] | None:
+        # A mount made anywhere on the machine meanwhile lets the spares go: a spare gone before it was stopped is
+        # looked for again among the spares made after it.
+        for spare in _prepared_like(launcher, tmp_path, spec):
+            try:
+                standby = psutil.Process(spare).children()[0].pid
+                os.kill(spare, signal.SIGSTOP)
+                if psutil.Process(spare).status() != psutil.STATUS_ZOMBIE and psutil.pid_exists(standby):
+                    return spare, standby
+            except (psutil.Error, IndexError, ProcessLookupError):
+                continue
+        return None
+
+    stopped, standby = _until(stop_a_spare, "a spare with its standby process, stopped")
     disk = tmp_path / "disk"
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(disk)], check=True)
