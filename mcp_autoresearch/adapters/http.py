@@ -13,6 +13,7 @@ import hmac
 import json
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 import anyio
 from mcp.server.mcpserver import MCPServer
@@ -20,6 +21,9 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import peers
+
+if TYPE_CHECKING:
+    from .accept_check import Check, Ends
 
 LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"]
 LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
@@ -171,6 +175,8 @@ def serve_http(
     exit 2 (a client must never reach another server while this one says it serves)."""
     import uvicorn
 
+    from .accept_check import BACKLOG, checked_protocol
+
     app = build_http_app(server, host, token, page)
     sock = listening_or_said(host, port)
     if sock is None:
@@ -182,11 +188,30 @@ def serve_http(
         file=sys.stderr,
         flush=True,
     )
-    # No access log: the dashboard's event stream carries the token in its URL.
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    # No access log: the dashboard's event stream carries the token in its URL. Each connection is checked as
+    # it is accepted too, before it is read (a connection that sends no request would hold a descriptor).
+    config = uvicorn.Config(
+        app, http=checked_protocol(refusals(token)), backlog=BACKLOG, log_level="warning", access_log=False
+    )
     with sock:
         uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def refusals(token: str | None) -> Check:
+    """The checks of `build_http_app` that a connection can pass before its request is read, for a burst of
+    connections at once: no run's, and without a token, the user's own. Each refusal is the answer's text."""
+
+    def check(ends: list[Ends]) -> list[str | None]:
+        runs = [FROM_A_RUN.format(why=why) if why else None for why in peers.runs_holding(ends)]
+        if token:
+            return runs
+        strangers = [
+            FROM_A_STRANGER.format(why=why) if why else None for why in peers.strangers_holding(ends)
+        ]
+        return [run or stranger for run, stranger in zip(runs, strangers, strict=True)]
+
+    return check
 
 
 def listening_or_said(host: str, port: int) -> socket.socket | None:

@@ -27,12 +27,13 @@ from ..sandbox import launcher
 NO_HOLDER = "no process this server can see holds the connection's socket"
 
 
-def _client_rows(client_port: int, server_port: int) -> list[tuple[str, int]]:
-    """(inode, owner's uid) of every TCP socket (in any state: a half-closed one is still read from) whose local
-    port is the client's and remote port the server's. A socket no process holds any more shows inode 0 (its
-    owner stays until it is in TIME_WAIT, which shows uid 0)."""
-    wanted_local, wanted_remote = f"{client_port:04X}", f"{server_port:04X}"
-    rows: list[tuple[str, int]] = []
+def _client_rows(ends: list[tuple[int, int]]) -> dict[tuple[int, int], list[tuple[str, int]]]:
+    """For each (client port, server port): (inode, owner's uid) of every TCP socket (in any state: a
+    half-closed one is still read from) whose local port is the client's and remote port the server's. A socket
+    no process holds any more shows inode 0 (its owner stays until it is in TIME_WAIT, which shows uid 0). The
+    tables are read once for all of them."""
+    wanted = {(f"{client:04X}", f"{server:04X}"): (client, server) for client, server in ends}
+    rows: dict[tuple[int, int], list[tuple[str, int]]] = {end: [] for end in ends}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as lines:
@@ -41,21 +42,12 @@ def _client_rows(client_port: int, server_port: int) -> list[tuple[str, int]]:
                     fields = line.split()
                     if len(fields) < 10:
                         continue
-                    if (
-                        fields[1].rsplit(":", 1)[-1] == wanted_local
-                        and fields[2].rsplit(":", 1)[-1] == wanted_remote
-                    ):
-                        rows.append((fields[9], int(fields[7]) if fields[7].isdigit() else -1))
+                    end = wanted.get((fields[1].rsplit(":", 1)[-1], fields[2].rsplit(":", 1)[-1]))
+                    if end is not None:
+                        rows[end].append((fields[9], int(fields[7]) if fields[7].isdigit() else -1))
         except OSError:
             continue
     return rows
-
-
-def _socket_inodes(client_port: int, server_port: int) -> set[str] | None:
-    """Inodes of the client's sockets still held by a process (see `_client_rows`); None when there is no such
-    row (not a local connection)."""
-    rows = _client_rows(client_port, server_port)
-    return {inode for inode, _uid in rows if inode != "0"} if rows else None
 
 
 def stranger_holding(client_port: int, server_port: int) -> str | None:
@@ -63,28 +55,41 @@ def stranger_holding(client_port: int, server_port: int) -> str | None:
     its client socket must be this user's (or root's, who reads this user's files anyway). The kernel's table
     names each socket's owner. A connection without a socket a process holds (closed, or reset right after its
     request was sent) is refused too: its owner can no longer be told. None for this user's own connection."""
-    rows = _client_rows(client_port, server_port)
+    return strangers_holding([(client_port, server_port)])[0]
+
+
+def strangers_holding(ends: list[tuple[int, int]]) -> list[str | None]:
+    """`stranger_holding` for each (client port, server port), the kernel's tables read once."""
+    rows_of = _client_rows(ends)
     own = os.geteuid()
-    strangers = sorted({uid for _inode, uid in rows if uid not in (own, 0)})
-    if strangers:
-        return f"this request comes from a process of another user (uid {strangers[0]})"
-    if not any(inode != "0" for inode, _uid in rows):
-        return "no process holds the connection's socket any more (its owner cannot be told)"
-    return None
+    answers: list[str | None] = []
+    for end in ends:
+        rows = rows_of[end]
+        strangers = sorted({uid for _inode, uid in rows if uid not in (own, 0)})
+        if strangers:
+            answers.append(f"this request comes from a process of another user (uid {strangers[0]})")
+        elif not any(inode != "0" for inode, _uid in rows):
+            answers.append("no process holds the connection's socket any more (its owner cannot be told)")
+        else:
+            answers.append(None)
+    return answers
 
 
-def _holds(fd_dir: str, wanted: set[str]) -> bool:
+def _held(fd_dir: str, wanted: set[str]) -> set[str]:
+    """The links of `wanted` found in the file table `fd_dir`."""
     try:
         names = os.listdir(fd_dir)
     except OSError:
-        return False
+        return set()
+    found = set()
     for name in names:
         try:
-            if os.readlink(f"{fd_dir}/{name}") in wanted:
-                return True
+            link = os.readlink(f"{fd_dir}/{name}")
         except OSError:
             continue
-    return False
+        if link in wanted:
+            found.add(link)
+    return found
 
 
 def _threads(pid: str) -> list[str]:
@@ -138,25 +143,50 @@ def run_holding(client_port: int, server_port: int, server: int | None = None) -
     process, or the one whose /proc pid is `server`: `dashboard --web` beside it) holds its client socket (a
     run), or no visible process does. None when a process that is not a run holds it (the agent, a browser), or
     when the connection is not a local one."""
+    return runs_holding([(client_port, server_port)], server)[0]
+
+
+def runs_holding(ends: list[tuple[int, int]], server: int | None = None) -> list[str | None]:
+    """`run_holding` for each (client port, server port), the kernel's tables and /proc read once for all of
+    them (connections checked as they are accepted come in bursts: `accept_check.py`)."""
     if server is None:
         if not _runs_may_exist():
-            return None
+            return [None] * len(ends)
         server = _own_pid()
-    inodes = _socket_inodes(client_port, server_port)
-    if inodes is None:
-        return None
-    wanted = {f"socket:[{inode}]" for inode in inodes}
+    rows_of = _client_rows(ends)
+    links_of = {
+        end: {f"socket:[{inode}]" for inode, _uid in rows if inode != "0"} for end, rows in rows_of.items()
+    }
+    wanted = set().union(*links_of.values()) if links_of else set()
+    holder: dict[
+        str, tuple[int, str]
+    ] = {}  # link -> (the order it was found in, the first process holding it)
     pids = [name for name in os.listdir("/proc") if name.isdigit()] if wanted else []
     for look_at_threads in (False, True):  # the processes' own tables first (most threads share them)
         for pid in pids:
+            if len(holder) == len(wanted):
+                break
             tables = (
                 [f"/proc/{pid}/task/{tid}/fd" for tid in _threads(pid)]
                 if look_at_threads
                 else [f"/proc/{pid}/fd"]
             )
-            if any(_holds(table, wanted) for table in tables):
-                # only a run's process can hand a run's socket on, and only to a process of the run
-                if _descends_from(pid, server):
-                    return f"this request comes from a process of one of the server's runs (pid {pid})"
-                return None
-    return NO_HOLDER
+            for table in tables:
+                for link in _held(table, wanted - holder.keys()):
+                    holder[link] = (len(holder), pid)
+    answers: list[str | None] = []
+    for end in ends:
+        if not rows_of[end]:  # not a local connection
+            answers.append(None)
+            continue
+        found = sorted(holder[link] for link in links_of[end] if link in holder)
+        if not found:
+            answers.append(NO_HOLDER)
+        elif _descends_from(found[0][1], server):
+            # only a run's process can hand a run's socket on, and only to a process of the run
+            answers.append(
+                f"this request comes from a process of one of the server's runs (pid {found[0][1]})"
+            )
+        else:
+            answers.append(None)
+    return answers
