@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from .peers import Ends
+
 log = logging.getLogger("mcp_autoresearch")
 
 MAX_WAITING = 256  # connections accepted and not yet checked, beyond which a new one is closed unread
@@ -32,7 +34,6 @@ MAX_ANSWERED = (
 BACKLOG = 64
 REFUSED_WAIT_S = 2.0  # how long a refused connection is kept for its request to be read (see `refuse`)
 
-Ends = tuple[int, int]  # (client port, server port)
 Check = Callable[[list[Ends]], list[str | None]]  # each connection's refusal (the answer's text), or None
 
 
@@ -91,7 +92,7 @@ class CheckedConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.admitted = False
         self.lost = False
-        self.ends: Ends = (0, 0)
+        self.ends: Ends = (("", 0), ("", 0))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -101,7 +102,7 @@ class CheckedConnection(asyncio.Protocol):
         if not (isinstance(peer, tuple) and isinstance(own, tuple)):  # not TCP: the request's checks decide
             self.admit()
             return
-        self.ends = (int(peer[1]), int(own[1]))
+        self.ends = ((str(peer[0]), int(peer[1])), (str(own[0]), int(own[1])))
         self.gate.enter(self)
 
     def admit(self) -> None:

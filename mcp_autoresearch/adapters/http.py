@@ -23,7 +23,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import peers
 
 if TYPE_CHECKING:
-    from .accept_check import Check, Ends
+    from .accept_check import Check
+    from .peers import Ends
 
 LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"]
 LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
@@ -93,7 +94,9 @@ class RefuseRuns:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client, server = scope.get("client"), scope.get("server")
         if scope["type"] in ("http", "websocket") and client and server and client[1] and server[1]:
-            why = await anyio.to_thread.run_sync(peers.run_holding, int(client[1]), int(server[1]))
+            why = await anyio.to_thread.run_sync(
+                peers.run_holding, (str(client[0]), int(client[1])), (str(server[0]), int(server[1]))
+            )
             if why is not None:
                 await respond(send, 403, {"error": FROM_A_RUN.format(why=why)}, [])
                 return
@@ -112,7 +115,9 @@ class RefuseOtherUsers:
         client, server = scope.get("client"), scope.get("server")
         if scope["type"] in ("http", "websocket"):
             why = (
-                await anyio.to_thread.run_sync(peers.stranger_holding, int(client[1]), int(server[1]))
+                await anyio.to_thread.run_sync(
+                    peers.stranger_holding, (str(client[0]), int(client[1])), (str(server[0]), int(server[1]))
+                )
                 if client and server and client[1] and server[1]
                 else "the connection's ends are unknown (not a TCP connection)"
             )

@@ -18,7 +18,9 @@ confined there either). Without a token, the same tables also say whose (which u
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import sys
 
 import psutil
 
@@ -27,13 +29,51 @@ from ..sandbox import launcher
 NO_HOLDER = "no process this server can see holds the connection's socket"
 
 
-def _client_rows(ends: list[tuple[int, int]]) -> dict[tuple[int, int], list[tuple[str, int]]]:
-    """For each (client port, server port): (inode, owner's uid) of every TCP socket (in any state: a
-    half-closed one is still read from) whose local port is the client's and remote port the server's. A socket
-    no process holds any more shows inode 0 (its owner stays until it is in TIME_WAIT, which shows uid 0). The
-    tables are read once for all of them."""
-    wanted = {(f"{client:04X}", f"{server:04X}"): (client, server) for client, server in ends}
-    rows: dict[tuple[int, int], list[tuple[str, int]]] = {end: [] for end in ends}
+Address = tuple[str, int]  # (host, port), as the socket's peername and sockname give them
+Ends = tuple[Address, Address]  # (the client's, the server's)
+_At = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]  # an address as the tables compare it
+
+
+def _address(host: str, port: int) -> _At | None:
+    """An address as the tables compare it: an IPv4 address mapped into IPv6 (a dual-stack socket's) as IPv4."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped, port
+    return address, port
+
+
+def _table_address(field: str) -> _At | None:
+    """`/proc/net/tcp`'s `ADDRESS:PORT` in hex, the address's 32-bit words in the host's byte order."""
+    host, _, port = field.rpartition(":")
+    try:
+        raw = bytes.fromhex(host)
+        if sys.byteorder == "little":
+            raw = b"".join(raw[at : at + 4][::-1] for at in range(0, len(raw), 4))
+        address = ipaddress.ip_address(raw)
+    except ValueError:
+        return None
+    return _address(str(address), int(port, 16))
+
+
+def _client_rows(ends: list[Ends]) -> dict[Ends, list[tuple[str, int]]]:
+    """For each connection: (inode, owner's uid) of every TCP socket (in any state: a half-closed one is still
+    read from) whose local address and port are the client's and remote ones the server's. Both addresses are
+    compared, not only the ports: a run that binds its socket to another loopback address with the server's port
+    as its own (127.0.0.2:PORT to 127.0.0.1:PORT) would otherwise match the server's side of the connection too
+    (local PORT, remote PORT), which the server holds. A socket no process holds any more shows inode 0 (its
+    owner stays until it is in TIME_WAIT, which shows uid 0). The tables are read once for all of them."""
+    rows: dict[Ends, list[tuple[str, int]]] = {end: [] for end in ends}
+    wanted: dict[tuple[_At, _At], Ends] = {}
+    ports: set[tuple[str, str]] = set()
+    for end in ends:
+        (client_host, client_port), (server_host, server_port) = end
+        client, server = _address(client_host, client_port), _address(server_host, server_port)
+        if client is not None and server is not None:
+            wanted[(client, server)] = end
+            ports.add((f"{client_port:04X}", f"{server_port:04X}"))
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as lines:
@@ -42,24 +82,27 @@ def _client_rows(ends: list[tuple[int, int]]) -> dict[tuple[int, int], list[tupl
                     fields = line.split()
                     if len(fields) < 10:
                         continue
-                    end = wanted.get((fields[1].rsplit(":", 1)[-1], fields[2].rsplit(":", 1)[-1]))
-                    if end is not None:
-                        rows[end].append((fields[9], int(fields[7]) if fields[7].isdigit() else -1))
+                    if (fields[1].rsplit(":", 1)[-1], fields[2].rsplit(":", 1)[-1]) not in ports:
+                        continue
+                    local, remote = _table_address(fields[1]), _table_address(fields[2])
+                    found = wanted.get((local, remote)) if local and remote else None
+                    if found is not None:
+                        rows[found].append((fields[9], int(fields[7]) if fields[7].isdigit() else -1))
         except OSError:
             continue
     return rows
 
 
-def stranger_holding(client_port: int, server_port: int) -> str | None:
+def stranger_holding(client: Address, server: Address) -> str | None:
     """Why a connection to a server without a token is refused: the loopback is every user's of the machine, so
     its client socket must be this user's (or root's, who reads this user's files anyway). The kernel's table
     names each socket's owner. A connection without a socket a process holds (closed, or reset right after its
     request was sent) is refused too: its owner can no longer be told. None for this user's own connection."""
-    return strangers_holding([(client_port, server_port)])[0]
+    return strangers_holding([(client, server)])[0]
 
 
-def strangers_holding(ends: list[tuple[int, int]]) -> list[str | None]:
-    """`stranger_holding` for each (client port, server port), the kernel's tables read once."""
+def strangers_holding(ends: list[Ends]) -> list[str | None]:
+    """`stranger_holding` for each connection (its client's and server's addresses), the tables read once."""
     rows_of = _client_rows(ends)
     own = os.geteuid()
     answers: list[str | None] = []
@@ -138,16 +181,16 @@ def _runs_may_exist() -> bool:
     return False
 
 
-def run_holding(client_port: int, server_port: int, server: int | None = None) -> str | None:
-    """Why the connection from `client_port` to `server_port` is refused: a descendant of the server (this
+def run_holding(client: Address, server_address: Address, server: int | None = None) -> str | None:
+    """Why the connection from `client` to `server_address` is refused: a descendant of the server (this
     process, or the one whose /proc pid is `server`: `dashboard --web` beside it) holds its client socket (a
     run), or no visible process does. None when a process that is not a run holds it (the agent, a browser), or
     when the connection is not a local one."""
-    return runs_holding([(client_port, server_port)], server)[0]
+    return runs_holding([(client, server_address)], server)[0]
 
 
-def runs_holding(ends: list[tuple[int, int]], server: int | None = None) -> list[str | None]:
-    """`run_holding` for each (client port, server port), the kernel's tables and /proc read once for all of
+def runs_holding(ends: list[Ends], server: int | None = None) -> list[str | None]:
+    """`run_holding` for each connection (its client's and server's addresses), the kernel's tables and /proc read once for all of
     them (connections checked as they are accepted come in bursts: `accept_check.py`)."""
     if server is None:
         if not _runs_may_exist():
