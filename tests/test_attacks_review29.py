@@ -121,3 +121,16 @@ async def test_a_run_cannot_call_the_tools_from_the_servers_own_port(
         run = await agent.until_done(run["run_id"])
         log = Path(run["log_path"]).read_text()
         assert "ANSWER HTTP/1.1 403" in log and "runs never call its tools" in log, log
+
+
+def test_a_holder_that_ended_before_it_was_looked_at_is_no_one_elses() -> None:
+    """The process found holding a connection's socket may end before its parents are read: that read failing
+    said "not a run", so a run's process that connected and exited at once passed for someone else's (its
+    connection then held one of the server's descriptors). The chain that cannot be read is now no answer."""
+    import subprocess
+    import sys
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    assert peers._descends_from(str(ended.pid), os.getpid()) is None
+    assert peers._descends_from(str(os.getpid()), os.getppid()) is True

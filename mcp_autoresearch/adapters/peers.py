@@ -142,8 +142,10 @@ def _threads(pid: str) -> list[str]:
         return []
 
 
-def _descends_from(pid: str, ancestor: int) -> bool:
-    """Whether `ancestor` is on the parent chain of `pid` (read now, not from an earlier snapshot)."""
+def _descends_from(pid: str, ancestor: int) -> bool | None:
+    """Whether `ancestor` is on the parent chain of `pid` (read now, not from an earlier snapshot); None when
+    the chain could not be read (a process of it ended meanwhile: a run's process that held the socket and
+    exited before it was looked at must not pass for someone else's)."""
     seen: set[str] = set()
     while pid not in ("0", "1") and pid not in seen:
         seen.add(pid)
@@ -151,7 +153,7 @@ def _descends_from(pid: str, ancestor: int) -> bool:
             with open(f"/proc/{pid}/stat") as stat:
                 pid = stat.read().rsplit(")", 1)[1].split()[1]
         except (OSError, IndexError):
-            return False
+            return None
         if pid == str(ancestor):
             return True
     return False
@@ -225,7 +227,13 @@ def runs_holding(ends: list[Ends], server: int | None = None) -> list[str | None
         found = sorted(holder[link] for link in links_of[end] if link in holder)
         if not found:
             answers.append(NO_HOLDER)
-        elif _descends_from(found[0][1], server):
+            continue
+        descends = _descends_from(found[0][1], server)
+        if descends is None:
+            answers.append(
+                f"the process that held the connection's socket (pid {found[0][1]}) ended meanwhile"
+            )
+        elif descends:
             # only a run's process can hand a run's socket on, and only to a process of the run
             answers.append(
                 f"this request comes from a process of one of the server's runs (pid {found[0][1]})"
