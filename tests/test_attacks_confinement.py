@@ -620,6 +620,16 @@ async def test_a_run_cannot_pin_more_memory_in_scratch_files_than_the_machine_ha
     assert total < memory, (total, memory)
 
 
+def _log_text_of(logs: Path, word: str) -> list[str]:
+    """The lines starting with `word` in every run's log."""
+    return [
+        line
+        for path in logs.rglob("*.log")
+        for line in path.read_text(errors="replace").splitlines()
+        if line.startswith(word)
+    ]
+
+
 # the server's descriptors: a run opens connections to the HTTP port and holds them
 # Every open connection holds one of the server's descriptors, and a run need not send a request at all. Two
 # processes open connections until the server stops accepting, say so, and hold them until the test's release
@@ -652,15 +662,12 @@ for child in children:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="each connection a run opens to the HTTP port holds one of the server's descriptors until the run closes "
-    "it (the check of who holds it comes with the request's headers, which a run need not send); with the network "
-    "on, a run exhausts them (2 x 1021 against a soft limit of 1024): the server's after-run checks fail, so the "
-    "run is judged 'tampered', and apply_edit meets an internal error (git cannot open HEAD) until it ends; a fix "
-    "would check each connection as it is accepted (closing a run's at once) and bound the connections a run holds",
-)
 async def test_a_run_cannot_use_up_the_servers_descriptors(ml_project: Path, tmp_path: Path) -> None:
+    """Each connection a run opened to the HTTP port held one of the server's descriptors until the run closed
+    it (the checks came with a request's headers, which a run need not send): two processes of a run used them
+    all up (2 x 1021 against a soft limit of 1024), the server's after-run checks failed, the run was judged
+    'tampered' and `apply_edit` met an internal error (git could not open HEAD) until it ended. Each connection
+    is now checked as it is accepted (`accept_check.py`) and a run's closed at once."""
     import asyncio
     import resource
     import socket
@@ -713,16 +720,21 @@ async def test_a_run_cannot_use_up_the_servers_descriptors(ml_project: Path, tmp
             while sum(path.read_text(errors="replace").count("HOLDS") for path in logs.rglob("*.log")) < 2:
                 assert server.poll() is None
                 await asyncio.sleep(0.05)
+            held = _log_text_of(logs, "HOLDS")
+            open_now = len(os.listdir(f"/proc/{server.pid}/fd"))
             try:
                 answer = await client.call_tool(
                     "apply_edit", {"content": TRAIN_PY.replace("LR = 0.5", "LR = 0.3")}
                 )
             finally:
-                for folder in (tmp_path / "slots").iterdir():
+                for folder in (tmp_path / "slots").glob("*/*"):  # each slot's checkout: the run's folder
                     if folder.is_dir():
                         (folder / "release").write_text("")
             done = await agent.until_done(hoarder["run_id"])
             assert not answer.is_error, (answer.content, done)
+            # the run held its connections (its own descriptors), the server did not
+            assert sum(int(line.split()[2]) for line in held) > 1000 and open_now < 300, (held, open_now)
+            assert done["status"] != "tampered", done
     finally:
         server.terminate()
         server.wait(30)

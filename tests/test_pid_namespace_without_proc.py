@@ -27,7 +27,7 @@ server.listen(2)
 port = server.getsockname()[1]
 print("PORT", port, flush=True)
 conn, client = server.accept()
-print("OUTSIDE", peers.run_holding(client[1], port) is None, flush=True)
+print("OUTSIDE", peers.run_holding(client, ("127.0.0.1", port)) is None, flush=True)
 sys.stdin.readline()
 ready_r, ready_w = os.pipe()
 done_r, done_w = os.pipe()
@@ -39,7 +39,7 @@ if child == 0:
     os._exit(0)
 os.read(ready_r, 1)
 conn, client = server.accept()
-print("RUN", "runs" in (peers.run_holding(client[1], port) or ""), flush=True)
+print("RUN", "runs" in (peers.run_holding(client, ("127.0.0.1", port)) or ""), flush=True)
 os.write(done_w, b"x")
 os.waitpid(child, 0)
 """

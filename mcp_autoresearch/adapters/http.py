@@ -13,6 +13,7 @@ import hmac
 import json
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 import anyio
 from mcp.server.mcpserver import MCPServer
@@ -20,6 +21,10 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import peers
+
+if TYPE_CHECKING:
+    from .accept_check import Check
+    from .peers import Ends
 
 LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"]
 LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
@@ -89,7 +94,9 @@ class RefuseRuns:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client, server = scope.get("client"), scope.get("server")
         if scope["type"] in ("http", "websocket") and client and server and client[1] and server[1]:
-            why = await anyio.to_thread.run_sync(peers.run_holding, int(client[1]), int(server[1]))
+            why = await anyio.to_thread.run_sync(
+                peers.run_holding, (str(client[0]), int(client[1])), (str(server[0]), int(server[1]))
+            )
             if why is not None:
                 await respond(send, 403, {"error": FROM_A_RUN.format(why=why)}, [])
                 return
@@ -108,7 +115,9 @@ class RefuseOtherUsers:
         client, server = scope.get("client"), scope.get("server")
         if scope["type"] in ("http", "websocket"):
             why = (
-                await anyio.to_thread.run_sync(peers.stranger_holding, int(client[1]), int(server[1]))
+                await anyio.to_thread.run_sync(
+                    peers.stranger_holding, (str(client[0]), int(client[1])), (str(server[0]), int(server[1]))
+                )
                 if client and server and client[1] and server[1]
                 else "the connection's ends are unknown (not a TCP connection)"
             )
@@ -171,6 +180,8 @@ def serve_http(
     exit 2 (a client must never reach another server while this one says it serves)."""
     import uvicorn
 
+    from .accept_check import BACKLOG, checked_protocol
+
     app = build_http_app(server, host, token, page)
     sock = listening_or_said(host, port)
     if sock is None:
@@ -182,11 +193,30 @@ def serve_http(
         file=sys.stderr,
         flush=True,
     )
-    # No access log: the dashboard's event stream carries the token in its URL.
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    # No access log: the dashboard's event stream carries the token in its URL. Each connection is checked as
+    # it is accepted too, before it is read (a connection that sends no request would hold a descriptor).
+    config = uvicorn.Config(
+        app, http=checked_protocol(refusals(token)), backlog=BACKLOG, log_level="warning", access_log=False
+    )
     with sock:
         uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def refusals(token: str | None) -> Check:
+    """The checks of `build_http_app` that a connection can pass before its request is read, for a burst of
+    connections at once: no run's, and without a token, the user's own. Each refusal is the answer's text."""
+
+    def check(ends: list[Ends]) -> list[str | None]:
+        runs = [FROM_A_RUN.format(why=why) if why else None for why in peers.runs_holding(ends)]
+        if token:
+            return runs
+        strangers = [
+            FROM_A_STRANGER.format(why=why) if why else None for why in peers.strangers_holding(ends)
+        ]
+        return [run or stranger for run, stranger in zip(runs, strangers, strict=True)]
+
+    return check
 
 
 def listening_or_said(host: str, port: int) -> socket.socket | None:

@@ -18,7 +18,9 @@ confined there either). Without a token, the same tables also say whose (which u
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import sys
 
 import psutil
 
@@ -27,12 +29,51 @@ from ..sandbox import launcher
 NO_HOLDER = "no process this server can see holds the connection's socket"
 
 
-def _client_rows(client_port: int, server_port: int) -> list[tuple[str, int]]:
-    """(inode, owner's uid) of every TCP socket (in any state: a half-closed one is still read from) whose local
-    port is the client's and remote port the server's. A socket no process holds any more shows inode 0 (its
-    owner stays until it is in TIME_WAIT, which shows uid 0)."""
-    wanted_local, wanted_remote = f"{client_port:04X}", f"{server_port:04X}"
-    rows: list[tuple[str, int]] = []
+Address = tuple[str, int]  # (host, port), as the socket's peername and sockname give them
+Ends = tuple[Address, Address]  # (the client's, the server's)
+_At = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]  # an address as the tables compare it
+
+
+def _address(host: str, port: int) -> _At | None:
+    """An address as the tables compare it: an IPv4 address mapped into IPv6 (a dual-stack socket's) as IPv4."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped, port
+    return address, port
+
+
+def _table_address(field: str) -> _At | None:
+    """`/proc/net/tcp`'s `ADDRESS:PORT` in hex, the address's 32-bit words in the host's byte order."""
+    host, _, port = field.rpartition(":")
+    try:
+        raw = bytes.fromhex(host)
+        if sys.byteorder == "little":
+            raw = b"".join(raw[at : at + 4][::-1] for at in range(0, len(raw), 4))
+        address = ipaddress.ip_address(raw)
+    except ValueError:
+        return None
+    return _address(str(address), int(port, 16))
+
+
+def _client_rows(ends: list[Ends]) -> dict[Ends, list[tuple[str, int]]]:
+    """For each connection: (inode, owner's uid) of every TCP socket (in any state: a half-closed one is still
+    read from) whose local address and port are the client's and remote ones the server's. Both addresses are
+    compared, not only the ports: a run that binds its socket to another loopback address with the server's port
+    as its own (127.0.0.2:PORT to 127.0.0.1:PORT) would otherwise match the server's side of the connection too
+    (local PORT, remote PORT), which the server holds. A socket no process holds any more shows inode 0 (its
+    owner stays until it is in TIME_WAIT, which shows uid 0). The tables are read once for all of them."""
+    rows: dict[Ends, list[tuple[str, int]]] = {end: [] for end in ends}
+    wanted: dict[tuple[_At, _At], Ends] = {}
+    ports: set[tuple[str, str]] = set()
+    for end in ends:
+        (client_host, client_port), (server_host, server_port) = end
+        client, server = _address(client_host, client_port), _address(server_host, server_port)
+        if client is not None and server is not None:
+            wanted[(client, server)] = end
+            ports.add((f"{client_port:04X}", f"{server_port:04X}"))
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as lines:
@@ -41,50 +82,57 @@ def _client_rows(client_port: int, server_port: int) -> list[tuple[str, int]]:
                     fields = line.split()
                     if len(fields) < 10:
                         continue
-                    if (
-                        fields[1].rsplit(":", 1)[-1] == wanted_local
-                        and fields[2].rsplit(":", 1)[-1] == wanted_remote
-                    ):
-                        rows.append((fields[9], int(fields[7]) if fields[7].isdigit() else -1))
+                    if (fields[1].rsplit(":", 1)[-1], fields[2].rsplit(":", 1)[-1]) not in ports:
+                        continue
+                    local, remote = _table_address(fields[1]), _table_address(fields[2])
+                    found = wanted.get((local, remote)) if local and remote else None
+                    if found is not None:
+                        rows[found].append((fields[9], int(fields[7]) if fields[7].isdigit() else -1))
         except OSError:
             continue
     return rows
 
 
-def _socket_inodes(client_port: int, server_port: int) -> set[str] | None:
-    """Inodes of the client's sockets still held by a process (see `_client_rows`); None when there is no such
-    row (not a local connection)."""
-    rows = _client_rows(client_port, server_port)
-    return {inode for inode, _uid in rows if inode != "0"} if rows else None
-
-
-def stranger_holding(client_port: int, server_port: int) -> str | None:
+def stranger_holding(client: Address, server: Address) -> str | None:
     """Why a connection to a server without a token is refused: the loopback is every user's of the machine, so
     its client socket must be this user's (or root's, who reads this user's files anyway). The kernel's table
     names each socket's owner. A connection without a socket a process holds (closed, or reset right after its
     request was sent) is refused too: its owner can no longer be told. None for this user's own connection."""
-    rows = _client_rows(client_port, server_port)
+    return strangers_holding([(client, server)])[0]
+
+
+def strangers_holding(ends: list[Ends]) -> list[str | None]:
+    """`stranger_holding` for each connection (its client's and server's addresses), the tables read once."""
+    rows_of = _client_rows(ends)
     own = os.geteuid()
-    strangers = sorted({uid for _inode, uid in rows if uid not in (own, 0)})
-    if strangers:
-        return f"this request comes from a process of another user (uid {strangers[0]})"
-    if not any(inode != "0" for inode, _uid in rows):
-        return "no process holds the connection's socket any more (its owner cannot be told)"
-    return None
+    answers: list[str | None] = []
+    for end in ends:
+        rows = rows_of[end]
+        strangers = sorted({uid for _inode, uid in rows if uid not in (own, 0)})
+        if strangers:
+            answers.append(f"this request comes from a process of another user (uid {strangers[0]})")
+        elif not any(inode != "0" for inode, _uid in rows):
+            answers.append("no process holds the connection's socket any more (its owner cannot be told)")
+        else:
+            answers.append(None)
+    return answers
 
 
-def _holds(fd_dir: str, wanted: set[str]) -> bool:
+def _held(fd_dir: str, wanted: set[str]) -> set[str]:
+    """The links of `wanted` found in the file table `fd_dir`."""
     try:
         names = os.listdir(fd_dir)
     except OSError:
-        return False
+        return set()
+    found = set()
     for name in names:
         try:
-            if os.readlink(f"{fd_dir}/{name}") in wanted:
-                return True
+            link = os.readlink(f"{fd_dir}/{name}")
         except OSError:
             continue
-    return False
+        if link in wanted:
+            found.add(link)
+    return found
 
 
 def _threads(pid: str) -> list[str]:
@@ -94,8 +142,10 @@ def _threads(pid: str) -> list[str]:
         return []
 
 
-def _descends_from(pid: str, ancestor: int) -> bool:
-    """Whether `ancestor` is on the parent chain of `pid` (read now, not from an earlier snapshot)."""
+def _descends_from(pid: str, ancestor: int) -> bool | None:
+    """Whether `ancestor` is on the parent chain of `pid` (read now, not from an earlier snapshot); None when
+    the chain could not be read (a process of it ended meanwhile: a run's process that held the socket and
+    exited before it was looked at must not pass for someone else's)."""
     seen: set[str] = set()
     while pid not in ("0", "1") and pid not in seen:
         seen.add(pid)
@@ -103,7 +153,7 @@ def _descends_from(pid: str, ancestor: int) -> bool:
             with open(f"/proc/{pid}/stat") as stat:
                 pid = stat.read().rsplit(")", 1)[1].split()[1]
         except (OSError, IndexError):
-            return False
+            return None
         if pid == str(ancestor):
             return True
     return False
@@ -133,30 +183,61 @@ def _runs_may_exist() -> bool:
     return False
 
 
-def run_holding(client_port: int, server_port: int, server: int | None = None) -> str | None:
-    """Why the connection from `client_port` to `server_port` is refused: a descendant of the server (this
+def run_holding(client: Address, server_address: Address, server: int | None = None) -> str | None:
+    """Why the connection from `client` to `server_address` is refused: a descendant of the server (this
     process, or the one whose /proc pid is `server`: `dashboard --web` beside it) holds its client socket (a
     run), or no visible process does. None when a process that is not a run holds it (the agent, a browser), or
     when the connection is not a local one."""
+    return runs_holding([(client, server_address)], server)[0]
+
+
+def runs_holding(ends: list[Ends], server: int | None = None) -> list[str | None]:
+    """`run_holding` for each connection (its client's and server's addresses), the kernel's tables and /proc read once for all of
+    them (connections checked as they are accepted come in bursts: `accept_check.py`)."""
     if server is None:
         if not _runs_may_exist():
-            return None
+            return [None] * len(ends)
         server = _own_pid()
-    inodes = _socket_inodes(client_port, server_port)
-    if inodes is None:
-        return None
-    wanted = {f"socket:[{inode}]" for inode in inodes}
+    rows_of = _client_rows(ends)
+    links_of = {
+        end: {f"socket:[{inode}]" for inode, _uid in rows if inode != "0"} for end, rows in rows_of.items()
+    }
+    wanted = set().union(*links_of.values()) if links_of else set()
+    holder: dict[
+        str, tuple[int, str]
+    ] = {}  # link -> (the order it was found in, the first process holding it)
     pids = [name for name in os.listdir("/proc") if name.isdigit()] if wanted else []
     for look_at_threads in (False, True):  # the processes' own tables first (most threads share them)
         for pid in pids:
+            if len(holder) == len(wanted):
+                break
             tables = (
                 [f"/proc/{pid}/task/{tid}/fd" for tid in _threads(pid)]
                 if look_at_threads
                 else [f"/proc/{pid}/fd"]
             )
-            if any(_holds(table, wanted) for table in tables):
-                # only a run's process can hand a run's socket on, and only to a process of the run
-                if _descends_from(pid, server):
-                    return f"this request comes from a process of one of the server's runs (pid {pid})"
-                return None
-    return NO_HOLDER
+            for table in tables:
+                for link in _held(table, wanted - holder.keys()):
+                    holder[link] = (len(holder), pid)
+    answers: list[str | None] = []
+    for end in ends:
+        if not rows_of[end]:  # not a local connection
+            answers.append(None)
+            continue
+        found = sorted(holder[link] for link in links_of[end] if link in holder)
+        if not found:
+            answers.append(NO_HOLDER)
+            continue
+        descends = _descends_from(found[0][1], server)
+        if descends is None:
+            answers.append(
+                f"the process that held the connection's socket (pid {found[0][1]}) ended meanwhile"
+            )
+        elif descends:
+            # only a run's process can hand a run's socket on, and only to a process of the run
+            answers.append(
+                f"this request comes from a process of one of the server's runs (pid {found[0][1]})"
+            )
+        else:
+            answers.append(None)
+    return answers

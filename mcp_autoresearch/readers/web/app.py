@@ -116,7 +116,9 @@ class RefuseServersRuns:
         client, server = scope.get("client"), scope.get("server")
         pid = server_pid(self.root) if scope["type"] == "http" else None
         if pid is not None and client and server and client[1] and server[1]:
-            why = await anyio.to_thread.run_sync(peers.run_holding, int(client[1]), int(server[1]), pid)
+            why = await anyio.to_thread.run_sync(
+                peers.run_holding, (str(client[0]), int(client[1])), (str(server[0]), int(server[1])), pid
+            )
             if why is not None:
                 await respond(send, 403, {"error": FROM_A_RUN.format(why=why)}, [])
                 return
