@@ -59,7 +59,7 @@ MOUNTING_FIXTURES = {"small_disk", "few_inodes"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """For pytest-xdist (`-n 2 --dist loadgroup`, the README's command): every test that uses the session's Ray
+    """For pytest-xdist (`-n 4 --dist loadgroup`, the README's command): every test that uses the session's Ray
     head runs on one worker (one head for the whole run, not one per worker), the tests of spares and of mounts
     on one worker (SPARES_MODULES), and the long soak starts first, so that no worker is left with it at the end
     while the other has nothing to do."""
