@@ -25,7 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 from .conftest import TRAIN_PY, Agent, make_repo
 from .helpers.attacks import ISOLATION, _log_text, attack
 from .helpers.needs import require
-from .test_server_process import anyio_backend, http_server  # noqa: F401 (fixtures)
+from .test_server_process import anyio_backend, candidate_log_over_http, http_server  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.anyio
 
@@ -453,25 +453,12 @@ async def test_a_run_cannot_hide_its_client_socket_from_the_servers_check(
 ) -> None:
     url, token, _how = http_server
     port = url.split(":")[-1].split("/")[0]
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
-        Client(streamable_http_client(url, http_client=http)) as client,
-    ):
-        agent = Agent(client)
-        await agent.ok("start_session", tag="hidden")
-        await agent.ok("run_experiment", description="baseline")
-        await agent.until_done()
-        assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
-        await agent.edit(
-            "LR = 0.5", "LR = 0.4\n" + textwrap.dedent(HIDDEN_CLIENT).replace("PORT_VALUE", port)
-        )
-        run = await agent.ok("run_experiment", description="a client socket the check cannot see")
-        run = await agent.until_done(run["run_id"])
-        log = Path(run["log_path"]).read_text()
-        assert "thread [('initialize', 403)]" in log, log
-        assert "in flight [('initialize', 403)]" in log, log
-        assert "ACCEPTED" not in log, log
-        assert "LR = 0.0001" not in (ml_project / "train.py").read_text()
+    code = textwrap.dedent(HIDDEN_CLIENT).replace("PORT_VALUE", port)
+    log = await candidate_log_over_http(url, token, "hidden", code)
+    assert "thread [('initialize', 403)]" in log, log
+    assert "in flight [('initialize', 403)]" in log, log
+    assert "ACCEPTED" not in log, log
+    assert "LR = 0.0001" not in (ml_project / "train.py").read_text()
 
 
 # the disk: a run fills the file system's inodes, not its bytes

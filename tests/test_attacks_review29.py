@@ -12,18 +12,13 @@ from __future__ import annotations
 import os
 import socket
 import textwrap
-from pathlib import Path
 
-import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from mcp_autoresearch.adapters import peers
 
-from .conftest import Agent
 from .test_http import INIT
-from .test_server_process import anyio_backend, http_server  # noqa: F401 (fixtures)
+from .test_server_process import anyio_backend, candidate_log_over_http, http_server  # noqa: F401 (fixtures)
 
 
 def _held_by_a_child(
@@ -106,21 +101,9 @@ async def test_a_run_cannot_call_the_tools_from_the_servers_own_port(
 ) -> None:
     url, token, _how = http_server
     port = url.split(":")[-1].split("/")[0]
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
-        Client(streamable_http_client(url, http_client=http)) as client,
-    ):
-        agent = Agent(client)
-        await agent.ok("start_session", tag="own-port")
-        await agent.ok("run_experiment", description="baseline")
-        await agent.until_done()
-        assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
-        code = CALLS_FROM_THE_SERVERS_PORT.replace("PORT_VALUE", port).replace("INIT_VALUE", repr(INIT))
-        await agent.edit("LR = 0.5", "LR = 0.4\n" + textwrap.dedent(code))
-        run = await agent.ok("run_experiment", description="calls from the server's own port")
-        run = await agent.until_done(run["run_id"])
-        log = Path(run["log_path"]).read_text()
-        assert "ANSWER HTTP/1.1 403" in log and "runs never call its tools" in log, log
+    code = CALLS_FROM_THE_SERVERS_PORT.replace("PORT_VALUE", port).replace("INIT_VALUE", repr(INIT))
+    log = await candidate_log_over_http(url, token, "own-port", textwrap.dedent(code))
+    assert "ANSWER HTTP/1.1 403" in log and "runs never call its tools" in log, log
 
 
 def test_a_holder_that_ended_before_it_was_looked_at_is_no_one_elses() -> None:

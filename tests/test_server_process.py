@@ -137,6 +137,24 @@ def http_server(
     assert warned == (request.param == "command line"), stderr.read_text()
 
 
+async def candidate_log_over_http(url: str, token: str, tag: str, code: str) -> str:
+    """Over the HTTP transport at `url`: a session whose baseline is kept, then a candidate that runs `code`
+    (its first lines); the candidate's run log."""
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        agent = Agent(client)
+        await agent.ok("start_session", tag=tag)
+        await agent.ok("run_experiment", description="baseline")
+        await agent.until_done()
+        assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
+        await agent.edit("LR = 0.5", "LR = 0.4\n" + code)
+        run = await agent.ok("run_experiment", description=f"the candidate of {tag}")
+        run = await agent.until_done(run["run_id"])
+        return Path(run["log_path"]).read_text()
+
+
 async def test_a_run_cannot_call_the_server_with_what_its_proc_files_show(
     http_server: tuple[str, str, str], ml_project: Path
 ) -> None:
