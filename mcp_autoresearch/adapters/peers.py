@@ -144,16 +144,18 @@ def _threads(pid: str) -> list[str]:
 
 def _descends_from(pid: str, ancestor: int) -> bool | None:
     """Whether `ancestor` is on the parent chain of `pid` (read now, not from an earlier snapshot); None when
-    the chain could not be read (a process of it ended meanwhile: a run's process that held the socket and
-    exited before it was looked at must not pass for someone else's)."""
+    `pid` itself can no longer be read (it ended meanwhile: a run's process that held the socket and exited
+    before it was looked at must not pass for someone else's). An ancestor that cannot be read ends the chain
+    (with `hidepid`, another user's processes, an agent's sshd among them, are not shown)."""
     seen: set[str] = set()
     while pid not in ("0", "1") and pid not in seen:
-        seen.add(pid)
         try:
             with open(f"/proc/{pid}/stat") as stat:
-                pid = stat.read().rsplit(")", 1)[1].split()[1]
+                parent = stat.read().rsplit(")", 1)[1].split()[1]
         except (OSError, IndexError):
-            return None
+            return None if not seen else False
+        seen.add(pid)
+        pid = parent
         if pid == str(ancestor):
             return True
     return False
