@@ -21,14 +21,13 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from .peers import Ends
+from .peers import Ends, ends_of
 
 log = logging.getLogger("mcp_autoresearch")
 
 MAX_WAITING = 256  # connections accepted and not yet checked, beyond which a new one is closed unread
-MAX_ANSWERED = (
-    8  # refused connections kept for their request to be read (see `refuse`); beyond, closed at once
-)
+# refused connections kept for their request to be read (see `refuse`); beyond, closed at once
+MAX_ANSWERED = 8
 # asyncio accepts up to the listening socket's backlog in one go, a descriptor each, before any of them is
 # seen here: the backlog bounds that burst (a client beyond it waits for the kernel's retry of its SYN).
 BACKLOG = 64
@@ -43,9 +42,8 @@ class Gate:
     def __init__(self, check: Check) -> None:
         self.check = check
         self.waiting: list[CheckedConnection] = []
-        self.refused: set[CheckedConnection] = (
-            set()
-        )  # answered 403, read until their request came (or briefly)
+        # answered 403, kept until their request came (or `REFUSED_WAIT_S`)
+        self.refused: set[CheckedConnection] = set()
         self.checking = False
 
     def enter(self, connection: CheckedConnection) -> None:
@@ -98,11 +96,11 @@ class CheckedConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         transport.pause_reading()
-        peer, own = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
-        if not (isinstance(peer, tuple) and isinstance(own, tuple)):  # not TCP: the request's checks decide
+        ends = ends_of(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
+        if ends is None:  # not TCP: the request's checks decide
             self.admit()
             return
-        self.ends = ((str(peer[0]), int(peer[1])), (str(own[0]), int(own[1])))
+        self.ends = ends
         self.gate.enter(self)
 
     def admit(self) -> None:

@@ -92,11 +92,9 @@ class RefuseRuns:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client, server = scope.get("client"), scope.get("server")
-        if scope["type"] in ("http", "websocket") and client and server and client[1] and server[1]:
-            why = await anyio.to_thread.run_sync(
-                peers.run_holding, (str(client[0]), int(client[1])), (str(server[0]), int(server[1]))
-            )
+        ends = peers.ends_of(scope.get("client"), scope.get("server"))
+        if scope["type"] in ("http", "websocket") and ends is not None:
+            why = await anyio.to_thread.run_sync(peers.run_holding, *ends)
             if why is not None:
                 await respond(send, 403, {"error": FROM_A_RUN.format(why=why)}, [])
                 return
@@ -112,13 +110,11 @@ class RefuseOtherUsers:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client, server = scope.get("client"), scope.get("server")
+        ends = peers.ends_of(scope.get("client"), scope.get("server"))
         if scope["type"] in ("http", "websocket"):
             why = (
-                await anyio.to_thread.run_sync(
-                    peers.stranger_holding, (str(client[0]), int(client[1])), (str(server[0]), int(server[1]))
-                )
-                if client and server and client[1] and server[1]
+                await anyio.to_thread.run_sync(peers.stranger_holding, *ends)
+                if ends is not None
                 else "the connection's ends are unknown (not a TCP connection)"
             )
             if why is not None:

@@ -34,6 +34,16 @@ Ends = tuple[Address, Address]  # (the client's, the server's)
 _At = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]  # an address as the tables compare it
 
 
+def ends_of(client: object, server: object) -> Ends | None:
+    """A connection's ends from ASGI's `client` and `server` (or a socket's peername and sockname): None when
+    either is unknown (not a TCP connection)."""
+    if not (isinstance(client, tuple | list) and isinstance(server, tuple | list)):
+        return None
+    if len(client) < 2 or len(server) < 2 or not client[1] or not server[1]:
+        return None
+    return (str(client[0]), int(client[1])), (str(server[0]), int(server[1]))
+
+
 def _address(host: str, port: int) -> _At | None:
     """An address as the tables compare it: an IPv4 address mapped into IPv6 (a dual-stack socket's) as IPv4."""
     try:

@@ -113,12 +113,10 @@ class RefuseServersRuns:
         self.root = root
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client, server = scope.get("client"), scope.get("server")
+        ends = peers.ends_of(scope.get("client"), scope.get("server"))
         pid = server_pid(self.root) if scope["type"] == "http" else None
-        if pid is not None and client and server and client[1] and server[1]:
-            why = await anyio.to_thread.run_sync(
-                peers.run_holding, (str(client[0]), int(client[1])), (str(server[0]), int(server[1])), pid
-            )
+        if pid is not None and ends is not None:
+            why = await anyio.to_thread.run_sync(peers.run_holding, *ends, pid)
             if why is not None:
                 await respond(send, 403, {"error": FROM_A_RUN.format(why=why)}, [])
                 return
