@@ -28,7 +28,16 @@ from mcp_autoresearch.lifecycle.experiment import Experiment
 from mcp_autoresearch.measure import output_size
 
 from .helpers.ports import free_port
-from .helpers.ray_head import ISOLATION, _config, _experiment, _project
+from .helpers.ray_head import (
+    ISOLATION,
+    _config,
+    _experiment,
+    _project,
+    _ray_ports,
+    _ready,
+    _start_head,
+    _stop_head,
+)
 
 # Ray's own tail_job_logs passes ssl=None to aiohttp.
 pytestmark = pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")
@@ -670,3 +679,23 @@ def test_a_large_output_does_not_grow_the_clusters_log_of_the_job_past_the_limit
     [job] = [j for j in client.list_jobs() if j.submission_id not in before]
     assert len(client.get_job_logs(job.submission_id)) <= 2_000_000
     assert Path(result.log_path).stat().st_size <= 1_000_200
+
+
+def test_a_private_head_that_lost_its_job_agents_port_is_found_out() -> None:
+    """The CI's failure of 2026-12-06: a port the head was given was taken before its job agent bound it, so the
+    agent lived without its HTTP service and every job was refused ("No available agent") for the 600 s the
+    fixture waited. The fixture now sees it in the agent's log and starts a head on other ports: this pins the
+    sign it looks for (a Ray that words it otherwise fails here, not by a 600 s wait in CI)."""
+    import socket
+
+    ports = _ray_ports()
+    with socket.socket() as taken:
+        taken.bind(("", ports["--dashboard-agent-listen-port"]))
+        taken.listen()
+        head, address, temp = _start_head(ports)
+        try:
+            assert _ready(head, address, temp) is False
+        finally:
+            _stop_head(head, temp)
+    left = [p for p in psutil.process_iter(["cmdline"]) if any(temp in a for a in p.info["cmdline"] or ())]
+    assert not left and not os.path.exists(temp), left

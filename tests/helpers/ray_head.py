@@ -4,6 +4,8 @@ experiment that the Ray tests share."""
 from __future__ import annotations
 
 import os
+import random
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,31 +35,73 @@ def _answers(address: str) -> bool:
         return False
 
 
+_RAY_PORT_FLAGS = (
+    "--port",
+    "--dashboard-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+    "--node-manager-port",
+    "--object-manager-port",
+    "--ray-client-server-port",
+)
+# What a Ray component writes when the port it was given is taken: the job agent then stays alive without its
+# HTTP service, and every job is refused with "No available agent" while the head looks healthy.
+_PORT_TAKEN = (b"Failed to start HTTP server",)
+
+
+def _ray_ports() -> dict[str, int]:
+    """A listening port for each of the head's servers, outside the kernel's range for outgoing connections:
+    a port from bind(0) is free only for a moment, and any process's next connect (the other workers' Ray heads
+    make hundreds) may take it as its local port. Ray's own workers use 10002-19999."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    if low - 20000 < 1000:
+        return {flag: free_port() for flag in _RAY_PORT_FLAGS}
+    chosen: dict[str, int] = {}
+    while len(chosen) < len(_RAY_PORT_FLAGS):
+        port = random.randrange(20000, low)
+        if port in chosen.values():
+            continue
+        with socket.socket() as sock:  # on every address: Ray's components bind the node's address too
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+        chosen[_RAY_PORT_FLAGS[len(chosen)]] = port
+    return chosen
+
+
 @pytest.fixture(scope="session")
 def ray_address() -> Iterator[str]:
     """A Ray head of our own (`ray start --head --block`, every port free, its own temp dir), ended at the end
-    by killing the process tree we started: `ray stop` would stop every cluster on the machine."""
+    by killing the process tree we started: `ray stop` would stop every cluster on the machine. A head that
+    lost one of its ports to another process before it bound it is stopped and started again on new ones."""
     try:
         import ray  # noqa: F401
     except ImportError:
         if os.environ.get("CI"):
             pytest.fail("Ray is not installed (pip install '.[test]'): the Ray tests must run in CI")
         pytest.skip("Ray is not installed (pip install 'mcp-autoresearch[ray]')")
+    for attempt in range(1, 4):
+        head, address, temp = _start_head()
+        try:
+            if _ready(head, address, temp):
+                yield address
+                return
+            assert attempt < 3, f"the Ray head lost a port or died on three starts (logs were in {temp})"
+        finally:
+            _stop_head(head, temp)
+
+
+def _start_head(ports: dict[str, int] | None = None) -> tuple[subprocess.Popen[bytes], str, str]:
+    """`ray start --head --block` on `ports` (else free ones): (the process, the job API's address, its temp
+    dir)."""
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit AF_UNIX limits
-    ports = {
-        flag: free_port()
-        for flag in (
-            "--port",
-            "--dashboard-port",
-            "--dashboard-agent-listen-port",
-            "--dashboard-agent-grpc-port",
-            "--runtime-env-agent-port",
-            "--metrics-export-port",
-            "--node-manager-port",
-            "--object-manager-port",
-            "--ray-client-server-port",
-        )
-    }
+    ports = ports or _ray_ports()
     # No token: Ray 2.52+ would otherwise turn on token auth for a new local cluster and write ~/.ray/auth_token.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
     env["RAY_AUTH_MODE"] = "disabled"
@@ -77,49 +121,69 @@ def ray_address() -> Iterator[str]:
     head = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
     )
-    address = f"http://127.0.0.1:{ports['--dashboard-port']}"
-    try:
-        # Awaited while the head lives (a loaded machine starts it slowly); the bound only stops a head that hangs.
-        deadline = time.monotonic() + 600
-        while not _answers(address):
-            assert head.poll() is None, "ray start --head failed"
-            assert time.monotonic() < deadline, "the Ray job API never answered"
-            time.sleep(0.2)
-        _warm_up(address, head)
-        yield address
-    finally:
-        tree = [psutil.Process(head.pid)]
+    return head, f"http://127.0.0.1:{ports['--dashboard-port']}", temp
+
+
+def _lost_a_port(head: subprocess.Popen[bytes], temp: str) -> bool:
+    """The head exited (a server of `ray start` itself could not bind), or a component's log says its port
+    was taken."""
+    if head.poll() is not None:
+        return True
+    for log in Path(temp).glob("session_*/logs/*"):
         try:
-            tree += tree[0].children(recursive=True)
-        except psutil.Error:
-            pass
-        for proc in tree:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(tree, timeout=10)
-        subprocess.run(["rm", "-rf", temp], check=False)
+            text = log.read_bytes()
+        except OSError:
+            continue
+        if any(sign in text for sign in _PORT_TAKEN):
+            return True
+    return False
 
 
-def _warm_up(address: str, head: subprocess.Popen[bytes]) -> None:
-    """The job agent answers a little after the dashboard (and, on a loaded machine, the dashboard may stop
-    answering for a while): the first job is retried while the head lives, until it is accepted."""
-    from ray.job_submission import JobSubmissionClient
+def _ready(head: subprocess.Popen[bytes], address: str, temp: str) -> bool:
+    """Whether the head ran a first job, awaited while the head lives and keeps its ports (a loaded machine
+    starts it slowly; the job agent answers a little after the dashboard): False when it lost a port or died
+    meanwhile (the runtime environment's agent without its port takes the head down after the job was
+    accepted). The bound only stops a head that hangs."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
 
     deadline = time.monotonic() + 600
-    while True:
+    job = None
+    status = None
+    while status is None or not status.is_terminal():
+        if _lost_a_port(head, temp):
+            return False
+        assert time.monotonic() < deadline, "the Ray head never ran a first job"
+        time.sleep(0.3)
         try:
-            client = JobSubmissionClient(address)
-            job = client.submit_job(entrypoint="true")
-            break
+            if _answers(address):
+                client = JobSubmissionClient(address)
+                job = job or client.submit_job(entrypoint="true")
+                status = client.get_job_status(job)
         except Exception:
-            assert head.poll() is None, "the Ray head died while it started"
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    while not client.get_job_status(job).is_terminal():
-        time.sleep(0.2)
+            pass
+    if _lost_a_port(head, temp):
+        return False
+    assert status == JobStatus.SUCCEEDED, f"the Ray head's first job ended {status}"
+    return True
+
+
+def _stop_head(head: subprocess.Popen[bytes], temp: str) -> None:
+    """Every process of the head: its tree, and those it left behind when it exited (found by its temp dir)."""
+    tree: list[psutil.Process] = []
+    try:
+        tree = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]
+    except psutil.Error:
+        pass
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc not in tree and any(temp in arg for arg in proc.info["cmdline"] or ()):
+            tree.append(proc)
+    for proc in tree:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(tree, timeout=10)
+    subprocess.run(["rm", "-rf", temp], check=False)
 
 
 def _config(command: str, **settings: object):
