@@ -87,18 +87,32 @@ def run_wrapper(spec: dict, root: str) -> int:
 def test_output_streams_into_the_log_and_the_metric_is_read(tmp_path: Path, ray_address: str) -> None:
     root = _project(tmp_path)
     seen: list[tuple[float, float, str]] = []
+    ended: list[int] = []
+    # The run waits in a `sleep` of its own until its line "step 2" has reached the server's progress (the test
+    # ends that sleep then): streamed while it ran, however late Ray's log arrives on a loaded machine.
+    hold = f"280.{time.monotonic_ns() % 10**6:06d}"
     command = (
-        "printf 'step 1\\r'; echo 'step 2'; test -e .git && echo 'GIT UPLOADED'; sleep 2.5; "
+        "printf 'step 1\\r'; echo 'step 2'; test -e .git && echo 'GIT UPLOADED'; "
+        f"sleep {hold}; "
         "echo \"score: 1.25 seed=$AUTORESEARCH_SEED\"; echo 'METRIC aux=3'"
     )
-    config = _config(command, ray_address=ray_address)
+
+    def progress(elapsed: float, timeout: float, line: str) -> None:
+        seen.append((elapsed, timeout, line))
+        if line == "step 2":
+            for proc in psutil.process_iter(["cmdline"]):
+                if proc.info["cmdline"] == ["sleep", hold]:
+                    proc.terminate()
+                    ended.append(proc.pid)
+
+    config = _config(command, ray_address=ray_address, timeout=300)
     experiment = Experiment(
         config,
         root,
         "r1",
         tmp_path / "logs",
         isolation=ISOLATION,
-        on_progress=lambda e, t, line: seen.append((e, t, line)),
+        on_progress=progress,
         backend=RayBackend.from_config(config),
     )
     result = experiment.run()
@@ -111,7 +125,8 @@ def test_output_streams_into_the_log_and_the_metric_is_read(tmp_path: Path, ray_
         and b"#autoresearch-ray" not in log
         and b"GIT UPLOADED" not in log
     )
-    assert seen and seen[0][2] == "step 2" and seen[0][1] == config.timeout  # streamed while it ran
+    assert ("step 2", config.timeout) in [(line, timeout) for _, timeout, line in seen], seen
+    assert ended  # the sleep was ended by the progress that showed "step 2", not by its own end
 
 
 def test_a_size_is_measured_on_the_worker(tmp_path: Path, ray_address: str) -> None:

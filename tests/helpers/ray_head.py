@@ -4,8 +4,6 @@ experiment that the Ray tests share."""
 from __future__ import annotations
 
 import os
-import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,26 +50,13 @@ _PORT_TAKEN = (b"Failed to start HTTP server",)
 
 
 def _ray_ports() -> dict[str, int]:
-    """A listening port for each of the head's servers, outside the kernel's range for outgoing connections:
-    a port from bind(0) is free only for a moment, and any process's next connect (the other workers' Ray heads
-    make hundreds) may take it as its local port. Ray's own workers use 10002-19999."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 0
-    if low - 20000 < 1000:
-        return {flag: free_port() for flag in _RAY_PORT_FLAGS}
+    """A different free port for each of the head's servers (`free_port`: outside the kernel's range for
+    outgoing connections)."""
     chosen: dict[str, int] = {}
     while len(chosen) < len(_RAY_PORT_FLAGS):
-        port = random.randrange(20000, low)
-        if port in chosen.values():
-            continue
-        with socket.socket() as sock:  # on every address: Ray's components bind the node's address too
-            try:
-                sock.bind(("", port))
-            except OSError:
-                continue
-        chosen[_RAY_PORT_FLAGS[len(chosen)]] = port
+        port = free_port()
+        if port not in chosen.values():
+            chosen[_RAY_PORT_FLAGS[len(chosen)]] = port
     return chosen
 
 
