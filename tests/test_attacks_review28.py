@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mcp_autoresearch.measure.metrics import MetricError, read_metric_from_log
+
 from .conftest import make_repo
 from .test_attacks_review22 import _experiment, what_the_candidates_runs_saw
 
@@ -59,16 +61,35 @@ GLUED = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the first form on a line is read, and a form later on the line is never one (it starts no line): fix: "
-    "refuse (metric_error, naming the line) when the line of the last match holds the form again after it, "
-    "the name at a word's start (`loss: 2.1 | val_loss: 2.3` stays read); pre-dates review 27",
-)
 def test_a_candidate_cannot_glue_the_scorers_line_to_its_own(tmp_path: Path) -> None:
     root = make_repo(tmp_path / "p", GLUED)
     result = _experiment(root, "r1", "python3 t.py; python3 score.py").run()
-    assert result.value != 0.0001, result
+    assert result.status == "metric_error" and "glued" in (result.error or "") and result.value is None, (
+        result
+    )
+
+
+LINES_THAT_STAY_READ = {
+    "another name ending in the metric's": ("loss: 2.1 | val_loss: 2.3\n", 2.1),
+    "a progress bar named as the metric, after a carriage return": ("score: 0.4\rscore: 100%|##| 2/2\n", 0.4),
+    "a later value of another unit": ("score: 0.5 (best score_ever 0.4)\n", 0.5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LINES_THAT_STAY_READ))
+def test_a_line_naming_the_metric_once_is_still_read(tmp_path: Path, case: str) -> None:
+    line, value = LINES_THAT_STAY_READ[case]
+    name = "loss" if line.startswith("loss") else "score"
+    log = tmp_path / "run.log"
+    log.write_text("warm-up\n" + line)
+    assert read_metric_from_log(log, name, None) == value
+
+
+def test_the_metric_glued_after_a_later_value_is_refused_naming_the_line(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    log.write_bytes(b"METRIC score=0.0001 METRIC score=0.9\n")
+    with pytest.raises(MetricError, match="METRIC score=0.9"):
+        read_metric_from_log(log, "score", None)
 
 
 # tqdm names its bar by its `desc` and a colon: a bar named as the metric, drawn after the metric's line (a last

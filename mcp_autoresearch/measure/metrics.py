@@ -86,7 +86,20 @@ def last_match(
     whole_lines: bool = False,
     start_at: int = 0,
 ) -> bytes | None:
-    """Group 1 of the last match of any pattern in the file (the match closest to the end wins). Reads
+    """Group 1 of the last match of any pattern in the file (`last_match_at`)."""
+    found = last_match_at(path, patterns, literal, whole_lines, start_at)
+    return found[1] if found is not None else None
+
+
+def last_match_at(
+    path: Path,
+    patterns: list[re.Pattern[bytes]],
+    literal: bytes | None = None,
+    whole_lines: bool = False,
+    start_at: int = 0,
+) -> tuple[int, bytes] | None:
+    """(where it ends in the file, group 1) of the last match of any pattern in the file (the match closest to
+    the end wins). Reads
     backwards in chunks of at most CHUNK bytes, so memory stays bounded whatever the log's size. `literal`,
     a string every match contains, lets chunks without it skip the regex (a substring search is far faster).
     `whole_lines`: a last line without its newline is left out. `start_at`: only the file from this offset (the
@@ -110,7 +123,7 @@ def last_match(
                 cut = window.find(b"\n")
                 if 0 <= cut < len(window) - 1:
                     head = cut + 1
-            best: tuple[int, bytes] | None = None
+            best: tuple[int, int, bytes] | None = None
             if literal is not None and window.find(literal, head) < 0:
                 patterns_here: list[re.Pattern[bytes]] = []
             else:
@@ -118,11 +131,39 @@ def last_match(
             for pattern in patterns_here:
                 for match in pattern.finditer(window, head):
                     if best is None or match.start() >= best[0]:
-                        best = (match.start(), match.group(1))
+                        best = (match.start(), start + match.end(), match.group(1))
             if best is not None:
-                return best[1]
+                return best[1], best[2]
             end = start + head
     return None
+
+
+def _form_again(path: Path, end: int, metric_name: str) -> str | None:
+    """The rest of the line after a built-in form's match, from where the form appears in it again (the name at a
+    word's start: `loss: 2.1 | val_loss: 2.3` holds no second `loss`), or None. A built-in form is read only at a
+    line's start, so `score: 0.0001 score: 0.9` (a candidate's output without its newline, then the scorer's line)
+    read the candidate's value."""
+    name = re.escape(metric_name.encode())
+    again = re.compile(
+        rb"(?<![\w.])"
+        + name
+        + BLANK
+        + rb":"
+        + BLANK
+        + FLOAT
+        + rb"(?![\w.]|%\|)|(?<!\w)METRIC[ \t]+"
+        + name
+        + BLANK
+        + rb"="
+    )
+    try:
+        with os.fdopen(open_regular(path), "rb") as handle:
+            handle.seek(end)
+            rest = handle.read(CHUNK).split(b"\n", 1)[0]
+    except OSError:
+        return None
+    found = again.search(rest)
+    return rest[found.start() : found.start() + 60].decode("utf-8", "replace") if found else None
 
 
 def _complete_end(handle: BinaryIO, end: int) -> int:
@@ -146,7 +187,16 @@ def read_metric_from_log(
     if metric_regex:
         found = last_match(path, [user_pattern(metric_regex)], None, whole_lines, kept_end)
     else:  # both built-in forms contain the metric's name
-        found = last_match(path, builtin_patterns(metric_name), metric_name.encode(), whole_lines, kept_end)
+        at = last_match_at(path, builtin_patterns(metric_name), metric_name.encode(), whole_lines, kept_end)
+        found = at[1] if at is not None else None
+        glued = _form_again(path, at[0], metric_name) if at is not None else None
+        if glued is not None:
+            raise MetricError(
+                f"the line of the metric's last value holds the metric again after it ({glued!r}): two outputs "
+                "were glued into one line (a command whose output did not end with a newline, before the one that "
+                "prints the metric), and the value that starts the line may not be the last one printed; end "
+                "every output with a newline, or print the metric alone on its line"
+            )
     if found is None:
         how = (
             f"metric_regex {metric_regex!r}"
