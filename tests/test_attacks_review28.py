@@ -17,20 +17,13 @@ from .test_attacks_review22 import _experiment, what_the_candidates_runs_saw
 pytestmark = pytest.mark.anyio
 
 # The JSONL (`.autoresearch/autoresearch.jsonl` by default) holds every row's runs and the best's: what the state
-# in `.autoresearch/sessions/` held, hidden from the runs since review 22 for that reason.
+# in `.autoresearch/sessions/` held, hidden from the runs since review 22 for that reason; results.tsv their values.
 READS_THE_JOURNAL = """\
 if grep -qs '"values"' .autoresearch/autoresearch.jsonl; then echo SAW-JOURNAL; fi
+if [ -s results.tsv ]; then echo SAW-RESULTS; fi
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the JSONL (and results.tsv) are files the run's view still shows. Covering them as `hidden` files are "
-    "(/dev/null bound over each) was tried and left: a write to /dev/null succeeds even on a read-only mount, so a "
-    "run appending to results.tsv was no longer refused nor detected (test_loop's tampering tests); fix: bind an "
-    "empty read-only regular file over each, or keep the JSONL in a hidden folder (the judged run and its "
-    "re-measurement see the same rows: this tells a run the best's values, not which of its runs is which)",
-)
 async def test_a_run_cannot_read_the_journal_that_holds_the_best_runs(tmp_path: Path, agent_for) -> None:
     logs, seen = await what_the_candidates_runs_saw(tmp_path, agent_for, READS_THE_JOURNAL)
     assert logs and seen == [], seen

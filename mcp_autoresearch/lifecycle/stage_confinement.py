@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..names import HOLDOUT, OUTPUTS_DIR, RUN_LOGS, SESSIONS, STATE_DIR
+from ..names import HOLDOUT, OUTPUTS_DIR, RESULTS_TSV, RUN_LOGS, SESSIONS, STATE_DIR
 from ..sandbox.caches import run_caches, stage_caches
 from ..sandbox.launcher import Launched, launcher
 from ..sandbox.policy import Isolation, keeper_command, keeper_spec, linked_inputs, writable_paths
@@ -93,6 +93,8 @@ class StageConfinement:
         aside = [str(self.root / STATE_DIR / OUTPUTS_DIR)] if stage == "run" else []
         if stage == "run" and sessions:
             aside.append(str(own / SESSIONS))
+        if stage == "run":  # the journal and results.tsv hold every run's values too (each covered as a file)
+            aside += [str(self.root / self.config.jsonl_path), str(self.root / RESULTS_TSV)]
         if self.slot is not None and stage == "run":  # the other slots' outputs (the best's, say): hidden
             aside.append(str(self.slot[0]))
             if own.name == STATE_DIR:  # the project's own too: earlier sessions' runs left theirs there

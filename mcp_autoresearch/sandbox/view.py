@@ -56,6 +56,21 @@ def _hidden_dirs(extra: list[str]) -> list[str]:
     return found
 
 
+def _empty_file(directory: str) -> str | None:
+    """An empty file made in a hidden `directory`'s tmpfs (before it is made read-only), to cover hidden files;
+    None where it cannot be made."""
+    path = os.path.join(directory, ".autoresearch-empty")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        return path if stat.S_ISREG(info.st_mode) and info.st_size == 0 else None
+    finally:
+        os.close(fd)
+
+
 def _clone(
     libc: ctypes.CDLL, path: str, read_only: bool, within: int = namespaces.AT_FDCWD, devices: bool = False
 ) -> int:
@@ -308,16 +323,38 @@ class View:
                     f"tmpfs on {directory}",
                 )
                 self._read_only(directory)
+        files = [path for path in hide if os.path.isfile(path) and not os.path.islink(path)]
+        empty: str | None = None
         for directory in self.hidden:
             if directory not in self.scratch and self._covered(directory):
+                if files and empty is None:
+                    empty = _empty_file(directory)
                 self._read_only(directory)  # its mount points are made: nothing of a run's is written there
-        for path in hide:  # files (a token) still visible after the directories were hidden
-            if os.path.isfile(path) and not os.path.islink(path):
+        for path in files:  # files (a token, the journal) still visible after the directories were hidden
+            # Covered by an empty read-only file: a run's write to it is refused, as to the file it covers (a write
+            # to /dev/null, which covered them before, succeeded: a run appending to results.tsv went unseen).
+            namespaces._check(
+                libc.mount(
+                    os.fsencode(empty or "/dev/null"),
+                    os.fsencode(path),
+                    None,
+                    ctypes.c_ulong(namespaces.MS_BIND),
+                    None,
+                ),
+                f"hide {path}",
+            )
+            if empty is not None:
                 namespaces._check(
-                    libc.mount(
-                        b"/dev/null", os.fsencode(path), None, ctypes.c_ulong(namespaces.MS_BIND), None
+                    _setattr(
+                        libc,
+                        namespaces.AT_FDCWD,
+                        os.fsencode(path),
+                        namespaces.MOUNT_ATTR_RDONLY,
+                        0,
+                        0,
+                        False,
                     ),
-                    f"hide {path}",
+                    f"make the cover of {path} read-only",
                 )
         os.chdir(cwd)  # the working directory as the view shows it (not the hidden mount beneath)
         namespaces._reopen_standard_files()
