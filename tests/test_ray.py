@@ -86,6 +86,7 @@ def run_wrapper(spec: dict, root: str) -> int:
 
 def test_output_streams_into_the_log_and_the_metric_is_read(tmp_path: Path, ray_address: str) -> None:
     root = _project(tmp_path)
+    (root / "results.tsv").write_text("commit\tscore\n")
     seen: list[tuple[float, float, str]] = []
     ended: list[int] = []
     # The run waits in a `sleep` of its own until its line "step 2" has reached the server's progress (the test
@@ -93,13 +94,14 @@ def test_output_streams_into_the_log_and_the_metric_is_read(tmp_path: Path, ray_
     hold = f"280.{time.monotonic_ns() % 10**6:06d}"
     command = (
         "printf 'step 1\\r'; echo 'step 2'; test -e .git && echo 'GIT UPLOADED'; "
+        "test -e results.tsv && echo 'RECORDS UPLOADED'; "
         f"sleep {hold}; "
         "echo \"score: 1.25 seed=$AUTORESEARCH_SEED\"; echo 'METRIC aux=3'"
     )
 
     def progress(elapsed: float, timeout: float, line: str) -> None:
         seen.append((elapsed, timeout, line))
-        if line == "step 2":
+        if line in ("step 2", "GIT UPLOADED", "RECORDS UPLOADED"):  # the last line before the sleep
             for proc in psutil.process_iter(["cmdline"]):
                 if proc.info["cmdline"] == ["sleep", hold]:
                     proc.terminate()
@@ -124,6 +126,7 @@ def test_output_streams_into_the_log_and_the_metric_is_read(tmp_path: Path, ray_
         re.search(rb"score: 1\.25 seed=\d+\n", log)
         and b"#autoresearch-ray" not in log
         and b"GIT UPLOADED" not in log
+        and b"RECORDS UPLOADED" not in log  # the session's records (every run's values) stay here
     )
     assert ("step 2", config.timeout) in [(line, timeout) for _, timeout, line in seen], seen
     assert ended  # the sleep was ended by the progress that showed "step 2", not by its own end

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..names import RESULTS_TSV
 from ..records.logtail import last_line
 from ..records.run_log import log_bounds
 from ..sandbox.caches import private_variables
@@ -88,6 +89,8 @@ class RayBackend:
     num_gpus: float | None = None
     shared_inputs: list[str] = field(default_factory=list)
     target_file: str | None = None
+    # the server's records of the session (every run's values): never shipped, as the local view hides them
+    records: list[str] = field(default_factory=lambda: [RESULTS_TSV])
     grace_s: float = DEFAULT_GRACE_S
     # names this session's jobs on a shared cluster: autoresearch-<prefix><marker>-<uuid>
     job_prefix: str = ""
@@ -107,6 +110,7 @@ class RayBackend:
             config.ray_num_gpus,
             list(config.shared_inputs),
             config.target_file,
+            records=[config.jsonl_path, RESULTS_TSV],
         )
 
     def stop_jobs(self, run_id: str) -> int:
@@ -309,7 +313,7 @@ class RayJobRun:
             client = self.backend.client()
             with tempfile.TemporaryDirectory(prefix="autoresearch-ray-") as tmp:
                 package = Path(tmp) / f"{self.submission_id}.zip"
-                excluded = [*ALWAYS_EXCLUDED, *self.backend.shared_inputs]
+                excluded = [*ALWAYS_EXCLUDED, *self.backend.records, *self.backend.shared_inputs]
                 limit = package_limit()
                 size = build_package(self.cwd, package, excluded, self.spec, limit)
                 if size >= limit:
