@@ -30,6 +30,9 @@ from pathlib import Path
 import anyio
 from mcp import Client, StdioServerParameters
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' private Ray head
+from tests.helpers.ray_head import private_ray_head  # noqa: E402
+
 IDENTITY = {
     "GIT_AUTHOR_NAME": "bench",
     "GIT_AUTHOR_EMAIL": "b@b",
@@ -156,92 +159,6 @@ def measure(
         shutil.rmtree(base, ignore_errors=True)
 
 
-def start_ray() -> tuple[str, subprocess.Popen[bytes], Path]:
-    """A local Ray head of our own with the Jobs API (`ray start --head --block`, free ports, its own temp dir,
-    no token); ended by killing the tree it started (`ray stop` would stop every cluster on the machine)."""
-    import socket
-    import urllib.request
-
-    def free() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
-
-    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    flags = (
-        "--port",
-        "--dashboard-port",
-        "--dashboard-agent-listen-port",
-        "--dashboard-agent-grpc-port",
-        "--runtime-env-agent-port",
-        "--metrics-export-port",
-        "--node-manager-port",
-        "--object-manager-port",
-        "--ray-client-server-port",
-    )
-    ports = {flag: free() for flag in flags}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
-    env["RAY_AUTH_MODE"] = "disabled"
-    head = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("ray")),
-            "start",
-            "--head",
-            "--block",
-            "--num-cpus=2",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
-            *(f"{flag}={port}" for flag, port in ports.items()),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    address = f"http://127.0.0.1:{ports['--dashboard-port']}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{address}/api/version", timeout=2):
-                break
-        except OSError:
-            if time.monotonic() > deadline or head.poll() is not None:
-                raise RuntimeError("the Ray head did not start") from None
-            time.sleep(0.3)
-    from ray.job_submission import JobSubmissionClient  # the job agent answers a little after the dashboard
-
-    while True:
-        try:
-            job = JobSubmissionClient(address).submit_job(entrypoint="true")
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    while not JobSubmissionClient(address).get_job_status(job).is_terminal():
-        time.sleep(0.2)
-    return address, head, temp
-
-
-def stop_ray(head: subprocess.Popen[bytes], temp: Path) -> None:
-    import psutil
-
-    tree = [psutil.Process(head.pid)]
-    try:
-        tree += tree[0].children(recursive=True)
-    except psutil.Error:
-        pass
-    for proc in tree:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(tree, timeout=10)
-    shutil.rmtree(temp, ignore_errors=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=1.0, help="work per run (s)")
@@ -261,13 +178,10 @@ def main() -> None:
         rows.append((one, four))
     if args.ray or args.ray_only:
         seconds = args.ray_seconds or args.seconds
-        address, head, temp = start_ray()
-        try:
+        with private_ray_head() as address:
             one = measure("cpu, 1 local slot", "cpu", seconds, 1, n)
             ray = measure("cpu, Ray, 2 slots", "cpu", seconds, 2, 2 * n, "ray", address)
             rows.append((one, ray))
-        finally:
-            stop_ray(head, temp)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"load {os.getloadavg()[0]:.2f}; work {args.seconds:g} s per run (Ray: {args.ray_seconds or args.seconds:g} s)"

@@ -33,10 +33,10 @@ from .helpers.ray_head import (
     _config,
     _experiment,
     _project,
-    _ray_ports,
-    _ready,
-    _start_head,
-    _stop_head,
+    head_ready,
+    ray_ports,
+    start_head,
+    stop_head,
 )
 
 # Ray's own tail_job_logs passes ssl=None to aiohttp.
@@ -706,14 +706,14 @@ def test_a_private_head_that_lost_its_job_agents_port_is_found_out() -> None:
     sign it looks for (a Ray that words it otherwise fails here, not by a 600 s wait in CI)."""
     import socket
 
-    ports = _ray_ports()
+    ports = ray_ports()
     with socket.socket() as taken:
         taken.bind(("", ports["--dashboard-agent-listen-port"]))
         taken.listen()
-        head, address, temp = _start_head(ports)
+        head, address, temp = start_head(ports)
         try:
-            assert _ready(head, address, temp) is False
+            assert head_ready(head, address, temp) is False
         finally:
-            _stop_head(head, temp)
+            stop_head(head, temp)
     left = [p for p in psutil.process_iter(["cmdline"]) if any(temp in a for a in p.info["cmdline"] or ())]
     assert not left and not os.path.exists(temp), left

@@ -3,6 +3,7 @@ experiment that the Ray tests share."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -49,7 +50,7 @@ _RAY_PORT_FLAGS = (
 _PORT_TAKEN = (b"Failed to start HTTP server",)
 
 
-def _ray_ports() -> dict[str, int]:
+def ray_ports() -> dict[str, int]:
     """A different free port for each of the head's servers (`free_port`: outside the kernel's range for
     outgoing connections)."""
     chosen: dict[str, int] = {}
@@ -62,31 +63,39 @@ def _ray_ports() -> dict[str, int]:
 
 @pytest.fixture(scope="session")
 def ray_address() -> Iterator[str]:
-    """A Ray head of our own (`ray start --head --block`, every port free, its own temp dir), ended at the end
-    by killing the process tree we started: `ray stop` would stop every cluster on the machine. A head that
-    lost one of its ports to another process before it bound it is stopped and started again on new ones."""
+    """The session's private Ray head (`private_ray_head`), for every Ray test."""
     try:
         import ray  # noqa: F401
     except ImportError:
         if os.environ.get("CI"):
             pytest.fail("Ray is not installed (pip install '.[test]'): the Ray tests must run in CI")
         pytest.skip("Ray is not installed (pip install 'mcp-autoresearch[ray]')")
+    with private_ray_head() as address:
+        yield address
+
+
+@contextlib.contextmanager
+def private_ray_head() -> Iterator[str]:
+    """A Ray head of our own (`ray start --head --block`, every port free, its own temp dir), its job API's
+    address, ended by killing its processes: `ray stop` would stop every cluster on the machine. A head that
+    lost one of its ports to another process before it bound it is stopped and started again on new ones.
+    Also the benchmarks' (bench/slots.py, bench/ray_job_latency.py)."""
     for attempt in range(1, 4):
-        head, address, temp = _start_head()
+        head, address, temp = start_head()
         try:
-            if _ready(head, address, temp):
+            if head_ready(head, address, temp):
                 yield address
                 return
             assert attempt < 3, f"the Ray head lost a port or died on three starts (logs were in {temp})"
         finally:
-            _stop_head(head, temp)
+            stop_head(head, temp)
 
 
-def _start_head(ports: dict[str, int] | None = None) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_head(ports: dict[str, int] | None = None) -> tuple[subprocess.Popen[bytes], str, str]:
     """`ray start --head --block` on `ports` (else free ones): (the process, the job API's address, its temp
     dir)."""
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit AF_UNIX limits
-    ports = ports or _ray_ports()
+    ports = ports or ray_ports()
     # No token: Ray 2.52+ would otherwise turn on token auth for a new local cluster and write ~/.ray/auth_token.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
     env["RAY_AUTH_MODE"] = "disabled"
@@ -124,7 +133,7 @@ def _lost_a_port(head: subprocess.Popen[bytes], temp: str) -> bool:
     return False
 
 
-def _ready(head: subprocess.Popen[bytes], address: str, temp: str) -> bool:
+def head_ready(head: subprocess.Popen[bytes], address: str, temp: str) -> bool:
     """Whether the head ran a first job, awaited while the head lives and keeps its ports (a loaded machine
     starts it slowly; the job agent answers a little after the dashboard): False when it lost a port or died
     meanwhile (the runtime environment's agent without its port takes the head down after the job was
@@ -152,7 +161,7 @@ def _ready(head: subprocess.Popen[bytes], address: str, temp: str) -> bool:
     return True
 
 
-def _stop_head(head: subprocess.Popen[bytes], temp: str) -> None:
+def stop_head(head: subprocess.Popen[bytes], temp: str) -> None:
     """Every process of the head: its tree, and those it left behind when it exited (found by its temp dir)."""
     tree: list[psutil.Process] = []
     try:
