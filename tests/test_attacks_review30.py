@@ -11,6 +11,8 @@ import pytest
 from mcp_autoresearch.measure.metrics import MetricError, read_metric_from_log
 
 from .conftest import make_repo
+from .helpers.ray_head import _experiment as _ray_experiment
+from .helpers.ray_head import _project
 from .test_attacks_review22 import _experiment
 
 # The run's command runs the candidate, then the project's scorer, into one log. The candidate cannot write after
@@ -76,3 +78,16 @@ def test_lines_naming_the_metric_once_are_still_read(tmp_path: Path, case: str) 
     log.write_text(text)
     name = "val_bpb" if "val_bpb" in text else "score"
     assert read_metric_from_log(log, name, None) == value
+
+
+# `jsonl_path` is taken as given (relative to the project, or absolute): an absolute path inside the project was
+# never the relative path the Ray package leaves out, and the JSONL (every run's values) was shipped to the worker,
+# where the local view hides it.
+def test_an_absolute_jsonl_path_is_not_shipped_to_a_ray_worker(tmp_path: Path, ray_address: str) -> None:
+    root = _project(tmp_path)
+    (root / "logs").mkdir()
+    (root / "logs" / "ar.jsonl").write_text('{"values": [1.0]}\n')
+    command = "test -e logs/ar.jsonl && echo 'JOURNAL UPLOADED'; echo 'score: 1'"
+    result = _ray_experiment(root, ray_address, command, jsonl_path=str(root / "logs" / "ar.jsonl")).run()
+    assert result.status == "ok" and result.value == 1.0, result.error
+    assert b"JOURNAL UPLOADED" not in Path(result.log_path).read_bytes()
