@@ -63,7 +63,6 @@ def test_a_candidate_cannot_glue_the_scorers_line_to_its_own(tmp_path: Path) -> 
 
 
 LINES_THAT_STAY_READ = {
-    "another name ending in the metric's": ("loss: 2.1 | val_loss: 2.3\n", 2.1),
     "a progress bar named as the metric, after a carriage return": ("score: 0.4\rscore: 100%|##| 2/2\n", 0.4),
     "a later value of another unit": ("score: 0.5 (best score_ever 0.4)\n", 0.5),
 }
@@ -72,7 +71,7 @@ LINES_THAT_STAY_READ = {
 @pytest.mark.parametrize("case", sorted(LINES_THAT_STAY_READ))
 def test_a_line_naming_the_metric_once_is_still_read(tmp_path: Path, case: str) -> None:
     line, value = LINES_THAT_STAY_READ[case]
-    name = "loss" if line.startswith("loss") else "score"
+    name = "score"  # (`loss: 2.1 | val_loss: 2.3` is refused since review 30: test_attacks_review30.py)
     log = tmp_path / "run.log"
     log.write_text("warm-up\n" + line)
     assert read_metric_from_log(log, name, None) == value

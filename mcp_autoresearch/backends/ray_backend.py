@@ -63,7 +63,7 @@ from ..sandbox.process_run import DEFAULT_GRACE_S, ProcessResult, ProgressCallba
 from ..sandbox.write_grants import DEVICE_DIRS, DEVICE_FILES, DEVICE_GLOBS
 from ..setup.config import Config
 from . import ray_records, ray_wrapper
-from .ray_package import ALWAYS_EXCLUDED, WRAPPER_DIR, Log, StartError, build_package, package_limit
+from .ray_package import ALWAYS_EXCLUDED, WRAPPER_DIR, Log, StartError, build_package, package_limit, within
 from .ray_trust import END_WAIT_S, ray_contradiction, rejection
 
 log = logging.getLogger("mcp_autoresearch")
@@ -313,7 +313,11 @@ class RayJobRun:
             client = self.backend.client()
             with tempfile.TemporaryDirectory(prefix="autoresearch-ray-") as tmp:
                 package = Path(tmp) / f"{self.submission_id}.zip"
-                excluded = [*ALWAYS_EXCLUDED, *self.backend.records, *self.backend.shared_inputs]
+                excluded = [
+                    *ALWAYS_EXCLUDED,
+                    *within(self.cwd, self.backend.records),
+                    *self.backend.shared_inputs,
+                ]
                 limit = package_limit()
                 size = build_package(self.cwd, package, excluded, self.spec, limit)
                 if size >= limit:

@@ -81,6 +81,21 @@ def _normalized(entry: str) -> str:
     return os.path.normpath(entry.strip()).replace(os.sep, "/")
 
 
+def within(cwd: Path, paths: list[str]) -> list[str]:
+    """`paths` (relative to `cwd`, or absolute: `jsonl_path` is taken as given) as the relative paths
+    `build_package` leaves out: an absolute one, or one through `..`, inside `cwd` too (where they lead, links
+    followed, as well as as given); one outside it is not in the package anyway."""
+    top = os.path.realpath(cwd)
+    found = []
+    for path in paths:
+        found.append(path)
+        for where in (os.path.normpath(os.path.join(cwd, path)), os.path.realpath(os.path.join(cwd, path))):
+            for base in (os.path.normpath(cwd), top):
+                if os.path.commonpath([base, where]) == base and where != base:
+                    found.append(os.path.relpath(where, base))
+    return found
+
+
 def build_package(cwd: Path, dest: Path, excluded: list[str], spec: ray_wrapper.JobSpec, limit: int) -> int:
     """Zip the snapshot (minus `excluded` relative paths), the wrapper and its spec into `dest`; returns the
     zip's size. Files are added by content (a link to a file counts as that file), modes are kept (Ray restores

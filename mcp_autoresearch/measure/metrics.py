@@ -138,32 +138,29 @@ def last_match_at(
     return None
 
 
-def _form_again(path: Path, end: int, metric_name: str) -> str | None:
-    """The rest of the line after a built-in form's match, from where the form appears in it again (the name at a
-    word's start: `loss: 2.1 | val_loss: 2.3` holds no second `loss`), or None. A built-in form is read only at a
-    line's start, so `score: 0.0001 score: 0.9` (a candidate's output without its newline, then the scorer's line)
-    read the candidate's value."""
+def _form_again(path: Path, end: int, metric_name: str, whole_lines: bool) -> str | None:
+    """The metric's form where it appears after a built-in form's match anywhere in the rest of the log, not only
+    at a line's start (`score: 0.0001 x` + `score: 0.9`, or `score: 0.0001`, a line, then `x` + `score: 0.9`: a
+    candidate's output without its last newline, then the scorer's line, which no longer starts a line and was not
+    read), or None. Whatever stands before it: the candidate wrote those bytes (`val_` of `val_loss: 2.3` too)."""
     name = re.escape(metric_name.encode())
     again = re.compile(
-        rb"(?<![\w.])"
+        rb"("
         + name
         + BLANK
         + rb":"
         + BLANK
         + FLOAT
-        + rb"(?![\w.]|%\|)|(?<!\w)METRIC[ \t]+"
+        + rb"(?![\w.]|%\|)|METRIC[ \t]+"
         + name
         + BLANK
         + rb"="
+        + BLANK
+        + FLOAT
+        + rb")"
     )
-    try:
-        with os.fdopen(open_regular(path), "rb") as handle:
-            handle.seek(end)
-            rest = handle.read(CHUNK).split(b"\n", 1)[0]
-    except OSError:
-        return None
-    found = again.search(rest)
-    return rest[found.start() : found.start() + 60].decode("utf-8", "replace") if found else None
+    found = last_match(path, [again], metric_name.encode(), whole_lines, end)
+    return found[:60].decode("utf-8", "replace") if found is not None else None
 
 
 def _complete_end(handle: BinaryIO, end: int) -> int:
@@ -189,13 +186,15 @@ def read_metric_from_log(
     else:  # both built-in forms contain the metric's name
         at = last_match_at(path, builtin_patterns(metric_name), metric_name.encode(), whole_lines, kept_end)
         found = at[1] if at is not None else None
-        glued = _form_again(path, at[0], metric_name) if at is not None else None
+        glued = _form_again(path, at[0], metric_name, whole_lines) if at is not None else None
         if glued is not None:
             raise MetricError(
-                f"the line of the metric's last value holds the metric again after it ({glued!r}): two outputs "
-                "were glued into one line (a command whose output did not end with a newline, before the one that "
-                "prints the metric), and the value that starts the line may not be the last one printed; end "
-                "every output with a newline, or print the metric alone on its line"
+                f"the output holds the metric again after its last value that starts a line ({glued!r}, not at a "
+                "line's start): two outputs may have been glued into one line (a command whose output did not end "
+                "with a newline, before the one that prints the metric), and the value read may not be the last one "
+                "printed; end every output with a newline and print the metric last, alone on its line (a name "
+                "that ends in the metric's, `val_loss` for `loss`, printed after it: print it before, or set "
+                "metric_regex)"
             )
     if found is None:
         how = (

@@ -164,10 +164,13 @@ def head_ready(head: subprocess.Popen[bytes], address: str, temp: str) -> bool:
 def stop_head(head: subprocess.Popen[bytes], temp: str) -> None:
     """Every process of the head: its tree, and those it left behind when it exited (found by its temp dir)."""
     tree: list[psutil.Process] = []
-    try:
-        tree = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]
-    except psutil.Error:
-        pass
+    # Its pid only while it is not reaped: a head that exited was reaped by `poll`, and its pid may be another
+    # process's now (what it left behind is found by its temp dir below).
+    if head.poll() is None:
+        try:
+            tree = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]
+        except psutil.Error:
+            pass
     for proc in psutil.process_iter(["cmdline"]):
         if proc not in tree and any(temp in arg for arg in proc.info["cmdline"] or ()):
             tree.append(proc)
