@@ -533,3 +533,29 @@ def test_no_block_device_is_left_in_the_view(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.stdout.strip() == "0", (result.stdout, result.stderr)
+
+
+def test_a_record_is_shown_empty_and_read_only_and_a_hidden_file_is_no_file(tmp_path: Path) -> None:
+    """The server's records (`records`: the JSONL, results.tsv) read empty in the view and a write to them is
+    refused; a `hide`n file is /dev/null, no regular file at all (a scorer importing the hidden target finds no
+    module). Before, the records were /dev/null too: a run's append to results.tsv went nowhere, unseen."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    (tmp_path / "results.tsv").write_text("r1\tscore\t0.5\tkeep\n")
+    (tmp_path / "objective.py").write_text("X = 1\n")
+    spec = keeper_spec_for_view([])
+    spec["records"], spec["hide"] = [str(tmp_path / "results.tsv")], [str(tmp_path / "objective.py")]
+    argv = confine.command_line(sys.executable, spec, ["/bin/sh", "-c", PROBE_RECORDS])
+    assert confine.parse_args(argv[4:])[0]["records"] == [str(tmp_path / "results.tsv")]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.split() == ["size=0", "append-refused", "hidden-not-regular"], (
+        result.stdout,
+        result.stderr,
+    )
+    assert (tmp_path / "results.tsv").read_text() == "r1\tscore\t0.5\tkeep\n"
+
+
+PROBE_RECORDS = (
+    'echo "size=$(wc -c < results.tsv)"; '
+    "(echo forged >> results.tsv) 2>/dev/null && echo append-done || echo append-refused; "
+    "test -f objective.py && echo hidden-regular || echo hidden-not-regular"
+)

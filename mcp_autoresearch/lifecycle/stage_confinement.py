@@ -93,8 +93,6 @@ class StageConfinement:
         aside = [str(self.root / STATE_DIR / OUTPUTS_DIR)] if stage == "run" else []
         if stage == "run" and sessions:
             aside.append(str(own / SESSIONS))
-        if stage == "run":  # the journal and results.tsv hold every run's values too (each covered as a file)
-            aside += [str(self.root / self.config.jsonl_path), str(self.root / RESULTS_TSV)]
         if self.slot is not None and stage == "run":  # the other slots' outputs (the best's, say): hidden
             aside.append(str(self.slot[0]))
             if own.name == STATE_DIR:  # the project's own too: earlier sessions' runs left theirs there
@@ -102,11 +100,24 @@ class StageConfinement:
             reads = [str(self.slot[1]), *reads]  # this slot's checkout, shown again
         return reads, [*hidden_paths(self.config), *holdout, *logs, *aside]
 
+    def records(self, stage: str) -> list[str]:
+        """The server's records a run sees empty (and cannot write): the JSONL and results.tsv hold every run's
+        values, the best's too, from which it could work out which of its runs is the re-measurement."""
+        return (
+            [str(self.root / self.config.jsonl_path), str(self.root / RESULTS_TSV)] if stage == "run" else []
+        )
+
     def wrap(self, argv: list[str], tmpdir: str, stage: str = "run", shown: Path | None = None) -> list[str]:
         assert self.isolation is not None
         reads, hide = self.view(stage, shown)
         return keeper_command(
-            self.isolation, self.writable(tmpdir, stage), argv, DEFAULT_GRACE_S, reads, hide
+            self.isolation,
+            self.writable(tmpdir, stage),
+            argv,
+            DEFAULT_GRACE_S,
+            reads,
+            hide,
+            self.records(stage),
         )
 
     def launch(
@@ -122,5 +133,8 @@ class StageConfinement:
     ) -> Launched:
         assert self.isolation is not None
         reads, hide = self.view(stage, shown)
-        spec = keeper_spec(self.isolation, self.writable(tmpdir, stage), DEFAULT_GRACE_S, reads, hide)
+        records = self.records(stage)
+        spec = keeper_spec(
+            self.isolation, self.writable(tmpdir, stage), DEFAULT_GRACE_S, reads, hide, records
+        )
         return launcher().spawn(argv, cwd, env, out_fd, spec, err_fd)

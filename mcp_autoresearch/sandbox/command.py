@@ -118,7 +118,12 @@ def become_command(
         made, cwd, real = standby if standby is not None else (None, "", {})
         if made is not None:
             scratch = made.finish(
-                list(spec.get("write", [])), cwd, list(spec.get("read", [])), list(spec.get("hide", [])), real
+                list(spec.get("write", [])),
+                cwd,
+                list(spec.get("read", [])),
+                list(spec.get("hide", [])),
+                real,
+                list(spec.get("records", [])),
             )
             if ruleset is not None:
                 allow_beneath(ruleset, abi, scratch)  # sealed already, when the view was made
@@ -178,6 +183,7 @@ def enter_view(
             network,
             list(spec.get("read", [])),
             list(spec.get("hide", [])),
+            list(spec.get("records", [])),
         )
     except OSError as exc:
         raise namespaces.ViewError(f"{exc.strerror}: {exc.filename}") from None

@@ -408,7 +408,7 @@ def writable_outputs(spec: KeeperSpec) -> list[str]:
     return [path for path in spec.get("write", []) if path.startswith(cwd) and os.path.isdir(path)]
 
 
-_PATH_FLAGS = {"-w": "write", "-r": "read", "-x": "hide"}
+_PATH_FLAGS = {"-w": "write", "-r": "read", "-x": "hide", "-e": "records"}
 
 
 class KeeperSpec(TypedDict, total=False):
@@ -417,6 +417,7 @@ class KeeperSpec(TypedDict, total=False):
     write: list[str]  # the paths the run may write beneath (Landlock; mounted writable in the view)
     read: list[str]  # paths the view keeps showing where a hidden directory covers them
     hide: list[str]  # paths the view hides
+    records: list[str]  # files the view shows empty and read-only (the server's records)
     landlock: bool  # apply Landlock
     scope_signal: bool  # Landlock's signal scope (the run cannot signal outside its domain)
     view: bool  # build the private view (namespaces)
@@ -427,7 +428,7 @@ class KeeperSpec(TypedDict, total=False):
 
 def parse_args(args: list[str]) -> tuple[KeeperSpec, list[str]]:
     """`[--landlock] [--no-scope] [--view] [--no-network] [--parent PID] [--grace S] [-w PATH]... [-r PATH]...
-    [-x PATH]... -- COMMAND...` (-x: hidden in the view; no argparse or json: every import here is paid on every
+    [-x PATH]... [-e PATH]... -- COMMAND...` (-x: hidden in the view; -e: shown empty and read-only; no argparse or json: every import here is paid on every
     run)."""
     spec: KeeperSpec = {"write": [], "landlock": False, "scope_signal": True}
     index = 0
@@ -443,7 +444,7 @@ def parse_args(args: list[str]) -> tuple[KeeperSpec, list[str]]:
             spec["view"] = True
         elif arg == "--no-network":
             spec["network"] = False
-        elif arg in ("-w", "-r", "-x", "--parent", "--grace") and index + 1 < len(args):
+        elif arg in ("-w", "-r", "-x", "-e", "--parent", "--grace") and index + 1 < len(args):
             index += 1
             value = args[index]
             if arg in _PATH_FLAGS:
@@ -477,6 +478,7 @@ def command_line(python: str, spec: KeeperSpec, argv: list[str]) -> list[str]:
         *(("-w", p) for p in spec.get("write", [])),
         *(("-r", p) for p in spec.get("read", [])),
         *(("-x", p) for p in spec.get("hide", [])),
+        *(("-e", p) for p in spec.get("records", [])),
     ]:
         line += [flag, path]
     return [*line, "--", *argv]

@@ -195,11 +195,12 @@ def keeper_command(
     grace_s: float,
     reads: list[str] | None = None,
     hide: list[str] | None = None,
+    records: list[str] | None = None,
 ) -> list[str]:
     """The argv that runs `argv` under the keeper: confined when Landlock or the view is in use, supervised
     either way."""
     spec: confine.KeeperSpec = {
-        **keeper_spec(isolation, writable, grace_s, reads, hide),
+        **keeper_spec(isolation, writable, grace_s, reads, hide, records),
         "parent": os.getpid(),
     }
     return confine.command_line(sys.executable, spec, argv)
@@ -211,9 +212,11 @@ def keeper_spec(
     grace_s: float,
     reads: list[str] | None = None,
     hide: list[str] | None = None,
+    records: list[str] | None = None,
 ) -> confine.KeeperSpec:
     """What the keeper is told: Landlock and its writable paths, the private view (with `reads`, paths it must
-    keep showing, and `hide`, paths it covers: the `hidden` data), the network, the grace."""
+    keep showing, `hide`, paths it covers: the `hidden` data, and `records`, files it shows empty and read-only:
+    the server's), the network, the grace."""
     spec: confine.KeeperSpec = {"landlock": isolation.confined, "grace": grace_s}
     spec["write"] = writable if (isolation.confined or isolation.namespaces) else []
     if isolation.namespaces:
@@ -222,6 +225,8 @@ def keeper_spec(
         spec["read"] = view_reads() + list(reads or [])
         if hide:
             spec["hide"] = list(hide)
+        if records:
+            spec["records"] = list(records)
     return spec
 
 

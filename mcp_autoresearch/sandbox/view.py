@@ -139,13 +139,14 @@ def build_view(
     network: bool,
     extra_read: list[str] | None = None,
     hide: list[str] | None = None,
+    records: list[str] | None = None,
 ) -> list[str]:
     """In the command's process, a PID 1 of the keeper's namespaces, before Landlock and `exec`: the view
     described in the module docstring (`View`, made and finished at once). Returns the fresh scratch
     directories (Landlock must allow writes there too). Raises namespaces.ViewError."""
     real = resolved([*writable, cwd, *(extra_read or [])])
     made = View(hide or [], network)
-    scratch = made.finish(writable, cwd, extra_read or [], hide or [], real)
+    scratch = made.finish(writable, cwd, extra_read or [], hide or [], real, records or [])
     made.let_go(None)
     return scratch
 
@@ -288,7 +289,13 @@ class View:
         self.scratch = [directory for directory in self.hidden if self._cover(directory)]
 
     def finish(
-        self, writable: list[str], cwd: str, extra_read: list[str], hide: list[str], real: dict[str, str]
+        self,
+        writable: list[str],
+        cwd: str,
+        extra_read: list[str],
+        hide: list[str],
+        real: dict[str, str],
+        records: list[str] | None = None,
     ) -> list[str]:
         """Show the request's paths again (see the class) and move to `cwd`; before Landlock and `exec`. `real`:
         those paths resolved outside the view (`resolved`). Returns the fresh scratch directories (Landlock must
@@ -323,42 +330,48 @@ class View:
                     f"tmpfs on {directory}",
                 )
                 self._read_only(directory)
-        files = [path for path in hide if os.path.isfile(path) and not os.path.islink(path)]
+        files = [path for path in (records or []) if os.path.isfile(path) and not os.path.islink(path)]
         empty: str | None = None
         for directory in self.hidden:
             if directory not in self.scratch and self._covered(directory):
                 if files and empty is None:
                     empty = _empty_file(directory)
                 self._read_only(directory)  # its mount points are made: nothing of a run's is written there
-        for path in files:  # files (a token, the journal) still visible after the directories were hidden
-            # Covered by an empty read-only file: a run's write to it is refused, as to the file it covers (a write
-            # to /dev/null, which covered them before, succeeded: a run appending to results.tsv went unseen).
-            namespaces._check(
-                libc.mount(
-                    os.fsencode(empty or "/dev/null"),
-                    os.fsencode(path),
-                    None,
-                    ctypes.c_ulong(namespaces.MS_BIND),
-                    None,
-                ),
-                f"hide {path}",
-            )
-            if empty is not None:
-                namespaces._check(
-                    _setattr(
-                        libc,
-                        namespaces.AT_FDCWD,
-                        os.fsencode(path),
-                        namespaces.MOUNT_ATTR_RDONLY,
-                        0,
-                        0,
-                        False,
-                    ),
-                    f"make the cover of {path} read-only",
-                )
+        for (
+            path
+        ) in hide:  # files (a token, the target from the evaluation) still visible: no file there at all
+            if os.path.isfile(path) and not os.path.islink(path):
+                self._cover_file("/dev/null", path, read_only=False)
+        for path in files:
+            # The server's records (the journal, results.tsv): read empty, and a run's write to them is refused,
+            # as to the file they cover (a write to /dev/null succeeds: a run appending to results.tsv went
+            # unseen). Without a hidden tmpfs to make the empty file in, /dev/null still hides them.
+            self._cover_file(empty or "/dev/null", path, read_only=empty is not None)
         os.chdir(cwd)  # the working directory as the view shows it (not the hidden mount beneath)
         namespaces._reopen_standard_files()
         return [*self.scratch, *self.terminals]
+
+    def _cover_file(self, source: str, path: str, read_only: bool) -> None:
+        """`source` bound over the file at `path`, that mount read-only when asked."""
+        namespaces._check(
+            self.libc.mount(
+                os.fsencode(source), os.fsencode(path), None, ctypes.c_ulong(namespaces.MS_BIND), None
+            ),
+            f"hide {path}",
+        )
+        if read_only:
+            namespaces._check(
+                _setattr(
+                    self.libc,
+                    namespaces.AT_FDCWD,
+                    os.fsencode(path),
+                    namespaces.MOUNT_ATTR_RDONLY,
+                    0,
+                    0,
+                    False,
+                ),
+                f"make the cover of {path} read-only",
+            )
 
     def _read_only(self, directory: str) -> None:
         """The tmpfs over a hidden `directory` read-only (that mount alone: a writable path shown again beneath
