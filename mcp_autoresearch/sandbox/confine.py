@@ -427,9 +427,8 @@ class KeeperSpec(TypedDict, total=False):
 
 
 def parse_args(args: list[str]) -> tuple[KeeperSpec, list[str]]:
-    """`[--landlock] [--no-scope] [--view] [--no-network] [--parent PID] [--grace S] [-w PATH]... [-r PATH]...
-    [-x PATH]... [-e PATH]... -- COMMAND...` (-x: hidden in the view; -e: shown empty and read-only; no argparse or json: every import here is paid on every
-    run)."""
+    """`[--landlock] [--no-scope] [--view] [--no-network] [--parent PID] [--grace S] [-w|-r|-x|-e PATH]...
+    -- COMMAND...` (-x: hidden in the view, -e: shown empty; no argparse or json: each import costs every run)."""
     spec: KeeperSpec = {"write": [], "landlock": False, "scope_signal": True}
     index = 0
     while index < len(args):

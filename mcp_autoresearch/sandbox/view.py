@@ -339,13 +339,12 @@ class View:
                 self._read_only(directory)  # its mount points are made: nothing of a run's is written there
         for (
             path
-        ) in hide:  # files (a token, the target from the evaluation) still visible: no file there at all
+        ) in hide:  # files still visible (a token, the target from the evaluation): no file there at all
             if os.path.isfile(path) and not os.path.islink(path):
                 self._cover_file("/dev/null", path, read_only=False)
-        for path in files:
-            # The server's records (the journal, results.tsv): read empty, and a run's write to them is refused,
-            # as to the file they cover (a write to /dev/null succeeds: a run appending to results.tsv went
-            # unseen). Without a hidden tmpfs to make the empty file in, /dev/null still hides them.
+        for (
+            path
+        ) in files:  # the server's records: read empty, a write refused (to /dev/null it would succeed)
             self._cover_file(empty or "/dev/null", path, read_only=empty is not None)
         os.chdir(cwd)  # the working directory as the view shows it (not the hidden mount beneath)
         namespaces._reopen_standard_files()
@@ -360,22 +359,11 @@ class View:
             f"hide {path}",
         )
         if read_only:
-            namespaces._check(
-                _setattr(
-                    self.libc,
-                    namespaces.AT_FDCWD,
-                    os.fsencode(path),
-                    namespaces.MOUNT_ATTR_RDONLY,
-                    0,
-                    0,
-                    False,
-                ),
-                f"make the cover of {path} read-only",
-            )
+            self._read_only(path)
 
     def _read_only(self, directory: str) -> None:
-        """The tmpfs over a hidden `directory` read-only (that mount alone: a writable path shown again beneath
-        it stays writable). Without Landlock the view alone holds a run: such a tmpfs was writable, up to half
+        """The tmpfs over a hidden `directory` (or a file's cover) read-only (that mount alone: a writable path
+        shown again beneath it stays writable). Without Landlock the view alone holds a run: such a tmpfs was writable, up to half
         the machine's memory each, past the scratch folders' bounds."""
         namespaces._check(
             _setattr(
@@ -386,7 +374,7 @@ class View:
                 0,
                 recursive=False,
             ),
-            f"make the tmpfs on {directory} read-only",
+            f"make the mount on {directory} read-only",
         )
 
     def let_go(self, keeper: socket.socket | None) -> None:
