@@ -57,7 +57,7 @@ def _hidden_dirs(extra: list[str]) -> list[str]:
 
 
 def _empty_file(directory: str) -> str | None:
-    """An empty file made in a hidden `directory`'s tmpfs (before it is made read-only), to cover hidden files;
+    """An empty file made in a hidden `directory`'s tmpfs (before it is made read-only), to cover the records;
     None where it cannot be made."""
     path = os.path.join(directory, ".autoresearch-empty")
     try:
