@@ -55,13 +55,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..names import RESULTS_TSV
 from ..records.logtail import last_line
 from ..records.run_log import log_bounds
 from ..sandbox.caches import private_variables
 from ..sandbox.process_run import DEFAULT_GRACE_S, ProcessResult, ProgressCallback
 from ..sandbox.write_grants import DEVICE_DIRS, DEVICE_FILES, DEVICE_GLOBS
 from ..setup.config import Config
+from ..setup.stage_config import session_records
 from . import ray_records, ray_wrapper
 from .ray_package import ALWAYS_EXCLUDED, WRAPPER_DIR, Log, StartError, build_package, package_limit, within
 from .ray_trust import END_WAIT_S, ray_contradiction, rejection
@@ -89,8 +89,7 @@ class RayBackend:
     num_gpus: float | None = None
     shared_inputs: list[str] = field(default_factory=list)
     target_file: str | None = None
-    # the server's records of the session (every run's values): never shipped, as the local view hides them
-    records: list[str] = field(default_factory=lambda: [RESULTS_TSV])
+    records: list[str] = field(default_factory=list)  # never shipped (`session_records`)
     grace_s: float = DEFAULT_GRACE_S
     # names this session's jobs on a shared cluster: autoresearch-<prefix><marker>-<uuid>
     job_prefix: str = ""
@@ -110,7 +109,7 @@ class RayBackend:
             config.ray_num_gpus,
             list(config.shared_inputs),
             config.target_file,
-            records=[config.jsonl_path, RESULTS_TSV],
+            records=session_records(config),
         )
 
     def stop_jobs(self, run_id: str) -> int:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..names import HOLDOUT, OUTPUTS_DIR, RESULTS_TSV, RUN_LOGS, SESSIONS, STATE_DIR
+from ..names import HOLDOUT, OUTPUTS_DIR, RUN_LOGS, SESSIONS, STATE_DIR
 from ..sandbox.caches import run_caches, stage_caches
 from ..sandbox.launcher import Launched, launcher
 from ..sandbox.policy import Isolation, keeper_command, keeper_spec, linked_inputs, writable_paths
 from ..sandbox.process_run import DEFAULT_GRACE_S
 from ..setup.config import Config
-from ..setup.stage_config import hidden_paths
+from ..setup.stage_config import hidden_paths, session_records
 from .evaluation import eval_writable, evaluation_logs
 
 
@@ -101,11 +101,8 @@ class StageConfinement:
         return reads, [*hidden_paths(self.config), *holdout, *logs, *aside]
 
     def records(self, stage: str) -> list[str]:
-        """The server's records a run sees empty (and cannot write): the JSONL and results.tsv hold every run's
-        values, the best's too, from which it could work out which of its runs is the re-measurement."""
-        return (
-            [str(self.root / self.config.jsonl_path), str(self.root / RESULTS_TSV)] if stage == "run" else []
-        )
+        """The server's records a run sees empty and cannot write (`session_records`), in the "run" stage."""
+        return [str(self.root / path) for path in session_records(self.config)] if stage == "run" else []
 
     def wrap(self, argv: list[str], tmpdir: str, stage: str = "run", shown: Path | None = None) -> list[str]:
         assert self.isolation is not None

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ConfigError, SessionError
-from ..names import RUN_LOG
+from ..names import RESULTS_TSV, RUN_LOG
 from ..sandbox.policy import Isolation
 from .config import Config
 
@@ -156,6 +156,13 @@ def _code_words(command: str) -> list[str]:
         elif word.lower().endswith(SCRIPT_SUFFIXES):
             found.append(os.path.join(folder, word))
     return found
+
+
+def session_records(config: Config) -> list[str]:
+    """The server's records of the session, relative to the project: the JSONL and results.tsv hold every run's
+    values, the best's too, from which a run could work out which of its runs is the re-measurement. A run
+    sees them empty (the view), and they are never shipped to a Ray worker."""
+    return [config.jsonl_path, RESULTS_TSV]
 
 
 def hidden_paths(config: Config) -> list[str]:
