@@ -110,6 +110,36 @@ def test_the_hidden_folders_follow_the_request(launcher: Launcher, tmp_path: Pat
     assert output.splitlines() == ["1", "b"], output  # hidden for the spare only: shown again
 
 
+def test_a_project_under_a_hidden_folder_keeps_the_view_made_ahead(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    """A project under /tmp (hidden as a whole) whose request hides its own folders: the standby process serves
+    it with the view it made ahead. The request's hidden folders are judged outside the view, as when the view
+    was made: inside, /tmp's cover hid them, the request seemed to hide nothing, and every run took the view's
+    covers away and made them anew on its own start (half a millisecond a run, bench/loop_overhead.py)."""
+    for name in ("runs", "sessions"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "secret").write_text(name)
+    hide = [str(tmp_path / "runs"), str(tmp_path / "sessions")]
+    spec = {**VIEW, "write": [str(tmp_path / "w")], "hide": hide}
+    spares = _prepared_like(launcher, tmp_path, spec)
+    covers = {
+        spare: os.stat(f"/proc/{standby}/root/tmp").st_dev
+        for spare, standby in _standbys(launcher, spares).items()
+    }
+    keeper, code, output = _run_spec(
+        launcher,
+        tmp_path,
+        "stat -c %d /tmp; { test -e runs/secret || test -e sessions/secret; } && echo seen || echo hidden",
+        spec,
+    )
+    assert keeper in spares and code == 0, output
+    assert output.splitlines() == [str(covers[keeper]), "hidden"], (
+        covers,
+        output,
+    )  # the same cover; still hidden
+
+
 def test_a_hidden_folder_deleted_since_the_spare_was_made_does_not_fail_the_next_run(
     launcher: Launcher, tmp_path: Path
 ) -> None:

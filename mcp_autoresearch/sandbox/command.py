@@ -86,7 +86,7 @@ def run_standby(
         request["env"],
         ruleset,
         int(request.get("abi", 0)),
-        (made, request["cwd"], request["real"]),
+        (made, request["cwd"], request["real"], request.get("hide_dirs")),
         channel if request.get("outputs") else None,
         channel,
     )
@@ -99,13 +99,13 @@ def become_command(
     env: dict[str, str] | None,
     ruleset: int | None,
     abi: int,
-    standby: tuple[view.View | None, str, dict[str, str]] | None,
+    standby: tuple[view.View | None, str, dict[str, str], list[str] | None] | None,
     listener: socket.socket | None,
     keeper: socket.socket | None = None,
 ) -> None:
     """In the command's own process, held by the keeper: the signals a program expects, the private view (made
     here, or finished when a standby process made it ahead: `standby` = (the view, the request's directory, its
-    paths resolved outside)), the output directories' listener handed to the keeper through `listener`,
+    paths resolved and its folders to hide, both seen outside)), the output directories' listener handed to the keeper through `listener`,
     Landlock, exec. `keeper`: a standby process's channel to its keeper, where the view's spent copy of the
     mounts is let go (`View.let_go`). Never returns."""
     try:
@@ -115,7 +115,7 @@ def become_command(
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         libc.prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0)
-        made, cwd, real = standby if standby is not None else (None, "", {})
+        made, cwd, real, hide_dirs = standby if standby is not None else (None, "", {}, None)
         if made is not None:
             scratch = made.finish(
                 list(spec.get("write", [])),
@@ -124,6 +124,7 @@ def become_command(
                 list(spec.get("hide", [])),
                 real,
                 list(spec.get("records", [])),
+                hide_dirs,
             )
             if ruleset is not None:
                 allow_beneath(ruleset, abi, scratch)  # sealed already, when the view was made

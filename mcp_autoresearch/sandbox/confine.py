@@ -151,8 +151,7 @@ def _others_end(command: int) -> None:
 
 
 def _stopped(libc: ctypes.CDLL, command: int, pid: int, code: int) -> None:
-    """A ptrace stop of the command: its exit (end the rest of the run first), a group stop (stay stopped), or a
-    signal on its way (deliver it)."""
+    """A ptrace stop of the command: its exit (end the rest of the run first), a group stop, or a signal (sent on)."""
     event = code >> 16
     if pid == command and event == PTRACE_EVENT_EXIT:
         _others_end(command)
@@ -361,8 +360,9 @@ def _start_standby(
         "env": dict(os.environ) if env is None else env,
         "spec": dict(spec),
         "cwd": cwd,
-        # resolved here, outside the view: the standby process copies them from the mounts as they were
+        # Seen outside the view: the paths resolved (copied from the mounts as they were), the folders to hide.
         "real": view.resolved([*spec.get("write", []), cwd, *spec.get("read", [])]),
+        "hide_dirs": view.directories(list(spec.get("hide", []))),
         "abi": abi,
         "ruleset": ruleset is not None,
         "outputs": bool(outputs),

@@ -29,10 +29,13 @@ else:  # run as a script: confine.py is imported from beside this file, and noth
     del sys.path[0]
 
 SPARES = 2  # keepers forked ahead of time
-# A spare missing (one still ready) is forked after this long without a request or an exit: soon when no command
-# runs (not at once: a re-measurement right after its run is served by the other spare, not held up by a fork);
-# while one runs, only after a long quiet (a fork and a spare's preparation would take the CPU its end needs).
-QUIET_S = 0.003
+# Spares are forked one at a time, each after this long without a request or an exit: soon when no command runs,
+# though not before the server had time to ask for a re-measurement (about 3 ms after its run ends here: a fork
+# then would prepare a spare on the CPU that run needs; the other spare serves it); while one runs, only after a
+# long quiet (a spare's preparation would take the CPU the command and its end need), even with none ready. With
+# none ready and none running, one is forked at once. One at a time: two preparing together took both cores of
+# a small machine from the server's work between runs (bench/loop_overhead.py: a kept experiment 3 ms dearer).
+QUIET_S = 0.010
 QUIET_RUNNING_S = 0.25
 
 
@@ -257,15 +260,16 @@ class Spares:
         self.like: dict[str, Any] | None = None  # the last request's spec
 
     def fill(self) -> None:
-        if len(self.ready) < SPARES:
-            # What every spare prepares the same (the list of block devices, the C library's handles): done here
-            # once, each spare forked with it (it only checks /dev is unchanged) instead of each making it anew.
-            confine.prepare()
-        while len(self.ready) < SPARES:
-            try:
-                self.ready.append(Spare(self.like))
-            except OSError:  # no process or socket left for now: a request forks its keeper
-                return
+        """One spare more, when one is missing (`QUIET_S` says why one at a time)."""
+        if len(self.ready) >= SPARES:
+            return
+        # What every spare prepares the same (the list of block devices, the C library's handles): done here once,
+        # each spare forked with it (it only checks /dev is unchanged) instead of each making it anew.
+        confine.prepare()
+        try:
+            self.ready.append(Spare(self.like))
+        except OSError:  # no process or socket left for now: a request forks its keeper
+            pass
 
     def take(self, data: bytes, fds: list[int], spec: dict[str, Any]) -> int | None:
         """The pid of a spare that took the request, or None (none that fits is left alive). A spare made for
@@ -299,8 +303,7 @@ class Spares:
 def serve(sock_fd: int) -> None:
     """Read start requests (JSON + the output fd) on a SOCK_SEQPACKET socket from the server, answer each with
     the keeper's pid, and report every keeper's exit status. Spare keepers wait for the next requests: forked
-    when the launcher starts and again after a keeper's exit is reported (or when nothing else happens), so the
-    fork is off the run's path. When the server goes (end of file on the socket), every keeper is told to stop
+    one at a time when nothing else happens (`QUIET_S`), so the fork is off the run's path. When the server goes (end of file on the socket), every keeper is told to stop
     (each ends its whole run) and the launcher leaves."""
     sock = socket.socket(fileno=sock_fd)
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -320,10 +323,10 @@ def serve(sock_fd: int) -> None:
 
     while True:
         try:
-            # Spares are forked when nothing else happens: a request that comes meanwhile (a re-measurement
-            # right after its run) does not wait for a fork, while the other spare serves it.
+            # Spares are forked when nothing else happens (`QUIET_S`): a request that comes meanwhile (a
+            # re-measurement right after its run) does not wait for a fork, while the other spare serves it.
             quiet = QUIET_RUNNING_S if keepers else QUIET_S
-            wait = None if len(spares.ready) == SPARES else quiet if spares.ready else 0.0
+            wait = None if len(spares.ready) == SPARES else quiet if spares.ready or keepers else 0.0
             ready, _, changed = select.select([sock_fd, wake_r], [], mounts, wait)
         except InterruptedError:
             continue

@@ -145,8 +145,9 @@ def build_view(
     described in the module docstring (`View`, made and finished at once). Returns the fresh scratch
     directories (Landlock must allow writes there too). Raises namespaces.ViewError."""
     real = resolved([*writable, cwd, *(extra_read or [])])
+    hide_dirs = directories(hide or [])
     made = View(hide or [], network)
-    scratch = made.finish(writable, cwd, extra_read or [], hide or [], real, records or [])
+    scratch = made.finish(writable, cwd, extra_read or [], hide or [], real, records or [], hide_dirs)
     made.let_go(None)
     return scratch
 
@@ -171,7 +172,7 @@ class View:
         self.root = _clone(libc, "/", False, devices=True)  # taken before anything is hidden or read-only
         self.spent: list[int] = []  # `root` once the request's paths were copied from it (see `let_go`)
         self.covers: dict[str, tuple[int, int]] = {}  # hidden directory -> its tmpfs (device, inode)
-        self.hide = _hide_dirs(hide)
+        self.hide = directories(hide)
         self.hidden = _hidden_dirs(self.hide)
         namespaces._check(
             _setattr(
@@ -269,12 +270,11 @@ class View:
         except OSError:
             return False
 
-    def _rehide(self, hide: list[str]) -> None:
-        """The hidden directories of a request whose own list differs from the one the view was made for, or
-        when one of them is no longer the folder that was hidden (deleted, or moved away and made anew since: its
-        tmpfs went with it): the tmpfs still over each is taken away (innermost first), the request's are
-        mounted."""
-        wanted = _hide_dirs(hide)
+    def _rehide(self, wanted: list[str]) -> None:
+        """The hidden directories of a request whose own list (`wanted`: its directories, `directories`)
+        differs from the one the view was made for, or when one of them is no longer the folder that was hidden
+        (deleted, or moved away and made anew since: its tmpfs went with it): the tmpfs still over each is taken
+        away (innermost first), the request's are mounted."""
         hidden = _hidden_dirs(wanted)
         if wanted == self.hide and hidden == self.hidden and all(map(self._covered, hidden)):
             return
@@ -296,12 +296,15 @@ class View:
         hide: list[str],
         real: dict[str, str],
         records: list[str] | None = None,
+        hide_dirs: list[str] | None = None,
     ) -> list[str]:
         """Show the request's paths again (see the class) and move to `cwd`; before Landlock and `exec`. `real`:
-        those paths resolved outside the view (`resolved`). Returns the fresh scratch directories (Landlock must
-        allow writes there too)."""
+        those paths resolved outside the view (`resolved`); `hide_dirs`: the directories among `hide`, as seen
+        outside the view too (`directories`: inside, one under a hidden directory is not there, and the view
+        would be hidden anew for each run of a project under /tmp). Returns the fresh scratch directories
+        (Landlock must allow writes there too)."""
         libc = self.libc
-        self._rehide(hide)
+        self._rehide(directories(hide) if hide_dirs is None else hide_dirs)
         self._hide_devices()
         copies = self._copies(writable, [cwd, *extra_read], real)
         if (
@@ -482,7 +485,8 @@ def _identity(path: str) -> tuple[int, int]:
     return found.st_dev, found.st_ino
 
 
-def _hide_dirs(hide: list[str]) -> list[str]:
+def directories(hide: list[str]) -> list[str]:
+    """The directories among the paths to hide (the others are files, covered one by one)."""
     return [path for path in hide if os.path.isdir(path)]
 
 
