@@ -12,6 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from mcp_autoresearch.sandbox.launcher import Launcher, LauncherError
 
 from .helpers.needs import require
@@ -99,6 +101,64 @@ def test_a_hidden_folder_made_anew_after_the_standby_is_still_hidden(launcher: L
             shutil.rmtree(project / "data.old", ignore_errors=True)
     finally:
         shutil.rmtree(project)
+
+
+def _change(project: Path, data: Path, change: str) -> None:
+    """The hidden data changed after the standby process hid it, as `change` says (the new data is SECRET)."""
+    if change == "made anew":
+        shutil.rmtree(data)
+        data.mkdir()
+    elif change == "moved behind a link":
+        data.rename(data.parent / "data.old")
+        data.symlink_to("data.old")
+    elif change == "its folder moved behind a link":
+        (project / "in").rename(project / "in.old")
+        (project / "in").symlink_to("in.old")
+    else:  # "made after the standby"
+        data.mkdir()
+    (data / "secret").write_text("SECRET")
+
+
+@pytest.mark.parametrize(
+    "change", ["made anew", "moved behind a link", "its folder moved behind a link", "made after the standby"]
+)
+@pytest.mark.parametrize("place", ["/tmp", "home"])
+def test_hidden_data_changed_after_the_standby_is_hidden_wherever_the_project_lies(
+    launcher: Launcher, tmp_path: Path, place: str, change: str
+) -> None:
+    """The request's hidden folders are judged outside the view (`view.directories`, by the keeper) and the view
+    made ahead is kept when they are the folders it hid. A project under /tmp (its folders shown again through
+    copies taken with the request) or under $HOME whose hidden data was made anew, moved behind a link, reached
+    through a folder moved behind a link, or made only after the standby process, shows none of it to the next
+    run, and the second hidden folder (the server's runs) stays hidden too."""
+    project = tmp_path if place == "/tmp" else Path(tempfile.mkdtemp(prefix="standby-", dir=Path.home()))
+    try:
+        (project / "w").mkdir(exist_ok=True)
+        data, runs = project / "in" / "data", project / ".autoresearch" / "runs"
+        runs.mkdir(parents=True)
+        (runs / "log").write_text("SECRET-LOG")
+        (project / "in").mkdir()
+        if change != "made after the standby":
+            data.mkdir()
+            (data / "secret").write_text("old")
+        spec = {**VIEW, "write": [str(project / "w")], "hide": [str(data), str(runs)]}
+        spares = _prepared_like(launcher, project, spec)
+        _change(project, data, change)
+        read = "; ".join(
+            f"cat {path} 2>&1; echo"
+            for path in (
+                "in/data/secret",
+                "in/data.old/secret",
+                "in.old/data/secret",
+                ".autoresearch/runs/log",
+            )
+        )
+        keeper, code, output = _run_spec(launcher, project, f"{read}; ls -A in/data .autoresearch/runs", spec)
+        assert keeper in spares
+        assert code == 0 and "SECRET" not in output, output
+    finally:
+        if place != "/tmp":
+            shutil.rmtree(project)
 
 
 def test_a_block_device_added_after_the_standby_is_hidden(launcher: Launcher, tmp_path: Path) -> None:

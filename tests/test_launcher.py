@@ -93,6 +93,33 @@ def test_a_spare_starts_the_next_command_and_a_new_spare_follows(launcher: Launc
     assert keeper in following and code == 7
 
 
+def test_spares_follow_while_commands_that_never_end_hold_them(launcher: Launcher, tmp_path: Path) -> None:
+    """While a command runs, a spare is forked only after a quiet while, one at a time, even with none ready:
+    commands that wait (here, each on a FIFO of its own) hold both spares; the requests that come meanwhile start
+    and end at once (a keeper forked for each, or a new spare), new spares follow, and the waiting ones still end."""
+    spares = _spares(launcher)
+    fifos = [tmp_path / f"fifo{n}" for n in range(SPARES)]
+    held = []
+    for fifo in fifos:
+        os.mkfifo(fifo)
+        held.append(_start(launcher, tmp_path, f"exec cat {fifo.name}"))
+    assert {launched.pid for launched, _ in held} == spares
+    keepers = []
+    for _ in range(SPARES + 1):
+        keeper, code, output = _run(launcher, tmp_path, "echo started")
+        assert (code, output) == (0, "started\n")
+        keepers.append(keeper)
+    assert not _spares(launcher, used=tuple(keepers)) & spares
+    for fifo in fifos:
+        with open(fifo, "w") as writer:  # opened once its command reads it: closed, the command ends
+            writer.write("done\n")
+    for launched, read_fd in held:
+        with os.fdopen(read_fd, "rb") as pipe:
+            assert pipe.read() == b"done\n"
+        assert launched.wait(60) == 0
+        launched.close()
+
+
 def test_a_stopped_launcher_leaves_with_its_server(tmp_path: Path) -> None:
     """A run that is not confined (`isolation = "off"`) can stop the server's launcher (same user). Stopped, it
     would never read the end of its socket when the server leaves, and stay for good, with its spares: the
