@@ -303,8 +303,8 @@ class Spares:
 def serve(sock_fd: int) -> None:
     """Read start requests (JSON + the output fd) on a SOCK_SEQPACKET socket from the server, answer each with
     the keeper's pid, and report every keeper's exit status. Spare keepers wait for the next requests: forked
-    one at a time when nothing else happens (`QUIET_S`), so the fork is off the run's path. When the server goes (end of file on the socket), every keeper is told to stop
-    (each ends its whole run) and the launcher leaves."""
+    one at a time when nothing else happens (`QUIET_S`), so the fork is off the run's path. When the server goes
+    (end of file on the socket), every keeper is told to stop (each ends its whole run) and the launcher leaves."""
     sock = socket.socket(fileno=sock_fd)
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     signal.set_wakeup_fd(wake_w)
