@@ -105,9 +105,9 @@ def become_command(
 ) -> None:
     """In the command's own process, held by the keeper: the signals a program expects, the private view (made
     here, or finished when a standby process made it ahead: `standby` = (the view, the request's directory, its
-    paths resolved and its folders to hide, both seen outside)), the output directories' listener handed to the keeper through `listener`,
-    Landlock, exec. `keeper`: a standby process's channel to its keeper, where the view's spent copy of the
-    mounts is let go (`View.let_go`). Never returns."""
+    paths resolved and its folders to hide, both seen outside)), the output directories' listener handed to the
+    keeper through `listener`, Landlock, exec. `keeper`: a standby process's channel to its keeper, where the
+    view's spent copy of the mounts is let go (`View.let_go`). Never returns."""
     try:
         if standby is None:  # a standby process did it before it made the view
             first_for_the_oom_killer()
