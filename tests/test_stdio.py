@@ -84,7 +84,16 @@ async def test_detect_over_stdio(ml_project: Path) -> None:
 
 
 async def test_run_over_stdio_needs_wait_experiment(ml_project: Path) -> None:
-    slow_project(ml_project, 3)
+    """A run still going when run_experiment returns is awaited with wait_experiment, which reports progress
+    with the run's last line. The run is held until a report shows that line (it prints it at once, but on a
+    busy machine a report can come before it starts): it never depends on the machine's speed."""
+    released = ml_project / "release.flag"
+    (ml_project / "train.py").write_text(
+        'import os, time\nLR = 0.5\nprint("training...", flush=True)\n'
+        'while not os.path.exists("release.flag"):\n    time.sleep(0.05)\n'
+        'print(f"val_bpb: {abs(LR - 0.1) + 1:.6f}")\n'
+    )
+    git(ml_project, "commit", "-qam", "held training")
     async with Client(stdio_params(ml_project)) as client:
         agent = Agent(client)
         await agent.ok("start_session")
@@ -92,18 +101,30 @@ async def test_run_over_stdio_needs_wait_experiment(ml_project: Path) -> None:
 
         async def on_progress(p: float, total: float | None, message: str | None) -> None:
             progress.append((p, total, message))
+            if message and "training..." in message:
+                released.write_text("")
 
         first = await client.call_tool("run_experiment", {"description": "baseline", "wait_s": 0.2})
         assert first.structured_content["status"] == "running"
-        result = await client.call_tool(
-            "wait_experiment",
-            {"run_id": first.structured_content["run_id"], "wait_s": 20},
-            progress_callback=on_progress,
-        )
+        try:
+            result = first
+            for _ in range(30):  # each call waits up to 20 s: the bound only ends a test that would hang
+                result = await client.call_tool(
+                    "wait_experiment",
+                    {"run_id": first.structured_content["run_id"], "wait_s": 20},
+                    progress_callback=on_progress,
+                )
+                if result.structured_content["status"] != "running":
+                    break
+        finally:
+            released.write_text("")
         assert result.structured_content["status"] == "ok" and result.structured_content["value"] == 1.4
-        assert progress, "a run longer than the progress interval reports progress"
-        elapsed, total, message = progress[0]
-        assert total == 600 and 0 < elapsed < 600 and "r1" in message and "training..." in message
+        shown = [report for report in progress if report[2] and "training..." in report[2]]
+        assert shown, (
+            f"a run longer than the progress interval reports progress with its last line: {progress}"
+        )
+        elapsed, total, message = shown[0]
+        assert total == 600 and 0 < elapsed < 600 and message is not None and "r1" in message
         decision = await agent.ok("commit_or_reset", run_id="r1")
         assert decision["decision"] == "keep"
 
