@@ -7,6 +7,7 @@ Also counts tool calls and bytes returned to the agent per experiment. Ours is m
 under `tests/helpers/no_namespaces.py`, as where namespaces are refused) and with `isolation = "off"`, side by side.
 
     python bench/loop_overhead.py [--experiments 60] [--rounds 1] [--against REV]... [--discards-only | --keep-every N]
+        [--under DIR]
 
 Each experiment is three tool calls (apply_edit, run_experiment, commit_or_reset), as the loop prompt's steps
 are, and in one loop a single call (`run_experiment(edits=..., decide=true)`, the same work in one round trip).
@@ -273,10 +274,18 @@ def main() -> None:
         metavar="N",
         help="one experiment in N an improvement (default 2: keeps and discards alternate)",
     )
+    parser.add_argument(
+        "--under",
+        metavar="DIR",
+        default=None,
+        help="make the projects in a new folder under DIR (default: the system's temporary folder, /tmp, which "
+        "runs do not see: their view copies the project in and hides its server folders again on each run; "
+        "a project in the user's home needs neither)",
+    )
     args = parser.parse_args()
     global KEEP_EVERY
     KEEP_EVERY = 0 if args.discards_only else max(1, args.keep_every)
-    base = Path(tempfile.mkdtemp(prefix="bench-loop-"))
+    base = Path(tempfile.mkdtemp(prefix="bench-loop-", dir=args.under))
     per_round = max(1, args.experiments // args.rounds)
     try:
         # name: (project, the package's source or None for this one, Landlock alone, one call per experiment)
@@ -309,6 +318,7 @@ def main() -> None:
         from mcp_autoresearch.sandbox.policy import probe_isolation
 
         print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}")
+        print(f"projects under: {base.parent}")
         print(
             f"experiments: {per_round * args.rounds} each "
             f"({f'one in {KEEP_EVERY} kept' if KEEP_EVERY else 'all discards'}), "
