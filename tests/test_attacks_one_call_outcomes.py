@@ -360,6 +360,43 @@ async def test_a_one_call_run_given_up_by_its_client_is_decided_and_may_run_agai
         assert cancelled_again.get("already_measured") is not True, "a cancelled run measured nothing"
 
 
+async def test_a_one_call_run_given_up_as_soon_as_it_started_is_cancelled(
+    ml_project: Path, agent_for: Any
+) -> None:
+    """The client gives up run_experiment(edits, decide=true) the moment its run printed its first line, before
+    any progress report: while the server's first trip to a worker thread, which starts the run, still waits for
+    it (`QUICK_WAIT_S`). The run is cancelled all the same (it does not go on for its 600 s), and wait_experiment
+    decides it."""
+    root = ml_project
+    async with agent_for(root, {"timeout": 300, "keep_rule": "greedy"}) as agent:
+        await agent.ok("start_session", tag="gq")
+        await one_call(agent, description="baseline")
+        best = target(root)
+        # Its first line before anything else (the training below takes longer than the first trip waits).
+        slow = 'print("started", flush=True)\n' + best.replace("LR = 0.5", "LR = 0.3") + SLOW
+        log = root / ".autoresearch" / "runs" / "gq" / "r2.log"
+        with anyio.CancelScope() as scope:
+
+            async def give_up_once_started() -> None:
+                while not (log.is_file() and "started" in log.read_text(errors="replace")):
+                    await anyio.sleep(0.005)
+                scope.cancel()
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(give_up_once_started)
+                await agent.client.call_tool(
+                    "run_experiment", {"description": "slow", "content": slow, "decide": True, "wait_s": 300}
+                )
+                raise AssertionError("run_experiment returned although its run sleeps for 600 s")
+        run = text_says_all(await agent.client.call_tool("wait_experiment", {"run_id": "r2", "decide": True}))
+        while run["status"] == "running":
+            run = text_says_all(
+                await agent.client.call_tool("wait_experiment", {"run_id": "r2", "decide": True})
+            )
+        assert run["status"] == "cancelled" and run["decided"]["decision"] == "crash", run
+        assert target(root) == best
+
+
 def test_the_text_of_a_decided_result_is_json_whatever_floats_it_holds() -> None:
     """The text of a result with `decided` was written by json.dumps, which writes inf and NaN as `Infinity` and
     `NaN` (not JSON), where the text of every other result (pydantic) writes null, as the structured content goes

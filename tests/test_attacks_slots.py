@@ -475,10 +475,15 @@ async def test_a_log_forged_between_runs_is_restored_before_a_decision_and_held_
     no after-run check of its own sees (the log is already restored), must not come out clean."""
     root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
     jsonl = root / ".autoresearch" / "autoresearch.jsonl"
+    # The forger waits for each step of the test (files beside the project), not for a time: on a slow machine
+    # the honest run took longer than a fixed second, and the forgery landed while it still ran.
+    go, forged, done = (tmp_path / name for name in ("go", "forged", "done"))
     forge = (
-        "import time; time.sleep(1.0)\n"
+        "import os, time\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
         f'open({str(jsonl)!r}, \'a\').write(\'{{"action": "experiment_done", "details": {{}}}}\\n\')\n'
-        "time.sleep(1.0)\n"
+        f"open({str(forged)!r}, 'w').close()\n"
+        f"while not os.path.exists({str(done)!r}): time.sleep(0.01)\n"
     )
     async with agent_for(root, settings(slot_devices=[], isolation="off")) as agent:
         await agent.ok("start_session", tag="forge")
@@ -489,11 +494,14 @@ async def test_a_log_forged_between_runs_is_restored_before_a_decision_and_held_
         honest = await agent.ok("run_experiment", description="honest and fast")
         first = await agent.until_done(honest["run_id"])
         assert first["status"] == "ok", first
-        await anyio.sleep(1.5)  # the forger has written by now, and still runs
+        go.touch()  # the honest run has ended: the forger writes now, and still runs
+        while not forged.exists():
+            await anyio.sleep(0.01)
         kept = await agent.ok("commit_or_reset", run_id=honest["run_id"])
         assert kept["decision"] == "keep"
         lines = jsonl.read_text().splitlines()
         assert all('"details": {}' not in line for line in lines)  # the forged line is gone
+        done.touch()
         run = await agent.until_done(hostile["run_id"])
         assert run["status"] == "tampered" and "autoresearch.jsonl" in run["error"], run
         assert (await agent.ok("commit_or_reset", run_id=hostile["run_id"]))["decision"] == "crash"

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -47,6 +47,19 @@ from .tree_tools import tree_tools
 
 log = logging.getLogger("mcp_autoresearch")
 PROGRESS_EVERY_S = 2.0
+QUICK_WAIT_S = 0.25  # run_experiment's own trip to a worker thread waits this long for its run to finish
+
+
+class Started(NamedTuple):
+    """run_experiment's trip to a worker thread: the run started (or measured before), its result when it
+    finished within `QUICK_WAIT_S` (else None), and by when the call must answer."""
+
+    session: Session
+    edit: EditResult | None
+    started: str | AlreadyMeasured
+    result: RunResult | None
+    deadline: float
+
 
 INSTRUCTIONS = """\
 autoresearch runs an experiment loop on this project with its rules enforced by the server.
@@ -285,16 +298,18 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
         ctx: Context,
         session: Session | None = None,
         decide: bool = False,
+        deadline: float | None = None,
     ) -> RunResult:
-        """The run's result within `wait_s`, with progress notifications meanwhile (with `decide`: decided once
-        finished). Each trip to a worker thread waits up to the next progress report and, once the run finished,
-        reads its result (and decides it) in the same trip: on a loaded machine every hand-over between threads
-        waits for a CPU."""
+        """The run's result within `wait_s` (or by `deadline`), with progress notifications meanwhile (with
+        `decide`: decided once finished). Each trip to a worker thread waits up to the next progress report and,
+        once the run finished, reads its result (and decides it) in the same trip: on a loaded machine every
+        hand-over between threads waits for a CPU."""
         if (
             session is None
         ):  # the first call after a restart resumes the session (git, files): not on the loop
             session = await anyio.to_thread.run_sync(current_session)
-        deadline = time.monotonic() + clamp_wait(wait_s)
+        if deadline is None:
+            deadline = time.monotonic() + clamp_wait(wait_s)
         handle = session.run_handle(run_id)
         # The run this call waits for, named once: a later lookup of "the run in flight" may find a newer one
         # (with slots a handle names no run: giving up on "any run" cancels none).
@@ -400,12 +415,28 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
                 return session, None, session.start_run(description, rerun)
             return session, *session.edit_and_start_run(description, rerun, ops, content, expected_sha256)
 
-        session, edit, started = await anyio.to_thread.run_sync(start)
-        if isinstance(started, AlreadyMeasured):  # logged already: nothing ran, nothing to decide
-            result = await anyio.to_thread.run_sync(session.view, started.run_id, True)
-        else:
-            result = await _await_run(started, session.start_wait(wait_s), ctx, session, decide)
-        return result.model_copy(update={"edit": edit}) if edit is not None else result
+        def start_and_wait() -> Started:
+            """Start the run and, in the same trip to a worker thread, wait for it a little (`QUICK_WAIT_S`): a
+            short run's result (decided, with `decide`) comes back without a second hand-over between threads."""
+            session, edit, started = start()
+            if isinstance(started, AlreadyMeasured):  # logged already: nothing ran, nothing to decide
+                return Started(session, edit, started, session.view(started.run_id, True), 0.0)
+            deadline = time.monotonic() + clamp_wait(session.start_wait(wait_s))
+            handle = session.run_handle(started)
+            quick = min(QUICK_WAIT_S, deadline - time.monotonic())
+            if handle is not None and quick > 0 and handle.wait(quick):
+                finished = session.decided_view(started) if decide else session.view(started)
+                return Started(session, edit, started, finished, deadline)
+            return Started(session, edit, started, None, deadline)
+
+        # A cancellation while this trip waits reaches the call at its next wait, in _await_run (the run is then
+        # cancelled), unless the run finished meanwhile (its result goes back as it is).
+        begun = await anyio.to_thread.run_sync(start_and_wait)
+        result = begun.result
+        if result is None:
+            assert isinstance(begun.started, str)
+            result = await _await_run(begun.started, None, ctx, begun.session, decide, begun.deadline)
+        return result.model_copy(update={"edit": begun.edit}) if begun.edit is not None else result
 
     @tool(read_only=False, destructive=True, idempotent=True)  # decide=true: as commit_or_reset (once)
     async def wait_experiment(

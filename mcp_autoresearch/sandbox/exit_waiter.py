@@ -1,5 +1,6 @@
 """Waiting for a run's command to end: woken the moment it exits (a pidfd) or its keeper reports the run's end,
-not by polling with sleeps (elsewhere than Linux, it polls)."""
+not by polling with sleeps (elsewhere than Linux, it polls); the run's output is copied into its log meanwhile,
+as it arrives (`capture.Capture`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import os
 import select
 import subprocess
 import time
+from collections.abc import Sequence
 
+from .capture import Capture
 from .launcher import Launched
+
+POLL_S = 0.005  # without a pidfd: how often the process is looked at
 
 
 def reported(popen: subprocess.Popen[bytes] | Launched) -> bool:
@@ -27,18 +32,26 @@ class ExitWaiter:
         except (AttributeError, OSError):
             self.fd = None
 
-    def wait(self, timeout: float) -> bool:
-        """True once the process has ended, or its keeper reported the run's end (or the report's pipe closed)."""
+    def wait(self, timeout: float, captures: Sequence[Capture] = ()) -> bool:
+        """True once the process has ended, or its keeper reported the run's end (or the report's pipe closed);
+        False after `timeout`. The `captures` copy what their pipes hold whenever they have something."""
         report = self.popen.report_fd if isinstance(self.popen, Launched) else -1
-        if self.fd is None:
-            end = time.monotonic() + timeout
-            while self.popen.poll() is None:
-                if time.monotonic() >= end:
-                    return False
-                time.sleep(min(0.005, max(0.0, end - time.monotonic())))
-            return True
-        ready, _, _ = select.select([self.fd, *([report] if report >= 0 else [])], [], [], timeout)
-        return bool(ready)
+        ends = [self.fd, *([report] if report >= 0 else [])] if self.fd is not None else []
+        end = time.monotonic() + timeout
+        while True:
+            if self.fd is None and self.popen.poll() is not None:
+                return True
+            remaining = max(0.0, end - time.monotonic())
+            step = remaining if self.fd is not None else min(POLL_S, remaining)
+            output = [fd for capture in captures for fd in capture.watched]
+            ready, _, _ = select.select([*ends, *output], [], [], step)
+            if any(fd in ready for fd in ends):
+                return True
+            for capture in captures:
+                if any(fd in ready for fd in capture.watched):
+                    capture.pump()
+            if time.monotonic() >= end:  # output that never stops does not hold the caller past `timeout`
+                return self.fd is None and self.popen.poll() is not None
 
     def close(self) -> None:
         if self.fd is not None:

@@ -1,7 +1,7 @@
 """Run one shell command under a hard time limit, capture its output, and leave nothing behind.
 
-The command's stdout and stderr go into a pipe that a thread of this process copies into the log file (1 MiB
-pipe, bounded chunks: a run that prints 1 GB costs disk, not memory). Only what arrived while the command ran
+The command's stdout and stderr go into a pipe that the thread supervising the run copies into the log file as
+output arrives (1 MiB pipe, bounded chunks: a run that prints 1 GB costs disk, not memory). Only what arrived while the command ran
 counts: capture stops when the command has ended, or just before a timeout or cancel kills it, so nothing the
 run prints afterwards (a SIGTERM handler, a leftover daemon) reaches the log, and the log itself lives where a
 confined run cannot write. The capture's sha256 lets the caller prove the file still holds what was captured.
@@ -318,7 +318,8 @@ class ProcessRun:
                 self._cut()
                 self._end_tree()
                 return "timeout", None
-            if exited.wait(min(wait_step, max(0.0, deadline - now))):
+            captures = [c for c in (self._capture, self._err_capture) if c is not None]
+            if exited.wait(min(wait_step, max(0.0, deadline - now)), captures):
                 try:
                     return "exited", popen.wait(timeout=1.0)
                 except subprocess.TimeoutExpired:
