@@ -169,3 +169,56 @@ async def test_detect_shows_the_log_limit(tmp_path: Path, agent_for: Any) -> Non
     assert "run logs:     at most 2.5 MB of a command's output kept" in run_cli("detect", cwd=root).stdout
     async with agent_for(root) as agent:
         assert (await agent.ok("detect_project"))["log_limit_mb"] == 2.5
+
+
+def test_the_capture_copies_a_bounded_amount_at_a_time_and_the_cut_only_what_the_pipe_held(
+    tmp_path: Path,
+) -> None:
+    """The thread that supervises a run copies its output as it comes, a bounded amount per turn: processes that
+    write faster than the copy never hold that thread (the run's timeout, its cancel) in the copy. The cut (a
+    timeout cuts before it kills the run, whose processes may still write) copies what the pipe held then."""
+    from mcp_autoresearch.sandbox.capture import Capture
+
+    read_fd, write_fd = os.pipe()
+    log_fd = os.open(tmp_path / "run.log", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        capture = Capture(read_fd, log_fd)
+        os.write(write_fd, b"a" * 10_000)
+        capture.pump(most=4096)
+        assert capture.size == 4096 and capture._held() == 10_000 - 4096
+        capture.pump()
+        assert capture.size == 10_000 and not capture.ended  # the writer is still there
+        os.write(write_fd, b"b" * 3000)
+        capture.cut()
+        assert capture.size == 13_000 and capture.read_fd == -1
+        assert (tmp_path / "run.log").read_bytes() == b"a" * 10_000 + b"b" * 3000
+        capture.cut()  # once: a second cut does nothing
+    finally:
+        os.close(write_fd)
+        os.close(log_fd)
+
+
+def test_processes_that_never_stop_writing_are_stopped_at_the_timeout(tmp_path: Path) -> None:
+    """Six processes print as fast as they can, for ever: the thread that copies their output is the one that
+    supervises the run, and it still stops the run at its timeout (the log bounded meanwhile)."""
+    from mcp_autoresearch.session.workspace import Workspace
+
+    flood = "for i in 1 2 3 4 5 6; do yes 0123456789012345678901234567890123456789 & done; wait"
+    config = (
+        f'target_file = "params.sh"\nrun_command = "{flood}"\nmetric_name = "score"\ntimeout = 3\n'
+        "log_limit_mb = 1\n"
+    )
+    root = make_repo(tmp_path / "flood", {"params.sh": "K=1\n", "autoresearch.toml": config})
+    workspace = Workspace(root)
+    try:
+        workspace.start_session("flood")
+        session = workspace.session
+        run_id = session.start_run("baseline")
+        assert isinstance(run_id, str)
+        handle = session.run_handle(run_id)
+        assert handle is not None and handle.wait(120)
+        view = session.view(run_id)
+        assert view.status == "timeout", view
+        assert (root / ".autoresearch" / "runs" / "flood" / f"{run_id}.log").stat().st_size <= 1 << 20
+    finally:
+        workspace.shutdown()

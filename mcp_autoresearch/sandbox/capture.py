@@ -8,11 +8,17 @@ cost its start, and at the run's end a wake-up and a join on the path from the c
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
+import termios
 
 from ..records.run_log import RunLog
 
 CHUNK_BYTES = 1 << 20
+# At most this much per `pump`: a run whose processes write faster than the copy goes never holds the thread that
+# supervises it (its timeout, its cancel) in the copy.
+PUMP_BYTES = 8 * CHUNK_BYTES
 
 
 class Capture:
@@ -40,13 +46,12 @@ class Capture:
         """The descriptor to wait on for more output (none once it ended or was cut)."""
         return [self.read_fd] if self.read_fd >= 0 and not self.ended else []
 
-    def pump(self) -> None:
-        """Copy what the pipe holds now (never blocks). At end of file, `ended`."""
-        if self.read_fd < 0 or self.ended:
-            return
-        while True:
+    def pump(self, most: int = PUMP_BYTES) -> None:
+        """Copy what the pipe holds now, up to `most` bytes (never blocks). At end of file, `ended`."""
+        copied = 0
+        while self.read_fd >= 0 and not self.ended and copied < most:
             try:
-                data = os.read(self.read_fd, CHUNK_BYTES)
+                data = os.read(self.read_fd, min(CHUNK_BYTES, most - copied))
             except BlockingIOError:
                 return
             except OSError:
@@ -55,14 +60,24 @@ class Capture:
             if not data:
                 self.ended = True
                 return
+            copied += len(data)
             self.log.write(data)  # a full disk ends the log there: the pipe is still drained (no run blocks)
+
+    def _held(self) -> int:
+        """The bytes the pipe holds now (its whole capacity where that cannot be asked)."""
+        count = array.array("i", [0])
+        try:
+            fcntl.ioctl(self.read_fd, termios.FIONREAD, count)
+        except OSError:
+            return PUMP_BYTES
+        return count[0]
 
     def cut(self) -> None:
         """Stop capturing: what the pipe holds now is the last of the run's log (which is finished: see
         `RunLog.finish`); output that arrives from now on is not part of it. Once; a second call does nothing."""
         if self.read_fd < 0:
             return
-        self.pump()
+        self.pump(self._held())  # what the pipe holds at the cut, and nothing a process still running adds
         self.log.finish()
         try:
             os.close(self.read_fd)
