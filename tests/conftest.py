@@ -96,15 +96,20 @@ def make_repo(path: Path, files: dict[str, str], commit: bool = True) -> Path:
     return path
 
 
+def finished_run(session: Session, description: str) -> str:
+    """In process: a run started on `session` and awaited to its end; its id."""
+    run_id = session.start_run(description)
+    assert isinstance(run_id, str)
+    handle = session.run_handle(run_id)
+    assert handle is not None and handle.wait(120)
+    return run_id
+
+
 def decided_baseline(workspace: Workspace, tag: str) -> Session:
     """In process: session `tag` started on `workspace`, its baseline run and decided; the session."""
     workspace.start_session(tag)
     session = workspace.session
-    baseline = session.start_run("baseline")
-    assert isinstance(baseline, str)
-    handle = session.run_handle(baseline)
-    assert handle is not None and handle.wait(120)
-    session.commit_or_reset(baseline)
+    session.commit_or_reset(finished_run(session, "baseline"))
     return session
 
 

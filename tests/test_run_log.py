@@ -18,7 +18,7 @@ import pytest
 from mcp_autoresearch.readers.web.data import SessionView
 from mcp_autoresearch.records.run_log import RunLog, live_tail
 
-from .conftest import make_repo, run_cli
+from .conftest import finished_run, make_repo, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -213,10 +213,7 @@ def test_processes_that_never_stop_writing_are_stopped_at_the_timeout(tmp_path: 
     try:
         workspace.start_session("flood")
         session = workspace.session
-        run_id = session.start_run("baseline")
-        assert isinstance(run_id, str)
-        handle = session.run_handle(run_id)
-        assert handle is not None and handle.wait(120)
+        run_id = finished_run(session, "baseline")
         view = session.view(run_id)
         assert view.status == "timeout", view
         assert (root / ".autoresearch" / "runs" / "flood" / f"{run_id}.log").stat().st_size <= 1 << 20
