@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 import anyio
+import anyio.lowlevel
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
@@ -327,6 +328,9 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
 
         if handle is not None:
             try:
+                # A cancel already pending (given during run_experiment's first trip, which cannot be
+                # interrupted) cancels the run even when that trip used up the whole wait.
+                await anyio.lowlevel.checkpoint()
                 while deadline - time.monotonic() > 0:
                     finished = await anyio.to_thread.run_sync(wait_then_view, abandon_on_cancel=True)
                     if finished is not None:
@@ -429,8 +433,8 @@ def _run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) -
                 return Started(session, edit, started, finished, deadline)
             return Started(session, edit, started, None, deadline)
 
-        # A cancellation while this trip waits reaches the call at its next wait, in _await_run (the run is then
-        # cancelled), unless the run finished meanwhile (its result goes back as it is).
+        # A cancel while this trip waits reaches the call in _await_run, which cancels the run. A run that finished
+        # within the trip was decided as asked; the cancelled call answers nothing (wait_experiment reads it).
         begun = await anyio.to_thread.run_sync(start_and_wait)
         result = begun.result
         if result is None:
