@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from mcp_autoresearch.adapters.server import QUICK_WAIT_S
+from mcp_autoresearch.adapters.run_tools import QUICK_WAIT_S
 from mcp_autoresearch.sandbox.process_run import ProcessRun
 
 from .conftest import make_repo

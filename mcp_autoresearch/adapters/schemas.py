@@ -13,9 +13,10 @@ itself JSON (`{"lr": 0.1}`, `null`) stays text.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import Field, WithJsonSchema, WrapValidator
+from pydantic import BaseModel, Field, WithJsonSchema, WrapValidator
 
 DEFS = "#/$defs/"
 
@@ -82,6 +83,28 @@ OptionalInt = Annotated[
 OptionalNumber = Annotated[
     Annotated[float, WrapValidator(_a_number)] | None, WithJsonSchema({"type": "number"}), NO_NULL_DEFAULT
 ]
+
+
+# Bounds on arguments the engine echoes in its messages, so no answer repeats megabytes back to the agent.
+MAX_RUN_ID_CHARS = 100
+RunIdText = Annotated[str, *at_most(MAX_RUN_ID_CHARS)]
+ShaText = Annotated[str, *at_most(200)]
+
+
+class EditOp(BaseModel):
+    old_text: str = Field(description="Exact text to replace; must occur exactly once in the target.")
+    new_text: str = Field(description="Replacement text (may be empty to delete).")
+
+
+# `edits`, published as a plain array of inline objects (no $ref, no null).
+EditList = Annotated[
+    list[EditOp] | None,
+    WithJsonSchema({"type": "array", "maxItems": 200, "items": EditOp.model_json_schema()}),
+    NO_NULL_DEFAULT,
+]
+
+# How a group of tools is registered on the server (`server.create_server`'s `tool`).
+Register = Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]]
 
 
 def self_contained(schema: dict[str, Any]) -> dict[str, Any]:

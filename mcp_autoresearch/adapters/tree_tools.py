@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field
 
 from ..models import BranchResult
 from ..session.workspace import Workspace
-from .schemas import at_most
+from .schemas import Register, at_most
 
 RunText = Annotated[str, *at_most(100)]
-Register = Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]]
 
 
 def tree_tools(tool: Register, workspace: Workspace) -> None:
