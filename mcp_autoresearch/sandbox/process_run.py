@@ -242,10 +242,9 @@ class ProcessRun:
         return "; ".join(line for line in said if line) or None
 
     def _cut(self) -> None:
-        if self._capture is not None:
-            self._capture.cut()
-        if self._err_capture is not None:
-            self._err_capture.cut()
+        for capture in (self._capture, self._err_capture):
+            if capture is not None:
+                capture.cut()
         if self.live_tail is not None and self._live_tail_written:
             with contextlib.suppress(OSError):
                 self.live_tail.unlink()
