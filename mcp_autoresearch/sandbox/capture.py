@@ -16,8 +16,8 @@ import termios
 from ..records.run_log import RunLog
 
 CHUNK_BYTES = 1 << 20
-# At most this much per `pump`: a run whose processes write faster than the copy goes never holds the thread that
-# supervises it (its timeout, its cancel) in the copy.
+# At most this much per `pump`: processes that write faster than the copy never hold the thread that supervises
+# their run (its timeout, its cancel) in the copy.
 PUMP_BYTES = 8 * CHUNK_BYTES
 
 
@@ -64,7 +64,7 @@ class Capture:
             self.log.write(data)  # a full disk ends the log there: the pipe is still drained (no run blocks)
 
     def _held(self) -> int:
-        """The bytes the pipe holds now (its whole capacity where that cannot be asked)."""
+        """The bytes the pipe holds now (`PUMP_BYTES` where that cannot be asked)."""
         count = array.array("i", [0])
         try:
             fcntl.ioctl(self.read_fd, termios.FIONREAD, count)
