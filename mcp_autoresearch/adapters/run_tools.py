@@ -25,6 +25,7 @@ WAIT_HELP = (
     f"Seconds to wait for the result before returning status 'running' (default {DEFAULT_WAIT_S:g}, "
     f"max {MAX_WAIT_S:g}; keep it under your client's request timeout)."
 )
+WaitSeconds = Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)]
 
 
 class Started(NamedTuple):
@@ -106,7 +107,7 @@ def run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) ->
             str, Field(description="What this experiment changes, in a few words.", max_length=2000)
         ],
         ctx: Context,
-        wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
+        wait_s: WaitSeconds = None,
         rerun: Annotated[
             OptionalFlag,
             Field(
@@ -204,7 +205,7 @@ def run_tools(tool: Register, workspace: Workspace, leaving: threading.Event) ->
                 "flight finishes first; else the run in flight)."
             ),
         ] = UNSET,
-        wait_s: Annotated[OptionalNumber, Field(description=WAIT_HELP, ge=0)] = None,
+        wait_s: WaitSeconds = None,
         decide: Annotated[
             OptionalFlag,
             Field(
