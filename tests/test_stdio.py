@@ -42,6 +42,16 @@ def run_processes(root: Path) -> list[psutil.Process]:
     return marked_processes(str(root))
 
 
+def started_run_processes(root: Path, within: float) -> list[psutil.Process]:
+    """The run's processes once its command has started: the server says "running" as soon as the launcher took
+    the command, and on a loaded machine the command's exec (which gives it the marker) may come later. `within`
+    is how long the run lives (after that, none is the answer)."""
+    deadline = time.monotonic() + within
+    while not (found := run_processes(root)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
 def slow_project(root: Path, delay: float) -> None:
     (root / "train.py").write_text(SLOW_TRAIN.replace("DELAY", str(delay)))
     git(root, "commit", "-qam", "slow training")
@@ -134,7 +144,7 @@ async def test_kill_9_mid_run_then_restart_records_an_interrupted_run(ml_project
     slow_project(root, 30)
     async with Client(stdio_params(root)) as client:
         agent = await start_long_run(client)
-        assert run_processes(root), "the run should be alive"
+        assert started_run_processes(root, within=30), "the run should be alive"
         os.kill(server_pid(root), signal.SIGKILL)
         time.sleep(0.3)
     async with Client(stdio_params(root)) as client:

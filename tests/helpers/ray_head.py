@@ -1,4 +1,4 @@
-"""A private local Ray head for the tests (started once per test session), and the small builders of a Ray
+"""A private local Ray head for the tests (shared by the Ray tests, stopped after the last), and the small builders of a Ray
 experiment that the Ray tests share."""
 
 from __future__ import annotations
@@ -61,17 +61,51 @@ def ray_ports() -> dict[str, int]:
     return chosen
 
 
-@pytest.fixture(scope="session")
-def ray_address() -> Iterator[str]:
-    """The session's private Ray head (`private_ray_head`), for every Ray test."""
+class SharedHead:
+    """The private Ray head that the Ray tests share: started by the first one, stopped after the last one of a
+    run (`stop_after`). An idle head is not idle: its processes took about a quarter of a core, so a head kept
+    to the end of the suite cost more CPU than the Ray tests themselves on a 2-core machine."""
+
+    def __init__(self) -> None:
+        self._head: contextlib.ExitStack | None = None
+        self._address = ""
+
+    def address(self) -> str:
+        if self._head is None:
+            head = contextlib.ExitStack()
+            self._address = head.enter_context(private_ray_head())
+            self._head = head
+        return self._address
+
+    def stop(self) -> None:
+        head, self._head = self._head, None
+        if head is not None:
+            head.close()
+
+    def stop_after(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """After a Ray test that the next test of this run (xdist's worker knows it) does not follow."""
+        if uses_ray(item) and (nextitem is None or not uses_ray(nextitem)):
+            self.stop()
+
+
+def uses_ray(item: pytest.Item) -> bool:
+    return "ray_address" in getattr(item, "fixturenames", ())
+
+
+SHARED_HEAD = SharedHead()
+
+
+@pytest.fixture
+def ray_address() -> str:
+    """The private Ray head that the Ray tests share (`SHARED_HEAD`); the README's command runs them all on one
+    worker, one after another (conftest's `xdist_group("ray")`)."""
     try:
         import ray  # noqa: F401
     except ImportError:
         if os.environ.get("CI"):
             pytest.fail("Ray is not installed (pip install '.[test]'): the Ray tests must run in CI")
         pytest.skip("Ray is not installed (pip install 'mcp-autoresearch[ray]')")
-    with private_ray_head() as address:
-        yield address
+    return SHARED_HEAD.address()
 
 
 @contextlib.contextmanager
