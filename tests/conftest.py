@@ -85,23 +85,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """For pytest-xdist (`-n 4 --dist loadgroup`, the README's command): every test that uses the shared Ray
     head runs on one worker (one head for the whole run, not one per worker), the tests of spares and of mounts
     on one worker (SPARES_MODULES), and the long soak starts first, so that no worker is left with it at the end
-    while the other has nothing to do."""
+    while the other has nothing to do; the Ray tests follow it, in a row."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if uses_ray(item):
             item.add_marker(pytest.mark.xdist_group("ray"))
         elif item.module.__name__.rsplit(".", 1)[-1] in SPARES_MODULES or fixtures & MOUNTING_FIXTURES:
             item.add_marker(pytest.mark.xdist_group("spares"))
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
+    # Stable: the rest keep their order. The Ray tests one after another, so that the head they share lives no
+    # longer than they run.
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, not uses_ray(item)))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    SHARED_HEAD.expect(session.items)
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-    """The shared Ray head stops after the last Ray test in a row (all of them, in the README's command)."""
+def pytest_runtest_teardown(item: pytest.Item) -> Any:
+    """The shared Ray head stops after the last Ray test."""
     try:
         return (yield)
     finally:
-        SHARED_HEAD.stop_after(item, nextitem)
+        SHARED_HEAD.stop_after(item)
 
 
 def pytest_sessionfinish() -> None:

@@ -11,8 +11,9 @@ never raises.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
+
+from .landlock import libc_handle
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -23,8 +24,9 @@ _ARG_START, _ENV_END = 45, 48
 
 
 def _libc() -> ctypes.CDLL | None:
+    """The C library already loaded in this process (`find_library` would start `ldconfig -p` every time)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc_handle()
     except OSError:
         return None
 

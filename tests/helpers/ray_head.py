@@ -62,13 +62,19 @@ def ray_ports() -> dict[str, int]:
 
 
 class SharedHead:
-    """The private Ray head that the Ray tests share: started by the first one, stopped after the last one of a
-    run (`stop_after`). An idle head is not idle: its processes took about a quarter of a core, so a head kept
-    to the end of the suite cost more CPU than the Ray tests themselves on a 2-core machine."""
+    """The private Ray head that the Ray tests share: started by the first one, stopped after the last one
+    (`expect` counts them, `stop_after` counts them down). An idle head is not idle: its processes took about a
+    quarter of a core, so a head kept to the end of the suite cost more CPU than the Ray tests' own jobs on a
+    2-core machine; one started again for each Ray test cost more still."""
 
     def __init__(self) -> None:
         self._head: contextlib.ExitStack | None = None
         self._address = ""
+        self._left = 0
+
+    def expect(self, items: list[pytest.Item]) -> None:
+        """The tests this run will run (xdist's workers each collect them all; every Ray test runs on one)."""
+        self._left = sum(map(uses_ray, items))
 
     def address(self) -> str:
         if self._head is None:
@@ -82,10 +88,11 @@ class SharedHead:
         if head is not None:
             head.close()
 
-    def stop_after(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
-        """After a Ray test that the next test of this run (xdist's worker knows it) does not follow."""
-        if uses_ray(item) and (nextitem is None or not uses_ray(nextitem)):
-            self.stop()
+    def stop_after(self, item: pytest.Item) -> None:
+        if uses_ray(item):
+            self._left -= 1
+            if self._left <= 0:
+                self.stop()
 
 
 def uses_ray(item: pytest.Item) -> bool:
@@ -98,7 +105,7 @@ SHARED_HEAD = SharedHead()
 @pytest.fixture
 def ray_address() -> str:
     """The private Ray head that the Ray tests share (`SHARED_HEAD`); the README's command runs them all on one
-    worker, one after another (conftest's `xdist_group("ray")`)."""
+    worker (conftest's `xdist_group("ray")`)."""
     try:
         import ray  # noqa: F401
     except ImportError:
