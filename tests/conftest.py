@@ -81,6 +81,7 @@ SPARES_MODULES = {
 MOUNTING_FIXTURES = {"small_disk", "few_inodes"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups (`--dist loadgroup`)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """For pytest-xdist (`-n 4 --dist loadgroup`, the README's command): every test that uses the shared Ray
     head runs on one worker (one head for the whole run, not one per worker), the tests of spares and of mounts
@@ -98,6 +99,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    """A worker of `--dist loadgroup` whose groups were not applied says so (pytest 9.2 with xdist 3.8 silently
+    ran every group's tests on every worker: four Ray heads, and the mounting tests beside the spares' tests)."""
+    if getattr(session.config.option, "loadgroup", False):
+        ungrouped = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group")]
+        if ungrouped and not all("@" in nodeid for nodeid in ungrouped):
+            raise pytest.UsageError(
+                f"xdist did not group {ungrouped[0]} (--dist loadgroup): pytest {pytest.__version__} and this "
+                "pytest-xdist do not work together; install the versions pyproject.toml's test extra names"
+            )
     SHARED_HEAD.expect(session.items)
 
 
