@@ -38,6 +38,8 @@ def _interpreter_before_shims() -> None:
         if program.read(2) != b"#!":
             return  # the interpreter itself (or a link to it)
     base = str(Path(sys._base_executable).parent)
+    if base in ("/usr/bin", "/bin", "/usr/local/bin"):
+        return  # a system folder first would shadow every other program of the same name (/usr/local/bin's)
     os.environ["PATH"] = os.pathsep.join([base, os.environ.get("PATH", "")])
 
 
