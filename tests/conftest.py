@@ -101,8 +101,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """A worker of `--dist loadgroup` whose groups were not applied says so (pytest 9.2 with xdist 3.8 silently
-    ran every group's tests on every worker: four Ray heads, and the mounting tests beside the spares' tests)."""
+    """A worker of `--dist loadgroup` whose groups were not applied fails (pytest 9.2 with xdist 3.8 silently ran
+    every group's tests on any worker: several Ray heads, and the mounting tests beside the spares' tests)."""
     if getattr(session.config.option, "loadgroup", False):
         ungrouped = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group")]
         if ungrouped and not all("@" in nodeid for nodeid in ungrouped):
@@ -247,6 +247,20 @@ def stdio_params(root: Path, *extra: str) -> StdioServerParameters:
         env=env,
         cwd=str(root),
     )
+
+
+def stdio_server_pid(root: Path) -> int:
+    """The pid of the stdio server (`stdio_params`) this test started for `root`."""
+    import psutil
+
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            command = proc.cmdline()
+        except psutil.Error:
+            continue
+        if "serve" in command and str(root) in command:
+            return proc.pid
+    raise AssertionError(f"no server process for {root}")
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -9,11 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 from mcp import Client
 
-from .conftest import Agent, git, stdio_params
+from .conftest import Agent, git, stdio_params, stdio_server_pid
 from .helpers.attacks import ISOLATION, _log_text
 from .helpers.needs import require
 
@@ -144,17 +143,6 @@ def _read_proc_without_ptrace(pid: int) -> str:
     return done.stdout
 
 
-def _server_pid(root: Path) -> int:
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            cmd = proc.cmdline()
-        except psutil.Error:
-            continue
-        if "serve" in cmd and str(root) in cmd:
-            return proc.pid
-    raise AssertionError("server process not found")
-
-
 async def test_the_servers_proc_files_stay_closed_to_its_user_before_and_after_runs(ml_project: Path) -> None:
     """The server made not dumpable with the shared libc handle: a process of its user without CAP_SYS_PTRACE
     (a run outside a private view) opens none of /proc/<server>/{environ,mem,maps,auxv}, nor reads
@@ -174,7 +162,7 @@ async def test_the_servers_proc_files_stay_closed_to_its_user_before_and_after_r
     params.env = {**(params.env or {}), "AUTORESEARCH_TOKEN": token}
     params.command, *params.args = _without_capabilities([params.command, *params.args])
     async with Client(params) as client:
-        server = _server_pid(ml_project)
+        server = stdio_server_pid(ml_project)
         seen = [_read_proc_without_ptrace(server)]
         agent = Agent(client)
         await agent.ok("start_session")

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import psutil
 import pytest
 
-from .conftest import call_ok, decided_baseline, git, make_repo
+from .conftest import call_ok, decided_baseline, git, make_repo, stdio_server_pid
 from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
 
 pytestmark = pytest.mark.anyio
@@ -309,16 +308,6 @@ def _stdio(root: Path, slots_home: Path) -> Any:
     )
 
 
-def _server_pid(root: Path) -> int:
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if "serve" in proc.cmdline() and str(root) in proc.cmdline():
-                return proc.pid
-        except psutil.Error:
-            pass
-    raise AssertionError("no server process")
-
-
 async def test_kill_9_with_runs_in_every_slot_loses_and_doubles_no_row(
     tmp_path: Path, slots_home: Path
 ) -> None:
@@ -350,7 +339,7 @@ async def test_kill_9_with_runs_in_every_slot_loses_and_doubles_no_row(
             assert done["status"] == "ok"
             await anyio.sleep(0.5)
             assert len([p for s in slots_home.glob("*/*") for p in marked_processes(str(s))]) >= 2
-            os.kill(_server_pid(root), signal.SIGKILL)
+            os.kill(stdio_server_pid(root), signal.SIGKILL)
             await call_ok(client, "query_results")
 
     deadline = time.monotonic() + 10

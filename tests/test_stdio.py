@@ -14,7 +14,7 @@ from mcp import Client
 
 from mcp_autoresearch.sandbox.processes import marked_processes
 
-from .conftest import Agent, git, run_cli, stdio_params
+from .conftest import Agent, git, run_cli, stdio_params, stdio_server_pid
 
 pytestmark = pytest.mark.anyio
 
@@ -25,17 +25,6 @@ print("training...", flush=True)
 time.sleep(DELAY)
 print(f"val_bpb: {abs(LR - 0.1) + 1:.6f}")
 """
-
-
-def server_pid(root: Path) -> int:
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            cmd = proc.cmdline()
-        except psutil.Error:
-            continue
-        if "serve" in cmd and str(root) in cmd:
-            return proc.pid
-    raise AssertionError("server process not found")
 
 
 def run_processes(root: Path) -> list[psutil.Process]:
@@ -145,7 +134,7 @@ async def test_kill_9_mid_run_then_restart_records_an_interrupted_run(ml_project
     async with Client(stdio_params(root)) as client:
         agent = await start_long_run(client)
         assert started_run_processes(root, within=30), "the run should be alive"
-        os.kill(server_pid(root), signal.SIGKILL)
+        os.kill(stdio_server_pid(root), signal.SIGKILL)
         time.sleep(0.3)
     async with Client(stdio_params(root)) as client:
         agent = Agent(client)
@@ -181,7 +170,7 @@ async def test_kill_9_between_run_and_decision_keeps_the_pending_decision(ml_pro
         await agent.edit("LR = 0.5", "LR = 0.2")
         run = await agent.ok("run_experiment", description="lr 0.2")
         assert run["status"] == "ok" and run["would_keep"] is True
-        os.kill(server_pid(root), signal.SIGKILL)
+        os.kill(stdio_server_pid(root), signal.SIGKILL)
         time.sleep(0.3)
     async with Client(stdio_params(root)) as client:
         agent = Agent(client)
@@ -230,7 +219,7 @@ async def test_lock_files_left_by_a_killed_server_are_taken_over(ml_project: Pat
         await agent.edit("LR = 0.5", "LR = 0.9")
         run = await agent.ok("run_experiment", description="worse")
         assert run["would_keep"] is False
-        os.kill(server_pid(root), signal.SIGKILL)
+        os.kill(stdio_server_pid(root), signal.SIGKILL)
     # What a server killed in the middle of writing refs and the index leaves behind:
     (root / ".git" / "refs" / "heads" / "autoresearch" / "locks.lock").write_text("0" * 40 + "\n")
     (root / ".git" / "refs" / "autoresearch" / "locks").mkdir(parents=True, exist_ok=True)

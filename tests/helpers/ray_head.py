@@ -1,5 +1,5 @@
-"""A private local Ray head for the tests (shared by the Ray tests, stopped after the last), and the small builders of a Ray
-experiment that the Ray tests share."""
+"""A private local Ray head for the tests (shared by the Ray tests, stopped after the last), and the small
+builders of a Ray experiment that the Ray tests share."""
 
 from __future__ import annotations
 
