@@ -15,9 +15,9 @@ import anyio
 import pytest
 from mcp import Client
 
-from .conftest import call_ok, git, make_repo
+from .conftest import call_ok, git, make_repo, stdio_server_pid
 from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
-from .test_slots import EVALUATE, TARGET, _server_pid, _stdio, project, settings
+from .test_slots import EVALUATE, TARGET, _stdio, project, settings
 
 pytestmark = pytest.mark.anyio
 
@@ -190,7 +190,7 @@ async def test_a_server_stopped_while_a_rebased_run_runs_again_restarts_consiste
             await call_ok(client, "apply_edit", content=unrun)
 
             # The rerun is in flight (restarted by the decision itself).
-            os.kill(_server_pid(root), how)
+            os.kill(stdio_server_pid(root), how)
             await call_ok(client, "query_results")
             await anyio.sleep_forever()
 
@@ -310,7 +310,7 @@ async def test_a_server_stopped_after_branch_from_with_a_branched_slot_run_in_fl
             assert r3["parent"] == "r1" and r3["status"] == "running"
             await call_ok(client, "branch_from", run_id="r2")
             await call_ok(client, "apply_edit", content=unrun)
-            os.kill(_server_pid(root), how)
+            os.kill(stdio_server_pid(root), how)
             await call_ok(client, "query_results")
             await anyio.sleep_forever()
 
@@ -384,7 +384,7 @@ async def test_a_server_stopped_while_the_best_is_re_measured_in_the_users_tree_
                         progress_callback=progressed,
                     )
             assert (root / "cand.txt").read_text() == noisy  # the best's content is in place
-            os.kill(_server_pid(root), how)
+            os.kill(stdio_server_pid(root), how)
             await call_ok(client, "query_results")
             await anyio.sleep_forever()
 

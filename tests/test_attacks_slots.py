@@ -15,7 +15,7 @@ import pytest
 
 from mcp_autoresearch.errors import ConfigError
 
-from .conftest import call_ok, git, make_repo
+from .conftest import call_ok, git, make_repo, stdio_server_pid
 from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
 from .test_slots import EVALUATE, TARGET, _baseline, settings
 
@@ -361,7 +361,7 @@ async def test_kill_9_during_a_rebased_rerun_logs_the_run_once(tmp_path: Path, s
 
     from mcp import Client
 
-    from .test_slots import _server_pid, _stdio
+    from .test_slots import _stdio
 
     root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
     (root / "autoresearch.toml").write_text(
@@ -396,7 +396,7 @@ async def test_kill_9_during_a_rebased_rerun_logs_the_run_once(tmp_path: Path, s
             again = await call_ok(client, "commit_or_reset", run_id=second["run_id"])
             assert again["decision"] == "rerun"
             await anyio.sleep(0.5)
-            os.kill(_server_pid(root), signal.SIGKILL)
+            os.kill(stdio_server_pid(root), signal.SIGKILL)
             await call_ok(client, "query_results")
 
     async with Client(params) as client:
@@ -518,7 +518,7 @@ async def test_git_config_planted_by_a_run_cut_short_by_kill_9_is_undone_and_nam
 
     from mcp import Client
 
-    from .test_slots import _server_pid, _stdio
+    from .test_slots import _stdio
 
     root = make_repo(tmp_path / "proj", {"params.py": TARGET, "evaluate.py": EVALUATE})
     (root / "autoresearch.toml").write_text(
@@ -544,7 +544,7 @@ async def test_git_config_planted_by_a_run_cut_short_by_kill_9_is_undone_and_nam
             while "fsmonitor" not in (root / ".git" / "config").read_text():
                 assert anyio.current_time() < deadline
                 await anyio.sleep(0.1)
-            os.kill(_server_pid(root), signal.SIGKILL)
+            os.kill(stdio_server_pid(root), signal.SIGKILL)
             await call_ok(client, "query_results")
     async with Client(params) as client:
         started = await call_ok(client, "start_session", tag="gc")
