@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from mcp import Client, StdioServerParameters
 
@@ -251,8 +252,6 @@ def stdio_params(root: Path, *extra: str) -> StdioServerParameters:
 
 def stdio_server_pid(root: Path) -> int:
     """The pid of the stdio server (`stdio_params`) this test started for `root`."""
-    import psutil
-
     for proc in psutil.Process().children(recursive=True):
         try:
             command = proc.cmdline()
