@@ -23,7 +23,7 @@ from .helpers.ray_head import (
     ray_address,  # noqa: F401  (the private Ray head the Ray tests share)
     uses_ray,
 )
-from .helpers.schema_checks import check_each_schema_once
+from .helpers.sdk_once import build_each_tool_once, check_each_schema_once
 from .helpers.spares import launcher  # noqa: F401  (a launcher of the test's own)
 from .web_support import browser  # noqa: F401  (Chromium, for the dashboard's browser tests)
 
@@ -47,6 +47,7 @@ def _interpreter_before_shims() -> None:
 
 _interpreter_before_shims()
 check_each_schema_once()
+build_each_tool_once()
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test User",

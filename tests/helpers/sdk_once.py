@@ -1,0 +1,50 @@
+"""Work the MCP SDK repeats for every client and every server, done once per test process when its inputs are
+the same. The suite opens about 400 clients on about 400 servers in its workers, all over the same eleven tools;
+these two repeats took a third of the workers' own CPU (py-spy on a worker, BENCHMARKS.md "The suite's CPU, once
+more"). Nothing the server or the client decides is skipped: every call is validated and every result checked."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Any
+
+from jsonschema.validators import validator_for
+from mcp.server.mcpserver.tools.base import Tool
+
+
+def check_each_schema_once() -> None:
+    """`mcp.ClientSession` checks a tool's output schema against the JSON Schema metaschema the first time each
+    client calls that tool (`_output_schema_validator`), before it compiles a validator for the results: about
+    50 ms for run_experiment's schema, 0.24 s for all eleven. A schema found valid in this process is not checked
+    again; every client still compiles its validator and checks every result, and an invalid schema is refused
+    each time."""
+    validator = validator_for({})  # the draft the client uses for a schema without "$schema"
+    check = validator.check_schema
+    valid: set[str] = set()
+
+    def check_schema(schema: Any, *args: Any, **kwargs: Any) -> None:
+        key = json.dumps(schema, sort_keys=True, default=repr)
+        if key in valid:
+            return
+        check(schema, *args, **kwargs)  # raises SchemaError on an invalid schema, which is never remembered
+        valid.add(key)
+
+    validator.check_schema = staticmethod(check_schema)  # type: ignore[method-assign]
+
+
+def build_each_tool_once() -> None:
+    """The SDK builds a tool's argument model and schemas with pydantic when a server registers it (about 5 ms a
+    tool, 0.1 s a server). The tests' servers register functions of the same code with the same options, so the
+    tool built for the first is reused by the next with the next server's own function: what the tool runs, and
+    everything that depends on its server, is that server's."""
+    build = Tool.from_function
+    built: dict[tuple[object, ...], Tool] = {}
+
+    def from_function(fn: Any, **options: Any) -> Tool:
+        key = (inspect.unwrap(fn).__code__, *sorted((name, repr(value)) for name, value in options.items()))
+        if (tool := built.get(key)) is None:
+            tool = built[key] = build(fn, **options)
+        return tool.model_copy(update={"fn": fn})
+
+    Tool.from_function = staticmethod(from_function)  # type: ignore[method-assign, assignment]
