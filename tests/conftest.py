@@ -28,24 +28,31 @@ from .helpers.spares import launcher  # noqa: F401  (a launcher of the test's ow
 from .web_support import browser  # noqa: F401  (Chromium, for the dashboard's browser tests)
 
 
-def _interpreter_before_shims() -> None:
-    """`python3` in the tests' commands starts the interpreter itself, not a version manager's shim. pyenv's is a
-    bash script that starts about 30 processes before the interpreter: 0.2 s of CPU a call, and a sixth of the
-    suite's CPU on a 2-core machine where pyenv is how Python was installed. The interpreter that the shim would
-    have chosen (this one's base) comes first on PATH, for the tests and every server and run they start."""
-    found = shutil.which("python3")
-    if found is None:
-        return
-    with open(found, "rb") as program:
-        if program.read(2) != b"#!":
-            return  # the interpreter itself (or a link to it)
-    base = str(Path(sys._base_executable).parent)
-    if base in ("/usr/bin", "/bin", "/usr/local/bin"):
-        return  # a system folder first would shadow every other program of the same name (/usr/local/bin's)
-    os.environ["PATH"] = os.pathsep.join([base, os.environ.get("PATH", "")])
+def _interpreter_first() -> str | None:
+    """`python3` in the tests' commands starts an interpreter straight away, and the folder put first on PATH for
+    it is returned. In a virtual environment (the README's `.venv`), its own folder comes first, as activating it
+    would: `python3` is then neither a version manager's shim (pyenv's is a bash script that starts about 30
+    processes before the interpreter: 0.2 s of CPU a call) nor the base interpreter, whose site-packages may hold
+    `.pth` files that run at every start (this machine's imports certifi: 30 ms a start; the tests start about
+    1900). Outside one, the base interpreter's folder comes first where `python3` is a script, unless it is a
+    system folder (it would shadow every other program of the same name, /usr/local/bin's)."""
+    if sys.prefix != sys.base_prefix:
+        first = str(Path(sys.executable).parent)
+    else:
+        found = shutil.which("python3")
+        if found is None:
+            return None
+        with open(found, "rb") as program:
+            if program.read(2) != b"#!":
+                return None  # the interpreter itself (or a link to it)
+        first = str(Path(sys._base_executable).parent)
+        if first in ("/usr/bin", "/bin", "/usr/local/bin"):
+            return None
+    os.environ["PATH"] = os.pathsep.join([first, os.environ.get("PATH", "")])
+    return first
 
 
-_interpreter_before_shims()
+PATH_FIRST = _interpreter_first()  # what conftest put first on PATH (None: nothing)
 check_each_schema_once()
 build_each_tool_once()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from .conftest import Agent, git, stdio_params, stdio_server_pid
+from .conftest import PATH_FIRST, Agent, git, stdio_params, stdio_server_pid
 from .helpers.attacks import ISOLATION, _log_text
 from .helpers.needs import require
 
@@ -41,10 +41,9 @@ print(f"val_bpb: {abs(LR - 0.1) + 1:.6f}")
 
 
 def _users_path_without_the_tests_prepend() -> str:
-    """PATH as the user had it: conftest puts the base interpreter's folder first when `python3` is a shim."""
+    """PATH as the user had it, without the interpreter's folder that conftest puts first."""
     entries = os.environ.get("PATH", "").split(os.pathsep)
-    base = str(Path(sys._base_executable).parent)
-    if entries and entries[0] == base:
+    if entries and entries[0] == PATH_FIRST:
         entries = entries[1:]
     return os.pathsep.join(entries)
 

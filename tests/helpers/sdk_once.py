@@ -35,14 +35,22 @@ def check_each_schema_once() -> None:
 
 def build_each_tool_once() -> None:
     """The SDK builds a tool's argument model and schemas with pydantic when a server registers it (about 5 ms a
-    tool, 0.1 s a server). The tests' servers register functions of the same code with the same options, so the
+    tool, 0.1 s a server). The tests' servers register functions of the same code, defaults and options, so the
     tool built for the first is reused by the next with the next server's own function: what the tool runs, and
-    everything that depends on its server, is that server's."""
+    everything that depends on its server, is that server's. (The tools' annotations name module constants only:
+    nothing in a signature depends on the server's workspace.)"""
     build = Tool.from_function
     built: dict[tuple[object, ...], Tool] = {}
 
     def from_function(fn: Any, **options: Any) -> Tool:
-        key = (inspect.unwrap(fn).__code__, *sorted((name, repr(value)) for name, value in options.items()))
+        # The tool's own function (the server wraps it to turn errors into ToolErrors).
+        inner = inspect.unwrap(fn)
+        key = (
+            inner.__code__,
+            repr(inner.__defaults__),
+            repr(inner.__kwdefaults__),
+            *sorted((name, repr(value)) for name, value in options.items()),
+        )
         if (tool := built.get(key)) is None:
             tool = built[key] = build(fn, **options)
         return tool.model_copy(update={"fn": fn})
