@@ -48,7 +48,9 @@ def _interpreter_first() -> str | None:
         first = str(Path(sys._base_executable).parent)
         if first in ("/usr/bin", "/bin", "/usr/local/bin"):
             return None
-    os.environ["PATH"] = os.pathsep.join([first, os.environ.get("PATH", "")])
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != first:  # not again in xdist's workers, which inherit it
+        os.environ["PATH"] = os.pathsep.join([first, path])
     return first
 
 

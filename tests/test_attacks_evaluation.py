@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -159,7 +160,6 @@ def test_a_model_that_looks_ahead_only_at_another_batch_size_is_caught(tmp_path:
     size the evaluation uses, or a model that reads its batch size (Shape, Equal: on the allow-list) looks ahead
     only where it is not probed and gets a val_bpb near 0."""
     import subprocess
-    import sys
 
     model, data = _batch_size_cheat(tmp_path)
     command = [sys.executable, "-P", "-m", "mcp_autoresearch.evaluate.bpb", str(model), "--data", str(data)]
@@ -188,6 +188,8 @@ async def test_an_unconfined_run_plants_code_the_evaluation_runs(
     separate in time only: the label must not say "evaluation", and integrity = "required" must refuse it."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the user site-packages the attack writes
     monkeypatch.delenv("PYTHONNOUSERSITE", raising=False)
+    # python3 as installed, not the tests' virtual environment's (which reads no user site-packages)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys._base_executable).parent), os.environ["PATH"]]))
     root = project(tmp_path, 'isolation = "off"\n')
     async with agent_for(root) as agent:
         started = await agent.ok("start_session")

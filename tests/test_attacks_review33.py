@@ -43,7 +43,7 @@ print(f"val_bpb: {abs(LR - 0.1) + 1:.6f}")
 def _users_path_without_the_tests_prepend() -> str:
     """PATH as the user had it, without the interpreter's folder that conftest puts first."""
     entries = os.environ.get("PATH", "").split(os.pathsep)
-    if entries and entries[0] == PATH_FIRST:
+    while entries and entries[0] == PATH_FIRST:
         entries = entries[1:]
     return os.pathsep.join(entries)
 

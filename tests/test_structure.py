@@ -266,3 +266,10 @@ def test_every_link_the_repository_holds_leads_somewhere() -> None:
     links = [line.split("\t", 1)[1] for line in listed.stdout.splitlines() if line.startswith("120000")]
     assert "client_examples/scripted_agent.py" in links
     assert not [link for link in links if not (root / link).exists()]
+
+
+@pytest.mark.slow  # started first, beside the others: the check takes one core for about 17 s
+def test_the_package_type_checks() -> None:
+    """mypy, as pyproject.toml configures it (the pydantic plugin, no untyped definitions), over the package."""
+    done = subprocess.run([sys.executable, "-m", "mypy"], cwd=PACKAGE.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
