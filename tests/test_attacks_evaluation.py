@@ -168,6 +168,13 @@ def test_a_model_that_looks_ahead_only_at_another_batch_size_is_caught(tmp_path:
     assert result.stdout.startswith("metric_error: non-causal"), result.stdout
 
 
+def python_reading_user_site(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python3` as installed, which runs the user's usercustomize.py: not the tests' virtual environment's, first
+    on PATH (conftest), which reads no user site-packages."""
+    monkeypatch.delenv("PYTHONNOUSERSITE", raising=False)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys._base_executable).parent), os.environ["PATH"]]))
+
+
 PLANT_USERCUSTOMIZE = """
 import os, site
 folder = site.getusersitepackages()
@@ -187,9 +194,7 @@ async def test_an_unconfined_run_plants_code_the_evaluation_runs(
     runs at the start of every Python, the evaluation's scorer too, and prints the score. The evaluation is then
     separate in time only: the label must not say "evaluation", and integrity = "required" must refuse it."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the user site-packages the attack writes
-    monkeypatch.delenv("PYTHONNOUSERSITE", raising=False)
-    # python3 as installed, not the tests' virtual environment's (which reads no user site-packages)
-    monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys._base_executable).parent), os.environ["PATH"]]))
+    python_reading_user_site(monkeypatch)
     root = project(tmp_path, 'isolation = "off"\n')
     async with agent_for(root) as agent:
         started = await agent.ok("start_session")
@@ -209,7 +214,7 @@ async def test_a_confined_run_cannot_plant_code_the_evaluation_runs(
     only its own code and the value is the run's answer, 5."""
     require(ISOLATION.confined, "CI must confine runs", "Landlock is unavailable here")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("PYTHONNOUSERSITE", raising=False)
+    python_reading_user_site(monkeypatch)
     root = project(tmp_path)
     plant = (
         "try:\n"
