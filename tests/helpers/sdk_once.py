@@ -12,6 +12,8 @@ from typing import Any
 from jsonschema.validators import validator_for
 from mcp.server.mcpserver.tools.base import Tool
 
+BUILD_WITHOUT_CACHE = Tool.from_function  # the SDK's own (what the cache must build alike)
+
 
 def check_each_schema_once() -> None:
     """`mcp.ClientSession` checks a tool's output schema against the JSON Schema metaschema the first time each
@@ -21,14 +23,18 @@ def check_each_schema_once() -> None:
     each time."""
     validator = validator_for({})  # the draft the client uses for a schema without "$schema"
     check = validator.check_schema
-    valid: set[str] = set()
+    valid: dict[str, Any] = {}  # the schemas found valid, by their JSON text
 
     def check_schema(schema: Any, *args: Any, **kwargs: Any) -> None:
+        if args or kwargs:  # a format checker of the caller's: not the client's check
+            return check(schema, *args, **kwargs)
         key = json.dumps(schema, sort_keys=True, default=repr)
-        if key in valid:
+        # Equal, not only the same text: a tuple, a non-string key or an object prints as a list, a string or its
+        # repr, as a valid schema may (a client reads JSON from a server, which never holds them).
+        if key in valid and valid[key] == schema:
             return
-        check(schema, *args, **kwargs)  # raises SchemaError on an invalid schema, which is never remembered
-        valid.add(key)
+        check(schema)  # raises SchemaError on an invalid schema, which is never remembered
+        valid[key] = json.loads(key)
 
     validator.check_schema = staticmethod(check_schema)  # type: ignore[method-assign]
 
@@ -37,8 +43,10 @@ def build_each_tool_once() -> None:
     """The SDK builds a tool's argument model and schemas with pydantic when a server registers it (about 5 ms a
     tool, 0.1 s a server). The tests' servers register functions of the same code, defaults and options, so the
     tool built for the first is reused by the next with the next server's own function: what the tool runs, and
-    everything that depends on its server, is that server's. (The tools' annotations name module constants only:
-    nothing in a signature depends on the server's workspace.)"""
+    everything that depends on its server, is that server's. The key holds what the SDK builds from: the
+    function's signature as the SDK reads it (annotations evaluated, `__wrapped__` and `__signature__` followed),
+    whether the registered function is async, and the options. (The product's tools' annotations name module
+    constants only; tests/test_attacks_review34.py checks each tool against the SDK's own build.)"""
     build = Tool.from_function
     built: dict[tuple[object, ...], Tool] = {}
 
@@ -49,6 +57,8 @@ def build_each_tool_once() -> None:
             inner.__code__,
             repr(inner.__defaults__),
             repr(inner.__kwdefaults__),
+            repr(inspect.signature(fn, eval_str=True)),
+            inspect.iscoroutinefunction(fn),
             *sorted((name, repr(value)) for name, value in options.items()),
         )
         if (tool := built.get(key)) is None:
