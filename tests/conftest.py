@@ -33,8 +33,8 @@ def _interpreter_first() -> str | None:
     it is returned. In a virtual environment (the README's `.venv`), its own folder comes first, as activating it
     would: `python3` is then neither a version manager's shim (pyenv's is a bash script that starts about 30
     processes before the interpreter: 0.2 s of CPU a call) nor the base interpreter, whose site-packages may hold
-    `.pth` files that run at every start (this machine's imports certifi: 30 ms a start; the tests start about
-    1900). Outside one, the base interpreter's folder comes first where `python3` is a script, unless it is a
+    `.pth` files that run at every start (this machine's imports certifi: 20 ms more a start; the tests start about
+    1400). Outside one, the base interpreter's folder comes first where `python3` is a script, unless it is a
     system folder (it would shadow every other program of the same name, /usr/local/bin's)."""
     if sys.prefix != sys.base_prefix:
         first = str(Path(sys.executable).parent)
