@@ -61,7 +61,8 @@ def start_process(args: list[str], port: int, env: dict[str, str] | None = None)
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 30
+    # A bound only for a server that never answers (it starts in about 1.5 s; a loaded machine may take far longer).
+    deadline = time.monotonic() + 120
     # One client for the polls: each new one loads the CA certificates (about 60 ms of CPU, even for http).
     with httpx2.Client(timeout=1) as http:
         while time.monotonic() < deadline:
@@ -73,7 +74,7 @@ def start_process(args: list[str], port: int, env: dict[str, str] | None = None)
             except httpx2.HTTPError:
                 time.sleep(0.1)
     stop_process(proc)
-    raise AssertionError("server did not answer within 30 s")
+    raise AssertionError("server did not answer within 120 s")
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> str:
