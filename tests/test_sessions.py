@@ -86,6 +86,7 @@ async def test_a_running_reply_gives_the_live_logs_path(ml_project: Path, agent_
         assert run["status"] == "running"
         live = Path(run["log_path"])
         assert live.is_absolute() and live.name == "r1.log"
+        assert live.exists()  # `tail -f` finds it at once, even before the run's process has started
         while "training..." not in live.read_text():  # what `tail -f` shows while it runs
             run = await agent.ok("wait_experiment", run_id="r1", wait_s=0.2)
             assert run["status"] == "running"

@@ -9,6 +9,7 @@ placements (where the candidate is put, where the run writes, how the after-run 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +58,15 @@ class ActiveRun:
 
     def record_progress(self, elapsed: float, limit: float, line: str) -> None:
         self.progress = (elapsed, limit, line)
+
+    def create_live_log(self) -> None:
+        """The first log, empty, before the run's thread starts: the path a "running" reply gives can be
+        `tail -f`ed at once (the run truncates and writes it when its process starts)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            os.close(os.open(self.log_dir / f"{self.run_id}.log", flags, 0o644))
+        except OSError:  # a full disk or a planted link: the run reports it when it opens the log itself
+            pass
 
     def live_log(self) -> Path:
         """The log being written now (the newest of the run's logs), for a person to `tail -f`."""

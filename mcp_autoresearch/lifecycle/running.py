@@ -296,6 +296,7 @@ class Runs:
 
     def _start_thread(self, pending: Pending) -> None:
         flight = self.flights[pending.run_id]
+        flight.create_live_log()
         flight.thread = threading.Thread(
             target=execute,
             args=(self.core, self.space, self, flight, pending),
