@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import threading
 import time
 from pathlib import Path
@@ -283,3 +285,24 @@ def test_metric_lines_across_chunk_boundaries(tmp_path: Path) -> None:
     assert len(figures.metrics) == 8
     assert last_match(log, [user_pattern(r"^METRIC m3=(\d+)")]) is not None
     assert last_match(log, [user_pattern(r"^(never)")]) is None
+
+
+def test_a_server_holding_more_than_a_thousand_files_still_runs(tmp_path: Path) -> None:
+    """A long-lived server may hold many descriptors: a run's pipes and process handles then get numbers past
+    1023, which `select` refuses ('filedescriptor out of range'): every run would fail inside the server."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200
+    assert hard == resource.RLIM_INFINITY or hard >= wanted + 200, "this machine allows too few open files"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted + 200), hard))
+    fillers: list[int] = []
+    try:
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        fillers.append(null)
+        while fillers[-1] < wanted:  # every number below `wanted` taken: what the run opens comes after
+            fillers.append(os.dup(null))
+        result = run(tmp_path, "echo 'score: 2.5'")
+        assert result.status == "ok" and result.value == 2.5, result.error
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -5,13 +5,13 @@ as it arrives (`capture.Capture`)."""
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import time
 from collections.abc import Sequence
 
 from .capture import Capture
 from .launcher import Launched
+from .readiness import ready_to_read
 
 POLL_S = 0.005  # without a pidfd: how often the process is looked at
 
@@ -44,7 +44,7 @@ class ExitWaiter:
             remaining = max(0.0, end - time.monotonic())
             step = remaining if self.fd is not None else min(POLL_S, remaining)
             output = [fd for capture in captures for fd in capture.watched]
-            ready, _, _ = select.select([*ends, *output], [], [], step)
+            ready = ready_to_read([*ends, *output], step)
             if any(fd in ready for fd in ends):
                 return True
             for capture in captures:

@@ -18,7 +18,6 @@ import atexit
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -31,6 +30,7 @@ from typing import Any
 import psutil
 
 from .confine import KeeperSpec
+from .readiness import ready_to_read
 
 log = logging.getLogger("mcp_autoresearch")
 SERVER_SCRIPT = Path(__file__).with_name("forkserver.py")
@@ -100,8 +100,7 @@ class Launched:
 
 
 def _readable(fd: int, timeout: float) -> bool:
-    ready, _, _ = select.select([fd], [], [], timeout)
-    return bool(ready)
+    return bool(ready_to_read([fd], timeout))
 
 
 class Launcher:
