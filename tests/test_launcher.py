@@ -21,7 +21,7 @@ import pytest
 
 from mcp_autoresearch.sandbox import namespaces
 from mcp_autoresearch.sandbox.forkserver import SPARES
-from mcp_autoresearch.sandbox.launcher import Launched, Launcher
+from mcp_autoresearch.sandbox.launcher import Launched, Launcher, LauncherError
 from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .helpers.needs import require
@@ -472,3 +472,59 @@ def test_descendants_are_found_without_reading_every_process(tmp_path: Path) -> 
             child.kill()
         root.kill()
         root.wait()
+
+
+def _pids_controller() -> Path | None:
+    """Where a pids cgroup of this test's own can be made: the v1 hierarchy's root, or the v2 root when it hands
+    the pids controller down; None when neither is here or writable."""
+    for root, needed in (
+        (Path("/sys/fs/cgroup/pids"), None),
+        (Path("/sys/fs/cgroup"), "cgroup.subtree_control"),
+    ):
+        procs = root / "cgroup.procs"
+        if not procs.exists() or not os.access(root, os.W_OK):
+            continue
+        if needed is not None and "pids" not in (root / needed).read_text().split():
+            continue
+        return root
+    return None
+
+
+def test_a_refused_fork_fails_that_request_and_the_runs_started_go_on(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    """A launcher that cannot fork (no process left in its cgroup, which a run of the same cgroup can use up)
+    answers that request with an error, for the server to start that keeper itself; it stays, and so does every
+    run it started: their keepers leave with it."""
+    controller = _pids_controller()
+    require(controller, "CI must have a writable pids cgroup", "no writable pids cgroup here")
+    assert controller is not None
+    _spares(launcher)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    held, held_fd = _start(launcher, tmp_path, f"exec cat {fifo.name}")
+    group = controller / f"autoresearch-test-{os.getpid()}-{launcher.process.pid}"
+    group.mkdir()
+    try:
+        (group / "pids.max").write_text("1")  # the launcher alone: it can fork nothing
+        (group / "cgroup.procs").write_text(str(launcher.process.pid))
+        refused = None
+        for _ in range(SPARES + 1):  # the spares left serve their requests; then one needs a fork
+            try:
+                _run(launcher, tmp_path, "exit 0")
+            except LauncherError as exc:
+                refused = str(exc)
+                break
+        assert refused is not None and "could not fork a keeper" in refused, refused
+        assert launcher.process.poll() is None and launcher.alive  # the launcher stays
+    finally:
+        (controller / "cgroup.procs").write_text(str(launcher.process.pid))
+        group.rmdir()
+    keeper, code, output = _run(launcher, tmp_path, "echo again")  # and serves the next request
+    assert (code, output) == (0, "again\n")
+    with open(fifo, "w") as writer:  # the run started before is still there and ends as it should
+        writer.write("done\n")
+    with os.fdopen(held_fd, "rb") as pipe:
+        assert pipe.read() == b"done\n"
+    assert held.wait(60) == 0
+    held.close()

@@ -361,9 +361,14 @@ def serve(sock_fd: int) -> None:
             send({"error": f"bad request: {exc}"})
             continue
         taken = spares.take(data, fds, request["spec"])
-        pid = _fork_keeper(request, fds) if taken is None else taken
-        for fd in fds:
-            os.close(fd)
+        try:
+            pid = _fork_keeper(request, fds) if taken is None else taken
+        except OSError as exc:  # no process left (a run used up its cgroup's): this request fails, not the
+            send({"error": f"could not fork a keeper: {exc.strerror}"})  # launcher, whose end ends every run
+            continue
+        finally:
+            for fd in fds:
+                os.close(fd)
         keepers.add(pid)
         send({"pid": pid})
     _stop(keepers, spares)
