@@ -4,6 +4,7 @@ SIGTERM and keeps forking. The job ends at its limit and leaves no process behin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -69,8 +70,11 @@ def test_a_cancelled_job_leaves_no_process_behind_on_the_worker(tmp_path: Path, 
     from .helpers.ray_head import _experiment, _project
 
     root = _project(tmp_path)
-    (root / "forker.py").write_text(FORKER)
-    experiment = _experiment(root, ray_address, "trap '' TERM; python3 forker.py; echo after")
+    script = (
+        f"forker_{os.getpid()}_{tmp_path.name}.py"  # only this test's processes are looked for (and killed)
+    )
+    (root / script).write_text(FORKER)
+    experiment = _experiment(root, ray_address, f"trap '' TERM; python3 {script}; echo after")
     log = tmp_path / "logs" / "r1.log"
 
     def cancel_when_started() -> None:
@@ -82,18 +86,22 @@ def test_a_cancelled_job_leaves_no_process_behind_on_the_worker(tmp_path: Path, 
 
     threading.Thread(target=cancel_when_started, daemon=True).start()
     result = experiment.run()
-    time.sleep(1.5)
-    survivors = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if "forker.py" in " ".join(proc.info["cmdline"] or []):
-                survivors.append(proc)
-        except psutil.Error:
-            pass
-    for proc in survivors:  # ours: started by this test's job
+
+    def survivors() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and script in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        return found
+
+    # Ended by the sweep, or (a leak) alive for the 120 s each sleeps: waited for, up to a fifth of that.
+    deadline = time.monotonic() + 24
+    while (left := survivors()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for proc in left:  # ours: started by this test's job
         try:
             proc.kill()
         except psutil.Error:
             pass
     assert result.status == "cancelled", result
-    assert not survivors, f"{len(survivors)} processes of the cancelled run are still running"
+    assert not left, f"{len(left)} processes of the cancelled run are still running"
