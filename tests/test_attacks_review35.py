@@ -51,16 +51,11 @@ class _Unblocker:
 # --- 1. The live log made before the run's thread starts (ActiveRun.create_live_log) ---------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="create_live_log opens the log O_WRONLY without O_NONBLOCK under the session's lock: a FIFO planted "
-    "at the next run's log path blocks run_experiment, and the whole session, until something reads it",
-)
 async def test_a_fifo_at_the_next_runs_log_never_blocks_the_server(ml_project: Path, agent_for) -> None:
     """README ("its own files: never opened ... in a way that can block (a FIFO there is replaced)"). A run that is
     not confined plants a FIFO where the next run's log will be (`.autoresearch/runs/<tag>/r3.log`, the ids are
-    sequential). Before this change the run opened its log O_RDWR (which never blocks on a FIFO); the live log is
-    now opened O_WRONLY first, with the session's lock held: the next run_experiment never answers."""
+    sequential). The log made before the run's thread starts is opened with the session's lock held: opened for
+    writing, the FIFO would hold it (and every call) until something read it. It is replaced instead."""
     async with agent_for(ml_project, {"isolation": "off"}) as agent:
         await agent.ok("start_session", tag="evil")
         _, base = await agent.experiment("baseline")
@@ -83,17 +78,13 @@ async def test_a_fifo_at_the_next_runs_log_never_blocks_the_server(ml_project: P
         await agent.until_done(run["run_id"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a FIFO at a run's log path is opened O_RDWR by ProcessRun.run (not replaced): the log's writes block "
-    "once 64 KiB are in it, in the thread that enforces the timeout, so the run outlives its timeout (and any "
-    "cancel) until something reads the FIFO (before this session's change too)",
-)
-async def test_a_fifo_at_the_runs_log_never_holds_the_run_past_its_timeout(ml_project: Path, agent_for) -> None:
-    """The run's own half of the same plant: whatever the live log's creation does, the run then opens the FIFO as
-    its log (O_RDWR never blocks) and the capture writes the run's output into it: past the FIFO's 64 KiB, the
-    supervising thread blocks in `RunLog.write` and never reaches its deadline. A 5 s timeout, a run that prints
-    300 KB: it is still "running" 30 s later."""
+async def test_a_fifo_at_the_runs_log_never_holds_the_run_past_its_timeout(
+    ml_project: Path, agent_for
+) -> None:
+    """The run's own half of the same plant: opened as the run's log (O_RDWR never blocks), a FIFO took the
+    run's output until its 64 KiB were full, then held the supervising thread in `RunLog.write`, past its
+    deadline and any cancel (a 5 s timeout, a run that prints 300 KB: still "running" 30 s later). The run
+    replaces it with a file of its own."""
     async with agent_for(ml_project, {"isolation": "off", "timeout": 5}) as agent:
         await agent.ok("start_session", tag="evil")
         _, base = await agent.experiment("baseline")
@@ -137,15 +128,10 @@ def _drain(fifo: Path, done: threading.Event) -> None:
         done.set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="create_live_log makes <run>.log, but with repeats the runs write <run>-1.log, <run>-2.log: an empty "
-    "<run>.log that no run writes is left for every experiment, and a running reply may name it",
-)
 async def test_with_repeats_the_log_made_ahead_is_one_a_run_writes(ml_project: Path, agent_for) -> None:
-    """`Experiment.run` names the first log `<run>.log` only when `repeats` is 1. The log made ahead of the
-    thread is always `<run>.log`: with repeats it stays empty for good, and a running reply given before the
-    thread opened `<run>-1.log` (`wait_s=0`; one in five here) names that empty file for `tail -f`."""
+    """`Experiment.run` names the first log `<run>.log` only when `repeats` is 1 (else `<run>-1.log`, ...): the
+    log made ahead of the thread is the one the first run writes, never an empty `<run>.log` that a running
+    reply given before the thread started (`wait_s=0`) would name for `tail -f`."""
     async with agent_for(ml_project, {"repeats": 2}) as agent:
         await agent.ok("start_session", tag="rep")
         run = await agent.ok("run_experiment", description="baseline", wait_s=0)
@@ -172,24 +158,26 @@ def _fill_descriptors(upto: int) -> list[int]:
     return fillers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="forkserver.serve still select()s on the socket it inherits with the server's number for it: a "
-    "launcher started by a server holding over 1023 files dies at once (ValueError), and every run then starts a "
-    "new launcher that dies and falls back to starting its keeper directly",
-)
 def test_a_launcher_started_past_a_thousand_files_serves_its_runs(tmp_path: Path) -> None:
-    """The change made the server's own waits work for any descriptor number, but the launcher is handed its end
-    of the socket pair under the server's number (`pass_fds` keeps it): past 1023 it is out of range for the
-    launcher's `select`, which raises before the first request."""
+    """The launcher is handed its end of the socket pair under the server's number (`pass_fds` keeps it): past
+    1023, out of range for `select`, which raised before the first request (every run then started a launcher
+    that died, and its keeper directly). It serves a command through that socket, and stays."""
     fillers = _fill_descriptors(1100)
     launcher = None
     try:
         launcher = Launcher()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and launcher.process.poll() is None:
-            time.sleep(0.1)  # a launcher that works stays; the broken one is gone within a second
-        assert launcher.process.poll() is None and launcher.alive, "the launcher died at its start"
+        read_fd, write_fd = os.pipe()
+        try:
+            launched = launcher.spawn(
+                ["/bin/sh", "-c", "echo served"], tmp_path, dict(os.environ), write_fd, {}
+            )
+        finally:
+            os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            assert pipe.read() == b"served\n"
+        assert launched.wait(60) == 0
+        launched.close()
+        assert launcher.process.poll() is None and launcher.alive, "the launcher died"
     finally:
         if launcher is not None:
             launcher.sock.close()

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..measure import output_checks, output_size
 from ..names import STATE_DIR
+from ..records.atomic import open_own
 from ..records.run_log import RunLog
 from ..sandbox import (
     command,
@@ -60,8 +61,7 @@ class Log(RunLog):
 
     def __init__(self, path: Path, limit: int | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-        super().__init__(os.open(path, flags, 0o644), limit)
+        super().__init__(open_own(path, os.O_RDWR | os.O_TRUNC), limit)
 
     def close(self) -> None:
         os.close(self.fd)

@@ -167,6 +167,13 @@ class Experiment:
             self._current = process
         return process
 
+    def next_log(self) -> Path:
+        """The log the next run of the command writes: `<run>.log`, or `<run>-<n>.log` with repeats (and for every
+        run after the first)."""
+        index = len(self._tally.durations) + 1
+        suffix = "" if index == 1 and self.config.repeats == 1 else f"-{index}"
+        return self.log_dir / f"{self.run_id}{suffix}.log"
+
     def run(self, runs: int | None = None, checks: bool = True) -> ExperimentResult:
         """Run the command `runs` more times (default: `repeats`), adding to the runs of earlier calls (the
         value is the median of all of them), then the checks command when `checks`. Every run gets its own
@@ -176,9 +183,8 @@ class Experiment:
         assert config.run_command is not None
         tally = self._tally
         for _ in range(config.repeats if runs is None else runs):
-            index = len(tally.durations) + 1
-            suffix = "" if index == 1 and config.repeats == 1 else f"-{index}"
-            log_path = self.log_dir / f"{self.run_id}{suffix}.log"
+            log_path = self.next_log()
+            suffix = log_path.stem.removeprefix(self.run_id)
             tally.eval_log = None
             process = self._process(
                 without_run_log_redirect(config.run_command),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..measure.sequential import Measurement, Sequential, confirm_keep
 from ..measure.standing import noise_beside
+from ..records.atomic import open_own
 from ..records.diskspace import DiskSpace, mark_disk_full
 from ..records.state import Pending, RunOutcome, TestRecord
 from ..statuses import RunStatus
@@ -60,12 +61,14 @@ class ActiveRun:
         self.progress = (elapsed, limit, line)
 
     def create_live_log(self) -> None:
-        """The first log, empty, before the run's thread starts: the path a "running" reply gives can be
-        `tail -f`ed at once (the run truncates and writes it when its process starts)."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        """The log the run writes first, empty, before the run's thread starts: the path a "running" reply gives
+        can be `tail -f`ed at once (the run truncates and writes it when its process starts)."""
+        first = (
+            self.experiment.next_log() if self.experiment is not None else self.log_dir / f"{self.run_id}.log"
+        )
         try:
-            os.close(os.open(self.log_dir / f"{self.run_id}.log", flags, 0o644))
-        except OSError:  # a full disk or a planted link: the run reports it when it opens the log itself
+            os.close(open_own(first, os.O_WRONLY))
+        except OSError:  # a full disk, a folder there: the run reports it when it opens the log itself
             pass
 
     def live_log(self) -> Path:

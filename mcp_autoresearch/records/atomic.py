@@ -256,6 +256,36 @@ def open_regular(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int
     return fd
 
 
+def open_own(path: Path, flags: int, mode: int = 0o644) -> int:
+    """One of the server's own files (a run's log) opened for writing, created when missing: never through a
+    symlink, never in a way that can block (a FIFO would hold the open, or the first write past its pipe's size,
+    for good: the run's deadline and a cancel with it). Anything but a regular file standing at `path` (a link,
+    a FIFO, a socket, a device node) is removed, the name only, and a new file made; a folder is refused."""
+    for _attempt in range(3):
+        try:
+            found = os.lstat(path)
+        except FileNotFoundError:
+            found = None
+        if found is not None and not stat.S_ISREG(found.st_mode):
+            if stat.S_ISDIR(found.st_mode):
+                raise IsADirectoryError(errno.EISDIR, f"{path} is a folder, where the server keeps a file")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        try:  # O_NONBLOCK: what stands there may have changed since the look above
+            fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EEXIST):  # a link, a FIFO, made meanwhile
+                continue
+            raise
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.set_blocking(fd, True)
+            return fd
+        os.close(fd)
+    raise OSError(
+        errno.EAGAIN, f"{path} keeps being replaced by something other than a file; stop what does it"
+    )
+
+
 def read_regular(path: Path) -> bytes:
     """The content of a regular file (see `open_regular`)."""
     fd = open_regular(path)

@@ -8,6 +8,7 @@ server's side and the protocol).
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import signal
@@ -314,6 +315,12 @@ def serve(sock_fd: int) -> None:
     spares = Spares()
     spares.fill()
     mounts = _mount_table()
+    # poll, not select: the socket keeps the server's number for it, past 1023 for a server holding many files
+    watched = select.poll()
+    for fd in (sock_fd, wake_r):
+        watched.register(fd, select.POLLIN)
+    for fd in mounts:
+        watched.register(fd, select.POLLPRI)  # a mount made or taken away (proc(5))
 
     def send(message: dict[str, Any]) -> None:
         try:
@@ -327,9 +334,11 @@ def serve(sock_fd: int) -> None:
             # re-measurement right after its run) does not wait for a fork, while the other spare serves it.
             quiet = QUIET_RUNNING_S if keepers else QUIET_S
             wait = None if len(spares.ready) == SPARES else quiet if spares.ready or keepers else 0.0
-            ready, _, changed = select.select([sock_fd, wake_r], [], mounts, wait)
+            events = watched.poll(None if wait is None else math.ceil(wait * 1000))
         except InterruptedError:
             continue
+        ready = [fd for fd, _ in events if fd not in mounts]
+        changed = [fd for fd, _ in events if fd in mounts]
         if changed:
             # A mount was made or taken away: a standby process holds a copy of every mount as it was (a disk
             # taken away would stay busy in it, one added would be missing), so the spares are made again; and
@@ -375,8 +384,7 @@ def serve(sock_fd: int) -> None:
 
 
 def _mount_table() -> list[int]:
-    """The launcher's mount table, watched (select's exceptional condition says it changed), or nothing to
-    watch."""
+    """The launcher's mount table, watched (a priority event says it changed), or nothing to watch."""
     try:
         return [os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)]
     except OSError:

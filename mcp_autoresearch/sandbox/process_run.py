@@ -33,7 +33,7 @@ from typing import Literal
 import psutil
 
 from ..errors import SessionError
-from ..records.atomic import atomic_write, own_dir
+from ..records.atomic import atomic_write, open_own, own_dir
 from ..records.logtail import last_line
 from . import run_tmpdirs
 from .capture import Capture
@@ -157,8 +157,8 @@ class ProcessRun:
         if self.project_marker:
             env[MARKER_PROJECT] = self.project_marker
         started = time.monotonic()
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-        log_fd = os.open(self.log_path, flags, 0o644)
+        flags = os.O_RDWR | os.O_TRUNC
+        log_fd = open_own(self.log_path, flags)
         try:
             tmpdir = run_tmpdirs.make()
         except OSError as exc:  # the temporary directory removed, full or read-only since the server started
@@ -197,7 +197,7 @@ class ProcessRun:
                     os.close(err_write)
             self._capture = Capture(read_fd, log_fd, self.log_limit)
             if err_read >= 0 and self.stderr_log is not None:
-                err_fd = os.open(self.stderr_log, flags, 0o644)
+                err_fd = open_own(self.stderr_log, flags)
                 self._err_capture = Capture(err_read, err_fd, self.log_limit)
             status, exit_code = self._supervise(started)
             duration = time.monotonic() - started
