@@ -68,12 +68,11 @@ async def test_a_fifo_at_the_next_runs_log_never_blocks_the_server(ml_project: P
         await agent.ok("apply_edit", content=f"{HONEST}\nprint(f'val_bpb: {{abs(LR - 0.1) + 1:.6f}}')\n")
         unblocker = _Unblocker(fifo, 15.0)
         try:
-            begun = time.monotonic()
             run = await agent.ok("run_experiment", description="honest", wait_s=0)
-            took = time.monotonic() - begun
         finally:
             unblocker.close()
-        assert not unblocker.needed and took < 10, f"run_experiment blocked {took:.1f} s on the FIFO"
+        assert not unblocker.needed, "run_experiment waited on the FIFO until something read it"
+        assert stat.S_ISREG(os.lstat(fifo).st_mode)  # replaced by the log itself
         assert run["status"] in ("running", "ok", "crash"), run
         await agent.until_done(run["run_id"])
 
@@ -99,9 +98,12 @@ async def test_a_fifo_at_the_runs_log_never_holds_the_run_past_its_timeout(
             run = await agent.ok("run_experiment", description="loud", wait_s=0)
             unblocker.close()
             begun = time.monotonic()
-            while run["status"] == "running" and time.monotonic() - begun < 30:
+            while run["status"] == "running" and time.monotonic() - begun < 120:  # the limit ends a hung test
                 run = await agent.ok("wait_experiment", run_id=run["run_id"], wait_s=2)
-            assert run["status"] != "running", "the run is still running 30 s into its 5 s timeout"
+            assert run["status"] != "running", (
+                "the run outlived its 5 s timeout by minutes: the FIFO holds it"
+            )
+            assert stat.S_ISREG(os.lstat(fifo).st_mode) and b"y" * 100 in fifo.read_bytes()  # its own log
         finally:
             unblocker.close()
             threading.Thread(target=_drain, args=(fifo, drained), daemon=True).start()
@@ -140,6 +142,29 @@ async def test_with_repeats_the_log_made_ahead_is_one_a_run_writes(ml_project: P
         written = {path.name: path.stat().st_size for path in logs.glob("r1*.log")}
         assert {"r1-1.log", "r1-2.log"} <= set(written), written
         assert all(size > 0 for size in written.values()), f"a log no run wrote: {written}"
+
+
+async def test_a_hard_link_at_the_next_runs_log_never_empties_the_users_file(
+    ml_project: Path, agent_for
+) -> None:
+    """A run that is not confined links the user's untracked notes where the next run's log will be: the log's
+    open truncated its file, so the user's notes were emptied (and then filled with the run's output). A log is
+    a file with one name; anything else there is replaced, the user's file left as it was."""
+    notes = ml_project / "my_notes.txt"
+    kept = notes.read_bytes()
+    async with agent_for(ml_project, {"isolation": "off"}) as agent:
+        await agent.ok("start_session", tag="evil")
+        _, base = await agent.experiment("baseline")
+        assert base["decision"] == "keep"
+        code = "import os\nos.link('my_notes.txt', '.autoresearch/runs/evil/r3.log')"
+        await agent.edit("LR = 0.5", attack(code))
+        await agent.experiment("links the user's notes at the next run's log")
+        assert os.lstat(ml_project / ".autoresearch/runs/evil/r3.log").st_nlink == 2  # still there
+        await agent.ok("apply_edit", content=f"{HONEST}\nprint(f'val_bpb: {{abs(LR - 0.1) + 1:.6f}}')\n")
+        run, _ = await agent.experiment("honest")
+        assert run["status"] == "ok", run
+    assert notes.read_bytes() == kept
+    assert os.lstat(notes).st_nlink == 1
 
 
 # --- 2. poll, not select (sandbox/readiness.py) ----------------------------------------------------------------

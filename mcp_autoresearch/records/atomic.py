@@ -259,14 +259,18 @@ def open_regular(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int
 def open_own(path: Path, flags: int, mode: int = 0o644) -> int:
     """One of the server's own files (a run's log) opened for writing, created when missing: never through a
     symlink, never in a way that can block (a FIFO would hold the open, or the first write past its pipe's size,
-    for good: the run's deadline and a cancel with it). Anything but a regular file standing at `path` (a link,
-    a FIFO, a socket, a device node) is removed, the name only, and a new file made; a folder is refused."""
+    for good: the run's deadline and a cancel with it), and never a file that is also another name's (a hard
+    link to a file of the user's would have it truncated). Anything but a regular file with one link standing at
+    `path` is removed, the name only, and a new file made; a folder is refused. `O_TRUNC` in `flags` empties the
+    file once it is known to be such a file."""
+    truncate = bool(flags & os.O_TRUNC)
+    flags &= ~os.O_TRUNC
     for _attempt in range(3):
         try:
             found = os.lstat(path)
         except FileNotFoundError:
             found = None
-        if found is not None and not stat.S_ISREG(found.st_mode):
+        if found is not None and not _own_file(found):
             if stat.S_ISDIR(found.st_mode):
                 raise IsADirectoryError(errno.EISDIR, f"{path} is a folder, where the server keeps a file")
             with contextlib.suppress(FileNotFoundError):
@@ -274,16 +278,22 @@ def open_own(path: Path, flags: int, mode: int = 0o644) -> int:
         try:  # O_NONBLOCK: what stands there may have changed since the look above
             fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
         except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EEXIST):  # a link, a FIFO, made meanwhile
+            if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link or a FIFO, put there meanwhile
                 continue
             raise
-        if stat.S_ISREG(os.fstat(fd).st_mode):
+        if _own_file(os.fstat(fd)):
             os.set_blocking(fd, True)
+            if truncate:
+                os.ftruncate(fd, 0)
             return fd
         os.close(fd)
     raise OSError(
         errno.EAGAIN, f"{path} keeps being replaced by something other than a file; stop what does it"
     )
+
+
+def _own_file(found: os.stat_result) -> bool:
+    return stat.S_ISREG(found.st_mode) and found.st_nlink == 1
 
 
 def read_regular(path: Path) -> bytes:
