@@ -30,19 +30,13 @@ HONEST_RUN = f"{HONEST}\nprint(f'val_bpb: {{abs(LR - 0.1) + 1:.6f}}')\n"
 # --- 1. A hard link at the next run's log: O_TRUNC through it --------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open_own opens a regular file standing at the log's name with O_TRUNC whatever its link count: a "
-    "hard link planted there carries the next run's output into the file it shares (records/atomic.py:275)",
-)
 async def test_a_hard_link_at_the_next_runs_log_never_carries_the_servers_write_into_a_users_file(
     ml_project: Path, agent_for
 ) -> None:
     """An unconfined run links the user's untracked `my_notes.txt` at the next run's log name (ids are
-    sequential). Its own checks find nothing changed (the notes are as they were), it is kept. The next, honest
-    run's log is then opened with O_TRUNC: the server itself empties the user's notes and writes that run's
-    output into them. `open_own` replaces a symlink, a FIFO, a socket; a regular file with another name is as
-    much "something else's" and should be replaced too (as `_spare_fd` does: one link, or a new file)."""
+    sequential). Its own checks find nothing changed (the notes are as they were), it is kept. Opened with
+    O_TRUNC, the next, honest run's log emptied the user's notes and took that run's output. A log is a file
+    with one name: a symlink, a FIFO, a socket or a file with another name there is replaced."""
     notes = ml_project / "my_notes.txt"
     kept = notes.read_bytes()
     async with agent_for(ml_project, {"isolation": "off"}) as agent:
@@ -62,18 +56,13 @@ async def test_a_hard_link_at_the_next_runs_log_never_carries_the_servers_write_
         assert notes.read_bytes() == kept, f"the user's notes now hold {notes.read_bytes()[:80]!r}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the same O_TRUNC through a hard link (records/atomic.py:275): the planting run is kept, the next "
-    "honest run is judged `tampered` for the server's own write into the evaluator",
-)
 async def test_a_hard_link_to_the_evaluator_at_the_next_log_never_makes_an_honest_run_tampered(
     ml_project: Path, agent_for
 ) -> None:
     """The same plant aimed at a tracked, read-only file (`prepare.py`, the evaluation): the planting run
-    changes no byte of it and is kept; the next run, honest, has its log (the evaluator's inode) truncated and
-    written by the server, so its after-run check finds `prepare.py` changed and discards it as `tampered`
-    (and while it ran, the evaluator held its output). The blame lands on the wrong run."""
+    changes no byte of it and is kept; the next run, honest, had its log (the evaluator's inode) truncated and
+    written by the server, so its after-run check found `prepare.py` changed and discarded it as `tampered`:
+    the blame on the wrong run. The link is replaced; the honest run is measured."""
     async with agent_for(ml_project, {"isolation": "off"}) as agent:
         await agent.ok("start_session", tag="evil")
         await agent.experiment("baseline")
@@ -121,21 +110,14 @@ def _processes_with(token: str) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ProcessRun.run opens the stderr log (sandbox/process_run.py:200) after the command started "
-    "(process_run.py:187); open_own raising there leaves the started evaluation running, unsupervised",
-)
 @pytest.mark.parametrize("isolation", ["off", "auto"])
 async def test_an_evaluation_whose_stderr_log_cannot_be_made_is_not_left_running(
     tmp_path: Path, agent_for, isolation: str
 ) -> None:
-    """`open_own` refuses a folder at a log's name (and gives up after 3 replacements, or on a full disk): for
-    the evaluation stage's and metric_parse's `.stderr.log`, that open comes after the command was started, so
-    the exception leaves `run()` with the evaluation still going: no timeout, no kill, no keeper watching it.
-    The run is recorded as an internal-error crash at once while its evaluator keeps running beside the next
-    runs (here 25 s; any length). A folder at `r2-eval.stderr.log` is what an unconfined run (or the user)
-    leaves; the stderr log should be opened before the command starts, or the command ended when it fails."""
+    """`open_own` refuses a folder at a log's name (and gives up after 3 replacements, or on a full disk). The
+    evaluation stage's and metric_parse's `.stderr.log` was opened after the command started: failing, it left
+    `run()` with the evaluation still going (no timeout, no kill, no keeper watching it) beside the next runs.
+    Both logs are made before anything starts: the run fails to start, naming the log, and nothing is left."""
     token = uuid.uuid4().hex
     root = make_repo(
         tmp_path / "proj",
@@ -159,6 +141,7 @@ async def test_an_evaluation_whose_stderr_log_cannot_be_made_is_not_left_running
             await agent.edit("X = 5\n", "X = 4\n")
             run, _ = await agent.experiment("scored while its stderr log is a folder")
             assert run["status"] != "running"
+            assert "r2-eval.stderr.log" in (run.get("error") or ""), run
             time.sleep(1.0)
             left = _processes_with(token)
             assert not left, (

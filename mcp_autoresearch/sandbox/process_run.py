@@ -159,12 +159,20 @@ class ProcessRun:
         started = time.monotonic()
         flags = os.O_RDWR | os.O_TRUNC
         log_fd = open_own(self.log_path, flags)
+        err_fd = -1  # stderr's own log, made before anything starts: a command is never left without its run
         try:
+            if self.stderr_log is not None:
+                err_fd = open_own(self.stderr_log, flags)
             tmpdir = run_tmpdirs.make()
         except OSError as exc:  # the temporary directory removed, full or read-only since the server started
-            reason = run_tmpdirs.not_made(exc)
+            if err_fd < 0 and self.stderr_log is not None:
+                reason = f"could not make the log {self.stderr_log}: {exc.strerror or exc}"
+            else:
+                reason = run_tmpdirs.not_made(exc)
             os.write(log_fd, f"autoresearch: {reason}\n".encode())
             os.close(log_fd)
+            if err_fd >= 0:
+                os.close(err_fd)
             return ProcessResult("failed_to_start", None, 0.0, 0, self.log_path, reason)
         for name in ("TMPDIR", "TMP", "TEMP"):
             env[name] = tmpdir
@@ -196,9 +204,9 @@ class ProcessRun:
                 if err_write >= 0:
                     os.close(err_write)
             self._capture = Capture(read_fd, log_fd, self.log_limit)
-            if err_read >= 0 and self.stderr_log is not None:
-                err_fd = open_own(self.stderr_log, flags)
+            if err_read >= 0:
                 self._err_capture = Capture(err_read, err_fd, self.log_limit)
+                err_fd = -1  # the capture's now
             status, exit_code = self._supervise(started)
             duration = time.monotonic() - started
             self._cut()
@@ -230,6 +238,8 @@ class ProcessRun:
             os.close(log_fd)
             if self._err_capture is not None:
                 os.close(self._err_capture.log_fd)
+            elif err_fd >= 0:
+                os.close(err_fd)
             run_tmpdirs.remove(tmpdir)
 
     def _output_cut(self) -> str | None:
