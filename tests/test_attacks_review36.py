@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mcp_autoresearch.records.atomic import open_own
+from mcp_autoresearch.records.atomic import cut_torn_line, open_own, write_at
 from mcp_autoresearch.sandbox.launcher import Launcher
 
 from .conftest import make_repo
@@ -288,3 +288,21 @@ def test_a_mount_change_remakes_the_spares_once_and_the_launcher_stays_idle_and_
         except subprocess.TimeoutExpired:
             launcher.process.kill()
             raise
+
+
+def test_an_append_to_a_record_never_cuts_a_file_linked_at_its_name(tmp_path: Path) -> None:
+    """The JSONL, its copy and results.tsv are appended in place (`write_at`, which cuts what follows its line):
+    a hard link to a file of the user's standing at a record's name would have had that file cut and written.
+    The name is first made a copy of its own; the user's file is left as it was."""
+    users = tmp_path / "notes.txt"
+    users.write_bytes(b"the user's notes, longer than the record's first line\n")
+    record = tmp_path / "autoresearch.jsonl"
+    os.link(users, record)
+    write_at(record, 0, b'{"line": 1}\n', sync=False)
+    assert users.read_bytes() == b"the user's notes, longer than the record's first line\n"
+    assert record.read_bytes() == b'{"line": 1}\n' and os.stat(record).st_nlink == 1
+    write_at(record, 12, b'{"torn', sync=False)  # a server killed mid-append
+    os.link(record, tmp_path / "another-name")
+    cut_torn_line(record)  # a load's repair of a torn line: through a link, never
+    assert record.read_bytes() == b'{"line": 1}\n'
+    assert (tmp_path / "another-name").read_bytes() == b'{"line": 1}\n{"torn'

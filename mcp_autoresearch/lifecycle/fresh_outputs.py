@@ -41,6 +41,7 @@ from ..measure.output_checks import (
     walk_output,
 )
 from ..names import OUTPUTS_DIR, STATE_DIR
+from ..records.atomic import open_own
 from ..records.state import server_dir
 from ..sandbox.run_tmpdirs import give_tree_rights_back
 from ..setup.config import Config
@@ -239,7 +240,7 @@ def _write_left(root: Path, tag: str | None, run_id: str, digests: dict[str, lis
     try:
         top = server_dir(root, OUTPUTS_DIR, LEFT_PREFIX + (tag or "untagged"))
         name = f"{run_id}.json"
-        fd = os.open(top / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = open_own(top / name, os.O_WRONLY | os.O_TRUNC)  # never a link, never a FIFO's wait
         with os.fdopen(fd, "w") as file:
             json.dump(digests, file)
         for entry in os.scandir(top):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..names import HOLDOUT, STATE_DIR
+from ..records.atomic import open_own
 
 
 def _records(root: Path, tag: str) -> Path:
@@ -29,7 +30,7 @@ def _records(root: Path, tag: str) -> Path:
 def record_holdout(root: Path, tag: str, record: dict[str, Any]) -> None:
     """Append one holdout record (written by `holdout_stage.run_holdout`)."""
     path = _records(root, tag)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    fd = open_own(path, os.O_WRONLY | os.O_APPEND, 0o600)  # never a link, never a FIFO's wait
     try:
         os.write(fd, (json.dumps(record) + "\n").encode())
     finally:

@@ -368,7 +368,7 @@ def write_at(path: Path, offset: int, data: bytes, sync: bool = True) -> Fingerp
     failed write is undone. Whatever another process appended is cut, and its bytes never sit under ours.
     Returns the file's fingerprint as this write left it, or `NO_FILE` when it was shorter than `offset` (cut
     by another process: the caller's next comparison then restores it)."""
-    fd = open_regular(path, os.O_RDWR | os.O_CREAT)  # never a symlink, FIFO or device
+    fd = _open_alone(path)
     try:
         cut = os.fstat(fd).st_size < offset
         written = 0
@@ -390,6 +390,23 @@ def write_at(path: Path, offset: int, data: bytes, sync: bool = True) -> Fingerp
         os.close(fd)
 
 
+def _open_alone(path: Path, create: bool = True) -> int:
+    """A record of the server's opened for writing in place (`write_at` cuts what follows its write): never a
+    symlink, FIFO or device, and never a file that is also another name's (a hard link to a file of the user's
+    would have it cut): such a name is first made a copy of its own, the other name's file left as it was."""
+    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    fd = open_regular(path, flags)  # never a symlink, FIFO or device
+    if os.fstat(fd).st_nlink == 1:
+        return fd
+    with os.fdopen(fd, "rb") as handle:
+        atomic_write(path, iter(lambda: handle.read(1 << 20), b""), 0o644, sync=False)
+    fd = open_regular(path, flags)
+    if os.fstat(fd).st_nlink != 1:
+        os.close(fd)
+        raise OSError(errno.EAGAIN, f"{path} keeps being linked to another file; stop what does it")
+    return fd
+
+
 def open_read(path: Path) -> BinaryIO:
     """Open one of the server's files for reading: never through a symlink, never blocking on a FIFO."""
     return os.fdopen(open_regular(path), "rb")
@@ -397,7 +414,7 @@ def open_read(path: Path) -> BinaryIO:
 
 def cut_torn_line(path: Path) -> None:
     """A server killed mid-append leaves a line without its newline: cut it off."""
-    with os.fdopen(open_regular(path, os.O_RDWR), "rb+") as handle:
+    with os.fdopen(_open_alone(path, create=False), "rb+") as handle:
         handle.seek(0, os.SEEK_END)
         size = handle.tell()
         if size == 0:
