@@ -1,0 +1,245 @@
+"""Review 37: the candidate's code (the target file, what its run may write) against the default confinement
+(`isolation = "auto"`), in the areas tried less lately: the evaluation stage's inputs (hidden data), the research
+tree, slots, a session resumed, `finish`/`clean` and the web page's data. Real git repositories, real runs under
+the real keeper, the real MCP client. A test that found a hole is a strict xfail naming it; the others guard
+what held."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mcp_autoresearch.sandbox.policy import probe_isolation
+
+from .conftest import git, make_repo
+from .helpers.needs import require
+from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
+
+pytestmark = pytest.mark.anyio
+
+ISOLATION = probe_isolation("auto")
+
+
+# --- 1. Hidden data whose blob is still in .git's objects ----------------------------------------------------
+
+KEY_SCORER = """\
+import sys
+key = float(open("key.txt").read().split()[1])
+answer = float(open(sys.argv[1]).read().split()[0])
+print(f"score: {abs(answer - key):.6f}")
+"""
+KEY_CONFIG = """\
+target_file = "objective.py"
+run_command = "python3 objective.py > out/answer.txt"
+eval_command = "python3 scorer.py out/answer.txt"
+metric_name = "score"
+metric_direction = "lower"
+readonly_files = ["scorer.py"]
+writable = ["out"]
+hidden = ["key.txt"]
+keep_rule = "greedy"
+timeout = 60
+"""
+# The candidate reads every loose object of .git (read-only to it, not hidden) and answers with the key it finds.
+READ_OBJECTS = """\
+import os, zlib
+ANSWER = 5.0
+for top, _, names in os.walk(".git/objects"):
+    for name in names:
+        try:
+            data = zlib.decompress(open(os.path.join(top, name), "rb").read())
+        except Exception:
+            continue
+        body = data.split(b"\\0", 1)[-1]
+        if data.startswith(b"blob ") and body.startswith(b"answer "):
+            ANSWER = float(body.split()[1])
+print(ANSWER)
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="refuse_unhidable asks only whether a ref or reflog holds a hidden path; an unreachable blob of it (history "
+    "rewritten and reflog expired, as the refusal advises; or staged once and reset) stays in .git's objects, "
+    "which runs read",
+)
+async def test_hidden_data_removed_from_history_as_the_refusal_says_is_still_read_from_gits_objects(
+    tmp_path: Path, agent_for
+) -> None:
+    """The key the scorer compares against was committed once. The session refuses it, saying to remove it from
+    every commit and reflog ("git filter-repo, then expire the reflog"). Done so (the commit amended, the reflog
+    expired), no ref or reflog holds it, so `refuse_unhidable` lets the session start; but its blob is still a
+    loose object in .git, which every run may read (`git gc --prune` was never asked for, and an unreachable
+    object lives two weeks by default). The candidate decompresses the loose objects, finds the key and answers
+    it: the evaluation gives it a perfect score."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    root = make_repo(
+        tmp_path / "proj",
+        {
+            "objective.py": "X = 5\nprint(X)\n",
+            "scorer.py": KEY_SCORER,
+            "autoresearch.toml": KEY_CONFIG,
+            "key.txt": "answer 3.14159\n",
+            ".gitignore": "out/\n.autoresearch/\nrun.log\nresults.tsv\n",
+        },
+    )
+    (root / "out").mkdir()
+    async with agent_for(root) as agent:  # the refusal, and the advice it gives
+        refusal = await agent.refused("start_session")
+        assert "key.txt" in refusal, refusal
+    git(root, "rm", "-q", "--cached", "key.txt")
+    (root / ".gitignore").write_text((root / ".gitignore").read_text() + "key.txt\n")
+    git(root, "add", ".gitignore")
+    git(root, "commit", "-q", "--amend", "-m", "initial, without the key")
+    git(root, "reflog", "expire", "--expire=now", "--all")
+    assert not git(root, "rev-list", "--all", "--reflog", "--", "key.txt").strip()
+    async with agent_for(root) as agent:
+        await agent.ok("start_session")
+        _, base = await agent.experiment("baseline")
+        assert base["decision"] == "keep" and base["value"] == pytest.approx(5 - 3.14159, abs=1e-5), base
+        await agent.ok("apply_edit", content=READ_OBJECTS)
+        run, decision = await agent.experiment("answers whatever key .git still holds")
+    assert run["status"] == "ok", run
+    assert run["value"] != pytest.approx(0.0, abs=1e-9), (
+        f"the candidate read the hidden key from .git's objects: score {run['value']}, {decision['decision']}"
+    )
+
+
+# --- 2. A wall time measured by the server, of tests the target stopped ---------------------------------------
+
+PACKAGE_FILES = {
+    "pyproject.toml": '[project]\nname = "fastpkg"\nversion = "0.1"\n',
+    "fastpkg/__init__.py": "",
+    "fastpkg/core.py": "def work(n):\n    return sum(range(n))\n",
+    "tests/test_core.py": (
+        "import time\nfrom fastpkg.core import work\n\n\ndef test_work():\n    time.sleep(1.0)\n"
+        "    assert work(10) == 45\n"
+    ),
+    ".gitignore": ".autoresearch/\nrun.log\nresults.tsv\n.pytest_cache/\n__pycache__/\n",
+}
+# The candidate: the same function, and an exit with status 0 as soon as pytest imports it (no test runs).
+STOPS_PYTEST = """\
+import os, sys
+if "_pytest" in sys.modules:
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def work(n):
+    return sum(range(n))
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the Python type's test_time_s (provenance 'server') trusts pytest's exit status alone: a target that "
+    "ends the test process with status 0 at import is kept as a large speed-up",
+)
+async def test_a_target_that_ends_the_test_run_at_import_is_not_kept_as_faster_tests(
+    tmp_path: Path, agent_for
+) -> None:
+    """A detected Python package (zero configuration): the metric is the wall time of `pytest -q -x tests`, as
+    the server measures it, labelled `server` ("no number is printed"). The target module, imported by the
+    tests, calls `os._exit(0)` when pytest imports it: no test runs, the exit status is 0, and the wall time
+    falls from over a second to the interpreter's start. The server keeps it."""
+    root = make_repo(tmp_path / "proj", PACKAGE_FILES)
+    async with agent_for(root) as agent:
+        started = await agent.ok("start_session")
+        assert started["provenance"]["source"] == "server", started["provenance"]
+        assert started["metric_name"] == "test_time_s" and "fastpkg/core.py" in started["target_file"], (
+            started
+        )
+        _, base = await agent.experiment("baseline")
+        assert base["decision"] == "keep" and base["value"] > 1.0, base
+        await agent.ok("apply_edit", content=STOPS_PYTEST)
+        run, decision = await agent.experiment("the same function, pytest stopped at import")
+    assert decision["decision"] != "keep", (
+        f"kept at {run['value']} s against the baseline's {base['value']} s, though no test ran: {run['log_tail']}"
+    )
+
+
+# --- 3. Another slot's private TMPDIR, where the server's temporary directory is not /tmp -----------------------
+
+SLOT_CONFIG = {
+    "target_file": "params.py",
+    "run_command": "python3 evaluate.py",
+    "metric_name": "score",
+    "readonly_files": ["evaluate.py"],
+    "keep_rule": "greedy",
+    "slots": 2,
+    "slot_devices": [],
+}
+SLOT_EVALUATE = """\
+import runpy
+ns = runpy.run_path("params.py")
+print(f"score: {abs(ns['X'] - 3) + abs(ns['Y'] - 5):.6f}")
+"""
+# Slot A's candidate keeps something of its own in its private TMPDIR for a while.
+KEEPS_A_SECRET = """\
+import os, time
+open(os.path.join(os.environ["TMPDIR"], "secret.txt"), "w").write("slot A's own SECRET-37\\n")
+time.sleep(6)
+X = 3
+
+Y = 0
+"""
+# Slot B's candidate looks beside its own TMPDIR for the other runs' and reads what they hold.
+READS_THE_OTHERS = """\
+import glob, os, time
+time.sleep(2)
+mine = os.environ["TMPDIR"]
+for path in glob.glob(os.path.join(os.path.dirname(mine), "autoresearch-run-*", "*")):
+    if not path.startswith(mine):
+        try:
+            print("FOUND", path, open(path).read().strip())
+        except OSError as exc:
+            print("DENIED", path, exc.strerror)
+X = 0
+
+Y = 5
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="only /tmp, /var/tmp, /dev/shm and /run are covered in a run's view: with the server's TMPDIR anywhere "
+    "else (~/tmp, a scratch disk), every run and evaluation keeps its private TMPDIR where the other slots' runs "
+    "read it",
+)
+async def test_a_run_cannot_read_another_slots_private_tmpdir_when_tmpdir_is_not_tmp(
+    tmp_path: Path, agent_for, slots_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server started with TMPDIR=~/tmp (a cluster's small /tmp, a scratch disk: the README supports any
+    $TMPDIR). Each run's private TMPDIR (mode 0700, the same user) is made there, beside the others, and the
+    view hides only the usual scratch folders; Landlock allows reads everywhere. With two slots, the candidate
+    in slot B lists the folder above its own TMPDIR and reads the file slot A's run keeps in its private
+    TMPDIR while A runs: one run reaches into another (its caches, its intermediate files; and an evaluation's
+    TMPDIR in the same way)."""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    scratch = Path.home() / f".review37-tmp-{uuid.uuid4().hex[:8]}"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    try:
+        root = make_repo(
+            tmp_path / "proj", {"params.py": "X = 0\n\n\n\nY = 0\n", "evaluate.py": SLOT_EVALUATE}
+        )
+        async with agent_for(root, SLOT_CONFIG) as agent:
+            started = await agent.ok("start_session", tag="tmp")
+            assert "namespaces" in started["isolation"], started["isolation"]
+            await agent.ok("run_experiment", description="baseline")
+            await agent.until_done()
+            assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
+            await agent.ok("apply_edit", content=KEEPS_A_SECRET)
+            first = await agent.ok("run_experiment", description="keeps a secret in its TMPDIR", wait_s=0)
+            await agent.ok("apply_edit", content=READS_THE_OTHERS)
+            second = await agent.ok("run_experiment", description="reads the other slot's TMPDIR", wait_s=0)
+            await agent.until_done(first["run_id"])
+            done = await agent.until_done(second["run_id"])
+        log = Path(done["log_path"]).read_text()
+        assert "SECRET-37" not in log, f"slot B read slot A's private TMPDIR: {log[:400]}"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
