@@ -61,21 +61,14 @@ print(ANSWER)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="refuse_unhidable asks only whether a ref or reflog holds a hidden path; an unreachable blob of it (history "
-    "rewritten and reflog expired, as the refusal advises; or staged once and reset) stays in .git's objects, "
-    "which runs read",
-)
-async def test_hidden_data_removed_from_history_as_the_refusal_says_is_still_read_from_gits_objects(
+async def test_hidden_data_removed_from_history_as_the_refusal_said_is_refused_until_pruned(
     tmp_path: Path, agent_for
 ) -> None:
     """The key the scorer compares against was committed once. The session refuses it, saying to remove it from
-    every commit and reflog ("git filter-repo, then expire the reflog"). Done so (the commit amended, the reflog
-    expired), no ref or reflog holds it, so `refuse_unhidable` lets the session start; but its blob is still a
-    loose object in .git, which every run may read (`git gc --prune` was never asked for, and an unreachable
-    object lives two weeks by default). The candidate decompresses the loose objects, finds the key and answers
-    it: the evaluation gives it a perfect score."""
+    every commit and reflog. Done so (the commit amended, the reflog expired), no ref or reflog holds it, but its
+    blob was still a loose object in .git, which every run may read: the candidate decompressed the loose
+    objects, found the key and answered it, for a perfect score. The session is refused again, naming the blob
+    and how to prune it; pruned, the candidate finds nothing."""
     require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
     root = make_repo(
         tmp_path / "proj",
@@ -90,13 +83,17 @@ async def test_hidden_data_removed_from_history_as_the_refusal_says_is_still_rea
     (root / "out").mkdir()
     async with agent_for(root) as agent:  # the refusal, and the advice it gives
         refusal = await agent.refused("start_session")
-        assert "key.txt" in refusal, refusal
+        assert "key.txt" in refusal and "git gc --prune=now" in refusal, refusal
     git(root, "rm", "-q", "--cached", "key.txt")
     (root / ".gitignore").write_text((root / ".gitignore").read_text() + "key.txt\n")
     git(root, "add", ".gitignore")
     git(root, "commit", "-q", "--amend", "-m", "initial, without the key")
     git(root, "reflog", "expire", "--expire=now", "--all")
     assert not git(root, "rev-list", "--all", "--reflog", "--", "key.txt").strip()
+    async with agent_for(root) as agent:  # its blob is still there: refused, with what prunes it
+        refusal = await agent.refused("start_session")
+        assert "key.txt" in refusal and "blob" in refusal and "git gc --prune=now" in refusal, refusal
+    git(root, "gc", "-q", "--prune=now")
     async with agent_for(root) as agent:
         await agent.ok("start_session")
         _, base = await agent.experiment("baseline")
@@ -204,21 +201,14 @@ Y = 5
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="only /tmp, /var/tmp, /dev/shm and /run are covered in a run's view: with the server's TMPDIR anywhere "
-    "else (~/tmp, a scratch disk), every run and evaluation keeps its private TMPDIR where the other slots' runs "
-    "read it",
-)
 async def test_a_run_cannot_read_another_slots_private_tmpdir_when_tmpdir_is_not_tmp(
     tmp_path: Path, agent_for, slots_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server started with TMPDIR=~/tmp (a cluster's small /tmp, a scratch disk: the README supports any
-    $TMPDIR). Each run's private TMPDIR (mode 0700, the same user) is made there, beside the others, and the
-    view hides only the usual scratch folders; Landlock allows reads everywhere. With two slots, the candidate
-    in slot B lists the folder above its own TMPDIR and reads the file slot A's run keeps in its private
-    TMPDIR while A runs: one run reaches into another (its caches, its intermediate files; and an evaluation's
-    TMPDIR in the same way)."""
+    $TMPDIR). Each run's private TMPDIR (mode 0700, the same user) is made there, beside the others; Landlock
+    allows reads everywhere, and the view hid only the usual scratch folders: with two slots, the candidate in
+    slot B listed the folder above its own TMPDIR and read the file slot A's run kept in its private TMPDIR
+    while A ran. The view hides that folder too, each run's own TMPDIR shown again."""
     require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
     scratch = Path.home() / f".review37-tmp-{uuid.uuid4().hex[:8]}"
     scratch.mkdir()

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ..names import HOLDOUT, OUTPUTS_DIR, RUN_LOGS, SESSIONS, STATE_DIR
+from ..sandbox import run_tmpdirs
 from ..sandbox.caches import run_caches, stage_caches
 from ..sandbox.launcher import Launched, launcher
 from ..sandbox.policy import Isolation, keeper_command, keeper_spec, linked_inputs, writable_paths
@@ -67,7 +68,7 @@ class StageConfinement:
         if stage == "eval":  # (hidden data beneath a hidden directory such as /tmp is shown again, read-only)
             # The target is hidden from the evaluation: a scorer that imports it would run the candidate's code.
             target = [str(self.root / self.config.target_file)] if self.config.target_file else []
-            return reads + hidden_paths(self.config), target
+            return reads + hidden_paths(self.config), [*target, *run_tmpdirs.hidden_parent(self.root)]
         own = self.log_dir.parent.parent  # .autoresearch/runs/<tag>: the holdout's records are beside
         # The holdout's records (an earlier session's too, measured when this one has no holdout), from every
         # run; not from the stages of the holdout itself (its metric_parse).
@@ -98,7 +99,13 @@ class StageConfinement:
             if own.name == STATE_DIR:  # the project's own too: earlier sessions' runs left theirs there
                 aside.append(str(own / OUTPUTS_DIR))
             reads = [str(self.slot[1]), *reads]  # this slot's checkout, shown again
-        return reads, [*hidden_paths(self.config), *holdout, *logs, *aside]
+        return reads, [
+            *hidden_paths(self.config),
+            *holdout,
+            *logs,
+            *aside,
+            *run_tmpdirs.hidden_parent(self.root),
+        ]
 
     def records(self, stage: str) -> list[str]:
         """The server's records a run sees empty and cannot write (`session_records`), in the "run" stage."""

@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING or __package__:
@@ -67,6 +68,21 @@ def _owner_part() -> str:
 def make() -> str:
     """A new private TMPDIR for one run (mode 0700), named for this process (see `sweep`)."""
     return tempfile.mkdtemp(prefix=PREFIX + _owner_part())
+
+
+def hidden_parent(root: Path) -> list[str]:
+    """The folder every run's TMPDIR is made in, for the view to hide (each run's own shown again, as one
+    beneath /tmp is): where $TMPDIR leads the server elsewhere than /tmp, other runs' TMPDIRs (another slot's, an
+    evaluation's) would be in reach. Not when that folder holds the project (it would hide what the run works on)
+    or is the root."""
+    parent = os.path.realpath(tempfile.gettempdir())
+    project = os.path.realpath(root)
+    hidden_already = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/var/run")
+    if parent == "/" or any(parent == top or parent.startswith(top + "/") for top in hidden_already):
+        return []
+    if project == parent or project.startswith(parent.rstrip("/") + "/"):
+        return []
+    return [parent]
 
 
 def not_made(exc: OSError) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -181,10 +182,13 @@ def refuse_unhidable(
     isolation: Isolation,
     is_tracked: Callable[[str], bool],
     commit_holding: Callable[[str], str | None],
+    stored_content: Callable[[list[str]], tuple[str, str] | None],
 ) -> None:
     """Refuse a session whose `hidden` paths a run could still read: without the private view (nothing covers
-    them), tracked by git, or held by any commit (a run reads them from .git's objects, which it may read).
-    `is_tracked` and `commit_holding` take a project-relative path."""
+    them), tracked by git, held by any commit, or whose content is still one of git's objects, unreachable (a run
+    reads .git's objects, which it may read). `is_tracked` and `commit_holding` take a project-relative path,
+    `stored_content` a list of project-relative files (those under a hidden folder, up to `STORED_CHECK_FILES`
+    of them, each up to `STORED_CHECK_BYTES`)."""
     if not config.hidden:
         return
     if not isolation.namespaces:
@@ -202,12 +206,46 @@ def refuse_unhidable(
             raise SessionError(
                 f"hidden entry '{rel}' is tracked by git, so a run could read it from the repository's objects; "
                 f"a person must untrack it first (git rm -r --cached {rel}, add it to .gitignore, and commit), "
-                "and, if it must stay secret, remove it from the history too"
+                f"and, if it must stay secret, remove it from the history too (git filter-repo, then {PRUNE})"
             )
         commit = commit_holding(rel)
         if commit:
             raise SessionError(
                 f"hidden entry '{rel}' is in the repository's history (commit {commit} holds it), so a run could "
                 "read it from .git's objects (git log -p); a person must remove it from every commit and reflog "
-                "(git filter-repo, then expire the reflog), or use data that was never committed"
+                f"(git filter-repo, then {PRUNE}), or use data that was never committed"
             )
+        stored = stored_content(_files_under(root, path))
+        if stored:
+            file, blob = stored
+            raise SessionError(
+                f"hidden entry '{rel}': the content of {file} is still one of git's objects (blob {blob[:12]}, "
+                "which no commit names any more), so a run could read it from .git; a person must prune it "
+                f"({PRUNE}), or use data that was never committed"
+            )
+
+
+PRUNE = "git reflog expire --expire=now --all && git gc --prune=now"
+STORED_CHECK_FILES = 5000  # the files of a hidden folder whose content is looked for in .git's objects
+STORED_CHECK_BYTES = 64 * 1024 * 1024  # larger ones are not hashed (a dataset, not a key)
+
+
+def _files_under(root: Path, path: Path) -> list[str]:
+    """The regular files at or under `path` (no link followed), project-relative, bounded."""
+    found: list[str] = []
+    candidates = [path] if not path.is_dir() or path.is_symlink() else []
+    if not candidates:
+        for top, folders, names in os.walk(path):
+            folders[:] = [name for name in folders if not os.path.islink(os.path.join(top, name))]
+            candidates += [Path(top, name) for name in names]
+            if len(candidates) >= STORED_CHECK_FILES:
+                break
+    for file in candidates[:STORED_CHECK_FILES]:
+        try:
+            info = file.lstat()
+        except OSError:
+            continue
+        name = file.relative_to(root).as_posix()
+        if stat.S_ISREG(info.st_mode) and info.st_size <= STORED_CHECK_BYTES and "\n" not in name:
+            found.append(name)
+    return found
