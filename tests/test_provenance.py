@@ -105,7 +105,8 @@ async def test_a_size_the_server_measures_is_labelled_server(tmp_path: Path, age
         info = await agent.ok("detect_project")
         assert info["provenance"] == {
             "source": "server",
-            "reason": "the size of out, measured by the server itself",
+            "reason": "the size of out, measured by the server itself; whether the run did its work is its own "
+            "exit status (a change that stops it early with status 0 measures as a gain)",
             "fix": None,
         }
         assert (await agent.ok("start_session", tag="size"))["provenance"]["source"] == "server"

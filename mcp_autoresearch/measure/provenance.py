@@ -87,7 +87,11 @@ def metric_provenance(settings: Config | Mapping[str, Any]) -> MetricProvenance:
             if measure == "wall_time_s"
             else f"the size of {_measured_path(measure)}"
         )
-        return MetricProvenance(source="server", reason=f"{what}, measured by the server itself")
+        return MetricProvenance(
+            source="server",
+            reason=f"{what}, measured by the server itself; whether the run did its work is its own exit status "
+            "(a change that stops it early with status 0 measures as a gain)",
+        )
     return MetricProvenance(
         source="self-reported", reason=_self_reported_reason(get), fix=self_reported_fix(get)
     )
