@@ -15,7 +15,8 @@ import pytest
 
 from mcp_autoresearch.sandbox.launcher import Launcher
 
-from .helpers.session_attacks import HONEST, attack
+from .helpers.session_attacks import HONEST, plant_for_the_next_run
+from .helpers.spares import serves
 
 pytestmark = pytest.mark.anyio
 
@@ -57,12 +58,8 @@ async def test_a_fifo_at_the_next_runs_log_never_blocks_the_server(ml_project: P
     sequential). The log made before the run's thread starts is opened with the session's lock held: opened for
     writing, the FIFO would hold it (and every call) until something read it. It is replaced instead."""
     async with agent_for(ml_project, {"isolation": "off"}) as agent:
-        await agent.ok("start_session", tag="evil")
-        _, base = await agent.experiment("baseline")
-        assert base["decision"] == "keep"
         code = "import os\nos.mkfifo('.autoresearch/runs/evil/r3.log')"
-        await agent.edit("LR = 0.5", attack(code))
-        await agent.experiment("plants a FIFO at the next run's log")
+        await plant_for_the_next_run(agent, code, "plants a FIFO at the next run's log")
         fifo = ml_project / ".autoresearch/runs/evil/r3.log"
         assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still there when the next run starts
         await agent.ok("apply_edit", content=f"{HONEST}\nprint(f'val_bpb: {{abs(LR - 0.1) + 1:.6f}}')\n")
@@ -144,29 +141,6 @@ async def test_with_repeats_the_log_made_ahead_is_one_a_run_writes(ml_project: P
         assert all(size > 0 for size in written.values()), f"a log no run wrote: {written}"
 
 
-async def test_a_hard_link_at_the_next_runs_log_never_empties_the_users_file(
-    ml_project: Path, agent_for
-) -> None:
-    """A run that is not confined links the user's untracked notes where the next run's log will be: the log's
-    open truncated its file, so the user's notes were emptied (and then filled with the run's output). A log is
-    a file with one name; anything else there is replaced, the user's file left as it was."""
-    notes = ml_project / "my_notes.txt"
-    kept = notes.read_bytes()
-    async with agent_for(ml_project, {"isolation": "off"}) as agent:
-        await agent.ok("start_session", tag="evil")
-        _, base = await agent.experiment("baseline")
-        assert base["decision"] == "keep"
-        code = "import os\nos.link('my_notes.txt', '.autoresearch/runs/evil/r3.log')"
-        await agent.edit("LR = 0.5", attack(code))
-        await agent.experiment("links the user's notes at the next run's log")
-        assert os.lstat(ml_project / ".autoresearch/runs/evil/r3.log").st_nlink == 2  # still there
-        await agent.ok("apply_edit", content=f"{HONEST}\nprint(f'val_bpb: {{abs(LR - 0.1) + 1:.6f}}')\n")
-        run, _ = await agent.experiment("honest")
-        assert run["status"] == "ok", run
-    assert notes.read_bytes() == kept
-    assert os.lstat(notes).st_nlink == 1
-
-
 # --- 2. poll, not select (sandbox/readiness.py) ----------------------------------------------------------------
 
 
@@ -191,17 +165,7 @@ def test_a_launcher_started_past_a_thousand_files_serves_its_runs(tmp_path: Path
     launcher = None
     try:
         launcher = Launcher()
-        read_fd, write_fd = os.pipe()
-        try:
-            launched = launcher.spawn(
-                ["/bin/sh", "-c", "echo served"], tmp_path, dict(os.environ), write_fd, {}
-            )
-        finally:
-            os.close(write_fd)
-        with os.fdopen(read_fd, "rb") as pipe:
-            assert pipe.read() == b"served\n"
-        assert launched.wait(60) == 0
-        launched.close()
+        serves(launcher, tmp_path)
         assert launcher.process.poll() is None and launcher.alive, "the launcher died"
     finally:
         if launcher is not None:

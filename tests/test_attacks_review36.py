@@ -20,7 +20,8 @@ from mcp_autoresearch.records.atomic import cut_torn_line, open_own, write_at
 from mcp_autoresearch.sandbox.launcher import Launcher
 
 from .conftest import make_repo
-from .helpers.session_attacks import HONEST, attack
+from .helpers.session_attacks import HONEST, plant_for_the_next_run
+from .helpers.spares import serves
 
 pytestmark = pytest.mark.anyio
 
@@ -40,15 +41,11 @@ async def test_a_hard_link_at_the_next_runs_log_never_carries_the_servers_write_
     notes = ml_project / "my_notes.txt"
     kept = notes.read_bytes()
     async with agent_for(ml_project, {"isolation": "off"}) as agent:
-        await agent.ok("start_session", tag="evil")
-        _, base = await agent.experiment("baseline")
-        assert base["decision"] == "keep"
         code = (
             "import os\ntry:\n    os.link('my_notes.txt', '.autoresearch/runs/evil/r3.log')\n"
             "except FileExistsError:\n    pass"
         )
-        await agent.edit("LR = 0.5", attack(code))
-        planted, _ = await agent.experiment("plants a hard link at the next run's log")
+        planted = await plant_for_the_next_run(agent, code, "plants a hard link at the next run's log")
         assert planted["status"] == "ok", planted  # nothing of the user's changed yet: nothing to see
         await agent.ok("apply_edit", content=HONEST_RUN)
         honest, _ = await agent.experiment("honest")
@@ -64,15 +61,12 @@ async def test_a_hard_link_to_the_evaluator_at_the_next_log_never_makes_an_hones
     written by the server, so its after-run check found `prepare.py` changed and discarded it as `tampered`:
     the blame on the wrong run. The link is replaced; the honest run is measured."""
     async with agent_for(ml_project, {"isolation": "off"}) as agent:
-        await agent.ok("start_session", tag="evil")
-        await agent.experiment("baseline")
         code = (
             "import os\ntry:\n    os.link('prepare.py', '.autoresearch/runs/evil/r3.log')\n"
             "except FileExistsError:\n    pass"
         )
-        await agent.edit("LR = 0.5", attack(code))
-        planted, decided = await agent.experiment("plants a hard link to the evaluator")
-        assert planted["status"] == "ok" and decided["decision"] == "keep", (planted, decided)
+        planted = await plant_for_the_next_run(agent, code, "plants a hard link to the evaluator")
+        assert planted["status"] == "ok", planted
         await agent.ok("apply_edit", content=HONEST_RUN)
         honest, _ = await agent.experiment("honest")
         assert honest["status"] == "ok", f"the honest run was judged {honest['status']}: {honest['error']}"
@@ -270,17 +264,7 @@ def test_a_mount_change_remakes_the_spares_once_and_the_launcher_stays_idle_and_
             mounted,
             after,
         )
-        read_fd, write_fd = os.pipe()
-        try:
-            launched = launcher.spawn(
-                ["/bin/sh", "-c", "echo served"], tmp_path, dict(os.environ), write_fd, {}
-            )
-        finally:
-            os.close(write_fd)
-        with os.fdopen(read_fd, "rb") as pipe:
-            assert pipe.read() == b"served\n"
-        assert launched.wait(60) == 0
-        launched.close()
+        serves(launcher, tmp_path)
     finally:
         launcher.sock.shutdown(socket.SHUT_RDWR)  # a close would wait on the reader thread's recv
         try:

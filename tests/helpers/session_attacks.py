@@ -28,6 +28,15 @@ async def run_attack(agent, code: str, description: str = "attack") -> tuple[dic
     return await agent.experiment(description)
 
 
+async def plant_for_the_next_run(agent, code: str, what: str) -> dict:
+    """A session (tag "evil") with its baseline kept, then a run whose attack `code` leaves something for the next
+    run (r3, the ids are sequential); that run's result."""
+    await agent.ok("start_session", tag="evil")
+    _, base = await agent.experiment("baseline")
+    assert base["decision"] == "keep"
+    return (await run_attack(agent, code, what))[0]
+
+
 def kept_values(root: Path) -> list[float]:
     """The kept values in results.tsv, in either of its layouts (value in column 3, or karpathy's in 2)."""
     header, *rows = (root / "results.tsv").read_text().splitlines()

@@ -40,3 +40,16 @@ def standing_by(child: psutil.Process) -> bool:
         return is_spare(child) and len(child.children()) == 1
     except psutil.Error:
         return False
+
+
+def serves(started: Launcher, cwd: Path) -> None:
+    """`started` runs a command through its socket (unconfined: the spec is empty) and reports its end."""
+    read_fd, write_fd = os.pipe()
+    try:
+        launched = started.spawn(["/bin/sh", "-c", "echo served"], cwd, dict(os.environ), write_fd, {})  # type: ignore[arg-type]
+    finally:
+        os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        assert pipe.read() == b"served\n"
+    assert launched.wait(60) == 0
+    launched.close()
