@@ -1,0 +1,480 @@
+"""Review 38: what changed in the last hour, against the default confinement (`isolation = "auto"`): the refusal of
+hidden data whose content is still one of git's objects (`refuse_unhidable`, `Repo.stored_content`), the view that
+hides the folder of every run's TMPDIR where it is not /tmp (`run_tmpdirs.hidden_parent`), and the server's
+records written never through another name (`_open_alone`). Real git repositories, real runs under the real
+keeper, the real MCP client. A test that found a hole is a strict xfail naming it; the others guard what held."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mcp_autoresearch.sandbox.policy import probe_isolation
+
+from .conftest import git, make_repo
+from .helpers.needs import require
+from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
+
+pytestmark = pytest.mark.anyio
+
+ISOLATION = probe_isolation("auto")
+GITIGNORE = "out/\n.autoresearch/\nrun.log\nresults.tsv\n"
+
+
+def _needs_view() -> None:
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+
+
+# --- 1. Hidden data whose content git still holds, where the check does not look --------------------------------
+
+# The scorer compares the candidate's answer with the line "answer <x>" of the hidden key (wherever it is).
+KEY_SCORER = """\
+import sys
+key_path = sys.argv[2] if len(sys.argv) > 2 else "key.txt"
+key = [float(line.split()[1]) for line in open(key_path) if line.startswith("answer ")][0]
+answer = float(open(sys.argv[1]).read().split()[0])
+print(f"score: {abs(answer - key):.6f}")
+"""
+
+
+def key_config(hidden: str, key_arg: str = "") -> str:
+    return f"""\
+target_file = "objective.py"
+run_command = "python3 objective.py > out/answer.txt"
+eval_command = "python3 scorer.py out/answer.txt {key_arg}"
+metric_name = "score"
+metric_direction = "lower"
+readonly_files = ["scorer.py"]
+writable = ["out"]
+hidden = ["{hidden}"]
+keep_rule = "greedy"
+timeout = 60
+"""
+
+
+# The candidate decompresses every loose object of every .git below the project (read-only to it, not hidden),
+# and answers the "answer <x>" it finds in a blob.
+READ_OBJECTS = """\
+import os, zlib
+ANSWER = 5.0
+for top, _, names in os.walk("."):
+    if "/objects" not in top or ".git" not in top:
+        continue
+    for name in names:
+        try:
+            data = zlib.decompress(open(os.path.join(top, name), "rb").read())
+        except Exception:
+            continue
+        body = data.split(b"\\0", 1)[-1]
+        if data.startswith(b"blob ") and body.startswith(b"answer "):
+            ANSWER = float(body.split()[1])
+print(ANSWER)
+"""
+
+
+def _forget_commit(root: Path, name: str) -> None:
+    """`name` untracked and ignored, the commit that held it amended, the reflog expired: as the refusal says,
+    without the prune (its blob stays a loose object)."""
+    git(root, "rm", "-q", "--cached", name)
+    (root / ".gitignore").write_text((root / ".gitignore").read_text() + f"{name}\n")
+    git(root, "add", ".gitignore")
+    git(root, "commit", "-q", "--amend", "-m", "initial, without the key")
+    git(root, "reflog", "expire", "--expire=now", "--all")
+    assert not git(root, "rev-list", "--all", "--reflog", "--", name).strip()
+
+
+async def _start(agent) -> str | None:
+    """start_session: its refusal's text, or None when the session was accepted."""
+    result = await agent.client.call_tool("start_session", {})
+    return result.content[0].text if result.is_error else None
+
+
+async def _candidate_reads_objects(agent, true_key: float) -> tuple[dict, dict]:
+    _, base = await agent.experiment("baseline")
+    assert base["decision"] == "keep" and base["value"] == pytest.approx(5 - true_key, abs=1e-5), base
+    await agent.ok("apply_edit", content=READ_OBJECTS)
+    return await agent.experiment("answers whatever key .git holds")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="refuse_unhidable asks only the project's repository (ls-files, rev-list, cat-file): a hidden file in a "
+    "nested repository (a dataset cloned into the project) is committed in that repository's .git, which the view "
+    "leaves readable; the session is accepted and the candidate reads the key from data/.git/objects",
+)
+async def test_hidden_data_committed_in_a_nested_dataset_repository_is_refused(
+    tmp_path: Path, agent_for
+) -> None:
+    """The hidden answers live in `data/`, a dataset cloned into the project (its own git repository, ignored by
+    the project's). `data/key.txt` is hidden; its blob (reachable, in data/.git) is readable by every run."""
+    _needs_view()
+    root = make_repo(
+        tmp_path / "proj",
+        {
+            "objective.py": "X = 5\nprint(X)\n",
+            "scorer.py": KEY_SCORER,
+            "autoresearch.toml": key_config("data/key.txt", "data/key.txt"),
+            ".gitignore": GITIGNORE + "data/\n",
+        },
+    )
+    make_repo(root / "data", {"key.txt": "answer 3.14159\n", "README": "the test split\n"})
+    (root / "out").mkdir()
+    async with agent_for(root) as agent:
+        refusal = await _start(agent)
+        if refusal is not None:
+            assert "data/key.txt" in refusal, refusal
+            return
+        run, decision = await _candidate_reads_objects(agent, 3.14159)
+    assert run["value"] != pytest.approx(0.0, abs=1e-9), (
+        f"the candidate read the hidden key from data/.git: score {run['value']}, {decision['decision']}"
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="refuse_unhidable skips every hidden entry outside the project (`if root not in path.parents: continue`): "
+    "a key moved out of the project after it was committed is still in the project's history (reachable, `git "
+    "show HEAD~1:key.txt`), and the session is accepted",
+)
+async def test_hidden_data_moved_out_of_the_project_but_still_in_its_history_is_refused(
+    tmp_path: Path, agent_for
+) -> None:
+    """The key was committed in the project (commit 1), then removed from it (commit 2, `git rm`) and moved to
+    a folder beside the project, which `hidden` names by its absolute path. Nothing pruned, nothing rewritten:
+    commit 1 holds it, every run may read .git."""
+    _needs_view()
+    root = make_repo(
+        tmp_path / "proj",
+        {
+            "objective.py": "X = 5\nprint(X)\n",
+            "scorer.py": KEY_SCORER,
+            "key.txt": "answer 3.14159\n",
+            ".gitignore": GITIGNORE,
+        },
+    )
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    git(root, "rm", "-q", "--cached", "key.txt")
+    (root / "key.txt").rename(secret / "key.txt")
+    (root / "autoresearch.toml").write_text(key_config(str(secret / "key.txt"), str(secret / "key.txt")))
+    git(root, "add", "autoresearch.toml")
+    git(root, "commit", "-q", "-m", "the key moved out of the project")
+    assert "answer 3.14159" in git(root, "show", "HEAD~1:key.txt")
+    (root / "out").mkdir()
+    async with agent_for(root) as agent:
+        refusal = await _start(agent)
+        if refusal is not None:
+            assert "key.txt" in refusal, refusal
+            return
+        run, decision = await _candidate_reads_objects(agent, 3.14159)
+    assert run["value"] != pytest.approx(0.0, abs=1e-9), (
+        f"the candidate read the moved key from the project's history: score {run['value']}, {decision['decision']}"
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="stored_content looks for the hidden file's current content only: a key committed once (removed as the "
+    "refusal said, not pruned) and then changed by one line is accepted, and the earlier blob, with the same answer, "
+    "is read from .git's objects",
+)
+async def test_hidden_data_whose_earlier_version_is_still_an_object_is_refused(
+    tmp_path: Path, agent_for
+) -> None:
+    """The key was committed, then removed from history (amended, reflog expired) but not pruned; the user then
+    appended a line to it (a note, one more test row). The hash of the current content is not an object; the
+    earlier version's is, and holds the same answer."""
+    _needs_view()
+    root = make_repo(
+        tmp_path / "proj",
+        {
+            "objective.py": "X = 5\nprint(X)\n",
+            "scorer.py": KEY_SCORER,
+            "autoresearch.toml": key_config("key.txt"),
+            "key.txt": "answer 3.14159\n",
+            ".gitignore": GITIGNORE,
+        },
+    )
+    _forget_commit(root, "key.txt")
+    (root / "key.txt").write_text("answer 3.14159\nregenerated 2026-12-06\n")
+    (root / "out").mkdir()
+    async with agent_for(root) as agent:
+        refusal = await _start(agent)
+        if refusal is not None:
+            assert "key.txt" in refusal, refusal
+            return
+        run, decision = await _candidate_reads_objects(agent, 3.14159)
+    assert run["value"] != pytest.approx(0.0, abs=1e-9), (
+        f"the candidate read the key's earlier version from .git: score {run['value']}, {decision['decision']}"
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="stored_content hashes with the path's filters as they are now: a key committed with CRLF line ends "
+    "before `* text=auto` was added to .gitattributes hashes (normalised to LF) to an id that is not an object, "
+    "while the CRLF blob still is; the session is accepted",
+)
+async def test_hidden_data_stored_before_gitattributes_normalised_it_is_refused(
+    tmp_path: Path, agent_for
+) -> None:
+    """A key written on Windows (CRLF) was committed, then removed from history as the refusal says, not pruned;
+    the project has since added the common `* text=auto` to .gitattributes."""
+    _needs_view()
+    root = make_repo(
+        tmp_path / "proj",
+        {
+            "objective.py": "X = 5\nprint(X)\n",
+            "scorer.py": KEY_SCORER,
+            "autoresearch.toml": key_config("key.txt"),
+            ".gitignore": GITIGNORE,
+        },
+        commit=False,
+    )
+    (root / "key.txt").write_bytes(b"answer 3.14159\r\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "initial, with the key")
+    (root / ".gitattributes").write_text("* text=auto\n")
+    git(root, "add", ".gitattributes")
+    _forget_commit(root, "key.txt")
+    stored = git(root, "hash-object", "--no-filters", "key.txt").strip()
+    assert git(root, "cat-file", "-t", stored).strip() == "blob"  # still there, as the file is now
+    (root / "out").mkdir()
+    async with agent_for(root) as agent:
+        refusal = await _start(agent)
+    assert refusal is not None and "key.txt" in refusal, f"accepted, though blob {stored} is the key"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="one file git cannot hash makes `git hash-object --stdin-paths` fail for all, and `_stored` then skips "
+    "the check: a file named 'Icon\\r' (what macOS Finder leaves in a folder with a custom icon; git reads the "
+    "name without its CR) in the hidden folder hides that data/key.txt's blob is still an object",
+)
+async def test_one_odd_name_in_a_hidden_folder_never_skips_the_check_of_the_others(
+    tmp_path: Path, agent_for
+) -> None:
+    """`data/` is hidden; `data/key.txt` was committed and removed as the refusal says, not pruned (refused, as
+    review 37 made it). A folder copied from a Mac also holds `Icon\\r`: the session is accepted."""
+    _needs_view()
+    root = make_repo(
+        tmp_path / "proj",
+        {
+            "objective.py": "X = 5\nprint(X)\n",
+            "scorer.py": KEY_SCORER,
+            "autoresearch.toml": key_config("data", "data/key.txt"),
+            "data/key.txt": "answer 3.14159\n",
+            ".gitignore": GITIGNORE + "data/\n",
+        },
+        commit=False,
+    )
+    git(root, "add", "-A", "-f")
+    git(root, "commit", "-q", "-m", "initial, with the key")
+    _forget_commit(root, "data/key.txt")
+    (root / "out").mkdir()
+    async with agent_for(root) as agent:  # without the odd name: refused (the check as made)
+        refusal = await agent.refused("start_session")
+        assert "data/key.txt" in refusal and "blob" in refusal, refusal
+    (root / "data" / "Icon\r").write_bytes(b"")
+    async with agent_for(root) as agent:
+        refusal = await _start(agent)
+    assert refusal is not None and "data/key.txt" in refusal, (
+        "accepted, though data/key.txt's blob is an object"
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="files over STORED_CHECK_BYTES (64 MiB) are not hashed, silently: a hidden test set of that size "
+    "(hidden data is the evaluation's inputs: test sets, labels) committed once and removed without a prune is "
+    "accepted, though every run may read its blob",
+)
+async def test_a_large_hidden_test_set_still_in_gits_objects_is_refused_or_named(
+    tmp_path: Path, agent_for
+) -> None:
+    _needs_view()
+    root = make_repo(
+        tmp_path / "proj",
+        {
+            "objective.py": "X = 5\nprint(X)\n",
+            "scorer.py": KEY_SCORER,
+            "autoresearch.toml": key_config("labels.txt", "labels.txt"),
+            ".gitignore": GITIGNORE,
+        },
+    )
+    row = b"answer 3.14159 " + b"0" * 48 + b"\n"
+    with open(root / "labels.txt", "wb") as file:
+        for _ in range((65 * 1024 * 1024) // len(row)):
+            file.write(row)
+    git(root, "add", "labels.txt")
+    git(root, "commit", "-q", "-m", "the test set")
+    _forget_commit(root, "labels.txt")
+    (root / "out").mkdir()
+    async with agent_for(root) as agent:
+        refusal = await _start(agent)
+    assert refusal is not None and "labels.txt" in refusal, (
+        "accepted, though the test set's blob is an object"
+    )
+
+
+async def test_hidden_data_stored_in_a_pack_or_an_alternate_store_is_refused(
+    tmp_path: Path, agent_for
+) -> None:
+    """Held: the blob packed (every object in one pack, no loose object left) is found, and so is a
+    blob in an alternate object store (`objects/info/alternates`), as cat-file reads both."""
+    _needs_view()
+    files = {
+        "objective.py": "X = 5\nprint(X)\n",
+        "scorer.py": KEY_SCORER,
+        "autoresearch.toml": key_config("key.txt"),
+        "key.txt": "answer 3.14159\n",
+        ".gitignore": GITIGNORE,
+    }
+    root = make_repo(tmp_path / "proj", files)
+    _forget_commit(root, "key.txt")
+    every = git(root, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)")
+    subprocess.run(
+        ["git", "pack-objects", "-q", ".git/objects/pack/pack"],
+        cwd=root,
+        input=every,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    git(root, "prune-packed")
+    assert not [p for p in (root / ".git" / "objects").iterdir() if len(p.name) == 2]  # no loose object left
+    async with agent_for(root) as agent:
+        refusal = await agent.refused("start_session")
+        assert "key.txt" in refusal and "blob" in refusal, refusal
+    other = make_repo(tmp_path / "store", {"k": "answer 3.14159\n"})
+    plain = make_repo(tmp_path / "proj2", {k: v for k, v in files.items() if k != "key.txt"})
+    (plain / "key.txt").write_text("answer 3.14159\n")
+    (plain / ".gitignore").write_text(GITIGNORE + "key.txt\n")
+    (plain / ".git" / "objects" / "info" / "alternates").write_text(str(other / ".git" / "objects") + "\n")
+    async with agent_for(plain) as agent:
+        refusal = await agent.refused("start_session")
+        assert "key.txt" in refusal and "blob" in refusal, refusal
+
+
+# --- 2. The folder of every run's TMPDIR, where it holds the project or the slots ---------------------------------
+
+SLOT_CONFIG = {
+    "target_file": "params.py",
+    "run_command": "python3 evaluate.py",
+    "metric_name": "score",
+    "readonly_files": ["evaluate.py"],
+    "keep_rule": "greedy",
+    "slots": 2,
+    "slot_devices": [],
+}
+SLOT_EVALUATE = """\
+import runpy
+ns = runpy.run_path("params.py")
+print(f"score: {abs(ns['X'] - 3) + abs(ns['Y'] - 5):.6f}")
+"""
+KEEPS_A_SECRET = """\
+import os, time
+open(os.path.join(os.environ["TMPDIR"], "secret.txt"), "w").write("slot A's own SECRET-38\\n")
+time.sleep(6)
+X = 3
+
+Y = 0
+"""
+READS_THE_OTHERS = """\
+import glob, os, time
+time.sleep(2)
+mine = os.environ["TMPDIR"]
+for path in glob.glob(os.path.join(os.path.dirname(os.path.realpath(mine)), "autoresearch-run-*", "*")) + glob.glob(
+    os.path.join(os.path.dirname(mine), "autoresearch-run-*", "*")
+):
+    if not os.path.realpath(path).startswith(os.path.realpath(mine)):
+        try:
+            print("FOUND", path, open(path).read().strip())
+        except OSError as exc:
+            print("DENIED", path, exc.strerror)
+X = 0
+
+Y = 5
+"""
+
+
+async def _slot_b_reads_slot_a(agent_for, root: Path) -> str:
+    async with agent_for(root, SLOT_CONFIG) as agent:
+        started = await agent.ok("start_session", tag="tmp")
+        assert "namespaces" in started["isolation"], started["isolation"]
+        await agent.ok("run_experiment", description="baseline")
+        base = await agent.until_done()
+        assert base["status"] == "ok", base
+        assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
+        await agent.ok("apply_edit", content=KEEPS_A_SECRET)
+        first = await agent.ok("run_experiment", description="keeps a secret in its TMPDIR", wait_s=0)
+        await agent.ok("apply_edit", content=READS_THE_OTHERS)
+        second = await agent.ok("run_experiment", description="reads the other slot's TMPDIR", wait_s=0)
+        one = await agent.until_done(first["run_id"])
+        done = await agent.until_done(second["run_id"])
+    assert one["status"] == "ok" and done["status"] == "ok", (one, done)
+    return Path(done["log_path"]).read_text()
+
+
+@pytest.fixture(name="scratch")
+def _scratch(monkeypatch: pytest.MonkeyPatch):
+    """The server's TMPDIR in a scratch folder of the user's, not under /tmp (a cluster's scratch disk)."""
+    scratch = Path.home() / f".review38-tmp-{uuid.uuid4().hex[:8]}"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    yield scratch
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def test_a_run_cannot_read_another_slots_tmpdir_when_tmpdir_holds_the_project(
+    agent_for, scratch: Path
+) -> None:
+    """Held: TMPDIR=/scratch/$USER with the project in /scratch/$USER/proj. `hidden_parent` hides nothing for the
+    project itself, but a slot's run is rooted in its checkout (under the slots folder, not under TMPDIR), so the
+    folder is hidden there and slot B finds nothing of slot A's. (Where the checkouts are under TMPDIR too, it
+    is not: see the strict xfail below.)"""
+    _needs_view()
+    root = make_repo(scratch / "proj", {"params.py": "X = 0\n\n\n\nY = 0\n", "evaluate.py": SLOT_EVALUATE})
+    log = await _slot_b_reads_slot_a(agent_for, root)
+    assert "SECRET-38" not in log, f"slot B read slot A's private TMPDIR: {log[:400]}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hidden_parent is given the experiment's root, which in a slot is the slot's checkout: where the slots "
+    "folder (AUTORESEARCH_SLOTS_DIR, or ~/.cache when TMPDIR is $HOME) is under TMPDIR, the checkout is 'the "
+    "project' under it and nothing is hidden: another slot's private TMPDIR is readable again",
+)
+async def test_a_run_cannot_read_another_slots_tmpdir_when_the_slots_are_under_tmpdir(
+    tmp_path: Path, agent_for, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _needs_view()
+    monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(scratch / "slots"))
+    root = make_repo(tmp_path / "proj", {"params.py": "X = 0\n\n\n\nY = 0\n", "evaluate.py": SLOT_EVALUATE})
+    log = await _slot_b_reads_slot_a(agent_for, root)
+    assert "SECRET-38" not in log, f"slot B read slot A's private TMPDIR: {log[:400]}"
+
+
+async def test_a_run_cannot_read_another_slots_tmpdir_when_tmpdir_is_a_symlink(
+    tmp_path: Path, agent_for, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held: TMPDIR a symlink to the scratch folder: the view hides the folder it leads to, each run's own
+    TMPDIR (named through the link) stays writable, and slot B finds nothing of slot A's."""
+    _needs_view()
+    link = Path.home() / f".review38-link-{uuid.uuid4().hex[:8]}"
+    link.symlink_to(scratch)
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(link))
+        root = make_repo(
+            tmp_path / "proj", {"params.py": "X = 0\n\n\n\nY = 0\n", "evaluate.py": SLOT_EVALUATE}
+        )
+        log = await _slot_b_reads_slot_a(agent_for, root)
+        assert "SECRET-38" not in log, f"slot B read slot A's private TMPDIR: {log[:400]}"
+    finally:
+        os.unlink(link)
