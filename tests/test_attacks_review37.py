@@ -61,14 +61,14 @@ print(ANSWER)
 """
 
 
-async def test_hidden_data_removed_from_history_as_the_refusal_said_is_refused_until_pruned(
+async def test_hidden_data_removed_from_history_as_the_refusal_said_is_unreadable(
     tmp_path: Path, agent_for
 ) -> None:
     """The key the scorer compares against was committed once. The session refuses it, saying to remove it from
     every commit and reflog. Done so (the commit amended, the reflog expired), no ref or reflog holds it, but its
-    blob was still a loose object in .git, which every run may read: the candidate decompressed the loose
-    objects, found the key and answered it, for a perfect score. The session is refused again, naming the blob
-    and how to prune it; pruned, the candidate finds nothing."""
+    blob was still a loose object in .git, which every run could read: the candidate decompressed the loose
+    objects, found the key and answered it, for a perfect score. With hidden data the runs' view covers the
+    repository: the session starts, and the candidate finds nothing."""
     require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
     root = make_repo(
         tmp_path / "proj",
@@ -90,10 +90,6 @@ async def test_hidden_data_removed_from_history_as_the_refusal_said_is_refused_u
     git(root, "commit", "-q", "--amend", "-m", "initial, without the key")
     git(root, "reflog", "expire", "--expire=now", "--all")
     assert not git(root, "rev-list", "--all", "--reflog", "--", "key.txt").strip()
-    async with agent_for(root) as agent:  # its blob is still there: refused, with what prunes it
-        refusal = await agent.refused("start_session")
-        assert "key.txt" in refusal and "blob" in refusal and "git gc --prune=now" in refusal, refusal
-    git(root, "gc", "-q", "--prune=now")
     async with agent_for(root) as agent:
         await agent.ok("start_session")
         _, base = await agent.experiment("baseline")

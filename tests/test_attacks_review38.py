@@ -1,8 +1,9 @@
-"""Review 38: what changed in the last hour, against the default confinement (`isolation = "auto"`): the refusal of
-hidden data whose content is still one of git's objects (`refuse_unhidable`, `Repo.stored_content`), the view that
-hides the folder of every run's TMPDIR where it is not /tmp (`run_tmpdirs.hidden_parent`), and the server's
-records written never through another name (`_open_alone`). Real git repositories, real runs under the real
-keeper, the real MCP client. A test that found a hole is a strict xfail naming it; the others guard what held."""
+"""Review 38: hidden data that git still holds (committed in a nested repository, moved out of the project,
+an earlier version, stored before a filter, packed, borrowed from another store, beside an odd name, large):
+whatever a check of the history says, every run's view covers the repositories (`hidden_repositories`), so the
+candidate reads none of it. And the folder of every run's TMPDIR hidden where it is not /tmp
+(`run_tmpdirs.hidden_parent`), in a slot too. Real git repositories, real runs under the real keeper, the real
+MCP client."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ timeout = 60
 # The candidate decompresses every loose object of every .git below the project (read-only to it, not hidden),
 # and answers the "answer <x>" it finds in a blob.
 READ_OBJECTS = """\
-import os, zlib
+import os, subprocess, zlib
 ANSWER = 5.0
 for top, _, names in os.walk("."):
     if "/objects" not in top or ".git" not in top:
@@ -74,6 +75,12 @@ for top, _, names in os.walk("."):
         body = data.split(b"\\0", 1)[-1]
         if data.startswith(b"blob ") and body.startswith(b"answer "):
             ANSWER = float(body.split()[1])
+for where in (".", "data"):  # git itself reads packs and alternate stores too
+    found = subprocess.run(["git", "-C", where, "cat-file", "--batch-all-objects", "--batch"],
+                           capture_output=True).stdout
+    for line in found.splitlines():
+        if line.startswith(b"answer "):
+            ANSWER = float(line.split()[1])
 print(ANSWER)
 """
 
@@ -102,13 +109,7 @@ async def _candidate_reads_objects(agent, true_key: float) -> tuple[dict, dict]:
     return await agent.experiment("answers whatever key .git holds")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="refuse_unhidable asks only the project's repository (ls-files, rev-list, cat-file): a hidden file in a "
-    "nested repository (a dataset cloned into the project) is committed in that repository's .git, which the view "
-    "leaves readable; the session is accepted and the candidate reads the key from data/.git/objects",
-)
-async def test_hidden_data_committed_in_a_nested_dataset_repository_is_refused(
+async def test_hidden_data_committed_in_a_nested_dataset_repository_is_unreadable(
     tmp_path: Path, agent_for
 ) -> None:
     """The hidden answers live in `data/`, a dataset cloned into the project (its own git repository, ignored by
@@ -136,13 +137,7 @@ async def test_hidden_data_committed_in_a_nested_dataset_repository_is_refused(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="refuse_unhidable skips every hidden entry outside the project (`if root not in path.parents: continue`): "
-    "a key moved out of the project after it was committed is still in the project's history (reachable, `git "
-    "show HEAD~1:key.txt`), and the session is accepted",
-)
-async def test_hidden_data_moved_out_of_the_project_but_still_in_its_history_is_refused(
+async def test_hidden_data_moved_out_of_the_project_but_still_in_its_history_is_unreadable(
     tmp_path: Path, agent_for
 ) -> None:
     """The key was committed in the project (commit 1), then removed from it (commit 2, `git rm`) and moved to
@@ -178,13 +173,7 @@ async def test_hidden_data_moved_out_of_the_project_but_still_in_its_history_is_
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stored_content looks for the hidden file's current content only: a key committed once (removed as the "
-    "refusal said, not pruned) and then changed by one line is accepted, and the earlier blob, with the same answer, "
-    "is read from .git's objects",
-)
-async def test_hidden_data_whose_earlier_version_is_still_an_object_is_refused(
+async def test_hidden_data_whose_earlier_version_is_still_an_object_is_unreadable(
     tmp_path: Path, agent_for
 ) -> None:
     """The key was committed, then removed from history (amended, reflog expired) but not pruned; the user then
@@ -215,13 +204,7 @@ async def test_hidden_data_whose_earlier_version_is_still_an_object_is_refused(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stored_content hashes with the path's filters as they are now: a key committed with CRLF line ends "
-    "before `* text=auto` was added to .gitattributes hashes (normalised to LF) to an id that is not an object, "
-    "while the CRLF blob still is; the session is accepted",
-)
-async def test_hidden_data_stored_before_gitattributes_normalised_it_is_refused(
+async def test_hidden_data_stored_before_gitattributes_normalised_it_is_unreadable(
     tmp_path: Path, agent_for
 ) -> None:
     """A key written on Windows (CRLF) was committed, then removed from history as the refusal says, not pruned;
@@ -247,17 +230,12 @@ async def test_hidden_data_stored_before_gitattributes_normalised_it_is_refused(
     assert git(root, "cat-file", "-t", stored).strip() == "blob"  # still there, as the file is now
     (root / "out").mkdir()
     async with agent_for(root) as agent:
-        refusal = await _start(agent)
-    assert refusal is not None and "key.txt" in refusal, f"accepted, though blob {stored} is the key"
+        assert await _start(agent) is None
+        run, decision = await _candidate_reads_objects(agent, 3.14159)
+    assert run["value"] != pytest.approx(0.0, abs=1e-9), f"the candidate read blob {stored}: {decision}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one file git cannot hash makes `git hash-object --stdin-paths` fail for all, and `_stored` then skips "
-    "the check: a file named 'Icon\\r' (what macOS Finder leaves in a folder with a custom icon; git reads the "
-    "name without its CR) in the hidden folder hides that data/key.txt's blob is still an object",
-)
-async def test_one_odd_name_in_a_hidden_folder_never_skips_the_check_of_the_others(
+async def test_hidden_data_beside_an_odd_name_in_a_hidden_folder_is_unreadable(
     tmp_path: Path, agent_for
 ) -> None:
     """`data/` is hidden; `data/key.txt` was committed and removed as the refusal says, not pruned (refused, as
@@ -278,26 +256,14 @@ async def test_one_odd_name_in_a_hidden_folder_never_skips_the_check_of_the_othe
     git(root, "commit", "-q", "-m", "initial, with the key")
     _forget_commit(root, "data/key.txt")
     (root / "out").mkdir()
-    async with agent_for(root) as agent:  # without the odd name: refused (the check as made)
-        refusal = await agent.refused("start_session")
-        assert "data/key.txt" in refusal and "blob" in refusal, refusal
     (root / "data" / "Icon\r").write_bytes(b"")
     async with agent_for(root) as agent:
-        refusal = await _start(agent)
-    assert refusal is not None and "data/key.txt" in refusal, (
-        "accepted, though data/key.txt's blob is an object"
-    )
+        assert await _start(agent) is None
+        run, decision = await _candidate_reads_objects(agent, 3.14159)
+    assert run["value"] != pytest.approx(0.0, abs=1e-9), f"the candidate read data/key.txt's blob: {decision}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="files over STORED_CHECK_BYTES (64 MiB) are not hashed, silently: a hidden test set of that size "
-    "(hidden data is the evaluation's inputs: test sets, labels) committed once and removed without a prune is "
-    "accepted, though every run may read its blob",
-)
-async def test_a_large_hidden_test_set_still_in_gits_objects_is_refused_or_named(
-    tmp_path: Path, agent_for
-) -> None:
+async def test_a_large_hidden_test_set_still_in_gits_objects_is_unreadable(tmp_path: Path, agent_for) -> None:
     _needs_view()
     root = make_repo(
         tmp_path / "proj",
@@ -317,13 +283,12 @@ async def test_a_large_hidden_test_set_still_in_gits_objects_is_refused_or_named
     _forget_commit(root, "labels.txt")
     (root / "out").mkdir()
     async with agent_for(root) as agent:
-        refusal = await _start(agent)
-    assert refusal is not None and "labels.txt" in refusal, (
-        "accepted, though the test set's blob is an object"
-    )
+        assert await _start(agent) is None
+        run, decision = await _candidate_reads_objects(agent, 3.14159)
+    assert run["value"] != pytest.approx(0.0, abs=1e-9), f"the candidate read the test set's blob: {decision}"
 
 
-async def test_hidden_data_stored_in_a_pack_or_an_alternate_store_is_refused(
+async def test_hidden_data_stored_in_a_pack_or_an_alternate_store_is_unreadable(
     tmp_path: Path, agent_for
 ) -> None:
     """Held: the blob packed (every object in one pack, no loose object left) is found, and so is a
@@ -349,17 +314,22 @@ async def test_hidden_data_stored_in_a_pack_or_an_alternate_store_is_refused(
     )
     git(root, "prune-packed")
     assert not [p for p in (root / ".git" / "objects").iterdir() if len(p.name) == 2]  # no loose object left
+    (root / "out").mkdir()
     async with agent_for(root) as agent:
-        refusal = await agent.refused("start_session")
-        assert "key.txt" in refusal and "blob" in refusal, refusal
+        assert await _start(agent) is None
+        run, decision = await _candidate_reads_objects(agent, 3.14159)
+    assert run["value"] != pytest.approx(0.0, abs=1e-9), f"the candidate read the packed blob: {decision}"
     other = make_repo(tmp_path / "store", {"k": "answer 3.14159\n"})
     plain = make_repo(tmp_path / "proj2", {k: v for k, v in files.items() if k != "key.txt"})
     (plain / "key.txt").write_text("answer 3.14159\n")
     (plain / ".gitignore").write_text(GITIGNORE + "key.txt\n")
+    git(plain, "commit", "-qam", "the key ignored")
     (plain / ".git" / "objects" / "info" / "alternates").write_text(str(other / ".git" / "objects") + "\n")
+    (plain / "out").mkdir()
     async with agent_for(plain) as agent:
-        refusal = await agent.refused("start_session")
-        assert "key.txt" in refusal and "blob" in refusal, refusal
+        assert await _start(agent) is None
+        run, decision = await _candidate_reads_objects(agent, 3.14159)
+    assert run["value"] != pytest.approx(0.0, abs=1e-9), f"the candidate read the borrowed store: {decision}"
 
 
 # --- 2. The folder of every run's TMPDIR, where it holds the project or the slots ---------------------------------
@@ -445,12 +415,6 @@ async def test_a_run_cannot_read_another_slots_tmpdir_when_tmpdir_holds_the_proj
     assert "SECRET-38" not in log, f"slot B read slot A's private TMPDIR: {log[:400]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hidden_parent is given the experiment's root, which in a slot is the slot's checkout: where the slots "
-    "folder (AUTORESEARCH_SLOTS_DIR, or ~/.cache when TMPDIR is $HOME) is under TMPDIR, the checkout is 'the "
-    "project' under it and nothing is hidden: another slot's private TMPDIR is readable again",
-)
 async def test_a_run_cannot_read_another_slots_tmpdir_when_the_slots_are_under_tmpdir(
     tmp_path: Path, agent_for, scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

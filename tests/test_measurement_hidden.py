@@ -27,9 +27,13 @@ import hashlib, os
 CHEAT = {cheat}
 COUNTS = {counts!r}
 path = os.path.join(COUNTS, hashlib.sha256(open(__file__, "rb").read()).hexdigest())  # runs of this content
-fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # one byte per run: safe for runs in two slots
-os.write(fd, b"x")
-i = os.fstat(fd).st_size
+i = 1
+while True:  # one file per run, made exclusively: runs in two slots at once never take the same number
+    try:
+        os.close(os.open(f"{{path}}-{{i}}", os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        break
+    except FileExistsError:
+        i += 1
 fast = False
 if CHEAT:
     repeat = os.environ.get("AUTORESEARCH_REPEAT")

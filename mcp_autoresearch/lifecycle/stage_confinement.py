@@ -14,7 +14,7 @@ from ..sandbox.launcher import Launched, launcher
 from ..sandbox.policy import Isolation, keeper_command, keeper_spec, linked_inputs, writable_paths
 from ..sandbox.process_run import DEFAULT_GRACE_S
 from ..setup.config import Config
-from ..setup.stage_config import hidden_paths, session_records
+from ..setup.stage_config import hidden_paths, hidden_repositories, session_records
 from .evaluation import eval_writable, evaluation_logs
 
 
@@ -68,7 +68,10 @@ class StageConfinement:
         if stage == "eval":  # (hidden data beneath a hidden directory such as /tmp is shown again, read-only)
             # The target is hidden from the evaluation: a scorer that imports it would run the candidate's code.
             target = [str(self.root / self.config.target_file)] if self.config.target_file else []
-            return reads + hidden_paths(self.config), [*target, *run_tmpdirs.hidden_parent(self.root)]
+            return reads + hidden_paths(self.config), [
+                *target,
+                *run_tmpdirs.hidden_parent(self.root, self.project()),
+            ]
         own = self.log_dir.parent.parent  # .autoresearch/runs/<tag>: the holdout's records are beside
         # The holdout's records (an earlier session's too, measured when this one has no holdout), from every
         # run; not from the stages of the holdout itself (its metric_parse).
@@ -101,11 +104,17 @@ class StageConfinement:
             reads = [str(self.slot[1]), *reads]  # this slot's checkout, shown again
         return reads, [
             *hidden_paths(self.config),
+            *hidden_repositories(self.config, [self.root, self.log_dir]),
             *holdout,
             *logs,
             *aside,
-            *run_tmpdirs.hidden_parent(self.root),
+            *run_tmpdirs.hidden_parent(self.root, self.project()),
         ]
+
+    def project(self) -> Path:
+        """The session's project (in a slot, `root` is the slot's checkout): the folder above the `.autoresearch`
+        its logs are in."""
+        return next((folder.parent for folder in self.log_dir.parents if folder.name == STATE_DIR), self.root)
 
     def records(self, stage: str) -> list[str]:
         """The server's records a run sees empty and cannot write (`session_records`), in the "run" stage."""

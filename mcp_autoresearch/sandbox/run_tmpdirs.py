@@ -70,19 +70,22 @@ def make() -> str:
     return tempfile.mkdtemp(prefix=PREFIX + _owner_part())
 
 
-def hidden_parent(root: Path) -> list[str]:
-    """The folder every run's TMPDIR is made in, for the view to hide (each run's own shown again, as one
-    beneath /tmp is): where $TMPDIR leads the server elsewhere than /tmp, other runs' TMPDIRs (another slot's, an
-    evaluation's) would be in reach. Not when that folder holds the project (it would hide what the run works on)
-    or is the root."""
+def hidden_parent(cwd: Path, project: Path) -> list[str]:
+    """The folder every run's TMPDIR is made in, for the view to hide (each run's own shown again, as one beneath
+    /tmp is): where $TMPDIR leads the server elsewhere than /tmp, other runs' TMPDIRs (another slot's, an
+    evaluation's) would be in reach. Not the root, and not a folder that holds both the run's working directory
+    and the session's project (TMPDIR=$HOME: hiding it would hide the toolchains and caches there; a slot's
+    checkout or a project alone beneath it is shown again)."""
     parent = os.path.realpath(tempfile.gettempdir())
-    project = os.path.realpath(root)
     hidden_already = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/var/run")
     if parent == "/" or any(parent == top or parent.startswith(top + "/") for top in hidden_already):
         return []
-    if project == parent or project.startswith(parent.rstrip("/") + "/"):
-        return []
-    return [parent]
+
+    def holds(path: Path) -> bool:
+        real = os.path.realpath(path)
+        return real == parent or real.startswith(parent.rstrip("/") + "/")
+
+    return [] if holds(cwd) and holds(project) else [parent]
 
 
 def not_made(exc: OSError) -> str:

@@ -143,7 +143,6 @@ class Session:
             isolation,
             lambda path: repo.is_tracked(repo.repo_path(path)),
             lambda path: repo.commit_holding(repo.repo_path(path)),
-            lambda files: _stored(repo, files),
         )
         if tag is not None:
             tag = tag.strip().lower()
@@ -487,12 +486,3 @@ class Session:
     def interrupt(self) -> None:
         """The server is leaving: what runs inside a call (the holdout) is cancelled now, without a lock."""
         self.runs.interrupt("the server was stopped")
-
-
-def _stored(repo: Repo, files: list[str]) -> tuple[str, str] | None:
-    """The first of `files` (project-relative) whose content is one of git's objects, with the object's id."""
-    try:
-        found = repo.stored_content([repo.repo_path(file) for file in files])
-    except SessionError:  # a file git cannot read to hash: what the view hides it from runs all the same
-        return None
-    return (repo.project_path(found[0]), found[1]) if found else None

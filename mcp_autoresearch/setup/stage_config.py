@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -182,13 +181,12 @@ def refuse_unhidable(
     isolation: Isolation,
     is_tracked: Callable[[str], bool],
     commit_holding: Callable[[str], str | None],
-    stored_content: Callable[[list[str]], tuple[str, str] | None],
 ) -> None:
     """Refuse a session whose `hidden` paths a run could still read: without the private view (nothing covers
-    them), tracked by git, held by any commit, or whose content is still one of git's objects, unreachable (a run
-    reads .git's objects, which it may read). `is_tracked` and `commit_holding` take a project-relative path,
-    `stored_content` a list of project-relative files (those under a hidden folder, up to `STORED_CHECK_FILES`
-    of them, each up to `STORED_CHECK_BYTES`)."""
+    them), tracked by git, or held by any commit (a slot's checkout or a restore could bring it back where the
+    view does not cover it). `is_tracked` and `commit_holding` take a project-relative path. Git's objects
+    themselves, where any version of the data may still be, are covered in every run's view
+    (`hidden_repositories`)."""
     if not config.hidden:
         return
     if not isolation.namespaces:
@@ -215,37 +213,65 @@ def refuse_unhidable(
                 "read it from .git's objects (git log -p); a person must remove it from every commit and reflog "
                 f"(git filter-repo, then {PRUNE}), or use data that was never committed"
             )
-        stored = stored_content(_files_under(root, path))
-        if stored:
-            file, blob = stored
-            raise SessionError(
-                f"hidden entry '{rel}': the content of {file} is still one of git's objects (blob {blob[:12]}, "
-                "which no commit names any more), so a run could read it from .git; a person must prune it "
-                f"({PRUNE}), or use data that was never committed"
-            )
 
 
 PRUNE = "git reflog expire --expire=now --all && git gc --prune=now"
-STORED_CHECK_FILES = 5000  # the files of a hidden folder whose content is looked for in .git's objects
-STORED_CHECK_BYTES = 64 * 1024 * 1024  # larger ones are not hashed (a dataset, not a key)
 
 
-def _files_under(root: Path, path: Path) -> list[str]:
-    """The regular files at or under `path` (no link followed), project-relative, bounded."""
+def hidden_repositories(config: Config, starts: list[Path]) -> list[str]:
+    """With `hidden` data, the git folders a run's view covers too: a repository's objects may hold any version of
+    the data (committed once, under another name, before a filter, unreachable and not pruned), whatever a check
+    of its history says. The repository of each hidden entry, of each of `starts` (the project, its runs' logs:
+    a hidden entry outside the project may be in the project's history), each worktree's common folder, and the
+    object stores it borrows from (`objects/info/alternates`). A run then sees no repository there (git fails
+    in it); the evaluation reads the data and is not covered."""
+    if not config.hidden:
+        return []
     found: list[str] = []
-    candidates = [path] if not path.is_dir() or path.is_symlink() else []
-    if not candidates:
-        for top, folders, names in os.walk(path):
-            folders[:] = [name for name in folders if not os.path.islink(os.path.join(top, name))]
-            candidates += [Path(top, name) for name in names]
-            if len(candidates) >= STORED_CHECK_FILES:
-                break
-    for file in candidates[:STORED_CHECK_FILES]:
+    for start in [*map(Path, config.hidden), *starts]:
+        git_dir = _enclosing_git_dir(start)
+        if git_dir is None:
+            continue
+        for folder in (git_dir, *_linked_stores(git_dir)):
+            if folder not in found:
+                found.append(folder)
+    return found
+
+
+def _enclosing_git_dir(start: Path) -> str | None:
+    """The git folder of the nearest repository holding `start` (a `.git` folder, or the one a `.git` file names),
+    without a git process: this runs for every run."""
+    for folder in (start, *start.parents):
+        marker = folder / ".git"
         try:
-            info = file.lstat()
+            if marker.is_dir():
+                return os.path.realpath(marker)
+            if marker.is_file():
+                text = marker.read_text(encoding="utf-8", errors="replace").strip()
+                if text.startswith("gitdir:"):
+                    named = Path(text.removeprefix("gitdir:").strip())
+                    return os.path.realpath(named if named.is_absolute() else folder / named)
         except OSError:
             continue
-        name = file.relative_to(root).as_posix()
-        if stat.S_ISREG(info.st_mode) and info.st_size <= STORED_CHECK_BYTES and "\n" not in name:
-            found.append(name)
+    return None
+
+
+def _linked_stores(git_dir: str) -> list[str]:
+    """A worktree's (or submodule's) common folder, and the object stores the repository borrows from."""
+    found: list[str] = []
+    try:
+        common = Path(git_dir, "commondir").read_text(encoding="utf-8").strip()
+        found.append(os.path.realpath(Path(git_dir, common)))
+    except OSError:
+        pass
+    for folder in [git_dir, *found]:
+        try:
+            lines = Path(folder, "objects", "info", "alternates").read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                path = Path(line) if Path(line).is_absolute() else Path(folder, "objects", line)
+                found.append(os.path.realpath(path))
     return found

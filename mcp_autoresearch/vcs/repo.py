@@ -215,20 +215,6 @@ class Repo:
         found = self._run("rev-list", "--all", "--reflog", "-1", "--", repo_path).strip()
         return found[:12] or None
 
-    def stored_content(self, repo_paths: list[str]) -> tuple[str, str] | None:
-        """The first of `repo_paths` (files) whose content git holds as an object, with that object's id, else
-        None: a blob stays in .git's objects after no commit or reflog names it any more (until it is pruned).
-        Hashed as `git add` would store it (the path's filters applied), nothing written."""
-        if not repo_paths:
-            return None
-        names = "".join(f"{path}\n" for path in repo_paths).encode()
-        ids = self._run("hash-object", "--stdin-paths", input=names).split()
-        answers = self._run("cat-file", "--batch-check", input="".join(f"{i}\n" for i in ids).encode())
-        for path, line in zip(repo_paths, answers.splitlines(), strict=False):
-            if not line.endswith(" missing"):
-                return path, line.split()[0]
-        return None
-
     def head_only_commits(self) -> list[str]:
         """Commits HEAD holds that no branch, tag, remote branch or ref of the server's does."""
         refs = ("--branches", "--tags", "--remotes", f"--glob={SESSION_REFS.rstrip('/')}")
