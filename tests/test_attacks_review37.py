@@ -17,6 +17,7 @@ from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .conftest import git, make_repo
 from .helpers.needs import require
+from .helpers.slot_tmpdirs import SECRET, SLOT_EVALUATE, slot_b_reads_slot_a
 from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
 
 pytestmark = pytest.mark.anyio
@@ -159,45 +160,6 @@ async def test_a_target_that_ends_the_test_run_at_import_is_not_kept_as_faster_t
 
 # --- 3. Another slot's private TMPDIR, where the server's temporary directory is not /tmp -----------------------
 
-SLOT_CONFIG = {
-    "target_file": "params.py",
-    "run_command": "python3 evaluate.py",
-    "metric_name": "score",
-    "readonly_files": ["evaluate.py"],
-    "keep_rule": "greedy",
-    "slots": 2,
-    "slot_devices": [],
-}
-SLOT_EVALUATE = """\
-import runpy
-ns = runpy.run_path("params.py")
-print(f"score: {abs(ns['X'] - 3) + abs(ns['Y'] - 5):.6f}")
-"""
-# Slot A's candidate keeps something of its own in its private TMPDIR for a while.
-KEEPS_A_SECRET = """\
-import os, time
-open(os.path.join(os.environ["TMPDIR"], "secret.txt"), "w").write("slot A's own SECRET-37\\n")
-time.sleep(6)
-X = 3
-
-Y = 0
-"""
-# Slot B's candidate looks beside its own TMPDIR for the other runs' and reads what they hold.
-READS_THE_OTHERS = """\
-import glob, os, time
-time.sleep(2)
-mine = os.environ["TMPDIR"]
-for path in glob.glob(os.path.join(os.path.dirname(mine), "autoresearch-run-*", "*")):
-    if not path.startswith(mine):
-        try:
-            print("FOUND", path, open(path).read().strip())
-        except OSError as exc:
-            print("DENIED", path, exc.strerror)
-X = 0
-
-Y = 5
-"""
-
 
 async def test_a_run_cannot_read_another_slots_private_tmpdir_when_tmpdir_is_not_tmp(
     tmp_path: Path, agent_for, slots_home: Path, monkeypatch: pytest.MonkeyPatch
@@ -215,19 +177,7 @@ async def test_a_run_cannot_read_another_slots_private_tmpdir_when_tmpdir_is_not
         root = make_repo(
             tmp_path / "proj", {"params.py": "X = 0\n\n\n\nY = 0\n", "evaluate.py": SLOT_EVALUATE}
         )
-        async with agent_for(root, SLOT_CONFIG) as agent:
-            started = await agent.ok("start_session", tag="tmp")
-            assert "namespaces" in started["isolation"], started["isolation"]
-            await agent.ok("run_experiment", description="baseline")
-            await agent.until_done()
-            assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
-            await agent.ok("apply_edit", content=KEEPS_A_SECRET)
-            first = await agent.ok("run_experiment", description="keeps a secret in its TMPDIR", wait_s=0)
-            await agent.ok("apply_edit", content=READS_THE_OTHERS)
-            second = await agent.ok("run_experiment", description="reads the other slot's TMPDIR", wait_s=0)
-            await agent.until_done(first["run_id"])
-            done = await agent.until_done(second["run_id"])
-        log = Path(done["log_path"]).read_text()
-        assert "SECRET-37" not in log, f"slot B read slot A's private TMPDIR: {log[:400]}"
+        log = await slot_b_reads_slot_a(agent_for, root, tmp_path / "sync")
+        assert SECRET not in log, f"slot B read slot A's private TMPDIR: {log[:400]}"
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

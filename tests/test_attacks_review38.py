@@ -20,6 +20,7 @@ from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .conftest import git, make_repo
 from .helpers.needs import require
+from .helpers.slot_tmpdirs import SECRET, SLOT_EVALUATE, slot_b_reads_slot_a
 from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
 
 pytestmark = pytest.mark.anyio
@@ -334,63 +335,6 @@ async def test_hidden_data_stored_in_a_pack_or_an_alternate_store_is_unreadable(
 
 # --- 2. The folder of every run's TMPDIR, where it holds the project or the slots ---------------------------------
 
-SLOT_CONFIG = {
-    "target_file": "params.py",
-    "run_command": "python3 evaluate.py",
-    "metric_name": "score",
-    "readonly_files": ["evaluate.py"],
-    "keep_rule": "greedy",
-    "slots": 2,
-    "slot_devices": [],
-}
-SLOT_EVALUATE = """\
-import runpy
-ns = runpy.run_path("params.py")
-print(f"score: {abs(ns['X'] - 3) + abs(ns['Y'] - 5):.6f}")
-"""
-KEEPS_A_SECRET = """\
-import os, time
-open(os.path.join(os.environ["TMPDIR"], "secret.txt"), "w").write("slot A's own SECRET-38\\n")
-time.sleep(6)
-X = 3
-
-Y = 0
-"""
-READS_THE_OTHERS = """\
-import glob, os, time
-time.sleep(2)
-mine = os.environ["TMPDIR"]
-for path in glob.glob(os.path.join(os.path.dirname(os.path.realpath(mine)), "autoresearch-run-*", "*")) + glob.glob(
-    os.path.join(os.path.dirname(mine), "autoresearch-run-*", "*")
-):
-    if not os.path.realpath(path).startswith(os.path.realpath(mine)):
-        try:
-            print("FOUND", path, open(path).read().strip())
-        except OSError as exc:
-            print("DENIED", path, exc.strerror)
-X = 0
-
-Y = 5
-"""
-
-
-async def _slot_b_reads_slot_a(agent_for, root: Path) -> str:
-    async with agent_for(root, SLOT_CONFIG) as agent:
-        started = await agent.ok("start_session", tag="tmp")
-        assert "namespaces" in started["isolation"], started["isolation"]
-        await agent.ok("run_experiment", description="baseline")
-        base = await agent.until_done()
-        assert base["status"] == "ok", base
-        assert (await agent.ok("commit_or_reset"))["decision"] == "keep"
-        await agent.ok("apply_edit", content=KEEPS_A_SECRET)
-        first = await agent.ok("run_experiment", description="keeps a secret in its TMPDIR", wait_s=0)
-        await agent.ok("apply_edit", content=READS_THE_OTHERS)
-        second = await agent.ok("run_experiment", description="reads the other slot's TMPDIR", wait_s=0)
-        one = await agent.until_done(first["run_id"])
-        done = await agent.until_done(second["run_id"])
-    assert one["status"] == "ok" and done["status"] == "ok", (one, done)
-    return Path(done["log_path"]).read_text()
-
 
 @pytest.fixture(name="scratch")
 def _scratch(monkeypatch: pytest.MonkeyPatch):
@@ -403,7 +347,7 @@ def _scratch(monkeypatch: pytest.MonkeyPatch):
 
 
 async def test_a_run_cannot_read_another_slots_tmpdir_when_tmpdir_holds_the_project(
-    agent_for, scratch: Path
+    tmp_path: Path, agent_for, scratch: Path
 ) -> None:
     """Held: TMPDIR=/scratch/$USER with the project in /scratch/$USER/proj. `hidden_parent` hides nothing for the
     project itself, but a slot's run is rooted in its checkout (under the slots folder, not under TMPDIR), so the
@@ -411,8 +355,8 @@ async def test_a_run_cannot_read_another_slots_tmpdir_when_tmpdir_holds_the_proj
     is not: see the strict xfail below.)"""
     _needs_view()
     root = make_repo(scratch / "proj", {"params.py": "X = 0\n\n\n\nY = 0\n", "evaluate.py": SLOT_EVALUATE})
-    log = await _slot_b_reads_slot_a(agent_for, root)
-    assert "SECRET-38" not in log, f"slot B read slot A's private TMPDIR: {log[:400]}"
+    log = await slot_b_reads_slot_a(agent_for, root, tmp_path / "sync")
+    assert SECRET not in log, f"slot B read slot A's private TMPDIR: {log[:400]}"
 
 
 async def test_a_run_cannot_read_another_slots_tmpdir_when_the_slots_are_under_tmpdir(
@@ -421,8 +365,8 @@ async def test_a_run_cannot_read_another_slots_tmpdir_when_the_slots_are_under_t
     _needs_view()
     monkeypatch.setenv("AUTORESEARCH_SLOTS_DIR", str(scratch / "slots"))
     root = make_repo(tmp_path / "proj", {"params.py": "X = 0\n\n\n\nY = 0\n", "evaluate.py": SLOT_EVALUATE})
-    log = await _slot_b_reads_slot_a(agent_for, root)
-    assert "SECRET-38" not in log, f"slot B read slot A's private TMPDIR: {log[:400]}"
+    log = await slot_b_reads_slot_a(agent_for, root, tmp_path / "sync")
+    assert SECRET not in log, f"slot B read slot A's private TMPDIR: {log[:400]}"
 
 
 async def test_a_run_cannot_read_another_slots_tmpdir_when_tmpdir_is_a_symlink(
@@ -438,7 +382,7 @@ async def test_a_run_cannot_read_another_slots_tmpdir_when_tmpdir_is_a_symlink(
         root = make_repo(
             tmp_path / "proj", {"params.py": "X = 0\n\n\n\nY = 0\n", "evaluate.py": SLOT_EVALUATE}
         )
-        log = await _slot_b_reads_slot_a(agent_for, root)
-        assert "SECRET-38" not in log, f"slot B read slot A's private TMPDIR: {log[:400]}"
+        log = await slot_b_reads_slot_a(agent_for, root, tmp_path / "sync")
+        assert SECRET not in log, f"slot B read slot A's private TMPDIR: {log[:400]}"
     finally:
         os.unlink(link)
