@@ -15,7 +15,8 @@ import pytest
 
 from mcp_autoresearch.sandbox.policy import probe_isolation
 
-from .conftest import git, make_repo
+from .conftest import make_repo
+from .helpers.hidden_in_git import GITIGNORE, KEY_SCORER, forget_commit, key_config, never_read
 from .helpers.needs import require
 from .helpers.slot_tmpdirs import SECRET, SLOT_EVALUATE, slot_b_reads_slot_a
 from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
@@ -26,40 +27,6 @@ ISOLATION = probe_isolation("auto")
 
 
 # --- 1. Hidden data whose blob is still in .git's objects ----------------------------------------------------
-
-KEY_SCORER = """\
-import sys
-key = float(open("key.txt").read().split()[1])
-answer = float(open(sys.argv[1]).read().split()[0])
-print(f"score: {abs(answer - key):.6f}")
-"""
-KEY_CONFIG = """\
-target_file = "objective.py"
-run_command = "python3 objective.py > out/answer.txt"
-eval_command = "python3 scorer.py out/answer.txt"
-metric_name = "score"
-metric_direction = "lower"
-readonly_files = ["scorer.py"]
-writable = ["out"]
-hidden = ["key.txt"]
-keep_rule = "greedy"
-timeout = 60
-"""
-# The candidate reads every loose object of .git (read-only to it, not hidden) and answers with the key it finds.
-READ_OBJECTS = """\
-import os, zlib
-ANSWER = 5.0
-for top, _, names in os.walk(".git/objects"):
-    for name in names:
-        try:
-            data = zlib.decompress(open(os.path.join(top, name), "rb").read())
-        except Exception:
-            continue
-        body = data.split(b"\\0", 1)[-1]
-        if data.startswith(b"blob ") and body.startswith(b"answer "):
-            ANSWER = float(body.split()[1])
-print(ANSWER)
-"""
 
 
 async def test_hidden_data_removed_from_history_as_the_refusal_said_is_unreadable(
@@ -76,31 +43,17 @@ async def test_hidden_data_removed_from_history_as_the_refusal_said_is_unreadabl
         {
             "objective.py": "X = 5\nprint(X)\n",
             "scorer.py": KEY_SCORER,
-            "autoresearch.toml": KEY_CONFIG,
+            "autoresearch.toml": key_config("key.txt"),
             "key.txt": "answer 3.14159\n",
-            ".gitignore": "out/\n.autoresearch/\nrun.log\nresults.tsv\n",
+            ".gitignore": GITIGNORE,
         },
     )
     (root / "out").mkdir()
     async with agent_for(root) as agent:  # the refusal, and the advice it gives
         refusal = await agent.refused("start_session")
         assert "key.txt" in refusal and "git gc --prune=now" in refusal, refusal
-    git(root, "rm", "-q", "--cached", "key.txt")
-    (root / ".gitignore").write_text((root / ".gitignore").read_text() + "key.txt\n")
-    git(root, "add", ".gitignore")
-    git(root, "commit", "-q", "--amend", "-m", "initial, without the key")
-    git(root, "reflog", "expire", "--expire=now", "--all")
-    assert not git(root, "rev-list", "--all", "--reflog", "--", "key.txt").strip()
-    async with agent_for(root) as agent:
-        await agent.ok("start_session")
-        _, base = await agent.experiment("baseline")
-        assert base["decision"] == "keep" and base["value"] == pytest.approx(5 - 3.14159, abs=1e-5), base
-        await agent.ok("apply_edit", content=READ_OBJECTS)
-        run, decision = await agent.experiment("answers whatever key .git still holds")
-    assert run["status"] == "ok", run
-    assert run["value"] != pytest.approx(0.0, abs=1e-9), (
-        f"the candidate read the hidden key from .git's objects: score {run['value']}, {decision['decision']}"
-    )
+    forget_commit(root, "key.txt")
+    await never_read(agent_for, root, None)  # no refusal now: the view covers the repository
 
 
 # --- 2. A wall time measured by the server, of tests the target stopped ---------------------------------------

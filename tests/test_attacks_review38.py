@@ -19,6 +19,15 @@ import pytest
 from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .conftest import git, make_repo
+from .helpers.hidden_in_git import (
+    GITIGNORE,
+    KEY_SCORER,
+    candidate_reads_objects,
+    forget_commit,
+    key_config,
+    never_read,
+    start,
+)
 from .helpers.needs import require
 from .helpers.slot_tmpdirs import SECRET, SLOT_EVALUATE, slot_b_reads_slot_a
 from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
@@ -26,7 +35,6 @@ from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture
 pytestmark = pytest.mark.anyio
 
 ISOLATION = probe_isolation("auto")
-GITIGNORE = "out/\n.autoresearch/\nrun.log\nresults.tsv\n"
 
 
 def _needs_view() -> None:
@@ -34,80 +42,6 @@ def _needs_view() -> None:
 
 
 # --- 1. Hidden data whose content git still holds, where the check does not look --------------------------------
-
-# The scorer compares the candidate's answer with the line "answer <x>" of the hidden key (wherever it is).
-KEY_SCORER = """\
-import sys
-key_path = sys.argv[2] if len(sys.argv) > 2 else "key.txt"
-key = [float(line.split()[1]) for line in open(key_path) if line.startswith("answer ")][0]
-answer = float(open(sys.argv[1]).read().split()[0])
-print(f"score: {abs(answer - key):.6f}")
-"""
-
-
-def key_config(hidden: str, key_arg: str = "") -> str:
-    return f"""\
-target_file = "objective.py"
-run_command = "python3 objective.py > out/answer.txt"
-eval_command = "python3 scorer.py out/answer.txt {key_arg}"
-metric_name = "score"
-metric_direction = "lower"
-readonly_files = ["scorer.py"]
-writable = ["out"]
-hidden = ["{hidden}"]
-keep_rule = "greedy"
-timeout = 60
-"""
-
-
-# The candidate decompresses every loose object of every .git below the project (read-only to it, not hidden),
-# and answers the "answer <x>" it finds in a blob.
-READ_OBJECTS = """\
-import os, subprocess, zlib
-ANSWER = 5.0
-for top, _, names in os.walk("."):
-    if "/objects" not in top or ".git" not in top:
-        continue
-    for name in names:
-        try:
-            data = zlib.decompress(open(os.path.join(top, name), "rb").read())
-        except Exception:
-            continue
-        body = data.split(b"\\0", 1)[-1]
-        if data.startswith(b"blob ") and body.startswith(b"answer "):
-            ANSWER = float(body.split()[1])
-for where in (".", "data"):  # git itself reads packs and alternate stores too
-    found = subprocess.run(["git", "-C", where, "cat-file", "--batch-all-objects", "--batch"],
-                           capture_output=True).stdout
-    for line in found.splitlines():
-        if line.startswith(b"answer "):
-            ANSWER = float(line.split()[1])
-print(ANSWER)
-"""
-
-
-def _forget_commit(root: Path, name: str) -> None:
-    """`name` untracked and ignored, the commit that held it amended, the reflog expired: as the refusal says,
-    without the prune (its blob stays a loose object)."""
-    git(root, "rm", "-q", "--cached", name)
-    (root / ".gitignore").write_text((root / ".gitignore").read_text() + f"{name}\n")
-    git(root, "add", ".gitignore")
-    git(root, "commit", "-q", "--amend", "-m", "initial, without the key")
-    git(root, "reflog", "expire", "--expire=now", "--all")
-    assert not git(root, "rev-list", "--all", "--reflog", "--", name).strip()
-
-
-async def _start(agent) -> str | None:
-    """start_session: its refusal's text, or None when the session was accepted."""
-    result = await agent.client.call_tool("start_session", {})
-    return result.content[0].text if result.is_error else None
-
-
-async def _candidate_reads_objects(agent, true_key: float) -> tuple[dict, dict]:
-    _, base = await agent.experiment("baseline")
-    assert base["decision"] == "keep" and base["value"] == pytest.approx(5 - true_key, abs=1e-5), base
-    await agent.ok("apply_edit", content=READ_OBJECTS)
-    return await agent.experiment("answers whatever key .git holds")
 
 
 async def test_hidden_data_committed_in_a_nested_dataset_repository_is_unreadable(
@@ -127,15 +61,7 @@ async def test_hidden_data_committed_in_a_nested_dataset_repository_is_unreadabl
     )
     make_repo(root / "data", {"key.txt": "answer 3.14159\n", "README": "the test split\n"})
     (root / "out").mkdir()
-    async with agent_for(root) as agent:
-        refusal = await _start(agent)
-        if refusal is not None:
-            assert "data/key.txt" in refusal, refusal
-            return
-        run, decision = await _candidate_reads_objects(agent, 3.14159)
-    assert run["value"] != pytest.approx(0.0, abs=1e-9), (
-        f"the candidate read the hidden key from data/.git: score {run['value']}, {decision['decision']}"
-    )
+    await never_read(agent_for, root, "data/key.txt")
 
 
 async def test_hidden_data_moved_out_of_the_project_but_still_in_its_history_is_unreadable(
@@ -163,15 +89,7 @@ async def test_hidden_data_moved_out_of_the_project_but_still_in_its_history_is_
     git(root, "commit", "-q", "-m", "the key moved out of the project")
     assert "answer 3.14159" in git(root, "show", "HEAD~1:key.txt")
     (root / "out").mkdir()
-    async with agent_for(root) as agent:
-        refusal = await _start(agent)
-        if refusal is not None:
-            assert "key.txt" in refusal, refusal
-            return
-        run, decision = await _candidate_reads_objects(agent, 3.14159)
-    assert run["value"] != pytest.approx(0.0, abs=1e-9), (
-        f"the candidate read the moved key from the project's history: score {run['value']}, {decision['decision']}"
-    )
+    await never_read(agent_for, root, "key.txt")
 
 
 async def test_hidden_data_whose_earlier_version_is_still_an_object_is_unreadable(
@@ -191,18 +109,10 @@ async def test_hidden_data_whose_earlier_version_is_still_an_object_is_unreadabl
             ".gitignore": GITIGNORE,
         },
     )
-    _forget_commit(root, "key.txt")
+    forget_commit(root, "key.txt")
     (root / "key.txt").write_text("answer 3.14159\nregenerated 2026-12-06\n")
     (root / "out").mkdir()
-    async with agent_for(root) as agent:
-        refusal = await _start(agent)
-        if refusal is not None:
-            assert "key.txt" in refusal, refusal
-            return
-        run, decision = await _candidate_reads_objects(agent, 3.14159)
-    assert run["value"] != pytest.approx(0.0, abs=1e-9), (
-        f"the candidate read the key's earlier version from .git: score {run['value']}, {decision['decision']}"
-    )
+    await never_read(agent_for, root, "key.txt")
 
 
 async def test_hidden_data_stored_before_gitattributes_normalised_it_is_unreadable(
@@ -226,13 +136,13 @@ async def test_hidden_data_stored_before_gitattributes_normalised_it_is_unreadab
     git(root, "commit", "-q", "-m", "initial, with the key")
     (root / ".gitattributes").write_text("* text=auto\n")
     git(root, "add", ".gitattributes")
-    _forget_commit(root, "key.txt")
+    forget_commit(root, "key.txt")
     stored = git(root, "hash-object", "--no-filters", "key.txt").strip()
     assert git(root, "cat-file", "-t", stored).strip() == "blob"  # still there, as the file is now
     (root / "out").mkdir()
     async with agent_for(root) as agent:
-        assert await _start(agent) is None
-        run, decision = await _candidate_reads_objects(agent, 3.14159)
+        assert await start(agent) is None
+        run, decision = await candidate_reads_objects(agent, 3.14159)
     assert run["value"] != pytest.approx(0.0, abs=1e-9), f"the candidate read blob {stored}: {decision}"
 
 
@@ -255,12 +165,12 @@ async def test_hidden_data_beside_an_odd_name_in_a_hidden_folder_is_unreadable(
     )
     git(root, "add", "-A", "-f")
     git(root, "commit", "-q", "-m", "initial, with the key")
-    _forget_commit(root, "data/key.txt")
+    forget_commit(root, "data/key.txt")
     (root / "out").mkdir()
     (root / "data" / "Icon\r").write_bytes(b"")
     async with agent_for(root) as agent:
-        assert await _start(agent) is None
-        run, decision = await _candidate_reads_objects(agent, 3.14159)
+        assert await start(agent) is None
+        run, decision = await candidate_reads_objects(agent, 3.14159)
     assert run["value"] != pytest.approx(0.0, abs=1e-9), f"the candidate read data/key.txt's blob: {decision}"
 
 
@@ -281,11 +191,11 @@ async def test_a_large_hidden_test_set_still_in_gits_objects_is_unreadable(tmp_p
             file.write(row)
     git(root, "add", "labels.txt")
     git(root, "commit", "-q", "-m", "the test set")
-    _forget_commit(root, "labels.txt")
+    forget_commit(root, "labels.txt")
     (root / "out").mkdir()
     async with agent_for(root) as agent:
-        assert await _start(agent) is None
-        run, decision = await _candidate_reads_objects(agent, 3.14159)
+        assert await start(agent) is None
+        run, decision = await candidate_reads_objects(agent, 3.14159)
     assert run["value"] != pytest.approx(0.0, abs=1e-9), f"the candidate read the test set's blob: {decision}"
 
 
@@ -303,7 +213,7 @@ async def test_hidden_data_stored_in_a_pack_or_an_alternate_store_is_unreadable(
         ".gitignore": GITIGNORE,
     }
     root = make_repo(tmp_path / "proj", files)
-    _forget_commit(root, "key.txt")
+    forget_commit(root, "key.txt")
     every = git(root, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)")
     subprocess.run(
         ["git", "pack-objects", "-q", ".git/objects/pack/pack"],
@@ -317,8 +227,8 @@ async def test_hidden_data_stored_in_a_pack_or_an_alternate_store_is_unreadable(
     assert not [p for p in (root / ".git" / "objects").iterdir() if len(p.name) == 2]  # no loose object left
     (root / "out").mkdir()
     async with agent_for(root) as agent:
-        assert await _start(agent) is None
-        run, decision = await _candidate_reads_objects(agent, 3.14159)
+        assert await start(agent) is None
+        run, decision = await candidate_reads_objects(agent, 3.14159)
     assert run["value"] != pytest.approx(0.0, abs=1e-9), f"the candidate read the packed blob: {decision}"
     other = make_repo(tmp_path / "store", {"k": "answer 3.14159\n"})
     plain = make_repo(tmp_path / "proj2", {k: v for k, v in files.items() if k != "key.txt"})
@@ -328,8 +238,8 @@ async def test_hidden_data_stored_in_a_pack_or_an_alternate_store_is_unreadable(
     (plain / ".git" / "objects" / "info" / "alternates").write_text(str(other / ".git" / "objects") + "\n")
     (plain / "out").mkdir()
     async with agent_for(plain) as agent:
-        assert await _start(agent) is None
-        run, decision = await _candidate_reads_objects(agent, 3.14159)
+        assert await start(agent) is None
+        run, decision = await candidate_reads_objects(agent, 3.14159)
     assert run["value"] != pytest.approx(0.0, abs=1e-9), f"the candidate read the borrowed store: {decision}"
 
 
