@@ -405,10 +405,9 @@ def test_a_runs_orphans_are_found_among_own_children_while_threads_come_and_go()
     never ends), so `own_children` finds it whichever thread started the run and however the others churn."""
     import threading
 
-    from mcp_autoresearch.sandbox.process_run import _become_subreaper
-    from mcp_autoresearch.sandbox.processes import own_children
+    from mcp_autoresearch.sandbox.processes import become_subreaper, own_children
 
-    _become_subreaper()
+    become_subreaper()
     stop = threading.Event()
 
     def churn() -> None:

@@ -16,7 +16,6 @@ no-new-privileges mark every confined process has, is ended.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import logging
 import os
@@ -42,6 +41,7 @@ from .launcher import HIDDEN_FROM_RUNS, Launched, LauncherError
 from .processes import (
     MARKER_PROJECT,
     MARKER_RUN,
+    become_subreaper,
     created,
     descendants,
     environment,
@@ -61,23 +61,6 @@ Launch = Callable[[list[str], Path, dict[str, str], int, str, int | None], "Laun
 SAMPLE_INTERVAL_S = 0.5
 DEFAULT_GRACE_S = 3.0
 PIPE_BYTES = 1 << 20
-
-_subreaper_lock = threading.Lock()
-_subreaper_set = False
-
-
-def _become_subreaper() -> None:
-    """Linux: orphaned descendants are re-parented to this process instead of init, so a `setsid` double fork
-    stays findable among our children. Elsewhere the environment-marker scan covers them."""
-    global _subreaper_set
-    with _subreaper_lock:
-        if _subreaper_set or not sys.platform.startswith("linux"):
-            return
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-        except (OSError, AttributeError):
-            pass
-        _subreaper_set = True
 
 
 @dataclass
@@ -148,7 +131,7 @@ class ProcessRun:
 
     # -- running --------------------------------------------------------------------------------------------
     def run(self) -> ProcessResult:
-        _become_subreaper()
+        become_subreaper()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {key: value for key, value in os.environ.items() if key not in HIDDEN_FROM_RUNS}
         env.update(self.env)

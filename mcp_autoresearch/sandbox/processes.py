@@ -5,7 +5,10 @@ Used by the runner to end a run's whole tree, and at a restart to end what an ea
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
+import threading
 import time
 
 import psutil
@@ -171,3 +174,21 @@ def kill_marked_processes(project_marker: str, grace_s: float = 2.0) -> int:
             pass
     psutil.wait_procs(alive, timeout=1.0)
     return len(victims)
+
+
+_subreaper_lock = threading.Lock()
+_subreaper_set = False
+
+
+def become_subreaper() -> None:
+    """Linux: orphaned descendants are re-parented to this process instead of init, so a `setsid` double fork
+    stays findable among our children. Elsewhere the environment-marker scan covers them."""
+    global _subreaper_set
+    with _subreaper_lock:
+        if _subreaper_set or not sys.platform.startswith("linux"):
+            return
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+        except (OSError, AttributeError):
+            pass
+        _subreaper_set = True
