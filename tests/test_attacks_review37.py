@@ -16,7 +16,7 @@ import pytest
 from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .conftest import make_repo
-from .helpers.hidden_in_git import GITIGNORE, KEY_SCORER, forget_commit, key_config, never_read
+from .helpers.hidden_in_git import forget_commit, key_files, never_read
 from .helpers.needs import require
 from .helpers.slot_tmpdirs import SECRET, SLOT_EVALUATE, slot_b_reads_slot_a
 from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
@@ -40,13 +40,7 @@ async def test_hidden_data_removed_from_history_as_the_refusal_said_is_unreadabl
     require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
     root = make_repo(
         tmp_path / "proj",
-        {
-            "objective.py": "X = 5\nprint(X)\n",
-            "scorer.py": KEY_SCORER,
-            "autoresearch.toml": key_config("key.txt"),
-            "key.txt": "answer 3.14159\n",
-            ".gitignore": GITIGNORE,
-        },
+        key_files(),
     )
     (root / "out").mkdir()
     async with agent_for(root) as agent:  # the refusal, and the advice it gives

@@ -22,11 +22,10 @@ from .conftest import git, make_repo
 from .helpers.hidden_in_git import (
     GITIGNORE,
     KEY_SCORER,
-    candidate_reads_objects,
     forget_commit,
     key_config,
+    key_files,
     never_read,
-    start,
 )
 from .helpers.needs import require
 from .helpers.slot_tmpdirs import SECRET, SLOT_EVALUATE, slot_b_reads_slot_a
@@ -101,13 +100,7 @@ async def test_hidden_data_whose_earlier_version_is_still_an_object_is_unreadabl
     _needs_view()
     root = make_repo(
         tmp_path / "proj",
-        {
-            "objective.py": "X = 5\nprint(X)\n",
-            "scorer.py": KEY_SCORER,
-            "autoresearch.toml": key_config("key.txt"),
-            "key.txt": "answer 3.14159\n",
-            ".gitignore": GITIGNORE,
-        },
+        key_files(),
     )
     forget_commit(root, "key.txt")
     (root / "key.txt").write_text("answer 3.14159\nregenerated 2026-12-06\n")
@@ -140,10 +133,7 @@ async def test_hidden_data_stored_before_gitattributes_normalised_it_is_unreadab
     stored = git(root, "hash-object", "--no-filters", "key.txt").strip()
     assert git(root, "cat-file", "-t", stored).strip() == "blob"  # still there, as the file is now
     (root / "out").mkdir()
-    async with agent_for(root) as agent:
-        assert await start(agent) is None
-        run, decision = await candidate_reads_objects(agent, 3.14159)
-    assert run["value"] != pytest.approx(0.0, abs=1e-9), f"the candidate read blob {stored}: {decision}"
+    await never_read(agent_for, root, None)  # the session starts; the data stays out of reach
 
 
 async def test_hidden_data_beside_an_odd_name_in_a_hidden_folder_is_unreadable(
@@ -168,10 +158,7 @@ async def test_hidden_data_beside_an_odd_name_in_a_hidden_folder_is_unreadable(
     forget_commit(root, "data/key.txt")
     (root / "out").mkdir()
     (root / "data" / "Icon\r").write_bytes(b"")
-    async with agent_for(root) as agent:
-        assert await start(agent) is None
-        run, decision = await candidate_reads_objects(agent, 3.14159)
-    assert run["value"] != pytest.approx(0.0, abs=1e-9), f"the candidate read data/key.txt's blob: {decision}"
+    await never_read(agent_for, root, None)  # the session starts; the data stays out of reach
 
 
 async def test_a_large_hidden_test_set_still_in_gits_objects_is_unreadable(tmp_path: Path, agent_for) -> None:
@@ -193,10 +180,7 @@ async def test_a_large_hidden_test_set_still_in_gits_objects_is_unreadable(tmp_p
     git(root, "commit", "-q", "-m", "the test set")
     forget_commit(root, "labels.txt")
     (root / "out").mkdir()
-    async with agent_for(root) as agent:
-        assert await start(agent) is None
-        run, decision = await candidate_reads_objects(agent, 3.14159)
-    assert run["value"] != pytest.approx(0.0, abs=1e-9), f"the candidate read the test set's blob: {decision}"
+    await never_read(agent_for, root, None)  # the session starts; the data stays out of reach
 
 
 async def test_hidden_data_stored_in_a_pack_or_an_alternate_store_is_unreadable(
@@ -226,10 +210,7 @@ async def test_hidden_data_stored_in_a_pack_or_an_alternate_store_is_unreadable(
     git(root, "prune-packed")
     assert not [p for p in (root / ".git" / "objects").iterdir() if len(p.name) == 2]  # no loose object left
     (root / "out").mkdir()
-    async with agent_for(root) as agent:
-        assert await start(agent) is None
-        run, decision = await candidate_reads_objects(agent, 3.14159)
-    assert run["value"] != pytest.approx(0.0, abs=1e-9), f"the candidate read the packed blob: {decision}"
+    await never_read(agent_for, root, None)  # the session starts; the data stays out of reach
     other = make_repo(tmp_path / "store", {"k": "answer 3.14159\n"})
     plain = make_repo(tmp_path / "proj2", {k: v for k, v in files.items() if k != "key.txt"})
     (plain / "key.txt").write_text("answer 3.14159\n")
@@ -237,10 +218,7 @@ async def test_hidden_data_stored_in_a_pack_or_an_alternate_store_is_unreadable(
     git(plain, "commit", "-qam", "the key ignored")
     (plain / ".git" / "objects" / "info" / "alternates").write_text(str(other / ".git" / "objects") + "\n")
     (plain / "out").mkdir()
-    async with agent_for(plain) as agent:
-        assert await start(agent) is None
-        run, decision = await candidate_reads_objects(agent, 3.14159)
-    assert run["value"] != pytest.approx(0.0, abs=1e-9), f"the candidate read the borrowed store: {decision}"
+    await never_read(agent_for, plain, None)  # the session starts; the data stays out of reach
 
 
 # --- 2. The folder of every run's TMPDIR, where it holds the project or the slots ---------------------------------

@@ -22,6 +22,17 @@ print(f"score: {abs(answer - key):.6f}")
 """
 
 
+def key_files() -> dict[str, str]:
+    """A project whose scorer reads the hidden `key.txt`, the key committed with it."""
+    return {
+        "objective.py": "X = 5\nprint(X)\n",
+        "scorer.py": KEY_SCORER,
+        "autoresearch.toml": key_config("key.txt"),
+        "key.txt": "answer 3.14159\n",
+        ".gitignore": GITIGNORE,
+    }
+
+
 def key_config(hidden: str, key_arg: str = "") -> str:
     return f"""\
 target_file = "objective.py"
