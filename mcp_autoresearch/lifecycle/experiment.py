@@ -98,6 +98,9 @@ class Experiment:
         self._log_ends: dict[Path, int] = {}
         self._parsed_evaluation: Path | None = None  # the evaluation's log metric_parse reads while it runs
         self.stages = StageConfinement(config, root, log_dir, isolation, slot)
+        # The first run's process, started ahead and held before its exec (`start_ahead`): (it, its log, what
+        # the measured output held before it)
+        self._ahead: tuple[ProcessRun | RayJobRun, Path, Snapshot] | None = None
 
     def cancel(self, reason: str) -> None:
         with self._lock:
@@ -174,6 +177,56 @@ class Experiment:
         suffix = "" if index == 1 and self.config.repeats == 1 else f"-{index}"
         return self.log_dir / f"{self.run_id}{suffix}.log"
 
+    def _run_process(self, log_path: Path) -> ProcessRun | RayJobRun:
+        """The process of one run of the command, writing `log_path`, with a seed of its own."""
+        config = self.config
+        assert config.run_command is not None
+        return self._process(
+            without_run_log_redirect(config.run_command),
+            log_path,
+            config.timeout,
+            self.run_id,
+            self.on_progress,
+            {"AUTORESEARCH_SEED": str(secrets.randbelow(SEED_RANGE))},
+            remote=True,
+            measure=config.metric_measure,
+        )
+
+    def _before_run(self, log_path: Path) -> Snapshot:
+        """Before a run's process starts: no run.log of an earlier run at the root, the outputs moved aside
+        (`OutputsError` when they cannot be). Returns what the measured output holds."""
+        if self.publish_run_log:
+            clear_run_log(self.root)
+        return self._fresh_outputs(log_path.stem)
+
+    def start_ahead(self) -> None:
+        """The first run's process started now, held right before its exec until `run` lets it go: the caller
+        records the run meanwhile (the keeper, the view and Landlock cost the run's path nothing). Only where
+        the launcher starts the run (a confined run here; not a Ray job) and nothing ran yet; outputs that cannot
+        be moved aside leave it to `run`, which says so. A run started ahead is always `run` or dropped
+        (`drop_ahead`)."""
+        config = self.config
+        if self._ahead is not None or self._tally.durations or self.backend is not None:
+            return
+        if config.run_command is None or self.isolation is None or not keeper_available():
+            return
+        log_path = self.next_log()
+        try:
+            fresh = self._before_run(log_path)
+        except OutputsError:
+            return
+        process = self._run_process(log_path)
+        assert isinstance(process, ProcessRun)
+        process.start()
+        self._ahead = (process, log_path, fresh)
+
+    def drop_ahead(self, reason: str) -> None:
+        """A process started ahead that will not run (the run was not recorded): ended before its exec."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[0].cancel(reason)
+            ahead[0].run()
+
     def run(self, runs: int | None = None, checks: bool = True) -> ExperimentResult:
         """Run the command `runs` more times (default: `repeats`), adding to the runs of earlier calls (the
         value is the median of all of them), then the checks command when `checks`. Every run gets its own
@@ -183,25 +236,18 @@ class Experiment:
         assert config.run_command is not None
         tally = self._tally
         for _ in range(config.repeats if runs is None else runs):
-            log_path = self.next_log()
+            ahead, self._ahead = self._ahead, None  # (started for the first run: the one this is)
+            if ahead is not None:
+                process, log_path, fresh = ahead
+            else:
+                log_path = self.next_log()
+                process = self._run_process(log_path)
+                try:
+                    fresh = self._before_run(log_path)
+                except OutputsError as exc:
+                    return self._failed(tally, ("crash", f"{exc} (nothing ran)"), None, log_path)
             suffix = log_path.stem.removeprefix(self.run_id)
             tally.eval_log = None
-            process = self._process(
-                without_run_log_redirect(config.run_command),
-                log_path,
-                config.timeout,
-                self.run_id,
-                self.on_progress,
-                {"AUTORESEARCH_SEED": str(secrets.randbelow(SEED_RANGE))},
-                remote=True,
-                measure=config.metric_measure,
-            )
-            if self.publish_run_log:
-                clear_run_log(self.root)
-            try:
-                fresh = self._fresh_outputs(f"{self.run_id}{suffix}")
-            except OutputsError as exc:
-                return self._failed(tally, ("crash", f"{exc} (nothing ran)"), None, log_path)
             outside = snapshot_named(self.root, config.run_writes, config.eval_command or "")
             started_at = time.time()
             done = process.run()

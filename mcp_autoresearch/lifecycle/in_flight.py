@@ -167,8 +167,12 @@ def _execute(
     core: SessionCore, space: DiskSpace, placement: Placement, active: ActiveRun, pending: Pending
 ) -> None:
     try:
-        placement.prepare(active, pending)
-        outcome = placement.measure(active, pending)
+        try:
+            placement.prepare(active, pending)
+            outcome = placement.measure(active, pending)
+        finally:  # a command started ahead that no run took: ended, never run
+            if active.experiment is not None:
+                active.experiment.drop_ahead("the run ended before its first command")
     except Exception as exc:  # a bug or an OS failure: still a logged crash, never a lost experiment
         log.exception("run %s failed inside the server", pending.run_id)
         outcome = unmeasured("crash", f"internal error while running: {type(exc).__name__}: {exc}", [])

@@ -255,28 +255,58 @@ class Runs:
                 return started  # no idea is measured twice unless asked
             pending, content = started
             mark_parent(core, pending, parent_run)  # a branched parent: judged against it, never rebased
-            slots = placement.place(pending, content)
-            written_ahead = any(p is pending for p in inflight)  # then a restart undoes what was placed
-            self._launch(pending, slots)
+            # One run at a time (and not the baseline, whose records are still to be made): its first command
+            # starts now, held before its exec until the run's thread lets it go, after the record says
+            # "running" below; its keeper, view and Landlock are made meanwhile.
+            early = None if placement.concurrent or pending.is_baseline else self._flight(pending, [])
+            appended = False
             try:
+                if early is not None and early.experiment is not None:
+                    early.experiment.start_ahead()
+                slots = placement.place(pending, content)
+                written_ahead = any(p is pending for p in inflight)  # then a restart undoes what was placed
+                flight = early if early is not None else self._flight(pending, slots)
+                flight.watch = placement.new_watch()
+                pending.git_config, pending.refs_digest = flight.watch.before_run()
                 if not written_ahead:
                     inflight.append(pending)
+                    appended = True
                 core.journal.log_experiment_start(
                     pending.run_id, pending.commit or "", pending.description, pending.parent_run
                 )
                 advance(pending, "running", core.save)  # after the append: the record seals the JSONL with it
             except BaseException:  # nothing starts: no flight is left without its thread
-                self.flights.pop(pending.run_id, None)
-                if not written_ahead and pending in inflight:
+                dropped = self.flights.pop(pending.run_id, None)
+                if dropped is not None and dropped.experiment is not None:
+                    dropped.experiment.drop_ahead("the run was not started")
+                if appended and pending in inflight:
                     inflight.remove(pending)
+                elif pending in inflight:  # recorded ahead by the placement: undone as after a restart
+                    self._undo_failed_start(pending)
                 raise
             core.own.journal_written()
             placement.started(pending)
             self._start_thread(pending)
             return pending.run_id
 
+    def _undo_failed_start(self, pending: Pending) -> None:
+        """A start that failed after the placement recorded it (its commit refused: a ref locked by another git
+        command, a full disk): what was placed is undone and its record dropped, as a restart would, so that the
+        session is not left with a run "in flight" that has no process. What cannot be undone now (the disk
+        still full) is left to the restart."""
+        try:
+            self.placement.undo_start(pending)
+        except Exception as exc:
+            log.warning("run %s: its failed start could not be undone now: %s", pending.run_id, exc)
+
     def _launch(self, pending: Pending, slots: list[int]) -> None:
         """The run's in-memory side: its experiments (one per slot it occupies) and git's snapshot."""
+        flight = self._flight(pending, slots)
+        flight.watch = self.placement.new_watch()
+        pending.git_config, pending.refs_digest = flight.watch.before_run()
+
+    def _flight(self, pending: Pending, slots: list[int]) -> ActiveRun:
+        """The run in flight, with its experiments (one per slot it occupies), git's snapshot still to take."""
         core = self.core
         log_dir = server_dir(core.root, RUN_LOGS, core.state.tag)  # a planted symlink is replaced
         flight = ActiveRun(run_id=pending.run_id, started=time.monotonic(), log_dir=log_dir, slots=slots)
@@ -290,9 +320,8 @@ class Runs:
             for index, slot in enumerate(slots or [None])
         ]
         flight.experiment, flight.others = experiments[0], experiments[1:]
-        flight.watch = self.placement.new_watch()
-        pending.git_config, pending.refs_digest = flight.watch.before_run()
         self.flights[pending.run_id] = flight
+        return flight
 
     def _start_thread(self, pending: Pending) -> None:
         flight = self.flights[pending.run_id]

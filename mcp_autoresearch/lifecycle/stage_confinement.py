@@ -141,6 +141,7 @@ class StageConfinement:
         out_fd: int,
         tmpdir: str,
         err_fd: int | None = None,
+        gate_fd: int | None = None,
         stage: str = "run",
         shown: Path | None = None,
     ) -> Launched:
@@ -150,4 +151,4 @@ class StageConfinement:
         spec = keeper_spec(
             self.isolation, self.writable(tmpdir, stage), DEFAULT_GRACE_S, reads, hide, records
         )
-        return launcher().spawn(argv, cwd, env, out_fd, spec, err_fd)
+        return launcher().spawn(argv, cwd, env, out_fd, spec, err_fd, gate_fd)

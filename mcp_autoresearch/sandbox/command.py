@@ -1,6 +1,7 @@
 """The command's own process, from its fork (or a standby process's request) to its `exec`: the signals a
-program expects, the private view, the output directories' listener handed to the keeper, Landlock. And how a
-keeper that cannot confine as asked says so (`fail`: `SETUP_FAILED` and one line starting with `MARK`).
+program expects, the private view, the output directories' listener handed to the keeper, Landlock, and the
+server's word to go (`hold_for_go`). And how a keeper that cannot confine as asked says so (`fail`:
+`SETUP_FAILED` and one line starting with `MARK`).
 
 Standard library only, like `confine.py`, which imports it by path (see there for the keeper around it).
 """
@@ -79,6 +80,7 @@ def run_standby(
     if error:
         fail(error)
     ruleset = rest[0] if request.get("ruleset") and rest else None
+    gate = rest[-1] if request.get("gate") and rest else -1
     become_command(
         libc,
         request["spec"],
@@ -89,6 +91,7 @@ def run_standby(
         (made, request["cwd"], request["real"], request.get("hide_dirs")),
         channel if request.get("outputs") else None,
         channel,
+        gate,
     )
 
 
@@ -102,12 +105,14 @@ def become_command(
     standby: tuple[view.View | None, str, dict[str, str], list[str] | None] | None,
     listener: socket.socket | None,
     keeper: socket.socket | None = None,
+    gate: int = -1,
 ) -> None:
     """In the command's own process, held by the keeper: the signals a program expects, the private view (made
     here, or finished when a standby process made it ahead: `standby` = (the view, the request's directory, its
     paths resolved and its folders to hide, both seen outside)), the output directories' listener handed to the
-    keeper through `listener`, Landlock, exec. `keeper`: a standby process's channel to its keeper, where the
-    view's spent copy of the mounts is let go (`View.let_go`). Never returns."""
+    keeper through `listener`, Landlock, the server's word to go when it sent a `gate` (`hold_for_go`), exec.
+    `keeper`: a standby process's channel to its keeper, where the view's spent copy of the mounts is let go
+    (`View.let_go`). Never returns."""
     try:
         if standby is None:  # a standby process did it before it made the view
             first_for_the_oom_killer()
@@ -143,6 +148,8 @@ def become_command(
             libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         if ruleset is not None or made is not None or spec.get("view"):
             namespaces.forbid_keyrings(libc)  # a key would outlive the run: a channel to the next one
+        if gate >= 0:
+            hold_for_go(gate)
         if env is None:
             os.execvp(argv[0], argv)
         else:
@@ -155,6 +162,22 @@ def become_command(
         say(f"autoresearch: could not start {argv[0]}: {exc.strerror}")
         os._exit(127)
     os._exit(SETUP_FAILED)
+
+
+def hold_for_go(gate: int) -> None:
+    """In the command's process, confined, right before `exec`: say "ready" on `gate` (a socket whose other end
+    is the server's, `start_gate.StartGate`) and wait for its word. The server starts a run this way while it
+    still records it (the whole start, view and Landlock included, is done meanwhile), and times the run from
+    its word. Anything but "go" (its end closed: the run was dropped before it started, or the server is gone)
+    ends this process here, nothing run. The command never holds `gate`."""
+    try:
+        os.write(gate, b"r")
+        word = os.read(gate, 1)
+    except OSError:
+        word = b""
+    os.close(gate)
+    if word != b"g":
+        os._exit(SETUP_FAILED)
 
 
 def hand_over_listener(libc: ctypes.CDLL, channel: socket.socket) -> None:

@@ -227,10 +227,13 @@ def keep(
     env: dict[str, str] | None = None,
     report_fd: int = -1,
     prepared: Prepared | None = None,
+    gate_fd: int = -1,
 ) -> None:
     """Run `argv` confined as `spec` says (in `env`, else this process's environment), and never return. The
     exit code is also written on `report_fd` once the whole run has ended (the command never holds it). A spare
-    keeper's `prepared` head start (its namespaces entered, its ruleset made) is used where it fits `spec`."""
+    keeper's `prepared` head start (its namespaces entered, its ruleset made) is used where it fits `spec`.
+    `gate_fd`: the server's gate, handed to the command, which waits there for the word to go (`hold_for_go`);
+    the keeper keeps no copy (the server sees the command's end of it close when the command ends)."""
     if report_fd >= 0:
         os.set_inheritable(report_fd, False)  # closed at the command's exec
     libc = _libc()
@@ -267,9 +270,11 @@ def keep(
     outputs = writable_outputs(spec)
     standby = prepared.standby if prepared is not None and view else None
     if standby is not None:
-        command, next_signal, tracer = _start_standby(libc, standby, spec, argv, env, ruleset, abi, outputs)
+        command, next_signal, tracer = _start_standby(
+            libc, standby, spec, argv, env, ruleset, abi, outputs, gate_fd
+        )
     else:
-        command, next_signal, tracer = _fork_command(libc, spec, argv, env, ruleset, abi, outputs)
+        command, next_signal, tracer = _fork_command(libc, spec, argv, env, ruleset, abi, outputs, gate_fd)
     status: int | None = None
     ended = False
     kill_at: float | None = None
@@ -307,6 +312,7 @@ def _fork_command(
     ruleset: int | None,
     abi: int,
     outputs: list[str],
+    gate_fd: int = -1,
 ) -> tuple[int, Callable[[float], int | None], ctypes.CDLL | None]:
     """Fork the command (it makes the view itself, when asked) and hold it by ptrace before it goes on: (its
     pid, how the keeper waits for its signals, the ptrace handle or None where ptrace is refused)."""
@@ -319,9 +325,13 @@ def _fork_command(
         os.close(gate_r)
         if channel is not None:
             channel[0].close()  # the keeper's end: with it, the run could answer its own calls
-        become_command(libc, spec, argv, env, ruleset, abi, None, channel[1] if channel else None)
+        become_command(
+            libc, spec, argv, env, ruleset, abi, None, channel[1] if channel else None, gate=gate_fd
+        )
     if ruleset is not None:
         os.close(ruleset)
+    if gate_fd >= 0:
+        os.close(gate_fd)  # the command's now
     os.close(gate_r)
     next_signal: Callable[[float], int | None] = _sigtimedwait
     if channel is not None:
@@ -348,6 +358,7 @@ def _start_standby(
     ruleset: int | None,
     abi: int,
     outputs: list[str],
+    gate_fd: int = -1,
 ) -> tuple[int, Callable[[float], int | None], ctypes.CDLL | None]:
     """Hand the command to the spare's standby process (its view made ahead, `standby.py`), held by ptrace
     first; as `_fork_command`."""
@@ -366,14 +377,18 @@ def _start_standby(
         "abi": abi,
         "ruleset": ruleset is not None,
         "outputs": bool(outputs),
+        "gate": gate_fd >= 0,
     }
+    fds = [1, 2, *([ruleset] if ruleset is not None else []), *([gate_fd] if gate_fd >= 0 else [])]
     try:
-        standby.start(request, [1, 2, *([ruleset] if ruleset is not None else [])])
+        standby.start(request, fds)
     except OSError as exc:
         os.kill(command, signal.SIGKILL)
         fail(f"the standby command process is gone ({exc.strerror})")
     if ruleset is not None:
         os.close(ruleset)
+    if gate_fd >= 0:
+        os.close(gate_fd)  # the command's now
     next_signal: Callable[[float], int | None] = _sigtimedwait
     if outputs:
         try:

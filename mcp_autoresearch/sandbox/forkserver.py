@@ -44,16 +44,16 @@ def _start_keeper(request: dict[str, Any], fds: list[int], prepared: Prepared | 
     """In a child of the launcher, alone with the request's descriptors (the output's pipe, stderr's, and the
     pipe on which the keeper reports the run's end): become the keeper of one command (with a spare's
     `prepared` head start). Never returns."""
-    out_fd, err_fd, report_fd = _request_fds(fds)
+    out_fd, err_fd, report_fd, gate_fd = _request_fds(fds)
     try:
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)  # the output's own pipe, unless the request sent one for stderr
-        for fd in {out_fd, err_fd} - {1, 2, report_fd}:
+        for fd in {out_fd, err_fd} - {1, 2, report_fd, gate_fd}:
             os.close(fd)
         os.chdir(request["cwd"])
     except OSError as exc:
         confine.fail(f"could not prepare the run: {exc}")
-    confine.keep(request["spec"], request["argv"], request["env"], report_fd, prepared)
+    confine.keep(request["spec"], request["argv"], request["env"], report_fd, prepared, gate_fd)
 
 
 def _become_keeper(request: dict[str, Any], fds: list[int], prepared: Prepared | None = None) -> None:
@@ -65,11 +65,12 @@ def _become_keeper(request: dict[str, Any], fds: list[int], prepared: Prepared |
         os._exit(confine.SETUP_FAILED)
 
 
-def _request_fds(fds: list[int]) -> tuple[int, int, int]:
-    """(output, stderr, report) of a request's descriptors: [output], [output, stderr] or all three."""
+def _request_fds(fds: list[int]) -> tuple[int, int, int, int]:
+    """(output, stderr, report, gate) of a request's descriptors: [output], [output, stderr], those and the
+    report's, or all four (the server's gate: the command waits there for its word to go, `hold_for_go`)."""
     out_fd = fds[0]
     err_fd = fds[1] if len(fds) > 1 else out_fd
-    return out_fd, err_fd, fds[2] if len(fds) > 2 else -1
+    return out_fd, err_fd, fds[2] if len(fds) > 2 else -1, fds[3] if len(fds) > 3 else -1
 
 
 def _leave_launcher(keep: list[int]) -> None:

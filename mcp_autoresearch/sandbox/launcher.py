@@ -175,12 +175,20 @@ class Launcher:
         out_fd: int,
         spec: KeeperSpec,
         err_fd: int | None = None,
+        gate_fd: int | None = None,
     ) -> Launched:
-        """Start `argv` under a keeper with `spec`: its stdout (and stderr, unless `err_fd`) on `out_fd`."""
+        """Start `argv` under a keeper with `spec`: its stdout (and stderr, unless `err_fd`) on `out_fd`; with
+        `gate_fd`, held before its `exec` until the word to go comes through that gate (`start_gate`)."""
         request = json.dumps({"argv": argv, "cwd": str(cwd), "env": env, "spec": spec}).encode()
         report_r, report_w = os.pipe()  # the keeper's report of the run's end (not inherited: PEP 446)
+        fds = [
+            out_fd,
+            out_fd if err_fd is None else err_fd,
+            report_w,
+            *([gate_fd] if gate_fd is not None else []),
+        ]
         try:
-            reply = self._request(request, [out_fd, out_fd if err_fd is None else err_fd, report_w])
+            reply = self._request(request, fds)
         except BaseException:
             os.close(report_r)
             raise

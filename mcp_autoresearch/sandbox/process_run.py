@@ -49,14 +49,16 @@ from .processes import (
     other_proc,
     own_children,
 )
+from .start_gate import StartGate
 
 log = logging.getLogger("mcp_autoresearch")
 # "rejected": a remote run whose report cannot be trusted (its log was tampered with, or Ray contradicts it)
 ProcessStatus = Literal["exited", "timeout", "cancelled", "failed_to_start", "rejected"]
 ProgressCallback = Callable[[float, float, str], None]
 Wrapper = Callable[[list[str], str], list[str]]  # (argv, private tmpdir) -> argv that runs it supervised
-# (argv, cwd, env, output fd, private tmpdir, stderr fd or None: the output's) -> a started process (Popen-like)
-Launch = Callable[[list[str], Path, dict[str, str], int, str, int | None], "Launched"]
+# (argv, cwd, env, output fd, private tmpdir, stderr fd or None: the output's, the gate's fd: `start_gate`) -> a
+# started process (Popen-like), held before its exec until the gate's word
+Launch = Callable[[list[str], Path, dict[str, str], int, str, int | None, int], "Launched"]
 
 SAMPLE_INTERVAL_S = 0.5
 DEFAULT_GRACE_S = 3.0
@@ -120,6 +122,12 @@ class ProcessRun:
         self._popen: subprocess.Popen[bytes] | Launched | None = None
         self._capture: Capture | None = None
         self._err_capture: Capture | None = None
+        self._begun = False  # `start` was called
+        self._launched_at = 0.0  # when `start` began (monotonic)
+        self._failed: ProcessResult | None = None  # why nothing started
+        self._log_fd = self._err_fd = -1
+        self._tmpdir = ""
+        self._gate: StartGate | None = None  # a command held before its exec, until `run` lets it go
 
     def cancel(self, reason: str = "cancelled") -> None:
         self._cancel_reason = reason
@@ -130,7 +138,23 @@ class ProcessRun:
         return self._cancel.is_set()
 
     # -- running --------------------------------------------------------------------------------------------
-    def run(self) -> ProcessResult:
+    def start(self) -> None:
+        """Everything up to the command's `exec`, where it then waits for `run` (the launcher's keepers: a
+        `StartGate`): its logs, TMPDIR, pipes and process; the caller may record the run meanwhile. Once only;
+        `run` calls it when no one did. A started run is always `run` (or cancelled, then `run`): that ends it
+        and frees what it holds."""
+        if self._begun:
+            return
+        self._begun = True
+        self._launched_at = time.monotonic()
+        try:
+            self._failed = self._begin()
+        except BaseException:
+            self._release()
+            raise
+
+    def _begin(self) -> ProcessResult | None:
+        """`start`'s work: None, or why nothing started."""
         become_subreaper()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {key: value for key, value in os.environ.items() if key not in HIDDEN_FROM_RUNS}
@@ -139,57 +163,61 @@ class ProcessRun:
             env[MARKER_RUN] = self.run_marker
         if self.project_marker:
             env[MARKER_PROJECT] = self.project_marker
-        started = time.monotonic()
         flags = os.O_RDWR | os.O_TRUNC
-        log_fd = open_own(self.log_path, flags)
-        err_fd = -1  # stderr's own log, made before anything starts: a command is never left without its run
+        self._log_fd = log_fd = open_own(self.log_path, flags)
         try:
-            if self.stderr_log is not None:
-                err_fd = open_own(self.stderr_log, flags)
-            tmpdir = run_tmpdirs.make()
+            if self.stderr_log is not None:  # stderr's own log, made before anything starts
+                self._err_fd = open_own(self.stderr_log, flags)
+            self._tmpdir = tmpdir = run_tmpdirs.make()
         except OSError as exc:  # the temporary directory removed, full or read-only since the server started
-            if err_fd < 0 and self.stderr_log is not None:
+            if self._err_fd < 0 and self.stderr_log is not None:
                 reason = f"could not make the log {self.stderr_log}: {exc.strerror or exc}"
             else:
                 reason = run_tmpdirs.not_made(exc)
-            os.write(log_fd, f"autoresearch: {reason}\n".encode())
-            os.close(log_fd)
-            if err_fd >= 0:
-                os.close(err_fd)
-            return ProcessResult("failed_to_start", None, 0.0, 0, self.log_path, reason)
+            return self._not_started(reason)
         for name in ("TMPDIR", "TMP", "TEMP"):
             env[name] = tmpdir
         if self.private_env is not None:
             env.update(self.private_env(tmpdir, env))
+        if self._cancel.is_set():
+            return ProcessResult("cancelled", None, 0.0, 0, self.log_path, self._cancel_reason)
+        if (why := other_proc()) is not None:
+            return self._not_started(why)
+        read_fd, write_fd = os.pipe()  # not inherited (PEP 446); os.pipe2 is Linux-only
+        err_read, err_write = os.pipe() if self.stderr_log is not None else (-1, -1)
         try:
-            if self._cancel.is_set():
-                return ProcessResult("cancelled", None, 0.0, 0, self.log_path, self._cancel_reason)
-            if (why := other_proc()) is not None:
-                os.write(log_fd, f"autoresearch: {why}\n".encode())
-                return ProcessResult("failed_to_start", None, 0.0, 0, self.log_path, why)
-            read_fd, write_fd = os.pipe()  # not inherited (PEP 446); os.pipe2 is Linux-only
-            err_read, err_write = os.pipe() if self.stderr_log is not None else (-1, -1)
-            try:
-                fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
-            except OSError:
-                pass  # the default pipe size only costs more wake-ups
-            try:
-                argv = ["/bin/sh", "-c", self.command]
-                self._popen = self._start(argv, env, write_fd, tmpdir, err_write if err_write >= 0 else None)
-            except OSError as exc:
-                os.close(read_fd)
-                if err_read >= 0:
-                    os.close(err_read)
-                os.write(log_fd, f"autoresearch: could not start the command: {exc}\n".encode())
-                return ProcessResult("failed_to_start", None, 0.0, 0, self.log_path, str(exc))
-            finally:
-                os.close(write_fd)
-                if err_write >= 0:
-                    os.close(err_write)
-            self._capture = Capture(read_fd, log_fd, self.log_limit)
+            fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+        except OSError:
+            pass  # the default pipe size only costs more wake-ups
+        try:
+            argv = ["/bin/sh", "-c", self.command]
+            self._popen = self._start(argv, env, write_fd, tmpdir, err_write if err_write >= 0 else None)
+        except OSError as exc:
+            os.close(read_fd)
             if err_read >= 0:
-                self._err_capture = Capture(err_read, err_fd, self.log_limit)
-                err_fd = -1  # the capture's now
+                os.close(err_read)
+            return self._not_started(f"could not start the command: {exc}", str(exc))
+        finally:
+            os.close(write_fd)
+            if err_write >= 0:
+                os.close(err_write)
+        self._capture = Capture(read_fd, log_fd, self.log_limit)
+        if err_read >= 0:
+            self._err_capture = Capture(err_read, self._err_fd, self.log_limit)
+            self._err_fd = -1  # the capture's now
+        return None
+
+    def _not_started(self, why: str, error: str | None = None) -> ProcessResult:
+        os.write(self._log_fd, f"autoresearch: {why}\n".encode())
+        return ProcessResult("failed_to_start", None, 0.0, 0, self.log_path, error or why)
+
+    def run(self) -> ProcessResult:
+        """The command run to its end (started first, unless `start` did), timed from its word to go."""
+        self.start()
+        try:
+            if self._failed is not None:
+                return self._failed
+            started = self._let_go()
             status, exit_code = self._supervise(started)
             duration = time.monotonic() - started
             self._cut()
@@ -200,6 +228,7 @@ class ProcessRun:
             elif status == "cancelled":
                 error = self._cancel_reason or "cancelled"
             capture = self._capture
+            assert capture is not None
             return ProcessResult(
                 status,
                 exit_code,
@@ -214,16 +243,42 @@ class ProcessRun:
                 log_end_from=capture.log.end_from,
             )
         finally:
-            self._cut()
-            if isinstance(self._popen, Launched):
-                self._popen.close()
-            self._keep_log_visible(log_fd)
-            os.close(log_fd)
-            if self._err_capture is not None:
-                os.close(self._err_capture.log_fd)
-            elif err_fd >= 0:
-                os.close(err_fd)
-            run_tmpdirs.remove(tmpdir)
+            self._release()
+
+    def _let_go(self) -> float:
+        """A held command: once it is ready, the word to go (not at the deadline, nor after a cancel: it then
+        ends unrun, and the supervision reports why). Returns when the run's time starts."""
+        gate, self._gate = self._gate, None
+        if gate is None:
+            return self._launched_at
+        deadline = self._launched_at + self.timeout_s
+        if gate.wait_ready(deadline, self._cancel):
+            gate.go()
+            return time.monotonic()
+        gate.close()
+        return self._launched_at  # the supervision sees the deadline passed, or the cancel
+
+    def _release(self) -> None:
+        """What a started run holds, freed (its log kept visible)."""
+        self._cut()
+        if self._gate is not None:
+            self._gate.close()
+            self._gate = None
+        if isinstance(self._popen, Launched):
+            self._popen.close()
+        if self._log_fd >= 0:
+            self._keep_log_visible(self._log_fd)
+            os.close(self._log_fd)
+            self._log_fd = -1
+        if self._err_capture is not None:
+            os.close(self._err_capture.log_fd)
+            self._err_capture = None
+        elif self._err_fd >= 0:
+            os.close(self._err_fd)
+        self._err_fd = -1
+        if self._tmpdir:
+            run_tmpdirs.remove(self._tmpdir)
+            self._tmpdir = ""
 
     def _output_cut(self) -> str | None:
         """What the bounded logs left out (the output's, and stderr's where it has a log of its own)."""
@@ -262,10 +317,19 @@ class ProcessRun:
         self, argv: list[str], env: dict[str, str], out_fd: int, tmpdir: str, err_fd: int | None = None
     ) -> subprocess.Popen[bytes] | Launched:
         if self.launch is not None:
+            gate = StartGate()
             try:
-                return self.launch(argv, self.cwd, env, out_fd, tmpdir, err_fd)
+                launched = self.launch(argv, self.cwd, env, out_fd, tmpdir, err_fd, gate.their_fd())
             except LauncherError as exc:
+                gate.close()
                 log.warning("starting the keeper directly: %s", exc)
+            except BaseException:
+                gate.close()
+                raise
+            else:
+                gate.handed()
+                self._gate = gate
+                return launched
         if self.wrapper is not None:
             argv = self.wrapper(argv, tmpdir)
         return subprocess.Popen(
