@@ -10,7 +10,7 @@ from pathlib import Path
 from ..names import HOLDOUT, OUTPUTS_DIR, RUN_LOGS, SESSIONS, STATE_DIR
 from ..sandbox import run_tmpdirs
 from ..sandbox.caches import run_caches, stage_caches
-from ..sandbox.launcher import Launched, launcher
+from ..sandbox.launcher import Asked, launcher
 from ..sandbox.policy import Isolation, keeper_command, keeper_spec, linked_inputs, writable_paths
 from ..sandbox.process_run import DEFAULT_GRACE_S
 from ..setup.config import Config
@@ -144,11 +144,12 @@ class StageConfinement:
         gate_fd: int | None = None,
         stage: str = "run",
         shown: Path | None = None,
-    ) -> Launched:
+    ) -> Asked:
+        """The launcher asked to start `argv` under a keeper confined for `stage` (its answer read later)."""
         assert self.isolation is not None
         reads, hide = self.view(stage, shown)
         records = self.records(stage)
         spec = keeper_spec(
             self.isolation, self.writable(tmpdir, stage), DEFAULT_GRACE_S, reads, hide, records
         )
-        return launcher().spawn(argv, cwd, env, out_fd, spec, err_fd, gate_fd)
+        return launcher().ask(argv, cwd, env, out_fd, spec, err_fd, gate_fd)

@@ -363,6 +363,9 @@ def serve(sock_fd: int) -> None:
             break
         try:
             request = json.loads(data)
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+            asked = request.get("id")  # echoed: the server matches each answer with its request
             if not fds or not isinstance(request.get("spec"), dict):
                 raise ValueError("no output descriptor or no spec")
         except (ValueError, RecursionError) as exc:  # nested deeper than Python reads: refused, not the end
@@ -374,13 +377,13 @@ def serve(sock_fd: int) -> None:
         try:
             pid = _fork_keeper(request, fds) if taken is None else taken
         except OSError as exc:  # no process left (a run used up its cgroup's): this request fails, not the
-            send({"error": f"could not fork a keeper: {exc.strerror}"})  # launcher, whose end ends every run
-            continue
+            send({"error": f"could not fork a keeper: {exc.strerror}", "id": asked})  # launcher, whose end
+            continue  # ends every run
         finally:
             for fd in fds:
                 os.close(fd)
         keepers.add(pid)
-        send({"pid": pid})
+        send({"pid": pid, "id": asked})
     _stop(keepers, spares)
 
 

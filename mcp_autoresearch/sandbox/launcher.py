@@ -99,6 +99,34 @@ class Launched:
             self.report_fd = -1
 
 
+class Asked:
+    """A request sent to the launcher, its answer not read yet (`Launcher.ask`): the caller goes on meanwhile
+    (the request is handed to a spare keeper, which makes the run's view, on the other CPU)."""
+
+    def __init__(self, launcher: Launcher, request_id: int, report_fd: int) -> None:
+        self._launcher = launcher
+        self._request_id = request_id
+        self._report_fd = report_fd
+
+    def answer(self) -> Launched:
+        """The command started (its keeper's pid known); `LauncherError` when the launcher started none."""
+        try:
+            reply = self._launcher.reply(self._request_id)
+        except BaseException:
+            self.close()
+            raise
+        if "pid" not in reply:
+            self.close()
+            raise LauncherError(str(reply.get("error", reply)))
+        report_fd, self._report_fd = self._report_fd, -1
+        return Launched(self._launcher, int(reply["pid"]), report_fd)
+
+    def close(self) -> None:
+        if self._report_fd >= 0:
+            os.close(self._report_fd)
+            self._report_fd = -1
+
+
 def _readable(fd: int, timeout: float) -> bool:
     return bool(ready_to_read([fd], timeout))
 
@@ -125,7 +153,12 @@ class Launcher:
         self.sock = ours
         self._send_lock = threading.Lock()
         self._changed = threading.Condition()
-        self._replies: list[dict[str, Any]] = []
+        self._replies: dict[int, dict[str, Any]] = {}  # by request id
+        self._unanswered: list[int] = []  # the requests sent, oldest first, their answer not come yet
+        self._last_id = 0
+        self._abandoned: set[int] = (
+            set()
+        )  # requests given up on (no answer in time): a late answer is dropped
         self._exits: dict[int, int] = {}
         self._forgotten: set[int] = set()
         self.alive = True
@@ -164,7 +197,15 @@ class Launcher:
                     else:
                         self._exits[pid] = int(message["status"])
                 else:
-                    self._replies.append(message)
+                    asked = message.get("id")
+                    if asked in self._abandoned:  # too late: its command runs nothing (its gate is closed)
+                        self._abandoned.discard(asked)
+                        asked = None
+                    elif asked not in self._unanswered:  # (a request the launcher could not read)
+                        asked = self._unanswered[0] if self._unanswered else None
+                    if asked is not None:
+                        self._unanswered.remove(asked)
+                        self._replies[asked] = message
                 self._changed.notify_all()
 
     def spawn(
@@ -179,7 +220,19 @@ class Launcher:
     ) -> Launched:
         """Start `argv` under a keeper with `spec`: its stdout (and stderr, unless `err_fd`) on `out_fd`; with
         `gate_fd`, held before its `exec` until the word to go comes through that gate (`start_gate`)."""
-        request = json.dumps({"argv": argv, "cwd": str(cwd), "env": env, "spec": spec}).encode()
+        return self.ask(argv, cwd, env, out_fd, spec, err_fd, gate_fd).answer()
+
+    def ask(
+        self,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        out_fd: int,
+        spec: KeeperSpec,
+        err_fd: int | None = None,
+        gate_fd: int | None = None,
+    ) -> Asked:
+        """`spawn`, its answer read later (`Asked.answer`): the request is sent, the keeper starts meanwhile."""
         report_r, report_w = os.pipe()  # the keeper's report of the run's end (not inherited: PEP 446)
         fds = [
             out_fd,
@@ -188,31 +241,37 @@ class Launcher:
             *([gate_fd] if gate_fd is not None else []),
         ]
         try:
-            reply = self._request(request, fds)
+            with self._send_lock:
+                self._last_id += 1
+                asked = self._last_id
+                request = {"argv": argv, "cwd": str(cwd), "env": env, "spec": spec, "id": asked}
+                with self._changed:
+                    self._unanswered.append(asked)
+                try:
+                    socket.send_fds(self.sock, [json.dumps(request).encode()], fds)
+                except OSError as exc:
+                    with self._changed:
+                        self._unanswered.remove(asked)
+                    raise LauncherError(f"the launcher is gone ({exc})") from None
         except BaseException:
             os.close(report_r)
             raise
         finally:
             os.close(report_w)
-        if "pid" not in reply:
-            os.close(report_r)
-            raise LauncherError(str(reply.get("error", reply)))
-        return Launched(self, int(reply["pid"]), report_r)
+        return Asked(self, asked, report_r)
 
-    def _request(self, request: bytes, fds: list[int]) -> dict[str, Any]:
-        with self._send_lock:
-            try:
-                socket.send_fds(self.sock, [request], fds)
-            except OSError as exc:
-                raise LauncherError(f"the launcher is gone ({exc})") from None
-            with self._changed:
-                end = time.monotonic() + 10
-                while not self._replies and self.alive and time.monotonic() < end:
-                    self._changed.wait(end - time.monotonic())
-                if not self._replies:
-                    raise LauncherError("the launcher did not answer")
-                reply: dict[str, Any] = self._replies.pop(0)
-                return reply
+    def reply(self, asked: int) -> dict[str, Any]:
+        """The launcher's answer to request `asked` (`LauncherError` when it is gone or silent for 10 s)."""
+        with self._changed:
+            end = time.monotonic() + 10
+            while asked not in self._replies and self.alive and time.monotonic() < end:
+                self._changed.wait(end - time.monotonic())
+            if asked not in self._replies:
+                if asked in self._unanswered:
+                    self._unanswered.remove(asked)
+                    self._abandoned.add(asked)
+                raise LauncherError("the launcher did not answer" if self.alive else "the launcher is gone")
+            return self._replies.pop(asked)
 
     def forget(self, pid: int) -> None:
         """Its keeper reported the exit code: the launcher's later report of the keeper's exit is dropped."""

@@ -36,8 +36,9 @@ from ..records.atomic import atomic_write, open_own, own_dir
 from ..records.logtail import last_line
 from . import run_tmpdirs
 from .capture import Capture
+from .command_start import CommandStart, Launch, Wrapper
 from .exit_waiter import ExitWaiter, reported
-from .launcher import HIDDEN_FROM_RUNS, Launched, LauncherError
+from .launcher import HIDDEN_FROM_RUNS, Launched
 from .processes import (
     MARKER_PROJECT,
     MARKER_RUN,
@@ -49,17 +50,11 @@ from .processes import (
     other_proc,
     own_children,
 )
-from .start_gate import StartGate
 
 log = logging.getLogger("mcp_autoresearch")
 # "rejected": a remote run whose report cannot be trusted (its log was tampered with, or Ray contradicts it)
 ProcessStatus = Literal["exited", "timeout", "cancelled", "failed_to_start", "rejected"]
 ProgressCallback = Callable[[float, float, str], None]
-Wrapper = Callable[[list[str], str], list[str]]  # (argv, private tmpdir) -> argv that runs it supervised
-# (argv, cwd, env, output fd, private tmpdir, stderr fd or None: the output's, the gate's fd: `start_gate`) -> a
-# started process (Popen-like), held before its exec until the gate's word
-Launch = Callable[[list[str], Path, dict[str, str], int, str, int | None, int], "Launched"]
-
 SAMPLE_INTERVAL_S = 0.5
 DEFAULT_GRACE_S = 3.0
 PIPE_BYTES = 1 << 20
@@ -127,7 +122,7 @@ class ProcessRun:
         self._failed: ProcessResult | None = None  # why nothing started
         self._log_fd = self._err_fd = -1
         self._tmpdir = ""
-        self._gate: StartGate | None = None  # a command held before its exec, until `run` lets it go
+        self._starting = CommandStart(self.cwd, None, None)  # its start (through the launcher: held, `run`)
 
     def cancel(self, reason: str = "cancelled") -> None:
         self._cancel_reason = reason
@@ -189,18 +184,16 @@ class ProcessRun:
             fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
         except OSError:
             pass  # the default pipe size only costs more wake-ups
+        self._starting = CommandStart(self.cwd, self.launch, self.wrapper)
         try:
             argv = ["/bin/sh", "-c", self.command]
-            self._popen = self._start(argv, env, write_fd, tmpdir, err_write if err_write >= 0 else None)
+            err = err_write if err_write >= 0 else None
+            self._popen = self._starting.begin(argv, env, write_fd, err, tmpdir)  # (it closes both writers)
         except OSError as exc:
             os.close(read_fd)
             if err_read >= 0:
                 os.close(err_read)
             return self._not_started(f"could not start the command: {exc}", str(exc))
-        finally:
-            os.close(write_fd)
-            if err_write >= 0:
-                os.close(err_write)
         self._capture = Capture(read_fd, log_fd, self.log_limit)
         if err_read >= 0:
             self._err_capture = Capture(err_read, self._err_fd, self.log_limit)
@@ -217,6 +210,10 @@ class ProcessRun:
         try:
             if self._failed is not None:
                 return self._failed
+            try:
+                self._popen = self._starting.process() or self._popen
+            except OSError as exc:
+                return self._not_started(f"could not start the command: {exc}", str(exc))
             started = self._let_go()
             status, exit_code = self._supervise(started)
             duration = time.monotonic() - started
@@ -248,22 +245,16 @@ class ProcessRun:
     def _let_go(self) -> float:
         """A held command: once it is ready, the word to go (not at the deadline, nor after a cancel: it then
         ends unrun, and the supervision reports why). Returns when the run's time starts."""
-        gate, self._gate = self._gate, None
-        if gate is None:
+        if self._starting.gate is None:
             return self._launched_at
-        deadline = self._launched_at + self.timeout_s
-        if gate.wait_ready(deadline, self._cancel):
-            gate.go()
+        if self._starting.let_go(self._launched_at + self.timeout_s, self._cancel):
             return time.monotonic()
-        gate.close()
         return self._launched_at  # the supervision sees the deadline passed, or the cancel
 
     def _release(self) -> None:
         """What a started run holds, freed (its log kept visible)."""
         self._cut()
-        if self._gate is not None:
-            self._gate.close()
-            self._gate = None
+        self._starting.close()
         if isinstance(self._popen, Launched):
             self._popen.close()
         if self._log_fd >= 0:
@@ -312,35 +303,6 @@ class ProcessRun:
     def _kept(self) -> bool:
         """The command runs under a keeper (ours, not the run's)."""
         return self.launch is not None or self.wrapper is not None
-
-    def _start(
-        self, argv: list[str], env: dict[str, str], out_fd: int, tmpdir: str, err_fd: int | None = None
-    ) -> subprocess.Popen[bytes] | Launched:
-        if self.launch is not None:
-            gate = StartGate()
-            try:
-                launched = self.launch(argv, self.cwd, env, out_fd, tmpdir, err_fd, gate.their_fd())
-            except LauncherError as exc:
-                gate.close()
-                log.warning("starting the keeper directly: %s", exc)
-            except BaseException:
-                gate.close()
-                raise
-            else:
-                gate.handed()
-                self._gate = gate
-                return launched
-        if self.wrapper is not None:
-            argv = self.wrapper(argv, tmpdir)
-        return subprocess.Popen(
-            argv,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=out_fd,
-            stderr=out_fd if err_fd is None else err_fd,
-            env=env,
-            start_new_session=True,  # its own process group and session: killable as one
-        )
 
     def _supervise(self, started: float) -> tuple[ProcessStatus, int | None]:
         popen = self._popen
