@@ -18,6 +18,7 @@ import pytest
 
 from mcp_autoresearch.sandbox.launcher import Launched, Launcher
 from mcp_autoresearch.sandbox.policy import probe_isolation
+from mcp_autoresearch.sandbox.process_run import ProcessRun
 from mcp_autoresearch.sandbox.start_gate import StartGate
 
 from .conftest import make_repo
@@ -170,3 +171,55 @@ async def test_a_run_whose_start_fails_after_its_command_started_runs_nothing(
         run, decision = await agent.experiment("K=999")
         assert run["status"] == "ok" and run["value"] == 999.0, run
         assert decision["decision"] == "keep", decision
+
+
+def _asking(launcher: Launcher, spec: object):
+    """A `ProcessRun.launch` through `launcher`, with `spec` as the keeper's."""
+
+    def launch(argv, cwd, env, out_fd, tmpdir, err_fd, gate_fd):  # type: ignore[no-untyped-def]
+        return launcher.ask(argv, cwd, env, out_fd, spec, err_fd, gate_fd)  # type: ignore[arg-type]
+
+    return launch
+
+
+def test_a_run_started_then_cancelled_before_it_runs_runs_nothing(tmp_path: Path) -> None:
+    """`start` (the server records the run meanwhile), then a cancel: `run` ends it at its gate, unrun."""
+    launcher = Launcher()
+    try:
+        spec = {"landlock": True, "view": ISOLATION.namespaces, "write": [str(tmp_path / "w")]}
+        process = ProcessRun(
+            command=_script(tmp_path),
+            cwd=tmp_path,
+            log_path=tmp_path / "logs" / "r1.log",
+            timeout_s=60,
+            launch=_asking(launcher, spec),
+        )
+        process.start()
+        process.cancel("the run was not started")
+        done = process.run()
+        assert done.status == "cancelled", done
+        assert not (tmp_path / "w" / "ran").exists()
+        assert (tmp_path / "logs" / "r1.log").read_text() == ""
+    finally:
+        launcher.sock.close()
+
+
+def test_a_launcher_that_starts_nothing_has_the_command_started_here(tmp_path: Path) -> None:
+    """The launcher's answer, read when the run is let go, says it started nothing (here: a request it cannot
+    read; in life, no process left in its cgroup): the command is started by the server itself, under the
+    keeper it starts directly (the `wrapper`), and runs once."""
+    launcher = Launcher()
+    try:
+        process = ProcessRun(
+            command="echo started-$HERE",
+            cwd=tmp_path,
+            log_path=tmp_path / "logs" / "r1.log",
+            timeout_s=60,
+            launch=_asking(launcher, "not a keeper's spec"),
+            wrapper=lambda argv, tmpdir: ["/usr/bin/env", "HERE=here", *argv],
+        )
+        done = process.run()
+        assert (done.status, done.exit_code) == ("exited", 0), done
+        assert (tmp_path / "logs" / "r1.log").read_text() == "started-here\n"
+    finally:
+        launcher.sock.close()

@@ -12,14 +12,13 @@ metric_parse cannot read them; the evaluation stage's view shows them. Hiding ne
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import stat
 from pathlib import Path
 
 from ..records.logtail import read_tail_bytes
-from ..sandbox.write_grants import DEVICE_FILES, DEVICE_GLOBS
+from ..sandbox.write_grants import granted_paths
 
 EVAL_SUFFIX = "-eval"
 # An evaluator's own verdict on a candidate it refuses (the bundled ML evaluator prints it as its last line, then
@@ -32,10 +31,7 @@ HOLDOUT_SUFFIX = "-holdout"
 def eval_writable(tmpdir: str) -> list[str]:
     """What the evaluation stage may write: its private TMPDIR and device files, nothing else (in the private
     view its /tmp, /var/tmp and /dev/shm are fresh and its own too)."""
-    paths = [tmpdir, *DEVICE_FILES]
-    for pattern in DEVICE_GLOBS:
-        paths += sorted(glob.glob(pattern))
-    return paths
+    return granted_paths("/", [], tmpdir, device_dirs=[])
 
 
 def evaluation_logs(log_dir: Path, shown: Path | None = None, every_session: bool = False) -> list[str]:

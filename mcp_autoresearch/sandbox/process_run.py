@@ -6,6 +6,10 @@ counts: capture stops when the command has ended, or just before a timeout or ca
 run prints afterwards (a SIGTERM handler, a leftover daemon) reaches the log, and the log itself lives where a
 confined run cannot write. The capture's sha256 lets the caller prove the file still holds what was captured.
 
+A run can be started (`start`: its logs, TMPDIR, pipes, and the request to the launcher, `command_start.py`)
+before it runs (`run`): a command the launcher starts waits right before its `exec` for the word to go, so the
+caller records the run meanwhile; its time and its timeout count from that word, its setup left out.
+
 On Linux the command runs under the keeper (`confine.py`): Landlock, a subreaper of its own, and the kill of
 whatever the command leaves. This process is a child subreaper too, so a tree whose keeper was killed still
 ends here: at the deadline, on cancel, and after a normal exit, every descendant seen while sampling, the

