@@ -217,7 +217,10 @@ class Experiment:
             return
         process = self._run_process(log_path)
         assert isinstance(process, ProcessRun)
-        process.start()
+        try:
+            process.start()
+        except OSError:  # (its log could not be made: a full disk) `run` starts it again and says why
+            return
         self._ahead = (process, log_path, fresh)
 
     def drop_ahead(self, reason: str) -> None:

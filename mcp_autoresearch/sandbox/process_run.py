@@ -192,7 +192,7 @@ class ProcessRun:
         try:
             argv = ["/bin/sh", "-c", self.command]
             err = err_write if err_write >= 0 else None
-            self._popen = self._starting.begin(argv, env, write_fd, err, tmpdir)  # (it closes both writers)
+            self._starting.begin(argv, env, write_fd, err, tmpdir)  # (it closes both writers)
         except OSError as exc:
             os.close(read_fd)
             if err_read >= 0:
@@ -215,9 +215,11 @@ class ProcessRun:
             if self._failed is not None:
                 return self._failed
             try:
-                self._popen = self._starting.process() or self._popen
+                self._popen = self._starting.process(self._cancel)
             except OSError as exc:
                 return self._not_started(f"could not start the command: {exc}", str(exc))
+            if self._popen is None:  # cancelled before it was started
+                return ProcessResult("cancelled", None, 0.0, 0, self.log_path, self._cancel_reason)
             started = self._let_go()
             status, exit_code = self._supervise(started)
             duration = time.monotonic() - started
@@ -249,8 +251,8 @@ class ProcessRun:
     def _let_go(self) -> float:
         """A held command: once it is ready, the word to go (not at the deadline, nor after a cancel: it then
         ends unrun, and the supervision reports why). Returns when the run's time starts."""
-        if self._starting.gate is None:
-            return self._launched_at
+        if self._starting.gate is None:  # started by this process just now: timed from here
+            return time.monotonic()
         if self._starting.let_go(self._launched_at + self.timeout_s, self._cancel):
             return time.monotonic()
         return self._launched_at  # the supervision sees the deadline passed, or the cancel
