@@ -21,7 +21,7 @@ from mcp_autoresearch.sandbox.launcher import Launcher
 
 from .conftest import make_repo
 from .helpers.session_attacks import HONEST, plant_for_the_next_run
-from .helpers.spares import serves
+from .helpers.spares import processes_with, serves
 
 pytestmark = pytest.mark.anyio
 
@@ -93,17 +93,6 @@ eval_timeout = 60
 """
 
 
-def _processes_with(token: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if any(token in part for part in proc.cmdline()):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
 @pytest.mark.parametrize("isolation", ["off", "auto"])
 async def test_an_evaluation_whose_stderr_log_cannot_be_made_is_not_left_running(
     tmp_path: Path, agent_for, isolation: str
@@ -137,13 +126,13 @@ async def test_an_evaluation_whose_stderr_log_cannot_be_made_is_not_left_running
             assert run["status"] != "running"
             assert "r2-eval.stderr.log" in (run.get("error") or ""), run
             time.sleep(1.0)
-            left = _processes_with(token)
+            left = processes_with(token)
             assert not left, (
                 f"the run ended {run['status']} ({run['error']}) with its evaluation still running: "
                 f"{[proc.pid for proc in left]}"
             )
     finally:
-        for proc in left or _processes_with(token):
+        for proc in left or processes_with(token):
             try:
                 proc.kill()
             except psutil.Error:

@@ -21,6 +21,7 @@ from mcp_autoresearch.sandbox.process_run import ProcessRun
 
 from .conftest import git, make_repo
 from .helpers.needs import require
+from .helpers.spares import processes_with
 
 ISOLATION = probe_isolation("auto")
 require(ISOLATION.confined, "CI must confine runs", f"Landlock is unavailable here: {ISOLATION.reason}")
@@ -50,17 +51,6 @@ def _own_keeper(started: list[list[str]]):
     return wrapper
 
 
-def _with(token: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if any(token in part for part in proc.cmdline()):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
 # --- 1. The synchronous fallback: a command started ahead runs at once, before the word ----------------------
 
 
@@ -87,7 +77,7 @@ def test_a_run_started_ahead_runs_nothing_before_the_word_when_the_launcher_is_g
     )
     try:
         process.start()  # the server now commits and records the run
-        for proc in _with(token):  # a command started meanwhile: its end awaited (it ends by itself)
+        for proc in processes_with(token):  # a command started meanwhile: its end awaited (it ends by itself)
             try:
                 proc.wait()
             except psutil.Error:

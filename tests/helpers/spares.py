@@ -53,3 +53,15 @@ def serves(started: Launcher, cwd: Path) -> None:
         assert pipe.read() == b"served\n"
     assert launched.wait(60) == 0
     launched.close()
+
+
+def processes_with(token: str) -> list[psutil.Process]:
+    """The live processes whose command line holds `token` (a test's own marker)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if any(token in part for part in proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
