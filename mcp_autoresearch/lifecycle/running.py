@@ -258,14 +258,15 @@ class Runs:
             # One run at a time (and not the baseline, whose records are still to be made): its first command
             # starts now, held before its exec until the run's thread lets it go, after the record says
             # "running" below; its keeper, view and Landlock are made meanwhile.
-            early = None if placement.concurrent or pending.is_baseline else self._flight(pending, [])
+            # Seen by other calls (`flights`) only once recorded as running.
+            flight = None if placement.concurrent or pending.is_baseline else self._flight(pending, [])
             appended = False
             try:
-                if early is not None and early.experiment is not None:
-                    early.experiment.start_ahead()
+                if flight is not None and flight.experiment is not None:
+                    flight.experiment.start_ahead()
                 slots = placement.place(pending, content)
                 written_ahead = any(p is pending for p in inflight)  # then a restart undoes what was placed
-                flight = early if early is not None else self._flight(pending, slots)
+                flight = flight or self._flight(pending, slots)
                 flight.watch = placement.new_watch()
                 pending.git_config, pending.refs_digest = flight.watch.before_run()
                 if not written_ahead:
@@ -276,14 +277,14 @@ class Runs:
                 )
                 advance(pending, "running", core.save)  # after the append: the record seals the JSONL with it
             except BaseException:  # nothing starts: no flight is left without its thread
-                dropped = self.flights.pop(pending.run_id, None)
-                if dropped is not None and dropped.experiment is not None:
-                    dropped.experiment.drop_ahead("the run was not started")
+                if flight is not None and flight.experiment is not None:
+                    flight.experiment.drop_ahead("the run was not started")
                 if appended and pending in inflight:
                     inflight.remove(pending)
                 elif pending in inflight:  # recorded ahead by the placement: undone as after a restart
                     self._undo_failed_start(pending)
                 raise
+            self.flights[pending.run_id] = flight
             core.own.journal_written()
             placement.started(pending)
             self._start_thread(pending)
@@ -304,9 +305,11 @@ class Runs:
         flight = self._flight(pending, slots)
         flight.watch = self.placement.new_watch()
         pending.git_config, pending.refs_digest = flight.watch.before_run()
+        self.flights[pending.run_id] = flight
 
     def _flight(self, pending: Pending, slots: list[int]) -> ActiveRun:
-        """The run in flight, with its experiments (one per slot it occupies), git's snapshot still to take."""
+        """The run in flight, with its experiments (one per slot it occupies): git's snapshot still to take, and
+        not yet in `flights`."""
         core = self.core
         log_dir = server_dir(core.root, RUN_LOGS, core.state.tag)  # a planted symlink is replaced
         flight = ActiveRun(run_id=pending.run_id, started=time.monotonic(), log_dir=log_dir, slots=slots)
@@ -320,7 +323,6 @@ class Runs:
             for index, slot in enumerate(slots or [None])
         ]
         flight.experiment, flight.others = experiments[0], experiments[1:]
-        self.flights[pending.run_id] = flight
         return flight
 
     def _start_thread(self, pending: Pending) -> None:
