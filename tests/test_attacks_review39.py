@@ -18,6 +18,7 @@ import pytest
 from mcp_autoresearch.sandbox.launcher import Launcher
 from mcp_autoresearch.sandbox.policy import probe_isolation
 from mcp_autoresearch.sandbox.process_run import ProcessRun
+from mcp_autoresearch.vcs import ref_files
 
 from .conftest import git, make_repo
 from .helpers.needs import require
@@ -159,7 +160,7 @@ HEAD_CONFIG = (
 
 @pytest.mark.anyio
 async def test_a_run_started_ahead_runs_on_its_own_commit_and_a_failed_start_leaves_branch_and_edit(
-    tmp_path: Path, agent_for
+    tmp_path: Path, agent_for, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first command is started before the candidate is committed, its view and Landlock made then: when it
     runs, HEAD is already the run's commit (the word comes after the commit and the record). A start refused
@@ -173,6 +174,7 @@ async def test_a_run_started_ahead_runs_on_its_own_commit_and_a_failed_start_lea
         best = git(root, "rev-parse", "autoresearch/ahead").strip()
         await agent.edit("K=1000", "K=998")
         lock = root / ".git" / "refs" / "heads" / "autoresearch" / "ahead.lock"
+        monkeypatch.setattr(ref_files, "LOCK_WAIT_S", 0.3)  # the lock is refused sooner: it stays meanwhile
         lock.write_text("")
         refused = await agent.refused("run_experiment", description="K=998")
         assert "ahead.lock" in refused, refused

@@ -22,6 +22,7 @@ from mcp_autoresearch.adapters.server import create_server
 from mcp_autoresearch.records.state import load_state
 from mcp_autoresearch.sandbox.policy import probe_isolation
 from mcp_autoresearch.session.workspace import Workspace
+from mcp_autoresearch.vcs import ref_files
 
 from .conftest import Agent, error_text, git, make_repo, stdio_params, structured
 from .helpers.needs import require
@@ -207,11 +208,14 @@ def _held_by_server() -> tuple[int, list[str], list[str]]:
     return len(os.listdir("/proc/self/fd")), kids, own
 
 
-async def test_many_runs_and_refused_starts_leave_no_fd_process_or_tmpdir(tmp_path: Path) -> None:
+async def test_many_runs_and_refused_starts_leave_no_fd_process_or_tmpdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Runs in a row (a keep with its re-measurement, a discard, a start refused after its command was started
     ahead, content measured before): once the loop is warm, the server holds no more descriptors, processes
     (the launcher and its spare keepers excepted: as many as before) or run TMPDIRs after each round than after
     the first."""
+    monkeypatch.setattr(ref_files, "LOCK_WAIT_S", 0.3)  # the lock is refused sooner: it stays meanwhile
     root = _project(tmp_path)
     workspace = Workspace(root, None)
     async with Client(create_server(workspace)) as client:

@@ -20,6 +20,7 @@ from mcp_autoresearch.sandbox.launcher import Launched, Launcher
 from mcp_autoresearch.sandbox.policy import probe_isolation
 from mcp_autoresearch.sandbox.process_run import ProcessRun
 from mcp_autoresearch.sandbox.start_gate import StartGate
+from mcp_autoresearch.vcs import ref_files
 
 from .conftest import make_repo
 from .helpers.needs import require
@@ -141,7 +142,7 @@ PARAMS = "K=1000\n"
 
 @pytest.mark.anyio
 async def test_a_run_whose_start_fails_after_its_command_started_runs_nothing(
-    tmp_path: Path, agent_for
+    tmp_path: Path, agent_for, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The run's first command is started before the candidate is committed; the commit fails (the session
     branch's ref is locked by another git command): the call says why, the command started ahead never runs,
@@ -160,6 +161,7 @@ async def test_a_run_whose_start_fails_after_its_command_started_runs_nothing(
         assert run["status"] == "ok" and decision["decision"] == "keep", run
         await agent.edit("K=1000", "K=999")
         lock = root / ".git" / "refs" / "heads" / "autoresearch" / "held.lock"
+        monkeypatch.setattr(ref_files, "LOCK_WAIT_S", 0.3)  # the lock is refused sooner: it stays meanwhile
         lock.write_text("")  # newer than the server: another git command's, not a stale one
         refused = await agent.refused("run_experiment", description="K=999")
         assert "held.lock" in refused, refused

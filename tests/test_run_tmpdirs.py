@@ -375,4 +375,4 @@ def test_a_temporary_directory_gone_since_the_server_started_fails_the_start_and
         assert result.status == "failed_to_start" and "ran" not in log, log
         assert f"could not make the run's temporary directory in {tmp_path / 'gone'}" in log, log
         assert result.error is not None and "TMPDIR" in result.error, result.error
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert len(os.listdir("/proc/self/fd")) <= fds  # (another test's objects may be collected meanwhile)

@@ -36,6 +36,7 @@ log = logging.getLogger("mcp_autoresearch")
 SERVER_SCRIPT = Path(__file__).with_name("forkserver.py")
 # The server's secrets never reach a run, nor the launcher and keepers, whose environment a run could read.
 HIDDEN_FROM_RUNS = ("AUTORESEARCH_TOKEN",)
+ANSWER_WAIT_S = 10.0  # how long a request's answer is waited for before the launcher counts as silent
 
 
 class LauncherError(Exception):
@@ -261,9 +262,10 @@ class Launcher:
         return Asked(self, asked, report_r)
 
     def reply(self, asked: int) -> dict[str, Any]:
-        """The launcher's answer to request `asked` (`LauncherError` when it is gone or silent for 10 s)."""
+        """The launcher's answer to request `asked` (`LauncherError` when it is gone, or silent for
+        `ANSWER_WAIT_S`)."""
         with self._changed:
-            end = time.monotonic() + 10
+            end = time.monotonic() + ANSWER_WAIT_S
             while asked not in self._replies and self.alive and time.monotonic() < end:
                 self._changed.wait(end - time.monotonic())
             if asked not in self._replies:
