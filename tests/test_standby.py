@@ -140,6 +140,17 @@ def test_a_project_under_a_hidden_folder_keeps_the_view_made_ahead(
     )  # the same cover; still hidden
 
 
+def _covers(spare: int, folder: Path) -> bool:
+    """The spare's standby process has made its view, `folder` covered there (a spare announces itself as soon
+    as it forked its standby process, whose view comes after)."""
+    try:
+        standby = psutil.Process(spare).children()
+        mounts = Path(f"/proc/{standby[0].pid}/mountinfo").read_text() if len(standby) == 1 else ""
+    except (OSError, psutil.Error):
+        return False
+    return any(line.split()[4] == str(folder) for line in mounts.splitlines())
+
+
 def test_a_hidden_folder_deleted_since_the_spare_was_made_does_not_fail_the_next_run(
     launcher: Launcher, tmp_path: Path
 ) -> None:
@@ -153,6 +164,7 @@ def test_a_hidden_folder_deleted_since_the_spare_was_made_does_not_fail_the_next
     try:
         spec = {**VIEW, "write": [str(tmp_path / "w")]}
         spares = _prepared_like(launcher, tmp_path, {**spec, "hide": [str(gone)]})
+        _until(lambda: all(_covers(spare, gone) for spare in spares), "the standbys' views made")
         gone.rmdir()
         keeper, code, output = _run_spec(launcher, tmp_path, "echo started", {**spec, "hide": [str(other)]})
         assert keeper in spares and (code, output) == (0, "started\n"), output
