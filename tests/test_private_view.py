@@ -285,6 +285,7 @@ print('PROCESSES', len([p for p in os.listdir('/proc') if p.isdigit()]))
 KEEPER_MODULES = (
     "command.py",
     "confine.py",
+    "keeper_tree.py",
     "landlock.py",
     "namespaces.py",
     "output_dirs.py",

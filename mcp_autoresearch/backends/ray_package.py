@@ -22,6 +22,7 @@ from ..records.run_log import RunLog
 from ..sandbox import (
     command,
     confine,
+    keeper_tree,
     landlock,
     namespaces,
     output_dirs,
@@ -42,6 +43,7 @@ SHIPPED = (
     ray_records,
     command,
     confine,
+    keeper_tree,
     landlock,
     namespaces,
     output_dirs,

@@ -1,9 +1,9 @@
 """The small keeper process that confines and supervises each command of a run.
 
 Standard library only: the server runs this file as its own short-lived process (`python -I -S confine.py`), or
-the launcher forks it; it imports nothing from the package but its stdlib-only siblings `landlock.py`,
-`namespaces.py` and `output_dirs.py`. The server also imports it to ask the kernel which Landlock ABI it has
-(`probe`, which restricts nothing).
+the launcher forks it; it imports nothing from the package but its stdlib-only siblings (`landlock.py`,
+`keeper_tree.py`, `namespaces.py`, `output_dirs.py`, ...). The server also imports it to ask the kernel which
+Landlock ABI it has (`probe`, which restricts nothing).
 
 The keeper, started by the server for every command of a run:
 1. becomes a child subreaper (every orphan of the run is re-parented to it, whatever its environment) and asks
@@ -34,13 +34,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING or __package__:
-    from . import namespaces, output_dirs, view
+    from . import keeper_tree, namespaces, output_dirs, view
     from .command import MARK, SETUP_FAILED, become_command, fail, run_standby, say
     from .landlock import ConfineError, build_ruleset, libc_handle
     from .prepared import Prepared, flags
     from .standby import Standby, hold_view, let_view_go
 else:  # run as a script (or imported by the launcher as one): its stdlib-only siblings are imported by path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import keeper_tree
     import namespaces
     import output_dirs
     import view
@@ -53,7 +54,7 @@ else:  # run as a script (or imported by the launcher as one): its stdlib-only s
 
 # Said by `command.py`, and known by this module's name to the server and the launcher (which gives its spares
 # `run_standby`).
-__all__ = ["MARK", "SETUP_FAILED", "KeeperSpec", "fail", "keep", "run_standby", "signal_each"]
+__all__ = ["MARK", "SETUP_FAILED", "KeeperSpec", "fail", "keep", "run_standby"]
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -62,123 +63,6 @@ PR_SET_CHILD_SUBREAPER = 36
 # the keeper
 # ---------------------------------------------------------------------------------------------------------------
 _WAKE = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-
-
-def read_proc(path: str) -> bytes:
-    """A /proc file's content, read with plain system calls (a Python file object costs four more per read:
-    these reads are on every run's path)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            found += [int(p) for p in read_proc(f"/proc/{pid}/task/{task}/children").split()]
-        except OSError:
-            continue
-    return found
-
-
-def _tree(root: int) -> list[int]:
-    """Every descendant of `root` (orphans of the run are its children: it is their subreaper)."""
-    seen: list[int] = []
-    stack = [root]
-    while stack:
-        for child in _children(stack.pop()):
-            if child not in seen:
-                seen.append(child)
-                stack.append(child)
-    return seen
-
-
-def signal_each(pids: list[int] | set[int], sig: int) -> int:
-    """Send `sig` to each of `pids` (those already gone are skipped). Returns how many were asked."""
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
-    return len(pids)
-
-
-def _signal_all(sig: int) -> int:
-    return signal_each(_tree(os.getpid()), sig)
-
-
-# ptrace, only to hold the command at its exit: requests, options and events (linux/ptrace.h).
-PTRACE_CONT, PTRACE_DETACH, PTRACE_SEIZE, PTRACE_LISTEN = 7, 17, 0x4206, 0x4208
-PTRACE_O_TRACEEXIT = 0x40
-PTRACE_EVENT_EXIT, PTRACE_EVENT_STOP = 6, 128
-
-
-def _ptrace(libc: ctypes.CDLL, request: int, pid: int, data: int = 0) -> bool:
-    libc.ptrace.restype = ctypes.c_long
-    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-    return libc.ptrace(request, pid, None, ctypes.c_void_p(data)) == 0
-
-
-def _dead(pid: int) -> bool:
-    try:
-        return read_proc(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True
-
-
-def _others_end(command: int) -> None:
-    """The command is at its exit stop, not yet gone and not yet reported to anyone: every other process of
-    the run is killed first, and is dead before the command may finish, so none can print after it ended."""
-    victims = [pid for pid in _tree(os.getpid()) if pid != command]
-    signal_each(victims, signal.SIGKILL)
-    deadline = time.monotonic() + 1.0
-    while victims and time.monotonic() < deadline:
-        victims = [pid for pid in victims if not _dead(pid)]
-        if victims:
-            time.sleep(0.0005)
-    if victims := [pid for pid in _tree(os.getpid()) if pid != command]:
-        say(f"autoresearch: killed {len(victims)} process(es) the command left running")
-
-
-def _stopped(libc: ctypes.CDLL, command: int, pid: int, code: int) -> None:
-    """A ptrace stop of the command: its exit (end the rest of the run first), a group stop, or a signal (sent on)."""
-    event = code >> 16
-    if pid == command and event == PTRACE_EVENT_EXIT:
-        _others_end(command)
-        _ptrace(libc, PTRACE_DETACH, pid)
-    elif event == PTRACE_EVENT_STOP:
-        _ptrace(libc, PTRACE_LISTEN, pid)
-    else:
-        _ptrace(libc, PTRACE_CONT, pid, os.WSTOPSIG(code))
-
-
-def _reap(command: int, libc: ctypes.CDLL | None = None) -> tuple[int | None, bool]:
-    """Collect every child that ended (and answer the command's ptrace stops). Returns (the command's wait
-    status if it ended now, no children left)."""
-    status = None
-    while True:
-        try:
-            pid, code = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return status, True
-        if pid == 0:
-            return status, False
-        if os.WIFSTOPPED(code):
-            if libc is not None:
-                _stopped(libc, command, pid, code)
-            continue
-        if pid == command:
-            status = code
 
 
 def _exit_code(status: int | None) -> int:
@@ -283,22 +167,22 @@ def keep(
         woke = next_signal(wait)
         if woke is not None and woke != signal.SIGCHLD:
             if kill_at is None:  # stop requested (timeout, cancel, or the server died): the whole tree
-                _signal_all(signal.SIGTERM)
+                keeper_tree.signal_all(signal.SIGTERM)
                 kill_at = time.monotonic() + grace
             continue
         if kill_at is not None and time.monotonic() >= kill_at:
-            _signal_all(signal.SIGKILL)
-        found, none_left = _reap(command, tracer)
+            keeper_tree.signal_all(signal.SIGKILL)
+        found, none_left = keeper_tree.reap(command, tracer)
         if found is not None:
             status, ended = found, True
         if ended and not none_left and kill_at is None:
             # The command is done: what it left behind is killed at once, so nothing it left prints later.
-            left = _signal_all(signal.SIGKILL)
+            left = keeper_tree.signal_all(signal.SIGKILL)
             if left:
                 say(f"autoresearch: killed {left} process(es) the command left running")
-            while not _reap(command, tracer)[1]:
+            while not keeper_tree.reap(command, tracer)[1]:
                 time.sleep(0.002)
-                _signal_all(signal.SIGKILL)
+                keeper_tree.signal_all(signal.SIGKILL)
             none_left = True
         if none_left:
             _finish(status, report_fd)
@@ -343,7 +227,7 @@ def _fork_command(
             os.kill(command, signal.SIGKILL)
             fail("could not watch the run's output directories (signalfd)")
     # Held at its exit (where ptrace is allowed): the rest of the run is ended before anyone can see it end.
-    tracer = libc if _ptrace(libc, PTRACE_SEIZE, command, PTRACE_O_TRACEEXIT) else None
+    tracer = keeper_tree.hold_at_exit(libc, command)
     os.write(gate_w, b"x")
     os.close(gate_w)
     return command, next_signal, tracer
@@ -363,7 +247,7 @@ def _start_standby(
     """Hand the command to the spare's standby process (its view made ahead, `standby.py`), held by ptrace
     first; as `_fork_command`."""
     command = standby.pid
-    tracer = libc if _ptrace(libc, PTRACE_SEIZE, command, PTRACE_O_TRACEEXIT) else None
+    tracer = keeper_tree.hold_at_exit(libc, command)
     hold_view(command)
     cwd = os.getcwd()
     request = {

@@ -18,11 +18,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from . import confine, namespaces, view
+    from . import confine, keeper_tree, namespaces, view
     from .prepared import Flags, Prepared, flags
 else:  # run as a script: confine.py is imported from beside this file, and nothing else of the package
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import confine
+    import keeper_tree
     import namespaces
     import view
     from prepared import Prepared, flags
@@ -249,7 +250,7 @@ def _untouched(pid: int, alive: bool = False) -> bool:
 
 
 def _status(pid: int) -> dict[bytes, bytes]:
-    status = confine.read_proc(f"/proc/{pid}/status")
+    status = keeper_tree.read_proc(f"/proc/{pid}/status")
     return dict(line.split(b":", 1) for line in status.splitlines() if b":" in line)
 
 
@@ -419,7 +420,7 @@ def _stop(keepers: set[int], spares: Spares) -> None:
     for spare in spares.ready:
         spare.end()
         keepers.add(spare.pid)  # waited for with the keepers
-    confine.signal_each(keepers, signal.SIGTERM)
+    keeper_tree.signal_each(keepers, signal.SIGTERM)
     deadline = time.monotonic() + 10
     while keepers and time.monotonic() < deadline:
         try:

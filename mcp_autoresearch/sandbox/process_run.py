@@ -12,9 +12,7 @@ caller records the run meanwhile; its time and its timeout count from that word,
 
 On Linux the command runs under the keeper (`confine.py`): Landlock, a subreaper of its own, and the kill of
 whatever the command leaves. This process is a child subreaper too, so a tree whose keeper was killed still
-ends here: at the deadline, on cancel, and after a normal exit, every descendant seen while sampling, the
-process group, and any orphan re-parented to us that carries this run's environment marker or the
-no-new-privileges mark every confined process has, is ended.
+ends here (`run_tree.py`): at the deadline, on cancel, and after a normal exit.
 """
 
 from __future__ import annotations
@@ -23,9 +21,7 @@ import contextlib
 import fcntl
 import logging
 import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -33,27 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import psutil
-
 from ..errors import SessionError
 from ..records.atomic import atomic_write, open_own, own_dir
 from ..records.logtail import last_line
 from . import run_tmpdirs
 from .capture import Capture
 from .command_start import CommandStart, Launch, Wrapper
-from .exit_waiter import ExitWaiter, reported
+from .exit_waiter import ExitWaiter
 from .launcher import HIDDEN_FROM_RUNS, Launched
-from .processes import (
-    MARKER_PROJECT,
-    MARKER_RUN,
-    become_subreaper,
-    created,
-    descendants,
-    environment,
-    no_new_privs,
-    other_proc,
-    own_children,
-)
+from .processes import MARKER_PROJECT, MARKER_RUN, become_subreaper, other_proc
+from .run_tree import RunTree
 
 log = logging.getLogger("mcp_autoresearch")
 # "rejected": a remote run whose report cannot be trusted (its log was tampered with, or Ray contradicts it)
@@ -115,8 +100,6 @@ class ProcessRun:
     def __post_init__(self) -> None:
         self._cancel = threading.Event()
         self._cancel_reason = ""
-        self._seen: dict[int, float] = {}  # pid -> create_time of every descendant observed
-        self._peak_rss = 0
         self._live_tail_written = False
         self._popen: subprocess.Popen[bytes] | Launched | None = None
         self._capture: Capture | None = None
@@ -220,11 +203,12 @@ class ProcessRun:
                 return self._not_started(f"could not start the command: {exc}", str(exc))
             if self._popen is None:  # cancelled before it was started
                 return ProcessResult("cancelled", None, 0.0, 0, self.log_path, self._cancel_reason)
+            tree = RunTree(self._popen, self.run_marker, self.project_marker, self._kept, self.grace_s)
             started = self._let_go()
-            status, exit_code = self._supervise(started)
+            status, exit_code = self._supervise(tree, started)
             duration = time.monotonic() - started
             self._cut()
-            leftovers = self._end_tree(final=True)
+            leftovers = tree.end(final=True)
             error = None
             if status == "timeout":
                 error = f"killed after the {self.timeout_s:g} s timeout"
@@ -236,7 +220,7 @@ class ProcessRun:
                 status,
                 exit_code,
                 duration,
-                self._peak_rss,
+                tree.peak_rss,
                 self.log_path,
                 error,
                 leftovers,
@@ -310,21 +294,20 @@ class ProcessRun:
         """The command runs under a keeper (ours, not the run's)."""
         return self.launch is not None or self.wrapper is not None
 
-    def _supervise(self, started: float) -> tuple[ProcessStatus, int | None]:
-        popen = self._popen
-        assert popen is not None
+    def _supervise(self, tree: RunTree, started: float) -> tuple[ProcessStatus, int | None]:
+        popen = tree.popen
         deadline = started + self.timeout_s
         next_progress = started + self.progress_every_s
         wait_step = 0.05  # first checks are quick so trivial commands return fast
         exited = ExitWaiter(popen)
         try:
-            return self._supervise_loop(popen, started, deadline, next_progress, wait_step, exited)
+            return self._supervise_loop(tree, started, deadline, next_progress, wait_step, exited)
         finally:
             exited.close()
 
     def _supervise_loop(
         self,
-        popen: subprocess.Popen[bytes] | Launched,
+        tree: RunTree,
         started: float,
         deadline: float,
         next_progress: float,
@@ -336,20 +319,20 @@ class ProcessRun:
             # A killed run has no meaningful exit code (and psutil may have collected it already).
             if self._cancel.is_set():
                 self._cut()  # nothing printed while being killed counts
-                self._end_tree()
+                tree.end()
                 return "cancelled", None
             if now >= deadline:
                 self._cut()
-                self._end_tree()
+                tree.end()
                 return "timeout", None
             captures = [c for c in (self._capture, self._err_capture) if c is not None]
             if exited.wait(min(wait_step, max(0.0, deadline - now)), captures):
                 try:
-                    return "exited", popen.wait(timeout=1.0)
+                    return "exited", tree.popen.wait(timeout=1.0)
                 except subprocess.TimeoutExpired:
                     pass
             wait_step = SAMPLE_INTERVAL_S
-            self._sample()
+            tree.sample()
             if time.monotonic() < next_progress:
                 continue
             next_progress = time.monotonic() + self.progress_every_s
@@ -361,154 +344,6 @@ class ProcessRun:
                     self.on_progress(time.monotonic() - started, self.timeout_s, line)
                 except Exception:  # a failing progress consumer must never break the run
                     pass
-
-    def _sample(self) -> None:
-        """Record descendants (to kill them later even if they re-parent) and the tree's memory."""
-        popen = self._popen
-        if popen is None:
-            return
-        try:
-            shell = psutil.Process(popen.pid)
-            children = descendants(shell)
-        except psutil.Error:
-            return
-        self._seen.setdefault(shell.pid, created(shell))
-        # The keeper is ours, not the run's: its few MB are not the run's memory.
-        procs = children if self._kept else [shell, *children]
-        total = 0
-        for proc in procs:
-            try:
-                self._seen.setdefault(proc.pid, proc.create_time())
-                total += proc.memory_info().rss
-            except psutil.Error:
-                continue
-        self._peak_rss = max(self._peak_rss, total)
-
-    # -- ending the tree ------------------------------------------------------------------------------------
-    def _collect(self) -> list[psutil.Process]:
-        """Every live process that belongs to this run."""
-        found: dict[int, psutil.Process] = {}
-        own_pid = os.getpid()
-
-        def add(proc: psutil.Process) -> None:
-            if proc.pid != own_pid and proc.pid not in found:
-                found[proc.pid] = proc
-
-        popen = self._popen
-        if popen is not None:
-            try:
-                shell = psutil.Process(popen.pid)
-                # A keeper that reported the run's end is ending itself: it is not the run's.
-                if shell.status() != psutil.STATUS_ZOMBIE and not reported(popen):
-                    add(shell)
-                for child in descendants(shell):
-                    add(child)
-            except psutil.Error:
-                pass
-        for pid, born in list(self._seen.items()):
-            try:
-                proc = psutil.Process(pid)
-                if abs(proc.create_time() - born) < 0.01:  # same process, not a reused pid
-                    add(proc)
-            except psutil.Error:
-                self._seen.pop(pid, None)
-        if self.run_marker:
-            for proc in self._marked_candidates():
-                add(proc)
-        return list(found.values())
-
-    def _marked_candidates(self) -> list[psutil.Process]:
-        """Processes of this run that escaped the tree: on Linux, our re-parented children that carry this run's
-        marker or the no-new-privileges mark of a supervised run (a daemon can clear its environment, not that
-        mark); elsewhere, processes carrying the marker."""
-        linux = sys.platform.startswith("linux")
-        pool = own_children() if linux else list(psutil.process_iter())
-        popen = self._popen
-        # The keeper, and the launcher that forked it: ours, never the run's.
-        ours = {popen.pid, *([popen.launcher_pid] if isinstance(popen, Launched) else [])} if popen else set()
-        result = []
-        for proc in pool:
-            if proc.pid in ours:
-                continue
-            if not (linux and self._kept and no_new_privs(proc.pid) and not no_new_privs(os.getpid())):
-                env = environment(proc)
-                if (
-                    env.get(MARKER_RUN) != self.run_marker
-                    or env.get(MARKER_PROJECT, "") != self.project_marker
-                ):
-                    continue
-            result.append(proc)
-            try:  # with it, what it started: a daemon in a session of its own re-parents here only once it dies
-                result += descendants(proc)
-            except psutil.Error:
-                pass
-        return result
-
-    def _signal_group(self, sig: int) -> None:
-        if self._popen is None:
-            return
-        try:
-            os.killpg(self._popen.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def _end_tree(self, final: bool = False) -> int:
-        """SIGTERM everything of this run, SIGKILL what is left after the grace period. Returns how many
-        processes were still alive (after a normal exit: background processes the command left behind)."""
-        procs = self._collect()
-        group_alive = self._group_alive()
-        if not procs and not group_alive:
-            self._reap()
-            return 0
-        count = len(procs)
-        self._signal_group(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=self.grace_s)
-        for _round in range(3):
-            self._signal_group(signal.SIGKILL)
-            alive = [p for p in alive if p.is_running()] + [p for p in self._collect() if p not in alive]
-            for proc in alive:
-                try:
-                    proc.kill()
-                except psutil.Error:
-                    pass
-            _, alive = psutil.wait_procs(alive, timeout=1.0)
-            if not alive and not self._group_alive():
-                break
-        self._reap()
-        return count if final else 0
-
-    def _group_alive(self) -> bool:
-        """Whether a process is left in the run's process group (the keeper's: a keeper that reported the run's
-        end found none left, and is ending itself)."""
-        if self._popen is None or reported(self._popen):
-            return False
-        try:
-            os.killpg(self._popen.pid, 0)
-            return True
-        except (ProcessLookupError, PermissionError):
-            return False
-
-    def _reap(self) -> None:
-        """Collect the exit status of the shell and of re-parented run processes, so no zombie stays."""
-        if self._popen is not None:
-            try:
-                self._popen.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                pass
-        for pid in list(self._seen):
-            if self._popen is not None and pid == self._popen.pid:
-                continue
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            except OSError:
-                pass
 
     def _keep_log_visible(self, log_fd: int) -> None:
         """A run may delete its own log file or the log directory; restore it from our still-open descriptor."""

@@ -13,7 +13,7 @@ import time
 
 import psutil
 
-from .confine import read_proc
+from .keeper_tree import read_proc
 
 MARKER_RUN = "AUTORESEARCH_RUN_ID"
 MARKER_PROJECT = "AUTORESEARCH_PROJECT"
