@@ -173,6 +173,48 @@ def test_a_hidden_folder_deleted_since_the_spare_was_made_does_not_fail_the_next
         home.rmdir()
 
 
+def test_a_hidden_folder_removed_while_the_view_is_made_is_left_uncovered(tmp_path: Path) -> None:
+    """A folder to hide, removed between the view's listing of it and its cover (a spare's view made while the
+    session before removed its TMPDIR): nothing is left to hide there, and the view is made. It once failed
+    the spare, and the next run with it: "could not be confined (namespaces: tmpfs on ...: No such file or
+    directory)"."""
+    gone = Path.home() / f".autoresearch-test-removed-{os.getpid()}"  # outside /tmp, hidden as a whole
+    gone.mkdir()
+    listed = view._hidden_dirs
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_fd)
+            namespaces.enter_keeper(True)
+            command = os.fork()
+            if command == 0:
+
+                def removed_once_listed(extra: list[str]) -> list[str]:
+                    found = listed(extra)
+                    gone.rmdir()
+                    return found
+
+                view._hidden_dirs = removed_once_listed
+                try:
+                    made = view.View([str(gone)], True)
+                    said = b"made" + (b", covered" if str(gone) in made.covers else b"")
+                except namespaces.ViewError as exc:
+                    said = str(exc).encode()
+                os.write(write_fd, said)
+                os._exit(0)
+            os._exit(os.waitstatus_to_exitcode(os.waitpid(command, 0)[1]))
+        finally:
+            os._exit(1)
+    os.close(write_fd)
+    try:
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        with os.fdopen(read_fd, "rb") as pipe:
+            assert pipe.read() == b"made"
+    finally:
+        shutil.rmtree(gone, ignore_errors=True)
+
+
 def test_a_changed_mount_table_makes_the_spares_again(launcher: Launcher, tmp_path: Path) -> None:
     """A standby process holds a copy of every mount as it was: a disk taken away since would stay busy in it,
     one mounted since would be missing from the view. The launcher watches its mount table and makes its spares

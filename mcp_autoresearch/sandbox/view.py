@@ -240,7 +240,9 @@ class View:
         self.devices = found
 
     def _cover(self, directory: str) -> bool:
-        """An empty tmpfs over `directory`; True for a scratch directory (anyone's, 1777, of a bounded size)."""
+        """An empty tmpfs over `directory`; True for a scratch directory (anyone's, 1777, of a bounded size).
+        A directory removed since it was listed has nothing to hide: it is left uncovered (`_covered` says so,
+        and a request finds one made anew at its name, `_rehide`)."""
         size = next(
             (
                 namespaces.SCRATCH_SIZES[s]
@@ -249,16 +251,16 @@ class View:
             ),
             None,
         )
-        namespaces._check(
-            self.libc.mount(
-                b"tmpfs",
-                os.fsencode(directory),
-                b"tmpfs",
-                ctypes.c_ulong(namespaces.MS_NOSUID | namespaces.MS_NODEV),
-                f"mode=1777,size={size}".encode() if size else b"mode=755",
-            ),
-            f"tmpfs on {directory}",
+        mounted = self.libc.mount(
+            b"tmpfs",
+            os.fsencode(directory),
+            b"tmpfs",
+            ctypes.c_ulong(namespaces.MS_NOSUID | namespaces.MS_NODEV),
+            f"mode=1777,size={size}".encode() if size else b"mode=755",
         )
+        if mounted != 0 and ctypes.get_errno() == errno.ENOENT and not os.path.lexists(directory):
+            return False
+        namespaces._check(mounted, f"tmpfs on {directory}")
         self.covers[directory] = _identity(directory)
         return size is not None
 
