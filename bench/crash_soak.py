@@ -128,8 +128,9 @@ def server_pid(root: Path) -> int | None:
     return None
 
 
-async def life(root: Path, rng: random.Random, stats: Stats, target: int, kill_after: float) -> None:
-    """One server lifetime: resume, decide anything pending, run experiments until killed."""
+async def life(root: Path, rng: random.Random, stats: Stats, target: int, kill_after: float | None) -> None:
+    """One server lifetime: resume, decide anything pending, run experiments until killed (after `kill_after`
+    seconds; None: until `target` experiments are logged)."""
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "mcp_autoresearch", "serve", "--project", str(root)],
@@ -165,8 +166,9 @@ async def life(root: Path, rng: random.Random, stats: Stats, target: int, kill_a
         if orphans(root):
             raise Violation(f"orphan processes after a restart: {orphans(root)}")
         stats.lives += 1
-        killer = threading.Timer(kill_after, kill)
-        killer.start()
+        if kill_after is not None:
+            killer = threading.Timer(kill_after, kill)
+            killer.start()
         try:
             while stats.logged < target:
                 phase["now"] = "edit"
@@ -190,7 +192,8 @@ async def life(root: Path, rng: random.Random, stats: Stats, target: int, kill_a
                 await call("commit_or_reset", run_id=run["run_id"])
                 stats.logged += 1
         finally:
-            killer.cancel()
+            if killer is not None:
+                killer.cancel()
 
 
 def soak(experiments: int, kills: int, seed: int, root: Path | None = None) -> Stats:
@@ -201,8 +204,10 @@ def soak(experiments: int, kills: int, seed: int, root: Path | None = None) -> S
     stats = Stats()
     while stats.logged < experiments or stats.kills < kills:
         target = max(experiments, stats.logged + 1)
+        # Every life is killed until the kills asked for are done (each a server start); the rest runs in one.
+        kill_after = rng.uniform(0.05, 0.6) if stats.kills < kills else None
         try:
-            anyio.run(life, project, rng, stats, target, rng.uniform(0.05, 0.6))
+            anyio.run(life, project, rng, stats, target, kill_after)
         except BaseException as exc:  # noqa: BLE001 - a killed server surfaces as a broken connection
             if isinstance(exc, KeyboardInterrupt | Violation):
                 raise

@@ -8,16 +8,15 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import GIT_ENV, run_cli
+from .conftest import run_cli
 from .helpers.ports import free_port
+from .helpers.serving import serving
 from .test_http import INIT
 
 STRANGER = 65534  # nobody
@@ -59,28 +58,6 @@ def exchange(sock: socket.socket, port: int, method: str, path: str, body: bytes
             answer += chunk
     head, _, text = answer.decode(errors="replace").partition("\r\n\r\n")
     return int(head.split(" ", 2)[1]), text
-
-
-def serving(argv: list[str], announced: bytes, token: str = "") -> Iterator[subprocess.Popen[bytes]]:
-    env = {k: v for k, v in {**os.environ, **GIT_ENV}.items() if k != "AUTORESEARCH_TOKEN"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mcp_autoresearch", *argv],
-        env={**env, "AUTORESEARCH_TOKEN": token} if token else env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    for line in iter(proc.stderr.readline, b""):  # said once it listens (serve) or just before (dashboard)
-        if announced in line:
-            break
-    else:
-        proc.kill()
-        raise AssertionError(f"exited (rc {proc.wait()}) without serving")
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def until_listening(port: int) -> None:
@@ -220,7 +197,6 @@ def test_a_lock_naming_a_pid_reused_since_is_no_server(tmp_path: Path) -> None:
     its pid reused by a process started later (the user's shell, whose browser descends from it), that process
     must not be taken for the server: the user's own page would be refused."""
     import os
-    import subprocess
     import time
 
     from mcp_autoresearch.records.state import server_pid

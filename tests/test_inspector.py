@@ -1,4 +1,5 @@
-"""A real third-party client: the official MCP Inspector (npm) in CLI mode against our stdio server.
+"""A real third-party client: the official MCP Inspector (npm) in CLI mode, against our stdio server as a user
+starts it (`mcp-inspector --cli <command>`), and against one HTTP server through a whole session.
 
 tests/install-deps.sh installs it into .ci/inspector (MCP_INSPECTOR may point elsewhere). Without it the test
 skips, saying why, and fails under CI."""
@@ -14,9 +15,19 @@ from pathlib import Path
 import pytest
 
 from .conftest import GIT_ENV
+from .helpers.ports import free_port
+from .helpers.serving import serving
 
 DEFAULT = Path(__file__).parents[1] / ".ci" / "inspector" / "node_modules" / ".bin" / "mcp-inspector"
 INSPECTOR = os.environ.get("MCP_INSPECTOR") or (str(DEFAULT) if DEFAULT.exists() else None)
+
+
+def _cli() -> list[str]:
+    """The Inspector's CLI mode itself: `mcp-inspector --cli` starts a second node process for it,
+    `cli/build/index.js` beside its own script (about 0.7 s of CPU a call more)."""
+    assert INSPECTOR is not None
+    program = Path(INSPECTOR).resolve().with_name("index.js")
+    return ["node", str(program)] if program.exists() else [INSPECTOR, "--cli"]
 
 
 def inspector(root: Path, *method: str) -> dict:
@@ -54,20 +65,34 @@ def test_inspector_lists_tools_and_calls_them(ml_project: Path) -> None:
 
 
 def test_inspector_calls_every_tool_through_a_session(ml_project: Path) -> None:
-    """Each call is a fresh server process (the Inspector's CLI): the session resumes from disk every time."""
+    """Every tool, each with the arguments the Inspector's CLI types from its schema (`--tool-arg key=value`), over
+    HTTP to one server (a stdio server per call cost a server's start each, 19 of them; the test above covers
+    stdio)."""
     if not INSPECTOR:
         missing = "the MCP Inspector is not installed (bash tests/install-deps.sh installs it with npm)"
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the Inspector: {missing}")
         pytest.skip(missing)
+    port = free_port()
+    argv = ["serve", "--project", str(ml_project), "--transport", "http", "--port", str(port)]
+    for _server in serving(argv, b"serving MCP over HTTP at"):
+        _every_tool(ml_project, f"http://127.0.0.1:{port}/mcp")
+
+
+def _every_tool(ml_project: Path, url: str) -> None:
+    def inspector_http(*method: str) -> dict:
+        command = [*_cli(), url, "--transport", "http", *method]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout)
 
     def call(tool: str, *args: str) -> dict:
         flags = [item for arg in args for item in ("--tool-arg", arg)]
-        result = inspector(ml_project, "--method", "tools/call", "--tool-name", tool, *flags)
+        result = inspector_http("--method", "tools/call", "--tool-name", tool, *flags)
         assert result.get("isError") is not True, result
         return result["structuredContent"]
 
-    names = {tool["name"] for tool in inspector(ml_project, "--method", "tools/list")["tools"]}
+    names = {tool["name"] for tool in inspector_http("--method", "tools/list")["tools"]}
     called = set()
     assert call("detect_project")["project_type"] == "ml"
     assert call("start_session", "tag=insp")["branch"] == "autoresearch/insp"
@@ -79,7 +104,6 @@ def test_inspector_calls_every_tool_through_a_session(ml_project: Path) -> None:
     assert view["content"].startswith("LR = 0.5")
     call("apply_edit", "content=" + (ml_project / "train.py").read_text().replace("LR = 0.5", "LR = 0.2"))
     run = call("run_experiment", "description=lower LR", "wait_s=40")
-    # The run finished within the call; the next server (the next call) keeps it waiting for its decision.
     run = call("wait_experiment", f"run_id={run['run_id']}", "wait_s=40")
     assert run["status"] == "ok" and run["value"] == pytest.approx(1.1)
     assert call("commit_or_reset", f"run_id={run['run_id']}")["decision"] == "keep"

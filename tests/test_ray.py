@@ -573,6 +573,7 @@ def test_a_snapshot_over_the_upload_limit_is_refused_before_upload(tmp_path: Pat
         "ray_records",
         "command",
         "confine",
+        "keeper_tree",
         "landlock",
         "namespaces",
         "output_dirs",

@@ -50,6 +50,19 @@ _RAY_PORT_FLAGS = (
 _PORT_TAKEN = (b"Failed to start HTTP server",)
 
 
+# What an idle head spends its CPU on, turned down (0.12 of a core idle, 0.07 without them; more on a machine with
+# many processes, which the dashboard agent's reporter walks every 5 s): the reporter's statistics and the
+# metrics no test reads, and the idle worker processes kept for tasks (a job's supervisor is an actor, with a
+# worker of its own, and its entrypoint a subprocess of that: the tests' jobs run no task).
+QUIET_HEAD = {
+    "REPORTER_UPDATE_INTERVAL_MS": "60000",
+    "RAY_enable_metrics_collection": "0",
+    "METRICS_RECORD_INTERVAL_S": "600",
+    "RAY_prestart_worker_first_driver": "0",
+    "RAY_num_workers_soft_limit": "0",
+}
+
+
 def ray_ports() -> dict[str, int]:
     """A different free port for each of the head's servers (`free_port`: outside the kernel's range for
     outgoing connections)."""
@@ -140,6 +153,7 @@ def start_head(ports: dict[str, int] | None = None) -> tuple[subprocess.Popen[by
     # No token: Ray 2.52+ would otherwise turn on token auth for a new local cluster and write ~/.ray/auth_token.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
     env["RAY_AUTH_MODE"] = "disabled"
+    env.update(QUIET_HEAD)
     ray_cli = str(Path(sys.executable).with_name("ray"))
     argv = [
         ray_cli,
