@@ -23,6 +23,7 @@ from .helpers.ray_head import (
     ray_address,  # noqa: F401  (the private Ray head the Ray tests share)
     uses_ray,
 )
+from .helpers.rewrite_once import rewrite_once
 from .helpers.sdk_once import build_each_tool_once, check_each_schema_once
 from .helpers.spares import launcher  # noqa: F401  (a launcher of the test's own)
 from .web_support import browser  # noqa: F401  (Chromium, for the dashboard's browser tests)
@@ -111,6 +112,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Stable: the rest keep their order. The Ray tests one after another, so that the head they share lives no
     # longer than they run.
     items.sort(key=lambda item: (item.get_closest_marker("slow") is None, not uses_ray(item)))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Before xdist's controller starts its workers (its own hook runs last): the test modules rewritten once."""
+    rewrite_once(session.config)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
