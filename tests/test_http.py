@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -116,6 +118,33 @@ async def test_mcp_client_over_http_with_token(http_server: tuple[str, str]) -> 
         assert started.structured_content["branch"] == "autoresearch/web"
         run = await client.call_tool("run_experiment", {"description": "baseline"})
         assert run.structured_content["status"] == "ok"
+
+
+def test_an_idle_connection_outlives_a_clients_keep_alive(http_server: tuple[str, str]) -> None:
+    """A client sends its next call on the connection it keeps (the MCP SDK's httpx keeps one 5 s). The server
+    closed idle connections after 5 s too (uvicorn's default), so a call made after an agent thought for about
+    5 s could go out on a connection being closed: the client read no answer (`ReadError`). The server now keeps
+    them longer than the clients do: an idle connection is still open when a client's 5 s have passed."""
+    url, token = http_server
+    address = url.split("/")[2]
+    connection = http.client.HTTPConnection(address, timeout=30)
+    try:
+        connection.request("GET", "/mcp", headers={"Authorization": f"Bearer {token}"})
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status < 500 and not answer.will_close, answer.status
+        kept = connection.sock
+        assert kept is not None
+        # Awaited: the server's closing of the idle connection (end of file), or 8 s gone with it still open.
+        readable, _, _ = select.select([kept], [], [], 8.0)
+        closed = bool(readable) and kept.recv(1, socket.MSG_PEEK) == b""
+        assert not closed, "the server closed an idle connection before a client's keep-alive of 5 s ended"
+        connection.request("GET", "/mcp", headers={"Authorization": f"Bearer {token}"})
+        again = connection.getresponse()
+        again.read()
+        assert connection.sock is kept and again.status == answer.status
+    finally:
+        connection.close()
 
 
 @pytest.fixture

@@ -169,6 +169,13 @@ def build_http_app(server: MCPServer, host: str, token: str | None, page: ASGIAp
     return RefuseRuns(app if token else RefuseOtherUsers(app))
 
 
+# How long an idle connection is kept open (uvicorn's default is 5 s). A client sends its next request on a
+# connection it keeps, and the MCP SDK's (httpx) keeps one 5 s: with both at 5 s, a call made after an agent had
+# thought for about 5 s could go out on a connection the server was closing, and the client read no answer
+# (`ReadError`), more often on a loaded machine. Kept longer here, the client closes first.
+KEEP_ALIVE_S = 75
+
+
 def serve_http(
     server: MCPServer, host: str, port: int, token: str | None, page: ASGIApp | None = None
 ) -> int:
@@ -192,7 +199,12 @@ def serve_http(
     # No access log: the dashboard's event stream carries the token in its URL. Each connection is checked as
     # it is accepted too, before it is read (a connection that sends no request would hold a descriptor).
     config = uvicorn.Config(
-        app, http=checked_protocol(refusals(token)), backlog=BACKLOG, log_level="warning", access_log=False
+        app,
+        http=checked_protocol(refusals(token)),
+        backlog=BACKLOG,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     with sock:
         uvicorn.Server(config).run(sockets=[sock])

@@ -26,7 +26,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...adapters import peers
-from ...adapters.http import FROM_A_RUN, RefuseOtherUsers, listening_or_said, respond, security_for
+from ...adapters.http import (
+    FROM_A_RUN,
+    KEEP_ALIVE_S,
+    RefuseOtherUsers,
+    listening_or_said,
+    respond,
+    security_for,
+)
 from ...records.state import server_pid
 from .data import SessionView
 from .gitdiff import commit_diff
@@ -238,5 +245,6 @@ def serve_page(
     app = app if token else RefuseOtherUsers(app)  # loopback is every user's of the machine
     app = RefuseServersRuns(app, root)
     with sock:
-        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE_S)
+        uvicorn.Server(config).run(sockets=[sock])
     return 0
