@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -173,7 +173,7 @@ def test_a_hidden_folder_deleted_since_the_spare_was_made_does_not_fail_the_next
         home.rmdir()
 
 
-def test_a_hidden_folder_removed_while_the_view_is_made_is_left_uncovered(tmp_path: Path) -> None:
+def test_a_hidden_folder_removed_while_the_view_is_made_is_left_uncovered() -> None:
     """A folder to hide, removed between the view's listing of it and its cover (a spare's view made while the
     session before removed its TMPDIR): nothing is left to hide there, and the view is made. It once failed
     the spare, and the next run with it: "could not be confined (namespaces: tmpfs on ...: No such file or
@@ -181,36 +181,22 @@ def test_a_hidden_folder_removed_while_the_view_is_made_is_left_uncovered(tmp_pa
     gone = Path.home() / f".autoresearch-test-removed-{os.getpid()}"  # outside /tmp, hidden as a whole
     gone.mkdir()
     listed = view._hidden_dirs
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
+
+    def made_while_removed() -> bytes:
+        def removed_once_listed(extra: list[str]) -> list[str]:
+            found = listed(extra)
+            gone.rmdir()
+            return found
+
+        view._hidden_dirs = removed_once_listed
         try:
-            os.close(read_fd)
-            namespaces.enter_keeper(True)
-            command = os.fork()
-            if command == 0:
+            made = view.View([str(gone)], True)
+        except namespaces.ViewError as exc:
+            return str(exc).encode()
+        return b"made" + (b", covered" if str(gone) in made.covers else b"")
 
-                def removed_once_listed(extra: list[str]) -> list[str]:
-                    found = listed(extra)
-                    gone.rmdir()
-                    return found
-
-                view._hidden_dirs = removed_once_listed
-                try:
-                    made = view.View([str(gone)], True)
-                    said = b"made" + (b", covered" if str(gone) in made.covers else b"")
-                except namespaces.ViewError as exc:
-                    said = str(exc).encode()
-                os.write(write_fd, said)
-                os._exit(0)
-            os._exit(os.waitstatus_to_exitcode(os.waitpid(command, 0)[1]))
-        finally:
-            os._exit(1)
-    os.close(write_fd)
     try:
-        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
-        with os.fdopen(read_fd, "rb") as pipe:
-            assert pipe.read() == b"made"
+        assert _in_namespaces(made_while_removed) == b"made"
     finally:
         shutil.rmtree(gone, ignore_errors=True)
 
@@ -291,6 +277,24 @@ def test_before_linux_6_15_the_copies_are_made_through_the_attached_tree(tmp_pat
     """Where the kernel copies nothing from a detached tree, the view attaches its copy of the mounts for the
     time of the copies: the writable path is as writable, and nothing of that copy stays in the view."""
     (tmp_path / "w").mkdir()
+
+    def copied_through_the_attached_tree() -> bytes:
+        made = view.View([], True)
+        writable = str(tmp_path / "w")
+        copies = made._copies_attached([(writable, False)], view.resolved([writable]))
+        for path, is_dir, fd in copies:
+            view._attach(namespaces._libc(), fd, path, is_dir)
+        (tmp_path / "w" / "x").write_text("written")
+        mounts = Path("/proc/self/mountinfo").read_text()
+        return b"ok" if ".autoresearch-before" not in mounts else b"left"
+
+    assert _in_namespaces(copied_through_the_attached_tree) == b"ok"
+    assert (tmp_path / "w" / "x").read_text() == "written"
+
+
+def _in_namespaces(work: Callable[[], bytes]) -> bytes:
+    """What `work` returns, run in a command process of a keeper's namespaces (PID, IPC, network), where a view
+    is made: a child of a child of this process, as the launcher's keeper and command are."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -299,14 +303,7 @@ def test_before_linux_6_15_the_copies_are_made_through_the_attached_tree(tmp_pat
             namespaces.enter_keeper(True)
             command = os.fork()
             if command == 0:
-                made = view.View([], True)
-                writable = str(tmp_path / "w")
-                copies = made._copies_attached([(writable, False)], view.resolved([writable]))
-                for path, is_dir, fd in copies:
-                    view._attach(namespaces._libc(), fd, path, is_dir)
-                (tmp_path / "w" / "x").write_text("written")
-                mounts = Path("/proc/self/mountinfo").read_text()
-                os.write(write_fd, b"ok" if ".autoresearch-before" not in mounts else b"left")
+                os.write(write_fd, work())
                 os._exit(0)
             os._exit(os.waitstatus_to_exitcode(os.waitpid(command, 0)[1]))
         finally:
@@ -314,8 +311,7 @@ def test_before_linux_6_15_the_copies_are_made_through_the_attached_tree(tmp_pat
     os.close(write_fd)
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
     with os.fdopen(read_fd, "rb") as pipe:
-        assert pipe.read() == b"ok"
-    assert (tmp_path / "w" / "x").read_text() == "written"
+        return pipe.read()
 
 
 def test_commands_started_together_each_get_their_own_output(launcher: Launcher, tmp_path: Path) -> None:
