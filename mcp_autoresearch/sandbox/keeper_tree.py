@@ -117,11 +117,45 @@ def others_end(command: int) -> None:
         say(f"autoresearch: killed {len(victims)} process(es) the command left running")
 
 
+# The `exit` system call, which ends one thread (`exit_group` ends them all), where the keeper knows it.
+_EXIT_ONE_THREAD = {"x86_64": b"60", "aarch64": b"93"}.get(os.uname().machine)
+
+
+def leaves_threads(command: int) -> bool:
+    """At the exit stop of the command's main thread: whether it ended alone, by the `exit` system call of one
+    thread (`pthread_exit`), while another of its threads goes on, rather than with the whole process (its
+    `exit_group`, or a fatal signal: every thread ends, each with SIGKILL pending or gone)."""
+    try:
+        current = read_proc(f"/proc/{command}/syscall").split()[:1]
+        threads = [int(tid) for tid in os.listdir(f"/proc/{command}/task") if int(tid) != command]
+    except (OSError, ValueError):
+        return False
+    if _EXIT_ONE_THREAD is None or current != [_EXIT_ONE_THREAD]:
+        return False
+    for tid in threads:
+        try:
+            status = read_proc(f"/proc/{command}/task/{tid}/status")
+        except OSError:
+            continue  # gone
+        fields = dict(line.split(b":", 1) for line in status.splitlines() if b":" in line)
+        state = fields.get(b"State", b"").split()[:1]
+        try:
+            dying = int(fields.get(b"SigPnd", b"0").strip(), 16) & (1 << (signal.SIGKILL - 1))
+        except ValueError:
+            dying = 0
+        if state not in ([b"Z"], [b"X"]) and not dying:
+            return True
+    return False
+
+
 def stopped(libc: ctypes.CDLL, command: int, pid: int, code: int) -> None:
-    """A ptrace stop of the command: its exit (end the rest of the run first), a group stop, or a signal (sent on)."""
+    """A ptrace stop of the command: its exit (end the rest of the run first), a group stop, or a signal (sent on).
+    A main thread that ends while another thread goes on is let go, nothing killed: the process's real end is
+    no longer held, and what it leaves is ended once it is reaped (as where ptrace is refused)."""
     event = code >> 16
     if pid == command and event == PTRACE_EVENT_EXIT:
-        others_end(command)
+        if not leaves_threads(command):
+            others_end(command)
         ptrace(libc, PTRACE_DETACH, pid)
     elif event == PTRACE_EVENT_STOP:
         ptrace(libc, PTRACE_LISTEN, pid)
