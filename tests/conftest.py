@@ -7,9 +7,11 @@ import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import psutil
 import pytest
 from mcp import Client, StdioServerParameters
@@ -244,18 +246,31 @@ async def call_ok(client: Client, tool: str, **args: Any) -> dict[str, Any]:
     return structured(await client.call_tool(tool, args))
 
 
+@asynccontextmanager
+async def served_here(root: Path, overrides: dict[str, Any] | None = None) -> AsyncIterator[Agent]:
+    """A server for `root` in the test's own process, over the in-memory client. A test whose subject is a
+    server process (its signals, its pipes, a kill at a step) restarts it with this when what it checks next is
+    what a new server finds on disk: the records, git, the runs left behind. The same code resumes the session;
+    a new server process would add only its start (about 2 s of CPU, most of it the MCP SDK's import)."""
+    workspace = Workspace(root, overrides)
+    async with Client(create_server(workspace)) as client:
+        yield Agent(client)
+
+
+def resumed_here(root: Path, tag: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the next server's start_session says (`served_here`), from a test that is not async."""
+
+    async def resume() -> dict[str, Any]:
+        async with served_here(root, overrides) as agent:
+            return await agent.ok("start_session", tag=tag)
+
+    return anyio.run(resume)
+
+
 @pytest.fixture
 async def agent_for() -> AsyncIterator[Any]:
     """Factory: `async with agent_for(root, **overrides) as agent` over the in-memory client."""
-    from contextlib import asynccontextmanager
-
-    @asynccontextmanager
-    async def factory(root: Path, overrides: dict[str, Any] | None = None):
-        workspace = Workspace(root, overrides)
-        async with Client(create_server(workspace)) as client:
-            yield Agent(client)
-
-    yield factory
+    yield served_here
 
 
 def stdio_params(root: Path, *extra: str) -> StdioServerParameters:

@@ -15,7 +15,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from .conftest import call_ok, git, make_repo, stdio_server_pid
+from .conftest import call_ok, git, make_repo, served_here, stdio_server_pid
 from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
 from .test_slots import EVALUATE, TARGET, _stdio, project, settings
 
@@ -194,7 +194,8 @@ async def test_a_server_stopped_while_a_rebased_run_runs_again_restarts_consiste
             await call_ok(client, "query_results")
             await anyio.sleep_forever()
 
-    async with Client(params) as client:
+    async with served_here(root) as restarted:  # the next server: what it finds on disk is the subject
+        client = restarted.client
         await call_ok(client, "start_session", tag="st")
         results = await call_ok(client, "query_results")
         assert results["total"] == 3 and results["best"]["value"] == 5.0
@@ -314,7 +315,8 @@ async def test_a_server_stopped_after_branch_from_with_a_branched_slot_run_in_fl
             await call_ok(client, "query_results")
             await anyio.sleep_forever()
 
-    async with Client(params) as client:
+    async with served_here(root) as restarted:  # the next server: what it finds on disk is the subject
+        client = restarted.client
         await call_ok(client, "start_session", tag="bf")
         results = await call_ok(client, "query_results")
         assert results["total"] == 3 and results["best"]["run_id"] == "r2"
@@ -389,7 +391,8 @@ async def test_a_server_stopped_while_the_best_is_re_measured_in_the_users_tree_
             await anyio.sleep_forever()
 
     (counts / "block").unlink()
-    async with Client(params) as client:
+    async with served_here(root) as restarted:  # the next server: what it finds on disk is the subject
+        client = restarted.client
         await call_ok(client, "start_session", tag="rm")
         results = await call_ok(client, "query_results")
         assert results["total"] == 2 and results["best"]["run_id"] == "r1"

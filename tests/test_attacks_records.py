@@ -14,7 +14,7 @@ import psutil
 import pytest
 from mcp import Client
 
-from .conftest import Agent, stdio_params
+from .conftest import Agent, served_here, stdio_params
 from .helpers.session_attacks import (
     HONEST,
     HONEST_1_4,
@@ -181,8 +181,8 @@ async def test_forged_state_and_journal_then_sigkill_are_never_applied(
             assert killed or isolation != "off", "unconfined, the run kills the server"
             if not killed:
                 await agent.ok("commit_or_reset", run_id=run["run_id"])
-        async with Client(stdio_params(root, *extra)) as client:
-            agent = Agent(client)
+        # the next server, with the same rules: what it finds on disk is the subject
+        async with served_here(root, {"isolation": isolation}) as agent:
             resumed = await agent.ok("start_session", tag="evil")
             if killed:
                 assert resumed["resumed"] is True and resumed["best_value"] == 1.4

@@ -20,7 +20,7 @@ from mcp_autoresearch.records.state import load_state, state_path
 from mcp_autoresearch.session.workspace import Workspace
 from mcp_autoresearch.vcs.repo import GIT_ENV
 
-from .conftest import TRAIN_PY, Agent, git, run_cli, stdio_params
+from .conftest import TRAIN_PY, Agent, git, run_cli, served_here, stdio_params
 
 pytestmark = pytest.mark.anyio
 
@@ -367,16 +367,16 @@ async def test_a_server_killed_at_each_step_resumes_with_a_true_table(
     ml_project: Path, tmp_path: Path, name: str, step: str, at: str, when: str, match: str
 ) -> None:
     """SIGKILL of the real server over stdio at each step of an experiment, of its decision, of `finish` and of
-    `clean` (the process kills itself at that exact call: tests/helpers/kill_at). A new server resumes the
-    session: every run is logged once, the branch and HEAD are on the best, the person's files are untouched,
+    `clean` (the process kills itself at that exact call: tests/helpers/kill_at). A new server (`served_here`)
+    resumes the session: every run is logged once, the branch and HEAD are on the best, the person's files are untouched,
     and the loop goes on."""
     root, armed = ml_project, tmp_path / "armed"
     person = persons_files(root)
     params = killing_params(root, armed, at, when, match)
     with anyio.fail_after(600):  # a guard against a hang, never reached by a server that answers
         if step in ("finish", "clean"):
-            async with Client(stdio_params(root)) as client:
-                await drive_to(Agent(client), root, "keep", armed)
+            async with served_here(root) as agent:
+                await drive_to(agent, root, "keep", armed)
             armed.touch()
             if step == "finish":
                 assert killing_cli(root, armed, at, when, match, "finish", "--land", "landed") == -9
@@ -400,8 +400,7 @@ async def test_a_server_killed_at_each_step_resumes_with_a_true_table(
             async with Client(params) as client:
                 await drive_to(Agent(client), root, step, armed)
         assert not armed.exists(), f"the server never reached {at}"
-        async with Client(stdio_params(root)) as client:
-            agent = Agent(client)
+        async with served_here(root) as agent:  # the next server: what it finds on disk is the subject
             resumed = await agent.ok("start_session", tag="k")
             assert resumed["resumed"] is True, resumed
             state = load_state(root, "k")

@@ -24,7 +24,7 @@ from mcp_autoresearch.sandbox.policy import probe_isolation
 from mcp_autoresearch.session.workspace import Workspace
 from mcp_autoresearch.vcs import ref_files
 
-from .conftest import Agent, error_text, git, make_repo, stdio_params, structured
+from .conftest import Agent, error_text, git, make_repo, served_here, stdio_params, structured
 from .helpers.needs import require
 
 pytestmark = pytest.mark.anyio
@@ -174,8 +174,7 @@ async def test_a_server_killed_during_a_held_start_runs_nothing_and_resumes_true
                 armed.touch()
                 await agent.ok("run_experiment", description="K=999")
         assert baseline and not armed.exists(), f"the server never reached {at}"
-        async with Client(stdio_params(root)) as client:
-            agent = Agent(client)
+        async with served_here(root) as agent:  # the next server: what it finds on disk is the subject
             resumed = await agent.ok("start_session", tag="k")
             assert resumed["resumed"] is True, resumed
             state = load_state(root, "k")

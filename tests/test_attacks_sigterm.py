@@ -20,7 +20,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from .conftest import GIT_ENV
+from .conftest import GIT_ENV, resumed_here
 from .helpers.ports import free_port
 from .test_attacks_requests import INITIALIZE, RawStdio
 from .test_attacks_stdio_pipes import CALL, _processes, _run_project, _until
@@ -80,15 +80,12 @@ def _actions(root: Path) -> list[str]:
 
 
 def _restarted(root: Path) -> dict[str, Any]:
-    """What the next server's start_session says (it resumes the session and checks git against the records)."""
-    server = _Server(root).initialized()
-    try:
-        server.send({**CALL, "id": 9, "params": {"name": "start_session", "arguments": {"tag": "sig"}}})
-        answer = server.answer_to(9)
-        assert answer["result"].get("isError") is not True, answer
-        return answer["result"]
-    finally:
-        server.close()
+    """What the next server's start_session says (it resumes the session and checks git against the records).
+    The next server runs in the test's process (`resumed_here`): what it finds on disk is the subject, with the
+    slots folder the stopped one had."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AUTORESEARCH_SLOTS_DIR", str(root.parent / "slots-home"))
+        return resumed_here(root, "sig")
 
 
 def _ended_and_logged_once(server: _Server, root: Path, marker: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from mcp_autoresearch.errors import ConfigError
 
-from .conftest import call_ok, git, make_repo, stdio_server_pid
+from .conftest import call_ok, git, make_repo, served_here, stdio_server_pid
 from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
 from .test_slots import EVALUATE, TARGET, _baseline, settings
 
@@ -399,7 +399,8 @@ async def test_kill_9_during_a_rebased_rerun_logs_the_run_once(tmp_path: Path, s
             os.kill(stdio_server_pid(root), signal.SIGKILL)
             await call_ok(client, "query_results")
 
-    async with Client(params) as client:
+    async with served_here(root) as restarted:  # the next server: what it finds on disk is the subject
+        client = restarted.client
         await call_ok(client, "start_session", tag="rb")
         results = await call_ok(client, "query_results")
         assert results["total"] == 3 and results["best"]["value"] == 5.0
@@ -546,7 +547,8 @@ async def test_git_config_planted_by_a_run_cut_short_by_kill_9_is_undone_and_nam
                 await anyio.sleep(0.1)
             os.kill(stdio_server_pid(root), signal.SIGKILL)
             await call_ok(client, "query_results")
-    async with Client(params) as client:
+    async with served_here(root) as restarted:  # the next server: what it finds on disk is the subject
+        client = restarted.client
         started = await call_ok(client, "start_session", tag="gc")
         assert any("was in flight" in note for note in started["recovered"])
         assert "fsmonitor" not in (root / ".git" / "config").read_text()

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from .conftest import call_ok, decided_baseline, git, make_repo, stdio_server_pid
+from .conftest import call_ok, decided_baseline, git, make_repo, served_here, stdio_server_pid
 from .helpers.slots import private_slots_home  # noqa: F401 (the autouse fixture `slots_home`)
 
 pytestmark = pytest.mark.anyio
@@ -347,7 +347,8 @@ async def test_kill_9_with_runs_in_every_slot_loses_and_doubles_no_row(
         await anyio.sleep(0.1)
     assert not any(marked_processes(str(s)) for s in slots_home.glob("*/*")), "runs outlived the server"
 
-    async with Client(params) as client:
+    async with served_here(root) as restarted:  # the next server: what it finds on disk is the subject
+        client = restarted.client
         started = await call_ok(client, "start_session", tag="k9")
         assert sum("was in flight" in note for note in started["recovered"]) == 2
         assert (

@@ -20,7 +20,7 @@ from mcp_autoresearch.records.state import load_state
 from mcp_autoresearch.session.session import Session
 from mcp_autoresearch.session.workspace import Workspace
 
-from .conftest import Agent, decided_baseline, git, make_repo, stdio_params
+from .conftest import Agent, decided_baseline, git, make_repo, served_here, stdio_params
 from .test_tree_engine import TREE_PY
 
 OVERRIDES = {"target_file": "train.py", "run_command": "python train.py"}
@@ -200,8 +200,8 @@ async def test_a_server_killed_with_a_branched_run_in_flight_resumes_consistent(
             os.kill(server_pid(root), signal.SIGKILL)
             with contextlib.suppress(BaseException):
                 await agent.ok("query_results")
-        async with Client(stdio_params(root, *extra)) as client:
-            agent = Agent(client)
+        # the next server, with the same rules: what it finds on disk is the subject
+        async with served_here(root, {"target_file": "train.py", "run_command": "python train.py"}) as agent:
             resumed = await agent.ok("start_session", tag="rc")
             assert resumed["resumed"] is True
             results = await agent.ok("query_results")
