@@ -112,8 +112,7 @@ async def test_flags_through_a_real_stdio_server(tmp_path: Path) -> None:
         assert run["metric_name"] == "accuracy" and run["value"] == 0.5
         other = await client.call_tool("start_session", {"tag": "other"})
         assert other.is_error and "before starting another session" in other.content[0].text
-    schema_names = set()
-    async with Client(stdio_params(root, *FLAGS)) as client:
+        schema_names = set()
         for tool in (await client.list_tools()).tools:
             schema_names |= set(tool.input_schema.get("properties", {}))
     assert not schema_names & {

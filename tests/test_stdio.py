@@ -14,7 +14,7 @@ from mcp import Client
 
 from mcp_autoresearch.sandbox.processes import marked_processes
 
-from .conftest import Agent, git, run_cli, stdio_params, stdio_server_pid
+from .conftest import Agent, git, run_cli, served_here, stdio_params, stdio_server_pid
 
 pytestmark = pytest.mark.anyio
 
@@ -136,8 +136,7 @@ async def test_kill_9_mid_run_then_restart_records_an_interrupted_run(ml_project
         assert started_run_processes(root, within=30), "the run should be alive"
         os.kill(stdio_server_pid(root), signal.SIGKILL)
         time.sleep(0.3)
-    async with Client(stdio_params(root)) as client:
-        agent = Agent(client)
+    async with served_here(root) as agent:  # the next server: what it finds on disk is the subject
         resumed = await agent.ok("start_session")
         assert resumed["resumed"] is True
         assert any("logged as interrupted" in line for line in resumed["recovered"])
@@ -172,8 +171,7 @@ async def test_kill_9_between_run_and_decision_keeps_the_pending_decision(ml_pro
         assert run["status"] == "ok" and run["would_keep"] is True
         os.kill(stdio_server_pid(root), signal.SIGKILL)
         time.sleep(0.3)
-    async with Client(stdio_params(root)) as client:
-        agent = Agent(client)
+    async with served_here(root) as agent:  # the next server: what it finds on disk is the subject
         resumed = await agent.ok("start_session")
         assert resumed["pending_run"] == "r2"
         assert "decide run r2 first" in await agent.refused("apply_edit", content="x")
@@ -228,8 +226,7 @@ async def test_lock_files_left_by_a_killed_server_are_taken_over(ml_project: Pat
     old = time.time() - 60
     for lock in root.glob(".git/**/*.lock"):
         os.utime(lock, (old, old))
-    async with Client(stdio_params(root)) as client:
-        agent = Agent(client)
+    async with served_here(root) as agent:  # the next server: what it finds on disk is the subject
         await agent.ok("start_session")
         decision = await agent.ok("commit_or_reset", run_id="r2")
         assert decision["decision"] == "discard"
