@@ -158,7 +158,7 @@ def test_dashboard_on_a_taken_port_is_one_clear_line_and_nothing_is_announced(ml
 
 # `--host 0.0.0.0` with a token: every client but the loopback's was refused
 # A non-loopback bind needs a token, and then should serve the other machines; but the Host check allowed only the
-# loopback's names for a wildcard bind (`adapters/http.py` `security_for`), so a client addressing the machine by
+# loopback's names for a wildcard bind (`adapters/host_rules.py` `rules_for`), so a client addressing the machine by
 # its address or name got 421 "Invalid Host header" on every request: the bind the user asked for served nobody
 # new. Now a wildcard bind (which the CLI allows only with a token) accepts any Host and Origin, the token being
 # the check a rebinding page cannot pass.

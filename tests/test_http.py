@@ -106,6 +106,44 @@ def test_dns_rebinding_protection(http_server: tuple[str, str]) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("bound", "token"), [("127.0.0.1", None), ("::1", "t"), ("10.1.2.3", "t"), ("0.0.0.0", "t")]
+)
+async def test_the_pages_host_check_answers_as_the_sdks_on_the_endpoint(
+    bound: str, token: str | None
+) -> None:
+    """The page applies the Host/Origin rules itself (`HostRules.refusal`, so that `dashboard --web` needs no MCP
+    SDK); the endpoint hands the same rules to the SDK's check (`security_for`). Both answer every request
+    alike."""
+    from mcp.server.transport_security import TransportSecurityMiddleware
+    from starlette.requests import Request
+
+    from mcp_autoresearch.adapters.host_rules import rules_for
+    from mcp_autoresearch.adapters.http import security_for
+
+    sdk, ours = TransportSecurityMiddleware(security_for(bound, token)), rules_for(bound, token)
+    hosts = [None, "", "127.0.0.1", "127.0.0.1:8000", "localhost:1", "[::1]:9", "[::1]", "10.1.2.3:80"]
+    hosts += ["evil.example", "evil.example:80", "127.0.0.1.evil:80", "localhost.evil", "10.1.2.30:80"]
+    origins = [
+        None,
+        "",
+        "http://localhost:3000",
+        "http://127.0.0.1",
+        "https://10.1.2.3:1",
+        "http://10.1.2.3:5",
+    ]
+    origins += ["http://evil.example", "http://localhost.evil:3", "null", "http://[::1]:80"]
+    for host in hosts:
+        for origin in origins:
+            headers = [
+                (k.encode(), v.encode()) for k, v in (("host", host), ("origin", origin)) if v is not None
+            ]
+            answer = await sdk.validate_request(Request({"type": "http", "headers": headers}))
+            expected = None if answer is None else (answer.status_code, bytes(answer.body).decode())
+            assert ours.refusal(host, origin) == expected, (bound, host, origin)
+
+
+@pytest.mark.anyio
 async def test_mcp_client_over_http_with_token(http_server: tuple[str, str]) -> None:
     url, token = http_server
     async with (

@@ -16,36 +16,29 @@ import sys
 from typing import TYPE_CHECKING
 
 import anyio
-from mcp.server.mcpserver import MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import peers
+from .host_rules import rules_for
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the MCP SDK is imported where the endpoint is built, never by the page alone
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.transport_security import TransportSecuritySettings
+
     from .accept_check import Check
     from .peers import Ends
 
-LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"]
-LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
-
-
-WILDCARDS = ("0.0.0.0", "::")
-
 
 def security_for(host: str, token: str | None = None) -> TransportSecuritySettings:
-    """The Host and Origin checks against DNS rebinding: the loopback's names, and the address bound. A wildcard
-    bind (served to other machines, which the CLI allows only with a token) is reached under any name or address
-    of the machine: there the token is the check (a rebinding page cannot know it), and Host/Origin are not."""
-    if host in WILDCARDS and token:
-        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    hosts, origins = list(LOOPBACK_HOSTS), list(LOOPBACK_ORIGINS)
-    if host not in ("127.0.0.1", "localhost", "::1", *WILDCARDS):
-        shown = f"[{host}]" if ":" in host else host
-        hosts += [f"{shown}:*", shown]
-        origins += [f"http://{shown}:*", f"https://{shown}:*"]
+    """The MCP SDK's Host and Origin checks for the endpoint, from the rules the page applies too
+    (`host_rules.rules_for`)."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    rules = rules_for(host, token)
     return TransportSecuritySettings(
-        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+        enable_dns_rebinding_protection=rules.checked,
+        allowed_hosts=list(rules.hosts),
+        allowed_origins=list(rules.origins),
     )
 
 

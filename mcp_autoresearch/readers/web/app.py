@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from mcp.server.transport_security import TransportSecurityMiddleware
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,13 +25,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...adapters import peers
+from ...adapters.host_rules import rules_for
 from ...adapters.http import (
     FROM_A_RUN,
     KEEP_ALIVE_S,
     RefuseOtherUsers,
     listening_or_said,
     respond,
-    security_for,
 )
 from ...records.state import server_pid
 from .data import SessionView
@@ -76,7 +75,7 @@ class PageGuard:
 
     def __init__(self, app: ASGIApp, host: str, token: str | None) -> None:
         self.app = app
-        self.checks = TransportSecurityMiddleware(security_for(host, token))
+        self.rules = rules_for(host, token)
         self.expected = token.encode() if token else None
 
     def _token_ok(self, request: Request) -> bool:
@@ -91,7 +90,8 @@ class PageGuard:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        refusal = await self.checks.validate_request(request)
+        refused = self.rules.refusal(request.headers.get("host"), request.headers.get("origin"))
+        refusal: Response | None = Response(refused[1], refused[0]) if refused else None
         if refusal is None and scope["path"].startswith("/api/") and not self._token_ok(request):
             refusal = JSONResponse(
                 {"error": "unauthorized: open the page with ?token=<token> (or send Authorization: Bearer)"},
