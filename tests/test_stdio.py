@@ -226,7 +226,9 @@ async def test_lock_files_left_by_a_killed_server_are_taken_over(ml_project: Pat
     old = time.time() - 60
     for lock in root.glob(".git/**/*.lock"):
         os.utime(lock, (old, old))
-    async with served_here(root) as agent:  # the next server: what it finds on disk is the subject
+    # A new server process: a lock older than its start is stale (`ref_files.stale`).
+    async with Client(stdio_params(root)) as client:
+        agent = Agent(client)
         await agent.ok("start_session")
         decision = await agent.ok("commit_or_reset", run_id="r2")
         assert decision["decision"] == "discard"
