@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import anyio
@@ -16,10 +17,20 @@ from mcp_autoresearch.adapters.scripted_agent import ScriptedAgent, propose, ser
 
 from .conftest import git, run_cli
 
+# The two tests of one `demo --experiments 12` share its run (on one worker: `--dist loadgroup`).
+DEMO_OF_12 = pytest.mark.xdist_group("demo12")
 
-def test_demo_end_to_end(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    result = run_cli("demo", "--experiments", "12", "--keep-dir", str(out))
+
+@pytest.fixture(scope="module")
+def demo_of_12(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`mcp-autoresearch demo --experiments 12`, run once: its project folder and what it printed."""
+    out = tmp_path_factory.mktemp("demo-of-12") / "demo"
+    return out, run_cli("demo", "--experiments", "12", "--keep-dir", str(out))
+
+
+@DEMO_OF_12
+def test_demo_end_to_end(demo_of_12: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, result = demo_of_12
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     rows = (out / "results.tsv").read_text().splitlines()
@@ -46,10 +57,12 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert lines[header + 1].startswith("r1 ") and lines[header - 1].startswith("project: "), result.stdout
 
 
-def test_the_demo_branches_from_an_earlier_node(tmp_path: Path) -> None:
+@DEMO_OF_12
+def test_the_demo_branches_from_an_earlier_node(
+    demo_of_12: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
     """Issue 23.7: the demo's agent branches (branch_from) when its line stalls, and says so plainly."""
-    out = tmp_path / "demo"
-    result = run_cli("demo", "--experiments", "12", "--keep-dir", str(out))
+    out, result = demo_of_12
     assert result.returncode == 0, result.stderr
     said = re.search(r"branching from (r\d+) \(", result.stdout)
     assert said, result.stdout
