@@ -40,7 +40,10 @@ ODD = [
         "GET /api/summary HTTP/1.1\r\nHost: evil.example\r\nReferer: http://127.0.0.1/\r\n",
     ),
     ("HEAD", "HEAD /api/summary HTTP/1.1\r\nHost: evil.example\r\n"),
-    ("a body on GET", "GET /api/experiments HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 2\r\n\r\n{}"),
+    (
+        "a body on GET",
+        "GET /api/experiments HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    ),
     (
         "a websocket upgrade",
         "GET /api/events HTTP/1.1\r\nHost: evil.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -126,13 +129,9 @@ def test_the_page_next_to_mcp_refuses_as_the_endpoint_does(ml_project: Path) -> 
 # endpoint's. `HostRules.refusal` answers the same status but says nothing: a DNS-rebinding page probing
 # `dashboard --web` (or the page at `/` beside `/mcp`) now leaves no trace, while the same probe at `/mcp` of the
 # same process is logged. The refused answers are unchanged; the user's only sign of an attack is gone.
+# Fixed: `PageGuard` says each refusal on stderr (the header shown escaped and bounded).
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review 42: HostRules.refusal (adapters/host_rules.py:27) logs nothing; the SDK's check it replaced in "
-    "PageGuard logged every refused Host/Origin, and the endpoint beside it still does",
-)
 @pytest.mark.parametrize("serving", ["dashboard --web", "serve --transport http"])
 def test_a_refused_rebinding_request_to_the_page_is_said_on_stderr(
     ml_project: Path, session_root: Path, serving: str

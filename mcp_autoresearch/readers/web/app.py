@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from ...adapters.http import (
     respond,
 )
 from ...records.state import server_pid
+from ...terminal_text import printable
 from .data import SessionView
 from .gitdiff import commit_diff
 
@@ -45,6 +47,8 @@ ASSETS = {  # the page's files: a fixed list, so no request path ever reaches th
     "tree.js": "text/javascript; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
 }
+_log = logging.getLogger(__name__)
+SHOWN_HEADER = 200  # characters of a refused Host or Origin said on stderr
 POLL_S = 0.25  # how often an open event stream looks at the session's files (a few stats)
 HEARTBEAT_S = 15  # a comment line on an idle stream, so proxies and the browser keep it open
 SECURITY_HEADERS = [
@@ -90,8 +94,15 @@ class PageGuard:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        refused = self.rules.refusal(request.headers.get("host"), request.headers.get("origin"))
-        refusal: Response | None = Response(refused[1], refused[0]) if refused else None
+        host, origin = request.headers.get("host"), request.headers.get("origin")
+        refused = self.rules.refusal(host, origin)
+        refusal: Response | None = None
+        if refused:
+            status, text = refused
+            # Said on stderr as the SDK's check says it for /mcp: the user's sign of a page probing the server.
+            shown = printable(((host if status == 421 else origin) or "")[:SHOWN_HEADER])
+            _log.warning("%s: %s (refused by the dashboard's page)", text, shown)
+            refusal = Response(text, status)
         if refusal is None and scope["path"].startswith("/api/") and not self._token_ok(request):
             refusal = JSONResponse(
                 {"error": "unauthorized: open the page with ?token=<token> (or send Authorization: Bearer)"},
