@@ -4,8 +4,11 @@ connect"). The server starts; detect_project and every tool that needs the confi
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,8 +71,11 @@ async def test_bad_configuration_file_is_reported_not_fatal(ml_project: Path) ->
 
 @pytest.mark.parametrize("transport", ["stdio", "http"])
 def test_serve_logs_the_bad_file_and_waits_for_a_client(ml_project: Path, transport: str) -> None:
+    """The bad file is said on stderr, and the server then serves: it answers a ping over stdio, it listens
+    over HTTP (awaited, never a fixed wait)."""
     (ml_project / "CLAUDE.md").write_text(BAD)
-    extra = ["--transport", "http", "--port", str(free_port())] if transport == "http" else []
+    port = free_port()
+    extra = ["--transport", "http", "--port", str(port)] if transport == "http" else []
     proc = subprocess.Popen(
         [sys.executable, "-m", "mcp_autoresearch", "serve", "--project", str(ml_project), *extra],
         stdin=subprocess.PIPE,
@@ -77,13 +83,28 @@ def test_serve_logs_the_bad_file_and_waits_for_a_client(ml_project: Path, transp
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(4)
-    alive = proc.poll() is None
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    awaited = ["serving anyway"] + (["serving MCP over HTTP"] if transport == "http" else [])
+    said: list[str] = []
+    guard = threading.Timer(600, proc.kill)  # a guard against a hang only: a server that never says it
+    guard.start()
+    try:
+        while not all(any(text in line for line in said) for text in awaited):
+            line = proc.stderr.readline()
+            assert line, f"the server left: {''.join(said)}"
+            said.append(line)
+    finally:
+        guard.cancel()
     if transport == "http":
+        socket.create_connection(("127.0.0.1", port), timeout=60).close()  # it listens
         proc.terminate()
-    _, err = proc.communicate(input="", timeout=20)  # stdio: end of input, the server exits on its own
-    assert alive, err
-    assert transport == "http" or proc.returncode == 0
+    else:
+        proc.stdin.write(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}) + "\n")
+        proc.stdin.flush()
+        assert '"result"' in proc.stdout.readline()  # it serves
+    _, err = proc.communicate(input="", timeout=60)  # stdio: end of input, the server exits on its own
+    err = "".join(said) + err
+    assert transport == "http" or proc.returncode == 0, err
     assert config_error(ml_project) in err and "serving anyway" in err
 
 
