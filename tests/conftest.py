@@ -251,7 +251,9 @@ async def served_here(root: Path, overrides: dict[str, Any] | None = None) -> As
     """A server for `root` in the test's own process, over the in-memory client. A test whose subject is a
     server process (its signals, its pipes, a kill at a step) restarts it with this when what it checks next is
     what a new server finds on disk: the records, git, the runs left behind. The same code resumes the session;
-    a new server process would add only its start (about 2 s of CPU, most of it the MCP SDK's import)."""
+    a new server process would add its start (about 2 s of CPU, most of it the MCP SDK's import), and one thing
+    only a new process has: a git lock file older than its start counts as stale (`ref_files.stale`), so a test
+    of taking such locks over starts a real process."""
     workspace = Workspace(root, overrides)
     async with Client(create_server(workspace)) as client:
         yield Agent(client)
