@@ -134,6 +134,32 @@ def test_the_page_alone_starts_without_importing_the_mcp_sdk() -> None:
     assert out.strip() == "[]"
 
 
+def test_each_command_freezes_what_it_imported(tmp_path: Path) -> None:
+    """The CLI keeps the garbage collector off while a command imports (each full collection walked the growing
+    heap again: about a tenth of a server's start) and then freezes what exists and turns it on again
+    (`_imports_done`). A command that skipped it would collect through its imports, and at exit walk the lot."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "train.py").write_text("print('val_bpb: 1.0')\n")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    code = (
+        "import atexit, gc, sys\n"
+        "from mcp_autoresearch.adapters.cli import main\n"
+        "atexit.register(lambda: print(gc.get_freeze_count(), gc.isenabled(), file=sys.stderr))\n"
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    for command in (["serve"], ["detect"], ["results"], ["dashboard", "--once"]):
+        out = subprocess.run(
+            [sys.executable, "-c", code, *command, "--project", str(root)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
+        frozen, enabled = out.stderr.strip().splitlines()[-1].split()
+        assert int(frozen) > 10_000 and enabled == "True", (command, out.stderr[-2000:])
+
+
 PHASES = {"starting", "running", "finished", "deciding"}
 
 

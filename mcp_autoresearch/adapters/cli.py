@@ -168,7 +168,9 @@ def _fail(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; output piped into a reader that stops early (`detect | head`) ends quietly."""
+    """The command line; output piped into a reader that stops early (`detect | head`) ends quietly. The
+    garbage collector is off until the command has imported what it needs (`_imports_done`)."""
+    gc.disable()
     try:
         code = _main(argv)
         sys.stdout.flush()  # here, not at exit, where a closed pipe can only print a traceback
@@ -179,6 +181,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    finally:
+        gc.enable()
+
+
+def _imports_done() -> None:
+    """What exists now (modules, the SDK's models) lives as long as the process: the collector, off since `main`
+    began, stops looking at it and runs again from here. An import makes cycles faster than it frees them: the
+    collector walked the growing heap again and again, about a tenth of a server's start (and a full collection
+    walked all of it later, a few ms at a time, in the middle of an experiment)."""
+    gc.freeze()
+    gc.enable()
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -198,6 +211,7 @@ def _main(argv: Sequence[str] | None) -> int:
             from ..readers.dashboard import run_dashboard
             from ..readers.report import check_status, open_session_files
 
+            _imports_done()
             # Checked before anything is read: a typo is an error, not an empty list.
             status = check_status(args.status)
             files = open_session_files(args.project, args.session)
@@ -205,14 +219,17 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command in ("results", "status", "plot"):
             from ..readers import report
 
+            _imports_done()
             return report.run(args)
         if args.command in ("finish", "clean"):
             from ..session import landing
 
+            _imports_done()
             return landing.run(args)
         if args.command == "demo":
             from .demo import run_demo
 
+            _imports_done()
             return run_demo(args.experiments, args.keep_dir, args.example, args.seed, args.slots)
     except AutoresearchError as exc:
         return _fail(str(exc))
@@ -226,6 +243,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from ..vcs.readonly import git_problem
     from .prompts import budgets_line
 
+    _imports_done()
     project = load_project(args.project, overrides_from(args), args.config)
     info = project.info
     # Detection works without git, but the loop does not: say so after what was detected, and exit 2.
@@ -322,6 +340,7 @@ def cmd_dashboard_web(args: argparse.Namespace) -> int:
     from ..readers.web.app import serve_page
     from ..setup.project import check_project_root, load_project
 
+    _imports_done()
     token = token_from(args)
     problem = _listen_problem(
         args.host, args.port, token, "the dashboard", "it shows the project's code and logs"
@@ -354,9 +373,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import create_server
 
     server = create_server(workspace)
-    # What exists now (modules, the SDK's models) lives as long as the server: the collector stops looking at it
-    # (a full collection walked all of it, a few ms at a time, in the middle of an experiment).
-    gc.freeze()
+    _imports_done()
     try:
         if args.transport == "stdio":
             server.run()
