@@ -109,3 +109,38 @@ def test_an_object_is_never_written_through_a_planted_fan_out_link(tmp_path: Pat
     with pytest.raises(SessionError, match="not a real directory"):
         repo.write_commit("model.py", content, "experiment: LR 3", repo.head_commit())
     assert list(outside.iterdir()) == []
+
+
+def test_our_commits_carry_the_users_identity_read_at_each_sessions_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The author of the server's commits: the repository's `user.name`/`user.email`, read by one git process when
+    a session starts (`ensure_identity`); with none set, a neutral identity; set later, the next session's."""
+    for name in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no global configuration
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
+    root = make_repo(tmp_path / "r", {"model.py": "LR = 1\n"})
+    repo = Repo(root)
+
+    def author(content: bytes) -> str:
+        commit = repo.write_commit("model.py", content, "experiment", repo.head_commit())
+        return git(root, "log", "-1", "--format=%an <%ae>", commit).strip()
+
+    repo.ensure_identity()
+    assert author(b"LR = 2\n") == "autoresearch <autoresearch@localhost>"
+    git(root, "config", "user.name", "Ann Example")
+    git(root, "config", "--add", "user.email", "old@example.com")
+    git(root, "config", "--add", "user.email", "ann@example.com")  # the last value counts, as for git
+    repo.ensure_identity()
+    assert author(b"LR = 3\n") == "Ann Example <ann@example.com>"
+    # A value holding the identity line's delimiters adds no line to the commit object (git drops them too).
+    git(root, "config", "user.name", "Ann\nparent 0000000000000000000000000000000000000000 <x>")
+    repo.ensure_identity()
+    commit = repo.write_commit("model.py", b"LR = 4\n", "experiment", repo.head_commit())
+    header = git(root, "cat-file", "-p", commit).split("\n\n")[0].splitlines()
+    assert [line.split()[0] for line in header] == ["tree", "parent", "author", "committer"], header
+    assert (
+        git(root, "log", "-1", "--format=%an", commit).strip()
+        == "Annparent 0000000000000000000000000000000000000000 x"
+    )

@@ -65,6 +65,12 @@ FALLBACK_IDENTITY = {
 }
 
 
+def _ident_part(text: str) -> str:
+    """A name or email as git writes it into an identity line: without the characters that delimit the line's
+    fields (newline, `<`, `>`), which would otherwise let a configured value add lines to our commit objects."""
+    return text.replace("\n", "").replace("<", "").replace(">", "").strip()
+
+
 class Repo:
     """The git repository that holds the project (the project may be a subdirectory of it)."""
 
@@ -84,6 +90,7 @@ class Repo:
         self.project_root = project_root.resolve()
         self._git = self._repo.git
         self._identity: str | None = None
+        self._user: dict[str, str] | None = None
         self._loose = LooseObjectDB(str(Path(self._repo.common_dir) / "objects"))
         self._objects_dir = (Path(self._repo.common_dir) / "objects").resolve()
         self._objects = ObjectReader(self._repo, self._loose)
@@ -176,12 +183,24 @@ class Repo:
         return done.stdout.decode("utf-8", "surrogateescape")
 
     def ensure_identity(self) -> None:
-        """Commits need an author; on a fresh machine without one, use a neutral identity for our commits."""
-        try:
-            self._git.config("user.email")
-            self._git.config("user.name")
-        except git.GitCommandError:
-            self._env = dict(FALLBACK_IDENTITY)
+        """Commits need an author; on a fresh machine without one, use a neutral identity for our commits (read
+        again at each session's start)."""
+        self._user = self._identity = None
+        user = self._user_config()
+        self._env = {} if "user.email" in user and "user.name" in user else dict(FALLBACK_IDENTITY)
+
+    def _user_config(self) -> dict[str, str]:
+        """The user's git identity (`user.name`, `user.email`: the keys set, each its last value), read once by one
+        git process for every commit and reflog entry of ours."""
+        if self._user is None:
+            try:
+                listed = self._git.config(
+                    "-z", "--get-regexp", r"^user\.(name|email)$", strip_newline_in_stdout=False
+                )
+            except git.GitCommandError:  # neither is set
+                listed = ""
+            self._user = dict(entry.partition("\n")[::2] for entry in listed.split("\0") if entry)
+        return self._user
 
     # -- reading --------------------------------------------------------------------------------------------
     def has_commits(self) -> bool:
@@ -317,14 +336,10 @@ class Repo:
         (environment, then config, read once), else a neutral one."""
         if self._identity is None:
             fallback = FALLBACK_IDENTITY
-            name = (
-                os.environ.get("GIT_AUTHOR_NAME") or self._config("user.name") or fallback["GIT_AUTHOR_NAME"]
-            )
-            email = (
-                os.environ.get("GIT_AUTHOR_EMAIL")
-                or self._config("user.email")
-                or fallback["GIT_AUTHOR_EMAIL"]
-            )
+            user = self._user_config()
+            name = _ident_part(os.environ.get("GIT_AUTHOR_NAME") or user.get("user.name", ""))
+            email = _ident_part(os.environ.get("GIT_AUTHOR_EMAIL") or user.get("user.email", ""))
+            name, email = name or fallback["GIT_AUTHOR_NAME"], email or fallback["GIT_AUTHOR_EMAIL"]
             self._identity = f"{name} <{email}>"
         offset = -time.timezone if not time.localtime().tm_isdst else -time.altzone
         sign = "+" if offset >= 0 else "-"
