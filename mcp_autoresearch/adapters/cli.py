@@ -373,6 +373,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import create_server
 
     server = create_server(workspace)
+    # Frozen with the imports: the server and the project's configuration and detection (no session is read
+    # before a client calls), which live as long as the process.
     _imports_done()
     try:
         if args.transport == "stdio":
