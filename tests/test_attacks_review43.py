@@ -62,14 +62,9 @@ def _ours_and_gits(root: Path) -> tuple[bytes, bytes]:
     return _ident_line(root, ours, "author"), _ident_line(root, "HEAD", "author")
 
 
-# -- findings ----------------------------------------------------------------------------------------------------
+# -- findings (fixed) ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review 43: a user.name that is not UTF-8 (a Latin-1 configuration) makes every commit of the server "
-    "raise UnicodeEncodeError (`write_commit` encodes the surrogate-escaped identity strictly); git commits it",
-)
 def test_an_identity_that_is_not_utf8_does_not_stop_the_servers_commits(bare_identity: Path) -> None:
     root = bare_identity
     _plain_git(root, "config", "user.name", b"Ren\xe9 Latin")  # as an old ~/.gitconfig in Latin-1 holds it
@@ -78,12 +73,6 @@ def test_an_identity_that_is_not_utf8_does_not_stop_the_servers_commits(bare_ide
     assert ours == gits
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review 43: `_ident_part` is not what git does (`strbuf_addstr_without_crud`): git trims `.,:;\"'\\` "
-    "and bytes <= 0x20 from both ends, Python's strip() trims Unicode spaces (U+00A0, U+2028) that git keeps; "
-    "the server's commits and git's carry two spellings of one configured name",
-)
 @pytest.mark.parametrize("name", ['"Ann Example"', "Ann Example.", "Ann Example\u00a0", "Ann Example,"])
 def test_the_servers_commits_spell_the_configured_name_as_git_does(bare_identity: Path, name: str) -> None:
     root = bare_identity
@@ -93,13 +82,6 @@ def test_the_servers_commits_spell_the_configured_name_as_git_does(bare_identity
     assert ours == gits, (ours, gits)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review 43: with the identity in the environment only (GIT_AUTHOR_*/GIT_COMMITTER_*, as CI and "
-    "containers set it) `ensure_identity` reads only the configuration and puts the neutral identity into "
-    "every git process's environment over the user's: commits made by git (`commit_with_git`) are by "
-    "autoresearch, those the server writes itself by the user",
-)
 def test_an_identity_given_by_the_environment_is_every_commits(
     bare_identity: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -177,3 +159,21 @@ async def test_the_identity_is_read_again_at_the_next_sessions_start(
         reflog = (root / ".git" / "logs" / "refs" / "heads" / "autoresearch" / tag).read_bytes()
         assert f"{name} <{tag}@example.com>".encode() in reflog.splitlines()[-1], reflog
     assert authors == [b"First Name <one@example.com>", b"Second Name <two@example.com>"]
+
+
+# -- outside the diff: a configuration of many unknown keys ------------------------------------------------------
+
+
+def test_a_configuration_of_many_unknown_keys_is_refused_in_a_bounded_line(tmp_path: Path) -> None:
+    """A hostile repository's autoresearch.toml of 60,000 unknown keys (700 KB): each key got a difflib
+    suggestion (10 s of CPU a load, and the configuration is loaded again by later calls) and the error named
+    them all. It names the first few, each cut short, and how many more; a typo still gets its suggestion."""
+    from mcp_autoresearch.errors import ConfigError
+    from mcp_autoresearch.setup.config import validate_values
+
+    raw = {"time_bugdet": 3, "k" * 5000: 1, **{f"unknown_key_{n}": n for n in range(60_000)}}
+    with pytest.raises(ConfigError) as refused:
+        validate_values(raw, "autoresearch.toml")
+    message = str(refused.value)
+    assert "'time_bugdet' (did you mean 'time_budget'?)" in message, message[:300]
+    assert "and 59997 more" in message and len(message) < 2000, message[:300]

@@ -439,14 +439,27 @@ class Config(BaseModel):
         return self.slots > 1 or self.backend == "ray"
 
 
+# An unknown key is named with a suggestion for the first few only, each cut short: a file of many thousand
+# unknown keys (a hostile repository's) took seconds of difflib per load, and the message grew with it.
+SHOWN_UNKNOWN_KEYS = 5
+SHOWN_KEY_CHARS = 80
+
+
 def validate_values(raw: dict[str, Any], where: str) -> dict[str, Any]:
     """Validate one source's raw keys; return only the keys it sets. Errors name the key, the value and `where`."""
     unknown = [key for key in raw if key not in KEYS]
     if unknown:
         parts = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, KEYS, n=1)
-            parts.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        for key in unknown[:SHOWN_UNKNOWN_KEYS]:
+            shown = key[:SHOWN_KEY_CHARS]
+            close = difflib.get_close_matches(shown, KEYS, n=1)
+            parts.append(
+                f"{shown!r}"
+                + ("..." if shown != key else "")
+                + (f" (did you mean '{close[0]}'?)" if close else "")
+            )
+        if len(unknown) > SHOWN_UNKNOWN_KEYS:
+            parts.append(f"and {len(unknown) - SHOWN_UNKNOWN_KEYS} more")
         raise ConfigError(
             f"{where}: unknown configuration key {', '.join(parts)}; known keys: {', '.join(KEYS)}"
         )
