@@ -1,5 +1,5 @@
 """Review 43: the user's identity read by one git process at each session's start (`Repo.ensure_identity`,
-`_user_config`, `_ident_part`), and the CLI's collector off while a command imports (`_imports_done`).
+`vcs/identity.py`), and the CLI's collector off while a command imports (`_imports_done`).
 
 Each identity check compares what the server writes itself (`write_commit`, reflog lines) with what git writes
 for the same configuration, in the same repository."""

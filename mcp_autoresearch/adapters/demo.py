@@ -19,7 +19,7 @@ from mcp import Client
 from ..errors import AutoresearchError
 from ..names import RESULTS_TSV, RUN_LOG, STATE_DIR
 from ..records.rows import Row
-from ..vcs.repo import FALLBACK_IDENTITY
+from ..vcs.identity import FALLBACK_IDENTITY
 from .scripted_agent import ScriptedAgent, rows_printer, server_params
 from .tree_policy import TreePolicy
 

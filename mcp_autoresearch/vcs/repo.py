@@ -19,6 +19,7 @@ from gitdb.db.loose import LooseObjectDB
 from ..errors import SessionError
 from ..names import SESSION_BRANCHES, SESSION_REFS
 from ..records.atomic import atomic_write, own_dir, read_regular
+from .identity import Identity
 from .index_file import REGULAR_MODES, set_entry
 from .object_writer import ObjectWriter
 from .objects import ObjectReader
@@ -57,29 +58,6 @@ GIT_ENV = {
     "GIT_TERMINAL_PROMPT": "0",
     "LC_ALL": "C",
 }
-FALLBACK_IDENTITY = {
-    "GIT_AUTHOR_NAME": "autoresearch",
-    "GIT_AUTHOR_EMAIL": "autoresearch@localhost",
-    "GIT_COMMITTER_NAME": "autoresearch",
-    "GIT_COMMITTER_EMAIL": "autoresearch@localhost",
-}
-
-
-_CRUD = frozenset(".,:;<>\"\\'")  # git's `crud()`, with every byte up to the space
-
-
-def _ident_part(text: str) -> str:
-    """A name or email as git writes it into an identity line (`strbuf_addstr_without_crud`): bytes that are not
-    UTF-8 (kept by `surrogateescape`) read as Latin-1, as git converts them; trimmed of spaces, control characters
-    and `.,:;<>"'\\` at both ends; without newline, `<` or `>` inside, which delimit the line's fields (a value
-    holding them would otherwise add lines to our commit objects)."""
-    text = "".join(chr(ord(c) - 0xDC00) if "\udc80" <= c <= "\udcff" else c for c in text)
-    start, end = 0, len(text)
-    while start < end and (text[start] <= " " or text[start] in _CRUD):
-        start += 1
-    while end > start and (text[end - 1] <= " " or text[end - 1] in _CRUD):
-        end -= 1
-    return "".join(c for c in text[start:end] if c not in "\n<>")
 
 
 class Repo:
@@ -100,8 +78,7 @@ class Repo:
         self.top = Path(self._repo.working_tree_dir).resolve()  # type: ignore[arg-type]
         self.project_root = project_root.resolve()
         self._git = self._repo.git
-        self._identity: dict[str, str] = {}  # `_signature`'s, by role
-        self._user: dict[str, str] | None = None
+        self._identity = Identity(self._read_identity)
         self._loose = LooseObjectDB(str(Path(self._repo.common_dir) / "objects"))
         self._objects_dir = (Path(self._repo.common_dir) / "objects").resolve()
         self._objects = ObjectReader(self._repo, self._loose)
@@ -195,34 +172,17 @@ class Repo:
 
     def ensure_identity(self) -> None:
         """Commits need an author; on a fresh machine without one, use a neutral identity for our commits (read
-        again at each session's start). Where the environment or the configuration gives a name or an email,
-        git's own commits keep it; only what neither gives is the neutral one's."""
-        self._user = None
-        self._identity = {}
-        self._env = {var: value for var, value in FALLBACK_IDENTITY.items() if not self._ident(var)}
+        again at each session's start): only what neither the environment nor the configuration gives."""
+        self._env = self._identity.read_again()
 
-    def _ident(self, var: str) -> str:
-        """What git takes for GIT_{AUTHOR,COMMITTER}_{NAME,EMAIL}, as it writes it (`_ident_part`): the
-        environment, then `user.name`/`user.email`, then (an email) $EMAIL; empty where none gives one."""
-        user = self._user_config()
-        if var.endswith("_NAME"):
-            given = [os.environ.get(var), user.get("user.name")]
-        else:
-            given = [os.environ.get(var), user.get("user.email"), os.environ.get("EMAIL")]
-        return next((part for part in map(_ident_part, filter(None, given)) if part), "")
-
-    def _user_config(self) -> dict[str, str]:
-        """The user's git identity (`user.name`, `user.email`: the keys set, each its last value), read once by one
-        git process for every commit and reflog entry of ours."""
-        if self._user is None:
-            try:
-                listed = self._git.config(
-                    "-z", "--get-regexp", r"^user\.(name|email)$", strip_newline_in_stdout=False
-                )
-            except git.GitCommandError:  # neither is set
-                listed = ""
-            self._user = dict(entry.partition("\n")[::2] for entry in listed.split("\0") if entry)
-        return self._user
+    def _read_identity(self) -> str:
+        """`user.name` and `user.email` as `git config -z --get-regexp` lists them (empty: neither is set)."""
+        try:
+            return str(
+                self._git.config("-z", "--get-regexp", r"^user\.(name|email)$", strip_newline_in_stdout=False)
+            )
+        except git.GitCommandError:
+            return ""
 
     # -- reading --------------------------------------------------------------------------------------------
     def has_commits(self) -> bool:
@@ -349,21 +309,9 @@ class Repo:
             )
         parent_tree = self._objects.commit_tree(parent)
         tree = self._writer.replace_in_tree(parent_tree, repo_path.split("/"), blob)
-        author, committer = self._signature("AUTHOR"), self._signature()
+        author, committer = self._identity.signature("AUTHOR"), self._identity.signature()
         body = f"tree {tree.hex()}\nparent {parent}\nauthor {author}\ncommitter {committer}\n\n{message}\n".encode()
         return self._writer.store(b"commit", body).hex()
-
-    def _signature(self, role: str = "COMMITTER") -> str:
-        """`Name <email> <unix time> <tz offset>` of the author or committer (`role`) for our commits and reflog
-        entries: the user's git identity (`_ident`, read once a session), else the neutral one."""
-        if role not in self._identity:
-            name = self._ident(f"GIT_{role}_NAME") or FALLBACK_IDENTITY[f"GIT_{role}_NAME"]
-            email = self._ident(f"GIT_{role}_EMAIL") or FALLBACK_IDENTITY[f"GIT_{role}_EMAIL"]
-            self._identity[role] = f"{name} <{email}>"
-        offset = -time.timezone if not time.localtime().tm_isdst else -time.altzone
-        sign = "+" if offset >= 0 else "-"
-        hours, minutes = divmod(abs(offset) // 60, 60)
-        return f"{self._identity[role]} {int(time.time())} {sign}{hours:02d}{minutes:02d}"
 
     def _config(self, key: str) -> str | None:
         try:
@@ -462,7 +410,7 @@ class Repo:
         common = self.git_dir
         old = self.resolve_branch(branch)
         self._write_ref(common / "refs" / "heads" / branch, commit)
-        line = f"{old} {commit} {self._signature()}\t{message}\n".encode()
+        line = f"{old} {commit} {self._identity.signature()}\t{message}\n".encode()
         logs = [common / "logs" / "refs" / "heads" / branch]
         if self.current_branch() == branch:
             logs.append(self._worktree_dir / "logs" / "HEAD")
