@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mcp_autoresearch.errors import SessionError
+from mcp_autoresearch.vcs.readonly import checked_out_branch
 from mcp_autoresearch.vcs.repo import Repo
 
 from .conftest import git, make_repo
@@ -144,3 +145,24 @@ def test_our_commits_carry_the_users_identity_read_at_each_sessions_start(
         git(root, "log", "-1", "--format=%an", commit).strip()
         == "Annparent 0000000000000000000000000000000000000000 x"
     )
+
+
+def test_the_readers_find_the_checked_out_branch_as_the_session_does(tmp_path: Path) -> None:
+    """The report and the web page read the checked-out branch with one `git rev-parse` and the ref files
+    (`checked_out_branch`), without GitPython; the session reads it through `Repo`. The two agree: at the top, in
+    a subdirectory project, in a linked work tree (its own HEAD), detached, and outside a repository."""
+    root = make_repo(tmp_path / "r", {"sub/model.py": "LR = 1\n"})
+    git(root, "checkout", "-q", "-b", "autoresearch/one")
+    linked = tmp_path / "linked"
+    git(root, "worktree", "add", "-q", "-b", "autoresearch/two", str(linked))
+    for where, branch in (
+        (root, "autoresearch/one"),
+        (root / "sub", "autoresearch/one"),
+        (linked, "autoresearch/two"),
+    ):
+        assert checked_out_branch(where) == Repo(where).current_branch() == branch
+    git(linked, "checkout", "-q", "--detach")
+    assert checked_out_branch(linked) is None and Repo(linked).current_branch() is None
+    assert checked_out_branch(root) == "autoresearch/one"
+    (tmp_path / "plain").mkdir()
+    assert checked_out_branch(tmp_path / "plain") is None

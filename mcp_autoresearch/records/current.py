@@ -4,18 +4,22 @@ readers (report, web page) can ask it without importing the session."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import SessionError
 from ..names import SESSION_BRANCHES
-from ..vcs.repo import Repo
+from ..vcs.readonly import checked_out_branch
 from .state import load_state
+
+if TYPE_CHECKING:
+    from ..vcs.repo import Repo
 
 
 def current_session(root: Path, repo: Repo | None = None) -> str | None:
     """The current session is the one whose branch is checked out, always (also when a person checked out
     another session's branch by hand). None when no session branch is checked out."""
     try:
-        branch = (repo or Repo(root)).current_branch()
+        branch = repo.current_branch() if repo is not None else checked_out_branch(root)
     except SessionError:
         return None
     tag = branch.removeprefix(SESSION_BRANCHES) if branch else ""

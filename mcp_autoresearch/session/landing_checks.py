@@ -12,9 +12,10 @@ from ..errors import ConfigError, SessionError
 from ..names import SESSION_BRANCHES, SESSION_REFS
 from ..records.state import ProjectLock, SessionState
 from ..terminal_text import printable
+from ..vcs.git_options import GIT_ENV, GIT_OPTIONS
 from ..vcs.identity import FALLBACK_IDENTITY
 from ..vcs.planted import present_history_files
-from ..vcs.repo import GIT_ENV, GIT_OPTIONS, Repo
+from ..vcs.repo import Repo
 
 
 def project_lock(root: Path, doing: str) -> ProjectLock:

@@ -22,12 +22,15 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, SessionError
 from ..names import SLOT_INDEXES
 from ..records.atomic import atomic_write
 from ..records.state import server_dir
-from .repo import Repo
+
+if TYPE_CHECKING:
+    from .repo import Repo
 
 SLOTS_ENV = "AUTORESEARCH_SLOTS_DIR"
 

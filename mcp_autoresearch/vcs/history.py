@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 from ..errors import SessionError
-from .repo import GIT_ENV, GIT_OPTIONS
+from .git_options import GIT_ENV, GIT_OPTIONS
 
 MAX_WALKED = 200_000  # commits read before giving up (a user's branch that far behind the session)
 _PARENT = re.compile(rb"^parent ([0-9a-f]+)$", re.M)

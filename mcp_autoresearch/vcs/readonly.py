@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 from ..errors import SessionError
-from .repo import GIT_OPTIONS, Repo
+from .git_options import GIT_ENV, GIT_OPTIONS
+from .refs import RefReader
 
 _OPTION_ARGS = [arg for option in GIT_OPTIONS for arg in ("-c", option)]
 
@@ -40,8 +41,31 @@ def tracked_and_ignored(project_root: Path) -> tuple[set[str], set[str]] | None:
     return tracked, ignored or set()
 
 
+def checked_out_branch(project_root: Path) -> str | None:
+    """The branch checked out in the repository holding `project_root` (as `Repo.current_branch` reads it), None
+    outside one or with HEAD detached. Its directories come from one `git rev-parse`: a reader (the report, the
+    web page) need not import GitPython for it."""
+    try:
+        done = subprocess.run(
+            ["git", *_OPTION_ARGS, "rev-parse", "--absolute-git-dir", "--git-common-dir"],
+            cwd=project_root,
+            env={**os.environ, **GIT_ENV},
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = done.stdout.decode("utf-8", "surrogateescape").splitlines()
+    if done.returncode != 0 or len(found) != 2:
+        return None
+    return RefReader(Path(found[0]), project_root / found[1]).branch()  # the common one may be relative
+
+
 def git_problem(project_root: Path) -> str | None:
     """Why the loop cannot keep and discard experiments in this directory's git repository (None when it can)."""
+    from .repo import Repo  # GitPython: only here, not for every reader of this module
+
     try:
         repo = Repo(project_root)
     except SessionError as exc:

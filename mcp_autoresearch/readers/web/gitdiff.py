@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...vcs.repo import GIT_OPTIONS
+from ...vcs.git_options import GIT_OPTIONS
 
 MAX_DIFF_BYTES = 512 * 1024
 GIT_TIMEOUT_S = 20
