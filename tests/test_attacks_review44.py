@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from mcp_autoresearch.records.current import current_session
 from mcp_autoresearch.session.workspace import Workspace
 from mcp_autoresearch.vcs.readonly import checked_out_branch
 from mcp_autoresearch.vcs.repo import Repo
-
-from mcp_autoresearch.records.current import current_session
 
 from .conftest import GIT_ENV, TRAIN_PY, git, make_repo
 
