@@ -1,6 +1,8 @@
-"""Review 44: the readers read the checked-out branch with `git rev-parse` (vcs/readonly.checked_out_branch)
-instead of GitPython's `Repo`; where the two disagree, the readers (and a restarted server's Workspace, which
-asks `current_session` without a Repo) show or resume another session than the one checked out."""
+"""Review 44: the readers read the checked-out branch without GitPython (`vcs/readonly.checked_out_branch`). Read
+first with `git rev-parse`, it disagreed with the session's `Repo` (git's discovery follows GIT_DIR, a ceiling
+and drops the system's `safe.directory` under GIT_CONFIG_NOSYSTEM): the readers, and a restarted server's
+Workspace, which asks `current_session` without a Repo, showed or resumed another session than the one checked
+out. Now found from the path alone, as `Repo` finds it (`git_dirs`)."""
 
 from __future__ import annotations
 
@@ -49,13 +51,6 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("chown") is None, reason="needs to give the repo away")
-@pytest.mark.xfail(
-    strict=True,
-    reason="vcs/readonly.py:49 runs git rev-parse with GIT_ENV's GIT_CONFIG_NOSYSTEM=1: the system-wide "
-    "safe.directory that makes git trust a repository of another user is dropped, rev-parse refuses 'dubious "
-    "ownership', checked_out_branch is None: status shows the session opened last (b), a restarted server finds "
-    "no session; the session's own Repo (and the old GitPython reader) sees autoresearch/a",
-)
 def test_a_repository_of_another_user_trusted_system_wide_shows_the_checked_out_session(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -82,12 +77,6 @@ def test_a_repository_of_another_user_trusted_system_wide_shows_the_checked_out_
     assert "session a" in shown and "session b" not in shown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="vcs/readonly.py:49 lets GIT_DIR from the environment choose the repository (GitPython's Repo(root) "
-    "and the session's git, with --git-dir, ignore it): status shows session b, the HEAD of another repository, "
-    "while autoresearch/a is checked out in the project",
-)
 def test_git_dir_in_the_environment_does_not_choose_the_session(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,12 +91,6 @@ def test_git_dir_in_the_environment_does_not_choose_the_session(
     assert "session a" in shown and "session b" not in shown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="vcs/readonly.py:49: git's discovery honours GIT_CEILING_DIRECTORIES, GitPython's does not: for a "
-    "project in a subdirectory with the repository's top as a ceiling, the readers see no branch while the "
-    "session's Repo sees autoresearch/one",
-)
 def test_a_ceiling_directory_does_not_hide_the_branch_of_a_subdirectory_project(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from ..errors import SessionError
-from .git_options import GIT_ENV, GIT_OPTIONS
+from .git_options import GIT_OPTIONS
 from .refs import RefReader
 
 _OPTION_ARGS = [arg for option in GIT_OPTIONS for arg in ("-c", option)]
@@ -43,23 +43,46 @@ def tracked_and_ignored(project_root: Path) -> tuple[set[str], set[str]] | None:
 
 def checked_out_branch(project_root: Path) -> str | None:
     """The branch checked out in the repository holding `project_root` (as `Repo.current_branch` reads it), None
-    outside one or with HEAD detached. Its directories come from one `git rev-parse`: a reader (the report, the
-    web page) need not import GitPython for it."""
-    try:
-        done = subprocess.run(
-            ["git", *_OPTION_ARGS, "rev-parse", "--absolute-git-dir", "--git-common-dir"],
-            cwd=project_root,
-            env={**os.environ, **GIT_ENV},
-            capture_output=True,
-            stdin=subprocess.DEVNULL,
-            timeout=60,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    found = done.stdout.decode("utf-8", "surrogateescape").splitlines()
-    if done.returncode != 0 or len(found) != 2:
-        return None
-    return RefReader(Path(found[0]), project_root / found[1]).branch()  # the common one may be relative
+    outside one, in a bare one or with HEAD detached. Found as the session's `Repo` finds it, from the path alone
+    (`git_dirs`), and read from the ref files: no git process (whose discovery follows GIT_DIR, a ceiling or the
+    system's `safe.directory`, which the session's git calls do not), and no GitPython import for the readers."""
+    found = git_dirs(project_root.resolve())
+    return RefReader(*found).branch() if found is not None else None
+
+
+def git_dirs(start: Path) -> tuple[Path, Path] | None:
+    """(the git directory, the common one) of the work tree holding `start`, walking up as GitPython's
+    `Repo(start, search_parent_directories=True)` does: a folder that is itself a git directory is a bare
+    repository (None: no work tree); else its `.git`, a git directory or a file `gitdir: <path>` (a linked work
+    tree, a submodule), whose `commondir` names the shared directory."""
+    for folder in (start, *start.parents):
+        if _is_git_dir(folder):
+            return None
+        dot = folder / ".git"
+        if dot.is_file():
+            try:
+                text = dot.read_bytes()[:4096].decode("utf-8", "surrogateescape").strip()
+            except OSError:
+                return None
+            if not text.startswith("gitdir:"):
+                return None
+            git_dir = folder / text.removeprefix("gitdir:").strip()
+        elif _is_git_dir(dot):
+            git_dir = dot
+        else:
+            continue
+        if not (git_dir / "HEAD").is_file():
+            return None
+        try:
+            common = (git_dir / "commondir").read_bytes()[:4096].decode("utf-8", "surrogateescape").strip()
+        except OSError:
+            common = "."
+        return git_dir.resolve(), (git_dir / common).resolve()
+    return None
+
+
+def _is_git_dir(folder: Path) -> bool:
+    return (folder / "HEAD").is_file() and (folder / "objects").is_dir() and (folder / "refs").is_dir()
 
 
 def git_problem(project_root: Path) -> str | None:
