@@ -99,3 +99,13 @@ def test_a_ceiling_directory_does_not_hide_the_branch_of_a_subdirectory_project(
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(top))
     assert Repo(top / "sub").current_branch() == "autoresearch/one"
     assert checked_out_branch(top / "sub") == "autoresearch/one"
+
+
+def test_a_head_the_ref_files_cannot_read_is_no_traceback_for_the_readers(tmp_path: Path) -> None:
+    """HEAD at `refs/heads/.invalid` (git's marker of another ref format) or holding garbage: the readers
+    (`status`) said nothing useful but a ValueError's traceback; they now show the session opened last."""
+    root = project(tmp_path)
+    for head in ("ref: refs/heads/.invalid\n", "garbage\n"):
+        (root / ".git" / "HEAD").write_text(head)
+        shown = status(root, dict(os.environ))
+        assert "Traceback" not in shown and "session b" in shown, shown[:400]

@@ -22,6 +22,10 @@ def current_session(root: Path, repo: Repo | None = None) -> str | None:
         branch = repo.current_branch() if repo is not None else checked_out_branch(root)
     except SessionError:
         return None
+    except ValueError:  # a HEAD the ref files cannot give a branch for: the readers show the last session
+        if repo is not None:
+            raise  # the session says why (`RefReader.branch`)
+        return None
     tag = branch.removeprefix(SESSION_BRANCHES) if branch else ""
     if tag and tag != branch and load_state(root, tag) is not None:
         return tag
