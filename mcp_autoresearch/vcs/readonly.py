@@ -8,9 +8,11 @@ from pathlib import Path
 
 from ..errors import SessionError
 from .git_options import GIT_OPTIONS
-from .refs import RefReader
+from .refs import RefReader, read_small
 
 _OPTION_ARGS = [arg for option in GIT_OPTIONS for arg in ("-c", option)]
+# Bytes read of a `.git` file or a `commondir`: a path, never more (a planted file may be huge).
+GITFILE_LIMIT = 4096
 
 
 def tracked_and_ignored(project_root: Path) -> tuple[set[str], set[str]] | None:
@@ -61,7 +63,7 @@ def git_dirs(start: Path) -> tuple[Path, Path] | None:
         dot = folder / ".git"
         if dot.is_file():
             try:
-                text = dot.read_bytes()[:4096].decode("utf-8", "surrogateescape").strip()
+                text = read_small(dot, GITFILE_LIMIT).decode("utf-8", "surrogateescape").strip()
             except OSError:
                 return None
             if not text.startswith("gitdir:"):
@@ -74,7 +76,9 @@ def git_dirs(start: Path) -> tuple[Path, Path] | None:
         if not (git_dir / "HEAD").is_file():
             return None
         try:
-            common = (git_dir / "commondir").read_bytes()[:4096].decode("utf-8", "surrogateescape").strip()
+            common = (
+                read_small(git_dir / "commondir", GITFILE_LIMIT).decode("utf-8", "surrogateescape").strip()
+            )
         except OSError:
             common = "."
         return git_dir.resolve(), (git_dir / common).resolve()

@@ -35,14 +35,16 @@ def check_name(name: str) -> None:
         raise ValueError(f"invalid ref name {name!r}")
 
 
-def _read_small(path: Path) -> bytes:
-    """A ref file's bytes, with plain system calls (a Python file object costs four more: these reads are on every
-    experiment's path). Raises OSError, as `open` does, for a file that is absent or a directory."""
+def read_small(path: Path, limit: int = 1 << 40) -> bytes:
+    """A ref file's bytes (at most `limit` of them), with plain system calls (a Python file object costs four more:
+    these reads are on every experiment's path). Raises OSError, as `open` does, for a file that is absent or a
+    directory."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO planted there never blocks
     try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 12):
+        chunks, size = [], 0
+        while size < limit and (chunk := os.read(fd, min(1 << 12, limit - size))):
             chunks.append(chunk)
+            size += len(chunk)
         return b"".join(chunks)
     finally:
         os.close(fd)
@@ -78,7 +80,7 @@ class RefReader:
         ref or its file says neither."""
         check_name(name)
         try:
-            tokens = _read_small(self._file(name)).decode("utf-8").split()
+            tokens = read_small(self._file(name)).decode("utf-8").split()
         except OSError:  # absent (or a directory): packed, if anywhere
             packed = self._packed(name)
             if packed is None:
