@@ -177,3 +177,36 @@ def test_a_configuration_of_many_unknown_keys_is_refused_in_a_bounded_line(tmp_p
     message = str(refused.value)
     assert "'time_bugdet' (did you mean 'time_budget'?)" in message, message[:300]
     assert "and 59997 more" in message and len(message) < 2000, message[:300]
+
+
+@pytest.mark.anyio
+async def test_a_squash_landed_by_finish_carries_the_sessions_identity(
+    tmp_path: Path, agent_for, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`finish --land --squash` writes its commit with git, and decided for itself which neutral identity git
+    needed (the whole neutral one as soon as no email was configured): with only `user.name` set, the session's
+    own commits were the user's name with the neutral email, the squash the neutral name. One rule now
+    (`Identity`), for both."""
+    for name in IDENTITY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
+    root = make_repo(tmp_path / "proj", {"train.py": TRAIN_PY, "prepare.py": "SEED = 1\n"})
+    git(root, "config", "user.name", "Ann Example")  # no email anywhere
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="one")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.3")
+        _, decision = await agent.experiment("lower LR")
+        assert decision["decision"] == "keep", decision
+    kept = _ident_line(root, "autoresearch/one", "author")
+    assert kept == b"Ann Example <autoresearch@localhost>"
+    git(root, "checkout", "-q", "main")
+    landed = subprocess.run(
+        ["mcp-autoresearch", "finish", "--project", str(root), "--land", "main", "--squash"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert landed.returncode == 0, landed.stderr
+    assert _ident_line(root, "main", "author") == _ident_line(root, "main", "committer") == kept

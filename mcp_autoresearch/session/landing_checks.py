@@ -13,7 +13,7 @@ from ..names import SESSION_BRANCHES, SESSION_REFS
 from ..records.state import ProjectLock, SessionState
 from ..terminal_text import printable
 from ..vcs.git_options import GIT_ENV, GIT_OPTIONS
-from ..vcs.identity import FALLBACK_IDENTITY
+from ..vcs.identity import USER_KEYS, Identity
 from ..vcs.planted import present_history_files
 from ..vcs.repo import Repo
 
@@ -104,8 +104,8 @@ def tree_of(repo: Repo, commit: str) -> str:
 
 def git(top: Path, *args: str, identity: bool = False) -> str:
     env = {**os.environ, **GIT_ENV}
-    if identity and not (env.get("GIT_AUTHOR_EMAIL") or git_config(top, "user.email")):
-        env = {**FALLBACK_IDENTITY, **env}
+    if identity:  # the neutral identity only where neither the environment nor the configuration gives one
+        env = {**Identity(lambda: _user_keys(top)).read_again(), **env}
     options = [arg for option in GIT_OPTIONS for arg in ("-c", option)]
     try:
         done = subprocess.run(
@@ -126,8 +126,9 @@ def git(top: Path, *args: str, identity: bool = False) -> str:
     return done.stdout.decode("utf-8", "surrogateescape")
 
 
-def git_config(top: Path, key: str) -> str | None:
+def _user_keys(top: Path) -> str:
+    """`user.name` and `user.email` as `Identity` reads them (empty: neither is set)."""
     try:
-        return git(top, "config", key).strip() or None
+        return git(top, "config", "-z", "--get-regexp", USER_KEYS)
     except SessionError:
-        return None
+        return ""

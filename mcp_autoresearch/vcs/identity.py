@@ -13,6 +13,8 @@ FALLBACK_IDENTITY = {
     "GIT_COMMITTER_NAME": "autoresearch",
     "GIT_COMMITTER_EMAIL": "autoresearch@localhost",
 }
+# The keys `git config -z --get-regexp` lists for `Identity`: one git process gives both.
+USER_KEYS = r"^user\.(name|email)$"
 _CRUD = frozenset(".,:;<>\"\\'")  # git's `crud()`, with every byte up to the space
 
 

@@ -20,7 +20,7 @@ from ..errors import SessionError
 from ..names import SESSION_BRANCHES, SESSION_REFS
 from ..records.atomic import atomic_write, own_dir, read_regular
 from .git_options import GIT_ENV, GIT_OPTIONS
-from .identity import Identity
+from .identity import USER_KEYS, Identity
 from .index_file import REGULAR_MODES, set_entry
 from .object_writer import ObjectWriter
 from .objects import ObjectReader
@@ -147,9 +147,7 @@ class Repo:
     def _read_identity(self) -> str:
         """`user.name` and `user.email` as `git config -z --get-regexp` lists them (empty: neither is set)."""
         try:
-            return str(
-                self._git.config("-z", "--get-regexp", r"^user\.(name|email)$", strip_newline_in_stdout=False)
-            )
+            return str(self._git.config("-z", "--get-regexp", USER_KEYS, strip_newline_in_stdout=False))
         except git.GitCommandError:
             return ""
 
