@@ -158,8 +158,15 @@ def anyio_backend() -> str:
 
 
 def git(cwd: Path, *args: str) -> str:
+    """git's output. Without automatic maintenance: a commit would start `git maintenance run --auto` after it
+    (a process more for each of the fixtures' commits, about a thousand a run)."""
     return subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env={**os.environ, **GIT_ENV}
+        ["git", "-c", "maintenance.auto=false", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **GIT_ENV},
     ).stdout
 
 
