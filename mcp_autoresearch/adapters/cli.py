@@ -355,14 +355,34 @@ def cmd_dashboard_web(args: argparse.Namespace) -> int:
     return serve_page(root, args.session, timeout, args.host, args.port, token)
 
 
+LOG_MESSAGE_CHARS = 2000  # the most of one log message shown (a refused 20 KB Host header is logged whole)
+
+
+class ShownLog(logging.Formatter):
+    """The server's log lines made safe to print (`printable`; tracebacks keep their lines), each message cut
+    at `LOG_MESSAGE_CHARS`. The MCP SDK logs what a request carries (a refused Host or Origin header, whole):
+    any local process could otherwise write escape sequences, or kilobytes a request, to the user's terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        if len(record.message) > LOG_MESSAGE_CHARS:
+            more = len(record.message) - LOG_MESSAGE_CHARS
+            record.message = f"{record.message[:LOG_MESSAGE_CHARS]}… ({more} more characters)"
+        return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        from ..terminal_text import printable
+
+        return printable(super().format(record), lines=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..sandbox.ownprocess import close_own_proc
     from ..session.workspace import Workspace
 
     close_own_proc()  # first: runs are processes of the same user, and this process holds the token
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    shown = logging.StreamHandler(sys.stderr)
+    shown.setFormatter(ShownLog("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level, handlers=[shown])
     token = token_from(args)
     if args.transport == "http":
         why = "anyone who reaches it could run commands in this project"

@@ -6,6 +6,7 @@ engine refusals into `ToolError`s the agent reads, and turns a long run into pro
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import logging
@@ -77,6 +78,14 @@ def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:
             return ToolError(
                 f"the disk holding the project is full ({exc}): free space, then call {fn.__name__} again"
             )
+        if refused_write(exc):  # not a bug: a file's permissions or flags were changed under the server
+            assert isinstance(exc, OSError)
+            return ToolError(
+                f"the file system refused to change {exc.filename2 or exc.filename} ({exc.strerror}): a file or "
+                "folder of the project (or of .git, .autoresearch) was made read-only or immutable (chmod, "
+                "chattr +i: a run with isolation off can); a person must give it back its permissions "
+                f"(chmod u+w, chattr -i), then call {fn.__name__} again"
+            )
         log.exception("unexpected error in %s", fn.__name__)
         return ToolError(f"internal error ({type(exc).__name__}: {exc}); the server log has the details")
 
@@ -103,6 +112,15 @@ def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:
             raise convert(exc) from None
 
     return wrapper
+
+
+def refused_write(exc: BaseException) -> bool:
+    """A file operation refused by permissions, flags or a read-only mount (not a bug of the server's)."""
+    return (
+        isinstance(exc, OSError)
+        and exc.filename is not None
+        and exc.errno in (errno.EPERM, errno.EACCES, errno.EROFS)
+    )
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

@@ -49,7 +49,11 @@ def atomic_write(
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except BaseException:  # refused (an immutable file, a read-only folder): no copy is left beside it
+        tmp.unlink(missing_ok=True)
+        raise
     return size
 
 

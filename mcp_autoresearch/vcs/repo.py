@@ -44,6 +44,15 @@ class Repo:
             raise SessionError(f"{project_root} does not exist") from None
         if self._repo.bare:
             raise SessionError(f"{project_root} is a bare repository; use a working tree")
+        object_format = str(
+            self._repo.config_reader("repository").get_value("extensions", "objectformat", "sha1")
+        )
+        if object_format.lower() != "sha1":  # its commits could not be read (they read as none), nor written
+            raise SessionError(
+                f"the repository of {project_root} names its objects with {object_format} "
+                "(extensions.objectFormat); the loop works on SHA-1 repositories only, git's default: a copy of the "
+                "project committed to a repository made by a plain 'git init'"
+            )
         self.top = Path(self._repo.working_tree_dir).resolve()  # type: ignore[arg-type]
         self.project_root = project_root.resolve()
         self._git = self._repo.git
@@ -153,8 +162,10 @@ class Repo:
 
     # -- reading --------------------------------------------------------------------------------------------
     def has_commits(self) -> bool:
+        """HEAD leads to a commit id, read from the ref files: a git that cannot start (a configuration it cannot
+        parse) is no repository without commits, and says its own error at the first git command."""
         try:
-            self._repo.head.commit  # noqa: B018
+            self._refs.commit("HEAD")
             return True
         except ValueError:
             return False
