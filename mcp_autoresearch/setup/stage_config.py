@@ -69,11 +69,13 @@ def check_stage_config(root: Path, config: Config) -> Config:
                     raise ConfigError(
                         f"hidden entry '{entry}' would hide {what} from the run; list only data files"
                     )
-            for writable in config.writable:
+            for writable in config.run_writes:  # a `persistent` cache as well: a run writes it too
                 if _overlaps(candidate, _expand(root, writable)):
+                    kind = "writable" if writable in config.writable else "persistent"
                     raise ConfigError(
-                        f"hidden entry '{entry}' overlaps the writable entry '{writable}': a run could write (and so "
-                        "know or replace) what only the evaluation may read; keep hidden data out of writable paths"
+                        f"hidden entry '{entry}' overlaps the {kind} entry '{writable}': a run could write (and so "
+                        "know or replace) what only the evaluation may read; keep hidden data out of the paths "
+                        "runs may write (writable, persistent)"
                     )
         hidden.append(str(path))
     return config.model_copy(update={"hidden": hidden}) if hidden != list(config.hidden) else config
@@ -104,8 +106,8 @@ _SEPARATORS = {";", "&&", "||", "|", "&"}
 def _refuse_writable_program(root: Path, config: Config, key: str) -> None:
     """The stage must not run code a run can write: its programs (after wrappers such as `timeout` or `env`, and
     inside `sh -c '...'`), the script an interpreter is given (after its flags), any word that names a script,
-    and the folders of variables set on the command line (PYTHONPATH=out) may not lie beneath a `writable` path
-    (a run would plant its own scorer there)."""
+    and the folders of variables set on the command line (PYTHONPATH=out) may not lie beneath a path a run may
+    write, a `writable` or a `persistent` one (a run would plant its own scorer there)."""
     command = getattr(config, key)
     if not command:
         return
@@ -119,10 +121,11 @@ def _refuse_writable_program(root: Path, config: Config, key: str) -> None:
                 f"{key} runs the target {config.target_file}: the candidate's code would compute its own number; "
                 "let the target write its result to a writable file and the evaluation read it there"
             )
-        for entry in config.writable:
+        for entry in config.run_writes:
             if _overlaps(path, Path(os.path.realpath(_expand(root, entry)))):
+                kind = "writable" if entry in config.writable else "persistent"
                 raise ConfigError(
-                    f"{key} runs '{word}', which lies in the writable path '{entry}': a run could replace it with "
+                    f"{key} runs '{word}', which lies in the {kind} path '{entry}': a run could replace it with "
                     "its own scorer; keep the evaluation's code in read-only files (readonly_files)"
                 )
 

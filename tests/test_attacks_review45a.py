@@ -1,0 +1,99 @@
+"""Review 45a: forge the number. The candidate (the target's code, run by the server) tries to make the evaluation
+stage print its number, or a view show a number the candidate chose without saying "self-reported".
+
+Each attack is a real run through the real server (the MCP client), confined where this machine allows it."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mcp_autoresearch.sandbox.policy import probe_isolation
+
+from .conftest import git
+from .helpers.needs import require
+from .test_eval_stage import project as stage_project
+
+pytestmark = pytest.mark.anyio
+
+ISOLATION = probe_isolation("auto")
+
+HONEST_SCORER = """\
+import sys
+print(f"score: {float(open(sys.argv[1]).read().split()[0]):.6f}")
+"""
+
+
+async def test_an_evaluation_that_runs_a_script_in_a_persistent_cache_is_refused(
+    tmp_path: Path, agent_for
+) -> None:
+    """`persistent` entries are as writable to a run as `writable` ones (and never moved aside): an eval_command
+    whose scorer lies in one (`python3 cache/scorer.py`, a build cache the user keeps across runs) runs whatever
+    the last run left there. The target rewrites the scorer to print 0.000001; the session was accepted, labelled
+    "evaluation", and kept the forged number. It must be refused as a scorer in a `writable` path is, or never
+    take the planted scorer's number."""
+    require(ISOLATION.confined, "CI must confine runs", "Landlock is unavailable here")
+    root = stage_project(tmp_path, 'persistent = ["cache"]\n')
+    config = (root / "autoresearch.toml").read_text()
+    (root / "autoresearch.toml").write_text(
+        config.replace("python3 scorer.py out/answer.txt", "python3 cache/scorer.py out/answer.txt")
+    )
+    (root / ".gitignore").write_text((root / ".gitignore").read_text() + "cache/\n")
+    (root / "cache").mkdir()
+    (root / "cache" / "scorer.py").write_text(HONEST_SCORER)
+    plant = "open('cache/scorer.py', 'w').write('print(\"score: 0.000001\")\\n')\n"
+    git(root, "commit", "-qam", "the scorer in a kept cache")
+    async with agent_for(root) as agent:
+        started = await agent.client.call_tool("start_session", {})
+        if started.is_error:
+            text = started.content[0].text
+            assert "cache" in text and "scorer.py" in text, text
+            return
+        _, base = await agent.experiment("baseline")
+        await agent.edit("X = 5\n", "X = 4\n" + plant)
+        run, _ = await agent.experiment("plant")
+    assert run["value"] == 4.0, run  # (it was 0.000001, kept, with the label "evaluation")
+
+
+KEY_SCORER = """\
+import sys
+key = float(open("cache/data/key.txt").read())
+print(f"score: {abs(float(open(sys.argv[1]).read().split()[0]) - key):.6f}")
+"""
+
+
+async def test_hidden_data_in_a_persistent_cache_is_refused(tmp_path: Path, agent_for) -> None:
+    """`hidden` data beneath a `persistent` entry (the ML recipe's `~/.cache/autoresearch/val.npz` with `~/.cache`
+    kept across runs): the run cannot read the covered file, but it can write the folder holding it. It renames
+    the folder away (a folder holding a mount point may move) and writes its own key where the scorer reads it;
+    the scorer then compares the run's answer with the run's key: 0, kept, labelled "evaluation". A hidden entry
+    that overlaps a `writable` one is refused; one in a `persistent` entry must be too, or the planted key never
+    count. (A `persistent` link that leads out of the project is refused already.)"""
+    require(ISOLATION.namespaces, "CI must give runs a private view", "namespaces are unavailable here")
+    root = stage_project(tmp_path, 'persistent = ["cache"]\nhidden = ["cache/data/key.txt"]\n', KEY_SCORER)
+    (root / ".gitignore").write_text((root / ".gitignore").read_text() + "cache/\n")
+    (root / "cache" / "data").mkdir(parents=True)
+    (root / "cache" / "data" / "key.txt").write_text("3\n")
+    git(root, "commit", "-qam", "the key in a kept cache")
+    plant = """
+    import os
+    try:
+        os.rename("cache/data", "cache/moved")
+        os.makedirs("cache/data")
+        open("cache/data/key.txt", "w").write("4\\n")
+    except OSError as exc:
+        print("held:", exc)
+    """
+    async with agent_for(root) as agent:
+        started = await agent.client.call_tool("start_session", {})
+        if started.is_error:
+            text = started.content[0].text
+            assert "data/key.txt" in text and "persistent" in text, text
+            return
+        _, base = await agent.experiment("baseline")
+        assert base["value"] == 2.0, base
+        await agent.edit("X = 5\n", "X = 4\n" + textwrap.dedent(plant))
+        run, _ = await agent.experiment("plant")
+    assert run["value"] == 1.0, run  # |4 - 3|: the user's key (it was 0, the run's own key)
