@@ -97,3 +97,33 @@ async def test_hidden_data_in_a_persistent_cache_is_refused(tmp_path: Path, agen
         await agent.edit("X = 5\n", "X = 4\n" + textwrap.dedent(plant))
         run, _ = await agent.experiment("plant")
     assert run["value"] == 1.0, run  # |4 - 3|: the user's key (it was 0, the run's own key)
+
+
+async def test_an_answer_an_earlier_run_left_in_a_persistent_cache_is_not_evaluated(
+    tmp_path: Path, agent_for
+) -> None:
+    """The evaluation reads the answer from a `persistent` entry inside the project (kept across runs, so never
+    moved aside as the `writable` outputs are). A candidate that computes nothing and writes nothing hands the
+    evaluation the best's answer, an earlier run's: equal, and simpler (fewer lines), so kept. A file the
+    evaluation names there that is just as it was before the run must make the run `metric_error`, as it does
+    beneath a `writable` entry outside the project."""
+    root = stage_project(tmp_path, 'persistent = ["cache"]\n')
+    config = (root / "autoresearch.toml").read_text()
+    config = config.replace(
+        'run_command = "python3 objective.py > out/answer.txt"', 'run_command = "python3 objective.py"'
+    )
+    (root / "autoresearch.toml").write_text(
+        config.replace("scorer.py out/answer.txt", "scorer.py cache/answer.txt")
+    )
+    (root / "objective.py").write_text("X = 5\nopen('cache/answer.txt', 'w').write(str(X))\n")
+    (root / ".gitignore").write_text((root / ".gitignore").read_text() + "cache/\n")
+    (root / "cache").mkdir()
+    git(root, "commit", "-qam", "the answer in a kept cache")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session")
+        _, base = await agent.experiment("baseline")
+        assert base["decision"] == "keep", base
+        await agent.edit("X = 5\nopen('cache/answer.txt', 'w').write(str(X))\n", "")
+        run, decision = await agent.experiment("computes nothing")
+    assert run["status"] == "metric_error" and decision["decision"] != "keep", (run, decision)
+    assert "was not written by this run" in run["error"], run["error"]

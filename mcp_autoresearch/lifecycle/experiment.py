@@ -47,6 +47,7 @@ from .fresh_outputs import (
     record,
     record_measured,
     snapshot_named,
+    unmoved_entries,
     unsafe_for_stage,
 )
 from .published_log import clear_run_log, publish_run_log, without_run_log_redirect
@@ -251,7 +252,8 @@ class Experiment:
                     return self._failed(tally, ("crash", f"{exc} (nothing ran)"), None, log_path)
             suffix = log_path.stem.removeprefix(self.run_id)
             tally.eval_log = None
-            outside = snapshot_named(self.root, config.run_writes, config.eval_command or "")
+            unmoved = unmoved_entries(self.root, list(config.writable), list(config.persistent))
+            outside = snapshot_named(self.root, unmoved, config.eval_command or "")
             started_at = time.time()
             done = process.run()
             self._note_log_end(log_path, done)
@@ -279,7 +281,7 @@ class Experiment:
                     reason = f"the run's outputs are not handed to the evaluation: {unsafe}"
                     return self._failed(tally, ("metric_error", reason), None, log_path)
                 holdout = config.holdout_command or ""  # what it reads: the run's own, as measured
-                record_measured(self.root, list(config.writable), self._last_run, config.run_writes, holdout)
+                record_measured(self.root, list(config.writable), self._last_run, unmoved, holdout)
                 failure = self._evaluate(config.eval_command, log_path, measured_log, "eval_command")
                 if failure:
                     return self._failed(tally, failure, None, measured_log)

@@ -275,7 +275,8 @@ def record_measured(
 ) -> None:
     """What the outputs hold when run `run` (a run id, with its repeat: r4 or r4-2) is measured: the holdout
     later checks that it measures the same (checks_command, often the target's own tests, may write there); and
-    what `command` (the holdout's) names outside the project beneath `writes` (`named_outside`)."""
+    what `command` (the holdout's) names beneath `writes`, those never moved aside (`unmoved_entries`,
+    `named_outside`)."""
     held = [os.path.realpath(root / entry) for entry in output_entries(root, entries)]
     held += [str(path) for path in named_outside(root, writes or [], command)]
     for path in held:
@@ -286,7 +287,7 @@ def record_measured(
 def changed_since_measured(
     root: Path, entries: list[str], run_id: str, writes: list[str] | None = None, command: str = ""
 ) -> str | None:
-    """Why the outputs (and what `command` names outside the project, as `record_measured` took them) are no
+    """Why the outputs (and what `command` names beneath `writes`, as `record_measured` took them) are no
     longer what run `run_id` was measured on (a reason naming the output), or None (also when nothing was
     recorded for it: after a restart of the server)."""
     held = [(os.path.realpath(root / entry), entry) for entry in output_entries(root, entries)]
@@ -315,13 +316,14 @@ def unsafe_outputs(
     or None: `output_checks.unsafe_output` of each output inside the project, which `make_fresh` emptied before
     the run (so nothing there may be older than the run), and none reached through a symbolic link; and, with
     `hidden` data, no symbolic link to it in an entry outside the project or in a cache (`link_into_hidden`);
-    and what `command` (the evaluation's) names beneath an entry outside the project checked as an output, none
-    of its files as it was before the run (`before`, from `snapshot_named`)."""
+    and what `command` (the evaluation's) names beneath an entry never moved aside (outside the project, or a
+    cache: `unmoved_entries`) checked as an output, none of its files as it was before the run (`before`, from
+    `snapshot_named`)."""
     if hidden:
         problem = link_into_hidden(root, [*entries, *caches], hidden)
         if problem:
             return problem
-    problem = _unsafe_named(root, [*entries, *caches], command, before)
+    problem = _unsafe_named(root, unmoved_entries(root, entries, list(caches)), command, before)
     if problem:
         return problem
     for entry in output_entries(root, entries):
@@ -342,16 +344,18 @@ def unsafe_for_stage(
     return unsafe_outputs(root, entries, started_at, hidden_paths(config), caches, command or "", before)
 
 
+def unmoved_entries(root: Path, writable: list[str], persistent: list[str]) -> list[str]:
+    """What a run may write that is never moved aside before it (`make_fresh` empties only the `writable` entries
+    inside the project): a `writable` entry outside the project (a scratch folder) and every `persistent` cache,
+    wherever it is (kept from run to run). What an earlier run left there is still there."""
+    return [entry for entry in writable if not output_entries(root, [entry])] + list(persistent)
+
+
 def named_outside(root: Path, entries: list[str], command: str) -> list[Path]:
-    """The paths `command` (the evaluation's) names beneath an entry a run may write outside the project (a
-    scratch folder: never moved aside, so what an earlier run left there is still there)."""
+    """The paths `command` (the evaluation's) names beneath `entries`, those a run may write that are never moved
+    aside (`unmoved_entries`): what an earlier run left there is still there."""
     top = os.path.normpath(root)
-    outside = []
-    for entry in entries:
-        path = os.path.normpath(os.path.join(top, os.path.expanduser(entry)))
-        relative = os.path.relpath(path, top)
-        if relative == os.pardir or relative.startswith(os.pardir + os.sep):
-            outside.append(path)
+    outside = [os.path.normpath(os.path.join(top, os.path.expanduser(entry))) for entry in entries]
     try:
         words = shlex.split(command) if outside else []
     except ValueError:
@@ -391,7 +395,8 @@ def _unsafe_named(root: Path, entries: list[str], command: str, before: Snapshot
                 shown = named if relative == "." else named / relative
                 return (
                     f"'{shown}' was not written by this run (it is as it was before the run started; an output "
-                    "outside the project is not moved aside before a run, so it may be an earlier run's)"
+                    "outside the project or in a persistent cache is not moved aside before a run, so it may be an "
+                    "earlier run's)"
                 )
     return None
 

@@ -15,7 +15,7 @@ from ..records.state import server_dir
 from ..sandbox.policy import Isolation
 from ..setup.config import Config
 from .experiment import Experiment
-from .fresh_outputs import changed_since_measured
+from .fresh_outputs import changed_since_measured, unmoved_entries
 
 log = logging.getLogger("mcp_autoresearch")
 
@@ -42,7 +42,8 @@ def run_holdout(
         )
         # The checks (the target's code) ran after the evaluation: outputs changed since are not measured.
         writable, command = list(config.writable), config.holdout_command
-        error = changed_since_measured(root, writable, run_id, config.run_writes, command)
+        unmoved = unmoved_entries(root, writable, list(config.persistent))
+        error = changed_since_measured(root, writable, run_id, unmoved, command)
         with watch(experiment):
             found, error = (
                 (None, error)
