@@ -5,6 +5,7 @@ Each attack is a real run through the real server (the MCP client), confined whe
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import pytest
 
 from mcp_autoresearch.sandbox.policy import probe_isolation
 
-from .conftest import git
+from .conftest import Agent, git, run_cli, stdio_params
 from .helpers.needs import require
+from .test_attacks_evaluation import PLANT_USERCUSTOMIZE, python_reading_user_site
+from .test_confinement import NO_LANDLOCK, NO_NAMESPACES
 from .test_eval_stage import project as stage_project
 
 pytestmark = pytest.mark.anyio
@@ -37,6 +40,10 @@ async def test_an_evaluation_that_runs_a_script_in_a_persistent_cache_is_refused
     require(ISOLATION.confined, "CI must confine runs", "Landlock is unavailable here")
     root = stage_project(tmp_path, 'persistent = ["cache"]\n')
     config = (root / "autoresearch.toml").read_text()
+    shown = run_cli(
+        "status", "--project", str(root)
+    )  # a reader, on a machine that confines: the session's rules
+    assert "Metric source: self-reported" in shown.stdout, shown.stdout + shown.stderr
     (root / "autoresearch.toml").write_text(
         config.replace("python3 scorer.py out/answer.txt", "python3 cache/scorer.py out/answer.txt")
     )
@@ -127,3 +134,42 @@ async def test_an_answer_an_earlier_run_left_in_a_persistent_cache_is_not_evalua
         run, decision = await agent.experiment("computes nothing")
     assert run["status"] == "metric_error" and decision["decision"] != "keep", (run, decision)
     assert "was not written by this run" in run["error"], run["error"]
+
+
+async def test_an_evaluation_after_runs_nothing_confines_is_not_labelled_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`isolation = "auto"` (the default) where the machine has neither Landlock nor namespaces (a container that
+    refuses both; any machine but Linux): runs are confined by nothing, as with `isolation = "off"`, so a run
+    plants a usercustomize.py that the scorer's Python runs and prints the score. The session said "evaluation"
+    (its label read the setting, not what the machine gives) and `integrity = "required"` accepted it. It must
+    be labelled self-reported, in start_session and in the views that read the session's rules, and refused
+    under integrity = "required"."""
+    from mcp import Client
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the user site-packages the attack writes
+    python_reading_user_site(monkeypatch)
+    root = stage_project(tmp_path)
+
+    def unconfined():  # the server under filters refusing Landlock and namespaces
+        params = stdio_params(root)
+        params.args = [NO_NAMESPACES, sys.executable, NO_LANDLOCK, params.command, *params.args]
+        params.command = sys.executable
+        return params
+
+    async with Client(unconfined()) as client:
+        agent = Agent(client)
+        started = await agent.ok("start_session")
+        assert started["isolation"].startswith("none"), started["isolation"]
+        await agent.experiment("baseline")
+        await agent.edit("X = 5\n", "X = 5\n" + textwrap.dedent(PLANT_USERCUSTOMIZE))
+        run, decision = await agent.experiment("plant")
+        assert run["value"] == 0.000001 and decision["decision"] == "keep", run  # the forgery works: say so
+        assert started["provenance"]["source"] == "self-reported", started["provenance"]
+        results = await agent.ok("query_results")
+        assert results["provenance"]["source"] == "self-reported", results["provenance"]
+    (root / "autoresearch.toml").write_text(
+        (root / "autoresearch.toml").read_text() + 'integrity = "required"\n'
+    )
+    async with Client(unconfined()) as client:
+        assert "self-reported" in await Agent(client).refused("start_session", tag="strict")

@@ -19,6 +19,9 @@ from ..names import RUN_LOG, RUN_LOGS, STATE_DIR
 from ..setup.config import Config
 
 MetricSource = Literal["evaluation", "server", "self-reported"]
+# In a session's rules: True when its runs were confined by nothing (neither Landlock nor the private view) on a
+# machine that ran them, though `isolation` was not "off" (the default "auto" where the machine has neither).
+UNCONFINED = "runs_unconfined"
 
 # Where the README explains the two ways out of self-reporting.
 EVAL_DOCS = "README, 'Where the number comes from'"
@@ -44,11 +47,14 @@ class MetricProvenance(BaseModel):
         return f"{self.source}: {self.reason}" + (f". Fix: {self.fix}" if self.fix else "")
 
 
-def metric_provenance(settings: Config | Mapping[str, Any]) -> MetricProvenance:
+def metric_provenance(settings: Config | Mapping[str, Any], unconfined: bool = False) -> MetricProvenance:
     """Classify a configuration, or a session's frozen rules (a mapping of the same keys; missing keys are
     unset). The order mirrors how a value is read: the evaluation's output wins, then a measurement the
-    server makes itself (only when nothing reads the value from output instead), else the run's output."""
+    server makes itself (only when nothing reads the value from output instead), else the run's output.
+    `unconfined`: this machine confines runs by nothing (`Isolation.unconfined`; a session's rules say it with
+    UNCONFINED), which for the evaluation stage is `isolation = "off"`."""
     get = settings.get if isinstance(settings, Mapping) else lambda key: getattr(settings, key, None)
+    unconfined = unconfined or bool(get(UNCONFINED))
     passed_on = _reads_run_log(str(get("eval_command") or ""))
     if passed_on:
         return MetricProvenance(
@@ -58,13 +64,21 @@ def metric_provenance(settings: Config | Mapping[str, Any]) -> MetricProvenance:
             fix="let eval_command compute the metric from what the run wrote to its outputs, never from the "
             f"run's log ({EVAL_DOCS})",
         )
-    if get("eval_command") and get("isolation") == "off":
+    if get("eval_command") and (get("isolation") == "off" or unconfined):
+        off = get("isolation") == "off"
         return MetricProvenance(
             source="self-reported",
-            reason='with isolation = "off" a run may write anywhere the user may, and so leave code the evaluation '
-            "runs (a usercustomize.py or .pth in the user's site-packages, a program on PATH): the evaluation is "
-            "separate in time only",
-            fix='remove isolation = "off", so that runs are confined and the evaluation runs no code of theirs',
+            reason=(
+                'with isolation = "off"'
+                if off
+                else "with runs confined by nothing here (no Landlock, no namespaces)"
+            )
+            + " a run may write anywhere the user may, and so leave code the evaluation runs (a usercustomize.py or "
+            ".pth in the user's site-packages, a program on PATH): the evaluation is separate in time only",
+            fix='remove isolation = "off", so that runs are confined and the evaluation runs no code of theirs'
+            if off
+            else "run the server on Linux with Landlock or user namespaces (detect's isolation line says what is "
+            "missing), so that runs are confined and the evaluation runs no code of theirs",
         )
     if get("eval_command") and get("metric_parse"):
         return MetricProvenance(

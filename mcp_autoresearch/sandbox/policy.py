@@ -54,6 +54,11 @@ class Isolation:
         return self.view_reason is None
 
     @property
+    def unconfined(self) -> bool:
+        """Nothing holds a run's writes here: neither Landlock nor the private view (`isolation = "off"` too)."""
+        return not (self.confined or self.namespaces)
+
+    @property
     def complete(self) -> bool:
         """Every layer `isolation = "required"` requires: Landlock and the private view."""
         return self.confined and self.namespaces

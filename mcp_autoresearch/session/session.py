@@ -26,7 +26,7 @@ from ..lifecycle.slot_placement import SlotPlacement
 from ..lifecycle.tree_checks import TreeChecks
 from ..lifecycle.tree_decisions import TreeDecisions
 from ..lifecycle.tree_placement import TreePlacement
-from ..measure.provenance import metric_provenance
+from ..measure.provenance import UNCONFINED, metric_provenance
 from ..models import (
     BranchResult,
     DecisionResult,
@@ -134,7 +134,7 @@ class Session:
                 "server on Linux 5.13+ with Landlock enabled and user namespaces allowed, or set isolation = auto "
                 "to use the layers this machine has (and the after-run checks)"
             )
-        provenance = metric_provenance(config)
+        provenance = metric_provenance(config, isolation.unconfined)
         if config.integrity == "required" and provenance.source == "self-reported":
             raise SessionError(integrity_refusal(provenance))
         refuse_unhidable(
@@ -176,22 +176,32 @@ class Session:
         journal.mirror = server_dir(root, SESSIONS) / own_journal(tag)
         journal.provenance = provenance.source  # on every experiment's record
         if record is not None and state is not None and repo.branch_exists(branch):
+            if isolation.unconfined:  # (before the resume saves the state) its runs from now on
+                state.rules[UNCONFINED] = True
             session = cls._resume(root, project, repo, record, journal)
             session.recovered[:0] = notes
+            journal.provenance = metric_provenance(session.state.rules).source  # an earlier life's runs too
         else:
             if repo.branch_exists(branch):
                 raise SessionError(
                     f"branch {branch} already exists but holds no session of this server; pass another tag "
                     f"(start_session(tag='{tag}b')) or delete that branch"
                 )
-            session = cls._create(root, project, repo, tag, branch, journal)
+            session = cls._create(root, project, repo, tag, branch, journal, isolation.unconfined)
         set_current_tag(root, tag)  # its branch is checked out now: it is the current session
         session.settle_budget(budget or {})
         return session
 
     @classmethod
     def _create(
-        cls, root: Path, project: Project, repo: Repo, tag: str, branch: str, journal: Journal
+        cls,
+        root: Path,
+        project: Project,
+        repo: Repo,
+        tag: str,
+        branch: str,
+        journal: Journal,
+        unconfined: bool = False,
     ) -> Session:
         config = project.config
         assert config.target_file and config.metric_name
@@ -210,7 +220,7 @@ class Session:
             metric_name=config.metric_name,
             metric_direction=config.metric_direction,
             readonly_hashes=fingerprint_files(root, list(config.readonly_files)),
-            rules=config.frozen_rules(),
+            rules={**config.frozen_rules(), **({UNCONFINED: True} if unconfined else {})},
             hidden_paths=repo.hidden_tracked_files(),
         )
         server_dir(root)

@@ -223,7 +223,7 @@ def load_project(
         project_type = "custom"
     else:
         project_type = "unknown"
-    provenance = metric_provenance(config)
+    provenance = metric_provenance(config, isolation.unconfined)
     ready, message = _readiness(config, project_type, merged.target_notes, provenance)
     info = ProjectInfo(
         project_type=project_type,
