@@ -40,10 +40,6 @@ async def test_an_evaluation_that_runs_a_script_in_a_persistent_cache_is_refused
     require(ISOLATION.confined, "CI must confine runs", "Landlock is unavailable here")
     root = stage_project(tmp_path, 'persistent = ["cache"]\n')
     config = (root / "autoresearch.toml").read_text()
-    shown = run_cli(
-        "status", "--project", str(root)
-    )  # a reader, on a machine that confines: the session's rules
-    assert "Metric source: self-reported" in shown.stdout, shown.stdout + shown.stderr
     (root / "autoresearch.toml").write_text(
         config.replace("python3 scorer.py out/answer.txt", "python3 cache/scorer.py out/answer.txt")
     )
@@ -168,6 +164,9 @@ async def test_an_evaluation_after_runs_nothing_confines_is_not_labelled_evaluat
         assert started["provenance"]["source"] == "self-reported", started["provenance"]
         results = await agent.ok("query_results")
         assert results["provenance"]["source"] == "self-reported", results["provenance"]
+    # a reader, on a machine that confines: it reads the session's rules
+    shown = run_cli("status", "--project", str(root))
+    assert "Metric source: self-reported" in shown.stdout, shown.stdout + shown.stderr
     (root / "autoresearch.toml").write_text(
         (root / "autoresearch.toml").read_text() + 'integrity = "required"\n'
     )
