@@ -55,12 +55,15 @@ class TreePlacement:
         message = f"experiment: {pending.description}"
         if pending.is_baseline:
             pending.commit = pending.parent_commit
-        elif core.plain_target:
+        else:  # on its parent: the best, or the node it was branched from (filters or not: git makes that blob)
             pending.commit = core.repo.commit_file(
-                core.state.branch, core.target_repo_path, content, message, pending.parent_commit
+                core.state.branch,
+                core.target_repo_path,
+                content,
+                message,
+                pending.parent_commit,
+                plain=core.plain_target,
             )
-        else:  # filters or end-of-line conversion apply: let git make the blob
-            pending.commit = core.repo.commit_with_git(core.state.branch, core.target_repo_path, message)
         return []
 
     def new_watch(self) -> GitWatch:
