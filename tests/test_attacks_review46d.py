@@ -3,12 +3,14 @@ git and real runs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import git, make_repo, run_cli
+from .conftest import GIT_ENV, git, make_repo, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -61,3 +63,31 @@ async def test_a_branched_candidate_of_a_filtered_target_is_committed_on_its_par
     summary = run_cli("finish", "--project", str(root), "--session", "flt")
     assert summary.returncode == 0, summary.stderr
     assert "A to 3" not in summary.stdout, summary.stdout
+
+
+async def test_finish_never_lands_on_a_branch_the_user_is_rebasing(tmp_path: Path, agent_for: Any) -> None:
+    """Attack: the user is in the middle of `git rebase -i` of main (stopped at an `edit`: HEAD detached, the
+    tree clean) and runs `finish --land main`. git itself refuses to move a branch being rebased (`git branch
+    -f`: "checked out"); the rebase moves it when it ends, from the tip it started on. Must hold: finish
+    refuses and changes nothing, so the rebase still ends (before the fix main was moved under it, and
+    `git rebase --continue` failed: "cannot lock ref ... is at X but expected Y")."""
+    root = make_repo(tmp_path / "rebasing", {"train.py": TREE_PY, "prepare.py": "# fixed\n"})
+    (root / "notes.md").write_text("the user's second commit\n")
+    git(root, "add", "notes.md")
+    git(root, "commit", "-q", "-m", "notes")
+    async with agent_for(root, CONFIG) as agent:
+        await agent.ok("start_session", tag="rb")
+        await agent.experiment("baseline")
+        assert (await step(agent, "A = 5", "A = 3", "A to 3"))["decision"] == "keep"
+    git(root, "checkout", "-q", "main")
+    tip = git(root, "rev-parse", "main").strip()
+    editor = {**os.environ, **GIT_ENV, "GIT_SEQUENCE_EDITOR": "sed -i 's/^pick /edit /'"}
+    subprocess.run(["git", "rebase", "-q", "-i", "HEAD~1"], cwd=root, env=editor, capture_output=True)
+    assert (root / ".git" / "rebase-merge").is_dir()
+    assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+    landed = run_cli("finish", "--project", str(root), "--session", "rb", "--land", "main")
+    assert landed.returncode != 0, landed.stdout
+    assert "being rebased" in landed.stderr, landed.stderr
+    assert git(root, "rev-parse", "main").strip() == tip
+    git(root, "rebase", "--continue")
+    assert git(root, "rev-parse", "--abbrev-ref", "HEAD").strip() == "main"

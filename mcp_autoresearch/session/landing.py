@@ -30,6 +30,7 @@ from ..terminal_text import printable
 from ..vcs.checkouts import session_slots
 from ..vcs.history import check_changed_files, is_verified_ancestor
 from ..vcs.repo import Repo
+from ..vcs.unfinished import branch_in_operation
 from .landing_checks import (
     check_branch_name,
     check_clean_tree,
@@ -204,6 +205,9 @@ def land(summary: Summary, branch: str, squash: bool, message: str | None) -> st
         worktree = checked_out_elsewhere(repo, branch)
         if worktree:
             raise SessionError(f"{branch} is checked out in another worktree ({worktree}); land from there")
+        operation = branch_in_operation(repo, branch)
+        if operation:  # its tip is the operation's: moved now, the rebase could not end (or would undo it)
+            raise SessionError(f"{branch} is {operation}; nothing was changed")
         old = repo.resolve_branch(branch) if repo.branch_exists(branch) else None
         if old == best or (old is not None and tree_of(repo, old) == tree_of(repo, best)):
             return f"{branch} already holds the session's result ({old[:7]}, the files of {best[:7]}): nothing to do\n"
@@ -384,6 +388,9 @@ def _refuse_checked_out(plan: CleanPlan) -> None:
         short = plan.branch.removeprefix("refs/heads/")
         elsewhere = checked_out_elsewhere(repo, short)
         where = "in this worktree" if repo.current_branch() == short else elsewhere and f"in {elsewhere}"
+        operation = branch_in_operation(repo, short)
+        if operation:
+            raise SessionError(f"{short} is {operation}; nothing was removed")
         if where:
             raise SessionError(
                 f"{short} is checked out {where}; switch to your branch first (git checkout {plan.started_from}), "

@@ -37,6 +37,28 @@ def unfinished_operation(repo: Repo) -> str | None:
     return None
 
 
+def branch_in_operation(repo: Repo, branch: str) -> str | None:
+    """Where `branch` is being rebased or bisected, in any work tree of the repository (this one too): HEAD is
+    detached meanwhile, and the rebase writes its result to the branch when it ends, from the tip it started
+    on (git's own `branch -f` refuses such a branch as checked out). None when it is not."""
+    common = repo.git_dir
+    linked = common / "worktrees"
+    folders = [common] + (sorted(p for p in linked.iterdir() if p.is_dir()) if linked.is_dir() else [])
+    for folder in folders:
+        for name, marker, what in (
+            ("rebase-merge/head-name", f"refs/heads/{branch}", "being rebased"),
+            ("rebase-apply/head-name", f"refs/heads/{branch}", "being rebased"),
+            ("BISECT_START", branch, "being bisected"),
+        ):
+            try:
+                named = (folder / name).read_text(errors="replace").strip()
+            except OSError:
+                continue
+            if named == marker:
+                return f"{what} (git keeps {folder / name}): a person must finish that first"
+    return None
+
+
 def switch_problem(repo: Repo, branch: str) -> str | None:
     """Why the server must not check out `branch` now (a person's operation under way, or commits only the
     detached HEAD holds, which the switch would leave behind); None when it may."""
