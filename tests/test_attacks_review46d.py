@@ -91,3 +91,25 @@ async def test_finish_never_lands_on_a_branch_the_user_is_rebasing(tmp_path: Pat
     assert git(root, "rev-parse", "main").strip() == tip
     git(root, "rebase", "--continue")
     assert git(root, "rev-parse", "--abbrev-ref", "HEAD").strip() == "main"
+
+
+async def test_a_fifo_planted_as_a_worktrees_operation_file_does_not_hold_finish(
+    tmp_path: Path, agent_for: Any
+) -> None:
+    """Attack: an unconfined run (or anything with the user's rights) plants a FIFO where git keeps a linked work
+    tree's bisect start (`.git/worktrees/<name>/BISECT_START`), which `finish --land` reads to tell whether the
+    branch is being bisected. Must hold: the read never waits on it (a FIFO with no writer held the old read
+    forever) and the landing goes on: main moves to the best."""
+    root = make_repo(tmp_path / "fifo", {"train.py": TREE_PY, "prepare.py": "# fixed\n"})
+    async with agent_for(root, CONFIG) as agent:
+        await agent.ok("start_session", tag="ff")
+        await agent.experiment("baseline")
+        assert (await step(agent, "A = 5", "A = 3", "A to 3"))["decision"] == "keep"
+    best = git(root, "rev-parse", "autoresearch/ff").strip()
+    git(root, "checkout", "-q", "main")
+    ghost = root / ".git" / "worktrees" / "ghost"
+    ghost.mkdir(parents=True)
+    os.mkfifo(ghost / "BISECT_START")
+    landed = run_cli("finish", "--project", str(root), "--session", "ff", "--land", "main")
+    assert landed.returncode == 0, landed.stderr
+    assert git(root, "rev-parse", "main").strip() == best

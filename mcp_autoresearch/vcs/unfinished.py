@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 
 from ..errors import SessionError
+from .readonly import GITFILE_LIMIT
+from .refs import read_small
 from .repo import Repo
 
 # The files git keeps in a work tree's own git directory while an operation is under way, and how to end it.
@@ -50,8 +52,8 @@ def branch_in_operation(repo: Repo, branch: str) -> str | None:
             ("rebase-apply/head-name", f"refs/heads/{branch}", "being rebased"),
             ("BISECT_START", branch, "being bisected"),
         ):
-            try:
-                named = (folder / name).read_text(errors="replace").strip()
+            try:  # bounded, and never waiting on a FIFO planted there
+                named = read_small(folder / name, GITFILE_LIMIT).decode("utf-8", "replace").strip()
             except OSError:
                 continue
             if named == marker:
