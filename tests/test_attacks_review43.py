@@ -90,15 +90,14 @@ def test_an_identity_given_by_the_environment_is_every_commits(
         monkeypatch.setenv(name, "Env Ann")
     for name in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
         monkeypatch.setenv(name, "env@example.com")
-    (root / ".gitattributes").write_text("model.py filter=kept\n")  # not plain: committed by git
+    (root / ".gitattributes").write_text("model.py filter=kept\n")  # not plain: its blob made by git
     _plain_git(root, "add", ".gitattributes")
     _plain_git(root, "commit", "-q", "-m", "attributes")
     _plain_git(root, "checkout", "-q", "-b", "autoresearch/env")
     repo = Repo(root)
     repo.ensure_identity()
     ours = repo.write_commit("model.py", b"LR = 2\n", "experiment", repo.head_commit())
-    (root / "model.py").write_text("LR = 3\n")
-    by_git = repo.commit_with_git("autoresearch/env", "model.py", "experiment 2")
+    by_git = repo.write_commit("model.py", b"LR = 3\n", "experiment 2", ours, plain=False)
     expected = b"Env Ann <env@example.com>"
     assert _ident_line(root, ours, "author") == expected
     assert (_ident_line(root, by_git, "author"), _ident_line(root, by_git, "committer")) == (

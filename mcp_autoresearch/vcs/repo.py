@@ -312,13 +312,6 @@ class Repo:
             return False
         return (self._config("core.autocrlf") or "false").lower() in ("false", "0", "no", "off")
 
-    def commit_with_git(self, branch: str, repo_path: str, message: str) -> str:
-        """`git commit --only` of one path (its clean filters applied); for files that are not plain. HEAD must be
-        on `branch`, whose ref must be a plain one (git would write through a symbolic ref)."""
-        self._refuse_symbolic(branch)
-        self._run("commit", "-q", "--no-verify", "-m", message, "--only", "--", repo_path)
-        return self.head_commit()
-
     def blob_id(self, repo_path: str, data: bytes, filters: bool = True) -> str:
         """The blob id `data` would get as `repo_path` (git's clean filters and conversion applied, or none)."""
         where = [f"--path={repo_path}"] if filters else ["--no-filters"]
