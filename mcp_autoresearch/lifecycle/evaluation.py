@@ -17,7 +17,7 @@ import re
 import stat
 from pathlib import Path
 
-from ..records.logtail import read_tail_bytes
+from ..records.logtail import clean_text, read_tail_bytes
 from ..sandbox.write_grants import granted_paths
 
 EVAL_SUFFIX = "-eval"
@@ -67,8 +67,19 @@ def _real_dir(path: Path) -> bool:
         return False
 
 
-def stage_failure(what: str, status: str, exit_code: int | None, error: str | None, log_path: Path) -> str:
-    """The reason of a failed evaluation (or holdout) stage, naming the stage and its log."""
+def stderr_said(log_path: Path) -> str | None:
+    """The last line the stage printed on its stderr (`<log>.stderr.log`, beside its output's log `log_path`):
+    where a scorer says why it failed (a Python traceback's last line), which its output's log does not hold."""
+    text = clean_text(read_tail_bytes(log_path.with_suffix(".stderr.log"), 4096))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:200] if lines else None
+
+
+def stage_failure(
+    what: str, status: str, exit_code: int | None, error: str | None, log_path: Path, said: str | None = None
+) -> str:
+    """The reason of a failed evaluation (or holdout) stage, naming the stage and its log; `said`: the last line
+    of its stderr (`stderr_said`), for a stage whose output may be shown."""
     if status == "timeout":
         how = error or "timed out"
     elif status == "failed_to_start":
@@ -80,6 +91,9 @@ def stage_failure(what: str, status: str, exit_code: int | None, error: str | No
     verdict = evaluator_verdict(log_path) if exit_code == EVALUATOR_REFUSED else None
     if verdict:
         return f"{verdict} (the evaluation stage ({what}) refused the candidate; see its log {log_path})"
+    if said:
+        stderr = log_path.with_suffix(".stderr.log")
+        return f"the evaluation stage ({what}) failed: {how}: {said}; see its logs {log_path} and {stderr}"
     return f"the evaluation stage ({what}) failed: {how}; see its log {log_path}"
 
 

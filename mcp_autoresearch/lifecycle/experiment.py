@@ -38,7 +38,7 @@ from ..setup.config import Config
 from ..setup.single_file import sha256_file
 from ..statuses import RunStatus
 from ..terminal_text import printable
-from .evaluation import EVAL_SUFFIX, stage_failure
+from .evaluation import EVAL_SUFFIX, stage_failure, stderr_said
 from .fresh_outputs import (
     OutputsError,
     give_rights_back,
@@ -293,7 +293,9 @@ class Experiment:
                     self._metric(measured_log, done.duration_s, started_at, done.sizes, fresh)
                 )
             except MetricError as exc:
+                said = stderr_said(measured_log) if config.eval_command else None
                 where = f" (in the evaluation's output, {measured_log})" if config.eval_command else ""
+                where += f"; its stderr ends: {said}" if said else ""
                 return self._failed(tally, ("metric_error", f"{exc}{where}"), None, measured_log)
             tally.add_figures(figures)
         result = tally.result("ok", statistics.median(tally.values), log_path, None)
@@ -316,7 +318,10 @@ class Experiment:
         if done.status == "cancelled":
             return "cancelled", done.error or "cancelled"
         if done.status != "exited" or done.exit_code != 0:
-            return "metric_error", stage_failure(what, done.status, done.exit_code, done.error, log_path)
+            said = stderr_said(log_path) if run_log is not None else None  # the holdout's is never shown
+            return "metric_error", stage_failure(
+                what, done.status, done.exit_code, done.error, log_path, said
+            )
         return self._capture_mismatch(done)
 
     def evaluate_only(self, command: str, log_path: Path, what: str) -> tuple[float | None, str | None]:

@@ -104,15 +104,23 @@ def pytest_testpaths(root: Path) -> tuple[list[str], str] | None:
     return None
 
 
+def _root_test_files(root: Path) -> list[str]:
+    """The test modules at the project root (`test_*.py`, `*_test.py`), which pytest collects there, as a
+    single-module library keeps them (`test_inflection.py` beside `inflection/`)."""
+    found = {p.name for pattern in ("test_*.py", "*_test.py") for p in root.glob(pattern) if p.is_file()}
+    return sorted(found)[:20]
+
+
 def detect(root: Path) -> Detection | None:
     markers = [name for name in ("pyproject.toml", "setup.py", "setup.cfg") if (root / name).is_file()]
     if not markers:
         return None
     configured = pytest_testpaths(root)
     tests = (
-        configured[0] if configured else [name for name in ("tests", "test") if (root / name).is_dir()][:1]
+        configured[0]
+        if configured
+        else [name for name in ("tests", "test") if (root / name).is_dir()][:1] or _root_test_files(root)
     )
-    warnings = []
     settings = {
         "metric_name": "test_time_s",
         **wall_time_settings(MIN_DELTA_S),
@@ -127,20 +135,22 @@ def detect(root: Path) -> Detection | None:
         settings["run_command"] = f"{python} -m pytest -q -x {' '.join(tests)}"
         if python.startswith("uv "):
             settings["writable"] = [".pytest_cache"]  # uv's cache is private to each run (TMPDIR)
-    else:
-        warnings.append(
-            "no tests/ directory and no pytest testpaths: set run_command to what exercises the code"
-        )
     detection = Detection(
         NAME,
         40,
         markers + ([configured[1]] if configured and configured[1] not in markers else []),
         settings,
         "wall time of the test suite in seconds (measured by the server)",
-        warnings,
+        [],
         target_candidates=_targets(root),
         no_target="no tracked module found to optimise; set target_file",
     )
+    if not tests:  # said only while no source of the user's gives run_command
+        detection.warn_about(
+            "run_command",
+            "no tests/ directory, no test_*.py at the root and no pytest testpaths: set run_command to what "
+            "exercises the code",
+        )
     for note in interpreter_notes:
         detection.warn_about("run_command", note)
     return detection
