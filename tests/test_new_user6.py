@@ -11,7 +11,7 @@ import pytest
 
 from mcp_autoresearch.setup.project import load_project
 
-from .conftest import make_repo
+from .conftest import git, make_repo, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -132,3 +132,36 @@ async def test_a_scorer_that_prints_no_number_says_why(tmp_path: Path, agent_for
         run = await agent.ok("run_experiment", description="write nothing", edits=[edit], decide=True)
     assert run["status"] == "metric_error" and "inf" in run["error"], run
     assert "its stderr ends:" in run["error"] and "out/data.gz" in run["error"], run["error"]
+
+
+async def test_clean_on_the_session_branch_advises_landing_only_what_is_unlanded(
+    ml_project: Path, agent_for
+) -> None:
+    """`clean --tag` on the session's branch: after a session that kept nothing beyond its baseline (and after
+    one already landed), the refusal still said 'land the result before if you want it (mcp-autoresearch finish
+    --land main)', which `finish` then refused ('nothing to land'). The way forward is the checkout alone; a
+    session with kept commits on no other branch still gets the landing hint."""
+    root = ml_project
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="flat")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.9")
+        await agent.experiment("worse")
+    refused = run_cli("clean", "--project", str(root), "--tag", "flat", "--yes")
+    assert refused.returncode == 2 and "git checkout main" in refused.stderr, refused.stderr
+    assert "finish --land" not in refused.stderr, refused.stderr
+    assert "nothing to land" in run_cli("finish", "--project", str(root), "--land", "main").stderr
+
+    git(root, "checkout", "-q", "main")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="kept")
+        await agent.experiment("baseline")
+        await agent.edit("LR = 0.5", "LR = 0.3")
+        _, decision = await agent.experiment("lower LR")
+    assert decision["decision"] == "keep", decision
+    unlanded = run_cli("clean", "--project", str(root), "--tag", "kept", "--yes")
+    assert unlanded.returncode == 2 and "finish --land main" in unlanded.stderr, unlanded.stderr
+    assert run_cli("finish", "--project", str(root), "--session", "kept", "--land", "main").returncode == 0
+    landed = run_cli("clean", "--project", str(root), "--tag", "kept", "--yes")
+    assert landed.returncode == 2 and "git checkout main" in landed.stderr, landed.stderr
+    assert "finish --land" not in landed.stderr, landed.stderr

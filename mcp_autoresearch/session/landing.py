@@ -392,9 +392,14 @@ def _refuse_checked_out(plan: CleanPlan) -> None:
         if operation:
             raise SessionError(f"{short} is {operation}; nothing was removed")
         if where:
+            land = (  # only where kept commits are on no other branch: else finish says there is nothing to land
+                f", and land the result before if you want it (mcp-autoresearch finish --land {plan.started_from})"
+                if plan.unlanded
+                else ""
+            )
             raise SessionError(
-                f"{short} is checked out {where}; switch to your branch first (git checkout {plan.started_from}), "
-                f"and land the result before if you want it (mcp-autoresearch finish --land {plan.started_from})"
+                f"{short} is checked out {where}; switch to your branch first (git checkout {plan.started_from})"
+                + land
             )
 
 
