@@ -165,3 +165,19 @@ async def test_clean_on_the_session_branch_advises_landing_only_what_is_unlanded
     landed = run_cli("clean", "--project", str(root), "--tag", "kept", "--yes")
     assert landed.returncode == 2 and "git checkout main" in landed.stderr, landed.stderr
     assert "finish --land" not in landed.stderr, landed.stderr
+
+
+def test_the_missing_build_script_warning_goes_once_run_command_is_set(tmp_path: Path) -> None:
+    """`ms` (npm) has no build script: the user set run_command as the warning said, and `detect` still said
+    "package.json has no 'build' script; set run_command to what builds the bundle" beside it."""
+    files = {
+        "package.json": '{"name": "ms", "main": "index.js", "scripts": {"test": "mocha"}}',
+        "index.js": "1\n",
+    }
+    root = make_repo(tmp_path / "ms", files)
+    said = "no 'build' script"
+    assert [w for w in load_project(root).info.warnings if said in w]
+    (root / "autoresearch.toml").write_text('run_command = "mkdir -p dist && cp index.js dist/ms.js"\n')
+    info = load_project(root).info
+    assert info.run_command == "mkdir -p dist && cp index.js dist/ms.js"
+    assert not [w for w in info.warnings if said in w], info.warnings

@@ -155,6 +155,18 @@ def _workspaces(root: Path, package: dict[str, Any]) -> list[str]:
     return sorted(found)
 
 
+NO_BUILD = "package.json has no 'build' script; set run_command to what builds the bundle"
+
+
+def _add_notes(detection: Detection, notes: list[str]) -> None:
+    """A package's warnings; the missing build script's is tied to run_command (gone once the user sets one)."""
+    for note in notes:
+        if note.endswith(NO_BUILD):
+            detection.warn_about("run_command", note)
+        else:
+            detection.warnings.append(note)
+
+
 def _package_settings(root: Path, where: str, lock_files: list[str]) -> tuple[dict[str, Any], str, list[str]]:
     """The build of the package in `where` ("" for the project root): its settings, the metric's description and
     the warnings. A workspace package is built with `npm run build --workspace=<dir>` from the root; its outputs
@@ -166,9 +178,7 @@ def _package_settings(root: Path, where: str, lock_files: list[str]) -> tuple[di
     scripts = package["scripts"] if isinstance(package.get("scripts"), dict) else {}
     build = scripts.get("build") if isinstance(scripts.get("build"), str) else None
     if build is None:
-        warnings.append(
-            f"{prefix}package.json has no 'build' script; set run_command to what builds the bundle"
-        )
+        warnings.append(f"{prefix}{NO_BUILD}")
     out_dir = prefix + _output_dir(base, build or "")
     more_outputs, output_warnings = (
         foresee_outputs(base, package, [out_dir.removeprefix(prefix)]) if build else ([], [])
@@ -217,7 +227,7 @@ def detect(root: Path) -> Detection | None:
         no_target="no tracked source file found (source/main/module/exports, src/index.*); set target_file",
     )
     if not workspaces:
-        detection.warnings += package_warnings
+        _add_notes(detection, package_warnings)
         return detection
 
     def for_target(target: str | None) -> dict[str, Any]:
@@ -226,7 +236,7 @@ def detect(root: Path) -> Detection | None:
         chosen, detection.metric_source, notes = (
             (settings, source, package_warnings) if not where else _package_settings(root, where, lock_files)
         )
-        detection.warnings += notes
+        _add_notes(detection, notes)
         for key in settings:  # the root's build settings give way to the package's
             detection.settings.pop(key, None)
         if where:
