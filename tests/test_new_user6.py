@@ -151,6 +151,11 @@ async def test_clean_on_the_session_branch_advises_landing_only_what_is_unlanded
     assert refused.returncode == 2 and "git checkout main" in refused.stderr, refused.stderr
     assert "finish --land" not in refused.stderr, refused.stderr
     assert "nothing to land" in run_cli("finish", "--project", str(root), "--land", "main").stderr
+    summary = run_cli("finish", "--project", str(root)).stdout  # where it says how to remove the session
+    assert "to remove the session: git checkout main, then mcp-autoresearch clean --tag flat" in summary, (
+        summary
+    )
+    assert "Best lineage (1 node): r1" in run_cli("status", "--project", str(root)).stdout
 
     git(root, "checkout", "-q", "main")
     async with agent_for(root) as agent:
@@ -161,7 +166,9 @@ async def test_clean_on_the_session_branch_advises_landing_only_what_is_unlanded
     assert decision["decision"] == "keep", decision
     unlanded = run_cli("clean", "--project", str(root), "--tag", "kept", "--yes")
     assert unlanded.returncode == 2 and "finish --land main" in unlanded.stderr, unlanded.stderr
-    assert run_cli("finish", "--project", str(root), "--session", "kept", "--land", "main").returncode == 0
+    landing = run_cli("finish", "--project", str(root), "--session", "kept", "--land", "main")
+    assert landing.returncode == 0, landing.stderr
+    assert "when done with the session: git checkout main, then mcp-autoresearch clean" in landing.stdout
     landed = run_cli("clean", "--project", str(root), "--tag", "kept", "--yes")
     assert landed.returncode == 2 and "git checkout main" in landed.stderr, landed.stderr
     assert "finish --land" not in landed.stderr, landed.stderr

@@ -179,7 +179,8 @@ def tree_lines(tree: ResearchTree) -> list[str]:
         path.insert(1, "…")
     lines = ["", "## Research tree", ""]
     if path:
-        lines.append(f"- Best lineage ({len(tree.best_lineage)} nodes): {' → '.join(path)}.")
+        count = len(tree.best_lineage)
+        lines.append(f"- Best lineage ({count} node{'s' if count != 1 else ''}): {' → '.join(path)}.")
     frontier = tree.frontier
     if frontier:
         more = f", … ({len(frontier) - TREE_LISTED} more)" if len(frontier) > TREE_LISTED else ""

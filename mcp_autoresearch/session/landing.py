@@ -29,6 +29,7 @@ from ..records.state import current_tag, load_state, state_dir, state_path
 from ..terminal_text import printable
 from ..vcs.checkouts import session_slots
 from ..vcs.history import check_changed_files, is_verified_ancestor
+from ..vcs.readonly import checked_out_branch
 from ..vcs.repo import Repo
 from ..vcs.unfinished import branch_in_operation
 from .landing_checks import (
@@ -155,7 +156,9 @@ def summary_text(summary: Summary, hints: bool = True) -> str:
         )
     if not summary.kept:
         lines.append("kept commits: none beyond the baseline; there is nothing to land")
-        lines.append(f"to remove the session: mcp-autoresearch clean --tag {state.tag}")
+        lines.append(
+            f"to remove the session: {clean_hint(summary.files.root, state.tag, state.started_from)}"
+        )
         return "\n".join(lines) + "\n"
     built_on = [item for item in summary.kept if item.status != "keep"]
     lines.append(
@@ -180,7 +183,8 @@ def summary_text(summary: Summary, hints: bool = True) -> str:
         "to land them:",
         f"  mcp-autoresearch finish --session {state.tag} --land {target}            # the kept commits as they are",
         f"  mcp-autoresearch finish --session {state.tag} --land {target} --squash   # as one commit",
-        f"then, to remove the session's branch, refs and files: mcp-autoresearch clean --tag {state.tag}",
+        "then, to remove the session's branch, refs and files: "
+        + clean_hint(summary.files.root, state.tag, state.started_from),
     ]
     return "\n".join(lines) + "\n"
 
@@ -240,7 +244,17 @@ def land(summary: Summary, branch: str, squash: bool, message: str | None) -> st
     text = f"landed session {state.tag} on {branch} {how}: {old[:7] if old else 'new branch'} -> {new[:7]}\n"
     if not checked_out:
         text += f"the work tree is unchanged (on {repo.current_branch() or 'a detached HEAD'}); git checkout {branch} to continue there\n"
-    return text + f"when done with the session: mcp-autoresearch clean --tag {state.tag}\n"
+    return text + f"when done with the session: {clean_hint(repo.top, state.tag, state.started_from)}\n"
+
+
+def clean_hint(root: Path, tag: str, started_from: str | None) -> str:
+    """The command that removes session `tag`, after the checkout `clean` asks for first where the session's
+    branch is checked out here (it refuses to remove the branch under the work tree)."""
+    command = f"mcp-autoresearch clean --tag {tag}"
+    back = persons_branch(root, started_from)
+    if checked_out_branch(root) != f"{SESSION_BRANCHES}{tag}" or not back:
+        return command
+    return f"git checkout {printable(back)}, then {command}"
 
 
 def _squash_commit(repo: Repo, summary: Summary, parent: str | None, message: str | None) -> str:
