@@ -188,3 +188,19 @@ def test_the_missing_build_script_warning_goes_once_run_command_is_set(tmp_path:
     info = load_project(root).info
     assert info.run_command == "mkdir -p dist && cp index.js dist/ms.js"
     assert not [w for w in info.warnings if said in w], info.warnings
+
+
+async def test_the_dashboard_shows_a_long_target_whole_at_80_columns(tmp_path: Path, agent_for) -> None:
+    """`dashboard --once` in a pipe (80 columns): the panel's title held the target last and its border cut it
+    short ('inflection/__init_…'). The target must be shown whole: in the title where it fits, else on a line of
+    its own."""
+    target = "a_package_with_a_long_name/submodule_of_it/__init__.py"
+    config = f'target_file = "{target}"\nrun_command = "python3 {target}"\nmetric_name = "score"\n'
+    root = make_repo(tmp_path / "long", {target: "print('score: 1.0')\n", "autoresearch.toml": config})
+    async with agent_for(root) as agent:
+        await agent.ok("start_session", tag="wide")
+        await agent.experiment("baseline")
+    shown = run_cli("dashboard", "--project", str(root), "--once")
+    assert shown.returncode == 0, shown.stderr
+    assert f"target: {target}" in shown.stdout, shown.stdout
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 80, shown.stdout

@@ -170,9 +170,16 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
 
     recent = journal.rows_at(journal.indices(status_filter)[-15:])
     rules = Text(f"each experiment runs: {files.run_command}", style="dim") if files.run_command else Text()
+    title = f"autoresearch · {state.tag} · {state.metric_name} ({direction})"
+    target = f"{title} · {printable(state.target_file)}"
+    # The target in the title where it fits whole (the panel's border cuts a longer title short), else a line.
+    fits = len(target) <= width - 6
+    where = [] if fits else [Text(f"target: {printable(state.target_file)}", style="dim")]
     header = Panel(
-        Group(live, totals, summary, frontier_text(state, journal), rules, provenance_text(state.rules)),
-        title=f"autoresearch · {state.tag} · {state.metric_name} ({direction}) · {state.target_file}",
+        Group(
+            live, totals, summary, frontier_text(state, journal), *where, rules, provenance_text(state.rules)
+        ),
+        title=target if fits else title,
     )
     lower = state.metric_direction == "lower_is_better"
     window_start = max(0, total - span)
