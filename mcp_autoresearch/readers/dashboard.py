@@ -174,10 +174,16 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
     target = f"{title} · {printable(state.target_file)}"
     # The target in the title where it fits whole (the panel's border cuts a longer title short), else a line.
     fits = len(target) <= width - 6
-    where = [] if fits else [Text(f"target: {printable(state.target_file)}", style="dim")]
+    target_line = [] if fits else [Text(f"target: {printable(state.target_file)}", style="dim")]
     header = Panel(
         Group(
-            live, totals, summary, frontier_text(state, journal), *where, rules, provenance_text(state.rules)
+            live,
+            totals,
+            summary,
+            frontier_text(state, journal),
+            *target_line,
+            rules,
+            provenance_text(state.rules),
         ),
         title=target if fits else title,
     )
