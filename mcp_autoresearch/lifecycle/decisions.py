@@ -149,7 +149,9 @@ class Decider:
             if run_id is not None:
                 run_id = normal_run_id(run_id)
                 row = core.journal.get(run_id)
-                if row is not None:  # already decided (a retried call): answer the same again
+                # Already decided (a retried call): answer the same again. A run still in flight with its row
+                # logged was decided halfway (a write refused after the row): deciding it again finishes it.
+                if row is not None and not any(p.run_id == run_id for p in core.state.inflight):
                     return DecisionResult(
                         run_id=run_id,
                         decision=row.status,

@@ -134,9 +134,6 @@ class Session:
                 "server on Linux 5.13+ with Landlock enabled and user namespaces allowed, or set isolation = auto "
                 "to use the layers this machine has (and the after-run checks)"
             )
-        provenance = metric_provenance(config, isolation.unconfined)
-        if config.integrity == "required" and provenance.source == "self-reported":
-            raise SessionError(integrity_refusal(provenance))
         refuse_unhidable(
             root,
             config,
@@ -156,6 +153,12 @@ class Session:
         branch = f"{SESSION_BRANCHES}{tag}"
         record, notes = load_record(root, tag)  # the server's own record, never the public copy
         state = record.state if record is not None else None
+        resuming = state is not None and repo.branch_exists(branch)
+        # A resumed session whose earlier runs nothing confined (its rules say so) stays self-reported.
+        unconfined = isolation.unconfined or bool(resuming and state and state.rules.get(UNCONFINED))
+        provenance = metric_provenance(config, unconfined)
+        if config.integrity == "required" and provenance.source == "self-reported":
+            raise SessionError(integrity_refusal(provenance))
         if state is None:
             check_last_budget(root, tag, project.config)
         repo.ensure_identity()
@@ -175,12 +178,11 @@ class Session:
         journal = Journal(root / RESULTS_TSV, jsonl, tag, config.results_format, config.metric_name)
         journal.mirror = server_dir(root, SESSIONS) / own_journal(tag)
         journal.provenance = provenance.source  # on every experiment's record
-        if record is not None and state is not None and repo.branch_exists(branch):
+        if record is not None and state is not None and resuming:
             if isolation.unconfined:  # (before the resume saves the state) its runs from now on
                 state.rules[UNCONFINED] = True
             session = cls._resume(root, project, repo, record, journal)
             session.recovered[:0] = notes
-            journal.provenance = metric_provenance(session.state.rules).source  # an earlier life's runs too
         else:
             if repo.branch_exists(branch):
                 raise SessionError(
