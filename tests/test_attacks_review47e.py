@@ -99,3 +99,32 @@ async def test_a_decision_whose_results_tsv_was_refused_is_finished_by_the_retry
         assert len(tsv.read_text().splitlines()) == 3, tsv.read_text()  # the header and both rows
     finally:
         _set_immutable(tsv, False)
+
+
+@pytest.mark.usefixtures("immutable_capable")
+async def test_a_folder_that_refuses_the_servers_copy_is_named_in_the_answer(
+    tmp_path: Path, agent_for
+) -> None:
+    """Attack: the folder of the session's record (`.autoresearch/sessions`) is made immutable (a person, or a run
+    with isolation off). Each write there makes a copy beside the file first: the refusal named that copy
+    (`.../.ro.own.json.<pid>.<thread>.tmp`, a file that never existed) as the one to give back its permissions.
+    Must hold: the answer names the folder that refused, never the copy; once the folder is given back, the same
+    call runs."""
+    root = make_repo(
+        tmp_path / "p", {"train.py": TREE_PY, ".gitignore": "results.tsv\n.autoresearch/\nrun.log\n"}
+    )
+    sessions = root / ".autoresearch" / "sessions"
+    try:
+        async with agent_for(root, {**TREE_CONFIG, "metric_name": "val_bpb"}) as agent:
+            await agent.ok("start_session", tag="ro")
+            await agent.experiment("baseline")
+            await agent.edit("A = 5", "A = 3")
+            _set_immutable(sessions, True)
+            refused = await agent.refused("run_experiment", description="A to 3")
+            assert "chattr -i" in refused and f"change {sessions} (" in refused, refused
+            assert ".tmp" not in refused, refused
+            _set_immutable(sessions, False)
+            run, decision = await agent.experiment("A to 3")
+        assert run["value"] == 8.0 and decision["decision"] == "keep", (run, decision)
+    finally:
+        _set_immutable(sessions, False)

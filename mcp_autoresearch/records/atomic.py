@@ -31,10 +31,19 @@ def atomic_write(
             mode = 0o644
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(tmp, flags, mode)
-    except FileExistsError:  # left by a write this thread's namesake never finished (a kill): never followed
-        tmp.unlink()
-        fd = os.open(tmp, flags, mode)
+        try:
+            fd = os.open(tmp, flags, mode)
+        except (
+            FileExistsError
+        ):  # left by a write this thread's namesake never finished (a kill): never followed
+            tmp.unlink()
+            fd = os.open(tmp, flags, mode)
+    except (
+        OSError
+    ) as exc:  # the folder refused the copy (read-only, immutable): named, not the copy never made
+        if exc.errno not in (errno.EPERM, errno.EACCES, errno.EROFS):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path.parent)) from exc
     size = 0
     try:
         for chunk in (data,) if isinstance(data, bytes) else data:
