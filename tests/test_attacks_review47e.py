@@ -6,6 +6,7 @@ Real git, real runs, the real server through the MCP client."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from mcp_autoresearch.sandbox.policy import probe_isolation
 
-from .conftest import Agent, make_repo, run_cli, stdio_params
+from .conftest import Agent, git, make_repo, run_cli, stdio_params
 from .test_attacks_review45b import _set_immutable, immutable_capable  # noqa: F401 - a fixture
 from .test_attacks_review46d import CONFIG as TREE_CONFIG
 from .test_attacks_review46d import TREE_PY
@@ -128,3 +129,35 @@ async def test_a_folder_that_refuses_the_servers_copy_is_named_in_the_answer(
         assert run["value"] == 8.0 and decision["decision"] == "keep", (run, decision)
     finally:
         _set_immutable(sessions, False)
+
+
+async def test_an_answer_left_in_a_linked_persistent_cache_is_not_evaluated(
+    tmp_path: Path, agent_for
+) -> None:
+    """Attack: `persistent = ["cache"]`, where `cache` is a link to `store` (a folder of the project), and the
+    evaluation reads `store/answer.txt`. The check that what the evaluation names in a cache was written by this
+    run compared the words with the entry as written: `store/...` is not beneath `cache`, so nothing was
+    checked. A candidate that computes nothing and writes nothing was evaluated on the best's answer, still
+    there: equal, simpler, kept. Must hold: as with the cache named directly (review 45a), the run is
+    `metric_error`, "not written by this run"."""
+    root = stage_project(tmp_path, 'persistent = ["cache"]\n')
+    config = (root / "autoresearch.toml").read_text()
+    config = config.replace(
+        'run_command = "python3 objective.py > out/answer.txt"', 'run_command = "python3 objective.py"'
+    )
+    (root / "autoresearch.toml").write_text(
+        config.replace("scorer.py out/answer.txt", "scorer.py store/answer.txt")
+    )
+    (root / "objective.py").write_text("X = 5\nopen('cache/answer.txt', 'w').write(str(X))\n")
+    (root / ".gitignore").write_text((root / ".gitignore").read_text() + "cache\nstore/\n")
+    (root / "store").mkdir()
+    os.symlink("store", root / "cache")
+    git(root, "commit", "-qam", "the answer in a kept cache, named through where its link leads")
+    async with agent_for(root) as agent:
+        await agent.ok("start_session")
+        _, base = await agent.experiment("baseline")
+        assert base["decision"] == "keep", base
+        await agent.edit("X = 5\nopen('cache/answer.txt', 'w').write(str(X))\n", "")
+        run, decision = await agent.experiment("computes nothing")
+    assert run["status"] == "metric_error" and decision["decision"] != "keep", (run, decision)
+    assert "was not written by this run" in run["error"], run["error"]

@@ -356,6 +356,9 @@ def named_outside(root: Path, entries: list[str], command: str) -> list[Path]:
     aside (`unmoved_entries`): what an earlier run left there is still there."""
     top = os.path.normpath(root)
     outside = [os.path.normpath(os.path.join(top, os.path.expanduser(entry))) for entry in entries]
+    # Where they lead too (an entry that is a link: the command may name the place itself), each folder on a named
+    # path resolved on its own, so that a link planted beneath one is still found beneath it.
+    places = set(outside) | {os.path.realpath(path) for path in outside}
     try:
         words = shlex.split(command) if outside else []
     except ValueError:
@@ -364,9 +367,25 @@ def named_outside(root: Path, entries: list[str], command: str) -> list[Path]:
     for word in words:
         word = _REDIRECTION.sub("", word)  # `<file`, `2>file`: a redirection's path, written without a space
         named = os.path.normpath(os.path.join(top, os.path.expanduser(word.partition("=")[2] or word)))
-        if any(named == path or named.startswith(path + os.sep) for path in outside):
+        if _beneath(named, places) or any(
+            _beneath(os.path.realpath(up), places) for up in _folders_of(named)
+        ):
             found.append(Path(named))
     return found
+
+
+def _beneath(path: str, places: set[str]) -> bool:
+    return any(path == place or path.startswith(place + os.sep) for place in places)
+
+
+def _folders_of(path: str) -> list[str]:
+    """`path`'s folders, nearest first (not `path` itself: a link there is the named output's own, checked)."""
+    folders = []
+    parent = os.path.dirname(path)
+    while parent and parent != path:
+        folders.append(parent)
+        path, parent = parent, os.path.dirname(parent)
+    return folders
 
 
 # A shell redirection's operator at a word's beginning (`<`, `0<`, `>`, `2>>`, `&>`, `<>`, `>|`, `<<<`).
