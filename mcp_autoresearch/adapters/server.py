@@ -6,7 +6,6 @@ engine refusals into `ToolError`s the agent reads, and turns a long run into pro
 
 from __future__ import annotations
 
-import errno
 import functools
 import inspect
 import logging
@@ -24,6 +23,7 @@ from pydantic import Field, WithJsonSchema
 from .. import __version__
 from ..errors import AutoresearchError
 from ..models import DecisionResult, EditResult, NotesResult, QueryResult, StartResult, TargetView
+from ..records.atomic import REFUSED_ERRNOS
 from ..records.diskspace import no_room
 from ..session.queries import MAX_NOTES, MAX_RUN_NOTES, MAX_RUN_NOTES_CHARS
 from ..session.workspace import Workspace
@@ -116,11 +116,7 @@ def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:
 
 def refused_write(exc: BaseException) -> bool:
     """A file operation refused by permissions, flags or a read-only mount (not a bug of the server's)."""
-    return (
-        isinstance(exc, OSError)
-        and exc.filename is not None
-        and exc.errno in (errno.EPERM, errno.EACCES, errno.EROFS)
-    )
+    return isinstance(exc, OSError) and exc.filename is not None and exc.errno in REFUSED_ERRNOS
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

@@ -30,20 +30,7 @@ def atomic_write(
         except FileNotFoundError:
             mode = 0o644
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        try:
-            fd = os.open(tmp, flags, mode)
-        except (
-            FileExistsError
-        ):  # left by a write this thread's namesake never finished (a kill): never followed
-            tmp.unlink()
-            fd = os.open(tmp, flags, mode)
-    except (
-        OSError
-    ) as exc:  # the folder refused the copy (read-only, immutable): named, not the copy never made
-        if exc.errno not in (errno.EPERM, errno.EACCES, errno.EROFS):
-            raise
-        raise OSError(exc.errno, exc.strerror, str(path.parent)) from exc
+    fd = _create_copy(tmp, flags, mode)
     size = 0
     try:
         for chunk in (data,) if isinstance(data, bytes) else data:
@@ -70,6 +57,27 @@ RENAME_EXCHANGE = 2  # renameat2(2): both names swapped in one step
 F_SETLEASE, F_SETSIG = 1024, 10  # fcntl(2), Linux
 _swap_locks: dict[str, threading.Lock] = {}
 _swap_locks_guard = threading.Lock()
+
+
+# The errors of a write the file system refuses (permissions, an immutable file or folder, a read-only mount):
+# not the server's bug, and a person can undo them.
+REFUSED_ERRNOS = (errno.EPERM, errno.EACCES, errno.EROFS)
+
+
+def _create_copy(tmp: Path, flags: int, mode: int) -> int:
+    """The descriptor of a new copy `tmp`. One left by a write this thread's namesake never finished (a kill) is
+    removed, never followed. A folder that refuses the copy (`REFUSED_ERRNOS`) is named in the error, not the
+    copy, which was never made."""
+    try:
+        try:
+            return os.open(tmp, flags, mode)
+        except FileExistsError:
+            tmp.unlink()
+            return os.open(tmp, flags, mode)
+    except OSError as exc:
+        if exc.errno not in REFUSED_ERRNOS:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(tmp.parent)) from exc
 
 
 def swap_write(
