@@ -172,3 +172,21 @@ async def test_an_evaluation_after_runs_nothing_confines_is_not_labelled_evaluat
     )
     async with Client(unconfined()) as client:
         assert "self-reported" in await Agent(client).refused("start_session", tag="strict")
+
+
+async def test_hidden_data_where_a_linked_persistent_cache_leads_is_refused_at_the_start(
+    tmp_path: Path, agent_for
+) -> None:
+    """`persistent = ["cache"]` where `cache` is a link to `store/`, and `hidden` names `store/data/key.txt`: a
+    run writes `store` through the link, so it could replace the key as above. The overlap was checked with the
+    entry as written only: the session started, and every run (the baseline too) was refused later. Must hold:
+    refused at the start, naming the persistent entry."""
+    root = stage_project(tmp_path, 'persistent = ["cache"]\nhidden = ["store/data/key.txt"]\n', KEY_SCORER)
+    (root / ".gitignore").write_text((root / ".gitignore").read_text() + "cache\nstore/\n")
+    (root / "store" / "data").mkdir(parents=True)
+    (root / "store" / "data" / "key.txt").write_text("3\n")
+    (root / "cache").symlink_to("store")
+    git(root, "commit", "-qam", "the key where the kept cache leads")
+    async with agent_for(root) as agent:
+        refused = await agent.refused("start_session")
+    assert "store/data/key.txt" in refused and "persistent entry 'cache'" in refused, refused

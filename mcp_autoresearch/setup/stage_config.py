@@ -70,7 +70,8 @@ def check_stage_config(root: Path, config: Config) -> Config:
                         f"hidden entry '{entry}' would hide {what} from the run; list only data files"
                     )
             for writable in config.run_writes:  # a `persistent` cache as well: a run writes it too
-                if _overlaps(candidate, _expand(root, writable)):
+                written = _expand(root, writable)  # and where it leads, for an entry that is a link
+                if any(_overlaps(candidate, place) for place in {written, Path(os.path.realpath(written))}):
                     kind = "writable" if writable in config.writable else "persistent"
                     raise ConfigError(
                         f"hidden entry '{entry}' overlaps the {kind} entry '{writable}': a run could write (and so "
