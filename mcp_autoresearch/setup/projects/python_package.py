@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import configparser
 import os
+import shlex
 import shutil
 import tomllib
 from pathlib import Path
 
+from ...terminal_text import printable
 from .base import Detection, find_files, first_existing, rel, wall_time_settings
 
 NAME = "python"
 MIN_DELTA_S = 0.1  # a test suite takes a second to minutes; differences under 0.1 s are noise
+ROOT_TESTS_LISTED = 20  # root test modules named one by one in the run command; beyond, the root itself
 
 
 def _package_name(root: Path) -> str | None:
@@ -106,9 +109,17 @@ def pytest_testpaths(root: Path) -> tuple[list[str], str] | None:
 
 def _root_test_files(root: Path) -> list[str]:
     """The test modules at the project root (`test_*.py`, `*_test.py`), which pytest collects there, as a
-    single-module library keeps them (`test_inflection.py` beside `inflection/`)."""
-    found = {p.name for pattern in ("test_*.py", "*_test.py") for p in root.glob(pattern) if p.is_file()}
-    return sorted(found)[:20]
+    single-module library keeps them (`test_inflection.py` beside `inflection/`); `./` before one pytest would
+    read as an option (`-k_test.py`); more than ROOT_TESTS_LISTED of them, the root itself (`.`), where pytest
+    collects every one. A name a command line cannot hold as written (not UTF-8, a control character) is left out:
+    pytest's own cache fails on it after the tests (UnicodeEncodeError), and so would every run."""
+    found = sorted(
+        {p.name for pattern in ("test_*.py", "*_test.py") for p in root.glob(pattern) if p.is_file()}
+    )
+    found = [name for name in found if printable(name) == name]
+    if len(found) > ROOT_TESTS_LISTED:
+        return ["."]
+    return [f"./{name}" if name.startswith("-") else name for name in found]
 
 
 def detect(root: Path) -> Detection | None:
@@ -132,7 +143,7 @@ def detect(root: Path) -> Detection | None:
     interpreter_notes: list[str] = []
     if tests:
         python, interpreter_notes = _interpreter(root)
-        settings["run_command"] = f"{python} -m pytest -q -x {' '.join(tests)}"
+        settings["run_command"] = f"{python} -m pytest -q -x {' '.join(map(shlex.quote, tests))}"
         if python.startswith("uv "):
             settings["writable"] = [".pytest_cache"]  # uv's cache is private to each run (TMPDIR)
     detection = Detection(
