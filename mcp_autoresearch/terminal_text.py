@@ -17,6 +17,7 @@ this rule, or written by someone else). It never touches the target's content: o
 from __future__ import annotations
 
 import re
+import shlex
 
 # Every C0 control but tab and newline, DEL, every C1 control, and the bidirectional formatting characters.
 # Lone surrogates too: text git gives (branch names, subjects) is decoded with surrogateescape, a byte that is not
@@ -46,3 +47,13 @@ def printable(text: str, lines: bool = False, mark: str | None = None) -> str:
     binary output is shown as U+FFFD, one character each, so a bounded tail still shows its text); tabs stay,
     and newlines too when `lines` (notes, diffs), else they are escaped like the rest."""
     return (_UNSAFE_IN_LINES if lines else _UNSAFE).sub(_escape if mark is None else mark, text)
+
+
+def shell_word(text: str) -> str:
+    """`text` as one word that a shell (bash, zsh) reads back as `text` when a person pastes a hint holding it: a
+    branch name git accepts may hold `(`, `'`, `;` or `$`. Quoted where it needs to be; one that `printable`
+    would escape (bytes that are not UTF-8, a bidirectional control) in the `$'...'` form, whose escapes are
+    those shown."""
+    if printable(text) == text:
+        return shlex.quote(text)
+    return "$'" + printable(text.replace("\\", "\\\\").replace("'", "\\'")) + "'"

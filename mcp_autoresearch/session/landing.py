@@ -26,7 +26,7 @@ from ..names import RUN_LOGS, SESSION_BRANCHES, SESSION_REFS, SLOT_INDEXES
 from ..readers.report import SessionFiles, open_session_files
 from ..records.rows import Row
 from ..records.state import current_tag, load_state, state_dir, state_path
-from ..terminal_text import printable
+from ..terminal_text import printable, shell_word
 from ..vcs.checkouts import session_slots
 from ..vcs.history import check_changed_files, is_verified_ancestor
 from ..vcs.readonly import checked_out_branch
@@ -174,9 +174,9 @@ def summary_text(summary: Summary, hints: bool = True) -> str:
         return "\n".join(lines) + "\n"
     started = persons_branch(summary.files.root, state.started_from)
     if started and (started in summary.fast_forwardable or not summary.fast_forwardable):
-        target = started  # where the session started: the branch to land on, unless it moved elsewhere
+        target = shell_word(started)  # where the session started: the branch to land on, unless it moved
     else:
-        target = printable(summary.fast_forwardable[0]) if summary.fast_forwardable else "BRANCH"
+        target = shell_word(summary.fast_forwardable[0]) if summary.fast_forwardable else "BRANCH"
     if summary.fast_forwardable:
         lines.append(f"can fast-forward: {', '.join(map(printable, summary.fast_forwardable))}")
     lines += [
@@ -243,7 +243,7 @@ def land(summary: Summary, branch: str, squash: bool, message: str | None) -> st
     how = f"as one commit {new[:7]}" if squash else f"by fast-forward ({moved} kept commit(s))"
     text = f"landed session {state.tag} on {branch} {how}: {old[:7] if old else 'new branch'} -> {new[:7]}\n"
     if not checked_out:
-        text += f"the work tree is unchanged (on {repo.current_branch() or 'a detached HEAD'}); git checkout {branch} to continue there\n"
+        text += f"the work tree is unchanged (on {repo.current_branch() or 'a detached HEAD'}); git checkout {shell_word(branch)} to continue there\n"
     return text + f"when done with the session: {clean_hint(repo.top, state.tag, state.started_from)}\n"
 
 
@@ -251,10 +251,16 @@ def clean_hint(root: Path, tag: str, started_from: str | None) -> str:
     """The command that removes session `tag`, after the checkout `clean` asks for first where the session's
     branch is checked out here (it refuses to remove the branch under the work tree)."""
     command = f"mcp-autoresearch clean --tag {tag}"
-    back = persons_branch(root, started_from)
-    if checked_out_branch(root) != f"{SESSION_BRANCHES}{tag}" or not back:
+    if checked_out_branch(root) != f"{SESSION_BRANCHES}{tag}":
         return command
-    return f"git checkout {printable(back)}, then {command}"
+    return f"git checkout {way_back(root, started_from)}, then {command}"
+
+
+def way_back(root: Path, started_from: str | None) -> str:
+    """The branch to check out before `clean` (`persons_branch`), as a word to paste in a shell; `BRANCH` where
+    the session started on a detached HEAD or that branch is gone (a checkout of it would fail)."""
+    back = persons_branch(root, started_from)
+    return shell_word(back) if back and Repo(root).branch_exists(back) else "BRANCH"
 
 
 def _squash_commit(repo: Repo, summary: Summary, parent: str | None, message: str | None) -> str:
@@ -353,7 +359,7 @@ def plan_clean(project: str, tag: str) -> CleanPlan:
         best = state.best.commit if state.best is not None else None
         if unlanded and best and any(tree_of(repo, ref[1:]) == tree_of(repo, best) for ref in others):
             unlanded = []  # landed as one squashed commit: a branch holds exactly the best files
-    started = (persons_branch(root, state.started_from) if state is not None else None) or "BRANCH"
+    started = way_back(root, state.started_from if state is not None else None)
     return CleanPlan(
         root, tag, f"refs/heads/{branch}" if has_branch else None, refs, paths, unlanded, started
     )
