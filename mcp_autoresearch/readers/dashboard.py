@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
+from rich.cells import cell_len
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
@@ -172,8 +173,9 @@ def render(files: SessionFiles, status_filter: str | None, width: int = 100) -> 
     rules = Text(f"each experiment runs: {files.run_command}", style="dim") if files.run_command else Text()
     title = f"autoresearch · {state.tag} · {state.metric_name} ({direction})"
     target = f"{title} · {printable(state.target_file)}"
-    # The target in the title where it fits whole (the panel's border cuts a longer title short), else a line.
-    fits = len(target) <= width - 6
+    # The target in the title where it fits whole (the panel's border cuts a longer title short), else a line;
+    # measured in columns (a wide character takes two), as the border cuts it.
+    fits = cell_len(target) <= width - 6
     target_line = [] if fits else [Text(f"target: {printable(state.target_file)}", style="dim")]
     header = Panel(
         Group(
