@@ -52,8 +52,8 @@ def branch_in_operation(repo: Repo, branch: str) -> str | None:
             ("rebase-apply/head-name", f"refs/heads/{branch}", "being rebased"),
             ("BISECT_START", branch, "being bisected"),
         ):
-            try:  # bounded, and never waiting on a FIFO planted there
-                named = read_small(folder / name, GITFILE_LIMIT).decode("utf-8", "replace").strip()
+            try:  # bounded, and never waiting on a FIFO planted there; a name's bytes as `branch` holds them
+                named = read_small(folder / name, GITFILE_LIMIT).decode("utf-8", "surrogateescape").strip()
             except OSError:
                 continue
             if named == marker:
