@@ -162,3 +162,19 @@ def test_a_branch_named_in_bytes_that_are_not_utf8_is_seen_being_rebased(tmp_pat
     assert stopped.returncode != 0 and (root / ".git" / "rebase-merge" / "head-name").exists()
     said = branch_in_operation(Repo(root), name)
     assert said is not None and "being rebased" in said
+
+
+async def test_the_clean_hint_after_a_detached_start_is_not_one_clean_refuses(
+    ml_project: Path, agent_for
+) -> None:
+    """A session started on a detached HEAD (no branch to go back to), its branch checked out: finish's hint was
+    the bare 'mcp-autoresearch clean --tag d', which clean refuses ('checked out in this worktree'). The hint
+    must say that a checkout comes first."""
+    root = ml_project
+    git(root, "checkout", "-q", "--detach")
+    await one_run_session(root, agent_for, "d")
+    summary = run_cli("finish", "--project", str(root)).stdout
+    line = next(x for x in summary.splitlines() if x.startswith("to remove the session: "))
+    assert line == "to remove the session: git checkout BRANCH, then mcp-autoresearch clean --tag d", line
+    refused = run_cli("clean", "--project", str(root), "--tag", "d", "--yes")
+    assert refused.returncode == 2 and "git checkout BRANCH" in refused.stderr, refused.stderr
