@@ -29,6 +29,7 @@ from ..session.queries import MAX_NOTES, MAX_RUN_NOTES, MAX_RUN_NOTES_CHARS
 from ..session.workspace import Workspace
 from ..setup.project import ProjectInfo
 from ..statuses import FILTERS
+from ..terminal_text import printable
 from .portable_server import PortableServer
 from .resources import prompt_and_resources
 from .result_text import tool_result
@@ -81,7 +82,8 @@ def _engine_errors(fn: Callable[..., T]) -> Callable[..., T]:
         if refused_write(exc):  # not a bug: a file's permissions or flags were changed under the server
             assert isinstance(exc, OSError)
             return ToolError(
-                f"the file system refused to change {exc.filename2 or exc.filename} ({exc.strerror}): a file or "
+                f"the file system refused to change {printable(str(exc.filename2 or exc.filename))} "
+                f"({exc.strerror}): a file or "
                 "folder of the project (or of .git, .autoresearch) was made read-only or immutable (chmod, "
                 "chattr +i: a run with isolation off can); a person must give it back its permissions "
                 f"(chmod u+w, chattr -i), then call {fn.__name__} again"
