@@ -102,6 +102,22 @@ async def test_hidden_data_in_a_persistent_cache_is_refused(tmp_path: Path, agen
     assert run["value"] == 1.0, run  # |4 - 3|: the user's key (it was 0, the run's own key)
 
 
+ANSWER_IN_CACHE = "X = 5\nopen('cache/answer.txt', 'w').write(str(X))\n"
+
+
+def answer_in_cache(tmp_path: Path, scored: str) -> Path:
+    """The evaluation stage's project (uncommitted changes), whose run writes its answer to `cache/answer.txt`
+    (ANSWER_IN_CACHE), `persistent = ["cache"]`, and whose scorer reads `scored`."""
+    root = stage_project(tmp_path, 'persistent = ["cache"]\n')
+    config = (root / "autoresearch.toml").read_text()
+    config = config.replace(
+        'run_command = "python3 objective.py > out/answer.txt"', 'run_command = "python3 objective.py"'
+    )
+    (root / "autoresearch.toml").write_text(config.replace("scorer.py out/answer.txt", f"scorer.py {scored}"))
+    (root / "objective.py").write_text(ANSWER_IN_CACHE)
+    return root
+
+
 async def test_an_answer_an_earlier_run_left_in_a_persistent_cache_is_not_evaluated(
     tmp_path: Path, agent_for
 ) -> None:
@@ -110,23 +126,20 @@ async def test_an_answer_an_earlier_run_left_in_a_persistent_cache_is_not_evalua
     evaluation the best's answer, an earlier run's: equal, and simpler (fewer lines), so kept. A file the
     evaluation names there that is just as it was before the run must make the run `metric_error`, as it does
     beneath a `writable` entry outside the project."""
-    root = stage_project(tmp_path, 'persistent = ["cache"]\n')
-    config = (root / "autoresearch.toml").read_text()
-    config = config.replace(
-        'run_command = "python3 objective.py > out/answer.txt"', 'run_command = "python3 objective.py"'
-    )
-    (root / "autoresearch.toml").write_text(
-        config.replace("scorer.py out/answer.txt", "scorer.py cache/answer.txt")
-    )
-    (root / "objective.py").write_text("X = 5\nopen('cache/answer.txt', 'w').write(str(X))\n")
+    root = answer_in_cache(tmp_path, "cache/answer.txt")
     (root / ".gitignore").write_text((root / ".gitignore").read_text() + "cache/\n")
     (root / "cache").mkdir()
     git(root, "commit", "-qam", "the answer in a kept cache")
+    await refuses_the_left_answer(root, agent_for)
+
+
+async def refuses_the_left_answer(root: Path, agent_for) -> None:
+    """A kept baseline, then a candidate that computes and writes nothing: `metric_error`, never kept."""
     async with agent_for(root) as agent:
         await agent.ok("start_session")
         _, base = await agent.experiment("baseline")
         assert base["decision"] == "keep", base
-        await agent.edit("X = 5\nopen('cache/answer.txt', 'w').write(str(X))\n", "")
+        await agent.edit(ANSWER_IN_CACHE, "")
         run, decision = await agent.experiment("computes nothing")
     assert run["status"] == "metric_error" and decision["decision"] != "keep", (run, decision)
     assert "was not written by this run" in run["error"], run["error"]

@@ -11,26 +11,10 @@ from typing import Any
 import pytest
 
 from .conftest import GIT_ENV, git, make_repo, run_cli
+from .test_attacks_tree import CONFIG, TREE_PY
+from .test_tree_engine import step
 
 pytestmark = pytest.mark.anyio
-
-# Two knobs on lines far apart; lower is better (A + B).
-TREE_PY = """\
-A = 5
-
-# spacer between the two knobs
-
-B = 5
-print(f"val_bpb: {A + B:.6f}")
-"""
-
-CONFIG = {"target_file": "train.py", "run_command": "python train.py"}
-
-
-async def step(agent: Any, old: str, new: str, description: str) -> dict[str, Any]:
-    await agent.edit(old, new)
-    _run, decision = await agent.experiment(description)
-    return decision
 
 
 async def test_a_branched_candidate_of_a_filtered_target_is_committed_on_its_parent_node(

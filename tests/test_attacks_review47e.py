@@ -15,9 +15,10 @@ import pytest
 from mcp_autoresearch.sandbox.policy import probe_isolation
 
 from .conftest import Agent, git, make_repo, run_cli, stdio_params
+from .test_attacks_review45a import answer_in_cache, refuses_the_left_answer
 from .test_attacks_review45b import _set_immutable, immutable_capable  # noqa: F401 - a fixture
-from .test_attacks_review46d import CONFIG as TREE_CONFIG
-from .test_attacks_review46d import TREE_PY
+from .test_attacks_tree import CONFIG as TREE_CONFIG
+from .test_attacks_tree import TREE_PY
 from .test_confinement import NO_LANDLOCK, NO_NAMESPACES
 from .test_eval_stage import project as stage_project
 
@@ -140,24 +141,9 @@ async def test_an_answer_left_in_a_linked_persistent_cache_is_not_evaluated(
     checked. A candidate that computes nothing and writes nothing was evaluated on the best's answer, still
     there: equal, simpler, kept. Must hold: as with the cache named directly (review 45a), the run is
     `metric_error`, "not written by this run"."""
-    root = stage_project(tmp_path, 'persistent = ["cache"]\n')
-    config = (root / "autoresearch.toml").read_text()
-    config = config.replace(
-        'run_command = "python3 objective.py > out/answer.txt"', 'run_command = "python3 objective.py"'
-    )
-    (root / "autoresearch.toml").write_text(
-        config.replace("scorer.py out/answer.txt", "scorer.py store/answer.txt")
-    )
-    (root / "objective.py").write_text("X = 5\nopen('cache/answer.txt', 'w').write(str(X))\n")
+    root = answer_in_cache(tmp_path, "store/answer.txt")
     (root / ".gitignore").write_text((root / ".gitignore").read_text() + "cache\nstore/\n")
     (root / "store").mkdir()
     os.symlink("store", root / "cache")
     git(root, "commit", "-qam", "the answer in a kept cache, named through where its link leads")
-    async with agent_for(root) as agent:
-        await agent.ok("start_session")
-        _, base = await agent.experiment("baseline")
-        assert base["decision"] == "keep", base
-        await agent.edit("X = 5\nopen('cache/answer.txt', 'w').write(str(X))\n", "")
-        run, decision = await agent.experiment("computes nothing")
-    assert run["status"] == "metric_error" and decision["decision"] != "keep", (run, decision)
-    assert "was not written by this run" in run["error"], run["error"]
+    await refuses_the_left_answer(root, agent_for)

@@ -16,6 +16,7 @@ from mcp_autoresearch.vcs.repo import Repo
 from mcp_autoresearch.vcs.unfinished import branch_in_operation
 
 from .conftest import GIT_ENV, git, make_repo, run_cli
+from .test_new_user6 import dashboard_of
 
 pytestmark = pytest.mark.anyio
 
@@ -132,15 +133,9 @@ async def test_the_dashboard_shows_a_target_of_wide_characters_whole(tmp_path: P
     from rich.cells import cell_len
 
     target = "模型训练/优化器的学习率调度.py"
-    config = f'target_file = "{target}"\nrun_command = "echo score: 1.0"\nmetric_name = "score"\n'
-    root = make_repo(tmp_path / "wide", {target: "1\n", "autoresearch.toml": config})
-    async with agent_for(root) as agent:
-        await agent.ok("start_session", tag="wide")
-        await agent.experiment("baseline")
-    shown = run_cli("dashboard", "--project", str(root), "--once")
-    assert shown.returncode == 0, shown.stderr
-    assert target in shown.stdout, shown.stdout
-    assert max(cell_len(line) for line in shown.stdout.splitlines()) <= 80, shown.stdout
+    shown = await dashboard_of(tmp_path, agent_for, target)
+    assert target in shown, shown
+    assert max(cell_len(line) for line in shown.splitlines()) <= 80, shown
 
 
 def test_a_branch_named_in_bytes_that_are_not_utf8_is_seen_being_rebased(tmp_path: Path) -> None:

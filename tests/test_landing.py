@@ -171,13 +171,19 @@ async def test_clean_says_what_it_removes_then_removes_only_that(ml_project: Pat
         assert clean(root, "--tag", bad).returncode == 2, bad
 
 
-async def test_a_session_without_improvement_has_nothing_to_land(ml_project: Path, agent_for) -> None:
-    root = ml_project
+async def flat_session(root: Path, agent_for) -> None:
+    """Session `flat` on `ml_project`: its baseline, then a worse change, discarded (nothing kept beyond the
+    baseline)."""
     async with agent_for(root) as agent:
         await agent.ok("start_session", tag="flat")
         await agent.experiment("baseline")
         await agent.edit("LR = 0.5", "LR = 0.9")
         await agent.experiment("worse")
+
+
+async def test_a_session_without_improvement_has_nothing_to_land(ml_project: Path, agent_for) -> None:
+    root = ml_project
+    await flat_session(root, agent_for)
     summary = finish(root)
     assert summary.returncode == 0 and "nothing to land" in summary.stdout
     refused = finish(root, "--land", "main")

@@ -4,6 +4,7 @@ the real configuration loader, real runs through the real server."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from mcp_autoresearch.setup.project import load_project
 
 from .conftest import git, make_repo, run_cli
+from .test_landing import flat_session
 
 pytestmark = pytest.mark.anyio
 
@@ -56,11 +58,15 @@ def test_the_missing_tests_warning_goes_once_run_command_is_set(tmp_path: Path) 
     `detect` still said 'no tests/ directory ...: set run_command', beside the run command they had set."""
     files = {"setup.py": "from setuptools import setup\n", "slugs/__init__.py": LIBRARY}
     root = make_repo(tmp_path / "bare", files)
-    said = "set run_command to what exercises the code"
+    warned_until_set(root, "set run_command to what exercises the code", "python3 -c 'import slugs'")
+
+
+def warned_until_set(root: Path, said: str, command: str) -> None:
+    """`detect` warns with `said` until autoresearch.toml gives run_command `command`, then no more."""
     assert [w for w in load_project(root).info.warnings if said in w]
-    (root / "autoresearch.toml").write_text("run_command = \"python3 -c 'import slugs'\"\n")
+    (root / "autoresearch.toml").write_text(f"run_command = {json.dumps(command)}\n")
     info = load_project(root).info
-    assert info.run_command == "python3 -c 'import slugs'"
+    assert info.run_command == command
     assert not [w for w in info.warnings if said in w], info.warnings
 
 
@@ -142,11 +148,7 @@ async def test_clean_on_the_session_branch_advises_landing_only_what_is_unlanded
     --land main)', which `finish` then refused ('nothing to land'). The way forward is the checkout alone; a
     session with kept commits on no other branch still gets the landing hint."""
     root = ml_project
-    async with agent_for(root) as agent:
-        await agent.ok("start_session", tag="flat")
-        await agent.experiment("baseline")
-        await agent.edit("LR = 0.5", "LR = 0.9")
-        await agent.experiment("worse")
+    await flat_session(root, agent_for)
     refused = run_cli("clean", "--project", str(root), "--tag", "flat", "--yes")
     assert refused.returncode == 2 and "git checkout main" in refused.stderr, refused.stderr
     assert "finish --land" not in refused.stderr, refused.stderr
@@ -182,12 +184,7 @@ def test_the_missing_build_script_warning_goes_once_run_command_is_set(tmp_path:
         "index.js": "1\n",
     }
     root = make_repo(tmp_path / "ms", files)
-    said = "no 'build' script"
-    assert [w for w in load_project(root).info.warnings if said in w]
-    (root / "autoresearch.toml").write_text('run_command = "mkdir -p dist && cp index.js dist/ms.js"\n')
-    info = load_project(root).info
-    assert info.run_command == "mkdir -p dist && cp index.js dist/ms.js"
-    assert not [w for w in info.warnings if said in w], info.warnings
+    warned_until_set(root, "no 'build' script", "mkdir -p dist && cp index.js dist/ms.js")
 
 
 async def test_the_dashboard_shows_a_long_target_whole_at_80_columns(tmp_path: Path, agent_for) -> None:
@@ -195,12 +192,19 @@ async def test_the_dashboard_shows_a_long_target_whole_at_80_columns(tmp_path: P
     short ('inflection/__init_…'). The target must be shown whole: in the title where it fits, else on a line of
     its own."""
     target = "a_package_with_a_long_name/submodule_of_it/__init__.py"
-    config = f'target_file = "{target}"\nrun_command = "python3 {target}"\nmetric_name = "score"\n'
-    root = make_repo(tmp_path / "long", {target: "print('score: 1.0')\n", "autoresearch.toml": config})
+    shown = await dashboard_of(tmp_path, agent_for, target)
+    assert f"target: {target}" in shown, shown
+    assert max(len(line) for line in shown.splitlines()) <= 80, shown
+
+
+async def dashboard_of(tmp_path: Path, agent_for, target: str) -> str:
+    """`dashboard --once` (80 columns: a pipe) of a session on a project whose target is `target`, after its
+    baseline."""
+    config = f'target_file = "{target}"\nrun_command = "echo score: 1.0"\nmetric_name = "score"\n'
+    root = make_repo(tmp_path / "dash", {target: "1\n", "autoresearch.toml": config})
     async with agent_for(root) as agent:
         await agent.ok("start_session", tag="wide")
         await agent.experiment("baseline")
     shown = run_cli("dashboard", "--project", str(root), "--once")
     assert shown.returncode == 0, shown.stderr
-    assert f"target: {target}" in shown.stdout, shown.stdout
-    assert max(len(line) for line in shown.stdout.splitlines()) <= 80, shown.stdout
+    return shown.stdout
