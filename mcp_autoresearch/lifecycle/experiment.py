@@ -46,10 +46,10 @@ from .fresh_outputs import (
     output_holding,
     record,
     record_measured,
-    snapshot_named,
     unmoved_entries,
     unsafe_for_stage,
 )
+from .named_paths import snapshot_named
 from .published_log import clear_run_log, publish_run_log, without_run_log_redirect
 from .stage_confinement import StageConfinement
 from .tally import ExperimentResult, Tally
