@@ -13,7 +13,7 @@ Each command becomes one job:
   `.autoresearch-ray.json` (the command, its environment, the isolation setting, the writable entries, the
   limit, the server's public key value, the submission id: every package is unique, so Ray's
   content-addressed cache never hands one run's extracted directory to another). A `ray_address` line in the
-  snapshot's `autoresearch.toml` / `pyproject.toml` is replaced by a comment: the run never reads where the
+  snapshot's configuration files (`ray_package.CONFIG_FILES`) is replaced by a comment: the run never reads where the
   cluster is.
   We build the zip because Ray's own directory packing also drops what `.gitignore` names (untracked inputs,
   build folders) and would need our files inside the snapshot. Ray's docs give a local working_dir 100 MiB;

@@ -32,6 +32,7 @@ from ..sandbox import (
     view,
     write_grants,
 )
+from ..setup.sources import MARKDOWN_FILES, TOML_FILE
 from . import ray_records, ray_wrapper
 
 DEFAULT_PACKAGE_LIMIT = 512 * 1024 * 1024
@@ -55,7 +56,10 @@ SHIPPED = (
     output_size,
     write_grants,
 )
-CONFIG_FILES = ("autoresearch.toml", "pyproject.toml")  # where a ray_address line is redacted in the package
+# Where the server reads its configuration (`setup/sources.py`): a line naming ray_address is redacted in the
+# package, in every form the server reads (quoted or dotted TOML keys, pyproject's dashes, a Markdown item).
+CONFIG_FILES = (TOML_FILE, "pyproject.toml", *MARKDOWN_FILES)
+ADDRESS_LINE = re.compile(rb"(?m)^([ \t]*)[^\r\n]*\bray[_-]address\b[^\r\n]*")
 
 
 class Log(RunLog):
@@ -137,12 +141,10 @@ def _add(archive: zipfile.ZipFile, full: str, name: str) -> None:
     if name not in CONFIG_FILES:
         archive.write(full, name)
         return
+    note = b"ray_address: not shipped to the workers"
+    note = b"<!-- " + note + b" -->" if name.endswith(".md") else b"# " + note  # a Markdown `#` is a heading
     with open(full, "rb") as handle:
-        data = re.sub(
-            rb"(?m)^([ \t]*)ray_address[ \t]*=.*$",
-            rb"\1# ray_address: not shipped to the workers",
-            handle.read(),
-        )
+        data = ADDRESS_LINE.sub(rb"\1" + note, handle.read())
     archive.writestr(zipfile.ZipInfo.from_file(full, name), data, zipfile.ZIP_DEFLATED, 1)
 
 
