@@ -13,6 +13,7 @@ import hmac
 import json
 import socket
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -204,12 +205,16 @@ def serve_http(
     return 0
 
 
-def refusals(token: str | None) -> Check:
+def refusals(token: str | None, server: Callable[[], int | None] | None = None) -> Check:
     """The checks of `build_http_app` that a connection can pass before its request is read, for a burst of
-    connections at once: no run's, and without a token, the user's own. Each refusal is the answer's text."""
+    connections at once: no run's, and without a token, the user's own. Each refusal is the answer's text.
+    `server`: the pid of the server whose runs are refused, None when none runs (`dashboard --web` beside a
+    server, as `RefuseServersRuns` asks it); default this process's runs."""
 
     def check(ends: list[Ends]) -> list[str | None]:
-        runs = [FROM_A_RUN.format(why=why) if why else None for why in peers.runs_holding(ends)]
+        pid = server() if server is not None else None
+        holding = peers.runs_holding(ends, pid) if server is None or pid is not None else [None] * len(ends)
+        runs = [FROM_A_RUN.format(why=why) if why else None for why in holding]
         if token:
             return runs
         strangers = [

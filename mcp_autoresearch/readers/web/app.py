@@ -32,6 +32,7 @@ from ...adapters.http import (
     KEEP_ALIVE_S,
     RefuseOtherUsers,
     listening_or_said,
+    refusals,
     respond,
 )
 from ...records.state import server_pid
@@ -242,6 +243,8 @@ def serve_page(
     page there, with the token in its address)."""
     import uvicorn
 
+    from ...adapters.accept_check import BACKLOG, checked_protocol
+
     view = SessionView(root, tag, timeout_s)
     view.refresh()
     sock = listening_or_said(host, port)
@@ -255,7 +258,17 @@ def serve_page(
     app = create_app(view, host, token)
     app = app if token else RefuseOtherUsers(app)  # loopback is every user's of the machine
     app = RefuseServersRuns(app, root)
+    # Each connection is checked as it is accepted too, before it is read, as the transport's are: a run's
+    # connection that sends no request would hold one of the page's descriptors for as long as the run kept it.
+    checked = checked_protocol(refusals(token, lambda: server_pid(root)))
     with sock:
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE_S)
+        config = uvicorn.Config(
+            app,
+            http=checked,
+            backlog=BACKLOG,
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
         uvicorn.Server(config).run(sockets=[sock])
     return 0
